@@ -1,0 +1,407 @@
+//! The git-remote-s3 0.4.2 bucket layout:
+//! `<prefix>/<ref>/<sha>.bundle` (full bundle of the ref's history),
+//! `<prefix>/HEAD`, `<prefix>/<ref>/LOCK#.lock`, `<prefix>/<ref>/PROTECTED#`,
+//! and for `s3+zip://` a `<prefix>/<ref>/repo.zip`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use crate::locks;
+use crate::remote_url::{RemoteUrl, Scheme};
+use crate::s3_store::{ObjectInfo, PutOptions, S3Store, WriteCondition};
+use crate::storage::{OpContext, PushResult, PushUpdate, RefListing, RemoteRef, RepoStorage, StorageError};
+use crate::transfer_progress::Progress;
+
+pub const PROTECTED_MARKER: &str = "PROTECTED#";
+pub const ZIP_NAME: &str = "repo.zip";
+
+/// Everything found under a prefix, parsed.
+#[derive(Debug, Default, Clone)]
+pub struct PrefixScan {
+    /// ref → its bundles, newest first.
+    pub bundles: BTreeMap<String, Vec<(String, ObjectInfo)>>,
+    pub locks: Vec<(String, ObjectInfo)>,
+    pub protected: Vec<String>,
+    pub zips: Vec<(String, ObjectInfo)>,
+    pub head_object: bool,
+}
+
+fn is_sha(s: &str) -> bool {
+    s.len() == 40 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Parses the keys under `<prefix>/`.
+pub fn scan(prefix: &str, objects: &[ObjectInfo]) -> PrefixScan {
+    let mut scan = PrefixScan::default();
+    let head_key = format!("{prefix}/HEAD");
+    let root = format!("{prefix}/");
+    for o in objects {
+        if o.key == head_key {
+            scan.head_object = true;
+            continue;
+        }
+        let Some(rest) = o.key.strip_prefix(&root) else { continue };
+        if !rest.starts_with("refs/") {
+            continue;
+        }
+        let Some((refname, leaf)) = rest.rsplit_once('/') else { continue };
+        if let Some(sha) = leaf.strip_suffix(".bundle") {
+            if is_sha(sha) && refname.matches('/').count() >= 1 {
+                scan.bundles.entry(refname.to_string()).or_default().push((sha.to_string(), o.clone()));
+            }
+        } else if leaf == locks::LOCK_NAME {
+            scan.locks.push((refname.to_string(), o.clone()));
+        } else if leaf == PROTECTED_MARKER {
+            scan.protected.push(refname.to_string());
+        } else if leaf == ZIP_NAME {
+            scan.zips.push((refname.to_string(), o.clone()));
+        }
+    }
+    for list in scan.bundles.values_mut() {
+        list.sort_by(|a, b| b.1.last_modified.cmp(&a.1.last_modified));
+    }
+    scan
+}
+
+pub struct BundleStorage {
+    store: S3Store,
+    url: RemoteUrl,
+}
+
+impl BundleStorage {
+    pub fn new(store: S3Store, url: RemoteUrl) -> BundleStorage {
+        BundleStorage { store, url }
+    }
+
+    pub fn store(&self) -> &S3Store {
+        &self.store
+    }
+
+    pub async fn scan(&self) -> Result<PrefixScan, StorageError> {
+        let objects = self.store.list(&format!("{}/", self.url.prefix)).await?;
+        Ok(scan(&self.url.prefix, &objects))
+    }
+
+    pub async fn read_head(&self) -> Result<Option<String>, StorageError> {
+        Ok(self
+            .store
+            .get_small(&self.url.key("HEAD"))
+            .await?
+            .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+            .filter(|s| !s.is_empty()))
+    }
+
+    fn bundle_key(&self, refname: &str, sha: &str) -> String {
+        self.url.key(&format!("{refname}/{sha}.bundle"))
+    }
+
+    /// The bundle's file: from the cache, else downloaded into it.
+    async fn bundle_file(&self, ctx: &OpContext, r: &RemoteRef) -> Result<std::path::PathBuf, StorageError> {
+        if let Some(p) = ctx.cache.lookup_bundle(&r.sha) {
+            tracing::debug!(sha = r.sha, "bundle served from cache");
+            return Ok(p);
+        }
+        let key = self.bundle_key(&r.name, &r.sha);
+        let tmp = ctx.cache.temp_file()?;
+        let mut progress = Progress::new(ctx.out.clone(), ctx.progress, format!("Downloading {}", r.name), None);
+        match self.store.get_to_file(&key, tmp.path(), |n| progress.add(n)).await {
+            Ok(_) => {}
+            Err(e) if e.is_not_found() => return Err(StorageError::MissingRef(r.name.clone())),
+            Err(e) => return Err(e.into()),
+        }
+        progress.finish();
+        Ok(ctx.cache.insert_bundle(&r.sha, tmp)?)
+    }
+
+    async fn unbundle(&self, ctx: &OpContext, r: &RemoteRef) -> Result<(), StorageError> {
+        let file = self.bundle_file(ctx, r).await?;
+        if let Err(first) = ctx.git.bundle_unbundle(&file).await {
+            // A cached entry git rejects is corrupt: drop it and fetch again.
+            tracing::warn!(sha = r.sha, error = %first, "bundle rejected; refetching");
+            ctx.cache.evict_bundle(&r.sha);
+            let file = self.bundle_file(ctx, r).await?;
+            if let Err(e) = ctx.git.bundle_unbundle(&file).await {
+                ctx.cache.evict_bundle(&r.sha);
+                return Err(StorageError::Corrupt(format!(
+                    "the bundle for {} ({}) is corrupt or truncated in the bucket: {e}. Run `git s3 doctor` or push the ref again",
+                    r.name,
+                    self.bundle_key(&r.name, &r.sha)
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    async fn push_one(&self, ctx: &OpContext, listing: &RefListing, upd: &PushUpdate) -> Result<PushResult, StorageError> {
+        let dst = &upd.dst;
+        if !dst.starts_with("refs/") {
+            return Ok(Err(format!("invalid destination ref {dst}")));
+        }
+        let remote_sha = listing.sha_of(dst).map(str::to_string);
+        if let Some(expected) = ctx.cas.get(dst) {
+            if remote_sha.as_deref().unwrap_or("") != expected.as_str() {
+                return Ok(Err("stale info".into()));
+            }
+        }
+        let protected = listing.protected.contains(dst);
+        let Some(src) = &upd.src else {
+            return self.delete_ref(ctx, dst, protected).await;
+        };
+        let sha = match ctx.git.rev_parse(src).await {
+            Ok(s) => s,
+            Err(_) => return Ok(Err(format!("{src} not found in the local repository"))),
+        };
+        if remote_sha.as_deref() == Some(sha.as_str()) {
+            return Ok(Ok(()));
+        }
+        if let Some(old) = &remote_sha {
+            let force = upd.force && !protected;
+            if !force {
+                if !ctx.git.has_object(old).await {
+                    return Ok(Err("fetch first".into()));
+                }
+                if dst.starts_with("refs/tags/") {
+                    return Ok(Err("already exists".into()));
+                }
+                if !ctx.git.is_ancestor(old, &sha).await {
+                    return Ok(Err(if upd.force && protected {
+                        format!("{dst} is protected: force push refused (git s3 unprotect to allow it)")
+                    } else {
+                        "non-fast-forward".into()
+                    }));
+                }
+            }
+        }
+
+        // Build the bundle before taking the lock (local work).
+        let bundle = ctx.cache.temp_file()?;
+        let tmp_ref;
+        let bundle_ref = match ctx.git.symbolic_full_name(src).await {
+            Some(r) => r,
+            None => {
+                // A bare sha or expression: bundle through a temporary ref.
+                tmp_ref = format!("refs/git-s3/tmp/{}", std::process::id());
+                ctx.git.update_ref(&tmp_ref, &sha).await?;
+                tmp_ref.clone()
+            }
+        };
+        let built = ctx.git.bundle_create(bundle.path(), &bundle_ref).await;
+        if bundle_ref.starts_with("refs/git-s3/tmp/") {
+            let _ = ctx.git.delete_ref(&bundle_ref).await;
+        }
+        built?;
+        let zip = if self.url.scheme == Scheme::S3Zip { Some(self.build_zip(ctx, &sha).await?) } else { None };
+
+        let ttl = locks::ttl_from_env(&ctx.env);
+        let lock = match locks::acquire(&self.store, &self.url.prefix, dst, ttl, lock_wait(&ctx.env)).await {
+            Ok(l) => l,
+            Err(locks::LockError::Held { key, ttl }) => {
+                return Ok(Err(format!(
+                    "failed to acquire ref lock at {key}. Another client may be pushing. If this persists beyond {ttl}s, run `git s3 doctor <remote> --lock-ttl {ttl}` to inspect and optionally clear stale locks"
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let result = self.write_under_lock(ctx, dst, remote_sha.as_deref(), &sha, bundle, zip).await;
+        if let Err(e) = locks::release(&self.store, lock).await {
+            tracing::warn!(error = %e, "could not release lock");
+            if result.as_ref().map(|r| r.is_ok()).unwrap_or(false) {
+                return Ok(Err(format!("pushed, but the lock could not be released ({e}); run `git s3 doctor --delete-stale-locks`")));
+            }
+        }
+        result
+    }
+
+    async fn build_zip(&self, ctx: &OpContext, sha: &str) -> Result<(tempfile::NamedTempFile, String), StorageError> {
+        let zip = ctx.cache.temp_file()?;
+        ctx.git.archive_zip(zip.path(), sha).await?;
+        let summary = ctx.git.commit_summary(sha).await.unwrap_or_default();
+        Ok((zip, summary))
+    }
+
+    async fn write_under_lock(
+        &self,
+        ctx: &OpContext,
+        dst: &str,
+        seen_sha: Option<&str>,
+        sha: &str,
+        bundle: tempfile::NamedTempFile,
+        zip: Option<(tempfile::NamedTempFile, String)>,
+    ) -> Result<PushResult, StorageError> {
+        // Under the lock: the ref must still be what we checked against.
+        let now = self.store.list(&format!("{}/{dst}/", self.url.prefix)).await?;
+        let scan_now = scan(&self.url.prefix, &now);
+        let current: Vec<&(String, ObjectInfo)> = scan_now.bundles.get(dst).map(|v| v.iter().collect()).unwrap_or_default();
+        if current.len() > 1 {
+            return Ok(Err(format!("several bundles exist for {dst} in the bucket; run `git s3 doctor` to fix")));
+        }
+        if current.first().map(|c| c.0.as_str()) != seen_sha {
+            return Ok(Err("fetch first".into()));
+        }
+        let size = bundle.as_file().metadata()?.len();
+        let progress = std::sync::Mutex::new(Progress::new(ctx.out.clone(), ctx.progress, format!("Uploading {dst}"), Some(size)));
+        self.store
+            .put_file(&self.bundle_key(dst, sha), bundle.path(), PutOptions::default(), |n| {
+                if let Ok(mut p) = progress.lock() {
+                    p.add(n)
+                }
+            })
+            .await?;
+        if let Ok(mut p) = progress.lock() {
+            p.finish();
+        }
+        if dst.starts_with("refs/heads/") {
+            let r = self
+                .store
+                .put_bytes(&self.url.key("HEAD"), dst.as_bytes().to_vec(), PutOptions { condition: WriteCondition::IfAbsent, ..Default::default() })
+                .await;
+            match r {
+                Ok(_) => {}
+                Err(e) if e.is_precondition_failed() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        for (old_sha, info) in current {
+            if old_sha != sha {
+                self.store.delete(&info.key).await?;
+            }
+        }
+        if let Some((zip, summary)) = zip {
+            let opts = PutOptions {
+                metadata: vec![("codepipeline-artifact-revision-summary".into(), summary)],
+                content_disposition: Some(format!("attachment; filename=repo-{}.zip", &sha[..8])),
+                content_type: Some("application/zip".into()),
+                ..Default::default()
+            };
+            self.store.put_file(&self.url.key(&format!("{dst}/{ZIP_NAME}")), zip.path(), opts, |_| {}).await?;
+        }
+        // Keep what we pushed: another working copy's clone needs no download.
+        let _ = ctx.cache.insert_bundle(sha, bundle);
+        Ok(Ok(()))
+    }
+
+    async fn delete_ref(&self, ctx: &OpContext, dst: &str, protected: bool) -> Result<PushResult, StorageError> {
+        if protected {
+            return Ok(Err(format!("{dst} is protected: deletion refused (git s3 unprotect to allow it)")));
+        }
+        let ttl = locks::ttl_from_env(&ctx.env);
+        let lock = match locks::acquire(&self.store, &self.url.prefix, dst, ttl, lock_wait(&ctx.env)).await {
+            Ok(l) => l,
+            Err(locks::LockError::Held { key, .. }) => return Ok(Err(format!("failed to acquire ref lock at {key}; another client may be pushing"))),
+            Err(e) => return Err(e.into()),
+        };
+        let result = async {
+            let objects = self.store.list(&format!("{}/{dst}/", self.url.prefix)).await?;
+            let s = scan(&self.url.prefix, &objects);
+            let bundles = s.bundles.get(dst).cloned().unwrap_or_default();
+            if bundles.is_empty() {
+                return Ok(Err("not found".to_string()));
+            }
+            if bundles.len() > 1 {
+                return Ok(Err(format!("several bundles exist for {dst} in the bucket; run `git s3 doctor` to fix")));
+            }
+            for (_, info) in bundles.iter().chain(s.zips.iter().filter(|z| z.0 == dst).map(|z| z)) {
+                self.store.delete(&info.key).await?;
+            }
+            Ok::<_, StorageError>(Ok(()))
+        }
+        .await;
+        let _ = locks::release(&self.store, lock).await;
+        result
+    }
+}
+
+fn lock_wait(env: &std::collections::HashMap<String, String>) -> Duration {
+    env.get("GIT_REMOTE_S3_LOCK_WAIT_SECONDS")
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(Duration::from_secs(10))
+}
+
+impl RepoStorage for BundleStorage {
+    async fn list(&self) -> Result<RefListing, StorageError> {
+        let (scan, head) = tokio::try_join!(self.scan(), self.read_head())?;
+        let mut listing = RefListing::default();
+        for (name, bundles) in &scan.bundles {
+            if bundles.len() > 1 {
+                listing.warnings.push(format!(
+                    "{name} has {} bundles in the bucket; using the newest. Run `git s3 doctor` to fix",
+                    bundles.len()
+                ));
+            }
+            listing.refs.push(RemoteRef { name: name.clone(), sha: bundles[0].0.clone() });
+        }
+        listing.protected = scan.protected.into_iter().collect();
+        listing.head = head.clone().filter(|h| listing.refs.iter().any(|r| &r.name == h));
+        listing.head_raw = head;
+        Ok(listing)
+    }
+
+    async fn fetch(&self, ctx: &OpContext, listing: &RefListing, wants: &[RemoteRef]) -> Result<(), StorageError> {
+        // Default branch first: after it, other refs' tips are often present already.
+        let mut order: Vec<&RemoteRef> = wants.iter().collect();
+        order.sort_by_key(|w| (Some(&w.name) != listing.head.as_ref(), w.name.clone()));
+        let mut done: HashSet<&str> = HashSet::new();
+        for w in order {
+            if !done.insert(w.sha.as_str()) {
+                continue;
+            }
+            if ctx.git.has_object(&w.sha).await {
+                tracing::debug!(r = w.name, "tip already present locally; not downloading");
+                continue;
+            }
+            self.unbundle(ctx, w).await?;
+        }
+        Ok(())
+    }
+
+    async fn push(&self, ctx: &OpContext, updates: &[PushUpdate]) -> Result<Vec<(String, PushResult)>, StorageError> {
+        let listing = RepoStorage::list(self).await?;
+        let mut results = Vec::new();
+        for upd in updates {
+            let r = self.push_one(ctx, &listing, upd).await;
+            match r {
+                Ok(res) => results.push((upd.dst.clone(), res)),
+                Err(e) if e.is_fatal() => return Err(e),
+                Err(e) => results.push((upd.dst.clone(), Err(e.to_string()))),
+            }
+        }
+        Ok(results)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::SystemTime;
+
+    fn obj(key: &str, secs: u64) -> ObjectInfo {
+        ObjectInfo { key: key.into(), size: 1, etag: "e".into(), last_modified: SystemTime::UNIX_EPOCH + Duration::from_secs(secs) }
+    }
+
+    #[test]
+    fn scan_parses_layout() {
+        let a = "a".repeat(40);
+        let b = "b".repeat(40);
+        let objects = vec![
+            obj("p/HEAD", 1),
+            obj(&format!("p/refs/heads/main/{a}.bundle"), 1),
+            obj(&format!("p/refs/heads/main/{b}.bundle"), 2),
+            obj("p/refs/heads/main/LOCK#.lock", 1),
+            obj("p/refs/heads/main/PROTECTED#", 1),
+            obj("p/refs/heads/feature/x/repo.zip", 1),
+            obj(&format!("p/refs/tags/v1/{a}.bundle"), 1),
+            obj("p/lfs/0123", 1),
+            obj("p/refs/heads/main/notasha.bundle", 1),
+        ];
+        let s = scan("p", &objects);
+        assert!(s.head_object);
+        assert_eq!(s.bundles["refs/heads/main"].len(), 2);
+        assert_eq!(s.bundles["refs/heads/main"][0].0, b, "newest first");
+        assert_eq!(s.bundles["refs/tags/v1"][0].0, a);
+        assert_eq!(s.locks.len(), 1);
+        assert_eq!(s.protected, vec!["refs/heads/main".to_string()]);
+        assert_eq!(s.zips[0].0, "refs/heads/feature/x");
+        assert_eq!(s.bundles.len(), 2);
+    }
+}

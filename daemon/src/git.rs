@@ -1,0 +1,158 @@
+//! Git plumbing: every git subprocess the daemon runs, in the caller's
+//! repository and environment, each inside a tracing span.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use tokio::process::Command;
+use tracing::Instrument;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GitError {
+    #[error("cannot run git: {0}")]
+    Spawn(std::io::Error),
+    #[error("`git {args}` failed: {stderr}")]
+    Failed { args: String, stderr: String },
+}
+
+/// A git invocation context: the caller's working directory and environment
+/// (which carries GIT_DIR when git started us as a remote helper).
+#[derive(Debug, Clone)]
+pub struct Git {
+    cwd: PathBuf,
+    env: HashMap<String, String>,
+}
+
+impl Git {
+    pub fn new(cwd: impl Into<PathBuf>, env: HashMap<String, String>) -> Git {
+        Git { cwd: cwd.into(), env }
+    }
+
+    pub fn cwd(&self) -> &Path {
+        &self.cwd
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("git");
+        cmd.args(args)
+            .env_clear()
+            .envs(&self.env)
+            .current_dir(&self.cwd)
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        cmd
+    }
+
+    /// Runs git and returns its stdout (trimmed of the final newline).
+    pub async fn run(&self, args: &[&str]) -> Result<String, GitError> {
+        let span = tracing::debug_span!("git", args = %args.join(" "));
+        async {
+            let out = self
+                .command(args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .output()
+                .await
+                .map_err(GitError::Spawn)?;
+            if !out.status.success() {
+                let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+                tracing::debug!(status = ?out.status, %stderr, "git failed");
+                return Err(GitError::Failed { args: args.join(" "), stderr });
+            }
+            let mut s = String::from_utf8_lossy(&out.stdout).into_owned();
+            while s.ends_with('\n') {
+                s.pop();
+            }
+            Ok(s)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Runs git, only caring about its exit status.
+    pub async fn status(&self, args: &[&str]) -> Result<bool, GitError> {
+        let span = tracing::debug_span!("git", args = %args.join(" "));
+        async {
+            let st = self
+                .command(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .await
+                .map_err(GitError::Spawn)?;
+            Ok(st.success())
+        }
+        .instrument(span)
+        .await
+    }
+
+    pub async fn rev_parse(&self, rev: &str) -> Result<String, GitError> {
+        self.run(&["rev-parse", "--verify", "--end-of-options", rev]).await
+    }
+
+    /// The full ref name `rev` stands for, if it is a ref (`main` → `refs/heads/main`).
+    pub async fn symbolic_full_name(&self, rev: &str) -> Option<String> {
+        match self.run(&["rev-parse", "--symbolic-full-name", "--end-of-options", rev]).await {
+            Ok(s) if s.starts_with("refs/") => Some(s),
+            _ => None,
+        }
+    }
+
+    pub async fn has_object(&self, sha: &str) -> bool {
+        self.status(&["cat-file", "-e", &format!("{sha}^{{object}}")]).await.unwrap_or(false)
+    }
+
+    pub async fn is_ancestor(&self, ancestor: &str, descendant: &str) -> bool {
+        self.status(&["merge-base", "--is-ancestor", ancestor, descendant]).await.unwrap_or(false)
+    }
+
+    /// `git bundle create <file> <ref>`: the whole history of `refname`.
+    pub async fn bundle_create(&self, file: &Path, refname: &str) -> Result<(), GitError> {
+        let f = file.to_string_lossy();
+        self.run(&["bundle", "create", "--quiet", &f, refname]).await.map(|_| ())
+    }
+
+    /// `git bundle unbundle <file>`: stores the bundle's objects in the repository.
+    pub async fn bundle_unbundle(&self, file: &Path) -> Result<(), GitError> {
+        let f = file.to_string_lossy();
+        self.run(&["bundle", "unbundle", &f]).await.map(|_| ())
+    }
+
+    /// The tips a bundle advertises (`<sha> <ref>` lines).
+    pub async fn bundle_heads(&self, file: &Path) -> Result<Vec<(String, String)>, GitError> {
+        let f = file.to_string_lossy();
+        let out = self.run(&["bundle", "list-heads", &f]).await?;
+        Ok(out
+            .lines()
+            .filter_map(|l| l.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())))
+            .collect())
+    }
+
+    /// `git archive --format zip` of `rev` into `file`.
+    pub async fn archive_zip(&self, file: &Path, rev: &str) -> Result<(), GitError> {
+        let out = format!("--output={}", file.to_string_lossy());
+        self.run(&["archive", "--format=zip", &out, rev]).await.map(|_| ())
+    }
+
+    /// `<short sha> <subject>` of a commit, as CodePipeline shows it.
+    pub async fn commit_summary(&self, rev: &str) -> Result<String, GitError> {
+        self.run(&["log", "-1", "--format=%h %s", rev, "--"]).await
+    }
+
+    pub async fn update_ref(&self, refname: &str, sha: &str) -> Result<(), GitError> {
+        self.run(&["update-ref", refname, sha]).await.map(|_| ())
+    }
+
+    pub async fn delete_ref(&self, refname: &str) -> Result<(), GitError> {
+        self.run(&["update-ref", "-d", refname]).await.map(|_| ())
+    }
+
+    pub async fn remote_url(&self, remote: &str) -> Result<String, GitError> {
+        self.run(&["remote", "get-url", remote]).await
+    }
+
+    pub async fn config_get(&self, key: &str) -> Option<String> {
+        self.run(&["config", "--get", key]).await.ok().filter(|s| !s.is_empty())
+    }
+}

@@ -1,0 +1,7 @@
+use std::sync::Arc;
+use git_s3_proto::pb::SessionStart;
+use crate::{session::{Input, Out}, state::DaemonState};
+pub async fn run(_state: Arc<DaemonState>, _start: SessionStart, _input: Input, out: Out) -> i32 {
+    out.stderr("git-lfs-s3: transfers not available yet\n");
+    2
+}

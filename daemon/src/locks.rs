@@ -1,0 +1,129 @@
+//! Per-ref push locks at `<prefix>/<ref>/LOCK#.lock`, compatible with
+//! git-remote-s3 0.4.2: created with `If-None-Match: *`; a lock older than
+//! the TTL is stale. Unlike 0.4.2, a stale lock is taken over atomically with
+//! a conditional write on the stale lock's ETag (never delete-then-create),
+//! and each lock body is unique so two takeovers cannot both match.
+
+use std::time::{Duration, Instant};
+
+use crate::s3_store::{PutOptions, S3Store, StoreError, WriteCondition};
+
+pub const LOCK_NAME: &str = "LOCK#.lock";
+pub const DEFAULT_TTL: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error(
+        "failed to acquire ref lock at {key}. Another client may be pushing. If this persists beyond {ttl}s, run `git s3 doctor <remote> --lock-ttl {ttl}` to inspect and optionally clear stale locks"
+    )]
+    Held { key: String, ttl: u64 },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub fn lock_key(prefix: &str, refname: &str) -> String {
+    format!("{prefix}/{refname}/{LOCK_NAME}")
+}
+
+/// The TTL from the caller's environment (`GIT_REMOTE_S3_LOCK_TTL_SECONDS`,
+/// or `GIT_REMOTE_S3_LOCK_TTL` as 0.4.2 documents it), default 60 s.
+pub fn ttl_from_env(env: &std::collections::HashMap<String, String>) -> Duration {
+    ["GIT_REMOTE_S3_LOCK_TTL_SECONDS", "GIT_REMOTE_S3_LOCK_TTL"]
+        .iter()
+        .find_map(|k| env.get(*k).and_then(|v| v.trim().parse::<u64>().ok()))
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_TTL)
+}
+
+#[derive(Debug)]
+pub struct RefLock {
+    pub key: String,
+    pub etag: String,
+}
+
+fn lock_body() -> Vec<u8> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let nonce: u64 = rand_u64();
+    format!(
+        "{{\"tool\":\"git-s3\",\"host\":\"{}\",\"pid\":{},\"time\":{},\"nonce\":\"{nonce:016x}\"}}",
+        host.trim(),
+        std::process::id(),
+        now.as_millis()
+    )
+    .into_bytes()
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    h.finish()
+}
+
+/// Takes the lock, waiting up to `wait` for a live holder to finish.
+pub async fn acquire(store: &S3Store, prefix: &str, refname: &str, ttl: Duration, wait: Duration) -> Result<RefLock, LockError> {
+    let key = lock_key(prefix, refname);
+    let deadline = Instant::now() + wait;
+    let mut delay = Duration::from_millis(50);
+    loop {
+        match store.put_bytes(&key, lock_body(), PutOptions { condition: WriteCondition::IfAbsent, ..Default::default() }).await {
+            Ok(etag) => return Ok(RefLock { key, etag }),
+            Err(e) if e.is_precondition_failed() => {}
+            Err(e) => return Err(e.into()),
+        }
+        // Someone holds it. Stale? Take it over only if it is still that same lock.
+        match store.head(&key).await? {
+            None => continue, // released meanwhile: try to create again
+            Some(info) if info.age() > ttl => {
+                tracing::info!(key, age = ?info.age(), "taking over stale lock");
+                let opts = PutOptions { condition: WriteCondition::IfMatch(info.etag.clone()), ..Default::default() };
+                match store.put_bytes(&key, lock_body(), opts).await {
+                    Ok(etag) => return Ok(RefLock { key, etag }),
+                    Err(e) if e.is_precondition_failed() || e.is_not_found() => {} // lost the takeover race
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Some(_) => {}
+        }
+        if Instant::now() >= deadline {
+            return Err(LockError::Held { key, ttl: ttl.as_secs() });
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(1000));
+    }
+}
+
+/// Releases the lock. Only deletes it when it is still ours (a lock taken
+/// over after we went stale belongs to someone else).
+pub async fn release(store: &S3Store, lock: RefLock) -> Result<(), StoreError> {
+    match store.head(&lock.key).await? {
+        Some(info) if info.etag == lock.etag => store.delete(&lock.key).await,
+        Some(_) => {
+            tracing::warn!(key = lock.key, "lock was taken over by another client; leaving it");
+            Ok(())
+        }
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_env_names_and_default() {
+        let mut env = std::collections::HashMap::new();
+        assert_eq!(ttl_from_env(&env), DEFAULT_TTL);
+        env.insert("GIT_REMOTE_S3_LOCK_TTL".into(), "5".into());
+        assert_eq!(ttl_from_env(&env), Duration::from_secs(5));
+        env.insert("GIT_REMOTE_S3_LOCK_TTL_SECONDS".into(), "7".into());
+        assert_eq!(ttl_from_env(&env), Duration::from_secs(7));
+    }
+
+    #[test]
+    fn lock_bodies_differ() {
+        assert_ne!(lock_body(), lock_body());
+        assert_eq!(lock_key("p", "refs/heads/main"), "p/refs/heads/main/LOCK#.lock");
+    }
+}

@@ -1,0 +1,69 @@
+//! `git-s3-daemon`: the per-user daemon. Normally started by a shim; `run`
+//! stays in the foreground for service managers (`git s3 daemon run`).
+
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(name = "git-s3-daemon", version, about = "The git-s3 daemon (normally started by git-remote-s3 / git-lfs-s3 / git s3)")]
+struct Args {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(clap::Subcommand)]
+enum Cmd {
+    /// Run the daemon (in the foreground; logs also go to stderr with --foreground).
+    Run {
+        #[arg(long)]
+        foreground: bool,
+        /// Exit after this many idle seconds (default 1800, or GIT_S3_DAEMON_IDLE_SECONDS).
+        #[arg(long)]
+        idle_timeout: Option<u64>,
+    },
+}
+
+fn main() {
+    let args = Args::parse();
+    let (foreground, idle) = match args.cmd {
+        Some(Cmd::Run { foreground, idle_timeout }) => (foreground, idle_timeout),
+        None => (true, None),
+    };
+    // The daemon serves many callers: never let its own AWS environment leak
+    // into a request. Clients are built only from what each shim forwards.
+    let aws_vars: Vec<String> = std::env::vars().map(|(k, _)| k).filter(|k| k.starts_with("AWS_")).collect();
+    for k in aws_vars {
+        // SAFETY: single-threaded here, before the runtime starts.
+        unsafe { std::env::remove_var(k) };
+    }
+    let mut config = git_s3_daemon::server::ServerConfig::from_env();
+    if let Some(s) = idle {
+        config.idle_timeout = std::time::Duration::from_secs(s);
+    }
+    let lock = match git_s3_daemon::server::take_instance_lock() {
+        Ok(l) => l,
+        Err(git_s3_daemon::server::ServerError::AlreadyRunning(p)) => {
+            if foreground {
+                eprintln!("git-s3-daemon: another daemon is already running (lock {} held)", p.display());
+                std::process::exit(1);
+            }
+            std::process::exit(0);
+        }
+        Err(e) => {
+            eprintln!("git-s3-daemon: {e}");
+            std::process::exit(1);
+        }
+    };
+    let _guard = git_s3_daemon::logging::init(&git_s3_proto::paths::log_file(), foreground);
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("git-s3-daemon: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = rt.block_on(git_s3_daemon::server::serve(config, lock)) {
+        tracing::error!(error = %e, "daemon failed");
+        eprintln!("git-s3-daemon: {e}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,209 @@
+//! git's remote-helper protocol, driven over a session: capabilities,
+//! options, list, fetch and push batches.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::git::Git;
+use crate::helper_protocol::{self, Command};
+use crate::remote_url::RemoteUrl;
+use crate::session::{Input, Out};
+use crate::state::DaemonState;
+use crate::storage::{OpContext, PushUpdate, RefListing, RemoteRef, Storage, StorageError};
+
+pub struct HelperArgs {
+    pub args: Vec<String>,
+    pub env: HashMap<String, String>,
+    pub cwd: String,
+}
+
+fn env_verbose(env: &HashMap<String, String>) -> bool {
+    matches!(env.get("GIT_REMOTE_S3_VERBOSE").map(String::as_str), Some("1" | "true" | "yes"))
+}
+
+/// Runs the helper until git closes the conversation. Returns the exit code.
+pub async fn run(state: Arc<DaemonState>, a: HelperArgs, mut input: Input, out: Out) -> i32 {
+    if env_verbose(&a.env) {
+        out.set_verbosity(2);
+    }
+    // git calls us as `git-remote-s3 <remote> [<url>]`.
+    let url_arg = match a.args.as_slice() {
+        [_, url, ..] => url.clone(),
+        [one] => one.clone(),
+        [] => {
+            out.stderr("fatal: git-remote-s3 is a git remote helper: use it through git with an s3:// URL (git clone s3://bucket/prefix)\n");
+            return 1;
+        }
+    };
+    let url = match RemoteUrl::parse(&url_arg) {
+        Ok(u) => u,
+        Err(e) => {
+            out.stderr(format!("fatal: {e}\n"));
+            return 1;
+        }
+    };
+    let store = state.store_for(&a.env, &url).await;
+    let storage = Storage::open(store, url.clone());
+    let mut ctx = OpContext {
+        git: Git::new(&a.cwd, a.env.clone()),
+        out: out.clone(),
+        env: a.env.clone(),
+        progress: false,
+        cache: state.cache.clone(),
+        cas: HashMap::new(),
+    };
+    let mut listing: Option<RefListing> = None;
+
+    while let Some(line) = input.read_line().await {
+        state.touch();
+        tracing::debug!(command = %line, "helper command");
+        let cmd = match helper_protocol::parse(&line) {
+            Ok(c) => c,
+            Err(e) => {
+                out.stderr(format!("fatal: {e}\n"));
+                return 1;
+            }
+        };
+        match cmd {
+            Command::Capabilities => {
+                out.stdout("*push\n*fetch\noption\ncheck-connectivity\n\n");
+            }
+            Command::Option { name, value } => {
+                let reply = handle_option(&mut ctx, &name, &value);
+                out.stdout(format!("{reply}\n"));
+            }
+            Command::List { for_push } => match storage.list().await {
+                Ok(l) => {
+                    for w in &l.warnings {
+                        out.stderr(format!("warning: {w}\n"));
+                    }
+                    out.stdout(render_list(&l, for_push));
+                    listing = Some(l);
+                }
+                Err(e) => return fatal(&out, &url, e),
+            },
+            Command::Fetch { sha, name } => {
+                let mut wants = vec![RemoteRef { name, sha }];
+                loop {
+                    match input.read_line().await.map(|l| helper_protocol::parse(&l)) {
+                        Some(Ok(Command::Fetch { sha, name })) => wants.push(RemoteRef { name, sha }),
+                        Some(Ok(Command::Blank)) | None => break,
+                        Some(other) => {
+                            out.stderr(format!("fatal: unexpected command in a fetch batch: {other:?}\n"));
+                            return 1;
+                        }
+                    }
+                }
+                let l = match &listing {
+                    Some(l) => l.clone(),
+                    None => match storage.list().await {
+                        Ok(l) => l,
+                        Err(e) => return fatal(&out, &url, e),
+                    },
+                };
+                if let Err(e) = storage.fetch(&ctx, &l, &wants).await {
+                    return fatal(&out, &url, e);
+                }
+                out.stdout("\n");
+            }
+            Command::Push { src, dst, force } => {
+                let mut updates = vec![PushUpdate { src, dst, force }];
+                loop {
+                    match input.read_line().await.map(|l| helper_protocol::parse(&l)) {
+                        Some(Ok(Command::Push { src, dst, force })) => updates.push(PushUpdate { src, dst, force }),
+                        Some(Ok(Command::Blank)) | None => break,
+                        Some(other) => {
+                            out.stderr(format!("fatal: unexpected command in a push batch: {other:?}\n"));
+                            return 1;
+                        }
+                    }
+                }
+                match storage.push(&ctx, &updates).await {
+                    Ok(results) => {
+                        let mut reply = String::new();
+                        for (dst, r) in &results {
+                            reply.push_str(&helper_protocol::push_status(dst, r));
+                        }
+                        reply.push('\n');
+                        out.stdout(reply);
+                    }
+                    Err(e) => return fatal(&out, &url, e),
+                }
+                listing = None;
+            }
+            Command::Blank => return 0,
+            Command::Unknown(l) => {
+                out.stderr(format!("fatal: git-remote-s3 does not support the command {l:?}\n"));
+                return 1;
+            }
+        }
+    }
+    0
+}
+
+fn handle_option(ctx: &mut OpContext, name: &str, value: &str) -> &'static str {
+    match name {
+        "verbosity" => {
+            let v: u8 = value.parse().unwrap_or(1);
+            if !env_verbose(&ctx.env) {
+                ctx.out.set_verbosity(v);
+            }
+            "ok"
+        }
+        "progress" => {
+            ctx.progress = value == "true";
+            "ok"
+        }
+        "cas" => match value.split_once(':') {
+            Some((r, sha)) => {
+                ctx.cas.insert(r.to_string(), sha.to_string());
+                "ok"
+            }
+            None => "error invalid cas value",
+        },
+        "check-connectivity" | "cloning" => "ok",
+        _ => "unsupported",
+    }
+}
+
+pub fn render_list(l: &RefListing, for_push: bool) -> String {
+    let mut s = String::new();
+    if !for_push {
+        if let Some(h) = &l.head {
+            s.push_str(&format!("@{h} HEAD\n"));
+        }
+    }
+    for r in &l.refs {
+        s.push_str(&format!("{} {}\n", r.sha, r.name));
+    }
+    s.push('\n');
+    s
+}
+
+fn fatal(out: &Out, url: &RemoteUrl, e: StorageError) -> i32 {
+    tracing::error!(remote = %url, error = %e, "remote helper failed");
+    out.stderr(format!("fatal: {e}\n"));
+    1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_output_with_head() {
+        let l = RefListing {
+            refs: vec![
+                RemoteRef { name: "refs/heads/main".into(), sha: "a".repeat(40) },
+                RemoteRef { name: "refs/tags/v1".into(), sha: "b".repeat(40) },
+            ],
+            head: Some("refs/heads/main".into()),
+            ..Default::default()
+        };
+        let full = render_list(&l, false);
+        assert!(full.starts_with("@refs/heads/main HEAD\n"));
+        assert!(full.ends_with("refs/tags/v1\n\n"));
+        assert!(!render_list(&l, true).contains("HEAD"));
+        assert_eq!(render_list(&RefListing::default(), false), "\n");
+    }
+}

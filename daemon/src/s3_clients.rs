@@ -1,0 +1,253 @@
+//! Warm S3 clients, one per distinct caller configuration (profile, region,
+//! endpoint, addressing style, credentials). A second `git fetch` from the
+//! same shell reuses the client, its connection pool and its cached
+//! credentials. Clients are built only from the environment the shim
+//! forwarded, never from the daemon's own.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_runtime::env_config::file::{EnvConfigFileKind as ProfileFileKind, EnvConfigFiles as ProfileFiles};
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::BehaviorVersion;
+use aws_sdk_s3::config::{Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use dashmap::DashMap;
+use sha2::{Digest, Sha256};
+
+/// Everything that selects a client, derived from the caller's environment.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ClientSpec {
+    pub profile: Option<String>,
+    pub region: Option<String>,
+    pub endpoint: Option<String>,
+    pub path_style: bool,
+    /// Hash of every credential-bearing input (never the secrets themselves).
+    credentials_fingerprint: String,
+    env: Vec<(String, String)>,
+}
+
+impl ClientSpec {
+    /// `url_profile` is the `profile@` of the remote URL; it wins over AWS_PROFILE.
+    pub fn from_env(env: &HashMap<String, String>, url_profile: Option<&str>) -> ClientSpec {
+        let get = |k: &str| env.get(k).filter(|v| !v.is_empty()).cloned();
+        let profile = url_profile.map(str::to_string).or_else(|| get("AWS_PROFILE"));
+        let region = get("AWS_REGION").or_else(|| get("AWS_DEFAULT_REGION"));
+        let endpoint = get("AWS_ENDPOINT_URL_S3").or_else(|| get("AWS_ENDPOINT_URL"));
+        let forced = matches!(get("GIT_REMOTE_S3_PATH_STYLE").as_deref(), Some("1" | "true" | "yes"));
+        let path_style = forced || endpoint.as_deref().map(endpoint_needs_path_style).unwrap_or(false);
+        let mut aws_env: Vec<(String, String)> = env
+            .iter()
+            .filter(|(k, _)| k.starts_with("AWS_") || k.as_str() == "HOME")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        aws_env.sort();
+        let mut h = Sha256::new();
+        for (k, v) in &aws_env {
+            h.update(k.as_bytes());
+            h.update([0]);
+            h.update(v.as_bytes());
+            h.update([0]);
+        }
+        h.update(profile.as_deref().unwrap_or("").as_bytes());
+        let credentials_fingerprint = hex::encode(&h.finalize()[..8]);
+        ClientSpec { profile, region, endpoint, path_style, credentials_fingerprint, env: aws_env }
+    }
+
+    fn get(&self, k: &str) -> Option<&str> {
+        self.env.iter().find(|(name, v)| name == k && !v.is_empty()).map(|(_, v)| v.as_str())
+    }
+
+    /// A description safe to show (no secrets).
+    pub fn describe(&self) -> String {
+        format!(
+            "profile={} region={} endpoint={} path-style={} creds={}",
+            self.profile.as_deref().unwrap_or("default"),
+            self.region.as_deref().unwrap_or("auto"),
+            self.endpoint.as_deref().unwrap_or("aws"),
+            self.path_style,
+            self.credentials_fingerprint
+        )
+    }
+
+    /// True for S3-compatible stores (MinIO, R2, moto...): they reject the
+    /// SDK's newer default checksums, so send them only when required.
+    fn is_third_party_endpoint(&self) -> bool {
+        match &self.endpoint {
+            Some(e) => !host_of(e).ends_with(".amazonaws.com"),
+            None => false,
+        }
+    }
+
+    async fn build(&self) -> aws_sdk_s3::Client {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .retry_config(
+                RetryConfig::standard()
+                    .with_max_attempts(6)
+                    .with_initial_backoff(Duration::from_millis(100))
+                    .with_max_backoff(Duration::from_secs(5)),
+            )
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(10))
+                    .read_timeout(Duration::from_secs(120))
+                    .build(),
+            );
+        // Profile files as the caller sees them (their HOME, their overrides).
+        let home = self.get("HOME").map(std::path::PathBuf::from);
+        let config_file = self
+            .get("AWS_CONFIG_FILE")
+            .map(std::path::PathBuf::from)
+            .or_else(|| home.as_ref().map(|h| h.join(".aws/config")));
+        let creds_file = self
+            .get("AWS_SHARED_CREDENTIALS_FILE")
+            .map(std::path::PathBuf::from)
+            .or_else(|| home.as_ref().map(|h| h.join(".aws/credentials")));
+        let mut files = ProfileFiles::builder();
+        if let Some(f) = config_file {
+            files = files.with_file(ProfileFileKind::Config, f);
+        }
+        if let Some(f) = creds_file {
+            files = files.with_file(ProfileFileKind::Credentials, f);
+        }
+        loader = loader.profile_files(files.build());
+        if let Some(p) = &self.profile {
+            loader = loader.profile_name(p);
+        }
+        let region = self.region.clone().or_else(|| {
+            // S3-compatible stores do not care; skip the IMDS lookup.
+            (self.endpoint.is_some() || self.get("AWS_EC2_METADATA_DISABLED") == Some("true"))
+                .then(|| "us-east-1".to_string())
+        });
+        if let Some(r) = region {
+            loader = loader.region(Region::new(r));
+        }
+        if let Some(e) = &self.endpoint {
+            loader = loader.endpoint_url(e);
+        }
+        // Static keys from the caller's environment win unless the URL names a profile.
+        if let (Some(id), Some(secret)) = (self.get("AWS_ACCESS_KEY_ID"), self.get("AWS_SECRET_ACCESS_KEY")) {
+            let explicit_profile_in_url = self.profile.is_some() && self.get("AWS_PROFILE") != self.profile.as_deref();
+            if !explicit_profile_in_url {
+                let token = self.get("AWS_SESSION_TOKEN").map(str::to_string);
+                loader = loader.credentials_provider(Credentials::new(id, secret, token, None, "caller-environment"));
+            }
+        } else if let (Some(token_file), Some(role)) = (self.get("AWS_WEB_IDENTITY_TOKEN_FILE"), self.get("AWS_ROLE_ARN")) {
+            let provider = aws_config::web_identity_token::WebIdentityTokenCredentialsProvider::builder()
+                .static_configuration(aws_config::web_identity_token::StaticConfiguration {
+                    web_identity_token_file: token_file.into(),
+                    role_arn: role.to_string(),
+                    session_name: self.get("AWS_ROLE_SESSION_NAME").unwrap_or("git-s3").to_string(),
+                })
+                .build();
+            loader = loader.credentials_provider(provider);
+        }
+        let sdk = loader.load().await;
+        let mut conf = aws_sdk_s3::config::Builder::from(&sdk).force_path_style(self.path_style);
+        if sdk.region().is_none() {
+            conf = conf.region(Region::new("us-east-1"));
+        }
+        if self.is_third_party_endpoint() {
+            conf = conf
+                .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+                .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+        }
+        aws_sdk_s3::Client::from_conf(conf.build())
+    }
+}
+
+fn host_of(endpoint: &str) -> &str {
+    let rest = endpoint.split_once("://").map(|(_, r)| r).unwrap_or(endpoint);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let authority = authority.rsplit_once('@').map(|(_, h)| h).unwrap_or(authority);
+    if let Some(v6) = authority.strip_prefix('[') {
+        return v6.split(']').next().unwrap_or(v6);
+    }
+    authority.split(':').next().unwrap_or(authority)
+}
+
+/// Path-style addressing is needed when the endpoint host is an IP address or
+/// `localhost` (no virtual-hosted bucket names possible).
+pub fn endpoint_needs_path_style(endpoint: &str) -> bool {
+    let host = host_of(endpoint);
+    host == "localhost" || host.ends_with(".localhost") || host.parse::<std::net::IpAddr>().is_ok()
+}
+
+pub struct WarmClient {
+    pub client: aws_sdk_s3::Client,
+    pub spec: ClientSpec,
+    pub created: Instant,
+    pub uses: AtomicU64,
+}
+
+/// The daemon's pool of warm clients.
+#[derive(Default)]
+pub struct S3Clients {
+    map: DashMap<ClientSpec, Arc<WarmClient>>,
+    build_lock: tokio::sync::Mutex<()>,
+}
+
+impl S3Clients {
+    pub async fn get(&self, spec: ClientSpec) -> Arc<WarmClient> {
+        if let Some(c) = self.map.get(&spec) {
+            c.uses.fetch_add(1, Ordering::Relaxed);
+            return c.clone();
+        }
+        // Serialize builds so concurrent sessions do not resolve twice.
+        let _guard = self.build_lock.lock().await;
+        if let Some(c) = self.map.get(&spec) {
+            c.uses.fetch_add(1, Ordering::Relaxed);
+            return c.clone();
+        }
+        tracing::debug!(client = %spec.describe(), "building S3 client");
+        let client = spec.build().await;
+        let warm = Arc::new(WarmClient { client, spec: spec.clone(), created: Instant::now(), uses: AtomicU64::new(1) });
+        self.map.insert(spec, warm.clone());
+        warm
+    }
+
+    pub fn snapshot(&self) -> Vec<(String, u64, u64)> {
+        self.map
+            .iter()
+            .map(|e| (e.spec.describe(), e.uses.load(Ordering::Relaxed), e.created.elapsed().as_secs()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_style_for_ip_and_localhost() {
+        assert!(endpoint_needs_path_style("http://127.0.0.1:9000"));
+        assert!(endpoint_needs_path_style("http://localhost:9000/"));
+        assert!(endpoint_needs_path_style("http://[::1]:9000"));
+        assert!(!endpoint_needs_path_style("https://s3.eu-west-1.amazonaws.com"));
+        assert!(!endpoint_needs_path_style("https://minio.example.com"));
+    }
+
+    #[test]
+    fn different_credentials_give_different_specs() {
+        let mut a = HashMap::new();
+        a.insert("AWS_ACCESS_KEY_ID".to_string(), "A".to_string());
+        let mut b = a.clone();
+        b.insert("AWS_ACCESS_KEY_ID".to_string(), "B".to_string());
+        assert_ne!(ClientSpec::from_env(&a, None), ClientSpec::from_env(&b, None));
+        assert_eq!(ClientSpec::from_env(&a, None), ClientSpec::from_env(&a.clone(), None));
+        assert_eq!(ClientSpec::from_env(&a, Some("dev")).profile.as_deref(), Some("dev"));
+        assert!(!ClientSpec::from_env(&a, None).describe().contains('B'));
+    }
+
+    #[test]
+    fn forced_path_style() {
+        let mut e = HashMap::new();
+        e.insert("GIT_REMOTE_S3_PATH_STYLE".to_string(), "1".to_string());
+        assert!(ClientSpec::from_env(&e, None).path_style);
+        e.insert("AWS_ENDPOINT_URL".to_string(), "http://127.0.0.1:1".to_string());
+        e.remove("GIT_REMOTE_S3_PATH_STYLE");
+        assert!(ClientSpec::from_env(&e, None).path_style);
+    }
+}

@@ -1,0 +1,489 @@
+//! The S3 store: every S3 call the daemon makes, with typed errors, a tracing
+//! span each, streaming to and from files, and multipart for large objects.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use tokio::io::AsyncWriteExt;
+use tracing::Instrument;
+
+/// Objects above this size are uploaded in parts.
+pub const MULTIPART_THRESHOLD: u64 = 64 << 20;
+/// Size of one part of a multipart upload.
+pub const PART_SIZE: u64 = 16 << 20;
+/// Parts uploaded at once.
+const PART_CONCURRENCY: usize = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("bucket '{0}' does not exist (or is in another region); create it or fix the remote URL")]
+    NoSuchBucket(String),
+    #[error("access denied to s3://{bucket}/{key}: {message}. Check the credentials/profile and the bucket policy")]
+    AccessDenied { bucket: String, key: String, message: String },
+    #[error("the AWS credentials were rejected ({0}); check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or the profile")]
+    InvalidCredentials(String),
+    #[error("no AWS credentials found ({0}); configure a profile (`aws configure`), set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or use s3://profile@bucket/prefix")]
+    NoCredentials(String),
+    #[error("cannot connect to the S3 endpoint: {0}")]
+    Connect(String),
+    #[error("s3://{bucket}/{key} not found")]
+    NotFound { bucket: String, key: String },
+    #[error("precondition failed on s3://{bucket}/{key}")]
+    PreconditionFailed { bucket: String, key: String },
+    #[error("S3 error on s3://{bucket}/{key}: {message}")]
+    Other { bucket: String, key: String, message: String },
+    #[error("local file error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl StoreError {
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, StoreError::NotFound { .. })
+    }
+    pub fn is_precondition_failed(&self) -> bool {
+        matches!(self, StoreError::PreconditionFailed { .. })
+    }
+    /// Errors that no retry or other ref will fix (the whole session fails).
+    pub fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            StoreError::NoSuchBucket(_)
+                | StoreError::InvalidCredentials(_)
+                | StoreError::NoCredentials(_)
+                | StoreError::Connect(_)
+                | StoreError::AccessDenied { .. }
+        )
+    }
+}
+
+fn classify<E>(err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>, bucket: &str, key: &str) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let status = err.raw_response().map(|r| r.status().as_u16());
+    let code = err.code().map(str::to_string);
+    let text = format!("{}", DisplayErrorContext(&err));
+    let b = bucket.to_string();
+    let k = key.to_string();
+    match (&err, code.as_deref(), status) {
+        (SdkError::ServiceError(_), Some("NoSuchBucket"), _) => StoreError::NoSuchBucket(b),
+        (SdkError::ServiceError(_), Some("NoSuchKey" | "NotFound"), _) | (SdkError::ServiceError(_), _, Some(404)) => {
+            if code.as_deref() == Some("NoSuchBucket") {
+                StoreError::NoSuchBucket(b)
+            } else {
+                StoreError::NotFound { bucket: b, key: k }
+            }
+        }
+        (_, Some("PreconditionFailed"), _) | (_, _, Some(412)) => StoreError::PreconditionFailed { bucket: b, key: k },
+        (_, Some("InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken" | "InvalidToken"), _) => {
+            StoreError::InvalidCredentials(code.unwrap_or_default())
+        }
+        (_, Some("AccessDenied" | "AllAccessDisabled"), _) | (SdkError::ServiceError(_), _, Some(403)) => {
+            StoreError::AccessDenied { bucket: b, key: k, message: err.message().unwrap_or("403 Forbidden").to_string() }
+        }
+        (SdkError::DispatchFailure(d), _, _) if d.is_io() || d.is_timeout() => StoreError::Connect(text),
+        _ if text.contains("no credentials") || text.contains("failed to load credentials") || text.contains("identity") && text.contains("credentials") => {
+            StoreError::NoCredentials(first_line(&text))
+        }
+        (SdkError::DispatchFailure(_), _, _) | (SdkError::TimeoutError(_), _, _) => StoreError::Connect(text),
+        _ => StoreError::Other { bucket: b, key: k, message: first_line(&text) },
+    }
+}
+
+fn first_line(s: &str) -> String {
+    let s = s.lines().next().unwrap_or(s);
+    if s.len() > 400 { format!("{}…", &s[..s.char_indices().nth(400).map(|(i, _)| i).unwrap_or(s.len())]) } else { s.to_string() }
+}
+
+#[derive(Debug, Clone)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+    pub etag: String,
+    pub last_modified: SystemTime,
+}
+
+impl ObjectInfo {
+    pub fn age(&self) -> std::time::Duration {
+        SystemTime::now().duration_since(self.last_modified).unwrap_or_default()
+    }
+}
+
+/// Condition for a write.
+#[derive(Debug, Clone, Default)]
+pub enum WriteCondition {
+    #[default]
+    None,
+    /// `If-None-Match: *`: create only.
+    IfAbsent,
+    /// `If-Match: <etag>`: replace only that version.
+    IfMatch(String),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PutOptions {
+    pub condition: WriteCondition,
+    pub metadata: Vec<(String, String)>,
+    pub content_disposition: Option<String>,
+    pub content_type: Option<String>,
+}
+
+fn to_system_time(t: Option<&aws_sdk_s3::primitives::DateTime>) -> SystemTime {
+    t.and_then(|d| SystemTime::try_from(*d).ok()).unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+/// One bucket, through one warm client.
+#[derive(Clone)]
+pub struct S3Store {
+    client: aws_sdk_s3::Client,
+    bucket: Arc<str>,
+}
+
+impl S3Store {
+    pub fn new(client: aws_sdk_s3::Client, bucket: &str) -> S3Store {
+        S3Store { client, bucket: bucket.into() }
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// Every object under `prefix` (all pages).
+    pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+        let span = tracing::debug_span!("s3.list", bucket = %self.bucket, prefix);
+        async {
+            let mut out = Vec::new();
+            let mut token: Option<String> = None;
+            loop {
+                let resp = self
+                    .client
+                    .list_objects_v2()
+                    .bucket(&*self.bucket)
+                    .prefix(prefix)
+                    .set_continuation_token(token.take())
+                    .send()
+                    .await
+                    .map_err(|e| classify(e, &self.bucket, prefix))?;
+                for o in resp.contents() {
+                    if let Some(key) = o.key() {
+                        out.push(ObjectInfo {
+                            key: key.to_string(),
+                            size: o.size().unwrap_or(0).max(0) as u64,
+                            etag: o.e_tag().unwrap_or_default().to_string(),
+                            last_modified: to_system_time(o.last_modified()),
+                        });
+                    }
+                }
+                match resp.next_continuation_token() {
+                    Some(t) if resp.is_truncated() == Some(true) => token = Some(t.to_string()),
+                    _ => break,
+                }
+            }
+            tracing::debug!(objects = out.len(), "listed");
+            Ok(out)
+        }
+        .instrument(span)
+        .await
+    }
+
+    pub async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
+        let span = tracing::debug_span!("s3.head", bucket = %self.bucket, key);
+        async {
+            match self.client.head_object().bucket(&*self.bucket).key(key).send().await {
+                Ok(r) => Ok(Some(ObjectInfo {
+                    key: key.to_string(),
+                    size: r.content_length().unwrap_or(0).max(0) as u64,
+                    etag: r.e_tag().unwrap_or_default().to_string(),
+                    last_modified: to_system_time(r.last_modified()),
+                })),
+                Err(e) => match classify(e, &self.bucket, key) {
+                    StoreError::NotFound { .. } => Ok(None),
+                    other => Err(other),
+                },
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// A small object's content (HEAD, markers), or None when absent.
+    pub async fn get_small(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let span = tracing::debug_span!("s3.get", bucket = %self.bucket, key);
+        async {
+            match self.client.get_object().bucket(&*self.bucket).key(key).send().await {
+                Ok(r) => {
+                    let data = r.body.collect().await.map_err(|e| StoreError::Other {
+                        bucket: self.bucket.to_string(),
+                        key: key.to_string(),
+                        message: e.to_string(),
+                    })?;
+                    Ok(Some(data.into_bytes().to_vec()))
+                }
+                Err(e) => match classify(e, &self.bucket, key) {
+                    StoreError::NotFound { .. } => Ok(None),
+                    other => Err(other),
+                },
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Streams an object into `dest` (created/truncated). Returns its ETag and
+    /// size. `on_bytes` is called as data arrives. Fails when fewer bytes
+    /// arrive than the object's length (truncated transfer).
+    pub async fn get_to_file(
+        &self,
+        key: &str,
+        dest: &Path,
+        mut on_bytes: impl FnMut(u64) + Send,
+    ) -> Result<(String, u64), StoreError> {
+        let span = tracing::debug_span!("s3.get", bucket = %self.bucket, key);
+        async {
+            let resp = self
+                .client
+                .get_object()
+                .bucket(&*self.bucket)
+                .key(key)
+                .send()
+                .await
+                .map_err(|e| classify(e, &self.bucket, key))?;
+            let etag = resp.e_tag().unwrap_or_default().to_string();
+            let expected = resp.content_length().map(|l| l.max(0) as u64);
+            let mut body = resp.body;
+            let mut file = tokio::fs::File::create(dest).await?;
+            let mut total = 0u64;
+            while let Some(chunk) = body.try_next().await.map_err(|e| StoreError::Other {
+                bucket: self.bucket.to_string(),
+                key: key.to_string(),
+                message: format!("download interrupted: {e}"),
+            })? {
+                file.write_all(&chunk).await?;
+                total += chunk.len() as u64;
+                on_bytes(chunk.len() as u64);
+            }
+            file.flush().await?;
+            file.sync_all().await?;
+            if let Some(exp) = expected {
+                if exp != total {
+                    return Err(StoreError::Other {
+                        bucket: self.bucket.to_string(),
+                        key: key.to_string(),
+                        message: format!("truncated download: got {total} of {exp} bytes"),
+                    });
+                }
+            }
+            tracing::debug!(bytes = total, "downloaded");
+            Ok((etag, total))
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Writes a small object from memory. Returns the new ETag.
+    pub async fn put_bytes(&self, key: &str, data: Vec<u8>, opts: PutOptions) -> Result<String, StoreError> {
+        let span = tracing::debug_span!("s3.put", bucket = %self.bucket, key, bytes = data.len());
+        async { self.put_body(key, ByteStream::from(data), opts).await }.instrument(span).await
+    }
+
+    async fn put_body(&self, key: &str, body: ByteStream, opts: PutOptions) -> Result<String, StoreError> {
+        let mut req = self.client.put_object().bucket(&*self.bucket).key(key).body(body);
+        match &opts.condition {
+            WriteCondition::None => {}
+            WriteCondition::IfAbsent => req = req.if_none_match("*"),
+            WriteCondition::IfMatch(etag) => req = req.if_match(etag),
+        }
+        for (k, v) in &opts.metadata {
+            req = req.metadata(k, v);
+        }
+        if let Some(cd) = &opts.content_disposition {
+            req = req.content_disposition(cd);
+        }
+        if let Some(ct) = &opts.content_type {
+            req = req.content_type(ct);
+        }
+        let resp = req.send().await.map_err(|e| classify(e, &self.bucket, key))?;
+        Ok(resp.e_tag().unwrap_or_default().to_string())
+    }
+
+    /// Uploads a file, streaming it from disk; multipart (parallel parts) above
+    /// [`MULTIPART_THRESHOLD`]. `on_bytes` is called as parts complete.
+    pub async fn put_file(
+        &self,
+        key: &str,
+        path: &Path,
+        opts: PutOptions,
+        on_bytes: impl Fn(u64) + Send + Sync,
+    ) -> Result<String, StoreError> {
+        let len = tokio::fs::metadata(path).await?.len();
+        let span = tracing::debug_span!("s3.put", bucket = %self.bucket, key, bytes = len);
+        async {
+            if len <= MULTIPART_THRESHOLD {
+                let body = ByteStream::from_path(path).await.map_err(|e| StoreError::Other {
+                    bucket: self.bucket.to_string(),
+                    key: key.to_string(),
+                    message: e.to_string(),
+                })?;
+                let etag = self.put_body(key, body, opts).await?;
+                on_bytes(len);
+                return Ok(etag);
+            }
+            self.put_multipart(key, path, len, opts, &on_bytes).await
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn put_multipart(
+        &self,
+        key: &str,
+        path: &Path,
+        len: u64,
+        opts: PutOptions,
+        on_bytes: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<String, StoreError> {
+        use futures::stream::{StreamExt, TryStreamExt};
+        let mut create = self.client.create_multipart_upload().bucket(&*self.bucket).key(key);
+        for (k, v) in &opts.metadata {
+            create = create.metadata(k, v);
+        }
+        if let Some(cd) = &opts.content_disposition {
+            create = create.content_disposition(cd);
+        }
+        if let Some(ct) = &opts.content_type {
+            create = create.content_type(ct);
+        }
+        let created = create.send().await.map_err(|e| classify(e, &self.bucket, key))?;
+        let upload_id = created.upload_id().unwrap_or_default().to_string();
+        let parts = len.div_ceil(PART_SIZE);
+        let result: Result<Vec<CompletedPart>, StoreError> = futures::stream::iter(0..parts)
+            .map(|i| {
+                let upload_id = upload_id.clone();
+                async move {
+                    let offset = i * PART_SIZE;
+                    let size = PART_SIZE.min(len - offset);
+                    let body = ByteStream::read_from()
+                        .path(path)
+                        .offset(offset)
+                        .length(aws_smithy_types::byte_stream::Length::Exact(size))
+                        .build()
+                        .await
+                        .map_err(|e| StoreError::Other {
+                            bucket: self.bucket.to_string(),
+                            key: key.to_string(),
+                            message: e.to_string(),
+                        })?;
+                    let part_number = (i + 1) as i32;
+                    let r = self
+                        .client
+                        .upload_part()
+                        .bucket(&*self.bucket)
+                        .key(key)
+                        .upload_id(&upload_id)
+                        .part_number(part_number)
+                        .body(body)
+                        .send()
+                        .instrument(tracing::debug_span!("s3.upload_part", part_number, bytes = size))
+                        .await
+                        .map_err(|e| classify(e, &self.bucket, key))?;
+                    on_bytes(size);
+                    Ok(CompletedPart::builder().part_number(part_number).set_e_tag(r.e_tag().map(str::to_string)).build())
+                }
+            })
+            .buffered(PART_CONCURRENCY)
+            .try_collect()
+            .await;
+        let parts = match result {
+            Ok(p) => p,
+            Err(e) => {
+                self.abort_multipart(key, &upload_id).await;
+                return Err(e);
+            }
+        };
+        let mut complete = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&*self.bucket)
+            .key(key)
+            .upload_id(&upload_id)
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build());
+        match &opts.condition {
+            WriteCondition::None => {}
+            WriteCondition::IfAbsent => complete = complete.if_none_match("*"),
+            WriteCondition::IfMatch(etag) => complete = complete.if_match(etag),
+        }
+        match complete.send().await {
+            Ok(r) => Ok(r.e_tag().unwrap_or_default().to_string()),
+            Err(e) => {
+                self.abort_multipart(key, &upload_id).await;
+                Err(classify(e, &self.bucket, key))
+            }
+        }
+    }
+
+    async fn abort_multipart(&self, key: &str, upload_id: &str) {
+        let r = self.client.abort_multipart_upload().bucket(&*self.bucket).key(key).upload_id(upload_id).send().await;
+        if let Err(e) = r {
+            tracing::warn!(key, error = %DisplayErrorContext(&e), "could not abort multipart upload");
+        }
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let span = tracing::debug_span!("s3.delete", bucket = %self.bucket, key);
+        async {
+            self.client
+                .delete_object()
+                .bucket(&*self.bucket)
+                .key(key)
+                .send()
+                .await
+                .map_err(|e| classify(e, &self.bucket, key))?;
+            Ok(())
+        }
+        .instrument(span)
+        .await
+    }
+
+    pub async fn copy(&self, from: &str, to: &str) -> Result<(), StoreError> {
+        let span = tracing::debug_span!("s3.copy", bucket = %self.bucket, from, to);
+        async {
+            let source = format!("{}/{}", self.bucket, percent_encode_key(from));
+            self.client
+                .copy_object()
+                .bucket(&*self.bucket)
+                .key(to)
+                .copy_source(source)
+                .send()
+                .await
+                .map_err(|e| classify(e, &self.bucket, from))?;
+            Ok(())
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+/// Percent-encodes a key for `x-amz-copy-source` (keeps `/`).
+fn percent_encode_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for b in key.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn copy_source_encoding() {
+        assert_eq!(super::percent_encode_key("p/refs/heads/a#b"), "p/refs/heads/a%23b");
+        assert_eq!(super::percent_encode_key("p/LOCK#.lock"), "p/LOCK%23.lock");
+    }
+}

@@ -1,0 +1,124 @@
+//! The daemon process: one per user (an exclusive lock on a file beside the
+//! socket), a Unix socket in a 0700 directory, peer-uid check on every
+//! connection, exit after an idle period or on request.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use git_s3_proto::pb::git_s3_server::GitS3Server;
+use tokio::net::UnixListener;
+use tokio_stream::StreamExt;
+
+use crate::cache::Cache;
+use crate::service::Service;
+use crate::state::DaemonState;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("another git-s3 daemon is already running (lock {0} held)")]
+    AlreadyRunning(PathBuf),
+    #[error("cannot prepare {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+pub struct ServerConfig {
+    pub idle_timeout: Duration,
+    pub cache_max_bytes: u64,
+}
+
+impl ServerConfig {
+    /// From the daemon's own environment (daemon settings, not request data).
+    pub fn from_env() -> ServerConfig {
+        let idle = std::env::var("GIT_S3_DAEMON_IDLE_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(1800);
+        let max = std::env::var("GIT_S3_CACHE_MAX_BYTES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(crate::cache::DEFAULT_MAX_BYTES);
+        ServerConfig { idle_timeout: Duration::from_secs(idle), cache_max_bytes: max }
+    }
+}
+
+fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> ServerError + '_ {
+    move |source| ServerError::Io { path: path.to_path_buf(), source }
+}
+
+/// Holds the single-instance lock for the daemon's lifetime.
+pub struct InstanceLock {
+    _file: std::fs::File,
+}
+
+pub fn take_instance_lock() -> Result<InstanceLock, ServerError> {
+    use std::os::unix::io::AsRawFd;
+    let dir = git_s3_proto::paths::runtime_dir();
+    std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(io_err(&dir))?;
+    let path = git_s3_proto::paths::lock_path();
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io_err(&path))?;
+    // SAFETY: flock on a file descriptor we own.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(ServerError::AlreadyRunning(path));
+    }
+    Ok(InstanceLock { _file: file })
+}
+
+pub async fn serve(config: ServerConfig, _lock: InstanceLock) -> Result<(), ServerError> {
+    let socket = git_s3_proto::paths::socket_path();
+    // We hold the instance lock: any socket file left is stale.
+    let _ = std::fs::remove_file(&socket);
+    let listener = UnixListener::bind(&socket).map_err(io_err(&socket))?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).map_err(io_err(&socket))?;
+    let cache_root = git_s3_proto::paths::cache_dir();
+    let cache = Cache::new(cache_root.clone(), config.cache_max_bytes).map_err(io_err(&cache_root))?;
+    let state = Arc::new(DaemonState::new(cache, socket.clone(), git_s3_proto::paths::log_file()));
+    tracing::info!(socket = %socket.display(), pid = std::process::id(), version = git_s3_proto::VERSION, "git-s3 daemon listening");
+
+    let my_uid = unsafe { libc::getuid() };
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener).filter(move |conn| match conn {
+        Ok(stream) => match stream.peer_cred() {
+            Ok(cred) if cred.uid() == my_uid => true,
+            Ok(cred) => {
+                tracing::warn!(peer_uid = cred.uid(), "refused connection from another user");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "refused connection: cannot read peer credentials");
+                false
+            }
+        },
+        Err(_) => true,
+    });
+
+    let idle_state = state.clone();
+    let idle_timeout = config.idle_timeout;
+    let shutdown = async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1).min(idle_timeout));
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if idle_state.idle_for() >= idle_timeout {
+                        tracing::info!(idle = ?idle_timeout, "idle; exiting");
+                        break;
+                    }
+                }
+                _ = idle_state.shutdown.notified() => break,
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {
+                    tracing::info!("SIGTERM; exiting");
+                    break;
+                }
+            }
+        }
+    };
+    let result = tonic::transport::Server::builder()
+        .add_service(GitS3Server::new(Service { state: state.clone() }).max_decoding_message_size(64 << 20))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await;
+    let _ = std::fs::remove_file(&socket);
+    tracing::info!("git-s3 daemon stopped");
+    result.map_err(ServerError::from)
+}

@@ -1,0 +1,72 @@
+//! What the daemon keeps between sessions: warm clients, the cache, counters.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crate::cache::Cache;
+use crate::remote_url::RemoteUrl;
+use crate::s3_clients::{ClientSpec, S3Clients};
+use crate::s3_store::S3Store;
+
+pub struct DaemonState {
+    pub clients: S3Clients,
+    pub cache: Arc<Cache>,
+    pub started: Instant,
+    pub socket_path: PathBuf,
+    pub log_file: PathBuf,
+    pub active_sessions: AtomicU64,
+    pub total_sessions: AtomicU64,
+    pub last_activity: Mutex<Instant>,
+    pub shutdown: tokio::sync::Notify,
+}
+
+impl DaemonState {
+    pub fn new(cache: Cache, socket_path: PathBuf, log_file: PathBuf) -> DaemonState {
+        DaemonState {
+            clients: S3Clients::default(),
+            cache: Arc::new(cache),
+            started: Instant::now(),
+            socket_path,
+            log_file,
+            active_sessions: AtomicU64::new(0),
+            total_sessions: AtomicU64::new(0),
+            last_activity: Mutex::new(Instant::now()),
+            shutdown: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// The store for a remote, through the warm client the caller's
+    /// environment selects.
+    pub async fn store_for(&self, env: &HashMap<String, String>, url: &RemoteUrl) -> S3Store {
+        let spec = ClientSpec::from_env(env, url.profile.as_deref());
+        let warm = self.clients.get(spec).await;
+        S3Store::new(warm.client.clone(), &url.bucket)
+    }
+
+    pub fn touch(&self) {
+        if let Ok(mut t) = self.last_activity.lock() {
+            *t = Instant::now();
+        }
+    }
+
+    pub fn session_started(&self) {
+        self.active_sessions.fetch_add(1, Ordering::SeqCst);
+        self.total_sessions.fetch_add(1, Ordering::Relaxed);
+        self.touch();
+    }
+
+    pub fn session_ended(&self) {
+        self.active_sessions.fetch_sub(1, Ordering::SeqCst);
+        self.touch();
+    }
+
+    pub fn idle_for(&self) -> std::time::Duration {
+        if self.active_sessions.load(Ordering::SeqCst) > 0 {
+            return std::time::Duration::ZERO;
+        }
+        self.last_activity.lock().map(|t| t.elapsed()).unwrap_or_default()
+    }
+}

@@ -1,0 +1,136 @@
+//! The storage-format interface: what the remote-helper protocol needs from
+//! a repository in S3 (list refs, fetch objects for wanted refs, apply ref
+//! updates). The git-remote-s3 0.4.2 bundle layout implements it today
+//! (`bundle_format`); an incremental pack format can be added beside it
+//! without touching the protocol or service code.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use crate::cache::Cache;
+use crate::git::{Git, GitError};
+use crate::locks::LockError;
+use crate::remote_url::RemoteUrl;
+use crate::s3_store::{S3Store, StoreError};
+use crate::session::Out;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Git(#[from] GitError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error("local file error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("remote ref {0} not found (the remote changed since it was listed; fetch again)")]
+    MissingRef(String),
+    #[error("{0}")]
+    Corrupt(String),
+}
+
+impl StorageError {
+    pub fn is_fatal(&self) -> bool {
+        match self {
+            StorageError::Store(e) => e.is_fatal(),
+            StorageError::Lock(LockError::Store(e)) => e.is_fatal(),
+            _ => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteRef {
+    pub name: String,
+    pub sha: String,
+}
+
+/// What a remote holds, as the protocol's `list` shows it.
+#[derive(Debug, Clone, Default)]
+pub struct RefListing {
+    /// Sorted by ref name.
+    pub refs: Vec<RemoteRef>,
+    /// The ref the remote HEAD names, when that ref exists.
+    pub head: Option<String>,
+    /// The raw content of HEAD (may name a missing ref).
+    pub head_raw: Option<String>,
+    pub protected: BTreeSet<String>,
+    /// Problems a user should know about (e.g. several bundles for one ref).
+    pub warnings: Vec<String>,
+}
+
+impl RefListing {
+    pub fn sha_of(&self, name: &str) -> Option<&str> {
+        self.refs.iter().find(|r| r.name == name).map(|r| r.sha.as_str())
+    }
+}
+
+/// One `push` line of the protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushUpdate {
+    /// None: delete `dst`.
+    pub src: Option<String>,
+    pub dst: String,
+    pub force: bool,
+}
+
+/// A refused update, with the reason in the words git understands
+/// (`fetch first`, `non-fast-forward`, `stale info`, `already exists`) or a
+/// message of our own.
+pub type PushResult = Result<(), String>;
+
+/// Everything an operation needs from the session.
+pub struct OpContext {
+    pub git: Git,
+    pub out: Out,
+    pub env: HashMap<String, String>,
+    pub progress: bool,
+    pub cache: Arc<Cache>,
+    /// `option cas <ref>:<sha>` expectations (empty string: must not exist).
+    pub cas: HashMap<String, String>,
+}
+
+pub trait RepoStorage {
+    fn list(&self) -> impl std::future::Future<Output = Result<RefListing, StorageError>> + Send;
+    fn fetch(
+        &self,
+        ctx: &OpContext,
+        listing: &RefListing,
+        wants: &[RemoteRef],
+    ) -> impl std::future::Future<Output = Result<(), StorageError>> + Send;
+    fn push(
+        &self,
+        ctx: &OpContext,
+        updates: &[PushUpdate],
+    ) -> impl std::future::Future<Output = Result<Vec<(String, PushResult)>, StorageError>> + Send;
+}
+
+/// The formats a remote can be in (only bundles today).
+pub enum Storage {
+    Bundles(crate::bundle_format::BundleStorage),
+}
+
+impl Storage {
+    pub fn open(store: S3Store, url: RemoteUrl) -> Storage {
+        Storage::Bundles(crate::bundle_format::BundleStorage::new(store, url))
+    }
+
+    pub async fn list(&self) -> Result<RefListing, StorageError> {
+        match self {
+            Storage::Bundles(b) => b.list().await,
+        }
+    }
+
+    pub async fn fetch(&self, ctx: &OpContext, listing: &RefListing, wants: &[RemoteRef]) -> Result<(), StorageError> {
+        match self {
+            Storage::Bundles(b) => b.fetch(ctx, listing, wants).await,
+        }
+    }
+
+    pub async fn push(&self, ctx: &OpContext, updates: &[PushUpdate]) -> Result<Vec<(String, PushResult)>, StorageError> {
+        match self {
+            Storage::Bundles(b) => b.push(ctx, updates).await,
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! Progress lines for long transfers, written to the caller's stderr the way
+//! git writes its own (`\r`-updated, at most a few times a second).
+
+use std::time::{Duration, Instant};
+
+use crate::session::Out;
+
+pub struct Progress {
+    out: Out,
+    enabled: bool,
+    label: String,
+    total: Option<u64>,
+    done: u64,
+    started: Instant,
+    last: Option<Instant>,
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+impl Progress {
+    pub fn new(out: Out, enabled: bool, label: String, total: Option<u64>) -> Progress {
+        Progress { out, enabled, label, total, done: 0, started: Instant::now(), last: None }
+    }
+
+    pub fn add(&mut self, n: u64) {
+        self.done += n;
+        if !self.enabled {
+            return;
+        }
+        // Quiet for quick transfers; then at most every 250 ms.
+        if self.started.elapsed() < Duration::from_millis(500) {
+            return;
+        }
+        if self.last.map(|l| l.elapsed() < Duration::from_millis(250)).unwrap_or(false) {
+            return;
+        }
+        self.last = Some(Instant::now());
+        self.out.stderr(format!("\r{}", self.line()));
+    }
+
+    fn line(&self) -> String {
+        let rate = self.done as f64 / MIB / self.started.elapsed().as_secs_f64().max(0.001);
+        match self.total {
+            Some(t) if t > 0 => format!(
+                "{}: {:3}% ({:.1}/{:.1} MiB) {:.1} MiB/s",
+                self.label,
+                self.done * 100 / t,
+                self.done as f64 / MIB,
+                t as f64 / MIB,
+                rate
+            ),
+            _ => format!("{}: {:.1} MiB {:.1} MiB/s", self.label, self.done as f64 / MIB, rate),
+        }
+    }
+
+    /// Prints the final line if anything was shown.
+    pub fn finish(&mut self) {
+        if self.enabled && self.last.is_some() {
+            self.out.stderr(format!("\r{}, done.\n", self.line()));
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! The client side shared by every shim: connect to the daemon over its Unix
+//! socket, start it when nothing answers, and pump stdio through a session.
+
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncReadExt;
+use tokio::net::UnixStream;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::pb::git_s3_client::GitS3Client;
+use crate::pb::{self, session_input, session_output, SessionInput, SessionStart};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the git-s3 daemon at {socket}: {reason}")]
+    Unreachable { socket: PathBuf, reason: String },
+    #[error("cannot start the git-s3 daemon ({exe}): {reason}. Start it by hand with `git s3 daemon run` to see why")]
+    StartFailed { exe: PathBuf, reason: String },
+    #[error("the git-s3 daemon closed the session: {0}")]
+    Session(String),
+}
+
+/// Connects to the daemon at `socket` without starting it.
+pub async fn connect(socket: &Path) -> Result<GitS3Client<Channel>, ClientError> {
+    let path = socket.to_path_buf();
+    if !path.exists() {
+        return Err(ClientError::Unreachable { socket: path, reason: "no socket".into() });
+    }
+    let connector_path = path.clone();
+    // The URI is ignored: every connection goes to the Unix socket.
+    let channel = Endpoint::try_from("http://[::1]:1")
+        .map_err(|e| ClientError::Unreachable { socket: path.clone(), reason: e.to_string() })?
+        .connect_timeout(Duration::from_secs(2))
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let p = connector_path.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(p).await?)) }
+        }))
+        .await
+        .map_err(|e| ClientError::Unreachable { socket: path.clone(), reason: e.to_string() })?;
+    Ok(GitS3Client::new(channel).max_decoding_message_size(64 << 20))
+}
+
+/// Connects to a daemon of our version, starting (or restarting) it as needed.
+pub async fn connect_or_start() -> Result<GitS3Client<Channel>, ClientError> {
+    let socket = crate::paths::socket_path();
+    if let Ok(mut c) = connect(&socket).await {
+        match c.hello(pb::HelloRequest { client_version: crate::VERSION.into() }).await {
+            Ok(r) if r.get_ref().version == crate::VERSION => return Ok(c),
+            Ok(r) => {
+                // Another version: ask it to go away, then start ours.
+                let old = r.into_inner().version;
+                let _ = c.shutdown(pb::ShutdownRequest {}).await;
+                wait_until_gone(&socket, Duration::from_secs(5)).await;
+                if std::env::var_os("GIT_REMOTE_S3_VERBOSE").is_some() {
+                    eprintln!("git-s3: restarted daemon {old} as {}", crate::VERSION);
+                }
+            }
+            Err(_) => {}
+        }
+    }
+    start_daemon()?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut delay = Duration::from_millis(10);
+    loop {
+        if let Ok(mut c) = connect(&socket).await {
+            if let Ok(r) = c.hello(pb::HelloRequest { client_version: crate::VERSION.into() }).await {
+                if r.get_ref().version == crate::VERSION {
+                    return Ok(c);
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(ClientError::Unreachable {
+                socket,
+                reason: format!(
+                    "the daemon did not answer within 15 s of being started; see its log at {}",
+                    crate::paths::log_file().display()
+                ),
+            });
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(200));
+    }
+}
+
+async fn wait_until_gone(socket: &Path, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if connect(socket).await.is_err() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The daemon binary: `GIT_S3_DAEMON`, else `git-s3-daemon` beside this
+/// executable, else on PATH.
+pub fn daemon_exe() -> PathBuf {
+    if let Some(p) = std::env::var_os("GIT_S3_DAEMON") {
+        return PathBuf::from(p);
+    }
+    if let Ok(me) = std::env::current_exe() {
+        if let Some(dir) = me.parent() {
+            let candidate = dir.join("git-s3-daemon");
+            if candidate.exists() {
+                return candidate;
+            }
+        }
+    }
+    PathBuf::from("git-s3-daemon")
+}
+
+/// Starts the daemon detached from this process (own session, no stdio).
+/// Several shims racing here is fine: the daemon takes an exclusive lock and
+/// the losers exit.
+pub fn start_daemon() -> Result<(), ClientError> {
+    use std::os::unix::process::CommandExt;
+    let exe = daemon_exe();
+    let mut cmd = std::process::Command::new(&exe);
+    cmd.arg("run")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: setsid is async-signal-safe; it detaches the daemon from the
+    // caller's terminal and process group so ^C in git does not kill it.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .map_err(|e| ClientError::StartFailed { exe: exe.clone(), reason: e.to_string() })?;
+    // Reap it in the background so no zombie stays behind while we run.
+    std::thread::spawn(move || {
+        let mut child = child;
+        let _ = child.wait();
+    });
+    Ok(())
+}
+
+/// The caller's environment that the daemon needs to act on its behalf.
+pub fn forwarded_env() -> HashMap<String, String> {
+    std::env::vars().filter(|(k, _)| crate::is_forwarded_env(k)).collect()
+}
+
+/// Runs one session: connects (starting the daemon if needed), forwards stdin,
+/// writes what the daemon sends to stdout/stderr, and returns the exit code.
+pub async fn run_session(program: pb::Program, args: Vec<String>, argv0: String) -> Result<i32, ClientError> {
+    let mut client = connect_or_start().await?;
+    let start = SessionStart {
+        program: program as i32,
+        args,
+        env: forwarded_env(),
+        cwd: std::env::current_dir().map(|p| p.display().to_string()).unwrap_or_default(),
+        stdin_is_tty: std::io::stdin().is_terminal(),
+        stderr_is_tty: std::io::stderr().is_terminal(),
+        argv0,
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<SessionInput>(16);
+    tx.send(SessionInput { msg: Some(session_input::Msg::Start(start)) })
+        .await
+        .map_err(|e| ClientError::Session(e.to_string()))?;
+    tokio::spawn(async move {
+        let mut stdin = tokio::io::stdin();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match stdin.read(&mut buf).await {
+                Ok(0) | Err(_) => {
+                    let _ = tx.send(SessionInput { msg: Some(session_input::Msg::StdinEof(true)) }).await;
+                    break;
+                }
+                Ok(n) => {
+                    if tx.send(SessionInput { msg: Some(session_input::Msg::Stdin(buf[..n].to_vec())) }).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    let mut outputs = client
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(|e| ClientError::Session(e.message().to_string()))?
+        .into_inner();
+    let stdout = std::io::stdout();
+    let stderr = std::io::stderr();
+    loop {
+        match outputs.message().await {
+            Ok(Some(out)) => match out.msg {
+                Some(session_output::Msg::Stdout(b)) => {
+                    let mut o = stdout.lock();
+                    let _ = o.write_all(&b);
+                    let _ = o.flush();
+                }
+                Some(session_output::Msg::Stderr(b)) => {
+                    let mut e = stderr.lock();
+                    let _ = e.write_all(&b);
+                    let _ = e.flush();
+                }
+                Some(session_output::Msg::ExitCode(code)) => return Ok(code),
+                None => {}
+            },
+            Ok(None) => return Err(ClientError::Session("the daemon ended the session without an exit code".into())),
+            Err(status) => return Err(ClientError::Session(status.message().to_string())),
+        }
+    }
+}
+
