@@ -1,1 +1,336 @@
-pub fn placeholder() {}
+//! Shared end-to-end fixtures: a real S3-compatible server on 127.0.0.1
+//! (moto's server, from the test venv that `scripts/test.sh` installs), an
+//! isolated environment per test (HOME, git config, daemon runtime dir,
+//! cache, a fresh bucket), the built binaries on PATH, and helpers to run
+//! the real `git`, `git-lfs` and git-remote-s3 0.4.2.
+
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The test venv (moto server, boto3, git-remote-s3 0.4.2):
+/// `GIT_S3_TEST_VENV`, else `<workspace>/.test-env/venv`.
+pub fn venv() -> PathBuf {
+    let p = std::env::var_os("GIT_S3_TEST_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".test-env/venv"));
+    assert!(
+        p.join("bin/moto_server").exists(),
+        "test venv missing at {} — run `scripts/test.sh` (it installs moto and git-remote-s3 0.4.2 there)",
+        p.display()
+    );
+    p
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+/// Directory of the built binaries (the test executable lives in `<dir>/deps`).
+pub fn target_bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir").to_path_buf();
+    for b in ["git-remote-s3", "git-s3", "git-lfs-s3", "git-s3-daemon"] {
+        assert!(dir.join(b).exists(), "{} not built — run `cargo build --workspace` first (scripts/test.sh does)", dir.join(b).display());
+    }
+    dir
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// The S3 endpoint for this test process: `GIT_S3_TEST_ENDPOINT` when the
+/// test script started a server, else a moto server started here (killed
+/// when this process exits).
+pub fn endpoint() -> &'static str {
+    static EP: OnceLock<String> = OnceLock::new();
+    EP.get_or_init(|| {
+        if let Ok(e) = std::env::var("GIT_S3_TEST_ENDPOINT") {
+            return e;
+        }
+        let port = free_port();
+        let moto = venv().join("bin/moto_server");
+        let (tx, rx) = std::sync::mpsc::channel();
+        // The child dies with the thread that spawned it (PDEATHSIG), so
+        // spawn it from a thread that lives as long as the process.
+        std::thread::spawn(move || {
+            let mut cmd = Command::new(moto);
+            cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]).stdout(Stdio::null()).stderr(Stdio::null());
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                    Ok(())
+                });
+            }
+            let child = cmd.spawn().expect("start moto_server");
+            tx.send(child.id()).ok();
+            let mut child = child;
+            let _ = child.wait();
+            loop {
+                std::thread::park();
+            }
+        });
+        rx.recv().expect("moto started");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "moto_server did not start on port {port}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        format!("http://127.0.0.1:{port}")
+    })
+}
+
+/// Runs the bucket tool (boto3) against the test server.
+pub fn s3tool(args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut cmd = Command::new(venv().join("bin/python"));
+    cmd.arg(workspace_root().join("testkit/s3tool.py")).arg(endpoint()).args(args);
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("run s3tool");
+    if let Some(data) = stdin {
+        child.stdin.take().expect("stdin").write_all(data).expect("write stdin");
+    }
+    let out = child.wait_with_output().expect("s3tool");
+    assert!(out.status.success(), "s3tool {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Which implementation a command runs with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tool {
+    /// Our binaries.
+    Ours,
+    /// git-remote-s3 0.4.2 from the test venv.
+    Python,
+}
+
+/// An isolated user: HOME, git identity, runtime dir (own daemon), cache,
+/// and a fresh bucket on the test server.
+pub struct TestEnv {
+    pub dir: tempfile::TempDir,
+    pub bucket: String,
+    bin_dir: PathBuf,
+}
+
+impl TestEnv {
+    pub fn new() -> TestEnv {
+        let dir = tempfile::Builder::new().prefix("gits3-").tempdir_in(short_tmp()).expect("tempdir");
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let bucket = format!("test-{}-{}-{n}", std::process::id(), dir.path().file_name().unwrap().to_string_lossy().to_lowercase().replace(['_', '.'], "-").trim_start_matches("gits3-"));
+        let bucket: String = bucket.chars().take(63).collect::<String>().trim_end_matches('-').to_string();
+        let bin_dir = dir.path().join("bin");
+        std::fs::create_dir_all(&bin_dir).unwrap();
+        let target = target_bin_dir();
+        for (link, real) in [
+            ("git-remote-s3", "git-remote-s3"),
+            ("git-remote-s3+zip", "git-remote-s3"),
+            ("git-s3", "git-s3"),
+            ("git-lfs-s3", "git-lfs-s3"),
+            ("git-s3-daemon", "git-s3-daemon"),
+        ] {
+            std::os::unix::fs::symlink(target.join(real), bin_dir.join(link)).unwrap();
+        }
+        for d in ["home", "run", "cache", "state", "work"] {
+            std::fs::create_dir_all(dir.path().join(d)).unwrap();
+        }
+        std::fs::set_permissions(dir.path().join("run"), std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+        let env = TestEnv { dir, bucket, bin_dir };
+        std::fs::write(
+            env.home().join(".gitconfig"),
+            "[user]\n\tname = Test\n\temail = test@example.com\n[init]\n\tdefaultBranch = main\n[protocol \"s3\"]\n\tallow = always\n[advice]\n\tdetachedHead = false\n",
+        )
+        .unwrap();
+        s3tool(&["create-bucket", &env.bucket], None);
+        env
+    }
+
+    pub fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    /// A directory for working copies.
+    pub fn work(&self) -> PathBuf {
+        self.dir.path().join("work")
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.work().join(name)
+    }
+
+    pub fn url(&self, prefix: &str) -> String {
+        format!("s3://{}/{prefix}", self.bucket)
+    }
+
+    pub fn zip_url(&self, prefix: &str) -> String {
+        format!("s3+zip://{}/{prefix}", self.bucket)
+    }
+
+    fn system_path() -> String {
+        "/usr/local/bin:/usr/bin:/bin".to_string()
+    }
+
+    /// A command in this environment, with `tool`'s binaries first on PATH.
+    pub fn command_with(&self, tool: Tool, program: &str, cwd: &Path) -> Command {
+        let path = match tool {
+            Tool::Ours => format!("{}:{}", self.bin_dir.display(), Self::system_path()),
+            Tool::Python => format!("{}:{}", venv().join("bin").display(), Self::system_path()),
+        };
+        let mut cmd = Command::new(program);
+        cmd.current_dir(cwd)
+            .env_clear()
+            .env("PATH", path)
+            .env("HOME", self.home())
+            .env("XDG_RUNTIME_DIR", self.dir.path().join("run"))
+            .env("XDG_CONFIG_HOME", self.home().join(".config"))
+            .env("GIT_S3_CACHE_DIR", self.dir.path().join("cache"))
+            .env("GIT_S3_STATE_DIR", self.dir.path().join("state"))
+            .env("GIT_S3_DAEMON_IDLE_SECONDS", "300")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ENDPOINT_URL", endpoint())
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("LANG", "C")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn command(&self, program: &str, cwd: &Path) -> Command {
+        self.command_with(Tool::Ours, program, cwd)
+    }
+
+    /// Runs a command; panics with its output unless it succeeds.
+    pub fn run(&self, mut cmd: Command) -> Output {
+        let out = cmd.output().expect("spawn");
+        if !out.status.success() {
+            panic!(
+                "{cmd:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        out
+    }
+
+    /// Runs a command that must fail; returns its output.
+    pub fn run_fail(&self, mut cmd: Command) -> Output {
+        let out = cmd.output().expect("spawn");
+        assert!(
+            !out.status.success(),
+            "{cmd:?} unexpectedly succeeded:\nstdout:\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// `git <args>` in `cwd` with our tools; must succeed; returns stdout.
+    pub fn git(&self, cwd: &Path, args: &[&str]) -> String {
+        self.git_with(Tool::Ours, cwd, args)
+    }
+
+    pub fn git_with(&self, tool: Tool, cwd: &Path, args: &[&str]) -> String {
+        let mut c = self.command_with(tool, "git", cwd);
+        c.args(args);
+        String::from_utf8_lossy(&self.run(c).stdout).into_owned()
+    }
+
+    /// `git <args>` that must fail; returns stderr.
+    pub fn git_fail(&self, cwd: &Path, args: &[&str]) -> String {
+        let mut c = self.command("git", cwd);
+        c.args(args);
+        String::from_utf8_lossy(&self.run_fail(c).stderr).into_owned()
+    }
+
+    /// `git s3 <args>` (our CLI); must succeed; returns stdout.
+    pub fn git_s3(&self, cwd: &Path, args: &[&str]) -> String {
+        let mut c = self.command("git-s3", cwd);
+        c.args(args);
+        String::from_utf8_lossy(&self.run(c).stdout).into_owned()
+    }
+
+    /// A new repository at `work/<name>` with one commit.
+    pub fn new_repo(&self, name: &str) -> PathBuf {
+        let p = self.path(name);
+        std::fs::create_dir_all(&p).unwrap();
+        self.git(&p, &["init", "-q", "-b", "main"]);
+        self.commit(&p, "README.md", "hello\n", "initial commit");
+        p
+    }
+
+    /// Writes a file and commits it; returns the new HEAD sha.
+    pub fn commit(&self, repo: &Path, file: &str, content: &str, msg: &str) -> String {
+        let f = repo.join(file);
+        if let Some(parent) = f.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::write(&f, content).unwrap();
+        self.git(repo, &["add", file]);
+        self.git(repo, &["commit", "-q", "-m", msg]);
+        self.git(repo, &["rev-parse", "HEAD"]).trim().to_string()
+    }
+
+    /// Keys (and sizes) under a prefix, straight from the bucket.
+    pub fn keys(&self, prefix: &str) -> Vec<String> {
+        let out = s3tool(&["list", &self.bucket, prefix], None);
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| l.split('\t').next().unwrap_or("").to_string()).collect()
+    }
+
+    pub fn put_object(&self, key: &str, data: &[u8]) {
+        s3tool(&["put", &self.bucket, key], Some(data));
+    }
+
+    pub fn get_object(&self, key: &str) -> Vec<u8> {
+        s3tool(&["get", &self.bucket, key], None).stdout
+    }
+
+    pub fn delete_object(&self, key: &str) {
+        s3tool(&["delete", &self.bucket, key], None);
+    }
+
+    pub fn copy_object(&self, from: &str, to: &str) {
+        s3tool(&["copy", &self.bucket, from, to], None);
+    }
+
+    /// Sorted `git ls-remote` lines.
+    pub fn ls_remote(&self, tool: Tool, url: &str) -> Vec<String> {
+        let mut lines: Vec<String> =
+            self.git_with(tool, &self.work(), &["ls-remote", url]).lines().map(str::to_string).collect();
+        lines.sort();
+        lines
+    }
+
+    pub fn daemon_socket(&self) -> PathBuf {
+        self.dir.path().join("run/git-s3/daemon.sock")
+    }
+}
+
+impl Default for TestEnv {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        // Stop this test's daemon.
+        if self.daemon_socket().exists() {
+            let mut c = self.command("git-s3", self.dir.path());
+            c.args(["daemon", "stop"]).stdout(Stdio::null()).stderr(Stdio::null());
+            let _ = c.status();
+        }
+    }
+}
+
+/// Unix socket paths are limited to 108 bytes: keep temp dirs short.
+fn short_tmp() -> PathBuf {
+    let p = PathBuf::from("/tmp");
+    if p.is_dir() { p } else { std::env::temp_dir() }
+}

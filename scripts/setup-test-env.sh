@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what the tests and the quick start need on a fresh machine:
+#   - git-lfs (Debian package) for the LFS tests
+#   - a private Python venv at .test-env/venv with moto's S3 server (the local
+#     S3-compatible endpoint) and git-remote-s3 0.4.2 (interop tests, benchmark)
+# Idempotent: re-running skips what is already there.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+venv="${GIT_S3_TEST_VENV:-$root/.test-env/venv}"
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else echo "need root for: $*" >&2; return 1; fi; }
+
+if ! command -v git-lfs >/dev/null 2>&1; then
+  echo "setup: installing git-lfs (apt)"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq git-lfs >/dev/null
+fi
+
+if [ ! -x "$venv/bin/moto_server" ] || [ ! -x "$venv/bin/git-remote-s3" ]; then
+  echo "setup: creating test venv at $venv (moto server, git-remote-s3 0.4.2)"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check 'moto[server]>=5.2,<6' 'git-remote-s3==0.4.2'
+fi
+echo "setup: ok (git-lfs $(git-lfs version | awk '{print $1}' | cut -d/ -f2), venv $venv)"

@@ -1,0 +1,44 @@
+"""Direct bucket access for the end-to-end tests (create buckets, inspect,
+corrupt or plant objects), through boto3 from the test venv."""
+import sys
+
+import boto3
+from botocore.config import Config
+
+endpoint = sys.argv[1]
+op = sys.argv[2]
+args = sys.argv[3:]
+s3 = boto3.client(
+    "s3",
+    endpoint_url=endpoint,
+    region_name="us-east-1",
+    aws_access_key_id="test",
+    aws_secret_access_key="test",
+    config=Config(s3={"addressing_style": "path"}),
+)
+
+if op == "create-bucket":
+    s3.create_bucket(Bucket=args[0])
+elif op == "list":
+    bucket, prefix = args[0], args[1] if len(args) > 1 else ""
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for o in page.get("Contents", []):
+            print(f"{o['Key']}\t{o['Size']}")
+elif op == "put":
+    bucket, key = args[0], args[1]
+    s3.put_object(Bucket=bucket, Key=key, Body=sys.stdin.buffer.read())
+elif op == "get":
+    bucket, key = args[0], args[1]
+    sys.stdout.buffer.write(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+elif op == "head-meta":
+    bucket, key = args[0], args[1]
+    r = s3.head_object(Bucket=bucket, Key=key)
+    print(r.get("ContentDisposition", ""))
+    for k, v in r.get("Metadata", {}).items():
+        print(f"{k}={v}")
+elif op == "delete":
+    s3.delete_object(Bucket=args[0], Key=args[1])
+elif op == "copy":
+    s3.copy_object(Bucket=args[0], Key=args[2], CopySource={"Bucket": args[0], "Key": args[1]})
+else:
+    sys.exit(f"unknown op {op}")
