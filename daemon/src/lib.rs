@@ -12,6 +12,7 @@ pub mod cli;
 pub mod git;
 pub mod helper_protocol;
 pub mod lfs_agent;
+pub mod lfs_config;
 pub mod locks;
 pub mod logging;
 pub mod remote_helper;
