@@ -105,14 +105,21 @@ impl ClientSpec {
             .get("AWS_SHARED_CREDENTIALS_FILE")
             .map(std::path::PathBuf::from)
             .or_else(|| home.as_ref().map(|h| h.join(".aws/credentials")));
-        let mut files = ProfileFiles::builder();
-        if let Some(f) = config_file {
-            files = files.with_file(ProfileFileKind::Config, f);
+        // Only files that exist: a named but missing file fails the whole chain.
+        let existing: Vec<_> = [(ProfileFileKind::Config, config_file), (ProfileFileKind::Credentials, creds_file)]
+            .into_iter()
+            .filter_map(|(kind, f)| f.filter(|p| p.is_file()).map(|p| (kind, p)))
+            .collect();
+        let profile_files = (!existing.is_empty()).then(|| {
+            let mut files = ProfileFiles::builder();
+            for (kind, f) in existing {
+                files = files.with_file(kind, f);
+            }
+            files.build()
+        });
+        if let Some(files) = profile_files.clone() {
+            loader = loader.profile_files(files);
         }
-        if let Some(f) = creds_file {
-            files = files.with_file(ProfileFileKind::Credentials, f);
-        }
-        loader = loader.profile_files(files.build());
         if let Some(p) = &self.profile {
             loader = loader.profile_name(p);
         }
@@ -143,6 +150,17 @@ impl ClientSpec {
                 })
                 .build();
             loader = loader.credentials_provider(provider);
+        } else if self.get("AWS_EC2_METADATA_DISABLED").map(|v| v.eq_ignore_ascii_case("true")).unwrap_or(false) {
+            // The caller disabled IMDS: resolve from profiles only (the
+            // default chain would read the daemon's environment instead).
+            let mut p = aws_config::profile::ProfileFileCredentialsProvider::builder();
+            if let Some(files) = profile_files.clone() {
+                p = p.profile_files(files);
+            }
+            if let Some(name) = &self.profile {
+                p = p.profile_name(name);
+            }
+            loader = loader.credentials_provider(p.build());
         }
         let sdk = loader.load().await;
         let mut conf = aws_sdk_s3::config::Builder::from(&sdk).force_path_style(self.path_style);

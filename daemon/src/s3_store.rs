@@ -85,13 +85,17 @@ where
         (_, Some("AccessDenied" | "AllAccessDisabled"), _) | (SdkError::ServiceError(_), _, Some(403)) => {
             StoreError::AccessDenied { bucket: b, key: k, message: err.message().unwrap_or("403 Forbidden").to_string() }
         }
-        (SdkError::DispatchFailure(d), _, _) if d.is_io() || d.is_timeout() => StoreError::Connect(text),
-        _ if text.contains("no credentials") || text.contains("failed to load credentials") || text.contains("identity") && text.contains("credentials") => {
-            StoreError::NoCredentials(first_line(&text))
-        }
-        (SdkError::DispatchFailure(_), _, _) | (SdkError::TimeoutError(_), _, _) => StoreError::Connect(text),
+        (SdkError::DispatchFailure(d), _, _) if d.is_io() || d.is_timeout() => StoreError::Connect(short_reason(&text)),
+        (SdkError::DispatchFailure(_), _, _) if text.contains("credential") => StoreError::NoCredentials(short_reason(&text)),
+        (SdkError::DispatchFailure(_), _, _) | (SdkError::TimeoutError(_), _, _) => StoreError::Connect(short_reason(&text)),
         _ => StoreError::Other { bucket: b, key: k, message: first_line(&text) },
     }
+}
+
+/// The SDK's error text without its debug dump of the error structure.
+fn short_reason(text: &str) -> String {
+    let cut = text.find(" (DispatchFailure").or_else(|| text.find(" (TimeoutError")).unwrap_or(text.len());
+    first_line(text[..cut].trim_start_matches("dispatch failure: ").trim_start_matches("other: "))
 }
 
 fn first_line(s: &str) -> String {

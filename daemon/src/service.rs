@@ -31,6 +31,8 @@ impl GitS3 for Service {
             pid: std::process::id(),
             uptime_seconds: self.state.started.elapsed().as_secs(),
             socket_path: self.state.socket_path.display().to_string(),
+            exe_path: self.state.exe.0.display().to_string(),
+            exe_mtime_ns: self.state.exe.1,
         }))
     }
 

@@ -21,6 +21,8 @@ pub struct DaemonState {
     pub total_sessions: AtomicU64,
     pub last_activity: Mutex<Instant>,
     pub shutdown: tokio::sync::Notify,
+    /// Our executable and its mtime at start (shims restart us when it changes).
+    pub exe: (PathBuf, u64),
 }
 
 impl DaemonState {
@@ -35,6 +37,10 @@ impl DaemonState {
             total_sessions: AtomicU64::new(0),
             last_activity: Mutex::new(Instant::now()),
             shutdown: tokio::sync::Notify::new(),
+            exe: std::env::current_exe()
+                .ok()
+                .and_then(|p| git_s3_proto::client::exe_mtime_ns(&p).map(|m| (p, m)))
+                .unwrap_or_default(),
         }
     }
 

@@ -49,7 +49,7 @@ pub async fn connect_or_start() -> Result<GitS3Client<Channel>, ClientError> {
     let socket = crate::paths::socket_path();
     if let Ok(mut c) = connect(&socket).await {
         match c.hello(pb::HelloRequest { client_version: crate::VERSION.into() }).await {
-            Ok(r) if r.get_ref().version == crate::VERSION => return Ok(c),
+            Ok(r) if is_current(r.get_ref()) => return Ok(c),
             Ok(r) => {
                 // Another version: ask it to go away, then start ours.
                 let old = r.into_inner().version;
@@ -68,7 +68,7 @@ pub async fn connect_or_start() -> Result<GitS3Client<Channel>, ClientError> {
     loop {
         if let Ok(mut c) = connect(&socket).await {
             if let Ok(r) = c.hello(pb::HelloRequest { client_version: crate::VERSION.into() }).await {
-                if r.get_ref().version == crate::VERSION {
+                if is_current(r.get_ref()) {
                     return Ok(c);
                 }
             }
@@ -85,6 +85,17 @@ pub async fn connect_or_start() -> Result<GitS3Client<Channel>, ClientError> {
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_millis(200));
     }
+}
+
+/// Same version, and its binary was not replaced since it started.
+fn is_current(r: &pb::HelloReply) -> bool {
+    r.version == crate::VERSION && (r.exe_path.is_empty() || exe_mtime_ns(Path::new(&r.exe_path)) == Some(r.exe_mtime_ns))
+}
+
+/// Modification time of a file in ns since the epoch.
+pub fn exe_mtime_ns(path: &Path) -> Option<u64> {
+    let m = std::fs::metadata(path).ok()?.modified().ok()?;
+    Some(m.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos() as u64)
 }
 
 async fn wait_until_gone(socket: &Path, limit: Duration) {

@@ -1,0 +1,233 @@
+//! Bad inputs and failures: every one gets a clear error and leaves the
+//! remote and the local repository intact.
+
+use std::time::{Duration, Instant};
+
+use testkit::{TestEnv, Tool};
+
+fn stderr_of(env: &TestEnv, cwd: &std::path::Path, args: &[&str]) -> String {
+    env.git_fail(cwd, args)
+}
+
+#[test]
+fn malformed_urls_are_refused_clearly() {
+    let env = TestEnv::new();
+    for (url, needle) in [
+        ("s3://Bad_Bucket/p", "not a valid S3 bucket name"),
+        ("s3://bucket-only", "a prefix is required"),
+        ("s3://@bucket/p", "empty profile"),
+        ("s3://bucket/a/../b", "must not contain"),
+    ] {
+        let err = stderr_of(&env, &env.work(), &["ls-remote", url]);
+        assert!(err.contains(needle), "{url}: {err}");
+    }
+}
+
+#[test]
+fn missing_bucket_is_a_clear_error() {
+    let env = TestEnv::new();
+    let err = stderr_of(&env, &env.work(), &["ls-remote", "s3://no-such-bucket-for-git-s3/p"]);
+    assert!(err.contains("bucket 'no-such-bucket-for-git-s3' does not exist"), "{err}");
+    let repo = env.new_repo("r");
+    let err = stderr_of(&env, &repo, &["push", "s3://no-such-bucket-for-git-s3/p", "main"]);
+    assert!(err.contains("does not exist"), "{err}");
+}
+
+#[test]
+fn missing_credentials_are_a_clear_error() {
+    let env = TestEnv::new();
+    let mut c = env.command("git", &env.work());
+    c.env_remove("AWS_ACCESS_KEY_ID").env_remove("AWS_SECRET_ACCESS_KEY").env("AWS_EC2_METADATA_DISABLED", "true");
+    c.args(["ls-remote", &env.url("p")]);
+    let out = env.run_fail(c);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no AWS credentials"), "{err}");
+}
+
+#[test]
+fn unreachable_endpoint_is_a_clear_error() {
+    let env = TestEnv::new();
+    let mut c = env.command("git", &env.work());
+    c.env("AWS_ENDPOINT_URL", "http://127.0.0.1:9").args(["ls-remote", &env.url("p")]);
+    let out = env.run_fail(c);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot connect to the S3 endpoint"), "{err}");
+}
+
+#[test]
+fn missing_daemon_binary_is_a_clear_error() {
+    let env = TestEnv::new();
+    let mut c = env.command("git", &env.work());
+    c.env("GIT_S3_DAEMON", "/nonexistent/git-s3-daemon").args(["ls-remote", &env.url("p")]);
+    let out = env.run_fail(c);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot start the git-s3 daemon"), "{err}");
+}
+
+fn daemon_pid(env: &TestEnv) -> Option<u32> {
+    let out = env.git_s3(&env.work(), &["daemon", "status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    v["pid"].as_u64().map(|p| p as u32)
+}
+
+#[test]
+fn daemon_autostarts_and_recovers_after_being_killed() {
+    let env = TestEnv::new();
+    let repo = env.new_repo("r");
+    let url = env.url("dead");
+    assert_eq!(daemon_pid(&env), None, "no daemon before first use");
+    env.git(&repo, &["push", "-q", &url, "main"]);
+    let pid = daemon_pid(&env).expect("daemon started by the shim");
+    // SIGKILL leaves a stale socket file behind
+    unsafe { libc_kill(pid as i32, 9) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(env.daemon_socket().exists(), "stale socket expected after SIGKILL");
+    assert_eq!(env.ls_remote(Tool::Ours, &url).len(), 2);
+    let new_pid = daemon_pid(&env).expect("restarted");
+    assert_ne!(pid, new_pid);
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+#[test]
+fn concurrent_pushes_to_one_branch_exactly_one_wins_nothing_lost() {
+    let env = TestEnv::new();
+    let base = env.new_repo("base");
+    let url = env.url("race");
+    env.git(&base, &["push", "-q", &url, "main"]);
+    let mut shas = Vec::new();
+    let mut cmds = Vec::new();
+    for i in 0..3 {
+        let name = format!("c{i}");
+        env.git(&env.work(), &["clone", "-q", &url, &name]);
+        let p = env.path(&name);
+        shas.push(env.commit(&p, &format!("f{i}"), "x\n", &format!("commit {i}")));
+        let mut c = env.command("git", &p);
+        c.args(["push", "origin", "main"]);
+        cmds.push(c);
+    }
+    let handles: Vec<_> = cmds.into_iter().map(|mut c| std::thread::spawn(move || c.output().unwrap())).collect();
+    let outs: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let winners: Vec<usize> = (0..3).filter(|i| outs[*i].status.success()).collect();
+    assert_eq!(winners.len(), 1, "{:?}", outs.iter().map(|o| String::from_utf8_lossy(&o.stderr).to_string()).collect::<Vec<_>>());
+    let w = winners[0];
+    assert!(env.ls_remote(Tool::Ours, &url).contains(&format!("{}\trefs/heads/main", shas[w])));
+    for (i, o) in outs.iter().enumerate() {
+        if i != w {
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(err.contains("fetch first") || err.contains("rejected") || err.contains("lock"), "{err}");
+        }
+    }
+    assert!(!env.keys("race/").iter().any(|k| k.contains("LOCK#")));
+    // A loser pulls and pushes again: nothing is lost.
+    let loser = (0..3).find(|i| *i != w).unwrap();
+    let p = env.path(&format!("c{loser}"));
+    env.git(&p, &["pull", "-q", "--no-rebase", "origin", "main"]);
+    env.git(&p, &["push", "-q", "origin", "main"]);
+    env.git(&env.work(), &["clone", "-q", &url, "check"]);
+    let check = env.path("check");
+    for i in [w, loser] {
+        assert!(env.git(&check, &["merge-base", "--is-ancestor", &shas[i], "HEAD"]).is_empty());
+    }
+}
+
+#[test]
+fn stale_lock_is_taken_over_and_fresh_lock_blocks() {
+    let env = TestEnv::new();
+    let repo = env.new_repo("r");
+    let url = env.url("locks");
+    env.git(&repo, &["push", "-q", &url, "main"]);
+    env.commit(&repo, "n", "n\n", "next");
+    env.put_object("locks/refs/heads/main/LOCK#.lock", b"");
+    // fresh lock (TTL 60 s): refused quickly with the lock message
+    let mut c = env.command("git", &repo);
+    c.env("GIT_REMOTE_S3_LOCK_WAIT_SECONDS", "1").args(["push", &url, "main"]);
+    let err = String::from_utf8_lossy(&env.run_fail(c).stderr).to_string();
+    assert!(err.contains("failed to acquire ref lock"), "{err}");
+    // with a 0 s TTL the lock is stale and taken over
+    let mut c = env.command("git", &repo);
+    c.env("GIT_REMOTE_S3_LOCK_TTL_SECONDS", "0").args(["push", "-q", &url, "main"]);
+    env.run(c);
+    let head = env.git(&repo, &["rev-parse", "HEAD"]).trim().to_string();
+    assert!(env.ls_remote(Tool::Ours, &url).contains(&format!("{head}\trefs/heads/main")));
+    assert!(!env.keys("locks/").iter().any(|k| k.contains("LOCK#")));
+}
+
+#[test]
+fn truncated_bundle_gives_clear_error_and_keeps_local_repo_intact() {
+    let env = TestEnv::new();
+    let repo = env.new_repo("r");
+    let url = env.url("trunc");
+    env.git(&repo, &["push", "-q", &url, "main"]);
+    env.git(&env.work(), &["clone", "-q", &url, "clone"]);
+    let clone = env.path("clone");
+    let before = env.git(&clone, &["rev-parse", "HEAD"]);
+    // the pusher's next bundle arrives truncated in the bucket
+    let sha = env.commit(&repo, "big.txt", &"x".repeat(100_000), "big");
+    let mut c = env.command("git", &repo);
+    c.args(["push", "-q", &url, "main"]);
+    env.run(c);
+    let key = format!("trunc/refs/heads/main/{sha}.bundle");
+    let data = env.get_object(&key);
+    env.put_object(&key, &data[..data.len() / 2]);
+    // fetch with an empty cache (the pusher's own cache holds the good bundle)
+    std::fs::remove_dir_all(env.dir.path().join("cache")).unwrap();
+    env.git_s3(&env.work(), &["daemon", "stop"]);
+    let err = env.git_fail(&clone, &["fetch", "origin"]);
+    assert!(err.contains("corrupt or truncated"), "{err}");
+    assert_eq!(env.git(&clone, &["rev-parse", "HEAD"]), before);
+    assert_eq!(env.git(&clone, &["rev-parse", "origin/main"]), before);
+    env.git(&clone, &["fsck", "--no-progress"]);
+}
+
+#[test]
+fn killed_push_leaves_remote_consistent_and_no_lock() {
+    let env = TestEnv::new();
+    let repo = env.new_repo("r");
+    let url = env.url("killed");
+    env.git(&repo, &["push", "-q", &url, "main"]);
+    let old = env.git(&repo, &["rev-parse", "HEAD"]).trim().to_string();
+    // ~24 MB of incompressible data makes the push take a moment
+    let mut data = vec![0u8; 24 << 20];
+    let mut x: u64 = 0x9E3779B97F4A7C15;
+    for b in data.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    std::fs::write(repo.join("blob.bin"), &data).unwrap();
+    env.git(&repo, &["add", "blob.bin"]);
+    env.git(&repo, &["commit", "-q", "-m", "big"]);
+    let new = env.git(&repo, &["rev-parse", "HEAD"]).trim().to_string();
+    let mut c = env.command("git", &repo);
+    c.args(["push", &url, "main"]);
+    let mut child = c.spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = child.kill();
+    let _ = child.wait();
+    // The remote is either the old or the new state, never a mix, and the lock goes away.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let keys = env.keys("killed/");
+        let bundles: Vec<_> = keys.iter().filter(|k| k.ends_with(".bundle")).collect();
+        if !keys.iter().any(|k| k.contains("LOCK#")) && bundles.len() == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "remote not settled: {keys:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let ls = env.ls_remote(Tool::Ours, &url);
+    assert!(ls.contains(&format!("{old}\trefs/heads/main")) || ls.contains(&format!("{new}\trefs/heads/main")), "{ls:?}");
+    env.git(&env.work(), &["clone", "-q", &url, "after"]);
+    env.git(&env.path("after"), &["fsck", "--no-progress"]);
+    // and pushing again completes
+    env.git(&repo, &["push", "-q", &url, "main"]);
+    assert!(env.ls_remote(Tool::Ours, &url).contains(&format!("{new}\trefs/heads/main")));
+}
