@@ -1,0 +1,365 @@
+"""git-s3 vs git-remote-s3 0.4.2, side by side on one local S3 server.
+
+Each case runs both tools on identical data, several times; the table shows
+medians and the ratio ours/theirs (lower is better for us). Not a test: it
+asserts nothing about speed, it reports.
+"""
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+TOOLS = ("python", "ours")
+
+
+def sh(cmd, env, cwd=None, check=True, capture=True):
+    r = subprocess.run(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
+                       stderr=subprocess.PIPE, shell=isinstance(cmd, str))
+    if check and r.returncode != 0:
+        raise RuntimeError(f"{cmd} failed in {cwd}: {r.stderr.decode(errors='replace')[-2000:]}")
+    return r.stdout.decode(errors="replace") if capture else ""
+
+
+def timed(cmd, env, cwd=None):
+    t = time.perf_counter()
+    sh(cmd, env, cwd)
+    return time.perf_counter() - t
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.root = args.root
+        self.venv = os.path.join(self.root, ".test-env/venv")
+        self.work = tempfile.mkdtemp(prefix="gits3-bench-")
+        self.results = []
+        self.notes = []
+        self.start_server()
+        self.bins = {}
+        for tool in TOOLS:
+            d = os.path.join(self.work, f"bin-{tool}")
+            os.makedirs(d)
+            self.bins[tool] = d
+        rel = os.path.join(self.root, "target/release")
+        for b in ("git-remote-s3", "git-s3", "git-lfs-s3", "git-s3-daemon"):
+            os.symlink(os.path.join(rel, b), os.path.join(self.bins["ours"], b))
+        os.symlink(os.path.join(rel, "git-remote-s3"), os.path.join(self.bins["ours"], "git-remote-s3+zip"))
+        for b in ("git-remote-s3", "git-remote-s3+zip", "git-lfs-s3", "git-s3"):
+            os.symlink(os.path.join(self.venv, "bin", b), os.path.join(self.bins["python"], b))
+        home = os.path.join(self.work, "home")
+        os.makedirs(home)
+        with open(os.path.join(home, ".gitconfig"), "w") as f:
+            f.write("[user]\n\tname = Bench\n\temail = bench@example.com\n[init]\n\tdefaultBranch = main\n"
+                    "[protocol \"s3\"]\n\tallow = always\n[gc]\n\tauto = 0\n[maintenance]\n\tauto = false\n")
+        run = os.path.join(self.work, "run")
+        os.makedirs(run, mode=0o700)
+        base = {
+            "HOME": home, "XDG_RUNTIME_DIR": run, "GIT_S3_CACHE_DIR": os.path.join(self.work, "cache"),
+            "GIT_S3_STATE_DIR": os.path.join(self.work, "state"), "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": "bench", "AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL": self.endpoint,
+            "LANG": "C", "GIT_TERMINAL_PROMPT": "0",
+        }
+        self.env = {}
+        for tool in TOOLS:
+            e = dict(base)
+            e["PATH"] = f"{self.bins[tool]}:/usr/local/bin:/usr/bin:/bin"
+            self.env[tool] = e
+        sh(["git", "lfs", "install", "--skip-repo"], self.env["ours"])
+
+    def start_server(self):
+        out = subprocess.run([os.path.join(self.root, "scripts/s3-server.sh"), os.path.join(self.work, "moto.pid")],
+                             stdout=subprocess.PIPE, check=True)
+        self.endpoint = out.stdout.decode().strip()
+        with open(os.path.join(self.work, "moto.pid")) as f:
+            self.moto_pid = int(f.read().strip())
+
+    def s3tool(self, *a):
+        return subprocess.run([os.path.join(self.venv, "bin/python"), os.path.join(self.root, "testkit/s3tool.py"),
+                               self.endpoint, *a], stdout=subprocess.PIPE, check=True).stdout.decode()
+
+    def bucket_bytes(self, bucket, prefix):
+        total = 0
+        for line in self.s3tool("list", bucket, prefix).splitlines():
+            total += int(line.split("\t")[1])
+        return total
+
+    def close(self):
+        sh(["git", "s3", "daemon", "stop"], self.env["ours"], check=False)
+        try:
+            os.kill(self.moto_pid, 15)
+        except OSError:
+            pass
+        shutil.rmtree(self.work, ignore_errors=True)
+
+    # ---------- data ----------
+    def gen_repo(self, path, commits, branches, blob_kib, files):
+        """Deterministic repository through git fast-import."""
+        os.makedirs(path)
+        sh(["git", "init", "-q", "-b", "main"], self.env["ours"], cwd=path)
+        rng = random.Random(42)
+        p = subprocess.Popen(["git", "fast-import", "--quiet"], cwd=path, env=self.env["ours"], stdin=subprocess.PIPE)
+        w = p.stdin.write
+        mark = 0
+        t0 = 1700000000
+
+        def commit(ref, parent_mark, n, payload):
+            nonlocal mark
+            mark += 1
+            msg = f"commit {n} on {ref}".encode()
+            w(f"commit {ref}\nmark :{mark}\ncommitter Bench <b@example.com> {t0 + n} +0000\n".encode())
+            w(f"data {len(msg)}\n".encode() + msg + b"\n")
+            if parent_mark:
+                w(f"from :{parent_mark}\n".encode())
+            fname = f"src/f{rng.randrange(files):04d}.bin"
+            w(f"M 644 inline {fname}\ndata {len(payload)}\n".encode() + payload + b"\n")
+            return mark
+
+        main_marks = []
+        last = 0
+        for n in range(commits):
+            last = commit("refs/heads/main", last, n, rng.randbytes(blob_kib * 1024))
+            main_marks.append(last)
+        for b in range(branches):
+            base = main_marks[(b + 1) * commits // (branches + 1)]
+            m = base
+            for k in range(3):
+                m = commit(f"refs/heads/branch-{b:02d}", m, commits + b * 10 + k, rng.randbytes(4096))
+        p.stdin.close()
+        if p.wait() != 0:
+            raise RuntimeError("fast-import failed")
+        sh(["git", "reset", "-q", "--hard", "main"], self.env["ours"], cwd=path)
+        sh(["git", "gc", "-q", "--aggressive", "--prune=now"], self.env["ours"], cwd=path)
+        size = sum(os.path.getsize(os.path.join(path, ".git/objects/pack", f))
+                   for f in os.listdir(os.path.join(path, ".git/objects/pack")))
+        return size
+
+    # ---------- measuring ----------
+    def record(self, case, times, target=None, extra=None):
+        row = {"case": case, "target": target}
+        for tool in TOOLS:
+            row[tool] = statistics.median(times[tool]) if times.get(tool) else None
+        if row["python"] and row["ours"]:
+            row["ratio"] = row["ours"] / row["python"]
+        if extra:
+            row.update(extra)
+        self.results.append(row)
+        r = row.get("ratio")
+        print(f"  {case:<44} python {row['python'] or 0:8.3f}s  ours {row['ours'] or 0:8.3f}s  "
+              f"ratio {r if r is not None else float('nan'):6.3f}  target {target or '-'}", flush=True)
+
+    def run_cases(self):
+        a = self.args
+        runs = a.runs
+        commits, branches, blob = (300, 4, 8) if a.quick else (3000, 12, 16)
+        src = os.path.join(self.work, "medium")
+        print(f"generating medium repo: {commits} commits, {branches} branches ...", flush=True)
+        packed = self.gen_repo(src, commits, branches, blob, 400)
+        print(f"  packed size {packed / 1e6:.1f} MB", flush=True)
+        self.notes.append(f"medium repository: {commits} commits, {branches + 1} branches, {packed / 1e6:.1f} MB packed")
+        bucket = "bench-bucket"
+        self.s3tool("create-bucket", bucket)
+        urls = {t: f"s3://{bucket}/{t}/medium" for t in TOOLS}
+        stored = {}
+        for tool in TOOLS:
+            t0 = time.perf_counter()
+            sh(["git", "push", "-q", urls[tool], "--all"], self.env[tool], cwd=src)
+            stored[tool] = self.bucket_bytes(bucket, f"{tool}/medium/")
+            print(f"  initial push --all with {tool}: {time.perf_counter() - t0:.1f}s, "
+                  f"{stored[tool] / 1e6:.1f} MB in the bucket", flush=True)
+        self.notes.append("bucket bytes after pushing all branches: " +
+                          ", ".join(f"{t} {stored[t] / 1e6:.1f} MB" for t in TOOLS))
+
+        # 1. ls-remote (warm daemon) and 2. no-op fetch
+        clones = {}
+        for tool in TOOLS:
+            clones[tool] = os.path.join(self.work, f"clone-{tool}")
+            sh(["git", "clone", "-q", urls[tool], clones[tool]], self.env[tool], cwd=self.work)
+            # HEAD names the first branch pushed, which --all does not fix
+            sh(["git", "checkout", "-q", "main"], self.env[tool], cwd=clones[tool])
+        times = {t: [timed(["git", "ls-remote", urls[t]], self.env[t], self.work) for _ in range(runs * 2)] for t in TOOLS}
+        self.record("ls-remote (warm daemon)", times, "<= 0.1")
+        times = {t: [timed(["git", "fetch", "-q"], self.env[t], clones[t]) for _ in range(runs * 2)] for t in TOOLS}
+        self.record("no-op fetch", times, "<= 0.1")
+
+        # 3. clone of the medium repo (ours: cold cache each run)
+        times = {t: [] for t in TOOLS}
+        for t in TOOLS:
+            for i in range(max(1, runs - 2)):
+                d = os.path.join(self.work, f"c3-{t}-{i}")
+                if t == "ours":
+                    shutil.rmtree(self.env[t]["GIT_S3_CACHE_DIR"], ignore_errors=True)
+                    sh(["git", "s3", "daemon", "stop"], self.env[t], check=False)
+                    sh(["git", "s3", "daemon", "start"], self.env[t])
+                times[t].append(timed(["git", "clone", "-q", urls[t], d], self.env[t], self.work))
+                git_dir_mb = du(os.path.join(d, ".git")) / 1e6
+                shutil.rmtree(d)
+        self.record("clone medium (cold cache)", times, "<= 0.5", {"clone_git_dir_mb": round(git_dir_mb, 1)})
+
+        # 4. push one new commit and 5. fetch it into an existing clone
+        fetchers = {}
+        for t in TOOLS:
+            fetchers[t] = os.path.join(self.work, f"fetcher-{t}")
+            sh(["git", "clone", "-q", urls[t], fetchers[t]], self.env[t], cwd=self.work)
+        times4 = {t: [] for t in TOOLS}
+        times5 = {t: [] for t in TOOLS}
+        for t in TOOLS:
+            for i in range(runs):
+                with open(os.path.join(clones[t], f"new-{i}.txt"), "w") as f:
+                    f.write(f"change {i}\n")
+                sh(["git", "add", "."], self.env[t], cwd=clones[t])
+                sh(["git", "commit", "-q", "-m", f"change {i}"], self.env[t], cwd=clones[t])
+                times4[t].append(timed(["git", "push", "-q", "origin", "main"], self.env[t], clones[t]))
+                times5[t].append(timed(["git", "fetch", "-q", "origin"], self.env[t], fetchers[t]))
+        self.record("push one commit (medium)", times4)
+        self.record("fetch one new commit (medium)", times5)
+
+        # 6. second clone on the same machine (ours: warm cache)
+        times = {t: [] for t in TOOLS}
+        for t in TOOLS:
+            sh(["git", "clone", "-q", urls[t], os.path.join(self.work, f"warm-{t}")], self.env[t], self.work)
+            for i in range(max(1, runs - 2)):
+                d = os.path.join(self.work, f"c6-{t}-{i}")
+                times[t].append(timed(["git", "clone", "-q", urls[t], d], self.env[t], self.work))
+                shutil.rmtree(d)
+        self.record("second clone medium (cache)", times, "<= 0.2")
+
+        if not a.skip_lfs:
+            self.lfs_cases(bucket, runs)
+        self.rss()
+
+    def lfs_cases(self, bucket, runs):
+        files = 20 if self.args.quick else 200
+        big_mib = 32 if self.args.quick else 256
+        for label, count, size in ((f"LFS {files} x 256 KiB", files, 256 * 1024), (f"LFS 1 x {big_mib} MiB", 1, big_mib << 20)):
+            up = {t: [] for t in TOOLS}
+            down = {t: [] for t in TOOLS}
+            try:
+                for t in TOOLS:
+                    for i in range(max(1, runs - 2)):
+                        repo = os.path.join(self.work, f"lfs-{t}-{count}-{i}")
+                        url = f"s3://{bucket}/{t}/lfs-{count}-{i}"
+                        os.makedirs(repo)
+                        e = self.env[t]
+                        sh(["git", "init", "-q", "-b", "main"], e, cwd=repo)
+                        sh(["git", "remote", "add", "origin", url], e, cwd=repo)
+                        sh(["git-lfs-s3", "install"], e, cwd=repo)
+                        sh(["git", "lfs", "track", "*.bin"], e, cwd=repo)
+                        rng = random.Random(i + count)
+                        for k in range(count):
+                            with open(os.path.join(repo, f"f{k:04d}.bin"), "wb") as f:
+                                left = size
+                                while left:
+                                    n = min(left, 1 << 20)
+                                    f.write(rng.randbytes(n))
+                                    left -= n
+                        sh(["git", "add", "."], e, cwd=repo)
+                        sh(["git", "commit", "-q", "-m", "lfs"], e, cwd=repo)
+                        up[t].append(timed(["git", "push", "-q", "origin", "main"], e, repo))
+                        dst = os.path.join(self.work, f"lfsclone-{t}-{count}-{i}")
+                        sh(["git", "-c", "lfs.fetchexclude=*", "clone", "-q", url, dst], e, cwd=self.work)
+                        sh(["git-lfs-s3", "install"], e, cwd=dst)
+                        if t == "ours":
+                            shutil.rmtree(os.path.join(e["GIT_S3_CACHE_DIR"], "lfs"), ignore_errors=True)
+                        down[t].append(timed(["git", "-c", "lfs.fetchexclude=", "lfs", "pull"], e, dst))
+                        shutil.rmtree(repo)
+                        shutil.rmtree(dst)
+                self.record(f"{label}: upload", up, "<= 0.3" if count > 1 else None)
+                self.record(f"{label}: download", down, "<= 0.3" if count > 1 else None)
+            except RuntimeError as err:
+                self.notes.append(f"{label}: not measured ({str(err).splitlines()[0][:200]})")
+                print(f"  {label}: not measured: {err}", flush=True)
+
+    def rss(self):
+        """Shim peak RSS (through a /usr/bin/time wrapper) and daemon RSS."""
+        wrap = os.path.join(self.work, "bin-rss")
+        os.makedirs(wrap)
+        out = os.path.join(self.work, "shim-rss.txt")
+        real = os.path.join(self.root, "target/release/git-remote-s3")
+        with open(os.path.join(wrap, "git-remote-s3"), "w") as f:
+            f.write(f"#!/bin/sh\nexec /usr/bin/time -f %M -a -o {out} {real} \"$@\"\n")
+        os.chmod(os.path.join(wrap, "git-remote-s3"), 0o755)
+        e = dict(self.env["ours"])
+        e["PATH"] = f"{wrap}:{e['PATH']}"
+        sh(["git", "ls-remote", "s3://bench-bucket/ours/medium"], e, cwd=self.work)
+        sh(["git", "clone", "-q", "s3://bench-bucket/ours/medium", os.path.join(self.work, "rss-clone")], e, cwd=self.work)
+        with open(out) as f:
+            shim_kib = max(int(x) for x in f.read().split() if x.isdigit())
+        status = json.loads(sh(["git", "s3", "daemon", "status", "--json"], self.env["ours"]))
+        pid = status.get("pid")
+        hwm = rss = None
+        if pid:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        hwm = int(line.split()[1])
+                    if line.startswith("VmRSS:"):
+                        rss = int(line.split()[1])
+        # idle daemon: a fresh one after one ls-remote
+        sh(["git", "s3", "daemon", "restart"], self.env["ours"])
+        sh(["git", "ls-remote", "s3://bench-bucket/ours/medium"], self.env["ours"], cwd=self.work)
+        time.sleep(1)
+        pid = json.loads(sh(["git", "s3", "daemon", "status", "--json"], self.env["ours"])).get("pid")
+        idle = None
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    idle = int(line.split()[1])
+        self.rss_info = {"shim_peak_mib": shim_kib / 1024, "daemon_peak_mib": (hwm or 0) / 1024,
+                         "daemon_rss_after_bench_mib": (rss or 0) / 1024, "daemon_idle_rss_mib": (idle or 0) / 1024}
+        print(f"  shim peak RSS {shim_kib / 1024:.1f} MiB (target <= 15); daemon idle RSS {idle / 1024:.1f} MiB "
+              f"(target <= 40); daemon peak during the run {(hwm or 0) / 1024:.1f} MiB", flush=True)
+
+    def table(self):
+        lines = ["| case | git-remote-s3 0.4.2 | git-s3 | ratio | target |", "|---|---|---|---|---|"]
+        for r in self.results:
+            ratio = f"{r['ratio']:.3f}" if r.get("ratio") is not None else "-"
+            lines.append(f"| {r['case']} | {r['python']:.3f} s | {r['ours']:.3f} s | {ratio} | {r['target'] or '-'} |")
+        return "\n".join(lines)
+
+
+def du(path):
+    total = 0
+    for dp, _, fs in os.walk(path):
+        for f in fs:
+            try:
+                total += os.path.getsize(os.path.join(dp, f))
+            except OSError:
+                pass
+    return total
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--root", required=True)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="small data, for a smoke run")
+    ap.add_argument("--skip-lfs", action="store_true")
+    ap.add_argument("--json", help="also write the results to this file")
+    a = ap.parse_args()
+    b = Bench(a)
+    try:
+        b.run_cases()
+        print()
+        print(f"git-s3 benchmark, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, "
+              f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, moto server on 127.0.0.1")
+        print(b.table())
+        for n in b.notes:
+            print(f"- {n}")
+        r = b.rss_info
+        print(f"- shim peak RSS {r['shim_peak_mib']:.1f} MiB; daemon idle RSS {r['daemon_idle_rss_mib']:.1f} MiB; "
+              f"daemon peak {r['daemon_peak_mib']:.1f} MiB")
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump({"results": b.results, "notes": b.notes, "rss": r}, f, indent=2)
+    finally:
+        b.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
