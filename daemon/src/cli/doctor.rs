@@ -216,7 +216,8 @@ async fn fix_bundles(
     let kept = bundles[keep].0.clone();
     let others: Vec<String> = bundles.iter().filter(|(s, _)| *s != kept).map(|(s, _)| s.clone()).collect();
     let what = if args.delete_bundle { "deleted" } else { "moved to new branches" };
-    rep.line(ctx, format!("Keeping {kept}; the other {} will be {what}", others.len()));
+    let will = if args.dry_run { "would be" } else { "will be" };
+    rep.line(ctx, format!("Keeping {kept}; the other {} {will} {what}", others.len()));
     if interactive && !ctx.confirm("Proceed?", true).await {
         rep.line(ctx, "Skipped.");
         return Ok(());
