@@ -363,3 +363,43 @@ extern "C" {
 unsafe fn libc_kill(pid: i32) {
     kill(pid, 9);
 }
+
+/// Runs `git s3 <args>` on a pseudo-terminal (util-linux `script`), typing
+/// `answers`; returns what the terminal showed.
+fn on_tty(env: &TestEnv, cwd: &Path, args: &str, answers: &str, code: i32) -> String {
+    use std::io::{Read, Write};
+    let mut c = env.command("script", cwd);
+    c.args(["-qec", &format!("git s3 {args}"), "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let mut child = c.spawn().expect("script (util-linux) is needed for the tty tests");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(answers.as_bytes()).unwrap();
+    stdin.flush().unwrap();
+    let mut shown = String::new();
+    // Keep stdin open until the command is done: `script` stops at its EOF.
+    child.stdout.take().unwrap().read_to_string(&mut shown).unwrap();
+    drop(stdin);
+    assert_eq!(child.wait().unwrap().code(), Some(code), "{shown}");
+    shown
+}
+
+#[test]
+fn doctor_and_delete_branch_ask_on_a_tty() {
+    let env = TestEnv::new();
+    let (repo, a, b) = two_bundles(&env, "tty", true);
+    env.delete_object("tty/HEAD");
+    // Bundle 2 (the older, A) is kept; confirm; HEAD: branch 1 (main).
+    let shown = on_tty(&env, &repo, "doctor origin --delete-bundle", "2\ny\n1\n", 0);
+    assert!(shown.contains("Number of the bundle to keep [1]"), "{shown}");
+    assert!(shown.contains("Number of the branch to use as HEAD [1]"), "{shown}");
+    assert_eq!(bundle_keys(&env, "tty/refs/heads/main/"), vec![format!("tty/refs/heads/main/{a}.bundle")]);
+    assert_eq!(text(&env.get_object("tty/HEAD")), "refs/heads/main");
+
+    // delete-branch: "no" keeps it, "yes" deletes it.
+    let shown = on_tty(&env, &repo, "delete-branch origin other", "no\n", 1);
+    assert!(shown.contains("Aborted"), "{shown}");
+    assert_eq!(bundle_keys(&env, "tty/refs/heads/other/"), vec![format!("tty/refs/heads/other/{b}.bundle")]);
+    on_tty(&env, &repo, "delete-branch origin other", "yes\n", 0);
+    assert!(bundle_keys(&env, "tty/refs/heads/other/").is_empty());
+}
