@@ -190,8 +190,13 @@ fn delete_branch_removes_only_that_branch() {
     assert!(text(&out.stderr).contains("pass --yes"), "{}", text(&out.stderr));
     assert_eq!(bundle_keys(&env, "del/refs/heads/x/").len(), 1);
 
+    // A ref below it (possible in a bucket, not in one git repo) is not touched.
+    let below = format!("del/refs/heads/x/y/{main}.bundle");
+    env.copy_object(&format!("del/refs/heads/x/{main}.bundle"), &below);
     let out = env.git_s3(&repo, &["delete-branch", "origin", "-b", "x", "--yes"]);
     assert!(out.contains("Branch x has been deleted"), "{out}");
+    assert_eq!(env.keys("del/refs/heads/x/"), vec![below.clone()]);
+    env.delete_object(&below);
     let ls = env.ls_remote(testkit::Tool::Ours, &env.url("del"));
     assert_eq!(
         ls,
