@@ -1,0 +1,140 @@
+//! `git s3 delete-branch|protect|unprotect <remote-or-url> [-b] <branch>`.
+
+use std::time::Duration;
+
+use clap::Args;
+
+use super::remote::{branch_ref, Remote};
+use super::{CliError, CliResult, Ctx};
+use crate::bundle_format::{PROTECTED_MARKER, ZIP_NAME};
+use crate::locks;
+use crate::s3_store::PutOptions;
+
+#[derive(Args, Debug)]
+pub struct BranchArgs {
+    /// A git remote name or an s3:// / s3+zip:// URL
+    #[arg(value_name = "REMOTE")]
+    pub remote: String,
+    /// The branch (as git-remote-s3 0.4.2 takes it)
+    #[arg(value_name = "BRANCH")]
+    pub branch_pos: Option<String>,
+    /// The branch
+    #[arg(short = 'b', long = "branch", value_name = "BRANCH")]
+    pub branch_flag: Option<String>,
+    /// Do not ask for confirmation (delete-branch)
+    #[arg(short = 'y', long)]
+    pub yes: bool,
+}
+
+impl BranchArgs {
+    /// The branch, from `-b` or the positional argument.
+    pub fn branch(&self) -> Result<&str, CliError> {
+        match (&self.branch_pos, &self.branch_flag) {
+            (Some(a), Some(b)) if a != b => {
+                Err(CliError::Usage(format!("two different branches given ('{a}' and '{b}'); give one")))
+            }
+            (Some(a), _) | (None, Some(a)) => Ok(a),
+            (None, None) => Err(CliError::Usage("a branch is required: <REMOTE> -b <BRANCH>".into())),
+        }
+    }
+}
+
+pub async fn delete_branch(ctx: &mut Ctx, args: BranchArgs) -> CliResult {
+    let refname = branch_ref(args.branch()?)?;
+    let remote = Remote::resolve(ctx, &args.remote).await?;
+    let objects = remote.ref_objects(&refname).await?;
+    let leaf = |k: &str| k.rsplit('/').next().unwrap_or("").to_string();
+    if objects.iter().any(|o| leaf(&o.key) == PROTECTED_MARKER) {
+        return Err(CliError::Refused(format!(
+            "{refname} is protected; run `git s3 unprotect {} {}` first",
+            args.remote,
+            refname.trim_start_matches("refs/heads/")
+        )));
+    }
+    let doomed: Vec<_> = objects
+        .iter()
+        .filter(|o| {
+            let l = leaf(&o.key);
+            l == ZIP_NAME || l.ends_with(".bundle")
+        })
+        .collect();
+    if !doomed.iter().any(|o| o.key.ends_with(".bundle")) {
+        return Err(CliError::NotFound(format!("branch {refname} does not exist in {}", remote.url)));
+    }
+    ctx.println(format!("{refname} in {}:", remote.url));
+    for o in &doomed {
+        ctx.println(format!("  {} ({} bytes)", o.key, o.size));
+    }
+    if !args.yes {
+        if !ctx.stdin_is_tty {
+            return Err(CliError::Refused("not deleting without confirmation: stdin is not a terminal; pass --yes".into()));
+        }
+        match ctx.ask(&format!("Delete branch {refname} [yes/no]: ")).await {
+            Some(a) if a.eq_ignore_ascii_case("yes") || a.eq_ignore_ascii_case("y") => {}
+            _ => {
+                ctx.println("Aborted");
+                return Ok(1);
+            }
+        }
+    }
+    // Under the ref's lock, like a push deleting the ref.
+    let ttl = locks::ttl_from_env(&ctx.env);
+    let lock = match locks::acquire(&remote.store, &remote.url.prefix, &refname, ttl, Duration::from_secs(5)).await {
+        Ok(l) => l,
+        Err(locks::LockError::Held { key, .. }) => {
+            return Err(CliError::Refused(format!("{refname} is locked ({key}): a push is in progress; try again")))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut result = Ok(());
+    for o in &doomed {
+        if let Err(e) = remote.store.delete(&o.key).await {
+            result = Err(e);
+            break;
+        }
+    }
+    let released = locks::release(&remote.store, lock).await;
+    result?;
+    released?;
+    ctx.println(format!("Branch {} has been deleted", refname.trim_start_matches("refs/heads/")));
+    if let Ok(Some(head)) = remote.store.get_small(&remote.url.key("HEAD")).await {
+        if String::from_utf8_lossy(&head).trim() == refname {
+            ctx.eprintln(format!(
+                "warning: the remote's HEAD names {refname}; set another with `git s3 doctor {} --head <branch>`",
+                args.remote
+            ));
+        }
+    }
+    Ok(0)
+}
+
+pub async fn protect(ctx: &mut Ctx, args: BranchArgs) -> CliResult {
+    let refname = branch_ref(args.branch()?)?;
+    let remote = Remote::resolve(ctx, &args.remote).await?;
+    let objects = remote.ref_objects(&refname).await?;
+    let name = refname.trim_start_matches("refs/heads/");
+    if !objects.iter().any(|o| o.key.ends_with(".bundle")) {
+        return Err(CliError::NotFound(format!("branch {refname} does not exist in {}", remote.url)));
+    }
+    if objects.iter().any(|o| o.key.ends_with(&format!("/{PROTECTED_MARKER}"))) {
+        ctx.println(format!("Branch {name} is already protected"));
+        return Ok(0);
+    }
+    remote.store.put_bytes(&remote.marker_key(&refname), Vec::new(), PutOptions::default()).await?;
+    ctx.println(format!("Branch {name} is now protected"));
+    Ok(0)
+}
+
+pub async fn unprotect(ctx: &mut Ctx, args: BranchArgs) -> CliResult {
+    let refname = branch_ref(args.branch()?)?;
+    let remote = Remote::resolve(ctx, &args.remote).await?;
+    let key = remote.marker_key(&refname);
+    let name = refname.trim_start_matches("refs/heads/");
+    if remote.store.head(&key).await?.is_none() {
+        ctx.println(format!("Branch {name} is not protected"));
+        return Ok(0);
+    }
+    remote.store.delete(&key).await?;
+    ctx.println(format!("Branch {name} is now unprotected"));
+    Ok(0)
+}

@@ -1,0 +1,62 @@
+//! `git s3 cache [show | prune --max-bytes N | clear] [--json]`: the local
+//! bundle cache shared by every working copy of the user.
+
+use std::sync::atomic::Ordering;
+
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use super::{human_bytes, CliResult, Ctx};
+
+#[derive(Args, Debug)]
+pub struct CacheArgs {
+    #[command(subcommand)]
+    pub action: Option<CacheAction>,
+    /// Print one JSON document instead of text
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CacheAction {
+    /// Location, size, entries, hit/miss counts (the default)
+    Show,
+    /// Evict least-recently-used bundles until the cache holds at most N bytes
+    Prune {
+        #[arg(long, value_name = "N")]
+        max_bytes: u64,
+    },
+    /// Remove every cached bundle
+    Clear,
+}
+
+pub async fn run(ctx: &mut Ctx, args: CacheArgs) -> CliResult {
+    let cache = ctx.state.cache.clone();
+    let removed = match args.action.unwrap_or(CacheAction::Show) {
+        CacheAction::Show => None,
+        CacheAction::Prune { max_bytes } => Some(cache.evict_to(max_bytes)),
+        CacheAction::Clear => Some(cache.evict_to(0)),
+    };
+    let usage = cache.usage();
+    let hits = cache.hits.load(Ordering::Relaxed);
+    let misses = cache.misses.load(Ordering::Relaxed);
+    if args.json {
+        let doc = json!({
+            "dir": cache.root().display().to_string(),
+            "entries": usage.entries,
+            "bytes": usage.bytes,
+            "hits": hits,
+            "misses": misses,
+            "removed": removed.as_ref().map(|r| json!({"entries": r.entries, "bytes": r.bytes})),
+        });
+        ctx.println(serde_json::to_string_pretty(&doc).unwrap_or_default());
+        return Ok(0);
+    }
+    if let Some(r) = removed {
+        ctx.println(format!("removed {} entries ({})", r.entries, human_bytes(r.bytes)));
+    }
+    ctx.println(format!("cache: {}", cache.root().display()));
+    ctx.println(format!("  {} entries, {}", usage.entries, human_bytes(usage.bytes)));
+    ctx.println(format!("  {hits} hits, {misses} misses since the daemon started"));
+    Ok(0)
+}

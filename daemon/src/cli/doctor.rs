@@ -1,0 +1,345 @@
+//! `git s3 doctor <remote-or-url>`: what git-remote-s3 0.4.2's doctor does —
+//! a ref with several bundles (keep one; move the others to new branches
+//! `<ref>_<8 hex>` by copy+delete, or delete them), a missing or dangling
+//! HEAD (choose a branch), stale locks (list; delete on request) — and
+//! unattended with flags (defaults: keep the newest bundle; HEAD → main,
+//! master, else the first branch).
+
+use std::time::Duration;
+
+use clap::Args;
+use serde_json::{json, Value};
+
+use super::remote::{age_secs, branch_ref, is_stale, HeadState, Remote, View};
+use super::{CliError, CliResult, Ctx};
+use crate::locks;
+use crate::s3_store::PutOptions;
+
+#[derive(Args, Debug)]
+pub struct DoctorArgs {
+    /// A git remote name or an s3:// / s3+zip:// URL
+    #[arg(value_name = "REMOTE")]
+    pub remote: String,
+    /// Accepted for git-remote-s3 0.4.2 compatibility (doctor always checks the whole prefix)
+    #[arg(value_name = "BRANCH", hide = true)]
+    pub branch_pos: Option<String>,
+    /// Accepted for compatibility (doctor always checks the whole prefix)
+    #[arg(short = 'b', long = "branch", value_name = "BRANCH", hide = true)]
+    pub branch: Option<String>,
+    /// Seconds after which a lock counts as stale (default: GIT_REMOTE_S3_LOCK_TTL_SECONDS, else 60)
+    #[arg(long, value_name = "SECONDS")]
+    pub lock_ttl: Option<u64>,
+    /// Delete the stale locks found
+    #[arg(long)]
+    pub delete_stale_locks: bool,
+    /// Delete the extra bundles of a ref instead of moving them to new branches
+    #[arg(short = 'd', long)]
+    pub delete_bundle: bool,
+    /// For a ref with several bundles, keep the one with this sha (or sha prefix); repeatable
+    #[arg(long, value_name = "SHA")]
+    pub keep: Vec<String>,
+    /// Branch for a missing or dangling HEAD (default: main, master, else the first branch)
+    #[arg(long, value_name = "BRANCH")]
+    pub head: Option<String>,
+    /// Do not ask: use the flags and the defaults
+    #[arg(short = 'y', long)]
+    pub yes: bool,
+    /// Only report what would be done
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print one JSON document instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Collects what doctor found and did; prints text as it goes unless --json.
+struct Report {
+    json: bool,
+    issues: Vec<Value>,
+    actions: Vec<Value>,
+    errors: Vec<String>,
+}
+
+impl Report {
+    fn line(&self, ctx: &Ctx, s: impl AsRef<str>) {
+        if !self.json {
+            ctx.println(s);
+        }
+    }
+}
+
+fn short(sha: &str) -> &str {
+    sha.get(..12).unwrap_or(sha)
+}
+
+pub async fn run(ctx: &mut Ctx, args: DoctorArgs) -> CliResult {
+    let remote = Remote::resolve(ctx, &args.remote).await?;
+    let ttl = args.lock_ttl.map(Duration::from_secs).unwrap_or_else(|| locks::ttl_from_env(&ctx.env));
+    let interactive = ctx.stdin_is_tty && !args.yes && !args.json;
+    let head_choice = args.head.as_deref().map(branch_ref).transpose()?;
+    let view = remote.inspect().await?;
+    let mut rep = Report { json: args.json, issues: Vec::new(), actions: Vec::new(), errors: Vec::new() };
+
+    // What is there.
+    rep.line(ctx, format!("{}:", remote.url));
+    if view.scan.bundles.is_empty() {
+        rep.line(ctx, "  no refs (empty repository)");
+    }
+    for (name, bundles) in &view.scan.bundles {
+        let mark = if view.is_protected(name) { "*" } else { " " };
+        let state = if bundles.len() == 1 { "ok".to_string() } else { format!("{} bundles", bundles.len()) };
+        rep.line(ctx, format!(" {mark} {name}: {state}"));
+    }
+    match view.head() {
+        HeadState::Ok(h) => rep.line(ctx, format!("  HEAD: {h}")),
+        HeadState::Missing => rep.line(ctx, "  HEAD: missing"),
+        HeadState::Dangling(h) => rep.line(ctx, format!("  HEAD: {h} (dangling)")),
+    }
+
+    // Several bundles for a ref.
+    for (name, bundles) in view.scan.bundles.iter().filter(|(_, b)| b.len() > 1) {
+        rep.issues.push(json!({"kind": "several_bundles", "ref": name,
+            "bundles": bundles.iter().map(|b| b.0.clone()).collect::<Vec<_>>()}));
+        if let Err(e) = fix_bundles(ctx, &remote, &view, &args, &mut rep, name, ttl, interactive).await {
+            if matches!(e, CliError::Aborted) {
+                return Err(e);
+            }
+            rep.errors.push(format!("{name}: {e}"));
+            rep.line(ctx, format!("  failed: {e}"));
+        }
+    }
+
+    // HEAD.
+    if view.head_problem() {
+        let kind = match view.head() {
+            HeadState::Dangling(h) => json!({"kind": "dangling_head", "head": h}),
+            _ => json!({"kind": "missing_head"}),
+        };
+        rep.issues.push(kind);
+        if let Err(e) = fix_head(ctx, &remote, &view, &args, &mut rep, head_choice, interactive).await {
+            if matches!(e, CliError::Aborted) {
+                return Err(e);
+            }
+            if matches!(e, CliError::Usage(_)) {
+                return Err(e);
+            }
+            rep.errors.push(format!("HEAD: {e}"));
+            rep.line(ctx, format!("  failed: {e}"));
+        }
+    }
+
+    // Stale locks (listed afresh: fixing bundles takes and releases locks).
+    rep.line(ctx, "");
+    rep.line(ctx, format!("Scanning for stale locks (older than {}s)...", ttl.as_secs()));
+    let fresh = remote.inspect().await?;
+    let stale: Vec<_> = fresh.scan.locks.iter().filter(|(_, info)| is_stale(info, ttl)).collect();
+    if stale.is_empty() {
+        rep.line(ctx, "No stale locks found.");
+    } else {
+        rep.line(ctx, "Found stale locks:");
+        for (r, info) in &stale {
+            rep.line(ctx, format!(" - {} (age: {}s)", info.key, age_secs(info)));
+            rep.issues.push(json!({"kind": "stale_lock", "ref": r, "key": info.key, "age_seconds": age_secs(info)}));
+        }
+        if args.delete_stale_locks && !args.dry_run {
+            for (_, info) in &stale {
+                // Delete only the lock we saw (a pusher may have taken it over since).
+                match remote.store.head(&info.key).await {
+                    Ok(Some(now)) if now.etag == info.etag => match remote.store.delete(&info.key).await {
+                        Ok(()) => {
+                            rep.line(ctx, format!("Deleted {}", info.key));
+                            rep.actions.push(json!({"action": "deleted_lock", "key": info.key}));
+                        }
+                        Err(e) => {
+                            rep.line(ctx, format!("Failed to delete {}: {e}", info.key));
+                            rep.errors.push(format!("{}: {e}", info.key));
+                        }
+                    },
+                    Ok(Some(_)) => rep.line(ctx, format!("{} was taken by another client meanwhile; left alone", info.key)),
+                    Ok(None) => rep.line(ctx, format!("{} is already gone", info.key)),
+                    Err(e) => rep.errors.push(format!("{}: {e}", info.key)),
+                }
+            }
+        } else if args.dry_run && args.delete_stale_locks {
+            rep.line(ctx, "(dry run: not deleting them)");
+        } else {
+            rep.line(ctx, "Run with --delete-stale-locks to remove them.");
+        }
+    }
+
+    let code = if rep.errors.is_empty() { 0 } else { 1 };
+    if args.json {
+        let doc = json!({
+            "remote": remote.url.to_string(),
+            "dry_run": args.dry_run,
+            "lock_ttl_seconds": ttl.as_secs(),
+            "refs": view.scan.bundles.iter().map(|(n, b)| json!({
+                "name": n, "protected": view.is_protected(n),
+                "bundles": b.iter().map(|x| x.0.clone()).collect::<Vec<_>>()})).collect::<Vec<_>>(),
+            "head": view.head_raw,
+            "issues": rep.issues,
+            "actions": rep.actions,
+            "errors": rep.errors,
+        });
+        ctx.println(serde_json::to_string_pretty(&doc).unwrap_or_default());
+    } else if rep.issues.is_empty() {
+        ctx.println("No problems found.");
+    }
+    Ok(code)
+}
+
+/// Picks the bundle to keep for `name`, then moves or deletes the others
+/// under the ref's lock (so no push interleaves).
+#[allow(clippy::too_many_arguments)]
+async fn fix_bundles(
+    ctx: &mut Ctx,
+    remote: &Remote,
+    view: &View,
+    args: &DoctorArgs,
+    rep: &mut Report,
+    name: &str,
+    ttl: Duration,
+    interactive: bool,
+) -> Result<(), CliError> {
+    let bundles = view.scan.bundles.get(name).cloned().unwrap_or_default();
+    rep.line(ctx, "");
+    rep.line(ctx, format!("{name} has {} bundles (newest first):", bundles.len()));
+    for (i, (sha, info)) in bundles.iter().enumerate() {
+        rep.line(ctx, format!("  {}. {sha}  {}  {} bytes", i + 1, fmt_time(info.last_modified), info.size));
+    }
+    let by_flag = bundles.iter().position(|(sha, _)| args.keep.iter().any(|k| k.len() >= 4 && sha.starts_with(k.as_str())));
+    let keep = match by_flag {
+        Some(i) => i,
+        None if interactive => ctx.choose("Number of the bundle to keep", bundles.len(), 0).await?,
+        None => 0,
+    };
+    let kept = bundles[keep].0.clone();
+    let others: Vec<String> = bundles.iter().filter(|(s, _)| *s != kept).map(|(s, _)| s.clone()).collect();
+    let what = if args.delete_bundle { "deleted" } else { "moved to new branches" };
+    let will = if args.dry_run { "would be" } else { "will be" };
+    rep.line(ctx, format!("Keeping {kept}; the other {} {will} {what}", others.len()));
+    if interactive && !ctx.confirm("Proceed?", true).await {
+        rep.line(ctx, "Skipped.");
+        return Ok(());
+    }
+    if args.dry_run {
+        for s in &others {
+            rep.actions.push(json!({"action": if args.delete_bundle {"would_delete_bundle"} else {"would_move_bundle"}, "ref": name, "sha": s}));
+        }
+        return Ok(());
+    }
+    let lock = locks::acquire(&remote.store, &remote.url.prefix, name, ttl, Duration::from_secs(5)).await?;
+    let result = async {
+        for sha in &others {
+            let from = remote.bundle_key(name, sha);
+            if args.delete_bundle {
+                remote.store.delete(&from).await?;
+                rep.line(ctx, format!("Removed {name} bundle {}", short(sha)));
+                rep.actions.push(json!({"action": "deleted_bundle", "ref": name, "sha": sha}));
+            } else {
+                let target = new_branch_name(view, name, sha);
+                remote.store.copy(&from, &remote.bundle_key(&target, sha)).await?;
+                remote.store.delete(&from).await?;
+                rep.line(ctx, format!("Moved {name} bundle {} to new ref {target}", short(sha)));
+                rep.actions.push(json!({"action": "moved_bundle", "ref": name, "sha": sha, "to": target}));
+            }
+        }
+        Ok::<(), CliError>(())
+    }
+    .await;
+    let released = locks::release(&remote.store, lock).await;
+    result?;
+    released?;
+    Ok(())
+}
+
+/// `<ref>_<first 8 hex of the sha>`, or random hex if that ref exists.
+fn new_branch_name(view: &View, refname: &str, sha: &str) -> String {
+    let candidate = format!("{refname}_{}", sha.get(..8).unwrap_or(sha));
+    if !view.scan.bundles.contains_key(&candidate) {
+        return candidate;
+    }
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write(sha.as_bytes());
+    format!("{refname}_{:08x}", h.finish() as u32)
+}
+
+async fn fix_head(
+    ctx: &mut Ctx,
+    remote: &Remote,
+    view: &View,
+    args: &DoctorArgs,
+    rep: &mut Report,
+    choice: Option<String>,
+    interactive: bool,
+) -> Result<(), CliError> {
+    let branches = view.branches();
+    rep.line(ctx, "");
+    match view.head() {
+        HeadState::Dangling(h) => rep.line(ctx, format!("HEAD names {h}, which does not exist")),
+        _ => rep.line(ctx, "HEAD is missing"),
+    }
+    if branches.is_empty() {
+        rep.line(ctx, "No branch to point HEAD at; push a branch first.");
+        return Ok(());
+    }
+    let target = match choice {
+        Some(c) => {
+            if !branches.contains(&c) {
+                return Err(CliError::Usage(format!(
+                    "--head {c}: no such branch in the remote (branches: {})",
+                    branches.join(", ")
+                )));
+            }
+            c
+        }
+        None if interactive => {
+            for (i, b) in branches.iter().enumerate() {
+                ctx.eprintln(format!("  {}. {}", i + 1, b.trim_start_matches("refs/heads/")));
+            }
+            let default = view.default_head().and_then(|d| branches.iter().position(|b| *b == d)).unwrap_or(0);
+            let i = ctx.choose("Number of the branch to use as HEAD", branches.len(), default).await?;
+            branches[i].clone()
+        }
+        None => view.default_head().unwrap_or_else(|| branches[0].clone()),
+    };
+    if args.dry_run {
+        rep.line(ctx, format!("Would set HEAD to {target}"));
+        rep.actions.push(json!({"action": "would_set_head", "ref": target}));
+        return Ok(());
+    }
+    remote.store.put_bytes(&remote.url.key("HEAD"), target.clone().into_bytes(), PutOptions::default()).await?;
+    rep.line(ctx, format!("Set HEAD to {target}"));
+    rep.actions.push(json!({"action": "set_head", "ref": target}));
+    Ok(())
+}
+
+/// `YYYY-MM-DD HH:MM:SS UTC`.
+fn fmt_time(t: std::time::SystemTime) -> String {
+    let secs = super::remote::unix_secs(t) as i64;
+    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", rem / 3600, (rem % 3600) / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_time() {
+        let t = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(fmt_time(t), "2023-11-14 22:13:20 UTC");
+        assert_eq!(fmt_time(std::time::UNIX_EPOCH), "1970-01-01 00:00:00 UTC");
+    }
+}

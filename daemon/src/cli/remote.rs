@@ -1,0 +1,198 @@
+//! A `<remote-or-url>` argument, and what a prefix holds, read for the CLI.
+
+use std::time::{Duration, SystemTime};
+
+use crate::bundle_format::{self, PrefixScan, PROTECTED_MARKER};
+use crate::git::{Git, GitError};
+use crate::remote_url::RemoteUrl;
+use crate::s3_store::{ObjectInfo, S3Store};
+
+use super::{CliError, Ctx};
+
+/// A resolved remote: its URL and the store for its bucket.
+pub struct Remote {
+    /// The git remote name when one was given.
+    pub name: Option<String>,
+    pub url: RemoteUrl,
+    pub store: S3Store,
+}
+
+impl Remote {
+    /// `s3://…` / `s3+zip://…` are parsed as URLs; anything else is a git
+    /// remote of the caller's repository.
+    pub async fn resolve(ctx: &Ctx, arg: &str) -> Result<Remote, CliError> {
+        let (name, url) = if arg.contains("://") {
+            (None, RemoteUrl::parse(arg)?)
+        } else {
+            if arg.is_empty() || arg.starts_with('-') {
+                return Err(CliError::Usage(format!("invalid remote name '{arg}'")));
+            }
+            let git = Git::new(&ctx.cwd, ctx.env.clone());
+            let raw = git.remote_url(arg).await.map_err(|e| {
+                let detail = match e {
+                    GitError::Failed { stderr, .. } => stderr.lines().next().unwrap_or("").to_string(),
+                    other => other.to_string(),
+                };
+                CliError::UnknownRemote { name: arg.to_string(), cwd: ctx.cwd.display().to_string(), detail }
+            })?;
+            if !raw.starts_with("s3://") && !raw.starts_with("s3+zip://") {
+                return Err(CliError::NotS3Remote { name: arg.to_string(), url: raw });
+            }
+            (Some(arg.to_string()), RemoteUrl::parse(&raw)?)
+        };
+        let store = ctx.state.store_for(&ctx.env, &url).await;
+        Ok(Remote { name, url, store })
+    }
+
+    /// Reads the whole prefix: bundles, locks, markers, HEAD.
+    pub async fn inspect(&self) -> Result<View, CliError> {
+        let objects = self.store.list(&format!("{}/", self.url.prefix)).await?;
+        let scan = bundle_format::scan(&self.url.prefix, &objects);
+        let head_raw = if scan.head_object {
+            self.store
+                .get_small(&self.url.key("HEAD"))
+                .await?
+                .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        } else {
+            None
+        };
+        Ok(View { scan, head_raw })
+    }
+
+    /// Objects directly under `<prefix>/<refname>/` (not those of refs below it).
+    pub async fn ref_objects(&self, refname: &str) -> Result<Vec<ObjectInfo>, CliError> {
+        let dir = format!("{}/{refname}/", self.url.prefix);
+        let objects = self.store.list(&dir).await?;
+        Ok(objects.into_iter().filter(|o| o.key.strip_prefix(&dir).is_some_and(|leaf| !leaf.contains('/'))).collect())
+    }
+
+    pub fn marker_key(&self, refname: &str) -> String {
+        self.url.key(&format!("{refname}/{PROTECTED_MARKER}"))
+    }
+
+    pub fn bundle_key(&self, refname: &str, sha: &str) -> String {
+        self.url.key(&format!("{refname}/{sha}.bundle"))
+    }
+}
+
+/// The state of a prefix's HEAD object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeadState {
+    /// Names a ref that has a bundle.
+    Ok(String),
+    /// No HEAD object (a problem only when refs exist).
+    Missing,
+    /// Names a ref that has no bundle (or is empty).
+    Dangling(String),
+}
+
+pub struct View {
+    pub scan: PrefixScan,
+    pub head_raw: Option<String>,
+}
+
+impl View {
+    pub fn head(&self) -> HeadState {
+        match &self.head_raw {
+            None => HeadState::Missing,
+            Some(h) if self.scan.bundles.contains_key(h) => HeadState::Ok(h.clone()),
+            Some(h) => HeadState::Dangling(h.clone()),
+        }
+    }
+
+    /// Whether HEAD needs fixing: missing while branches exist, or dangling.
+    pub fn head_problem(&self) -> bool {
+        match self.head() {
+            HeadState::Ok(_) => false,
+            HeadState::Missing => !self.branches().is_empty(),
+            HeadState::Dangling(_) => true,
+        }
+    }
+
+    /// Branch refs (`refs/heads/…`) that have a bundle, sorted.
+    pub fn branches(&self) -> Vec<String> {
+        self.scan.bundles.keys().filter(|r| r.starts_with("refs/heads/")).cloned().collect()
+    }
+
+    /// The branch a missing HEAD defaults to: main, master, else the first.
+    pub fn default_head(&self) -> Option<String> {
+        let b = self.branches();
+        ["refs/heads/main", "refs/heads/master"]
+            .iter()
+            .find(|c| b.iter().any(|x| x == *c))
+            .map(|s| s.to_string())
+            .or_else(|| b.first().cloned())
+    }
+
+    pub fn is_protected(&self, refname: &str) -> bool {
+        self.scan.protected.iter().any(|p| p == refname)
+    }
+}
+
+/// Age of an object in whole seconds.
+pub fn age_secs(info: &ObjectInfo) -> u64 {
+    info.age().as_secs()
+}
+
+pub fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs()
+}
+
+/// Stale as `locks::acquire` sees it: older than the TTL.
+pub fn is_stale(info: &ObjectInfo, ttl: Duration) -> bool {
+    info.age() > ttl
+}
+
+/// `main`, `refs/heads/main` → `refs/heads/main`; rejects names git would.
+pub fn branch_ref(branch: &str) -> Result<String, CliError> {
+    let b = branch.strip_prefix("refs/heads/").unwrap_or(branch);
+    let bad = b.is_empty()
+        || b.starts_with('/')
+        || b.ends_with('/')
+        || b.starts_with('-')
+        || b.contains("//")
+        || b.contains("..")
+        || b.ends_with(".lock")
+        || b.chars().any(|c| c.is_control() || " ~^:?*[\\".contains(c));
+    if bad {
+        return Err(CliError::Usage(format!("invalid branch name '{branch}'")));
+    }
+    Ok(format!("refs/heads/{b}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn branch_names() {
+        assert_eq!(branch_ref("main").unwrap(), "refs/heads/main");
+        assert_eq!(branch_ref("refs/heads/feature/x").unwrap(), "refs/heads/feature/x");
+        for bad in ["", "a..b", "/a", "a/", "a b", "-x", "a//b", "x.lock"] {
+            assert!(branch_ref(bad).is_err(), "{bad}");
+        }
+    }
+
+    fn obj(key: &str) -> ObjectInfo {
+        ObjectInfo { key: key.into(), size: 1, etag: "e".into(), last_modified: SystemTime::now() }
+    }
+
+    #[test]
+    fn head_states_and_default() {
+        let a = "a".repeat(40);
+        let objects =
+            vec![obj(&format!("p/refs/heads/dev/{a}.bundle")), obj(&format!("p/refs/heads/master/{a}.bundle"))];
+        let scan = bundle_format::scan("p", &objects);
+        let v = View { scan: scan.clone(), head_raw: None };
+        assert_eq!(v.head(), HeadState::Missing);
+        assert!(v.head_problem());
+        assert_eq!(v.default_head().as_deref(), Some("refs/heads/master"));
+        let v = View { scan: scan.clone(), head_raw: Some("refs/heads/gone".into()) };
+        assert_eq!(v.head(), HeadState::Dangling("refs/heads/gone".into()));
+        let v = View { scan, head_raw: Some("refs/heads/dev".into()) };
+        assert!(!v.head_problem());
+        let empty = View { scan: PrefixScan::default(), head_raw: None };
+        assert!(!empty.head_problem());
+        assert_eq!(empty.default_head(), None);
+    }
+}
