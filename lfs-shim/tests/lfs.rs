@@ -197,6 +197,7 @@ fn corrupt_and_missing_objects_fail_clearly() {
     env.run(c);
     let clone = env.path("clone");
     let err = env.git_fail(&clone, &["lfs", "pull"]);
+    eprintln!("git lfs pull stderr:\n{err}");
     assert!(err.contains(&format!("LFS object {a} in s3://{}/broken/lfs/{a} is corrupt", env.bucket)), "{err}");
     assert!(err.contains(&format!("LFS object {b} is missing from the remote")), "{err}");
     // no corrupted file: still pointers, nothing in the object store or tmp
