@@ -469,10 +469,12 @@ impl Agent {
             return Err(AgentError::HashMismatch { oid: oid.to_string(), bucket: url.bucket.clone(), key, actual: sha });
         }
         self.log.debug(&format!("download {oid}: {len} bytes, SHA-256 verified"));
-        match self.state.cache.insert_lfs(oid, temp) {
-            Ok(cached) => Ok(link_or_copy(&cached, &tmp_dir, oid)?),
-            Err(e) => Err(AgentError::Io(e)),
+        // Hand git-lfs its own link first, so a failing cache cannot fail the transfer.
+        let dest = link_or_copy(temp.path(), &tmp_dir, oid)?;
+        if let Err(e) = self.state.cache.insert_lfs(oid, temp) {
+            self.log.error(&format!("download {oid}: not cached: {e}"));
         }
+        Ok(dest)
     }
 
     /// Fills `dest` (already `len` bytes long) with parallel ranged GETs

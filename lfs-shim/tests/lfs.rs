@@ -306,3 +306,63 @@ fn interop_with_0_4_2_both_ways() {
     env.git_with(Tool::Python, &py, &["lfs", "pull"]);
     assert_eq!(std::fs::read(py.join("r.bin")).unwrap(), b"pushed by git-s3\n");
 }
+
+/// Runs the agent with `lines` on stdin; returns (exit code, stdout lines).
+fn agent_session(env: &TestEnv, cwd: &Path, args: &[&str], lines: &[String]) -> (Option<i32>, Vec<String>) {
+    let mut c = env.command("git-lfs-s3", cwd);
+    c.args(args).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    for l in lines {
+        writeln!(stdin, "{l}").unwrap();
+    }
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect())
+}
+
+#[test]
+fn agent_protocol_messages() {
+    let env = TestEnv::new();
+    let repo = env.new_repo("proto");
+    let url = env.url("proto");
+    let file = repo.join("obj");
+    write_pseudo_random(&file, (3 << 20) + 5, 9);
+    // the oid of the file: `git lfs pointer --file`
+    let pointer = env.git(&repo, &["lfs", "pointer", &format!("--file={}", file.display())]);
+    let oid = pointer.lines().find_map(|l| l.strip_prefix("oid sha256:")).unwrap().to_string();
+    let size = (3u64 << 20) + 5;
+
+    // a bare s3:// URL as the remote; upload with progress, then download
+    let lines = vec![
+        format!(r#"{{"event":"init","operation":"upload","remote":"{url}","concurrent":true,"concurrenttransfers":8}}"#),
+        format!(r#"{{"event":"upload","oid":"{oid}","size":{size},"path":"{}","action":null}}"#, file.display()),
+        format!(r#"{{"event":"download","oid":"{oid}","size":{size},"action":null}}"#),
+        format!(r#"{{"event":"download","oid":"{}","size":1,"action":null}}"#, "0".repeat(64)),
+        r#"{"event":"download","oid":"../../x","size":1,"action":null}"#.to_string(),
+        r#"{"event":"terminate"}"#.to_string(),
+    ];
+    let (code, out) = agent_session(&env, &repo, &[], &lines);
+    assert_eq!(code, Some(0), "{out:?}");
+    assert_eq!(out[0], "{}");
+    let progress: Vec<&String> = out.iter().filter(|l| l.contains(r#""event":"progress""#)).collect();
+    assert!(!progress.is_empty(), "{out:?}");
+    assert!(progress.iter().any(|l| l.contains(&format!(r#""bytesSoFar":{size}"#))), "{out:?}");
+    assert!(out.contains(&format!(r#"{{"event":"complete","oid":"{oid}"}}"#)), "{out:?}");
+    assert_eq!(env.get_object(&format!("proto/lfs/{oid}")).len() as u64, size);
+    let done = out.iter().find(|l| l.contains(r#""path""#)).expect("download complete with a path");
+    let v = done.split(r#""path":""#).nth(1).unwrap().split('"').next().unwrap();
+    assert!(v.starts_with(&repo.join(".git/lfs/tmp").display().to_string()), "{v}");
+    assert!(same_file(Path::new(v), &file));
+    assert!(out.iter().any(|l| l.contains(&format!(r#""oid":"{}""#, "0".repeat(64))) && l.contains(r#""error":{"code":2,"#) && l.contains("is missing from the remote")), "{out:?}");
+    assert!(out.iter().any(|l| l.contains("invalid LFS oid")), "{out:?}");
+
+    // an unknown remote: an init error object, exit 1
+    let (code, out) = agent_session(&env, &repo, &[], &[r#"{"event":"init","operation":"download","remote":"nowhere"}"#.to_string()]);
+    assert_eq!(code, Some(1));
+    assert!(out[0].starts_with(r#"{"error":{"code":2,"message":"cannot resolve remote \"nowhere\""#), "{out:?}");
+    // an invalid URL: code 32 as 0.4.2
+    let (code, out) = agent_session(&env, &repo, &[], &[r#"{"event":"init","operation":"download","remote":"s3://Bad_Bucket/x"}"#.to_string()]);
+    assert_eq!(code, Some(1));
+    assert!(out[0].starts_with(r#"{"error":{"code":32,"#), "{out:?}");
+}
