@@ -272,6 +272,9 @@ fn install_variants_and_messages() {
     let global = std::fs::read_to_string(env.home().join(".gitconfig")).unwrap();
     assert!(!global.contains("git-lfs-s3"), "{global}");
     assert!(ok_stdout(agent(&env, Tool::Ours, &repo, &["--help"])).contains("install --remote <name>"));
+    // the same commands through `git s3 lfs`
+    assert_eq!(env.git_s3(&repo, &["lfs", "enable-debug"]), "debug enabled\n");
+    assert_eq!(config(&env, &repo, "lfs.customtransfer.git-lfs-s3.args"), "debug");
     let out = agent(&env, Tool::Ours, &repo, &["frobnicate"]);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "unknown command frobnicate\n");
