@@ -185,12 +185,14 @@ fn push_multipart_one_step_clone_skip_and_cache() {
 fn corrupt_and_missing_objects_fail_clearly() {
     let env = lfs_env();
     let url = env.url("broken");
-    let repo = lfs_repo(&env, Tool::Ours, "origin", &url, &[("a.bin", b"object a\n"), ("b.bin", b"object b\n"), ("c.bin", b"object c\n")]);
+    let repo = lfs_repo(&env, Tool::Ours, "origin", &url, &[("a.bin", b"object a\n"), ("b.bin", b"object b\n"), ("c.bin", b"object c\n"), ("d.bin", b"object d, to be truncated\n")]);
     ok_stdout(agent(&env, Tool::Ours, &repo, &["install"]));
     env.git(&repo, &["push", "-q", "origin", "main"]);
     let (a, b) = (oid_of(&env, &repo, "a.bin"), oid_of(&env, &repo, "b.bin"));
     env.put_object(&format!("broken/lfs/{a}"), b"object X\n"); // same size, wrong bytes
     env.delete_object(&format!("broken/lfs/{b}"));
+    let d = oid_of(&env, &repo, "d.bin");
+    env.put_object(&format!("broken/lfs/{d}"), b"object d");
 
     let mut c = env.command("git", &env.work());
     c.args(["clone", "-q", &url, "clone"]).env("GIT_LFS_SKIP_SMUDGE", "1");
@@ -200,8 +202,9 @@ fn corrupt_and_missing_objects_fail_clearly() {
     eprintln!("git lfs pull stderr:\n{err}");
     assert!(err.contains(&format!("LFS object {a} in s3://{}/broken/lfs/{a} is corrupt", env.bucket)), "{err}");
     assert!(err.contains(&format!("LFS object {b} is missing from the remote")), "{err}");
+    assert!(err.contains(&format!("LFS object {d} in s3://{}/broken/lfs/{d} has 8 bytes, expected 26", env.bucket)), "{err}");
     // no corrupted file: still pointers, nothing in the object store or tmp
-    for f in ["a.bin", "b.bin"] {
+    for f in ["a.bin", "b.bin", "d.bin"] {
         assert!(std::fs::read(clone.join(f)).unwrap().starts_with(b"version https://git-lfs"), "{f} was replaced");
     }
     assert_eq!(std::fs::read(clone.join("c.bin")).unwrap(), b"object c\n");
