@@ -278,6 +278,16 @@ fn install_variants_and_messages() {
     // the same commands through `git s3 lfs`
     assert_eq!(env.git_s3(&repo, &["lfs", "enable-debug"]), "debug enabled\n");
     assert_eq!(config(&env, &repo, "lfs.customtransfer.git-lfs-s3.args"), "debug");
+    // uninstall in the repository: scoped keys of S3 remotes, then the rest
+    assert_eq!(ok_stdout(agent(&env, Tool::Ours, &repo, &["uninstall", "--remote", "origin"])), "git-lfs-s3 uninstalled for remote 'origin'\n");
+    let cfg = env.git(&repo, &["config", "--list", "--local"]);
+    assert!(!cfg.contains("remote.origin.lfsurl") && !cfg.contains("lfs-alias"), "{cfg}");
+    assert!(cfg.contains("lfs.standalonetransferagent=git-lfs-s3"), "{cfg}");
+    ok_stdout(agent(&env, Tool::Ours, &repo, &["uninstall"]));
+    let cfg = env.git(&repo, &["config", "--list", "--local"]);
+    assert!(!cfg.contains("git-lfs-s3"), "{cfg}");
+    assert!(cfg.contains("remote.gh.lfsurl=https://example.com/lfs"), "a foreign lfsurl was removed: {cfg}");
+
     let out = agent(&env, Tool::Ours, &repo, &["frobnicate"]);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "unknown command frobnicate\n");
