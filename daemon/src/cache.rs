@@ -121,6 +121,81 @@ impl Cache {
     }
 }
 
+/// Git LFS objects by oid (`lfs/<oid>`), so a second download on this
+/// machine is local. Entries are renamed into place from a temp file of the
+/// same filesystem; callers verify the SHA-256 of an entry before using it
+/// (and evict it when it does not match). Kept under the same size cap as
+/// the bundles, counted separately.
+impl Cache {
+    fn lfs_path(&self, oid: &str) -> Option<PathBuf> {
+        let ok = oid.len() == 64 && oid.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        ok.then(|| self.root.join("lfs").join(oid))
+    }
+
+    /// The cached LFS object for `oid`, if any (not yet verified); a hit
+    /// refreshes its LRU time.
+    pub fn lookup_lfs(&self, oid: &str) -> Option<PathBuf> {
+        let path = self.lfs_path(oid)?;
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() => {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                let _ = filetime_touch(&path);
+                Some(path)
+            }
+            _ => {
+                self.misses.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    /// Moves a verified temp file (from [`Cache::temp_file`]) into the LFS area.
+    pub fn insert_lfs(&self, oid: &str, file: tempfile::NamedTempFile) -> std::io::Result<PathBuf> {
+        let Some(path) = self.lfs_path(oid) else {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "bad LFS oid"));
+        };
+        std::fs::create_dir_all(self.root.join("lfs"))?;
+        file.persist(&path).map_err(|e| e.error)?;
+        self.evict_lfs_to(self.max_bytes);
+        Ok(path)
+    }
+
+    /// Drops an LFS entry that turned out to be corrupt.
+    pub fn evict_lfs(&self, oid: &str) {
+        if let Some(p) = self.lfs_path(oid) {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+
+    /// Evicts least-recently-used LFS objects until that area holds at most `max` bytes.
+    pub fn evict_lfs_to(&self, max: u64) -> CacheUsage {
+        let mut entries = Vec::new();
+        if let Ok(rd) = std::fs::read_dir(self.root.join("lfs")) {
+            for e in rd.flatten() {
+                if let Ok(m) = e.metadata() {
+                    if m.is_file() {
+                        entries.push((e.path(), m.len(), m.modified().unwrap_or(SystemTime::UNIX_EPOCH)));
+                    }
+                }
+            }
+        }
+        let mut total: u64 = entries.iter().map(|e| e.1).sum();
+        entries.sort_by_key(|e| e.2);
+        let mut removed = CacheUsage::default();
+        for (path, len, _) in entries {
+            if total <= max {
+                break;
+            }
+            if std::fs::remove_file(&path).is_ok() {
+                total -= len;
+                removed.entries += 1;
+                removed.bytes += len;
+            }
+        }
+        removed
+    }
+}
+
 fn filetime_touch(path: &Path) -> std::io::Result<()> {
     let f = std::fs::OpenOptions::new().append(true).open(path)?;
     f.set_modified(SystemTime::now())
@@ -150,5 +225,22 @@ mod tests {
         assert!(cache.lookup_bundle("cccc").is_some());
         assert!(cache.usage().bytes <= 25);
         assert!(cache.lookup_bundle("../x").is_none());
+    }
+
+    #[test]
+    fn lfs_insert_lookup_evict() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path().to_path_buf(), 1 << 20).unwrap();
+        let oid = "a".repeat(64);
+        assert!(cache.lookup_lfs(&oid).is_none());
+        let mut t = cache.temp_file().unwrap();
+        t.write_all(b"data").unwrap();
+        let p = cache.insert_lfs(&oid, t).unwrap();
+        assert_eq!(cache.lookup_lfs(&oid), Some(p.clone()));
+        assert_eq!(std::fs::read(&p).unwrap(), b"data");
+        cache.evict_lfs(&oid);
+        assert!(cache.lookup_lfs(&oid).is_none());
+        assert!(cache.lookup_lfs("../etc/passwd").is_none());
+        assert!(cache.lookup_lfs(&"A".repeat(64)).is_none());
     }
 }

@@ -1,16 +1,377 @@
-//! `git-lfs-s3 install|enable-debug|disable-debug` (also `git s3 lfs …`):
-//! the git config that makes git-lfs use our agent.
-//! (Filled in by the LFS work; the CLI dispatches `lfs …` here.)
+//! `git-lfs-s3 install|enable-debug|disable-debug|uninstall` (also
+//! `git s3 lfs …`): the git config that makes git-lfs use our agent, with
+//! the same keys and messages as git-remote-s3 0.4.2. Also
+//! [`configure_for_clone`], which the remote helper calls so that
+//! `git clone s3://…` of an LFS repository checks out real contents.
 
 use std::sync::Arc;
 
 use git_s3_proto::pb::SessionStart;
 
+use crate::git::{Git, GitError};
+use crate::remote_url::RemoteUrl;
 use crate::session::{Input, Out};
 use crate::state::DaemonState;
 
+/// Host of the synthetic LFS URL (RFC 6761 `.test`: never contacted).
+pub const LFS_ALIAS_HOST: &str = "lfs-alias.git-remote-s3.test";
+pub const AGENT: &str = "git-lfs-s3";
+const PATH_KEY: &str = "lfs.customtransfer.git-lfs-s3.path";
+const ARGS_KEY: &str = "lfs.customtransfer.git-lfs-s3.args";
+const STANDALONE_KEY: &str = "lfs.standalonetransferagent";
+
+const HELP: &str = "\
+usage: git-lfs-s3 install [--remote <name>] [--global]
+       git-lfs-s3 enable-debug [--global]
+       git-lfs-s3 disable-debug [--global]
+       git-lfs-s3 uninstall [--remote <name>] [--global]
+
+git-lfs-s3 is a git-lfs standalone custom transfer agent that keeps LFS
+objects in the S3 remote's bucket, at <prefix>/lfs/<oid>.
+
+  install                 use git-lfs-s3 for every remote of this repository
+                          (lfs.standalonetransferagent)
+  install --remote <name> use it only for that S3 remote (remote.<name>.lfsurl
+                          set to https://lfs-alias.git-remote-s3.test/<bucket>/<prefix>)
+  install --global        use it for every repository of this user
+  enable-debug            log to <gitdir>/lfs/tmp/git-lfs-s3.log
+  disable-debug           stop debug logging
+  uninstall               remove the configuration written by install
+
+`git clone s3://…` configures LFS in the new clone by itself (once
+`git lfs install` has been run).
+";
+
+/// `https://lfs-alias.git-remote-s3.test/<bucket>/<percent-encoded prefix>`,
+/// exactly as git-remote-s3 0.4.2 builds it (each prefix segment quoted
+/// with Python's `urllib.parse.quote(segment, safe="")`).
+pub fn synthetic_lfs_url(bucket: &str, prefix: &str) -> String {
+    let quoted: Vec<String> = prefix.split('/').map(quote_segment).collect();
+    format!("https://{LFS_ALIAS_HOST}/{bucket}/{}", quoted.join("/"))
+}
+
+fn quote_segment(seg: &str) -> String {
+    let mut out = String::with_capacity(seg.len());
+    for b in seg.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// The `s3://bucket/prefix` a synthetic LFS URL stands for (no profile:
+/// prefer the URL of the remote that carries this alias when there is one).
+pub fn parse_synthetic_lfs_url(url: &str) -> Option<RemoteUrl> {
+    let rest = url.strip_prefix("https://")?.strip_prefix(LFS_ALIAS_HOST)?.strip_prefix('/')?;
+    let (bucket, prefix) = rest.split_once('/')?;
+    let prefix = percent_decode(prefix)?;
+    RemoteUrl::parse(&format!("s3://{bucket}/{prefix}")).ok()
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Git(#[from] GitError),
+}
+
+/// `git config [--global] --replace-all key value`.
+async fn config_set(git: &Git, global: bool, key: &str, value: &str) -> Result<(), GitError> {
+    let mut args = vec!["config"];
+    if global {
+        args.push("--global");
+    }
+    args.extend(["--replace-all", key, value]);
+    git.run(&args).await.map(|_| ())
+}
+
+/// `git config [--global] --unset-all key`; an absent key is fine.
+async fn config_unset(git: &Git, global: bool, key: &str) {
+    let mut args = vec!["config"];
+    if global {
+        args.push("--global");
+    }
+    args.extend(["--unset-all", key]);
+    let _ = git.status(&args).await;
+}
+
+async fn config_get(git: &Git, global: bool, key: &str) -> Option<String> {
+    if global {
+        git.run(&["config", "--global", "--get", key]).await.ok().filter(|s| !s.is_empty())
+    } else {
+        git.config_get(key).await
+    }
+}
+
+/// Writes the per-remote (scoped) LFS configuration for an S3 remote into
+/// the repository `git` runs in: the agent path, `remote.<name>.lfsurl` set
+/// to the synthetic URL, and `lfs.<url>.standalonetransferagent`. Leaves an
+/// `lfsurl` that someone else set alone (returns Ok(false)).
+pub async fn configure_for_clone(git: &Git, remote_name: &str, url: &RemoteUrl) -> Result<bool, ConfigError> {
+    let lfs_url = synthetic_lfs_url(&url.bucket, &url.prefix);
+    let lfsurl_key = format!("remote.{remote_name}.lfsurl");
+    if let Some(existing) = git.config_get(&lfsurl_key).await {
+        if existing != lfs_url {
+            return Ok(false);
+        }
+    }
+    config_set(git, false, PATH_KEY, AGENT).await?;
+    config_set(git, false, &lfsurl_key, &lfs_url).await?;
+    config_set(git, false, &format!("lfs.{lfs_url}.standalonetransferagent"), AGENT).await?;
+    Ok(true)
+}
+
+/// The remote helper's hook: during `git clone` (after the first fetch),
+/// writes the scoped LFS configuration into the new repository so that the
+/// checkout's smudge fetches LFS objects through `git-lfs-s3`. `helper_args`
+/// are the helper's arguments (`<remote> <url>`). Failures only warn.
+pub async fn on_clone_fetched(git: &Git, helper_args: &[String], url: &RemoteUrl, out: &Out) {
+    let remote = match helper_args {
+        [name, _, ..] if !name.contains("://") && !name.starts_with('-') => name.as_str(),
+        _ => return,
+    };
+    match configure_for_clone(git, remote, url).await {
+        Ok(true) => tracing::debug!(remote, "LFS configured for the clone"),
+        Ok(false) => tracing::debug!(remote, "remote already has an lfsurl; LFS configuration left alone"),
+        Err(e) => out.stderr(format!("warning: could not configure git-lfs-s3 for the clone: {e}\n")),
+    }
+}
+
 /// `start.args` are the words after `lfs` (e.g. `["install", "--remote", "origin"]`).
-pub async fn run(_state: Arc<DaemonState>, _start: SessionStart, _input: Input, out: Out) -> i32 {
-    out.stderr("git s3 lfs: not available yet\n");
-    2
+pub async fn run(_state: Arc<DaemonState>, start: SessionStart, _input: Input, out: Out) -> i32 {
+    let git = Git::new(&start.cwd, start.env.clone());
+    let args: Vec<&str> = start.args.iter().map(String::as_str).collect();
+    let Some((&cmd, rest)) = args.split_first() else {
+        out.stdout(HELP);
+        return 0;
+    };
+    tracing::debug!(cmd, "lfs config command");
+    match cmd {
+        "--help" | "-h" | "help" => {
+            out.stdout(HELP);
+            0
+        }
+        "install" | "uninstall" => {
+            let mut remote: Option<&str> = None;
+            let mut global = false;
+            let mut i = 0;
+            while i < rest.len() {
+                match rest[i] {
+                    "--remote" => {
+                        let Some(v) = rest.get(i + 1) else {
+                            out.stderr("error: --remote requires a value\n");
+                            return 2;
+                        };
+                        remote = Some(v);
+                        i += 2;
+                    }
+                    "--global" => {
+                        global = true;
+                        i += 1;
+                    }
+                    "--help" | "-h" => {
+                        out.stdout(HELP);
+                        return 0;
+                    }
+                    other => {
+                        out.stderr(format!("error: unknown argument to {cmd}: {other}\n"));
+                        return 2;
+                    }
+                }
+            }
+            if global && remote.is_some() {
+                out.stderr("error: --remote and --global cannot be combined: a remote belongs to one repository\n");
+                return 2;
+            }
+            match (cmd, remote) {
+                ("install", None) => install_unscoped(&git, global, &out).await,
+                ("install", Some(r)) => install_scoped(&git, r, &out).await,
+                (_, r) => uninstall(&git, global, r, &out).await,
+            }
+        }
+        "enable-debug" | "disable-debug" => {
+            let global = match rest {
+                [] => false,
+                ["--global"] => true,
+                [other, ..] => {
+                    out.stderr(format!("error: unknown argument to {cmd}: {other}\n"));
+                    return 2;
+                }
+            };
+            if cmd == "enable-debug" {
+                if let Err(e) = config_set(&git, global, ARGS_KEY, "debug").await {
+                    out.stderr(format!("error: {e}\n"));
+                    return 1;
+                }
+                out.stdout("debug enabled\n");
+            } else {
+                config_unset(&git, global, ARGS_KEY).await;
+                out.stdout("debug disabled\n");
+            }
+            0
+        }
+        other => {
+            out.stdout(format!("unknown command {other}\n"));
+            1
+        }
+    }
+}
+
+async fn list_remotes(git: &Git) -> Vec<String> {
+    git.run(&["remote"])
+        .await
+        .map(|s| s.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+async fn install_unscoped(git: &Git, global: bool, out: &Out) -> i32 {
+    if !global {
+        let remotes = list_remotes(git).await;
+        if remotes.len() > 1 {
+            out.stderr(format!(
+                "warning: multiple remotes configured ({}); 'git-lfs-s3 install' writes unscoped configuration that \
+                 applies to ALL remotes. If any non-S3 remote uses LFS, push/pull may fail. Use 'git-lfs-s3 install \
+                 --remote <name>' to scope to a single S3 remote.\n",
+                remotes.join(", ")
+            ));
+        }
+    }
+    for (k, v) in [(PATH_KEY, AGENT), (STANDALONE_KEY, AGENT)] {
+        if let Err(e) = config_set(git, global, k, v).await {
+            out.stderr(format!("{}\n", git_stderr(&e)));
+            return 1;
+        }
+    }
+    out.stdout("git-lfs-s3 installed\n");
+    0
+}
+
+fn git_stderr(e: &GitError) -> String {
+    match e {
+        GitError::Failed { stderr, .. } => stderr.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn valid_remote_name(name: &str) -> bool {
+    !name.is_empty() && !name.starts_with('-') && !name.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+async fn install_scoped(git: &Git, remote_name: &str, out: &Out) -> i32 {
+    let url = match git.remote_url(remote_name).await {
+        Ok(u) if valid_remote_name(remote_name) => u,
+        _ => {
+            out.stderr(format!(
+                "error: remote '{remote_name}' is not configured. Add it first with: git remote add {remote_name} \
+                 s3://<bucket>/<prefix>\n"
+            ));
+            return 1;
+        }
+    };
+    let Ok(parsed) = RemoteUrl::parse(&url) else {
+        out.stderr(format!(
+            "error: remote '{remote_name}' has URL '{url}', which is not an s3:// or s3+zip:// URL. --remote can only \
+             scope LFS configuration for S3 remotes.\n"
+        ));
+        return 1;
+    };
+    let lfs_url = synthetic_lfs_url(&parsed.bucket, &parsed.prefix);
+    let lfsurl_key = format!("remote.{remote_name}.lfsurl");
+    if let Some(existing) = git.config_get(&lfsurl_key).await {
+        if existing != lfs_url {
+            out.stderr(format!(
+                "error: {lfsurl_key} is already set to '{existing}'. git-lfs-s3 will not overwrite an existing LFS \
+                 URL. If this was set in error, unset it with:\n  git config --unset {lfsurl_key}\n"
+            ));
+            return 1;
+        }
+    }
+    if git.config_get(STANDALONE_KEY).await.is_some() {
+        out.stderr(
+            "warning: lfs.standalonetransferagent is set unscoped; this applies git-lfs-s3 to ALL remotes and will \
+             defeat per-remote scoping. Unset it with:\n  git config --unset lfs.standalonetransferagent\n",
+        );
+    }
+    let agent_key = format!("lfs.{lfs_url}.standalonetransferagent");
+    for (k, v) in [(PATH_KEY, AGENT), (lfsurl_key.as_str(), lfs_url.as_str()), (agent_key.as_str(), AGENT)] {
+        if let Err(e) = config_set(git, false, k, v).await {
+            out.stderr(format!("{}\n", git_stderr(&e)));
+            return 1;
+        }
+    }
+    out.stdout(format!("git-lfs-s3 installed for remote '{remote_name}' (LFS alias: {lfs_url})\n"));
+    0
+}
+
+async fn uninstall(git: &Git, global: bool, remote: Option<&str>, out: &Out) -> i32 {
+    let remotes: Vec<String> = match remote {
+        Some(r) => vec![r.to_string()],
+        None if global => Vec::new(),
+        None => list_remotes(git).await,
+    };
+    for r in &remotes {
+        let key = format!("remote.{r}.lfsurl");
+        if let Some(u) = git.config_get(&key).await {
+            if parse_synthetic_lfs_url(&u).is_some() {
+                config_unset(git, false, &format!("lfs.{u}.standalonetransferagent")).await;
+                config_unset(git, false, &key).await;
+            }
+        }
+    }
+    if remote.is_none() {
+        if config_get(git, global, STANDALONE_KEY).await.as_deref() == Some(AGENT) {
+            config_unset(git, global, STANDALONE_KEY).await;
+        }
+        config_unset(git, global, PATH_KEY).await;
+        config_unset(git, global, ARGS_KEY).await;
+    }
+    match remote {
+        Some(r) => out.stdout(format!("git-lfs-s3 uninstalled for remote '{r}'\n")),
+        None => out.stdout("git-lfs-s3 uninstalled\n"),
+    }
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn synthetic_url_matches_0_4_2() {
+        // urllib.parse.quote(seg, safe="") per segment
+        assert_eq!(synthetic_lfs_url("bkt", "team/repo"), "https://lfs-alias.git-remote-s3.test/bkt/team/repo");
+        assert_eq!(
+            synthetic_lfs_url("bkt", "a b/repo%zz/x~y_z.-+"),
+            "https://lfs-alias.git-remote-s3.test/bkt/a%20b/repo%25zz/x~y_z.-%2B"
+        );
+        assert_eq!(synthetic_lfs_url("bkt", "é"), "https://lfs-alias.git-remote-s3.test/bkt/%C3%A9");
+    }
+
+    #[test]
+    fn synthetic_url_roundtrip() {
+        let u = parse_synthetic_lfs_url("https://lfs-alias.git-remote-s3.test/bkt/a%20b/repo%25zz").unwrap();
+        assert_eq!(u.bucket, "bkt");
+        assert_eq!(u.prefix, "a b/repo%zz");
+        assert!(parse_synthetic_lfs_url("https://example.com/bkt/p").is_none());
+        assert!(parse_synthetic_lfs_url("https://lfs-alias.git-remote-s3.test/bkt").is_none());
+        assert!(parse_synthetic_lfs_url("https://lfs-alias.git-remote-s3.test/bkt/%zz").is_none());
+    }
 }

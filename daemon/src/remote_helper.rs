@@ -53,6 +53,7 @@ pub async fn run(state: Arc<DaemonState>, a: HelperArgs, mut input: Input, out: 
         cas: HashMap::new(),
     };
     let mut listing: Option<RefListing> = None;
+    let mut cloning = false; // `option cloning true`: configure LFS after the first fetch
 
     while let Some(line) = input.read_line().await {
         state.touch();
@@ -69,6 +70,7 @@ pub async fn run(state: Arc<DaemonState>, a: HelperArgs, mut input: Input, out: 
                 out.stdout("*push\n*fetch\noption\ncheck-connectivity\n\n");
             }
             Command::Option { name, value } => {
+                cloning |= name == "cloning" && value == "true";
                 let reply = handle_option(&mut ctx, &name, &value);
                 out.stdout(format!("{reply}\n"));
             }
@@ -103,6 +105,9 @@ pub async fn run(state: Arc<DaemonState>, a: HelperArgs, mut input: Input, out: 
                 };
                 if let Err(e) = storage.fetch(&ctx, &l, &wants).await {
                     return fatal(&out, &url, e);
+                }
+                if std::mem::take(&mut cloning) {
+                    crate::lfs_config::on_clone_fetched(&ctx.git, &a.args, &url, &out).await;
                 }
                 out.stdout("\n");
             }

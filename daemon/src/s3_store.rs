@@ -469,6 +469,70 @@ impl S3Store {
         .instrument(span)
         .await
     }
+
+    /// Streams bytes `[offset, offset + len)` of an object into `dest` at the
+    /// same offset (the file must exist; it is not truncated), so several
+    /// ranges can fill one file in parallel. `if_match` pins the object
+    /// version (an ETag from a HEAD). Fails on a short read. Returns the bytes
+    /// written; `on_bytes` is called as data arrives.
+    pub async fn get_range_to_file(
+        &self,
+        key: &str,
+        dest: &Path,
+        offset: u64,
+        len: u64,
+        if_match: Option<&str>,
+        mut on_bytes: impl FnMut(u64) + Send,
+    ) -> Result<u64, StoreError> {
+        use tokio::io::AsyncSeekExt;
+        let span = tracing::debug_span!("s3.get_range", bucket = %self.bucket, key, offset, len);
+        async {
+            if len == 0 {
+                return Ok(0);
+            }
+            let mut req = self
+                .client
+                .get_object()
+                .bucket(&*self.bucket)
+                .key(key)
+                .range(format!("bytes={}-{}", offset, offset + len - 1));
+            if let Some(etag) = if_match {
+                req = req.if_match(etag);
+            }
+            let resp = req.send().await.map_err(|e| classify(e, &self.bucket, key))?;
+            let mut body = resp.body;
+            let mut file = tokio::fs::OpenOptions::new().write(true).open(dest).await?;
+            file.seek(std::io::SeekFrom::Start(offset)).await?;
+            let mut total = 0u64;
+            while let Some(chunk) = body.try_next().await.map_err(|e| StoreError::Other {
+                bucket: self.bucket.to_string(),
+                key: key.to_string(),
+                message: format!("download interrupted: {e}"),
+            })? {
+                if total + chunk.len() as u64 > len {
+                    return Err(StoreError::Other {
+                        bucket: self.bucket.to_string(),
+                        key: key.to_string(),
+                        message: format!("range {offset}+{len}: server sent more bytes than asked"),
+                    });
+                }
+                file.write_all(&chunk).await?;
+                total += chunk.len() as u64;
+                on_bytes(chunk.len() as u64);
+            }
+            file.flush().await?;
+            if total != len {
+                return Err(StoreError::Other {
+                    bucket: self.bucket.to_string(),
+                    key: key.to_string(),
+                    message: format!("truncated download: got {total} of {len} bytes at offset {offset}"),
+                });
+            }
+            Ok(total)
+        }
+        .instrument(span)
+        .await
+    }
 }
 
 /// Percent-encodes a key for `x-amz-copy-source` (keeps `/`).

@@ -14,7 +14,7 @@ async fn main() {
             println!("git-lfs-s3 (git-s3) {}", git_s3_proto::VERSION);
             return;
         }
-        Some("install" | "enable-debug" | "disable-debug" | "uninstall") => {
+        Some("install" | "enable-debug" | "disable-debug" | "uninstall" | "--help" | "-h" | "help") => {
             let mut cli = vec!["lfs".to_string()];
             cli.extend(args);
             return finish(git_s3_proto::client::run_session(Program::Cli, cli, argv0).await);
