@@ -113,23 +113,56 @@ impl BundleStorage {
         Ok(ctx.cache.insert_bundle(&r.sha, tmp)?)
     }
 
+    /// Brings a ref's objects into the repository: a cached pre-indexed pack
+    /// is linked in; else the bundle (cached or downloaded) is indexed, and
+    /// the resulting pack is kept in the cache for the next clone.
     async fn unbundle(&self, ctx: &OpContext, r: &RemoteRef) -> Result<(), StorageError> {
-        let file = self.bundle_file(ctx, r).await?;
-        if let Err(first) = ctx.git.bundle_unbundle(&file).await {
-            // A cached entry git rejects is corrupt: drop it and fetch again.
-            tracing::warn!(sha = r.sha, error = %first, "bundle rejected; refetching");
-            ctx.cache.evict_bundle(&r.sha);
-            let file = self.bundle_file(ctx, r).await?;
-            if let Err(e) = ctx.git.bundle_unbundle(&file).await {
-                ctx.cache.evict_bundle(&r.sha);
-                return Err(StorageError::Corrupt(format!(
-                    "the bundle for {} ({}) is corrupt or truncated in the bucket: {e}. Run `git s3 doctor` or push the ref again",
-                    r.name,
-                    self.bundle_key(&r.name, &r.sha)
-                )));
+        let pack_dir = ctx.git.pack_dir().await?;
+        if let Some(pack) = ctx.cache.lookup_pack(&r.sha) {
+            let linked = pack.files.iter().try_for_each(|f| match f.file_name() {
+                Some(name) if !pack_dir.join(name).exists() => crate::cache::link_or_copy(f, &pack_dir.join(name)),
+                _ => Ok(()),
+            });
+            if linked.is_ok() && ctx.git.has_object(&r.sha).await {
+                tracing::debug!(sha = r.sha, "linked a cached pre-indexed pack");
+                return Ok(());
             }
+            tracing::warn!(sha = r.sha, "cached pack unusable; indexing the bundle");
+            ctx.cache.evict_pack(&r.sha);
+        }
+        let file = self.bundle_file(ctx, r).await?;
+        let hash = match ctx.git.index_bundle(&file).await {
+            Ok(h) => h,
+            Err(first) => {
+                // A cached bundle git rejects is corrupt: drop it and fetch again.
+                tracing::warn!(sha = r.sha, error = %first, "bundle rejected; refetching");
+                ctx.cache.evict_bundle(&r.sha);
+                let file = self.bundle_file(ctx, r).await?;
+                match ctx.git.index_bundle(&file).await {
+                    Ok(h) => h,
+                    Err(e) => {
+                        ctx.cache.evict_bundle(&r.sha);
+                        return Err(StorageError::Corrupt(format!(
+                            "the bundle for {} ({}) is corrupt or truncated in the bucket: {e}. Run `git s3 doctor` or push the ref again",
+                            r.name,
+                            self.bundle_key(&r.name, &r.sha)
+                        )));
+                    }
+                }
+            }
+        };
+        if let Err(e) = ctx.cache.insert_pack(&r.sha, &pack_dir, &hash) {
+            tracing::debug!(error = %e, "pack not cached");
         }
         Ok(())
+    }
+
+    async fn fetch_one(&self, ctx: &OpContext, w: &RemoteRef) -> Result<(), StorageError> {
+        if ctx.git.has_object(&w.sha).await {
+            tracing::debug!(r = w.name, "tip already present locally; not downloading");
+            return Ok(());
+        }
+        self.unbundle(ctx, w).await
     }
 
     async fn push_one(&self, ctx: &OpContext, listing: &RefListing, upd: &PushUpdate) -> Result<PushResult, StorageError> {
@@ -338,20 +371,20 @@ impl RepoStorage for BundleStorage {
     }
 
     async fn fetch(&self, ctx: &OpContext, listing: &RefListing, wants: &[RemoteRef]) -> Result<(), StorageError> {
-        // Default branch first: after it, other refs' tips are often present already.
-        let mut order: Vec<&RemoteRef> = wants.iter().collect();
+        use futures::stream::{StreamExt, TryStreamExt};
+        // One bundle per distinct tip, default branch first: once it is in,
+        // other refs' tips are often present already and need nothing.
+        let mut seen: HashSet<&str> = HashSet::new();
+        let mut order: Vec<&RemoteRef> = wants.iter().filter(|w| seen.insert(w.sha.as_str())).collect();
         order.sort_by_key(|w| (Some(&w.name) != listing.head.as_ref(), w.name.clone()));
-        let mut done: HashSet<&str> = HashSet::new();
-        for w in order {
-            if !done.insert(w.sha.as_str()) {
-                continue;
-            }
-            if ctx.git.has_object(&w.sha).await {
-                tracing::debug!(r = w.name, "tip already present locally; not downloading");
-                continue;
-            }
-            self.unbundle(ctx, w).await?;
-        }
+        let Some((first, rest)) = order.split_first() else { return Ok(()) };
+        self.fetch_one(ctx, first).await?;
+        // The others in parallel (downloads overlap with git's indexing).
+        let jobs: Vec<_> = rest.iter().map(|w| self.fetch_one(ctx, w)).collect();
+        futures::stream::iter(jobs)
+            .buffer_unordered(3)
+            .try_collect::<Vec<()>>()
+            .await?;
         Ok(())
     }
 

@@ -119,6 +119,47 @@ impl Git {
         self.run(&["bundle", "unbundle", &f]).await.map(|_| ())
     }
 
+    /// The repository's pack directory (`objects/pack`, honouring GIT_DIR
+    /// and GIT_OBJECT_DIRECTORY).
+    pub async fn pack_dir(&self) -> Result<PathBuf, GitError> {
+        let p = PathBuf::from(self.run(&["rev-parse", "--git-path", "objects/pack"]).await?);
+        Ok(if p.is_absolute() { p } else { self.cwd.join(p) })
+    }
+
+    /// Indexes a bundle's pack into the repository, as `git bundle unbundle`
+    /// does, and returns the new pack's hash (its files are
+    /// `objects/pack/pack-<hash>.*`).
+    pub async fn index_bundle(&self, bundle: &Path) -> Result<String, GitError> {
+        let span = tracing::debug_span!("git", args = "index-pack --stdin --fix-thin", bundle = %bundle.display());
+        async {
+            let failed = |stderr: String| GitError::Failed { args: "index-pack --stdin --fix-thin".into(), stderr };
+            let offset = bundle_pack_offset(bundle).map_err(|e| failed(format!("not a git bundle: {e}")))?;
+            let mut file = std::fs::File::open(bundle).map_err(GitError::Spawn)?;
+            std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(offset)).map_err(GitError::Spawn)?;
+            let out = self
+                .command(&["index-pack", "--stdin", "--fix-thin"])
+                .stdin(Stdio::from(file))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .output()
+                .await
+                .map_err(GitError::Spawn)?;
+            if !out.status.success() {
+                return Err(failed(String::from_utf8_lossy(&out.stderr).trim().to_string()));
+            }
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            // "pack\t<hash>" (or "keep\t<hash>")
+            stdout
+                .split_whitespace()
+                .nth(1)
+                .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
+                .map(str::to_string)
+                .ok_or_else(|| failed(format!("unexpected index-pack output {stdout:?}")))
+        }
+        .instrument(span)
+        .await
+    }
+
     /// The tips a bundle advertises (`<sha> <ref>` lines).
     pub async fn bundle_heads(&self, file: &Path) -> Result<Vec<(String, String)>, GitError> {
         let f = file.to_string_lossy();
@@ -154,5 +195,55 @@ impl Git {
 
     pub async fn config_get(&self, key: &str) -> Option<String> {
         self.run(&["config", "--get", key]).await.ok().filter(|s| !s.is_empty())
+    }
+}
+
+/// Byte offset of the pack data in a v2/v3 git bundle (after the header's
+/// blank line).
+pub fn bundle_pack_offset(path: &Path) -> std::io::Result<u64> {
+    use std::io::BufRead;
+    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
+    let mut r = std::io::BufReader::new(std::fs::File::open(path)?);
+    let mut line = Vec::new();
+    let mut offset = 0u64;
+    r.read_until(b'\n', &mut line)?;
+    if line != b"# v2 git bundle\n" && line != b"# v3 git bundle\n" {
+        return Err(bad("missing bundle signature"));
+    }
+    offset += line.len() as u64;
+    loop {
+        line.clear();
+        let n = r.read_until(b'\n', &mut line)?;
+        if n == 0 || line.last() != Some(&b'\n') {
+            return Err(bad("truncated bundle header"));
+        }
+        offset += n as u64;
+        if line == b"\n" {
+            return Ok(offset);
+        }
+        if offset > 64 << 20 {
+            return Err(bad("bundle header too large"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_pack_after_the_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("b");
+        let sha = "a".repeat(40);
+        let header = format!("# v2 git bundle\n{sha} refs/heads/main\n\n");
+        std::fs::write(&p, format!("{header}PACK....")).unwrap();
+        assert_eq!(bundle_pack_offset(&p).unwrap(), header.len() as u64);
+        std::fs::write(&p, format!("# v3 git bundle\n@object-format=sha1\n-{sha} x\n{sha} refs/tags/v\n\nPACK")).unwrap();
+        assert!(bundle_pack_offset(&p).is_ok());
+        std::fs::write(&p, "PACK").unwrap();
+        assert!(bundle_pack_offset(&p).is_err());
+        std::fs::write(&p, format!("# v2 git bundle\n{sha} refs/heads/main\n")).unwrap();
+        assert!(bundle_pack_offset(&p).is_err());
     }
 }

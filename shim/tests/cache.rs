@@ -1,0 +1,149 @@
+//! The local cache: a second clone on the machine needs no bundle download
+//! and links pre-indexed packs; corrupt entries are refetched; the size cap
+//! evicts; concurrent clones share it safely.
+
+use std::path::Path;
+
+use testkit::TestEnv;
+
+fn verbose_clone(env: &TestEnv, url: &str, dest: &str) -> String {
+    let mut c = env.command("git", &env.work());
+    c.env("GIT_REMOTE_S3_VERBOSE", "1").args(["clone", "-q", url, dest]);
+    String::from_utf8_lossy(&env.run(c).stderr).into_owned()
+}
+
+fn bundle_gets(log: &str) -> usize {
+    log.lines().filter(|l| l.contains("s3.get") && l.contains(".bundle") && l.contains(" ms)")).count()
+}
+
+fn cache_dir(env: &TestEnv) -> std::path::PathBuf {
+    env.dir.path().join("cache")
+}
+
+#[test]
+fn pushed_and_cloned_refs_are_served_from_the_cache() {
+    let env = TestEnv::new();
+    let repo = env.new_repo("src");
+    env.git(&repo, &["branch", "dev"]);
+    let url = env.url("cached");
+    env.git(&repo, &["push", "-q", &url, "main", "dev"]);
+    // What we pushed is cached: the first clone downloads no bundle.
+    let log = verbose_clone(&env, &url, "c1");
+    assert_eq!(bundle_gets(&log), 0, "{log}");
+    // The first clone indexed the bundle and kept the pack: the second links it.
+    let log = verbose_clone(&env, &url, "c2");
+    assert_eq!(bundle_gets(&log), 0, "{log}");
+    assert!(log.contains("linked a cached pre-indexed pack"), "{log}");
+    env.git(&env.path("c2"), &["fsck", "--no-progress"]);
+    assert_eq!(env.git(&env.path("c2"), &["rev-parse", "HEAD"]), env.git(&repo, &["rev-parse", "HEAD"]));
+
+    // Another user (empty cache) downloads.
+    let other = TestEnv::new();
+    let mut c = other.command("git", &other.work());
+    c.env("GIT_REMOTE_S3_VERBOSE", "1").args(["clone", "-q", &url.replace(&other.bucket, &env.bucket), "x"]);
+    let log = String::from_utf8_lossy(&other.run(c).stderr).into_owned();
+    assert_eq!(bundle_gets(&log), 1, "one bundle for main; dev's tip is the same commit: {log}");
+}
+
+#[test]
+fn corrupt_cache_entries_are_refetched_not_used() {
+    let env = TestEnv::new();
+    let repo = env.new_repo("src");
+    env.commit(&repo, "data.txt", &"payload\n".repeat(5000), "data");
+    let url = env.url("corrupt");
+    env.git(&repo, &["push", "-q", &url, "main"]);
+    let sha = env.git(&repo, &["rev-parse", "HEAD"]).trim().to_string();
+    let bundle = cache_dir(&env).join(format!("bundles/{sha}.bundle"));
+    let len = std::fs::metadata(&bundle).unwrap().len() as usize;
+    std::fs::write(&bundle, vec![b'#'; len]).unwrap();
+    let log = verbose_clone(&env, &url, "c1");
+    assert_eq!(bundle_gets(&log), 1, "refetched once: {log}");
+    env.git(&env.path("c1"), &["fsck", "--no-progress"]);
+    // the cache now holds a good bundle again
+    assert_eq!(&std::fs::read(&bundle).unwrap()[..16], b"# v2 git bundle\n");
+
+    // a cached pack with its .idx gone is dropped and rebuilt from the bundle
+    let pack_entry = cache_dir(&env).join(format!("packs/{sha}"));
+    for f in std::fs::read_dir(&pack_entry).unwrap().flatten() {
+        if f.path().extension().and_then(|e| e.to_str()) == Some("idx") {
+            std::fs::remove_file(f.path()).unwrap();
+        }
+    }
+    verbose_clone(&env, &url, "c2");
+    env.git(&env.path("c2"), &["fsck", "--no-progress"]);
+    assert!(std::fs::read_dir(&pack_entry).unwrap().flatten().any(|f| f.path().extension().and_then(|e| e.to_str()) == Some("idx")));
+}
+
+fn dir_size(p: &Path) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+        let m = e.metadata().unwrap();
+        total += if m.is_dir() { dir_size(&e.path()) } else { m.len() };
+    }
+    total
+}
+
+#[test]
+fn size_cap_evicts_least_recently_used() {
+    let env = TestEnv::new();
+    let cap: u64 = 600_000;
+    // random-ish content that does not compress: each bundle ~400 KB
+    for i in 0..3 {
+        let repo = env.new_repo(&format!("r{i}"));
+        let mut x: u64 = 0x1234_5678 + i;
+        let data: String = (0..400_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (b'a' + (x % 26) as u8) as char
+            })
+            .collect();
+        env.commit(&repo, "blob.txt", &data, "blob");
+        let mut c = env.command("git", &repo);
+        c.env("GIT_S3_CACHE_MAX_BYTES", cap.to_string()).args(["push", "-q", &env.url(&format!("cap{i}")), "main"]);
+        env.run(c);
+    }
+    let used = dir_size(&cache_dir(&env).join("bundles")) + dir_size(&cache_dir(&env).join("packs"));
+    assert!(used <= cap, "cache holds {used} bytes, cap {cap}");
+    let doc: serde_json::Value = serde_json::from_str(&env.git_s3(&env.work(), &["cache", "--json"])).unwrap();
+    assert!(doc["bytes"].as_u64().unwrap() <= cap, "{doc}");
+    // the most recent push is still cached
+    let newest = env.git(&env.path("r2"), &["rev-parse", "HEAD"]).trim().to_string();
+    assert!(cache_dir(&env).join(format!("bundles/{newest}.bundle")).exists());
+}
+
+#[test]
+fn concurrent_clones_share_a_cold_cache() {
+    let env = TestEnv::new();
+    let repo = env.new_repo("src");
+    for i in 0..4 {
+        env.git(&repo, &["checkout", "-q", "-b", &format!("b{i}"), "main"]);
+        env.commit(&repo, &format!("f{i}"), &format!("{i}\n").repeat(2000), &format!("b{i}"));
+    }
+    let url = env.url("shared");
+    env.git(&repo, &["push", "-q", &url, "--all"]);
+    std::fs::remove_dir_all(cache_dir(&env)).unwrap();
+    env.git_s3(&env.work(), &["daemon", "restart"]);
+    let handles: Vec<_> = (0..3)
+        .map(|i| {
+            let mut c = env.command("git", &env.work());
+            c.args(["clone", "-q", &url, &format!("c{i}")]);
+            std::thread::spawn(move || c.output().unwrap())
+        })
+        .collect();
+    for h in handles {
+        let out = h.join().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    for i in 0..3 {
+        let c = env.path(&format!("c{i}"));
+        env.git(&c, &["fsck", "--no-progress"]);
+        for b in 0..4 {
+            assert_eq!(
+                env.git(&c, &["rev-parse", &format!("origin/b{b}")]),
+                env.git(&repo, &["rev-parse", &format!("b{b}")])
+            );
+        }
+    }
+}
