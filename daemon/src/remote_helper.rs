@@ -17,8 +17,19 @@ pub struct HelperArgs {
     pub cwd: String,
 }
 
+/// `GIT_REMOTE_S3_VERBOSE=1`, or `git -c transfer.verbosity=N` (N ≥ 2),
+/// which git passes on in `GIT_CONFIG_PARAMETERS`.
 fn env_verbose(env: &HashMap<String, String>) -> bool {
     matches!(env.get("GIT_REMOTE_S3_VERBOSE").map(String::as_str), Some("1" | "true" | "yes"))
+        || env.get("GIT_CONFIG_PARAMETERS").and_then(|p| config_parameter(p, "transfer.verbosity")).and_then(|v| v.parse::<u8>().ok()).map(|v| v >= 2).unwrap_or(false)
+}
+
+/// A value from git's `GIT_CONFIG_PARAMETERS` (`'key'='value' 'k2'='v2'`).
+fn config_parameter(params: &str, key: &str) -> Option<String> {
+    params.split_whitespace().rev().find_map(|item| {
+        let (k, v) = item.split_once('=')?;
+        (k.trim_matches('\'').eq_ignore_ascii_case(key)).then(|| v.trim_matches('\'').to_string())
+    })
 }
 
 /// Runs the helper until git closes the conversation. Returns the exit code.
@@ -194,6 +205,18 @@ fn fatal(out: &Out, url: &RemoteUrl, e: StorageError) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transfer_verbosity_from_config_parameters() {
+        let mut env = HashMap::new();
+        assert!(!env_verbose(&env));
+        env.insert("GIT_CONFIG_PARAMETERS".to_string(), "'core.x'='1' 'transfer.verbosity'='2'".to_string());
+        assert!(env_verbose(&env));
+        env.insert("GIT_CONFIG_PARAMETERS".to_string(), "'transfer.verbosity'='1'".to_string());
+        assert!(!env_verbose(&env));
+        env.insert("GIT_REMOTE_S3_VERBOSE".to_string(), "1".to_string());
+        assert!(env_verbose(&env));
+    }
 
     #[test]
     fn list_output_with_head() {

@@ -147,3 +147,26 @@ fn s3_zip_writes_repo_zip_with_codepipeline_metadata() {
     env.git(&repo, &["push", "-q", &url, ":main"]);
     assert!(!env.keys("zipped/refs/").iter().any(|k| k.ends_with("repo.zip") || k.ends_with(".bundle")));
 }
+
+#[test]
+fn verbose_logging_goes_to_stderr_only_when_asked() {
+    let env = TestEnv::new();
+    let repo = env.new_repo("a");
+    let url = env.url("verbose");
+    env.git(&repo, &["push", "-q", &url, "main"]);
+    let quiet = env.command("git", &env.work()).args(["ls-remote", &url]).output().unwrap();
+    assert!(quiet.status.success());
+    assert!(quiet.stderr.is_empty(), "{}", String::from_utf8_lossy(&quiet.stderr));
+    for (var, val, args) in [
+        ("GIT_REMOTE_S3_VERBOSE", "1", vec!["ls-remote", url.as_str()]),
+        ("GIT_S3_UNUSED", "", vec!["-c", "transfer.verbosity=2", "ls-remote", url.as_str()]),
+    ] {
+        let out = env.command("git", &env.work()).env(var, val).args(&args).output().unwrap();
+        assert!(out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("git-s3: s3.list bucket="), "{args:?}: {err}");
+        assert!(err.contains(" ms)"), "span timings: {err}");
+        // stdout stays the protocol's answer only
+        assert!(String::from_utf8_lossy(&out.stdout).lines().all(|l| l.contains("\trefs/") || l.ends_with("\tHEAD")));
+    }
+}
