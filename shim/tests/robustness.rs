@@ -45,6 +45,17 @@ fn missing_credentials_are_a_clear_error() {
 }
 
 #[test]
+fn rejected_credentials_are_a_clear_error() {
+    let env = TestEnv::new();
+    let mut c = env.command("git", &env.work());
+    c.env("AWS_ENDPOINT_URL", testkit::auth_endpoint()).args(["ls-remote", "s3://auth-bucket/p"]);
+    let out = env.run_fail(c);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the AWS credentials were rejected (InvalidAccessKeyId)"), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+}
+
+#[test]
 fn unreachable_endpoint_is_a_clear_error() {
     let env = TestEnv::new();
     let mut c = env.command("git", &env.work());
@@ -230,4 +241,27 @@ fn killed_push_leaves_remote_consistent_and_no_lock() {
     // and pushing again completes
     env.git(&repo, &["push", "-q", &url, "main"]);
     assert!(env.ls_remote(Tool::Ours, &url).contains(&format!("{new}\trefs/heads/main")));
+}
+
+#[test]
+fn warm_clients_are_reused_and_split_by_credentials() {
+    let env = TestEnv::new();
+    let repo = env.new_repo("r");
+    let url = env.url("warm");
+    env.git(&repo, &["push", "-q", &url, "main"]);
+    for _ in 0..3 {
+        env.ls_remote(Tool::Ours, &url);
+    }
+    // another shell, other credentials (moto accepts any key)
+    let mut c = env.command("git", &env.work());
+    c.env("AWS_ACCESS_KEY_ID", "other-user").args(["ls-remote", &url]);
+    env.run(c);
+    let doc: serde_json::Value = serde_json::from_str(&env.git_s3(&env.work(), &["status", "--json"])).unwrap();
+    let clients = doc["daemon"]["clients"].as_array().expect("clients");
+    assert_eq!(clients.len(), 2, "{doc}");
+    let mut uses: Vec<u64> = clients.iter().map(|c| c["uses"].as_u64().unwrap()).collect();
+    uses.sort();
+    assert_eq!(uses[0], 1, "{doc}");
+    assert!(uses[1] >= 4, "the first client served every session of the first shell: {doc}");
+    assert!(!doc.to_string().contains("other-user"), "no secrets or key ids in status");
 }

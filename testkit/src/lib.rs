@@ -49,46 +49,62 @@ fn free_port() -> u16 {
 /// when this process exits).
 pub fn endpoint() -> &'static str {
     static EP: OnceLock<String> = OnceLock::new();
+    EP.get_or_init(|| std::env::var("GIT_S3_TEST_ENDPOINT").unwrap_or_else(|_| start_moto(&[])))
+}
+
+/// A second server that checks credentials (moto's IAM auth, enforced after
+/// its first action, which creates the bucket `auth-bucket`): any access key
+/// is then rejected with InvalidAccessKeyId.
+pub fn auth_endpoint() -> &'static str {
+    static EP: OnceLock<String> = OnceLock::new();
     EP.get_or_init(|| {
-        if let Ok(e) = std::env::var("GIT_S3_TEST_ENDPOINT") {
-            return e;
-        }
-        let port = free_port();
-        let moto = venv().join("bin/moto_server");
-        let (tx, rx) = std::sync::mpsc::channel();
-        // The child dies with the thread that spawned it (PDEATHSIG), so
-        // spawn it from a thread that lives as long as the process.
-        std::thread::spawn(move || {
-            let mut cmd = Command::new(moto);
-            cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]).stdout(Stdio::null()).stderr(Stdio::null());
-            unsafe {
-                cmd.pre_exec(|| {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                    Ok(())
-                });
-            }
-            let child = cmd.spawn().expect("start moto_server");
-            tx.send(child.id()).ok();
-            let mut child = child;
-            let _ = child.wait();
-            loop {
-                std::thread::park();
-            }
-        });
-        rx.recv().expect("moto started");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "moto_server did not start on port {port}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        format!("http://127.0.0.1:{port}")
+        let ep = start_moto(&[("INITIAL_NO_AUTH_ACTION_COUNT", "1")]);
+        s3tool_at(&ep, &["create-bucket", "auth-bucket"], None);
+        ep
     })
+}
+
+fn start_moto(env: &[(&str, &str)]) -> String {
+    let port = free_port();
+    let moto = venv().join("bin/moto_server");
+    let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let (tx, rx) = std::sync::mpsc::channel();
+    // The child dies with the thread that spawned it (PDEATHSIG), so spawn
+    // it from a thread that lives as long as the process.
+    std::thread::spawn(move || {
+        let mut cmd = Command::new(moto);
+        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]).envs(env).stdout(Stdio::null()).stderr(Stdio::null());
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("start moto_server");
+        tx.send(child.id()).ok();
+        let mut child = child;
+        let _ = child.wait();
+        loop {
+            std::thread::park();
+        }
+    });
+    rx.recv().expect("moto started");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "moto_server did not start on port {port}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    format!("http://127.0.0.1:{port}")
 }
 
 /// Runs the bucket tool (boto3) against the test server.
 pub fn s3tool(args: &[&str], stdin: Option<&[u8]>) -> Output {
+    s3tool_at(endpoint(), args, stdin)
+}
+
+fn s3tool_at(endpoint: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
     let mut cmd = Command::new(venv().join("bin/python"));
-    cmd.arg(workspace_root().join("testkit/s3tool.py")).arg(endpoint()).args(args);
+    cmd.arg(workspace_root().join("testkit/s3tool.py")).arg(endpoint).args(args);
     cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("run s3tool");
     if let Some(data) = stdin {
