@@ -44,6 +44,15 @@ impl GitS3 for Service {
             Some(SessionInput { msg: Some(session_input::Msg::Start(s)) }) => s,
             _ => return Err(Status::invalid_argument("a session must begin with SessionStart")),
         };
+        let stale_binary = start.daemon_exe_mtime_ns != 0 && self.state.exe.1 != 0 && start.daemon_exe_mtime_ns != self.state.exe.1;
+        if start.client_version != git_s3_proto::VERSION || stale_binary {
+            tracing::info!(client = start.client_version, stale_binary, "session from another version; asking for a restart");
+            return Err(Status::failed_precondition(format!(
+                "daemon {} must be restarted for client {}",
+                git_s3_proto::VERSION,
+                start.client_version
+            )));
+        }
         let (out_tx, out_rx) = mpsc::unbounded_channel();
         let (in_tx, in_rx) = mpsc::channel::<Vec<u8>>(64);
         tokio::spawn(async move {

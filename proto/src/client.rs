@@ -162,8 +162,10 @@ pub fn forwarded_env() -> HashMap<String, String> {
 
 /// Runs one session: connects (starting the daemon if needed), forwards stdin,
 /// writes what the daemon sends to stdout/stderr, and returns the exit code.
+/// The hot path is one connect and one RPC: the session's first message
+/// carries the version check.
 pub async fn run_session(program: pb::Program, args: Vec<String>, argv0: String) -> Result<i32, ClientError> {
-    let mut client = connect_or_start().await?;
+    let socket = crate::paths::socket_path();
     let start = SessionStart {
         program: program as i32,
         args,
@@ -172,11 +174,35 @@ pub async fn run_session(program: pb::Program, args: Vec<String>, argv0: String)
         stdin_is_tty: std::io::stdin().is_terminal(),
         stderr_is_tty: std::io::stderr().is_terminal(),
         argv0,
+        client_version: crate::VERSION.into(),
+        daemon_exe_mtime_ns: exe_mtime_ns(&daemon_exe()).unwrap_or(0),
     };
-    let (tx, rx) = tokio::sync::mpsc::channel::<SessionInput>(16);
-    tx.send(SessionInput { msg: Some(session_input::Msg::Start(start)) })
-        .await
-        .map_err(|e| ClientError::Session(e.to_string()))?;
+    let mut client = match connect(&socket).await {
+        Ok(c) => c,
+        Err(_) => connect_or_start().await?,
+    };
+    let mut attempt = 0;
+    let (tx, mut outputs) = loop {
+        attempt += 1;
+        let (tx, rx) = tokio::sync::mpsc::channel::<SessionInput>(16);
+        tx.send(SessionInput { msg: Some(session_input::Msg::Start(start.clone())) })
+            .await
+            .map_err(|e| ClientError::Session(e.to_string()))?;
+        match client.session(tokio_stream::wrappers::ReceiverStream::new(rx)).await {
+            Ok(resp) => break (tx, resp.into_inner()),
+            Err(status) if attempt == 1 && status.code() == tonic::Code::FailedPrecondition => {
+                // Another version, or its binary was replaced: restart it.
+                let _ = client.shutdown(pb::ShutdownRequest {}).await;
+                wait_until_gone(&socket, Duration::from_secs(10)).await;
+                client = connect_or_start().await?;
+            }
+            Err(status) if attempt == 1 && status.code() == tonic::Code::Unavailable => {
+                client = connect_or_start().await?;
+            }
+            Err(status) => return Err(ClientError::Session(status.message().to_string())),
+        }
+    };
+    // Forward stdin only once the daemon accepted the session.
     tokio::spawn(async move {
         let mut stdin = tokio::io::stdin();
         let mut buf = vec![0u8; 64 * 1024];
@@ -194,11 +220,6 @@ pub async fn run_session(program: pb::Program, args: Vec<String>, argv0: String)
             }
         }
     });
-    let mut outputs = client
-        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .map_err(|e| ClientError::Session(e.message().to_string()))?
-        .into_inner();
     let stdout = std::io::stdout();
     let stderr = std::io::stderr();
     loop {

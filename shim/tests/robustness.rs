@@ -265,3 +265,30 @@ fn warm_clients_are_reused_and_split_by_credentials() {
     assert!(uses[1] >= 4, "the first client served every session of the first shell: {doc}");
     assert!(!doc.to_string().contains("other-user"), "no secrets or key ids in status");
 }
+
+#[test]
+fn daemon_is_restarted_when_its_binary_is_replaced() {
+    let env = TestEnv::new();
+    let url = env.url("upgrade");
+    // a private copy of the daemon binary, so changing it affects no other test
+    let daemon = env.dir.path().join("git-s3-daemon");
+    std::fs::copy(testkit::target_bin_dir().join("git-s3-daemon"), &daemon).unwrap();
+    let run = |args: &[&str]| {
+        let mut c = env.command(args[0], &env.work());
+        c.env("GIT_S3_DAEMON", &daemon).args(&args[1..]);
+        String::from_utf8_lossy(&env.run(c).stdout).into_owned()
+    };
+    let pid = |s: String| serde_json::from_str::<serde_json::Value>(&s).unwrap()["pid"].as_u64().unwrap();
+    run(&["git", "ls-remote", &url]);
+    let first = pid(run(&["git-s3", "daemon", "status", "--json"]));
+    run(&["git", "ls-remote", &url]);
+    assert_eq!(pid(run(&["git-s3", "daemon", "status", "--json"])), first, "same binary: same daemon");
+    // "upgrade": the binary on disk changes
+    // (read-only: the running binary cannot be opened for writing)
+    let f = std::fs::File::open(&daemon).unwrap();
+    f.set_modified(std::time::SystemTime::now() + Duration::from_secs(60)).unwrap();
+    drop(f);
+    run(&["git", "ls-remote", &url]);
+    let second = pid(run(&["git-s3", "daemon", "status", "--json"]));
+    assert_ne!(first, second, "a replaced binary restarts the daemon");
+}
