@@ -17,4 +17,10 @@ export GIT_S3_TEST_ENDPOINT
 trap 'kill "$(cat "$pidfile")" 2>/dev/null || true' EXIT
 echo "test S3 endpoint: $GIT_S3_TEST_ENDPOINT"
 
-cargo test --workspace --locked -- --test-threads "${GIT_S3_TEST_THREADS:-4}" "$@"
+log="$root/.test-env/last-test-run.log"
+status=0
+cargo test --workspace --locked --no-fail-fast -- --test-threads "${GIT_S3_TEST_THREADS:-4}" "$@" 2>&1 | tee "$log" || status=$?
+# One closing line for the whole run (cargo prints one per test binary).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1); if ($(i) ~ /^ignored;?$/) s += $(i-1) } }
+     END { printf "%d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+exit "$status"
