@@ -136,6 +136,37 @@ pub struct PutOptions {
     pub content_type: Option<String>,
 }
 
+/// Applies a [`WriteCondition`] to any request builder with
+/// `if_none_match`/`if_match` (PutObject, CompleteMultipartUpload).
+macro_rules! apply_condition {
+    ($req:expr, $cond:expr) => {
+        match $cond {
+            WriteCondition::None => $req,
+            WriteCondition::IfAbsent => $req.if_none_match("*"),
+            WriteCondition::IfMatch(etag) => $req.if_match(etag),
+        }
+    };
+}
+
+/// Applies metadata and content headers of [`PutOptions`] to any builder
+/// that has them (PutObject, CreateMultipartUpload).
+macro_rules! apply_headers {
+    ($req:expr, $opts:expr) => {{
+        let opts: &PutOptions = $opts;
+        let mut req = $req;
+        for (k, v) in &opts.metadata {
+            req = req.metadata(k, v);
+        }
+        if let Some(cd) = &opts.content_disposition {
+            req = req.content_disposition(cd);
+        }
+        if let Some(ct) = &opts.content_type {
+            req = req.content_type(ct);
+        }
+        req
+    }};
+}
+
 fn to_system_time(t: Option<&aws_sdk_s3::primitives::DateTime>) -> SystemTime {
     t.and_then(|d| SystemTime::try_from(*d).ok()).unwrap_or(SystemTime::UNIX_EPOCH)
 }
@@ -296,20 +327,8 @@ impl S3Store {
 
     async fn put_body(&self, key: &str, body: ByteStream, opts: PutOptions) -> Result<String, StoreError> {
         let mut req = self.client.put_object().bucket(&*self.bucket).key(key).body(body);
-        match &opts.condition {
-            WriteCondition::None => {}
-            WriteCondition::IfAbsent => req = req.if_none_match("*"),
-            WriteCondition::IfMatch(etag) => req = req.if_match(etag),
-        }
-        for (k, v) in &opts.metadata {
-            req = req.metadata(k, v);
-        }
-        if let Some(cd) = &opts.content_disposition {
-            req = req.content_disposition(cd);
-        }
-        if let Some(ct) = &opts.content_type {
-            req = req.content_type(ct);
-        }
+        req = apply_condition!(req, &opts.condition);
+        req = apply_headers!(req, &opts);
         let resp = req.send().await.map_err(|e| classify(e, &self.bucket, key))?;
         Ok(resp.e_tag().unwrap_or_default().to_string())
     }
@@ -351,16 +370,7 @@ impl S3Store {
         on_bytes: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<String, StoreError> {
         use futures::stream::{StreamExt, TryStreamExt};
-        let mut create = self.client.create_multipart_upload().bucket(&*self.bucket).key(key);
-        for (k, v) in &opts.metadata {
-            create = create.metadata(k, v);
-        }
-        if let Some(cd) = &opts.content_disposition {
-            create = create.content_disposition(cd);
-        }
-        if let Some(ct) = &opts.content_type {
-            create = create.content_type(ct);
-        }
+        let create = apply_headers!(self.client.create_multipart_upload().bucket(&*self.bucket).key(key), &opts);
         let created = create.send().await.map_err(|e| classify(e, &self.bucket, key))?;
         let upload_id = created.upload_id().unwrap_or_default().to_string();
         let parts = len.div_ceil(PART_SIZE);
@@ -415,11 +425,7 @@ impl S3Store {
             .key(key)
             .upload_id(&upload_id)
             .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build());
-        match &opts.condition {
-            WriteCondition::None => {}
-            WriteCondition::IfAbsent => complete = complete.if_none_match("*"),
-            WriteCondition::IfMatch(etag) => complete = complete.if_match(etag),
-        }
+        complete = apply_condition!(complete, &opts.condition);
         match complete.send().await {
             Ok(r) => Ok(r.e_tag().unwrap_or_default().to_string()),
             Err(e) => {
