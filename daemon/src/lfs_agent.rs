@@ -23,7 +23,7 @@ use tracing::Instrument;
 use crate::git::{Git, GitError};
 use crate::lfs_config::parse_synthetic_lfs_url;
 use crate::remote_url::{RemoteUrl, UrlError};
-use crate::s3_store::{PutOptions, S3Store, StoreError};
+use crate::s3_store::{PutOptions, S3Store, StoreError, WriteCondition};
 use crate::session::{Input, Out};
 use crate::state::DaemonState;
 
@@ -33,6 +33,8 @@ pub const RANGED_THRESHOLD: u64 = 32 << 20;
 pub const RANGE_SIZE: u64 = 16 << 20;
 /// Ranged GETs in flight for one object.
 const RANGE_CONCURRENCY: usize = 4;
+/// Objects up to this size are uploaded with one create-only PUT (no HEAD first).
+const SMALL_OBJECT: u64 = 1 << 20;
 /// Progress events at most this often (and at the end).
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(200);
 
@@ -388,6 +390,22 @@ impl Agent {
         let path = req.path.as_deref().ok_or(AgentError::MissingField("upload", "path"))?;
         let key = url.key(&format!("lfs/{oid}"));
         let local_len = tokio::fs::metadata(path).await?.len();
+        let progress = Progress::new(&self.out, oid);
+        if local_len <= SMALL_OBJECT {
+            // One request for a new small object: a create-only PUT; a 412
+            // means it exists (then check its size below, as for large ones).
+            let p = progress.clone();
+            let create_only = PutOptions { condition: WriteCondition::IfAbsent, ..Default::default() };
+            match store.put_file(&key, Path::new(path), create_only, move |n| p.add(n)).await {
+                Ok(_) => {
+                    progress.finish();
+                    self.log.debug(&format!("upload {oid}: {local_len} bytes uploaded"));
+                    return Ok(());
+                }
+                Err(e) if e.is_precondition_failed() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         if let Some(info) = store.head(&key).await? {
             if info.size == local_len {
                 self.log.debug(&format!("upload {oid}: already in the bucket, skipped"));
@@ -398,7 +416,6 @@ impl Agent {
                 url.bucket, info.size
             ));
         }
-        let progress = Progress::new(&self.out, oid);
         let p = progress.clone();
         store.put_file(&key, Path::new(path), PutOptions::default(), move |n| p.add(n)).await?;
         progress.finish();
