@@ -95,27 +95,38 @@ impl BundleStorage {
         self.url.key(&format!("{refname}/{sha}.bundle"))
     }
 
-    /// The bundle's file: from the cache, else downloaded into it.
-    async fn bundle_file(&self, ctx: &OpContext, r: &RemoteRef) -> Result<std::path::PathBuf, StorageError> {
-        if let Some(p) = ctx.cache.lookup_bundle(&r.sha) {
-            tracing::debug!(sha = r.sha, "bundle served from cache");
-            return Ok(p);
-        }
+    /// Downloads a bundle into the cache while `git index-pack` indexes it
+    /// as it arrives. Returns the new pack's hash. A bundle git rejects is
+    /// not cached.
+    async fn download_and_index(&self, ctx: &OpContext, r: &RemoteRef) -> Result<String, StorageError> {
         let key = self.bundle_key(&r.name, &r.sha);
         let tmp = ctx.cache.temp_file()?;
         let mut progress = Progress::new(ctx.out.clone(), ctx.progress, format!("Downloading {}", r.name), None);
-        match self.store.get_to_file(&key, tmp.path(), |n| progress.add(n)).await {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let download = self.store.get_to_file_tee(&key, tmp.path(), Some(tx), |n| progress.add(n));
+        let (downloaded, indexed) = tokio::join!(download, ctx.git.index_bundle_stream(rx));
+        match downloaded {
             Ok(_) => {}
             Err(e) if e.is_not_found() => return Err(StorageError::MissingRef(r.name.clone())),
             Err(e) => return Err(e.into()),
         }
         progress.finish();
-        Ok(ctx.cache.insert_bundle(&r.sha, tmp)?)
+        match indexed {
+            Ok(hash) => {
+                ctx.cache.insert_bundle(&r.sha, tmp)?;
+                Ok(hash)
+            }
+            Err(e) => Err(StorageError::Corrupt(format!(
+                "the bundle for {} ({}) is corrupt or truncated in the bucket: {e}. Run `git s3 doctor` or push the ref again",
+                r.name, key
+            ))),
+        }
     }
 
     /// Brings a ref's objects into the repository: a cached pre-indexed pack
-    /// is linked in; else the bundle (cached or downloaded) is indexed, and
-    /// the resulting pack is kept in the cache for the next clone.
+    /// is linked in; else a cached bundle is indexed; else the bundle is
+    /// downloaded and indexed as it arrives. The resulting pack is kept in
+    /// the cache for the next clone.
     async fn unbundle(&self, ctx: &OpContext, r: &RemoteRef) -> Result<(), StorageError> {
         let pack_dir = ctx.git.pack_dir().await?;
         if let Some(pack) = ctx.cache.lookup_pack(&r.sha) {
@@ -130,26 +141,23 @@ impl BundleStorage {
             tracing::warn!(sha = r.sha, "cached pack unusable; indexing the bundle");
             ctx.cache.evict_pack(&r.sha);
         }
-        let file = self.bundle_file(ctx, r).await?;
-        let hash = match ctx.git.index_bundle(&file).await {
-            Ok(h) => h,
-            Err(first) => {
-                // A cached bundle git rejects is corrupt: drop it and fetch again.
-                tracing::warn!(sha = r.sha, error = %first, "bundle rejected; refetching");
-                ctx.cache.evict_bundle(&r.sha);
-                let file = self.bundle_file(ctx, r).await?;
-                match ctx.git.index_bundle(&file).await {
-                    Ok(h) => h,
-                    Err(e) => {
-                        ctx.cache.evict_bundle(&r.sha);
-                        return Err(StorageError::Corrupt(format!(
-                            "the bundle for {} ({}) is corrupt or truncated in the bucket: {e}. Run `git s3 doctor` or push the ref again",
-                            r.name,
-                            self.bundle_key(&r.name, &r.sha)
-                        )));
-                    }
+        let mut hash = None;
+        if let Some(file) = ctx.cache.lookup_bundle(&r.sha) {
+            match ctx.git.index_bundle(&file).await {
+                Ok(h) => {
+                    tracing::debug!(sha = r.sha, "bundle served from cache");
+                    hash = Some(h);
+                }
+                Err(e) => {
+                    // A cached bundle git rejects is corrupt: drop it and download.
+                    tracing::warn!(sha = r.sha, error = %e, "cached bundle rejected; downloading");
+                    ctx.cache.evict_bundle(&r.sha);
                 }
             }
+        }
+        let hash = match hash {
+            Some(h) => h,
+            None => self.download_and_index(ctx, r).await?,
         };
         if let Err(e) = ctx.cache.insert_pack(&r.sha, &pack_dir, &hash) {
             tracing::debug!(error = %e, "pack not cached");
@@ -344,6 +352,18 @@ impl BundleStorage {
     }
 }
 
+/// Removes `tmp_pack_*` files that git index-pack left in `dir` since `since`.
+fn remove_temp_packs_since(dir: &std::path::Path, since: std::time::SystemTime) {
+    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        let fresh = e.metadata().and_then(|m| m.modified()).map(|t| t >= since).unwrap_or(false);
+        if fresh && e.file_name().to_string_lossy().starts_with("tmp_pack_") {
+            tracing::debug!(file = %e.path().display(), "removing an interrupted index-pack's temp file");
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 fn lock_wait(env: &std::collections::HashMap<String, String>) -> Duration {
     env.get("GIT_REMOTE_S3_LOCK_WAIT_SECONDS")
         .and_then(|v| v.parse().ok())
@@ -378,14 +398,21 @@ impl RepoStorage for BundleStorage {
         let mut order: Vec<&RemoteRef> = wants.iter().filter(|w| seen.insert(w.sha.as_str())).collect();
         order.sort_by_key(|w| (Some(&w.name) != listing.head.as_ref(), w.name.clone()));
         let Some((first, rest)) = order.split_first() else { return Ok(()) };
-        self.fetch_one(ctx, first).await?;
-        // The others in parallel (downloads overlap with git's indexing).
-        let jobs: Vec<_> = rest.iter().map(|w| self.fetch_one(ctx, w)).collect();
-        futures::stream::iter(jobs)
-            .buffer_unordered(3)
-            .try_collect::<Vec<()>>()
-            .await?;
-        Ok(())
+        let started = std::time::SystemTime::now();
+        let result = async {
+            self.fetch_one(ctx, first).await?;
+            // The others in parallel (downloads overlap with git's indexing).
+            let jobs: Vec<_> = rest.iter().map(|w| self.fetch_one(ctx, w)).collect();
+            futures::stream::iter(jobs).buffer_unordered(3).try_collect::<Vec<()>>().await
+        }
+        .await;
+        if result.is_err() {
+            // index-pack leaves its temp file behind when its input breaks off.
+            if let Ok(dir) = ctx.git.pack_dir().await {
+                remove_temp_packs_since(&dir, started);
+            }
+        }
+        result.map(|_| ())
     }
 
     async fn push(&self, ctx: &OpContext, updates: &[PushUpdate]) -> Result<Vec<(String, PushResult)>, StorageError> {

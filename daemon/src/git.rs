@@ -160,6 +160,67 @@ impl Git {
         .await
     }
 
+    /// Indexes a bundle into the repository while it arrives: `chunks` is the
+    /// bundle's bytes in order; its header is checked and skipped, the pack
+    /// after it goes to `git index-pack --stdin --fix-thin`. Returns the new
+    /// pack's hash. Fails (leaving no pack) when the stream ends early.
+    pub async fn index_bundle_stream(&self, mut chunks: tokio::sync::mpsc::Receiver<bytes::Bytes>) -> Result<String, GitError> {
+        use tokio::io::AsyncWriteExt;
+        let span = tracing::debug_span!("git", args = "index-pack --stdin --fix-thin (streamed)");
+        async {
+            let failed = |stderr: String| GitError::Failed { args: "index-pack --stdin --fix-thin".into(), stderr };
+            // The header: up to its blank line.
+            let mut head: Vec<u8> = Vec::new();
+            let body_start = loop {
+                match chunks.recv().await {
+                    Some(c) => head.extend_from_slice(&c),
+                    None => return Err(failed("the bundle ended inside its header".into())),
+                }
+                if !(head.starts_with(b"# v2 git bundle\n") || head.starts_with(b"# v3 git bundle\n")) && head.len() >= 16 {
+                    return Err(failed("not a git bundle (bad signature)".into()));
+                }
+                if let Some(pos) = head.windows(2).position(|w| w == b"\n\n") {
+                    break pos + 2;
+                }
+                if head.len() > 64 << 20 {
+                    return Err(failed("bundle header too large".into()));
+                }
+            };
+            let mut child = self
+                .command(&["index-pack", "--stdin", "--fix-thin"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .map_err(GitError::Spawn)?;
+            let mut stdin = child.stdin.take().ok_or_else(|| failed("no stdin".into()))?;
+            let feed = async {
+                stdin.write_all(&head[body_start..]).await?;
+                while let Some(c) = chunks.recv().await {
+                    stdin.write_all(&c).await?;
+                }
+                stdin.shutdown().await?;
+                drop(stdin);
+                Ok::<(), std::io::Error>(())
+            };
+            // A write error means index-pack stopped early; its own error says why.
+            let _ = feed.await;
+            let out = child.wait_with_output().await.map_err(GitError::Spawn)?;
+            if !out.status.success() {
+                return Err(failed(String::from_utf8_lossy(&out.stderr).trim().to_string()));
+            }
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            stdout
+                .split_whitespace()
+                .nth(1)
+                .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
+                .map(str::to_string)
+                .ok_or_else(|| failed(format!("unexpected index-pack output {stdout:?}")))
+        }
+        .instrument(span)
+        .await
+    }
+
     /// The tips a bundle advertises (`<sha> <ref>` lines).
     pub async fn bundle_heads(&self, file: &Path) -> Result<Vec<(String, String)>, GitError> {
         let f = file.to_string_lossy();

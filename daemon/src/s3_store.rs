@@ -275,6 +275,19 @@ impl S3Store {
         &self,
         key: &str,
         dest: &Path,
+        on_bytes: impl FnMut(u64) + Send,
+    ) -> Result<(String, u64), StoreError> {
+        self.get_to_file_tee(key, dest, None, on_bytes).await
+    }
+
+    /// [`S3Store::get_to_file`], also handing every chunk to `tee` as it
+    /// arrives (e.g. to feed `git index-pack` while the download runs). The
+    /// file is written completely even when the tee's reader stops early.
+    pub async fn get_to_file_tee(
+        &self,
+        key: &str,
+        dest: &Path,
+        mut tee: Option<tokio::sync::mpsc::Sender<bytes::Bytes>>,
         mut on_bytes: impl FnMut(u64) + Send,
     ) -> Result<(String, u64), StoreError> {
         let span = tracing::debug_span!("s3.get", bucket = %self.bucket, key);
@@ -298,6 +311,11 @@ impl S3Store {
                 message: format!("download interrupted: {e}"),
             })? {
                 file.write_all(&chunk).await?;
+                if let Some(tx) = &tee {
+                    if tx.send(chunk.clone()).await.is_err() {
+                        tee = None;
+                    }
+                }
                 total += chunk.len() as u64;
                 on_bytes(chunk.len() as u64);
             }

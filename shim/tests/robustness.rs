@@ -195,6 +195,13 @@ fn truncated_bundle_gives_clear_error_and_keeps_local_repo_intact() {
     assert_eq!(env.git(&clone, &["rev-parse", "HEAD"]), before);
     assert_eq!(env.git(&clone, &["rev-parse", "origin/main"]), before);
     env.git(&clone, &["fsck", "--no-progress"]);
+    let leftovers: Vec<_> = std::fs::read_dir(clone.join(".git/objects/pack"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("tmp_"))
+        .collect();
+    assert!(leftovers.is_empty(), "no temp files left: {leftovers:?}");
 }
 
 #[test]
