@@ -1,0 +1,426 @@
+//! End to end, the packs format (`<prefix>/.git-s3/manifest.json` +
+//! `<prefix>/.git-s3/packs/`): clone, fetch, push, delete, force, tags,
+//! incremental uploads, one manifest write per push, concurrent pushers, a
+//! push killed before its manifest write, protection, format detection and
+//! choice, through the real git and the test S3 server.
+
+use std::path::Path;
+use std::process::Output;
+
+use serde_json::Value;
+use testkit::{TestEnv, Tool};
+
+/// An environment whose new remotes use the packs format (`s3.format`).
+fn packs_env() -> TestEnv {
+    let env = TestEnv::new();
+    env.git(&env.work(), &["config", "--global", "s3.format", "packs"]);
+    env
+}
+
+fn manifest(env: &TestEnv, prefix: &str) -> Value {
+    let raw = env.get_object(&format!("{prefix}/.git-s3/manifest.json"));
+    serde_json::from_slice(&raw).expect("manifest is JSON")
+}
+
+fn serial(env: &TestEnv, prefix: &str) -> u64 {
+    manifest(env, prefix)["serial"].as_u64().expect("serial")
+}
+
+/// `(key, size)` of every object under a prefix.
+fn objects(env: &TestEnv, prefix: &str) -> Vec<(String, u64)> {
+    let out = testkit::s3tool(&["list", &env.bucket, prefix], None);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .map(|(k, s)| (k.to_string(), s.parse().unwrap_or(0)))
+        .collect()
+}
+
+fn pack_files(env: &TestEnv, prefix: &str) -> Vec<(String, u64)> {
+    objects(env, &format!("{prefix}/.git-s3/packs/")).into_iter().filter(|(k, _)| k.ends_with(".pack")).collect()
+}
+
+fn rev(env: &TestEnv, repo: &Path, r: &str) -> String {
+    env.git(repo, &["rev-parse", r]).trim().to_string()
+}
+
+/// Pseudo-random, incompressible bytes.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+#[test]
+fn packs_clone_fetch_push_delete_force_tags() {
+    let env = packs_env();
+    let repo = env.new_repo("origin");
+    let url = env.url("team/repo");
+    env.git(&repo, &["remote", "add", "origin", &url]);
+    env.git(&repo, &["checkout", "-q", "-b", "feature/x"]);
+    let fx = env.commit(&repo, "f.txt", "feature\n", "feature work");
+    env.git(&repo, &["checkout", "-q", "main"]);
+    env.git(&repo, &["tag", "v1"]);
+    env.git(&repo, &["tag", "-a", "v1-annotated", "-m", "annotated"]);
+    env.git(&repo, &["push", "-q", "origin", "main", "feature/x", "v1", "v1-annotated"]);
+
+    // Only the packs layout: no 0.4.2 keys.
+    let keys = env.keys("team/repo/");
+    assert!(keys.iter().all(|k| k.starts_with("team/repo/.git-s3/")), "{keys:?}");
+    assert!(keys.contains(&"team/repo/.git-s3/manifest.json".to_string()));
+    let m = manifest(&env, "team/repo");
+    assert_eq!(m["version"], 1);
+    assert_eq!(m["head"], "refs/heads/main");
+    assert_eq!(m["packs"].as_array().map(Vec::len), Some(1), "{m}");
+
+    let main = rev(&env, &repo, "main");
+    let annotated = rev(&env, &repo, "v1-annotated");
+    let ls = env.ls_remote(Tool::Ours, &url);
+    for want in [
+        format!("{main}\tHEAD"),
+        format!("{main}\trefs/heads/main"),
+        format!("{fx}\trefs/heads/feature/x"),
+        format!("{main}\trefs/tags/v1"),
+        format!("{annotated}\trefs/tags/v1-annotated"),
+    ] {
+        assert!(ls.contains(&want), "{want} missing from {ls:?}");
+    }
+
+    env.git(&env.work(), &["clone", "-q", &url, "clone"]);
+    let clone = env.path("clone");
+    assert_eq!(std::fs::read_to_string(clone.join("README.md")).unwrap(), "hello\n");
+    assert_eq!(env.git(&clone, &["rev-parse", "--abbrev-ref", "HEAD"]).trim(), "main");
+    assert_eq!(rev(&env, &clone, "origin/feature/x"), fx);
+    assert_eq!(rev(&env, &clone, "v1-annotated"), annotated);
+    env.git(&clone, &["fsck", "--no-progress"]);
+
+    // fetch / pull a new commit
+    let new = env.commit(&repo, "src/lib.rs", "fn main() {}\n", "second");
+    env.git(&repo, &["push", "-q", "origin", "main"]);
+    env.git(&clone, &["pull", "-q", "--ff-only"]);
+    assert_eq!(rev(&env, &clone, "HEAD"), new);
+    // a no-op fetch changes nothing
+    let before = serial(&env, "team/repo");
+    env.git(&clone, &["fetch", "-q"]);
+    assert_eq!(serial(&env, "team/repo"), before);
+
+    // delete a branch
+    env.git(&repo, &["push", "-q", "origin", ":feature/x"]);
+    assert!(manifest(&env, "team/repo")["refs"].get("refs/heads/feature/x").is_none());
+    env.git(&clone, &["fetch", "-q", "--prune"]);
+    assert!(env.git(&clone, &["branch", "-r"]).lines().all(|l| !l.contains("feature/x")));
+
+    // a moved tag is refused without force
+    env.git(&repo, &["tag", "-f", "v1", "HEAD"]);
+    let err = env.git_fail(&repo, &["push", "origin", "v1"]);
+    assert!(err.contains("already exists") || err.contains("rejected"), "{err}");
+
+    // non-fast-forward refused; force allowed
+    let theirs = env.commit(&clone, "b.txt", "b\n", "from clone");
+    env.git(&clone, &["push", "-q", "origin", "main"]);
+    env.commit(&repo, "a.txt", "a\n", "from repo");
+    let err = env.git_fail(&repo, &["push", "origin", "main"]);
+    assert!(err.contains("rejected") && err.contains("fetch first"), "{err}");
+    assert!(env.ls_remote(Tool::Ours, &url).contains(&format!("{theirs}\trefs/heads/main")));
+    let err = env.git_fail(&repo, &["push", "--force-with-lease=main:HEAD~1", "origin", "main"]);
+    assert!(err.contains("stale info") || err.contains("rejected"), "{err}");
+    env.git(&repo, &["push", "-q", "--force", "origin", "main"]);
+    let mine = rev(&env, &repo, "main");
+    assert!(env.ls_remote(Tool::Ours, &url).contains(&format!("{mine}\trefs/heads/main")));
+    env.git(&env.work(), &["clone", "-q", &url, "clone2"]);
+    assert_eq!(rev(&env, &env.path("clone2"), "HEAD"), mine);
+    env.git(&env.path("clone2"), &["fsck", "--no-progress"]);
+}
+
+#[test]
+fn second_push_uploads_only_new_objects_and_multi_ref_push_is_one_write() {
+    let env = packs_env();
+    let repo = env.new_repo("a");
+    std::fs::write(repo.join("big.bin"), noise(400_000, 7)).unwrap();
+    env.git(&repo, &["add", "big.bin"]);
+    env.git(&repo, &["commit", "-q", "-m", "big"]);
+    let url = env.url("inc");
+    env.git(&repo, &["remote", "add", "origin", &url]);
+    env.git(&repo, &["push", "-q", "origin", "main"]);
+    let first = pack_files(&env, "inc");
+    assert_eq!(first.len(), 1);
+    assert!(first[0].1 > 400_000, "{first:?}");
+    let total_before: u64 = objects(&env, "inc/").iter().map(|o| o.1).sum();
+
+    env.commit(&repo, "small.txt", "a small change\n", "small");
+    env.git(&repo, &["push", "-q", "origin", "main"]);
+    let second = pack_files(&env, "inc");
+    assert_eq!(second.len(), 2);
+    let new_pack: Vec<_> = second.iter().filter(|p| !first.contains(p)).collect();
+    assert_eq!(new_pack.len(), 1);
+    assert!(new_pack[0].1 < 2_000, "the second pack holds only the new objects: {new_pack:?}");
+    let total_after: u64 = objects(&env, "inc/").iter().map(|o| o.1).sum();
+    assert!(total_after - total_before < 6_000, "bucket grew by {} bytes", total_after - total_before);
+
+    // Three refs in one push: one manifest write, one pack.
+    let s = serial(&env, "inc");
+    env.git(&repo, &["branch", "b1"]);
+    env.git(&repo, &["checkout", "-q", "-b", "b2"]);
+    env.commit(&repo, "b2.txt", "b2\n", "b2");
+    env.git(&repo, &["checkout", "-q", "main"]);
+    env.git(&repo, &["tag", "t1"]);
+    env.git(&repo, &["push", "-q", "origin", "b1", "b2", "t1"]);
+    assert_eq!(serial(&env, "inc"), s + 1, "one manifest write for three refs");
+    assert_eq!(pack_files(&env, "inc").len(), 3);
+    let refs = manifest(&env, "inc")["refs"].clone();
+    assert_eq!(refs["refs/heads/b2"], rev(&env, &repo, "b2"));
+    assert_eq!(refs["refs/heads/b1"], rev(&env, &repo, "main"));
+    assert_eq!(refs["refs/tags/t1"], rev(&env, &repo, "main"));
+
+    // A fresh clone gets everything; a fetch with nothing new downloads nothing.
+    env.git(&env.work(), &["clone", "-q", &url, "c"]);
+    let c = env.path("c");
+    assert_eq!(std::fs::read(c.join("big.bin")).unwrap(), noise(400_000, 7));
+    env.git(&c, &["fsck", "--no-progress"]);
+    let packs_in_clone = std::fs::read_dir(c.join(".git/objects/pack")).unwrap().count();
+    env.git(&c, &["fetch", "-q", "origin"]);
+    assert_eq!(std::fs::read_dir(c.join(".git/objects/pack")).unwrap().count(), packs_in_clone);
+}
+
+#[test]
+fn atomic_push_is_all_or_nothing() {
+    let env = packs_env();
+    let repo = env.new_repo("a");
+    let url = env.url("atomic");
+    env.git(&repo, &["remote", "add", "origin", &url]);
+    env.git(&repo, &["branch", "other"]);
+    env.git(&repo, &["push", "-q", "origin", "main", "other"]);
+    // other is rewritten (non-fast-forward), main moves forward
+    env.git(&repo, &["checkout", "-q", "other"]);
+    env.git(&repo, &["commit", "-q", "--amend", "-m", "rewritten"]);
+    env.git(&repo, &["checkout", "-q", "main"]);
+    let old_main = rev(&env, &repo, "main");
+    env.commit(&repo, "m.txt", "m\n", "main moves");
+    let s = serial(&env, "atomic");
+    let err = env.git_fail(&repo, &["push", "--atomic", "origin", "main", "other"]);
+    assert!(err.contains("rejected"), "{err}");
+    assert_eq!(serial(&env, "atomic"), s, "nothing written");
+    assert!(env.ls_remote(Tool::Ours, &url).contains(&format!("{old_main}\trefs/heads/main")));
+    // without --atomic, main lands and other is refused
+    env.git_fail(&repo, &["push", "origin", "main", "other"]);
+    assert!(env.ls_remote(Tool::Ours, &url).contains(&format!("{}\trefs/heads/main", rev(&env, &repo, "main"))));
+
+    // The bundle format cannot honour --atomic and says so.
+    let b = env.url("atomic-bundles");
+    env.git(&repo, &["-c", "s3.format=bundles", "push", "-q", &b, "main"]);
+    let err = env.git_fail(&repo, &["push", "--atomic", &b, "main", "other"]);
+    assert!(err.contains("atomic"), "{err}");
+}
+
+fn spawn_push(env: &TestEnv, repo: &Path, args: &[&str]) -> std::process::Child {
+    let mut c = env.command("git", repo);
+    c.args(args).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    c.spawn().expect("spawn git push")
+}
+
+#[test]
+fn concurrent_pushers_different_branches_all_succeed() {
+    let env = packs_env();
+    let repo = env.new_repo("seed");
+    let url = env.url("conc-branches");
+    env.git(&repo, &["push", "-q", &url, "main"]);
+    let n = 4;
+    let mut clones = Vec::new();
+    for i in 0..n {
+        let name = format!("c{i}");
+        env.git(&env.work(), &["clone", "-q", &url, &name]);
+        let p = env.path(&name);
+        env.git(&p, &["checkout", "-q", "-b", &format!("b{i}")]);
+        let sha = env.commit(&p, &format!("f{i}.txt"), &format!("{i}\n"), &format!("work {i}"));
+        clones.push((p, sha));
+    }
+    let children: Vec<_> = clones.iter().enumerate().map(|(i, (p, _))| spawn_push(&env, p, &["push", "origin", &format!("b{i}")])).collect();
+    for ch in children {
+        let out: Output = ch.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let m = manifest(&env, "conc-branches");
+    for (i, (_, sha)) in clones.iter().enumerate() {
+        assert_eq!(m["refs"][format!("refs/heads/b{i}")], sha.as_str(), "{m}");
+    }
+    assert_eq!(m["refs"].as_object().map(|o| o.len()), Some(n + 1));
+    env.git(&env.work(), &["clone", "-q", &url, "all"]);
+    env.git(&env.path("all"), &["fsck", "--no-progress"]);
+}
+
+#[test]
+fn concurrent_pushers_one_branch_one_winner_per_round_nothing_lost() {
+    let env = packs_env();
+    let repo = env.new_repo("seed");
+    let url = env.url("conc-main");
+    env.git(&repo, &["push", "-q", &url, "main"]);
+    let n = 3;
+    let mut clones = Vec::new();
+    let mut mine = Vec::new();
+    for i in 0..n {
+        let name = format!("c{i}");
+        env.git(&env.work(), &["clone", "-q", &url, &name]);
+        let p = env.path(&name);
+        mine.push(env.commit(&p, &format!("f{i}.txt"), &format!("{i}\n"), &format!("work {i}")));
+        clones.push(p);
+    }
+    let mut pending: Vec<usize> = (0..n).collect();
+    let mut rounds = 0;
+    while !pending.is_empty() {
+        rounds += 1;
+        assert!(rounds <= n, "more rounds than pushers");
+        let children: Vec<_> = pending.iter().map(|&i| (i, spawn_push(&env, &clones[i], &["push", "origin", "main"]))).collect();
+        let mut winners = Vec::new();
+        for (i, ch) in children {
+            let out = ch.wait_with_output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr).to_string();
+            if out.status.success() {
+                winners.push(i);
+            } else {
+                assert!(err.contains("fetch first"), "loser {i} got: {err}");
+            }
+        }
+        assert_eq!(winners.len(), 1, "exactly one winner in round {rounds}");
+        pending.retain(|i| !winners.contains(i));
+        for &i in &pending {
+            env.git(&clones[i], &["pull", "-q", "--rebase", "origin", "main"]);
+        }
+    }
+    env.git(&env.work(), &["clone", "-q", &url, "final"]);
+    let f = env.path("final");
+    let log = env.git(&f, &["log", "--format=%s"]);
+    for i in 0..n {
+        assert!(log.contains(&format!("work {i}")), "work {i} lost:\n{log}");
+    }
+    env.git(&f, &["fsck", "--no-progress"]);
+}
+
+#[test]
+fn push_killed_before_manifest_write_leaves_remote_consistent() {
+    let env = packs_env();
+    let repo = env.new_repo("a");
+    let url = env.url("crash");
+    env.git(&repo, &["remote", "add", "origin", &url]);
+    env.git(&repo, &["push", "-q", "origin", "main"]);
+    let before = manifest(&env, "crash");
+    let old = rev(&env, &repo, "main");
+    env.commit(&repo, "x.txt", "x\n", "never announced");
+    let mut c = env.command("git", &repo);
+    c.env("GIT_S3_TEST_CRASH_BEFORE_MANIFEST", "1").args(["push", "origin", "main"]);
+    env.run_fail(c);
+    // The pack is there, unreferenced; the manifest is untouched.
+    assert_eq!(pack_files(&env, "crash").len(), 2);
+    assert_eq!(manifest(&env, "crash"), before);
+    assert!(env.ls_remote(Tool::Ours, &url).contains(&format!("{old}\trefs/heads/main")));
+    env.git(&env.work(), &["clone", "-q", &url, "c"]);
+    assert_eq!(rev(&env, &env.path("c"), "HEAD"), old);
+    env.git(&env.path("c"), &["fsck", "--no-progress"]);
+    // The retry lands.
+    env.git(&repo, &["push", "-q", "origin", "main"]);
+    let new = rev(&env, &repo, "main");
+    assert_eq!(manifest(&env, "crash")["refs"]["refs/heads/main"], new.as_str());
+    env.git(&env.path("c"), &["pull", "-q", "--ff-only"]);
+    assert_eq!(rev(&env, &env.path("c"), "HEAD"), new);
+}
+
+#[test]
+fn protected_branches_refuse_force_and_delete() {
+    let env = packs_env();
+    let repo = env.new_repo("a");
+    let url = env.url("prot");
+    env.git(&repo, &["remote", "add", "origin", &url]);
+    env.git(&repo, &["branch", "release"]);
+    let first = env.commit(&repo, "x", "1\n", "one");
+    env.git(&repo, &["push", "-q", "origin", "main", "release"]);
+    // 0.4.2's marker protects main
+    env.put_object("prot/refs/heads/main/PROTECTED#", b"");
+    env.git(&repo, &["reset", "-q", "--hard", "HEAD~1"]);
+    env.commit(&repo, "y", "2\n", "rewritten");
+    let err = env.git_fail(&repo, &["push", "--force", "origin", "main"]);
+    assert!(err.contains("protected"), "{err}");
+    assert!(env.ls_remote(Tool::Ours, &url).contains(&format!("{first}\trefs/heads/main")));
+    let err = env.git_fail(&repo, &["push", "origin", ":main"]);
+    assert!(err.contains("protected"), "{err}");
+    // the manifest's own list protects release
+    let mut m = manifest(&env, "prot");
+    m["protected"] = serde_json::json!(["refs/heads/release"]);
+    env.put_object("prot/.git-s3/manifest.json", serde_json::to_string(&m).unwrap().as_bytes());
+    let err = env.git_fail(&repo, &["push", "origin", ":release"]);
+    assert!(err.contains("protected"), "{err}");
+    // a fast-forward of a protected branch is fine
+    env.git(&repo, &["checkout", "-q", "release"]);
+    let ff = env.commit(&repo, "r", "r\n", "release ff");
+    env.git(&repo, &["push", "-q", "origin", "release"]);
+    assert!(env.ls_remote(Tool::Ours, &url).contains(&format!("{ff}\trefs/heads/release")));
+}
+
+#[test]
+fn format_detection_choice_init_and_mixed_prefix() {
+    let env = TestEnv::new();
+    let repo = env.new_repo("a");
+    let main = rev(&env, &repo, "main");
+    // default: bundles
+    env.git(&repo, &["push", "-q", &env.url("default"), "main"]);
+    assert!(env.keys("default/").iter().any(|k| k.ends_with(".bundle")));
+    assert!(!env.keys("default/").iter().any(|k| k.contains(".git-s3")));
+    // s3.format=packs on an existing bundles remote: it stays bundles
+    env.commit(&repo, "b", "b\n", "b");
+    env.git(&repo, &["-c", "s3.format=packs", "push", "-q", &env.url("default"), "main"]);
+    assert!(!env.keys("default/").iter().any(|k| k.contains(".git-s3")));
+    // s3.format=packs on an empty prefix: packs; then detected without the setting
+    env.git(&repo, &["-c", "s3.format=packs", "push", "-q", &env.url("p"), "main"]);
+    assert!(env.keys("p/").iter().all(|k| k.starts_with("p/.git-s3/")));
+    env.commit(&repo, "c", "c\n", "c");
+    env.git(&repo, &["push", "-q", &env.url("p"), "main"]);
+    assert!(env.keys("p/").iter().all(|k| k.starts_with("p/.git-s3/")));
+    assert_eq!(manifest(&env, "p")["refs"]["refs/heads/main"], rev(&env, &repo, "main").as_str());
+    // a bad setting is a clear error
+    let mut c = env.command("git", &repo);
+    c.args(["-c", "s3.format=zip", "push", &env.url("q"), "main"]);
+    let err = String::from_utf8_lossy(&env.run_fail(c).stderr).to_string();
+    assert!(err.contains("s3.format"), "{err}");
+
+    // git s3 init --format packs: an empty manifest; pushes then use packs
+    let out = env.git_s3(&env.work(), &["init", "--format", "packs", &env.url("inited")]);
+    assert!(out.contains("packs"), "{out}");
+    assert_eq!(manifest(&env, "inited")["refs"].as_object().map(|o| o.len()), Some(0));
+    assert!(env.ls_remote(Tool::Ours, &env.url("inited")).is_empty());
+    env.git(&repo, &["push", "-q", &env.url("inited"), "main"]);
+    assert!(env.keys("inited/").iter().all(|k| k.starts_with("inited/.git-s3/")));
+    // init again, or of the other format, on a used prefix: refused
+    let mut c = env.command("git-s3", &env.work());
+    c.args(["init", "--format", "bundles", &env.url("inited")]);
+    let err = String::from_utf8_lossy(&env.run_fail(c).stderr).to_string();
+    assert!(err.contains("packs"), "{err}");
+    let mut c = env.command("git-s3", &env.work());
+    c.args(["init", "--format", "packs", &env.url("default")]);
+    let err = String::from_utf8_lossy(&env.run_fail(c).stderr).to_string();
+    assert!(err.contains("bundles"), "{err}");
+
+    // status shows the format, refs, packs
+    let st = env.git_s3(&env.work(), &["status", &env.url("p")]);
+    assert!(st.contains("format: packs"), "{st}");
+    assert!(st.contains("refs/heads/main"), "{st}");
+    assert!(st.contains("2 packs"), "{st}");
+    let st = env.git_s3(&env.work(), &["status", &env.url("default")]);
+    assert!(st.contains("format: bundles"), "{st}");
+
+    // both formats in one prefix: refused, nothing written
+    env.git(&repo, &["push", "-q", &env.url("mixed"), "main"]);
+    env.put_object("mixed/.git-s3/manifest.json", br#"{"version":1,"refs":{}}"#);
+    let mut c = env.command("git", &env.work());
+    c.args(["ls-remote", &env.url("mixed")]);
+    let err = String::from_utf8_lossy(&env.run_fail(c).stderr).to_string();
+    assert!(err.contains("both formats"), "{err}");
+    let err = env.git_fail(&repo, &["push", &env.url("mixed"), "main"]);
+    assert!(err.contains("both formats"), "{err}");
+    // 0.4.2 still reads the bundles of a bundles remote
+    assert!(env.ls_remote(Tool::Python, &env.url("default")).iter().any(|l| l.ends_with("refs/heads/main")));
+    let _ = main;
+}
