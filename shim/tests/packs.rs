@@ -183,9 +183,34 @@ fn second_push_uploads_only_new_objects_and_multi_ref_push_is_one_write() {
     let c = env.path("c");
     assert_eq!(std::fs::read(c.join("big.bin")).unwrap(), noise(400_000, 7));
     env.git(&c, &["fsck", "--no-progress"]);
-    let packs_in_clone = std::fs::read_dir(c.join(".git/objects/pack")).unwrap().count();
+    let local_packs = |p: &Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(p.join(".git/objects/pack"))
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().to_string()))
+            .filter(|n| n.ends_with(".pack"))
+            .collect();
+        v.sort();
+        v
+    };
+    let packs_in_clone = local_packs(&c);
+    assert_eq!(packs_in_clone.len(), 3, "{packs_in_clone:?}");
     env.git(&c, &["fetch", "-q", "origin"]);
-    assert_eq!(std::fs::read_dir(c.join(".git/objects/pack")).unwrap().count(), packs_in_clone);
+    assert_eq!(local_packs(&c), packs_in_clone);
+    // A fetch after a push downloads only the new pack.
+    let tip = env.commit(&repo, "later.txt", "later\n", "later");
+    env.git(&repo, &["push", "-q", "origin", "main"]);
+    env.git(&c, &["fetch", "-q", "origin"]);
+    assert_eq!(rev(&env, &c, "origin/main"), tip);
+    assert_eq!(local_packs(&c).len(), packs_in_clone.len() + 1, "{:?}", local_packs(&c));
+    // The pusher has its own objects (not in packs named like the remote's):
+    // fetching someone else's push downloads only that push's pack.
+    let before = local_packs(&repo);
+    env.git(&c, &["merge", "-q", "--ff-only", "origin/main"]);
+    let theirs = env.commit(&c, "theirs.txt", "theirs\n", "theirs");
+    env.git(&c, &["push", "-q", "origin", "HEAD:main"]);
+    env.git(&repo, &["fetch", "-q", "origin"]);
+    assert_eq!(rev(&env, &repo, "origin/main"), theirs);
+    assert_eq!(local_packs(&repo).len(), before.len() + 1, "{before:?} -> {:?}", local_packs(&repo));
 }
 
 #[test]
