@@ -18,6 +18,7 @@ pub mod locks;
 pub mod logging;
 pub mod manifest;
 pub mod packs_format;
+pub mod packs_maint;
 pub mod remote_helper;
 pub mod remote_url;
 pub mod s3_clients;

@@ -66,11 +66,31 @@ pub struct Manifest {
     /// Refs for which force pushes and deletions are refused.
     #[serde(default)]
     pub protected: BTreeSet<String>,
+    /// Packs replaced by a compaction (`git s3 gc`), kept in the bucket
+    /// until their grace period ends: readers of an older manifest may still
+    /// be downloading them.
+    #[serde(default)]
+    pub retired: Vec<RetiredPack>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetiredPack {
+    pub name: String,
+    /// Unix seconds when the pack left `packs`.
+    pub since: u64,
 }
 
 impl Default for Manifest {
     fn default() -> Self {
-        Manifest { version: VERSION, serial: 0, refs: BTreeMap::new(), head: None, packs: Vec::new(), protected: BTreeSet::new() }
+        Manifest {
+            version: VERSION,
+            serial: 0,
+            refs: BTreeMap::new(),
+            head: None,
+            packs: Vec::new(),
+            protected: BTreeSet::new(),
+            retired: Vec::new(),
+        }
     }
 }
 
@@ -108,6 +128,9 @@ impl Manifest {
             if let Some(t) = p.tips.iter().find(|t| !is_sha(t)) {
                 return Err(ManifestError::Invalid(format!("bad tip {t:?} for pack {}", p.name)));
             }
+        }
+        if let Some(r) = m.retired.iter().find(|r| !is_pack_name(&r.name)) {
+            return Err(ManifestError::Invalid(format!("bad retired pack name {:?}", r.name)));
         }
         Ok(m)
     }

@@ -33,7 +33,7 @@ use crate::storage::{OpContext, PushResult, PushUpdate, RefListing, RemoteRef, R
 use crate::transfer_progress::Progress;
 
 /// Manifest writes tried before a push gives up with `fetch first`.
-const MAX_ATTEMPTS: u32 = 12;
+pub(crate) const MAX_ATTEMPTS: u32 = 12;
 /// Packs downloaded at once.
 const DOWNLOAD_CONCURRENCY: usize = 4;
 /// Test hook: exit the daemon after uploading a pack, before the manifest write.
@@ -481,12 +481,12 @@ impl PackStorage {
     }
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// Randomized, growing pause between manifest attempts.
-fn backoff(attempt: u32) -> Duration {
+pub(crate) fn backoff(attempt: u32) -> Duration {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     let seed = (nanos as u64 ^ (std::process::id() as u64).wrapping_mul(0x9E37_79B9)).wrapping_mul(6364136223846793005);
     let base = 40u64 * u64::from(attempt.min(6));
@@ -494,7 +494,7 @@ fn backoff(attempt: u32) -> Duration {
 }
 
 /// The object count in a pack's header (`PACK`, version, count).
-async fn pack_object_count(path: &Path) -> Result<u64, StorageError> {
+pub(crate) async fn pack_object_count(path: &Path) -> Result<u64, StorageError> {
     let mut f = tokio::fs::File::open(path).await?;
     let mut hdr = [0u8; 12];
     f.read_exact(&mut hdr).await?;
@@ -505,7 +505,7 @@ async fn pack_object_count(path: &Path) -> Result<u64, StorageError> {
 }
 
 /// Runs git with `input` on stdin; returns its stdout.
-async fn run_with_stdin(git: &Git, args: &[&str], input: Vec<u8>) -> Result<String, GitError> {
+pub(crate) async fn run_with_stdin(git: &Git, args: &[&str], input: Vec<u8>) -> Result<String, GitError> {
     let mut cmd = git.command(args);
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(GitError::Spawn)?;
@@ -539,7 +539,7 @@ pub async fn present_objects(git: &Git, shas: &[String]) -> Result<HashSet<Strin
 }
 
 /// `git index-pack --stdin` from a file (streamed; verifies every object).
-async fn index_pack(git: &Git, pack: &Path) -> Result<(), GitError> {
+pub(crate) async fn index_pack(git: &Git, pack: &Path) -> Result<(), GitError> {
     let file = std::fs::File::open(pack).map_err(GitError::Spawn)?;
     let mut cmd = git.command(&["index-pack", "--stdin"]);
     cmd.stdin(Stdio::from(file)).stdout(Stdio::null()).stderr(Stdio::piped());

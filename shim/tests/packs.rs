@@ -449,3 +449,87 @@ fn format_detection_choice_init_and_mixed_prefix() {
     assert!(env.ls_remote(Tool::Python, &env.url("default")).iter().any(|l| l.ends_with("refs/heads/main")));
     let _ = main;
 }
+
+#[test]
+fn gc_combines_packs_and_deletes_old_ones_after_the_grace_period() {
+    let env = packs_env();
+    let repo = env.new_repo("a");
+    let url = env.url("gc");
+    env.git(&repo, &["remote", "add", "origin", &url]);
+    env.git(&repo, &["push", "-q", "origin", "main"]);
+    env.git(&env.work(), &["clone", "-q", &url, "early"]);
+    let early = env.path("early");
+    for i in 0..2 {
+        env.commit(&repo, &format!("f{i}"), &format!("{i}\n"), &format!("c{i}"));
+        env.git(&repo, &["push", "-q", "origin", "main"]);
+    }
+    // a push that died before its manifest write: an unreferenced pack
+    env.commit(&repo, "dead", "dead\n", "dead push");
+    let mut c = env.command("git", &repo);
+    c.env("GIT_S3_TEST_CRASH_BEFORE_MANIFEST", "1").args(["push", "origin", "main"]);
+    env.run_fail(c);
+    env.git(&repo, &["reset", "-q", "--hard", "HEAD~1"]);
+    assert_eq!(pack_files(&env, "gc").len(), 4);
+    let s = serial(&env, "gc");
+
+    let out = env.git_s3(&env.work(), &["gc", &url]);
+    assert!(out.contains("Combined 3 packs"), "{out}");
+    let m = manifest(&env, "gc");
+    assert_eq!(m["packs"].as_array().map(Vec::len), Some(1), "{m}");
+    assert_eq!(m["retired"].as_array().map(Vec::len), Some(3), "{m}");
+    assert_eq!(m["serial"].as_u64(), Some(s + 1));
+    // within the grace period nothing is deleted
+    assert_eq!(pack_files(&env, "gc").len(), 5);
+    env.git(&env.work(), &["clone", "-q", &url, "after"]);
+    assert_eq!(rev(&env, &env.path("after"), "HEAD"), rev(&env, &repo, "main"));
+    env.git(&env.path("after"), &["fsck", "--no-progress"]);
+    assert_eq!(std::fs::read_dir(env.path("after/.git/objects/pack")).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".pack")).count(), 1);
+
+    // pushes and fetches go on
+    let tip = env.commit(&repo, "g", "g\n", "after gc");
+    env.git(&repo, &["push", "-q", "origin", "main"]);
+    env.git(&early, &["pull", "-q", "--ff-only"]);
+    assert_eq!(rev(&env, &early, "HEAD"), tip);
+
+    // grace 0: retired and unreferenced packs go; only the manifest's packs stay
+    let out = env.git_s3(&env.work(), &["gc", &url, "--grace-seconds", "0"]);
+    assert!(out.contains("Combined 2 packs"), "{out}");
+    assert!(out.contains("Deleted"), "{out}");
+    let m = manifest(&env, "gc");
+    let names: Vec<String> = m["packs"].as_array().unwrap().iter().map(|p| format!("gc/.git-s3/packs/pack-{}.pack", p["name"].as_str().unwrap())).collect();
+    assert_eq!(pack_files(&env, "gc").into_iter().map(|p| p.0).collect::<Vec<_>>(), names);
+    assert_eq!(m["retired"].as_array().map(Vec::len), Some(0), "{m}");
+    assert_eq!(objects(&env, "gc/.git-s3/packs/").len(), 2, "one .pack and its .idx");
+    env.git(&env.work(), &["clone", "-q", &url, "last"]);
+    assert_eq!(rev(&env, &env.path("last"), "HEAD"), tip);
+    env.git(&env.path("last"), &["fsck", "--no-progress"]);
+    let st = env.git_s3(&env.work(), &["status", &url]);
+    assert!(st.contains("format: packs (1 packs"), "{st}");
+}
+
+#[test]
+fn branch_commands_edit_the_manifest() {
+    let env = packs_env();
+    let repo = env.new_repo("a");
+    let url = env.url("branchcmd");
+    env.git(&repo, &["remote", "add", "origin", &url]);
+    env.git(&repo, &["branch", "feature"]);
+    env.git(&repo, &["push", "-q", "origin", "main", "feature"]);
+    let out = env.git_s3(&repo, &["protect", "origin", "main"]);
+    assert!(out.contains("now protected"), "{out}");
+    assert_eq!(manifest(&env, "branchcmd")["protected"], serde_json::json!(["refs/heads/main"]));
+    env.git(&repo, &["commit", "-q", "--amend", "-m", "rewritten"]);
+    let err = env.git_fail(&repo, &["push", "--force", "origin", "main"]);
+    assert!(err.contains("protected"), "{err}");
+    let out = env.git_s3(&repo, &["unprotect", "origin", "main"]);
+    assert!(out.contains("now unprotected"), "{out}");
+    env.git(&repo, &["push", "-q", "--force", "origin", "main"]);
+    let out = env.git_s3(&repo, &["delete-branch", "origin", "feature", "--yes"]);
+    assert!(out.contains("deleted"), "{out}");
+    let refs = manifest(&env, "branchcmd")["refs"].clone();
+    assert!(refs.get("refs/heads/feature").is_none(), "{refs}");
+    assert_eq!(refs["refs/heads/main"], rev(&env, &repo, "main").as_str());
+    let mut c = env.command("git-s3", &repo);
+    c.args(["delete-branch", "origin", "feature", "--yes"]);
+    env.run_fail(c);
+}

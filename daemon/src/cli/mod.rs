@@ -3,7 +3,7 @@
 //! Parsing is clap's (`try_parse_from` on the session's args; help and
 //! errors go to the session's stdout/stderr with clap's exit code). One file
 //! per command: `status` (`packs_status` for the packs format), `doctor`,
-//! `branch` (delete-branch, protect, unprotect), `cache_cmd`, `init`; `remote` resolves a `<remote-or-url>` argument
+//! `branch` (delete-branch, protect, unprotect), `cache_cmd`, `init`, `packs_cmd` (gc; the packs side of the branch commands); `remote` resolves a `<remote-or-url>` argument
 //! and reads a prefix. `lfs …` is dispatched to `lfs_config::run` with the
 //! words after `lfs`. `daemon …` is handled by the `git-s3` binary itself and
 //! only appears here in the help.
@@ -15,6 +15,7 @@ mod branch;
 mod cache_cmd;
 mod doctor;
 mod init;
+mod packs_cmd;
 mod packs_status;
 mod remote;
 mod status;
@@ -103,6 +104,8 @@ pub enum Cmd {
     Unprotect(branch::BranchArgs),
     /// Choose the storage format of an empty remote: --format packs|bundles (see docs/packs.md)
     Init(init::InitArgs),
+    /// Compact a packs-format remote: combine its packs into one, delete replaced packs after a grace period
+    Gc(packs_cmd::GcArgs),
     /// Show, prune or clear the local bundle cache
     Cache(cache_cmd::CacheArgs),
     /// Control the daemon: start | stop | restart | run | status [--json] (see `git s3 daemon --help`)
@@ -221,6 +224,7 @@ pub async fn run(state: Arc<DaemonState>, mut start: SessionStart, input: Input,
         Cmd::Unprotect(a) => branch::unprotect(&mut ctx, a).await,
         Cmd::Cache(a) => cache_cmd::run(&mut ctx, a).await,
         Cmd::Init(a) => init::run(&mut ctx, a).await,
+        Cmd::Gc(a) => packs_cmd::run_gc(&mut ctx, a).await,
         Cmd::Daemon(_) => Err(CliError::Usage("`daemon` is handled by the git-s3 command: run `git s3 daemon …`".into())),
         // Unreachable through `git s3 lfs` (dispatched above), but
         // `git-remote-s3` never forwards it either: keep a clear answer.
