@@ -124,7 +124,13 @@ pub enum Detected {
 /// Detects the format of `url`'s prefix: a manifest means packs, bundles
 /// mean bundles (both: refused), an empty prefix gets `default`.
 pub async fn detect(store: &S3Store, url: &RemoteUrl, default: Format) -> Result<Detected, StorageError> {
+    // s3+zip:// writes a repo.zip per pushed bundle: bundles only.
+    let zip = url.scheme == crate::remote_url::Scheme::S3Zip;
+    let default = if zip { Format::Bundles } else { default };
     match read_manifest(store, url).await? {
+        Some(_) if zip => Err(StorageError::Format(format!(
+            "{url} is a packs-format remote; s3+zip:// needs the bundles format (use the s3:// URL)"
+        ))),
         Some(m) => {
             let refs = scan_refs_dir(store, url).await?;
             if !refs.bundle_refs.is_empty() {

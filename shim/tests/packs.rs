@@ -428,6 +428,15 @@ fn format_detection_choice_init_and_mixed_prefix() {
     let err = String::from_utf8_lossy(&env.run_fail(c).stderr).to_string();
     assert!(err.contains("bundles"), "{err}");
 
+    // s3+zip:// stays with bundles
+    let mut c = env.command("git-s3", &env.work());
+    c.args(["init", "--format", "packs", &env.zip_url("z")]);
+    env.run_fail(c);
+    let err = env.git_fail(&repo, &["push", &env.zip_url("p"), "main"]);
+    assert!(err.contains("s3+zip"), "{err}");
+    env.git(&repo, &["-c", "s3.format=packs", "push", "-q", &env.zip_url("z"), "main"]);
+    assert!(env.keys("z/").iter().any(|k| k.ends_with("repo.zip")));
+
     // status shows the format, refs, packs
     let st = env.git_s3(&env.work(), &["status", &env.url("p")]);
     assert!(st.contains("format: packs"), "{st}");
@@ -532,4 +541,46 @@ fn branch_commands_edit_the_manifest() {
     let mut c = env.command("git-s3", &repo);
     c.args(["delete-branch", "origin", "feature", "--yes"]);
     env.run_fail(c);
+}
+
+#[test]
+fn migrate_bundles_to_packs_and_back() {
+    let env = TestEnv::new();
+    let repo = env.new_repo("a");
+    let url = env.url("mig");
+    env.git(&repo, &["remote", "add", "origin", &url]);
+    env.git(&repo, &["checkout", "-q", "-b", "feature"]);
+    env.commit(&repo, "f", "f\n", "feature");
+    env.git(&repo, &["checkout", "-q", "main"]);
+    env.git(&repo, &["tag", "-a", "v1", "-m", "v1"]);
+    env.git(&repo, &["push", "-q", "origin", "main", "feature", "v1"]);
+    env.git_s3(&repo, &["protect", "origin", "main"]);
+    let before = env.ls_remote(Tool::Ours, &url);
+    assert_eq!(before.len(), 4, "{before:?}");
+
+    let out = env.git_s3(&repo, &["migrate", "--to", "packs", "origin"]);
+    assert!(out.contains("3 refs"), "{out}");
+    let keys = env.keys("mig/");
+    assert!(keys.iter().all(|k| k.starts_with("mig/.git-s3/") || k.ends_with("/PROTECTED#")), "{keys:?}");
+    assert_eq!(env.ls_remote(Tool::Ours, &url), before);
+    assert_eq!(manifest(&env, "mig")["protected"], serde_json::json!(["refs/heads/main"]));
+    env.git(&env.work(), &["clone", "-q", &url, "c1"]);
+    env.git(&env.path("c1"), &["fsck", "--no-progress"]);
+    let tip = env.commit(&repo, "n", "n\n", "after migration");
+    env.git(&repo, &["push", "-q", "origin", "main"]);
+    assert_eq!(manifest(&env, "mig")["refs"]["refs/heads/main"], tip.as_str());
+    let mut c = env.command("git-s3", &repo);
+    c.args(["migrate", "--to", "packs", "origin"]);
+    env.run_fail(c);
+
+    let out = env.git_s3(&repo, &["migrate", "--to", "bundles", "origin"]);
+    assert!(out.contains("bundles format"), "{out}");
+    assert!(!env.keys("mig/").iter().any(|k| k.contains(".git-s3")));
+    let after = env.ls_remote(Tool::Ours, &url);
+    assert!(after.contains(&format!("{tip}\trefs/heads/main")), "{after:?}");
+    assert_eq!(env.ls_remote(Tool::Python, &url), after, "git-remote-s3 0.4.2 reads the result");
+    env.git_with(Tool::Python, &env.work(), &["clone", "-q", &url, "py"]);
+    assert_eq!(rev(&env, &env.path("py"), "HEAD"), tip);
+    // protection survives as the 0.4.2 marker
+    assert!(env.keys("mig/").contains(&"mig/refs/heads/main/PROTECTED#".to_string()));
 }

@@ -34,6 +34,9 @@ pub async fn run(ctx: &mut Ctx, args: InitArgs) -> CliResult {
     let remote = Remote::resolve(ctx, &args.remote).await?;
     let (existing, refs) = tokio::try_join!(read_manifest(&remote.store, &remote.url), scan_refs_dir(&remote.store, &remote.url))?;
     let url = &remote.url;
+    if args.format == FormatArg::Packs && url.scheme == crate::remote_url::Scheme::S3Zip {
+        return Err(CliError::Refused(format!("{url}: s3+zip:// remotes keep the bundles format")));
+    }
     if let Some((m, _)) = &existing {
         return Err(CliError::Refused(format!(
             "{url} is already a packs remote ({} refs, {} packs){}",

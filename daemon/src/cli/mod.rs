@@ -3,7 +3,7 @@
 //! Parsing is clap's (`try_parse_from` on the session's args; help and
 //! errors go to the session's stdout/stderr with clap's exit code). One file
 //! per command: `status` (`packs_status` for the packs format), `doctor`,
-//! `branch` (delete-branch, protect, unprotect), `cache_cmd`, `init`, `packs_cmd` (gc; the packs side of the branch commands); `remote` resolves a `<remote-or-url>` argument
+//! `branch` (delete-branch, protect, unprotect), `cache_cmd`, `init`, `packs_cmd` (gc, migrate; the packs side of the branch commands); `remote` resolves a `<remote-or-url>` argument
 //! and reads a prefix. `lfs …` is dispatched to `lfs_config::run` with the
 //! words after `lfs`. `daemon …` is handled by the `git-s3` binary itself and
 //! only appears here in the help.
@@ -106,6 +106,8 @@ pub enum Cmd {
     Init(init::InitArgs),
     /// Compact a packs-format remote: combine its packs into one, delete replaced packs after a grace period
     Gc(packs_cmd::GcArgs),
+    /// Convert a remote between the bundles and packs formats: --to packs|bundles
+    Migrate(packs_cmd::MigrateArgs),
     /// Show, prune or clear the local bundle cache
     Cache(cache_cmd::CacheArgs),
     /// Control the daemon: start | stop | restart | run | status [--json] (see `git s3 daemon --help`)
@@ -225,6 +227,7 @@ pub async fn run(state: Arc<DaemonState>, mut start: SessionStart, input: Input,
         Cmd::Cache(a) => cache_cmd::run(&mut ctx, a).await,
         Cmd::Init(a) => init::run(&mut ctx, a).await,
         Cmd::Gc(a) => packs_cmd::run_gc(&mut ctx, a).await,
+        Cmd::Migrate(a) => packs_cmd::run_migrate(&mut ctx, a).await,
         Cmd::Daemon(_) => Err(CliError::Usage("`daemon` is handled by the git-s3 command: run `git s3 daemon …`".into())),
         // Unreachable through `git s3 lfs` (dispatched above), but
         // `git-remote-s3` never forwards it either: keep a clear answer.

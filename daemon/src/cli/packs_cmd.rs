@@ -119,3 +119,32 @@ pub async fn branch_op(ctx: &mut Ctx, remote: &Remote, refname: &str, op: Branch
     }
     Ok(Some(0))
 }
+
+#[derive(Args, Debug)]
+pub struct MigrateArgs {
+    /// The format to convert the remote to
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub to: super::init::FormatArg,
+    /// A git remote name or an s3:// URL
+    #[arg(value_name = "REMOTE")]
+    pub remote: String,
+}
+
+pub async fn run_migrate(ctx: &mut Ctx, args: MigrateArgs) -> CliResult {
+    let remote = Remote::resolve(ctx, &args.remote).await?;
+    let tmp = ctx.state.cache.root().join("tmp");
+    let (r, to) = match args.to {
+        super::init::FormatArg::Packs => (crate::packs_maint::migrate_to_packs(&remote.store, &remote.url, &tmp, &ctx.env).await?, "packs"),
+        super::init::FormatArg::Bundles => {
+            (crate::packs_maint::migrate_to_bundles(&remote.store, &remote.url, &tmp, &ctx.env).await?, "bundles")
+        }
+    };
+    ctx.println(format!(
+        "Migrated {} to the {to} format: {} refs, {} written, {} old objects deleted",
+        remote.url,
+        r.refs,
+        human_bytes(r.bytes),
+        r.deleted
+    ));
+    Ok(0)
+}
