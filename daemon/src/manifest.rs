@@ -196,7 +196,7 @@ mod tests {
 
     #[test]
     fn keys_do_not_collide_with_bundle_layout() {
-        let url = RemoteUrl::parse("s3://b/p/q").unwrap();
+        let url = RemoteUrl::parse("s3://bkt/p/q").unwrap();
         assert_eq!(manifest_key(&url), "p/q/.git-s3/manifest.json");
         assert_eq!(pack_key(&url, "ab"), "p/q/.git-s3/packs/pack-ab.pack");
         assert_eq!(idx_key(&url, "ab"), "p/q/.git-s3/packs/pack-ab.idx");

@@ -169,6 +169,8 @@ struct BuiltPack {
     size: u64,
     idx_size: u64,
     objects: u64,
+    /// The tips it was built for.
+    tips: Vec<String>,
     /// Packs of the manifest the pack was built against.
     based_on: BTreeSet<String>,
     uploaded: bool,
@@ -312,7 +314,7 @@ impl PackStorage {
         }
         let size = tokio::fs::metadata(&pack).await?.len();
         let idx_size = tokio::fs::metadata(&idx).await?.len();
-        Ok(Some(BuiltPack { _dir: dir, name, pack, idx, size, idx_size, objects, based_on, uploaded: false }))
+        Ok(Some(BuiltPack { _dir: dir, name, pack, idx, size, idx_size, objects, tips: tips.to_vec(), based_on, uploaded: false }))
     }
 
     async fn upload_pack(&self, ctx: &OpContext, p: &BuiltPack) -> Result<(), StorageError> {
@@ -394,9 +396,10 @@ impl PackStorage {
                 .into_iter()
                 .collect();
             let packs_now: BTreeSet<String> = m.packs.iter().map(|p| p.name.clone()).collect();
-            // A pack built against packs that are gone (compacted) may lack objects: rebuild.
+            // A pack built against packs that are gone (compacted) may lack
+            // objects, and one built for other tips may miss some: rebuild.
             let stale = match &built {
-                Some(b) => !b.based_on.is_subset(&packs_now),
+                Some(b) => !b.based_on.is_subset(&packs_now) || !new_tips.iter().all(|t| b.tips.contains(t)),
                 None => true,
             };
             if !new_tips.is_empty() && stale {
@@ -439,7 +442,7 @@ impl PackStorage {
                         size: b.size,
                         idx_size: b.idx_size,
                         objects: b.objects,
-                        tips: new_tips.clone(),
+                        tips: b.tips.clone(),
                         created: unix_now(),
                     });
                 }
