@@ -115,6 +115,7 @@ Keep one: delete the bundles under {}/refs/ or the {}/{}/ directory",
 }
 
 /// What a prefix is, decided by what is in it.
+#[allow(clippy::large_enum_variant)] // made once per session
 pub enum Detected {
     /// A manifest (with its ETag) and the protection markers.
     Packs(Option<(Manifest, String)>, RefsDir),
@@ -194,10 +195,6 @@ impl PackStorage {
         }
     }
 
-    pub fn supports_atomic(&self) -> bool {
-        true
-    }
-
     fn markers(&self) -> BTreeSet<String> {
         self.markers.lock().map(|m| m.clone()).unwrap_or_default()
     }
@@ -258,7 +255,7 @@ impl PackStorage {
             return Ok(Change::Unchanged);
         }
         if let Some(old) = remote_sha {
-            if !(upd.force && !protected) {
+            if !upd.force || protected {
                 if !ctx.git.has_object(old).await {
                     return Err("fetch first".into());
                 }

@@ -1,8 +1,8 @@
 //! The storage-format interface: what the remote-helper protocol needs from
 //! a repository in S3 (list refs, fetch objects for wanted refs, apply ref
-//! updates). The git-remote-s3 0.4.2 bundle layout implements it today
-//! (`bundle_format`); an incremental pack format can be added beside it
-//! without touching the protocol or service code.
+//! updates). The git-remote-s3 0.4.2 bundle layout implements it
+//! (`bundle_format`), and so does the incremental packs format
+//! (`packs_format`); `Storage::open` picks one by what the prefix holds.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -115,7 +115,7 @@ pub trait RepoStorage {
 /// (`packs_format`).
 pub enum Storage {
     Bundles(crate::bundle_format::BundleStorage),
-    Packs(crate::packs_format::PackStorage),
+    Packs(Box<crate::packs_format::PackStorage>),
 }
 
 impl Storage {
@@ -126,7 +126,7 @@ impl Storage {
         let default = configured_format(git).await?;
         Ok(match detect(&store, &url, default).await? {
             Detected::Bundles => Storage::Bundles(crate::bundle_format::BundleStorage::new(store, url)),
-            Detected::Packs(m, refs) => Storage::Packs(PackStorage::new(store, url, m.map(|(m, _)| m), refs)),
+            Detected::Packs(m, refs) => Storage::Packs(Box::new(PackStorage::new(store, url, m.map(|(m, _)| m), refs))),
         })
     }
 
