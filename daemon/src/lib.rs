@@ -3,7 +3,8 @@
 //! Map: `server` (socket, single instance, idle exit) → `service` (gRPC) →
 //! `remote_helper` (git's protocol, parsed by `helper_protocol`) /
 //! `lfs_agent` / `cli` → `storage` (format interface; `bundle_format` is the
-//! git-remote-s3 0.4.2 layout) → `s3_store` (S3 calls) with `s3_clients`
+//! git-remote-s3 0.4.2 layout, `packs_format` + `manifest` the incremental
+//! one) → `s3_store` (S3 calls) with `s3_clients`
 //! (warm clients), `locks`, `cache`, and `git` (subprocesses).
 
 pub mod bundle_format;
@@ -15,6 +16,9 @@ pub mod lfs_agent;
 pub mod lfs_config;
 pub mod locks;
 pub mod logging;
+pub mod manifest;
+pub mod packs_format;
+pub mod packs_maint;
 pub mod remote_helper;
 pub mod remote_url;
 pub mod s3_clients;

@@ -54,14 +54,19 @@ pub async fn run(state: Arc<DaemonState>, a: HelperArgs, mut input: Input, out: 
         }
     };
     let store = state.store_for(&a.env, &url).await;
-    let storage = Storage::open(store, url.clone());
+    let git = Git::new(&a.cwd, a.env.clone());
+    let storage = match Storage::open(store, url.clone(), &git).await {
+        Ok(s) => s,
+        Err(e) => return fatal(&out, &url, e),
+    };
     let mut ctx = OpContext {
-        git: Git::new(&a.cwd, a.env.clone()),
+        git,
         out: out.clone(),
         env: a.env.clone(),
         progress: false,
         cache: state.cache.clone(),
         cas: HashMap::new(),
+        atomic: false,
     };
     let mut listing: Option<RefListing> = None;
     let mut cloning = false; // `option cloning true`: configure LFS after the first fetch
@@ -82,7 +87,14 @@ pub async fn run(state: Arc<DaemonState>, a: HelperArgs, mut input: Input, out: 
             }
             Command::Option { name, value } => {
                 cloning |= name == "cloning" && value == "true";
-                let reply = handle_option(&mut ctx, &name, &value);
+                let reply = match name.as_str() {
+                    // All-or-nothing pushes: one manifest write in the packs format.
+                    "atomic" if storage.supports_atomic() => {
+                        ctx.atomic = value == "true";
+                        "ok"
+                    }
+                    _ => handle_option(&mut ctx, &name, &value),
+                };
                 out.stdout(format!("{reply}\n"));
             }
             Command::List { for_push } => match storage.list().await {

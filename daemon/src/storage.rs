@@ -1,8 +1,8 @@
 //! The storage-format interface: what the remote-helper protocol needs from
 //! a repository in S3 (list refs, fetch objects for wanted refs, apply ref
-//! updates). The git-remote-s3 0.4.2 bundle layout implements it today
-//! (`bundle_format`); an incremental pack format can be added beside it
-//! without touching the protocol or service code.
+//! updates). The git-remote-s3 0.4.2 bundle layout implements it
+//! (`bundle_format`), and so does the incremental packs format
+//! (`packs_format`); `Storage::open` picks one by what the prefix holds.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -28,6 +28,9 @@ pub enum StorageError {
     MissingRef(String),
     #[error("{0}")]
     Corrupt(String),
+    /// The prefix's format is ambiguous or misconfigured.
+    #[error("{0}")]
+    Format(String),
 }
 
 impl StorageError {
@@ -89,6 +92,8 @@ pub struct OpContext {
     pub cache: Arc<Cache>,
     /// `option cas <ref>:<sha>` expectations (empty string: must not exist).
     pub cas: HashMap<String, String>,
+    /// `option atomic true`: all updates of a push land, or none.
+    pub atomic: bool,
 }
 
 pub trait RepoStorage {
@@ -106,31 +111,48 @@ pub trait RepoStorage {
     ) -> impl std::future::Future<Output = Result<Vec<(String, PushResult)>, StorageError>> + Send;
 }
 
-/// The formats a remote can be in (only bundles today).
+/// The formats a remote can be in: the 0.4.2 bundle layout, or packs
+/// (`packs_format`).
 pub enum Storage {
     Bundles(crate::bundle_format::BundleStorage),
+    Packs(Box<crate::packs_format::PackStorage>),
 }
 
 impl Storage {
-    pub fn open(store: S3Store, url: RemoteUrl) -> Storage {
-        Storage::Bundles(crate::bundle_format::BundleStorage::new(store, url))
+    /// Opens a remote in the format its prefix holds; an empty prefix gets
+    /// `git config s3.format` of the caller's repository (default bundles).
+    pub async fn open(store: S3Store, url: RemoteUrl, git: &Git) -> Result<Storage, StorageError> {
+        use crate::packs_format::{configured_format, detect, Detected, PackStorage};
+        let default = configured_format(git).await?;
+        Ok(match detect(&store, &url, default).await? {
+            Detected::Bundles => Storage::Bundles(crate::bundle_format::BundleStorage::new(store, url)),
+            Detected::Packs(m, refs) => Storage::Packs(Box::new(PackStorage::new(store, url, m.map(|(m, _)| m), refs))),
+        })
+    }
+
+    /// Whether `option atomic` can be honoured.
+    pub fn supports_atomic(&self) -> bool {
+        matches!(self, Storage::Packs(_))
     }
 
     pub async fn list(&self) -> Result<RefListing, StorageError> {
         match self {
             Storage::Bundles(b) => b.list().await,
+            Storage::Packs(p) => p.list().await,
         }
     }
 
     pub async fn fetch(&self, ctx: &OpContext, listing: &RefListing, wants: &[RemoteRef]) -> Result<(), StorageError> {
         match self {
             Storage::Bundles(b) => b.fetch(ctx, listing, wants).await,
+            Storage::Packs(p) => p.fetch(ctx, listing, wants).await,
         }
     }
 
     pub async fn push(&self, ctx: &OpContext, updates: &[PushUpdate]) -> Result<Vec<(String, PushResult)>, StorageError> {
         match self {
             Storage::Bundles(b) => b.push(ctx, updates).await,
+            Storage::Packs(p) => p.push(ctx, updates).await,
         }
     }
 }

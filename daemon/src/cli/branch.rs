@@ -42,6 +42,9 @@ impl BranchArgs {
 pub async fn delete_branch(ctx: &mut Ctx, args: BranchArgs) -> CliResult {
     let refname = branch_ref(args.branch()?)?;
     let remote = Remote::resolve(ctx, &args.remote).await?;
+    if let Some(code) = super::packs_cmd::branch_op(ctx, &remote, &refname, super::packs_cmd::BranchOp::Delete, args.yes).await? {
+        return Ok(code);
+    }
     let objects = remote.ref_objects(&refname).await?;
     let leaf = |k: &str| k.rsplit('/').next().unwrap_or("").to_string();
     if objects.iter().any(|o| leaf(&o.key) == PROTECTED_MARKER) {
@@ -111,6 +114,9 @@ pub async fn delete_branch(ctx: &mut Ctx, args: BranchArgs) -> CliResult {
 pub async fn protect(ctx: &mut Ctx, args: BranchArgs) -> CliResult {
     let refname = branch_ref(args.branch()?)?;
     let remote = Remote::resolve(ctx, &args.remote).await?;
+    if let Some(code) = super::packs_cmd::branch_op(ctx, &remote, &refname, super::packs_cmd::BranchOp::Protect, false).await? {
+        return Ok(code);
+    }
     let objects = remote.ref_objects(&refname).await?;
     let name = refname.trim_start_matches("refs/heads/");
     if !objects.iter().any(|o| o.key.ends_with(".bundle")) {
@@ -128,6 +134,9 @@ pub async fn protect(ctx: &mut Ctx, args: BranchArgs) -> CliResult {
 pub async fn unprotect(ctx: &mut Ctx, args: BranchArgs) -> CliResult {
     let refname = branch_ref(args.branch()?)?;
     let remote = Remote::resolve(ctx, &args.remote).await?;
+    if let Some(code) = super::packs_cmd::branch_op(ctx, &remote, &refname, super::packs_cmd::BranchOp::Unprotect, false).await? {
+        return Ok(code);
+    }
     let key = remote.marker_key(&refname);
     let name = refname.trim_start_matches("refs/heads/");
     if remote.store.head(&key).await?.is_none() {

@@ -2,8 +2,8 @@
 //!
 //! Parsing is clap's (`try_parse_from` on the session's args; help and
 //! errors go to the session's stdout/stderr with clap's exit code). One file
-//! per command: `status`, `doctor`, `branch` (delete-branch, protect,
-//! unprotect), `cache_cmd`; `remote` resolves a `<remote-or-url>` argument
+//! per command: `status` (`packs_status` for the packs format), `doctor`,
+//! `branch` (delete-branch, protect, unprotect), `cache_cmd`, `init`, `packs_cmd` (gc, migrate; the packs side of the branch commands); `remote` resolves a `<remote-or-url>` argument
 //! and reads a prefix. `lfs …` is dispatched to `lfs_config::run` with the
 //! words after `lfs`. `daemon …` is handled by the `git-s3` binary itself and
 //! only appears here in the help.
@@ -14,6 +14,9 @@
 mod branch;
 mod cache_cmd;
 mod doctor;
+mod init;
+mod packs_cmd;
+mod packs_status;
 mod remote;
 mod status;
 
@@ -49,6 +52,8 @@ pub enum CliError {
     Lock(#[from] LockError),
     #[error(transparent)]
     Git(#[from] GitError),
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
     /// The operation was refused (protected branch, no confirmation, …).
     #[error("{0}")]
     Refused(String),
@@ -97,6 +102,12 @@ pub enum Cmd {
     Protect(branch::BranchArgs),
     /// Remove a branch's protection
     Unprotect(branch::BranchArgs),
+    /// Choose the storage format of an empty remote: --format packs|bundles (see docs/packs.md)
+    Init(init::InitArgs),
+    /// Compact a packs-format remote: combine its packs into one, delete replaced packs after a grace period
+    Gc(packs_cmd::GcArgs),
+    /// Convert a remote between the bundles and packs formats: --to packs|bundles
+    Migrate(packs_cmd::MigrateArgs),
     /// Show, prune or clear the local bundle cache
     Cache(cache_cmd::CacheArgs),
     /// Control the daemon: start | stop | restart | run | status [--json] (see `git s3 daemon --help`)
@@ -214,6 +225,9 @@ pub async fn run(state: Arc<DaemonState>, mut start: SessionStart, input: Input,
         Cmd::Protect(a) => branch::protect(&mut ctx, a).await,
         Cmd::Unprotect(a) => branch::unprotect(&mut ctx, a).await,
         Cmd::Cache(a) => cache_cmd::run(&mut ctx, a).await,
+        Cmd::Init(a) => init::run(&mut ctx, a).await,
+        Cmd::Gc(a) => packs_cmd::run_gc(&mut ctx, a).await,
+        Cmd::Migrate(a) => packs_cmd::run_migrate(&mut ctx, a).await,
         Cmd::Daemon(_) => Err(CliError::Usage("`daemon` is handled by the git-s3 command: run `git s3 daemon …`".into())),
         // Unreachable through `git s3 lfs` (dispatched above), but
         // `git-remote-s3` never forwards it either: keep a clear answer.

@@ -64,6 +64,9 @@ pub async fn run(ctx: &mut Ctx, args: StatusArgs) -> CliResult {
 
 async fn remote_status(ctx: &Ctx, arg: &str, ttl: Duration) -> Result<Value, super::CliError> {
     let remote = Remote::resolve(ctx, arg).await?;
+    if let Some(packs) = super::packs_status::remote_status(&remote).await? {
+        return Ok(packs);
+    }
     let view = remote.inspect().await?;
     let mut warnings = Vec::new();
     let refs: Vec<Value> = view
@@ -131,6 +134,7 @@ async fn remote_status(ctx: &Ctx, arg: &str, ttl: Duration) -> Result<Value, sup
         "url": remote.url.to_string(),
         "bucket": remote.url.bucket,
         "prefix": remote.url.prefix,
+        "format": "bundles",
         "head": head,
         "refs": refs,
         "protected": view.scan.protected,
@@ -184,6 +188,15 @@ fn print_text(ctx: &Ctx, doc: &Value) {
     match r["name"].as_str() {
         Some(n) => ctx.println(format!("remote: {n} ({})", s(&r["url"]))),
         None => ctx.println(format!("remote: {}", s(&r["url"]))),
+    }
+    match r["format"].as_str() {
+        Some("packs") => ctx.println(format!(
+            "  format: packs ({} packs, {}, manifest serial {})",
+            u(&r["packs"]["count"]),
+            human_bytes(u(&r["packs"]["bytes"])),
+            u(&r["manifest"]["serial"])
+        )),
+        f => ctx.println(format!("  format: {}", f.unwrap_or("bundles"))),
     }
     let h = &r["head"];
     match h["state"].as_str() {

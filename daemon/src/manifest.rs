@@ -1,0 +1,205 @@
+//! The packs format's manifest: `<prefix>/.git-s3/manifest.json`, the one
+//! object that names the remote's refs, HEAD, protected refs and packs. It
+//! is only ever replaced by a conditional write on its ETag, so a push of
+//! several refs is one atomic step and concurrent pushers cannot lose each
+//! other's updates.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::remote_url::RemoteUrl;
+
+/// Everything of the packs format lives below `<prefix>/.git-s3/`, which the
+/// 0.4.2 bundle layout (`<prefix>/HEAD`, `<prefix>/refs/…`) never uses.
+pub const META_DIR: &str = ".git-s3";
+pub const MANIFEST_NAME: &str = "manifest.json";
+pub const VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("the manifest is not valid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("the manifest has version {0}; this git-s3 understands version {VERSION} (upgrade git-s3)")]
+    Version(u32),
+    #[error("the manifest is invalid: {0}")]
+    Invalid(String),
+}
+
+/// One pack in the bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackEntry {
+    /// The pack's hash (`pack-<name>.pack` / `.idx`).
+    pub name: String,
+    /// Bytes of the `.pack`.
+    pub size: u64,
+    /// Bytes of the `.idx`.
+    #[serde(default)]
+    pub idx_size: u64,
+    /// Objects in the pack.
+    #[serde(default)]
+    pub objects: u64,
+    /// The commits/tags the pack was made for: when all are present locally,
+    /// the pack's objects are too (it holds what they reach minus what the
+    /// remote had before).
+    #[serde(default)]
+    pub tips: Vec<String>,
+    /// Unix seconds when the pack was added.
+    #[serde(default)]
+    pub created: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub version: u32,
+    /// Incremented by every write: how many updates the manifest has seen.
+    #[serde(default)]
+    pub serial: u64,
+    /// ref name → sha.
+    #[serde(default)]
+    pub refs: BTreeMap<String, String>,
+    /// The ref the remote HEAD names.
+    #[serde(default)]
+    pub head: Option<String>,
+    #[serde(default)]
+    pub packs: Vec<PackEntry>,
+    /// Refs for which force pushes and deletions are refused.
+    #[serde(default)]
+    pub protected: BTreeSet<String>,
+    /// Packs replaced by a compaction (`git s3 gc`), kept in the bucket
+    /// until their grace period ends: readers of an older manifest may still
+    /// be downloading them.
+    #[serde(default)]
+    pub retired: Vec<RetiredPack>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetiredPack {
+    pub name: String,
+    /// Unix seconds when the pack left `packs`.
+    pub since: u64,
+}
+
+impl Default for Manifest {
+    fn default() -> Self {
+        Manifest {
+            version: VERSION,
+            serial: 0,
+            refs: BTreeMap::new(),
+            head: None,
+            packs: Vec::new(),
+            protected: BTreeSet::new(),
+            retired: Vec::new(),
+        }
+    }
+}
+
+pub fn is_sha(s: &str) -> bool {
+    s.len() == 40 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Pack names are what `git pack-objects` prints: 40 (SHA-1) or 64 (SHA-256) hex digits.
+pub fn is_pack_name(s: &str) -> bool {
+    (s.len() == 40 || s.len() == 64) && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+impl Manifest {
+    pub fn parse(data: &[u8]) -> Result<Manifest, ManifestError> {
+        let m: Manifest = serde_json::from_slice(data)?;
+        if m.version != VERSION {
+            return Err(ManifestError::Version(m.version));
+        }
+        for (name, sha) in &m.refs {
+            if !name.starts_with("refs/") || name.contains("..") || name.chars().any(|c| c.is_control() || c == ' ') {
+                return Err(ManifestError::Invalid(format!("bad ref name {name:?}")));
+            }
+            if !is_sha(sha) {
+                return Err(ManifestError::Invalid(format!("bad sha {sha:?} for {name}")));
+            }
+        }
+        let mut seen = BTreeSet::new();
+        for p in &m.packs {
+            if !is_pack_name(&p.name) {
+                return Err(ManifestError::Invalid(format!("bad pack name {:?}", p.name)));
+            }
+            if !seen.insert(p.name.as_str()) {
+                return Err(ManifestError::Invalid(format!("pack {} listed twice", p.name)));
+            }
+            if let Some(t) = p.tips.iter().find(|t| !is_sha(t)) {
+                return Err(ManifestError::Invalid(format!("bad tip {t:?} for pack {}", p.name)));
+            }
+        }
+        if let Some(r) = m.retired.iter().find(|r| !is_pack_name(&r.name)) {
+            return Err(ManifestError::Invalid(format!("bad retired pack name {:?}", r.name)));
+        }
+        Ok(m)
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        // Serializing plain maps/strings/numbers cannot fail.
+        serde_json::to_vec_pretty(self).unwrap_or_default()
+    }
+
+    /// The HEAD ref, when it names an existing ref.
+    pub fn live_head(&self) -> Option<&String> {
+        self.head.as_ref().filter(|h| self.refs.contains_key(*h))
+    }
+
+    pub fn pack_bytes(&self) -> u64 {
+        self.packs.iter().map(|p| p.size + p.idx_size).sum()
+    }
+}
+
+pub fn manifest_key(url: &RemoteUrl) -> String {
+    url.key(&format!("{META_DIR}/{MANIFEST_NAME}"))
+}
+
+pub fn packs_dir(url: &RemoteUrl) -> String {
+    url.key(&format!("{META_DIR}/packs/"))
+}
+
+pub fn pack_key(url: &RemoteUrl, name: &str) -> String {
+    url.key(&format!("{META_DIR}/packs/pack-{name}.pack"))
+}
+
+pub fn idx_key(url: &RemoteUrl, name: &str) -> String {
+    url.key(&format!("{META_DIR}/packs/pack-{name}.idx"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip_and_validation() {
+        let mut m = Manifest::default();
+        m.refs.insert("refs/heads/main".into(), "a".repeat(40));
+        m.head = Some("refs/heads/main".into());
+        m.packs.push(PackEntry { name: "b".repeat(40), size: 10, idx_size: 5, objects: 3, tips: vec!["a".repeat(40)], created: 1 });
+        let back = Manifest::parse(&m.to_bytes()).unwrap();
+        assert_eq!(back, m);
+        assert_eq!(back.live_head().map(String::as_str), Some("refs/heads/main"));
+        assert_eq!(back.pack_bytes(), 15);
+
+        assert!(matches!(Manifest::parse(b"{\"version\": 2}"), Err(ManifestError::Version(2))));
+        assert!(matches!(Manifest::parse(b"not json"), Err(ManifestError::Json(_))));
+        let bad = br#"{"version":1,"refs":{"refs/heads/x":"zz"}}"#;
+        assert!(matches!(Manifest::parse(bad), Err(ManifestError::Invalid(_))));
+        let bad = br#"{"version":1,"refs":{"HEAD":"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"}}"#;
+        assert!(matches!(Manifest::parse(bad), Err(ManifestError::Invalid(_))));
+        let bad = br#"{"version":1,"packs":[{"name":"../x","size":1}]}"#;
+        assert!(matches!(Manifest::parse(bad), Err(ManifestError::Invalid(_))));
+        // minimal manifest: defaults
+        let m = Manifest::parse(br#"{"version":1}"#).unwrap();
+        assert!(m.refs.is_empty() && m.packs.is_empty() && m.live_head().is_none());
+    }
+
+    #[test]
+    fn keys_do_not_collide_with_bundle_layout() {
+        let url = RemoteUrl::parse("s3://bkt/p/q").unwrap();
+        assert_eq!(manifest_key(&url), "p/q/.git-s3/manifest.json");
+        assert_eq!(pack_key(&url, "ab"), "p/q/.git-s3/packs/pack-ab.pack");
+        assert_eq!(idx_key(&url, "ab"), "p/q/.git-s3/packs/pack-ab.idx");
+        assert!(!manifest_key(&url).starts_with("p/q/refs/"));
+    }
+}

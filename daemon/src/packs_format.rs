@@ -1,0 +1,641 @@
+//! The packs format: incremental, lock-free storage for large repositories.
+//!
+//! Layout under the remote's prefix (beside, never inside, the 0.4.2 bundle
+//! layout's `HEAD` and `refs/`):
+//! `.git-s3/manifest.json` (refs, HEAD, protected refs, packs; see
+//! `manifest`) and `.git-s3/packs/pack-<hash>.pack` + `.idx` (self-contained
+//! packs made by `git pack-objects`).
+//!
+//! A push builds one pack of the objects the remote lacks (new tips `--not`
+//! the manifest's tips that exist locally), uploads it, then replaces the
+//! manifest with a conditional write on its ETag (`If-Match`, or
+//! `If-None-Match: *` to create it). A lost race re-reads the manifest,
+//! re-checks every ref and retries a bounded number of times. A crash at any
+//! point leaves at worst an unreferenced pack. A fetch downloads, in
+//! parallel, the packs whose tips the local repository lacks and indexes
+//! them with `git index-pack --stdin`.
+
+use std::collections::{BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use futures::stream::{StreamExt, TryStreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::bundle_format;
+use crate::git::{Git, GitError};
+use crate::manifest::{self, Manifest, PackEntry};
+use crate::remote_url::RemoteUrl;
+use crate::s3_store::{PutOptions, S3Store, WriteCondition};
+use crate::storage::{OpContext, PushResult, PushUpdate, RefListing, RemoteRef, RepoStorage, StorageError};
+use crate::transfer_progress::Progress;
+
+/// Manifest writes tried before a push gives up with `fetch first`.
+pub(crate) const MAX_ATTEMPTS: u32 = 12;
+/// Packs downloaded at once.
+const DOWNLOAD_CONCURRENCY: usize = 4;
+/// Test hook: exit the daemon after uploading a pack, before the manifest write.
+pub const CRASH_HOOK_ENV: &str = "GIT_S3_TEST_CRASH_BEFORE_MANIFEST";
+
+/// A storage format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Bundles,
+    Packs,
+}
+
+impl Format {
+    pub fn parse(s: &str) -> Option<Format> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "bundles" | "bundle" => Some(Format::Bundles),
+            "packs" | "pack" => Some(Format::Packs),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Bundles => "bundles",
+            Format::Packs => "packs",
+        }
+    }
+}
+
+/// `git config s3.format` in the caller's repository (default: bundles).
+pub async fn configured_format(git: &Git) -> Result<Format, StorageError> {
+    match git.config_get("s3.format").await {
+        None => Ok(Format::Bundles),
+        Some(v) => Format::parse(&v)
+            .ok_or_else(|| StorageError::Format(format!("git config s3.format is '{v}'; it must be 'packs' or 'bundles'"))),
+    }
+}
+
+/// The manifest and its ETag, or None when the prefix has none.
+pub async fn read_manifest(store: &S3Store, url: &RemoteUrl) -> Result<Option<(Manifest, String)>, StorageError> {
+    let key = manifest::manifest_key(url);
+    let tmp = tempfile::NamedTempFile::new()?;
+    let etag = match store.get_to_file(&key, tmp.path(), |_| {}).await {
+        Ok((etag, _)) => etag,
+        Err(e) if e.is_not_found() => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let data = tokio::fs::read(tmp.path()).await?;
+    let m = Manifest::parse(&data)
+        .map_err(|e| StorageError::Corrupt(format!("s3://{}/{key}: {e}", store.bucket())))?;
+    Ok(Some((m, etag)))
+}
+
+/// What `<prefix>/refs/` holds: whether 0.4.2 bundles are there, and the
+/// refs with a `PROTECTED#` marker.
+#[derive(Debug, Default, Clone)]
+pub struct RefsDir {
+    pub bundle_refs: Vec<String>,
+    pub markers: BTreeSet<String>,
+}
+
+pub async fn scan_refs_dir(store: &S3Store, url: &RemoteUrl) -> Result<RefsDir, StorageError> {
+    let objects = store.list(&url.key("refs/")).await?;
+    let scan = bundle_format::scan(&url.prefix, &objects);
+    Ok(RefsDir { bundle_refs: scan.bundles.keys().cloned().collect(), markers: scan.protected.into_iter().collect() })
+}
+
+pub fn mixed_formats_error(url: &RemoteUrl, refs: &RefsDir) -> StorageError {
+    let some: Vec<&str> = refs.bundle_refs.iter().take(3).map(String::as_str).collect();
+    StorageError::Format(format!(
+        "{url} holds both formats: a packs manifest ({}) and git-remote-s3 bundles (for {}); refusing to guess which is current. \
+Keep one: delete the bundles under {}/refs/ or the {}/{}/ directory",
+        manifest::manifest_key(url),
+        some.join(", "),
+        url.prefix,
+        url.prefix,
+        manifest::META_DIR
+    ))
+}
+
+/// What a prefix is, decided by what is in it.
+#[allow(clippy::large_enum_variant)] // made once per session
+pub enum Detected {
+    /// A manifest (with its ETag) and the protection markers.
+    Packs(Option<(Manifest, String)>, RefsDir),
+    Bundles,
+}
+
+/// Detects the format of `url`'s prefix: a manifest means packs, bundles
+/// mean bundles (both: refused), an empty prefix gets `default`.
+pub async fn detect(store: &S3Store, url: &RemoteUrl, default: Format) -> Result<Detected, StorageError> {
+    // s3+zip:// writes a repo.zip per pushed bundle: bundles only.
+    let zip = url.scheme == crate::remote_url::Scheme::S3Zip;
+    let default = if zip { Format::Bundles } else { default };
+    match read_manifest(store, url).await? {
+        Some(_) if zip => Err(StorageError::Format(format!(
+            "{url} is a packs-format remote; s3+zip:// needs the bundles format (use the s3:// URL)"
+        ))),
+        Some(m) => {
+            let refs = scan_refs_dir(store, url).await?;
+            if !refs.bundle_refs.is_empty() {
+                return Err(mixed_formats_error(url, &refs));
+            }
+            Ok(Detected::Packs(Some(m), refs))
+        }
+        None if default == Format::Bundles => Ok(Detected::Bundles),
+        None => {
+            let refs = scan_refs_dir(store, url).await?;
+            if refs.bundle_refs.is_empty() {
+                Ok(Detected::Packs(None, refs))
+            } else {
+                Ok(Detected::Bundles)
+            }
+        }
+    }
+}
+
+pub struct PackStorage {
+    store: S3Store,
+    url: RemoteUrl,
+    /// The manifest read at detection, served to the first `list`.
+    seed: Mutex<Option<Option<Manifest>>>,
+    /// The manifest the last `list` showed (what `fetch` downloads from).
+    listed: Mutex<Option<Manifest>>,
+    markers: Mutex<BTreeSet<String>>,
+}
+
+/// A pack built for a push.
+struct BuiltPack {
+    _dir: tempfile::TempDir,
+    name: String,
+    pack: PathBuf,
+    idx: PathBuf,
+    size: u64,
+    idx_size: u64,
+    objects: u64,
+    /// The tips it was built for.
+    tips: Vec<String>,
+    /// Packs of the manifest the pack was built against.
+    based_on: BTreeSet<String>,
+    uploaded: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Change {
+    Unchanged,
+    Set(String),
+    Delete,
+}
+
+impl PackStorage {
+    pub fn new(store: S3Store, url: RemoteUrl, seed: Option<Manifest>, refs: RefsDir) -> PackStorage {
+        PackStorage {
+            store,
+            url,
+            seed: Mutex::new(Some(seed)),
+            listed: Mutex::new(None),
+            markers: Mutex::new(refs.markers),
+        }
+    }
+
+    fn markers(&self) -> BTreeSet<String> {
+        self.markers.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    async fn current_manifest(&self) -> Result<Option<Manifest>, StorageError> {
+        let seeded = self.seed.lock().ok().and_then(|mut s| s.take());
+        match seeded {
+            Some(m) => Ok(m),
+            None => Ok(read_manifest(&self.store, &self.url).await?.map(|(m, _)| m)),
+        }
+    }
+
+    /// The verdict on each update against `m`.
+    async fn plan(
+        &self,
+        ctx: &OpContext,
+        m: &Manifest,
+        markers: &BTreeSet<String>,
+        updates: &[PushUpdate],
+        local: &[Option<String>],
+    ) -> Vec<Result<Change, String>> {
+        let mut out = Vec::new();
+        for (upd, sha) in updates.iter().zip(local) {
+            out.push(self.plan_one(ctx, m, markers, upd, sha.as_deref()).await);
+        }
+        out
+    }
+
+    async fn plan_one(
+        &self,
+        ctx: &OpContext,
+        m: &Manifest,
+        markers: &BTreeSet<String>,
+        upd: &PushUpdate,
+        sha: Option<&str>,
+    ) -> Result<Change, String> {
+        let dst = &upd.dst;
+        if !dst.starts_with("refs/") {
+            return Err(format!("invalid destination ref {dst}"));
+        }
+        let remote_sha = m.refs.get(dst).map(String::as_str);
+        if let Some(expected) = ctx.cas.get(dst) {
+            if remote_sha.unwrap_or("") != expected.as_str() {
+                return Err("stale info".into());
+            }
+        }
+        let protected = m.protected.contains(dst) || markers.contains(dst);
+        let Some(src) = &upd.src else {
+            if protected {
+                return Err(format!("{dst} is protected: deletion refused (git s3 unprotect to allow it)"));
+            }
+            return Ok(if remote_sha.is_some() { Change::Delete } else { Change::Unchanged });
+        };
+        let Some(sha) = sha else {
+            return Err(format!("{src} not found in the local repository"));
+        };
+        if remote_sha == Some(sha) {
+            return Ok(Change::Unchanged);
+        }
+        if let Some(old) = remote_sha {
+            if !upd.force || protected {
+                if !ctx.git.has_object(old).await {
+                    return Err("fetch first".into());
+                }
+                if dst.starts_with("refs/tags/") {
+                    return Err("already exists".into());
+                }
+                if !ctx.git.is_ancestor(old, sha).await {
+                    return Err(if upd.force && protected {
+                        format!("{dst} is protected: force push refused (git s3 unprotect to allow it)")
+                    } else {
+                        "non-fast-forward".into()
+                    });
+                }
+            }
+        }
+        Ok(Change::Set(sha.to_string()))
+    }
+
+    /// `git pack-objects` of `tips --not exclude` into a temp dir; None when
+    /// the remote already has every object.
+    async fn build_pack(
+        &self,
+        ctx: &OpContext,
+        tips: &[String],
+        exclude: &[String],
+        based_on: BTreeSet<String>,
+    ) -> Result<Option<BuiltPack>, StorageError> {
+        let dir = tempfile::Builder::new().prefix("packs-").tempdir_in(ctx.cache.root().join("tmp"))?;
+        let base = dir.path().join("pack");
+        let base_s = base.to_string_lossy().to_string();
+        let mut input = String::new();
+        for t in tips {
+            input.push_str(t);
+            input.push('\n');
+        }
+        for x in exclude {
+            input.push('^');
+            input.push_str(x);
+            input.push('\n');
+        }
+        // Non-thin (no --thin): every delta base is in the pack, so it indexes alone.
+        let args = ["pack-objects", "--revs", "--quiet", "--delta-base-offset", base_s.as_str()];
+        let out = run_with_stdin(&ctx.git, &args, input.into_bytes()).await?;
+        let name = out.trim().to_string();
+        if !manifest::is_pack_name(&name) {
+            return Err(StorageError::Corrupt(format!("git pack-objects printed an unexpected pack name {name:?}")));
+        }
+        let pack = dir.path().join(format!("pack-{name}.pack"));
+        let idx = dir.path().join(format!("pack-{name}.idx"));
+        let objects = pack_object_count(&pack).await?;
+        if objects == 0 {
+            return Ok(None);
+        }
+        let size = tokio::fs::metadata(&pack).await?.len();
+        let idx_size = tokio::fs::metadata(&idx).await?.len();
+        Ok(Some(BuiltPack { _dir: dir, name, pack, idx, size, idx_size, objects, tips: tips.to_vec(), based_on, uploaded: false }))
+    }
+
+    async fn upload_pack(&self, ctx: &OpContext, p: &BuiltPack) -> Result<(), StorageError> {
+        let progress = Mutex::new(Progress::new(
+            ctx.out.clone(),
+            ctx.progress,
+            format!("Uploading pack ({} objects)", p.objects),
+            Some(p.size + p.idx_size),
+        ));
+        let on = |n: u64| {
+            if let Ok(mut pr) = progress.lock() {
+                pr.add(n)
+            }
+        };
+        let pack_key = manifest::pack_key(&self.url, &p.name);
+        let idx_key = manifest::idx_key(&self.url, &p.name);
+        tokio::try_join!(
+            self.store.put_file(&pack_key, &p.pack, PutOptions::default(), on),
+            self.store.put_file(&idx_key, &p.idx, PutOptions::default(), on),
+        )?;
+        if let Ok(mut pr) = progress.lock() {
+            pr.finish();
+        }
+        Ok(())
+    }
+
+    async fn push_all(&self, ctx: &OpContext, updates: &[PushUpdate]) -> Result<Vec<(String, PushResult)>, StorageError> {
+        let refs = scan_refs_dir(&self.store, &self.url).await?;
+        if !refs.bundle_refs.is_empty() {
+            return Err(mixed_formats_error(&self.url, &refs));
+        }
+        if let Ok(mut m) = self.markers.lock() {
+            *m = refs.markers.clone();
+        }
+        let markers = refs.markers;
+        // The local side of each update, resolved once.
+        let mut local = Vec::new();
+        for u in updates {
+            local.push(match &u.src {
+                Some(src) => ctx.git.rev_parse(src).await.ok(),
+                None => None,
+            });
+        }
+        let mut built: Option<BuiltPack> = None;
+        for attempt in 0..MAX_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(backoff(attempt)).await;
+            }
+            let (m, etag) = match read_manifest(&self.store, &self.url).await? {
+                Some((m, e)) => (m, Some(e)),
+                None => (Manifest::default(), None),
+            };
+            let mut verdicts = self.plan(ctx, &m, &markers, updates, &local).await;
+            if ctx.atomic && verdicts.iter().any(|v| v.is_err()) {
+                for v in verdicts.iter_mut() {
+                    if v.is_ok() {
+                        *v = Err("atomic push failed".into());
+                    }
+                }
+            }
+            let results = |verdicts: &[Result<Change, String>]| -> Vec<(String, PushResult)> {
+                updates.iter().zip(verdicts).map(|(u, v)| (u.dst.clone(), v.as_ref().map(|_| ()).map_err(Clone::clone))).collect()
+            };
+            let changes: Vec<(&str, &Change)> = updates
+                .iter()
+                .zip(&verdicts)
+                .filter_map(|(u, v)| match v {
+                    Ok(c) if *c != Change::Unchanged => Some((u.dst.as_str(), c)),
+                    _ => None,
+                })
+                .collect();
+            if changes.is_empty() {
+                return Ok(results(&verdicts));
+            }
+            let new_tips: Vec<String> = changes
+                .iter()
+                .filter_map(|(_, c)| if let Change::Set(s) = c { Some(s.clone()) } else { None })
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            let packs_now: BTreeSet<String> = m.packs.iter().map(|p| p.name.clone()).collect();
+            // A pack built against packs that are gone (compacted) may lack
+            // objects, and one built for other tips may miss some: rebuild.
+            let stale = match &built {
+                Some(b) => !b.based_on.is_subset(&packs_now) || !new_tips.iter().all(|t| b.tips.contains(t)),
+                None => true,
+            };
+            if !new_tips.is_empty() && stale {
+                let remote_tips: Vec<String> = m.refs.values().cloned().collect::<BTreeSet<_>>().into_iter().collect();
+                let present = present_objects(&ctx.git, &remote_tips).await?;
+                let exclude: Vec<String> = remote_tips.into_iter().filter(|t| present.contains(t)).collect();
+                built = self.build_pack(ctx, &new_tips, &exclude, packs_now.clone()).await?;
+            }
+            if let Some(b) = built.as_mut().filter(|b| !b.uploaded) {
+                self.upload_pack(ctx, b).await?;
+                b.uploaded = true;
+            }
+            if ctx.env.get(CRASH_HOOK_ENV).map(String::as_str) == Some("1") {
+                tracing::error!("{CRASH_HOOK_ENV}=1: exiting before the manifest write");
+                std::process::exit(70);
+            }
+
+            let mut next = m.clone();
+            next.serial += 1;
+            for (dst, c) in &changes {
+                match c {
+                    Change::Set(sha) => {
+                        next.refs.insert(dst.to_string(), sha.clone());
+                    }
+                    Change::Delete => {
+                        next.refs.remove(*dst);
+                    }
+                    Change::Unchanged => {}
+                }
+            }
+            if next.head.is_none() {
+                if let Some((dst, _)) = changes.iter().find(|(d, c)| d.starts_with("refs/heads/") && matches!(c, Change::Set(_))) {
+                    next.head = Some(dst.to_string());
+                }
+            }
+            if let Some(b) = built.as_ref().filter(|_| !new_tips.is_empty()) {
+                if !packs_now.contains(&b.name) {
+                    next.packs.push(PackEntry {
+                        name: b.name.clone(),
+                        size: b.size,
+                        idx_size: b.idx_size,
+                        objects: b.objects,
+                        tips: b.tips.clone(),
+                        created: unix_now(),
+                    });
+                }
+            }
+            let condition = match etag {
+                Some(e) => WriteCondition::IfMatch(e),
+                None => WriteCondition::IfAbsent,
+            };
+            let key = manifest::manifest_key(&self.url);
+            match self.store.put_bytes(&key, next.to_bytes(), PutOptions { condition, ..Default::default() }).await {
+                Ok(_) => {
+                    tracing::info!(serial = next.serial, refs = changes.len(), attempt, "manifest updated");
+                    return Ok(results(&verdicts));
+                }
+                Err(e) if e.is_precondition_failed() || e.is_not_found() => {
+                    tracing::info!(attempt, "manifest changed concurrently; re-reading");
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(updates.iter().map(|u| (u.dst.clone(), Err("fetch first".to_string()))).collect())
+    }
+
+    /// Downloads `p` and indexes it into the repository.
+    async fn fetch_pack(&self, ctx: &OpContext, p: &PackEntry) -> Result<(), StorageError> {
+        let tmp = ctx.cache.temp_file()?;
+        let key = manifest::pack_key(&self.url, &p.name);
+        let mut progress = Progress::new(ctx.out.clone(), ctx.progress, format!("Downloading pack {}", &p.name[..12]), Some(p.size));
+        match self.store.get_to_file(&key, tmp.path(), |n| progress.add(n)).await {
+            Ok(_) => {}
+            Err(e) if e.is_not_found() => {
+                return Err(StorageError::Corrupt(format!(
+                    "the manifest names pack {} but s3://{}/{key} is missing (the remote changed while fetching? fetch again)",
+                    p.name,
+                    self.store.bucket()
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        }
+        progress.finish();
+        index_pack(&ctx.git, tmp.path()).await.map_err(|e| {
+            StorageError::Corrupt(format!("pack {} from s3://{}/{key} does not index: {e}", p.name, self.store.bucket()))
+        })
+    }
+}
+
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Randomized, growing pause between manifest attempts.
+pub(crate) fn backoff(attempt: u32) -> Duration {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let seed = (nanos as u64 ^ (std::process::id() as u64).wrapping_mul(0x9E37_79B9)).wrapping_mul(6364136223846793005);
+    let base = 40u64 * u64::from(attempt.min(6));
+    Duration::from_millis(base + (seed >> 33) % (base + 60))
+}
+
+/// The object count in a pack's header (`PACK`, version, count).
+pub(crate) async fn pack_object_count(path: &Path) -> Result<u64, StorageError> {
+    let mut f = tokio::fs::File::open(path).await?;
+    let mut hdr = [0u8; 12];
+    f.read_exact(&mut hdr).await?;
+    if &hdr[..4] != b"PACK" {
+        return Err(StorageError::Corrupt(format!("{} is not a git pack", path.display())));
+    }
+    Ok(u64::from(u32::from_be_bytes([hdr[8], hdr[9], hdr[10], hdr[11]])))
+}
+
+/// Runs git with `input` on stdin; returns its stdout.
+pub(crate) async fn run_with_stdin(git: &Git, args: &[&str], input: Vec<u8>) -> Result<String, GitError> {
+    let mut cmd = git.command(args);
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(GitError::Spawn)?;
+    let stdin = child.stdin.take();
+    let writer = tokio::spawn(async move {
+        if let Some(mut s) = stdin {
+            let _ = s.write_all(&input).await;
+            let _ = s.shutdown().await;
+        }
+    });
+    let out = child.wait_with_output().await.map_err(GitError::Spawn)?;
+    let _ = writer.await;
+    if !out.status.success() {
+        return Err(GitError::Failed { args: args.join(" "), stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Which of `shas` the repository has (one `git cat-file --batch-check`).
+pub async fn present_objects(git: &Git, shas: &[String]) -> Result<HashSet<String>, GitError> {
+    if shas.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let input = shas.iter().map(|s| format!("{s}\n")).collect::<String>().into_bytes();
+    let out = run_with_stdin(git, &["cat-file", "--batch-check=%(objectname) ok"], input).await?;
+    Ok(out
+        .lines()
+        .filter_map(|l| l.strip_suffix(" ok"))
+        .map(str::to_string)
+        .collect())
+}
+
+/// `git index-pack --stdin` from a file (streamed; verifies every object).
+pub(crate) async fn index_pack(git: &Git, pack: &Path) -> Result<(), GitError> {
+    let file = std::fs::File::open(pack).map_err(GitError::Spawn)?;
+    let mut cmd = git.command(&["index-pack", "--stdin"]);
+    cmd.stdin(Stdio::from(file)).stdout(Stdio::null()).stderr(Stdio::piped());
+    let out = cmd.output().await.map_err(GitError::Spawn)?;
+    if !out.status.success() {
+        return Err(GitError::Failed { args: "index-pack --stdin".into(), stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() });
+    }
+    Ok(())
+}
+
+/// The repository's `objects/pack` directory.
+async fn local_pack_dir(git: &Git) -> Option<PathBuf> {
+    let p = git.run(&["rev-parse", "--git-path", "objects/pack"]).await.ok()?;
+    let p = PathBuf::from(p);
+    Some(if p.is_absolute() { p } else { git.cwd().join(p) })
+}
+
+impl RepoStorage for PackStorage {
+    async fn list(&self) -> Result<RefListing, StorageError> {
+        let m = self.current_manifest().await?.unwrap_or_default();
+        let mut listing = RefListing::default();
+        for (name, sha) in &m.refs {
+            listing.refs.push(RemoteRef { name: name.clone(), sha: sha.clone() });
+        }
+        listing.head = m.live_head().cloned();
+        listing.head_raw = m.head.clone();
+        listing.protected = m.protected.iter().cloned().chain(self.markers()).collect();
+        if let Ok(mut l) = self.listed.lock() {
+            *l = Some(m);
+        }
+        Ok(listing)
+    }
+
+    async fn fetch(&self, ctx: &OpContext, _listing: &RefListing, wants: &[RemoteRef]) -> Result<(), StorageError> {
+        let want_shas: Vec<String> = wants.iter().map(|w| w.sha.clone()).collect();
+        let have = present_objects(&ctx.git, &want_shas).await?;
+        if want_shas.iter().all(|s| have.contains(s)) {
+            return Ok(());
+        }
+        let listed = self.listed.lock().ok().and_then(|l| l.clone());
+        let m = match listed {
+            Some(m) => m,
+            None => read_manifest(&self.store, &self.url).await?.map(|(m, _)| m).unwrap_or_default(),
+        };
+        let all_tips: Vec<String> = m.packs.iter().flat_map(|p| p.tips.iter().cloned()).collect::<BTreeSet<_>>().into_iter().collect();
+        let present = present_objects(&ctx.git, &all_tips).await?;
+        let pack_dir = local_pack_dir(&ctx.git).await;
+        let needed: Vec<PackEntry> = m
+            .packs
+            .iter()
+            .filter(|p| p.tips.is_empty() || !p.tips.iter().all(|t| present.contains(t)))
+            .filter(|p| !pack_dir.as_ref().is_some_and(|d| d.join(format!("pack-{}.idx", p.name)).exists()))
+            .cloned()
+            .collect();
+        tracing::debug!(needed = needed.len(), total = m.packs.len(), "packs to download");
+        let downloads: Vec<_> = needed.into_iter().map(|p| async move { self.fetch_pack(ctx, &p).await }).collect();
+        futures::stream::iter(downloads)
+            .buffer_unordered(DOWNLOAD_CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
+        let have = present_objects(&ctx.git, &want_shas).await?;
+        if let Some(w) = wants.iter().find(|w| !have.contains(&w.sha)) {
+            return Err(StorageError::MissingRef(w.name.clone()));
+        }
+        Ok(())
+    }
+
+    async fn push(&self, ctx: &OpContext, updates: &[PushUpdate]) -> Result<Vec<(String, PushResult)>, StorageError> {
+        self.push_all(ctx, updates).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn format_names() {
+        assert_eq!(Format::parse("packs"), Some(Format::Packs));
+        assert_eq!(Format::parse(" Bundles\n"), Some(Format::Bundles));
+        assert_eq!(Format::parse("zip"), None);
+        assert_eq!(Format::Packs.name(), "packs");
+    }
+
+    #[test]
+    fn backoff_grows_and_is_bounded() {
+        for a in 1..MAX_ATTEMPTS {
+            let d = backoff(a);
+            assert!(d >= Duration::from_millis(40 * u64::from(a.min(6))));
+            assert!(d < Duration::from_millis(40 * 6 * 2 + 60 + 1));
+        }
+    }
+}

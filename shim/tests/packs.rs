@@ -1,0 +1,586 @@
+//! End to end, the packs format (`<prefix>/.git-s3/manifest.json` +
+//! `<prefix>/.git-s3/packs/`): clone, fetch, push, delete, force, tags,
+//! incremental uploads, one manifest write per push, concurrent pushers, a
+//! push killed before its manifest write, protection, format detection and
+//! choice, through the real git and the test S3 server.
+
+use std::path::Path;
+use std::process::Output;
+
+use serde_json::Value;
+use testkit::{TestEnv, Tool};
+
+/// An environment whose new remotes use the packs format (`s3.format`).
+fn packs_env() -> TestEnv {
+    let env = TestEnv::new();
+    env.git(&env.work(), &["config", "--global", "s3.format", "packs"]);
+    env
+}
+
+fn manifest(env: &TestEnv, prefix: &str) -> Value {
+    let raw = env.get_object(&format!("{prefix}/.git-s3/manifest.json"));
+    serde_json::from_slice(&raw).expect("manifest is JSON")
+}
+
+fn serial(env: &TestEnv, prefix: &str) -> u64 {
+    manifest(env, prefix)["serial"].as_u64().expect("serial")
+}
+
+/// `(key, size)` of every object under a prefix.
+fn objects(env: &TestEnv, prefix: &str) -> Vec<(String, u64)> {
+    let out = testkit::s3tool(&["list", &env.bucket, prefix], None);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .map(|(k, s)| (k.to_string(), s.parse().unwrap_or(0)))
+        .collect()
+}
+
+fn pack_files(env: &TestEnv, prefix: &str) -> Vec<(String, u64)> {
+    objects(env, &format!("{prefix}/.git-s3/packs/")).into_iter().filter(|(k, _)| k.ends_with(".pack")).collect()
+}
+
+fn rev(env: &TestEnv, repo: &Path, r: &str) -> String {
+    env.git(repo, &["rev-parse", r]).trim().to_string()
+}
+
+/// Pseudo-random, incompressible bytes.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+#[test]
+fn packs_clone_fetch_push_delete_force_tags() {
+    let env = packs_env();
+    let repo = env.new_repo("origin");
+    let url = env.url("team/repo");
+    env.git(&repo, &["remote", "add", "origin", &url]);
+    env.git(&repo, &["checkout", "-q", "-b", "feature/x"]);
+    let fx = env.commit(&repo, "f.txt", "feature\n", "feature work");
+    env.git(&repo, &["checkout", "-q", "main"]);
+    env.git(&repo, &["tag", "v1"]);
+    env.git(&repo, &["tag", "-a", "v1-annotated", "-m", "annotated"]);
+    env.git(&repo, &["push", "-q", "origin", "main", "feature/x", "v1", "v1-annotated"]);
+
+    // Only the packs layout: no 0.4.2 keys.
+    let keys = env.keys("team/repo/");
+    assert!(keys.iter().all(|k| k.starts_with("team/repo/.git-s3/")), "{keys:?}");
+    assert!(keys.contains(&"team/repo/.git-s3/manifest.json".to_string()));
+    let m = manifest(&env, "team/repo");
+    assert_eq!(m["version"], 1);
+    assert_eq!(m["head"], "refs/heads/main");
+    assert_eq!(m["packs"].as_array().map(Vec::len), Some(1), "{m}");
+
+    let main = rev(&env, &repo, "main");
+    let annotated = rev(&env, &repo, "v1-annotated");
+    let ls = env.ls_remote(Tool::Ours, &url);
+    for want in [
+        format!("{main}\tHEAD"),
+        format!("{main}\trefs/heads/main"),
+        format!("{fx}\trefs/heads/feature/x"),
+        format!("{main}\trefs/tags/v1"),
+        format!("{annotated}\trefs/tags/v1-annotated"),
+    ] {
+        assert!(ls.contains(&want), "{want} missing from {ls:?}");
+    }
+
+    env.git(&env.work(), &["clone", "-q", &url, "clone"]);
+    let clone = env.path("clone");
+    assert_eq!(std::fs::read_to_string(clone.join("README.md")).unwrap(), "hello\n");
+    assert_eq!(env.git(&clone, &["rev-parse", "--abbrev-ref", "HEAD"]).trim(), "main");
+    assert_eq!(rev(&env, &clone, "origin/feature/x"), fx);
+    assert_eq!(rev(&env, &clone, "v1-annotated"), annotated);
+    env.git(&clone, &["fsck", "--no-progress"]);
+
+    // fetch / pull a new commit
+    let new = env.commit(&repo, "src/lib.rs", "fn main() {}\n", "second");
+    env.git(&repo, &["push", "-q", "origin", "main"]);
+    env.git(&clone, &["pull", "-q", "--ff-only"]);
+    assert_eq!(rev(&env, &clone, "HEAD"), new);
+    // a no-op fetch changes nothing
+    let before = serial(&env, "team/repo");
+    env.git(&clone, &["fetch", "-q"]);
+    assert_eq!(serial(&env, "team/repo"), before);
+
+    // delete a branch
+    env.git(&repo, &["push", "-q", "origin", ":feature/x"]);
+    assert!(manifest(&env, "team/repo")["refs"].get("refs/heads/feature/x").is_none());
+    env.git(&clone, &["fetch", "-q", "--prune"]);
+    assert!(env.git(&clone, &["branch", "-r"]).lines().all(|l| !l.contains("feature/x")));
+
+    // a moved tag is refused without force
+    env.git(&repo, &["tag", "-f", "v1", "HEAD"]);
+    let err = env.git_fail(&repo, &["push", "origin", "v1"]);
+    assert!(err.contains("already exists") || err.contains("rejected"), "{err}");
+
+    // non-fast-forward refused; force allowed
+    let theirs = env.commit(&clone, "b.txt", "b\n", "from clone");
+    env.git(&clone, &["push", "-q", "origin", "main"]);
+    env.commit(&repo, "a.txt", "a\n", "from repo");
+    let err = env.git_fail(&repo, &["push", "origin", "main"]);
+    assert!(err.contains("rejected") && err.contains("fetch first"), "{err}");
+    assert!(env.ls_remote(Tool::Ours, &url).contains(&format!("{theirs}\trefs/heads/main")));
+    let err = env.git_fail(&repo, &["push", "--force-with-lease=main:HEAD~1", "origin", "main"]);
+    assert!(err.contains("stale info") || err.contains("rejected"), "{err}");
+    env.git(&repo, &["push", "-q", "--force", "origin", "main"]);
+    let mine = rev(&env, &repo, "main");
+    assert!(env.ls_remote(Tool::Ours, &url).contains(&format!("{mine}\trefs/heads/main")));
+    env.git(&env.work(), &["clone", "-q", &url, "clone2"]);
+    assert_eq!(rev(&env, &env.path("clone2"), "HEAD"), mine);
+    env.git(&env.path("clone2"), &["fsck", "--no-progress"]);
+}
+
+#[test]
+fn second_push_uploads_only_new_objects_and_multi_ref_push_is_one_write() {
+    let env = packs_env();
+    let repo = env.new_repo("a");
+    std::fs::write(repo.join("big.bin"), noise(400_000, 7)).unwrap();
+    env.git(&repo, &["add", "big.bin"]);
+    env.git(&repo, &["commit", "-q", "-m", "big"]);
+    let url = env.url("inc");
+    env.git(&repo, &["remote", "add", "origin", &url]);
+    env.git(&repo, &["push", "-q", "origin", "main"]);
+    let first = pack_files(&env, "inc");
+    assert_eq!(first.len(), 1);
+    assert!(first[0].1 > 400_000, "{first:?}");
+    let total_before: u64 = objects(&env, "inc/").iter().map(|o| o.1).sum();
+
+    env.commit(&repo, "small.txt", "a small change\n", "small");
+    env.git(&repo, &["push", "-q", "origin", "main"]);
+    let second = pack_files(&env, "inc");
+    assert_eq!(second.len(), 2);
+    let new_pack: Vec<_> = second.iter().filter(|p| !first.contains(p)).collect();
+    assert_eq!(new_pack.len(), 1);
+    assert!(new_pack[0].1 < 2_000, "the second pack holds only the new objects: {new_pack:?}");
+    let total_after: u64 = objects(&env, "inc/").iter().map(|o| o.1).sum();
+    assert!(total_after - total_before < 6_000, "bucket grew by {} bytes", total_after - total_before);
+
+    // Three refs in one push: one manifest write, one pack.
+    let s = serial(&env, "inc");
+    env.git(&repo, &["branch", "b1"]);
+    env.git(&repo, &["checkout", "-q", "-b", "b2"]);
+    env.commit(&repo, "b2.txt", "b2\n", "b2");
+    env.git(&repo, &["checkout", "-q", "main"]);
+    env.git(&repo, &["tag", "t1"]);
+    env.git(&repo, &["push", "-q", "origin", "b1", "b2", "t1"]);
+    assert_eq!(serial(&env, "inc"), s + 1, "one manifest write for three refs");
+    assert_eq!(pack_files(&env, "inc").len(), 3);
+    let refs = manifest(&env, "inc")["refs"].clone();
+    assert_eq!(refs["refs/heads/b2"], rev(&env, &repo, "b2"));
+    assert_eq!(refs["refs/heads/b1"], rev(&env, &repo, "main"));
+    assert_eq!(refs["refs/tags/t1"], rev(&env, &repo, "main"));
+
+    // A fresh clone gets everything; a fetch with nothing new downloads nothing.
+    env.git(&env.work(), &["clone", "-q", &url, "c"]);
+    let c = env.path("c");
+    assert_eq!(std::fs::read(c.join("big.bin")).unwrap(), noise(400_000, 7));
+    env.git(&c, &["fsck", "--no-progress"]);
+    let local_packs = |p: &Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(p.join(".git/objects/pack"))
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().to_string()))
+            .filter(|n| n.ends_with(".pack"))
+            .collect();
+        v.sort();
+        v
+    };
+    let packs_in_clone = local_packs(&c);
+    assert_eq!(packs_in_clone.len(), 3, "{packs_in_clone:?}");
+    env.git(&c, &["fetch", "-q", "origin"]);
+    assert_eq!(local_packs(&c), packs_in_clone);
+    // A fetch after a push downloads only the new pack.
+    let tip = env.commit(&repo, "later.txt", "later\n", "later");
+    env.git(&repo, &["push", "-q", "origin", "main"]);
+    env.git(&c, &["fetch", "-q", "origin"]);
+    assert_eq!(rev(&env, &c, "origin/main"), tip);
+    assert_eq!(local_packs(&c).len(), packs_in_clone.len() + 1, "{:?}", local_packs(&c));
+    // The pusher has its own objects (not in packs named like the remote's):
+    // fetching someone else's push downloads only that push's pack.
+    let before = local_packs(&repo);
+    env.git(&c, &["merge", "-q", "--ff-only", "origin/main"]);
+    let theirs = env.commit(&c, "theirs.txt", "theirs\n", "theirs");
+    env.git(&c, &["push", "-q", "origin", "HEAD:main"]);
+    env.git(&repo, &["fetch", "-q", "origin"]);
+    assert_eq!(rev(&env, &repo, "origin/main"), theirs);
+    assert_eq!(local_packs(&repo).len(), before.len() + 1, "{before:?} -> {:?}", local_packs(&repo));
+}
+
+#[test]
+fn atomic_push_is_all_or_nothing() {
+    let env = packs_env();
+    let repo = env.new_repo("a");
+    let url = env.url("atomic");
+    env.git(&repo, &["remote", "add", "origin", &url]);
+    env.git(&repo, &["branch", "other"]);
+    env.git(&repo, &["push", "-q", "origin", "main", "other"]);
+    // other is rewritten (non-fast-forward), main moves forward
+    env.git(&repo, &["checkout", "-q", "other"]);
+    env.git(&repo, &["commit", "-q", "--amend", "-m", "rewritten"]);
+    env.git(&repo, &["checkout", "-q", "main"]);
+    let old_main = rev(&env, &repo, "main");
+    env.commit(&repo, "m.txt", "m\n", "main moves");
+    let s = serial(&env, "atomic");
+    let err = env.git_fail(&repo, &["push", "--atomic", "origin", "main", "other"]);
+    assert!(err.contains("rejected"), "{err}");
+    assert_eq!(serial(&env, "atomic"), s, "nothing written");
+    assert!(env.ls_remote(Tool::Ours, &url).contains(&format!("{old_main}\trefs/heads/main")));
+    // without --atomic, main lands and other is refused
+    env.git_fail(&repo, &["push", "origin", "main", "other"]);
+    assert!(env.ls_remote(Tool::Ours, &url).contains(&format!("{}\trefs/heads/main", rev(&env, &repo, "main"))));
+
+    // The bundle format cannot honour --atomic and says so.
+    let b = env.url("atomic-bundles");
+    env.git(&repo, &["-c", "s3.format=bundles", "push", "-q", &b, "main"]);
+    let err = env.git_fail(&repo, &["push", "--atomic", &b, "main", "other"]);
+    assert!(err.contains("atomic"), "{err}");
+}
+
+fn spawn_push(env: &TestEnv, repo: &Path, args: &[&str]) -> std::process::Child {
+    let mut c = env.command("git", repo);
+    c.args(args).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    c.spawn().expect("spawn git push")
+}
+
+#[test]
+fn concurrent_pushers_different_branches_all_succeed() {
+    let env = packs_env();
+    let repo = env.new_repo("seed");
+    let url = env.url("conc-branches");
+    env.git(&repo, &["push", "-q", &url, "main"]);
+    let n = 4;
+    let mut clones = Vec::new();
+    for i in 0..n {
+        let name = format!("c{i}");
+        env.git(&env.work(), &["clone", "-q", &url, &name]);
+        let p = env.path(&name);
+        env.git(&p, &["checkout", "-q", "-b", &format!("b{i}")]);
+        let sha = env.commit(&p, &format!("f{i}.txt"), &format!("{i}\n"), &format!("work {i}"));
+        clones.push((p, sha));
+    }
+    let children: Vec<_> = clones.iter().enumerate().map(|(i, (p, _))| spawn_push(&env, p, &["push", "origin", &format!("b{i}")])).collect();
+    for ch in children {
+        let out: Output = ch.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let m = manifest(&env, "conc-branches");
+    for (i, (_, sha)) in clones.iter().enumerate() {
+        assert_eq!(m["refs"][format!("refs/heads/b{i}")], sha.as_str(), "{m}");
+    }
+    assert_eq!(m["refs"].as_object().map(|o| o.len()), Some(n + 1));
+    env.git(&env.work(), &["clone", "-q", &url, "all"]);
+    env.git(&env.path("all"), &["fsck", "--no-progress"]);
+}
+
+#[test]
+fn concurrent_pushers_one_branch_one_winner_per_round_nothing_lost() {
+    let env = packs_env();
+    let repo = env.new_repo("seed");
+    let url = env.url("conc-main");
+    env.git(&repo, &["push", "-q", &url, "main"]);
+    let n = 3;
+    let mut clones = Vec::new();
+    let mut mine = Vec::new();
+    for i in 0..n {
+        let name = format!("c{i}");
+        env.git(&env.work(), &["clone", "-q", &url, &name]);
+        let p = env.path(&name);
+        mine.push(env.commit(&p, &format!("f{i}.txt"), &format!("{i}\n"), &format!("work {i}")));
+        clones.push(p);
+    }
+    let mut pending: Vec<usize> = (0..n).collect();
+    let mut rounds = 0;
+    while !pending.is_empty() {
+        rounds += 1;
+        assert!(rounds <= n, "more rounds than pushers");
+        let children: Vec<_> = pending.iter().map(|&i| (i, spawn_push(&env, &clones[i], &["push", "origin", "main"]))).collect();
+        let mut winners = Vec::new();
+        for (i, ch) in children {
+            let out = ch.wait_with_output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr).to_string();
+            if out.status.success() {
+                winners.push(i);
+            } else {
+                assert!(err.contains("fetch first"), "loser {i} got: {err}");
+            }
+        }
+        assert_eq!(winners.len(), 1, "exactly one winner in round {rounds}");
+        pending.retain(|i| !winners.contains(i));
+        for &i in &pending {
+            env.git(&clones[i], &["pull", "-q", "--rebase", "origin", "main"]);
+        }
+    }
+    env.git(&env.work(), &["clone", "-q", &url, "final"]);
+    let f = env.path("final");
+    let log = env.git(&f, &["log", "--format=%s"]);
+    for i in 0..n {
+        assert!(log.contains(&format!("work {i}")), "work {i} lost:\n{log}");
+    }
+    env.git(&f, &["fsck", "--no-progress"]);
+}
+
+#[test]
+fn push_killed_before_manifest_write_leaves_remote_consistent() {
+    let env = packs_env();
+    let repo = env.new_repo("a");
+    let url = env.url("crash");
+    env.git(&repo, &["remote", "add", "origin", &url]);
+    env.git(&repo, &["push", "-q", "origin", "main"]);
+    let before = manifest(&env, "crash");
+    let old = rev(&env, &repo, "main");
+    env.commit(&repo, "x.txt", "x\n", "never announced");
+    let mut c = env.command("git", &repo);
+    c.env("GIT_S3_TEST_CRASH_BEFORE_MANIFEST", "1").args(["push", "origin", "main"]);
+    env.run_fail(c);
+    // The pack is there, unreferenced; the manifest is untouched.
+    assert_eq!(pack_files(&env, "crash").len(), 2);
+    assert_eq!(manifest(&env, "crash"), before);
+    assert!(env.ls_remote(Tool::Ours, &url).contains(&format!("{old}\trefs/heads/main")));
+    env.git(&env.work(), &["clone", "-q", &url, "c"]);
+    assert_eq!(rev(&env, &env.path("c"), "HEAD"), old);
+    env.git(&env.path("c"), &["fsck", "--no-progress"]);
+    // The retry lands.
+    env.git(&repo, &["push", "-q", "origin", "main"]);
+    let new = rev(&env, &repo, "main");
+    assert_eq!(manifest(&env, "crash")["refs"]["refs/heads/main"], new.as_str());
+    env.git(&env.path("c"), &["pull", "-q", "--ff-only"]);
+    assert_eq!(rev(&env, &env.path("c"), "HEAD"), new);
+}
+
+#[test]
+fn protected_branches_refuse_force_and_delete() {
+    let env = packs_env();
+    let repo = env.new_repo("a");
+    let url = env.url("prot");
+    env.git(&repo, &["remote", "add", "origin", &url]);
+    env.git(&repo, &["branch", "release"]);
+    let first = env.commit(&repo, "x", "1\n", "one");
+    env.git(&repo, &["push", "-q", "origin", "main", "release"]);
+    // 0.4.2's marker protects main
+    env.put_object("prot/refs/heads/main/PROTECTED#", b"");
+    env.git(&repo, &["reset", "-q", "--hard", "HEAD~1"]);
+    env.commit(&repo, "y", "2\n", "rewritten");
+    let err = env.git_fail(&repo, &["push", "--force", "origin", "main"]);
+    assert!(err.contains("protected"), "{err}");
+    assert!(env.ls_remote(Tool::Ours, &url).contains(&format!("{first}\trefs/heads/main")));
+    let err = env.git_fail(&repo, &["push", "origin", ":main"]);
+    assert!(err.contains("protected"), "{err}");
+    // the manifest's own list protects release
+    let mut m = manifest(&env, "prot");
+    m["protected"] = serde_json::json!(["refs/heads/release"]);
+    env.put_object("prot/.git-s3/manifest.json", serde_json::to_string(&m).unwrap().as_bytes());
+    let err = env.git_fail(&repo, &["push", "origin", ":release"]);
+    assert!(err.contains("protected"), "{err}");
+    // a fast-forward of a protected branch is fine
+    env.git(&repo, &["checkout", "-q", "release"]);
+    let ff = env.commit(&repo, "r", "r\n", "release ff");
+    env.git(&repo, &["push", "-q", "origin", "release"]);
+    assert!(env.ls_remote(Tool::Ours, &url).contains(&format!("{ff}\trefs/heads/release")));
+}
+
+#[test]
+fn format_detection_choice_init_and_mixed_prefix() {
+    let env = TestEnv::new();
+    let repo = env.new_repo("a");
+    let main = rev(&env, &repo, "main");
+    // default: bundles
+    env.git(&repo, &["push", "-q", &env.url("default"), "main"]);
+    assert!(env.keys("default/").iter().any(|k| k.ends_with(".bundle")));
+    assert!(!env.keys("default/").iter().any(|k| k.contains(".git-s3")));
+    // s3.format=packs on an existing bundles remote: it stays bundles
+    env.commit(&repo, "b", "b\n", "b");
+    env.git(&repo, &["-c", "s3.format=packs", "push", "-q", &env.url("default"), "main"]);
+    assert!(!env.keys("default/").iter().any(|k| k.contains(".git-s3")));
+    // s3.format=packs on an empty prefix: packs; then detected without the setting
+    env.git(&repo, &["-c", "s3.format=packs", "push", "-q", &env.url("p"), "main"]);
+    assert!(env.keys("p/").iter().all(|k| k.starts_with("p/.git-s3/")));
+    env.commit(&repo, "c", "c\n", "c");
+    env.git(&repo, &["push", "-q", &env.url("p"), "main"]);
+    assert!(env.keys("p/").iter().all(|k| k.starts_with("p/.git-s3/")));
+    assert_eq!(manifest(&env, "p")["refs"]["refs/heads/main"], rev(&env, &repo, "main").as_str());
+    // a bad setting is a clear error
+    let mut c = env.command("git", &repo);
+    c.args(["-c", "s3.format=zip", "push", &env.url("q"), "main"]);
+    let err = String::from_utf8_lossy(&env.run_fail(c).stderr).to_string();
+    assert!(err.contains("s3.format"), "{err}");
+
+    // git s3 init --format packs: an empty manifest; pushes then use packs
+    let out = env.git_s3(&env.work(), &["init", "--format", "packs", &env.url("inited")]);
+    assert!(out.contains("packs"), "{out}");
+    assert_eq!(manifest(&env, "inited")["refs"].as_object().map(|o| o.len()), Some(0));
+    assert!(env.ls_remote(Tool::Ours, &env.url("inited")).is_empty());
+    env.git(&repo, &["push", "-q", &env.url("inited"), "main"]);
+    assert!(env.keys("inited/").iter().all(|k| k.starts_with("inited/.git-s3/")));
+    // init again, or of the other format, on a used prefix: refused
+    let mut c = env.command("git-s3", &env.work());
+    c.args(["init", "--format", "bundles", &env.url("inited")]);
+    let err = String::from_utf8_lossy(&env.run_fail(c).stderr).to_string();
+    assert!(err.contains("packs"), "{err}");
+    let mut c = env.command("git-s3", &env.work());
+    c.args(["init", "--format", "packs", &env.url("default")]);
+    let err = String::from_utf8_lossy(&env.run_fail(c).stderr).to_string();
+    assert!(err.contains("bundles"), "{err}");
+
+    // s3+zip:// stays with bundles
+    let mut c = env.command("git-s3", &env.work());
+    c.args(["init", "--format", "packs", &env.zip_url("z")]);
+    env.run_fail(c);
+    let err = env.git_fail(&repo, &["push", &env.zip_url("p"), "main"]);
+    assert!(err.contains("s3+zip"), "{err}");
+    env.git(&repo, &["-c", "s3.format=packs", "push", "-q", &env.zip_url("z"), "main"]);
+    assert!(env.keys("z/").iter().any(|k| k.ends_with("repo.zip")));
+
+    // status shows the format, refs, packs
+    let st = env.git_s3(&env.work(), &["status", &env.url("p")]);
+    assert!(st.contains("format: packs"), "{st}");
+    assert!(st.contains("refs/heads/main"), "{st}");
+    assert!(st.contains("2 packs"), "{st}");
+    let st = env.git_s3(&env.work(), &["status", &env.url("default")]);
+    assert!(st.contains("format: bundles"), "{st}");
+
+    // both formats in one prefix: refused, nothing written
+    env.git(&repo, &["push", "-q", &env.url("mixed"), "main"]);
+    env.put_object("mixed/.git-s3/manifest.json", br#"{"version":1,"refs":{}}"#);
+    let mut c = env.command("git", &env.work());
+    c.args(["ls-remote", &env.url("mixed")]);
+    let err = String::from_utf8_lossy(&env.run_fail(c).stderr).to_string();
+    assert!(err.contains("both formats"), "{err}");
+    let err = env.git_fail(&repo, &["push", &env.url("mixed"), "main"]);
+    assert!(err.contains("both formats"), "{err}");
+    // 0.4.2 still reads the bundles of a bundles remote
+    assert!(env.ls_remote(Tool::Python, &env.url("default")).iter().any(|l| l.ends_with("refs/heads/main")));
+    let _ = main;
+}
+
+#[test]
+fn gc_combines_packs_and_deletes_old_ones_after_the_grace_period() {
+    let env = packs_env();
+    let repo = env.new_repo("a");
+    let url = env.url("gc");
+    env.git(&repo, &["remote", "add", "origin", &url]);
+    env.git(&repo, &["push", "-q", "origin", "main"]);
+    env.git(&env.work(), &["clone", "-q", &url, "early"]);
+    let early = env.path("early");
+    for i in 0..2 {
+        env.commit(&repo, &format!("f{i}"), &format!("{i}\n"), &format!("c{i}"));
+        env.git(&repo, &["push", "-q", "origin", "main"]);
+    }
+    // a push that died before its manifest write: an unreferenced pack
+    env.commit(&repo, "dead", "dead\n", "dead push");
+    let mut c = env.command("git", &repo);
+    c.env("GIT_S3_TEST_CRASH_BEFORE_MANIFEST", "1").args(["push", "origin", "main"]);
+    env.run_fail(c);
+    env.git(&repo, &["reset", "-q", "--hard", "HEAD~1"]);
+    assert_eq!(pack_files(&env, "gc").len(), 4);
+    let s = serial(&env, "gc");
+
+    let out = env.git_s3(&env.work(), &["gc", &url]);
+    assert!(out.contains("Combined 3 packs"), "{out}");
+    let m = manifest(&env, "gc");
+    assert_eq!(m["packs"].as_array().map(Vec::len), Some(1), "{m}");
+    assert_eq!(m["retired"].as_array().map(Vec::len), Some(3), "{m}");
+    assert_eq!(m["serial"].as_u64(), Some(s + 1));
+    // within the grace period nothing is deleted
+    assert_eq!(pack_files(&env, "gc").len(), 5);
+    env.git(&env.work(), &["clone", "-q", &url, "after"]);
+    assert_eq!(rev(&env, &env.path("after"), "HEAD"), rev(&env, &repo, "main"));
+    env.git(&env.path("after"), &["fsck", "--no-progress"]);
+    assert_eq!(std::fs::read_dir(env.path("after/.git/objects/pack")).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".pack")).count(), 1);
+
+    // pushes and fetches go on
+    let tip = env.commit(&repo, "g", "g\n", "after gc");
+    env.git(&repo, &["push", "-q", "origin", "main"]);
+    env.git(&early, &["pull", "-q", "--ff-only"]);
+    assert_eq!(rev(&env, &early, "HEAD"), tip);
+
+    // grace 0: retired and unreferenced packs go; only the manifest's packs stay
+    let out = env.git_s3(&env.work(), &["gc", &url, "--grace-seconds", "0"]);
+    assert!(out.contains("Combined 2 packs"), "{out}");
+    assert!(out.contains("Deleted"), "{out}");
+    let m = manifest(&env, "gc");
+    let names: Vec<String> = m["packs"].as_array().unwrap().iter().map(|p| format!("gc/.git-s3/packs/pack-{}.pack", p["name"].as_str().unwrap())).collect();
+    assert_eq!(pack_files(&env, "gc").into_iter().map(|p| p.0).collect::<Vec<_>>(), names);
+    assert_eq!(m["retired"].as_array().map(Vec::len), Some(0), "{m}");
+    assert_eq!(objects(&env, "gc/.git-s3/packs/").len(), 2, "one .pack and its .idx");
+    env.git(&env.work(), &["clone", "-q", &url, "last"]);
+    assert_eq!(rev(&env, &env.path("last"), "HEAD"), tip);
+    env.git(&env.path("last"), &["fsck", "--no-progress"]);
+    let st = env.git_s3(&env.work(), &["status", &url]);
+    assert!(st.contains("format: packs (1 packs"), "{st}");
+}
+
+#[test]
+fn branch_commands_edit_the_manifest() {
+    let env = packs_env();
+    let repo = env.new_repo("a");
+    let url = env.url("branchcmd");
+    env.git(&repo, &["remote", "add", "origin", &url]);
+    env.git(&repo, &["branch", "feature"]);
+    env.git(&repo, &["push", "-q", "origin", "main", "feature"]);
+    let out = env.git_s3(&repo, &["protect", "origin", "main"]);
+    assert!(out.contains("now protected"), "{out}");
+    assert_eq!(manifest(&env, "branchcmd")["protected"], serde_json::json!(["refs/heads/main"]));
+    env.git(&repo, &["commit", "-q", "--amend", "-m", "rewritten"]);
+    let err = env.git_fail(&repo, &["push", "--force", "origin", "main"]);
+    assert!(err.contains("protected"), "{err}");
+    let out = env.git_s3(&repo, &["unprotect", "origin", "main"]);
+    assert!(out.contains("now unprotected"), "{out}");
+    env.git(&repo, &["push", "-q", "--force", "origin", "main"]);
+    let out = env.git_s3(&repo, &["delete-branch", "origin", "feature", "--yes"]);
+    assert!(out.contains("deleted"), "{out}");
+    let refs = manifest(&env, "branchcmd")["refs"].clone();
+    assert!(refs.get("refs/heads/feature").is_none(), "{refs}");
+    assert_eq!(refs["refs/heads/main"], rev(&env, &repo, "main").as_str());
+    let mut c = env.command("git-s3", &repo);
+    c.args(["delete-branch", "origin", "feature", "--yes"]);
+    env.run_fail(c);
+}
+
+#[test]
+fn migrate_bundles_to_packs_and_back() {
+    let env = TestEnv::new();
+    let repo = env.new_repo("a");
+    let url = env.url("mig");
+    env.git(&repo, &["remote", "add", "origin", &url]);
+    env.git(&repo, &["checkout", "-q", "-b", "feature"]);
+    env.commit(&repo, "f", "f\n", "feature");
+    env.git(&repo, &["checkout", "-q", "main"]);
+    env.git(&repo, &["tag", "-a", "v1", "-m", "v1"]);
+    env.git(&repo, &["push", "-q", "origin", "main", "feature", "v1"]);
+    env.git_s3(&repo, &["protect", "origin", "main"]);
+    let before = env.ls_remote(Tool::Ours, &url);
+    assert_eq!(before.len(), 4, "{before:?}");
+
+    let out = env.git_s3(&repo, &["migrate", "--to", "packs", "origin"]);
+    assert!(out.contains("3 refs"), "{out}");
+    let keys = env.keys("mig/");
+    assert!(keys.iter().all(|k| k.starts_with("mig/.git-s3/") || k.ends_with("/PROTECTED#")), "{keys:?}");
+    assert_eq!(env.ls_remote(Tool::Ours, &url), before);
+    assert_eq!(manifest(&env, "mig")["protected"], serde_json::json!(["refs/heads/main"]));
+    env.git(&env.work(), &["clone", "-q", &url, "c1"]);
+    env.git(&env.path("c1"), &["fsck", "--no-progress"]);
+    let tip = env.commit(&repo, "n", "n\n", "after migration");
+    env.git(&repo, &["push", "-q", "origin", "main"]);
+    assert_eq!(manifest(&env, "mig")["refs"]["refs/heads/main"], tip.as_str());
+    let mut c = env.command("git-s3", &repo);
+    c.args(["migrate", "--to", "packs", "origin"]);
+    env.run_fail(c);
+
+    let out = env.git_s3(&repo, &["migrate", "--to", "bundles", "origin"]);
+    assert!(out.contains("bundles format"), "{out}");
+    assert!(!env.keys("mig/").iter().any(|k| k.contains(".git-s3")));
+    let after = env.ls_remote(Tool::Ours, &url);
+    assert!(after.contains(&format!("{tip}\trefs/heads/main")), "{after:?}");
+    assert_eq!(env.ls_remote(Tool::Python, &url), after, "git-remote-s3 0.4.2 reads the result");
+    env.git_with(Tool::Python, &env.work(), &["clone", "-q", &url, "py"]);
+    assert_eq!(rev(&env, &env.path("py"), "HEAD"), tip);
+    // protection survives as the 0.4.2 marker
+    assert!(env.keys("mig/").contains(&"mig/refs/heads/main/PROTECTED#".to_string()));
+}
