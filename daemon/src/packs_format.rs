@@ -124,11 +124,18 @@ pub enum Detected {
 
 /// Detects the format of `url`'s prefix: a manifest means packs, bundles
 /// mean bundles (both: refused), an empty prefix gets `default`.
-pub async fn detect(store: &S3Store, url: &RemoteUrl, default: Format) -> Result<Detected, StorageError> {
+/// `default` (the configured format for an empty prefix) is awaited
+/// together with the manifest read, so detection costs one round trip.
+pub async fn detect(
+    store: &S3Store,
+    url: &RemoteUrl,
+    default: impl std::future::Future<Output = Result<Format, StorageError>>,
+) -> Result<Detected, StorageError> {
     // s3+zip:// writes a repo.zip per pushed bundle: bundles only.
     let zip = url.scheme == crate::remote_url::Scheme::S3Zip;
-    let default = if zip { Format::Bundles } else { default };
-    match read_manifest(store, url).await? {
+    let (manifest, default) = tokio::join!(read_manifest(store, url), default);
+    let default = if zip { Format::Bundles } else { default? };
+    match manifest? {
         Some(_) if zip => Err(StorageError::Format(format!(
             "{url} is a packs-format remote; s3+zip:// needs the bundles format (use the s3:// URL)"
         ))),

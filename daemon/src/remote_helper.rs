@@ -55,10 +55,9 @@ pub async fn run(state: Arc<DaemonState>, a: HelperArgs, mut input: Input, out: 
     };
     let store = state.store_for(&a.env, &url).await;
     let git = Git::new(&a.cwd, a.env.clone());
-    let storage = match Storage::open(store, url.clone(), &git).await {
-        Ok(s) => s,
-        Err(e) => return fatal(&out, &url, e),
-    };
+    // Opened (format detected) at the first command that needs the remote,
+    // so `capabilities` is answered before any S3 request can fail.
+    let mut opened: Option<Storage> = None;
     let mut ctx = OpContext {
         git,
         out: out.clone(),
@@ -68,6 +67,14 @@ pub async fn run(state: Arc<DaemonState>, a: HelperArgs, mut input: Input, out: 
         cas: HashMap::new(),
         atomic: false,
     };
+    macro_rules! storage {
+        () => {
+            match open_storage(&mut opened, &store, &url, &ctx.git).await {
+                Ok(s) => s,
+                Err(e) => return fatal(&out, &url, e),
+            }
+        };
+    }
     let mut listing: Option<RefListing> = None;
     let mut cloning = false; // `option cloning true`: configure LFS after the first fetch
 
@@ -89,7 +96,7 @@ pub async fn run(state: Arc<DaemonState>, a: HelperArgs, mut input: Input, out: 
                 cloning |= name == "cloning" && value == "true";
                 let reply = match name.as_str() {
                     // All-or-nothing pushes: one manifest write in the packs format.
-                    "atomic" if storage.supports_atomic() => {
+                    "atomic" if storage!().supports_atomic() => {
                         ctx.atomic = value == "true";
                         "ok"
                     }
@@ -97,7 +104,7 @@ pub async fn run(state: Arc<DaemonState>, a: HelperArgs, mut input: Input, out: 
                 };
                 out.stdout(format!("{reply}\n"));
             }
-            Command::List { for_push } => match storage.list().await {
+            Command::List { for_push } => match storage!().list().await {
                 Ok(l) => {
                     for w in &l.warnings {
                         out.stderr(format!("warning: {w}\n"));
@@ -121,12 +128,12 @@ pub async fn run(state: Arc<DaemonState>, a: HelperArgs, mut input: Input, out: 
                 }
                 let l = match &listing {
                     Some(l) => l.clone(),
-                    None => match storage.list().await {
+                    None => match storage!().list().await {
                         Ok(l) => l,
                         Err(e) => return fatal(&out, &url, e),
                     },
                 };
-                if let Err(e) = storage.fetch(&ctx, &l, &wants).await {
+                if let Err(e) = storage!().fetch(&ctx, &l, &wants).await {
                     return fatal(&out, &url, e);
                 }
                 if std::mem::take(&mut cloning) {
@@ -146,7 +153,7 @@ pub async fn run(state: Arc<DaemonState>, a: HelperArgs, mut input: Input, out: 
                         }
                     }
                 }
-                match storage.push(&ctx, &updates).await {
+                match storage!().push(&ctx, &updates).await {
                     Ok(results) => {
                         let mut reply = String::new();
                         for (dst, r) in &results {
@@ -167,6 +174,18 @@ pub async fn run(state: Arc<DaemonState>, a: HelperArgs, mut input: Input, out: 
         }
     }
     0
+}
+
+async fn open_storage<'a>(
+    slot: &'a mut Option<Storage>,
+    store: &crate::s3_store::S3Store,
+    url: &RemoteUrl,
+    git: &Git,
+) -> Result<&'a Storage, StorageError> {
+    if slot.is_none() {
+        *slot = Some(Storage::open(store.clone(), url.clone(), git).await?);
+    }
+    slot.as_ref().ok_or_else(|| StorageError::Format("remote not opened".into()))
 }
 
 fn handle_option(ctx: &mut OpContext, name: &str, value: &str) -> &'static str {

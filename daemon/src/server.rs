@@ -58,12 +58,21 @@ pub fn take_instance_lock() -> Result<InstanceLock, ServerError> {
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(io_err(&dir))?;
     let path = git_s3_proto::paths::lock_path();
     let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io_err(&path))?;
-    // SAFETY: flock on a file descriptor we own.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        return Err(ServerError::AlreadyRunning(path));
+    // A daemon that is shutting down removes its socket a moment before it
+    // exits and drops the lock: wait for it rather than give up, so a
+    // restart right after a stop starts a new daemon.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        // SAFETY: flock on a file descriptor we own.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(InstanceLock { _file: file });
+        }
+        if git_s3_proto::paths::socket_path().exists() || std::time::Instant::now() > deadline {
+            return Err(ServerError::AlreadyRunning(path));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    Ok(InstanceLock { _file: file })
 }
 
 pub async fn serve(config: ServerConfig, _lock: InstanceLock) -> Result<(), ServerError> {

@@ -123,8 +123,7 @@ impl Storage {
     /// `git config s3.format` of the caller's repository (default bundles).
     pub async fn open(store: S3Store, url: RemoteUrl, git: &Git) -> Result<Storage, StorageError> {
         use crate::packs_format::{configured_format, detect, Detected, PackStorage};
-        let default = configured_format(git).await?;
-        Ok(match detect(&store, &url, default).await? {
+        Ok(match detect(&store, &url, configured_format(git)).await? {
             Detected::Bundles => Storage::Bundles(crate::bundle_format::BundleStorage::new(store, url)),
             Detected::Packs(m, refs) => Storage::Packs(Box::new(PackStorage::new(store, url, m.map(|(m, _)| m), refs))),
         })
