@@ -87,6 +87,12 @@ pub async fn connect_or_start() -> Result<GitS3Client<Channel>, ClientError> {
     }
 }
 
+fn tracing_note(msg: &str) {
+    if std::env::var_os("GIT_REMOTE_S3_VERBOSE").is_some() {
+        eprintln!("git-s3: {msg}");
+    }
+}
+
 /// Same version, and its binary was not replaced since it started.
 fn is_current(r: &pb::HelloReply) -> bool {
     r.version == crate::VERSION && (r.exe_path.is_empty() || exe_mtime_ns(Path::new(&r.exe_path)) == Some(r.exe_mtime_ns))
@@ -196,7 +202,11 @@ pub async fn run_session(program: pb::Program, args: Vec<String>, argv0: String)
                 wait_until_gone(&socket, Duration::from_secs(10)).await;
                 client = connect_or_start().await?;
             }
-            Err(status) if attempt == 1 && status.code() == tonic::Code::Unavailable => {
+            Err(status) if attempt == 1 => {
+                // The connection broke (e.g. a stale socket of a killed
+                // daemon): nothing was sent yet but the start, so start a
+                // daemon and try once more.
+                tracing_note(&format!("session refused ({}); starting the daemon", status.message()));
                 client = connect_or_start().await?;
             }
             Err(status) => return Err(ClientError::Session(status.message().to_string())),
