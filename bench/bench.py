@@ -15,7 +15,12 @@ import sys
 import tempfile
 import time
 
-TOOLS = ("python", "ours")
+# python: git-remote-s3 0.4.2; ours: git-s3, bundle format (the default);
+# packs: git-s3 with `s3.format=packs`; local: plain git to a bare repository
+# on the same disk (the ceiling), for the git-level cases only.
+TOOLS = ("python", "ours", "packs")
+REMOTE_TOOLS = TOOLS + ("local",)
+LFS_TOOLS = ("python", "ours")
 
 
 def sh(cmd, env, cwd=None, check=True, capture=True):
@@ -42,7 +47,7 @@ class Bench:
         self.notes = []
         self.start_server()
         self.bins = {}
-        for tool in TOOLS:
+        for tool in ("python", "ours"):
             d = os.path.join(self.work, f"bin-{tool}")
             os.makedirs(d)
             self.bins[tool] = d
@@ -66,10 +71,11 @@ class Bench:
             "LANG": "C", "GIT_TERMINAL_PROMPT": "0",
         }
         self.env = {}
-        for tool in TOOLS:
+        for tool in REMOTE_TOOLS:
             e = dict(base)
-            e["PATH"] = f"{self.bins[tool]}:/usr/local/bin:/usr/bin:/bin"
+            e["PATH"] = f"{self.bins['python' if tool == 'python' else 'ours']}:/usr/local/bin:/usr/bin:/bin"
             self.env[tool] = e
+        self.env["packs"].update({"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "s3.format", "GIT_CONFIG_VALUE_0": "packs"})
         sh(["git", "lfs", "install", "--skip-repo"], self.env["ours"])
 
     def start_server(self):
@@ -134,7 +140,7 @@ class Bench:
         if p.wait() != 0:
             raise RuntimeError("fast-import failed")
         sh(["git", "reset", "-q", "--hard", "main"], self.env["ours"], cwd=path)
-        sh(["git", "gc", "-q", "--aggressive", "--prune=now"], self.env["ours"], cwd=path)
+        sh(["git", "gc", "-q", "--prune=now"], self.env["ours"], cwd=path)
         size = sum(os.path.getsize(os.path.join(path, ".git/objects/pack", f))
                    for f in os.listdir(os.path.join(path, ".git/objects/pack")))
         return size
@@ -142,21 +148,22 @@ class Bench:
     # ---------- measuring ----------
     def record(self, case, times, target=None, extra=None):
         row = {"case": case, "target": target}
-        for tool in TOOLS:
+        for tool in REMOTE_TOOLS:
             row[tool] = statistics.median(times[tool]) if times.get(tool) else None
-        if row["python"] and row["ours"]:
-            row["ratio"] = row["ours"] / row["python"]
+        for tool in ("ours", "packs", "local"):
+            if row["python"] and row[tool]:
+                row[f"ratio_{tool}"] = row[tool] / row["python"]
         if extra:
             row.update(extra)
         self.results.append(row)
-        r = row.get("ratio")
-        print(f"  {case:<44} python {row['python'] or 0:8.3f}s  ours {row['ours'] or 0:8.3f}s  "
-              f"ratio {r if r is not None else float('nan'):6.3f}  target {target or '-'}", flush=True)
+        cells = "  ".join(f"{t} {row[t]:8.3f}s" for t in REMOTE_TOOLS if row[t] is not None)
+        ratios = "  ".join(f"{t}/python {row[f'ratio_{t}']:.3f}" for t in ("ours", "packs") if row.get(f"ratio_{t}"))
+        print(f"  {case:<40} {cells}  {ratios}  target {target or '-'}", flush=True)
 
     def run_cases(self):
         a = self.args
         runs = a.runs
-        commits, branches, blob = (300, 4, 8) if a.quick else (3000, 12, 16)
+        commits, branches, blob = (300, 4, 8) if a.quick else (5000, 12, 10)
         src = os.path.join(self.work, "medium")
         print(f"generating medium repo: {commits} commits, {branches} branches ...", flush=True)
         packed = self.gen_repo(src, commits, branches, blob, 400)
@@ -165,19 +172,21 @@ class Bench:
         bucket = "bench-bucket"
         self.s3tool("create-bucket", bucket)
         urls = {t: f"s3://{bucket}/{t}/medium" for t in TOOLS}
+        urls["local"] = os.path.join(self.work, "local-bare.git")
+        sh(["git", "init", "-q", "--bare", urls["local"]], self.env["local"])
         stored = {}
-        for tool in TOOLS:
+        for tool in REMOTE_TOOLS:
             t0 = time.perf_counter()
             sh(["git", "push", "-q", urls[tool], "--all"], self.env[tool], cwd=src)
-            stored[tool] = self.bucket_bytes(bucket, f"{tool}/medium/")
+            stored[tool] = du(urls[tool]) if tool == "local" else self.bucket_bytes(bucket, f"{tool}/medium/")
             print(f"  initial push --all with {tool}: {time.perf_counter() - t0:.1f}s, "
                   f"{stored[tool] / 1e6:.1f} MB in the bucket", flush=True)
         self.notes.append("bucket bytes after pushing all branches: " +
-                          ", ".join(f"{t} {stored[t] / 1e6:.1f} MB" for t in TOOLS))
+                          ", ".join(f"{t} {stored[t] / 1e6:.1f} MB" for t in REMOTE_TOOLS))
 
         # 1. ls-remote (warm daemon) and 2. no-op fetch
         clones = {}
-        for tool in TOOLS:
+        for tool in REMOTE_TOOLS:
             clones[tool] = os.path.join(self.work, f"clone-{tool}")
             sh(["git", "clone", "-q", urls[tool], clones[tool]], self.env[tool], cwd=self.work)
             # HEAD names the first branch pushed, which --all does not fix
@@ -188,27 +197,30 @@ class Bench:
         self.record("no-op fetch", times, "<= 0.1")
 
         # 3. clone of the medium repo (ours: cold cache each run)
-        times = {t: [] for t in TOOLS}
-        for t in TOOLS:
+        git_dir = {}
+        times = {t: [] for t in REMOTE_TOOLS}
+        for t in REMOTE_TOOLS:
             for i in range(max(1, runs - 2)):
                 d = os.path.join(self.work, f"c3-{t}-{i}")
-                if t == "ours":
+                if t in ("ours", "packs"):
                     shutil.rmtree(self.env[t]["GIT_S3_CACHE_DIR"], ignore_errors=True)
                     sh(["git", "s3", "daemon", "stop"], self.env[t], check=False)
                     sh(["git", "s3", "daemon", "start"], self.env[t])
-                times[t].append(timed(["git", "clone", "-q", urls[t], d], self.env[t], self.work))
-                git_dir_mb = du(os.path.join(d, ".git")) / 1e6
+                extra_args = ["--no-local"] if t == "local" else []
+                times[t].append(timed(["git", "clone", "-q", *extra_args, urls[t], d], self.env[t], self.work))
+                git_dir[t] = round(du(os.path.join(d, ".git")) / 1e6, 1)
                 shutil.rmtree(d)
-        self.record("clone medium (cold cache)", times, "<= 0.5", {"clone_git_dir_mb": round(git_dir_mb, 1)})
+        self.record("clone medium (cold cache)", times, "<= 0.5", {"clone_git_dir_mb": git_dir})
+        self.notes.append("local .git after a clone: " + ", ".join(f"{t} {git_dir[t]} MB" for t in REMOTE_TOOLS))
 
         # 4. push one new commit and 5. fetch it into an existing clone
         fetchers = {}
-        for t in TOOLS:
+        for t in REMOTE_TOOLS:
             fetchers[t] = os.path.join(self.work, f"fetcher-{t}")
             sh(["git", "clone", "-q", urls[t], fetchers[t]], self.env[t], cwd=self.work)
-        times4 = {t: [] for t in TOOLS}
-        times5 = {t: [] for t in TOOLS}
-        for t in TOOLS:
+        times4 = {t: [] for t in REMOTE_TOOLS}
+        times5 = {t: [] for t in REMOTE_TOOLS}
+        for t in REMOTE_TOOLS:
             for i in range(runs):
                 with open(os.path.join(clones[t], f"new-{i}.txt"), "w") as f:
                     f.write(f"change {i}\n")
@@ -216,8 +228,8 @@ class Bench:
                 sh(["git", "commit", "-q", "-m", f"change {i}"], self.env[t], cwd=clones[t])
                 times4[t].append(timed(["git", "push", "-q", "origin", "main"], self.env[t], clones[t]))
                 times5[t].append(timed(["git", "fetch", "-q", "origin"], self.env[t], fetchers[t]))
-        self.record("push one commit (medium)", times4)
-        self.record("fetch one new commit (medium)", times5)
+        self.record("push one commit (medium)", times4, "packs <= 0.1")
+        self.record("fetch one new commit (medium)", times5, "packs <= 0.1")
 
         # 6. second clone on the same machine (ours: warm cache)
         times = {t: [] for t in TOOLS}
@@ -229,18 +241,41 @@ class Bench:
                 shutil.rmtree(d)
         self.record("second clone medium (cache)", times, "<= 0.2")
 
+        self.tags_case(bucket)
         if not a.skip_lfs:
             self.lfs_cases(bucket, runs)
         self.rss()
+
+    def tags_case(self, bucket):
+        """Mirror push of a repository with 300 tags: time and bucket bytes."""
+        n = 30 if self.args.quick else 300
+        src = os.path.join(self.work, "tags")
+        self.gen_repo(src, n, 0, 4, 50)
+        revs = sh(["git", "rev-list", "--reverse", "main"], self.env["ours"], cwd=src).split()
+        for i, rev in enumerate(revs[:n]):
+            sh(["git", "tag", f"v{i:04d}", rev], self.env["ours"], cwd=src)
+        times = {}
+        stored = {}
+        for t in TOOLS:
+            url = f"s3://{bucket}/{t}/tags"
+            times[t] = [timed(["git", "push", "-q", "--mirror", url], self.env[t], src)]
+            stored[t] = self.bucket_bytes(bucket, f"{t}/tags/")
+        local = os.path.join(self.work, "tags-bare.git")
+        sh(["git", "init", "-q", "--bare", local], self.env["local"])
+        times["local"] = [timed(["git", "push", "-q", "--mirror", local], self.env["local"], src)]
+        stored["local"] = du(local)
+        self.record(f"mirror push, {n} tags (once)", times, None, {"bucket_bytes": stored})
+        self.notes.append(f"bytes stored after a mirror push of {n} tags: " +
+                          ", ".join(f"{t} {stored[t] / 1e6:.1f} MB" for t in REMOTE_TOOLS))
 
     def lfs_cases(self, bucket, runs):
         files = 20 if self.args.quick else 200
         big_mib = 32 if self.args.quick else 256
         for label, count, size in ((f"LFS {files} x 256 KiB", files, 256 * 1024), (f"LFS 1 x {big_mib} MiB", 1, big_mib << 20)):
-            up = {t: [] for t in TOOLS}
-            down = {t: [] for t in TOOLS}
+            up = {t: [] for t in LFS_TOOLS}
+            down = {t: [] for t in LFS_TOOLS}
             try:
-                for t in TOOLS:
+                for t in LFS_TOOLS:
                     for i in range(max(1, runs - 2)):
                         repo = os.path.join(self.work, f"lfs-{t}-{count}-{i}")
                         url = f"s3://{bucket}/{t}/lfs-{count}-{i}"
@@ -316,10 +351,13 @@ class Bench:
               f"(target <= 40); daemon peak during the run {(hwm or 0) / 1024:.1f} MiB", flush=True)
 
     def table(self):
-        lines = ["| case | git-remote-s3 0.4.2 | git-s3 | ratio | target |", "|---|---|---|---|---|"]
-        for r in self.results:
-            ratio = f"{r['ratio']:.3f}" if r.get("ratio") is not None else "-"
-            lines.append(f"| {r['case']} | {r['python']:.3f} s | {r['ours']:.3f} s | {ratio} | {r['target'] or '-'} |")
+        lines = ["| case | git-remote-s3 0.4.2 | git-s3 (bundles) | git-s3 (packs) | git, local bare | bundles/0.4.2 | packs/0.4.2 | target |",
+                 "|---|---|---|---|---|---|---|---|"]
+        f = lambda v: f"{v:.3f} s" if v is not None else "–"
+        r = lambda v: f"{v:.3f}" if v is not None else "–"
+        for row in self.results:
+            lines.append(f"| {row['case']} | {f(row['python'])} | {f(row['ours'])} | {f(row.get('packs'))} | "
+                         f"{f(row.get('local'))} | {r(row.get('ratio_ours'))} | {r(row.get('ratio_packs'))} | {row['target'] or '–'} |")
         return "\n".join(lines)
 
 
