@@ -102,7 +102,7 @@ pub enum Cmd {
     Protect(branch::BranchArgs),
     /// Remove a branch's protection
     Unprotect(branch::BranchArgs),
-    /// Choose the storage format of an empty remote: --format packs|bundles (see docs/packs.md)
+    /// Choose the storage format of an empty remote: --format packs|bundles (see the README, "The packs format")
     Init(init::InitArgs),
     /// Compact a packs-format remote: combine its packs into one, delete replaced packs after a grace period
     Gc(packs_cmd::GcArgs),
