@@ -130,11 +130,7 @@ impl BundleStorage {
     async fn unbundle(&self, ctx: &OpContext, r: &RemoteRef) -> Result<(), StorageError> {
         let pack_dir = ctx.git.pack_dir().await?;
         if let Some(pack) = ctx.cache.lookup_pack(&r.sha) {
-            let linked = pack.files.iter().try_for_each(|f| match f.file_name() {
-                Some(name) if !pack_dir.join(name).exists() => crate::cache::link_or_copy(f, &pack_dir.join(name)),
-                _ => Ok(()),
-            });
-            if linked.is_ok() && ctx.git.has_object(&r.sha).await {
+            if pack.link_into(&pack_dir).is_ok() && ctx.git.has_object(&r.sha).await {
                 tracing::debug!(sha = r.sha, "linked a cached pre-indexed pack");
                 return Ok(());
             }
@@ -352,17 +348,6 @@ impl BundleStorage {
     }
 }
 
-/// Removes `tmp_pack_*` files that git index-pack left in `dir` since `since`.
-fn remove_temp_packs_since(dir: &std::path::Path, since: std::time::SystemTime) {
-    let Ok(rd) = std::fs::read_dir(dir) else { return };
-    for e in rd.flatten() {
-        let fresh = e.metadata().and_then(|m| m.modified()).map(|t| t >= since).unwrap_or(false);
-        if fresh && e.file_name().to_string_lossy().starts_with("tmp_pack_") {
-            tracing::debug!(file = %e.path().display(), "removing an interrupted index-pack's temp file");
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
-}
 
 fn lock_wait(env: &std::collections::HashMap<String, String>) -> Duration {
     env.get("GIT_REMOTE_S3_LOCK_WAIT_SECONDS")
@@ -409,7 +394,7 @@ impl RepoStorage for BundleStorage {
         if result.is_err() {
             // index-pack leaves its temp file behind when its input breaks off.
             if let Ok(dir) = ctx.git.pack_dir().await {
-                remove_temp_packs_since(&dir, started);
+                crate::git::remove_temp_packs_since(&dir, started);
             }
         }
         result.map(|_| ())

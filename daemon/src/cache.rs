@@ -64,6 +64,17 @@ pub struct CachedPack {
     pub files: Vec<PathBuf>,
 }
 
+impl CachedPack {
+    /// Links (or copies) the pack's files into a repository's `objects/pack`,
+    /// `.pack` before `.idx` so git never sees an index without its pack.
+    pub fn link_into(&self, pack_dir: &Path) -> std::io::Result<()> {
+        self.files.iter().try_for_each(|f| match f.file_name() {
+            Some(name) if !pack_dir.join(name).exists() => link_or_copy(f, &pack_dir.join(name)),
+            _ => Ok(()),
+        })
+    }
+}
+
 impl Cache {
     pub fn new(root: PathBuf, max_bytes: u64) -> std::io::Result<Cache> {
         for area in Area::ALL {

@@ -164,14 +164,24 @@ impl Git {
     /// bundle's bytes in order; its header is checked and skipped, the pack
     /// after it goes to `git index-pack --stdin --fix-thin`. Returns the new
     /// pack's hash. Fails (leaving no pack) when the stream ends early.
-    pub async fn index_bundle_stream(&self, mut chunks: tokio::sync::mpsc::Receiver<bytes::Bytes>) -> Result<String, GitError> {
+    pub async fn index_bundle_stream(&self, chunks: tokio::sync::mpsc::Receiver<bytes::Bytes>) -> Result<String, GitError> {
+        self.index_stream(chunks, true).await
+    }
+
+    /// Indexes a pack into the repository while it arrives (`chunks`: the
+    /// pack's bytes in order). Returns the pack's hash.
+    pub async fn index_pack_stream(&self, chunks: tokio::sync::mpsc::Receiver<bytes::Bytes>) -> Result<String, GitError> {
+        self.index_stream(chunks, false).await
+    }
+
+    async fn index_stream(&self, mut chunks: tokio::sync::mpsc::Receiver<bytes::Bytes>, bundle: bool) -> Result<String, GitError> {
         use tokio::io::AsyncWriteExt;
-        let span = tracing::debug_span!("git", args = "index-pack --stdin --fix-thin (streamed)");
+        let span = tracing::debug_span!("git", args = "index-pack --stdin --fix-thin (streamed)", bundle);
         async {
             let failed = |stderr: String| GitError::Failed { args: "index-pack --stdin --fix-thin".into(), stderr };
-            // The header: up to its blank line.
+            // A bundle's header, up to its blank line, is checked and skipped.
             let mut head: Vec<u8> = Vec::new();
-            let body_start = loop {
+            let body_start = if !bundle { 0 } else { loop {
                 match chunks.recv().await {
                     Some(c) => head.extend_from_slice(&c),
                     None => return Err(failed("the bundle ended inside its header".into())),
@@ -185,7 +195,7 @@ impl Git {
                 if head.len() > 64 << 20 {
                     return Err(failed("bundle header too large".into()));
                 }
-            };
+            } };
             let mut child = self
                 .command(&["index-pack", "--stdin", "--fix-thin"])
                 .stdin(Stdio::piped())
@@ -256,6 +266,18 @@ impl Git {
 
     pub async fn config_get(&self, key: &str) -> Option<String> {
         self.run(&["config", "--get", key]).await.ok().filter(|s| !s.is_empty())
+    }
+}
+
+/// Removes `tmp_pack_*` files that git index-pack left in `dir` since `since`.
+pub fn remove_temp_packs_since(dir: &std::path::Path, since: std::time::SystemTime) {
+    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        let fresh = e.metadata().and_then(|m| m.modified()).map(|t| t >= since).unwrap_or(false);
+        if fresh && e.file_name().to_string_lossy().starts_with("tmp_pack_") {
+            tracing::debug!(file = %e.path().display(), "removing an interrupted index-pack's temp file");
+            let _ = std::fs::remove_file(e.path());
+        }
     }
 }
 

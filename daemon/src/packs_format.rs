@@ -471,12 +471,24 @@ impl PackStorage {
         Ok(updates.iter().map(|u| (u.dst.clone(), Err("fetch first".to_string()))).collect())
     }
 
-    /// Downloads `p` and indexes it into the repository.
-    async fn fetch_pack(&self, ctx: &OpContext, p: &PackEntry) -> Result<(), StorageError> {
+    /// Brings pack `p` into the repository: linked from the local cache when
+    /// another working copy fetched it already (packs are content-addressed
+    /// by name), else downloaded and indexed as it arrives, then cached.
+    async fn fetch_pack(&self, ctx: &OpContext, p: &PackEntry, pack_dir: &Path) -> Result<(), StorageError> {
+        if let Some(cached) = ctx.cache.lookup_pack(&p.name) {
+            if cached.link_into(pack_dir).is_ok() && pack_dir.join(format!("pack-{}.idx", p.name)).exists() {
+                tracing::debug!(pack = p.name, "linked a cached pack");
+                return Ok(());
+            }
+            ctx.cache.evict_pack(&p.name);
+        }
         let tmp = ctx.cache.temp_file()?;
         let key = manifest::pack_key(&self.url, &p.name);
-        let mut progress = Progress::new(ctx.out.clone(), ctx.progress, format!("Downloading pack {}", &p.name[..12]), Some(p.size));
-        match self.store.get_to_file(&key, tmp.path(), |n| progress.add(n)).await {
+        let mut progress = Progress::new(ctx.out.clone(), ctx.progress, format!("Downloading pack {}", &p.name[..12.min(p.name.len())]), Some(p.size));
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let download = self.store.get_to_file_tee(&key, tmp.path(), Some(tx), |n| progress.add(n));
+        let (downloaded, indexed) = tokio::join!(download, ctx.git.index_pack_stream(rx));
+        match downloaded {
             Ok(_) => {}
             Err(e) if e.is_not_found() => {
                 return Err(StorageError::Corrupt(format!(
@@ -488,9 +500,13 @@ impl PackStorage {
             Err(e) => return Err(e.into()),
         }
         progress.finish();
-        index_pack(&ctx.git, tmp.path()).await.map_err(|e| {
+        let hash = indexed.map_err(|e| {
             StorageError::Corrupt(format!("pack {} from s3://{}/{key} does not index: {e}", p.name, self.store.bucket()))
-        })
+        })?;
+        if let Err(e) = ctx.cache.insert_pack(&p.name, pack_dir, &hash) {
+            tracing::debug!(error = %e, "pack not cached");
+        }
+        Ok(())
     }
 }
 
@@ -563,12 +579,6 @@ pub(crate) async fn index_pack(git: &Git, pack: &Path) -> Result<(), GitError> {
     Ok(())
 }
 
-/// The repository's `objects/pack` directory.
-async fn local_pack_dir(git: &Git) -> Option<PathBuf> {
-    let p = git.run(&["rev-parse", "--git-path", "objects/pack"]).await.ok()?;
-    let p = PathBuf::from(p);
-    Some(if p.is_absolute() { p } else { git.cwd().join(p) })
-}
 
 impl RepoStorage for PackStorage {
     async fn list(&self) -> Result<RefListing, StorageError> {
@@ -599,20 +609,24 @@ impl RepoStorage for PackStorage {
         };
         let all_tips: Vec<String> = m.packs.iter().flat_map(|p| p.tips.iter().cloned()).collect::<BTreeSet<_>>().into_iter().collect();
         let present = present_objects(&ctx.git, &all_tips).await?;
-        let pack_dir = local_pack_dir(&ctx.git).await;
+        let pack_dir = ctx.git.pack_dir().await?;
         let needed: Vec<PackEntry> = m
             .packs
             .iter()
             .filter(|p| p.tips.is_empty() || !p.tips.iter().all(|t| present.contains(t)))
-            .filter(|p| !pack_dir.as_ref().is_some_and(|d| d.join(format!("pack-{}.idx", p.name)).exists()))
+            .filter(|p| !pack_dir.join(format!("pack-{}.idx", p.name)).exists())
             .cloned()
             .collect();
         tracing::debug!(needed = needed.len(), total = m.packs.len(), "packs to download");
-        let downloads: Vec<_> = needed.into_iter().map(|p| async move { self.fetch_pack(ctx, &p).await }).collect();
-        futures::stream::iter(downloads)
-            .buffer_unordered(DOWNLOAD_CONCURRENCY)
-            .try_collect::<Vec<()>>()
-            .await?;
+        let started = std::time::SystemTime::now();
+        let dir = &pack_dir;
+        let downloads: Vec<_> = needed.into_iter().map(|p| async move { self.fetch_pack(ctx, &p, dir).await }).collect();
+        let fetched = futures::stream::iter(downloads).buffer_unordered(DOWNLOAD_CONCURRENCY).try_collect::<Vec<()>>().await;
+        if fetched.is_err() {
+            // index-pack leaves its temp file behind when its input breaks off.
+            crate::git::remove_temp_packs_since(&pack_dir, started);
+        }
+        fetched?;
         let have = present_objects(&ctx.git, &want_shas).await?;
         if let Some(w) = wants.iter().find(|w| !have.contains(&w.sha)) {
             return Err(StorageError::MissingRef(w.name.clone()));

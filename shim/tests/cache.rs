@@ -147,3 +147,20 @@ fn concurrent_clones_share_a_cold_cache() {
         }
     }
 }
+
+#[test]
+fn packs_format_repeat_clone_links_cached_packs() {
+    let env = TestEnv::new();
+    let repo = env.new_repo("src");
+    env.commit(&repo, "data.txt", &"line\n".repeat(20000), "data");
+    let url = env.url("packs-cached");
+    env.git(&repo, &["-c", "s3.format=packs", "push", "-q", &url, "main"]);
+    let pack_gets = |log: &str| log.lines().filter(|l| l.contains("s3.get") && l.contains(".pack") && l.contains(" ms)")).count();
+    let log = verbose_clone(&env, &url, "c1");
+    assert_eq!(pack_gets(&log), 1, "{log}");
+    let log = verbose_clone(&env, &url, "c2");
+    assert_eq!(pack_gets(&log), 0, "{log}");
+    assert!(log.contains("linked a cached pack"), "{log}");
+    env.git(&env.path("c2"), &["fsck", "--no-progress"]);
+    assert_eq!(env.git(&env.path("c2"), &["rev-parse", "HEAD"]), env.git(&repo, &["rev-parse", "HEAD"]));
+}
