@@ -15,6 +15,7 @@
 //! parallel, the packs whose tips the local repository lacks and indexes
 //! them with `git index-pack --stdin`.
 
+use tracing::Instrument;
 use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -459,6 +460,7 @@ impl PackStorage {
             match self.store.put_bytes(&key, next.to_bytes(), PutOptions { condition, ..Default::default() }).await {
                 Ok(_) => {
                     tracing::info!(serial = next.serial, refs = changes.len(), attempt, "manifest updated");
+                    self.maybe_gc_in_background(ctx, next.packs.len());
                     return Ok(results(&verdicts));
                 }
                 Err(e) if e.is_precondition_failed() || e.is_not_found() => {
@@ -469,6 +471,29 @@ impl PackStorage {
             }
         }
         Ok(updates.iter().map(|u| (u.dst.clone(), Err("fetch first".to_string()))).collect())
+    }
+
+    /// When packs pile up (`GIT_S3_GC_AUTO_PACKS`, default 16; 0 disables),
+    /// combines them in the background after the push has answered, with
+    /// the default grace period, so concurrent readers never miss a pack.
+    fn maybe_gc_in_background(&self, ctx: &OpContext, packs: usize) {
+        let limit = ctx.env.get("GIT_S3_GC_AUTO_PACKS").and_then(|v| v.parse::<usize>().ok()).unwrap_or(16);
+        if limit == 0 || packs < limit {
+            return;
+        }
+        let (store, url, env) = (self.store.clone(), self.url.clone(), ctx.env.clone());
+        let tmp = ctx.cache.root().join("tmp");
+        tracing::info!(packs, limit, "packs piled up; compacting in the background");
+        tokio::spawn(
+            async move {
+                let grace = Duration::from_secs(crate::packs_maint::DEFAULT_GRACE_SECONDS);
+                match crate::packs_maint::gc(&store, &url, &tmp, &env, grace, false).await {
+                    Ok(r) => tracing::info!(remote = %url, before = r.packs_before, raced = r.raced, "background gc done"),
+                    Err(e) => tracing::warn!(remote = %url, error = %e, "background gc failed"),
+                }
+            }
+            .instrument(tracing::info_span!("background_gc")),
+        );
     }
 
     /// Brings pack `p` into the repository: linked from the local cache when

@@ -145,6 +145,9 @@ async fn upload_pack_of(store: &S3Store, url: &RemoteUrl, dir: &Path, p: &PackEn
     Ok(())
 }
 
+/// How long replaced and unreferenced packs are kept before gc deletes them.
+pub const DEFAULT_GRACE_SECONDS: u64 = 3600;
+
 /// Compacts `url`'s packs; deletes retired/unreferenced packs older than `grace`.
 pub async fn gc(
     store: &S3Store,

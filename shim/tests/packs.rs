@@ -584,3 +584,74 @@ fn migrate_bundles_to_packs_and_back() {
     // protection survives as the 0.4.2 marker
     assert!(env.keys("mig/").contains(&"mig/refs/heads/main/PROTECTED#".to_string()));
 }
+
+#[test]
+fn fetches_running_during_compaction_never_miss_a_pack() {
+    let env = packs_env();
+    let repo = env.new_repo("a");
+    let url = env.url("gc-race");
+    env.git(&repo, &["remote", "add", "origin", &url]);
+    for i in 0..5 {
+        env.commit(&repo, &format!("f{i}"), &format!("{i}\n").repeat(500), &format!("c{i}"));
+        env.git(&repo, &["push", "-q", "origin", "main"]);
+    }
+    assert_eq!(pack_files(&env, "gc-race").len(), 5);
+    let tip = rev(&env, &repo, "main");
+    // clones (each with an empty cache) keep running while gc swaps the pack list
+    let cloners: Vec<_> = (0..3)
+        .map(|t| {
+            let mut cmds = Vec::new();
+            for i in 0..4 {
+                let mut c = env.command("git", &env.work());
+                c.env("GIT_S3_CACHE_DIR", env.dir.path().join(format!("cache-{t}-{i}")))
+                    .args(["clone", "-q", &url, &format!("c{t}-{i}")]);
+                cmds.push(c);
+            }
+            std::thread::spawn(move || cmds.into_iter().map(|mut c| c.output().unwrap()).collect::<Vec<_>>())
+        })
+        .collect();
+    for _ in 0..3 {
+        env.git_s3(&env.work(), &["gc", &url]);
+        env.commit(&repo, "more", &format!("{}\n", rev(&env, &repo, "HEAD")), "more");
+        env.git(&repo, &["push", "-q", "origin", "main"]);
+    }
+    for h in cloners {
+        for out in h.join().unwrap() {
+            assert!(out.status.success(), "clone during gc failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+    for t in 0..3 {
+        for i in 0..4 {
+            let c = env.path(&format!("c{t}-{i}"));
+            env.git(&c, &["fsck", "--no-progress"]);
+            // every clone saw a consistent state: the first tip or a later one
+            env.git(&c, &["merge-base", "--is-ancestor", &tip, "HEAD"]);
+        }
+    }
+}
+
+#[test]
+fn pushes_compact_in_the_background_when_packs_pile_up() {
+    let env = packs_env();
+    let repo = env.new_repo("a");
+    let url = env.url("autogc");
+    env.git(&repo, &["remote", "add", "origin", &url]);
+    for i in 0..3 {
+        env.commit(&repo, &format!("f{i}"), &format!("{i}\n"), &format!("c{i}"));
+        let mut c = env.command("git", &repo);
+        c.env("GIT_S3_GC_AUTO_PACKS", "3").args(["push", "-q", "origin", "main"]);
+        env.run(c);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let m = manifest(&env, "autogc");
+        if m["packs"].as_array().map(Vec::len) == Some(1) {
+            assert_eq!(m["retired"].as_array().map(Vec::len), Some(3), "{m}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no background gc: {m}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    env.git(&env.work(), &["clone", "-q", &url, "after"]);
+    assert_eq!(rev(&env, &env.path("after"), "HEAD"), rev(&env, &repo, "main"));
+}

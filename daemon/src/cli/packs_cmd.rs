@@ -17,7 +17,7 @@ pub struct GcArgs {
     pub remote: String,
     /// Keep replaced and unreferenced packs this long before deleting them (readers of an
     /// older manifest, and pushes in progress, may still need them)
-    #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
+    #[arg(long, value_name = "SECONDS", default_value_t = crate::packs_maint::DEFAULT_GRACE_SECONDS)]
     pub grace_seconds: u64,
     /// Only show what would be deleted; combine nothing
     #[arg(long)]
