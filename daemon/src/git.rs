@@ -144,17 +144,7 @@ impl Git {
                 .output()
                 .await
                 .map_err(GitError::Spawn)?;
-            if !out.status.success() {
-                return Err(failed(String::from_utf8_lossy(&out.stderr).trim().to_string()));
-            }
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            // "pack\t<hash>" (or "keep\t<hash>")
-            stdout
-                .split_whitespace()
-                .nth(1)
-                .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
-                .map(str::to_string)
-                .ok_or_else(|| failed(format!("unexpected index-pack output {stdout:?}")))
+            index_pack_result(&out)
         }
         .instrument(span)
         .await
@@ -216,16 +206,7 @@ impl Git {
             // A write error means index-pack stopped early; its own error says why.
             let _ = feed.await;
             let out = child.wait_with_output().await.map_err(GitError::Spawn)?;
-            if !out.status.success() {
-                return Err(failed(String::from_utf8_lossy(&out.stderr).trim().to_string()));
-            }
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            stdout
-                .split_whitespace()
-                .nth(1)
-                .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
-                .map(str::to_string)
-                .ok_or_else(|| failed(format!("unexpected index-pack output {stdout:?}")))
+            index_pack_result(&out)
         }
         .instrument(span)
         .await
@@ -279,6 +260,22 @@ pub fn remove_temp_packs_since(dir: &std::path::Path, since: std::time::SystemTi
             let _ = std::fs::remove_file(e.path());
         }
     }
+}
+
+/// The new pack's hash from `git index-pack --stdin`'s output
+/// (`pack\t<hash>`, or `keep\t<hash>`), or its error.
+fn index_pack_result(out: &std::process::Output) -> Result<String, GitError> {
+    let failed = |stderr: String| GitError::Failed { args: "index-pack --stdin --fix-thin".into(), stderr };
+    if !out.status.success() {
+        return Err(failed(String::from_utf8_lossy(&out.stderr).trim().to_string()));
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout
+        .split_whitespace()
+        .nth(1)
+        .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_string)
+        .ok_or_else(|| failed(format!("unexpected index-pack output {stdout:?}")))
 }
 
 /// Byte offset of the pack data in a v2/v3 git bundle (after the header's

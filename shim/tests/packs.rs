@@ -60,14 +60,8 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
 #[test]
 fn packs_clone_fetch_push_delete_force_tags() {
     let env = packs_env();
-    let repo = env.new_repo("origin");
     let url = env.url("team/repo");
-    env.git(&repo, &["remote", "add", "origin", &url]);
-    env.git(&repo, &["checkout", "-q", "-b", "feature/x"]);
-    let fx = env.commit(&repo, "f.txt", "feature\n", "feature work");
-    env.git(&repo, &["checkout", "-q", "main"]);
-    env.git(&repo, &["tag", "v1"]);
-    env.git(&repo, &["tag", "-a", "v1-annotated", "-m", "annotated"]);
+    let (repo, fx) = env.repo_with_branch_and_tags("origin", &url);
     env.git(&repo, &["push", "-q", "origin", "main", "feature/x", "v1", "v1-annotated"]);
 
     // Only the packs layout: no 0.4.2 keys.

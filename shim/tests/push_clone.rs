@@ -32,14 +32,8 @@ fn push_clone_fetch_pull_roundtrip() {
 #[test]
 fn branches_tags_delete_and_ls_remote() {
     let env = TestEnv::new();
-    let repo = env.new_repo("origin");
     let url = env.url("multi");
-    env.git(&repo, &["remote", "add", "origin", &url]);
-    env.git(&repo, &["checkout", "-q", "-b", "feature/x"]);
-    let fx = env.commit(&repo, "f.txt", "feature\n", "feature work");
-    env.git(&repo, &["checkout", "-q", "main"]);
-    env.git(&repo, &["tag", "v1"]);
-    env.git(&repo, &["tag", "-a", "v1-annotated", "-m", "annotated"]);
+    let (repo, fx) = env.repo_with_branch_and_tags("origin", &url);
     env.git(&repo, &["push", "-q", "origin", "main", "feature/x", "v1", "v1-annotated"]);
 
     let ls = env.ls_remote(Tool::Ours, &url);

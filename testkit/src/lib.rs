@@ -281,6 +281,21 @@ impl TestEnv {
         p
     }
 
+    /// A repository at `work/<name>` with `main`, a branch `feature/x` one
+    /// commit ahead, a lightweight tag `v1` and an annotated tag
+    /// `v1-annotated` on main, and the remote `origin` set to `url`.
+    /// Returns the repository and `feature/x`'s sha.
+    pub fn repo_with_branch_and_tags(&self, name: &str, url: &str) -> (PathBuf, String) {
+        let repo = self.new_repo(name);
+        self.git(&repo, &["remote", "add", "origin", url]);
+        self.git(&repo, &["checkout", "-q", "-b", "feature/x"]);
+        let fx = self.commit(&repo, "f.txt", "feature\n", "feature work");
+        self.git(&repo, &["checkout", "-q", "main"]);
+        self.git(&repo, &["tag", "v1"]);
+        self.git(&repo, &["tag", "-a", "v1-annotated", "-m", "annotated"]);
+        (repo, fx)
+    }
+
     /// Writes a file and commits it; returns the new HEAD sha.
     pub fn commit(&self, repo: &Path, file: &str, content: &str, msg: &str) -> String {
         let f = repo.join(file);
