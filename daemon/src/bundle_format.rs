@@ -6,6 +6,8 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
+use tracing::Instrument;
+
 use crate::locks;
 use crate::remote_url::{RemoteUrl, Scheme};
 use crate::s3_store::{ObjectInfo, PutOptions, S3Store, WriteCondition};
@@ -210,27 +212,36 @@ impl BundleStorage {
             }
         }
 
-        // Build the bundle before taking the lock (local work).
-        let bundle = ctx.cache.temp_file()?;
-        let tmp_ref;
-        let bundle_ref = match ctx.git.symbolic_full_name(src).await {
-            Some(r) => r,
+        // The ref to bundle: `src` itself, or a temporary ref for a bare sha.
+        let (bundle_ref, tmp_ref) = match ctx.git.symbolic_full_name(src).await {
+            Some(r) => (r, None),
             None => {
-                // A bare sha or expression: bundle through a temporary ref.
-                tmp_ref = format!("refs/git-s3/tmp/{}", std::process::id());
-                ctx.git.update_ref(&tmp_ref, &sha).await?;
-                tmp_ref.clone()
+                let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+                let r = format!("refs/git-s3/tmp/{}-{nanos}", std::process::id());
+                ctx.git.update_ref(&r, &sha).await?;
+                (r.clone(), Some(r))
             }
         };
-        let built = ctx.git.bundle_create(bundle.path(), &bundle_ref).await;
-        if bundle_ref.starts_with("refs/git-s3/tmp/") {
-            let _ = ctx.git.delete_ref(&bundle_ref).await;
+        let result = self.push_bundle(ctx, dst, remote_sha.as_deref(), &sha, &bundle_ref).await;
+        if let Some(t) = tmp_ref {
+            let _ = ctx.git.delete_ref(&t).await;
         }
-        built?;
-        let zip = if self.url.scheme == Scheme::S3Zip { Some(self.build_zip(ctx, &sha).await?) } else { None };
+        result
+    }
 
+    /// Takes the ref's lock, then streams `git bundle create` of `bundle_ref`
+    /// into S3 (refreshing the lock while it runs) and finishes the update.
+    async fn push_bundle(
+        &self,
+        ctx: &OpContext,
+        dst: &str,
+        seen_sha: Option<&str>,
+        sha: &str,
+        bundle_ref: &str,
+    ) -> Result<PushResult, StorageError> {
+        let zip = if self.url.scheme == Scheme::S3Zip { Some(self.build_zip(ctx, sha).await?) } else { None };
         let ttl = locks::ttl_from_env(&ctx.env);
-        let lock = match locks::acquire(&self.store, &self.url.prefix, dst, ttl, lock_wait(&ctx.env)).await {
+        let mut lock = match locks::acquire(&self.store, &self.url.prefix, dst, ttl, lock_wait(&ctx.env)).await {
             Ok(l) => l,
             Err(locks::LockError::Held { key, ttl }) => {
                 return Ok(Err(format!(
@@ -239,7 +250,12 @@ impl BundleStorage {
             }
             Err(e) => return Err(e.into()),
         };
-        let result = self.write_under_lock(ctx, dst, remote_sha.as_deref(), &sha, bundle, zip).await;
+        let work = self.write_under_lock(ctx, dst, seen_sha, sha, bundle_ref, zip);
+        let result = match locks::hold_while(&self.store, &mut lock, ttl, work).await {
+            Ok(r) => r,
+            Err(locks::LockError::Lost { key }) => return Ok(Err(locks::LockError::Lost { key }.to_string())),
+            Err(e) => Err(e.into()),
+        };
         if let Err(e) = locks::release(&self.store, lock).await {
             tracing::warn!(error = %e, "could not release lock");
             if result.as_ref().map(|r| r.is_ok()).unwrap_or(false) {
@@ -262,7 +278,7 @@ impl BundleStorage {
         dst: &str,
         seen_sha: Option<&str>,
         sha: &str,
-        bundle: tempfile::NamedTempFile,
+        bundle_ref: &str,
         zip: Option<(tempfile::NamedTempFile, String)>,
     ) -> Result<PushResult, StorageError> {
         // Under the lock: the ref must still be what we checked against.
@@ -275,15 +291,43 @@ impl BundleStorage {
         if current.first().map(|c| c.0.as_str()) != seen_sha {
             return Ok(Err("fetch first".into()));
         }
-        let size = bundle.as_file().metadata()?.len();
-        let progress = std::sync::Mutex::new(Progress::new(ctx.out.clone(), ctx.progress, format!("Uploading {dst}"), Some(size)));
+        // `git bundle create` streams into the upload (and the cache's copy);
+        // the object appears only once git has finished successfully.
+        let bundle = ctx.cache.temp_file()?;
+        let mut tee = tokio::fs::File::from_std(bundle.reopen()?);
+        let mut git = ctx
+            .git
+            .command(&["bundle", "create", "--quiet", "-", bundle_ref])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(crate::git::GitError::Spawn)?;
+        let stdout = git.stdout.take().ok_or_else(|| StorageError::Corrupt("git bundle create: no stdout".into()))?;
+        let mut stderr = git.stderr.take();
+        let finish = async move {
+            use tokio::io::AsyncReadExt;
+            let mut msg = String::new();
+            if let Some(e) = stderr.as_mut() {
+                let _ = e.read_to_string(&mut msg).await;
+            }
+            match git.wait().await {
+                Ok(st) if st.success() => Ok(()),
+                Ok(st) => Err(format!("git bundle create failed ({st}): {}", msg.trim())),
+                Err(e) => Err(format!("git bundle create: {e}")),
+            }
+        };
+        let progress = std::sync::Mutex::new(Progress::new(ctx.out.clone(), ctx.progress, format!("Uploading {dst}"), None));
+        let span = tracing::debug_span!("git", args = %format!("bundle create - {bundle_ref}"));
         self.store
-            .put_file(&self.bundle_key(dst, sha), bundle.path(), PutOptions::default(), |n| {
+            .put_stream(&self.bundle_key(dst, sha), stdout, Some(&mut tee), PutOptions::default(), finish, |n| {
                 if let Ok(mut p) = progress.lock() {
                     p.add(n)
                 }
             })
+            .instrument(span)
             .await?;
+        tee.sync_all().await?;
+        drop(tee);
         if let Ok(mut p) = progress.lock() {
             p.finish();
         }

@@ -17,6 +17,8 @@ pub enum LockError {
         "failed to acquire ref lock at {key}. Another client may be pushing. If this persists beyond {ttl}s, run `git s3 doctor <remote> --lock-ttl {ttl}` to inspect and optionally clear stale locks"
     )]
     Held { key: String, ttl: u64 },
+    #[error("lost the ref lock at {key}: another client took it over as stale while this push ran; nothing was written. Push again")]
+    Lost { key: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -91,6 +93,44 @@ pub async fn acquire(store: &S3Store, prefix: &str, refname: &str, ttl: Duration
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_millis(1000));
+    }
+}
+
+/// Refreshes the lock (a conditional rewrite on its ETag), so its age stays
+/// below the TTL while a long push holds it. Fails with `Lost` when someone
+/// took it over.
+pub async fn refresh(store: &S3Store, lock: &mut RefLock) -> Result<(), LockError> {
+    let opts = PutOptions { condition: WriteCondition::IfMatch(lock.etag.clone()), ..Default::default() };
+    match store.put_bytes(&lock.key, lock_body(), opts).await {
+        Ok(etag) => {
+            lock.etag = etag;
+            Ok(())
+        }
+        Err(e) if e.is_precondition_failed() || e.is_not_found() => Err(LockError::Lost { key: lock.key.clone() }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Runs `work` while holding `lock`, refreshing it every third of the TTL
+/// (at least every second). If the lock is lost, `work` is dropped
+/// (cancelled) and `Lost` is returned.
+pub async fn hold_while<T>(
+    store: &S3Store,
+    lock: &mut RefLock,
+    ttl: Duration,
+    work: impl std::future::Future<Output = T>,
+) -> Result<T, LockError> {
+    let period = (ttl / 3).max(Duration::from_secs(1));
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            out = &mut work => return Ok(out),
+            _ = tick.tick() => {
+                tracing::debug!(key = lock.key, "refreshing the ref lock");
+                refresh(store, lock).await?;
+            }
+        }
     }
 }
 

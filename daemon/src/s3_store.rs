@@ -453,6 +453,130 @@ impl S3Store {
         }
     }
 
+    /// Uploads what `reader` produces while it produces it (e.g. `git bundle
+    /// create -`): one PUT when it ends within the first part, else a
+    /// multipart upload with up to [`PART_CONCURRENCY`] parts in flight
+    /// (memory bounded by that many parts). Every byte read is also written
+    /// to `tee` (the local cache's copy). `finish` is awaited after the end
+    /// of the input and before the object becomes visible: if it fails (the
+    /// producer failed), nothing is written and its error is returned.
+    pub async fn put_stream<R, F>(
+        &self,
+        key: &str,
+        mut reader: R,
+        mut tee: Option<&mut tokio::fs::File>,
+        opts: PutOptions,
+        finish: F,
+        on_bytes: impl Fn(u64) + Send + Sync,
+    ) -> Result<String, StoreError>
+    where
+        R: tokio::io::AsyncRead + Unpin + Send,
+        F: std::future::Future<Output = Result<(), String>> + Send,
+    {
+        use futures::stream::{FuturesUnordered, StreamExt};
+        use tokio::io::AsyncReadExt;
+        let span = tracing::debug_span!("s3.put_stream", bucket = %self.bucket, key);
+        async {
+            let other = |message: String| StoreError::Other { bucket: self.bucket.to_string(), key: key.to_string(), message };
+            // Reads one part (up to PART_SIZE bytes), teeing it; empty at the end.
+            async fn read_part<R: tokio::io::AsyncRead + Unpin>(
+                reader: &mut R,
+                tee: &mut Option<&mut tokio::fs::File>,
+            ) -> std::io::Result<Vec<u8>> {
+                let mut buf = Vec::with_capacity(PART_SIZE as usize);
+                let mut limited = reader.take(PART_SIZE);
+                limited.read_to_end(&mut buf).await?;
+                if let Some(f) = tee.as_mut() {
+                    f.write_all(&buf).await?;
+                }
+                Ok(buf)
+            }
+            let first = read_part(&mut reader, &mut tee).await?;
+            if (first.len() as u64) < PART_SIZE {
+                finish.await.map_err(other)?;
+                let len = first.len() as u64;
+                let etag = self.put_body(key, ByteStream::from(first), opts).await?;
+                on_bytes(len);
+                return Ok(etag);
+            }
+            let create = apply_headers!(self.client.create_multipart_upload().bucket(&*self.bucket).key(key), &opts);
+            let created = create.send().await.map_err(|e| classify(e, &self.bucket, key))?;
+            let upload_id = created.upload_id().unwrap_or_default().to_string();
+            let upload = |number: i32, data: Vec<u8>| {
+                let upload_id = upload_id.clone();
+                let on_bytes = &on_bytes;
+                async move {
+                    let size = data.len() as u64;
+                    let r = self
+                        .client
+                        .upload_part()
+                        .bucket(&*self.bucket)
+                        .key(key)
+                        .upload_id(&upload_id)
+                        .part_number(number)
+                        .body(ByteStream::from(data))
+                        .send()
+                        .instrument(tracing::debug_span!("s3.upload_part", part_number = number, bytes = size))
+                        .await
+                        .map_err(|e| classify(e, &self.bucket, key))?;
+                    on_bytes(size);
+                    Ok::<_, StoreError>(CompletedPart::builder().part_number(number).set_e_tag(r.e_tag().map(str::to_string)).build())
+                }
+            };
+            let result: Result<Vec<CompletedPart>, StoreError> = async {
+                let mut in_flight = FuturesUnordered::new();
+                let mut done = Vec::new();
+                in_flight.push(upload(1, first));
+                let mut number = 1;
+                loop {
+                    // Keep at most PART_CONCURRENCY parts (and their buffers) alive.
+                    while in_flight.len() >= PART_CONCURRENCY {
+                        if let Some(part) = in_flight.next().await {
+                            done.push(part?);
+                        }
+                    }
+                    let data = read_part(&mut reader, &mut tee).await?;
+                    if data.is_empty() {
+                        break;
+                    }
+                    number += 1;
+                    in_flight.push(upload(number, data));
+                }
+                while let Some(part) = in_flight.next().await {
+                    done.push(part?);
+                }
+                finish.await.map_err(other)?;
+                done.sort_by_key(|p| p.part_number());
+                Ok(done)
+            }
+            .await;
+            let parts = match result {
+                Ok(p) => p,
+                Err(e) => {
+                    self.abort_multipart(key, &upload_id).await;
+                    return Err(e);
+                }
+            };
+            let mut complete = self
+                .client
+                .complete_multipart_upload()
+                .bucket(&*self.bucket)
+                .key(key)
+                .upload_id(&upload_id)
+                .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build());
+            complete = apply_condition!(complete, &opts.condition);
+            match complete.send().await {
+                Ok(r) => Ok(r.e_tag().unwrap_or_default().to_string()),
+                Err(e) => {
+                    self.abort_multipart(key, &upload_id).await;
+                    Err(classify(e, &self.bucket, key))
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
     async fn abort_multipart(&self, key: &str, upload_id: &str) {
         let r = self.client.abort_multipart_upload().bucket(&*self.bucket).key(key).upload_id(upload_id).send().await;
         if let Err(e) = r {

@@ -164,3 +164,38 @@ fn verbose_logging_goes_to_stderr_only_when_asked() {
         assert!(String::from_utf8_lossy(&out.stdout).lines().all(|l| l.contains("\trefs/") || l.ends_with("\tHEAD")));
     }
 }
+
+#[test]
+fn large_bundle_streams_in_parts_and_raw_sha_pushes_work() {
+    let env = TestEnv::new();
+    let repo = env.new_repo("big");
+    // ~40 MB that does not compress: more than two 16 MiB parts
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    let data: Vec<u8> = (0..40 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(repo.join("blob.bin"), &data).unwrap();
+    env.git(&repo, &["add", "blob.bin"]);
+    env.git(&repo, &["commit", "-q", "-m", "big"]);
+    let url = env.url("large");
+    let mut c = env.command("git", &repo);
+    c.env("GIT_REMOTE_S3_VERBOSE", "1").args(["push", &url, "main"]);
+    let log = String::from_utf8_lossy(&env.run(c).stderr).into_owned();
+    assert!(log.matches("s3.upload_part").count() >= 3, "multipart, streamed: {log}");
+    // a bare sha as the source (bundled through a temporary local ref)
+    let sha = env.git(&repo, &["rev-parse", "HEAD~1"]).trim().to_string();
+    env.git(&repo, &["push", "-q", &url, &format!("{sha}:refs/heads/old")]);
+    assert!(env.git(&repo, &["for-each-ref", "refs/git-s3/"]).is_empty(), "temporary ref removed");
+    let ls = env.ls_remote(Tool::Ours, &url);
+    assert!(ls.contains(&format!("{sha}\trefs/heads/old")), "{ls:?}");
+    // with an empty cache the clone downloads it and gets the same bytes
+    std::fs::remove_dir_all(env.dir.path().join("cache")).unwrap();
+    env.git_s3(&env.work(), &["daemon", "stop"]);
+    env.git(&env.work(), &["clone", "-q", &url, "clone"]);
+    assert!(std::fs::read(env.path("clone/blob.bin")).unwrap() == data);
+}
