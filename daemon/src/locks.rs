@@ -17,7 +17,7 @@ pub enum LockError {
         "failed to acquire ref lock at {key}. Another client may be pushing. If this persists beyond {ttl}s, run `git s3 doctor <remote> --lock-ttl {ttl}` to inspect and optionally clear stale locks"
     )]
     Held { key: String, ttl: u64 },
-    #[error("lost the ref lock at {key}: another client took it over as stale while this push ran; nothing was written. Push again")]
+    #[error("lost the ref lock at {key}: another client took it over as stale while this push ran, and the push was stopped; check the remote (git s3 status) and push again")]
     Lost { key: String },
     #[error(transparent)]
     Store(#[from] StoreError),
