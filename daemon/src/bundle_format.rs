@@ -319,7 +319,7 @@ impl BundleStorage {
         let progress = std::sync::Mutex::new(Progress::new(ctx.out.clone(), ctx.progress, format!("Uploading {dst}"), None));
         let span = tracing::debug_span!("git", args = %format!("bundle create - {bundle_ref}"));
         self.store
-            .put_stream(&self.bundle_key(dst, sha), stdout, Some(&mut tee), PutOptions::default(), finish, |n| {
+            .put_stream(&self.bundle_key(dst, sha), stdout, bundle.path(), &mut tee, PutOptions::default(), finish, |n| {
                 if let Ok(mut p) = progress.lock() {
                     p.add(n)
                 }

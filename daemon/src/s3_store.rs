@@ -454,17 +454,22 @@ impl S3Store {
     }
 
     /// Uploads what `reader` produces while it produces it (e.g. `git bundle
-    /// create -`): one PUT when it ends within the first part, else a
-    /// multipart upload with up to [`PART_CONCURRENCY`] parts in flight
-    /// (memory bounded by that many parts). Every byte read is also written
-    /// to `tee` (the local cache's copy). `finish` is awaited after the end
-    /// of the input and before the object becomes visible: if it fails (the
-    /// producer failed), nothing is written and its error is returned.
+    /// create -`), writing every byte to `tee` (a file at `tee_path`, the
+    /// local cache's copy) as it goes. Up to [`MULTIPART_THRESHOLD`] bytes
+    /// are only staged in `tee` and sent as one PUT from it; past that, a
+    /// multipart upload starts (the staged parts read back from `tee`) and
+    /// every further part is uploaded as soon as it is read, with up to
+    /// [`PART_CONCURRENCY`] in flight: memory stays bounded by that many
+    /// parts. `finish` is awaited after the end of the input and before the
+    /// object becomes visible: if it fails (the producer failed), nothing is
+    /// written and its error is returned.
+    #[allow(clippy::too_many_arguments)]
     pub async fn put_stream<R, F>(
         &self,
         key: &str,
         mut reader: R,
-        mut tee: Option<&mut tokio::fs::File>,
+        tee_path: &Path,
+        tee: &mut tokio::fs::File,
         opts: PutOptions,
         finish: F,
         on_bytes: impl Fn(u64) + Send + Sync,
@@ -478,35 +483,43 @@ impl S3Store {
         let span = tracing::debug_span!("s3.put_stream", bucket = %self.bucket, key);
         async {
             let other = |message: String| StoreError::Other { bucket: self.bucket.to_string(), key: key.to_string(), message };
-            // Reads one part (up to PART_SIZE bytes), teeing it; empty at the end.
-            async fn read_part<R: tokio::io::AsyncRead + Unpin>(
-                reader: &mut R,
-                tee: &mut Option<&mut tokio::fs::File>,
-            ) -> std::io::Result<Vec<u8>> {
+            // Reads one part (up to PART_SIZE bytes) and tees it; empty at the end.
+            async fn read_part<R: tokio::io::AsyncRead + Unpin>(reader: &mut R, tee: &mut tokio::fs::File) -> std::io::Result<Vec<u8>> {
                 let mut buf = Vec::with_capacity(PART_SIZE as usize);
-                let mut limited = reader.take(PART_SIZE);
-                limited.read_to_end(&mut buf).await?;
-                if let Some(f) = tee.as_mut() {
-                    f.write_all(&buf).await?;
-                }
+                reader.take(PART_SIZE).read_to_end(&mut buf).await?;
+                tee.write_all(&buf).await?;
                 Ok(buf)
             }
-            let first = read_part(&mut reader, &mut tee).await?;
-            if (first.len() as u64) < PART_SIZE {
-                finish.await.map_err(other)?;
-                let len = first.len() as u64;
-                let etag = self.put_body(key, ByteStream::from(first), opts).await?;
-                on_bytes(len);
-                return Ok(etag);
+            // Stage up to the threshold in the tee file only.
+            let mut staged = 0u64;
+            let mut overflow: Option<Vec<u8>> = None;
+            loop {
+                let part = read_part(&mut reader, tee).await?;
+                let len = part.len() as u64;
+                staged += len;
+                if staged > MULTIPART_THRESHOLD {
+                    overflow = Some(part);
+                    break;
+                }
+                if len < PART_SIZE {
+                    break;
+                }
             }
+            tee.flush().await?;
+            let Some(overflow) = overflow else {
+                finish.await.map_err(other)?;
+                let body = ByteStream::from_path(tee_path).await.map_err(|e| other(e.to_string()))?;
+                let etag = self.put_body(key, body, opts).await?;
+                on_bytes(staged);
+                return Ok(etag);
+            };
             let create = apply_headers!(self.client.create_multipart_upload().bucket(&*self.bucket).key(key), &opts);
             let created = create.send().await.map_err(|e| classify(e, &self.bucket, key))?;
             let upload_id = created.upload_id().unwrap_or_default().to_string();
-            let upload = |number: i32, data: Vec<u8>| {
+            let upload = |number: i32, body: ByteStream, size: u64| {
                 let upload_id = upload_id.clone();
                 let on_bytes = &on_bytes;
                 async move {
-                    let size = data.len() as u64;
                     let r = self
                         .client
                         .upload_part()
@@ -514,7 +527,7 @@ impl S3Store {
                         .key(key)
                         .upload_id(&upload_id)
                         .part_number(number)
-                        .body(ByteStream::from(data))
+                        .body(body)
                         .send()
                         .instrument(tracing::debug_span!("s3.upload_part", part_number = number, bytes = size))
                         .await
@@ -523,28 +536,49 @@ impl S3Store {
                     Ok::<_, StoreError>(CompletedPart::builder().part_number(number).set_e_tag(r.e_tag().map(str::to_string)).build())
                 }
             };
+            let from_tee = |offset: u64, size: u64| async move {
+                ByteStream::read_from()
+                    .path(tee_path)
+                    .offset(offset)
+                    .length(aws_smithy_types::byte_stream::Length::Exact(size))
+                    .build()
+                    .await
+                    .map_err(|e| StoreError::Other { bucket: self.bucket.to_string(), key: key.to_string(), message: e.to_string() })
+            };
             let result: Result<Vec<CompletedPart>, StoreError> = async {
                 let mut in_flight = FuturesUnordered::new();
                 let mut done = Vec::new();
-                in_flight.push(upload(1, first));
-                let mut number = 1;
+                // The staged full parts, read back from the tee file...
+                let staged_parts = (staged - overflow.len() as u64) / PART_SIZE;
+                let mut number = 0;
+                for i in 0..staged_parts {
+                    number += 1;
+                    let body = from_tee(i * PART_SIZE, PART_SIZE).await?;
+                    in_flight.push(upload(number, body, PART_SIZE));
+                }
+                // ...then every part as it is read.
+                let mut next = Some(overflow);
                 loop {
-                    // Keep at most PART_CONCURRENCY parts (and their buffers) alive.
+                    let data = match next.take() {
+                        Some(d) => d,
+                        None => read_part(&mut reader, tee).await?,
+                    };
+                    if data.is_empty() {
+                        break;
+                    }
                     while in_flight.len() >= PART_CONCURRENCY {
                         if let Some(part) = in_flight.next().await {
                             done.push(part?);
                         }
                     }
-                    let data = read_part(&mut reader, &mut tee).await?;
-                    if data.is_empty() {
-                        break;
-                    }
                     number += 1;
-                    in_flight.push(upload(number, data));
+                    let size = data.len() as u64;
+                    in_flight.push(upload(number, ByteStream::from(data), size));
                 }
                 while let Some(part) = in_flight.next().await {
                     done.push(part?);
                 }
+                tee.flush().await?;
                 finish.await.map_err(other)?;
                 done.sort_by_key(|p| p.part_number());
                 Ok(done)

@@ -169,9 +169,10 @@ fn verbose_logging_goes_to_stderr_only_when_asked() {
 fn large_bundle_streams_in_parts_and_raw_sha_pushes_work() {
     let env = TestEnv::new();
     let repo = env.new_repo("big");
-    // ~40 MB that does not compress: more than two 16 MiB parts
+    // 72 MiB that does not compress: past the 64 MiB single-PUT threshold,
+    // so the bundle goes up as 16 MiB parts while git writes it
     let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-    let data: Vec<u8> = (0..40 << 20)
+    let data: Vec<u8> = (0..72 << 20)
         .map(|_| {
             x ^= x << 13;
             x ^= x >> 7;
@@ -186,7 +187,7 @@ fn large_bundle_streams_in_parts_and_raw_sha_pushes_work() {
     let mut c = env.command("git", &repo);
     c.env("GIT_REMOTE_S3_VERBOSE", "1").args(["push", &url, "main"]);
     let log = String::from_utf8_lossy(&env.run(c).stderr).into_owned();
-    assert!(log.matches("s3.upload_part").count() >= 3, "multipart, streamed: {log}");
+    assert_eq!(log.matches("git-s3: s3.upload_part").count(), 5, "multipart, streamed: {log}");
     // a bare sha as the source (bundled through a temporary local ref)
     let sha = env.git(&repo, &["rev-parse", "HEAD~1"]).trim().to_string();
     env.git(&repo, &["push", "-q", &url, &format!("{sha}:refs/heads/old")]);
