@@ -409,30 +409,30 @@ impl S3Store {
                             key: key.to_string(),
                             message: e.to_string(),
                         })?;
-                    let part_number = (i + 1) as i32;
-                    let r = self
-                        .client
-                        .upload_part()
-                        .bucket(&*self.bucket)
-                        .key(key)
-                        .upload_id(&upload_id)
-                        .part_number(part_number)
-                        .body(body)
-                        .send()
-                        .instrument(tracing::debug_span!("s3.upload_part", part_number, bytes = size))
-                        .await
-                        .map_err(|e| classify(e, &self.bucket, key))?;
+                    let part = self.upload_part(key, &upload_id, (i + 1) as i32, body, size).await?;
                     on_bytes(size);
-                    Ok(CompletedPart::builder().part_number(part_number).set_e_tag(r.e_tag().map(str::to_string)).build())
+                    Ok(part)
                 }
             })
             .buffered(PART_CONCURRENCY)
             .try_collect()
             .await;
-        let parts = match result {
+        self.finish_multipart(key, &upload_id, result, &opts.condition).await
+    }
+
+    /// Completes a multipart upload with its parts (under `condition`), or
+    /// aborts it when the parts failed or the completion is refused.
+    async fn finish_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: Result<Vec<CompletedPart>, StoreError>,
+        condition: &WriteCondition,
+    ) -> Result<String, StoreError> {
+        let parts = match parts {
             Ok(p) => p,
             Err(e) => {
-                self.abort_multipart(key, &upload_id).await;
+                self.abort_multipart(key, upload_id).await;
                 return Err(e);
             }
         };
@@ -441,16 +441,33 @@ impl S3Store {
             .complete_multipart_upload()
             .bucket(&*self.bucket)
             .key(key)
-            .upload_id(&upload_id)
+            .upload_id(upload_id)
             .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build());
-        complete = apply_condition!(complete, &opts.condition);
+        complete = apply_condition!(complete, condition);
         match complete.send().await {
             Ok(r) => Ok(r.e_tag().unwrap_or_default().to_string()),
             Err(e) => {
-                self.abort_multipart(key, &upload_id).await;
+                self.abort_multipart(key, upload_id).await;
                 Err(classify(e, &self.bucket, key))
             }
         }
+    }
+
+    /// Uploads one part of a multipart upload.
+    async fn upload_part(&self, key: &str, upload_id: &str, number: i32, body: ByteStream, size: u64) -> Result<CompletedPart, StoreError> {
+        let r = self
+            .client
+            .upload_part()
+            .bucket(&*self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(number)
+            .body(body)
+            .send()
+            .instrument(tracing::debug_span!("s3.upload_part", part_number = number, bytes = size))
+            .await
+            .map_err(|e| classify(e, &self.bucket, key))?;
+        Ok(CompletedPart::builder().part_number(number).set_e_tag(r.e_tag().map(str::to_string)).build())
     }
 
     /// Uploads what `reader` produces while it produces it (e.g. `git bundle
@@ -520,20 +537,9 @@ impl S3Store {
                 let upload_id = upload_id.clone();
                 let on_bytes = &on_bytes;
                 async move {
-                    let r = self
-                        .client
-                        .upload_part()
-                        .bucket(&*self.bucket)
-                        .key(key)
-                        .upload_id(&upload_id)
-                        .part_number(number)
-                        .body(body)
-                        .send()
-                        .instrument(tracing::debug_span!("s3.upload_part", part_number = number, bytes = size))
-                        .await
-                        .map_err(|e| classify(e, &self.bucket, key))?;
+                    let part = self.upload_part(key, &upload_id, number, body, size).await?;
                     on_bytes(size);
-                    Ok::<_, StoreError>(CompletedPart::builder().part_number(number).set_e_tag(r.e_tag().map(str::to_string)).build())
+                    Ok::<_, StoreError>(part)
                 }
             };
             let from_tee = |offset: u64, size: u64| async move {
@@ -584,28 +590,7 @@ impl S3Store {
                 Ok(done)
             }
             .await;
-            let parts = match result {
-                Ok(p) => p,
-                Err(e) => {
-                    self.abort_multipart(key, &upload_id).await;
-                    return Err(e);
-                }
-            };
-            let mut complete = self
-                .client
-                .complete_multipart_upload()
-                .bucket(&*self.bucket)
-                .key(key)
-                .upload_id(&upload_id)
-                .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build());
-            complete = apply_condition!(complete, &opts.condition);
-            match complete.send().await {
-                Ok(r) => Ok(r.e_tag().unwrap_or_default().to_string()),
-                Err(e) => {
-                    self.abort_multipart(key, &upload_id).await;
-                    Err(classify(e, &self.bucket, key))
-                }
-            }
+            self.finish_multipart(key, &upload_id, result, &opts.condition).await
         }
         .instrument(span)
         .await

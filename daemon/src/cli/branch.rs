@@ -68,17 +68,8 @@ pub async fn delete_branch(ctx: &mut Ctx, args: BranchArgs) -> CliResult {
     for o in &doomed {
         ctx.println(format!("  {} ({} bytes)", o.key, o.size));
     }
-    if !args.yes {
-        if !ctx.stdin_is_tty {
-            return Err(CliError::Refused("not deleting without confirmation: stdin is not a terminal; pass --yes".into()));
-        }
-        match ctx.ask(&format!("Delete branch {refname} [yes/no]: ")).await {
-            Some(a) if a.eq_ignore_ascii_case("yes") || a.eq_ignore_ascii_case("y") => {}
-            _ => {
-                ctx.println("Aborted");
-                return Ok(1);
-            }
-        }
+    if !confirm_delete(ctx, &refname, args.yes).await? {
+        return Ok(1);
     }
     // Under the ref's lock, like a push deleting the ref.
     let ttl = locks::ttl_from_env(&ctx.env);
@@ -109,6 +100,24 @@ pub async fn delete_branch(ctx: &mut Ctx, args: BranchArgs) -> CliResult {
         }
     }
     Ok(0)
+}
+
+/// Asks before deleting a branch (unless `yes`); refuses without a terminal.
+/// False when the user said no ("Aborted" is printed).
+pub async fn confirm_delete(ctx: &mut Ctx, refname: &str, yes: bool) -> Result<bool, CliError> {
+    if yes {
+        return Ok(true);
+    }
+    if !ctx.stdin_is_tty {
+        return Err(CliError::Refused("not deleting without confirmation: stdin is not a terminal; pass --yes".into()));
+    }
+    match ctx.ask(&format!("Delete branch {refname} [yes/no]: ")).await {
+        Some(a) if a.eq_ignore_ascii_case("yes") || a.eq_ignore_ascii_case("y") => Ok(true),
+        _ => {
+            ctx.println("Aborted");
+            Ok(false)
+        }
+    }
 }
 
 pub async fn protect(ctx: &mut Ctx, args: BranchArgs) -> CliResult {

@@ -75,17 +75,8 @@ pub async fn branch_op(ctx: &mut Ctx, remote: &Remote, refname: &str, op: Branch
             if m.protected.contains(refname) || remote.store.head(&marker).await?.is_some() {
                 return Err(CliError::Refused(format!("{refname} is protected; run `git s3 unprotect` first")));
             }
-            if !yes {
-                if !ctx.stdin_is_tty {
-                    return Err(CliError::Refused("not deleting without confirmation: stdin is not a terminal; pass --yes".into()));
-                }
-                match ctx.ask(&format!("Delete branch {refname} [yes/no]: ")).await {
-                    Some(a) if a.eq_ignore_ascii_case("yes") || a.eq_ignore_ascii_case("y") => {}
-                    _ => {
-                        ctx.println("Aborted");
-                        return Ok(Some(1));
-                    }
-                }
+            if !super::branch::confirm_delete(ctx, refname, yes).await? {
+                return Ok(Some(1));
             }
             let r = refname.to_string();
             update_manifest(&remote.store, &remote.url, |m| {
