@@ -240,6 +240,10 @@ impl BundleStorage {
         bundle_ref: &str,
     ) -> Result<PushResult, StorageError> {
         let zip = if self.url.scheme == Scheme::S3Zip { Some(self.build_zip(ctx, sha).await?) } else { None };
+        // Local work before the lock: git writes the bundle into the cache's
+        // copy; a bundle over 64 MiB stops there (git waits on its pipe) and
+        // streams into S3 once the lock is ours.
+        let stream = BundleStream::start(ctx, bundle_ref).await?;
         let ttl = locks::ttl_from_env(&ctx.env);
         let mut lock = match locks::acquire(&self.store, &self.url.prefix, dst, ttl, lock_wait(&ctx.env)).await {
             Ok(l) => l,
@@ -250,7 +254,7 @@ impl BundleStorage {
             }
             Err(e) => return Err(e.into()),
         };
-        let work = self.write_under_lock(ctx, dst, seen_sha, sha, bundle_ref, zip);
+        let work = self.write_under_lock(ctx, dst, seen_sha, sha, stream, zip);
         let result = match locks::hold_while(&self.store, &mut lock, ttl, work).await {
             Ok(r) => r,
             Err(locks::LockError::Lost { key }) => return Ok(Err(locks::LockError::Lost { key }.to_string())),
@@ -278,7 +282,7 @@ impl BundleStorage {
         dst: &str,
         seen_sha: Option<&str>,
         sha: &str,
-        bundle_ref: &str,
+        stream: BundleStream,
         zip: Option<(tempfile::NamedTempFile, String)>,
     ) -> Result<PushResult, StorageError> {
         // Under the lock: the ref must still be what we checked against.
@@ -291,40 +295,16 @@ impl BundleStorage {
         if current.first().map(|c| c.0.as_str()) != seen_sha {
             return Ok(Err("fetch first".into()));
         }
-        // `git bundle create` streams into the upload (and the cache's copy);
-        // the object appears only once git has finished successfully.
-        let bundle = ctx.cache.temp_file()?;
-        let mut tee = tokio::fs::File::from_std(bundle.reopen()?);
-        let mut git = ctx
-            .git
-            .command(&["bundle", "create", "--quiet", "-", bundle_ref])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .map_err(crate::git::GitError::Spawn)?;
-        let stdout = git.stdout.take().ok_or_else(|| StorageError::Corrupt("git bundle create: no stdout".into()))?;
-        let mut stderr = git.stderr.take();
-        let finish = async move {
-            use tokio::io::AsyncReadExt;
-            let mut msg = String::new();
-            if let Some(e) = stderr.as_mut() {
-                let _ = e.read_to_string(&mut msg).await;
-            }
-            match git.wait().await {
-                Ok(st) if st.success() => Ok(()),
-                Ok(st) => Err(format!("git bundle create failed ({st}): {}", msg.trim())),
-                Err(e) => Err(format!("git bundle create: {e}")),
-            }
-        };
+        // The rest of `git bundle create` streams into the upload; the object
+        // appears only once git has finished successfully.
+        let BundleStream { bundle, mut tee, staged, finish } = stream;
         let progress = std::sync::Mutex::new(Progress::new(ctx.out.clone(), ctx.progress, format!("Uploading {dst}"), None));
-        let span = tracing::debug_span!("git", args = %format!("bundle create - {bundle_ref}"));
         self.store
-            .put_stream(&self.bundle_key(dst, sha), stdout, bundle.path(), &mut tee, PutOptions::default(), finish, |n| {
+            .put_staged(&self.bundle_key(dst, sha), staged, bundle.path(), &mut tee, PutOptions::default(), finish, |n| {
                 if let Ok(mut p) = progress.lock() {
                     p.add(n)
                 }
             })
-            .instrument(span)
             .await?;
         tee.sync_all().await?;
         drop(tee);
@@ -392,6 +372,49 @@ impl BundleStorage {
     }
 }
 
+
+/// `git bundle create -` running into the cache's copy of the bundle:
+/// staged up to the single-PUT threshold, the rest still in git's pipe.
+struct BundleStream {
+    bundle: tempfile::NamedTempFile,
+    tee: tokio::fs::File,
+    staged: crate::s3_store::Staged<tokio::process::ChildStdout>,
+    /// Resolves to git's verdict once its output has been read.
+    finish: std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>,
+}
+
+impl BundleStream {
+    async fn start(ctx: &OpContext, bundle_ref: &str) -> Result<BundleStream, StorageError> {
+        let bundle = ctx.cache.temp_file()?;
+        let mut tee = tokio::fs::File::from_std(bundle.reopen()?);
+        let span = tracing::debug_span!("git", args = %format!("bundle create - {bundle_ref}"));
+        let _entered = span.enter();
+        let mut git = ctx
+            .git
+            .command(&["bundle", "create", "--quiet", "-", bundle_ref])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(crate::git::GitError::Spawn)?;
+        drop(_entered);
+        let stdout = git.stdout.take().ok_or_else(|| StorageError::Corrupt("git bundle create: no stdout".into()))?;
+        let mut stderr = git.stderr.take();
+        let finish = Box::pin(async move {
+            use tokio::io::AsyncReadExt;
+            let mut msg = String::new();
+            if let Some(e) = stderr.as_mut() {
+                let _ = e.read_to_string(&mut msg).await;
+            }
+            match git.wait().await {
+                Ok(st) if st.success() => Ok(()),
+                Ok(st) => Err(format!("git bundle create failed ({st}): {}", msg.trim())),
+                Err(e) => Err(format!("git bundle create: {e}")),
+            }
+        });
+        let staged = S3Store::stage(stdout, &mut tee).instrument(span).await?;
+        Ok(BundleStream { bundle, tee, staged, finish })
+    }
+}
 
 fn lock_wait(env: &std::collections::HashMap<String, String>) -> Duration {
     env.get("GIT_REMOTE_S3_LOCK_WAIT_SECONDS")

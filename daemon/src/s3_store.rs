@@ -117,6 +117,38 @@ impl ObjectInfo {
     }
 }
 
+/// A producer's output staged in a local file by [`S3Store::stage`]:
+/// complete (`overflow` None), or past the single-PUT threshold, with the
+/// part that crossed it in memory and the rest still to be read.
+pub struct Staged<R> {
+    reader: R,
+    staged: u64,
+    overflow: Option<Vec<u8>>,
+}
+
+impl<R> Staged<R> {
+    /// Bytes read so far.
+    pub fn len(&self) -> u64 {
+        self.staged
+    }
+    pub fn is_empty(&self) -> bool {
+        self.staged == 0
+    }
+    /// True when the producer's output ended within the threshold.
+    pub fn is_complete(&self) -> bool {
+        self.overflow.is_none()
+    }
+}
+
+/// Reads one part (up to PART_SIZE bytes) and tees it; empty at the end.
+async fn read_part<R: tokio::io::AsyncRead + Unpin>(reader: &mut R, tee: &mut tokio::fs::File) -> std::io::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::with_capacity(PART_SIZE as usize);
+    reader.take(PART_SIZE).read_to_end(&mut buf).await?;
+    tee.write_all(&buf).await?;
+    Ok(buf)
+}
+
 /// Condition for a write.
 #[derive(Debug, Clone, Default)]
 pub enum WriteCondition {
@@ -470,21 +502,38 @@ impl S3Store {
         Ok(CompletedPart::builder().part_number(number).set_e_tag(r.e_tag().map(str::to_string)).build())
     }
 
-    /// Uploads what `reader` produces while it produces it (e.g. `git bundle
-    /// create -`), writing every byte to `tee` (a file at `tee_path`, the
-    /// local cache's copy) as it goes. Up to [`MULTIPART_THRESHOLD`] bytes
-    /// are only staged in `tee` and sent as one PUT from it; past that, a
-    /// multipart upload starts (the staged parts read back from `tee`) and
-    /// every further part is uploaded as soon as it is read, with up to
-    /// [`PART_CONCURRENCY`] in flight: memory stays bounded by that many
-    /// parts. `finish` is awaited after the end of the input and before the
+    /// Reads what a producer writes (e.g. `git bundle create -`) into `tee`
+    /// (the local copy) until it ends or passes [`MULTIPART_THRESHOLD`] —
+    /// no network, so it can run before a lock is taken. Memory: one part.
+    pub async fn stage<R: tokio::io::AsyncRead + Unpin>(mut reader: R, tee: &mut tokio::fs::File) -> std::io::Result<Staged<R>> {
+        let mut staged = 0u64;
+        loop {
+            let part = read_part(&mut reader, tee).await?;
+            let len = part.len() as u64;
+            staged += len;
+            if staged > MULTIPART_THRESHOLD {
+                tee.flush().await?;
+                return Ok(Staged { reader, staged, overflow: Some(part) });
+            }
+            if len < PART_SIZE {
+                tee.flush().await?;
+                return Ok(Staged { reader, staged, overflow: None });
+            }
+        }
+    }
+
+    /// Uploads a [`Staged`] stream: when it ended within the threshold, one
+    /// PUT from `tee_path`; else a multipart upload of the staged parts (read
+    /// back from `tee`) and then of every further part as soon as it is read,
+    /// with up to [`PART_CONCURRENCY`] in flight (memory bounded by that many
+    /// parts). `finish` is awaited after the end of the input and before the
     /// object becomes visible: if it fails (the producer failed), nothing is
     /// written and its error is returned.
     #[allow(clippy::too_many_arguments)]
-    pub async fn put_stream<R, F>(
+    pub async fn put_staged<R, F>(
         &self,
         key: &str,
-        mut reader: R,
+        staged: Staged<R>,
         tee_path: &Path,
         tee: &mut tokio::fs::File,
         opts: PutOptions,
@@ -496,33 +545,10 @@ impl S3Store {
         F: std::future::Future<Output = Result<(), String>> + Send,
     {
         use futures::stream::{FuturesUnordered, StreamExt};
-        use tokio::io::AsyncReadExt;
-        let span = tracing::debug_span!("s3.put_stream", bucket = %self.bucket, key);
+        let span = tracing::debug_span!("s3.put_stream", bucket = %self.bucket, key, staged = staged.staged);
         async {
             let other = |message: String| StoreError::Other { bucket: self.bucket.to_string(), key: key.to_string(), message };
-            // Reads one part (up to PART_SIZE bytes) and tees it; empty at the end.
-            async fn read_part<R: tokio::io::AsyncRead + Unpin>(reader: &mut R, tee: &mut tokio::fs::File) -> std::io::Result<Vec<u8>> {
-                let mut buf = Vec::with_capacity(PART_SIZE as usize);
-                reader.take(PART_SIZE).read_to_end(&mut buf).await?;
-                tee.write_all(&buf).await?;
-                Ok(buf)
-            }
-            // Stage up to the threshold in the tee file only.
-            let mut staged = 0u64;
-            let mut overflow: Option<Vec<u8>> = None;
-            loop {
-                let part = read_part(&mut reader, tee).await?;
-                let len = part.len() as u64;
-                staged += len;
-                if staged > MULTIPART_THRESHOLD {
-                    overflow = Some(part);
-                    break;
-                }
-                if len < PART_SIZE {
-                    break;
-                }
-            }
-            tee.flush().await?;
+            let Staged { mut reader, staged, overflow } = staged;
             let Some(overflow) = overflow else {
                 finish.await.map_err(other)?;
                 let body = ByteStream::from_path(tee_path).await.map_err(|e| other(e.to_string()))?;
