@@ -219,6 +219,24 @@ impl S3Store {
         &self.bucket
     }
 
+    /// A transfer failure on `key` that S3 did not classify (interrupted
+    /// body, truncated download, unreadable local file).
+    fn other(&self, key: &str, message: impl Into<String>) -> StoreError {
+        StoreError::Other { bucket: self.bucket.to_string(), key: key.to_string(), message: message.into() }
+    }
+
+    /// `size` bytes of the file at `path` from `offset`, as a request body
+    /// (one multipart part, read from disk as it is sent).
+    async fn file_part(&self, key: &str, path: &Path, offset: u64, size: u64) -> Result<ByteStream, StoreError> {
+        ByteStream::read_from()
+            .path(path)
+            .offset(offset)
+            .length(aws_smithy_types::byte_stream::Length::Exact(size))
+            .build()
+            .await
+            .map_err(|e| self.other(key, e.to_string()))
+    }
+
     /// Every object under `prefix` (all pages).
     pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
         let span = tracing::debug_span!("s3.list", bucket = %self.bucket, prefix);
@@ -283,11 +301,7 @@ impl S3Store {
         async {
             match self.client.get_object().bucket(&*self.bucket).key(key).send().await {
                 Ok(r) => {
-                    let data = r.body.collect().await.map_err(|e| StoreError::Other {
-                        bucket: self.bucket.to_string(),
-                        key: key.to_string(),
-                        message: e.to_string(),
-                    })?;
+                    let data = r.body.collect().await.map_err(|e| self.other(key, e.to_string()))?;
                     Ok(Some(data.into_bytes().to_vec()))
                 }
                 Err(e) => match classify(e, &self.bucket, key) {
@@ -337,11 +351,7 @@ impl S3Store {
             let mut body = resp.body;
             let mut file = tokio::fs::File::create(dest).await?;
             let mut total = 0u64;
-            while let Some(chunk) = body.try_next().await.map_err(|e| StoreError::Other {
-                bucket: self.bucket.to_string(),
-                key: key.to_string(),
-                message: format!("download interrupted: {e}"),
-            })? {
+            while let Some(chunk) = body.try_next().await.map_err(|e| self.other(key, format!("download interrupted: {e}")))? {
                 file.write_all(&chunk).await?;
                 if let Some(tx) = &tee {
                     if tx.send(chunk.clone()).await.is_err() {
@@ -355,11 +365,7 @@ impl S3Store {
             file.sync_all().await?;
             if let Some(exp) = expected {
                 if exp != total {
-                    return Err(StoreError::Other {
-                        bucket: self.bucket.to_string(),
-                        key: key.to_string(),
-                        message: format!("truncated download: got {total} of {exp} bytes"),
-                    });
+                    return Err(self.other(key, format!("truncated download: got {total} of {exp} bytes")));
                 }
             }
             tracing::debug!(bytes = total, "downloaded");
@@ -396,11 +402,7 @@ impl S3Store {
         let span = tracing::debug_span!("s3.put", bucket = %self.bucket, key, bytes = len);
         async {
             if len <= MULTIPART_THRESHOLD {
-                let body = ByteStream::from_path(path).await.map_err(|e| StoreError::Other {
-                    bucket: self.bucket.to_string(),
-                    key: key.to_string(),
-                    message: e.to_string(),
-                })?;
+                let body = ByteStream::from_path(path).await.map_err(|e| self.other(key, e.to_string()))?;
                 let etag = self.put_body(key, body, opts).await?;
                 on_bytes(len);
                 return Ok(etag);
@@ -430,17 +432,7 @@ impl S3Store {
                 async move {
                     let offset = i * PART_SIZE;
                     let size = PART_SIZE.min(len - offset);
-                    let body = ByteStream::read_from()
-                        .path(path)
-                        .offset(offset)
-                        .length(aws_smithy_types::byte_stream::Length::Exact(size))
-                        .build()
-                        .await
-                        .map_err(|e| StoreError::Other {
-                            bucket: self.bucket.to_string(),
-                            key: key.to_string(),
-                            message: e.to_string(),
-                        })?;
+                    let body = self.file_part(key, path, offset, size).await?;
                     let part = self.upload_part(key, &upload_id, (i + 1) as i32, body, size).await?;
                     on_bytes(size);
                     Ok(part)
@@ -547,7 +539,7 @@ impl S3Store {
         use futures::stream::{FuturesUnordered, StreamExt};
         let span = tracing::debug_span!("s3.put_stream", bucket = %self.bucket, key, staged = staged.staged);
         async {
-            let other = |message: String| StoreError::Other { bucket: self.bucket.to_string(), key: key.to_string(), message };
+            let other = |message: String| self.other(key, message);
             let Staged { mut reader, staged, overflow } = staged;
             let Some(overflow) = overflow else {
                 finish.await.map_err(other)?;
@@ -568,15 +560,6 @@ impl S3Store {
                     Ok::<_, StoreError>(part)
                 }
             };
-            let from_tee = |offset: u64, size: u64| async move {
-                ByteStream::read_from()
-                    .path(tee_path)
-                    .offset(offset)
-                    .length(aws_smithy_types::byte_stream::Length::Exact(size))
-                    .build()
-                    .await
-                    .map_err(|e| StoreError::Other { bucket: self.bucket.to_string(), key: key.to_string(), message: e.to_string() })
-            };
             let result: Result<Vec<CompletedPart>, StoreError> = async {
                 let mut in_flight = FuturesUnordered::new();
                 let mut done = Vec::new();
@@ -585,7 +568,7 @@ impl S3Store {
                 let mut number = 0;
                 for i in 0..staged_parts {
                     number += 1;
-                    let body = from_tee(i * PART_SIZE, PART_SIZE).await?;
+                    let body = self.file_part(key, tee_path, i * PART_SIZE, PART_SIZE).await?;
                     in_flight.push(upload(number, body, PART_SIZE));
                 }
                 // ...then every part as it is read.
@@ -697,17 +680,9 @@ impl S3Store {
             let mut file = tokio::fs::OpenOptions::new().write(true).open(dest).await?;
             file.seek(std::io::SeekFrom::Start(offset)).await?;
             let mut total = 0u64;
-            while let Some(chunk) = body.try_next().await.map_err(|e| StoreError::Other {
-                bucket: self.bucket.to_string(),
-                key: key.to_string(),
-                message: format!("download interrupted: {e}"),
-            })? {
+            while let Some(chunk) = body.try_next().await.map_err(|e| self.other(key, format!("download interrupted: {e}")))? {
                 if total + chunk.len() as u64 > len {
-                    return Err(StoreError::Other {
-                        bucket: self.bucket.to_string(),
-                        key: key.to_string(),
-                        message: format!("range {offset}+{len}: server sent more bytes than asked"),
-                    });
+                    return Err(self.other(key, format!("range {offset}+{len}: server sent more bytes than asked")));
                 }
                 file.write_all(&chunk).await?;
                 total += chunk.len() as u64;
@@ -715,11 +690,7 @@ impl S3Store {
             }
             file.flush().await?;
             if total != len {
-                return Err(StoreError::Other {
-                    bucket: self.bucket.to_string(),
-                    key: key.to_string(),
-                    message: format!("truncated download: got {total} of {len} bytes at offset {offset}"),
-                });
+                return Err(self.other(key, format!("truncated download: got {total} of {len} bytes at offset {offset}")));
             }
             Ok(total)
         }
