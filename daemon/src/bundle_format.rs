@@ -4,6 +4,7 @@
 //! and for `s3+zip://` a `<prefix>/<ref>/repo.zip`.
 
 use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
 use std::time::Duration;
 
 use tracing::Instrument;
@@ -239,7 +240,7 @@ impl BundleStorage {
         sha: &str,
         bundle_ref: &str,
     ) -> Result<PushResult, StorageError> {
-        let zip = if self.url.scheme == Scheme::S3Zip { Some(self.build_zip(ctx, sha).await?) } else { None };
+        let zip = if self.url.scheme == Scheme::S3Zip { Some(build_zip(ctx, sha).await?) } else { None };
         // Local work before the lock: git writes the bundle into the cache's
         // copy; a bundle over 64 MiB stops there (git waits on its pipe) and
         // streams into S3 once the lock is ours.
@@ -267,13 +268,6 @@ impl BundleStorage {
             }
         }
         result
-    }
-
-    async fn build_zip(&self, ctx: &OpContext, sha: &str) -> Result<(tempfile::NamedTempFile, String), StorageError> {
-        let zip = ctx.cache.temp_file()?;
-        ctx.git.archive_zip(zip.path(), sha).await?;
-        let summary = ctx.git.commit_summary(sha).await.unwrap_or_default();
-        Ok((zip, summary))
     }
 
     async fn write_under_lock(
@@ -328,13 +322,7 @@ impl BundleStorage {
             }
         }
         if let Some((zip, summary)) = zip {
-            let opts = PutOptions {
-                metadata: vec![("codepipeline-artifact-revision-summary".into(), summary)],
-                content_disposition: Some(format!("attachment; filename=repo-{}.zip", &sha[..8])),
-                content_type: Some("application/zip".into()),
-                ..Default::default()
-            };
-            self.store.put_file(&self.url.key(&format!("{dst}/{ZIP_NAME}")), zip.path(), opts, |_| {}).await?;
+            upload_zip(&self.store, &self.url, dst, sha, zip.path(), summary).await?;
         }
         // Keep what we pushed: another working copy's clone needs no download.
         let _ = ctx.cache.insert_bundle(sha, bundle);
@@ -372,6 +360,38 @@ impl BundleStorage {
     }
 }
 
+
+/// `git archive --format zip` of `sha` (for `s3+zip://`'s `repo.zip`) and
+/// the summary CodePipeline shows (`<short sha> <subject>`).
+pub(crate) async fn build_zip(ctx: &OpContext, sha: &str) -> Result<(tempfile::NamedTempFile, String), StorageError> {
+    let zip = ctx.cache.temp_file()?;
+    ctx.git.archive_zip(zip.path(), sha).await?;
+    let summary = ctx.git.commit_summary(sha).await.unwrap_or_default();
+    Ok((zip, summary))
+}
+
+/// Uploads `<prefix>/<dst>/repo.zip` with 0.4.2's metadata and headers.
+pub(crate) async fn upload_zip(
+    store: &S3Store,
+    url: &RemoteUrl,
+    dst: &str,
+    sha: &str,
+    zip: &Path,
+    summary: String,
+) -> Result<(), StorageError> {
+    let opts = PutOptions {
+        metadata: vec![("codepipeline-artifact-revision-summary".into(), summary)],
+        content_disposition: Some(format!("attachment; filename=repo-{}.zip", &sha[..8.min(sha.len())])),
+        content_type: Some("application/zip".into()),
+        ..Default::default()
+    };
+    store.put_file(&zip_key(url, dst), zip, opts, |_| {}).await?;
+    Ok(())
+}
+
+pub(crate) fn zip_key(url: &RemoteUrl, dst: &str) -> String {
+    url.key(&format!("{dst}/{ZIP_NAME}"))
+}
 
 /// `git bundle create -` running into the cache's copy of the bundle:
 /// staged up to the single-PUT threshold, the rest still in git's pipe.
@@ -416,7 +436,7 @@ impl BundleStream {
     }
 }
 
-fn lock_wait(env: &std::collections::HashMap<String, String>) -> Duration {
+pub(crate) fn lock_wait(env: &std::collections::HashMap<String, String>) -> Duration {
     env.get("GIT_REMOTE_S3_LOCK_WAIT_SECONDS")
         .and_then(|v| v.parse().ok())
         .map(Duration::from_secs)

@@ -120,6 +120,16 @@ pub async fn hold_while<T>(
     ttl: Duration,
     work: impl std::future::Future<Output = T>,
 ) -> Result<T, LockError> {
+    hold_all_while(store, std::slice::from_mut(lock), ttl, work).await
+}
+
+/// `hold_while` for several locks at once.
+pub async fn hold_all_while<T>(
+    store: &S3Store,
+    locks: &mut [RefLock],
+    ttl: Duration,
+    work: impl std::future::Future<Output = T>,
+) -> Result<T, LockError> {
     let period = (ttl / 3).max(Duration::from_secs(1));
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     tokio::pin!(work);
@@ -127,9 +137,42 @@ pub async fn hold_while<T>(
         tokio::select! {
             out = &mut work => return Ok(out),
             _ = tick.tick() => {
-                tracing::debug!(key = lock.key, "refreshing the ref lock");
-                refresh(store, lock).await?;
+                for lock in locks.iter_mut() {
+                    tracing::debug!(key = lock.key, "refreshing the ref lock");
+                    refresh(store, lock).await?;
+                }
             }
+        }
+    }
+}
+
+/// Takes the locks of all `refnames` (each waiting up to `wait`); on any
+/// failure releases those already taken and returns the error.
+pub async fn acquire_all(
+    store: &S3Store,
+    prefix: &str,
+    refnames: &[String],
+    ttl: Duration,
+    wait: Duration,
+) -> Result<Vec<RefLock>, LockError> {
+    let mut taken = Vec::new();
+    for r in refnames {
+        match acquire(store, prefix, r, ttl, wait).await {
+            Ok(l) => taken.push(l),
+            Err(e) => {
+                release_all(store, taken).await;
+                return Err(e);
+            }
+        }
+    }
+    Ok(taken)
+}
+
+/// Releases every lock (best effort: a failure is logged).
+pub async fn release_all(store: &S3Store, locks: Vec<RefLock>) {
+    for l in locks {
+        if let Err(e) = release(store, l).await {
+            tracing::warn!(error = %e, "could not release a lock");
         }
     }
 }

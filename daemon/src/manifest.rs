@@ -71,6 +71,11 @@ pub struct Manifest {
     /// be downloading them.
     #[serde(default)]
     pub retired: Vec<RetiredPack>,
+    /// Set by `git s3 migrate --to bundles` before it starts writing
+    /// bundles: pushes and manifest edits are refused from then on, so no
+    /// update can land in a manifest that is about to be deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frozen: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,6 +95,7 @@ impl Default for Manifest {
             packs: Vec::new(),
             protected: BTreeSet::new(),
             retired: Vec::new(),
+            frozen: None,
         }
     }
 }
@@ -143,6 +149,16 @@ impl Manifest {
     /// The HEAD ref, when it names an existing ref.
     pub fn live_head(&self) -> Option<&String> {
         self.head.as_ref().filter(|h| self.refs.contains_key(*h))
+    }
+
+    /// The refusal for an update while a migration holds the manifest frozen.
+    pub fn frozen_error(&self, url: &RemoteUrl) -> Option<String> {
+        self.frozen.as_ref().map(|why| {
+            format!(
+                "{url} is being migrated to the bundles format ({why}); try again once it has finished. \
+If no migration is running (one was interrupted), finish it with `git s3 migrate --to bundles {url}`"
+            )
+        })
     }
 
     pub fn pack_bytes(&self) -> u64 {

@@ -132,14 +132,9 @@ pub async fn detect(
     url: &RemoteUrl,
     default: impl std::future::Future<Output = Result<Format, StorageError>>,
 ) -> Result<Detected, StorageError> {
-    // s3+zip:// writes a repo.zip per pushed bundle: bundles only.
-    let zip = url.scheme == crate::remote_url::Scheme::S3Zip;
     let (manifest, default) = tokio::join!(read_manifest(store, url), default);
-    let default = if zip { Format::Bundles } else { default? };
+    let default = default?;
     match manifest? {
-        Some(_) if zip => Err(StorageError::Format(format!(
-            "{url} is a packs-format remote; s3+zip:// needs the bundles format (use the s3:// URL)"
-        ))),
         Some(m) => {
             let refs = scan_refs_dir(store, url).await?;
             if !refs.bundle_refs.is_empty() {
@@ -372,6 +367,9 @@ impl PackStorage {
                 Some((m, e)) => (m, Some(e)),
                 None => (Manifest::default(), None),
             };
+            if let Some(msg) = m.frozen_error(&self.url) {
+                return Ok(updates.iter().map(|u| (u.dst.clone(), Err(msg.clone()))).collect());
+            }
             let mut verdicts = self.plan(ctx, &m, &markers, updates, &local).await;
             if ctx.atomic && verdicts.iter().any(|v| v.is_err()) {
                 for v in verdicts.iter_mut() {
@@ -461,7 +459,9 @@ impl PackStorage {
                 Ok(_) => {
                     tracing::info!(serial = next.serial, refs = changes.len(), attempt, "manifest updated");
                     self.maybe_gc_in_background(ctx, next.packs.len());
-                    return Ok(results(&verdicts));
+                    let mut results = results(&verdicts);
+                    self.write_zips(ctx, &changes, &mut results).await;
+                    return Ok(results);
                 }
                 Err(e) if e.is_precondition_failed() || e.is_not_found() => {
                     tracing::info!(attempt, "manifest changed concurrently; re-reading");
@@ -471,6 +471,31 @@ impl PackStorage {
             }
         }
         Ok(updates.iter().map(|u| (u.dst.clone(), Err("fetch first".to_string()))).collect())
+    }
+
+    /// `s3+zip://`: after the manifest names the new tips, writes each
+    /// updated ref's `<prefix>/<ref>/repo.zip` (0.4.2's key and metadata)
+    /// and removes a deleted ref's (with any scheme: a zip left by an
+    /// earlier s3+zip push must not outlive its ref). A failure is reported
+    /// on that ref: the ref itself is pushed.
+    async fn write_zips(&self, ctx: &OpContext, changes: &[(&str, &Change)], results: &mut [(String, PushResult)]) {
+        let zip = self.url.scheme == crate::remote_url::Scheme::S3Zip;
+        for (dst, c) in changes {
+            let outcome = match c {
+                Change::Set(sha) if zip => match bundle_format::build_zip(ctx, sha).await {
+                    Ok((file, summary)) => bundle_format::upload_zip(&self.store, &self.url, dst, sha, file.path(), summary).await,
+                    Err(e) => Err(e),
+                },
+                Change::Delete => self.store.delete(&bundle_format::zip_key(&self.url, dst)).await.map_err(StorageError::from),
+                _ => Ok(()),
+            };
+            if let Err(e) = outcome {
+                tracing::warn!(dst, error = %e, "repo.zip not written");
+                if let Some(r) = results.iter_mut().find(|r| r.0 == *dst) {
+                    r.1 = Err(format!("pushed, but its repo.zip could not be written ({e}); push a new commit to write it"));
+                }
+            }
+        }
     }
 
     /// When packs pile up (`GIT_S3_GC_AUTO_PACKS`, default 16; 0 disables),

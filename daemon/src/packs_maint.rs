@@ -39,6 +39,9 @@ where
         let Some((mut m, etag)) = read_manifest(store, url).await? else {
             return Err(StorageError::Format(format!("{url} has no packs manifest")));
         };
+        if let Some(msg) = m.frozen_error(url) {
+            return Err(StorageError::Format(msg));
+        }
         if !edit(&mut m)? {
             return Ok(m);
         }
@@ -160,6 +163,9 @@ pub async fn gc(
     let Some((m0, etag0)) = read_manifest(store, url).await? else {
         return Err(StorageError::Format(format!("{url} has no packs manifest (not a packs remote)")));
     };
+    if let Some(msg) = m0.frozen_error(url) {
+        return Err(StorageError::Format(msg));
+    }
     let mut report = GcReport { packs_before: m0.packs.len(), bytes_before: m0.pack_bytes(), ..Default::default() };
     let mut current = m0.clone();
     if m0.packs.len() > 1 && !dry_run {
@@ -243,69 +249,105 @@ pub struct MigrateReport {
     pub deleted: usize,
 }
 
-fn refuse_zip(url: &RemoteUrl) -> Result<(), StorageError> {
-    if url.scheme == crate::remote_url::Scheme::S3Zip {
-        return Err(StorageError::Format(format!("{url}: s3+zip:// remotes keep the bundles format (repo.zip is written per pushed bundle)")));
+/// Test hook: the migration exits the daemon half-way (`to-packs`: after
+/// the manifest write and the first bundle deletion; `to-bundles`: after the
+/// freeze and the first bundle write), to test that a rerun finishes it.
+pub const MIGRATE_CRASH_HOOK_ENV: &str = "GIT_S3_TEST_CRASH_DURING_MIGRATE";
+
+fn crash_hook(env: &HashMap<String, String>, point: &str) {
+    if env.get(MIGRATE_CRASH_HOOK_ENV).map(String::as_str) == Some(point) {
+        tracing::error!("{MIGRATE_CRASH_HOOK_ENV}={point}: exiting half-way through the migration");
+        std::process::exit(70);
     }
-    Ok(())
 }
 
-/// Bundles (0.4.2 layout) → packs: one pack of every ref, one manifest,
-/// then the bundles and HEAD object are deleted. Rerunning after a crash
-/// finishes the job (the mixed prefix is refused meanwhile).
+fn lock_error(url: &RemoteUrl, e: crate::locks::LockError) -> StorageError {
+    match e {
+        crate::locks::LockError::Store(s) => s.into(),
+        e => StorageError::Format(format!("{url}: cannot migrate while a push holds a ref: {e}")),
+    }
+}
+
+/// Bundles (0.4.2 layout) → packs, safe against concurrent pushers: the
+/// 0.4.2 lock of every ref is held (and refreshed) throughout, so neither
+/// tool can update a bundle meanwhile; one pack of every ref and one
+/// manifest are written, then the bundles and the HEAD object are deleted.
+/// A ref created by a 0.4.2 push during the run is left in place and
+/// reported (the prefix then holds both formats until the migration is run
+/// again). Rerunning after a crash finishes the job: the refs of an
+/// existing manifest are kept and the bundles' refs laid over them.
 pub async fn migrate_to_packs(
     store: &S3Store,
     url: &RemoteUrl,
     tmp_root: &Path,
     env: &HashMap<String, String>,
 ) -> Result<MigrateReport, StorageError> {
-    refuse_zip(url)?;
     let scan = bundle_format::scan(&url.prefix, &store.list(&format!("{}/", url.prefix)).await?);
-    let existing = read_manifest(store, url).await?;
     if scan.bundles.is_empty() {
-        return Err(StorageError::Format(match existing {
+        return Err(StorageError::Format(match read_manifest(store, url).await? {
             Some(_) => format!("{url} is already in the packs format"),
             None => format!("{url} holds no bundles to migrate (for an empty prefix use `git s3 init --format packs`)"),
         }));
     }
-    if let Some((r, b)) = scan.bundles.iter().find(|(_, b)| b.len() > 1) {
+    // Every ref with a bundle, and every ref with a lock (a push creating
+    // it, or the stale lock of an interrupted migration: taken over, released).
+    let names: Vec<String> =
+        scan.bundles.keys().chain(scan.locks.iter().map(|l| &l.0)).cloned().collect::<BTreeSet<_>>().into_iter().collect();
+    let ttl = crate::locks::ttl_from_env(env);
+    let mut locks = crate::locks::acquire_all(store, &url.prefix, &names, ttl, bundle_format::lock_wait(env))
+        .await
+        .map_err(|e| lock_error(url, e))?;
+    let work = migrate_to_packs_locked(store, url, tmp_root, env, &names);
+    let result = crate::locks::hold_all_while(store, &mut locks, ttl, work).await;
+    crate::locks::release_all(store, locks).await;
+    result.map_err(|e| lock_error(url, e))?
+}
+
+async fn migrate_to_packs_locked(
+    store: &S3Store,
+    url: &RemoteUrl,
+    tmp_root: &Path,
+    env: &HashMap<String, String>,
+    locked: &[String],
+) -> Result<MigrateReport, StorageError> {
+    // Under the locks: what the refs are now.
+    let scan = bundle_format::scan(&url.prefix, &store.list(&format!("{}/", url.prefix)).await?);
+    let mine: BTreeMap<&String, &Vec<(String, crate::s3_store::ObjectInfo)>> =
+        scan.bundles.iter().filter(|(r, _)| locked.contains(r)).collect();
+    if let Some((r, b)) = mine.iter().find(|(_, b)| b.len() > 1) {
         return Err(StorageError::Format(format!("{r} has {} bundles; run `git s3 doctor` first", b.len())));
     }
-    if let Some((r, _)) = scan.locks.first() {
-        return Err(StorageError::Format(format!("{r} is locked: a push is in progress (or a stale lock: `git s3 doctor`); try again")));
-    }
-    let refs: BTreeMap<String, String> = scan.bundles.iter().map(|(r, b)| (r.clone(), b[0].0.clone())).collect();
+    let from_bundles: BTreeMap<String, String> = mine.iter().map(|(r, b)| ((*r).clone(), b[0].0.clone())).collect();
+    let existing = read_manifest(store, url).await?;
     let dir = tempfile::Builder::new().prefix("migrate-").tempdir_in(tmp_root)?;
     let git = scratch_repo(dir.path(), env).await?;
-    for (r, b) in &scan.bundles {
+    for (r, b) in &mine {
         let file = tempfile::Builder::new().prefix("dl-").tempfile_in(dir.path())?;
         store.get_to_file(&b[0].1.key, file.path(), |_| {}).await?;
         git.bundle_unbundle(file.path())
             .await
             .map_err(|e| StorageError::Corrupt(format!("the bundle of {r} ({}) does not unbundle: {e}", b[0].1.key)))?;
     }
-    let tips: BTreeSet<String> = refs.values().cloned().collect();
+    let tips: BTreeSet<String> = from_bundles.values().cloned().collect();
     let entry = pack_of(&git, dir.path(), &tips).await?;
     upload_pack_of(store, url, dir.path(), &entry).await?;
     let head = match store.get_small(&url.key("HEAD")).await? {
-        Some(h) => Some(String::from_utf8_lossy(&h).trim().to_string()).filter(|h| refs.contains_key(h)),
+        Some(h) => Some(String::from_utf8_lossy(&h).trim().to_string()),
         None => None,
     };
-    let mut m = Manifest {
-        serial: 1,
-        refs: refs.clone(),
-        head,
-        protected: scan.protected.iter().cloned().collect(),
-        ..Default::default()
+    // A rerun keeps what an interrupted run (or a frozen manifest) holds.
+    let (mut m, condition) = match &existing {
+        Some((old, etag)) => (old.clone(), WriteCondition::IfMatch(etag.clone())),
+        None => (Manifest::default(), WriteCondition::IfAbsent),
     };
-    let condition = match &existing {
-        Some((old, etag)) => {
-            m.serial = old.serial + 1;
-            WriteCondition::IfMatch(etag.clone())
-        }
-        None => WriteCondition::IfAbsent,
-    };
-    m.packs = vec![entry.clone()];
+    m.serial += 1;
+    m.frozen = None;
+    m.refs.extend(from_bundles.iter().map(|(r, s)| (r.clone(), s.clone())));
+    m.head = head.filter(|h| m.refs.contains_key(h)).or(m.head.take());
+    m.protected.extend(scan.protected.iter().filter(|p| locked.contains(p)).cloned());
+    if !m.packs.iter().any(|p| p.name == entry.name) {
+        m.packs.push(entry.clone());
+    }
     match store.put_bytes(&manifest::manifest_key(url), m.to_bytes(), PutOptions { condition, ..Default::default() }).await {
         Ok(_) => {}
         Err(e) if e.is_precondition_failed() || e.is_not_found() => {
@@ -313,42 +355,91 @@ pub async fn migrate_to_packs(
         }
         Err(e) => return Err(e.into()),
     }
-    // A 0.4.2 push meanwhile would be lost by deleting its bundle: check.
-    let again = bundle_format::scan(&url.prefix, &store.list(&url.key("refs/")).await?);
-    let now: BTreeMap<String, String> = again.bundles.iter().map(|(r, b)| (r.clone(), b[0].0.clone())).collect();
-    if now != refs || again.bundles.values().any(|b| b.len() > 1) {
-        return Err(StorageError::Format(format!(
-            "{url}: the bundles changed during the migration (a push with git-remote-s3 0.4.2?); nothing was deleted. Run the migration again"
-        )));
-    }
-    let mut report = MigrateReport { refs: refs.len(), bytes: entry.size + entry.idx_size, deleted: 0 };
-    for b in again.bundles.values().flatten() {
+    let mut report = MigrateReport { refs: m.refs.len(), bytes: entry.size + entry.idx_size, deleted: 0 };
+    for (i, b) in mine.values().flat_map(|b| b.iter()).enumerate() {
         store.delete(&b.1.key).await?;
         report.deleted += 1;
+        if i == 0 {
+            crash_hook(env, "to-packs");
+        }
     }
     if scan.head_object {
         store.delete(&url.key("HEAD")).await?;
         report.deleted += 1;
     }
+    // Refs a 0.4.2 push created meanwhile (their locks were not ours).
+    let again = bundle_format::scan(&url.prefix, &store.list(&url.key("refs/")).await?);
+    if !again.bundles.is_empty() {
+        let late: Vec<&str> = again.bundles.keys().map(String::as_str).collect();
+        return Err(StorageError::Format(format!(
+            "{url}: {} ref(s) were pushed with git-remote-s3 0.4.2 during the migration ({}); they are still bundles and the prefix holds both formats. \
+Run `git s3 migrate --to packs` again to bring them over",
+            late.len(),
+            late.join(", ")
+        )));
+    }
     Ok(report)
 }
 
-/// Packs → bundles (0.4.2 layout): a full bundle per ref, HEAD and
-/// `PROTECTED#` markers, then the manifest and packs are deleted.
+/// Packs → bundles (0.4.2 layout), safe against concurrent pushers: the
+/// manifest is frozen first (pushes and edits are refused from then on),
+/// then a full bundle per ref, HEAD and `PROTECTED#` markers are written
+/// under the refs' 0.4.2 locks, and finally the manifest and packs are
+/// deleted. Rerunning after a crash finishes the job.
 pub async fn migrate_to_bundles(
     store: &S3Store,
     url: &RemoteUrl,
     tmp_root: &Path,
     env: &HashMap<String, String>,
 ) -> Result<MigrateReport, StorageError> {
-    let Some((m, etag)) = read_manifest(store, url).await? else {
-        return Err(StorageError::Format(format!("{url} has no packs manifest: it is already in the bundles format (or empty)")));
-    };
+    let m = freeze(store, url, "migrating to bundles").await?;
+    let names: Vec<String> = m.refs.keys().cloned().collect();
+    let ttl = crate::locks::ttl_from_env(env);
+    let mut locks = crate::locks::acquire_all(store, &url.prefix, &names, ttl, bundle_format::lock_wait(env))
+        .await
+        .map_err(|e| lock_error(url, e))?;
+    let work = migrate_to_bundles_locked(store, url, tmp_root, env, &m);
+    let result = crate::locks::hold_all_while(store, &mut locks, ttl, work).await;
+    crate::locks::release_all(store, locks).await;
+    result.map_err(|e| lock_error(url, e))?
+}
+
+/// Marks the manifest frozen (a conditional write); returns it as frozen.
+async fn freeze(store: &S3Store, url: &RemoteUrl, why: &str) -> Result<Manifest, StorageError> {
+    for attempt in 0..MAX_ATTEMPTS {
+        if attempt > 0 {
+            tokio::time::sleep(backoff(attempt)).await;
+        }
+        let Some((mut m, etag)) = read_manifest(store, url).await? else {
+            return Err(StorageError::Format(format!("{url} has no packs manifest: it is already in the bundles format (or empty)")));
+        };
+        if m.frozen.is_some() {
+            return Ok(m); // an interrupted migration: carry on
+        }
+        m.serial += 1;
+        m.frozen = Some(format!("{why}, since unix time {}", unix_now()));
+        let opts = PutOptions { condition: WriteCondition::IfMatch(etag), ..Default::default() };
+        match store.put_bytes(&manifest::manifest_key(url), m.to_bytes(), opts).await {
+            Ok(_) => return Ok(m),
+            Err(e) if e.is_precondition_failed() || e.is_not_found() => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(StorageError::Format(format!("{url}: the manifest kept changing; try again")))
+}
+
+async fn migrate_to_bundles_locked(
+    store: &S3Store,
+    url: &RemoteUrl,
+    tmp_root: &Path,
+    env: &HashMap<String, String>,
+    m: &Manifest,
+) -> Result<MigrateReport, StorageError> {
     let dir = tempfile::Builder::new().prefix("migrate-").tempdir_in(tmp_root)?;
-    let git = scratch_from_packs(store, url, &m, dir.path(), env).await?;
+    let git = scratch_from_packs(store, url, m, dir.path(), env).await?;
     let mut report = MigrateReport { refs: m.refs.len(), ..Default::default() };
     let mut written = BTreeSet::new();
-    for (r, sha) in &m.refs {
+    for (i, (r, sha)) in m.refs.iter().enumerate() {
         git.update_ref(r, sha).await?;
         let file = dir.path().join("out.bundle");
         git.bundle_create(&file, r).await?;
@@ -356,6 +447,9 @@ pub async fn migrate_to_bundles(
         report.bytes += tokio::fs::metadata(&file).await?.len();
         store.put_file(&key, &file, PutOptions::default(), |_| {}).await?;
         written.insert(key);
+        if i == 0 {
+            crash_hook(env, "to-bundles");
+        }
     }
     // Bundles of an earlier, interrupted run that no longer match.
     let scan = bundle_format::scan(&url.prefix, &store.list(&url.key("refs/")).await?);
@@ -370,14 +464,7 @@ pub async fn migrate_to_bundles(
     for p in m.protected.iter().filter(|p| m.refs.contains_key(*p)) {
         store.put_bytes(&url.key(&format!("{p}/{}", bundle_format::PROTECTED_MARKER)), Vec::new(), PutOptions::default()).await?;
     }
-    match read_manifest(store, url).await? {
-        Some((_, e)) if e == etag => {}
-        _ => {
-            return Err(StorageError::Format(format!(
-                "{url}: the manifest changed during the migration (a push?); the bundles were written but the manifest kept. Run the migration again"
-            )))
-        }
-    }
+    // The manifest is frozen: no push or edit can have landed since.
     store.delete(&manifest::manifest_key(url)).await?;
     report.deleted += 1;
     for o in store.list(&manifest::packs_dir(url)).await? {

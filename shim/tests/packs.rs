@@ -422,15 +422,6 @@ fn format_detection_choice_init_and_mixed_prefix() {
     let err = String::from_utf8_lossy(&env.run_fail(c).stderr).to_string();
     assert!(err.contains("bundles"), "{err}");
 
-    // s3+zip:// stays with bundles
-    let mut c = env.command("git-s3", &env.work());
-    c.args(["init", "--format", "packs", &env.zip_url("z")]);
-    env.run_fail(c);
-    let err = env.git_fail(&repo, &["push", &env.zip_url("p"), "main"]);
-    assert!(err.contains("s3+zip"), "{err}");
-    env.git(&repo, &["-c", "s3.format=packs", "push", "-q", &env.zip_url("z"), "main"]);
-    assert!(env.keys("z/").iter().any(|k| k.ends_with("repo.zip")));
-
     // status shows the format, refs, packs
     let st = env.git_s3(&env.work(), &["status", &env.url("p")]);
     assert!(st.contains("format: packs"), "{st}");
@@ -648,4 +639,166 @@ fn pushes_compact_in_the_background_when_packs_pile_up() {
     }
     env.git(&env.work(), &["clone", "-q", &url, "after"]);
     assert_eq!(rev(&env, &env.path("after"), "HEAD"), rev(&env, &repo, "main"));
+}
+
+#[test]
+fn s3_zip_writes_repo_zip_in_the_packs_format() {
+    let env = packs_env();
+    let repo = env.new_repo("a");
+    let url = env.zip_url("zp");
+    let sha = env.commit(&repo, "app.txt", "app\n", "ship it");
+    env.git(&repo, &["push", "-q", &url, "main"]);
+    let keys = env.keys("zp/");
+    assert!(keys.contains(&"zp/.git-s3/manifest.json".to_string()), "{keys:?}");
+    assert!(!keys.iter().any(|k| k.ends_with(".bundle")), "{keys:?}");
+    assert_eq!(&env.get_object("zp/refs/heads/main/repo.zip")[..2], b"PK");
+    let meta = testkit::s3tool(&["head-meta", &env.bucket, "zp/refs/heads/main/repo.zip"], None);
+    let meta = String::from_utf8_lossy(&meta.stdout);
+    assert!(meta.contains(&format!("attachment; filename=repo-{}.zip", &sha[..8])), "{meta}");
+    assert!(meta.contains(&format!("codepipeline-artifact-revision-summary={} ship it", &sha[..7])), "{meta}");
+    // a new commit rewrites the zip; the remote stays a packs remote (detected)
+    let sha2 = env.commit(&repo, "app.txt", "app 2\n", "second");
+    env.git(&repo, &["-c", "s3.format=bundles", "push", "-q", &url, "main", "main:refs/heads/other"]);
+    let meta = testkit::s3tool(&["head-meta", &env.bucket, "zp/refs/heads/main/repo.zip"], None);
+    assert!(String::from_utf8_lossy(&meta.stdout).contains(&format!("repo-{}.zip", &sha2[..8])));
+    assert!(env.keys("zp/refs/heads/other/").contains(&"zp/refs/heads/other/repo.zip".to_string()));
+    // clone through s3+zip and s3://: the same repository
+    env.git(&env.work(), &["clone", "-q", &url, "c1"]);
+    assert_eq!(std::fs::read_to_string(env.path("c1/app.txt")).unwrap(), "app 2\n");
+    assert_eq!(env.ls_remote(Tool::Ours, &env.url("zp")), env.ls_remote(Tool::Ours, &url));
+    // deleting a branch (push or git s3 delete-branch) removes its zip too
+    env.git(&repo, &["push", "-q", &url, ":other"]);
+    assert!(!env.keys("zp/refs/").iter().any(|k| k.contains("/other/")));
+    env.git(&repo, &["push", "-q", &url, "main:refs/heads/third"]);
+    assert!(env.keys("zp/refs/").contains(&"zp/refs/heads/third/repo.zip".to_string()));
+    env.git_s3(&repo, &["delete-branch", &url, "third", "--yes"]);
+    assert!(!env.keys("zp/refs/").iter().any(|k| k.contains("/third/")));
+    // git s3 init --format packs works for s3+zip:// too
+    let out = env.git_s3(&env.work(), &["init", "--format", "packs", &env.zip_url("zp-init")]);
+    assert!(out.contains("packs"), "{out}");
+}
+
+#[test]
+fn interrupted_migrations_finish_when_run_again_and_nothing_is_lost() {
+    let env = TestEnv::new();
+    let repo = env.new_repo("a");
+    let url = env.url("mig-crash");
+    env.git(&repo, &["remote", "add", "origin", &url]);
+    env.git(&repo, &["branch", "b1"]);
+    env.git(&repo, &["branch", "b2"]);
+    env.git(&repo, &["tag", "v1"]);
+    env.git(&repo, &["push", "-q", "origin", "main", "b1", "b2", "v1"]);
+    let before = env.ls_remote(Tool::Ours, &url);
+    assert_eq!(before.len(), 5, "{before:?}");
+
+    // to packs: killed after the manifest write and the first bundle deletion
+    let mut c = env.command("git-s3", &repo);
+    c.env("GIT_S3_TEST_CRASH_DURING_MIGRATE", "to-packs").args(["migrate", "--to", "packs", "origin"]);
+    env.run_fail(c);
+    // both formats now: refused with a clear message, the manifest is intact
+    let err = env.git_fail(&repo, &["push", "origin", "main"]);
+    assert!(err.contains("both formats"), "{err}");
+    // the rerun takes over the dead run's (stale) locks and finishes
+    let mut c = env.command("git-s3", &repo);
+    c.env("GIT_REMOTE_S3_LOCK_TTL_SECONDS", "1").args(["migrate", "--to", "packs", "origin"]);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let out = String::from_utf8_lossy(&env.run(c).stdout).to_string();
+    assert!(out.contains("4 refs"), "{out}");
+    assert_eq!(env.ls_remote(Tool::Ours, &url), before);
+    let left = env.keys("mig-crash/");
+    assert!(!left.iter().any(|k| k.contains("LOCK#") || k.ends_with(".bundle")), "{left:?}");
+
+    // to bundles: killed after the freeze and the first bundle
+    let mut c = env.command("git-s3", &repo);
+    c.env("GIT_S3_TEST_CRASH_DURING_MIGRATE", "to-bundles").args(["migrate", "--to", "bundles", "origin"]);
+    env.run_fail(c);
+    // the frozen manifest refuses pushes and edits, saying what to do
+    let tip = env.commit(&repo, "x", "x\n", "during the migration");
+    let err = env.git_fail(&repo, &["-c", "s3.format=packs", "push", "origin", "main"]);
+    assert!(err.contains("both formats") || err.contains("being migrated"), "{err}");
+    let mut c = env.command("git-s3", &repo);
+    c.env("GIT_REMOTE_S3_LOCK_TTL_SECONDS", "1").args(["migrate", "--to", "bundles", "origin"]);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    env.run(c);
+    assert_eq!(env.ls_remote(Tool::Ours, &url), before);
+    assert_eq!(env.ls_remote(Tool::Python, &url), before, "0.4.2 reads the result");
+    assert!(!env.keys("mig-crash/").iter().any(|k| k.contains(".git-s3") || k.contains("LOCK#")));
+    env.git(&repo, &["push", "-q", "origin", "main"]);
+    assert!(env.ls_remote(Tool::Python, &url).contains(&format!("{tip}\trefs/heads/main")));
+}
+
+#[test]
+fn a_frozen_manifest_refuses_pushes_and_edits() {
+    let env = packs_env();
+    let repo = env.new_repo("a");
+    let url = env.url("frozen");
+    env.git(&repo, &["remote", "add", "origin", &url]);
+    env.git(&repo, &["push", "-q", "origin", "main"]);
+    let mut m = manifest(&env, "frozen");
+    m["frozen"] = serde_json::json!("migrating to bundles, since unix time 1");
+    env.put_object("frozen/.git-s3/manifest.json", m.to_string().as_bytes());
+    env.commit(&repo, "y", "y\n", "y");
+    let err = env.git_fail(&repo, &["push", "origin", "main"]);
+    assert!(err.contains("being migrated") && err.contains("git s3 migrate --to bundles"), "{err}");
+    let mut c = env.command("git-s3", &repo);
+    c.args(["protect", "origin", "main"]);
+    let err = String::from_utf8_lossy(&env.run_fail(c).stderr).to_string();
+    assert!(err.contains("being migrated"), "{err}");
+    let mut c = env.command("git-s3", &repo);
+    c.args(["gc", "origin"]);
+    let err = String::from_utf8_lossy(&env.run_fail(c).stderr).to_string();
+    assert!(err.contains("being migrated"), "{err}");
+    // reads go on
+    env.git(&env.work(), &["clone", "-q", &url, "reader"]);
+    assert_eq!(manifest(&env, "frozen")["serial"], m["serial"]);
+}
+
+#[test]
+fn migration_holds_the_0_4_2_locks_so_concurrent_0_4_2_pushes_fail_cleanly() {
+    let env = TestEnv::new();
+    let repo = env.new_repo("a");
+    let url = env.url("mig-lock");
+    env.git(&repo, &["remote", "add", "origin", &url]);
+    env.git(&repo, &["push", "-q", "origin", "main"]);
+    // a live 0.4.2 push holds main's lock: migrate waits, then refuses, untouched
+    env.put_object("mig-lock/refs/heads/main/LOCK#.lock", b"");
+    let mut c = env.command("git-s3", &repo);
+    c.env("GIT_REMOTE_S3_LOCK_WAIT_SECONDS", "1").args(["migrate", "--to", "packs", "origin"]);
+    let err = String::from_utf8_lossy(&env.run_fail(c).stderr).to_string();
+    assert!(err.contains("a push holds a ref"), "{err}");
+    assert!(!env.keys("mig-lock/").iter().any(|k| k.contains(".git-s3")));
+    env.delete_object("mig-lock/refs/heads/main/LOCK#.lock");
+    env.git(&repo, &["branch", "b1"]);
+    env.git(&repo, &["push", "-q", "origin", "b1"]);
+    // a migration that died half-way still holds the refs' locks: 0.4.2
+    // cannot update them meanwhile, but it can create a new ref
+    let mut c = env.command("git-s3", &repo);
+    c.env("GIT_S3_TEST_CRASH_DURING_MIGRATE", "to-packs").args(["migrate", "--to", "packs", "origin"]);
+    env.run_fail(c);
+    env.git_with(Tool::Python, &env.work(), &["clone", "-q", &url, "py"]);
+    let py = env.path("py");
+    env.commit(&py, "p", "p\n", "python push");
+    let mut c = env.command_with(Tool::Python, "git", &py);
+    c.args(["push", "origin", "HEAD:refs/heads/b1"]);
+    let out = c.output().unwrap();
+    let blocked = !out.status.success();
+    env.git_with(Tool::Python, &py, &["push", "-q", "origin", "HEAD:refs/heads/late"]);
+    let late = rev(&env, &py, "HEAD");
+    // the rerun brings every ref over, the late one included
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let mut c = env.command("git-s3", &repo);
+    c.env("GIT_REMOTE_S3_LOCK_TTL_SECONDS", "1").args(["migrate", "--to", "packs", "origin"]);
+    env.run(c);
+    let m = manifest(&env, "mig-lock");
+    assert_eq!(m["refs"]["refs/heads/main"], rev(&env, &repo, "main").as_str(), "{m}");
+    assert_eq!(m["refs"]["refs/heads/late"], late.as_str(), "{m}");
+    if blocked {
+        assert_eq!(m["refs"]["refs/heads/b1"], rev(&env, &repo, "b1").as_str(), "{m}");
+    } else {
+        // 0.4.2 took the lock over as stale (its TTL ran out): its push stands
+        assert_eq!(m["refs"]["refs/heads/b1"], late.as_str(), "{m}");
+    }
+    assert!(!env.keys("mig-lock/").iter().any(|k| k.ends_with(".bundle") || k.contains("LOCK#")));
+    env.git(&env.work(), &["clone", "-q", &url, "after"]);
+    env.git(&env.path("after"), &["fsck", "--no-progress"]);
 }

@@ -34,22 +34,19 @@ pub async fn run(ctx: &mut Ctx, args: InitArgs) -> CliResult {
     let remote = Remote::resolve(ctx, &args.remote).await?;
     let (existing, refs) = tokio::try_join!(read_manifest(&remote.store, &remote.url), scan_refs_dir(&remote.store, &remote.url))?;
     let url = &remote.url;
-    if args.format == FormatArg::Packs && url.scheme == crate::remote_url::Scheme::S3Zip {
-        return Err(CliError::Refused(format!("{url}: s3+zip:// remotes keep the bundles format")));
-    }
     if let Some((m, _)) = &existing {
         return Err(CliError::Refused(format!(
             "{url} is already a packs remote ({} refs, {} packs){}",
             m.refs.len(),
             m.packs.len(),
-            if args.format == FormatArg::Bundles { "; converting it to bundles is not supported yet" } else { "" }
+            if args.format == FormatArg::Bundles { format!("; convert it with `git s3 migrate --to bundles {url}`") } else { String::new() }
         )));
     }
     if !refs.bundle_refs.is_empty() {
         return Err(CliError::Refused(format!(
             "{url} already holds bundles ({} refs){}",
             refs.bundle_refs.len(),
-            if args.format == FormatArg::Packs { "; converting it to packs is not supported yet" } else { "" }
+            if args.format == FormatArg::Packs { format!("; convert it with `git s3 migrate --to packs {url}`") } else { String::new() }
         )));
     }
     match args.format {

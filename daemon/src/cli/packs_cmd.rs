@@ -86,6 +86,8 @@ pub async fn branch_op(ctx: &mut Ctx, remote: &Remote, refname: &str, op: Branch
                 Ok(m.refs.remove(&r).is_some())
             })
             .await?;
+            // A repo.zip left by an s3+zip push goes with its ref.
+            remote.store.delete(&crate::bundle_format::zip_key(&remote.url, refname)).await?;
             ctx.println(format!("Branch {name} has been deleted"));
         }
         BranchOp::Protect => {
