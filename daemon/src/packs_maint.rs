@@ -451,11 +451,14 @@ async fn migrate_to_bundles_locked(
             crash_hook(env, "to-bundles");
         }
     }
-    // Bundles of an earlier, interrupted run that no longer match.
+    // Older bundles of the manifest's refs (an earlier, interrupted run, or
+    // a prefix that held both formats) go; refs only bundles name stay.
     let scan = bundle_format::scan(&url.prefix, &store.list(&url.key("refs/")).await?);
-    for (_, info) in scan.bundles.values().flatten() {
-        if !written.contains(&info.key) {
-            store.delete(&info.key).await?;
+    for (r, bundles) in &scan.bundles {
+        for (_, info) in bundles {
+            if m.refs.contains_key(r) && !written.contains(&info.key) {
+                store.delete(&info.key).await?;
+            }
         }
     }
     if let Some(h) = m.live_head() {

@@ -802,3 +802,76 @@ fn migration_holds_the_0_4_2_locks_so_concurrent_0_4_2_pushes_fail_cleanly() {
     env.git(&env.work(), &["clone", "-q", &url, "after"]);
     env.git(&env.path("after"), &["fsck", "--no-progress"]);
 }
+
+#[test]
+fn doctor_checks_packs_remotes_and_explains_a_prefix_with_both_formats() {
+    let env = packs_env();
+    let repo = env.new_repo("a");
+    let url = env.url("doc");
+    env.git(&repo, &["remote", "add", "origin", &url]);
+    env.git(&repo, &["branch", "feature"]);
+    env.git(&repo, &["push", "-q", "origin", "main", "feature"]);
+    let out = env.git_s3(&repo, &["doctor", "origin"]);
+    assert!(out.contains("packs format") && out.contains("No problems found."), "{out}");
+    let doc: Value = serde_json::from_str(&env.git_s3(&repo, &["doctor", "origin", "--json"])).unwrap();
+    assert_eq!(doc["format"], "packs");
+    assert_eq!(doc["issues"].as_array().map(Vec::len), Some(0), "{doc}");
+    assert_eq!(doc["refs"].as_array().map(Vec::len), Some(2), "{doc}");
+
+    // a dangling HEAD is fixed unattended (main), with a manifest write
+    let mut m = manifest(&env, "doc");
+    m["head"] = serde_json::json!("refs/heads/gone");
+    env.put_object("doc/.git-s3/manifest.json", m.to_string().as_bytes());
+    let out = env.git_s3(&repo, &["doctor", "origin", "--dry-run"]);
+    assert!(out.contains("Would set HEAD to refs/heads/main"), "{out}");
+    let out = env.git_s3(&repo, &["doctor", "origin", "--yes"]);
+    assert!(out.contains("Set HEAD to refs/heads/main"), "{out}");
+    assert_eq!(manifest(&env, "doc")["head"], "refs/heads/main");
+
+    // an unreferenced pack (a push killed before its manifest write) is explained
+    env.commit(&repo, "dead", "dead\n", "dead push");
+    let mut c = env.command("git", &repo);
+    c.env("GIT_S3_TEST_CRASH_BEFORE_MANIFEST", "1").args(["push", "origin", "main"]);
+    env.run_fail(c);
+    let out = env.git_s3(&repo, &["doctor", "origin"]);
+    assert!(out.contains("1 unreferenced pack") && out.contains("git s3 gc"), "{out}");
+
+    // a missing pack is an error (exit 1) with what to do
+    let name = manifest(&env, "doc")["packs"][0]["name"].as_str().unwrap().to_string();
+    env.delete_object(&format!("doc/.git-s3/packs/pack-{name}.idx"));
+    let mut c = env.command("git-s3", &repo);
+    c.args(["doctor", "origin"]);
+    let o = c.output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains(&format!("pack-{name}.idx is missing")) && out.contains("git push --mirror"), "{out}");
+
+    // both formats: 0.4.2 pushed bundles into the packs prefix
+    let mixed = env.url("doc-mixed");
+    env.git(&repo, &["push", "-q", &mixed, "feature"]);
+    env.git(&repo, &["reset", "-q", "--hard", "HEAD~1"]);
+    let py_tip = env.commit(&repo, "py", "py\n", "pushed by 0.4.2");
+    env.git_with(Tool::Python, &repo, &["push", "-q", &mixed, "main", "main:refs/heads/feature"]);
+    let feature = env.git(&repo, &["rev-parse", "feature"]).trim().to_string();
+    let out = env.git_s3(&repo, &["doctor", &mixed]);
+    assert!(out.contains("both formats"), "{out}");
+    assert!(out.contains("refs/heads/main: only as a bundle"), "{out}");
+    assert!(out.contains(&format!("refs/heads/feature: manifest {}, bundle {}", &feature[..12], &py_tip[..12])), "{out}");
+    assert!(out.contains(&format!("git s3 migrate --to packs {mixed}")), "{out}");
+    let doc: Value = serde_json::from_str(&env.git_s3(&repo, &["doctor", &mixed, "--json"])).unwrap();
+    assert!(doc["issues"].as_array().unwrap().iter().any(|i| i["kind"] == "both_formats"), "{doc}");
+    // the fix it names keeps every ref (a bundle wins for the same ref)
+    env.git_s3(&repo, &["migrate", "--to", "packs", &mixed]);
+    let ls = env.ls_remote(Tool::Ours, &mixed);
+    assert!(ls.contains(&format!("{py_tip}\trefs/heads/main")), "{ls:?}");
+    assert!(ls.contains(&format!("{py_tip}\trefs/heads/feature")), "{ls:?}");
+    let out = env.git_s3(&repo, &["doctor", &mixed]);
+    assert!(out.contains("No problems found."), "{out}");
+
+    // a frozen manifest is explained
+    let mut m = manifest(&env, "doc-mixed");
+    m["frozen"] = serde_json::json!("migrating to bundles, since unix time 1");
+    env.put_object("doc-mixed/.git-s3/manifest.json", m.to_string().as_bytes());
+    let out = env.git_s3(&repo, &["doctor", &mixed]);
+    assert!(out.contains("frozen") && out.contains("git s3 migrate --to bundles"), "{out}");
+}

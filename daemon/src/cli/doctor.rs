@@ -53,15 +53,15 @@ pub struct DoctorArgs {
 }
 
 /// Collects what doctor found and did; prints text as it goes unless --json.
-struct Report {
+pub(super) struct Report {
     json: bool,
-    issues: Vec<Value>,
-    actions: Vec<Value>,
-    errors: Vec<String>,
+    pub issues: Vec<Value>,
+    pub actions: Vec<Value>,
+    pub errors: Vec<String>,
 }
 
 impl Report {
-    fn line(&self, ctx: &Ctx, s: impl AsRef<str>) {
+    pub fn line(&self, ctx: &Ctx, s: impl AsRef<str>) {
         if !self.json {
             ctx.println(s);
         }
@@ -80,51 +80,55 @@ pub async fn run(ctx: &mut Ctx, args: DoctorArgs) -> CliResult {
     let view = remote.inspect().await?;
     let mut rep = Report { json: args.json, issues: Vec::new(), actions: Vec::new(), errors: Vec::new() };
 
-    // What is there.
-    rep.line(ctx, format!("{}:", remote.url));
-    if view.scan.bundles.is_empty() {
-        rep.line(ctx, "  no refs (empty repository)");
-    }
-    for (name, bundles) in &view.scan.bundles {
-        let mark = if view.is_protected(name) { "*" } else { " " };
-        let state = if bundles.len() == 1 { "ok".to_string() } else { format!("{} bundles", bundles.len()) };
-        rep.line(ctx, format!(" {mark} {name}: {state}"));
-    }
-    match view.head() {
-        HeadState::Ok(h) => rep.line(ctx, format!("  HEAD: {h}")),
-        HeadState::Missing => rep.line(ctx, "  HEAD: missing"),
-        HeadState::Dangling(h) => rep.line(ctx, format!("  HEAD: {h} (dangling)")),
-    }
-
-    // Several bundles for a ref.
-    for (name, bundles) in view.scan.bundles.iter().filter(|(_, b)| b.len() > 1) {
-        rep.issues.push(json!({"kind": "several_bundles", "ref": name,
-            "bundles": bundles.iter().map(|b| b.0.clone()).collect::<Vec<_>>()}));
-        if let Err(e) = fix_bundles(ctx, &remote, &view, &args, &mut rep, name, ttl, interactive).await {
-            if matches!(e, CliError::Aborted) {
-                return Err(e);
-            }
-            rep.errors.push(format!("{name}: {e}"));
-            rep.line(ctx, format!("  failed: {e}"));
+    // A packs remote (or one holding both formats) has its own checks.
+    let packs = super::doctor_packs::check(ctx, &remote, &view, &args, &mut rep, interactive).await?;
+    if packs.is_none() {
+        // What is there.
+        rep.line(ctx, format!("{}:", remote.url));
+        if view.scan.bundles.is_empty() {
+            rep.line(ctx, "  no refs (empty repository)");
         }
-    }
+        for (name, bundles) in &view.scan.bundles {
+            let mark = if view.is_protected(name) { "*" } else { " " };
+            let state = if bundles.len() == 1 { "ok".to_string() } else { format!("{} bundles", bundles.len()) };
+            rep.line(ctx, format!(" {mark} {name}: {state}"));
+        }
+        match view.head() {
+            HeadState::Ok(h) => rep.line(ctx, format!("  HEAD: {h}")),
+            HeadState::Missing => rep.line(ctx, "  HEAD: missing"),
+            HeadState::Dangling(h) => rep.line(ctx, format!("  HEAD: {h} (dangling)")),
+        }
 
-    // HEAD.
-    if view.head_problem() {
-        let kind = match view.head() {
-            HeadState::Dangling(h) => json!({"kind": "dangling_head", "head": h}),
-            _ => json!({"kind": "missing_head"}),
-        };
-        rep.issues.push(kind);
-        if let Err(e) = fix_head(ctx, &remote, &view, &args, &mut rep, head_choice, interactive).await {
-            if matches!(e, CliError::Aborted) {
-                return Err(e);
+        // Several bundles for a ref.
+        for (name, bundles) in view.scan.bundles.iter().filter(|(_, b)| b.len() > 1) {
+            rep.issues.push(json!({"kind": "several_bundles", "ref": name,
+                "bundles": bundles.iter().map(|b| b.0.clone()).collect::<Vec<_>>()}));
+            if let Err(e) = fix_bundles(ctx, &remote, &view, &args, &mut rep, name, ttl, interactive).await {
+                if matches!(e, CliError::Aborted) {
+                    return Err(e);
+                }
+                rep.errors.push(format!("{name}: {e}"));
+                rep.line(ctx, format!("  failed: {e}"));
             }
-            if matches!(e, CliError::Usage(_)) {
-                return Err(e);
+        }
+
+        // HEAD.
+        if view.head_problem() {
+            let kind = match view.head() {
+                HeadState::Dangling(h) => json!({"kind": "dangling_head", "head": h}),
+                _ => json!({"kind": "missing_head"}),
+            };
+            rep.issues.push(kind);
+            if let Err(e) = fix_head(ctx, &remote, &view, &args, &mut rep, head_choice, interactive).await {
+                if matches!(e, CliError::Aborted) {
+                    return Err(e);
+                }
+                if matches!(e, CliError::Usage(_)) {
+                    return Err(e);
+                }
+                rep.errors.push(format!("HEAD: {e}"));
+                rep.line(ctx, format!("  failed: {e}"));
             }
-            rep.errors.push(format!("HEAD: {e}"));
-            rep.line(ctx, format!("  failed: {e}"));
         }
     }
 
@@ -173,10 +177,15 @@ pub async fn run(ctx: &mut Ctx, args: DoctorArgs) -> CliResult {
             "remote": remote.url.to_string(),
             "dry_run": args.dry_run,
             "lock_ttl_seconds": ttl.as_secs(),
-            "refs": view.scan.bundles.iter().map(|(n, b)| json!({
-                "name": n, "protected": view.is_protected(n),
-                "bundles": b.iter().map(|x| x.0.clone()).collect::<Vec<_>>()})).collect::<Vec<_>>(),
-            "head": view.head_raw,
+            "format": if packs.is_some() { "packs" } else { "bundles" },
+            "refs": match &packs {
+                Some(p) => p.refs.clone(),
+                None => view.scan.bundles.iter().map(|(n, b)| json!({
+                    "name": n, "protected": view.is_protected(n),
+                    "bundles": b.iter().map(|x| x.0.clone()).collect::<Vec<_>>()})).collect::<Vec<_>>(),
+            },
+            "head": match &packs { Some(p) => p.head.clone(), None => view.head_raw.clone() },
+            "manifest": packs.as_ref().map(|p| p.manifest.clone()),
             "issues": rep.issues,
             "actions": rep.actions,
             "errors": rep.errors,

@@ -2,7 +2,7 @@
 //!
 //! Parsing is clap's (`try_parse_from` on the session's args; help and
 //! errors go to the session's stdout/stderr with clap's exit code). One file
-//! per command: `status` (`packs_status` for the packs format), `doctor`,
+//! per command: `status` (`packs_status` for the packs format), `doctor` (`doctor_packs` for the packs format),
 //! `branch` (delete-branch, protect, unprotect), `cache_cmd`, `init`, `packs_cmd` (gc, migrate; the packs side of the branch commands); `remote` resolves a `<remote-or-url>` argument
 //! and reads a prefix. `lfs …` is dispatched to `lfs_config::run` with the
 //! words after `lfs`. `daemon …` is handled by the `git-s3` binary itself and
@@ -14,6 +14,7 @@
 mod branch;
 mod cache_cmd;
 mod doctor;
+mod doctor_packs;
 mod init;
 mod packs_cmd;
 mod packs_status;

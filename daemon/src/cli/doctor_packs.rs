@@ -1,0 +1,273 @@
+//! `git s3 doctor` on a packs-format remote: the manifest is readable, every
+//! pack it names is in the bucket (`.pack` and `.idx`, with the listed
+//! size), HEAD names a ref (fixable), and it explains what else it finds: a
+//! prefix holding both formats, a manifest frozen by an unfinished
+//! migration, unreferenced or retired packs and piled-up packs (all for
+//! `git s3 gc` or `git s3 migrate`, which it names).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::doctor::{DoctorArgs, Report};
+use super::remote::{branch_ref, Remote, View};
+use super::{human_bytes, CliError, Ctx};
+use crate::manifest::{self, Manifest};
+use crate::packs_format::read_manifest;
+use crate::packs_maint::{update_manifest, DEFAULT_GRACE_SECONDS};
+use crate::storage::StorageError;
+
+/// Packs at which doctor suggests a gc (the background gc's default).
+const MANY_PACKS: usize = 16;
+
+/// What the packs part found, for the JSON document.
+pub(super) struct PacksFindings {
+    pub refs: Vec<Value>,
+    pub head: Option<String>,
+    pub manifest: Value,
+}
+
+/// Checks `remote` as a packs remote. None when the prefix has no manifest
+/// (the bundle checks apply).
+pub(super) async fn check(
+    ctx: &mut Ctx,
+    remote: &Remote,
+    view: &View,
+    args: &DoctorArgs,
+    rep: &mut Report,
+    interactive: bool,
+) -> Result<Option<PacksFindings>, CliError> {
+    let key = manifest::manifest_key(&remote.url);
+    let (m, etag) = match read_manifest(&remote.store, &remote.url).await {
+        Ok(Some(found)) => found,
+        Ok(None) => return Ok(None),
+        Err(StorageError::Corrupt(msg)) => {
+            rep.line(ctx, format!("{}: packs format", remote.url));
+            rep.line(ctx, "");
+            rep.line(ctx, format!("The manifest is unreadable: {msg}"));
+            rep.line(
+                ctx,
+                "Nothing can be fetched or pushed until it is repaired: restore an earlier version of it (with bucket \
+versioning), or push a complete clone to a new prefix (`git push --mirror`).",
+            );
+            rep.issues.push(json!({"kind": "manifest_unreadable", "key": key, "error": msg}));
+            rep.errors.push(format!("{key}: {msg}"));
+            return Ok(Some(PacksFindings { refs: Vec::new(), head: None, manifest: json!({"key": key, "readable": false}) }));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let protected = |r: &str| m.protected.contains(r) || view.is_protected(r);
+    rep.line(
+        ctx,
+        format!("{}: packs format (manifest serial {}, {} packs, {})", remote.url, m.serial, m.packs.len(), human_bytes(m.pack_bytes())),
+    );
+    if m.refs.is_empty() {
+        rep.line(ctx, "  no refs (empty repository)");
+    }
+    for (name, sha) in &m.refs {
+        let mark = if protected(name) { "*" } else { " " };
+        rep.line(ctx, format!(" {mark} {name}: {}", &sha[..12.min(sha.len())]));
+    }
+    match (&m.head, m.live_head()) {
+        (Some(h), Some(_)) => rep.line(ctx, format!("  HEAD: {h}")),
+        (Some(h), None) => rep.line(ctx, format!("  HEAD: {h} (dangling)")),
+        (None, _) => rep.line(ctx, "  HEAD: missing"),
+    }
+
+    if let Some(why) = &m.frozen {
+        rep.issues.push(json!({"kind": "frozen_manifest", "why": why}));
+        rep.line(ctx, "");
+        rep.line(ctx, format!("The manifest is frozen ({why}): a `git s3 migrate --to bundles` started and has not finished, so pushes are refused."));
+        rep.line(ctx, format!("Finish it with `git s3 migrate --to bundles {}`, or stay with packs: `git s3 migrate --to packs {}`.", remote.url, remote.url));
+    }
+    if !view.scan.bundles.is_empty() {
+        explain_both_formats(ctx, remote, view, &m, rep);
+    }
+    check_packs(ctx, remote, &m, rep).await?;
+    if let Err(e) = fix_head(ctx, remote, &m, args, rep, interactive).await {
+        if matches!(e, CliError::Aborted | CliError::Usage(_)) {
+            return Err(e);
+        }
+        rep.errors.push(format!("HEAD: {e}"));
+        rep.line(ctx, format!("  failed: {e}"));
+    }
+    Ok(Some(PacksFindings {
+        refs: m.refs.iter().map(|(n, s)| json!({"name": n, "sha": s, "protected": protected(n)})).collect(),
+        head: m.head.clone(),
+        manifest: json!({
+            "key": key, "readable": true, "etag": etag, "serial": m.serial, "frozen": m.frozen,
+            "packs": m.packs.len(), "pack_bytes": m.pack_bytes(), "retired": m.retired.len(),
+        }),
+    }))
+}
+
+/// A prefix with a manifest and 0.4.2 bundles: git-s3 refuses it. Shows
+/// each ref on both sides and the two ways out.
+fn explain_both_formats(ctx: &Ctx, remote: &Remote, view: &View, m: &Manifest, rep: &mut Report) {
+    let mut sides: BTreeMap<&str, (Option<&str>, Option<&str>)> = BTreeMap::new();
+    for (r, s) in &m.refs {
+        sides.entry(r).or_default().0 = Some(s);
+    }
+    for (r, b) in &view.scan.bundles {
+        sides.entry(r).or_default().1 = b.first().map(|x| x.0.as_str());
+    }
+    rep.line(ctx, "");
+    rep.line(ctx, "This prefix holds both formats (a packs manifest and git-remote-s3 bundles), so git-s3 refuses to read or push it:");
+    let mut refs = Vec::new();
+    for (r, (packs, bundles)) in &sides {
+        let state = match (packs, bundles) {
+            (Some(p), Some(b)) if p == b => "same in both".to_string(),
+            (Some(p), Some(b)) => format!("manifest {}, bundle {}", &p[..12.min(p.len())], &b[..12.min(b.len())]),
+            (Some(_), None) => "only in the manifest".to_string(),
+            (None, Some(_)) => "only as a bundle".to_string(),
+            (None, None) => continue,
+        };
+        rep.line(ctx, format!("  {r}: {state}"));
+        refs.push(json!({"ref": r, "manifest": packs, "bundle": bundles}));
+    }
+    rep.issues.push(json!({"kind": "both_formats", "refs": refs}));
+    rep.line(ctx, "To keep the packs format with every ref, run:");
+    rep.line(ctx, format!("  git s3 migrate --to packs {}", remote.url));
+    rep.line(ctx, "    (the bundles' refs are added to the manifest, a bundle winning over the manifest for the same ref, then the bundles are deleted)");
+    rep.line(ctx, "To go back to the git-remote-s3 0.4.2 layout instead, run:");
+    rep.line(ctx, format!("  git s3 migrate --to bundles {}", remote.url));
+    rep.line(ctx, "    (the manifest's refs are written as bundles, the manifest winning for the same ref; refs only in bundles stay)");
+}
+
+/// Every pack of the manifest is in the bucket; reports unreferenced,
+/// retired and piled-up packs.
+async fn check_packs(ctx: &Ctx, remote: &Remote, m: &Manifest, rep: &mut Report) -> Result<(), CliError> {
+    let dir = manifest::packs_dir(&remote.url);
+    let objects = remote.store.list(&dir).await?;
+    // name → (.pack info, .idx info)
+    let mut found: BTreeMap<String, (Option<u64>, Option<u64>, Duration)> = BTreeMap::new();
+    for o in &objects {
+        let Some(leaf) = o.key.strip_prefix(&dir) else { continue };
+        let Some(rest) = leaf.strip_prefix("pack-") else { continue };
+        if let Some(name) = rest.strip_suffix(".pack") {
+            let e = found.entry(name.to_string()).or_insert((None, None, o.age()));
+            e.0 = Some(o.size);
+        } else if let Some(name) = rest.strip_suffix(".idx") {
+            found.entry(name.to_string()).or_insert((None, None, o.age())).1 = Some(o.size);
+        }
+    }
+    let mut broken = 0;
+    for p in &m.packs {
+        let (pack, idx, _) = found.get(&p.name).cloned().unwrap_or((None, None, Duration::ZERO));
+        let problem = match (pack, idx) {
+            (None, _) => Some(format!("pack-{}.pack is missing", p.name)),
+            (_, None) => Some(format!("pack-{}.idx is missing", p.name)),
+            (Some(s), _) if s != p.size => Some(format!("pack-{}.pack has {s} bytes, the manifest says {}", p.name, p.size)),
+            _ => None,
+        };
+        if let Some(problem) = problem {
+            broken += 1;
+            rep.issues.push(json!({"kind": "broken_pack", "pack": p.name, "problem": problem}));
+            rep.errors.push(problem.clone());
+            rep.line(ctx, "");
+            rep.line(ctx, format!("{problem} (listed in the manifest): clones and fetches that need it fail."));
+        }
+    }
+    if broken > 0 {
+        rep.line(
+            ctx,
+            "Packs cannot be rebuilt from the bucket alone. From a complete clone, push to a new prefix (`git push --mirror <new url>`) and switch to it.",
+        );
+    }
+    let listed: std::collections::BTreeSet<&str> =
+        m.packs.iter().map(|p| p.name.as_str()).chain(m.retired.iter().map(|r| r.name.as_str())).collect();
+    let unreferenced: Vec<(&String, u64)> = found
+        .iter()
+        .filter(|(n, _)| !listed.contains(n.as_str()))
+        .map(|(n, (p, i, _))| (n, p.unwrap_or(0) + i.unwrap_or(0)))
+        .collect();
+    let grace = DEFAULT_GRACE_SECONDS;
+    if !unreferenced.is_empty() {
+        let bytes: u64 = unreferenced.iter().map(|u| u.1).sum();
+        rep.issues.push(json!({"kind": "unreferenced_packs", "count": unreferenced.len(), "bytes": bytes,
+            "packs": unreferenced.iter().map(|u| u.0.clone()).collect::<Vec<_>>()}));
+        rep.line(ctx, "");
+        rep.line(
+            ctx,
+            format!(
+                "{} unreferenced pack(s), {} (left by pushes that died before their manifest write, or by a gc that lost a race): \
+`git s3 gc {}` deletes them once they are older than its grace period ({grace} s by default).",
+                unreferenced.len(),
+                human_bytes(bytes),
+                remote.url
+            ),
+        );
+    }
+    let now = crate::packs_format::unix_now();
+    let expired = m.retired.iter().filter(|r| now.saturating_sub(r.since) >= grace).count();
+    if expired > 0 {
+        rep.issues.push(json!({"kind": "retired_packs_expired", "count": expired}));
+        rep.line(ctx, "");
+        rep.line(ctx, format!("{expired} retired pack(s) are past their grace period: `git s3 gc {}` deletes them.", remote.url));
+    }
+    if m.packs.len() >= MANY_PACKS {
+        rep.issues.push(json!({"kind": "many_packs", "count": m.packs.len()}));
+        rep.line(ctx, "");
+        rep.line(
+            ctx,
+            format!("{} packs: fetches and clones make one request per pack. `git s3 gc {}` combines them.", m.packs.len(), remote.url),
+        );
+    }
+    Ok(())
+}
+
+/// The manifest's HEAD names no ref while branches exist: set it (flag,
+/// prompt, or main/master/first branch), with a conditional manifest write.
+async fn fix_head(ctx: &mut Ctx, remote: &Remote, m: &Manifest, args: &DoctorArgs, rep: &mut Report, interactive: bool) -> Result<(), CliError> {
+    let branches: Vec<String> = m.refs.keys().filter(|r| r.starts_with("refs/heads/")).cloned().collect();
+    if m.live_head().is_some() || branches.is_empty() {
+        return Ok(());
+    }
+    rep.line(ctx, "");
+    match &m.head {
+        Some(h) => {
+            rep.issues.push(json!({"kind": "dangling_head", "head": h}));
+            rep.line(ctx, format!("HEAD names {h}, which does not exist"));
+        }
+        None => {
+            rep.issues.push(json!({"kind": "missing_head"}));
+            rep.line(ctx, "HEAD is missing");
+        }
+    }
+    let default = ["refs/heads/main", "refs/heads/master"]
+        .iter()
+        .find_map(|c| branches.iter().position(|b| b == c))
+        .unwrap_or(0);
+    let target = match args.head.as_deref().map(branch_ref).transpose()? {
+        Some(c) if branches.contains(&c) => c,
+        Some(c) => {
+            return Err(CliError::Usage(format!("--head {c}: no such branch in the remote (branches: {})", branches.join(", "))));
+        }
+        None if interactive => {
+            for (i, b) in branches.iter().enumerate() {
+                ctx.eprintln(format!("  {}. {}", i + 1, b.trim_start_matches("refs/heads/")));
+            }
+            let i = ctx.choose("Number of the branch to use as HEAD", branches.len(), default).await?;
+            branches[i].clone()
+        }
+        None => branches[default].clone(),
+    };
+    if args.dry_run {
+        rep.line(ctx, format!("Would set HEAD to {target}"));
+        rep.actions.push(json!({"action": "would_set_head", "ref": target}));
+        return Ok(());
+    }
+    let t = target.clone();
+    update_manifest(&remote.store, &remote.url, |m| {
+        if m.live_head().is_some() || !m.refs.contains_key(&t) {
+            return Ok(false); // fixed or changed by someone else meanwhile
+        }
+        m.head = Some(t.clone());
+        Ok(true)
+    })
+    .await?;
+    rep.line(ctx, format!("Set HEAD to {target}"));
+    rep.actions.push(json!({"action": "set_head", "ref": target}));
+    Ok(())
+}
