@@ -69,19 +69,27 @@ pub fn scan(prefix: &str, objects: &[ObjectInfo]) -> PrefixScan {
 pub struct BundleStorage {
     store: S3Store,
     url: RemoteUrl,
+    /// The `<prefix>/refs/` listing made at detection, for the first scan.
+    seed: std::sync::Mutex<Option<Vec<ObjectInfo>>>,
 }
 
 impl BundleStorage {
-    pub fn new(store: S3Store, url: RemoteUrl) -> BundleStorage {
-        BundleStorage { store, url }
+    pub fn new(store: S3Store, url: RemoteUrl, refs_listing: Option<Vec<ObjectInfo>>) -> BundleStorage {
+        BundleStorage { store, url, seed: std::sync::Mutex::new(refs_listing) }
     }
 
     pub fn store(&self) -> &S3Store {
         &self.store
     }
 
+    /// The bundles, locks, markers and zips under `<prefix>/refs/` (the
+    /// HEAD object is read on its own; LFS objects are never listed).
     pub async fn scan(&self) -> Result<PrefixScan, StorageError> {
-        let objects = self.store.list(&format!("{}/", self.url.prefix)).await?;
+        let seeded = self.seed.lock().ok().and_then(|mut s| s.take());
+        let objects = match seeded {
+            Some(o) => o,
+            None => self.store.list(&self.url.key("refs/")).await?,
+        };
         Ok(scan(&self.url.prefix, &objects))
     }
 

@@ -122,8 +122,29 @@ impl Git {
     /// The repository's pack directory (`objects/pack`, honouring GIT_DIR
     /// and GIT_OBJECT_DIRECTORY).
     pub async fn pack_dir(&self) -> Result<PathBuf, GitError> {
+        if let Some(p) = self.pack_dir_from_env() {
+            return Ok(p);
+        }
         let p = PathBuf::from(self.run(&["rev-parse", "--git-path", "objects/pack"]).await?);
         Ok(if p.is_absolute() { p } else { self.cwd.join(p) })
+    }
+
+    /// The pack directory without running git, when the environment git
+    /// gives a remote helper says it plainly: `GIT_OBJECT_DIRECTORY`, or a
+    /// `GIT_DIR` that has its own `objects/` (not a linked worktree's).
+    fn pack_dir_from_env(&self) -> Option<PathBuf> {
+        let abs = |p: &str| {
+            let p = PathBuf::from(p);
+            if p.is_absolute() { p } else { self.cwd.join(p) }
+        };
+        if let Some(o) = self.env.get("GIT_OBJECT_DIRECTORY").filter(|o| !o.is_empty()) {
+            return Some(abs(o).join("pack"));
+        }
+        let dir = abs(self.env.get("GIT_DIR").filter(|d| !d.is_empty())?);
+        if dir.join("commondir").exists() || !dir.join("objects").is_dir() {
+            return None;
+        }
+        Some(dir.join("objects").join("pack"))
     }
 
     /// Indexes a bundle's pack into the repository, as `git bundle unbundle`
@@ -310,6 +331,23 @@ pub fn bundle_pack_offset(path: &Path) -> std::io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pack_dir_from_the_environment_git_gives_helpers() {
+        let tmp = tempfile::tempdir().unwrap();
+        let gd = tmp.path().join("repo.git");
+        std::fs::create_dir_all(gd.join("objects/pack")).unwrap();
+        let env = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let git = Git::new(tmp.path(), env(&[("GIT_DIR", "repo.git")]));
+        assert_eq!(git.pack_dir_from_env(), Some(gd.join("objects/pack")));
+        let git = Git::new(tmp.path(), env(&[("GIT_DIR", "repo.git"), ("GIT_OBJECT_DIRECTORY", "/elsewhere/objects")]));
+        assert_eq!(git.pack_dir_from_env(), Some(PathBuf::from("/elsewhere/objects/pack")));
+        // a linked worktree's GIT_DIR: git must answer
+        std::fs::write(gd.join("commondir"), "../..\n").unwrap();
+        let git = Git::new(tmp.path(), env(&[("GIT_DIR", "repo.git")]));
+        assert_eq!(git.pack_dir_from_env(), None);
+        assert_eq!(Git::new(tmp.path(), env(&[])).pack_dir_from_env(), None);
+    }
 
     #[test]
     fn finds_the_pack_after_the_header() {

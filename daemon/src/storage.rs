@@ -124,8 +124,8 @@ impl Storage {
     pub async fn open(store: S3Store, url: RemoteUrl, git: &Git) -> Result<Storage, StorageError> {
         use crate::packs_format::{configured_format, detect, Detected, PackStorage};
         Ok(match detect(&store, &url, configured_format(git)).await? {
-            Detected::Bundles => Storage::Bundles(crate::bundle_format::BundleStorage::new(store, url)),
-            Detected::Packs(m, refs) => Storage::Packs(Box::new(PackStorage::new(store, url, m.map(|(m, _)| m), refs))),
+            Detected::Bundles(refs) => Storage::Bundles(crate::bundle_format::BundleStorage::new(store, url, Some(refs))),
+            Detected::Packs(m, refs) => Storage::Packs(Box::new(PackStorage::new(store, url, m, refs))),
         })
     }
 
