@@ -29,7 +29,7 @@ use crate::bundle_format;
 use crate::git::{Git, GitError};
 use crate::manifest::{self, Manifest, PackEntry};
 use crate::remote_url::RemoteUrl;
-use crate::s3_store::{ObjectInfo, PutOptions, S3Store, WriteCondition};
+use crate::s3_store::{Conditional, ObjectInfo, PutOptions, S3Store, WriteCondition};
 use crate::storage::{OpContext, PushResult, PushUpdate, RefListing, RemoteRef, RepoStorage, StorageError};
 use crate::transfer_progress::Progress;
 
@@ -73,19 +73,38 @@ pub async fn configured_format(git: &Git) -> Result<Format, StorageError> {
     }
 }
 
+/// Manifests this daemon has read, by location: a later read is a
+/// conditional GET against the ETag (`If-None-Match`), which S3 answers with
+/// a bodiless 304 when nothing changed.
+static MANIFESTS: std::sync::OnceLock<dashmap::DashMap<String, (String, std::sync::Arc<Manifest>)>> = std::sync::OnceLock::new();
+
+/// Manifests kept for conditional reads (beyond it the map starts over).
+const MANIFEST_CACHE_ENTRIES: usize = 256;
+
 /// The manifest and its ETag, or None when the prefix has none.
 pub async fn read_manifest(store: &S3Store, url: &RemoteUrl) -> Result<Option<(Manifest, String)>, StorageError> {
     let key = manifest::manifest_key(url);
-    let tmp = tempfile::NamedTempFile::new()?;
-    let etag = match store.get_to_file(&key, tmp.path(), |_| {}).await {
-        Ok((etag, _)) => etag,
-        Err(e) if e.is_not_found() => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    let data = tokio::fs::read(tmp.path()).await?;
-    let m = Manifest::parse(&data)
-        .map_err(|e| StorageError::Corrupt(format!("s3://{}/{key}: {e}", store.bucket())))?;
-    Ok(Some((m, etag)))
+    let cache = MANIFESTS.get_or_init(dashmap::DashMap::new);
+    let location = store.location(&key);
+    let cached = cache.get(&location).map(|c| c.value().clone());
+    match store.get_small_if_changed(&key, cached.as_ref().map(|c| c.0.as_str())).await? {
+        Conditional::Missing => {
+            cache.remove(&location);
+            Ok(None)
+        }
+        Conditional::NotModified => match cached {
+            Some((etag, m)) => Ok(Some((Manifest::clone(&m), etag))),
+            None => Err(StorageError::Corrupt(format!("s3://{}/{key}: 304 Not Modified to an unconditional read", store.bucket()))),
+        },
+        Conditional::Found { data, etag } => {
+            let m = Manifest::parse(&data).map_err(|e| StorageError::Corrupt(format!("s3://{}/{key}: {e}", store.bucket())))?;
+            if cache.len() >= MANIFEST_CACHE_ENTRIES {
+                cache.clear();
+            }
+            cache.insert(location, (etag.clone(), std::sync::Arc::new(m.clone())));
+            Ok(Some((m, etag)))
+        }
+    }
 }
 
 /// What `<prefix>/refs/` holds: whether 0.4.2 bundles are there, and the
@@ -128,36 +147,49 @@ Keep one: delete the bundles under {}/refs/ or the {}/{}/ directory",
 /// What a prefix is, decided by what is in it.
 #[allow(clippy::large_enum_variant)] // made once per session
 pub enum Detected {
-    /// A manifest (with its ETag) and the protection markers.
-    Packs(Option<(Manifest, String)>, RefsDir),
+    /// A manifest (with its ETag), and the `refs/` scan when one was made.
+    Packs(Option<(Manifest, String)>, Option<RefsDir>),
     /// The `<prefix>/refs/` listing, for the first `list`.
     Bundles(Vec<ObjectInfo>),
 }
 
 /// Detects the format of `url`'s prefix: a manifest means packs, bundles
-/// mean bundles (both: refused), an empty prefix gets `default`. The
-/// manifest read and the `refs/` listing run together, so detection costs
-/// one round trip; `default` (the caller's `s3.format`) is only awaited for
-/// an empty prefix.
+/// mean bundles (both: refused), an empty prefix gets `default` (the
+/// caller's `s3.format`, only awaited for an empty prefix).
+///
+/// The manifest read and the `refs/` listing run together, so detection is
+/// one round trip. When this daemon has read the prefix's manifest before,
+/// only the manifest is read (a conditional GET: a no-op fetch is one small
+/// request); the `refs/` scan then waits for a push, which needs it before
+/// its manifest write (bundles of another tool: refused; `PROTECTED#`
+/// markers).
 pub async fn detect(
     store: &S3Store,
     url: &RemoteUrl,
     default: impl std::future::Future<Output = Result<Format, StorageError>>,
 ) -> Result<Detected, StorageError> {
-    let (manifest, listing) = tokio::join!(read_manifest(store, url), list_refs_dir(store, url));
-    let listing = listing?;
+    let known_packs = MANIFESTS.get().is_some_and(|c| c.contains_key(&store.location(&manifest::manifest_key(url))));
+    let (manifest, listing) = if known_packs {
+        match read_manifest(store, url).await? {
+            Some(m) => return Ok(Detected::Packs(Some(m), None)),
+            None => (None, list_refs_dir(store, url).await?),
+        }
+    } else {
+        let (m, l) = tokio::join!(read_manifest(store, url), list_refs_dir(store, url));
+        (m?, l?)
+    };
     let refs = RefsDir::from_objects(url, &listing);
-    match manifest? {
+    match manifest {
         Some(m) => {
             if !refs.bundle_refs.is_empty() {
                 return Err(mixed_formats_error(url, &refs));
             }
-            Ok(Detected::Packs(Some(m), refs))
+            Ok(Detected::Packs(Some(m), Some(refs)))
         }
         None if !refs.bundle_refs.is_empty() => Ok(Detected::Bundles(listing)),
         None => match default.await? {
             Format::Bundles => Ok(Detected::Bundles(listing)),
-            Format::Packs => Ok(Detected::Packs(None, refs)),
+            Format::Packs => Ok(Detected::Packs(None, Some(refs))),
         },
     }
 }
@@ -170,7 +202,9 @@ pub struct PackStorage {
     /// The manifest the last `list` showed and its ETag (None: no manifest
     /// yet): what `fetch` downloads from and a push's first attempt starts from.
     listed: Mutex<Option<(Manifest, Option<String>)>>,
-    markers: Mutex<BTreeSet<String>>,
+    /// The `refs/` scan made at detection, if one was: a push's first
+    /// attempt uses it instead of listing again.
+    refs: Mutex<Option<RefsDir>>,
 }
 
 /// A pack built for a push.
@@ -197,18 +231,28 @@ enum Change {
 }
 
 impl PackStorage {
-    pub fn new(store: S3Store, url: RemoteUrl, seed: Option<(Manifest, String)>, refs: RefsDir) -> PackStorage {
+    pub fn new(store: S3Store, url: RemoteUrl, seed: Option<(Manifest, String)>, refs: Option<RefsDir>) -> PackStorage {
         PackStorage {
             store,
             url,
             seed: Mutex::new(Some(seed)),
             listed: Mutex::new(None),
-            markers: Mutex::new(refs.markers),
+            refs: Mutex::new(refs),
         }
     }
 
+    /// The `PROTECTED#` markers, when `refs/` has been scanned.
     fn markers(&self) -> BTreeSet<String> {
-        self.markers.lock().map(|m| m.clone()).unwrap_or_default()
+        self.refs.lock().ok().and_then(|r| r.as_ref().map(|r| r.markers.clone())).unwrap_or_default()
+    }
+
+    /// The `refs/` scan: detection's the first time, else a fresh LIST.
+    async fn scan_refs(&self, fresh: bool) -> Result<RefsDir, StorageError> {
+        let known = if fresh { None } else { self.refs.lock().ok().and_then(|mut r| r.take()) };
+        match known {
+            Some(r) => Ok(r),
+            None => scan_refs_dir(&self.store, &self.url).await,
+        }
     }
 
     /// The manifest and its ETag: the one read at detection the first time,
@@ -315,7 +359,7 @@ impl PackStorage {
             input.push('\n');
         }
         // Non-thin (no --thin): every delta base is in the pack, so it indexes alone.
-        let args = ["pack-objects", "--revs", "--quiet", "--delta-base-offset", base_s.as_str()];
+        let args = ["-c", "pack.writeReverseIndex=false", "pack-objects", "--revs", "--quiet", "--delta-base-offset", base_s.as_str()];
         let out = run_with_stdin(&ctx.git, &args, input.into_bytes()).await?;
         let name = out.trim().to_string();
         if !manifest::is_pack_name(&name) {
@@ -358,9 +402,6 @@ impl PackStorage {
 
     async fn push_all(&self, ctx: &OpContext, updates: &[PushUpdate]) -> Result<Vec<(String, PushResult)>, StorageError> {
         let srcs: Vec<&str> = updates.iter().filter_map(|u| u.src.as_deref()).collect();
-        // The refs/ scan of detection (bundles: refused; protection markers)
-        // is this session's; a retry scans again.
-        let mut markers = self.markers();
         let mut built: Option<BuiltPack> = None;
         for attempt in 0..MAX_ATTEMPTS {
             let first = if attempt == 0 { self.take_listed() } else { None };
@@ -370,12 +411,7 @@ impl PackStorage {
                     if attempt > 0 {
                         tokio::time::sleep(backoff(attempt)).await;
                     }
-                    let (found, refs) = tokio::try_join!(read_manifest(&self.store, &self.url), scan_refs_dir(&self.store, &self.url))?;
-                    if !refs.bundle_refs.is_empty() {
-                        return Err(mixed_formats_error(&self.url, &refs));
-                    }
-                    markers = refs.markers;
-                    match found {
+                    match read_manifest(&self.store, &self.url).await? {
                         Some((m, e)) => (m, Some(e)),
                         None => (Manifest::default(), None),
                     }
@@ -389,7 +425,16 @@ impl PackStorage {
             // out, and which old tips a fast-forward check can see).
             let remote_tips: Vec<String> = m.refs.values().cloned().collect::<BTreeSet<_>>().into_iter().collect();
             let lookups: Vec<&str> = srcs.iter().copied().chain(remote_tips.iter().map(String::as_str)).collect();
-            let mut found = resolve_objects(&ctx.git, &lookups).await?.into_iter();
+            // The refs/ scan runs beside the local work: bundles of another
+            // tool in the prefix are refused before anything is written, and
+            // PROTECTED# markers count like the manifest's protection.
+            let (refs, found) = tokio::join!(self.scan_refs(attempt > 0), resolve_objects(&ctx.git, &lookups));
+            let refs = refs?;
+            if !refs.bundle_refs.is_empty() {
+                return Err(mixed_formats_error(&self.url, &refs));
+            }
+            let markers = refs.markers;
+            let mut found = found?.into_iter();
             let local: Vec<Option<String>> = updates.iter().map(|u| if u.src.is_some() { found.next().flatten() } else { None }).collect();
             let present: HashSet<String> = found.flatten().collect();
             let exclude: Vec<String> = remote_tips.iter().filter(|t| present.contains(*t)).cloned().collect();

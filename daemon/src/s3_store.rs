@@ -117,6 +117,14 @@ impl ObjectInfo {
     }
 }
 
+/// The answer to a conditional GET.
+#[derive(Debug)]
+pub enum Conditional {
+    Missing,
+    NotModified,
+    Found { data: Vec<u8>, etag: String },
+}
+
 /// A producer's output staged in a local file by [`S3Store::stage`]:
 /// complete (`overflow` None), or past the single-PUT threshold, with the
 /// part that crossed it in memory and the rest still to be read.
@@ -208,11 +216,13 @@ fn to_system_time(t: Option<&aws_sdk_s3::primitives::DateTime>) -> SystemTime {
 pub struct S3Store {
     client: aws_sdk_s3::Client,
     bucket: Arc<str>,
+    /// The service the client talks to (endpoint, region), for cache keys.
+    origin: Arc<str>,
 }
 
 impl S3Store {
-    pub fn new(client: aws_sdk_s3::Client, bucket: &str) -> S3Store {
-        S3Store { client, bucket: bucket.into() }
+    pub fn new(client: aws_sdk_s3::Client, bucket: &str, origin: &str) -> S3Store {
+        S3Store { client, bucket: bucket.into(), origin: origin.into() }
     }
 
     pub fn bucket(&self) -> &str {
@@ -312,6 +322,40 @@ impl S3Store {
         }
         .instrument(span)
         .await
+    }
+
+    /// A small object, read only if it changed since `etag` (a conditional
+    /// GET with `If-None-Match`; S3 answers 304 without a body when not).
+    pub async fn get_small_if_changed(&self, key: &str, etag: Option<&str>) -> Result<Conditional, StoreError> {
+        let span = tracing::debug_span!("s3.get", bucket = %self.bucket, key, if_none_match = etag.unwrap_or(""));
+        async {
+            let mut req = self.client.get_object().bucket(&*self.bucket).key(key);
+            if let Some(e) = etag {
+                req = req.if_none_match(e);
+            }
+            match req.send().await {
+                Ok(r) => {
+                    let etag = r.e_tag().unwrap_or_default().to_string();
+                    let data = r.body.collect().await.map_err(|e| self.other(key, e.to_string()))?;
+                    Ok(Conditional::Found { data: data.into_bytes().to_vec(), etag })
+                }
+                Err(e) if e.raw_response().map(|r| r.status().as_u16()) == Some(304) => {
+                    tracing::debug!("not modified");
+                    Ok(Conditional::NotModified)
+                }
+                Err(e) => match classify(e, &self.bucket, key) {
+                    StoreError::NotFound { .. } => Ok(Conditional::Missing),
+                    other => Err(other),
+                },
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Where `key` lives, as a cache key: endpoint, bucket and key.
+    pub fn location(&self, key: &str) -> String {
+        format!("{}|{}|{key}", self.origin, self.bucket)
     }
 
     /// Streams an object into `dest` (created/truncated). Returns its ETag and

@@ -49,7 +49,8 @@ impl DaemonState {
     pub async fn store_for(&self, env: &HashMap<String, String>, url: &RemoteUrl) -> S3Store {
         let spec = ClientSpec::from_env(env, url.profile.as_deref());
         let warm = self.clients.get(spec).await;
-        S3Store::new(warm.client.clone(), &url.bucket)
+        let origin = format!("{}|{}", warm.spec.endpoint.as_deref().unwrap_or("aws"), warm.spec.region.as_deref().unwrap_or(""));
+        S3Store::new(warm.client.clone(), &url.bucket, &origin)
     }
 
     pub fn touch(&self) {

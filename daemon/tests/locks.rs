@@ -20,7 +20,7 @@ async fn store(env: &testkit::TestEnv) -> S3Store {
     .collect();
     let clients = S3Clients::default();
     let warm = clients.get(ClientSpec::from_env(&vars, None)).await;
-    S3Store::new(warm.client.clone(), &env.bucket)
+    S3Store::new(warm.client.clone(), &env.bucket, "test")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -875,3 +875,30 @@ fn doctor_checks_packs_remotes_and_explains_a_prefix_with_both_formats() {
     let out = env.git_s3(&repo, &["doctor", &mixed]);
     assert!(out.contains("frozen") && out.contains("git s3 migrate --to bundles"), "{out}");
 }
+
+#[test]
+fn a_no_op_fetch_is_one_conditional_manifest_read() {
+    let env = packs_env();
+    let repo = env.new_repo("a");
+    let url = env.url("cond");
+    env.git(&repo, &["push", "-q", &url, "main"]);
+    env.git(&env.work(), &["clone", "-q", &url, "c"]);
+    let c = env.path("c");
+    let fetch = |env: &TestEnv| {
+        let mut cmd = env.command("git", &c);
+        cmd.env("GIT_REMOTE_S3_VERBOSE", "1").args(["fetch", "origin"]);
+        String::from_utf8_lossy(&env.run(cmd).stderr).to_string()
+    };
+    // the daemon read the manifest during the clone: this read is conditional
+    let err = fetch(&env);
+    assert!(err.contains("not modified"), "{err}");
+    let requests: Vec<&str> = err.lines().filter(|l| l.starts_with("git-s3: s3.")).collect();
+    assert_eq!(requests.len(), 1, "one request (the manifest's conditional GET): {err}");
+    assert!(!err.contains("index-pack"), "{err}");
+    // a change is seen (200 with the new manifest), and fetched
+    let tip = env.commit(&repo, "b", "b\n", "b");
+    env.git(&repo, &["push", "-q", &url, "main"]);
+    let err = fetch(&env);
+    assert!(!err.contains("not modified"), "{err}");
+    assert_eq!(rev(&env, &c, "origin/main"), tip);
+}
