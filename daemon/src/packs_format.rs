@@ -543,7 +543,7 @@ impl PackStorage {
             match self.store.put_bytes(&key, next.to_bytes(), PutOptions { condition, ..Default::default() }).await {
                 Ok(_) => {
                     tracing::info!(serial = next.serial, refs = changes.len(), attempt, "manifest updated");
-                    self.maybe_gc_in_background(ctx, next.packs.len());
+                    self.maybe_gc_in_background(ctx, &next.packs);
                     let mut results = results(&verdicts);
                     self.write_zips(ctx, &changes, &mut results).await;
                     return Ok(results);
@@ -583,22 +583,38 @@ impl PackStorage {
         }
     }
 
-    /// When packs pile up (`GIT_S3_GC_AUTO_PACKS`, default 16; 0 disables),
-    /// combines them in the background after the push has answered, with
-    /// the default grace period, so concurrent readers never miss a pack.
-    fn maybe_gc_in_background(&self, ctx: &OpContext, packs: usize) {
+    /// When packs pile up (`GIT_S3_GC_AUTO_PACKS`, default 16; 0 disables)
+    /// and the geometric rollup has at least two small packs to combine,
+    /// runs a geometric gc in the background after the push has answered,
+    /// with the default grace period, so concurrent readers never miss a
+    /// pack. Only the rolled-up packs are downloaded: the cost grows with
+    /// what was pushed since, not with the repository.
+    fn maybe_gc_in_background(&self, ctx: &OpContext, packs: &[PackEntry]) {
         let limit = ctx.env.get("GIT_S3_GC_AUTO_PACKS").and_then(|v| v.parse::<usize>().ok()).unwrap_or(16);
-        if limit == 0 || packs < limit {
+        if limit == 0 || packs.len() < limit {
+            return;
+        }
+        let rollup = crate::packs_maint::geometric_rollup(packs);
+        if rollup.combine.is_empty() {
+            tracing::debug!(packs = packs.len(), limit, "packs form a geometric progression; no background gc");
             return;
         }
         let (store, url, env) = (self.store.clone(), self.url.clone(), ctx.env.clone());
         let tmp = ctx.cache.root().join("tmp");
-        tracing::info!(packs, limit, "packs piled up; compacting in the background");
+        tracing::info!(packs = packs.len(), limit, combine = rollup.combine.len(), "packs piled up; compacting in the background");
         tokio::spawn(
             async move {
                 let grace = Duration::from_secs(crate::packs_maint::DEFAULT_GRACE_SECONDS);
-                match crate::packs_maint::gc(&store, &url, &tmp, &env, grace, false).await {
-                    Ok(r) => tracing::info!(remote = %url, before = r.packs_before, raced = r.raced, "background gc done"),
+                let mode = crate::packs_maint::GcMode::Geometric;
+                match crate::packs_maint::gc(&store, &url, &tmp, &env, grace, mode, false).await {
+                    Ok(r) => tracing::info!(
+                        remote = %url,
+                        before = r.packs_before,
+                        combined = r.combined_packs,
+                        kept = r.kept,
+                        raced = r.raced,
+                        "background gc done"
+                    ),
                     Err(e) => tracing::warn!(remote = %url, error = %e, "background gc failed"),
                 }
             }
@@ -729,15 +745,22 @@ pub async fn present_objects(git: &Git, shas: &[String]) -> Result<HashSet<Strin
 }
 
 /// `git index-pack --stdin` from a file (streamed; verifies every object).
-pub(crate) async fn index_pack(git: &Git, pack: &Path) -> Result<(), GitError> {
+/// Returns the name the pack got in `objects/pack` (what index-pack prints
+/// after `pack\t`).
+pub(crate) async fn index_pack(git: &Git, pack: &Path) -> Result<String, GitError> {
     let file = std::fs::File::open(pack).map_err(GitError::Spawn)?;
     let mut cmd = git.command(&["index-pack", "--stdin"]);
-    cmd.stdin(Stdio::from(file)).stdout(Stdio::null()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::from(file)).stdout(Stdio::piped()).stderr(Stdio::piped());
     let out = cmd.output().await.map_err(GitError::Spawn)?;
     if !out.status.success() {
         return Err(GitError::Failed { args: "index-pack --stdin".into(), stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() });
     }
-    Ok(())
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let name = stdout.trim().rsplit('\t').next().unwrap_or_default().to_string();
+    if !manifest::is_pack_name(&name) {
+        return Err(GitError::Failed { args: "index-pack --stdin".into(), stderr: format!("unexpected output {:?}", stdout.trim()) });
+    }
+    Ok(name)
 }
 
 

@@ -2,23 +2,29 @@
 //! unprotect, delete a ref), compaction (`git s3 gc`) and migration between
 //! the bundles and packs formats (`git s3 migrate`).
 //!
-//! Compaction downloads every pack into a scratch bare repository, packs
-//! what the manifest's refs reach into one pack, uploads it, and swaps the
-//! pack list in one conditional manifest write against the manifest it
-//! started from (a remote that changed meanwhile is left alone: run gc
-//! again). Replaced packs are listed as `retired` and deleted by a later gc
-//! once their grace period is over; packs no manifest names (a push that
-//! died before its manifest write) are deleted once older than the grace
-//! period.
+//! Compaction has two modes. `Full` downloads every pack into a scratch
+//! bare repository and packs what the manifest's refs reach into one pack
+//! (dropping unreachable objects). `Geometric` picks the small packs that
+//! break a geometric progression of factor 2 (`geometric_rollup`, like
+//! `git repack --geometric=2`), downloads only those and combines exactly
+//! their objects with `git pack-objects --stdin-packs`; the big packs stay
+//! untouched, so its cost grows with what was pushed since, not with the
+//! repository. Both upload the new pack and swap the pack list in one
+//! conditional manifest write against the manifest they started from (a
+//! remote that changed meanwhile is left alone: run gc again). Replaced
+//! packs are listed as `retired` and deleted by a later gc once their grace
+//! period is over; packs no manifest names (a push that died before its
+//! manifest write) are deleted once older than the grace period.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::time::Duration;
 
 use futures::stream::{StreamExt, TryStreamExt};
+use tracing::Instrument;
 
 use crate::bundle_format;
-use crate::git::Git;
+use crate::git::{Git, GitError};
 use crate::manifest::{self, Manifest, PackEntry, RetiredPack};
 use crate::packs_format::{backoff, index_pack, pack_object_count, read_manifest, run_with_stdin, unix_now, MAX_ATTEMPTS};
 use crate::remote_url::RemoteUrl;
@@ -56,12 +62,81 @@ where
     Err(StorageError::Format(format!("{url}: the manifest kept changing; try again")))
 }
 
+/// How `gc` compacts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GcMode {
+    /// Every pack into one pack of what the refs reach (unreachable objects
+    /// are dropped). Downloads and uploads the whole repository.
+    #[default]
+    Full,
+    /// Only the packs `geometric_rollup` picks, into one pack of exactly
+    /// their objects; the others stay as they are.
+    Geometric,
+}
+
+impl GcMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            GcMode::Full => "full",
+            GcMode::Geometric => "geometric",
+        }
+    }
+}
+
+/// The factor of the geometric progression packs are kept in.
+pub const GEOMETRIC_FACTOR: u64 = 2;
+
+/// A pack list split by `geometric_rollup`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Rollup<'a> {
+    /// The packs to combine into one (smallest first); empty when fewer
+    /// than two would be rolled up.
+    pub combine: Vec<&'a PackEntry>,
+    /// The packs that stay (smallest first).
+    pub keep: Vec<&'a PackEntry>,
+}
+
+/// Picks the packs to combine so that the packs form a geometric
+/// progression of factor 2 (like `git repack --geometric=2`), by `size`.
+///
+/// Sorted by size ascending, the smallest packs are rolled up while the
+/// next pack is smaller than 2× the rolled-up total; the split is the
+/// smallest one above which every pack weighs at least 2× the sum of all
+/// smaller packs (so a later pack that breaks the progression pulls the
+/// packs below it into the rollup too, and after combining the list is a
+/// progression again). Those packs stay; the rest is combined, but only
+/// when that is at least two packs.
+pub fn geometric_rollup(packs: &[PackEntry]) -> Rollup<'_> {
+    let mut sorted: Vec<&PackEntry> = packs.iter().collect();
+    sorted.sort_by(|a, b| a.size.cmp(&b.size).then_with(|| a.name.cmp(&b.name)));
+    // `split`: how many of the smallest packs are rolled up; `below`: the
+    // sum of the sizes of the packs before the current one.
+    let (mut split, mut below) = (0usize, 0u64);
+    for (i, p) in sorted.iter().enumerate() {
+        if p.size < below.saturating_mul(GEOMETRIC_FACTOR) {
+            split = i + 1;
+        }
+        below = below.saturating_add(p.size);
+    }
+    if split < 2 {
+        return Rollup { combine: Vec::new(), keep: sorted };
+    }
+    let keep = sorted.split_off(split);
+    Rollup { combine: sorted, keep }
+}
+
 /// What a gc did.
 #[derive(Debug, Default)]
 pub struct GcReport {
+    pub mode: GcMode,
     pub packs_before: usize,
     pub bytes_before: u64,
-    /// The combined pack (None: nothing to combine).
+    /// Packs combined (or, in a dry run, that would be) and their bytes.
+    pub combined_packs: usize,
+    pub combined_bytes: u64,
+    /// Packs left as they were (all of them when nothing is combined).
+    pub kept: usize,
+    /// The combined pack (None: nothing combined).
     pub combined: Option<PackEntry>,
     /// Keys deleted (retired packs past their grace, unreferenced old packs).
     pub deleted: Vec<String>,
@@ -78,32 +153,48 @@ fn scratch_git(dir: &Path, env: &HashMap<String, String>) -> Git {
     Git::new(dir, env)
 }
 
-/// A scratch bare repository at `<dir>/repo.git` holding every pack of `m`
-/// (downloaded in parallel, streamed through files, checked by index-pack).
+/// A scratch bare repository at `<dir>/repo.git` holding `packs` (downloaded
+/// in parallel, streamed through files, checked by index-pack). Returns it
+/// with the names the packs got in its `objects/pack`.
 async fn scratch_from_packs(
     store: &S3Store,
     url: &RemoteUrl,
-    m: &Manifest,
+    packs: &[&PackEntry],
     dir: &Path,
     env: &HashMap<String, String>,
-) -> Result<Git, StorageError> {
+) -> Result<(Git, Vec<String>), StorageError> {
     let git = scratch_repo(dir, env).await?;
-    let downloads: Vec<_> = m
-        .packs
+    let downloads: Vec<_> = packs
         .iter()
         .map(|p| {
             let git = git.clone();
             async move {
                 let file = tempfile::Builder::new().prefix("dl-").tempfile_in(dir)?;
                 let key = manifest::pack_key(url, &p.name);
-                store.get_to_file(&key, file.path(), |_| {}).await?;
-                index_pack(&git, file.path()).await?;
-                Ok::<_, StorageError>(())
+                match store.get_to_file(&key, file.path(), |_| {}).await {
+                    Ok(_) => {}
+                    Err(e) if e.is_not_found() => {
+                        return Err(StorageError::Corrupt(format!(
+                            "the manifest names pack {} but s3://{}/{key} is missing",
+                            p.name,
+                            store.bucket()
+                        )))
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+                let local = index_pack(&git, file.path()).await.map_err(|e| match e {
+                    GitError::Failed { .. } => {
+                        StorageError::Corrupt(format!("pack {} from s3://{}/{key} does not index: {e}", p.name, store.bucket()))
+                    }
+                    e => e.into(),
+                })?;
+                tracing::debug!(pack = %p.name, size = p.size, "pack downloaded for gc");
+                Ok::<_, StorageError>(local)
             }
         })
         .collect();
-    futures::stream::iter(downloads).buffer_unordered(4).try_collect::<Vec<()>>().await?;
-    Ok(git)
+    let names = futures::stream::iter(downloads).buffered(4).try_collect::<Vec<String>>().await?;
+    Ok((git, names))
 }
 
 async fn scratch_repo(dir: &Path, env: &HashMap<String, String>) -> Result<Git, StorageError> {
@@ -118,10 +209,27 @@ async fn scratch_repo(dir: &Path, env: &HashMap<String, String>) -> Result<Git, 
 async fn pack_of(git: &Git, dir: &Path, tips: &BTreeSet<String>) -> Result<PackEntry, StorageError> {
     let input: String = tips.iter().map(|t| format!("{t}\n")).collect();
     let base = dir.join("out");
-    let name = run_with_stdin(git, &["pack-objects", "--revs", "--quiet", "--delta-base-offset", &base.to_string_lossy()], input.into_bytes())
-        .await?
-        .trim()
-        .to_string();
+    let out = run_with_stdin(git, &["pack-objects", "--revs", "--quiet", "--delta-base-offset", &base.to_string_lossy()], input.into_bytes())
+        .await?;
+    written_pack(dir, &out, tips.iter().cloned().collect()).await
+}
+
+/// `git pack-objects --stdin-packs` of the scratch repository's packs
+/// `local_names`: one self-contained pack of exactly their objects, into
+/// `<dir>/out-<name>.pack`, made for `tips`.
+async fn pack_of_packs(git: &Git, dir: &Path, local_names: &[String], tips: Vec<String>) -> Result<PackEntry, StorageError> {
+    let input: String = local_names.iter().map(|n| format!("pack-{n}.pack\n")).collect();
+    let base = dir.join("out");
+    let out =
+        run_with_stdin(git, &["pack-objects", "--stdin-packs", "--quiet", "--delta-base-offset", &base.to_string_lossy()], input.into_bytes())
+            .await?;
+    written_pack(dir, &out, tips).await
+}
+
+/// The entry of the pack `git pack-objects` wrote to `<dir>/out-<name>`,
+/// `out` being what it printed.
+async fn written_pack(dir: &Path, out: &str, tips: Vec<String>) -> Result<PackEntry, StorageError> {
+    let name = out.trim().to_string();
     if !manifest::is_pack_name(&name) {
         return Err(StorageError::Corrupt(format!("git pack-objects printed an unexpected pack name {name:?}")));
     }
@@ -132,9 +240,19 @@ async fn pack_of(git: &Git, dir: &Path, tips: &BTreeSet<String>) -> Result<PackE
         size: tokio::fs::metadata(&pack).await?.len(),
         idx_size: tokio::fs::metadata(&idx).await?.len(),
         objects: pack_object_count(&pack).await?,
-        tips: tips.iter().cloned().collect(),
+        tips,
         created: unix_now(),
     })
+}
+
+/// The tips of a pack combining `packs`: the union of theirs. A pack
+/// without tips is downloaded by every fetch that needs anything (nothing
+/// says when its objects are present), and so is one combining it.
+fn combined_tips(packs: &[&PackEntry]) -> Vec<String> {
+    if packs.iter().any(|p| p.tips.is_empty()) {
+        return Vec::new();
+    }
+    packs.iter().flat_map(|p| p.tips.iter().cloned()).collect::<BTreeSet<_>>().into_iter().collect()
 }
 
 async fn upload_pack_of(store: &S3Store, url: &RemoteUrl, dir: &Path, p: &PackEntry) -> Result<(), StorageError> {
@@ -151,13 +269,29 @@ async fn upload_pack_of(store: &S3Store, url: &RemoteUrl, dir: &Path, p: &PackEn
 /// How long replaced and unreferenced packs are kept before gc deletes them.
 pub const DEFAULT_GRACE_SECONDS: u64 = 3600;
 
-/// Compacts `url`'s packs; deletes retired/unreferenced packs older than `grace`.
+/// Compacts `url`'s packs (`mode`); deletes retired/unreferenced packs
+/// older than `grace`. A dry run combines and deletes nothing, but reports
+/// what would be combined and deleted.
 pub async fn gc(
     store: &S3Store,
     url: &RemoteUrl,
     tmp_root: &Path,
     env: &HashMap<String, String>,
     grace: Duration,
+    mode: GcMode,
+    dry_run: bool,
+) -> Result<GcReport, StorageError> {
+    let span = tracing::info_span!("gc", remote = %url, mode = mode.name(), dry_run);
+    gc_inner(store, url, tmp_root, env, grace, mode, dry_run).instrument(span).await
+}
+
+async fn gc_inner(
+    store: &S3Store,
+    url: &RemoteUrl,
+    tmp_root: &Path,
+    env: &HashMap<String, String>,
+    grace: Duration,
+    mode: GcMode,
     dry_run: bool,
 ) -> Result<GcReport, StorageError> {
     let Some((m0, etag0)) = read_manifest(store, url).await? else {
@@ -166,35 +300,74 @@ pub async fn gc(
     if let Some(msg) = m0.frozen_error(url) {
         return Err(StorageError::Format(msg));
     }
-    let mut report = GcReport { packs_before: m0.packs.len(), bytes_before: m0.pack_bytes(), ..Default::default() };
+    let mut report = GcReport { mode, packs_before: m0.packs.len(), bytes_before: m0.pack_bytes(), ..Default::default() };
+    let combine: Vec<&PackEntry> = match mode {
+        GcMode::Full if m0.packs.len() > 1 => m0.packs.iter().collect(),
+        GcMode::Full => Vec::new(),
+        GcMode::Geometric => geometric_rollup(&m0.packs).combine,
+    };
+    report.combined_packs = combine.len();
+    report.combined_bytes = combine.iter().map(|p| p.size + p.idx_size).sum();
+    report.kept = m0.packs.len() - combine.len();
+    tracing::info!(packs = m0.packs.len(), combine = combine.len(), bytes = report.combined_bytes, "gc plan");
     let mut current = m0.clone();
-    if m0.packs.len() > 1 && !dry_run {
+    if !combine.is_empty() && !dry_run {
         let dir = tempfile::Builder::new().prefix("gc-").tempdir_in(tmp_root)?;
-        let git = scratch_from_packs(store, url, &m0, dir.path(), env).await?;
-        // One pack of what the refs reach.
-        let tips: BTreeSet<String> = m0.refs.values().cloned().collect();
-        let entry = pack_of(&git, dir.path(), &tips).await?;
+        let (git, local_names) = scratch_from_packs(store, url, &combine, dir.path(), env).await?;
+        let entry = match mode {
+            // One pack of what the refs reach.
+            GcMode::Full => pack_of(&git, dir.path(), &m0.refs.values().cloned().collect()).await?,
+            // One pack of exactly the rolled-up packs' objects.
+            GcMode::Geometric => {
+                let entry = pack_of_packs(&git, dir.path(), &local_names, combined_tips(&combine)).await?;
+                let largest = combine.iter().map(|p| p.objects).max().unwrap_or(0);
+                if entry.objects < largest {
+                    return Err(StorageError::Corrupt(format!(
+                        "git pack-objects --stdin-packs wrote {} objects, fewer than the {largest} of one of the packs it combined",
+                        entry.objects
+                    )));
+                }
+                entry
+            }
+        };
         let name = entry.name.clone();
         upload_pack_of(store, url, dir.path(), &entry).await?;
+        let replaced: BTreeSet<&str> = combine.iter().map(|p| p.name.as_str()).collect();
         let now = unix_now();
         let mut next = m0.clone();
         next.serial += 1;
-        for p in &m0.packs {
+        for p in &combine {
             if p.name != name && !next.retired.iter().any(|r| r.name == p.name) {
                 next.retired.push(RetiredPack { name: p.name.clone(), since: now });
             }
         }
         next.retired.retain(|r| r.name != name);
-        next.packs = vec![entry.clone()];
+        next.packs = m0
+            .packs
+            .iter()
+            .filter(|p| !replaced.contains(p.name.as_str()) && p.name != name)
+            .cloned()
+            .chain(std::iter::once(entry.clone()))
+            .collect();
         let opts = PutOptions { condition: WriteCondition::IfMatch(etag0), ..Default::default() };
         match store.put_bytes(&manifest::manifest_key(url), next.to_bytes(), opts).await {
             Ok(_) => {
+                tracing::info!(
+                    pack = %name,
+                    objects = entry.objects,
+                    bytes = entry.size + entry.idx_size,
+                    combined = combine.len(),
+                    kept = next.packs.len() - 1,
+                    serial = next.serial,
+                    "packs combined"
+                );
                 report.combined = Some(entry);
                 current = next;
             }
             Err(e) if e.is_precondition_failed() || e.is_not_found() => {
                 // Someone pushed meanwhile: the combined pack stays unreferenced
                 // (a later gc deletes it after the grace period).
+                tracing::info!(pack = %name, "the manifest changed while combining; nothing replaced");
                 report.raced = true;
                 return Ok(report);
             }
@@ -236,6 +409,9 @@ pub async fn gc(
             store.delete(&o.key).await?;
         }
         report.deleted.push(o.key.clone());
+    }
+    if !report.deleted.is_empty() {
+        tracing::info!(deleted = report.deleted.len(), waiting = report.waiting.len(), "old packs deleted");
     }
     Ok(report)
 }
@@ -436,7 +612,8 @@ async fn migrate_to_bundles_locked(
     m: &Manifest,
 ) -> Result<MigrateReport, StorageError> {
     let dir = tempfile::Builder::new().prefix("migrate-").tempdir_in(tmp_root)?;
-    let git = scratch_from_packs(store, url, m, dir.path(), env).await?;
+    let all: Vec<&PackEntry> = m.packs.iter().collect();
+    let (git, _) = scratch_from_packs(store, url, &all, dir.path(), env).await?;
     let mut report = MigrateReport { refs: m.refs.len(), ..Default::default() };
     let mut written = BTreeSet::new();
     for (i, (r, sha)) in m.refs.iter().enumerate() {
@@ -475,4 +652,86 @@ async fn migrate_to_bundles_locked(
         report.deleted += 1;
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pack(n: u8, size: u64) -> PackEntry {
+        PackEntry { name: format!("{:02x}", n).repeat(20), size, idx_size: 0, objects: 1, tips: vec![], created: 0 }
+    }
+
+    /// (sizes combined, sizes kept) for packs of `sizes`.
+    fn split(sizes: &[u64]) -> (Vec<u64>, Vec<u64>) {
+        let packs: Vec<PackEntry> = sizes.iter().enumerate().map(|(i, s)| pack(i as u8, *s)).collect();
+        let r = geometric_rollup(&packs);
+        assert_eq!(r.combine.len() + r.keep.len(), packs.len(), "every pack is combined or kept");
+        (r.combine.iter().map(|p| p.size).collect(), r.keep.iter().map(|p| p.size).collect())
+    }
+
+    #[test]
+    fn geometric_rollup_combines_small_packs_and_keeps_big_ones() {
+        // a big base and small pushes: the small ones are rolled up, the base stays
+        assert_eq!(split(&[2_000_000, 300, 200, 250, 400]), (vec![200, 250, 300, 400], vec![2_000_000]));
+        // input order does not matter
+        assert_eq!(split(&[400, 250, 2_000_000, 200, 300]), (vec![200, 250, 300, 400], vec![2_000_000]));
+        // equal sizes: all combined
+        assert_eq!(split(&[5, 5, 5]), (vec![5, 5, 5], vec![]));
+        // rolling up continues while the next pack is below 2× the total
+        assert_eq!(split(&[1, 1, 3, 9, 100]), (vec![1, 1, 3, 9], vec![100]));
+    }
+
+    #[test]
+    fn geometric_rollup_leaves_a_progression_alone() {
+        assert_eq!(split(&[]), (vec![], vec![]));
+        assert_eq!(split(&[7]), (vec![], vec![7]));
+        // each pack at least 2× the sum of all smaller ones
+        assert_eq!(split(&[1, 2, 6, 18, 54]), (vec![], vec![1, 2, 6, 18, 54]));
+        assert_eq!(split(&[10, 20]), (vec![], vec![10, 20]));
+        // exactly 2× is a progression; just below is not
+        assert_eq!(split(&[10, 19]), (vec![10, 19], vec![]));
+    }
+
+    #[test]
+    fn geometric_rollup_needs_two_packs_to_combine() {
+        // one small pack below big ones: nothing to combine it with
+        assert_eq!(split(&[3, 100, 1000]), (vec![], vec![3, 100, 1000]));
+        assert_eq!(split(&[3, 3]), (vec![3, 3], vec![]));
+    }
+
+    #[test]
+    fn geometric_rollup_restores_the_progression_above_the_split() {
+        // 100 ≥ 2×10, but 150 < 2×(10+100): the split moves above 150
+        assert_eq!(split(&[10, 100, 150, 10_000]), (vec![10, 100, 150], vec![10_000]));
+        // adjacent packs in progression but not against the cumulative sum
+        // (40 ≥ 2×20, but 40 < 2×(5+10+20)): rolled up too
+        assert_eq!(split(&[5, 10, 20, 40, 1000]), (vec![5, 10, 20, 40], vec![1000]));
+        // after the split every kept pack is ≥ 2× the sum of all smaller ones
+        let sizes = [3, 8, 8, 30, 31, 200, 500, 5000, 7000, 100_000];
+        let (combined, kept) = split(&sizes);
+        let mut below: u64 = combined.iter().sum();
+        for k in kept {
+            assert!(k >= 2 * below, "{k} kept above {below}");
+            below += k;
+        }
+    }
+
+    #[test]
+    fn geometric_rollup_does_not_overflow() {
+        let half = u64::MAX / 2;
+        assert_eq!(split(&[half, half, u64::MAX]), (vec![half, half], vec![u64::MAX]));
+        assert_eq!(split(&[1, 1, u64::MAX, u64::MAX]), (vec![1, 1], vec![u64::MAX, u64::MAX]));
+    }
+
+    #[test]
+    fn combined_tips_are_the_union_unless_a_pack_has_none() {
+        let mut a = pack(1, 1);
+        a.tips = vec!["b".repeat(40), "a".repeat(40)];
+        let mut b = pack(2, 1);
+        b.tips = vec!["a".repeat(40), "c".repeat(40)];
+        assert_eq!(combined_tips(&[&a, &b]), vec!["a".repeat(40), "b".repeat(40), "c".repeat(40)]);
+        let c = pack(3, 1);
+        assert!(combined_tips(&[&a, &c]).is_empty());
+    }
 }

@@ -615,23 +615,44 @@ fn fetches_running_during_compaction_never_miss_a_pack() {
     }
 }
 
+/// The names of a manifest's packs (or retired packs), sorted.
+fn names(list: &Value) -> Vec<String> {
+    let mut v: Vec<String> = list.as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap().to_string()).collect();
+    v.sort();
+    v
+}
+
 #[test]
 fn pushes_compact_in_the_background_when_packs_pile_up() {
     let env = packs_env();
     let repo = env.new_repo("a");
     let url = env.url("autogc");
     env.git(&repo, &["remote", "add", "origin", &url]);
-    for i in 0..3 {
-        env.commit(&repo, &format!("f{i}"), &format!("{i}\n"), &format!("c{i}"));
-        let mut c = env.command("git", &repo);
+    let push = |repo: &Path| {
+        let mut c = env.command("git", repo);
         c.env("GIT_S3_GC_AUTO_PACKS", "3").args(["push", "-q", "origin", "main"]);
         env.run(c);
+    };
+    // a big base pack, then small pushes: below the limit nothing happens
+    std::fs::write(repo.join("big.bin"), noise(200_000, 3)).unwrap();
+    env.git(&repo, &["add", "big.bin"]);
+    env.git(&repo, &["commit", "-q", "-m", "big"]);
+    push(&repo);
+    let base = names(&manifest(&env, "autogc")["packs"]);
+    for i in 0..2 {
+        env.commit(&repo, &format!("f{i}"), &format!("{i}\n"), &format!("c{i}"));
+        push(&repo);
     }
+    // the third pack reaches the limit: a geometric gc combines the two small
+    // packs in the background and leaves the base pack alone
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let m = manifest(&env, "autogc");
-        if m["packs"].as_array().map(Vec::len) == Some(1) {
-            assert_eq!(m["retired"].as_array().map(Vec::len), Some(3), "{m}");
+        if m["retired"].as_array().map(Vec::len) == Some(2) {
+            let packs = names(&m["packs"]);
+            assert_eq!(packs.len(), 2, "{m}");
+            assert!(packs.contains(&base[0]), "the base pack stays: {m}");
+            assert!(!names(&m["retired"]).contains(&base[0]), "{m}");
             break;
         }
         assert!(std::time::Instant::now() < deadline, "no background gc: {m}");
@@ -639,6 +660,89 @@ fn pushes_compact_in_the_background_when_packs_pile_up() {
     }
     env.git(&env.work(), &["clone", "-q", &url, "after"]);
     assert_eq!(rev(&env, &env.path("after"), "HEAD"), rev(&env, &repo, "main"));
+    env.git(&env.path("after"), &["fsck", "--no-progress"]);
+}
+
+#[test]
+fn geometric_gc_combines_the_small_packs_and_keeps_the_big_one() {
+    let env = packs_env();
+    let repo = env.new_repo("a");
+    let url = env.url("geo");
+    env.git(&repo, &["remote", "add", "origin", &url]);
+    std::fs::write(repo.join("big.bin"), noise(2_000_000, 11)).unwrap();
+    env.git(&repo, &["add", "big.bin"]);
+    env.git(&repo, &["commit", "-q", "-m", "big"]);
+    env.git(&repo, &["push", "-q", "origin", "main"]);
+    let big = manifest(&env, "geo")["packs"][0].clone();
+    env.git(&env.work(), &["clone", "-q", &url, "early"]);
+    let early = env.path("early");
+    for i in 0..4 {
+        env.commit(&repo, &format!("small{i}"), &format!("{i}\n").repeat(20), &format!("small {i}"));
+        env.git(&repo, &["push", "-q", "origin", "main"]);
+    }
+    let m = manifest(&env, "geo");
+    let small: Vec<Value> = m["packs"].as_array().unwrap().iter().filter(|p| p["name"] != big["name"]).cloned().collect();
+    assert_eq!(small.len(), 4, "{m}");
+    let mut small_tips: Vec<String> = small.iter().flat_map(|p| p["tips"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_string())).collect();
+    small_tips.sort();
+    let s = serial(&env, "geo");
+
+    // a dry run says what it would combine and changes nothing
+    let out = env.git_s3(&env.work(), &["gc", &url, "--geometric", "--dry-run"]);
+    assert!(out.contains("Would combine 4 packs") && out.contains("would keep 1 pack"), "{out}");
+    assert_eq!(serial(&env, "geo"), s);
+
+    let out = env.git_s3(&env.work(), &["gc", &url, "--geometric"]);
+    assert!(out.contains("Combined 4 packs") && out.contains("kept 1 pack"), "{out}");
+    let m = manifest(&env, "geo");
+    assert_eq!(m["serial"].as_u64(), Some(s + 1), "one manifest write");
+    let packs = m["packs"].as_array().unwrap();
+    assert_eq!(packs.len(), 2, "{m}");
+    // the big pack is untouched: same entry
+    assert!(packs.contains(&big), "{m}");
+    let combined = packs.iter().find(|p| p["name"] != big["name"]).unwrap();
+    assert_eq!(combined["objects"].as_u64(), Some(small.iter().map(|p| p["objects"].as_u64().unwrap()).sum()), "{m}");
+    let mut tips: Vec<String> = combined["tips"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_string()).collect();
+    tips.sort();
+    assert_eq!(tips, small_tips, "the combined pack is made for the small packs' tips");
+    // only the small packs are retired, and nothing is deleted within the grace period
+    let mut small_names: Vec<String> = small.iter().map(|p| p["name"].as_str().unwrap().to_string()).collect();
+    small_names.sort();
+    assert_eq!(names(&m["retired"]), small_names, "{m}");
+    assert_eq!(pack_files(&env, "geo").len(), 6);
+
+    // a fresh clone is complete; an earlier clone pulls (only the new pack)
+    env.git(&env.work(), &["clone", "-q", &url, "after"]);
+    let after = env.path("after");
+    assert_eq!(rev(&env, &after, "HEAD"), rev(&env, &repo, "main"));
+    env.git(&after, &["fsck", "--no-progress"]);
+    env.git(&early, &["pull", "-q", "--ff-only"]);
+    assert_eq!(rev(&env, &early, "HEAD"), rev(&env, &repo, "main"));
+    env.git(&early, &["fsck", "--no-progress"]);
+    let local_packs = |dir: &Path| {
+        std::fs::read_dir(dir.join(".git/objects/pack")).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".pack")).count()
+    };
+    assert_eq!(local_packs(&early), 2, "the big pack is not downloaded again");
+
+    // the packs form a progression now: nothing to combine, no write
+    let out = env.git_s3(&env.work(), &["gc", &url, "--geometric"]);
+    assert!(out.contains("nothing to combine"), "{out}");
+    assert_eq!(serial(&env, "geo"), s + 1);
+
+    // a full gc afterwards still yields one pack of everything
+    let tip = env.commit(&repo, "last", "last\n", "last");
+    env.git(&repo, &["push", "-q", "origin", "main"]);
+    let out = env.git_s3(&env.work(), &["gc", &url, "--grace-seconds", "0"]);
+    assert!(out.contains("Combined 3 packs") && out.contains("Deleted"), "{out}");
+    let m = manifest(&env, "geo");
+    assert_eq!(m["packs"].as_array().map(Vec::len), Some(1), "{m}");
+    assert_eq!(m["retired"].as_array().map(Vec::len), Some(0), "{m}");
+    assert_eq!(objects(&env, "geo/.git-s3/packs/").len(), 2, "one .pack and its .idx");
+    env.git(&env.work(), &["clone", "-q", &url, "last"]);
+    assert_eq!(rev(&env, &env.path("last"), "HEAD"), tip);
+    env.git(&env.path("last"), &["fsck", "--no-progress"]);
+    env.git(&early, &["pull", "-q", "--ff-only"]);
+    assert_eq!(rev(&env, &early, "HEAD"), tip);
 }
 
 #[test]

@@ -105,7 +105,7 @@ pub enum Cmd {
     Unprotect(branch::BranchArgs),
     /// Choose the storage format of an empty remote: --format packs|bundles (see the README, "The packs format")
     Init(init::InitArgs),
-    /// Compact a packs-format remote: combine its packs into one, delete replaced packs after a grace period
+    /// Compact a packs-format remote: combine its packs into one (or, with --geometric, only the small ones), delete replaced packs after a grace period
     Gc(packs_cmd::GcArgs),
     /// Convert a remote between the bundles and packs formats: --to packs|bundles
     Migrate(packs_cmd::MigrateArgs),

@@ -1,4 +1,4 @@
-//! Commands for packs-format remotes: `git s3 gc`, and the packs side of
+//! Commands for packs-format remotes: `git s3 gc [--geometric]`, and the packs side of
 //! `delete-branch`, `protect` and `unprotect` (edits of the manifest).
 
 use std::time::Duration;
@@ -8,7 +8,7 @@ use clap::Args;
 use super::remote::Remote;
 use super::{human_bytes, CliError, CliResult, Ctx};
 use crate::packs_format::read_manifest;
-use crate::packs_maint::{gc, update_manifest};
+use crate::packs_maint::{gc, update_manifest, GcMode};
 
 #[derive(Args, Debug)]
 pub struct GcArgs {
@@ -19,28 +19,51 @@ pub struct GcArgs {
     /// older manifest, and pushes in progress, may still need them)
     #[arg(long, value_name = "SECONDS", default_value_t = crate::packs_maint::DEFAULT_GRACE_SECONDS)]
     pub grace_seconds: u64,
-    /// Only show what would be deleted; combine nothing
+    /// Only show what would be combined and deleted; change nothing
     #[arg(long)]
     pub dry_run: bool,
+    /// Combine only the small packs that break a geometric progression (factor 2), keeping
+    /// the big ones untouched: costs grow with what was pushed since the last gc, not with
+    /// the repository (the default combines every pack into one pack of what the refs reach)
+    #[arg(long)]
+    pub geometric: bool,
 }
 
 pub async fn run_gc(ctx: &mut Ctx, args: GcArgs) -> CliResult {
     let remote = Remote::resolve(ctx, &args.remote).await?;
     let tmp = ctx.state.cache.root().join("tmp");
-    let r = gc(&remote.store, &remote.url, &tmp, &ctx.env, Duration::from_secs(args.grace_seconds), args.dry_run).await?;
+    let mode = if args.geometric { GcMode::Geometric } else { GcMode::Full };
+    let grace = Duration::from_secs(args.grace_seconds);
+    let r = gc(&remote.store, &remote.url, &tmp, &ctx.env, grace, mode, args.dry_run).await?;
     if r.raced {
         ctx.eprintln("the remote changed while combining packs: nothing was replaced; run `git s3 gc` again");
         return Ok(1);
     }
+    // For geometric: how many packs were left as they were.
+    let kept = match mode {
+        GcMode::Geometric => format!(
+            "; {} {} pack(s) ({})",
+            if args.dry_run { "would keep" } else { "kept" },
+            r.kept,
+            human_bytes(r.bytes_before.saturating_sub(r.combined_bytes))
+        ),
+        GcMode::Full => String::new(),
+    };
     match &r.combined {
         Some(p) => ctx.println(format!(
-            "Combined {} packs ({}) into pack-{} ({} objects, {})",
-            r.packs_before,
-            human_bytes(r.bytes_before),
+            "Combined {} packs ({}) into pack-{} ({} objects, {}){kept}",
+            r.combined_packs,
+            human_bytes(r.combined_bytes),
             p.name,
             p.objects,
             human_bytes(p.size + p.idx_size)
         )),
+        None if r.combined_packs > 0 => {
+            ctx.println(format!("Would combine {} packs ({}){kept}", r.combined_packs, human_bytes(r.combined_bytes)))
+        }
+        None if mode == GcMode::Geometric && r.packs_before > 1 => {
+            ctx.println(format!("{} pack(s) already form a geometric progression: nothing to combine", r.packs_before))
+        }
         None => ctx.println(format!("{} pack(s): nothing to combine", r.packs_before)),
     }
     let verb = if args.dry_run { "Would delete" } else { "Deleted" };
