@@ -403,6 +403,8 @@ impl PackStorage {
     async fn push_all(&self, ctx: &OpContext, updates: &[PushUpdate]) -> Result<Vec<(String, PushResult)>, StorageError> {
         let srcs: Vec<&str> = updates.iter().filter_map(|u| u.src.as_deref()).collect();
         let mut built: Option<BuiltPack> = None;
+        // PROTECTED# markers: those of detection's refs/ scan if it made one.
+        let mut markers = self.markers();
         for attempt in 0..MAX_ATTEMPTS {
             let first = if attempt == 0 { self.take_listed() } else { None };
             let (m, etag) = match first {
@@ -425,42 +427,57 @@ impl PackStorage {
             // out, and which old tips a fast-forward check can see).
             let remote_tips: Vec<String> = m.refs.values().cloned().collect::<BTreeSet<_>>().into_iter().collect();
             let lookups: Vec<&str> = srcs.iter().copied().chain(remote_tips.iter().map(String::as_str)).collect();
-            // The refs/ scan runs beside the local work: bundles of another
-            // tool in the prefix are refused before anything is written, and
-            // PROTECTED# markers count like the manifest's protection.
-            let (refs, found) = tokio::join!(self.scan_refs(attempt > 0), resolve_objects(&ctx.git, &lookups));
+            let packs_now: BTreeSet<String> = m.packs.iter().map(|p| p.name.clone()).collect();
+            // A pack built against packs that are gone (compacted) may lack
+            // objects: rebuild it.
+            let reusable = |b: &BuiltPack, tips: &[String]| b.based_on.is_subset(&packs_now) && b.tips == tips;
+            let prior = built.take();
+            let guess = markers.clone();
+            // The local work: one object lookup (the local side of each
+            // update, and which of the remote's tips the repository has: what
+            // a pack can leave out, which old tips a fast-forward check can
+            // see), then the checks of every update while the pack of every
+            // tip that would change is built.
+            let local_work = async {
+                let mut found = resolve_objects(&ctx.git, &lookups).await?.into_iter();
+                let local: Vec<Option<String>> = updates.iter().map(|u| if u.src.is_some() { found.next().flatten() } else { None }).collect();
+                let present: HashSet<String> = found.flatten().collect();
+                let exclude: Vec<String> = remote_tips.iter().filter(|t| present.contains(*t)).cloned().collect();
+                let candidates: Vec<String> = updates
+                    .iter()
+                    .zip(&local)
+                    .filter_map(|(u, sha)| sha.as_ref().filter(|s| m.refs.get(&u.dst) != Some(*s)).cloned())
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                let speculate = !candidates.is_empty() && !prior.as_ref().is_some_and(|b| reusable(b, &candidates));
+                let (verdicts, speculative) = tokio::join!(self.plan(ctx, &m, &guess, updates, &local, &present), async {
+                    if speculate {
+                        self.build_pack(ctx, &candidates, &exclude, packs_now.clone()).await.map(Some)
+                    } else {
+                        Ok(None)
+                    }
+                });
+                let built = match speculative? {
+                    Some(b) => b,
+                    None => prior,
+                };
+                Ok::<_, StorageError>((local, present, exclude, verdicts, built))
+            };
+            // Beside it, the refs/ scan: bundles of another tool in the
+            // prefix are refused before anything is written, and PROTECTED#
+            // markers count like the manifest's protection.
+            let (refs, work) = tokio::join!(self.scan_refs(attempt > 0), local_work);
             let refs = refs?;
             if !refs.bundle_refs.is_empty() {
                 return Err(mixed_formats_error(&self.url, &refs));
             }
-            let markers = refs.markers;
-            let mut found = found?.into_iter();
-            let local: Vec<Option<String>> = updates.iter().map(|u| if u.src.is_some() { found.next().flatten() } else { None }).collect();
-            let present: HashSet<String> = found.flatten().collect();
-            let exclude: Vec<String> = remote_tips.iter().filter(|t| present.contains(*t)).cloned().collect();
-            let packs_now: BTreeSet<String> = m.packs.iter().map(|p| p.name.clone()).collect();
-            // Every tip that would change if all updates were accepted: its
-            // pack is built while the updates are checked.
-            let candidates: Vec<String> = updates
-                .iter()
-                .zip(&local)
-                .filter_map(|(u, sha)| sha.as_ref().filter(|s| m.refs.get(&u.dst) != Some(*s)).cloned())
-                .collect::<BTreeSet<_>>()
-                .into_iter()
-                .collect();
-            // A pack built against packs that are gone (compacted) may lack
-            // objects: rebuild it.
-            let reusable = |b: &BuiltPack, tips: &[String]| b.based_on.is_subset(&packs_now) && b.tips == tips;
-            let speculate = !candidates.is_empty() && !built.as_ref().is_some_and(|b| reusable(b, &candidates));
-            let (mut verdicts, speculative) = tokio::join!(self.plan(ctx, &m, &markers, updates, &local, &present), async {
-                if speculate {
-                    self.build_pack(ctx, &candidates, &exclude, packs_now.clone()).await.map(Some)
-                } else {
-                    Ok(None)
-                }
-            });
-            if let Some(b) = speculative? {
-                built = b;
+            let (local, present, exclude, mut verdicts, b) = work?;
+            built = b;
+            if refs.markers != markers {
+                // Markers the checks did not know: check again with them.
+                markers = refs.markers;
+                verdicts = self.plan(ctx, &m, &markers, updates, &local, &present).await;
             }
             if ctx.atomic && verdicts.iter().any(|v| v.is_err()) {
                 for v in verdicts.iter_mut() {

@@ -34,7 +34,15 @@ use crate::storage::StorageError;
 /// Applies `edit` to the manifest with a conditional write, re-reading and
 /// re-applying on a lost race. `edit` returns whether it changed anything.
 /// Returns the manifest as written (or as found, when unchanged).
-pub async fn update_manifest<F>(store: &S3Store, url: &RemoteUrl, mut edit: F) -> Result<Manifest, StorageError>
+pub async fn update_manifest<F>(store: &S3Store, url: &RemoteUrl, edit: F) -> Result<Manifest, StorageError>
+where
+    F: FnMut(&mut Manifest) -> Result<bool, StorageError>,
+{
+    edit_manifest(store, url, false, edit).await
+}
+
+/// [`update_manifest`]; `frozen_ok` lets a migration edit a frozen manifest.
+async fn edit_manifest<F>(store: &S3Store, url: &RemoteUrl, frozen_ok: bool, mut edit: F) -> Result<Manifest, StorageError>
 where
     F: FnMut(&mut Manifest) -> Result<bool, StorageError>,
 {
@@ -43,9 +51,9 @@ where
             tokio::time::sleep(backoff(attempt)).await;
         }
         let Some((mut m, etag)) = read_manifest(store, url).await? else {
-            return Err(StorageError::Format(format!("{url} has no packs manifest")));
+            return Err(StorageError::Format(format!("{url} has no packs manifest (it is in the bundles format, or empty)")));
         };
-        if let Some(msg) = m.frozen_error(url) {
+        if let Some(msg) = m.frozen_error(url).filter(|_| !frozen_ok) {
             return Err(StorageError::Format(msg));
         }
         if !edit(&mut m)? {
@@ -469,11 +477,22 @@ pub async fn migrate_to_packs(
     // it, or the stale lock of an interrupted migration: taken over, released).
     let names: Vec<String> =
         scan.bundles.keys().chain(scan.locks.iter().map(|l| &l.0)).cloned().collect::<BTreeSet<_>>().into_iter().collect();
+    under_ref_locks(store, url, &names, env, migrate_to_packs_locked(store, url, tmp_root, env, &names)).await
+}
+
+/// Runs `work` holding git-remote-s3 0.4.2's lock of every ref in `names`
+/// (refreshed while it runs; released after).
+async fn under_ref_locks<T>(
+    store: &S3Store,
+    url: &RemoteUrl,
+    names: &[String],
+    env: &HashMap<String, String>,
+    work: impl std::future::Future<Output = Result<T, StorageError>>,
+) -> Result<T, StorageError> {
     let ttl = crate::locks::ttl_from_env(env);
-    let mut locks = crate::locks::acquire_all(store, &url.prefix, &names, ttl, bundle_format::lock_wait(env))
+    let mut locks = crate::locks::acquire_all(store, &url.prefix, names, ttl, bundle_format::lock_wait(env))
         .await
         .map_err(|e| lock_error(url, e))?;
-    let work = migrate_to_packs_locked(store, url, tmp_root, env, &names);
     let result = crate::locks::hold_all_while(store, &mut locks, ttl, work).await;
     crate::locks::release_all(store, locks).await;
     result.map_err(|e| lock_error(url, e))?
@@ -570,38 +589,21 @@ pub async fn migrate_to_bundles(
 ) -> Result<MigrateReport, StorageError> {
     let m = freeze(store, url, "migrating to bundles").await?;
     let names: Vec<String> = m.refs.keys().cloned().collect();
-    let ttl = crate::locks::ttl_from_env(env);
-    let mut locks = crate::locks::acquire_all(store, &url.prefix, &names, ttl, bundle_format::lock_wait(env))
-        .await
-        .map_err(|e| lock_error(url, e))?;
-    let work = migrate_to_bundles_locked(store, url, tmp_root, env, &m);
-    let result = crate::locks::hold_all_while(store, &mut locks, ttl, work).await;
-    crate::locks::release_all(store, locks).await;
-    result.map_err(|e| lock_error(url, e))?
+    under_ref_locks(store, url, &names, env, migrate_to_bundles_locked(store, url, tmp_root, env, &m)).await
 }
 
 /// Marks the manifest frozen (a conditional write); returns it as frozen.
+/// An already frozen manifest (an interrupted migration) is taken as is.
 async fn freeze(store: &S3Store, url: &RemoteUrl, why: &str) -> Result<Manifest, StorageError> {
-    for attempt in 0..MAX_ATTEMPTS {
-        if attempt > 0 {
-            tokio::time::sleep(backoff(attempt)).await;
-        }
-        let Some((mut m, etag)) = read_manifest(store, url).await? else {
-            return Err(StorageError::Format(format!("{url} has no packs manifest: it is already in the bundles format (or empty)")));
-        };
+    let why = format!("{why}, since unix time {}", unix_now());
+    edit_manifest(store, url, true, |m| {
         if m.frozen.is_some() {
-            return Ok(m); // an interrupted migration: carry on
+            return Ok(false);
         }
-        m.serial += 1;
-        m.frozen = Some(format!("{why}, since unix time {}", unix_now()));
-        let opts = PutOptions { condition: WriteCondition::IfMatch(etag), ..Default::default() };
-        match store.put_bytes(&manifest::manifest_key(url), m.to_bytes(), opts).await {
-            Ok(_) => return Ok(m),
-            Err(e) if e.is_precondition_failed() || e.is_not_found() => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(StorageError::Format(format!("{url}: the manifest kept changing; try again")))
+        m.frozen = Some(why.clone());
+        Ok(true)
+    })
+    .await
 }
 
 async fn migrate_to_bundles_locked(
