@@ -5,8 +5,10 @@
 //! `lfs_agent` / `cli` → `storage` (format interface; `bundle_format` is the
 //! git-remote-s3 0.4.2 layout, `packs_format` + `manifest` the incremental
 //! one) → `s3_store` (S3 calls) with `s3_clients`
-//! (warm clients), `locks`, `cache`, and `git` (subprocesses).
+//! (warm clients), `locks`, `cache`, and `git` (subprocesses); `background`
+//! tracks work finished after a session answered (the daemon waits for it).
 
+pub mod background;
 pub mod bundle_format;
 pub mod cache;
 pub mod cli;

@@ -39,6 +39,8 @@ pub(crate) const MAX_ATTEMPTS: u32 = 12;
 const DOWNLOAD_CONCURRENCY: usize = 4;
 /// Test hook: exit the daemon after uploading a pack, before the manifest write.
 pub const CRASH_HOOK_ENV: &str = "GIT_S3_TEST_CRASH_BEFORE_MANIFEST";
+/// Test hook: milliseconds the background `.idx` upload waits first.
+pub const IDX_DELAY_HOOK_ENV: &str = "GIT_S3_TEST_IDX_UPLOAD_DELAY_MS";
 
 /// A storage format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -376,28 +378,41 @@ impl PackStorage {
         Ok(Some(BuiltPack { _dir: dir, name, pack, idx, size, idx_size, objects, tips: tips.to_vec(), based_on, uploaded: false }))
     }
 
+    /// Uploads the `.pack` (the `.idx` follows the manifest write: see
+    /// `upload_idx_in_background`).
     async fn upload_pack(&self, ctx: &OpContext, p: &BuiltPack) -> Result<(), StorageError> {
-        let progress = Mutex::new(Progress::new(
-            ctx.out.clone(),
-            ctx.progress,
-            format!("Uploading pack ({} objects)", p.objects),
-            Some(p.size + p.idx_size),
-        ));
+        let progress = Mutex::new(Progress::new(ctx.out.clone(), ctx.progress, format!("Uploading pack ({} objects)", p.objects), Some(p.size)));
         let on = |n: u64| {
             if let Ok(mut pr) = progress.lock() {
                 pr.add(n)
             }
         };
         let pack_key = manifest::pack_key(&self.url, &p.name);
-        let idx_key = manifest::idx_key(&self.url, &p.name);
-        tokio::try_join!(
-            self.store.put_file(&pack_key, &p.pack, PutOptions::default(), on),
-            self.store.put_file(&idx_key, &p.idx, PutOptions::default(), on),
-        )?;
+        self.store.put_file(&pack_key, &p.pack, PutOptions::default(), on).await?;
         if let Ok(mut pr) = progress.lock() {
             pr.finish();
         }
         Ok(())
+    }
+
+    /// The `.idx` of a pack the manifest now names, uploaded after git has
+    /// its answer. Nothing reads it on the way to git (fetch, gc and migrate
+    /// index the `.pack` themselves), so it is off the push's critical path;
+    /// the daemon finishes it before exiting, and `git s3 doctor` restores
+    /// an `.idx` that a killed daemon never wrote.
+    fn upload_idx_in_background(&self, ctx: &OpContext, b: BuiltPack) {
+        let (store, key) = (self.store.clone(), manifest::idx_key(&self.url, &b.name));
+        let delay = ctx.env.get(IDX_DELAY_HOOK_ENV).and_then(|v| v.parse::<u64>().ok()).map(Duration::from_millis);
+        crate::background::spawn("upload_idx", async move {
+            if let Some(d) = delay {
+                tokio::time::sleep(d).await;
+            }
+            match store.put_file(&key, &b.idx, PutOptions::default(), |_| {}).await {
+                Ok(_) => tracing::debug!(key, "idx uploaded"),
+                Err(e) => tracing::warn!(key, error = %e, "idx not uploaded (`git s3 doctor` restores it)"),
+            }
+            drop(b);
+        });
     }
 
     async fn push_all(&self, ctx: &OpContext, updates: &[PushUpdate]) -> Result<Vec<(String, PushResult)>, StorageError> {
@@ -560,6 +575,9 @@ impl PackStorage {
             match self.store.put_bytes(&key, next.to_bytes(), PutOptions { condition, ..Default::default() }).await {
                 Ok(_) => {
                     tracing::info!(serial = next.serial, refs = changes.len(), attempt, "manifest updated");
+                    if let Some(b) = built.take().filter(|b| b.uploaded && !new_tips.is_empty() && !packs_now.contains(&b.name)) {
+                        self.upload_idx_in_background(ctx, b);
+                    }
                     self.maybe_gc_in_background(ctx, &next.packs);
                     let mut results = results(&verdicts);
                     self.write_zips(ctx, &changes, &mut results).await;

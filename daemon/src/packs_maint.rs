@@ -213,6 +213,33 @@ async fn scratch_repo(dir: &Path, env: &HashMap<String, String>) -> Result<Git, 
     Ok(git)
 }
 
+/// Re-creates and uploads the `.idx` of pack `name` (missing when a daemon
+/// stopped between a push's manifest write and the `.idx` upload): the
+/// `.pack` is downloaded and indexed by `git index-pack`, which checks
+/// every object and that the pack is the one named. Returns the `.idx` size.
+pub async fn restore_idx(
+    store: &S3Store,
+    url: &RemoteUrl,
+    name: &str,
+    tmp_root: &Path,
+    env: &HashMap<String, String>,
+) -> Result<u64, StorageError> {
+    let dir = tempfile::Builder::new().prefix("idx-").tempdir_in(tmp_root)?;
+    let git = scratch_repo(dir.path(), env).await?;
+    let file = dir.path().join("dl.pack");
+    let key = manifest::pack_key(url, name);
+    store.get_to_file(&key, &file, |_| {}).await?;
+    let indexed = index_pack(&git, &file)
+        .await
+        .map_err(|e| StorageError::Corrupt(format!("s3://{}/{key} does not index: {e}", store.bucket())))?;
+    if indexed != name {
+        return Err(StorageError::Corrupt(format!("s3://{}/{key} holds pack {indexed}, not {name}", store.bucket())));
+    }
+    let idx = dir.path().join("repo.git/objects/pack").join(format!("pack-{name}.idx"));
+    store.put_file(&manifest::idx_key(url, name), &idx, PutOptions::default(), |_| {}).await?;
+    Ok(tokio::fs::metadata(&idx).await?.len())
+}
+
 /// `git pack-objects` of everything `tips` reach, into `<dir>/out-<name>.pack`.
 async fn pack_of(git: &Git, dir: &Path, tips: &BTreeSet<String>) -> Result<PackEntry, StorageError> {
     let input: String = tips.iter().map(|t| format!("{t}\n")).collect();

@@ -128,6 +128,10 @@ pub async fn serve(config: ServerConfig, _lock: InstanceLock) -> Result<(), Serv
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     let _ = std::fs::remove_file(&socket);
+    let left = crate::background::drain(Duration::from_secs(60)).await;
+    if left > 0 {
+        tracing::warn!(left, "exiting with background work unfinished");
+    }
     tracing::info!("git-s3 daemon stopped");
     result.map_err(ServerError::from)
 }

@@ -114,6 +114,24 @@ async fn wait_until_gone(socket: &Path, limit: Duration) {
     }
 }
 
+/// Whether process `pid` is still running (an exited one waiting to be
+/// reaped, a zombie, is not).
+pub fn process_alive(pid: u32) -> bool {
+    // Linux: the state letter after the command name in /proc/<pid>/stat.
+    if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+        return !matches!(state, Some('Z' | 'X') | None);
+    }
+    if std::path::Path::new("/proc/self/stat").exists() {
+        return false; // /proc is there and has no such process
+    }
+    let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
+    // Elsewhere signal 0 probes without sending (a zombie still answers).
+    // SAFETY: kill with signal 0 only checks the process exists.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
 /// The daemon binary: `GIT_S3_DAEMON`, else `git-s3-daemon` beside this
 /// executable, else on PATH.
 pub fn daemon_exe() -> PathBuf {

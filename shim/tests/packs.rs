@@ -40,6 +40,29 @@ fn pack_files(env: &TestEnv, prefix: &str) -> Vec<(String, u64)> {
     objects(env, &format!("{prefix}/.git-s3/packs/")).into_iter().filter(|(k, _)| k.ends_with(".pack")).collect()
 }
 
+/// A push uploads each pack's `.idx` after answering git: waits until every
+/// pack of the manifest has one.
+fn wait_for_idx_uploads(env: &TestEnv, prefix: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let m = manifest(env, prefix);
+        let keys = env.keys(&format!("{prefix}/.git-s3/packs/"));
+        let missing: Vec<String> = m["packs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["name"].as_str())
+            .map(|n| format!("{prefix}/.git-s3/packs/pack-{n}.idx"))
+            .filter(|k| !keys.contains(k))
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "no .idx for {missing:?}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 fn rev(env: &TestEnv, repo: &Path, r: &str) -> String {
     env.git(repo, &["rev-parse", r]).trim().to_string()
 }
@@ -915,6 +938,7 @@ fn doctor_checks_packs_remotes_and_explains_a_prefix_with_both_formats() {
     env.git(&repo, &["remote", "add", "origin", &url]);
     env.git(&repo, &["branch", "feature"]);
     env.git(&repo, &["push", "-q", "origin", "main", "feature"]);
+    wait_for_idx_uploads(&env, "doc");
     let out = env.git_s3(&repo, &["doctor", "origin"]);
     assert!(out.contains("packs format") && out.contains("No problems found."), "{out}");
     let doc: Value = serde_json::from_str(&env.git_s3(&repo, &["doctor", "origin", "--json"])).unwrap();
@@ -940,15 +964,26 @@ fn doctor_checks_packs_remotes_and_explains_a_prefix_with_both_formats() {
     let out = env.git_s3(&repo, &["doctor", "origin"]);
     assert!(out.contains("1 unreferenced pack") && out.contains("git s3 gc"), "{out}");
 
-    // a missing pack is an error (exit 1) with what to do
+    // a missing .idx (a daemon stopped before uploading it) is re-created
     let name = manifest(&env, "doc")["packs"][0]["name"].as_str().unwrap().to_string();
-    env.delete_object(&format!("doc/.git-s3/packs/pack-{name}.idx"));
+    let idx_key = format!("doc/.git-s3/packs/pack-{name}.idx");
+    let idx = env.get_object(&idx_key);
+    env.delete_object(&idx_key);
+    let out = env.git_s3(&repo, &["doctor", "origin", "--dry-run"]);
+    assert!(out.contains(&format!("pack-{name}.idx is missing")) && out.contains("Would re-create"), "{out}");
+    assert!(!env.keys("doc/").contains(&idx_key));
+    let out = env.git_s3(&repo, &["doctor", "origin"]);
+    assert!(out.contains(&format!("Re-created pack-{name}.idx")), "{out}");
+    assert_eq!(env.get_object(&idx_key), idx, "the same index as git wrote at push time");
+
+    // a missing pack is an error (exit 1) with what to do
+    env.delete_object(&format!("doc/.git-s3/packs/pack-{name}.pack"));
     let mut c = env.command("git-s3", &repo);
     c.args(["doctor", "origin"]);
     let o = c.output().unwrap();
     assert_eq!(o.status.code(), Some(1));
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains(&format!("pack-{name}.idx is missing")) && out.contains("git push --mirror"), "{out}");
+    assert!(out.contains(&format!("pack-{name}.pack is missing")) && out.contains("git push --mirror"), "{out}");
 
     // both formats: 0.4.2 pushed bundles into the packs prefix
     let mixed = env.url("doc-mixed");
@@ -969,6 +1004,7 @@ fn doctor_checks_packs_remotes_and_explains_a_prefix_with_both_formats() {
     let ls = env.ls_remote(Tool::Ours, &mixed);
     assert!(ls.contains(&format!("{py_tip}\trefs/heads/main")), "{ls:?}");
     assert!(ls.contains(&format!("{py_tip}\trefs/heads/feature")), "{ls:?}");
+    wait_for_idx_uploads(&env, "doc-mixed");
     let out = env.git_s3(&repo, &["doctor", &mixed]);
     assert!(out.contains("No problems found."), "{out}");
 
@@ -1005,4 +1041,25 @@ fn a_no_op_fetch_is_one_conditional_manifest_read() {
     let err = fetch(&env);
     assert!(!err.contains("not modified"), "{err}");
     assert_eq!(rev(&env, &c, "origin/main"), tip);
+}
+
+#[test]
+fn the_idx_follows_the_manifest_write_and_a_stopping_daemon_finishes_it() {
+    let env = packs_env();
+    let repo = env.new_repo("a");
+    let url = env.url("idx");
+    let mut c = env.command("git", &repo);
+    c.env("GIT_S3_TEST_IDX_UPLOAD_DELAY_MS", "1500").args(["push", "-q", &url, "main"]);
+    env.run(c);
+    // git has its answer: the manifest names the pack, whose .pack is there
+    let name = manifest(&env, "idx")["packs"][0]["name"].as_str().unwrap().to_string();
+    let keys = env.keys("idx/.git-s3/packs/");
+    assert!(keys.contains(&format!("idx/.git-s3/packs/pack-{name}.pack")), "{keys:?}");
+    assert!(!keys.contains(&format!("idx/.git-s3/packs/pack-{name}.idx")), "uploaded after the answer: {keys:?}");
+    // readers do not need it
+    env.git(&env.work(), &["clone", "-q", &url, "c"]);
+    // a daemon asked to stop finishes the upload before it exits
+    let out = env.git_s3(&env.work(), &["daemon", "stop"]);
+    assert!(out.contains("stopped"), "{out}");
+    assert!(env.keys("idx/.git-s3/packs/").contains(&format!("idx/.git-s3/packs/pack-{name}.idx")));
 }

@@ -84,7 +84,7 @@ versioning), or push a complete clone to a new prefix (`git push --mirror`).",
     if !view.scan.bundles.is_empty() {
         explain_both_formats(ctx, remote, view, &m, rep);
     }
-    check_packs(ctx, remote, &m, rep).await?;
+    check_packs(ctx, remote, &m, args, rep).await?;
     if let Err(e) = fix_head(ctx, remote, &m, args, rep, interactive).await {
         if matches!(e, CliError::Aborted | CliError::Usage(_)) {
             return Err(e);
@@ -137,7 +137,7 @@ fn explain_both_formats(ctx: &Ctx, remote: &Remote, view: &View, m: &Manifest, r
 
 /// Every pack of the manifest is in the bucket; reports unreferenced,
 /// retired and piled-up packs.
-async fn check_packs(ctx: &Ctx, remote: &Remote, m: &Manifest, rep: &mut Report) -> Result<(), CliError> {
+async fn check_packs(ctx: &Ctx, remote: &Remote, m: &Manifest, args: &DoctorArgs, rep: &mut Report) -> Result<(), CliError> {
     let dir = manifest::packs_dir(&remote.url);
     let objects = remote.store.list(&dir).await?;
     // name → (.pack info, .idx info)
@@ -155,10 +155,13 @@ async fn check_packs(ctx: &Ctx, remote: &Remote, m: &Manifest, rep: &mut Report)
     let mut broken = 0;
     for p in &m.packs {
         let (pack, idx, _) = found.get(&p.name).cloned().unwrap_or((None, None, Duration::ZERO));
-        let problem = match (pack, idx) {
-            (None, _) => Some(format!("pack-{}.pack is missing", p.name)),
-            (_, None) => Some(format!("pack-{}.idx is missing", p.name)),
-            (Some(s), _) if s != p.size => Some(format!("pack-{}.pack has {s} bytes, the manifest says {}", p.name, p.size)),
+        if pack == Some(p.size) && idx.is_none() {
+            restore_idx(ctx, remote, &p.name, args, rep).await;
+            continue;
+        }
+        let problem = match pack {
+            None => Some(format!("pack-{}.pack is missing", p.name)),
+            Some(s) if s != p.size => Some(format!("pack-{}.pack has {s} bytes, the manifest says {}", p.name, p.size)),
             _ => None,
         };
         if let Some(problem) = problem {
@@ -215,6 +218,31 @@ async fn check_packs(ctx: &Ctx, remote: &Remote, m: &Manifest, rep: &mut Report)
         );
     }
     Ok(())
+}
+
+/// A pack whose `.idx` is missing (a daemon stopped right after the push's
+/// manifest write): readers do not need it, so this is not an error; doctor
+/// re-creates it from the pack unless `--dry-run`.
+async fn restore_idx(ctx: &Ctx, remote: &Remote, name: &str, args: &DoctorArgs, rep: &mut Report) {
+    rep.issues.push(json!({"kind": "missing_idx", "pack": name}));
+    rep.line(ctx, "");
+    rep.line(ctx, format!("pack-{name}.idx is missing (a daemon stopped before uploading it; fetches do not need it)."));
+    if args.dry_run {
+        rep.line(ctx, "Would re-create it from the pack.");
+        rep.actions.push(json!({"action": "would_restore_idx", "pack": name}));
+        return;
+    }
+    let tmp = ctx.state.cache.root().join("tmp");
+    match crate::packs_maint::restore_idx(&remote.store, &remote.url, name, &tmp, &ctx.env).await {
+        Ok(bytes) => {
+            rep.line(ctx, format!("Re-created pack-{name}.idx ({})", human_bytes(bytes)));
+            rep.actions.push(json!({"action": "restored_idx", "pack": name}));
+        }
+        Err(e) => {
+            rep.line(ctx, format!("  failed: {e}"));
+            rep.errors.push(format!("pack-{name}.idx: {e}"));
+        }
+    }
 }
 
 /// The manifest's HEAD names no ref while branches exist: set it (flag,

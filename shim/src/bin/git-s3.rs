@@ -124,9 +124,12 @@ async fn stop(socket: &std::path::Path) -> i32 {
         return 2;
     }
     drop(c);
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
-        if client::connect(socket).await.is_err() && !socket.exists() {
+        // Gone: no socket, and the process has exited (it finishes its
+        // background work, e.g. uploads, after closing the socket).
+        let exited = pid.is_none_or(|p| !client::process_alive(p));
+        if client::connect(socket).await.is_err() && !socket.exists() && exited {
             match pid {
                 Some(p) => println!("git-s3 daemon stopped (pid {p})"),
                 None => println!("git-s3 daemon stopped"),
@@ -135,6 +138,6 @@ async fn stop(socket: &std::path::Path) -> i32 {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    eprintln!("git s3 daemon stop: the daemon did not exit within 10 s");
+    eprintln!("git s3 daemon stop: the daemon did not exit within 60 s");
     2
 }
