@@ -39,6 +39,9 @@ pub(crate) const MAX_ATTEMPTS: u32 = 12;
 const DOWNLOAD_CONCURRENCY: usize = 4;
 /// Test hook: exit the daemon after uploading a pack, before the manifest write.
 pub const CRASH_HOOK_ENV: &str = "GIT_S3_TEST_CRASH_BEFORE_MANIFEST";
+/// `git -c` settings for packs written to a temporary directory only to be
+/// uploaded: no fsync (nothing to keep on this disk) and no `.rev` file.
+pub(crate) const SCRATCH_PACK_CONFIG: [&str; 4] = ["-c", "core.fsync=none", "-c", "pack.writeReverseIndex=false"];
 /// Test hook: milliseconds the background `.idx` upload waits first.
 pub const IDX_DELAY_HOOK_ENV: &str = "GIT_S3_TEST_IDX_UPLOAD_DELAY_MS";
 
@@ -360,8 +363,9 @@ impl PackStorage {
             input.push_str(x);
             input.push('\n');
         }
-        // Non-thin (no --thin): every delta base is in the pack, so it indexes alone.
-        let args = ["-c", "pack.writeReverseIndex=false", "pack-objects", "--revs", "--quiet", "--delta-base-offset", base_s.as_str()];
+        // Non-thin (no --thin): every delta base is in the pack, so it indexes
+        // alone. A temporary file on its way to S3: no fsync, no .rev file.
+        let args = [&SCRATCH_PACK_CONFIG[..], &["pack-objects", "--revs", "--quiet", "--delta-base-offset", base_s.as_str()]].concat();
         let out = run_with_stdin(&ctx.git, &args, input.into_bytes()).await?;
         let name = out.trim().to_string();
         if !manifest::is_pack_name(&name) {

@@ -26,7 +26,7 @@ use tracing::Instrument;
 use crate::bundle_format;
 use crate::git::{Git, GitError};
 use crate::manifest::{self, Manifest, PackEntry, RetiredPack};
-use crate::packs_format::{backoff, index_pack, pack_object_count, read_manifest, run_with_stdin, unix_now, MAX_ATTEMPTS};
+use crate::packs_format::{SCRATCH_PACK_CONFIG, backoff, index_pack, pack_object_count, read_manifest, run_with_stdin, unix_now, MAX_ATTEMPTS};
 use crate::remote_url::RemoteUrl;
 use crate::s3_store::{PutOptions, S3Store, WriteCondition};
 use crate::storage::StorageError;
@@ -244,8 +244,9 @@ pub async fn restore_idx(
 async fn pack_of(git: &Git, dir: &Path, tips: &BTreeSet<String>) -> Result<PackEntry, StorageError> {
     let input: String = tips.iter().map(|t| format!("{t}\n")).collect();
     let base = dir.join("out");
-    let out = run_with_stdin(git, &["pack-objects", "--revs", "--quiet", "--delta-base-offset", &base.to_string_lossy()], input.into_bytes())
-        .await?;
+    let base = base.to_string_lossy();
+    let args = [&SCRATCH_PACK_CONFIG[..], &["pack-objects", "--revs", "--quiet", "--delta-base-offset", &base]].concat();
+    let out = run_with_stdin(git, &args, input.into_bytes()).await?;
     written_pack(dir, &out, tips.iter().cloned().collect()).await
 }
 
@@ -255,9 +256,9 @@ async fn pack_of(git: &Git, dir: &Path, tips: &BTreeSet<String>) -> Result<PackE
 async fn pack_of_packs(git: &Git, dir: &Path, local_names: &[String], tips: Vec<String>) -> Result<PackEntry, StorageError> {
     let input: String = local_names.iter().map(|n| format!("pack-{n}.pack\n")).collect();
     let base = dir.join("out");
-    let out =
-        run_with_stdin(git, &["pack-objects", "--stdin-packs", "--quiet", "--delta-base-offset", &base.to_string_lossy()], input.into_bytes())
-            .await?;
+    let base = base.to_string_lossy();
+    let args = [&SCRATCH_PACK_CONFIG[..], &["pack-objects", "--stdin-packs", "--quiet", "--delta-base-offset", &base]].concat();
+    let out = run_with_stdin(git, &args, input.into_bytes()).await?;
     written_pack(dir, &out, tips).await
 }
 
