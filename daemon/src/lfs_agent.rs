@@ -22,7 +22,7 @@ use tracing::Instrument;
 
 use crate::git::{Git, GitError};
 use crate::lfs_config::parse_synthetic_lfs_url;
-use crate::remote_url::{RemoteUrl, UrlError};
+use crate::remote_url::{s3_url_of_remote, RemoteNameError, RemoteUrl, UrlError};
 use crate::s3_store::{PutOptions, S3Store, StoreError, WriteCondition};
 use crate::session::{Input, Out};
 use crate::state::DaemonState;
@@ -191,9 +191,6 @@ fn valid_oid(oid: &str) -> bool {
     oid.len() == 64 && oid.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-fn valid_remote_name(name: &str) -> bool {
-    !name.is_empty() && !name.starts_with('-') && !name.chars().any(|c| c.is_whitespace() || c.is_control())
-}
 
 /// The S3 URL for `init`'s `remote`: an `s3://`/`s3+zip://` URL, a
 /// synthetic `https://lfs-alias.git-remote-s3.test/…` URL (mapped back to the
@@ -222,22 +219,20 @@ pub async fn resolve_remote(git: &Git, remote: &str) -> Result<RemoteUrl, AgentE
         }
         return Ok(decoded);
     }
-    if !valid_remote_name(remote) {
-        return Err(fail("not a remote name or an s3:// URL".into()));
-    }
-    let url = git.remote_url(remote).await.map_err(|e| match e {
-        GitError::Failed { stderr, .. } => fail(stderr),
-        other => fail(other.to_string()),
-    })?;
-    if let Ok(u) = RemoteUrl::parse(&url) {
-        return Ok(u);
-    }
-    if let Some(lfsurl) = git.config_get(&format!("remote.{remote}.lfsurl")).await {
-        if let Some(u) = parse_synthetic_lfs_url(&lfsurl) {
-            return Ok(u);
+    match s3_url_of_remote(git, remote).await {
+        Ok(u) => Ok(u),
+        Err(RemoteNameError::InvalidName(_)) => Err(fail("not a remote name or an s3:// URL".into())),
+        Err(RemoteNameError::NotConfigured { detail, .. }) => Err(fail(detail)),
+        Err(RemoteNameError::NotS3 { url, .. } | RemoteNameError::BadUrl { url, .. }) => {
+            // A remote whose URL is not S3 may carry git-lfs-s3's LFS URL.
+            if let Some(lfsurl) = git.config_get(&format!("remote.{remote}.lfsurl")).await {
+                if let Some(u) = parse_synthetic_lfs_url(&lfsurl) {
+                    return Ok(u);
+                }
+            }
+            Err(fail(format!("its URL '{url}' is not an s3:// or s3+zip:// URL")))
         }
     }
-    Err(fail(format!("its URL '{url}' is not an s3:// or s3+zip:// URL")))
 }
 
 /// Sends throttled `progress` events for one object.
@@ -537,6 +532,7 @@ mod tests {
 
     #[test]
     fn remote_names() {
+        use crate::remote_url::valid_remote_name;
         assert!(valid_remote_name("origin"));
         assert!(!valid_remote_name("--upload-pack=x"));
         assert!(!valid_remote_name("a b"));

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use git_s3_proto::pb::SessionStart;
 
 use crate::git::{Git, GitError};
-use crate::remote_url::RemoteUrl;
+use crate::remote_url::{s3_url_of_remote, RemoteNameError, RemoteUrl};
 use crate::session::{Input, Out};
 use crate::state::DaemonState;
 
@@ -271,27 +271,24 @@ fn git_stderr(e: &GitError) -> String {
     }
 }
 
-fn valid_remote_name(name: &str) -> bool {
-    !name.is_empty() && !name.starts_with('-') && !name.chars().any(|c| c.is_whitespace() || c.is_control())
-}
 
 async fn install_scoped(git: &Git, remote_name: &str, out: &Out) -> i32 {
-    let url = match git.remote_url(remote_name).await {
-        Ok(u) if valid_remote_name(remote_name) => u,
-        _ => {
+    let parsed = match s3_url_of_remote(git, remote_name).await {
+        Ok(u) => u,
+        Err(RemoteNameError::InvalidName(_) | RemoteNameError::NotConfigured { .. }) => {
             out.stderr(format!(
                 "error: remote '{remote_name}' is not configured. Add it first with: git remote add {remote_name} \
                  s3://<bucket>/<prefix>\n"
             ));
             return 1;
         }
-    };
-    let Ok(parsed) = RemoteUrl::parse(&url) else {
-        out.stderr(format!(
-            "error: remote '{remote_name}' has URL '{url}', which is not an s3:// or s3+zip:// URL. --remote can only \
-             scope LFS configuration for S3 remotes.\n"
-        ));
-        return 1;
+        Err(RemoteNameError::NotS3 { url, .. } | RemoteNameError::BadUrl { url, .. }) => {
+            out.stderr(format!(
+                "error: remote '{remote_name}' has URL '{url}', which is not an s3:// or s3+zip:// URL. --remote can only \
+                 scope LFS configuration for S3 remotes.\n"
+            ));
+            return 1;
+        }
     };
     let lfs_url = synthetic_lfs_url(&parsed.bucket, &parsed.prefix);
     let lfsurl_key = format!("remote.{remote_name}.lfsurl");

@@ -1,12 +1,13 @@
-//! Parsing of `s3://[profile@]bucket/prefix` and `s3+zip://…` remote URLs.
+//! Parsing of `s3://[profile@]bucket/prefix` and `s3+zip://…` remote URLs,
+//! and the S3 URL of a git remote given by name.
 
 use std::fmt;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Scheme {
-    /// `s3://`: bundles only.
+    /// `s3://`.
     S3,
-    /// `s3+zip://`: bundles plus a `repo.zip` (`git archive`) per pushed ref.
+    /// `s3+zip://`: also a `repo.zip` (`git archive`) per pushed ref.
     S3Zip,
 }
 
@@ -31,6 +32,43 @@ pub enum UrlError {
     EmptyProfile(String),
     #[error("invalid remote URL '{0}': the prefix must not contain '..', '//' or control characters")]
     BadPrefix(String),
+}
+
+/// Why a git remote name does not lead to an S3 URL.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteNameError {
+    #[error("invalid remote name '{0}'")]
+    InvalidName(String),
+    /// `git remote get-url` failed (`detail`: its first stderr line).
+    #[error("no remote '{name}' ({detail})")]
+    NotConfigured { name: String, detail: String },
+    #[error("remote '{name}' has URL '{url}', which is not an s3:// or s3+zip:// URL")]
+    NotS3 { name: String, url: String },
+    #[error("remote '{name}': {source}")]
+    BadUrl { name: String, url: String, source: UrlError },
+}
+
+/// A name git could take as a remote (never an option, never blank).
+pub fn valid_remote_name(name: &str) -> bool {
+    !name.is_empty() && !name.starts_with('-') && !name.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+/// The S3 URL of git remote `name` in `git`'s repository.
+pub async fn s3_url_of_remote(git: &crate::git::Git, name: &str) -> Result<RemoteUrl, RemoteNameError> {
+    if !valid_remote_name(name) {
+        return Err(RemoteNameError::InvalidName(name.to_string()));
+    }
+    let url = git.remote_url(name).await.map_err(|e| RemoteNameError::NotConfigured {
+        name: name.to_string(),
+        detail: match e {
+            crate::git::GitError::Failed { stderr, .. } => stderr.lines().next().unwrap_or("").to_string(),
+            other => other.to_string(),
+        },
+    })?;
+    if !url.starts_with("s3://") && !url.starts_with("s3+zip://") {
+        return Err(RemoteNameError::NotS3 { name: name.to_string(), url });
+    }
+    RemoteUrl::parse(&url).map_err(|source| RemoteNameError::BadUrl { name: name.to_string(), url, source })
 }
 
 impl RemoteUrl {

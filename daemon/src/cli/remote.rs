@@ -3,8 +3,8 @@
 use std::time::{Duration, SystemTime};
 
 use crate::bundle_format::{self, PrefixScan, PROTECTED_MARKER};
-use crate::git::{Git, GitError};
-use crate::remote_url::RemoteUrl;
+use crate::git::Git;
+use crate::remote_url::{s3_url_of_remote, RemoteNameError, RemoteUrl};
 use crate::s3_store::{ObjectInfo, S3Store};
 
 use super::{CliError, Ctx};
@@ -24,21 +24,16 @@ impl Remote {
         let (name, url) = if arg.contains("://") {
             (None, RemoteUrl::parse(arg)?)
         } else {
-            if arg.is_empty() || arg.starts_with('-') {
-                return Err(CliError::Usage(format!("invalid remote name '{arg}'")));
-            }
             let git = Git::new(&ctx.cwd, ctx.env.clone());
-            let raw = git.remote_url(arg).await.map_err(|e| {
-                let detail = match e {
-                    GitError::Failed { stderr, .. } => stderr.lines().next().unwrap_or("").to_string(),
-                    other => other.to_string(),
-                };
-                CliError::UnknownRemote { name: arg.to_string(), cwd: ctx.cwd.display().to_string(), detail }
+            let url = s3_url_of_remote(&git, arg).await.map_err(|e| match e {
+                RemoteNameError::InvalidName(n) => CliError::Usage(format!("invalid remote name '{n}'")),
+                RemoteNameError::NotConfigured { name, detail } => {
+                    CliError::UnknownRemote { name, cwd: ctx.cwd.display().to_string(), detail }
+                }
+                RemoteNameError::NotS3 { name, url } => CliError::NotS3Remote { name, url },
+                RemoteNameError::BadUrl { source, .. } => source.into(),
             })?;
-            if !raw.starts_with("s3://") && !raw.starts_with("s3+zip://") {
-                return Err(CliError::NotS3Remote { name: arg.to_string(), url: raw });
-            }
-            (Some(arg.to_string()), RemoteUrl::parse(&raw)?)
+            (Some(arg.to_string()), url)
         };
         let store = ctx.state.store_for(&ctx.env, &url).await;
         Ok(Remote { name, url, store })
