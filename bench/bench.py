@@ -153,11 +153,16 @@ class Bench:
         for tool in ("ours", "packs", "local"):
             if row["python"] and row[tool]:
                 row[f"ratio_{tool}"] = row[tool] / row["python"]
+        if row["packs"] and row["local"]:
+            row["packs_vs_local"] = row["packs"] / row["local"]
+        row["runs"] = {t: [round(x, 4) for x in times[t]] for t in REMOTE_TOOLS if times.get(t)}
         if extra:
             row.update(extra)
         self.results.append(row)
         cells = "  ".join(f"{t} {row[t]:8.3f}s" for t in REMOTE_TOOLS if row[t] is not None)
         ratios = "  ".join(f"{t}/python {row[f'ratio_{t}']:.3f}" for t in ("ours", "packs") if row.get(f"ratio_{t}"))
+        if row.get("packs_vs_local"):
+            ratios += f"  packs/local {row['packs_vs_local']:.2f}x"
         print(f"  {case:<40} {cells}  {ratios}  target {target or '-'}", flush=True)
 
     def run_cases(self):
@@ -214,6 +219,7 @@ class Bench:
         self.notes.append("local .git after a clone: " + ", ".join(f"{t} {git_dir[t]} MB" for t in REMOTE_TOOLS))
 
         # 4. push one new commit and 5. fetch it into an existing clone
+        # (three times the runs: each takes tens of milliseconds with git-s3)
         fetchers = {}
         for t in REMOTE_TOOLS:
             fetchers[t] = os.path.join(self.work, f"fetcher-{t}")
@@ -221,7 +227,7 @@ class Bench:
         times4 = {t: [] for t in REMOTE_TOOLS}
         times5 = {t: [] for t in REMOTE_TOOLS}
         for t in REMOTE_TOOLS:
-            for i in range(runs):
+            for i in range(runs * 3):
                 with open(os.path.join(clones[t], f"new-{i}.txt"), "w") as f:
                     f.write(f"change {i}\n")
                 sh(["git", "add", "."], self.env[t], cwd=clones[t])
@@ -351,13 +357,14 @@ class Bench:
               f"(target <= 40); daemon peak during the run {(hwm or 0) / 1024:.1f} MiB", flush=True)
 
     def table(self):
-        lines = ["| case | git-remote-s3 0.4.2 | git-s3 (bundles) | git-s3 (packs) | git, local bare | bundles/0.4.2 | packs/0.4.2 | target |",
-                 "|---|---|---|---|---|---|---|---|"]
+        lines = ["| case | git-remote-s3 0.4.2 | git-s3 (bundles) | git-s3 (packs) | git, local bare | bundles/0.4.2 | packs/0.4.2 | packs/local | target |",
+                 "|---|---|---|---|---|---|---|---|---|"]
         f = lambda v: f"{v:.3f} s" if v is not None else "–"
         r = lambda v: f"{v:.3f}" if v is not None else "–"
         for row in self.results:
             lines.append(f"| {row['case']} | {f(row['python'])} | {f(row['ours'])} | {f(row.get('packs'))} | "
-                         f"{f(row.get('local'))} | {r(row.get('ratio_ours'))} | {r(row.get('ratio_packs'))} | {row['target'] or '–'} |")
+                         f"{f(row.get('local'))} | {r(row.get('ratio_ours'))} | {r(row.get('ratio_packs'))} | "
+                         f"{r(row.get('packs_vs_local'))} | {row['target'] or '–'} |")
         return "\n".join(lines)
 
 

@@ -1063,3 +1063,43 @@ fn the_idx_follows_the_manifest_write_and_a_stopping_daemon_finishes_it() {
     assert!(out.contains("stopped"), "{out}");
     assert!(env.keys("idx/.git-s3/packs/").contains(&format!("idx/.git-s3/packs/pack-{name}.idx")));
 }
+
+#[test]
+fn a_truncated_or_missing_pack_is_a_clear_error_and_the_clone_stays_intact() {
+    let env = packs_env();
+    let repo = env.new_repo("a");
+    let url = env.url("trunc");
+    env.git(&repo, &["remote", "add", "origin", &url]);
+    env.git(&repo, &["push", "-q", "origin", "main"]);
+    env.git(&env.work(), &["clone", "-q", &url, "c"]);
+    let c = env.path("c");
+    let before = rev(&env, &c, "origin/main");
+    std::fs::write(repo.join("big.bin"), noise(256 << 10, 3)).unwrap();
+    env.git(&repo, &["add", "big.bin"]);
+    env.git(&repo, &["commit", "-q", "-m", "big"]);
+    env.git(&repo, &["push", "-q", "origin", "main"]);
+    let m = manifest(&env, "trunc");
+    let name = m["packs"].as_array().unwrap().last().unwrap()["name"].as_str().unwrap().to_string();
+    let key = format!("trunc/.git-s3/packs/pack-{name}.pack");
+    let full = env.get_object(&key);
+    let pack_dir = c.join(".git/objects/pack");
+    let packs_before = std::fs::read_dir(&pack_dir).unwrap().count();
+
+    env.put_object(&key, &full[..full.len() / 2]);
+    let err = env.git_fail(&c, &["fetch", "origin"]);
+    assert!(err.contains(&format!("pack {name}")) && err.contains("does not index"), "{err}");
+    assert_eq!(rev(&env, &c, "origin/main"), before);
+    assert_eq!(std::fs::read_dir(&pack_dir).unwrap().count(), packs_before, "no partial pack or temp file left");
+    env.git(&c, &["fsck", "--no-progress"]);
+
+    env.delete_object(&key);
+    let err = env.git_fail(&c, &["fetch", "origin"]);
+    assert!(err.contains(&format!("names pack {name}")) && err.contains("missing"), "{err}");
+    assert_eq!(rev(&env, &c, "origin/main"), before);
+
+    // restored, the same fetch works
+    env.put_object(&key, &full);
+    env.git(&c, &["fetch", "-q", "origin"]);
+    assert_eq!(rev(&env, &c, "origin/main"), rev(&env, &repo, "main"));
+    env.git(&c, &["fsck", "--no-progress"]);
+}
