@@ -382,3 +382,27 @@ fn agent_protocol_messages() {
     assert_eq!(code, Some(1));
     assert!(out[0].starts_with(r#"{"error":{"code":32,"#), "{out:?}");
 }
+
+#[test]
+fn lfs_works_the_same_with_a_packs_format_remote() {
+    let env = lfs_env();
+    env.git(&env.home(), &["config", "--global", "s3.format", "packs"]);
+    let url = env.url("team/packs-lfs");
+    let repo = lfs_repo(&env, Tool::Ours, "origin", &url, &[("a.bin", b"lfs object in a packs remote\n")]);
+    assert!(ok_stdout(agent(&env, Tool::Ours, &repo, &["install"])).contains("git-lfs-s3 installed"));
+    env.git(&repo, &["push", "-q", "origin", "main"]);
+    let oid = oid_of(&env, &repo, "a.bin");
+    // the git objects are in the packs format, the LFS object at the usual key
+    let keys = env.keys("team/packs-lfs/");
+    assert!(keys.contains(&"team/packs-lfs/.git-s3/manifest.json".to_string()), "{keys:?}");
+    assert!(!keys.iter().any(|k| k.ends_with(".bundle")), "{keys:?}");
+    assert!(keys.contains(&format!("team/packs-lfs/lfs/{oid}")), "{keys:?}");
+    // a one-step clone checks the LFS file out, by our tool and by 0.4.2's agent
+    env.git(&env.work(), &["clone", "-q", &url, "clone"]);
+    assert_eq!(std::fs::read(env.path("clone/a.bin")).unwrap(), b"lfs object in a packs remote\n");
+    let py = env.path("py");
+    env.git(&env.work(), &["-c", "lfs.fetchexclude=*", "clone", "-q", &url, "py"]);
+    ok_stdout(agent(&env, Tool::Python, &py, &["install"]));
+    env.git_with(Tool::Python, &py, &["-c", "lfs.fetchexclude=", "lfs", "pull"]);
+    assert_eq!(std::fs::read(py.join("a.bin")).unwrap(), b"lfs object in a packs remote\n");
+}
