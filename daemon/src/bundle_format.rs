@@ -61,7 +61,7 @@ pub fn scan(prefix: &str, objects: &[ObjectInfo]) -> PrefixScan {
         }
     }
     for list in scan.bundles.values_mut() {
-        list.sort_by(|a, b| b.1.last_modified.cmp(&a.1.last_modified));
+        list.sort_by_key(|b| std::cmp::Reverse(b.1.last_modified));
     }
     scan
 }
@@ -357,7 +357,7 @@ impl BundleStorage {
             if bundles.len() > 1 {
                 return Ok(Err(format!("several bundles exist for {dst} in the bucket; run `git s3 doctor` to fix")));
             }
-            for (_, info) in bundles.iter().chain(s.zips.iter().filter(|z| z.0 == dst).map(|z| z)) {
+            for (_, info) in bundles.iter().chain(s.zips.iter().filter(|z| z.0 == dst)) {
                 self.store.delete(&info.key).await?;
             }
             Ok::<_, StorageError>(Ok(()))

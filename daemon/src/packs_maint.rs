@@ -21,7 +21,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use futures::stream::{StreamExt, TryStreamExt};
-use tracing::Instrument;
 
 use crate::bundle_format;
 use crate::git::{Git, GitError};
@@ -308,20 +307,8 @@ pub const DEFAULT_GRACE_SECONDS: u64 = 3600;
 /// Compacts `url`'s packs (`mode`); deletes retired/unreferenced packs
 /// older than `grace`. A dry run combines and deletes nothing, but reports
 /// what would be combined and deleted.
+#[tracing::instrument(name = "gc", skip_all, fields(remote = %url, mode = mode.name(), dry_run))]
 pub async fn gc(
-    store: &S3Store,
-    url: &RemoteUrl,
-    tmp_root: &Path,
-    env: &HashMap<String, String>,
-    grace: Duration,
-    mode: GcMode,
-    dry_run: bool,
-) -> Result<GcReport, StorageError> {
-    let span = tracing::info_span!("gc", remote = %url, mode = mode.name(), dry_run);
-    gc_inner(store, url, tmp_root, env, grace, mode, dry_run).instrument(span).await
-}
-
-async fn gc_inner(
     store: &S3Store,
     url: &RemoteUrl,
     tmp_root: &Path,
@@ -554,10 +541,7 @@ async fn migrate_to_packs_locked(
     let tips: BTreeSet<String> = from_bundles.values().cloned().collect();
     let entry = pack_of(&git, dir.path(), &tips).await?;
     upload_pack_of(store, url, dir.path(), &entry).await?;
-    let head = match store.get_small(&url.key("HEAD")).await? {
-        Some(h) => Some(String::from_utf8_lossy(&h).trim().to_string()),
-        None => None,
-    };
+    let head = store.get_small(&url.key("HEAD")).await?.map(|h| String::from_utf8_lossy(&h).trim().to_string());
     // A rerun keeps what an interrupted run (or a frozen manifest) holds.
     let (mut m, condition) = match &existing {
         Some((old, etag)) => (old.clone(), WriteCondition::IfMatch(etag.clone())),

@@ -57,14 +57,13 @@ impl GitS3 for Service {
         let (in_tx, in_rx) = mpsc::channel::<Vec<u8>>(64);
         tokio::spawn(async move {
             while let Ok(Some(m)) = inbound.message().await {
-                match m.msg {
-                    Some(session_input::Msg::Stdin(b)) => {
-                        if in_tx.send(b).await.is_err() {
-                            break;
-                        }
-                    }
-                    Some(session_input::Msg::StdinEof(_)) => break,
-                    _ => {}
+                let stop = match m.msg {
+                    Some(session_input::Msg::Stdin(b)) => in_tx.send(b).await.is_err(),
+                    Some(session_input::Msg::StdinEof(_)) => true,
+                    _ => false,
+                };
+                if stop {
+                    break;
                 }
             }
         });
