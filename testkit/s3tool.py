@@ -27,6 +27,11 @@ elif op == "list":
 elif op == "put":
     bucket, key = args[0], args[1]
     s3.put_object(Bucket=bucket, Key=key, Body=sys.stdin.buffer.read())
+elif op == "put-meta":
+    # put-meta BUCKET KEY NAME=VALUE...: stdin as the body, with user metadata
+    bucket, key = args[0], args[1]
+    meta = dict(a.split("=", 1) for a in args[2:])
+    s3.put_object(Bucket=bucket, Key=key, Body=sys.stdin.buffer.read(), Metadata=meta)
 elif op == "get":
     bucket, key = args[0], args[1]
     sys.stdout.buffer.write(s3.get_object(Bucket=bucket, Key=key)["Body"].read())

@@ -378,6 +378,19 @@ pub(crate) async fn build_zip(ctx: &OpContext, sha: &str) -> Result<(tempfile::N
     Ok((zip, summary))
 }
 
+/// The `PutOptions` of `<prefix>/<dst>/repo.zip`: 0.4.2's metadata and
+/// headers, plus `extra` metadata.
+pub(crate) fn zip_put_options(sha: &str, summary: String, extra: Vec<(String, String)>) -> PutOptions {
+    let mut metadata = vec![("codepipeline-artifact-revision-summary".into(), summary)];
+    metadata.extend(extra);
+    PutOptions {
+        metadata,
+        content_disposition: Some(format!("attachment; filename=repo-{}.zip", &sha[..8.min(sha.len())])),
+        content_type: Some("application/zip".into()),
+        ..Default::default()
+    }
+}
+
 /// Uploads `<prefix>/<dst>/repo.zip` with 0.4.2's metadata and headers.
 pub(crate) async fn upload_zip(
     store: &S3Store,
@@ -387,13 +400,7 @@ pub(crate) async fn upload_zip(
     zip: &Path,
     summary: String,
 ) -> Result<(), StorageError> {
-    let opts = PutOptions {
-        metadata: vec![("codepipeline-artifact-revision-summary".into(), summary)],
-        content_disposition: Some(format!("attachment; filename=repo-{}.zip", &sha[..8.min(sha.len())])),
-        content_type: Some("application/zip".into()),
-        ..Default::default()
-    };
-    store.put_file(&zip_key(url, dst), zip, opts, |_| {}).await?;
+    store.put_file(&zip_key(url, dst), zip, zip_put_options(sha, summary, Vec::new()), |_| {}).await?;
     Ok(())
 }
 

@@ -42,6 +42,8 @@ pub const CRASH_HOOK_ENV: &str = "GIT_S3_TEST_CRASH_BEFORE_MANIFEST";
 /// `git -c` settings for packs written to a temporary directory only to be
 /// uploaded: no fsync (nothing to keep on this disk) and no `.rev` file.
 pub(crate) const SCRATCH_PACK_CONFIG: [&str; 4] = ["-c", "core.fsync=none", "-c", "pack.writeReverseIndex=false"];
+/// `repo.zip` metadata: the manifest serial that made the zip's commit current.
+pub const ZIP_SERIAL_META: &str = "git-s3-serial";
 /// Test hook: milliseconds the background `.idx` upload waits first.
 pub const IDX_DELAY_HOOK_ENV: &str = "GIT_S3_TEST_IDX_UPLOAD_DELAY_MS";
 
@@ -584,7 +586,7 @@ impl PackStorage {
                     }
                     self.maybe_gc_in_background(ctx, &next.packs);
                     let mut results = results(&verdicts);
-                    self.write_zips(ctx, &changes, &mut results).await;
+                    self.write_zips(ctx, next.serial, &changes, &mut results).await;
                     return Ok(results);
                 }
                 Err(e) if e.is_precondition_failed() || e.is_not_found() => {
@@ -602,15 +604,18 @@ impl PackStorage {
     /// and removes a deleted ref's (with any scheme: a zip left by an
     /// earlier s3+zip push must not outlive its ref). A failure is reported
     /// on that ref: the ref itself is pushed.
-    async fn write_zips(&self, ctx: &OpContext, changes: &[(&str, &Change)], results: &mut [(String, PushResult)]) {
+    ///
+    /// Without a lock, two pushes of one branch could write their zips in
+    /// the other order: each zip carries the serial of the manifest write
+    /// that made its commit current (`git-s3-serial` metadata), and is
+    /// written only over a zip with a lower serial, by a conditional write
+    /// on that zip's ETag.
+    async fn write_zips(&self, ctx: &OpContext, serial: u64, changes: &[(&str, &Change)], results: &mut [(String, PushResult)]) {
         let zip = self.url.scheme == crate::remote_url::Scheme::S3Zip;
         for (dst, c) in changes {
             let outcome = match c {
-                Change::Set(sha) if zip => match bundle_format::build_zip(ctx, sha).await {
-                    Ok((file, summary)) => bundle_format::upload_zip(&self.store, &self.url, dst, sha, file.path(), summary).await,
-                    Err(e) => Err(e),
-                },
-                Change::Delete => self.store.delete(&bundle_format::zip_key(&self.url, dst)).await.map_err(StorageError::from),
+                Change::Set(sha) if zip => self.write_zip(ctx, serial, dst, sha).await,
+                Change::Delete => self.delete_zip(serial, dst).await,
                 _ => Ok(()),
             };
             if let Err(e) = outcome {
@@ -619,6 +624,47 @@ impl PackStorage {
                     r.1 = Err(format!("pushed, but its repo.zip could not be written ({e}); push a new commit to write it"));
                 }
             }
+        }
+    }
+
+    /// The zip's ETag and the serial it was written for (0 for a zip of
+    /// 0.4.2 or of the bundles format), or None when there is none.
+    async fn zip_state(&self, key: &str) -> Result<Option<(String, u64)>, StorageError> {
+        Ok(self.store.head_with_metadata(key).await?.map(|(info, meta)| {
+            let serial = meta.get(ZIP_SERIAL_META).and_then(|v| v.parse().ok()).unwrap_or(0);
+            (info.etag, serial)
+        }))
+    }
+
+    async fn write_zip(&self, ctx: &OpContext, serial: u64, dst: &str, sha: &str) -> Result<(), StorageError> {
+        let (file, summary) = bundle_format::build_zip(ctx, sha).await?;
+        let key = bundle_format::zip_key(&self.url, dst);
+        for _ in 0..MAX_ATTEMPTS {
+            let condition = match self.zip_state(&key).await? {
+                Some((_, theirs)) if theirs > serial => {
+                    tracing::debug!(dst, serial, theirs, "a later push wrote repo.zip; leaving it");
+                    return Ok(());
+                }
+                Some((etag, _)) => WriteCondition::IfMatch(etag),
+                None => WriteCondition::IfAbsent,
+            };
+            let mut opts = bundle_format::zip_put_options(sha, summary.clone(), vec![(ZIP_SERIAL_META.into(), serial.to_string())]);
+            opts.condition = condition;
+            match self.store.put_file(&key, file.path(), opts, |_| {}).await {
+                Ok(_) => return Ok(()),
+                Err(e) if e.is_precondition_failed() || e.is_not_found() => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StorageError::Format(format!("{key} kept changing while it was written")))
+    }
+
+    async fn delete_zip(&self, serial: u64, dst: &str) -> Result<(), StorageError> {
+        let key = bundle_format::zip_key(&self.url, dst);
+        match self.zip_state(&key).await? {
+            Some((_, theirs)) if theirs > serial => Ok(()), // the ref was pushed again since
+            Some(_) => Ok(self.store.delete(&key).await?),
+            None => Ok(()),
         }
     }
 

@@ -1,6 +1,7 @@
 //! The S3 store: every S3 call the daemon makes, with typed errors, a tracing
 //! span each, streaming to and from files, and multipart for large objects.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -295,6 +296,31 @@ impl S3Store {
                     etag: r.e_tag().unwrap_or_default().to_string(),
                     last_modified: to_system_time(r.last_modified()),
                 })),
+                Err(e) => match classify(e, &self.bucket, key) {
+                    StoreError::NotFound { .. } => Ok(None),
+                    other => Err(other),
+                },
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// An object's info and user metadata (`x-amz-meta-*`, keys without the
+    /// prefix), or None when absent.
+    pub async fn head_with_metadata(&self, key: &str) -> Result<Option<(ObjectInfo, HashMap<String, String>)>, StoreError> {
+        let span = tracing::debug_span!("s3.head", bucket = %self.bucket, key);
+        async {
+            match self.client.head_object().bucket(&*self.bucket).key(key).send().await {
+                Ok(r) => Ok(Some((
+                    ObjectInfo {
+                        key: key.to_string(),
+                        size: r.content_length().unwrap_or(0).max(0) as u64,
+                        etag: r.e_tag().unwrap_or_default().to_string(),
+                        last_modified: to_system_time(r.last_modified()),
+                    },
+                    r.metadata().cloned().unwrap_or_default(),
+                ))),
                 Err(e) => match classify(e, &self.bucket, key) {
                     StoreError::NotFound { .. } => Ok(None),
                     other => Err(other),

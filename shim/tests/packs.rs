@@ -789,9 +789,25 @@ fn s3_zip_writes_repo_zip_in_the_packs_format() {
     let meta = testkit::s3tool(&["head-meta", &env.bucket, "zp/refs/heads/main/repo.zip"], None);
     assert!(String::from_utf8_lossy(&meta.stdout).contains(&format!("repo-{}.zip", &sha2[..8])));
     assert!(env.keys("zp/refs/heads/other/").contains(&"zp/refs/heads/other/repo.zip".to_string()));
+    // each zip carries the manifest serial that made its commit current, and
+    // a zip written for a later serial is never overwritten by an earlier push
+    let serial_now = serial(&env, "zp");
+    let meta = String::from_utf8_lossy(&testkit::s3tool(&["head-meta", &env.bucket, "zp/refs/heads/main/repo.zip"], None).stdout).to_string();
+    assert!(meta.contains(&format!("git-s3-serial={serial_now}")), "{meta}");
+    let later = b"PK a zip of a later push".to_vec();
+    testkit::s3tool(&["put-meta", &env.bucket, "zp/refs/heads/main/repo.zip", "git-s3-serial=999999"], Some(&later));
+    env.commit(&repo, "app.txt", "app 3\n", "third");
+    env.git(&repo, &["push", "-q", &url, "main"]);
+    assert_eq!(env.get_object("zp/refs/heads/main/repo.zip"), later, "an earlier push overwrote a later zip");
+    testkit::s3tool(&["put-meta", &env.bucket, "zp/refs/heads/main/repo.zip", "git-s3-serial=1"], Some(&later));
+    let sha4 = env.commit(&repo, "app.txt", "app 4\n", "fourth");
+    env.git(&repo, &["push", "-q", &url, "main"]);
+    let meta = String::from_utf8_lossy(&testkit::s3tool(&["head-meta", &env.bucket, "zp/refs/heads/main/repo.zip"], None).stdout).to_string();
+    assert!(meta.contains(&format!("repo-{}.zip", &sha4[..8])), "{meta}");
+
     // clone through s3+zip and s3://: the same repository
     env.git(&env.work(), &["clone", "-q", &url, "c1"]);
-    assert_eq!(std::fs::read_to_string(env.path("c1/app.txt")).unwrap(), "app 2\n");
+    assert_eq!(std::fs::read_to_string(env.path("c1/app.txt")).unwrap(), "app 4\n");
     assert_eq!(env.ls_remote(Tool::Ours, &env.url("zp")), env.ls_remote(Tool::Ours, &url));
     // deleting a branch (push or git s3 delete-branch) removes its zip too
     env.git(&repo, &["push", "-q", &url, ":other"]);
