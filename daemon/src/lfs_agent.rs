@@ -455,27 +455,44 @@ impl Agent {
             actual,
             expected,
         };
-        let Some(info) = store.head(&key).await? else {
-            return Err(AgentError::Missing { oid: oid.to_string(), bucket: url.bucket.clone(), key });
-        };
-        if let Some(expected) = req.size {
-            if info.size != expected {
-                return Err(mismatch_size(info.size, expected));
-            }
-        }
         // A temp file on the cache's filesystem; deleted unless it is verified.
         let temp = self.state.cache.temp_file()?;
-        if info.size > RANGED_THRESHOLD {
-            temp.as_file().set_len(info.size)?;
-            self.get_ranges(store, &key, temp.path(), info.size, &info.etag, &progress).await?;
-        } else {
-            let p = progress.clone();
-            store.get_to_file(&key, temp.path(), move |n| p.add(n)).await?;
-        }
+        let missing = || AgentError::Missing { oid: oid.to_string(), bucket: url.bucket.clone(), key: key.clone() };
+        let expected = match req.size {
+            // Small, of known size: one GET (its length is checked after).
+            Some(size) if size <= RANGED_THRESHOLD => {
+                let p = progress.clone();
+                match store.get_to_file(&key, temp.path(), move |n| p.add(n)).await {
+                    Ok(_) => size,
+                    Err(e) if e.is_not_found() => return Err(missing()),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            // Large (or of unknown size): its size and ETag first, then
+            // ranged GETs pinned to that ETag.
+            _ => {
+                let Some(info) = store.head(&key).await? else {
+                    return Err(missing());
+                };
+                if let Some(expected) = req.size {
+                    if info.size != expected {
+                        return Err(mismatch_size(info.size, expected));
+                    }
+                }
+                if info.size > RANGED_THRESHOLD {
+                    temp.as_file().set_len(info.size)?;
+                    self.get_ranges(store, &key, temp.path(), info.size, &info.etag, &progress).await?;
+                } else {
+                    let p = progress.clone();
+                    store.get_to_file(&key, temp.path(), move |n| p.add(n)).await?;
+                }
+                info.size
+            }
+        };
         progress.finish();
         let (sha, len) = sha256_file(temp.path()).await?;
-        if len != info.size {
-            return Err(mismatch_size(len, info.size));
+        if len != expected {
+            return Err(mismatch_size(len, expected));
         }
         if sha != oid {
             return Err(AgentError::HashMismatch { oid: oid.to_string(), bucket: url.bucket.clone(), key, actual: sha });
