@@ -123,7 +123,36 @@ pub struct RefsDir {
 }
 
 pub async fn scan_refs_dir(store: &S3Store, url: &RemoteUrl) -> Result<RefsDir, StorageError> {
-    Ok(RefsDir::from_objects(url, &list_refs_dir(store, url).await?))
+    let refs = RefsDir::from_objects(url, &list_refs_dir(store, url).await?);
+    note_refs_scan(store, url, &refs);
+    Ok(refs)
+}
+
+/// When this daemon last found a prefix's `refs/` free of bundles.
+static CLEAN_REFS_SCANS: std::sync::OnceLock<dashmap::DashMap<String, std::time::Instant>> = std::sync::OnceLock::new();
+
+/// How long a clean `refs/` scan lets reads skip the listing.
+const REFS_RESCAN: Duration = Duration::from_secs(60);
+
+fn note_refs_scan(store: &S3Store, url: &RemoteUrl, refs: &RefsDir) {
+    let scans = CLEAN_REFS_SCANS.get_or_init(dashmap::DashMap::new);
+    let location = store.location(&manifest::manifest_key(url));
+    if refs.bundle_refs.is_empty() {
+        if scans.len() >= MANIFEST_CACHE_ENTRIES {
+            scans.clear();
+        }
+        scans.insert(location, std::time::Instant::now());
+    } else {
+        scans.remove(&location);
+    }
+}
+
+/// Whether reads of this prefix may skip the `refs/` listing: the daemon
+/// holds its manifest and listed `refs/` (clean) less than a minute ago.
+fn recently_scanned_packs(store: &S3Store, url: &RemoteUrl) -> bool {
+    let location = store.location(&manifest::manifest_key(url));
+    MANIFESTS.get().is_some_and(|c| c.contains_key(&location))
+        && CLEAN_REFS_SCANS.get().and_then(|s| s.get(&location).map(|t| t.elapsed() < REFS_RESCAN)).unwrap_or(false)
 }
 
 /// Every object under `<prefix>/refs/`.
@@ -165,18 +194,17 @@ pub enum Detected {
 /// caller's `s3.format`, only awaited for an empty prefix).
 ///
 /// The manifest read and the `refs/` listing run together, so detection is
-/// one round trip. When this daemon has read the prefix's manifest before,
-/// only the manifest is read (a conditional GET: a no-op fetch is one small
-/// request); the `refs/` scan then waits for a push, which needs it before
-/// its manifest write (bundles of another tool: refused; `PROTECTED#`
-/// markers).
+/// one round trip. When this daemon holds the prefix's manifest and found
+/// `refs/` free of bundles less than a minute ago, only the manifest is read
+/// (a conditional GET: a no-op fetch is one small request); the `refs/`
+/// scan then waits for a push, which needs it before its manifest write
+/// (bundles of another tool: refused; `PROTECTED#` markers).
 pub async fn detect(
     store: &S3Store,
     url: &RemoteUrl,
     default: impl std::future::Future<Output = Result<Format, StorageError>>,
 ) -> Result<Detected, StorageError> {
-    let known_packs = MANIFESTS.get().is_some_and(|c| c.contains_key(&store.location(&manifest::manifest_key(url))));
-    let (manifest, listing) = if known_packs {
+    let (manifest, listing) = if recently_scanned_packs(store, url) {
         match read_manifest(store, url).await? {
             Some(m) => return Ok(Detected::Packs(Some(m), None)),
             None => (None, list_refs_dir(store, url).await?),
@@ -186,6 +214,7 @@ pub async fn detect(
         (m?, l?)
     };
     let refs = RefsDir::from_objects(url, &listing);
+    note_refs_scan(store, url, &refs);
     match manifest {
         Some(m) => {
             if !refs.bundle_refs.is_empty() {

@@ -1119,3 +1119,32 @@ fn a_truncated_or_missing_pack_is_a_clear_error_and_the_clone_stays_intact() {
     assert_eq!(rev(&env, &c, "origin/main"), rev(&env, &repo, "main"));
     env.git(&c, &["fsck", "--no-progress"]);
 }
+
+#[test]
+fn bundles_pushed_into_a_known_packs_prefix_are_refused_by_pushes_then_by_reads() {
+    let env = packs_env();
+    let repo = env.new_repo("a");
+    let url = env.url("late-mixed");
+    env.git(&repo, &["remote", "add", "origin", &url]);
+    env.git(&repo, &["push", "-q", "origin", "main"]);
+    // git-remote-s3 0.4.2 pushes a branch into the packs prefix
+    let py = env.path("py");
+    env.git(&env.work(), &["clone", "-q", &url, "py"]);
+    env.commit(&py, "p", "p\n", "by 0.4.2");
+    env.git_with(Tool::Python, &py, &["push", "-q", "origin", "HEAD:refs/heads/py"]);
+    // this daemon listed refs/ a moment ago: a read serves the manifest
+    assert!(env.ls_remote(Tool::Ours, &url).iter().any(|l| l.ends_with("refs/heads/main")));
+    // a push lists refs/ before writing anything: refused
+    env.commit(&repo, "x", "x\n", "x");
+    let serial_before = serial(&env, "late-mixed");
+    let err = env.git_fail(&repo, &["push", "origin", "main"]);
+    assert!(err.contains("both formats"), "{err}");
+    assert_eq!(serial(&env, "late-mixed"), serial_before, "nothing written");
+    // from then on reads are refused too, and doctor explains
+    let mut c = env.command("git", &env.work());
+    c.args(["ls-remote", &url]);
+    let err = String::from_utf8_lossy(&env.run_fail(c).stderr).to_string();
+    assert!(err.contains("both formats"), "{err}");
+    let out = env.git_s3(&repo, &["doctor", "origin"]);
+    assert!(out.contains("refs/heads/py: only as a bundle"), "{out}");
+}
