@@ -37,6 +37,9 @@ pub enum StoreError {
     PreconditionFailed { bucket: String, key: String },
     #[error("S3 error on s3://{bucket}/{key}: {message}")]
     Other { bucket: String, key: String, message: String },
+    /// A download that broke off (connection cut, short body): worth retrying.
+    #[error("the download of s3://{bucket}/{key} broke off: {message}")]
+    Interrupted { bucket: String, key: String, message: String },
     #[error("local file error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -44,6 +47,9 @@ pub enum StoreError {
 impl StoreError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, StoreError::NotFound { .. })
+    }
+    pub fn is_interrupted(&self) -> bool {
+        matches!(self, StoreError::Interrupted { .. })
     }
     pub fn is_precondition_failed(&self) -> bool {
         matches!(self, StoreError::PreconditionFailed { .. })
@@ -117,6 +123,9 @@ impl ObjectInfo {
         SystemTime::now().duration_since(self.last_modified).unwrap_or_default()
     }
 }
+
+/// How many times a download that breaks off is tried in all.
+pub const DOWNLOAD_ATTEMPTS: u32 = 3;
 
 /// The answer to a conditional GET.
 #[derive(Debug)]
@@ -234,6 +243,10 @@ impl S3Store {
     /// body, truncated download, unreadable local file).
     fn other(&self, key: &str, message: impl Into<String>) -> StoreError {
         StoreError::Other { bucket: self.bucket.to_string(), key: key.to_string(), message: message.into() }
+    }
+
+    fn interrupted(&self, key: &str, message: impl Into<String>) -> StoreError {
+        StoreError::Interrupted { bucket: self.bucket.to_string(), key: key.to_string(), message: message.into() }
     }
 
     /// `size` bytes of the file at `path` from `offset`, as a request body
@@ -387,13 +400,24 @@ impl S3Store {
     /// Streams an object into `dest` (created/truncated). Returns its ETag and
     /// size. `on_bytes` is called as data arrives. Fails when fewer bytes
     /// arrive than the object's length (truncated transfer).
+    /// A download that breaks off is tried again from the start, up to
+    /// [`DOWNLOAD_ATTEMPTS`] times in all.
     pub async fn get_to_file(
         &self,
         key: &str,
         dest: &Path,
-        on_bytes: impl FnMut(u64) + Send,
+        mut on_bytes: impl FnMut(u64) + Send,
     ) -> Result<(String, u64), StoreError> {
-        self.get_to_file_tee(key, dest, None, on_bytes).await
+        let mut attempt = 1;
+        loop {
+            match self.get_to_file_tee(key, dest, None, &mut on_bytes).await {
+                Err(e) if e.is_interrupted() && attempt < DOWNLOAD_ATTEMPTS => {
+                    tracing::warn!(key, attempt, error = %e, "download broke off; trying again");
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// [`S3Store::get_to_file`], also handing every chunk to `tee` as it
@@ -421,7 +445,7 @@ impl S3Store {
             let mut body = resp.body;
             let mut file = tokio::fs::File::create(dest).await?;
             let mut total = 0u64;
-            while let Some(chunk) = body.try_next().await.map_err(|e| self.other(key, format!("download interrupted: {e}")))? {
+            while let Some(chunk) = body.try_next().await.map_err(|e| self.interrupted(key, e.to_string()))? {
                 file.write_all(&chunk).await?;
                 if let Some(tx) = &tee {
                     if tx.send(chunk.clone()).await.is_err() {
@@ -435,7 +459,7 @@ impl S3Store {
             file.sync_all().await?;
             if let Some(exp) = expected {
                 if exp != total {
-                    return Err(self.other(key, format!("truncated download: got {total} of {exp} bytes")));
+                    return Err(self.interrupted(key, format!("got {total} of {exp} bytes")));
                 }
             }
             tracing::debug!(bytes = total, "downloaded");
@@ -719,9 +743,32 @@ impl S3Store {
     /// Streams bytes `[offset, offset + len)` of an object into `dest` at the
     /// same offset (the file must exist; it is not truncated), so several
     /// ranges can fill one file in parallel. `if_match` pins the object
-    /// version (an ETag from a HEAD). Fails on a short read. Returns the bytes
-    /// written; `on_bytes` is called as data arrives.
+    /// version (an ETag from a HEAD). A range that breaks off is tried again
+    /// (up to [`DOWNLOAD_ATTEMPTS`] times in all); then the error is
+    /// returned. Returns the bytes written; `on_bytes` is called as data
+    /// arrives.
     pub async fn get_range_to_file(
+        &self,
+        key: &str,
+        dest: &Path,
+        offset: u64,
+        len: u64,
+        if_match: Option<&str>,
+        mut on_bytes: impl FnMut(u64) + Send,
+    ) -> Result<u64, StoreError> {
+        let mut attempt = 1;
+        loop {
+            match self.get_range_once(key, dest, offset, len, if_match, &mut on_bytes).await {
+                Err(e) if e.is_interrupted() && attempt < DOWNLOAD_ATTEMPTS => {
+                    tracing::warn!(key, offset, attempt, error = %e, "ranged download broke off; trying again");
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn get_range_once(
         &self,
         key: &str,
         dest: &Path,
@@ -750,7 +797,7 @@ impl S3Store {
             let mut file = tokio::fs::OpenOptions::new().write(true).open(dest).await?;
             file.seek(std::io::SeekFrom::Start(offset)).await?;
             let mut total = 0u64;
-            while let Some(chunk) = body.try_next().await.map_err(|e| self.other(key, format!("download interrupted: {e}")))? {
+            while let Some(chunk) = body.try_next().await.map_err(|e| self.interrupted(key, e.to_string()))? {
                 if total + chunk.len() as u64 > len {
                     return Err(self.other(key, format!("range {offset}+{len}: server sent more bytes than asked")));
                 }
@@ -760,7 +807,7 @@ impl S3Store {
             }
             file.flush().await?;
             if total != len {
-                return Err(self.other(key, format!("truncated download: got {total} of {len} bytes at offset {offset}")));
+                return Err(self.interrupted(key, format!("got {total} of {len} bytes at offset {offset}")));
             }
             Ok(total)
         }

@@ -406,3 +406,66 @@ fn lfs_works_the_same_with_a_packs_format_remote() {
     env.git_with(Tool::Python, &py, &["-c", "lfs.fetchexclude=", "lfs", "pull"]);
     assert_eq!(std::fs::read(py.join("a.bin")).unwrap(), b"lfs object in a packs remote\n");
 }
+
+#[test]
+fn a_download_cut_off_mid_stream_is_retried_and_never_leaves_a_partial_file() {
+    let env = lfs_env();
+    let url = env.url("cut");
+    let repo = lfs_repo(&env, Tool::Ours, "origin", &url, &[("small.bin", b"small\n")]);
+    write_pseudo_random(&repo.join("big.bin"), 1 << 20, 11);
+    env.git(&repo, &["add", "big.bin"]);
+    env.git(&repo, &["commit", "-q", "-m", "big"]);
+    ok_stdout(agent(&env, Tool::Ours, &repo, &["install"]));
+    env.git(&repo, &["push", "-q", "origin", "main"]);
+    let big = oid_of(&env, &repo, "big.bin");
+    let cache = env.dir.path().join("cache/lfs");
+    let skip_smudge = |name: &str| {
+        let mut c = env.command("git", &env.work());
+        c.args(["clone", "-q", &url, name]).env("GIT_LFS_SKIP_SMUDGE", "1");
+        env.run(c);
+        let repo = env.path(name);
+        ok_stdout(agent(&env, Tool::Ours, &repo, &["install"]));
+        repo
+    };
+    // Nothing partial left: no non-empty file in git-lfs's temp dir (git-lfs
+    // itself may leave an empty temp file of a failed transfer) and nothing
+    // in the daemon's temp dir.
+    let no_temp_files = |repo: &Path| {
+        let tmp: Vec<_> = std::fs::read_dir(repo.join(".git/lfs/tmp"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| !e.file_name().to_string_lossy().ends_with(".log") && e.metadata().map(|m| m.len() > 0).unwrap_or(true))
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(tmp.is_empty(), "temp files left: {tmp:?}");
+        let daemon_tmp: Vec<_> = std::fs::read_dir(env.dir.path().join("cache/tmp")).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+        assert!(daemon_tmp.is_empty(), "daemon temp files left: {daemon_tmp:?}");
+    };
+
+    // The connection breaks off once, 64 KiB into the object: the transfer
+    // is retried and the file arrives whole.
+    let once = testkit::CuttingProxy::start(testkit::endpoint(), "/lfs/", 64 << 10, 1);
+    let a = skip_smudge("a");
+    let mut c = env.command("git", &a);
+    c.env("AWS_ENDPOINT_URL", &once.url).args(["lfs", "pull"]);
+    env.run(c);
+    assert!(once.cuts() >= 1, "the proxy cut nothing");
+    assert!(same_file(&repo.join("big.bin"), &a.join("big.bin")), "big.bin differs");
+    no_temp_files(&a);
+
+    // It breaks off every time: the pull fails and says so, the pointer
+    // stays, nothing partial is kept (worktree, LFS store, daemon cache).
+    std::fs::remove_dir_all(&cache).unwrap();
+    let always = testkit::CuttingProxy::start(testkit::endpoint(), "/lfs/", 64 << 10, usize::MAX);
+    let b = skip_smudge("b");
+    let mut c = env.command("git", &b);
+    c.env("AWS_ENDPOINT_URL", &always.url).args(["lfs", "pull"]);
+    let err = String::from_utf8_lossy(&env.run_fail(c).stderr).to_string();
+    assert!(err.contains(&big), "{err}");
+    assert!(std::fs::read(b.join("big.bin")).unwrap().starts_with(b"version https://git-lfs"), "big.bin was replaced");
+    assert!(!b.join(format!(".git/lfs/objects/{}/{}/{big}", &big[..2], &big[2..4])).exists(), "partial object stored");
+    assert!(!cache.join(&big).exists(), "partial object cached");
+    no_temp_files(&b);
+}

@@ -4,6 +4,9 @@
 //! cache, a fresh bucket), the built binaries on PATH, and helpers to run
 //! the real `git`, `git-lfs` and git-remote-s3 0.4.2.
 
+
+mod proxy;
+pub use proxy::CuttingProxy;
 use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
