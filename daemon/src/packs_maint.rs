@@ -219,20 +219,16 @@ async fn scratch_repo(dir: &Path, env: &HashMap<String, String>) -> Result<Git, 
 pub async fn restore_idx(
     store: &S3Store,
     url: &RemoteUrl,
-    name: &str,
+    pack: &PackEntry,
     tmp_root: &Path,
     env: &HashMap<String, String>,
 ) -> Result<u64, StorageError> {
     let dir = tempfile::Builder::new().prefix("idx-").tempdir_in(tmp_root)?;
-    let git = scratch_repo(dir.path(), env).await?;
-    let file = dir.path().join("dl.pack");
-    let key = manifest::pack_key(url, name);
-    store.get_to_file(&key, &file, |_| {}).await?;
-    let indexed = index_pack(&git, &file)
-        .await
-        .map_err(|e| StorageError::Corrupt(format!("s3://{}/{key} does not index: {e}", store.bucket())))?;
-    if indexed != name {
-        return Err(StorageError::Corrupt(format!("s3://{}/{key} holds pack {indexed}, not {name}", store.bucket())));
+    let (_, indexed) = scratch_from_packs(store, url, &[pack], dir.path(), env).await?;
+    let name = &pack.name;
+    if indexed.first() != Some(name) {
+        let key = manifest::pack_key(url, name);
+        return Err(StorageError::Corrupt(format!("s3://{}/{key} holds pack {indexed:?}, not {name}", store.bucket())));
     }
     let idx = dir.path().join("repo.git/objects/pack").join(format!("pack-{name}.idx"));
     store.put_file(&manifest::idx_key(url, name), &idx, PutOptions::default(), |_| {}).await?;

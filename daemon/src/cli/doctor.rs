@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::Args;
 use serde_json::{json, Value};
 
-use super::remote::{age_secs, branch_ref, is_stale, HeadState, Remote, View};
+use super::remote::{age_secs, branch_ref, default_head, is_stale, HeadState, Remote, View};
 use super::{CliError, CliResult, Ctx};
 use crate::locks;
 use crate::s3_store::PutOptions;
@@ -262,6 +262,27 @@ async fn fix_bundles(
     Ok(())
 }
 
+/// The branch HEAD should name: `choice` (`--head`, which must be one of
+/// `branches`), else the user's pick on a terminal, else main, master or the
+/// first branch. `branches` is not empty.
+pub(super) async fn choose_head(ctx: &mut Ctx, branches: &[String], choice: Option<String>, interactive: bool) -> Result<String, CliError> {
+    if let Some(c) = choice {
+        if !branches.contains(&c) {
+            return Err(CliError::Usage(format!("--head {c}: no such branch in the remote (branches: {})", branches.join(", "))));
+        }
+        return Ok(c);
+    }
+    let default = default_head(branches).and_then(|d| branches.iter().position(|b| b == d)).unwrap_or(0);
+    if !interactive {
+        return Ok(branches[default].clone());
+    }
+    for (i, b) in branches.iter().enumerate() {
+        ctx.eprintln(format!("  {}. {}", i + 1, b.trim_start_matches("refs/heads/")));
+    }
+    let i = ctx.choose("Number of the branch to use as HEAD", branches.len(), default).await?;
+    Ok(branches[i].clone())
+}
+
 /// `<ref>_<first 8 hex of the sha>`, or random hex if that ref exists.
 fn new_branch_name(view: &View, refname: &str, sha: &str) -> String {
     let candidate = format!("{refname}_{}", sha.get(..8).unwrap_or(sha));
@@ -293,26 +314,7 @@ async fn fix_head(
         rep.line(ctx, "No branch to point HEAD at; push a branch first.");
         return Ok(());
     }
-    let target = match choice {
-        Some(c) => {
-            if !branches.contains(&c) {
-                return Err(CliError::Usage(format!(
-                    "--head {c}: no such branch in the remote (branches: {})",
-                    branches.join(", ")
-                )));
-            }
-            c
-        }
-        None if interactive => {
-            for (i, b) in branches.iter().enumerate() {
-                ctx.eprintln(format!("  {}. {}", i + 1, b.trim_start_matches("refs/heads/")));
-            }
-            let default = view.default_head().and_then(|d| branches.iter().position(|b| *b == d)).unwrap_or(0);
-            let i = ctx.choose("Number of the branch to use as HEAD", branches.len(), default).await?;
-            branches[i].clone()
-        }
-        None => view.default_head().unwrap_or_else(|| branches[0].clone()),
-    };
+    let target = choose_head(ctx, &branches, choice, interactive).await?;
     if args.dry_run {
         rep.line(ctx, format!("Would set HEAD to {target}"));
         rep.actions.push(json!({"action": "would_set_head", "ref": target}));

@@ -156,7 +156,7 @@ async fn check_packs(ctx: &Ctx, remote: &Remote, m: &Manifest, args: &DoctorArgs
     for p in &m.packs {
         let (pack, idx, _) = found.get(&p.name).cloned().unwrap_or((None, None, Duration::ZERO));
         if pack == Some(p.size) && idx.is_none() {
-            restore_idx(ctx, remote, &p.name, args, rep).await;
+            restore_idx(ctx, remote, p, args, rep).await;
             continue;
         }
         let problem = match pack {
@@ -223,7 +223,8 @@ async fn check_packs(ctx: &Ctx, remote: &Remote, m: &Manifest, args: &DoctorArgs
 /// A pack whose `.idx` is missing (a daemon stopped right after the push's
 /// manifest write): readers do not need it, so this is not an error; doctor
 /// re-creates it from the pack unless `--dry-run`.
-async fn restore_idx(ctx: &Ctx, remote: &Remote, name: &str, args: &DoctorArgs, rep: &mut Report) {
+async fn restore_idx(ctx: &Ctx, remote: &Remote, pack: &manifest::PackEntry, args: &DoctorArgs, rep: &mut Report) {
+    let name = &pack.name;
     rep.issues.push(json!({"kind": "missing_idx", "pack": name}));
     rep.line(ctx, "");
     rep.line(ctx, format!("pack-{name}.idx is missing (a daemon stopped before uploading it; fetches do not need it)."));
@@ -233,7 +234,7 @@ async fn restore_idx(ctx: &Ctx, remote: &Remote, name: &str, args: &DoctorArgs, 
         return;
     }
     let tmp = ctx.state.cache.root().join("tmp");
-    match crate::packs_maint::restore_idx(&remote.store, &remote.url, name, &tmp, &ctx.env).await {
+    match crate::packs_maint::restore_idx(&remote.store, &remote.url, pack, &tmp, &ctx.env).await {
         Ok(bytes) => {
             rep.line(ctx, format!("Re-created pack-{name}.idx ({})", human_bytes(bytes)));
             rep.actions.push(json!({"action": "restored_idx", "pack": name}));
@@ -263,24 +264,8 @@ async fn fix_head(ctx: &mut Ctx, remote: &Remote, m: &Manifest, args: &DoctorArg
             rep.line(ctx, "HEAD is missing");
         }
     }
-    let default = ["refs/heads/main", "refs/heads/master"]
-        .iter()
-        .find_map(|c| branches.iter().position(|b| b == c))
-        .unwrap_or(0);
-    let target = match args.head.as_deref().map(branch_ref).transpose()? {
-        Some(c) if branches.contains(&c) => c,
-        Some(c) => {
-            return Err(CliError::Usage(format!("--head {c}: no such branch in the remote (branches: {})", branches.join(", "))));
-        }
-        None if interactive => {
-            for (i, b) in branches.iter().enumerate() {
-                ctx.eprintln(format!("  {}. {}", i + 1, b.trim_start_matches("refs/heads/")));
-            }
-            let i = ctx.choose("Number of the branch to use as HEAD", branches.len(), default).await?;
-            branches[i].clone()
-        }
-        None => branches[default].clone(),
-    };
+    let choice = args.head.as_deref().map(branch_ref).transpose()?;
+    let target = super::doctor::choose_head(ctx, &branches, choice, interactive).await?;
     if args.dry_run {
         rep.line(ctx, format!("Would set HEAD to {target}"));
         rep.actions.push(json!({"action": "would_set_head", "ref": target}));

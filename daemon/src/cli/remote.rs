@@ -109,16 +109,6 @@ impl View {
         self.scan.bundles.keys().filter(|r| r.starts_with("refs/heads/")).cloned().collect()
     }
 
-    /// The branch a missing HEAD defaults to: main, master, else the first.
-    pub fn default_head(&self) -> Option<String> {
-        let b = self.branches();
-        ["refs/heads/main", "refs/heads/master"]
-            .iter()
-            .find(|c| b.iter().any(|x| x == *c))
-            .map(|s| s.to_string())
-            .or_else(|| b.first().cloned())
-    }
-
     pub fn is_protected(&self, refname: &str) -> bool {
         self.scan.protected.iter().any(|p| p == refname)
     }
@@ -136,6 +126,15 @@ pub fn unix_secs(t: SystemTime) -> u64 {
 /// Stale as `locks::acquire` sees it: older than the TTL.
 pub fn is_stale(info: &ObjectInfo, ttl: Duration) -> bool {
     info.age() > ttl
+}
+
+/// The branch a missing HEAD defaults to: main, master, else the first of
+/// `branches` (full ref names).
+pub fn default_head(branches: &[String]) -> Option<&String> {
+    ["refs/heads/main", "refs/heads/master"]
+        .iter()
+        .find_map(|c| branches.iter().find(|b| b == c))
+        .or_else(|| branches.first())
 }
 
 /// `main`, `refs/heads/main` → `refs/heads/main`; rejects names git would.
@@ -181,13 +180,13 @@ mod tests {
         let v = View { scan: scan.clone(), head_raw: None };
         assert_eq!(v.head(), HeadState::Missing);
         assert!(v.head_problem());
-        assert_eq!(v.default_head().as_deref(), Some("refs/heads/master"));
+        assert_eq!(default_head(&v.branches()).map(String::as_str), Some("refs/heads/master"));
         let v = View { scan: scan.clone(), head_raw: Some("refs/heads/gone".into()) };
         assert_eq!(v.head(), HeadState::Dangling("refs/heads/gone".into()));
         let v = View { scan, head_raw: Some("refs/heads/dev".into()) };
         assert!(!v.head_problem());
         let empty = View { scan: PrefixScan::default(), head_raw: None };
         assert!(!empty.head_problem());
-        assert_eq!(empty.default_head(), None);
+        assert_eq!(default_head(&empty.branches()), None);
     }
 }
