@@ -905,16 +905,8 @@ fn all_of(names: &[String]) -> HashSet<String> {
 
 /// Which of `shas` the repository has (one `git cat-file --batch-check`).
 pub async fn present_objects(git: &Git, shas: &[String]) -> Result<HashSet<String>, GitError> {
-    if shas.is_empty() {
-        return Ok(HashSet::new());
-    }
-    let input = shas.iter().map(|s| format!("{s}\n")).collect::<String>().into_bytes();
-    let out = run_with_stdin(git, &["cat-file", "--batch-check=%(objectname) ok"], input).await?;
-    Ok(out
-        .lines()
-        .filter_map(|l| l.strip_suffix(" ok"))
-        .map(str::to_string)
-        .collect())
+    let names: Vec<&str> = shas.iter().map(String::as_str).collect();
+    Ok(resolve_objects(git, &names).await?.into_iter().flatten().collect())
 }
 
 /// `git index-pack --stdin` from a file (streamed; verifies every object).

@@ -300,23 +300,7 @@ impl S3Store {
     }
 
     pub async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
-        let span = tracing::debug_span!("s3.head", bucket = %self.bucket, key);
-        async {
-            match self.client.head_object().bucket(&*self.bucket).key(key).send().await {
-                Ok(r) => Ok(Some(ObjectInfo {
-                    key: key.to_string(),
-                    size: r.content_length().unwrap_or(0).max(0) as u64,
-                    etag: r.e_tag().unwrap_or_default().to_string(),
-                    last_modified: to_system_time(r.last_modified()),
-                })),
-                Err(e) => match classify(e, &self.bucket, key) {
-                    StoreError::NotFound { .. } => Ok(None),
-                    other => Err(other),
-                },
-            }
-        }
-        .instrument(span)
-        .await
+        Ok(self.head_with_metadata(key).await?.map(|(info, _)| info))
     }
 
     /// An object's info and user metadata (`x-amz-meta-*`, keys without the
