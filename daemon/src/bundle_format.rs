@@ -202,6 +202,10 @@ impl BundleStorage {
         if remote_sha.as_deref() == Some(sha.as_str()) {
             return Ok(Ok(()));
         }
+        // A bundle holds the ref's whole history, which a shallow clone lacks.
+        if ctx.git.is_shallow().await {
+            return Ok(Err("cannot push from a shallow clone to a bundles-format remote (each bundle holds the whole history): run `git fetch --unshallow`, then push again".into()));
+        }
         if let Some(old) = &remote_sha {
             let force = upd.force && !protected;
             if !force {

@@ -4,7 +4,9 @@
 //! - `packs/<sha>/pack-<hash>.{pack,idx,rev}`: the same bundle's objects,
 //!   already indexed by git, so a repeat clone links them in instead of
 //!   indexing again;
-//! - `lfs/<oid>`: Git LFS objects (callers verify the SHA-256 before use).
+//! - `lfs/<oid>`: Git LFS objects (callers verify the SHA-256 before use);
+//! - `mirrors/<id>.git`: bare mirrors of remotes (see `mirror.rs`), for
+//!   shallow, filtered and lazy fetches.
 //!
 //! Entries are built in `tmp/` and renamed into place, so a reader never
 //! sees a partial entry; an entry that fails verification is evicted and
@@ -22,16 +24,18 @@ enum Area {
     Bundles,
     Packs,
     Lfs,
+    Mirrors,
 }
 
 impl Area {
-    const ALL: [Area; 3] = [Area::Bundles, Area::Packs, Area::Lfs];
+    const ALL: [Area; 4] = [Area::Bundles, Area::Packs, Area::Lfs, Area::Mirrors];
 
     fn dir(self) -> &'static str {
         match self {
             Area::Bundles => "bundles",
             Area::Packs => "packs",
             Area::Lfs => "lfs",
+            Area::Mirrors => "mirrors",
         }
     }
 }
@@ -94,13 +98,29 @@ impl Cache {
         tempfile::Builder::new().prefix("tmp-").tempfile_in(self.root.join("tmp"))
     }
 
+    /// A new empty directory on the cache's filesystem, for something built
+    /// and then renamed into place (the caller removes it if it is not).
+    pub fn temp_dir(&self) -> std::io::Result<PathBuf> {
+        Ok(tempfile::Builder::new().prefix("tmp-").tempdir_in(self.root.join("tmp"))?.keep())
+    }
+
+    /// Where the mirror `id` (32 hex digits) lives, marked used now. The caller creates
+    /// it when it does not exist yet.
+    pub fn mirror_path(&self, id: &str) -> Option<PathBuf> {
+        let path = self.entry_path(Area::Mirrors, id)?;
+        let _ = touch(&path);
+        Some(path)
+    }
+
     fn entry_path(&self, area: Area, key: &str) -> Option<PathBuf> {
         let ok = match area {
             Area::Bundles | Area::Packs => valid_object_id(key),
             Area::Lfs => is_hex(key, 64),
+            Area::Mirrors => is_hex(key, 32),
         };
         let name = match area {
             Area::Bundles => format!("{key}.bundle"),
+            Area::Mirrors => format!("{key}.git"),
             _ => key.to_string(),
         };
         ok.then(|| self.root.join(area.dir()).join(name))
@@ -233,10 +253,7 @@ impl Cache {
                 if m.is_file() {
                     out.push((e.path(), m.len(), used));
                 } else if m.is_dir() {
-                    let size = std::fs::read_dir(e.path())
-                        .map(|rd| rd.flatten().filter_map(|f| f.metadata().ok()).map(|m| m.len()).sum())
-                        .unwrap_or(0);
-                    out.push((e.path(), size, used));
+                    out.push((e.path(), dir_size(&e.path()), used));
                 }
             }
         }
@@ -278,6 +295,17 @@ pub fn link_or_copy(src: &Path, dest: &Path) -> std::io::Result<()> {
     let tmp = dest.with_extension("tmp-copy");
     std::fs::copy(src, &tmp)?;
     std::fs::rename(&tmp, dest)
+}
+
+/// The bytes of the files below `dir` (a mirror's are a few levels deep).
+fn dir_size(dir: &Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
+    rd.flatten()
+        .filter_map(|e| {
+            let m = std::fs::symlink_metadata(e.path()).ok()?;
+            Some(if m.is_dir() { dir_size(&e.path()) } else { m.len() })
+        })
+        .sum()
 }
 
 /// Marks an entry used now (LRU order).

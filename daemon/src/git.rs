@@ -147,6 +147,37 @@ impl Git {
         Some(dir.join("objects").join("pack"))
     }
 
+    /// Whether the repository is shallow (has `shallow` in its git dir):
+    /// read from `GIT_DIR` when git gave it, else asked of git.
+    pub async fn is_shallow(&self) -> bool {
+        if let Some(dir) = self.env.get("GIT_DIR").filter(|d| !d.is_empty()) {
+            let dir = if Path::new(dir).is_absolute() { PathBuf::from(dir) } else { self.cwd.join(dir) };
+            if !dir.join("commondir").exists() {
+                return dir.join("shallow").exists();
+            }
+        }
+        self.run(&["rev-parse", "--is-shallow-repository"]).await.map(|s| s == "true").unwrap_or(false)
+    }
+
+    /// The shallow-boundary commits of a shallow repository that `tips`
+    /// reach and `exclude` does not: history the repository lacks, which an
+    /// upload of `tips --not exclude` would need (empty when not shallow).
+    pub async fn shallow_boundary_between(&self, tips: &[String], exclude: &[String]) -> Result<Vec<String>, GitError> {
+        if !self.is_shallow().await {
+            return Ok(Vec::new());
+        }
+        let path = self.run(&["rev-parse", "--git-path", "shallow"]).await?;
+        let path = if Path::new(&path).is_absolute() { PathBuf::from(path) } else { self.cwd.join(path) };
+        let boundary: std::collections::HashSet<String> =
+            std::fs::read_to_string(&path).unwrap_or_default().lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
+        let mut args: Vec<&str> = vec!["rev-list"];
+        args.extend(tips.iter().map(String::as_str));
+        args.push("--not");
+        args.extend(exclude.iter().map(String::as_str));
+        let listed = self.run(&args).await?;
+        Ok(listed.lines().filter(|l| boundary.contains(*l)).map(str::to_string).collect())
+    }
+
     /// Indexes a bundle's pack into the repository, as `git bundle unbundle`
     /// does, and returns the new pack's hash (its files are
     /// `objects/pack/pack-<hash>.*`).

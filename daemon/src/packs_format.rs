@@ -381,6 +381,13 @@ impl PackStorage {
         exclude: &[String],
         based_on: BTreeSet<String>,
     ) -> Result<Option<BuiltPack>, StorageError> {
+        // From a shallow clone, a pack is complete only when the remote has
+        // the history behind the clone's boundary.
+        if let Some(c) = ctx.git.shallow_boundary_between(tips, exclude).await?.first() {
+            return Err(StorageError::Format(format!(
+                "this shallow clone lacks the history behind commit {c}, which the remote does not have either: run `git fetch --unshallow`, then push again"
+            )));
+        }
         let dir = tempfile::Builder::new().prefix("packs-").tempdir_in(ctx.cache.root().join("tmp"))?;
         let base = dir.path().join("pack");
         let base_s = base.to_string_lossy().to_string();

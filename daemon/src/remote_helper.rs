@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::fetch_options::{FetchOptions, OptionReply};
 use crate::git::Git;
 use crate::helper_protocol::{self, Command};
 use crate::remote_url::RemoteUrl;
@@ -77,6 +78,7 @@ pub async fn run(state: Arc<DaemonState>, a: HelperArgs, mut input: Input, out: 
     }
     let mut listing: Option<RefListing> = None;
     let mut cloning = false; // `option cloning true`: configure LFS after the first fetch
+    let mut fetch_opts = FetchOptions::default();
 
     while let Some(line) = input.read_line().await {
         state.touch();
@@ -98,9 +100,13 @@ pub async fn run(state: Arc<DaemonState>, a: HelperArgs, mut input: Input, out: 
                     // All-or-nothing pushes: one manifest write in the packs format.
                     "atomic" if storage!().supports_atomic() => {
                         ctx.atomic = value == "true";
-                        "ok"
+                        "ok".to_string()
                     }
-                    _ => handle_option(&mut ctx, &name, &value),
+                    _ => match fetch_opts.set(&name, &value) {
+                        Some(OptionReply::Ok) => "ok".to_string(),
+                        Some(OptionReply::Error(e)) => format!("error {e}"),
+                        None => handle_option(&mut ctx, &name, &value).to_string(),
+                    },
                 };
                 out.stdout(format!("{reply}\n"));
             }
@@ -133,7 +139,21 @@ pub async fn run(state: Arc<DaemonState>, a: HelperArgs, mut input: Input, out: 
                         Err(e) => return fatal(&out, &url, e),
                     },
                 };
-                if let Err(e) = storage!().fetch(&ctx, &l, &wants).await {
+                let storage = storage!();
+                if crate::mirror::needed(&fetch_opts, &l, &wants, &ctx.git).await {
+                    // Shallow, filtered, lazy or by-object fetches: git's
+                    // fetch-pack from the local mirror of the remote.
+                    let served = async {
+                        let m = crate::mirror::Mirror::open(&ctx, &store, &url).await?;
+                        m.fill(storage, &ctx, &l, &wants, !fetch_opts.deepen_not.is_empty()).await?;
+                        m.serve(&ctx, &fetch_opts, &wants).await
+                    }
+                    .await;
+                    match served {
+                        Ok(lines) => lines.iter().for_each(|line| out.stdout(format!("{line}\n"))),
+                        Err(e) => return fatal(&out, &url, e),
+                    }
+                } else if let Err(e) = storage.fetch(&ctx, &l, &wants).await {
                     return fatal(&out, &url, e);
                 }
                 if std::mem::take(&mut cloning) {
@@ -208,7 +228,6 @@ fn handle_option(ctx: &mut OpContext, name: &str, value: &str) -> &'static str {
             }
             None => "error invalid cas value",
         },
-        "check-connectivity" | "cloning" => "ok",
         _ => "unsupported",
     }
 }

@@ -5,7 +5,9 @@
 //! the real `git`, `git-lfs` and git-remote-s3 0.4.2.
 
 
+mod counting_proxy;
 mod proxy;
+pub use counting_proxy::CountingProxy;
 pub use proxy::CuttingProxy;
 use std::io::Write;
 use std::os::unix::process::CommandExt;
@@ -135,6 +137,8 @@ pub struct TestEnv {
     pub dir: tempfile::TempDir,
     pub bucket: String,
     bin_dir: PathBuf,
+    /// The S3 endpoint commands use (default: the test server itself).
+    endpoint: Option<String>,
 }
 
 impl TestEnv {
@@ -159,7 +163,7 @@ impl TestEnv {
             std::fs::create_dir_all(dir.path().join(d)).unwrap();
         }
         std::fs::set_permissions(dir.path().join("run"), std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-        let env = TestEnv { dir, bucket, bin_dir };
+        let env = TestEnv { dir, bucket, bin_dir, endpoint: None };
         std::fs::write(
             env.home().join(".gitconfig"),
             "[user]\n\tname = Test\n\temail = test@example.com\n[init]\n\tdefaultBranch = main\n[protocol \"s3\"]\n\tallow = always\n[advice]\n\tdetachedHead = false\n",
@@ -171,6 +175,12 @@ impl TestEnv {
 
     pub fn home(&self) -> PathBuf {
         self.dir.path().join("home")
+    }
+
+    /// Commands of this environment reach S3 through `url` (a proxy in
+    /// front of the test server) instead of the server itself.
+    pub fn set_endpoint(&mut self, url: &str) {
+        self.endpoint = Some(url.to_string());
     }
 
     /// A directory for working copies.
@@ -213,7 +223,7 @@ impl TestEnv {
             .env("AWS_ACCESS_KEY_ID", "test")
             .env("AWS_SECRET_ACCESS_KEY", "test")
             .env("AWS_REGION", "us-east-1")
-            .env("AWS_ENDPOINT_URL", endpoint())
+            .env("AWS_ENDPOINT_URL", self.endpoint.as_deref().unwrap_or(endpoint()))
             .env("GIT_TERMINAL_PROMPT", "0")
             .env("LANG", "C")
             .stdin(Stdio::null());

@@ -26,7 +26,7 @@ pub enum CacheAction {
         #[arg(long, value_name = "N")]
         max_bytes: u64,
     },
-    /// Remove every cached bundle
+    /// Remove every cached bundle, pack, LFS object and mirror
     Clear,
 }
 

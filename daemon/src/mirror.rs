@@ -1,0 +1,263 @@
+//! The local mirror of a remote: a bare repository in the daemon's cache
+//! (`mirrors/<id>.git`) that holds what was downloaded of the remote, so that
+//! fetches git narrows or that fill a partial clone are served by git itself.
+//!
+//! A shallow fetch (`--depth`, `--shallow-since`, `--shallow-exclude`,
+//! `--deepen`, `--unshallow`), a filtered one (`--filter=…`), a fetch into a
+//! shallow repository and a partial clone's lazy fetch of missing objects
+//! all go the same way:
+//!
+//! 1. the mirror is brought up to date through the remote's storage format,
+//!    with the same downloads, checks and cache as a plain fetch (each pack
+//!    or bundle is downloaded once per machine, not once per request);
+//! 2. `git fetch-pack` runs in the caller's repository against the mirror
+//!    (`file://`), with git's own options: `.git/shallow`, promisor packs
+//!    and the objects sent are exactly what git's own servers would give.
+//!
+//! A lazy fetch of many objects is one helper session and one `fetch-pack`.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tracing::Instrument;
+
+use crate::fetch_options::FetchOptions;
+use crate::git::{Git, GitError};
+use crate::packs_format::present_objects;
+use crate::remote_url::RemoteUrl;
+use crate::s3_store::S3Store;
+use crate::storage::{OpContext, RefListing, RemoteRef, Storage, StorageError};
+
+/// Variables that point git at the caller's repository: a mirror's git runs
+/// without them.
+const REPOSITORY_VARS: &[&str] = &[
+    "GIT_DIR",
+    "GIT_WORK_TREE",
+    "GIT_INDEX_FILE",
+    "GIT_OBJECT_DIRECTORY",
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+    "GIT_COMMON_DIR",
+    "GIT_NAMESPACE",
+    "GIT_PREFIX",
+    "GIT_SHALLOW_FILE",
+    "GIT_QUARANTINE_PATH",
+    "GIT_CONFIG_PARAMETERS",
+    "GIT_CONFIG_COUNT",
+    "GIT_REPLACE_REF_BASE",
+    "GIT_NO_REPLACE_OBJECTS",
+];
+
+pub struct Mirror {
+    path: PathBuf,
+    git: Git,
+}
+
+impl Mirror {
+    /// The mirror of `url` as `store` reaches it, created on first use.
+    pub async fn open(ctx: &OpContext, store: &S3Store, url: &RemoteUrl) -> Result<Mirror, StorageError> {
+        let id = hex::encode(&Sha256::digest(store.location(&url.prefix).as_bytes())[..16]);
+        let path = ctx.cache.mirror_path(&id).ok_or_else(|| StorageError::Format(format!("invalid mirror id {id}")))?;
+        let mut env: HashMap<String, String> = ctx.env.iter().filter(|(k, _)| !REPOSITORY_VARS.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
+        env.insert("GIT_DIR".into(), path.to_string_lossy().into_owned());
+        if !path.join("objects").is_dir() {
+            let tmp = ctx.cache.temp_dir()?;
+            if let Err(e) = create(&tmp, &path, &env).await {
+                let _ = std::fs::remove_dir_all(&tmp);
+                return Err(e);
+            }
+        }
+        Ok(Mirror { git: Git::new(&path, env), path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Makes the mirror hold `wants` (ref tips or any objects): downloads
+    /// through `storage` what it lacks. An object that no ref tip names
+    /// (a lazy fetch) brings in every ref, as does `all_refs`. Then the
+    /// mirror's refs are set to the listing's, for git's ref-based options
+    /// (`--shallow-exclude=<ref>`).
+    pub async fn fill(&self, storage: &Storage, ctx: &OpContext, listing: &RefListing, wants: &[RemoteRef], all_refs: bool) -> Result<(), StorageError> {
+        let shas: Vec<String> = wants.iter().map(|w| w.sha.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+        let present = present_objects(&self.git, &shas).await?;
+        let tips: Vec<RemoteRef> = wants.iter().filter(|w| listing.sha_of(&w.name) == Some(w.sha.as_str())).cloned().collect();
+        let missing_non_tip = wants.iter().any(|w| !present.contains(&w.sha) && listing.sha_of(&w.name) != Some(w.sha.as_str()));
+        let fill: Vec<RemoteRef> = if all_refs || missing_non_tip { listing.refs.clone() } else { tips };
+        if fill.iter().any(|r| !present.contains(&r.sha)) {
+            let mctx = OpContext {
+                git: self.git.clone(),
+                out: ctx.out.clone(),
+                env: ctx.env.clone(),
+                progress: ctx.progress,
+                cache: ctx.cache.clone(),
+                cas: HashMap::new(),
+                atomic: false,
+            };
+            storage.fetch(&mctx, listing, &fill).await?;
+        }
+        let have = present_objects(&self.git, &shas).await?;
+        if let Some(w) = wants.iter().find(|w| !have.contains(&w.sha)) {
+            return Err(if listing.sha_of(&w.name).is_some() {
+                StorageError::MissingRef(w.name.clone())
+            } else {
+                StorageError::Corrupt(format!(
+                    "object {} is not in the remote (no ref of it reaches that object; was the history rewritten? fetch again, or clone anew)",
+                    w.sha
+                ))
+            });
+        }
+        self.set_refs(listing).await
+    }
+
+    /// The mirror's refs become the listing's refs whose objects it holds.
+    async fn set_refs(&self, listing: &RefListing) -> Result<(), StorageError> {
+        let shas: Vec<String> = listing.refs.iter().map(|r| r.sha.clone()).collect();
+        let have = present_objects(&self.git, &shas).await?;
+        let current = self.git.run(&["for-each-ref", "--format=%(objectname) %(refname)"]).await?;
+        let current: HashMap<&str, &str> = current.lines().filter_map(|l| l.split_once(' ')).map(|(s, n)| (n, s)).collect();
+        let wanted: HashMap<&str, &str> =
+            listing.refs.iter().filter(|r| have.contains(&r.sha) && valid_ref_name(&r.name)).map(|r| (r.name.as_str(), r.sha.as_str())).collect();
+        let mut script = String::new();
+        for (name, sha) in &wanted {
+            if current.get(name) != Some(sha) {
+                script.push_str(&format!("update {name} {sha}\n"));
+            }
+        }
+        for name in current.keys().filter(|n| !wanted.contains_key(*n)) {
+            script.push_str(&format!("delete {name}\n"));
+        }
+        if script.is_empty() {
+            return Ok(());
+        }
+        // Another session may be setting the same refs: what matters is that
+        // the objects are there, so a lost race is not an error.
+        if let Err(e) = crate::packs_format::run_with_stdin(&self.git, &["update-ref", "--stdin"], script.into_bytes()).await {
+            tracing::debug!(error = %e, "mirror refs not updated");
+        }
+        Ok(())
+    }
+
+    /// Runs `git fetch-pack` in the caller's repository against the mirror.
+    /// Returns the lines git's transport expects back (`lock <file>`,
+    /// `connectivity-ok`).
+    pub async fn serve(&self, ctx: &OpContext, opts: &FetchOptions, wants: &[RemoteRef]) -> Result<Vec<String>, StorageError> {
+        let mut args: Vec<String> = vec!["-c".into(), "protocol.file.allow=always".into(), "fetch-pack".into(), "--stdin".into()];
+        args.extend(opts.fetch_pack_args(ctx.progress));
+        args.push(format!("file://{}", self.path.display()));
+        let input: String = wants.iter().map(|w| w.sha.clone()).collect::<BTreeSet<_>>().into_iter().map(|s| format!("{s}\n")).collect();
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let span = tracing::debug_span!("git", args = %argv.join(" "), wants = wants.len());
+        let (stdout, stderr, ok) = async {
+            let mut child = ctx.git.command(&argv).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(GitError::Spawn)?;
+            let mut stdin = child.stdin.take();
+            let mut out_pipe = child.stdout.take();
+            let mut err_pipe = child.stderr.take();
+            let feed = async {
+                if let Some(s) = stdin.as_mut() {
+                    let _ = s.write_all(input.as_bytes()).await;
+                    let _ = s.shutdown().await;
+                }
+                drop(stdin.take());
+            };
+            let read_out = async {
+                let mut buf = Vec::new();
+                if let Some(p) = out_pipe.as_mut() {
+                    let _ = p.read_to_end(&mut buf).await;
+                }
+                buf
+            };
+            // Progress goes to the user as it comes; the tail is kept for errors.
+            let relay_err = async {
+                let mut tail: Vec<u8> = Vec::new();
+                let mut chunk = vec![0u8; 8192];
+                if let Some(p) = err_pipe.as_mut() {
+                    while let Ok(n) = p.read(&mut chunk).await {
+                        if n == 0 {
+                            break;
+                        }
+                        if ctx.progress {
+                            ctx.out.stderr(chunk[..n].to_vec());
+                        }
+                        tail.extend_from_slice(&chunk[..n]);
+                        if tail.len() > 64 << 10 {
+                            tail.drain(..tail.len() - (16 << 10));
+                        }
+                    }
+                }
+                tail
+            };
+            let ((), stdout, stderr) = tokio::join!(feed, read_out, relay_err);
+            let status = child.wait().await.map_err(GitError::Spawn)?;
+            Ok::<_, GitError>((stdout, stderr, status.success()))
+        }
+        .instrument(span)
+        .await?;
+        if !ok {
+            let stderr = String::from_utf8_lossy(&stderr);
+            let last = stderr.lines().map(str::trim).rfind(|l| !l.is_empty()).unwrap_or("no message");
+            return Err(StorageError::Git(GitError::Failed { args: "fetch-pack (from the local mirror)".into(), stderr: last.to_string() }));
+        }
+        Ok(String::from_utf8_lossy(&stdout).lines().filter(|l| l.starts_with("lock ") || *l == "connectivity-ok").map(str::to_string).collect())
+    }
+}
+
+/// Whether a fetch must go through the mirror: git narrows it, a want is no
+/// ref tip of the remote (a lazy fetch, or a fetch by object name), or the
+/// repository is shallow (its next fetch must respect its boundary).
+pub async fn needed(opts: &FetchOptions, listing: &RefListing, wants: &[RemoteRef], git: &Git) -> bool {
+    opts.narrows() || wants.iter().any(|w| listing.sha_of(&w.name) != Some(w.sha.as_str())) || git.is_shallow().await
+}
+
+/// A ref name safe to hand to `git update-ref --stdin`.
+fn valid_ref_name(name: &str) -> bool {
+    name.starts_with("refs/") && !name.contains(['\n', '\r', ' ', '\0']) && !name.split('/').any(|c| c.is_empty() || c == "." || c == "..")
+}
+
+/// Creates a mirror: a bare repository built in `tmp` and renamed to `path`
+/// (a concurrent creator's mirror wins).
+async fn create(tmp: &Path, path: &Path, env: &HashMap<String, String>) -> Result<(), StorageError> {
+    let p = tmp.to_string_lossy().into_owned();
+    let mut env = env.clone();
+    env.insert("GIT_DIR".into(), p.clone());
+    let git = Git::new(tmp, env);
+    git.run(&["init", "--bare", "--quiet", "--template=", &p]).await?;
+    for (k, v) in [
+        ("uploadpack.allowFilter", "true"),
+        ("uploadpack.allowAnySHA1InWant", "true"),
+        ("gc.auto", "0"),
+        ("core.logAllRefUpdates", "false"),
+        ("receive.autogc", "false"),
+    ] {
+        git.run(&["config", k, v]).await?;
+    }
+    match std::fs::rename(tmp, path) {
+        Ok(()) => Ok(()),
+        Err(_) if path.join("objects").is_dir() => {
+            let _ = std::fs::remove_dir_all(tmp);
+            Ok(())
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(tmp);
+            Err(e.into())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ref_names_for_update_ref() {
+        assert!(valid_ref_name("refs/heads/main"));
+        assert!(valid_ref_name("refs/tags/v1.0"));
+        assert!(!valid_ref_name("HEAD"));
+        assert!(!valid_ref_name("refs/heads/a b"));
+        assert!(!valid_ref_name("refs/heads/../x"));
+        assert!(!valid_ref_name("refs/heads/x\nupdate refs/heads/y 00"));
+    }
+}

@@ -1,0 +1,273 @@
+//! Shallow and partial clones through git-s3, in both storage formats:
+//! `--depth`, `--deepen`, `--shallow-since`, `--shallow-exclude`,
+//! `--unshallow`, `--filter=blob:none|blob:limit|tree:0`, `--sparse`, lazy
+//! fetches of a partial clone, pushes and pulls from shallow clones. Bytes
+//! read from S3 are counted by a proxy in front of the test server.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use testkit::{CountingProxy, TestEnv};
+
+const FORMATS: [&str; 2] = ["bundles", "packs"];
+const COMMITS: u32 = 40;
+
+/// An environment whose S3 traffic goes through a byte-counting proxy.
+fn counted_env(format: &str) -> (TestEnv, CountingProxy) {
+    let mut env = TestEnv::new();
+    let proxy = CountingProxy::start(testkit::endpoint());
+    env.set_endpoint(&proxy.url);
+    env.git(&env.work(), &["config", "--global", "s3.format", format]);
+    (env, proxy)
+}
+
+/// Pseudo-random, incompressible text (deterministic).
+fn noise(seed: u64, len: usize) -> String {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|i| {
+            if i % 64 == 63 {
+                return '\n';
+            }
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (b'a' + (x % 26) as u8) as char
+        })
+        .collect()
+}
+
+/// A repository of `COMMITS` commits one day apart (from 2023-11-14), each
+/// rewriting three ~2 KB files (`a.txt`, `b.txt` and `dir/c.txt`, for
+/// sparse checkouts), and a tag `v20` on the 20th commit. Written with
+/// `git fast-import`.
+fn history(env: &TestEnv, name: &str) -> PathBuf {
+    let repo = env.path(name);
+    std::fs::create_dir_all(&repo).unwrap();
+    env.git(&repo, &["init", "-q", "-b", "main"]);
+    let mut script = String::new();
+    for i in 1..=COMMITS {
+        let when = 1_700_000_000 + u64::from(i) * 86_400;
+        script.push_str(&format!("commit refs/heads/main\nmark :{i}\ncommitter T <t@example.com> {when} +0000\ndata <<EOM\ncommit {i}\nEOM\n"));
+        if i > 1 {
+            script.push_str(&format!("from :{}\n", i - 1));
+        }
+        for (k, f) in ["a", "b", "dir/c"].into_iter().enumerate() {
+            let content = noise(u64::from(i) * 7 + k as u64, 2000);
+            script.push_str(&format!("M 644 inline {f}.txt\ndata {}\n{content}\n", content.len()));
+        }
+    }
+    script.push_str("reset refs/tags/v20\nfrom :20\n");
+    let mut cmd = env.command("git", &repo);
+    cmd.args(["fast-import", "--quiet"]).stdin(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success());
+    env.git(&repo, &["checkout", "-q", "main"]);
+    repo
+}
+
+fn count(env: &TestEnv, repo: &Path, rev: &str) -> u32 {
+    env.git(repo, &["rev-list", "--count", rev]).trim().parse().unwrap()
+}
+
+fn fsck(env: &TestEnv, repo: &Path) {
+    let mut c = env.command("git", repo);
+    c.args(["fsck", "--no-progress"]);
+    let out = env.run(c);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("error") && !err.contains("missing"), "git fsck: {err}");
+}
+
+fn missing_objects(env: &TestEnv, repo: &Path) -> usize {
+    env.git(repo, &["rev-list", "--objects", "--all", "--missing=print"]).lines().filter(|l| l.starts_with('?')).count()
+}
+
+/// Helper sessions the daemon has served (the status call itself is one).
+fn sessions(env: &TestEnv) -> u64 {
+    let out = env.git_s3(&env.work(), &["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["daemon"]["total_sessions"].as_u64().expect("total_sessions")
+}
+
+/// What the remote's objects weigh packed: the local repository's pack.
+fn packed_size(env: &TestEnv, repo: &Path) -> u64 {
+    env.git(repo, &["gc", "-q"]);
+    let out = env.git(repo, &["count-objects", "-v"]);
+    out.lines().find_map(|l| l.strip_prefix("size-pack: ")).unwrap().trim().parse::<u64>().unwrap() * 1024
+}
+
+#[test]
+fn depth_deepen_shallow_since_exclude_and_unshallow() {
+    for format in FORMATS {
+        let (env, _proxy) = counted_env(format);
+        let src = history(&env, "src");
+        let url = env.url("shallow");
+        env.git(&src, &["push", "-q", &url, "main", "v20"]);
+
+        env.git(&env.work(), &["clone", "-q", "--depth", "1", &url, "d"]);
+        let d = env.path("d");
+        assert_eq!(count(&env, &d, "HEAD"), 1, "{format}");
+        let shallow = std::fs::read_to_string(d.join(".git/shallow")).expect("a shallow clone has .git/shallow");
+        assert_eq!(shallow.trim(), env.git(&src, &["rev-parse", "main"]).trim(), "{format}");
+        fsck(&env, &d);
+
+        env.git(&d, &["fetch", "-q", "--deepen=3"]);
+        assert_eq!(count(&env, &d, "HEAD"), 4, "{format}: --deepen");
+        env.git(&d, &["fetch", "-q", "--depth=2"]);
+        assert_eq!(count(&env, &d, "HEAD"), 2, "{format}: --depth");
+        // commit i is dated day i: since day 31 → commits 31..40
+        env.git(&d, &["fetch", "-q", &format!("--shallow-since={}", 1_700_000_000 + 31 * 86_400)]);
+        assert_eq!(count(&env, &d, "HEAD"), 10, "{format}: --shallow-since");
+        env.git(&d, &["fetch", "-q", "--shallow-exclude=v20", "origin", "main"]);
+        assert_eq!(count(&env, &d, "HEAD"), 20, "{format}: --shallow-exclude");
+        fsck(&env, &d);
+        env.git(&d, &["checkout", "-q", "HEAD~15"]);
+        env.git(&d, &["fetch", "-q", "--unshallow"]);
+        assert_eq!(count(&env, &d, "main"), COMMITS, "{format}: --unshallow");
+        assert!(!d.join(".git/shallow").exists(), "{format}");
+        fsck(&env, &d);
+        env.git(&d, &["log", "-p", "--oneline", "-3"]);
+    }
+}
+
+#[test]
+fn partial_clone_is_a_promisor_repository_and_lazy_fetches_are_batched() {
+    for format in FORMATS {
+        let (env, proxy) = counted_env(format);
+        let src = history(&env, "src");
+        let url = env.url("partial");
+        env.git(&src, &["push", "-q", &url, "main"]);
+        let repo_bytes = packed_size(&env, &src);
+        // a cold cache: the push left its bundle or pack there
+        env.git_s3(&env.work(), &["cache", "clear"]);
+
+        let before = proxy.bytes_down();
+        env.git(&env.work(), &["clone", "-q", "--filter=blob:none", &url, "p"]);
+        let p = env.path("p");
+        assert_eq!(env.git(&p, &["config", "remote.origin.promisor"]).trim(), "true", "{format}");
+        assert_eq!(env.git(&p, &["config", "remote.origin.partialclonefilter"]).trim(), "blob:none", "{format}");
+        assert!(std::fs::read_dir(p.join(".git/objects/pack")).unwrap().flatten().any(|e| e.path().extension().is_some_and(|x| x == "promisor")));
+        // the tip's 3 files were checked out; the older versions are not here
+        assert_eq!(missing_objects(&env, &p), 3 * (COMMITS as usize - 1), "{format}");
+        fsck(&env, &p);
+        let clone_bytes = proxy.bytes_down() - before;
+
+        // A lazy checkout of an old commit: one helper session, nothing
+        // downloaded again (the daemon's mirror has it).
+        env.git(&p, &["rev-list", "--count", "HEAD"]);
+        let s0 = sessions(&env);
+        let b0 = proxy.bytes_down();
+        env.git(&p, &["checkout", "-q", "HEAD~30"]);
+        let lazy_sessions = sessions(&env) - s0 - 1;
+        let lazy_bytes = proxy.bytes_down() - b0;
+        assert_eq!(lazy_sessions, 1, "{format}: one helper session for the lazy checkout");
+        assert!(lazy_bytes < 16 << 10, "{format}: a lazy checkout read {lazy_bytes} bytes from S3 (the objects were downloaded once already)");
+        // git log -p and blame fetch what they need, and the repository stays whole
+        env.git(&p, &["log", "-p", "--oneline", "-5", "main"]);
+        env.git(&p, &["blame", "-s", "b.txt"]);
+        fsck(&env, &p);
+        // Everything read from S3 for clone, checkout, log and blame: about
+        // the repository's size once, never per object.
+        let total = proxy.bytes_down() - before;
+        eprintln!("{format}: repository {repo_bytes} B packed; partial clone read {clone_bytes} B, all operations {total} B");
+        let bound = repo_bytes * 3 / 2 + (64 << 10);
+        assert!(total <= bound, "{format}: {total} bytes read from S3 for a {repo_bytes}-byte repository");
+    }
+}
+
+#[test]
+fn other_filters_and_sparse_checkout() {
+    for format in FORMATS {
+        let (env, _proxy) = counted_env(format);
+        let src = history(&env, "src");
+        let url = env.url("filters");
+        env.git(&src, &["push", "-q", &url, "main"]);
+
+        env.git(&env.work(), &["clone", "-q", "--filter=blob:limit=1k", &url, "lim"]);
+        let lim = env.path("lim");
+        assert_eq!(env.git(&lim, &["config", "remote.origin.partialclonefilter"]).trim(), "blob:limit=1024", "{format}");
+        fsck(&env, &lim);
+
+        env.git(&env.work(), &["clone", "-q", "--filter=tree:0", &url, "t0"]);
+        let t0 = env.path("t0");
+        env.git(&t0, &["checkout", "-q", "HEAD~5"]);
+        assert!(t0.join("a.txt").exists() && t0.join("dir/c.txt").exists(), "{format}");
+        fsck(&env, &t0);
+
+        env.git(&env.work(), &["clone", "-q", "--sparse", "--filter=blob:none", &url, "sp"]);
+        let sp = env.path("sp");
+        assert!(sp.join("a.txt").exists() && !sp.join("dir").exists(), "{format}: only the top level is checked out");
+        let missing_before = missing_objects(&env, &sp);
+        env.git(&sp, &["sparse-checkout", "add", "dir"]);
+        assert!(sp.join("dir/c.txt").exists(), "{format}");
+        assert_eq!(missing_objects(&env, &sp), missing_before - 1, "{format}: dir/c.txt's blob arrived, nothing else");
+        fsck(&env, &sp);
+    }
+}
+
+#[test]
+fn pushes_and_pulls_with_shallow_clones() {
+    for format in FORMATS {
+        let (env, _proxy) = counted_env(format);
+        let src = history(&env, "src");
+        let url = env.url("shallow-push");
+        env.git(&src, &["push", "-q", &url, "main"]);
+        env.git(&env.work(), &["clone", "-q", "--depth", "1", &url, "s"]);
+        let s = env.path("s");
+        let tip = env.commit(&s, "new.txt", "new\n", "from a shallow clone");
+        if format == "packs" {
+            // the remote has the history behind the boundary: git allows this push
+            env.git(&s, &["push", "-q", "origin", "main"]);
+            env.git(&src, &["pull", "-q", &url, "main"]);
+            assert_eq!(env.git(&src, &["rev-parse", "HEAD"]).trim(), tip);
+        } else {
+            // a bundle holds the whole history, which a shallow clone lacks
+            let err = env.git_fail(&s, &["push", "origin", "main"]);
+            assert!(err.contains("shallow clone") && err.contains("git fetch --unshallow"), "{err}");
+            env.git(&s, &["fetch", "-q", "--unshallow"]);
+            env.git(&s, &["push", "-q", "origin", "main"]);
+        }
+        // a fresh full clone of the remote is whole
+        env.git(&env.work(), &["-c", "s3.unused=1", "clone", "-q", &url, "full"]);
+        let full = env.path("full");
+        assert_eq!(count(&env, &full, "HEAD"), COMMITS + 1, "{format}");
+        fsck(&env, &full);
+
+        // a depth-1 clone pulls new commits and stays shallow
+        env.git(&env.work(), &["clone", "-q", "--depth", "1", &url, "d"]);
+        let d = env.path("d");
+        let next = env.commit(&full, "next.txt", "next\n", "next");
+        env.git(&full, &["push", "-q", "origin", "main"]);
+        env.git(&d, &["pull", "-q", "--ff-only"]);
+        assert_eq!(env.git(&d, &["rev-parse", "HEAD"]).trim(), next, "{format}");
+        assert!(d.join(".git/shallow").exists(), "{format}");
+        assert_eq!(count(&env, &d, "HEAD"), 2, "{format}");
+        fsck(&env, &d);
+    }
+}
+
+#[test]
+fn a_shallow_clone_that_cannot_be_served_leaves_nothing() {
+    for format in FORMATS {
+        let (env, _proxy) = counted_env(format);
+        let src = history(&env, "src");
+        let url = env.url("broken");
+        env.git(&src, &["push", "-q", &url, "main"]);
+        // the bundles and packs the remote names are truncated in the bucket
+        for key in env.keys("broken/") {
+            if key.ends_with(".pack") || key.ends_with(".bundle") {
+                let data = env.get_object(&key);
+                env.put_object(&key, &data[..data.len() / 2]);
+            }
+        }
+        // (the push left its bundle or pack in the daemon's cache)
+        env.git_s3(&env.work(), &["cache", "clear"]);
+        let err = env.git_fail(&env.work(), &["clone", "--depth", "1", &url, "x"]);
+        let fatal: Vec<&str> = err.lines().filter(|l| l.starts_with("fatal:")).collect();
+        assert!(fatal.len() == 1 && fatal[0].contains("broken/") && (fatal[0].contains("truncated") || fatal[0].contains("does not index")), "{format}: one clear line naming the key: {err}");
+        assert!(!err.contains("Error {") && !err.contains("ServiceError"), "{err}");
+        assert!(!env.path("x").exists(), "{format}: no half-shallow repository is left");
+    }
+}
