@@ -4,11 +4,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::git::Git;
-use crate::helper_protocol::{self, Command};
-use crate::remote_url::RemoteUrl;
+use crate::local::git::Git;
+use crate::helper::protocol::{self as helper_protocol, Command};
+use crate::s3::url::RemoteUrl;
 use crate::session::{Input, Out};
-use crate::state::DaemonState;
+use crate::session::state::DaemonState;
 use crate::storage::{OpContext, PushUpdate, RefListing, RemoteRef, Storage, StorageError};
 
 pub struct HelperArgs {
@@ -137,7 +137,7 @@ pub async fn run(state: Arc<DaemonState>, a: HelperArgs, mut input: Input, out: 
                     return fatal(&out, &url, e);
                 }
                 if std::mem::take(&mut cloning) {
-                    crate::lfs_config::on_clone_fetched(&ctx.git, &a.args, &url, &out).await;
+                    crate::lfs::config::on_clone_fetched(&ctx.git, &a.args, &url, &out).await;
                 }
                 out.stdout("\n");
             }
@@ -178,7 +178,7 @@ pub async fn run(state: Arc<DaemonState>, a: HelperArgs, mut input: Input, out: 
 
 async fn open_storage<'a>(
     slot: &'a mut Option<Storage>,
-    store: &crate::s3_store::S3Store,
+    store: &crate::s3::store::S3Store,
     url: &RemoteUrl,
     git: &Git,
 ) -> Result<&'a Storage, StorageError> {
