@@ -1,35 +1,21 @@
 //! The git-s3 daemon: serves the shims' sessions over gRPC on a Unix socket.
 //!
-//! Map: `server` (socket, single instance, idle exit) → `service` (gRPC) →
-//! `remote_helper` (git's protocol, parsed by `helper_protocol`) /
-//! `lfs_agent` / `cli` → `storage` (format interface; `bundle_format` is the
-//! git-remote-s3 0.4.2 layout, `packs_format` + `manifest` the incremental
-//! one) → `s3_store` (S3 calls) with `s3_clients`
-//! (warm clients), `locks`, `cache`, and `git` (subprocesses); `background`
-//! tracks work finished after a session answered (the daemon waits for it).
+//! The module tree is the architecture (docs/architecture.md): `server`
+//! (the process: socket, gRPC service, logging) runs sessions of three
+//! kinds, `helper` (git's remote-helper protocol), `lfs` (the Git LFS
+//! agent and `git s3 lfs`) and `cli` (`git s3 …`), on what `session`
+//! provides (a session's stdio, the daemon's shared state, background work,
+//! progress lines). They reach a remote through `storage` (the format
+//! interface; `storage::bundles` is the git-remote-s3 0.4.2 layout,
+//! `storage::packs` the incremental one), which stands on `s3` (clients,
+//! store, URLs) and `local` (git subprocesses, the cache). No module
+//! imports another in a cycle (daemon/tests/architecture.rs checks it).
 
-pub mod background;
-pub mod bundle_format;
-pub mod cache;
 pub mod cli;
-pub mod fetch_options;
-pub mod git;
-pub mod helper_protocol;
-pub mod lfs_agent;
-pub mod lfs_config;
-pub mod locks;
-pub mod logging;
-pub mod manifest;
-pub mod mirror;
-pub mod packs_format;
-pub mod packs_maint;
-pub mod remote_helper;
-pub mod remote_url;
-pub mod s3_clients;
-pub mod s3_store;
+pub mod helper;
+pub mod lfs;
+pub mod local;
+pub mod s3;
 pub mod server;
-pub mod service;
 pub mod session;
-pub mod state;
 pub mod storage;
-pub mod transfer_progress;

@@ -35,13 +35,13 @@ fn main() {
         // SAFETY: single-threaded here, before the runtime starts.
         unsafe { std::env::remove_var(k) };
     }
-    let mut config = git_s3_daemon::server::ServerConfig::from_env();
+    let mut config = git_s3_daemon::server::socket::ServerConfig::from_env();
     if let Some(s) = idle {
         config.idle_timeout = std::time::Duration::from_secs(s);
     }
-    let lock = match git_s3_daemon::server::take_instance_lock() {
+    let lock = match git_s3_daemon::server::socket::take_instance_lock() {
         Ok(l) => l,
-        Err(git_s3_daemon::server::ServerError::AlreadyRunning(p)) => {
+        Err(git_s3_daemon::server::socket::ServerError::AlreadyRunning(p)) => {
             if foreground {
                 eprintln!("git-s3-daemon: another daemon is already running (lock {} held)", p.display());
                 std::process::exit(1);
@@ -53,7 +53,7 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let _guard = git_s3_daemon::logging::init(&git_s3_proto::paths::log_file(), foreground);
+    let _guard = git_s3_daemon::server::logging::init(&git_s3_proto::paths::log_file(), foreground);
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -61,7 +61,7 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if let Err(e) = rt.block_on(git_s3_daemon::server::serve(config, lock)) {
+    if let Err(e) = rt.block_on(git_s3_daemon::server::socket::serve(config, lock)) {
         tracing::error!(error = %e, "daemon failed");
         eprintln!("git-s3-daemon: {e}");
         std::process::exit(1);

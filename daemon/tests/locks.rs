@@ -4,9 +4,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use git_s3_daemon::locks::{self, LockError};
-use git_s3_daemon::s3_clients::{ClientSpec, S3Clients};
-use git_s3_daemon::s3_store::{PutOptions, S3Store};
+use git_s3_daemon::storage::bundles::locks::{self, LockError};
+use git_s3_daemon::s3::clients::{ClientSpec, S3Clients};
+use git_s3_daemon::s3::store::{PutOptions, S3Store};
 
 async fn store(env: &testkit::TestEnv) -> S3Store {
     let vars: HashMap<String, String> = [

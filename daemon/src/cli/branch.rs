@@ -6,9 +6,9 @@ use clap::Args;
 
 use super::remote::{branch_ref, Remote};
 use super::{CliError, CliResult, Ctx};
-use crate::bundle_format::{PROTECTED_MARKER, ZIP_NAME};
-use crate::locks;
-use crate::s3_store::PutOptions;
+use crate::storage::bundles::storage::{PROTECTED_MARKER, ZIP_NAME};
+use crate::storage::bundles::locks;
+use crate::s3::store::PutOptions;
 
 #[derive(Args, Debug)]
 pub struct BranchArgs {
@@ -42,7 +42,7 @@ impl BranchArgs {
 pub async fn delete_branch(ctx: &mut Ctx, args: BranchArgs) -> CliResult {
     let refname = branch_ref(args.branch()?)?;
     let remote = Remote::resolve(ctx, &args.remote).await?;
-    if let Some(code) = super::packs_cmd::branch_op(ctx, &remote, &refname, super::packs_cmd::BranchOp::Delete, args.yes).await? {
+    if let Some(code) = super::gc::branch_op(ctx, &remote, &refname, super::gc::BranchOp::Delete, args.yes).await? {
         return Ok(code);
     }
     let objects = remote.ref_objects(&refname).await?;
@@ -123,7 +123,7 @@ pub async fn confirm_delete(ctx: &mut Ctx, refname: &str, yes: bool) -> Result<b
 pub async fn protect(ctx: &mut Ctx, args: BranchArgs) -> CliResult {
     let refname = branch_ref(args.branch()?)?;
     let remote = Remote::resolve(ctx, &args.remote).await?;
-    if let Some(code) = super::packs_cmd::branch_op(ctx, &remote, &refname, super::packs_cmd::BranchOp::Protect, false).await? {
+    if let Some(code) = super::gc::branch_op(ctx, &remote, &refname, super::gc::BranchOp::Protect, false).await? {
         return Ok(code);
     }
     let objects = remote.ref_objects(&refname).await?;
@@ -143,7 +143,7 @@ pub async fn protect(ctx: &mut Ctx, args: BranchArgs) -> CliResult {
 pub async fn unprotect(ctx: &mut Ctx, args: BranchArgs) -> CliResult {
     let refname = branch_ref(args.branch()?)?;
     let remote = Remote::resolve(ctx, &args.remote).await?;
-    if let Some(code) = super::packs_cmd::branch_op(ctx, &remote, &refname, super::packs_cmd::BranchOp::Unprotect, false).await? {
+    if let Some(code) = super::gc::branch_op(ctx, &remote, &refname, super::gc::BranchOp::Unprotect, false).await? {
         return Ok(code);
     }
     let key = remote.marker_key(&refname);

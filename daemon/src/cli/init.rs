@@ -8,9 +8,9 @@ use clap::{Args, ValueEnum};
 
 use super::remote::Remote;
 use super::{CliError, CliResult, Ctx};
-use crate::manifest::{self, Manifest};
-use crate::packs_format::{read_manifest, scan_refs_dir};
-use crate::s3_store::{PutOptions, WriteCondition};
+use crate::storage::packs::manifest::{self, Manifest};
+use crate::storage::packs::push::{read_manifest, scan_refs_dir};
+use crate::s3::store::{PutOptions, WriteCondition};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum FormatArg {

@@ -12,12 +12,10 @@
 //! (`git-remote-s3 doctor|delete-branch|protect|unprotect <remote> [<branch>]`).
 
 mod branch;
-mod cache_cmd;
+mod cache;
 mod doctor;
-mod doctor_packs;
+mod gc;
 mod init;
-mod packs_cmd;
-mod packs_status;
 mod remote;
 mod status;
 
@@ -28,12 +26,12 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 use git_s3_proto::pb::SessionStart;
 
-use crate::git::GitError;
-use crate::locks::LockError;
-use crate::remote_url::UrlError;
-use crate::s3_store::StoreError;
+use crate::local::git::GitError;
+use crate::storage::bundles::locks::LockError;
+use crate::s3::url::UrlError;
+use crate::s3::store::StoreError;
 use crate::session::{Input, Out};
-use crate::state::DaemonState;
+use crate::session::state::DaemonState;
 
 /// A command's failure: one line for the user, and an exit code.
 #[derive(Debug, thiserror::Error)]
@@ -106,11 +104,11 @@ pub enum Cmd {
     /// Choose the storage format of an empty remote: --format packs|bundles (see the README, "The packs format")
     Init(init::InitArgs),
     /// Compact a packs-format remote: combine its packs into one (or, with --geometric, only the small ones), delete replaced packs after a grace period
-    Gc(packs_cmd::GcArgs),
+    Gc(gc::GcArgs),
     /// Convert a remote between the bundles and packs formats: --to packs|bundles
-    Migrate(packs_cmd::MigrateArgs),
+    Migrate(gc::MigrateArgs),
     /// Show, prune or clear the local bundle cache
-    Cache(cache_cmd::CacheArgs),
+    Cache(cache::CacheArgs),
     /// Control the daemon: start | stop | restart | run | status [--json] (see `git s3 daemon --help`)
     Daemon(Passthrough),
     /// Configure Git LFS to use git-s3: install [--remote <name>] | enable-debug | disable-debug (see `git s3 lfs --help`)
@@ -200,7 +198,7 @@ fn program_name(argv0: &str) -> &'static str {
 pub async fn run(state: Arc<DaemonState>, mut start: SessionStart, input: Input, out: Out) -> i32 {
     if start.args.first().map(String::as_str) == Some("lfs") {
         start.args.remove(0);
-        return crate::lfs_config::run(state, start, input, out).await;
+        return crate::lfs::config::run(state, start, input, out).await;
     }
     let name = program_name(&start.argv0);
     let argv = std::iter::once(name.to_string()).chain(start.args.iter().cloned());
@@ -225,10 +223,10 @@ pub async fn run(state: Arc<DaemonState>, mut start: SessionStart, input: Input,
         Cmd::DeleteBranch(a) => branch::delete_branch(&mut ctx, a).await,
         Cmd::Protect(a) => branch::protect(&mut ctx, a).await,
         Cmd::Unprotect(a) => branch::unprotect(&mut ctx, a).await,
-        Cmd::Cache(a) => cache_cmd::run(&mut ctx, a).await,
+        Cmd::Cache(a) => cache::run(&mut ctx, a).await,
         Cmd::Init(a) => init::run(&mut ctx, a).await,
-        Cmd::Gc(a) => packs_cmd::run_gc(&mut ctx, a).await,
-        Cmd::Migrate(a) => packs_cmd::run_migrate(&mut ctx, a).await,
+        Cmd::Gc(a) => gc::run_gc(&mut ctx, a).await,
+        Cmd::Migrate(a) => gc::run_migrate(&mut ctx, a).await,
         Cmd::Daemon(_) => Err(CliError::Usage("`daemon` is handled by the git-s3 command: run `git s3 daemon …`".into())),
         // Unreachable through `git s3 lfs` (dispatched above), but
         // `git-remote-s3` never forwards it either: keep a clear answer.

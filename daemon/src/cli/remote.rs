@@ -2,10 +2,10 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::bundle_format::{self, PrefixScan, PROTECTED_MARKER};
-use crate::git::Git;
-use crate::remote_url::{s3_url_of_remote, RemoteNameError, RemoteUrl};
-use crate::s3_store::{ObjectInfo, S3Store};
+use crate::storage::bundles::storage::{self as bundle_format, PrefixScan, PROTECTED_MARKER};
+use crate::local::git::Git;
+use crate::s3::url::{s3_url_of_remote, RemoteNameError, RemoteUrl};
+use crate::s3::store::{ObjectInfo, S3Store};
 
 use super::{CliError, Ctx};
 

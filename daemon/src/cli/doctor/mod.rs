@@ -5,6 +5,8 @@
 //! unattended with flags (defaults: keep the newest bundle; HEAD → main,
 //! master, else the first branch).
 
+mod packs;
+
 use std::time::Duration;
 
 use clap::Args;
@@ -12,8 +14,8 @@ use serde_json::{json, Value};
 
 use super::remote::{age_secs, branch_ref, default_head, is_stale, HeadState, Remote, View};
 use super::{CliError, CliResult, Ctx};
-use crate::locks;
-use crate::s3_store::PutOptions;
+use crate::storage::bundles::locks;
+use crate::s3::store::PutOptions;
 
 #[derive(Args, Debug)]
 pub struct DoctorArgs {
@@ -81,7 +83,7 @@ pub async fn run(ctx: &mut Ctx, args: DoctorArgs) -> CliResult {
     let mut rep = Report { json: args.json, issues: Vec::new(), actions: Vec::new(), errors: Vec::new() };
 
     // A packs remote (or one holding both formats) has its own checks.
-    let packs = super::doctor_packs::check(ctx, &remote, &view, &args, &mut rep, interactive).await?;
+    let packs = packs::check(ctx, &remote, &view, &args, &mut rep, interactive).await?;
     if packs.is_none() {
         // What is there.
         rep.line(ctx, format!("{}:", remote.url));

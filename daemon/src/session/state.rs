@@ -6,10 +6,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::cache::Cache;
-use crate::remote_url::RemoteUrl;
-use crate::s3_clients::{ClientSpec, S3Clients};
-use crate::s3_store::S3Store;
+use crate::local::cache::Cache;
+use crate::s3::url::RemoteUrl;
+use crate::s3::clients::{ClientSpec, S3Clients};
+use crate::s3::store::S3Store;
 
 pub struct DaemonState {
     pub clients: S3Clients,

@@ -1,5 +1,7 @@
 //! `git s3 status [<remote-or-url>] [--json] [--lock-ttl N]`.
 
+mod packs;
+
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -8,7 +10,7 @@ use serde_json::{json, Value};
 
 use super::remote::{age_secs, is_stale, unix_secs, HeadState, Remote};
 use super::{human_bytes, human_duration, CliResult, Ctx};
-use crate::locks;
+use crate::storage::bundles::locks;
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
@@ -64,7 +66,7 @@ pub async fn run(ctx: &mut Ctx, args: StatusArgs) -> CliResult {
 
 async fn remote_status(ctx: &Ctx, arg: &str, ttl: Duration) -> Result<Value, super::CliError> {
     let remote = Remote::resolve(ctx, arg).await?;
-    if let Some(packs) = super::packs_status::remote_status(&remote).await? {
+    if let Some(packs) = packs::remote_status(&remote).await? {
         return Ok(packs);
     }
     let view = remote.inspect().await?;

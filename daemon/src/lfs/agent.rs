@@ -20,12 +20,12 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
-use crate::git::{Git, GitError};
-use crate::lfs_config::parse_synthetic_lfs_url;
-use crate::remote_url::{s3_url_of_remote, RemoteNameError, RemoteUrl, UrlError};
-use crate::s3_store::{PutOptions, S3Store, StoreError, WriteCondition};
+use crate::local::git::{Git, GitError};
+use crate::lfs::config::parse_synthetic_lfs_url;
+use crate::s3::url::{s3_url_of_remote, RemoteNameError, RemoteUrl, UrlError};
+use crate::s3::store::{PutOptions, S3Store, StoreError, WriteCondition};
 use crate::session::{Input, Out};
-use crate::state::DaemonState;
+use crate::session::state::DaemonState;
 
 /// Objects larger than this are downloaded as parallel ranges.
 pub const RANGED_THRESHOLD: u64 = 32 << 20;
@@ -549,7 +549,7 @@ mod tests {
 
     #[test]
     fn remote_names() {
-        use crate::remote_url::valid_remote_name;
+        use crate::s3::url::valid_remote_name;
         assert!(valid_remote_name("origin"));
         assert!(!valid_remote_name("--upload-pack=x"));
         assert!(!valid_remote_name("a b"));

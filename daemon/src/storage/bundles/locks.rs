@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::s3_store::{PutOptions, S3Store, StoreError, WriteCondition};
+use crate::s3::store::{PutOptions, S3Store, StoreError, WriteCondition};
 
 pub const LOCK_NAME: &str = "LOCK#.lock";
 pub const DEFAULT_TTL: Duration = Duration::from_secs(60);

@@ -54,14 +54,14 @@ pub fn valid_remote_name(name: &str) -> bool {
 }
 
 /// The S3 URL of git remote `name` in `git`'s repository.
-pub async fn s3_url_of_remote(git: &crate::git::Git, name: &str) -> Result<RemoteUrl, RemoteNameError> {
+pub async fn s3_url_of_remote(git: &crate::local::git::Git, name: &str) -> Result<RemoteUrl, RemoteNameError> {
     if !valid_remote_name(name) {
         return Err(RemoteNameError::InvalidName(name.to_string()));
     }
     let url = git.remote_url(name).await.map_err(|e| RemoteNameError::NotConfigured {
         name: name.to_string(),
         detail: match e {
-            crate::git::GitError::Failed { stderr, .. } => stderr.lines().next().unwrap_or("").to_string(),
+            crate::local::git::GitError::Failed { stderr, .. } => stderr.lines().next().unwrap_or("").to_string(),
             other => other.to_string(),
         },
     })?;

@@ -4,12 +4,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::fetch_options::{FetchOptions, OptionReply};
-use crate::git::Git;
-use crate::helper_protocol::{self, Command};
-use crate::remote_url::RemoteUrl;
+use crate::storage::fetch_options::{FetchOptions, OptionReply};
+use crate::local::git::Git;
+use crate::helper::protocol::{self as helper_protocol, Command};
+use crate::s3::url::RemoteUrl;
 use crate::session::{Input, Out};
-use crate::state::DaemonState;
+use crate::session::state::DaemonState;
 use crate::storage::{OpContext, PushUpdate, RefListing, RemoteRef, Storage, StorageError};
 
 pub struct HelperArgs {
@@ -140,11 +140,11 @@ pub async fn run(state: Arc<DaemonState>, a: HelperArgs, mut input: Input, out: 
                     },
                 };
                 let storage = storage!();
-                if crate::mirror::needed(&fetch_opts, &l, &wants, &ctx.git).await {
+                if crate::storage::mirror::needed(&fetch_opts, &l, &wants, &ctx.git).await {
                     // Shallow, filtered, lazy or by-object fetches: git's
                     // fetch-pack from the local mirror of the remote.
                     let served = async {
-                        let m = crate::mirror::Mirror::open(&ctx, &store, &url).await?;
+                        let m = crate::storage::mirror::Mirror::open(&ctx, &store, &url).await?;
                         m.fill(storage, &ctx, &l, &wants, !fetch_opts.deepen_not.is_empty()).await?;
                         m.serve(&ctx, &fetch_opts, &wants).await
                     }
@@ -157,7 +157,7 @@ pub async fn run(state: Arc<DaemonState>, a: HelperArgs, mut input: Input, out: 
                     return fatal(&out, &url, e);
                 }
                 if std::mem::take(&mut cloning) {
-                    crate::lfs_config::on_clone_fetched(&ctx.git, &a.args, &url, &out).await;
+                    crate::lfs::config::on_clone_fetched(&ctx.git, &a.args, &url, &out).await;
                 }
                 out.stdout("\n");
             }
@@ -198,7 +198,7 @@ pub async fn run(state: Arc<DaemonState>, a: HelperArgs, mut input: Input, out: 
 
 async fn open_storage<'a>(
     slot: &'a mut Option<Storage>,
-    store: &crate::s3_store::S3Store,
+    store: &crate::s3::store::S3Store,
     url: &RemoteUrl,
     git: &Git,
 ) -> Result<&'a Storage, StorageError> {

@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use tracing::Instrument;
 
-use crate::locks;
-use crate::remote_url::{RemoteUrl, Scheme};
-use crate::s3_store::{ObjectInfo, PutOptions, S3Store, WriteCondition};
+use crate::storage::bundles::locks;
+use crate::s3::url::{RemoteUrl, Scheme};
+use crate::s3::store::{ObjectInfo, PutOptions, S3Store, WriteCondition};
 use crate::storage::{OpContext, PushResult, PushUpdate, RefListing, RemoteRef, RepoStorage, StorageError};
-use crate::transfer_progress::Progress;
+use crate::session::progress::Progress;
 
 pub const PROTECTED_MARKER: &str = "PROTECTED#";
 pub const ZIP_NAME: &str = "repo.zip";
@@ -417,7 +417,7 @@ pub(crate) fn zip_key(url: &RemoteUrl, dst: &str) -> String {
 struct BundleStream {
     bundle: tempfile::NamedTempFile,
     tee: tokio::fs::File,
-    staged: crate::s3_store::Staged<tokio::process::ChildStdout>,
+    staged: crate::s3::store::Staged<tokio::process::ChildStdout>,
     /// Resolves to git's verdict once its output has been read.
     finish: std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>,
 }
@@ -434,7 +434,7 @@ impl BundleStream {
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
-            .map_err(crate::git::GitError::Spawn)?;
+            .map_err(crate::local::git::GitError::Spawn)?;
         drop(_entered);
         let stdout = git.stdout.take().ok_or_else(|| StorageError::Corrupt("git bundle create: no stdout".into()))?;
         let mut stderr = git.stderr.take();
@@ -500,7 +500,7 @@ impl RepoStorage for BundleStorage {
         if result.is_err() {
             // index-pack leaves its temp file behind when its input breaks off.
             if let Ok(dir) = ctx.git.pack_dir().await {
-                crate::git::remove_temp_packs_since(&dir, started);
+                crate::local::git::remove_temp_packs_since(&dir, started);
             }
         }
         result.map(|_| ())

@@ -22,12 +22,12 @@ use std::time::Duration;
 
 use futures::stream::{StreamExt, TryStreamExt};
 
-use crate::bundle_format;
-use crate::git::{Git, GitError};
-use crate::manifest::{self, Manifest, PackEntry, RetiredPack};
-use crate::packs_format::{SCRATCH_PACK_CONFIG, backoff, index_pack, pack_object_count, read_manifest, run_with_stdin, unix_now, MAX_ATTEMPTS};
-use crate::remote_url::RemoteUrl;
-use crate::s3_store::{PutOptions, S3Store, WriteCondition};
+use crate::storage::bundles::storage as bundle_format;
+use crate::local::git::{Git, GitError};
+use crate::storage::packs::manifest::{self, Manifest, PackEntry, RetiredPack};
+use crate::storage::packs::push::{SCRATCH_PACK_CONFIG, backoff, index_pack, pack_object_count, read_manifest, run_with_stdin, unix_now, MAX_ATTEMPTS};
+use crate::s3::url::RemoteUrl;
+use crate::s3::store::{PutOptions, S3Store, WriteCondition};
 use crate::storage::StorageError;
 
 /// Applies `edit` to the manifest with a conditional write, re-reading and
@@ -456,9 +456,9 @@ fn crash_hook(env: &HashMap<String, String>, point: &str) {
     }
 }
 
-fn lock_error(url: &RemoteUrl, e: crate::locks::LockError) -> StorageError {
+fn lock_error(url: &RemoteUrl, e: crate::storage::bundles::locks::LockError) -> StorageError {
     match e {
-        crate::locks::LockError::Store(s) => s.into(),
+        crate::storage::bundles::locks::LockError::Store(s) => s.into(),
         e => StorageError::Format(format!("{url}: cannot migrate while a push holds a ref: {e}")),
     }
 }
@@ -500,12 +500,12 @@ async fn under_ref_locks<T>(
     env: &HashMap<String, String>,
     work: impl std::future::Future<Output = Result<T, StorageError>>,
 ) -> Result<T, StorageError> {
-    let ttl = crate::locks::ttl_from_env(env);
-    let mut locks = crate::locks::acquire_all(store, &url.prefix, names, ttl, bundle_format::lock_wait(env))
+    let ttl = crate::storage::bundles::locks::ttl_from_env(env);
+    let mut locks = crate::storage::bundles::locks::acquire_all(store, &url.prefix, names, ttl, bundle_format::lock_wait(env))
         .await
         .map_err(|e| lock_error(url, e))?;
-    let result = crate::locks::hold_all_while(store, &mut locks, ttl, work).await;
-    crate::locks::release_all(store, locks).await;
+    let result = crate::storage::bundles::locks::hold_all_while(store, &mut locks, ttl, work).await;
+    crate::storage::bundles::locks::release_all(store, locks).await;
     result.map_err(|e| lock_error(url, e))?
 }
 
@@ -518,7 +518,7 @@ async fn migrate_to_packs_locked(
 ) -> Result<MigrateReport, StorageError> {
     // Under the locks: what the refs are now.
     let scan = bundle_format::scan(&url.prefix, &store.list(&format!("{}/", url.prefix)).await?);
-    let mine: BTreeMap<&String, &Vec<(String, crate::s3_store::ObjectInfo)>> =
+    let mine: BTreeMap<&String, &Vec<(String, crate::s3::store::ObjectInfo)>> =
         scan.bundles.iter().filter(|(r, _)| locked.contains(r)).collect();
     if let Some((r, b)) = mine.iter().find(|(_, b)| b.len() > 1) {
         return Err(StorageError::Format(format!("{r} has {} bundles; run `git s3 doctor` first", b.len())));

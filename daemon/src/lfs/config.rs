@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use git_s3_proto::pb::SessionStart;
 
-use crate::git::{Git, GitError};
-use crate::remote_url::{s3_url_of_remote, RemoteNameError, RemoteUrl};
+use crate::local::git::{Git, GitError};
+use crate::s3::url::{s3_url_of_remote, RemoteNameError, RemoteUrl};
 use crate::session::{Input, Out};
-use crate::state::DaemonState;
+use crate::session::state::DaemonState;
 
 /// Host of the synthetic LFS URL (RFC 6761 `.test`: never contacted).
 pub const LFS_ALIAS_HOST: &str = "lfs-alias.git-remote-s3.test";

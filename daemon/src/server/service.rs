@@ -14,9 +14,9 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
-use crate::logging::{SessionSink, CURRENT_SINK};
+use crate::server::logging::{SessionSink, CURRENT_SINK};
 use crate::session::{Input, Out};
-use crate::state::DaemonState;
+use crate::session::state::DaemonState;
 
 pub struct Service {
     pub state: Arc<DaemonState>,
@@ -123,11 +123,11 @@ impl GitS3 for Service {
 async fn run_program(state: Arc<DaemonState>, program: Program, start: SessionStart, input: Input, out: Out) -> i32 {
     match program {
         Program::RemoteHelper => {
-            let a = crate::remote_helper::HelperArgs { args: start.args, env: start.env, cwd: start.cwd };
-            crate::remote_helper::run(state, a, input, out).await
+            let a = crate::helper::conversation::HelperArgs { args: start.args, env: start.env, cwd: start.cwd };
+            crate::helper::conversation::run(state, a, input, out).await
         }
         Program::Cli => crate::cli::run(state, start, input, out).await,
-        Program::LfsAgent => crate::lfs_agent::run(state, start, input, out).await,
+        Program::LfsAgent => crate::lfs::agent::run(state, start, input, out).await,
         Program::Unspecified => {
             out.stderr("git-s3 daemon: unknown program in session\n");
             2

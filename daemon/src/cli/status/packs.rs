@@ -3,9 +3,9 @@
 
 use serde_json::{json, Value};
 
-use super::remote::Remote;
-use super::CliError;
-use crate::packs_format::{mixed_formats_error, read_manifest, scan_refs_dir};
+use crate::cli::remote::Remote;
+use crate::cli::CliError;
+use crate::storage::packs::push::{mixed_formats_error, read_manifest, scan_refs_dir};
 
 /// The status document of a packs remote, or None when the prefix has no manifest.
 pub async fn remote_status(remote: &Remote) -> Result<Option<Value>, CliError> {

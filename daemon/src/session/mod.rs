@@ -1,6 +1,10 @@
 //! A session's stdio as the daemon sees it: lines read from the shim's
 //! forwarded stdin, bytes written back as the shim's stdout/stderr.
 
+pub mod background;
+pub mod progress;
+pub mod state;
+
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::remote_url::RemoteUrl;
+use crate::s3::url::RemoteUrl;
 
 /// Everything of the packs format lives below `<prefix>/.git-s3/`, which the
 /// 0.4.2 bundle layout (`<prefix>/HEAD`, `<prefix>/refs/…`) never uses.

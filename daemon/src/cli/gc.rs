@@ -7,8 +7,8 @@ use clap::Args;
 
 use super::remote::Remote;
 use super::{human_bytes, CliError, CliResult, Ctx};
-use crate::packs_format::read_manifest;
-use crate::packs_maint::{gc, update_manifest, GcMode};
+use crate::storage::packs::push::read_manifest;
+use crate::storage::packs::gc::{gc, update_manifest, GcMode};
 
 #[derive(Args, Debug)]
 pub struct GcArgs {
@@ -17,7 +17,7 @@ pub struct GcArgs {
     pub remote: String,
     /// Keep replaced and unreferenced packs this long before deleting them (readers of an
     /// older manifest, and pushes in progress, may still need them)
-    #[arg(long, value_name = "SECONDS", default_value_t = crate::packs_maint::DEFAULT_GRACE_SECONDS)]
+    #[arg(long, value_name = "SECONDS", default_value_t = crate::storage::packs::gc::DEFAULT_GRACE_SECONDS)]
     pub grace_seconds: u64,
     /// Only show what would be combined and deleted; change nothing
     #[arg(long)]
@@ -110,7 +110,7 @@ pub async fn branch_op(ctx: &mut Ctx, remote: &Remote, refname: &str, op: Branch
             })
             .await?;
             // A repo.zip left by an s3+zip push goes with its ref.
-            remote.store.delete(&crate::bundle_format::zip_key(&remote.url, refname)).await?;
+            remote.store.delete(&crate::storage::bundles::storage::zip_key(&remote.url, refname)).await?;
             ctx.println(format!("Branch {name} has been deleted"));
         }
         BranchOp::Protect => {
@@ -150,9 +150,9 @@ pub async fn run_migrate(ctx: &mut Ctx, args: MigrateArgs) -> CliResult {
     let remote = Remote::resolve(ctx, &args.remote).await?;
     let tmp = ctx.state.cache.root().join("tmp");
     let (r, to) = match args.to {
-        super::init::FormatArg::Packs => (crate::packs_maint::migrate_to_packs(&remote.store, &remote.url, &tmp, &ctx.env).await?, "packs"),
+        super::init::FormatArg::Packs => (crate::storage::packs::gc::migrate_to_packs(&remote.store, &remote.url, &tmp, &ctx.env).await?, "packs"),
         super::init::FormatArg::Bundles => {
-            (crate::packs_maint::migrate_to_bundles(&remote.store, &remote.url, &tmp, &ctx.env).await?, "bundles")
+            (crate::storage::packs::gc::migrate_to_bundles(&remote.store, &remote.url, &tmp, &ctx.env).await?, "bundles")
         }
     };
     ctx.println(format!(

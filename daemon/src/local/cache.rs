@@ -5,7 +5,7 @@
 //!   already indexed by git, so a repeat clone links them in instead of
 //!   indexing again;
 //! - `lfs/<oid>`: Git LFS objects (callers verify the SHA-256 before use);
-//! - `mirrors/<id>.git`: bare mirrors of remotes (see `mirror.rs`), for
+//! - `mirrors/<id>.git`: bare mirrors of remotes (see `storage::mirror`), for
 //!   shallow, filtered and lazy fetches.
 //!
 //! Entries are built in `tmp/` and renamed into place, so a reader never

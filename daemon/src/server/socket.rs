@@ -11,9 +11,9 @@ use git_s3_proto::pb::git_s3_server::GitS3Server;
 use tokio::net::UnixListener;
 use tokio_stream::StreamExt;
 
-use crate::cache::Cache;
-use crate::service::Service;
-use crate::state::DaemonState;
+use crate::local::cache::Cache;
+use crate::server::service::Service;
+use crate::session::state::DaemonState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -37,7 +37,7 @@ impl ServerConfig {
         let max = std::env::var("GIT_S3_CACHE_MAX_BYTES")
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or(crate::cache::DEFAULT_MAX_BYTES);
+            .unwrap_or(crate::local::cache::DEFAULT_MAX_BYTES);
         ServerConfig { idle_timeout: Duration::from_secs(idle), cache_max_bytes: max }
     }
 }
@@ -128,7 +128,7 @@ pub async fn serve(config: ServerConfig, _lock: InstanceLock) -> Result<(), Serv
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     let _ = std::fs::remove_file(&socket);
-    let left = crate::background::drain(Duration::from_secs(60)).await;
+    let left = crate::session::background::drain(Duration::from_secs(60)).await;
     if left > 0 {
         tracing::warn!(left, "exiting with background work unfinished");
     }

@@ -24,11 +24,11 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::Instrument;
 
-use crate::fetch_options::FetchOptions;
-use crate::git::{Git, GitError};
-use crate::packs_format::present_objects;
-use crate::remote_url::RemoteUrl;
-use crate::s3_store::S3Store;
+use crate::local::git::{Git, GitError};
+use crate::s3::store::S3Store;
+use crate::s3::url::RemoteUrl;
+use crate::storage::fetch_options::FetchOptions;
+use crate::storage::packs::push::{present_objects, run_with_stdin};
 use crate::storage::{OpContext, RefListing, RemoteRef, Storage, StorageError};
 
 /// Variables that point git at the caller's repository: a mirror's git runs
@@ -135,7 +135,7 @@ impl Mirror {
         }
         // Another session may be setting the same refs: what matters is that
         // the objects are there, so a lost race is not an error.
-        if let Err(e) = crate::packs_format::run_with_stdin(&self.git, &["update-ref", "--stdin"], script.into_bytes()).await {
+        if let Err(e) = run_with_stdin(&self.git, &["update-ref", "--stdin"], script.into_bytes()).await {
             tracing::debug!(error = %e, "mirror refs not updated");
         }
         Ok(())

@@ -4,14 +4,19 @@
 //! (`bundle_format`), and so does the incremental packs format
 //! (`packs_format`); `Storage::open` picks one by what the prefix holds.
 
+pub mod bundles;
+pub mod fetch_options;
+pub mod mirror;
+pub mod packs;
+
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use crate::cache::Cache;
-use crate::git::{Git, GitError};
-use crate::locks::LockError;
-use crate::remote_url::RemoteUrl;
-use crate::s3_store::{S3Store, StoreError};
+use crate::local::cache::Cache;
+use crate::local::git::{Git, GitError};
+use crate::storage::bundles::locks::LockError;
+use crate::s3::url::RemoteUrl;
+use crate::s3::store::{S3Store, StoreError};
 use crate::session::Out;
 
 #[derive(Debug, thiserror::Error)]
@@ -114,17 +119,17 @@ pub trait RepoStorage {
 /// The formats a remote can be in: the 0.4.2 bundle layout, or packs
 /// (`packs_format`).
 pub enum Storage {
-    Bundles(crate::bundle_format::BundleStorage),
-    Packs(Box<crate::packs_format::PackStorage>),
+    Bundles(crate::storage::bundles::storage::BundleStorage),
+    Packs(Box<crate::storage::packs::push::PackStorage>),
 }
 
 impl Storage {
     /// Opens a remote in the format its prefix holds; an empty prefix gets
     /// `git config s3.format` of the caller's repository (default bundles).
     pub async fn open(store: S3Store, url: RemoteUrl, git: &Git) -> Result<Storage, StorageError> {
-        use crate::packs_format::{configured_format, detect, Detected, PackStorage};
+        use crate::storage::packs::push::{configured_format, detect, Detected, PackStorage};
         Ok(match detect(&store, &url, configured_format(git)).await? {
-            Detected::Bundles(refs) => Storage::Bundles(crate::bundle_format::BundleStorage::new(store, url, Some(refs))),
+            Detected::Bundles(refs) => Storage::Bundles(crate::storage::bundles::storage::BundleStorage::new(store, url, Some(refs))),
             Detected::Packs(m, refs) => Storage::Packs(Box::new(PackStorage::new(store, url, m, refs))),
         })
     }

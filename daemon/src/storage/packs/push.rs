@@ -25,13 +25,13 @@ use std::time::Duration;
 use futures::stream::{StreamExt, TryStreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::bundle_format;
-use crate::git::{Git, GitError};
-use crate::manifest::{self, Manifest, PackEntry};
-use crate::remote_url::RemoteUrl;
-use crate::s3_store::{Conditional, ObjectInfo, PutOptions, S3Store, WriteCondition};
+use crate::storage::bundles::storage as bundle_format;
+use crate::local::git::{Git, GitError};
+use crate::storage::packs::manifest::{self, Manifest, PackEntry};
+use crate::s3::url::RemoteUrl;
+use crate::s3::store::{Conditional, ObjectInfo, PutOptions, S3Store, WriteCondition};
 use crate::storage::{OpContext, PushResult, PushUpdate, RefListing, RemoteRef, RepoStorage, StorageError};
-use crate::transfer_progress::Progress;
+use crate::session::progress::Progress;
 
 /// Manifest writes tried before a push gives up with `fetch first`.
 pub(crate) const MAX_ATTEMPTS: u32 = 12;
@@ -445,7 +445,7 @@ impl PackStorage {
     fn upload_idx_in_background(&self, ctx: &OpContext, b: BuiltPack) {
         let (store, key) = (self.store.clone(), manifest::idx_key(&self.url, &b.name));
         let delay = ctx.env.get(IDX_DELAY_HOOK_ENV).and_then(|v| v.parse::<u64>().ok()).map(Duration::from_millis);
-        crate::background::spawn("upload_idx", async move {
+        crate::session::background::spawn("upload_idx", async move {
             if let Some(d) = delay {
                 tokio::time::sleep(d).await;
             }
@@ -647,7 +647,7 @@ impl PackStorage {
     /// written only over a zip with a lower serial, by a conditional write
     /// on that zip's ETag.
     async fn write_zips(&self, ctx: &OpContext, serial: u64, changes: &[(&str, &Change)], results: &mut [(String, PushResult)]) {
-        let zip = self.url.scheme == crate::remote_url::Scheme::S3Zip;
+        let zip = self.url.scheme == crate::s3::url::Scheme::S3Zip;
         for (dst, c) in changes {
             let outcome = match c {
                 Change::Set(sha) if zip => self.write_zip(ctx, serial, dst, sha).await,
@@ -715,7 +715,7 @@ impl PackStorage {
         if limit == 0 || packs.len() < limit {
             return;
         }
-        let rollup = crate::packs_maint::geometric_rollup(packs);
+        let rollup = crate::storage::packs::gc::geometric_rollup(packs);
         if rollup.combine.is_empty() {
             tracing::debug!(packs = packs.len(), limit, "packs form a geometric progression; no background gc");
             return;
@@ -725,9 +725,9 @@ impl PackStorage {
         tracing::info!(packs = packs.len(), limit, combine = rollup.combine.len(), "packs piled up; compacting in the background");
         tokio::spawn(
             async move {
-                let grace = Duration::from_secs(crate::packs_maint::DEFAULT_GRACE_SECONDS);
-                let mode = crate::packs_maint::GcMode::Geometric;
-                match crate::packs_maint::gc(&store, &url, &tmp, &env, grace, mode, false).await {
+                let grace = Duration::from_secs(crate::storage::packs::gc::DEFAULT_GRACE_SECONDS);
+                let mode = crate::storage::packs::gc::GcMode::Geometric;
+                match crate::storage::packs::gc::gc(&store, &url, &tmp, &env, grace, mode, false).await {
                     Ok(r) => tracing::info!(
                         remote = %url,
                         before = r.packs_before,
@@ -894,7 +894,7 @@ pub async fn resolve_objects(git: &Git, names: &[&str]) -> Result<Vec<Option<Str
     }
     Ok(lines
         .into_iter()
-        .map(|l| Some(l.trim().to_string()).filter(|l| crate::manifest::is_pack_name(l)))
+        .map(|l| Some(l.trim().to_string()).filter(|l| crate::storage::packs::manifest::is_pack_name(l)))
         .collect())
 }
 
@@ -1004,12 +1004,12 @@ impl RepoStorage for PackStorage {
         let present = match (present, &early_done) {
             (Ok(p), Ok(_)) => p,
             (Err(e), _) => {
-                crate::git::remove_temp_packs_since(&pack_dir, started);
+                crate::local::git::remove_temp_packs_since(&pack_dir, started);
                 return Err(e.into());
             }
             (Ok(_), Err(_)) => {
                 // index-pack leaves its temp file behind when its input breaks off.
-                crate::git::remove_temp_packs_since(&pack_dir, started);
+                crate::local::git::remove_temp_packs_since(&pack_dir, started);
                 return early_done.map(|_| ());
             }
         };
@@ -1024,7 +1024,7 @@ impl RepoStorage for PackStorage {
             rest.iter().cloned().map(|p| async move { self.fetch_pack(ctx, &p, dir, std::future::ready(true)).await.map(|_| ()) }).collect();
         let fetched = futures::stream::iter(fetches).buffer_unordered(DOWNLOAD_CONCURRENCY).try_collect::<Vec<()>>().await;
         if fetched.is_err() {
-            crate::git::remove_temp_packs_since(&pack_dir, started);
+            crate::local::git::remove_temp_packs_since(&pack_dir, started);
         }
         fetched?;
         // A wanted tip that a downloaded pack was made for is in it; only
