@@ -9,7 +9,9 @@ import json
 import os
 import random
 import shutil
+import socket
 import statistics
+import threading
 import subprocess
 import sys
 import tempfile
@@ -35,6 +37,54 @@ def timed(cmd, env, cwd=None):
     t = time.perf_counter()
     sh(cmd, env, cwd)
     return time.perf_counter() - t
+
+
+class CountingProxy:
+    """A TCP proxy in front of the S3 server that counts the bytes it relays
+    back (responses): what a tool read from S3."""
+
+    def __init__(self, upstream):
+        host, port = upstream.replace("http://", "").rstrip("/").split(":")
+        self.upstream = (host, int(port))
+        self.down = 0
+        self.lock = threading.Lock()
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            try:
+                client, _ = self.sock.accept()
+                server = socket.create_connection(self.upstream)
+            except OSError:
+                continue
+            threading.Thread(target=self.pipe, args=(client, server, False), daemon=True).start()
+            threading.Thread(target=self.pipe, args=(server, client, True), daemon=True).start()
+
+    def pipe(self, src, dst, count):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if count:
+                    with self.lock:
+                        self.down += len(data)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            try:
+                dst.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+    def bytes_down(self):
+        with self.lock:
+            return self.down
 
 
 class Bench:
@@ -168,6 +218,10 @@ class Bench:
     def run_cases(self):
         a = self.args
         runs = a.runs
+        if a.only_narrow:
+            self.s3tool("create-bucket", "bench-bucket")
+            self.narrow_cases("bench-bucket")
+            return
         commits, branches, blob = (300, 4, 8) if a.quick else (5000, 12, 10)
         src = os.path.join(self.work, "medium")
         print(f"generating medium repo: {commits} commits, {branches} branches ...", flush=True)
@@ -248,9 +302,118 @@ class Bench:
         self.record("second clone medium (cache)", times, "<= 0.2")
 
         self.tags_case(bucket)
+        self.narrow_cases(bucket)
         if not a.skip_lfs:
             self.lfs_cases(bucket, runs)
         self.rss()
+
+    def gen_source_repo(self, path, commits, files):
+        """A repository shaped like source code: `files` text files in a
+        directory tree, each commit rewriting a few lines of a few files."""
+        os.makedirs(path)
+        sh(["git", "init", "-q", "-b", "main"], self.env["ours"], cwd=path)
+        rng = random.Random(7)
+        words = [("".join(rng.choice("abcdefghijklmnopqrstuvwxyz_") for _ in range(rng.randrange(3, 12)))) for _ in range(4000)]
+        content = {}
+        for i in range(files):
+            lines = [" ".join(rng.choice(words) for _ in range(rng.randrange(3, 12))) for _ in range(rng.randrange(40, 400))]
+            content[f"src/m{i % 23:02d}/s{i % 7}/file{i:05d}.rs"] = lines
+        names = sorted(content)
+        p = subprocess.Popen(["git", "fast-import", "--quiet"], cwd=path, env=self.env["ours"], stdin=subprocess.PIPE)
+        w = p.stdin.write
+        for n in range(commits):
+            w(f"commit refs/heads/main\nmark :{n + 1}\ncommitter Bench <b@example.com> {1700000000 + n * 3600} +0000\n".encode())
+            msg = f"change {n}".encode()
+            w(f"data {len(msg)}\n".encode() + msg + b"\n")
+            if n:
+                w(f"from :{n}\n".encode())
+            touched = names if n == 0 else rng.sample(names, 4)
+            for name in touched:
+                lines = content[name]
+                if n:
+                    for _ in range(3):
+                        lines[rng.randrange(len(lines))] = " ".join(rng.choice(words) for _ in range(rng.randrange(3, 12)))
+                data = ("\n".join(lines) + "\n").encode()
+                w(f"M 644 inline {name}\ndata {len(data)}\n".encode() + data + b"\n")
+        p.stdin.close()
+        if p.wait() != 0:
+            raise RuntimeError("fast-import failed")
+        sh(["git", "reset", "-q", "--hard", "main"], self.env["ours"], cwd=path)
+
+    def narrow_cases(self, bucket):
+        """Shallow and partial clones of one repository: time, and bytes read
+        from S3 (through a counting proxy) or, for local git, the pack bytes
+        it received."""
+        a = self.args
+        src = os.path.join(self.work, "narrow-src")
+        if a.real_repo:
+            sh(["git", "clone", "-q", "--no-local", "--single-branch", a.real_repo, src], self.env["local"], cwd=self.work)
+            label = os.path.basename(os.path.normpath(a.real_repo))
+        else:
+            commits, files = (200, 300) if a.quick else (3000, 2000)
+            self.gen_source_repo(src, commits, files)
+            label = f"generated source tree"
+        sh(["git", "gc", "-q", "--prune=now"], self.env["local"], cwd=src)
+        count = sh(["git", "rev-list", "--count", "HEAD"], self.env["local"], cwd=src).strip()
+        packed = du(os.path.join(src, ".git/objects/pack"))
+        self.notes.append(f"shallow/partial repository: {label}, {count} commits on its default branch, {packed / 1e6:.1f} MB packed")
+        print(f"shallow/partial cases on {label}: {count} commits, {packed / 1e6:.1f} MB packed", flush=True)
+        proxy = CountingProxy(self.endpoint)
+        env = {}
+        for t in REMOTE_TOOLS:
+            env[t] = dict(self.env[t])
+            env[t]["AWS_ENDPOINT_URL"] = proxy.url
+        urls = {t: f"s3://{bucket}/{t}/narrow" for t in TOOLS}
+        urls["local"] = "file://" + os.path.join(self.work, "narrow-bare.git")
+        sh(["git", "init", "-q", "--bare", urls["local"][7:]], env["local"])
+        sh(["git", "config", "uploadpack.allowFilter", "true"], env["local"], cwd=urls["local"][7:])
+        for t in REMOTE_TOOLS:
+            sh(["git", "push", "-q", urls[t], "main"], env[t], cwd=src)
+        old = "HEAD~" + str(min(int(count) - 1, 1000))
+
+        def cold(t):
+            if t in ("ours", "packs"):
+                sh(["git", "s3", "daemon", "stop"], env[t], check=False)
+                shutil.rmtree(env[t]["GIT_S3_CACHE_DIR"], ignore_errors=True)
+                sh(["git", "s3", "daemon", "start"], env[t])
+
+        def pack_bytes(d):
+            pd = os.path.join(d, ".git/objects/pack")
+            return sum(os.path.getsize(os.path.join(pd, f)) for f in os.listdir(pd) if f.endswith(".pack"))
+
+        for case, args in (("depth-1 clone", ["--depth", "1"]), ("blob:none clone", ["--filter=blob:none"])):
+            times = {t: [] for t in REMOTE_TOOLS}
+            lazy = {t: [] for t in REMOTE_TOOLS}
+            nbytes = {}
+            lazy_bytes = {}
+            for t in REMOTE_TOOLS:
+              try:
+                for i in range(max(1, a.runs - 2)):
+                    d = os.path.join(self.work, f"narrow-{t}-{i}")
+                    cold(t)
+                    b0 = proxy.bytes_down()
+                    times[t].append(timed(["git", "clone", "-q", *args, urls[t], d], env[t], self.work))
+                    got = pack_bytes(d) if t == "local" else proxy.bytes_down() - b0
+                    nbytes[t] = got
+                    if case.startswith("blob"):
+                        before_packs = pack_bytes(d)
+                        b1 = proxy.bytes_down()
+                        lazy[t].append(timed(["git", "checkout", "-q", old], env[t], d))
+                        lazy_bytes[t] = pack_bytes(d) - before_packs if t == "local" else proxy.bytes_down() - b1
+                    shutil.rmtree(d)
+              except RuntimeError as err:
+                times[t], lazy[t] = [], []
+                nbytes[t] = lazy_bytes[t] = None
+                self.notes.append(f"{case} with {t}: failed ({str(err).splitlines()[-1][:200]})")
+                print(f"  {case} with {t}: failed: {str(err)[-300:]}", flush=True)
+            self.record(f"{case} (cold cache)", times, None, {"bytes": nbytes})
+            self.notes.append(f"{case}: bytes read from S3 (local git: pack bytes received): " +
+                              ", ".join(f"{t} {mb(nbytes.get(t))}" for t in REMOTE_TOOLS) +
+                              (f"; packs/local {nbytes['packs'] / max(1, nbytes['local']):.1f}x" if nbytes.get("packs") and nbytes.get("local") else ""))
+            if lazy["ours"]:
+                self.record(f"lazy checkout of {old} after blob:none", lazy, None, {"bytes": lazy_bytes})
+                self.notes.append(f"lazy checkout of {old}: bytes read from S3 (local git: pack bytes received): " +
+                                  ", ".join(f"{t} {mb(lazy_bytes.get(t))}" for t in REMOTE_TOOLS))
 
     def tags_case(self, bucket):
         """Mirror push of a repository with 300 tags: time and bucket bytes."""
@@ -368,6 +531,10 @@ class Bench:
         return "\n".join(lines)
 
 
+def mb(n):
+    return "failed" if n is None else f"{n / 1e6:.2f} MB"
+
+
 def du(path):
     total = 0
     for dp, _, fs in os.walk(path):
@@ -386,6 +553,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="small data, for a smoke run")
     ap.add_argument("--skip-lfs", action="store_true")
     ap.add_argument("--json", help="also write the results to this file")
+    ap.add_argument("--real-repo", help="a local git repository for the shallow/partial cases (default: a generated one)")
+    ap.add_argument("--only-narrow", action="store_true", help="run only the shallow/partial cases")
     a = ap.parse_args()
     b = Bench(a)
     try:
@@ -396,8 +565,9 @@ def main():
         print(b.table())
         for n in b.notes:
             print(f"- {n}")
-        r = b.rss_info
-        print(f"- shim peak RSS {r['shim_peak_mib']:.1f} MiB; daemon idle RSS {r['daemon_idle_rss_mib']:.1f} MiB; "
+        r = getattr(b, "rss_info", None)
+        if r:
+            print(f"- shim peak RSS {r['shim_peak_mib']:.1f} MiB; daemon idle RSS {r['daemon_idle_rss_mib']:.1f} MiB; "
               f"daemon peak {r['daemon_peak_mib']:.1f} MiB")
         if a.json:
             with open(a.json, "w") as f:

@@ -36,6 +36,18 @@ fn objects(env: &TestEnv, prefix: &str) -> Vec<(String, u64)> {
         .collect()
 }
 
+/// The names of the packs a manifest references: its packs and its views'
+/// (what `git s3 gc` keeps once every grace period is over).
+fn referenced_packs(m: &Value) -> Vec<String> {
+    let mut names: Vec<String> = m["packs"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap().to_string()).collect();
+    for view in ["skeleton", "tips"] {
+        if let Some(n) = m["views"][view]["name"].as_str() {
+            names.push(n.to_string());
+        }
+    }
+    names
+}
+
 fn pack_files(env: &TestEnv, prefix: &str) -> Vec<(String, u64)> {
     objects(env, &format!("{prefix}/.git-s3/packs/")).into_iter().filter(|(k, _)| k.ends_with(".pack")).collect()
 }
@@ -495,8 +507,9 @@ fn gc_combines_packs_and_deletes_old_ones_after_the_grace_period() {
     assert_eq!(m["packs"].as_array().map(Vec::len), Some(1), "{m}");
     assert_eq!(m["retired"].as_array().map(Vec::len), Some(3), "{m}");
     assert_eq!(m["serial"].as_u64(), Some(s + 1));
-    // within the grace period nothing is deleted
-    assert_eq!(pack_files(&env, "gc").len(), 5);
+    // within the grace period nothing is deleted; the full gc also wrote the views (2 packs)
+    assert_eq!(referenced_packs(&m).len(), 3, "{m}");
+    assert_eq!(pack_files(&env, "gc").len(), 5 + 2);
     env.git(&env.work(), &["clone", "-q", &url, "after"]);
     assert_eq!(rev(&env, &env.path("after"), "HEAD"), rev(&env, &repo, "main"));
     env.git(&env.path("after"), &["fsck", "--no-progress"]);
@@ -513,10 +526,11 @@ fn gc_combines_packs_and_deletes_old_ones_after_the_grace_period() {
     assert!(out.contains("Combined 2 packs"), "{out}");
     assert!(out.contains("Deleted"), "{out}");
     let m = manifest(&env, "gc");
-    let names: Vec<String> = m["packs"].as_array().unwrap().iter().map(|p| format!("gc/.git-s3/packs/pack-{}.pack", p["name"].as_str().unwrap())).collect();
+    let mut names: Vec<String> = referenced_packs(&m).iter().map(|n| format!("gc/.git-s3/packs/pack-{n}.pack")).collect();
+    names.sort();
     assert_eq!(pack_files(&env, "gc").into_iter().map(|p| p.0).collect::<Vec<_>>(), names);
     assert_eq!(m["retired"].as_array().map(Vec::len), Some(0), "{m}");
-    assert_eq!(objects(&env, "gc/.git-s3/packs/").len(), 2, "one .pack and its .idx");
+    assert_eq!(objects(&env, "gc/.git-s3/packs/").len(), 2 * 3, "one .pack and its .idx, and the two views'");
     env.git(&env.work(), &["clone", "-q", &url, "last"]);
     assert_eq!(rev(&env, &env.path("last"), "HEAD"), tip);
     env.git(&env.path("last"), &["fsck", "--no-progress"]);
@@ -760,7 +774,7 @@ fn geometric_gc_combines_the_small_packs_and_keeps_the_big_one() {
     let m = manifest(&env, "geo");
     assert_eq!(m["packs"].as_array().map(Vec::len), Some(1), "{m}");
     assert_eq!(m["retired"].as_array().map(Vec::len), Some(0), "{m}");
-    assert_eq!(objects(&env, "geo/.git-s3/packs/").len(), 2, "one .pack and its .idx");
+    assert_eq!(objects(&env, "geo/.git-s3/packs/").len(), 2 * 3, "one .pack and its .idx, and the two views'");
     env.git(&env.work(), &["clone", "-q", &url, "last"]);
     assert_eq!(rev(&env, &env.path("last"), "HEAD"), tip);
     env.git(&env.path("last"), &["fsck", "--no-progress"]);

@@ -43,6 +43,11 @@ fn noise(seed: u64, len: usize) -> String {
 /// sparse checkouts), and a tag `v20` on the 20th commit. Written with
 /// `git fast-import`.
 fn history(env: &TestEnv, name: &str) -> PathBuf {
+    history_of(env, name, 2000)
+}
+
+/// `history` with files of `file_bytes` bytes.
+fn history_of(env: &TestEnv, name: &str, file_bytes: usize) -> PathBuf {
     let repo = env.path(name);
     std::fs::create_dir_all(&repo).unwrap();
     env.git(&repo, &["init", "-q", "-b", "main"]);
@@ -54,7 +59,7 @@ fn history(env: &TestEnv, name: &str) -> PathBuf {
             script.push_str(&format!("from :{}\n", i - 1));
         }
         for (k, f) in ["a", "b", "dir/c"].into_iter().enumerate() {
-            let content = noise(u64::from(i) * 7 + k as u64, 2000);
+            let content = noise(u64::from(i) * 7 + k as u64, file_bytes);
             script.push_str(&format!("M 644 inline {f}.txt\ndata {}\n{content}\n", content.len()));
         }
     }
@@ -270,4 +275,69 @@ fn a_shallow_clone_that_cannot_be_served_leaves_nothing() {
         assert!(!err.contains("Error {") && !err.contains("ServiceError"), "{err}");
         assert!(!env.path("x").exists(), "{format}: no half-shallow repository is left");
     }
+}
+
+/// Bytes of the packs in a repository (what a local clone received).
+fn pack_bytes(repo: &Path) -> u64 {
+    std::fs::read_dir(repo.join(".git/objects/pack"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "pack"))
+        .map(|e| e.metadata().unwrap().len())
+        .sum()
+}
+
+#[test]
+fn after_gc_shallow_and_partial_clones_of_a_packs_remote_download_what_they_ask() {
+    let (env, proxy) = counted_env("packs");
+    let src = history_of(&env, "src", 20_000);
+    let url = env.url("views");
+    env.git(&src, &["push", "-q", &url, "main", "v20"]);
+    // local git, the yardstick: the same clones from a bare copy
+    let bare = env.path("bare.git");
+    env.git(&env.work(), &["clone", "-q", "--bare", src.to_str().unwrap(), bare.to_str().unwrap()]);
+    env.git(&bare, &["config", "uploadpack.allowFilter", "true"]);
+    let bare_url = format!("file://{}", bare.display());
+    env.git(&env.work(), &["clone", "-q", "--depth", "1", "--no-local", &bare_url, "local-d1"]);
+    let local_depth1 = pack_bytes(&env.path("local-d1"));
+    env.git(&env.work(), &["clone", "-q", "--filter=blob:none", "--no-local", &bare_url, "local-p"]);
+    let local_blobless = pack_bytes(&env.path("local-p"));
+
+    let out = env.git_s3(&env.work(), &["gc", &url]);
+    assert!(out.contains("views"), "gc reports the views it wrote: {out}");
+    let m: serde_json::Value = serde_json::from_slice(&env.get_object("views/.git-s3/manifest.json")).unwrap();
+    assert!(m["views"]["skeleton"]["name"].is_string() && m["views"]["tips"]["name"].is_string(), "{m}");
+
+    let measure = |dir: &str, args: &[&str]| -> u64 {
+        env.git_s3(&env.work(), &["cache", "clear"]);
+        let before = proxy.bytes_down();
+        let mut all = vec!["clone", "-q"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&[url.as_str(), dir]);
+        env.git(&env.work(), &all);
+        fsck(&env, &env.path(dir));
+        proxy.bytes_down() - before
+    };
+    let depth1 = measure("d1", &["--depth", "1"]);
+    assert_eq!(count(&env, &env.path("d1"), "HEAD"), 1);
+    let blobless = measure("p", &["--filter=blob:none"]);
+    assert_eq!(count(&env, &env.path("p"), "HEAD"), COMMITS);
+    eprintln!("depth 1: {depth1} B from S3, local git {local_depth1} B; blob:none: {blobless} B from S3, local git {local_blobless} B");
+    assert!(depth1 <= 2 * local_depth1, "a depth-1 clone read {depth1} bytes from S3; local git transfers {local_depth1}");
+    assert!(blobless <= 2 * local_blobless, "a blob:none clone read {blobless} bytes from S3; local git transfers {local_blobless}");
+
+    // After a push the views lack the new pack: it is downloaded with them,
+    // and a depth-1 clone is still right.
+    let tip = env.commit(&src, "a.txt", &noise(999, 20_000), "after gc");
+    env.git(&src, &["push", "-q", &url, "main"]);
+    measure("d2", &["--depth", "1"]);
+    assert_eq!(env.git(&env.path("d2"), &["rev-parse", "HEAD"]).trim(), tip);
+    assert_eq!(count(&env, &env.path("d2"), "HEAD"), 1);
+    // What the views cannot serve (more depth) comes from the whole remote.
+    measure("d5", &["--depth", "5"]);
+    assert_eq!(count(&env, &env.path("d5"), "HEAD"), 5);
+    // The lazy checkout of an old commit after a blob:none clone works too.
+    let p = env.path("p");
+    env.git(&p, &["checkout", "-q", "HEAD~30"]);
+    fsck(&env, &p);
 }

@@ -66,6 +66,14 @@ pub async fn run_gc(ctx: &mut Ctx, args: GcArgs) -> CliResult {
         }
         None => ctx.println(format!("{} pack(s): nothing to combine", r.packs_before)),
     }
+    if let (GcMode::Full, Some(v), Some(_)) = (mode, &r.views, &r.combined) {
+        let size = |p: &Option<crate::storage::packs::manifest::PackEntry>| p.as_ref().map(|p| human_bytes(p.size + p.idx_size)).unwrap_or_else(|| "none".into());
+        ctx.println(format!(
+            "Wrote the views for shallow and partial clones: skeleton (commits and trees) {}, branch tips {}",
+            size(&v.skeleton),
+            size(&v.tips)
+        ));
+    }
     let verb = if args.dry_run { "Would delete" } else { "Deleted" };
     for k in &r.deleted {
         ctx.println(format!("{verb} {k}"));

@@ -143,13 +143,7 @@ pub async fn run(state: Arc<DaemonState>, a: HelperArgs, mut input: Input, out: 
                 if crate::storage::mirror::needed(&fetch_opts, &l, &wants, &ctx.git).await {
                     // Shallow, filtered, lazy or by-object fetches: git's
                     // fetch-pack from the local mirror of the remote.
-                    let served = async {
-                        let m = crate::storage::mirror::Mirror::open(&ctx, &store, &url).await?;
-                        m.fill(storage, &ctx, &l, &wants, !fetch_opts.deepen_not.is_empty()).await?;
-                        m.serve(&ctx, &fetch_opts, &wants).await
-                    }
-                    .await;
-                    match served {
+                    match crate::storage::mirror::narrow_fetch(storage, &ctx, &store, &url, &l, &wants, &fetch_opts).await {
                         Ok(lines) => lines.iter().for_each(|line| out.stdout(format!("{line}\n"))),
                         Err(e) => return fatal(&out, &url, e),
                     }

@@ -28,6 +28,7 @@ use crate::local::git::{Git, GitError};
 use crate::s3::store::S3Store;
 use crate::s3::url::RemoteUrl;
 use crate::storage::fetch_options::FetchOptions;
+use crate::storage::packs::views;
 use crate::storage::packs::push::{present_objects, run_with_stdin};
 use crate::storage::{OpContext, RefListing, RemoteRef, Storage, StorageError};
 
@@ -56,9 +57,13 @@ pub struct Mirror {
 }
 
 impl Mirror {
-    /// The mirror of `url` as `store` reaches it, created on first use.
-    pub async fn open(ctx: &OpContext, store: &S3Store, url: &RemoteUrl) -> Result<Mirror, StorageError> {
-        let id = hex::encode(&Sha256::digest(store.location(&url.prefix).as_bytes())[..16]);
+    /// The mirror `kind` of `url` as `store` reaches it, created on first
+    /// use: `Kind::Whole` holds what was downloaded of the whole remote,
+    /// `Kind::Views` only the packs format's views and the packs they do
+    /// not cover.
+    pub async fn open(ctx: &OpContext, store: &S3Store, url: &RemoteUrl, kind: Kind) -> Result<Mirror, StorageError> {
+        let seed = format!("{}\n{kind:?}", store.location(&url.prefix));
+        let id = hex::encode(&Sha256::digest(seed.as_bytes())[..16]);
         let path = ctx.cache.mirror_path(&id).ok_or_else(|| StorageError::Format(format!("invalid mirror id {id}")))?;
         let mut env: HashMap<String, String> = ctx.env.iter().filter(|(k, _)| !REPOSITORY_VARS.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
         env.insert("GIT_DIR".into(), path.to_string_lossy().into_owned());
@@ -88,16 +93,7 @@ impl Mirror {
         let missing_non_tip = wants.iter().any(|w| !present.contains(&w.sha) && listing.sha_of(&w.name) != Some(w.sha.as_str()));
         let fill: Vec<RemoteRef> = if all_refs || missing_non_tip { listing.refs.clone() } else { tips };
         if fill.iter().any(|r| !present.contains(&r.sha)) {
-            let mctx = OpContext {
-                git: self.git.clone(),
-                out: ctx.out.clone(),
-                env: ctx.env.clone(),
-                progress: ctx.progress,
-                cache: ctx.cache.clone(),
-                cas: HashMap::new(),
-                atomic: false,
-            };
-            storage.fetch(&mctx, listing, &fill).await?;
+            storage.fetch(&self.context(ctx), listing, &fill).await?;
         }
         let have = present_objects(&self.git, &shas).await?;
         if let Some(w) = wants.iter().find(|w| !have.contains(&w.sha)) {
@@ -111,6 +107,19 @@ impl Mirror {
             });
         }
         self.set_refs(listing).await
+    }
+
+    /// An operation context like `ctx`, working in the mirror.
+    fn context(&self, ctx: &OpContext) -> OpContext {
+        OpContext {
+            git: self.git.clone(),
+            out: ctx.out.clone(),
+            env: ctx.env.clone(),
+            progress: ctx.progress,
+            cache: ctx.cache.clone(),
+            cas: HashMap::new(),
+            atomic: false,
+        }
     }
 
     /// The mirror's refs become the listing's refs whose objects it holds.
@@ -144,9 +153,10 @@ impl Mirror {
     /// Runs `git fetch-pack` in the caller's repository against the mirror.
     /// Returns the lines git's transport expects back (`lock <file>`,
     /// `connectivity-ok`).
-    pub async fn serve(&self, ctx: &OpContext, opts: &FetchOptions, wants: &[RemoteRef]) -> Result<Vec<String>, StorageError> {
+    /// `relay` shows git's progress and messages as they come.
+    pub async fn serve(&self, ctx: &OpContext, opts: &FetchOptions, wants: &[RemoteRef], relay: bool) -> Result<Vec<String>, StorageError> {
         let mut args: Vec<String> = vec!["-c".into(), "protocol.file.allow=always".into(), "fetch-pack".into(), "--stdin".into()];
-        args.extend(opts.fetch_pack_args(ctx.progress));
+        args.extend(opts.fetch_pack_args(ctx.progress && relay));
         args.push(format!("file://{}", self.path.display()));
         let input: String = wants.iter().map(|w| w.sha.clone()).collect::<BTreeSet<_>>().into_iter().map(|s| format!("{s}\n")).collect();
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -179,7 +189,7 @@ impl Mirror {
                         if n == 0 {
                             break;
                         }
-                        if ctx.progress {
+                        if relay {
                             ctx.out.stderr(chunk[..n].to_vec());
                         }
                         tail.extend_from_slice(&chunk[..n]);
@@ -203,6 +213,54 @@ impl Mirror {
         }
         Ok(String::from_utf8_lossy(&stdout).lines().filter(|l| l.starts_with("lock ") || *l == "connectivity-ok").map(str::to_string).collect())
     }
+}
+
+/// Which of a remote's mirrors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Whole,
+    Views,
+}
+
+/// Serves a fetch that `needed` says goes through a mirror. For a packs
+/// remote with views that suit the request (`views::kinds_for`), the views
+/// mirror is tried first: it downloads about what the request needs. When
+/// it lacks an object, or git cannot serve the request from it, the whole
+/// mirror serves it. Returns the lines for git (`lock …`, `connectivity-ok`).
+pub async fn narrow_fetch(
+    storage: &Storage,
+    ctx: &OpContext,
+    store: &S3Store,
+    url: &RemoteUrl,
+    listing: &RefListing,
+    wants: &[RemoteRef],
+    opts: &FetchOptions,
+) -> Result<Vec<String>, StorageError> {
+    let lazy = wants.iter().any(|w| listing.sha_of(&w.name) != Some(w.sha.as_str()));
+    if let (Storage::Packs(packs), Some(kinds)) = (storage, views::kinds_for(opts, lazy)) {
+        let v = Mirror::open(ctx, store, url, Kind::Views).await?;
+        if packs.fetch_views(&v.context(ctx), &kinds).await? {
+            let shas: Vec<String> = wants.iter().map(|w| w.sha.clone()).collect();
+            let have = present_objects(&v.git, &shas).await?;
+            if shas.iter().all(|s| have.contains(s)) {
+                let started = std::time::SystemTime::now();
+                match v.serve(ctx, opts, wants, false).await {
+                    Ok(lines) => return Ok(lines),
+                    Err(e) => {
+                        tracing::info!(error = %e, "the views cannot serve this fetch; serving it from the whole remote");
+                        if let Ok(dir) = ctx.git.pack_dir().await {
+                            crate::local::git::remove_temp_packs_since(&dir, started);
+                        }
+                    }
+                }
+            } else {
+                tracing::debug!("the views lack a wanted object; serving the fetch from the whole remote");
+            }
+        }
+    }
+    let m = Mirror::open(ctx, store, url, Kind::Whole).await?;
+    m.fill(storage, ctx, listing, wants, !opts.deepen_not.is_empty()).await?;
+    m.serve(ctx, opts, wants, true).await
 }
 
 /// Whether a fetch must go through the mirror: git narrows it, a want is no

@@ -25,6 +25,7 @@ use futures::stream::{StreamExt, TryStreamExt};
 use crate::storage::bundles::storage as bundle_format;
 use crate::local::git::{Git, GitError};
 use crate::storage::packs::manifest::{self, Manifest, PackEntry, RetiredPack};
+use crate::storage::packs::views;
 use crate::storage::packs::push::{SCRATCH_PACK_CONFIG, backoff, index_pack, pack_object_count, read_manifest, run_with_stdin, unix_now, MAX_ATTEMPTS};
 use crate::s3::url::RemoteUrl;
 use crate::s3::store::{PutOptions, S3Store, WriteCondition};
@@ -151,6 +152,13 @@ pub struct GcReport {
     pub waiting: Vec<String>,
     /// The remote changed while combining: nothing was replaced.
     pub raced: bool,
+    /// The views after this gc (Full writes new ones).
+    pub views: Option<manifest::Views>,
+}
+
+/// Whether a remote's views are missing or were not made from its packs.
+pub fn views_stale(m: &Manifest) -> bool {
+    !m.packs.is_empty() && m.views.as_ref().is_none_or(|v| m.packs.iter().any(|p| !v.covers.contains(&p.name)))
 }
 
 /// A git environment for a scratch bare repository at `dir`.
@@ -321,7 +329,8 @@ pub async fn gc(
     }
     let mut report = GcReport { mode, packs_before: m0.packs.len(), bytes_before: m0.pack_bytes(), ..Default::default() };
     let combine: Vec<&PackEntry> = match mode {
-        GcMode::Full if m0.packs.len() > 1 => m0.packs.iter().collect(),
+        // Full: also when the views are missing or older than the packs.
+        GcMode::Full if m0.packs.len() > 1 || views_stale(&m0) => m0.packs.iter().collect(),
         GcMode::Full => Vec::new(),
         GcMode::Geometric => geometric_rollup(&m0.packs).combine,
     };
@@ -351,6 +360,28 @@ pub async fn gc(
         };
         let name = entry.name.clone();
         upload_pack_of(store, url, dir.path(), &entry).await?;
+        // Full: new views of the new pack (the scratch repository holds every object).
+        let views = match mode {
+            GcMode::Full => {
+                let v = views::build(&git, dir.path(), &m0.refs, m0.head.as_ref(), [name.clone()].into(), |out, tips| {
+                    let d = dir.path().to_path_buf();
+                    async move { written_pack(&d, &out, tips).await }
+                })
+                .await?;
+                for p in v.packs() {
+                    upload_pack_of(store, url, dir.path(), p).await?;
+                }
+                Some(v)
+            }
+            // Geometric: the combined pack is covered when all it combined were.
+            GcMode::Geometric => m0.views.clone().map(|mut v| {
+                if combine.iter().all(|p| v.covers.contains(&p.name)) {
+                    v.covers.insert(name.clone());
+                }
+                v
+            }),
+        };
+        report.views = views.clone();
         let replaced: BTreeSet<&str> = combine.iter().map(|p| p.name.as_str()).collect();
         let now = unix_now();
         let mut next = m0.clone();
@@ -360,7 +391,15 @@ pub async fn gc(
                 next.retired.push(RetiredPack { name: p.name.clone(), since: now });
             }
         }
-        next.retired.retain(|r| r.name != name);
+        // Views replaced by new ones retire like packs.
+        let new_view_names: BTreeSet<String> = views.iter().flat_map(|v| v.packs()).map(|p| p.name.clone()).collect();
+        for p in m0.views.iter().flat_map(|v| v.packs()) {
+            if !new_view_names.contains(&p.name) && p.name != name && !next.retired.iter().any(|r| r.name == p.name) {
+                next.retired.push(RetiredPack { name: p.name.clone(), since: now });
+            }
+        }
+        next.views = views;
+        next.retired.retain(|r| r.name != name && !new_view_names.contains(&r.name));
         next.packs = m0
             .packs
             .iter()
@@ -406,7 +445,13 @@ pub async fn gc(
         })
         .await?;
     }
-    let listed: BTreeSet<&str> = current.packs.iter().map(|p| p.name.as_str()).chain(current.retired.iter().map(|r| r.name.as_str())).collect();
+    let listed: BTreeSet<&str> = current
+        .packs
+        .iter()
+        .chain(current.views.iter().flat_map(|v| v.packs()))
+        .map(|p| p.name.as_str())
+        .chain(current.retired.iter().map(|r| r.name.as_str()))
+        .collect();
     let dir = manifest::packs_dir(url);
     for o in store.list(&dir).await? {
         let Some(leaf) = o.key.strip_prefix(&dir) else { continue };
@@ -414,7 +459,7 @@ pub async fn gc(
             continue;
         };
         if listed.contains(name) {
-            if !current.packs.iter().any(|p| p.name == name) {
+            if !current.packs.iter().chain(current.views.iter().flat_map(|v| v.packs())).any(|p| p.name == name) {
                 report.waiting.push(o.key.clone());
             }
             continue;

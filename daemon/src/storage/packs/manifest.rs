@@ -76,6 +76,40 @@ pub struct Manifest {
     /// update can land in a manifest that is about to be deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub frozen: Option<String>,
+    /// Extra packs for shallow and partial clones (see `Views`), written by
+    /// `git s3 gc`. Optional: a remote without them is served whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub views: Option<Views>,
+}
+
+/// Packs that hold parts of the repository, so that a shallow or partial
+/// clone downloads about what it asked for rather than every pack:
+/// - `skeleton`: every commit, tree and annotated tag the refs reached
+///   (no blobs): the history of a `--filter=blob:none` clone;
+/// - `tips`: each branch tip's commit and full tree, blobs included: a
+///   `--depth 1` clone, or the checkout after a blob:none clone.
+///
+/// They were made from the packs named in `covers`; a pack added later (by
+/// a push) is not in them, so a reader of the views also downloads every
+/// pack of `packs` that `covers` does not name. Views packs are stored like
+/// packs (`packs/pack-<name>.pack`/`.idx`) and never thin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Views {
+    pub covers: BTreeSet<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skeleton: Option<PackEntry>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tips: Option<PackEntry>,
+    /// Unix seconds when the views were made.
+    #[serde(default)]
+    pub created: u64,
+}
+
+impl Views {
+    /// The views' own packs.
+    pub fn packs(&self) -> impl Iterator<Item = &PackEntry> {
+        self.skeleton.iter().chain(self.tips.iter())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,6 +130,7 @@ impl Default for Manifest {
             protected: BTreeSet::new(),
             retired: Vec::new(),
             frozen: None,
+            views: None,
         }
     }
 }
@@ -138,6 +173,14 @@ impl Manifest {
         if let Some(r) = m.retired.iter().find(|r| !is_pack_name(&r.name)) {
             return Err(ManifestError::Invalid(format!("bad retired pack name {:?}", r.name)));
         }
+        if let Some(v) = &m.views {
+            if let Some(p) = v.packs().find(|p| !is_pack_name(&p.name)) {
+                return Err(ManifestError::Invalid(format!("bad views pack name {:?}", p.name)));
+            }
+            if let Some(c) = v.covers.iter().find(|c| !is_pack_name(c)) {
+                return Err(ManifestError::Invalid(format!("bad covered pack name {c:?}")));
+            }
+        }
         Ok(m)
     }
 
@@ -163,6 +206,11 @@ If no migration is running (one was interrupted), finish it with `git s3 migrate
 
     pub fn pack_bytes(&self) -> u64 {
         self.packs.iter().map(|p| p.size + p.idx_size).sum()
+    }
+
+    /// The packs the views do not cover (all of them without views).
+    pub fn uncovered(&self) -> impl Iterator<Item = &PackEntry> {
+        self.packs.iter().filter(move |p| !self.views.as_ref().is_some_and(|v| v.covers.contains(&p.name)))
     }
 }
 
@@ -205,9 +253,24 @@ mod tests {
         assert!(matches!(Manifest::parse(bad), Err(ManifestError::Invalid(_))));
         let bad = br#"{"version":1,"packs":[{"name":"../x","size":1}]}"#;
         assert!(matches!(Manifest::parse(bad), Err(ManifestError::Invalid(_))));
+        let bad = br#"{"version":1,"views":{"covers":[],"tips":{"name":"../x","size":1}}}"#;
+        assert!(matches!(Manifest::parse(bad), Err(ManifestError::Invalid(_))));
         // minimal manifest: defaults
         let m = Manifest::parse(br#"{"version":1}"#).unwrap();
         assert!(m.refs.is_empty() && m.packs.is_empty() && m.live_head().is_none());
+    }
+
+    #[test]
+    fn views_cover_the_packs_they_were_made_from() {
+        let pack = |c: char| PackEntry { name: c.to_string().repeat(40), size: 1, idx_size: 1, objects: 1, tips: vec![], created: 0 };
+        let mut m = Manifest::default();
+        m.packs = vec![pack('a'), pack('b')];
+        assert_eq!(m.uncovered().count(), 2);
+        m.views = Some(Views { covers: ["a".repeat(40)].into(), skeleton: Some(pack('c')), tips: None, created: 1 });
+        let back = Manifest::parse(&m.to_bytes()).unwrap();
+        assert_eq!(back.uncovered().map(|p| p.name.clone()).collect::<Vec<_>>(), vec!["b".repeat(40)]);
+        // a manifest without views reads as before, and one with views is still a version-1 manifest
+        assert!(Manifest::parse(br#"{"version":1}"#).unwrap().views.is_none());
     }
 
     #[test]

@@ -301,6 +301,15 @@ impl PackStorage {
         }
     }
 
+    /// The manifest the last `list` showed (kept), else a fresh read.
+    pub(crate) async fn listed_manifest(&self) -> Result<Manifest, StorageError> {
+        let listed = self.listed.lock().ok().and_then(|l| l.as_ref().map(|l| l.0.clone()));
+        match listed {
+            Some(m) => Ok(m),
+            None => Ok(read_manifest(&self.store, &self.url).await?.map(|(m, _)| m).unwrap_or_default()),
+        }
+    }
+
     /// What the last `list` showed (taken: a retry re-reads the manifest).
     fn take_listed(&self) -> Option<(Manifest, Option<String>)> {
         self.listed.lock().ok().and_then(|mut l| l.take())
@@ -751,7 +760,7 @@ impl PackStorage {
     /// starts before it answers and is dropped (cancelled) if it says no, so
     /// a fetch's object lookup and its download overlap. Returns whether the
     /// pack was brought in.
-    async fn fetch_pack(
+    pub(crate) async fn fetch_pack(
         &self,
         ctx: &OpContext,
         p: &PackEntry,
