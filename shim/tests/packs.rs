@@ -17,6 +17,20 @@ fn packs_env() -> TestEnv {
     env
 }
 
+/// A test that sets a `GIT_S3_TEST_…` hook needs a daemon built with the
+/// test hooks (`cargo build --workspace --features git-s3-daemon/test-hooks`,
+/// as scripts/test.sh builds): without them it fails here, never skips.
+fn require_test_hooks(env: &TestEnv) {
+    let out = env.git_s3(&env.work(), &["status", "--json"]);
+    let doc: Value = serde_json::from_str(&out).expect("git s3 status --json is JSON");
+    let features = doc["daemon"]["features"].as_array().cloned().unwrap_or_default();
+    assert!(
+        features.iter().any(|f| f == "test-hooks"),
+        "this test needs a daemon built with the test hooks: cargo build --workspace --features git-s3-daemon/test-hooks \
+(scripts/test.sh does); the running daemon reports features {features:?}"
+    );
+}
+
 fn manifest(env: &TestEnv, prefix: &str) -> Value {
     let raw = env.get_object(&format!("{prefix}/.git-s3/manifest.json"));
     serde_json::from_slice(&raw).expect("manifest is JSON")
@@ -346,6 +360,7 @@ fn concurrent_pushers_one_branch_one_winner_per_round_nothing_lost() {
 #[test]
 fn push_killed_before_manifest_write_leaves_remote_consistent() {
     let env = packs_env();
+    require_test_hooks(&env);
     let repo = env.new_repo("a");
     let url = env.url("crash");
     env.git(&repo, &["remote", "add", "origin", &url]);
@@ -470,6 +485,7 @@ fn format_detection_choice_init_and_mixed_prefix() {
 #[test]
 fn gc_combines_packs_and_deletes_old_ones_after_the_grace_period() {
     let env = packs_env();
+    require_test_hooks(&env);
     let repo = env.new_repo("a");
     let url = env.url("gc");
     env.git(&repo, &["remote", "add", "origin", &url]);
@@ -824,6 +840,7 @@ fn s3_zip_writes_repo_zip_in_the_packs_format() {
 #[test]
 fn interrupted_migrations_finish_when_run_again_and_nothing_is_lost() {
     let env = TestEnv::new();
+    require_test_hooks(&env);
     let repo = env.new_repo("a");
     let url = env.url("mig-crash");
     env.git(&repo, &["remote", "add", "origin", &url]);
@@ -899,6 +916,7 @@ fn a_frozen_manifest_refuses_pushes_and_edits() {
 #[test]
 fn migration_holds_the_0_4_2_locks_so_concurrent_0_4_2_pushes_fail_cleanly() {
     let env = TestEnv::new();
+    require_test_hooks(&env);
     let repo = env.new_repo("a");
     let url = env.url("mig-lock");
     env.git(&repo, &["remote", "add", "origin", &url]);
@@ -949,6 +967,7 @@ fn migration_holds_the_0_4_2_locks_so_concurrent_0_4_2_pushes_fail_cleanly() {
 #[test]
 fn doctor_checks_packs_remotes_and_explains_a_prefix_with_both_formats() {
     let env = packs_env();
+    require_test_hooks(&env);
     let repo = env.new_repo("a");
     let url = env.url("doc");
     env.git(&repo, &["remote", "add", "origin", &url]);
@@ -1062,6 +1081,7 @@ fn a_no_op_fetch_is_one_conditional_manifest_read() {
 #[test]
 fn the_idx_follows_the_manifest_write_and_a_stopping_daemon_finishes_it() {
     let env = packs_env();
+    require_test_hooks(&env);
     let repo = env.new_repo("a");
     let url = env.url("idx");
     let mut c = env.command("git", &repo);
