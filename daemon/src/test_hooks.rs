@@ -5,12 +5,14 @@
 //! under `daemon.features`): the release binary has none of this.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Exit the daemon after uploading a pack, before the manifest write.
 pub const CRASH_BEFORE_MANIFEST: &str = "GIT_S3_TEST_CRASH_BEFORE_MANIFEST";
-/// Milliseconds the background `.idx` upload waits first.
-pub const IDX_UPLOAD_DELAY_MS: &str = "GIT_S3_TEST_IDX_UPLOAD_DELAY_MS";
+/// A file the background `.idx` upload waits for (at most a minute) before
+/// it starts: the test decides when the upload may happen, no timing.
+pub const IDX_UPLOAD_GATE: &str = "GIT_S3_TEST_IDX_UPLOAD_GATE";
 /// The migration exits the daemon half-way (`to-packs`: after the manifest
 /// write and the first bundle deletion; `to-bundles`: after the freeze and
 /// the first bundle write), to test that a rerun finishes it.
@@ -24,9 +26,20 @@ pub fn crash_before_manifest(env: &HashMap<String, String>) {
     }
 }
 
-/// How long a push's background `.idx` upload waits before it starts.
-pub fn idx_upload_delay(env: &HashMap<String, String>) -> Option<Duration> {
-    env.get(IDX_UPLOAD_DELAY_MS).and_then(|v| v.parse::<u64>().ok()).map(Duration::from_millis)
+/// The gate of a push's background `.idx` upload, when the test set one.
+pub fn idx_upload_gate(env: &HashMap<String, String>) -> Option<PathBuf> {
+    env.get(IDX_UPLOAD_GATE).map(PathBuf::from)
+}
+
+/// Waits until `gate` exists (at most a minute).
+pub async fn wait_for_gate(gate: &Path) {
+    for _ in 0..3000 {
+        if gate.exists() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tracing::warn!(gate = %gate.display(), "{IDX_UPLOAD_GATE}: the gate never opened");
 }
 
 /// A migration at `point` (`to-packs` or `to-bundles`).

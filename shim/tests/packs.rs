@@ -1084,8 +1084,10 @@ fn the_idx_follows_the_manifest_write_and_a_stopping_daemon_finishes_it() {
     require_test_hooks(&env);
     let repo = env.new_repo("a");
     let url = env.url("idx");
+    // the .idx upload waits until the test opens this gate
+    let gate = env.path("idx-gate");
     let mut c = env.command("git", &repo);
-    c.env("GIT_S3_TEST_IDX_UPLOAD_DELAY_MS", "1500").args(["push", "-q", &url, "main"]);
+    c.env("GIT_S3_TEST_IDX_UPLOAD_GATE", &gate).args(["push", "-q", &url, "main"]);
     env.run(c);
     // git has its answer: the manifest names the pack, whose .pack is there
     let name = manifest(&env, "idx")["packs"][0]["name"].as_str().unwrap().to_string();
@@ -1094,8 +1096,13 @@ fn the_idx_follows_the_manifest_write_and_a_stopping_daemon_finishes_it() {
     assert!(!keys.contains(&format!("idx/.git-s3/packs/pack-{name}.idx")), "uploaded after the answer: {keys:?}");
     // readers do not need it
     env.git(&env.work(), &["clone", "-q", &url, "c"]);
-    // a daemon asked to stop finishes the upload before it exits
-    let out = env.git_s3(&env.work(), &["daemon", "stop"]);
+    // a daemon asked to stop finishes the upload before it exits (the gate
+    // opens while it stops, or just before: either way it must wait)
+    let mut c = env.command("git-s3", &env.work());
+    let stop = c.args(["daemon", "stop"]).stdout(std::process::Stdio::piped()).spawn().expect("spawn git s3 daemon stop");
+    std::fs::write(&gate, b"").unwrap();
+    let out = stop.wait_with_output().expect("git s3 daemon stop");
+    let out = String::from_utf8_lossy(&out.stdout);
     assert!(out.contains("stopped"), "{out}");
     assert!(env.keys("idx/.git-s3/packs/").contains(&format!("idx/.git-s3/packs/pack-{name}.idx")));
 }

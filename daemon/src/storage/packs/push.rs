@@ -180,11 +180,11 @@ impl PackStorage {
     fn upload_idx_in_background(&self, ctx: &OpContext, b: BuiltPack) {
         let (store, key) = (self.store.clone(), manifest::idx_key(&self.url, &b.name));
         #[cfg(feature = "test-hooks")]
-        let delay = crate::test_hooks::idx_upload_delay(&ctx.env);
+        let gate = crate::test_hooks::idx_upload_gate(&ctx.env);
         crate::session::background::spawn("upload_idx", async move {
             #[cfg(feature = "test-hooks")]
-            if let Some(d) = delay {
-                tokio::time::sleep(d).await;
+            if let Some(g) = gate {
+                crate::test_hooks::wait_for_gate(&g).await;
             }
             match store.put_file(&key, &b.idx, PutOptions::default(), |_| {}).await {
                 Ok(_) => tracing::debug!(key, "idx uploaded"),
