@@ -9,7 +9,22 @@ cd "$root"
 "$root/scripts/setup-test-env.sh"
 export GIT_S3_TEST_VENV="${GIT_S3_TEST_VENV:-$root/.test-env/venv}"
 
-cargo build --workspace --locked 2>&1 | tail -3
+# Test hooks (GIT_S3_TEST_… variables that crash or slow the daemon) never
+# ship: a default build of the daemon, what `cargo build --release`,
+# packaging/install.sh and bench build, must not contain their names.
+cargo build -p git-s3-daemon --locked 2>&1 | tail -1
+if grep -qa GIT_S3_TEST_ "$root/target/debug/git-s3-daemon"; then
+  echo "test.sh: a default build of git-s3-daemon contains GIT_S3_TEST_ hooks" >&2
+  exit 1
+fi
+# The end-to-end tests use the hooks: everything is built and tested with
+# them (the tests that need them fail, not skip, on a daemon without them).
+features=(--features git-s3-daemon/test-hooks)
+cargo build --workspace --locked "${features[@]}" 2>&1 | tail -3
+if ! grep -qa GIT_S3_TEST_ "$root/target/debug/git-s3-daemon"; then
+  echo "test.sh: the test-hooks build of git-s3-daemon lacks its hooks (the check above proves nothing)" >&2
+  exit 1
+fi
 
 pidfile="$root/.test-env/moto-test.pid"
 GIT_S3_TEST_ENDPOINT="$("$root/scripts/s3-server.sh" "$pidfile")"
@@ -19,7 +34,7 @@ echo "test S3 endpoint: $GIT_S3_TEST_ENDPOINT"
 
 log="$root/.test-env/last-test-run.log"
 status=0
-cargo test --workspace --locked --no-fail-fast -- --test-threads "${GIT_S3_TEST_THREADS:-4}" "$@" 2>&1 | tee "$log" || status=$?
+cargo test --workspace --locked --no-fail-fast "${features[@]}" -- --test-threads "${GIT_S3_TEST_THREADS:-4}" "$@" 2>&1 | tee "$log" || status=$?
 # One closing line for the whole run (cargo prints one per test binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1); if ($(i) ~ /^ignored;?$/) s += $(i-1) } }
      END { printf "%d passed, %d failed, %d skipped\n", p, f, s }' "$log"

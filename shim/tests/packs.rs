@@ -17,6 +17,20 @@ fn packs_env() -> TestEnv {
     env
 }
 
+/// A test that sets a `GIT_S3_TEST_…` hook needs a daemon built with the
+/// test hooks (`cargo build --workspace --features git-s3-daemon/test-hooks`,
+/// as scripts/test.sh builds): without them it fails here, never skips.
+fn require_test_hooks(env: &TestEnv) {
+    let out = env.git_s3(&env.work(), &["status", "--json"]);
+    let doc: Value = serde_json::from_str(&out).expect("git s3 status --json is JSON");
+    let features = doc["daemon"]["features"].as_array().cloned().unwrap_or_default();
+    assert!(
+        features.iter().any(|f| f == "test-hooks"),
+        "this test needs a daemon built with the test hooks: cargo build --workspace --features git-s3-daemon/test-hooks \
+(scripts/test.sh does); the running daemon reports features {features:?}"
+    );
+}
+
 fn manifest(env: &TestEnv, prefix: &str) -> Value {
     let raw = env.get_object(&format!("{prefix}/.git-s3/manifest.json"));
     serde_json::from_slice(&raw).expect("manifest is JSON")
@@ -358,6 +372,7 @@ fn concurrent_pushers_one_branch_one_winner_per_round_nothing_lost() {
 #[test]
 fn push_killed_before_manifest_write_leaves_remote_consistent() {
     let env = packs_env();
+    require_test_hooks(&env);
     let repo = env.new_repo("a");
     let url = env.url("crash");
     env.git(&repo, &["remote", "add", "origin", &url]);
@@ -482,6 +497,7 @@ fn format_detection_choice_init_and_mixed_prefix() {
 #[test]
 fn gc_combines_packs_and_deletes_old_ones_after_the_grace_period() {
     let env = packs_env();
+    require_test_hooks(&env);
     let repo = env.new_repo("a");
     let url = env.url("gc");
     env.git(&repo, &["remote", "add", "origin", &url]);
@@ -838,6 +854,7 @@ fn s3_zip_writes_repo_zip_in_the_packs_format() {
 #[test]
 fn interrupted_migrations_finish_when_run_again_and_nothing_is_lost() {
     let env = TestEnv::new();
+    require_test_hooks(&env);
     let repo = env.new_repo("a");
     let url = env.url("mig-crash");
     env.git(&repo, &["remote", "add", "origin", &url]);
@@ -913,6 +930,7 @@ fn a_frozen_manifest_refuses_pushes_and_edits() {
 #[test]
 fn migration_holds_the_0_4_2_locks_so_concurrent_0_4_2_pushes_fail_cleanly() {
     let env = TestEnv::new();
+    require_test_hooks(&env);
     let repo = env.new_repo("a");
     let url = env.url("mig-lock");
     env.git(&repo, &["remote", "add", "origin", &url]);
@@ -963,6 +981,7 @@ fn migration_holds_the_0_4_2_locks_so_concurrent_0_4_2_pushes_fail_cleanly() {
 #[test]
 fn doctor_checks_packs_remotes_and_explains_a_prefix_with_both_formats() {
     let env = packs_env();
+    require_test_hooks(&env);
     let repo = env.new_repo("a");
     let url = env.url("doc");
     env.git(&repo, &["remote", "add", "origin", &url]);
@@ -1076,10 +1095,13 @@ fn a_no_op_fetch_is_one_conditional_manifest_read() {
 #[test]
 fn the_idx_follows_the_manifest_write_and_a_stopping_daemon_finishes_it() {
     let env = packs_env();
+    require_test_hooks(&env);
     let repo = env.new_repo("a");
     let url = env.url("idx");
+    // the .idx upload waits until the test opens this gate
+    let gate = env.path("idx-gate");
     let mut c = env.command("git", &repo);
-    c.env("GIT_S3_TEST_IDX_UPLOAD_DELAY_MS", "1500").args(["push", "-q", &url, "main"]);
+    c.env("GIT_S3_TEST_IDX_UPLOAD_GATE", &gate).args(["push", "-q", &url, "main"]);
     env.run(c);
     // git has its answer: the manifest names the pack, whose .pack is there
     let name = manifest(&env, "idx")["packs"][0]["name"].as_str().unwrap().to_string();
@@ -1088,8 +1110,13 @@ fn the_idx_follows_the_manifest_write_and_a_stopping_daemon_finishes_it() {
     assert!(!keys.contains(&format!("idx/.git-s3/packs/pack-{name}.idx")), "uploaded after the answer: {keys:?}");
     // readers do not need it
     env.git(&env.work(), &["clone", "-q", &url, "c"]);
-    // a daemon asked to stop finishes the upload before it exits
-    let out = env.git_s3(&env.work(), &["daemon", "stop"]);
+    // a daemon asked to stop finishes the upload before it exits (the gate
+    // opens while it stops, or just before: either way it must wait)
+    let mut c = env.command("git-s3", &env.work());
+    let stop = c.args(["daemon", "stop"]).stdout(std::process::Stdio::piped()).spawn().expect("spawn git s3 daemon stop");
+    std::fs::write(&gate, b"").unwrap();
+    let out = stop.wait_with_output().expect("git s3 daemon stop");
+    let out = String::from_utf8_lossy(&out.stdout);
     assert!(out.contains("stopped"), "{out}");
     assert!(env.keys("idx/.git-s3/packs/").contains(&format!("idx/.git-s3/packs/pack-{name}.idx")));
 }

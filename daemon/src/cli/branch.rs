@@ -1,4 +1,6 @@
-//! `git s3 delete-branch|protect|unprotect <remote-or-url> [-b] <branch>`.
+//! `git s3 delete-branch|protect|unprotect <remote-or-url> [-b] <branch>`,
+//! in either format: a packs remote's refs and protection are manifest
+//! edits (`branch_op`), a bundles remote's are objects under the ref.
 
 use std::time::Duration;
 
@@ -6,9 +8,11 @@ use clap::Args;
 
 use super::remote::{branch_ref, Remote};
 use super::{CliError, CliResult, Ctx};
-use crate::storage::bundles::storage::{PROTECTED_MARKER, ZIP_NAME};
+use crate::storage::bundles::layout::PROTECTED_MARKER;
 use crate::storage::bundles::locks;
 use crate::s3::store::PutOptions;
+use crate::storage::packs::manifest::{read_manifest, update_manifest};
+use crate::storage::zip::{zip_key, ZIP_NAME};
 
 #[derive(Args, Debug)]
 pub struct BranchArgs {
@@ -42,7 +46,7 @@ impl BranchArgs {
 pub async fn delete_branch(ctx: &mut Ctx, args: BranchArgs) -> CliResult {
     let refname = branch_ref(args.branch()?)?;
     let remote = Remote::resolve(ctx, &args.remote).await?;
-    if let Some(code) = super::gc::branch_op(ctx, &remote, &refname, super::gc::BranchOp::Delete, args.yes).await? {
+    if let Some(code) = branch_op(ctx, &remote, &refname, BranchOp::Delete, args.yes).await? {
         return Ok(code);
     }
     let objects = remote.ref_objects(&refname).await?;
@@ -123,7 +127,7 @@ pub async fn confirm_delete(ctx: &mut Ctx, refname: &str, yes: bool) -> Result<b
 pub async fn protect(ctx: &mut Ctx, args: BranchArgs) -> CliResult {
     let refname = branch_ref(args.branch()?)?;
     let remote = Remote::resolve(ctx, &args.remote).await?;
-    if let Some(code) = super::gc::branch_op(ctx, &remote, &refname, super::gc::BranchOp::Protect, false).await? {
+    if let Some(code) = branch_op(ctx, &remote, &refname, BranchOp::Protect, false).await? {
         return Ok(code);
     }
     let objects = remote.ref_objects(&refname).await?;
@@ -143,7 +147,7 @@ pub async fn protect(ctx: &mut Ctx, args: BranchArgs) -> CliResult {
 pub async fn unprotect(ctx: &mut Ctx, args: BranchArgs) -> CliResult {
     let refname = branch_ref(args.branch()?)?;
     let remote = Remote::resolve(ctx, &args.remote).await?;
-    if let Some(code) = super::gc::branch_op(ctx, &remote, &refname, super::gc::BranchOp::Unprotect, false).await? {
+    if let Some(code) = branch_op(ctx, &remote, &refname, BranchOp::Unprotect, false).await? {
         return Ok(code);
     }
     let key = remote.marker_key(&refname);
@@ -155,4 +159,64 @@ pub async fn unprotect(ctx: &mut Ctx, args: BranchArgs) -> CliResult {
     remote.store.delete(&key).await?;
     ctx.println(format!("Branch {name} is now unprotected"));
     Ok(0)
+}
+
+pub enum BranchOp {
+    Delete,
+    Protect,
+    Unprotect,
+}
+
+/// The packs side of delete-branch/protect/unprotect; None when `remote` is
+/// not a packs remote.
+pub async fn branch_op(ctx: &mut Ctx, remote: &Remote, refname: &str, op: BranchOp, yes: bool) -> Result<Option<i32>, CliError> {
+    let Some((m, _)) = read_manifest(&remote.store, &remote.url).await? else {
+        return Ok(None);
+    };
+    let name = refname.trim_start_matches("refs/heads/").to_string();
+    if !m.refs.contains_key(refname) && !matches!(op, BranchOp::Unprotect) {
+        return Err(CliError::NotFound(format!("branch {refname} does not exist in {}", remote.url)));
+    }
+    let marker = remote.marker_key(refname);
+    match op {
+        BranchOp::Delete => {
+            if m.protected.contains(refname) || remote.store.head(&marker).await?.is_some() {
+                return Err(CliError::Refused(format!("{refname} is protected; run `git s3 unprotect` first")));
+            }
+            if !confirm_delete(ctx, refname, yes).await? {
+                return Ok(Some(1));
+            }
+            let r = refname.to_string();
+            update_manifest(&remote.store, &remote.url, |m| {
+                if m.protected.contains(&r) {
+                    return Err(crate::storage::StorageError::Format(format!("{r} is protected")));
+                }
+                Ok(m.refs.remove(&r).is_some())
+            })
+            .await?;
+            // A repo.zip left by an s3+zip push goes with its ref.
+            remote.store.delete(&zip_key(&remote.url, refname)).await?;
+            ctx.println(format!("Branch {name} has been deleted"));
+        }
+        BranchOp::Protect => {
+            let r = refname.to_string();
+            let before = m.protected.contains(refname);
+            update_manifest(&remote.store, &remote.url, |m| Ok(m.protected.insert(r.clone()))).await?;
+            ctx.println(if before { format!("Branch {name} is already protected") } else { format!("Branch {name} is now protected") });
+        }
+        BranchOp::Unprotect => {
+            let r = refname.to_string();
+            let had_marker = remote.store.head(&marker).await?.is_some();
+            update_manifest(&remote.store, &remote.url, |m| Ok(m.protected.remove(&r))).await?;
+            if had_marker {
+                remote.store.delete(&marker).await?;
+            }
+            if had_marker || m.protected.contains(refname) {
+                ctx.println(format!("Branch {name} is now unprotected"));
+            } else {
+                ctx.println(format!("Branch {name} is not protected"));
+            }
+        }
+    }
+    Ok(Some(0))
 }

@@ -1,14 +1,13 @@
-//! Commands for packs-format remotes: `git s3 gc [--geometric]`, and the packs side of
-//! `delete-branch`, `protect` and `unprotect` (edits of the manifest).
+//! `git s3 gc [--geometric] [--dry-run] <remote-or-url>`: compacts a
+//! packs-format remote (`storage::packs::gc`).
 
 use std::time::Duration;
 
 use clap::Args;
 
 use super::remote::Remote;
-use super::{human_bytes, CliError, CliResult, Ctx};
-use crate::storage::packs::push::read_manifest;
-use crate::storage::packs::gc::{gc, update_manifest, GcMode};
+use super::{human_bytes, CliResult, Ctx};
+use crate::storage::packs::gc::{gc, GcMode, DEFAULT_GRACE_SECONDS};
 
 #[derive(Args, Debug)]
 pub struct GcArgs {
@@ -17,7 +16,7 @@ pub struct GcArgs {
     pub remote: String,
     /// Keep replaced and unreferenced packs this long before deleting them (readers of an
     /// older manifest, and pushes in progress, may still need them)
-    #[arg(long, value_name = "SECONDS", default_value_t = crate::storage::packs::gc::DEFAULT_GRACE_SECONDS)]
+    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_GRACE_SECONDS)]
     pub grace_seconds: u64,
     /// Only show what would be combined and deleted; change nothing
     #[arg(long)]
@@ -29,7 +28,7 @@ pub struct GcArgs {
     pub geometric: bool,
 }
 
-pub async fn run_gc(ctx: &mut Ctx, args: GcArgs) -> CliResult {
+pub async fn run(ctx: &mut Ctx, args: GcArgs) -> CliResult {
     let remote = Remote::resolve(ctx, &args.remote).await?;
     let tmp = ctx.state.cache.root().join("tmp");
     let mode = if args.geometric { GcMode::Geometric } else { GcMode::Full };
@@ -81,94 +80,5 @@ pub async fn run_gc(ctx: &mut Ctx, args: GcArgs) -> CliResult {
     if !r.waiting.is_empty() {
         ctx.println(format!("{} object(s) kept until their grace period ({}s) ends", r.waiting.len(), args.grace_seconds));
     }
-    Ok(0)
-}
-
-pub enum BranchOp {
-    Delete,
-    Protect,
-    Unprotect,
-}
-
-/// The packs side of delete-branch/protect/unprotect; None when `remote` is
-/// not a packs remote.
-pub async fn branch_op(ctx: &mut Ctx, remote: &Remote, refname: &str, op: BranchOp, yes: bool) -> Result<Option<i32>, CliError> {
-    let Some((m, _)) = read_manifest(&remote.store, &remote.url).await? else {
-        return Ok(None);
-    };
-    let name = refname.trim_start_matches("refs/heads/").to_string();
-    if !m.refs.contains_key(refname) && !matches!(op, BranchOp::Unprotect) {
-        return Err(CliError::NotFound(format!("branch {refname} does not exist in {}", remote.url)));
-    }
-    let marker = remote.marker_key(refname);
-    match op {
-        BranchOp::Delete => {
-            if m.protected.contains(refname) || remote.store.head(&marker).await?.is_some() {
-                return Err(CliError::Refused(format!("{refname} is protected; run `git s3 unprotect` first")));
-            }
-            if !super::branch::confirm_delete(ctx, refname, yes).await? {
-                return Ok(Some(1));
-            }
-            let r = refname.to_string();
-            update_manifest(&remote.store, &remote.url, |m| {
-                if m.protected.contains(&r) {
-                    return Err(crate::storage::StorageError::Format(format!("{r} is protected")));
-                }
-                Ok(m.refs.remove(&r).is_some())
-            })
-            .await?;
-            // A repo.zip left by an s3+zip push goes with its ref.
-            remote.store.delete(&crate::storage::bundles::storage::zip_key(&remote.url, refname)).await?;
-            ctx.println(format!("Branch {name} has been deleted"));
-        }
-        BranchOp::Protect => {
-            let r = refname.to_string();
-            let before = m.protected.contains(refname);
-            update_manifest(&remote.store, &remote.url, |m| Ok(m.protected.insert(r.clone()))).await?;
-            ctx.println(if before { format!("Branch {name} is already protected") } else { format!("Branch {name} is now protected") });
-        }
-        BranchOp::Unprotect => {
-            let r = refname.to_string();
-            let had_marker = remote.store.head(&marker).await?.is_some();
-            update_manifest(&remote.store, &remote.url, |m| Ok(m.protected.remove(&r))).await?;
-            if had_marker {
-                remote.store.delete(&marker).await?;
-            }
-            if had_marker || m.protected.contains(refname) {
-                ctx.println(format!("Branch {name} is now unprotected"));
-            } else {
-                ctx.println(format!("Branch {name} is not protected"));
-            }
-        }
-    }
-    Ok(Some(0))
-}
-
-#[derive(Args, Debug)]
-pub struct MigrateArgs {
-    /// The format to convert the remote to
-    #[arg(long, value_enum, value_name = "FORMAT")]
-    pub to: super::init::FormatArg,
-    /// A git remote name or an s3:// URL
-    #[arg(value_name = "REMOTE")]
-    pub remote: String,
-}
-
-pub async fn run_migrate(ctx: &mut Ctx, args: MigrateArgs) -> CliResult {
-    let remote = Remote::resolve(ctx, &args.remote).await?;
-    let tmp = ctx.state.cache.root().join("tmp");
-    let (r, to) = match args.to {
-        super::init::FormatArg::Packs => (crate::storage::packs::gc::migrate_to_packs(&remote.store, &remote.url, &tmp, &ctx.env).await?, "packs"),
-        super::init::FormatArg::Bundles => {
-            (crate::storage::packs::gc::migrate_to_bundles(&remote.store, &remote.url, &tmp, &ctx.env).await?, "bundles")
-        }
-    };
-    ctx.println(format!(
-        "Migrated {} to the {to} format: {} refs, {} written, {} old objects deleted",
-        remote.url,
-        r.refs,
-        human_bytes(r.bytes),
-        r.deleted
-    ));
     Ok(0)
 }

@@ -4,21 +4,13 @@
 //! prefix is not a packs remote (an empty prefix holds bundles unless
 //! `git config s3.format packs` says otherwise).
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 
 use super::remote::Remote;
-use super::{CliError, CliResult, Ctx};
-use crate::storage::packs::manifest::{self, Manifest};
-use crate::storage::packs::push::{read_manifest, scan_refs_dir};
+use super::{CliError, CliResult, Ctx, FormatArg};
+use crate::storage::detect::scan_refs_dir;
+use crate::storage::packs::manifest::{self, read_manifest, Manifest};
 use crate::s3::store::{PutOptions, WriteCondition};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum FormatArg {
-    /// Incremental packs and one manifest (`<prefix>/.git-s3/`)
-    Packs,
-    /// git-remote-s3 0.4.2's bundle per ref (`<prefix>/refs/…/<sha>.bundle`)
-    Bundles,
-}
 
 #[derive(Args, Debug)]
 pub struct InitArgs {

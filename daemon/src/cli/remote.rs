@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::storage::bundles::storage::{self as bundle_format, PrefixScan, PROTECTED_MARKER};
+use crate::storage::bundles::layout::{self, PrefixScan, PROTECTED_MARKER};
 use crate::local::git::Git;
 use crate::s3::url::{s3_url_of_remote, RemoteNameError, RemoteUrl};
 use crate::s3::store::{ObjectInfo, S3Store};
@@ -42,7 +42,7 @@ impl Remote {
     /// Reads the whole prefix: bundles, locks, markers, HEAD.
     pub async fn inspect(&self) -> Result<View, CliError> {
         let objects = self.store.list(&format!("{}/", self.url.prefix)).await?;
-        let scan = bundle_format::scan(&self.url.prefix, &objects);
+        let scan = layout::scan(&self.url.prefix, &objects);
         let head_raw = if scan.head_object {
             self.store
                 .get_small(&self.url.key("HEAD"))
@@ -176,7 +176,7 @@ mod tests {
         let a = "a".repeat(40);
         let objects =
             vec![obj(&format!("p/refs/heads/dev/{a}.bundle")), obj(&format!("p/refs/heads/master/{a}.bundle"))];
-        let scan = bundle_format::scan("p", &objects);
+        let scan = layout::scan("p", &objects);
         let v = View { scan: scan.clone(), head_raw: None };
         assert_eq!(v.head(), HeadState::Missing);
         assert!(v.head_problem());

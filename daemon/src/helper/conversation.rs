@@ -10,7 +10,8 @@ use crate::helper::protocol::{self as helper_protocol, Command};
 use crate::s3::url::RemoteUrl;
 use crate::session::{Input, Out};
 use crate::session::state::DaemonState;
-use crate::storage::{OpContext, PushUpdate, RefListing, RemoteRef, Storage, StorageError};
+use crate::storage::open::Storage;
+use crate::storage::{OpContext, PushUpdate, RefListing, RemoteRef, StorageError};
 
 pub struct HelperArgs {
     pub args: Vec<String>,

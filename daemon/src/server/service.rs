@@ -126,7 +126,7 @@ async fn run_program(state: Arc<DaemonState>, program: Program, start: SessionSt
             let a = crate::helper::conversation::HelperArgs { args: start.args, env: start.env, cwd: start.cwd };
             crate::helper::conversation::run(state, a, input, out).await
         }
-        Program::Cli => crate::cli::run(state, start, input, out).await,
+        Program::Cli => crate::cli::dispatch::run(state, start, input, out).await,
         Program::LfsAgent => crate::lfs::agent::run(state, start, input, out).await,
         Program::Unspecified => {
             out.stderr("git-s3 daemon: unknown program in session\n");

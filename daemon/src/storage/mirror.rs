@@ -29,8 +29,9 @@ use crate::s3::store::S3Store;
 use crate::s3::url::RemoteUrl;
 use crate::storage::fetch_options::FetchOptions;
 use crate::storage::packs::views;
-use crate::storage::packs::push::{present_objects, run_with_stdin};
-use crate::storage::{OpContext, RefListing, RemoteRef, Storage, StorageError};
+use crate::storage::packs::git_ops::{present_objects, run_with_stdin};
+use crate::storage::open::Storage;
+use crate::storage::{OpContext, RefListing, RemoteRef, StorageError};
 
 /// Variables that point git at the caller's repository: a mirror's git runs
 /// without them.

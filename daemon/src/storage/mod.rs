@@ -1,13 +1,17 @@
 //! The storage-format interface: what the remote-helper protocol needs from
 //! a repository in S3 (list refs, fetch objects for wanted refs, apply ref
 //! updates). The git-remote-s3 0.4.2 bundle layout implements it
-//! (`bundle_format`), and so does the incremental packs format
-//! (`packs_format`); `Storage::open` picks one by what the prefix holds.
+//! (`bundles`), and so does the incremental packs format (`packs`);
+//! `open::Storage::open` picks one by what the prefix holds (`detect`).
+//! This file is what the formats share; it uses none of them.
 
 pub mod bundles;
+pub mod detect;
 pub mod fetch_options;
 pub mod mirror;
+pub mod open;
 pub mod packs;
+pub mod zip;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -15,8 +19,7 @@ use std::sync::Arc;
 use crate::local::cache::Cache;
 use crate::local::git::{Git, GitError};
 use crate::storage::bundles::locks::LockError;
-use crate::s3::url::RemoteUrl;
-use crate::s3::store::{S3Store, StoreError};
+use crate::s3::store::StoreError;
 use crate::session::Out;
 
 #[derive(Debug, thiserror::Error)]
@@ -114,49 +117,4 @@ pub trait RepoStorage {
         ctx: &OpContext,
         updates: &[PushUpdate],
     ) -> impl std::future::Future<Output = Result<Vec<(String, PushResult)>, StorageError>> + Send;
-}
-
-/// The formats a remote can be in: the 0.4.2 bundle layout, or packs
-/// (`packs_format`).
-pub enum Storage {
-    Bundles(crate::storage::bundles::storage::BundleStorage),
-    Packs(Box<crate::storage::packs::push::PackStorage>),
-}
-
-impl Storage {
-    /// Opens a remote in the format its prefix holds; an empty prefix gets
-    /// `git config s3.format` of the caller's repository (default bundles).
-    pub async fn open(store: S3Store, url: RemoteUrl, git: &Git) -> Result<Storage, StorageError> {
-        use crate::storage::packs::push::{configured_format, detect, Detected, PackStorage};
-        Ok(match detect(&store, &url, configured_format(git)).await? {
-            Detected::Bundles(refs) => Storage::Bundles(crate::storage::bundles::storage::BundleStorage::new(store, url, Some(refs))),
-            Detected::Packs(m, refs) => Storage::Packs(Box::new(PackStorage::new(store, url, m, refs))),
-        })
-    }
-
-    /// Whether `option atomic` can be honoured.
-    pub fn supports_atomic(&self) -> bool {
-        matches!(self, Storage::Packs(_))
-    }
-
-    pub async fn list(&self) -> Result<RefListing, StorageError> {
-        match self {
-            Storage::Bundles(b) => b.list().await,
-            Storage::Packs(p) => p.list().await,
-        }
-    }
-
-    pub async fn fetch(&self, ctx: &OpContext, listing: &RefListing, wants: &[RemoteRef]) -> Result<(), StorageError> {
-        match self {
-            Storage::Bundles(b) => b.fetch(ctx, listing, wants).await,
-            Storage::Packs(p) => p.fetch(ctx, listing, wants).await,
-        }
-    }
-
-    pub async fn push(&self, ctx: &OpContext, updates: &[PushUpdate]) -> Result<Vec<(String, PushResult)>, StorageError> {
-        match self {
-            Storage::Bundles(b) => b.push(ctx, updates).await,
-            Storage::Packs(p) => p.push(ctx, updates).await,
-        }
-    }
 }

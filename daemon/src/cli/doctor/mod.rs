@@ -3,72 +3,23 @@
 //! `<ref>_<8 hex>` by copy+delete, or delete them), a missing or dangling
 //! HEAD (choose a branch), stale locks (list; delete on request) — and
 //! unattended with flags (defaults: keep the newest bundle; HEAD → main,
-//! master, else the first branch).
+//! master, else the first branch). A packs remote gets its own checks
+//! (`packs`); what both share (arguments, report, HEAD choice) is `common`.
 
+mod common;
 mod packs;
+
+pub use common::DoctorArgs;
 
 use std::time::Duration;
 
-use clap::Args;
-use serde_json::{json, Value};
+use serde_json::json;
 
-use super::remote::{age_secs, branch_ref, default_head, is_stale, HeadState, Remote, View};
+use common::{choose_head, Report};
+use super::remote::{age_secs, branch_ref, is_stale, HeadState, Remote, View};
 use super::{CliError, CliResult, Ctx};
 use crate::storage::bundles::locks;
 use crate::s3::store::PutOptions;
-
-#[derive(Args, Debug)]
-pub struct DoctorArgs {
-    /// A git remote name or an s3:// / s3+zip:// URL
-    #[arg(value_name = "REMOTE")]
-    pub remote: String,
-    /// Accepted for git-remote-s3 0.4.2 compatibility (doctor always checks the whole prefix)
-    #[arg(value_name = "BRANCH", hide = true)]
-    pub branch_pos: Option<String>,
-    /// Accepted for compatibility (doctor always checks the whole prefix)
-    #[arg(short = 'b', long = "branch", value_name = "BRANCH", hide = true)]
-    pub branch: Option<String>,
-    /// Seconds after which a lock counts as stale (default: GIT_REMOTE_S3_LOCK_TTL_SECONDS, else 60)
-    #[arg(long, value_name = "SECONDS")]
-    pub lock_ttl: Option<u64>,
-    /// Delete the stale locks found
-    #[arg(long)]
-    pub delete_stale_locks: bool,
-    /// Delete the extra bundles of a ref instead of moving them to new branches
-    #[arg(short = 'd', long)]
-    pub delete_bundle: bool,
-    /// For a ref with several bundles, keep the one with this sha (or sha prefix); repeatable
-    #[arg(long, value_name = "SHA")]
-    pub keep: Vec<String>,
-    /// Branch for a missing or dangling HEAD (default: main, master, else the first branch)
-    #[arg(long, value_name = "BRANCH")]
-    pub head: Option<String>,
-    /// Do not ask: use the flags and the defaults
-    #[arg(short = 'y', long)]
-    pub yes: bool,
-    /// Only report what would be done
-    #[arg(long)]
-    pub dry_run: bool,
-    /// Print one JSON document instead of text
-    #[arg(long)]
-    pub json: bool,
-}
-
-/// Collects what doctor found and did; prints text as it goes unless --json.
-pub(super) struct Report {
-    json: bool,
-    pub issues: Vec<Value>,
-    pub actions: Vec<Value>,
-    pub errors: Vec<String>,
-}
-
-impl Report {
-    pub fn line(&self, ctx: &Ctx, s: impl AsRef<str>) {
-        if !self.json {
-            ctx.println(s);
-        }
-    }
-}
 
 fn short(sha: &str) -> &str {
     sha.get(..12).unwrap_or(sha)
@@ -262,27 +213,6 @@ async fn fix_bundles(
     result?;
     released?;
     Ok(())
-}
-
-/// The branch HEAD should name: `choice` (`--head`, which must be one of
-/// `branches`), else the user's pick on a terminal, else main, master or the
-/// first branch. `branches` is not empty.
-pub(super) async fn choose_head(ctx: &mut Ctx, branches: &[String], choice: Option<String>, interactive: bool) -> Result<String, CliError> {
-    if let Some(c) = choice {
-        if !branches.contains(&c) {
-            return Err(CliError::Usage(format!("--head {c}: no such branch in the remote (branches: {})", branches.join(", "))));
-        }
-        return Ok(c);
-    }
-    let default = default_head(branches).and_then(|d| branches.iter().position(|b| b == d)).unwrap_or(0);
-    if !interactive {
-        return Ok(branches[default].clone());
-    }
-    for (i, b) in branches.iter().enumerate() {
-        ctx.eprintln(format!("  {}. {}", i + 1, b.trim_start_matches("refs/heads/")));
-    }
-    let i = ctx.choose("Number of the branch to use as HEAD", branches.len(), default).await?;
-    Ok(branches[i].clone())
 }
 
 /// `<ref>_<first 8 hex of the sha>`, or random hex if that ref exists.

@@ -10,12 +10,11 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::{DoctorArgs, Report};
+use super::common::{choose_head, DoctorArgs, Report};
 use crate::cli::remote::{branch_ref, Remote, View};
 use crate::cli::{human_bytes, CliError, Ctx};
-use crate::storage::packs::manifest::{self, Manifest};
-use crate::storage::packs::push::read_manifest;
-use crate::storage::packs::gc::{update_manifest, DEFAULT_GRACE_SECONDS};
+use crate::storage::packs::gc::DEFAULT_GRACE_SECONDS;
+use crate::storage::packs::manifest::{self, read_manifest, unix_now, update_manifest, Manifest};
 use crate::storage::StorageError;
 
 /// Packs at which doctor suggests a gc (the background gc's default).
@@ -202,7 +201,7 @@ async fn check_packs(ctx: &Ctx, remote: &Remote, m: &Manifest, args: &DoctorArgs
             ),
         );
     }
-    let now = crate::storage::packs::push::unix_now();
+    let now = unix_now();
     let expired = m.retired.iter().filter(|r| now.saturating_sub(r.since) >= grace).count();
     if expired > 0 {
         rep.issues.push(json!({"kind": "retired_packs_expired", "count": expired}));
@@ -234,7 +233,7 @@ async fn restore_idx(ctx: &Ctx, remote: &Remote, pack: &manifest::PackEntry, arg
         return;
     }
     let tmp = ctx.state.cache.root().join("tmp");
-    match crate::storage::packs::gc::restore_idx(&remote.store, &remote.url, pack, &tmp, &ctx.env).await {
+    match crate::storage::packs::scratch::restore_idx(&remote.store, &remote.url, pack, &tmp, &ctx.env).await {
         Ok(bytes) => {
             rep.line(ctx, format!("Re-created pack-{name}.idx ({})", human_bytes(bytes)));
             rep.actions.push(json!({"action": "restored_idx", "pack": name}));
@@ -265,7 +264,7 @@ async fn fix_head(ctx: &mut Ctx, remote: &Remote, m: &Manifest, args: &DoctorArg
         }
     }
     let choice = args.head.as_deref().map(branch_ref).transpose()?;
-    let target = super::choose_head(ctx, &branches, choice, interactive).await?;
+    let target = choose_head(ctx, &branches, choice, interactive).await?;
     if args.dry_run {
         rep.line(ctx, format!("Would set HEAD to {target}"));
         rep.actions.push(json!({"action": "would_set_head", "ref": target}));

@@ -32,6 +32,8 @@ pub async fn run(ctx: &mut Ctx, args: StatusArgs) -> CliResult {
         "running": true,
         "pid": std::process::id(),
         "version": git_s3_proto::VERSION,
+        // Optional features of this build (`test-hooks` only in test builds).
+        "features": crate::features(),
         "uptime_seconds": st.started.elapsed().as_secs(),
         "socket": st.socket_path.display().to_string(),
         "log_file": st.log_file.display().to_string(),

@@ -5,7 +5,8 @@ use serde_json::{json, Value};
 
 use crate::cli::remote::Remote;
 use crate::cli::CliError;
-use crate::storage::packs::push::{mixed_formats_error, read_manifest, scan_refs_dir};
+use crate::storage::detect::{mixed_formats_error, scan_refs_dir};
+use crate::storage::packs::manifest::read_manifest;
 
 /// The status document of a packs remote, or None when the prefix has no manifest.
 pub async fn remote_status(remote: &Remote) -> Result<Option<Value>, CliError> {

@@ -37,6 +37,15 @@ pub fn ttl_from_env(env: &std::collections::HashMap<String, String>) -> Duration
         .unwrap_or(DEFAULT_TTL)
 }
 
+/// How long a push waits for a ref's lock (`GIT_REMOTE_S3_LOCK_WAIT_SECONDS`,
+/// default 10 s).
+pub fn lock_wait(env: &std::collections::HashMap<String, String>) -> Duration {
+    env.get("GIT_REMOTE_S3_LOCK_WAIT_SECONDS")
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(Duration::from_secs(10))
+}
+
 #[derive(Debug)]
 pub struct RefLock {
     pub key: String,

@@ -1,5 +1,6 @@
-//! The git-remote-s3 0.4.2 bundle layout: its storage (`storage`) and its
-//! per-ref locks (`locks`).
+//! The git-remote-s3 0.4.2 bundle layout: its keys, parsed (`layout`), its
+//! per-ref locks (`locks`), and the storage interface over them (`storage`).
 
+pub mod layout;
 pub mod locks;
 pub mod storage;

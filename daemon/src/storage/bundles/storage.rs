@@ -1,70 +1,18 @@
-//! The git-remote-s3 0.4.2 bucket layout:
-//! `<prefix>/<ref>/<sha>.bundle` (full bundle of the ref's history),
-//! `<prefix>/HEAD`, `<prefix>/<ref>/LOCK#.lock`, `<prefix>/<ref>/PROTECTED#`,
-//! and for `s3+zip://` a `<prefix>/<ref>/repo.zip`.
+//! `BundleStorage`: the git-remote-s3 0.4.2 layout (see `layout`) as the
+//! storage interface: a ref is one full bundle, pushed under the ref's lock
+//! (`locks`) and fetched by `git index-pack` as it downloads.
 
-use std::collections::{BTreeMap, HashSet};
-use std::path::Path;
-use std::time::Duration;
+use std::collections::HashSet;
 
 use tracing::Instrument;
 
-use crate::storage::bundles::locks;
+use crate::storage::bundles::layout::{scan, PrefixScan};
+use crate::storage::bundles::locks::{self, lock_wait};
 use crate::s3::url::{RemoteUrl, Scheme};
 use crate::s3::store::{ObjectInfo, PutOptions, S3Store, WriteCondition};
+use crate::storage::zip::{build_zip, upload_zip};
 use crate::storage::{OpContext, PushResult, PushUpdate, RefListing, RemoteRef, RepoStorage, StorageError};
 use crate::session::progress::Progress;
-
-pub const PROTECTED_MARKER: &str = "PROTECTED#";
-pub const ZIP_NAME: &str = "repo.zip";
-
-/// Everything found under a prefix, parsed.
-#[derive(Debug, Default, Clone)]
-pub struct PrefixScan {
-    /// ref → its bundles, newest first.
-    pub bundles: BTreeMap<String, Vec<(String, ObjectInfo)>>,
-    pub locks: Vec<(String, ObjectInfo)>,
-    pub protected: Vec<String>,
-    pub zips: Vec<(String, ObjectInfo)>,
-    pub head_object: bool,
-}
-
-fn is_sha(s: &str) -> bool {
-    s.len() == 40 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
-/// Parses the keys under `<prefix>/`.
-pub fn scan(prefix: &str, objects: &[ObjectInfo]) -> PrefixScan {
-    let mut scan = PrefixScan::default();
-    let head_key = format!("{prefix}/HEAD");
-    let root = format!("{prefix}/");
-    for o in objects {
-        if o.key == head_key {
-            scan.head_object = true;
-            continue;
-        }
-        let Some(rest) = o.key.strip_prefix(&root) else { continue };
-        if !rest.starts_with("refs/") {
-            continue;
-        }
-        let Some((refname, leaf)) = rest.rsplit_once('/') else { continue };
-        if let Some(sha) = leaf.strip_suffix(".bundle") {
-            if is_sha(sha) && refname.matches('/').count() >= 1 {
-                scan.bundles.entry(refname.to_string()).or_default().push((sha.to_string(), o.clone()));
-            }
-        } else if leaf == locks::LOCK_NAME {
-            scan.locks.push((refname.to_string(), o.clone()));
-        } else if leaf == PROTECTED_MARKER {
-            scan.protected.push(refname.to_string());
-        } else if leaf == ZIP_NAME {
-            scan.zips.push((refname.to_string(), o.clone()));
-        }
-    }
-    for list in scan.bundles.values_mut() {
-        list.sort_by_key(|b| std::cmp::Reverse(b.1.last_modified));
-    }
-    scan
-}
 
 pub struct BundleStorage {
     store: S3Store,
@@ -372,46 +320,6 @@ impl BundleStorage {
     }
 }
 
-
-/// `git archive --format zip` of `sha` (for `s3+zip://`'s `repo.zip`) and
-/// the summary CodePipeline shows (`<short sha> <subject>`).
-pub(crate) async fn build_zip(ctx: &OpContext, sha: &str) -> Result<(tempfile::NamedTempFile, String), StorageError> {
-    let zip = ctx.cache.temp_file()?;
-    ctx.git.archive_zip(zip.path(), sha).await?;
-    let summary = ctx.git.commit_summary(sha).await.unwrap_or_default();
-    Ok((zip, summary))
-}
-
-/// The `PutOptions` of `<prefix>/<dst>/repo.zip`: 0.4.2's metadata and
-/// headers, plus `extra` metadata.
-pub(crate) fn zip_put_options(sha: &str, summary: String, extra: Vec<(String, String)>) -> PutOptions {
-    let mut metadata = vec![("codepipeline-artifact-revision-summary".into(), summary)];
-    metadata.extend(extra);
-    PutOptions {
-        metadata,
-        content_disposition: Some(format!("attachment; filename=repo-{}.zip", &sha[..8.min(sha.len())])),
-        content_type: Some("application/zip".into()),
-        ..Default::default()
-    }
-}
-
-/// Uploads `<prefix>/<dst>/repo.zip` with 0.4.2's metadata and headers.
-pub(crate) async fn upload_zip(
-    store: &S3Store,
-    url: &RemoteUrl,
-    dst: &str,
-    sha: &str,
-    zip: &Path,
-    summary: String,
-) -> Result<(), StorageError> {
-    store.put_file(&zip_key(url, dst), zip, zip_put_options(sha, summary, Vec::new()), |_| {}).await?;
-    Ok(())
-}
-
-pub(crate) fn zip_key(url: &RemoteUrl, dst: &str) -> String {
-    url.key(&format!("{dst}/{ZIP_NAME}"))
-}
-
 /// `git bundle create -` running into the cache's copy of the bundle:
 /// staged up to the single-PUT threshold, the rest still in git's pipe.
 struct BundleStream {
@@ -454,14 +362,6 @@ impl BundleStream {
         Ok(BundleStream { bundle, tee, staged, finish })
     }
 }
-
-pub(crate) fn lock_wait(env: &std::collections::HashMap<String, String>) -> Duration {
-    env.get("GIT_REMOTE_S3_LOCK_WAIT_SECONDS")
-        .and_then(|v| v.parse().ok())
-        .map(Duration::from_secs)
-        .unwrap_or(Duration::from_secs(10))
-}
-
 impl RepoStorage for BundleStorage {
     async fn list(&self) -> Result<RefListing, StorageError> {
         let (scan, head) = tokio::try_join!(self.scan(), self.read_head())?;
@@ -518,41 +418,5 @@ impl RepoStorage for BundleStorage {
             }
         }
         Ok(results)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::SystemTime;
-
-    fn obj(key: &str, secs: u64) -> ObjectInfo {
-        ObjectInfo { key: key.into(), size: 1, etag: "e".into(), last_modified: SystemTime::UNIX_EPOCH + Duration::from_secs(secs) }
-    }
-
-    #[test]
-    fn scan_parses_layout() {
-        let a = "a".repeat(40);
-        let b = "b".repeat(40);
-        let objects = vec![
-            obj("p/HEAD", 1),
-            obj(&format!("p/refs/heads/main/{a}.bundle"), 1),
-            obj(&format!("p/refs/heads/main/{b}.bundle"), 2),
-            obj("p/refs/heads/main/LOCK#.lock", 1),
-            obj("p/refs/heads/main/PROTECTED#", 1),
-            obj("p/refs/heads/feature/x/repo.zip", 1),
-            obj(&format!("p/refs/tags/v1/{a}.bundle"), 1),
-            obj("p/lfs/0123", 1),
-            obj("p/refs/heads/main/notasha.bundle", 1),
-        ];
-        let s = scan("p", &objects);
-        assert!(s.head_object);
-        assert_eq!(s.bundles["refs/heads/main"].len(), 2);
-        assert_eq!(s.bundles["refs/heads/main"][0].0, b, "newest first");
-        assert_eq!(s.bundles["refs/tags/v1"][0].0, a);
-        assert_eq!(s.locks.len(), 1);
-        assert_eq!(s.protected, vec!["refs/heads/main".to_string()]);
-        assert_eq!(s.zips[0].0, "refs/heads/feature/x");
-        assert_eq!(s.bundles.len(), 2);
     }
 }

@@ -1,6 +1,5 @@
-//! Maintenance of a packs-format remote: manifest edits (protect,
-//! unprotect, delete a ref), compaction (`git s3 gc`) and migration between
-//! the bundles and packs formats (`git s3 migrate`).
+//! Compaction of a packs-format remote (`git s3 gc`, and the background gc
+//! after a push when packs pile up).
 //!
 //! Compaction has two modes. `Full` downloads every pack into a scratch
 //! bare repository and packs what the manifest's refs reach into one pack
@@ -16,59 +15,18 @@
 //! period is over; packs no manifest names (a push that died before its
 //! manifest write) are deleted once older than the grace period.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::time::Duration;
 
-use futures::stream::{StreamExt, TryStreamExt};
-
-use crate::storage::bundles::storage as bundle_format;
-use crate::local::git::{Git, GitError};
-use crate::storage::packs::manifest::{self, Manifest, PackEntry, RetiredPack};
-use crate::storage::packs::views;
-use crate::storage::packs::push::{SCRATCH_PACK_CONFIG, backoff, index_pack, pack_object_count, read_manifest, run_with_stdin, unix_now, MAX_ATTEMPTS};
-use crate::s3::url::RemoteUrl;
+use crate::local::git::Git;
 use crate::s3::store::{PutOptions, S3Store, WriteCondition};
+use crate::s3::url::RemoteUrl;
+use crate::storage::packs::git_ops::{run_with_stdin, SCRATCH_PACK_CONFIG};
+use crate::storage::packs::manifest::{self, read_manifest, unix_now, update_manifest, Manifest, PackEntry, RetiredPack};
+use crate::storage::packs::scratch::{pack_of, scratch_from_packs, upload_pack_of, written_pack};
+use crate::storage::packs::views;
 use crate::storage::StorageError;
-
-/// Applies `edit` to the manifest with a conditional write, re-reading and
-/// re-applying on a lost race. `edit` returns whether it changed anything.
-/// Returns the manifest as written (or as found, when unchanged).
-pub async fn update_manifest<F>(store: &S3Store, url: &RemoteUrl, edit: F) -> Result<Manifest, StorageError>
-where
-    F: FnMut(&mut Manifest) -> Result<bool, StorageError>,
-{
-    edit_manifest(store, url, false, edit).await
-}
-
-/// [`update_manifest`]; `frozen_ok` lets a migration edit a frozen manifest.
-async fn edit_manifest<F>(store: &S3Store, url: &RemoteUrl, frozen_ok: bool, mut edit: F) -> Result<Manifest, StorageError>
-where
-    F: FnMut(&mut Manifest) -> Result<bool, StorageError>,
-{
-    for attempt in 0..MAX_ATTEMPTS {
-        if attempt > 0 {
-            tokio::time::sleep(backoff(attempt)).await;
-        }
-        let Some((mut m, etag)) = read_manifest(store, url).await? else {
-            return Err(StorageError::Format(format!("{url} has no packs manifest (it is in the bundles format, or empty)")));
-        };
-        if let Some(msg) = m.frozen_error(url).filter(|_| !frozen_ok) {
-            return Err(StorageError::Format(msg));
-        }
-        if !edit(&mut m)? {
-            return Ok(m);
-        }
-        m.serial += 1;
-        let opts = PutOptions { condition: WriteCondition::IfMatch(etag), ..Default::default() };
-        match store.put_bytes(&manifest::manifest_key(url), m.to_bytes(), opts).await {
-            Ok(_) => return Ok(m),
-            Err(e) if e.is_precondition_failed() || e.is_not_found() => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(StorageError::Format(format!("{url}: the manifest kept changing; try again")))
-}
 
 /// How `gc` compacts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -160,99 +118,6 @@ pub struct GcReport {
 pub fn views_stale(m: &Manifest) -> bool {
     !m.packs.is_empty() && m.views.as_ref().is_none_or(|v| m.packs.iter().any(|p| !v.covers.contains(&p.name)))
 }
-
-/// A git environment for a scratch bare repository at `dir`.
-fn scratch_git(dir: &Path, env: &HashMap<String, String>) -> Git {
-    let mut env: HashMap<String, String> = env.iter().filter(|(k, _)| !k.starts_with("GIT_")).map(|(k, v)| (k.clone(), v.clone())).collect();
-    env.insert("GIT_DIR".into(), dir.to_string_lossy().to_string());
-    Git::new(dir, env)
-}
-
-/// A scratch bare repository at `<dir>/repo.git` holding `packs` (downloaded
-/// in parallel, streamed through files, checked by index-pack). Returns it
-/// with the names the packs got in its `objects/pack`.
-async fn scratch_from_packs(
-    store: &S3Store,
-    url: &RemoteUrl,
-    packs: &[&PackEntry],
-    dir: &Path,
-    env: &HashMap<String, String>,
-) -> Result<(Git, Vec<String>), StorageError> {
-    let git = scratch_repo(dir, env).await?;
-    let downloads: Vec<_> = packs
-        .iter()
-        .map(|p| {
-            let git = git.clone();
-            async move {
-                let file = tempfile::Builder::new().prefix("dl-").tempfile_in(dir)?;
-                let key = manifest::pack_key(url, &p.name);
-                match store.get_to_file(&key, file.path(), |_| {}).await {
-                    Ok(_) => {}
-                    Err(e) if e.is_not_found() => {
-                        return Err(StorageError::Corrupt(format!(
-                            "the manifest names pack {} but s3://{}/{key} is missing",
-                            p.name,
-                            store.bucket()
-                        )))
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-                let local = index_pack(&git, file.path()).await.map_err(|e| match e {
-                    GitError::Failed { .. } => {
-                        StorageError::Corrupt(format!("pack {} from s3://{}/{key} does not index: {e}", p.name, store.bucket()))
-                    }
-                    e => e.into(),
-                })?;
-                tracing::debug!(pack = %p.name, size = p.size, "pack downloaded for gc");
-                Ok::<_, StorageError>(local)
-            }
-        })
-        .collect();
-    let names = futures::stream::iter(downloads).buffered(4).try_collect::<Vec<String>>().await?;
-    Ok((git, names))
-}
-
-async fn scratch_repo(dir: &Path, env: &HashMap<String, String>) -> Result<Git, StorageError> {
-    let repo = dir.join("repo.git");
-    std::fs::create_dir_all(&repo)?;
-    let git = scratch_git(&repo, env);
-    git.run(&["init", "-q", "--bare"]).await?;
-    Ok(git)
-}
-
-/// Re-creates and uploads the `.idx` of pack `name` (missing when a daemon
-/// stopped between a push's manifest write and the `.idx` upload): the
-/// `.pack` is downloaded and indexed by `git index-pack`, which checks
-/// every object and that the pack is the one named. Returns the `.idx` size.
-pub async fn restore_idx(
-    store: &S3Store,
-    url: &RemoteUrl,
-    pack: &PackEntry,
-    tmp_root: &Path,
-    env: &HashMap<String, String>,
-) -> Result<u64, StorageError> {
-    let dir = tempfile::Builder::new().prefix("idx-").tempdir_in(tmp_root)?;
-    let (_, indexed) = scratch_from_packs(store, url, &[pack], dir.path(), env).await?;
-    let name = &pack.name;
-    if indexed.first() != Some(name) {
-        let key = manifest::pack_key(url, name);
-        return Err(StorageError::Corrupt(format!("s3://{}/{key} holds pack {indexed:?}, not {name}", store.bucket())));
-    }
-    let idx = dir.path().join("repo.git/objects/pack").join(format!("pack-{name}.idx"));
-    store.put_file(&manifest::idx_key(url, name), &idx, PutOptions::default(), |_| {}).await?;
-    Ok(tokio::fs::metadata(&idx).await?.len())
-}
-
-/// `git pack-objects` of everything `tips` reach, into `<dir>/out-<name>.pack`.
-async fn pack_of(git: &Git, dir: &Path, tips: &BTreeSet<String>) -> Result<PackEntry, StorageError> {
-    let input: String = tips.iter().map(|t| format!("{t}\n")).collect();
-    let base = dir.join("out");
-    let base = base.to_string_lossy();
-    let args = [&SCRATCH_PACK_CONFIG[..], &["pack-objects", "--revs", "--quiet", "--delta-base-offset", &base]].concat();
-    let out = run_with_stdin(git, &args, input.into_bytes()).await?;
-    written_pack(dir, &out, tips.iter().cloned().collect()).await
-}
-
 /// `git pack-objects --stdin-packs` of the scratch repository's packs
 /// `local_names`: one self-contained pack of exactly their objects, into
 /// `<dir>/out-<name>.pack`, made for `tips`.
@@ -264,26 +129,6 @@ async fn pack_of_packs(git: &Git, dir: &Path, local_names: &[String], tips: Vec<
     let out = run_with_stdin(git, &args, input.into_bytes()).await?;
     written_pack(dir, &out, tips).await
 }
-
-/// The entry of the pack `git pack-objects` wrote to `<dir>/out-<name>`,
-/// `out` being what it printed.
-async fn written_pack(dir: &Path, out: &str, tips: Vec<String>) -> Result<PackEntry, StorageError> {
-    let name = out.trim().to_string();
-    if !manifest::is_pack_name(&name) {
-        return Err(StorageError::Corrupt(format!("git pack-objects printed an unexpected pack name {name:?}")));
-    }
-    let pack = dir.join(format!("out-{name}.pack"));
-    let idx = dir.join(format!("out-{name}.idx"));
-    Ok(PackEntry {
-        name: name.clone(),
-        size: tokio::fs::metadata(&pack).await?.len(),
-        idx_size: tokio::fs::metadata(&idx).await?.len(),
-        objects: pack_object_count(&pack).await?,
-        tips,
-        created: unix_now(),
-    })
-}
-
 /// The tips of a pack combining `packs`: the union of theirs. A pack
 /// without tips is downloaded by every fetch that needs anything (nothing
 /// says when its objects are present), and so is one combining it.
@@ -293,18 +138,6 @@ fn combined_tips(packs: &[&PackEntry]) -> Vec<String> {
     }
     packs.iter().flat_map(|p| p.tips.iter().cloned()).collect::<BTreeSet<_>>().into_iter().collect()
 }
-
-async fn upload_pack_of(store: &S3Store, url: &RemoteUrl, dir: &Path, p: &PackEntry) -> Result<(), StorageError> {
-    let (pack_key, idx_key) = (manifest::pack_key(url, &p.name), manifest::idx_key(url, &p.name));
-    let pack = dir.join(format!("out-{}.pack", p.name));
-    let idx = dir.join(format!("out-{}.idx", p.name));
-    tokio::try_join!(
-        store.put_file(&pack_key, &pack, PutOptions::default(), |_| {}),
-        store.put_file(&idx_key, &idx, PutOptions::default(), |_| {}),
-    )?;
-    Ok(())
-}
-
 /// How long replaced and unreferenced packs are kept before gc deletes them.
 pub const DEFAULT_GRACE_SECONDS: u64 = 3600;
 
@@ -479,236 +312,6 @@ pub async fn gc(
     }
     Ok(report)
 }
-
-/// What a migration did.
-#[derive(Debug, Default)]
-pub struct MigrateReport {
-    pub refs: usize,
-    pub bytes: u64,
-    /// Keys of the old format deleted.
-    pub deleted: usize,
-}
-
-/// Test hook: the migration exits the daemon half-way (`to-packs`: after
-/// the manifest write and the first bundle deletion; `to-bundles`: after the
-/// freeze and the first bundle write), to test that a rerun finishes it.
-pub const MIGRATE_CRASH_HOOK_ENV: &str = "GIT_S3_TEST_CRASH_DURING_MIGRATE";
-
-fn crash_hook(env: &HashMap<String, String>, point: &str) {
-    if env.get(MIGRATE_CRASH_HOOK_ENV).map(String::as_str) == Some(point) {
-        tracing::error!("{MIGRATE_CRASH_HOOK_ENV}={point}: exiting half-way through the migration");
-        std::process::exit(70);
-    }
-}
-
-fn lock_error(url: &RemoteUrl, e: crate::storage::bundles::locks::LockError) -> StorageError {
-    match e {
-        crate::storage::bundles::locks::LockError::Store(s) => s.into(),
-        e => StorageError::Format(format!("{url}: cannot migrate while a push holds a ref: {e}")),
-    }
-}
-
-/// Bundles (0.4.2 layout) → packs, safe against concurrent pushers: the
-/// 0.4.2 lock of every ref is held (and refreshed) throughout, so neither
-/// tool can update a bundle meanwhile; one pack of every ref and one
-/// manifest are written, then the bundles and the HEAD object are deleted.
-/// A ref created by a 0.4.2 push during the run is left in place and
-/// reported (the prefix then holds both formats until the migration is run
-/// again). Rerunning after a crash finishes the job: the refs of an
-/// existing manifest are kept and the bundles' refs laid over them.
-pub async fn migrate_to_packs(
-    store: &S3Store,
-    url: &RemoteUrl,
-    tmp_root: &Path,
-    env: &HashMap<String, String>,
-) -> Result<MigrateReport, StorageError> {
-    let scan = bundle_format::scan(&url.prefix, &store.list(&format!("{}/", url.prefix)).await?);
-    if scan.bundles.is_empty() {
-        return Err(StorageError::Format(match read_manifest(store, url).await? {
-            Some(_) => format!("{url} is already in the packs format"),
-            None => format!("{url} holds no bundles to migrate (for an empty prefix use `git s3 init --format packs`)"),
-        }));
-    }
-    // Every ref with a bundle, and every ref with a lock (a push creating
-    // it, or the stale lock of an interrupted migration: taken over, released).
-    let names: Vec<String> =
-        scan.bundles.keys().chain(scan.locks.iter().map(|l| &l.0)).cloned().collect::<BTreeSet<_>>().into_iter().collect();
-    under_ref_locks(store, url, &names, env, migrate_to_packs_locked(store, url, tmp_root, env, &names)).await
-}
-
-/// Runs `work` holding git-remote-s3 0.4.2's lock of every ref in `names`
-/// (refreshed while it runs; released after).
-async fn under_ref_locks<T>(
-    store: &S3Store,
-    url: &RemoteUrl,
-    names: &[String],
-    env: &HashMap<String, String>,
-    work: impl std::future::Future<Output = Result<T, StorageError>>,
-) -> Result<T, StorageError> {
-    let ttl = crate::storage::bundles::locks::ttl_from_env(env);
-    let mut locks = crate::storage::bundles::locks::acquire_all(store, &url.prefix, names, ttl, bundle_format::lock_wait(env))
-        .await
-        .map_err(|e| lock_error(url, e))?;
-    let result = crate::storage::bundles::locks::hold_all_while(store, &mut locks, ttl, work).await;
-    crate::storage::bundles::locks::release_all(store, locks).await;
-    result.map_err(|e| lock_error(url, e))?
-}
-
-async fn migrate_to_packs_locked(
-    store: &S3Store,
-    url: &RemoteUrl,
-    tmp_root: &Path,
-    env: &HashMap<String, String>,
-    locked: &[String],
-) -> Result<MigrateReport, StorageError> {
-    // Under the locks: what the refs are now.
-    let scan = bundle_format::scan(&url.prefix, &store.list(&format!("{}/", url.prefix)).await?);
-    let mine: BTreeMap<&String, &Vec<(String, crate::s3::store::ObjectInfo)>> =
-        scan.bundles.iter().filter(|(r, _)| locked.contains(r)).collect();
-    if let Some((r, b)) = mine.iter().find(|(_, b)| b.len() > 1) {
-        return Err(StorageError::Format(format!("{r} has {} bundles; run `git s3 doctor` first", b.len())));
-    }
-    let from_bundles: BTreeMap<String, String> = mine.iter().map(|(r, b)| ((*r).clone(), b[0].0.clone())).collect();
-    let existing = read_manifest(store, url).await?;
-    let dir = tempfile::Builder::new().prefix("migrate-").tempdir_in(tmp_root)?;
-    let git = scratch_repo(dir.path(), env).await?;
-    for (r, b) in &mine {
-        let file = tempfile::Builder::new().prefix("dl-").tempfile_in(dir.path())?;
-        store.get_to_file(&b[0].1.key, file.path(), |_| {}).await?;
-        git.bundle_unbundle(file.path())
-            .await
-            .map_err(|e| StorageError::Corrupt(format!("the bundle of {r} ({}) does not unbundle: {e}", b[0].1.key)))?;
-    }
-    let tips: BTreeSet<String> = from_bundles.values().cloned().collect();
-    let entry = pack_of(&git, dir.path(), &tips).await?;
-    upload_pack_of(store, url, dir.path(), &entry).await?;
-    let head = store.get_small(&url.key("HEAD")).await?.map(|h| String::from_utf8_lossy(&h).trim().to_string());
-    // A rerun keeps what an interrupted run (or a frozen manifest) holds.
-    let (mut m, condition) = match &existing {
-        Some((old, etag)) => (old.clone(), WriteCondition::IfMatch(etag.clone())),
-        None => (Manifest::default(), WriteCondition::IfAbsent),
-    };
-    m.serial += 1;
-    m.frozen = None;
-    m.refs.extend(from_bundles.iter().map(|(r, s)| (r.clone(), s.clone())));
-    m.head = head.filter(|h| m.refs.contains_key(h)).or(m.head.take());
-    m.protected.extend(scan.protected.iter().filter(|p| locked.contains(p)).cloned());
-    if !m.packs.iter().any(|p| p.name == entry.name) {
-        m.packs.push(entry.clone());
-    }
-    match store.put_bytes(&manifest::manifest_key(url), m.to_bytes(), PutOptions { condition, ..Default::default() }).await {
-        Ok(_) => {}
-        Err(e) if e.is_precondition_failed() || e.is_not_found() => {
-            return Err(StorageError::Format(format!("{url}: the manifest changed during the migration; run it again")))
-        }
-        Err(e) => return Err(e.into()),
-    }
-    let mut report = MigrateReport { refs: m.refs.len(), bytes: entry.size + entry.idx_size, deleted: 0 };
-    for (i, b) in mine.values().flat_map(|b| b.iter()).enumerate() {
-        store.delete(&b.1.key).await?;
-        report.deleted += 1;
-        if i == 0 {
-            crash_hook(env, "to-packs");
-        }
-    }
-    if scan.head_object {
-        store.delete(&url.key("HEAD")).await?;
-        report.deleted += 1;
-    }
-    // Refs a 0.4.2 push created meanwhile (their locks were not ours).
-    let again = bundle_format::scan(&url.prefix, &store.list(&url.key("refs/")).await?);
-    if !again.bundles.is_empty() {
-        let late: Vec<&str> = again.bundles.keys().map(String::as_str).collect();
-        return Err(StorageError::Format(format!(
-            "{url}: {} ref(s) were pushed with git-remote-s3 0.4.2 during the migration ({}); they are still bundles and the prefix holds both formats. \
-Run `git s3 migrate --to packs` again to bring them over",
-            late.len(),
-            late.join(", ")
-        )));
-    }
-    Ok(report)
-}
-
-/// Packs → bundles (0.4.2 layout), safe against concurrent pushers: the
-/// manifest is frozen first (pushes and edits are refused from then on),
-/// then a full bundle per ref, HEAD and `PROTECTED#` markers are written
-/// under the refs' 0.4.2 locks, and finally the manifest and packs are
-/// deleted. Rerunning after a crash finishes the job.
-pub async fn migrate_to_bundles(
-    store: &S3Store,
-    url: &RemoteUrl,
-    tmp_root: &Path,
-    env: &HashMap<String, String>,
-) -> Result<MigrateReport, StorageError> {
-    let m = freeze(store, url, "migrating to bundles").await?;
-    let names: Vec<String> = m.refs.keys().cloned().collect();
-    under_ref_locks(store, url, &names, env, migrate_to_bundles_locked(store, url, tmp_root, env, &m)).await
-}
-
-/// Marks the manifest frozen (a conditional write); returns it as frozen.
-/// An already frozen manifest (an interrupted migration) is taken as is.
-async fn freeze(store: &S3Store, url: &RemoteUrl, why: &str) -> Result<Manifest, StorageError> {
-    let why = format!("{why}, since unix time {}", unix_now());
-    edit_manifest(store, url, true, |m| {
-        if m.frozen.is_some() {
-            return Ok(false);
-        }
-        m.frozen = Some(why.clone());
-        Ok(true)
-    })
-    .await
-}
-
-async fn migrate_to_bundles_locked(
-    store: &S3Store,
-    url: &RemoteUrl,
-    tmp_root: &Path,
-    env: &HashMap<String, String>,
-    m: &Manifest,
-) -> Result<MigrateReport, StorageError> {
-    let dir = tempfile::Builder::new().prefix("migrate-").tempdir_in(tmp_root)?;
-    let all: Vec<&PackEntry> = m.packs.iter().collect();
-    let (git, _) = scratch_from_packs(store, url, &all, dir.path(), env).await?;
-    let mut report = MigrateReport { refs: m.refs.len(), ..Default::default() };
-    let mut written = BTreeSet::new();
-    for (i, (r, sha)) in m.refs.iter().enumerate() {
-        git.update_ref(r, sha).await?;
-        let file = dir.path().join("out.bundle");
-        git.bundle_create(&file, r).await?;
-        let key = url.key(&format!("{r}/{sha}.bundle"));
-        report.bytes += tokio::fs::metadata(&file).await?.len();
-        store.put_file(&key, &file, PutOptions::default(), |_| {}).await?;
-        written.insert(key);
-        if i == 0 {
-            crash_hook(env, "to-bundles");
-        }
-    }
-    // Older bundles of the manifest's refs (an earlier, interrupted run, or
-    // a prefix that held both formats) go; refs only bundles name stay.
-    let scan = bundle_format::scan(&url.prefix, &store.list(&url.key("refs/")).await?);
-    for (r, bundles) in &scan.bundles {
-        for (_, info) in bundles {
-            if m.refs.contains_key(r) && !written.contains(&info.key) {
-                store.delete(&info.key).await?;
-            }
-        }
-    }
-    if let Some(h) = m.live_head() {
-        store.put_bytes(&url.key("HEAD"), h.as_bytes().to_vec(), PutOptions::default()).await?;
-    }
-    for p in m.protected.iter().filter(|p| m.refs.contains_key(*p)) {
-        store.put_bytes(&url.key(&format!("{p}/{}", bundle_format::PROTECTED_MARKER)), Vec::new(), PutOptions::default()).await?;
-    }
-    // The manifest is frozen: no push or edit can have landed since.
-    store.delete(&manifest::manifest_key(url)).await?;
-    report.deleted += 1;
-    for o in store.list(&manifest::packs_dir(url)).await? {
-        store.delete(&o.key).await?;
-        report.deleted += 1;
-    }
-    Ok(report)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

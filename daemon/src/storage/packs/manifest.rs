@@ -2,13 +2,17 @@
 //! object that names the remote's refs, HEAD, protected refs and packs. It
 //! is only ever replaced by a conditional write on its ETag, so a push of
 //! several refs is one atomic step and concurrent pushers cannot lose each
-//! other's updates.
+//! other's updates. Also: reading it (a conditional GET against the ETag
+//! this daemon holds) and editing it (a conditional write, retried).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::s3::store::{Conditional, PutOptions, S3Store, WriteCondition};
 use crate::s3::url::RemoteUrl;
+use crate::storage::StorageError;
 
 /// Everything of the packs format lives below `<prefix>/.git-s3/`, which the
 /// 0.4.2 bundle layout (`<prefix>/HEAD`, `<prefix>/refs/…`) never uses.
@@ -230,6 +234,99 @@ pub fn idx_key(url: &RemoteUrl, name: &str) -> String {
     url.key(&format!("{META_DIR}/packs/pack-{name}.idx"))
 }
 
+/// Manifest writes tried before a push gives up with `fetch first`.
+pub(crate) const MAX_ATTEMPTS: u32 = 12;
+
+/// Manifests this daemon has read, by location: a later read is a
+/// conditional GET against the ETag (`If-None-Match`), which S3 answers with
+/// a bodiless 304 when nothing changed.
+static MANIFESTS: std::sync::OnceLock<dashmap::DashMap<String, (String, std::sync::Arc<Manifest>)>> = std::sync::OnceLock::new();
+
+/// Manifests kept for conditional reads (beyond it the map starts over).
+pub(crate) const MANIFEST_CACHE_ENTRIES: usize = 256;
+
+/// The manifest and its ETag, or None when the prefix has none.
+pub async fn read_manifest(store: &S3Store, url: &RemoteUrl) -> Result<Option<(Manifest, String)>, StorageError> {
+    let key = manifest_key(url);
+    let cache = MANIFESTS.get_or_init(dashmap::DashMap::new);
+    let location = store.location(&key);
+    let cached = cache.get(&location).map(|c| c.value().clone());
+    match store.get_small_if_changed(&key, cached.as_ref().map(|c| c.0.as_str())).await? {
+        Conditional::Missing => {
+            cache.remove(&location);
+            Ok(None)
+        }
+        Conditional::NotModified => match cached {
+            Some((etag, m)) => Ok(Some((Manifest::clone(&m), etag))),
+            None => Err(StorageError::Corrupt(format!("s3://{}/{key}: 304 Not Modified to an unconditional read", store.bucket()))),
+        },
+        Conditional::Found { data, etag } => {
+            let m = Manifest::parse(&data).map_err(|e| StorageError::Corrupt(format!("s3://{}/{key}: {e}", store.bucket())))?;
+            if cache.len() >= MANIFEST_CACHE_ENTRIES {
+                cache.clear();
+            }
+            cache.insert(location, (etag.clone(), std::sync::Arc::new(m.clone())));
+            Ok(Some((m, etag)))
+        }
+    }
+}
+
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Randomized, growing pause between manifest attempts.
+pub(crate) fn backoff(attempt: u32) -> Duration {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let seed = (nanos as u64 ^ (std::process::id() as u64).wrapping_mul(0x9E37_79B9)).wrapping_mul(6364136223846793005);
+    let base = 40u64 * u64::from(attempt.min(6));
+    Duration::from_millis(base + (seed >> 33) % (base + 60))
+}
+
+/// Whether this daemon holds the manifest at `location` (read before).
+pub(crate) fn is_held(location: &str) -> bool {
+    MANIFESTS.get().is_some_and(|c| c.contains_key(location))
+}
+
+/// Applies `edit` to the manifest with a conditional write, re-reading and
+/// re-applying on a lost race. `edit` returns whether it changed anything.
+/// Returns the manifest as written (or as found, when unchanged).
+pub async fn update_manifest<F>(store: &S3Store, url: &RemoteUrl, edit: F) -> Result<Manifest, StorageError>
+where
+    F: FnMut(&mut Manifest) -> Result<bool, StorageError>,
+{
+    edit_manifest(store, url, false, edit).await
+}
+
+/// [`update_manifest`]; `frozen_ok` lets a migration edit a frozen manifest.
+pub(super) async fn edit_manifest<F>(store: &S3Store, url: &RemoteUrl, frozen_ok: bool, mut edit: F) -> Result<Manifest, StorageError>
+where
+    F: FnMut(&mut Manifest) -> Result<bool, StorageError>,
+{
+    for attempt in 0..MAX_ATTEMPTS {
+        if attempt > 0 {
+            tokio::time::sleep(backoff(attempt)).await;
+        }
+        let Some((mut m, etag)) = read_manifest(store, url).await? else {
+            return Err(StorageError::Format(format!("{url} has no packs manifest (it is in the bundles format, or empty)")));
+        };
+        if let Some(msg) = m.frozen_error(url).filter(|_| !frozen_ok) {
+            return Err(StorageError::Format(msg));
+        }
+        if !edit(&mut m)? {
+            return Ok(m);
+        }
+        m.serial += 1;
+        let opts = PutOptions { condition: WriteCondition::IfMatch(etag), ..Default::default() };
+        match store.put_bytes(&manifest_key(url), m.to_bytes(), opts).await {
+            Ok(_) => return Ok(m),
+            Err(e) if e.is_precondition_failed() || e.is_not_found() => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(StorageError::Format(format!("{url}: the manifest kept changing; try again")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,5 +377,14 @@ mod tests {
         assert_eq!(pack_key(&url, "ab"), "p/q/.git-s3/packs/pack-ab.pack");
         assert_eq!(idx_key(&url, "ab"), "p/q/.git-s3/packs/pack-ab.idx");
         assert!(!manifest_key(&url).starts_with("p/q/refs/"));
+    }
+
+    #[test]
+    fn backoff_grows_and_is_bounded() {
+        for a in 1..MAX_ATTEMPTS {
+            let d = backoff(a);
+            assert!(d >= Duration::from_millis(40 * u64::from(a.min(6))));
+            assert!(d < Duration::from_millis(40 * 6 * 2 + 60 + 1));
+        }
     }
 }

@@ -1,8 +1,65 @@
-//! The packs format: its manifest (`manifest`), its storage (`push`) and
-//! its maintenance (`gc`), and the views that serve shallow and partial
-//! clones (`views`).
+//! The packs format: incremental, lock-free storage for large repositories.
+//!
+//! Layout under the remote's prefix (beside, never inside, the 0.4.2 bundle
+//! layout's `HEAD` and `refs/`):
+//! `.git-s3/manifest.json` (refs, HEAD, protected refs, packs; see
+//! `manifest`) and `.git-s3/packs/pack-<hash>.pack` + `.idx` (self-contained
+//! packs made by `git pack-objects`).
+//!
+//! A push builds one pack of the objects the remote lacks (new tips `--not`
+//! the manifest's tips that exist locally), uploads it, then replaces the
+//! manifest with a conditional write on its ETag (`If-Match`, or
+//! `If-None-Match: *` to create it). A lost race re-reads the manifest,
+//! re-checks every ref and retries a bounded number of times. A crash at any
+//! point leaves at worst an unreferenced pack. A fetch downloads, in
+//! parallel, the packs whose tips the local repository lacks and indexes
+//! them with `git index-pack --stdin`.
+//!
+//! Files: `manifest` (the manifest: its JSON, reading and conditional
+//! edits), `storage` (a packs remote as a session sees it), `fetch`,
+//! `push`, `git_ops` (the git commands they run), `gc` (compaction),
+//! `migrate` (to and from the bundles format), `scratch` (scratch
+//! repositories gc, migrate and `git s3 doctor` fill from the bucket) and
+//! `views` (the packs that serve shallow and partial clones).
 
+pub mod fetch;
 pub mod gc;
+pub mod git_ops;
 pub mod manifest;
+pub mod migrate;
 pub mod push;
+pub mod scratch;
+pub mod storage;
 pub mod views;
+
+use crate::storage::packs::manifest::Manifest;
+use crate::storage::packs::storage::PackStorage;
+use crate::storage::{OpContext, PushResult, PushUpdate, RefListing, RemoteRef, RepoStorage, StorageError};
+
+impl RepoStorage for PackStorage {
+    async fn list(&self) -> Result<RefListing, StorageError> {
+        let (m, etag) = match self.current_manifest().await? {
+            Some((m, e)) => (m, Some(e)),
+            None => (Manifest::default(), None),
+        };
+        let mut listing = RefListing::default();
+        for (name, sha) in &m.refs {
+            listing.refs.push(RemoteRef { name: name.clone(), sha: sha.clone() });
+        }
+        listing.head = m.live_head().cloned();
+        listing.head_raw = m.head.clone();
+        listing.protected = m.protected.iter().cloned().chain(self.markers()).collect();
+        if let Ok(mut l) = self.listed.lock() {
+            *l = Some((m, etag));
+        }
+        Ok(listing)
+    }
+
+    async fn fetch(&self, ctx: &OpContext, _listing: &RefListing, wants: &[RemoteRef]) -> Result<(), StorageError> {
+        self.fetch_wants(ctx, wants).await
+    }
+
+    async fn push(&self, ctx: &OpContext, updates: &[PushUpdate]) -> Result<Vec<(String, PushResult)>, StorageError> {
+        self.push_all(ctx, updates).await
+    }
+}

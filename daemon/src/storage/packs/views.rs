@@ -10,7 +10,9 @@ use futures::stream::{StreamExt, TryStreamExt};
 
 use crate::local::git::Git;
 use crate::storage::packs::manifest::{PackEntry, Views};
-use crate::storage::packs::push::{run_with_stdin, unix_now, PackStorage, SCRATCH_PACK_CONFIG};
+use crate::storage::packs::git_ops::{run_with_stdin, SCRATCH_PACK_CONFIG};
+use crate::storage::packs::manifest::unix_now;
+use crate::storage::packs::storage::PackStorage;
 use crate::storage::{OpContext, StorageError};
 
 /// Which views a fetch can be served from.
@@ -29,7 +31,7 @@ pub fn tip_commits(refs: &BTreeMap<String, String>, head: Option<&String>) -> BT
 }
 
 /// Writes the views of `refs` from the complete repository `git` into
-/// `<dir>/out-<name>.{pack,idx}` (see `gc::written_pack`). `written` turns
+/// `<dir>/out-<name>.{pack,idx}` (see `scratch::written_pack`). `written` turns
 /// what pack-objects printed into the pack's entry.
 pub async fn build<F, Fut>(
     git: &Git,

@@ -1,0 +1,176 @@
+//! Which format a prefix is in, decided by what it holds: a packs manifest,
+//! git-remote-s3 0.4.2 bundles under `refs/` (both: refused), or for an
+//! empty prefix the caller's `git config s3.format`. Also what `refs/`
+//! holds for the packs format (`PROTECTED#` markers, bundles of another tool).
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use crate::local::git::Git;
+use crate::s3::store::{ObjectInfo, S3Store};
+use crate::s3::url::RemoteUrl;
+use crate::storage::bundles::layout;
+use crate::storage::packs::manifest::{self, read_manifest, Manifest, MANIFEST_CACHE_ENTRIES};
+use crate::storage::StorageError;
+
+/// A storage format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Bundles,
+    Packs,
+}
+
+impl Format {
+    pub fn parse(s: &str) -> Option<Format> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "bundles" | "bundle" => Some(Format::Bundles),
+            "packs" | "pack" => Some(Format::Packs),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Bundles => "bundles",
+            Format::Packs => "packs",
+        }
+    }
+}
+
+/// `git config s3.format` in the caller's repository (default: bundles).
+pub async fn configured_format(git: &Git) -> Result<Format, StorageError> {
+    match git.config_get("s3.format").await {
+        None => Ok(Format::Bundles),
+        Some(v) => Format::parse(&v)
+            .ok_or_else(|| StorageError::Format(format!("git config s3.format is '{v}'; it must be 'packs' or 'bundles'"))),
+    }
+}
+
+/// What `<prefix>/refs/` holds: whether 0.4.2 bundles are there, and the
+/// refs with a `PROTECTED#` marker.
+#[derive(Debug, Default, Clone)]
+pub struct RefsDir {
+    pub bundle_refs: Vec<String>,
+    pub markers: BTreeSet<String>,
+}
+
+pub async fn scan_refs_dir(store: &S3Store, url: &RemoteUrl) -> Result<RefsDir, StorageError> {
+    let refs = RefsDir::from_objects(url, &list_refs_dir(store, url).await?);
+    note_refs_scan(store, url, &refs);
+    Ok(refs)
+}
+
+/// When this daemon last found a prefix's `refs/` free of bundles.
+static CLEAN_REFS_SCANS: std::sync::OnceLock<dashmap::DashMap<String, std::time::Instant>> = std::sync::OnceLock::new();
+
+/// How long a clean `refs/` scan lets reads skip the listing.
+const REFS_RESCAN: Duration = Duration::from_secs(60);
+
+fn note_refs_scan(store: &S3Store, url: &RemoteUrl, refs: &RefsDir) {
+    let scans = CLEAN_REFS_SCANS.get_or_init(dashmap::DashMap::new);
+    let location = store.location(&manifest::manifest_key(url));
+    if refs.bundle_refs.is_empty() {
+        if scans.len() >= MANIFEST_CACHE_ENTRIES {
+            scans.clear();
+        }
+        scans.insert(location, std::time::Instant::now());
+    } else {
+        scans.remove(&location);
+    }
+}
+
+/// Whether reads of this prefix may skip the `refs/` listing: the daemon
+/// holds its manifest and listed `refs/` (clean) less than a minute ago.
+fn recently_scanned_packs(store: &S3Store, url: &RemoteUrl) -> bool {
+    let location = store.location(&manifest::manifest_key(url));
+    manifest::is_held(&location)
+        && CLEAN_REFS_SCANS.get().and_then(|s| s.get(&location).map(|t| t.elapsed() < REFS_RESCAN)).unwrap_or(false)
+}
+
+/// Every object under `<prefix>/refs/`.
+pub async fn list_refs_dir(store: &S3Store, url: &RemoteUrl) -> Result<Vec<ObjectInfo>, StorageError> {
+    Ok(store.list(&url.key("refs/")).await?)
+}
+
+impl RefsDir {
+    pub fn from_objects(url: &RemoteUrl, objects: &[ObjectInfo]) -> RefsDir {
+        let scan = layout::scan(&url.prefix, objects);
+        RefsDir { bundle_refs: scan.bundles.keys().cloned().collect(), markers: scan.protected.into_iter().collect() }
+    }
+}
+
+pub fn mixed_formats_error(url: &RemoteUrl, refs: &RefsDir) -> StorageError {
+    let some: Vec<&str> = refs.bundle_refs.iter().take(3).map(String::as_str).collect();
+    StorageError::Format(format!(
+        "{url} holds both formats: a packs manifest ({}) and git-remote-s3 bundles (for {}); refusing to guess which is current. \
+Keep one: delete the bundles under {}/refs/ or the {}/{}/ directory",
+        manifest::manifest_key(url),
+        some.join(", "),
+        url.prefix,
+        url.prefix,
+        manifest::META_DIR
+    ))
+}
+
+/// What a prefix is, decided by what is in it.
+#[allow(clippy::large_enum_variant)] // made once per session
+pub enum Detected {
+    /// A manifest (with its ETag), and the `refs/` scan when one was made.
+    Packs(Option<(Manifest, String)>, Option<RefsDir>),
+    /// The `<prefix>/refs/` listing, for the first `list`.
+    Bundles(Vec<ObjectInfo>),
+}
+
+/// Detects the format of `url`'s prefix: a manifest means packs, bundles
+/// mean bundles (both: refused), an empty prefix gets `default` (the
+/// caller's `s3.format`, only awaited for an empty prefix).
+///
+/// The manifest read and the `refs/` listing run together, so detection is
+/// one round trip. When this daemon holds the prefix's manifest and found
+/// `refs/` free of bundles less than a minute ago, only the manifest is read
+/// (a conditional GET: a no-op fetch is one small request); the `refs/`
+/// scan then waits for a push, which needs it before its manifest write
+/// (bundles of another tool: refused; `PROTECTED#` markers).
+pub async fn detect(
+    store: &S3Store,
+    url: &RemoteUrl,
+    default: impl std::future::Future<Output = Result<Format, StorageError>>,
+) -> Result<Detected, StorageError> {
+    let (manifest, listing) = if recently_scanned_packs(store, url) {
+        match read_manifest(store, url).await? {
+            Some(m) => return Ok(Detected::Packs(Some(m), None)),
+            None => (None, list_refs_dir(store, url).await?),
+        }
+    } else {
+        let (m, l) = tokio::join!(read_manifest(store, url), list_refs_dir(store, url));
+        (m?, l?)
+    };
+    let refs = RefsDir::from_objects(url, &listing);
+    note_refs_scan(store, url, &refs);
+    match manifest {
+        Some(m) => {
+            if !refs.bundle_refs.is_empty() {
+                return Err(mixed_formats_error(url, &refs));
+            }
+            Ok(Detected::Packs(Some(m), Some(refs)))
+        }
+        None if !refs.bundle_refs.is_empty() => Ok(Detected::Bundles(listing)),
+        None => match default.await? {
+            Format::Bundles => Ok(Detected::Bundles(listing)),
+            Format::Packs => Ok(Detected::Packs(None, Some(refs))),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn format_names() {
+        assert_eq!(Format::parse("packs"), Some(Format::Packs));
+        assert_eq!(Format::parse(" Bundles\n"), Some(Format::Bundles));
+        assert_eq!(Format::parse("zip"), None);
+        assert_eq!(Format::Packs.name(), "packs");
+    }
+}

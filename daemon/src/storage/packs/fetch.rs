@@ -1,0 +1,208 @@
+//! A fetch from a packs remote: the packs whose tips the repository lacks
+//! are downloaded in parallel (those made for a wanted tip start while the
+//! object lookup runs) and indexed by `git index-pack --stdin` as they
+//! arrive; a pack another working copy fetched is linked from the cache.
+
+use std::collections::{BTreeSet, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use futures::stream::{StreamExt, TryStreamExt};
+
+use crate::session::progress::Progress;
+use crate::storage::packs::git_ops::present_objects;
+use crate::storage::packs::manifest::{self, read_manifest, PackEntry};
+use crate::storage::packs::storage::PackStorage;
+use crate::storage::{OpContext, RemoteRef, StorageError};
+
+/// Packs downloaded at once.
+const DOWNLOAD_CONCURRENCY: usize = 4;
+
+impl PackStorage {
+    /// Brings the objects of `wants` into the repository (the protocol's
+    /// `fetch` batch).
+    pub(super) async fn fetch_wants(&self, ctx: &OpContext, wants: &[RemoteRef]) -> Result<(), StorageError> {
+        let want_shas: Vec<String> = wants.iter().map(|w| w.sha.clone()).collect();
+        let listed = self.listed.lock().ok().and_then(|l| l.as_ref().map(|l| l.0.clone()));
+        let m = match listed {
+            Some(m) => m,
+            None => read_manifest(&self.store, &self.url).await?.map(|(m, _)| m).unwrap_or_default(),
+        };
+        let pack_dir = ctx.git.pack_dir().await?;
+        // Packs not in objects/pack yet; the repository may still hold their
+        // objects (its own pushes, another pack): one object lookup of their
+        // tips and the wanted tips says which it lacks.
+        let candidates: Vec<&PackEntry> = m.packs.iter().filter(|p| !pack_dir.join(format!("pack-{}.idx", p.name)).exists()).collect();
+        let names: Vec<String> =
+            candidates.iter().flat_map(|p| p.tips.iter().cloned()).chain(want_shas.iter().cloned()).collect::<BTreeSet<_>>().into_iter().collect();
+        // The packs made for a wanted tip (what a fetch of new commits
+        // needs) start downloading while the lookup runs.
+        let (decided_tx, decided_rx) = tokio::sync::watch::channel::<Option<Arc<HashSet<String>>>>(None);
+        let early: Vec<PackEntry> = candidates.iter().filter(|p| p.tips.iter().any(|t| want_shas.contains(t))).map(|p| (*p).clone()).collect();
+        let started = std::time::SystemTime::now();
+        let dir = &pack_dir;
+        let early_fetches: Vec<_> = early
+            .iter()
+            .cloned()
+            .map(|p| {
+                let mut rx = decided_rx.clone();
+                async move {
+                    let tips = p.tips.clone();
+                    let needed = async move {
+                        match rx.wait_for(Option::is_some).await {
+                            Ok(present) => present.as_ref().is_some_and(|present| pack_lacking(present, &tips)),
+                            Err(_) => false,
+                        }
+                    };
+                    self.fetch_pack(ctx, &p, dir, needed).await.map(|_| ())
+                }
+            })
+            .collect();
+        let lookup = async {
+            let found = present_objects(&ctx.git, &names).await;
+            // On a failed lookup the early downloads stop (decided: none needed).
+            let present = Arc::new(found.as_ref().cloned().unwrap_or_default());
+            let _ = decided_tx.send(Some(if found.is_ok() { present.clone() } else { Arc::new(all_of(&names)) }));
+            found.map(|_| present)
+        };
+        let (present, early_done) =
+            tokio::join!(lookup, futures::stream::iter(early_fetches).buffer_unordered(DOWNLOAD_CONCURRENCY).try_collect::<Vec<()>>());
+        let present = match (present, &early_done) {
+            (Ok(p), Ok(_)) => p,
+            (Err(e), _) => {
+                crate::local::git::remove_temp_packs_since(&pack_dir, started);
+                return Err(e.into());
+            }
+            (Ok(_), Err(_)) => {
+                // index-pack leaves its temp file behind when its input breaks off.
+                crate::local::git::remove_temp_packs_since(&pack_dir, started);
+                return early_done.map(|_| ());
+            }
+        };
+        if want_shas.iter().all(|s| present.contains(s)) {
+            return Ok(());
+        }
+        let early_names: HashSet<&str> = early.iter().map(|p| p.name.as_str()).collect();
+        let rest: Vec<PackEntry> =
+            candidates.iter().filter(|p| !early_names.contains(p.name.as_str()) && pack_lacking(&present, &p.tips)).map(|p| (*p).clone()).collect();
+        tracing::debug!(early = early.len(), rest = rest.len(), total = m.packs.len(), "packs to download");
+        let fetches: Vec<_> =
+            rest.iter().cloned().map(|p| async move { self.fetch_pack(ctx, &p, dir, std::future::ready(true)).await.map(|_| ()) }).collect();
+        let fetched = futures::stream::iter(fetches).buffer_unordered(DOWNLOAD_CONCURRENCY).try_collect::<Vec<()>>().await;
+        if fetched.is_err() {
+            crate::local::git::remove_temp_packs_since(&pack_dir, started);
+        }
+        fetched?;
+        // A wanted tip that a downloaded pack was made for is in it; only
+        // other wants need a look.
+        let downloaded_tips: HashSet<&String> =
+            early.iter().chain(rest.iter()).filter(|p| pack_lacking(&present, &p.tips)).flat_map(|p| p.tips.iter()).collect();
+        let unsure: Vec<String> = want_shas.iter().filter(|s| !present.contains(*s) && !downloaded_tips.contains(s)).cloned().collect();
+        if unsure.is_empty() {
+            return Ok(());
+        }
+        let have = present_objects(&ctx.git, &unsure).await?;
+        if let Some(w) = wants.iter().find(|w| unsure.contains(&w.sha) && !have.contains(&w.sha)) {
+            return Err(StorageError::MissingRef(w.name.clone()));
+        }
+        Ok(())
+    }
+
+
+    /// Brings pack `p` into the repository: linked from the local cache when
+    /// another working copy fetched it already (packs are content-addressed
+    /// by name), else downloaded and indexed as it arrives, then cached.
+    ///
+    /// `needed` decides whether the repository wants the pack; the download
+    /// starts before it answers and is dropped (cancelled) if it says no, so
+    /// a fetch's object lookup and its download overlap. Returns whether the
+    /// pack was brought in.
+    pub(crate) async fn fetch_pack(
+        &self,
+        ctx: &OpContext,
+        p: &PackEntry,
+        pack_dir: &Path,
+        needed: impl std::future::Future<Output = bool>,
+    ) -> Result<bool, StorageError> {
+        tokio::pin!(needed);
+        if let Some(cached) = ctx.cache.lookup_pack(&p.name) {
+            if !(&mut needed).await {
+                return Ok(false);
+            }
+            if cached.link_into(pack_dir).is_ok() && pack_dir.join(format!("pack-{}.idx", p.name)).exists() {
+                tracing::debug!(pack = p.name, "linked a cached pack");
+                return Ok(true);
+            }
+            ctx.cache.evict_pack(&p.name);
+        }
+        let tmp = ctx.cache.temp_file()?;
+        let key = manifest::pack_key(&self.url, &p.name);
+        let progress = Mutex::new(Progress::new(
+            ctx.out.clone(),
+            ctx.progress,
+            format!("Downloading pack {}", &p.name[..12.min(p.name.len())]),
+            Some(p.size),
+        ));
+        let on = |n: u64| {
+            if let Ok(mut pr) = progress.lock() {
+                pr.add(n)
+            }
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let download = self.store.get_to_file_tee(&key, tmp.path(), Some(tx), on);
+        tokio::pin!(download);
+        // The download runs (into the file, and up to 16 chunks ahead of
+        // index-pack) while the decision is pending.
+        let mut finished_early = None;
+        let wanted = tokio::select! {
+            biased;
+            n = &mut needed => n,
+            r = &mut download => {
+                finished_early = Some(r);
+                (&mut needed).await
+            }
+        };
+        if !wanted {
+            tracing::debug!(pack = p.name, "not needed after all; download dropped");
+            return Ok(false);
+        }
+        let index = ctx.git.index_pack_stream(rx);
+        let (downloaded, indexed) = match finished_early {
+            Some(r) => (r, index.await),
+            None => tokio::join!(download, index),
+        };
+        match downloaded {
+            Ok(_) => {}
+            Err(e) if e.is_not_found() => {
+                return Err(StorageError::Corrupt(format!(
+                    "the manifest names pack {} but s3://{}/{key} is missing (the remote changed while fetching? fetch again)",
+                    p.name,
+                    self.store.bucket()
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        }
+        if let Ok(mut pr) = progress.lock() {
+            pr.finish();
+        }
+        let hash = indexed.map_err(|e| {
+            StorageError::Corrupt(format!("pack {} from s3://{}/{key} does not index: {e}", p.name, self.store.bucket()))
+        })?;
+        if let Err(e) = ctx.cache.insert_pack(&p.name, pack_dir, &hash) {
+            tracing::debug!(error = %e, "pack not cached");
+        }
+        Ok(true)
+    }
+}
+
+/// Whether a repository holding `present` lacks the objects of a pack made
+/// for `tips` (a pack made for no tips in particular: always).
+fn pack_lacking(present: &HashSet<String>, tips: &[String]) -> bool {
+    tips.is_empty() || !tips.iter().all(|t| present.contains(t))
+}
+
+/// Every name in `names`, as a set ("present": what makes a gated early
+/// download stop).
+fn all_of(names: &[String]) -> HashSet<String> {
+    names.iter().cloned().collect()
+}

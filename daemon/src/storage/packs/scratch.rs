@@ -1,0 +1,136 @@
+//! Scratch bare repositories in the cache's temporary directory, filled
+//! from the bucket's packs (downloaded in parallel, checked by
+//! `git index-pack`), and the packs written from them: what gc, migrate and
+//! `git s3 doctor`'s `.idx` restore work on.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+
+use futures::stream::{StreamExt, TryStreamExt};
+
+use crate::local::git::{Git, GitError};
+use crate::s3::store::{PutOptions, S3Store};
+use crate::s3::url::RemoteUrl;
+use crate::storage::packs::git_ops::{index_pack, pack_object_count, run_with_stdin, SCRATCH_PACK_CONFIG};
+use crate::storage::packs::manifest::{self, unix_now, PackEntry};
+use crate::storage::StorageError;
+
+/// A git environment for a scratch bare repository at `dir`.
+fn scratch_git(dir: &Path, env: &HashMap<String, String>) -> Git {
+    let mut env: HashMap<String, String> = env.iter().filter(|(k, _)| !k.starts_with("GIT_")).map(|(k, v)| (k.clone(), v.clone())).collect();
+    env.insert("GIT_DIR".into(), dir.to_string_lossy().to_string());
+    Git::new(dir, env)
+}
+
+/// A scratch bare repository at `<dir>/repo.git` holding `packs` (downloaded
+/// in parallel, streamed through files, checked by index-pack). Returns it
+/// with the names the packs got in its `objects/pack`.
+pub(super) async fn scratch_from_packs(
+    store: &S3Store,
+    url: &RemoteUrl,
+    packs: &[&PackEntry],
+    dir: &Path,
+    env: &HashMap<String, String>,
+) -> Result<(Git, Vec<String>), StorageError> {
+    let git = scratch_repo(dir, env).await?;
+    let downloads: Vec<_> = packs
+        .iter()
+        .map(|p| {
+            let git = git.clone();
+            async move {
+                let file = tempfile::Builder::new().prefix("dl-").tempfile_in(dir)?;
+                let key = manifest::pack_key(url, &p.name);
+                match store.get_to_file(&key, file.path(), |_| {}).await {
+                    Ok(_) => {}
+                    Err(e) if e.is_not_found() => {
+                        return Err(StorageError::Corrupt(format!(
+                            "the manifest names pack {} but s3://{}/{key} is missing",
+                            p.name,
+                            store.bucket()
+                        )))
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+                let local = index_pack(&git, file.path()).await.map_err(|e| match e {
+                    GitError::Failed { .. } => {
+                        StorageError::Corrupt(format!("pack {} from s3://{}/{key} does not index: {e}", p.name, store.bucket()))
+                    }
+                    e => e.into(),
+                })?;
+                tracing::debug!(pack = %p.name, size = p.size, "pack downloaded for gc");
+                Ok::<_, StorageError>(local)
+            }
+        })
+        .collect();
+    let names = futures::stream::iter(downloads).buffered(4).try_collect::<Vec<String>>().await?;
+    Ok((git, names))
+}
+
+pub(super) async fn scratch_repo(dir: &Path, env: &HashMap<String, String>) -> Result<Git, StorageError> {
+    let repo = dir.join("repo.git");
+    std::fs::create_dir_all(&repo)?;
+    let git = scratch_git(&repo, env);
+    git.run(&["init", "-q", "--bare"]).await?;
+    Ok(git)
+}
+
+/// Re-creates and uploads the `.idx` of pack `name` (missing when a daemon
+/// stopped between a push's manifest write and the `.idx` upload): the
+/// `.pack` is downloaded and indexed by `git index-pack`, which checks
+/// every object and that the pack is the one named. Returns the `.idx` size.
+pub async fn restore_idx(
+    store: &S3Store,
+    url: &RemoteUrl,
+    pack: &PackEntry,
+    tmp_root: &Path,
+    env: &HashMap<String, String>,
+) -> Result<u64, StorageError> {
+    let dir = tempfile::Builder::new().prefix("idx-").tempdir_in(tmp_root)?;
+    let (_, indexed) = scratch_from_packs(store, url, &[pack], dir.path(), env).await?;
+    let name = &pack.name;
+    if indexed.first() != Some(name) {
+        let key = manifest::pack_key(url, name);
+        return Err(StorageError::Corrupt(format!("s3://{}/{key} holds pack {indexed:?}, not {name}", store.bucket())));
+    }
+    let idx = dir.path().join("repo.git/objects/pack").join(format!("pack-{name}.idx"));
+    store.put_file(&manifest::idx_key(url, name), &idx, PutOptions::default(), |_| {}).await?;
+    Ok(tokio::fs::metadata(&idx).await?.len())
+}
+
+/// `git pack-objects` of everything `tips` reach, into `<dir>/out-<name>.pack`.
+pub(super) async fn pack_of(git: &Git, dir: &Path, tips: &BTreeSet<String>) -> Result<PackEntry, StorageError> {
+    let input: String = tips.iter().map(|t| format!("{t}\n")).collect();
+    let base = dir.join("out");
+    let base = base.to_string_lossy();
+    let args = [&SCRATCH_PACK_CONFIG[..], &["pack-objects", "--revs", "--quiet", "--delta-base-offset", &base]].concat();
+    let out = run_with_stdin(git, &args, input.into_bytes()).await?;
+    written_pack(dir, &out, tips.iter().cloned().collect()).await
+}
+/// The entry of the pack `git pack-objects` wrote to `<dir>/out-<name>`,
+/// `out` being what it printed.
+pub(super) async fn written_pack(dir: &Path, out: &str, tips: Vec<String>) -> Result<PackEntry, StorageError> {
+    let name = out.trim().to_string();
+    if !manifest::is_pack_name(&name) {
+        return Err(StorageError::Corrupt(format!("git pack-objects printed an unexpected pack name {name:?}")));
+    }
+    let pack = dir.join(format!("out-{name}.pack"));
+    let idx = dir.join(format!("out-{name}.idx"));
+    Ok(PackEntry {
+        name: name.clone(),
+        size: tokio::fs::metadata(&pack).await?.len(),
+        idx_size: tokio::fs::metadata(&idx).await?.len(),
+        objects: pack_object_count(&pack).await?,
+        tips,
+        created: unix_now(),
+    })
+}
+pub(super) async fn upload_pack_of(store: &S3Store, url: &RemoteUrl, dir: &Path, p: &PackEntry) -> Result<(), StorageError> {
+    let (pack_key, idx_key) = (manifest::pack_key(url, &p.name), manifest::idx_key(url, &p.name));
+    let pack = dir.join(format!("out-{}.pack", p.name));
+    let idx = dir.join(format!("out-{}.idx", p.name));
+    tokio::try_join!(
+        store.put_file(&pack_key, &pack, PutOptions::default(), |_| {}),
+        store.put_file(&idx_key, &idx, PutOptions::default(), |_| {}),
+    )?;
+    Ok(())
+}

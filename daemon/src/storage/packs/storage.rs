@@ -1,0 +1,77 @@
+//! `PackStorage`: a packs remote as one session sees it: the manifest read
+//! at detection (served to the first `list`), the manifest the last `list`
+//! showed (what `fetch` downloads from and a push starts from), and the
+//! `refs/` scan made at detection.
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+
+use crate::s3::store::S3Store;
+use crate::s3::url::RemoteUrl;
+use crate::storage::detect::{scan_refs_dir, RefsDir};
+use crate::storage::packs::manifest::{read_manifest, Manifest};
+use crate::storage::StorageError;
+
+pub struct PackStorage {
+    pub(super) store: S3Store,
+    pub(super) url: RemoteUrl,
+    /// The manifest (and ETag) read at detection, served to the first `list`.
+    pub(super) seed: Mutex<Option<Option<(Manifest, String)>>>,
+    /// The manifest the last `list` showed and its ETag (None: no manifest
+    /// yet): what `fetch` downloads from and a push's first attempt starts from.
+    pub(super) listed: Mutex<Option<(Manifest, Option<String>)>>,
+    /// The `refs/` scan made at detection, if one was: a push's first
+    /// attempt uses it instead of listing again.
+    pub(super) refs: Mutex<Option<RefsDir>>,
+}
+
+impl PackStorage {
+    pub fn new(store: S3Store, url: RemoteUrl, seed: Option<(Manifest, String)>, refs: Option<RefsDir>) -> PackStorage {
+        PackStorage {
+            store,
+            url,
+            seed: Mutex::new(Some(seed)),
+            listed: Mutex::new(None),
+            refs: Mutex::new(refs),
+        }
+    }
+
+    /// The `PROTECTED#` markers, when `refs/` has been scanned.
+    pub(super) fn markers(&self) -> BTreeSet<String> {
+        self.refs.lock().ok().and_then(|r| r.as_ref().map(|r| r.markers.clone())).unwrap_or_default()
+    }
+
+    /// The `refs/` scan: detection's the first time, else a fresh LIST.
+    pub(super) async fn scan_refs(&self, fresh: bool) -> Result<RefsDir, StorageError> {
+        let known = if fresh { None } else { self.refs.lock().ok().and_then(|mut r| r.take()) };
+        match known {
+            Some(r) => Ok(r),
+            None => scan_refs_dir(&self.store, &self.url).await,
+        }
+    }
+
+    /// The manifest and its ETag: the one read at detection the first time,
+    /// then a fresh read.
+    pub(super) async fn current_manifest(&self) -> Result<Option<(Manifest, String)>, StorageError> {
+        let seeded = self.seed.lock().ok().and_then(|mut s| s.take());
+        match seeded {
+            Some(m) => Ok(m),
+            None => read_manifest(&self.store, &self.url).await,
+        }
+    }
+
+    /// The manifest the last `list` showed (kept), else a fresh read.
+    pub(crate) async fn listed_manifest(&self) -> Result<Manifest, StorageError> {
+        let listed = self.listed.lock().ok().and_then(|l| l.as_ref().map(|l| l.0.clone()));
+        match listed {
+            Some(m) => Ok(m),
+            None => Ok(read_manifest(&self.store, &self.url).await?.map(|(m, _)| m).unwrap_or_default()),
+        }
+    }
+
+    /// What the last `list` showed (taken: a retry re-reads the manifest).
+    pub(super) fn take_listed(&self) -> Option<(Manifest, Option<String>)> {
+        self.listed.lock().ok().and_then(|mut l| l.take())
+    }
+
+}

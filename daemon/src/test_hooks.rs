@@ -1,0 +1,51 @@
+//! Test hooks: `GIT_S3_TEST_…` variables in a caller's environment that make
+//! the daemon crash or wait at chosen points, so the end-to-end tests can
+//! check what a crash leaves behind. Compiled only with the `test-hooks`
+//! feature (scripts/test.sh builds with it; `git s3 status --json` lists it
+//! under `daemon.features`): the release binary has none of this.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Exit the daemon after uploading a pack, before the manifest write.
+pub const CRASH_BEFORE_MANIFEST: &str = "GIT_S3_TEST_CRASH_BEFORE_MANIFEST";
+/// A file the background `.idx` upload waits for (at most a minute) before
+/// it starts: the test decides when the upload may happen, no timing.
+pub const IDX_UPLOAD_GATE: &str = "GIT_S3_TEST_IDX_UPLOAD_GATE";
+/// The migration exits the daemon half-way (`to-packs`: after the manifest
+/// write and the first bundle deletion; `to-bundles`: after the freeze and
+/// the first bundle write), to test that a rerun finishes it.
+pub const CRASH_DURING_MIGRATE: &str = "GIT_S3_TEST_CRASH_DURING_MIGRATE";
+
+/// A push, between its pack upload and its manifest write.
+pub fn crash_before_manifest(env: &HashMap<String, String>) {
+    if env.get(CRASH_BEFORE_MANIFEST).map(String::as_str) == Some("1") {
+        tracing::error!("{CRASH_BEFORE_MANIFEST}=1: exiting before the manifest write");
+        std::process::exit(70);
+    }
+}
+
+/// The gate of a push's background `.idx` upload, when the test set one.
+pub fn idx_upload_gate(env: &HashMap<String, String>) -> Option<PathBuf> {
+    env.get(IDX_UPLOAD_GATE).map(PathBuf::from)
+}
+
+/// Waits until `gate` exists (at most a minute).
+pub async fn wait_for_gate(gate: &Path) {
+    for _ in 0..3000 {
+        if gate.exists() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tracing::warn!(gate = %gate.display(), "{IDX_UPLOAD_GATE}: the gate never opened");
+}
+
+/// A migration at `point` (`to-packs` or `to-bundles`).
+pub fn crash_during_migrate(env: &HashMap<String, String>, point: &str) {
+    if env.get(CRASH_DURING_MIGRATE).map(String::as_str) == Some(point) {
+        tracing::error!("{CRASH_DURING_MIGRATE}={point}: exiting half-way through the migration");
+        std::process::exit(70);
+    }
+}
