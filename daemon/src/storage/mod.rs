@@ -3,7 +3,8 @@
 //! updates). The git-remote-s3 0.4.2 bundle layout implements it
 //! (`bundles`), and so does the incremental packs format (`packs`);
 //! `open::Storage::open` picks one by what the prefix holds (`detect`).
-//! This file is what the formats share; it uses none of them.
+//! This file is what the formats share; it uses neither format (only the
+//! lock error of `bundles::locks`, which stands on S3 alone).
 
 pub mod bundles;
 pub mod detect;
