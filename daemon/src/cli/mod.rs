@@ -15,6 +15,7 @@ mod branch;
 mod cache_cmd;
 mod doctor;
 mod doctor_packs;
+pub mod help_docs;
 mod init;
 mod packs_cmd;
 mod packs_status;
@@ -103,7 +104,7 @@ pub enum Cmd {
     Protect(branch::BranchArgs),
     /// Remove a branch's protection
     Unprotect(branch::BranchArgs),
-    /// Choose the storage format of an empty remote: --format packs|bundles (see the README, "The packs format")
+    /// Choose the storage format of an empty remote: --format packs|bundles
     Init(init::InitArgs),
     /// Compact a packs-format remote: combine its packs into one (or, with --geometric, only the small ones), delete replaced packs after a grace period
     Gc(packs_cmd::GcArgs),
@@ -204,7 +205,7 @@ pub async fn run(state: Arc<DaemonState>, mut start: SessionStart, input: Input,
     }
     let name = program_name(&start.argv0);
     let argv = std::iter::once(name.to_string()).chain(start.args.iter().cloned());
-    let cli = match <Cli as clap::CommandFactory>::command().bin_name(name).try_get_matches_from(argv) {
+    let cli = match help_docs::command().bin_name(name).try_get_matches_from(argv) {
         Ok(m) => match <Cli as clap::FromArgMatches>::from_arg_matches(&m) {
             Ok(c) => c,
             Err(e) => return clap_error(&out, e),
