@@ -91,6 +91,7 @@ class Bench:
     def __init__(self, args):
         self.args = args
         self.root = args.root
+        self.bin_dir = args.bin_dir or os.path.join(self.root, "target/release")
         self.venv = os.path.join(self.root, ".test-env/venv")
         self.work = tempfile.mkdtemp(prefix="gits3-bench-")
         self.results = []
@@ -101,7 +102,7 @@ class Bench:
             d = os.path.join(self.work, f"bin-{tool}")
             os.makedirs(d)
             self.bins[tool] = d
-        rel = os.path.join(self.root, "target/release")
+        rel = self.bin_dir
         for b in ("git-remote-s3", "git-s3", "git-lfs-s3", "git-s3-daemon"):
             os.symlink(os.path.join(rel, b), os.path.join(self.bins["ours"], b))
         os.symlink(os.path.join(rel, "git-remote-s3"), os.path.join(self.bins["ours"], "git-remote-s3+zip"))
@@ -484,7 +485,7 @@ class Bench:
         wrap = os.path.join(self.work, "bin-rss")
         os.makedirs(wrap)
         out = os.path.join(self.work, "shim-rss.txt")
-        real = os.path.join(self.root, "target/release/git-remote-s3")
+        real = os.path.join(self.bin_dir, "git-remote-s3")
         with open(os.path.join(wrap, "git-remote-s3"), "w") as f:
             f.write(f"#!/bin/sh\nexec /usr/bin/time -f %M -a -o {out} {real} \"$@\"\n")
         os.chmod(os.path.join(wrap, "git-remote-s3"), 0o755)
@@ -549,6 +550,7 @@ def du(path):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--root", required=True)
+    ap.add_argument("--bin-dir", help="the release binaries (default: <root>/target/release; run.sh passes cargo's target dir)")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="small data, for a smoke run")
     ap.add_argument("--skip-lfs", action="store_true")

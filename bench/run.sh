@@ -8,4 +8,5 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 scripts/setup-test-env.sh >/dev/null
 cargo build --release --locked --workspace 2>&1 | tail -1
-exec "$root/.test-env/venv/bin/python" "$root/bench/bench.py" --root "$root" "$@"
+# Where cargo put them: $CARGO_TARGET_DIR or build.target-dir, else target/.
+exec "$root/.test-env/venv/bin/python" "$root/bench/bench.py" --root "$root" --bin-dir "$("$root/scripts/target-dir.sh")/release" "$@"

@@ -11,11 +11,17 @@ cd "$root"
 
 echo "== building (release)"
 cargo build --release --locked --workspace 2>&1 | tail -1
+# Where cargo put them: $CARGO_TARGET_DIR or build.target-dir, else target/.
+release="$("$root/scripts/target-dir.sh")/release"
+for b in git-remote-s3 git-s3 git-lfs-s3 git-s3-daemon; do
+  [ -x "$release/$b" ] || { echo "demo.sh: $release/$b was not built" >&2; exit 1; }
+done
+venv="${GIT_S3_TEST_VENV:-$root/.test-env/venv}"
 work="$(mktemp -d /tmp/git-s3-demo.XXXXXX)"
 bin="$work/bin"
 mkdir -p "$bin" "$work/run" "$work/home"
-for b in git-remote-s3 git-s3 git-lfs-s3 git-s3-daemon; do ln -s "$root/target/release/$b" "$bin/$b"; done
-ln -s "$root/target/release/git-remote-s3" "$bin/git-remote-s3+zip"
+for b in git-remote-s3 git-s3 git-lfs-s3 git-s3-daemon; do ln -s "$release/$b" "$bin/$b"; done
+ln -s "$release/git-remote-s3" "$bin/git-remote-s3+zip"
 export PATH="$bin:$PATH"
 # A private daemon and cache for the demo, so it does not touch yours.
 export XDG_RUNTIME_DIR="$work/run" GIT_S3_CACHE_DIR="$work/cache" GIT_S3_STATE_DIR="$work/state"
@@ -37,7 +43,7 @@ else
   endpoint="$("$root/scripts/s3-server.sh" "$work/moto.pid")"
   moto_pid="$(cat "$work/moto.pid")"
   export AWS_ENDPOINT_URL="$endpoint" AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=demo AWS_REGION=us-east-1
-  "$root/.test-env/venv/bin/python" "$root/testkit/s3tool.py" "$endpoint" create-bucket demo-bucket
+  "$venv/bin/python" "$root/testkit/s3tool.py" "$endpoint" create-bucket demo-bucket
   url="s3://demo-bucket/demo/repo"
   echo "   endpoint $endpoint, remote $url"
 fi

@@ -20,12 +20,23 @@ enum Cmd {
         #[arg(long)]
         idle_timeout: Option<u64>,
     },
+    /// Write the man pages and shell completions of `git s3` (for packaging/install.sh).
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Directory for git-s3.1 and git-s3-<command>.1.
+        #[arg(long)]
+        man: Option<std::path::PathBuf>,
+        /// Directory for the bash, zsh and fish completions.
+        #[arg(long)]
+        completions: Option<std::path::PathBuf>,
+    },
 }
 
 fn main() {
     let args = Args::parse();
     let (foreground, idle) = match args.cmd {
         Some(Cmd::Run { foreground, idle_timeout }) => (foreground, idle_timeout),
+        Some(Cmd::GenerateDocs { man, completions }) => std::process::exit(generate_docs(man, completions)),
         None => (true, None),
     };
     // The daemon serves many callers: never let its own AWS environment leak
@@ -66,4 +77,25 @@ fn main() {
         eprintln!("git-s3-daemon: {e}");
         std::process::exit(1);
     }
+}
+
+fn generate_docs(man: Option<std::path::PathBuf>, completions: Option<std::path::PathBuf>) -> i32 {
+    use git_s3_daemon::cli::{dispatch, help_docs};
+    type Writer = fn(clap::Command, &std::path::Path) -> std::io::Result<Vec<std::path::PathBuf>>;
+    if man.is_none() && completions.is_none() {
+        eprintln!("git-s3-daemon generate-docs: give --man <dir> and/or --completions <dir>");
+        return 2;
+    }
+    let jobs: [(Option<std::path::PathBuf>, Writer); 2] = [(man, help_docs::write_man_pages), (completions, help_docs::write_completions)];
+    for (dir, write) in jobs {
+        let Some(dir) = dir else { continue };
+        match write(dispatch::command(), &dir) {
+            Ok(files) => files.iter().for_each(|f| println!("{}", f.display())),
+            Err(e) => {
+                eprintln!("git-s3-daemon generate-docs: cannot write into {}: {e}", dir.display());
+                return 1;
+            }
+        }
+    }
+    0
 }

@@ -183,3 +183,141 @@ fn install_script_installs_four_binaries_link_and_service() {
     let out = Command::new("bash").arg(&script).arg("--nope").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// A cargo target directory elsewhere (as with `CARGO_TARGET_DIR`) holding
+/// the built binaries under `<profile>/`: links to this build's, so no
+/// second build of the workspace is needed.
+fn other_target_dir(dir: &Path, profile: &str) -> PathBuf {
+    let target = dir.join("elsewhere-target");
+    std::fs::create_dir_all(target.join(profile)).unwrap();
+    for b in ["git-s3", "git-s3-daemon", "git-remote-s3", "git-lfs-s3"] {
+        std::os::unix::fs::symlink(testkit::target_bin_dir().join(b), target.join(profile).join(b)).unwrap();
+    }
+    target
+}
+
+#[test]
+fn install_script_installs_built_binaries_man_pages_and_completions_from_cargo_target_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = other_target_dir(dir.path(), "debug");
+    let prefix = dir.path().join("prefix");
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let out = Command::new("bash")
+        .arg(packaging().join("install.sh"))
+        .args(["--no-build", "--debug", "--root"])
+        .arg(&prefix)
+        .env("CARGO_TARGET_DIR", &target)
+        .env("HOME", &home)
+        .env_remove("XDG_CONFIG_HOME")
+        .env_remove("XDG_DATA_HOME")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+
+    let bin = prefix.join("bin");
+    for b in ["git-s3", "git-s3-daemon", "git-remote-s3", "git-lfs-s3"] {
+        let installed = std::fs::read(bin.join(b)).unwrap_or_else(|e| panic!("{b}: {e}"));
+        assert!(installed == std::fs::read(testkit::target_bin_dir().join(b)).unwrap(), "{b} is not the built binary");
+    }
+    assert_eq!(std::fs::read_link(bin.join("git-remote-s3+zip")).unwrap(), Path::new("git-remote-s3"));
+    let man = prefix.join("share/man/man1");
+    for page in ["git-s3.1", "git-s3-status.1", "git-s3-doctor.1", "git-s3-gc.1", "git-s3-migrate.1", "git-s3-lfs.1"] {
+        assert!(man.join(page).is_file(), "{page} not installed");
+    }
+    for f in ["share/bash-completion/completions/git-s3", "share/zsh/site-functions/_git-s3", "share/fish/vendor_completions.d/git-s3.fish"] {
+        assert!(prefix.join(f).is_file(), "{f} not installed");
+    }
+    // With --root nothing goes to the user's directories.
+    assert!(!home.join(".local").exists() && !home.join(".config").exists() && !home.join(".cargo").exists());
+
+    // `git s3 --help` is git's `git help s3`: man finds git-s3.1 beside the bin dir on PATH.
+    let out = Command::new("git")
+        .args(["s3", "--help"])
+        .env("PATH", format!("{}:/usr/local/bin:/usr/bin:/bin", bin.display()))
+        .env("HOME", &home)
+        .env_remove("MANPATH")
+        .env("MANPAGER", "cat")
+        .env("PAGER", "cat")
+        .env("MANWIDTH", "100")
+        .output()
+        .unwrap();
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && page.contains("git-s3-doctor(1)"), "git s3 --help:\n{page}\n{}", String::from_utf8_lossy(&out.stderr));
+
+    // Nothing built there: a clear message.
+    let out = Command::new("bash")
+        .arg(packaging().join("install.sh"))
+        .args(["--no-build", "--root"])
+        .arg(&prefix)
+        .env("CARGO_TARGET_DIR", &target)
+        .env("HOME", &home)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{}/release/git-s3-daemon not found: run cargo build --release", target.display())), "{err}");
+}
+
+#[test]
+fn install_script_puts_completions_in_the_user_directories_without_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new("bash")
+        .arg(packaging().join("install.sh"))
+        .args(["--dry-run", "--no-build"])
+        .env("HOME", dir.path())
+        .env_remove("CARGO_INSTALL_ROOT")
+        .env_remove("CARGO_HOME")
+        .env_remove("XDG_CONFIG_HOME")
+        .env_remove("XDG_DATA_HOME")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let home = dir.path().display();
+    for want in [
+        format!("/.cargo/bin/git-s3-daemon generate-docs --man {home}/.cargo/share/man/man1 --completions "),
+        format!(" {home}/.local/share/bash-completion/completions/git-s3"),
+        format!(" {home}/.local/share/zsh/site-functions/_git-s3"),
+        format!(" {home}/.config/fish/completions/git-s3.fish"),
+    ] {
+        assert!(text.contains(&want), "{want} missing:\n{text}");
+    }
+    assert!(!text.contains("cargo install"), "--no-build builds nothing:\n{text}");
+    assert!(!dir.path().join(".cargo").exists() && !dir.path().join(".local").exists(), "dry run wrote files");
+}
+
+#[test]
+fn demo_script_finds_the_binaries_in_cargo_target_dir() {
+    // `scripts/demo.sh` with CARGO_TARGET_DIR set used to link target/release
+    // and fail with "git: 'remote-s3' is not a git command". Its release build
+    // is replaced by a `cargo` that answers `build` at once (the binaries are
+    // already in the target dir) and runs the real cargo for anything else.
+    let dir = tempfile::tempdir().unwrap();
+    let target = other_target_dir(dir.path(), "release");
+    let fake = dir.path().join("fake-cargo");
+    std::fs::create_dir_all(&fake).unwrap();
+    let real_cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    std::fs::write(
+        fake.join("cargo"),
+        format!("#!/bin/sh\n[ \"$1\" = build ] && {{ echo '    Finished (build already done)'; exit 0; }}\nexec '{real_cargo}' \"$@\"\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(fake.join("cargo"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let out = Command::new("bash")
+        .arg(testkit::workspace_root().join("scripts/demo.sh"))
+        .env("PATH", format!("{}:{}", fake.display(), std::env::var("PATH").unwrap_or_default()))
+        .env("CARGO_TARGET_DIR", &target)
+        .env("GIT_S3_TEST_VENV", testkit::venv())
+        .env("HOME", &home)
+        .env_remove("GIT_S3_DEMO_URL")
+        .env_remove("GIT_S3_TEST_ENDPOINT")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "demo.sh failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("clone matches the source") && stdout.contains("== done: push and clone through S3 worked"), "{stdout}");
+    assert!(!stderr.contains("is not a git command"), "{stderr}");
+}

@@ -46,7 +46,7 @@ pub enum Cmd {
     Protect(branch::BranchArgs),
     /// Remove a branch's protection
     Unprotect(branch::BranchArgs),
-    /// Choose the storage format of an empty remote: --format packs|bundles (see the README, "The packs format")
+    /// Choose the storage format of an empty remote: --format packs|bundles
     Init(init::InitArgs),
     /// Compact a packs-format remote: combine its packs into one (or, with --geometric, only the small ones), delete replaced packs after a grace period
     Gc(gc::GcArgs),
@@ -83,7 +83,7 @@ pub async fn run(state: Arc<DaemonState>, mut start: SessionStart, input: Input,
     }
     let name = program_name(&start.argv0);
     let argv = std::iter::once(name.to_string()).chain(start.args.iter().cloned());
-    let cli = match <Cli as clap::CommandFactory>::command().bin_name(name).try_get_matches_from(argv) {
+    let cli = match command().bin_name(name).try_get_matches_from(argv) {
         Ok(m) => match <Cli as clap::FromArgMatches>::from_arg_matches(&m) {
             Ok(c) => c,
             Err(e) => return clap_error(&out, e),
@@ -132,8 +132,26 @@ fn clap_error(out: &Out, e: clap::Error) -> i32 {
     e.exit_code()
 }
 
+/// `git s3`'s clap command, each command's `--help` ending with its documentation pointer.
+pub fn command() -> clap::Command {
+    super::help_docs::with_doc_pointers(<Cli as clap::CommandFactory>::command())
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_command_has_a_doc_pointer_and_nothing_else_is_named() {
+        let cmd = command();
+        for sub in cmd.get_subcommands() {
+            let name = sub.get_name();
+            let help = sub.get_after_help().map(|h| h.to_string()).unwrap_or_default();
+            assert!(help.contains("Documentation: docs/") && help.contains(&format!("man git-s3-{name}")), "{name}: {help:?}");
+        }
+        for (sub, _) in super::super::help_docs::DOCS {
+            assert!(cmd.find_subcommand(sub).is_some(), "{sub} is not a command");
+        }
+    }
+
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {

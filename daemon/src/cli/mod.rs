@@ -13,6 +13,7 @@ mod cache;
 pub mod dispatch;
 mod doctor;
 mod gc;
+pub mod help_docs;
 mod init;
 mod migrate;
 mod remote;

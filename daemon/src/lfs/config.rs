@@ -20,7 +20,7 @@ const PATH_KEY: &str = "lfs.customtransfer.git-lfs-s3.path";
 const ARGS_KEY: &str = "lfs.customtransfer.git-lfs-s3.args";
 const STANDALONE_KEY: &str = "lfs.standalonetransferagent";
 
-const HELP: &str = "\
+pub const HELP: &str = "\
 usage: git-lfs-s3 install [--remote <name>] [--global]
        git-lfs-s3 enable-debug [--global]
        git-lfs-s3 disable-debug [--global]
@@ -40,6 +40,8 @@ objects in the S3 remote's bucket, at <prefix>/lfs/<oid>.
 
 `git clone s3://…` configures LFS in the new clone by itself (once
 `git lfs install` has been run).
+
+Documentation: docs/lfs.md in the git-s3 repository; man git-s3-lfs
 ";
 
 /// `https://lfs-alias.git-remote-s3.test/<bucket>/<percent-encoded prefix>`,

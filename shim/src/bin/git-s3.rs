@@ -13,7 +13,9 @@ const DAEMON_HELP: &str = "usage: git s3 daemon <start|stop|restart|run|status> 
   stop      stop the running daemon
   restart   stop, then start
   run       run the daemon in the foreground (for systemd/launchd)
-  status    is it running? pid, version, uptime, socket";
+  status    is it running? pid, version, uptime, socket
+
+Documentation: docs/operations.md#git-s3-daemon in the git-s3 repository; man git-s3-daemon";
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
