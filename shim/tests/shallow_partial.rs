@@ -303,8 +303,15 @@ fn after_gc_shallow_and_partial_clones_of_a_packs_remote_download_what_they_ask(
     env.git(&env.work(), &["clone", "-q", "--filter=blob:none", "--no-local", &bare_url, "local-p"]);
     let local_blobless = pack_bytes(&env.path("local-p"));
 
+    // doctor advises a gc: the remote has no views yet
+    let doc: serde_json::Value = serde_json::from_str(&env.git_s3(&env.work(), &["doctor", &url, "--json"])).unwrap();
+    assert_eq!(doc["advice"][0]["kind"], "views_stale", "{doc}");
+    assert!(env.git_s3(&env.work(), &["doctor", &url]).contains("`git s3 gc"));
     let out = env.git_s3(&env.work(), &["gc", &url]);
     assert!(out.contains("views"), "gc reports the views it wrote: {out}");
+    let doc: serde_json::Value = serde_json::from_str(&env.git_s3(&env.work(), &["doctor", &url, "--json"])).unwrap();
+    assert_eq!(doc["advice"].as_array().map(Vec::len), Some(0), "fresh views: {doc}");
+    assert_eq!(doc["issues"].as_array().map(Vec::len), Some(0), "the views' packs are referenced: {doc}");
     let m: serde_json::Value = serde_json::from_slice(&env.get_object("views/.git-s3/manifest.json")).unwrap();
     assert!(m["views"]["skeleton"]["name"].is_string() && m["views"]["tips"]["name"].is_string(), "{m}");
 
@@ -340,4 +347,11 @@ fn after_gc_shallow_and_partial_clones_of_a_packs_remote_download_what_they_ask(
     let p = env.path("p");
     env.git(&p, &["checkout", "-q", "HEAD~30"]);
     fsck(&env, &p);
+    // A view gone from the bucket: the whole remote serves the clone, and doctor says so.
+    let tips = m["views"]["tips"]["name"].as_str().unwrap();
+    env.delete_object(&format!("views/.git-s3/packs/pack-{tips}.pack"));
+    measure("d6", &["--depth", "1"]);
+    assert_eq!(env.git(&env.path("d6"), &["rev-parse", "HEAD"]).trim(), tip);
+    let doc: serde_json::Value = serde_json::from_str(&env.git_s3(&env.work(), &["doctor", &url, "--json"])).unwrap();
+    assert_eq!(doc["advice"][0]["missing"][0], tips, "{doc}");
 }

@@ -240,7 +240,13 @@ pub async fn narrow_fetch(
     let lazy = wants.iter().any(|w| listing.sha_of(&w.name) != Some(w.sha.as_str()));
     if let (Storage::Packs(packs), Some(kinds)) = (storage, views::kinds_for(opts, lazy)) {
         let v = Mirror::open(ctx, store, url, Kind::Views).await?;
-        if packs.fetch_views(&v.context(ctx), &kinds).await? {
+        // Views that cannot be read (a view pack gone from the bucket) are
+        // not an error: the whole remote serves the fetch.
+        let fetched = packs.fetch_views(&v.context(ctx), &kinds).await.unwrap_or_else(|e| {
+            tracing::info!(error = %e, "the views cannot be read; serving the fetch from the whole remote");
+            false
+        });
+        if fetched {
             let shas: Vec<String> = wants.iter().map(|w| w.sha.clone()).collect();
             let have = present_objects(&v.git, &shas).await?;
             if shas.iter().all(|s| have.contains(s)) {

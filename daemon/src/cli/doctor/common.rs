@@ -48,6 +48,8 @@ pub struct DoctorArgs {
 pub(super) struct Report {
     pub(super) json: bool,
     pub issues: Vec<Value>,
+    /// What would make the remote better without anything being wrong.
+    pub advice: Vec<Value>,
     pub actions: Vec<Value>,
     pub errors: Vec<String>,
 }

@@ -31,7 +31,7 @@ pub async fn run(ctx: &mut Ctx, args: DoctorArgs) -> CliResult {
     let interactive = ctx.stdin_is_tty && !args.yes && !args.json;
     let head_choice = args.head.as_deref().map(branch_ref).transpose()?;
     let view = remote.inspect().await?;
-    let mut rep = Report { json: args.json, issues: Vec::new(), actions: Vec::new(), errors: Vec::new() };
+    let mut rep = Report { json: args.json, issues: Vec::new(), advice: Vec::new(), actions: Vec::new(), errors: Vec::new() };
 
     // A packs remote (or one holding both formats) has its own checks.
     let packs = packs::check(ctx, &remote, &view, &args, &mut rep, interactive).await?;
@@ -140,6 +140,7 @@ pub async fn run(ctx: &mut Ctx, args: DoctorArgs) -> CliResult {
             "head": match &packs { Some(p) => p.head.clone(), None => view.head_raw.clone() },
             "manifest": packs.as_ref().map(|p| p.manifest.clone()),
             "issues": rep.issues,
+            "advice": rep.advice,
             "actions": rep.actions,
             "errors": rep.errors,
         });

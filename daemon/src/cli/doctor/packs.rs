@@ -177,8 +177,35 @@ async fn check_packs(ctx: &Ctx, remote: &Remote, m: &Manifest, args: &DoctorArgs
             "Packs cannot be rebuilt from the bucket alone. From a complete clone, push to a new prefix (`git push --mirror <new url>`) and switch to it.",
         );
     }
-    let listed: std::collections::BTreeSet<&str> =
-        m.packs.iter().map(|p| p.name.as_str()).chain(m.retired.iter().map(|r| r.name.as_str())).collect();
+    let listed: std::collections::BTreeSet<&str> = m
+        .packs
+        .iter()
+        .chain(m.views.iter().flat_map(|v| v.packs()))
+        .map(|p| p.name.as_str())
+        .chain(m.retired.iter().map(|r| r.name.as_str()))
+        .collect();
+    // Views: missing, older than the packs, or naming packs gone from the bucket.
+    let gone: Vec<&str> = m.views.iter().flat_map(|v| v.packs()).filter(|p| found.get(&p.name).and_then(|f| f.0) != Some(p.size)).map(|p| p.name.as_str()).collect();
+    if !m.packs.is_empty() && (crate::storage::packs::gc::views_stale(m) || !gone.is_empty()) {
+        let uncovered: u64 = m.uncovered().map(|p| p.size).sum();
+        let why = if m.views.is_none() {
+            "no views".to_string()
+        } else if !gone.is_empty() {
+            format!("views naming {} pack(s) missing from the bucket", gone.len())
+        } else {
+            format!("views older than {} pack(s) ({})", m.uncovered().count(), human_bytes(uncovered))
+        };
+        rep.advice.push(json!({"kind": "views_stale", "views": m.views.is_some(), "uncovered_packs": m.uncovered().count(), "uncovered_bytes": uncovered, "missing": gone}));
+        rep.line(ctx, "");
+        rep.line(
+            ctx,
+            format!(
+                "{why}: shallow (--depth 1) and partial (--filter=blob:none) clones download those packs whole. \
+`git s3 gc {}` writes new views.",
+                remote.url
+            ),
+        );
+    }
     let unreferenced: Vec<(&String, u64)> = found
         .iter()
         .filter(|(n, _)| !listed.contains(n.as_str()))
