@@ -368,8 +368,11 @@ class Bench:
         urls["local"] = "file://" + os.path.join(self.work, "narrow-bare.git")
         sh(["git", "init", "-q", "--bare", urls["local"][7:]], env["local"])
         sh(["git", "config", "uploadpack.allowFilter", "true"], env["local"], cwd=urls["local"][7:])
+        branch = sh(["git", "symbolic-ref", "--short", "HEAD"], env["local"], cwd=src).strip()
         for t in REMOTE_TOOLS:
-            sh(["git", "push", "-q", urls[t], "main"], env[t], cwd=src)
+            sh(["git", "push", "-q", urls[t], f"{branch}:refs/heads/{branch}"], env[t], cwd=src)
+        # the packs format's views, as a maintained remote has them
+        sh(["git", "s3", "gc", urls["packs"]], env["packs"], cwd=self.work)
         old = "HEAD~" + str(min(int(count) - 1, 1000))
 
         def cold(t):

@@ -177,13 +177,7 @@ async fn check_packs(ctx: &Ctx, remote: &Remote, m: &Manifest, args: &DoctorArgs
             "Packs cannot be rebuilt from the bucket alone. From a complete clone, push to a new prefix (`git push --mirror <new url>`) and switch to it.",
         );
     }
-    let listed: std::collections::BTreeSet<&str> = m
-        .packs
-        .iter()
-        .chain(m.views.iter().flat_map(|v| v.packs()))
-        .map(|p| p.name.as_str())
-        .chain(m.retired.iter().map(|r| r.name.as_str()))
-        .collect();
+    let listed = m.referenced_pack_names();
     // Views: missing, older than the packs, or naming packs gone from the bucket.
     let gone: Vec<&str> = m.views.iter().flat_map(|v| v.packs()).filter(|p| found.get(&p.name).and_then(|f| f.0) != Some(p.size)).map(|p| p.name.as_str()).collect();
     if !m.packs.is_empty() && (crate::storage::packs::gc::views_stale(m) || !gone.is_empty()) {

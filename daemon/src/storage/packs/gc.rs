@@ -278,13 +278,7 @@ pub async fn gc(
         })
         .await?;
     }
-    let listed: BTreeSet<&str> = current
-        .packs
-        .iter()
-        .chain(current.views.iter().flat_map(|v| v.packs()))
-        .map(|p| p.name.as_str())
-        .chain(current.retired.iter().map(|r| r.name.as_str()))
-        .collect();
+    let listed = current.referenced_pack_names();
     let dir = manifest::packs_dir(url);
     for o in store.list(&dir).await? {
         let Some(leaf) = o.key.strip_prefix(&dir) else { continue };
@@ -292,7 +286,7 @@ pub async fn gc(
             continue;
         };
         if listed.contains(name) {
-            if !current.packs.iter().chain(current.views.iter().flat_map(|v| v.packs())).any(|p| p.name == name) {
+            if !current.live_packs().any(|p| p.name == name) {
                 report.waiting.push(o.key.clone());
             }
             continue;

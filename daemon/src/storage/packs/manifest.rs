@@ -212,6 +212,17 @@ If no migration is running (one was interrupted), finish it with `git s3 migrate
         self.packs.iter().map(|p| p.size + p.idx_size).sum()
     }
 
+    /// The packs a reader may use now: `packs` and the views' packs.
+    pub fn live_packs(&self) -> impl Iterator<Item = &PackEntry> {
+        self.packs.iter().chain(self.views.iter().flat_map(|v| v.packs()))
+    }
+
+    /// The names of every pack the manifest references (live or retired):
+    /// what gc must not delete as unreferenced.
+    pub fn referenced_pack_names(&self) -> BTreeSet<&str> {
+        self.live_packs().map(|p| p.name.as_str()).chain(self.retired.iter().map(|r| r.name.as_str())).collect()
+    }
+
     /// The packs the views do not cover (all of them without views).
     pub fn uncovered(&self) -> impl Iterator<Item = &PackEntry> {
         self.packs.iter().filter(move |p| !self.views.as_ref().is_some_and(|v| v.covers.contains(&p.name)))
