@@ -5,7 +5,9 @@
 //! the real `git`, `git-lfs` and git-remote-s3 0.4.2.
 
 
+pub mod field;
 mod proxy;
+pub use field::FieldServer;
 pub use proxy::CuttingProxy;
 use std::io::Write;
 use std::os::unix::process::CommandExt;
@@ -135,6 +137,8 @@ pub struct TestEnv {
     pub dir: tempfile::TempDir,
     pub bucket: String,
     bin_dir: PathBuf,
+    /// Variables set on every command after the defaults ([`TestEnv::set_env`]).
+    extra_env: std::sync::Mutex<Vec<(String, String)>>,
 }
 
 impl TestEnv {
@@ -159,7 +163,7 @@ impl TestEnv {
             std::fs::create_dir_all(dir.path().join(d)).unwrap();
         }
         std::fs::set_permissions(dir.path().join("run"), std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-        let env = TestEnv { dir, bucket, bin_dir };
+        let env = TestEnv { dir, bucket, bin_dir, extra_env: Default::default() };
         std::fs::write(
             env.home().join(".gitconfig"),
             "[user]\n\tname = Test\n\temail = test@example.com\n[init]\n\tdefaultBranch = main\n[protocol \"s3\"]\n\tallow = always\n[advice]\n\tdetachedHead = false\n",
@@ -217,7 +221,18 @@ impl TestEnv {
             .env("GIT_TERMINAL_PROMPT", "0")
             .env("LANG", "C")
             .stdin(Stdio::null());
+        for (k, v) in self.extra_env.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            cmd.env(k, v);
+        }
         cmd
+    }
+
+    /// Sets `name` to `value` on every later command (e.g. `AWS_ENDPOINT_URL`
+    /// to a [`FieldServer`]'s URL).
+    pub fn set_env(&self, name: &str, value: &str) {
+        let mut extra = self.extra_env.lock().unwrap_or_else(|p| p.into_inner());
+        extra.retain(|(k, _)| k != name);
+        extra.push((name.to_string(), value.to_string()));
     }
 
     pub fn command(&self, program: &str, cwd: &Path) -> Command {
