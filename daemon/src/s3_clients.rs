@@ -200,14 +200,36 @@ pub struct WarmClient {
     pub uses: AtomicU64,
 }
 
-/// The daemon's pool of warm clients.
+/// The daemon's pool of warm clients, and where each bucket lives.
 #[derive(Default)]
 pub struct S3Clients {
     map: DashMap<ClientSpec, Arc<WarmClient>>,
     build_lock: tokio::sync::Mutex<()>,
+    /// (endpoint, bucket) → the region S3 said the bucket is in.
+    bucket_regions: DashMap<(String, String), String>,
+}
+
+fn region_key(spec: &ClientSpec, bucket: &str) -> (String, String) {
+    (spec.endpoint.clone().unwrap_or_default(), bucket.to_string())
 }
 
 impl S3Clients {
+    /// The spec for `bucket`: `spec` in the bucket's region when S3 told us
+    /// where the bucket lives (whatever AWS_REGION says).
+    pub fn spec_for_bucket(&self, spec: ClientSpec, bucket: &str) -> ClientSpec {
+        match self.bucket_regions.get(&region_key(&spec, bucket)) {
+            Some(r) if spec.region.as_deref() != Some(r.as_str()) => ClientSpec { region: Some(r.clone()), ..spec },
+            _ => spec,
+        }
+    }
+
+    /// Remembers that `bucket` lives in `region` and returns the client for it.
+    pub async fn client_in_region(&self, spec: &ClientSpec, bucket: &str, region: &str) -> aws_sdk_s3::Client {
+        self.bucket_regions.insert(region_key(spec, bucket), region.to_string());
+        let moved = ClientSpec { region: Some(region.to_string()), ..spec.clone() };
+        self.get(moved).await.client.clone()
+    }
+
     pub async fn get(&self, spec: ClientSpec) -> Arc<WarmClient> {
         if let Some(c) = self.map.get(&spec) {
             c.uses.fetch_add(1, Ordering::Relaxed);
@@ -234,6 +256,19 @@ impl S3Clients {
     }
 }
 
+/// Moves one bucket's store to the client for the region S3 names.
+pub struct BucketRegions {
+    pub clients: Arc<S3Clients>,
+    pub spec: ClientSpec,
+    pub bucket: String,
+}
+
+impl crate::s3_store::RegionSwitch for BucketRegions {
+    fn client_for_region<'a>(&'a self, region: &'a str) -> futures::future::BoxFuture<'a, aws_sdk_s3::Client> {
+        Box::pin(self.clients.client_in_region(&self.spec, &self.bucket, region))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,6 +292,24 @@ mod tests {
         assert_eq!(ClientSpec::from_env(&a, None), ClientSpec::from_env(&a.clone(), None));
         assert_eq!(ClientSpec::from_env(&a, Some("dev")).profile.as_deref(), Some("dev"));
         assert!(!ClientSpec::from_env(&a, None).describe().contains('B'));
+    }
+
+    #[tokio::test]
+    async fn a_bucket_region_once_learned_selects_the_client() {
+        let mut e = HashMap::new();
+        e.insert("AWS_REGION".to_string(), "us-east-1".to_string());
+        e.insert("AWS_ENDPOINT_URL".to_string(), "http://127.0.0.1:1".to_string());
+        let clients = S3Clients::default();
+        let spec = ClientSpec::from_env(&e, None);
+        assert_eq!(clients.spec_for_bucket(spec.clone(), "b"), spec);
+        let c = clients.client_in_region(&spec, "b", "eu-west-1").await;
+        assert_eq!(c.config().region().map(|r| r.as_ref()), Some("eu-west-1"));
+        assert_eq!(clients.spec_for_bucket(spec.clone(), "b").region.as_deref(), Some("eu-west-1"));
+        assert_eq!(clients.spec_for_bucket(spec.clone(), "other"), spec, "per bucket");
+        let mut elsewhere = e.clone();
+        elsewhere.insert("AWS_ENDPOINT_URL".to_string(), "http://127.0.0.1:2".to_string());
+        let spec2 = ClientSpec::from_env(&elsewhere, None);
+        assert_eq!(clients.spec_for_bucket(spec2.clone(), "b"), spec2, "per endpoint");
     }
 
     #[test]
