@@ -370,8 +370,10 @@ impl S3Store {
         Fut: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
         E: ProvideErrorMetadata,
     {
+        // The SDK's futures are large: each is boxed, so that callers'
+        // futures (and the daemon's stack) stay small.
         let client = self.client();
-        let err = match op(client.clone()).await {
+        let err = match Box::pin(op(client.clone())).await {
             Err(e) => e,
             ok => return ok,
         };
@@ -379,14 +381,14 @@ impl S3Store {
         let Some(named) = wrong_region(&err) else { return Err(err) };
         let region = match named {
             Some(r) => Some(r),
-            None => self.head_bucket_region(&client).await,
+            None => Box::pin(self.head_bucket_region(&client)).await,
         };
         let current = client.config().region().map(|r| r.as_ref().to_string());
         let Some(region) = region.filter(|r| current.as_deref() != Some(r.as_str())) else { return Err(err) };
         tracing::info!(bucket = %self.bucket, from = current.as_deref().unwrap_or(""), to = %region, "the bucket lives in another region; switching clients");
         let moved = switch.client_for_region(&region).await;
         *self.client.write().unwrap_or_else(|p| p.into_inner()) = moved.clone();
-        op(moved).await
+        Box::pin(op(moved)).await
     }
 
     /// The bucket's region as HeadBucket tells it (in its answer or in the
