@@ -33,6 +33,10 @@ pub enum StoreError {
     NoCredentials(String),
     #[error("cannot connect to the S3 endpoint: {0}")]
     Connect(String),
+    #[error("the S3 endpoint's TLS certificate did not verify against {trust}: {reason}")]
+    Certificate { trust: String, reason: String },
+    #[error("the proxy {proxy} did not let the connection to S3 through ({reason}); check HTTPS_PROXY/HTTP_PROXY and NO_PROXY")]
+    Proxy { proxy: String, reason: String },
     #[error("bucket '{bucket}' is in region {region}, not in the region the request was signed for; set AWS_REGION={region} (or the profile's region)")]
     WrongRegion { bucket: String, region: String },
     #[error("another write to s3://{bucket}/{key} was in progress each time this one was tried (409 ConditionalRequestConflict); try again")]
@@ -75,6 +79,8 @@ impl StoreError {
                 | StoreError::InvalidCredentials(_)
                 | StoreError::NoCredentials(_)
                 | StoreError::Connect(_)
+                | StoreError::Certificate { .. }
+                | StoreError::Proxy { .. }
                 | StoreError::WrongRegion { .. }
                 | StoreError::AccessDenied { .. }
         )
@@ -335,12 +341,20 @@ fn to_system_time(t: Option<&aws_sdk_s3::primitives::DateTime>) -> SystemTime {
     t.and_then(|d| SystemTime::try_from(*d).ok()).unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
+/// What a connection error names.
+#[derive(Debug, Default)]
+struct NetworkHint {
+    trust: String,
+    proxy: Option<String>,
+}
+
 /// One bucket, through one warm client (the one for the bucket's region,
 /// once S3 said where the bucket lives).
 #[derive(Clone)]
 pub struct S3Store {
     client: Arc<RwLock<aws_sdk_s3::Client>>,
     regions: Option<Arc<dyn RegionSwitch>>,
+    network: Arc<NetworkHint>,
     bucket: Arc<str>,
     /// The service the client talks to (endpoint, region), for cache keys.
     origin: Arc<str>,
@@ -348,7 +362,42 @@ pub struct S3Store {
 
 impl S3Store {
     pub fn new(client: aws_sdk_s3::Client, bucket: &str, origin: &str) -> S3Store {
-        S3Store { client: Arc::new(RwLock::new(client)), regions: None, bucket: bucket.into(), origin: origin.into() }
+        S3Store {
+            client: Arc::new(RwLock::new(client)),
+            regions: None,
+            network: Arc::new(NetworkHint::default()),
+            bucket: bucket.into(),
+            origin: origin.into(),
+        }
+    }
+
+    /// What to name when a connection fails: the CAs a certificate was
+    /// checked against, and the proxy in use.
+    pub fn with_network_hint(mut self, trust: String, proxy: Option<String>) -> S3Store {
+        self.network = Arc::new(NetworkHint { trust, proxy });
+        self
+    }
+
+    /// [`classify`], naming the CA bundle or the proxy when the connection
+    /// failed on them.
+    fn classify<E>(&self, err: SdkError<E, HttpResponse>, key: &str) -> StoreError
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        match classify(err, &self.bucket, key) {
+            StoreError::Connect(reason) => {
+                let lower = reason.to_ascii_lowercase();
+                if lower.contains("certificate") || lower.contains("unknownissuer") || lower.contains("invalid peer") {
+                    let trust = if self.network.trust.is_empty() { "the trusted CAs".to_string() } else { self.network.trust.clone() };
+                    StoreError::Certificate { trust, reason }
+                } else if let Some(proxy) = self.network.proxy.clone().filter(|_| lower.contains("proxy") || lower.contains("tunnel")) {
+                    StoreError::Proxy { proxy, reason }
+                } else {
+                    StoreError::Connect(reason)
+                }
+            }
+            other => other,
+        }
     }
 
     /// Follows the bucket to its region through `switch` when S3 says it
@@ -437,7 +486,7 @@ impl S3Store {
                 let resp = self
                     .call(|c| c.list_objects_v2().bucket(&*self.bucket).prefix(prefix).set_continuation_token(token.clone()).send())
                     .await
-                    .map_err(|e| classify(e, &self.bucket, prefix))?;
+                    .map_err(|e| self.classify(e, prefix))?;
                 for o in resp.contents() {
                     if let Some(key) = o.key() {
                         out.push(ObjectInfo {
@@ -479,7 +528,7 @@ impl S3Store {
                     },
                     r.metadata().cloned().unwrap_or_default(),
                 ))),
-                Err(e) => match classify(e, &self.bucket, key) {
+                Err(e) => match self.classify(e, key) {
                     StoreError::NotFound { .. } => Ok(None),
                     other => Err(other),
                 },
@@ -521,7 +570,7 @@ impl S3Store {
                     let data = r.body.collect().await.map_err(|e| self.interrupted(key, e.to_string()))?;
                     Ok(Some(data.into_bytes().to_vec()))
                 }
-                Err(e) => match classify(e, &self.bucket, key) {
+                Err(e) => match self.classify(e, key) {
                     StoreError::NotFound { .. } => Ok(None),
                     other => Err(other),
                 },
@@ -551,7 +600,7 @@ impl S3Store {
                     tracing::debug!("not modified");
                     Ok(Conditional::NotModified)
                 }
-                Err(e) => match classify(e, &self.bucket, key) {
+                Err(e) => match self.classify(e, key) {
                     StoreError::NotFound { .. } => Ok(Conditional::Missing),
                     other => Err(other),
                 },
@@ -604,7 +653,7 @@ impl S3Store {
             let resp = self
                 .call(|c| c.get_object().bucket(&*self.bucket).key(key).send())
                 .await
-                .map_err(|e| classify(e, &self.bucket, key))?;
+                .map_err(|e| self.classify(e, key))?;
             let etag = resp.e_tag().unwrap_or_default().to_string();
             let expected = resp.content_length().map(|l| l.max(0) as u64);
             let mut body = resp.body;
@@ -664,7 +713,7 @@ impl S3Store {
                     tokio::time::sleep(wait).await;
                     attempt += 1;
                 }
-                Err(e) => return Err(classify(e, &self.bucket, key)),
+                Err(e) => return Err(self.classify(e, key)),
             }
         }
     }
@@ -752,7 +801,7 @@ impl S3Store {
         let created = self
             .call(|c| apply_headers!(c.create_multipart_upload().bucket(&*self.bucket).key(key), opts).send())
             .await
-            .map_err(|e| classify(e, &self.bucket, key))?;
+            .map_err(|e| self.classify(e, key))?;
         Ok(created.upload_id().unwrap_or_default().to_string())
     }
 
@@ -785,7 +834,7 @@ impl S3Store {
             Ok(r) => Ok(r.e_tag().unwrap_or_default().to_string()),
             Err(e) => {
                 self.abort_multipart(key, upload_id).await;
-                Err(classify(e, &self.bucket, key))
+                Err(self.classify(e, key))
             }
         }
     }
@@ -805,7 +854,7 @@ impl S3Store {
             .send()
             .instrument(tracing::debug_span!("s3.upload_part", part_number = number, bytes = size))
             .await
-            .map_err(|e| classify(e, &self.bucket, key))?;
+            .map_err(|e| self.classify(e, key))?;
         Ok(CompletedPart::builder().part_number(number).set_e_tag(r.e_tag().map(str::to_string)).build())
     }
 
@@ -938,7 +987,7 @@ impl S3Store {
         async {
             self.call(|c| c.delete_object().bucket(&*self.bucket).key(key).send())
                 .await
-                .map_err(|e| classify(e, &self.bucket, key))?;
+                .map_err(|e| self.classify(e, key))?;
             Ok(())
         }
         .instrument(span)
@@ -951,7 +1000,7 @@ impl S3Store {
             let source = format!("{}/{}", self.bucket, percent_encode_key(from));
             self.call(|c| c.copy_object().bucket(&*self.bucket).key(to).copy_source(&source).send())
                 .await
-                .map_err(|e| classify(e, &self.bucket, from))?;
+                .map_err(|e| self.classify(e, from))?;
             Ok(())
         }
         .instrument(span)
@@ -1005,7 +1054,7 @@ impl S3Store {
             let send = |c: aws_sdk_s3::Client| {
                 c.get_object().bucket(&*self.bucket).key(key).range(&range).set_if_match(if_match.map(str::to_string)).send()
             };
-            let resp = self.call(send).await.map_err(|e| classify(e, &self.bucket, key))?;
+            let resp = self.call(send).await.map_err(|e| self.classify(e, key))?;
             let mut body = resp.body;
             let mut file = tokio::fs::OpenOptions::new().write(true).open(dest).await?;
             file.seek(std::io::SeekFrom::Start(offset)).await?;

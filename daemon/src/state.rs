@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use crate::cache::Cache;
 use crate::remote_url::RemoteUrl;
-use crate::s3_clients::{BucketRegions, ClientSpec, S3Clients};
+use crate::s3_clients::{redact_userinfo, BucketRegions, ClientSpec, S3Clients};
 use crate::s3_store::S3Store;
 
 pub struct DaemonState {
@@ -52,8 +52,11 @@ impl DaemonState {
         let warm = self.clients.get(spec.clone()).await;
         // A bucket is the same wherever the request was signed: no region here.
         let origin = warm.spec.endpoint.as_deref().unwrap_or("aws").to_string();
+        let (trust, proxy) = (spec.network.trust_description(), spec.network.proxy_for(spec.endpoint.as_deref()).map(redact_userinfo));
         let regions = BucketRegions { clients: self.clients.clone(), spec, bucket: url.bucket.clone() };
-        S3Store::new(warm.client.clone(), &url.bucket, &origin).with_region_switch(Arc::new(regions))
+        S3Store::new(warm.client.clone(), &url.bucket, &origin)
+            .with_region_switch(Arc::new(regions))
+            .with_network_hint(trust, proxy)
     }
 
     pub fn touch(&self) {

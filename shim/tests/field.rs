@@ -167,3 +167,56 @@ fn transient_faults_are_survived_bundles() {
 fn transient_faults_are_survived_packs() {
     transient_faults(true);
 }
+
+/// The caller's CA bundle and proxy, per command: a daemon serves callers
+/// with and without them side by side.
+#[test]
+fn tls_with_the_callers_ca_bundle_directly_and_through_their_proxy() {
+    let env = TestEnv::new();
+    let field = FieldServer::start_tls();
+    env.set_env("AWS_ENDPOINT_URL", &field.url);
+    let ca = field.ca_bundle().unwrap().display().to_string();
+    let url = env.url("tls");
+    let repo = repo_for(&env, &url, true);
+
+    // No CA bundle: the test CA is unknown; one line that names what was trusted.
+    let err = env.git_fail(&repo, &["push", "-q", "origin", "main"]);
+    assert!(err.contains("TLS certificate did not verify against the system's trusted CAs"), "{err}");
+    assert!(err.lines().filter(|l| l.starts_with("fatal:") || l.starts_with("error:")).count() <= 2, "{err}");
+
+    // AWS_CA_BUNDLE: it works, over TLS.
+    env.set_env("AWS_CA_BUNDLE", &ca);
+    env.git(&repo, &["push", "-q", "origin", "main"]);
+    assert!(field.counts().tls_handshakes >= 1);
+    assert_eq!(field.counts().connects, 0);
+
+    // The same daemon, a caller with HTTPS_PROXY: through a CONNECT tunnel.
+    env.set_env("HTTPS_PROXY", &field.proxy_url);
+    let head = env.git(&repo, &["rev-parse", "HEAD"]).trim().to_string();
+    assert!(env.ls_remote(Tool::Ours, &url).contains(&format!("{head}\trefs/heads/main")));
+    assert!(field.counts().connects >= 1, "{:?}", field.counts());
+
+    // A proxy that refuses: one line that names it.
+    field.set_refuse_proxy(true);
+    env.git_s3(&env.work(), &["daemon", "stop"]);
+    let err = env.git_fail(&env.work(), &["ls-remote", &url]);
+    assert!(err.contains(&format!("the proxy {} did not let the connection to S3 through", field.proxy_url)), "{err}");
+    field.set_refuse_proxy(false);
+
+    // Another caller without the proxy, with the CA from its profile's ca_bundle.
+    env.set_env("HTTPS_PROXY", "");
+    env.set_env("AWS_CA_BUNDLE", "");
+    std::fs::create_dir_all(env.home().join(".aws")).unwrap();
+    std::fs::write(env.home().join(".aws/config"), format!("[default]\nca_bundle = {ca}\n")).unwrap();
+    let connects = field.counts().connects;
+    env.git(&env.work(), &["clone", "-q", &url, "clone"]);
+    assert_eq!(env.git(&env.path("clone"), &["rev-parse", "HEAD"]).trim(), head);
+    assert_eq!(field.counts().connects, connects, "no tunnel for a caller without a proxy");
+
+    // A CA bundle that is not the one that signed the endpoint: named.
+    let other = testkit::field::TestCa::generate();
+    let other_path = other.bundle_path().display().to_string();
+    env.set_env("AWS_CA_BUNDLE", &other_path);
+    let err = env.git_fail(&env.work(), &["ls-remote", &url]);
+    assert!(err.contains(&format!("did not verify against the CA bundle {other_path}")), "{err}");
+}
