@@ -51,6 +51,10 @@ pub(crate) struct Shared {
     /// Our own `host:port`.
     self_authority: String,
     upstream_client: forward::Upstream,
+    /// One lock per `bucket/key` under a conditional write: S3 checks the
+    /// condition and writes atomically, moto does not (it checks, then
+    /// writes, on concurrent threads), so the field server serializes them.
+    conditional_writes: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Shared {
@@ -60,6 +64,11 @@ impl Shared {
 
     fn draw(&self, request: &kinds::Classified) -> Option<FaultAction> {
         self.faults.lock().unwrap_or_else(|p| p.into_inner()).draw(request)
+    }
+
+    fn conditional_write_lock(&self, bucket: &str, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.conditional_writes.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(format!("{bucket}/{key}")).or_default().clone()
     }
 
     async fn round_trip(&self) {
@@ -116,6 +125,7 @@ impl FieldServer {
                 upstream,
                 self_authority: addr.to_string(),
                 upstream_client: forward::upstream_client(),
+                conditional_writes: Mutex::new(HashMap::new()),
             })
         };
         let acceptor = ca.as_ref().map(|c| c.acceptor());

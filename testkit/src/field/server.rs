@@ -172,6 +172,15 @@ async fn s3(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body
     }
 
     let is_head = req.method() == Method::HEAD;
+    // Conditional writes to one key, one at a time (S3's atomic check-and-write).
+    let lock = match (&request.bucket, &request.key) {
+        (Some(b), Some(k)) if request.conditional => Some(shared.conditional_write_lock(b, k)),
+        _ => None,
+    };
+    let _serialized = match &lock {
+        Some(l) => Some(l.lock().await),
+        None => None,
+    };
     let req = req.map(|b| Shaped::new(b, shared.counters.clone(), Direction::Up, settings.bandwidth, None).boxed_unsync());
     let resp = match forward::send(&shared.upstream_client, &shared.upstream, req).await {
         Ok(r) => r,

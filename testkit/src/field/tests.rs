@@ -234,3 +234,24 @@ fn tls_with_the_test_ca_directly_and_through_connect() {
     });
     assert_eq!(refused.status, 403);
 }
+
+#[test]
+fn concurrent_conditional_writes_to_one_key_have_one_winner() {
+    let field = FieldServer::start();
+    let b = bucket("race");
+    let auth = signed_for("us-east-1");
+    let first = request(&field, "PUT", &format!("/{b}/manifest"), &auth, b"v0");
+    assert_eq!(first.status, 200);
+    let etag = first.header("etag").expect("an ETag");
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let (field, b, auth, etag) = (&field, &b, &auth, &etag);
+                s.spawn(move || request(field, "PUT", &format!("/{b}/manifest"), &format!("{auth}If-Match: {etag}\r\n"), format!("w{i}").as_bytes()).status)
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 412).count(), 7, "{statuses:?}");
+}
