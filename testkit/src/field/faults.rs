@@ -24,6 +24,9 @@ pub enum FaultAction {
     /// Like `ResetMidBody`, but the response stops flowing for this long
     /// first.
     Stall(Duration),
+    /// The store answers, and the connection is reset after this many
+    /// bytes of the response body.
+    ResetAfter(u64),
 }
 
 impl FaultAction {
@@ -39,31 +42,31 @@ impl FaultAction {
                 "ConditionalRequestConflict",
                 "A conflicting conditional operation is currently in progress against this resource. Please try again.",
             )),
-            FaultAction::ResetMidBody | FaultAction::Stall(_) => None,
+            FaultAction::ResetMidBody | FaultAction::Stall(_) | FaultAction::ResetAfter(_) => None,
         }
     }
 }
 
 /// One fault rule: `action` on a `share` (0.0–1.0) of the requests of
-/// `kinds`, optionally only for keys containing a string, and at most so
+/// `kinds`, optionally only for paths containing a string, and at most so
 /// many times.
 #[derive(Debug, Clone)]
 pub struct Fault {
     pub action: FaultAction,
     pub kinds: Vec<RequestKind>,
     pub share: f64,
-    pub key_contains: Option<String>,
+    pub path_contains: Option<String>,
     pub times: Option<u64>,
 }
 
 impl Fault {
     pub fn new(action: FaultAction, kinds: &[RequestKind], share: f64) -> Fault {
-        Fault { action, kinds: kinds.to_vec(), share, key_contains: None, times: None }
+        Fault { action, kinds: kinds.to_vec(), share, path_contains: None, times: None }
     }
 
-    /// Only requests whose key contains `part`.
-    pub fn on_keys_containing(mut self, part: &str) -> Fault {
-        self.key_contains = Some(part.to_string());
+    /// Only requests whose path (`/bucket/key`) contains `part`.
+    pub fn on_paths_containing(mut self, part: &str) -> Fault {
+        self.path_contains = Some(part.to_string());
         self
     }
 
@@ -104,7 +107,7 @@ impl FaultPlan {
             let applies = f.kinds.contains(&request.kind)
                 && (f.action != FaultAction::Conflict || request.conditional)
                 && f.times != Some(0)
-                && f.key_contains.as_deref().map(|p| request.key.as_deref().unwrap_or("").contains(p)).unwrap_or(true);
+                && f.path_contains.as_deref().map(|p| request.path().contains(p)).unwrap_or(true);
             if !applies {
                 continue;
             }
@@ -147,7 +150,7 @@ mod tests {
         let mut all = FaultPlan::new(1, vec![Fault::new(FaultAction::SlowDown, &[RequestKind::List], 1.0)]);
         assert_eq!(all.draw(&req(RequestKind::List, false)), Some(FaultAction::SlowDown));
         // Limited to some keys, and to a number of times.
-        let rule = Fault::new(FaultAction::ResetMidBody, &[RequestKind::Get], 1.0).on_keys_containing("lfs/").times(2);
+        let rule = Fault::new(FaultAction::ResetMidBody, &[RequestKind::Get], 1.0).on_paths_containing("/lfs/").times(2);
         let mut p = FaultPlan::new(1, vec![rule]);
         assert!(p.draw(&req(RequestKind::Get, false)).is_none(), "key k has no lfs/");
         let mut lfs = req(RequestKind::Get, false);

@@ -49,6 +49,13 @@ pub struct Classified {
     pub key: Option<String>,
 }
 
+impl Classified {
+    /// `/bucket/key` (path style).
+    pub fn path(&self) -> String {
+        format!("/{}/{}", self.bucket.as_deref().unwrap_or(""), self.key.as_deref().unwrap_or(""))
+    }
+}
+
 fn has_param(query: &str, name: &str) -> bool {
     query.split('&').any(|p| p.split('=').next() == Some(name))
 }

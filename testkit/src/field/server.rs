@@ -195,6 +195,7 @@ async fn s3(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body
     let cut = match &fault {
         Some(FaultAction::ResetMidBody) => Some(Cut { after: len / 2, stall: None }),
         Some(FaultAction::Stall(d)) => Some(Cut { after: len / 2, stall: Some(*d) }),
+        Some(FaultAction::ResetAfter(n)) => Some(Cut { after: (*n).min(len.saturating_sub(1)), stall: None }),
         _ => None,
     };
     if let Some(c) = cut {
