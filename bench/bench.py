@@ -371,6 +371,7 @@ class Bench:
         branch = sh(["git", "symbolic-ref", "--short", "HEAD"], env["local"], cwd=src).strip()
         for t in REMOTE_TOOLS:
             sh(["git", "push", "-q", urls[t], f"{branch}:refs/heads/{branch}"], env[t], cwd=src)
+        sh(["git", "symbolic-ref", "HEAD", f"refs/heads/{branch}"], env["local"], cwd=urls["local"][7:])
         # the packs format's views, as a maintained remote has them
         sh(["git", "s3", "gc", urls["packs"]], env["packs"], cwd=self.work)
         old = "HEAD~" + str(min(int(count) - 1, 1000))

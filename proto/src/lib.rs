@@ -19,7 +19,11 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The daemon never reads its own environment for a request.
 pub fn is_forwarded_env(name: &str) -> bool {
     const PREFIXES: &[&str] = &["AWS_", "GIT_", "S3_", "LC_", "XDG_"];
-    const EXACT: &[&str] = &["PATH", "HOME", "LANG", "TMPDIR", "TERM", "NO_COLOR", "USER"];
+    const EXACT: &[&str] = &[
+        "PATH", "HOME", "LANG", "TMPDIR", "TERM", "NO_COLOR", "USER",
+        // The caller's proxies: S3 is reached through them, not the daemon's.
+        "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy",
+    ];
     PREFIXES.iter().any(|p| name.starts_with(p)) || EXACT.contains(&name)
 }
 
@@ -33,6 +37,7 @@ mod tests {
         assert!(is_forwarded_env("GIT_DIR"));
         assert!(is_forwarded_env("GIT_REMOTE_S3_VERBOSE"));
         assert!(is_forwarded_env("PATH"));
+        assert!(is_forwarded_env("HTTPS_PROXY") && is_forwarded_env("no_proxy"));
         assert!(!is_forwarded_env("SSH_AUTH_SOCK"));
         assert!(!is_forwarded_env("OLDPWD"));
     }

@@ -8,16 +8,17 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use testkit::{CountingProxy, TestEnv};
+use testkit::{FieldServer, TestEnv};
 
 const FORMATS: [&str; 2] = ["bundles", "packs"];
 const COMMITS: u32 = 40;
 
-/// An environment whose S3 traffic goes through a byte-counting proxy.
-fn counted_env(format: &str) -> (TestEnv, CountingProxy) {
-    let mut env = TestEnv::new();
-    let proxy = CountingProxy::start(testkit::endpoint());
-    env.set_endpoint(&proxy.url);
+/// An environment whose S3 traffic goes through the field server, which
+/// counts the bytes.
+fn counted_env(format: &str) -> (TestEnv, FieldServer) {
+    let env = TestEnv::new();
+    let proxy = FieldServer::start();
+    env.set_env("AWS_ENDPOINT_URL", &proxy.url);
     env.git(&env.work(), &["config", "--global", "s3.format", format]);
     (env, proxy)
 }
@@ -148,7 +149,7 @@ fn partial_clone_is_a_promisor_repository_and_lazy_fetches_are_batched() {
         // a cold cache: the push left its bundle or pack there
         env.git_s3(&env.work(), &["cache", "clear"]);
 
-        let before = proxy.bytes_down();
+        let before = proxy.counts().bytes_down;
         env.git(&env.work(), &["clone", "-q", "--filter=blob:none", &url, "p"]);
         let p = env.path("p");
         assert_eq!(env.git(&p, &["config", "remote.origin.promisor"]).trim(), "true", "{format}");
@@ -157,16 +158,16 @@ fn partial_clone_is_a_promisor_repository_and_lazy_fetches_are_batched() {
         // the tip's 3 files were checked out; the older versions are not here
         assert_eq!(missing_objects(&env, &p), 3 * (COMMITS as usize - 1), "{format}");
         fsck(&env, &p);
-        let clone_bytes = proxy.bytes_down() - before;
+        let clone_bytes = proxy.counts().bytes_down - before;
 
         // A lazy checkout of an old commit: one helper session, nothing
         // downloaded again (the daemon's mirror has it).
         env.git(&p, &["rev-list", "--count", "HEAD"]);
         let s0 = sessions(&env);
-        let b0 = proxy.bytes_down();
+        let b0 = proxy.counts().bytes_down;
         env.git(&p, &["checkout", "-q", "HEAD~30"]);
         let lazy_sessions = sessions(&env) - s0 - 1;
-        let lazy_bytes = proxy.bytes_down() - b0;
+        let lazy_bytes = proxy.counts().bytes_down - b0;
         assert_eq!(lazy_sessions, 1, "{format}: one helper session for the lazy checkout");
         assert!(lazy_bytes < 16 << 10, "{format}: a lazy checkout read {lazy_bytes} bytes from S3 (the objects were downloaded once already)");
         // git log -p and blame fetch what they need, and the repository stays whole
@@ -175,7 +176,7 @@ fn partial_clone_is_a_promisor_repository_and_lazy_fetches_are_batched() {
         fsck(&env, &p);
         // Everything read from S3 for clone, checkout, log and blame: about
         // the repository's size once, never per object.
-        let total = proxy.bytes_down() - before;
+        let total = proxy.counts().bytes_down - before;
         eprintln!("{format}: repository {repo_bytes} B packed; partial clone read {clone_bytes} B, all operations {total} B");
         let bound = repo_bytes * 3 / 2 + (64 << 10);
         assert!(total <= bound, "{format}: {total} bytes read from S3 for a {repo_bytes}-byte repository");
@@ -317,13 +318,13 @@ fn after_gc_shallow_and_partial_clones_of_a_packs_remote_download_what_they_ask(
 
     let measure = |dir: &str, args: &[&str]| -> u64 {
         env.git_s3(&env.work(), &["cache", "clear"]);
-        let before = proxy.bytes_down();
+        let before = proxy.counts().bytes_down;
         let mut all = vec!["clone", "-q"];
         all.extend_from_slice(args);
         all.extend_from_slice(&[url.as_str(), dir]);
         env.git(&env.work(), &all);
         fsck(&env, &env.path(dir));
-        proxy.bytes_down() - before
+        proxy.counts().bytes_down - before
     };
     let depth1 = measure("d1", &["--depth", "1"]);
     assert_eq!(count(&env, &env.path("d1"), "HEAD"), 1);

@@ -5,9 +5,9 @@
 //! the real `git`, `git-lfs` and git-remote-s3 0.4.2.
 
 
-mod counting_proxy;
+pub mod field;
 mod proxy;
-pub use counting_proxy::CountingProxy;
+pub use field::FieldServer;
 pub use proxy::CuttingProxy;
 use std::io::Write;
 use std::os::unix::process::CommandExt;
@@ -137,8 +137,8 @@ pub struct TestEnv {
     pub dir: tempfile::TempDir,
     pub bucket: String,
     bin_dir: PathBuf,
-    /// The S3 endpoint commands use (default: the test server itself).
-    endpoint: Option<String>,
+    /// Variables set on every command after the defaults ([`TestEnv::set_env`]).
+    extra_env: std::sync::Mutex<Vec<(String, String)>>,
 }
 
 impl TestEnv {
@@ -163,7 +163,7 @@ impl TestEnv {
             std::fs::create_dir_all(dir.path().join(d)).unwrap();
         }
         std::fs::set_permissions(dir.path().join("run"), std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-        let env = TestEnv { dir, bucket, bin_dir, endpoint: None };
+        let env = TestEnv { dir, bucket, bin_dir, extra_env: Default::default() };
         std::fs::write(
             env.home().join(".gitconfig"),
             "[user]\n\tname = Test\n\temail = test@example.com\n[init]\n\tdefaultBranch = main\n[protocol \"s3\"]\n\tallow = always\n[advice]\n\tdetachedHead = false\n",
@@ -175,12 +175,6 @@ impl TestEnv {
 
     pub fn home(&self) -> PathBuf {
         self.dir.path().join("home")
-    }
-
-    /// Commands of this environment reach S3 through `url` (a proxy in
-    /// front of the test server) instead of the server itself.
-    pub fn set_endpoint(&mut self, url: &str) {
-        self.endpoint = Some(url.to_string());
     }
 
     /// A directory for working copies.
@@ -223,11 +217,22 @@ impl TestEnv {
             .env("AWS_ACCESS_KEY_ID", "test")
             .env("AWS_SECRET_ACCESS_KEY", "test")
             .env("AWS_REGION", "us-east-1")
-            .env("AWS_ENDPOINT_URL", self.endpoint.as_deref().unwrap_or(endpoint()))
+            .env("AWS_ENDPOINT_URL", endpoint())
             .env("GIT_TERMINAL_PROMPT", "0")
             .env("LANG", "C")
             .stdin(Stdio::null());
+        for (k, v) in self.extra_env.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            cmd.env(k, v);
+        }
         cmd
+    }
+
+    /// Sets `name` to `value` on every later command (e.g. `AWS_ENDPOINT_URL`
+    /// to a [`FieldServer`]'s URL).
+    pub fn set_env(&self, name: &str, value: &str) {
+        let mut extra = self.extra_env.lock().unwrap_or_else(|p| p.into_inner());
+        extra.retain(|(k, _)| k != name);
+        extra.push((name.to_string(), value.to_string()));
     }
 
     pub fn command(&self, program: &str, cwd: &Path) -> Command {

@@ -17,6 +17,133 @@ use aws_sdk_s3::config::{Credentials, Region, RequestChecksumCalculation, Respon
 use dashmap::DashMap;
 use sha2::{Digest, Sha256};
 
+/// The caller's network settings: proxies (`HTTPS_PROXY`, `HTTP_PROXY`,
+/// `ALL_PROXY`, `NO_PROXY`, or their lower-case forms) and the CA bundle
+/// (`AWS_CA_BUNDLE`, else the profile's `ca_bundle`). Never the daemon's own.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct NetworkSettings {
+    pub https_proxy: Option<String>,
+    pub http_proxy: Option<String>,
+    pub no_proxy: Option<String>,
+    pub ca_bundle: Option<String>,
+}
+
+impl NetworkSettings {
+    fn from_env(env: &HashMap<String, String>, profile: Option<&str>) -> NetworkSettings {
+        let get = |names: &[&str]| names.iter().find_map(|k| env.get(*k).filter(|v| !v.trim().is_empty()).map(|v| v.trim().to_string()));
+        let all = get(&["ALL_PROXY", "all_proxy"]);
+        let ca_bundle = get(&["AWS_CA_BUNDLE"]).or_else(|| profile_setting(env, profile, "ca_bundle"));
+        NetworkSettings {
+            https_proxy: get(&["HTTPS_PROXY", "https_proxy"]).or_else(|| all.clone()),
+            http_proxy: get(&["HTTP_PROXY", "http_proxy"]).or(all),
+            no_proxy: get(&["NO_PROXY", "no_proxy"]),
+            ca_bundle,
+        }
+    }
+
+    /// The proxy for `endpoint` (https unless it says http://), if any.
+    pub fn proxy_for(&self, endpoint: Option<&str>) -> Option<&str> {
+        let plain = endpoint.map(|e| e.starts_with("http://")).unwrap_or(false);
+        if plain { self.http_proxy.as_deref() } else { self.https_proxy.as_deref() }
+    }
+
+    /// Which CAs a TLS certificate is checked against, for messages.
+    pub fn trust_description(&self) -> String {
+        match &self.ca_bundle {
+            Some(b) => format!("the CA bundle {b} (AWS_CA_BUNDLE or the profile's ca_bundle)"),
+            None => "the system's trusted CAs (set AWS_CA_BUNDLE or the profile's ca_bundle for a private CA)".to_string(),
+        }
+    }
+
+    /// An HTTP client with exactly these settings (so the daemon's own
+    /// proxy variables never apply).
+    fn http_client(&self, endpoint: Option<&str>) -> aws_sdk_s3::config::SharedHttpClient {
+        use aws_smithy_http_client::proxy::ProxyConfig;
+        use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode, TlsContext, TrustStore};
+        let proxy = match self.proxy_for(endpoint) {
+            Some(url) => {
+                let plain = endpoint.map(|e| e.starts_with("http://")).unwrap_or(false);
+                let config = if plain { ProxyConfig::http(url) } else { ProxyConfig::https(url) };
+                match config {
+                    Ok(c) => match &self.no_proxy {
+                        Some(rules) => c.no_proxy(rules),
+                        None => c,
+                    },
+                    Err(e) => {
+                        tracing::warn!(proxy = url, error = %e, "ignoring an invalid proxy URL");
+                        ProxyConfig::disabled()
+                    }
+                }
+            }
+            None => ProxyConfig::disabled(),
+        };
+        let trust = match &self.ca_bundle {
+            Some(path) => {
+                let pem = std::fs::read(path).unwrap_or_else(|e| {
+                    tracing::warn!(path, error = %e, "cannot read the CA bundle; no certificate will verify");
+                    Vec::new()
+                });
+                TrustStore::empty().with_native_roots(false).with_pem_certificate(pem)
+            }
+            None => TrustStore::default(),
+        };
+        let context = TlsContext::builder().with_trust_store(trust).build().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "invalid TLS settings; using the defaults");
+            TlsContext::default()
+        });
+        aws_smithy_http_client::Builder::new().build_with_connector_fn(move |settings, components| {
+            let mut b = aws_smithy_http_client::Connector::builder()
+                .proxy_config(proxy.clone())
+                .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc))
+                .tls_context(context.clone());
+            b.set_connector_settings(settings.cloned());
+            if let Some(c) = components {
+                b.set_sleep_impl(c.sleep_impl());
+            }
+            b.build()
+        })
+    }
+}
+
+/// A URL without its `user:password@`.
+pub fn redact_userinfo(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_once('/').map(|(a, p)| (a, format!("/{p}"))).unwrap_or((rest, String::new()));
+            let host = authority.rsplit_once('@').map(|(_, h)| h).unwrap_or(authority);
+            format!("{scheme}://{host}{path}")
+        }
+        None => url.rsplit_once('@').map(|(_, h)| h.to_string()).unwrap_or_else(|| url.to_string()),
+    }
+}
+
+/// A setting of the caller's profile in their config file (`[default]` or
+/// `[profile NAME]`).
+fn profile_setting(env: &HashMap<String, String>, profile: Option<&str>, key: &str) -> Option<String> {
+    let get = |k: &str| env.get(k).filter(|v| !v.is_empty()).cloned();
+    let file = get("AWS_CONFIG_FILE").or_else(|| get("HOME").map(|h| format!("{h}/.aws/config")))?;
+    let text = std::fs::read_to_string(file).ok()?;
+    let name = profile.map(str::to_string).or_else(|| get("AWS_PROFILE")).unwrap_or_else(|| "default".to_string());
+    let mut in_section = false;
+    for line in text.lines() {
+        let line = line.trim();
+        if let Some(section) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            let section = section.trim();
+            let section = section.strip_prefix("profile ").map(str::trim).unwrap_or(section);
+            in_section = section == name;
+            continue;
+        }
+        if in_section {
+            if let Some((k, v)) = line.split_once('=') {
+                if k.trim() == key && !v.trim().is_empty() {
+                    return Some(v.trim().to_string());
+                }
+            }
+        }
+    }
+    None
+}
+
 /// Everything that selects a client, derived from the caller's environment.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ClientSpec {
@@ -24,6 +151,7 @@ pub struct ClientSpec {
     pub region: Option<String>,
     pub endpoint: Option<String>,
     pub path_style: bool,
+    pub network: NetworkSettings,
     /// Hash of every credential-bearing input (never the secrets themselves).
     credentials_fingerprint: String,
     env: Vec<(String, String)>,
@@ -53,7 +181,8 @@ impl ClientSpec {
         }
         h.update(profile.as_deref().unwrap_or("").as_bytes());
         let credentials_fingerprint = hex::encode(&h.finalize()[..8]);
-        ClientSpec { profile, region, endpoint, path_style, credentials_fingerprint, env: aws_env }
+        let network = NetworkSettings::from_env(env, profile.as_deref());
+        ClientSpec { profile, region, endpoint, path_style, network, credentials_fingerprint, env: aws_env }
     }
 
     fn get(&self, k: &str) -> Option<&str> {
@@ -63,11 +192,13 @@ impl ClientSpec {
     /// A description safe to show (no secrets).
     pub fn describe(&self) -> String {
         format!(
-            "profile={} region={} endpoint={} path-style={} creds={}",
+            "profile={} region={} endpoint={} path-style={} proxy={} ca-bundle={} creds={}",
             self.profile.as_deref().unwrap_or("default"),
             self.region.as_deref().unwrap_or("auto"),
             self.endpoint.as_deref().unwrap_or("aws"),
             self.path_style,
+            self.network.proxy_for(self.endpoint.as_deref()).map(redact_userinfo).unwrap_or_else(|| "none".to_string()),
+            self.network.ca_bundle.as_deref().unwrap_or("system"),
             self.credentials_fingerprint
         )
     }
@@ -83,6 +214,7 @@ impl ClientSpec {
 
     async fn build(&self) -> aws_sdk_s3::Client {
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(self.network.http_client(self.endpoint.as_deref()))
             .retry_config(
                 RetryConfig::standard()
                     .with_max_attempts(6)
@@ -200,14 +332,36 @@ pub struct WarmClient {
     pub uses: AtomicU64,
 }
 
-/// The daemon's pool of warm clients.
+/// The daemon's pool of warm clients, and where each bucket lives.
 #[derive(Default)]
 pub struct S3Clients {
     map: DashMap<ClientSpec, Arc<WarmClient>>,
     build_lock: tokio::sync::Mutex<()>,
+    /// (endpoint, bucket) → the region S3 said the bucket is in.
+    bucket_regions: DashMap<(String, String), String>,
+}
+
+fn region_key(spec: &ClientSpec, bucket: &str) -> (String, String) {
+    (spec.endpoint.clone().unwrap_or_default(), bucket.to_string())
 }
 
 impl S3Clients {
+    /// The spec for `bucket`: `spec` in the bucket's region when S3 told us
+    /// where the bucket lives (whatever AWS_REGION says).
+    pub fn spec_for_bucket(&self, spec: ClientSpec, bucket: &str) -> ClientSpec {
+        match self.bucket_regions.get(&region_key(&spec, bucket)) {
+            Some(r) if spec.region.as_deref() != Some(r.as_str()) => ClientSpec { region: Some(r.clone()), ..spec },
+            _ => spec,
+        }
+    }
+
+    /// Remembers that `bucket` lives in `region` and returns the client for it.
+    pub async fn client_in_region(&self, spec: &ClientSpec, bucket: &str, region: &str) -> aws_sdk_s3::Client {
+        self.bucket_regions.insert(region_key(spec, bucket), region.to_string());
+        let moved = ClientSpec { region: Some(region.to_string()), ..spec.clone() };
+        self.get(moved).await.client.clone()
+    }
+
     pub async fn get(&self, spec: ClientSpec) -> Arc<WarmClient> {
         if let Some(c) = self.map.get(&spec) {
             c.uses.fetch_add(1, Ordering::Relaxed);
@@ -234,6 +388,19 @@ impl S3Clients {
     }
 }
 
+/// Moves one bucket's store to the client for the region S3 names.
+pub struct BucketRegions {
+    pub clients: Arc<S3Clients>,
+    pub spec: ClientSpec,
+    pub bucket: String,
+}
+
+impl crate::s3::store::RegionSwitch for BucketRegions {
+    fn client_for_region<'a>(&'a self, region: &'a str) -> futures::future::BoxFuture<'a, aws_sdk_s3::Client> {
+        Box::pin(self.clients.client_in_region(&self.spec, &self.bucket, region))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,6 +424,48 @@ mod tests {
         assert_eq!(ClientSpec::from_env(&a, None), ClientSpec::from_env(&a.clone(), None));
         assert_eq!(ClientSpec::from_env(&a, Some("dev")).profile.as_deref(), Some("dev"));
         assert!(!ClientSpec::from_env(&a, None).describe().contains('B'));
+    }
+
+    #[tokio::test]
+    async fn a_bucket_region_once_learned_selects_the_client() {
+        let mut e = HashMap::new();
+        e.insert("AWS_REGION".to_string(), "us-east-1".to_string());
+        e.insert("AWS_ENDPOINT_URL".to_string(), "http://127.0.0.1:1".to_string());
+        let clients = S3Clients::default();
+        let spec = ClientSpec::from_env(&e, None);
+        assert_eq!(clients.spec_for_bucket(spec.clone(), "b"), spec);
+        let c = clients.client_in_region(&spec, "b", "eu-west-1").await;
+        assert_eq!(c.config().region().map(|r| r.as_ref()), Some("eu-west-1"));
+        assert_eq!(clients.spec_for_bucket(spec.clone(), "b").region.as_deref(), Some("eu-west-1"));
+        assert_eq!(clients.spec_for_bucket(spec.clone(), "other"), spec, "per bucket");
+        let mut elsewhere = e.clone();
+        elsewhere.insert("AWS_ENDPOINT_URL".to_string(), "http://127.0.0.1:2".to_string());
+        let spec2 = ClientSpec::from_env(&elsewhere, None);
+        assert_eq!(clients.spec_for_bucket(spec2.clone(), "b"), spec2, "per endpoint");
+    }
+
+    #[test]
+    fn network_settings_come_from_the_caller() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join(".aws")).unwrap();
+        std::fs::write(dir.path().join(".aws/config"), "[default]\nregion = us-east-1\n[profile corp]\nca_bundle = /etc/corp-ca.pem\n").unwrap();
+        let mut e = HashMap::new();
+        e.insert("HOME".to_string(), dir.path().display().to_string());
+        let none = ClientSpec::from_env(&e, None);
+        assert_eq!(none.network, NetworkSettings::default());
+        assert_eq!(ClientSpec::from_env(&e, Some("corp")).network.ca_bundle.as_deref(), Some("/etc/corp-ca.pem"));
+        e.insert("AWS_CA_BUNDLE".to_string(), "/tmp/ca.pem".to_string());
+        assert_eq!(ClientSpec::from_env(&e, Some("corp")).network.ca_bundle.as_deref(), Some("/tmp/ca.pem"), "the variable wins");
+        e.insert("https_proxy".to_string(), "http://u:secret@proxy:3128".to_string());
+        e.insert("NO_PROXY".to_string(), "localhost".to_string());
+        let with_proxy = ClientSpec::from_env(&e, None);
+        assert_ne!(with_proxy, none, "part of the client key");
+        assert_eq!(with_proxy.network.proxy_for(None), Some("http://u:secret@proxy:3128"));
+        assert_eq!(with_proxy.network.proxy_for(Some("http://127.0.0.1:9000")), None);
+        assert!(!with_proxy.describe().contains("secret"), "{}", with_proxy.describe());
+        assert_eq!(redact_userinfo("http://u:p@h:1/x"), "http://h:1/x");
+        e.insert("ALL_PROXY".to_string(), "http://all:1".to_string());
+        assert_eq!(ClientSpec::from_env(&e, None).network.proxy_for(Some("http://x")), Some("http://all:1"));
     }
 
     #[test]

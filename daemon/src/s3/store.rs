@@ -2,10 +2,12 @@
 //! span each, streaming to and from files, and multipart for large objects.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::Path;
-use std::sync::Arc;
-use std::time::SystemTime;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
 
+use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
@@ -31,6 +33,16 @@ pub enum StoreError {
     NoCredentials(String),
     #[error("cannot connect to the S3 endpoint: {0}")]
     Connect(String),
+    #[error("the S3 endpoint's TLS certificate did not verify against {trust}: {reason}")]
+    Certificate { trust: String, reason: String },
+    #[error("the proxy {proxy} did not let the connection to S3 through ({reason}); check HTTPS_PROXY/HTTP_PROXY and NO_PROXY")]
+    Proxy { proxy: String, reason: String },
+    #[error("bucket '{bucket}' is in region {region}, not in the region the request was signed for; set AWS_REGION={region} (or the profile's region)")]
+    WrongRegion { bucket: String, region: String },
+    #[error("another write to s3://{bucket}/{key} was in progress each time this one was tried (409 ConditionalRequestConflict); try again")]
+    Conflict { bucket: String, key: String },
+    #[error("S3 kept throttling requests to s3://{bucket}/{key} ({code}); try again later, or with fewer parallel transfers (lfs.concurrenttransfers)")]
+    Throttled { bucket: String, key: String, code: String },
     #[error("s3://{bucket}/{key} not found")]
     NotFound { bucket: String, key: String },
     #[error("precondition failed on s3://{bucket}/{key}")]
@@ -54,6 +66,11 @@ impl StoreError {
     pub fn is_precondition_failed(&self) -> bool {
         matches!(self, StoreError::PreconditionFailed { .. })
     }
+    /// A conditional write that met another operation on the same key (409):
+    /// not a lost race; worth trying again.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, StoreError::Conflict { .. })
+    }
     /// Errors that no retry or other ref will fix (the whole session fails).
     pub fn is_fatal(&self) -> bool {
         matches!(
@@ -62,6 +79,9 @@ impl StoreError {
                 | StoreError::InvalidCredentials(_)
                 | StoreError::NoCredentials(_)
                 | StoreError::Connect(_)
+                | StoreError::Certificate { .. }
+                | StoreError::Proxy { .. }
+                | StoreError::WrongRegion { .. }
                 | StoreError::AccessDenied { .. }
         )
     }
@@ -76,6 +96,9 @@ where
     let text = format!("{}", DisplayErrorContext(&err));
     let b = bucket.to_string();
     let k = key.to_string();
+    if let Some(region) = wrong_region(&err) {
+        return StoreError::WrongRegion { bucket: b, region: region.unwrap_or_else(|| "another region".to_string()) };
+    }
     match (&err, code.as_deref(), status) {
         (SdkError::ServiceError(_), Some("NoSuchBucket"), _) => StoreError::NoSuchBucket(b),
         (SdkError::ServiceError(_), Some("NoSuchKey" | "NotFound"), _) | (SdkError::ServiceError(_), _, Some(404)) => {
@@ -86,6 +109,10 @@ where
             }
         }
         (_, Some("PreconditionFailed"), _) | (_, _, Some(412)) => StoreError::PreconditionFailed { bucket: b, key: k },
+        (_, Some("ConditionalRequestConflict"), _) | (_, _, Some(409)) => StoreError::Conflict { bucket: b, key: k },
+        (_, Some(c @ ("SlowDown" | "Throttling" | "ThrottlingException" | "RequestLimitExceeded" | "TooManyRequests")), _) => {
+            StoreError::Throttled { bucket: b, key: k, code: c.to_string() }
+        }
         (_, Some("InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken" | "InvalidToken"), _) => {
             StoreError::InvalidCredentials(code.unwrap_or_default())
         }
@@ -95,7 +122,100 @@ where
         (SdkError::DispatchFailure(d), _, _) if d.is_io() || d.is_timeout() => StoreError::Connect(short_reason(&text)),
         (SdkError::DispatchFailure(_), _, _) if text.contains("credential") => StoreError::NoCredentials(short_reason(&text)),
         (SdkError::DispatchFailure(_), _, _) | (SdkError::TimeoutError(_), _, _) => StoreError::Connect(short_reason(&text)),
+        (SdkError::ServiceError(_), Some(c), _) => {
+            let message = err.message().map(|m| format!("{c}: {m}")).unwrap_or_else(|| c.to_string());
+            StoreError::Other { bucket: b, key: k, message: first_line(&message) }
+        }
+        (SdkError::ServiceError(_), None, Some(s)) => StoreError::Other { bucket: b, key: k, message: format!("HTTP {s}") },
         _ => StoreError::Other { bucket: b, key: k, message: first_line(&text) },
+    }
+}
+
+/// When S3 says the bucket lives in another region (`301 PermanentRedirect`,
+/// a bare 301 to a HEAD, `307`, `400 AuthorizationHeaderMalformed`): that
+/// region if the answer names it (`x-amz-bucket-region`, `<Region>`, or the
+/// `<Endpoint>` of a redirect), else `Some(None)`.
+fn wrong_region<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> Option<Option<String>> {
+    let raw = err.raw_response()?;
+    let status = raw.status().as_u16();
+    let redirect = matches!(status, 301 | 307)
+        || matches!(err.code(), Some("PermanentRedirect" | "TemporaryRedirect" | "AuthorizationHeaderMalformed"));
+    if !redirect {
+        return None;
+    }
+    let header = raw.headers().get("x-amz-bucket-region").map(str::to_string);
+    let body = raw.body().bytes().map(String::from_utf8_lossy).unwrap_or_default();
+    let in_body = xml_element(&body, "Region").or_else(|| xml_element(&body, "Endpoint").and_then(|e| region_of_endpoint(&e)));
+    let region = header.or(in_body).filter(|r| is_region_name(r));
+    // An AuthorizationHeaderMalformed that names no region is about something else.
+    if region.is_none() && !matches!(status, 301 | 307) && err.code() != Some("PermanentRedirect") {
+        return None;
+    }
+    Some(region)
+}
+
+fn xml_element(body: &str, name: &str) -> Option<String> {
+    let start = body.find(&format!("<{name}>"))? + name.len() + 2;
+    let end = start + body[start..].find(&format!("</{name}>"))?;
+    Some(body[start..end].trim().to_string())
+}
+
+/// `bucket.s3.eu-west-1.amazonaws.com`, `s3-eu-west-1.amazonaws.com` → `eu-west-1`.
+fn region_of_endpoint(endpoint: &str) -> Option<String> {
+    let host = endpoint.split("://").last().unwrap_or(endpoint);
+    let labels: Vec<&str> = host.split('.').collect();
+    let at = labels.iter().position(|l| *l == "s3" || l.starts_with("s3-"))?;
+    let label = labels[at];
+    let region = match label.strip_prefix("s3-") {
+        Some(r) => r,
+        None => labels.get(at + 1)?,
+    };
+    (region != "amazonaws" && is_region_name(region)).then(|| region.to_string())
+}
+
+/// Plausible region names only (what a redirect says is untrusted input).
+fn is_region_name(r: &str) -> bool {
+    !r.is_empty() && r.len() <= 32 && r.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// How many times a conditional write that meets a `409
+/// ConditionalRequestConflict` is tried in all (a multipart upload: uploaded).
+pub const CONFLICT_ATTEMPTS: u32 = 8;
+
+/// The wait before try `attempt + 1` after a conflict: exponential from
+/// 100 ms, at most 2 s, with jitter so racing writers spread out.
+fn conflict_backoff(attempt: u32) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let base = Duration::from_millis(100).saturating_mul(1 << (attempt.saturating_sub(1)).min(5)).min(Duration::from_secs(2));
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(attempt);
+    let jitter = h.finish() % (base.as_millis() as u64 / 2 + 1);
+    base / 2 + Duration::from_millis(jitter)
+}
+
+fn is_conflict<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> bool {
+    err.code() == Some("ConditionalRequestConflict") || err.raw_response().map(|r| r.status().as_u16()) == Some(409)
+}
+
+/// Gives a store the client for another region when S3 says its bucket
+/// lives there (and remembers that for the bucket).
+pub trait RegionSwitch: Send + Sync {
+    fn client_for_region<'a>(&'a self, region: &'a str) -> futures::future::BoxFuture<'a, aws_sdk_s3::Client>;
+}
+
+/// A request body that can be sent again (a retry after a conflict or a
+/// region switch): bytes in memory, or a file.
+enum Source<'a> {
+    Bytes(bytes::Bytes),
+    File(&'a Path),
+}
+
+impl Source<'_> {
+    async fn stream(&self) -> Result<ByteStream, String> {
+        match self {
+            Source::Bytes(b) => Ok(ByteStream::from(b.clone())),
+            Source::File(p) => ByteStream::from_path(p).await.map_err(|e| e.to_string()),
+        }
     }
 }
 
@@ -125,7 +245,7 @@ impl ObjectInfo {
 }
 
 /// How many times a download that breaks off is tried in all.
-pub const DOWNLOAD_ATTEMPTS: u32 = 3;
+pub const DOWNLOAD_ATTEMPTS: u32 = 5;
 
 /// The answer to a conditional GET.
 #[derive(Debug)]
@@ -221,10 +341,20 @@ fn to_system_time(t: Option<&aws_sdk_s3::primitives::DateTime>) -> SystemTime {
     t.and_then(|d| SystemTime::try_from(*d).ok()).unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
-/// One bucket, through one warm client.
+/// What a connection error names.
+#[derive(Debug, Default)]
+struct NetworkHint {
+    trust: String,
+    proxy: Option<String>,
+}
+
+/// One bucket, through one warm client (the one for the bucket's region,
+/// once S3 said where the bucket lives).
 #[derive(Clone)]
 pub struct S3Store {
-    client: aws_sdk_s3::Client,
+    client: Arc<RwLock<aws_sdk_s3::Client>>,
+    regions: Option<Arc<dyn RegionSwitch>>,
+    network: Arc<NetworkHint>,
     bucket: Arc<str>,
     /// The service the client talks to (endpoint, region), for cache keys.
     origin: Arc<str>,
@@ -232,7 +362,92 @@ pub struct S3Store {
 
 impl S3Store {
     pub fn new(client: aws_sdk_s3::Client, bucket: &str, origin: &str) -> S3Store {
-        S3Store { client, bucket: bucket.into(), origin: origin.into() }
+        S3Store {
+            client: Arc::new(RwLock::new(client)),
+            regions: None,
+            network: Arc::new(NetworkHint::default()),
+            bucket: bucket.into(),
+            origin: origin.into(),
+        }
+    }
+
+    /// What to name when a connection fails: the CAs a certificate was
+    /// checked against, and the proxy in use.
+    pub fn with_network_hint(mut self, trust: String, proxy: Option<String>) -> S3Store {
+        self.network = Arc::new(NetworkHint { trust, proxy });
+        self
+    }
+
+    /// [`classify`], naming the CA bundle or the proxy when the connection
+    /// failed on them.
+    fn classify<E>(&self, err: SdkError<E, HttpResponse>, key: &str) -> StoreError
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        match classify(err, &self.bucket, key) {
+            StoreError::Connect(reason) => {
+                let lower = reason.to_ascii_lowercase();
+                if lower.contains("certificate") || lower.contains("unknownissuer") || lower.contains("invalid peer") {
+                    let trust = if self.network.trust.is_empty() { "the trusted CAs".to_string() } else { self.network.trust.clone() };
+                    StoreError::Certificate { trust, reason }
+                } else if let Some(proxy) = self.network.proxy.clone().filter(|_| lower.contains("proxy") || lower.contains("tunnel")) {
+                    StoreError::Proxy { proxy, reason }
+                } else {
+                    StoreError::Connect(reason)
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// Follows the bucket to its region through `switch` when S3 says it
+    /// lives elsewhere.
+    pub fn with_region_switch(mut self, switch: Arc<dyn RegionSwitch>) -> S3Store {
+        self.regions = Some(switch);
+        self
+    }
+
+    fn client(&self) -> aws_sdk_s3::Client {
+        self.client.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Runs `op` with the current client. When S3 answers that the bucket
+    /// lives in another region, switches this store (and its clones) to a
+    /// client for that region and runs `op` once more, like boto3 does.
+    async fn call<T, E, Fut>(&self, op: impl Fn(aws_sdk_s3::Client) -> Fut) -> Result<T, SdkError<E, HttpResponse>>
+    where
+        Fut: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+        E: ProvideErrorMetadata,
+    {
+        // The SDK's futures are large: each is boxed, so that callers'
+        // futures (and the daemon's stack) stay small.
+        let client = self.client();
+        let err = match Box::pin(op(client.clone())).await {
+            Err(e) => e,
+            ok => return ok,
+        };
+        let Some(switch) = &self.regions else { return Err(err) };
+        let Some(named) = wrong_region(&err) else { return Err(err) };
+        let region = match named {
+            Some(r) => Some(r),
+            None => Box::pin(self.head_bucket_region(&client)).await,
+        };
+        let current = client.config().region().map(|r| r.as_ref().to_string());
+        let Some(region) = region.filter(|r| current.as_deref() != Some(r.as_str())) else { return Err(err) };
+        tracing::info!(bucket = %self.bucket, from = current.as_deref().unwrap_or(""), to = %region, "the bucket lives in another region; switching clients");
+        let moved = switch.client_for_region(&region).await;
+        *self.client.write().unwrap_or_else(|p| p.into_inner()) = moved.clone();
+        Box::pin(op(moved)).await
+    }
+
+    /// The bucket's region as HeadBucket tells it (in its answer or in the
+    /// `x-amz-bucket-region` of its error).
+    async fn head_bucket_region(&self, client: &aws_sdk_s3::Client) -> Option<String> {
+        let region = match client.head_bucket().bucket(&*self.bucket).send().await {
+            Ok(r) => r.bucket_region().map(str::to_string),
+            Err(e) => e.raw_response().and_then(|r| r.headers().get("x-amz-bucket-region")).map(str::to_string),
+        };
+        region.filter(|r| is_region_name(r))
     }
 
     pub fn bucket(&self) -> &str {
@@ -269,14 +484,9 @@ impl S3Store {
             let mut token: Option<String> = None;
             loop {
                 let resp = self
-                    .client
-                    .list_objects_v2()
-                    .bucket(&*self.bucket)
-                    .prefix(prefix)
-                    .set_continuation_token(token.take())
-                    .send()
+                    .call(|c| c.list_objects_v2().bucket(&*self.bucket).prefix(prefix).set_continuation_token(token.clone()).send())
                     .await
-                    .map_err(|e| classify(e, &self.bucket, prefix))?;
+                    .map_err(|e| self.classify(e, prefix))?;
                 for o in resp.contents() {
                     if let Some(key) = o.key() {
                         out.push(ObjectInfo {
@@ -308,7 +518,7 @@ impl S3Store {
     pub async fn head_with_metadata(&self, key: &str) -> Result<Option<(ObjectInfo, HashMap<String, String>)>, StoreError> {
         let span = tracing::debug_span!("s3.head", bucket = %self.bucket, key);
         async {
-            match self.client.head_object().bucket(&*self.bucket).key(key).send().await {
+            match self.call(|c| c.head_object().bucket(&*self.bucket).key(key).send()).await {
                 Ok(r) => Ok(Some((
                     ObjectInfo {
                         key: key.to_string(),
@@ -318,7 +528,7 @@ impl S3Store {
                     },
                     r.metadata().cloned().unwrap_or_default(),
                 ))),
-                Err(e) => match classify(e, &self.bucket, key) {
+                Err(e) => match self.classify(e, key) {
                     StoreError::NotFound { .. } => Ok(None),
                     other => Err(other),
                 },
@@ -328,16 +538,39 @@ impl S3Store {
         .await
     }
 
-    /// A small object's content (HEAD, markers), or None when absent.
+    /// A small object's content (HEAD, markers), or None when absent; a
+    /// response that breaks off is read again (up to [`DOWNLOAD_ATTEMPTS`]).
     pub async fn get_small(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.again_if_interrupted(key, || self.get_small_once(key)).await
+    }
+
+    /// Runs a read until it does not break off, [`DOWNLOAD_ATTEMPTS`] times at most.
+    async fn again_if_interrupted<T, Fut: Future<Output = Result<T, StoreError>>>(
+        &self,
+        key: &str,
+        read: impl Fn() -> Fut,
+    ) -> Result<T, StoreError> {
+        let mut attempt = 1;
+        loop {
+            match read().await {
+                Err(e) if e.is_interrupted() && attempt < DOWNLOAD_ATTEMPTS => {
+                    tracing::warn!(key, attempt, error = %e, "read broke off; trying again");
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn get_small_once(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let span = tracing::debug_span!("s3.get", bucket = %self.bucket, key);
         async {
-            match self.client.get_object().bucket(&*self.bucket).key(key).send().await {
+            match self.call(|c| c.get_object().bucket(&*self.bucket).key(key).send()).await {
                 Ok(r) => {
-                    let data = r.body.collect().await.map_err(|e| self.other(key, e.to_string()))?;
+                    let data = r.body.collect().await.map_err(|e| self.interrupted(key, e.to_string()))?;
                     Ok(Some(data.into_bytes().to_vec()))
                 }
-                Err(e) => match classify(e, &self.bucket, key) {
+                Err(e) => match self.classify(e, key) {
                     StoreError::NotFound { .. } => Ok(None),
                     other => Err(other),
                 },
@@ -350,23 +583,24 @@ impl S3Store {
     /// A small object, read only if it changed since `etag` (a conditional
     /// GET with `If-None-Match`; S3 answers 304 without a body when not).
     pub async fn get_small_if_changed(&self, key: &str, etag: Option<&str>) -> Result<Conditional, StoreError> {
+        self.again_if_interrupted(key, || self.get_small_if_changed_once(key, etag)).await
+    }
+
+    async fn get_small_if_changed_once(&self, key: &str, etag: Option<&str>) -> Result<Conditional, StoreError> {
         let span = tracing::debug_span!("s3.get", bucket = %self.bucket, key, if_none_match = etag.unwrap_or(""));
         async {
-            let mut req = self.client.get_object().bucket(&*self.bucket).key(key);
-            if let Some(e) = etag {
-                req = req.if_none_match(e);
-            }
-            match req.send().await {
+            let send = |c: aws_sdk_s3::Client| c.get_object().bucket(&*self.bucket).key(key).set_if_none_match(etag.map(str::to_string)).send();
+            match self.call(send).await {
                 Ok(r) => {
                     let etag = r.e_tag().unwrap_or_default().to_string();
-                    let data = r.body.collect().await.map_err(|e| self.other(key, e.to_string()))?;
+                    let data = r.body.collect().await.map_err(|e| self.interrupted(key, e.to_string()))?;
                     Ok(Conditional::Found { data: data.into_bytes().to_vec(), etag })
                 }
                 Err(e) if e.raw_response().map(|r| r.status().as_u16()) == Some(304) => {
                     tracing::debug!("not modified");
                     Ok(Conditional::NotModified)
                 }
-                Err(e) => match classify(e, &self.bucket, key) {
+                Err(e) => match self.classify(e, key) {
                     StoreError::NotFound { .. } => Ok(Conditional::Missing),
                     other => Err(other),
                 },
@@ -417,13 +651,9 @@ impl S3Store {
         let span = tracing::debug_span!("s3.get", bucket = %self.bucket, key);
         async {
             let resp = self
-                .client
-                .get_object()
-                .bucket(&*self.bucket)
-                .key(key)
-                .send()
+                .call(|c| c.get_object().bucket(&*self.bucket).key(key).send())
                 .await
-                .map_err(|e| classify(e, &self.bucket, key))?;
+                .map_err(|e| self.classify(e, key))?;
             let etag = resp.e_tag().unwrap_or_default().to_string();
             let expected = resp.content_length().map(|l| l.max(0) as u64);
             let mut body = resp.body;
@@ -456,15 +686,36 @@ impl S3Store {
     /// Writes a small object from memory. Returns the new ETag.
     pub async fn put_bytes(&self, key: &str, data: Vec<u8>, opts: PutOptions) -> Result<String, StoreError> {
         let span = tracing::debug_span!("s3.put", bucket = %self.bucket, key, bytes = data.len());
-        async { self.put_body(key, ByteStream::from(data), opts).await }.instrument(span).await
+        async { self.put_body(key, Source::Bytes(data.into()), opts).await }.instrument(span).await
     }
 
-    async fn put_body(&self, key: &str, body: ByteStream, opts: PutOptions) -> Result<String, StoreError> {
-        let mut req = self.client.put_object().bucket(&*self.bucket).key(key).body(body);
-        req = apply_condition!(req, &opts.condition);
-        req = apply_headers!(req, &opts);
-        let resp = req.send().await.map_err(|e| classify(e, &self.bucket, key))?;
-        Ok(resp.e_tag().unwrap_or_default().to_string())
+    /// One PutObject; a conditional write that meets a `409
+    /// ConditionalRequestConflict` is tried again after a backoff (only a
+    /// 412 means its condition failed).
+    async fn put_body(&self, key: &str, source: Source<'_>, opts: PutOptions) -> Result<String, StoreError> {
+        let mut attempt = 1;
+        loop {
+            let send = |c: aws_sdk_s3::Client| {
+                let (source, opts) = (&source, &opts);
+                async move {
+                    let body = source.stream().await.map_err(SdkError::construction_failure)?;
+                    let mut req = c.put_object().bucket(&*self.bucket).key(key).body(body);
+                    req = apply_condition!(req, &opts.condition);
+                    req = apply_headers!(req, opts);
+                    req.send().await
+                }
+            };
+            match self.call(send).await {
+                Ok(resp) => return Ok(resp.e_tag().unwrap_or_default().to_string()),
+                Err(e) if is_conflict(&e) && attempt < CONFLICT_ATTEMPTS => {
+                    let wait = conflict_backoff(attempt);
+                    tracing::info!(key, attempt, ?wait, "409 ConditionalRequestConflict on a conditional write; trying again");
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(self.classify(e, key)),
+            }
+        }
     }
 
     /// Uploads a file, streaming it from disk; multipart (parallel parts) above
@@ -480,15 +731,41 @@ impl S3Store {
         let span = tracing::debug_span!("s3.put", bucket = %self.bucket, key, bytes = len);
         async {
             if len <= MULTIPART_THRESHOLD {
-                let body = ByteStream::from_path(path).await.map_err(|e| self.other(key, e.to_string()))?;
-                let etag = self.put_body(key, body, opts).await?;
+                let etag = self.put_body(key, Source::File(path), opts).await?;
                 on_bytes(len);
                 return Ok(etag);
             }
-            self.put_multipart(key, path, len, opts, &on_bytes).await
+            self.put_multipart_again_on_conflict(key, path, len, opts, &on_bytes).await
         }
         .instrument(span)
         .await
+    }
+
+    /// [`S3Store::put_multipart`]; when its completion meets a `409
+    /// ConditionalRequestConflict`, the upload is started again (as S3's
+    /// documentation says), up to [`CONFLICT_ATTEMPTS`] in all.
+    async fn put_multipart_again_on_conflict(
+        &self,
+        key: &str,
+        path: &Path,
+        len: u64,
+        opts: PutOptions,
+        on_bytes: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<String, StoreError> {
+        let mut attempt = 1;
+        loop {
+            // Progress is reported by the first upload only.
+            let progress: &(dyn Fn(u64) + Send + Sync) = if attempt == 1 { on_bytes } else { &|_: u64| {} };
+            match self.put_multipart(key, path, len, opts.clone(), progress).await {
+                Err(e) if e.is_conflict() && attempt < CONFLICT_ATTEMPTS => {
+                    let wait = conflict_backoff(attempt);
+                    tracing::info!(key, attempt, ?wait, "409 ConditionalRequestConflict completing a multipart upload; uploading again");
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
     }
 
     async fn put_multipart(
@@ -500,9 +777,7 @@ impl S3Store {
         on_bytes: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<String, StoreError> {
         use futures::stream::{StreamExt, TryStreamExt};
-        let create = apply_headers!(self.client.create_multipart_upload().bucket(&*self.bucket).key(key), &opts);
-        let created = create.send().await.map_err(|e| classify(e, &self.bucket, key))?;
-        let upload_id = created.upload_id().unwrap_or_default().to_string();
+        let upload_id = self.create_multipart(key, &opts).await?;
         let parts = len.div_ceil(PART_SIZE);
         let result: Result<Vec<CompletedPart>, StoreError> = futures::stream::iter(0..parts)
             .map(|i| {
@@ -522,6 +797,14 @@ impl S3Store {
         self.finish_multipart(key, &upload_id, result, &opts.condition).await
     }
 
+    async fn create_multipart(&self, key: &str, opts: &PutOptions) -> Result<String, StoreError> {
+        let created = self
+            .call(|c| apply_headers!(c.create_multipart_upload().bucket(&*self.bucket).key(key), opts).send())
+            .await
+            .map_err(|e| self.classify(e, key))?;
+        Ok(created.upload_id().unwrap_or_default().to_string())
+    }
+
     /// Completes a multipart upload with its parts (under `condition`), or
     /// aborts it when the parts failed or the completion is refused.
     async fn finish_multipart(
@@ -538,27 +821,30 @@ impl S3Store {
                 return Err(e);
             }
         };
-        let mut complete = self
-            .client
-            .complete_multipart_upload()
-            .bucket(&*self.bucket)
-            .key(key)
-            .upload_id(upload_id)
-            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build());
-        complete = apply_condition!(complete, condition);
-        match complete.send().await {
+        let complete = |c: aws_sdk_s3::Client| {
+            let req = c
+                .complete_multipart_upload()
+                .bucket(&*self.bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts.clone())).build());
+            apply_condition!(req, condition).send()
+        };
+        match self.call(complete).await {
             Ok(r) => Ok(r.e_tag().unwrap_or_default().to_string()),
             Err(e) => {
                 self.abort_multipart(key, upload_id).await;
-                Err(classify(e, &self.bucket, key))
+                Err(self.classify(e, key))
             }
         }
     }
 
     /// Uploads one part of a multipart upload.
     async fn upload_part(&self, key: &str, upload_id: &str, number: i32, body: ByteStream, size: u64) -> Result<CompletedPart, StoreError> {
+        // The body is sent once: a part is never redirected, as the upload
+        // was created in the bucket's region.
         let r = self
-            .client
+            .client()
             .upload_part()
             .bucket(&*self.bucket)
             .key(key)
@@ -568,7 +854,7 @@ impl S3Store {
             .send()
             .instrument(tracing::debug_span!("s3.upload_part", part_number = number, bytes = size))
             .await
-            .map_err(|e| classify(e, &self.bucket, key))?;
+            .map_err(|e| self.classify(e, key))?;
         Ok(CompletedPart::builder().part_number(number).set_e_tag(r.e_tag().map(str::to_string)).build())
     }
 
@@ -621,14 +907,11 @@ impl S3Store {
             let Staged { mut reader, staged, overflow } = staged;
             let Some(overflow) = overflow else {
                 finish.await.map_err(other)?;
-                let body = ByteStream::from_path(tee_path).await.map_err(|e| other(e.to_string()))?;
-                let etag = self.put_body(key, body, opts).await?;
+                let etag = self.put_body(key, Source::File(tee_path), opts).await?;
                 on_bytes(staged);
                 return Ok(etag);
             };
-            let create = apply_headers!(self.client.create_multipart_upload().bucket(&*self.bucket).key(key), &opts);
-            let created = create.send().await.map_err(|e| classify(e, &self.bucket, key))?;
-            let upload_id = created.upload_id().unwrap_or_default().to_string();
+            let upload_id = self.create_multipart(key, &opts).await?;
             let upload = |number: i32, body: ByteStream, size: u64| {
                 let upload_id = upload_id.clone();
                 let on_bytes = &on_bytes;
@@ -677,14 +960,23 @@ impl S3Store {
                 Ok(done)
             }
             .await;
-            self.finish_multipart(key, &upload_id, result, &opts.condition).await
+            match self.finish_multipart(key, &upload_id, result, &opts.condition).await {
+                Err(e) if e.is_conflict() => {
+                    // The whole stream is in the tee file by now: upload it again from there.
+                    tokio::time::sleep(conflict_backoff(1)).await;
+                    tracing::info!(key, "409 ConditionalRequestConflict completing a multipart upload; uploading again");
+                    let len = tokio::fs::metadata(tee_path).await?.len();
+                    self.put_multipart_again_on_conflict(key, tee_path, len, opts, &|_: u64| {}).await
+                }
+                other => other,
+            }
         }
         .instrument(span)
         .await
     }
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) {
-        let r = self.client.abort_multipart_upload().bucket(&*self.bucket).key(key).upload_id(upload_id).send().await;
+        let r = self.call(|c| c.abort_multipart_upload().bucket(&*self.bucket).key(key).upload_id(upload_id).send()).await;
         if let Err(e) = r {
             tracing::warn!(key, error = %DisplayErrorContext(&e), "could not abort multipart upload");
         }
@@ -693,13 +985,9 @@ impl S3Store {
     pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
         let span = tracing::debug_span!("s3.delete", bucket = %self.bucket, key);
         async {
-            self.client
-                .delete_object()
-                .bucket(&*self.bucket)
-                .key(key)
-                .send()
+            self.call(|c| c.delete_object().bucket(&*self.bucket).key(key).send())
                 .await
-                .map_err(|e| classify(e, &self.bucket, key))?;
+                .map_err(|e| self.classify(e, key))?;
             Ok(())
         }
         .instrument(span)
@@ -710,14 +998,9 @@ impl S3Store {
         let span = tracing::debug_span!("s3.copy", bucket = %self.bucket, from, to);
         async {
             let source = format!("{}/{}", self.bucket, percent_encode_key(from));
-            self.client
-                .copy_object()
-                .bucket(&*self.bucket)
-                .key(to)
-                .copy_source(source)
-                .send()
+            self.call(|c| c.copy_object().bucket(&*self.bucket).key(to).copy_source(&source).send())
                 .await
-                .map_err(|e| classify(e, &self.bucket, from))?;
+                .map_err(|e| self.classify(e, from))?;
             Ok(())
         }
         .instrument(span)
@@ -767,16 +1050,11 @@ impl S3Store {
             if len == 0 {
                 return Ok(0);
             }
-            let mut req = self
-                .client
-                .get_object()
-                .bucket(&*self.bucket)
-                .key(key)
-                .range(format!("bytes={}-{}", offset, offset + len - 1));
-            if let Some(etag) = if_match {
-                req = req.if_match(etag);
-            }
-            let resp = req.send().await.map_err(|e| classify(e, &self.bucket, key))?;
+            let range = format!("bytes={}-{}", offset, offset + len - 1);
+            let send = |c: aws_sdk_s3::Client| {
+                c.get_object().bucket(&*self.bucket).key(key).range(&range).set_if_match(if_match.map(str::to_string)).send()
+            };
+            let resp = self.call(send).await.map_err(|e| self.classify(e, key))?;
             let mut body = resp.body;
             let mut file = tokio::fs::OpenOptions::new().write(true).open(dest).await?;
             file.seek(std::io::SeekFrom::Start(offset)).await?;
@@ -814,6 +1092,28 @@ fn percent_encode_key(key: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn regions_named_in_s3_answers() {
+        let malformed = "<Error><Code>AuthorizationHeaderMalformed</Code><Message>the region 'us-east-1' is wrong; expecting 'eu-west-1'</Message><Region>eu-west-1</Region></Error>";
+        assert_eq!(super::xml_element(malformed, "Region").as_deref(), Some("eu-west-1"));
+        assert_eq!(super::xml_element(malformed, "Endpoint"), None);
+        assert_eq!(super::region_of_endpoint("b.s3.eu-west-1.amazonaws.com").as_deref(), Some("eu-west-1"));
+        assert_eq!(super::region_of_endpoint("s3-ap-southeast-2.amazonaws.com").as_deref(), Some("ap-southeast-2"));
+        assert_eq!(super::region_of_endpoint("b.s3.amazonaws.com"), None);
+        assert!(super::is_region_name("us-gov-west-1"));
+        assert!(!super::is_region_name("eu-west-1\nx") && !super::is_region_name("") && !super::is_region_name("../x"));
+    }
+
+    #[test]
+    fn conflict_backoff_grows_and_is_bounded() {
+        for attempt in 1..20 {
+            let d = super::conflict_backoff(attempt);
+            assert!(d >= std::time::Duration::from_millis(50) && d <= std::time::Duration::from_secs(2), "{attempt}: {d:?}");
+        }
+        assert!(super::conflict_backoff(1) <= std::time::Duration::from_millis(100));
+        assert!(super::conflict_backoff(6) >= std::time::Duration::from_secs(1));
+    }
+
     #[test]
     fn copy_source_encoding() {
         assert_eq!(super::percent_encode_key("p/refs/heads/a#b"), "p/refs/heads/a%23b");

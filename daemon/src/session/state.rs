@@ -7,12 +7,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::local::cache::Cache;
-use crate::s3::url::RemoteUrl;
-use crate::s3::clients::{ClientSpec, S3Clients};
+use crate::s3::clients::{redact_userinfo, BucketRegions, ClientSpec, S3Clients};
 use crate::s3::store::S3Store;
+use crate::s3::url::RemoteUrl;
 
 pub struct DaemonState {
-    pub clients: S3Clients,
+    pub clients: Arc<S3Clients>,
     pub cache: Arc<Cache>,
     pub started: Instant,
     pub socket_path: PathBuf,
@@ -28,7 +28,7 @@ pub struct DaemonState {
 impl DaemonState {
     pub fn new(cache: Cache, socket_path: PathBuf, log_file: PathBuf) -> DaemonState {
         DaemonState {
-            clients: S3Clients::default(),
+            clients: Arc::new(S3Clients::default()),
             cache: Arc::new(cache),
             started: Instant::now(),
             socket_path,
@@ -45,12 +45,18 @@ impl DaemonState {
     }
 
     /// The store for a remote, through the warm client the caller's
-    /// environment selects.
+    /// environment selects, in the bucket's region once S3 told it.
     pub async fn store_for(&self, env: &HashMap<String, String>, url: &RemoteUrl) -> S3Store {
         let spec = ClientSpec::from_env(env, url.profile.as_deref());
-        let warm = self.clients.get(spec).await;
-        let origin = format!("{}|{}", warm.spec.endpoint.as_deref().unwrap_or("aws"), warm.spec.region.as_deref().unwrap_or(""));
+        let spec = self.clients.spec_for_bucket(spec, &url.bucket);
+        let warm = self.clients.get(spec.clone()).await;
+        // A bucket is the same wherever the request was signed: no region here.
+        let origin = warm.spec.endpoint.as_deref().unwrap_or("aws").to_string();
+        let (trust, proxy) = (spec.network.trust_description(), spec.network.proxy_for(spec.endpoint.as_deref()).map(redact_userinfo));
+        let regions = BucketRegions { clients: self.clients.clone(), spec, bucket: url.bucket.clone() };
         S3Store::new(warm.client.clone(), &url.bucket, &origin)
+            .with_region_switch(Arc::new(regions))
+            .with_network_hint(trust, proxy)
     }
 
     pub fn touch(&self) {

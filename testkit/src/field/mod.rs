@@ -1,0 +1,221 @@
+//! The field server: a proxy in front of the test S3 server (moto) that
+//! behaves like Amazon S3 reached over a real network. On demand, and with a
+//! fixed seed, it adds latency and caps bandwidth, terminates TLS with a CA
+//! made for the test run, enforces bucket regions as S3 does, injects faults
+//! on a share of chosen requests, serves as an HTTP forward proxy
+//! (`CONNECT`), and counts requests and bytes so tests can assert how many
+//! round trips an operation made. Loopback only; started by the tests.
+//!
+//! One port serves everything: plain HTTP, TLS (when enabled; told apart by
+//! the first byte of a connection) and proxy requests.
+
+mod counters;
+mod faults;
+mod forward;
+mod kinds;
+mod regions;
+mod server;
+mod shaping;
+mod tls;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub use counters::Counts;
+pub use faults::{Fault, FaultAction};
+pub use kinds::RequestKind;
+pub use regions::RegionAnswer;
+pub use tls::TestCa;
+
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What can change while the server runs.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Settings {
+    latency_up: Duration,
+    latency_down: Duration,
+    bandwidth: Option<u64>,
+    regions: HashMap<String, String>,
+    region_answer: RegionAnswer,
+    refuse_connect: bool,
+}
+
+pub(crate) struct Shared {
+    settings: Mutex<Settings>,
+    faults: Mutex<faults::FaultPlan>,
+    counters: Arc<counters::Counters>,
+    /// The store behind us, `host:port`.
+    upstream: String,
+    /// Our own `host:port`.
+    self_authority: String,
+    upstream_client: forward::Upstream,
+    /// One lock per `bucket/key` under a conditional write: S3 checks the
+    /// condition and writes atomically, moto does not (it checks, then
+    /// writes, on concurrent threads), so the field server serializes them.
+    conditional_writes: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Shared {
+    fn settings(&self) -> Settings {
+        self.settings.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn draw(&self, request: &kinds::Classified) -> Option<FaultAction> {
+        self.faults.lock().unwrap_or_else(|p| p.into_inner()).draw(request)
+    }
+
+    fn conditional_write_lock(&self, bucket: &str, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.conditional_writes.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(format!("{bucket}/{key}")).or_default().clone()
+    }
+
+    async fn round_trip(&self) {
+        let s = self.settings();
+        let rtt = s.latency_up + s.latency_down;
+        if !rtt.is_zero() {
+            tokio::time::sleep(rtt).await;
+        }
+    }
+}
+
+/// A running field server (stopped when dropped).
+pub struct FieldServer {
+    /// The S3 endpoint: `http://127.0.0.1:<port>`, or `https://…` with TLS.
+    pub url: String,
+    /// The same port as an HTTP forward proxy: `http://127.0.0.1:<port>`.
+    pub proxy_url: String,
+    ca: Option<TestCa>,
+    shared: Arc<Shared>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl FieldServer {
+    /// A field server in front of the test S3 server ([`crate::endpoint`]),
+    /// plain HTTP, with nothing added until asked.
+    pub fn start() -> FieldServer {
+        FieldServer::start_at(crate::endpoint(), false)
+    }
+
+    /// Like [`FieldServer::start`], serving TLS (and plain HTTP, for the proxy).
+    pub fn start_tls() -> FieldServer {
+        FieldServer::start_at(crate::endpoint(), true)
+    }
+
+    /// In front of `upstream` (`http://host:port`).
+    pub fn start_at(upstream: &str, tls: bool) -> FieldServer {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the field server");
+        listener.set_nonblocking(true).expect("non-blocking listener");
+        let addr = listener.local_addr().expect("field server address");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("field-server")
+            .enable_all()
+            .build()
+            .expect("field server runtime");
+        let ca = tls.then(TestCa::generate);
+        let upstream = upstream.trim_start_matches("http://").trim_end_matches('/').to_string();
+        let shared = {
+            let _enter = runtime.enter();
+            Arc::new(Shared {
+                settings: Mutex::new(Settings::default()),
+                faults: Mutex::new(faults::FaultPlan::default()),
+                counters: Arc::new(counters::Counters::default()),
+                upstream,
+                self_authority: addr.to_string(),
+                upstream_client: forward::upstream_client(),
+                conditional_writes: Mutex::new(HashMap::new()),
+            })
+        };
+        let acceptor = ca.as_ref().map(|c| c.acceptor());
+        let s = shared.clone();
+        runtime.spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+            server::serve(listener, s, acceptor).await;
+        });
+        let scheme = if tls { "https" } else { "http" };
+        FieldServer { url: format!("{scheme}://{addr}"), proxy_url: format!("http://{addr}"), ca, shared, runtime: Some(runtime) }
+    }
+
+    fn settings(&self, f: impl FnOnce(&mut Settings)) {
+        f(&mut self.shared.settings.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    /// One-way delays: client to store (`up`) and back (`down`). Every
+    /// request pays both; a new connection pays another round trip, and a
+    /// TLS handshake one more.
+    pub fn set_latency(&self, up: Duration, down: Duration) {
+        self.settings(|s| {
+            s.latency_up = up;
+            s.latency_down = down;
+        });
+    }
+
+    /// Caps every body (each direction, each request) at `bytes_per_second`;
+    /// `None` removes the cap.
+    pub fn set_bandwidth(&self, bytes_per_second: Option<u64>) {
+        self.settings(|s| s.bandwidth = bytes_per_second);
+    }
+
+    /// `bucket` lives in `region`: requests signed for another region get
+    /// the wrong-region answer (see [`FieldServer::set_region_answer`]).
+    pub fn set_bucket_region(&self, bucket: &str, region: &str) {
+        self.settings(|s| {
+            s.regions.insert(bucket.to_string(), region.to_string());
+        });
+    }
+
+    pub fn set_region_answer(&self, answer: RegionAnswer) {
+        self.settings(|s| s.region_answer = answer);
+    }
+
+    /// Refuse `CONNECT` and proxy requests (403), as a proxy that does not
+    /// allow the destination.
+    pub fn set_refuse_proxy(&self, refuse: bool) {
+        self.settings(|s| s.refuse_connect = refuse);
+    }
+
+    /// Replaces the fault rules; draws restart from `seed`.
+    pub fn set_faults(&self, seed: u64, faults: Vec<Fault>) {
+        *self.shared.faults.lock().unwrap_or_else(|p| p.into_inner()) = faults::FaultPlan::new(seed, faults);
+    }
+
+    pub fn clear_faults(&self) {
+        self.set_faults(0, Vec::new());
+    }
+
+    pub fn counts(&self) -> Counts {
+        self.shared.counters.snapshot()
+    }
+
+    pub fn reset_counts(&self) {
+        self.shared.counters.reset();
+    }
+
+    /// The CA (with TLS).
+    pub fn ca(&self) -> Option<&TestCa> {
+        self.ca.as_ref()
+    }
+
+    /// The CA's PEM file (with TLS): for `AWS_CA_BUNDLE` or `ca_bundle`.
+    pub fn ca_bundle(&self) -> Option<&Path> {
+        self.ca.as_ref().map(|c| c.bundle_path())
+    }
+
+    /// `host:port`.
+    pub fn authority(&self) -> &str {
+        &self.shared.self_authority
+    }
+}
+
+impl Drop for FieldServer {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,218 @@
+//! The field server's connections and requests: TLS or plain on one port
+//! (told apart by the first byte), forward-proxy requests, and S3 requests
+//! with the regions, faults, latency and bandwidth of the settings.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::faults::FaultAction;
+use super::forward::{self, Body};
+use super::kinds::classify;
+use super::regions::{signing_region, wrong_region_answer};
+use super::shaping::{Cut, Direction, Shaped};
+use super::{BoxError, Shared};
+
+pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, tls: Option<tokio_rustls::TlsAcceptor>) {
+    loop {
+        let tcp = match listener.accept().await {
+            Ok((tcp, _)) => tcp,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let _ = connection(tcp, shared, tls).await;
+        });
+    }
+}
+
+async fn connection(tcp: TcpStream, shared: Arc<Shared>, tls: Option<tokio_rustls::TlsAcceptor>) -> Result<(), BoxError> {
+    shared.counters.connection();
+    let _ = tcp.set_nodelay(true);
+    // The TCP handshake: one round trip.
+    shared.round_trip().await;
+    let mut first = [0u8; 1];
+    let n = tcp.peek(&mut first).await?;
+    match tls {
+        Some(acceptor) if n == 1 && first[0] == 0x16 => {
+            let stream = acceptor.accept(tcp).await?;
+            shared.counters.tls_handshake();
+            shared.round_trip().await;
+            serve_io(stream, shared).await
+        }
+        _ => serve_io(tcp, shared).await,
+    }
+}
+
+async fn serve_io<I>(io: I, shared: Arc<Shared>) -> Result<(), BoxError>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| handle(shared.clone(), req));
+    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), service).with_upgrades().await?;
+    Ok(())
+}
+
+fn full(status: StatusCode, body: String) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed_unsync());
+    *r.status_mut() = status;
+    r
+}
+
+fn empty(status: StatusCode) -> Response<Body> {
+    let mut r = Response::new(Empty::<Bytes>::new().map_err(|never| match never {}).boxed_unsync());
+    *r.status_mut() = status;
+    r
+}
+
+fn xml(status: StatusCode, body: String) -> Response<Body> {
+    let len = body.len();
+    let mut r = full(status, body);
+    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/xml"));
+    r.headers_mut().insert("x-amz-request-id", http::HeaderValue::from_static("FIELD0000000000"));
+    if len == 0 {
+        r.headers_mut().insert(http::header::CONTENT_LENGTH, http::HeaderValue::from_static("0"));
+    }
+    r
+}
+
+/// Reads a request body to its end, counting it, keeping nothing.
+async fn drain(shared: &Shared, mut body: Incoming) {
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Some(d) = frame.data_ref() {
+            shared.counters.add_bytes(Direction::Up, d.len() as u64);
+        }
+    }
+}
+
+async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, BoxError> {
+    if req.method() == Method::CONNECT {
+        return Ok(connect(&shared, req));
+    }
+    if let (Some(_), Some(authority)) = (req.uri().scheme(), req.uri().authority()) {
+        // A forward-proxy request (`GET http://host/path`).
+        shared.counters.proxied();
+        let authority = authority.to_string();
+        if authority != shared.self_authority {
+            return proxy_plain(&shared, req, &authority).await;
+        }
+    }
+    s3(shared, req).await
+}
+
+/// `CONNECT host:port`: a tunnel to a loopback target, unless refused.
+fn connect(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
+    shared.counters.connect();
+    let target = req.uri().authority().map(|a| a.to_string()).unwrap_or_default();
+    if shared.settings().refuse_connect || !forward::is_loopback(&target) {
+        return full(StatusCode::FORBIDDEN, "the field server refuses this tunnel\n".to_string());
+    }
+    tokio::spawn(forward::tunnel(req, target));
+    empty(StatusCode::OK)
+}
+
+/// A plain-HTTP proxy request for another origin: passed on untouched.
+async fn proxy_plain(shared: &Shared, req: Request<Incoming>, authority: &str) -> Result<Response<Body>, BoxError> {
+    if shared.settings().refuse_connect || !forward::is_loopback(authority) {
+        return Ok(full(StatusCode::FORBIDDEN, "the field server refuses to proxy this request\n".to_string()));
+    }
+    let req = req.map(|b| b.map_err(BoxError::from).boxed_unsync());
+    match forward::send(&shared.upstream_client, authority, req).await {
+        Ok(resp) => Ok(resp.map(|b| b.map_err(BoxError::from).boxed_unsync())),
+        Err(e) => Ok(full(StatusCode::BAD_GATEWAY, format!("field proxy: {e}\n"))),
+    }
+}
+
+/// An S3 request: region check, fault draw, then the store's answer,
+/// delayed and shaped.
+async fn s3(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, BoxError> {
+    let settings = shared.settings();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let request = classify(req.method(), req.uri().path(), &query, req.headers());
+    shared.counters.request(request.kind);
+    sleep(settings.latency_up).await;
+
+    if let Some(bucket) = &request.bucket {
+        if let (Some(actual), Some(signed)) = (settings.regions.get(bucket), signing_region(req.headers(), &query)) {
+            if *actual != signed {
+                let method = req.method().clone();
+                drain(&shared, req.into_body()).await;
+                shared.counters.region_answer();
+                sleep(settings.latency_down).await;
+                let (status, body) = wrong_region_answer(settings.region_answer, &method, bucket, actual, &signed);
+                let mut r = xml(status, body);
+                r.headers_mut().insert("x-amz-bucket-region", actual.parse()?);
+                return Ok(r);
+            }
+        }
+    }
+
+    let fault = shared.draw(&request);
+    if let Some(f) = &fault {
+        shared.counters.fault();
+        if let Some((status, code, message)) = f.error_answer() {
+            drain(&shared, req.into_body()).await;
+            sleep(settings.latency_down).await;
+            let body = format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{message}</Message><RequestId>FIELD0FAULT00000</RequestId><HostId>field</HostId></Error>"
+            );
+            return Ok(xml(status, body));
+        }
+    }
+
+    let is_head = req.method() == Method::HEAD;
+    // Conditional writes to one key, one at a time (S3's atomic check-and-write).
+    let lock = match (&request.bucket, &request.key) {
+        (Some(b), Some(k)) if request.conditional => Some(shared.conditional_write_lock(b, k)),
+        _ => None,
+    };
+    let _serialized = match &lock {
+        Some(l) => Some(l.lock().await),
+        None => None,
+    };
+    let req = req.map(|b| Shaped::new(b, shared.counters.clone(), Direction::Up, settings.bandwidth, None).boxed_unsync());
+    let resp = match forward::send(&shared.upstream_client, &shared.upstream, req).await {
+        Ok(r) => r,
+        Err(e) => return Ok(full(StatusCode::BAD_GATEWAY, format!("field server: the store did not answer: {e}\n"))),
+    };
+    let len: u64 = resp
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let cut = match &fault {
+        Some(FaultAction::ResetMidBody) => Some(Cut { after: len / 2, stall: None }),
+        Some(FaultAction::Stall(d)) => Some(Cut { after: len / 2, stall: Some(*d) }),
+        Some(FaultAction::ResetAfter(n)) => Some(Cut { after: (*n).min(len.saturating_sub(1)), stall: None }),
+        _ => None,
+    };
+    if let Some(c) = cut {
+        if is_head || len < 2 {
+            // No body to cut: the connection breaks before the answer.
+            if let Some(d) = c.stall {
+                sleep(d).await;
+            }
+            return Err("field server: connection reset before the response".into());
+        }
+    }
+    sleep(settings.latency_down).await;
+    Ok(resp.map(|b| Shaped::new(b, shared.counters.clone(), Direction::Down, settings.bandwidth, cut).boxed_unsync()))
+}
+
+async fn sleep(d: Duration) {
+    if !d.is_zero() {
+        tokio::time::sleep(d).await;
+    }
+}
