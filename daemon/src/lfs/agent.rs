@@ -21,7 +21,8 @@ use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
 use crate::local::git::{Git, GitError};
-use crate::lfs::config::parse_synthetic_lfs_url;
+use crate::lfs::config::{parse_synthetic_lfs_url, LFS_ALIAS_HOST};
+use crate::lfs::endpoint::{lfs_url_of, Operation};
 use crate::s3::url::{s3_url_of_remote, RemoteNameError, RemoteUrl, UrlError};
 use crate::s3::store::{PutOptions, S3Store, StoreError, WriteCondition};
 use crate::session::{Input, Out};
@@ -49,6 +50,8 @@ pub enum AgentError {
     Remote { remote: String, reason: String },
     #[error(transparent)]
     Url(#[from] UrlError),
+    #[error("the LFS store {url} cannot be used: {source}")]
+    Unreachable { url: String, source: StoreError },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -194,11 +197,14 @@ fn valid_oid(oid: &str) -> bool {
 
 /// The S3 URL for `init`'s `remote`: an `s3://`/`s3+zip://` URL, a
 /// synthetic `https://lfs-alias.git-remote-s3.test/…` URL (mapped back to the
-/// remote that carries it, else decoded), or a remote name.
-pub async fn resolve_remote(git: &Git, remote: &str) -> Result<RemoteUrl, AgentError> {
+/// remote that carries it, else decoded), or a remote name. A remote whose
+/// git URL is not S3 (code on another host) is served when the LFS URL
+/// git-lfs uses for it (git config or `.lfsconfig`) is git-lfs-s3's alias.
+/// The flag is true when the URL came from such an LFS URL.
+pub async fn resolve_remote(git: &Git, remote: &str, op: Operation) -> Result<(RemoteUrl, bool), AgentError> {
     let fail = |reason: String| AgentError::Remote { remote: remote.to_string(), reason };
     if remote.starts_with("s3://") || remote.starts_with("s3+zip://") {
-        return Ok(RemoteUrl::parse(remote)?);
+        return Ok((RemoteUrl::parse(remote)?, false));
     }
     if let Some(decoded) = parse_synthetic_lfs_url(remote) {
         // Prefer the remote that carries this alias: its URL keeps the profile.
@@ -209,7 +215,7 @@ pub async fn resolve_remote(git: &Git, remote: &str) -> Result<RemoteUrl, AgentE
                         if let Some(name) = key.strip_prefix("remote.").and_then(|k| k.strip_suffix(".lfsurl")) {
                             if let Ok(u) = git.remote_url(name).await {
                                 if let Ok(parsed) = RemoteUrl::parse(&u) {
-                                    return Ok(parsed);
+                                    return Ok((parsed, false));
                                 }
                             }
                         }
@@ -217,21 +223,44 @@ pub async fn resolve_remote(git: &Git, remote: &str) -> Result<RemoteUrl, AgentE
                 }
             }
         }
-        return Ok(decoded);
+        return Ok((decoded, true));
     }
-    match s3_url_of_remote(git, remote).await {
-        Ok(u) => Ok(u),
-        Err(RemoteNameError::InvalidName(_)) => Err(fail("not a remote name or an s3:// URL".into())),
-        Err(RemoteNameError::NotConfigured { detail, .. }) => Err(fail(detail)),
-        Err(RemoteNameError::NotS3 { url, .. } | RemoteNameError::BadUrl { url, .. }) => {
-            // A remote whose URL is not S3 may carry git-lfs-s3's LFS URL.
-            if let Some(lfsurl) = git.config_get(&format!("remote.{remote}.lfsurl")).await {
-                if let Some(u) = parse_synthetic_lfs_url(&lfsurl) {
-                    return Ok(u);
-                }
-            }
-            Err(fail(format!("its URL '{url}' is not an s3:// or s3+zip:// URL")))
+    let not_s3 = match s3_url_of_remote(git, remote).await {
+        Ok(u) => return Ok((u, false)),
+        Err(RemoteNameError::NotConfigured { detail, .. }) if !remote.contains("://") => {
+            // git-lfs may still use an lfs.url for a remote it cannot find.
+            detail
         }
+        Err(RemoteNameError::InvalidName(_)) | Err(RemoteNameError::NotConfigured { .. }) => {
+            "not a remote name or an s3:// URL".to_string()
+        }
+        Err(RemoteNameError::NotS3 { url, .. } | RemoteNameError::BadUrl { url, .. }) => {
+            format!("its URL '{url}' is not an s3:// or s3+zip:// URL")
+        }
+    };
+    // Code on another host: the LFS URL git-lfs chose must be our alias.
+    match lfs_url_of(git, remote, op).await {
+        Some(found) => match parse_synthetic_lfs_url(&found.url) {
+            Some(u) => Ok((u, true)),
+            None => Err(fail(format!(
+                "its LFS URL '{}' ({}) is not a git-lfs-s3 URL (https://{LFS_ALIAS_HOST}/<bucket>/<prefix>)",
+                found.url, found.source
+            ))),
+        },
+        None => Err(fail(format!(
+            "{not_s3}, and no LFS URL names an S3 bucket; run: git s3 lfs install --remote {remote} --url s3://<bucket>/<prefix>"
+        ))),
+    }
+}
+
+/// One GET of `<prefix>/lfs/` (normally absent): fails when the bucket
+/// does not exist, the credentials are missing or rejected, or access is
+/// denied, with the store's one-line message naming the bucket.
+async fn probe(store: &S3Store, url: &RemoteUrl) -> Result<(), AgentError> {
+    match store.get_small(&url.key("lfs/")).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_not_found() => Ok(()),
+        Err(e) => Err(AgentError::Unreachable { url: format!("s3://{}/{}", url.bucket, url.prefix), source: e }),
     }
 }
 
@@ -320,9 +349,26 @@ impl Agent {
     async fn init(&mut self, req: &Request) -> Result<(), i32> {
         let remote = req.remote.clone().unwrap_or_default();
         self.log.debug(&format!("init operation={:?} remote={remote:?}", req.operation));
-        match resolve_remote(&self.git, &remote).await {
-            Ok(url) => {
+        let op = if req.operation.as_deref() == Some("upload") { Operation::Upload } else { Operation::Download };
+        let resolved = match resolve_remote(&self.git, &remote, op).await {
+            // Code on another host: its git push goes on without S3, so
+            // check the bucket now (git-lfs's pre-push runs first; a failed
+            // init stops the push before any git object is sent).
+            Ok((url, true)) => {
                 let store = self.state.store_for(&self.env, &url).await;
+                match probe(&store, &url).await {
+                    Ok(()) => Ok((url, store)),
+                    Err(e) => Err(e),
+                }
+            }
+            Ok((url, false)) => {
+                let store = self.state.store_for(&self.env, &url).await;
+                Ok((url, store))
+            }
+            Err(e) => Err(e),
+        };
+        match resolved {
+            Ok((url, store)) => {
                 self.log.debug(&format!("remote {remote:?} is {url}"));
                 self.remote = Some((url, store));
                 self.out.stdout("{}\n");
