@@ -238,3 +238,90 @@ fn a_missing_object_or_an_unreadable_bucket_is_one_clear_line() {
     assert_eq!(lines.len(), 1, "{err}");
     assert!(lines[0].contains(&format!("s3://{}/{PREFIX}", a.bucket)), "{err}");
 }
+
+/// Content of the LFS file `file` at `rev`, straight from the bucket.
+fn bucket_object(env: &TestEnv, bucket_env: &TestEnv, repo: &Path, rev: &str) -> Vec<u8> {
+    let pointer = env.git(repo, &["cat-file", "-p", rev]);
+    let oid = pointer.lines().find_map(|l| l.strip_prefix("oid sha256:")).expect("a pointer").to_string();
+    bucket_env.get_object(&format!("{PREFIX}/lfs/{oid}"))
+}
+
+#[test]
+fn migrate_from_the_code_hosts_lfs_server_then_clone_without_it() {
+    let a = TestEnv::new();
+    let server = testkit::LfsServer::start(&a.dir.path().join("lfs-server"));
+    let host = code_host(&a, "host.git");
+    a.git(&a.home(), &["lfs", "install", "--skip-repo"]);
+
+    // A repository whose LFS objects live on the code host's LFS server:
+    // two versions of one file, and one more on another branch.
+    let repo = a.path("w");
+    std::fs::create_dir_all(&repo).unwrap();
+    a.git(&repo, &["init", "-q", "-b", "main"]);
+    a.git(&repo, &["config", "lfs.locksverify", "false"]);
+    a.git(&repo, &["config", "--file", ".lfsconfig", "lfs.url", &server.url("repo")]);
+    a.git(&repo, &["lfs", "track", "*.bin"]);
+    std::fs::write(repo.join("data.bin"), b"version one\n").unwrap();
+    std::fs::write(repo.join("keep.bin"), b"unchanged\n").unwrap();
+    a.git(&repo, &["add", "-A"]);
+    a.git(&repo, &["commit", "-q", "-m", "v1"]);
+    std::fs::write(repo.join("data.bin"), b"version two\n").unwrap();
+    a.git(&repo, &["commit", "-q", "-am", "v2"]);
+    a.git(&repo, &["checkout", "-q", "-b", "other"]);
+    std::fs::write(repo.join("side.bin"), b"on a branch\n").unwrap();
+    a.git(&repo, &["add", "side.bin"]);
+    a.git(&repo, &["commit", "-q", "-m", "side"]);
+    a.git(&repo, &["checkout", "-q", "main"]);
+    a.git(&repo, &["remote", "add", "origin", host.to_str().unwrap()]);
+    a.git(&repo, &["push", "-q", "origin", "main", "other"]);
+    let on_server = server.oids();
+    assert_eq!(on_server.len(), 4, "{on_server:?}");
+
+    // Someone migrates from a fresh clone (it has only main's current objects).
+    let m = a.path("m");
+    a.git(&a.work(), &["clone", "-q", host.to_str().unwrap(), m.to_str().unwrap()]);
+    let before = server.downloads();
+    // An earlier, interrupted run left one object in the bucket.
+    let keep = std::fs::read(m.join("keep.bin")).unwrap();
+    let keep_oid = oid_of(&a, &m, "keep.bin");
+    a.put_object(&format!("{PREFIX}/lfs/{keep_oid}"), &keep);
+
+    let s3 = a.url(PREFIX);
+    let out = a.git_s3(&m, &["lfs", "migrate", "--to", &s3]);
+    assert!(out.contains(&format!("4 LFS objects in {s3}/lfs/: 3 copied from {}, 1 already there", server.url("repo"))), "{out}");
+    assert!(out.contains("nothing was deleted"), "{out}");
+    // Only the objects the clone lacked came from the server (v1 and the branch's).
+    assert_eq!(server.downloads() - before, 2);
+    assert_eq!(server.oids(), on_server, "the server lost objects");
+    for (rev, want) in [
+        ("main:data.bin", &b"version two\n"[..]),
+        ("main~1:data.bin", b"version one\n"),
+        ("main:keep.bin", b"unchanged\n"),
+        ("origin/other:side.bin", b"on a branch\n"),
+    ] {
+        assert_eq!(bucket_object(&a, &a, &m, rev), want, "{rev}");
+    }
+    assert_eq!(a.git(&m, &["config", "--file", ".lfsconfig", "--get", "lfs.url"]).trim(), alias(&a.bucket));
+    a.git(&m, &["commit", "-q", "-am", "LFS objects now in S3"]);
+    a.git(&m, &["push", "-q", "origin", "main"]);
+
+    // A rerun has nothing left to do.
+    let mut c = a.command("git-s3", &m);
+    c.args(["lfs", "migrate", "--to", &s3]);
+    let err = stderr(&a.run(c));
+    assert!(err.contains("already uses"), "{err}");
+
+    // The old server is gone; a teammate's clone reads everything from S3.
+    drop(server);
+    let b = TestEnv::new();
+    lfs_s3(&b, &b.home(), &["install", "--global", "--scoped"]);
+    let clone = b.path("clone");
+    b.git(&b.work(), &["clone", "-q", host.to_str().unwrap(), clone.to_str().unwrap()]);
+    assert_eq!(std::fs::read(clone.join("data.bin")).unwrap(), b"version two\n");
+    // Every object of every ref, from main's .lfsconfig (S3).
+    b.git(&clone, &["lfs", "fetch", "--all", "origin"]);
+    let side = b.git(&clone, &["cat-file", "-p", "origin/other:side.bin"]);
+    let side_oid = side.lines().find_map(|l| l.strip_prefix("oid sha256:")).unwrap();
+    let local = clone.join(".git/lfs/objects").join(&side_oid[0..2]).join(&side_oid[2..4]).join(side_oid);
+    assert_eq!(std::fs::read(local).unwrap(), b"on a branch\n");
+}

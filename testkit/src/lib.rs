@@ -6,8 +6,10 @@
 
 
 mod counting_proxy;
+mod lfs_server;
 mod proxy;
 pub use counting_proxy::CountingProxy;
+pub use lfs_server::LfsServer;
 pub use proxy::CuttingProxy;
 use std::io::Write;
 use std::os::unix::process::CommandExt;

@@ -79,6 +79,10 @@ fn program_name(argv0: &str) -> &'static str {
 pub async fn run(state: Arc<DaemonState>, mut start: SessionStart, input: Input, out: Out) -> i32 {
     if start.args.first().map(String::as_str) == Some("lfs") {
         start.args.remove(0);
+        if start.args.first().map(String::as_str) == Some("migrate") {
+            let args = start.args[1..].to_vec();
+            return crate::lfs::migrate::run(state, start, &args, input, out).await;
+        }
         return crate::lfs::config::run(state, start, input, out).await;
     }
     let name = program_name(&start.argv0);

@@ -54,6 +54,10 @@ objects in an S3 bucket, at <prefix>/lfs/<oid>.
   uninstall               remove the configuration written by install (with
                           --remote: also lfs.url from .lfsconfig if it is ours)
 
+`git s3 lfs migrate --to s3://<bucket>/<prefix> [--remote <name>]` copies the
+objects from the code host's LFS server to the bucket, then switches (see
+`git s3 lfs migrate --help`).
+
 `git clone s3://…` configures LFS in the new clone by itself (once
 `git lfs install` has been run). Credentials, profile and region come from
 the environment of the git command (AWS_PROFILE, AWS_REGION, ...).
@@ -474,7 +478,7 @@ async fn remove_lfsconfig_alias(git: &Git) -> Result<bool, GitError> {
 
 /// `install --remote <name> --url s3://bucket/prefix`: the remote's code
 /// lives on another git server; its LFS objects go to the bucket.
-async fn install_other_host(git: &Git, remote_name: &str, s3_url: &str, lfsconfig: bool, out: &Out) -> i32 {
+pub async fn install_other_host(git: &Git, remote_name: &str, s3_url: &str, lfsconfig: bool, out: &Out) -> i32 {
     let parsed = match RemoteUrl::parse(s3_url) {
         Ok(u) => u,
         Err(e) => {
