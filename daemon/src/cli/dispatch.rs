@@ -56,7 +56,7 @@ pub enum Cmd {
     Cache(cache::CacheArgs),
     /// Control the daemon: start | stop | restart | run | status [--json] (see `git s3 daemon --help`)
     Daemon(Passthrough),
-    /// Configure Git LFS to use git-s3: install [--remote <name>] | enable-debug | disable-debug (see `git s3 lfs --help`)
+    /// Configure Git LFS to use git-s3: install [--remote <name> [--url s3://…]] [--global [--scoped]] | uninstall | migrate --to s3://… | enable-debug | disable-debug (see `git s3 lfs --help`)
     Lfs(Passthrough),
 }
 
