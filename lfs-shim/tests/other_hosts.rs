@@ -237,6 +237,18 @@ fn a_missing_object_or_an_unreadable_bucket_is_one_clear_line() {
     let lines: Vec<&str> = err.lines().filter(|l| l.contains("credentials were rejected")).collect();
     assert_eq!(lines.len(), 1, "{err}");
     assert!(lines[0].contains(&format!("s3://{}/{PREFIX}", a.bucket)), "{err}");
+
+    // A machine that skipped the set-up command: git-lfs's own error names the alias host.
+    let c = TestEnv::new();
+    c.git(&c.home(), &["lfs", "install", "--skip-repo"]);
+    let c3 = c.path("clone3");
+    let mut cmd = c.command("git", &c.work());
+    cmd.env("GIT_LFS_SKIP_SMUDGE", "1").args(["clone", "-q", host.to_str().unwrap(), c3.to_str().unwrap()]);
+    c.run(cmd);
+    let mut cmd = c.command("git", &c3);
+    cmd.args(["lfs", "pull"]);
+    let err = stderr(&c.run_fail(cmd));
+    assert!(err.contains("lfs-alias.git-remote-s3.test"), "{err}");
 }
 
 /// Content of the LFS file `file` at `rev`, straight from the bucket.
