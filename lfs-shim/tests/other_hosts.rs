@@ -87,7 +87,15 @@ fn code_elsewhere_lfs_in_s3_install_push_clone_pull_uninstall() {
     a.git(&repo, &["add", ".lfsconfig"]);
     a.git(&repo, &["commit", "-q", "-m", "LFS objects in S3"]);
 
+    a.git_s3(&repo, &["lfs", "enable-debug"]);
     a.git(&repo, &["push", "-q", "origin", "main"]);
+    // git-lfs started several agents; one of them checked the bucket.
+    let log = std::fs::read_to_string(repo.join(".git/lfs/tmp/git-lfs-s3.log")).unwrap();
+    let checked = log.matches(&format!("bucket checked: {s3}")).count();
+    let inits = log.matches("init operation=").count();
+    assert_eq!(checked, 1, "{log}");
+    assert!(inits > 1, "{log}");
+    a.git_s3(&repo, &["lfs", "disable-debug"]);
     let (small, big) = (oid_of(&a, &repo, "small.bin"), oid_of(&a, &repo, "big.bin"));
     let keys = a.keys(&format!("{PREFIX}/lfs/"));
     for oid in [&small, &big] {

@@ -50,8 +50,8 @@ pub enum AgentError {
     Remote { remote: String, reason: String },
     #[error(transparent)]
     Url(#[from] UrlError),
-    #[error("the LFS store {url} cannot be used: {source}")]
-    Unreachable { url: String, source: StoreError },
+    #[error("the LFS store {url} cannot be used: {reason}")]
+    Unreachable { url: String, reason: String },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -256,12 +256,54 @@ pub async fn resolve_remote(git: &Git, remote: &str, op: Operation) -> Result<(R
 /// One GET of `<prefix>/lfs/` (normally absent): fails when the bucket
 /// does not exist, the credentials are missing or rejected, or access is
 /// denied, with the store's one-line message naming the bucket.
-async fn probe(store: &S3Store, url: &RemoteUrl) -> Result<(), AgentError> {
-    match store.get_small(&url.key("lfs/")).await {
+///
+/// git-lfs starts one agent per concurrent transfer (8 by default), all at
+/// once: probes take turns, and an outcome stands for the next agents of
+/// the same URL and caller configuration (a success for [`PROBE_OK_TTL`], a
+/// failure for [`PROBE_FAIL_TTL`]), so one git-lfs command costs one probe.
+/// Ok(true) when this call sent the GET.
+async fn probe(store: &S3Store, url: &RemoteUrl, env: &std::collections::HashMap<String, String>) -> Result<bool, AgentError> {
+    let unreachable = |reason: String| AgentError::Unreachable { url: format!("s3://{}/{}", url.bucket, url.prefix), reason };
+    let who = probe_key(url, env);
+    let _turn = PROBE_TURN.lock().await;
+    let known = PROBED.lock().ok().and_then(|m| m.get(&who).cloned());
+    if let Some((at, outcome)) = known {
+        let ttl = if outcome.is_ok() { PROBE_OK_TTL } else { PROBE_FAIL_TTL };
+        if at.elapsed() < ttl {
+            return outcome.map(|()| false).map_err(unreachable);
+        }
+    }
+    let outcome = match store.get_small(&url.key("lfs/")).await {
         Ok(_) => Ok(()),
         Err(e) if e.is_not_found() => Ok(()),
-        Err(e) => Err(AgentError::Unreachable { url: format!("s3://{}/{}", url.bucket, url.prefix), source: e }),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Ok(mut m) = PROBED.lock() {
+        m.retain(|_, (t, _)| t.elapsed() < PROBE_OK_TTL);
+        m.insert(who, (Instant::now(), outcome.clone()));
     }
+    outcome.map(|()| true).map_err(unreachable)
+}
+
+/// How long a probe's outcome stands for the next agents.
+const PROBE_OK_TTL: Duration = Duration::from_secs(30);
+const PROBE_FAIL_TTL: Duration = Duration::from_secs(10);
+
+type ProbeOutcomes = std::collections::HashMap<u64, (Instant, Result<(), String>)>;
+static PROBED: std::sync::LazyLock<Mutex<ProbeOutcomes>> = std::sync::LazyLock::new(Default::default);
+static PROBE_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The URL and everything in the caller's environment that picks the
+/// credentials and the endpoint (never stored: only a hash).
+fn probe_key(url: &RemoteUrl, env: &std::collections::HashMap<String, String>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    url.to_string().hash(&mut h);
+    let mut vars: Vec<(&String, &String)> =
+        env.iter().filter(|(k, _)| k.starts_with("AWS_") || k.as_str() == "HOME").collect();
+    vars.sort();
+    vars.hash(&mut h);
+    h.finish()
 }
 
 /// Sends throttled `progress` events for one object.
@@ -356,8 +398,12 @@ impl Agent {
             // init stops the push before any git object is sent).
             Ok((url, true)) => {
                 let store = self.state.store_for(&self.env, &url).await;
-                match probe(&store, &url).await {
-                    Ok(()) => Ok((url, store)),
+                match probe(&store, &url, &self.env).await {
+                    Ok(sent) => {
+                        let how = if sent { "checked" } else { "checked by another agent" };
+                        self.log.debug(&format!("bucket {how}: {url}"));
+                        Ok((url, store))
+                    }
                     Err(e) => Err(e),
                 }
             }

@@ -525,6 +525,9 @@ pub async fn install_other_host(git: &Git, remote_name: &str, s3_url: &str, lfsc
         }
     }
     let lfsconfig_file = if lfsconfig { lfsconfig_path(git).await } else { None };
+    if lfsconfig && lfsconfig_file.is_none() {
+        out.stderr("warning: this repository has no working tree; .lfsconfig not written (clones will not find the bucket)\n");
+    }
     if let Some(path) = &lfsconfig_file {
         let file = path.to_string_lossy().into_owned();
         if let Ok(existing) = git.run(&["config", "--file", &file, "--get", "lfs.url"]).await {
