@@ -1,5 +1,5 @@
 //! `git-lfs-s3`: git-lfs's standalone custom transfer agent for S3 remotes
-//! (and `git-lfs-s3 install|enable-debug|disable-debug`). A thin shim: the
+//! (and `git-lfs-s3 install|uninstall|migrate|enable-debug|disable-debug`). A thin shim: the
 //! git-s3 daemon does the transfers with its warm S3 clients.
 
 use git_s3_proto::pb::Program;
@@ -14,7 +14,7 @@ async fn main() {
             println!("git-lfs-s3 (git-s3) {}", git_s3_proto::VERSION);
             return;
         }
-        Some("install" | "enable-debug" | "disable-debug" | "uninstall" | "--help" | "-h" | "help") => {
+        Some("install" | "enable-debug" | "disable-debug" | "uninstall" | "migrate" | "--help" | "-h" | "help") => {
             let mut cli = vec!["lfs".to_string()];
             cli.extend(args);
             return finish(git_s3_proto::client::run_session(Program::Cli, cli, argv0).await);

@@ -6,8 +6,10 @@
 
 
 pub mod field;
+mod lfs_server;
 mod proxy;
 pub use field::FieldServer;
+pub use lfs_server::LfsServer;
 pub use proxy::CuttingProxy;
 use std::io::Write;
 use std::os::unix::process::CommandExt;

@@ -56,7 +56,7 @@ pub enum Cmd {
     Cache(cache::CacheArgs),
     /// Control the daemon: start | stop | restart | run | status [--json] (see `git s3 daemon --help`)
     Daemon(Passthrough),
-    /// Configure Git LFS to use git-s3: install [--remote <name>] | enable-debug | disable-debug (see `git s3 lfs --help`)
+    /// Configure Git LFS to use git-s3: install [--remote <name> [--url s3://…]] [--global [--scoped]] | uninstall | migrate --to s3://… | enable-debug | disable-debug (see `git s3 lfs --help`)
     Lfs(Passthrough),
 }
 
@@ -79,6 +79,10 @@ fn program_name(argv0: &str) -> &'static str {
 pub async fn run(state: Arc<DaemonState>, mut start: SessionStart, input: Input, out: Out) -> i32 {
     if start.args.first().map(String::as_str) == Some("lfs") {
         start.args.remove(0);
+        if start.args.first().map(String::as_str) == Some("migrate") {
+            let args = start.args[1..].to_vec();
+            return crate::lfs::migrate::run(state, start, &args, input, out).await;
+        }
         return crate::lfs::config::run(state, start, input, out).await;
     }
     let name = program_name(&start.argv0);

@@ -21,7 +21,8 @@ use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
 use crate::local::git::{Git, GitError};
-use crate::lfs::config::parse_synthetic_lfs_url;
+use crate::lfs::config::{parse_synthetic_lfs_url, LFS_ALIAS_HOST};
+use crate::lfs::endpoint::{lfs_url_of, Operation};
 use crate::s3::url::{s3_url_of_remote, RemoteNameError, RemoteUrl, UrlError};
 use crate::s3::store::{PutOptions, S3Store, StoreError, WriteCondition};
 use crate::session::{Input, Out};
@@ -49,6 +50,8 @@ pub enum AgentError {
     Remote { remote: String, reason: String },
     #[error(transparent)]
     Url(#[from] UrlError),
+    #[error("the LFS store {url} cannot be used: {reason}")]
+    Unreachable { url: String, reason: String },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -194,11 +197,14 @@ fn valid_oid(oid: &str) -> bool {
 
 /// The S3 URL for `init`'s `remote`: an `s3://`/`s3+zip://` URL, a
 /// synthetic `https://lfs-alias.git-remote-s3.test/…` URL (mapped back to the
-/// remote that carries it, else decoded), or a remote name.
-pub async fn resolve_remote(git: &Git, remote: &str) -> Result<RemoteUrl, AgentError> {
+/// remote that carries it, else decoded), or a remote name. A remote whose
+/// git URL is not S3 (code on another host) is served when the LFS URL
+/// git-lfs uses for it (git config or `.lfsconfig`) is git-lfs-s3's alias.
+/// The flag is true when the URL came from such an LFS URL.
+pub async fn resolve_remote(git: &Git, remote: &str, op: Operation) -> Result<(RemoteUrl, bool), AgentError> {
     let fail = |reason: String| AgentError::Remote { remote: remote.to_string(), reason };
     if remote.starts_with("s3://") || remote.starts_with("s3+zip://") {
-        return Ok(RemoteUrl::parse(remote)?);
+        return Ok((RemoteUrl::parse(remote)?, false));
     }
     if let Some(decoded) = parse_synthetic_lfs_url(remote) {
         // Prefer the remote that carries this alias: its URL keeps the profile.
@@ -209,7 +215,7 @@ pub async fn resolve_remote(git: &Git, remote: &str) -> Result<RemoteUrl, AgentE
                         if let Some(name) = key.strip_prefix("remote.").and_then(|k| k.strip_suffix(".lfsurl")) {
                             if let Ok(u) = git.remote_url(name).await {
                                 if let Ok(parsed) = RemoteUrl::parse(&u) {
-                                    return Ok(parsed);
+                                    return Ok((parsed, false));
                                 }
                             }
                         }
@@ -217,22 +223,87 @@ pub async fn resolve_remote(git: &Git, remote: &str) -> Result<RemoteUrl, AgentE
                 }
             }
         }
-        return Ok(decoded);
+        return Ok((decoded, true));
     }
-    match s3_url_of_remote(git, remote).await {
-        Ok(u) => Ok(u),
-        Err(RemoteNameError::InvalidName(_)) => Err(fail("not a remote name or an s3:// URL".into())),
-        Err(RemoteNameError::NotConfigured { detail, .. }) => Err(fail(detail)),
+    let not_s3 = match s3_url_of_remote(git, remote).await {
+        Ok(u) => return Ok((u, false)),
+        Err(RemoteNameError::NotConfigured { detail, .. }) if !remote.contains("://") => {
+            // git-lfs may still use an lfs.url for a remote it cannot find.
+            detail
+        }
+        Err(RemoteNameError::InvalidName(_)) | Err(RemoteNameError::NotConfigured { .. }) => {
+            "not a remote name or an s3:// URL".to_string()
+        }
         Err(RemoteNameError::NotS3 { url, .. } | RemoteNameError::BadUrl { url, .. }) => {
-            // A remote whose URL is not S3 may carry git-lfs-s3's LFS URL.
-            if let Some(lfsurl) = git.config_get(&format!("remote.{remote}.lfsurl")).await {
-                if let Some(u) = parse_synthetic_lfs_url(&lfsurl) {
-                    return Ok(u);
-                }
-            }
-            Err(fail(format!("its URL '{url}' is not an s3:// or s3+zip:// URL")))
+            format!("its URL '{url}' is not an s3:// or s3+zip:// URL")
+        }
+    };
+    // Code on another host: the LFS URL git-lfs chose must be our alias.
+    match lfs_url_of(git, remote, op).await {
+        Some(found) => match parse_synthetic_lfs_url(&found.url) {
+            Some(u) => Ok((u, true)),
+            None => Err(fail(format!(
+                "its LFS URL '{}' ({}) is not a git-lfs-s3 URL (https://{LFS_ALIAS_HOST}/<bucket>/<prefix>)",
+                found.url, found.source
+            ))),
+        },
+        None => Err(fail(format!(
+            "{not_s3}, and no LFS URL names an S3 bucket; run: git s3 lfs install --remote {remote} --url s3://<bucket>/<prefix>"
+        ))),
+    }
+}
+
+/// One GET of `<prefix>/lfs/` (normally absent): fails when the bucket
+/// does not exist, the credentials are missing or rejected, or access is
+/// denied, with the store's one-line message naming the bucket.
+///
+/// git-lfs starts one agent per concurrent transfer (8 by default), all at
+/// once: probes take turns, and an outcome stands for the next agents of
+/// the same URL and caller configuration (a success for [`PROBE_OK_TTL`], a
+/// failure for [`PROBE_FAIL_TTL`]), so one git-lfs command costs one probe.
+/// Ok(true) when this call sent the GET.
+async fn probe(store: &S3Store, url: &RemoteUrl, env: &std::collections::HashMap<String, String>) -> Result<bool, AgentError> {
+    let unreachable = |reason: String| AgentError::Unreachable { url: format!("s3://{}/{}", url.bucket, url.prefix), reason };
+    let who = probe_key(url, env);
+    let _turn = PROBE_TURN.lock().await;
+    let known = PROBED.lock().ok().and_then(|m| m.get(&who).cloned());
+    if let Some((at, outcome)) = known {
+        let ttl = if outcome.is_ok() { PROBE_OK_TTL } else { PROBE_FAIL_TTL };
+        if at.elapsed() < ttl {
+            return outcome.map(|()| false).map_err(unreachable);
         }
     }
+    let outcome = match store.get_small(&url.key("lfs/")).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_not_found() => Ok(()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Ok(mut m) = PROBED.lock() {
+        m.retain(|_, (t, _)| t.elapsed() < PROBE_OK_TTL);
+        m.insert(who, (Instant::now(), outcome.clone()));
+    }
+    outcome.map(|()| true).map_err(unreachable)
+}
+
+/// How long a probe's outcome stands for the next agents.
+const PROBE_OK_TTL: Duration = Duration::from_secs(30);
+const PROBE_FAIL_TTL: Duration = Duration::from_secs(10);
+
+type ProbeOutcomes = std::collections::HashMap<u64, (Instant, Result<(), String>)>;
+static PROBED: std::sync::LazyLock<Mutex<ProbeOutcomes>> = std::sync::LazyLock::new(Default::default);
+static PROBE_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The URL and everything in the caller's environment that picks the
+/// credentials and the endpoint (never stored: only a hash).
+fn probe_key(url: &RemoteUrl, env: &std::collections::HashMap<String, String>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    url.to_string().hash(&mut h);
+    let mut vars: Vec<(&String, &String)> =
+        env.iter().filter(|(k, _)| k.starts_with("AWS_") || k.as_str() == "HOME").collect();
+    vars.sort();
+    vars.hash(&mut h);
+    h.finish()
 }
 
 /// Sends throttled `progress` events for one object.
@@ -320,9 +391,30 @@ impl Agent {
     async fn init(&mut self, req: &Request) -> Result<(), i32> {
         let remote = req.remote.clone().unwrap_or_default();
         self.log.debug(&format!("init operation={:?} remote={remote:?}", req.operation));
-        match resolve_remote(&self.git, &remote).await {
-            Ok(url) => {
+        let op = if req.operation.as_deref() == Some("upload") { Operation::Upload } else { Operation::Download };
+        let resolved = match resolve_remote(&self.git, &remote, op).await {
+            // Code on another host: its git push goes on without S3, so
+            // check the bucket now (git-lfs's pre-push runs first; a failed
+            // init stops the push before any git object is sent).
+            Ok((url, true)) => {
                 let store = self.state.store_for(&self.env, &url).await;
+                match probe(&store, &url, &self.env).await {
+                    Ok(sent) => {
+                        let how = if sent { "checked" } else { "checked by another agent" };
+                        self.log.debug(&format!("bucket {how}: {url}"));
+                        Ok((url, store))
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Ok((url, false)) => {
+                let store = self.state.store_for(&self.env, &url).await;
+                Ok((url, store))
+            }
+            Err(e) => Err(e),
+        };
+        match resolved {
+            Ok((url, store)) => {
                 self.log.debug(&format!("remote {remote:?} is {url}"));
                 self.remote = Some((url, store));
                 self.out.stdout("{}\n");

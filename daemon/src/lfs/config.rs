@@ -22,26 +22,47 @@ const STANDALONE_KEY: &str = "lfs.standalonetransferagent";
 
 pub const HELP: &str = "\
 usage: git-lfs-s3 install [--remote <name>] [--global]
+       git-lfs-s3 install --remote <name> --url s3://<bucket>/<prefix> [--no-lfsconfig]
+       git-lfs-s3 install --global --scoped
        git-lfs-s3 enable-debug [--global]
        git-lfs-s3 disable-debug [--global]
        git-lfs-s3 uninstall [--remote <name>] [--global]
 
 git-lfs-s3 is a git-lfs standalone custom transfer agent that keeps LFS
-objects in the S3 remote's bucket, at <prefix>/lfs/<oid>.
+objects in an S3 bucket, at <prefix>/lfs/<oid>.
 
   install                 use git-lfs-s3 for every remote of this repository
                           (lfs.standalonetransferagent)
   install --remote <name> use it only for that S3 remote (remote.<name>.lfsurl
                           set to https://lfs-alias.git-remote-s3.test/<bucket>/<prefix>)
-  install --global        use it for every repository of this user
+  install --remote <name> --url s3://<bucket>/<prefix>
+                          code on another git server (GitHub, GitLab, ...),
+                          LFS objects in S3: `git push`, `git lfs push/pull` of
+                          <name> move LFS objects to and from s3://<bucket>/<prefix>/lfs/.
+                          Also writes lfs.url into .lfsconfig (unless
+                          --no-lfsconfig): commit it, and every clone finds the
+                          bucket on a machine set up with `install --global --scoped`
+  install --global        use it for every repository of this user (all remotes)
+  install --global --scoped
+                          once per machine: use it for every repository whose LFS
+                          URL (e.g. lfs.url in a committed .lfsconfig) is
+                          https://lfs-alias.git-remote-s3.test/...; other
+                          repositories keep their LFS server. Runs
+                          `git lfs install --skip-repo` if git-lfs is not set up
   enable-debug            log to <gitdir>/lfs/tmp/git-lfs-s3.log
   disable-debug           stop debug logging
-  uninstall               remove the configuration written by install
+  uninstall               remove the configuration written by install (with
+                          --remote: also lfs.url from .lfsconfig if it is ours)
+
+`git s3 lfs migrate --to s3://<bucket>/<prefix> [--remote <name>]` copies the
+objects from the code host's LFS server to the bucket, then switches (see
+`git s3 lfs migrate --help`).
 
 `git clone s3://…` configures LFS in the new clone by itself (once
-`git lfs install` has been run).
+`git lfs install` has been run). Credentials, profile and region come from
+the environment of the git command (AWS_PROFILE, AWS_REGION, ...).
 
-Documentation: docs/lfs.md in the git-s3 repository; man git-s3-lfs
+Documentation: docs/lfs.md and docs/lfs-other-hosts.md in the git-s3 repository; man git-s3-lfs
 ";
 
 /// `https://lfs-alias.git-remote-s3.test/<bucket>/<percent-encoded prefix>`,
@@ -173,20 +194,35 @@ pub async fn run(_state: Arc<DaemonState>, start: SessionStart, _input: Input, o
         }
         "install" | "uninstall" => {
             let mut remote: Option<&str> = None;
+            let mut s3_url: Option<&str> = None;
             let mut global = false;
+            let mut scoped = false;
+            let mut lfsconfig = true;
             let mut i = 0;
             while i < rest.len() {
                 match rest[i] {
-                    "--remote" => {
+                    flag @ ("--remote" | "--url") => {
                         let Some(v) = rest.get(i + 1) else {
-                            out.stderr("error: --remote requires a value\n");
+                            out.stderr(format!("error: {flag} requires a value\n"));
                             return 2;
                         };
-                        remote = Some(v);
+                        if flag == "--remote" {
+                            remote = Some(v);
+                        } else {
+                            s3_url = Some(v);
+                        }
                         i += 2;
                     }
                     "--global" => {
                         global = true;
+                        i += 1;
+                    }
+                    "--scoped" => {
+                        scoped = true;
+                        i += 1;
+                    }
+                    "--no-lfsconfig" => {
+                        lfsconfig = false;
                         i += 1;
                     }
                     "--help" | "-h" => {
@@ -203,10 +239,24 @@ pub async fn run(_state: Arc<DaemonState>, start: SessionStart, _input: Input, o
                 out.stderr("error: --remote and --global cannot be combined: a remote belongs to one repository\n");
                 return 2;
             }
-            match (cmd, remote) {
-                ("install", None) => install_unscoped(&git, global, &out).await,
-                ("install", Some(r)) => install_scoped(&git, r, &out).await,
-                (_, r) => uninstall(&git, global, r, &out).await,
+            if scoped && !global {
+                out.stderr("error: --scoped goes with --global (once per machine)\n");
+                return 2;
+            }
+            if s3_url.is_some() && (remote.is_none() || cmd != "install") {
+                out.stderr("error: --url goes with install --remote <name>\n");
+                return 2;
+            }
+            if !lfsconfig && s3_url.is_none() {
+                out.stderr("error: --no-lfsconfig goes with install --remote <name> --url s3://<bucket>/<prefix>\n");
+                return 2;
+            }
+            match (cmd, remote, s3_url) {
+                ("install", None, _) if scoped => install_global_scoped(&git, &out).await,
+                ("install", None, _) => install_unscoped(&git, global, &out).await,
+                ("install", Some(r), Some(u)) => install_other_host(&git, r, u, lfsconfig, &out).await,
+                ("install", Some(r), None) => install_scoped(&git, r, &out).await,
+                (_, r, _) => uninstall(&git, global, r, &out).await,
             }
         }
         "enable-debug" | "disable-debug" => {
@@ -335,9 +385,31 @@ async fn uninstall(git: &Git, global: bool, remote: Option<&str>, out: &Out) -> 
             }
         }
     }
+    if remote.is_some() {
+        match remove_lfsconfig_alias(git).await {
+            Ok(true) => out.stdout("removed lfs.url from .lfsconfig; commit that change\n"),
+            Ok(false) => {}
+            Err(e) => {
+                out.stderr(format!("error: cannot edit .lfsconfig: {}\n", git_stderr(&e)));
+                return 1;
+            }
+        }
+        // The agent's path stays while anything still names the agent.
+        let still_used = git
+            .run(&["config", "--get-regexp", r"^lfs\..*standalonetransferagent$"])
+            .await
+            .map(|s| !s.trim().is_empty())
+            .unwrap_or(false);
+        if !still_used {
+            config_unset(git, false, PATH_KEY).await;
+        }
+    }
     if remote.is_none() {
         if config_get(git, global, STANDALONE_KEY).await.as_deref() == Some(AGENT) {
             config_unset(git, global, STANDALONE_KEY).await;
+        }
+        if global {
+            config_unset(git, true, &alias_agent_key()).await;
         }
         config_unset(git, global, PATH_KEY).await;
         config_unset(git, global, ARGS_KEY).await;
@@ -345,6 +417,154 @@ async fn uninstall(git: &Git, global: bool, remote: Option<&str>, out: &Out) -> 
     match remote {
         Some(r) => out.stdout(format!("git-lfs-s3 uninstalled for remote '{r}'\n")),
         None => out.stdout("git-lfs-s3 uninstalled\n"),
+    }
+    0
+}
+
+/// `lfs.https://lfs-alias.git-remote-s3.test/.standalonetransferagent`:
+/// git-lfs matches `lfs.<url>.*` keys by URL prefix, so this one key routes
+/// every alias URL (and nothing else) to the agent.
+fn alias_agent_key() -> String {
+    format!("lfs.https://{LFS_ALIAS_HOST}/.standalonetransferagent")
+}
+
+/// `install --global --scoped`: once per machine, every repository whose
+/// LFS URL is an alias (from `.lfsconfig` or the git config) uses the agent.
+async fn install_global_scoped(git: &Git, out: &Out) -> i32 {
+    for (k, v) in [(PATH_KEY, AGENT.to_string()), (alias_agent_key().as_str(), AGENT.to_string())] {
+        if let Err(e) = config_set(git, true, k, &v).await {
+            out.stderr(format!("{}\n", git_stderr(&e)));
+            return 1;
+        }
+    }
+    // git-lfs's own filters, once per user, so this is the only command.
+    if config_get(git, true, "filter.lfs.process").await.is_none() {
+        if let Err(e) = git.run(&["lfs", "install", "--skip-repo"]).await {
+            out.stderr(format!(
+                "warning: `git lfs install --skip-repo` failed ({}); run it yourself\n",
+                git_stderr(&e).lines().next().unwrap_or("")
+            ));
+        }
+    }
+    out.stdout(format!(
+        "git-lfs-s3 installed for every repository whose LFS URL is https://{LFS_ALIAS_HOST}/... (e.g. from .lfsconfig)\n"
+    ));
+    0
+}
+
+/// The repository's working tree `.lfsconfig` path, if it has a working tree.
+async fn lfsconfig_path(git: &Git) -> Option<std::path::PathBuf> {
+    let top = git.run(&["rev-parse", "--show-toplevel"]).await.ok()?;
+    Some(std::path::Path::new(top.trim()).join(".lfsconfig"))
+}
+
+/// Removes `lfs.url` from `.lfsconfig` when it is an alias (and the file
+/// when nothing else is left in it). Ok(true) when it changed the file.
+async fn remove_lfsconfig_alias(git: &Git) -> Result<bool, GitError> {
+    let Some(path) = lfsconfig_path(git).await else { return Ok(false) };
+    if !path.is_file() {
+        return Ok(false);
+    }
+    let file = path.to_string_lossy().into_owned();
+    let Ok(url) = git.run(&["config", "--file", &file, "--get", "lfs.url"]).await else { return Ok(false) };
+    if parse_synthetic_lfs_url(url.trim()).is_none() {
+        return Ok(false);
+    }
+    git.run(&["config", "--file", &file, "--unset-all", "lfs.url"]).await?;
+    let left = git.run(&["config", "--file", &file, "--list"]).await.unwrap_or_default();
+    if left.trim().is_empty() {
+        let _ = std::fs::remove_file(&path);
+    }
+    Ok(true)
+}
+
+/// `install --remote <name> --url s3://bucket/prefix`: the remote's code
+/// lives on another git server; its LFS objects go to the bucket.
+pub async fn install_other_host(git: &Git, remote_name: &str, s3_url: &str, lfsconfig: bool, out: &Out) -> i32 {
+    let parsed = match RemoteUrl::parse(s3_url) {
+        Ok(u) => u,
+        Err(e) => {
+            out.stderr(format!("error: --url: {e}\n"));
+            return 1;
+        }
+    };
+    if parsed.profile.is_some() {
+        out.stderr(
+            "error: --url cannot carry a profile (the LFS URL git-lfs uses has none); use s3://<bucket>/<prefix> \
+             and set AWS_PROFILE in the environment instead\n",
+        );
+        return 1;
+    }
+    match s3_url_of_remote(git, remote_name).await {
+        Ok(_) => {
+            out.stderr(format!(
+                "error: remote '{remote_name}' is an S3 remote: its LFS objects already live in its bucket. Use: \
+                 git-lfs-s3 install --remote {remote_name}\n"
+            ));
+            return 1;
+        }
+        Err(RemoteNameError::InvalidName(_) | RemoteNameError::NotConfigured { .. }) => {
+            out.stderr(format!(
+                "error: remote '{remote_name}' is not configured. Add it first with: git remote add {remote_name} <url>\n"
+            ));
+            return 1;
+        }
+        Err(RemoteNameError::NotS3 { .. } | RemoteNameError::BadUrl { .. }) => {}
+    }
+    let lfs_url = synthetic_lfs_url(&parsed.bucket, &parsed.prefix);
+    // An LFS URL that wins over remote.<name>.lfsurl (lfs.url) or that
+    // someone else set is left alone.
+    for key in ["lfs.url".to_string(), format!("remote.{remote_name}.lfsurl")] {
+        if let Some(existing) = git.config_get(&key).await {
+            if existing != lfs_url {
+                out.stderr(format!(
+                    "error: {key} is already set to '{existing}' in the git config. git-lfs-s3 will not overwrite an \
+                     existing LFS URL (to move the objects from that server, see `git s3 lfs migrate`); unset it with:\n  \
+                     git config --unset {key}\n"
+                ));
+                return 1;
+            }
+        }
+    }
+    let lfsconfig_file = if lfsconfig { lfsconfig_path(git).await } else { None };
+    if lfsconfig && lfsconfig_file.is_none() {
+        out.stderr("warning: this repository has no working tree; .lfsconfig not written (clones will not find the bucket)\n");
+    }
+    if let Some(path) = &lfsconfig_file {
+        let file = path.to_string_lossy().into_owned();
+        if let Ok(existing) = git.run(&["config", "--file", &file, "--get", "lfs.url"]).await {
+            if existing.trim() != lfs_url {
+                out.stderr(format!(
+                    "error: .lfsconfig already sets lfs.url to '{}'. git-lfs-s3 will not overwrite it; remove it with \
+                     `git config -f .lfsconfig --unset lfs.url`, or use --no-lfsconfig\n",
+                    existing.trim()
+                ));
+                return 1;
+            }
+        }
+    }
+    let lfsurl_key = format!("remote.{remote_name}.lfsurl");
+    let agent_key = format!("lfs.{lfs_url}.standalonetransferagent");
+    for (k, v) in [(PATH_KEY, AGENT), (lfsurl_key.as_str(), lfs_url.as_str()), (agent_key.as_str(), AGENT)] {
+        if let Err(e) = config_set(git, false, k, v).await {
+            out.stderr(format!("{}\n", git_stderr(&e)));
+            return 1;
+        }
+    }
+    out.stdout(format!(
+        "git-lfs-s3 installed for remote '{remote_name}': LFS objects go to {}/lfs/ (LFS URL {lfs_url})\n",
+        parsed
+    ));
+    if let Some(path) = lfsconfig_file {
+        let file = path.to_string_lossy().into_owned();
+        if let Err(e) = git.run(&["config", "--file", &file, "lfs.url", &lfs_url]).await {
+            out.stderr(format!("error: cannot write .lfsconfig: {}\n", git_stderr(&e)));
+            return 1;
+        }
+        out.stdout(
+            "wrote lfs.url to .lfsconfig: commit it (git add .lfsconfig && git commit), and clones on machines set up \
+             with `git s3 lfs install --global --scoped` fetch LFS objects from the bucket\n",
+        );
     }
     0
 }
