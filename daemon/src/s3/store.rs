@@ -18,6 +18,8 @@ pub const MULTIPART_THRESHOLD: u64 = 64 << 20;
 pub const PART_SIZE: u64 = 16 << 20;
 /// Parts uploaded at once.
 const PART_CONCURRENCY: usize = 4;
+/// The largest small object (HEAD, `manifest.json`, a lock) read into memory.
+pub const MAX_SMALL_OBJECT: u64 = 64 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -245,6 +247,18 @@ impl S3Store {
         StoreError::Other { bucket: self.bucket.to_string(), key: key.to_string(), message: message.into() }
     }
 
+    /// A small object (HEAD, a manifest, a lock) is read into memory: one
+    /// larger than `MAX_SMALL_OBJECT` is refused before its body is read.
+    fn small_enough(&self, key: &str, length: Option<i64>) -> Result<(), StoreError> {
+        match length {
+            Some(n) if n > MAX_SMALL_OBJECT as i64 => Err(self.other(
+                key,
+                format!("the object is {n} bytes, more than the {} MiB this object may have; it is not a git-s3 object (remove or fix it)", MAX_SMALL_OBJECT >> 20),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     fn interrupted(&self, key: &str, message: impl Into<String>) -> StoreError {
         StoreError::Interrupted { bucket: self.bucket.to_string(), key: key.to_string(), message: message.into() }
     }
@@ -334,6 +348,7 @@ impl S3Store {
         async {
             match self.client.get_object().bucket(&*self.bucket).key(key).send().await {
                 Ok(r) => {
+                    self.small_enough(key, r.content_length())?;
                     let data = r.body.collect().await.map_err(|e| self.other(key, e.to_string()))?;
                     Ok(Some(data.into_bytes().to_vec()))
                 }
@@ -359,6 +374,7 @@ impl S3Store {
             match req.send().await {
                 Ok(r) => {
                     let etag = r.e_tag().unwrap_or_default().to_string();
+                    self.small_enough(key, r.content_length())?;
                     let data = r.body.collect().await.map_err(|e| self.other(key, e.to_string()))?;
                     Ok(Conditional::Found { data: data.into_bytes().to_vec(), etag })
                 }

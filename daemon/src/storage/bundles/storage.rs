@@ -366,6 +366,9 @@ impl RepoStorage for BundleStorage {
     async fn list(&self) -> Result<RefListing, StorageError> {
         let (scan, head) = tokio::try_join!(self.scan(), self.read_head())?;
         let mut listing = RefListing::default();
+        for key in &scan.ignored {
+            listing.warnings.push(format!("ignoring s3://{}/{}: not a valid git ref name", self.url.bucket, key.escape_debug()));
+        }
         for (name, bundles) in &scan.bundles {
             if bundles.len() > 1 {
                 listing.warnings.push(format!(
