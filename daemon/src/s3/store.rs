@@ -287,6 +287,10 @@ impl S3Store {
                     .list_objects_v2()
                     .bucket(&*self.bucket)
                     .prefix(prefix)
+                    // Keys come URL-encoded: a key holding a character XML 1.0
+                    // cannot carry (\u{1}, …) would otherwise make the whole
+                    // listing unreadable.
+                    .encoding_type(aws_sdk_s3::types::EncodingType::Url)
                     .set_continuation_token(token.take())
                     .send()
                     .await
@@ -294,7 +298,7 @@ impl S3Store {
                 for o in resp.contents() {
                     if let Some(key) = o.key() {
                         out.push(ObjectInfo {
-                            key: key.to_string(),
+                            key: url_decode_key(key),
                             size: o.size().unwrap_or(0).max(0) as u64,
                             etag: o.e_tag().unwrap_or_default().to_string(),
                             last_modified: to_system_time(o.last_modified()),
@@ -816,6 +820,31 @@ impl S3Store {
     }
 }
 
+/// A key of a listing made with `encoding-type=url` decoded (`%XX`, and
+/// `+` for a space as S3 writes it; a literal `+` comes as `%2B`). A key that
+/// does not decode to UTF-8 is kept as it came.
+fn url_decode_key(key: &str) -> String {
+    let b = key.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => match key.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                Some(v) => {
+                    out.push(v);
+                    i += 3;
+                    continue;
+                }
+                None => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).unwrap_or_else(|_| key.to_string())
+}
+
 /// Percent-encodes a key for `x-amz-copy-source` (keeps `/`).
 fn percent_encode_key(key: &str) -> String {
     let mut out = String::with_capacity(key.len());
@@ -830,6 +859,13 @@ fn percent_encode_key(key: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn listing_keys_decode() {
+        assert_eq!(super::url_decode_key("p/refs/heads/a%01b%20c+d%2Be"), "p/refs/heads/a\u{1}b c d+e");
+        assert_eq!(super::url_decode_key("p/%C3%BC/%zz%"), "p/ü/%zz%");
+        assert_eq!(super::url_decode_key("p/%FF"), "p/%FF");
+    }
+
     #[test]
     fn copy_source_encoding() {
         assert_eq!(super::percent_encode_key("p/refs/heads/a#b"), "p/refs/heads/a%23b");
