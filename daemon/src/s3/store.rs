@@ -419,7 +419,7 @@ impl S3Store {
                     tracing::warn!(key, attempt, error = %e, "download broke off; trying again");
                     attempt += 1;
                 }
-                other => return other,
+                other => return other.map(|(etag, n, _)| (etag, n)),
             }
         }
     }
@@ -427,13 +427,16 @@ impl S3Store {
     /// [`S3Store::get_to_file`], also handing every chunk to `tee` as it
     /// arrives (e.g. to feed `git index-pack` while the download runs). The
     /// file is written completely even when the tee's reader stops early.
+    /// With a tee, a file that cannot be written (a full or read-only cache)
+    /// does not stop the download: the tee still gets every chunk, and the
+    /// third value says the file is incomplete (not to be kept).
     pub async fn get_to_file_tee(
         &self,
         key: &str,
         dest: &Path,
         mut tee: Option<tokio::sync::mpsc::Sender<bytes::Bytes>>,
         mut on_bytes: impl FnMut(u64) + Send,
-    ) -> Result<(String, u64), StoreError> {
+    ) -> Result<(String, u64, bool), StoreError> {
         let span = tracing::debug_span!("s3.get", bucket = %self.bucket, key);
         async {
             let resp = self
@@ -447,27 +450,52 @@ impl S3Store {
             let etag = resp.e_tag().unwrap_or_default().to_string();
             let expected = resp.content_length().map(|l| l.max(0) as u64);
             let mut body = resp.body;
-            let mut file = tokio::fs::File::create(dest).await?;
+            let mut file_error: Option<std::io::Error> = None;
+            let mut file = match tokio::fs::File::create(dest).await {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    file_error = Some(e);
+                    None
+                }
+            };
             let mut total = 0u64;
             while let Some(chunk) = body.try_next().await.map_err(|e| self.interrupted(key, e.to_string()))? {
-                file.write_all(&chunk).await?;
+                if let Some(f) = file.as_mut() {
+                    if let Err(e) = f.write_all(&chunk).await {
+                        file_error = Some(e);
+                        file = None;
+                    }
+                }
                 if let Some(tx) = &tee {
                     if tx.send(chunk.clone()).await.is_err() {
                         tee = None;
                     }
                 }
+                if file.is_none() && tee.is_none() {
+                    // Nobody is left to take the bytes.
+                    return Err(file_error.take().map(StoreError::from).unwrap_or_else(|| self.other(key, "download abandoned")));
+                }
                 total += chunk.len() as u64;
                 on_bytes(chunk.len() as u64);
             }
-            file.flush().await?;
-            file.sync_all().await?;
+            if let Some(mut f) = file.take() {
+                if let Err(e) = async { f.flush().await?; f.sync_all().await }.await {
+                    file_error = Some(e);
+                }
+            }
             if let Some(exp) = expected {
                 if exp != total {
                     return Err(self.interrupted(key, format!("got {total} of {exp} bytes")));
                 }
             }
+            if let Some(e) = &file_error {
+                if tee.is_none() {
+                    return Err(std::io::Error::new(e.kind(), e.to_string()).into());
+                }
+                tracing::warn!(error = %e, file = %dest.display(), "download not kept on disk (cache full or unwritable); streamed only");
+            }
             tracing::debug!(bytes = total, "downloaded");
-            Ok((etag, total))
+            Ok((etag, total, file_error.is_none()))
         }
         .instrument(span)
         .await

@@ -65,15 +65,20 @@ impl BundleStorage {
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let download = self.store.get_to_file_tee(&key, tmp.path(), Some(tx), |n| progress.add(n));
         let (downloaded, indexed) = tokio::join!(download, ctx.git.index_bundle_stream(rx));
-        match downloaded {
-            Ok(_) => {}
+        let kept = match downloaded {
+            Ok((_, _, kept)) => kept,
             Err(e) if e.is_not_found() => return Err(StorageError::MissingRef(r.name.clone())),
             Err(e) => return Err(e.into()),
-        }
+        };
         progress.finish();
         match indexed {
             Ok(hash) => {
-                ctx.cache.insert_bundle(&r.sha, tmp)?;
+                // A bundle the cache could not hold (full, unwritable) was only streamed.
+                if kept {
+                    if let Err(e) = ctx.cache.insert_bundle(&r.sha, tmp) {
+                        tracing::warn!(error = %e, "bundle not cached");
+                    }
+                }
                 Ok(hash)
             }
             Err(e) => Err(StorageError::Corrupt(format!(
