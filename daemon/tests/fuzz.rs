@@ -87,7 +87,8 @@ proptest! {
         match protocol::parse(&line) {
             Ok(Command::Fetch { sha, name }) => {
                 prop_assert!(sha.len() >= 40 && sha.len() <= 64 && sha.bytes().all(|c| c.is_ascii_hexdigit()));
-                prop_assert!(valid_ref_name(&name) && no_control_space_dotdot(&name), "{name:?}");
+                let oid = (name.len() == 40 || name.len() == 64) && name.bytes().all(|c| c.is_ascii_hexdigit());
+                prop_assert!((valid_ref_name(&name) || oid) && no_control_space_dotdot(&name), "{name:?}");
             }
             Ok(Command::Push { src, dst, .. }) => {
                 prop_assert!(valid_ref_name(&dst) && no_control_space_dotdot(&dst), "{dst:?}");

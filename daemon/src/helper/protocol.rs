@@ -43,7 +43,9 @@ pub fn parse(line: &str) -> Result<Command, ParseError> {
         },
         "fetch" => {
             let (sha, name) = rest.split_once(' ').ok_or_else(bad)?;
-            if sha.len() < 40 || sha.len() > 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) || !valid_ref_name(name) {
+            // The name is a ref, or (a partial clone's lazy fetch) the object id itself.
+            let is_oid = |s: &str| (s.len() == 40 || s.len() == 64) && s.bytes().all(|b| b.is_ascii_hexdigit());
+            if sha.len() < 40 || sha.len() > 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) || !(valid_ref_name(name) || is_oid(name)) {
                 return Err(bad());
             }
             Command::Fetch { sha: sha.to_string(), name: name.to_string() }
@@ -105,6 +107,7 @@ mod tests {
             parse("push +HEAD:refs/heads/b"),
             Ok(Command::Push { src: Some("HEAD".into()), dst: "refs/heads/b".into(), force: true })
         );
+        assert_eq!(parse(&format!("fetch {sha} {sha}")), Ok(Command::Fetch { sha: sha.clone(), name: sha.clone() }));
         assert_eq!(parse("push :refs/heads/b"), Ok(Command::Push { src: None, dst: "refs/heads/b".into(), force: false }));
         assert_eq!(parse("stateless-connect x"), Ok(Command::Unknown("stateless-connect x".into())));
     }
