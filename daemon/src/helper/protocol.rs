@@ -1,4 +1,9 @@
 //! Parsing of git's remote-helper protocol commands (gitremote-helpers(7)).
+//! Ref names in `fetch` and `push` pass git's ref-name rules
+//! (`local::refname`), and a push source never starts with `-`: neither can
+//! reach git as an option or break a line of the protocol.
+
+use crate::local::refname::valid_ref_name;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -38,7 +43,9 @@ pub fn parse(line: &str) -> Result<Command, ParseError> {
         },
         "fetch" => {
             let (sha, name) = rest.split_once(' ').ok_or_else(bad)?;
-            if sha.len() < 40 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) || name.is_empty() {
+            // The name is a ref, or (a partial clone's lazy fetch) the object id itself.
+            let is_oid = |s: &str| (s.len() == 40 || s.len() == 64) && s.bytes().all(|b| b.is_ascii_hexdigit());
+            if sha.len() < 40 || sha.len() > 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) || !(valid_ref_name(name) || is_oid(name)) {
                 return Err(bad());
             }
             Command::Fetch { sha: sha.to_string(), name: name.to_string() }
@@ -49,7 +56,7 @@ pub fn parse(line: &str) -> Result<Command, ParseError> {
                 None => (false, rest),
             };
             let (src, dst) = spec.rsplit_once(':').ok_or_else(bad)?;
-            if dst.is_empty() {
+            if !valid_ref_name(dst) || src.starts_with('-') || src.bytes().any(|b| b <= b' ' || b == 0x7f) {
                 return Err(bad());
             }
             Command::Push { src: (!src.is_empty()).then(|| src.to_string()), dst: dst.to_string(), force }
@@ -100,6 +107,7 @@ mod tests {
             parse("push +HEAD:refs/heads/b"),
             Ok(Command::Push { src: Some("HEAD".into()), dst: "refs/heads/b".into(), force: true })
         );
+        assert_eq!(parse(&format!("fetch {sha} {sha}")), Ok(Command::Fetch { sha: sha.clone(), name: sha.clone() }));
         assert_eq!(parse("push :refs/heads/b"), Ok(Command::Push { src: None, dst: "refs/heads/b".into(), force: false }));
         assert_eq!(parse("stateless-connect x"), Ok(Command::Unknown("stateless-connect x".into())));
     }
@@ -112,6 +120,13 @@ mod tests {
         assert!(parse("push refs/heads/a:").is_err());
         assert!(parse("list everything").is_err());
         assert!(parse("option").is_err());
+        let sha = "a".repeat(40);
+        assert!(parse(&format!("fetch {sha} refs/heads/a b")).is_err());
+        assert!(parse(&format!("fetch {sha} --upload-pack=x")).is_err());
+        assert!(parse(&format!("fetch {} refs/heads/a", "a".repeat(65))).is_err());
+        assert!(parse("push refs/heads/a:refs/heads/../x").is_err());
+        assert!(parse("push --upload-pack=x:refs/heads/a").is_err());
+        assert!(parse("push refs/heads/a:-x").is_err());
     }
 
     #[test]

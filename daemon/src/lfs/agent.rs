@@ -639,6 +639,35 @@ mod tests {
         assert!(!valid_oid(""));
     }
 
+    // git-lfs's requests (one JSON object a line), fuzzed: never a panic;
+    // huge or negative sizes and wrong types are refused by the parser; an
+    // oid the agent uses is 64 lowercase hex digits, so never a path.
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: std::env::var("GIT_S3_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256),
+            ..Default::default()
+        })]
+
+        #[test]
+        fn requests_never_panic(
+            line in ".*",
+            event in proptest::prop_oneof![proptest::strategy::Just("\"init\"".to_string()), proptest::strategy::Just("\"upload\"".to_string()), proptest::strategy::Just("1".to_string()), "\"[ -~]{0,12}\""],
+            oid in proptest::prop_oneof!["[0-9a-f]{64}", "[0-9a-fA-F./]{0,70}", ".{0,10}"],
+            size in proptest::prop_oneof![proptest::strategy::Just("-1".to_string()), proptest::strategy::Just("1e400".to_string()), proptest::strategy::Just("18446744073709551616".to_string()), "[0-9]{1,20}", proptest::strategy::Just("null".to_string())],
+            path in ".{0,40}",
+        ) {
+            let _ = serde_json::from_str::<Request>(&line);
+            let json = format!(r#"{{"event":{event},"operation":"download","oid":{},"size":{size},"path":{},"remote":"origin"}}"#,
+                serde_json::to_string(&oid).unwrap(), serde_json::to_string(&path).unwrap());
+            if let Ok(r) = serde_json::from_str::<Request>(&json) {
+                proptest::prop_assert!(r.size.is_none() || size.bytes().all(|b| b.is_ascii_digit()));
+                if let Some(o) = r.oid.as_deref().filter(|o| valid_oid(o)) {
+                    proptest::prop_assert!(!o.contains('/') && !o.contains('.') && o.len() == 64);
+                }
+            }
+        }
+    }
+
     #[test]
     fn remote_names() {
         use crate::s3::url::valid_remote_name;

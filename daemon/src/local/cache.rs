@@ -85,6 +85,12 @@ impl Cache {
             std::fs::create_dir_all(root.join(area.dir()))?;
         }
         std::fs::create_dir_all(root.join("tmp"))?;
+        // The cache holds the user's code: only its owner may enter it
+        // (entries made by git are 0444, temp files 0600, under a 0700 root).
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700))?;
+        }
         Ok(Cache { root, max_bytes, hits: AtomicU64::new(0), misses: AtomicU64::new(0) })
     }
 
@@ -328,6 +334,10 @@ mod tests {
     fn lru_eviction_across_areas() {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::new(dir.path().to_path_buf(), 25).unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(dir.path()).unwrap().permissions().mode() & 0o777, 0o700, "the cache root is private");
+        }
         let (a, b, c) = ("a".repeat(40), "b".repeat(40), "c".repeat(64));
         for (i, sha) in [&a, &b].iter().enumerate() {
             let mut t = cache.temp_file().unwrap();

@@ -222,22 +222,16 @@ impl Git {
         async {
             let failed = |stderr: String| GitError::Failed { args: "index-pack --stdin --fix-thin".into(), stderr };
             // A bundle's header, up to its blank line, is checked and skipped.
-            let mut head: Vec<u8> = Vec::new();
+            let mut header = BundleHeader::default();
             let body_start = if !bundle { 0 } else { loop {
-                match chunks.recv().await {
-                    Some(c) => head.extend_from_slice(&c),
-                    None => return Err(failed("the bundle ended inside its header".into())),
-                }
-                if !(head.starts_with(b"# v2 git bundle\n") || head.starts_with(b"# v3 git bundle\n")) && head.len() >= 16 {
-                    return Err(failed("not a git bundle (bad signature)".into()));
-                }
-                if let Some(pos) = head.windows(2).position(|w| w == b"\n\n") {
-                    break pos + 2;
-                }
-                if head.len() > 64 << 20 {
-                    return Err(failed("bundle header too large".into()));
+                let Some(c) = chunks.recv().await else {
+                    return Err(failed("the bundle ended inside its header".into()));
+                };
+                if let Some(start) = header.push(&c).map_err(|e| failed(e.into()))? {
+                    break start;
                 }
             } };
+            let head = header.head;
             let mut child = self
                 .command(&["index-pack", "--stdin", "--fix-thin"])
                 .stdin(Stdio::piped())
@@ -330,12 +324,48 @@ fn index_pack_result(out: &std::process::Output) -> Result<String, GitError> {
         .ok_or_else(|| failed(format!("unexpected index-pack output {stdout:?}")))
 }
 
+/// A bundle header (its refs and prerequisites) larger than this is refused.
+pub const MAX_BUNDLE_HEADER: u64 = 64 << 20;
+
+/// A bundle's header found in its first chunks as they arrive: the
+/// signature checked, the blank line that ends the header searched for in
+/// each byte once (linear however the chunks are cut), bounded.
+#[derive(Debug, Default)]
+pub struct BundleHeader {
+    /// The bytes so far.
+    pub head: Vec<u8>,
+    searched: usize,
+}
+
+impl BundleHeader {
+    /// Adds the next chunk: `Some(offset of the pack)` once the header is complete.
+    pub fn push(&mut self, chunk: &[u8]) -> Result<Option<usize>, &'static str> {
+        const SIGS: [&[u8]; 2] = [b"# v2 git bundle\n", b"# v3 git bundle\n"];
+        self.head.extend_from_slice(chunk);
+        let n = self.head.len().min(SIGS[0].len());
+        if !SIGS.iter().any(|s| s[..n] == self.head[..n]) {
+            return Err("not a git bundle (bad signature)");
+        }
+        let from = self.searched.saturating_sub(1);
+        if let Some(pos) = self.head[from..].windows(2).position(|w| w == b"\n\n") {
+            return Ok(Some(from + pos + 2));
+        }
+        self.searched = self.head.len();
+        if self.head.len() as u64 > MAX_BUNDLE_HEADER {
+            return Err("bundle header too large");
+        }
+        Ok(None)
+    }
+}
+
 /// Byte offset of the pack data in a v2/v3 git bundle (after the header's
 /// blank line).
 pub fn bundle_pack_offset(path: &Path) -> std::io::Result<u64> {
     use std::io::BufRead;
     let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
-    let mut r = std::io::BufReader::new(std::fs::File::open(path)?);
+    use std::io::Read;
+    // Every read is bounded: a header line without its newline stops at the limit.
+    let mut r = std::io::BufReader::new(std::fs::File::open(path)?).take(MAX_BUNDLE_HEADER + 1);
     let mut line = Vec::new();
     let mut offset = 0u64;
     r.read_until(b'\n', &mut line)?;
@@ -346,15 +376,15 @@ pub fn bundle_pack_offset(path: &Path) -> std::io::Result<u64> {
     loop {
         line.clear();
         let n = r.read_until(b'\n', &mut line)?;
+        offset += n as u64;
+        if offset > MAX_BUNDLE_HEADER {
+            return Err(bad("bundle header too large"));
+        }
         if n == 0 || line.last() != Some(&b'\n') {
             return Err(bad("truncated bundle header"));
         }
-        offset += n as u64;
         if line == b"\n" {
             return Ok(offset);
-        }
-        if offset > 64 << 20 {
-            return Err(bad("bundle header too large"));
         }
     }
 }

@@ -1,5 +1,6 @@
-//! The local machine: git subprocesses (`git`) and the daemon's cache of
-//! bundles and packs (`cache`).
+//! The local machine: git subprocesses (`git`), git's ref-name rules
+//! (`refname`) and the daemon's cache of bundles and packs (`cache`).
 
 pub mod cache;
 pub mod git;
+pub mod refname;

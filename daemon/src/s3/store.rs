@@ -20,6 +20,8 @@ pub const MULTIPART_THRESHOLD: u64 = 64 << 20;
 pub const PART_SIZE: u64 = 16 << 20;
 /// Parts uploaded at once.
 const PART_CONCURRENCY: usize = 4;
+/// The largest small object (HEAD, `manifest.json`, a lock) read into memory.
+pub const MAX_SMALL_OBJECT: u64 = 64 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -460,6 +462,18 @@ impl S3Store {
         StoreError::Other { bucket: self.bucket.to_string(), key: key.to_string(), message: message.into() }
     }
 
+    /// A small object (HEAD, a manifest, a lock) is read into memory: one
+    /// larger than `MAX_SMALL_OBJECT` is refused before its body is read.
+    fn small_enough(&self, key: &str, length: Option<i64>) -> Result<(), StoreError> {
+        match length {
+            Some(n) if n > MAX_SMALL_OBJECT as i64 => Err(self.other(
+                key,
+                format!("the object is {n} bytes, more than the {} MiB this object may have; it is not a git-s3 object (remove or fix it)", MAX_SMALL_OBJECT >> 20),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     fn interrupted(&self, key: &str, message: impl Into<String>) -> StoreError {
         StoreError::Interrupted { bucket: self.bucket.to_string(), key: key.to_string(), message: message.into() }
     }
@@ -484,13 +498,23 @@ impl S3Store {
             let mut token: Option<String> = None;
             loop {
                 let resp = self
-                    .call(|c| c.list_objects_v2().bucket(&*self.bucket).prefix(prefix).set_continuation_token(token.clone()).send())
+                    .call(|c| {
+                        c.list_objects_v2()
+                            .bucket(&*self.bucket)
+                            .prefix(prefix)
+                            // Keys come URL-encoded: a key holding a character XML 1.0
+                            // cannot carry (\u{1}, …) would otherwise make the whole
+                            // listing unreadable.
+                            .encoding_type(aws_sdk_s3::types::EncodingType::Url)
+                            .set_continuation_token(token.clone())
+                            .send()
+                    })
                     .await
                     .map_err(|e| self.classify(e, prefix))?;
                 for o in resp.contents() {
                     if let Some(key) = o.key() {
                         out.push(ObjectInfo {
-                            key: key.to_string(),
+                            key: url_decode_key(key),
                             size: o.size().unwrap_or(0).max(0) as u64,
                             etag: o.e_tag().unwrap_or_default().to_string(),
                             last_modified: to_system_time(o.last_modified()),
@@ -567,6 +591,7 @@ impl S3Store {
         async {
             match self.call(|c| c.get_object().bucket(&*self.bucket).key(key).send()).await {
                 Ok(r) => {
+                    self.small_enough(key, r.content_length())?;
                     let data = r.body.collect().await.map_err(|e| self.interrupted(key, e.to_string()))?;
                     Ok(Some(data.into_bytes().to_vec()))
                 }
@@ -593,6 +618,7 @@ impl S3Store {
             match self.call(send).await {
                 Ok(r) => {
                     let etag = r.e_tag().unwrap_or_default().to_string();
+                    self.small_enough(key, r.content_length())?;
                     let data = r.body.collect().await.map_err(|e| self.interrupted(key, e.to_string()))?;
                     Ok(Conditional::Found { data: data.into_bytes().to_vec(), etag })
                 }
@@ -633,7 +659,7 @@ impl S3Store {
                     tracing::warn!(key, attempt, error = %e, "download broke off; trying again");
                     attempt += 1;
                 }
-                other => return other,
+                other => return other.map(|(etag, n, _)| (etag, n)),
             }
         }
     }
@@ -641,13 +667,16 @@ impl S3Store {
     /// [`S3Store::get_to_file`], also handing every chunk to `tee` as it
     /// arrives (e.g. to feed `git index-pack` while the download runs). The
     /// file is written completely even when the tee's reader stops early.
+    /// With a tee, a file that cannot be written (a full or read-only cache)
+    /// does not stop the download: the tee still gets every chunk, and the
+    /// third value says the file is incomplete (not to be kept).
     pub async fn get_to_file_tee(
         &self,
         key: &str,
         dest: &Path,
         mut tee: Option<tokio::sync::mpsc::Sender<bytes::Bytes>>,
         mut on_bytes: impl FnMut(u64) + Send,
-    ) -> Result<(String, u64), StoreError> {
+    ) -> Result<(String, u64, bool), StoreError> {
         let span = tracing::debug_span!("s3.get", bucket = %self.bucket, key);
         async {
             let resp = self
@@ -657,27 +686,52 @@ impl S3Store {
             let etag = resp.e_tag().unwrap_or_default().to_string();
             let expected = resp.content_length().map(|l| l.max(0) as u64);
             let mut body = resp.body;
-            let mut file = tokio::fs::File::create(dest).await?;
+            let mut file_error: Option<std::io::Error> = None;
+            let mut file = match tokio::fs::File::create(dest).await {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    file_error = Some(e);
+                    None
+                }
+            };
             let mut total = 0u64;
             while let Some(chunk) = body.try_next().await.map_err(|e| self.interrupted(key, e.to_string()))? {
-                file.write_all(&chunk).await?;
+                if let Some(f) = file.as_mut() {
+                    if let Err(e) = f.write_all(&chunk).await {
+                        file_error = Some(e);
+                        file = None;
+                    }
+                }
                 if let Some(tx) = &tee {
                     if tx.send(chunk.clone()).await.is_err() {
                         tee = None;
                     }
                 }
+                if file.is_none() && tee.is_none() {
+                    // Nobody is left to take the bytes.
+                    return Err(file_error.take().map(StoreError::from).unwrap_or_else(|| self.other(key, "download abandoned")));
+                }
                 total += chunk.len() as u64;
                 on_bytes(chunk.len() as u64);
             }
-            file.flush().await?;
-            file.sync_all().await?;
+            if let Some(mut f) = file.take() {
+                if let Err(e) = async { f.flush().await?; f.sync_all().await }.await {
+                    file_error = Some(e);
+                }
+            }
             if let Some(exp) = expected {
                 if exp != total {
                     return Err(self.interrupted(key, format!("got {total} of {exp} bytes")));
                 }
             }
+            if let Some(e) = &file_error {
+                if tee.is_none() {
+                    return Err(std::io::Error::new(e.kind(), e.to_string()).into());
+                }
+                tracing::warn!(error = %e, file = %dest.display(), "download not kept on disk (cache full or unwritable); streamed only");
+            }
             tracing::debug!(bytes = total, "downloaded");
-            Ok((etag, total))
+            Ok((etag, total, file_error.is_none()))
         }
         .instrument(span)
         .await
@@ -1078,6 +1132,31 @@ impl S3Store {
     }
 }
 
+/// A key of a listing made with `encoding-type=url` decoded (`%XX`, and
+/// `+` for a space as S3 writes it; a literal `+` comes as `%2B`). A key that
+/// does not decode to UTF-8 is kept as it came.
+fn url_decode_key(key: &str) -> String {
+    let b = key.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => match key.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                Some(v) => {
+                    out.push(v);
+                    i += 3;
+                    continue;
+                }
+                None => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).unwrap_or_else(|_| key.to_string())
+}
+
 /// Percent-encodes a key for `x-amz-copy-source` (keeps `/`).
 fn percent_encode_key(key: &str) -> String {
     let mut out = String::with_capacity(key.len());
@@ -1112,6 +1191,13 @@ mod tests {
         }
         assert!(super::conflict_backoff(1) <= std::time::Duration::from_millis(100));
         assert!(super::conflict_backoff(6) >= std::time::Duration::from_secs(1));
+    }
+
+    #[test]
+    fn listing_keys_decode() {
+        assert_eq!(super::url_decode_key("p/refs/heads/a%01b%20c+d%2Be"), "p/refs/heads/a\u{1}b c d+e");
+        assert_eq!(super::url_decode_key("p/%C3%BC/%zz%"), "p/ü/%zz%");
+        assert_eq!(super::url_decode_key("p/%FF"), "p/%FF");
     }
 
     #[test]

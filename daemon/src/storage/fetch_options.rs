@@ -28,6 +28,12 @@ pub enum OptionReply {
     Error(String),
 }
 
+/// A value that can follow `--name=` in git's arguments: not empty, not
+/// `-…`, no control character or whitespace.
+fn plain_value(value: &str) -> bool {
+    !value.is_empty() && !value.starts_with('-') && !value.chars().any(|c| c.is_control() || c.is_whitespace())
+}
+
 impl FetchOptions {
     /// Records `option <name> <value>`; None when the option is not a fetch option.
     pub fn set(&mut self, name: &str, value: &str) -> Option<OptionReply> {
@@ -40,19 +46,20 @@ impl FetchOptions {
                 Ok(_) => return Some(OptionReply::Error(format!("invalid depth {value:?}"))),
                 Err(_) => return Some(OptionReply::Error(format!("invalid depth {value:?}"))),
             },
-            "deepen-since" => match value.parse::<i64>() {
-                Ok(_) => self.deepen_since = Some(value.to_string()),
-                Err(_) => return Some(OptionReply::Error(format!("invalid deepen-since {value:?}"))),
+            // Unix seconds: digits only (no sign, so never `-…`).
+            "deepen-since" => match value.parse::<u64>() {
+                Ok(_) if value.bytes().all(|b| b.is_ascii_digit()) => self.deepen_since = Some(value.to_string()),
+                _ => return Some(OptionReply::Error(format!("invalid deepen-since {value:?}"))),
             },
             "deepen-not" => {
-                if value.is_empty() || value.starts_with('-') {
+                if !plain_value(value) {
                     return Some(OptionReply::Error(format!("invalid deepen-not {value:?}")));
                 }
                 self.deepen_not.push(value.to_string())
             }
             "deepen-relative" => self.deepen_relative = flag,
             "filter" => {
-                if value.is_empty() || value.starts_with('-') || value.contains(['\n', '\0']) {
+                if !plain_value(value) {
                     return Some(OptionReply::Error(format!("invalid filter {value:?}")));
                 }
                 self.filter = Some(value.to_string())
@@ -148,6 +155,10 @@ mod tests {
         assert!(matches!(o.set("deepen-not", "--upload-pack=x"), Some(OptionReply::Error(_))));
         assert!(matches!(o.set("filter", "--upload-pack=x"), Some(OptionReply::Error(_))));
         assert!(matches!(o.set("deepen-since", "yesterday; rm"), Some(OptionReply::Error(_))));
+        assert!(matches!(o.set("deepen-since", "-5"), Some(OptionReply::Error(_))));
+        assert!(matches!(o.set("deepen-since", "+5"), Some(OptionReply::Error(_))));
+        assert!(matches!(o.set("filter", "blob:none\r"), Some(OptionReply::Error(_))));
+        assert!(matches!(o.set("deepen-not", "a b"), Some(OptionReply::Error(_))));
         assert_eq!(o, FetchOptions::default());
     }
 }

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::local::refname::valid_ref_name;
 use crate::s3::store::ObjectInfo;
 use crate::storage::bundles::locks;
 use crate::storage::zip::ZIP_NAME;
@@ -20,6 +21,9 @@ pub struct PrefixScan {
     pub protected: Vec<String>,
     pub zips: Vec<(String, ObjectInfo)>,
     pub head_object: bool,
+    /// Keys under `<prefix>/refs/` whose ref part git would refuse (control
+    /// characters, spaces, `..`, …): never listed, never given to git.
+    pub ignored: Vec<String>,
 }
 
 fn is_sha(s: &str) -> bool {
@@ -41,6 +45,10 @@ pub fn scan(prefix: &str, objects: &[ObjectInfo]) -> PrefixScan {
             continue;
         }
         let Some((refname, leaf)) = rest.rsplit_once('/') else { continue };
+        if !valid_ref_name(refname) {
+            scan.ignored.push(o.key.clone());
+            continue;
+        }
         if let Some(sha) = leaf.strip_suffix(".bundle") {
             if is_sha(sha) && refname.matches('/').count() >= 1 {
                 scan.bundles.entry(refname.to_string()).or_default().push((sha.to_string(), o.clone()));
@@ -82,6 +90,10 @@ mod tests {
             obj(&format!("p/refs/tags/v1/{a}.bundle"), 1),
             obj("p/lfs/0123", 1),
             obj("p/refs/heads/main/notasha.bundle", 1),
+            obj(&format!("p/refs/heads/a b/{a}.bundle"), 1),
+            obj(&format!("p/refs/heads/x\nfetch {a} y/{a}.bundle"), 1),
+            obj(&format!("p/refs/heads/../../etc/{a}.bundle"), 1),
+            obj("p/refs/heads/x.lock/LOCK#.lock", 1),
         ];
         let s = scan("p", &objects);
         assert!(s.head_object);
@@ -92,5 +104,6 @@ mod tests {
         assert_eq!(s.protected, vec!["refs/heads/main".to_string()]);
         assert_eq!(s.zips[0].0, "refs/heads/feature/x");
         assert_eq!(s.bundles.len(), 2);
+        assert_eq!(s.ignored.len(), 4, "{:?}", s.ignored);
     }
 }

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 
 use tracing::Instrument;
 
+use crate::local::refname::valid_ref_name;
 use crate::storage::bundles::layout::{scan, PrefixScan};
 use crate::storage::bundles::locks::{self, lock_wait};
 use crate::s3::url::{RemoteUrl, Scheme};
@@ -64,15 +65,20 @@ impl BundleStorage {
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let download = self.store.get_to_file_tee(&key, tmp.path(), Some(tx), |n| progress.add(n));
         let (downloaded, indexed) = tokio::join!(download, ctx.git.index_bundle_stream(rx));
-        match downloaded {
-            Ok(_) => {}
+        let kept = match downloaded {
+            Ok((_, _, kept)) => kept,
             Err(e) if e.is_not_found() => return Err(StorageError::MissingRef(r.name.clone())),
             Err(e) => return Err(e.into()),
-        }
+        };
         progress.finish();
         match indexed {
             Ok(hash) => {
-                ctx.cache.insert_bundle(&r.sha, tmp)?;
+                // A bundle the cache could not hold (full, unwritable) was only streamed.
+                if kept {
+                    if let Err(e) = ctx.cache.insert_bundle(&r.sha, tmp) {
+                        tracing::warn!(error = %e, "bundle not cached");
+                    }
+                }
                 Ok(hash)
             }
             Err(e) => Err(StorageError::Corrupt(format!(
@@ -114,6 +120,17 @@ impl BundleStorage {
             Some(h) => h,
             None => self.download_and_index(ctx, r).await?,
         };
+        // A bundle is named after its tip: one without it is not that ref's
+        // bundle (and is not cached under its name).
+        if !ctx.git.has_object(&r.sha).await {
+            ctx.cache.evict_bundle(&r.sha);
+            return Err(StorageError::Corrupt(format!(
+                "the bundle for {} ({}) does not contain the commit {} its name says. Run `git s3 doctor` or push the ref again",
+                r.name,
+                self.bundle_key(&r.name, &r.sha),
+                r.sha
+            )));
+        }
         if let Err(e) = ctx.cache.insert_pack(&r.sha, &pack_dir, &hash) {
             tracing::debug!(error = %e, "pack not cached");
         }
@@ -366,6 +383,9 @@ impl RepoStorage for BundleStorage {
     async fn list(&self) -> Result<RefListing, StorageError> {
         let (scan, head) = tokio::try_join!(self.scan(), self.read_head())?;
         let mut listing = RefListing::default();
+        for key in &scan.ignored {
+            listing.warnings.push(format!("ignoring s3://{}/{}: not a valid git ref name", self.url.bucket, key.escape_debug()));
+        }
         for (name, bundles) in &scan.bundles {
             if bundles.len() > 1 {
                 listing.warnings.push(format!(
@@ -376,6 +396,14 @@ impl RepoStorage for BundleStorage {
             listing.refs.push(RemoteRef { name: name.clone(), sha: bundles[0].0.clone() });
         }
         listing.protected = scan.protected.into_iter().collect();
+        if let Some(h) = head.as_deref().filter(|h| !valid_ref_name(h)) {
+            listing.warnings.push(format!(
+                "ignoring s3://{}/{}: it holds {} bytes that are not a ref name (`git s3 doctor` sets HEAD)",
+                self.url.bucket,
+                self.url.key("HEAD"),
+                h.len()
+            ));
+        }
         listing.head = head.clone().filter(|h| listing.refs.iter().any(|r| &r.name == h));
         listing.head_raw = head;
         Ok(listing)

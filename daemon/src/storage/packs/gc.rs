@@ -168,7 +168,7 @@ pub async fn gc(
         GcMode::Geometric => geometric_rollup(&m0.packs).combine,
     };
     report.combined_packs = combine.len();
-    report.combined_bytes = combine.iter().map(|p| p.size + p.idx_size).sum();
+    report.combined_bytes = combine.iter().fold(0u64, |t, p| t.saturating_add(p.size).saturating_add(p.idx_size));
     report.kept = m0.packs.len() - combine.len();
     tracing::info!(packs = m0.packs.len(), combine = combine.len(), bytes = report.combined_bytes, "gc plan");
     let mut current = m0.clone();
@@ -246,7 +246,7 @@ pub async fn gc(
                 tracing::info!(
                     pack = %name,
                     objects = entry.objects,
-                    bytes = entry.size + entry.idx_size,
+                    bytes = entry.size.saturating_add(entry.idx_size),
                     combined = combine.len(),
                     kept = next.packs.len() - 1,
                     serial = next.serial,

@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::s3::store::{Conditional, PutOptions, S3Store, WriteCondition};
+use crate::local::refname::valid_ref_name;
 use crate::s3::url::RemoteUrl;
 use crate::storage::StorageError;
 
@@ -155,12 +156,18 @@ impl Manifest {
             return Err(ManifestError::Version(m.version));
         }
         for (name, sha) in &m.refs {
-            if !name.starts_with("refs/") || name.contains("..") || name.chars().any(|c| c.is_control() || c == ' ') {
+            if !name.starts_with("refs/") || !valid_ref_name(name) {
                 return Err(ManifestError::Invalid(format!("bad ref name {name:?}")));
             }
             if !is_sha(sha) {
                 return Err(ManifestError::Invalid(format!("bad sha {sha:?} for {name}")));
             }
+        }
+        if let Some(p) = m.protected.iter().find(|p| !p.starts_with("refs/") || !valid_ref_name(p)) {
+            return Err(ManifestError::Invalid(format!("bad protected ref name {p:?}")));
+        }
+        if let Some(h) = m.head.as_ref().filter(|h| !h.starts_with("refs/") || !valid_ref_name(h)) {
+            return Err(ManifestError::Invalid(format!("bad HEAD {h:?}")));
         }
         let mut seen = BTreeSet::new();
         for p in &m.packs {
@@ -209,7 +216,8 @@ If no migration is running (one was interrupted), finish it with `git s3 migrate
     }
 
     pub fn pack_bytes(&self) -> u64 {
-        self.packs.iter().map(|p| p.size + p.idx_size).sum()
+        // Saturating: the numbers come from the bucket.
+        self.packs.iter().fold(0u64, |t, p| t.saturating_add(p.size).saturating_add(p.idx_size))
     }
 
     /// The packs a reader may use now: `packs` and the views' packs.

@@ -129,7 +129,7 @@ async fn migrate_to_packs_locked(
         }
         Err(e) => return Err(e.into()),
     }
-    let mut report = MigrateReport { refs: m.refs.len(), bytes: entry.size + entry.idx_size, deleted: 0 };
+    let mut report = MigrateReport { refs: m.refs.len(), bytes: entry.size.saturating_add(entry.idx_size), deleted: 0 };
     for (i, b) in mine.values().flat_map(|b| b.iter()).enumerate() {
         store.delete(&b.1.key).await?;
         report.deleted += 1;

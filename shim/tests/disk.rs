@@ -1,0 +1,146 @@
+//! The cache's disk: a cache directory that cannot be created, and a full
+//! cache filesystem (a 1 MiB tmpfs, mounted by the test: it needs root and
+//! fails saying so otherwise). Clone and fetch still succeed without caching,
+//! or fail with one clear line; nothing corrupt is left in the cache.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use testkit::TestEnv;
+
+/// A repository whose history is ~3 MiB of incompressible data (in 3 commits).
+fn big_repo(env: &TestEnv) -> PathBuf {
+    let repo = env.new_repo("big");
+    let mut seed: u64 = 0x9e3779b97f4a7c15;
+    for i in 0..3 {
+        let mut data = Vec::with_capacity(1 << 20);
+        for _ in 0..(1 << 17) {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            data.extend_from_slice(&seed.to_le_bytes());
+        }
+        std::fs::File::create(repo.join(format!("blob{i}.bin"))).unwrap().write_all(&data).unwrap();
+        env.git(&repo, &["add", "."]);
+        env.git(&repo, &["commit", "-q", "-m", &format!("blob {i}")]);
+    }
+    repo
+}
+
+fn git_in(env: &TestEnv, cache: &Path, cwd: &Path, args: &[&str]) -> (bool, String) {
+    let mut c = env.command("git", cwd);
+    c.env("GIT_S3_CACHE_DIR", cache).args(args);
+    let out = c.output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn assert_one_clear_line(what: &str, ok: bool, stderr: &str) {
+    assert!(!stderr.contains("panicked"), "{what}: {stderr}");
+    if !ok {
+        let fatals: Vec<&str> = stderr.lines().filter(|l| l.starts_with("fatal:")).collect();
+        assert_eq!(fatals.len(), 1, "{what}: one fatal line:\n{stderr}");
+        assert!(fatals[0].contains("cache"), "{what}: the line names the cache:\n{stderr}");
+    }
+}
+
+/// Every pack in the cache verifies; no temp file is left.
+fn assert_cache_sound(cache: &Path) {
+    fn walk(d: &Path, out: &mut Vec<PathBuf>) {
+        let Ok(rd) = std::fs::read_dir(d) else { return };
+        for e in rd.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                walk(&e.path(), out);
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(cache, &mut files);
+    for f in &files {
+        let name = f.to_string_lossy();
+        assert!(!name.contains("/tmp/"), "a temp file is left in the cache: {name}");
+        if name.ends_with(".idx") {
+            let out = Command::new("git").args(["verify-pack"]).arg(f).output().unwrap();
+            assert!(out.status.success(), "corrupt cached pack {name}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        if name.ends_with(".bundle") {
+            let data = std::fs::read(f).unwrap();
+            assert!(data.starts_with(b"# v2 git bundle\n") || data.starts_with(b"# v3 git bundle\n"), "corrupt cached bundle {name}");
+            assert!(data.windows(4).any(|w| w == b"PACK"), "cached bundle without its pack: {name}");
+        }
+    }
+}
+
+#[test]
+fn a_cache_dir_that_cannot_be_created() {
+    let env = TestEnv::new();
+    let repo = env.new_repo("r");
+    env.git(&repo, &["push", "-q", &env.url("p"), "main"]);
+    env.git(&env.work(), &["s3", "daemon", "stop"]);
+    // A file where the cache directory should be: no user, root included, can create it.
+    let cache = env.dir.path().join("cache-is-a-file");
+    std::fs::write(&cache, "not a directory").unwrap();
+    let (ok, err) = git_in(&env, &cache, &env.work(), &["clone", "-q", &env.url("p"), "c"]);
+    eprintln!("clone with an uncreatable cache: ok={ok}\n{err}");
+    assert_one_clear_line("clone", ok, &err);
+    if ok {
+        let (ok, err) = git_in(&env, &cache, &env.path("c"), &["fetch", "-q", "origin"]);
+        assert_one_clear_line("fetch", ok, &err);
+        assert!(ok);
+        env.git(&env.path("c"), &["fsck", "--strict"]);
+    }
+    assert_eq!(std::fs::read_to_string(&cache).unwrap(), "not a directory");
+    let log = std::fs::read_to_string(env.dir.path().join("state/daemon.log")).unwrap();
+    assert!(log.contains("the cache directory is unusable; using a temporary one"), "{log}");
+}
+
+#[test]
+fn a_full_cache_filesystem() {
+    assert_eq!(unsafe { libc::geteuid() }, 0, "this test mounts a small tmpfs as the cache: run it as root (as CI does)");
+    let env = TestEnv::new();
+    let repo = big_repo(&env);
+    // main one commit behind `next`: a clone of main, then a fetch of next.
+    env.git_s3(&env.work(), &["init", "--format", "packs", &env.url("packs")]);
+    for prefix in ["bundles", "packs"] {
+        env.git(&repo, &["push", "-q", &env.url(prefix), "HEAD~1:refs/heads/main", "HEAD:refs/heads/next"]);
+    }
+    env.git(&env.work(), &["s3", "daemon", "stop"]);
+
+    let cache = env.dir.path().join("small-cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let m = Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"]).arg(&cache).output().unwrap();
+    assert!(m.status.success(), "mount a 1 MiB tmpfs: {}", String::from_utf8_lossy(&m.stderr));
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(cache.clone());
+
+    for prefix in ["bundles", "packs"] {
+        let dest = format!("c-{prefix}");
+        let (ok, err) = git_in(&env, &cache, &env.work(), &["clone", "-q", "--single-branch", "-b", "main", &env.url(prefix), &dest]);
+        eprintln!("clone of {prefix} with a full cache: ok={ok}\n{err}");
+        assert_one_clear_line(&format!("clone {prefix}"), ok, &err);
+        if ok {
+            env.git(&env.path(&dest), &["fsck", "--strict"]);
+            // More history (1 MiB more), fetched while the cache is still full.
+            let (ok, err) = git_in(&env, &cache, &env.path(&dest), &["fetch", "-q", "origin", "next"]);
+            eprintln!("fetch of {prefix} with a full cache: ok={ok}\n{err}");
+            assert_one_clear_line(&format!("fetch {prefix}"), ok, &err);
+            if ok {
+                env.git(&env.path(&dest), &["fsck", "--strict"]);
+            }
+        }
+        assert_cache_sound(&cache);
+    }
+    // The full disk was met (and the downloads streamed past it).
+    let log = std::fs::read_to_string(env.dir.path().join("state/daemon.log")).unwrap();
+    let streamed = log.lines().filter(|l| l.contains("download not kept on disk")).count();
+    eprintln!("downloads streamed past the full cache: {streamed}");
+    assert!(streamed >= 2, "the cache filesystem never filled up:\n{log}");
+    env.git(&env.work(), &["s3", "daemon", "stop"]);
+}
