@@ -236,7 +236,7 @@ fn pushes_and_pulls_with_shallow_clones() {
             env.git(&s, &["push", "-q", "origin", "main"]);
         }
         // a fresh full clone of the remote is whole
-        env.git(&env.work(), &["-c", "s3.unused=1", "clone", "-q", &url, "full"]);
+        env.git(&env.work(), &["clone", "-q", &url, "full"]);
         let full = env.path("full");
         assert_eq!(count(&env, &full, "HEAD"), COMMITS + 1, "{format}");
         fsck(&env, &full);

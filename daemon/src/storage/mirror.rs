@@ -16,7 +16,7 @@
 //!
 //! A lazy fetch of many objects is one helper session and one `fetch-pack`.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
@@ -78,10 +78,6 @@ impl Mirror {
         Ok(Mirror { git: Git::new(&path, env), path })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Makes the mirror hold `wants` (ref tips or any objects): downloads
     /// through `storage` what it lacks. An object that no ref tip names
     /// (a lazy fetch) brings in every ref, as does `all_refs`. Then the
@@ -90,13 +86,15 @@ impl Mirror {
     pub async fn fill(&self, storage: &Storage, ctx: &OpContext, listing: &RefListing, wants: &[RemoteRef], all_refs: bool) -> Result<(), StorageError> {
         let shas: Vec<String> = wants.iter().map(|w| w.sha.clone()).collect::<BTreeSet<_>>().into_iter().collect();
         let present = present_objects(&self.git, &shas).await?;
-        let tips: Vec<RemoteRef> = wants.iter().filter(|w| listing.sha_of(&w.name) == Some(w.sha.as_str())).cloned().collect();
-        let missing_non_tip = wants.iter().any(|w| !present.contains(&w.sha) && listing.sha_of(&w.name) != Some(w.sha.as_str()));
+        let tips: Vec<RemoteRef> = wants.iter().filter(|w| listing.is_tip(w)).cloned().collect();
+        let missing_non_tip = wants.iter().any(|w| !present.contains(&w.sha) && !listing.is_tip(w));
         let fill: Vec<RemoteRef> = if all_refs || missing_non_tip { listing.refs.clone() } else { tips };
         if fill.iter().any(|r| !present.contains(&r.sha)) {
             storage.fetch(&self.context(ctx), listing, &fill).await?;
         }
-        let have = present_objects(&self.git, &shas).await?;
+        // One lookup after the fill: the wants, and the listed tips for the refs.
+        let all: Vec<String> = shas.iter().chain(listing.refs.iter().map(|r| &r.sha)).cloned().collect::<BTreeSet<_>>().into_iter().collect();
+        let have = present_objects(&self.git, &all).await?;
         if let Some(w) = wants.iter().find(|w| !have.contains(&w.sha)) {
             return Err(if listing.sha_of(&w.name).is_some() {
                 StorageError::MissingRef(w.name.clone())
@@ -107,7 +105,7 @@ impl Mirror {
                 ))
             });
         }
-        self.set_refs(listing).await
+        self.set_refs(listing, &have).await
     }
 
     /// An operation context like `ctx`, working in the mirror.
@@ -123,10 +121,9 @@ impl Mirror {
         }
     }
 
-    /// The mirror's refs become the listing's refs whose objects it holds.
-    async fn set_refs(&self, listing: &RefListing) -> Result<(), StorageError> {
-        let shas: Vec<String> = listing.refs.iter().map(|r| r.sha.clone()).collect();
-        let have = present_objects(&self.git, &shas).await?;
+    /// The mirror's refs become the listing's refs whose objects it holds
+    /// (`have`: objects known to be in the mirror).
+    async fn set_refs(&self, listing: &RefListing, have: &HashSet<String>) -> Result<(), StorageError> {
         let current = self.git.run(&["for-each-ref", "--format=%(objectname) %(refname)"]).await?;
         let current: HashMap<&str, &str> = current.lines().filter_map(|l| l.split_once(' ')).map(|(s, n)| (n, s)).collect();
         let wanted: HashMap<&str, &str> =
@@ -237,7 +234,7 @@ pub async fn narrow_fetch(
     wants: &[RemoteRef],
     opts: &FetchOptions,
 ) -> Result<Vec<String>, StorageError> {
-    let lazy = wants.iter().any(|w| listing.sha_of(&w.name) != Some(w.sha.as_str()));
+    let lazy = wants.iter().any(|w| !listing.is_tip(w));
     if let (Storage::Packs(packs), Some(kinds)) = (storage, views::kinds_for(opts, lazy)) {
         let v = Mirror::open(ctx, store, url, Kind::Views).await?;
         // Views that cannot be read (a view pack gone from the bucket) are
@@ -274,7 +271,7 @@ pub async fn narrow_fetch(
 /// ref tip of the remote (a lazy fetch, or a fetch by object name), or the
 /// repository is shallow (its next fetch must respect its boundary).
 pub async fn needed(opts: &FetchOptions, listing: &RefListing, wants: &[RemoteRef], git: &Git) -> bool {
-    opts.narrows() || wants.iter().any(|w| listing.sha_of(&w.name) != Some(w.sha.as_str())) || git.is_shallow().await
+    opts.narrows() || wants.iter().any(|w| !listing.is_tip(w)) || git.is_shallow().await
 }
 
 /// A ref name safe to hand to `git update-ref --stdin`.

@@ -76,6 +76,12 @@ impl RefListing {
     pub fn sha_of(&self, name: &str) -> Option<&str> {
         self.refs.iter().find(|r| r.name == name).map(|r| r.sha.as_str())
     }
+
+    /// Whether `w` is one of the listed refs at its listed tip (not an
+    /// object asked for by name, as a partial clone's lazy fetch does).
+    pub fn is_tip(&self, w: &RemoteRef) -> bool {
+        self.sha_of(&w.name) == Some(w.sha.as_str())
+    }
 }
 
 /// One `push` line of the protocol.
