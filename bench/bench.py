@@ -44,14 +44,16 @@ class CountingProxy:
     back (responses): what a tool read from S3."""
 
     def __init__(self, upstream):
-        host, port = upstream.replace("http://", "").rstrip("/").split(":")
+        scheme, rest = upstream.split("://", 1)
+        host, port = rest.rstrip("/").split(":")
         self.upstream = (host, int(port))
         self.down = 0
         self.lock = threading.Lock()
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(64)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        # bytes are relayed as they are: TLS passes through
+        self.url = f"{scheme}://127.0.0.1:{self.sock.getsockname()[1]}"
         threading.Thread(target=self.serve, daemon=True).start()
 
     def serve(self):
@@ -91,12 +93,13 @@ class Bench:
     def __init__(self, args):
         self.args = args
         self.root = args.root
-        self.bin_dir = args.bin_dir or os.path.join(self.root, "target/release")
+        self.bin_dir = os.path.abspath(args.bin_dir or os.path.join(self.root, "target/release"))
         self.venv = os.path.join(self.root, ".test-env/venv")
         self.work = tempfile.mkdtemp(prefix="gits3-bench-")
         self.results = []
         self.notes = []
         self.start_server()
+        self.start_field_server()
         self.bins = {}
         for tool in ("python", "ours"):
             d = os.path.join(self.work, f"bin-{tool}")
@@ -118,9 +121,11 @@ class Bench:
         base = {
             "HOME": home, "XDG_RUNTIME_DIR": run, "GIT_S3_CACHE_DIR": os.path.join(self.work, "cache"),
             "GIT_S3_STATE_DIR": os.path.join(self.work, "state"), "AWS_ACCESS_KEY_ID": "bench",
-            "AWS_SECRET_ACCESS_KEY": "bench", "AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_SECRET_ACCESS_KEY": "bench", "AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL": self.tool_endpoint,
             "LANG": "C", "GIT_TERMINAL_PROMPT": "0",
         }
+        if self.ca_bundle:
+            base["AWS_CA_BUNDLE"] = self.ca_bundle
         self.env = {}
         for tool in REMOTE_TOOLS:
             e = dict(base)
@@ -136,6 +141,36 @@ class Bench:
         with open(os.path.join(self.work, "moto.pid")) as f:
             self.moto_pid = int(f.read().strip())
 
+    def start_field_server(self):
+        """With --rtt or --tls, the tools reach the S3 server through the
+        field server (testkit's field-server binary): latency on every
+        request, TLS with a CA made for the run (trusted through
+        AWS_CA_BUNDLE by both tools). Set-up (buckets, listings) goes to
+        the S3 server directly."""
+        self.field = None
+        self.tool_endpoint = self.endpoint
+        self.ca_bundle = None
+        a = self.args
+        if not (a.rtt or a.tls):
+            return
+        cmd = [os.path.join(self.bin_dir, "field-server"), "--upstream", self.endpoint, "--rtt-ms", str(a.rtt or 0)]
+        if a.tls:
+            cmd.append("--tls")
+        self.field = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        line = self.field.stdout.readline().decode().strip()
+        if not line:
+            raise RuntimeError(f"{cmd[0]} did not start (is it built? bench/run.sh builds it)")
+        url, ca = line.split("\t")
+        self.tool_endpoint = url
+        self.ca_bundle = None if ca == "-" else ca
+
+    def network(self):
+        a = self.args
+        if not self.field:
+            return "moto server on 127.0.0.1"
+        return (f"moto server on 127.0.0.1 behind the field server ({a.rtt} ms round trip"
+                + (", TLS" if a.tls else "") + ")")
+
     def s3tool(self, *a):
         return subprocess.run([os.path.join(self.venv, "bin/python"), os.path.join(self.root, "testkit/s3tool.py"),
                                self.endpoint, *a], stdout=subprocess.PIPE, check=True).stdout.decode()
@@ -148,6 +183,9 @@ class Bench:
 
     def close(self):
         sh(["git", "s3", "daemon", "stop"], self.env["ours"], check=False)
+        if self.field:
+            self.field.stdin.close()
+            self.field.wait()
         try:
             os.kill(self.moto_pid, 15)
         except OSError:
@@ -359,7 +397,7 @@ class Bench:
         packed = du(os.path.join(src, ".git/objects/pack"))
         self.notes.append(f"shallow/partial repository: {label}, {count} commits on its default branch, {packed / 1e6:.1f} MB packed")
         print(f"shallow/partial cases on {label}: {count} commits, {packed / 1e6:.1f} MB packed", flush=True)
-        proxy = CountingProxy(self.endpoint)
+        proxy = CountingProxy(self.tool_endpoint)
         env = {}
         for t in REMOTE_TOOLS:
             env[t] = dict(self.env[t])
@@ -561,13 +599,16 @@ def main():
     ap.add_argument("--json", help="also write the results to this file")
     ap.add_argument("--real-repo", help="a local git repository for the shallow/partial cases (default: a generated one)")
     ap.add_argument("--only-narrow", action="store_true", help="run only the shallow/partial cases")
+    ap.add_argument("--rtt", type=int, default=0, metavar="MS",
+                    help="reach S3 through the field server with this round-trip time (local git is not delayed)")
+    ap.add_argument("--tls", action="store_true", help="reach S3 over TLS (through the field server)")
     a = ap.parse_args()
     b = Bench(a)
     try:
         b.run_cases()
         print()
         print(f"git-s3 benchmark, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, "
-              f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, moto server on 127.0.0.1")
+              f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, {b.network()}")
         print(b.table())
         for n in b.notes:
             print(f"- {n}")
