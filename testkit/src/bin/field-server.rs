@@ -7,9 +7,29 @@
 use std::io::{BufRead, Write};
 use std::time::Duration;
 
+use testkit::field::{Fault, FaultAction, RequestKind};
+
 fn usage() -> ! {
-    eprintln!("usage: field-server --upstream http://HOST:PORT [--rtt-ms N] [--bandwidth BYTES_PER_SECOND] [--tls]");
+    eprintln!(
+        "usage: field-server --upstream http://HOST:PORT [--rtt-ms N] [--bandwidth BYTES_PER_SECOND] [--tls]\n\
+         \x20                   [--faults SHARE [--seed N]] [--bucket-region BUCKET=REGION]..."
+    );
     std::process::exit(2)
+}
+
+/// `share` of all requests meet a fault: S3's 503 SlowDown, 500
+/// InternalError, a connection reset halfway through the response, and on
+/// conditional writes 409 ConditionalRequestConflict, in equal parts.
+fn mixed_faults(share: f64) -> Vec<Fault> {
+    use RequestKind::*;
+    let all = [List, Get, RangedGet, Head, HeadBucket, Put, ConditionalPut, Copy, CreateMultipart, Part, Complete, Abort, Delete, OtherBucket, Other];
+    let part = share / 3.0;
+    vec![
+        Fault::new(FaultAction::Conflict, &[ConditionalPut, Complete], part),
+        Fault::new(FaultAction::SlowDown, &all, part),
+        Fault::new(FaultAction::InternalError, &all, part),
+        Fault::new(FaultAction::ResetMidBody, &all, part),
+    ]
 }
 
 fn main() {
@@ -17,6 +37,9 @@ fn main() {
     let mut rtt_ms = 0u64;
     let mut bandwidth = None;
     let mut tls = false;
+    let mut fault_share = 0.0f64;
+    let mut seed = 1u64;
+    let mut regions = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -24,6 +47,13 @@ fn main() {
             "--rtt-ms" => rtt_ms = args.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| usage()),
             "--bandwidth" => bandwidth = Some(args.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| usage())),
             "--tls" => tls = true,
+            "--faults" => fault_share = args.next().and_then(|v| v.parse().ok()).filter(|s| (0.0..=1.0).contains(s)).unwrap_or_else(|| usage()),
+            "--seed" => seed = args.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| usage()),
+            "--bucket-region" => {
+                let v = args.next().unwrap_or_else(|| usage());
+                let Some((bucket, region)) = v.split_once('=') else { usage() };
+                regions.push((bucket.to_string(), region.to_string()));
+            }
             _ => usage(),
         }
     }
@@ -32,6 +62,12 @@ fn main() {
     let half = Duration::from_micros(rtt_ms * 500);
     server.set_latency(half, half);
     server.set_bandwidth(bandwidth);
+    for (bucket, region) in &regions {
+        server.set_bucket_region(bucket, region);
+    }
+    if fault_share > 0.0 {
+        server.set_faults(seed, mixed_faults(fault_share));
+    }
     let ca = server.ca_bundle().map(|p| p.display().to_string()).unwrap_or_else(|| "-".into());
     let mut out = std::io::stdout().lock();
     if writeln!(out, "{}\t{}", server.url, ca).and_then(|_| out.flush()).is_err() {
