@@ -714,8 +714,14 @@ impl S3Store {
                 total += chunk.len() as u64;
                 on_bytes(chunk.len() as u64);
             }
+            // No fsync: what lands here is a cache entry or a scratch file,
+            // and every reader checks it before use (`git index-pack` checks
+            // a pack's or bundle's trailing checksum, LFS objects their
+            // SHA-256), so a file torn by a power cut is evicted and fetched
+            // again. An fsync of each download cost seconds per cold clone
+            // on a busy disk.
             if let Some(mut f) = file.take() {
-                if let Err(e) = async { f.flush().await?; f.sync_all().await }.await {
+                if let Err(e) = f.flush().await {
                     file_error = Some(e);
                 }
             }

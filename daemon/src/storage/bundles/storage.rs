@@ -277,7 +277,9 @@ impl BundleStorage {
                 }
             })
             .await?;
-        tee.sync_all().await?;
+        // The cache copy is not fsynced: a cached bundle is checked by
+        // `git index-pack` before use, and evicted if torn.
+        tokio::io::AsyncWriteExt::flush(&mut tee).await?;
         drop(tee);
         if let Ok(mut p) = progress.lock() {
             p.finish();
