@@ -33,9 +33,22 @@ fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-fn daemon_pid(env: &TestEnv) -> u32 {
+fn daemon_status(env: &TestEnv) -> Value {
     let v: Value = serde_json::from_str(env.git_s3(&env.work(), &["daemon", "status", "--json"]).trim()).expect("status json");
-    v["pid"].as_u64().or_else(|| v["daemon"]["pid"].as_u64()).unwrap_or_else(|| panic!("no pid in {v}")) as u32
+    if v["daemon"].is_object() { v["daemon"].clone() } else { v }
+}
+
+fn daemon_pid(env: &TestEnv) -> u32 {
+    let v = daemon_status(env);
+    v["pid"].as_u64().unwrap_or_else(|| panic!("no pid in {v}")) as u32
+}
+
+/// (sessions open now, not counting the asking one; sessions served so far).
+fn sessions(env: &TestEnv) -> (u64, u64) {
+    let doc: Value = serde_json::from_str(env.git_s3(&env.work(), &["status", "--json"]).trim()).expect("git s3 status --json");
+    let v = &doc["daemon"];
+    let n = |k: &str| v[k].as_u64().unwrap_or_else(|| panic!("no {k} in {v}"));
+    (n("active_sessions").saturating_sub(1), n("total_sessions"))
 }
 
 /// The daemon's open descriptors: (sockets, everything else), with the
@@ -166,10 +179,21 @@ fn one_daemon_under_64_concurrent_sessions() {
     let rss_before = status_kb(pid, "VmRSS");
     eprintln!("load: daemon {pid} before: {sockets_before} sockets, {} other fds {other_before:?}, VmRSS {} MiB", other_before.len(), rss_before >> 20);
 
+    let (_, sessions_before) = sessions(&env);
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let tally = Mutex::new(Tally::default());
+    let peak_sessions = std::sync::atomic::AtomicU64::new(0);
+    let samples = std::sync::atomic::AtomicU64::new(0);
     std::thread::scope(|s| {
+        // The sessions open at once, sampled each second (a figure, not asserted).
+        s.spawn(|| {
+            while Instant::now() < deadline {
+                peak_sessions.fetch_max(sessions(&env).0, std::sync::atomic::Ordering::Relaxed);
+                samples.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        });
         for w in 0..workers {
             let (env, remotes, tally) = (&env, &remotes, &tally);
             s.spawn(move || {
@@ -215,7 +239,16 @@ fn one_daemon_under_64_concurrent_sessions() {
     let elapsed = started.elapsed();
     let tally = tally.into_inner().unwrap();
     let ops: u64 = tally.ok.values().sum::<u64>() + tally.failed.values().sum::<u64>();
-    eprintln!("load: {workers} workers for {:.0} s: {ops} operations; ok {:?}; failed {:?}", elapsed.as_secs_f64(), tally.ok, tally.failed);
+    let (open_after, sessions_after) = sessions(&env);
+    eprintln!(
+        "load: {workers} workers for {:.0} s: {ops} operations, {} daemon sessions (at most {} open at once, sampled); ok {:?}; failed {:?}",
+        elapsed.as_secs_f64(),
+        sessions_after - sessions_before - 1 - samples.into_inner(),
+        peak_sessions.into_inner(),
+        tally.ok,
+        tally.failed
+    );
+    assert_eq!(open_after, 0, "sessions still open after every command ended");
     for f in &tally.failures {
         eprintln!("load: failure: {f}");
     }
