@@ -297,6 +297,18 @@ fn one_daemon_under_64_concurrent_sessions() {
     );
     let temps = cache_temp_entries(&env);
     assert!(temps.is_empty(), "temp files left in the cache: {temps:?}");
+    // Nor in the working copies: index-pack's temp packs.
+    let mut stray = Vec::new();
+    for w in 0..workers {
+        let pack_dir = env.path(&format!("w{w}")).join(".git/objects/pack");
+        for e in std::fs::read_dir(&pack_dir).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("tmp_") || name.starts_with(".tmp") {
+                stray.push(format!("{}/{name}", pack_dir.display()));
+            }
+        }
+    }
+    assert!(stray.is_empty(), "temp files left in working copies: {stray:?}");
     assert!(peak < 1 << 30, "peak RSS {} MiB", peak >> 20);
     assert!(ops >= workers as u64, "fewer operations than workers");
 }
