@@ -678,8 +678,9 @@ mod tests {
         loop {
             requests_never_panic();
             batches += 1;
-            if !seconds.is_some_and(|s| start.elapsed() < std::time::Duration::from_secs(s)) {
-                break;
+            match seconds {
+                Some(s) if start.elapsed() < std::time::Duration::from_secs(s) => continue,
+                _ => break,
             }
         }
         eprintln!("fuzz lfs agent requests_never_panic: {} cases in {:.1} s", batches * per_batch, start.elapsed().as_secs_f64());
