@@ -32,6 +32,10 @@ export GIT_S3_TEST_ENDPOINT
 trap 'kill "$(cat "$pidfile")" 2>/dev/null || true' EXIT
 echo "test S3 endpoint: $GIT_S3_TEST_ENDPOINT"
 
+# Fuzz targets (daemon/tests/fuzz.rs, the LFS agent's) run for a fixed time
+# each: 16 targets x 4 s, about a minute of fuzzing in all.
+export GIT_S3_FUZZ_SECONDS="${GIT_S3_FUZZ_SECONDS:-4}"
+
 log="$root/.test-env/last-test-run.log"
 status=0
 cargo test --workspace --locked --no-fail-fast "${features[@]}" -- --test-threads "${GIT_S3_TEST_THREADS:-4}" "$@" 2>&1 | tee "$log" || status=$?

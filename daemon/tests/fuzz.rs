@@ -11,14 +11,23 @@
 //! git accepts: no control character, space or `..`; a URL's prefix is never
 //! empty; a fetch option's value never starts with `-`).
 //!
-//! 256 cases per property by default (the whole file runs in seconds);
+//! Each property is a target (`target::<name>`). 256 cases per target by
+//! default (the whole file runs in seconds);
 //! `GIT_S3_FUZZ_CASES=100000 cargo test -p git-s3-daemon --test fuzz --release`
-//! for a longer run. A failing case is saved under tests/fuzz.proptest-regressions
-//! and replayed first on every later run.
+//! for a longer run; `GIT_S3_FUZZ_SECONDS=<s>` runs each target for that
+//! long instead (batches of `GIT_S3_FUZZ_CASES`, fresh random cases each),
+//! which is what CI does (scripts/test.sh: 4 s each). Each target prints
+//! `fuzz <name>: <cases> cases in <s> s` (`--nocapture` shows it). A
+//! failing case is saved under tests/fuzz.proptest-regressions and replayed
+//! first by every batch of every target (checked by
+//! `the_committed_regressions_are_replayed`). Every allocation of this test
+//! binary is counted: no target may hold more than `MAX_LIVE_BYTES` at once.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::Write;
-use std::time::{Duration, SystemTime};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime};
 
 use git_s3_daemon::helper::protocol::{self, Command};
 use git_s3_daemon::local::git::{bundle_pack_offset, BundleHeader, MAX_BUNDLE_HEADER};
@@ -33,7 +42,113 @@ use proptest::prelude::*;
 
 fn config() -> ProptestConfig {
     let cases = std::env::var("GIT_S3_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256);
-    ProptestConfig { cases, ..ProptestConfig::default() }
+    // The committed seeds sit beside this file (proptest's default looks for
+    // a lib.rs or main.rs above it first, and says so on every failure).
+    let persistence = proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions");
+    ProptestConfig { cases, failure_persistence: Some(Box::new(persistence)), ..ProptestConfig::default() }
+}
+
+/// Bytes allocated and not yet freed by this test binary (every thread), and
+/// the most ever live at once.
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+/// The system allocator, counted.
+struct Counting;
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = System.alloc(layout);
+        if !p.is_null() {
+            let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+            PEAK.fetch_max(now, Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout);
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+/// What the whole binary may hold at once: the bounded-input tests hold up
+/// to ~65 MiB on purpose, and targets run on several threads at once; a
+/// parser that allocates what its input claims (a 2^64 size, a header that
+/// never ends) goes far past it.
+const MAX_LIVE_BYTES: usize = 512 << 20;
+
+/// Runs one target: once (`GIT_S3_FUZZ_CASES` cases), or in batches until
+/// `GIT_S3_FUZZ_SECONDS` have passed. A batch is a fresh proptest run (new
+/// random seed, the committed regressions replayed first); a failing case
+/// panics with its shrunk input, as proptest reports it.
+fn run_target(name: &str, target: fn()) {
+    let seconds: Option<u64> = std::env::var("GIT_S3_FUZZ_SECONDS").ok().and_then(|v| v.parse().ok());
+    let per_batch = u64::from(config().cases);
+    let start = Instant::now();
+    let mut batches = 0u64;
+    loop {
+        target();
+        batches += 1;
+        match seconds {
+            Some(s) if start.elapsed() < Duration::from_secs(s) => continue,
+            _ => break,
+        }
+    }
+    let peak = PEAK.load(Ordering::Relaxed);
+    eprintln!(
+        "fuzz {name}: {} cases in {:.1} s ({batches} batches; peak live heap of the binary so far {} MiB)",
+        batches * per_batch,
+        start.elapsed().as_secs_f64(),
+        peak >> 20
+    );
+    assert!(peak <= MAX_LIVE_BYTES, "fuzz {name}: the test binary held {peak} bytes at once (bound {MAX_LIVE_BYTES})");
+}
+
+/// One `#[test]` per target, named `target::<property>`.
+macro_rules! targets {
+    ($($name:ident),* $(,)?) => {
+        mod target {
+            $(
+                #[test]
+                fn $name() {
+                    super::run_target(stringify!($name), super::$name)
+                }
+            )*
+        }
+    };
+}
+
+targets!(
+    helper_commands_never_panic_and_ref_names_are_clean,
+    push_status_is_always_one_line,
+    manifest_bytes_never_panic,
+    manifest_json_shaped_input_is_checked,
+    manifest_round_trips,
+    urls_never_panic_and_keep_their_invariants,
+    urls_round_trip,
+    lfs_alias_urls_never_panic,
+    fetch_option_values_never_become_options,
+    bundle_headers_agree_however_the_stream_is_cut,
+    bucket_keys_never_list_a_ref_git_refuses,
+    stdin_lines_are_the_same_however_cut,
+    session_messages_decode_without_panic,
+    session_start_round_trips,
+    git_s3_arguments_never_panic,
+);
+
+/// The committed seeds (tests/fuzz.proptest-regressions) are found where the
+/// targets' configuration looks for them, so every run replays them.
+#[test]
+fn the_committed_regressions_are_replayed() {
+    let cfg = config();
+    let persistence = cfg.failure_persistence.as_ref().expect("failure persistence configured");
+    let seeds = persistence.load_persisted_failures2(Some(file!()));
+    let committed = include_str!("fuzz.proptest-regressions").lines().filter(|l| l.starts_with("cc ")).count();
+    assert!(committed >= 4, "the committed regressions file lost its seeds");
+    assert_eq!(seeds.len(), committed, "proptest does not find the committed regressions from {}", file!());
 }
 
 /// Strings that stress parsers: any unicode, control characters, the
@@ -67,8 +182,12 @@ fn ref_like() -> impl Strategy<Value = String> {
     ]
 }
 
+/// What makes a name safe as a protocol line and a git argument: no ASCII
+/// control character (git's own rule: a ref name may hold any other UTF-8,
+/// U+0080–U+009F included, which git accepts and never reads as a line
+/// break), no space, no `..`, never `-…`.
 fn no_control_space_dotdot(name: &str) -> bool {
-    !name.contains("..") && !name.chars().any(|c| c.is_control() || c == ' ') && !name.starts_with('-')
+    !name.contains("..") && !name.chars().any(|c| c.is_ascii_control() || c == ' ') && !name.starts_with('-')
 }
 
 proptest! {
@@ -76,7 +195,6 @@ proptest! {
 
     // ---- remote-helper commands -------------------------------------------------
 
-    #[test]
     fn helper_commands_never_panic_and_ref_names_are_clean(
         verb in prop_oneof![Just("fetch"), Just("push"), Just("push +"), Just("option"), Just("list"), Just("capabilities"), nasty().prop_map(|s| Box::leak(s.into_boxed_str()) as &str)],
         a in prop_oneof![hex(0, 80), nasty()],
@@ -93,7 +211,7 @@ proptest! {
             Ok(Command::Push { src, dst, .. }) => {
                 prop_assert!(valid_ref_name(&dst) && no_control_space_dotdot(&dst), "{dst:?}");
                 if let Some(s) = src {
-                    prop_assert!(!s.starts_with('-') && !s.chars().any(|c| c.is_control() || c == ' '), "{s:?}");
+                    prop_assert!(!s.starts_with('-') && !s.chars().any(|c| c.is_ascii_control() || c == ' '), "{s:?}");
                 }
             }
             Ok(Command::Option { name, .. }) => prop_assert!(!name.is_empty()),
@@ -104,7 +222,6 @@ proptest! {
         let _ = protocol::parse(&b.replace('\n', ""));
     }
 
-    #[test]
     fn push_status_is_always_one_line(dst in ref_like(), msg in nasty()) {
         let ok = protocol::push_status(&dst.replace('\n', ""), &Ok(()));
         let err = protocol::push_status(&dst.replace('\n', ""), &Err(msg));
@@ -114,12 +231,10 @@ proptest! {
 
     // ---- the manifest -----------------------------------------------------------
 
-    #[test]
     fn manifest_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..2000)) {
         let _ = Manifest::parse(&data);
     }
 
-    #[test]
     fn manifest_json_shaped_input_is_checked(
         version in prop_oneof![Just("1".to_string()), Just("2".to_string()), Just("-1".to_string()), Just("1e400".to_string()), Just("18446744073709551616".to_string()), "[0-9]{1,30}"],
         size in prop_oneof![Just("-5".to_string()), Just("1e30".to_string()), Just("18446744073709551615".to_string()), Just("null".to_string()), "[0-9]{1,25}", Just("\"12\"".to_string())],
@@ -155,7 +270,6 @@ proptest! {
         }
     }
 
-    #[test]
     fn manifest_round_trips(
         serial in any::<u64>(),
         refs in proptest::collection::btree_map("refs/(heads|tags)/[a-z0-9_-]{1,12}(/[a-z0-9]{1,5})?", sha(), 0..6),
@@ -194,7 +308,6 @@ proptest! {
 
     // ---- remote URLs ------------------------------------------------------------
 
-    #[test]
     fn urls_never_panic_and_keep_their_invariants(
         scheme in prop_oneof![Just("s3://"), Just("s3+zip://"), Just("S3://"), Just("http://"), Just("")],
         profile in prop_oneof![Just(String::new()), "[a-z@/]{0,6}@", nasty().prop_map(|s| format!("{s}@"))],
@@ -216,7 +329,6 @@ proptest! {
         }
     }
 
-    #[test]
     fn urls_round_trip(
         zip in any::<bool>(),
         profile in proptest::option::of("[A-Za-z0-9_.-]{1,12}"),
@@ -236,7 +348,6 @@ proptest! {
         prop_assert_eq!(u.prefix, prefix);
     }
 
-    #[test]
     fn lfs_alias_urls_never_panic(tail in nasty(), pct in "(%[0-9A-Fa-f]{0,2}|[a-z/.]){0,30}") {
         use git_s3_daemon::lfs::config::parse_synthetic_lfs_url;
         for s in [format!("https://lfs-alias.git-remote-s3.test/{tail}"), format!("https://lfs-alias.git-remote-s3.test/bucket/{pct}"), tail.clone()] {
@@ -250,7 +361,6 @@ proptest! {
 
     // ---- fetch options ----------------------------------------------------------
 
-    #[test]
     fn fetch_option_values_never_become_options(
         name in prop_oneof![Just("depth"), Just("deepen-since"), Just("deepen-not"), Just("filter"), Just("deepen-relative"), Just("from-promisor"), Just("cloning"), Just("verbosity")],
         value in prop_oneof![nasty(), Just("-1".to_string()), Just("--upload-pack=x".to_string()), Just("99999999999999999999999".to_string()), "[+-]?[0-9]{1,25}", Just("blob:none".to_string())],
@@ -277,7 +387,6 @@ proptest! {
 
     // ---- bundle headers ---------------------------------------------------------
 
-    #[test]
     fn bundle_headers_agree_however_the_stream_is_cut(
         sig in prop_oneof![Just("# v2 git bundle\n"), Just("# v3 git bundle\n"), Just("# v4 git bundle\n"), Just("PACK"), Just("# v2 git bund")],
         lines in proptest::collection::vec(prop_oneof![
@@ -325,7 +434,6 @@ proptest! {
 
     // ---- the bundles layout's keys ----------------------------------------------
 
-    #[test]
     fn bucket_keys_never_list_a_ref_git_refuses(
         keys in proptest::collection::vec((ref_like(), prop_oneof![sha().prop_map(|s| format!("{s}.bundle")), Just("LOCK#.lock".to_string()), Just("PROTECTED#".to_string()), Just("repo.zip".to_string()), nasty()]), 0..20),
     ) {
@@ -347,7 +455,6 @@ proptest! {
 
     // ---- a session's stdin ------------------------------------------------------
 
-    #[test]
     fn stdin_lines_are_the_same_however_cut(text in "[a-z \\r\\n]{0,300}", cuts in proptest::collection::vec(1usize..40, 1..10)) {
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let lines = rt.block_on(async {
@@ -379,7 +486,6 @@ proptest! {
 
     // ---- gRPC session messages --------------------------------------------------
 
-    #[test]
     fn session_messages_decode_without_panic(data in proptest::collection::vec(any::<u8>(), 0..512)) {
         use git_s3_proto::pb::{SessionInput, SessionStart, SessionOutput, HelloRequest};
         use prost::Message;
@@ -389,7 +495,6 @@ proptest! {
         let _ = HelloRequest::decode(&data[..]);
     }
 
-    #[test]
     fn session_start_round_trips(args in proptest::collection::vec(nasty(), 0..5), env in proptest::collection::btree_map("[A-Z_]{1,10}", nasty(), 0..5), cwd in nasty()) {
         use git_s3_proto::pb::SessionStart;
         use prost::Message;
@@ -400,7 +505,6 @@ proptest! {
 
     // ---- `git s3` arguments -----------------------------------------------------
 
-    #[test]
     fn git_s3_arguments_never_panic(args in proptest::collection::vec(prop_oneof![
         Just("status"), Just("doctor"), Just("delete-branch"), Just("protect"), Just("unprotect"), Just("init"), Just("gc"),
         Just("migrate"), Just("cache"), Just("daemon"), Just("lfs"), Just("--json"), Just("--format"), Just("packs"), Just("-b"),

@@ -325,3 +325,89 @@ fn hostile_manifests() {
     let (_, cl) = check(&env, pid, &main, "pack that is not a pack", &env.url("badpack"), &format!("badpack/.git-s3/packs/pack-{pack}.pack"));
     assert!(!cl.ok);
 }
+
+/// The pack-related files in the cache entry of pack `name` (none when it is
+/// not cached).
+fn cached_pack_files(env: &TestEnv, name: &str) -> Vec<String> {
+    let dir = env.dir.path().join("cache/packs").join(name);
+    let mut files: Vec<String> = std::fs::read_dir(&dir).into_iter().flatten().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    files.sort();
+    files
+}
+
+/// Packs whose objects do not hold the tips the manifest names for them:
+/// a tip the pack lacks (clone), a pack added for a tip it lacks (fetch into
+/// an existing clone, which stays as it was), and the object of one pack
+/// holding another pack's bytes (which must not be cached under the name).
+#[test]
+fn packs_that_lack_their_tips() {
+    let (env, repo, main, pid) = setup();
+    let good = packs_remote(&env, &repo);
+    let pack = good["packs"][0]["name"].as_str().unwrap().to_string();
+    // Another history, in its own pack; and a commit no remote has.
+    let repo2 = env.new_repo("other");
+    env.commit(&repo2, "b.txt", "other content\n", "other");
+    env.git_s3(&env.work(), &["init", "--format", "packs", &env.url("other")]);
+    env.git(&repo2, &["push", "-q", &env.url("other"), "main"]);
+    let other: Value = serde_json::from_slice(&env.get_object("other/.git-s3/manifest.json")).unwrap();
+    let other_entry = other["packs"][0].clone();
+    let other_pack = other_entry["name"].as_str().unwrap().to_string();
+    env.git(&repo, &["checkout", "-q", "-b", "unseen"]);
+    let unseen = env.commit(&repo, "u.txt", "unseen\n", "unseen");
+    env.git(&repo, &["checkout", "-q", "main"]);
+
+    // 1. The manifest names a tip the pack lacks: the clone fails naming the pack's key.
+    let mut m = good.clone();
+    m["refs"]["refs/heads/main"] = unseen.clone().into();
+    m["packs"][0]["tips"] = serde_json::json!([unseen]);
+    plant_packs(&env, "notip", &serde_json::to_vec(&m).unwrap(), true);
+    let key = format!("notip/.git-s3/packs/pack-{pack}.pack");
+    let (ls, cl) = check(&env, pid, &main, "tip not in its pack", &env.url("notip"), &key);
+    assert!(ls.ok && !cl.ok, "{}\n{}", ls.stderr, cl.stderr);
+    assert!(cl.stderr.contains(&unseen), "the line names the missing tip: {}", cl.stderr);
+
+    // 2. A fetch into a clone: the manifest adds a pack for a new tip, but
+    // the pack holds another history. One line naming the key; the clone's
+    // refs, objects and soundness are as before.
+    plant_packs(&env, "added", &serde_json::to_vec(&good).unwrap(), true);
+    let c = env.path("clone-added");
+    env.git(&env.work(), &["clone", "-q", &env.url("added"), c.to_str().unwrap()]);
+    let refs_before = env.git(&c, &["for-each-ref"]);
+    let mut m = good.clone();
+    m["serial"] = (good["serial"].as_u64().unwrap() + 1).into();
+    m["refs"]["refs/heads/main"] = unseen.clone().into();
+    let mut entry = other_entry.clone();
+    entry["tips"] = serde_json::json!([unseen]);
+    m["packs"].as_array_mut().unwrap().push(entry);
+    env.copy_object(&format!("other/.git-s3/packs/pack-{other_pack}.pack"), &format!("added/.git-s3/packs/pack-{other_pack}.pack"));
+    env.put_object("added/.git-s3/manifest.json", &serde_json::to_vec(&m).unwrap());
+    let f = run_git(&env, &c, &["fetch", "origin"]);
+    eprintln!("--- pack added for a tip it lacks: fetch ok={}\n{}", f.ok, f.stderr);
+    assert!(!f.ok);
+    assert_clear("pack added for a tip it lacks", &f, &format!("added/.git-s3/packs/pack-{other_pack}.pack"));
+    assert_eq!(env.git(&c, &["for-each-ref"]), refs_before, "the clone's refs changed");
+    let fsck = run_git(&env, &c, &["fsck", "--strict"]);
+    assert!(fsck.ok, "the clone is no longer sound: {}", fsck.stderr);
+    assert_eq!(env.git(&c, &["rev-parse", "origin/main"]).trim(), main);
+    assert_nothing_escaped(&env);
+    assert_still_serving(&env, pid, &main);
+
+    // 3. The object named for the healthy pack holds the other pack's
+    // bytes. The clone fails naming the key, and the cache does not keep
+    // those bytes under the healthy pack's name: a clone of the healthy
+    // remote that follows is served the real pack.
+    plant_packs(&env, "swapped", &serde_json::to_vec(&good).unwrap(), true);
+    env.copy_object(&format!("other/.git-s3/packs/pack-{other_pack}.pack"), &format!("swapped/.git-s3/packs/pack-{pack}.pack"));
+    env.git_s3(&env.work(), &["cache", "clear"]);
+    let key = format!("swapped/.git-s3/packs/pack-{pack}.pack");
+    let (_, cl) = check(&env, pid, &main, "another pack's bytes", &env.url("swapped"), &key);
+    assert!(!cl.ok);
+    let cached = cached_pack_files(&env, &pack);
+    assert!(cached.iter().all(|f| f.starts_with(&format!("pack-{pack}."))), "the cache holds other bytes under pack {pack}: {cached:?}");
+    let healthy = env.path("clone-after-swap");
+    env.git(&env.work(), &["clone", "-q", &env.url("packs"), healthy.to_str().unwrap()]);
+    env.git(&healthy, &["fsck", "--strict"]);
+    assert_eq!(env.git(&healthy, &["rev-parse", "HEAD"]).trim(), main);
+    let cached = cached_pack_files(&env, &pack);
+    assert!(cached.contains(&format!("pack-{pack}.pack")) && cached.iter().all(|f| f.starts_with(&format!("pack-{pack}."))), "{cached:?}");
+}

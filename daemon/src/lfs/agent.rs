@@ -648,7 +648,6 @@ mod tests {
             ..Default::default()
         })]
 
-        #[test]
         fn requests_never_panic(
             line in ".*",
             event in proptest::prop_oneof![proptest::strategy::Just("\"init\"".to_string()), proptest::strategy::Just("\"upload\"".to_string()), proptest::strategy::Just("1".to_string()), "\"[ -~]{0,12}\""],
@@ -666,6 +665,25 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The property as a fuzz target: once, or in batches for
+    /// `GIT_S3_FUZZ_SECONDS` (as daemon/tests/fuzz.rs runs its targets).
+    #[test]
+    fn fuzz_requests_never_panic() {
+        let seconds: Option<u64> = std::env::var("GIT_S3_FUZZ_SECONDS").ok().and_then(|v| v.parse().ok());
+        let per_batch: u64 = std::env::var("GIT_S3_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256);
+        let start = std::time::Instant::now();
+        let mut batches = 0u64;
+        loop {
+            requests_never_panic();
+            batches += 1;
+            match seconds {
+                Some(s) if start.elapsed() < std::time::Duration::from_secs(s) => continue,
+                _ => break,
+            }
+        }
+        eprintln!("fuzz lfs agent requests_never_panic: {} cases in {:.1} s", batches * per_batch, start.elapsed().as_secs_f64());
     }
 
     #[test]

@@ -93,16 +93,28 @@ impl PackStorage {
             crate::local::git::remove_temp_packs_since(&pack_dir, started);
         }
         fetched?;
-        // A wanted tip that a downloaded pack was made for is in it; only
-        // other wants need a look.
-        let downloaded_tips: HashSet<&String> =
-            early.iter().chain(rest.iter()).filter(|p| pack_lacking(&present, &p.tips)).flat_map(|p| p.tips.iter()).collect();
-        let unsure: Vec<String> = want_shas.iter().filter(|s| !present.contains(*s) && !downloaded_tips.contains(s)).cloned().collect();
+        // Every wanted tip the repository lacked is looked up once the packs
+        // are in, those of the packs made for them too: a pack whose objects
+        // do not hold the tips the manifest names for it (a damaged or
+        // hostile bucket) is an error naming its key, never a fetch that git
+        // then finds incomplete.
+        let unsure: Vec<String> = want_shas.iter().filter(|s| !present.contains(*s)).cloned().collect();
         if unsure.is_empty() {
             return Ok(());
         }
         let have = present_objects(&ctx.git, &unsure).await?;
         if let Some(w) = wants.iter().find(|w| unsure.contains(&w.sha) && !have.contains(&w.sha)) {
+            let made_for = early.iter().chain(rest.iter()).find(|p| p.tips.contains(&w.sha));
+            if let Some(p) = made_for {
+                return Err(StorageError::Corrupt(format!(
+                    "pack {} from s3://{}/{} does not hold {}, the tip of {} the manifest names for it: the remote is damaged",
+                    p.name,
+                    self.store.bucket(),
+                    manifest::pack_key(&self.url, &p.name),
+                    w.sha,
+                    w.name
+                )));
+            }
             return Err(StorageError::MissingRef(w.name.clone()));
         }
         Ok(())
@@ -188,7 +200,12 @@ impl PackStorage {
         let hash = indexed.map_err(|e| {
             StorageError::Corrupt(format!("pack {} from s3://{}/{key} does not index: {e}", p.name, self.store.bucket()))
         })?;
-        if let Err(e) = ctx.cache.insert_pack(&p.name, pack_dir, &hash) {
+        // The cache keeps a pack under its name for every remote: only a
+        // pack that is the one named (git names a pack after its checksum,
+        // which index-pack prints) goes in.
+        if hash != p.name {
+            tracing::warn!(pack = p.name, indexed = hash, key, "the object holds another pack than its name says; not cached");
+        } else if let Err(e) = ctx.cache.insert_pack(&p.name, pack_dir, &hash) {
             tracing::debug!(error = %e, "pack not cached");
         }
         Ok(true)

@@ -23,6 +23,14 @@ use crate::storage::packs::storage::PackStorage;
 use crate::storage::zip::{self, ZIP_SERIAL_META};
 use crate::storage::{OpContext, PushResult, PushUpdate, StorageError};
 
+/// Manifest writes a push tries. Each lost race means another writer's
+/// manifest landed (a push, an edit, a compaction), so N pushers of
+/// distinct refs all land within N attempts each; the bound stops only a
+/// push that loses without end. (It was the 12 of other manifest edits:
+/// the 13th of 32 concurrent pushers to distinct branches got git's
+/// `fetch first`, wrongly.)
+const PUSH_ATTEMPTS: u32 = 100;
+
 /// A pack built for a push.
 struct BuiltPack {
     _dir: tempfile::TempDir,
@@ -206,7 +214,7 @@ impl PackStorage {
         let mut built: Option<BuiltPack> = None;
         // PROTECTED# markers: those of detection's refs/ scan if it made one.
         let mut markers = self.markers();
-        for attempt in 0..MAX_ATTEMPTS {
+        for attempt in 0..PUSH_ATTEMPTS {
             let first = if attempt == 0 { self.take_listed() } else { None };
             let (m, etag) = match first {
                 Some(listed) => listed,
@@ -374,7 +382,14 @@ impl PackStorage {
                 Err(e) => return Err(e.into()),
             }
         }
-        Ok(updates.iter().map(|u| (u.dst.clone(), Err("fetch first".to_string()))).collect())
+        // Not `fetch first`: every check passed each time; only the
+        // manifest kept changing.
+        let msg = format!(
+            "s3://{}/{} changed under each of {PUSH_ATTEMPTS} attempts to write it (many concurrent writers); nothing was pushed: push again",
+            self.store.bucket(),
+            manifest::manifest_key(&self.url)
+        );
+        Ok(updates.iter().map(|u| (u.dst.clone(), Err(msg.clone()))).collect())
     }
 
     /// `s3+zip://`: after the manifest names the new tips, writes each
