@@ -460,7 +460,7 @@ class Bench:
 
     def tags_case(self, bucket):
         """Mirror push of a repository with 300 tags: time and bucket bytes."""
-        n = 30 if self.args.quick else 300
+        n = self.args.tags or (30 if self.args.quick else 300)
         src = os.path.join(self.work, "tags")
         self.gen_repo(src, n, 0, 4, 50)
         revs = sh(["git", "rev-list", "--reverse", "main"], self.env["ours"], cwd=src).split()
@@ -602,6 +602,8 @@ def main():
     ap.add_argument("--rtt", type=int, default=0, metavar="MS",
                     help="reach S3 through the field server with this round-trip time (local git is not delayed)")
     ap.add_argument("--tls", action="store_true", help="reach S3 over TLS (through the field server)")
+    ap.add_argument("--tags", type=int, default=0, metavar="N",
+                    help="tags in the mirror-push case (default 300; 30 with --quick)")
     a = ap.parse_args()
     b = Bench(a)
     try:

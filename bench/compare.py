@@ -33,7 +33,7 @@ def main():
     ap.add_argument("--tls", action="store_true")
     a = ap.parse_args()
     args = argparse.Namespace(root=a.root, bin_dir=a.candidate, runs=a.runs, quick=a.quick, skip_lfs=True,
-                              json=None, real_repo=None, only_narrow=False, rtt=a.rtt, tls=a.tls)
+                              json=None, real_repo=None, only_narrow=False, rtt=a.rtt, tls=a.tls, tags=0)
     b = B.Bench(args)
     envs = {}
     try:
