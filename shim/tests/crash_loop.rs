@@ -9,7 +9,7 @@
 //! - a fresh clone passes `git fsck --strict` (and `git lfs fsck`); every LFS
 //!   object in the bucket holds the bytes its oid names;
 //! - no lock is left unless the killed daemon held it, and that one is taken
-//!   over once its TTL (3 s here) has passed, by the next push or migration;
+//!   over once its TTL (2 s here) has passed, by the next push or migration;
 //! - `git s3 doctor` repairs what it reports (the repairs it names are run:
 //!   `git s3 gc` for unreferenced packs, the migration again for a half-done
 //!   one) and then reports clean.
@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use testkit::TestEnv;
 
 /// The lock TTL of every command in the trials (seconds).
-const TTL: u64 = 3;
+const TTL: u64 = 2;
 const MIB: usize = 1 << 20;
 
 /// splitmix64: the trial's randomness, all of it from the seed.
@@ -491,15 +491,7 @@ fn trial(env: &TestEnv, seed: u64) -> Outcome {
     // What doctor sees in the state the crash left (repairs come later).
     out.doctor_issues = kinds(&doctor(env, &url, &ctx, false));
     if op.is_migrate() {
-        let keys = env.keys(&format!("{prefix}/"));
-        let manifest = keys.iter().any(|k| k.ends_with("/.git-s3/manifest.json"));
-        let bundles = keys.iter().any(|k| k.ends_with(".bundle"));
-        out.state = match (manifest, bundles, op) {
-            (true, true, _) => "both formats",
-            (true, false, Op::MigrateToPacks) | (false, true, Op::MigrateToBundles) => "new format",
-            _ => "old format",
-        }
-        .to_string();
+        out.state = migrate_state(env, &prefix, op).to_string();
     }
     // A push into a half-migrated prefix is refused with one line naming the fix.
     if op.is_migrate() && !reported_done && both_formats(env, &prefix) {
@@ -537,7 +529,7 @@ fn trial(env: &TestEnv, seed: u64) -> Outcome {
         let r = refs(env, &url).unwrap();
         assert_eq!(r.get("refs/heads/main"), Some(&next), "{ctx}: the next push");
         assert_eq!(r.get("refs/heads/topic"), Some(&next), "{ctx}: the next push");
-    } else if op.is_migrate() && !reported_done {
+    } else if op.is_migrate() && migrate_state(env, &prefix, op) != "new format" {
         let to = if op == Op::MigrateToPacks { "packs" } else { "bundles" };
         let mut c = env.command("git-s3", &env.work());
         c.args(["migrate", "--to", to, &url]);
@@ -590,6 +582,24 @@ fn phase(ctx: &str, name: &str, t0: Instant) {
 
 fn commit_small(env: &TestEnv, repo: &Path, seed: u64) -> String {
     env.commit(repo, "next.txt", &format!("after trial {seed}\n"), "next")
+}
+
+/// Where a migration stands: "old format", "new format" (nothing of the
+/// old one left), "both formats", or "old objects left" (the new format
+/// complete, some of the old format's objects still there).
+fn migrate_state(env: &TestEnv, prefix: &str, op: Op) -> &'static str {
+    let keys = env.keys(&format!("{prefix}/"));
+    let manifest = keys.iter().any(|k| k.ends_with("/.git-s3/manifest.json"));
+    let packs = keys.iter().any(|k| k.contains("/.git-s3/packs/"));
+    let bundles = keys.iter().any(|k| k.ends_with(".bundle"));
+    let head = keys.iter().any(|k| *k == format!("{prefix}/HEAD"));
+    match (manifest, bundles, op) {
+        (true, true, _) => "both formats",
+        (true, false, Op::MigrateToPacks) if head => "old objects left",
+        (false, true, Op::MigrateToBundles) if packs => "old objects left",
+        (true, false, Op::MigrateToPacks) | (false, true, Op::MigrateToBundles) => "new format",
+        _ => "old format",
+    }
 }
 
 /// Whether the prefix holds a manifest and bundles.
@@ -750,6 +760,8 @@ fn crash_loop() {
     let (first, n) = trials_from_env();
     let workers = std::env::var("GIT_S3_CRASH_WORKERS").ok().and_then(|v| v.parse().ok()).unwrap_or(3u64).max(1);
     eprintln!("crash loop: {n} trials, seeds {first}..{} (replay one: GIT_S3_CRASH_SEED=<seed> GIT_S3_CRASH_TRIALS=1)", first + n);
+    // Long runs go on after a failure (GIT_S3_CRASH_KEEP_GOING=1) to count them all.
+    let keep_going = std::env::var_os("GIT_S3_CRASH_KEEP_GOING").is_some();
     let next = Arc::new(Mutex::new(first));
     let results: Arc<Mutex<Vec<Outcome>>> = Arc::default();
     let failures: Arc<Mutex<Vec<(u64, String)>>> = Arc::default();
@@ -757,24 +769,27 @@ fn crash_loop() {
         .map(|_| {
             let (next, results, failures) = (next.clone(), results.clone(), failures.clone());
             std::thread::spawn(move || {
-              let env = new_env();
-              loop {
-                let seed = {
-                    let mut s = next.lock().unwrap();
-                    if *s >= first + n || !failures.lock().unwrap().is_empty() {
-                        return;
-                    }
-                    *s += 1;
-                    *s - 1
-                };
-                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| trial(&env, seed))) {
-                    Ok(o) => results.lock().unwrap().push(o),
-                    Err(e) => {
-                        let msg = e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
-                        failures.lock().unwrap().push((seed, msg));
+                let mut env = new_env();
+                loop {
+                    let seed = {
+                        let mut s = next.lock().unwrap();
+                        if *s >= first + n || (!keep_going && !failures.lock().unwrap().is_empty()) {
+                            return;
+                        }
+                        *s += 1;
+                        *s - 1
+                    };
+                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| trial(&env, seed))) {
+                        Ok(o) => results.lock().unwrap().push(o),
+                        Err(e) => {
+                            let msg = e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+                            eprintln!("crash loop: seed {seed} FAILED: {msg}");
+                            failures.lock().unwrap().push((seed, msg));
+                            // A fresh environment for the next trial.
+                            env = new_env();
+                        }
                     }
                 }
-              }
             })
         })
         .collect();
@@ -784,6 +799,9 @@ fn crash_loop() {
     let results = results.lock().unwrap().clone();
     summary(&results);
     let failures = failures.lock().unwrap();
+    if failures.len() > 1 {
+        eprintln!("crash loop: {} trials failed, seeds {:?}", failures.len(), failures.iter().map(|f| f.0).collect::<Vec<_>>());
+    }
     if let Some((seed, msg)) = failures.first() {
         panic!("crash loop: trial with seed {seed} failed (replay: GIT_S3_CRASH_SEED={seed} GIT_S3_CRASH_TRIALS=1):\n{msg}");
     }
@@ -796,7 +814,7 @@ fn summary(results: &[Outcome]) {
         by.entry(o.op.name()).or_default().push(o);
     }
     eprintln!("crash loop summary: {} trials", results.len());
-    eprintln!("| operation | trials | killed: daemon / shim / both / nothing | git reported done | state after: old / new / mixed (migrate: old / new format / both) | push refused until rerun | locks left (taken over) | doctor found |");
+    eprintln!("| operation | trials | killed: daemon / shim / both / nothing | git reported done | state after: old / new / mixed (migrate: old / new format / half-done) | push refused until rerun | locks left (taken over) | doctor found |");
     for (name, os) in &by {
         let c = |f: &dyn Fn(&Outcome) -> bool| os.iter().filter(|o| f(o)).count();
         let mut issues: BTreeMap<&str, usize> = BTreeMap::new();
@@ -815,7 +833,7 @@ fn summary(results: &[Outcome]) {
             c(&|o| o.reported_done),
             c(&|o| o.state.starts_with("old")),
             c(&|o| o.state.starts_with("new")),
-            c(&|o| o.state == "mixed" || o.state == "both formats"),
+            c(&|o| o.state == "mixed" || o.state == "both formats" || o.state == "old objects left"),
             c(&|o| o.refused_until_rerun),
             os.iter().map(|o| o.locks_left).sum::<usize>(),
             issues
