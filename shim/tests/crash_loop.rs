@@ -218,7 +218,7 @@ fn prepare(env: &TestEnv, op: Op, seed: u64, prefix: &str) -> Prepared {
                 }
                 _ => {
                     for (i, f) in ["x.bin", "y.bin", "z.bin"].iter().enumerate() {
-                        commit_blob(env, &repo, f, MIB, seed + i as u64);
+                        commit_blob(env, &repo, f, MIB / 2, seed + i as u64);
                     }
                 }
             }
@@ -284,7 +284,7 @@ fn daemon_status(env: &TestEnv) -> serde_json::Value {
         }
         let ps = Command::new("ps").args(["-eo", "pid,ppid,stat,etimes,args"]).output().unwrap();
         let ps: String = String::from_utf8_lossy(&ps.stdout).lines().filter(|l| l.contains(&*env.dir.path().to_string_lossy()) || l.contains("git")).collect::<Vec<_>>().join("\n");
-        eprintln!("DEBUG daemon status failed (try {i}): {}\n{ps}", String::from_utf8_lossy(&o.stderr));
+        eprintln!("crash loop: daemon status failed (try {i}), processes:\n{}\n{ps}", String::from_utf8_lossy(&o.stderr));
         assert!(i < 20, "daemon status keeps failing");
         std::thread::sleep(Duration::from_millis(200));
     }
