@@ -79,7 +79,7 @@ impl Op {
     /// cycle through the rest.
     fn of(seed: u64) -> Op {
         if seed % 20 == 7 {
-            return Op::BigPush(if (seed / 20) % 2 == 0 { Format::Bundles } else { Format::Packs });
+            return Op::BigPush(if (seed / 20).is_multiple_of(2) { Format::Bundles } else { Format::Packs });
         }
         match seed % 8 {
             0 => Op::Push(Format::Bundles),
@@ -519,7 +519,7 @@ fn trial(env: &TestEnv, seed: u64) -> Outcome {
     }
 
     // Locks: only those of a killed daemon, of refs the operation locks.
-    let locks = locks(env, &prefix);
+    let locks = locks_now(env, &prefix);
     out.locks_left = locks.len();
     for l in &locks {
         assert!(daemon_killed, "{ctx}: lock {l} left behind by a daemon that was not killed\n{output}");
@@ -640,11 +640,6 @@ fn both_formats(env: &TestEnv, prefix: &str) -> bool {
     keys.iter().any(|k| k.ends_with("/.git-s3/manifest.json")) && keys.iter().any(|k| k.ends_with(".bundle"))
 }
 
-#[allow(dead_code)]
-fn assert_one_line(ctx: &str, stderr: &str) {
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert!(lines.len() == 1, "{ctx}: expected one clear line, got:\n{stderr}");
-}
 
 fn ref_state(ctx: &str, before: &BTreeMap<String, String>, after: &BTreeMap<String, String>, now: &BTreeMap<String, String>) -> String {
     let names: BTreeSet<&String> = before.keys().chain(after.keys()).chain(now.keys()).collect();
@@ -694,10 +689,6 @@ fn locks_now(env: &TestEnv, prefix: &str) -> Vec<String> {
         .filter_map(|k| k.strip_suffix("/LOCK#.lock"))
         .map(|k| k.trim_start_matches(&format!("{prefix}/")).to_string())
         .collect()
-}
-
-fn locks(env: &TestEnv, prefix: &str) -> Vec<String> {
-    locks_now(env, prefix)
 }
 
 fn fresh_clone(env: &TestEnv, url: &str, ctx: &str, when: &str, op: Op) {
