@@ -15,7 +15,8 @@ pub const CRASH_BEFORE_MANIFEST: &str = "GIT_S3_TEST_CRASH_BEFORE_MANIFEST";
 pub const IDX_UPLOAD_GATE: &str = "GIT_S3_TEST_IDX_UPLOAD_GATE";
 /// The migration exits the daemon half-way (`to-packs`: after the manifest
 /// write and the first bundle deletion; `to-bundles`: after the freeze and
-/// the first bundle write), to test that a rerun finishes it.
+/// the first bundle write; `to-bundles-manifest-deleted`: after the manifest
+/// deletion, before the packs'), to test that a rerun finishes it.
 pub const CRASH_DURING_MIGRATE: &str = "GIT_S3_TEST_CRASH_DURING_MIGRATE";
 
 /// A push, between its pack upload and its manifest write.

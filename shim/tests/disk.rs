@@ -60,7 +60,8 @@ fn assert_cache_sound(cache: &Path) {
     walk(cache, &mut files);
     for f in &files {
         let name = f.to_string_lossy();
-        assert!(!name.contains("/tmp/"), "a temp file is left in the cache: {name}");
+        let inside = f.strip_prefix(cache).unwrap_or(f);
+        assert!(!inside.starts_with("tmp"), "a temp file is left in the cache: {name}");
         if name.ends_with(".idx") {
             let out = Command::new("git").args(["verify-pack"]).arg(f).output().unwrap();
             assert!(out.status.success(), "corrupt cached pack {name}: {}", String::from_utf8_lossy(&out.stderr));
@@ -143,4 +144,98 @@ fn a_full_cache_filesystem() {
     eprintln!("downloads streamed past the full cache: {streamed}");
     assert!(streamed >= 2, "the cache filesystem never filled up:\n{log}");
     env.git(&env.work(), &["s3", "daemon", "stop"]);
+}
+
+/// A push with the cache filesystem full (a 1 MiB tmpfs, root required):
+/// it succeeds without caching, or fails with one line that names the cache
+/// and says what to do; the remote keeps its refs either way.
+#[test]
+fn a_push_with_a_full_cache_filesystem() {
+    assert_eq!(unsafe { libc::geteuid() }, 0, "this test mounts a small tmpfs as the cache: run it as root (as CI does)");
+    let env = TestEnv::new();
+    let repo = big_repo(&env);
+    env.git_s3(&env.work(), &["init", "--format", "packs", &env.url("packs")]);
+    // main two commits behind; the push adds ~2 MiB of incompressible data,
+    // more than the cache holds.
+    for prefix in ["bundles", "packs"] {
+        env.git(&repo, &["push", "-q", &env.url(prefix), "HEAD~2:refs/heads/main"]);
+    }
+    let old = env.git(&repo, &["rev-parse", "HEAD~2"]).trim().to_string();
+    let new = env.git(&repo, &["rev-parse", "HEAD"]).trim().to_string();
+    env.git(&env.work(), &["s3", "daemon", "stop"]);
+
+    let cache = env.dir.path().join("small-cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let m = Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"]).arg(&cache).output().unwrap();
+    assert!(m.status.success(), "mount a 1 MiB tmpfs: {}", String::from_utf8_lossy(&m.stderr));
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(cache.clone());
+
+    for prefix in ["bundles", "packs"] {
+        let url = env.url(prefix);
+        let (ok, err) = git_in(&env, &cache, &repo, &["push", "-q", &url, "main"]);
+        eprintln!("push to {prefix} with a full cache: ok={ok}\n{err}");
+        assert!(!err.contains("panicked"), "{prefix}: {err}");
+        let ls = env.ls_remote(testkit::Tool::Ours, &url);
+        let at = |sha: &str| ls.contains(&format!("{sha}\trefs/heads/main"));
+        if ok {
+            assert!(at(&new), "{prefix}: the push succeeded: {ls:?}");
+            env.git(&env.work(), &["clone", "-q", &url, &format!("c-{prefix}")]);
+            env.git(&env.path(&format!("c-{prefix}")), &["fsck", "--strict"]);
+        } else {
+            let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty() && !l.starts_with("To ")).collect();
+            assert!(lines.iter().any(|l| l.contains("cache") && (l.contains("GIT_S3_CACHE_DIR") || l.contains("free"))), "{prefix}: the error names the cache and what to do:\n{err}");
+            assert!(at(&old), "{prefix}: the remote keeps main: {ls:?}");
+        }
+        assert!(!env.keys(&format!("{prefix}/")).iter().any(|k| k.contains("LOCK#")), "{prefix}: no lock left");
+    }
+    assert_cache_sound(&cache);
+    env.git(&env.work(), &["s3", "daemon", "stop"]);
+}
+
+/// The cache on another filesystem than the repository (a tmpfs with room
+/// to spare; root required), as when the repository is on a data disk and
+/// the cache in the home directory: pushes and clones work in both formats.
+#[test]
+fn a_cache_on_another_filesystem_than_the_repository() {
+    assert_eq!(unsafe { libc::geteuid() }, 0, "this test mounts a tmpfs as the cache: run it as root (as CI does)");
+    let env = TestEnv::new();
+    let repo = big_repo(&env);
+    env.git_s3(&env.work(), &["init", "--format", "packs", &env.url("packs")]);
+    let cache = env.dir.path().join("other-fs-cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let m = Command::new("mount").args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"]).arg(&cache).output().unwrap();
+    assert!(m.status.success(), "mount a tmpfs: {}", String::from_utf8_lossy(&m.stderr));
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(cache.clone());
+    env.git(&env.work(), &["s3", "daemon", "stop"]);
+    let head = env.git(&repo, &["rev-parse", "HEAD"]).trim().to_string();
+    for prefix in ["bundles", "packs"] {
+        let url = env.url(prefix);
+        // Two pushes: the second one incremental.
+        for rev in ["HEAD~2", "HEAD"] {
+            let (ok, err) = git_in(&env, &cache, &repo, &["push", "-q", &url, &format!("{rev}:refs/heads/main")]);
+            assert!(ok, "push {rev} to {prefix} with the cache on another filesystem:\n{err}");
+        }
+        let dest = format!("c-{prefix}");
+        let (ok, err) = git_in(&env, &cache, &env.work(), &["clone", "-q", &url, &dest]);
+        assert!(ok, "clone of {prefix}: {err}");
+        assert_eq!(env.git(&env.path(&dest), &["rev-parse", "HEAD"]).trim(), head);
+        env.git(&env.path(&dest), &["fsck", "--strict"]);
+    }
+    assert_cache_sound(&cache);
+    env.git(&env.work(), &["s3", "daemon", "stop"]);
+    // The packs were built beside git's temp files, and removed after their upload.
+    let left: Vec<_> = std::fs::read_dir(repo.join(".git/objects")).unwrap().flatten().map(|e| e.file_name()).filter(|n| n.to_string_lossy().starts_with("tmp_")).collect();
+    assert!(left.is_empty(), "temp directories left in the repository: {left:?}");
 }

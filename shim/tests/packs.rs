@@ -869,9 +869,13 @@ fn interrupted_migrations_finish_when_run_again_and_nothing_is_lost() {
     let mut c = env.command("git-s3", &repo);
     c.env("GIT_S3_TEST_CRASH_DURING_MIGRATE", "to-packs").args(["migrate", "--to", "packs", "origin"]);
     env.run_fail(c);
-    // both formats now: refused with a clear message, the manifest is intact
+    // both formats now: reads use the manifest (every bundle left agrees
+    // with it); a push is refused with a clear message, the manifest is intact
+    assert_eq!(env.ls_remote(Tool::Ours, &url), before);
+    env.commit(&repo, "during", "during\n", "during the half-done migration");
     let err = env.git_fail(&repo, &["push", "origin", "main"]);
-    assert!(err.contains("both formats"), "{err}");
+    assert!(err.contains("both formats") && err.contains("git s3 migrate"), "{err}");
+    env.git(&repo, &["reset", "-q", "--hard", "HEAD~1"]);
     // the rerun takes over the dead run's (stale) locks and finishes
     let mut c = env.command("git-s3", &repo);
     c.env("GIT_REMOTE_S3_LOCK_TTL_SECONDS", "1").args(["migrate", "--to", "packs", "origin"]);

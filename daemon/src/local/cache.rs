@@ -98,6 +98,22 @@ impl Cache {
         &self.root
     }
 
+    /// `e`, from a write on the cache's filesystem, in words that say what
+    /// to do when that filesystem is full (other errors are returned as
+    /// they are).
+    pub fn explain_io(&self, e: std::io::Error) -> std::io::Error {
+        if matches!(e.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded) {
+            return std::io::Error::new(
+                e.kind(),
+                format!(
+                    "the git-s3 cache's disk is full ({}): free space there (`git s3 cache prune`), or set GIT_S3_CACHE_DIR to a directory on a bigger disk",
+                    self.root.display()
+                ),
+            );
+        }
+        e
+    }
+
     /// A temp file on the cache's filesystem, for a download or a build that
     /// may be moved into the cache.
     pub fn temp_file(&self) -> std::io::Result<tempfile::NamedTempFile> {

@@ -52,6 +52,21 @@ pub async fn configured_format(git: &Git) -> Result<Format, StorageError> {
 pub struct RefsDir {
     pub bundle_refs: Vec<String>,
     pub markers: BTreeSet<String>,
+    /// Every bundle as `(ref, sha)`.
+    pub bundles: Vec<(String, String)>,
+}
+
+impl RefsDir {
+    /// Whether these bundles beside `m` are what an interrupted `git s3
+    /// migrate` leaves, so that reads can use the manifest: `m` frozen by a
+    /// migration to bundles (its refs stay current until the migration ends,
+    /// and win when it is run again), or every bundle at its ref's value in
+    /// `m` (a migration to packs stopped while deleting the bundles: both
+    /// formats say the same). Bundles that disagree with the manifest (0.4.2
+    /// pushed into a packs prefix) are refused as before.
+    pub fn left_by_migration(&self, m: &Manifest) -> bool {
+        m.frozen.is_some() || self.bundles.iter().all(|(r, sha)| m.refs.get(r) == Some(sha))
+    }
 }
 
 pub async fn scan_refs_dir(store: &S3Store, url: &RemoteUrl) -> Result<RefsDir, StorageError> {
@@ -95,7 +110,8 @@ pub async fn list_refs_dir(store: &S3Store, url: &RemoteUrl) -> Result<Vec<Objec
 impl RefsDir {
     pub fn from_objects(url: &RemoteUrl, objects: &[ObjectInfo]) -> RefsDir {
         let scan = layout::scan(&url.prefix, objects);
-        RefsDir { bundle_refs: scan.bundles.keys().cloned().collect(), markers: scan.protected.into_iter().collect() }
+        let bundles = scan.bundles.iter().flat_map(|(r, b)| b.iter().map(move |(sha, _)| (r.clone(), sha.clone()))).collect();
+        RefsDir { bundle_refs: scan.bundles.keys().cloned().collect(), markers: scan.protected.into_iter().collect(), bundles }
     }
 }
 
@@ -103,12 +119,9 @@ pub fn mixed_formats_error(url: &RemoteUrl, refs: &RefsDir) -> StorageError {
     let some: Vec<&str> = refs.bundle_refs.iter().take(3).map(String::as_str).collect();
     StorageError::Format(format!(
         "{url} holds both formats: a packs manifest ({}) and git-remote-s3 bundles (for {}); refusing to guess which is current. \
-Keep one: delete the bundles under {}/refs/ or the {}/{}/ directory",
+If a `git s3 migrate` was interrupted, run it again to finish it; `git s3 doctor {url}` says which one",
         manifest::manifest_key(url),
         some.join(", "),
-        url.prefix,
-        url.prefix,
-        manifest::META_DIR
     ))
 }
 
@@ -149,7 +162,9 @@ pub async fn detect(
     note_refs_scan(store, url, &refs);
     match manifest {
         Some(m) => {
-            if !refs.bundle_refs.is_empty() {
+            // An interrupted migration's bundles: reads use the manifest
+            // (pushes still refuse both formats: `packs::push`).
+            if !refs.bundle_refs.is_empty() && !refs.left_by_migration(&m.0) {
                 return Err(mixed_formats_error(url, &refs));
             }
             Ok(Detected::Packs(Some(m), Some(refs)))
@@ -172,5 +187,26 @@ mod tests {
         assert_eq!(Format::parse(" Bundles\n"), Some(Format::Bundles));
         assert_eq!(Format::parse("zip"), None);
         assert_eq!(Format::Packs.name(), "packs");
+    }
+
+    #[test]
+    fn bundles_of_an_interrupted_migration_are_told_from_a_conflict() {
+        let (a, b) = ("a".repeat(40), "b".repeat(40));
+        let mut m = Manifest::default();
+        m.refs.insert("refs/heads/main".into(), a.clone());
+        m.refs.insert("refs/heads/x".into(), b.clone());
+        let dir = |bundles: &[(&str, &str)]| RefsDir {
+            bundle_refs: bundles.iter().map(|(r, _)| r.to_string()).collect(),
+            markers: BTreeSet::new(),
+            bundles: bundles.iter().map(|(r, s)| (r.to_string(), s.to_string())).collect(),
+        };
+        // to packs, stopped while deleting bundles: they agree with the manifest
+        assert!(dir(&[("refs/heads/main", &a)]).left_by_migration(&m));
+        // 0.4.2 pushed a new value, or a ref the manifest lacks: a conflict
+        assert!(!dir(&[("refs/heads/main", &b)]).left_by_migration(&m));
+        assert!(!dir(&[("refs/heads/main", &a), ("refs/heads/new", &a)]).left_by_migration(&m));
+        // to bundles, stopped after the freeze: the manifest is current
+        m.frozen = Some("migrating to bundles".into());
+        assert!(dir(&[("refs/heads/main", &b), ("refs/heads/new", &a)]).left_by_migration(&m));
     }
 }

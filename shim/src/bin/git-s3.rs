@@ -82,7 +82,8 @@ async fn daemon(args: &[String]) -> i32 {
                         println!(
                             "{}",
                             serde_json::json!({"running": true, "pid": r.pid, "version": r.version,
-                                "uptime_seconds": r.uptime_seconds, "socket": r.socket_path, "log_file": r.log_file})
+                                "uptime_seconds": r.uptime_seconds, "socket": r.socket_path, "log_file": r.log_file,
+                                "active_sessions": r.active_sessions})
                         );
                     } else {
                         println!("running: pid {} version {} uptime {}s socket {}", r.pid, r.version, r.uptime_seconds, r.socket_path);

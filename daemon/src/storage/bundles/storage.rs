@@ -351,7 +351,7 @@ struct BundleStream {
 
 impl BundleStream {
     async fn start(ctx: &OpContext, bundle_ref: &str) -> Result<BundleStream, StorageError> {
-        let bundle = ctx.cache.temp_file()?;
+        let bundle = ctx.cache.temp_file().map_err(|e| ctx.cache.explain_io(e))?;
         let mut tee = tokio::fs::File::from_std(bundle.reopen()?);
         let span = tracing::debug_span!("git", args = %format!("bundle create - {bundle_ref}"));
         let _entered = span.enter();
@@ -377,7 +377,7 @@ impl BundleStream {
                 Err(e) => Err(format!("git bundle create: {e}")),
             }
         });
-        let staged = S3Store::stage(stdout, &mut tee).instrument(span).await?;
+        let staged = S3Store::stage(stdout, &mut tee).instrument(span).await.map_err(|e| ctx.cache.explain_io(e))?;
         Ok(BundleStream { bundle, tee, staged, finish })
     }
 }

@@ -159,16 +159,51 @@ Run `git s3 migrate --to packs` again to bring them over",
 /// manifest is frozen first (pushes and edits are refused from then on),
 /// then a full bundle per ref, HEAD and `PROTECTED#` markers are written
 /// under the refs' 0.4.2 locks, and finally the manifest and packs are
-/// deleted. Rerunning after a crash finishes the job.
+/// deleted. Rerunning after a crash finishes the job (also one killed after
+/// its manifest deletion: `finish_to_bundles`).
 pub async fn migrate_to_bundles(
     store: &S3Store,
     url: &RemoteUrl,
     tmp_root: &Path,
     env: &HashMap<String, String>,
 ) -> Result<MigrateReport, StorageError> {
+    if read_manifest(store, url).await?.is_none() {
+        if let Some(report) = finish_to_bundles(store, url, env).await? {
+            return Ok(report);
+        }
+    }
     let m = freeze(store, url, "migrating to bundles").await?;
     let names: Vec<String> = m.refs.keys().cloned().collect();
     under_ref_locks(store, url, &names, env, migrate_to_bundles_locked(store, url, tmp_root, env, &m)).await
+}
+
+/// A migration to bundles killed after its manifest deletion left its
+/// packs (the bundles, HEAD and markers are all written by then) and its
+/// stale locks: the locks are taken over once their TTL has passed, the
+/// packs deleted, the locks released. `None` when the prefix is not in that
+/// state (no bundles, or no packs left).
+async fn finish_to_bundles(
+    store: &S3Store,
+    url: &RemoteUrl,
+    env: &HashMap<String, String>,
+) -> Result<Option<MigrateReport>, StorageError> {
+    let (dir, root) = (manifest::packs_dir(url), format!("{}/", url.prefix));
+    let (left, all) = tokio::join!(store.list(&dir), store.list(&root));
+    let (left, scan) = (left?, layout::scan(&url.prefix, &all?));
+    if left.is_empty() || scan.bundles.is_empty() {
+        return Ok(None);
+    }
+    let names: Vec<String> = scan.locks.iter().map(|l| l.0.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+    let report = under_ref_locks(store, url, &names, env, async {
+        let mut report = MigrateReport { refs: scan.bundles.len(), ..Default::default() };
+        for o in &left {
+            store.delete(&o.key).await?;
+            report.deleted += 1;
+        }
+        Ok(report)
+    })
+    .await?;
+    Ok(Some(report))
 }
 
 /// Marks the manifest frozen (a conditional write); returns it as frozen.
@@ -228,6 +263,7 @@ async fn migrate_to_bundles_locked(
     // The manifest is frozen: no push or edit can have landed since.
     store.delete(&manifest::manifest_key(url)).await?;
     report.deleted += 1;
+    crash_hook(env, "to-bundles-manifest-deleted");
     for o in store.list(&manifest::packs_dir(url)).await? {
         store.delete(&o.key).await?;
         report.deleted += 1;

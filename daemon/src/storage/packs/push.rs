@@ -8,7 +8,7 @@
 //! up, a geometric gc.
 
 use std::collections::{BTreeSet, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -52,6 +52,25 @@ enum Change {
     Unchanged,
     Set(String),
     Delete,
+}
+
+/// Where a push's `git pack-objects` writes its pack. git writes a pack as
+/// a temp file in the repository's object directory, then renames it to
+/// the name it was given: the directory must be on that filesystem. The
+/// cache's `tmp` when it is; else (a repository on another disk than the
+/// cache) a `tmp_git-s3-*` directory beside git's own temp files, which
+/// `git gc` / `git prune` remove should a killed daemon leave one.
+async fn pack_build_dir(ctx: &OpContext) -> Result<tempfile::TempDir, StorageError> {
+    use std::os::unix::fs::MetadataExt;
+    let cache_tmp = ctx.cache.root().join("tmp");
+    let pack_dir = ctx.git.pack_dir().await?;
+    let objects = pack_dir.parent().map(Path::to_path_buf).unwrap_or_else(|| pack_dir.clone());
+    let dev = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).ok();
+    let dir = match (dev(&cache_tmp), dev(&objects)) {
+        (Some(c), Some(o)) if c != o => tempfile::Builder::new().prefix("tmp_git-s3-push-").tempdir_in(&objects),
+        _ => tempfile::Builder::new().prefix("packs-").tempdir_in(&cache_tmp),
+    };
+    dir.map_err(|e| ctx.cache.explain_io(e).into())
 }
 
 impl PackStorage {
@@ -137,7 +156,7 @@ impl PackStorage {
                 "this shallow clone lacks the history behind commit {c}, which the remote does not have either: run `git fetch --unshallow`, then push again"
             )));
         }
-        let dir = tempfile::Builder::new().prefix("packs-").tempdir_in(ctx.cache.root().join("tmp"))?;
+        let dir = pack_build_dir(ctx).await?;
         let base = dir.path().join("pack");
         let base_s = base.to_string_lossy().to_string();
         let mut input = String::new();
