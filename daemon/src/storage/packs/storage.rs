@@ -41,13 +41,14 @@ impl PackStorage {
         self.refs.lock().ok().and_then(|r| r.as_ref().map(|r| r.markers.clone())).unwrap_or_default()
     }
 
-    /// The `refs/` scan: detection's the first time, else a fresh LIST.
-    pub(super) async fn scan_refs(&self, fresh: bool) -> Result<RefsDir, StorageError> {
-        let known = if fresh { None } else { self.refs.lock().ok().and_then(|mut r| r.take()) };
-        match known {
-            Some(r) => Ok(r),
-            None => scan_refs_dir(&self.store, &self.url).await,
-        }
+    /// The `refs/` scan detection made, if it made one (taken: a retry lists again).
+    pub(super) fn take_refs(&self) -> Option<RefsDir> {
+        self.refs.lock().ok().and_then(|mut r| r.take())
+    }
+
+    /// A fresh `refs/` scan (one LIST).
+    pub(super) async fn scan_refs(&self) -> Result<RefsDir, StorageError> {
+        scan_refs_dir(&self.store, &self.url).await
     }
 
     /// The manifest and its ETag: the one read at detection the first time,
