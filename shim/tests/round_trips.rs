@@ -1,6 +1,6 @@
 //! Round trips: how many S3 requests each git command makes, and how many of
 //! them it waits for one after the other (the critical path), measured by
-//! the field server (testkit::field) over TLS with 40 ms of round-trip time,
+//! the field server (testkit::field) over TLS with 50 ms of round-trip time,
 //! with the real git and a warm daemon. Counts only, never timings: the
 //! latency is there so that requests that overlap do overlap.
 //!
@@ -15,13 +15,13 @@ use std::time::Duration;
 use testkit::field::{critical_path, Counts, RequestKind, RequestRecord};
 use testkit::{FieldServer, TestEnv, Tool};
 
-/// A test environment whose S3 endpoint is a TLS field server 40 ms away.
+/// A test environment whose S3 endpoint is a TLS field server 50 ms away.
 fn far_env() -> (TestEnv, FieldServer) {
     let env = TestEnv::new();
     let field = FieldServer::start_tls();
     env.set_env("AWS_ENDPOINT_URL", &field.url);
     env.set_env("AWS_CA_BUNDLE", &field.ca_bundle().expect("TLS").display().to_string());
-    field.set_latency(Duration::from_millis(20), Duration::from_millis(20));
+    field.set_latency(Duration::from_millis(25), Duration::from_millis(25));
     (env, field)
 }
 
@@ -188,4 +188,55 @@ fn tls_handshakes_are_paid_once_per_daemon() {
     run("pull", &clone, &["pull", "-q", "--ff-only"]);
     run("ls-remote", &env.work(), &["ls-remote", &url]);
     assert_eq!(handshakes, 0, "after the first command ({cold} handshakes)");
+}
+
+/// A push answered from the manifest this daemon holds still loses no race:
+/// another machine (its own daemon) pushes meanwhile, and the conditional
+/// manifest write catches it. Another branch: both land. The same branch:
+/// refused (`fetch first`), the other machine's commit stays.
+#[test]
+fn a_push_from_a_held_manifest_loses_no_race() {
+    let (env, field) = far_env();
+    let url = env.url("race");
+    let (repo, clone) = pushed_and_cloned(&env, &url, true);
+    env.git(&repo, &["fetch", "-q", "origin"]);
+    // The other machine: its own daemon (socket), cache and state.
+    let elsewhere = env.dir.path().join("elsewhere");
+    let run_dir = elsewhere.join("run");
+    std::fs::create_dir_all(&run_dir).unwrap();
+    std::fs::set_permissions(&run_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let other = |args: &[&str]| {
+        let mut c = env.command("git", &clone);
+        c.env("XDG_RUNTIME_DIR", &run_dir)
+            .env("GIT_S3_CACHE_DIR", elsewhere.join("cache"))
+            .env("GIT_S3_STATE_DIR", elsewhere.join("state"))
+            .args(args);
+        env.run(c);
+    };
+    env.git(&clone, &["checkout", "-q", "-b", "other"]);
+    let theirs = env.commit(&clone, "o.txt", "o\n", "theirs");
+    other(&["push", "-q", "origin", "other"]);
+
+    // This daemon still holds the manifest without `other`: its write is refused (412), read again, and made.
+    let ours = env.commit(&repo, "m.txt", "m\n", "ours");
+    let (c, r) = measure(&field, || {
+        env.git(&repo, &["push", "-q", "origin", "main"]);
+    });
+    eprintln!("push after another machine's: {}", shown(&c, &r));
+    assert_eq!(c.of(RequestKind::ConditionalPut), 2, "{}", shown(&c, &r));
+    let ls = env.ls_remote(Tool::Ours, &url);
+    assert!(ls.contains(&format!("{ours}\trefs/heads/main")) && ls.contains(&format!("{theirs}\trefs/heads/other")), "{ls:?}");
+
+    // The other machine pushes main; this daemon's next push of main is refused.
+    env.git(&clone, &["checkout", "-q", "main"]);
+    env.git(&clone, &["pull", "-q", "--ff-only", "origin", "main"]);
+    let theirs_main = env.commit(&clone, "o2.txt", "o2\n", "theirs on main");
+    other(&["push", "-q", "origin", "main"]);
+    env.commit(&repo, "m2.txt", "m2\n", "ours again");
+    let err = env.git_fail(&repo, &["push", "origin", "main"]);
+    assert!(err.contains("fetch first"), "{err}");
+    assert!(env.ls_remote(Tool::Ours, &url).contains(&format!("{theirs_main}\trefs/heads/main")));
+    let mut stop = env.command("git-s3", &env.work());
+    stop.env("XDG_RUNTIME_DIR", &run_dir).args(["daemon", "stop"]);
+    env.run(stop);
 }
