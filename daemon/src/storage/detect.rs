@@ -165,13 +165,14 @@ pub async fn detect(
     default: impl std::future::Future<Output = Result<Format, StorageError>>,
     purpose: Purpose,
 ) -> Result<Detected, StorageError> {
+    if purpose == Purpose::Push {
+        // The push lists refs/ itself, beside its pack upload.
+        if let Some(m) = held_fresh(store, url, PUSH_LIST_FRESH) {
+            return Ok(Detected::Packs(Some(m), None));
+        }
+    }
     let mut head = None;
     let (manifest, listing) = if recently_scanned_packs(store, url) {
-        if purpose == Purpose::Push {
-            if let Some(m) = held_fresh(store, url, PUSH_LIST_FRESH) {
-                return Ok(Detected::Packs(Some(m), None));
-            }
-        }
         match read_manifest(store, url).await? {
             Some(m) => return Ok(Detected::Packs(Some(m), None)),
             None => (None, list_refs_dir(store, url).await?),

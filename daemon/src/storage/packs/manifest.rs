@@ -332,7 +332,11 @@ pub(crate) fn forget_held(store: &S3Store, url: &RemoteUrl) {
 /// The manifest held for `url` and its ETag, if S3 confirmed it less than
 /// `fresh` ago (see [`PUSH_LIST_FRESH`]).
 pub(crate) fn held_fresh(store: &S3Store, url: &RemoteUrl, fresh: Duration) -> Option<(Manifest, String)> {
-    let held = MANIFESTS.get()?.get(&store.location(&manifest_key(url)))?.value().clone();
+    held_fresh_at(&store.location(&manifest_key(url)), fresh)
+}
+
+fn held_fresh_at(location: &str, fresh: Duration) -> Option<(Manifest, String)> {
+    let held = MANIFESTS.get()?.get(location)?.value().clone();
     (held.2.elapsed() < fresh).then(|| (Manifest::clone(&held.1), held.0))
 }
 
@@ -446,6 +450,26 @@ mod tests {
         assert_eq!(pack_key(&url, "ab"), "p/q/.git-s3/packs/pack-ab.pack");
         assert_eq!(idx_key(&url, "ab"), "p/q/.git-s3/packs/pack-ab.idx");
         assert!(!manifest_key(&url).starts_with("p/q/refs/"));
+    }
+
+    #[test]
+    fn a_held_manifest_is_fresh_for_a_while_and_an_empty_etag_is_not_held() {
+        let location = "test|bkt|held/.git-s3/manifest.json".to_string();
+        let mut m = Manifest::default();
+        m.serial = 7;
+        let now = std::time::Instant::now();
+        hold_at(location.clone(), "\"e1\"", &m, now);
+        let held = held_fresh_at(&location, PUSH_LIST_FRESH).expect("held");
+        assert_eq!((held.0.serial, held.1.as_str()), (7, "\"e1\""));
+        assert!(held_fresh_at(&location, Duration::ZERO).is_none(), "older than no time at all");
+        if let Some(long_ago) = now.checked_sub(PUSH_LIST_FRESH * 2) {
+            hold_at(location.clone(), "\"e0\"", &m, long_ago);
+            assert!(is_held(&location), "still read conditionally");
+            assert!(held_fresh_at(&location, PUSH_LIST_FRESH).is_none(), "too old to answer a push's list");
+        }
+        // A write whose answer had no ETag: forgotten, the next read is unconditional.
+        hold_at(location.clone(), "", &m, now);
+        assert!(!is_held(&location));
     }
 
     #[test]
