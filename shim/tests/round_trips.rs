@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use testkit::field::{critical_path, Counts, RequestKind, RequestRecord};
+use testkit::field::{critical_path, Counts, Fault, FaultAction, RequestKind, RequestRecord};
 use testkit::{FieldServer, TestEnv, Tool};
 
 /// A test environment whose S3 endpoint is a TLS field server 50 ms away.
@@ -239,4 +239,33 @@ fn a_push_from_a_held_manifest_loses_no_race() {
     let mut stop = env.command("git-s3", &env.work());
     stop.env("XDG_RUNTIME_DIR", &run_dir).args(["daemon", "stop"]);
     env.run(stop);
+}
+
+/// A pack download that breaks off mid-body costs one more GET of that
+/// pack, not the fetch, and leaves no index-pack temp file behind.
+#[test]
+fn a_pack_download_that_breaks_off_is_made_again() {
+    let (env, field) = far_env();
+    let url = env.url("rt");
+    let (repo, clone) = pushed_and_cloned(&env, &url, true);
+    let sha = env.commit(&repo, "r.txt", "r\n", "r");
+    field.reset_counts();
+    env.git(&repo, &["push", "-q", "origin", "main"]);
+    wait_for_background_idx(&field);
+    field.set_faults(1, vec![Fault::new(FaultAction::ResetMidBody, &[RequestKind::Get], 1.0).on_paths_containing(".pack").times(1)]);
+    let (c, r) = measure(&field, || {
+        env.git(&clone, &["fetch", "-q", "origin"]);
+    });
+    eprintln!("fetch through a broken pack download: {}", shown(&c, &r));
+    assert_eq!(env.git(&clone, &["rev-parse", "origin/main"]).trim(), sha);
+    // The manifest, the pack that broke off, the pack again.
+    assert_eq!((c.faults, c.of(RequestKind::Get), c.total()), (1, 3, 3), "{}", shown(&c, &r));
+    env.git(&clone, &["fsck", "--no-progress"]);
+    let leftovers: Vec<_> = std::fs::read_dir(clone.join(".git/objects/pack"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("tmp_"))
+        .map(|e| e.file_name())
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }

@@ -23,6 +23,9 @@ pub struct PackStorage {
     /// The `refs/` scan made at detection, if one was: a push's first
     /// attempt uses it instead of listing again.
     pub(super) refs: Mutex<Option<RefsDir>>,
+    /// Pack downloads that broke off and were made again (their
+    /// index-pack's temp file is removed once the fetch is done).
+    pub(super) broken_streams: std::sync::atomic::AtomicU32,
 }
 
 impl PackStorage {
@@ -33,6 +36,7 @@ impl PackStorage {
             seed: Mutex::new(Some(seed)),
             listed: Mutex::new(None),
             refs: Mutex::new(refs),
+            broken_streams: std::sync::atomic::AtomicU32::new(0),
         }
     }
 
