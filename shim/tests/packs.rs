@@ -1088,12 +1088,19 @@ fn a_no_op_fetch_is_one_conditional_manifest_read() {
     let requests: Vec<&str> = err.lines().filter(|l| l.starts_with("git-s3: s3.")).collect();
     assert_eq!(requests.len(), 1, "one request (the manifest's conditional GET): {err}");
     assert!(!err.contains("index-pack"), "{err}");
-    // a change is seen (200 with the new manifest), and fetched
+    // a push through this daemon: it holds the manifest it wrote (still a
+    // 304), and the new commit is fetched
     let tip = env.commit(&repo, "b", "b\n", "b");
     env.git(&repo, &["push", "-q", &url, "main"]);
     let err = fetch(&env);
-    assert!(!err.contains("not modified"), "{err}");
+    assert!(err.contains("not modified"), "{err}");
     assert_eq!(rev(&env, &c, "origin/main"), tip);
+    // a change by another writer is seen (200 with the new manifest)
+    let mut m = manifest(&env, "cond");
+    m["serial"] = serde_json::json!(m["serial"].as_u64().unwrap() + 1);
+    env.put_object("cond/.git-s3/manifest.json", m.to_string().as_bytes());
+    let err = fetch(&env);
+    assert!(!err.contains("not modified") && err.contains("s3.get"), "{err}");
 }
 
 #[test]

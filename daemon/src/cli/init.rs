@@ -45,6 +45,7 @@ pub async fn run(ctx: &mut Ctx, args: InitArgs) -> CliResult {
         FormatArg::Packs => {
             let m = Manifest::default();
             let opts = PutOptions { condition: WriteCondition::IfAbsent, ..Default::default() };
+            manifest::forget_held(&remote.store, url);
             match remote.store.put_bytes(&manifest::manifest_key(url), m.to_bytes(), opts).await {
                 Ok(_) => {}
                 Err(e) if e.is_precondition_failed() => {

@@ -10,6 +10,7 @@ use crate::helper::protocol::{self as helper_protocol, Command};
 use crate::s3::url::RemoteUrl;
 use crate::session::{Input, Out};
 use crate::session::state::DaemonState;
+use crate::storage::detect::Purpose;
 use crate::storage::open::Storage;
 use crate::storage::{OpContext, PushUpdate, RefListing, RemoteRef, StorageError};
 
@@ -71,7 +72,10 @@ pub async fn run(state: Arc<DaemonState>, a: HelperArgs, mut input: Input, out: 
     };
     macro_rules! storage {
         () => {
-            match open_storage(&mut opened, &store, &url, &ctx.git).await {
+            storage!(Purpose::Read)
+        };
+        ($purpose:expr) => {
+            match open_storage(&mut opened, &store, &url, &ctx.git, $purpose).await {
                 Ok(s) => s,
                 Err(e) => return fatal(&out, &url, e),
             }
@@ -111,7 +115,7 @@ pub async fn run(state: Arc<DaemonState>, a: HelperArgs, mut input: Input, out: 
                 };
                 out.stdout(format!("{reply}\n"));
             }
-            Command::List { for_push } => match storage!().list().await {
+            Command::List { for_push } => match storage!(if for_push { Purpose::Push } else { Purpose::Read }).list().await {
                 Ok(l) => {
                     for w in &l.warnings {
                         out.stderr(format!("warning: {w}\n"));
@@ -196,9 +200,10 @@ async fn open_storage<'a>(
     store: &crate::s3::store::S3Store,
     url: &RemoteUrl,
     git: &Git,
+    purpose: Purpose,
 ) -> Result<&'a Storage, StorageError> {
     if slot.is_none() {
-        *slot = Some(Storage::open(store.clone(), url.clone(), git).await?);
+        *slot = Some(Storage::open(store.clone(), url.clone(), git, purpose).await?);
     }
     slot.as_ref().ok_or_else(|| StorageError::Format("remote not opened".into()))
 }

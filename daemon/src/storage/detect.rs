@@ -10,7 +10,8 @@ use crate::local::git::Git;
 use crate::s3::store::{ObjectInfo, S3Store};
 use crate::s3::url::RemoteUrl;
 use crate::storage::bundles::layout;
-use crate::storage::packs::manifest::{self, read_manifest, Manifest, MANIFEST_CACHE_ENTRIES};
+use crate::storage::bundles::storage::read_head;
+use crate::storage::packs::manifest::{self, held_fresh, read_manifest, Manifest, MANIFEST_CACHE_ENTRIES, PUSH_LIST_FRESH};
 use crate::storage::StorageError;
 
 /// A storage format.
@@ -75,8 +76,10 @@ pub async fn scan_refs_dir(store: &S3Store, url: &RemoteUrl) -> Result<RefsDir, 
     Ok(refs)
 }
 
-/// When this daemon last found a prefix's `refs/` free of bundles.
-static CLEAN_REFS_SCANS: std::sync::OnceLock<dashmap::DashMap<String, std::time::Instant>> = std::sync::OnceLock::new();
+/// When this daemon last found a prefix's `refs/` free of bundles, and the
+/// `PROTECTED#` markers it held then.
+static CLEAN_REFS_SCANS: std::sync::OnceLock<dashmap::DashMap<String, (std::time::Instant, BTreeSet<String>)>> =
+    std::sync::OnceLock::new();
 
 /// How long a clean `refs/` scan lets reads skip the listing.
 const REFS_RESCAN: Duration = Duration::from_secs(60);
@@ -88,7 +91,7 @@ fn note_refs_scan(store: &S3Store, url: &RemoteUrl, refs: &RefsDir) {
         if scans.len() >= MANIFEST_CACHE_ENTRIES {
             scans.clear();
         }
-        scans.insert(location, std::time::Instant::now());
+        scans.insert(location, (std::time::Instant::now(), refs.markers.clone()));
     } else {
         scans.remove(&location);
     }
@@ -99,7 +102,14 @@ fn note_refs_scan(store: &S3Store, url: &RemoteUrl, refs: &RefsDir) {
 fn recently_scanned_packs(store: &S3Store, url: &RemoteUrl) -> bool {
     let location = store.location(&manifest::manifest_key(url));
     manifest::is_held(&location)
-        && CLEAN_REFS_SCANS.get().and_then(|s| s.get(&location).map(|t| t.elapsed() < REFS_RESCAN)).unwrap_or(false)
+        && CLEAN_REFS_SCANS.get().and_then(|s| s.get(&location).map(|t| t.0.elapsed() < REFS_RESCAN)).unwrap_or(false)
+}
+
+/// The `PROTECTED#` markers of this daemon's last clean `refs/` scan of the
+/// prefix (none known: empty): a push's guess until its own scan answers.
+pub fn last_markers(store: &S3Store, url: &RemoteUrl) -> BTreeSet<String> {
+    let location = store.location(&manifest::manifest_key(url));
+    CLEAN_REFS_SCANS.get().and_then(|s| s.get(&location).map(|t| t.1.clone())).unwrap_or_default()
 }
 
 /// Every object under `<prefix>/refs/`.
@@ -130,8 +140,19 @@ If a `git s3 migrate` was interrupted, run it again to finish it; `git s3 doctor
 pub enum Detected {
     /// A manifest (with its ETag), and the `refs/` scan when one was made.
     Packs(Option<(Manifest, String)>, Option<RefsDir>),
-    /// The `<prefix>/refs/` listing, for the first `list`.
-    Bundles(Vec<ObjectInfo>),
+    /// The `<prefix>/refs/` listing and, when it was read beside it, the
+    /// content of `<prefix>/HEAD`: what the first `list` shows.
+    Bundles(Vec<ObjectInfo>, Option<Option<String>>),
+}
+
+/// What a detection is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// Showing the refs to a reader (`list`, a fetch, `option atomic`).
+    Read,
+    /// Git's `list for-push`: a push follows, whose manifest write is
+    /// conditional on the ETag the listing came from.
+    Push,
 }
 
 /// Detects the format of `url`'s prefix: a manifest means packs, bundles
@@ -143,19 +164,39 @@ pub enum Detected {
 /// `refs/` free of bundles less than a minute ago, only the manifest is read
 /// (a conditional GET: a no-op fetch is one small request); the `refs/`
 /// scan then waits for a push, which needs it before its manifest write
-/// (bundles of another tool: refused; `PROTECTED#` markers).
+/// (bundles of another tool: refused; `PROTECTED#` markers). For a push,
+/// a manifest S3 confirmed less than [`PUSH_LIST_FRESH`] ago is not even
+/// read again: the push's write is conditional on its ETag.
+///
+/// Unless this daemon holds the prefix's manifest (a packs remote), the
+/// bundle layout's `HEAD` is read in the same round trip too, so that a
+/// bundles remote's `list` is one round trip: a packs remote this daemon
+/// meets for the first time pays one small request that it did not need.
 pub async fn detect(
     store: &S3Store,
     url: &RemoteUrl,
     default: impl std::future::Future<Output = Result<Format, StorageError>>,
+    purpose: Purpose,
 ) -> Result<Detected, StorageError> {
+    if purpose == Purpose::Push {
+        // The push lists refs/ itself, beside its pack upload.
+        if let Some(m) = held_fresh(store, url, PUSH_LIST_FRESH) {
+            return Ok(Detected::Packs(Some(m), None));
+        }
+    }
+    let mut head = None;
     let (manifest, listing) = if recently_scanned_packs(store, url) {
         match read_manifest(store, url).await? {
             Some(m) => return Ok(Detected::Packs(Some(m), None)),
             None => (None, list_refs_dir(store, url).await?),
         }
-    } else {
+    } else if manifest::is_held(&store.location(&manifest::manifest_key(url))) {
         let (m, l) = tokio::join!(read_manifest(store, url), list_refs_dir(store, url));
+        (m?, l?)
+    } else {
+        let (m, l, h) = tokio::join!(read_manifest(store, url), list_refs_dir(store, url), read_head(store, url));
+        // A HEAD that could not be read is read again by the listing (and its error shown there).
+        head = h.ok();
         (m?, l?)
     };
     let refs = RefsDir::from_objects(url, &listing);
@@ -169,9 +210,9 @@ pub async fn detect(
             }
             Ok(Detected::Packs(Some(m), Some(refs)))
         }
-        None if !refs.bundle_refs.is_empty() => Ok(Detected::Bundles(listing)),
+        None if !refs.bundle_refs.is_empty() => Ok(Detected::Bundles(listing, head)),
         None => match default.await? {
-            Format::Bundles => Ok(Detected::Bundles(listing)),
+            Format::Bundles => Ok(Detected::Bundles(listing, head)),
             Format::Packs => Ok(Detected::Packs(None, Some(refs))),
         },
     }

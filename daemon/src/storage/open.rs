@@ -5,7 +5,7 @@ use crate::local::git::Git;
 use crate::s3::store::S3Store;
 use crate::s3::url::RemoteUrl;
 use crate::storage::bundles::storage::BundleStorage;
-use crate::storage::detect::{configured_format, detect, Detected};
+use crate::storage::detect::{configured_format, detect, Detected, Purpose};
 use crate::storage::packs::storage::PackStorage;
 use crate::storage::{OpContext, PushResult, PushUpdate, RefListing, RemoteRef, RepoStorage, StorageError};
 
@@ -19,9 +19,9 @@ pub enum Storage {
 impl Storage {
     /// Opens a remote in the format its prefix holds; an empty prefix gets
     /// `git config s3.format` of the caller's repository (default bundles).
-    pub async fn open(store: S3Store, url: RemoteUrl, git: &Git) -> Result<Storage, StorageError> {
-        Ok(match detect(&store, &url, configured_format(git)).await? {
-            Detected::Bundles(refs) => Storage::Bundles(BundleStorage::new(store, url, Some(refs))),
+    pub async fn open(store: S3Store, url: RemoteUrl, git: &Git, purpose: Purpose) -> Result<Storage, StorageError> {
+        Ok(match detect(&store, &url, configured_format(git), purpose).await? {
+            Detected::Bundles(refs, head) => Storage::Bundles(BundleStorage::new(store, url, Some(refs)).with_head(head)),
             Detected::Packs(m, refs) => Storage::Packs(Box::new(PackStorage::new(store, url, m, refs))),
         })
     }

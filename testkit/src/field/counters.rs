@@ -2,10 +2,11 @@
 //! and what it did to them (faults, region answers, proxy tunnels).
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use super::kinds::RequestKind;
 use super::shaping::Direction;
+use super::timeline::{critical_path, Timeline};
 
 /// A snapshot of the counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -29,6 +30,11 @@ pub struct Counts {
     pub connects: u64,
     /// Plain-HTTP requests received in proxy form (`GET http://…`).
     pub proxied: u64,
+    /// The longest chain of S3 requests each of which started after the one
+    /// before it had finished: the round trips waited for one after the
+    /// other (see [`super::timeline`]; [`super::FieldServer::requests`] has
+    /// the requests, to measure a part of them).
+    pub critical_path: u64,
 }
 
 impl Counts {
@@ -46,6 +52,7 @@ impl Counts {
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     counts: Mutex<Counts>,
+    pub timeline: Arc<Timeline>,
 }
 
 impl Counters {
@@ -90,10 +97,13 @@ impl Counters {
     }
 
     pub fn snapshot(&self) -> Counts {
-        self.counts.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        c.critical_path = critical_path(&self.timeline.records());
+        c
     }
 
     pub fn reset(&self) {
         self.with(|c| *c = Counts::default());
+        self.timeline.reset();
     }
 }

@@ -4,7 +4,9 @@
 //! made for the test run, enforces bucket regions as S3 does, injects faults
 //! on a share of chosen requests, serves as an HTTP forward proxy
 //! (`CONNECT`), and counts requests and bytes so tests can assert how many
-//! round trips an operation made. Loopback only; started by the tests.
+//! round trips an operation made (requests, connections, TLS handshakes, and
+//! the critical path: how many of them were waited for one after the
+//! other). Loopback only; started by the tests.
 //!
 //! One port serves everything: plain HTTP, TLS (when enabled; told apart by
 //! the first byte of a connection) and proxy requests.
@@ -16,6 +18,7 @@ mod kinds;
 mod regions;
 mod server;
 mod shaping;
+mod timeline;
 mod tls;
 
 use std::collections::HashMap;
@@ -27,6 +30,7 @@ pub use counters::Counts;
 pub use faults::{Fault, FaultAction};
 pub use kinds::RequestKind;
 pub use regions::RegionAnswer;
+pub use timeline::{critical_path, RequestRecord};
 pub use tls::TestCa;
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -191,6 +195,13 @@ impl FieldServer {
 
     pub fn reset_counts(&self) {
         self.shared.counters.reset();
+    }
+
+    /// The S3 requests since the last [`FieldServer::reset_counts`], with
+    /// when each started and finished (for [`critical_path`] over a part
+    /// of them).
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        self.shared.counters.timeline.records()
     }
 
     /// The CA (with TLS).

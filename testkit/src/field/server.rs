@@ -18,6 +18,7 @@ use super::forward::{self, Body};
 use super::kinds::classify;
 use super::regions::{signing_region, wrong_region_answer};
 use super::shaping::{Cut, Direction, Shaped};
+use super::timeline::{ConnectionStart, Finish, Timed};
 use super::{BoxError, Shared};
 
 pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, tls: Option<tokio_rustls::TlsAcceptor>) {
@@ -39,6 +40,7 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, tls: Optio
 
 async fn connection(tcp: TcpStream, shared: Arc<Shared>, tls: Option<tokio_rustls::TlsAcceptor>) -> Result<(), BoxError> {
     shared.counters.connection();
+    let conn = Arc::new(ConnectionStart::new());
     let _ = tcp.set_nodelay(true);
     // The TCP handshake: one round trip.
     shared.round_trip().await;
@@ -49,17 +51,21 @@ async fn connection(tcp: TcpStream, shared: Arc<Shared>, tls: Option<tokio_rustl
             let stream = acceptor.accept(tcp).await?;
             shared.counters.tls_handshake();
             shared.round_trip().await;
-            serve_io(stream, shared).await
+            conn.ready();
+            serve_io(stream, shared, conn).await
         }
-        _ => serve_io(tcp, shared).await,
+        _ => {
+            conn.ready();
+            serve_io(tcp, shared, conn).await
+        }
     }
 }
 
-async fn serve_io<I>(io: I, shared: Arc<Shared>) -> Result<(), BoxError>
+async fn serve_io<I>(io: I, shared: Arc<Shared>, conn: Arc<ConnectionStart>) -> Result<(), BoxError>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = hyper::service::service_fn(move |req| handle(shared.clone(), req));
+    let service = hyper::service::service_fn(move |req| handle(shared.clone(), conn.clone(), req));
     hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), service).with_upgrades().await?;
     Ok(())
 }
@@ -96,7 +102,8 @@ async fn drain(shared: &Shared, mut body: Incoming) {
     }
 }
 
-async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, BoxError> {
+async fn handle(shared: Arc<Shared>, conn: Arc<ConnectionStart>, req: Request<Incoming>) -> Result<Response<Body>, BoxError> {
+    let start = conn.request_start();
     if req.method() == Method::CONNECT {
         return Ok(connect(&shared, req));
     }
@@ -108,7 +115,12 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
             return proxy_plain(&shared, req, &authority).await;
         }
     }
-    s3(shared, req).await
+    s3(shared, req, start).await
+}
+
+/// The answer, its end recorded in the timeline when its body is done.
+fn timed(resp: Response<Body>, finish: Option<Finish>) -> Response<Body> {
+    resp.map(|b| Timed::new(b, finish).boxed_unsync())
 }
 
 /// `CONNECT host:port`: a tunnel to a loopback target, unless refused.
@@ -136,11 +148,13 @@ async fn proxy_plain(shared: &Shared, req: Request<Incoming>, authority: &str) -
 
 /// An S3 request: region check, fault draw, then the store's answer,
 /// delayed and shaped.
-async fn s3(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, BoxError> {
+async fn s3(shared: Arc<Shared>, req: Request<Incoming>, start: std::time::Instant) -> Result<Response<Body>, BoxError> {
     let settings = shared.settings();
     let query = req.uri().query().unwrap_or("").to_string();
     let request = classify(req.method(), req.uri().path(), &query, req.headers());
     shared.counters.request(request.kind);
+    // Dropped on an early return (a reset): the request ends there.
+    let finish = shared.counters.timeline.begin(request.kind, req.method().as_str(), request.bucket.clone(), request.key.clone(), start);
     sleep(settings.latency_up).await;
 
     if let Some(bucket) = &request.bucket {
@@ -153,7 +167,7 @@ async fn s3(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body
                 let (status, body) = wrong_region_answer(settings.region_answer, &method, bucket, actual, &signed);
                 let mut r = xml(status, body);
                 r.headers_mut().insert("x-amz-bucket-region", actual.parse()?);
-                return Ok(r);
+                return Ok(timed(r, finish));
             }
         }
     }
@@ -167,7 +181,7 @@ async fn s3(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body
             let body = format!(
                 "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{message}</Message><RequestId>FIELD0FAULT00000</RequestId><HostId>field</HostId></Error>"
             );
-            return Ok(xml(status, body));
+            return Ok(timed(xml(status, body), finish));
         }
     }
 
@@ -184,7 +198,7 @@ async fn s3(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body
     let req = req.map(|b| Shaped::new(b, shared.counters.clone(), Direction::Up, settings.bandwidth, None).boxed_unsync());
     let resp = match forward::send(&shared.upstream_client, &shared.upstream, req).await {
         Ok(r) => r,
-        Err(e) => return Ok(full(StatusCode::BAD_GATEWAY, format!("field server: the store did not answer: {e}\n"))),
+        Err(e) => return Ok(timed(full(StatusCode::BAD_GATEWAY, format!("field server: the store did not answer: {e}\n")), finish)),
     };
     let len: u64 = resp
         .headers()
@@ -208,7 +222,8 @@ async fn s3(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body
         }
     }
     sleep(settings.latency_down).await;
-    Ok(resp.map(|b| Shaped::new(b, shared.counters.clone(), Direction::Down, settings.bandwidth, cut).boxed_unsync()))
+    let resp = resp.map(|b| Shaped::new(b, shared.counters.clone(), Direction::Down, settings.bandwidth, cut).boxed_unsync());
+    Ok(timed(resp, finish))
 }
 
 async fn sleep(d: Duration) {

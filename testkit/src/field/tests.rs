@@ -255,3 +255,36 @@ fn concurrent_conditional_writes_to_one_key_have_one_winner() {
     assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1, "{statuses:?}");
     assert_eq!(statuses.iter().filter(|s| **s == 412).count(), 7, "{statuses:?}");
 }
+
+#[test]
+fn the_critical_path_counts_requests_waited_for_one_after_the_other() {
+    let field = FieldServer::start_tls();
+    let b = bucket("waves");
+    let auth = signed_for("us-east-1");
+    assert_eq!(request(&field, "PUT", &format!("/{b}/x"), &auth, b"x").status, 200);
+    // 40 ms each way: a new connection pays the TCP and TLS handshakes too.
+    field.set_latency(Duration::from_millis(20), Duration::from_millis(20));
+    field.reset_counts();
+    // Three at once (each on its own new connection), twice; then one alone.
+    for _ in 0..2 {
+        std::thread::scope(|s| {
+            for path in [format!("/{b}/x"), format!("/{b}?list-type=2"), format!("/{b}/missing")] {
+                let (field, auth) = (&field, &auth);
+                s.spawn(move || request(field, "GET", &path, auth, b""));
+            }
+        });
+    }
+    let r = request(&field, "HEAD", &format!("/{b}/x"), &auth, b"");
+    assert_eq!(r.status, 200);
+    let c = field.counts();
+    assert_eq!((c.total(), c.connections, c.tls_handshakes), (7, 7, 7), "{c:?}");
+    assert_eq!(c.critical_path, 3, "{:#?}", field.requests());
+    let requests = field.requests();
+    assert_eq!(requests.len(), 7);
+    assert!(requests.iter().all(|r| r.end.is_some_and(|e| e >= r.start + Duration::from_millis(40))), "{requests:#?}");
+    // A part of them: the GETs of the object alone are two steps.
+    let gets: Vec<RequestRecord> = requests.into_iter().filter(|r| r.kind == RequestKind::Get && r.key.as_deref() == Some("x")).collect();
+    assert_eq!(critical_path(&gets), 2);
+    field.reset_counts();
+    assert_eq!((field.counts().critical_path, field.requests().len()), (0, 0));
+}

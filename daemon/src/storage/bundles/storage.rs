@@ -10,7 +10,7 @@ use crate::local::refname::valid_ref_name;
 use crate::storage::bundles::layout::{scan, PrefixScan};
 use crate::storage::bundles::locks::{self, lock_wait};
 use crate::s3::url::{RemoteUrl, Scheme};
-use crate::s3::store::{ObjectInfo, PutOptions, S3Store, WriteCondition};
+use crate::s3::store::{ObjectInfo, PutOptions, S3Store, StoreError, WriteCondition};
 use crate::storage::zip::{build_zip, upload_zip};
 use crate::storage::{OpContext, PushResult, PushUpdate, RefListing, RemoteRef, RepoStorage, StorageError};
 use crate::session::progress::Progress;
@@ -20,11 +20,23 @@ pub struct BundleStorage {
     url: RemoteUrl,
     /// The `<prefix>/refs/` listing made at detection, for the first scan.
     seed: std::sync::Mutex<Option<Vec<ObjectInfo>>>,
+    /// `<prefix>/HEAD` as read at detection, for the first `list`.
+    head_seed: std::sync::Mutex<Option<Option<String>>>,
+}
+
+/// The content of `<prefix>/HEAD` (trimmed; None when absent or empty).
+pub async fn read_head(store: &S3Store, url: &RemoteUrl) -> Result<Option<String>, StoreError> {
+    Ok(store.get_small(&url.key("HEAD")).await?.map(|b| String::from_utf8_lossy(&b).trim().to_string()).filter(|s| !s.is_empty()))
 }
 
 impl BundleStorage {
     pub fn new(store: S3Store, url: RemoteUrl, refs_listing: Option<Vec<ObjectInfo>>) -> BundleStorage {
-        BundleStorage { store, url, seed: std::sync::Mutex::new(refs_listing) }
+        BundleStorage { store, url, seed: std::sync::Mutex::new(refs_listing), head_seed: std::sync::Mutex::new(None) }
+    }
+
+    /// `head`: `<prefix>/HEAD` as read beside the detection's listing, if it was.
+    pub fn with_head(self, head: Option<Option<String>>) -> BundleStorage {
+        BundleStorage { head_seed: std::sync::Mutex::new(head), ..self }
     }
 
     pub fn store(&self) -> &S3Store {
@@ -42,13 +54,13 @@ impl BundleStorage {
         Ok(scan(&self.url.prefix, &objects))
     }
 
+    /// `<prefix>/HEAD`: the detection's read the first time, then a fresh one.
     pub async fn read_head(&self) -> Result<Option<String>, StorageError> {
-        Ok(self
-            .store
-            .get_small(&self.url.key("HEAD"))
-            .await?
-            .map(|b| String::from_utf8_lossy(&b).trim().to_string())
-            .filter(|s| !s.is_empty()))
+        let seeded = self.head_seed.lock().ok().and_then(|mut s| s.take());
+        match seeded {
+            Some(head) => Ok(head),
+            None => Ok(read_head(&self.store, &self.url).await?),
+        }
     }
 
     fn bundle_key(&self, refname: &str, sha: &str) -> String {

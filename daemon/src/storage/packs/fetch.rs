@@ -80,6 +80,7 @@ impl PackStorage {
             }
         };
         if want_shas.iter().all(|s| present.contains(s)) {
+            self.remove_broken_index_files(&pack_dir, started);
             return Ok(());
         }
         let early_names: HashSet<&str> = early.iter().map(|p| p.name.as_str()).collect();
@@ -93,6 +94,7 @@ impl PackStorage {
             crate::local::git::remove_temp_packs_since(&pack_dir, started);
         }
         fetched?;
+        self.remove_broken_index_files(&pack_dir, started);
         // Every wanted tip the repository lacked is looked up once the packs
         // are in, those of the packs made for them too: a pack whose objects
         // do not hold the tips the manifest names for it (a damaged or
@@ -120,6 +122,14 @@ impl PackStorage {
         Ok(())
     }
 
+
+    /// Once every download of a fetch is indexed: the temp files that the
+    /// index-packs of downloads that broke off left behind.
+    fn remove_broken_index_files(&self, pack_dir: &Path, started: std::time::SystemTime) {
+        if self.broken_streams.swap(0, std::sync::atomic::Ordering::Relaxed) > 0 {
+            crate::local::git::remove_temp_packs_since(pack_dir, started);
+        }
+    }
 
     /// Brings pack `p` into the repository: linked from the local cache when
     /// another working copy fetched it already (packs are content-addressed
@@ -179,9 +189,24 @@ impl PackStorage {
             return Ok(false);
         }
         let index = ctx.git.index_pack_stream(rx);
-        let (downloaded, indexed) = match finished_early {
+        let (downloaded, mut indexed) = match finished_early {
             Some(r) => (r, index.await),
             None => tokio::join!(download, index),
+        };
+        let downloaded = match downloaded {
+            Err(e) if e.is_interrupted() => {
+                // The stream broke off: index-pack had half a pack. The whole
+                // pack again into the file (itself retried when it breaks
+                // off), then indexed from there.
+                tracing::warn!(pack = p.name, error = %e, "pack download broke off; downloading it again");
+                self.broken_streams.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let again = self.store.get_to_file(&key, tmp.path(), on).await;
+                if again.is_ok() {
+                    indexed = index_file(ctx, tmp.path()).await;
+                }
+                again.map(|_| ())
+            }
+            other => other.map(|_| ()),
         };
         match downloaded {
             Ok(_) => {}
@@ -210,6 +235,32 @@ impl PackStorage {
         }
         Ok(true)
     }
+}
+
+/// Indexes the pack in the file at `path` into the repository.
+async fn index_file(ctx: &OpContext, path: &Path) -> Result<String, crate::local::git::GitError> {
+    use tokio::io::AsyncReadExt;
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let path = path.to_path_buf();
+    let feed = async move {
+        let mut file = tokio::fs::File::open(&path).await?;
+        loop {
+            let mut buf = vec![0u8; 1 << 20];
+            let n = file.read(&mut buf).await?;
+            if n == 0 {
+                return Ok::<(), std::io::Error>(());
+            }
+            buf.truncate(n);
+            if tx.send(bytes::Bytes::from(buf)).await.is_err() {
+                return Ok(());
+            }
+        }
+    };
+    let (fed, indexed) = tokio::join!(feed, ctx.git.index_pack_stream(rx));
+    if let Err(e) = fed {
+        tracing::warn!(error = %e, "reading a downloaded pack back failed");
+    }
+    indexed
 }
 
 /// Whether a repository holding `present` lacks the objects of a pack made

@@ -241,6 +241,7 @@ pub async fn gc(
             .chain(std::iter::once(entry.clone()))
             .collect();
         let opts = PutOptions { condition: WriteCondition::IfMatch(etag0), ..Default::default() };
+        manifest::forget_held(store, url);
         match store.put_bytes(&manifest::manifest_key(url), next.to_bytes(), opts).await {
             Ok(_) => {
                 tracing::info!(

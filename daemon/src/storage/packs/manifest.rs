@@ -256,10 +256,20 @@ pub fn idx_key(url: &RemoteUrl, name: &str) -> String {
 /// Manifest writes tried before a push gives up with `fetch first`.
 pub(crate) const MAX_ATTEMPTS: u32 = 12;
 
-/// Manifests this daemon has read, by location: a later read is a
-/// conditional GET against the ETag (`If-None-Match`), which S3 answers with
-/// a bodiless 304 when nothing changed.
-static MANIFESTS: std::sync::OnceLock<dashmap::DashMap<String, (String, std::sync::Arc<Manifest>)>> = std::sync::OnceLock::new();
+/// Manifests this daemon has read or written, by location, with their ETag
+/// and when S3 last confirmed them: a later read is a conditional GET
+/// against the ETag (`If-None-Match`), which S3 answers with a bodiless 304
+/// when nothing changed.
+static MANIFESTS: std::sync::OnceLock<dashmap::DashMap<String, Held>> = std::sync::OnceLock::new();
+
+type Held = (String, std::sync::Arc<Manifest>, std::time::Instant);
+
+/// How long after S3 last confirmed a held manifest (a read, or this
+/// daemon's own write) it answers a push's `list for-push` without a read.
+/// The push's manifest write stays conditional on that ETag, so a manifest
+/// changed since is never overwritten: the push re-reads it and decides
+/// again. Only git's own view of the remote can be this old.
+pub(crate) const PUSH_LIST_FRESH: Duration = Duration::from_secs(60);
 
 /// Manifests kept for conditional reads (beyond it the map starts over).
 pub(crate) const MANIFEST_CACHE_ENTRIES: usize = 256;
@@ -270,24 +280,64 @@ pub async fn read_manifest(store: &S3Store, url: &RemoteUrl) -> Result<Option<(M
     let cache = MANIFESTS.get_or_init(dashmap::DashMap::new);
     let location = store.location(&key);
     let cached = cache.get(&location).map(|c| c.value().clone());
+    let asked = std::time::Instant::now();
     match store.get_small_if_changed(&key, cached.as_ref().map(|c| c.0.as_str())).await? {
         Conditional::Missing => {
             cache.remove(&location);
             Ok(None)
         }
         Conditional::NotModified => match cached {
-            Some((etag, m)) => Ok(Some((Manifest::clone(&m), etag))),
+            Some((etag, m, _)) => {
+                if let Some(mut held) = cache.get_mut(&location).filter(|h| h.0 == etag) {
+                    held.2 = asked;
+                }
+                Ok(Some((Manifest::clone(&m), etag)))
+            }
             None => Err(StorageError::Corrupt(format!("s3://{}/{key}: 304 Not Modified to an unconditional read", store.bucket()))),
         },
         Conditional::Found { data, etag } => {
             let m = Manifest::parse(&data).map_err(|e| StorageError::Corrupt(format!("s3://{}/{key}: {e}", store.bucket())))?;
-            if cache.len() >= MANIFEST_CACHE_ENTRIES {
-                cache.clear();
-            }
-            cache.insert(location, (etag.clone(), std::sync::Arc::new(m.clone())));
+            hold_at(location, &etag, &m, asked);
             Ok(Some((m, etag)))
         }
     }
+}
+
+fn hold_at(location: String, etag: &str, m: &Manifest, confirmed: std::time::Instant) {
+    let cache = MANIFESTS.get_or_init(dashmap::DashMap::new);
+    if etag.is_empty() {
+        cache.remove(&location);
+        return;
+    }
+    if cache.len() >= MANIFEST_CACHE_ENTRIES {
+        cache.clear();
+    }
+    cache.insert(location, (etag.to_string(), std::sync::Arc::new(m.clone()), confirmed));
+}
+
+/// Holds the manifest this daemon has just written (`etag`: what the write
+/// answered), as a read would have: the next read is a 304.
+pub(crate) fn hold_written(store: &S3Store, url: &RemoteUrl, etag: &str, m: &Manifest, written_since: std::time::Instant) {
+    hold_at(store.location(&manifest_key(url)), etag, m, written_since);
+}
+
+/// Forgets the held manifest of `url` (before writing or deleting it other
+/// than through [`hold_written`]): the next read is unconditional.
+pub(crate) fn forget_held(store: &S3Store, url: &RemoteUrl) {
+    if let Some(cache) = MANIFESTS.get() {
+        cache.remove(&store.location(&manifest_key(url)));
+    }
+}
+
+/// The manifest held for `url` and its ETag, if S3 confirmed it less than
+/// `fresh` ago (see [`PUSH_LIST_FRESH`]).
+pub(crate) fn held_fresh(store: &S3Store, url: &RemoteUrl, fresh: Duration) -> Option<(Manifest, String)> {
+    held_fresh_at(&store.location(&manifest_key(url)), fresh)
+}
+
+fn held_fresh_at(location: &str, fresh: Duration) -> Option<(Manifest, String)> {
+    let held = MANIFESTS.get()?.get(location)?.value().clone();
+    (held.2.elapsed() < fresh).then(|| (Manifest::clone(&held.1), held.0))
 }
 
 pub(crate) fn unix_now() -> u64 {
@@ -337,8 +387,12 @@ where
         }
         m.serial += 1;
         let opts = PutOptions { condition: WriteCondition::IfMatch(etag), ..Default::default() };
+        let sent = std::time::Instant::now();
         match store.put_bytes(&manifest_key(url), m.to_bytes(), opts).await {
-            Ok(_) => return Ok(m),
+            Ok(new_etag) => {
+                hold_written(store, url, &new_etag, &m, sent);
+                return Ok(m);
+            }
             Err(e) if e.is_precondition_failed() || e.is_not_found() => continue,
             Err(e) => return Err(e.into()),
         }
@@ -396,6 +450,26 @@ mod tests {
         assert_eq!(pack_key(&url, "ab"), "p/q/.git-s3/packs/pack-ab.pack");
         assert_eq!(idx_key(&url, "ab"), "p/q/.git-s3/packs/pack-ab.idx");
         assert!(!manifest_key(&url).starts_with("p/q/refs/"));
+    }
+
+    #[test]
+    fn a_held_manifest_is_fresh_for_a_while_and_an_empty_etag_is_not_held() {
+        let location = "test|bkt|held/.git-s3/manifest.json".to_string();
+        let mut m = Manifest::default();
+        m.serial = 7;
+        let now = std::time::Instant::now();
+        hold_at(location.clone(), "\"e1\"", &m, now);
+        let held = held_fresh_at(&location, PUSH_LIST_FRESH).expect("held");
+        assert_eq!((held.0.serial, held.1.as_str()), (7, "\"e1\""));
+        assert!(held_fresh_at(&location, Duration::ZERO).is_none(), "older than no time at all");
+        if let Some(long_ago) = now.checked_sub(PUSH_LIST_FRESH * 2) {
+            hold_at(location.clone(), "\"e0\"", &m, long_ago);
+            assert!(is_held(&location), "still read conditionally");
+            assert!(held_fresh_at(&location, PUSH_LIST_FRESH).is_none(), "too old to answer a push's list");
+        }
+        // A write whose answer had no ETag: forgotten, the next read is unconditional.
+        hold_at(location.clone(), "", &m, now);
+        assert!(!is_held(&location));
     }
 
     #[test]

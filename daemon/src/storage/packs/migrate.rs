@@ -122,6 +122,7 @@ async fn migrate_to_packs_locked(
     if !m.packs.iter().any(|p| p.name == entry.name) {
         m.packs.push(entry.clone());
     }
+    manifest::forget_held(store, url);
     match store.put_bytes(&manifest::manifest_key(url), m.to_bytes(), PutOptions { condition, ..Default::default() }).await {
         Ok(_) => {}
         Err(e) if e.is_precondition_failed() || e.is_not_found() => {
@@ -261,6 +262,7 @@ async fn migrate_to_bundles_locked(
         store.put_bytes(&url.key(&format!("{p}/{}", layout::PROTECTED_MARKER)), Vec::new(), PutOptions::default()).await?;
     }
     // The manifest is frozen: no push or edit can have landed since.
+    manifest::forget_held(store, url);
     store.delete(&manifest::manifest_key(url)).await?;
     report.deleted += 1;
     crash_hook(env, "to-bundles-manifest-deleted");

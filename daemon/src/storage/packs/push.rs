@@ -16,7 +16,7 @@ use tracing::Instrument;
 
 use crate::s3::store::{PutOptions, WriteCondition};
 use crate::session::progress::Progress;
-use crate::storage::detect::mixed_formats_error;
+use crate::storage::detect::{last_markers, mixed_formats_error, RefsDir};
 use crate::storage::packs::git_ops::{pack_object_count, resolve_objects, run_with_stdin, SCRATCH_PACK_CONFIG};
 use crate::storage::packs::manifest::{self, backoff, read_manifest, unix_now, Manifest, PackEntry, MAX_ATTEMPTS};
 use crate::storage::packs::storage::PackStorage;
@@ -73,7 +73,60 @@ async fn pack_build_dir(ctx: &OpContext) -> Result<tempfile::TempDir, StorageErr
     dir.map_err(|e| ctx.cache.explain_io(e).into())
 }
 
+/// The updates that change the remote, with their change.
+fn changes_of<'a>(updates: &'a [PushUpdate], verdicts: &'a [Result<Change, String>]) -> Vec<(&'a str, &'a Change)> {
+    updates
+        .iter()
+        .zip(verdicts)
+        .filter_map(|(u, v)| match v {
+            Ok(c) if *c != Change::Unchanged => Some((u.dst.as_str(), c)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The new tips of `changes`, sorted and distinct (what the pack is for).
+fn tips_of(changes: &[(&str, &Change)]) -> Vec<String> {
+    changes
+        .iter()
+        .filter_map(|(_, c)| if let Change::Set(s) = c { Some(s.clone()) } else { None })
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+/// The answer to git: each update's verdict.
+fn results(updates: &[PushUpdate], verdicts: &[Result<Change, String>]) -> Vec<(String, PushResult)> {
+    updates.iter().zip(verdicts).map(|(u, v)| (u.dst.clone(), v.as_ref().map(|_| ()).map_err(Clone::clone))).collect()
+}
+
+/// `option atomic`: one refused update refuses them all.
+fn fail_all_if_one_fails(verdicts: &mut [Result<Change, String>]) {
+    if verdicts.iter().any(|v| v.is_err()) {
+        for v in verdicts.iter_mut() {
+            if v.is_ok() {
+                *v = Err("atomic push failed".into());
+            }
+        }
+    }
+}
+
 impl PackStorage {
+    /// Bundles under `refs/` while the push started from a manifest: both
+    /// formats, unless the manifest is gone meanwhile (the remote was
+    /// migrated to bundles since this daemon read it).
+    async fn mixed_or_migrated(&self, refs: &RefsDir) -> StorageError {
+        manifest::forget_held(&self.store, &self.url);
+        match read_manifest(&self.store, &self.url).await {
+            Ok(None) => StorageError::Format(format!(
+                "{} is in the bundles format now (it was migrated since this daemon last read it); push again",
+                self.url
+            )),
+            Ok(Some(_)) => mixed_formats_error(&self.url, refs),
+            Err(e) => e,
+        }
+    }
+
     /// The verdict on each update against `m`.
     async fn plan(
         &self,
@@ -231,8 +284,13 @@ impl PackStorage {
     pub(super) async fn push_all(&self, ctx: &OpContext, updates: &[PushUpdate]) -> Result<Vec<(String, PushResult)>, StorageError> {
         let srcs: Vec<&str> = updates.iter().filter_map(|u| u.src.as_deref()).collect();
         let mut built: Option<BuiltPack> = None;
-        // PROTECTED# markers: those of detection's refs/ scan if it made one.
+        // PROTECTED# markers: those of detection's refs/ scan if it made
+        // one, else those of this daemon's last scan (a guess until the
+        // push's own scan answers).
         let mut markers = self.markers();
+        if markers.is_empty() {
+            markers = last_markers(&self.store, &self.url);
+        }
         for attempt in 0..PUSH_ATTEMPTS {
             let first = if attempt == 0 { self.take_listed() } else { None };
             let (m, etag) = match first {
@@ -292,59 +350,75 @@ impl PackStorage {
                 };
                 Ok::<_, StorageError>((local, present, exclude, verdicts, built))
             };
-            // Beside it, the refs/ scan: bundles of another tool in the
-            // prefix are refused before anything is written, and PROTECTED#
-            // markers count like the manifest's protection.
-            let (refs, work) = tokio::join!(self.scan_refs(attempt > 0), local_work);
-            let refs = refs?;
-            if !refs.bundle_refs.is_empty() {
-                return Err(mixed_formats_error(&self.url, &refs));
+            // The refs/ scan: bundles of another tool in the prefix are
+            // refused before the manifest is written, and PROTECTED# markers
+            // count like the manifest's protection. Detection's scan when it
+            // made one; else a LIST beside the pack's upload (the manifest
+            // write waits for both), so the scan adds no round trip. A pack
+            // uploaded beside a scan that refuses stays unreferenced, as
+            // after a crash (gc deletes it).
+            let known_refs = if attempt == 0 { self.take_refs() } else { None };
+            if let Some(refs) = known_refs.as_ref().filter(|r| !r.bundle_refs.is_empty()) {
+                return Err(mixed_formats_error(&self.url, refs));
             }
-            let (local, present, exclude, mut verdicts, b) = work?;
+            let (local, present, exclude, mut verdicts, b) = local_work.await?;
             built = b;
-            if refs.markers != markers {
+            let mut refs_checked = false;
+            if let Some(refs) = known_refs {
+                refs_checked = true;
+                if refs.markers != markers {
+                    markers = refs.markers;
+                    verdicts = self.plan(ctx, &m, &markers, updates, &local, &present).await;
+                }
+            }
+            loop {
+                if ctx.atomic {
+                    fail_all_if_one_fails(&mut verdicts);
+                }
+                let new_tips = {
+                    let changes = changes_of(updates, &verdicts);
+                    if changes.is_empty() && refs_checked {
+                        return Ok(results(updates, &verdicts));
+                    }
+                    tips_of(&changes)
+                };
+                // Some updates were refused: the pack holds only the accepted tips.
+                if !new_tips.is_empty() && !built.as_ref().is_some_and(|b| reusable(b, &new_tips)) {
+                    built = self.build_pack(ctx, &new_tips, &exclude, packs_now.clone()).await?;
+                }
+                let pack = built.as_mut().filter(|_| !new_tips.is_empty());
+                let upload = async {
+                    if let Some(b) = pack {
+                        if !b.uploaded {
+                            self.upload_pack(ctx, b).await?;
+                            b.uploaded = true;
+                        }
+                    }
+                    Ok::<_, StorageError>(())
+                };
+                if refs_checked {
+                    upload.await?;
+                    break;
+                }
+                let (refs, uploaded) = tokio::join!(self.scan_refs(), upload);
+                let refs = refs?;
+                if !refs.bundle_refs.is_empty() {
+                    return Err(self.mixed_or_migrated(&refs).await);
+                }
+                uploaded?;
+                refs_checked = true;
+                if refs.markers == markers {
+                    break;
+                }
                 // Markers the checks did not know: check again with them.
                 markers = refs.markers;
                 verdicts = self.plan(ctx, &m, &markers, updates, &local, &present).await;
             }
-            if ctx.atomic && verdicts.iter().any(|v| v.is_err()) {
-                for v in verdicts.iter_mut() {
-                    if v.is_ok() {
-                        *v = Err("atomic push failed".into());
-                    }
-                }
-            }
-            let results = |verdicts: &[Result<Change, String>]| -> Vec<(String, PushResult)> {
-                updates.iter().zip(verdicts).map(|(u, v)| (u.dst.clone(), v.as_ref().map(|_| ()).map_err(Clone::clone))).collect()
-            };
-            let changes: Vec<(&str, &Change)> = updates
-                .iter()
-                .zip(&verdicts)
-                .filter_map(|(u, v)| match v {
-                    Ok(c) if *c != Change::Unchanged => Some((u.dst.as_str(), c)),
-                    _ => None,
-                })
-                .collect();
+            let changes = changes_of(updates, &verdicts);
             if changes.is_empty() {
-                return Ok(results(&verdicts));
+                return Ok(results(updates, &verdicts));
             }
-            let new_tips: Vec<String> = changes
-                .iter()
-                .filter_map(|(_, c)| if let Change::Set(s) = c { Some(s.clone()) } else { None })
-                .collect::<BTreeSet<_>>()
-                .into_iter()
-                .collect();
-            // Some updates were refused: the pack holds only the accepted tips.
-            if !new_tips.is_empty() && !built.as_ref().is_some_and(|b| reusable(b, &new_tips)) {
-                built = self.build_pack(ctx, &new_tips, &exclude, packs_now.clone()).await?;
-            }
-            let pack = built.as_mut().filter(|_| !new_tips.is_empty());
-            if let Some(b) = pack {
-                if !b.uploaded {
-                    self.upload_pack(ctx, b).await?;
-                    b.uploaded = true;
-                }
-            }
+            let new_tips = tips_of(&changes);
             #[cfg(feature = "test-hooks")]
             crate::test_hooks::crash_before_manifest(&ctx.env);
 
@@ -383,14 +457,18 @@ impl PackStorage {
                 None => WriteCondition::IfAbsent,
             };
             let key = manifest::manifest_key(&self.url);
+            let sent = std::time::Instant::now();
             match self.store.put_bytes(&key, next.to_bytes(), PutOptions { condition, ..Default::default() }).await {
-                Ok(_) => {
+                Ok(new_etag) => {
                     tracing::info!(serial = next.serial, refs = changes.len(), attempt, "manifest updated");
+                    // The next command reads it conditionally (a 304), and a push
+                    // right after this one starts from it.
+                    manifest::hold_written(&self.store, &self.url, &new_etag, &next, sent);
                     if let Some(b) = built.take().filter(|b| b.uploaded && !new_tips.is_empty() && !packs_now.contains(&b.name)) {
                         self.upload_idx_in_background(ctx, b);
                     }
                     self.maybe_gc_in_background(ctx, &next.packs);
-                    let mut results = results(&verdicts);
+                    let mut results = results(updates, &verdicts);
                     self.write_zips(ctx, next.serial, &changes, &mut results).await;
                     return Ok(results);
                 }

@@ -23,6 +23,9 @@ pub struct PackStorage {
     /// The `refs/` scan made at detection, if one was: a push's first
     /// attempt uses it instead of listing again.
     pub(super) refs: Mutex<Option<RefsDir>>,
+    /// Pack downloads that broke off and were made again (their
+    /// index-pack's temp file is removed once the fetch is done).
+    pub(super) broken_streams: std::sync::atomic::AtomicU32,
 }
 
 impl PackStorage {
@@ -33,6 +36,7 @@ impl PackStorage {
             seed: Mutex::new(Some(seed)),
             listed: Mutex::new(None),
             refs: Mutex::new(refs),
+            broken_streams: std::sync::atomic::AtomicU32::new(0),
         }
     }
 
@@ -41,13 +45,14 @@ impl PackStorage {
         self.refs.lock().ok().and_then(|r| r.as_ref().map(|r| r.markers.clone())).unwrap_or_default()
     }
 
-    /// The `refs/` scan: detection's the first time, else a fresh LIST.
-    pub(super) async fn scan_refs(&self, fresh: bool) -> Result<RefsDir, StorageError> {
-        let known = if fresh { None } else { self.refs.lock().ok().and_then(|mut r| r.take()) };
-        match known {
-            Some(r) => Ok(r),
-            None => scan_refs_dir(&self.store, &self.url).await,
-        }
+    /// The `refs/` scan detection made, if it made one (taken: a retry lists again).
+    pub(super) fn take_refs(&self) -> Option<RefsDir> {
+        self.refs.lock().ok().and_then(|mut r| r.take())
+    }
+
+    /// A fresh `refs/` scan (one LIST).
+    pub(super) async fn scan_refs(&self) -> Result<RefsDir, StorageError> {
+        scan_refs_dir(&self.store, &self.url).await
     }
 
     /// The manifest and its ETag: the one read at detection the first time,
