@@ -133,6 +133,8 @@ where
             StoreError::Timeout { bucket: b, key: k, reason: short_reason(&text) }
         }
         (SdkError::TimeoutError(_), _, _) => StoreError::Timeout { bucket: b, key: k, reason: short_reason(&text) },
+        // The answer broke off or stalled before the SDK had read it all.
+        (SdkError::ResponseError(_), _, _) => StoreError::Interrupted { bucket: b, key: k, message: short_reason(&text) },
         (SdkError::DispatchFailure(d), _, _) if d.is_io() || d.is_timeout() => StoreError::Connect(short_reason(&text)),
         (SdkError::DispatchFailure(_), _, _) if text.contains("credential") => StoreError::NoCredentials(short_reason(&text)),
         (SdkError::DispatchFailure(_), _, _) => StoreError::Connect(short_reason(&text)),
@@ -244,8 +246,8 @@ impl Source<'_> {
 
 /// The SDK's error text without its debug dump of the error structure.
 fn short_reason(text: &str) -> String {
-    let cut = text.find(" (DispatchFailure").or_else(|| text.find(" (TimeoutError")).unwrap_or(text.len());
-    first_line(text[..cut].trim_start_matches("dispatch failure: ").trim_start_matches("other: "))
+    let cut = [" (DispatchFailure", " (TimeoutError", " (ResponseError"].iter().filter_map(|m| text.find(m)).min().unwrap_or(text.len());
+    first_line(text[..cut].trim_start_matches("dispatch failure: ").trim_start_matches("response error: ").trim_start_matches("other: "))
 }
 
 fn first_line(s: &str) -> String {
@@ -704,6 +706,19 @@ impl S3Store {
         }
     }
 
+    /// The body of `key` from byte `offset` on, of the version `etag` (the
+    /// rest of a download that broke off).
+    async fn rest_of(&self, key: &str, offset: u64, etag: &str) -> Result<ByteStream, StoreError> {
+        let range = format!("bytes={offset}-");
+        let send = |c: aws_sdk_s3::Client| c.get_object().bucket(&*self.bucket).key(key).range(&range).if_match(etag).send();
+        let resp = self
+            .call(send)
+            .instrument(tracing::debug_span!("s3.get_range", bucket = %self.bucket, key, offset))
+            .await
+            .map_err(|e| self.classify(e, key))?;
+        Ok(resp.body)
+    }
+
     /// [`S3Store::get_to_file`], also handing every chunk to `tee` as it
     /// arrives (e.g. to feed `git index-pack` while the download runs). The
     /// file is written completely even when the tee's reader stops early.
@@ -735,7 +750,30 @@ impl S3Store {
                 }
             };
             let mut total = 0u64;
-            while let Some(chunk) = body.try_next().await.map_err(|e| self.interrupted(key, e.to_string()))? {
+            let mut attempt = 1;
+            loop {
+                // A body that breaks off (or ends short) is picked up where
+                // it stopped: a ranged GET of the rest of the same version,
+                // so the file and the tee's reader see one unbroken stream.
+                let broke = match body.try_next().await {
+                    Ok(Some(chunk)) => Ok(chunk),
+                    Ok(None) if expected.map(|exp| total < exp).unwrap_or(false) => Err(format!("got {total} of {} bytes", expected.unwrap_or(0))),
+                    Ok(None) => break,
+                    Err(e) => Err(e.to_string()),
+                };
+                let chunk = match broke {
+                    Ok(chunk) => chunk,
+                    Err(message) => {
+                        let resumable = expected.map(|exp| total < exp).unwrap_or(false) && !etag.is_empty();
+                        if !resumable || attempt >= DOWNLOAD_ATTEMPTS {
+                            return Err(self.interrupted(key, message));
+                        }
+                        attempt += 1;
+                        tracing::warn!(key, attempt, offset = total, error = %message, "download broke off; resuming where it stopped");
+                        body = self.rest_of(key, total, &etag).await?;
+                        continue;
+                    }
+                };
                 if let Some(f) = file.as_mut() {
                     if let Err(e) = f.write_all(&chunk).await {
                         file_error = Some(e);
