@@ -183,3 +183,23 @@ async fn persistent_slowdown_ends_after_the_configured_attempts() {
     let line = err.to_string();
     assert!(line.contains("throttling") && line.contains(&format!("s3://{}/p/x", env.bucket)) && line.contains("SlowDown"), "{line}");
 }
+
+/// A conditional write whose answer is lost after S3 stored it (the
+/// connection reset): the SDK sends it again, S3 answers 412 against the
+/// first copy. That write is ours, not a lost race.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conditional_write_whose_answer_was_lost_is_not_a_lost_race() {
+    let env = testkit::TestEnv::new();
+    let field = FieldServer::start();
+    let s = store(&env, &field).await;
+    field.set_faults(6, vec![Fault::new(FaultAction::ResetMidBody, &[RequestKind::ConditionalPut], 1.0).times(1)]);
+    s.put_bytes("p/lock", b"mine-1234".to_vec(), create_only()).await.expect("ours, though its answer was lost");
+    assert_eq!(field.counts().of(RequestKind::ConditionalPut), 2, "{:?}", field.counts());
+    let etag = s.head("p/lock").await.unwrap().unwrap().etag;
+    field.set_faults(6, vec![Fault::new(FaultAction::ResetMidBody, &[RequestKind::ConditionalPut], 1.0).times(1)]);
+    let opts = PutOptions { condition: WriteCondition::IfMatch(etag), ..Default::default() };
+    s.put_bytes("p/lock", b"mine-5678".to_vec(), opts).await.expect("the replacement is ours too");
+    // Someone else's object still means a lost race.
+    let lost = s.put_bytes("p/lock", b"theirs".to_vec(), create_only()).await.unwrap_err();
+    assert!(lost.is_precondition_failed(), "{lost}");
+}

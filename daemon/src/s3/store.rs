@@ -845,8 +845,36 @@ impl S3Store {
                     tokio::time::sleep(wait).await;
                     attempt += 1;
                 }
-                Err(e) => return Err(self.classify(e, key)),
+                Err(e) => {
+                    let err = self.classify(e, key);
+                    if err.is_precondition_failed() {
+                        if let Some(etag) = self.already_written(key, &source, &opts.condition).await {
+                            return Ok(etag);
+                        }
+                    }
+                    return Err(err);
+                }
             }
+        }
+    }
+
+    /// After a `412` on a conditional write of bytes: the ETag of the object
+    /// when it holds exactly those bytes. A write whose answer was lost (the
+    /// connection reset after S3 stored it) is sent again by the SDK, and
+    /// that second try fails its condition against the first: it is ours,
+    /// not a lost race. (Bodies written conditionally are unique: locks
+    /// carry a nonce, manifests a serial.)
+    async fn already_written(&self, key: &str, source: &Source<'_>, condition: &WriteCondition) -> Option<String> {
+        let Source::Bytes(ours) = source else { return None };
+        if matches!(condition, WriteCondition::None) {
+            return None;
+        }
+        match self.get_small_if_changed(key, None).await {
+            Ok(Conditional::Found { data, etag }) if data == ours.as_ref() => {
+                tracing::info!(key, "412 on a conditional write that had already landed (its answer was lost); it is ours");
+                Some(etag)
+            }
+            _ => None,
         }
     }
 
