@@ -203,3 +203,17 @@ async fn a_conditional_write_whose_answer_was_lost_is_not_a_lost_race() {
     let lost = s.put_bytes("p/lock", b"theirs".to_vec(), create_only()).await.unwrap_err();
     assert!(lost.is_precondition_failed(), "{lost}");
 }
+
+/// No answer at all: `GIT_S3_OPERATION_TIMEOUT_SECONDS` bounds a request
+/// with all its attempts, whatever the read timeout; one line names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operation_timeout_bounds_a_request_that_is_never_answered() {
+    let env = testkit::TestEnv::new();
+    let field = FieldServer::start();
+    let s = store_with(&env, &field, &[("GIT_S3_OPERATION_TIMEOUT_SECONDS", "1")]).await;
+    field.set_faults(8, vec![Fault::new(FaultAction::NoResponse(std::time::Duration::from_secs(3600)), &[RequestKind::Get], 1.0)]);
+    let err = s.get_small("p/x").await.unwrap_err();
+    assert_eq!(field.counts().of(RequestKind::Get), 1, "the read timeout (120 s) never came: {:?}", field.counts());
+    let line = err.to_string();
+    assert!(line.contains("did not answer a request for s3://") && line.contains("p/x") && !line.contains('\n'), "{line}");
+}

@@ -490,6 +490,45 @@ mod tests {
     }
 
     #[test]
+    fn timeouts_and_attempts_come_from_the_caller() {
+        let mut e = HashMap::new();
+        let spec = ClientSpec::from_env(&e, None);
+        assert_eq!((spec.max_attempts, spec.timeouts.read, spec.timeouts.operation), (DEFAULT_MAX_ATTEMPTS, DEFAULT_READ_TIMEOUT, None));
+        assert_eq!(spec.timeouts.body_stall(), BODY_STALL_LIMIT);
+        e.insert("GIT_S3_READ_TIMEOUT_SECONDS".to_string(), "2.5".to_string());
+        e.insert("GIT_S3_OPERATION_TIMEOUT_SECONDS".to_string(), "30".to_string());
+        e.insert("AWS_MAX_ATTEMPTS".to_string(), "3".to_string());
+        let spec2 = ClientSpec::from_env(&e, None);
+        assert_eq!(spec2.timeouts.read, Duration::from_millis(2500));
+        assert_eq!(spec2.timeouts.body_stall(), Duration::from_millis(2500));
+        assert_eq!(spec2.timeouts.operation, Some(Duration::from_secs(30)));
+        assert_eq!(spec2.max_attempts, 3);
+        assert_ne!(spec, spec2, "part of the client key");
+        e.insert("GIT_S3_READ_TIMEOUT_SECONDS".to_string(), "-1".to_string());
+        assert_eq!(ClientSpec::from_env(&e, None).timeouts.read, DEFAULT_READ_TIMEOUT, "nonsense is ignored");
+    }
+
+    #[test]
+    fn a_profile_endpoint_selects_path_style_and_the_client() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join(".aws")).unwrap();
+        std::fs::write(
+            dir.path().join(".aws/config"),
+            "[profile lab]\nservices = lab\n[services lab]\ns3 =\n  endpoint_url = http://127.0.0.1:9000\n[profile prod]\nregion = eu-west-1\n",
+        )
+        .unwrap();
+        let mut e = HashMap::new();
+        e.insert("HOME".to_string(), dir.path().display().to_string());
+        let lab = ClientSpec::from_env(&e, Some("lab"));
+        assert_eq!(lab.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert!(lab.path_style);
+        let prod = ClientSpec::from_env(&e, Some("prod"));
+        assert_eq!(prod.endpoint, None);
+        e.insert("AWS_ENDPOINT_URL".to_string(), "http://127.0.0.1:1".to_string());
+        assert_eq!(ClientSpec::from_env(&e, Some("lab")).endpoint.as_deref(), Some("http://127.0.0.1:1"), "the environment wins");
+    }
+
+    #[test]
     fn forced_path_style() {
         let mut e = HashMap::new();
         e.insert("GIT_REMOTE_S3_PATH_STYLE".to_string(), "1".to_string());
