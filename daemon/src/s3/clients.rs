@@ -320,6 +320,13 @@ impl ClientSpec {
         if sdk.region().is_none() {
             conf = conf.region(Region::new("us-east-1"));
         }
+        if self.endpoint.is_none() {
+            // Our resolution (s3/profile.rs, with the caller's environment)
+            // is the one that counts: the SDK must not add a profile's
+            // endpoint that the caller's AWS_IGNORE_CONFIGURED_ENDPOINT_URLS
+            // turned off.
+            conf.set_endpoint_url(None);
+        }
         if self.is_third_party_endpoint() {
             conf = conf
                 .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
