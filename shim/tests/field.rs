@@ -220,3 +220,170 @@ fn tls_with_the_callers_ca_bundle_directly_and_through_their_proxy() {
     let err = env.git_fail(&env.work(), &["ls-remote", &url]);
     assert!(err.contains(&format!("did not verify against the CA bundle {other_path}")), "{err}");
 }
+
+#[test]
+fn packs_remote_in_a_new_bucket_of_another_region_temporary_redirect() {
+    push_clone_ls_remote_in_eu_west_1(true, RegionAnswer::TemporaryRedirect);
+}
+
+/// The lines of stderr that git or git-s3 print as errors.
+fn error_lines(stderr: &str) -> Vec<&str> {
+    stderr.lines().filter(|l| l.starts_with("fatal:") || l.starts_with("error:")).collect()
+}
+
+/// `503 SlowDown` on every request: the command ends after the caller's
+/// `AWS_MAX_ATTEMPTS` per request, with one line naming bucket and key.
+#[test]
+fn persistent_slowdown_ends_with_one_line_after_bounded_attempts() {
+    let (env, field) = field_env();
+    let url = env.url("throttled");
+    let repo = repo_for(&env, &url, false);
+    env.git(&repo, &["push", "-q", "origin", "main"]);
+    env.set_env("AWS_MAX_ATTEMPTS", "2");
+    field.set_faults(9, vec![Fault::new(FaultAction::SlowDown, testkit::field::ALL_KINDS, 1.0)]);
+    field.reset_counts();
+    let err = env.git_fail(&env.work(), &["ls-remote", &url]);
+    let lines = error_lines(&err);
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(
+        lines[0].contains("S3 kept throttling requests to s3://") && lines[0].contains(&env.bucket) && lines[0].contains("throttled/") && lines[0].contains("SlowDown"),
+        "{err}"
+    );
+    // The listing and the manifest read (in parallel): two attempts each, nothing more.
+    let c = field.counts();
+    assert_eq!((c.total(), c.of(RequestKind::List), c.of(RequestKind::Get)), (4, 2, 2), "{c:?}");
+
+    // A push meets it too, and leaves no lock behind.
+    let before = env.keys("throttled/");
+    env.commit(&repo, "x.txt", "x\n", "x");
+    field.reset_counts();
+    let err = env.git_fail(&repo, &["push", "-q", "origin", "main"]);
+    assert!(err.contains("S3 kept throttling requests to s3://"), "{err}");
+    assert!(field.counts().total() <= 2 * 4, "bounded: {:?}", field.counts());
+    field.clear_faults();
+    assert_eq!(env.keys("throttled/"), before, "a throttled push changed the remote");
+}
+
+/// A response that stalls (headers sent, then no body; or no answer at all)
+/// is given up after `GIT_S3_READ_TIMEOUT_SECONDS` and sent again; one that
+/// always stalls ends with one line.
+fn stalls(packs: bool) {
+    use std::time::Duration;
+    let (env, field) = field_env();
+    env.set_env("GIT_S3_READ_TIMEOUT_SECONDS", "1");
+    env.set_env("AWS_MAX_ATTEMPTS", "2");
+    let url = env.url("stalls");
+    let repo = repo_for(&env, &url, packs);
+    env.commit(&repo, "big.bin", &"0123456789abcdef".repeat(20_000), "a body worth cutting");
+    env.git(&repo, &["push", "-q", "origin", "main"]);
+    let head = env.git(&repo, &["rev-parse", "HEAD"]).trim().to_string();
+    let forever = Duration::from_secs(3600);
+
+    // Once each: no answer to the listing, a body that stops halfway (a new
+    // daemon with an empty cache, so that the clone downloads).
+    std::fs::remove_dir_all(env.dir.path().join("cache")).unwrap();
+    env.git_s3(&env.work(), &["daemon", "stop"]);
+    field.set_faults(
+        12,
+        vec![
+            Fault::new(FaultAction::NoResponse(forever), &[RequestKind::List], 1.0).times(1),
+            Fault::new(FaultAction::Stall(forever), &[RequestKind::Get], 1.0).on_paths_containing(if packs { ".pack" } else { ".bundle" }).times(1),
+        ],
+    );
+    field.reset_counts();
+    env.git(&env.work(), &["clone", "-q", &url, "clone"]);
+    assert_eq!(env.git(&env.path("clone"), &["rev-parse", "HEAD"]).trim(), head);
+    let c = field.counts();
+    assert_eq!(c.faults, 2, "both stalls happened: {c:?}");
+    env.git(&env.path("clone"), &["fsck", "--full", "--no-progress"]);
+
+    // Always no answer: one line, after two attempts of each request.
+    field.set_faults(12, vec![Fault::new(FaultAction::NoResponse(forever), testkit::field::ALL_KINDS, 1.0)]);
+    field.reset_counts();
+    let err = env.git_fail(&env.work(), &["ls-remote", &url]);
+    let lines = error_lines(&err);
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].contains("did not answer a request for s3://") && lines[0].contains("GIT_S3_READ_TIMEOUT_SECONDS"), "{err}");
+    let c = field.counts();
+    assert!(c.total() >= 2 && c.of(RequestKind::List) <= 2 && c.of(RequestKind::Get) <= 2, "{c:?}");
+
+    // A body that always stalls: the download is tried a bounded number of times.
+    field.set_faults(12, vec![Fault::new(FaultAction::Stall(forever), &[RequestKind::Get, RequestKind::RangedGet], 1.0)]);
+    std::fs::remove_dir_all(env.dir.path().join("cache")).unwrap();
+    env.git_s3(&env.work(), &["daemon", "stop"]);
+    field.reset_counts();
+    let err = env.git_fail(&env.work(), &["clone", "-q", &url, "clone2"]);
+    assert!(err.contains("broke off") && err.contains("GIT_S3_READ_TIMEOUT_SECONDS"), "{err}");
+    assert!(error_lines(&err).len() <= 2, "{err}");
+    let gets = field.counts().of(RequestKind::Get) + field.counts().of(RequestKind::RangedGet);
+    assert!((2..=5 * 5).contains(&gets), "bounded: {:?}", field.counts());
+    assert!(!env.path("clone2").exists(), "a failed clone leaves no directory");
+}
+
+#[test]
+fn stalled_responses_are_sent_again_and_end_bounded_bundles() {
+    stalls(false);
+}
+
+#[test]
+fn stalled_responses_are_sent_again_and_end_bounded_packs() {
+    stalls(true);
+}
+
+/// Two remotes through `profile@bucket` URLs, each profile with its own
+/// endpoint (one through the field server, one straight to the store): one
+/// daemon serves both. The caller's `AWS_ENDPOINT_URL` wins over the
+/// profile's, as the AWS SDKs' shared-config standard says.
+#[test]
+fn profile_endpoints_select_the_store_per_remote() {
+    let env = TestEnv::new();
+    let field = FieldServer::start();
+    env.set_env("AWS_ENDPOINT_URL", "");
+    env.set_env("AWS_ACCESS_KEY_ID", "");
+    env.set_env("AWS_SECRET_ACCESS_KEY", "");
+    std::fs::create_dir_all(env.home().join(".aws")).unwrap();
+    let direct = testkit::endpoint();
+    std::fs::write(
+        env.home().join(".aws/config"),
+        format!(
+            "[profile direct]\nregion = us-east-1\naws_access_key_id = test\naws_secret_access_key = test\nendpoint_url = {direct}\n\n\
+             [profile far]\nregion = us-east-1\naws_access_key_id = test\naws_secret_access_key = test\n\
+             endpoint_url = http://127.0.0.1:9\nservices = field-s3\n\n\
+             [services field-s3]\ns3 =\n  endpoint_url = {}\n",
+            field.url
+        ),
+    )
+    .unwrap();
+    let near_url = format!("s3://direct@{}/near", env.bucket);
+    let far_url = format!("s3://far@{}/far", env.bucket);
+    let near = env.new_repo("near");
+    env.git(&near, &["remote", "add", "origin", &near_url]);
+    env.git(&near, &["push", "-q", "origin", "main"]);
+    assert_eq!(field.counts().total(), 0, "the direct profile went through the field server");
+    let far = env.new_repo("far");
+    env.git(&far, &["remote", "add", "origin", &far_url]);
+    env.git(&far, &["config", "s3.format", "packs"]);
+    env.git(&far, &["push", "-q", "origin", "main"]);
+    assert!(field.counts().total() > 0, "the services section's endpoint was not used");
+    assert!(env.keys("far/").iter().any(|k| k.ends_with("manifest.json")));
+    assert!(env.keys("near/").iter().any(|k| k == "near/HEAD"));
+
+    // The same daemon, both remotes again.
+    field.reset_counts();
+    let head = env.git(&near, &["rev-parse", "HEAD"]).trim().to_string();
+    assert!(env.ls_remote(Tool::Ours, &near_url).contains(&format!("{head}\trefs/heads/main")));
+    assert_eq!(field.counts().total(), 0);
+    assert!(env.ls_remote(Tool::Ours, &far_url).iter().any(|l| l.ends_with("refs/heads/main")));
+    assert!(field.counts().total() > 0);
+
+    // AWS_ENDPOINT_URL in the caller's environment beats the profile's.
+    env.set_env("AWS_ENDPOINT_URL", &field.url);
+    field.reset_counts();
+    assert!(env.ls_remote(Tool::Ours, &near_url).contains(&format!("{head}\trefs/heads/main")));
+    assert!(field.counts().total() > 0, "the environment's endpoint did not win");
+    // AWS_ENDPOINT_URL_S3 beats AWS_ENDPOINT_URL: a dead one fails, naming the endpoint problem.
+    env.set_env("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9");
+    env.set_env("AWS_MAX_ATTEMPTS", "1");
+    let err = env.git_fail(&env.work(), &["ls-remote", &near_url]);
+    assert!(err.contains("cannot connect to the S3 endpoint"), "{err}");
+}

@@ -141,6 +141,8 @@ pub struct TestEnv {
     bin_dir: PathBuf,
     /// Variables set on every command after the defaults ([`TestEnv::set_env`]).
     extra_env: std::sync::Mutex<Vec<(String, String)>>,
+    /// With `GIT_S3_TEST_FIELD`: the field server every command goes through.
+    field: Option<FieldServer>,
 }
 
 impl TestEnv {
@@ -165,14 +167,45 @@ impl TestEnv {
             std::fs::create_dir_all(dir.path().join(d)).unwrap();
         }
         std::fs::set_permissions(dir.path().join("run"), std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-        let env = TestEnv { dir, bucket, bin_dir, extra_env: Default::default() };
+        let mut env = TestEnv { dir, bucket, bin_dir, extra_env: Default::default(), field: None };
         std::fs::write(
             env.home().join(".gitconfig"),
             "[user]\n\tname = Test\n\temail = test@example.com\n[init]\n\tdefaultBranch = main\n[protocol \"s3\"]\n\tallow = always\n[advice]\n\tdetachedHead = false\n",
         )
         .unwrap();
         s3tool(&["create-bucket", &env.bucket], None);
+        if let Some(conditions) = field::FieldConditions::from_env() {
+            let server = conditions.start();
+            env.set_env("AWS_ENDPOINT_URL", &server.url);
+            if let Some(ca) = server.ca_bundle() {
+                env.set_env("AWS_CA_BUNDLE", &ca.display().to_string());
+            }
+            env.field = Some(server);
+        }
         env
+    }
+
+    /// The field server of a run with `GIT_S3_TEST_FIELD` (see
+    /// [`field::FieldConditions`]), if any.
+    pub fn field(&self) -> Option<&FieldServer> {
+        self.field.as_ref()
+    }
+
+    /// Every git repository under `work/` passes `git fsck --full` (what a
+    /// run through the field server checks when a test ends).
+    pub fn fsck_all(&self) {
+        for repo in git_dirs(&self.work()) {
+            let mut c = self.command("git", &repo);
+            c.args(["fsck", "--full", "--no-progress", "--no-dangling"]);
+            let out = c.output().expect("spawn git fsck");
+            assert!(
+                out.status.success(),
+                "git fsck failed in {}:\n{}{}",
+                repo.display(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
     }
 
     pub fn home(&self) -> PathBuf {
@@ -369,8 +402,35 @@ impl Default for TestEnv {
     }
 }
 
+/// The git repositories under `dir` (work trees and bare ones), not below
+/// another repository's `.git`.
+fn git_dirs(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    for e in entries.flatten() {
+        let p = e.path();
+        if !e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            continue;
+        }
+        if p.join(".git").exists() || (p.join("HEAD").is_file() && p.join("objects").is_dir()) {
+            out.push(p);
+        } else {
+            out.extend(git_dirs(&p));
+        }
+    }
+    out
+}
+
 impl Drop for TestEnv {
     fn drop(&mut self) {
+        // Through the field server: every operation succeeded (or the test
+        // failed already); the repositories must be sound too.
+        if let Some(field) = &self.field {
+            eprintln!("field server: {:?}", field.counts());
+            if !std::thread::panicking() {
+                self.fsck_all();
+            }
+        }
         // Stop this test's daemon.
         if self.daemon_socket().exists() {
             let mut c = self.command("git-s3", self.dir.path());

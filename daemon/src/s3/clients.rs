@@ -12,10 +12,13 @@ use std::time::{Duration, Instant};
 use aws_runtime::env_config::file::{EnvConfigFileKind as ProfileFileKind, EnvConfigFiles as ProfileFiles};
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
+use aws_config::stalled_stream_protection::StalledStreamProtectionConfig;
 use aws_config::BehaviorVersion;
 use aws_sdk_s3::config::{Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use dashmap::DashMap;
 use sha2::{Digest, Sha256};
+
+use crate::s3::profile::{configured_endpoint, max_attempts, Profile};
 
 /// The caller's network settings: proxies (`HTTPS_PROXY`, `HTTP_PROXY`,
 /// `ALL_PROXY`, `NO_PROXY`, or their lower-case forms) and the CA bundle
@@ -29,10 +32,10 @@ pub struct NetworkSettings {
 }
 
 impl NetworkSettings {
-    fn from_env(env: &HashMap<String, String>, profile: Option<&str>) -> NetworkSettings {
+    fn from_env(env: &HashMap<String, String>, profile: &Profile) -> NetworkSettings {
         let get = |names: &[&str]| names.iter().find_map(|k| env.get(*k).filter(|v| !v.trim().is_empty()).map(|v| v.trim().to_string()));
         let all = get(&["ALL_PROXY", "all_proxy"]);
-        let ca_bundle = get(&["AWS_CA_BUNDLE"]).or_else(|| profile_setting(env, profile, "ca_bundle"));
+        let ca_bundle = get(&["AWS_CA_BUNDLE"]).or_else(|| profile.get("ca_bundle").map(str::to_string));
         NetworkSettings {
             https_proxy: get(&["HTTPS_PROXY", "https_proxy"]).or_else(|| all.clone()),
             http_proxy: get(&["HTTP_PROXY", "http_proxy"]).or(all),
@@ -117,31 +120,41 @@ pub fn redact_userinfo(url: &str) -> String {
     }
 }
 
-/// A setting of the caller's profile in their config file (`[default]` or
-/// `[profile NAME]`).
-fn profile_setting(env: &HashMap<String, String>, profile: Option<&str>, key: &str) -> Option<String> {
-    let get = |k: &str| env.get(k).filter(|v| !v.is_empty()).cloned();
-    let file = get("AWS_CONFIG_FILE").or_else(|| get("HOME").map(|h| format!("{h}/.aws/config")))?;
-    let text = std::fs::read_to_string(file).ok()?;
-    let name = profile.map(str::to_string).or_else(|| get("AWS_PROFILE")).unwrap_or_else(|| "default".to_string());
-    let mut in_section = false;
-    for line in text.lines() {
-        let line = line.trim();
-        if let Some(section) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            let section = section.trim();
-            let section = section.strip_prefix("profile ").map(str::trim).unwrap_or(section);
-            in_section = section == name;
-            continue;
-        }
-        if in_section {
-            if let Some((k, v)) = line.split_once('=') {
-                if k.trim() == key && !v.trim().is_empty() {
-                    return Some(v.trim().to_string());
-                }
-            }
-        }
+/// How long the daemon waits on S3, from the caller's environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Timeouts {
+    /// From sending a request to its answer's headers
+    /// (`GIT_S3_READ_TIMEOUT_SECONDS`); a body that delivers nothing for
+    /// this long (at most [`BODY_STALL_LIMIT`]) is a stalled download.
+    pub read: Duration,
+    /// One whole request, all its attempts (`GIT_S3_OPERATION_TIMEOUT_SECONDS`).
+    pub operation: Option<Duration>,
+}
+
+/// The read timeout unless the caller sets one.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(120);
+/// Attempts per request unless `AWS_MAX_ATTEMPTS` or the profile's
+/// `max_attempts` says otherwise.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 6;
+/// A response body that delivers nothing for this long breaks off (the
+/// SDK's stalled-stream protection; shorter when the read timeout is).
+pub const BODY_STALL_LIMIT: Duration = Duration::from_secs(20);
+
+impl Timeouts {
+    fn from_env(env: &HashMap<String, String>) -> Timeouts {
+        let secs = |k: &str| {
+            env.get(k)
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .filter(|s| s.is_finite() && *s > 0.0)
+                .map(|s| Duration::from_secs_f64(s.min(86_400.0)))
+        };
+        Timeouts { read: secs("GIT_S3_READ_TIMEOUT_SECONDS").unwrap_or(DEFAULT_READ_TIMEOUT), operation: secs("GIT_S3_OPERATION_TIMEOUT_SECONDS") }
     }
-    None
+
+    /// The stall limit of a response body.
+    pub fn body_stall(&self) -> Duration {
+        self.read.min(BODY_STALL_LIMIT)
+    }
 }
 
 /// Everything that selects a client, derived from the caller's environment.
@@ -152,6 +165,9 @@ pub struct ClientSpec {
     pub endpoint: Option<String>,
     pub path_style: bool,
     pub network: NetworkSettings,
+    /// Attempts per request (the SDK's standard retry).
+    pub max_attempts: u32,
+    pub timeouts: Timeouts,
     /// Hash of every credential-bearing input (never the secrets themselves).
     credentials_fingerprint: String,
     env: Vec<(String, String)>,
@@ -163,7 +179,8 @@ impl ClientSpec {
         let get = |k: &str| env.get(k).filter(|v| !v.is_empty()).cloned();
         let profile = url_profile.map(str::to_string).or_else(|| get("AWS_PROFILE"));
         let region = get("AWS_REGION").or_else(|| get("AWS_DEFAULT_REGION"));
-        let endpoint = get("AWS_ENDPOINT_URL_S3").or_else(|| get("AWS_ENDPOINT_URL"));
+        let file_profile = Profile::load(env, profile.as_deref());
+        let endpoint = configured_endpoint(env, &file_profile);
         let forced = matches!(get("GIT_REMOTE_S3_PATH_STYLE").as_deref(), Some("1" | "true" | "yes"));
         let path_style = forced || endpoint.as_deref().map(endpoint_needs_path_style).unwrap_or(false);
         let mut aws_env: Vec<(String, String)> = env
@@ -181,8 +198,10 @@ impl ClientSpec {
         }
         h.update(profile.as_deref().unwrap_or("").as_bytes());
         let credentials_fingerprint = hex::encode(&h.finalize()[..8]);
-        let network = NetworkSettings::from_env(env, profile.as_deref());
-        ClientSpec { profile, region, endpoint, path_style, network, credentials_fingerprint, env: aws_env }
+        let network = NetworkSettings::from_env(env, &file_profile);
+        let max_attempts = max_attempts(env, &file_profile, DEFAULT_MAX_ATTEMPTS);
+        let timeouts = Timeouts::from_env(env);
+        ClientSpec { profile, region, endpoint, path_style, network, max_attempts, timeouts, credentials_fingerprint, env: aws_env }
     }
 
     fn get(&self, k: &str) -> Option<&str> {
@@ -192,13 +211,15 @@ impl ClientSpec {
     /// A description safe to show (no secrets).
     pub fn describe(&self) -> String {
         format!(
-            "profile={} region={} endpoint={} path-style={} proxy={} ca-bundle={} creds={}",
+            "profile={} region={} endpoint={} path-style={} proxy={} ca-bundle={} attempts={} read-timeout={:?} creds={}",
             self.profile.as_deref().unwrap_or("default"),
             self.region.as_deref().unwrap_or("auto"),
             self.endpoint.as_deref().unwrap_or("aws"),
             self.path_style,
             self.network.proxy_for(self.endpoint.as_deref()).map(redact_userinfo).unwrap_or_else(|| "none".to_string()),
             self.network.ca_bundle.as_deref().unwrap_or("system"),
+            self.max_attempts,
+            self.timeouts.read,
             self.credentials_fingerprint
         )
     }
@@ -217,16 +238,16 @@ impl ClientSpec {
             .http_client(self.network.http_client(self.endpoint.as_deref()))
             .retry_config(
                 RetryConfig::standard()
-                    .with_max_attempts(6)
+                    .with_max_attempts(self.max_attempts)
                     .with_initial_backoff(Duration::from_millis(100))
                     .with_max_backoff(Duration::from_secs(5)),
             )
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(10))
-                    .read_timeout(Duration::from_secs(120))
-                    .build(),
-            );
+            .timeout_config({
+                let mut t = TimeoutConfig::builder().connect_timeout(Duration::from_secs(10)).read_timeout(self.timeouts.read);
+                t.set_operation_timeout(self.timeouts.operation);
+                t.build()
+            })
+            .stalled_stream_protection(StalledStreamProtectionConfig::enabled().grace_period(self.timeouts.body_stall()).build());
         // Profile files as the caller sees them (their HOME, their overrides).
         let home = self.get("HOME").map(std::path::PathBuf::from);
         let config_file = self
@@ -298,6 +319,13 @@ impl ClientSpec {
         let mut conf = aws_sdk_s3::config::Builder::from(&sdk).force_path_style(self.path_style);
         if sdk.region().is_none() {
             conf = conf.region(Region::new("us-east-1"));
+        }
+        if self.endpoint.is_none() {
+            // Our resolution (s3/profile.rs, with the caller's environment)
+            // is the one that counts: the SDK must not add a profile's
+            // endpoint that the caller's AWS_IGNORE_CONFIGURED_ENDPOINT_URLS
+            // turned off.
+            conf.set_endpoint_url(None);
         }
         if self.is_third_party_endpoint() {
             conf = conf
@@ -466,6 +494,45 @@ mod tests {
         assert_eq!(redact_userinfo("http://u:p@h:1/x"), "http://h:1/x");
         e.insert("ALL_PROXY".to_string(), "http://all:1".to_string());
         assert_eq!(ClientSpec::from_env(&e, None).network.proxy_for(Some("http://x")), Some("http://all:1"));
+    }
+
+    #[test]
+    fn timeouts_and_attempts_come_from_the_caller() {
+        let mut e = HashMap::new();
+        let spec = ClientSpec::from_env(&e, None);
+        assert_eq!((spec.max_attempts, spec.timeouts.read, spec.timeouts.operation), (DEFAULT_MAX_ATTEMPTS, DEFAULT_READ_TIMEOUT, None));
+        assert_eq!(spec.timeouts.body_stall(), BODY_STALL_LIMIT);
+        e.insert("GIT_S3_READ_TIMEOUT_SECONDS".to_string(), "2.5".to_string());
+        e.insert("GIT_S3_OPERATION_TIMEOUT_SECONDS".to_string(), "30".to_string());
+        e.insert("AWS_MAX_ATTEMPTS".to_string(), "3".to_string());
+        let spec2 = ClientSpec::from_env(&e, None);
+        assert_eq!(spec2.timeouts.read, Duration::from_millis(2500));
+        assert_eq!(spec2.timeouts.body_stall(), Duration::from_millis(2500));
+        assert_eq!(spec2.timeouts.operation, Some(Duration::from_secs(30)));
+        assert_eq!(spec2.max_attempts, 3);
+        assert_ne!(spec, spec2, "part of the client key");
+        e.insert("GIT_S3_READ_TIMEOUT_SECONDS".to_string(), "-1".to_string());
+        assert_eq!(ClientSpec::from_env(&e, None).timeouts.read, DEFAULT_READ_TIMEOUT, "nonsense is ignored");
+    }
+
+    #[test]
+    fn a_profile_endpoint_selects_path_style_and_the_client() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join(".aws")).unwrap();
+        std::fs::write(
+            dir.path().join(".aws/config"),
+            "[profile lab]\nservices = lab\n[services lab]\ns3 =\n  endpoint_url = http://127.0.0.1:9000\n[profile prod]\nregion = eu-west-1\n",
+        )
+        .unwrap();
+        let mut e = HashMap::new();
+        e.insert("HOME".to_string(), dir.path().display().to_string());
+        let lab = ClientSpec::from_env(&e, Some("lab"));
+        assert_eq!(lab.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert!(lab.path_style);
+        let prod = ClientSpec::from_env(&e, Some("prod"));
+        assert_eq!(prod.endpoint, None);
+        e.insert("AWS_ENDPOINT_URL".to_string(), "http://127.0.0.1:1".to_string());
+        assert_eq!(ClientSpec::from_env(&e, Some("lab")).endpoint.as_deref(), Some("http://127.0.0.1:1"), "the environment wins");
     }
 
     #[test]

@@ -1,6 +1,8 @@
-//! S3: warm clients built from each caller's environment (`clients`), the
-//! calls git-s3 makes (`store`), and `s3://` URLs (`url`).
+//! S3: warm clients built from each caller's environment (`clients`, with
+//! what the caller's AWS config file says in `profile`), the calls git-s3
+//! makes (`store`), and `s3://` URLs (`url`).
 
 pub mod clients;
+pub mod profile;
 pub mod store;
 pub mod url;

@@ -41,9 +41,13 @@ pub enum StoreError {
     Proxy { proxy: String, reason: String },
     #[error("bucket '{bucket}' is in region {region}, not in the region the request was signed for; set AWS_REGION={region} (or the profile's region)")]
     WrongRegion { bucket: String, region: String },
+    #[error("S3 keeps answering 307 TemporaryRedirect for bucket '{bucket}' (region {region}): a bucket created minutes ago is not reachable everywhere yet; try again in a few minutes, or set AWS_REGION={region}")]
+    TemporaryRedirect { bucket: String, region: String },
+    #[error("S3 did not answer a request for s3://{bucket}/{key} in time ({reason}); check the network and proxy, or raise GIT_S3_READ_TIMEOUT_SECONDS")]
+    Timeout { bucket: String, key: String, reason: String },
     #[error("another write to s3://{bucket}/{key} was in progress each time this one was tried (409 ConditionalRequestConflict); try again")]
     Conflict { bucket: String, key: String },
-    #[error("S3 kept throttling requests to s3://{bucket}/{key} ({code}); try again later, or with fewer parallel transfers (lfs.concurrenttransfers)")]
+    #[error("S3 kept throttling requests to s3://{bucket}/{key} ({code}, every attempt); check the request rate on this bucket's prefix, try again later, or with fewer parallel transfers (lfs.concurrenttransfers)")]
     Throttled { bucket: String, key: String, code: String },
     #[error("s3://{bucket}/{key} not found")]
     NotFound { bucket: String, key: String },
@@ -51,8 +55,8 @@ pub enum StoreError {
     PreconditionFailed { bucket: String, key: String },
     #[error("S3 error on s3://{bucket}/{key}: {message}")]
     Other { bucket: String, key: String, message: String },
-    /// A download that broke off (connection cut, short body): worth retrying.
-    #[error("the download of s3://{bucket}/{key} broke off: {message}")]
+    /// A download that broke off (connection cut, short body, a stall): worth retrying.
+    #[error("the download of s3://{bucket}/{key} broke off: {message}; check the network and proxy (a stalled answer ends after GIT_S3_READ_TIMEOUT_SECONDS, at most 20 s)")]
     Interrupted { bucket: String, key: String, message: String },
     #[error("local file error: {0}")]
     Io(#[from] std::io::Error),
@@ -98,6 +102,10 @@ where
     let text = format!("{}", DisplayErrorContext(&err));
     let b = bucket.to_string();
     let k = key.to_string();
+    if status == Some(307) {
+        let region = wrong_region(&err).flatten().unwrap_or_else(|| "unknown".to_string());
+        return StoreError::TemporaryRedirect { bucket: b, region };
+    }
     if let Some(region) = wrong_region(&err) {
         return StoreError::WrongRegion { bucket: b, region: region.unwrap_or_else(|| "another region".to_string()) };
     }
@@ -121,9 +129,15 @@ where
         (_, Some("AccessDenied" | "AllAccessDisabled"), _) | (SdkError::ServiceError(_), _, Some(403)) => {
             StoreError::AccessDenied { bucket: b, key: k, message: err.message().unwrap_or("403 Forbidden").to_string() }
         }
+        (SdkError::DispatchFailure(d), _, _) if d.is_timeout() && !text.contains("connect timeout") => {
+            StoreError::Timeout { bucket: b, key: k, reason: short_reason(&text) }
+        }
+        (SdkError::TimeoutError(_), _, _) => StoreError::Timeout { bucket: b, key: k, reason: short_reason(&text) },
+        // The answer broke off or stalled before the SDK had read it all.
+        (SdkError::ResponseError(_), _, _) => StoreError::Interrupted { bucket: b, key: k, message: short_reason(&text) },
         (SdkError::DispatchFailure(d), _, _) if d.is_io() || d.is_timeout() => StoreError::Connect(short_reason(&text)),
         (SdkError::DispatchFailure(_), _, _) if text.contains("credential") => StoreError::NoCredentials(short_reason(&text)),
-        (SdkError::DispatchFailure(_), _, _) | (SdkError::TimeoutError(_), _, _) => StoreError::Connect(short_reason(&text)),
+        (SdkError::DispatchFailure(_), _, _) => StoreError::Connect(short_reason(&text)),
         (SdkError::ServiceError(_), Some(c), _) => {
             let message = err.message().map(|m| format!("{c}: {m}")).unwrap_or_else(|| c.to_string());
             StoreError::Other { bucket: b, key: k, message: first_line(&message) }
@@ -148,7 +162,12 @@ fn wrong_region<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> Opt
     let header = raw.headers().get("x-amz-bucket-region").map(str::to_string);
     let body = raw.body().bytes().map(String::from_utf8_lossy).unwrap_or_default();
     let in_body = xml_element(&body, "Region").or_else(|| xml_element(&body, "Endpoint").and_then(|e| region_of_endpoint(&e)));
-    let region = header.or(in_body).filter(|r| is_region_name(r));
+    // A 307's Location: `https://bucket.s3-eu-west-1.amazonaws.com/key`.
+    let location = raw.headers().get("location").and_then(|l| {
+        let host = l.split("://").nth(1).unwrap_or(l).split(['/', '?']).next().unwrap_or("");
+        region_of_endpoint(host)
+    });
+    let region = header.or(in_body).or(location).filter(|r| is_region_name(r));
     // An AuthorizationHeaderMalformed that names no region is about something else.
     if region.is_none() && !matches!(status, 301 | 307) && err.code() != Some("PermanentRedirect") {
         return None;
@@ -179,6 +198,10 @@ fn region_of_endpoint(endpoint: &str) -> Option<String> {
 fn is_region_name(r: &str) -> bool {
     !r.is_empty() && r.len() <= 32 && r.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
+
+/// How many times a request that S3 answers `307 TemporaryRedirect` in the
+/// bucket's own region is sent in all.
+pub const TEMPORARY_REDIRECT_ATTEMPTS: u32 = 5;
 
 /// How many times a conditional write that meets a `409
 /// ConditionalRequestConflict` is tried in all (a multipart upload: uploaded).
@@ -223,8 +246,8 @@ impl Source<'_> {
 
 /// The SDK's error text without its debug dump of the error structure.
 fn short_reason(text: &str) -> String {
-    let cut = text.find(" (DispatchFailure").or_else(|| text.find(" (TimeoutError")).unwrap_or(text.len());
-    first_line(text[..cut].trim_start_matches("dispatch failure: ").trim_start_matches("other: "))
+    let cut = [" (DispatchFailure", " (TimeoutError", " (ResponseError"].iter().filter_map(|m| text.find(m)).min().unwrap_or(text.len());
+    first_line(text[..cut].trim_start_matches("dispatch failure: ").trim_start_matches("response error: ").trim_start_matches("other: "))
 }
 
 fn first_line(s: &str) -> String {
@@ -423,23 +446,42 @@ impl S3Store {
     {
         // The SDK's futures are large: each is boxed, so that callers'
         // futures (and the daemon's stack) stay small.
-        let client = self.client();
-        let err = match Box::pin(op(client.clone())).await {
-            Err(e) => e,
-            ok => return ok,
-        };
-        let Some(switch) = &self.regions else { return Err(err) };
-        let Some(named) = wrong_region(&err) else { return Err(err) };
-        let region = match named {
-            Some(r) => Some(r),
-            None => Box::pin(self.head_bucket_region(&client)).await,
-        };
-        let current = client.config().region().map(|r| r.as_ref().to_string());
-        let Some(region) = region.filter(|r| current.as_deref() != Some(r.as_str())) else { return Err(err) };
-        tracing::info!(bucket = %self.bucket, from = current.as_deref().unwrap_or(""), to = %region, "the bucket lives in another region; switching clients");
-        let moved = switch.client_for_region(&region).await;
-        *self.client.write().unwrap_or_else(|p| p.into_inner()) = moved.clone();
-        Box::pin(op(moved)).await
+        let mut client = self.client();
+        let mut switched = false;
+        let mut redirects = 0;
+        loop {
+            let err = match Box::pin(op(client.clone())).await {
+                Err(e) => e,
+                ok => return ok,
+            };
+            let Some(named) = wrong_region(&err) else { return Err(err) };
+            let temporary = err.raw_response().map(|r| r.status().as_u16()) == Some(307);
+            let current = client.config().region().map(|r| r.as_ref().to_string());
+            if let (Some(switch), false) = (&self.regions, switched) {
+                let region = match named {
+                    Some(r) => Some(r),
+                    None => Box::pin(self.head_bucket_region(&client)).await,
+                };
+                if let Some(region) = region.filter(|r| current.as_deref() != Some(r.as_str())) {
+                    tracing::info!(bucket = %self.bucket, from = current.as_deref().unwrap_or(""), to = %region, "the bucket lives in another region; switching clients");
+                    let moved = switch.client_for_region(&region).await;
+                    *self.client.write().unwrap_or_else(|p| p.into_inner()) = moved.clone();
+                    client = moved;
+                    switched = true;
+                    continue;
+                }
+            }
+            // A 307 in the bucket's own region: S3's DNS has not caught up
+            // with a new bucket yet. Sent again after a while, it goes through.
+            if temporary && redirects + 1 < TEMPORARY_REDIRECT_ATTEMPTS {
+                redirects += 1;
+                let wait = conflict_backoff(redirects);
+                tracing::info!(bucket = %self.bucket, attempt = redirects, ?wait, "307 TemporaryRedirect in the bucket's region; trying again");
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            return Err(err);
+        }
     }
 
     /// The bucket's region as HeadBucket tells it (in its answer or in the
@@ -664,6 +706,19 @@ impl S3Store {
         }
     }
 
+    /// The body of `key` from byte `offset` on, of the version `etag` (the
+    /// rest of a download that broke off).
+    async fn rest_of(&self, key: &str, offset: u64, etag: &str) -> Result<ByteStream, StoreError> {
+        let range = format!("bytes={offset}-");
+        let send = |c: aws_sdk_s3::Client| c.get_object().bucket(&*self.bucket).key(key).range(&range).if_match(etag).send();
+        let resp = self
+            .call(send)
+            .instrument(tracing::debug_span!("s3.get_range", bucket = %self.bucket, key, offset))
+            .await
+            .map_err(|e| self.classify(e, key))?;
+        Ok(resp.body)
+    }
+
     /// [`S3Store::get_to_file`], also handing every chunk to `tee` as it
     /// arrives (e.g. to feed `git index-pack` while the download runs). The
     /// file is written completely even when the tee's reader stops early.
@@ -695,7 +750,30 @@ impl S3Store {
                 }
             };
             let mut total = 0u64;
-            while let Some(chunk) = body.try_next().await.map_err(|e| self.interrupted(key, e.to_string()))? {
+            let mut attempt = 1;
+            loop {
+                // A body that breaks off (or ends short) is picked up where
+                // it stopped: a ranged GET of the rest of the same version,
+                // so the file and the tee's reader see one unbroken stream.
+                let broke = match body.try_next().await {
+                    Ok(Some(chunk)) => Ok(chunk),
+                    Ok(None) if expected.map(|exp| total < exp).unwrap_or(false) => Err(format!("got {total} of {} bytes", expected.unwrap_or(0))),
+                    Ok(None) => break,
+                    Err(e) => Err(e.to_string()),
+                };
+                let chunk = match broke {
+                    Ok(chunk) => chunk,
+                    Err(message) => {
+                        let resumable = expected.map(|exp| total < exp).unwrap_or(false) && !etag.is_empty();
+                        if !resumable || attempt >= DOWNLOAD_ATTEMPTS {
+                            return Err(self.interrupted(key, message));
+                        }
+                        attempt += 1;
+                        tracing::warn!(key, attempt, offset = total, error = %message, "download broke off; resuming where it stopped");
+                        body = self.rest_of(key, total, &etag).await?;
+                        continue;
+                    }
+                };
                 if let Some(f) = file.as_mut() {
                     if let Err(e) = f.write_all(&chunk).await {
                         file_error = Some(e);
@@ -773,8 +851,36 @@ impl S3Store {
                     tokio::time::sleep(wait).await;
                     attempt += 1;
                 }
-                Err(e) => return Err(self.classify(e, key)),
+                Err(e) => {
+                    let err = self.classify(e, key);
+                    if err.is_precondition_failed() {
+                        if let Some(etag) = self.already_written(key, &source, &opts.condition).await {
+                            return Ok(etag);
+                        }
+                    }
+                    return Err(err);
+                }
             }
+        }
+    }
+
+    /// After a `412` on a conditional write of bytes: the ETag of the object
+    /// when it holds exactly those bytes. A write whose answer was lost (the
+    /// connection reset after S3 stored it) is sent again by the SDK, and
+    /// that second try fails its condition against the first: it is ours,
+    /// not a lost race. (Bodies written conditionally are unique: locks
+    /// carry a nonce, manifests a serial.)
+    async fn already_written(&self, key: &str, source: &Source<'_>, condition: &WriteCondition) -> Option<String> {
+        let Source::Bytes(ours) = source else { return None };
+        if matches!(condition, WriteCondition::None) {
+            return None;
+        }
+        match self.get_small_if_changed(key, None).await {
+            Ok(Conditional::Found { data, etag }) if data == ours.as_ref() => {
+                tracing::info!(key, "412 on a conditional write that had already landed (its answer was lost); it is ours");
+                Some(etag)
+            }
+            _ => None,
         }
     }
 
@@ -890,6 +996,10 @@ impl S3Store {
                 .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts.clone())).build());
             apply_condition!(req, condition).send()
         };
+        // S3 sends `200 OK` before it completes; when completing then fails,
+        // the `<Error>` comes in that 200's body. The SDK makes it an error
+        // and retries it like a 5xx (daemon/tests/field_store.rs checks): it
+        // is never taken for success.
         match self.call(complete).await {
             Ok(r) => Ok(r.e_tag().unwrap_or_default().to_string()),
             Err(e) => {

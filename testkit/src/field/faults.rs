@@ -27,6 +27,17 @@ pub enum FaultAction {
     /// The store answers, and the connection is reset after this many
     /// bytes of the response body.
     ResetAfter(u64),
+    /// No answer at all: the request is read, nothing is sent back for this
+    /// long (the store never sees it), then the connection is reset.
+    NoResponse(Duration),
+    /// `307 TemporaryRedirect` to the bucket's regional endpoint (what S3
+    /// answers for a bucket created moments ago), without reaching the store.
+    TemporaryRedirect,
+    /// `200 OK` whose body is an `<Error>` (`InternalError`), after the
+    /// whitespace S3 sends while it works: how `CompleteMultipartUpload` (and
+    /// `CopyObject`) fail once the status line is out. The store never sees
+    /// the request, so the upload is still open.
+    ErrorIn200,
 }
 
 impl FaultAction {
@@ -42,7 +53,12 @@ impl FaultAction {
                 "ConditionalRequestConflict",
                 "A conflicting conditional operation is currently in progress against this resource. Please try again.",
             )),
-            FaultAction::ResetMidBody | FaultAction::Stall(_) | FaultAction::ResetAfter(_) => None,
+            FaultAction::ResetMidBody
+            | FaultAction::Stall(_)
+            | FaultAction::ResetAfter(_)
+            | FaultAction::NoResponse(_)
+            | FaultAction::TemporaryRedirect
+            | FaultAction::ErrorIn200 => None,
         }
     }
 }

@@ -11,6 +11,7 @@
 //! One port serves everything: plain HTTP, TLS (when enabled; told apart by
 //! the first byte of a connection) and proxy requests.
 
+mod conditions;
 mod counters;
 mod faults;
 mod forward;
@@ -26,6 +27,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub use conditions::{FieldConditions, ALL_KINDS};
 pub use counters::Counts;
 pub use faults::{Fault, FaultAction};
 pub use kinds::RequestKind;

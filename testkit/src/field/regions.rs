@@ -14,6 +14,9 @@ pub enum RegionAnswer {
     /// `400 AuthorizationHeaderMalformed` "the region 'x' is wrong; expecting
     /// 'y'" with `<Region>` (the global endpoint, newer regions).
     AuthorizationHeaderMalformed,
+    /// `307 TemporaryRedirect` with a `Location` on the bucket's regional
+    /// endpoint (a bucket created moments ago, before DNS caught up).
+    TemporaryRedirect,
 }
 
 /// The region a SigV4 request was signed for: the credential scope
@@ -56,12 +59,28 @@ pub fn wrong_region_answer(
                 "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>AuthorizationHeaderMalformed</Code><Message>The authorization header is malformed; the region '{signed_region}' is wrong; expecting '{bucket_region}'</Message><Region>{bucket_region}</Region><RequestId>{request_id}</RequestId><HostId>field</HostId></Error>"
             ),
         ),
+        RegionAnswer::TemporaryRedirect => (StatusCode::TEMPORARY_REDIRECT, temporary_redirect_body(bucket, bucket_region)),
     };
     if *method == Method::HEAD {
         (status, String::new())
     } else {
         (status, body)
     }
+}
+
+/// The body of S3's `307 TemporaryRedirect` for `bucket` in `region`.
+pub fn temporary_redirect_body(bucket: &str, region: &str) -> String {
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>TemporaryRedirect</Code><Message>Please re-send this request to the specified temporary endpoint. Continue to use the original request endpoint for future requests.</Message><Endpoint>{bucket}.s3-{region}.amazonaws.com</Endpoint><Bucket>{bucket}</Bucket><RequestId>FIELD0REGION0000</RequestId><HostId>field</HostId></Error>"
+    )
+}
+
+/// The `Location` of a `307` for `bucket` in `region`, for the request's
+/// path and query.
+pub fn temporary_location(bucket: &str, region: &str, path: &str, query: &str) -> String {
+    let key = path.trim_start_matches('/').split_once('/').map(|(_, k)| k).unwrap_or("");
+    let q = if query.is_empty() { String::new() } else { format!("?{query}") };
+    format!("https://{bucket}.s3-{region}.amazonaws.com/{key}{q}")
 }
 
 #[cfg(test)]
@@ -89,6 +108,10 @@ mod tests {
         let (s, body) = wrong_region_answer(RegionAnswer::PermanentRedirect, &Method::GET, "b", "eu-west-1", "us-east-1");
         assert_eq!(s, StatusCode::MOVED_PERMANENTLY);
         assert!(body.contains("<Code>PermanentRedirect</Code>") && body.contains("<Endpoint>b.s3.eu-west-1.amazonaws.com</Endpoint>"));
+        let (s, body) = wrong_region_answer(RegionAnswer::TemporaryRedirect, &Method::GET, "b", "eu-west-1", "us-east-1");
+        assert_eq!(s, StatusCode::TEMPORARY_REDIRECT);
+        assert!(body.contains("<Code>TemporaryRedirect</Code>") && body.contains("<Endpoint>b.s3-eu-west-1.amazonaws.com</Endpoint>"));
+        assert_eq!(temporary_location("b", "eu-west-1", "/b/p/HEAD", "x=1"), "https://b.s3-eu-west-1.amazonaws.com/p/HEAD?x=1");
         let (s, body) = wrong_region_answer(RegionAnswer::PermanentRedirect, &Method::HEAD, "b", "eu-west-1", "us-east-1");
         assert_eq!((s, body.as_str()), (StatusCode::MOVED_PERMANENTLY, ""));
     }

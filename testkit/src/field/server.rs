@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use super::faults::FaultAction;
 use super::forward::{self, Body};
 use super::kinds::classify;
-use super::regions::{signing_region, wrong_region_answer};
+use super::regions::{signing_region, temporary_location, temporary_redirect_body, wrong_region_answer, RegionAnswer};
 use super::shaping::{Cut, Direction, Shaped};
 use super::timeline::{ConnectionStart, Finish, Timed};
 use super::{BoxError, Shared};
@@ -155,10 +155,12 @@ async fn s3(shared: Arc<Shared>, req: Request<Incoming>, start: std::time::Insta
     shared.counters.request(request.kind);
     // Dropped on an early return (a reset): the request ends there.
     let finish = shared.counters.timeline.begin(request.kind, req.method().as_str(), request.bucket.clone(), request.key.clone(), start);
+    let signed_region = signing_region(req.headers(), &query);
+    let head = req.method() == Method::HEAD;
     sleep(settings.latency_up).await;
 
     if let Some(bucket) = &request.bucket {
-        if let (Some(actual), Some(signed)) = (settings.regions.get(bucket), signing_region(req.headers(), &query)) {
+        if let (Some(actual), Some(signed)) = (settings.regions.get(bucket), signed_region.clone()) {
             if *actual != signed {
                 let method = req.method().clone();
                 drain(&shared, req.into_body()).await;
@@ -167,6 +169,9 @@ async fn s3(shared: Arc<Shared>, req: Request<Incoming>, start: std::time::Insta
                 let (status, body) = wrong_region_answer(settings.region_answer, &method, bucket, actual, &signed);
                 let mut r = xml(status, body);
                 r.headers_mut().insert("x-amz-bucket-region", actual.parse()?);
+                if settings.region_answer == RegionAnswer::TemporaryRedirect {
+                    r.headers_mut().insert(http::header::LOCATION, temporary_location(bucket, actual, &request.path(), &query).parse()?);
+                }
                 return Ok(timed(r, finish));
             }
         }
@@ -182,6 +187,32 @@ async fn s3(shared: Arc<Shared>, req: Request<Incoming>, start: std::time::Insta
                 "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{message}</Message><RequestId>FIELD0FAULT00000</RequestId><HostId>field</HostId></Error>"
             );
             return Ok(timed(xml(status, body), finish));
+        }
+        match f {
+            FaultAction::NoResponse(d) => {
+                drain(&shared, req.into_body()).await;
+                sleep(*d).await;
+                return Err("field server: no response, connection reset".into());
+            }
+            FaultAction::TemporaryRedirect => {
+                drain(&shared, req.into_body()).await;
+                sleep(settings.latency_down).await;
+                // The bucket's own region (the client signed for it, or S3 knows better).
+                let bucket = request.bucket.clone().unwrap_or_default();
+                let region = settings.regions.get(&bucket).cloned().or(signed_region).unwrap_or_else(|| "us-east-1".to_string());
+                let body = if head { String::new() } else { temporary_redirect_body(&bucket, &region) };
+                let mut r = xml(StatusCode::TEMPORARY_REDIRECT, body);
+                r.headers_mut().insert("x-amz-bucket-region", region.parse()?);
+                r.headers_mut().insert(http::header::LOCATION, temporary_location(&bucket, &region, &request.path(), &query).parse()?);
+                return Ok(timed(r, finish));
+            }
+            FaultAction::ErrorIn200 => {
+                drain(&shared, req.into_body()).await;
+                sleep(settings.latency_down).await;
+                let body = "\n  \n<Error><Code>InternalError</Code><Message>We encountered an internal error. Please try again.</Message><RequestId>FIELD0ERROR20000</RequestId><HostId>field</HostId></Error>".to_string();
+                return Ok(timed(xml(StatusCode::OK, body), finish));
+            }
+            _ => {}
         }
     }
 
