@@ -45,13 +45,14 @@ cargo test --workspace --locked --no-fail-fast "${features[@]}" -- --test-thread
 # operation must succeed and every repository pass git fsck.
 if [ "$#" -eq 0 ]; then
   field_run() {
-    GIT_S3_TEST_FIELD="${GIT_S3_TEST_FIELD:-1}" cargo test --locked --no-fail-fast "$@" 2>&1 | tee -a "$log" || status=$?
+    # --workspace with the same features as above: no rebuild of the daemon.
+    GIT_S3_TEST_FIELD="${GIT_S3_TEST_FIELD:-1}" cargo test --workspace --locked --no-fail-fast "${features[@]}" "$@" 2>&1 | tee -a "$log" || status=$?
   }
-  field_run -p git-s3-shim --test push_clone -- --test-threads "${GIT_S3_TEST_THREADS:-4}" \
+  field_run --test push_clone -- --test-threads "${GIT_S3_TEST_THREADS:-4}" \
     push_clone_fetch_pull_roundtrip branches_tags_delete_and_ls_remote large_bundle_streams_in_parts
-  field_run -p git-s3-shim --test packs -- --test-threads "${GIT_S3_TEST_THREADS:-4}" \
+  field_run --test packs -- --test-threads "${GIT_S3_TEST_THREADS:-4}" \
     packs_clone_fetch_push_delete_force_tags second_push_uploads_only_new_objects
-  field_run -p git-lfs-s3 --test lfs -- --test-threads "${GIT_S3_TEST_THREADS:-4}" \
+  field_run --test lfs -- --test-threads "${GIT_S3_TEST_THREADS:-4}" \
     push_multipart_one_step_clone_skip_and_cache lfs_works_the_same_with_a_packs_format_remote
 fi
 # One closing line for the whole run (cargo prints one per test binary).
