@@ -21,7 +21,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use testkit::TestEnv;
+use testkit::{noise, TestEnv};
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -104,18 +104,6 @@ fn run(env: &TestEnv, cwd: &Path, args: &[&str], extra: &[(&str, &str)]) -> Outp
     c.output().expect("spawn git")
 }
 
-/// Pseudo-random bytes (xorshift), so LFS objects and files differ.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
 
 #[derive(Default, Debug)]
 struct Tally {

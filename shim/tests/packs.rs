@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Output;
 
 use serde_json::Value;
-use testkit::{TestEnv, Tool};
+use testkit::{noise, TestEnv, Tool};
 
 /// An environment whose new remotes use the packs format (`s3.format`).
 fn packs_env() -> TestEnv {
@@ -93,18 +93,6 @@ fn rev(env: &TestEnv, repo: &Path, r: &str) -> String {
     env.git(repo, &["rev-parse", r]).trim().to_string()
 }
 
-/// Pseudo-random, incompressible bytes.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
 
 #[test]
 fn packs_clone_fetch_push_delete_force_tags() {
