@@ -13,6 +13,9 @@ pub const CRASH_BEFORE_MANIFEST: &str = "GIT_S3_TEST_CRASH_BEFORE_MANIFEST";
 /// A file the background `.idx` upload waits for (at most a minute) before
 /// it starts: the test decides when the upload may happen, no timing.
 pub const IDX_UPLOAD_GATE: &str = "GIT_S3_TEST_IDX_UPLOAD_GATE";
+/// A file a bundles push waits for (at most a minute) after its checks and
+/// before it takes the ref's lock: the test pushes from elsewhere meanwhile.
+pub const PUSH_LOCK_GATE: &str = "GIT_S3_TEST_PUSH_LOCK_GATE";
 /// The migration exits the daemon half-way (`to-packs`: after the manifest
 /// write and the first bundle deletion; `to-bundles`: after the freeze and
 /// the first bundle write; `to-bundles-manifest-deleted`: after the manifest
@@ -32,15 +35,26 @@ pub fn idx_upload_gate(env: &HashMap<String, String>) -> Option<PathBuf> {
     env.get(IDX_UPLOAD_GATE).map(PathBuf::from)
 }
 
-/// Waits until `gate` exists (at most a minute).
+/// The gate a bundles push waits at before its lock, when the test set one.
+pub fn push_lock_gate(env: &HashMap<String, String>) -> Option<PathBuf> {
+    env.get(PUSH_LOCK_GATE).map(PathBuf::from)
+}
+
+/// Waits until `gate` exists (at most a minute). It first creates
+/// `<gate>.waiting`, so the test knows the daemon has reached the gate.
 pub async fn wait_for_gate(gate: &Path) {
+    let mut waiting = gate.as_os_str().to_owned();
+    waiting.push(".waiting");
+    if let Err(e) = std::fs::write(&waiting, b"") {
+        tracing::warn!(error = %e, "could not mark the test gate as reached");
+    }
     for _ in 0..3000 {
         if gate.exists() {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    tracing::warn!(gate = %gate.display(), "{IDX_UPLOAD_GATE}: the gate never opened");
+    tracing::warn!(gate = %gate.display(), "test gate never opened");
 }
 
 /// A migration at `point` (`to-packs` or `to-bundles`).

@@ -204,6 +204,40 @@ fn truncated_bundle_gives_clear_error_and_keeps_local_repo_intact() {
     assert!(leftovers.is_empty(), "no temp files left: {leftovers:?}");
 }
 
+/// Two pushes of the same commit overlap (for instance a push the user
+/// interrupted, which the daemon still finishes, and the user's second try):
+/// the one that finds the ref already at its commit under the lock succeeds.
+#[test]
+fn push_finding_its_commit_already_there_under_the_lock_succeeds() {
+    let env = TestEnv::new();
+    let repo = env.new_repo("r");
+    let url = env.url("same");
+    env.git(&repo, &["push", "-q", &url, "main"]);
+    let new = env.commit(&repo, "f", "x\n", "second");
+    let gate = env.dir.path().join("lock-gate");
+    let mut c = env.command("git", &repo);
+    c.env("GIT_S3_TEST_PUSH_LOCK_GATE", &gate).args(["push", "-q", &url, "main"]);
+    let held = std::thread::spawn(move || c.output().unwrap());
+    // The held push has listed the old ref and waits before its lock; an
+    // identical repository pushes the same commit meanwhile.
+    let reached = env.dir.path().join("lock-gate.waiting");
+    let start = Instant::now();
+    while !reached.exists() {
+        assert!(start.elapsed() < Duration::from_secs(60), "the push never reached the lock gate (a daemon without test hooks?)");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    env.git(&env.work(), &["clone", "-q", &repo.to_string_lossy(), "twin"]);
+    let twin = env.path("twin");
+    env.git(&twin, &["push", "-q", &url, "main"]);
+    assert!(env.ls_remote(Tool::Ours, &url).contains(&format!("{new}\trefs/heads/main")));
+    std::fs::write(&gate, b"open").unwrap();
+    let out = held.join().unwrap();
+    assert!(out.status.success(), "the held push reports success: {}", String::from_utf8_lossy(&out.stderr));
+    let keys = env.keys("same/");
+    assert_eq!(keys.iter().filter(|k| k.ends_with(".bundle")).count(), 1, "{keys:?}");
+    assert!(!keys.iter().any(|k| k.contains("LOCK#")), "{keys:?}");
+}
+
 #[test]
 fn killed_push_leaves_remote_consistent_and_no_lock() {
     let env = TestEnv::new();
@@ -230,6 +264,9 @@ fn killed_push_leaves_remote_consistent_and_no_lock() {
     std::thread::sleep(Duration::from_millis(300));
     let _ = child.kill();
     let _ = child.wait();
+    // The daemon may finish the push it had started, or stop it; either way
+    // it ends, and then the remote is settled.
+    env.wait_daemon_idle(Duration::from_secs(60));
     // The remote is either the old or the new state, never a mix, and the lock goes away.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

@@ -339,6 +339,22 @@ impl TestEnv {
         String::from_utf8_lossy(&self.run(c).stdout).into_owned()
     }
 
+    /// Waits (up to `limit`) until the daemon, if one runs, serves no
+    /// session: work a killed shim left running has finished or stopped.
+    pub fn wait_daemon_idle(&self, limit: Duration) {
+        let start = std::time::Instant::now();
+        loop {
+            let out = self.git_s3(&self.work(), &["daemon", "status", "--json"]);
+            let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("daemon status --json: {e}: {out}"));
+            let v = if v["daemon"].is_object() { v["daemon"].clone() } else { v };
+            if v["running"] != serde_json::Value::Bool(true) || v["active_sessions"].as_u64() == Some(0) {
+                return;
+            }
+            assert!(start.elapsed() < limit, "the daemon still serves a session after {limit:?}: {v}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// A new repository at `work/<name>` with one commit.
     pub fn new_repo(&self, name: &str) -> PathBuf {
         let p = self.path(name);

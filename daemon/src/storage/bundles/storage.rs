@@ -234,6 +234,10 @@ impl BundleStorage {
         // copy; a bundle over 64 MiB stops there (git waits on its pipe) and
         // streams into S3 once the lock is ours.
         let stream = BundleStream::start(ctx, bundle_ref).await?;
+        #[cfg(feature = "test-hooks")]
+        if let Some(g) = crate::test_hooks::push_lock_gate(&ctx.env) {
+            crate::test_hooks::wait_for_gate(&g).await;
+        }
         let ttl = locks::ttl_from_env(&ctx.env);
         let mut lock = match locks::acquire(&self.store, &self.url.prefix, dst, ttl, lock_wait(&ctx.env)).await {
             Ok(l) => l,
@@ -275,7 +279,13 @@ impl BundleStorage {
         if current.len() > 1 {
             return Ok(Err(format!("several bundles exist for {dst} in the bucket; run `git s3 doctor` to fix")));
         }
-        if current.first().map(|c| c.0.as_str()) != seen_sha {
+        let current_sha = current.first().map(|c| c.0.as_str());
+        if current_sha == Some(sha) {
+            // Another push (an interrupted one of ours, still finishing in
+            // the daemon, or another machine's) already put this commit there.
+            return Ok(Ok(()));
+        }
+        if current_sha != seen_sha {
             return Ok(Err("fetch first".into()));
         }
         // The rest of `git bundle create` streams into the upload; the object
