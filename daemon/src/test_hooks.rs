@@ -17,7 +17,8 @@ pub const IDX_UPLOAD_GATE: &str = "GIT_S3_TEST_IDX_UPLOAD_GATE";
 /// before it takes the ref's lock: the test pushes from elsewhere meanwhile.
 pub const PUSH_LOCK_GATE: &str = "GIT_S3_TEST_PUSH_LOCK_GATE";
 /// The migration exits the daemon half-way (`to-packs`: after the manifest
-/// write and the first bundle deletion; `to-bundles`: after the freeze and
+/// write and the first bundle deletion; `to-packs-before-head`: after every
+/// bundle's deletion, before the HEAD object's; `to-bundles`: after the freeze and
 /// the first bundle write; `to-bundles-manifest-deleted`: after the manifest
 /// deletion, before the packs'), to test that a rerun finishes it.
 pub const CRASH_DURING_MIGRATE: &str = "GIT_S3_TEST_CRASH_DURING_MIGRATE";

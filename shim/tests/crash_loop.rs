@@ -956,3 +956,31 @@ fn a_migration_to_bundles_killed_after_its_manifest_deletion_is_finished_by_a_re
     let err = String::from_utf8_lossy(&env.run_fail(c).stderr).into_owned();
     assert!(err.contains("no packs manifest"), "{err}");
 }
+
+/// Found by the crash loop (seed 218662012): a migration to packs killed
+/// after deleting the bundles, before the HEAD object, was "already in the
+/// packs format" on a rerun, and the 0.4.2 HEAD object stayed for good.
+#[test]
+fn a_migration_to_packs_killed_before_its_head_deletion_is_finished_by_a_rerun() {
+    let env = new_env();
+    require_test_hooks(&env);
+    let url = env.url("h");
+    three_refs(&env, &url, Format::Bundles);
+    let before = refs(&env, &url).unwrap();
+    assert!(env.keys("h/").iter().any(|k| k == "h/HEAD"), "{:?}", env.keys("h/"));
+    migrate_with_hook(&env, "packs", &url, "to-packs-before-head");
+    let keys = env.keys("h/");
+    assert!(keys.iter().any(|k| k == "h/HEAD") && !keys.iter().any(|k| k.ends_with(".bundle")), "{keys:?}");
+    assert_eq!(refs(&env, &url), Ok(before.clone()), "ls-remote of the interrupted prefix");
+    std::thread::sleep(Duration::from_secs(TTL + 1));
+    let out = env.git_s3(&env.work(), &["migrate", "--to", "packs", &url]);
+    assert!(out.contains("1 old objects deleted"), "{out}");
+    let keys = env.keys("h/");
+    assert!(!keys.iter().any(|k| k == "h/HEAD" || k.contains("LOCK#")), "{keys:?}");
+    assert_eq!(refs(&env, &url), Ok(before));
+    fresh_clone(&env, &url, "h", "after the rerun", Op::Push(Format::Packs));
+    let mut c = env.command("git-s3", &env.work());
+    c.args(["migrate", "--to", "packs", &url]);
+    let err = String::from_utf8_lossy(&env.run_fail(c).stderr).into_owned();
+    assert!(err.contains("already in the packs format"), "{err}");
+}

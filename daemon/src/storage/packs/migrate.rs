@@ -50,10 +50,23 @@ pub async fn migrate_to_packs(
 ) -> Result<MigrateReport, StorageError> {
     let scan = layout::scan(&url.prefix, &store.list(&format!("{}/", url.prefix)).await?);
     if scan.bundles.is_empty() {
-        return Err(StorageError::Format(match read_manifest(store, url).await? {
-            Some(_) => format!("{url} is already in the packs format"),
-            None => format!("{url} holds no bundles to migrate (for an empty prefix use `git s3 init --format packs`)"),
-        }));
+        return match read_manifest(store, url).await? {
+            // A run killed after deleting the bundles, before the HEAD
+            // object (the manifest already holds HEAD): finish it, taking
+            // over and releasing the locks the killed run left.
+            Some((m, _)) if scan.head_object && m.frozen.is_none() => {
+                let names: Vec<String> = scan.locks.iter().map(|l| l.0.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+                let finish = async {
+                    store.delete(&url.key("HEAD")).await?;
+                    Ok(MigrateReport { refs: m.refs.len(), bytes: 0, deleted: 1 })
+                };
+                under_ref_locks(store, url, &names, env, finish).await
+            }
+            Some(_) => Err(StorageError::Format(format!("{url} is already in the packs format"))),
+            None => Err(StorageError::Format(format!(
+                "{url} holds no bundles to migrate (for an empty prefix use `git s3 init --format packs`)"
+            ))),
+        };
     }
     // Every ref with a bundle, and every ref with a lock (a push creating
     // it, or the stale lock of an interrupted migration: taken over, released).
@@ -139,6 +152,7 @@ async fn migrate_to_packs_locked(
         }
     }
     if scan.head_object {
+        crash_hook(env, "to-packs-before-head");
         store.delete(&url.key("HEAD")).await?;
         report.deleted += 1;
     }
