@@ -238,6 +238,39 @@ fn push_finding_its_commit_already_there_under_the_lock_succeeds() {
     assert!(!keys.iter().any(|k| k.contains("LOCK#")), "{keys:?}");
 }
 
+/// Found by the crash loop (seed 7007): a bundles push killed between its
+/// upload and the old bundle's deletion leaves two bundles for the ref. The
+/// newest is the ref (every listing says so); the next push, under the
+/// ref's lock, builds on it and removes both, instead of asking for doctor.
+#[test]
+fn next_push_heals_two_bundles_left_by_a_killed_push() {
+    let env = TestEnv::new();
+    let repo = env.new_repo("r");
+    let url = env.url("two");
+    env.git(&repo, &["push", "-q", &url, "main"]);
+    let old = env.git(&repo, &["rev-parse", "HEAD"]).trim().to_string();
+    // What the killed push had uploaded: the bundle of the next commit,
+    // a second later (S3's modification times have whole seconds).
+    let killed = env.commit(&repo, "f", "x\n", "killed push");
+    let bundle = env.path("killed.bundle");
+    env.git(&repo, &["bundle", "create", "-q", &bundle.to_string_lossy(), "main"]);
+    std::thread::sleep(Duration::from_millis(1100));
+    env.put_object(&format!("two/refs/heads/main/{killed}.bundle"), &std::fs::read(&bundle).unwrap());
+    let ls = env.ls_remote(Tool::Ours, &url);
+    assert!(ls.contains(&format!("{killed}\trefs/heads/main")), "the newest bundle is the ref: {ls:?}");
+    let next = env.commit(&repo, "g", "y\n", "next push");
+    env.git(&repo, &["push", "-q", &url, "main"]);
+    let keys = env.keys("two/");
+    let bundles: Vec<_> = keys.iter().filter(|k| k.ends_with(".bundle")).collect();
+    assert_eq!(bundles, vec![&format!("two/refs/heads/main/{next}.bundle")], "{keys:?}");
+    assert!(!keys.iter().any(|k| k.contains("LOCK#")), "{keys:?}");
+    env.git(&env.work(), &["clone", "-q", &url, "after"]);
+    let after = env.path("after");
+    assert_eq!(env.git(&after, &["rev-parse", "HEAD"]).trim(), next);
+    assert!(env.git(&after, &["merge-base", "--is-ancestor", &old, "HEAD"]).is_empty());
+    env.git(&after, &["fsck", "--no-progress"]);
+}
+
 #[test]
 fn killed_push_leaves_remote_consistent_and_no_lock() {
     let env = TestEnv::new();

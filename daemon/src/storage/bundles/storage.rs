@@ -277,7 +277,14 @@ impl BundleStorage {
         let scan_now = scan(&self.url.prefix, &now);
         let current: Vec<&(String, ObjectInfo)> = scan_now.bundles.get(dst).map(|v| v.iter().collect()).unwrap_or_default();
         if current.len() > 1 {
-            return Ok(Err(format!("several bundles exist for {dst} in the bucket; run `git s3 doctor` to fix")));
+            // A push killed between its upload and the old bundle's deletion
+            // (we hold the lock: no writer is at work). The newest bundle is
+            // the ref, as every listing says; this push removes the others.
+            // Two of the same second cannot be ordered: doctor decides.
+            if current[0].1.last_modified == current[1].1.last_modified {
+                return Ok(Err(format!("several bundles exist for {dst} in the bucket; run `git s3 doctor` to fix")));
+            }
+            tracing::warn!(dst, bundles = current.len(), "several bundles for the ref: taking the newest, removing the others after this push");
         }
         let current_sha = current.first().map(|c| c.0.as_str());
         if current_sha == Some(sha) {
