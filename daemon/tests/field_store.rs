@@ -139,6 +139,32 @@ async fn an_error_in_a_200_completion_is_retried_never_taken_for_success() {
     assert!(s.head("p/never").await.unwrap().is_none(), "a failed completion left an object");
 }
 
+/// The answer to CompleteMultipartUpload is lost (the connection breaks
+/// after S3 completed): the SDK sends it again and S3 answers `404
+/// NoSuchUpload`, the upload being gone. The upload landed: the store finds
+/// the object with the multipart ETag of its parts and reports success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_completion_answer_is_recognised_as_completed() {
+    let env = testkit::TestEnv::new();
+    let field = FieldServer::start();
+    let s = store(&env, &field).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (path, data) = big_file(dir.path());
+    for (key, opts) in [("p/plain", PutOptions::default()), ("p/create-only", create_only())] {
+        field.set_faults(5, vec![Fault::new(FaultAction::ResetMidBody, &[RequestKind::Complete], 1.0).times(1)]);
+        field.reset_counts();
+        let etag = s.put_file(key, &path, opts, |_| {}).await.unwrap_or_else(|e| panic!("{key}: the upload landed: {e}"));
+        let c = field.counts();
+        assert_eq!((c.of(RequestKind::Complete), c.of(RequestKind::Abort)), (2, 0), "{key}: {c:?}");
+        let head = s.head(key).await.unwrap().expect("the object");
+        assert_eq!(head.etag, etag, "{key}");
+        let back = dir.path().join("back");
+        s.get_to_file(key, &back, |_| {}).await.unwrap();
+        assert!(std::fs::read(&back).unwrap() == data, "{key}: content differs");
+    }
+    field.clear_faults();
+}
+
 /// `307 TemporaryRedirect` (a bucket created moments ago): in another
 /// region, the store follows it there; in its own region, the request is
 /// sent again until S3 takes it, a bounded number of times.

@@ -1003,10 +1003,26 @@ impl S3Store {
         match self.call(complete).await {
             Ok(r) => Ok(r.e_tag().unwrap_or_default().to_string()),
             Err(e) => {
+                // `NoSuchUpload` on a completion the SDK sent again: the
+                // first one's answer was lost, and S3 may have completed it.
+                if e.code() == Some("NoSuchUpload") {
+                    if let Some(etag) = self.completed_before(key, &parts).await {
+                        tracing::info!(key, "the completion's answer was lost; the object is there with its parts' ETag");
+                        return Ok(etag);
+                    }
+                }
                 self.abort_multipart(key, upload_id).await;
                 Err(self.classify(e, key))
             }
         }
+    }
+
+    /// The object's ETag if `key` holds exactly the upload of `parts`: S3's
+    /// ETag of a multipart object is the MD5 of its parts' MD5s, `-<count>`.
+    async fn completed_before(&self, key: &str, parts: &[CompletedPart]) -> Option<String> {
+        let expected = multipart_etag(parts)?;
+        let found = self.head(key).await.ok()??;
+        (found.etag.trim_matches('"') == expected).then_some(found.etag)
     }
 
     /// Uploads one part of a multipart upload.
@@ -1285,8 +1301,30 @@ fn percent_encode_key(key: &str) -> String {
     out
 }
 
+
+/// S3's ETag of a multipart object made of `parts` (without quotes), or
+/// None when a part's ETag is not an MD5 (SSE-KMS, for instance).
+fn multipart_etag(parts: &[CompletedPart]) -> Option<String> {
+    use md5::Digest;
+    let mut md5 = md5::Md5::new();
+    for p in parts {
+        let digest = hex::decode(p.e_tag()?.trim_matches('"')).ok().filter(|d| d.len() == 16)?;
+        md5.update(&digest);
+    }
+    Some(format!("{}-{}", hex::encode(md5.finalize()), parts.len()))
+}
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn multipart_etag_is_md5_of_part_md5s() {
+        use aws_sdk_s3::types::CompletedPart;
+        // One part of 100 × 'x', as moto and S3 name the object.
+        let part = CompletedPart::builder().part_number(1).e_tag("\"aed563ecafb4bcc5654c597a421547b2\"").build();
+        assert_eq!(super::multipart_etag(&[part]).as_deref(), Some("bccb8986cc6b395e4f045d410c776698-1"));
+        let kms = CompletedPart::builder().part_number(1).e_tag("\"not-an-md5\"").build();
+        assert_eq!(super::multipart_etag(&[kms]), None);
+    }
+
     #[test]
     fn regions_named_in_s3_answers() {
         let malformed = "<Error><Code>AuthorizationHeaderMalformed</Code><Message>the region 'us-east-1' is wrong; expecting 'eu-west-1'</Message><Region>eu-west-1</Region></Error>";

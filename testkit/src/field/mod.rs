@@ -61,6 +61,10 @@ pub(crate) struct Shared {
     /// condition and writes atomically, moto does not (it checks, then
     /// writes, on concurrent threads), so the field server serializes them.
     conditional_writes: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Upload ids of the multipart uploads the store completed: S3 answers
+    /// `404 NoSuchUpload` to a second `CompleteMultipartUpload` of one (a
+    /// client retrying after the answer was lost), moto answers 200 again.
+    completed_uploads: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Shared {
@@ -75,6 +79,14 @@ impl Shared {
     fn conditional_write_lock(&self, bucket: &str, key: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self.conditional_writes.lock().unwrap_or_else(|p| p.into_inner());
         locks.entry(format!("{bucket}/{key}")).or_default().clone()
+    }
+
+    fn upload_completed(&self, upload_id: &str) -> bool {
+        self.completed_uploads.lock().unwrap_or_else(|p| p.into_inner()).contains(upload_id)
+    }
+
+    fn mark_upload_completed(&self, upload_id: String) {
+        self.completed_uploads.lock().unwrap_or_else(|p| p.into_inner()).insert(upload_id);
     }
 
     async fn round_trip(&self) {
@@ -132,6 +144,7 @@ impl FieldServer {
                 self_authority: addr.to_string(),
                 upstream_client: forward::upstream_client(),
                 conditional_writes: Mutex::new(HashMap::new()),
+                completed_uploads: Mutex::new(std::collections::HashSet::new()),
             })
         };
         let acceptor = ca.as_ref().map(|c| c.acceptor());

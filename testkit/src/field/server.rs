@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::faults::FaultAction;
 use super::forward::{self, Body};
-use super::kinds::classify;
+use super::kinds::{classify, RequestKind};
 use super::regions::{signing_region, temporary_location, temporary_redirect_body, wrong_region_answer, RegionAnswer};
 use super::shaping::{Cut, Direction, Shaped};
 use super::timeline::{ConnectionStart, Finish, Timed};
@@ -216,6 +216,17 @@ async fn s3(shared: Arc<Shared>, req: Request<Incoming>, start: std::time::Insta
         }
     }
 
+    // A completed upload is gone in S3: completing it again is `NoSuchUpload`.
+    let upload_id = (request.kind == RequestKind::Complete).then(|| query_param(&query, "uploadId")).flatten();
+    if let Some(id) = upload_id.as_deref().filter(|id| shared.upload_completed(id)) {
+        drain(&shared, req.into_body()).await;
+        sleep(settings.latency_down).await;
+        let body = format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>NoSuchUpload</Code><Message>The specified upload does not exist. The upload ID may be invalid, or the upload may have been aborted or completed.</Message><UploadId>{id}</UploadId><RequestId>FIELD0NOSUCHUPLD</RequestId><HostId>field</HostId></Error>"
+        );
+        return Ok(timed(xml(StatusCode::NOT_FOUND, body), finish));
+    }
+
     let is_head = req.method() == Method::HEAD;
     // Conditional writes to one key, one at a time (S3's atomic check-and-write).
     let lock = match (&request.bucket, &request.key) {
@@ -231,6 +242,9 @@ async fn s3(shared: Arc<Shared>, req: Request<Incoming>, start: std::time::Insta
         Ok(r) => r,
         Err(e) => return Ok(timed(full(StatusCode::BAD_GATEWAY, format!("field server: the store did not answer: {e}\n")), finish)),
     };
+    if let Some(id) = upload_id.filter(|_| resp.status() == StatusCode::OK) {
+        shared.mark_upload_completed(id);
+    }
     let len: u64 = resp
         .headers()
         .get(http::header::CONTENT_LENGTH)
@@ -261,4 +275,10 @@ async fn sleep(d: Duration) {
     if !d.is_zero() {
         tokio::time::sleep(d).await;
     }
+}
+
+/// The value of `name` in a query string (`uploadId=…&…`), as sent (still
+/// percent-encoded: a retry encodes the id the same way).
+fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|kv| kv.split_once('=').filter(|(k, _)| *k == name).map(|(_, v)| v.to_string()))
 }
