@@ -65,6 +65,7 @@ pub async fn connect_or_start() -> Result<GitS3Client<Channel>, ClientError> {
     start_daemon()?;
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut delay = Duration::from_millis(10);
+    let mut started = Instant::now();
     loop {
         if let Ok(mut c) = connect(&socket).await {
             if let Ok(r) = c.hello(pb::HelloRequest { client_version: crate::VERSION.into() }).await {
@@ -81,6 +82,12 @@ pub async fn connect_or_start() -> Result<GitS3Client<Channel>, ClientError> {
                     crate::paths::log_file().display()
                 ),
             });
+        }
+        // A daemon that gave up (it found the lock of one still being torn
+        // down) is started again; extra ones exit at once, as above.
+        if started.elapsed() > Duration::from_secs(3) {
+            start_daemon()?;
+            started = Instant::now();
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_millis(200));

@@ -1,6 +1,7 @@
 //! Bad inputs and failures: every one gets a clear error and leaves the
 //! remote and the local repository intact.
 
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use testkit::{TestEnv, Tool};
@@ -104,6 +105,41 @@ fn daemon_autostarts_and_recovers_after_being_killed() {
 extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+/// Found by the crash loop (seed 8114): right after a SIGKILL the dead
+/// daemon's socket file is there and its lock is held until the kernel has
+/// torn the process down. A daemon started then gave up at once ("already
+/// running"), and git waited 15 s for nothing. Now it waits for the lock
+/// while nobody answers on the socket.
+#[test]
+fn a_daemon_started_while_a_killed_one_is_torn_down_takes_over() {
+    let env = TestEnv::new();
+    let repo = env.new_repo("r");
+    let url = env.url("teardown");
+    env.git(&repo, &["push", "-q", &url, "main"]);
+    env.git_s3(&env.work(), &["daemon", "stop"]);
+    // The dead daemon: a socket file nobody listens on, and its lock held
+    // (by `flock`, for a second) as a process being torn down holds it.
+    let socket = env.daemon_socket();
+    let lock = socket.with_file_name("daemon.lock");
+    let _ = std::fs::remove_file(&socket);
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    assert!(socket.exists());
+    let mut holder = Command::new("flock").arg(&lock).args(["sleep", "1"]).spawn().unwrap();
+    let start = Instant::now();
+    while !holder_has_lock(&lock) {
+        assert!(start.elapsed() < Duration::from_secs(10), "flock never took the lock");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let ls = env.ls_remote(Tool::Ours, &url);
+    assert!(ls.iter().any(|l| l.ends_with("refs/heads/main")), "{ls:?}");
+    let _ = holder.wait();
+}
+
+/// Whether another process holds the daemon's lock (a non-blocking try).
+fn holder_has_lock(lock: &std::path::Path) -> bool {
+    Command::new("flock").args(["-n", "-E", "75"]).arg(lock).arg("true").status().map(|s| s.code() == Some(75)).unwrap_or(false)
 }
 
 #[test]

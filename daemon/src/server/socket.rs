@@ -59,8 +59,9 @@ pub fn take_instance_lock() -> Result<InstanceLock, ServerError> {
     let path = git_s3_proto::paths::lock_path();
     let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io_err(&path))?;
     // A daemon that is shutting down removes its socket a moment before it
-    // exits and drops the lock: wait for it rather than give up, so a
-    // restart right after a stop starts a new daemon.
+    // exits and drops the lock, and a killed one leaves its socket behind:
+    // wait for the lock rather than give up, so a restart right after a
+    // stop or a kill starts a new daemon.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
         // SAFETY: flock on a file descriptor we own.
@@ -68,7 +69,12 @@ pub fn take_instance_lock() -> Result<InstanceLock, ServerError> {
         if rc == 0 {
             return Ok(InstanceLock { _file: file });
         }
-        if git_s3_proto::paths::socket_path().exists() || std::time::Instant::now() > deadline {
+        // A daemon that answers on the socket runs: we are not needed. A
+        // socket nobody answers is a dead daemon's, whose lock the kernel
+        // releases once the process is torn down (after a SIGKILL that can
+        // take a moment, longer on a busy disk): wait for it.
+        let socket = git_s3_proto::paths::socket_path();
+        if std::os::unix::net::UnixStream::connect(&socket).is_ok() || std::time::Instant::now() > deadline {
             return Err(ServerError::AlreadyRunning(path));
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
