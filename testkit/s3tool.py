@@ -45,5 +45,16 @@ elif op == "delete":
     s3.delete_object(Bucket=args[0], Key=args[1])
 elif op == "copy":
     s3.copy_object(Bucket=args[0], Key=args[2], CopySource={"Bucket": args[0], "Key": args[1]})
+elif op == "start-upload":
+    # start-upload BUCKET KEY: a multipart upload with one part, never
+    # completed (what a push killed half-way leaves); prints its id
+    bucket, key = args[0], args[1]
+    upload = s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    s3.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=1, Body=b"part" * 1024)
+    print(upload)
+elif op == "list-uploads":
+    bucket, prefix = args[0], args[1] if len(args) > 1 else ""
+    for u in s3.list_multipart_uploads(Bucket=bucket, Prefix=prefix).get("Uploads", []):
+        print(f"{u['Key']}\t{u['UploadId']}")
 else:
     sys.exit(f"unknown op {op}")

@@ -409,3 +409,50 @@ fn doctor_and_delete_branch_ask_on_a_tty() {
     on_tty(&env, &repo, "delete-branch origin other", "yes\n", 0);
     assert!(bundle_keys(&env, "tty/refs/heads/other/").is_empty());
 }
+
+/// A push killed half-way leaves a multipart upload that is never completed
+/// (S3 keeps and bills its parts): doctor reports those older than
+/// `--upload-age` (a day by default) and aborts them with `--abort-uploads`,
+/// in both formats, and leaves younger ones (a push at work) alone.
+/// Through the field server: moto lists every upload as started in 2010,
+/// the field server gives the time it was created, as S3 does.
+#[test]
+fn doctor_reports_and_aborts_incomplete_uploads() {
+    let env = TestEnv::new();
+    let field = testkit::FieldServer::start();
+    env.set_env("AWS_ENDPOINT_URL", &field.url);
+    for (prefix, packs) in [("iu-bundles", false), ("iu-packs", true)] {
+        let url = env.url(prefix);
+        if packs {
+            env.git_s3(&env.work(), &["init", "--format", "packs", &url]);
+        }
+        let repo = env.new_repo(prefix);
+        env.git(&repo, &["push", "-q", &url, "main"]);
+        let key = format!("{prefix}/refs/heads/main/{}.bundle", "a".repeat(40));
+        let out = testkit::s3tool_at(&field.url, &["start-upload", &env.bucket, &key], None);
+        let upload = text(&out.stdout).trim().to_string();
+        // Another prefix's upload is not this remote's business.
+        testkit::s3tool_at(&field.url, &["start-upload", &env.bucket, "elsewhere/x.bundle"], None);
+
+        let doc = json(&env, &env.work(), &["doctor", &url, "--json"]);
+        assert!(!doc["issues"].to_string().contains("incomplete_upload"), "{prefix}: a fresh upload is left alone: {doc}");
+        let doc = json(&env, &env.work(), &["doctor", &url, "--json", "--upload-age", "0"]);
+        let issues = doc["issues"].as_array().unwrap();
+        let found: Vec<&Value> = issues.iter().filter(|i| i["kind"] == "incomplete_upload").collect();
+        assert_eq!(found.len(), 1, "{prefix}: {doc}");
+        assert_eq!(found[0]["key"], key.as_str());
+        assert_eq!(found[0]["upload_id"], upload.as_str());
+        let out = env.git_s3(&env.work(), &["doctor", &url, "--upload-age", "0"]);
+        assert!(out.contains("Found incomplete uploads") && out.contains(&key) && out.contains("--abort-uploads"), "{out}");
+
+        let doc = json(&env, &env.work(), &["doctor", &url, "--json", "--upload-age", "0", "--abort-uploads", "--dry-run"]);
+        assert!(doc["actions"].as_array().unwrap().is_empty(), "{doc}");
+        let doc = json(&env, &env.work(), &["doctor", &url, "--json", "--upload-age", "0", "--abort-uploads", "--yes"]);
+        assert!(doc["actions"].to_string().contains("aborted_upload"), "{prefix}: {doc}");
+        let left = text(&testkit::s3tool(&["list-uploads", &env.bucket], None).stdout);
+        assert!(!left.contains(&key), "{prefix}: {left}");
+        assert!(left.contains("elsewhere/x.bundle"), "{prefix}: {left}");
+        let out = env.git_s3(&env.work(), &["doctor", &url, "--upload-age", "0"]);
+        assert!(out.contains("No incomplete uploads found.") && out.contains("No problems found."), "{prefix}: {out}");
+    }
+}

@@ -123,7 +123,8 @@ pub fn s3tool(args: &[&str], stdin: Option<&[u8]>) -> Output {
     s3tool_at(endpoint(), args, stdin)
 }
 
-fn s3tool_at(endpoint: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
+/// The bucket tool against another endpoint (a field server in front of the test server).
+pub fn s3tool_at(endpoint: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
     let mut cmd = Command::new(venv().join("bin/python"));
     cmd.arg(workspace_root().join("testkit/s3tool.py")).arg(endpoint).args(args);
     cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());

@@ -263,6 +263,14 @@ pub struct ObjectInfo {
     pub last_modified: SystemTime,
 }
 
+/// A multipart upload neither completed nor aborted.
+#[derive(Debug, Clone)]
+pub struct OpenUpload {
+    pub key: String,
+    pub upload_id: String,
+    pub initiated: SystemTime,
+}
+
 impl ObjectInfo {
     pub fn age(&self) -> std::time::Duration {
         SystemTime::now().duration_since(self.last_modified).unwrap_or_default()
@@ -577,6 +585,53 @@ impl S3Store {
 
     pub async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
         Ok(self.head_with_metadata(key).await?.map(|(info, _)| info))
+    }
+
+    /// The multipart uploads started under `prefix` and neither completed
+    /// nor aborted (a push killed half-way leaves one; S3 bills its parts).
+    pub async fn list_uploads(&self, prefix: &str) -> Result<Vec<OpenUpload>, StoreError> {
+        let span = tracing::debug_span!("s3.list_uploads", bucket = %self.bucket, prefix);
+        async {
+            let mut out = Vec::new();
+            let (mut key_marker, mut id_marker): (Option<String>, Option<String>) = (None, None);
+            loop {
+                let resp = self
+                    .call(|c| {
+                        c.list_multipart_uploads()
+                            .bucket(&*self.bucket)
+                            .prefix(prefix)
+                            .set_key_marker(key_marker.clone())
+                            .set_upload_id_marker(id_marker.clone())
+                            .send()
+                    })
+                    .await
+                    .map_err(|e| self.classify(e, prefix))?;
+                for u in resp.uploads() {
+                    if let (Some(key), Some(id)) = (u.key(), u.upload_id()) {
+                        out.push(OpenUpload { key: key.to_string(), upload_id: id.to_string(), initiated: to_system_time(u.initiated()) });
+                    }
+                }
+                match (resp.is_truncated(), resp.next_key_marker(), resp.next_upload_id_marker()) {
+                    (Some(true), Some(k), id) if !k.is_empty() => {
+                        key_marker = Some(k.to_string());
+                        id_marker = id.map(str::to_string);
+                    }
+                    _ => break,
+                }
+            }
+            Ok(out)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Aborts a multipart upload (its parts are deleted).
+    pub async fn abort_upload(&self, upload: &OpenUpload) -> Result<(), StoreError> {
+        self.call(|c| c.abort_multipart_upload().bucket(&*self.bucket).key(&upload.key).upload_id(&upload.upload_id).send())
+            .instrument(tracing::debug_span!("s3.abort_upload", bucket = %self.bucket, key = upload.key))
+            .await
+            .map_err(|e| self.classify(e, &upload.key))?;
+        Ok(())
     }
 
     /// An object's info and user metadata (`x-amz-meta-*`, keys without the

@@ -74,42 +74,52 @@ async fn daemon(args: &[String]) -> i32 {
             eprintln!("git s3 daemon run: cannot run {}: {err}", client::daemon_exe().display());
             1
         }
-        Some("status") => match client::connect(&socket).await {
-            Ok(mut c) => match c.daemon_status(pb::DaemonStatusRequest {}).await {
-                Ok(r) => {
-                    let r = r.into_inner();
-                    if json {
-                        println!(
-                            "{}",
-                            serde_json::json!({"running": true, "pid": r.pid, "version": r.version,
-                                "uptime_seconds": r.uptime_seconds, "socket": r.socket_path, "log_file": r.log_file,
-                                "active_sessions": r.active_sessions})
-                        );
-                    } else {
-                        println!("running: pid {} version {} uptime {}s socket {}", r.pid, r.version, r.uptime_seconds, r.socket_path);
-                    }
-                    0
-                }
-                Err(e) => {
-                    eprintln!("git s3 daemon status: {}", e.message());
-                    1
-                }
-            },
-            Err(_) => {
-                if json {
-                    println!("{}", serde_json::json!({"running": false, "socket": socket.display().to_string()}));
-                } else {
-                    println!("not running (socket {})", socket.display());
-                }
-                // Not running is an answer, not a failure.
-                0
-            }
-        },
+        Some("status") => status(&socket, json).await,
         _ => {
             eprintln!("{DAEMON_HELP}");
             if args.is_empty() || args[0] == "--help" || args[0] == "-h" { 0 } else { 2 }
         }
     }
+}
+
+/// `git s3 daemon status`: 0 whether it runs or not (not running is an
+/// answer), 1 when a running daemon does not answer.
+async fn status(socket: &std::path::Path, json: bool) -> i32 {
+    let mut last_error = String::new();
+    // A daemon killed a moment ago still accepts a connection (its socket
+    // lives until the process is torn down), then drops it: ask again.
+    for attempt in 0..3 {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let Ok(mut c) = client::connect(socket).await else {
+            if json {
+                println!("{}", serde_json::json!({"running": false, "socket": socket.display().to_string()}));
+            } else {
+                println!("not running (socket {})", socket.display());
+            }
+            return 0;
+        };
+        match c.daemon_status(pb::DaemonStatusRequest {}).await {
+            Ok(r) => {
+                let r = r.into_inner();
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"running": true, "pid": r.pid, "version": r.version,
+                            "uptime_seconds": r.uptime_seconds, "socket": r.socket_path, "log_file": r.log_file,
+                            "active_sessions": r.active_sessions})
+                    );
+                } else {
+                    println!("running: pid {} version {} uptime {}s socket {}", r.pid, r.version, r.uptime_seconds, r.socket_path);
+                }
+                return 0;
+            }
+            Err(e) => last_error = e.message().to_string(),
+        }
+    }
+    eprintln!("git s3 daemon status: the daemon accepts connections but does not answer ({last_error}); `git s3 daemon restart` starts a new one");
+    1
 }
 
 /// 0: stopped; 1: was not running.

@@ -21,6 +21,7 @@ mod server;
 mod shaping;
 mod timeline;
 mod tls;
+mod uploads;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -65,6 +66,8 @@ pub(crate) struct Shared {
     /// `404 NoSuchUpload` to a second `CompleteMultipartUpload` of one (a
     /// client retrying after the answer was lost), moto answers 200 again.
     completed_uploads: Mutex<std::collections::HashSet<String>>,
+    /// When each multipart upload was created (moto lists a fixed date).
+    upload_times: uploads::UploadTimes,
 }
 
 impl Shared {
@@ -145,6 +148,7 @@ impl FieldServer {
                 upstream_client: forward::upstream_client(),
                 conditional_writes: Mutex::new(HashMap::new()),
                 completed_uploads: Mutex::new(std::collections::HashSet::new()),
+                upload_times: uploads::UploadTimes::default(),
             })
         };
         let acceptor = ca.as_ref().map(|c| c.acceptor());

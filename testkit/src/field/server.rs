@@ -228,6 +228,7 @@ async fn s3(shared: Arc<Shared>, req: Request<Incoming>, start: std::time::Insta
     }
 
     let is_head = req.method() == Method::HEAD;
+    let method = req.method().clone();
     // Conditional writes to one key, one at a time (S3's atomic check-and-write).
     let lock = match (&request.bucket, &request.key) {
         (Some(b), Some(k)) if request.conditional => Some(shared.conditional_write_lock(b, k)),
@@ -245,6 +246,16 @@ async fn s3(shared: Arc<Shared>, req: Request<Incoming>, start: std::time::Insta
     if let Some(id) = upload_id.filter(|_| resp.status() == StatusCode::OK) {
         shared.mark_upload_completed(id);
     }
+    let resp = resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync());
+    // Where moto's answer is not S3's: the times of multipart uploads.
+    let list_uploads = method == Method::GET && request.key.is_none() && query.split('&').any(|p| p.split('=').next() == Some("uploads"));
+    let resp = if request.kind == RequestKind::CreateMultipart && resp.status() == StatusCode::OK {
+        shared.upload_times.record(resp).await?
+    } else if list_uploads && resp.status() == StatusCode::OK {
+        shared.upload_times.fix_listing(resp).await?
+    } else {
+        resp
+    };
     let len: u64 = resp
         .headers()
         .get(http::header::CONTENT_LENGTH)

@@ -33,6 +33,13 @@ pub struct DoctorArgs {
     /// Branch for a missing or dangling HEAD (default: main, master, else the first branch)
     #[arg(long, value_name = "BRANCH")]
     pub head: Option<String>,
+    /// Abort the incomplete multipart uploads found (a push killed half-way
+    /// leaves one, whose parts S3 keeps and bills)
+    #[arg(long)]
+    pub abort_uploads: bool,
+    /// Seconds after which an incomplete upload counts as abandoned (default: a day)
+    #[arg(long, value_name = "SECONDS", default_value_t = 86_400)]
+    pub upload_age: u64,
     /// Do not ask: use the flags and the defaults
     #[arg(short = 'y', long)]
     pub yes: bool,

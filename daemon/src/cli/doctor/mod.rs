@@ -124,6 +124,8 @@ pub async fn run(ctx: &mut Ctx, args: DoctorArgs) -> CliResult {
         }
     }
 
+    incomplete_uploads(ctx, &remote, &args, &mut rep).await;
+
     let code = if rep.errors.is_empty() { 0 } else { 1 };
     if args.json {
         let doc = json!({
@@ -149,6 +151,52 @@ pub async fn run(ctx: &mut Ctx, args: DoctorArgs) -> CliResult {
         ctx.println("No problems found.");
     }
     Ok(code)
+}
+
+/// Multipart uploads under the prefix started over `--upload-age` ago and
+/// never completed: reported, and aborted with `--abort-uploads`. A store
+/// or a policy that does not allow listing them gets a line, not an error.
+async fn incomplete_uploads(ctx: &Ctx, remote: &Remote, args: &DoctorArgs, rep: &mut Report) {
+    let age = Duration::from_secs(args.upload_age);
+    rep.line(ctx, "");
+    rep.line(ctx, format!("Scanning for incomplete uploads (started over {}s ago)...", age.as_secs()));
+    let uploads = match remote.store.list_uploads(&remote.url.key("")).await {
+        Ok(u) => u,
+        Err(e) => {
+            rep.line(ctx, format!("Could not list incomplete uploads: {e}"));
+            rep.advice.push(json!({"kind": "incomplete_uploads_unchecked", "error": e.to_string()}));
+            return;
+        }
+    };
+    let old: Vec<_> = uploads.iter().filter(|u| u.initiated.elapsed().unwrap_or_default() >= age).collect();
+    if old.is_empty() {
+        rep.line(ctx, "No incomplete uploads found.");
+        return;
+    }
+    rep.line(ctx, "Found incomplete uploads:");
+    for u in &old {
+        let secs = u.initiated.elapsed().unwrap_or_default().as_secs();
+        rep.line(ctx, format!(" - {} (started {secs}s ago)", u.key));
+        rep.issues.push(json!({"kind": "incomplete_upload", "key": u.key, "upload_id": u.upload_id, "age_seconds": secs}));
+    }
+    if args.abort_uploads && !args.dry_run {
+        for u in &old {
+            match remote.store.abort_upload(u).await {
+                Ok(()) => {
+                    rep.line(ctx, format!("Aborted the upload of {}", u.key));
+                    rep.actions.push(json!({"action": "aborted_upload", "key": u.key, "upload_id": u.upload_id}));
+                }
+                Err(e) => {
+                    rep.line(ctx, format!("Failed to abort the upload of {}: {e}", u.key));
+                    rep.errors.push(format!("{}: {e}", u.key));
+                }
+            }
+        }
+    } else if args.dry_run && args.abort_uploads {
+        rep.line(ctx, "(dry run: not aborting them)");
+    } else {
+        rep.line(ctx, "Run with --abort-uploads to abort them (their parts are deleted).");
+    }
 }
 
 /// Picks the bundle to keep for `name`, then moves or deletes the others
