@@ -165,6 +165,31 @@ async fn a_lost_completion_answer_is_recognised_as_completed() {
     field.clear_faults();
 }
 
+/// CopyObject (doctor moves a bundle with it) fails like
+/// CompleteMultipartUpload: `200 OK`, then an `<Error>` in the body. It is
+/// retried, never taken for success; one that never clears is one line and
+/// leaves no copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_in_a_200_copy_is_retried_never_taken_for_success() {
+    let env = testkit::TestEnv::new();
+    let field = FieldServer::start();
+    let s = store(&env, &field).await;
+    s.put_bytes("p/src", b"bundle".to_vec(), PutOptions::default()).await.unwrap();
+    field.set_faults(6, vec![Fault::new(FaultAction::ErrorIn200, &[RequestKind::Copy], 1.0).times(2)]);
+    s.copy("p/src", "p/dst").await.expect("copied on the third try");
+    assert_eq!(field.counts().of(RequestKind::Copy), 3, "{:?}", field.counts());
+    assert_eq!(s.get_small("p/dst").await.unwrap().as_deref(), Some(&b"bundle"[..]));
+
+    field.set_faults(6, vec![Fault::new(FaultAction::ErrorIn200, &[RequestKind::Copy], 1.0)]);
+    field.reset_counts();
+    let err = s.copy("p/src", "p/never").await.unwrap_err();
+    let line = err.to_string();
+    assert!(line.contains("InternalError") && !line.contains('\n'), "{line}");
+    assert_eq!(field.counts().of(RequestKind::Copy), DEFAULT_MAX_ATTEMPTS as u64, "{:?}", field.counts());
+    field.clear_faults();
+    assert!(s.head("p/never").await.unwrap().is_none(), "a failed copy left an object");
+}
+
 /// `307 TemporaryRedirect` (a bucket created moments ago): in another
 /// region, the store follows it there; in its own region, the request is
 /// sent again until S3 takes it, a bounded number of times.
