@@ -78,21 +78,11 @@ fn with_times(xml: &str, times: &HashMap<String, SystemTime>) -> String {
     out
 }
 
-/// `2026-12-02T14:05:06.000Z`.
+/// `2026-12-02T14:05:06Z` (RFC 3339, as S3's XML dates are read).
 fn iso8601(t: SystemTime) -> String {
-    let secs = t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.000Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    aws_smithy_types::DateTime::from(t)
+        .fmt(aws_smithy_types::date_time::Format::DateTime)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_string())
 }
 
 #[cfg(test)]
@@ -103,14 +93,14 @@ mod tests {
     #[test]
     fn listing_gets_the_noted_times() {
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_220_306); // 2026-12-02T14:05:06Z
-        assert_eq!(iso8601(t), "2026-12-02T14:05:06.000Z");
-        assert_eq!(iso8601(SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400)), "2000-02-29T00:00:00.000Z");
+        assert_eq!(iso8601(t), "2026-12-02T14:05:06Z");
+        assert_eq!(iso8601(SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400)), "2000-02-29T00:00:00Z");
         let xml = "<L><Upload><Key>a</Key><UploadId>u1</UploadId><Initiated>2010-11-10T20:48:33.000Z</Initiated></Upload>\
 <Upload><Key>b</Key><UploadId>u2</UploadId><Initiated>2010-11-10T20:48:33.000Z</Initiated></Upload></L>";
         let times = HashMap::from([("u2".to_string(), t)]);
         let fixed = with_times(xml, &times);
         assert!(fixed.contains("<UploadId>u1</UploadId><Initiated>2010-11-10T20:48:33.000Z</Initiated>"), "{fixed}");
-        assert!(fixed.contains("<UploadId>u2</UploadId><Initiated>2026-12-02T14:05:06.000Z</Initiated>"), "{fixed}");
+        assert!(fixed.contains("<UploadId>u2</UploadId><Initiated>2026-12-02T14:05:06Z</Initiated>"), "{fixed}");
         assert_eq!(element(&fixed, "Key").as_deref(), Some("a"));
     }
 }
