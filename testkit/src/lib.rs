@@ -343,11 +343,10 @@ impl TestEnv {
     /// Waits (up to `limit`) until the daemon, if one runs, serves no
     /// session: work a killed shim left running has finished or stopped.
     pub fn wait_daemon_idle(&self, limit: Duration) {
-        let start = std::time::Instant::now();
+        let start = Instant::now();
         loop {
             let out = self.git_s3(&self.work(), &["daemon", "status", "--json"]);
             let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("daemon status --json: {e}: {out}"));
-            let v = if v["daemon"].is_object() { v["daemon"].clone() } else { v };
             if v["running"] != serde_json::Value::Bool(true) || v["active_sessions"].as_u64() == Some(0) {
                 return;
             }

@@ -626,11 +626,11 @@ impl S3Store {
     }
 
     /// Aborts a multipart upload (its parts are deleted).
-    pub async fn abort_upload(&self, upload: &OpenUpload) -> Result<(), StoreError> {
-        self.call(|c| c.abort_multipart_upload().bucket(&*self.bucket).key(&upload.key).upload_id(&upload.upload_id).send())
-            .instrument(tracing::debug_span!("s3.abort_upload", bucket = %self.bucket, key = upload.key))
+    pub async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<(), StoreError> {
+        self.call(|c| c.abort_multipart_upload().bucket(&*self.bucket).key(key).upload_id(upload_id).send())
+            .instrument(tracing::debug_span!("s3.abort_upload", bucket = %self.bucket, key))
             .await
-            .map_err(|e| self.classify(e, &upload.key))?;
+            .map_err(|e| self.classify(e, key))?;
         Ok(())
     }
 
@@ -1216,10 +1216,11 @@ impl S3Store {
         .await
     }
 
+    /// Aborts our own failed upload; a failure is only logged (the upload
+    /// is left for `git s3 doctor --abort-uploads` or a lifecycle rule).
     async fn abort_multipart(&self, key: &str, upload_id: &str) {
-        let r = self.call(|c| c.abort_multipart_upload().bucket(&*self.bucket).key(key).upload_id(upload_id).send()).await;
-        if let Err(e) = r {
-            tracing::warn!(key, error = %DisplayErrorContext(&e), "could not abort multipart upload");
+        if let Err(e) = self.abort_upload(key, upload_id).await {
+            tracing::warn!(key, error = %e, "could not abort multipart upload");
         }
     }
 
@@ -1356,7 +1357,6 @@ fn percent_encode_key(key: &str) -> String {
     out
 }
 
-
 /// S3's ETag of a multipart object made of `parts` (without quotes), or
 /// None when a part's ETag is not an MD5 (SSE-KMS, for instance).
 fn multipart_etag(parts: &[CompletedPart]) -> Option<String> {
@@ -1368,6 +1368,7 @@ fn multipart_etag(parts: &[CompletedPart]) -> Option<String> {
     }
     Some(format!("{}-{}", hex::encode(md5.finalize()), parts.len()))
 }
+
 #[cfg(test)]
 mod tests {
     #[test]

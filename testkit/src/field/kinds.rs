@@ -56,8 +56,15 @@ impl Classified {
     }
 }
 
-fn has_param(query: &str, name: &str) -> bool {
+/// Whether a query string (`a=1&b`) holds parameter `name`.
+pub(crate) fn has_param(query: &str, name: &str) -> bool {
     query.split('&').any(|p| p.split('=').next() == Some(name))
+}
+
+/// The value of `name` in a query string (`uploadId=…&…`), as sent (still
+/// percent-encoded: a retry encodes it the same way).
+pub(crate) fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|kv| kv.split_once('=').filter(|(k, _)| *k == name).map(|(_, v)| v.to_string()))
 }
 
 /// Classifies a path-style request (`/bucket/key?query`).

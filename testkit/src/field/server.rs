@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::faults::FaultAction;
 use super::forward::{self, Body};
-use super::kinds::{classify, RequestKind};
+use super::kinds::{classify, has_param, query_param, RequestKind};
 use super::regions::{signing_region, temporary_location, temporary_redirect_body, wrong_region_answer, RegionAnswer};
 use super::shaping::{Cut, Direction, Shaped};
 use super::timeline::{ConnectionStart, Finish, Timed};
@@ -248,7 +248,7 @@ async fn s3(shared: Arc<Shared>, req: Request<Incoming>, start: std::time::Insta
     }
     let resp = resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync());
     // Where moto's answer is not S3's: the times of multipart uploads.
-    let list_uploads = method == Method::GET && request.key.is_none() && query.split('&').any(|p| p.split('=').next() == Some("uploads"));
+    let list_uploads = method == Method::GET && request.key.is_none() && has_param(&query, "uploads");
     let resp = if request.kind == RequestKind::CreateMultipart && resp.status() == StatusCode::OK {
         shared.upload_times.record(resp).await?
     } else if list_uploads && resp.status() == StatusCode::OK {
@@ -286,10 +286,4 @@ async fn sleep(d: Duration) {
     if !d.is_zero() {
         tokio::time::sleep(d).await;
     }
-}
-
-/// The value of `name` in a query string (`uploadId=…&…`), as sent (still
-/// percent-encoded: a retry encodes the id the same way).
-fn query_param(query: &str, name: &str) -> Option<String> {
-    query.split('&').find_map(|kv| kv.split_once('=').filter(|(k, _)| *k == name).map(|(_, v)| v.to_string()))
 }

@@ -181,7 +181,7 @@ async fn incomplete_uploads(ctx: &Ctx, remote: &Remote, args: &DoctorArgs, rep: 
     }
     if args.abort_uploads && !args.dry_run {
         for u in &old {
-            match remote.store.abort_upload(u).await {
+            match remote.store.abort_upload(&u.key, &u.upload_id).await {
                 Ok(()) => {
                     rep.line(ctx, format!("Aborted the upload of {}", u.key));
                     rep.actions.push(json!({"action": "aborted_upload", "key": u.key, "upload_id": u.upload_id}));
