@@ -1458,7 +1458,7 @@ mod tests {
         assert_eq!(part_size(10_000 * PART_SIZE), Some(PART_SIZE), "exactly 10,000 parts");
         let just_over = 10_000 * PART_SIZE + 1;
         let size = part_size(just_over).unwrap();
-        assert!(size > PART_SIZE && size % (1 << 20) == 0, "{size}");
+        assert!(size > PART_SIZE && size.is_multiple_of(1 << 20), "{size}");
         for len in [just_over, 200 * GIB, 1 << 40, 4 * (1 << 40) + 12345, 5 * (1 << 40)] {
             let size = part_size(len).unwrap();
             assert!(len.div_ceil(size) <= MAX_PARTS, "{len}: {size}");
