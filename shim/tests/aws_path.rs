@@ -26,13 +26,17 @@ fn aws_env() -> (TestEnv, FieldServer) {
 /// was answered with success (or a 404/412/304 the protocol expects); the
 /// uploads carried the SDK's default checksums. Returns the uploads.
 fn check_aws_requests(env: &TestEnv, field: &FieldServer) -> Vec<AwsRequest> {
+    check_aws_requests_to(env, field, &format!("{}.s3.us-east-1.amazonaws.com", env.bucket))
+}
+
+/// [`check_aws_requests`], every request to `host`.
+fn check_aws_requests_to(env: &TestEnv, field: &FieldServer, host: &str) -> Vec<AwsRequest> {
     let requests = field.aws_requests();
     assert!(!requests.is_empty(), "nothing reached S3's names: {:?}", field.counts());
     // Every connection was a tunnel to S3's names (none straight to the
     // field server's own address).
     let counts = field.counts();
     assert!(counts.connections == counts.connects && counts.proxied == 0, "not all through S3's names: {counts:?}");
-    let host = format!("{}.s3.us-east-1.amazonaws.com", env.bucket);
     for r in &requests {
         assert!(r.virtual_hosted && r.tls && r.host.trim_end_matches(":443") == host, "{r:?}");
         assert!(r.path.starts_with(&format!("/{}/", env.bucket)), "{r:?}");
@@ -92,6 +96,52 @@ fn push_clone_fetch_on_the_aws_code_path_bundles() {
 #[test]
 fn push_clone_fetch_on_the_aws_code_path_packs() {
     push_clone_fetch(true);
+}
+
+/// The endpoint comes from the region; a bucket in another region than
+/// `AWS_REGION` is followed there (S3's 301 with `x-amz-bucket-region`), on
+/// that region's own name.
+#[test]
+fn the_endpoint_follows_the_region_and_the_bucket() {
+    let (env, field) = aws_env();
+    env.set_env("AWS_REGION", "eu-west-2");
+    let url = env.url("aws/regions");
+    let repo = env.new_repo("origin");
+    env.git(&repo, &["remote", "add", "origin", &url]);
+    env.git(&repo, &["push", "-q", "origin", "main"]);
+    check_aws_requests_to(&env, &field, &format!("{}.s3.eu-west-2.amazonaws.com", env.bucket));
+
+    field.set_bucket_region(&env.bucket, "ap-southeast-2");
+    field.reset_counts();
+    env.git(&env.work(), &["clone", "-q", &url, "clone"]);
+    let requests = field.aws_requests();
+    let (wrong, right): (Vec<_>, Vec<_>) = requests.iter().partition(|r| r.host.starts_with(&format!("{}.s3.eu-west-2.", env.bucket)));
+    assert!(!wrong.is_empty() && wrong.iter().all(|r| r.status == 301), "{requests:?}");
+    assert!(!right.is_empty(), "{requests:?}");
+    for r in right {
+        assert!(r.host.trim_end_matches(":443") == format!("{}.s3.ap-southeast-2.amazonaws.com", env.bucket), "{r:?}");
+        assert!(matches!(r.status, 200 | 404), "{r:?}");
+    }
+    assert_eq!(env.git(&env.path("clone"), &["rev-parse", "HEAD"]), env.git(&repo, &["rev-parse", "HEAD"]));
+}
+
+/// The profile's `s3 = use_accelerate_endpoint / use_dualstack_endpoint`:
+/// `<bucket>.s3-accelerate.dualstack.amazonaws.com`.
+#[test]
+fn accelerate_and_dualstack_from_the_profile() {
+    let (env, field) = aws_env();
+    std::fs::create_dir_all(env.home().join(".aws")).unwrap();
+    std::fs::write(
+        env.home().join(".aws/config"),
+        "[default]\nregion = us-east-1\ns3 =\n  use_accelerate_endpoint = true\n  use_dualstack_endpoint = true\n",
+    )
+    .unwrap();
+    let url = env.url("aws/fast");
+    let repo = env.new_repo("origin");
+    env.git(&repo, &["remote", "add", "origin", &url]);
+    env.git(&repo, &["push", "-q", "origin", "main"]);
+    env.git(&env.work(), &["clone", "-q", &url, "clone"]);
+    check_aws_requests_to(&env, &field, &format!("{}.s3-accelerate.dualstack.amazonaws.com", env.bucket));
 }
 
 /// An LFS round trip on the same path.
