@@ -3,6 +3,9 @@
 #   - git-lfs (Debian package) for the LFS tests
 #   - a private Python venv at .test-env/venv with moto's S3 server (the local
 #     S3-compatible endpoint) and git-remote-s3 0.4.2 (interop tests, benchmark)
+#   - a host name for 127.0.0.1 (the named-host endpoint tests): this
+#     machine's name when it resolves to 127.0.0.1, else `s3.git-s3.test`
+#     added to /etc/hosts (as root)
 # Idempotent: re-running skips what is already there.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -21,4 +24,12 @@ if [ ! -x "$venv/bin/moto_server" ] || [ ! -x "$venv/bin/git-remote-s3" ]; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check 'moto[server]>=5.2,<6' 'git-remote-s3==0.4.2'
 fi
+# The named-host tests (shim/tests/addressing.rs) need a host name that
+# resolves to 127.0.0.1 only (testkit::loopback_host_name).
+loopback_name_ok() { [ "$(getent ahostsv4 "$1" 2>/dev/null | awk '{print $1}' | sort -u)" = 127.0.0.1 ]; }
+if ! loopback_name_ok "$(hostname)" && ! loopback_name_ok s3.git-s3.test; then
+  echo "setup: adding '127.0.0.1 s3.git-s3.test' to /etc/hosts"
+  echo "127.0.0.1 s3.git-s3.test" | as_root tee -a /etc/hosts >/dev/null
+fi
+
 echo "setup: ok (git-lfs $(git-lfs version | awk '{print $1}' | cut -d/ -f2), venv $venv)"

@@ -137,6 +137,37 @@ pub fn s3tool_at(endpoint: &str, args: &[&str], stdin: Option<&[u8]>) -> Output 
     out
 }
 
+/// A host name (not an IP address) that resolves to 127.0.0.1 only, for
+/// an endpoint such as `http://<name>:<port>` (MinIO or Ceph on a named
+/// host): this machine's host name when it does, else `s3.git-s3.test`
+/// (`scripts/setup-test-env.sh` adds it to /etc/hosts when run as root).
+/// Panics when neither does: a test that needs one must not pass silently.
+pub fn loopback_host_name() -> String {
+    fn loopback_only(name: &str) -> bool {
+        use std::net::ToSocketAddrs;
+        match (name, 1).to_socket_addrs() {
+            Ok(addrs) => {
+                let addrs: Vec<_> = addrs.collect();
+                !addrs.is_empty()
+                    && addrs.iter().all(|a| a.ip().is_loopback())
+                    && addrs.iter().any(|a| a.ip() == std::net::IpAddr::from([127, 0, 0, 1]))
+            }
+            Err(_) => false,
+        }
+    }
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+    let candidates = [hostname.as_str(), "s3.git-s3.test"];
+    candidates
+        .iter()
+        .find(|n| !n.is_empty() && n.parse::<std::net::IpAddr>().is_err() && *n != &"localhost" && !n.ends_with(".localhost") && loopback_only(n))
+        .map(|n| n.to_string())
+        .unwrap_or_else(|| {
+            panic!(
+                "no host name resolves to 127.0.0.1 only (tried {candidates:?}): add `127.0.0.1 s3.git-s3.test` to /etc/hosts (scripts/setup-test-env.sh does when run as root)"
+            )
+        })
+}
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// Which implementation a command runs with.
@@ -156,6 +187,8 @@ pub struct TestEnv {
     bin_dir: PathBuf,
     /// Variables set on every command after the defaults ([`TestEnv::set_env`]).
     extra_env: std::sync::Mutex<Vec<(String, String)>>,
+    /// Variables removed from every command ([`TestEnv::unset_env`]).
+    removed_env: std::sync::Mutex<Vec<String>>,
     /// With `GIT_S3_TEST_FIELD`: the field server every command goes through.
     field: Option<FieldServer>,
 }
@@ -182,7 +215,7 @@ impl TestEnv {
             std::fs::create_dir_all(dir.path().join(d)).unwrap();
         }
         std::fs::set_permissions(dir.path().join("run"), std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-        let mut env = TestEnv { dir, bucket, bin_dir, extra_env: Default::default(), field: None };
+        let mut env = TestEnv { dir, bucket, bin_dir, extra_env: Default::default(), removed_env: Default::default(), field: None };
         std::fs::write(
             env.home().join(".gitconfig"),
             "[user]\n\tname = Test\n\temail = test@example.com\n[init]\n\tdefaultBranch = main\n[protocol \"s3\"]\n\tallow = always\n[advice]\n\tdetachedHead = false\n",
@@ -274,12 +307,24 @@ impl TestEnv {
         for (k, v) in self.extra_env.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             cmd.env(k, v);
         }
+        for k in self.removed_env.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            cmd.env_remove(k);
+        }
         cmd
+    }
+
+    /// Removes `name` from every later command (e.g. `AWS_ENDPOINT_URL`,
+    /// for Amazon S3's own endpoints); a later [`TestEnv::set_env`] of it
+    /// sets it again.
+    pub fn unset_env(&self, name: &str) {
+        self.extra_env.lock().unwrap_or_else(|p| p.into_inner()).retain(|(k, _)| k != name);
+        self.removed_env.lock().unwrap_or_else(|p| p.into_inner()).push(name.to_string());
     }
 
     /// Sets `name` to `value` on every later command (e.g. `AWS_ENDPOINT_URL`
     /// to a [`FieldServer`]'s URL).
     pub fn set_env(&self, name: &str, value: &str) {
+        self.removed_env.lock().unwrap_or_else(|p| p.into_inner()).retain(|k| k != name);
         let mut extra = self.extra_env.lock().unwrap_or_else(|p| p.into_inner());
         extra.retain(|(k, _)| k != name);
         extra.push((name.to_string(), value.to_string()));

@@ -18,7 +18,7 @@ use aws_sdk_s3::config::{Credentials, Region, RequestChecksumCalculation, Respon
 use dashmap::DashMap;
 use sha2::{Digest, Sha256};
 
-use crate::s3::profile::{configured_endpoint, max_attempts, Profile};
+use crate::s3::profile::{configured_endpoint, max_attempts, AddressingStyle, Profile};
 
 /// The caller's network settings: proxies (`HTTPS_PROXY`, `HTTP_PROXY`,
 /// `ALL_PROXY`, `NO_PROXY`, or their lower-case forms) and the CA bundle
@@ -163,7 +163,13 @@ pub struct ClientSpec {
     pub profile: Option<String>,
     pub region: Option<String>,
     pub endpoint: Option<String>,
+    /// Path-style addressing (`host/bucket/key`), else virtual-hosted
+    /// (`bucket.host/key`): see [`path_style`].
     pub path_style: bool,
+    /// The profile's `s3 = use_accelerate_endpoint` (AWS endpoints only).
+    pub accelerate: bool,
+    /// The profile's `s3 = use_dualstack_endpoint` (AWS endpoints only).
+    pub dualstack: bool,
     pub network: NetworkSettings,
     /// Attempts per request (the SDK's standard retry).
     pub max_attempts: u32,
@@ -182,7 +188,10 @@ impl ClientSpec {
         let file_profile = Profile::load(env, profile.as_deref());
         let endpoint = configured_endpoint(env, &file_profile);
         let forced = matches!(get("GIT_REMOTE_S3_PATH_STYLE").as_deref(), Some("1" | "true" | "yes"));
-        let path_style = forced || endpoint.as_deref().map(endpoint_needs_path_style).unwrap_or(false);
+        let path_style = forced || path_style(endpoint.as_deref(), file_profile.addressing_style());
+        let on_aws = endpoint.as_deref().map(is_aws_endpoint).unwrap_or(true);
+        let accelerate = on_aws && !path_style && file_profile.s3_flag("use_accelerate_endpoint");
+        let dualstack = on_aws && file_profile.s3_flag("use_dualstack_endpoint");
         let mut aws_env: Vec<(String, String)> = env
             .iter()
             .filter(|(k, _)| k.starts_with("AWS_") || k.as_str() == "HOME")
@@ -201,7 +210,7 @@ impl ClientSpec {
         let network = NetworkSettings::from_env(env, &file_profile);
         let max_attempts = max_attempts(env, &file_profile, DEFAULT_MAX_ATTEMPTS);
         let timeouts = Timeouts::from_env(env);
-        ClientSpec { profile, region, endpoint, path_style, network, max_attempts, timeouts, credentials_fingerprint, env: aws_env }
+        ClientSpec { profile, region, endpoint, path_style, accelerate, dualstack, network, max_attempts, timeouts, credentials_fingerprint, env: aws_env }
     }
 
     fn get(&self, k: &str) -> Option<&str> {
@@ -211,11 +220,13 @@ impl ClientSpec {
     /// A description safe to show (no secrets).
     pub fn describe(&self) -> String {
         format!(
-            "profile={} region={} endpoint={} path-style={} proxy={} ca-bundle={} attempts={} read-timeout={:?} creds={}",
+            "profile={} region={} endpoint={} path-style={}{}{} proxy={} ca-bundle={} attempts={} read-timeout={:?} creds={}",
             self.profile.as_deref().unwrap_or("default"),
             self.region.as_deref().unwrap_or("auto"),
             self.endpoint.as_deref().unwrap_or("aws"),
             self.path_style,
+            if self.accelerate { " accelerate" } else { "" },
+            if self.dualstack { " dualstack" } else { "" },
             self.network.proxy_for(self.endpoint.as_deref()).map(redact_userinfo).unwrap_or_else(|| "none".to_string()),
             self.network.ca_bundle.as_deref().unwrap_or("system"),
             self.max_attempts,
@@ -227,10 +238,15 @@ impl ClientSpec {
     /// True for S3-compatible stores (MinIO, R2, moto...): they reject the
     /// SDK's newer default checksums, so send them only when required.
     fn is_third_party_endpoint(&self) -> bool {
-        match &self.endpoint {
-            Some(e) => !host_of(e).ends_with(".amazonaws.com"),
-            None => false,
-        }
+        self.endpoint.as_deref().map(|e| !is_aws_endpoint(e)).unwrap_or(false)
+    }
+
+    /// The host name a virtual-hosted request for `bucket` goes to, when
+    /// this client addresses buckets that way on a custom endpoint (for the
+    /// message when that name does not resolve).
+    pub fn virtual_host_for(&self, bucket: &str) -> Option<String> {
+        let endpoint = self.endpoint.as_deref()?;
+        (!self.path_style).then(|| format!("{bucket}.{}", host_of(endpoint)))
     }
 
     async fn build(&self) -> aws_sdk_s3::Client {
@@ -316,7 +332,10 @@ impl ClientSpec {
             loader = loader.credentials_provider(p.build());
         }
         let sdk = loader.load().await;
-        let mut conf = aws_sdk_s3::config::Builder::from(&sdk).force_path_style(self.path_style);
+        let mut conf = aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(self.path_style)
+            .accelerate(self.accelerate)
+            .use_dual_stack(self.dualstack);
         if sdk.region().is_none() {
             conf = conf.region(Region::new("us-east-1"));
         }
@@ -344,6 +363,29 @@ fn host_of(endpoint: &str) -> &str {
         return v6.split(']').next().unwrap_or(v6);
     }
     authority.split(':').next().unwrap_or(authority)
+}
+
+/// Amazon S3's own endpoints (`*.amazonaws.com`, `*.amazonaws.com.cn`).
+fn is_aws_endpoint(endpoint: &str) -> bool {
+    let host = host_of(endpoint).trim_end_matches('.').to_ascii_lowercase();
+    host.ends_with(".amazonaws.com") || host.ends_with(".amazonaws.com.cn")
+}
+
+/// Path-style addressing as boto3 (and so git-remote-s3 0.4.2) chooses it:
+/// the profile's `addressing_style` when it says `path` or `virtual`, else
+/// virtual-hosted on Amazon S3 (no endpoint, or `*.amazonaws.com`) and path
+/// style on any other endpoint (MinIO, Ceph RGW, … answer virtual-hosted
+/// requests only when set up for them). An IP address or `localhost`
+/// cannot carry a bucket name: always path style.
+pub fn path_style(endpoint: Option<&str>, style: AddressingStyle) -> bool {
+    if endpoint.map(endpoint_needs_path_style).unwrap_or(false) {
+        return true;
+    }
+    match style {
+        AddressingStyle::Path => true,
+        AddressingStyle::Virtual => false,
+        AddressingStyle::Auto => endpoint.map(|e| !is_aws_endpoint(e)).unwrap_or(false),
+    }
 }
 
 /// Path-style addressing is needed when the endpoint host is an IP address or
@@ -440,6 +482,95 @@ mod tests {
         assert!(endpoint_needs_path_style("http://[::1]:9000"));
         assert!(!endpoint_needs_path_style("https://s3.eu-west-1.amazonaws.com"));
         assert!(!endpoint_needs_path_style("https://minio.example.com"));
+    }
+
+    #[test]
+    fn addressing_as_boto3_chooses_it() {
+        use AddressingStyle::*;
+        assert!(path_style(Some("http://minio.internal:9000"), Auto), "a custom endpoint: path style");
+        assert!(path_style(Some("https://storage.example.com"), Auto));
+        assert!(!path_style(Some("https://minio.internal"), Virtual), "unless told otherwise");
+        assert!(path_style(Some("http://127.0.0.1:9000"), Virtual), "an IP cannot carry a bucket name");
+        assert!(!path_style(None, Auto), "Amazon S3: virtual-hosted");
+        assert!(!path_style(Some("https://s3.eu-west-1.amazonaws.com"), Auto));
+        assert!(!path_style(Some("https://s3.cn-north-1.amazonaws.com.cn"), Auto));
+        assert!(path_style(Some("https://s3.eu-west-1.amazonaws.com"), Path));
+        assert!(path_style(None, Path));
+    }
+
+    #[test]
+    fn the_profiles_s3_section_selects_addressing_and_endpoints() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join(".aws")).unwrap();
+        std::fs::write(
+            dir.path().join(".aws/config"),
+            "[profile named]\nendpoint_url = http://s3.lab.test:9000\n\
+             [profile virt]\nendpoint_url = http://s3.lab.test:9000\ns3 =\n  addressing_style = virtual\n\
+             [profile fast]\nregion = eu-west-1\ns3 =\n  use_accelerate_endpoint = true\n  use_dualstack_endpoint = true\n\
+             [profile aws-path]\ns3 =\n  addressing_style = path\n",
+        )
+        .unwrap();
+        let mut e = HashMap::new();
+        e.insert("HOME".to_string(), dir.path().display().to_string());
+        let named = ClientSpec::from_env(&e, Some("named"));
+        assert!(named.path_style, "a named host: path style (the regression against 0.4.2)");
+        assert_eq!(named.virtual_host_for("b"), None);
+        let virt = ClientSpec::from_env(&e, Some("virt"));
+        assert!(!virt.path_style);
+        assert_eq!(virt.virtual_host_for("b").as_deref(), Some("b.s3.lab.test"));
+        let fast = ClientSpec::from_env(&e, Some("fast"));
+        assert!(!fast.path_style && fast.accelerate && fast.dualstack, "{fast:?}");
+        assert!(ClientSpec::from_env(&e, Some("aws-path")).path_style);
+        e.insert("GIT_REMOTE_S3_PATH_STYLE".to_string(), "1".to_string());
+        let forced = ClientSpec::from_env(&e, Some("virt"));
+        assert!(forced.path_style, "GIT_REMOTE_S3_PATH_STYLE wins");
+        e.insert("AWS_ENDPOINT_URL".to_string(), "http://minio:9000".to_string());
+        let custom = ClientSpec::from_env(&e, Some("fast"));
+        assert!(!custom.accelerate && !custom.dualstack, "accelerate and dual-stack are Amazon S3's");
+    }
+
+    #[tokio::test]
+    async fn accelerate_and_dualstack_reach_the_sdk() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join(".aws")).unwrap();
+        std::fs::write(dir.path().join(".aws/config"), "[default]\nregion = eu-west-1\ns3 =\n  use_accelerate_endpoint = true\n  use_dualstack_endpoint = true\n").unwrap();
+        let mut e = HashMap::new();
+        e.insert("HOME".to_string(), dir.path().display().to_string());
+        e.insert("AWS_ACCESS_KEY_ID".to_string(), "k".to_string());
+        e.insert("AWS_SECRET_ACCESS_KEY".to_string(), "s".to_string());
+        let client = ClientSpec::from_env(&e, None).build().await;
+        assert_eq!(first_request_uri(&client, "bkt").await, "https://bkt.s3-accelerate.dualstack.amazonaws.com/k");
+        e.insert("AWS_ENDPOINT_URL".to_string(), "http://s3.lab.test:9000".to_string());
+        let client = ClientSpec::from_env(&e, None).build().await;
+        assert_eq!(first_request_uri(&client, "bkt").await, "http://s3.lab.test:9000/bkt/k", "a named host: path style");
+    }
+
+    /// The URI of the request `client` would send for a HeadObject of
+    /// `bucket/k` (stopped before it leaves).
+    async fn first_request_uri(client: &aws_sdk_s3::Client, bucket: &str) -> String {
+        use aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextRef;
+        use aws_sdk_s3::config::{ConfigBag, Intercept, RuntimeComponents};
+        #[derive(Debug, Clone, Default)]
+        struct Capture(Arc<std::sync::Mutex<String>>);
+        impl Intercept for Capture {
+            fn name(&self) -> &'static str {
+                "capture"
+            }
+            fn read_before_transmit(
+                &self,
+                ctx: &BeforeTransmitInterceptorContextRef<'_>,
+                _: &RuntimeComponents,
+                _: &mut ConfigBag,
+            ) -> Result<(), aws_sdk_s3::error::BoxError> {
+                *self.0.lock().unwrap() = ctx.request().uri().to_string();
+                Err("captured".into())
+            }
+        }
+        let capture = Capture::default();
+        let conf = client.config().to_builder().interceptor(capture.clone()).build();
+        let _ = aws_sdk_s3::Client::from_conf(conf).head_object().bucket(bucket).key("k").send().await;
+        let uri = capture.0.lock().unwrap().clone();
+        uri
     }
 
     #[test]

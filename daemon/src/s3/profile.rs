@@ -11,6 +11,10 @@ use std::collections::HashMap;
 pub struct Profile {
     pub settings: HashMap<String, String>,
     pub s3_service: HashMap<String, String>,
+    /// The profile's own nested `s3 =` settings (`addressing_style`,
+    /// `use_accelerate_endpoint`, `use_dualstack_endpoint`, …), as boto3
+    /// reads them.
+    pub s3: HashMap<String, String>,
 }
 
 impl Profile {
@@ -32,21 +36,53 @@ impl Profile {
     pub fn parse(text: &str, name: &str) -> Profile {
         let sections = parse_sections(text);
         let profile_key = |n: &str| if n == "default" { vec!["default".to_string(), "profile default".to_string()] } else { vec![format!("profile {n}")] };
-        let settings = profile_key(name)
-            .into_iter()
-            .find_map(|k| sections.get(&k).cloned())
-            .map(|s| s.settings)
-            .unwrap_or_default();
+        let section = profile_key(name).into_iter().find_map(|k| sections.get(&k).cloned()).unwrap_or_default();
+        let s3 = section.nested.get("s3").cloned().unwrap_or_default();
+        let settings = section.settings;
         let s3_service = settings
             .get("services")
             .and_then(|svc| sections.get(&format!("services {svc}")))
             .and_then(|s| s.nested.get("s3").cloned())
             .unwrap_or_default();
-        Profile { settings, s3_service }
+        Profile { settings, s3_service, s3 }
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
         self.settings.get(key).map(String::as_str).filter(|v| !v.is_empty())
+    }
+
+    /// A setting of the profile's nested `s3 =` section.
+    pub fn s3_setting(&self, key: &str) -> Option<&str> {
+        self.s3.get(key).map(|v| v.trim()).filter(|v| !v.is_empty())
+    }
+}
+
+/// How bucket names go into S3 requests (the profile's `s3 =
+/// addressing_style`, as in boto3 and the AWS CLI).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum AddressingStyle {
+    /// Virtual-hosted on AWS endpoints, path style on custom ones.
+    #[default]
+    Auto,
+    /// `https://host/bucket/key`.
+    Path,
+    /// `https://bucket.host/key`.
+    Virtual,
+}
+
+impl Profile {
+    /// The profile's `addressing_style` (`auto` when absent or unknown).
+    pub fn addressing_style(&self) -> AddressingStyle {
+        match self.s3_setting("addressing_style").map(str::to_ascii_lowercase).as_deref() {
+            Some("path") => AddressingStyle::Path,
+            Some("virtual") => AddressingStyle::Virtual,
+            _ => AddressingStyle::Auto,
+        }
+    }
+
+    /// A true/false setting of the profile's `s3 =` section.
+    pub fn s3_flag(&self, key: &str) -> bool {
+        is_true(self.s3_setting(key))
     }
 }
 
@@ -158,6 +194,18 @@ region = eu-west-1
 [profile ignored]
 endpoint_url = http://ignored:1
 ignore_configured_endpoint_urls = true
+
+[profile styled]
+region = eu-west-1
+s3 =
+  addressing_style = path
+  use_accelerate_endpoint = true
+  use_dualstack_endpoint = TRUE
+output = json
+
+[profile virtual]
+s3 =
+	addressing_style = Virtual
 ";
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
@@ -188,6 +236,20 @@ ignore_configured_endpoint_urls = true
         assert_eq!(configured_endpoint(&env(&[]), &Profile::parse(CONFIG, "ignored")), None);
         let e = env(&[("AWS_ENDPOINT_URL", "http://env:1"), ("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "true")]);
         assert_eq!(configured_endpoint(&e, &minio), None);
+    }
+
+    #[test]
+    fn the_profiles_own_s3_section() {
+        let p = Profile::parse(CONFIG, "styled");
+        assert_eq!(p.addressing_style(), AddressingStyle::Path);
+        assert!(p.s3_flag("use_accelerate_endpoint") && p.s3_flag("use_dualstack_endpoint"));
+        assert_eq!(p.get("output"), Some("json"), "a setting after the nested section is the profile's");
+        assert!(p.s3_service.is_empty());
+        assert_eq!(Profile::parse(CONFIG, "virtual").addressing_style(), AddressingStyle::Virtual);
+        let minio = Profile::parse(CONFIG, "minio");
+        assert_eq!(minio.addressing_style(), AddressingStyle::Auto, "the services section's s3 is not the profile's");
+        assert!(!minio.s3_flag("use_accelerate_endpoint"));
+        assert_eq!(Profile::parse("[default]\ns3 =\n  addressing_style = sideways\n", "default").addressing_style(), AddressingStyle::Auto);
     }
 
     #[test]

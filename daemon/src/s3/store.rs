@@ -16,8 +16,27 @@ use tracing::Instrument;
 
 /// Objects above this size are uploaded in parts.
 pub const MULTIPART_THRESHOLD: u64 = 64 << 20;
-/// Size of one part of a multipart upload.
+/// Size of one part of a multipart upload (of a stream; a file's parts
+/// grow with it: [`part_size`]).
 pub const PART_SIZE: u64 = 16 << 20;
+/// S3's limits on a multipart upload: parts, and the size of one (all
+/// but the last part at least the minimum).
+pub const MAX_PARTS: u64 = 10_000;
+pub const MIN_PART_SIZE: u64 = 5 << 20;
+pub const MAX_PART_SIZE: u64 = 5 << 30;
+/// S3's largest object (5 TiB).
+pub const MAX_OBJECT_SIZE: u64 = 5 << 40;
+
+/// The part size for an object of `len` bytes: [`PART_SIZE`], or more for
+/// an object that would need more than [`MAX_PARTS`] of them (rounded up to
+/// a whole MiB; every part the same size but the last, as R2 wants), never
+/// more than S3's 5 GiB. `None` above S3's largest object (5 TiB).
+pub fn part_size(len: u64) -> Option<u64> {
+    const MIB: u64 = 1 << 20;
+    let needed = len.div_ceil(MAX_PARTS).div_ceil(MIB) * MIB;
+    let size = needed.max(PART_SIZE).max(MIN_PART_SIZE);
+    (len <= MAX_OBJECT_SIZE && size <= MAX_PART_SIZE && len.div_ceil(size) <= MAX_PARTS).then_some(size)
+}
 /// Parts uploaded at once.
 const PART_CONCURRENCY: usize = 4;
 /// The largest small object (HEAD, `manifest.json`, a lock) read into memory.
@@ -37,6 +56,8 @@ pub enum StoreError {
     Connect(String),
     #[error("the S3 endpoint's TLS certificate did not verify against {trust}: {reason}")]
     Certificate { trust: String, reason: String },
+    #[error("cannot resolve {host}, the host name of bucket '{bucket}' with virtual-hosted addressing; if the endpoint serves path-style requests (MinIO, Ceph RGW…), set `addressing_style = path` under `s3 =` in the AWS profile, or GIT_REMOTE_S3_PATH_STYLE=1")]
+    VirtualHostDns { bucket: String, host: String },
     #[error("the proxy {proxy} did not let the connection to S3 through ({reason}); check HTTPS_PROXY/HTTP_PROXY and NO_PROXY")]
     Proxy { proxy: String, reason: String },
     #[error("bucket '{bucket}' is in region {region}, not in the region the request was signed for; set AWS_REGION={region} (or the profile's region)")]
@@ -87,6 +108,7 @@ impl StoreError {
                 | StoreError::Connect(_)
                 | StoreError::Certificate { .. }
                 | StoreError::Proxy { .. }
+                | StoreError::VirtualHostDns { .. }
                 | StoreError::WrongRegion { .. }
                 | StoreError::AccessDenied { .. }
         )
@@ -379,6 +401,8 @@ fn to_system_time(t: Option<&aws_sdk_s3::primitives::DateTime>) -> SystemTime {
 struct NetworkHint {
     trust: String,
     proxy: Option<String>,
+    /// The bucket's virtual-hosted host name on a custom endpoint.
+    virtual_host: Option<String>,
 }
 
 /// One bucket, through one warm client (the one for the bucket's region,
@@ -407,7 +431,17 @@ impl S3Store {
     /// What to name when a connection fails: the CAs a certificate was
     /// checked against, and the proxy in use.
     pub fn with_network_hint(mut self, trust: String, proxy: Option<String>) -> S3Store {
-        self.network = Arc::new(NetworkHint { trust, proxy });
+        let virtual_host = self.network.virtual_host.clone();
+        self.network = Arc::new(NetworkHint { trust, proxy, virtual_host });
+        self
+    }
+
+    /// The host name requests for the bucket go to when the client
+    /// addresses it virtual-hosted on a custom endpoint: a name that does
+    /// not resolve is then told as such, with what to do.
+    pub fn with_virtual_host(mut self, host: Option<String>) -> S3Store {
+        let NetworkHint { trust, proxy, .. } = &*self.network;
+        self.network = Arc::new(NetworkHint { trust: trust.clone(), proxy: proxy.clone(), virtual_host: host });
         self
     }
 
@@ -425,6 +459,8 @@ impl S3Store {
                     StoreError::Certificate { trust, reason }
                 } else if let Some(proxy) = self.network.proxy.clone().filter(|_| lower.contains("proxy") || lower.contains("tunnel")) {
                     StoreError::Proxy { proxy, reason }
+                } else if let Some(host) = self.network.virtual_host.clone().filter(|_| lower.contains("dns error")) {
+                    StoreError::VirtualHostDns { bucket: self.bucket.to_string(), host }
                 } else {
                     StoreError::Connect(reason)
                 }
@@ -561,10 +597,13 @@ impl S3Store {
                     })
                     .await
                     .map_err(|e| self.classify(e, prefix))?;
+                // Decoded only when the answer says it is encoded: some
+                // servers ignore `encoding-type` and send keys as they are.
+                let encoded = resp.encoding_type() == Some(&aws_sdk_s3::types::EncodingType::Url);
                 for o in resp.contents() {
                     if let Some(key) = o.key() {
                         out.push(ObjectInfo {
-                            key: url_decode_key(key),
+                            key: if encoded { url_decode_key(key) } else { key.to_string() },
                             size: o.size().unwrap_or(0).max(0) as u64,
                             etag: o.e_tag().unwrap_or_default().to_string(),
                             last_modified: to_system_time(o.last_modified()),
@@ -998,14 +1037,17 @@ impl S3Store {
         on_bytes: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<String, StoreError> {
         use futures::stream::{StreamExt, TryStreamExt};
+        let Some(part) = part_size(len) else {
+            return Err(self.other(key, format!("{len} bytes is more than S3 takes in one object (5 TiB)")));
+        };
         let upload_id = self.create_multipart(key, &opts).await?;
-        let parts = len.div_ceil(PART_SIZE);
+        let parts = len.div_ceil(part);
         let result: Result<Vec<CompletedPart>, StoreError> = futures::stream::iter(0..parts)
             .map(|i| {
                 let upload_id = upload_id.clone();
                 async move {
-                    let offset = i * PART_SIZE;
-                    let size = PART_SIZE.min(len - offset);
+                    let offset = i * part;
+                    let size = part.min(len - offset);
                     let body = self.file_part(key, path, offset, size).await?;
                     let part = self.upload_part(key, &upload_id, (i + 1) as i32, body, size).await?;
                     on_bytes(size);
@@ -1189,6 +1231,11 @@ impl S3Store {
                         }
                     }
                     number += 1;
+                    if number as u64 > MAX_PARTS {
+                        // Parts of a stream cannot grow (its length is unknown, and
+                        // R2 wants them all the same size): 10,000 × 16 MiB at most.
+                        return Err(self.other(key, format!("the stream is longer than S3's {MAX_PARTS} parts of {} MiB", PART_SIZE >> 20)));
+                    }
                     let size = data.len() as u64;
                     in_flight.push(upload(number, ByteStream::from(data), size));
                 }
@@ -1401,6 +1448,24 @@ mod tests {
         }
         assert!(super::conflict_backoff(1) <= std::time::Duration::from_millis(100));
         assert!(super::conflict_backoff(6) >= std::time::Duration::from_secs(1));
+    }
+
+    #[test]
+    fn parts_grow_with_the_object() {
+        use super::{part_size, MAX_PARTS, MAX_PART_SIZE, MIN_PART_SIZE, PART_SIZE};
+        const GIB: u64 = 1 << 30;
+        assert_eq!(part_size(100 << 20), Some(PART_SIZE));
+        assert_eq!(part_size(10_000 * PART_SIZE), Some(PART_SIZE), "exactly 10,000 parts");
+        let just_over = 10_000 * PART_SIZE + 1;
+        let size = part_size(just_over).unwrap();
+        assert!(size > PART_SIZE && size.is_multiple_of(1 << 20), "{size}");
+        for len in [just_over, 200 * GIB, 1 << 40, 4 * (1 << 40) + 12345, 5 * (1 << 40)] {
+            let size = part_size(len).unwrap();
+            assert!(len.div_ceil(size) <= MAX_PARTS, "{len}: {size}");
+            assert!((MIN_PART_SIZE..=MAX_PART_SIZE).contains(&size), "{len}: {size}");
+        }
+        assert_eq!(part_size(5 * (1 << 40) + 1), None, "above 5 TiB");
+        assert_eq!(part_size(u64::MAX), None);
     }
 
     #[test]

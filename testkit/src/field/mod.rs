@@ -9,8 +9,12 @@
 //! other). Loopback only; started by the tests.
 //!
 //! One port serves everything: plain HTTP, TLS (when enabled; told apart by
-//! the first byte of a connection) and proxy requests.
+//! the first byte of a connection) and proxy requests. As a proxy it also
+//! answers as Amazon S3 itself (`s3.<region>.amazonaws.com`,
+//! `<bucket>.s3.<region>.amazonaws.com`; TLS through `CONNECT` when enabled),
+//! so a client with no endpoint override runs its real AWS code path.
 
+mod aws;
 mod conditions;
 mod counters;
 mod faults;
@@ -28,6 +32,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub use aws::{AwsHost, AwsRequest};
 pub use conditions::{FieldConditions, ALL_KINDS};
 pub use counters::Counts;
 pub use faults::{Fault, FaultAction};
@@ -47,6 +52,9 @@ pub(crate) struct Settings {
     regions: HashMap<String, String>,
     region_answer: RegionAnswer,
     refuse_connect: bool,
+    /// Listings ignore `encoding-type=url` (raw keys, no `EncodingType`),
+    /// as some S3-compatible servers do.
+    list_ignores_encoding: bool,
 }
 
 pub(crate) struct Shared {
@@ -68,6 +76,10 @@ pub(crate) struct Shared {
     completed_uploads: Mutex<std::collections::HashSet<String>>,
     /// When each multipart upload was created (moto lists a fixed date).
     upload_times: uploads::UploadTimes,
+    /// TLS for `CONNECT` tunnels to S3's host names (with TLS enabled).
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    /// The requests made to S3's host names.
+    aws_requests: Mutex<Vec<AwsRequest>>,
 }
 
 impl Shared {
@@ -82,6 +94,13 @@ impl Shared {
     fn conditional_write_lock(&self, bucket: &str, key: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self.conditional_writes.lock().unwrap_or_else(|p| p.into_inner());
         locks.entry(format!("{bucket}/{key}")).or_default().clone()
+    }
+
+    fn record_aws(&self, request: AwsRequest) {
+        let mut r = self.aws_requests.lock().unwrap_or_else(|p| p.into_inner());
+        if r.len() < 100_000 {
+            r.push(request);
+        }
     }
 
     fn upload_completed(&self, upload_id: &str) -> bool {
@@ -136,6 +155,7 @@ impl FieldServer {
             .build()
             .expect("field server runtime");
         let ca = tls.then(TestCa::generate);
+        let acceptor = ca.as_ref().map(|c| c.acceptor());
         let upstream = upstream.trim_start_matches("http://").trim_end_matches('/').to_string();
         let shared = {
             let _enter = runtime.enter();
@@ -149,9 +169,10 @@ impl FieldServer {
                 conditional_writes: Mutex::new(HashMap::new()),
                 completed_uploads: Mutex::new(std::collections::HashSet::new()),
                 upload_times: uploads::UploadTimes::default(),
+                tls: acceptor.clone(),
+                aws_requests: Mutex::new(Vec::new()),
             })
         };
-        let acceptor = ca.as_ref().map(|c| c.acceptor());
         let s = shared.clone();
         runtime.spawn(async move {
             let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
@@ -199,6 +220,18 @@ impl FieldServer {
         self.settings(|s| s.refuse_connect = refuse);
     }
 
+    /// Listings ignore `encoding-type=url`: keys come as they are, without
+    /// `<EncodingType>` (as some S3-compatible servers answer).
+    pub fn set_list_ignores_encoding(&self, ignore: bool) {
+        self.settings(|s| s.list_ignores_encoding = ignore);
+    }
+
+    /// The requests made to Amazon S3's host names through this server as a
+    /// proxy, in order of their answers.
+    pub fn aws_requests(&self) -> Vec<AwsRequest> {
+        self.shared.aws_requests.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// Replaces the fault rules; draws restart from `seed`.
     pub fn set_faults(&self, seed: u64, faults: Vec<Fault>) {
         *self.shared.faults.lock().unwrap_or_else(|p| p.into_inner()) = faults::FaultPlan::new(seed, faults);
@@ -214,6 +247,7 @@ impl FieldServer {
 
     pub fn reset_counts(&self) {
         self.shared.counters.reset();
+        self.shared.aws_requests.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     /// The S3 requests since the last [`FieldServer::reset_counts`], with

@@ -13,6 +13,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 
+use super::aws::{self, AwsHost, AwsRequest};
 use super::faults::FaultAction;
 use super::forward::{self, Body};
 use super::kinds::{classify, has_param, query_param, RequestKind};
@@ -52,20 +53,22 @@ async fn connection(tcp: TcpStream, shared: Arc<Shared>, tls: Option<tokio_rustl
             shared.counters.tls_handshake();
             shared.round_trip().await;
             conn.ready();
-            serve_io(stream, shared, conn).await
+            serve_io(stream, shared, conn, false).await
         }
         _ => {
             conn.ready();
-            serve_io(tcp, shared, conn).await
+            serve_io(tcp, shared, conn, false).await
         }
     }
 }
 
-async fn serve_io<I>(io: I, shared: Arc<Shared>, conn: Arc<ConnectionStart>) -> Result<(), BoxError>
+/// Serves HTTP/1.1 on `io`; `tunnelled`: a TLS connection inside a
+/// `CONNECT` tunnel to one of S3's host names.
+async fn serve_io<I>(io: I, shared: Arc<Shared>, conn: Arc<ConnectionStart>, tunnelled: bool) -> Result<(), BoxError>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = hyper::service::service_fn(move |req| handle(shared.clone(), conn.clone(), req));
+    let service = hyper::service::service_fn(move |req| handle(shared.clone(), conn.clone(), tunnelled, req));
     hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), service).with_upgrades().await?;
     Ok(())
 }
@@ -102,10 +105,22 @@ async fn drain(shared: &Shared, mut body: Incoming) {
     }
 }
 
-async fn handle(shared: Arc<Shared>, conn: Arc<ConnectionStart>, req: Request<Incoming>) -> Result<Response<Body>, BoxError> {
+async fn handle(shared: Arc<Shared>, conn: Arc<ConnectionStart>, tunnelled: bool, req: Request<Incoming>) -> Result<Response<Body>, BoxError> {
     let start = conn.request_start();
     if req.method() == Method::CONNECT {
         return Ok(connect(&shared, req));
+    }
+    // Amazon S3's own names: in a tunnel (the `Host`), or a plain proxy request.
+    let absolute = req.uri().scheme().is_some() && req.uri().authority().is_some();
+    let host = match req.uri().authority().filter(|_| absolute) {
+        Some(a) => Some(a.to_string()),
+        None => req.headers().get(http::header::HOST).and_then(|v| v.to_str().ok()).map(str::to_string),
+    };
+    if let Some((host, name)) = host.and_then(|h| aws::parse_host(&h).map(|a| (h, a))) {
+        if absolute {
+            shared.counters.proxied();
+        }
+        return aws_request(shared, req, host, name, tunnelled, start).await;
     }
     if let (Some(_), Some(authority)) = (req.uri().scheme(), req.uri().authority()) {
         // A forward-proxy request (`GET http://host/path`).
@@ -123,15 +138,60 @@ fn timed(resp: Response<Body>, finish: Option<Finish>) -> Response<Body> {
     resp.map(|b| Timed::new(b, finish).boxed_unsync())
 }
 
-/// `CONNECT host:port`: a tunnel to a loopback target, unless refused.
-fn connect(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
+/// `CONNECT host:port`: a tunnel to a loopback target, or to the field
+/// server itself as S3 (TLS) for one of S3's names, unless refused.
+fn connect(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     shared.counters.connect();
     let target = req.uri().authority().map(|a| a.to_string()).unwrap_or_default();
-    if shared.settings().refuse_connect || !forward::is_loopback(&target) {
+    if shared.settings().refuse_connect {
+        return full(StatusCode::FORBIDDEN, "the field server refuses this tunnel\n".to_string());
+    }
+    if aws::parse_host(&target).is_some() {
+        let Some(acceptor) = shared.tls.clone() else {
+            return full(StatusCode::FORBIDDEN, "the field server answers as S3 over TLS only when started with TLS\n".to_string());
+        };
+        tokio::spawn(aws_tunnel(req, acceptor, shared.clone()));
+        return empty(StatusCode::OK);
+    }
+    if !forward::is_loopback(&target) {
         return full(StatusCode::FORBIDDEN, "the field server refuses this tunnel\n".to_string());
     }
     tokio::spawn(forward::tunnel(req, target));
     empty(StatusCode::OK)
+}
+
+/// A `CONNECT` tunnel to one of S3's names: TLS with the run's CA, then S3.
+async fn aws_tunnel(req: Request<Incoming>, acceptor: tokio_rustls::TlsAcceptor, shared: Arc<Shared>) {
+    let Ok(upgraded) = hyper::upgrade::on(req).await else { return };
+    let Ok(stream) = acceptor.accept(TokioIo::new(upgraded)).await else { return };
+    shared.counters.tls_handshake();
+    let conn = Arc::new(ConnectionStart::new());
+    conn.ready();
+    let _ = serve_io(stream, shared, conn, true).await;
+}
+
+/// A request to one of S3's names: recorded, made path style for the store,
+/// then served as any S3 request.
+async fn aws_request(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+    host: String,
+    name: AwsHost,
+    tunnelled: bool,
+    start: std::time::Instant,
+) -> Result<Response<Body>, BoxError> {
+    let path = aws::path_style(&name, req.uri().path());
+    let path_and_query = match req.uri().query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    let mut record = AwsRequest::new(&host, &name, tunnelled, req.method().as_str(), &path_and_query, req.headers());
+    let (mut parts, body) = req.into_parts();
+    parts.uri = path_and_query.parse()?;
+    let resp = s3(shared.clone(), Request::from_parts(parts, body), start).await?;
+    record.status = resp.status().as_u16();
+    shared.record_aws(record);
+    Ok(resp)
 }
 
 /// A plain-HTTP proxy request for another origin: passed on untouched.
@@ -238,6 +298,20 @@ async fn s3(shared: Arc<Shared>, req: Request<Incoming>, start: std::time::Insta
         Some(l) => Some(l.lock().await),
         None => None,
     };
+    // A server that ignores `encoding-type=url`: the store never sees it.
+    let req = if settings.list_ignores_encoding && request.kind == RequestKind::List && has_param(&query, "encoding-type") {
+        let (mut parts, body) = req.into_parts();
+        let kept: Vec<&str> = query.split('&').filter(|p| p.split('=').next() != Some("encoding-type")).collect();
+        let path = parts.uri.path().to_string();
+        parts.uri = if kept.is_empty() { path } else { format!("{path}?{}", kept.join("&")) }.parse()?;
+        Request::from_parts(parts, body)
+    } else {
+        req
+    };
+    // The store sees its own name: moto reads a bucket from a `Host` with
+    // a dot (`s3.example.test`, `bkt.s3.us-east-1.amazonaws.com`).
+    let mut req = req;
+    req.headers_mut().insert(http::header::HOST, shared.upstream.parse()?);
     let req = req.map(|b| Shaped::new(b, shared.counters.clone(), Direction::Up, settings.bandwidth, None).boxed_unsync());
     let resp = match forward::send(&shared.upstream_client, &shared.upstream, req).await {
         Ok(r) => r,

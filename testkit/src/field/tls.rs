@@ -1,5 +1,6 @@
 //! TLS for the field server: a CA generated for the test run, and a server
-//! certificate it signed for `127.0.0.1` and `localhost`. Clients trust the
+//! certificate it signed for `127.0.0.1`, `localhost` and Amazon S3's host
+//! names (see [`super::aws`]). Clients trust the
 //! CA through its PEM file (`AWS_CA_BUNDLE` or a profile's `ca_bundle`).
 
 use std::path::{Path, PathBuf};
@@ -31,8 +32,9 @@ impl TestCa {
         let ca_key = KeyPair::generate().expect("CA key");
         let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
 
-        let mut leaf_params =
-            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).expect("server params");
+        let mut names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+        names.extend(super::aws::certificate_names());
+        let mut leaf_params = CertificateParams::new(names).expect("server params");
         leaf_params.distinguished_name.push(DnType::CommonName, "git-s3 field server");
         let leaf_key = KeyPair::generate().expect("server key");
         let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key).expect("server certificate");
