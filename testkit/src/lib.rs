@@ -1,5 +1,6 @@
 //! Shared end-to-end fixtures: a real S3-compatible server on 127.0.0.1
-//! (moto's server, from the test venv that `scripts/test.sh` installs), an
+//! (moto's server, from the test venv that `scripts/test.sh` installs, or
+//! s3s-fs with `GIT_S3_TEST_SERVER=s3s`: see [`server`]), an
 //! isolated environment per test (HOME, git config, daemon runtime dir,
 //! cache, a fresh bucket), the built binaries on PATH, and helpers to run
 //! the real `git`, `git-lfs` and git-remote-s3 0.4.2.
@@ -65,12 +66,38 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
+/// The S3 implementation the suite runs against: `GIT_S3_TEST_SERVER`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Server {
+    /// moto's server (unset or `moto`): the whole suite.
+    Moto,
+    /// s3s-fs (`s3s`), an S3 server over a directory that checks signatures
+    /// (access key `test`, secret `test`): the core subset `scripts/test.sh`
+    /// names. See docs/s3-implementations.md.
+    S3s,
+}
+
+/// Which server `GIT_S3_TEST_SERVER` selects; panics on an unknown name
+/// rather than running the suite against something else.
+pub fn server() -> Server {
+    match std::env::var("GIT_S3_TEST_SERVER").as_deref() {
+        Err(_) | Ok("") | Ok("moto") => Server::Moto,
+        Ok("s3s") => Server::S3s,
+        Ok(other) => panic!("GIT_S3_TEST_SERVER={other:?}: expected `moto` or `s3s`"),
+    }
+}
+
 /// The S3 endpoint for this test process: `GIT_S3_TEST_ENDPOINT` when the
-/// test script started a server, else a moto server started here (killed
-/// when this process exits).
+/// test script started a server (of the kind [`server`] names), else one
+/// started here (killed when this process exits).
 pub fn endpoint() -> &'static str {
     static EP: OnceLock<String> = OnceLock::new();
-    EP.get_or_init(|| std::env::var("GIT_S3_TEST_ENDPOINT").unwrap_or_else(|_| start_moto(&[])))
+    EP.get_or_init(|| {
+        std::env::var("GIT_S3_TEST_ENDPOINT").unwrap_or_else(|_| match server() {
+            Server::Moto => start_moto(&[]),
+            Server::S3s => start_s3s(),
+        })
+    })
 }
 
 /// A second server that checks credentials (moto's IAM auth, enforced after
@@ -87,21 +114,52 @@ pub fn auth_endpoint() -> &'static str {
 
 fn start_moto(env: &[(&str, &str)]) -> String {
     let port = free_port();
-    let moto = venv().join("bin/moto_server");
-    let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let mut cmd = Command::new(venv().join("bin/moto_server"));
+    cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]).envs(env.iter().copied());
+    start_server(cmd, port, "moto_server")
+}
+
+/// s3s-fs (`GIT_S3_TEST_S3S_BIN`, else what `scripts/setup-test-env.sh
+/// --s3s` installs) over a fresh directory in the temp dir; the directories
+/// of runs whose process is gone are removed first.
+fn start_s3s() -> String {
+    let bin = std::env::var_os("GIT_S3_TEST_S3S_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".test-env/s3s/bin/s3s-fs"));
+    assert!(bin.exists(), "s3s-fs missing at {} — run `scripts/setup-test-env.sh --s3s`", bin.display());
+    let tmp = std::env::temp_dir();
+    if let Ok(entries) = std::fs::read_dir(&tmp) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = name.strip_prefix("gits3-s3s-") {
+                if !Path::new("/proc").join(pid).exists() {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+    }
+    let data = tmp.join(format!("gits3-s3s-{}", std::process::id()));
+    std::fs::create_dir_all(&data).expect("s3s-fs data dir");
+    let port = free_port();
+    let mut cmd = Command::new(bin);
+    cmd.args(["--host", "127.0.0.1", "--port", &port.to_string(), "--access-key", "test", "--secret-key", "test"]).arg(data);
+    start_server(cmd, port, "s3s-fs")
+}
+
+/// Spawns a server that dies with this process and waits until it listens.
+fn start_server(mut cmd: Command, port: u16, name: &'static str) -> String {
     let (tx, rx) = std::sync::mpsc::channel();
     // The child dies with the thread that spawned it (PDEATHSIG), so spawn
     // it from a thread that lives as long as the process.
     std::thread::spawn(move || {
-        let mut cmd = Command::new(moto);
-        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]).envs(env).stdout(Stdio::null()).stderr(Stdio::null());
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
         unsafe {
             cmd.pre_exec(|| {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
                 Ok(())
             });
         }
-        let child = cmd.spawn().expect("start moto_server");
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("start {name}: {e}"));
         tx.send(child.id()).ok();
         let mut child = child;
         let _ = child.wait();
@@ -109,13 +167,24 @@ fn start_moto(env: &[(&str, &str)]) -> String {
             std::thread::park();
         }
     });
-    rx.recv().expect("moto started");
+    rx.recv().unwrap_or_else(|_| panic!("{name} did not start"));
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "moto_server did not start on port {port}");
+        assert!(Instant::now() < deadline, "{name} did not start on port {port}");
         std::thread::sleep(Duration::from_millis(100));
     }
     format!("http://127.0.0.1:{port}")
+}
+
+/// s3s-fs checks a conditional write, then writes, with no lock between:
+/// of two racing `If-None-Match: *` PUTs both succeed (measured, see
+/// docs/s3-implementations.md), where S3 lets one win. Unless
+/// `GIT_S3_TEST_FIELD` asks for more, a run against it goes through a field
+/// server that adds only what S3 does there: conditional writes to one key
+/// one at a time (and `NoSuchUpload` for a completed upload); no latency,
+/// TLS or faults. Every other answer is s3s-fs's own.
+fn s3s_front() -> Option<field::FieldConditions> {
+    (server() == Server::S3s).then_some(field::FieldConditions { rtt: Duration::ZERO, tls: false, fault_rate: 0.0, seed: 0 })
 }
 
 /// Runs the bucket tool (boto3) against the test server.
@@ -222,7 +291,7 @@ impl TestEnv {
         )
         .unwrap();
         s3tool(&["create-bucket", &env.bucket], None);
-        if let Some(conditions) = field::FieldConditions::from_env() {
+        if let Some(conditions) = field::FieldConditions::from_env().or_else(s3s_front) {
             let server = conditions.start();
             env.set_env("AWS_ENDPOINT_URL", &server.url);
             if let Some(ca) = server.ca_bundle() {
