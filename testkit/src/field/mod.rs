@@ -47,6 +47,21 @@ pub(crate) struct Settings {
     regions: HashMap<String, String>,
     region_answer: RegionAnswer,
     refuse_connect: bool,
+    conditional_writes: ConditionalWrites,
+}
+
+/// What the store does with the conditions of a conditional write
+/// (`If-None-Match` / `If-Match` on a PUT or a CompleteMultipartUpload).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ConditionalWrites {
+    /// Enforced, as S3 does (the default).
+    #[default]
+    Enforced,
+    /// Accepted and ignored: the headers are dropped before the store sees
+    /// them (a store that does not implement them and does not say so).
+    Ignored,
+    /// Answered `501 NotImplemented` (an S3-style XML error), nothing written.
+    NotImplemented,
 }
 
 pub(crate) struct Shared {
@@ -197,6 +212,11 @@ impl FieldServer {
     /// allow the destination.
     pub fn set_refuse_proxy(&self, refuse: bool) {
         self.settings(|s| s.refuse_connect = refuse);
+    }
+
+    /// What the store does with conditional writes from now on.
+    pub fn set_conditional_writes(&self, mode: ConditionalWrites) {
+        self.settings(|s| s.conditional_writes = mode);
     }
 
     /// Replaces the fault rules; draws restart from `seed`.
