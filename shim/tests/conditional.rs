@@ -211,3 +211,26 @@ fn an_enforcing_store_is_probed_once_per_bucket() {
     stop_other_daemon(&env);
     assert!(!env.keys("p/").iter().chain(env.keys("b/").iter()).any(|k| k.contains("conditional-write-probe")), "the probe is cleaned up");
 }
+
+/// `GIT_S3_UNSAFE_NO_CONDITIONAL_WRITES=1` (one writer, by choice): the push
+/// goes through, with one warning line that stays on whatever the verbosity.
+#[test]
+fn the_override_writes_with_a_warning() {
+    let env = TestEnv::new();
+    let (url, clones) = remote(&env, PREFIX, true);
+    let field = through_field(&env, ConditionalWrites::Ignored);
+    let sha = env.commit(&clones[0], "one.txt", "1\n", "one writer");
+    let mut c = env.command("git", &clones[0]);
+    c.env("GIT_S3_UNSAFE_NO_CONDITIONAL_WRITES", "1").args(["push", "-q", "origin", "main"]);
+    let out = env.run(c);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let warnings: Vec<&str> = stderr.lines().filter(|l| l.starts_with("warning: git-s3: writing although")).collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    assert!(warnings[0].contains("does not enforce If-None-Match") && warnings[0].contains("#conditional-writes"), "{stderr}");
+    assert!(env.ls_remote(Tool::Ours, &url).contains(&format!("{sha}\trefs/heads/main")));
+    // Without it, the same daemon still refuses.
+    env.commit(&clones[0], "two.txt", "2\n", "two");
+    let err = env.git_fail(&clones[0], &["push", "origin", "main"]);
+    assert!(err.contains("refusing to write"), "{err}");
+    drop(field);
+}

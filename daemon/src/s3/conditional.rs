@@ -25,6 +25,15 @@ pub const RECHECK_AFTER: Duration = Duration::from_secs(24 * 3600);
 /// Where the documentation explains the refusal.
 pub const DOC_ANCHOR: &str = "docs/configuration.md#conditional-writes";
 
+/// The caller's override: writes go ahead on a store that does not enforce
+/// conditional writes (a single writer), with a warning on every session
+/// that writes.
+pub const UNSAFE_ENV: &str = "GIT_S3_UNSAFE_NO_CONDITIONAL_WRITES";
+
+/// The tracing target of warnings that reach the caller's terminal whatever
+/// the verbosity (`server/logging.rs`).
+pub const USER_WARNING_TARGET: &str = "git_s3_daemon::user_warning";
+
 /// What the probe found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -168,13 +177,32 @@ pub fn refusal(endpoint: &str, bucket: &str, verdict: Verdict) -> String {
     }
 }
 
-/// The write gate of a remote's store: probes before the first write.
+/// The warning of a write made anyway ([`UNSAFE_ENV`]).
+pub fn unsafe_warning(endpoint: &str, bucket: &str, verdict: Verdict) -> String {
+    let store = if endpoint == "aws" { format!("s3://{bucket}") } else { format!("{endpoint} (bucket {bucket})") };
+    format!(
+        "git-s3: writing although {store} does not enforce {} (conditional writes), because {UNSAFE_ENV} is set: a push made while another one runs can be lost without an error. See {DOC_ANCHOR}",
+        verdict.header().unwrap_or("them")
+    )
+}
+
+/// True when the caller's environment sets [`UNSAFE_ENV`].
+pub fn unsafe_allowed(env: &std::collections::HashMap<String, String>) -> bool {
+    matches!(env.get(UNSAFE_ENV).map(|v| v.trim().to_ascii_lowercase()).as_deref(), Some("1" | "true" | "yes"))
+}
+
+/// The write gate of a remote's store (one per session): probes before the
+/// first write.
 pub struct Gate {
     pub writes: Arc<ConditionalWrites>,
     /// The endpoint as the caller configured it (`aws`: AWS S3).
     pub endpoint: String,
     /// The remote's prefix: the probe's key goes under it.
     pub prefix: String,
+    /// The caller set [`UNSAFE_ENV`]: write anyway, with a warning.
+    pub allow_unsafe: bool,
+    /// The warning was given (once per session).
+    pub warned: std::sync::atomic::AtomicBool,
 }
 
 impl WriteGate for Gate {
@@ -182,6 +210,11 @@ impl WriteGate for Gate {
         Box::pin(async move {
             let probed = self.writes.verdict(store, &self.endpoint, &self.prefix).await?;
             if probed.verdict.enforced() {
+                Ok(())
+            } else if self.allow_unsafe {
+                if !self.warned.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    tracing::warn!(target: USER_WARNING_TARGET, "{}", unsafe_warning(&self.endpoint, store.bucket(), probed.verdict));
+                }
                 Ok(())
             } else {
                 Err(StoreError::WritesRefused(refusal(&self.endpoint, store.bucket(), probed.verdict)))

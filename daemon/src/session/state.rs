@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use crate::local::cache::Cache;
 use crate::s3::clients::{redact_userinfo, BucketRegions, ClientSpec, S3Clients};
-use crate::s3::conditional::{endpoint_of, ConditionalWrites, Gate};
+use crate::s3::conditional::{endpoint_of, unsafe_allowed, ConditionalWrites, Gate};
 use crate::s3::store::S3Store;
 use crate::s3::url::RemoteUrl;
 
@@ -63,7 +63,13 @@ impl DaemonState {
         let store = S3Store::new(warm.client.clone(), &url.bucket, &origin)
             .with_region_switch(Arc::new(regions))
             .with_network_hint(trust, proxy);
-        let gate = Gate { writes: self.conditional.clone(), endpoint: endpoint_of(&store), prefix: url.prefix.clone() };
+        let gate = Gate {
+            writes: self.conditional.clone(),
+            endpoint: endpoint_of(&store),
+            prefix: url.prefix.clone(),
+            allow_unsafe: unsafe_allowed(env),
+            warned: Default::default(),
+        };
         store.with_write_gate(Arc::new(gate))
     }
 
