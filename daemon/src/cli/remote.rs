@@ -154,6 +154,43 @@ pub fn branch_ref(branch: &str) -> Result<String, CliError> {
     Ok(format!("refs/heads/{b}"))
 }
 
+impl Remote {
+    /// Whether the remote's store enforces conditional writes, for `status`
+    /// and `doctor`: what this daemon remembers, or (with `probe`) probed now
+    /// when it remembers nothing (a probe writes and deletes one object
+    /// under the prefix). `state`: enforced, ignored, not-implemented, or
+    /// unknown (not probed yet, or the probe failed: `error`).
+    pub async fn conditional_writes(&self, ctx: &Ctx, probe: bool) -> serde_json::Value {
+        use crate::s3::conditional::{endpoint_of, refusal};
+        let writes = &ctx.state.conditional;
+        let endpoint = endpoint_of(&self.store);
+        let known = match writes.remembered(&endpoint, self.store.bucket()) {
+            Some(p) => Ok(Some(p)),
+            None if probe => writes.verdict(&self.store.without_write_gate(), &endpoint, &self.url.prefix).await.map(Some),
+            None => Ok(None),
+        };
+        match known {
+            Ok(Some(p)) => serde_json::json!({
+                "endpoint": endpoint,
+                "state": p.verdict.code(),
+                "header": p.verdict.header(),
+                "summary": p.verdict.describe(),
+                "probed_seconds_ago": p.at.elapsed().unwrap_or_default().as_secs(),
+                "refusal": (!p.verdict.enforced()).then(|| refusal(&endpoint, self.store.bucket(), p.verdict)),
+            }),
+            Ok(None) => serde_json::json!({
+                "endpoint": endpoint, "state": "unknown", "header": null,
+                "summary": "not probed yet (probed before this daemon's first write to the bucket; `git s3 doctor` probes)",
+                "probed_seconds_ago": null,
+            }),
+            Err(e) => serde_json::json!({
+                "endpoint": endpoint, "state": "unknown", "header": null,
+                "summary": format!("could not probe: {e}"), "error": e.to_string(), "probed_seconds_ago": null,
+            }),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,6 +3,7 @@
 //! makes (`store`), and `s3://` URLs (`url`).
 
 pub mod clients;
+pub mod conditional;
 pub mod profile;
 pub mod store;
 pub mod url;

@@ -74,6 +74,14 @@ pub enum StoreError {
     NotFound { bucket: String, key: String },
     #[error("precondition failed on s3://{bucket}/{key}")]
     PreconditionFailed { bucket: String, key: String },
+    /// `501 NotImplemented`: the store does not implement a header or
+    /// operation of the request.
+    #[error("the S3 endpoint does not implement a request on s3://{bucket}/{key}: {message}")]
+    NotImplemented { bucket: String, key: String, message: String },
+    /// Writes refused before anything was written (the store does not
+    /// enforce conditional writes: `s3/conditional.rs`). One line, final.
+    #[error("{0}")]
+    WritesRefused(String),
     #[error("S3 error on s3://{bucket}/{key}: {message}")]
     Other { bucket: String, key: String, message: String },
     /// A download that broke off (connection cut, short body, a stall): worth retrying.
@@ -111,6 +119,7 @@ impl StoreError {
                 | StoreError::VirtualHostDns { .. }
                 | StoreError::WrongRegion { .. }
                 | StoreError::AccessDenied { .. }
+                | StoreError::WritesRefused(_)
         )
     }
 }
@@ -139,6 +148,9 @@ where
             } else {
                 StoreError::NotFound { bucket: b, key: k }
             }
+        }
+        (_, Some("NotImplemented"), _) | (_, _, Some(501)) => {
+            StoreError::NotImplemented { bucket: b, key: k, message: first_line(err.message().unwrap_or("501 Not Implemented")) }
         }
         (_, Some("PreconditionFailed"), _) | (_, _, Some(412)) => StoreError::PreconditionFailed { bucket: b, key: k },
         (_, Some("ConditionalRequestConflict"), _) | (_, _, Some(409)) => StoreError::Conflict { bucket: b, key: k },
@@ -248,6 +260,15 @@ fn is_conflict<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> bool
 /// lives there (and remembers that for the bucket).
 pub trait RegionSwitch: Send + Sync {
     fn client_for_region<'a>(&'a self, region: &'a str) -> futures::future::BoxFuture<'a, aws_sdk_s3::Client>;
+}
+
+/// Decides, before a store's first write, whether it may write at all (the
+/// conditional-writes probe, `s3/conditional.rs`): every write of an
+/// [`S3Store`] that has one asks it first.
+pub trait WriteGate: Send + Sync {
+    /// Ok when writes may go ahead; else the error that refuses them.
+    /// `store` is the store asking (with no gate: the probe writes through it).
+    fn check<'a>(&'a self, store: &'a S3Store) -> futures::future::BoxFuture<'a, Result<(), StoreError>>;
 }
 
 /// A request body that can be sent again (a retry after a conflict or a
@@ -415,6 +436,8 @@ pub struct S3Store {
     bucket: Arc<str>,
     /// The service the client talks to (endpoint, region), for cache keys.
     origin: Arc<str>,
+    /// Asked before every write (none: writes go ahead).
+    gate: Option<Arc<dyn WriteGate>>,
 }
 
 impl S3Store {
@@ -425,6 +448,26 @@ impl S3Store {
             network: Arc::new(NetworkHint::default()),
             bucket: bucket.into(),
             origin: origin.into(),
+            gate: None,
+        }
+    }
+
+    /// Every write of this store (and its clones) asks `gate` first.
+    pub fn with_write_gate(mut self, gate: Arc<dyn WriteGate>) -> S3Store {
+        self.gate = Some(gate);
+        self
+    }
+
+    /// This store without its write gate (the gate's own probe writes).
+    pub fn without_write_gate(&self) -> S3Store {
+        S3Store { gate: None, ..self.clone() }
+    }
+
+    /// Asks the write gate, if any, whether this store may write.
+    async fn may_write(&self) -> Result<(), StoreError> {
+        match &self.gate {
+            Some(gate) => gate.check(&self.without_write_gate()).await,
+            None => Ok(()),
         }
     }
 
@@ -540,6 +583,11 @@ impl S3Store {
 
     pub fn bucket(&self) -> &str {
         &self.bucket
+    }
+
+    /// The endpoint the client talks to as configured (`aws`: AWS S3's own).
+    pub fn origin(&self) -> &str {
+        &self.origin
     }
 
     /// A transfer failure on `key` that S3 did not classify (interrupted
@@ -921,10 +969,29 @@ impl S3Store {
         async { self.put_body(key, Source::Bytes(data.into()), opts).await }.instrument(span).await
     }
 
+    /// One PutObject of `data` under `condition` and nothing more: no
+    /// retry after a 409, no look at who wrote the object after a 412, no
+    /// write gate (the conditional-writes probe reads the store's answer
+    /// as it is).
+    pub async fn put_once(&self, key: &str, data: Vec<u8>, condition: &WriteCondition) -> Result<String, StoreError> {
+        let body = bytes::Bytes::from(data);
+        let send = |c: aws_sdk_s3::Client| {
+            let req = c.put_object().bucket(&*self.bucket).key(key).body(ByteStream::from(body.clone()));
+            apply_condition!(req, condition).send()
+        };
+        let resp = self
+            .call(send)
+            .instrument(tracing::debug_span!("s3.put_once", bucket = %self.bucket, key))
+            .await
+            .map_err(|e| self.classify(e, key))?;
+        Ok(resp.e_tag().unwrap_or_default().to_string())
+    }
+
     /// One PutObject; a conditional write that meets a `409
     /// ConditionalRequestConflict` is tried again after a backoff (only a
     /// 412 means its condition failed).
     async fn put_body(&self, key: &str, source: Source<'_>, opts: PutOptions) -> Result<String, StoreError> {
+        self.may_write().await?;
         let mut attempt = 1;
         loop {
             let send = |c: aws_sdk_s3::Client| {
@@ -1061,6 +1128,7 @@ impl S3Store {
     }
 
     async fn create_multipart(&self, key: &str, opts: &PutOptions) -> Result<String, StoreError> {
+        self.may_write().await?;
         let created = self
             .call(|c| apply_headers!(c.create_multipart_upload().bucket(&*self.bucket).key(key), opts).send())
             .await
@@ -1274,6 +1342,7 @@ impl S3Store {
     pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
         let span = tracing::debug_span!("s3.delete", bucket = %self.bucket, key);
         async {
+            self.may_write().await?;
             self.call(|c| c.delete_object().bucket(&*self.bucket).key(key).send())
                 .await
                 .map_err(|e| self.classify(e, key))?;
@@ -1286,6 +1355,7 @@ impl S3Store {
     pub async fn copy(&self, from: &str, to: &str) -> Result<(), StoreError> {
         let span = tracing::debug_span!("s3.copy", bucket = %self.bucket, from, to);
         async {
+            self.may_write().await?;
             let source = format!("{}/{}", self.bucket, percent_encode_key(from));
             self.call(|c| c.copy_object().bucket(&*self.bucket).key(to).copy_source(&source).send())
                 .await

@@ -100,10 +100,18 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for SessionLayer {
             }
         }
         let Some(sink) = sink else { return };
+        let mut text = FieldText::default();
+        if event.metadata().target() == crate::s3::conditional::USER_WARNING_TARGET {
+            // A warning for the caller whatever the verbosity: one line.
+            event.record(&mut text);
+            let _ = sink.tx.send(Ok(git_s3_proto::pb::SessionOutput {
+                msg: Some(git_s3_proto::pb::session_output::Msg::Stderr(format!("warning: {}\n", text.0).into_bytes())),
+            }));
+            return;
+        }
         if sink.verbosity.load(Ordering::Relaxed) < 2 {
             return;
         }
-        let mut text = FieldText::default();
         event.record(&mut text);
         path.reverse();
         let _ = sink.tx.send(Ok(git_s3_proto::pb::SessionOutput {

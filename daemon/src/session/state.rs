@@ -8,11 +8,15 @@ use std::time::Instant;
 
 use crate::local::cache::Cache;
 use crate::s3::clients::{redact_userinfo, BucketRegions, ClientSpec, S3Clients};
+use crate::s3::conditional::{endpoint_of, unsafe_allowed, ConditionalWrites, Gate};
 use crate::s3::store::S3Store;
 use crate::s3::url::RemoteUrl;
 
 pub struct DaemonState {
     pub clients: Arc<S3Clients>,
+    /// Whether each (endpoint, bucket) enforces conditional writes (probed
+    /// before the first write, again after a day).
+    pub conditional: Arc<ConditionalWrites>,
     pub cache: Arc<Cache>,
     pub started: Instant,
     pub socket_path: PathBuf,
@@ -29,6 +33,7 @@ impl DaemonState {
     pub fn new(cache: Cache, socket_path: PathBuf, log_file: PathBuf) -> DaemonState {
         DaemonState {
             clients: Arc::new(S3Clients::default()),
+            conditional: Arc::new(ConditionalWrites::default()),
             cache: Arc::new(cache),
             started: Instant::now(),
             socket_path,
@@ -45,7 +50,8 @@ impl DaemonState {
     }
 
     /// The store for a remote, through the warm client the caller's
-    /// environment selects, in the bucket's region once S3 told it.
+    /// environment selects, in the bucket's region once S3 told it. Its
+    /// writes wait for the bucket's conditional-writes probe (`s3/conditional.rs`).
     pub async fn store_for(&self, env: &HashMap<String, String>, url: &RemoteUrl) -> S3Store {
         let spec = ClientSpec::from_env(env, url.profile.as_deref());
         let spec = self.clients.spec_for_bucket(spec, &url.bucket);
@@ -55,10 +61,18 @@ impl DaemonState {
         let (trust, proxy) = (spec.network.trust_description(), spec.network.proxy_for(spec.endpoint.as_deref()).map(redact_userinfo));
         let virtual_host = spec.virtual_host_for(&url.bucket);
         let regions = BucketRegions { clients: self.clients.clone(), spec, bucket: url.bucket.clone() };
-        S3Store::new(warm.client.clone(), &url.bucket, &origin)
+        let store = S3Store::new(warm.client.clone(), &url.bucket, &origin)
             .with_region_switch(Arc::new(regions))
             .with_network_hint(trust, proxy)
-            .with_virtual_host(virtual_host)
+            .with_virtual_host(virtual_host);
+        let gate = Gate {
+            writes: self.conditional.clone(),
+            endpoint: endpoint_of(&store),
+            prefix: url.prefix.clone(),
+            allow_unsafe: unsafe_allowed(env),
+            warned: Default::default(),
+        };
+        store.with_write_gate(Arc::new(gate))
     }
 
     pub fn touch(&self) {

@@ -55,6 +55,21 @@ pub(crate) struct Settings {
     /// Listings ignore `encoding-type=url` (raw keys, no `EncodingType`),
     /// as some S3-compatible servers do.
     list_ignores_encoding: bool,
+    conditional_writes: ConditionalWrites,
+}
+
+/// What the store does with the conditions of a conditional write
+/// (`If-None-Match` / `If-Match` on a PUT or a CompleteMultipartUpload).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ConditionalWrites {
+    /// Enforced, as S3 does (the default).
+    #[default]
+    Enforced,
+    /// Accepted and ignored: the headers are dropped before the store sees
+    /// them (a store that does not implement them and does not say so).
+    Ignored,
+    /// Answered `501 NotImplemented` (an S3-style XML error), nothing written.
+    NotImplemented,
 }
 
 pub(crate) struct Shared {
@@ -230,6 +245,11 @@ impl FieldServer {
     /// proxy, in order of their answers.
     pub fn aws_requests(&self) -> Vec<AwsRequest> {
         self.shared.aws_requests.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// What the store does with conditional writes from now on.
+    pub fn set_conditional_writes(&self, mode: ConditionalWrites) {
+        self.settings(|s| s.conditional_writes = mode);
     }
 
     /// Replaces the fault rules; draws restart from `seed`.

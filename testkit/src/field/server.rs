@@ -20,7 +20,7 @@ use super::kinds::{classify, has_param, query_param, RequestKind};
 use super::regions::{signing_region, temporary_location, temporary_redirect_body, wrong_region_answer, RegionAnswer};
 use super::shaping::{Cut, Direction, Shaped};
 use super::timeline::{ConnectionStart, Finish, Timed};
-use super::{BoxError, Shared};
+use super::{BoxError, ConditionalWrites, Shared};
 
 pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, tls: Option<tokio_rustls::TlsAcceptor>) {
     loop {
@@ -208,7 +208,7 @@ async fn proxy_plain(shared: &Shared, req: Request<Incoming>, authority: &str) -
 
 /// An S3 request: region check, fault draw, then the store's answer,
 /// delayed and shaped.
-async fn s3(shared: Arc<Shared>, req: Request<Incoming>, start: std::time::Instant) -> Result<Response<Body>, BoxError> {
+async fn s3(shared: Arc<Shared>, mut req: Request<Incoming>, start: std::time::Instant) -> Result<Response<Body>, BoxError> {
     let settings = shared.settings();
     let query = req.uri().query().unwrap_or("").to_string();
     let request = classify(req.method(), req.uri().path(), &query, req.headers());
@@ -273,6 +273,26 @@ async fn s3(shared: Arc<Shared>, req: Request<Incoming>, start: std::time::Insta
                 return Ok(timed(xml(StatusCode::OK, body), finish));
             }
             _ => {}
+        }
+    }
+
+    // A store that does not do conditional writes: ignores their headers, or says so.
+    if request.conditional {
+        match settings.conditional_writes {
+            ConditionalWrites::Enforced => {}
+            ConditionalWrites::Ignored => {
+                req.headers_mut().remove(http::header::IF_NONE_MATCH);
+                req.headers_mut().remove(http::header::IF_MATCH);
+            }
+            ConditionalWrites::NotImplemented => {
+                let header = if req.headers().contains_key(http::header::IF_NONE_MATCH) { "If-None-Match" } else { "If-Match" };
+                drain(&shared, req.into_body()).await;
+                sleep(settings.latency_down).await;
+                let body = format!(
+                    "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>NotImplemented</Code><Message>A header you provided implies functionality that is not implemented</Message><Header>{header}</Header><RequestId>FIELD0NOTIMPLMNT</RequestId><HostId>field</HostId></Error>"
+                );
+                return Ok(timed(xml(StatusCode::NOT_IMPLEMENTED, body), finish));
+            }
         }
     }
 

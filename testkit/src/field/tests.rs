@@ -288,3 +288,36 @@ fn the_critical_path_counts_requests_waited_for_one_after_the_other() {
     field.reset_counts();
     assert_eq!((field.counts().critical_path, field.requests().len()), (0, 0));
 }
+
+#[test]
+fn conditional_writes_enforced_ignored_or_not_implemented() {
+    let field = FieldServer::start();
+    let b = bucket("conditional");
+    let auth = signed_for("us-east-1");
+    let key = format!("/{b}/k");
+    let create = format!("{auth}If-None-Match: *\r\n");
+    let stale = format!("{auth}If-Match: \"00000000000000000000000000000000\"\r\n");
+    assert_eq!(request(&field, "PUT", &key, &create, b"one").status, 200);
+    // S3 (and moto behind the field server) refuses a second create and a stale If-Match.
+    assert_eq!(request(&field, "PUT", &key, &create, b"two").status, 412);
+    assert_eq!(request(&field, "PUT", &key, &stale, b"two").status, 412);
+
+    // Ignored: the headers never reach the store, which writes.
+    field.set_conditional_writes(ConditionalWrites::Ignored);
+    assert_eq!(request(&field, "PUT", &key, &create, b"two").status, 200);
+    assert_eq!(request(&field, "PUT", &key, &stale, b"three").status, 200);
+    assert_eq!(request(&field, "GET", &key, &auth, b"").text(), "three");
+
+    // NotImplemented: 501 with S3's XML error, nothing written; unconditional writes go through.
+    field.set_conditional_writes(ConditionalWrites::NotImplemented);
+    let r = request(&field, "PUT", &key, &stale, b"four");
+    assert_eq!(r.status, 501, "{}", r.head);
+    assert!(r.text().contains("<Code>NotImplemented</Code>") && r.text().contains("<Header>If-Match</Header>"), "{}", r.text());
+    assert_eq!(request(&field, "GET", &key, &auth, b"").text(), "three");
+    assert_eq!(request(&field, "PUT", &key, &auth, b"five").status, 200);
+    assert_eq!(c_of(&field, RequestKind::ConditionalPut), 6);
+}
+
+fn c_of(field: &FieldServer, kind: RequestKind) -> u64 {
+    field.counts().of(kind)
+}

@@ -126,6 +126,15 @@ pub async fn run(ctx: &mut Ctx, args: DoctorArgs) -> CliResult {
 
     incomplete_uploads(ctx, &remote, &args, &mut rep).await;
 
+    // Conditional writes: probed (unless --dry-run) when this daemon does not know yet.
+    let conditional = remote.conditional_writes(ctx, !args.dry_run).await;
+    rep.line(ctx, "");
+    rep.line(ctx, format!("Conditional writes: {} ({})", conditional["summary"].as_str().unwrap_or("unknown"), conditional["endpoint"].as_str().unwrap_or("")));
+    if matches!(conditional["state"].as_str(), Some("ignored" | "not-implemented")) {
+        rep.line(ctx, format!("  {}", conditional["refusal"].as_str().unwrap_or("")));
+        rep.issues.push(json!({"kind": "conditional_writes_not_enforced", "state": conditional["state"], "header": conditional["header"]}));
+    }
+
     let code = if rep.errors.is_empty() { 0 } else { 1 };
     if args.json {
         let doc = json!({
@@ -141,6 +150,7 @@ pub async fn run(ctx: &mut Ctx, args: DoctorArgs) -> CliResult {
             },
             "head": match &packs { Some(p) => p.head.clone(), None => view.head_raw.clone() },
             "manifest": packs.as_ref().map(|p| p.manifest.clone()),
+            "conditional_writes": conditional,
             "issues": rep.issues,
             "advice": rep.advice,
             "actions": rep.actions,

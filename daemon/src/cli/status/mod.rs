@@ -68,9 +68,16 @@ pub async fn run(ctx: &mut Ctx, args: StatusArgs) -> CliResult {
 
 async fn remote_status(ctx: &Ctx, arg: &str, ttl: Duration) -> Result<Value, super::CliError> {
     let remote = Remote::resolve(ctx, arg).await?;
-    if let Some(packs) = packs::remote_status(&remote).await? {
-        return Ok(packs);
-    }
+    let mut status = match packs::remote_status(&remote).await? {
+        Some(packs) => packs,
+        None => bundles_status(&remote, ttl).await?,
+    };
+    // What this daemon knows (status writes nothing: no probe).
+    status["conditional_writes"] = remote.conditional_writes(ctx, false).await;
+    Ok(status)
+}
+
+async fn bundles_status(remote: &Remote, ttl: Duration) -> Result<Value, super::CliError> {
     let view = remote.inspect().await?;
     let mut warnings = Vec::new();
     let refs: Vec<Value> = view
@@ -242,6 +249,10 @@ fn print_text(ctx: &Ctx, doc: &Value) {
             let state = if l["stale"].as_bool() == Some(true) { "STALE" } else { "held" };
             ctx.println(format!("    {} age {} ({state})  {}", s(&l["ref"]), human_duration(u(&l["age_seconds"])), s(&l["key"])));
         }
+    }
+    let cw = &r["conditional_writes"];
+    if !cw.is_null() {
+        ctx.println(format!("  conditional writes: {} ({})", s(&cw["summary"]), s(&cw["endpoint"])));
     }
     let warnings = r["warnings"].as_array().cloned().unwrap_or_default();
     if !warnings.is_empty() {
