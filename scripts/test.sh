@@ -80,6 +80,8 @@ if [ "$#" -eq 0 ]; then
     push_multipart_one_step_clone_skip_and_cache lfs_works_the_same_with_a_packs_format_remote
   s3s_run --test interop -- --test-threads "${GIT_S3_TEST_THREADS:-4}" \
     python_pushes_ours_clones_fetches_and_pushes_back
+  s3s_run --test conditional -- --test-threads "${GIT_S3_TEST_THREADS:-4}" \
+    an_enforcing_store_is_probed_once_per_bucket
 fi
 # One closing line for the whole run (cargo prints one per test binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1); if ($(i) ~ /^ignored;?$/) s += $(i-1) } }
