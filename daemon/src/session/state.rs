@@ -53,10 +53,12 @@ impl DaemonState {
         // A bucket is the same wherever the request was signed: no region here.
         let origin = warm.spec.endpoint.as_deref().unwrap_or("aws").to_string();
         let (trust, proxy) = (spec.network.trust_description(), spec.network.proxy_for(spec.endpoint.as_deref()).map(redact_userinfo));
+        let advice = spec.expired_token_advice();
         let regions = BucketRegions { clients: self.clients.clone(), spec, bucket: url.bucket.clone() };
         S3Store::new(warm.client.clone(), &url.bucket, &origin)
             .with_region_switch(Arc::new(regions))
             .with_network_hint(trust, proxy)
+            .with_expired_token_advice(advice)
     }
 
     pub fn touch(&self) {
