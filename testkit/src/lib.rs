@@ -6,6 +6,7 @@
 
 
 pub mod field;
+pub mod identity;
 mod lfs_server;
 mod proxy;
 pub use field::FieldServer;
@@ -156,6 +157,8 @@ pub struct TestEnv {
     bin_dir: PathBuf,
     /// Variables set on every command after the defaults ([`TestEnv::set_env`]).
     extra_env: std::sync::Mutex<Vec<(String, String)>>,
+    /// Variables removed from every command ([`TestEnv::unset_env`]).
+    unset_env: std::sync::Mutex<Vec<String>>,
     /// With `GIT_S3_TEST_FIELD`: the field server every command goes through.
     field: Option<FieldServer>,
 }
@@ -182,7 +185,7 @@ impl TestEnv {
             std::fs::create_dir_all(dir.path().join(d)).unwrap();
         }
         std::fs::set_permissions(dir.path().join("run"), std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-        let mut env = TestEnv { dir, bucket, bin_dir, extra_env: Default::default(), field: None };
+        let mut env = TestEnv { dir, bucket, bin_dir, extra_env: Default::default(), unset_env: Default::default(), field: None };
         std::fs::write(
             env.home().join(".gitconfig"),
             "[user]\n\tname = Test\n\temail = test@example.com\n[init]\n\tdefaultBranch = main\n[protocol \"s3\"]\n\tallow = always\n[advice]\n\tdetachedHead = false\n",
@@ -274,12 +277,23 @@ impl TestEnv {
         for (k, v) in self.extra_env.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             cmd.env(k, v);
         }
+        for k in self.unset_env.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            cmd.env_remove(k);
+        }
         cmd
+    }
+
+    /// Removes `name` from every later command (e.g. the default
+    /// `AWS_ACCESS_KEY_ID`, for a test of another credential source).
+    pub fn unset_env(&self, name: &str) {
+        self.extra_env.lock().unwrap_or_else(|p| p.into_inner()).retain(|(k, _)| k != name);
+        self.unset_env.lock().unwrap_or_else(|p| p.into_inner()).push(name.to_string());
     }
 
     /// Sets `name` to `value` on every later command (e.g. `AWS_ENDPOINT_URL`
     /// to a [`FieldServer`]'s URL).
     pub fn set_env(&self, name: &str, value: &str) {
+        self.unset_env.lock().unwrap_or_else(|p| p.into_inner()).retain(|k| k != name);
         let mut extra = self.extra_env.lock().unwrap_or_else(|p| p.into_inner());
         extra.retain(|(k, _)| k != name);
         extra.push((name.to_string(), value.to_string()));
