@@ -162,6 +162,7 @@ fn credential_process_on_the_callers_path_and_a_role_chain_on_top() {
         &env.home().join(".aws/config"),
         "[profile helper]\ncredential_process = my-cred-helper --quiet\n\
          [profile broken]\ncredential_process = broken-helper\n\
+         [profile slow]\ncredential_process = slow-helper\n\
          [profile chained]\nrole_arn = arn:aws:iam::123456789012:role/git-s3-test\nsource_profile = helper\nrole_session_name = git-s3-test\n",
     );
     // Only this shell has the helper on its PATH (the daemon does not).
@@ -204,6 +205,18 @@ fn credential_process_on_the_callers_path_and_a_role_chain_on_top() {
     let errors = error_lines(&stderr);
     assert_eq!(errors.len(), 1, "{stderr}");
     assert!(errors[0].contains("credential_process `broken-helper` of profile 'broken' failed (exit code 2): session expired: run corp-login"), "{stderr}");
+
+    // A helper that takes several seconds to answer (a vault, an SSO
+    // broker) still gives the credentials: the SDK's credential cache
+    // waits for it (older SDKs gave up after 5 s).
+    executable(
+        &helpers.join("slow-helper"),
+        "#!/bin/sh\nsleep 6\nprintf '{\"Version\": 1, \"AccessKeyId\": \"AKIDSLOW\", \"SecretAccessKey\": \"s\"}'\n",
+    );
+    env.set_env("AWS_PROFILE", "slow");
+    field.reset_counts();
+    env.git(&env.work(), &["ls-remote", &env.url("process")]);
+    assert_eq!(field.counts().access_keys("s3"), ["AKIDSLOW"]);
 }
 
 /// EC2 instance metadata (IMDSv2: a session token first) at the caller's
