@@ -53,10 +53,26 @@ fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
 }
 
+/// An executable script, written by a child process: a file this process
+/// wrote could still be open in a child another test forks at that moment,
+/// and running it would fail with "Text file busy".
 fn executable(path: &Path, text: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    write(path, text);
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    use std::io::Write;
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let mut child = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "cat > \"$1.tmp\" && chmod 755 \"$1.tmp\" && mv \"$1.tmp\" \"$1\"",
+            "sh",
+        ])
+        .arg(path)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(text.as_bytes()).unwrap();
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
 }
 
 /// Container credentials (`AWS_CONTAINER_CREDENTIALS_FULL_URI`, as on
