@@ -171,7 +171,7 @@ fn credential_process_on_the_callers_path_and_a_role_chain_on_top() {
     let helpers = env.dir.path().join("helpers");
     executable(
         &helpers.join("my-cred-helper"),
-        "#!/bin/sh\necho run >> \"$HOME/helper-runs\"\n\
+        "#!/bin/sh\npwd >> \"$HOME/helper-runs\"\n\
          printf '{\"Version\": 1, \"AccessKeyId\": \"AKIDPROC%s\", \"SecretAccessKey\": \"s\", \"SessionToken\": \"t\", \"Expiration\": \"2099-01-01T00:00:00Z\"}\\n' \"$HELPER_MARK\"\n",
     );
     write(
@@ -195,7 +195,11 @@ fn credential_process_on_the_callers_path_and_a_role_chain_on_top() {
     push_and_clone(&env, "process", "process");
     assert_eq!(field.counts().access_keys("s3"), ["AKIDPROCCALLER"]);
     let runs = std::fs::read_to_string(env.home().join("helper-runs")).unwrap_or_default();
-    assert!(runs.lines().count() >= 1);
+    let repo = env.path("process").canonicalize().unwrap();
+    assert!(
+        runs.lines().any(|l| Path::new(l) == repo),
+        "the push ran it in the repository: {runs}"
+    );
 
     // The role chain: the helper's credentials sign AssumeRole, the role's sign S3.
     env.set_env("AWS_PROFILE", "chained");
