@@ -186,9 +186,19 @@ pub fn start_daemon() -> Result<(), ClientError> {
     Ok(())
 }
 
-/// The caller's environment that the daemon needs to act on its behalf.
+/// The caller's environment that the daemon needs to act on its behalf
+/// (variables that are not UTF-8 are left out), with `PWD` set to this
+/// process's working directory: where a profile's `credential_process`
+/// runs, as it would in this process.
 pub fn forwarded_env() -> HashMap<String, String> {
-    std::env::vars().filter(|(k, _)| crate::is_forwarded_env(k)).collect()
+    let mut env: HashMap<String, String> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .filter(|(k, _)| crate::is_forwarded_env(k))
+        .collect();
+    if let Some(cwd) = std::env::current_dir().ok().and_then(|p| p.into_os_string().into_string().ok()) {
+        env.insert("PWD".to_string(), cwd);
+    }
+    env
 }
 
 /// Runs one session: connects (starting the daemon if needed), forwards stdin,

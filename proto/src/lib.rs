@@ -15,16 +15,15 @@ pub mod pb {
 /// version restarts it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// Environment variables a shim forwards to the daemon with each session.
-/// The daemon never reads its own environment for a request.
+/// Environment variables a shim forwards to the daemon with each session:
+/// all of them. The daemon never reads its own environment for a request,
+/// and what it runs for the caller (git, a profile's `credential_process`)
+/// sees the caller's whole environment, as under git-remote-s3 0.4.2 (a
+/// credential helper may need `SSH_AUTH_SOCK`, a vault token, …). Warm S3
+/// clients are keyed only on the credential-relevant part
+/// (daemon/src/s3/clients.rs).
 pub fn is_forwarded_env(name: &str) -> bool {
-    const PREFIXES: &[&str] = &["AWS_", "GIT_", "S3_", "LC_", "XDG_"];
-    const EXACT: &[&str] = &[
-        "PATH", "HOME", "LANG", "TMPDIR", "TERM", "NO_COLOR", "USER",
-        // The caller's proxies: S3 is reached through them, not the daemon's.
-        "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy",
-    ];
-    PREFIXES.iter().any(|p| name.starts_with(p)) || EXACT.contains(&name)
+    !name.is_empty() && !name.contains('=')
 }
 
 #[cfg(test)]
@@ -32,13 +31,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn forwards_aws_git_and_path_but_not_others() {
+    fn forwards_the_whole_environment() {
         assert!(is_forwarded_env("AWS_PROFILE"));
         assert!(is_forwarded_env("GIT_DIR"));
         assert!(is_forwarded_env("GIT_REMOTE_S3_VERBOSE"));
         assert!(is_forwarded_env("PATH"));
         assert!(is_forwarded_env("HTTPS_PROXY") && is_forwarded_env("no_proxy"));
-        assert!(!is_forwarded_env("SSH_AUTH_SOCK"));
-        assert!(!is_forwarded_env("OLDPWD"));
+        assert!(is_forwarded_env("SSH_AUTH_SOCK"), "a credential helper may need it");
+        assert!(is_forwarded_env("VAULT_TOKEN"));
+        assert!(!is_forwarded_env(""));
     }
 }

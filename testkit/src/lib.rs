@@ -7,6 +7,7 @@
 
 
 pub mod field;
+pub mod identity;
 mod lfs_server;
 mod proxy;
 pub use field::FieldServer;

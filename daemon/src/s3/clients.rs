@@ -14,10 +14,12 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::stalled_stream_protection::StalledStreamProtectionConfig;
 use aws_config::BehaviorVersion;
-use aws_sdk_s3::config::{Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use dashmap::DashMap;
 use sha2::{Digest, Sha256};
 
+use crate::s3::credentials::chain::{may_run_process, CallerChain};
+use crate::s3::credentials::messages::expired_token_advice;
 use crate::s3::profile::{configured_endpoint, max_attempts, AddressingStyle, Profile};
 
 /// The caller's network settings: proxies (`HTTPS_PROXY`, `HTTP_PROXY`,
@@ -176,7 +178,32 @@ pub struct ClientSpec {
     pub timeouts: Timeouts,
     /// Hash of every credential-bearing input (never the secrets themselves).
     credentials_fingerprint: String,
-    env: Vec<(String, String)>,
+    /// The caller's whole environment, for the credential chain. Not part
+    /// of the key (the fingerprint stands for what selects credentials).
+    caller: CallerEnv,
+}
+
+/// The caller's environment inside a [`ClientSpec`]: equal for every
+/// caller, so it never keys a client (and no secret sits in a key).
+#[derive(Clone, Default)]
+pub struct CallerEnv(Arc<HashMap<String, String>>);
+
+impl PartialEq for CallerEnv {
+    fn eq(&self, _: &CallerEnv) -> bool {
+        true
+    }
+}
+
+impl Eq for CallerEnv {}
+
+impl std::hash::Hash for CallerEnv {
+    fn hash<H: std::hash::Hasher>(&self, _: &mut H) {}
+}
+
+impl std::fmt::Debug for CallerEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CallerEnv({} variables)", self.0.len())
+    }
 }
 
 impl ClientSpec {
@@ -192,14 +219,17 @@ impl ClientSpec {
         let on_aws = endpoint.as_deref().map(is_aws_endpoint).unwrap_or(true);
         let accelerate = on_aws && !path_style && file_profile.s3_flag("use_accelerate_endpoint");
         let dualstack = on_aws && file_profile.s3_flag("use_dualstack_endpoint");
-        let mut aws_env: Vec<(String, String)> = env
+        // What selects credentials: AWS_* and HOME; with a credential_process
+        // in the caller's config, also the PATH it is found on and the
+        // directory it runs in (the shim sets PWD to its own).
+        let process = may_run_process(env);
+        let mut aws_env: Vec<(&String, &String)> = env
             .iter()
-            .filter(|(k, _)| k.starts_with("AWS_") || k.as_str() == "HOME")
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .filter(|(k, _)| k.starts_with("AWS_") || k.as_str() == "HOME" || (process && matches!(k.as_str(), "PATH" | "PWD")))
             .collect();
         aws_env.sort();
         let mut h = Sha256::new();
-        for (k, v) in &aws_env {
+        for (k, v) in aws_env {
             h.update(k.as_bytes());
             h.update([0]);
             h.update(v.as_bytes());
@@ -210,11 +240,24 @@ impl ClientSpec {
         let network = NetworkSettings::from_env(env, &file_profile);
         let max_attempts = max_attempts(env, &file_profile, DEFAULT_MAX_ATTEMPTS);
         let timeouts = Timeouts::from_env(env);
-        ClientSpec { profile, region, endpoint, path_style, accelerate, dualstack, network, max_attempts, timeouts, credentials_fingerprint, env: aws_env }
+        let caller = CallerEnv(Arc::new(env.clone()));
+        ClientSpec { profile, region, endpoint, path_style, accelerate, dualstack, network, max_attempts, timeouts, credentials_fingerprint, caller }
     }
 
     fn get(&self, k: &str) -> Option<&str> {
-        self.env.iter().find(|(name, v)| name == k && !v.is_empty()).map(|(_, v)| v.as_str())
+        self.caller.0.get(k).map(String::as_str).filter(|v| !v.is_empty())
+    }
+
+    /// The caller's credential chain.
+    fn credential_chain(&self) -> CallerChain {
+        // The URL's profile wins over keys in the environment.
+        let url_profile_wins = self.profile.is_some() && self.get("AWS_PROFILE") != self.profile.as_deref();
+        CallerChain::new(self.caller.0.clone(), self.profile.clone(), url_profile_wins)
+    }
+
+    /// What to renew when S3 answers `ExpiredToken` (one line).
+    pub fn expired_token_advice(&self) -> String {
+        expired_token_advice(self.credential_chain().env_keys_used(), self.profile.as_deref())
     }
 
     /// A description safe to show (no secrets).
@@ -303,39 +346,16 @@ impl ClientSpec {
         if let Some(e) = &self.endpoint {
             loader = loader.endpoint_url(e);
         }
-        // Static keys from the caller's environment win unless the URL names a profile.
-        if let (Some(id), Some(secret)) = (self.get("AWS_ACCESS_KEY_ID"), self.get("AWS_SECRET_ACCESS_KEY")) {
-            let explicit_profile_in_url = self.profile.is_some() && self.get("AWS_PROFILE") != self.profile.as_deref();
-            if !explicit_profile_in_url {
-                let token = self.get("AWS_SESSION_TOKEN").map(str::to_string);
-                loader = loader.credentials_provider(Credentials::new(id, secret, token, None, "caller-environment"));
-            }
-        } else if let (Some(token_file), Some(role)) = (self.get("AWS_WEB_IDENTITY_TOKEN_FILE"), self.get("AWS_ROLE_ARN")) {
-            let provider = aws_config::web_identity_token::WebIdentityTokenCredentialsProvider::builder()
-                .static_configuration(aws_config::web_identity_token::StaticConfiguration {
-                    web_identity_token_file: token_file.into(),
-                    role_arn: role.to_string(),
-                    session_name: self.get("AWS_ROLE_SESSION_NAME").unwrap_or("git-s3").to_string(),
-                })
-                .build();
-            loader = loader.credentials_provider(provider);
-        } else if self.get("AWS_EC2_METADATA_DISABLED").map(|v| v.eq_ignore_ascii_case("true")).unwrap_or(false) {
-            // The caller disabled IMDS: resolve from profiles only (the
-            // default chain would read the daemon's environment instead).
-            let mut p = aws_config::profile::ProfileFileCredentialsProvider::builder();
-            if let Some(files) = profile_files.clone() {
-                p = p.profile_files(files);
-            }
-            if let Some(name) = &self.profile {
-                p = p.profile_name(name);
-            }
-            loader = loader.credentials_provider(p.build());
-        }
+        // The whole default chain (and region and profile resolution) reads
+        // the caller's environment, never the daemon's.
+        let chain = self.credential_chain();
+        loader = loader.env(chain.loader_env());
         let sdk = loader.load().await;
-        let mut conf = aws_sdk_s3::config::Builder::from(&sdk)
-            .force_path_style(self.path_style)
+        let credentials = chain.provider(&sdk, profile_files).await;
+        let mut conf = aws_sdk_s3::config::Builder::from(&sdk).force_path_style(self.path_style)
             .accelerate(self.accelerate)
-            .use_dual_stack(self.dualstack);
+            .use_dual_stack(self.dualstack)
+            .credentials_provider(credentials);
         if sdk.region().is_none() {
             conf = conf.region(Region::new("us-east-1"));
         }

@@ -1,9 +1,11 @@
 //! S3: warm clients built from each caller's environment (`clients`, with
 //! what the caller's AWS config file says in `profile`), the calls git-s3
-//! makes (`store`), and `s3://` URLs (`url`).
+//! makes (`store`), `s3://` URLs (`url`), and each caller's AWS credentials
+//! (`credentials`).
 
 pub mod clients;
 pub mod conditional;
+pub mod credentials;
 pub mod profile;
 pub mod store;
 pub mod url;

@@ -52,6 +52,13 @@ pub enum StoreError {
     InvalidCredentials(String),
     #[error("no AWS credentials found ({0}); configure a profile (`aws configure`), set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or use s3://profile@bucket/prefix")]
     NoCredentials(String),
+    /// The caller's credential chain failed (s3/credentials: one line that
+    /// says what to do).
+    #[error("{0}")]
+    Credentials(crate::s3::credentials::messages::IdentityError),
+    /// S3 answered `ExpiredToken`: what to renew.
+    #[error("S3 refused the request (ExpiredToken): {0}")]
+    ExpiredToken(String),
     #[error("cannot connect to the S3 endpoint: {0}")]
     Connect(String),
     #[error("the S3 endpoint's TLS certificate did not verify against {trust}: {reason}")]
@@ -113,6 +120,8 @@ impl StoreError {
             StoreError::NoSuchBucket(_)
                 | StoreError::InvalidCredentials(_)
                 | StoreError::NoCredentials(_)
+                | StoreError::Credentials(_)
+                | StoreError::ExpiredToken(_)
                 | StoreError::Connect(_)
                 | StoreError::Certificate { .. }
                 | StoreError::Proxy { .. }
@@ -128,6 +137,9 @@ fn classify<E>(err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>, bucket:
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
+    if let Some(identity) = identity_error(&err) {
+        return StoreError::Credentials(identity);
+    }
     let status = err.raw_response().map(|r| r.status().as_u16());
     let code = err.code().map(str::to_string);
     let text = format!("{}", DisplayErrorContext(&err));
@@ -179,6 +191,18 @@ where
         (SdkError::ServiceError(_), None, Some(s)) => StoreError::Other { bucket: b, key: k, message: format!("HTTP {s}") },
         _ => StoreError::Other { bucket: b, key: k, message: first_line(&text) },
     }
+}
+
+/// The caller's credential chain's error, if that is why a request failed.
+fn identity_error(err: &(dyn std::error::Error + 'static)) -> Option<crate::s3::credentials::messages::IdentityError> {
+    let mut source = err.source();
+    while let Some(e) = source {
+        if let Some(i) = e.downcast_ref::<crate::s3::credentials::messages::IdentityError>() {
+            return Some(i.clone());
+        }
+        source = e.source();
+    }
+    None
 }
 
 /// When S3 says the bucket lives in another region (`301 PermanentRedirect`,
@@ -418,12 +442,14 @@ fn to_system_time(t: Option<&aws_sdk_s3::primitives::DateTime>) -> SystemTime {
 }
 
 /// What a connection error names.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct NetworkHint {
     trust: String,
     proxy: Option<String>,
     /// The bucket's virtual-hosted host name on a custom endpoint.
     virtual_host: Option<String>,
+    /// What to renew when S3 answers `ExpiredToken`.
+    expired_token: Option<String>,
 }
 
 /// One bucket, through one warm client (the one for the bucket's region,
@@ -474,8 +500,7 @@ impl S3Store {
     /// What to name when a connection fails: the CAs a certificate was
     /// checked against, and the proxy in use.
     pub fn with_network_hint(mut self, trust: String, proxy: Option<String>) -> S3Store {
-        let virtual_host = self.network.virtual_host.clone();
-        self.network = Arc::new(NetworkHint { trust, proxy, virtual_host });
+        self.network = Arc::new(NetworkHint { trust, proxy, ..NetworkHint::clone(&self.network) });
         self
     }
 
@@ -483,8 +508,13 @@ impl S3Store {
     /// addresses it virtual-hosted on a custom endpoint: a name that does
     /// not resolve is then told as such, with what to do.
     pub fn with_virtual_host(mut self, host: Option<String>) -> S3Store {
-        let NetworkHint { trust, proxy, .. } = &*self.network;
-        self.network = Arc::new(NetworkHint { trust: trust.clone(), proxy: proxy.clone(), virtual_host: host });
+        self.network = Arc::new(NetworkHint { virtual_host: host, ..NetworkHint::clone(&self.network) });
+        self
+    }
+
+    /// What an `ExpiredToken` answer tells the user to renew.
+    pub fn with_expired_token_advice(mut self, advice: String) -> S3Store {
+        self.network = Arc::new(NetworkHint { expired_token: Some(advice), ..NetworkHint::clone(&self.network) });
         self
     }
 
@@ -508,6 +538,10 @@ impl S3Store {
                     StoreError::Connect(reason)
                 }
             }
+            StoreError::InvalidCredentials(code) if code == "ExpiredToken" => match &self.network.expired_token {
+                Some(advice) => StoreError::ExpiredToken(advice.clone()),
+                None => StoreError::InvalidCredentials(code),
+            },
             other => other,
         }
     }

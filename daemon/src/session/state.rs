@@ -60,11 +60,13 @@ impl DaemonState {
         let origin = warm.spec.endpoint.as_deref().unwrap_or("aws").to_string();
         let (trust, proxy) = (spec.network.trust_description(), spec.network.proxy_for(spec.endpoint.as_deref()).map(redact_userinfo));
         let virtual_host = spec.virtual_host_for(&url.bucket);
+        let advice = spec.expired_token_advice();
         let regions = BucketRegions { clients: self.clients.clone(), spec, bucket: url.bucket.clone() };
         let store = S3Store::new(warm.client.clone(), &url.bucket, &origin)
             .with_region_switch(Arc::new(regions))
             .with_network_hint(trust, proxy)
-            .with_virtual_host(virtual_host);
+            .with_virtual_host(virtual_host)
+            .with_expired_token_advice(advice);
         let gate = Gate {
             writes: self.conditional.clone(),
             endpoint: endpoint_of(&store),

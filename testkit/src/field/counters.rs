@@ -35,6 +35,10 @@ pub struct Counts {
     /// other (see [`super::timeline`]; [`super::FieldServer::requests`] has
     /// the requests, to measure a part of them).
     pub critical_path: u64,
+    /// Signed requests by (service of the signature's scope, access key
+    /// id): which credentials reached the store (`s3`, or `sts` for
+    /// AssumeRole through the same endpoint).
+    pub signers: BTreeMap<(String, String), u64>,
 }
 
 impl Counts {
@@ -46,6 +50,11 @@ impl Counts {
     /// All S3 requests.
     pub fn total(&self) -> u64 {
         self.requests.values().sum()
+    }
+
+    /// The access key ids that signed requests for `service` (`s3`, `sts`).
+    pub fn access_keys(&self, service: &str) -> Vec<String> {
+        self.signers.keys().filter(|(s, _)| s == service).map(|(_, k)| k.clone()).collect()
     }
 }
 
@@ -70,6 +79,10 @@ impl Counters {
             Direction::Up => c.bytes_up += n,
             Direction::Down => c.bytes_down += n,
         });
+    }
+
+    pub fn signed(&self, service: String, access_key: String) {
+        self.with(|c| *c.signers.entry((service, access_key)).or_default() += 1);
     }
 
     pub fn fault(&self) {

@@ -38,6 +38,9 @@ pub enum FaultAction {
     /// `CopyObject`) fail once the status line is out. The store never sees
     /// the request, so the upload is still open.
     ErrorIn200,
+    /// `400 ExpiredToken`, without reaching the store: what S3 answers to
+    /// a request signed with an expired session token.
+    ExpiredToken,
 }
 
 impl FaultAction {
@@ -53,6 +56,7 @@ impl FaultAction {
                 "ConditionalRequestConflict",
                 "A conflicting conditional operation is currently in progress against this resource. Please try again.",
             )),
+            FaultAction::ExpiredToken => Some((StatusCode::BAD_REQUEST, "ExpiredToken", "The provided token has expired.")),
             FaultAction::ResetMidBody
             | FaultAction::Stall(_)
             | FaultAction::ResetAfter(_)

@@ -213,6 +213,9 @@ async fn s3(shared: Arc<Shared>, mut req: Request<Incoming>, start: std::time::I
     let query = req.uri().query().unwrap_or("").to_string();
     let request = classify(req.method(), req.uri().path(), &query, req.headers());
     shared.counters.request(request.kind);
+    if let Some((service, key)) = signer(req.headers(), &query) {
+        shared.counters.signed(service, key);
+    }
     // Dropped on an early return (a reset): the request ends there.
     let finish = shared.counters.timeline.begin(request.kind, req.method().as_str(), request.bucket.clone(), request.key.clone(), start);
     let signed_region = signing_region(req.headers(), &query);
@@ -374,6 +377,20 @@ async fn s3(shared: Arc<Shared>, mut req: Request<Incoming>, start: std::time::I
     sleep(settings.latency_down).await;
     let resp = resp.map(|b| Shaped::new(b, shared.counters.clone(), Direction::Down, settings.bandwidth, cut).boxed_unsync());
     Ok(timed(resp, finish))
+}
+
+/// The (service, access key id) of a SigV4 signature: the `Authorization`
+/// header's `Credential=AKID/date/region/service/aws4_request`, or a
+/// presigned URL's `X-Amz-Credential`.
+pub(crate) fn signer(headers: &http::HeaderMap, query: &str) -> Option<(String, String)> {
+    let scope = match headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        Some(auth) => auth.split("Credential=").nth(1)?.split([',', ' ']).next()?.to_string(),
+        None => query_param(query, "X-Amz-Credential")?.replace("%2F", "/").replace("%2f", "/"),
+    };
+    let mut parts = scope.split('/');
+    let key = parts.next()?.to_string();
+    let service = parts.nth(2)?.to_string();
+    (!key.is_empty()).then_some((service, key))
 }
 
 async fn sleep(d: Duration) {

@@ -321,3 +321,18 @@ fn conditional_writes_enforced_ignored_or_not_implemented() {
 fn c_of(field: &FieldServer, kind: RequestKind) -> u64 {
     field.counts().of(kind)
 }
+
+/// The access key id and service of a SigV4 signature, from the header or a
+/// presigned URL.
+#[test]
+fn signer_of_a_request() {
+    let mut h = http::HeaderMap::new();
+    h.insert(
+        http::header::AUTHORIZATION,
+        "AWS4-HMAC-SHA256 Credential=ASIAX1/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=ab".parse().unwrap(),
+    );
+    assert_eq!(server::signer(&h, ""), Some(("s3".to_string(), "ASIAX1".to_string())));
+    let q = "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIDQ%2F20260101%2Fus-east-1%2Fsts%2Faws4_request&X-Amz-Signature=x";
+    assert_eq!(server::signer(&http::HeaderMap::new(), q), Some(("sts".to_string(), "AKIDQ".to_string())));
+    assert_eq!(server::signer(&http::HeaderMap::new(), ""), None);
+}
