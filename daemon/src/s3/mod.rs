@@ -1,8 +1,10 @@
 //! S3: warm clients built from each caller's environment (`clients`, with
 //! what the caller's AWS config file says in `profile`), the calls git-s3
-//! makes (`store`), and `s3://` URLs (`url`).
+//! makes (`store`), what a bucket's policy demands of them (`write_options`),
+//! and `s3://` URLs (`url`).
 
 pub mod clients;
 pub mod profile;
 pub mod store;
 pub mod url;
+pub mod write_options;

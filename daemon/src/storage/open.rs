@@ -12,7 +12,7 @@ use crate::storage::{OpContext, PushResult, PushUpdate, RefListing, RemoteRef, R
 /// The formats a remote can be in: the 0.4.2 bundle layout, or packs
 /// (`packs`).
 pub enum Storage {
-    Bundles(BundleStorage),
+    Bundles(Box<BundleStorage>),
     Packs(Box<PackStorage>),
 }
 
@@ -21,7 +21,7 @@ impl Storage {
     /// `git config s3.format` of the caller's repository (default bundles).
     pub async fn open(store: S3Store, url: RemoteUrl, git: &Git, purpose: Purpose) -> Result<Storage, StorageError> {
         Ok(match detect(&store, &url, configured_format(git), purpose).await? {
-            Detected::Bundles(refs, head) => Storage::Bundles(BundleStorage::new(store, url, Some(refs)).with_head(head)),
+            Detected::Bundles(refs, head) => Storage::Bundles(Box::new(BundleStorage::new(store, url, Some(refs)).with_head(head))),
             Detected::Packs(m, refs) => Storage::Packs(Box::new(PackStorage::new(store, url, m, refs))),
         })
     }

@@ -16,6 +16,7 @@ mod counters;
 mod faults;
 mod forward;
 mod kinds;
+mod policy;
 mod regions;
 mod server;
 mod shaping;
@@ -32,6 +33,7 @@ pub use conditions::{FieldConditions, ALL_KINDS};
 pub use counters::Counts;
 pub use faults::{Fault, FaultAction};
 pub use kinds::RequestKind;
+pub use policy::BucketPolicyMode;
 pub use regions::RegionAnswer;
 pub use timeline::{critical_path, RequestRecord};
 pub use tls::TestCa;
@@ -47,6 +49,7 @@ pub(crate) struct Settings {
     regions: HashMap<String, String>,
     region_answer: RegionAnswer,
     refuse_connect: bool,
+    policy: BucketPolicyMode,
 }
 
 pub(crate) struct Shared {
@@ -197,6 +200,12 @@ impl FieldServer {
     /// allow the destination.
     pub fn set_refuse_proxy(&self, refuse: bool) {
         self.settings(|s| s.refuse_connect = refuse);
+    }
+
+    /// What the bucket's policy demands of every request (see
+    /// [`BucketPolicyMode`]); refused requests get S3's answer.
+    pub fn set_bucket_policy(&self, mode: BucketPolicyMode) {
+        self.settings(|s| s.policy = mode);
     }
 
     /// Replaces the fault rules; draws restart from `seed`.
