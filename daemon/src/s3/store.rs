@@ -567,7 +567,7 @@ impl S3Store {
         match source {
             Source::Bytes(b) => self.content_md5_of_part(key, &Source::Bytes(b.clone()), 0, b.len() as u64).await,
             Source::File(p) => {
-                if !write_options::needs_content_md5(&self.client()) {
+                if !write_options::needs_content_md5(&self.client.read().unwrap_or_else(|p| p.into_inner())) {
                     return Ok(None);
                 }
                 let md5 = write_options::content_md5_of_file(p, 0, None).await;
@@ -578,7 +578,7 @@ impl S3Store {
 
     /// The `Content-MD5` of one part: `size` bytes of a file from `offset`, or the bytes.
     async fn content_md5_of_part(&self, key: &str, part: &Source<'_>, offset: u64, size: u64) -> Result<Option<String>, StoreError> {
-        if !write_options::needs_content_md5(&self.client()) {
+        if !write_options::needs_content_md5(&self.client.read().unwrap_or_else(|p| p.into_inner())) {
             return Ok(None);
         }
         let md5 = match part {
