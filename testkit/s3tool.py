@@ -56,5 +56,24 @@ elif op == "list-uploads":
     bucket, prefix = args[0], args[1] if len(args) > 1 else ""
     for u in s3.list_multipart_uploads(Bucket=bucket, Prefix=prefix).get("Uploads", []):
         print(f"{u['Key']}\t{u['UploadId']}")
+elif op == "head-sse":
+    # head-sse BUCKET PREFIX: every object under PREFIX with its encryption
+    # (key, ServerSideEncryption, SSEKMSKeyId, BucketKeyEnabled ('-' when absent), size)
+    bucket, prefix = args[0], args[1] if len(args) > 1 else ""
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for o in page.get("Contents", []):
+            r = s3.head_object(Bucket=bucket, Key=o["Key"])
+            fields = [r.get("ServerSideEncryption", "-"), r.get("SSEKMSKeyId", "-"), str(r.get("BucketKeyEnabled", "-")), str(o["Size"])]
+            print("\t".join([o["Key"]] + fields))
+elif op == "enable-versioning":
+    s3.put_bucket_versioning(Bucket=args[0], VersioningConfiguration={"Status": "Enabled"})
+elif op == "list-versions":
+    # list-versions BUCKET PREFIX: key, version id, current or noncurrent, version or marker
+    bucket, prefix = args[0], args[1] if len(args) > 1 else ""
+    for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix):
+        for v in page.get("Versions", []):
+            print(f"{v['Key']}\t{v['VersionId']}\t{'current' if v['IsLatest'] else 'noncurrent'}\tversion")
+        for m in page.get("DeleteMarkers", []):
+            print(f"{m['Key']}\t{m['VersionId']}\t{'current' if m['IsLatest'] else 'noncurrent'}\tmarker")
 else:
     sys.exit(f"unknown op {op}")

@@ -6,6 +6,7 @@ use crate::storage::bundles::layout::{self, PrefixScan, PROTECTED_MARKER};
 use crate::local::git::Git;
 use crate::s3::url::{s3_url_of_remote, RemoteNameError, RemoteUrl};
 use crate::s3::store::{ObjectInfo, S3Store};
+use crate::s3::write_options::BucketPolicy;
 
 use super::{CliError, Ctx};
 
@@ -35,7 +36,9 @@ impl Remote {
             })?;
             (Some(arg.to_string()), url)
         };
-        let store = ctx.state.store_for(&ctx.env, &url).await;
+        let git = Git::new(&ctx.cwd, ctx.env.clone());
+        let policy = BucketPolicy::from_git(&git, name.as_deref()).await.map_err(|e| CliError::Usage(e.to_string()))?;
+        let store = ctx.state.store_for(&ctx.env, &url).await.with_policy(policy);
         Ok(Remote { name, url, store })
     }
 

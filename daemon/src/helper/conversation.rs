@@ -8,6 +8,7 @@ use crate::storage::fetch_options::{FetchOptions, OptionReply};
 use crate::local::git::Git;
 use crate::helper::protocol::{self as helper_protocol, Command};
 use crate::s3::url::RemoteUrl;
+use crate::s3::write_options::BucketPolicy;
 use crate::session::{Input, Out};
 use crate::session::state::DaemonState;
 use crate::storage::detect::Purpose;
@@ -56,8 +57,17 @@ pub async fn run(state: Arc<DaemonState>, a: HelperArgs, mut input: Input, out: 
             return 1;
         }
     };
-    let store = state.store_for(&a.env, &url).await;
     let git = Git::new(&a.cwd, a.env.clone());
+    // The remote's name, unless git was given a URL (`git push s3://…`).
+    let remote_name = a.args.first().filter(|_| a.args.len() > 1).filter(|n| !n.contains("://"));
+    let policy = match BucketPolicy::from_git(&git, remote_name.map(String::as_str)).await {
+        Ok(p) => p,
+        Err(e) => {
+            out.stderr(format!("fatal: {e}\n"));
+            return 1;
+        }
+    };
+    let store = state.store_for(&a.env, &url).await.with_policy(policy);
     // Opened (format detected) at the first command that needs the remote,
     // so `capabilities` is answered before any S3 request can fail.
     let mut opened: Option<Storage> = None;

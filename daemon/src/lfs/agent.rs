@@ -25,6 +25,7 @@ use crate::lfs::config::{parse_synthetic_lfs_url, LFS_ALIAS_HOST};
 use crate::lfs::endpoint::{lfs_url_of, Operation};
 use crate::s3::url::{s3_url_of_remote, RemoteNameError, RemoteUrl, UrlError};
 use crate::s3::store::{PutOptions, S3Store, StoreError, WriteCondition};
+use crate::s3::write_options::{BucketPolicy, PolicyError};
 use crate::session::{Input, Out};
 use crate::session::state::DaemonState;
 
@@ -54,6 +55,8 @@ pub enum AgentError {
     Unreachable { url: String, reason: String },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
     #[error(transparent)]
     Git(#[from] GitError),
     #[error("local file error: {0}")]
@@ -392,12 +395,14 @@ impl Agent {
         let remote = req.remote.clone().unwrap_or_default();
         self.log.debug(&format!("init operation={:?} remote={remote:?}", req.operation));
         let op = if req.operation.as_deref() == Some("upload") { Operation::Upload } else { Operation::Download };
-        let resolved = match resolve_remote(&self.git, &remote, op).await {
+        let name = Some(remote.as_str()).filter(|r| !r.is_empty() && !r.contains("://"));
+        let policy = BucketPolicy::from_git(&self.git, name).await;
+        let resolved = match resolve_remote(&self.git, &remote, op).await.and_then(|r| Ok((r, policy?))) {
             // Code on another host: its git push goes on without S3, so
             // check the bucket now (git-lfs's pre-push runs first; a failed
             // init stops the push before any git object is sent).
-            Ok((url, true)) => {
-                let store = self.state.store_for(&self.env, &url).await;
+            Ok(((url, true), policy)) => {
+                let store = self.state.store_for(&self.env, &url).await.with_policy(policy);
                 match probe(&store, &url, &self.env).await {
                     Ok(sent) => {
                         let how = if sent { "checked" } else { "checked by another agent" };
@@ -407,8 +412,8 @@ impl Agent {
                     Err(e) => Err(e),
                 }
             }
-            Ok((url, false)) => {
-                let store = self.state.store_for(&self.env, &url).await;
+            Ok(((url, false), policy)) => {
+                let store = self.state.store_for(&self.env, &url).await.with_policy(policy);
                 Ok((url, store))
             }
             Err(e) => Err(e),

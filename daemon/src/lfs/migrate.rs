@@ -24,6 +24,7 @@ use crate::lfs::endpoint::{lfs_url_of, Operation};
 use crate::local::git::{Git, GitError};
 use crate::s3::store::{PutOptions, S3Store, StoreError};
 use crate::s3::url::RemoteUrl;
+use crate::s3::write_options::BucketPolicy;
 use crate::session::state::DaemonState;
 use crate::session::{Input, Out};
 
@@ -137,7 +138,14 @@ pub async fn run(state: Arc<DaemonState>, start: SessionStart, args: &[String], 
         ));
         return 0;
     }
-    let store = state.store_for(&start.env, &a.to).await;
+    let policy = match BucketPolicy::from_git(&git, Some(&a.remote)).await {
+        Ok(p) => p,
+        Err(e) => {
+            out.stderr(format!("error: {e}\n"));
+            return 1;
+        }
+    };
+    let store = state.store_for(&start.env, &a.to).await.with_policy(policy);
     let (copied, present) = match copy_all(&git, &store, &a, &from, &out).await {
         Ok(n) => n,
         Err(e) => {

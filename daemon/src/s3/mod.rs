@@ -1,7 +1,7 @@
 //! S3: warm clients built from each caller's environment (`clients`, with
 //! what the caller's AWS config file says in `profile`), the calls git-s3
-//! makes (`store`), `s3://` URLs (`url`), and each caller's AWS credentials
-//! (`credentials`).
+//! makes (`store`), what a bucket's policy demands of them (`write_options`),
+//! `s3://` URLs (`url`), and each caller's AWS credentials (`credentials`).
 
 pub mod clients;
 pub mod conditional;
@@ -9,3 +9,4 @@ pub mod credentials;
 pub mod profile;
 pub mod store;
 pub mod url;
+pub mod write_options;

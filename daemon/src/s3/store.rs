@@ -14,6 +14,10 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use tokio::io::AsyncWriteExt;
 use tracing::Instrument;
 
+use super::write_options::{self, BucketPolicy};
+
+pub mod versions;
+
 /// Objects above this size are uploaded in parts.
 pub const MULTIPART_THRESHOLD: u64 = 64 << 20;
 /// Size of one part of a multipart upload (of a stream; a file's parts
@@ -464,6 +468,8 @@ pub struct S3Store {
     origin: Arc<str>,
     /// Asked before every write (none: writes go ahead).
     gate: Option<Arc<dyn WriteGate>>,
+    /// What the bucket's policy demands (encryption, owner, requester pays).
+    policy: Arc<BucketPolicy>,
 }
 
 impl S3Store {
@@ -475,6 +481,7 @@ impl S3Store {
             bucket: bucket.into(),
             origin: origin.into(),
             gate: None,
+            policy: Arc::default(),
         }
     }
 
@@ -495,6 +502,13 @@ impl S3Store {
             Some(gate) => gate.check(&self.without_write_gate()).await,
             None => Ok(()),
         }
+    }
+
+    /// Every request with the headers `policy` asks for (the remote's git
+    /// config: see `write_options`).
+    pub fn with_policy(mut self, policy: BucketPolicy) -> S3Store {
+        self.policy = Arc::new(policy);
+        self
     }
 
     /// What to name when a connection fails: the CAs a certificate was
@@ -542,6 +556,13 @@ impl S3Store {
                 Some(advice) => StoreError::ExpiredToken(advice.clone()),
                 None => StoreError::InvalidCredentials(code),
             },
+            StoreError::AccessDenied { bucket, key, message } => {
+                let message = match self.policy.unset_settings_hint() {
+                    Some(hint) => format!("{message}; {hint}"),
+                    None => message,
+                };
+                StoreError::AccessDenied { bucket, key, message }
+            }
             other => other,
         }
     }
@@ -554,7 +575,7 @@ impl S3Store {
     }
 
     fn client(&self) -> aws_sdk_s3::Client {
-        self.client.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.policy.client(self.client.read().unwrap_or_else(|p| p.into_inner()).clone())
     }
 
     /// Runs `op` with the current client. When S3 answers that the bucket
@@ -587,7 +608,7 @@ impl S3Store {
                     tracing::info!(bucket = %self.bucket, from = current.as_deref().unwrap_or(""), to = %region, "the bucket lives in another region; switching clients");
                     let moved = switch.client_for_region(&region).await;
                     *self.client.write().unwrap_or_else(|p| p.into_inner()) = moved.clone();
-                    client = moved;
+                    client = self.policy.client(moved);
                     switched = true;
                     continue;
                 }
@@ -656,6 +677,33 @@ impl S3Store {
             .build()
             .await
             .map_err(|e| self.other(key, e.to_string()))
+    }
+
+    /// The `Content-MD5` of a PutObject's body, when the client sends no
+    /// checksum of its own (see [`write_options::needs_content_md5`]).
+    async fn content_md5(&self, key: &str, source: &Source<'_>) -> Result<Option<String>, StoreError> {
+        match source {
+            Source::Bytes(b) => self.content_md5_of_part(key, &Source::Bytes(b.clone()), 0, b.len() as u64).await,
+            Source::File(p) => {
+                if !write_options::needs_content_md5(&self.client.read().unwrap_or_else(|p| p.into_inner())) {
+                    return Ok(None);
+                }
+                let md5 = write_options::content_md5_of_file(p, 0, None).await;
+                md5.map(Some).map_err(|e| self.other(key, format!("cannot read {}: {e}", p.display())))
+            }
+        }
+    }
+
+    /// The `Content-MD5` of one part: `size` bytes of a file from `offset`, or the bytes.
+    async fn content_md5_of_part(&self, key: &str, part: &Source<'_>, offset: u64, size: u64) -> Result<Option<String>, StoreError> {
+        if !write_options::needs_content_md5(&self.client.read().unwrap_or_else(|p| p.into_inner())) {
+            return Ok(None);
+        }
+        let md5 = match part {
+            Source::Bytes(b) => write_options::content_md5_of_bytes(b.clone()).await,
+            Source::File(p) => write_options::content_md5_of_file(p, offset, Some(size)).await,
+        };
+        md5.map(Some).map_err(|e| self.other(key, format!("cannot read the data to upload: {e}")))
     }
 
     /// Every object under `prefix` (all pages).
@@ -999,6 +1047,12 @@ impl S3Store {
 
     /// Writes a small object from memory. Returns the new ETag.
     pub async fn put_bytes(&self, key: &str, data: Vec<u8>, opts: PutOptions) -> Result<String, StoreError> {
+        self.put_bytes_versioned(key, data, opts).await.map(|(etag, _)| etag)
+    }
+
+    /// [`S3Store::put_bytes`], with the version id S3 gave the object (in a
+    /// versioned bucket).
+    pub async fn put_bytes_versioned(&self, key: &str, data: Vec<u8>, opts: PutOptions) -> Result<(String, Option<String>), StoreError> {
         let span = tracing::debug_span!("s3.put", bucket = %self.bucket, key, bytes = data.len());
         async { self.put_body(key, Source::Bytes(data.into()), opts).await }.instrument(span).await
     }
@@ -1024,22 +1078,23 @@ impl S3Store {
     /// One PutObject; a conditional write that meets a `409
     /// ConditionalRequestConflict` is tried again after a backoff (only a
     /// 412 means its condition failed).
-    async fn put_body(&self, key: &str, source: Source<'_>, opts: PutOptions) -> Result<String, StoreError> {
+    async fn put_body(&self, key: &str, source: Source<'_>, opts: PutOptions) -> Result<(String, Option<String>), StoreError> {
         self.may_write().await?;
+        let md5 = self.content_md5(key, &source).await?;
         let mut attempt = 1;
         loop {
             let send = |c: aws_sdk_s3::Client| {
-                let (source, opts) = (&source, &opts);
+                let (source, opts, md5) = (&source, &opts, &md5);
                 async move {
                     let body = source.stream().await.map_err(SdkError::construction_failure)?;
-                    let mut req = c.put_object().bucket(&*self.bucket).key(key).body(body);
+                    let mut req = c.put_object().bucket(&*self.bucket).key(key).body(body).set_content_md5(md5.clone());
                     req = apply_condition!(req, &opts.condition);
                     req = apply_headers!(req, opts);
                     req.send().await
                 }
             };
             match self.call(send).await {
-                Ok(resp) => return Ok(resp.e_tag().unwrap_or_default().to_string()),
+                Ok(resp) => return Ok((resp.e_tag().unwrap_or_default().to_string(), resp.version_id().map(str::to_string))),
                 Err(e) if is_conflict(&e) && attempt < CONFLICT_ATTEMPTS => {
                     let wait = conflict_backoff(attempt);
                     tracing::info!(key, attempt, ?wait, "409 ConditionalRequestConflict on a conditional write; trying again");
@@ -1050,7 +1105,7 @@ impl S3Store {
                     let err = self.classify(e, key);
                     if err.is_precondition_failed() {
                         if let Some(etag) = self.already_written(key, &source, &opts.condition).await {
-                            return Ok(etag);
+                            return Ok((etag, None));
                         }
                     }
                     return Err(err);
@@ -1092,7 +1147,7 @@ impl S3Store {
         let span = tracing::debug_span!("s3.put", bucket = %self.bucket, key, bytes = len);
         async {
             if len <= MULTIPART_THRESHOLD {
-                let etag = self.put_body(key, Source::File(path), opts).await?;
+                let (etag, _) = self.put_body(key, Source::File(path), opts).await?;
                 on_bytes(len);
                 return Ok(etag);
             }
@@ -1149,8 +1204,7 @@ impl S3Store {
                 async move {
                     let offset = i * part;
                     let size = part.min(len - offset);
-                    let body = self.file_part(key, path, offset, size).await?;
-                    let part = self.upload_part(key, &upload_id, (i + 1) as i32, body, size).await?;
+                                        let part = self.upload_part(key, &upload_id, (i + 1) as i32, Source::File(path), (offset, size)).await?;
                     on_bytes(size);
                     Ok(part)
                 }
@@ -1225,7 +1279,13 @@ impl S3Store {
     }
 
     /// Uploads one part of a multipart upload.
-    async fn upload_part(&self, key: &str, upload_id: &str, number: i32, body: ByteStream, size: u64) -> Result<CompletedPart, StoreError> {
+    async fn upload_part(&self, key: &str, upload_id: &str, number: i32, part: Source<'_>, range: (u64, u64)) -> Result<CompletedPart, StoreError> {
+        let (offset, size) = range;
+        let md5 = self.content_md5_of_part(key, &part, offset, size).await?;
+        let body = match part {
+            Source::Bytes(b) => ByteStream::from(b),
+            Source::File(path) => self.file_part(key, path, offset, size).await?,
+        };
         // The body is sent once: a part is never redirected, as the upload
         // was created in the bucket's region.
         let r = self
@@ -1236,6 +1296,7 @@ impl S3Store {
             .upload_id(upload_id)
             .part_number(number)
             .body(body)
+            .set_content_md5(md5)
             .send()
             .instrument(tracing::debug_span!("s3.upload_part", part_number = number, bytes = size))
             .await
@@ -1292,16 +1353,16 @@ impl S3Store {
             let Staged { mut reader, staged, overflow } = staged;
             let Some(overflow) = overflow else {
                 finish.await.map_err(other)?;
-                let etag = self.put_body(key, Source::File(tee_path), opts).await?;
+                let (etag, _) = self.put_body(key, Source::File(tee_path), opts).await?;
                 on_bytes(staged);
                 return Ok(etag);
             };
             let upload_id = self.create_multipart(key, &opts).await?;
-            let upload = |number: i32, body: ByteStream, size: u64| {
+            let upload = |number: i32, body, offset: u64, size: u64| {
                 let upload_id = upload_id.clone();
                 let on_bytes = &on_bytes;
                 async move {
-                    let part = self.upload_part(key, &upload_id, number, body, size).await?;
+                    let part = self.upload_part(key, &upload_id, number, body, (offset, size)).await?;
                     on_bytes(size);
                     Ok::<_, StoreError>(part)
                 }
@@ -1314,8 +1375,7 @@ impl S3Store {
                 let mut number = 0;
                 for i in 0..staged_parts {
                     number += 1;
-                    let body = self.file_part(key, tee_path, i * PART_SIZE, PART_SIZE).await?;
-                    in_flight.push(upload(number, body, PART_SIZE));
+                    in_flight.push(upload(number, Source::File(tee_path), i * PART_SIZE, PART_SIZE));
                 }
                 // ...then every part as it is read.
                 let mut next = Some(overflow);
@@ -1339,7 +1399,7 @@ impl S3Store {
                         return Err(self.other(key, format!("the stream is longer than S3's {MAX_PARTS} parts of {} MiB", PART_SIZE >> 20)));
                     }
                     let size = data.len() as u64;
-                    in_flight.push(upload(number, ByteStream::from(data), size));
+                    in_flight.push(upload(number, Source::Bytes(data.into()), 0, size));
                 }
                 while let Some(part) = in_flight.next().await {
                     done.push(part?);

@@ -20,6 +20,7 @@ mod counters;
 mod faults;
 mod forward;
 mod kinds;
+mod policy;
 mod regions;
 mod server;
 mod shaping;
@@ -37,6 +38,7 @@ pub use conditions::{FieldConditions, ALL_KINDS};
 pub use counters::Counts;
 pub use faults::{Fault, FaultAction};
 pub use kinds::RequestKind;
+pub use policy::BucketPolicyMode;
 pub use regions::RegionAnswer;
 pub use timeline::{critical_path, RequestRecord};
 pub use tls::TestCa;
@@ -56,6 +58,7 @@ pub(crate) struct Settings {
     /// as some S3-compatible servers do.
     list_ignores_encoding: bool,
     conditional_writes: ConditionalWrites,
+    policy: BucketPolicyMode,
 }
 
 /// What the store does with the conditions of a conditional write
@@ -250,6 +253,12 @@ impl FieldServer {
     /// What the store does with conditional writes from now on.
     pub fn set_conditional_writes(&self, mode: ConditionalWrites) {
         self.settings(|s| s.conditional_writes = mode);
+    }
+
+    /// What the bucket's policy demands of every request (see
+    /// [`BucketPolicyMode`]); refused requests get S3's answer.
+    pub fn set_bucket_policy(&self, mode: BucketPolicyMode) {
+        self.settings(|s| s.policy = mode);
     }
 
     /// Replaces the fault rules; draws restart from `seed`.

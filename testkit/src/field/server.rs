@@ -17,6 +17,7 @@ use super::aws::{self, AwsHost, AwsRequest};
 use super::faults::FaultAction;
 use super::forward::{self, Body};
 use super::kinds::{classify, has_param, query_param, RequestKind};
+use super::policy;
 use super::regions::{signing_region, temporary_location, temporary_redirect_body, wrong_region_answer, RegionAnswer};
 use super::shaping::{Cut, Direction, Shaped};
 use super::timeline::{ConnectionStart, Finish, Timed};
@@ -238,6 +239,17 @@ async fn s3(shared: Arc<Shared>, mut req: Request<Incoming>, start: std::time::I
                 return Ok(timed(r, finish));
             }
         }
+    }
+
+    if let Some((status, code, message)) = policy::refusal(&settings.policy, request.kind, req.headers()) {
+        drain(&shared, req.into_body()).await;
+        sleep(settings.latency_down).await;
+        let body = if head {
+            String::new()
+        } else {
+            format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{message}</Message><RequestId>FIELD0POLICY0000</RequestId><HostId>field</HostId></Error>")
+        };
+        return Ok(timed(xml(status, body), finish));
     }
 
     let fault = shared.draw(&request);

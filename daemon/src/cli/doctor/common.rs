@@ -40,6 +40,11 @@ pub struct DoctorArgs {
     /// Seconds after which an incomplete upload counts as abandoned (default: a day)
     #[arg(long, value_name = "SECONDS", default_value_t = 86_400)]
     pub upload_age: u64,
+    /// Delete the noncurrent object versions and leftover delete markers
+    /// under the prefix (a versioned bucket keeps every overwritten or
+    /// deleted object); current versions are never touched
+    #[arg(long)]
+    pub prune_versions: bool,
     /// Do not ask: use the flags and the defaults
     #[arg(short = 'y', long)]
     pub yes: bool,

@@ -4,10 +4,12 @@
 //! HEAD (choose a branch), stale locks (list; delete on request) — and
 //! unattended with flags (defaults: keep the newest bundle; HEAD → main,
 //! master, else the first branch). A packs remote gets its own checks
-//! (`packs`); what both share (arguments, report, HEAD choice) is `common`.
+//! (`packs`); what both share (arguments, report, HEAD choice) is `common`;
+//! the noncurrent versions of a versioned bucket are `versions`.
 
 mod common;
 mod packs;
+mod versions;
 
 pub use common::DoctorArgs;
 
@@ -125,6 +127,7 @@ pub async fn run(ctx: &mut Ctx, args: DoctorArgs) -> CliResult {
     }
 
     incomplete_uploads(ctx, &remote, &args, &mut rep).await;
+    versions::noncurrent_versions(ctx, &remote, &args, &mut rep).await;
 
     // Conditional writes: probed (unless --dry-run) when this daemon does not know yet.
     let conditional = remote.conditional_writes(ctx, !args.dry_run).await;

@@ -3,6 +3,11 @@
 //! the TTL is stale. Unlike 0.4.2, a stale lock is taken over atomically with
 //! a conditional write on the stale lock's ETag (never delete-then-create),
 //! and each lock body is unique so two takeovers cannot both match.
+//!
+//! In a versioned bucket every write of a lock is a version: a refresh
+//! deletes the version it replaced, and a release deletes the lock's
+//! version itself, so a push leaves no versions (nor a delete marker)
+//! behind.
 
 use std::time::{Duration, Instant};
 
@@ -50,6 +55,8 @@ pub fn lock_wait(env: &std::collections::HashMap<String, String>) -> Duration {
 pub struct RefLock {
     pub key: String,
     pub etag: String,
+    /// Its version id, in a versioned bucket.
+    pub version: Option<String>,
 }
 
 fn lock_body() -> Vec<u8> {
@@ -78,8 +85,8 @@ pub async fn acquire(store: &S3Store, prefix: &str, refname: &str, ttl: Duration
     let deadline = Instant::now() + wait;
     let mut delay = Duration::from_millis(50);
     loop {
-        match store.put_bytes(&key, lock_body(), PutOptions { condition: WriteCondition::IfAbsent, ..Default::default() }).await {
-            Ok(etag) => return Ok(RefLock { key, etag }),
+        match store.put_bytes_versioned(&key, lock_body(), PutOptions { condition: WriteCondition::IfAbsent, ..Default::default() }).await {
+            Ok((etag, version)) => return Ok(RefLock { key, etag, version }),
             Err(e) if e.is_precondition_failed() => {}
             Err(e) => return Err(e.into()),
         }
@@ -89,8 +96,8 @@ pub async fn acquire(store: &S3Store, prefix: &str, refname: &str, ttl: Duration
             Some(info) if info.age() > ttl => {
                 tracing::info!(key, age = ?info.age(), "taking over stale lock");
                 let opts = PutOptions { condition: WriteCondition::IfMatch(info.etag.clone()), ..Default::default() };
-                match store.put_bytes(&key, lock_body(), opts).await {
-                    Ok(etag) => return Ok(RefLock { key, etag }),
+                match store.put_bytes_versioned(&key, lock_body(), opts).await {
+                    Ok((etag, version)) => return Ok(RefLock { key, etag, version }),
                     Err(e) if e.is_precondition_failed() || e.is_not_found() => {} // lost the takeover race
                     Err(e) => return Err(e.into()),
                 }
@@ -110,9 +117,16 @@ pub async fn acquire(store: &S3Store, prefix: &str, refname: &str, ttl: Duration
 /// took it over.
 pub async fn refresh(store: &S3Store, lock: &mut RefLock) -> Result<(), LockError> {
     let opts = PutOptions { condition: WriteCondition::IfMatch(lock.etag.clone()), ..Default::default() };
-    match store.put_bytes(&lock.key, lock_body(), opts).await {
-        Ok(etag) => {
+    match store.put_bytes_versioned(&lock.key, lock_body(), opts).await {
+        Ok((etag, version)) => {
             lock.etag = etag;
+            let replaced = std::mem::replace(&mut lock.version, version);
+            // The version this refresh replaced (only ours: by its id).
+            if let Some(old) = replaced.filter(|old| lock.version.as_ref() != Some(old)) {
+                if let Err(e) = store.delete_version(&lock.key, &old).await {
+                    tracing::info!(key = lock.key, error = %e, "could not delete the lock's previous version (git s3 doctor --prune-versions removes it)");
+                }
+            }
             Ok(())
         }
         Err(e) if e.is_precondition_failed() || e.is_not_found() => Err(LockError::Lost { key: lock.key.clone() }),
@@ -190,7 +204,14 @@ pub async fn release_all(store: &S3Store, locks: Vec<RefLock>) {
 /// over after we went stale belongs to someone else).
 pub async fn release(store: &S3Store, lock: RefLock) -> Result<(), StoreError> {
     match store.head(&lock.key).await? {
-        Some(info) if info.etag == lock.etag => store.delete(&lock.key).await,
+        Some(info) if info.etag == lock.etag => match &lock.version {
+            // Our version, for good: no noncurrent version, no delete marker.
+            Some(v) => match store.delete_version(&lock.key, v).await {
+                Err(StoreError::AccessDenied { .. }) => store.delete(&lock.key).await,
+                other => other,
+            },
+            None => store.delete(&lock.key).await,
+        },
         Some(_) => {
             tracing::warn!(key = lock.key, "lock was taken over by another client; leaving it");
             Ok(())

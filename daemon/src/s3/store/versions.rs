@@ -1,0 +1,107 @@
+//! Object versions in a versioned bucket: every overwrite or delete keeps
+//! the previous object as a noncurrent version (locks, replaced bundles,
+//! manifests) until it is deleted by its version id. Listed and pruned by
+//! `git s3 doctor --prune-versions`; a lock deletes its own versions.
+
+use std::time::SystemTime;
+
+use tracing::Instrument;
+
+use super::{to_system_time, url_decode_key, S3Store, StoreError};
+
+/// One version of an object (or a delete marker).
+#[derive(Debug, Clone)]
+pub struct ObjectVersion {
+    pub key: String,
+    pub version_id: String,
+    /// The current version of its key (what a GET returns, or the delete
+    /// marker that hides it).
+    pub is_latest: bool,
+    pub delete_marker: bool,
+    pub size: u64,
+    pub last_modified: SystemTime,
+}
+
+impl S3Store {
+    /// Every version and delete marker under `prefix` (all pages).
+    pub async fn list_versions(&self, prefix: &str) -> Result<Vec<ObjectVersion>, StoreError> {
+        let span = tracing::debug_span!("s3.list_versions", bucket = %self.bucket, prefix);
+        async {
+            let mut out = Vec::new();
+            let (mut key_marker, mut id_marker): (Option<String>, Option<String>) = (None, None);
+            loop {
+                let resp = self
+                    .call(|c| {
+                        c.list_object_versions()
+                            .bucket(&*self.bucket)
+                            .prefix(prefix)
+                            .encoding_type(aws_sdk_s3::types::EncodingType::Url)
+                            .set_key_marker(key_marker.clone())
+                            .set_version_id_marker(id_marker.clone())
+                            .send()
+                    })
+                    .await
+                    .map_err(|e| self.classify(e, prefix))?;
+                for v in resp.versions() {
+                    if let (Some(key), Some(id)) = (v.key(), v.version_id()) {
+                        out.push(ObjectVersion {
+                            key: url_decode_key(key),
+                            version_id: id.to_string(),
+                            is_latest: v.is_latest() == Some(true),
+                            delete_marker: false,
+                            size: v.size().unwrap_or(0).max(0) as u64,
+                            last_modified: to_system_time(v.last_modified()),
+                        });
+                    }
+                }
+                for m in resp.delete_markers() {
+                    if let (Some(key), Some(id)) = (m.key(), m.version_id()) {
+                        out.push(ObjectVersion {
+                            key: url_decode_key(key),
+                            version_id: id.to_string(),
+                            is_latest: m.is_latest() == Some(true),
+                            delete_marker: true,
+                            size: 0,
+                            last_modified: to_system_time(m.last_modified()),
+                        });
+                    }
+                }
+                match (
+                    resp.is_truncated(),
+                    resp.next_key_marker(),
+                    resp.next_version_id_marker(),
+                ) {
+                    (Some(true), Some(k), id) if !k.is_empty() => {
+                        key_marker = Some(k.to_string());
+                        id_marker = id.map(str::to_string);
+                    }
+                    _ => break,
+                }
+            }
+            Ok(out)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Deletes one version of `key` for good (no delete marker). Never
+    /// touches another version, whatever was written since.
+    pub async fn delete_version(&self, key: &str, version_id: &str) -> Result<(), StoreError> {
+        let span =
+            tracing::debug_span!("s3.delete_version", bucket = %self.bucket, key, version_id);
+        async {
+            self.call(|c| {
+                c.delete_object()
+                    .bucket(&*self.bucket)
+                    .key(key)
+                    .version_id(version_id)
+                    .send()
+            })
+            .await
+            .map_err(|e| self.classify(e, key))?;
+            Ok(())
+        }
+        .instrument(span)
+        .await
+    }
+}
