@@ -1057,14 +1057,17 @@ impl S3Store {
         async { self.put_body(key, Source::Bytes(data.into()), opts).await }.instrument(span).await
     }
 
-    /// One PutObject of `data` under `condition` and nothing more: no
+    /// One PutObject of `data` under `condition` (with the bucket policy's
+    /// headers) and nothing more: no
     /// retry after a 409, no look at who wrote the object after a 412, no
     /// write gate (the conditional-writes probe reads the store's answer
     /// as it is).
     pub async fn put_once(&self, key: &str, data: Vec<u8>, condition: &WriteCondition) -> Result<String, StoreError> {
         let body = bytes::Bytes::from(data);
+        // The bucket's integrity demands hold for the probe too (Object Lock).
+        let md5 = self.content_md5(key, &Source::Bytes(body.clone())).await?;
         let send = |c: aws_sdk_s3::Client| {
-            let req = c.put_object().bucket(&*self.bucket).key(key).body(ByteStream::from(body.clone()));
+            let req = c.put_object().bucket(&*self.bucket).key(key).body(ByteStream::from(body.clone())).set_content_md5(md5.clone());
             apply_condition!(req, condition).send()
         };
         let resp = self
