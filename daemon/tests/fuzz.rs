@@ -301,6 +301,7 @@ proptest! {
             retired: retired.into_iter().map(|(name, since)| RetiredPack { name, since }).collect(),
             frozen,
             views,
+            object_format: None,
         };
         let back = Manifest::parse(&m.to_bytes()).expect("a manifest we write parses");
         prop_assert_eq!(back, m);
@@ -448,7 +449,7 @@ proptest! {
         }
         for (_, list) in &s.bundles {
             for (sha, _) in list {
-                prop_assert!(sha.len() == 40 && sha.bytes().all(|b| b.is_ascii_hexdigit()));
+                prop_assert!(git_s3_daemon::local::oid::is_object_id(sha));
             }
         }
     }

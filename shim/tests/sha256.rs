@@ -1,0 +1,184 @@
+//! End to end, SHA-256 repositories (`git init --object-format=sha256`) in
+//! both storage formats: push, clone (into a SHA-256 repository), fetch,
+//! one-commit updates, delete, force, tags; mixing SHA-1 and SHA-256
+//! refused both ways with nothing written; a SHA-1 round trip unchanged.
+
+use std::path::{Path, PathBuf};
+
+use testkit::TestEnv;
+
+const MIX: &str = "git cannot mix object formats";
+
+fn env_for(format: &str) -> TestEnv {
+    let env = TestEnv::new();
+    env.git(&env.work(), &["config", "--global", "s3.format", format]);
+    env
+}
+
+/// A repository at `work/<name>` in `object_format` with one commit on main.
+fn repo(env: &TestEnv, name: &str, object_format: &str) -> PathBuf {
+    let p = env.path(name);
+    std::fs::create_dir_all(&p).unwrap();
+    env.git(
+        &p,
+        &[
+            "init",
+            "-q",
+            "-b",
+            "main",
+            &format!("--object-format={object_format}"),
+        ],
+    );
+    env.commit(&p, "README.md", "hello\n", "initial commit");
+    p
+}
+
+fn rev(env: &TestEnv, repo: &Path, r: &str) -> String {
+    env.git(repo, &["rev-parse", r]).trim().to_string()
+}
+
+fn object_format(env: &TestEnv, repo: &Path) -> String {
+    env.git(repo, &["rev-parse", "--show-object-format"])
+        .trim()
+        .to_string()
+}
+
+/// Everything under a prefix, with contents: what "nothing written" compares.
+fn snapshot(env: &TestEnv, prefix: &str) -> Vec<(String, Vec<u8>)> {
+    let mut keys = env.keys(prefix);
+    keys.sort();
+    keys.into_iter()
+        .map(|k| (k.clone(), env.get_object(&k)))
+        .collect()
+}
+
+fn round_trip(format: &str) {
+    let env = env_for(format);
+    let url = env.url("r256");
+    let src = repo(&env, "src", "sha256");
+    env.git(&src, &["remote", "add", "origin", &url]);
+    env.git(&src, &["checkout", "-q", "-b", "feature/x"]);
+    let fx = env.commit(&src, "f.txt", "feature\n", "feature work");
+    env.git(&src, &["checkout", "-q", "main"]);
+    env.git(&src, &["tag", "v1"]);
+    env.git(&src, &["tag", "-a", "v1-annotated", "-m", "annotated"]);
+    let main = rev(&env, &src, "main");
+    assert_eq!(main.len(), 64);
+    env.git(
+        &src,
+        &[
+            "push",
+            "-q",
+            "origin",
+            "main",
+            "feature/x",
+            "v1",
+            "v1-annotated",
+        ],
+    );
+
+    // The format is stored.
+    match format {
+        "bundles" => {
+            let key = format!("r256/refs/heads/main/{main}.bundle");
+            assert!(
+                env.keys("r256/refs/heads/main/").contains(&key),
+                "{:?}",
+                env.keys("r256/")
+            );
+            let bundle = env.get_object(&key);
+            assert!(
+                bundle.starts_with(b"# v3 git bundle\n@object-format=sha256\n"),
+                "{:?}",
+                String::from_utf8_lossy(&bundle[..80.min(bundle.len())])
+            );
+        }
+        _ => {
+            let m: serde_json::Value =
+                serde_json::from_slice(&env.get_object("r256/.git-s3/manifest.json")).unwrap();
+            assert_eq!(m["object_format"], "sha256", "{m}");
+            assert_eq!(m["refs"]["refs/heads/main"], main.as_str());
+        }
+    }
+
+    // A clone into a fresh directory is a SHA-256 repository with everything.
+    env.git(&env.work(), &["clone", "-q", &url, "clone"]);
+    let clone = env.path("clone");
+    assert_eq!(object_format(&env, &clone), "sha256");
+    assert_eq!(rev(&env, &clone, "HEAD"), main);
+    assert_eq!(rev(&env, &clone, "origin/feature/x"), fx);
+    assert_eq!(
+        rev(&env, &clone, "v1-annotated"),
+        rev(&env, &src, "v1-annotated")
+    );
+    assert_eq!(
+        std::fs::read_to_string(clone.join("README.md")).unwrap(),
+        "hello\n"
+    );
+    let ls = env.git(&env.work(), &["ls-remote", &url]);
+    assert!(ls.contains(&format!("{main}\tHEAD")), "{ls}");
+
+    // One commit pushed, then fetched.
+    let second = env.commit(&src, "src/lib.rs", "fn main() {}\n", "second");
+    env.git(&src, &["push", "-q", "origin", "main"]);
+    env.git(&clone, &["pull", "-q", "--ff-only"]);
+    assert_eq!(rev(&env, &clone, "HEAD"), second);
+
+    // Delete a branch; the clone prunes it.
+    env.git(&src, &["push", "-q", "origin", ":feature/x"]);
+    env.git(&clone, &["fetch", "-q", "--prune"]);
+    assert!(env
+        .git(&clone, &["branch", "-r"])
+        .lines()
+        .all(|l| !l.contains("feature/x")));
+
+    // A force push replaces main; the clone follows.
+    env.git(&src, &["reset", "-q", "--hard", "HEAD~1"]);
+    let forced = env.commit(&src, "other.txt", "other\n", "rewritten");
+    let refused = env.git_fail(&src, &["push", "origin", "main"]);
+    assert!(refused.contains("rejected"), "{refused}");
+    env.git(&src, &["push", "-q", "-f", "origin", "main"]);
+    env.git(&clone, &["fetch", "-q", "origin"]);
+    assert_eq!(rev(&env, &clone, "origin/main"), forced);
+
+    // Mixing refused both ways, nothing written: a SHA-1 repository pushing
+    // to this SHA-256 remote, and fetching from it.
+    let before = snapshot(&env, "r256/");
+    let sha1 = repo(&env, "sha1", "sha1");
+    env.git(&sha1, &["remote", "add", "origin", &url]);
+    let err = env.git_fail(&sha1, &["push", "origin", "main:refs/heads/other"]);
+    assert!(
+        err.contains(MIX) && err.contains("sha1") && err.contains("sha256"),
+        "{err}"
+    );
+    let err = env.git_fail(&sha1, &["fetch", "origin"]);
+    assert!(err.contains(MIX), "{err}");
+    assert_eq!(snapshot(&env, "r256/"), before);
+
+    // ... and a SHA-256 repository pushing to a SHA-1 remote.
+    let url1 = env.url("r1");
+    env.git(&sha1, &["push", "-q", &url1, "main"]);
+    let before = snapshot(&env, "r1/");
+    let err = env.git_fail(&src, &["push", &url1, "main:refs/heads/other"]);
+    assert!(err.contains(MIX), "{err}");
+    let err = env.git_fail(&src, &["fetch", &url1, "main"]);
+    assert!(err.contains(MIX), "{err}");
+    assert_eq!(snapshot(&env, "r1/"), before);
+
+    // The SHA-1 remote still round-trips as before.
+    env.git(&env.work(), &["clone", "-q", &url1, "clone1"]);
+    let clone1 = env.path("clone1");
+    assert_eq!(object_format(&env, &clone1), "sha1");
+    assert_eq!(rev(&env, &clone1, "HEAD"), rev(&env, &sha1, "main"));
+    env.fsck_all();
+}
+
+#[test]
+fn sha256_bundles_round_trip_and_mixing_refused() {
+    round_trip("bundles");
+}
+
+#[test]
+fn sha256_packs_round_trip_and_mixing_refused() {
+    round_trip("packs");
+}
