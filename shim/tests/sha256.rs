@@ -182,3 +182,80 @@ fn sha256_bundles_round_trip_and_mixing_refused() {
 fn sha256_packs_round_trip_and_mixing_refused() {
     round_trip("packs");
 }
+
+/// Shallow and partial clones (served from a SHA-256 mirror), `git s3 gc`
+/// (scratch repositories of the remote's format) and `git s3 migrate` both
+/// ways, for a SHA-256 remote.
+#[test]
+fn sha256_shallow_partial_gc_and_migrate() {
+    let env = env_for("packs");
+    let url = env.url("deep");
+    let src = repo(&env, "src", "sha256");
+    env.git(&src, &["remote", "add", "origin", &url]);
+    env.git(&src, &["push", "-q", "origin", "main"]);
+    for i in 0..3 {
+        env.commit(
+            &src,
+            &format!("f{i}.txt"),
+            &format!("{i}\n"),
+            &format!("commit {i}"),
+        );
+        env.git(&src, &["push", "-q", "origin", "main"]);
+    }
+    let tip = rev(&env, &src, "main");
+
+    let shallow_and_partial = |tag: &str| {
+        let d = format!("d-{tag}");
+        env.git(&env.work(), &["clone", "-q", "--depth", "1", &url, &d]);
+        let d = env.path(&d);
+        assert_eq!(object_format(&env, &d), "sha256", "{tag}");
+        assert_eq!(rev(&env, &d, "HEAD"), tip, "{tag}");
+        assert_eq!(
+            env.git(&d, &["rev-list", "--count", "HEAD"]).trim(),
+            "1",
+            "{tag}"
+        );
+        let p = format!("p-{tag}");
+        env.git(
+            &env.work(),
+            &["clone", "-q", "--filter=blob:none", &url, &p],
+        );
+        let p = env.path(&p);
+        assert_eq!(object_format(&env, &p), "sha256", "{tag}");
+        assert_eq!(
+            env.git(&p, &["rev-list", "--count", "HEAD"]).trim(),
+            "4",
+            "{tag}"
+        );
+        // a lazy fetch of an old blob
+        assert_eq!(env.git(&p, &["show", "HEAD~1:f1.txt"]), "1\n", "{tag}");
+    };
+    shallow_and_partial("before-gc");
+
+    env.git_s3(&env.work(), &["gc", &url]);
+    let m: serde_json::Value =
+        serde_json::from_slice(&env.get_object("deep/.git-s3/manifest.json")).unwrap();
+    assert_eq!(m["object_format"], "sha256", "{m}");
+    assert_eq!(m["packs"].as_array().map(Vec::len), Some(1), "{m}");
+    assert_eq!(
+        m["packs"][0]["name"].as_str().map(str::len),
+        Some(64),
+        "{m}"
+    );
+    shallow_and_partial("after-gc");
+
+    // migrate to bundles (v3 SHA-256 bundles) and back
+    env.git_s3(&src, &["migrate", "--to", "bundles", "origin"]);
+    let bundle = env.get_object(&format!("deep/refs/heads/main/{tip}.bundle"));
+    assert!(bundle.starts_with(b"# v3 git bundle\n@object-format=sha256\n"));
+    env.git(&env.work(), &["clone", "-q", &url, "b"]);
+    assert_eq!(rev(&env, &env.path("b"), "HEAD"), tip);
+    assert_eq!(object_format(&env, &env.path("b")), "sha256");
+    env.git_s3(&src, &["migrate", "--to", "packs", "origin"]);
+    let m: serde_json::Value =
+        serde_json::from_slice(&env.get_object("deep/.git-s3/manifest.json")).unwrap();
+    assert_eq!(m["object_format"], "sha256", "{m}");
+    env.git(&env.work(), &["clone", "-q", &url, "back"]);
+    assert_eq!(rev(&env, &env.path("back"), "HEAD"), tip);
+    env.fsck_all();
+}
