@@ -259,3 +259,36 @@ fn sha256_shallow_partial_gc_and_migrate() {
     assert_eq!(rev(&env, &env.path("back"), "HEAD"), tip);
     env.fsck_all();
 }
+
+/// Git LFS in a SHA-256 repository: the object goes to `<prefix>/lfs/`, a
+/// clone (a SHA-256 repository) checks it out.
+#[test]
+fn sha256_lfs_round_trip() {
+    let env = env_for("packs");
+    env.git(&env.home(), &["lfs", "install", "--skip-repo"]);
+    let url = env.url("lfs256");
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    env.git(
+        &src,
+        &["init", "-q", "-b", "main", "--object-format=sha256"],
+    );
+    env.git(&src, &["lfs", "track", "*.bin"]);
+    let big = testkit::noise(300_000, 7);
+    std::fs::write(src.join("a.bin"), &big).unwrap();
+    env.git(&src, &["add", "-A"]);
+    env.git(&src, &["commit", "-q", "-m", "lfs files"]);
+    env.git(&src, &["remote", "add", "origin", &url]);
+    let mut c = env.command("git-lfs-s3", &src);
+    c.arg("install");
+    env.run(c);
+    env.git(&src, &["push", "-q", "origin", "main"]);
+    let lfs_keys = env.keys("lfs256/lfs/");
+    assert_eq!(lfs_keys.len(), 1, "{lfs_keys:?}");
+    assert_eq!(env.get_object(&lfs_keys[0]), big);
+
+    env.git(&env.work(), &["clone", "-q", &url, "clone"]);
+    let clone = env.path("clone");
+    assert_eq!(object_format(&env, &clone), "sha256");
+    assert_eq!(std::fs::read(clone.join("a.bin")).unwrap(), big);
+}
