@@ -169,6 +169,19 @@ fn round_trip(format: &str) {
     env.git(&env.work(), &["clone", "-q", &url1, "clone1"]);
     let clone1 = env.path("clone1");
     assert_eq!(object_format(&env, &clone1), "sha1");
+    // The remote's format wins over the cloner's default.
+    env.git(
+        &env.work(),
+        &[
+            "-c",
+            "init.defaultObjectFormat=sha256",
+            "clone",
+            "-q",
+            &url1,
+            "clone1b",
+        ],
+    );
+    assert_eq!(object_format(&env, &env.path("clone1b")), "sha1");
     assert_eq!(rev(&env, &clone1, "HEAD"), rev(&env, &sha1, "main"));
     env.fsck_all();
 }

@@ -184,7 +184,7 @@ pub async fn run(state: Arc<DaemonState>, a: HelperArgs, mut input: Input, out: 
                 // Nothing is written when the formats differ.
                 let l = match &listing {
                     Some(l) => l.clone(),
-                    None => match storage!(Purpose::Push).list().await {
+                    None => match storage!().list().await {
                         Ok(l) => l,
                         Err(e) => return fatal(&out, &url, e),
                     },
@@ -192,7 +192,7 @@ pub async fn run(state: Arc<DaemonState>, a: HelperArgs, mut input: Input, out: 
                 if let Err(e) = same_format(&ctx.git, &l, &url).await {
                     return fatal(&out, &url, e);
                 }
-                match storage!(Purpose::Push).push(&ctx, &updates).await {
+                match storage!().push(&ctx, &updates).await {
                     Ok(results) => {
                         let mut reply = String::new();
                         for (dst, r) in &results {
