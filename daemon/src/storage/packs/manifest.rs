@@ -205,9 +205,12 @@ impl Manifest {
         Ok(m)
     }
 
-    /// The remote's object format (SHA-1 when the manifest does not say).
+    /// The remote's object format: as recorded; else SHA-1, unless the
+    /// manifest's ids are SHA-256 ones (written by a git-s3 from before
+    /// `object_format`), which `parse` then checks are all of one format.
     pub fn format(&self) -> ObjectFormat {
-        self.object_format.unwrap_or_default()
+        let first_id = self.refs.values().chain(self.packs.iter().map(|p| &p.name)).next();
+        self.object_format.or_else(|| first_id.and_then(|id| ObjectFormat::of(id))).unwrap_or_default()
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -458,8 +461,11 @@ mod tests {
         let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(json["object_format"], "sha256");
         assert_eq!(Manifest::parse(&bytes).unwrap(), m);
+        // no object_format but SHA-256 ids (an older git-s3's push): read as SHA-256, all ids alike
+        let old = format!(r#"{{"version":1,"refs":{{"refs/heads/x":"{}"}}}}"#, "a".repeat(64));
+        assert_eq!(Manifest::parse(old.as_bytes()).unwrap().format(), ObjectFormat::Sha256);
         // ids of the other format are refused, both ways
-        let bad = format!(r#"{{"version":1,"refs":{{"refs/heads/x":"{}"}}}}"#, "a".repeat(64));
+        let bad = format!(r#"{{"version":1,"refs":{{"refs/heads/x":"{}","refs/heads/y":"{}"}}}}"#, "a".repeat(64), "a".repeat(40));
         assert!(matches!(Manifest::parse(bad.as_bytes()), Err(ManifestError::Invalid(_))));
         let bad = format!(r#"{{"version":1,"object_format":"sha256","refs":{{"refs/heads/x":"{}"}}}}"#, "a".repeat(40));
         assert!(matches!(Manifest::parse(bad.as_bytes()), Err(ManifestError::Invalid(_))));

@@ -432,10 +432,12 @@ impl PackStorage {
                 _ => None,
             });
             if let Some(f) = pushed {
-                if m.refs.is_empty() && m.packs.is_empty() && m.object_format.is_none() {
-                    next.object_format = (f != ObjectFormat::Sha1).then_some(f);
-                } else if f != m.format() {
+                let empty = m.refs.is_empty() && m.packs.is_empty() && m.object_format.is_none();
+                if !empty && f != m.format() {
                     return Err(StorageError::Format(format_mismatch(f, m.format(), &self.url.to_string())));
+                }
+                if f != ObjectFormat::Sha1 {
+                    next.object_format = Some(f);
                 }
             }
             for (dst, c) in &changes {
