@@ -305,3 +305,29 @@ fn sha256_lfs_round_trip() {
     assert_eq!(object_format(&env, &clone), "sha256");
     assert_eq!(std::fs::read(clone.join("a.bin")).unwrap(), big);
 }
+
+/// git-remote-s3 0.4.2 does not read a SHA-256 bundles remote (its keys
+/// are 40 hex digits): what it shows, pinned so the docs stay true.
+#[test]
+fn sha256_bundles_are_not_read_by_0_4_2() {
+    let env = env_for("bundles");
+    let url = env.url("old");
+    let src = repo(&env, "src", "sha256");
+    env.git(&src, &["push", "-q", &url, "main"]);
+    let mut c = env.command_with(testkit::Tool::Python, "git", &env.work());
+    c.args(["clone", &url, "py"]);
+    let out = env.run(c);
+    // It sees HEAD but no ref: an empty clone, no error.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("remote HEAD refers to nonexistent ref"),
+        "{stderr}"
+    );
+    assert!(!env.path("py").join("README.md").exists());
+    // ours reads it
+    env.git(&env.work(), &["clone", "-q", &url, "ours"]);
+    assert_eq!(
+        rev(&env, &env.path("ours"), "HEAD"),
+        rev(&env, &src, "main")
+    );
+}
