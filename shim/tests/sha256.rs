@@ -307,7 +307,8 @@ fn sha256_lfs_round_trip() {
 }
 
 /// git-remote-s3 0.4.2 does not read a SHA-256 bundles remote (its keys
-/// are 40 hex digits): what it shows, pinned so the docs stay true.
+/// are 40 hex digits): what it shows, pinned so the docs stay true; and
+/// the SHA-1 bundle it may push there is warned about.
 #[test]
 fn sha256_bundles_are_not_read_by_0_4_2() {
     let env = env_for("bundles");
@@ -329,5 +330,25 @@ fn sha256_bundles_are_not_read_by_0_4_2() {
     assert_eq!(
         rev(&env, &env.path("ours"), "HEAD"),
         rev(&env, &src, "main")
+    );
+
+    // 0.4.2 checks no format: its SHA-1 branch lands beside the SHA-256
+    // one, and ours says so in one line, naming both.
+    let sha1 = repo(&env, "sha1", "sha1");
+    let mut c = env.command_with(testkit::Tool::Python, "git", &sha1);
+    c.args(["push", "-q", &url, "main:refs/heads/old"]);
+    env.run(c);
+    let mut c = env.command("git", &env.work());
+    c.args(["ls-remote", &url]);
+    let stderr = String::from_utf8_lossy(&env.run(c).stderr).into_owned();
+    let warning: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("two object formats"))
+        .collect();
+    assert_eq!(warning.len(), 1, "{stderr}");
+    assert!(
+        warning[0].contains("refs/heads/main is sha256")
+            && warning[0].contains("refs/heads/old is sha1"),
+        "{stderr}"
     );
 }
