@@ -13,7 +13,7 @@ use crate::session::{Input, Out};
 use crate::session::state::DaemonState;
 use crate::storage::detect::Purpose;
 use crate::storage::open::Storage;
-use crate::storage::{OpContext, PushUpdate, RefListing, RemoteRef, StorageError};
+use crate::storage::{format_mismatch, OpContext, PushUpdate, RefListing, RemoteRef, StorageError};
 
 pub struct HelperArgs {
     pub args: Vec<String>,
@@ -94,6 +94,7 @@ pub async fn run(state: Arc<DaemonState>, a: HelperArgs, mut input: Input, out: 
     let mut listing: Option<RefListing> = None;
     let mut cloning = false; // `option cloning true`: configure LFS after the first fetch
     let mut fetch_opts = FetchOptions::default();
+    let mut object_format_asked = false;
 
     while let Some(line) = input.read_line().await {
         state.touch();
@@ -107,11 +108,16 @@ pub async fn run(state: Arc<DaemonState>, a: HelperArgs, mut input: Input, out: 
         };
         match cmd {
             Command::Capabilities => {
-                out.stdout("*push\n*fetch\noption\ncheck-connectivity\n\n");
+                out.stdout("*push\n*fetch\noption\ncheck-connectivity\nobject-format\n\n");
             }
             Command::Option { name, value } => {
                 cloning |= name == "cloning" && value == "true";
                 let reply = match name.as_str() {
+                    // git asks for `:object-format` in `list` (gitremote-helpers(7)).
+                    "object-format" => {
+                        object_format_asked = value == "true";
+                        "ok".to_string()
+                    }
                     // All-or-nothing pushes: one manifest write in the packs format.
                     "atomic" if storage!().supports_atomic() => {
                         ctx.atomic = value == "true";
@@ -130,7 +136,7 @@ pub async fn run(state: Arc<DaemonState>, a: HelperArgs, mut input: Input, out: 
                     for w in &l.warnings {
                         out.stderr(format!("warning: {w}\n"));
                     }
-                    out.stdout(render_list(&l, for_push));
+                    out.stdout(render_list(&l, for_push, object_format_asked));
                     listing = Some(l);
                 }
                 Err(e) => return fatal(&out, &url, e),
@@ -154,6 +160,9 @@ pub async fn run(state: Arc<DaemonState>, a: HelperArgs, mut input: Input, out: 
                         Err(e) => return fatal(&out, &url, e),
                     },
                 };
+                if let Err(e) = same_format(&ctx.git, &l, &url).await {
+                    return fatal(&out, &url, e);
+                }
                 let storage = storage!();
                 if crate::storage::mirror::needed(&fetch_opts, &l, &wants, &ctx.git).await {
                     // Shallow, filtered, lazy or by-object fetches: git's
@@ -181,6 +190,17 @@ pub async fn run(state: Arc<DaemonState>, a: HelperArgs, mut input: Input, out: 
                             return 1;
                         }
                     }
+                }
+                // Nothing is written when the formats differ.
+                let l = match &listing {
+                    Some(l) => l.clone(),
+                    None => match storage!().list().await {
+                        Ok(l) => l,
+                        Err(e) => return fatal(&out, &url, e),
+                    },
+                };
+                if let Err(e) = same_format(&ctx.git, &l, &url).await {
+                    return fatal(&out, &url, e);
                 }
                 match storage!().push(&ctx, &updates).await {
                     Ok(results) => {
@@ -242,8 +262,23 @@ fn handle_option(ctx: &mut OpContext, name: &str, value: &str) -> &'static str {
     }
 }
 
-pub fn render_list(l: &RefListing, for_push: bool) -> String {
+/// Refuses a fetch or push between a repository and a remote of different
+/// object formats (an empty remote has none yet: it takes the pusher's).
+async fn same_format(git: &Git, l: &RefListing, url: &RemoteUrl) -> Result<(), StorageError> {
+    let Some(remote) = l.format() else { return Ok(()) };
+    match git.object_format().await {
+        Some(local) if local != remote => Err(StorageError::Format(format_mismatch(local, remote, &url.to_string()))),
+        _ => Ok(()),
+    }
+}
+
+/// `list`'s answer; `:object-format <name>` first when git asked for it
+/// (`option object-format true`) and the remote has a format.
+pub fn render_list(l: &RefListing, for_push: bool, object_format: bool) -> String {
     let mut s = String::new();
+    if let Some(f) = l.format().filter(|_| object_format) {
+        s.push_str(&format!(":object-format {f}\n"));
+    }
     if !for_push {
         if let Some(h) = &l.head {
             s.push_str(&format!("@{h} HEAD\n"));
@@ -288,10 +323,13 @@ mod tests {
             head: Some("refs/heads/main".into()),
             ..Default::default()
         };
-        let full = render_list(&l, false);
+        let full = render_list(&l, false, false);
         assert!(full.starts_with("@refs/heads/main HEAD\n"));
         assert!(full.ends_with("refs/tags/v1\n\n"));
-        assert!(!render_list(&l, true).contains("HEAD"));
-        assert_eq!(render_list(&RefListing::default(), false), "\n");
+        assert!(!render_list(&l, true, false).contains("HEAD"));
+        assert_eq!(render_list(&RefListing::default(), false, true), "\n");
+        let sha256 = RefListing { refs: vec![RemoteRef { name: "refs/heads/main".into(), sha: "c".repeat(64) }], ..Default::default() };
+        assert_eq!(render_list(&sha256, true, true), format!(":object-format sha256\n{} refs/heads/main\n\n", "c".repeat(64)));
+        assert!(render_list(&l, false, true).starts_with(":object-format sha1\n@refs/heads/main HEAD\n"));
     }
 }

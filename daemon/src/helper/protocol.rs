@@ -3,6 +3,7 @@
 //! (`local::refname`), and a push source never starts with `-`: neither can
 //! reach git as an option or break a line of the protocol.
 
+use crate::local::oid::is_object_id;
 use crate::local::refname::valid_ref_name;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,8 +45,7 @@ pub fn parse(line: &str) -> Result<Command, ParseError> {
         "fetch" => {
             let (sha, name) = rest.split_once(' ').ok_or_else(bad)?;
             // The name is a ref, or (a partial clone's lazy fetch) the object id itself.
-            let is_oid = |s: &str| (s.len() == 40 || s.len() == 64) && s.bytes().all(|b| b.is_ascii_hexdigit());
-            if sha.len() < 40 || sha.len() > 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) || !(valid_ref_name(name) || is_oid(name)) {
+            if !is_object_id(sha) || !(valid_ref_name(name) || is_object_id(name)) {
                 return Err(bad());
             }
             Command::Fetch { sha: sha.to_string(), name: name.to_string() }

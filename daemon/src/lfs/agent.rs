@@ -194,7 +194,7 @@ fn error_line(code: i64, message: &str) -> String {
 }
 
 fn valid_oid(oid: &str) -> bool {
-    oid.len() == 64 && oid.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    crate::local::oid::ObjectFormat::Sha256.accepts(oid)
 }
 
 

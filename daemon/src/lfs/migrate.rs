@@ -210,7 +210,7 @@ async fn copy_all(git: &Git, store: &S3Store, a: &Args, from: &str, out: &Out) -
     let mut oids: Vec<String> = listing
         .lines()
         .filter_map(|l| l.split_whitespace().next())
-        .filter(|o| o.len() == 64 && o.bytes().all(|b| b.is_ascii_hexdigit()))
+        .filter(|o| crate::local::oid::ObjectFormat::Sha256.accepts(o))
         .map(str::to_string)
         .collect();
     oids.sort();

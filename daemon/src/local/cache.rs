@@ -57,10 +57,6 @@ fn is_hex(s: &str, len: usize) -> bool {
     s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-/// An object id: 40 (SHA-1) or 64 (SHA-256) lowercase hex digits.
-fn valid_object_id(s: &str) -> bool {
-    is_hex(s, 40) || is_hex(s, 64)
-}
 
 /// A cached, pre-indexed pack: `.pack` first, then `.idx` (and `.rev`).
 #[derive(Debug, Clone)]
@@ -136,8 +132,8 @@ impl Cache {
 
     fn entry_path(&self, area: Area, key: &str) -> Option<PathBuf> {
         let ok = match area {
-            Area::Bundles | Area::Packs => valid_object_id(key),
-            Area::Lfs => is_hex(key, 64),
+            Area::Bundles | Area::Packs => crate::local::oid::is_object_id(key),
+            Area::Lfs => crate::local::oid::ObjectFormat::Sha256.accepts(key),
             Area::Mirrors => is_hex(key, 32),
         };
         let name = match area {

@@ -87,6 +87,12 @@ impl Git {
         .await
     }
 
+    /// The repository's object format (`git rev-parse --show-object-format`);
+    /// None outside a repository or with a format this build does not know.
+    pub async fn object_format(&self) -> Option<crate::local::oid::ObjectFormat> {
+        self.run(&["rev-parse", "--show-object-format"]).await.ok()?.trim().parse().ok()
+    }
+
     pub async fn rev_parse(&self, rev: &str) -> Result<String, GitError> {
         self.run(&["rev-parse", "--verify", "--end-of-options", rev]).await
     }
@@ -319,7 +325,7 @@ fn index_pack_result(out: &std::process::Output) -> Result<String, GitError> {
     stdout
         .split_whitespace()
         .nth(1)
-        .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
+        .filter(|h| crate::local::oid::is_object_id(h))
         .map(str::to_string)
         .ok_or_else(|| failed(format!("unexpected index-pack output {stdout:?}")))
 }

@@ -16,6 +16,7 @@
 //!
 //! A lazy fetch of many objects is one helper session and one `fetch-pack`.
 
+use crate::local::oid::ObjectFormat;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -62,15 +63,18 @@ impl Mirror {
     /// use: `Kind::Whole` holds what was downloaded of the whole remote,
     /// `Kind::Views` only the packs format's views and the packs they do
     /// not cover.
-    pub async fn open(ctx: &OpContext, store: &S3Store, url: &RemoteUrl, kind: Kind) -> Result<Mirror, StorageError> {
-        let seed = format!("{}\n{kind:?}", store.location(&url.prefix));
+    pub async fn open(ctx: &OpContext, store: &S3Store, url: &RemoteUrl, kind: Kind, format: ObjectFormat) -> Result<Mirror, StorageError> {
+        let mut seed = format!("{}\n{kind:?}", store.location(&url.prefix));
+        if format != ObjectFormat::Sha1 {
+            seed.push_str(&format!("\n{format}"));
+        }
         let id = hex::encode(&Sha256::digest(seed.as_bytes())[..16]);
         let path = ctx.cache.mirror_path(&id).ok_or_else(|| StorageError::Format(format!("invalid mirror id {id}")))?;
         let mut env: HashMap<String, String> = ctx.env.iter().filter(|(k, _)| !REPOSITORY_VARS.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
         env.insert("GIT_DIR".into(), path.to_string_lossy().into_owned());
         if !path.join("objects").is_dir() {
             let tmp = ctx.cache.temp_dir()?;
-            if let Err(e) = create(&tmp, &path, &env).await {
+            if let Err(e) = create(&tmp, &path, &env, format).await {
                 let _ = std::fs::remove_dir_all(&tmp);
                 return Err(e);
             }
@@ -236,7 +240,7 @@ pub async fn narrow_fetch(
 ) -> Result<Vec<String>, StorageError> {
     let lazy = wants.iter().any(|w| !listing.is_tip(w));
     if let (Storage::Packs(packs), Some(kinds)) = (storage, views::kinds_for(opts, lazy)) {
-        let v = Mirror::open(ctx, store, url, Kind::Views).await?;
+        let v = Mirror::open(ctx, store, url, Kind::Views, listing.format().unwrap_or_default()).await?;
         // Views that cannot be read (a view pack gone from the bucket) are
         // not an error: the whole remote serves the fetch.
         let fetched = packs.fetch_views(&v.context(ctx), &kinds).await.unwrap_or_else(|e| {
@@ -262,7 +266,7 @@ pub async fn narrow_fetch(
             }
         }
     }
-    let m = Mirror::open(ctx, store, url, Kind::Whole).await?;
+    let m = Mirror::open(ctx, store, url, Kind::Whole, listing.format().unwrap_or_default()).await?;
     m.fill(storage, ctx, listing, wants, !opts.deepen_not.is_empty()).await?;
     m.serve(ctx, opts, wants, true).await
 }
@@ -281,12 +285,12 @@ fn valid_ref_name(name: &str) -> bool {
 
 /// Creates a mirror: a bare repository built in `tmp` and renamed to `path`
 /// (a concurrent creator's mirror wins).
-async fn create(tmp: &Path, path: &Path, env: &HashMap<String, String>) -> Result<(), StorageError> {
+async fn create(tmp: &Path, path: &Path, env: &HashMap<String, String>, format: ObjectFormat) -> Result<(), StorageError> {
     let p = tmp.to_string_lossy().into_owned();
     let mut env = env.clone();
     env.insert("GIT_DIR".into(), p.clone());
     let git = Git::new(tmp, env);
-    git.run(&["init", "--bare", "--quiet", "--template=", &p]).await?;
+    git.run(&["init", "--bare", "--quiet", "--template=", &format.arg(), &p]).await?;
     for (k, v) in [
         ("uploadpack.allowFilter", "true"),
         ("uploadpack.allowAnySHA1InWant", "true"),

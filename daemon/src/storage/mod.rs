@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use crate::local::cache::Cache;
 use crate::local::git::{Git, GitError};
+use crate::local::oid::ObjectFormat;
 use crate::storage::bundles::locks::LockError;
 use crate::s3::store::StoreError;
 use crate::session::Out;
@@ -70,9 +71,19 @@ pub struct RefListing {
     pub protected: BTreeSet<String>,
     /// Problems a user should know about (e.g. several bundles for one ref).
     pub warnings: Vec<String>,
+    /// The object format the remote records (packs: the manifest's), when
+    /// it records one; else `format()` judges by the refs.
+    pub object_format: Option<ObjectFormat>,
 }
 
 impl RefListing {
+    /// The remote's object format: recorded, else that of its refs' ids;
+    /// None for an empty remote that records none (it takes the format of
+    /// its first push).
+    pub fn format(&self) -> Option<ObjectFormat> {
+        self.object_format.or_else(|| self.refs.iter().find_map(|r| ObjectFormat::of(&r.sha)))
+    }
+
     pub fn sha_of(&self, name: &str) -> Option<&str> {
         self.refs.iter().find(|r| r.name == name).map(|r| r.sha.as_str())
     }
@@ -82,6 +93,14 @@ impl RefListing {
     pub fn is_tip(&self, w: &RemoteRef) -> bool {
         self.sha_of(&w.name) == Some(w.sha.as_str())
     }
+}
+
+/// The one line that refuses to mix object formats: `local` is the
+/// repository's, `remote` that of the remote at `url`.
+pub fn format_mismatch(local: ObjectFormat, remote: ObjectFormat, url: &str) -> String {
+    format!(
+        "this repository uses {local} object ids but {url} holds a {remote} repository; git cannot mix object formats: use a {remote} repository with this remote, or another prefix for this one"
+    )
 }
 
 /// One `push` line of the protocol.

@@ -27,7 +27,7 @@ pub struct PrefixScan {
 }
 
 fn is_sha(s: &str) -> bool {
-    s.len() == 40 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    crate::local::oid::is_object_id(s)
 }
 
 /// Parses the keys under `<prefix>/`.

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 
 use tracing::Instrument;
 
+use crate::local::oid::ObjectFormat;
 use crate::local::refname::valid_ref_name;
 use crate::storage::bundles::layout::{scan, PrefixScan};
 use crate::storage::bundles::locks::{self, lock_wait};
@@ -427,6 +428,21 @@ impl RepoStorage for BundleStorage {
             listing.refs.push(RemoteRef { name: name.clone(), sha: bundles[0].0.clone() });
         }
         listing.protected = scan.protected.into_iter().collect();
+        // git-remote-s3 0.4.2 checks no format: its SHA-1 bundles can land in a SHA-256 prefix.
+        let format_of = |r: &RemoteRef| ObjectFormat::of(&r.sha).unwrap_or_default();
+        if let Some(first) = listing.refs.first() {
+            if let Some(other) = listing.refs.iter().find(|r| format_of(r) != format_of(first)) {
+                listing.warnings.push(format!(
+                    "s3://{}/{} holds refs of two object formats ({} is {}, {} is {}); git cannot mix them: delete the refs of the wrong format (`git s3 delete-branch`)",
+                    self.url.bucket,
+                    self.url.prefix,
+                    first.name,
+                    format_of(first),
+                    other.name,
+                    format_of(other)
+                ));
+            }
+        }
         if let Some(h) = head.as_deref().filter(|h| !valid_ref_name(h)) {
             listing.warnings.push(format!(
                 "ignoring s3://{}/{}: it holds {} bytes that are not a ref name (`git s3 doctor` sets HEAD)",

@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::s3::store::{Conditional, PutOptions, S3Store, WriteCondition};
+use crate::local::oid::ObjectFormat;
 use crate::local::refname::valid_ref_name;
 use crate::s3::url::RemoteUrl;
 use crate::storage::StorageError;
@@ -85,6 +86,10 @@ pub struct Manifest {
     /// `git s3 gc`. Optional: a remote without them is served whole.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub views: Option<Views>,
+    /// The repository's object format; absent means SHA-1 (every manifest
+    /// written before SHA-256 support). Set by the first push.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_format: Option<ObjectFormat>,
 }
 
 /// Packs that hold parts of the repository, so that a shallow or partial
@@ -136,17 +141,19 @@ impl Default for Manifest {
             retired: Vec::new(),
             frozen: None,
             views: None,
+            object_format: None,
         }
     }
 }
 
+/// An object id of either format (`Manifest::parse` then checks they agree with `object_format`).
 pub fn is_sha(s: &str) -> bool {
-    s.len() == 40 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    crate::local::oid::is_object_id(s)
 }
 
-/// Pack names are what `git pack-objects` prints: 40 (SHA-1) or 64 (SHA-256) hex digits.
+/// Pack names are what `git pack-objects` prints: a hash of the repository's format.
 pub fn is_pack_name(s: &str) -> bool {
-    (s.len() == 40 || s.len() == 64) && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    crate::local::oid::is_object_id(s)
 }
 
 impl Manifest {
@@ -155,6 +162,9 @@ impl Manifest {
         if m.version != VERSION {
             return Err(ManifestError::Version(m.version));
         }
+        let format = m.format();
+        let is_sha = |s: &str| format.accepts(s);
+        let is_pack_name = |s: &str| format.accepts(s);
         for (name, sha) in &m.refs {
             if !name.starts_with("refs/") || !valid_ref_name(name) {
                 return Err(ManifestError::Invalid(format!("bad ref name {name:?}")));
@@ -193,6 +203,14 @@ impl Manifest {
             }
         }
         Ok(m)
+    }
+
+    /// The remote's object format: as recorded; else SHA-1, unless the
+    /// manifest's ids are SHA-256 ones (written by a git-s3 from before
+    /// `object_format`), which `parse` then checks are all of one format.
+    pub fn format(&self) -> ObjectFormat {
+        let first_id = self.refs.values().chain(self.packs.iter().map(|p| &p.name)).next();
+        self.object_format.or_else(|| first_id.and_then(|id| ObjectFormat::of(id))).unwrap_or_default()
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -428,6 +446,32 @@ mod tests {
         // minimal manifest: defaults
         let m = Manifest::parse(br#"{"version":1}"#).unwrap();
         assert!(m.refs.is_empty() && m.packs.is_empty() && m.live_head().is_none());
+    }
+
+    #[test]
+    fn the_object_format_is_recorded_and_ids_agree_with_it() {
+        // absent: SHA-1, and not written for SHA-1 (older readers see the same JSON)
+        let m = Manifest::parse(br#"{"version":1}"#).unwrap();
+        assert_eq!(m.format(), ObjectFormat::Sha1);
+        assert!(!String::from_utf8(m.to_bytes()).unwrap().contains("object_format"));
+        let mut m = Manifest { object_format: Some(ObjectFormat::Sha256), ..Manifest::default() };
+        m.refs.insert("refs/heads/main".into(), "a".repeat(64));
+        m.packs.push(PackEntry { name: "b".repeat(64), size: 10, idx_size: 5, objects: 3, tips: vec!["a".repeat(64)], created: 1 });
+        let bytes = m.to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(json["object_format"], "sha256");
+        assert_eq!(Manifest::parse(&bytes).unwrap(), m);
+        // no object_format but SHA-256 ids (an older git-s3's push): read as SHA-256, all ids alike
+        let old = format!(r#"{{"version":1,"refs":{{"refs/heads/x":"{}"}}}}"#, "a".repeat(64));
+        assert_eq!(Manifest::parse(old.as_bytes()).unwrap().format(), ObjectFormat::Sha256);
+        // ids of the other format are refused, both ways
+        let bad = format!(r#"{{"version":1,"refs":{{"refs/heads/x":"{}","refs/heads/y":"{}"}}}}"#, "a".repeat(64), "a".repeat(40));
+        assert!(matches!(Manifest::parse(bad.as_bytes()), Err(ManifestError::Invalid(_))));
+        let bad = format!(r#"{{"version":1,"object_format":"sha256","refs":{{"refs/heads/x":"{}"}}}}"#, "a".repeat(40));
+        assert!(matches!(Manifest::parse(bad.as_bytes()), Err(ManifestError::Invalid(_))));
+        let bad = format!(r#"{{"version":1,"object_format":"sha256","packs":[{{"name":"{}","size":1}}]}}"#, "b".repeat(40));
+        assert!(matches!(Manifest::parse(bad.as_bytes()), Err(ManifestError::Invalid(_))));
+        assert!(Manifest::parse(br#"{"version":1,"object_format":"md5"}"#).is_err());
     }
 
     #[test]

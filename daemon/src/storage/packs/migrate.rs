@@ -2,6 +2,7 @@
 //! safe against concurrent pushers of either tool (the 0.4.2 lock of every
 //! ref is held throughout) and finished by a rerun after a crash.
 
+use crate::local::oid::ObjectFormat;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
@@ -110,7 +111,8 @@ async fn migrate_to_packs_locked(
     let from_bundles: BTreeMap<String, String> = mine.iter().map(|(r, b)| ((*r).clone(), b[0].0.clone())).collect();
     let existing = read_manifest(store, url).await?;
     let dir = tempfile::Builder::new().prefix("migrate-").tempdir_in(tmp_root)?;
-    let git = scratch_repo(dir.path(), env).await?;
+    let format = from_bundles.values().find_map(|sha| ObjectFormat::of(sha)).unwrap_or_default();
+    let git = scratch_repo(dir.path(), env, format).await?;
     for (r, b) in &mine {
         let file = tempfile::Builder::new().prefix("dl-").tempfile_in(dir.path())?;
         store.get_to_file(&b[0].1.key, file.path(), |_| {}).await?;
@@ -130,6 +132,9 @@ async fn migrate_to_packs_locked(
     m.serial += 1;
     m.frozen = None;
     m.refs.extend(from_bundles.iter().map(|(r, s)| (r.clone(), s.clone())));
+    if format != ObjectFormat::Sha1 {
+        m.object_format = Some(format);
+    }
     m.head = head.filter(|h| m.refs.contains_key(h)).or(m.head.take());
     m.protected.extend(scan.protected.iter().filter(|p| locked.contains(p)).cloned());
     if !m.packs.iter().any(|p| p.name == entry.name) {

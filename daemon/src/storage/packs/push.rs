@@ -21,7 +21,8 @@ use crate::storage::packs::git_ops::{pack_object_count, resolve_objects, run_wit
 use crate::storage::packs::manifest::{self, backoff, read_manifest, unix_now, Manifest, PackEntry, MAX_ATTEMPTS};
 use crate::storage::packs::storage::PackStorage;
 use crate::storage::zip::{self, ZIP_SERIAL_META};
-use crate::storage::{OpContext, PushResult, PushUpdate, StorageError};
+use crate::local::oid::ObjectFormat;
+use crate::storage::{format_mismatch, OpContext, PushResult, PushUpdate, StorageError};
 
 /// Manifest writes a push tries. Each lost race means another writer's
 /// manifest landed (a push, an edit, a compaction), so N pushers of
@@ -424,6 +425,21 @@ impl PackStorage {
 
             let mut next = m.clone();
             next.serial += 1;
+            // An empty remote takes the format of its first push; a remote
+            // that has one never receives ids of the other.
+            let pushed = changes.iter().find_map(|(_, c)| match c {
+                Change::Set(sha) => ObjectFormat::of(sha),
+                _ => None,
+            });
+            if let Some(f) = pushed {
+                let empty = m.refs.is_empty() && m.packs.is_empty() && m.object_format.is_none();
+                if !empty && f != m.format() {
+                    return Err(StorageError::Format(format_mismatch(f, m.format(), &self.url.to_string())));
+                }
+                if f != ObjectFormat::Sha1 {
+                    next.object_format = Some(f);
+                }
+            }
             for (dst, c) in &changes {
                 match c {
                     Change::Set(sha) => {

@@ -3,6 +3,7 @@
 //! `git index-pack`), and the packs written from them: what gc, migrate and
 //! `git s3 doctor`'s `.idx` restore work on.
 
+use crate::local::oid::ObjectFormat;
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
@@ -32,7 +33,9 @@ pub(super) async fn scratch_from_packs(
     dir: &Path,
     env: &HashMap<String, String>,
 ) -> Result<(Git, Vec<String>), StorageError> {
-    let git = scratch_repo(dir, env).await?;
+    // A pack's name is a hash of its repository's format.
+    let format = packs.first().and_then(|p| ObjectFormat::of(&p.name)).unwrap_or_default();
+    let git = scratch_repo(dir, env, format).await?;
     let downloads: Vec<_> = packs
         .iter()
         .map(|p| {
@@ -66,11 +69,11 @@ pub(super) async fn scratch_from_packs(
     Ok((git, names))
 }
 
-pub(super) async fn scratch_repo(dir: &Path, env: &HashMap<String, String>) -> Result<Git, StorageError> {
+pub(super) async fn scratch_repo(dir: &Path, env: &HashMap<String, String>, format: ObjectFormat) -> Result<Git, StorageError> {
     let repo = dir.join("repo.git");
     std::fs::create_dir_all(&repo)?;
     let git = scratch_git(&repo, env);
-    git.run(&["init", "-q", "--bare"]).await?;
+    git.run(&["init", "-q", "--bare", &format.arg()]).await?;
     Ok(git)
 }
 
