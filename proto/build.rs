@@ -3,9 +3,6 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=git_s3.proto");
     let fds = protox::compile(["git_s3.proto"], ["."])?;
-    tonic_build::configure()
-        .build_server(true)
-        .build_client(true)
-        .compile_fds(fds)?;
+    tonic_build::configure().build_server(true).build_client(true).compile_fds(fds)?;
     Ok(())
 }

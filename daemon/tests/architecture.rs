@@ -417,7 +417,11 @@ fn test_hooks_only_with_the_feature() {
     assert!(files["test_hooks.rs"].contains("GIT_S3_TEST_"));
     let lines: Vec<&str> = files["lib.rs"].lines().map(str::trim).collect();
     let decl = lines.iter().position(|l| l.ends_with("mod test_hooks;")).expect("lib.rs declares test_hooks");
-    assert!(decl > 0 && lines[decl - 1] == "#[cfg(feature = \"test-hooks\")]", "lib.rs must declare test_hooks under the feature:\n{}", lines.join("\n"));
+    assert!(
+        decl > 0 && lines[decl - 1] == "#[cfg(feature = \"test-hooks\")]",
+        "lib.rs must declare test_hooks under the feature:\n{}",
+        lines.join("\n")
+    );
 }
 
 #[cfg(test)]

@@ -6,9 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use git_s3_daemon::s3::clients::{BucketRegions, ClientSpec, S3Clients, DEFAULT_MAX_ATTEMPTS};
-use git_s3_daemon::s3::store::{
-    PutOptions, S3Store, WriteCondition, CONFLICT_ATTEMPTS, MULTIPART_THRESHOLD, TEMPORARY_REDIRECT_ATTEMPTS,
-};
+use git_s3_daemon::s3::store::{PutOptions, S3Store, WriteCondition, CONFLICT_ATTEMPTS, MULTIPART_THRESHOLD, TEMPORARY_REDIRECT_ATTEMPTS};
 use testkit::field::{Fault, FaultAction, RequestKind};
 use testkit::FieldServer;
 
@@ -17,15 +15,11 @@ async fn store(env: &testkit::TestEnv, field: &FieldServer) -> S3Store {
 }
 
 async fn store_with(env: &testkit::TestEnv, field: &FieldServer, extra: &[(&str, &str)]) -> S3Store {
-    let mut vars: HashMap<String, String> = [
-        ("AWS_ACCESS_KEY_ID", "test"),
-        ("AWS_SECRET_ACCESS_KEY", "test"),
-        ("AWS_REGION", "us-east-1"),
-        ("AWS_ENDPOINT_URL", field.url.as_str()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
+    let mut vars: HashMap<String, String> =
+        [("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"), ("AWS_REGION", "us-east-1"), ("AWS_ENDPOINT_URL", field.url.as_str())]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
     vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let clients = Arc::new(S3Clients::default());
     let spec = ClientSpec::from_env(&vars, None);

@@ -23,8 +23,8 @@
 //! `the_committed_regressions_are_replayed`). Every allocation of this test
 //! binary is counted: no target may hold more than `MAX_LIVE_BYTES` at once.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};

@@ -4,20 +4,16 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use git_s3_daemon::storage::bundles::locks::{self, LockError};
 use git_s3_daemon::s3::clients::{ClientSpec, S3Clients};
 use git_s3_daemon::s3::store::{PutOptions, S3Store};
+use git_s3_daemon::storage::bundles::locks::{self, LockError};
 
 async fn store(env: &testkit::TestEnv) -> S3Store {
-    let vars: HashMap<String, String> = [
-        ("AWS_ACCESS_KEY_ID", "test"),
-        ("AWS_SECRET_ACCESS_KEY", "test"),
-        ("AWS_REGION", "us-east-1"),
-        ("AWS_ENDPOINT_URL", testkit::endpoint()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
+    let vars: HashMap<String, String> =
+        [("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"), ("AWS_REGION", "us-east-1"), ("AWS_ENDPOINT_URL", testkit::endpoint())]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
     let clients = S3Clients::default();
     let warm = clients.get(ClientSpec::from_env(&vars, None)).await;
     S3Store::new(warm.client.clone(), &env.bucket, "test")

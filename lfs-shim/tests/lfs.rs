@@ -145,7 +145,12 @@ fn push_multipart_one_step_clone_skip_and_cache() {
     assert_eq!(config(&env, &clone, "remote.origin.lfsurl"), format!("https://lfs-alias.git-remote-s3.test/{}/team/lfs", env.bucket));
     let cache = env.dir.path().join("cache/lfs");
     assert!(cache.join(&big).is_file() && cache.join(&small).is_file(), "objects not in the daemon's LFS cache");
-    let leftovers: Vec<_> = std::fs::read_dir(clone.join(".git/lfs/tmp")).unwrap().flatten().map(|e| e.file_name()).filter(|n| !n.to_string_lossy().ends_with(".log")).collect();
+    let leftovers: Vec<_> = std::fs::read_dir(clone.join(".git/lfs/tmp"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| !n.to_string_lossy().ends_with(".log"))
+        .collect();
     assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
 
     // Re-push skips objects that exist: plant same-size different bytes and
@@ -185,7 +190,13 @@ fn push_multipart_one_step_clone_skip_and_cache() {
 fn corrupt_and_missing_objects_fail_clearly() {
     let env = lfs_env();
     let url = env.url("broken");
-    let repo = lfs_repo(&env, Tool::Ours, "origin", &url, &[("a.bin", b"object a\n"), ("b.bin", b"object b\n"), ("c.bin", b"object c\n"), ("d.bin", b"object d, to be truncated\n")]);
+    let repo = lfs_repo(
+        &env,
+        Tool::Ours,
+        "origin",
+        &url,
+        &[("a.bin", b"object a\n"), ("b.bin", b"object b\n"), ("c.bin", b"object c\n"), ("d.bin", b"object d, to be truncated\n")],
+    );
     ok_stdout(agent(&env, Tool::Ours, &repo, &["install"]));
     env.git(&repo, &["push", "-q", "origin", "main"]);
     let (a, b) = (oid_of(&env, &repo, "a.bin"), oid_of(&env, &repo, "b.bin"));
@@ -210,7 +221,12 @@ fn corrupt_and_missing_objects_fail_clearly() {
     assert_eq!(std::fs::read(clone.join("c.bin")).unwrap(), b"object c\n");
     let objects = clone.join(format!(".git/lfs/objects/{}/{}/{a}", &a[..2], &a[2..4]));
     assert!(!objects.exists(), "corrupt object stored");
-    let tmp: Vec<_> = std::fs::read_dir(clone.join(".git/lfs/tmp")).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.contains(&a)).collect();
+    let tmp: Vec<_> = std::fs::read_dir(clone.join(".git/lfs/tmp"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(&a))
+        .collect();
     assert!(tmp.is_empty(), "{tmp:?}");
     assert!(!env.dir.path().join("cache/lfs").join(&a).exists());
 }
@@ -370,7 +386,12 @@ fn agent_protocol_messages() {
     let v = done.split(r#""path":""#).nth(1).unwrap().split('"').next().unwrap();
     assert!(v.starts_with(&repo.join(".git/lfs/tmp").display().to_string()), "{v}");
     assert!(same_file(Path::new(v), &file));
-    assert!(out.iter().any(|l| l.contains(&format!(r#""oid":"{}""#, "0".repeat(64))) && l.contains(r#""error":{"code":2,"#) && l.contains("is missing from the remote")), "{out:?}");
+    assert!(
+        out.iter().any(|l| l.contains(&format!(r#""oid":"{}""#, "0".repeat(64)))
+            && l.contains(r#""error":{"code":2,"#)
+            && l.contains("is missing from the remote")),
+        "{out:?}"
+    );
     assert!(out.iter().any(|l| l.contains("invalid LFS oid")), "{out:?}");
 
     // an unknown remote: an init error object, exit 1
@@ -440,7 +461,8 @@ fn a_download_cut_off_mid_stream_is_retried_and_never_leaves_a_partial_file() {
             })
             .unwrap_or_default();
         assert!(tmp.is_empty(), "temp files left: {tmp:?}");
-        let daemon_tmp: Vec<_> = std::fs::read_dir(env.dir.path().join("cache/tmp")).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+        let daemon_tmp: Vec<_> =
+            std::fs::read_dir(env.dir.path().join("cache/tmp")).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
         assert!(daemon_tmp.is_empty(), "daemon temp files left: {daemon_tmp:?}");
     };
 

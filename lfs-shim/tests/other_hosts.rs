@@ -197,11 +197,7 @@ fn a_push_fails_before_any_git_object_when_the_bucket_cannot_be_used() {
 
     a.git_s3(&repo, &["lfs", "uninstall", "--remote", "origin"]);
     a.git_s3(&repo, &["lfs", "install", "--remote", "origin", "--url", &a.url(PREFIX), "--no-lfsconfig"]);
-    let err = failing_push(
-        &a,
-        &repo,
-        &[("AWS_ACCESS_KEY_ID", None), ("AWS_SECRET_ACCESS_KEY", None), ("AWS_EC2_METADATA_DISABLED", Some("true"))],
-    );
+    let err = failing_push(&a, &repo, &[("AWS_ACCESS_KEY_ID", None), ("AWS_SECRET_ACCESS_KEY", None), ("AWS_EC2_METADATA_DISABLED", Some("true"))]);
     assert!(err.contains("no AWS credentials"), "{err}");
     assert_eq!(host_refs(&a, &host), "", "git objects were pushed: {err}");
     assert!(a.keys(&format!("{PREFIX}/lfs/")).is_empty());

@@ -77,10 +77,7 @@ pub async fn connect_or_start() -> Result<GitS3Client<Channel>, ClientError> {
         if Instant::now() > deadline {
             return Err(ClientError::Unreachable {
                 socket,
-                reason: format!(
-                    "the daemon did not answer within 15 s of being started; see its log at {}",
-                    crate::paths::log_file().display()
-                ),
+                reason: format!("the daemon did not answer within 15 s of being started; see its log at {}", crate::paths::log_file().display()),
             });
         }
         // A daemon that gave up (it found the lock of one still being torn
@@ -163,10 +160,7 @@ pub fn start_daemon() -> Result<(), ClientError> {
     use std::os::unix::process::CommandExt;
     let exe = daemon_exe();
     let mut cmd = std::process::Command::new(&exe);
-    cmd.arg("run")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
+    cmd.arg("run").stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
     // SAFETY: setsid is async-signal-safe; it detaches the daemon from the
     // caller's terminal and process group so ^C in git does not kill it.
     unsafe {
@@ -175,9 +169,7 @@ pub fn start_daemon() -> Result<(), ClientError> {
             Ok(())
         });
     }
-    let child = cmd
-        .spawn()
-        .map_err(|e| ClientError::StartFailed { exe: exe.clone(), reason: e.to_string() })?;
+    let child = cmd.spawn().map_err(|e| ClientError::StartFailed { exe: exe.clone(), reason: e.to_string() })?;
     // Reap it in the background so no zombie stays behind while we run.
     std::thread::spawn(move || {
         let mut child = child;
@@ -226,9 +218,7 @@ pub async fn run_session(program: pb::Program, args: Vec<String>, argv0: String)
     let (tx, mut outputs) = loop {
         attempt += 1;
         let (tx, rx) = tokio::sync::mpsc::channel::<SessionInput>(16);
-        tx.send(SessionInput { msg: Some(session_input::Msg::Start(start.clone())) })
-            .await
-            .map_err(|e| ClientError::Session(e.to_string()))?;
+        tx.send(SessionInput { msg: Some(session_input::Msg::Start(start.clone())) }).await.map_err(|e| ClientError::Session(e.to_string()))?;
         match client.session(tokio_stream::wrappers::ReceiverStream::new(rx)).await {
             Ok(resp) => break (tx, resp.into_inner()),
             Err(status) if attempt == 1 && status.code() == tonic::Code::FailedPrecondition => {
@@ -288,4 +278,3 @@ pub async fn run_session(program: pb::Program, args: Vec<String>, argv0: String)
         }
     }
 }
-

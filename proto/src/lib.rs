@@ -3,8 +3,8 @@
 //! reach (or start) the daemon, and how a shim pumps its stdio through a
 //! session.
 
-pub mod paths;
 pub mod client;
+pub mod paths;
 
 #[allow(clippy::all)]
 pub mod pb {

@@ -140,10 +140,7 @@ fn concurrent_clones_share_a_cold_cache() {
         let c = env.path(&format!("c{i}"));
         env.git(&c, &["fsck", "--no-progress"]);
         for b in 0..4 {
-            assert_eq!(
-                env.git(&c, &["rev-parse", &format!("origin/b{b}")]),
-                env.git(&repo, &["rev-parse", &format!("b{b}")])
-            );
+            assert_eq!(env.git(&c, &["rev-parse", &format!("origin/b{b}")]), env.git(&repo, &["rev-parse", &format!("b{b}")]));
         }
     }
 }

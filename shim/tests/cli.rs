@@ -198,10 +198,7 @@ fn delete_branch_removes_only_that_branch() {
     assert_eq!(env.keys("del/refs/heads/x/"), vec![below.clone()]);
     env.delete_object(&below);
     let ls = env.ls_remote(testkit::Tool::Ours, &env.url("del"));
-    assert_eq!(
-        ls,
-        vec![format!("{main}\tHEAD"), format!("{main}\trefs/heads/main"), format!("{main}\trefs/heads/x2")]
-    );
+    assert_eq!(ls, vec![format!("{main}\tHEAD"), format!("{main}\trefs/heads/main"), format!("{main}\trefs/heads/x2")]);
     assert!(env.keys("del/refs/heads/x/").is_empty());
 
     // Positional branch (0.4.2 spelling); a missing branch fails.
@@ -375,9 +372,7 @@ unsafe fn libc_kill(pid: i32) {
 fn on_tty(env: &TestEnv, cwd: &Path, args: &str, answers: &str, code: i32) -> String {
     use std::io::{Read, Write};
     let mut c = env.command("script", cwd);
-    c.args(["-qec", &format!("git s3 {args}"), "/dev/null"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped());
+    c.args(["-qec", &format!("git s3 {args}"), "/dev/null"]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
     let mut child = c.spawn().expect("script (util-linux) is needed for the tty tests");
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(answers.as_bytes()).unwrap();

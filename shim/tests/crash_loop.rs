@@ -283,7 +283,11 @@ fn daemon_status(env: &TestEnv) -> serde_json::Value {
             return serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).expect("daemon status --json");
         }
         let ps = Command::new("ps").args(["-eo", "pid,ppid,stat,etimes,args"]).output().unwrap();
-        let ps: String = String::from_utf8_lossy(&ps.stdout).lines().filter(|l| l.contains(&*env.dir.path().to_string_lossy()) || l.contains("git")).collect::<Vec<_>>().join("\n");
+        let ps: String = String::from_utf8_lossy(&ps.stdout)
+            .lines()
+            .filter(|l| l.contains(&*env.dir.path().to_string_lossy()) || l.contains("git"))
+            .collect::<Vec<_>>()
+            .join("\n");
         eprintln!("crash loop: daemon status failed (try {i}), processes:\n{}\n{ps}", String::from_utf8_lossy(&o.stderr));
         assert!(i < 20, "daemon status keeps failing");
         std::thread::sleep(Duration::from_millis(200));
@@ -549,10 +553,7 @@ fn trial(env: &TestEnv, seed: u64) -> Outcome {
         c.args(["migrate", "--to", to, &url]);
         let o = c.output().unwrap();
         let err = String::from_utf8_lossy(&o.stderr);
-        assert!(
-            o.status.success() || err.contains(&format!("already in the {to} format")),
-            "{ctx}: the migration run again fails:\n{err}"
-        );
+        assert!(o.status.success() || err.contains(&format!("already in the {to} format")), "{ctx}: the migration run again fails:\n{err}");
         assert_eq!(refs(env, &url).as_ref(), Ok(&before), "{ctx}: refs after the migration was run again");
     }
     if op.is_migrate() {
@@ -640,7 +641,6 @@ fn both_formats(env: &TestEnv, prefix: &str) -> bool {
     keys.iter().any(|k| k.ends_with("/.git-s3/manifest.json")) && keys.iter().any(|k| k.ends_with(".bundle"))
 }
 
-
 fn ref_state(ctx: &str, before: &BTreeMap<String, String>, after: &BTreeMap<String, String>, now: &BTreeMap<String, String>) -> String {
     let names: BTreeSet<&String> = before.keys().chain(after.keys()).chain(now.keys()).collect();
     let (mut old, mut new) = (0, 0);
@@ -705,7 +705,12 @@ fn fresh_clone(env: &TestEnv, url: &str, ctx: &str, when: &str, op: Op) {
         let mut c = env.command("git", &dest);
         c.args(["lfs", "fsck"]);
         let o = c.output().unwrap();
-        assert!(o.status.success(), "{ctx}: git lfs fsck of a clone {when}:\n{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "{ctx}: git lfs fsck of a clone {when}:\n{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
     let _ = std::fs::remove_dir_all(&dest);
 }
@@ -763,18 +768,16 @@ fn doctor_repairs_then_clean(env: &TestEnv, url: &str, ctx: &str, _op: Op) -> Ve
     }
     let second = doctor(env, url, ctx, false);
     assert!(kinds(&second).is_empty(), "{ctx}: doctor still reports after its repairs (first run: {found:?}):\n{second:#}");
-    assert!(
-        second["errors"].as_array().is_none_or(|a| a.is_empty()),
-        "{ctx}: doctor reports errors after its repairs:\n{second:#}"
-    );
+    assert!(second["errors"].as_array().is_none_or(|a| a.is_empty()), "{ctx}: doctor reports errors after its repairs:\n{second:#}");
     found
 }
 
 fn trials_from_env() -> (u64, u64) {
     let n = std::env::var("GIT_S3_CRASH_TRIALS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
-    let seed = std::env::var("GIT_S3_CRASH_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() % 1_000_000 * 1000).unwrap_or(0)
-    });
+    let seed = std::env::var("GIT_S3_CRASH_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() % 1_000_000 * 1000).unwrap_or(0));
     (seed, n)
 }
 
@@ -805,7 +808,8 @@ fn crash_loop() {
                     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| trial(&env, seed))) {
                         Ok(o) => results.lock().unwrap().push(o),
                         Err(e) => {
-                            let msg = e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+                            let msg =
+                                e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
                             eprintln!("crash loop: seed {seed} FAILED: {msg}");
                             failures.lock().unwrap().push((seed, msg));
                             // A fresh environment for the next trial.

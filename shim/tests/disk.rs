@@ -189,7 +189,10 @@ fn a_push_with_a_full_cache_filesystem() {
             env.git(&env.path(&format!("c-{prefix}")), &["fsck", "--strict"]);
         } else {
             let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty() && !l.starts_with("To ")).collect();
-            assert!(lines.iter().any(|l| l.contains("cache") && (l.contains("GIT_S3_CACHE_DIR") || l.contains("free"))), "{prefix}: the error names the cache and what to do:\n{err}");
+            assert!(
+                lines.iter().any(|l| l.contains("cache") && (l.contains("GIT_S3_CACHE_DIR") || l.contains("free"))),
+                "{prefix}: the error names the cache and what to do:\n{err}"
+            );
             assert!(at(&old), "{prefix}: the remote keeps main: {ls:?}");
         }
         assert!(!env.keys(&format!("{prefix}/")).iter().any(|k| k.contains("LOCK#")), "{prefix}: no lock left");
@@ -236,6 +239,11 @@ fn a_cache_on_another_filesystem_than_the_repository() {
     assert_cache_sound(&cache);
     env.git(&env.work(), &["s3", "daemon", "stop"]);
     // The packs were built beside git's temp files, and removed after their upload.
-    let left: Vec<_> = std::fs::read_dir(repo.join(".git/objects")).unwrap().flatten().map(|e| e.file_name()).filter(|n| n.to_string_lossy().starts_with("tmp_")).collect();
+    let left: Vec<_> = std::fs::read_dir(repo.join(".git/objects"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| n.to_string_lossy().starts_with("tmp_"))
+        .collect();
     assert!(left.is_empty(), "temp directories left in the repository: {left:?}");
 }

@@ -109,7 +109,8 @@ fn every_command_help_names_its_doc_page() {
         c.args([cmd.as_str(), "--help"]);
         let out = env.run(c);
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        let line = text.lines().find(|l| l.starts_with("Documentation: docs/")).unwrap_or_else(|| panic!("git s3 {cmd} --help names no doc page:\n{text}"));
+        let line =
+            text.lines().find(|l| l.starts_with("Documentation: docs/")).unwrap_or_else(|| panic!("git s3 {cmd} --help names no doc page:\n{text}"));
         assert!(line.ends_with(&format!("man git-s3-{cmd}")), "{line}");
         let page = line["Documentation: ".len()..].split([' ', '#']).next().unwrap();
         assert!(root().join(page).is_file(), "git s3 {cmd} --help names {page}, which does not exist");

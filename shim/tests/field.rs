@@ -98,10 +98,7 @@ fn five_pushes_through_conflicts(packs: bool) {
     let (env, field) = field_env();
     let url = env.url("conflicts");
     let repo = repo_for(&env, &url, packs);
-    field.set_faults(
-        20261202,
-        vec![Fault::new(FaultAction::Conflict, &[RequestKind::ConditionalPut, RequestKind::Complete], 0.3)],
-    );
+    field.set_faults(20261202, vec![Fault::new(FaultAction::Conflict, &[RequestKind::ConditionalPut, RequestKind::Complete], 0.3)]);
     let mut last = String::new();
     for i in 0..5 {
         if i > 0 {
@@ -246,7 +243,10 @@ fn persistent_slowdown_ends_with_one_line_after_bounded_attempts() {
     let lines = error_lines(&err);
     assert_eq!(lines.len(), 1, "{err}");
     assert!(
-        lines[0].contains("S3 kept throttling requests to s3://") && lines[0].contains(&env.bucket) && lines[0].contains("throttled/") && lines[0].contains("SlowDown"),
+        lines[0].contains("S3 kept throttling requests to s3://")
+            && lines[0].contains(&env.bucket)
+            && lines[0].contains("throttled/")
+            && lines[0].contains("SlowDown"),
         "{err}"
     );
     // The listing, the manifest read and (a bundles remote) the HEAD read,

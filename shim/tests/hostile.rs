@@ -26,7 +26,11 @@ fn run_git(env: &TestEnv, cwd: &Path, args: &[&str]) -> Run {
     let mut c = env.command("git", cwd);
     c.args(args);
     let out: Output = c.output().expect("spawn git");
-    Run { ok: out.status.success(), stdout: String::from_utf8_lossy(&out.stdout).into_owned(), stderr: String::from_utf8_lossy(&out.stderr).into_owned() }
+    Run {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
 }
 
 fn daemon_pid(env: &TestEnv) -> u64 {
@@ -330,7 +334,8 @@ fn hostile_manifests() {
 /// not cached).
 fn cached_pack_files(env: &TestEnv, name: &str) -> Vec<String> {
     let dir = env.dir.path().join("cache/packs").join(name);
-    let mut files: Vec<String> = std::fs::read_dir(&dir).into_iter().flatten().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    let mut files: Vec<String> =
+        std::fs::read_dir(&dir).into_iter().flatten().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     files.sort();
     files
 }

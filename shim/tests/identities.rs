@@ -34,18 +34,12 @@ fn push_and_clone(env: &TestEnv, name: &str, prefix: &str) {
     env.git(&repo, &["push", "-q", "origin", "main"]);
     let clone = format!("{name}-clone");
     env.git(&env.work(), &["clone", "-q", &url, &clone]);
-    assert_eq!(
-        std::fs::read_to_string(env.path(&clone).join("README.md")).unwrap(),
-        "hello\n"
-    );
+    assert_eq!(std::fs::read_to_string(env.path(&clone).join("README.md")).unwrap(), "hello\n");
 }
 
 /// The lines git and the shim print as errors.
 fn error_lines(stderr: &str) -> Vec<&str> {
-    stderr
-        .lines()
-        .filter(|l| l.starts_with("fatal:") || l.starts_with("error:"))
-        .collect()
+    stderr.lines().filter(|l| l.starts_with("fatal:") || l.starts_with("error:")).collect()
 }
 
 fn write(path: &Path, text: &str) {
@@ -60,11 +54,7 @@ fn executable(path: &Path, text: &str) {
     use std::io::Write;
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     let mut child = std::process::Command::new("sh")
-        .args([
-            "-c",
-            "cat > \"$1.tmp\" && chmod 755 \"$1.tmp\" && mv \"$1.tmp\" \"$1\"",
-            "sh",
-        ])
+        .args(["-c", "cat > \"$1.tmp\" && chmod 755 \"$1.tmp\" && mv \"$1.tmp\" \"$1\"", "sh"])
         .arg(path)
         .stdin(std::process::Stdio::piped())
         .spawn()
@@ -83,18 +73,10 @@ fn container_credentials_from_the_callers_full_uri_and_token() {
     let (env, field) = keyless();
     env.set_env("AWS_EC2_METADATA_DISABLED", "true");
     let endpoint = IdentityServer::container("Bearer token-one");
-    env.set_env(
-        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-        &format!("{}/v2/credentials/abc", endpoint.url),
-    );
+    env.set_env("AWS_CONTAINER_CREDENTIALS_FULL_URI", &format!("{}/v2/credentials/abc", endpoint.url));
     env.set_env("AWS_CONTAINER_AUTHORIZATION_TOKEN", "Bearer token-one");
     push_and_clone(&env, "container", "container");
-    assert_eq!(
-        endpoint.issued(),
-        1,
-        "one fetch, kept by the warm client: {:?}",
-        endpoint.requests()
-    );
+    assert_eq!(endpoint.issued(), 1, "one fetch, kept by the warm client: {:?}", endpoint.requests());
     for r in endpoint.requests() {
         assert_eq!(r.header("authorization"), Some("Bearer token-one"), "{r:?}");
         assert!(r.path.starts_with("/v2/credentials/abc"), "{r:?}");
@@ -106,19 +88,13 @@ fn container_credentials_from_the_callers_full_uri_and_token() {
     let token_file = env.dir.path().join("pod-identity-token");
     write(&token_file, "token-from-file");
     env.unset_env("AWS_CONTAINER_AUTHORIZATION_TOKEN");
-    env.set_env(
-        "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
-        &token_file.display().to_string(),
-    );
+    env.set_env("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", &token_file.display().to_string());
     env.set_env("AWS_CONTAINER_CREDENTIALS_FULL_URI", &other.url);
     field.reset_counts();
     let refs = env.git(&env.work(), &["ls-remote", &env.url("container")]);
     assert!(refs.contains("refs/heads/main"), "{refs}");
     assert_eq!(other.issued(), 1);
-    assert_eq!(
-        other.requests()[0].header("authorization"),
-        Some("token-from-file")
-    );
+    assert_eq!(other.requests()[0].header("authorization"), Some("token-from-file"));
     assert_eq!(field.counts().access_keys("s3"), [other.access_key(1)]);
 
     // Keys in a third shell's environment come first, in a client of their own.
@@ -127,11 +103,7 @@ fn container_credentials_from_the_callers_full_uri_and_token() {
     field.reset_counts();
     env.git(&env.work(), &["ls-remote", &env.url("container")]);
     assert_eq!(field.counts().access_keys("s3"), ["AKIDTHIRDSHELL"]);
-    assert_eq!(
-        (endpoint.issued(), other.issued()),
-        (1, 1),
-        "no other fetch"
-    );
+    assert_eq!((endpoint.issued(), other.issued()), (1, 1), "no other fetch");
 }
 
 /// Credentials that expire soon are fetched again before they expire: the
@@ -148,11 +120,7 @@ fn credentials_expiring_soon_are_refreshed_before_use() {
     env.set_env("AWS_CONTAINER_AUTHORIZATION_TOKEN", "t");
     push_and_clone(&env, "expiring", "expiring");
     let keys = field.counts().access_keys("s3");
-    assert!(
-        endpoint.issued() >= 2 && keys.len() >= 2,
-        "refetched: {} fetches, keys {keys:?}",
-        endpoint.issued()
-    );
+    assert!(endpoint.issued() >= 2 && keys.len() >= 2, "refetched: {} fetches, keys {keys:?}", endpoint.issued());
     // Credentials that last an hour are fetched once more, then kept.
     endpoint.set_lifetime(Duration::from_secs(3600));
     let before = endpoint.issued();
@@ -182,24 +150,14 @@ fn credential_process_on_the_callers_path_and_a_role_chain_on_top() {
          [profile chained]\nrole_arn = arn:aws:iam::123456789012:role/git-s3-test\nsource_profile = helper\nrole_session_name = git-s3-test\n",
     );
     // Only this shell has the helper on its PATH (the daemon does not).
-    env.set_env(
-        "PATH",
-        &format!(
-            "{}:{}/bin:/usr/local/bin:/usr/bin:/bin",
-            helpers.display(),
-            env.dir.path().display()
-        ),
-    );
+    env.set_env("PATH", &format!("{}:{}/bin:/usr/local/bin:/usr/bin:/bin", helpers.display(), env.dir.path().display()));
     env.set_env("HELPER_MARK", "CALLER");
     env.set_env("AWS_PROFILE", "helper");
     push_and_clone(&env, "process", "process");
     assert_eq!(field.counts().access_keys("s3"), ["AKIDPROCCALLER"]);
     let runs = std::fs::read_to_string(env.home().join("helper-runs")).unwrap_or_default();
     let repo = env.path("process").canonicalize().unwrap();
-    assert!(
-        runs.lines().any(|l| Path::new(l) == repo),
-        "the push ran it in the repository: {runs}"
-    );
+    assert!(runs.lines().any(|l| Path::new(l) == repo), "the push ran it in the repository: {runs}");
 
     // The role chain: the helper's credentials sign AssumeRole, the role's sign S3.
     env.set_env("AWS_PROFILE", "chained");
@@ -210,21 +168,18 @@ fn credential_process_on_the_callers_path_and_a_role_chain_on_top() {
     assert_eq!(counts.access_keys("sts"), ["AKIDPROCCALLER"], "{counts:?}");
     let s3_keys = counts.access_keys("s3");
     assert_eq!(s3_keys.len(), 1, "{s3_keys:?}");
-    assert_ne!(
-        s3_keys[0], "AKIDPROCCALLER",
-        "the role's credentials sign S3"
-    );
+    assert_ne!(s3_keys[0], "AKIDPROCCALLER", "the role's credentials sign S3");
 
     // A helper that fails: one line, with the helper's own last words.
-    executable(
-        &helpers.join("broken-helper"),
-        "#!/bin/sh\necho 'debug noise' >&2\necho 'session expired: run corp-login' >&2\nexit 2\n",
-    );
+    executable(&helpers.join("broken-helper"), "#!/bin/sh\necho 'debug noise' >&2\necho 'session expired: run corp-login' >&2\nexit 2\n");
     env.set_env("AWS_PROFILE", "broken");
     let stderr = env.git_fail(&env.work(), &["ls-remote", &env.url("process")]);
     let errors = error_lines(&stderr);
     assert_eq!(errors.len(), 1, "{stderr}");
-    assert!(errors[0].contains("credential_process `broken-helper` of profile 'broken' failed (exit code 2): session expired: run corp-login"), "{stderr}");
+    assert!(
+        errors[0].contains("credential_process `broken-helper` of profile 'broken' failed (exit code 2): session expired: run corp-login"),
+        "{stderr}"
+    );
 
     // A helper that takes several seconds to answer (a vault, an SSO
     // broker) still gives the credentials: the SDK's credential cache
@@ -249,11 +204,7 @@ fn imds_v2_at_the_callers_metadata_endpoint() {
     push_and_clone(&env, "imds", "imds");
     assert_eq!(field.counts().access_keys("s3"), [imds.access_key(1)]);
     let requests = imds.requests();
-    assert_eq!(
-        (requests[0].method.as_str(), requests[0].path.as_str()),
-        ("PUT", "/latest/api/token"),
-        "{requests:?}"
-    );
+    assert_eq!((requests[0].method.as_str(), requests[0].path.as_str()), ("PUT", "/latest/api/token"), "{requests:?}");
 }
 
 /// Web identity (GitHub Actions OIDC, EKS IRSA) against the test server's
@@ -270,13 +221,7 @@ fn web_identity_from_the_environment_and_from_a_profile() {
     let from_env = field.counts().access_keys("s3");
     assert_eq!(from_env.len(), 1, "{from_env:?}");
     assert_ne!(from_env[0], "test");
-    assert!(
-        field
-            .requests()
-            .iter()
-            .any(|r| r.method == "POST" && r.bucket.is_none()),
-        "AssumeRoleWithWebIdentity went to the caller's endpoint"
-    );
+    assert!(field.requests().iter().any(|r| r.method == "POST" && r.bucket.is_none()), "AssumeRoleWithWebIdentity went to the caller's endpoint");
 
     env.unset_env("AWS_WEB_IDENTITY_TOKEN_FILE");
     env.unset_env("AWS_ROLE_ARN");
@@ -290,10 +235,7 @@ fn web_identity_from_the_environment_and_from_a_profile() {
     assert!(refs.contains("refs/heads/main"), "{refs}");
     let from_profile = field.counts().access_keys("s3");
     assert_eq!(from_profile.len(), 1, "{from_profile:?}");
-    assert_ne!(
-        from_profile, from_env,
-        "new credentials for the profile's role"
-    );
+    assert_ne!(from_profile, from_env, "new credentials for the profile's role");
 }
 
 /// An SSO profile (`sso_session`): the token from the CALLER's cache under
@@ -310,46 +252,27 @@ fn sso_session_from_the_callers_token_cache_and_an_expired_login() {
         "[profile dev]\nsso_session = corp\nsso_account_id = 123456789012\nsso_role_name = Developer\nregion = us-east-1\n\
          [sso-session corp]\nsso_start_url = https://example.awsapps.com/start\nsso_region = us-east-1\n",
     );
-    write_sso_token(
-        &env.home(),
-        "corp",
-        "sso-access-token",
-        SystemTime::now() + Duration::from_secs(3600),
-    );
+    write_sso_token(&env.home(), "corp", "sso-access-token", SystemTime::now() + Duration::from_secs(3600));
     env.set_env("AWS_PROFILE", "dev");
     push_and_clone(&env, "sso", "sso");
     assert_eq!(portal.issued(), 1);
     let r = &portal.requests()[0];
     assert!(
-        r.path.starts_with("/federation/credentials")
-            && r.path.contains("account_id=123456789012")
-            && r.path.contains("role_name=Developer"),
+        r.path.starts_with("/federation/credentials") && r.path.contains("account_id=123456789012") && r.path.contains("role_name=Developer"),
         "{r:?}"
     );
     assert_eq!(field.counts().access_keys("s3"), [portal.access_key(1)]);
 
     // The login expired (another shell: a HOME of its own, same config).
     let other_home: PathBuf = env.dir.path().join("other-home");
-    write(
-        &other_home.join(".aws/config"),
-        &std::fs::read_to_string(env.home().join(".aws/config")).unwrap(),
-    );
+    write(&other_home.join(".aws/config"), &std::fs::read_to_string(env.home().join(".aws/config")).unwrap());
     std::fs::copy(env.home().join(".gitconfig"), other_home.join(".gitconfig")).unwrap();
-    write_sso_token(
-        &other_home,
-        "corp",
-        "sso-access-token",
-        SystemTime::now() - Duration::from_secs(60),
-    );
+    write_sso_token(&other_home, "corp", "sso-access-token", SystemTime::now() - Duration::from_secs(60));
     env.set_env("HOME", &other_home.display().to_string());
     let stderr = env.git_fail(&env.work(), &["ls-remote", &env.url("sso")]);
     let errors = error_lines(&stderr);
     assert_eq!(errors.len(), 1, "{stderr}");
-    assert!(
-        errors[0].contains("SSO session of profile 'dev' has expired")
-            && errors[0].ends_with("run `aws sso login --profile dev`"),
-        "{stderr}"
-    );
+    assert!(errors[0].contains("SSO session of profile 'dev' has expired") && errors[0].ends_with("run `aws sso login --profile dev`"), "{stderr}");
     assert_eq!(portal.issued(), 1, "no call with an expired token");
 }
 
@@ -381,15 +304,9 @@ fn an_expired_session_token_names_the_variable_to_renew() {
     env.set_env("AWS_ACCESS_KEY_ID", "ASIAEXPIRED");
     env.set_env("AWS_SECRET_ACCESS_KEY", "secret");
     env.set_env("AWS_SESSION_TOKEN", "expired-token");
-    field.set_faults(
-        1,
-        vec![Fault::new(FaultAction::ExpiredToken, ALL_KINDS, 1.0)],
-    );
+    field.set_faults(1, vec![Fault::new(FaultAction::ExpiredToken, ALL_KINDS, 1.0)]);
     let stderr = env.git_fail(&env.work(), &["ls-remote", &env.url("expired")]);
     let errors = error_lines(&stderr);
     assert_eq!(errors.len(), 1, "{stderr}");
-    assert!(
-        errors[0].contains("ExpiredToken") && errors[0].contains("AWS_SESSION_TOKEN"),
-        "{stderr}"
-    );
+    assert!(errors[0].contains("ExpiredToken") && errors[0].contains("AWS_SESSION_TOKEN"), "{stderr}");
 }

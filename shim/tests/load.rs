@@ -35,7 +35,11 @@ fn env_u64(name: &str, default: u64) -> u64 {
 
 fn daemon_status(env: &TestEnv) -> Value {
     let v: Value = serde_json::from_str(env.git_s3(&env.work(), &["daemon", "status", "--json"]).trim()).expect("status json");
-    if v["daemon"].is_object() { v["daemon"].clone() } else { v }
+    if v["daemon"].is_object() {
+        v["daemon"].clone()
+    } else {
+        v
+    }
 }
 
 fn daemon_pid(env: &TestEnv) -> u32 {
@@ -72,14 +76,21 @@ fn fds(pid: u32) -> (usize, Vec<String>) {
 fn status_kb(pid: u32, field: &str) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/<pid>/status");
     s.lines()
-        .find_map(|l| l.strip_prefix(field).and_then(|r| r.trim_start_matches(':').trim().strip_suffix("kB")).and_then(|v| v.trim().parse::<u64>().ok()))
+        .find_map(|l| {
+            l.strip_prefix(field).and_then(|r| r.trim_start_matches(':').trim().strip_suffix("kB")).and_then(|v| v.trim().parse::<u64>().ok())
+        })
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
         * 1024
 }
 
 /// Entries left in the cache's temp dir.
 fn cache_temp_entries(env: &TestEnv) -> Vec<String> {
-    std::fs::read_dir(env.dir.path().join("cache/tmp")).into_iter().flatten().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()
+    std::fs::read_dir(env.dir.path().join("cache/tmp"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
 }
 
 /// A failure is clear: at most one `fatal:` line, no panic, no SDK or
@@ -91,7 +102,8 @@ fn assert_clear_failure(what: &str, stderr: &str) {
     for bad in ["panicked", "SdkError", "DispatchFailure", "Error {", "RUST_BACKTRACE", "stack backtrace"] {
         assert!(!stderr.contains(bad), "{what}: {bad:?} on stderr:\n{stderr}");
     }
-    let explained = stderr.lines().any(|l| l.starts_with("fatal:") || l.starts_with("error:") || l.contains("[rejected]") || l.contains("[remote rejected]"));
+    let explained =
+        stderr.lines().any(|l| l.starts_with("fatal:") || l.starts_with("error:") || l.contains("[rejected]") || l.contains("[remote rejected]"));
     assert!(explained, "{what}: failed without saying why:\n{stderr}");
 }
 
@@ -103,7 +115,6 @@ fn run(env: &TestEnv, cwd: &Path, args: &[&str], extra: &[(&str, &str)]) -> Outp
     }
     c.output().expect("spawn git")
 }
-
 
 #[derive(Default, Debug)]
 struct Tally {
@@ -120,7 +131,8 @@ impl Tally {
             let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
             assert_clear_failure(what, &stderr);
             *self.failed.entry(kind).or_default() += 1;
-            let line = stderr.lines().find(|l| l.starts_with("fatal:") || l.starts_with("error:") || l.contains("rejected]")).unwrap_or("").to_string();
+            let line =
+                stderr.lines().find(|l| l.starts_with("fatal:") || l.starts_with("error:") || l.contains("rejected]")).unwrap_or("").to_string();
             self.failures.push(format!("{what}: {line}"));
         }
     }
@@ -165,7 +177,11 @@ fn one_daemon_under_64_concurrent_sessions() {
     let pid = daemon_pid(&env);
     let (sockets_before, other_before) = fds(pid);
     let rss_before = status_kb(pid, "VmRSS");
-    eprintln!("load: daemon {pid} before: {sockets_before} sockets, {} other fds {other_before:?}, VmRSS {} MiB", other_before.len(), rss_before >> 20);
+    eprintln!(
+        "load: daemon {pid} before: {sockets_before} sockets, {} other fds {other_before:?}, VmRSS {} MiB",
+        other_before.len(),
+        rss_before >> 20
+    );
 
     let (_, sessions_before) = sessions(&env);
     let deadline = Instant::now() + Duration::from_secs(seconds);
@@ -254,7 +270,10 @@ fn one_daemon_under_64_concurrent_sessions() {
             let pushed = run(&env, &dir, &["rev-parse", &format!("origin/w{w}")], &[]);
             if pushed.status.success() {
                 let sha = String::from_utf8_lossy(&pushed.stdout).trim().to_string();
-                assert!(listed.contains(&format!("{sha}\trefs/heads/w{w}")), "{name}: worker {w}'s acknowledged push {sha} is not on the remote:\n{listed}");
+                assert!(
+                    listed.contains(&format!("{sha}\trefs/heads/w{w}")),
+                    "{name}: worker {w}'s acknowledged push {sha} is not on the remote:\n{listed}"
+                );
             }
         }
     }
@@ -304,9 +323,10 @@ fn one_daemon_under_64_concurrent_sessions() {
 /// The `attempt=N` of the `manifest updated` event a verbose push prints
 /// (0 for the first attempt).
 fn attempts_of(stderr: &str) -> Option<u64> {
-    stderr.lines().filter(|l| l.contains("manifest updated")).find_map(|l| {
-        l.split_whitespace().find_map(|f| f.strip_prefix("attempt=")).and_then(|v| v.parse::<u64>().ok()).map(|a| a + 1)
-    })
+    stderr
+        .lines()
+        .filter(|l| l.contains("manifest updated"))
+        .find_map(|l| l.split_whitespace().find_map(|f| f.strip_prefix("attempt=")).and_then(|v| v.parse::<u64>().ok()).map(|a| a + 1))
 }
 
 /// `n` working copies of `url` (local clones of `seed`, origin set to `url`).

@@ -70,16 +70,9 @@ fn systemd_unit_verifies_and_runs_the_daemon_like_systemd() {
     let env = TestEnv::new();
     let home = fake_home(env.dir.path());
     // systemd's own check of the unit (system mode: the container has no user manager).
-    let out = Command::new("systemd-analyze")
-        .args(["verify", &packaging().join("git-s3.service").display().to_string()])
-        .env("HOME", &home)
-        .output();
+    let out = Command::new("systemd-analyze").args(["verify", &packaging().join("git-s3.service").display().to_string()]).env("HOME", &home).output();
     match out {
-        Ok(out) => assert!(
-            out.status.success() && out.stderr.is_empty(),
-            "systemd-analyze verify: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ),
+        Ok(out) => assert!(out.status.success() && out.stderr.is_empty(), "systemd-analyze verify: {}", String::from_utf8_lossy(&out.stderr)),
         Err(e) => eprintln!("systemd-analyze not runnable here ({e}); unit parsed only"),
     }
 
@@ -176,7 +169,10 @@ fn install_script_installs_four_binaries_link_and_service() {
         .iter()
         .flat_map(|k| {
             let toml = std::fs::read_to_string(root.join(k).join("Cargo.toml")).unwrap();
-            toml.split("[[bin]]").skip(1).filter_map(|b| b.lines().find_map(|l| l.strip_prefix("name = ").map(|n| n.trim_matches('"').to_string()))).collect::<Vec<_>>()
+            toml.split("[[bin]]")
+                .skip(1)
+                .filter_map(|b| b.lines().find_map(|l| l.strip_prefix("name = ").map(|n| n.trim_matches('"').to_string())))
+                .collect::<Vec<_>>()
         })
         .collect();
     assert_eq!(bins, ["git-s3-daemon", "git-remote-s3", "git-s3", "git-lfs-s3"]);

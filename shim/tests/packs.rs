@@ -43,11 +43,7 @@ fn serial(env: &TestEnv, prefix: &str) -> u64 {
 /// `(key, size)` of every object under a prefix.
 fn objects(env: &TestEnv, prefix: &str) -> Vec<(String, u64)> {
     let out = testkit::s3tool(&["list", &env.bucket, prefix], None);
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_once('\t'))
-        .map(|(k, s)| (k.to_string(), s.parse().unwrap_or(0)))
-        .collect()
+    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.split_once('\t')).map(|(k, s)| (k.to_string(), s.parse().unwrap_or(0))).collect()
 }
 
 /// The names of the packs a manifest references: its packs and its views'
@@ -92,7 +88,6 @@ fn wait_for_idx_uploads(env: &TestEnv, prefix: &str) {
 fn rev(env: &TestEnv, repo: &Path, r: &str) -> String {
     env.git(repo, &["rev-parse", r]).trim().to_string()
 }
-
 
 #[test]
 fn packs_clone_fetch_push_delete_force_tags() {
@@ -517,7 +512,13 @@ fn gc_combines_packs_and_deletes_old_ones_after_the_grace_period() {
     env.git(&env.work(), &["clone", "-q", &url, "after"]);
     assert_eq!(rev(&env, &env.path("after"), "HEAD"), rev(&env, &repo, "main"));
     env.git(&env.path("after"), &["fsck", "--no-progress"]);
-    assert_eq!(std::fs::read_dir(env.path("after/.git/objects/pack")).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".pack")).count(), 1);
+    assert_eq!(
+        std::fs::read_dir(env.path("after/.git/objects/pack"))
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".pack"))
+            .count(),
+        1
+    );
 
     // pushes and fetches go on
     let tip = env.commit(&repo, "g", "g\n", "after gc");
@@ -629,8 +630,7 @@ fn fetches_running_during_compaction_never_miss_a_pack() {
             let mut cmds = Vec::new();
             for i in 0..4 {
                 let mut c = env.command("git", &env.work());
-                c.env("GIT_S3_CACHE_DIR", env.dir.path().join(format!("cache-{t}-{i}")))
-                    .args(["clone", "-q", &url, &format!("c{t}-{i}")]);
+                c.env("GIT_S3_CACHE_DIR", env.dir.path().join(format!("cache-{t}-{i}"))).args(["clone", "-q", &url, &format!("c{t}-{i}")]);
                 cmds.push(c);
             }
             std::thread::spawn(move || cmds.into_iter().map(|mut c| c.output().unwrap()).collect::<Vec<_>>())
@@ -724,7 +724,8 @@ fn geometric_gc_combines_the_small_packs_and_keeps_the_big_one() {
     let m = manifest(&env, "geo");
     let small: Vec<Value> = m["packs"].as_array().unwrap().iter().filter(|p| p["name"] != big["name"]).cloned().collect();
     assert_eq!(small.len(), 4, "{m}");
-    let mut small_tips: Vec<String> = small.iter().flat_map(|p| p["tips"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_string())).collect();
+    let mut small_tips: Vec<String> =
+        small.iter().flat_map(|p| p["tips"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_string())).collect();
     small_tips.sort();
     let s = serial(&env, "geo");
 
@@ -761,7 +762,10 @@ fn geometric_gc_combines_the_small_packs_and_keeps_the_big_one() {
     assert_eq!(rev(&env, &early, "HEAD"), rev(&env, &repo, "main"));
     env.git(&early, &["fsck", "--no-progress"]);
     let local_packs = |dir: &Path| {
-        std::fs::read_dir(dir.join(".git/objects/pack")).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".pack")).count()
+        std::fs::read_dir(dir.join(".git/objects/pack"))
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".pack"))
+            .count()
     };
     assert_eq!(local_packs(&early), 2, "the big pack is not downloaded again");
 

@@ -63,10 +63,8 @@ fn measure(field: &FieldServer, what: impl FnOnce()) -> (Counts, Vec<RequestReco
 }
 
 fn shown(c: &Counts, requests: &[RequestRecord]) -> String {
-    let lines: Vec<String> = requests
-        .iter()
-        .map(|r| format!("  {:?} {} {} {:?}..{:?}", r.kind, r.method, r.key.as_deref().unwrap_or(""), r.start, r.end))
-        .collect();
+    let lines: Vec<String> =
+        requests.iter().map(|r| format!("  {:?} {} {} {:?}..{:?}", r.kind, r.method, r.key.as_deref().unwrap_or(""), r.start, r.end)).collect();
     format!("{c:?}\n{}", lines.join("\n"))
 }
 

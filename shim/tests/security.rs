@@ -19,14 +19,11 @@ fn mode(p: &Path) -> u32 {
 }
 
 fn other_uid() -> u32 {
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "this test creates a second user ({OTHER_USER}) and connects as it: run it as root (as CI does)"
-    );
+    assert_eq!(unsafe { libc::geteuid() }, 0, "this test creates a second user ({OTHER_USER}) and connects as it: run it as root (as CI does)");
     let id = Command::new("id").args(["-u", OTHER_USER]).output().expect("run id");
     if !id.status.success() {
-        let out = Command::new("useradd").args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", OTHER_USER]).output().expect("run useradd");
+        let out =
+            Command::new("useradd").args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", OTHER_USER]).output().expect("run useradd");
         assert!(out.status.success(), "useradd {OTHER_USER}: {}", String::from_utf8_lossy(&out.stderr));
     }
     let id = Command::new("id").args(["-u", OTHER_USER]).output().expect("run id");
@@ -78,7 +75,13 @@ fn the_socket_refuses_another_user() {
         .output()
         .expect("runuser");
     // The owner, by the same path, is served (so the refusal above is the uid check).
-    let as_owner = env.command("git-s3", &env.work()).env("GIT_S3_RUNTIME_DIR", open_dir.path()).env("GIT_S3_DAEMON", "/nonexistent/git-s3-daemon").args(["daemon", "status", "--json"]).output().unwrap();
+    let as_owner = env
+        .command("git-s3", &env.work())
+        .env("GIT_S3_RUNTIME_DIR", open_dir.path())
+        .env("GIT_S3_DAEMON", "/nonexistent/git-s3-daemon")
+        .args(["daemon", "status", "--json"])
+        .output()
+        .unwrap();
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).unwrap();
     assert!(as_owner.status.success(), "the owner through the link: {}", String::from_utf8_lossy(&as_owner.stderr));
     assert!(String::from_utf8_lossy(&as_owner.stdout).contains("\"pid\""), "{}", String::from_utf8_lossy(&as_owner.stdout));
@@ -152,7 +155,11 @@ fn credentials_never_reach_logs_verbose_output_or_status() {
         }
         c.args(args);
         let out = c.output().unwrap();
-        outputs.push((format!("{program} {args:?}"), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned()));
+        outputs.push((
+            format!("{program} {args:?}"),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ));
         out.status.success()
     };
     // The daemon starts with the secrets in the environment of its first caller.

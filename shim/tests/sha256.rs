@@ -19,16 +19,7 @@ fn env_for(format: &str) -> TestEnv {
 fn repo(env: &TestEnv, name: &str, object_format: &str) -> PathBuf {
     let p = env.path(name);
     std::fs::create_dir_all(&p).unwrap();
-    env.git(
-        &p,
-        &[
-            "init",
-            "-q",
-            "-b",
-            "main",
-            &format!("--object-format={object_format}"),
-        ],
-    );
+    env.git(&p, &["init", "-q", "-b", "main", &format!("--object-format={object_format}")]);
     env.commit(&p, "README.md", "hello\n", "initial commit");
     p
 }
@@ -38,18 +29,14 @@ fn rev(env: &TestEnv, repo: &Path, r: &str) -> String {
 }
 
 fn object_format(env: &TestEnv, repo: &Path) -> String {
-    env.git(repo, &["rev-parse", "--show-object-format"])
-        .trim()
-        .to_string()
+    env.git(repo, &["rev-parse", "--show-object-format"]).trim().to_string()
 }
 
 /// Everything under a prefix, with contents: what "nothing written" compares.
 fn snapshot(env: &TestEnv, prefix: &str) -> Vec<(String, Vec<u8>)> {
     let mut keys = env.keys(prefix);
     keys.sort();
-    keys.into_iter()
-        .map(|k| (k.clone(), env.get_object(&k)))
-        .collect()
+    keys.into_iter().map(|k| (k.clone(), env.get_object(&k))).collect()
 }
 
 fn round_trip(format: &str) {
@@ -64,28 +51,13 @@ fn round_trip(format: &str) {
     env.git(&src, &["tag", "-a", "v1-annotated", "-m", "annotated"]);
     let main = rev(&env, &src, "main");
     assert_eq!(main.len(), 64);
-    env.git(
-        &src,
-        &[
-            "push",
-            "-q",
-            "origin",
-            "main",
-            "feature/x",
-            "v1",
-            "v1-annotated",
-        ],
-    );
+    env.git(&src, &["push", "-q", "origin", "main", "feature/x", "v1", "v1-annotated"]);
 
     // The format is stored.
     match format {
         "bundles" => {
             let key = format!("r256/refs/heads/main/{main}.bundle");
-            assert!(
-                env.keys("r256/refs/heads/main/").contains(&key),
-                "{:?}",
-                env.keys("r256/")
-            );
+            assert!(env.keys("r256/refs/heads/main/").contains(&key), "{:?}", env.keys("r256/"));
             let bundle = env.get_object(&key);
             assert!(
                 bundle.starts_with(b"# v3 git bundle\n@object-format=sha256\n"),
@@ -94,8 +66,7 @@ fn round_trip(format: &str) {
             );
         }
         _ => {
-            let m: serde_json::Value =
-                serde_json::from_slice(&env.get_object("r256/.git-s3/manifest.json")).unwrap();
+            let m: serde_json::Value = serde_json::from_slice(&env.get_object("r256/.git-s3/manifest.json")).unwrap();
             assert_eq!(m["object_format"], "sha256", "{m}");
             assert_eq!(m["refs"]["refs/heads/main"], main.as_str());
         }
@@ -107,14 +78,8 @@ fn round_trip(format: &str) {
     assert_eq!(object_format(&env, &clone), "sha256");
     assert_eq!(rev(&env, &clone, "HEAD"), main);
     assert_eq!(rev(&env, &clone, "origin/feature/x"), fx);
-    assert_eq!(
-        rev(&env, &clone, "v1-annotated"),
-        rev(&env, &src, "v1-annotated")
-    );
-    assert_eq!(
-        std::fs::read_to_string(clone.join("README.md")).unwrap(),
-        "hello\n"
-    );
+    assert_eq!(rev(&env, &clone, "v1-annotated"), rev(&env, &src, "v1-annotated"));
+    assert_eq!(std::fs::read_to_string(clone.join("README.md")).unwrap(), "hello\n");
     let ls = env.git(&env.work(), &["ls-remote", &url]);
     assert!(ls.contains(&format!("{main}\tHEAD")), "{ls}");
 
@@ -127,10 +92,7 @@ fn round_trip(format: &str) {
     // Delete a branch; the clone prunes it.
     env.git(&src, &["push", "-q", "origin", ":feature/x"]);
     env.git(&clone, &["fetch", "-q", "--prune"]);
-    assert!(env
-        .git(&clone, &["branch", "-r"])
-        .lines()
-        .all(|l| !l.contains("feature/x")));
+    assert!(env.git(&clone, &["branch", "-r"]).lines().all(|l| !l.contains("feature/x")));
 
     // A force push replaces main; the clone follows.
     env.git(&src, &["reset", "-q", "--hard", "HEAD~1"]);
@@ -147,10 +109,7 @@ fn round_trip(format: &str) {
     let sha1 = repo(&env, "sha1", "sha1");
     env.git(&sha1, &["remote", "add", "origin", &url]);
     let err = env.git_fail(&sha1, &["push", "origin", "main:refs/heads/other"]);
-    assert!(
-        err.contains(MIX) && err.contains("sha1") && err.contains("sha256"),
-        "{err}"
-    );
+    assert!(err.contains(MIX) && err.contains("sha1") && err.contains("sha256"), "{err}");
     let err = env.git_fail(&sha1, &["fetch", "origin"]);
     assert!(err.contains(MIX), "{err}");
     assert_eq!(snapshot(&env, "r256/"), before);
@@ -170,17 +129,7 @@ fn round_trip(format: &str) {
     let clone1 = env.path("clone1");
     assert_eq!(object_format(&env, &clone1), "sha1");
     // The remote's format wins over the cloner's default.
-    env.git(
-        &env.work(),
-        &[
-            "-c",
-            "init.defaultObjectFormat=sha256",
-            "clone",
-            "-q",
-            &url1,
-            "clone1b",
-        ],
-    );
+    env.git(&env.work(), &["-c", "init.defaultObjectFormat=sha256", "clone", "-q", &url1, "clone1b"]);
     assert_eq!(object_format(&env, &env.path("clone1b")), "sha1");
     assert_eq!(rev(&env, &clone1, "HEAD"), rev(&env, &sha1, "main"));
     env.fsck_all();
@@ -207,12 +156,7 @@ fn sha256_shallow_partial_gc_and_migrate() {
     env.git(&src, &["remote", "add", "origin", &url]);
     env.git(&src, &["push", "-q", "origin", "main"]);
     for i in 0..3 {
-        env.commit(
-            &src,
-            &format!("f{i}.txt"),
-            &format!("{i}\n"),
-            &format!("commit {i}"),
-        );
+        env.commit(&src, &format!("f{i}.txt"), &format!("{i}\n"), &format!("commit {i}"));
         env.git(&src, &["push", "-q", "origin", "main"]);
     }
     let tip = rev(&env, &src, "main");
@@ -223,38 +167,22 @@ fn sha256_shallow_partial_gc_and_migrate() {
         let d = env.path(&d);
         assert_eq!(object_format(&env, &d), "sha256", "{tag}");
         assert_eq!(rev(&env, &d, "HEAD"), tip, "{tag}");
-        assert_eq!(
-            env.git(&d, &["rev-list", "--count", "HEAD"]).trim(),
-            "1",
-            "{tag}"
-        );
+        assert_eq!(env.git(&d, &["rev-list", "--count", "HEAD"]).trim(), "1", "{tag}");
         let p = format!("p-{tag}");
-        env.git(
-            &env.work(),
-            &["clone", "-q", "--filter=blob:none", &url, &p],
-        );
+        env.git(&env.work(), &["clone", "-q", "--filter=blob:none", &url, &p]);
         let p = env.path(&p);
         assert_eq!(object_format(&env, &p), "sha256", "{tag}");
-        assert_eq!(
-            env.git(&p, &["rev-list", "--count", "HEAD"]).trim(),
-            "4",
-            "{tag}"
-        );
+        assert_eq!(env.git(&p, &["rev-list", "--count", "HEAD"]).trim(), "4", "{tag}");
         // a lazy fetch of an old blob
         assert_eq!(env.git(&p, &["show", "HEAD~1:f1.txt"]), "1\n", "{tag}");
     };
     shallow_and_partial("before-gc");
 
     env.git_s3(&env.work(), &["gc", &url]);
-    let m: serde_json::Value =
-        serde_json::from_slice(&env.get_object("deep/.git-s3/manifest.json")).unwrap();
+    let m: serde_json::Value = serde_json::from_slice(&env.get_object("deep/.git-s3/manifest.json")).unwrap();
     assert_eq!(m["object_format"], "sha256", "{m}");
     assert_eq!(m["packs"].as_array().map(Vec::len), Some(1), "{m}");
-    assert_eq!(
-        m["packs"][0]["name"].as_str().map(str::len),
-        Some(64),
-        "{m}"
-    );
+    assert_eq!(m["packs"][0]["name"].as_str().map(str::len), Some(64), "{m}");
     shallow_and_partial("after-gc");
 
     // migrate to bundles (v3 SHA-256 bundles) and back
@@ -265,8 +193,7 @@ fn sha256_shallow_partial_gc_and_migrate() {
     assert_eq!(rev(&env, &env.path("b"), "HEAD"), tip);
     assert_eq!(object_format(&env, &env.path("b")), "sha256");
     env.git_s3(&src, &["migrate", "--to", "packs", "origin"]);
-    let m: serde_json::Value =
-        serde_json::from_slice(&env.get_object("deep/.git-s3/manifest.json")).unwrap();
+    let m: serde_json::Value = serde_json::from_slice(&env.get_object("deep/.git-s3/manifest.json")).unwrap();
     assert_eq!(m["object_format"], "sha256", "{m}");
     env.git(&env.work(), &["clone", "-q", &url, "back"]);
     assert_eq!(rev(&env, &env.path("back"), "HEAD"), tip);
@@ -282,10 +209,7 @@ fn sha256_lfs_round_trip() {
     let url = env.url("lfs256");
     let src = env.path("src");
     std::fs::create_dir_all(&src).unwrap();
-    env.git(
-        &src,
-        &["init", "-q", "-b", "main", "--object-format=sha256"],
-    );
+    env.git(&src, &["init", "-q", "-b", "main", "--object-format=sha256"]);
     env.git(&src, &["lfs", "track", "*.bin"]);
     let big = testkit::noise(300_000, 7);
     std::fs::write(src.join("a.bin"), &big).unwrap();
@@ -320,17 +244,11 @@ fn sha256_bundles_are_not_read_by_0_4_2() {
     let out = env.run(c);
     // It sees HEAD but no ref: an empty clone, no error.
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("remote HEAD refers to nonexistent ref"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("remote HEAD refers to nonexistent ref"), "{stderr}");
     assert!(!env.path("py").join("README.md").exists());
     // ours reads it
     env.git(&env.work(), &["clone", "-q", &url, "ours"]);
-    assert_eq!(
-        rev(&env, &env.path("ours"), "HEAD"),
-        rev(&env, &src, "main")
-    );
+    assert_eq!(rev(&env, &env.path("ours"), "HEAD"), rev(&env, &src, "main"));
 
     // 0.4.2 checks no format: its SHA-1 branch lands beside the SHA-256
     // one, and ours says so in one line, naming both.
@@ -341,14 +259,7 @@ fn sha256_bundles_are_not_read_by_0_4_2() {
     let mut c = env.command("git", &env.work());
     c.args(["ls-remote", &url]);
     let stderr = String::from_utf8_lossy(&env.run(c).stderr).into_owned();
-    let warning: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.contains("two object formats"))
-        .collect();
+    let warning: Vec<&str> = stderr.lines().filter(|l| l.contains("two object formats")).collect();
     assert_eq!(warning.len(), 1, "{stderr}");
-    assert!(
-        warning[0].contains("refs/heads/main is sha256")
-            && warning[0].contains("refs/heads/old is sha1"),
-        "{stderr}"
-    );
+    assert!(warning[0].contains("refs/heads/main is sha256") && warning[0].contains("refs/heads/old is sha1"), "{stderr}");
 }

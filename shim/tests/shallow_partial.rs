@@ -272,7 +272,10 @@ fn a_shallow_clone_that_cannot_be_served_leaves_nothing() {
         env.git_s3(&env.work(), &["cache", "clear"]);
         let err = env.git_fail(&env.work(), &["clone", "--depth", "1", &url, "x"]);
         let fatal: Vec<&str> = err.lines().filter(|l| l.starts_with("fatal:")).collect();
-        assert!(fatal.len() == 1 && fatal[0].contains("broken/") && (fatal[0].contains("truncated") || fatal[0].contains("does not index")), "{format}: one clear line naming the key: {err}");
+        assert!(
+            fatal.len() == 1 && fatal[0].contains("broken/") && (fatal[0].contains("truncated") || fatal[0].contains("does not index")),
+            "{format}: one clear line naming the key: {err}"
+        );
         assert!(!err.contains("Error {") && !err.contains("ServiceError"), "{err}");
         assert!(!env.path("x").exists(), "{format}: no half-shallow repository is left");
     }

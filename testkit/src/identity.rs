@@ -26,9 +26,7 @@ pub struct SeenRequest {
 
 impl SeenRequest {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .get(&name.to_ascii_lowercase())
-            .map(String::as_str)
+        self.headers.get(&name.to_ascii_lowercase()).map(String::as_str)
     }
 }
 
@@ -88,15 +86,9 @@ impl IdentityServer {
 
     fn start(role: Role, prefix: &str, token: Option<String>) -> IdentityServer {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an identity server");
-        listener
-            .set_nonblocking(true)
-            .expect("non-blocking listener");
+        listener.set_nonblocking(true).expect("non-blocking listener");
         let addr = listener.local_addr().expect("identity server address");
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("identity server runtime");
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("identity server runtime");
         let state = Arc::new(State {
             role,
             lifetime: Mutex::new(Duration::from_secs(3600)),
@@ -115,26 +107,16 @@ impl IdentityServer {
                 let s = s.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| answer(s.clone(), req));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tcp), service)
-                        .await;
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), service).await;
                 });
             }
         });
-        IdentityServer {
-            url: format!("http://{addr}"),
-            state,
-            runtime: Some(runtime),
-        }
+        IdentityServer { url: format!("http://{addr}"), state, runtime: Some(runtime) }
     }
 
     /// Credentials handed out from now on expire after `lifetime`.
     pub fn set_lifetime(&self, lifetime: Duration) {
-        *self
-            .state
-            .lifetime
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = lifetime;
+        *self.state.lifetime.lock().unwrap_or_else(|p| p.into_inner()) = lifetime;
     }
 
     /// How many credentials were handed out.
@@ -149,11 +131,7 @@ impl IdentityServer {
 
     /// Every request received.
     pub fn requests(&self) -> Vec<SeenRequest> {
-        self.state
-            .seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.state.seen.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -172,9 +150,7 @@ fn respond(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 }
 
 fn rfc3339(t: SystemTime) -> String {
-    aws_smithy_types::DateTime::from(t)
-        .fmt(aws_smithy_types::date_time::Format::DateTime)
-        .expect("a formattable time")
+    aws_smithy_types::DateTime::from(t).fmt(aws_smithy_types::date_time::Format::DateTime).expect("a formattable time")
 }
 
 impl State {
@@ -183,48 +159,22 @@ impl State {
         let mut n = self.issued.lock().unwrap_or_else(|p| p.into_inner());
         *n += 1;
         let lifetime = *self.lifetime.lock().unwrap_or_else(|p| p.into_inner());
-        (
-            format!("{}{:04}", self.prefix, *n),
-            SystemTime::now() + lifetime,
-        )
+        (format!("{}{:04}", self.prefix, *n), SystemTime::now() + lifetime)
     }
 }
 
-async fn answer(
-    state: Arc<State>,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+async fn answer(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
     let seen = SeenRequest {
         method: req.method().to_string(),
-        path: req
-            .uri()
-            .path_and_query()
-            .map(|p| p.to_string())
-            .unwrap_or_default(),
-        headers: req
-            .headers()
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect(),
+        path: req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+        headers: req.headers().iter().map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect(),
     };
-    state
-        .seen
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(seen.clone());
+    state.seen.lock().unwrap_or_else(|p| p.into_inner()).push(seen.clone());
     let path = req.uri().path().to_string();
     Ok(match state.role {
         Role::Container => {
             if seen.header("authorization") != state.token.as_deref() {
-                return Ok(respond(
-                    StatusCode::FORBIDDEN,
-                    "{\"Code\":\"AccessDenied\",\"Message\":\"bad token\"}".to_string(),
-                ));
+                return Ok(respond(StatusCode::FORBIDDEN, "{\"Code\":\"AccessDenied\",\"Message\":\"bad token\"}".to_string()));
             }
             let (key, expiry) = state.issue();
             let body = format!(
@@ -236,18 +186,14 @@ async fn answer(
         Role::Imds => {
             if req.method() == http::Method::PUT && path == "/latest/api/token" {
                 let mut r = respond(StatusCode::OK, IMDS_TOKEN.to_string());
-                r.headers_mut().insert(
-                    "x-aws-ec2-metadata-token-ttl-seconds",
-                    http::HeaderValue::from_static("21600"),
-                );
+                r.headers_mut().insert("x-aws-ec2-metadata-token-ttl-seconds", http::HeaderValue::from_static("21600"));
                 return Ok(r);
             }
             if seen.header("x-aws-ec2-metadata-token") != Some(IMDS_TOKEN) {
                 return Ok(respond(StatusCode::UNAUTHORIZED, String::new()));
             }
             match path.as_str() {
-                "/latest/meta-data/iam/security-credentials/"
-                | "/latest/meta-data/iam/security-credentials" => {
+                "/latest/meta-data/iam/security-credentials/" | "/latest/meta-data/iam/security-credentials" => {
                     respond(StatusCode::OK, IMDS_ROLE.to_string())
                 }
                 p if p == format!("/latest/meta-data/iam/security-credentials/{IMDS_ROLE}") => {
@@ -263,30 +209,19 @@ async fn answer(
             }
         }
         Role::SsoPortal => {
-            if path != "/federation/credentials"
-                || seen.header("x-amz-sso_bearer_token") != state.token.as_deref()
-            {
+            if path != "/federation/credentials" || seen.header("x-amz-sso_bearer_token") != state.token.as_deref() {
                 let body = "{\"message\":\"Session token not found or invalid\"}".to_string();
                 let mut r = respond(StatusCode::UNAUTHORIZED, body);
-                r.headers_mut().insert(
-                    "x-amzn-errortype",
-                    http::HeaderValue::from_static("UnauthorizedException"),
-                );
+                r.headers_mut().insert("x-amzn-errortype", http::HeaderValue::from_static("UnauthorizedException"));
                 return Ok(r);
             }
             let (key, expiry) = state.issue();
-            let millis = expiry
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map(|d| d.as_millis())
-                .unwrap_or(0);
+            let millis = expiry.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
             let body = format!(
                 "{{\"roleCredentials\":{{\"accessKeyId\":\"{key}\",\"secretAccessKey\":\"secret-{key}\",\"sessionToken\":\"token-{key}\",\"expiration\":{millis}}}}}"
             );
             let mut r = respond(StatusCode::OK, body);
-            r.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("application/json"),
-            );
+            r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
             r
         }
     })
@@ -295,12 +230,7 @@ async fn answer(
 /// An SSO token cache entry for `sso_session` (the file name is the SHA-1
 /// of the session name, as the AWS CLI writes it) under `home`, valid
 /// until `expires_at`.
-pub fn write_sso_token(
-    home: &std::path::Path,
-    session_name: &str,
-    access_token: &str,
-    expires_at: SystemTime,
-) {
+pub fn write_sso_token(home: &std::path::Path, session_name: &str, access_token: &str, expires_at: SystemTime) {
     let dir = home.join(".aws/sso/cache");
     std::fs::create_dir_all(&dir).expect("create the SSO cache");
     let name = format!("{}.json", sha1_hex(session_name.as_bytes()));
@@ -338,12 +268,7 @@ fn sha1_hex(data: &[u8]) -> String {
                 40..=59 => ((b & c) | (b & d) | (c & d), 0x8F1BBCDC),
                 _ => (b ^ c ^ d, 0xCA62C1D6),
             };
-            let t = a
-                .rotate_left(5)
-                .wrapping_add(f)
-                .wrapping_add(e)
-                .wrapping_add(k)
-                .wrapping_add(*wi);
+            let t = a.rotate_left(5).wrapping_add(f).wrapping_add(e).wrapping_add(k).wrapping_add(*wi);
             e = d;
             d = c;
             c = b.rotate_left(30);
@@ -361,13 +286,7 @@ fn sha1_hex(data: &[u8]) -> String {
 mod tests {
     #[test]
     fn sha1_of_known_strings() {
-        assert_eq!(
-            super::sha1_hex(b"abc"),
-            "a9993e364706816aba3e25717850c26c9cd0d89d"
-        );
-        assert_eq!(
-            super::sha1_hex(b""),
-            "da39a3ee5e6b4b0d3255bfef95601890afd80709"
-        );
+        assert_eq!(super::sha1_hex(b"abc"), "a9993e364706816aba3e25717850c26c9cd0d89d");
+        assert_eq!(super::sha1_hex(b""), "da39a3ee5e6b4b0d3255bfef95601890afd80709");
     }
 }

@@ -53,11 +53,8 @@ impl LfsServer {
 
     /// The oids the server holds.
     pub fn oids(&self) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(&self.dir)
-            .unwrap()
-            .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .filter(|n| !n.starts_with('.'))
-            .collect();
+        let mut v: Vec<String> =
+            std::fs::read_dir(&self.dir).unwrap().filter_map(|e| e.ok()?.file_name().into_string().ok()).filter(|n| !n.starts_with('.')).collect();
         v.sort();
         v
     }

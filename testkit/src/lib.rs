@@ -5,7 +5,6 @@
 //! cache, a fresh bucket), the built binaries on PATH, and helpers to run
 //! the real `git`, `git-lfs` and git-remote-s3 0.4.2.
 
-
 pub mod field;
 pub mod identity;
 mod lfs_server;
@@ -24,9 +23,7 @@ use std::time::{Duration, Instant};
 /// The test venv (moto server, boto3, git-remote-s3 0.4.2):
 /// `GIT_S3_TEST_VENV`, else `<workspace>/.test-env/venv`.
 pub fn venv() -> PathBuf {
-    let p = std::env::var_os("GIT_S3_TEST_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join(".test-env/venv"));
+    let p = std::env::var_os("GIT_S3_TEST_VENV").map(PathBuf::from).unwrap_or_else(|| workspace_root().join(".test-env/venv"));
     assert!(
         p.join("bin/moto_server").exists(),
         "test venv missing at {} — run `scripts/test.sh` (it installs moto and git-remote-s3 0.4.2 there)",
@@ -124,9 +121,7 @@ fn start_moto(env: &[(&str, &str)]) -> String {
 /// --s3s` installs) over a fresh directory in the temp dir; the directories
 /// of runs whose process is gone are removed first.
 fn start_s3s() -> String {
-    let bin = std::env::var_os("GIT_S3_TEST_S3S_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join(".test-env/s3s/bin/s3s-fs"));
+    let bin = std::env::var_os("GIT_S3_TEST_S3S_BIN").map(PathBuf::from).unwrap_or_else(|| workspace_root().join(".test-env/s3s/bin/s3s-fs"));
     assert!(bin.exists(), "s3s-fs missing at {} — run `scripts/setup-test-env.sh --s3s`", bin.display());
     let tmp = std::env::temp_dir();
     if let Ok(entries) = std::fs::read_dir(&tmp) {
@@ -267,7 +262,11 @@ impl TestEnv {
     pub fn new() -> TestEnv {
         let dir = tempfile::Builder::new().prefix("gits3-").tempdir_in(short_tmp()).expect("tempdir");
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let bucket = format!("test-{}-{}-{n}", std::process::id(), dir.path().file_name().unwrap().to_string_lossy().to_lowercase().replace(['_', '.'], "-").trim_start_matches("gits3-"));
+        let bucket = format!(
+            "test-{}-{}-{n}",
+            std::process::id(),
+            dir.path().file_name().unwrap().to_string_lossy().to_lowercase().replace(['_', '.'], "-").trim_start_matches("gits3-")
+        );
         let bucket: String = bucket.chars().take(63).collect::<String>().trim_end_matches('-').to_string();
         let bin_dir = dir.path().join("bin");
         std::fs::create_dir_all(&bin_dir).unwrap();
@@ -530,8 +529,7 @@ impl TestEnv {
 
     /// Sorted `git ls-remote` lines.
     pub fn ls_remote(&self, tool: Tool, url: &str) -> Vec<String> {
-        let mut lines: Vec<String> =
-            self.git_with(tool, &self.work(), &["ls-remote", url]).lines().map(str::to_string).collect();
+        let mut lines: Vec<String> = self.git_with(tool, &self.work(), &["ls-remote", url]).lines().map(str::to_string).collect();
         lines.sort();
         lines
     }
@@ -588,5 +586,9 @@ impl Drop for TestEnv {
 /// Unix socket paths are limited to 108 bytes: keep temp dirs short.
 fn short_tmp() -> PathBuf {
     let p = PathBuf::from("/tmp");
-    if p.is_dir() { p } else { std::env::temp_dir() }
+    if p.is_dir() {
+        p
+    } else {
+        std::env::temp_dir()
+    }
 }

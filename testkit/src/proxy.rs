@@ -17,8 +17,8 @@ impl CuttingProxy {
     /// `times` such requests (`usize::MAX`: all); later ones pass untouched.
     pub fn start(upstream: &str, path_part: &str, after: usize, times: usize) -> CuttingProxy {
         let field = FieldServer::start_at(upstream, false);
-        let mut cut = Fault::new(FaultAction::ResetAfter(after as u64), &[RequestKind::Get, RequestKind::RangedGet], 1.0)
-            .on_paths_containing(path_part);
+        let mut cut =
+            Fault::new(FaultAction::ResetAfter(after as u64), &[RequestKind::Get, RequestKind::RangedGet], 1.0).on_paths_containing(path_part);
         if times != usize::MAX {
             cut = cut.times(times as u64);
         }

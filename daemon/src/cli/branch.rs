@@ -8,9 +8,9 @@ use clap::Args;
 
 use super::remote::{branch_ref, Remote};
 use super::{CliError, CliResult, Ctx};
+use crate::s3::store::PutOptions;
 use crate::storage::bundles::layout::PROTECTED_MARKER;
 use crate::storage::bundles::locks;
-use crate::s3::store::PutOptions;
 use crate::storage::packs::manifest::{read_manifest, update_manifest};
 use crate::storage::zip::{zip_key, ZIP_NAME};
 
@@ -34,9 +34,7 @@ impl BranchArgs {
     /// The branch, from `-b` or the positional argument.
     pub fn branch(&self) -> Result<&str, CliError> {
         match (&self.branch_pos, &self.branch_flag) {
-            (Some(a), Some(b)) if a != b => {
-                Err(CliError::Usage(format!("two different branches given ('{a}' and '{b}'); give one")))
-            }
+            (Some(a), Some(b)) if a != b => Err(CliError::Usage(format!("two different branches given ('{a}' and '{b}'); give one"))),
             (Some(a), _) | (None, Some(a)) => Ok(a),
             (None, None) => Err(CliError::Usage("a branch is required: <REMOTE> -b <BRANCH>".into())),
         }
@@ -97,10 +95,7 @@ pub async fn delete_branch(ctx: &mut Ctx, args: BranchArgs) -> CliResult {
     ctx.println(format!("Branch {} has been deleted", refname.trim_start_matches("refs/heads/")));
     if let Ok(Some(head)) = remote.store.get_small(&remote.url.key("HEAD")).await {
         if String::from_utf8_lossy(&head).trim() == refname {
-            ctx.eprintln(format!(
-                "warning: the remote's HEAD names {refname}; set another with `git s3 doctor {} --head <branch>`",
-                args.remote
-            ));
+            ctx.eprintln(format!("warning: the remote's HEAD names {refname}; set another with `git s3 doctor {} --head <branch>`", args.remote));
         }
     }
     Ok(0)

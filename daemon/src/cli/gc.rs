@@ -57,16 +57,16 @@ pub async fn run(ctx: &mut Ctx, args: GcArgs) -> CliResult {
             p.objects,
             human_bytes(p.size + p.idx_size)
         )),
-        None if r.combined_packs > 0 => {
-            ctx.println(format!("Would combine {} packs ({}){kept}", r.combined_packs, human_bytes(r.combined_bytes)))
-        }
+        None if r.combined_packs > 0 => ctx.println(format!("Would combine {} packs ({}){kept}", r.combined_packs, human_bytes(r.combined_bytes))),
         None if mode == GcMode::Geometric && r.packs_before > 1 => {
             ctx.println(format!("{} pack(s) already form a geometric progression: nothing to combine", r.packs_before))
         }
         None => ctx.println(format!("{} pack(s): nothing to combine", r.packs_before)),
     }
     if let (GcMode::Full, Some(v), Some(_)) = (mode, &r.views, &r.combined) {
-        let size = |p: &Option<crate::storage::packs::manifest::PackEntry>| p.as_ref().map(|p| human_bytes(p.size + p.idx_size)).unwrap_or_else(|| "none".into());
+        let size = |p: &Option<crate::storage::packs::manifest::PackEntry>| {
+            p.as_ref().map(|p| human_bytes(p.size + p.idx_size)).unwrap_or_else(|| "none".into())
+        };
         ctx.println(format!(
             "Wrote the views for shallow and partial clones: skeleton (commits and trees) {}, branch tips {}",
             size(&v.skeleton),

@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 use clap::Command;
 use clap_complete::Shell;
 
-
 /// Where each command is described, in the git-s3 sources.
 pub(crate) const DOCS: &[(&str, &str)] = &[
     ("status", "docs/operations.md#git-s3-status"),
@@ -49,9 +48,7 @@ fn doc_line(sub: &str, page: &str) -> String {
 /// `cmd` (`git s3`'s clap command) with each command's documentation pointer.
 pub fn with_doc_pointers(mut cmd: Command) -> Command {
     let top = cmd.get_after_help().map(|h| h.to_string()).unwrap_or_default();
-    cmd = cmd.after_help(format!(
-        "{top}\nDocumentation: README.md and docs/ in the git-s3 repository; man git-s3, man git-s3-<command>"
-    ));
+    cmd = cmd.after_help(format!("{top}\nDocumentation: README.md and docs/ in the git-s3 repository; man git-s3, man git-s3-<command>"));
     for (sub, page) in DOCS {
         cmd = cmd.mut_subcommand(*sub, |c| c.after_help(doc_line(sub, page)));
     }
@@ -61,8 +58,7 @@ pub fn with_doc_pointers(mut cmd: Command) -> Command {
 /// The command as the man pages and completions name it: `git-s3` (file
 /// names, completion functions), used as `git s3` (synopsis).
 fn named(cmd: Command, bin_name: &str) -> Command {
-    cmd
-        .name("git-s3")
+    cmd.name("git-s3")
         .display_name("git-s3")
         .bin_name(bin_name)
         .disable_help_subcommand(true)
@@ -148,7 +144,13 @@ mod tests {
                 let anchors: Vec<String> = text
                     .lines()
                     .filter_map(|l| l.strip_prefix('#').map(|h| h.trim_start_matches('#').trim()))
-                    .map(|h| h.to_lowercase().chars().filter(|c| c.is_alphanumeric() || *c == '-' || *c == ' ').map(|c| if c == ' ' { '-' } else { c }).collect())
+                    .map(|h| {
+                        h.to_lowercase()
+                            .chars()
+                            .filter(|c| c.is_alphanumeric() || *c == '-' || *c == ' ')
+                            .map(|c| if c == ' ' { '-' } else { c })
+                            .collect()
+                    })
                     .collect();
                 assert!(anchors.iter().any(|a| a == anchor), "{page}: no such heading in {anchors:?}");
             }

@@ -8,9 +8,9 @@ use clap::Args;
 
 use super::remote::Remote;
 use super::{CliError, CliResult, Ctx, FormatArg};
+use crate::s3::store::{PutOptions, WriteCondition};
 use crate::storage::detect::scan_refs_dir;
 use crate::storage::packs::manifest::{self, read_manifest, Manifest};
-use crate::s3::store::{PutOptions, WriteCondition};
 
 #[derive(Args, Debug)]
 pub struct InitArgs {
@@ -48,9 +48,7 @@ pub async fn run(ctx: &mut Ctx, args: InitArgs) -> CliResult {
             manifest::forget_held(&remote.store, url);
             match remote.store.put_bytes(&manifest::manifest_key(url), m.to_bytes(), opts).await {
                 Ok(_) => {}
-                Err(e) if e.is_precondition_failed() => {
-                    return Err(CliError::Refused(format!("{url} was initialized by someone else meanwhile")))
-                }
+                Err(e) if e.is_precondition_failed() => return Err(CliError::Refused(format!("{url} was initialized by someone else meanwhile"))),
                 Err(e) => return Err(e.into()),
             }
             ctx.println(format!("Initialized {url} in the packs format ({})", manifest::manifest_key(url)));

@@ -22,9 +22,7 @@ pub async fn run(ctx: &mut Ctx, args: MigrateArgs) -> CliResult {
     let tmp = ctx.state.cache.root().join("tmp");
     let (r, to) = match args.to {
         FormatArg::Packs => (migrate_to_packs(&remote.store, &remote.url, &tmp, &ctx.env).await?, "packs"),
-        FormatArg::Bundles => {
-            (migrate_to_bundles(&remote.store, &remote.url, &tmp, &ctx.env).await?, "bundles")
-        }
+        FormatArg::Bundles => (migrate_to_bundles(&remote.store, &remote.url, &tmp, &ctx.env).await?, "bundles"),
     };
     ctx.println(format!(
         "Migrated {} to the {to} format: {} refs, {} written, {} old objects deleted",

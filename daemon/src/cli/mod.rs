@@ -26,11 +26,11 @@ use std::sync::Arc;
 use clap::ValueEnum;
 
 use crate::local::git::GitError;
-use crate::storage::bundles::locks::LockError;
-use crate::s3::url::UrlError;
 use crate::s3::store::StoreError;
-use crate::session::{Input, Out};
+use crate::s3::url::UrlError;
 use crate::session::state::DaemonState;
+use crate::session::{Input, Out};
+use crate::storage::bundles::locks::LockError;
 
 /// A command's failure: one line for the user, and an exit code.
 #[derive(Debug, thiserror::Error)]
@@ -160,7 +160,11 @@ pub fn human_bytes(n: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 #[cfg(test)]
 mod tests {

@@ -2,11 +2,11 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::storage::bundles::layout::{self, PrefixScan, PROTECTED_MARKER};
 use crate::local::git::Git;
-use crate::s3::url::{s3_url_of_remote, RemoteNameError, RemoteUrl};
 use crate::s3::store::{ObjectInfo, S3Store};
+use crate::s3::url::{s3_url_of_remote, RemoteNameError, RemoteUrl};
 use crate::s3::write_options::BucketPolicy;
+use crate::storage::bundles::layout::{self, PrefixScan, PROTECTED_MARKER};
 
 use super::{CliError, Ctx};
 
@@ -28,9 +28,7 @@ impl Remote {
             let git = Git::new(&ctx.cwd, ctx.env.clone());
             let url = s3_url_of_remote(&git, arg).await.map_err(|e| match e {
                 RemoteNameError::InvalidName(n) => CliError::Usage(format!("invalid remote name '{n}'")),
-                RemoteNameError::NotConfigured { name, detail } => {
-                    CliError::UnknownRemote { name, cwd: ctx.cwd.display().to_string(), detail }
-                }
+                RemoteNameError::NotConfigured { name, detail } => CliError::UnknownRemote { name, cwd: ctx.cwd.display().to_string(), detail },
                 RemoteNameError::NotS3 { name, url } => CliError::NotS3Remote { name, url },
                 RemoteNameError::BadUrl { source, .. } => source.into(),
             })?;
@@ -47,10 +45,7 @@ impl Remote {
         let objects = self.store.list(&format!("{}/", self.url.prefix)).await?;
         let scan = layout::scan(&self.url.prefix, &objects);
         let head_raw = if scan.head_object {
-            self.store
-                .get_small(&self.url.key("HEAD"))
-                .await?
-                .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+            self.store.get_small(&self.url.key("HEAD")).await?.map(|b| String::from_utf8_lossy(&b).trim().to_string())
         } else {
             None
         };
@@ -134,10 +129,7 @@ pub fn is_stale(info: &ObjectInfo, ttl: Duration) -> bool {
 /// The branch a missing HEAD defaults to: main, master, else the first of
 /// `branches` (full ref names).
 pub fn default_head(branches: &[String]) -> Option<&String> {
-    ["refs/heads/main", "refs/heads/master"]
-        .iter()
-        .find_map(|c| branches.iter().find(|b| b == c))
-        .or_else(|| branches.first())
+    ["refs/heads/main", "refs/heads/master"].iter().find_map(|c| branches.iter().find(|b| b == c)).or_else(|| branches.first())
 }
 
 /// `main`, `refs/heads/main` → `refs/heads/main`; rejects names git would.
@@ -214,8 +206,7 @@ mod tests {
     #[test]
     fn head_states_and_default() {
         let a = "a".repeat(40);
-        let objects =
-            vec![obj(&format!("p/refs/heads/dev/{a}.bundle")), obj(&format!("p/refs/heads/master/{a}.bundle"))];
+        let objects = vec![obj(&format!("p/refs/heads/dev/{a}.bundle")), obj(&format!("p/refs/heads/master/{a}.bundle"))];
         let scan = layout::scan("p", &objects);
         let v = View { scan: scan.clone(), head_raw: None };
         assert_eq!(v.head(), HeadState::Missing);

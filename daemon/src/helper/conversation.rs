@@ -4,14 +4,14 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::storage::fetch_options::{FetchOptions, OptionReply};
-use crate::local::git::Git;
 use crate::helper::protocol::{self as helper_protocol, Command};
+use crate::local::git::Git;
 use crate::s3::url::RemoteUrl;
 use crate::s3::write_options::BucketPolicy;
-use crate::session::{Input, Out};
 use crate::session::state::DaemonState;
+use crate::session::{Input, Out};
 use crate::storage::detect::Purpose;
+use crate::storage::fetch_options::{FetchOptions, OptionReply};
 use crate::storage::open::Storage;
 use crate::storage::{format_mismatch, OpContext, PushUpdate, RefListing, RemoteRef, StorageError};
 
@@ -25,7 +25,12 @@ pub struct HelperArgs {
 /// which git passes on in `GIT_CONFIG_PARAMETERS`.
 fn env_verbose(env: &HashMap<String, String>) -> bool {
     matches!(env.get("GIT_REMOTE_S3_VERBOSE").map(String::as_str), Some("1" | "true" | "yes"))
-        || env.get("GIT_CONFIG_PARAMETERS").and_then(|p| config_parameter(p, "transfer.verbosity")).and_then(|v| v.parse::<u8>().ok()).map(|v| v >= 2).unwrap_or(false)
+        || env
+            .get("GIT_CONFIG_PARAMETERS")
+            .and_then(|p| config_parameter(p, "transfer.verbosity"))
+            .and_then(|v| v.parse::<u8>().ok())
+            .map(|v| v >= 2)
+            .unwrap_or(false)
 }
 
 /// A value from git's `GIT_CONFIG_PARAMETERS` (`'key'='value' 'k2'='v2'`).
@@ -71,15 +76,8 @@ pub async fn run(state: Arc<DaemonState>, a: HelperArgs, mut input: Input, out: 
     // Opened (format detected) at the first command that needs the remote,
     // so `capabilities` is answered before any S3 request can fail.
     let mut opened: Option<Storage> = None;
-    let mut ctx = OpContext {
-        git,
-        out: out.clone(),
-        env: a.env.clone(),
-        progress: false,
-        cache: state.cache.clone(),
-        cas: HashMap::new(),
-        atomic: false,
-    };
+    let mut ctx =
+        OpContext { git, out: out.clone(), env: a.env.clone(), progress: false, cache: state.cache.clone(), cas: HashMap::new(), atomic: false };
     macro_rules! storage {
         () => {
             storage!(Purpose::Read)

@@ -9,10 +9,22 @@ use crate::local::refname::valid_ref_name;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     Capabilities,
-    Option { name: String, value: String },
-    List { for_push: bool },
-    Fetch { sha: String, name: String },
-    Push { src: Option<String>, dst: String, force: bool },
+    Option {
+        name: String,
+        value: String,
+    },
+    List {
+        for_push: bool,
+    },
+    Fetch {
+        sha: String,
+        name: String,
+    },
+    Push {
+        src: Option<String>,
+        dst: String,
+        force: bool,
+    },
     /// A blank line: ends a batch, or the session when no batch is open.
     Blank,
     Unknown(String),
@@ -86,27 +98,15 @@ mod tests {
         assert_eq!(parse(""), Ok(Command::Blank));
         assert_eq!(parse("list"), Ok(Command::List { for_push: false }));
         assert_eq!(parse("list for-push"), Ok(Command::List { for_push: true }));
-        assert_eq!(
-            parse("option verbosity 2"),
-            Ok(Command::Option { name: "verbosity".into(), value: "2".into() })
-        );
-        assert_eq!(
-            parse("option cas refs/heads/main:abc"),
-            Ok(Command::Option { name: "cas".into(), value: "refs/heads/main:abc".into() })
-        );
+        assert_eq!(parse("option verbosity 2"), Ok(Command::Option { name: "verbosity".into(), value: "2".into() }));
+        assert_eq!(parse("option cas refs/heads/main:abc"), Ok(Command::Option { name: "cas".into(), value: "refs/heads/main:abc".into() }));
         let sha = "a".repeat(40);
-        assert_eq!(
-            parse(&format!("fetch {sha} refs/heads/main")),
-            Ok(Command::Fetch { sha: sha.clone(), name: "refs/heads/main".into() })
-        );
+        assert_eq!(parse(&format!("fetch {sha} refs/heads/main")), Ok(Command::Fetch { sha: sha.clone(), name: "refs/heads/main".into() }));
         assert_eq!(
             parse("push refs/heads/a:refs/heads/b"),
             Ok(Command::Push { src: Some("refs/heads/a".into()), dst: "refs/heads/b".into(), force: false })
         );
-        assert_eq!(
-            parse("push +HEAD:refs/heads/b"),
-            Ok(Command::Push { src: Some("HEAD".into()), dst: "refs/heads/b".into(), force: true })
-        );
+        assert_eq!(parse("push +HEAD:refs/heads/b"), Ok(Command::Push { src: Some("HEAD".into()), dst: "refs/heads/b".into(), force: true }));
         assert_eq!(parse(&format!("fetch {sha} {sha}")), Ok(Command::Fetch { sha: sha.clone(), name: sha.clone() }));
         assert_eq!(parse("push :refs/heads/b"), Ok(Command::Push { src: None, dst: "refs/heads/b".into(), force: false }));
         assert_eq!(parse("stateless-connect x"), Ok(Command::Unknown("stateless-connect x".into())));

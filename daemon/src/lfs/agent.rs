@@ -20,14 +20,14 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
-use crate::local::git::{Git, GitError};
 use crate::lfs::config::{parse_synthetic_lfs_url, LFS_ALIAS_HOST};
 use crate::lfs::endpoint::{lfs_url_of, Operation};
-use crate::s3::url::{s3_url_of_remote, RemoteNameError, RemoteUrl, UrlError};
+use crate::local::git::{Git, GitError};
 use crate::s3::store::{PutOptions, S3Store, StoreError, WriteCondition};
+use crate::s3::url::{s3_url_of_remote, RemoteNameError, RemoteUrl, UrlError};
 use crate::s3::write_options::{BucketPolicy, PolicyError};
-use crate::session::{Input, Out};
 use crate::session::state::DaemonState;
+use crate::session::{Input, Out};
 
 /// Objects larger than this are downloaded as parallel ranges.
 pub const RANGED_THRESHOLD: u64 = 32 << 20;
@@ -65,7 +65,9 @@ pub enum AgentError {
     BadOid(String),
     #[error("the {0} request has no \"{1}\"")]
     MissingField(&'static str, &'static str),
-    #[error("LFS object {oid} is missing from the remote (s3://{bucket}/{key} does not exist); push it from a clone that has it (git lfs push --all)")]
+    #[error(
+        "LFS object {oid} is missing from the remote (s3://{bucket}/{key} does not exist); push it from a clone that has it (git lfs push --all)"
+    )]
     Missing { oid: String, bucket: String, key: String },
     #[error("LFS object {oid} in s3://{bucket}/{key} is corrupt: its SHA-256 is {actual}; not checked out")]
     HashMismatch { oid: String, bucket: String, key: String, actual: String },
@@ -144,15 +146,7 @@ pub async fn run(state: Arc<DaemonState>, start: SessionStart, mut input: Input,
         let dir = g.join("lfs").join("tmp");
         std::fs::create_dir_all(&dir).ok().map(|_| dir.join("git-lfs-s3.log"))
     });
-    let mut agent = Agent {
-        state,
-        git,
-        env: start.env,
-        out,
-        log: AgentLog { file: log_file, debug },
-        gitdir,
-        remote: None,
-    };
+    let mut agent = Agent { state, git, env: start.env, out, log: AgentLog { file: log_file, debug }, gitdir, remote: None };
     agent.log.debug("git-lfs-s3 starting");
     while let Some(line) = input.read_line().await {
         agent.state.touch();
@@ -197,7 +191,6 @@ fn valid_oid(oid: &str) -> bool {
     crate::local::oid::ObjectFormat::Sha256.accepts(oid)
 }
 
-
 /// The S3 URL for `init`'s `remote`: an `s3://`/`s3+zip://` URL, a
 /// synthetic `https://lfs-alias.git-remote-s3.test/…` URL (mapped back to the
 /// remote that carries it, else decoded), or a remote name. A remote whose
@@ -234,9 +227,7 @@ pub async fn resolve_remote(git: &Git, remote: &str, op: Operation) -> Result<(R
             // git-lfs may still use an lfs.url for a remote it cannot find.
             detail
         }
-        Err(RemoteNameError::InvalidName(_)) | Err(RemoteNameError::NotConfigured { .. }) => {
-            "not a remote name or an s3:// URL".to_string()
-        }
+        Err(RemoteNameError::InvalidName(_)) | Err(RemoteNameError::NotConfigured { .. }) => "not a remote name or an s3:// URL".to_string(),
         Err(RemoteNameError::NotS3 { url, .. } | RemoteNameError::BadUrl { url, .. }) => {
             format!("its URL '{url}' is not an s3:// or s3+zip:// URL")
         }
@@ -250,9 +241,9 @@ pub async fn resolve_remote(git: &Git, remote: &str, op: Operation) -> Result<(R
                 found.url, found.source
             ))),
         },
-        None => Err(fail(format!(
-            "{not_s3}, and no LFS URL names an S3 bucket; run: git s3 lfs install --remote {remote} --url s3://<bucket>/<prefix>"
-        ))),
+        None => {
+            Err(fail(format!("{not_s3}, and no LFS URL names an S3 bucket; run: git s3 lfs install --remote {remote} --url s3://<bucket>/<prefix>")))
+        }
     }
 }
 
@@ -302,8 +293,7 @@ fn probe_key(url: &RemoteUrl, env: &std::collections::HashMap<String, String>) -
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     url.to_string().hash(&mut h);
-    let mut vars: Vec<(&String, &String)> =
-        env.iter().filter(|(k, _)| k.starts_with("AWS_") || k.as_str() == "HOME").collect();
+    let mut vars: Vec<(&String, &String)> = env.iter().filter(|(k, _)| k.starts_with("AWS_") || k.as_str() == "HOME").collect();
     vars.sort();
     vars.hash(&mut h);
     h.finish()
@@ -319,12 +309,7 @@ struct Progress {
 
 impl Progress {
     fn new(out: &Out, oid: &str) -> Arc<Progress> {
-        Arc::new(Progress {
-            out: out.clone(),
-            oid: oid.to_string(),
-            so_far: AtomicU64::new(0),
-            sent: Mutex::new((0, Instant::now())),
-        })
+        Arc::new(Progress { out: out.clone(), oid: oid.to_string(), so_far: AtomicU64::new(0), sent: Mutex::new((0, Instant::now())) })
     }
 
     fn add(&self, n: u64) {
@@ -343,10 +328,7 @@ impl Progress {
         }
         let since = total - sent.0;
         *sent = (total, Instant::now());
-        self.out.stdout(format!(
-            "{}\n",
-            json!({"event": "progress", "oid": self.oid, "bytesSoFar": total, "bytesSinceLast": since})
-        ));
+        self.out.stdout(format!("{}\n", json!({"event": "progress", "oid": self.oid, "bytesSoFar": total, "bytesSinceLast": since})));
     }
 }
 
@@ -462,19 +444,13 @@ impl Agent {
             Err(e) => {
                 let msg = e.to_string();
                 self.log.error(&format!("{} {oid}: {msg}", req.event));
-                self.out.stdout(format!(
-                    "{}\n",
-                    json!({"event": "complete", "oid": oid, "error": {"code": OBJECT_ERROR_CODE, "message": msg}})
-                ));
+                self.out.stdout(format!("{}\n", json!({"event": "complete", "oid": oid, "error": {"code": OBJECT_ERROR_CODE, "message": msg}})));
             }
         }
     }
 
     fn remote(&self) -> Result<&(RemoteUrl, S3Store), AgentError> {
-        self.remote.as_ref().ok_or_else(|| AgentError::Remote {
-            remote: String::new(),
-            reason: "no init before the transfer request".into(),
-        })
+        self.remote.as_ref().ok_or_else(|| AgentError::Remote { remote: String::new(), reason: "no init before the transfer request".into() })
     }
 
     async fn upload(&self, req: &Request, oid: &str) -> Result<(), AgentError> {
@@ -503,10 +479,7 @@ impl Agent {
                 self.log.debug(&format!("upload {oid}: already in the bucket, skipped"));
                 return Ok(());
             }
-            self.log.error(&format!(
-                "upload {oid}: s3://{}/{key} has {} bytes, expected {local_len}; uploading it again",
-                url.bucket, info.size
-            ));
+            self.log.error(&format!("upload {oid}: s3://{}/{key} has {} bytes, expected {local_len}; uploading it again", url.bucket, info.size));
         }
         let p = progress.clone();
         store.put_file(&key, Path::new(path), PutOptions::default(), move |n| p.add(n)).await?;
@@ -605,15 +578,7 @@ impl Agent {
 
     /// Fills `dest` (already `len` bytes long) with parallel ranged GETs
     /// pinned to `etag`.
-    async fn get_ranges(
-        &self,
-        store: &S3Store,
-        key: &str,
-        dest: &Path,
-        len: u64,
-        etag: &str,
-        progress: &Arc<Progress>,
-    ) -> Result<(), AgentError> {
+    async fn get_ranges(&self, store: &S3Store, key: &str, dest: &Path, len: u64, etag: &str, progress: &Arc<Progress>) -> Result<(), AgentError> {
         use futures::stream::{StreamExt, TryStreamExt};
         let etag = (!etag.is_empty()).then_some(etag);
         futures::stream::iter(0..len.div_ceil(RANGE_SIZE))

@@ -10,8 +10,8 @@ use git_s3_proto::pb::SessionStart;
 
 use crate::local::git::{Git, GitError};
 use crate::s3::url::{s3_url_of_remote, RemoteNameError, RemoteUrl};
-use crate::session::{Input, Out};
 use crate::session::state::DaemonState;
+use crate::session::{Input, Out};
 
 /// Host of the synthetic LFS URL (RFC 6761 `.test`: never contacted).
 pub const LFS_ALIAS_HOST: &str = "lfs-alias.git-remote-s3.test";
@@ -288,10 +288,7 @@ pub async fn run(_state: Arc<DaemonState>, start: SessionStart, _input: Input, o
 }
 
 async fn list_remotes(git: &Git) -> Vec<String> {
-    git.run(&["remote"])
-        .await
-        .map(|s| s.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect())
-        .unwrap_or_default()
+    git.run(&["remote"]).await.map(|s| s.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect()).unwrap_or_default()
 }
 
 async fn install_unscoped(git: &Git, global: bool, out: &Out) -> i32 {
@@ -322,7 +319,6 @@ fn git_stderr(e: &GitError) -> String {
         other => other.to_string(),
     }
 }
-
 
 async fn install_scoped(git: &Git, remote_name: &str, out: &Out) -> i32 {
     let parsed = match s3_url_of_remote(git, remote_name).await {
@@ -395,11 +391,8 @@ async fn uninstall(git: &Git, global: bool, remote: Option<&str>, out: &Out) -> 
             }
         }
         // The agent's path stays while anything still names the agent.
-        let still_used = git
-            .run(&["config", "--get-regexp", r"^lfs\..*standalonetransferagent$"])
-            .await
-            .map(|s| !s.trim().is_empty())
-            .unwrap_or(false);
+        let still_used =
+            git.run(&["config", "--get-regexp", r"^lfs\..*standalonetransferagent$"]).await.map(|s| !s.trim().is_empty()).unwrap_or(false);
         if !still_used {
             config_unset(git, false, PATH_KEY).await;
         }
@@ -440,15 +433,10 @@ async fn install_global_scoped(git: &Git, out: &Out) -> i32 {
     // git-lfs's own filters, once per user, so this is the only command.
     if config_get(git, true, "filter.lfs.process").await.is_none() {
         if let Err(e) = git.run(&["lfs", "install", "--skip-repo"]).await {
-            out.stderr(format!(
-                "warning: `git lfs install --skip-repo` failed ({}); run it yourself\n",
-                git_stderr(&e).lines().next().unwrap_or("")
-            ));
+            out.stderr(format!("warning: `git lfs install --skip-repo` failed ({}); run it yourself\n", git_stderr(&e).lines().next().unwrap_or("")));
         }
     }
-    out.stdout(format!(
-        "git-lfs-s3 installed for every repository whose LFS URL is https://{LFS_ALIAS_HOST}/... (e.g. from .lfsconfig)\n"
-    ));
+    out.stdout(format!("git-lfs-s3 installed for every repository whose LFS URL is https://{LFS_ALIAS_HOST}/... (e.g. from .lfsconfig)\n"));
     0
 }
 
@@ -504,9 +492,7 @@ pub async fn install_other_host(git: &Git, remote_name: &str, s3_url: &str, lfsc
             return 1;
         }
         Err(RemoteNameError::InvalidName(_) | RemoteNameError::NotConfigured { .. }) => {
-            out.stderr(format!(
-                "error: remote '{remote_name}' is not configured. Add it first with: git remote add {remote_name} <url>\n"
-            ));
+            out.stderr(format!("error: remote '{remote_name}' is not configured. Add it first with: git remote add {remote_name} <url>\n"));
             return 1;
         }
         Err(RemoteNameError::NotS3 { .. } | RemoteNameError::BadUrl { .. }) => {}
@@ -551,10 +537,7 @@ pub async fn install_other_host(git: &Git, remote_name: &str, s3_url: &str, lfsc
             return 1;
         }
     }
-    out.stdout(format!(
-        "git-lfs-s3 installed for remote '{remote_name}': LFS objects go to {}/lfs/ (LFS URL {lfs_url})\n",
-        parsed
-    ));
+    out.stdout(format!("git-lfs-s3 installed for remote '{remote_name}': LFS objects go to {}/lfs/ (LFS URL {lfs_url})\n", parsed));
     if let Some(path) = lfsconfig_file {
         let file = path.to_string_lossy().into_owned();
         if let Err(e) = git.run(&["config", "--file", &file, "lfs.url", &lfs_url]).await {
@@ -577,10 +560,7 @@ mod tests {
     fn synthetic_url_matches_0_4_2() {
         // urllib.parse.quote(seg, safe="") per segment
         assert_eq!(synthetic_lfs_url("bkt", "team/repo"), "https://lfs-alias.git-remote-s3.test/bkt/team/repo");
-        assert_eq!(
-            synthetic_lfs_url("bkt", "a b/repo%zz/x~y_z.-+"),
-            "https://lfs-alias.git-remote-s3.test/bkt/a%20b/repo%25zz/x~y_z.-%2B"
-        );
+        assert_eq!(synthetic_lfs_url("bkt", "a b/repo%zz/x~y_z.-+"), "https://lfs-alias.git-remote-s3.test/bkt/a%20b/repo%25zz/x~y_z.-%2B");
         assert_eq!(synthetic_lfs_url("bkt", "é"), "https://lfs-alias.git-remote-s3.test/bkt/%C3%A9");
     }
 

@@ -95,10 +95,7 @@ mod tests {
     #[test]
     fn keys_in_git_lfs_order() {
         assert_eq!(candidate_keys("origin", Operation::Download), ["lfs.url", "remote.origin.lfsurl"]);
-        assert_eq!(
-            candidate_keys("origin", Operation::Upload),
-            ["lfs.pushurl", "remote.origin.lfspushurl", "lfs.url", "remote.origin.lfsurl"]
-        );
+        assert_eq!(candidate_keys("origin", Operation::Upload), ["lfs.pushurl", "remote.origin.lfspushurl", "lfs.url", "remote.origin.lfsurl"]);
         assert_eq!(candidate_keys("", Operation::Download), ["lfs.url"]);
     }
 

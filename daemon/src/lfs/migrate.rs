@@ -122,10 +122,7 @@ pub async fn run(state: Arc<DaemonState>, start: SessionStart, args: &[String], 
             None => match git.remote_url(&a.remote).await.ok().as_deref().and_then(default_lfs_url) {
                 Some(u) => u,
                 None => {
-                    out.stderr(format!(
-                        "error: cannot tell the LFS server of remote '{}'; pass --from <lfs-url>\n",
-                        a.remote
-                    ));
+                    out.stderr(format!("error: cannot tell the LFS server of remote '{}'; pass --from <lfs-url>\n", a.remote));
                     return 1;
                 }
             },
@@ -153,11 +150,7 @@ pub async fn run(state: Arc<DaemonState>, start: SessionStart, args: &[String], 
             return 1;
         }
     };
-    out.stdout(format!(
-        "{} LFS objects in {}/lfs/: {copied} copied from {from}, {present} already there\n",
-        copied + present,
-        a.to
-    ));
+    out.stdout(format!("{} LFS objects in {}/lfs/: {copied} copied from {from}, {present} already there\n", copied + present, a.to));
     // Switch: the old LFS URL goes where install would refuse to overwrite it.
     if let Err(e) = forget_old_url(&git, &a.remote, &from).await {
         out.stderr(format!("error: cannot switch the configuration: {e}\n"));
@@ -222,8 +215,7 @@ async fn copy_all(git: &Git, store: &S3Store, a: &Args, from: &str, out: &Out) -
     out.stderr(format!("copying {} LFS objects to {}/lfs/\n", oids.len(), a.to));
     let (to, objects) = (&a.to, &objects);
     let uploads: Vec<_> = oids.into_iter().map(|oid| Box::pin(async move { copy_one(store, to, objects, &oid).await })).collect();
-    let results: Vec<Result<bool, MigrateError>> =
-        futures::stream::iter(uploads).buffer_unordered(UPLOAD_CONCURRENCY).collect().await;
+    let results: Vec<Result<bool, MigrateError>> = futures::stream::iter(uploads).buffer_unordered(UPLOAD_CONCURRENCY).collect().await;
     let (mut copied, mut present) = (0, 0);
     for r in results {
         if r? {

@@ -57,7 +57,6 @@ fn is_hex(s: &str, len: usize) -> bool {
     s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-
 /// A cached, pre-indexed pack: `.pack` first, then `.idx` (and `.rev`).
 #[derive(Debug, Clone)]
 pub struct CachedPack {

@@ -35,12 +35,7 @@ impl Git {
 
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("git");
-        cmd.args(args)
-            .env_clear()
-            .envs(&self.env)
-            .current_dir(&self.cwd)
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
+        cmd.args(args).env_clear().envs(&self.env).current_dir(&self.cwd).stdin(Stdio::null()).kill_on_drop(true);
         cmd
     }
 
@@ -48,13 +43,7 @@ impl Git {
     pub async fn run(&self, args: &[&str]) -> Result<String, GitError> {
         let span = tracing::debug_span!("git", args = %args.join(" "));
         async {
-            let out = self
-                .command(args)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .output()
-                .await
-                .map_err(GitError::Spawn)?;
+            let out = self.command(args).stdout(Stdio::piped()).stderr(Stdio::piped()).output().await.map_err(GitError::Spawn)?;
             if !out.status.success() {
                 let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
                 tracing::debug!(status = ?out.status, %stderr, "git failed");
@@ -74,13 +63,7 @@ impl Git {
     pub async fn status(&self, args: &[&str]) -> Result<bool, GitError> {
         let span = tracing::debug_span!("git", args = %args.join(" "));
         async {
-            let st = self
-                .command(args)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .await
-                .map_err(GitError::Spawn)?;
+            let st = self.command(args).stdout(Stdio::null()).stderr(Stdio::null()).status().await.map_err(GitError::Spawn)?;
             Ok(st.success())
         }
         .instrument(span)
@@ -141,7 +124,11 @@ impl Git {
     fn pack_dir_from_env(&self) -> Option<PathBuf> {
         let abs = |p: &str| {
             let p = PathBuf::from(p);
-            if p.is_absolute() { p } else { self.cwd.join(p) }
+            if p.is_absolute() {
+                p
+            } else {
+                self.cwd.join(p)
+            }
         };
         if let Some(o) = self.env.get("GIT_OBJECT_DIRECTORY").filter(|o| !o.is_empty()) {
             return Some(abs(o).join("pack"));
@@ -229,14 +216,18 @@ impl Git {
             let failed = |stderr: String| GitError::Failed { args: "index-pack --stdin --fix-thin".into(), stderr };
             // A bundle's header, up to its blank line, is checked and skipped.
             let mut header = BundleHeader::default();
-            let body_start = if !bundle { 0 } else { loop {
-                let Some(c) = chunks.recv().await else {
-                    return Err(failed("the bundle ended inside its header".into()));
-                };
-                if let Some(start) = header.push(&c).map_err(|e| failed(e.into()))? {
-                    break start;
+            let body_start = if !bundle {
+                0
+            } else {
+                loop {
+                    let Some(c) = chunks.recv().await else {
+                        return Err(failed("the bundle ended inside its header".into()));
+                    };
+                    if let Some(start) = header.push(&c).map_err(|e| failed(e.into()))? {
+                        break start;
+                    }
                 }
-            } };
+            };
             let head = header.head;
             let mut child = self
                 .command(&["index-pack", "--stdin", "--fix-thin"])
@@ -268,10 +259,7 @@ impl Git {
     pub async fn bundle_heads(&self, file: &Path) -> Result<Vec<(String, String)>, GitError> {
         let f = file.to_string_lossy();
         let out = self.run(&["bundle", "list-heads", &f]).await?;
-        Ok(out
-            .lines()
-            .filter_map(|l| l.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())))
-            .collect())
+        Ok(out.lines().filter_map(|l| l.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string()))).collect())
     }
 
     /// `git archive --format zip` of `rev` into `file`.

@@ -6,9 +6,7 @@ use std::fmt;
 use std::str::FromStr;
 
 /// A repository's object format (`extensions.objectFormat`).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ObjectFormat {
     #[default]
@@ -35,9 +33,7 @@ impl ObjectFormat {
 
     /// The format whose ids have `len` hex digits.
     pub fn from_hex_len(len: usize) -> Option<ObjectFormat> {
-        [ObjectFormat::Sha1, ObjectFormat::Sha256]
-            .into_iter()
-            .find(|f| f.hex_len() == len)
+        [ObjectFormat::Sha1, ObjectFormat::Sha256].into_iter().find(|f| f.hex_len() == len)
     }
 
     /// The format of an id's text, when it is a valid id of either format.
@@ -78,8 +74,7 @@ impl FromStr for ObjectFormat {
 }
 
 fn is_lower_hex(s: &str) -> bool {
-    s.bytes()
-        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Whether `s` is an object id of either format (lowercase hex).
@@ -145,28 +140,13 @@ mod tests {
         assert!("md5".parse::<ObjectFormat>().is_err());
         assert_eq!(ObjectFormat::Sha256.arg(), "--object-format=sha256");
         assert_eq!(ObjectFormat::of(&"a".repeat(40)), Some(ObjectFormat::Sha1));
-        assert_eq!(
-            ObjectFormat::of(&"a".repeat(64)),
-            Some(ObjectFormat::Sha256)
-        );
-        for bad in [
-            "",
-            "A".repeat(40).as_str(),
-            &"a".repeat(41),
-            &"a".repeat(63),
-            &"g".repeat(40),
-            &format!("{}/", "a".repeat(39)),
-        ] {
+        assert_eq!(ObjectFormat::of(&"a".repeat(64)), Some(ObjectFormat::Sha256));
+        for bad in ["", "A".repeat(40).as_str(), &"a".repeat(41), &"a".repeat(63), &"g".repeat(40), &format!("{}/", "a".repeat(39))] {
             assert!(ObjectFormat::of(bad).is_none(), "{bad:?}");
             assert!(bad.parse::<ObjectId>().is_err());
         }
         assert!(ObjectId::parse_for(&"a".repeat(40), ObjectFormat::Sha256).is_err());
-        assert_eq!(
-            ObjectId::parse_for(&"a".repeat(64), ObjectFormat::Sha256)
-                .unwrap()
-                .format(),
-            ObjectFormat::Sha256
-        );
+        assert_eq!(ObjectId::parse_for(&"a".repeat(64), ObjectFormat::Sha256).unwrap().format(), ObjectFormat::Sha256);
     }
 
     proptest::proptest! {

@@ -35,7 +35,9 @@ mod tests {
 
     #[test]
     fn accepts_what_git_accepts() {
-        for ok in ["HEAD", "refs/heads/main", "refs/heads/feature/x-1", "refs/tags/v1.0", "refs/heads/ünï", "refs/remotes/o/a@b", "refs/heads/-x", "refs/x"] {
+        for ok in
+            ["HEAD", "refs/heads/main", "refs/heads/feature/x-1", "refs/tags/v1.0", "refs/heads/ünï", "refs/remotes/o/a@b", "refs/heads/-x", "refs/x"]
+        {
             assert!(valid_ref_name(ok), "{ok}");
         }
     }
@@ -43,11 +45,32 @@ mod tests {
     #[test]
     fn refuses_what_git_refuses() {
         for bad in [
-            "", "main", "refs/", "refs/heads/", "refs/heads/a b", "refs/heads/a\nfetch x", "refs/heads/a\tb",
-            "refs/heads/a\u{7f}", "refs/heads/../x", "refs/heads/a..b", "refs/heads/.hidden", "refs/heads/a.lock",
-            "refs/heads/a~1", "refs/heads/a^", "refs/heads/a:b", "refs/heads/a?", "refs/heads/a*", "refs/heads/a[",
-            "refs/heads/a\\b", "refs/heads/a@{1}", "refs/heads//a", "refs/heads/a.", "--upload-pack=x", "-x",
-            "HEAD\n", "refs",
+            "",
+            "main",
+            "refs/",
+            "refs/heads/",
+            "refs/heads/a b",
+            "refs/heads/a\nfetch x",
+            "refs/heads/a\tb",
+            "refs/heads/a\u{7f}",
+            "refs/heads/../x",
+            "refs/heads/a..b",
+            "refs/heads/.hidden",
+            "refs/heads/a.lock",
+            "refs/heads/a~1",
+            "refs/heads/a^",
+            "refs/heads/a:b",
+            "refs/heads/a?",
+            "refs/heads/a*",
+            "refs/heads/a[",
+            "refs/heads/a\\b",
+            "refs/heads/a@{1}",
+            "refs/heads//a",
+            "refs/heads/a.",
+            "--upload-pack=x",
+            "-x",
+            "HEAD\n",
+            "refs",
         ] {
             assert!(!valid_ref_name(bad), "{bad:?}");
         }

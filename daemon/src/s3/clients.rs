@@ -9,11 +9,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aws_runtime::env_config::file::{EnvConfigFileKind as ProfileFileKind, EnvConfigFiles as ProfileFiles};
 use aws_config::retry::RetryConfig;
-use aws_config::timeout::TimeoutConfig;
 use aws_config::stalled_stream_protection::StalledStreamProtectionConfig;
+use aws_config::timeout::TimeoutConfig;
 use aws_config::BehaviorVersion;
+use aws_runtime::env_config::file::{EnvConfigFileKind as ProfileFileKind, EnvConfigFiles as ProfileFiles};
 use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use dashmap::DashMap;
 use sha2::{Digest, Sha256};
@@ -49,7 +49,11 @@ impl NetworkSettings {
     /// The proxy for `endpoint` (https unless it says http://), if any.
     pub fn proxy_for(&self, endpoint: Option<&str>) -> Option<&str> {
         let plain = endpoint.map(|e| e.starts_with("http://")).unwrap_or(false);
-        if plain { self.http_proxy.as_deref() } else { self.https_proxy.as_deref() }
+        if plain {
+            self.http_proxy.as_deref()
+        } else {
+            self.https_proxy.as_deref()
+        }
     }
 
     /// Which CAs a TLS certificate is checked against, for messages.
@@ -223,10 +227,8 @@ impl ClientSpec {
         // in the caller's config, also the PATH it is found on and the
         // directory it runs in (the shim sets PWD to its own).
         let process = may_run_process(env);
-        let mut aws_env: Vec<(&String, &String)> = env
-            .iter()
-            .filter(|(k, _)| k.starts_with("AWS_") || k.as_str() == "HOME" || (process && matches!(k.as_str(), "PATH" | "PWD")))
-            .collect();
+        let mut aws_env: Vec<(&String, &String)> =
+            env.iter().filter(|(k, _)| k.starts_with("AWS_") || k.as_str() == "HOME" || (process && matches!(k.as_str(), "PATH" | "PWD"))).collect();
         aws_env.sort();
         let mut h = Sha256::new();
         for (k, v) in aws_env {
@@ -309,14 +311,9 @@ impl ClientSpec {
             .stalled_stream_protection(StalledStreamProtectionConfig::enabled().grace_period(self.timeouts.body_stall()).build());
         // Profile files as the caller sees them (their HOME, their overrides).
         let home = self.get("HOME").map(std::path::PathBuf::from);
-        let config_file = self
-            .get("AWS_CONFIG_FILE")
-            .map(std::path::PathBuf::from)
-            .or_else(|| home.as_ref().map(|h| h.join(".aws/config")));
-        let creds_file = self
-            .get("AWS_SHARED_CREDENTIALS_FILE")
-            .map(std::path::PathBuf::from)
-            .or_else(|| home.as_ref().map(|h| h.join(".aws/credentials")));
+        let config_file = self.get("AWS_CONFIG_FILE").map(std::path::PathBuf::from).or_else(|| home.as_ref().map(|h| h.join(".aws/config")));
+        let creds_file =
+            self.get("AWS_SHARED_CREDENTIALS_FILE").map(std::path::PathBuf::from).or_else(|| home.as_ref().map(|h| h.join(".aws/credentials")));
         // Only files that exist: a named but missing file fails the whole chain.
         let existing: Vec<_> = [(ProfileFileKind::Config, config_file), (ProfileFileKind::Credentials, creds_file)]
             .into_iter()
@@ -337,8 +334,7 @@ impl ClientSpec {
         }
         let region = self.region.clone().or_else(|| {
             // S3-compatible stores do not care; skip the IMDS lookup.
-            (self.endpoint.is_some() || self.get("AWS_EC2_METADATA_DISABLED") == Some("true"))
-                .then(|| "us-east-1".to_string())
+            (self.endpoint.is_some() || self.get("AWS_EC2_METADATA_DISABLED") == Some("true")).then(|| "us-east-1".to_string())
         });
         if let Some(r) = region {
             loader = loader.region(Region::new(r));
@@ -352,7 +348,8 @@ impl ClientSpec {
         loader = loader.env(chain.loader_env());
         let sdk = loader.load().await;
         let credentials = chain.provider(&sdk, profile_files).await;
-        let mut conf = aws_sdk_s3::config::Builder::from(&sdk).force_path_style(self.path_style)
+        let mut conf = aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(self.path_style)
             .accelerate(self.accelerate)
             .use_dual_stack(self.dualstack)
             .credentials_provider(credentials);
@@ -471,10 +468,7 @@ impl S3Clients {
     }
 
     pub fn snapshot(&self) -> Vec<(String, u64, u64)> {
-        self.map
-            .iter()
-            .map(|e| (e.spec.describe(), e.uses.load(Ordering::Relaxed), e.created.elapsed().as_secs()))
-            .collect()
+        self.map.iter().map(|e| (e.spec.describe(), e.uses.load(Ordering::Relaxed), e.created.elapsed().as_secs())).collect()
     }
 }
 
@@ -553,7 +547,11 @@ mod tests {
     async fn accelerate_and_dualstack_reach_the_sdk() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join(".aws")).unwrap();
-        std::fs::write(dir.path().join(".aws/config"), "[default]\nregion = eu-west-1\ns3 =\n  use_accelerate_endpoint = true\n  use_dualstack_endpoint = true\n").unwrap();
+        std::fs::write(
+            dir.path().join(".aws/config"),
+            "[default]\nregion = eu-west-1\ns3 =\n  use_accelerate_endpoint = true\n  use_dualstack_endpoint = true\n",
+        )
+        .unwrap();
         let mut e = HashMap::new();
         e.insert("HOME".to_string(), dir.path().display().to_string());
         e.insert("AWS_ACCESS_KEY_ID".to_string(), "k".to_string());

@@ -35,7 +35,8 @@ impl Profile {
     /// `[services y]` with indented sub-settings under `s3 =`).
     pub fn parse(text: &str, name: &str) -> Profile {
         let sections = parse_sections(text);
-        let profile_key = |n: &str| if n == "default" { vec!["default".to_string(), "profile default".to_string()] } else { vec![format!("profile {n}")] };
+        let profile_key =
+            |n: &str| if n == "default" { vec!["default".to_string(), "profile default".to_string()] } else { vec![format!("profile {n}")] };
         let section = profile_key(name).into_iter().find_map(|k| sections.get(&k).cloned()).unwrap_or_default();
         let s3 = section.nested.get("s3").cloned().unwrap_or_default();
         let settings = section.settings;

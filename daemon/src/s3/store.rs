@@ -71,11 +71,15 @@ pub enum StoreError {
     VirtualHostDns { bucket: String, host: String },
     #[error("the proxy {proxy} did not let the connection to S3 through ({reason}); check HTTPS_PROXY/HTTP_PROXY and NO_PROXY")]
     Proxy { proxy: String, reason: String },
-    #[error("bucket '{bucket}' is in region {region}, not in the region the request was signed for; set AWS_REGION={region} (or the profile's region)")]
+    #[error(
+        "bucket '{bucket}' is in region {region}, not in the region the request was signed for; set AWS_REGION={region} (or the profile's region)"
+    )]
     WrongRegion { bucket: String, region: String },
     #[error("S3 keeps answering 307 TemporaryRedirect for bucket '{bucket}' (region {region}): a bucket created minutes ago is not reachable everywhere yet; try again in a few minutes, or set AWS_REGION={region}")]
     TemporaryRedirect { bucket: String, region: String },
-    #[error("S3 did not answer a request for s3://{bucket}/{key} in time ({reason}); check the network and proxy, or raise GIT_S3_READ_TIMEOUT_SECONDS")]
+    #[error(
+        "S3 did not answer a request for s3://{bucket}/{key} in time ({reason}); check the network and proxy, or raise GIT_S3_READ_TIMEOUT_SECONDS"
+    )]
     Timeout { bucket: String, key: String, reason: String },
     #[error("another write to s3://{bucket}/{key} was in progress each time this one was tried (409 ConditionalRequestConflict); try again")]
     Conflict { bucket: String, key: String },
@@ -216,8 +220,8 @@ fn identity_error(err: &(dyn std::error::Error + 'static)) -> Option<crate::s3::
 fn wrong_region<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> Option<Option<String>> {
     let raw = err.raw_response()?;
     let status = raw.status().as_u16();
-    let redirect = matches!(status, 301 | 307)
-        || matches!(err.code(), Some("PermanentRedirect" | "TemporaryRedirect" | "AuthorizationHeaderMalformed"));
+    let redirect =
+        matches!(status, 301 | 307) || matches!(err.code(), Some("PermanentRedirect" | "TemporaryRedirect" | "AuthorizationHeaderMalformed"));
     if !redirect {
         return None;
     }
@@ -323,7 +327,11 @@ fn short_reason(text: &str) -> String {
 
 fn first_line(s: &str) -> String {
     let s = s.lines().next().unwrap_or(s);
-    if s.len() > 400 { format!("{}…", &s[..s.char_indices().nth(400).map(|(i, _)| i).unwrap_or(s.len())]) } else { s.to_string() }
+    if s.len() > 400 {
+        format!("{}…", &s[..s.char_indices().nth(400).map(|(i, _)| i).unwrap_or(s.len())])
+    } else {
+        s.to_string()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -657,7 +665,10 @@ impl S3Store {
         match length {
             Some(n) if n > MAX_SMALL_OBJECT as i64 => Err(self.other(
                 key,
-                format!("the object is {n} bytes, more than the {} MiB this object may have; it is not a git-s3 object (remove or fix it)", MAX_SMALL_OBJECT >> 20),
+                format!(
+                    "the object is {n} bytes, more than the {} MiB this object may have; it is not a git-s3 object (remove or fix it)",
+                    MAX_SMALL_OBJECT >> 20
+                ),
             )),
             _ => Ok(()),
         }
@@ -835,11 +846,7 @@ impl S3Store {
     }
 
     /// Runs a read until it does not break off, [`DOWNLOAD_ATTEMPTS`] times at most.
-    async fn again_if_interrupted<T, Fut: Future<Output = Result<T, StoreError>>>(
-        &self,
-        key: &str,
-        read: impl Fn() -> Fut,
-    ) -> Result<T, StoreError> {
+    async fn again_if_interrupted<T, Fut: Future<Output = Result<T, StoreError>>>(&self, key: &str, read: impl Fn() -> Fut) -> Result<T, StoreError> {
         let mut attempt = 1;
         loop {
             match read().await {
@@ -912,12 +919,7 @@ impl S3Store {
     /// arrive than the object's length (truncated transfer).
     /// A download that breaks off is tried again from the start, up to
     /// [`DOWNLOAD_ATTEMPTS`] times in all.
-    pub async fn get_to_file(
-        &self,
-        key: &str,
-        dest: &Path,
-        mut on_bytes: impl FnMut(u64) + Send,
-    ) -> Result<(String, u64), StoreError> {
+    pub async fn get_to_file(&self, key: &str, dest: &Path, mut on_bytes: impl FnMut(u64) + Send) -> Result<(String, u64), StoreError> {
         let mut attempt = 1;
         loop {
             match self.get_to_file_tee(key, dest, None, &mut on_bytes).await {
@@ -958,10 +960,7 @@ impl S3Store {
     ) -> Result<(String, u64, bool), StoreError> {
         let span = tracing::debug_span!("s3.get", bucket = %self.bucket, key);
         async {
-            let resp = self
-                .call(|c| c.get_object().bucket(&*self.bucket).key(key).send())
-                .await
-                .map_err(|e| self.classify(e, key))?;
+            let resp = self.call(|c| c.get_object().bucket(&*self.bucket).key(key).send()).await.map_err(|e| self.classify(e, key))?;
             let etag = resp.e_tag().unwrap_or_default().to_string();
             let expected = resp.content_length().map(|l| l.max(0) as u64);
             let mut body = resp.body;
@@ -1070,11 +1069,8 @@ impl S3Store {
             let req = c.put_object().bucket(&*self.bucket).key(key).body(ByteStream::from(body.clone())).set_content_md5(md5.clone());
             apply_condition!(req, condition).send()
         };
-        let resp = self
-            .call(send)
-            .instrument(tracing::debug_span!("s3.put_once", bucket = %self.bucket, key))
-            .await
-            .map_err(|e| self.classify(e, key))?;
+        let resp =
+            self.call(send).instrument(tracing::debug_span!("s3.put_once", bucket = %self.bucket, key)).await.map_err(|e| self.classify(e, key))?;
         Ok(resp.e_tag().unwrap_or_default().to_string())
     }
 
@@ -1139,13 +1135,7 @@ impl S3Store {
 
     /// Uploads a file, streaming it from disk; multipart (parallel parts) above
     /// [`MULTIPART_THRESHOLD`]. `on_bytes` is called as parts complete.
-    pub async fn put_file(
-        &self,
-        key: &str,
-        path: &Path,
-        opts: PutOptions,
-        on_bytes: impl Fn(u64) + Send + Sync,
-    ) -> Result<String, StoreError> {
+    pub async fn put_file(&self, key: &str, path: &Path, opts: PutOptions, on_bytes: impl Fn(u64) + Send + Sync) -> Result<String, StoreError> {
         let len = tokio::fs::metadata(path).await?.len();
         let span = tracing::debug_span!("s3.put", bucket = %self.bucket, key, bytes = len);
         async {
@@ -1207,7 +1197,7 @@ impl S3Store {
                 async move {
                     let offset = i * part;
                     let size = part.min(len - offset);
-                                        let part = self.upload_part(key, &upload_id, (i + 1) as i32, Source::File(path), (offset, size)).await?;
+                    let part = self.upload_part(key, &upload_id, (i + 1) as i32, Source::File(path), (offset, size)).await?;
                     on_bytes(size);
                     Ok(part)
                 }
@@ -1440,9 +1430,7 @@ impl S3Store {
         let span = tracing::debug_span!("s3.delete", bucket = %self.bucket, key);
         async {
             self.may_write().await?;
-            self.call(|c| c.delete_object().bucket(&*self.bucket).key(key).send())
-                .await
-                .map_err(|e| self.classify(e, key))?;
+            self.call(|c| c.delete_object().bucket(&*self.bucket).key(key).send()).await.map_err(|e| self.classify(e, key))?;
             Ok(())
         }
         .instrument(span)
@@ -1454,9 +1442,7 @@ impl S3Store {
         async {
             self.may_write().await?;
             let source = format!("{}/{}", self.bucket, percent_encode_key(from));
-            self.call(|c| c.copy_object().bucket(&*self.bucket).key(to).copy_source(&source).send())
-                .await
-                .map_err(|e| self.classify(e, from))?;
+            self.call(|c| c.copy_object().bucket(&*self.bucket).key(to).copy_source(&source).send()).await.map_err(|e| self.classify(e, from))?;
             Ok(())
         }
         .instrument(span)
@@ -1507,9 +1493,8 @@ impl S3Store {
                 return Ok(0);
             }
             let range = format!("bytes={}-{}", offset, offset + len - 1);
-            let send = |c: aws_sdk_s3::Client| {
-                c.get_object().bucket(&*self.bucket).key(key).range(&range).set_if_match(if_match.map(str::to_string)).send()
-            };
+            let send =
+                |c: aws_sdk_s3::Client| c.get_object().bucket(&*self.bucket).key(key).range(&range).set_if_match(if_match.map(str::to_string)).send();
             let resp = self.call(send).await.map_err(|e| self.classify(e, key))?;
             let mut body = resp.body;
             let mut file = tokio::fs::OpenOptions::new().write(true).open(dest).await?;

@@ -84,11 +84,7 @@ fn spelled(global: &str, remote: Option<&str>) -> String {
         _ => "requestPayer",
     };
     match remote {
-        Some(r) => format!(
-            "remote.{r}.s3{}{}",
-            name[..1].to_ascii_uppercase(),
-            &name[1..]
-        ),
+        Some(r) => format!("remote.{r}.s3{}{}", name[..1].to_ascii_uppercase(), &name[1..]),
         None => format!("s3.{name}"),
     }
 }
@@ -104,10 +100,7 @@ impl BucketPolicy {
     pub async fn from_git(git: &Git, remote: Option<&str>) -> Result<BucketPolicy, PolicyError> {
         // Exit status 1 means none is set; any other failure (no repository
         // is fine: global config is read) leaves the defaults.
-        let listing = git
-            .run(&["config", "--get-regexp", r"^(s3\.|remote\..*\.s3)"])
-            .await
-            .unwrap_or_default();
+        let listing = git.run(&["config", "--get-regexp", r"^(s3\.|remote\..*\.s3)"]).await.unwrap_or_default();
         BucketPolicy::from_listing(&listing, remote)
     }
 
@@ -119,13 +112,8 @@ impl BucketPolicy {
         for line in listing.lines() {
             let (key, value) = line.split_once(' ').unwrap_or((line, ""));
             for (i, (global, per_remote)) in SETTINGS.iter().enumerate() {
-                let is_remote = remote_prefix
-                    .as_deref()
-                    .and_then(|p| key.strip_prefix(p))
-                    .is_some_and(|k| k.eq_ignore_ascii_case(per_remote));
-                let remote_set = values[i]
-                    .as_ref()
-                    .is_some_and(|(k, _)| k != &spelled(global, None));
+                let is_remote = remote_prefix.as_deref().and_then(|p| key.strip_prefix(p)).is_some_and(|k| k.eq_ignore_ascii_case(per_remote));
+                let remote_set = values[i].as_ref().is_some_and(|(k, _)| k != &spelled(global, None));
                 if is_remote {
                     values[i] = Some((spelled(global, remote), value.to_string()));
                 } else if key.eq_ignore_ascii_case(global) && !remote_set {
@@ -133,18 +121,11 @@ impl BucketPolicy {
                 }
             }
         }
-        let bad = |(key, value): &(String, String), expected| PolicyError {
-            key: key.clone(),
-            value: value.clone(),
-            expected,
-        };
+        let bad = |(key, value): &(String, String), expected| PolicyError { key: key.clone(), value: value.clone(), expected };
         let mut p = BucketPolicy::default();
         let [sse, kms, bucket_key, owner, payer] = values;
         if let Some(kv) = sse.as_ref().filter(|(_, v)| !v.is_empty()) {
-            p.encryption = Some(
-                Encryption::parse(&kv.1)
-                    .ok_or_else(|| bad(kv, "it must be AES256, aws:kms or aws:kms:dsse"))?,
-            );
+            p.encryption = Some(Encryption::parse(&kv.1).ok_or_else(|| bad(kv, "it must be AES256, aws:kms or aws:kms:dsse"))?);
         }
         if let Some((_, v)) = kms.filter(|(_, v)| !v.is_empty()) {
             p.kms_key_id = Some(v);
@@ -158,10 +139,7 @@ impl BucketPolicy {
         }
         if let Some(kv) = owner.as_ref().filter(|(_, v)| !v.is_empty()) {
             if kv.1.len() != 12 || !kv.1.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(bad(
-                    kv,
-                    "it must be the bucket owner's 12-digit AWS account ID",
-                ));
+                return Err(bad(kv, "it must be the bucket owner's 12-digit AWS account ID"));
             }
             p.expected_bucket_owner = Some(kv.1.clone());
         }
@@ -171,15 +149,9 @@ impl BucketPolicy {
             }
             p.requester_pays = true;
         }
-        if p.kms_key_id.is_some()
-            && !matches!(p.encryption, Some(Encryption::Kms | Encryption::KmsDsse))
-        {
+        if p.kms_key_id.is_some() && !matches!(p.encryption, Some(Encryption::Kms | Encryption::KmsDsse)) {
             let (key, value) = kms_key_of(listing, remote);
-            return Err(PolicyError {
-                key,
-                value,
-                expected: "a KMS key needs s3.serverSideEncryption aws:kms (or aws:kms:dsse)",
-            });
+            return Err(PolicyError { key, value, expected: "a KMS key needs s3.serverSideEncryption aws:kms (or aws:kms:dsse)" });
         }
         Ok(p)
     }
@@ -206,10 +178,7 @@ impl BucketPolicy {
                 h.push(("x-amz-server-side-encryption-aws-kms-key-id", k.clone()));
             }
             if let Some(b) = self.bucket_key_enabled {
-                h.push((
-                    "x-amz-server-side-encryption-bucket-key-enabled",
-                    b.to_string(),
-                ));
+                h.push(("x-amz-server-side-encryption-bucket-key-enabled", b.to_string()));
             }
         }
         h
@@ -228,7 +197,9 @@ impl BucketPolicy {
         if self.expected_bucket_owner.is_none() {
             unset.push("s3.expectedBucketOwner <account-id>");
         }
-        (!unset.is_empty()).then(|| format!("if the bucket policy demands it, set git config {} (see the Bucket policies section of docs/configuration.md)", unset.join(", ")))
+        (!unset.is_empty()).then(|| {
+            format!("if the bucket policy demands it, set git config {} (see the Bucket policies section of docs/configuration.md)", unset.join(", "))
+        })
     }
 
     /// `client` with these headers on its requests (the same client when
@@ -237,11 +208,7 @@ impl BucketPolicy {
         if self.is_empty() {
             return client;
         }
-        let conf = client
-            .config()
-            .to_builder()
-            .interceptor(PolicyHeaders(self.clone()))
-            .build();
+        let conf = client.config().to_builder().interceptor(PolicyHeaders(self.clone())).build();
         aws_sdk_s3::Client::from_conf(conf)
     }
 }
@@ -249,22 +216,11 @@ impl BucketPolicy {
 /// The key and value of the KMS key setting in effect, for its error.
 fn kms_key_of(listing: &str, remote: Option<&str>) -> (String, String) {
     let remote_key = remote.map(|r| format!("remote.{r}.s3ssekmskeyid"));
-    let found = |want: &str| {
-        listing.lines().rev().find_map(|l| {
-            l.split_once(' ')
-                .filter(|(k, _)| k.eq_ignore_ascii_case(want))
-                .map(|(_, v)| v.to_string())
-        })
-    };
-    match remote_key
-        .as_deref()
-        .and_then(|k| found(k).map(|v| (spelled("s3.ssekmskeyid", remote), v)))
-    {
+    let found =
+        |want: &str| listing.lines().rev().find_map(|l| l.split_once(' ').filter(|(k, _)| k.eq_ignore_ascii_case(want)).map(|(_, v)| v.to_string()));
+    match remote_key.as_deref().and_then(|k| found(k).map(|v| (spelled("s3.ssekmskeyid", remote), v))) {
         Some(kv) => kv,
-        None => (
-            spelled("s3.ssekmskeyid", None),
-            found("s3.ssekmskeyid").unwrap_or_default(),
-        ),
+        None => (spelled("s3.ssekmskeyid", None), found("s3.ssekmskeyid").unwrap_or_default()),
     }
 }
 
@@ -285,9 +241,7 @@ impl Intercept for PolicyHeaders {
         _components: &RuntimeComponents,
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
-        let write = cfg
-            .load::<Metadata>()
-            .is_some_and(|m| WRITES.contains(&m.name()));
+        let write = cfg.load::<Metadata>().is_some_and(|m| WRITES.contains(&m.name()));
         let headers = context.request_mut().headers_mut();
         for (name, value) in self.0.request_headers() {
             headers.insert(name, value);
@@ -307,25 +261,16 @@ impl Intercept for PolicyHeaders {
 /// the body's integrity, and Object Lock buckets (or a policy demanding an
 /// integrity header) refuse the write.
 pub fn needs_content_md5(client: &aws_sdk_s3::Client) -> bool {
-    matches!(
-        client.config().request_checksum_calculation(),
-        Some(RequestChecksumCalculation::WhenRequired)
-    )
+    matches!(client.config().request_checksum_calculation(), Some(RequestChecksumCalculation::WhenRequired))
 }
 
 /// `Content-MD5` of bytes (base64 of the MD5), off the async runtime.
 pub async fn content_md5_of_bytes(data: bytes::Bytes) -> std::io::Result<String> {
-    tokio::task::spawn_blocking(move || md5_base64(&[&data]))
-        .await
-        .map_err(std::io::Error::other)
+    tokio::task::spawn_blocking(move || md5_base64(&[&data])).await.map_err(std::io::Error::other)
 }
 
 /// `Content-MD5` of `len` bytes of a file from `offset` (`None`: to its end).
-pub async fn content_md5_of_file(
-    path: &Path,
-    offset: u64,
-    len: Option<u64>,
-) -> std::io::Result<String> {
+pub async fn content_md5_of_file(path: &Path, offset: u64, len: Option<u64>) -> std::io::Result<String> {
     let path = path.to_path_buf();
     tokio::task::spawn_blocking(move || {
         use md5::Digest;
@@ -369,48 +314,26 @@ mod tests {
         let listing = "s3.serversideencryption AES256\nremote.origin.s3serversideencryption aws:kms\nremote.origin.s3ssekmskeyid arn:aws:kms:eu-west-1:111122223333:key/k\ns3.requestpayer requester\nremote.other.s3expectedbucketowner 999999999999";
         let p = BucketPolicy::from_listing(listing, Some("origin")).unwrap();
         assert_eq!(p.encryption, Some(Encryption::Kms));
-        assert_eq!(
-            p.kms_key_id.as_deref(),
-            Some("arn:aws:kms:eu-west-1:111122223333:key/k")
-        );
+        assert_eq!(p.kms_key_id.as_deref(), Some("arn:aws:kms:eu-west-1:111122223333:key/k"));
         assert!(p.requester_pays);
         assert_eq!(p.expected_bucket_owner, None);
         // A global line after the remote's does not win.
-        let p = BucketPolicy::from_listing(
-            "remote.origin.s3serversideencryption aws:kms\ns3.serversideencryption AES256",
-            Some("origin"),
-        )
-        .unwrap();
+        let p = BucketPolicy::from_listing("remote.origin.s3serversideencryption aws:kms\ns3.serversideencryption AES256", Some("origin")).unwrap();
         assert_eq!(p.encryption, Some(Encryption::Kms));
         // Without a remote name (a URL), only the global settings count.
         let p = BucketPolicy::from_listing(listing, None).unwrap();
-        assert_eq!(
-            (p.encryption, p.kms_key_id),
-            (Some(Encryption::Aes256), None)
-        );
-        assert!(BucketPolicy::from_listing("", Some("origin"))
-            .unwrap()
-            .is_empty());
+        assert_eq!((p.encryption, p.kms_key_id), (Some(Encryption::Aes256), None));
+        assert!(BucketPolicy::from_listing("", Some("origin")).unwrap().is_empty());
     }
 
     #[test]
     fn bad_values_name_the_setting() {
-        let e =
-            BucketPolicy::from_listing("remote.origin.s3serversideencryption kms", Some("origin"))
-                .unwrap_err();
+        let e = BucketPolicy::from_listing("remote.origin.s3serversideencryption kms", Some("origin")).unwrap_err();
         assert_eq!(e.to_string(), "git config remote.origin.s3ServerSideEncryption is 'kms'; it must be AES256, aws:kms or aws:kms:dsse");
         let e = BucketPolicy::from_listing("s3.expectedbucketowner me", None).unwrap_err();
-        assert!(
-            e.to_string()
-                .starts_with("git config s3.expectedBucketOwner is 'me'"),
-            "{e}"
-        );
+        assert!(e.to_string().starts_with("git config s3.expectedBucketOwner is 'me'"), "{e}");
         let e = BucketPolicy::from_listing("s3.ssekmskeyid k", None).unwrap_err();
-        assert!(
-            e.to_string()
-                .contains("needs s3.serverSideEncryption aws:kms"),
-            "{e}"
-        );
+        assert!(e.to_string().contains("needs s3.serverSideEncryption aws:kms"), "{e}");
         assert!(BucketPolicy::from_listing("s3.requestpayer owner", None).is_err());
         assert!(BucketPolicy::from_listing("s3.bucketkeyenabled maybe", None).is_err());
     }
@@ -426,10 +349,7 @@ mod tests {
         };
         assert_eq!(
             p.request_headers(),
-            vec![
-                ("x-amz-expected-bucket-owner", "111122223333".to_string()),
-                ("x-amz-request-payer", "requester".to_string())
-            ]
+            vec![("x-amz-expected-bucket-owner", "111122223333".to_string()), ("x-amz-request-payer", "requester".to_string())]
         );
         assert_eq!(p.write_headers().len(), 3);
         assert_eq!(md5_base64(&[b"hello"]), "XUFAKrxLKna5cZ2REBfFkg==");

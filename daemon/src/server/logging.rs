@@ -134,8 +134,7 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for SessionLayer {
         }
         let _ = sink.tx.send(Ok(git_s3_proto::pb::SessionOutput {
             msg: Some(git_s3_proto::pb::session_output::Msg::Stderr(
-                format!("git-s3: {} {} ({:.1} ms)\n", info.name, info.fields, info.started.elapsed().as_secs_f64() * 1000.0)
-                    .into_bytes(),
+                format!("git-s3: {} {} ({:.1} ms)\n", info.name, info.fields, info.started.elapsed().as_secs_f64() * 1000.0).into_bytes(),
             )),
         }));
     }
@@ -164,10 +163,6 @@ pub fn init(log_file: &std::path::Path, foreground: bool) -> Option<tracing_appe
             .with_writer(std::io::stderr)
             .with_filter(EnvFilter::try_from_env("GIT_S3_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
     });
-    let _ = tracing_subscriber::registry()
-        .with(file_layer)
-        .with(stderr_layer)
-        .with(SessionLayer.with_filter(session_filter))
-        .try_init();
+    let _ = tracing_subscriber::registry().with(file_layer).with(stderr_layer).with(SessionLayer.with_filter(session_filter)).try_init();
     guard
 }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use git_s3_proto::pb::git_s3_server::GitS3;
 use git_s3_proto::pb::{
-    session_input, DaemonStatusReply, DaemonStatusRequest, HelloReply, HelloRequest, Program, SessionInput,
-    SessionOutput, SessionStart, ShutdownReply, ShutdownRequest, WarmClient,
+    session_input, DaemonStatusReply, DaemonStatusRequest, HelloReply, HelloRequest, Program, SessionInput, SessionOutput, SessionStart,
+    ShutdownReply, ShutdownRequest, WarmClient,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -15,8 +15,8 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use crate::server::logging::{SessionSink, CURRENT_SINK};
-use crate::session::{Input, Out};
 use crate::session::state::DaemonState;
+use crate::session::{Input, Out};
 
 pub struct Service {
     pub state: Arc<DaemonState>,
@@ -71,9 +71,7 @@ impl GitS3 for Service {
         let out = Out::new(out_tx, 1);
         let sink = SessionSink { tx: out.sender(), verbosity: out.verbosity_handle() };
         let program = Program::try_from(start.program).unwrap_or(Program::Unspecified);
-        let span = CURRENT_SINK.sync_scope(sink, || {
-            tracing::info_span!("session", program = ?program, args = ?start.args, cwd = %start.cwd)
-        });
+        let span = CURRENT_SINK.sync_scope(sink, || tracing::info_span!("session", program = ?program, args = ?start.args, cwd = %start.cwd));
         state.session_started();
         tokio::spawn(
             async move {
@@ -98,12 +96,7 @@ impl GitS3 for Service {
             socket_path: s.socket_path.display().to_string(),
             active_sessions: s.active_sessions.load(Ordering::SeqCst),
             total_sessions: s.total_sessions.load(Ordering::Relaxed),
-            clients: s
-                .clients
-                .snapshot()
-                .into_iter()
-                .map(|(key, uses, age_seconds)| WarmClient { key, uses, age_seconds })
-                .collect(),
+            clients: s.clients.snapshot().into_iter().map(|(key, uses, age_seconds)| WarmClient { key, uses, age_seconds }).collect(),
             cache_dir: s.cache.root().display().to_string(),
             cache_bytes: usage.bytes,
             cache_entries: usage.entries,

@@ -34,10 +34,7 @@ impl ServerConfig {
     /// From the daemon's own environment (daemon settings, not request data).
     pub fn from_env() -> ServerConfig {
         let idle = std::env::var("GIT_S3_DAEMON_IDLE_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(1800);
-        let max = std::env::var("GIT_S3_CACHE_MAX_BYTES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(crate::local::cache::DEFAULT_MAX_BYTES);
+        let max = std::env::var("GIT_S3_CACHE_MAX_BYTES").ok().and_then(|v| v.parse().ok()).unwrap_or(crate::local::cache::DEFAULT_MAX_BYTES);
         ServerConfig { idle_timeout: Duration::from_secs(idle), cache_max_bytes: max }
     }
 }

@@ -41,14 +41,9 @@ impl Progress {
     fn line(&self) -> String {
         let rate = self.done as f64 / MIB / self.started.elapsed().as_secs_f64().max(0.001);
         match self.total {
-            Some(t) if t > 0 => format!(
-                "{}: {:3}% ({:.1}/{:.1} MiB) {:.1} MiB/s",
-                self.label,
-                self.done * 100 / t,
-                self.done as f64 / MIB,
-                t as f64 / MIB,
-                rate
-            ),
+            Some(t) if t > 0 => {
+                format!("{}: {:3}% ({:.1}/{:.1} MiB) {:.1} MiB/s", self.label, self.done * 100 / t, self.done as f64 / MIB, t as f64 / MIB, rate)
+            }
             _ => format!("{}: {:.1} MiB {:.1} MiB/s", self.label, self.done as f64 / MIB, rate),
         }
     }

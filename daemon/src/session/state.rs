@@ -42,10 +42,7 @@ impl DaemonState {
             total_sessions: AtomicU64::new(0),
             last_activity: Mutex::new(Instant::now()),
             shutdown: tokio::sync::Notify::new(),
-            exe: std::env::current_exe()
-                .ok()
-                .and_then(|p| git_s3_proto::client::exe_mtime_ns(&p).map(|m| (p, m)))
-                .unwrap_or_default(),
+            exe: std::env::current_exe().ok().and_then(|p| git_s3_proto::client::exe_mtime_ns(&p).map(|m| (p, m))).unwrap_or_default(),
         }
     }
 

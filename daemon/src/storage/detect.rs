@@ -42,8 +42,7 @@ impl Format {
 pub async fn configured_format(git: &Git) -> Result<Format, StorageError> {
     match git.config_get("s3.format").await {
         None => Ok(Format::Bundles),
-        Some(v) => Format::parse(&v)
-            .ok_or_else(|| StorageError::Format(format!("git config s3.format is '{v}'; it must be 'packs' or 'bundles'"))),
+        Some(v) => Format::parse(&v).ok_or_else(|| StorageError::Format(format!("git config s3.format is '{v}'; it must be 'packs' or 'bundles'"))),
     }
 }
 
@@ -78,8 +77,7 @@ pub async fn scan_refs_dir(store: &S3Store, url: &RemoteUrl) -> Result<RefsDir, 
 
 /// When this daemon last found a prefix's `refs/` free of bundles, and the
 /// `PROTECTED#` markers it held then.
-static CLEAN_REFS_SCANS: std::sync::OnceLock<dashmap::DashMap<String, (std::time::Instant, BTreeSet<String>)>> =
-    std::sync::OnceLock::new();
+static CLEAN_REFS_SCANS: std::sync::OnceLock<dashmap::DashMap<String, (std::time::Instant, BTreeSet<String>)>> = std::sync::OnceLock::new();
 
 /// How long a clean `refs/` scan lets reads skip the listing.
 const REFS_RESCAN: Duration = Duration::from_secs(60);
@@ -101,8 +99,7 @@ fn note_refs_scan(store: &S3Store, url: &RemoteUrl, refs: &RefsDir) {
 /// holds its manifest and listed `refs/` (clean) less than a minute ago.
 fn recently_scanned_packs(store: &S3Store, url: &RemoteUrl) -> bool {
     let location = store.location(&manifest::manifest_key(url));
-    manifest::is_held(&location)
-        && CLEAN_REFS_SCANS.get().and_then(|s| s.get(&location).map(|t| t.0.elapsed() < REFS_RESCAN)).unwrap_or(false)
+    manifest::is_held(&location) && CLEAN_REFS_SCANS.get().and_then(|s| s.get(&location).map(|t| t.0.elapsed() < REFS_RESCAN)).unwrap_or(false)
 }
 
 /// The `PROTECTED#` markers of this daemon's last clean `refs/` scan of the

@@ -141,7 +141,16 @@ mod tests {
         assert_eq!(o.set("verbosity", "1"), None);
         assert!(o.narrows());
         let a = o.fetch_pack_args(false);
-        for want in ["--lock-pack", "--no-progress", "--depth=1", "--shallow-exclude=v1", "--shallow-exclude=v2", "--deepen-relative", "--filter=blob:none", "--shallow-since=1700000000"] {
+        for want in [
+            "--lock-pack",
+            "--no-progress",
+            "--depth=1",
+            "--shallow-exclude=v1",
+            "--shallow-exclude=v2",
+            "--deepen-relative",
+            "--filter=blob:none",
+            "--shallow-since=1700000000",
+        ] {
             assert!(a.iter().any(|x| x == want), "{want} in {a:?}");
         }
         assert!(!o.fetch_pack_args(true).iter().any(|x| x == "--no-progress"));

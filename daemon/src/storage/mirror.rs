@@ -29,9 +29,9 @@ use crate::local::git::{Git, GitError};
 use crate::s3::store::S3Store;
 use crate::s3::url::RemoteUrl;
 use crate::storage::fetch_options::FetchOptions;
-use crate::storage::packs::views;
-use crate::storage::packs::git_ops::{present_objects, run_with_stdin};
 use crate::storage::open::Storage;
+use crate::storage::packs::git_ops::{present_objects, run_with_stdin};
+use crate::storage::packs::views;
 use crate::storage::{OpContext, RefListing, RemoteRef, StorageError};
 
 /// Variables that point git at the caller's repository: a mirror's git runs
@@ -70,7 +70,8 @@ impl Mirror {
         }
         let id = hex::encode(&Sha256::digest(seed.as_bytes())[..16]);
         let path = ctx.cache.mirror_path(&id).ok_or_else(|| StorageError::Format(format!("invalid mirror id {id}")))?;
-        let mut env: HashMap<String, String> = ctx.env.iter().filter(|(k, _)| !REPOSITORY_VARS.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut env: HashMap<String, String> =
+            ctx.env.iter().filter(|(k, _)| !REPOSITORY_VARS.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
         env.insert("GIT_DIR".into(), path.to_string_lossy().into_owned());
         if !path.join("objects").is_dir() {
             let tmp = ctx.cache.temp_dir()?;
@@ -87,7 +88,14 @@ impl Mirror {
     /// (a lazy fetch) brings in every ref, as does `all_refs`. Then the
     /// mirror's refs are set to the listing's, for git's ref-based options
     /// (`--shallow-exclude=<ref>`).
-    pub async fn fill(&self, storage: &Storage, ctx: &OpContext, listing: &RefListing, wants: &[RemoteRef], all_refs: bool) -> Result<(), StorageError> {
+    pub async fn fill(
+        &self,
+        storage: &Storage,
+        ctx: &OpContext,
+        listing: &RefListing,
+        wants: &[RemoteRef],
+        all_refs: bool,
+    ) -> Result<(), StorageError> {
         let shas: Vec<String> = wants.iter().map(|w| w.sha.clone()).collect::<BTreeSet<_>>().into_iter().collect();
         let present = present_objects(&self.git, &shas).await?;
         let tips: Vec<RemoteRef> = wants.iter().filter(|w| listing.is_tip(w)).cloned().collect();
@@ -164,7 +172,8 @@ impl Mirror {
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         let span = tracing::debug_span!("git", args = %argv.join(" "), wants = wants.len());
         let (stdout, stderr, ok) = async {
-            let mut child = ctx.git.command(&argv).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(GitError::Spawn)?;
+            let mut child =
+                ctx.git.command(&argv).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(GitError::Spawn)?;
             let mut stdin = child.stdin.take();
             let mut out_pipe = child.stdout.take();
             let mut err_pipe = child.stderr.take();

@@ -20,9 +20,9 @@ use std::sync::Arc;
 use crate::local::cache::Cache;
 use crate::local::git::{Git, GitError};
 use crate::local::oid::ObjectFormat;
-use crate::storage::bundles::locks::LockError;
 use crate::s3::store::StoreError;
 use crate::session::Out;
+use crate::storage::bundles::locks::LockError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -132,12 +132,8 @@ pub struct OpContext {
 
 pub trait RepoStorage {
     fn list(&self) -> impl std::future::Future<Output = Result<RefListing, StorageError>> + Send;
-    fn fetch(
-        &self,
-        ctx: &OpContext,
-        listing: &RefListing,
-        wants: &[RemoteRef],
-    ) -> impl std::future::Future<Output = Result<(), StorageError>> + Send;
+    fn fetch(&self, ctx: &OpContext, listing: &RefListing, wants: &[RemoteRef])
+        -> impl std::future::Future<Output = Result<(), StorageError>> + Send;
     fn push(
         &self,
         ctx: &OpContext,

@@ -35,14 +35,7 @@ pub(crate) fn zip_put_options(sha: &str, summary: String, extra: Vec<(String, St
 }
 
 /// Uploads `<prefix>/<dst>/repo.zip` with 0.4.2's metadata and headers.
-pub(crate) async fn upload_zip(
-    store: &S3Store,
-    url: &RemoteUrl,
-    dst: &str,
-    sha: &str,
-    zip: &Path,
-    summary: String,
-) -> Result<(), StorageError> {
+pub(crate) async fn upload_zip(store: &S3Store, url: &RemoteUrl, dst: &str, sha: &str, zip: &Path, summary: String) -> Result<(), StorageError> {
     store.put_file(&zip_key(url, dst), zip, zip_put_options(sha, summary, Vec::new()), |_| {}).await?;
     Ok(())
 }

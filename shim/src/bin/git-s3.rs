@@ -77,7 +77,11 @@ async fn daemon(args: &[String]) -> i32 {
         Some("status") => status(&socket, json).await,
         _ => {
             eprintln!("{DAEMON_HELP}");
-            if args.is_empty() || args[0] == "--help" || args[0] == "-h" { 0 } else { 2 }
+            if args.is_empty() || args[0] == "--help" || args[0] == "-h" {
+                0
+            } else {
+                2
+            }
         }
     }
 }

@@ -85,7 +85,11 @@ pub fn classify(method: &Method, path: &str, query: &str, headers: &HeaderMap) -
         match *method {
             Method::GET if !on_key => {
                 let listing = query.is_empty() || q("list-type") || q("prefix") || q("delimiter") || q("continuation-token");
-                if listing { RequestKind::List } else { RequestKind::OtherBucket }
+                if listing {
+                    RequestKind::List
+                } else {
+                    RequestKind::OtherBucket
+                }
             }
             Method::GET if q("uploadId") => RequestKind::Other,
             Method::GET if headers.contains_key(http::header::RANGE) => RequestKind::RangedGet,

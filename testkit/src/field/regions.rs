@@ -38,13 +38,7 @@ fn scope_region(credential: &str) -> Option<String> {
 
 /// Status, body and headers of the answer to a request for `bucket` (in
 /// `bucket_region`) signed for `signed_region`.
-pub fn wrong_region_answer(
-    answer: RegionAnswer,
-    method: &Method,
-    bucket: &str,
-    bucket_region: &str,
-    signed_region: &str,
-) -> (StatusCode, String) {
+pub fn wrong_region_answer(answer: RegionAnswer, method: &Method, bucket: &str, bucket_region: &str, signed_region: &str) -> (StatusCode, String) {
     let request_id = "FIELD0REGION0000";
     let (status, body) = match answer {
         RegionAnswer::PermanentRedirect => (

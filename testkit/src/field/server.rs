@@ -365,12 +365,7 @@ async fn s3(shared: Arc<Shared>, mut req: Request<Incoming>, start: std::time::I
     } else {
         resp
     };
-    let len: u64 = resp
-        .headers()
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let len: u64 = resp.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0);
     let cut = match &fault {
         Some(FaultAction::ResetMidBody) => Some(Cut { after: len / 2, stall: None }),
         Some(FaultAction::Stall(d)) => Some(Cut { after: len / 2, stall: Some(*d) }),

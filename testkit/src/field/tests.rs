@@ -146,16 +146,13 @@ fn faults_answer_a_chosen_share_of_chosen_requests() {
     // A share of 30 % with a fixed seed: the same requests fail each time.
     let outcomes = |seed| {
         field.set_faults(seed, vec![Fault::new(FaultAction::Conflict, &[RequestKind::ConditionalPut], 0.3)]);
-        (0..20)
-            .map(|i| request(&field, "PUT", &format!("/{b}/c{seed}-{i}"), &format!("{auth}If-None-Match: *\r\n"), b"x").status)
-            .collect::<Vec<_>>()
+        (0..20).map(|i| request(&field, "PUT", &format!("/{b}/c{seed}-{i}"), &format!("{auth}If-None-Match: *\r\n"), b"x").status).collect::<Vec<_>>()
     };
     let first = outcomes(42);
     assert!(first.contains(&409) && first.contains(&200), "{first:?}");
     field.set_faults(42, vec![Fault::new(FaultAction::Conflict, &[RequestKind::ConditionalPut], 0.3)]);
-    let again: Vec<u16> = (0..20)
-        .map(|i| request(&field, "PUT", &format!("/{b}/d-{i}"), &format!("{auth}If-None-Match: *\r\n"), b"x").status)
-        .collect();
+    let again: Vec<u16> =
+        (0..20).map(|i| request(&field, "PUT", &format!("/{b}/d-{i}"), &format!("{auth}If-None-Match: *\r\n"), b"x").status).collect();
     assert_eq!(first, again);
 }
 
@@ -247,7 +244,9 @@ fn concurrent_conditional_writes_to_one_key_have_one_winner() {
         let handles: Vec<_> = (0..8)
             .map(|i| {
                 let (field, b, auth, etag) = (&field, &b, &auth, &etag);
-                s.spawn(move || request(field, "PUT", &format!("/{b}/manifest"), &format!("{auth}If-Match: {etag}\r\n"), format!("w{i}").as_bytes()).status)
+                s.spawn(move || {
+                    request(field, "PUT", &format!("/{b}/manifest"), &format!("{auth}If-Match: {etag}\r\n"), format!("w{i}").as_bytes()).status
+                })
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()

@@ -89,14 +89,7 @@ impl Timeline {
 
     /// Records a request that started at `start`; the guard records its end
     /// when dropped.
-    pub fn begin(
-        self: &Arc<Self>,
-        kind: RequestKind,
-        method: &str,
-        bucket: Option<String>,
-        key: Option<String>,
-        start: Instant,
-    ) -> Option<Finish> {
+    pub fn begin(self: &Arc<Self>, kind: RequestKind, method: &str, bucket: Option<String>, key: Option<String>, start: Instant) -> Option<Finish> {
         let mut s = self.state();
         if s.1.len() >= MAX_RECORDS {
             return None;

@@ -69,7 +69,9 @@ fn with_times(xml: &str, times: &HashMap<String, SystemTime>) -> String {
         out.push_str(&rest[..start]);
         let upload = &rest[start..end];
         match (element(upload, "UploadId").and_then(|id| times.get(&id).copied()), element(upload, "Initiated")) {
-            (Some(t), Some(old)) => out.push_str(&upload.replace(&format!("<Initiated>{old}</Initiated>"), &format!("<Initiated>{}</Initiated>", iso8601(t)))),
+            (Some(t), Some(old)) => {
+                out.push_str(&upload.replace(&format!("<Initiated>{old}</Initiated>"), &format!("<Initiated>{}</Initiated>", iso8601(t))))
+            }
             _ => out.push_str(upload),
         }
         rest = &rest[end..];
@@ -80,9 +82,7 @@ fn with_times(xml: &str, times: &HashMap<String, SystemTime>) -> String {
 
 /// `2026-12-02T14:05:06Z` (RFC 3339, as S3's XML dates are read).
 fn iso8601(t: SystemTime) -> String {
-    aws_smithy_types::DateTime::from(t)
-        .fmt(aws_smithy_types::date_time::Format::DateTime)
-        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_string())
+    aws_smithy_types::DateTime::from(t).fmt(aws_smithy_types::date_time::Format::DateTime).unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_string())
 }
 
 #[cfg(test)]

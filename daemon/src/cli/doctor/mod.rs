@@ -17,11 +17,11 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use common::{choose_head, Report};
 use super::remote::{age_secs, branch_ref, is_stale, HeadState, Remote, View};
 use super::{CliError, CliResult, Ctx};
-use crate::storage::bundles::locks;
 use crate::s3::store::PutOptions;
+use crate::storage::bundles::locks;
+use common::{choose_head, Report};
 
 fn short(sha: &str) -> &str {
     sha.get(..12).unwrap_or(sha)
@@ -132,7 +132,10 @@ pub async fn run(ctx: &mut Ctx, args: DoctorArgs) -> CliResult {
     // Conditional writes: probed (unless --dry-run) when this daemon does not know yet.
     let conditional = remote.conditional_writes(ctx, !args.dry_run).await;
     rep.line(ctx, "");
-    rep.line(ctx, format!("Conditional writes: {} ({})", conditional["summary"].as_str().unwrap_or("unknown"), conditional["endpoint"].as_str().unwrap_or("")));
+    rep.line(
+        ctx,
+        format!("Conditional writes: {} ({})", conditional["summary"].as_str().unwrap_or("unknown"), conditional["endpoint"].as_str().unwrap_or("")),
+    );
     if matches!(conditional["state"].as_str(), Some("ignored" | "not-implemented")) {
         rep.line(ctx, format!("  {}", conditional["refusal"].as_str().unwrap_or("")));
         rep.issues.push(json!({"kind": "conditional_writes_not_enforced", "state": conditional["state"], "header": conditional["header"]}));

@@ -57,10 +57,7 @@ versioning), or push a complete clone to a new prefix (`git push --mirror`).",
         Err(e) => return Err(e.into()),
     };
     let protected = |r: &str| m.protected.contains(r) || view.is_protected(r);
-    rep.line(
-        ctx,
-        format!("{}: packs format (manifest serial {}, {} packs, {})", remote.url, m.serial, m.packs.len(), human_bytes(m.pack_bytes())),
-    );
+    rep.line(ctx, format!("{}: packs format (manifest serial {}, {} packs, {})", remote.url, m.serial, m.packs.len(), human_bytes(m.pack_bytes())));
     if m.refs.is_empty() {
         rep.line(ctx, "  no refs (empty repository)");
     }
@@ -77,8 +74,14 @@ versioning), or push a complete clone to a new prefix (`git push --mirror`).",
     if let Some(why) = &m.frozen {
         rep.issues.push(json!({"kind": "frozen_manifest", "why": why}));
         rep.line(ctx, "");
-        rep.line(ctx, format!("The manifest is frozen ({why}): a `git s3 migrate --to bundles` started and has not finished, so pushes are refused."));
-        rep.line(ctx, format!("Finish it with `git s3 migrate --to bundles {}`, or stay with packs: `git s3 migrate --to packs {}`.", remote.url, remote.url));
+        rep.line(
+            ctx,
+            format!("The manifest is frozen ({why}): a `git s3 migrate --to bundles` started and has not finished, so pushes are refused."),
+        );
+        rep.line(
+            ctx,
+            format!("Finish it with `git s3 migrate --to bundles {}`, or stay with packs: `git s3 migrate --to packs {}`.", remote.url, remote.url),
+        );
     }
     if !view.scan.bundles.is_empty() {
         explain_both_formats(ctx, remote, view, &m, rep);
@@ -128,7 +131,10 @@ fn explain_both_formats(ctx: &Ctx, remote: &Remote, view: &View, m: &Manifest, r
     rep.issues.push(json!({"kind": "both_formats", "refs": refs}));
     rep.line(ctx, "To keep the packs format with every ref, run:");
     rep.line(ctx, format!("  git s3 migrate --to packs {}", remote.url));
-    rep.line(ctx, "    (the bundles' refs are added to the manifest, a bundle winning over the manifest for the same ref, then the bundles are deleted)");
+    rep.line(
+        ctx,
+        "    (the bundles' refs are added to the manifest, a bundle winning over the manifest for the same ref, then the bundles are deleted)",
+    );
     rep.line(ctx, "To go back to the git-remote-s3 0.4.2 layout instead, run:");
     rep.line(ctx, format!("  git s3 migrate --to bundles {}", remote.url));
     rep.line(ctx, "    (the manifest's refs are written as bundles, the manifest winning for the same ref; refs only in bundles stay)");
@@ -179,7 +185,8 @@ async fn check_packs(ctx: &Ctx, remote: &Remote, m: &Manifest, args: &DoctorArgs
     }
     let listed = m.referenced_pack_names();
     // Views: missing, older than the packs, or naming packs gone from the bucket.
-    let gone: Vec<&str> = m.views.iter().flat_map(|v| v.packs()).filter(|p| found.get(&p.name).and_then(|f| f.0) != Some(p.size)).map(|p| p.name.as_str()).collect();
+    let gone: Vec<&str> =
+        m.views.iter().flat_map(|v| v.packs()).filter(|p| found.get(&p.name).and_then(|f| f.0) != Some(p.size)).map(|p| p.name.as_str()).collect();
     if !m.packs.is_empty() && (crate::storage::packs::gc::views_stale(m) || !gone.is_empty()) {
         let uncovered: u64 = m.uncovered().map(|p| p.size).sum();
         let why = if m.views.is_none() {
@@ -200,11 +207,8 @@ async fn check_packs(ctx: &Ctx, remote: &Remote, m: &Manifest, args: &DoctorArgs
             ),
         );
     }
-    let unreferenced: Vec<(&String, u64)> = found
-        .iter()
-        .filter(|(n, _)| !listed.contains(n.as_str()))
-        .map(|(n, (p, i, _))| (n, p.unwrap_or(0) + i.unwrap_or(0)))
-        .collect();
+    let unreferenced: Vec<(&String, u64)> =
+        found.iter().filter(|(n, _)| !listed.contains(n.as_str())).map(|(n, (p, i, _))| (n, p.unwrap_or(0) + i.unwrap_or(0))).collect();
     let grace = DEFAULT_GRACE_SECONDS;
     if !unreferenced.is_empty() {
         let bytes: u64 = unreferenced.iter().map(|u| u.1).sum();
@@ -232,10 +236,7 @@ async fn check_packs(ctx: &Ctx, remote: &Remote, m: &Manifest, args: &DoctorArgs
     if m.packs.len() >= MANY_PACKS {
         rep.issues.push(json!({"kind": "many_packs", "count": m.packs.len()}));
         rep.line(ctx, "");
-        rep.line(
-            ctx,
-            format!("{} packs: fetches and clones make one request per pack. `git s3 gc {}` combines them.", m.packs.len(), remote.url),
-        );
+        rep.line(ctx, format!("{} packs: fetches and clones make one request per pack. `git s3 gc {}` combines them.", m.packs.len(), remote.url));
     }
     Ok(())
 }

@@ -23,11 +23,7 @@ fn prunable(versions: &[ObjectVersion]) -> (Vec<&ObjectVersion>, Vec<&ObjectVers
     let expired_markers = versions
         .iter()
         .filter(|v| v.is_latest && v.delete_marker)
-        .filter(|m| {
-            versions
-                .iter()
-                .all(|v| v.key != m.key || v.version_id == m.version_id || !v.is_latest)
-        })
+        .filter(|m| versions.iter().all(|v| v.key != m.key || v.version_id == m.version_id || !v.is_latest))
         .collect();
     (noncurrent, expired_markers)
 }
@@ -44,23 +40,14 @@ fn kind_of(key: &str) -> &'static str {
     }
 }
 
-pub(super) async fn noncurrent_versions(
-    ctx: &Ctx,
-    remote: &Remote,
-    args: &DoctorArgs,
-    rep: &mut Report,
-) {
+pub(super) async fn noncurrent_versions(ctx: &Ctx, remote: &Remote, args: &DoctorArgs, rep: &mut Report) {
     rep.line(ctx, "");
-    rep.line(
-        ctx,
-        "Scanning for noncurrent object versions (versioned buckets)...",
-    );
+    rep.line(ctx, "Scanning for noncurrent object versions (versioned buckets)...");
     let versions = match remote.store.list_versions(&remote.url.key("")).await {
         Ok(v) => v,
         Err(e) => {
             rep.line(ctx, format!("Could not list object versions: {e}"));
-            rep.advice
-                .push(json!({"kind": "versions_unchecked", "error": e.to_string()}));
+            rep.advice.push(json!({"kind": "versions_unchecked", "error": e.to_string()}));
             return;
         }
     };
@@ -84,10 +71,8 @@ pub(super) async fn noncurrent_versions(
             markers.len()
         ),
     );
-    rep.advice.push(
-        json!({"kind": "noncurrent_versions", "versions": noncurrent.len(), "bytes": bytes,
-        "delete_markers": markers.len(), "by_kind": by_kind}),
-    );
+    rep.advice.push(json!({"kind": "noncurrent_versions", "versions": noncurrent.len(), "bytes": bytes,
+        "delete_markers": markers.len(), "by_kind": by_kind}));
     if !args.prune_versions {
         rep.line(ctx, "Run with --prune-versions to delete them (current versions are kept), or add a lifecycle rule (NoncurrentVersionExpiration).");
         return;
@@ -102,12 +87,8 @@ pub(super) async fn noncurrent_versions(
             Ok(()) => deleted += 1,
             Err(e) => {
                 failed_keys.insert(v.key.clone());
-                rep.errors
-                    .push(format!("{} (version {}): {e}", v.key, v.version_id));
-                rep.line(
-                    ctx,
-                    format!("Failed to delete {} version {}: {e}", v.key, v.version_id),
-                );
+                rep.errors.push(format!("{} (version {}): {e}", v.key, v.version_id));
+                rep.line(ctx, format!("Failed to delete {} version {}: {e}", v.key, v.version_id));
             }
         }
     }
@@ -117,19 +98,12 @@ pub(super) async fn noncurrent_versions(
         match remote.store.delete_version(&m.key, &m.version_id).await {
             Ok(()) => markers_deleted += 1,
             Err(e) => {
-                rep.errors
-                    .push(format!("{} (delete marker {}): {e}", m.key, m.version_id));
-                rep.line(
-                    ctx,
-                    format!("Failed to delete the delete marker of {}: {e}", m.key),
-                );
+                rep.errors.push(format!("{} (delete marker {}): {e}", m.key, m.version_id));
+                rep.line(ctx, format!("Failed to delete the delete marker of {}: {e}", m.key));
             }
         }
     }
-    rep.line(
-        ctx,
-        format!("Deleted {deleted} noncurrent versions and {markers_deleted} delete markers"),
-    );
+    rep.line(ctx, format!("Deleted {deleted} noncurrent versions and {markers_deleted} delete markers"));
     rep.actions.push(json!({"action": "pruned_versions", "versions": deleted, "delete_markers": markers_deleted}));
 }
 
@@ -138,14 +112,7 @@ mod tests {
     use super::*;
 
     fn v(key: &str, id: &str, is_latest: bool, delete_marker: bool) -> ObjectVersion {
-        ObjectVersion {
-            key: key.into(),
-            version_id: id.into(),
-            is_latest,
-            delete_marker,
-            size: 1,
-            last_modified: std::time::SystemTime::UNIX_EPOCH,
-        }
+        ObjectVersion { key: key.into(), version_id: id.into(), is_latest, delete_marker, size: 1, last_modified: std::time::SystemTime::UNIX_EPOCH }
     }
 
     #[test]
@@ -159,23 +126,10 @@ mod tests {
             v("p/refs/heads/x/a.bundle", "4", false, true),
         ];
         let (noncurrent, markers) = prunable(&versions);
-        let ids: Vec<_> = noncurrent
-            .iter()
-            .map(|v| (v.key.as_str(), v.version_id.as_str()))
-            .collect();
-        assert_eq!(
-            ids,
-            [
-                ("p/HEAD", "0"),
-                ("p/refs/heads/main/LOCK#.lock", "1"),
-                ("p/refs/heads/x/a.bundle", "4")
-            ]
-        );
+        let ids: Vec<_> = noncurrent.iter().map(|v| (v.key.as_str(), v.version_id.as_str())).collect();
+        assert_eq!(ids, [("p/HEAD", "0"), ("p/refs/heads/main/LOCK#.lock", "1"), ("p/refs/heads/x/a.bundle", "4")]);
         assert_eq!(markers.len(), 2);
-        assert!(noncurrent
-            .iter()
-            .chain(&markers)
-            .all(|v| !v.is_latest || v.delete_marker));
+        assert!(noncurrent.iter().chain(&markers).all(|v| !v.is_latest || v.delete_marker));
         assert_eq!(kind_of("p/refs/heads/main/LOCK#.lock"), "locks");
     }
 }

@@ -169,12 +169,7 @@ fn u(v: &Value) -> u64 {
 
 fn print_text(ctx: &Ctx, doc: &Value) {
     let d = &doc["daemon"];
-    ctx.println(format!(
-        "daemon: running (pid {}, version {}, up {})",
-        s(&d["pid"]),
-        s(&d["version"]),
-        human_duration(u(&d["uptime_seconds"]))
-    ));
+    ctx.println(format!("daemon: running (pid {}, version {}, up {})", s(&d["pid"]), s(&d["version"]), human_duration(u(&d["uptime_seconds"]))));
     ctx.println(format!("  socket:   {}", s(&d["socket"])));
     ctx.println(format!("  log file: {}", s(&d["log_file"])));
     ctx.println(format!("  sessions: {} active, {} total", u(&d["active_sessions"]), u(&d["total_sessions"])));

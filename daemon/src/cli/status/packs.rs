@@ -18,12 +18,9 @@ pub async fn remote_status(remote: &Remote) -> Result<Option<Value>, CliError> {
     if !refs_dir.bundle_refs.is_empty() {
         warnings.push(mixed_formats_error(&remote.url, &refs_dir).to_string());
     }
-    let protected: Vec<String> = m.protected.iter().chain(refs_dir.markers.iter()).cloned().collect::<std::collections::BTreeSet<_>>().into_iter().collect();
-    let refs: Vec<Value> = m
-        .refs
-        .iter()
-        .map(|(name, sha)| json!({"name": name, "sha": sha, "protected": protected.contains(name)}))
-        .collect();
+    let protected: Vec<String> =
+        m.protected.iter().chain(refs_dir.markers.iter()).cloned().collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    let refs: Vec<Value> = m.refs.iter().map(|(name, sha)| json!({"name": name, "sha": sha, "protected": protected.contains(name)})).collect();
     let head = match (&m.head, m.live_head()) {
         (Some(h), Some(_)) => json!({"ref": h, "sha": m.refs.get(h), "state": "ok"}),
         (Some(h), None) => {

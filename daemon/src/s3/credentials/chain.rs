@@ -14,9 +14,7 @@ use std::sync::Arc;
 
 use aws_config::profile::ProfileSet;
 use aws_config::sts::AssumeRoleProvider;
-use aws_credential_types::provider::{
-    self, error::CredentialsError, future, ProvideCredentials, SharedCredentialsProvider,
-};
+use aws_credential_types::provider::{self, error::CredentialsError, future, ProvideCredentials, SharedCredentialsProvider};
 use aws_runtime::env_config::file::EnvConfigFiles;
 use aws_types::os_shim_internal::{Env, Fs};
 use aws_types::service_config::ServiceConfigKey;
@@ -26,11 +24,7 @@ use super::messages::{one_line, tried_sources, IdentityError};
 use super::process::{ProcessCredentials, ProcessError};
 
 /// Static keys: used from the environment unless the URL names a profile.
-const KEY_VARS: [&str; 3] = [
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-];
+const KEY_VARS: [&str; 3] = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"];
 
 /// One caller's identity inputs.
 #[derive(Clone)]
@@ -47,11 +41,7 @@ pub struct CallerChain {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Base {
     /// `credential_process`, with the roles to assume on top (innermost first).
-    Process {
-        command: String,
-        profile: String,
-        hops: Vec<RoleHop>,
-    },
+    Process { command: String, profile: String, hops: Vec<RoleHop> },
     /// An SSO session (`sso_session` or `sso_start_url`).
     Sso,
     /// Anything aws-config handles by itself, or no profile at all.
@@ -66,36 +56,21 @@ struct RoleHop {
 }
 
 impl CallerChain {
-    pub fn new(
-        env: Arc<HashMap<String, String>>,
-        profile: Option<String>,
-        url_profile_wins: bool,
-    ) -> CallerChain {
-        CallerChain {
-            env,
-            profile,
-            url_profile_wins,
-        }
+    pub fn new(env: Arc<HashMap<String, String>>, profile: Option<String>, url_profile_wins: bool) -> CallerChain {
+        CallerChain { env, profile, url_profile_wins }
     }
 
     fn get(&self, k: &str) -> Option<&str> {
-        self.env
-            .get(k)
-            .map(String::as_str)
-            .filter(|v| !v.is_empty())
+        self.env.get(k).map(String::as_str).filter(|v| !v.is_empty())
     }
 
     /// Static keys from the environment are what the chain will use.
     pub fn env_keys_used(&self) -> bool {
-        !self.url_profile_wins
-            && self.get("AWS_ACCESS_KEY_ID").is_some()
-            && self.get("AWS_SECRET_ACCESS_KEY").is_some()
+        !self.url_profile_wins && self.get("AWS_ACCESS_KEY_ID").is_some() && self.get("AWS_SECRET_ACCESS_KEY").is_some()
     }
 
     fn profile_name(&self) -> String {
-        self.profile
-            .clone()
-            .unwrap_or_else(|| "default".to_string())
+        self.profile.clone().unwrap_or_else(|| "default".to_string())
     }
 
     /// The environment aws-config reads: the caller's (without its static
@@ -114,51 +89,21 @@ impl CallerChain {
     /// loaded with [`CallerChain::loader_env`] (its default chain already
     /// reads the caller's environment; a `credential_process` base is
     /// replaced here).
-    pub async fn provider(
-        &self,
-        sdk: &SdkConfig,
-        files: Option<EnvConfigFiles>,
-    ) -> SharedCredentialsProvider {
+    pub async fn provider(&self, sdk: &SdkConfig, files: Option<EnvConfigFiles>) -> SharedCredentialsProvider {
         let profile_files_exist = files.is_some();
-        let base = if self.env_keys_used() {
-            Base::Other
-        } else {
-            self.profile_base(files).await
-        };
+        let base = if self.env_keys_used() { Base::Other } else { self.profile_base(files).await };
         let inner = match (&base, sdk.credentials_provider()) {
-            (
-                Base::Process {
-                    command,
-                    profile,
-                    hops,
-                },
-                _,
-            ) => self.process_chain(sdk, command, profile, hops).await,
+            (Base::Process { command, profile, hops }, _) => self.process_chain(sdk, command, profile, hops).await,
             (_, Some(default)) => default,
             (_, None) => SharedCredentialsProvider::new(NoProvider),
         };
         let tried = tried_sources(&self.env, &self.profile_name(), profile_files_exist);
-        let context = Arc::new(Context {
-            profile: self.profile_name(),
-            base,
-            tried,
-            env_keys: self.env_keys_used(),
-        });
+        let context = Arc::new(Context { profile: self.profile_name(), base, tried, env_keys: self.env_keys_used() });
         SharedCredentialsProvider::new(CallerCredentials { inner, context })
     }
 
-    async fn process_chain(
-        &self,
-        sdk: &SdkConfig,
-        command: &str,
-        profile: &str,
-        hops: &[RoleHop],
-    ) -> SharedCredentialsProvider {
-        let mut provider = SharedCredentialsProvider::new(ProcessCredentials::new(
-            command,
-            profile,
-            self.env.clone(),
-        ));
+    async fn process_chain(&self, sdk: &SdkConfig, command: &str, profile: &str, hops: &[RoleHop]) -> SharedCredentialsProvider {
+        let mut provider = SharedCredentialsProvider::new(ProcessCredentials::new(command, profile, self.env.clone()));
         // STS at the caller's STS endpoint (AWS_ENDPOINT_URL_STS,
         // AWS_ENDPOINT_URL, the profile's), never at an S3-only endpoint.
         let mut b = sdk.to_builder();
@@ -180,19 +125,10 @@ impl CallerChain {
     /// The endpoint the caller configured for another service than S3
     /// (`AWS_ENDPOINT_URL_<ID>`, `AWS_ENDPOINT_URL`, the profile's).
     fn configured_endpoint(&self, sdk: &SdkConfig, service_id: &str) -> Option<String> {
-        if self
-            .get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS")
-            .map(|v| v.eq_ignore_ascii_case("true"))
-            .unwrap_or(false)
-        {
+        if self.get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS").map(|v| v.eq_ignore_ascii_case("true")).unwrap_or(false) {
             return None;
         }
-        let key = ServiceConfigKey::builder()
-            .service_id(service_id)
-            .env("AWS_ENDPOINT_URL")
-            .profile("endpoint_url")
-            .build()
-            .ok()?;
+        let key = ServiceConfigKey::builder().service_id(service_id).env("AWS_ENDPOINT_URL").profile("endpoint_url").build().ok()?;
         sdk.service_config()?.load_config(key)
     }
 
@@ -229,9 +165,7 @@ fn base_of(set: &ProfileSet) -> Base {
         if visited.len() > 1 && p.get("aws_access_key_id").is_some() {
             return Base::Other;
         }
-        let role = p
-            .get("role_arn")
-            .filter(|_| p.get("web_identity_token_file").is_none());
+        let role = p.get("role_arn").filter(|_| p.get("web_identity_token_file").is_none());
         if let Some(role_arn) = role {
             let hop = RoleHop {
                 role_arn: role_arn.to_string(),
@@ -248,10 +182,7 @@ fn base_of(set: &ProfileSet) -> Base {
                 _ => return Base::Other,
             }
         }
-        if p.get("credential_source").is_some()
-            || p.get("web_identity_token_file").is_some()
-            || p.get("login_session").is_some()
-        {
+        if p.get("credential_source").is_some() || p.get("web_identity_token_file").is_some() || p.get("login_session").is_some() {
             return Base::Other;
         }
         if p.get("sso_session").is_some() || p.get("sso_start_url").is_some() {
@@ -260,11 +191,7 @@ fn base_of(set: &ProfileSet) -> Base {
         return match p.get("credential_process") {
             Some(command) => {
                 hops.reverse();
-                Base::Process {
-                    command: command.to_string(),
-                    profile: name,
-                    hops,
-                }
+                Base::Process { command: command.to_string(), profile: name, hops }
             }
             None => Base::Other,
         };
@@ -278,14 +205,9 @@ pub fn may_run_process(env: &HashMap<String, String>) -> bool {
     let home = get("HOME");
     let files = [
         get("AWS_CONFIG_FILE").or_else(|| home.as_ref().map(|h| format!("{h}/.aws/config"))),
-        get("AWS_SHARED_CREDENTIALS_FILE")
-            .or_else(|| home.as_ref().map(|h| format!("{h}/.aws/credentials"))),
+        get("AWS_SHARED_CREDENTIALS_FILE").or_else(|| home.as_ref().map(|h| format!("{h}/.aws/credentials"))),
     ];
-    files.into_iter().flatten().any(|f| {
-        std::fs::read_to_string(f)
-            .map(|t| t.contains("credential_process"))
-            .unwrap_or(false)
-    })
+    files.into_iter().flatten().any(|f| std::fs::read_to_string(f).map(|t| t.contains("credential_process")).unwrap_or(false))
 }
 
 struct Context {
@@ -297,31 +219,17 @@ struct Context {
 
 impl Context {
     fn explain(&self, err: CredentialsError) -> IdentityError {
-        if let Some(p) =
-            std::error::Error::source(&err).and_then(|s| s.downcast_ref::<ProcessError>())
-        {
+        if let Some(p) = std::error::Error::source(&err).and_then(|s| s.downcast_ref::<ProcessError>()) {
             return IdentityError::Process(p.to_string());
         }
         if let CredentialsError::CredentialsNotLoaded(_) = err {
-            return IdentityError::NotFound {
-                tried: self.tried.clone(),
-            };
+            return IdentityError::NotFound { tried: self.tried.clone() };
         }
-        let reason =
-            one_line(&aws_smithy_types::error::display::DisplayErrorContext(&err).to_string());
+        let reason = one_line(&aws_smithy_types::error::display::DisplayErrorContext(&err).to_string());
         match &self.base {
-            Base::Sso if !self.env_keys => IdentityError::SsoLogin {
-                profile: self.profile.clone(),
-                reason,
-            },
-            Base::Process { profile, .. } => IdentityError::Failed {
-                source_name: format!("the role chain of profile '{profile}'"),
-                reason,
-            },
-            _ => IdentityError::Failed {
-                source_name: format!("the AWS credential chain (profile '{}')", self.profile),
-                reason,
-            },
+            Base::Sso if !self.env_keys => IdentityError::SsoLogin { profile: self.profile.clone(), reason },
+            Base::Process { profile, .. } => IdentityError::Failed { source_name: format!("the role chain of profile '{profile}'"), reason },
+            _ => IdentityError::Failed { source_name: format!("the AWS credential chain (profile '{}')", self.profile), reason },
         }
     }
 }
@@ -334,9 +242,7 @@ struct CallerCredentials {
 
 impl std::fmt::Debug for CallerCredentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CallerCredentials")
-            .field("profile", &self.context.profile)
-            .finish()
+        f.debug_struct("CallerCredentials").field("profile", &self.context.profile).finish()
     }
 }
 
@@ -364,9 +270,7 @@ impl ProvideCredentials for NoProvider {
     where
         Self: 'a,
     {
-        future::ProvideCredentials::ready(Err(CredentialsError::not_loaded(
-            "no credentials provider",
-        )))
+        future::ProvideCredentials::ready(Err(CredentialsError::not_loaded("no credentials provider")))
     }
 }
 
@@ -378,12 +282,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config");
         std::fs::write(&path, config).unwrap();
-        let files = EnvConfigFiles::builder()
-            .with_file(
-                aws_runtime::env_config::file::EnvConfigFileKind::Config,
-                &path,
-            )
-            .build();
+        let files = EnvConfigFiles::builder().with_file(aws_runtime::env_config::file::EnvConfigFileKind::Config, &path).build();
         let chain = CallerChain::new(Arc::new(HashMap::new()), profile.map(str::to_string), false);
         chain.profile_base(Some(files)).await
     }
@@ -398,29 +297,13 @@ mod tests {
                       [profile sso]\nsso_session = s\nsso_account_id = 1\nsso_role_name = r\n\
                       [profile loop]\nrole_arn = arn:aws:iam::123456789012:role/l\nsource_profile = loop2\n\
                       [profile loop2]\nrole_arn = arn:aws:iam::123456789012:role/l\nsource_profile = loop\n";
-        assert_eq!(
-            base(config, Some("helper")).await,
-            Base::Process {
-                command: "my-helper --x".into(),
-                profile: "helper".into(),
-                hops: vec![]
-            }
-        );
-        let Base::Process { hops, profile, .. } = base(config, Some("outer")).await else {
-            panic!("a process base")
-        };
+        assert_eq!(base(config, Some("helper")).await, Base::Process { command: "my-helper --x".into(), profile: "helper".into(), hops: vec![] });
+        let Base::Process { hops, profile, .. } = base(config, Some("outer")).await else { panic!("a process base") };
         assert_eq!(profile, "helper");
-        let arns: Vec<_> = hops
-            .iter()
-            .map(|h| h.role_arn.rsplit('/').next().unwrap().to_string())
-            .collect();
+        let arns: Vec<_> = hops.iter().map(|h| h.role_arn.rsplit('/').next().unwrap().to_string()).collect();
         assert_eq!(arns, ["r", "o"], "innermost role first");
         assert_eq!(hops[0].external_id.as_deref(), Some("e"));
-        assert_eq!(
-            base(config, Some("viakeys")).await,
-            Base::Other,
-            "static keys of a source profile win"
-        );
+        assert_eq!(base(config, Some("viakeys")).await, Base::Other, "static keys of a source profile win");
         assert_eq!(base(config, Some("sso")).await, Base::Sso);
         assert_eq!(base(config, Some("loop")).await, Base::Other);
         assert_eq!(base(config, Some("absent")).await, Base::Other);

@@ -23,11 +23,7 @@ pub enum IdentityError {
 }
 
 /// Which sources the default chain consulted for a caller, in its order.
-pub fn tried_sources(
-    env: &HashMap<String, String>,
-    profile: &str,
-    profile_files_exist: bool,
-) -> String {
+pub fn tried_sources(env: &HashMap<String, String>, profile: &str, profile_files_exist: bool) -> String {
     let set = |k: &str| env.get(k).map(|v| !v.is_empty()).unwrap_or(false);
     let mut tried = vec!["AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY".to_string()];
     tried.push(if profile_files_exist {
@@ -35,36 +31,11 @@ pub fn tried_sources(
     } else {
         format!("profile '{profile}' (no ~/.aws/config or ~/.aws/credentials)")
     });
-    tried.push(
-        if set("AWS_WEB_IDENTITY_TOKEN_FILE") {
-            "web identity"
-        } else {
-            "web identity (AWS_WEB_IDENTITY_TOKEN_FILE unset)"
-        }
-        .to_string(),
-    );
-    let container =
-        set("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI") || set("AWS_CONTAINER_CREDENTIALS_FULL_URI");
-    tried.push(
-        if container {
-            "container credentials"
-        } else {
-            "container credentials (AWS_CONTAINER_CREDENTIALS_* unset)"
-        }
-        .to_string(),
-    );
-    let imds_off = env
-        .get("AWS_EC2_METADATA_DISABLED")
-        .map(|v| v.eq_ignore_ascii_case("true"))
-        .unwrap_or(false);
-    tried.push(
-        if imds_off {
-            "EC2 instance metadata (disabled by AWS_EC2_METADATA_DISABLED)"
-        } else {
-            "EC2 instance metadata"
-        }
-        .to_string(),
-    );
+    tried.push(if set("AWS_WEB_IDENTITY_TOKEN_FILE") { "web identity" } else { "web identity (AWS_WEB_IDENTITY_TOKEN_FILE unset)" }.to_string());
+    let container = set("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI") || set("AWS_CONTAINER_CREDENTIALS_FULL_URI");
+    tried.push(if container { "container credentials" } else { "container credentials (AWS_CONTAINER_CREDENTIALS_* unset)" }.to_string());
+    let imds_off = env.get("AWS_EC2_METADATA_DISABLED").map(|v| v.eq_ignore_ascii_case("true")).unwrap_or(false);
+    tried.push(if imds_off { "EC2 instance metadata (disabled by AWS_EC2_METADATA_DISABLED)" } else { "EC2 instance metadata" }.to_string());
     tried.join(", ")
 }
 
@@ -83,11 +54,7 @@ pub fn expired_token_advice(env_keys_used: bool, profile: Option<&str>) -> Strin
 
 /// The first line of an error's text, at most 300 characters.
 pub fn one_line(text: &str) -> String {
-    let line = text
-        .lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .unwrap_or("");
+    let line = text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("");
     let mut s: String = line.chars().take(300).collect();
     if line.chars().count() > 300 {
         s.push('…');
@@ -101,22 +68,12 @@ mod tests {
 
     #[test]
     fn messages_are_one_line_and_say_what_to_do() {
-        let sso = IdentityError::SsoLogin {
-            profile: "dev".into(),
-            reason: "the SSO token has expired".into(),
-        };
-        assert!(sso
-            .to_string()
-            .ends_with("run `aws sso login --profile dev`"));
+        let sso = IdentityError::SsoLogin { profile: "dev".into(), reason: "the SSO token has expired".into() };
+        assert!(sso.to_string().ends_with("run `aws sso login --profile dev`"));
         let mut env = HashMap::new();
         env.insert("AWS_EC2_METADATA_DISABLED".to_string(), "true".to_string());
         let tried = tried_sources(&env, "default", false);
-        assert!(
-            tried.contains("AWS_ACCESS_KEY_ID")
-                && tried.contains("container credentials")
-                && tried.contains("disabled"),
-            "{tried}"
-        );
+        assert!(tried.contains("AWS_ACCESS_KEY_ID") && tried.contains("container credentials") && tried.contains("disabled"), "{tried}");
         let none = IdentityError::NotFound { tried }.to_string();
         assert!(!none.contains('\n'));
         assert!(expired_token_advice(true, None).contains("AWS_SESSION_TOKEN"));

@@ -23,37 +23,16 @@ const MAX_OUTPUT: usize = 1 << 20;
 /// stderr (its last line) says the rest.
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
-    #[error(
-        "the credential_process `{program}` of profile '{profile}' could not be started ({reason})"
-    )]
-    Spawn {
-        program: String,
-        profile: String,
-        reason: String,
-    },
+    #[error("the credential_process `{program}` of profile '{profile}' could not be started ({reason})")]
+    Spawn { program: String, profile: String, reason: String },
     #[error("the credential_process `{program}` of profile '{profile}' is not on your PATH (sh: not found); install it or fix the profile")]
     NotFound { program: String, profile: String },
     #[error("the credential_process `{program}` of profile '{profile}' failed ({status}){stderr}")]
-    Failed {
-        program: String,
-        profile: String,
-        status: String,
-        stderr: String,
-    },
-    #[error(
-        "the credential_process `{program}` of profile '{profile}' did not finish within {secs} s"
-    )]
-    Timeout {
-        program: String,
-        profile: String,
-        secs: u64,
-    },
+    Failed { program: String, profile: String, status: String, stderr: String },
+    #[error("the credential_process `{program}` of profile '{profile}' did not finish within {secs} s")]
+    Timeout { program: String, profile: String, secs: u64 },
     #[error("the credential_process `{program}` of profile '{profile}' printed no valid credentials: {reason}")]
-    Invalid {
-        program: String,
-        profile: String,
-        reason: String,
-    },
+    Invalid { program: String, profile: String, reason: String },
 }
 
 /// `credential_process` with the caller's environment and directory.
@@ -69,10 +48,7 @@ pub struct ProcessCredentials {
 impl std::fmt::Debug for ProcessCredentials {
     // Neither the command's arguments nor the environment: they may hold secrets.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProcessCredentials")
-            .field("program", &program_of(&self.command))
-            .field("profile", &self.profile)
-            .finish()
+        f.debug_struct("ProcessCredentials").field("program", &program_of(&self.command)).field("profile", &self.profile).finish()
     }
 }
 
@@ -93,19 +69,9 @@ pub fn caller_cwd(env: &HashMap<String, String>) -> PathBuf {
 }
 
 impl ProcessCredentials {
-    pub fn new(
-        command: &str,
-        profile: &str,
-        env: Arc<HashMap<String, String>>,
-    ) -> ProcessCredentials {
+    pub fn new(command: &str, profile: &str, env: Arc<HashMap<String, String>>) -> ProcessCredentials {
         let cwd = caller_cwd(&env);
-        ProcessCredentials {
-            command: command.to_string(),
-            profile: profile.to_string(),
-            env,
-            cwd,
-            timeout: PROCESS_TIMEOUT,
-        }
+        ProcessCredentials { command: command.to_string(), profile: profile.to_string(), env, cwd, timeout: PROCESS_TIMEOUT }
     }
 
     #[cfg(test)]
@@ -127,27 +93,11 @@ impl ProcessCredentials {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let child = cmd.spawn().map_err(|e| ProcessError::Spawn {
-            program: program.clone(),
-            profile: profile.clone(),
-            reason: e.to_string(),
-        })?;
+        let child = cmd.spawn().map_err(|e| ProcessError::Spawn { program: program.clone(), profile: profile.clone(), reason: e.to_string() })?;
         let out = match tokio::time::timeout(self.timeout, child.wait_with_output()).await {
             Ok(Ok(out)) => out,
-            Ok(Err(e)) => {
-                return Err(ProcessError::Spawn {
-                    program,
-                    profile,
-                    reason: e.to_string(),
-                })
-            }
-            Err(_) => {
-                return Err(ProcessError::Timeout {
-                    program,
-                    profile,
-                    secs: self.timeout.as_secs().max(1),
-                })
-            }
+            Ok(Err(e)) => return Err(ProcessError::Spawn { program, profile, reason: e.to_string() }),
+            Err(_) => return Err(ProcessError::Timeout { program, profile, secs: self.timeout.as_secs().max(1) }),
         };
         if !out.status.success() {
             if out.status.code() == Some(127) {
@@ -157,22 +107,11 @@ impl ProcessCredentials {
                 Some(c) => format!("exit code {c}"),
                 None => "killed by a signal".to_string(),
             };
-            let stderr = stderr_tail(&out.stderr)
-                .map(|t| format!(": {t}"))
-                .unwrap_or_default();
-            return Err(ProcessError::Failed {
-                program,
-                profile,
-                status,
-                stderr,
-            });
+            let stderr = stderr_tail(&out.stderr).map(|t| format!(": {t}")).unwrap_or_default();
+            return Err(ProcessError::Failed { program, profile, status, stderr });
         }
         let stdout = &out.stdout[..out.stdout.len().min(MAX_OUTPUT)];
-        parse_output(stdout).map_err(|reason| ProcessError::Invalid {
-            program,
-            profile,
-            reason,
-        })
+        parse_output(stdout).map_err(|reason| ProcessError::Invalid { program, profile, reason })
     }
 }
 
@@ -197,36 +136,19 @@ struct Output {
 
 /// The JSON a helper prints (Version 1). The reason never quotes a secret.
 pub fn parse_output(stdout: &[u8]) -> Result<Credentials, String> {
-    let o: Output = serde_json::from_slice(stdout).map_err(|e| {
-        format!(
-            "not the JSON of the credential_process format ({})",
-            e.classify_name()
-        )
-    })?;
+    let o: Output = serde_json::from_slice(stdout).map_err(|e| format!("not the JSON of the credential_process format ({})", e.classify_name()))?;
     match o.version {
         Some(serde_json::Value::Number(n)) if n.as_u64() == Some(1) => {}
         Some(v) => return Err(format!("unsupported \"Version\": {v} (only 1 is known)")),
         None => return Err("no \"Version\" (must be 1)".to_string()),
     }
-    let id = o
-        .access_key_id
-        .filter(|s| !s.is_empty())
-        .ok_or("no \"AccessKeyId\"")?;
-    let secret = o
-        .secret_access_key
-        .filter(|s| !s.is_empty())
-        .ok_or("no \"SecretAccessKey\"")?;
+    let id = o.access_key_id.filter(|s| !s.is_empty()).ok_or("no \"AccessKeyId\"")?;
+    let secret = o.secret_access_key.filter(|s| !s.is_empty()).ok_or("no \"SecretAccessKey\"")?;
     let expiry = match o.expiration.as_deref() {
-        Some(e) => Some(
-            parse_expiration(e)
-                .ok_or_else(|| format!("\"Expiration\" is not an RFC 3339 time: {e:?}"))?,
-        ),
+        Some(e) => Some(parse_expiration(e).ok_or_else(|| format!("\"Expiration\" is not an RFC 3339 time: {e:?}"))?),
         None => None,
     };
-    let mut b = Credentials::builder()
-        .access_key_id(id)
-        .secret_access_key(secret)
-        .provider_name("credential_process");
+    let mut b = Credentials::builder().access_key_id(id).secret_access_key(secret).provider_name("credential_process");
     b.set_session_token(o.session_token.filter(|s| !s.is_empty()));
     b.set_expiry(expiry);
     if let Some(a) = o.account_id.filter(|s| !s.is_empty()) {
@@ -236,11 +158,7 @@ pub fn parse_output(stdout: &[u8]) -> Result<Credentials, String> {
 }
 
 fn parse_expiration(text: &str) -> Option<SystemTime> {
-    let t = aws_smithy_types::DateTime::from_str(
-        text.trim(),
-        aws_smithy_types::date_time::Format::DateTime,
-    )
-    .ok()?;
+    let t = aws_smithy_types::DateTime::from_str(text.trim(), aws_smithy_types::date_time::Format::DateTime).ok()?;
     SystemTime::try_from(t).ok()
 }
 
@@ -264,9 +182,7 @@ impl ProvideCredentials for ProcessCredentials {
     where
         Self: 'a,
     {
-        future::ProvideCredentials::new(async move {
-            self.run().await.map_err(CredentialsError::provider_error) as provider::Result
-        })
+        future::ProvideCredentials::new(async move { self.run().await.map_err(CredentialsError::provider_error) as provider::Result })
     }
 }
 
@@ -276,16 +192,10 @@ mod tests {
 
     fn env_with_path(dir: &std::path::Path) -> Arc<HashMap<String, String>> {
         let mut e = HashMap::new();
-        e.insert(
-            "PATH".to_string(),
-            format!("{}:/usr/bin:/bin", dir.display()),
-        );
+        e.insert("PATH".to_string(), format!("{}:/usr/bin:/bin", dir.display()));
         e.insert("HOME".to_string(), dir.display().to_string());
         e.insert("PWD".to_string(), dir.display().to_string());
-        e.insert(
-            "HELPER_SECRET_SOURCE".to_string(),
-            "from-the-caller".to_string(),
-        );
+        e.insert("HELPER_SECRET_SOURCE".to_string(), "from-the-caller".to_string());
         Arc::new(e)
     }
 
@@ -301,9 +211,7 @@ mod tests {
             .spawn()
             .unwrap();
         let mut stdin = child.stdin.take().unwrap();
-        stdin
-            .write_all(format!("#!/bin/sh\n{body}\n").as_bytes())
-            .unwrap();
+        stdin.write_all(format!("#!/bin/sh\n{body}\n").as_bytes()).unwrap();
         drop(stdin);
         assert!(child.wait().unwrap().success());
     }
@@ -319,77 +227,37 @@ mod tests {
         let p = ProcessCredentials::new("my-helper --flag", "dev", env_with_path(dir.path()));
         let c = p.run().await.unwrap();
         assert_eq!(c.access_key_id(), "from-the-caller");
-        assert_eq!(
-            c.session_token(),
-            Some(dir.path().file_name().unwrap().to_str().unwrap())
-        );
+        assert_eq!(c.session_token(), Some(dir.path().file_name().unwrap().to_str().unwrap()));
         assert!(c.expiry().is_some());
     }
 
     #[tokio::test]
     async fn failures_are_one_line_with_the_helpers_stderr() {
         let dir = tempfile::tempdir().unwrap();
-        script(
-            dir.path(),
-            "failing",
-            "echo 'line one' >&2; echo 'token expired, run: login' >&2; exit 3",
-        );
+        script(dir.path(), "failing", "echo 'line one' >&2; echo 'token expired, run: login' >&2; exit 3");
         let env = env_with_path(dir.path());
-        let e = ProcessCredentials::new("failing secret-arg", "dev", env.clone())
-            .run()
-            .await
-            .unwrap_err()
-            .to_string();
+        let e = ProcessCredentials::new("failing secret-arg", "dev", env.clone()).run().await.unwrap_err().to_string();
         assert_eq!(e, "the credential_process `failing` of profile 'dev' failed (exit code 3): token expired, run: login");
         assert!(!e.contains("secret-arg"));
-        let e = ProcessCredentials::new("absent-helper", "dev", env.clone())
-            .run()
-            .await
-            .unwrap_err();
+        let e = ProcessCredentials::new("absent-helper", "dev", env.clone()).run().await.unwrap_err();
         assert!(matches!(e, ProcessError::NotFound { .. }), "{e}");
         script(dir.path(), "slow", "sleep 5");
-        let e = ProcessCredentials::new("slow", "dev", env.clone())
-            .with_timeout(Duration::from_millis(200))
-            .run()
-            .await
-            .unwrap_err();
+        let e = ProcessCredentials::new("slow", "dev", env.clone()).with_timeout(Duration::from_millis(200)).run().await.unwrap_err();
         assert!(matches!(e, ProcessError::Timeout { .. }), "{e}");
         script(dir.path(), "garbage", "echo 'AKIA-not-json'");
-        let e = ProcessCredentials::new("garbage", "dev", env)
-            .run()
-            .await
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("printed no valid credentials") && !e.contains("AKIA"),
-            "{e}"
-        );
+        let e = ProcessCredentials::new("garbage", "dev", env).run().await.unwrap_err().to_string();
+        assert!(e.contains("printed no valid credentials") && !e.contains("AKIA"), "{e}");
     }
 
     #[test]
     fn the_version_1_format() {
         let c = parse_output(br#"{"Version":1,"AccessKeyId":"A","SecretAccessKey":"S"}"#).unwrap();
-        assert_eq!(
-            (c.access_key_id(), c.session_token(), c.expiry()),
-            ("A", None, None)
-        );
-        assert!(
-            parse_output(br#"{"Version":2,"AccessKeyId":"A","SecretAccessKey":"S"}"#)
-                .unwrap_err()
-                .contains("Version")
-        );
-        assert!(parse_output(br#"{"Version":1,"AccessKeyId":"A"}"#)
-            .unwrap_err()
-            .contains("SecretAccessKey"));
-        let e = parse_output(
-            br#"{"Version":1,"AccessKeyId":"A","SecretAccessKey":"S","Expiration":"soon"}"#,
-        )
-        .unwrap_err();
+        assert_eq!((c.access_key_id(), c.session_token(), c.expiry()), ("A", None, None));
+        assert!(parse_output(br#"{"Version":2,"AccessKeyId":"A","SecretAccessKey":"S"}"#).unwrap_err().contains("Version"));
+        assert!(parse_output(br#"{"Version":1,"AccessKeyId":"A"}"#).unwrap_err().contains("SecretAccessKey"));
+        let e = parse_output(br#"{"Version":1,"AccessKeyId":"A","SecretAccessKey":"S","Expiration":"soon"}"#).unwrap_err();
         assert!(e.contains("RFC 3339"), "{e}");
-        let c = parse_output(
-            br#"{"Version":1,"AccessKeyId":"A","SecretAccessKey":"S","Expiration":"2030-01-01T00:00:00.5Z"}"#,
-        )
-        .unwrap();
+        let c = parse_output(br#"{"Version":1,"AccessKeyId":"A","SecretAccessKey":"S","Expiration":"2030-01-01T00:00:00.5Z"}"#).unwrap();
         assert!(c.expiry().is_some());
     }
 }

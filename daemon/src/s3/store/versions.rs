@@ -66,11 +66,7 @@ impl S3Store {
                         });
                     }
                 }
-                match (
-                    resp.is_truncated(),
-                    resp.next_key_marker(),
-                    resp.next_version_id_marker(),
-                ) {
+                match (resp.is_truncated(), resp.next_key_marker(), resp.next_version_id_marker()) {
                     (Some(true), Some(k), id) if !k.is_empty() => {
                         key_marker = Some(k.to_string());
                         id_marker = id.map(str::to_string);
@@ -87,18 +83,9 @@ impl S3Store {
     /// Deletes one version of `key` for good (no delete marker). Never
     /// touches another version, whatever was written since.
     pub async fn delete_version(&self, key: &str, version_id: &str) -> Result<(), StoreError> {
-        let span =
-            tracing::debug_span!("s3.delete_version", bucket = %self.bucket, key, version_id);
+        let span = tracing::debug_span!("s3.delete_version", bucket = %self.bucket, key, version_id);
         async {
-            self.call(|c| {
-                c.delete_object()
-                    .bucket(&*self.bucket)
-                    .key(key)
-                    .version_id(version_id)
-                    .send()
-            })
-            .await
-            .map_err(|e| self.classify(e, key))?;
+            self.call(|c| c.delete_object().bucket(&*self.bucket).key(key).version_id(version_id).send()).await.map_err(|e| self.classify(e, key))?;
             Ok(())
         }
         .instrument(span)

@@ -45,10 +45,7 @@ pub fn ttl_from_env(env: &std::collections::HashMap<String, String>) -> Duration
 /// How long a push waits for a ref's lock (`GIT_REMOTE_S3_LOCK_WAIT_SECONDS`,
 /// default 10 s).
 pub fn lock_wait(env: &std::collections::HashMap<String, String>) -> Duration {
-    env.get("GIT_REMOTE_S3_LOCK_WAIT_SECONDS")
-        .and_then(|v| v.parse().ok())
-        .map(Duration::from_secs)
-        .unwrap_or(Duration::from_secs(10))
+    env.get("GIT_REMOTE_S3_LOCK_WAIT_SECONDS").and_then(|v| v.parse().ok()).map(Duration::from_secs).unwrap_or(Duration::from_secs(10))
 }
 
 #[derive(Debug)]
@@ -137,12 +134,7 @@ pub async fn refresh(store: &S3Store, lock: &mut RefLock) -> Result<(), LockErro
 /// Runs `work` while holding `lock`, refreshing it every third of the TTL
 /// (at least every second). If the lock is lost, `work` is dropped
 /// (cancelled) and `Lost` is returned.
-pub async fn hold_while<T>(
-    store: &S3Store,
-    lock: &mut RefLock,
-    ttl: Duration,
-    work: impl std::future::Future<Output = T>,
-) -> Result<T, LockError> {
+pub async fn hold_while<T>(store: &S3Store, lock: &mut RefLock, ttl: Duration, work: impl std::future::Future<Output = T>) -> Result<T, LockError> {
     hold_all_while(store, std::slice::from_mut(lock), ttl, work).await
 }
 
@@ -171,13 +163,7 @@ pub async fn hold_all_while<T>(
 
 /// Takes the locks of all `refnames` (each waiting up to `wait`); on any
 /// failure releases those already taken and returns the error.
-pub async fn acquire_all(
-    store: &S3Store,
-    prefix: &str,
-    refnames: &[String],
-    ttl: Duration,
-    wait: Duration,
-) -> Result<Vec<RefLock>, LockError> {
+pub async fn acquire_all(store: &S3Store, prefix: &str, refnames: &[String], ttl: Duration, wait: Duration) -> Result<Vec<RefLock>, LockError> {
     let mut taken = Vec::new();
     for r in refnames {
         match acquire(store, prefix, r, ttl, wait).await {

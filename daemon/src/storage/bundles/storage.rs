@@ -8,13 +8,13 @@ use tracing::Instrument;
 
 use crate::local::oid::ObjectFormat;
 use crate::local::refname::valid_ref_name;
+use crate::s3::store::{ObjectInfo, PutOptions, S3Store, StoreError, WriteCondition};
+use crate::s3::url::{RemoteUrl, Scheme};
+use crate::session::progress::Progress;
 use crate::storage::bundles::layout::{scan, PrefixScan};
 use crate::storage::bundles::locks::{self, lock_wait};
-use crate::s3::url::{RemoteUrl, Scheme};
-use crate::s3::store::{ObjectInfo, PutOptions, S3Store, StoreError, WriteCondition};
 use crate::storage::zip::{build_zip, upload_zip};
 use crate::storage::{OpContext, PushResult, PushUpdate, RefListing, RemoteRef, RepoStorage, StorageError};
-use crate::session::progress::Progress;
 
 pub struct BundleStorage {
     store: S3Store,
@@ -222,14 +222,7 @@ impl BundleStorage {
 
     /// Takes the ref's lock, then streams `git bundle create` of `bundle_ref`
     /// into S3 (refreshing the lock while it runs) and finishes the update.
-    async fn push_bundle(
-        &self,
-        ctx: &OpContext,
-        dst: &str,
-        seen_sha: Option<&str>,
-        sha: &str,
-        bundle_ref: &str,
-    ) -> Result<PushResult, StorageError> {
+    async fn push_bundle(&self, ctx: &OpContext, dst: &str, seen_sha: Option<&str>, sha: &str, bundle_ref: &str) -> Result<PushResult, StorageError> {
         let zip = if self.url.scheme == Scheme::S3Zip { Some(build_zip(ctx, sha).await?) } else { None };
         // Local work before the lock: git writes the bundle into the cache's
         // copy; a bundle over 64 MiB stops there (git waits on its pipe) and
@@ -420,10 +413,7 @@ impl RepoStorage for BundleStorage {
         }
         for (name, bundles) in &scan.bundles {
             if bundles.len() > 1 {
-                listing.warnings.push(format!(
-                    "{name} has {} bundles in the bucket; using the newest. Run `git s3 doctor` to fix",
-                    bundles.len()
-                ));
+                listing.warnings.push(format!("{name} has {} bundles in the bucket; using the newest. Run `git s3 doctor` to fix", bundles.len()));
             }
             listing.refs.push(RemoteRef { name: name.clone(), sha: bundles[0].0.clone() });
         }

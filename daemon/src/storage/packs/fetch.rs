@@ -122,7 +122,6 @@ impl PackStorage {
         Ok(())
     }
 
-
     /// Once every download of a fetch is indexed: the temp files that the
     /// index-packs of downloads that broke off left behind.
     fn remove_broken_index_files(&self, pack_dir: &Path, started: std::time::SystemTime) {
@@ -159,12 +158,8 @@ impl PackStorage {
         }
         let tmp = ctx.cache.temp_file()?;
         let key = manifest::pack_key(&self.url, &p.name);
-        let progress = Mutex::new(Progress::new(
-            ctx.out.clone(),
-            ctx.progress,
-            format!("Downloading pack {}", &p.name[..12.min(p.name.len())]),
-            Some(p.size),
-        ));
+        let progress =
+            Mutex::new(Progress::new(ctx.out.clone(), ctx.progress, format!("Downloading pack {}", &p.name[..12.min(p.name.len())]), Some(p.size)));
         let on = |n: u64| {
             if let Ok(mut pr) = progress.lock() {
                 pr.add(n)
@@ -222,9 +217,8 @@ impl PackStorage {
         if let Ok(mut pr) = progress.lock() {
             pr.finish();
         }
-        let hash = indexed.map_err(|e| {
-            StorageError::Corrupt(format!("pack {} from s3://{}/{key} does not index: {e}", p.name, self.store.bucket()))
-        })?;
+        let hash =
+            indexed.map_err(|e| StorageError::Corrupt(format!("pack {} from s3://{}/{key} does not index: {e}", p.name, self.store.bucket())))?;
         // The cache keeps a pack under its name for every remote: only a
         // pack that is the one named (git names a pack after its checksum,
         // which index-pack prints) goes in.

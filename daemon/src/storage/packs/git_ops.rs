@@ -63,15 +63,9 @@ pub async fn resolve_objects(git: &Git, names: &[&str]) -> Result<Vec<Option<Str
     let out = run_with_stdin(git, &["cat-file", "--batch-check=%(objectname)"], input).await?;
     let lines: Vec<&str> = out.lines().collect();
     if lines.len() != names.len() {
-        return Err(GitError::Failed {
-            args: "cat-file --batch-check".into(),
-            stderr: format!("{} answers for {} names", lines.len(), names.len()),
-        });
+        return Err(GitError::Failed { args: "cat-file --batch-check".into(), stderr: format!("{} answers for {} names", lines.len(), names.len()) });
     }
-    Ok(lines
-        .into_iter()
-        .map(|l| Some(l.trim().to_string()).filter(|l| crate::storage::packs::manifest::is_pack_name(l)))
-        .collect())
+    Ok(lines.into_iter().map(|l| Some(l.trim().to_string()).filter(|l| crate::storage::packs::manifest::is_pack_name(l))).collect())
 }
 
 /// Which of `shas` the repository has (one `git cat-file --batch-check`).

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::s3::store::{Conditional, PutOptions, S3Store, WriteCondition};
 use crate::local::oid::ObjectFormat;
 use crate::local::refname::valid_ref_name;
+use crate::s3::store::{Conditional, PutOptions, S3Store, WriteCondition};
 use crate::s3::url::RemoteUrl;
 use crate::storage::StorageError;
 

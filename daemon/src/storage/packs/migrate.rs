@@ -64,15 +64,12 @@ pub async fn migrate_to_packs(
                 under_ref_locks(store, url, &names, env, finish).await
             }
             Some(_) => Err(StorageError::Format(format!("{url} is already in the packs format"))),
-            None => Err(StorageError::Format(format!(
-                "{url} holds no bundles to migrate (for an empty prefix use `git s3 init --format packs`)"
-            ))),
+            None => Err(StorageError::Format(format!("{url} holds no bundles to migrate (for an empty prefix use `git s3 init --format packs`)"))),
         };
     }
     // Every ref with a bundle, and every ref with a lock (a push creating
     // it, or the stale lock of an interrupted migration: taken over, released).
-    let names: Vec<String> =
-        scan.bundles.keys().chain(scan.locks.iter().map(|l| &l.0)).cloned().collect::<BTreeSet<_>>().into_iter().collect();
+    let names: Vec<String> = scan.bundles.keys().chain(scan.locks.iter().map(|l| &l.0)).cloned().collect::<BTreeSet<_>>().into_iter().collect();
     under_ref_locks(store, url, &names, env, migrate_to_packs_locked(store, url, tmp_root, env, &names)).await
 }
 
@@ -103,8 +100,7 @@ async fn migrate_to_packs_locked(
 ) -> Result<MigrateReport, StorageError> {
     // Under the locks: what the refs are now.
     let scan = layout::scan(&url.prefix, &store.list(&format!("{}/", url.prefix)).await?);
-    let mine: BTreeMap<&String, &Vec<(String, crate::s3::store::ObjectInfo)>> =
-        scan.bundles.iter().filter(|(r, _)| locked.contains(r)).collect();
+    let mine: BTreeMap<&String, &Vec<(String, crate::s3::store::ObjectInfo)>> = scan.bundles.iter().filter(|(r, _)| locked.contains(r)).collect();
     if let Some((r, b)) = mine.iter().find(|(_, b)| b.len() > 1) {
         return Err(StorageError::Format(format!("{r} has {} bundles; run `git s3 doctor` first", b.len())));
     }
@@ -202,11 +198,7 @@ pub async fn migrate_to_bundles(
 /// stale locks: the locks are taken over once their TTL has passed, the
 /// packs deleted, the locks released. `None` when the prefix is not in that
 /// state (no bundles, or no packs left).
-async fn finish_to_bundles(
-    store: &S3Store,
-    url: &RemoteUrl,
-    env: &HashMap<String, String>,
-) -> Result<Option<MigrateReport>, StorageError> {
+async fn finish_to_bundles(store: &S3Store, url: &RemoteUrl, env: &HashMap<String, String>) -> Result<Option<MigrateReport>, StorageError> {
     let (dir, root) = (manifest::packs_dir(url), format!("{}/", url.prefix));
     let (left, all) = tokio::join!(store.list(&dir), store.list(&root));
     let (left, scan) = (left?, layout::scan(&url.prefix, &all?));

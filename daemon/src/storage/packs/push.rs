@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use tracing::Instrument;
 
+use crate::local::oid::ObjectFormat;
 use crate::s3::store::{PutOptions, WriteCondition};
 use crate::session::progress::Progress;
 use crate::storage::detect::{last_markers, mixed_formats_error, RefsDir};
@@ -21,7 +22,6 @@ use crate::storage::packs::git_ops::{pack_object_count, resolve_objects, run_wit
 use crate::storage::packs::manifest::{self, backoff, read_manifest, unix_now, Manifest, PackEntry, MAX_ATTEMPTS};
 use crate::storage::packs::storage::PackStorage;
 use crate::storage::zip::{self, ZIP_SERIAL_META};
-use crate::local::oid::ObjectFormat;
 use crate::storage::{format_mismatch, OpContext, PushResult, PushUpdate, StorageError};
 
 /// Manifest writes a push tries. Each lost race means another writer's
@@ -88,12 +88,7 @@ fn changes_of<'a>(updates: &'a [PushUpdate], verdicts: &'a [Result<Change, Strin
 
 /// The new tips of `changes`, sorted and distinct (what the pack is for).
 fn tips_of(changes: &[(&str, &Change)]) -> Vec<String> {
-    changes
-        .iter()
-        .filter_map(|(_, c)| if let Change::Set(s) = c { Some(s.clone()) } else { None })
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect()
+    changes.iter().filter_map(|(_, c)| if let Change::Set(s) = c { Some(s.clone()) } else { None }).collect::<BTreeSet<_>>().into_iter().collect()
 }
 
 /// The answer to git: each update's verdict.

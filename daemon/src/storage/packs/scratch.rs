@@ -46,11 +46,7 @@ pub(super) async fn scratch_from_packs(
                 match store.get_to_file(&key, file.path(), |_| {}).await {
                     Ok(_) => {}
                     Err(e) if e.is_not_found() => {
-                        return Err(StorageError::Corrupt(format!(
-                            "the manifest names pack {} but s3://{}/{key} is missing",
-                            p.name,
-                            store.bucket()
-                        )))
+                        return Err(StorageError::Corrupt(format!("the manifest names pack {} but s3://{}/{key} is missing", p.name, store.bucket())))
                     }
                     Err(e) => return Err(e.into()),
                 }
@@ -131,9 +127,6 @@ pub(super) async fn upload_pack_of(store: &S3Store, url: &RemoteUrl, dir: &Path,
     let (pack_key, idx_key) = (manifest::pack_key(url, &p.name), manifest::idx_key(url, &p.name));
     let pack = dir.join(format!("out-{}.pack", p.name));
     let idx = dir.join(format!("out-{}.idx", p.name));
-    tokio::try_join!(
-        store.put_file(&pack_key, &pack, PutOptions::default(), |_| {}),
-        store.put_file(&idx_key, &idx, PutOptions::default(), |_| {}),
-    )?;
+    tokio::try_join!(store.put_file(&pack_key, &pack, PutOptions::default(), |_| {}), store.put_file(&idx_key, &idx, PutOptions::default(), |_| {}),)?;
     Ok(())
 }

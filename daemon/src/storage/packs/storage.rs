@@ -78,5 +78,4 @@ impl PackStorage {
     pub(super) fn take_listed(&self) -> Option<(Manifest, Option<String>)> {
         self.listed.lock().ok().and_then(|mut l| l.take())
     }
-
 }

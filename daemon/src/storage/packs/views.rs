@@ -9,9 +9,9 @@ use std::path::Path;
 use futures::stream::{StreamExt, TryStreamExt};
 
 use crate::local::git::Git;
-use crate::storage::packs::manifest::{PackEntry, Views};
 use crate::storage::packs::git_ops::{run_with_stdin, SCRATCH_PACK_CONFIG};
 use crate::storage::packs::manifest::unix_now;
+use crate::storage::packs::manifest::{PackEntry, Views};
 use crate::storage::packs::storage::PackStorage;
 use crate::storage::{OpContext, StorageError};
 
@@ -24,10 +24,7 @@ pub enum ViewKind {
 
 /// The commits a tips pack is made for: the branch tips, and what HEAD names.
 pub fn tip_commits(refs: &BTreeMap<String, String>, head: Option<&String>) -> BTreeSet<String> {
-    refs.iter()
-        .filter(|(name, _)| name.starts_with("refs/heads/") || Some(*name) == head)
-        .map(|(_, sha)| sha.clone())
-        .collect()
+    refs.iter().filter(|(name, _)| name.starts_with("refs/heads/") || Some(*name) == head).map(|(_, sha)| sha.clone()).collect()
 }
 
 /// Writes the views of `refs` from the complete repository `git` into
