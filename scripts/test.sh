@@ -28,6 +28,12 @@ if ! grep -qa GIT_S3_TEST_ "$root/target/debug/git-s3-daemon"; then
   exit 1
 fi
 
+# Style and lints are part of the test: rustfmt (rustfmt.toml) and clippy
+# with every warning an error, on the same build as the tests.
+lint_status=0
+cargo fmt --all --check >/dev/null 2>&1 || { echo "test.sh: cargo fmt --all --check failed (run cargo fmt --all)" >&2; lint_status=1; }
+cargo clippy --workspace --all-targets --locked "${features[@]}" -- -D warnings 2>&1 | tail -20 || lint_status=1
+
 pidfile="$root/.test-env/moto-test.pid"
 s3s_pidfile="$root/.test-env/s3s-test.pid"
 rm -f "$s3s_pidfile"
@@ -86,4 +92,8 @@ fi
 # One closing line for the whole run (cargo prints one per test binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1); if ($(i) ~ /^ignored;?$/) s += $(i-1) } }
      END { printf "%d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+if [ "$lint_status" != 0 ]; then
+  echo "test.sh: cargo fmt or cargo clippy failed (see above)" >&2
+  status=1
+fi
 exit "$status"

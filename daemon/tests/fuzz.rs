@@ -447,7 +447,7 @@ proptest! {
         for n in names {
             prop_assert!(n.starts_with("refs/") && valid_ref_name(n) && no_control_space_dotdot(n), "{n:?}");
         }
-        for (_, list) in &s.bundles {
+        for list in s.bundles.values() {
             for (sha, _) in list {
                 prop_assert!(git_s3_daemon::local::oid::is_object_id(sha));
             }

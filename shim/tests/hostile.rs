@@ -218,7 +218,7 @@ fn hostile_bundle_keys_and_heads() {
     assert!(!cl.ok);
     // A bundle header that never ends.
     let mut endless = b"# v2 git bundle\n".to_vec();
-    endless.extend(std::iter::repeat(b'a').take(1 << 20));
+    endless.extend(std::iter::repeat_n(b'a', 1 << 20));
     let key = plant("endless", &endless);
     let (_, cl) = check(&env, pid, &main, "endless header", &env.url("endless"), &key);
     assert!(!cl.ok);
@@ -295,7 +295,7 @@ fn hostile_manifests() {
     let mut big = serde_json::to_vec(&good).unwrap();
     big.pop();
     big.extend_from_slice(b", \"pad\": \"");
-    big.extend(std::iter::repeat(b'x').take(65 << 20));
+    big.extend(std::iter::repeat_n(b'x', 65 << 20));
     big.extend_from_slice(b"\"}");
     cases.push(("manifest over 64 MiB", big, false));
 

@@ -42,7 +42,7 @@ fn pushed_and_cloned(env: &TestEnv, url: &str, packs: bool) -> (PathBuf, PathBuf
 /// is done (the daemon finishes it after git has its answer).
 fn wait_for_background_idx(field: &FieldServer) {
     for _ in 0..200 {
-        let idx: Vec<RequestRecord> = field.requests().into_iter().filter(|r| is_idx(r)).collect();
+        let idx: Vec<RequestRecord> = field.requests().into_iter().filter(is_idx).collect();
         if !idx.is_empty() && idx.iter().all(|r| r.end.is_some()) {
             return;
         }

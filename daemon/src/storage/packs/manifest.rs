@@ -477,8 +477,7 @@ mod tests {
     #[test]
     fn views_cover_the_packs_they_were_made_from() {
         let pack = |c: char| PackEntry { name: c.to_string().repeat(40), size: 1, idx_size: 1, objects: 1, tips: vec![], created: 0 };
-        let mut m = Manifest::default();
-        m.packs = vec![pack('a'), pack('b')];
+        let mut m = Manifest { packs: vec![pack('a'), pack('b')], ..Default::default() };
         assert_eq!(m.uncovered().count(), 2);
         m.views = Some(Views { covers: ["a".repeat(40)].into(), skeleton: Some(pack('c')), tips: None, created: 1 });
         let back = Manifest::parse(&m.to_bytes()).unwrap();
@@ -499,8 +498,7 @@ mod tests {
     #[test]
     fn a_held_manifest_is_fresh_for_a_while_and_an_empty_etag_is_not_held() {
         let location = "test|bkt|held/.git-s3/manifest.json".to_string();
-        let mut m = Manifest::default();
-        m.serial = 7;
+        let m = Manifest { serial: 7, ..Default::default() };
         let now = std::time::Instant::now();
         hold_at(location.clone(), "\"e1\"", &m, now);
         let held = held_fresh_at(&location, PUSH_LIST_FRESH).expect("held");
