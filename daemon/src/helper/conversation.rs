@@ -151,16 +151,10 @@ pub async fn run(state: Arc<DaemonState>, a: HelperArgs, mut input: Input, out: 
                         }
                     }
                 }
-                let l = match &listing {
-                    Some(l) => l.clone(),
-                    None => match storage!().list().await {
-                        Ok(l) => l,
-                        Err(e) => return fatal(&out, &url, e),
-                    },
+                let l = match listing_of_same_format(storage!(), &listing, &ctx.git, &url).await {
+                    Ok(l) => l,
+                    Err(e) => return fatal(&out, &url, e),
                 };
-                if let Err(e) = same_format(&ctx.git, &l, &url).await {
-                    return fatal(&out, &url, e);
-                }
                 let storage = storage!();
                 if crate::storage::mirror::needed(&fetch_opts, &l, &wants, &ctx.git).await {
                     // Shallow, filtered, lazy or by-object fetches: git's
@@ -190,14 +184,7 @@ pub async fn run(state: Arc<DaemonState>, a: HelperArgs, mut input: Input, out: 
                     }
                 }
                 // Nothing is written when the formats differ.
-                let l = match &listing {
-                    Some(l) => l.clone(),
-                    None => match storage!().list().await {
-                        Ok(l) => l,
-                        Err(e) => return fatal(&out, &url, e),
-                    },
-                };
-                if let Err(e) = same_format(&ctx.git, &l, &url).await {
+                if let Err(e) = listing_of_same_format(storage!(), &listing, &ctx.git, &url).await {
                     return fatal(&out, &url, e);
                 }
                 match storage!().push(&ctx, &updates).await {
@@ -262,6 +249,18 @@ fn handle_option(ctx: &mut OpContext, name: &str, value: &str) -> &'static str {
 
 /// Refuses a fetch or push between a repository and a remote of different
 /// object formats (an empty remote has none yet: it takes the pusher's).
+/// The listing `list` answered with (else a fresh one), checked to be of
+/// this repository's object format: nothing is fetched or written across
+/// formats.
+async fn listing_of_same_format(storage: &Storage, listed: &Option<RefListing>, git: &Git, url: &RemoteUrl) -> Result<RefListing, StorageError> {
+    let l = match listed {
+        Some(l) => l.clone(),
+        None => storage.list().await?,
+    };
+    same_format(git, &l, url).await?;
+    Ok(l)
+}
+
 async fn same_format(git: &Git, l: &RefListing, url: &RemoteUrl) -> Result<(), StorageError> {
     let Some(remote) = l.format() else { return Ok(()) };
     match git.object_format().await {
