@@ -343,10 +343,14 @@ async fn s3(shared: Arc<Shared>, mut req: Request<Incoming>, start: std::time::I
     } else {
         req
     };
-    // The store sees its own name: moto reads a bucket from a `Host` with
-    // a dot (`s3.example.test`, `bkt.s3.us-east-1.amazonaws.com`).
+    // The store sees its own name where the client used a host name: moto
+    // reads a bucket from a `Host` with a dot (`s3.example.test`,
+    // `bkt.s3.us-east-1.amazonaws.com`). An IP address is passed on as
+    // signed: a store that checks signatures (s3s-fs) checks the `Host`.
     let mut req = req;
-    req.headers_mut().insert(http::header::HOST, shared.upstream.parse()?);
+    if !host_is_ip_address(req.headers().get(http::header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("")) {
+        req.headers_mut().insert(http::header::HOST, shared.upstream.parse()?);
+    }
     let req = req.map(|b| Shaped::new(b, shared.counters.clone(), Direction::Up, settings.bandwidth, None).boxed_unsync());
     let resp = match forward::send(&shared.upstream_client, &shared.upstream, req).await {
         Ok(r) => r,
@@ -403,5 +407,27 @@ pub(crate) fn signer(headers: &http::HeaderMap, query: &str) -> Option<(String, 
 async fn sleep(d: Duration) {
     if !d.is_zero() {
         tokio::time::sleep(d).await;
+    }
+}
+
+/// Whether a `Host` header (`host[:port]`, `[v6]:port`) names an IP address.
+fn host_is_ip_address(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host),
+    };
+    name.parse::<std::net::IpAddr>().is_ok()
+}
+
+#[cfg(test)]
+mod host_tests {
+    #[test]
+    fn ip_hosts_are_told_from_names() {
+        assert!(super::host_is_ip_address("127.0.0.1:9000"));
+        assert!(super::host_is_ip_address("[::1]:9000"));
+        assert!(super::host_is_ip_address("127.0.0.1"));
+        assert!(!super::host_is_ip_address("s3.git-s3.test:9000"));
+        assert!(!super::host_is_ip_address("bkt.s3.us-east-1.amazonaws.com"));
+        assert!(!super::host_is_ip_address(""));
     }
 }
