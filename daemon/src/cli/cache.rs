@@ -32,11 +32,21 @@ pub enum CacheAction {
 
 pub async fn run(ctx: &mut Ctx, args: CacheArgs) -> CliResult {
     let cache = ctx.state.cache.clone();
-    let removed = match args.action.unwrap_or(CacheAction::Show) {
-        CacheAction::Show => None,
-        CacheAction::Prune { max_bytes } => Some(cache.evict_to(max_bytes)),
-        CacheAction::Clear => Some(cache.evict_to(0)),
-    };
+    // Eviction walks no directory but deletes files: on a blocking thread.
+    // `show` first finishes any eviction the cap calls for, so what it
+    // reports holds the cap (entries in use by a session excepted).
+    let action = args.action.unwrap_or(CacheAction::Show);
+    let evicting = cache.clone();
+    let removed = tokio::task::spawn_blocking(move || match action {
+        CacheAction::Show => {
+            evicting.evict_to(evicting.max_bytes());
+            None
+        }
+        CacheAction::Prune { max_bytes } => Some(evicting.evict_to(max_bytes)),
+        CacheAction::Clear => Some(evicting.evict_to(0)),
+    })
+    .await
+    .unwrap_or_default();
     let usage = cache.usage();
     let hits = cache.hits.load(Ordering::Relaxed);
     let misses = cache.misses.load(Ordering::Relaxed);
