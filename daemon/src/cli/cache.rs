@@ -33,13 +33,14 @@ pub enum CacheAction {
 pub async fn run(ctx: &mut Ctx, args: CacheArgs) -> CliResult {
     let cache = ctx.state.cache.clone();
     // Eviction walks no directory but deletes files: on a blocking thread.
-    // `show` first finishes any eviction the cap calls for, so what it
-    // reports holds the cap (entries in use by a session excepted).
+    // `show` first finishes the background work (mirrors measured after
+    // use, eviction down to the cap), so what it reports holds the cap
+    // (entries in use by a session excepted).
     let action = args.action.unwrap_or(CacheAction::Show);
     let evicting = cache.clone();
     let removed = tokio::task::spawn_blocking(move || match action {
         CacheAction::Show => {
-            evicting.evict_to(evicting.max_bytes());
+            evicting.settle();
             None
         }
         CacheAction::Prune { max_bytes } => Some(evicting.evict_to(max_bytes)),

@@ -62,8 +62,10 @@ struct Inner {
     root: PathBuf,
     max_bytes: u64,
     index: Mutex<Index>,
-    /// An eviction is queued or running (one at a time is enough).
-    evicting: AtomicBool,
+    /// A [`Inner::settle`] is queued (one waiting is enough).
+    queued: AtomicBool,
+    /// One settle at a time: a caller that waits for it sees the result.
+    settling: Mutex<()>,
 }
 
 /// A file, by (device, inode): hard links are one file.
@@ -82,13 +84,20 @@ struct Entry {
     files: Vec<FileId>,
     used: SystemTime,
     pins: usize,
+    /// Changed since it was measured (a mirror a session worked in).
+    dirty: bool,
 }
 
 impl Index {
     /// Sets what entry `path` holds (measured by [`measure`]), keeping the
     /// total; its pins and last use stay.
     fn set(&mut self, path: &Path, measured: Vec<(FileId, u64)>, used: Option<SystemTime>) {
-        let entry = self.entries.entry(path.to_path_buf()).or_insert_with(|| Entry { files: Vec::new(), used: SystemTime::UNIX_EPOCH, pins: 0 });
+        let entry = self.entries.entry(path.to_path_buf()).or_insert_with(|| Entry {
+            files: Vec::new(),
+            used: SystemTime::UNIX_EPOCH,
+            pins: 0,
+            dirty: false,
+        });
         if let Some(u) = used {
             entry.used = u;
         }
@@ -183,24 +192,18 @@ impl AsRef<Path> for Pinned {
 
 impl Drop for Pinned {
     fn drop(&mut self) {
-        let last = {
+        let over = {
             let mut index = self.inner.lock();
-            match index.entries.get_mut(&self.path) {
-                Some(e) => {
-                    e.pins = e.pins.saturating_sub(1);
-                    e.pins == 0
-                }
-                None => false,
+            if let Some(e) = index.entries.get_mut(&self.path) {
+                e.pins = e.pins.saturating_sub(1);
+                // Marked before the session answers: a `git s3 cache` after
+                // it sees the entry measured again.
+                e.dirty |= self.remeasure;
             }
+            index.total > self.inner.max_bytes
         };
-        if last && self.remeasure {
-            let (inner, path) = (self.inner.clone(), self.path.clone());
-            background(move || {
-                inner.remeasure(&path);
-                inner.evict_to(inner.max_bytes);
-            });
-        } else if last {
-            self.inner.evict_in_background();
+        if over || self.remeasure {
+            self.inner.settle_in_background();
         }
     }
 }
@@ -249,23 +252,41 @@ impl Inner {
         self.index.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn remeasure(&self, path: &Path) {
-        let measured = measure(path);
-        let mut index = self.lock();
-        if index.entries.contains_key(path) {
-            index.set(path, measured, None);
+    /// Measures the entries that changed, then evicts down to the cap.
+    /// Blocking.
+    fn settle(&self) {
+        let _one = self.settling.lock().unwrap_or_else(|e| e.into_inner());
+        let dirty: Vec<PathBuf> = {
+            let mut index = self.lock();
+            index
+                .entries
+                .iter_mut()
+                .filter(|(_, e)| e.dirty)
+                .map(|(p, e)| {
+                    e.dirty = false;
+                    p.clone()
+                })
+                .collect()
+        };
+        for path in dirty {
+            let measured = measure(&path);
+            let mut index = self.lock();
+            if index.entries.contains_key(&path) {
+                index.set(&path, measured, None);
+            }
         }
+        self.evict_to(self.max_bytes);
     }
 
-    /// Queues an eviction when the total is past the cap.
-    fn evict_in_background(self: &Arc<Self>) {
-        if self.lock().total <= self.max_bytes || self.evicting.swap(true, Ordering::AcqRel) {
+    /// Queues a [`Inner::settle`] on a blocking thread.
+    fn settle_in_background(self: &Arc<Self>) {
+        if self.queued.swap(true, Ordering::AcqRel) {
             return;
         }
         let inner = self.clone();
         background(move || {
-            inner.evicting.store(false, Ordering::Release);
-            inner.evict_to(inner.max_bytes);
+            inner.queued.store(false, Ordering::Release);
+            inner.settle();
         });
     }
 
@@ -324,7 +345,7 @@ impl Cache {
                 index.set(&e.path(), measure(&e.path()), Some(used));
             }
         }
-        let inner = Arc::new(Inner { root, max_bytes, index: Mutex::new(index), evicting: AtomicBool::new(false) });
+        let inner = Arc::new(Inner { root, max_bytes, index: Mutex::new(index), queued: AtomicBool::new(false), settling: Mutex::new(()) });
         Ok(Cache { inner, hits: AtomicU64::new(0), misses: AtomicU64::new(0) })
     }
 
@@ -426,8 +447,14 @@ impl Cache {
     /// background if that takes the cache past its cap.
     fn added(&self, path: &Path) {
         let measured = measure(path);
-        self.inner.lock().set(path, measured, Some(SystemTime::now()));
-        self.inner.evict_in_background();
+        let over = {
+            let mut index = self.inner.lock();
+            index.set(path, measured, Some(SystemTime::now()));
+            index.total > self.inner.max_bytes
+        };
+        if over {
+            self.inner.settle_in_background();
+        }
     }
 
     fn insert_file(&self, area: Area, key: &str, file: tempfile::NamedTempFile) -> std::io::Result<PathBuf> {
@@ -544,6 +571,12 @@ impl Cache {
     /// was removed. Blocking: call it on a blocking thread.
     pub fn evict_to(&self, max: u64) -> CacheUsage {
         self.inner.evict_to(max)
+    }
+
+    /// Waits for the background work (mirrors measured again after use,
+    /// eviction down to the cap) and does what is left of it. Blocking.
+    pub fn settle(&self) {
+        self.inner.settle()
     }
 }
 
