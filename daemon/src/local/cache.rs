@@ -308,15 +308,14 @@ impl Inner {
                 // Out of the way first (a rename: readers see all or nothing),
                 // deleted after the lock is released.
                 match std::fs::rename(&path, trash.path().join(removed.entries.to_string())) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Ok(()) => removed.entries += 1,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {} // never created, or gone
                     Err(e) => {
                         tracing::debug!(path = %path.display(), error = %e, "cache entry not evicted");
                         continue;
                     }
                 }
                 removed.bytes += index.remove(&path);
-                removed.entries += 1;
             }
         }
         drop(trash); // removes what was evicted
@@ -560,10 +559,11 @@ impl Cache {
         self.evict(Area::Lfs, oid)
     }
 
-    /// Entries and bytes (each file once), from the index: no walk.
+    /// Entries and bytes (each file once), from the index: no walk. (A
+    /// mirror being created has no files yet and is not counted.)
     pub fn usage(&self) -> CacheUsage {
         let index = self.inner.lock();
-        CacheUsage { entries: index.entries.len() as u64, bytes: index.total }
+        CacheUsage { entries: index.entries.values().filter(|e| !e.files.is_empty()).count() as u64, bytes: index.total }
     }
 
     /// Evicts least-recently-used entries until the cache holds at most
