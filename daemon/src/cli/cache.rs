@@ -21,12 +21,12 @@ pub struct CacheArgs {
 pub enum CacheAction {
     /// Location, size, entries, hit/miss counts (the default)
     Show,
-    /// Evict least-recently-used bundles until the cache holds at most N bytes
+    /// Evict least-recently-used entries until the cache holds at most N bytes (entries in use stay)
     Prune {
         #[arg(long, value_name = "N")]
         max_bytes: u64,
     },
-    /// Remove every cached bundle, pack, LFS object and mirror
+    /// Remove every cached bundle, pack, LFS object and mirror (except those in use)
     Clear,
 }
 
