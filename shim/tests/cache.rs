@@ -104,10 +104,11 @@ fn size_cap_evicts_least_recently_used() {
         c.env("GIT_S3_CACHE_MAX_BYTES", cap.to_string()).args(["push", "-q", &env.url(&format!("cap{i}")), "main"]);
         env.run(c);
     }
-    let used = dir_size(&cache_dir(&env).join("bundles")) + dir_size(&cache_dir(&env).join("packs"));
-    assert!(used <= cap, "cache holds {used} bytes, cap {cap}");
+    // Eviction runs in the background; `git s3 cache` reports once it is done.
     let doc: serde_json::Value = serde_json::from_str(&env.git_s3(&env.work(), &["cache", "--json"])).unwrap();
     assert!(doc["bytes"].as_u64().unwrap() <= cap, "{doc}");
+    let used = dir_size(&cache_dir(&env).join("bundles")) + dir_size(&cache_dir(&env).join("packs"));
+    assert!(used <= cap, "cache holds {used} bytes, cap {cap}");
     // the most recent push is still cached
     let newest = env.git(&env.path("r2"), &["rev-parse", "HEAD"]).trim().to_string();
     assert!(cache_dir(&env).join(format!("bundles/{newest}.bundle")).exists());
@@ -160,4 +161,81 @@ fn packs_format_repeat_clone_links_cached_packs() {
     assert!(log.contains("linked a cached pack"), "{log}");
     env.git(&env.path("c2"), &["fsck", "--no-progress"]);
     assert_eq!(env.git(&env.path("c2"), &["rev-parse", "HEAD"]), env.git(&repo, &["rev-parse", "HEAD"]));
+}
+
+/// The bytes of the files in the cache's areas, each file (inode) counted
+/// once however many entries link it, and the number of entries: what the
+/// cache's index must say.
+fn unique_file_bytes(cache: &Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    fn walk(p: &Path, seen: &mut std::collections::HashSet<(u64, u64)>, total: &mut u64) {
+        let m = std::fs::symlink_metadata(p).unwrap();
+        if m.is_dir() {
+            for e in std::fs::read_dir(p).unwrap().flatten() {
+                walk(&e.path(), seen, total);
+            }
+        } else if seen.insert((m.dev(), m.ino())) {
+            *total += m.len();
+        }
+    }
+    let (mut seen, mut total, mut entries) = (std::collections::HashSet::new(), 0, 0);
+    for area in ["bundles", "packs", "lfs", "mirrors"] {
+        for e in std::fs::read_dir(cache.join(area)).unwrap().flatten() {
+            entries += 1;
+            walk(&e.path(), &mut seen, &mut total);
+        }
+    }
+    (total, entries)
+}
+
+#[test]
+fn clones_and_shallow_fetches_past_the_cap_all_succeed_and_the_cap_holds() {
+    let env = TestEnv::new();
+    let cap: u64 = 1_500_000;
+    env.set_env("GIT_S3_CACHE_MAX_BYTES", &cap.to_string());
+    // Four remotes (two of each format), ~400 KB that does not compress in
+    // each, two commits deep: together far more than the cap.
+    let mut remotes = Vec::new();
+    for i in 0..4u64 {
+        let repo = env.new_repo(&format!("src{i}"));
+        for step in 0..2u64 {
+            std::fs::write(repo.join(format!("blob{step}.bin")), testkit::noise(200_000, 10 * i + step)).unwrap();
+            env.git(&repo, &["add", "."]);
+            env.git(&repo, &["commit", "-q", "-m", &format!("step {step}")]);
+        }
+        let url = env.url(&format!("load{i}"));
+        let format = if i % 2 == 0 { "packs" } else { "bundles" };
+        env.git(&repo, &["-c", &format!("s3.format={format}"), "push", "-q", &url, "main"]);
+        remotes.push((repo, url));
+    }
+    // Two rounds of eight at once: a whole clone and a shallow one (through
+    // the remote's mirror in the cache) of each remote, while the cache
+    // evicts to stay under its cap.
+    for round in 0..2 {
+        let handles: Vec<_> = remotes
+            .iter()
+            .enumerate()
+            .flat_map(|(i, (_, url))| [vec![], vec!["--depth", "1"]].into_iter().enumerate().map(move |(k, extra)| (i, k, url.clone(), extra)))
+            .map(|(i, k, url, extra)| {
+                let dest = format!("c{round}-{i}-{k}");
+                let mut c = env.command("git", &env.work());
+                c.args(["clone", "-q"]).args(extra).args([url.as_str(), dest.as_str()]);
+                (i, dest, std::thread::spawn(move || c.output().unwrap()))
+            })
+            .collect();
+        for (i, dest, h) in handles {
+            let out = h.join().unwrap();
+            assert!(out.status.success(), "clone {dest}: {}", String::from_utf8_lossy(&out.stderr));
+            let clone = env.path(&dest);
+            env.git(&clone, &["fsck", "--no-progress"]);
+            assert_eq!(env.git(&clone, &["rev-parse", "HEAD"]), env.git(&remotes[i].0, &["rev-parse", "HEAD"]), "{dest}");
+        }
+    }
+    // The cap holds, and the cache counts each file once, as on disk.
+    let doc: serde_json::Value = serde_json::from_str(&env.git_s3(&env.work(), &["cache", "--json"])).unwrap();
+    let (bytes, entries) = unique_file_bytes(&cache_dir(&env));
+    assert!(doc["bytes"].as_u64().unwrap() <= cap, "{doc}");
+    assert_eq!(doc["bytes"].as_u64().unwrap(), bytes, "{doc}");
+    assert_eq!(doc["entries"].as_u64().unwrap(), entries, "{doc}");
+    assert!(doc["misses"].as_u64().unwrap() > 0 && doc["hits"].as_u64().unwrap() > 0, "the cache was used: {doc}");
 }

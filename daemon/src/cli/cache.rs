@@ -21,22 +21,33 @@ pub struct CacheArgs {
 pub enum CacheAction {
     /// Location, size, entries, hit/miss counts (the default)
     Show,
-    /// Evict least-recently-used bundles until the cache holds at most N bytes
+    /// Evict least-recently-used entries until the cache holds at most N bytes (entries in use stay)
     Prune {
         #[arg(long, value_name = "N")]
         max_bytes: u64,
     },
-    /// Remove every cached bundle, pack, LFS object and mirror
+    /// Remove every cached bundle, pack, LFS object and mirror (except those in use)
     Clear,
 }
 
 pub async fn run(ctx: &mut Ctx, args: CacheArgs) -> CliResult {
     let cache = ctx.state.cache.clone();
-    let removed = match args.action.unwrap_or(CacheAction::Show) {
-        CacheAction::Show => None,
-        CacheAction::Prune { max_bytes } => Some(cache.evict_to(max_bytes)),
-        CacheAction::Clear => Some(cache.evict_to(0)),
-    };
+    // Eviction walks no directory but deletes files: on a blocking thread.
+    // `show` first finishes the background work (mirrors measured after
+    // use, eviction down to the cap), so what it reports holds the cap
+    // (entries in use by a session excepted).
+    let action = args.action.unwrap_or(CacheAction::Show);
+    let evicting = cache.clone();
+    let removed = tokio::task::spawn_blocking(move || match action {
+        CacheAction::Show => {
+            evicting.settle();
+            None
+        }
+        CacheAction::Prune { max_bytes } => Some(evicting.evict_to(max_bytes)),
+        CacheAction::Clear => Some(evicting.evict_to(0)),
+    })
+    .await
+    .unwrap_or_default();
     let usage = cache.usage();
     let hits = cache.hits.load(Ordering::Relaxed);
     let misses = cache.misses.load(Ordering::Relaxed);

@@ -85,17 +85,21 @@ pub async fn serve(config: ServerConfig, _lock: InstanceLock) -> Result<(), Serv
     let listener = UnixListener::bind(&socket).map_err(io_err(&socket))?;
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).map_err(io_err(&socket))?;
     let cache_root = git_s3_proto::paths::cache_dir();
-    let cache = match Cache::new(cache_root.clone(), config.cache_max_bytes) {
-        Ok(c) => c,
+    // Opening the cache walks it once (its index): on a blocking thread.
+    let max = config.cache_max_bytes;
+    let cache = tokio::task::spawn_blocking(move || match Cache::new(cache_root.clone(), max) {
+        Ok(c) => Ok(c),
         Err(e) => {
             // An unusable cache directory does not stop git: a fresh one in
             // the (private) runtime dir serves this daemon's life.
             let fallback = git_s3_proto::paths::runtime_dir().join("cache");
             tracing::warn!(cache = %cache_root.display(), error = %e, fallback = %fallback.display(), "the cache directory is unusable; using a temporary one");
             let _ = std::fs::remove_dir_all(&fallback);
-            Cache::new(fallback.clone(), config.cache_max_bytes).map_err(io_err(&fallback))?
+            Cache::new(fallback.clone(), max).map_err(io_err(&fallback))
         }
-    };
+    })
+    .await
+    .map_err(|e| io_err(&git_s3_proto::paths::cache_dir())(std::io::Error::other(e)))??;
     let state = Arc::new(DaemonState::new(cache, socket.clone(), git_s3_proto::paths::log_file()));
     tracing::info!(socket = %socket.display(), pid = std::process::id(), version = git_s3_proto::VERSION, "git-s3 daemon listening");
 

@@ -25,6 +25,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::Instrument;
 
+use crate::local::cache::Pinned;
 use crate::local::git::{Git, GitError};
 use crate::s3::store::S3Store;
 use crate::s3::url::RemoteUrl;
@@ -56,6 +57,8 @@ const REPOSITORY_VARS: &[&str] = &[
 pub struct Mirror {
     path: PathBuf,
     git: Git,
+    /// The mirror is in use: the cache does not evict it under this session.
+    _pin: Pinned,
 }
 
 impl Mirror {
@@ -69,7 +72,8 @@ impl Mirror {
             seed.push_str(&format!("\n{format}"));
         }
         let id = hex::encode(&Sha256::digest(seed.as_bytes())[..16]);
-        let path = ctx.cache.mirror_path(&id).ok_or_else(|| StorageError::Format(format!("invalid mirror id {id}")))?;
+        let pin = ctx.cache.mirror_path(&id).ok_or_else(|| StorageError::Format(format!("invalid mirror id {id}")))?;
+        let path = pin.to_path_buf();
         let mut env: HashMap<String, String> =
             ctx.env.iter().filter(|(k, _)| !REPOSITORY_VARS.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
         env.insert("GIT_DIR".into(), path.to_string_lossy().into_owned());
@@ -80,7 +84,7 @@ impl Mirror {
                 return Err(e);
             }
         }
-        Ok(Mirror { git: Git::new(&path, env), path })
+        Ok(Mirror { git: Git::new(&path, env), path, _pin: pin })
     }
 
     /// Makes the mirror hold `wants` (ref tips or any objects): downloads
