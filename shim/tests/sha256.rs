@@ -4,6 +4,7 @@
 //! refused both ways with nothing written; a SHA-1 round trip unchanged.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use testkit::TestEnv;
 
@@ -72,6 +73,9 @@ fn round_trip(format: &str) {
         }
     }
 
+    // status and doctor (text and JSON) show the remote's object format.
+    object_format_shown(&env, &src, "origin", "sha256");
+
     // A clone into a fresh directory is a SHA-256 repository with everything.
     env.git(&env.work(), &["clone", "-q", &url, "clone"]);
     let clone = env.path("clone");
@@ -124,6 +128,13 @@ fn round_trip(format: &str) {
     assert!(err.contains(MIX), "{err}");
     assert_eq!(snapshot(&env, "r1/"), before);
 
+    object_format_shown(&env, &sha1, &url1, "sha1");
+    // An empty prefix has none yet.
+    let empty = env.url("empty");
+    let st: serde_json::Value = serde_json::from_str(&env.git_s3(&env.work(), &["status", "--json", &empty])).unwrap();
+    assert!(st["remote"]["object_format"].is_null(), "{st}");
+    assert!(env.git_s3(&env.work(), &["status", &empty]).contains("object format: none yet"));
+
     // The SHA-1 remote still round-trips as before.
     env.git(&env.work(), &["clone", "-q", &url1, "clone1"]);
     let clone1 = env.path("clone1");
@@ -133,6 +144,19 @@ fn round_trip(format: &str) {
     assert_eq!(object_format(&env, &env.path("clone1b")), "sha1");
     assert_eq!(rev(&env, &clone1, "HEAD"), rev(&env, &sha1, "main"));
     env.fsck_all();
+}
+
+/// `git s3 status` and `git s3 doctor`, text and `--json`, name `expected`
+/// as the object format of `remote`.
+fn object_format_shown(env: &TestEnv, cwd: &Path, remote: &str, expected: &str) {
+    let st: serde_json::Value = serde_json::from_str(&env.git_s3(cwd, &["status", "--json", remote])).unwrap();
+    assert_eq!(st["remote"]["object_format"], expected, "{st}");
+    let text = env.git_s3(cwd, &["status", remote]);
+    assert!(text.contains(&format!("  object format: {expected}\n")), "{text}");
+    let doc: serde_json::Value = serde_json::from_str(&env.git_s3(cwd, &["doctor", "--json", "--dry-run", remote])).unwrap();
+    assert_eq!(doc["object_format"], expected, "{doc}");
+    let text = env.git_s3(cwd, &["doctor", "--dry-run", remote]);
+    assert!(text.contains(&format!("  object format: {expected}\n")), "{text}");
 }
 
 #[test]
@@ -262,4 +286,49 @@ fn sha256_bundles_are_not_read_by_0_4_2() {
     let warning: Vec<&str> = stderr.lines().filter(|l| l.contains("two object formats")).collect();
     assert_eq!(warning.len(), 1, "{stderr}");
     assert!(warning[0].contains("refs/heads/main is sha256") && warning[0].contains("refs/heads/old is sha1"), "{stderr}");
+    // status and doctor say "mixed", and doctor reports it as an issue.
+    let st: serde_json::Value = serde_json::from_str(&env.git_s3(&env.work(), &["status", "--json", &url])).unwrap();
+    assert_eq!(st["remote"]["object_format"], "mixed", "{st}");
+    assert!(st["remote"]["warnings"].to_string().contains("two object formats"), "{st}");
+    let mut c = env.command("git-s3", &env.work());
+    c.args(["doctor", "--json", "--dry-run", &url]);
+    let doc: serde_json::Value = serde_json::from_slice(&c.output().unwrap().stdout).unwrap();
+    assert_eq!(doc["object_format"], "mixed", "{doc}");
+    assert!(doc["issues"].as_array().unwrap().iter().any(|i| i["kind"] == "mixed_object_formats"), "{doc}");
+}
+
+/// Bundles: a first push into an empty prefix checks the object format
+/// again under its ref's lock. A SHA-256 push that listed the empty
+/// prefix waits before its lock while a SHA-1 repository pushes another
+/// ref; it is then refused, and the prefix holds one format.
+#[test]
+fn sha256_bundles_first_pushes_of_two_formats_cannot_mix() {
+    let env = env_for("bundles");
+    let url = env.url("race");
+    let src = repo(&env, "src", "sha256");
+    let gate = env.dir.path().join("lock-gate");
+    let mut c = env.command("git", &src);
+    c.env("GIT_S3_TEST_PUSH_LOCK_GATE", &gate).args(["push", &url, "main"]);
+    let held = std::thread::spawn(move || c.output().unwrap());
+    let reached = env.dir.path().join("lock-gate.waiting");
+    let start = Instant::now();
+    while !reached.exists() {
+        assert!(start.elapsed() < Duration::from_secs(60), "the push never reached the lock gate (a daemon without test hooks?)");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let sha1 = repo(&env, "sha1", "sha1");
+    env.git(&sha1, &["push", "-q", &url, "main:refs/heads/other"]);
+    std::fs::write(&gate, b"open").unwrap();
+    let out = held.join().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains(MIX) && stderr.contains("sha256") && stderr.contains("sha1"), "{stderr}");
+    let keys = env.keys("race/");
+    let bundles: Vec<_> = keys.iter().filter(|k| k.ends_with(".bundle")).collect();
+    assert_eq!(bundles, vec![&format!("race/refs/heads/other/{}.bundle", rev(&env, &sha1, "main"))], "{keys:?}");
+    assert!(!keys.iter().any(|k| k.contains("LOCK#")), "{keys:?}");
+    let mut c = env.command("git", &env.work());
+    c.args(["ls-remote", &url]);
+    let stderr = String::from_utf8_lossy(&env.run(c).stderr).into_owned();
+    assert!(!stderr.contains("two object formats"), "{stderr}");
 }
