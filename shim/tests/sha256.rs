@@ -202,6 +202,17 @@ fn sha256_shallow_partial_gc_and_migrate() {
     };
     shallow_and_partial("before-gc");
 
+    // geometric gc (the background one): packs of the remote's format
+    env.git_s3(&env.work(), &["gc", "--geometric", &url]);
+    let m: serde_json::Value = serde_json::from_slice(&env.get_object("deep/.git-s3/manifest.json")).unwrap();
+    assert_eq!(m["object_format"], "sha256", "{m}");
+    let packs = m["packs"].as_array().cloned().unwrap_or_default();
+    assert!(packs.len() < 4, "four pushes' packs rolled up: {m}");
+    assert!(packs.iter().all(|p| p["name"].as_str().map(str::len) == Some(64)), "{m}");
+    env.git(&env.work(), &["clone", "-q", &url, "geo"]);
+    assert_eq!(rev(&env, &env.path("geo"), "HEAD"), tip);
+    env.git(&env.path("geo"), &["fsck", "--full", "--no-progress"]);
+
     env.git_s3(&env.work(), &["gc", &url]);
     let m: serde_json::Value = serde_json::from_slice(&env.get_object("deep/.git-s3/manifest.json")).unwrap();
     assert_eq!(m["object_format"], "sha256", "{m}");
@@ -331,4 +342,52 @@ fn sha256_bundles_first_pushes_of_two_formats_cannot_mix() {
     c.args(["ls-remote", &url]);
     let stderr = String::from_utf8_lossy(&env.run(c).stderr).into_owned();
     assert!(!stderr.contains("two object formats"), "{stderr}");
+}
+
+/// `s3+zip://` remotes and the local cache with a SHA-256 repository, in
+/// both formats: `repo.zip` is the commit's archive with 0.4.2's metadata,
+/// a clone through the zip URL is SHA-256, and a second clone on the
+/// machine is served from the cache.
+fn zip_and_cache(format: &str) {
+    let env = env_for(format);
+    let url = env.zip_url("z256");
+    let src = repo(&env, "src", "sha256");
+    let sha = env.commit(&src, "app.txt", "app\n", "ship it");
+    env.git(&src, &["push", "-q", &url, "main"]);
+    let zip = env.get_object("z256/refs/heads/main/repo.zip");
+    assert_eq!(&zip[..2], b"PK");
+    assert!(zip.windows(7).any(|w| w == b"app.txt") && zip.windows(9).any(|w| w == b"README.md"));
+    let meta = testkit::s3tool(&["head-meta", &env.bucket, "z256/refs/heads/main/repo.zip"], None);
+    let meta = String::from_utf8_lossy(&meta.stdout);
+    assert!(meta.contains(&format!("attachment; filename=repo-{}.zip", &sha[..8])), "{meta}");
+    assert!(meta.contains(&format!("codepipeline-artifact-revision-summary={} ship it", &sha[..7])), "{meta}");
+
+    let downloads =
+        |log: &str| log.lines().filter(|l| l.contains("s3.get") && (l.contains(".bundle") || l.contains(".pack")) && l.contains(" ms)")).count();
+    let clone = |dest: &str| {
+        let mut c = env.command("git", &env.work());
+        c.env("GIT_REMOTE_S3_VERBOSE", "1").args(["clone", "-q", &url, dest]);
+        let log = String::from_utf8_lossy(&env.run(c).stderr).into_owned();
+        let d = env.path(dest);
+        assert_eq!(object_format(&env, &d), "sha256");
+        assert_eq!(rev(&env, &d, "HEAD"), sha);
+        log
+    };
+    clone("c1");
+    let log = clone("c2");
+    assert_eq!(downloads(&log), 0, "the second clone is served from the cache: {log}");
+    assert!(log.contains("linked a cached"), "{log}");
+    let doc: serde_json::Value = serde_json::from_str(&env.git_s3(&env.work(), &["cache", "--json"])).unwrap();
+    assert!(doc["entries"].as_u64().unwrap_or(0) > 0, "{doc}");
+    env.fsck_all();
+}
+
+#[test]
+fn sha256_zip_and_cache_bundles() {
+    zip_and_cache("bundles");
+}
+
+#[test]
+fn sha256_zip_and_cache_packs() {
+    zip_and_cache("packs");
 }
