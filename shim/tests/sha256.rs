@@ -311,17 +311,30 @@ fn sha256_bundles_are_not_read_by_0_4_2() {
 /// Bundles: a first push into an empty prefix checks the object format
 /// again under its ref's lock. A SHA-256 push that listed the empty
 /// prefix waits before its lock while a SHA-1 repository pushes another
-/// ref; it is then refused, and the prefix holds one format.
+/// ref; it is then refused, and the prefix holds one format (the SHA-1 one).
 #[test]
 fn sha256_bundles_first_pushes_of_two_formats_cannot_mix() {
+    first_pushes_of_two_formats("GIT_S3_TEST_PUSH_LOCK_GATE");
+}
+
+/// The same race one step later: the SHA-256 push has checked the empty
+/// prefix under its lock and waits before its upload while the SHA-1 push
+/// lands. Its check after the upload finds the SHA-1 ref: it deletes its
+/// own bundle and is refused.
+#[test]
+fn sha256_bundles_first_push_takes_its_bundle_back_when_another_format_landed() {
+    first_pushes_of_two_formats("GIT_S3_TEST_PUSH_UPLOAD_GATE");
+}
+
+fn first_pushes_of_two_formats(gate_var: &str) {
     let env = env_for("bundles");
     let url = env.url("race");
     let src = repo(&env, "src", "sha256");
-    let gate = env.dir.path().join("lock-gate");
+    let gate = env.dir.path().join("gate");
     let mut c = env.command("git", &src);
-    c.env("GIT_S3_TEST_PUSH_LOCK_GATE", &gate).args(["push", &url, "main"]);
+    c.env(gate_var, &gate).args(["push", &url, "main"]);
     let held = std::thread::spawn(move || c.output().unwrap());
-    let reached = env.dir.path().join("lock-gate.waiting");
+    let reached = env.dir.path().join("gate.waiting");
     let start = Instant::now();
     while !reached.exists() {
         assert!(start.elapsed() < Duration::from_secs(60), "the push never reached the lock gate (a daemon without test hooks?)");

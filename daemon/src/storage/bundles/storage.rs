@@ -310,6 +310,10 @@ impl BundleStorage {
         if current_sha != seen_sha {
             return Ok(Err("fetch first".into()));
         }
+        #[cfg(feature = "test-hooks")]
+        if let Some(g) = crate::test_hooks::push_upload_gate(&ctx.env) {
+            crate::test_hooks::wait_for_gate(&g).await;
+        }
         // The rest of `git bundle create` streams into the upload; the object
         // appears only once git has finished successfully.
         let BundleStream { bundle, mut tee, staged, finish } = stream;
