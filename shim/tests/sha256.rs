@@ -4,6 +4,7 @@
 //! refused both ways with nothing written; a SHA-1 round trip unchanged.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use testkit::TestEnv;
 
@@ -72,6 +73,9 @@ fn round_trip(format: &str) {
         }
     }
 
+    // status and doctor (text and JSON) show the remote's object format.
+    object_format_shown(&env, &src, "origin", "sha256");
+
     // A clone into a fresh directory is a SHA-256 repository with everything.
     env.git(&env.work(), &["clone", "-q", &url, "clone"]);
     let clone = env.path("clone");
@@ -124,6 +128,13 @@ fn round_trip(format: &str) {
     assert!(err.contains(MIX), "{err}");
     assert_eq!(snapshot(&env, "r1/"), before);
 
+    object_format_shown(&env, &sha1, &url1, "sha1");
+    // An empty prefix has none yet.
+    let empty = env.url("empty");
+    let st: serde_json::Value = serde_json::from_str(&env.git_s3(&env.work(), &["status", "--json", &empty])).unwrap();
+    assert!(st["remote"]["object_format"].is_null(), "{st}");
+    assert!(env.git_s3(&env.work(), &["status", &empty]).contains("object format: none yet"));
+
     // The SHA-1 remote still round-trips as before.
     env.git(&env.work(), &["clone", "-q", &url1, "clone1"]);
     let clone1 = env.path("clone1");
@@ -133,6 +144,19 @@ fn round_trip(format: &str) {
     assert_eq!(object_format(&env, &env.path("clone1b")), "sha1");
     assert_eq!(rev(&env, &clone1, "HEAD"), rev(&env, &sha1, "main"));
     env.fsck_all();
+}
+
+/// `git s3 status` and `git s3 doctor`, text and `--json`, name `expected`
+/// as the object format of `remote`.
+fn object_format_shown(env: &TestEnv, cwd: &Path, remote: &str, expected: &str) {
+    let st: serde_json::Value = serde_json::from_str(&env.git_s3(cwd, &["status", "--json", remote])).unwrap();
+    assert_eq!(st["remote"]["object_format"], expected, "{st}");
+    let text = env.git_s3(cwd, &["status", remote]);
+    assert!(text.contains(&format!("  object format: {expected}\n")), "{text}");
+    let doc: serde_json::Value = serde_json::from_str(&env.git_s3(cwd, &["doctor", "--json", "--dry-run", remote])).unwrap();
+    assert_eq!(doc["object_format"], expected, "{doc}");
+    let text = env.git_s3(cwd, &["doctor", "--dry-run", remote]);
+    assert!(text.contains(&format!("  object format: {expected}\n")), "{text}");
 }
 
 #[test]
@@ -177,6 +201,17 @@ fn sha256_shallow_partial_gc_and_migrate() {
         assert_eq!(env.git(&p, &["show", "HEAD~1:f1.txt"]), "1\n", "{tag}");
     };
     shallow_and_partial("before-gc");
+
+    // geometric gc (the background one): packs of the remote's format
+    env.git_s3(&env.work(), &["gc", "--geometric", &url]);
+    let m: serde_json::Value = serde_json::from_slice(&env.get_object("deep/.git-s3/manifest.json")).unwrap();
+    assert_eq!(m["object_format"], "sha256", "{m}");
+    let packs = m["packs"].as_array().cloned().unwrap_or_default();
+    assert!(packs.len() < 4, "four pushes' packs rolled up: {m}");
+    assert!(packs.iter().all(|p| p["name"].as_str().map(str::len) == Some(64)), "{m}");
+    env.git(&env.work(), &["clone", "-q", &url, "geo"]);
+    assert_eq!(rev(&env, &env.path("geo"), "HEAD"), tip);
+    env.git(&env.path("geo"), &["fsck", "--full", "--no-progress"]);
 
     env.git_s3(&env.work(), &["gc", &url]);
     let m: serde_json::Value = serde_json::from_slice(&env.get_object("deep/.git-s3/manifest.json")).unwrap();
@@ -262,4 +297,110 @@ fn sha256_bundles_are_not_read_by_0_4_2() {
     let warning: Vec<&str> = stderr.lines().filter(|l| l.contains("two object formats")).collect();
     assert_eq!(warning.len(), 1, "{stderr}");
     assert!(warning[0].contains("refs/heads/main is sha256") && warning[0].contains("refs/heads/old is sha1"), "{stderr}");
+    // status and doctor say "mixed", and doctor reports it as an issue.
+    let st: serde_json::Value = serde_json::from_str(&env.git_s3(&env.work(), &["status", "--json", &url])).unwrap();
+    assert_eq!(st["remote"]["object_format"], "mixed", "{st}");
+    assert!(st["remote"]["warnings"].to_string().contains("two object formats"), "{st}");
+    let mut c = env.command("git-s3", &env.work());
+    c.args(["doctor", "--json", "--dry-run", &url]);
+    let doc: serde_json::Value = serde_json::from_slice(&c.output().unwrap().stdout).unwrap();
+    assert_eq!(doc["object_format"], "mixed", "{doc}");
+    assert!(doc["issues"].as_array().unwrap().iter().any(|i| i["kind"] == "mixed_object_formats"), "{doc}");
+}
+
+/// Bundles: a first push into an empty prefix checks the object format
+/// again under its ref's lock. A SHA-256 push that listed the empty
+/// prefix waits before its lock while a SHA-1 repository pushes another
+/// ref; it is then refused, and the prefix holds one format (the SHA-1 one).
+#[test]
+fn sha256_bundles_first_pushes_of_two_formats_cannot_mix() {
+    first_pushes_of_two_formats("GIT_S3_TEST_PUSH_LOCK_GATE");
+}
+
+/// The same race one step later: the SHA-256 push has checked the empty
+/// prefix under its lock and waits before its upload while the SHA-1 push
+/// lands. Its check after the upload finds the SHA-1 ref: it deletes its
+/// own bundle and is refused.
+#[test]
+fn sha256_bundles_first_push_takes_its_bundle_back_when_another_format_landed() {
+    first_pushes_of_two_formats("GIT_S3_TEST_PUSH_UPLOAD_GATE");
+}
+
+fn first_pushes_of_two_formats(gate_var: &str) {
+    let env = env_for("bundles");
+    let url = env.url("race");
+    let src = repo(&env, "src", "sha256");
+    let gate = env.dir.path().join("gate");
+    let mut c = env.command("git", &src);
+    c.env(gate_var, &gate).args(["push", &url, "main"]);
+    let held = std::thread::spawn(move || c.output().unwrap());
+    let reached = env.dir.path().join("gate.waiting");
+    let start = Instant::now();
+    while !reached.exists() {
+        assert!(start.elapsed() < Duration::from_secs(60), "the push never reached the lock gate (a daemon without test hooks?)");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let sha1 = repo(&env, "sha1", "sha1");
+    env.git(&sha1, &["push", "-q", &url, "main:refs/heads/other"]);
+    std::fs::write(&gate, b"open").unwrap();
+    let out = held.join().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains(MIX) && stderr.contains("sha256") && stderr.contains("sha1"), "{stderr}");
+    let keys = env.keys("race/");
+    let bundles: Vec<_> = keys.iter().filter(|k| k.ends_with(".bundle")).collect();
+    assert_eq!(bundles, vec![&format!("race/refs/heads/other/{}.bundle", rev(&env, &sha1, "main"))], "{keys:?}");
+    assert!(!keys.iter().any(|k| k.contains("LOCK#")), "{keys:?}");
+    let mut c = env.command("git", &env.work());
+    c.args(["ls-remote", &url]);
+    let stderr = String::from_utf8_lossy(&env.run(c).stderr).into_owned();
+    assert!(!stderr.contains("two object formats"), "{stderr}");
+}
+
+/// `s3+zip://` remotes and the local cache with a SHA-256 repository, in
+/// both formats: `repo.zip` is the commit's archive with 0.4.2's metadata,
+/// a clone through the zip URL is SHA-256, and a second clone on the
+/// machine is served from the cache.
+fn zip_and_cache(format: &str) {
+    let env = env_for(format);
+    let url = env.zip_url("z256");
+    let src = repo(&env, "src", "sha256");
+    let sha = env.commit(&src, "app.txt", "app\n", "ship it");
+    env.git(&src, &["push", "-q", &url, "main"]);
+    let zip = env.get_object("z256/refs/heads/main/repo.zip");
+    assert_eq!(&zip[..2], b"PK");
+    assert!(zip.windows(7).any(|w| w == b"app.txt") && zip.windows(9).any(|w| w == b"README.md"));
+    let meta = testkit::s3tool(&["head-meta", &env.bucket, "z256/refs/heads/main/repo.zip"], None);
+    let meta = String::from_utf8_lossy(&meta.stdout);
+    assert!(meta.contains(&format!("attachment; filename=repo-{}.zip", &sha[..8])), "{meta}");
+    assert!(meta.contains(&format!("codepipeline-artifact-revision-summary={} ship it", &sha[..7])), "{meta}");
+
+    let downloads =
+        |log: &str| log.lines().filter(|l| l.contains("s3.get") && (l.contains(".bundle") || l.contains(".pack")) && l.contains(" ms)")).count();
+    let clone = |dest: &str| {
+        let mut c = env.command("git", &env.work());
+        c.env("GIT_REMOTE_S3_VERBOSE", "1").args(["clone", "-q", &url, dest]);
+        let log = String::from_utf8_lossy(&env.run(c).stderr).into_owned();
+        let d = env.path(dest);
+        assert_eq!(object_format(&env, &d), "sha256");
+        assert_eq!(rev(&env, &d, "HEAD"), sha);
+        log
+    };
+    clone("c1");
+    let log = clone("c2");
+    assert_eq!(downloads(&log), 0, "the second clone is served from the cache: {log}");
+    assert!(log.contains("linked a cached"), "{log}");
+    let doc: serde_json::Value = serde_json::from_str(&env.git_s3(&env.work(), &["cache", "--json"])).unwrap();
+    assert!(doc["entries"].as_u64().unwrap_or(0) > 0, "{doc}");
+    env.fsck_all();
+}
+
+#[test]
+fn sha256_zip_and_cache_bundles() {
+    zip_and_cache("bundles");
+}
+
+#[test]
+fn sha256_zip_and_cache_packs() {
+    zip_and_cache("packs");
 }

@@ -43,6 +43,14 @@ pub async fn run(ctx: &mut Ctx, args: DoctorArgs) -> CliResult {
         if view.scan.bundles.is_empty() {
             rep.line(ctx, "  no refs (empty repository)");
         }
+        match view.scan.object_formats().as_slice() {
+            [] => rep.line(ctx, "  object format: none yet (the first push sets it)"),
+            [(f, _)] => rep.line(ctx, format!("  object format: {f}")),
+            [(f, r), (g, s), ..] => {
+                rep.line(ctx, format!("  object format: mixed ({r} is {f}, {s} is {g}); git cannot mix them: delete the refs of the wrong format (`git s3 delete-branch`)"));
+                rep.issues.push(json!({"kind": "mixed_object_formats", "refs": [r, s], "formats": [f.name(), g.name()]}));
+            }
+        }
         for (name, bundles) in &view.scan.bundles {
             let mark = if view.is_protected(name) { "*" } else { " " };
             let state = if bundles.len() == 1 { "ok".to_string() } else { format!("{} bundles", bundles.len()) };
@@ -148,6 +156,14 @@ pub async fn run(ctx: &mut Ctx, args: DoctorArgs) -> CliResult {
             "dry_run": args.dry_run,
             "lock_ttl_seconds": ttl.as_secs(),
             "format": if packs.is_some() { "packs" } else { "bundles" },
+            "object_format": match &packs {
+                Some(p) => p.object_format.clone(),
+                None => match view.scan.object_formats().as_slice() {
+                    [] => serde_json::Value::Null,
+                    [(f, _)] => json!(f.name()),
+                    _ => json!("mixed"),
+                },
+            },
             "refs": match &packs {
                 Some(p) => p.refs.clone(),
                 None => view.scan.bundles.iter().map(|(n, b)| json!({

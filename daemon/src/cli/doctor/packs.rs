@@ -23,6 +23,8 @@ const MANY_PACKS: usize = 16;
 /// What the packs part found, for the JSON document.
 pub(super) struct PacksFindings {
     pub refs: Vec<Value>,
+    /// `"sha1"` / `"sha256"`, null when unknown (empty, or unreadable manifest).
+    pub object_format: Value,
     pub head: Option<String>,
     pub manifest: Value,
 }
@@ -52,7 +54,12 @@ versioning), or push a complete clone to a new prefix (`git push --mirror`).",
             );
             rep.issues.push(json!({"kind": "manifest_unreadable", "key": key, "error": msg}));
             rep.errors.push(format!("{key}: {msg}"));
-            return Ok(Some(PacksFindings { refs: Vec::new(), head: None, manifest: json!({"key": key, "readable": false}) }));
+            return Ok(Some(PacksFindings {
+                refs: Vec::new(),
+                object_format: Value::Null,
+                head: None,
+                manifest: json!({"key": key, "readable": false}),
+            }));
         }
         Err(e) => return Err(e.into()),
     };
@@ -64,6 +71,10 @@ versioning), or push a complete clone to a new prefix (`git push --mirror`).",
     for (name, sha) in &m.refs {
         let mark = if protected(name) { "*" } else { " " };
         rep.line(ctx, format!(" {mark} {name}: {}", &sha[..12.min(sha.len())]));
+    }
+    match m.known_format() {
+        Some(f) => rep.line(ctx, format!("  object format: {f}")),
+        None => rep.line(ctx, "  object format: none yet (the first push sets it)"),
     }
     match (&m.head, m.live_head()) {
         (Some(h), Some(_)) => rep.line(ctx, format!("  HEAD: {h}")),
@@ -96,9 +107,10 @@ versioning), or push a complete clone to a new prefix (`git push --mirror`).",
     }
     Ok(Some(PacksFindings {
         refs: m.refs.iter().map(|(n, s)| json!({"name": n, "sha": s, "protected": protected(n)})).collect(),
+        object_format: json!(m.known_format()),
         head: m.head.clone(),
         manifest: json!({
-            "key": key, "readable": true, "etag": etag, "serial": m.serial, "frozen": m.frozen,
+            "key": key, "readable": true, "etag": etag, "serial": m.serial, "frozen": m.frozen, "object_format": m.known_format(),
             "packs": m.packs.len(), "pack_bytes": m.pack_bytes(), "retired": m.retired.len(),
         }),
     }))

@@ -119,6 +119,17 @@ async fn bundles_status(remote: &Remote, ttl: Duration) -> Result<Value, super::
             json!({"ref": r, "sha": null, "state": "dangling"})
         }
     };
+    let formats = view.scan.object_formats();
+    let object_format = match formats.as_slice() {
+        [] => Value::Null,
+        [(f, _)] => json!(f.name()),
+        [(f, r), (g, s), ..] => {
+            warnings.push(format!(
+                "the prefix holds refs of two object formats ({r} is {f}, {s} is {g}); git cannot mix them: delete the refs of the wrong format (`git s3 delete-branch`)"
+            ));
+            json!("mixed")
+        }
+    };
     let locks: Vec<Value> = view
         .scan
         .locks
@@ -146,6 +157,7 @@ async fn bundles_status(remote: &Remote, ttl: Duration) -> Result<Value, super::
         "bucket": remote.url.bucket,
         "prefix": remote.url.prefix,
         "format": "bundles",
+        "object_format": object_format,
         "head": head,
         "refs": refs,
         "protected": view.scan.protected,
@@ -203,6 +215,10 @@ fn print_text(ctx: &Ctx, doc: &Value) {
             u(&r["manifest"]["serial"])
         )),
         f => ctx.println(format!("  format: {}", f.unwrap_or("bundles"))),
+    }
+    match r["object_format"].as_str() {
+        Some(f) => ctx.println(format!("  object format: {f}")),
+        None => ctx.println("  object format: none yet (the first push sets it)"),
     }
     let h = &r["head"];
     match h["state"].as_str() {

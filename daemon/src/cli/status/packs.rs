@@ -35,6 +35,7 @@ pub async fn remote_status(remote: &Remote) -> Result<Option<Value>, CliError> {
         "bucket": remote.url.bucket,
         "prefix": remote.url.prefix,
         "format": "packs",
+        "object_format": m.known_format().map(|f| f.name()),
         "head": head,
         "refs": refs,
         "protected": protected,

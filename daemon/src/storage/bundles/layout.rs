@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::local::oid::ObjectFormat;
 use crate::local::refname::valid_ref_name;
 use crate::s3::store::ObjectInfo;
 use crate::storage::bundles::locks;
@@ -24,6 +25,23 @@ pub struct PrefixScan {
     /// Keys under `<prefix>/refs/` whose ref part git would refuse (control
     /// characters, spaces, `..`, …): never listed, never given to git.
     pub ignored: Vec<String>,
+}
+
+impl PrefixScan {
+    /// The object formats of the refs' bundles (their newest), each with
+    /// the first ref in that format, SHA-1 first: empty for an empty
+    /// prefix, two entries for one that mixes formats (0.4.2 checks none).
+    pub fn object_formats(&self) -> Vec<(ObjectFormat, &str)> {
+        let mut found: Vec<(ObjectFormat, &str)> = Vec::new();
+        for (name, bundles) in &self.bundles {
+            let Some(f) = bundles.first().and_then(|b| ObjectFormat::of(&b.0)) else { continue };
+            if !found.iter().any(|(g, _)| *g == f) {
+                found.push((f, name));
+            }
+        }
+        found.sort_by_key(|(f, _)| f.hex_len());
+        found
+    }
 }
 
 fn is_sha(s: &str) -> bool {
@@ -74,6 +92,16 @@ mod tests {
 
     fn obj(key: &str, secs: u64) -> ObjectInfo {
         ObjectInfo { key: key.into(), size: 1, etag: "e".into(), last_modified: SystemTime::UNIX_EPOCH + Duration::from_secs(secs) }
+    }
+
+    #[test]
+    fn object_formats_of_the_refs() {
+        let (a, b) = ("a".repeat(40), "b".repeat(64));
+        assert!(scan("p", &[]).object_formats().is_empty());
+        let one = scan("p", &[obj(&format!("p/refs/heads/main/{b}.bundle"), 1), obj(&format!("p/refs/tags/v1/{b}.bundle"), 1)]);
+        assert_eq!(one.object_formats(), vec![(ObjectFormat::Sha256, "refs/heads/main")]);
+        let two = scan("p", &[obj(&format!("p/refs/heads/main/{b}.bundle"), 1), obj(&format!("p/refs/heads/old/{a}.bundle"), 1)]);
+        assert_eq!(two.object_formats(), vec![(ObjectFormat::Sha1, "refs/heads/old"), (ObjectFormat::Sha256, "refs/heads/main")]);
     }
 
     #[test]

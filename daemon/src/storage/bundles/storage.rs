@@ -14,7 +14,7 @@ use crate::session::progress::Progress;
 use crate::storage::bundles::layout::{scan, PrefixScan};
 use crate::storage::bundles::locks::{self, lock_wait};
 use crate::storage::zip::{build_zip, upload_zip};
-use crate::storage::{OpContext, PushResult, PushUpdate, RefListing, RemoteRef, RepoStorage, StorageError};
+use crate::storage::{format_mismatch, OpContext, PushResult, PushUpdate, RefListing, RemoteRef, RepoStorage, StorageError};
 
 pub struct BundleStorage {
     store: S3Store,
@@ -213,7 +213,10 @@ impl BundleStorage {
                 (r.clone(), Some(r))
             }
         };
-        let result = self.push_bundle(ctx, dst, remote_sha.as_deref(), &sha, &bundle_ref).await;
+        // A first push into an empty prefix checks, under the lock, that no
+        // ref of another object format landed since `list` (see write_under_lock).
+        let first_push = if listing.refs.is_empty() { ObjectFormat::of(&sha) } else { None };
+        let result = self.push_bundle(ctx, dst, remote_sha.as_deref(), &sha, &bundle_ref, first_push).await;
         if let Some(t) = tmp_ref {
             let _ = ctx.git.delete_ref(&t).await;
         }
@@ -222,7 +225,15 @@ impl BundleStorage {
 
     /// Takes the ref's lock, then streams `git bundle create` of `bundle_ref`
     /// into S3 (refreshing the lock while it runs) and finishes the update.
-    async fn push_bundle(&self, ctx: &OpContext, dst: &str, seen_sha: Option<&str>, sha: &str, bundle_ref: &str) -> Result<PushResult, StorageError> {
+    async fn push_bundle(
+        &self,
+        ctx: &OpContext,
+        dst: &str,
+        seen_sha: Option<&str>,
+        sha: &str,
+        bundle_ref: &str,
+        first_push: Option<ObjectFormat>,
+    ) -> Result<PushResult, StorageError> {
         let zip = if self.url.scheme == Scheme::S3Zip { Some(build_zip(ctx, sha).await?) } else { None };
         // Local work before the lock: git writes the bundle into the cache's
         // copy; a bundle over 64 MiB stops there (git waits on its pipe) and
@@ -242,7 +253,7 @@ impl BundleStorage {
             }
             Err(e) => return Err(e.into()),
         };
-        let work = self.write_under_lock(ctx, dst, seen_sha, sha, stream, zip);
+        let work = self.write_under_lock(ctx, dst, seen_sha, sha, stream, zip, first_push);
         let result = match locks::hold_while(&self.store, &mut lock, ttl, work).await {
             Ok(r) => r,
             Err(locks::LockError::Lost { key }) => return Ok(Err(locks::LockError::Lost { key }.to_string())),
@@ -257,6 +268,7 @@ impl BundleStorage {
         result
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn write_under_lock(
         &self,
         ctx: &OpContext,
@@ -265,10 +277,19 @@ impl BundleStorage {
         sha: &str,
         stream: BundleStream,
         zip: Option<(tempfile::NamedTempFile, String)>,
+        first_push: Option<ObjectFormat>,
     ) -> Result<PushResult, StorageError> {
-        // Under the lock: the ref must still be what we checked against.
-        let now = self.store.list(&format!("{}/{dst}/", self.url.prefix)).await?;
+        // Under the lock: the ref must still be what we checked against. A
+        // first push (the prefix was empty at `list`) lists every ref
+        // instead, in the same one request: a push of another object format
+        // may have landed since (locks are per ref, so nothing else orders
+        // two first pushes of different refs).
+        let listed = if first_push.is_some() { self.url.key("refs/") } else { format!("{}/{dst}/", self.url.prefix) };
+        let now = self.store.list(&listed).await?;
         let scan_now = scan(&self.url.prefix, &now);
+        if let Some(refused) = first_push.and_then(|ours| self.other_format(&scan_now, ours)) {
+            return Ok(Err(refused));
+        }
         let current: Vec<&(String, ObjectInfo)> = scan_now.bundles.get(dst).map(|v| v.iter().collect()).unwrap_or_default();
         if current.len() > 1 {
             // A push killed between its upload and the old bundle's deletion
@@ -289,6 +310,10 @@ impl BundleStorage {
         if current_sha != seen_sha {
             return Ok(Err("fetch first".into()));
         }
+        #[cfg(feature = "test-hooks")]
+        if let Some(g) = crate::test_hooks::push_upload_gate(&ctx.env) {
+            crate::test_hooks::wait_for_gate(&g).await;
+        }
         // The rest of `git bundle create` streams into the upload; the object
         // appears only once git has finished successfully.
         let BundleStream { bundle, mut tee, staged, finish } = stream;
@@ -306,6 +331,18 @@ impl BundleStorage {
         drop(tee);
         if let Ok(mut p) = progress.lock() {
             p.finish();
+        }
+        if let Some(ours) = first_push {
+            // Two first pushes of different formats may both have found the
+            // prefix empty: each looks again once its bundle is in, and one
+            // that finds the other format takes its own bundle back. At
+            // least one of them sees the other (S3 lists are strongly
+            // consistent), so the prefix never keeps both.
+            let after = scan(&self.url.prefix, &self.store.list(&self.url.key("refs/")).await?);
+            if let Some(refused) = self.other_format(&after, ours) {
+                self.store.delete(&self.bundle_key(dst, sha)).await?;
+                return Ok(Err(refused));
+            }
         }
         if dst.starts_with("refs/heads/") {
             let r = self
@@ -329,6 +366,12 @@ impl BundleStorage {
         // Keep what we pushed: another working copy's clone needs no download.
         let _ = ctx.cache.insert_bundle(sha, bundle);
         Ok(Ok(()))
+    }
+
+    /// The refusal of a push of `ours` when `scan` holds a ref of another object format.
+    fn other_format(&self, scan: &PrefixScan, ours: ObjectFormat) -> Option<String> {
+        let (theirs, _) = scan.object_formats().into_iter().find(|(f, _)| *f != ours)?;
+        Some(format_mismatch(ours, theirs, &self.url.to_string()))
     }
 
     async fn delete_ref(&self, ctx: &OpContext, dst: &str, protected: bool) -> Result<PushResult, StorageError> {

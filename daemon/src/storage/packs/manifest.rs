@@ -213,6 +213,12 @@ impl Manifest {
         self.object_format.or_else(|| first_id.and_then(|id| ObjectFormat::of(id))).unwrap_or_default()
     }
 
+    /// `format()`, or None for an empty remote that records no format (its
+    /// first push sets it).
+    pub fn known_format(&self) -> Option<ObjectFormat> {
+        self.object_format.or_else(|| (!self.refs.is_empty() || !self.packs.is_empty()).then(|| self.format()))
+    }
+
     pub fn to_bytes(&self) -> Vec<u8> {
         // Serializing plain maps/strings/numbers cannot fail.
         serde_json::to_vec_pretty(self).unwrap_or_default()

@@ -47,7 +47,7 @@ impl RepoStorage for PackStorage {
             listing.refs.push(RemoteRef { name: name.clone(), sha: sha.clone() });
         }
         // Absent from a manifest of SHA-1 refs written before SHA-256 support.
-        listing.object_format = m.object_format.or_else(|| (!m.refs.is_empty() || !m.packs.is_empty()).then(|| m.format()));
+        listing.object_format = m.known_format();
         listing.head = m.live_head().cloned();
         listing.head_raw = m.head.clone();
         listing.protected = m.protected.iter().cloned().chain(self.markers()).collect();
