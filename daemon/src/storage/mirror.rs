@@ -291,9 +291,10 @@ pub async fn needed(opts: &FetchOptions, listing: &RefListing, wants: &[RemoteRe
     opts.narrows() || wants.iter().any(|w| !listing.is_tip(w)) || git.is_shallow().await
 }
 
-/// A ref name safe to hand to `git update-ref --stdin`.
+/// A ref name safe to hand to `git update-ref --stdin`: a `refs/…` name
+/// under git's rules (`local/refname.rs`, the one check of ref names).
 fn valid_ref_name(name: &str) -> bool {
-    name.starts_with("refs/") && !name.contains(['\n', '\r', ' ', '\0']) && !name.split('/').any(|c| c.is_empty() || c == "." || c == "..")
+    name.starts_with("refs/") && crate::local::refname::valid_ref_name(name)
 }
 
 /// Creates a mirror: a bare repository built in `tmp` and renamed to `path`
