@@ -22,12 +22,7 @@ fn lfs_push_and_clone(packs: bool, answer: RegionAnswer, faults: Vec<Fault>) -> 
     env.git(&repo, &["lfs", "track", "*.bin"]);
     std::fs::write(repo.join("a.bin"), b"lfs object a\n").unwrap();
     std::fs::write(repo.join("b.bin"), vec![9u8; 300_000]).unwrap();
-    env.git(&repo, &["add", "-A"]);
-    env.git(&repo, &["commit", "-q", "-m", "lfs files"]);
-    env.git(&repo, &["remote", "add", "origin", &url]);
-    let mut c = env.command("git-lfs-s3", &repo);
-    c.arg("install");
-    env.run(c);
+    env.commit_all_with_lfs_remote(&repo, "lfs files", &url);
     env.git(&repo, &["push", "-q", "origin", "main"]);
     let lfs_keys: Vec<_> = env.keys("far/lfs/lfs/");
     assert_eq!(lfs_keys.len(), 2, "{lfs_keys:?}");

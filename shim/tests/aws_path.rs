@@ -156,12 +156,7 @@ fn lfs_on_the_aws_code_path() {
     env.git(&repo, &["lfs", "track", "*.bin"]);
     let big = testkit::noise(300_000, 3);
     std::fs::write(repo.join("a.bin"), &big).unwrap();
-    env.git(&repo, &["add", "-A"]);
-    env.git(&repo, &["commit", "-q", "-m", "lfs files"]);
-    env.git(&repo, &["remote", "add", "origin", &url]);
-    let mut c = env.command("git-lfs-s3", &repo);
-    c.arg("install");
-    env.run(c);
+    env.commit_all_with_lfs_remote(&repo, "lfs files", &url);
     env.git(&repo, &["push", "-q", "origin", "main"]);
     let uploads = check_aws_requests(&env, &field);
     let lfs: Vec<_> = uploads.iter().filter(|u| u.path.contains("/aws/lfs/lfs/")).collect();

@@ -60,12 +60,7 @@ fn lfs_repo(env: &TestEnv, name: &str, url: &str) -> PathBuf {
     env.git(&repo, &["lfs", "track", "*.bin"]);
     std::fs::write(repo.join("a.bin"), b"lfs object a\n").unwrap();
     std::fs::write(repo.join("b.bin"), vec![9u8; 300_000]).unwrap();
-    env.git(&repo, &["add", "-A"]);
-    env.git(&repo, &["commit", "-q", "-m", "lfs files"]);
-    env.git(&repo, &["remote", "add", "origin", url]);
-    let mut c = env.command("git-lfs-s3", &repo);
-    c.arg("install");
-    env.run(c);
+    env.commit_all_with_lfs_remote(&repo, "lfs files", url);
     repo
 }
 

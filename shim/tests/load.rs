@@ -162,12 +162,7 @@ fn one_daemon_under_64_concurrent_sessions() {
     env.git(&lfs_seed, &["init", "-q", "-b", "main"]);
     env.git(&lfs_seed, &["lfs", "track", "*.bin"]);
     std::fs::write(lfs_seed.join("a.bin"), noise(20 << 10, 1)).unwrap();
-    env.git(&lfs_seed, &["add", "-A"]);
-    env.git(&lfs_seed, &["commit", "-q", "-m", "lfs seed"]);
-    env.git(&lfs_seed, &["remote", "add", "origin", &remotes[2].1]);
-    let mut c = env.command("git-lfs-s3", &lfs_seed);
-    c.arg("install");
-    env.run(c);
+    env.commit_all_with_lfs_remote(&lfs_seed, "lfs seed", &remotes[2].1);
     env.git(&lfs_seed, &["push", "-q", "origin", "main"]);
     // Warm: one clone of each.
     for (name, url) in &remotes {

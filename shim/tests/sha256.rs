@@ -248,12 +248,7 @@ fn sha256_lfs_round_trip() {
     env.git(&src, &["lfs", "track", "*.bin"]);
     let big = testkit::noise(300_000, 7);
     std::fs::write(src.join("a.bin"), &big).unwrap();
-    env.git(&src, &["add", "-A"]);
-    env.git(&src, &["commit", "-q", "-m", "lfs files"]);
-    env.git(&src, &["remote", "add", "origin", &url]);
-    let mut c = env.command("git-lfs-s3", &src);
-    c.arg("install");
-    env.run(c);
+    env.commit_all_with_lfs_remote(&src, "lfs files", &url);
     env.git(&src, &["push", "-q", "origin", "main"]);
     let lfs_keys = env.keys("lfs256/lfs/");
     assert_eq!(lfs_keys.len(), 1, "{lfs_keys:?}");

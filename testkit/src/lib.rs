@@ -505,6 +505,18 @@ impl TestEnv {
         self.git(repo, &["rev-parse", "HEAD"]).trim().to_string()
     }
 
+    /// Commits everything in `repo` (`msg`), adds `url` as `origin` and
+    /// installs git-lfs-s3 there (`git-lfs-s3 install`): a repository whose
+    /// LFS objects go to S3, ready to push.
+    pub fn commit_all_with_lfs_remote(&self, repo: &Path, msg: &str, url: &str) {
+        self.git(repo, &["add", "-A"]);
+        self.git(repo, &["commit", "-q", "-m", msg]);
+        self.git(repo, &["remote", "add", "origin", url]);
+        let mut c = self.command("git-lfs-s3", repo);
+        c.arg("install");
+        self.run(c);
+    }
+
     /// Keys (and sizes) under a prefix, straight from the bucket.
     pub fn keys(&self, prefix: &str) -> Vec<String> {
         let out = s3tool(&["list", &self.bucket, prefix], None);
