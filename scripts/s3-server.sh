@@ -6,16 +6,10 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 venv="${GIT_S3_TEST_VENV:-$root/.test-env/venv}"
 pidfile="${1:-$root/.test-env/moto.pid}"
-port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+# shellcheck source=lib/local-server.sh
+. "$root/scripts/lib/local-server.sh"
+port="$(free_port)"
 mkdir -p "$(dirname "$pidfile")"
 "$venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$(dirname "$pidfile")/moto.log" 2>&1 &
 echo $! >"$pidfile"
-for _ in $(seq 1 100); do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-    echo "http://127.0.0.1:$port"
-    exit 0
-  fi
-  sleep 0.1
-done
-echo "moto_server did not start; see $(dirname "$pidfile")/moto.log" >&2
-exit 1
+serve_endpoint_when_up moto_server "$port" "$(dirname "$pidfile")/moto.log"

@@ -17,18 +17,12 @@ if [ ! -x "$bin" ]; then
   echo "s3s-fs missing at $bin: run scripts/setup-test-env.sh --s3s" >&2
   exit 1
 fi
-port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+# shellcheck source=lib/local-server.sh
+. "$root/scripts/lib/local-server.sh"
+port="$(free_port)"
 mkdir -p "$dir"
 rm -rf "$data"
 mkdir -p "$data"
 "$bin" --host 127.0.0.1 --port "$port" --access-key test --secret-key test "$data" >"$dir/s3s.log" 2>&1 &
 echo $! >"$pidfile"
-for _ in $(seq 1 100); do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-    echo "http://127.0.0.1:$port"
-    exit 0
-  fi
-  sleep 0.1
-done
-echo "s3s-fs did not start; see $dir/s3s.log" >&2
-exit 1
+serve_endpoint_when_up s3s-fs "$port" "$dir/s3s.log"
