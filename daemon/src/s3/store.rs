@@ -738,13 +738,11 @@ impl S3Store {
                     })
                     .await
                     .map_err(|e| self.classify(e, prefix))?;
-                // Decoded only when the answer says it is encoded: some
-                // servers ignore `encoding-type` and send keys as they are.
-                let encoded = resp.encoding_type() == Some(&aws_sdk_s3::types::EncodingType::Url);
+                let encoding = resp.encoding_type();
                 for o in resp.contents() {
                     if let Some(key) = o.key() {
                         out.push(ObjectInfo {
-                            key: if encoded { url_decode_key(key) } else { key.to_string() },
+                            key: listed_key(key, encoding),
                             size: o.size().unwrap_or(0).max(0) as u64,
                             etag: o.e_tag().unwrap_or_default().to_string(),
                             last_modified: to_system_time(o.last_modified()),
@@ -1516,6 +1514,15 @@ impl S3Store {
         }
         .instrument(span)
         .await
+    }
+}
+
+/// A key as a listing answered it: decoded only when the answer says it is
+/// URL-encoded (some servers ignore `encoding-type` and send keys as they are).
+fn listed_key(key: &str, encoding: Option<&aws_sdk_s3::types::EncodingType>) -> String {
+    match encoding {
+        Some(aws_sdk_s3::types::EncodingType::Url) => url_decode_key(key),
+        _ => key.to_string(),
     }
 }
 

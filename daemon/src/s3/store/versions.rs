@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use tracing::Instrument;
 
-use super::{to_system_time, url_decode_key, S3Store, StoreError};
+use super::{listed_key, to_system_time, S3Store, StoreError};
 
 /// One version of an object (or a delete marker).
 #[derive(Debug, Clone)]
@@ -45,7 +45,7 @@ impl S3Store {
                 for v in resp.versions() {
                     if let (Some(key), Some(id)) = (v.key(), v.version_id()) {
                         out.push(ObjectVersion {
-                            key: url_decode_key(key),
+                            key: listed_key(key, resp.encoding_type()),
                             version_id: id.to_string(),
                             is_latest: v.is_latest() == Some(true),
                             delete_marker: false,
@@ -57,7 +57,7 @@ impl S3Store {
                 for m in resp.delete_markers() {
                     if let (Some(key), Some(id)) = (m.key(), m.version_id()) {
                         out.push(ObjectVersion {
-                            key: url_decode_key(key),
+                            key: listed_key(key, resp.encoding_type()),
                             version_id: id.to_string(),
                             is_latest: m.is_latest() == Some(true),
                             delete_marker: true,
