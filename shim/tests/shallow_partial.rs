@@ -452,3 +452,61 @@ fn after_a_push_shallow_and_partial_clones_of_a_packs_remote_read_what_they_ask(
     }
     check("big push");
 }
+
+/// A background views write never clobbers a push made meanwhile: held
+/// (test gate) between its upload and its manifest write while another
+/// branch is pushed, it finds the manifest changed (412), reads it again
+/// and records its views on top of it: both branches and both packs stay,
+/// the later pack uncovered (read beside the views).
+#[test]
+fn a_background_views_write_keeps_a_push_made_meanwhile() {
+    let (env, _proxy) = counted_env("packs");
+    let out = env.git_s3(&env.work(), &["status", "--json"]);
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        doc["daemon"]["features"].as_array().is_some_and(|f| f.iter().any(|f| f == "test-hooks")),
+        "this test needs a daemon built with --features git-s3-daemon/test-hooks: {doc}"
+    );
+    let src = history(&env, "src");
+    let url = env.url("gate");
+    let gate = env.path("views-gate");
+    let mut c = env.command("git", &src);
+    c.env("GIT_S3_VIEWS_AUTO_BYTES", "1").env("GIT_S3_TEST_VIEWS_WRITE_GATE", &gate).args(["push", "-q", &url, "main"]);
+    env.run(c);
+    let waiting = env.path("views-gate.waiting");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !waiting.exists() {
+        assert!(std::time::Instant::now() < deadline, "the views write never reached its gate");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let key = "gate/.git-s3/manifest.json";
+    let before: serde_json::Value = serde_json::from_slice(&env.get_object(key)).unwrap();
+    assert!(before["views"].is_null(), "held before its manifest write: {before}");
+    let first = before["packs"][0]["name"].as_str().unwrap().to_string();
+
+    // Another branch lands meanwhile (no views of its own).
+    env.git(&src, &["checkout", "-q", "-b", "other"]);
+    let other = env.commit(&src, "o.txt", "other\n", "other");
+    env.git(&src, &["push", "-q", &url, "other"]);
+    std::fs::write(&gate, b"").unwrap();
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let m = loop {
+        let m: serde_json::Value = serde_json::from_slice(&env.get_object(key)).unwrap();
+        if m["views"].is_object() {
+            break m;
+        }
+        assert!(std::time::Instant::now() < deadline, "the views were never recorded: {m}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_eq!(m["refs"]["refs/heads/other"], other.as_str(), "the push made meanwhile stays: {m}");
+    assert_eq!(m["refs"]["refs/heads/main"], before["refs"]["refs/heads/main"], "{m}");
+    let packs: Vec<&str> = m["packs"].as_array().unwrap().iter().filter_map(|p| p["name"].as_str()).collect();
+    let covers: Vec<&str> = m["views"]["covers"].as_array().unwrap().iter().filter_map(|c| c.as_str()).collect();
+    assert_eq!(packs.len(), 2, "{m}");
+    assert_eq!(covers, vec![first.as_str()], "only the pack the views were made from: {m}");
+    // Readers of the views get the later branch from its pack.
+    env.git(&env.work(), &["clone", "-q", "--depth", "1", "--branch", "other", &url, "d1"]);
+    assert_eq!(env.git(&env.path("d1"), &["rev-parse", "HEAD"]).trim(), other);
+    fsck(&env, &env.path("d1"));
+}

@@ -40,16 +40,11 @@ pub fn refresh_due(m: &Manifest, env: &HashMap<String, String>) -> bool {
 /// Writes new views of `base` (the manifest a push has just written) from
 /// `git`, the pusher's repository, when it holds every object the refs
 /// reach (not shallow, not partial, every tip present; otherwise nothing
-/// is done), uploads them, and records them in the manifest with a
-/// conditional write, only if the manifest's views are still those of
-/// `base` (another writer's newer views win; a lost write's packs are
-/// unreferenced and gc deletes them after the grace period, as it does a
-/// lost gc's). The views replaced retire like packs (deleted by gc after
-/// the grace period). Returns whether new views were recorded.
-pub async fn refresh(store: &S3Store, url: &RemoteUrl, git: &Git, tmp_root: &Path, base: &Manifest) -> Result<bool, StorageError> {
+/// is done, None), and uploads them (`record` names them in the manifest).
+pub async fn build_and_upload(store: &S3Store, url: &RemoteUrl, git: &Git, tmp_root: &Path, base: &Manifest) -> Result<Option<Views>, StorageError> {
     if git.is_shallow().await || git.config_get("extensions.partialclone").await.is_some() {
         tracing::debug!("the repository is shallow or partial: no views from it");
-        return Ok(false);
+        return Ok(None);
     }
     let tips: BTreeSet<String> = base.refs.values().cloned().collect();
     let pack_tips: BTreeSet<String> = base.packs.iter().flat_map(|p| p.tips.iter().cloned()).collect();
@@ -57,7 +52,7 @@ pub async fn refresh(store: &S3Store, url: &RemoteUrl, git: &Git, tmp_root: &Pat
     let present = present_objects(git, &wanted).await?;
     if let Some(missing) = tips.iter().find(|t| !present.contains(*t)) {
         tracing::debug!(missing, "the repository lacks a ref's tip: no views from it");
-        return Ok(false);
+        return Ok(None);
     }
     // The packs the views hold all of: those whose tips the refs all reach
     // (a pack of a ref deleted or moved back since holds objects they lack).
@@ -86,7 +81,17 @@ pub async fn refresh(store: &S3Store, url: &RemoteUrl, git: &Git, tmp_root: &Pat
     for p in made.packs() {
         upload_pack_of(store, url, dir.path(), p).await?;
     }
-    let replaced = base.views.clone();
+    Ok(Some(made))
+}
+
+/// Records `made` as the views in the manifest with a conditional write
+/// (a 412 reads it again and applies this again, keeping what was pushed
+/// meanwhile), only if the manifest's views are still `replaced` (those
+/// the push saw): another writer's newer views win, and the packs of
+/// `made` stay unreferenced until gc deletes them after the grace period,
+/// as it does a lost gc's. The views replaced retire like packs. Returns
+/// whether `made` was recorded.
+pub async fn record(store: &S3Store, url: &RemoteUrl, replaced: Option<Views>, made: Views) -> Result<bool, StorageError> {
     let mut recorded = false;
     update_manifest(store, url, |m| {
         recorded = false;
@@ -180,8 +185,18 @@ impl PackStorage {
         env.insert("GIT_NO_LAZY_FETCH".into(), "1".into());
         env.insert("GIT_NO_REPLACE_OBJECTS".into(), "1".into());
         let git = Git::new(ctx.git.cwd(), env);
+        #[cfg(feature = "test-hooks")]
+        let gate = crate::test_hooks::views_write_gate(&ctx.env);
         crate::session::background::spawn("refresh_views", async move {
-            match refresh(&store, &url, &git, &tmp, &base).await {
+            let written = async {
+                let Some(made) = build_and_upload(&store, &url, &git, &tmp, &base).await? else { return Ok(false) };
+                #[cfg(feature = "test-hooks")]
+                if let Some(g) = gate {
+                    crate::test_hooks::wait_for_gate(&g).await;
+                }
+                record(&store, &url, base.views.clone(), made).await
+            };
+            match written.await {
                 Ok(true) => tracing::info!(remote = %url, "views written after the push"),
                 Ok(false) => tracing::debug!(remote = %url, "no new views"),
                 Err(e) => tracing::warn!(remote = %url, error = %e, "views not written (`git s3 gc` writes them)"),
