@@ -19,6 +19,9 @@ pub const PUSH_LOCK_GATE: &str = "GIT_S3_TEST_PUSH_LOCK_GATE";
 /// A file a bundles push waits for (at most a minute) under the ref's lock,
 /// after its checks and before its upload.
 pub const PUSH_UPLOAD_GATE: &str = "GIT_S3_TEST_PUSH_UPLOAD_GATE";
+/// A file the views a push has the daemon write in the background wait
+/// for (at most a minute), uploaded, before their manifest write.
+pub const VIEWS_WRITE_GATE: &str = "GIT_S3_TEST_VIEWS_WRITE_GATE";
 /// The migration exits the daemon half-way (`to-packs`: after the manifest
 /// write and the first bundle deletion; `to-packs-before-head`: after every
 /// bundle's deletion, before the HEAD object's; `to-bundles`: after the freeze and
@@ -47,6 +50,11 @@ pub fn push_lock_gate(env: &HashMap<String, String>) -> Option<PathBuf> {
 /// The gate a bundles push waits at under its lock, before its upload, when the test set one.
 pub fn push_upload_gate(env: &HashMap<String, String>) -> Option<PathBuf> {
     env.get(PUSH_UPLOAD_GATE).map(PathBuf::from)
+}
+
+/// The gate of a push's background views write, when the test set one.
+pub fn views_write_gate(env: &HashMap<String, String>) -> Option<PathBuf> {
+    env.get(VIEWS_WRITE_GATE).map(PathBuf::from)
 }
 
 /// Waits until `gate` exists (at most a minute). It first creates

@@ -7,6 +7,8 @@
 //! - `git ls-remote` and a no-op `git fetch`: one round trip, both formats;
 //! - a one-commit push to a packs remote: two (the pack, then the manifest);
 //! - a one-commit fetch from a packs remote: two (the manifest, then the pack);
+//! - a one-commit push to a bundles remote: four up to git's answer (the
+//!   listing, the lock, the ref's listing under it, the bundle), two more after;
 //! - TLS handshakes: once per daemon, not per git command.
 
 use std::path::{Path, PathBuf};
@@ -266,4 +268,64 @@ fn a_pack_download_that_breaks_off_is_made_again() {
         .map(|e| e.file_name())
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// The ref lock's key, and the bundles of `main`, in a bundles remote.
+fn is_lock(r: &RequestRecord) -> bool {
+    r.key.as_deref().is_some_and(|k| k.ends_with("/LOCK#.lock") || k.ends_with("/LOCK%23.lock"))
+}
+
+/// Waits until the push's clean-up after git's answer (the replaced
+/// bundle's DELETE, then the lock's release) has been made.
+fn wait_for_lock_release(field: &FieldServer) {
+    for _ in 0..200 {
+        if field.requests().iter().any(|r| r.kind == RequestKind::Delete && is_lock(r) && r.end.is_some()) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("the lock was never released: {:#?}", field.requests());
+}
+
+/// A one-commit push to a bundles remote (0.4.2's layout): `list for-push`
+/// (the detection, the `refs/` listing and `HEAD`, one round trip), the
+/// lock's conditional PUT, the ref's listing under the lock, the bundle's
+/// PUT: 4 round trips up to git's answer. After it, the replaced bundle's
+/// DELETE beside the lock's HEAD, then the lock's DELETE: 6 in all. (Before
+/// 2026-12-04: 10, all before the answer: the push listed the remote again,
+/// wrote `HEAD` each time and read it back after the 412, and deleted the
+/// replaced bundle and released the lock before answering.)
+#[test]
+fn a_one_commit_bundles_push_is_four_round_trips() {
+    let (env, field) = far_env();
+    let url = env.url("rt");
+    let (repo, clone) = pushed_and_cloned(&env, &url, false);
+    env.git(&clone, &["fetch", "-q", "origin"]);
+    for round in 0..2 {
+        let sha = env.commit(&repo, &format!("f{round}.txt"), &format!("{round}\n"), &format!("commit {round}"));
+        let (c, r) = measure(&field, || {
+            env.git(&repo, &["push", "-q", "origin", "main"]);
+            wait_for_lock_release(&field);
+        });
+        eprintln!("one-commit bundles push {round}: {}", shown(&c, &r));
+        let answered: Vec<RequestRecord> =
+            r.iter().filter(|r| r.kind != RequestKind::Delete && !(r.kind == RequestKind::Head && is_lock(r))).cloned().collect();
+        assert_eq!(critical_path(&answered), 4, "push: {}", shown(&c, &r));
+        assert_eq!(c.critical_path, 6, "push and clean-up: {}", shown(&c, &r));
+        // The detection (manifest, refs/, HEAD); the lock, the ref's listing,
+        // the bundle; after the answer the old bundle's DELETE, the lock's
+        // HEAD and DELETE.
+        assert_eq!(
+            (c.of(RequestKind::Get), c.of(RequestKind::List), c.of(RequestKind::ConditionalPut), c.of(RequestKind::Put)),
+            (2, 2, 1, 1),
+            "push: {}",
+            shown(&c, &r)
+        );
+        assert_eq!((c.of(RequestKind::Delete), c.of(RequestKind::Head), c.total()), (2, 1, 9), "push: {}", shown(&c, &r));
+        assert_warm_connections(&c, "a push", &r);
+        let ls = env.ls_remote(Tool::Ours, &url);
+        assert!(ls.contains(&format!("{sha}\trefs/heads/main")), "{ls:?}");
+        env.git(&clone, &["pull", "-q", "--ff-only"]);
+        assert_eq!(env.git(&clone, &["rev-parse", "HEAD"]).trim(), sha);
+    }
 }

@@ -294,6 +294,8 @@ fn pack_bytes(repo: &Path) -> u64 {
 #[test]
 fn after_gc_shallow_and_partial_clones_of_a_packs_remote_download_what_they_ask() {
     let (env, proxy) = counted_env("packs");
+    // The views come from gc here, not from a push (see the next test).
+    env.set_env("GIT_S3_VIEWS_AUTO_BYTES", "0");
     let src = history_of(&env, "src", 20_000);
     let url = env.url("views");
     env.git(&src, &["push", "-q", &url, "main", "v20"]);
@@ -358,4 +360,153 @@ fn after_gc_shallow_and_partial_clones_of_a_packs_remote_download_what_they_ask(
     assert_eq!(env.git(&env.path("d6"), &["rev-parse", "HEAD"]).trim(), tip);
     let doc: serde_json::Value = serde_json::from_str(&env.git_s3(&env.work(), &["doctor", &url, "--json"])).unwrap();
     assert_eq!(doc["advice"][0]["missing"][0], tips, "{doc}");
+}
+
+/// The manifest of `prefix` once it has views that cover every pack
+/// (written in the background after a push), waiting up to a minute.
+fn wait_for_covering_views(env: &TestEnv, prefix: &str) -> serde_json::Value {
+    let key = format!("{prefix}/.git-s3/manifest.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        let m: serde_json::Value = serde_json::from_slice(&env.get_object(&key)).unwrap();
+        let covers: Vec<&str> = m["views"]["covers"].as_array().map(|c| c.iter().filter_map(|n| n.as_str()).collect()).unwrap_or_default();
+        let packs: Vec<&str> = m["packs"].as_array().unwrap().iter().filter_map(|p| p["name"].as_str()).collect();
+        if m["views"]["skeleton"]["name"].is_string() && m["views"]["tips"]["name"].is_string() && packs.iter().all(|p| covers.contains(p)) {
+            return m;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    panic!("no views covering every pack: {}", String::from_utf8_lossy(&env.get_object(&key)));
+}
+
+/// Views without a manual step: a packs remote that was never gc'd gets
+/// its views in the background after a push (past `GIT_S3_VIEWS_AUTO_BYTES`
+/// of packs they do not cover: 1 MiB by default, 200 kB here), so
+/// `--depth 1` and blob:none clones right after it read what local git
+/// transfers, not the whole remote; a push below the threshold leaves them
+/// (its pack is read beside them); one above it has them written again,
+/// the replaced ones retired for gc.
+#[test]
+fn after_a_push_shallow_and_partial_clones_of_a_packs_remote_read_what_they_ask() {
+    let (env, proxy) = counted_env("packs");
+    env.set_env("GIT_S3_VIEWS_AUTO_BYTES", "200000");
+    let src = history_of(&env, "src", 20_000);
+    let url = env.url("auto");
+    env.git(&src, &["push", "-q", &url, "main", "v20"]);
+    let m1 = wait_for_covering_views(&env, "auto");
+    let doc: serde_json::Value = serde_json::from_str(&env.git_s3(&env.work(), &["doctor", &url, "--json"])).unwrap();
+    assert_eq!(doc["advice"].as_array().map(Vec::len), Some(0), "fresh views, no gc advised: {doc}");
+    assert_eq!(doc["issues"].as_array().map(Vec::len), Some(0), "the views' packs are referenced: {doc}");
+
+    // local git, the yardstick: the same clones from a bare copy of the source
+    let yardstick = |round: &str| -> (u64, u64) {
+        let bare = env.path(&format!("bare{round}.git"));
+        env.git(&env.work(), &["clone", "-q", "--bare", src.to_str().unwrap(), bare.to_str().unwrap()]);
+        env.git(&bare, &["config", "uploadpack.allowFilter", "true"]);
+        let bare_url = format!("file://{}", bare.display());
+        env.git(&env.work(), &["clone", "-q", "--depth", "1", "--no-local", &bare_url, &format!("local-d1{round}")]);
+        env.git(&env.work(), &["clone", "-q", "--filter=blob:none", "--no-local", &bare_url, &format!("local-p{round}")]);
+        (pack_bytes(&env.path(&format!("local-d1{round}"))), pack_bytes(&env.path(&format!("local-p{round}"))))
+    };
+    let measure = |dir: &str, args: &[&str]| -> u64 {
+        env.git_s3(&env.work(), &["cache", "clear"]);
+        let before = proxy.counts().bytes_down;
+        let mut all = vec!["clone", "-q"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&[url.as_str(), dir]);
+        env.git(&env.work(), &all);
+        fsck(&env, &env.path(dir));
+        proxy.counts().bytes_down - before
+    };
+    let check = |round: &str| {
+        let (local_depth1, local_blobless) = yardstick(round);
+        let tip = env.git(&src, &["rev-parse", "HEAD"]).trim().to_string();
+        let depth1 = measure(&format!("d1{round}"), &["--depth", "1"]);
+        assert_eq!(env.git(&env.path(&format!("d1{round}")), &["rev-parse", "HEAD"]).trim(), tip);
+        assert_eq!(count(&env, &env.path(&format!("d1{round}")), "HEAD"), 1);
+        let blobless = measure(&format!("p{round}"), &["--filter=blob:none"]);
+        assert_eq!(count(&env, &env.path(&format!("p{round}")), "HEAD"), count(&env, &src, "HEAD"));
+        eprintln!("{round}: depth 1: {depth1} B from S3, local git {local_depth1} B; blob:none: {blobless} B from S3, local git {local_blobless} B");
+        assert!(depth1 <= 2 * local_depth1, "{round}: a depth-1 clone read {depth1} bytes from S3; local git transfers {local_depth1}");
+        assert!(blobless <= 2 * local_blobless, "{round}: a blob:none clone read {blobless} bytes from S3; local git transfers {local_blobless}");
+    };
+    check("first push");
+
+    // A small push: below the threshold, the views stay; its pack is read beside them.
+    env.commit(&src, "a.txt", &noise(999, 20_000), "small");
+    env.git(&src, &["push", "-q", &url, "main"]);
+    let m: serde_json::Value = serde_json::from_slice(&env.get_object("auto/.git-s3/manifest.json")).unwrap();
+    assert_eq!(m["views"], m1["views"], "a small push leaves the views");
+    check("small push");
+
+    // A big push (over 200 kB of packs the views lack): new views, the old ones retired.
+    for i in 0..3 {
+        env.commit(&src, &format!("big{i}.txt"), &noise(2000 + i, 400_000), &format!("big {i}"));
+    }
+    env.git(&src, &["push", "-q", &url, "main"]);
+    let m2 = wait_for_covering_views(&env, "auto");
+    assert_ne!(m2["views"]["tips"]["name"], m1["views"]["tips"]["name"]);
+    let retired: Vec<&str> = m2["retired"].as_array().unwrap().iter().filter_map(|r| r["name"].as_str()).collect();
+    for old in [&m1["views"]["skeleton"]["name"], &m1["views"]["tips"]["name"]] {
+        assert!(retired.contains(&old.as_str().unwrap()), "the replaced view {old} retires: {m2}");
+    }
+    check("big push");
+}
+
+/// A background views write never clobbers a push made meanwhile: held
+/// (test gate) between its upload and its manifest write while another
+/// branch is pushed, it finds the manifest changed (412), reads it again
+/// and records its views on top of it: both branches and both packs stay,
+/// the later pack uncovered (read beside the views).
+#[test]
+fn a_background_views_write_keeps_a_push_made_meanwhile() {
+    let (env, _proxy) = counted_env("packs");
+    let out = env.git_s3(&env.work(), &["status", "--json"]);
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        doc["daemon"]["features"].as_array().is_some_and(|f| f.iter().any(|f| f == "test-hooks")),
+        "this test needs a daemon built with --features git-s3-daemon/test-hooks: {doc}"
+    );
+    let src = history(&env, "src");
+    let url = env.url("gate");
+    let gate = env.path("views-gate");
+    let mut c = env.command("git", &src);
+    c.env("GIT_S3_VIEWS_AUTO_BYTES", "1").env("GIT_S3_TEST_VIEWS_WRITE_GATE", &gate).args(["push", "-q", &url, "main"]);
+    env.run(c);
+    let waiting = env.path("views-gate.waiting");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !waiting.exists() {
+        assert!(std::time::Instant::now() < deadline, "the views write never reached its gate");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let key = "gate/.git-s3/manifest.json";
+    let before: serde_json::Value = serde_json::from_slice(&env.get_object(key)).unwrap();
+    assert!(before["views"].is_null(), "held before its manifest write: {before}");
+    let first = before["packs"][0]["name"].as_str().unwrap().to_string();
+
+    // Another branch lands meanwhile (no views of its own).
+    env.git(&src, &["checkout", "-q", "-b", "other"]);
+    let other = env.commit(&src, "o.txt", "other\n", "other");
+    env.git(&src, &["push", "-q", &url, "other"]);
+    std::fs::write(&gate, b"").unwrap();
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let m = loop {
+        let m: serde_json::Value = serde_json::from_slice(&env.get_object(key)).unwrap();
+        if m["views"].is_object() {
+            break m;
+        }
+        assert!(std::time::Instant::now() < deadline, "the views were never recorded: {m}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_eq!(m["refs"]["refs/heads/other"], other.as_str(), "the push made meanwhile stays: {m}");
+    assert_eq!(m["refs"]["refs/heads/main"], before["refs"]["refs/heads/main"], "{m}");
+    let packs: Vec<&str> = m["packs"].as_array().unwrap().iter().filter_map(|p| p["name"].as_str()).collect();
+    let covers: Vec<&str> = m["views"]["covers"].as_array().unwrap().iter().filter_map(|c| c.as_str()).collect();
+    assert_eq!(packs.len(), 2, "{m}");
+    assert_eq!(covers, vec![first.as_str()], "only the pack the views were made from: {m}");
+    // Readers of the views get the later branch from its pack.
+    env.git(&env.work(), &["clone", "-q", "--depth", "1", "--branch", "other", &url, "d1"]);
+    assert_eq!(env.git(&env.path("d1"), &["rev-parse", "HEAD"]).trim(), other);
+    fsck(&env, &env.path("d1"));
 }

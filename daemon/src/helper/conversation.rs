@@ -198,6 +198,8 @@ pub async fn run(state: Arc<DaemonState>, a: HelperArgs, mut input: Input, out: 
                     }
                     Err(e) => return fatal(&out, &url, e),
                 }
+                // Git has its answer; the push's clean-up ends before the session.
+                storage!().settle().await;
                 listing = None;
             }
             Command::Blank => return 0,

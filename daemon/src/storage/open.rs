@@ -51,4 +51,12 @@ impl Storage {
             Storage::Packs(p) => p.push(ctx, updates).await,
         }
     }
+
+    /// Waits for what a push left to finish after its answer and before
+    /// the session ends (a bundles push's lock release).
+    pub async fn settle(&self) {
+        if let Storage::Bundles(b) = self {
+            b.settle().await;
+        }
+    }
 }

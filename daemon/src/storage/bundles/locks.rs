@@ -189,20 +189,34 @@ pub async fn release_all(store: &S3Store, locks: Vec<RefLock>) {
 /// Releases the lock. Only deletes it when it is still ours (a lock taken
 /// over after we went stale belongs to someone else).
 pub async fn release(store: &S3Store, lock: RefLock) -> Result<(), StoreError> {
+    if still_ours(store, &lock).await? {
+        remove(store, lock).await?;
+    }
+    Ok(())
+}
+
+/// Whether the lock in the bucket is still this one (the first half of
+/// `release`, which a caller may overlap with other work under the lock).
+pub async fn still_ours(store: &S3Store, lock: &RefLock) -> Result<bool, StoreError> {
     match store.head(&lock.key).await? {
-        Some(info) if info.etag == lock.etag => match &lock.version {
-            // Our version, for good: no noncurrent version, no delete marker.
-            Some(v) => match store.delete_version(&lock.key, v).await {
-                Err(StoreError::AccessDenied { .. }) => store.delete(&lock.key).await,
-                other => other,
-            },
-            None => store.delete(&lock.key).await,
-        },
+        Some(info) if info.etag == lock.etag => Ok(true),
         Some(_) => {
             tracing::warn!(key = lock.key, "lock was taken over by another client; leaving it");
-            Ok(())
+            Ok(false)
         }
-        None => Ok(()),
+        None => Ok(false),
+    }
+}
+
+/// Deletes the lock, found `still_ours` (the second half of `release`).
+pub async fn remove(store: &S3Store, lock: RefLock) -> Result<(), StoreError> {
+    match &lock.version {
+        // Our version, for good: no noncurrent version, no delete marker.
+        Some(v) => match store.delete_version(&lock.key, v).await {
+            Err(StoreError::AccessDenied { .. }) => store.delete(&lock.key).await,
+            other => other,
+        },
+        None => store.delete(&lock.key).await,
     }
 }
 

@@ -23,6 +23,13 @@ pub struct BundleStorage {
     seed: std::sync::Mutex<Option<Vec<ObjectInfo>>>,
     /// `<prefix>/HEAD` as read at detection, for the first `list`.
     head_seed: std::sync::Mutex<Option<Option<String>>>,
+    /// The last `list`'s answer, for the push that follows it (git decided
+    /// its updates from it; each ref is read again under its lock).
+    last_listing: std::sync::Mutex<Option<RefListing>>,
+    /// The clean-ups of this session's pushes (the replaced bundles'
+    /// deletion, the locks' release), running after git has its answer:
+    /// `settle` waits for them.
+    cleanups: std::sync::Mutex<Vec<tokio::sync::oneshot::Receiver<()>>>,
 }
 
 /// The content of `<prefix>/HEAD` (trimmed; None when absent or empty).
@@ -32,7 +39,14 @@ pub async fn read_head(store: &S3Store, url: &RemoteUrl) -> Result<Option<String
 
 impl BundleStorage {
     pub fn new(store: S3Store, url: RemoteUrl, refs_listing: Option<Vec<ObjectInfo>>) -> BundleStorage {
-        BundleStorage { store, url, seed: std::sync::Mutex::new(refs_listing), head_seed: std::sync::Mutex::new(None) }
+        BundleStorage {
+            store,
+            url,
+            seed: std::sync::Mutex::new(refs_listing),
+            head_seed: std::sync::Mutex::new(None),
+            last_listing: std::sync::Mutex::new(None),
+            cleanups: std::sync::Mutex::new(Vec::new()),
+        }
     }
 
     /// `head`: `<prefix>/HEAD` as read beside the detection's listing, if it was.
@@ -42,6 +56,14 @@ impl BundleStorage {
 
     pub fn store(&self) -> &S3Store {
         &self.store
+    }
+
+    /// Waits for the clean-ups this session's pushes left running after
+    /// their answer (the session ends once they are done, so the next
+    /// command finds the ref's lock free and one bundle per ref).
+    pub async fn settle(&self) {
+        let pending: Vec<_> = self.cleanups.lock().map(|mut c| std::mem::take(&mut *c)).unwrap_or_default();
+        futures::future::join_all(pending).await;
     }
 
     /// The bundles, locks, markers and zips under `<prefix>/refs/` (the
@@ -216,7 +238,10 @@ impl BundleStorage {
         // A first push into an empty prefix checks, under the lock, that no
         // ref of another object format landed since `list` (see write_under_lock).
         let first_push = if listing.refs.is_empty() { ObjectFormat::of(&sha) } else { None };
-        let result = self.push_bundle(ctx, dst, remote_sha.as_deref(), &sha, &bundle_ref, first_push).await;
+        // `HEAD` is only ever created (never replaced): not written again
+        // when the listing found one.
+        let write_head = listing.head_raw.is_none() && dst.starts_with("refs/heads/");
+        let result = self.push_bundle(ctx, dst, remote_sha.as_deref(), &sha, &bundle_ref, first_push, write_head).await;
         if let Some(t) = tmp_ref {
             let _ = ctx.git.delete_ref(&t).await;
         }
@@ -225,6 +250,9 @@ impl BundleStorage {
 
     /// Takes the ref's lock, then streams `git bundle create` of `bundle_ref`
     /// into S3 (refreshing the lock while it runs) and finishes the update.
+    /// The replaced bundle's deletion and the lock's release follow the
+    /// answer (`clean_up_after_answer`).
+    #[allow(clippy::too_many_arguments)]
     async fn push_bundle(
         &self,
         ctx: &OpContext,
@@ -233,6 +261,7 @@ impl BundleStorage {
         sha: &str,
         bundle_ref: &str,
         first_push: Option<ObjectFormat>,
+        write_head: bool,
     ) -> Result<PushResult, StorageError> {
         let zip = if self.url.scheme == Scheme::S3Zip { Some(build_zip(ctx, sha).await?) } else { None };
         // Local work before the lock: git writes the bundle into the cache's
@@ -253,19 +282,57 @@ impl BundleStorage {
             }
             Err(e) => return Err(e.into()),
         };
-        let work = self.write_under_lock(ctx, dst, seen_sha, sha, stream, zip, first_push);
+        let mut replaced = Vec::new();
+        let work = self.write_under_lock(ctx, dst, seen_sha, sha, stream, zip, first_push, write_head, &mut replaced);
         let result = match locks::hold_while(&self.store, &mut lock, ttl, work).await {
             Ok(r) => r,
             Err(locks::LockError::Lost { key }) => return Ok(Err(locks::LockError::Lost { key }.to_string())),
             Err(e) => Err(e.into()),
         };
-        if let Err(e) = locks::release(&self.store, lock).await {
-            tracing::warn!(error = %e, "could not release lock");
-            if result.as_ref().map(|r| r.is_ok()).unwrap_or(false) {
-                return Ok(Err(format!("pushed, but the lock could not be released ({e}); run `git s3 doctor --delete-stale-locks`")));
-            }
-        }
+        self.clean_up_after_answer(ctx, lock, replaced);
         result
+    }
+
+    /// After the push's answer, still under the ref's lock: deletes the
+    /// bundles the new one replaced (beside the check that the lock is
+    /// still ours), then deletes the lock (in that order: the next push of
+    /// the ref finds one bundle). Runs in the daemon's
+    /// background (a session cancelled meanwhile does not stop it); the
+    /// session waits for it before it ends (`settle`). A daemon killed
+    /// before it is done leaves an extra bundle (the next push of the ref
+    /// removes it: the newest is the ref) and a lock that goes stale after
+    /// its TTL (the next push takes it over; `git s3 doctor` lists it).
+    fn clean_up_after_answer(&self, ctx: &OpContext, lock: locks::RefLock, replaced: Vec<String>) {
+        let store = self.store.clone();
+        let out = ctx.out.clone();
+        let (done, waited) = tokio::sync::oneshot::channel();
+        crate::session::background::spawn("bundle_push_cleanup", async move {
+            // The replaced bundles' DELETEs beside the lock's HEAD; the lock's
+            // DELETE after both.
+            let deletes = futures::future::join_all(replaced.iter().map(|key| {
+                let store = &store;
+                async move {
+                    if let Err(e) = store.delete(key).await {
+                        tracing::warn!(key, error = %e, "could not delete the replaced bundle (the next push of the ref removes it)");
+                    }
+                }
+            }));
+            let (_, ours) = tokio::join!(deletes, locks::still_ours(&store, &lock));
+            let key = lock.key.clone();
+            let released = match ours {
+                Ok(true) => locks::remove(&store, lock).await,
+                Ok(false) => Ok(()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = released {
+                tracing::warn!(key, error = %e, "could not release lock");
+                out.stderr(format!("warning: pushed, but the lock {key} could not be released ({e}); run `git s3 doctor --delete-stale-locks`\n"));
+            }
+            let _ = done.send(());
+        });
+        if let Ok(mut c) = self.cleanups.lock() {
+            c.push(waited);
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -278,6 +345,8 @@ impl BundleStorage {
         stream: BundleStream,
         zip: Option<(tempfile::NamedTempFile, String)>,
         first_push: Option<ObjectFormat>,
+        write_head: bool,
+        replaced: &mut Vec<String>,
     ) -> Result<PushResult, StorageError> {
         // Under the lock: the ref must still be what we checked against. A
         // first push (the prefix was empty at `list`) lists every ref
@@ -344,7 +413,7 @@ impl BundleStorage {
                 return Ok(Err(refused));
             }
         }
-        if dst.starts_with("refs/heads/") {
+        if write_head {
             let r = self
                 .store
                 .put_bytes(&self.url.key("HEAD"), dst.as_bytes().to_vec(), PutOptions { condition: WriteCondition::IfAbsent, ..Default::default() })
@@ -355,11 +424,8 @@ impl BundleStorage {
                 Err(e) => return Err(e.into()),
             }
         }
-        for (old_sha, info) in current {
-            if old_sha != sha {
-                self.store.delete(&info.key).await?;
-            }
-        }
+        // The replaced bundles go after the answer (`clean_up_after_answer`).
+        replaced.extend(current.iter().filter(|(old_sha, _)| old_sha != sha).map(|(_, info)| info.key.clone()));
         if let Some((zip, summary)) = zip {
             upload_zip(&self.store, &self.url, dst, sha, zip.path(), summary).await?;
         }
@@ -486,6 +552,9 @@ impl RepoStorage for BundleStorage {
         }
         listing.head = head.clone().filter(|h| listing.refs.iter().any(|r| &r.name == h));
         listing.head_raw = head;
+        if let Ok(mut l) = self.last_listing.lock() {
+            *l = Some(listing.clone());
+        }
         Ok(listing)
     }
 
@@ -515,7 +584,12 @@ impl RepoStorage for BundleStorage {
     }
 
     async fn push(&self, ctx: &OpContext, updates: &[PushUpdate]) -> Result<Vec<(String, PushResult)>, StorageError> {
-        let listing = RepoStorage::list(self).await?;
+        // The listing `list for-push` answered git with, else a fresh one.
+        let held = self.last_listing.lock().ok().and_then(|mut l| l.take());
+        let listing = match held {
+            Some(l) => l,
+            None => RepoStorage::list(self).await?,
+        };
         let mut results = Vec::new();
         for upd in updates {
             let r = self.push_one(ctx, &listing, upd).await;

@@ -479,6 +479,7 @@ impl PackStorage {
                         self.upload_idx_in_background(ctx, b);
                     }
                     self.maybe_gc_in_background(ctx, &next.packs);
+                    self.maybe_refresh_views_in_background(ctx, &next);
                     let mut results = results(updates, &verdicts);
                     self.write_zips(ctx, next.serial, &changes, &mut results).await;
                     return Ok(results);

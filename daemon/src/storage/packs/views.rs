@@ -3,17 +3,119 @@
 //! tip's full tree), written by `git s3 gc` from the repository it has
 //! gathered, and read by shallow and partial clones instead of every pack.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
 use futures::stream::{StreamExt, TryStreamExt};
 
 use crate::local::git::Git;
-use crate::storage::packs::git_ops::{run_with_stdin, SCRATCH_PACK_CONFIG};
-use crate::storage::packs::manifest::unix_now;
+use crate::s3::store::S3Store;
+use crate::s3::url::RemoteUrl;
+use crate::storage::packs::git_ops::{present_objects, run_with_stdin, SCRATCH_PACK_CONFIG};
+use crate::storage::packs::manifest::{unix_now, update_manifest, Manifest, RetiredPack};
 use crate::storage::packs::manifest::{PackEntry, Views};
+use crate::storage::packs::scratch::{upload_pack_of, written_pack};
 use crate::storage::packs::storage::PackStorage;
 use crate::storage::{OpContext, StorageError};
+
+/// A push that leaves at least this many bytes of packs outside the views
+/// (`GIT_S3_VIEWS_AUTO_BYTES`, in the caller's environment; 0 turns it off),
+/// and at least an eighth of the views' own size, has the daemon write new
+/// views in the background (see [`PackStorage::maybe_refresh_views_in_background`]).
+pub const DEFAULT_VIEWS_AUTO_BYTES: u64 = 1 << 20;
+
+/// Whether the views of `m` (a manifest a push has just written) are worth
+/// making again: none yet, or enough bytes pushed since that a shallow or
+/// partial clone would read them on top of the views.
+pub fn refresh_due(m: &Manifest, env: &HashMap<String, String>) -> bool {
+    let limit = env.get("GIT_S3_VIEWS_AUTO_BYTES").and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(DEFAULT_VIEWS_AUTO_BYTES);
+    if limit == 0 || m.refs.is_empty() || m.frozen.is_some() {
+        return false;
+    }
+    let uncovered = m.uncovered().fold(0u64, |t, p| t.saturating_add(p.size));
+    let views = m.views.iter().flat_map(|v| v.packs()).fold(0u64, |t, p| t.saturating_add(p.size));
+    uncovered > 0 && uncovered >= limit.max(views / 8)
+}
+
+/// Writes new views of `base` (the manifest a push has just written) from
+/// `git`, the pusher's repository, when it holds every object the refs
+/// reach (not shallow, not partial, every tip present; otherwise nothing
+/// is done, None), and uploads them (`record` names them in the manifest).
+pub async fn build_and_upload(store: &S3Store, url: &RemoteUrl, git: &Git, tmp_root: &Path, base: &Manifest) -> Result<Option<Views>, StorageError> {
+    if git.is_shallow().await || git.config_get("extensions.partialclone").await.is_some() {
+        tracing::debug!("the repository is shallow or partial: no views from it");
+        return Ok(None);
+    }
+    let tips: BTreeSet<String> = base.refs.values().cloned().collect();
+    let pack_tips: BTreeSet<String> = base.packs.iter().flat_map(|p| p.tips.iter().cloned()).collect();
+    let wanted: Vec<String> = tips.iter().chain(pack_tips.iter()).cloned().collect::<BTreeSet<_>>().into_iter().collect();
+    let present = present_objects(git, &wanted).await?;
+    if let Some(missing) = tips.iter().find(|t| !present.contains(*t)) {
+        tracing::debug!(missing, "the repository lacks a ref's tip: no views from it");
+        return Ok(None);
+    }
+    // The packs the views hold all of: those whose tips the refs all reach
+    // (a pack of a ref deleted or moved back since holds objects they lack).
+    let present_pack_tips: Vec<&String> = pack_tips.iter().filter(|t| present.contains(*t)).collect();
+    let unreachable: BTreeSet<String> = if present_pack_tips.is_empty() {
+        BTreeSet::new()
+    } else {
+        let mut args: Vec<&str> = vec!["rev-list", "--objects"];
+        args.extend(present_pack_tips.iter().map(|t| t.as_str()));
+        args.push("--not");
+        args.extend(tips.iter().map(String::as_str));
+        git.run(&args).await?.lines().filter_map(|l| l.split_whitespace().next()).filter(|o| pack_tips.contains(*o)).map(str::to_string).collect()
+    };
+    let covers: BTreeSet<String> = base
+        .packs
+        .iter()
+        .filter(|p| !p.tips.is_empty() && p.tips.iter().all(|t| present.contains(t) && !unreachable.contains(t)))
+        .map(|p| p.name.clone())
+        .collect();
+    let dir = tempfile::Builder::new().prefix("views-").tempdir_in(tmp_root)?;
+    let made = build(git, dir.path(), &base.refs, base.live_head(), covers, |out, tips| {
+        let d = dir.path().to_path_buf();
+        async move { written_pack(&d, &out, tips).await }
+    })
+    .await?;
+    for p in made.packs() {
+        upload_pack_of(store, url, dir.path(), p).await?;
+    }
+    Ok(Some(made))
+}
+
+/// Records `made` as the views in the manifest with a conditional write
+/// (a 412 reads it again and applies this again, keeping what was pushed
+/// meanwhile), only if the manifest's views are still `replaced` (those
+/// the push saw): another writer's newer views win, and the packs of
+/// `made` stay unreferenced until gc deletes them after the grace period,
+/// as it does a lost gc's. The views replaced retire like packs. Returns
+/// whether `made` was recorded.
+pub async fn record(store: &S3Store, url: &RemoteUrl, replaced: Option<Views>, made: Views) -> Result<bool, StorageError> {
+    let mut recorded = false;
+    update_manifest(store, url, |m| {
+        recorded = false;
+        if m.views != replaced {
+            return Ok(false);
+        }
+        let now = unix_now();
+        let new_names: BTreeSet<&str> = made.packs().map(|p| p.name.as_str()).collect();
+        for p in replaced.iter().flat_map(|v| v.packs()) {
+            if !new_names.contains(p.name.as_str()) && !m.retired.iter().any(|r| r.name == p.name) {
+                m.retired.push(RetiredPack { name: p.name.clone(), since: now });
+            }
+        }
+        m.retired.retain(|r| !new_names.contains(r.name.as_str()));
+        m.views = Some(made.clone());
+        recorded = true;
+        Ok(true)
+    })
+    .await?;
+    if !recorded {
+        tracing::info!("the manifest's views changed meanwhile; the new ones are left to gc");
+    }
+    Ok(recorded)
+}
 
 /// Which views a fetch can be served from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +171,39 @@ where
 }
 
 impl PackStorage {
+    /// After a push has answered (`next`: the manifest it wrote), writes new
+    /// views in the background when they are due (`refresh_due`): never on
+    /// the push's critical path.
+    pub(super) fn maybe_refresh_views_in_background(&self, ctx: &OpContext, next: &Manifest) {
+        if !refresh_due(next, &ctx.env) {
+            return;
+        }
+        let (store, url, base) = (self.store.clone(), self.url.clone(), next.clone());
+        let tmp = ctx.cache.root().join("tmp");
+        // Objects only from the repository itself: no lazy fetch, no replacements.
+        let mut env = ctx.env.clone();
+        env.insert("GIT_NO_LAZY_FETCH".into(), "1".into());
+        env.insert("GIT_NO_REPLACE_OBJECTS".into(), "1".into());
+        let git = Git::new(ctx.git.cwd(), env);
+        #[cfg(feature = "test-hooks")]
+        let gate = crate::test_hooks::views_write_gate(&ctx.env);
+        crate::session::background::spawn("refresh_views", async move {
+            let written = async {
+                let Some(made) = build_and_upload(&store, &url, &git, &tmp, &base).await? else { return Ok(false) };
+                #[cfg(feature = "test-hooks")]
+                if let Some(g) = gate {
+                    crate::test_hooks::wait_for_gate(&g).await;
+                }
+                record(&store, &url, base.views.clone(), made).await
+            };
+            match written.await {
+                Ok(true) => tracing::info!(remote = %url, "views written after the push"),
+                Ok(false) => tracing::debug!(remote = %url, "no new views"),
+                Err(e) => tracing::warn!(remote = %url, error = %e, "views not written (`git s3 gc` writes them)"),
+            }
+        });
+    }
+
     /// Brings into `ctx`'s repository the views of `kinds` and every pack
     /// they do not cover (those a push added since), skipping what is
     /// there. Returns false, downloading nothing, when the remote has no
@@ -136,6 +271,28 @@ mod tests {
         o.filter = Some("blob:none".into());
         o.deepen_not.push("v1".into());
         assert_eq!(kinds_for(&o, false), None);
+    }
+
+    #[test]
+    fn views_are_refreshed_past_the_threshold() {
+        let pack = |c: char, size: u64| PackEntry { name: c.to_string().repeat(40), size, idx_size: 1, objects: 1, tips: vec![], created: 1 };
+        let mut m = Manifest::default();
+        m.refs.insert("refs/heads/main".into(), "f".repeat(40));
+        m.packs.push(pack('a', 600 << 10));
+        let mut env = HashMap::new();
+        assert!(!refresh_due(&m, &env), "600 KiB without views: below the default 1 MiB");
+        m.packs.push(pack('b', 600 << 10));
+        assert!(refresh_due(&m, &env), "1.2 MiB without views");
+        env.insert("GIT_S3_VIEWS_AUTO_BYTES".to_string(), "0".to_string());
+        assert!(!refresh_due(&m, &env), "0 turns it off");
+        env.clear();
+        // Views covering `a`, 16 MiB of them: `b` alone is below an eighth of them.
+        m.views = Some(Views { covers: [m.packs[0].name.clone()].into(), skeleton: Some(pack('c', 16 << 20)), tips: None, created: 1 });
+        assert!(!refresh_due(&m, &env));
+        m.packs.push(pack('d', 2 << 20));
+        assert!(refresh_due(&m, &env), "2.6 MiB uncovered: over an eighth of 16 MiB");
+        m.frozen = Some("migration".into());
+        assert!(!refresh_due(&m, &env), "never while a migration holds the manifest");
     }
 
     #[test]
