@@ -12,6 +12,7 @@ pub mod fetch_options;
 pub mod mirror;
 pub mod open;
 pub mod packs;
+pub mod ref_update;
 pub mod zip;
 
 use std::collections::{BTreeSet, HashMap};

@@ -13,6 +13,7 @@ use crate::s3::url::{RemoteUrl, Scheme};
 use crate::session::progress::Progress;
 use crate::storage::bundles::layout::{scan, PrefixScan};
 use crate::storage::bundles::locks::{self, lock_wait};
+use crate::storage::ref_update::{local_history, Decision, RefUpdate};
 use crate::storage::zip::{build_zip, upload_zip};
 use crate::storage::{format_mismatch, OpContext, PushResult, PushUpdate, RefListing, RemoteRef, RepoStorage, StorageError};
 
@@ -159,49 +160,43 @@ impl BundleStorage {
     }
 
     async fn push_one(&self, ctx: &OpContext, listing: &RefListing, upd: &PushUpdate) -> Result<PushResult, StorageError> {
-        let dst = &upd.dst;
-        if !dst.starts_with("refs/") {
-            return Ok(Err(format!("invalid destination ref {dst}")));
-        }
-        let remote_sha = listing.sha_of(dst).map(str::to_string);
-        if let Some(expected) = ctx.cas.get(dst) {
-            if remote_sha.as_deref().unwrap_or("") != expected.as_str() {
-                return Ok(Err("stale info".into()));
-            }
-        }
-        let protected = listing.protected.contains(dst);
-        let Some(src) = &upd.src else {
-            return self.delete_ref(ctx, dst, protected).await;
+        let dst = upd.dst.as_str();
+        let new = match &upd.src {
+            Some(src) => ctx.git.rev_parse(src).await.ok(),
+            None => None,
         };
-        let sha = match ctx.git.rev_parse(src).await {
-            Ok(s) => s,
-            Err(_) => return Ok(Err(format!("{src} not found in the local repository"))),
+        let mut rule = RefUpdate {
+            dst,
+            src: upd.src.as_deref(),
+            old: listing.sha_of(dst),
+            new: new.as_deref(),
+            force: upd.force,
+            protected: listing.protected.contains(dst),
+            lease: ctx.cas.get(dst).map(String::as_str),
+            history: None,
         };
-        if remote_sha.as_deref() == Some(sha.as_str()) {
-            return Ok(Ok(()));
-        }
+        let mut decision = rule.decide();
         // A bundle holds the ref's whole history, which a shallow clone lacks.
-        if ctx.git.is_shallow().await {
+        if matches!(decision, Decision::Set | Decision::NeedsHistory) && ctx.git.is_shallow().await {
             return Ok(Err("cannot push from a shallow clone to a bundles-format remote (each bundle holds the whole history): run `git fetch --unshallow`, then push again".into()));
         }
-        if let Some(old) = &remote_sha {
-            let force = upd.force && !protected;
-            if !force {
-                if !ctx.git.has_object(old).await {
-                    return Ok(Err("fetch first".into()));
-                }
-                if dst.starts_with("refs/tags/") {
-                    return Ok(Err("already exists".into()));
-                }
-                if !ctx.git.is_ancestor(old, &sha).await {
-                    return Ok(Err(if upd.force && protected {
-                        format!("{dst} is protected: force push refused (git s3 unprotect to allow it)")
-                    } else {
-                        "non-fast-forward".into()
-                    }));
-                }
+        if decision == Decision::NeedsHistory {
+            if let (Some(old), Some(new)) = (rule.old, rule.new) {
+                rule.history = Some(local_history(&ctx.git, old, new, None).await);
             }
+            decision = rule.decide();
         }
+        let (src, sha) = match decision {
+            Decision::Refused(why) => return Ok(Err(why)),
+            Decision::Unchanged => return Ok(Ok(())),
+            Decision::Delete => return self.delete_ref(ctx, dst).await,
+            Decision::NeedsHistory => return Ok(Err("fetch first".into())),
+            Decision::Set => match (&upd.src, &new) {
+                (Some(src), Some(sha)) => (src, sha.clone()),
+                _ => return Ok(Err(format!("invalid push of {dst}"))),
+            },
+        };
+        let remote_sha = rule.old.map(str::to_string);
 
         // The ref to bundle: `src` itself, or a temporary ref for a bare sha.
         let (bundle_ref, tmp_ref) = match ctx.git.symbolic_full_name(src).await {
@@ -374,10 +369,8 @@ impl BundleStorage {
         Some(format_mismatch(ours, theirs, &self.url.to_string()))
     }
 
-    async fn delete_ref(&self, ctx: &OpContext, dst: &str, protected: bool) -> Result<PushResult, StorageError> {
-        if protected {
-            return Ok(Err(format!("{dst} is protected: deletion refused (git s3 unprotect to allow it)")));
-        }
+    /// Deletes `dst`'s bundles and zip under its lock (the rules said it may go).
+    async fn delete_ref(&self, ctx: &OpContext, dst: &str) -> Result<PushResult, StorageError> {
         let ttl = locks::ttl_from_env(&ctx.env);
         let lock = match locks::acquire(&self.store, &self.url.prefix, dst, ttl, lock_wait(&ctx.env)).await {
             Ok(l) => l,

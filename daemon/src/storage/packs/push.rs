@@ -21,6 +21,7 @@ use crate::storage::detect::{last_markers, mixed_formats_error, RefsDir};
 use crate::storage::packs::git_ops::{pack_object_count, resolve_objects, run_with_stdin, SCRATCH_PACK_CONFIG};
 use crate::storage::packs::manifest::{self, backoff, read_manifest, unix_now, Manifest, PackEntry, MAX_ATTEMPTS};
 use crate::storage::packs::storage::PackStorage;
+use crate::storage::ref_update::{local_history, Decision, RefUpdate};
 use crate::storage::zip::{self, ZIP_SERIAL_META};
 use crate::storage::{format_mismatch, OpContext, PushResult, PushUpdate, StorageError};
 
@@ -146,47 +147,33 @@ impl PackStorage {
         sha: Option<&str>,
         present: &HashSet<String>,
     ) -> Result<Change, String> {
-        let dst = &upd.dst;
-        if !dst.starts_with("refs/") {
-            return Err(format!("invalid destination ref {dst}"));
-        }
-        let remote_sha = m.refs.get(dst).map(String::as_str);
-        if let Some(expected) = ctx.cas.get(dst) {
-            if remote_sha.unwrap_or("") != expected.as_str() {
-                return Err("stale info".into());
-            }
-        }
-        let protected = m.protected.contains(dst) || markers.contains(dst);
-        let Some(src) = &upd.src else {
-            if protected {
-                return Err(format!("{dst} is protected: deletion refused (git s3 unprotect to allow it)"));
-            }
-            return Ok(if remote_sha.is_some() { Change::Delete } else { Change::Unchanged });
+        let dst = upd.dst.as_str();
+        let mut rule = RefUpdate {
+            dst,
+            src: upd.src.as_deref(),
+            old: m.refs.get(dst).map(String::as_str),
+            new: sha,
+            force: upd.force,
+            protected: m.protected.contains(dst) || markers.contains(dst),
+            lease: ctx.cas.get(dst).map(String::as_str),
+            history: None,
         };
-        let Some(sha) = sha else {
-            return Err(format!("{src} not found in the local repository"));
-        };
-        if remote_sha == Some(sha) {
-            return Ok(Change::Unchanged);
-        }
-        if let Some(old) = remote_sha {
-            if !upd.force || protected {
-                if !present.contains(old) {
-                    return Err("fetch first".into());
-                }
-                if dst.starts_with("refs/tags/") {
-                    return Err("already exists".into());
-                }
-                if !ctx.git.is_ancestor(old, sha).await {
-                    return Err(if upd.force && protected {
-                        format!("{dst} is protected: force push refused (git s3 unprotect to allow it)")
-                    } else {
-                        "non-fast-forward".into()
-                    });
-                }
+        let mut decision = rule.decide();
+        if decision == Decision::NeedsHistory {
+            if let (Some(old), Some(new)) = (rule.old, rule.new) {
+                rule.history = Some(local_history(&ctx.git, old, new, Some(present.contains(old))).await);
             }
+            decision = rule.decide();
         }
-        Ok(Change::Set(sha.to_string()))
+        match decision {
+            Decision::Refused(why) => Err(why),
+            Decision::Unchanged => Ok(Change::Unchanged),
+            // Deleting a ref the manifest does not hold changes nothing.
+            Decision::Delete if rule.old.is_none() => Ok(Change::Unchanged),
+            Decision::Delete => Ok(Change::Delete),
+            Decision::Set => Ok(sha.map(|s| Change::Set(s.to_string())).unwrap_or(Change::Unchanged)),
+            Decision::NeedsHistory => Err("fetch first".into()),
+        }
     }
 
     /// `git pack-objects` of `tips --not exclude` into a temp dir; None when
