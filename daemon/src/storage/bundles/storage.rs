@@ -2,7 +2,8 @@
 //! storage interface: a ref is one full bundle, pushed under the ref's lock
 //! (`locks`) and fetched by `git index-pack` as it downloads.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 use tracing::Instrument;
 
@@ -189,7 +190,7 @@ impl BundleStorage {
         let (src, sha) = match decision {
             Decision::Refused(why) => return Ok(Err(why)),
             Decision::Unchanged => return Ok(Ok(())),
-            Decision::Delete => return self.delete_ref(ctx, dst).await,
+            Decision::Delete => return self.delete_for_push(ctx, dst).await,
             Decision::NeedsHistory => return Ok(Err("fetch first".into())),
             Decision::Set => match (&upd.src, &new) {
                 (Some(src), Some(sha)) => (src, sha.clone()),
@@ -263,6 +264,8 @@ impl BundleStorage {
         result
     }
 
+    /// The push under the ref's lock: the ref checked again, the bundle
+    /// uploaded, the update finished.
     #[allow(clippy::too_many_arguments)]
     async fn write_under_lock(
         &self,
@@ -274,25 +277,59 @@ impl BundleStorage {
         zip: Option<(tempfile::NamedTempFile, String)>,
         first_push: Option<ObjectFormat>,
     ) -> Result<PushResult, StorageError> {
-        // Under the lock: the ref must still be what we checked against. A
-        // first push (the prefix was empty at `list`) lists every ref
-        // instead, in the same one request: a push of another object format
-        // may have landed since (locks are per ref, so nothing else orders
-        // two first pushes of different refs).
+        let current = match self.recheck_under_lock(dst, seen_sha, sha, first_push).await? {
+            UnderLock::Go(current) => current,
+            UnderLock::Answer(answer) => return Ok(answer),
+        };
+        #[cfg(feature = "test-hooks")]
+        if let Some(g) = crate::test_hooks::push_upload_gate(&ctx.env) {
+            crate::test_hooks::wait_for_gate(&g).await;
+        }
+        let bundle = self.upload_bundle(ctx, dst, sha, stream).await?;
+        if let Some(ours) = first_push {
+            // Two first pushes of different formats may both have found the
+            // prefix empty: each looks again once its bundle is in, and one
+            // that finds the other format takes its own bundle back. At
+            // least one of them sees the other (S3 lists are strongly
+            // consistent), so the prefix never keeps both.
+            let after = scan(&self.url.prefix, &self.store.list(&self.url.key("refs/")).await?);
+            if let Some(refused) = self.other_format(&after, ours) {
+                self.store.delete(&self.bundle_key(dst, sha)).await?;
+                return Ok(Err(refused));
+            }
+        }
+        self.finish_update(dst, sha, current, zip).await?;
+        // Keep what we pushed: another working copy's clone needs no download.
+        let _ = ctx.cache.insert_bundle(sha, bundle);
+        Ok(Ok(()))
+    }
+
+    /// Under the lock: the ref must still be what we checked against. A
+    /// first push (the prefix was empty at `list`) lists every ref
+    /// instead, in the same one request: a push of another object format
+    /// may have landed since (locks are per ref, so nothing else orders
+    /// two first pushes of different refs). Go: the ref's bundles now.
+    async fn recheck_under_lock(
+        &self,
+        dst: &str,
+        seen_sha: Option<&str>,
+        sha: &str,
+        first_push: Option<ObjectFormat>,
+    ) -> Result<UnderLock, StorageError> {
         let listed = if first_push.is_some() { self.url.key("refs/") } else { format!("{}/{dst}/", self.url.prefix) };
         let now = self.store.list(&listed).await?;
         let scan_now = scan(&self.url.prefix, &now);
         if let Some(refused) = first_push.and_then(|ours| self.other_format(&scan_now, ours)) {
-            return Ok(Err(refused));
+            return Ok(UnderLock::Answer(Err(refused)));
         }
-        let current: Vec<&(String, ObjectInfo)> = scan_now.bundles.get(dst).map(|v| v.iter().collect()).unwrap_or_default();
+        let current: Vec<(String, ObjectInfo)> = scan_now.bundles.get(dst).cloned().unwrap_or_default();
         if current.len() > 1 {
             // A push killed between its upload and the old bundle's deletion
             // (we hold the lock: no writer is at work). The newest bundle is
             // the ref, as every listing says; this push removes the others.
             // Two of the same second cannot be ordered: doctor decides.
             if current[0].1.last_modified == current[1].1.last_modified {
-                return Ok(Err(format!("several bundles exist for {dst} in the bucket; run `git s3 doctor` to fix")));
+                return Ok(UnderLock::Answer(Err(format!("several bundles exist for {dst} in the bucket; run `git s3 doctor` to fix"))));
             }
             tracing::warn!(dst, bundles = current.len(), "several bundles for the ref: taking the newest, removing the others after this push");
         }
@@ -300,17 +337,18 @@ impl BundleStorage {
         if current_sha == Some(sha) {
             // Another push (an interrupted one of ours, still finishing in
             // the daemon, or another machine's) already put this commit there.
-            return Ok(Ok(()));
+            return Ok(UnderLock::Answer(Ok(())));
         }
         if current_sha != seen_sha {
-            return Ok(Err("fetch first".into()));
+            return Ok(UnderLock::Answer(Err("fetch first".into())));
         }
-        #[cfg(feature = "test-hooks")]
-        if let Some(g) = crate::test_hooks::push_upload_gate(&ctx.env) {
-            crate::test_hooks::wait_for_gate(&g).await;
-        }
-        // The rest of `git bundle create` streams into the upload; the object
-        // appears only once git has finished successfully.
+        Ok(UnderLock::Go(current))
+    }
+
+    /// The rest of `git bundle create` streams into the upload; the object
+    /// appears only once git has finished successfully. Returns the cache's
+    /// copy of the bundle.
+    async fn upload_bundle(&self, ctx: &OpContext, dst: &str, sha: &str, stream: BundleStream) -> Result<tempfile::NamedTempFile, StorageError> {
         let BundleStream { bundle, mut tee, staged, finish } = stream;
         let progress = std::sync::Mutex::new(Progress::new(ctx.out.clone(), ctx.progress, format!("Uploading {dst}"), None));
         self.store
@@ -327,18 +365,18 @@ impl BundleStorage {
         if let Ok(mut p) = progress.lock() {
             p.finish();
         }
-        if let Some(ours) = first_push {
-            // Two first pushes of different formats may both have found the
-            // prefix empty: each looks again once its bundle is in, and one
-            // that finds the other format takes its own bundle back. At
-            // least one of them sees the other (S3 lists are strongly
-            // consistent), so the prefix never keeps both.
-            let after = scan(&self.url.prefix, &self.store.list(&self.url.key("refs/")).await?);
-            if let Some(refused) = self.other_format(&after, ours) {
-                self.store.delete(&self.bundle_key(dst, sha)).await?;
-                return Ok(Err(refused));
-            }
-        }
+        Ok(bundle)
+    }
+
+    /// Once the new bundle is in: HEAD set if the remote has none, the
+    /// ref's older bundles (`current`) deleted, `repo.zip` written.
+    async fn finish_update(
+        &self,
+        dst: &str,
+        sha: &str,
+        current: Vec<(String, ObjectInfo)>,
+        zip: Option<(tempfile::NamedTempFile, String)>,
+    ) -> Result<(), StorageError> {
         if dst.starts_with("refs/heads/") {
             let r = self
                 .store
@@ -358,9 +396,7 @@ impl BundleStorage {
         if let Some((zip, summary)) = zip {
             upload_zip(&self.store, &self.url, dst, sha, zip.path(), summary).await?;
         }
-        // Keep what we pushed: another working copy's clone needs no download.
-        let _ = ctx.cache.insert_bundle(sha, bundle);
-        Ok(Ok(()))
+        Ok(())
     }
 
     /// The refusal of a push of `ours` when `scan` holds a ref of another object format.
@@ -369,12 +405,23 @@ impl BundleStorage {
         Some(format_mismatch(ours, theirs, &self.url.to_string()))
     }
 
-    /// Deletes `dst`'s bundles and zip under its lock (the rules said it may go).
-    async fn delete_ref(&self, ctx: &OpContext, dst: &str) -> Result<PushResult, StorageError> {
-        let ttl = locks::ttl_from_env(&ctx.env);
-        let lock = match locks::acquire(&self.store, &self.url.prefix, dst, ttl, lock_wait(&ctx.env)).await {
+    /// A push's delete of `dst` (the rules said it may go), in git's words.
+    async fn delete_for_push(&self, ctx: &OpContext, dst: &str) -> Result<PushResult, StorageError> {
+        Ok(self.delete_ref(&ctx.env, dst, lock_wait(&ctx.env)).await?.map_err(|refused| match refused {
+            DeleteRefused::Locked { key } => format!("failed to acquire ref lock at {key}; another client may be pushing"),
+            DeleteRefused::NotFound => "not found".to_string(),
+            DeleteRefused::Several => format!("several bundles exist for {dst} in the bucket; run `git s3 doctor` to fix"),
+        }))
+    }
+
+    /// Deletes `dst`'s bundle and `repo.zip` under the ref's lock (waiting
+    /// up to `wait` for it; `env`: the caller's, for the lock's TTL): a push
+    /// deleting a ref, and `git s3 delete-branch`.
+    pub async fn delete_ref(&self, env: &HashMap<String, String>, dst: &str, wait: Duration) -> Result<Result<(), DeleteRefused>, StorageError> {
+        let ttl = locks::ttl_from_env(env);
+        let lock = match locks::acquire(&self.store, &self.url.prefix, dst, ttl, wait).await {
             Ok(l) => l,
-            Err(locks::LockError::Held { key, .. }) => return Ok(Err(format!("failed to acquire ref lock at {key}; another client may be pushing"))),
+            Err(locks::LockError::Held { key, .. }) => return Ok(Err(DeleteRefused::Locked { key })),
             Err(e) => return Err(e.into()),
         };
         let result = async {
@@ -382,10 +429,10 @@ impl BundleStorage {
             let s = scan(&self.url.prefix, &objects);
             let bundles = s.bundles.get(dst).cloned().unwrap_or_default();
             if bundles.is_empty() {
-                return Ok(Err("not found".to_string()));
+                return Ok(Err(DeleteRefused::NotFound));
             }
             if bundles.len() > 1 {
-                return Ok(Err(format!("several bundles exist for {dst} in the bucket; run `git s3 doctor` to fix")));
+                return Ok(Err(DeleteRefused::Several));
             }
             for (_, info) in bundles.iter().chain(s.zips.iter().filter(|z| z.0 == dst)) {
                 self.store.delete(&info.key).await?;
@@ -393,9 +440,31 @@ impl BundleStorage {
             Ok::<_, StorageError>(Ok(()))
         }
         .await;
-        let _ = locks::release(&self.store, lock).await;
+        // A lock left behind expires (its TTL); status and doctor show it.
+        if let Err(e) = locks::release(&self.store, lock).await {
+            tracing::warn!(dst, error = %e, "could not release the lock after a delete");
+        }
         result
     }
+}
+
+/// Why a ref was not deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeleteRefused {
+    /// Another client holds the ref's lock.
+    Locked { key: String },
+    /// The ref has no bundle.
+    NotFound,
+    /// The ref has several bundles (`git s3 doctor` decides).
+    Several,
+}
+
+/// What the check under the lock says.
+enum UnderLock {
+    /// Upload: the ref is as the push saw it; its bundles now.
+    Go(Vec<(String, ObjectInfo)>),
+    /// Stop with this answer.
+    Answer(PushResult),
 }
 
 /// `git bundle create -` running into the cache's copy of the bundle:
