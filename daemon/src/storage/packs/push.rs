@@ -18,7 +18,7 @@ use crate::local::oid::ObjectFormat;
 use crate::s3::store::{PutOptions, WriteCondition};
 use crate::session::progress::Progress;
 use crate::storage::detect::{last_markers, mixed_formats_error, RefsDir};
-use crate::storage::packs::git_ops::{pack_object_count, resolve_objects, run_with_stdin, SCRATCH_PACK_CONFIG};
+use crate::storage::packs::git_ops::{pack_object_count, SCRATCH_PACK_CONFIG};
 use crate::storage::packs::manifest::{self, backoff, read_manifest, unix_now, Manifest, PackEntry, MAX_ATTEMPTS};
 use crate::storage::packs::storage::PackStorage;
 use crate::storage::ref_update::{local_history, Decision, RefUpdate};
@@ -297,7 +297,7 @@ impl PackStorage {
         // Non-thin (no --thin): every delta base is in the pack, so it indexes
         // alone. A temporary file on its way to S3: no fsync, no .rev file.
         let args = [&SCRATCH_PACK_CONFIG[..], &["pack-objects", "--revs", "--quiet", "--delta-base-offset", base_s.as_str()]].concat();
-        let out = run_with_stdin(&ctx.git, &args, input.into_bytes()).await?;
+        let out = ctx.git.run_with_stdin(&args, input.into_bytes()).await?;
         let name = out.trim().to_string();
         if !manifest::is_pack_name(&name) {
             return Err(StorageError::Corrupt(format!("git pack-objects printed an unexpected pack name {name:?}")));
@@ -450,7 +450,7 @@ impl PackStorage {
         let remote_tips: Vec<String> = m.refs.values().cloned().collect::<BTreeSet<_>>().into_iter().collect();
         let srcs = updates.iter().filter_map(|u| u.src.as_deref());
         let lookups: Vec<&str> = srcs.chain(remote_tips.iter().map(String::as_str)).collect();
-        let mut found = resolve_objects(&ctx.git, &lookups).await?.into_iter();
+        let mut found = ctx.git.resolve_objects(&lookups).await?.into_iter();
         let local: Vec<Option<String>> = updates.iter().map(|u| if u.src.is_some() { found.next().flatten() } else { None }).collect();
         let present: HashSet<String> = found.flatten().collect();
         let exclude: Vec<String> = remote_tips.iter().filter(|t| present.contains(*t)).cloned().collect();

@@ -9,7 +9,7 @@ use std::path::Path;
 use futures::stream::{StreamExt, TryStreamExt};
 
 use crate::local::git::Git;
-use crate::storage::packs::git_ops::{run_with_stdin, SCRATCH_PACK_CONFIG};
+use crate::storage::packs::git_ops::SCRATCH_PACK_CONFIG;
 use crate::storage::packs::manifest::unix_now;
 use crate::storage::packs::manifest::{PackEntry, Views};
 use crate::storage::packs::storage::PackStorage;
@@ -50,7 +50,7 @@ where
     } else {
         let input: String = all.iter().map(|t| format!("{t}\n")).collect();
         let args = [&SCRATCH_PACK_CONFIG[..], &["pack-objects", "--revs", "--filter=blob:none", "--quiet", "--delta-base-offset", &base]].concat();
-        let out = run_with_stdin(git, &args, input.into_bytes()).await?;
+        let out = git.run_with_stdin(&args, input.into_bytes()).await?;
         Some(written(out, all.iter().cloned().collect()).await?)
     };
     let tips = tip_commits(refs, head);
@@ -62,7 +62,7 @@ where
         args.extend(tips.iter().map(String::as_str));
         let objects = git.run(&args).await?;
         let args = [&SCRATCH_PACK_CONFIG[..], &["pack-objects", "--quiet", "--delta-base-offset", &base]].concat();
-        let out = run_with_stdin(git, &args, format!("{objects}\n").into_bytes()).await?;
+        let out = git.run_with_stdin(&args, format!("{objects}\n").into_bytes()).await?;
         Some(written(out, tips.iter().cloned().collect()).await?)
     };
     Ok(Views { covers, skeleton, tips: tips_pack, created: unix_now() })
