@@ -10,7 +10,7 @@ use super::remote::{branch_ref, Remote};
 use super::{CliError, CliResult, Ctx};
 use crate::s3::store::PutOptions;
 use crate::storage::bundles::layout::PROTECTED_MARKER;
-use crate::storage::bundles::locks;
+use crate::storage::bundles::storage::{BundleStorage, DeleteRefused};
 use crate::storage::packs::manifest::{read_manifest, update_manifest};
 use crate::storage::zip::{zip_key, ZIP_NAME};
 
@@ -73,25 +73,18 @@ pub async fn delete_branch(ctx: &mut Ctx, args: BranchArgs) -> CliResult {
     if !confirm_delete(ctx, &refname, args.yes).await? {
         return Ok(1);
     }
-    // Under the ref's lock, like a push deleting the ref.
-    let ttl = locks::ttl_from_env(&ctx.env);
-    let lock = match locks::acquire(&remote.store, &remote.url.prefix, &refname, ttl, Duration::from_secs(5)).await {
-        Ok(l) => l,
-        Err(locks::LockError::Held { key, .. }) => {
+    // Under the ref's lock, as a push deleting the ref.
+    let bundles = BundleStorage::new(remote.store.clone(), remote.url.clone(), None);
+    match bundles.delete_ref(&ctx.env, &refname, Duration::from_secs(5)).await? {
+        Ok(()) => {}
+        Err(DeleteRefused::Locked { key }) => {
             return Err(CliError::Refused(format!("{refname} is locked ({key}): a push is in progress; try again")))
         }
-        Err(e) => return Err(e.into()),
-    };
-    let mut result = Ok(());
-    for o in &doomed {
-        if let Err(e) = remote.store.delete(&o.key).await {
-            result = Err(e);
-            break;
+        Err(DeleteRefused::NotFound) => return Err(CliError::NotFound(format!("branch {refname} does not exist in {}", remote.url))),
+        Err(DeleteRefused::Several) => {
+            return Err(CliError::Refused(format!("several bundles exist for {refname} in the bucket; run `git s3 doctor` to fix")))
         }
     }
-    let released = locks::release(&remote.store, lock).await;
-    result?;
-    released?;
     ctx.println(format!("Branch {} has been deleted", refname.trim_start_matches("refs/heads/")));
     if let Ok(Some(head)) = remote.store.get_small(&remote.url.key("HEAD")).await {
         if String::from_utf8_lossy(&head).trim() == refname {

@@ -175,21 +175,26 @@ impl Git {
     /// does, and returns the new pack's hash (its files are
     /// `objects/pack/pack-<hash>.*`).
     pub async fn index_bundle(&self, bundle: &Path) -> Result<String, GitError> {
-        let span = tracing::debug_span!("git", args = "index-pack --stdin --fix-thin", bundle = %bundle.display());
+        let offset = bundle_pack_offset(bundle)
+            .map_err(|e| GitError::Failed { args: "index-pack --stdin --fix-thin".into(), stderr: format!("not a git bundle: {e}") })?;
+        self.index_file(bundle, offset, &["index-pack", "--stdin", "--fix-thin"]).await
+    }
+
+    /// `git index-pack --stdin` of a pack file (streamed; verifies every
+    /// object). Returns the name the pack got in `objects/pack`.
+    pub async fn index_pack_file(&self, pack: &Path) -> Result<String, GitError> {
+        self.index_file(pack, 0, &["index-pack", "--stdin"]).await
+    }
+
+    /// `git index-pack` (`args`) fed `file` from `offset`; the new pack's hash.
+    async fn index_file(&self, file: &Path, offset: u64, args: &[&str]) -> Result<String, GitError> {
+        let span = tracing::debug_span!("git", args = %args.join(" "), file = %file.display());
         async {
-            let failed = |stderr: String| GitError::Failed { args: "index-pack --stdin --fix-thin".into(), stderr };
-            let offset = bundle_pack_offset(bundle).map_err(|e| failed(format!("not a git bundle: {e}")))?;
-            let mut file = std::fs::File::open(bundle).map_err(GitError::Spawn)?;
-            std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(offset)).map_err(GitError::Spawn)?;
-            let out = self
-                .command(&["index-pack", "--stdin", "--fix-thin"])
-                .stdin(Stdio::from(file))
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .output()
-                .await
-                .map_err(GitError::Spawn)?;
-            index_pack_result(&out)
+            let mut f = std::fs::File::open(file).map_err(GitError::Spawn)?;
+            std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(offset)).map_err(GitError::Spawn)?;
+            let out =
+                self.command(args).stdin(Stdio::from(f)).stdout(Stdio::piped()).stderr(Stdio::piped()).output().await.map_err(GitError::Spawn)?;
+            index_pack_result(args, &out)
         }
         .instrument(span)
         .await
@@ -249,10 +254,60 @@ impl Git {
             // A write error means index-pack stopped early; its own error says why.
             let _ = feed.await;
             let out = child.wait_with_output().await.map_err(GitError::Spawn)?;
-            index_pack_result(&out)
+            index_pack_result(&["index-pack", "--stdin", "--fix-thin"], &out)
         }
         .instrument(span)
         .await
+    }
+
+    /// Runs git with `input` on stdin; returns its stdout.
+    pub async fn run_with_stdin(&self, args: &[&str], input: Vec<u8>) -> Result<String, GitError> {
+        let span = tracing::debug_span!("git", args = %args.join(" "), stdin_bytes = input.len());
+        async {
+            use tokio::io::AsyncWriteExt;
+            let mut cmd = self.command(args);
+            cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+            let mut child = cmd.spawn().map_err(GitError::Spawn)?;
+            let stdin = child.stdin.take();
+            let writer = tokio::spawn(async move {
+                if let Some(mut s) = stdin {
+                    let _ = s.write_all(&input).await;
+                    let _ = s.shutdown().await;
+                }
+            });
+            let out = child.wait_with_output().await.map_err(GitError::Spawn)?;
+            let _ = writer.await;
+            if !out.status.success() {
+                return Err(GitError::Failed { args: args.join(" "), stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() });
+            }
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// What each of `names` (object names or refs) names in the repository,
+    /// in order; None for a missing or ambiguous one (one `git cat-file --batch-check`).
+    pub async fn resolve_objects(&self, names: &[&str]) -> Result<Vec<Option<String>>, GitError> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let input = names.iter().map(|s| format!("{s}\n")).collect::<String>().into_bytes();
+        let out = self.run_with_stdin(&["cat-file", "--batch-check=%(objectname)"], input).await?;
+        let lines: Vec<&str> = out.lines().collect();
+        if lines.len() != names.len() {
+            return Err(GitError::Failed {
+                args: "cat-file --batch-check".into(),
+                stderr: format!("{} answers for {} names", lines.len(), names.len()),
+            });
+        }
+        Ok(lines.into_iter().map(|l| Some(l.trim().to_string()).filter(|l| crate::local::oid::is_object_id(l))).collect())
+    }
+
+    /// Which of `shas` the repository has (one `git cat-file --batch-check`).
+    pub async fn present_objects(&self, shas: &[String]) -> Result<std::collections::HashSet<String>, GitError> {
+        let names: Vec<&str> = shas.iter().map(String::as_str).collect();
+        Ok(self.resolve_objects(&names).await?.into_iter().flatten().collect())
     }
 
     /// The tips a bundle advertises (`<sha> <ref>` lines).
@@ -304,8 +359,10 @@ pub fn remove_temp_packs_since(dir: &std::path::Path, since: std::time::SystemTi
 
 /// The new pack's hash from `git index-pack --stdin`'s output
 /// (`pack\t<hash>`, or `keep\t<hash>`), or its error.
-fn index_pack_result(out: &std::process::Output) -> Result<String, GitError> {
-    let failed = |stderr: String| GitError::Failed { args: "index-pack --stdin --fix-thin".into(), stderr };
+/// What `git index-pack` (`args`) answered: the new pack's hash, which it
+/// prints after `pack` (or `keep`) and a tab.
+fn index_pack_result(args: &[&str], out: &std::process::Output) -> Result<String, GitError> {
+    let failed = |stderr: String| GitError::Failed { args: args.join(" "), stderr };
     if !out.status.success() {
         return Err(failed(String::from_utf8_lossy(&out.stderr).trim().to_string()));
     }

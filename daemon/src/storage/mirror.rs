@@ -31,8 +31,6 @@ use crate::s3::store::S3Store;
 use crate::s3::url::RemoteUrl;
 use crate::storage::fetch_options::FetchOptions;
 use crate::storage::open::Storage;
-use crate::storage::packs::git_ops::{present_objects, run_with_stdin};
-use crate::storage::packs::views;
 use crate::storage::{OpContext, RefListing, RemoteRef, StorageError};
 
 /// Variables that point git at the caller's repository: a mirror's git runs
@@ -101,7 +99,7 @@ impl Mirror {
         all_refs: bool,
     ) -> Result<(), StorageError> {
         let shas: Vec<String> = wants.iter().map(|w| w.sha.clone()).collect::<BTreeSet<_>>().into_iter().collect();
-        let present = present_objects(&self.git, &shas).await?;
+        let present = self.git.present_objects(&shas).await?;
         let tips: Vec<RemoteRef> = wants.iter().filter(|w| listing.is_tip(w)).cloned().collect();
         let missing_non_tip = wants.iter().any(|w| !present.contains(&w.sha) && !listing.is_tip(w));
         let fill: Vec<RemoteRef> = if all_refs || missing_non_tip { listing.refs.clone() } else { tips };
@@ -110,7 +108,7 @@ impl Mirror {
         }
         // One lookup after the fill: the wants, and the listed tips for the refs.
         let all: Vec<String> = shas.iter().chain(listing.refs.iter().map(|r| &r.sha)).cloned().collect::<BTreeSet<_>>().into_iter().collect();
-        let have = present_objects(&self.git, &all).await?;
+        let have = self.git.present_objects(&all).await?;
         if let Some(w) = wants.iter().find(|w| !have.contains(&w.sha)) {
             return Err(if listing.sha_of(&w.name).is_some() {
                 StorageError::MissingRef(w.name.clone())
@@ -158,7 +156,7 @@ impl Mirror {
         }
         // Another session may be setting the same refs: what matters is that
         // the objects are there, so a lost race is not an error.
-        if let Err(e) = run_with_stdin(&self.git, &["update-ref", "--stdin"], script.into_bytes()).await {
+        if let Err(e) = self.git.run_with_stdin(&["update-ref", "--stdin"], script.into_bytes()).await {
             tracing::debug!(error = %e, "mirror refs not updated");
         }
         Ok(())
@@ -238,7 +236,7 @@ pub enum Kind {
 }
 
 /// Serves a fetch that `needed` says goes through a mirror. For a packs
-/// remote with views that suit the request (`views::kinds_for`), the views
+/// remote with views that suit the request (`Storage::views_for`), the views
 /// mirror is tried first: it downloads about what the request needs. When
 /// it lacks an object, or git cannot serve the request from it, the whole
 /// mirror serves it. Returns the lines for git (`lock …`, `connectivity-ok`).
@@ -252,17 +250,17 @@ pub async fn narrow_fetch(
     opts: &FetchOptions,
 ) -> Result<Vec<String>, StorageError> {
     let lazy = wants.iter().any(|w| !listing.is_tip(w));
-    if let (Storage::Packs(packs), Some(kinds)) = (storage, views::kinds_for(opts, lazy)) {
+    if let Some(kinds) = storage.views_for(opts, lazy) {
         let v = Mirror::open(ctx, store, url, Kind::Views, listing.format().unwrap_or_default()).await?;
         // Views that cannot be read (a view pack gone from the bucket) are
         // not an error: the whole remote serves the fetch.
-        let fetched = packs.fetch_views(&v.context(ctx), &kinds).await.unwrap_or_else(|e| {
+        let fetched = storage.fetch_views(&v.context(ctx), &kinds).await.unwrap_or_else(|e| {
             tracing::info!(error = %e, "the views cannot be read; serving the fetch from the whole remote");
             false
         });
         if fetched {
             let shas: Vec<String> = wants.iter().map(|w| w.sha.clone()).collect();
-            let have = present_objects(&v.git, &shas).await?;
+            let have = v.git.present_objects(&shas).await?;
             if shas.iter().all(|s| have.contains(s)) {
                 let started = std::time::SystemTime::now();
                 match v.serve(ctx, opts, wants, false).await {

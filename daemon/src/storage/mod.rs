@@ -3,8 +3,7 @@
 //! updates). The git-remote-s3 0.4.2 bundle layout implements it
 //! (`bundles`), and so does the incremental packs format (`packs`);
 //! `open::Storage::open` picks one by what the prefix holds (`detect`).
-//! This file is what the formats share; it uses neither format (only the
-//! lock error of `bundles::locks`, which stands on S3 alone).
+//! This file is what the formats share; it uses neither format.
 
 pub mod bundles;
 pub mod detect;
@@ -12,6 +11,7 @@ pub mod fetch_options;
 pub mod mirror;
 pub mod open;
 pub mod packs;
+pub mod ref_update;
 pub mod zip;
 
 use std::collections::{BTreeSet, HashMap};
@@ -22,7 +22,6 @@ use crate::local::git::{Git, GitError};
 use crate::local::oid::ObjectFormat;
 use crate::s3::store::StoreError;
 use crate::session::Out;
-use crate::storage::bundles::locks::LockError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -30,8 +29,9 @@ pub enum StorageError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Git(#[from] GitError),
-    #[error(transparent)]
-    Lock(#[from] LockError),
+    /// A ref's lock could not be taken or was lost (the lock's own line).
+    #[error("{0}")]
+    Lock(String),
     #[error("local file error: {0}")]
     Io(#[from] std::io::Error),
     #[error("remote ref {0} not found (the remote changed since it was listed; fetch again)")]
@@ -47,7 +47,6 @@ impl StorageError {
     pub fn is_fatal(&self) -> bool {
         match self {
             StorageError::Store(e) => e.is_fatal(),
-            StorageError::Lock(LockError::Store(e)) => e.is_fatal(),
             _ => false,
         }
     }

@@ -6,7 +6,9 @@ use crate::s3::store::S3Store;
 use crate::s3::url::RemoteUrl;
 use crate::storage::bundles::storage::BundleStorage;
 use crate::storage::detect::{configured_format, detect, Detected, Purpose};
+use crate::storage::fetch_options::FetchOptions;
 use crate::storage::packs::storage::PackStorage;
+use crate::storage::packs::views::{self, ViewKind};
 use crate::storage::{OpContext, PushResult, PushUpdate, RefListing, RemoteRef, RepoStorage, StorageError};
 
 /// The formats a remote can be in: the 0.4.2 bundle layout, or packs
@@ -29,6 +31,25 @@ impl Storage {
     /// Whether `option atomic` can be honoured.
     pub fn supports_atomic(&self) -> bool {
         matches!(self, Storage::Packs(_))
+    }
+
+    /// The views (packs made for shallow and partial clones) a fetch with
+    /// `opts` could be served from, when the format has views and some suit
+    /// (`lazy`: a fetch of objects no ref tip names).
+    pub fn views_for(&self, opts: &FetchOptions, lazy: bool) -> Option<Vec<ViewKind>> {
+        match self {
+            Storage::Bundles(_) => None,
+            Storage::Packs(_) => views::kinds_for(opts, lazy),
+        }
+    }
+
+    /// Brings the views of `kinds` into `ctx`'s repository; false,
+    /// downloading nothing, when the remote has no such views.
+    pub async fn fetch_views(&self, ctx: &OpContext, kinds: &[ViewKind]) -> Result<bool, StorageError> {
+        match self {
+            Storage::Bundles(_) => Ok(false),
+            Storage::Packs(p) => p.fetch_views(ctx, kinds).await,
+        }
     }
 
     pub async fn list(&self) -> Result<RefListing, StorageError> {

@@ -12,6 +12,7 @@
 use std::time::{Duration, Instant};
 
 use crate::s3::store::{PutOptions, S3Store, StoreError, WriteCondition};
+use crate::storage::StorageError;
 
 pub const LOCK_NAME: &str = "LOCK#.lock";
 pub const DEFAULT_TTL: Duration = Duration::from_secs(60);
@@ -26,6 +27,17 @@ pub enum LockError {
     Lost { key: String },
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// A lock's S3 error is a storage error like any other; the others are
+/// refusals, in the lock's own words.
+impl From<LockError> for StorageError {
+    fn from(e: LockError) -> StorageError {
+        match e {
+            LockError::Store(e) => StorageError::Store(e),
+            other => StorageError::Lock(other.to_string()),
+        }
+    }
 }
 
 pub fn lock_key(prefix: &str, refname: &str) -> String {

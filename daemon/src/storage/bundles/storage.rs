@@ -2,7 +2,8 @@
 //! storage interface: a ref is one full bundle, pushed under the ref's lock
 //! (`locks`) and fetched by `git index-pack` as it downloads.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 use tracing::Instrument;
 
@@ -13,6 +14,7 @@ use crate::s3::url::{RemoteUrl, Scheme};
 use crate::session::progress::Progress;
 use crate::storage::bundles::layout::{scan, PrefixScan};
 use crate::storage::bundles::locks::{self, lock_wait};
+use crate::storage::ref_update::{local_history, Decision, RefUpdate};
 use crate::storage::zip::{build_zip, upload_zip};
 use crate::storage::{format_mismatch, OpContext, PushResult, PushUpdate, RefListing, RemoteRef, RepoStorage, StorageError};
 
@@ -181,49 +183,43 @@ impl BundleStorage {
     }
 
     async fn push_one(&self, ctx: &OpContext, listing: &RefListing, upd: &PushUpdate) -> Result<PushResult, StorageError> {
-        let dst = &upd.dst;
-        if !dst.starts_with("refs/") {
-            return Ok(Err(format!("invalid destination ref {dst}")));
-        }
-        let remote_sha = listing.sha_of(dst).map(str::to_string);
-        if let Some(expected) = ctx.cas.get(dst) {
-            if remote_sha.as_deref().unwrap_or("") != expected.as_str() {
-                return Ok(Err("stale info".into()));
-            }
-        }
-        let protected = listing.protected.contains(dst);
-        let Some(src) = &upd.src else {
-            return self.delete_ref(ctx, dst, protected).await;
+        let dst = upd.dst.as_str();
+        let new = match &upd.src {
+            Some(src) => ctx.git.rev_parse(src).await.ok(),
+            None => None,
         };
-        let sha = match ctx.git.rev_parse(src).await {
-            Ok(s) => s,
-            Err(_) => return Ok(Err(format!("{src} not found in the local repository"))),
+        let mut rule = RefUpdate {
+            dst,
+            src: upd.src.as_deref(),
+            old: listing.sha_of(dst),
+            new: new.as_deref(),
+            force: upd.force,
+            protected: listing.protected.contains(dst),
+            lease: ctx.cas.get(dst).map(String::as_str),
+            history: None,
         };
-        if remote_sha.as_deref() == Some(sha.as_str()) {
-            return Ok(Ok(()));
-        }
+        let mut decision = rule.decide();
         // A bundle holds the ref's whole history, which a shallow clone lacks.
-        if ctx.git.is_shallow().await {
+        if matches!(decision, Decision::Set | Decision::NeedsHistory) && ctx.git.is_shallow().await {
             return Ok(Err("cannot push from a shallow clone to a bundles-format remote (each bundle holds the whole history): run `git fetch --unshallow`, then push again".into()));
         }
-        if let Some(old) = &remote_sha {
-            let force = upd.force && !protected;
-            if !force {
-                if !ctx.git.has_object(old).await {
-                    return Ok(Err("fetch first".into()));
-                }
-                if dst.starts_with("refs/tags/") {
-                    return Ok(Err("already exists".into()));
-                }
-                if !ctx.git.is_ancestor(old, &sha).await {
-                    return Ok(Err(if upd.force && protected {
-                        format!("{dst} is protected: force push refused (git s3 unprotect to allow it)")
-                    } else {
-                        "non-fast-forward".into()
-                    }));
-                }
+        if decision == Decision::NeedsHistory {
+            if let (Some(old), Some(new)) = (rule.old, rule.new) {
+                rule.history = Some(local_history(&ctx.git, old, new, None).await);
             }
+            decision = rule.decide();
         }
+        let (src, sha) = match decision {
+            Decision::Refused(why) => return Ok(Err(why)),
+            Decision::Unchanged => return Ok(Ok(())),
+            Decision::Delete => return self.delete_for_push(ctx, dst).await,
+            Decision::NeedsHistory => return Ok(Err("fetch first".into())),
+            Decision::Set => match (&upd.src, &new) {
+                (Some(src), Some(sha)) => (src, sha.clone()),
+                _ => return Ok(Err(format!("invalid push of {dst}"))),
+            },
+        };
+        let remote_sha = rule.old.map(str::to_string);
 
         // The ref to bundle: `src` itself, or a temporary ref for a bare sha.
         let (bundle_ref, tmp_ref) = match ctx.git.symbolic_full_name(src).await {
@@ -335,6 +331,8 @@ impl BundleStorage {
         }
     }
 
+    /// The push under the ref's lock: the ref checked again, the bundle
+    /// uploaded, the update finished.
     #[allow(clippy::too_many_arguments)]
     async fn write_under_lock(
         &self,
@@ -348,25 +346,59 @@ impl BundleStorage {
         write_head: bool,
         replaced: &mut Vec<String>,
     ) -> Result<PushResult, StorageError> {
-        // Under the lock: the ref must still be what we checked against. A
-        // first push (the prefix was empty at `list`) lists every ref
-        // instead, in the same one request: a push of another object format
-        // may have landed since (locks are per ref, so nothing else orders
-        // two first pushes of different refs).
+        let current = match self.recheck_under_lock(dst, seen_sha, sha, first_push).await? {
+            UnderLock::Go(current) => current,
+            UnderLock::Answer(answer) => return Ok(answer),
+        };
+        #[cfg(feature = "test-hooks")]
+        if let Some(g) = crate::test_hooks::push_upload_gate(&ctx.env) {
+            crate::test_hooks::wait_for_gate(&g).await;
+        }
+        let bundle = self.upload_bundle(ctx, dst, sha, stream).await?;
+        if let Some(ours) = first_push {
+            // Two first pushes of different formats may both have found the
+            // prefix empty: each looks again once its bundle is in, and one
+            // that finds the other format takes its own bundle back. At
+            // least one of them sees the other (S3 lists are strongly
+            // consistent), so the prefix never keeps both.
+            let after = scan(&self.url.prefix, &self.store.list(&self.url.key("refs/")).await?);
+            if let Some(refused) = self.other_format(&after, ours) {
+                self.store.delete(&self.bundle_key(dst, sha)).await?;
+                return Ok(Err(refused));
+            }
+        }
+        self.finish_update(dst, sha, current, zip, write_head, replaced).await?;
+        // Keep what we pushed: another working copy's clone needs no download.
+        let _ = ctx.cache.insert_bundle(sha, bundle);
+        Ok(Ok(()))
+    }
+
+    /// Under the lock: the ref must still be what we checked against. A
+    /// first push (the prefix was empty at `list`) lists every ref
+    /// instead, in the same one request: a push of another object format
+    /// may have landed since (locks are per ref, so nothing else orders
+    /// two first pushes of different refs). Go: the ref's bundles now.
+    async fn recheck_under_lock(
+        &self,
+        dst: &str,
+        seen_sha: Option<&str>,
+        sha: &str,
+        first_push: Option<ObjectFormat>,
+    ) -> Result<UnderLock, StorageError> {
         let listed = if first_push.is_some() { self.url.key("refs/") } else { format!("{}/{dst}/", self.url.prefix) };
         let now = self.store.list(&listed).await?;
         let scan_now = scan(&self.url.prefix, &now);
         if let Some(refused) = first_push.and_then(|ours| self.other_format(&scan_now, ours)) {
-            return Ok(Err(refused));
+            return Ok(UnderLock::Answer(Err(refused)));
         }
-        let current: Vec<&(String, ObjectInfo)> = scan_now.bundles.get(dst).map(|v| v.iter().collect()).unwrap_or_default();
+        let current: Vec<(String, ObjectInfo)> = scan_now.bundles.get(dst).cloned().unwrap_or_default();
         if current.len() > 1 {
             // A push killed between its upload and the old bundle's deletion
             // (we hold the lock: no writer is at work). The newest bundle is
             // the ref, as every listing says; this push removes the others.
             // Two of the same second cannot be ordered: doctor decides.
             if current[0].1.last_modified == current[1].1.last_modified {
-                return Ok(Err(format!("several bundles exist for {dst} in the bucket; run `git s3 doctor` to fix")));
+                return Ok(UnderLock::Answer(Err(format!("several bundles exist for {dst} in the bucket; run `git s3 doctor` to fix"))));
             }
             tracing::warn!(dst, bundles = current.len(), "several bundles for the ref: taking the newest, removing the others after this push");
         }
@@ -374,17 +406,18 @@ impl BundleStorage {
         if current_sha == Some(sha) {
             // Another push (an interrupted one of ours, still finishing in
             // the daemon, or another machine's) already put this commit there.
-            return Ok(Ok(()));
+            return Ok(UnderLock::Answer(Ok(())));
         }
         if current_sha != seen_sha {
-            return Ok(Err("fetch first".into()));
+            return Ok(UnderLock::Answer(Err("fetch first".into())));
         }
-        #[cfg(feature = "test-hooks")]
-        if let Some(g) = crate::test_hooks::push_upload_gate(&ctx.env) {
-            crate::test_hooks::wait_for_gate(&g).await;
-        }
-        // The rest of `git bundle create` streams into the upload; the object
-        // appears only once git has finished successfully.
+        Ok(UnderLock::Go(current))
+    }
+
+    /// The rest of `git bundle create` streams into the upload; the object
+    /// appears only once git has finished successfully. Returns the cache's
+    /// copy of the bundle.
+    async fn upload_bundle(&self, ctx: &OpContext, dst: &str, sha: &str, stream: BundleStream) -> Result<tempfile::NamedTempFile, StorageError> {
         let BundleStream { bundle, mut tee, staged, finish } = stream;
         let progress = std::sync::Mutex::new(Progress::new(ctx.out.clone(), ctx.progress, format!("Uploading {dst}"), None));
         self.store
@@ -401,18 +434,21 @@ impl BundleStorage {
         if let Ok(mut p) = progress.lock() {
             p.finish();
         }
-        if let Some(ours) = first_push {
-            // Two first pushes of different formats may both have found the
-            // prefix empty: each looks again once its bundle is in, and one
-            // that finds the other format takes its own bundle back. At
-            // least one of them sees the other (S3 lists are strongly
-            // consistent), so the prefix never keeps both.
-            let after = scan(&self.url.prefix, &self.store.list(&self.url.key("refs/")).await?);
-            if let Some(refused) = self.other_format(&after, ours) {
-                self.store.delete(&self.bundle_key(dst, sha)).await?;
-                return Ok(Err(refused));
-            }
-        }
+        Ok(bundle)
+    }
+
+    /// Once the new bundle is in: HEAD set if the remote has none, the
+    /// ref's older bundles (`current`) put in `replaced` (deleted after
+    /// the answer), `repo.zip` written.
+    async fn finish_update(
+        &self,
+        dst: &str,
+        sha: &str,
+        current: Vec<(String, ObjectInfo)>,
+        zip: Option<(tempfile::NamedTempFile, String)>,
+        write_head: bool,
+        replaced: &mut Vec<String>,
+    ) -> Result<(), StorageError> {
         if write_head {
             let r = self
                 .store
@@ -429,9 +465,7 @@ impl BundleStorage {
         if let Some((zip, summary)) = zip {
             upload_zip(&self.store, &self.url, dst, sha, zip.path(), summary).await?;
         }
-        // Keep what we pushed: another working copy's clone needs no download.
-        let _ = ctx.cache.insert_bundle(sha, bundle);
-        Ok(Ok(()))
+        Ok(())
     }
 
     /// The refusal of a push of `ours` when `scan` holds a ref of another object format.
@@ -440,14 +474,23 @@ impl BundleStorage {
         Some(format_mismatch(ours, theirs, &self.url.to_string()))
     }
 
-    async fn delete_ref(&self, ctx: &OpContext, dst: &str, protected: bool) -> Result<PushResult, StorageError> {
-        if protected {
-            return Ok(Err(format!("{dst} is protected: deletion refused (git s3 unprotect to allow it)")));
-        }
-        let ttl = locks::ttl_from_env(&ctx.env);
-        let lock = match locks::acquire(&self.store, &self.url.prefix, dst, ttl, lock_wait(&ctx.env)).await {
+    /// A push's delete of `dst` (the rules said it may go), in git's words.
+    async fn delete_for_push(&self, ctx: &OpContext, dst: &str) -> Result<PushResult, StorageError> {
+        Ok(self.delete_ref(&ctx.env, dst, lock_wait(&ctx.env)).await?.map_err(|refused| match refused {
+            DeleteRefused::Locked { key } => format!("failed to acquire ref lock at {key}; another client may be pushing"),
+            DeleteRefused::NotFound => "not found".to_string(),
+            DeleteRefused::Several => format!("several bundles exist for {dst} in the bucket; run `git s3 doctor` to fix"),
+        }))
+    }
+
+    /// Deletes `dst`'s bundle and `repo.zip` under the ref's lock (waiting
+    /// up to `wait` for it; `env`: the caller's, for the lock's TTL): a push
+    /// deleting a ref, and `git s3 delete-branch`.
+    pub async fn delete_ref(&self, env: &HashMap<String, String>, dst: &str, wait: Duration) -> Result<Result<(), DeleteRefused>, StorageError> {
+        let ttl = locks::ttl_from_env(env);
+        let lock = match locks::acquire(&self.store, &self.url.prefix, dst, ttl, wait).await {
             Ok(l) => l,
-            Err(locks::LockError::Held { key, .. }) => return Ok(Err(format!("failed to acquire ref lock at {key}; another client may be pushing"))),
+            Err(locks::LockError::Held { key, .. }) => return Ok(Err(DeleteRefused::Locked { key })),
             Err(e) => return Err(e.into()),
         };
         let result = async {
@@ -455,10 +498,10 @@ impl BundleStorage {
             let s = scan(&self.url.prefix, &objects);
             let bundles = s.bundles.get(dst).cloned().unwrap_or_default();
             if bundles.is_empty() {
-                return Ok(Err("not found".to_string()));
+                return Ok(Err(DeleteRefused::NotFound));
             }
             if bundles.len() > 1 {
-                return Ok(Err(format!("several bundles exist for {dst} in the bucket; run `git s3 doctor` to fix")));
+                return Ok(Err(DeleteRefused::Several));
             }
             for (_, info) in bundles.iter().chain(s.zips.iter().filter(|z| z.0 == dst)) {
                 self.store.delete(&info.key).await?;
@@ -466,9 +509,31 @@ impl BundleStorage {
             Ok::<_, StorageError>(Ok(()))
         }
         .await;
-        let _ = locks::release(&self.store, lock).await;
+        // A lock left behind expires (its TTL); status and doctor show it.
+        if let Err(e) = locks::release(&self.store, lock).await {
+            tracing::warn!(dst, error = %e, "could not release the lock after a delete");
+        }
         result
     }
+}
+
+/// Why a ref was not deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeleteRefused {
+    /// Another client holds the ref's lock.
+    Locked { key: String },
+    /// The ref has no bundle.
+    NotFound,
+    /// The ref has several bundles (`git s3 doctor` decides).
+    Several,
+}
+
+/// What the check under the lock says.
+enum UnderLock {
+    /// Upload: the ref is as the push saw it; its bundles now.
+    Go(Vec<(String, ObjectInfo)>),
+    /// Stop with this answer.
+    Answer(PushResult),
 }
 
 /// `git bundle create -` running into the cache's copy of the bundle:

@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex};
 use futures::stream::{StreamExt, TryStreamExt};
 
 use crate::session::progress::Progress;
-use crate::storage::packs::git_ops::present_objects;
 use crate::storage::packs::manifest::{self, read_manifest, PackEntry};
 use crate::storage::packs::storage::PackStorage;
 use crate::storage::{OpContext, RemoteRef, StorageError};
@@ -59,7 +58,7 @@ impl PackStorage {
             })
             .collect();
         let lookup = async {
-            let found = present_objects(&ctx.git, &names).await;
+            let found = ctx.git.present_objects(&names).await;
             // On a failed lookup the early downloads stop (decided: none needed).
             let present = Arc::new(found.as_ref().cloned().unwrap_or_default());
             let _ = decided_tx.send(Some(if found.is_ok() { present.clone() } else { Arc::new(all_of(&names)) }));
@@ -104,7 +103,7 @@ impl PackStorage {
         if unsure.is_empty() {
             return Ok(());
         }
-        let have = present_objects(&ctx.git, &unsure).await?;
+        let have = ctx.git.present_objects(&unsure).await?;
         if let Some(w) = wants.iter().find(|w| unsure.contains(&w.sha) && !have.contains(&w.sha)) {
             let made_for = early.iter().chain(rest.iter()).find(|p| p.tips.contains(&w.sha));
             if let Some(p) = made_for {

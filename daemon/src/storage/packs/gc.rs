@@ -22,7 +22,7 @@ use std::time::Duration;
 use crate::local::git::Git;
 use crate::s3::store::{PutOptions, S3Store, WriteCondition};
 use crate::s3::url::RemoteUrl;
-use crate::storage::packs::git_ops::{run_with_stdin, SCRATCH_PACK_CONFIG};
+use crate::storage::packs::git_ops::SCRATCH_PACK_CONFIG;
 use crate::storage::packs::manifest::{self, read_manifest, unix_now, update_manifest, Manifest, PackEntry, RetiredPack};
 use crate::storage::packs::scratch::{pack_of, scratch_from_packs, upload_pack_of, written_pack};
 use crate::storage::packs::views;
@@ -126,7 +126,7 @@ async fn pack_of_packs(git: &Git, dir: &Path, local_names: &[String], tips: Vec<
     let base = dir.join("out");
     let base = base.to_string_lossy();
     let args = [&SCRATCH_PACK_CONFIG[..], &["pack-objects", "--stdin-packs", "--quiet", "--delta-base-offset", &base]].concat();
-    let out = run_with_stdin(git, &args, input.into_bytes()).await?;
+    let out = git.run_with_stdin(&args, input.into_bytes()).await?;
     written_pack(dir, &out, tips).await
 }
 /// The tips of a pack combining `packs`: the union of theirs. A pack

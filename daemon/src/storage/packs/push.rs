@@ -18,9 +18,10 @@ use crate::local::oid::ObjectFormat;
 use crate::s3::store::{PutOptions, WriteCondition};
 use crate::session::progress::Progress;
 use crate::storage::detect::{last_markers, mixed_formats_error, RefsDir};
-use crate::storage::packs::git_ops::{pack_object_count, resolve_objects, run_with_stdin, SCRATCH_PACK_CONFIG};
+use crate::storage::packs::git_ops::{pack_object_count, SCRATCH_PACK_CONFIG};
 use crate::storage::packs::manifest::{self, backoff, read_manifest, unix_now, Manifest, PackEntry, MAX_ATTEMPTS};
 use crate::storage::packs::storage::PackStorage;
+use crate::storage::ref_update::{local_history, Decision, RefUpdate};
 use crate::storage::zip::{self, ZIP_SERIAL_META};
 use crate::storage::{format_mismatch, OpContext, PushResult, PushUpdate, StorageError};
 
@@ -107,6 +108,103 @@ fn fail_all_if_one_fails(verdicts: &mut [Result<Change, String>]) {
     }
 }
 
+/// One attempt of a push: the manifest its updates are checked against,
+/// what the repository has, and the verdicts.
+struct Attempt {
+    m: Manifest,
+    /// The manifest's ETag; None when there was none (the write creates it).
+    etag: Option<String>,
+    /// The manifest's packs.
+    packs_now: BTreeSet<String>,
+    /// The local id of each update's source (None: a delete, or not found).
+    local: Vec<Option<String>>,
+    /// The remote's tips the repository has.
+    present: HashSet<String>,
+    /// What the pack leaves out: the remote's tips the repository has.
+    exclude: Vec<String>,
+    verdicts: Vec<Result<Change, String>>,
+}
+
+impl Attempt {
+    /// Whether `b` is the pack of `tips` against this manifest: a pack built
+    /// against packs that are gone (compacted) may lack objects.
+    fn reusable(&self, b: &BuiltPack, tips: &[String]) -> bool {
+        b.based_on.is_subset(&self.packs_now) && b.tips == tips
+    }
+}
+
+impl BuiltPack {
+    /// Its entry in the manifest.
+    fn entry(&self) -> PackEntry {
+        PackEntry {
+            name: self.name.clone(),
+            size: self.size,
+            idx_size: self.idx_size,
+            objects: self.objects,
+            tips: self.tips.clone(),
+            created: unix_now(),
+        }
+    }
+}
+
+/// The tips a push would set, before any check: the local ids that differ
+/// from the remote's, sorted and distinct (the speculative pack's).
+fn candidates(updates: &[PushUpdate], local: &[Option<String>], m: &Manifest) -> Vec<String> {
+    updates
+        .iter()
+        .zip(local)
+        .filter_map(|(u, sha)| sha.as_ref().filter(|s| m.refs.get(&u.dst) != Some(*s)).cloned())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+/// The manifest a push writes over `m`: the next serial, `changes`
+/// applied, HEAD set to the first branch set when `m` names none, the new
+/// pack's entry. An empty remote takes the object format of its first
+/// push; Err((pushed, remote's)) when the pushed ids are of another format
+/// than a remote's that has one.
+fn next_manifest(m: &Manifest, changes: &[(&str, &Change)], pack: Option<PackEntry>) -> Result<Manifest, (ObjectFormat, ObjectFormat)> {
+    let mut next = m.clone();
+    next.serial += 1;
+    let pushed = changes.iter().find_map(|(_, c)| match c {
+        Change::Set(sha) => ObjectFormat::of(sha),
+        _ => None,
+    });
+    if let Some(f) = pushed {
+        let empty = m.refs.is_empty() && m.packs.is_empty() && m.object_format.is_none();
+        if !empty && f != m.format() {
+            return Err((f, m.format()));
+        }
+        if f != ObjectFormat::Sha1 {
+            next.object_format = Some(f);
+        }
+    }
+    for (dst, c) in changes {
+        match c {
+            Change::Set(sha) => {
+                next.refs.insert(dst.to_string(), sha.clone());
+            }
+            Change::Delete => {
+                next.refs.remove(*dst);
+            }
+            Change::Unchanged => {}
+        }
+    }
+    if next.head.is_none() {
+        if let Some((dst, _)) = changes.iter().find(|(d, c)| d.starts_with("refs/heads/") && matches!(c, Change::Set(_))) {
+            next.head = Some(dst.to_string());
+        }
+    }
+    next.packs.extend(pack);
+    Ok(next)
+}
+
+/// Every update refused with `msg`.
+fn refuse_all(updates: &[PushUpdate], msg: &str) -> Vec<(String, PushResult)> {
+    updates.iter().map(|u| (u.dst.clone(), Err(msg.to_string()))).collect()
+}
+
 impl PackStorage {
     /// Bundles under `refs/` while the push started from a manifest: both
     /// formats, unless the manifest is gone meanwhile (the remote was
@@ -123,17 +221,9 @@ impl PackStorage {
         }
     }
 
-    /// The verdict on each update against `m`.
-    async fn plan(
-        &self,
-        ctx: &OpContext,
-        m: &Manifest,
-        markers: &BTreeSet<String>,
-        updates: &[PushUpdate],
-        local: &[Option<String>],
-        present: &HashSet<String>,
-    ) -> Vec<Result<Change, String>> {
-        let checks = updates.iter().zip(local).map(|(upd, sha)| self.plan_one(ctx, m, markers, upd, sha.as_deref(), present));
+    /// The verdict on each update against the attempt's manifest.
+    async fn plan(&self, ctx: &OpContext, a: &Attempt, markers: &BTreeSet<String>, updates: &[PushUpdate]) -> Vec<Result<Change, String>> {
+        let checks = updates.iter().zip(&a.local).map(|(upd, sha)| self.plan_one(ctx, &a.m, markers, upd, sha.as_deref(), &a.present));
         futures::future::join_all(checks).await
     }
 
@@ -146,47 +236,33 @@ impl PackStorage {
         sha: Option<&str>,
         present: &HashSet<String>,
     ) -> Result<Change, String> {
-        let dst = &upd.dst;
-        if !dst.starts_with("refs/") {
-            return Err(format!("invalid destination ref {dst}"));
-        }
-        let remote_sha = m.refs.get(dst).map(String::as_str);
-        if let Some(expected) = ctx.cas.get(dst) {
-            if remote_sha.unwrap_or("") != expected.as_str() {
-                return Err("stale info".into());
-            }
-        }
-        let protected = m.protected.contains(dst) || markers.contains(dst);
-        let Some(src) = &upd.src else {
-            if protected {
-                return Err(format!("{dst} is protected: deletion refused (git s3 unprotect to allow it)"));
-            }
-            return Ok(if remote_sha.is_some() { Change::Delete } else { Change::Unchanged });
+        let dst = upd.dst.as_str();
+        let mut rule = RefUpdate {
+            dst,
+            src: upd.src.as_deref(),
+            old: m.refs.get(dst).map(String::as_str),
+            new: sha,
+            force: upd.force,
+            protected: m.protected.contains(dst) || markers.contains(dst),
+            lease: ctx.cas.get(dst).map(String::as_str),
+            history: None,
         };
-        let Some(sha) = sha else {
-            return Err(format!("{src} not found in the local repository"));
-        };
-        if remote_sha == Some(sha) {
-            return Ok(Change::Unchanged);
-        }
-        if let Some(old) = remote_sha {
-            if !upd.force || protected {
-                if !present.contains(old) {
-                    return Err("fetch first".into());
-                }
-                if dst.starts_with("refs/tags/") {
-                    return Err("already exists".into());
-                }
-                if !ctx.git.is_ancestor(old, sha).await {
-                    return Err(if upd.force && protected {
-                        format!("{dst} is protected: force push refused (git s3 unprotect to allow it)")
-                    } else {
-                        "non-fast-forward".into()
-                    });
-                }
+        let mut decision = rule.decide();
+        if decision == Decision::NeedsHistory {
+            if let (Some(old), Some(new)) = (rule.old, rule.new) {
+                rule.history = Some(local_history(&ctx.git, old, new, Some(present.contains(old))).await);
             }
+            decision = rule.decide();
         }
-        Ok(Change::Set(sha.to_string()))
+        match decision {
+            Decision::Refused(why) => Err(why),
+            Decision::Unchanged => Ok(Change::Unchanged),
+            // Deleting a ref the manifest does not hold changes nothing.
+            Decision::Delete if rule.old.is_none() => Ok(Change::Unchanged),
+            Decision::Delete => Ok(Change::Delete),
+            Decision::Set => Ok(sha.map(|s| Change::Set(s.to_string())).unwrap_or(Change::Unchanged)),
+            Decision::NeedsHistory => Err("fetch first".into()),
+        }
     }
 
     /// `git pack-objects` of `tips --not exclude` into a temp dir; None when
@@ -221,7 +297,7 @@ impl PackStorage {
         // Non-thin (no --thin): every delta base is in the pack, so it indexes
         // alone. A temporary file on its way to S3: no fsync, no .rev file.
         let args = [&SCRATCH_PACK_CONFIG[..], &["pack-objects", "--revs", "--quiet", "--delta-base-offset", base_s.as_str()]].concat();
-        let out = run_with_stdin(&ctx.git, &args, input.into_bytes()).await?;
+        let out = ctx.git.run_with_stdin(&args, input.into_bytes()).await?;
         let name = out.trim().to_string();
         if !manifest::is_pack_name(&name) {
             return Err(StorageError::Corrupt(format!("git pack-objects printed an unexpected pack name {name:?}")));
@@ -277,8 +353,12 @@ impl PackStorage {
         });
     }
 
+    /// A push of `updates`: each attempt plans against one manifest
+    /// (`check_locally`), uploads the pack while `refs/` is scanned
+    /// (`upload_and_check_refs`), writes the manifest conditionally
+    /// (`write_manifest`) and, once it lands, answers (`answer`); a lost
+    /// race starts the next attempt from the manifest that won.
     pub(super) async fn push_all(&self, ctx: &OpContext, updates: &[PushUpdate]) -> Result<Vec<(String, PushResult)>, StorageError> {
-        let srcs: Vec<&str> = updates.iter().filter_map(|u| u.src.as_deref()).collect();
         let mut built: Option<BuiltPack> = None;
         // PROTECTED# markers: those of detection's refs/ scan if it made
         // one, else those of this daemon's last scan (a guess until the
@@ -288,208 +368,43 @@ impl PackStorage {
             markers = last_markers(&self.store, &self.url);
         }
         for attempt in 0..PUSH_ATTEMPTS {
-            let first = if attempt == 0 { self.take_listed() } else { None };
-            let (m, etag) = match first {
-                Some(listed) => listed,
-                None => {
-                    if attempt > 0 {
-                        tokio::time::sleep(backoff(attempt)).await;
-                    }
-                    match read_manifest(&self.store, &self.url).await? {
-                        Some((m, e)) => (m, Some(e)),
-                        None => (Manifest::default(), None),
-                    }
-                }
-            };
+            let (m, etag) = self.manifest_for(attempt).await?;
             if let Some(msg) = m.frozen_error(&self.url) {
-                return Ok(updates.iter().map(|u| (u.dst.clone(), Err(msg.clone()))).collect());
+                return Ok(refuse_all(updates, &msg));
             }
-            // One object lookup: the local side of each update, and which of
-            // the remote's tips the repository has (what a pack can leave
-            // out, and which old tips a fast-forward check can see).
-            let remote_tips: Vec<String> = m.refs.values().cloned().collect::<BTreeSet<_>>().into_iter().collect();
-            let lookups: Vec<&str> = srcs.iter().copied().chain(remote_tips.iter().map(String::as_str)).collect();
-            let packs_now: BTreeSet<String> = m.packs.iter().map(|p| p.name.clone()).collect();
-            // A pack built against packs that are gone (compacted) may lack
-            // objects: rebuild it.
-            let reusable = |b: &BuiltPack, tips: &[String]| b.based_on.is_subset(&packs_now) && b.tips == tips;
-            let prior = built.take();
-            let guess = markers.clone();
-            // The local work: one object lookup (the local side of each
-            // update, and which of the remote's tips the repository has: what
-            // a pack can leave out, which old tips a fast-forward check can
-            // see), then the checks of every update while the pack of every
-            // tip that would change is built.
-            let local_work = async {
-                let mut found = resolve_objects(&ctx.git, &lookups).await?.into_iter();
-                let local: Vec<Option<String>> = updates.iter().map(|u| if u.src.is_some() { found.next().flatten() } else { None }).collect();
-                let present: HashSet<String> = found.flatten().collect();
-                let exclude: Vec<String> = remote_tips.iter().filter(|t| present.contains(*t)).cloned().collect();
-                let candidates: Vec<String> = updates
-                    .iter()
-                    .zip(&local)
-                    .filter_map(|(u, sha)| sha.as_ref().filter(|s| m.refs.get(&u.dst) != Some(*s)).cloned())
-                    .collect::<BTreeSet<_>>()
-                    .into_iter()
-                    .collect();
-                let speculate = !candidates.is_empty() && !prior.as_ref().is_some_and(|b| reusable(b, &candidates));
-                let (verdicts, speculative) = tokio::join!(self.plan(ctx, &m, &guess, updates, &local, &present), async {
-                    if speculate {
-                        self.build_pack(ctx, &candidates, &exclude, packs_now.clone()).await.map(Some)
-                    } else {
-                        Ok(None)
-                    }
-                });
-                let built = match speculative? {
-                    Some(b) => b,
-                    None => prior,
-                };
-                Ok::<_, StorageError>((local, present, exclude, verdicts, built))
-            };
-            // The refs/ scan: bundles of another tool in the prefix are
-            // refused before the manifest is written, and PROTECTED# markers
-            // count like the manifest's protection. Detection's scan when it
-            // made one; else a LIST beside the pack's upload (the manifest
-            // write waits for both), so the scan adds no round trip. A pack
-            // uploaded beside a scan that refuses stays unreferenced, as
-            // after a crash (gc deletes it).
+            // Detection's refs/ scan, if it made one: bundles of another
+            // tool in the prefix are refused before any local work.
             let known_refs = if attempt == 0 { self.take_refs() } else { None };
             if let Some(refs) = known_refs.as_ref().filter(|r| !r.bundle_refs.is_empty()) {
                 return Err(mixed_formats_error(&self.url, refs));
             }
-            let (local, present, exclude, mut verdicts, b) = local_work.await?;
+            let (mut a, b) = self.check_locally(ctx, updates, m, etag, &markers, built.take()).await?;
             built = b;
-            let mut refs_checked = false;
-            if let Some(refs) = known_refs {
-                refs_checked = true;
-                if refs.markers != markers {
-                    markers = refs.markers;
-                    verdicts = self.plan(ctx, &m, &markers, updates, &local, &present).await;
-                }
-            }
-            loop {
-                if ctx.atomic {
-                    fail_all_if_one_fails(&mut verdicts);
-                }
-                let new_tips = {
-                    let changes = changes_of(updates, &verdicts);
-                    if changes.is_empty() && refs_checked {
-                        return Ok(results(updates, &verdicts));
-                    }
-                    tips_of(&changes)
-                };
-                // Some updates were refused: the pack holds only the accepted tips.
-                if !new_tips.is_empty() && !built.as_ref().is_some_and(|b| reusable(b, &new_tips)) {
-                    built = self.build_pack(ctx, &new_tips, &exclude, packs_now.clone()).await?;
-                }
-                let pack = built.as_mut().filter(|_| !new_tips.is_empty());
-                let upload = async {
-                    if let Some(b) = pack {
-                        if !b.uploaded {
-                            self.upload_pack(ctx, b).await?;
-                            b.uploaded = true;
-                        }
-                    }
-                    Ok::<_, StorageError>(())
-                };
-                if refs_checked {
-                    upload.await?;
-                    break;
-                }
-                let (refs, uploaded) = tokio::join!(self.scan_refs(), upload);
-                let refs = refs?;
-                if !refs.bundle_refs.is_empty() {
-                    return Err(self.mixed_or_migrated(&refs).await);
-                }
-                uploaded?;
-                refs_checked = true;
-                if refs.markers == markers {
-                    break;
-                }
-                // Markers the checks did not know: check again with them.
+            let refs_checked = known_refs.is_some();
+            if let Some(refs) = known_refs.filter(|r| r.markers != markers) {
                 markers = refs.markers;
-                verdicts = self.plan(ctx, &m, &markers, updates, &local, &present).await;
+                a.verdicts = self.plan(ctx, &a, &markers, updates).await;
             }
-            let changes = changes_of(updates, &verdicts);
+            if let Some(answer) = self.upload_and_check_refs(ctx, updates, &mut a, &mut built, &mut markers, refs_checked).await? {
+                return Ok(answer);
+            }
+            let changes = changes_of(updates, &a.verdicts);
             if changes.is_empty() {
-                return Ok(results(updates, &verdicts));
+                return Ok(results(updates, &a.verdicts));
             }
             let new_tips = tips_of(&changes);
             #[cfg(feature = "test-hooks")]
             crate::test_hooks::crash_before_manifest(&ctx.env);
 
-            let mut next = m.clone();
-            next.serial += 1;
-            // An empty remote takes the format of its first push; a remote
-            // that has one never receives ids of the other.
-            let pushed = changes.iter().find_map(|(_, c)| match c {
-                Change::Set(sha) => ObjectFormat::of(sha),
-                _ => None,
-            });
-            if let Some(f) = pushed {
-                let empty = m.refs.is_empty() && m.packs.is_empty() && m.object_format.is_none();
-                if !empty && f != m.format() {
-                    return Err(StorageError::Format(format_mismatch(f, m.format(), &self.url.to_string())));
-                }
-                if f != ObjectFormat::Sha1 {
-                    next.object_format = Some(f);
-                }
+            let entry = built.as_ref().filter(|b| !new_tips.is_empty() && !a.packs_now.contains(&b.name)).map(BuiltPack::entry);
+            let next = next_manifest(&a.m, &changes, entry)
+                .map_err(|(ours, theirs)| StorageError::Format(format_mismatch(ours, theirs, &self.url.to_string())))?;
+            if self.write_manifest(&next, a.etag.clone()).await? {
+                tracing::info!(serial = next.serial, refs = changes.len(), attempt, "manifest updated");
+                let pack = built.take().filter(|b| b.uploaded && !new_tips.is_empty() && !a.packs_now.contains(&b.name));
+                return Ok(self.answer(ctx, updates, &a, &next, pack).await);
             }
-            for (dst, c) in &changes {
-                match c {
-                    Change::Set(sha) => {
-                        next.refs.insert(dst.to_string(), sha.clone());
-                    }
-                    Change::Delete => {
-                        next.refs.remove(*dst);
-                    }
-                    Change::Unchanged => {}
-                }
-            }
-            if next.head.is_none() {
-                if let Some((dst, _)) = changes.iter().find(|(d, c)| d.starts_with("refs/heads/") && matches!(c, Change::Set(_))) {
-                    next.head = Some(dst.to_string());
-                }
-            }
-            if let Some(b) = built.as_ref().filter(|_| !new_tips.is_empty()) {
-                if !packs_now.contains(&b.name) {
-                    next.packs.push(PackEntry {
-                        name: b.name.clone(),
-                        size: b.size,
-                        idx_size: b.idx_size,
-                        objects: b.objects,
-                        tips: b.tips.clone(),
-                        created: unix_now(),
-                    });
-                }
-            }
-            let condition = match etag {
-                Some(e) => WriteCondition::IfMatch(e),
-                None => WriteCondition::IfAbsent,
-            };
-            let key = manifest::manifest_key(&self.url);
-            let sent = std::time::Instant::now();
-            match self.store.put_bytes(&key, next.to_bytes(), PutOptions { condition, ..Default::default() }).await {
-                Ok(new_etag) => {
-                    tracing::info!(serial = next.serial, refs = changes.len(), attempt, "manifest updated");
-                    // The next command reads it conditionally (a 304), and a push
-                    // right after this one starts from it.
-                    manifest::hold_written(&self.store, &self.url, &new_etag, &next, sent);
-                    if let Some(b) = built.take().filter(|b| b.uploaded && !new_tips.is_empty() && !packs_now.contains(&b.name)) {
-                        self.upload_idx_in_background(ctx, b);
-                    }
-                    self.maybe_gc_in_background(ctx, &next.packs);
-                    self.maybe_refresh_views_in_background(ctx, &next);
-                    let mut results = results(updates, &verdicts);
-                    self.write_zips(ctx, next.serial, &changes, &mut results).await;
-                    return Ok(results);
-                }
-                Err(e) if e.is_precondition_failed() || e.is_not_found() => {
-                    tracing::info!(attempt, "manifest changed concurrently; re-reading");
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
-            }
+            tracing::info!(attempt, "manifest changed concurrently; re-reading");
         }
         // Not `fetch first`: every check passed each time; only the
         // manifest kept changing.
@@ -498,7 +413,166 @@ impl PackStorage {
             self.store.bucket(),
             manifest::manifest_key(&self.url)
         );
-        Ok(updates.iter().map(|u| (u.dst.clone(), Err(msg.clone()))).collect())
+        Ok(refuse_all(updates, &msg))
+    }
+
+    /// The manifest an attempt checks against: the one `list` read for the
+    /// first attempt, else a fresh read after a backoff.
+    async fn manifest_for(&self, attempt: u32) -> Result<(Manifest, Option<String>), StorageError> {
+        if attempt == 0 {
+            if let Some(listed) = self.take_listed() {
+                return Ok(listed);
+            }
+        } else {
+            tokio::time::sleep(backoff(attempt)).await;
+        }
+        Ok(match read_manifest(&self.store, &self.url).await? {
+            Some((m, e)) => (m, Some(e)),
+            None => (Manifest::default(), None),
+        })
+    }
+
+    /// The local work of an attempt against `m`: one object lookup (the
+    /// local side of each update, and which of the remote's tips the
+    /// repository has: what a pack can leave out, which old tips a
+    /// fast-forward check can see), then the checks of every update while
+    /// the pack of every tip that would change is built (unless `prior`,
+    /// an earlier attempt's, still fits).
+    async fn check_locally(
+        &self,
+        ctx: &OpContext,
+        updates: &[PushUpdate],
+        m: Manifest,
+        etag: Option<String>,
+        markers: &BTreeSet<String>,
+        prior: Option<BuiltPack>,
+    ) -> Result<(Attempt, Option<BuiltPack>), StorageError> {
+        let remote_tips: Vec<String> = m.refs.values().cloned().collect::<BTreeSet<_>>().into_iter().collect();
+        let srcs = updates.iter().filter_map(|u| u.src.as_deref());
+        let lookups: Vec<&str> = srcs.chain(remote_tips.iter().map(String::as_str)).collect();
+        let mut found = ctx.git.resolve_objects(&lookups).await?.into_iter();
+        let local: Vec<Option<String>> = updates.iter().map(|u| if u.src.is_some() { found.next().flatten() } else { None }).collect();
+        let present: HashSet<String> = found.flatten().collect();
+        let exclude: Vec<String> = remote_tips.iter().filter(|t| present.contains(*t)).cloned().collect();
+        let packs_now: BTreeSet<String> = m.packs.iter().map(|p| p.name.clone()).collect();
+        let mut a = Attempt { m, etag, packs_now, local, present, exclude, verdicts: Vec::new() };
+        let candidates = candidates(updates, &a.local, &a.m);
+        let speculate = !candidates.is_empty() && !prior.as_ref().is_some_and(|b| a.reusable(b, &candidates));
+        let (verdicts, speculative) = tokio::join!(self.plan(ctx, &a, markers, updates), async {
+            if speculate {
+                self.build_pack(ctx, &candidates, &a.exclude, a.packs_now.clone()).await.map(Some)
+            } else {
+                Ok(None)
+            }
+        });
+        let built = match speculative? {
+            Some(b) => b,
+            None => prior,
+        };
+        a.verdicts = verdicts;
+        Ok((a, built))
+    }
+
+    /// Uploads the pack of the accepted updates (rebuilt when fewer tips
+    /// were accepted than it was built for) while `refs/` is scanned,
+    /// unless `refs_checked`: bundles of another tool in the prefix refuse
+    /// the push, and PROTECTED# markers the checks did not know check every
+    /// update again. A pack uploaded beside a scan that refuses stays
+    /// unreferenced, as after a crash (gc deletes it). Some(answer) when
+    /// nothing is left to write.
+    async fn upload_and_check_refs(
+        &self,
+        ctx: &OpContext,
+        updates: &[PushUpdate],
+        a: &mut Attempt,
+        built: &mut Option<BuiltPack>,
+        markers: &mut BTreeSet<String>,
+        mut refs_checked: bool,
+    ) -> Result<Option<Vec<(String, PushResult)>>, StorageError> {
+        loop {
+            if ctx.atomic {
+                fail_all_if_one_fails(&mut a.verdicts);
+            }
+            let new_tips = {
+                let changes = changes_of(updates, &a.verdicts);
+                if changes.is_empty() && refs_checked {
+                    return Ok(Some(results(updates, &a.verdicts)));
+                }
+                tips_of(&changes)
+            };
+            if !new_tips.is_empty() && !built.as_ref().is_some_and(|b| a.reusable(b, &new_tips)) {
+                *built = self.build_pack(ctx, &new_tips, &a.exclude, a.packs_now.clone()).await?;
+            }
+            let pack = built.as_mut().filter(|_| !new_tips.is_empty());
+            let upload = async {
+                if let Some(b) = pack {
+                    if !b.uploaded {
+                        self.upload_pack(ctx, b).await?;
+                        b.uploaded = true;
+                    }
+                }
+                Ok::<_, StorageError>(())
+            };
+            if refs_checked {
+                upload.await?;
+                return Ok(None);
+            }
+            let (refs, uploaded) = tokio::join!(self.scan_refs(), upload);
+            let refs = refs?;
+            if !refs.bundle_refs.is_empty() {
+                return Err(self.mixed_or_migrated(&refs).await);
+            }
+            uploaded?;
+            refs_checked = true;
+            if refs.markers == *markers {
+                return Ok(None);
+            }
+            // Markers the checks did not know: check again with them.
+            *markers = refs.markers;
+            a.verdicts = self.plan(ctx, a, markers, updates).await;
+        }
+    }
+
+    /// The conditional write of `next` over the manifest with `etag` (none:
+    /// there was none). True when it landed (and is held for the next
+    /// command); false when another writer's manifest landed first.
+    async fn write_manifest(&self, next: &Manifest, etag: Option<String>) -> Result<bool, StorageError> {
+        let condition = match etag {
+            Some(e) => WriteCondition::IfMatch(e),
+            None => WriteCondition::IfAbsent,
+        };
+        let key = manifest::manifest_key(&self.url);
+        let sent = std::time::Instant::now();
+        match self.store.put_bytes(&key, next.to_bytes(), PutOptions { condition, ..Default::default() }).await {
+            Ok(new_etag) => {
+                // The next command reads it conditionally (a 304), and a push
+                // right after this one starts from it.
+                manifest::hold_written(&self.store, &self.url, &new_etag, next, sent);
+                Ok(true)
+            }
+            Err(e) if e.is_precondition_failed() || e.is_not_found() => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Once the manifest `next` has landed: the new pack's `.idx` (`pack`)
+    /// and a gc in the background, the zips, and the answer to git.
+    async fn answer(
+        &self,
+        ctx: &OpContext,
+        updates: &[PushUpdate],
+        a: &Attempt,
+        next: &Manifest,
+        pack: Option<BuiltPack>,
+    ) -> Vec<(String, PushResult)> {
+        if let Some(b) = pack {
+            self.upload_idx_in_background(ctx, b);
+        }
+        self.maybe_gc_in_background(ctx, &next.packs);
+        self.maybe_refresh_views_in_background(ctx, next);
+        let mut results = results(updates, &a.verdicts);
+        self.write_zips(ctx, next.serial, &changes_of(updates, &a.verdicts), &mut results).await;
+        results
     }
 
     /// `s3+zip://`: after the manifest names the new tips, writes each
@@ -607,5 +681,100 @@ impl PackStorage {
             }
             .instrument(tracing::info_span!("background_gc")),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "1111111111111111111111111111111111111111";
+    const B: &str = "2222222222222222222222222222222222222222";
+    const C: &str = "3333333333333333333333333333333333333333";
+
+    fn set(dst: &str, src: &str) -> PushUpdate {
+        PushUpdate { src: Some(src.into()), dst: dst.into(), force: false }
+    }
+
+    fn delete(dst: &str) -> PushUpdate {
+        PushUpdate { src: None, dst: dst.into(), force: false }
+    }
+
+    fn manifest(refs: &[(&str, &str)]) -> Manifest {
+        let mut m = Manifest::default();
+        for (r, sha) in refs {
+            m.refs.insert(r.to_string(), sha.to_string());
+        }
+        m
+    }
+
+    fn entry(name: &str) -> PackEntry {
+        PackEntry { name: name.into(), size: 10, idx_size: 5, objects: 2, tips: vec![B.into()], created: 1 }
+    }
+
+    #[test]
+    fn the_speculative_pack_is_for_the_tips_that_differ() {
+        let m = manifest(&[("refs/heads/main", A), ("refs/heads/dev", B)]);
+        let updates = [set("refs/heads/main", "main"), set("refs/heads/dev", "dev"), set("refs/heads/new", "x"), delete("refs/heads/old")];
+        let local = [Some(C.to_string()), Some(B.to_string()), Some(C.to_string()), None];
+        assert_eq!(candidates(&updates, &local, &m), vec![C.to_string()], "dev is unchanged, C counted once, a delete has no tip");
+        let missing = [None, None, None, None];
+        assert!(candidates(&updates, &missing, &m).is_empty());
+    }
+
+    #[test]
+    fn changes_tips_and_answer_follow_the_verdicts() {
+        let updates = [set("refs/heads/a", "a"), set("refs/heads/b", "b"), delete("refs/heads/c"), set("refs/heads/d", "d")];
+        let verdicts = vec![Ok(Change::Set(B.into())), Ok(Change::Unchanged), Ok(Change::Delete), Err("non-fast-forward".to_string())];
+        let changes = changes_of(&updates, &verdicts);
+        assert_eq!(changes, vec![("refs/heads/a", &Change::Set(B.into())), ("refs/heads/c", &Change::Delete)]);
+        assert_eq!(tips_of(&changes), vec![B.to_string()], "what the pack is for");
+        let answer = results(&updates, &verdicts);
+        assert_eq!(answer[0], ("refs/heads/a".to_string(), Ok(())));
+        assert_eq!(answer[1], ("refs/heads/b".to_string(), Ok(())), "unchanged is a success");
+        assert_eq!(answer[3], ("refs/heads/d".to_string(), Err("non-fast-forward".to_string())));
+    }
+
+    #[test]
+    fn atomic_refuses_all_when_one_is_refused() {
+        let mut verdicts = vec![Ok(Change::Set(B.into())), Err("stale info".to_string()), Ok(Change::Unchanged)];
+        fail_all_if_one_fails(&mut verdicts);
+        assert_eq!(verdicts, vec![Err("atomic push failed".to_string()), Err("stale info".to_string()), Err("atomic push failed".to_string())]);
+        let mut fine = vec![Ok(Change::Set(B.into())), Ok(Change::Delete)];
+        fail_all_if_one_fails(&mut fine);
+        assert_eq!(fine, vec![Ok(Change::Set(B.into())), Ok(Change::Delete)]);
+    }
+
+    #[test]
+    fn the_next_manifest_applies_the_changes() {
+        let mut m = manifest(&[("refs/heads/main", A), ("refs/heads/old", A)]);
+        m.serial = 7;
+        m.head = Some("refs/heads/old".into());
+        m.packs.push(entry("a".repeat(40).as_str()));
+        let (set_b, del) = (Change::Set(B.into()), Change::Delete);
+        let changes = [("refs/heads/main", &set_b), ("refs/heads/old", &del), ("refs/tags/v1", &set_b)];
+        let next = next_manifest(&m, &changes, Some(entry(&"b".repeat(40)))).expect("same format");
+        assert_eq!(next.serial, 8);
+        assert_eq!(next.refs, manifest(&[("refs/heads/main", B), ("refs/tags/v1", B)]).refs);
+        assert_eq!(next.packs.iter().map(|p| p.name.clone()).collect::<Vec<_>>(), vec!["a".repeat(40), "b".repeat(40)]);
+        assert_eq!(next.head.as_deref(), Some("refs/heads/old"), "a HEAD the remote has is kept");
+        assert_eq!(next.object_format, None, "SHA-1 is not written");
+        let deletes_only = next_manifest(&m, &[("refs/heads/old", &del)], None).expect("no ids");
+        assert_eq!(deletes_only.packs.len(), 1);
+        let headless = Manifest { head: None, ..m };
+        let next = next_manifest(&headless, &[("refs/tags/v2", &set_b), ("refs/heads/main", &set_b)], None).expect("same format");
+        assert_eq!(next.head.as_deref(), Some("refs/heads/main"), "a remote without HEAD takes the first branch pushed");
+    }
+
+    #[test]
+    fn a_first_push_sets_head_to_its_first_branch_and_its_format() {
+        let empty = Manifest::default();
+        let sha256 = Change::Set("4".repeat(64));
+        let changes = [("refs/tags/v1", &sha256), ("refs/heads/dev", &sha256), ("refs/heads/main", &sha256)];
+        let next = next_manifest(&empty, &changes, None).expect("an empty remote takes any format");
+        assert_eq!(next.head.as_deref(), Some("refs/heads/dev"), "the first branch, not a tag");
+        assert_eq!(next.object_format, Some(ObjectFormat::Sha256));
+        let sha1 = manifest(&[("refs/heads/main", A)]);
+        assert_eq!(next_manifest(&sha1, &[("refs/heads/x", &sha256)], None), Err((ObjectFormat::Sha256, ObjectFormat::Sha1)), "formats never mix");
     }
 }

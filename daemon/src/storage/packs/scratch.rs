@@ -12,7 +12,7 @@ use futures::stream::{StreamExt, TryStreamExt};
 use crate::local::git::{Git, GitError};
 use crate::s3::store::{PutOptions, S3Store};
 use crate::s3::url::RemoteUrl;
-use crate::storage::packs::git_ops::{index_pack, pack_object_count, run_with_stdin, SCRATCH_PACK_CONFIG};
+use crate::storage::packs::git_ops::{pack_object_count, SCRATCH_PACK_CONFIG};
 use crate::storage::packs::manifest::{self, unix_now, PackEntry};
 use crate::storage::StorageError;
 
@@ -50,7 +50,7 @@ pub(super) async fn scratch_from_packs(
                     }
                     Err(e) => return Err(e.into()),
                 }
-                let local = index_pack(&git, file.path()).await.map_err(|e| match e {
+                let local = git.index_pack_file(file.path()).await.map_err(|e| match e {
                     GitError::Failed { .. } => {
                         StorageError::Corrupt(format!("pack {} from s3://{}/{key} does not index: {e}", p.name, store.bucket()))
                     }
@@ -102,7 +102,7 @@ pub(super) async fn pack_of(git: &Git, dir: &Path, tips: &BTreeSet<String>) -> R
     let base = dir.join("out");
     let base = base.to_string_lossy();
     let args = [&SCRATCH_PACK_CONFIG[..], &["pack-objects", "--revs", "--quiet", "--delta-base-offset", &base]].concat();
-    let out = run_with_stdin(git, &args, input.into_bytes()).await?;
+    let out = git.run_with_stdin(&args, input.into_bytes()).await?;
     written_pack(dir, &out, tips.iter().cloned().collect()).await
 }
 /// The entry of the pack `git pack-objects` wrote to `<dir>/out-<name>`,

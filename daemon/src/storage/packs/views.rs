@@ -11,7 +11,7 @@ use futures::stream::{StreamExt, TryStreamExt};
 use crate::local::git::Git;
 use crate::s3::store::S3Store;
 use crate::s3::url::RemoteUrl;
-use crate::storage::packs::git_ops::{present_objects, run_with_stdin, SCRATCH_PACK_CONFIG};
+use crate::storage::packs::git_ops::SCRATCH_PACK_CONFIG;
 use crate::storage::packs::manifest::{unix_now, update_manifest, Manifest, RetiredPack};
 use crate::storage::packs::manifest::{PackEntry, Views};
 use crate::storage::packs::scratch::{upload_pack_of, written_pack};
@@ -49,7 +49,7 @@ pub async fn build_and_upload(store: &S3Store, url: &RemoteUrl, git: &Git, tmp_r
     let tips: BTreeSet<String> = base.refs.values().cloned().collect();
     let pack_tips: BTreeSet<String> = base.packs.iter().flat_map(|p| p.tips.iter().cloned()).collect();
     let wanted: Vec<String> = tips.iter().chain(pack_tips.iter()).cloned().collect::<BTreeSet<_>>().into_iter().collect();
-    let present = present_objects(git, &wanted).await?;
+    let present = git.present_objects(&wanted).await?;
     if let Some(missing) = tips.iter().find(|t| !present.contains(*t)) {
         tracing::debug!(missing, "the repository lacks a ref's tip: no views from it");
         return Ok(None);
@@ -152,7 +152,7 @@ where
     } else {
         let input: String = all.iter().map(|t| format!("{t}\n")).collect();
         let args = [&SCRATCH_PACK_CONFIG[..], &["pack-objects", "--revs", "--filter=blob:none", "--quiet", "--delta-base-offset", &base]].concat();
-        let out = run_with_stdin(git, &args, input.into_bytes()).await?;
+        let out = git.run_with_stdin(&args, input.into_bytes()).await?;
         Some(written(out, all.iter().cloned().collect()).await?)
     };
     let tips = tip_commits(refs, head);
@@ -164,7 +164,7 @@ where
         args.extend(tips.iter().map(String::as_str));
         let objects = git.run(&args).await?;
         let args = [&SCRATCH_PACK_CONFIG[..], &["pack-objects", "--quiet", "--delta-base-offset", &base]].concat();
-        let out = run_with_stdin(git, &args, format!("{objects}\n").into_bytes()).await?;
+        let out = git.run_with_stdin(&args, format!("{objects}\n").into_bytes()).await?;
         Some(written(out, tips.iter().cloned().collect()).await?)
     };
     Ok(Views { covers, skeleton, tips: tips_pack, created: unix_now() })
