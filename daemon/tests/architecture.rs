@@ -24,6 +24,7 @@
 //! The graph of files must be acyclic, and so must the graph of the
 //! top-level folders (each file's dependencies lifted to the folder it is
 //! in; a file directly in `src` is its own node): the folders are layers.
+#![allow(clippy::unwrap_used)] // a test's unwrap is an assertion (Cargo.toml, [workspace.lints])
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

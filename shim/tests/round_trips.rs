@@ -8,6 +8,7 @@
 //! - a one-commit push to a packs remote: two (the pack, then the manifest);
 //! - a one-commit fetch from a packs remote: two (the manifest, then the pack);
 //! - TLS handshakes: once per daemon, not per git command.
+#![allow(clippy::unwrap_used)] // a test's unwrap is an assertion (Cargo.toml, [workspace.lints])
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
