@@ -10,6 +10,11 @@
 //! `storage::packs` the incremental one), which stands on `s3` (clients,
 //! store, URLs) and `local` (git subprocesses, the cache). No module
 //! imports another in a cycle (daemon/tests/architecture.rs checks it).
+//!
+//! The daemon never prints: what a caller sees goes through its session's
+//! `Out`, everything else to the log (`server::logging`).
+#![warn(clippy::print_stdout, clippy::print_stderr)]
+#![cfg_attr(test, allow(clippy::print_stdout, clippy::print_stderr))]
 
 pub mod cli;
 pub mod helper;

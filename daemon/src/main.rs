@@ -44,7 +44,10 @@ fn main() {
     let aws_vars: Vec<String> = std::env::vars().map(|(k, _)| k).filter(|k| k.starts_with("AWS_")).collect();
     for k in aws_vars {
         // SAFETY: single-threaded here, before the runtime starts.
-        unsafe { std::env::remove_var(k) };
+        #[allow(unsafe_code)]
+        unsafe {
+            std::env::remove_var(k)
+        };
     }
     let mut config = git_s3_daemon::server::socket::ServerConfig::from_env();
     if let Some(s) = idle {

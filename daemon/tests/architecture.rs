@@ -1,7 +1,7 @@
 //! The module tree is the architecture (docs/architecture.md), and this test
 //! keeps it honest: no file of `daemon/src` imports another in a cycle, the
-//! top-level folders form layers, and the test hooks stay out of the
-//! release binary.
+//! top-level folders form layers, the test hooks stay out of the
+//! release binary, and the module map lists every source file.
 //!
 //! The dependency rule, at the granularity of files:
 //! - Every `.rs` file under `daemon/src` is one module; a folder's `mod.rs`
@@ -24,6 +24,7 @@
 //! The graph of files must be acyclic, and so must the graph of the
 //! top-level folders (each file's dependencies lifted to the folder it is
 //! in; a file directly in `src` is its own node): the folders are layers.
+#![allow(clippy::unwrap_used)] // a test's unwrap is an assertion (Cargo.toml, [workspace.lints])
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -424,6 +425,66 @@ fn test_hooks_only_with_the_feature() {
     );
 }
 
+/// The crates whose every source file the module map lists, by path from
+/// the repository's root. The daemon's rows are written from `daemon/src`;
+/// the others' rows start with the crate's folder.
+const MAPPED_SOURCES: [&str; 4] = ["daemon/src", "shim/src", "lfs-shim/src", "proto/src"];
+
+/// The paths in the first column of the tables under docs/architecture.md's
+/// "## Module map" heading, from the repository's root.
+fn module_map(doc: &str) -> BTreeSet<String> {
+    let mut in_map = false;
+    let mut paths = BTreeSet::new();
+    for line in doc.lines() {
+        if line.starts_with("## ") {
+            in_map = line.trim() == "## Module map";
+        } else if let (true, Some(rest)) = (in_map, line.strip_prefix("| `")) {
+            let Some((path, _)) = rest.split_once('`') else { continue };
+            let outside = MAPPED_SOURCES[1..].iter().any(|c| path.starts_with(&format!("{c}/")));
+            paths.insert(if outside { path.to_string() } else { format!("daemon/src/{path}") });
+        }
+    }
+    paths
+}
+
+/// Every `.rs` file of the mapped crates, by path from the repository's root.
+fn mapped_sources(root: &Path) -> BTreeSet<String> {
+    fn walk(dir: &Path, root: &Path, out: &mut BTreeSet<String>) {
+        for e in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("read {}: {e}", dir.display())) {
+            let p = e.expect("dir entry").path();
+            if p.is_dir() {
+                walk(&p, root, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.insert(p.strip_prefix(root).expect("under the root").to_string_lossy().replace('\\', "/"));
+            }
+        }
+    }
+    let mut out = BTreeSet::new();
+    for c in MAPPED_SOURCES {
+        walk(&root.join(c), root, &mut out);
+    }
+    out
+}
+
+/// docs/architecture.md's module map lists every source file of the daemon,
+/// the shims and proto, and nothing that does not exist: a new file gets
+/// its line there (what it is, in one line).
+#[test]
+fn the_module_map_lists_every_source_file() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the repository");
+    let doc = std::fs::read_to_string(root.join("docs/architecture.md")).expect("read docs/architecture.md");
+    let map = module_map(&doc);
+    let sources = mapped_sources(root);
+    assert!(sources.len() > 40 && map.len() > 40, "{} sources, {} map rows", sources.len(), map.len());
+    let unlisted: Vec<&String> = sources.difference(&map).collect();
+    let missing: Vec<&String> = map.difference(&sources).collect();
+    assert!(
+        unlisted.is_empty() && missing.is_empty(),
+        "docs/architecture.md's module map is out of date:\n  source files it does not list (add a line each): {unlisted:?}\n  \
+         files it lists that do not exist (remove or rename them): {missing:?}"
+    );
+}
+
 #[cfg(test)]
 mod checker {
     use super::*;
@@ -512,6 +573,14 @@ mod checker {
         ]);
         assert_eq!(edges(&g), vec![e("a.rs", "b.rs")]);
         assert!(g["a.rs"]["b.rs"].contains("a.rs:9 names b::real"), "{g:?}");
+    }
+
+    #[test]
+    fn the_module_map_is_read_from_its_section_only() {
+        let doc = "# A\n| `x.rs` | not the map |\n## Module map\n| File | What |\n|---|---|\n| `lib.rs` | root |\n| **cli/** | **heading** |\n\
+| `cli/mod.rs` | shared |\n| `shim/src/bin/git-s3.rs` | a shim |\n| `proto/src/lib.rs` | proto |\n## Next\n| `y.rs` | not either |\n";
+        let want = ["daemon/src/cli/mod.rs", "daemon/src/lib.rs", "proto/src/lib.rs", "shim/src/bin/git-s3.rs"];
+        assert_eq!(module_map(doc), want.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>());
     }
 
     #[test]

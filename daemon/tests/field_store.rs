@@ -1,6 +1,7 @@
 //! The S3 store through the field server: 409 ConditionalRequestConflict on
 //! conditional writes and on CompleteMultipartUpload, and a bucket that
 //! lives in another region than the client's.
+#![allow(clippy::unwrap_used)] // a test's unwrap is an assertion (Cargo.toml, [workspace.lints])
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -22,6 +22,8 @@
 //! first by every batch of every target (checked by
 //! `the_committed_regressions_are_replayed`). Every allocation of this test
 //! binary is counted: no target may hold more than `MAX_LIVE_BYTES` at once.
+#![allow(clippy::unwrap_used)] // a test's unwrap is an assertion (Cargo.toml, [workspace.lints])
+#![allow(unsafe_code, clippy::undocumented_unsafe_blocks)] // the counting allocator
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::{BTreeMap, BTreeSet};

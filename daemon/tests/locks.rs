@@ -1,5 +1,6 @@
 //! Push locks against the real S3-compatible test server: atomic stale
 //! takeover, and the heartbeat that keeps a long push's lock fresh.
+#![allow(clippy::unwrap_used)] // a test's unwrap is an assertion (Cargo.toml, [workspace.lints])
 
 use std::collections::HashMap;
 use std::time::Duration;

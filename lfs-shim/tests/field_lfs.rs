@@ -1,5 +1,6 @@
 //! Git LFS through the field server: a bucket in another region than
 //! AWS_REGION, and conflicts on the conditional writes of LFS uploads.
+#![allow(clippy::unwrap_used)] // a test's unwrap is an assertion (Cargo.toml, [workspace.lints])
 
 use testkit::field::{Fault, FaultAction, RegionAnswer, RequestKind};
 use testkit::{FieldServer, TestEnv};

@@ -2,6 +2,7 @@
 //! git-lfs and the test S3 server — push (incl. a multipart object), clone
 //! in one step, skip of existing objects, the local cache, corrupt and
 //! missing objects, install variants, and interop with git-remote-s3 0.4.2.
+#![allow(clippy::unwrap_used)] // a test's unwrap is an assertion (Cargo.toml, [workspace.lints])
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};

@@ -5,6 +5,7 @@
 //! bucket), `git lfs pull` after a clone without smudge, uninstall, and the
 //! error cases (bucket missing, no credentials, object missing, a bucket
 //! the user cannot read).
+#![allow(clippy::unwrap_used)] // a test's unwrap is an assertion (Cargo.toml, [workspace.lints])
 
 use std::path::{Path, PathBuf};
 use std::process::Output;

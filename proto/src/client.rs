@@ -132,6 +132,7 @@ pub fn process_alive(pid: u32) -> bool {
     let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
     // Elsewhere signal 0 probes without sending (a zombie still answers).
     // SAFETY: kill with signal 0 only checks the process exists.
+    #[allow(unsafe_code)]
     let rc = unsafe { libc::kill(pid, 0) };
     rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
@@ -163,6 +164,7 @@ pub fn start_daemon() -> Result<(), ClientError> {
     cmd.arg("run").stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
     // SAFETY: setsid is async-signal-safe; it detaches the daemon from the
     // caller's terminal and process group so ^C in git does not kill it.
+    #[allow(unsafe_code)]
     unsafe {
         cmd.pre_exec(|| {
             libc::setsid();

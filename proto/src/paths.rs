@@ -21,7 +21,12 @@ pub fn runtime_dir() -> PathBuf {
             Some(rt) => rt.join(APP),
             None => b.cache_dir().join(APP).join("run"),
         },
-        None => std::env::temp_dir().join(format!("{APP}-{}", unsafe { libc::getuid() })),
+        None => {
+            // SAFETY: getuid has no preconditions and cannot fail.
+            #[allow(unsafe_code)]
+            let uid = unsafe { libc::getuid() };
+            std::env::temp_dir().join(format!("{APP}-{uid}"))
+        }
     }
 }
 

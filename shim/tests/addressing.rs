@@ -4,6 +4,7 @@
 //! virtual`; and listing answers from servers that ignore
 //! `encoding-type=url`. Through the field server (it records each request's
 //! bucket as the path names it), with the real git.
+#![allow(clippy::unwrap_used)] // a test's unwrap is an assertion (Cargo.toml, [workspace.lints])
 
 use testkit::field::RequestKind;
 use testkit::{FieldServer, TestEnv, Tool};

@@ -6,6 +6,7 @@
 //! as S3 for those names (TLS from the run's CA, `AWS_CA_BUNDLE`) and
 //! passes the requests, path style, to moto; its records show what the
 //! requests carried and that moto took them.
+#![allow(clippy::unwrap_used)] // a test's unwrap is an assertion (Cargo.toml, [workspace.lints])
 
 use testkit::field::AwsRequest;
 use testkit::{FieldServer, TestEnv, Tool};

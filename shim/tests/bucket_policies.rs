@@ -3,6 +3,7 @@
 //! pays with an expected bucket owner — enforced by the field server
 //! (testkit/src/field/policy.rs) in front of the test server, which stores
 //! the encryption settings and answers them in HeadObject.
+#![allow(clippy::unwrap_used)] // a test's unwrap is an assertion (Cargo.toml, [workspace.lints])
 
 use std::path::{Path, PathBuf};
 

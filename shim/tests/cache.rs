@@ -1,6 +1,7 @@
 //! The local cache: a second clone on the machine needs no bundle download
 //! and links pre-indexed packs; corrupt entries are refetched; the size cap
 //! evicts; concurrent clones share it safely.
+#![allow(clippy::unwrap_used)] // a test's unwrap is an assertion (Cargo.toml, [workspace.lints])
 
 use std::path::Path;
 

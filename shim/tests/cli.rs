@@ -1,6 +1,8 @@
 //! End to end: `git s3 status|doctor|delete-branch|protect|unprotect|cache`
 //! and `git s3 daemon …`, through the real git, our binaries and the test S3
 //! server.
+#![allow(clippy::unwrap_used)] // a test's unwrap is an assertion (Cargo.toml, [workspace.lints])
+#![allow(unsafe_code, clippy::undocumented_unsafe_blocks)] // libc calls on test processes
 
 use std::path::Path;
 use std::process::Output;

@@ -5,6 +5,7 @@
 //! NotImplemented`; reads keep working. The field server plays such a store
 //! (`ConditionalWrites::Ignored` drops the headers in front of moto;
 //! `NotImplemented` answers 501).
+#![allow(clippy::unwrap_used)] // a test's unwrap is an assertion (Cargo.toml, [workspace.lints])
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

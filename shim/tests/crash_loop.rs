@@ -23,6 +23,8 @@
 //! every trial after a failure too (long runs count them all).
 //! `GIT_S3_CRASH_WORKERS` trials run at once (default 3), each worker with
 //! its own environment (daemon, cache, bucket).
+#![allow(clippy::unwrap_used)] // a test's unwrap is an assertion (Cargo.toml, [workspace.lints])
+#![allow(unsafe_code, clippy::undocumented_unsafe_blocks)] // libc calls on test processes
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::os::unix::process::CommandExt;

@@ -2,6 +2,8 @@
 //! cache filesystem (a 1 MiB tmpfs, mounted by the test: it needs root and
 //! fails saying so otherwise). Clone and fetch still succeed without caching,
 //! or fail with one clear line; nothing corrupt is left in the cache.
+#![allow(clippy::unwrap_used)] // a test's unwrap is an assertion (Cargo.toml, [workspace.lints])
+#![allow(unsafe_code, clippy::undocumented_unsafe_blocks)] // libc calls on test processes
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -3,6 +3,7 @@
 //! completions generated from the clap definitions cover every command, and
 //! the bash completion works for `git-s3 …` and, through git's own
 //! completion, for `git s3 …`.
+#![allow(clippy::unwrap_used)] // a test's unwrap is an assertion (Cargo.toml, [workspace.lints])
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

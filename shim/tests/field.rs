@@ -2,6 +2,7 @@
 //! moto alone does not show — a bucket in another region than AWS_REGION,
 //! 409 ConditionalRequestConflict on conditional writes, transient 5xx and
 //! broken responses — with the real git, both formats.
+#![allow(clippy::unwrap_used)] // a test's unwrap is an assertion (Cargo.toml, [workspace.lints])
 
 use testkit::field::{Fault, FaultAction, RegionAnswer, RequestKind};
 use testkit::{FieldServer, TestEnv, Tool};

@@ -9,6 +9,7 @@
 //! `<sha>\t<ref>` lines; nothing is written outside the cache and the
 //! repository (every planted path traversal names `pwned`, which must appear
 //! nowhere on disk); and a healthy remote is still served by the same daemon.
+#![allow(clippy::unwrap_used)] // a test's unwrap is an assertion (Cargo.toml, [workspace.lints])
 
 use std::path::Path;
 use std::process::Output;

@@ -5,6 +5,7 @@
 //! daemon is started first from an environment without the identity
 //! settings, as when another shell started it: every source must be read
 //! from the calling shell's environment, never the daemon's.
+#![allow(clippy::unwrap_used)] // a test's unwrap is an assertion (Cargo.toml, [workspace.lints])
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};

@@ -1,6 +1,7 @@
 //! Interoperability with git-remote-s3 0.4.2 (from the test venv) on the
 //! same bucket: either tool clones, fetches and pushes what the other wrote,
 //! and `git ls-remote` prints the same lines through both.
+#![allow(clippy::unwrap_used)] // a test's unwrap is an assertion (Cargo.toml, [workspace.lints])
 
 use testkit::{TestEnv, Tool};
 

@@ -13,6 +13,7 @@
 //!
 //! The tests of this file run one at a time (they share the machine's two
 //! cores and the single moto process).
+#![allow(clippy::unwrap_used)] // a test's unwrap is an assertion (Cargo.toml, [workspace.lints])
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,8 @@
 //! packaging/: the systemd user unit (verified with systemd-analyze, and run
 //! the way systemd runs it), the launchd agent (parsed as a plist), and
 //! install.sh (dry run).
+#![allow(clippy::unwrap_used)] // a test's unwrap is an assertion (Cargo.toml, [workspace.lints])
+#![allow(unsafe_code, clippy::undocumented_unsafe_blocks)] // libc calls on test processes
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -3,6 +3,7 @@
 //! incremental uploads, one manifest write per push, concurrent pushers, a
 //! push killed before its manifest write, protection, format detection and
 //! choice, through the real git and the test S3 server.
+#![allow(clippy::unwrap_used)] // a test's unwrap is an assertion (Cargo.toml, [workspace.lints])
 
 use std::path::Path;
 use std::process::Output;

@@ -1,5 +1,6 @@
 //! End to end: push, clone, fetch, pull, branches, tags, delete, force,
 //! s3+zip and empty prefixes, through the real git and the test S3 server.
+#![allow(clippy::unwrap_used)] // a test's unwrap is an assertion (Cargo.toml, [workspace.lints])
 
 use testkit::{TestEnv, Tool};
 

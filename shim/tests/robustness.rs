@@ -1,5 +1,7 @@
 //! Bad inputs and failures: every one gets a clear error and leaves the
 //! remote and the local repository intact.
+#![allow(clippy::unwrap_used)] // a test's unwrap is an assertion (Cargo.toml, [workspace.lints])
+#![allow(unsafe_code, clippy::undocumented_unsafe_blocks)] // libc calls on test processes
 
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -10,6 +10,7 @@
 //! - a one-commit push to a bundles remote: four up to git's answer (the
 //!   listing, the lock, the ref's listing under it, the bundle), two more after;
 //! - TLS handshakes: once per daemon, not per git command.
+#![allow(clippy::unwrap_used)] // a test's unwrap is an assertion (Cargo.toml, [workspace.lints])
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -3,6 +3,8 @@
 //!
 //! The other-user test needs root (to create a throwaway user and run as
 //! it): as any other user it fails with a message saying so.
+#![allow(clippy::unwrap_used)] // a test's unwrap is an assertion (Cargo.toml, [workspace.lints])
+#![allow(unsafe_code, clippy::undocumented_unsafe_blocks)] // libc calls on test processes
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};

@@ -2,6 +2,7 @@
 //! both storage formats: push, clone (into a SHA-256 repository), fetch,
 //! one-commit updates, delete, force, tags; mixing SHA-1 and SHA-256
 //! refused both ways with nothing written; a SHA-1 round trip unchanged.
+#![allow(clippy::unwrap_used)] // a test's unwrap is an assertion (Cargo.toml, [workspace.lints])
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

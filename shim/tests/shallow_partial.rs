@@ -3,6 +3,7 @@
 //! `--unshallow`, `--filter=blob:none|blob:limit|tree:0`, `--sparse`, lazy
 //! fetches of a partial clone, pushes and pulls from shallow clones. Bytes
 //! read from S3 are counted by a proxy in front of the test server.
+#![allow(clippy::unwrap_used)] // a test's unwrap is an assertion (Cargo.toml, [workspace.lints])
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

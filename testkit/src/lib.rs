@@ -4,6 +4,7 @@
 //! isolated environment per test (HOME, git config, daemon runtime dir,
 //! cache, a fresh bucket), the built binaries on PATH, and helpers to run
 //! the real `git`, `git-lfs` and git-remote-s3 0.4.2.
+#![allow(clippy::unwrap_used)] // test fixtures: an unwrap is an assertion (Cargo.toml, [workspace.lints])
 
 pub mod field;
 pub mod identity;
@@ -149,6 +150,9 @@ fn start_server(mut cmd: Command, port: u16, name: &'static str) -> String {
     // it from a thread that lives as long as the process.
     std::thread::spawn(move || {
         cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        // SAFETY: prctl is async-signal-safe; it only sets this child's
+        // parent-death signal.
+        #[allow(unsafe_code)]
         unsafe {
             cmd.pre_exec(|| {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);

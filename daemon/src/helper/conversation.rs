@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::helper::protocol::{self as helper_protocol, Command};
 use crate::local::git::Git;
+use crate::s3::store::S3Store;
 use crate::s3::url::RemoteUrl;
 use crate::s3::write_options::BucketPolicy;
 use crate::session::state::DaemonState;
@@ -43,178 +44,249 @@ fn config_parameter(params: &str, key: &str) -> Option<String> {
 
 /// Runs the helper until git closes the conversation. Returns the exit code.
 pub async fn run(state: Arc<DaemonState>, a: HelperArgs, mut input: Input, out: Out) -> i32 {
-    if env_verbose(&a.env) {
-        out.set_verbosity(2);
-    }
-    // git calls us as `git-remote-s3 <remote> [<url>]`.
-    let url_arg = match a.args.as_slice() {
-        [_, url, ..] => url.clone(),
-        [one] => one.clone(),
-        [] => {
-            out.stderr("fatal: git-remote-s3 is a git remote helper: use it through git with an s3:// URL (git clone s3://bucket/prefix)\n");
-            return 1;
-        }
+    let mut c = match Conversation::start(&state, a, out).await {
+        Ok(c) => c,
+        Err(code) => return code,
     };
-    let url = match RemoteUrl::parse(&url_arg) {
-        Ok(u) => u,
-        Err(e) => {
-            out.stderr(format!("fatal: {e}\n"));
-            return 1;
-        }
-    };
-    let git = Git::new(&a.cwd, a.env.clone());
-    // The remote's name, unless git was given a URL (`git push s3://…`).
-    let remote_name = a.args.first().filter(|_| a.args.len() > 1).filter(|n| !n.contains("://"));
-    let policy = match BucketPolicy::from_git(&git, remote_name.map(String::as_str)).await {
-        Ok(p) => p,
-        Err(e) => {
-            out.stderr(format!("fatal: {e}\n"));
-            return 1;
-        }
-    };
-    let store = state.store_for(&a.env, &url).await.with_policy(policy);
-    // Opened (format detected) at the first command that needs the remote,
-    // so `capabilities` is answered before any S3 request can fail.
-    let mut opened: Option<Storage> = None;
-    let mut ctx =
-        OpContext { git, out: out.clone(), env: a.env.clone(), progress: false, cache: state.cache.clone(), cas: HashMap::new(), atomic: false };
-    macro_rules! storage {
-        () => {
-            storage!(Purpose::Read)
-        };
-        ($purpose:expr) => {
-            match open_storage(&mut opened, &store, &url, &ctx.git, $purpose).await {
-                Ok(s) => s,
-                Err(e) => return fatal(&out, &url, e),
-            }
-        };
-    }
-    let mut listing: Option<RefListing> = None;
-    let mut cloning = false; // `option cloning true`: configure LFS after the first fetch
-    let mut fetch_opts = FetchOptions::default();
-    let mut object_format_asked = false;
-
     while let Some(line) = input.read_line().await {
         state.touch();
         tracing::debug!(command = %line, "helper command");
         let cmd = match helper_protocol::parse(&line) {
-            Ok(c) => c,
+            Ok(cmd) => cmd,
             Err(e) => {
-                out.stderr(format!("fatal: {e}\n"));
+                c.out.stderr(format!("fatal: {e}\n"));
                 return 1;
             }
         };
-        match cmd {
+        let step = match cmd {
             Command::Capabilities => {
-                out.stdout("*push\n*fetch\noption\ncheck-connectivity\nobject-format\n\n");
+                c.out.stdout("*push\n*fetch\noption\ncheck-connectivity\nobject-format\n\n");
+                Ok(())
             }
-            Command::Option { name, value } => {
-                cloning |= name == "cloning" && value == "true";
-                let reply = match name.as_str() {
-                    // git asks for `:object-format` in `list` (gitremote-helpers(7)).
-                    "object-format" => {
-                        object_format_asked = value == "true";
-                        "ok".to_string()
-                    }
-                    // All-or-nothing pushes: one manifest write in the packs format.
-                    "atomic" if storage!().supports_atomic() => {
-                        ctx.atomic = value == "true";
-                        "ok".to_string()
-                    }
-                    _ => match fetch_opts.set(&name, &value) {
-                        Some(OptionReply::Ok) => "ok".to_string(),
-                        Some(OptionReply::Error(e)) => format!("error {e}"),
-                        None => handle_option(&mut ctx, &name, &value).to_string(),
-                    },
-                };
-                out.stdout(format!("{reply}\n"));
-            }
-            Command::List { for_push } => match storage!(if for_push { Purpose::Push } else { Purpose::Read }).list().await {
-                Ok(l) => {
-                    for w in &l.warnings {
-                        out.stderr(format!("warning: {w}\n"));
-                    }
-                    out.stdout(render_list(&l, for_push, object_format_asked));
-                    listing = Some(l);
-                }
-                Err(e) => return fatal(&out, &url, e),
-            },
-            Command::Fetch { sha, name } => {
-                let mut wants = vec![RemoteRef { name, sha }];
-                loop {
-                    match input.read_line().await.map(|l| helper_protocol::parse(&l)) {
-                        Some(Ok(Command::Fetch { sha, name })) => wants.push(RemoteRef { name, sha }),
-                        Some(Ok(Command::Blank)) | None => break,
-                        Some(other) => {
-                            out.stderr(format!("fatal: unexpected command in a fetch batch: {other:?}\n"));
-                            return 1;
-                        }
-                    }
-                }
-                let l = match listing_of_same_format(storage!(), &listing, &ctx.git, &url).await {
-                    Ok(l) => l,
-                    Err(e) => return fatal(&out, &url, e),
-                };
-                let storage = storage!();
-                if crate::storage::mirror::needed(&fetch_opts, &l, &wants, &ctx.git).await {
-                    // Shallow, filtered, lazy or by-object fetches: git's
-                    // fetch-pack from the local mirror of the remote.
-                    match crate::storage::mirror::narrow_fetch(storage, &ctx, &store, &url, &l, &wants, &fetch_opts).await {
-                        Ok(lines) => lines.iter().for_each(|line| out.stdout(format!("{line}\n"))),
-                        Err(e) => return fatal(&out, &url, e),
-                    }
-                } else if let Err(e) = storage.fetch(&ctx, &l, &wants).await {
-                    return fatal(&out, &url, e);
-                }
-                if std::mem::take(&mut cloning) {
-                    crate::lfs::config::on_clone_fetched(&ctx.git, &a.args, &url, &out).await;
-                }
-                out.stdout("\n");
-            }
-            Command::Push { src, dst, force } => {
-                let mut updates = vec![PushUpdate { src, dst, force }];
-                loop {
-                    match input.read_line().await.map(|l| helper_protocol::parse(&l)) {
-                        Some(Ok(Command::Push { src, dst, force })) => updates.push(PushUpdate { src, dst, force }),
-                        Some(Ok(Command::Blank)) | None => break,
-                        Some(other) => {
-                            out.stderr(format!("fatal: unexpected command in a push batch: {other:?}\n"));
-                            return 1;
-                        }
-                    }
-                }
-                // Nothing is written when the formats differ.
-                if let Err(e) = listing_of_same_format(storage!(), &listing, &ctx.git, &url).await {
-                    return fatal(&out, &url, e);
-                }
-                match storage!().push(&ctx, &updates).await {
-                    Ok(results) => {
-                        let mut reply = String::new();
-                        for (dst, r) in &results {
-                            reply.push_str(&helper_protocol::push_status(dst, r));
-                        }
-                        reply.push('\n');
-                        out.stdout(reply);
-                    }
-                    Err(e) => return fatal(&out, &url, e),
-                }
-                // Git has its answer; the push's clean-up ends before the session.
-                storage!().settle().await;
-                listing = None;
-            }
+            Command::Option { name, value } => c.option(&name, &value).await,
+            Command::List { for_push } => c.list(for_push).await,
+            Command::Fetch { sha, name } => c.fetch_batch(RemoteRef { name, sha }, &mut input).await,
+            Command::Push { src, dst, force } => c.push_batch(PushUpdate { src, dst, force }, &mut input).await,
             Command::Blank => return 0,
             Command::Unknown(l) => {
-                out.stderr(format!("fatal: git-remote-s3 does not support the command {l:?}\n"));
+                c.out.stderr(format!("fatal: git-remote-s3 does not support the command {l:?}\n"));
                 return 1;
             }
+        };
+        if let Err(code) = step {
+            return code;
         }
     }
     0
 }
 
+/// What one helper conversation holds between git's commands. A step that
+/// ends the conversation returns `Err` with the helper's exit code (the
+/// message is on git's stderr already).
+struct Conversation {
+    /// git's arguments (`<remote> [<url>]`).
+    args: Vec<String>,
+    url: RemoteUrl,
+    store: S3Store,
+    /// Opened (format detected) at the first command that needs the remote,
+    /// so `capabilities` is answered before any S3 request can fail.
+    opened: Option<Storage>,
+    ctx: OpContext,
+    out: Out,
+    /// What `list` answered, for the fetch or push batch after it.
+    listing: Option<RefListing>,
+    /// `option cloning true`: configure LFS after the first fetch.
+    cloning: bool,
+    fetch_opts: FetchOptions,
+    object_format_asked: bool,
+}
+
+/// The opened remote, or the end of the conversation.
+macro_rules! storage {
+    ($c:ident, $purpose:expr) => {
+        match open_storage(&mut $c.opened, &$c.store, &$c.url, &$c.ctx.git, $purpose).await {
+            Ok(s) => s,
+            Err(e) => return Err(fatal(&$c.out, &$c.url, e)),
+        }
+    };
+}
+
+impl Conversation {
+    /// The conversation set up from git's arguments (`<remote> [<url>]`),
+    /// the URL's bucket policy and the caller's S3 client; nothing is
+    /// requested from S3 yet.
+    async fn start(state: &DaemonState, a: HelperArgs, out: Out) -> Result<Conversation, i32> {
+        if env_verbose(&a.env) {
+            out.set_verbosity(2);
+        }
+        // git calls us as `git-remote-s3 <remote> [<url>]`.
+        let url_arg = match a.args.as_slice() {
+            [_, url, ..] => url.clone(),
+            [one] => one.clone(),
+            [] => {
+                out.stderr("fatal: git-remote-s3 is a git remote helper: use it through git with an s3:// URL (git clone s3://bucket/prefix)\n");
+                return Err(1);
+            }
+        };
+        let url = match RemoteUrl::parse(&url_arg) {
+            Ok(u) => u,
+            Err(e) => {
+                out.stderr(format!("fatal: {e}\n"));
+                return Err(1);
+            }
+        };
+        let git = Git::new(&a.cwd, a.env.clone());
+        // The remote's name, unless git was given a URL (`git push s3://…`).
+        let remote_name = a.args.first().filter(|_| a.args.len() > 1).filter(|n| !n.contains("://"));
+        let policy = match BucketPolicy::from_git(&git, remote_name.map(String::as_str)).await {
+            Ok(p) => p,
+            Err(e) => {
+                out.stderr(format!("fatal: {e}\n"));
+                return Err(1);
+            }
+        };
+        let store = state.store_for(&a.env, &url).await.with_policy(policy);
+        let ctx = OpContext { git, out: out.clone(), env: a.env, progress: false, cache: state.cache.clone(), cas: HashMap::new(), atomic: false };
+        Ok(Conversation {
+            args: a.args,
+            url,
+            store,
+            opened: None,
+            ctx,
+            out,
+            listing: None,
+            cloning: false,
+            fetch_opts: FetchOptions::default(),
+            object_format_asked: false,
+        })
+    }
+
+    /// `option <name> <value>`: answered `ok`, `error …` or `unsupported`.
+    async fn option(&mut self, name: &str, value: &str) -> Result<(), i32> {
+        self.cloning |= name == "cloning" && value == "true";
+        // All-or-nothing pushes: one manifest write in the packs format.
+        let atomic_supported = name == "atomic" && storage!(self, Purpose::Read).supports_atomic();
+        let reply = match name {
+            // git asks for `:object-format` in `list` (gitremote-helpers(7)).
+            "object-format" => {
+                self.object_format_asked = value == "true";
+                "ok".to_string()
+            }
+            "atomic" if atomic_supported => {
+                self.ctx.atomic = value == "true";
+                "ok".to_string()
+            }
+            _ => match self.fetch_opts.set(name, value) {
+                Some(OptionReply::Ok) => "ok".to_string(),
+                Some(OptionReply::Error(e)) => format!("error {e}"),
+                None => handle_option(&mut self.ctx, name, value).to_string(),
+            },
+        };
+        self.out.stdout(format!("{reply}\n"));
+        Ok(())
+    }
+
+    /// `list` / `list for-push`: the remote's refs and HEAD.
+    async fn list(&mut self, for_push: bool) -> Result<(), i32> {
+        match storage!(self, if for_push { Purpose::Push } else { Purpose::Read }).list().await {
+            Ok(l) => {
+                for w in &l.warnings {
+                    self.out.stderr(format!("warning: {w}\n"));
+                }
+                self.out.stdout(render_list(&l, for_push, self.object_format_asked));
+                self.listing = Some(l);
+                Ok(())
+            }
+            Err(e) => Err(fatal(&self.out, &self.url, e)),
+        }
+    }
+
+    /// A batch of `fetch` lines (`first` and the rest up to a blank line):
+    /// from the local mirror when git narrows the fetch, else through the
+    /// format; LFS set up after a clone's fetch.
+    async fn fetch_batch(&mut self, first: RemoteRef, input: &mut Input) -> Result<(), i32> {
+        let wants = read_batch(input, &self.out, first, "fetch", |cmd| match cmd {
+            Command::Fetch { sha, name } => Ok(RemoteRef { name, sha }),
+            other => Err(other),
+        })
+        .await?;
+        let l = match listing_of_same_format(storage!(self, Purpose::Read), &self.listing, &self.ctx.git, &self.url).await {
+            Ok(l) => l,
+            Err(e) => return Err(fatal(&self.out, &self.url, e)),
+        };
+        let storage = storage!(self, Purpose::Read);
+        if crate::storage::mirror::needed(&self.fetch_opts, &l, &wants, &self.ctx.git).await {
+            // Shallow, filtered, lazy or by-object fetches: git's
+            // fetch-pack from the local mirror of the remote.
+            match crate::storage::mirror::narrow_fetch(storage, &self.ctx, &self.store, &self.url, &l, &wants, &self.fetch_opts).await {
+                Ok(lines) => lines.iter().for_each(|line| self.out.stdout(format!("{line}\n"))),
+                Err(e) => return Err(fatal(&self.out, &self.url, e)),
+            }
+        } else if let Err(e) = storage.fetch(&self.ctx, &l, &wants).await {
+            return Err(fatal(&self.out, &self.url, e));
+        }
+        if std::mem::take(&mut self.cloning) {
+            crate::lfs::config::on_clone_fetched(&self.ctx.git, &self.args, &self.url, &self.out).await;
+        }
+        self.out.stdout("\n");
+        Ok(())
+    }
+
+    /// A batch of `push` lines (`first` and the rest up to a blank line),
+    /// answered with one status line per ref.
+    async fn push_batch(&mut self, first: PushUpdate, input: &mut Input) -> Result<(), i32> {
+        let updates = read_batch(input, &self.out, first, "push", |cmd| match cmd {
+            Command::Push { src, dst, force } => Ok(PushUpdate { src, dst, force }),
+            other => Err(other),
+        })
+        .await?;
+        // Nothing is written when the formats differ.
+        if let Err(e) = listing_of_same_format(storage!(self, Purpose::Read), &self.listing, &self.ctx.git, &self.url).await {
+            return Err(fatal(&self.out, &self.url, e));
+        }
+        match storage!(self, Purpose::Read).push(&self.ctx, &updates).await {
+            Ok(results) => {
+                let mut reply = String::new();
+                for (dst, r) in &results {
+                    reply.push_str(&helper_protocol::push_status(dst, r));
+                }
+                reply.push('\n');
+                self.out.stdout(reply);
+            }
+            Err(e) => return Err(fatal(&self.out, &self.url, e)),
+        }
+        // Git has its answer; the push's clean-up ends before the session.
+        storage!(self, Purpose::Read).settle().await;
+        self.listing = None;
+        Ok(())
+    }
+}
+
+/// `first` and the rest of its batch: the lines `item` accepts, up to the
+/// blank line that ends the batch (or the end of git's input). Any other
+/// command ends the conversation.
+async fn read_batch<T>(input: &mut Input, out: &Out, first: T, kind: &str, item: impl Fn(Command) -> Result<T, Command>) -> Result<Vec<T>, i32> {
+    let mut batch = vec![first];
+    loop {
+        let unexpected = match input.read_line().await.map(|l| helper_protocol::parse(&l)) {
+            Some(Ok(Command::Blank)) | None => return Ok(batch),
+            Some(Ok(cmd)) => match item(cmd) {
+                Ok(t) => {
+                    batch.push(t);
+                    continue;
+                }
+                Err(other) => format!("{:?}", Ok::<Command, helper_protocol::ParseError>(other)),
+            },
+            Some(Err(e)) => format!("{:?}", Err::<Command, _>(e)),
+        };
+        out.stderr(format!("fatal: unexpected command in a {kind} batch: {unexpected}\n"));
+        return Err(1);
+    }
+}
+
 async fn open_storage<'a>(
     slot: &'a mut Option<Storage>,
-    store: &crate::s3::store::S3Store,
+    store: &S3Store,
     url: &RemoteUrl,
     git: &Git,
     purpose: Purpose,

@@ -62,6 +62,7 @@ pub fn take_instance_lock() -> Result<InstanceLock, ServerError> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
         // SAFETY: flock on a file descriptor we own.
+        #[allow(unsafe_code)]
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if rc == 0 {
             return Ok(InstanceLock { _file: file });
@@ -103,6 +104,8 @@ pub async fn serve(config: ServerConfig, _lock: InstanceLock) -> Result<(), Serv
     let state = Arc::new(DaemonState::new(cache, socket.clone(), git_s3_proto::paths::log_file()));
     tracing::info!(socket = %socket.display(), pid = std::process::id(), version = git_s3_proto::VERSION, "git-s3 daemon listening");
 
+    // SAFETY: getuid has no preconditions and cannot fail.
+    #[allow(unsafe_code)]
     let my_uid = unsafe { libc::getuid() };
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener).filter(move |conn| match conn {
         Ok(stream) => match stream.peer_cred() {

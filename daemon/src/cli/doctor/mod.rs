@@ -38,106 +38,146 @@ pub async fn run(ctx: &mut Ctx, args: DoctorArgs) -> CliResult {
     // A packs remote (or one holding both formats) has its own checks.
     let packs = packs::check(ctx, &remote, &view, &args, &mut rep, interactive).await?;
     if packs.is_none() {
-        // What is there.
-        rep.line(ctx, format!("{}:", remote.url));
-        if view.scan.bundles.is_empty() {
-            rep.line(ctx, "  no refs (empty repository)");
-        }
-        match view.scan.object_formats().as_slice() {
-            [] => rep.line(ctx, "  object format: none yet (the first push sets it)"),
-            [(f, _)] => rep.line(ctx, format!("  object format: {f}")),
-            [(f, r), (g, s), ..] => {
-                rep.line(ctx, format!("  object format: mixed ({r} is {f}, {s} is {g}); git cannot mix them: delete the refs of the wrong format (`git s3 delete-branch`)"));
-                rep.issues.push(json!({"kind": "mixed_object_formats", "refs": [r, s], "formats": [f.name(), g.name()]}));
-            }
-        }
-        for (name, bundles) in &view.scan.bundles {
-            let mark = if view.is_protected(name) { "*" } else { " " };
-            let state = if bundles.len() == 1 { "ok".to_string() } else { format!("{} bundles", bundles.len()) };
-            rep.line(ctx, format!(" {mark} {name}: {state}"));
-        }
-        match view.head() {
-            HeadState::Ok(h) => rep.line(ctx, format!("  HEAD: {h}")),
-            HeadState::Missing => rep.line(ctx, "  HEAD: missing"),
-            HeadState::Dangling(h) => rep.line(ctx, format!("  HEAD: {h} (dangling)")),
-        }
+        describe_bundles(ctx, &remote, &view, &mut rep);
+        repair_bundles(ctx, &remote, &view, &args, &mut rep, ttl, head_choice, interactive).await?;
+    }
+    stale_locks(ctx, &remote, &args, &mut rep, ttl).await?;
+    incomplete_uploads(ctx, &remote, &args, &mut rep).await;
+    versions::noncurrent_versions(ctx, &remote, &args, &mut rep).await;
+    let conditional = conditional_writes(ctx, &remote, &args, &mut rep).await;
 
-        // Several bundles for a ref.
-        for (name, bundles) in view.scan.bundles.iter().filter(|(_, b)| b.len() > 1) {
-            rep.issues.push(json!({"kind": "several_bundles", "ref": name,
-                "bundles": bundles.iter().map(|b| b.0.clone()).collect::<Vec<_>>()}));
-            if let Err(e) = fix_bundles(ctx, &remote, &view, &args, &mut rep, name, ttl, interactive).await {
-                if matches!(e, CliError::Aborted) {
-                    return Err(e);
-                }
-                rep.errors.push(format!("{name}: {e}"));
-                rep.line(ctx, format!("  failed: {e}"));
-            }
-        }
+    let code = if rep.errors.is_empty() { 0 } else { 1 };
+    if args.json {
+        let doc = json_report(&remote, &args, ttl, &view, packs.as_ref(), conditional, rep);
+        ctx.println(serde_json::to_string_pretty(&doc).unwrap_or_default());
+    } else if rep.issues.is_empty() {
+        ctx.println("No problems found.");
+    }
+    Ok(code)
+}
 
-        // HEAD.
-        if view.head_problem() {
-            let kind = match view.head() {
-                HeadState::Dangling(h) => json!({"kind": "dangling_head", "head": h}),
-                _ => json!({"kind": "missing_head"}),
-            };
-            rep.issues.push(kind);
-            if let Err(e) = fix_head(ctx, &remote, &view, &args, &mut rep, head_choice, interactive).await {
-                if matches!(e, CliError::Aborted) {
-                    return Err(e);
-                }
-                if matches!(e, CliError::Usage(_)) {
-                    return Err(e);
-                }
-                rep.errors.push(format!("HEAD: {e}"));
-                rep.line(ctx, format!("  failed: {e}"));
+/// What a bundles remote holds: its object format, each ref (`*` when
+/// protected) with its number of bundles, and HEAD.
+fn describe_bundles(ctx: &Ctx, remote: &Remote, view: &View, rep: &mut Report) {
+    rep.line(ctx, format!("{}:", remote.url));
+    if view.scan.bundles.is_empty() {
+        rep.line(ctx, "  no refs (empty repository)");
+    }
+    match view.scan.object_formats().as_slice() {
+        [] => rep.line(ctx, "  object format: none yet (the first push sets it)"),
+        [(f, _)] => rep.line(ctx, format!("  object format: {f}")),
+        [(f, r), (g, s), ..] => {
+            rep.line(ctx, format!("  object format: mixed ({r} is {f}, {s} is {g}); git cannot mix them: delete the refs of the wrong format (`git s3 delete-branch`)"));
+            rep.issues.push(json!({"kind": "mixed_object_formats", "refs": [r, s], "formats": [f.name(), g.name()]}));
+        }
+    }
+    for (name, bundles) in &view.scan.bundles {
+        let mark = if view.is_protected(name) { "*" } else { " " };
+        let state = if bundles.len() == 1 { "ok".to_string() } else { format!("{} bundles", bundles.len()) };
+        rep.line(ctx, format!(" {mark} {name}: {state}"));
+    }
+    match view.head() {
+        HeadState::Ok(h) => rep.line(ctx, format!("  HEAD: {h}")),
+        HeadState::Missing => rep.line(ctx, "  HEAD: missing"),
+        HeadState::Dangling(h) => rep.line(ctx, format!("  HEAD: {h} (dangling)")),
+    }
+}
+
+/// A bundles remote's repairs: a ref with several bundles, then a missing
+/// or dangling HEAD. A failed repair is reported and the next one tried;
+/// an abort (or a usage error choosing HEAD) ends the doctor.
+#[allow(clippy::too_many_arguments)]
+async fn repair_bundles(
+    ctx: &mut Ctx,
+    remote: &Remote,
+    view: &View,
+    args: &DoctorArgs,
+    rep: &mut Report,
+    ttl: Duration,
+    head_choice: Option<String>,
+    interactive: bool,
+) -> Result<(), CliError> {
+    // Several bundles for a ref.
+    for (name, bundles) in view.scan.bundles.iter().filter(|(_, b)| b.len() > 1) {
+        rep.issues.push(json!({"kind": "several_bundles", "ref": name,
+            "bundles": bundles.iter().map(|b| b.0.clone()).collect::<Vec<_>>()}));
+        if let Err(e) = fix_bundles(ctx, remote, view, args, rep, name, ttl, interactive).await {
+            if matches!(e, CliError::Aborted) {
+                return Err(e);
             }
+            rep.errors.push(format!("{name}: {e}"));
+            rep.line(ctx, format!("  failed: {e}"));
         }
     }
 
-    // Stale locks (listed afresh: fixing bundles takes and releases locks).
+    // HEAD.
+    if view.head_problem() {
+        let kind = match view.head() {
+            HeadState::Dangling(h) => json!({"kind": "dangling_head", "head": h}),
+            _ => json!({"kind": "missing_head"}),
+        };
+        rep.issues.push(kind);
+        if let Err(e) = fix_head(ctx, remote, view, args, rep, head_choice, interactive).await {
+            if matches!(e, CliError::Aborted) {
+                return Err(e);
+            }
+            if matches!(e, CliError::Usage(_)) {
+                return Err(e);
+            }
+            rep.errors.push(format!("HEAD: {e}"));
+            rep.line(ctx, format!("  failed: {e}"));
+        }
+    }
+    Ok(())
+}
+
+/// Stale locks, listed afresh (fixing bundles takes and releases locks):
+/// reported, and deleted with `--delete-stale-locks` (only the lock seen:
+/// a pusher may have taken it over since).
+async fn stale_locks(ctx: &Ctx, remote: &Remote, args: &DoctorArgs, rep: &mut Report, ttl: Duration) -> Result<(), CliError> {
     rep.line(ctx, "");
     rep.line(ctx, format!("Scanning for stale locks (older than {}s)...", ttl.as_secs()));
     let fresh = remote.inspect().await?;
     let stale: Vec<_> = fresh.scan.locks.iter().filter(|(_, info)| is_stale(info, ttl)).collect();
     if stale.is_empty() {
         rep.line(ctx, "No stale locks found.");
-    } else {
-        rep.line(ctx, "Found stale locks:");
-        for (r, info) in &stale {
-            rep.line(ctx, format!(" - {} (age: {}s)", info.key, age_secs(info)));
-            rep.issues.push(json!({"kind": "stale_lock", "ref": r, "key": info.key, "age_seconds": age_secs(info)}));
-        }
-        if args.delete_stale_locks && !args.dry_run {
-            for (_, info) in &stale {
-                // Delete only the lock we saw (a pusher may have taken it over since).
-                match remote.store.head(&info.key).await {
-                    Ok(Some(now)) if now.etag == info.etag => match remote.store.delete(&info.key).await {
-                        Ok(()) => {
-                            rep.line(ctx, format!("Deleted {}", info.key));
-                            rep.actions.push(json!({"action": "deleted_lock", "key": info.key}));
-                        }
-                        Err(e) => {
-                            rep.line(ctx, format!("Failed to delete {}: {e}", info.key));
-                            rep.errors.push(format!("{}: {e}", info.key));
-                        }
-                    },
-                    Ok(Some(_)) => rep.line(ctx, format!("{} was taken by another client meanwhile; left alone", info.key)),
-                    Ok(None) => rep.line(ctx, format!("{} is already gone", info.key)),
-                    Err(e) => rep.errors.push(format!("{}: {e}", info.key)),
-                }
-            }
-        } else if args.dry_run && args.delete_stale_locks {
-            rep.line(ctx, "(dry run: not deleting them)");
-        } else {
-            rep.line(ctx, "Run with --delete-stale-locks to remove them.");
-        }
+        return Ok(());
     }
+    rep.line(ctx, "Found stale locks:");
+    for (r, info) in &stale {
+        rep.line(ctx, format!(" - {} (age: {}s)", info.key, age_secs(info)));
+        rep.issues.push(json!({"kind": "stale_lock", "ref": r, "key": info.key, "age_seconds": age_secs(info)}));
+    }
+    if args.delete_stale_locks && !args.dry_run {
+        for (_, info) in &stale {
+            // Delete only the lock we saw (a pusher may have taken it over since).
+            match remote.store.head(&info.key).await {
+                Ok(Some(now)) if now.etag == info.etag => match remote.store.delete(&info.key).await {
+                    Ok(()) => {
+                        rep.line(ctx, format!("Deleted {}", info.key));
+                        rep.actions.push(json!({"action": "deleted_lock", "key": info.key}));
+                    }
+                    Err(e) => {
+                        rep.line(ctx, format!("Failed to delete {}: {e}", info.key));
+                        rep.errors.push(format!("{}: {e}", info.key));
+                    }
+                },
+                Ok(Some(_)) => rep.line(ctx, format!("{} was taken by another client meanwhile; left alone", info.key)),
+                Ok(None) => rep.line(ctx, format!("{} is already gone", info.key)),
+                Err(e) => rep.errors.push(format!("{}: {e}", info.key)),
+            }
+        }
+    } else if args.dry_run && args.delete_stale_locks {
+        rep.line(ctx, "(dry run: not deleting them)");
+    } else {
+        rep.line(ctx, "Run with --delete-stale-locks to remove them.");
+    }
+    Ok(())
+}
 
-    incomplete_uploads(ctx, &remote, &args, &mut rep).await;
-    versions::noncurrent_versions(ctx, &remote, &args, &mut rep).await;
-
-    // Conditional writes: probed (unless --dry-run) when this daemon does not know yet.
+/// Whether the store enforces conditional writes: probed (unless
+/// --dry-run) when this daemon does not know yet; an issue when not.
+async fn conditional_writes(ctx: &Ctx, remote: &Remote, args: &DoctorArgs, rep: &mut Report) -> serde_json::Value {
     let conditional = remote.conditional_writes(ctx, !args.dry_run).await;
     rep.line(ctx, "");
     rep.line(
@@ -148,41 +188,46 @@ pub async fn run(ctx: &mut Ctx, args: DoctorArgs) -> CliResult {
         rep.line(ctx, format!("  {}", conditional["refusal"].as_str().unwrap_or("")));
         rep.issues.push(json!({"kind": "conditional_writes_not_enforced", "state": conditional["state"], "header": conditional["header"]}));
     }
+    conditional
+}
 
-    let code = if rep.errors.is_empty() { 0 } else { 1 };
-    if args.json {
-        let doc = json!({
-            "remote": remote.url.to_string(),
-            "dry_run": args.dry_run,
-            "lock_ttl_seconds": ttl.as_secs(),
-            "format": if packs.is_some() { "packs" } else { "bundles" },
-            "object_format": match &packs {
-                Some(p) => p.object_format.clone(),
-                None => match view.scan.object_formats().as_slice() {
-                    [] => serde_json::Value::Null,
-                    [(f, _)] => json!(f.name()),
-                    _ => json!("mixed"),
-                },
+/// `git s3 doctor --json`'s document.
+fn json_report(
+    remote: &Remote,
+    args: &DoctorArgs,
+    ttl: Duration,
+    view: &View,
+    packs: Option<&packs::PacksFindings>,
+    conditional: serde_json::Value,
+    rep: Report,
+) -> serde_json::Value {
+    json!({
+        "remote": remote.url.to_string(),
+        "dry_run": args.dry_run,
+        "lock_ttl_seconds": ttl.as_secs(),
+        "format": if packs.is_some() { "packs" } else { "bundles" },
+        "object_format": match packs {
+            Some(p) => p.object_format.clone(),
+            None => match view.scan.object_formats().as_slice() {
+                [] => serde_json::Value::Null,
+                [(f, _)] => json!(f.name()),
+                _ => json!("mixed"),
             },
-            "refs": match &packs {
-                Some(p) => p.refs.clone(),
-                None => view.scan.bundles.iter().map(|(n, b)| json!({
-                    "name": n, "protected": view.is_protected(n),
-                    "bundles": b.iter().map(|x| x.0.clone()).collect::<Vec<_>>()})).collect::<Vec<_>>(),
-            },
-            "head": match &packs { Some(p) => p.head.clone(), None => view.head_raw.clone() },
-            "manifest": packs.as_ref().map(|p| p.manifest.clone()),
-            "conditional_writes": conditional,
-            "issues": rep.issues,
-            "advice": rep.advice,
-            "actions": rep.actions,
-            "errors": rep.errors,
-        });
-        ctx.println(serde_json::to_string_pretty(&doc).unwrap_or_default());
-    } else if rep.issues.is_empty() {
-        ctx.println("No problems found.");
-    }
-    Ok(code)
+        },
+        "refs": match packs {
+            Some(p) => p.refs.clone(),
+            None => view.scan.bundles.iter().map(|(n, b)| json!({
+                "name": n, "protected": view.is_protected(n),
+                "bundles": b.iter().map(|x| x.0.clone()).collect::<Vec<_>>()})).collect::<Vec<_>>(),
+        },
+        "head": match packs { Some(p) => p.head.clone(), None => view.head_raw.clone() },
+        "manifest": packs.map(|p| p.manifest.clone()),
+        "conditional_writes": conditional,
+        "issues": rep.issues,
+        "advice": rep.advice,
+        "actions": rep.actions,
+        "errors": rep.errors,
+    })
 }
 
 /// Multipart uploads under the prefix started over `--upload-age` ago and

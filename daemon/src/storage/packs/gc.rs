@@ -161,85 +161,66 @@ pub async fn gc(
         return Err(StorageError::Format(msg));
     }
     let mut report = GcReport { mode, packs_before: m0.packs.len(), bytes_before: m0.pack_bytes(), ..Default::default() };
-    let combine: Vec<&PackEntry> = match mode {
-        // Full: also when the views are missing or older than the packs.
-        GcMode::Full if m0.packs.len() > 1 || views_stale(&m0) => m0.packs.iter().collect(),
-        GcMode::Full => Vec::new(),
-        GcMode::Geometric => geometric_rollup(&m0.packs).combine,
-    };
+    let combine = packs_to_combine(&m0, mode);
     report.combined_packs = combine.len();
     report.combined_bytes = combine.iter().fold(0u64, |t, p| t.saturating_add(p.size).saturating_add(p.idx_size));
     report.kept = m0.packs.len() - combine.len();
     tracing::info!(packs = m0.packs.len(), combine = combine.len(), bytes = report.combined_bytes, "gc plan");
     let mut current = m0.clone();
     if !combine.is_empty() && !dry_run {
-        let dir = tempfile::Builder::new().prefix("gc-").tempdir_in(tmp_root)?;
-        let (git, local_names) = scratch_from_packs(store, url, &combine, dir.path(), env).await?;
-        let entry = match mode {
-            // One pack of what the refs reach.
-            GcMode::Full => pack_of(&git, dir.path(), &m0.refs.values().cloned().collect()).await?,
-            // One pack of exactly the rolled-up packs' objects.
-            GcMode::Geometric => {
-                let entry = pack_of_packs(&git, dir.path(), &local_names, combined_tips(&combine)).await?;
-                let largest = combine.iter().map(|p| p.objects).max().unwrap_or(0);
-                if entry.objects < largest {
-                    return Err(StorageError::Corrupt(format!(
-                        "git pack-objects --stdin-packs wrote {} objects, fewer than the {largest} of one of the packs it combined",
-                        entry.objects
-                    )));
-                }
-                entry
-            }
-        };
+        let scratch = Scratch { store, url, tmp_root, env };
+        match scratch.compact(mode, &m0, etag0, &combine, &mut report).await? {
+            Some(next) => current = next,
+            None => return Ok(report),
+        }
+    }
+    delete_old_packs(store, url, current, grace, dry_run, &mut report).await?;
+    Ok(report)
+}
+
+/// The packs a gc in `mode` combines: every pack in a full gc (also a
+/// single one when the views are missing or older than the packs), the
+/// geometric rollup's in a geometric one.
+fn packs_to_combine(m0: &Manifest, mode: GcMode) -> Vec<&PackEntry> {
+    match mode {
+        GcMode::Full if m0.packs.len() > 1 || views_stale(m0) => m0.packs.iter().collect(),
+        GcMode::Full => Vec::new(),
+        GcMode::Geometric => geometric_rollup(&m0.packs).combine,
+    }
+}
+
+/// Where a compaction works: the remote, and the caller's temporary
+/// directory and environment for the scratch repository.
+struct Scratch<'a> {
+    store: &'a S3Store,
+    url: &'a RemoteUrl,
+    tmp_root: &'a Path,
+    env: &'a HashMap<String, String>,
+}
+
+impl Scratch<'_> {
+    /// Combines `combine` into one pack (with new views in a full gc),
+    /// uploads it and swaps the pack list with a conditional write on
+    /// `etag0`. The manifest written, or None when the remote changed
+    /// meanwhile (`report.raced`: the new pack stays unreferenced and a
+    /// later gc deletes it after the grace period).
+    async fn compact(
+        &self,
+        mode: GcMode,
+        m0: &Manifest,
+        etag0: String,
+        combine: &[&PackEntry],
+        report: &mut GcReport,
+    ) -> Result<Option<Manifest>, StorageError> {
+        let (store, url) = (self.store, self.url);
+        let dir = tempfile::Builder::new().prefix("gc-").tempdir_in(self.tmp_root)?;
+        let (git, local_names) = scratch_from_packs(store, url, combine, dir.path(), self.env).await?;
+        let entry = combined_pack(&git, dir.path(), mode, m0, combine, &local_names).await?;
         let name = entry.name.clone();
         upload_pack_of(store, url, dir.path(), &entry).await?;
-        // Full: new views of the new pack (the scratch repository holds every object).
-        let views = match mode {
-            GcMode::Full => {
-                let v = views::build(&git, dir.path(), &m0.refs, m0.head.as_ref(), [name.clone()].into(), |out, tips| {
-                    let d = dir.path().to_path_buf();
-                    async move { written_pack(&d, &out, tips).await }
-                })
-                .await?;
-                for p in v.packs() {
-                    upload_pack_of(store, url, dir.path(), p).await?;
-                }
-                Some(v)
-            }
-            // Geometric: the combined pack is covered when all it combined were.
-            GcMode::Geometric => m0.views.clone().map(|mut v| {
-                if combine.iter().all(|p| v.covers.contains(&p.name)) {
-                    v.covers.insert(name.clone());
-                }
-                v
-            }),
-        };
+        let views = self.views_after(&git, dir.path(), mode, m0, combine, &name).await?;
         report.views = views.clone();
-        let replaced: BTreeSet<&str> = combine.iter().map(|p| p.name.as_str()).collect();
-        let now = unix_now();
-        let mut next = m0.clone();
-        next.serial += 1;
-        for p in &combine {
-            if p.name != name && !next.retired.iter().any(|r| r.name == p.name) {
-                next.retired.push(RetiredPack { name: p.name.clone(), since: now });
-            }
-        }
-        // Views replaced by new ones retire like packs.
-        let new_view_names: BTreeSet<String> = views.iter().flat_map(|v| v.packs()).map(|p| p.name.clone()).collect();
-        for p in m0.views.iter().flat_map(|v| v.packs()) {
-            if !new_view_names.contains(&p.name) && p.name != name && !next.retired.iter().any(|r| r.name == p.name) {
-                next.retired.push(RetiredPack { name: p.name.clone(), since: now });
-            }
-        }
-        next.views = views;
-        next.retired.retain(|r| r.name != name && !new_view_names.contains(&r.name));
-        next.packs = m0
-            .packs
-            .iter()
-            .filter(|p| !replaced.contains(p.name.as_str()) && p.name != name)
-            .cloned()
-            .chain(std::iter::once(entry.clone()))
-            .collect();
+        let next = replaced_packs(m0, combine, &entry, views, unix_now());
         let opts = PutOptions { condition: WriteCondition::IfMatch(etag0), ..Default::default() };
         manifest::forget_held(store, url);
         match store.put_bytes(&manifest::manifest_key(url), next.to_bytes(), opts).await {
@@ -254,20 +235,119 @@ pub async fn gc(
                     "packs combined"
                 );
                 report.combined = Some(entry);
-                current = next;
+                Ok(Some(next))
             }
             Err(e) if e.is_precondition_failed() || e.is_not_found() => {
                 // Someone pushed meanwhile: the combined pack stays unreferenced
                 // (a later gc deletes it after the grace period).
                 tracing::info!(pack = %name, "the manifest changed while combining; nothing replaced");
                 report.raced = true;
-                return Ok(report);
+                Ok(None)
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => Err(e.into()),
         }
     }
-    // Deletions: retired packs past their grace (dropped from the manifest
-    // first), then packs no manifest names that are older than the grace.
+
+    /// The views after combining into the pack `name`. Full: new views of
+    /// the new pack, built and uploaded (the scratch repository holds every
+    /// object). Geometric: the old views, which also cover the combined pack
+    /// when they covered all it combined.
+    async fn views_after(
+        &self,
+        git: &Git,
+        dir: &Path,
+        mode: GcMode,
+        m0: &Manifest,
+        combine: &[&PackEntry],
+        name: &str,
+    ) -> Result<Option<manifest::Views>, StorageError> {
+        match mode {
+            GcMode::Full => {
+                let v = views::build(git, dir, &m0.refs, m0.head.as_ref(), [name.to_string()].into(), |out, tips| {
+                    let d = dir.to_path_buf();
+                    async move { written_pack(&d, &out, tips).await }
+                })
+                .await?;
+                for p in v.packs() {
+                    upload_pack_of(self.store, self.url, dir, p).await?;
+                }
+                Ok(Some(v))
+            }
+            GcMode::Geometric => Ok(m0.views.clone().map(|mut v| {
+                if combine.iter().all(|p| v.covers.contains(&p.name)) {
+                    v.covers.insert(name.to_string());
+                }
+                v
+            })),
+        }
+    }
+}
+
+/// The one pack a compaction writes in the scratch repository: full, one
+/// pack of what the refs reach; geometric, one pack of exactly the rolled-up
+/// packs' objects (checked to hold at least as many as the largest of them).
+async fn combined_pack(
+    git: &Git,
+    dir: &Path,
+    mode: GcMode,
+    m0: &Manifest,
+    combine: &[&PackEntry],
+    local_names: &[String],
+) -> Result<PackEntry, StorageError> {
+    match mode {
+        GcMode::Full => pack_of(git, dir, &m0.refs.values().cloned().collect()).await,
+        GcMode::Geometric => {
+            let entry = pack_of_packs(git, dir, local_names, combined_tips(combine)).await?;
+            let largest = combine.iter().map(|p| p.objects).max().unwrap_or(0);
+            if entry.objects < largest {
+                return Err(StorageError::Corrupt(format!(
+                    "git pack-objects --stdin-packs wrote {} objects, fewer than the {largest} of one of the packs it combined",
+                    entry.objects
+                )));
+            }
+            Ok(entry)
+        }
+    }
+}
+
+/// The manifest after a compaction: `m0` with the packs of `combine`
+/// replaced by `entry`, the replaced packs and replaced views retired
+/// (`since` = `now`), and `views`.
+fn replaced_packs(m0: &Manifest, combine: &[&PackEntry], entry: &PackEntry, views: Option<manifest::Views>, now: u64) -> Manifest {
+    let name = &entry.name;
+    let replaced: BTreeSet<&str> = combine.iter().map(|p| p.name.as_str()).collect();
+    let mut next = m0.clone();
+    next.serial += 1;
+    for p in combine {
+        if p.name != *name && !next.retired.iter().any(|r| r.name == p.name) {
+            next.retired.push(RetiredPack { name: p.name.clone(), since: now });
+        }
+    }
+    // Views replaced by new ones retire like packs.
+    let new_view_names: BTreeSet<String> = views.iter().flat_map(|v| v.packs()).map(|p| p.name.clone()).collect();
+    for p in m0.views.iter().flat_map(|v| v.packs()) {
+        if !new_view_names.contains(&p.name) && p.name != *name && !next.retired.iter().any(|r| r.name == p.name) {
+            next.retired.push(RetiredPack { name: p.name.clone(), since: now });
+        }
+    }
+    next.views = views;
+    next.retired.retain(|r| r.name != *name && !new_view_names.contains(&r.name));
+    next.packs =
+        m0.packs.iter().filter(|p| !replaced.contains(p.name.as_str()) && p.name != *name).cloned().chain(std::iter::once(entry.clone())).collect();
+    next
+}
+
+/// Deletions: retired packs past their grace (dropped from the manifest
+/// first), then packs no manifest names that are older than the grace.
+/// A dry run only reports them.
+async fn delete_old_packs(
+    store: &S3Store,
+    url: &RemoteUrl,
+    mut current: Manifest,
+    grace: Duration,
+    dry_run: bool,
+    report: &mut GcReport,
+) -> Result<(), StorageError> {
     let now = unix_now();
     let expired: BTreeSet<String> =
         current.retired.iter().filter(|r| now.saturating_sub(r.since) >= grace.as_secs()).map(|r| r.name.clone()).collect();
@@ -305,7 +385,7 @@ pub async fn gc(
     if !report.deleted.is_empty() {
         tracing::info!(deleted = report.deleted.len(), waiting = report.waiting.len(), "old packs deleted");
     }
-    Ok(report)
+    Ok(())
 }
 #[cfg(test)]
 mod tests {
@@ -313,6 +393,33 @@ mod tests {
 
     fn pack(n: u8, size: u64) -> PackEntry {
         PackEntry { name: format!("{:02x}", n).repeat(20), size, idx_size: 0, objects: 1, tips: vec![], created: 0 }
+    }
+
+    #[test]
+    fn replaced_packs_swaps_the_combined_for_the_new_and_retires_them_and_old_views() {
+        let (a, b, c, new) = (pack(1, 10), pack(2, 20), pack(3, 400), pack(9, 30));
+        let (old_skeleton, new_skeleton) = (pack(4, 5), pack(5, 6));
+        let mut m0 = Manifest { serial: 7, packs: vec![a.clone(), b.clone(), c.clone()], ..Default::default() };
+        m0.views = Some(manifest::Views { covers: BTreeSet::new(), skeleton: Some(old_skeleton.clone()), tips: None, created: 0 });
+        m0.retired.push(RetiredPack { name: a.name.clone(), since: 1 });
+        let views = Some(manifest::Views { covers: BTreeSet::new(), skeleton: Some(new_skeleton.clone()), tips: None, created: 0 });
+        let next = replaced_packs(&m0, &[&a, &b], &new, views.clone(), 100);
+        assert_eq!(next.serial, 8);
+        assert_eq!(next.packs, vec![c, new]);
+        assert_eq!(next.views, views);
+        // `a` was retired already (its `since` stays); `b` and the old skeleton retire now.
+        let retired: Vec<(&str, u64)> = next.retired.iter().map(|r| (r.name.as_str(), r.since)).collect();
+        assert_eq!(retired, vec![(a.name.as_str(), 1), (b.name.as_str(), 100), (old_skeleton.name.as_str(), 100)]);
+    }
+
+    #[test]
+    fn replaced_packs_never_retires_the_pack_it_writes() {
+        // A full gc of one pack with stale views writes the same pack again.
+        let a = pack(1, 10);
+        let m0 = Manifest { packs: vec![a.clone()], retired: vec![RetiredPack { name: a.name.clone(), since: 1 }], ..Default::default() };
+        let next = replaced_packs(&m0, &[&a], &a, None, 100);
+        assert_eq!(next.packs, vec![a]);
+        assert!(next.retired.is_empty(), "{:?}", next.retired);
     }
 
     /// (sizes combined, sizes kept) for packs of `sizes`.

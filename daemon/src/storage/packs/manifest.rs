@@ -277,7 +277,11 @@ pub fn idx_key(url: &RemoteUrl, name: &str) -> String {
     url.key(&format!("{META_DIR}/packs/pack-{name}.idx"))
 }
 
-/// Manifest writes tried before a push gives up with `fetch first`.
+/// Conditional writes tried by a manifest edit (`edit_manifest`: branch
+/// deletion, protection, gc, doctor's repairs, migration) before it gives up with "the
+/// manifest kept changing; try again", and by a push's `repo.zip` write. A
+/// push's own manifest write has its bound, `PUSH_ATTEMPTS` (push.rs), and
+/// never answers `fetch first` for a lost race.
 pub(crate) const MAX_ATTEMPTS: u32 = 12;
 
 /// Manifests this daemon has read or written, by location, with their ETag

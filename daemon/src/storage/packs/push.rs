@@ -4,8 +4,10 @@
 //! (`If-Match`, or `If-None-Match: *` to create it). A lost race re-reads
 //! the manifest, re-checks every ref and retries a bounded number of times;
 //! a crash at any point leaves at worst an unreferenced pack. After the
-//! answer: the `.idx` upload, `s3+zip://`'s `repo.zip` and, when packs pile
-//! up, a geometric gc.
+//! manifest write and before the answer: `s3+zip://`'s `repo.zip` (a
+//! failure is reported on its ref, which is pushed). In the background,
+//! after the answer: the `.idx` upload and, when packs pile up, a geometric
+//! gc.
 
 use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
