@@ -73,15 +73,11 @@ pub fn synthetic_lfs_url(bucket: &str, prefix: &str) -> String {
     format!("https://{LFS_ALIAS_HOST}/{bucket}/{}", quoted.join("/"))
 }
 
+/// What Python's `quote(…, safe="")` keeps: RFC 3986's unreserved characters.
+const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+
 fn quote_segment(seg: &str) -> String {
-    let mut out = String::with_capacity(seg.len());
-    for b in seg.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(seg, UNRESERVED).to_string()
 }
 
 /// The `s3://bucket/prefix` a synthetic LFS URL stands for (no profile:
@@ -93,21 +89,11 @@ pub fn parse_synthetic_lfs_url(url: &str) -> Option<RemoteUrl> {
     RemoteUrl::parse(&format!("s3://{bucket}/{prefix}")).ok()
 }
 
+/// `s` decoded; None when a `%` is not followed by two hex digits (the
+/// crate would keep it as it is) or the bytes are not UTF-8.
 fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
+    let well_formed = s.split('%').skip(1).all(|rest| rest.get(..2).is_some_and(|h| h.bytes().all(|b| b.is_ascii_hexdigit())));
+    well_formed.then(|| percent_encoding::percent_decode_str(s).decode_utf8().ok().map(|d| d.into_owned())).flatten()
 }
 
 #[derive(Debug, thiserror::Error)]

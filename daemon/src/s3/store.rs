@@ -5,8 +5,9 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
+use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
@@ -14,6 +15,7 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use tokio::io::AsyncWriteExt;
 use tracing::Instrument;
 
+use super::retry::{retry, Backoff};
 use super::write_options::{self, BucketPolicy};
 
 pub mod versions;
@@ -183,14 +185,14 @@ where
         (_, Some("AccessDenied" | "AllAccessDisabled"), _) | (SdkError::ServiceError(_), _, Some(403)) => {
             StoreError::AccessDenied { bucket: b, key: k, message: err.message().unwrap_or("403 Forbidden").to_string() }
         }
-        (SdkError::DispatchFailure(d), _, _) if d.is_timeout() && !text.contains("connect timeout") => {
+        (SdkError::DispatchFailure(d), _, _) if d.is_timeout() && !is_connect_timeout(&text) => {
             StoreError::Timeout { bucket: b, key: k, reason: short_reason(&text) }
         }
         (SdkError::TimeoutError(_), _, _) => StoreError::Timeout { bucket: b, key: k, reason: short_reason(&text) },
         // The answer broke off or stalled before the SDK had read it all.
         (SdkError::ResponseError(_), _, _) => StoreError::Interrupted { bucket: b, key: k, message: short_reason(&text) },
         (SdkError::DispatchFailure(d), _, _) if d.is_io() || d.is_timeout() => StoreError::Connect(short_reason(&text)),
-        (SdkError::DispatchFailure(_), _, _) if text.contains("credential") => StoreError::NoCredentials(short_reason(&text)),
+        (SdkError::DispatchFailure(_), _, _) if find_in_chain::<CredentialsError>(&err).is_some() => StoreError::NoCredentials(short_reason(&text)),
         (SdkError::DispatchFailure(_), _, _) => StoreError::Connect(short_reason(&text)),
         (SdkError::ServiceError(_), Some(c), _) => {
             let message = err.message().map(|m| format!("{c}: {m}")).unwrap_or_else(|| c.to_string());
@@ -203,14 +205,68 @@ where
 
 /// The caller's credential chain's error, if that is why a request failed.
 fn identity_error(err: &(dyn std::error::Error + 'static)) -> Option<crate::s3::credentials::messages::IdentityError> {
-    let mut source = err.source();
-    while let Some(e) = source {
-        if let Some(i) = e.downcast_ref::<crate::s3::credentials::messages::IdentityError>() {
-            return Some(i.clone());
-        }
-        source = e.source();
-    }
-    None
+    find_in_chain::<crate::s3::credentials::messages::IdentityError>(err).cloned()
+}
+
+/// `err` and every error under it: `source()`, and for an `io::Error` its
+/// payload (`get_ref`), which `io::Error::source` skips (rustls's error
+/// reaches us as the payload of the `io::Error` of the TLS handshake).
+fn error_chain<'a>(err: &'a (dyn std::error::Error + 'static)) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(err), |&e| match e.downcast_ref::<std::io::Error>() {
+        Some(io) => io.get_ref().map(|p| p as &(dyn std::error::Error + 'static)),
+        None => e.source(),
+    })
+}
+
+/// The first error of type `T` in `err`'s chain.
+fn find_in_chain<'a, T: std::error::Error + 'static>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a T> {
+    error_chain(err).find_map(|e| e.downcast_ref::<T>())
+}
+
+/// Whether a timed-out dispatch timed out connecting (no connection, so
+/// "cannot connect"), not waiting for the answer. aws-smithy-http-client
+/// reports both as `ConnectorError::timeout` with its crate-private
+/// `HttpTimeoutError` ("HTTP connect timeout occurred after …" / "HTTP read
+/// timeout …"), and attaches no connection metadata to either: its text is
+/// the only thing that tells them apart.
+fn is_connect_timeout(text: &str) -> bool {
+    text.contains("connect timeout")
+}
+
+/// Why a connection could not be made, by the error types in its chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConnectFailure {
+    /// rustls refused the server's certificate.
+    Certificate,
+    /// The host name did not resolve (the SDK's `ResolveDnsError`).
+    Dns,
+    /// Another TLS failure (a server that does not speak TLS, …).
+    Tls,
+    /// Not a network failure the SDK could classify (`ConnectorError::is_other`)
+    /// nor TLS: through a proxy, the proxy's refusal of the CONNECT tunnel.
+    Refused,
+    /// Anything else (refused, reset, unreachable, timed out).
+    Network,
+}
+
+fn connect_failure<E: std::error::Error + 'static>(err: &SdkError<E, HttpResponse>) -> Option<ConnectFailure> {
+    let SdkError::DispatchFailure(d) = err else { return None };
+    let connector = d.as_connector_error()?;
+    let is_certificate = |e: &rustls::Error| {
+        matches!(e, rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented | rustls::Error::InvalidCertRevocationList(_))
+    };
+    let tls = find_in_chain::<rustls::Error>(connector);
+    Some(if tls.is_some_and(is_certificate) {
+        ConnectFailure::Certificate
+    } else if tls.is_some() {
+        ConnectFailure::Tls
+    } else if find_in_chain::<aws_smithy_runtime_api::client::dns::ResolveDnsError>(connector).is_some() {
+        ConnectFailure::Dns
+    } else if connector.is_other() {
+        ConnectFailure::Refused
+    } else {
+        ConnectFailure::Network
+    })
 }
 
 /// When S3 says the bucket lives in another region (`301 PermanentRedirect`,
@@ -272,17 +328,6 @@ pub const TEMPORARY_REDIRECT_ATTEMPTS: u32 = 5;
 /// How many times a conditional write that meets a `409
 /// ConditionalRequestConflict` is tried in all (a multipart upload: uploaded).
 pub const CONFLICT_ATTEMPTS: u32 = 8;
-
-/// The wait before try `attempt + 1` after a conflict: exponential from
-/// 100 ms, at most 2 s, with jitter so racing writers spread out.
-fn conflict_backoff(attempt: u32) -> Duration {
-    use std::hash::{BuildHasher, Hasher};
-    let base = Duration::from_millis(100).saturating_mul(1 << (attempt.saturating_sub(1)).min(5)).min(Duration::from_secs(2));
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u32(attempt);
-    let jitter = h.finish() % (base.as_millis() as u64 / 2 + 1);
-    base / 2 + Duration::from_millis(jitter)
-}
 
 fn is_conflict<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> bool {
     err.code() == Some("ConditionalRequestConflict") || err.raw_response().map(|r| r.status().as_u16()) == Some(409)
@@ -546,20 +591,9 @@ impl S3Store {
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
+        let failure = connect_failure(&err);
         match classify(err, &self.bucket, key) {
-            StoreError::Connect(reason) => {
-                let lower = reason.to_ascii_lowercase();
-                if lower.contains("certificate") || lower.contains("unknownissuer") || lower.contains("invalid peer") {
-                    let trust = if self.network.trust.is_empty() { "the trusted CAs".to_string() } else { self.network.trust.clone() };
-                    StoreError::Certificate { trust, reason }
-                } else if let Some(proxy) = self.network.proxy.clone().filter(|_| lower.contains("proxy") || lower.contains("tunnel")) {
-                    StoreError::Proxy { proxy, reason }
-                } else if let Some(host) = self.network.virtual_host.clone().filter(|_| lower.contains("dns error")) {
-                    StoreError::VirtualHostDns { bucket: self.bucket.to_string(), host }
-                } else {
-                    StoreError::Connect(reason)
-                }
-            }
+            StoreError::Connect(reason) => self.connect_error(failure, reason),
             StoreError::InvalidCredentials(code) if code == "ExpiredToken" => match &self.network.expired_token {
                 Some(advice) => StoreError::ExpiredToken(advice.clone()),
                 None => StoreError::InvalidCredentials(code),
@@ -573,6 +607,35 @@ impl S3Store {
             }
             other => other,
         }
+    }
+
+    /// A connection that failed, told by what failed: the certificate, the
+    /// name of a virtual-hosted bucket, the caller's proxy.
+    fn connect_error(&self, failure: Option<ConnectFailure>, reason: String) -> StoreError {
+        let network = &self.network;
+        if failure == Some(ConnectFailure::Certificate) {
+            let trust = if network.trust.is_empty() { "the trusted CAs".to_string() } else { network.trust.clone() };
+            return StoreError::Certificate { trust, reason };
+        }
+        let lower = reason.to_ascii_lowercase();
+        // The SDK's `ResolveDnsError` wraps the failures of resolvers it
+        // knows; the default connector's resolver fails inside hyper-util's
+        // crate-private `ConnectError` ("dns error") around a std
+        // `io::Error` of no dedicated kind: then its text is all there is.
+        let dns = failure == Some(ConnectFailure::Dns) || lower.contains("dns error");
+        if let (true, Some(host)) = (dns, &network.virtual_host) {
+            return StoreError::VirtualHostDns { bucket: self.bucket.to_string(), host: host.clone() };
+        }
+        if let Some(proxy) = &network.proxy {
+            // A refused CONNECT is no network error (`Refused`). An
+            // unreachable proxy is one, and hyper-util's `TunnelError` that
+            // says so is in a private module (connect/proxy/tunnel.rs): its
+            // text ("error connecting to proxy") is all that tells it.
+            if failure == Some(ConnectFailure::Refused) || lower.contains("proxy") || lower.contains("tunnel") {
+                return StoreError::Proxy { proxy: proxy.clone(), reason };
+            }
+        }
+        StoreError::Connect(reason)
     }
 
     /// Follows the bucket to its region through `switch` when S3 says it
@@ -625,7 +688,7 @@ impl S3Store {
             // with a new bucket yet. Sent again after a while, it goes through.
             if temporary && redirects + 1 < TEMPORARY_REDIRECT_ATTEMPTS {
                 redirects += 1;
-                let wait = conflict_backoff(redirects);
+                let wait = Backoff::CONFLICT.delay(redirects);
                 tracing::info!(bucket = %self.bucket, attempt = redirects, ?wait, "307 TemporaryRedirect in the bucket's region; trying again");
                 tokio::time::sleep(wait).await;
                 continue;
@@ -845,16 +908,19 @@ impl S3Store {
 
     /// Runs a read until it does not break off, [`DOWNLOAD_ATTEMPTS`] times at most.
     async fn again_if_interrupted<T, Fut: Future<Output = Result<T, StoreError>>>(&self, key: &str, read: impl Fn() -> Fut) -> Result<T, StoreError> {
-        let mut attempt = 1;
-        loop {
-            match read().await {
-                Err(e) if e.is_interrupted() && attempt < DOWNLOAD_ATTEMPTS => {
+        retry(
+            DOWNLOAD_ATTEMPTS,
+            None,
+            |_| read(),
+            |e: &StoreError, attempt| {
+                let again = e.is_interrupted();
+                if again {
                     tracing::warn!(key, attempt, error = %e, "read broke off; trying again");
-                    attempt += 1;
                 }
-                other => return other,
-            }
-        }
+                again
+            },
+        )
+        .await
     }
 
     async fn get_small_once(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -917,17 +983,23 @@ impl S3Store {
     /// arrive than the object's length (truncated transfer).
     /// A download that breaks off is tried again from the start, up to
     /// [`DOWNLOAD_ATTEMPTS`] times in all.
-    pub async fn get_to_file(&self, key: &str, dest: &Path, mut on_bytes: impl FnMut(u64) + Send) -> Result<(String, u64), StoreError> {
-        let mut attempt = 1;
-        loop {
-            match self.get_to_file_tee(key, dest, None, &mut on_bytes).await {
-                Err(e) if e.is_interrupted() && attempt < DOWNLOAD_ATTEMPTS => {
-                    tracing::warn!(key, attempt, error = %e, "download broke off; trying again");
-                    attempt += 1;
-                }
-                other => return other.map(|(etag, n, _)| (etag, n)),
+    pub async fn get_to_file(&self, key: &str, dest: &Path, on_bytes: impl FnMut(u64) + Send) -> Result<(String, u64), StoreError> {
+        // Each try borrows the callback: shared through a lock, as the
+        // future of one try cannot hold a `&mut` of the retry loop's closure.
+        let on_bytes = std::sync::Mutex::new(on_bytes);
+        let get = |_| {
+            let on_bytes = &on_bytes;
+            async move { self.get_to_file_tee(key, dest, None, &mut |n| bytes_arrived(on_bytes, n)).await }
+        };
+        let got = retry(DOWNLOAD_ATTEMPTS, None, get, |e: &StoreError, attempt| {
+            let again = e.is_interrupted();
+            if again {
+                tracing::warn!(key, attempt, error = %e, "download broke off; trying again");
             }
-        }
+            again
+        })
+        .await;
+        got.map(|(etag, n, _)| (etag, n))
     }
 
     /// The body of `key` from byte `offset` on, of the version `etag` (the
@@ -1078,35 +1150,39 @@ impl S3Store {
     async fn put_body(&self, key: &str, source: Source<'_>, opts: PutOptions) -> Result<(String, Option<String>), StoreError> {
         self.may_write().await?;
         let md5 = self.content_md5(key, &source).await?;
-        let mut attempt = 1;
-        loop {
-            let send = |c: aws_sdk_s3::Client| {
-                let (source, opts, md5) = (&source, &opts, &md5);
-                async move {
-                    let body = source.stream().await.map_err(SdkError::construction_failure)?;
-                    let mut req = c.put_object().bucket(&*self.bucket).key(key).body(body).set_content_md5(md5.clone());
-                    req = apply_condition!(req, &opts.condition);
-                    req = apply_headers!(req, opts);
-                    req.send().await
+        let send = |c: aws_sdk_s3::Client| {
+            let (source, opts, md5) = (&source, &opts, &md5);
+            async move {
+                let body = source.stream().await.map_err(SdkError::construction_failure)?;
+                let mut req = c.put_object().bucket(&*self.bucket).key(key).body(body).set_content_md5(md5.clone());
+                req = apply_condition!(req, &opts.condition);
+                req = apply_headers!(req, opts);
+                req.send().await
+            }
+        };
+        let sent = retry(
+            CONFLICT_ATTEMPTS,
+            Some(Backoff::CONFLICT),
+            |_| self.call(&send),
+            |e, attempt| {
+                let again = is_conflict(e);
+                if again {
+                    tracing::info!(key, attempt, "409 ConditionalRequestConflict on a conditional write; trying again");
                 }
-            };
-            match self.call(send).await {
-                Ok(resp) => return Ok((resp.e_tag().unwrap_or_default().to_string(), resp.version_id().map(str::to_string))),
-                Err(e) if is_conflict(&e) && attempt < CONFLICT_ATTEMPTS => {
-                    let wait = conflict_backoff(attempt);
-                    tracing::info!(key, attempt, ?wait, "409 ConditionalRequestConflict on a conditional write; trying again");
-                    tokio::time::sleep(wait).await;
-                    attempt += 1;
-                }
-                Err(e) => {
-                    let err = self.classify(e, key);
-                    if err.is_precondition_failed() {
-                        if let Some(etag) = self.already_written(key, &source, &opts.condition).await {
-                            return Ok((etag, None));
-                        }
+                again
+            },
+        )
+        .await;
+        match sent {
+            Ok(resp) => Ok((resp.e_tag().unwrap_or_default().to_string(), resp.version_id().map(str::to_string))),
+            Err(e) => {
+                let err = self.classify(e, key);
+                if err.is_precondition_failed() {
+                    if let Some(etag) = self.already_written(key, &source, &opts.condition).await {
+                        return Ok((etag, None));
                     }
-                    return Err(err);
                 }
+                Err(err)
             }
         }
     }
@@ -1159,20 +1235,19 @@ impl S3Store {
         opts: PutOptions,
         on_bytes: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<String, StoreError> {
-        let mut attempt = 1;
-        loop {
+        let upload = |attempt| {
             // Progress is reported by the first upload only.
             let progress: &(dyn Fn(u64) + Send + Sync) = if attempt == 1 { on_bytes } else { &|_: u64| {} };
-            match self.put_multipart(key, path, len, opts.clone(), progress).await {
-                Err(e) if e.is_conflict() && attempt < CONFLICT_ATTEMPTS => {
-                    let wait = conflict_backoff(attempt);
-                    tracing::info!(key, attempt, ?wait, "409 ConditionalRequestConflict completing a multipart upload; uploading again");
-                    tokio::time::sleep(wait).await;
-                    attempt += 1;
-                }
-                other => return other,
+            self.put_multipart(key, path, len, opts.clone(), progress)
+        };
+        retry(CONFLICT_ATTEMPTS, Some(Backoff::CONFLICT), upload, |e: &StoreError, attempt| {
+            let again = e.is_conflict();
+            if again {
+                tracing::info!(key, attempt, "409 ConditionalRequestConflict completing a multipart upload; uploading again");
             }
-        }
+            again
+        })
+        .await
     }
 
     async fn put_multipart(
@@ -1404,7 +1479,7 @@ impl S3Store {
             match self.finish_multipart(key, &upload_id, result, &opts.condition).await {
                 Err(e) if e.is_conflict() => {
                     // The whole stream is in the tee file by now: upload it again from there.
-                    tokio::time::sleep(conflict_backoff(1)).await;
+                    Backoff::CONFLICT.sleep(1).await;
                     tracing::info!(key, "409 ConditionalRequestConflict completing a multipart upload; uploading again");
                     let len = tokio::fs::metadata(tee_path).await?.len();
                     self.put_multipart_again_on_conflict(key, tee_path, len, opts, &|_: u64| {}).await
@@ -1461,18 +1536,21 @@ impl S3Store {
         offset: u64,
         len: u64,
         if_match: Option<&str>,
-        mut on_bytes: impl FnMut(u64) + Send,
+        on_bytes: impl FnMut(u64) + Send,
     ) -> Result<u64, StoreError> {
-        let mut attempt = 1;
-        loop {
-            match self.get_range_once(key, dest, offset, len, if_match, &mut on_bytes).await {
-                Err(e) if e.is_interrupted() && attempt < DOWNLOAD_ATTEMPTS => {
-                    tracing::warn!(key, offset, attempt, error = %e, "ranged download broke off; trying again");
-                    attempt += 1;
-                }
-                other => return other,
+        let on_bytes = std::sync::Mutex::new(on_bytes);
+        let get = |_| {
+            let on_bytes = &on_bytes;
+            async move { self.get_range_once(key, dest, offset, len, if_match, &mut |n| bytes_arrived(on_bytes, n)).await }
+        };
+        retry(DOWNLOAD_ATTEMPTS, None, get, |e: &StoreError, attempt| {
+            let again = e.is_interrupted();
+            if again {
+                tracing::warn!(key, offset, attempt, error = %e, "ranged download broke off; trying again");
             }
-        }
+            again
+        })
+        .await
     }
 
     async fn get_range_once(
@@ -1517,6 +1595,13 @@ impl S3Store {
     }
 }
 
+/// `on_bytes` of a download, shared by its tries.
+fn bytes_arrived(on_bytes: &std::sync::Mutex<impl FnMut(u64)>, n: u64) {
+    if let Ok(mut on_bytes) = on_bytes.lock() {
+        on_bytes(n);
+    }
+}
+
 /// A key as a listing answered it: decoded only when the answer says it is
 /// URL-encoded (some servers ignore `encoding-type` and send keys as they are).
 fn listed_key(key: &str, encoding: Option<&aws_sdk_s3::types::EncodingType>) -> String {
@@ -1530,37 +1615,20 @@ fn listed_key(key: &str, encoding: Option<&aws_sdk_s3::types::EncodingType>) -> 
 /// `+` for a space as S3 writes it; a literal `+` comes as `%2B`). A key that
 /// does not decode to UTF-8 is kept as it came.
 fn url_decode_key(key: &str) -> String {
-    let b = key.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' => match key.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                Some(v) => {
-                    out.push(v);
-                    i += 3;
-                    continue;
-                }
-                None => out.push(b'%'),
-            },
-            b'+' => out.push(b' '),
-            c => out.push(c),
-        }
-        i += 1;
+    let spaced = key.replace('+', " ");
+    match percent_encoding::percent_decode_str(&spaced).decode_utf8() {
+        Ok(decoded) => decoded.into_owned(),
+        Err(_) => key.to_string(),
     }
-    String::from_utf8(out).unwrap_or_else(|_| key.to_string())
 }
+
+/// What `x-amz-copy-source` keeps of a key as it is: RFC 3986's unreserved
+/// characters and `/`.
+const COPY_SOURCE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~').remove(b'/');
 
 /// Percent-encodes a key for `x-amz-copy-source` (keeps `/`).
 fn percent_encode_key(key: &str) -> String {
-    let mut out = String::with_capacity(key.len());
-    for b in key.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => out.push(b as char),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(key, COPY_SOURCE).to_string()
 }
 
 /// S3's ETag of a multipart object made of `parts` (without quotes), or
@@ -1597,16 +1665,6 @@ mod tests {
         assert_eq!(super::region_of_endpoint("b.s3.amazonaws.com"), None);
         assert!(super::is_region_name("us-gov-west-1"));
         assert!(!super::is_region_name("eu-west-1\nx") && !super::is_region_name("") && !super::is_region_name("../x"));
-    }
-
-    #[test]
-    fn conflict_backoff_grows_and_is_bounded() {
-        for attempt in 1..20 {
-            let d = super::conflict_backoff(attempt);
-            assert!(d >= std::time::Duration::from_millis(50) && d <= std::time::Duration::from_secs(2), "{attempt}: {d:?}");
-        }
-        assert!(super::conflict_backoff(1) <= std::time::Duration::from_millis(100));
-        assert!(super::conflict_backoff(6) >= std::time::Duration::from_secs(1));
     }
 
     #[test]

@@ -302,10 +302,7 @@ fn new_branch_name(view: &View, refname: &str, sha: &str) -> String {
     if !view.scan.bundles.contains_key(&candidate) {
         return candidate;
     }
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write(sha.as_bytes());
-    format!("{refname}_{:08x}", h.finish() as u32)
+    format!("{refname}_{:08x}", fastrand::u32(..))
 }
 
 async fn fix_head(
