@@ -343,6 +343,32 @@ impl NetworkHint {
 #[cfg(test)]
 mod tests {
     #[test]
+    fn connection_failures_told_by_type_through_io_payloads() {
+        use super::{connect_failure, find_in_chain, ConnectFailure};
+        use aws_credential_types::provider::error::CredentialsError;
+        use aws_sdk_s3::operation::get_object::GetObjectError;
+        use aws_smithy_runtime_api::client::dns::ResolveDnsError;
+        use aws_smithy_runtime_api::client::result::ConnectorError;
+        type Err = aws_sdk_s3::error::SdkError<GetObjectError, aws_sdk_s3::config::http::HttpResponse>;
+        let dispatch = |c: ConnectorError| -> Err { Err::dispatch_failure(c) };
+        // rustls's error as the payload of the handshake's io::Error (which
+        // io::Error::source skips).
+        let unknown_ca = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let tls = std::io::Error::new(std::io::ErrorKind::InvalidData, unknown_ca);
+        assert_eq!(connect_failure(&dispatch(ConnectorError::other(Box::new(tls), None))), Some(ConnectFailure::Certificate));
+        let other_tls = std::io::Error::new(std::io::ErrorKind::InvalidData, rustls::Error::DecryptError);
+        assert_eq!(connect_failure(&dispatch(ConnectorError::other(Box::new(other_tls), None))), Some(ConnectFailure::Tls));
+        let dns = ResolveDnsError::new(std::io::Error::other("failed to lookup address information"));
+        assert_eq!(connect_failure(&dispatch(ConnectorError::io(Box::new(dns)))), Some(ConnectFailure::Dns));
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(connect_failure(&dispatch(ConnectorError::io(Box::new(refused)))), Some(ConnectFailure::Network));
+        assert_eq!(connect_failure(&dispatch(ConnectorError::other("tunnel unsuccessful".into(), None))), Some(ConnectFailure::Refused));
+        let creds = dispatch(ConnectorError::other(Box::new(CredentialsError::not_loaded("no profile")), None));
+        assert!(find_in_chain::<CredentialsError>(&creds).is_some());
+        assert_eq!(connect_failure(&Err::timeout_error("late")), None, "not a dispatch failure");
+    }
+
+    #[test]
     fn regions_named_in_s3_answers() {
         let malformed = "<Error><Code>AuthorizationHeaderMalformed</Code><Message>the region 'us-east-1' is wrong; expecting 'eu-west-1'</Message><Region>eu-west-1</Region></Error>";
         assert_eq!(super::xml_element(malformed, "Region").as_deref(), Some("eu-west-1"));
