@@ -73,15 +73,11 @@ pub fn synthetic_lfs_url(bucket: &str, prefix: &str) -> String {
     format!("https://{LFS_ALIAS_HOST}/{bucket}/{}", quoted.join("/"))
 }
 
+/// What Python's `quote(…, safe="")` keeps: RFC 3986's unreserved characters.
+const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+
 fn quote_segment(seg: &str) -> String {
-    let mut out = String::with_capacity(seg.len());
-    for b in seg.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(seg, UNRESERVED).to_string()
 }
 
 /// The `s3://bucket/prefix` a synthetic LFS URL stands for (no profile:
@@ -93,21 +89,11 @@ pub fn parse_synthetic_lfs_url(url: &str) -> Option<RemoteUrl> {
     RemoteUrl::parse(&format!("s3://{bucket}/{prefix}")).ok()
 }
 
+/// `s` decoded; None when a `%` is not followed by two hex digits (the
+/// crate would keep it as it is) or the bytes are not UTF-8.
 fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
+    let well_formed = s.split('%').skip(1).all(|rest| rest.get(..2).is_some_and(|h| h.bytes().all(|b| b.is_ascii_hexdigit())));
+    well_formed.then(|| percent_encoding::percent_decode_str(s).decode_utf8().ok().map(|d| d.into_owned())).flatten()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -178,112 +164,133 @@ pub async fn on_clone_fetched(git: &Git, helper_args: &[String], url: &RemoteUrl
     }
 }
 
+/// `git s3 lfs` / `git-lfs-s3`'s command line (clap). Help is [`HELP`], and
+/// errors keep git-remote-s3 0.4.2's words (see [`usage_error`]).
+#[derive(clap::Parser, Debug)]
+#[command(name = "git-lfs-s3", disable_help_flag = true, disable_help_subcommand = true, disable_version_flag = true)]
+struct LfsCli {
+    #[arg(short = 'h', long = "help")]
+    help: bool,
+    #[command(subcommand)]
+    cmd: Option<LfsCmd>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum LfsCmd {
+    #[command(disable_help_flag = true)]
+    Install(InstallArgs),
+    #[command(disable_help_flag = true)]
+    Uninstall(InstallArgs),
+    #[command(disable_help_flag = true)]
+    EnableDebug(DebugArgs),
+    #[command(disable_help_flag = true)]
+    DisableDebug(DebugArgs),
+    Help,
+}
+
+#[derive(clap::Args, Debug)]
+struct InstallArgs {
+    #[arg(long, allow_hyphen_values = true)]
+    remote: Option<String>,
+    #[arg(long, allow_hyphen_values = true)]
+    url: Option<String>,
+    #[arg(long)]
+    global: bool,
+    #[arg(long)]
+    scoped: bool,
+    #[arg(long = "no-lfsconfig")]
+    no_lfsconfig: bool,
+    #[arg(short = 'h', long = "help")]
+    help: bool,
+}
+
+#[derive(clap::Args, Debug)]
+struct DebugArgs {
+    #[arg(long)]
+    global: bool,
+}
+
+/// A clap error in 0.4.2's words: an unknown command on stdout (exit 1), a
+/// flag without its value or an unknown argument on stderr (exit 2).
+fn usage_error(e: &clap::Error, words: &[String], out: &Out) -> i32 {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let context = |kind| match e.get(kind) {
+        Some(ContextValue::String(s)) => s.clone(),
+        _ => String::new(),
+    };
+    let cmd = words.first().map(String::as_str).unwrap_or("");
+    let known = ["install", "uninstall", "enable-debug", "disable-debug", "help"];
+    if matches!(e.kind(), ErrorKind::InvalidSubcommand) || !known.contains(&cmd) {
+        out.stdout(format!("unknown command {cmd}\n"));
+        return 1;
+    }
+    let arg = context(ContextKind::InvalidArg);
+    let flag = arg.split_whitespace().next().unwrap_or("");
+    match e.kind() {
+        ErrorKind::InvalidValue if !flag.is_empty() => out.stderr(format!("error: {flag} requires a value\n")),
+        _ if !flag.is_empty() => out.stderr(format!("error: unknown argument to {cmd}: {flag}\n")),
+        _ => out.stderr(format!("error: {}\n", e.kind())),
+    }
+    2
+}
+
 /// `start.args` are the words after `lfs` (e.g. `["install", "--remote", "origin"]`).
 pub async fn run(_state: Arc<DaemonState>, start: SessionStart, _input: Input, out: Out) -> i32 {
     let git = Git::new(&start.cwd, start.env.clone());
-    let args: Vec<&str> = start.args.iter().map(String::as_str).collect();
-    let Some((&cmd, rest)) = args.split_first() else {
+    let argv = std::iter::once("git-lfs-s3".to_string()).chain(start.args.iter().cloned());
+    let cli = match <LfsCli as clap::Parser>::try_parse_from(argv) {
+        Ok(c) => c,
+        Err(e) => return usage_error(&e, &start.args, &out),
+    };
+    tracing::debug!(cmd = ?cli.cmd, "lfs config command");
+    let (install, a) = match cli.cmd {
+        None | Some(LfsCmd::Help) => {
+            out.stdout(HELP);
+            return 0;
+        }
+        Some(LfsCmd::EnableDebug(d)) => {
+            if let Err(e) = config_set(&git, d.global, ARGS_KEY, "debug").await {
+                out.stderr(format!("error: {e}\n"));
+                return 1;
+            }
+            out.stdout("debug enabled\n");
+            return 0;
+        }
+        Some(LfsCmd::DisableDebug(d)) => {
+            config_unset(&git, d.global, ARGS_KEY).await;
+            out.stdout("debug disabled\n");
+            return 0;
+        }
+        Some(LfsCmd::Install(a)) => (true, a),
+        Some(LfsCmd::Uninstall(a)) => (false, a),
+    };
+    if a.help || cli.help {
         out.stdout(HELP);
         return 0;
-    };
-    tracing::debug!(cmd, "lfs config command");
-    match cmd {
-        "--help" | "-h" | "help" => {
-            out.stdout(HELP);
-            0
-        }
-        "install" | "uninstall" => {
-            let mut remote: Option<&str> = None;
-            let mut s3_url: Option<&str> = None;
-            let mut global = false;
-            let mut scoped = false;
-            let mut lfsconfig = true;
-            let mut i = 0;
-            while i < rest.len() {
-                match rest[i] {
-                    flag @ ("--remote" | "--url") => {
-                        let Some(v) = rest.get(i + 1) else {
-                            out.stderr(format!("error: {flag} requires a value\n"));
-                            return 2;
-                        };
-                        if flag == "--remote" {
-                            remote = Some(v);
-                        } else {
-                            s3_url = Some(v);
-                        }
-                        i += 2;
-                    }
-                    "--global" => {
-                        global = true;
-                        i += 1;
-                    }
-                    "--scoped" => {
-                        scoped = true;
-                        i += 1;
-                    }
-                    "--no-lfsconfig" => {
-                        lfsconfig = false;
-                        i += 1;
-                    }
-                    "--help" | "-h" => {
-                        out.stdout(HELP);
-                        return 0;
-                    }
-                    other => {
-                        out.stderr(format!("error: unknown argument to {cmd}: {other}\n"));
-                        return 2;
-                    }
-                }
-            }
-            if global && remote.is_some() {
-                out.stderr("error: --remote and --global cannot be combined: a remote belongs to one repository\n");
-                return 2;
-            }
-            if scoped && !global {
-                out.stderr("error: --scoped goes with --global (once per machine)\n");
-                return 2;
-            }
-            if s3_url.is_some() && (remote.is_none() || cmd != "install") {
-                out.stderr("error: --url goes with install --remote <name>\n");
-                return 2;
-            }
-            if !lfsconfig && s3_url.is_none() {
-                out.stderr("error: --no-lfsconfig goes with install --remote <name> --url s3://<bucket>/<prefix>\n");
-                return 2;
-            }
-            match (cmd, remote, s3_url) {
-                ("install", None, _) if scoped => install_global_scoped(&git, &out).await,
-                ("install", None, _) => install_unscoped(&git, global, &out).await,
-                ("install", Some(r), Some(u)) => install_other_host(&git, r, u, lfsconfig, &out).await,
-                ("install", Some(r), None) => install_scoped(&git, r, &out).await,
-                (_, r, _) => uninstall(&git, global, r, &out).await,
-            }
-        }
-        "enable-debug" | "disable-debug" => {
-            let global = match rest {
-                [] => false,
-                ["--global"] => true,
-                [other, ..] => {
-                    out.stderr(format!("error: unknown argument to {cmd}: {other}\n"));
-                    return 2;
-                }
-            };
-            if cmd == "enable-debug" {
-                if let Err(e) = config_set(&git, global, ARGS_KEY, "debug").await {
-                    out.stderr(format!("error: {e}\n"));
-                    return 1;
-                }
-                out.stdout("debug enabled\n");
-            } else {
-                config_unset(&git, global, ARGS_KEY).await;
-                out.stdout("debug disabled\n");
-            }
-            0
-        }
-        other => {
-            out.stdout(format!("unknown command {other}\n"));
-            1
-        }
+    }
+    let (remote, s3_url) = (a.remote.as_deref(), a.url.as_deref());
+    if a.global && remote.is_some() {
+        out.stderr("error: --remote and --global cannot be combined: a remote belongs to one repository\n");
+        return 2;
+    }
+    if a.scoped && !a.global {
+        out.stderr("error: --scoped goes with --global (once per machine)\n");
+        return 2;
+    }
+    if s3_url.is_some() && (remote.is_none() || !install) {
+        out.stderr("error: --url goes with install --remote <name>\n");
+        return 2;
+    }
+    if a.no_lfsconfig && s3_url.is_none() {
+        out.stderr("error: --no-lfsconfig goes with install --remote <name> --url s3://<bucket>/<prefix>\n");
+        return 2;
+    }
+    match (install, remote, s3_url) {
+        (true, None, _) if a.scoped => install_global_scoped(&git, &out).await,
+        (true, None, _) => install_unscoped(&git, a.global, &out).await,
+        (true, Some(r), Some(u)) => install_other_host(&git, r, u, !a.no_lfsconfig, &out).await,
+        (true, Some(r), None) => install_scoped(&git, r, &out).await,
+        (false, r, _) => uninstall(&git, a.global, r, &out).await,
     }
 }
 

@@ -65,29 +65,44 @@ struct Args {
     lfsconfig: bool,
 }
 
+/// `git s3 lfs migrate`'s command line (clap; the help is [`HELP`]).
+#[derive(clap::Parser, Debug)]
+#[command(name = "git s3 lfs migrate", disable_help_flag = true, disable_version_flag = true, args_override_self = true)]
+struct MigrateCli {
+    #[arg(long, allow_hyphen_values = true)]
+    to: Option<String>,
+    #[arg(long, default_value = "origin", allow_hyphen_values = true)]
+    remote: String,
+    #[arg(long, allow_hyphen_values = true)]
+    from: Option<String>,
+    #[arg(long = "no-lfsconfig")]
+    no_lfsconfig: bool,
+    #[arg(short = 'h', long = "help")]
+    help: bool,
+}
+
 fn parse_args(args: &[String]) -> Result<Option<Args>, String> {
-    let (mut to, mut remote, mut from, mut lfsconfig) = (None, "origin".to_string(), None, true);
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--help" | "-h" => return Ok(None),
-            "--no-lfsconfig" => lfsconfig = false,
-            flag @ ("--to" | "--remote" | "--from") => {
-                let v = it.next().ok_or_else(|| format!("{flag} requires a value"))?.clone();
-                match flag {
-                    "--to" => to = Some(RemoteUrl::parse(&v).map_err(|e| format!("--to: {e}"))?),
-                    "--remote" => remote = v,
-                    _ => from = Some(v),
-                }
-            }
-            other => return Err(format!("unknown argument to migrate: {other}")),
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let argv = std::iter::once("migrate".to_string()).chain(args.iter().cloned());
+    let cli = <MigrateCli as clap::Parser>::try_parse_from(argv).map_err(|e| {
+        let arg = match e.get(ContextKind::InvalidArg) {
+            Some(ContextValue::String(s)) => s.split_whitespace().next().unwrap_or("").to_string(),
+            _ => String::new(),
+        };
+        match e.kind() {
+            ErrorKind::InvalidValue if !arg.is_empty() => format!("{arg} requires a value"),
+            _ if !arg.is_empty() => format!("unknown argument to migrate: {arg}"),
+            kind => format!("{kind}"),
         }
+    })?;
+    if cli.help {
+        return Ok(None);
     }
-    let to = to.ok_or("--to s3://<bucket>/<prefix> is required")?;
+    let to = RemoteUrl::parse(cli.to.as_deref().ok_or("--to s3://<bucket>/<prefix> is required")?).map_err(|e| format!("--to: {e}"))?;
     if to.profile.is_some() {
         return Err("--to cannot carry a profile; set AWS_PROFILE in the environment instead".into());
     }
-    Ok(Some(Args { to, remote, from, lfsconfig }))
+    Ok(Some(Args { to, remote: cli.remote, from: cli.from, lfsconfig: !cli.no_lfsconfig }))
 }
 
 /// git-lfs's default LFS URL for a git URL (server discovery): HTTP(S)
@@ -267,5 +282,10 @@ mod tests {
         assert!(parse_args(&s(&["--remote", "up"])).is_err());
         assert!(parse_args(&s(&["--to", "s3://prof@bkt/p"])).is_err());
         assert!(parse_args(&s(&["--help"])).unwrap().is_none());
+        assert_eq!(parse_args(&s(&["--to"])).err().unwrap_or_default(), "--to requires a value");
+        assert_eq!(parse_args(&s(&["--to", "s3://bkt/p", "--frob"])).err().unwrap_or_default(), "unknown argument to migrate: --frob");
+        assert_eq!(parse_args(&s(&["--to", "s3://bkt/p", "extra"])).err().unwrap_or_default(), "unknown argument to migrate: extra");
+        let a = parse_args(&s(&["--to", "s3://bkt/p", "--no-lfsconfig", "--from", "https://h/lfs"])).unwrap().unwrap();
+        assert_eq!((a.remote.as_str(), a.from.as_deref(), a.lfsconfig), ("origin", Some("https://h/lfs"), false));
     }
 }

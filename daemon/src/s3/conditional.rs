@@ -224,10 +224,7 @@ impl WriteGate for Gate {
 }
 
 fn nonce() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos());
-    h.finish()
+    fastrand::u64(..)
 }
 
 /// The probe's key under `prefix`.

@@ -1,12 +1,14 @@
 //! S3: warm clients built from each caller's environment (`clients`, with
 //! what the caller's AWS config file says in `profile`), the calls git-s3
 //! makes (`store`), what a bucket's policy demands of them (`write_options`),
-//! `s3://` URLs (`url`), and each caller's AWS credentials (`credentials`).
+//! `s3://` URLs (`url`), each caller's AWS credentials (`credentials`), and
+//! the one retry loop and backoff (`retry`).
 
 pub mod clients;
 pub mod conditional;
 pub mod credentials;
 pub mod profile;
+pub mod retry;
 pub mod store;
 pub mod url;
 pub mod write_options;

@@ -2,14 +2,20 @@
 //! before the SDK loads it: the profile's settings, its `services` section,
 //! and the settings of the AWS shared-config standard that the daemon must
 //! resolve itself because they come from the caller (endpoint, attempts).
+//! The file is parsed by aws-runtime's parser, the SDK's own.
 
 use std::collections::HashMap;
+
+use aws_runtime::env_config::file::{EnvConfigFileKind, EnvConfigFiles};
+use aws_runtime::env_config::property::PropertiesKey;
+use aws_runtime::env_config::section::EnvConfigSections;
+use aws_types::os_shim_internal::{Env, Fs};
 
 /// A profile of the caller's config file: its settings and, when it names a
 /// `services` section, that section's settings of the `s3` service.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Profile {
-    pub settings: HashMap<String, String>,
+    settings: Option<aws_runtime::env_config::section::Profile>,
     pub s3_service: HashMap<String, String>,
     /// The profile's own nested `s3 =` settings (`addressing_style`,
     /// `use_accelerate_endpoint`, `use_dualstack_endpoint`, …), as boto3
@@ -17,45 +23,96 @@ pub struct Profile {
     pub s3: HashMap<String, String>,
 }
 
+/// The config file the caller's environment names: `AWS_CONFIG_FILE`, else
+/// `$HOME/.aws/config`.
+fn config_file_path(env: &HashMap<String, String>) -> Option<String> {
+    let get = |k: &str| env.get(k).filter(|v| !v.is_empty()).cloned();
+    get("AWS_CONFIG_FILE").or_else(|| get("HOME").map(|h| format!("{h}/.aws/config")))
+}
+
+/// The one read of the config file (None when it cannot be read).
+fn read_config_file(path: &str) -> Option<String> {
+    std::fs::read_to_string(path).ok()
+}
+
 impl Profile {
     /// The profile `name` (or `AWS_PROFILE`, or `default`) of the config file
     /// the caller's environment names (`AWS_CONFIG_FILE`, else
     /// `$HOME/.aws/config`); empty when there is none.
     pub fn load(env: &HashMap<String, String>, name: Option<&str>) -> Profile {
-        let get = |k: &str| env.get(k).filter(|v| !v.is_empty()).cloned();
-        let Some(file) = get("AWS_CONFIG_FILE").or_else(|| get("HOME").map(|h| format!("{h}/.aws/config"))) else {
+        let Some(text) = config_file_path(env).and_then(|file| read_config_file(&file)) else {
             return Profile::default();
         };
-        let Ok(text) = std::fs::read_to_string(file) else { return Profile::default() };
+        let get = |k: &str| env.get(k).filter(|v| !v.is_empty()).cloned();
         let name = name.map(str::to_string).or_else(|| get("AWS_PROFILE")).unwrap_or_else(|| "default".to_string());
         Profile::parse(&text, &name)
     }
 
     /// `name` from the text of a config file (`[default]`, `[profile x]`,
-    /// `[services y]` with indented sub-settings under `s3 =`).
+    /// `[services y]` with indented sub-settings under `s3 =`), as
+    /// aws-runtime parses it.
     pub fn parse(text: &str, name: &str) -> Profile {
-        let sections = parse_sections(text);
-        let profile_key =
-            |n: &str| if n == "default" { vec!["default".to_string(), "profile default".to_string()] } else { vec![format!("profile {n}")] };
-        let section = profile_key(name).into_iter().find_map(|k| sections.get(&k).cloned()).unwrap_or_default();
-        let s3 = section.nested.get("s3").cloned().unwrap_or_default();
-        let settings = section.settings;
-        let s3_service = settings
+        let Some(sections) = parse_sections(text) else { return Profile::default() };
+        let Some(profile) = sections.get_profile(name) else { return Profile::default() };
+        let s3 = profile.get("s3").map(sub_properties).unwrap_or_default();
+        let s3_service = profile
             .get("services")
-            .and_then(|svc| sections.get(&format!("services {svc}")))
-            .and_then(|s| s.nested.get("s3").cloned())
+            .map(|svc| {
+                let endpoint = PropertiesKey::builder()
+                    .section_key("services")
+                    .section_name(svc.trim())
+                    .property_name("s3")
+                    .sub_property_name("endpoint_url")
+                    .build()
+                    .ok()
+                    .and_then(|key| sections.other_sections().get(&key).map(|v| v.to_string()));
+                endpoint.into_iter().map(|v| ("endpoint_url".to_string(), v)).collect()
+            })
             .unwrap_or_default();
-        Profile { settings, s3_service, s3 }
+        Profile { settings: Some(profile.clone()), s3_service, s3 }
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.settings.get(key).map(String::as_str).filter(|v| !v.is_empty())
+        self.settings.as_ref()?.get(key).filter(|v| !v.is_empty())
     }
 
     /// A setting of the profile's nested `s3 =` section.
     pub fn s3_setting(&self, key: &str) -> Option<&str> {
         self.s3.get(key).map(|v| v.trim()).filter(|v| !v.is_empty())
     }
+}
+
+/// The sections of a config file's text, by aws-runtime's parser (given the
+/// text as an in-memory file: the read is [`read_config_file`]'s). None when
+/// the file does not parse.
+fn parse_sections(text: &str) -> Option<EnvConfigSections> {
+    const PATH: &str = "/config";
+    let files = EnvConfigFiles::builder().include_default_config_file(false).with_file(EnvConfigFileKind::Config, PATH).build();
+    let fs = Fs::from_map(HashMap::from([(PATH.to_string(), text.as_bytes().to_vec())]));
+    // An in-memory file system: the future is ready at once, nothing blocks.
+    let source = futures::executor::block_on(aws_runtime::env_config::source::load(&Env::from_slice(&[]), &fs, &files));
+    match source.map(EnvConfigSections::parse) {
+        Ok(Ok(sections)) => Some(sections),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "the caller's AWS config file did not parse");
+            None
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "the caller's AWS config file was not read");
+            None
+        }
+    }
+}
+
+/// The `key = value` lines of a property with sub-properties (`s3 =` then
+/// indented lines), as aws-runtime keeps its value.
+fn sub_properties(value: &str) -> HashMap<String, String> {
+    value
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .filter(|(k, _)| !k.is_empty())
+        .collect()
 }
 
 /// How bucket names go into S3 requests (the profile's `s3 =
@@ -85,53 +142,6 @@ impl Profile {
     pub fn s3_flag(&self, key: &str) -> bool {
         is_true(self.s3_setting(key))
     }
-}
-
-#[derive(Debug, Default, Clone)]
-struct Section {
-    settings: HashMap<String, String>,
-    /// `key =` followed by indented `sub = value` lines.
-    nested: HashMap<String, HashMap<String, String>>,
-}
-
-/// Sections by their normalized header (`default`, `profile x`,
-/// `services y`). Keys are lower case, as the SDKs treat them.
-fn parse_sections(text: &str) -> HashMap<String, Section> {
-    let mut sections: HashMap<String, Section> = HashMap::new();
-    let mut current: Option<String> = None;
-    let mut parent: Option<String> = None;
-    for raw in text.lines() {
-        let line = raw.split(['#', ';']).next().unwrap_or("");
-        if line.trim().is_empty() {
-            continue;
-        }
-        let indented = raw.starts_with([' ', '\t']);
-        let trimmed = line.trim();
-        if let Some(header) = trimmed.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            let header = header.split_whitespace().collect::<Vec<_>>().join(" ");
-            sections.entry(header.clone()).or_default();
-            current = Some(header);
-            parent = None;
-            continue;
-        }
-        let Some(section) = current.as_ref().and_then(|c| sections.get_mut(c)) else { continue };
-        let Some((k, v)) = trimmed.split_once('=') else { continue };
-        let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_string());
-        match (&parent, indented) {
-            (Some(p), true) => {
-                section.nested.entry(p.clone()).or_default().insert(k, v);
-            }
-            _ if v.is_empty() => {
-                section.nested.entry(k.clone()).or_default();
-                parent = Some(k);
-            }
-            _ => {
-                section.settings.insert(k, v);
-                parent = None;
-            }
-        }
-    }
-    sections
 }
 
 fn is_true(v: Option<&str>) -> bool {
@@ -220,6 +230,13 @@ s3 =
         assert_eq!(p.s3_service.get("endpoint_url").map(String::as_str), Some("http://minio-s3:9000"));
         assert_eq!(Profile::parse(CONFIG, "default").get("endpoint_url"), Some("http://default:1"));
         assert_eq!(Profile::parse(CONFIG, "missing"), Profile::default());
+    }
+
+    #[test]
+    fn a_hash_inside_a_value_is_no_comment() {
+        let p = Profile::parse("[profile h]\nca_bundle = /certs/team#2/ca.pem ; the team's\nregion = eu-west-1 # Ireland\n", "h");
+        assert_eq!(p.get("ca_bundle"), Some("/certs/team#2/ca.pem"));
+        assert_eq!(p.get("region"), Some("eu-west-1"));
     }
 
     #[test]

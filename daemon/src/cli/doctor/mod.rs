@@ -347,10 +347,7 @@ fn new_branch_name(view: &View, refname: &str, sha: &str) -> String {
     if !view.scan.bundles.contains_key(&candidate) {
         return candidate;
     }
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write(sha.as_bytes());
-    format!("{refname}_{:08x}", h.finish() as u32)
+    format!("{refname}_{:08x}", fastrand::u32(..))
 }
 
 async fn fix_head(
@@ -387,18 +384,12 @@ async fn fix_head(
 /// `YYYY-MM-DD HH:MM:SS UTC`.
 fn fmt_time(t: std::time::SystemTime) -> String {
     let secs = super::remote::unix_secs(t) as i64;
-    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", rem / 3600, (rem % 3600) / 60, rem % 60)
+    // RFC 3339 (`2023-11-14T22:13:20Z`: whole seconds, so no fraction) as
+    // `2023-11-14 22:13:20 UTC`.
+    match aws_smithy_types::DateTime::from_secs(secs).fmt(aws_smithy_types::date_time::Format::DateTime) {
+        Ok(text) => format!("{} UTC", text.trim_end_matches('Z').replacen('T', " ", 1)),
+        Err(_) => format!("{secs} s after 1970 UTC"),
+    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,8 @@ use std::time::SystemTime;
 
 use tracing::Instrument;
 
-use super::{listed_key, to_system_time, S3Store, StoreError};
+use super::list::listed_key;
+use super::{to_system_time, S3Store, StoreError};
 
 /// One version of an object (or a delete marker).
 #[derive(Debug, Clone)]

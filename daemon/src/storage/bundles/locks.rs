@@ -71,7 +71,7 @@ pub struct RefLock {
 fn lock_body() -> Vec<u8> {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    let nonce: u64 = rand_u64();
+    let nonce: u64 = fastrand::u64(..);
     format!(
         "{{\"tool\":\"git-s3\",\"host\":\"{}\",\"pid\":{},\"time\":{},\"nonce\":\"{nonce:016x}\"}}",
         host.trim(),
@@ -79,13 +79,6 @@ fn lock_body() -> Vec<u8> {
         now.as_millis()
     )
     .into_bytes()
-}
-
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
-    h.finish()
 }
 
 /// Takes the lock, waiting up to `wait` for a live holder to finish.

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::local::oid::ObjectFormat;
 use crate::local::refname::valid_ref_name;
+use crate::s3::retry::Backoff;
 use crate::s3::store::{Conditional, PutOptions, S3Store, WriteCondition};
 use crate::s3::url::RemoteUrl;
 use crate::storage::StorageError;
@@ -372,12 +373,13 @@ pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
+/// The pause between manifest attempts: 40–80 ms after the first, growing
+/// to 300–600 ms.
+const MANIFEST_BACKOFF: Backoff = Backoff::new(Duration::from_millis(80), Duration::from_millis(600));
+
 /// Randomized, growing pause between manifest attempts.
 pub(crate) fn backoff(attempt: u32) -> Duration {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    let seed = (nanos as u64 ^ (std::process::id() as u64).wrapping_mul(0x9E37_79B9)).wrapping_mul(6364136223846793005);
-    let base = 40u64 * u64::from(attempt.min(6));
-    Duration::from_millis(base + (seed >> 33) % (base + 60))
+    MANIFEST_BACKOFF.delay(attempt)
 }
 
 /// Whether this daemon holds the manifest at `location` (read before).
@@ -528,8 +530,8 @@ mod tests {
     fn backoff_grows_and_is_bounded() {
         for a in 1..MAX_ATTEMPTS {
             let d = backoff(a);
-            assert!(d >= Duration::from_millis(40 * u64::from(a.min(6))));
-            assert!(d < Duration::from_millis(40 * 6 * 2 + 60 + 1));
+            assert!(d >= Duration::from_millis(40) && d <= Duration::from_millis(600), "{a}: {d:?}");
         }
+        assert!(backoff(MAX_ATTEMPTS) >= Duration::from_millis(300));
     }
 }
