@@ -16,6 +16,7 @@ use tracing::Instrument;
 
 use super::write_options::{self, BucketPolicy};
 
+pub mod ranged;
 pub mod versions;
 
 /// Objects above this size are uploaded in parts.
