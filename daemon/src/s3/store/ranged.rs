@@ -16,7 +16,7 @@ use super::{S3Store, StoreError};
 /// Ranges this close (bytes between them) are read in one request.
 pub const MERGE_GAP: u64 = 64 << 10;
 /// Range requests of one call in flight at once.
-pub const RANGE_CONCURRENCY: usize = 8;
+pub const RANGE_CONCURRENCY: usize = 16;
 /// The most bytes one call reads into memory (after merging).
 pub const MAX_RANGED_BYTES: u64 = 256 << 20;
 

@@ -41,16 +41,23 @@ const MAX_ROUNDS: usize = 64;
 const CONCURRENCY: usize = 4;
 
 /// The gap between two entries of a pack of `size` bytes under which they
-/// are read in one request: [`MERGE_GAP`] in a big pack, less in a small
-/// one (where a few gaps would add up to a good part of it).
+/// are read in one request: [`MERGE_GAP`] in a big pack, less in a smaller
+/// one, where many entries asked for would merge into most of the pack
+/// (tokio's 16 MB pack: 4 KiB).
 fn merge_gap(size: u64) -> u64 {
-    (size / 64).clamp(1 << 10, MERGE_GAP)
+    (size / 4096).clamp(1 << 10, MERGE_GAP)
 }
 
-/// Bytes read before each entry asked for (where its delta base often is):
-/// a round trip saved is worth a few KiB.
-fn read_ahead(size: u64) -> u64 {
-    (size / 32).clamp(4 << 10, 32 << 10)
+/// Bytes read before each of `entries` entries asked for in a pack of
+/// `size` bytes (where a delta's base often is): a round trip saved for a
+/// few KiB, 32 KiB a round at most, so none when many entries are asked for.
+fn read_ahead(size: u64, entries: usize) -> u64 {
+    let ahead = ((32 << 10) / entries.max(1) as u64).min(size / 32).min(16 << 10);
+    if ahead < 1 << 10 {
+        0
+    } else {
+        ahead
+    }
 }
 
 /// A pack's header (`PACK`, version, count): no entry starts before.
@@ -209,7 +216,7 @@ impl PackStorage {
             for (i, p) in plans.iter_mut().enumerate().filter(|(_, p)| !p.whole && !p.frontier.is_empty()) {
                 // Each entry with the bytes before it: a delta's base is
                 // earlier in the pack, often close.
-                let ahead = read_ahead(p.entry.size);
+                let ahead = read_ahead(p.entry.size, p.frontier.len());
                 let ranges: Option<Vec<Range<u64>>> =
                     p.frontier.iter().map(|o| p.idx.end_of(*o, p.entry.size).map(|e| o.saturating_sub(ahead).max(PACK_HEADER)..e)).collect();
                 let Some(ranges) = ranges else {
@@ -230,15 +237,10 @@ impl PackStorage {
                 }
                 jobs.push((i, manifest::pack_key(&self.url, &p.entry.name), ranges, gap));
             }
-            let reads: Vec<_> = jobs
-                .into_iter()
-                .map(|(i, key, ranges, gap)| async move {
-                    let read = self.store.get_ranges(&key, &ranges, gap).await;
-                    (i, ranges, read)
-                })
-                .collect();
+            let reads: Vec<_> =
+                jobs.into_iter().map(|(i, key, ranges, gap)| async move { (i, self.store.get_ranges(&key, &ranges, gap).await) }).collect();
             let results: Vec<_> = futures::stream::iter(reads).buffer_unordered(CONCURRENCY).collect().await;
-            for (i, _ranges, read) in results {
+            for (i, read) in results {
                 let read = match read {
                     Ok(r) => r,
                     Err(e) if e.is_not_found() => {
@@ -426,5 +428,21 @@ impl PackStorage {
             self.store.bucket(),
             manifest::pack_key(&self.url, &p.name)
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gaps_and_read_ahead_grow_with_the_pack_within_bounds() {
+        assert_eq!(merge_gap(10 << 10), 1 << 10, "a small pack: small gaps");
+        assert_eq!(merge_gap(16 << 20), 4 << 10);
+        assert_eq!(merge_gap(1 << 30), MERGE_GAP, "a big pack: the store's gap");
+        assert_eq!(read_ahead(1 << 20, 1), 16 << 10);
+        assert_eq!(read_ahead(1 << 30, 8), 4 << 10, "32 KiB a round");
+        assert_eq!(read_ahead(64 << 10, 1), 2 << 10, "a small pack: a little");
+        assert_eq!(read_ahead(16 << 20, 581), 0, "many entries: none");
     }
 }
