@@ -65,6 +65,28 @@ impl Mirror {
     /// `Kind::Views` only the packs format's views and the packs they do
     /// not cover.
     pub async fn open(ctx: &OpContext, store: &S3Store, url: &RemoteUrl, kind: Kind, format: ObjectFormat) -> Result<Mirror, StorageError> {
+        Self::open_or_create(ctx, store, url, kind, format, true).await?.ok_or_else(|| StorageError::Format("the mirror was not created".into()))
+    }
+
+    /// The mirror `kind` of `url` if it exists (None: never made).
+    pub async fn existing(
+        ctx: &OpContext,
+        store: &S3Store,
+        url: &RemoteUrl,
+        kind: Kind,
+        format: ObjectFormat,
+    ) -> Result<Option<Mirror>, StorageError> {
+        Self::open_or_create(ctx, store, url, kind, format, false).await
+    }
+
+    async fn open_or_create(
+        ctx: &OpContext,
+        store: &S3Store,
+        url: &RemoteUrl,
+        kind: Kind,
+        format: ObjectFormat,
+        create_it: bool,
+    ) -> Result<Option<Mirror>, StorageError> {
         let mut seed = format!("{}\n{kind:?}", store.location(&url.prefix));
         if format != ObjectFormat::Sha1 {
             seed.push_str(&format!("\n{format}"));
@@ -76,13 +98,16 @@ impl Mirror {
             ctx.env.iter().filter(|(k, _)| !REPOSITORY_VARS.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
         env.insert("GIT_DIR".into(), path.to_string_lossy().into_owned());
         if !path.join("objects").is_dir() {
+            if !create_it {
+                return Ok(None);
+            }
             let tmp = ctx.cache.temp_dir()?;
             if let Err(e) = create(&tmp, &path, &env, format).await {
                 let _ = std::fs::remove_dir_all(&tmp);
                 return Err(e);
             }
         }
-        Ok(Mirror { git: Git::new(&path, env), path, _pin: pin })
+        Ok(Some(Mirror { git: Git::new(&path, env), path, _pin: pin }))
     }
 
     /// Makes the mirror hold `wants` (ref tips or any objects): downloads
@@ -120,6 +145,19 @@ impl Mirror {
             });
         }
         self.set_refs(listing, &have).await
+    }
+
+    /// Makes the mirror hold `wants` (objects, not ref tips) by ranged reads
+    /// of the packs that hold them (`packs/ranged.rs`). False when that way
+    /// does not suit them (then nothing was written).
+    async fn fill_ranged(&self, storage: &Storage, ctx: &OpContext, wants: &[RemoteRef]) -> Result<bool, StorageError> {
+        let shas: Vec<String> = wants.iter().map(|w| w.sha.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+        let present = self.git.present_objects(&shas).await?;
+        let missing: Vec<String> = shas.into_iter().filter(|s| !present.contains(s)).collect();
+        if missing.is_empty() {
+            return Ok(true);
+        }
+        storage.fetch_objects_by_ranges(&self.context(ctx), &missing, &self.path.join("git-s3-idx")).await
     }
 
     /// An operation context like `ctx`, working in the mirror.
@@ -277,9 +315,54 @@ pub async fn narrow_fetch(
             }
         }
     }
+    // A lazy fetch of objects the views lack (the files of an old commit):
+    // read by ranges from the packs that hold them, into the views mirror.
+    if storage.reads_by_ranges() {
+        // Not when the whole mirror has them already (an earlier fetch of the whole remote).
+        if ranged_suits(opts, listing, wants) && !whole_mirror_has(ctx, store, url, listing, wants).await? {
+            let v = Mirror::open(ctx, store, url, Kind::Views, listing.format().unwrap_or_default()).await?;
+            if v.fill_ranged(storage, ctx, wants).await? {
+                let started = std::time::SystemTime::now();
+                match v.serve(ctx, opts, wants, false).await {
+                    Ok(lines) => return Ok(lines),
+                    Err(e) => {
+                        tracing::info!(error = %e, "the objects read by ranges cannot serve this fetch; serving it from the whole remote");
+                        if let Ok(dir) = ctx.git.pack_dir().await {
+                            crate::local::git::remove_temp_packs_since(&dir, started);
+                        }
+                    }
+                }
+            }
+        }
+    }
     let m = Mirror::open(ctx, store, url, Kind::Whole, listing.format().unwrap_or_default()).await?;
     m.fill(storage, ctx, listing, wants, !opts.deepen_not.is_empty()).await?;
     m.serve(ctx, opts, wants, true).await
+}
+
+/// Whether the whole mirror exists and holds every object of `wants`.
+async fn whole_mirror_has(
+    ctx: &OpContext,
+    store: &S3Store,
+    url: &RemoteUrl,
+    listing: &RefListing,
+    wants: &[RemoteRef],
+) -> Result<bool, StorageError> {
+    let Some(w) = Mirror::existing(ctx, store, url, Kind::Whole, listing.format().unwrap_or_default()).await? else { return Ok(false) };
+    let shas: Vec<String> = wants.iter().map(|w| w.sha.clone()).collect();
+    let have = w.git.present_objects(&shas).await?;
+    Ok(shas.iter().all(|s| have.contains(s)))
+}
+
+/// Whether a fetch can be served by ranged reads: a lazy fetch (every want
+/// an object no ref names) that git does not narrow by depth or history.
+fn ranged_suits(opts: &FetchOptions, listing: &RefListing, wants: &[RemoteRef]) -> bool {
+    !wants.is_empty()
+        && wants.iter().all(|w| !listing.is_tip(w))
+        && opts.depth.is_none()
+        && opts.deepen_since.is_none()
+        && opts.deepen_not.is_empty()
+        && !opts.refetch
 }
 
 /// Whether a fetch must go through the mirror: git narrows it, a want is no

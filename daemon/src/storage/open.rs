@@ -52,6 +52,22 @@ impl Storage {
         }
     }
 
+    /// Whether the format can read single objects by ranges (packs: the
+    /// `.idx` of each pack says where an object lies).
+    pub fn reads_by_ranges(&self) -> bool {
+        matches!(self, Storage::Packs(_))
+    }
+
+    /// Brings the objects `wants` into `ctx`'s repository by ranged reads,
+    /// keeping the packs' `.idx` files in `idx_dir`; false (nothing
+    /// written) when that way does not suit them.
+    pub async fn fetch_objects_by_ranges(&self, ctx: &OpContext, wants: &[String], idx_dir: &std::path::Path) -> Result<bool, StorageError> {
+        match self {
+            Storage::Bundles(_) => Ok(false),
+            Storage::Packs(p) => Ok(p.fetch_ranged(ctx, wants, idx_dir).await?.done),
+        }
+    }
+
     pub async fn list(&self) -> Result<RefListing, StorageError> {
         match self {
             Storage::Bundles(b) => b.list().await,

@@ -41,6 +41,22 @@ pub enum FaultAction {
     /// `400 ExpiredToken`, without reaching the store: what S3 answers to
     /// a request signed with an expired session token.
     ExpiredToken,
+    /// The store answers, and the body arrives altered, its length kept:
+    /// one bit flipped in every 4 KiB (the first at byte 0), as a bad
+    /// middlebox or a damaged disk would. Only successful answers with a body.
+    FlipBytes,
+}
+
+/// Bytes between two bits flipped by [`FaultAction::FlipBytes`].
+pub const FLIP_EVERY: usize = 4096;
+
+/// `body` as [`FaultAction::FlipBytes`] alters it.
+pub fn flip_bytes(body: &[u8]) -> Vec<u8> {
+    let mut out = body.to_vec();
+    for b in out.iter_mut().step_by(FLIP_EVERY) {
+        *b ^= 0x10;
+    }
+    out
 }
 
 impl FaultAction {
@@ -62,7 +78,8 @@ impl FaultAction {
             | FaultAction::ResetAfter(_)
             | FaultAction::NoResponse(_)
             | FaultAction::TemporaryRedirect
-            | FaultAction::ErrorIn200 => None,
+            | FaultAction::ErrorIn200
+            | FaultAction::FlipBytes => None,
         }
     }
 }
@@ -177,5 +194,16 @@ mod tests {
         lfs.key = Some("p/lfs/ab".into());
         let hits: Vec<_> = (0..4).map(|_| p.draw(&lfs).is_some()).collect();
         assert_eq!(hits, [true, true, false, false]);
+    }
+
+    #[test]
+    fn flipped_bodies_keep_their_length_and_differ_in_every_block() {
+        let body = vec![0u8; 3 * FLIP_EVERY + 10];
+        let flipped = flip_bytes(&body);
+        assert_eq!(flipped.len(), body.len());
+        for block in flipped.chunks(FLIP_EVERY) {
+            assert!(block.iter().any(|b| *b != 0));
+        }
+        assert_eq!(flip_bytes(&flipped), body);
     }
 }

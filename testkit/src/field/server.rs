@@ -369,6 +369,15 @@ async fn s3(shared: Arc<Shared>, mut req: Request<Incoming>, start: std::time::I
     } else {
         resp
     };
+    // A body altered on the way, its length kept.
+    let resp = if fault == Some(FaultAction::FlipBytes) && resp.status().is_success() && !is_head {
+        let (parts, body) = resp.into_parts();
+        let data = body.collect().await?.to_bytes();
+        let altered = Bytes::from(super::faults::flip_bytes(&data));
+        Response::from_parts(parts, Full::new(altered).map_err(|never| match never {}).boxed_unsync())
+    } else {
+        resp
+    };
     let len: u64 = resp.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0);
     let cut = match &fault {
         Some(FaultAction::ResetMidBody) => Some(Cut { after: len / 2, stall: None }),

@@ -20,7 +20,11 @@ impl S3Store {
     }
 
     /// Runs a read until it does not break off, [`DOWNLOAD_ATTEMPTS`] times at most.
-    async fn again_if_interrupted<T, Fut: Future<Output = Result<T, StoreError>>>(&self, key: &str, read: impl Fn() -> Fut) -> Result<T, StoreError> {
+    pub(super) async fn again_if_interrupted<T, Fut: Future<Output = Result<T, StoreError>>>(
+        &self,
+        key: &str,
+        read: impl Fn() -> Fut,
+    ) -> Result<T, StoreError> {
         retry(
             DOWNLOAD_ATTEMPTS,
             None,

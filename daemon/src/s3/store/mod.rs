@@ -181,6 +181,7 @@ macro_rules! apply_headers {
 mod download;
 mod errors;
 mod list;
+pub mod ranged;
 mod upload;
 pub mod versions;
 

@@ -19,15 +19,19 @@
 //! edits), `storage` (a packs remote as a session sees it), `fetch`,
 //! `push`, `git_ops` (the git commands they run), `gc` (compaction),
 //! `migrate` (to and from the bundles format), `scratch` (scratch
-//! repositories gc, migrate and `git s3 doctor` fill from the bucket) and
-//! `views` (the packs that serve shallow and partial clones).
+//! repositories gc, migrate and `git s3 doctor` fill from the bucket),
+//! `views` (the packs that serve shallow and partial clones), `ranged`
+//! (objects read from packs by range, for lazy fetches) and `pack_index`
+//! (the bytes of `.idx` files and pack entries it reads).
 
 pub mod fetch;
 pub mod gc;
 pub mod git_ops;
 pub mod manifest;
 pub mod migrate;
+pub mod pack_index;
 pub mod push;
+pub mod ranged;
 pub mod scratch;
 pub mod storage;
 pub mod views;

@@ -1,0 +1,447 @@
+//! Ranged reads of objects from the packs in the bucket: what a partial
+//! clone's lazy fetch (`git checkout <old commit>` after a blob:none clone)
+//! needs, without downloading every pack.
+//!
+//! 1. Each pack's `.idx` (small; downloaded once per mirror and kept beside
+//!    it) says where a wanted object's entry starts; the next entry's start
+//!    is where it ends.
+//! 2. The entries are read with range requests (nearby ones merged, in
+//!    parallel: `S3Store::get_ranges`), then their delta bases, round after
+//!    round, until every chain reaches a whole object.
+//! 3. A pack of those entries is built (OFS_DELTA rewritten as REF_DELTA)
+//!    and fed to `git index-pack`, which verifies every object: a range
+//!    that does not verify is never written.
+//!
+//! A pack whose ranges would come to more than half of it is downloaded
+//! whole instead (through the cache, as a plain fetch does).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::stream::{StreamExt, TryStreamExt};
+
+use crate::local::oid::ObjectFormat;
+use crate::s3::store::ranged::RangeRead;
+use crate::s3::store::ranged::{merge_ranges, MAX_RANGED_BYTES, MERGE_GAP};
+use crate::storage::packs::manifest::{self, PackEntry};
+use crate::storage::packs::pack_index::{
+    build_pack, entry_header, resolved_kind, rewrite_entry, Base, PackIndex, OBJ_BLOB, OBJ_COMMIT, OBJ_TAG, OBJ_TREE,
+};
+use crate::storage::packs::storage::PackStorage;
+use crate::storage::{OpContext, StorageError};
+
+/// Rounds of delta bases followed before a pack is read whole instead
+/// (git's default delta depth is 50).
+const MAX_ROUNDS: usize = 64;
+/// Indexes (or packs) read at once.
+const CONCURRENCY: usize = 4;
+
+/// The gap between two entries of a pack of `size` bytes under which they
+/// are read in one request: [`MERGE_GAP`] in a big pack, less in a smaller
+/// one, where many entries asked for would merge into most of the pack
+/// (tokio's 16 MB pack: 4 KiB).
+fn merge_gap(size: u64) -> u64 {
+    (size / 4096).clamp(1 << 10, MERGE_GAP)
+}
+
+/// Bytes read before each of `entries` entries asked for in a pack of
+/// `size` bytes (where a delta's base often is): a round trip saved for a
+/// few KiB, 32 KiB a round at most, so none when many entries are asked for.
+fn read_ahead(size: u64, entries: usize) -> u64 {
+    let ahead = ((32 << 10) / entries.max(1) as u64).min(size / 32).min(16 << 10);
+    if ahead < 1 << 10 {
+        0
+    } else {
+        ahead
+    }
+}
+
+/// A pack's header (`PACK`, version, count): no entry starts before.
+const PACK_HEADER: u64 = 12;
+
+/// The types of those of `oids` the repository has (one `git cat-file
+/// --batch-check`), as pack entry type codes.
+async fn object_types(git: &crate::local::git::Git, oids: &[String]) -> Result<HashMap<String, u8>, StorageError> {
+    if oids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let input: String = oids.iter().map(|o| format!("{o}\n")).collect();
+    let out = git.run_with_stdin(&["cat-file", "--batch-check=%(objectname) %(objecttype)"], input.into_bytes()).await?;
+    Ok(out
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter_map(|(oid, t)| {
+            let kind = match t {
+                "commit" => OBJ_COMMIT,
+                "tree" => OBJ_TREE,
+                "blob" => OBJ_BLOB,
+                "tag" => OBJ_TAG,
+                _ => return None,
+            };
+            Some((oid.to_string(), kind))
+        })
+        .collect())
+}
+
+/// `git index-pack --stdin --fix-thin` of the pack in file `pack`: every
+/// object verified, delta bases the pack lacks taken from the repository
+/// (and appended), the pack moved into `objects/pack` only once whole.
+async fn index_thin_pack(git: &crate::local::git::Git, pack: &Path) -> Result<(), crate::local::git::GitError> {
+    use crate::local::git::GitError;
+    let file = std::fs::File::open(pack).map_err(GitError::Spawn)?;
+    let mut cmd = git.command(&["index-pack", "--stdin", "--fix-thin"]);
+    cmd.stdin(std::process::Stdio::from(file)).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let out = cmd.output().await.map_err(GitError::Spawn)?;
+    if !out.status.success() {
+        return Err(GitError::Failed {
+            args: "index-pack --stdin --fix-thin".into(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// What one pack contributes to a ranged fetch.
+struct PackPlan {
+    entry: PackEntry,
+    idx: Arc<PackIndex>,
+    /// Offsets of the wanted objects' entries.
+    wanted: Vec<u64>,
+    /// Entries read: offset → raw bytes.
+    raw: BTreeMap<u64, Bytes>,
+    /// Entries read: offset → (type in the header, base entry's offset).
+    chains: HashMap<u64, (u8, Option<u64>)>,
+    /// Entries to read in the next round.
+    frontier: BTreeSet<u64>,
+    /// Delta bases the repository has already (not read).
+    in_repository: BTreeSet<u64>,
+    /// What the rounds read.
+    pieces: Vec<RangeRead>,
+    /// Bytes read so far.
+    read: u64,
+    /// Read whole instead.
+    whole: bool,
+}
+
+/// What a ranged fetch did (for the log and the caller).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RangedOutcome {
+    /// Every wanted object is now in the repository.
+    pub done: bool,
+    pub bytes: u64,
+    pub requests: usize,
+    pub rounds: usize,
+    pub whole_packs: usize,
+}
+
+impl PackStorage {
+    /// Brings the objects `wants` (blobs a lazy fetch asks for) into `ctx`'s
+    /// repository by ranged reads; `idx_dir` keeps the downloaded `.idx`
+    /// files. `done` is false, with nothing written, when this way does not
+    /// suit (SHA-256, an object no `.idx` names, a wanted object that is no
+    /// blob, a pack gone from the bucket): the caller fetches the whole remote.
+    /// An entry that does not verify is an error naming the pack.
+    pub(crate) async fn fetch_ranged(&self, ctx: &OpContext, wants: &[String], idx_dir: &Path) -> Result<RangedOutcome, StorageError> {
+        let mut outcome = RangedOutcome::default();
+        let m = self.listed_manifest().await?;
+        if m.format() != ObjectFormat::Sha1 || wants.is_empty() {
+            return Ok(outcome);
+        }
+        let mut oids = Vec::with_capacity(wants.len());
+        for w in wants {
+            match hex::decode(w) {
+                Ok(o) if o.len() == 20 => oids.push(o),
+                _ => return Ok(outcome),
+            }
+        }
+        let pack_dir = ctx.git.pack_dir().await?;
+        // Packs that may hold blobs (not the skeleton view), not in the repository yet.
+        let skeleton = m.views.as_ref().and_then(|v| v.skeleton.as_ref()).map(|p| p.name.clone());
+        let mut seen = BTreeSet::new();
+        let candidates: Vec<PackEntry> = m
+            .packs
+            .iter()
+            .chain(m.views.iter().flat_map(|v| v.tips.iter()))
+            .filter(|p| Some(&p.name) != skeleton.as_ref() && seen.insert(p.name.clone()))
+            .filter(|p| !pack_dir.join(format!("pack-{}.idx", p.name)).exists())
+            .cloned()
+            .collect();
+        tokio::fs::create_dir_all(idx_dir).await?;
+        let loads: Vec<_> = candidates.iter().map(|p| async move { self.load_index(ctx, p, idx_dir).await.map(|i| (p.clone(), i)) }).collect();
+        let indexes: Vec<(PackEntry, Option<Arc<PackIndex>>)> = futures::stream::iter(loads).buffered(CONCURRENCY).try_collect().await?;
+        // Each wanted object in the first pack that holds it.
+        let mut plans: Vec<PackPlan> = Vec::new();
+        for oid in &oids {
+            let found = indexes.iter().find_map(|(p, idx)| idx.as_ref().and_then(|i| i.offset_of(oid).map(|o| (p, i, o))));
+            let Some((p, idx, offset)) = found else {
+                tracing::debug!(oid = hex::encode(oid), "no pack index names a wanted object; no ranged reads");
+                return Ok(outcome);
+            };
+            let plan = match plans.iter_mut().position(|pl| pl.entry.name == p.name) {
+                Some(i) => &mut plans[i],
+                None => {
+                    plans.push(PackPlan {
+                        entry: p.clone(),
+                        idx: idx.clone(),
+                        wanted: Vec::new(),
+                        raw: BTreeMap::new(),
+                        chains: HashMap::new(),
+                        frontier: BTreeSet::new(),
+                        in_repository: BTreeSet::new(),
+                        pieces: Vec::new(),
+                        read: 0,
+                        whole: false,
+                    });
+                    plans.last_mut().expect("just pushed")
+                }
+            };
+            plan.wanted.push(offset);
+            plan.frontier.insert(offset);
+        }
+        drop(indexes);
+
+        // Rounds: each reads every pack's frontier (one parallel batch of
+        // merged ranges per pack), then queues the delta bases not read yet.
+        while plans.iter().any(|p| !p.whole && !p.frontier.is_empty()) {
+            if outcome.rounds == MAX_ROUNDS {
+                plans.iter_mut().filter(|p| !p.frontier.is_empty()).for_each(|p| p.whole = true);
+                break;
+            }
+            outcome.rounds += 1;
+            let mut jobs: Vec<(usize, String, Vec<Range<u64>>, u64)> = Vec::new();
+            for (i, p) in plans.iter_mut().enumerate().filter(|(_, p)| !p.whole && !p.frontier.is_empty()) {
+                // Each entry with the bytes before it: a delta's base is
+                // earlier in the pack, often close.
+                let ahead = read_ahead(p.entry.size, p.frontier.len());
+                let ranges: Option<Vec<Range<u64>>> =
+                    p.frontier.iter().map(|o| p.idx.end_of(*o, p.entry.size).map(|e| o.saturating_sub(ahead).max(PACK_HEADER)..e)).collect();
+                let Some(ranges) = ranges else {
+                    return Err(self.damaged(&p.entry, "its .idx names an entry past the pack's end"));
+                };
+                let gap = merge_gap(p.entry.size);
+                let cost: u64 = merge_ranges(&ranges, gap).iter().map(|r| r.end - r.start).sum();
+                if p.read + cost > p.entry.size / 2 || p.read + cost > MAX_RANGED_BYTES {
+                    tracing::debug!(
+                        pack = p.entry.name,
+                        read = p.read,
+                        cost,
+                        size = p.entry.size,
+                        "ranges would cover half the pack; reading it whole"
+                    );
+                    p.whole = true;
+                    continue;
+                }
+                jobs.push((i, manifest::pack_key(&self.url, &p.entry.name), ranges, gap));
+            }
+            let reads: Vec<_> =
+                jobs.into_iter().map(|(i, key, ranges, gap)| async move { (i, self.store.get_ranges(&key, &ranges, gap).await) }).collect();
+            let results: Vec<_> = futures::stream::iter(reads).buffer_unordered(CONCURRENCY).collect().await;
+            for (i, read) in results {
+                let read = match read {
+                    Ok(r) => r,
+                    Err(e) if e.is_not_found() => {
+                        tracing::info!(pack = plans[i].entry.name, "a pack is gone from the bucket; no ranged reads");
+                        return Ok(RangedOutcome { done: false, ..outcome });
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                outcome.bytes += read.bytes();
+                outcome.requests += read.requests();
+                let p = &mut plans[i];
+                p.read += read.bytes();
+                p.pieces.push(read);
+                let asked: Vec<u64> = p.frontier.iter().copied().collect();
+                p.frontier.clear();
+                let unread = self.take_entries(p, asked)?;
+                // Bases the repository has are not read: the pack built is
+                // completed from it (`index-pack --fix-thin`).
+                if !unread.is_empty() {
+                    let oids: Vec<String> = unread.iter().filter_map(|b| p.idx.oid_at(*b)).map(hex::encode).collect();
+                    let types = object_types(&ctx.git, &oids).await?;
+                    for b in unread {
+                        match p.idx.oid_at(b).and_then(|o| types.get(&hex::encode(o))) {
+                            Some(kind) => {
+                                p.chains.insert(b, (*kind, None));
+                                p.in_repository.insert(b);
+                            }
+                            None => {
+                                p.frontier.insert(b);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+
+        // Only blobs: a commit or tree without what it links to would leave
+        // the mirror holding objects whose history it lacks.
+        for p in plans.iter().filter(|p| !p.whole) {
+            if p.wanted.iter().any(|o| resolved_kind(&p.chains, *o) != Some(OBJ_BLOB)) {
+                tracing::debug!(pack = p.entry.name, "a wanted object is not a blob; no ranged reads");
+                return Ok(RangedOutcome { done: false, ..outcome });
+            }
+        }
+
+        let started = std::time::SystemTime::now();
+        for p in plans.iter().filter(|p| !p.whole) {
+            if let Err(e) = self.index_entries(ctx, p).await {
+                crate::local::git::remove_temp_packs_since(&pack_dir, started);
+                return Err(e);
+            }
+        }
+        let whole: Vec<PackEntry> = plans.iter().filter(|p| p.whole).map(|p| p.entry.clone()).collect();
+        outcome.whole_packs = whole.len();
+        let dir = &pack_dir;
+        let fetches: Vec<_> = whole.iter().map(|p| async move { self.fetch_pack(ctx, p, dir, std::future::ready(true)).await.map(|_| ()) }).collect();
+        let fetched = futures::stream::iter(fetches).buffer_unordered(CONCURRENCY).try_collect::<Vec<()>>().await;
+        if fetched.is_err() {
+            crate::local::git::remove_temp_packs_since(&pack_dir, started);
+        }
+        fetched?;
+        let have = ctx.git.present_objects(wants).await?;
+        outcome.done = wants.iter().all(|w| have.contains(w));
+        tracing::info!(
+            wants = wants.len(),
+            bytes = outcome.bytes,
+            requests = outcome.requests,
+            rounds = outcome.rounds,
+            whole_packs = outcome.whole_packs,
+            done = outcome.done,
+            "ranged reads"
+        );
+        Ok(outcome)
+    }
+
+    /// Takes from what `p` has read the entries at `offsets` and, following
+    /// their delta bases, every base already read (read-ahead often holds
+    /// them): each checked against its CRC-32 in the `.idx`. Returns the
+    /// bases still to read.
+    fn take_entries(&self, p: &mut PackPlan, offsets: Vec<u64>) -> Result<BTreeSet<u64>, StorageError> {
+        let mut queue = offsets;
+        let mut unread = BTreeSet::new();
+        while let Some(at) = queue.pop() {
+            if p.raw.contains_key(&at) || p.in_repository.contains(&at) {
+                continue;
+            }
+            let end = p.idx.end_of(at, p.entry.size).ok_or_else(|| self.damaged(&p.entry, "its .idx names an entry past the pack's end"))?;
+            let Some(raw) = p.pieces.iter().find_map(|piece| piece.slice(at..end)) else {
+                unread.insert(at);
+                continue;
+            };
+            // Checked against the CRC-32 its .idx records before anything is made of it.
+            if !p.idx.crc_matches(at, &raw) {
+                return Err(self.altered(&p.entry, &format!("the entry at offset {at} does not match the CRC-32 of the pack's .idx")));
+            }
+            let h = entry_header(&raw, at).map_err(|e| self.damaged(&p.entry, &e.to_string()))?;
+            let base = match &h.base {
+                None => None,
+                Some(Base::Offset(o)) => Some(*o),
+                // Packs in the bucket are never thin: a REF_DELTA's base is in the same pack.
+                Some(Base::Oid(oid)) => Some(p.idx.offset_of(oid).ok_or_else(|| self.damaged(&p.entry, "a delta's base is not in the pack"))?),
+            };
+            p.chains.insert(at, (h.kind, base));
+            p.raw.insert(at, raw);
+            if let Some(b) = base {
+                queue.push(b);
+            }
+        }
+        Ok(unread)
+    }
+
+    /// The entries read from one pack, as a pack of their own, indexed by
+    /// `git index-pack` (which verifies every object before the pack is
+    /// moved into place).
+    async fn index_entries(&self, ctx: &OpContext, p: &PackPlan) -> Result<(), StorageError> {
+        let mut entries = Vec::with_capacity(p.raw.len());
+        for (offset, raw) in &p.raw {
+            let h = entry_header(raw, *offset).map_err(|e| self.damaged(&p.entry, &e.to_string()))?;
+            let base_oid = match h.base {
+                Some(Base::Offset(b)) => Some(p.idx.oid_at(b).ok_or_else(|| self.damaged(&p.entry, "a delta's base offset is no entry"))?),
+                _ => None,
+            };
+            entries.push(rewrite_entry(raw, &h, base_oid).ok_or_else(|| self.damaged(&p.entry, "an entry cannot be rewritten"))?);
+        }
+        let pack = tokio::task::spawn_blocking(move || build_pack(&entries)).await.map_err(|e| StorageError::Io(std::io::Error::other(e)))?;
+        let tmp = ctx.cache.temp_file()?;
+        tokio::fs::write(tmp.path(), &pack).await?;
+        index_thin_pack(&ctx.git, tmp.path()).await.map_err(|e| {
+            let why = match &e {
+                crate::local::git::GitError::Failed { stderr, .. } => {
+                    stderr.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("index-pack failed").to_string()
+                }
+                other => other.to_string(),
+            };
+            self.altered(&p.entry, &why)
+        })?;
+        Ok(())
+    }
+
+    /// Read bytes that do not verify: refused, nothing written.
+    fn altered(&self, p: &PackEntry, why: &str) -> StorageError {
+        StorageError::Corrupt(format!(
+            "objects read from pack {} (s3://{}/{}) do not verify ({why}): nothing was written; the pack in the bucket is damaged or the transfer was altered (fetch again; `git s3 doctor` checks the packs)",
+            p.name,
+            self.store.bucket(),
+            manifest::pack_key(&self.url, &p.name)
+        ))
+    }
+
+    /// The `.idx` of pack `p`: from `dir` when an earlier fetch kept it,
+    /// else downloaded (and kept). None when the bucket has none.
+    async fn load_index(&self, ctx: &OpContext, p: &PackEntry, dir: &Path) -> Result<Option<Arc<PackIndex>>, StorageError> {
+        let Ok(name) = hex::decode(&p.name) else { return Ok(None) };
+        let kept = dir.join(format!("pack-{}.idx", p.name));
+        if let Ok(data) = tokio::fs::read(&kept).await {
+            let n = name.clone();
+            if let Ok(Ok(idx)) = tokio::task::spawn_blocking(move || PackIndex::parse(&data, Some(&n))).await {
+                return Ok(Some(Arc::new(idx)));
+            }
+            let _ = tokio::fs::remove_file(&kept).await;
+        }
+        let key = manifest::idx_key(&self.url, &p.name);
+        let tmp = ctx.cache.temp_file()?;
+        match self.store.get_to_file(&key, tmp.path(), |_| {}).await {
+            Ok(_) => {}
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+        let data = tokio::fs::read(tmp.path()).await?;
+        let parsed = tokio::task::spawn_blocking(move || PackIndex::parse(&data, Some(&name)))
+            .await
+            .map_err(|e| StorageError::Io(std::io::Error::other(e)))?
+            .map_err(|e| self.damaged(p, &format!("its .idx s3://{}/{key} is unusable: {e}", self.store.bucket())))?;
+        let path: PathBuf = tmp.path().to_path_buf();
+        if let Err(e) = tmp.persist(&kept) {
+            tracing::debug!(error = %e, file = %path.display(), "pack index not kept");
+        }
+        Ok(Some(Arc::new(parsed)))
+    }
+
+    fn damaged(&self, p: &PackEntry, why: &str) -> StorageError {
+        StorageError::Corrupt(format!(
+            "pack {} in s3://{}/{} cannot be read by ranges ({why}): the remote is damaged (`git s3 doctor` checks it)",
+            p.name,
+            self.store.bucket(),
+            manifest::pack_key(&self.url, &p.name)
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gaps_and_read_ahead_grow_with_the_pack_within_bounds() {
+        assert_eq!(merge_gap(10 << 10), 1 << 10, "a small pack: small gaps");
+        assert_eq!(merge_gap(16 << 20), 4 << 10);
+        assert_eq!(merge_gap(1 << 30), MERGE_GAP, "a big pack: the store's gap");
+        assert_eq!(read_ahead(1 << 20, 1), 16 << 10);
+        assert_eq!(read_ahead(1 << 30, 8), 4 << 10, "32 KiB a round");
+        assert_eq!(read_ahead(64 << 10, 1), 2 << 10, "a small pack: a little");
+        assert_eq!(read_ahead(16 << 20, 581), 0, "many entries: none");
+    }
+}
