@@ -5,6 +5,7 @@ use crate::local::git::Git;
 use crate::s3::store::S3Store;
 use crate::s3::url::RemoteUrl;
 use crate::storage::bundles::storage::BundleStorage;
+use crate::storage::crypt::{self, keyring, CryptError};
 use crate::storage::detect::{configured_format, detect, Detected, Purpose};
 use crate::storage::packs::storage::PackStorage;
 use crate::storage::{OpContext, PushResult, PushUpdate, RefListing, RemoteRef, RepoStorage, StorageError};
@@ -19,10 +20,33 @@ pub enum Storage {
 impl Storage {
     /// Opens a remote in the format its prefix holds; an empty prefix gets
     /// `git config s3.format` of the caller's repository (default bundles).
+    ///
+    /// An encrypted packs remote (issue 22: its manifest is an age file) is
+    /// opened with the caller's identities every time (one small GET of its
+    /// keyring): a caller none of whose identities opens it gets one line
+    /// naming the keyring's recipients, before anything is fetched. A
+    /// plaintext remote costs no request more.
     pub async fn open(store: S3Store, url: RemoteUrl, git: &Git, purpose: Purpose) -> Result<Storage, StorageError> {
-        Ok(match detect(&store, &url, configured_format(git), purpose).await? {
+        // A remote this daemon knows is encrypted: the caller's access first
+        // (detection may answer from the manifest this daemon holds).
+        let mut key = None;
+        if crypt::opened(&store, &url).is_some() {
+            key = keyring::open(&store, &url, git.env()).await?;
+            if key.is_none() {
+                // The keyring is gone: what this daemon holds of the remote is stale.
+                crate::storage::packs::manifest::forget_held(&store, &url);
+            }
+        }
+        let detected = match detect(&store, &url, configured_format(git), purpose).await {
+            Err(StorageError::Crypt(CryptError::NotOpened(_))) if key.is_none() => {
+                key = keyring::open(&store, &url, git.env()).await?;
+                detect(&store, &url, configured_format(git), purpose).await?
+            }
+            other => other?,
+        };
+        Ok(match detected {
             Detected::Bundles(refs, head) => Storage::Bundles(Box::new(BundleStorage::new(store, url, Some(refs)).with_head(head))),
-            Detected::Packs(m, refs) => Storage::Packs(Box::new(PackStorage::new(store, url, m, refs))),
+            Detected::Packs(m, refs) => Storage::Packs(Box::new(PackStorage::new(store, url, m, refs).with_key(key))),
         })
     }
 
