@@ -228,6 +228,7 @@ fn an_encrypted_remote_reveals_nothing_and_clones_with_the_right_identity() {
     let errors = error_lines(&stderr);
     assert_eq!(errors.len(), 1, "{stderr}");
     assert!(errors[0].contains("is encrypted to 1 recipient (fingerprints ") && errors[0].contains("git s3 keygen"), "{stderr}");
+    eprintln!("refused clone: {}", errors[0]);
     assert!(!env.path("c2").exists(), "a refused clone leaves nothing");
     // No identities at all: the same line, saying so.
     let mut c = env.command("git", &env.work());
@@ -329,11 +330,13 @@ fn the_age_cli_reads_what_git_s3_writes() {
     let name = m["packs"][0]["name"].as_str().unwrap().to_string();
     // Decrypt each pack object: one is the pack, and git indexes it.
     let mut packs = 0;
+    let mut pack_object = String::new();
     for (i, key) in env.keys("age/.git-s3/packs/").into_iter().filter(|k| !k.is_empty()).enumerate() {
         let out = dir.join(format!("object-{i}"));
         age_d(&remote_key, &key, &out);
         if std::fs::read(&out).unwrap().starts_with(b"PACK") {
             packs += 1;
+            pack_object = key.clone();
             let pack = dir.join(format!("pack-{name}.pack"));
             std::fs::rename(&out, &pack).unwrap();
             let mut c = env.command("git", &env.work());
@@ -345,4 +348,29 @@ fn the_age_cli_reads_what_git_s3_writes() {
     // And git-s3 clones it with the age-keygen identity.
     env.git(&env.work(), &["clone", "-q", &url, "c"]);
     assert_eq!(std::fs::read_to_string(env.path("c").join("hello.txt")).unwrap(), "hello from age\n");
+
+    // Tampering: a flipped byte in the manifest, or in a pack, is refused in
+    // one line, and a clone from a tampered pack leaves nothing.
+    let flip = |key: &str| {
+        let good = env.get_object(key);
+        let mut bad = good.clone();
+        let at = bad.len() - 20;
+        bad[at] ^= 0x01;
+        env.put_object(key, &bad);
+        good
+    };
+    let good = flip("age/.git-s3/manifest.json");
+    let stderr = env.git_fail(&env.work(), &["ls-remote", &url]);
+    let errors = error_lines(&stderr);
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains("does not decrypt with the remote's key"), "{stderr}");
+    eprintln!("tampered manifest: {}", errors[0]);
+    env.put_object("age/.git-s3/manifest.json", &good);
+    flip(&pack_object);
+    // (the earlier clone's pack is in the local cache, which a clone would link)
+    env.git_s3(&env.work(), &["cache", "clear"]);
+    let stderr = env.git_fail(&env.work(), &["clone", &url, "tampered"]);
+    assert!(error_lines(&stderr).iter().any(|l| l.contains("does not decrypt with the remote's key")), "{stderr}");
+    eprintln!("tampered pack: {stderr}");
+    assert!(!env.path("tampered").exists());
 }
