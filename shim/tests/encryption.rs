@@ -218,6 +218,9 @@ fn an_encrypted_remote_reveals_nothing_and_clones_with_the_right_identity() {
     assert!(env.git(&c1, &["log", "-1", "--format=%ae %s"]).contains("sekrit.author@example.org Confidential commit message"));
     assert!(env.git(&c1, &["tag"]).contains("release-hidden-tag"));
     env.git(&c1, &["fsck", "--full", "--no-progress"]);
+    // A shallow clone (served whole: an encrypted remote has no views yet).
+    env.git(&env.work(), &["clone", "-q", "--depth", "1", "--branch", "main", &url, "shallow"]);
+    assert_eq!(std::fs::read_to_string(env.path("shallow").join("plan.txt")).unwrap(), std::fs::read_to_string(repo.join("plan.txt")).unwrap());
 
     // Another identity: one line that names the keyring's recipients, and no clone directory.
     let other = env.dir.path().join("other-identities");
