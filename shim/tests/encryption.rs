@@ -376,4 +376,12 @@ fn the_age_cli_reads_what_git_s3_writes() {
     assert!(error_lines(&stderr).iter().any(|l| l.contains("does not decrypt with the remote's key")), "{stderr}");
     eprintln!("tampered pack: {stderr}");
     assert!(!env.path("tampered").exists());
+
+    // The keyring gone (in a daemon that has not opened it): one line saying so.
+    env.git_s3(&env.work(), &["daemon", "restart"]);
+    env.delete_object("age/.git-s3/keyring");
+    let stderr = env.git_fail(&env.work(), &["ls-remote", &url]);
+    let errors = error_lines(&stderr);
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains("manifest is encrypted but its keyring") && errors[0].contains("is missing"), "{stderr}");
 }

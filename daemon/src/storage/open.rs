@@ -40,6 +40,13 @@ impl Storage {
         let detected = match detect(&store, &url, configured_format(git), purpose).await {
             Err(StorageError::Crypt(CryptError::NotOpened(_))) if key.is_none() => {
                 key = keyring::open(&store, &url, git.env()).await?;
+                if key.is_none() {
+                    return Err(StorageError::Corrupt(format!(
+                        "{url}'s manifest is encrypted but its keyring (s3://{}/{}) is missing: restore it from a backup or a versioned bucket",
+                        store.bucket(),
+                        crypt::keyring_key(&url)
+                    )));
+                }
                 detect(&store, &url, configured_format(git), purpose).await?
             }
             other => other?,
