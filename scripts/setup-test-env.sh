@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests and the quick start need on a fresh machine:
 #   - git-lfs (Debian package) for the LFS tests
+#   - age (Debian package): the encryption tests decrypt what git-s3 wrote with it
 #   - a private Python venv at .test-env/venv with moto's S3 server (the local
 #     S3-compatible endpoint) and git-remote-s3 0.4.2 (interop tests, benchmark)
 #   - a host name for 127.0.0.1 (the named-host endpoint tests): this
@@ -30,6 +31,12 @@ if ! command -v git-lfs >/dev/null 2>&1; then
   echo "setup: installing git-lfs (apt)"
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq git-lfs >/dev/null
+fi
+
+if ! command -v age >/dev/null 2>&1 || ! command -v age-keygen >/dev/null 2>&1; then
+  echo "setup: installing age (apt)"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq age >/dev/null
 fi
 
 if [ ! -x "$venv/bin/moto_server" ] || [ ! -x "$venv/bin/git-remote-s3" ]; then

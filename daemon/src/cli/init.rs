@@ -4,11 +4,14 @@
 //! prefix is not a packs remote (an empty prefix holds bundles unless
 //! `git config s3.format packs` says otherwise).
 
+use std::sync::Arc;
+
 use clap::Args;
 
 use super::remote::Remote;
 use super::{CliError, CliResult, Ctx, FormatArg};
 use crate::s3::store::{PutOptions, WriteCondition};
+use crate::storage::crypt::{self, keyring, CryptError, RemoteKey};
 use crate::storage::detect::scan_refs_dir;
 use crate::storage::packs::manifest::{self, read_manifest, Manifest};
 
@@ -17,12 +20,22 @@ pub struct InitArgs {
     /// The storage format of the new remote
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub format: FormatArg,
+    /// Encrypt the remote (packs only) to this age recipient (age1…, from `git s3 keygen`); repeat for each person
+    #[arg(long = "encrypt-to", value_name = "RECIPIENT")]
+    pub encrypt_to: Vec<String>,
     /// A git remote name or an s3:// URL (an empty prefix)
     #[arg(value_name = "REMOTE")]
     pub remote: String,
 }
 
 pub async fn run(ctx: &mut Ctx, args: InitArgs) -> CliResult {
+    if !args.encrypt_to.is_empty() && args.format == FormatArg::Bundles {
+        return Err(CliError::Refused(
+            "the bundles format (git-remote-s3 0.4.2's layout) stays plaintext: use `git s3 init --format packs --encrypt-to …` to encrypt".into(),
+        ));
+    }
+    let recipients =
+        args.encrypt_to.iter().map(|r| crypt::parse_recipient(r)).collect::<Result<Vec<_>, _>>().map_err(|e| CliError::Usage(e.to_string()))?;
     let remote = Remote::resolve(ctx, &args.remote).await?;
     let (existing, refs) = tokio::try_join!(read_manifest(&remote.store, &remote.url), scan_refs_dir(&remote.store, &remote.url))?;
     let url = &remote.url;
@@ -38,7 +51,14 @@ pub async fn run(ctx: &mut Ctx, args: InitArgs) -> CliResult {
         return Err(CliError::Refused(format!(
             "{url} already holds bundles ({} refs){}",
             refs.bundle_refs.len(),
-            if args.format == FormatArg::Packs { format!("; convert it with `git s3 migrate --to packs {url}`") } else { String::new() }
+            if !recipients.is_empty() {
+                "; the bundles format stays plaintext: encryption needs a packs remote (`git s3 migrate --to packs`, then a new encrypted remote)"
+                    .to_string()
+            } else if args.format == FormatArg::Packs {
+                format!("; convert it with `git s3 migrate --to packs {url}`")
+            } else {
+                String::new()
+            }
         )));
     }
     match args.format {
@@ -46,12 +66,35 @@ pub async fn run(ctx: &mut Ctx, args: InitArgs) -> CliResult {
             let m = Manifest::default();
             let opts = PutOptions { condition: WriteCondition::IfAbsent, ..Default::default() };
             manifest::forget_held(&remote.store, url);
-            match remote.store.put_bytes(&manifest::manifest_key(url), m.to_bytes(), opts).await {
+            if !recipients.is_empty() {
+                // The keyring first: a manifest without it would be a plaintext remote.
+                let key = Arc::new(RemoteKey::generate());
+                match keyring::create(&remote.store, url, &key, &recipients).await {
+                    Ok(()) => {}
+                    Err(CryptError::Store(e)) if e.is_precondition_failed() => {
+                        return Err(CliError::Refused(format!("{url} already has a keyring ({}): it is encrypted already", crypt::keyring_key(url))))
+                    }
+                    Err(e) => return Err(CliError::Storage(e.into())),
+                }
+                crypt::remember(&remote.store, url, key);
+            } else {
+                crypt::forget(&remote.store, url);
+            }
+            match remote.store.put_bytes(&manifest::manifest_key(url), manifest::encode(&remote.store, url, &m)?, opts).await {
                 Ok(_) => {}
                 Err(e) if e.is_precondition_failed() => return Err(CliError::Refused(format!("{url} was initialized by someone else meanwhile"))),
                 Err(e) => return Err(e.into()),
             }
-            ctx.println(format!("Initialized {url} in the packs format ({})", manifest::manifest_key(url)));
+            if recipients.is_empty() {
+                ctx.println(format!("Initialized {url} in the packs format ({})", manifest::manifest_key(url)));
+            } else {
+                ctx.println(format!(
+                    "Initialized {url} in the packs format, encrypted to {} recipient{} (keyring {})",
+                    recipients.len(),
+                    if recipients.len() == 1 { "" } else { "s" },
+                    crypt::keyring_key(url)
+                ));
+            }
         }
         FormatArg::Bundles => {
             ctx.println(format!(

@@ -19,6 +19,7 @@ pub struct MigrateArgs {
 
 pub async fn run(ctx: &mut Ctx, args: MigrateArgs) -> CliResult {
     let remote = Remote::resolve(ctx, &args.remote).await?;
+    crate::storage::crypt::refuse_if_encrypted(&remote.store, &remote.url, "`git s3 migrate`").await.map_err(crate::storage::StorageError::from)?;
     let tmp = ctx.state.cache.root().join("tmp");
     let (r, to) = match args.to {
         FormatArg::Packs => (migrate_to_packs(&remote.store, &remote.url, &tmp, &ctx.env).await?, "packs"),

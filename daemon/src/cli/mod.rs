@@ -15,6 +15,7 @@ mod doctor;
 mod gc;
 pub mod help_docs;
 mod init;
+mod keygen;
 mod migrate;
 mod remote;
 mod status;

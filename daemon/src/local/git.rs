@@ -33,6 +33,11 @@ impl Git {
         &self.cwd
     }
 
+    /// The caller's environment git runs with.
+    pub fn env(&self) -> &HashMap<String, String> {
+        &self.env
+    }
+
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("git");
         cmd.args(args).env_clear().envs(&self.env).current_dir(&self.cwd).stdin(Stdio::null()).kill_on_drop(true);

@@ -6,6 +6,7 @@
 //! This file is what the formats share; it uses neither format.
 
 pub mod bundles;
+pub mod crypt;
 pub mod detect;
 pub mod fetch_options;
 pub mod mirror;
@@ -41,6 +42,9 @@ pub enum StorageError {
     /// The prefix's format is ambiguous or misconfigured.
     #[error("{0}")]
     Format(String),
+    /// An encrypted remote (issue 22): no access, or an object that does not decrypt.
+    #[error(transparent)]
+    Crypt(#[from] crate::storage::crypt::CryptError),
 }
 
 impl StorageError {

@@ -5,6 +5,7 @@ use crate::local::git::Git;
 use crate::s3::store::S3Store;
 use crate::s3::url::RemoteUrl;
 use crate::storage::bundles::storage::BundleStorage;
+use crate::storage::crypt::{self, keyring, CryptError};
 use crate::storage::detect::{configured_format, detect, Detected, Purpose};
 use crate::storage::fetch_options::FetchOptions;
 use crate::storage::packs::storage::PackStorage;
@@ -21,10 +22,40 @@ pub enum Storage {
 impl Storage {
     /// Opens a remote in the format its prefix holds; an empty prefix gets
     /// `git config s3.format` of the caller's repository (default bundles).
+    ///
+    /// An encrypted packs remote (issue 22: its manifest is an age file) is
+    /// opened with the caller's identities every time (one small GET of its
+    /// keyring): a caller none of whose identities opens it gets one line
+    /// naming the keyring's recipients, before anything is fetched. A
+    /// plaintext remote costs no request more.
     pub async fn open(store: S3Store, url: RemoteUrl, git: &Git, purpose: Purpose) -> Result<Storage, StorageError> {
-        Ok(match detect(&store, &url, configured_format(git), purpose).await? {
+        // A remote this daemon knows is encrypted: the caller's access first
+        // (detection may answer from the manifest this daemon holds).
+        let mut key = None;
+        if crypt::opened(&store, &url).is_some() {
+            key = keyring::open(&store, &url, git.env()).await?;
+            if key.is_none() {
+                // The keyring is gone: what this daemon holds of the remote is stale.
+                crate::storage::packs::manifest::forget_held(&store, &url);
+            }
+        }
+        let detected = match detect(&store, &url, configured_format(git), purpose).await {
+            Err(StorageError::Crypt(CryptError::NotOpened(_))) if key.is_none() => {
+                key = keyring::open(&store, &url, git.env()).await?;
+                if key.is_none() {
+                    return Err(StorageError::Corrupt(format!(
+                        "{url}'s manifest is encrypted but its keyring (s3://{}/{}) is missing: restore it from a backup or a versioned bucket",
+                        store.bucket(),
+                        crypt::keyring_key(&url)
+                    )));
+                }
+                detect(&store, &url, configured_format(git), purpose).await?
+            }
+            other => other?,
+        };
+        Ok(match detected {
             Detected::Bundles(refs, head) => Storage::Bundles(Box::new(BundleStorage::new(store, url, Some(refs)).with_head(head))),
-            Detected::Packs(m, refs) => Storage::Packs(Box::new(PackStorage::new(store, url, m, refs))),
+            Detected::Packs(m, refs) => Storage::Packs(Box::new(PackStorage::new(store, url, m, refs).with_key(key))),
         })
     }
 
@@ -55,7 +86,8 @@ impl Storage {
     /// Whether the format can read single objects by ranges (packs: the
     /// `.idx` of each pack says where an object lies).
     pub fn reads_by_ranges(&self) -> bool {
-        matches!(self, Storage::Packs(_))
+        // Not an encrypted remote yet: its packs are age files (issue 22).
+        matches!(self, Storage::Packs(p) if !p.is_encrypted())
     }
 
     /// Brings the objects `wants` into `ctx`'s repository by ranged reads,

@@ -41,7 +41,10 @@ pub(super) async fn check(
 ) -> Result<Option<PacksFindings>, CliError> {
     let key = manifest::manifest_key(&remote.url);
     let (m, etag) = match read_manifest(&remote.store, &remote.url).await {
-        Ok(Some(found)) => found,
+        Ok(Some(found)) => {
+            crate::storage::crypt::refuse_if_opened(&remote.store, &remote.url, "`git s3 doctor`").map_err(crate::storage::StorageError::from)?;
+            found
+        }
         Ok(None) => return Ok(None),
         Err(StorageError::Corrupt(msg)) => {
             rep.line(ctx, format!("{}: packs format", remote.url));

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use futures::stream::{StreamExt, TryStreamExt};
 
 use crate::session::progress::Progress;
-use crate::storage::packs::manifest::{self, read_manifest, PackEntry};
-use crate::storage::packs::storage::PackStorage;
+use crate::storage::packs::manifest::{read_manifest, PackEntry};
+use crate::storage::packs::storage::{get_object, PackStorage};
 use crate::storage::{OpContext, RemoteRef, StorageError};
 
 /// Packs downloaded at once.
@@ -111,7 +111,7 @@ impl PackStorage {
                     "pack {} from s3://{}/{} does not hold {}, the tip of {} the manifest names for it: the remote is damaged",
                     p.name,
                     self.store.bucket(),
-                    manifest::pack_key(&self.url, &p.name),
+                    self.object_key(&p.name, "pack"),
                     w.sha,
                     w.name
                 )));
@@ -156,7 +156,7 @@ impl PackStorage {
             ctx.cache.evict_pack(&p.name);
         }
         let tmp = ctx.cache.temp_file()?;
-        let key = manifest::pack_key(&self.url, &p.name);
+        let key = self.object_key(&p.name, "pack");
         let progress =
             Mutex::new(Progress::new(ctx.out.clone(), ctx.progress, format!("Downloading pack {}", &p.name[..12.min(p.name.len())]), Some(p.size)));
         let on = |n: u64| {
@@ -164,6 +164,22 @@ impl PackStorage {
                 pr.add(n)
             }
         };
+        if let Some(k) = &self.key {
+            // Encrypted (issue 22): the whole age file, decrypted into the
+            // temp file, then indexed from there.
+            if !(&mut needed).await {
+                return Ok(false);
+            }
+            let indexed = match get_object(&self.store, k, &key, tmp.path(), on).await {
+                Ok(()) => index_file(ctx, tmp.path()).await,
+                Err(StorageError::Store(e)) if e.is_not_found() => return Err(self.missing_pack(p, &key)),
+                Err(e) => return Err(e),
+            };
+            if let Ok(mut pr) = progress.lock() {
+                pr.finish();
+            }
+            return self.indexed(ctx, p, pack_dir, &key, indexed);
+        }
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let download = self.store.get_to_file_tee(&key, tmp.path(), Some(tx), on);
         tokio::pin!(download);
@@ -204,18 +220,33 @@ impl PackStorage {
         };
         match downloaded {
             Ok(_) => {}
-            Err(e) if e.is_not_found() => {
-                return Err(StorageError::Corrupt(format!(
-                    "the manifest names pack {} but s3://{}/{key} is missing (the remote changed while fetching? fetch again)",
-                    p.name,
-                    self.store.bucket()
-                )))
-            }
+            Err(e) if e.is_not_found() => return Err(self.missing_pack(p, &key)),
             Err(e) => return Err(e.into()),
         }
         if let Ok(mut pr) = progress.lock() {
             pr.finish();
         }
+        self.indexed(ctx, p, pack_dir, &key, indexed)
+    }
+
+    fn missing_pack(&self, p: &PackEntry, key: &str) -> StorageError {
+        StorageError::Corrupt(format!(
+            "the manifest names pack {} but s3://{}/{key} is missing (the remote changed while fetching? fetch again)",
+            p.name,
+            self.store.bucket()
+        ))
+    }
+
+    /// A pack indexed (`indexed`: index-pack's answer): checked against its
+    /// name, then cached.
+    fn indexed(
+        &self,
+        ctx: &OpContext,
+        p: &PackEntry,
+        pack_dir: &Path,
+        key: &str,
+        indexed: Result<String, crate::local::git::GitError>,
+    ) -> Result<bool, StorageError> {
         let hash =
             indexed.map_err(|e| StorageError::Corrupt(format!("pack {} from s3://{}/{key} does not index: {e}", p.name, self.store.bucket())))?;
         // The cache keeps a pack under its name for every remote: only a

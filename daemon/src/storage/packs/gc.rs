@@ -157,6 +157,8 @@ pub async fn gc(
     let Some((m0, etag0)) = read_manifest(store, url).await? else {
         return Err(StorageError::Format(format!("{url} has no packs manifest (not a packs remote)")));
     };
+    // Encrypted packs have HMAC'd names that gc would take for unreferenced ones.
+    crate::storage::crypt::refuse_if_opened(store, url, "`git s3 gc`")?;
     if let Some(msg) = m0.frozen_error(url) {
         return Err(StorageError::Format(msg));
     }

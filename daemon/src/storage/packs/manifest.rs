@@ -15,6 +15,7 @@ use crate::local::refname::valid_ref_name;
 use crate::s3::retry::Backoff;
 use crate::s3::store::{Conditional, PutOptions, S3Store, WriteCondition};
 use crate::s3::url::RemoteUrl;
+use crate::storage::crypt;
 use crate::storage::StorageError;
 
 /// Everything of the packs format lives below `<prefix>/.git-s3/`, which the
@@ -325,10 +326,35 @@ pub async fn read_manifest(store: &S3Store, url: &RemoteUrl) -> Result<Option<(M
             None => Err(StorageError::Corrupt(format!("s3://{}/{key}: 304 Not Modified to an unconditional read", store.bucket()))),
         },
         Conditional::Found { data, etag } => {
+            let data = plaintext_of(store, url, data)?;
             let m = Manifest::parse(&data).map_err(|e| StorageError::Corrupt(format!("s3://{}/{key}: {e}", store.bucket())))?;
             hold_at(location, &etag, &m, asked);
             Ok(Some((m, etag)))
         }
+    }
+}
+
+/// The manifest's JSON from the object's bytes: an encrypted remote's is
+/// an age file, decrypted with the key this daemon opened (issue 22).
+fn plaintext_of(store: &S3Store, url: &RemoteUrl, data: Vec<u8>) -> Result<Vec<u8>, StorageError> {
+    match (crypt::is_age(&data), crypt::opened(store, url)) {
+        (false, None) => Ok(data),
+        (true, Some(k)) => Ok(crypt::codec::decrypt_bytes(&k, &data, &format!("s3://{}/{}", store.bucket(), manifest_key(url)))?),
+        (true, None) => Err(crypt::CryptError::NotOpened(url.to_string()).into()),
+        (false, Some(_)) => Err(StorageError::Corrupt(format!(
+            "s3://{}/{}: the remote has a keyring but its manifest is plaintext; refusing it (was it replaced?)",
+            store.bucket(),
+            manifest_key(url)
+        ))),
+    }
+}
+
+/// The bytes a manifest is written as: its JSON, encrypted to the remote
+/// key when the remote is encrypted (issue 22).
+pub fn encode(store: &S3Store, url: &RemoteUrl, m: &Manifest) -> Result<Vec<u8>, StorageError> {
+    match crypt::opened(store, url) {
+        Some(k) => Ok(crypt::codec::encrypt_bytes(&k, &m.to_bytes())?),
+        None => Ok(m.to_bytes()),
     }
 }
 
@@ -418,7 +444,7 @@ where
         m.serial += 1;
         let opts = PutOptions { condition: WriteCondition::IfMatch(etag), ..Default::default() };
         let sent = std::time::Instant::now();
-        match store.put_bytes(&manifest_key(url), m.to_bytes(), opts).await {
+        match store.put_bytes(&manifest_key(url), encode(store, url, &m)?, opts).await {
             Ok(new_etag) => {
                 hold_written(store, url, &new_etag, &m, sent);
                 return Ok(m);

@@ -4,10 +4,12 @@
 //! `refs/` scan made at detection.
 
 use std::collections::BTreeSet;
-use std::sync::Mutex;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 
-use crate::s3::store::S3Store;
+use crate::s3::store::{PutOptions, S3Store};
 use crate::s3::url::RemoteUrl;
+use crate::storage::crypt::{codec, RemoteKey};
 use crate::storage::detect::{scan_refs_dir, RefsDir};
 use crate::storage::packs::manifest::{read_manifest, Manifest};
 use crate::storage::StorageError;
@@ -26,6 +28,9 @@ pub struct PackStorage {
     /// Pack downloads that broke off and were made again (their
     /// index-pack's temp file is removed once the fetch is done).
     pub(super) broken_streams: std::sync::atomic::AtomicU32,
+    /// An encrypted remote's key (issue 22): its packs and `.idx` are age
+    /// files under HMAC'd names (see `object_key`, `put_object`, `get_object`).
+    pub(super) key: Option<Arc<RemoteKey>>,
 }
 
 impl PackStorage {
@@ -37,7 +42,23 @@ impl PackStorage {
             listed: Mutex::new(None),
             refs: Mutex::new(refs),
             broken_streams: std::sync::atomic::AtomicU32::new(0),
+            key: None,
         }
+    }
+
+    /// An encrypted remote, opened with `key`.
+    pub fn with_key(mut self, key: Option<Arc<RemoteKey>>) -> PackStorage {
+        self.key = key;
+        self
+    }
+
+    pub fn is_encrypted(&self) -> bool {
+        self.key.is_some()
+    }
+
+    /// The object of pack `name`'s `.pack` (`ext` "pack") or `.idx` ("idx").
+    pub(super) fn object_key(&self, name: &str, ext: &str) -> String {
+        object_key(&self.url, self.key.as_deref(), name, ext)
     }
 
     /// The `PROTECTED#` markers, when `refs/` has been scanned.
@@ -78,4 +99,52 @@ impl PackStorage {
     pub(super) fn take_listed(&self) -> Option<(Manifest, Option<String>)> {
         self.listed.lock().ok().and_then(|mut l| l.take())
     }
+}
+
+/// The key of pack `name`'s `.pack` / `.idx` (`ext`): `pack-<name>.<ext>`,
+/// or in an encrypted remote an HMAC of that name keyed from the remote
+/// key, so keys reveal no hash.
+pub(super) fn object_key(url: &RemoteUrl, key: Option<&RemoteKey>, name: &str, ext: &str) -> String {
+    match key {
+        Some(k) => url.key(&format!("{}/packs/{}", crate::storage::packs::manifest::META_DIR, k.object_name(&format!("pack-{name}.{ext}")))),
+        None => url.key(&format!("{}/packs/pack-{name}.{ext}", crate::storage::packs::manifest::META_DIR)),
+    }
+}
+
+/// Uploads the file at `path` to `object`: as it is, or encrypted to the
+/// remote key into a temp file beside it first (streamed, bounded memory).
+pub(super) async fn put_object(
+    store: &S3Store,
+    key: Option<&Arc<RemoteKey>>,
+    object: &str,
+    path: &Path,
+    on_bytes: impl Fn(u64) + Send + Sync,
+) -> Result<(), StorageError> {
+    match key {
+        None => {
+            store.put_file(object, path, PutOptions::default(), on_bytes).await?;
+        }
+        Some(k) => {
+            let tmp = codec::temp_beside(path)?;
+            codec::encrypt_file(k.clone(), path.to_path_buf(), tmp.path().to_path_buf()).await?;
+            store.put_file(object, tmp.path(), PutOptions::default(), on_bytes).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Downloads `object` of an encrypted remote and decrypts it into `dest`
+/// (the ciphertext goes to a temp file beside it first).
+pub(super) async fn get_object(
+    store: &S3Store,
+    key: &Arc<RemoteKey>,
+    object: &str,
+    dest: &Path,
+    on_bytes: impl FnMut(u64) + Send,
+) -> Result<(), StorageError> {
+    let tmp = codec::temp_beside(dest)?;
+    store.get_to_file(object, tmp.path(), on_bytes).await?;
+    let what = format!("s3://{}/{object}", store.bucket());
+    codec::decrypt_file(key.clone(), tmp.path().to_path_buf(), dest.to_path_buf(), what).await?;
+    Ok(())
 }

@@ -1,0 +1,223 @@
+//! Client-side encryption of a packs remote with age (issue 22, first
+//! slice): what the files below share. An encrypted remote has its own
+//! **remote key**, an age X25519 identity, kept in the bucket in the
+//! keyring object (`<prefix>/.git-s3/keyring`, see `keyring`) encrypted to
+//! every granted recipient. Every other object of the remote (the manifest,
+//! packs, `.idx`) is a standard age file encrypted to the remote key, and
+//! pack objects are named by an HMAC of their plaintext name keyed from the
+//! remote key (see `docs/encryption.md`).
+//!
+//! Files: `identities` (the caller's age identities: `git s3 keygen`'s
+//! file), `keyring` (the keyring object: its format, writing it, opening it
+//! with the caller's identities), `codec` (age encryption of bytes and
+//! files, streaming). This file: the errors, the remote key, and the keys a
+//! daemon has opened (by location), which the packs format's manifest reads
+//! use.
+
+pub mod codec;
+pub mod identities;
+pub mod keyring;
+
+use std::sync::Arc;
+
+use age::secrecy::ExposeSecret;
+use sha2::{Digest, Sha256};
+
+use crate::s3::store::{S3Store, StoreError};
+use crate::s3::url::RemoteUrl;
+
+/// The keyring object, under the packs format's directory.
+pub const KEYRING_NAME: &str = ".git-s3/keyring";
+
+/// The first bytes of every age file (binary format).
+pub const AGE_MAGIC: &[u8] = b"age-encryption.org/v1\n";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CryptError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("local file error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The caller's identities do not open the keyring (the message is whole).
+    #[error("{0}")]
+    NoAccess(String),
+    /// An identities file that cannot be used (the message is whole).
+    #[error("{0}")]
+    Identities(String),
+    /// An object that does not decrypt with the remote key: tampered,
+    /// truncated, or written with another key.
+    #[error("{what} does not decrypt with the remote's key (tampered, truncated or of another key): {detail}")]
+    Decrypt { what: String, detail: String },
+    #[error("the keyring {0} is not a git-s3 keyring: {1}")]
+    Keyring(String, String),
+    /// An encrypted remote whose key this session has not opened.
+    #[error("{0} is encrypted: this command does not open encrypted remotes yet (git fetch, pull and push do)")]
+    NotOpened(String),
+    /// What this slice of encryption does not do yet (the message is whole).
+    #[error("{0}")]
+    NotYet(String),
+    #[error("invalid age recipient '{0}': expected an X25519 recipient (age1…), as `git s3 keygen` or `age-keygen` prints")]
+    Recipient(String),
+}
+
+/// A remote's key: the age identity every object is encrypted to, and the
+/// key of the HMAC that names its packs.
+pub struct RemoteKey {
+    identity: age::x25519::Identity,
+    recipient: age::x25519::Recipient,
+    names: [u8; 32],
+}
+
+impl std::fmt::Debug for RemoteKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RemoteKey({})", fingerprint(&self.recipient.to_string()))
+    }
+}
+
+impl RemoteKey {
+    /// A fresh remote key.
+    pub fn generate() -> RemoteKey {
+        RemoteKey::of(age::x25519::Identity::generate())
+    }
+
+    /// The key from its secret (`AGE-SECRET-KEY-1…`).
+    pub fn from_secret(secret: &str) -> Option<RemoteKey> {
+        secret.trim().parse::<age::x25519::Identity>().ok().map(RemoteKey::of)
+    }
+
+    fn of(identity: age::x25519::Identity) -> RemoteKey {
+        let secret = identity.to_string();
+        // The HMAC key of object names: derived from the secret, never the secret itself.
+        let names = hmac_sha256(secret.expose_secret().as_bytes(), b"git-s3 object names v1");
+        let recipient = identity.to_public();
+        RemoteKey { identity, recipient, names }
+    }
+
+    /// `AGE-SECRET-KEY-1…`: what the keyring holds.
+    pub fn secret(&self) -> String {
+        self.identity.to_string().expose_secret().to_string()
+    }
+
+    pub fn identity(&self) -> &age::x25519::Identity {
+        &self.identity
+    }
+
+    pub fn recipient(&self) -> &age::x25519::Recipient {
+        &self.recipient
+    }
+
+    /// The name an object of plaintext name `plain` (e.g. `pack-<hash>.pack`)
+    /// has in the bucket: 64 hex digits that reveal no hash.
+    pub fn object_name(&self, plain: &str) -> String {
+        hex::encode(hmac_sha256(&self.names, plain.as_bytes()))
+    }
+}
+
+/// HMAC-SHA256 (RFC 2104).
+pub fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
+    let mut block = [0u8; 64];
+    if key.len() > 64 {
+        block[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    let mut inner = Sha256::new();
+    inner.update(block.map(|b| b ^ 0x36));
+    inner.update(msg);
+    let mut outer = Sha256::new();
+    outer.update(block.map(|b| b ^ 0x5c));
+    outer.update(inner.finalize());
+    outer.finalize().into()
+}
+
+/// A recipient's fingerprint: the first 16 hex digits of the SHA-256 of
+/// its `age1…` string (what a failed clone names; see the keyring).
+pub fn fingerprint(recipient: &str) -> String {
+    hex::encode(&Sha256::digest(recipient.trim().as_bytes())[..8])
+}
+
+/// Parses an `age1…` recipient.
+pub fn parse_recipient(s: &str) -> Result<age::x25519::Recipient, CryptError> {
+    s.trim().parse::<age::x25519::Recipient>().map_err(|_| CryptError::Recipient(s.to_string()))
+}
+
+pub fn keyring_key(url: &RemoteUrl) -> String {
+    url.key(KEYRING_NAME)
+}
+
+/// Whether `data` is an age file.
+pub fn is_age(data: &[u8]) -> bool {
+    data.starts_with(AGE_MAGIC)
+}
+
+/// Remote keys this daemon opened, by the keyring's location. Only a
+/// session whose caller's identities opened the keyring puts one here (and
+/// every session of an encrypted remote opens it again: see
+/// `keyring::open`); the manifest's reads and writes find the key here.
+static OPENED: std::sync::OnceLock<dashmap::DashMap<String, Arc<RemoteKey>>> = std::sync::OnceLock::new();
+
+/// The key of `url`'s remote, when this daemon opened it.
+pub fn opened(store: &S3Store, url: &RemoteUrl) -> Option<Arc<RemoteKey>> {
+    OPENED.get()?.get(&store.location(&keyring_key(url))).map(|k| k.value().clone())
+}
+
+/// Remembers the key of `url`'s remote.
+pub fn remember(store: &S3Store, url: &RemoteUrl, key: Arc<RemoteKey>) {
+    // Never cleared wholesale (one entry per encrypted remote the user
+    // reads): a manifest this daemon holds decrypted always has its key here.
+    let map = OPENED.get_or_init(dashmap::DashMap::new);
+    map.insert(store.location(&keyring_key(url)), key);
+}
+
+/// Forgets the key of `url`'s remote (its keyring changed or is gone).
+pub fn forget(store: &S3Store, url: &RemoteUrl) {
+    if let Some(map) = OPENED.get() {
+        map.remove(&store.location(&keyring_key(url)));
+    }
+}
+
+/// Refuses `what` (a command not built for encrypted remotes yet) on an
+/// encrypted remote: one whose key this daemon opened, or that has a keyring.
+pub async fn refuse_if_encrypted(store: &S3Store, url: &RemoteUrl, what: &str) -> Result<(), CryptError> {
+    refuse_if_opened(store, url, what)?;
+    if store.head(&keyring_key(url)).await?.is_some() {
+        return Err(not_yet(url, what));
+    }
+    Ok(())
+}
+
+/// [`refuse_if_encrypted`] after the manifest was read: an encrypted
+/// manifest reads only with its key opened, so no request is needed.
+pub fn refuse_if_opened(store: &S3Store, url: &RemoteUrl, what: &str) -> Result<(), CryptError> {
+    match opened(store, url) {
+        Some(_) => Err(not_yet(url, what)),
+        None => Ok(()),
+    }
+}
+
+fn not_yet(url: &RemoteUrl, what: &str) -> CryptError {
+    CryptError::NotYet(format!("{url} is encrypted: {what} does not handle encrypted remotes yet (see docs/encryption.md)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hmac_matches_rfc_4231_case_2() {
+        let mac = hmac_sha256(b"Jefe", b"what do ya want for nothing?");
+        assert_eq!(hex::encode(mac), "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+    }
+
+    #[test]
+    fn object_names_are_keyed_and_stable() {
+        let k = RemoteKey::generate();
+        let again = RemoteKey::from_secret(&k.secret()).unwrap();
+        let name = format!("pack-{}.pack", "a".repeat(40));
+        assert_eq!(k.object_name(&name), again.object_name(&name));
+        assert_ne!(k.object_name(&name), RemoteKey::generate().object_name(&name));
+        assert_eq!(k.object_name(&name).len(), 64);
+        assert!(!k.object_name(&name).contains(&"a".repeat(40)));
+        assert!(RemoteKey::from_secret("AGE-SECRET-KEY-1NOPE").is_none());
+    }
+}
