@@ -4,6 +4,7 @@
 //! object in the bucket scanned for what the repository holds; a clone
 //! with another identity refused in one line; the refusals for bundles and
 //! for commands not built for encrypted remotes yet.
+#![allow(clippy::unwrap_used)] // a test's unwrap is an assertion (Cargo.toml, [workspace.lints])
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
