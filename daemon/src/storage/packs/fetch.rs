@@ -146,17 +146,20 @@ impl PackStorage {
         needed: impl std::future::Future<Output = bool>,
     ) -> Result<bool, StorageError> {
         tokio::pin!(needed);
-        if let Some(cached) = ctx.cache.lookup_pack(&p.name) {
+        let name = p.name.clone();
+        if let Some(cached) = ctx.cache.blocking(move |c| c.lookup_pack(&name)).await? {
             if !(&mut needed).await {
                 return Ok(false);
             }
-            if cached.link_into(pack_dir).is_ok() && pack_dir.join(format!("pack-{}.idx", p.name)).exists() {
+            let (dir, idx) = (pack_dir.to_path_buf(), pack_dir.join(format!("pack-{}.idx", p.name)));
+            if crate::local::files::blocking(move || Ok(cached.link_into(&dir).is_ok() && idx.exists())).await? {
                 tracing::debug!(pack = p.name, "linked a cached pack");
                 return Ok(true);
             }
-            ctx.cache.evict_pack(&p.name);
+            let name = p.name.clone();
+            ctx.cache.blocking(move |c| c.evict_pack(&name)).await?;
         }
-        let tmp = ctx.cache.temp_file()?;
+        let tmp = ctx.cache.blocking(|c| c.temp_file()).await??;
         let key = manifest::pack_key(&self.url, &p.name);
         let progress =
             Mutex::new(Progress::new(ctx.out.clone(), ctx.progress, format!("Downloading pack {}", &p.name[..12.min(p.name.len())]), Some(p.size)));
@@ -224,7 +227,10 @@ impl PackStorage {
         // which index-pack prints) goes in.
         if hash != p.name {
             tracing::warn!(pack = p.name, indexed = hash, key, "the object holds another pack than its name says; not cached");
-        } else if let Err(e) = ctx.cache.insert_pack(&p.name, pack_dir, &hash) {
+        } else if let Err(e) = {
+            let (name, dir) = (p.name.clone(), pack_dir.to_path_buf());
+            ctx.cache.blocking(move |c| c.insert_pack(&name, &dir, &hash)).await.and_then(|r| r)
+        } {
             tracing::debug!(error = %e, "pack not cached");
         }
         Ok(true)
