@@ -18,6 +18,7 @@ use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumVal
 use dashmap::DashMap;
 use sha2::{Digest, Sha256};
 
+use crate::s3::config_files::ConfigFiles;
 use crate::s3::credentials::chain::{may_run_process, CallerChain};
 use crate::s3::credentials::messages::expired_token_advice;
 use crate::s3::profile::{configured_endpoint, max_attempts, AddressingStyle, Profile};
@@ -213,10 +214,16 @@ impl std::fmt::Debug for CallerEnv {
 impl ClientSpec {
     /// `url_profile` is the `profile@` of the remote URL; it wins over AWS_PROFILE.
     pub fn from_env(env: &HashMap<String, String>, url_profile: Option<&str>) -> ClientSpec {
+        ClientSpec::from_env_with(&ConfigFiles::default(), env, url_profile)
+    }
+
+    /// `from_env`, with the config files read through `files` (unchanged
+    /// files are not read again). Blocking: it looks at the files.
+    pub fn from_env_with(files: &ConfigFiles, env: &HashMap<String, String>, url_profile: Option<&str>) -> ClientSpec {
         let get = |k: &str| env.get(k).filter(|v| !v.is_empty()).cloned();
         let profile = url_profile.map(str::to_string).or_else(|| get("AWS_PROFILE"));
         let region = get("AWS_REGION").or_else(|| get("AWS_DEFAULT_REGION"));
-        let file_profile = Profile::load(env, profile.as_deref());
+        let file_profile = Profile::load(files, env, profile.as_deref());
         let endpoint = configured_endpoint(env, &file_profile);
         let forced = matches!(get("GIT_REMOTE_S3_PATH_STYLE").as_deref(), Some("1" | "true" | "yes"));
         let path_style = forced || path_style(endpoint.as_deref(), file_profile.addressing_style());
@@ -226,7 +233,7 @@ impl ClientSpec {
         // What selects credentials: AWS_* and HOME; with a credential_process
         // in the caller's config, also the PATH it is found on and the
         // directory it runs in (the shim sets PWD to its own).
-        let process = may_run_process(env);
+        let process = may_run_process(files, env);
         let mut aws_env: Vec<(&String, &String)> =
             env.iter().filter(|(k, _)| k.starts_with("AWS_") || k.as_str() == "HOME" || (process && matches!(k.as_str(), "PATH" | "PWD"))).collect();
         aws_env.sort();

@@ -3,6 +3,7 @@
 //! and the settings of the AWS shared-config standard that the daemon must
 //! resolve itself because they come from the caller (endpoint, attempts).
 
+use crate::s3::config_files::ConfigFiles;
 use std::collections::HashMap;
 
 /// A profile of the caller's config file: its settings and, when it names a
@@ -21,12 +22,12 @@ impl Profile {
     /// The profile `name` (or `AWS_PROFILE`, or `default`) of the config file
     /// the caller's environment names (`AWS_CONFIG_FILE`, else
     /// `$HOME/.aws/config`); empty when there is none.
-    pub fn load(env: &HashMap<String, String>, name: Option<&str>) -> Profile {
+    pub fn load(files: &ConfigFiles, env: &HashMap<String, String>, name: Option<&str>) -> Profile {
         let get = |k: &str| env.get(k).filter(|v| !v.is_empty()).cloned();
         let Some(file) = get("AWS_CONFIG_FILE").or_else(|| get("HOME").map(|h| format!("{h}/.aws/config"))) else {
             return Profile::default();
         };
-        let Ok(text) = std::fs::read_to_string(file) else { return Profile::default() };
+        let Some(text) = files.read(std::path::Path::new(&file)) else { return Profile::default() };
         let name = name.map(str::to_string).or_else(|| get("AWS_PROFILE")).unwrap_or_else(|| "default".to_string());
         Profile::parse(&text, &name)
     }
