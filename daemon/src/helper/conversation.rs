@@ -76,8 +76,16 @@ pub async fn run(state: Arc<DaemonState>, a: HelperArgs, mut input: Input, out: 
     // Opened (format detected) at the first command that needs the remote,
     // so `capabilities` is answered before any S3 request can fail.
     let mut opened: Option<Storage> = None;
-    let mut ctx =
-        OpContext { git, out: out.clone(), env: a.env.clone(), progress: false, cache: state.cache.clone(), cas: HashMap::new(), atomic: false };
+    let mut ctx = OpContext {
+        git,
+        out: out.clone(),
+        env: a.env.clone(),
+        progress: false,
+        cache: state.cache.clone(),
+        background: state.background.clone(),
+        cas: HashMap::new(),
+        atomic: false,
+    };
     macro_rules! storage {
         () => {
             storage!(Purpose::Read)

@@ -27,7 +27,7 @@ use crate::local::git::{Git, GitError};
 use crate::s3::store::{PutOptions, S3Store, StoreError, WriteCondition};
 use crate::s3::url::{s3_url_of_remote, RemoteNameError, RemoteUrl, UrlError};
 use crate::s3::write_options::{BucketPolicy, PolicyError};
-use crate::session::state::DaemonState;
+use crate::session::state::{DaemonState, LfsProbes};
 use crate::session::{Input, Out};
 
 /// Objects larger than this are downloaded as parallel ranges.
@@ -257,11 +257,17 @@ pub async fn resolve_remote(git: &Git, remote: &str, op: Operation) -> Result<(R
 /// the same URL and caller configuration (a success for [`PROBE_OK_TTL`], a
 /// failure for [`PROBE_FAIL_TTL`]), so one git-lfs command costs one probe.
 /// Ok(true) when this call sent the GET.
-async fn probe(store: &S3Store, url: &RemoteUrl, env: &std::collections::HashMap<String, String>) -> Result<bool, AgentError> {
+async fn probe(
+    probes: &tokio::sync::Mutex<LfsProbes>,
+    store: &S3Store,
+    url: &RemoteUrl,
+    env: &std::collections::HashMap<String, String>,
+) -> Result<bool, AgentError> {
     let unreachable = |reason: String| AgentError::Unreachable { url: format!("s3://{}/{}", url.bucket, url.prefix), reason };
     let who = probe_key(url, env);
-    let _turn = PROBE_TURN.lock().await;
-    let known = PROBED.lock().ok().and_then(|m| m.get(&who).cloned());
+    // Held until the outcome is recorded: the probes take turns.
+    let mut probed = probes.lock().await;
+    let known = probed.get(&who).cloned();
     if let Some((at, outcome)) = known {
         let ttl = if outcome.is_ok() { PROBE_OK_TTL } else { PROBE_FAIL_TTL };
         if at.elapsed() < ttl {
@@ -273,20 +279,14 @@ async fn probe(store: &S3Store, url: &RemoteUrl, env: &std::collections::HashMap
         Err(e) if e.is_not_found() => Ok(()),
         Err(e) => Err(e.to_string()),
     };
-    if let Ok(mut m) = PROBED.lock() {
-        m.retain(|_, (t, _)| t.elapsed() < PROBE_OK_TTL);
-        m.insert(who, (Instant::now(), outcome.clone()));
-    }
+    probed.retain(|_, (t, _)| t.elapsed() < PROBE_OK_TTL);
+    probed.insert(who, (Instant::now(), outcome.clone()));
     outcome.map(|()| true).map_err(unreachable)
 }
 
 /// How long a probe's outcome stands for the next agents.
 const PROBE_OK_TTL: Duration = Duration::from_secs(30);
 const PROBE_FAIL_TTL: Duration = Duration::from_secs(10);
-
-type ProbeOutcomes = std::collections::HashMap<u64, (Instant, Result<(), String>)>;
-static PROBED: std::sync::LazyLock<Mutex<ProbeOutcomes>> = std::sync::LazyLock::new(Default::default);
-static PROBE_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The URL and everything in the caller's environment that picks the
 /// credentials and the endpoint (never stored: only a hash).
@@ -369,7 +369,7 @@ impl Agent {
             // init stops the push before any git object is sent).
             Ok(((url, true), policy)) => {
                 let store = self.state.store_for(&self.env, &url).await.with_policy(policy);
-                match probe(&store, &url, &self.env).await {
+                match probe(&self.state.lfs_probes, &store, &url, &self.env).await {
                     Ok(sent) => {
                         let how = if sent { "checked" } else { "checked by another agent" };
                         self.log.debug(&format!("bucket {how}: {url}"));

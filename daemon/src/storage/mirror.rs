@@ -132,6 +132,7 @@ impl Mirror {
             env: ctx.env.clone(),
             progress: ctx.progress,
             cache: ctx.cache.clone(),
+            background: ctx.background.clone(),
             cas: HashMap::new(),
             atomic: false,
         }
