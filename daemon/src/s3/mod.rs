@@ -2,12 +2,13 @@
 //! what the caller's AWS config file says in `profile`, its files read again
 //! only when they change: `config_files`), the calls git-s3
 //! makes (`store`), what a bucket's policy demands of them (`write_options`),
-//! `s3://` URLs (`url`), and each caller's AWS credentials (`credentials`).
+//! `s3://` URLs (`url`), what the daemon remembers of locations (`memory`), and each caller's AWS credentials (`credentials`).
 
 pub mod clients;
 pub mod conditional;
 pub mod config_files;
 pub mod credentials;
+pub mod memory;
 pub mod profile;
 pub mod store;
 pub mod url;

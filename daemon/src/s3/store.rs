@@ -14,6 +14,7 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use tokio::io::AsyncWriteExt;
 use tracing::Instrument;
 
+use super::memory::Memory;
 use super::write_options::{self, BucketPolicy};
 
 pub mod versions;
@@ -478,6 +479,8 @@ pub struct S3Store {
     gate: Option<Arc<dyn WriteGate>>,
     /// What the bucket's policy demands (encryption, owner, requester pays).
     policy: Arc<BucketPolicy>,
+    /// What the daemon remembers of locations (`s3/memory.rs`).
+    memory: Arc<Memory>,
 }
 
 impl S3Store {
@@ -490,7 +493,18 @@ impl S3Store {
             origin: origin.into(),
             gate: None,
             policy: Arc::default(),
+            memory: Arc::default(),
         }
+    }
+
+    /// This store (and its clones) remembers through `memory` (the daemon's).
+    pub fn with_memory(mut self, memory: Arc<Memory>) -> S3Store {
+        self.memory = memory;
+        self
+    }
+
+    pub fn memory(&self) -> &Memory {
+        &self.memory
     }
 
     /// Every write of this store (and its clones) asks `gate` first.

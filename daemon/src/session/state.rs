@@ -10,6 +10,7 @@ use crate::local::cache::Cache;
 use crate::s3::clients::{redact_userinfo, BucketRegions, ClientSpec, S3Clients};
 use crate::s3::conditional::{endpoint_of, unsafe_allowed, ConditionalWrites, Gate};
 use crate::s3::config_files::ConfigFiles;
+use crate::s3::memory::Memory;
 use crate::s3::store::S3Store;
 use crate::s3::url::RemoteUrl;
 use crate::session::background::Background;
@@ -26,6 +27,8 @@ pub struct DaemonState {
     pub cache: Arc<Cache>,
     /// The callers' AWS config and credentials files, read again only when changed.
     pub config_files: Arc<ConfigFiles>,
+    /// What the storage formats remember of locations (held manifests, `refs/` scans).
+    pub memory: Arc<Memory>,
     pub started: Instant,
     pub socket_path: PathBuf,
     pub log_file: PathBuf,
@@ -50,6 +53,7 @@ impl DaemonState {
             conditional: Arc::new(ConditionalWrites::default()),
             cache: Arc::new(cache),
             config_files: Arc::new(ConfigFiles::default()),
+            memory: Arc::new(Memory::default()),
             started: Instant::now(),
             socket_path,
             log_file,
@@ -83,6 +87,7 @@ impl DaemonState {
         let advice = spec.expired_token_advice();
         let regions = BucketRegions { clients: self.clients.clone(), spec, bucket: url.bucket.clone() };
         let store = S3Store::new(warm.client.clone(), &url.bucket, &origin)
+            .with_memory(self.memory.clone())
             .with_region_switch(Arc::new(regions))
             .with_network_hint(trust, proxy)
             .with_virtual_host(virtual_host)
