@@ -143,10 +143,10 @@ pub async fn run(state: Arc<DaemonState>, start: SessionStart, mut input: Input,
     };
     let git = Git::new(&start.cwd, start.env.clone());
     let gitdir = git.run(&["rev-parse", "--absolute-git-dir"]).await.ok().map(PathBuf::from);
-    let log_file = gitdir.as_ref().and_then(|g| {
-        let dir = g.join("lfs").join("tmp");
-        std::fs::create_dir_all(&dir).ok().map(|_| dir.join("git-lfs-s3.log"))
-    });
+    let log_file = match gitdir.as_ref().map(|g| g.join("lfs").join("tmp")) {
+        Some(dir) => blocking(move || std::fs::create_dir_all(&dir).map(|_| dir.join("git-lfs-s3.log"))).await.ok(),
+        None => None,
+    };
     let mut agent = Agent { state, git, env: start.env, out, log: AgentLog { file: log_file, debug }, gitdir, remote: None };
     agent.log.debug("git-lfs-s3 starting");
     while let Some(line) = input.read_line().await {

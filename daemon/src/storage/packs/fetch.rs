@@ -32,7 +32,8 @@ impl PackStorage {
         // Packs not in objects/pack yet; the repository may still hold their
         // objects (its own pushes, another pack): one object lookup of their
         // tips and the wanted tips says which it lacks.
-        let candidates: Vec<&PackEntry> = m.packs.iter().filter(|p| !pack_dir.join(format!("pack-{}.idx", p.name)).exists()).collect();
+        let indexed = indexed_packs(&pack_dir, m.packs.iter().map(|p| p.name.clone()).collect()).await?;
+        let candidates: Vec<&PackEntry> = m.packs.iter().filter(|p| !indexed.contains(&p.name)).collect();
         let names: Vec<String> =
             candidates.iter().flat_map(|p| p.tips.iter().cloned()).chain(want_shas.iter().cloned()).collect::<BTreeSet<_>>().into_iter().collect();
         // The packs made for a wanted tip (what a fetch of new commits
@@ -273,4 +274,10 @@ fn pack_lacking(present: &HashSet<String>, tips: &[String]) -> bool {
 /// download stop).
 fn all_of(names: &[String]) -> HashSet<String> {
     names.iter().cloned().collect()
+}
+
+/// Which of `names` have an `.idx` in `pack_dir`, looked at on a blocking thread.
+pub(crate) async fn indexed_packs(pack_dir: &Path, names: Vec<String>) -> std::io::Result<HashSet<String>> {
+    let dir = pack_dir.to_path_buf();
+    crate::local::files::blocking(move || Ok(names.into_iter().filter(|n| dir.join(format!("pack-{n}.idx")).exists()).collect())).await
 }

@@ -78,7 +78,7 @@ pub async fn present_objects(git: &Git, shas: &[String]) -> Result<HashSet<Strin
 /// Returns the name the pack got in `objects/pack` (what index-pack prints
 /// after `pack\t`).
 pub(crate) async fn index_pack(git: &Git, pack: &Path) -> Result<String, GitError> {
-    let file = std::fs::File::open(pack).map_err(GitError::Spawn)?;
+    let file = tokio::fs::File::open(pack).await.map_err(GitError::Spawn)?.into_std().await;
     let mut cmd = git.command(&["index-pack", "--stdin"]);
     cmd.stdin(Stdio::from(file)).stdout(Stdio::piped()).stderr(Stdio::piped());
     let out = cmd.output().await.map_err(GitError::Spawn)?;

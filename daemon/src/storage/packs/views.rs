@@ -86,7 +86,8 @@ impl PackStorage {
         wanted.extend(m.uncovered().cloned());
         let pack_dir = ctx.git.pack_dir().await?;
         let dir = &pack_dir;
-        let missing: Vec<PackEntry> = wanted.into_iter().filter(|p| !dir.join(format!("pack-{}.idx", p.name)).exists()).collect();
+        let indexed = crate::storage::packs::fetch::indexed_packs(dir, wanted.iter().map(|p| p.name.clone()).collect()).await?;
+        let missing: Vec<PackEntry> = wanted.into_iter().filter(|p| !indexed.contains(&p.name)).collect();
         tracing::debug!(packs = missing.len(), ?kinds, "views to download");
         let jobs: Vec<_> = missing.iter().map(|p| async move { self.fetch_pack(ctx, p, dir, std::future::ready(true)).await.map(|_| ()) }).collect();
         futures::stream::iter(jobs).buffer_unordered(4).try_collect::<Vec<()>>().await?;
