@@ -520,6 +520,25 @@ mod tests {
     }
 
     #[test]
+    fn a_callers_unchanged_config_file_is_read_once_for_every_session() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join(".aws")).unwrap();
+        let config = dir.path().join(".aws/config");
+        std::fs::write(&config, "[profile a]\nendpoint_url = http://one.test:9000\n").unwrap();
+        let mut e = HashMap::new();
+        e.insert("HOME".to_string(), dir.path().display().to_string());
+        let files = ConfigFiles::default();
+        for _ in 0..3 {
+            assert_eq!(ClientSpec::from_env_with(&files, &e, Some("a")).endpoint.as_deref(), Some("http://one.test:9000"));
+        }
+        assert_eq!(files.reads(), 1, "the profile and the credential_process check share one read, sessions none");
+        // A changed file is read again (another length: no clock involved).
+        std::fs::write(&config, "[profile a]\nendpoint_url = http://second.test:9000\n").unwrap();
+        assert_eq!(ClientSpec::from_env_with(&files, &e, Some("a")).endpoint.as_deref(), Some("http://second.test:9000"));
+        assert_eq!(files.reads(), 2);
+    }
+
+    #[test]
     fn the_profiles_s3_section_selects_addressing_and_endpoints() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join(".aws")).unwrap();
