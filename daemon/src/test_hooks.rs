@@ -13,6 +13,9 @@ pub const CRASH_BEFORE_MANIFEST: &str = "GIT_S3_TEST_CRASH_BEFORE_MANIFEST";
 /// A file the background `.idx` upload waits for (at most a minute) before
 /// it starts: the test decides when the upload may happen, no timing.
 pub const IDX_UPLOAD_GATE: &str = "GIT_S3_TEST_IDX_UPLOAD_GATE";
+/// A file the background gc started by a push waits for (at most a minute)
+/// before it starts: the test pushes again while one runs.
+pub const BACKGROUND_GC_GATE: &str = "GIT_S3_TEST_BACKGROUND_GC_GATE";
 /// A file a bundles push waits for (at most a minute) after its checks and
 /// before it takes the ref's lock: the test pushes from elsewhere meanwhile.
 pub const PUSH_LOCK_GATE: &str = "GIT_S3_TEST_PUSH_LOCK_GATE";
@@ -40,6 +43,11 @@ pub fn crash_before_manifest(env: &HashMap<String, String>) {
 /// The gate of a push's background `.idx` upload, when the test set one.
 pub fn idx_upload_gate(env: &HashMap<String, String>) -> Option<PathBuf> {
     env.get(IDX_UPLOAD_GATE).map(PathBuf::from)
+}
+
+/// The gate of a push's background gc, when the test set one.
+pub fn background_gc_gate(env: &HashMap<String, String>) -> Option<PathBuf> {
+    env.get(BACKGROUND_GC_GATE).map(PathBuf::from)
 }
 
 /// The gate a bundles push waits at before its lock, when the test set one.

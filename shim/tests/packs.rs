@@ -706,6 +706,73 @@ fn pushes_compact_in_the_background_when_packs_pile_up() {
 }
 
 #[test]
+fn concurrent_pushes_start_one_background_gc_per_remote() {
+    let env = packs_env();
+    require_test_hooks(&env);
+    let repo = env.new_repo("a");
+    let url = env.url("onegc");
+    env.git(&repo, &["remote", "add", "origin", &url]);
+    // the background gc waits at this gate until the test opens it
+    let gate = env.path("gc-gate");
+    let push = |repo: &Path, branch: &str| {
+        let mut c = env.command("git", repo);
+        c.env("GIT_S3_GC_AUTO_PACKS", "3").env("GIT_S3_TEST_BACKGROUND_GC_GATE", &gate).args(["push", "-q", "origin", branch]);
+        c
+    };
+    std::fs::write(repo.join("big.bin"), noise(200_000, 5)).unwrap();
+    env.git(&repo, &["add", "big.bin"]);
+    env.git(&repo, &["commit", "-q", "-m", "big"]);
+    env.run(push(&repo, "main"));
+    for i in 0..2 {
+        env.commit(&repo, &format!("f{i}"), &format!("{i}\n"), &format!("c{i}"));
+        env.run(push(&repo, "main"));
+    }
+    // the third pack reached the limit: a background gc started, held at the gate
+    let mut waiting = gate.as_os_str().to_owned();
+    waiting.push(".waiting");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !Path::new(&waiting).exists() {
+        assert!(std::time::Instant::now() < deadline, "the background gc never started");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // two pushes at once, from two clones, while it runs: each would start one
+    let pushers: Vec<_> = ["x", "y"]
+        .iter()
+        .map(|b| {
+            let dir = env.path(b);
+            env.git(&env.work(), &["clone", "-q", &url, b]);
+            env.git(&dir, &["checkout", "-q", "-b", b]);
+            env.commit(&dir, &format!("{b}.txt"), &format!("{b}\n"), b);
+            push(&dir, b).spawn().expect("spawn git push")
+        })
+        .collect();
+    for p in pushers {
+        let out = p.wait_with_output().expect("git push");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let background = || -> Value {
+        let doc: Value = serde_json::from_str(&env.git_s3(&env.work(), &["status", "--json"])).expect("status --json");
+        doc["daemon"]["background"].clone()
+    };
+    let b = background();
+    assert_eq!(b["started"]["gc"], 1, "one background gc for the remote: {b}");
+    assert_eq!(b["deduplicated"], 2, "the two later pushes found it running: {b}");
+    // once it may go on, it compacts, and a later push may start another
+    std::fs::write(&gate, b"").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while background()["running"] != 0 {
+        assert!(std::time::Instant::now() < deadline, "the background gc never ended: {}", background());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let m = manifest(&env, "onegc");
+    assert!(!names(&m["retired"]).is_empty(), "the gc compacted: {m}");
+    for b in ["main", "x", "y"] {
+        env.git(&env.work(), &["clone", "-q", "-b", b, &url, &format!("after-{b}")]);
+        env.git(&env.path(&format!("after-{b}")), &["fsck", "--no-progress"]);
+    }
+}
+
+#[test]
 fn geometric_gc_combines_the_small_packs_and_keeps_the_big_one() {
     let env = packs_env();
     let repo = env.new_repo("a");

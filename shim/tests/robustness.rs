@@ -104,6 +104,29 @@ fn daemon_autostarts_and_recovers_after_being_killed() {
     assert_ne!(pid, new_pid);
 }
 
+#[test]
+fn an_idle_daemon_exits_and_the_next_command_starts_another() {
+    let env = TestEnv::new();
+    let repo = env.new_repo("r");
+    let url = env.url("idle");
+    // a daemon started with a 1 s idle period
+    let mut c = env.command("git", &repo);
+    c.env("GIT_S3_DAEMON_IDLE_SECONDS", "1").args(["push", "-q", &url, "main"]);
+    env.run(c);
+    let pid = daemon_pid(&env).expect("daemon started by the shim");
+    // it exits once no session has run for its idle period (woken by the
+    // session count and a timer, no polling); the socket goes with it
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(Instant::now() < deadline, "the idle daemon did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!env.daemon_socket().exists(), "an idle exit removes the socket");
+    // the next command starts a new one
+    assert_eq!(env.ls_remote(Tool::Ours, &url).len(), 2);
+    assert_ne!(daemon_pid(&env), Some(pid));
+}
+
 extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;

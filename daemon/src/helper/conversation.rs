@@ -146,7 +146,16 @@ impl Conversation {
             }
         };
         let store = state.store_for(&a.env, &url).await.with_policy(policy);
-        let ctx = OpContext { git, out: out.clone(), env: a.env, progress: false, cache: state.cache.clone(), cas: HashMap::new(), atomic: false };
+        let ctx = OpContext {
+            git,
+            out: out.clone(),
+            env: a.env,
+            progress: false,
+            cache: state.cache.clone(),
+            background: state.background.clone(),
+            cas: HashMap::new(),
+            atomic: false,
+        };
         Ok(Conversation {
             args: a.args,
             url,

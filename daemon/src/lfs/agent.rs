@@ -22,11 +22,12 @@ use tracing::Instrument;
 
 use crate::lfs::config::{parse_synthetic_lfs_url, LFS_ALIAS_HOST};
 use crate::lfs::endpoint::{lfs_url_of, Operation};
+use crate::local::files::{blocking, link_or_copy_into_async};
 use crate::local::git::{Git, GitError};
 use crate::s3::store::{PutOptions, S3Store, StoreError, WriteCondition};
 use crate::s3::url::{s3_url_of_remote, RemoteNameError, RemoteUrl, UrlError};
 use crate::s3::write_options::{BucketPolicy, PolicyError};
-use crate::session::state::DaemonState;
+use crate::session::state::{DaemonState, LfsProbes};
 use crate::session::{Input, Out};
 
 /// Objects larger than this are downloaded as parallel ranges.
@@ -142,10 +143,10 @@ pub async fn run(state: Arc<DaemonState>, start: SessionStart, mut input: Input,
     };
     let git = Git::new(&start.cwd, start.env.clone());
     let gitdir = git.run(&["rev-parse", "--absolute-git-dir"]).await.ok().map(PathBuf::from);
-    let log_file = gitdir.as_ref().and_then(|g| {
-        let dir = g.join("lfs").join("tmp");
-        std::fs::create_dir_all(&dir).ok().map(|_| dir.join("git-lfs-s3.log"))
-    });
+    let log_file = match gitdir.as_ref().map(|g| g.join("lfs").join("tmp")) {
+        Some(dir) => blocking(move || std::fs::create_dir_all(&dir).map(|_| dir.join("git-lfs-s3.log"))).await.ok(),
+        None => None,
+    };
     let mut agent = Agent { state, git, env: start.env, out, log: AgentLog { file: log_file, debug }, gitdir, remote: None };
     agent.log.debug("git-lfs-s3 starting");
     while let Some(line) = input.read_line().await {
@@ -256,11 +257,17 @@ pub async fn resolve_remote(git: &Git, remote: &str, op: Operation) -> Result<(R
 /// the same URL and caller configuration (a success for [`PROBE_OK_TTL`], a
 /// failure for [`PROBE_FAIL_TTL`]), so one git-lfs command costs one probe.
 /// Ok(true) when this call sent the GET.
-async fn probe(store: &S3Store, url: &RemoteUrl, env: &std::collections::HashMap<String, String>) -> Result<bool, AgentError> {
+async fn probe(
+    probes: &tokio::sync::Mutex<LfsProbes>,
+    store: &S3Store,
+    url: &RemoteUrl,
+    env: &std::collections::HashMap<String, String>,
+) -> Result<bool, AgentError> {
     let unreachable = |reason: String| AgentError::Unreachable { url: format!("s3://{}/{}", url.bucket, url.prefix), reason };
     let who = probe_key(url, env);
-    let _turn = PROBE_TURN.lock().await;
-    let known = PROBED.lock().ok().and_then(|m| m.get(&who).cloned());
+    // Held until the outcome is recorded: the probes take turns.
+    let mut probed = probes.lock().await;
+    let known = probed.get(&who).cloned();
     if let Some((at, outcome)) = known {
         let ttl = if outcome.is_ok() { PROBE_OK_TTL } else { PROBE_FAIL_TTL };
         if at.elapsed() < ttl {
@@ -272,20 +279,14 @@ async fn probe(store: &S3Store, url: &RemoteUrl, env: &std::collections::HashMap
         Err(e) if e.is_not_found() => Ok(()),
         Err(e) => Err(e.to_string()),
     };
-    if let Ok(mut m) = PROBED.lock() {
-        m.retain(|_, (t, _)| t.elapsed() < PROBE_OK_TTL);
-        m.insert(who, (Instant::now(), outcome.clone()));
-    }
+    probed.retain(|_, (t, _)| t.elapsed() < PROBE_OK_TTL);
+    probed.insert(who, (Instant::now(), outcome.clone()));
     outcome.map(|()| true).map_err(unreachable)
 }
 
 /// How long a probe's outcome stands for the next agents.
 const PROBE_OK_TTL: Duration = Duration::from_secs(30);
 const PROBE_FAIL_TTL: Duration = Duration::from_secs(10);
-
-type ProbeOutcomes = std::collections::HashMap<u64, (Instant, Result<(), String>)>;
-static PROBED: std::sync::LazyLock<Mutex<ProbeOutcomes>> = std::sync::LazyLock::new(Default::default);
-static PROBE_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The URL and everything in the caller's environment that picks the
 /// credentials and the endpoint (never stored: only a hash).
@@ -354,23 +355,6 @@ pub async fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
     .map_err(std::io::Error::other)?
 }
 
-/// Puts a verified object at a fresh path in `dir` (hard link when on the
-/// same filesystem, else a copy through a temp file). Returns that path.
-fn link_or_copy(src: &Path, dir: &Path, oid: &str) -> std::io::Result<PathBuf> {
-    std::fs::create_dir_all(dir)?;
-    let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos();
-    let dest = dir.join(format!("{oid}.git-lfs-s3-{}-{nanos}", std::process::id()));
-    if std::fs::hard_link(src, &dest).is_ok() {
-        return Ok(dest);
-    }
-    let mut tmp = tempfile::Builder::new().prefix(".git-lfs-s3-").tempfile_in(dir)?;
-    let mut from = std::fs::File::open(src)?;
-    std::io::copy(&mut from, tmp.as_file_mut())?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(&dest).map_err(|e| e.error)?;
-    Ok(dest)
-}
-
 impl Agent {
     /// Answers `init`; Err(exit code) when the agent must stop.
     async fn init(&mut self, req: &Request) -> Result<(), i32> {
@@ -385,7 +369,7 @@ impl Agent {
             // init stops the push before any git object is sent).
             Ok(((url, true), policy)) => {
                 let store = self.state.store_for(&self.env, &url).await.with_policy(policy);
-                match probe(&store, &url, &self.env).await {
+                match probe(&self.state.lfs_probes, &store, &url, &self.env).await {
                     Ok(sent) => {
                         let how = if sent { "checked" } else { "checked by another agent" };
                         self.log.debug(&format!("bucket {how}: {url}"));
@@ -502,10 +486,12 @@ impl Agent {
         let progress = Progress::new(&self.out, oid);
 
         // The local cache first, verified.
-        if let Some(cached) = self.state.cache.lookup_lfs(oid) {
+        let cache = self.state.cache.clone();
+        let (c, o) = (cache.clone(), oid.to_string());
+        if let Some(cached) = blocking(move || Ok(c.lookup_lfs(&o))).await? {
             match sha256_file(&cached).await {
                 Ok((sha, len)) if sha == oid && req.size.is_none_or(|s| s == len) => {
-                    let dest = link_or_copy(&cached, &tmp_dir, oid)?;
+                    let dest = link_or_copy_into_async(cached.to_path_buf(), tmp_dir.clone(), oid.to_string()).await?;
                     progress.add(len);
                     progress.finish();
                     self.log.debug(&format!("download {oid}: from the local cache"));
@@ -513,7 +499,12 @@ impl Agent {
                 }
                 _ => {
                     self.log.error(&format!("download {oid}: cached copy is corrupt; evicted"));
-                    self.state.cache.evict_lfs(oid);
+                    let (c, o) = (cache.clone(), oid.to_string());
+                    blocking(move || {
+                        c.evict_lfs(&o);
+                        Ok(())
+                    })
+                    .await?;
                 }
             }
         }
@@ -526,7 +517,8 @@ impl Agent {
             expected,
         };
         // A temp file on the cache's filesystem; deleted unless it is verified.
-        let temp = self.state.cache.temp_file()?;
+        let c = cache.clone();
+        let temp = blocking(move || c.temp_file()).await?;
         let missing = || AgentError::Missing { oid: oid.to_string(), bucket: url.bucket.clone(), key: key.clone() };
         let expected = match req.size {
             // Small, of known size: one GET (its length is checked after).
@@ -550,7 +542,8 @@ impl Agent {
                     }
                 }
                 if info.size > RANGED_THRESHOLD {
-                    temp.as_file().set_len(info.size)?;
+                    let f = temp.as_file().try_clone()?;
+                    blocking(move || f.set_len(info.size)).await?;
                     self.get_ranges(store, &key, temp.path(), info.size, &info.etag, &progress).await?;
                 } else {
                     let p = progress.clone();
@@ -569,8 +562,9 @@ impl Agent {
         }
         self.log.debug(&format!("download {oid}: {len} bytes, SHA-256 verified"));
         // Hand git-lfs its own link first, so a failing cache cannot fail the transfer.
-        let dest = link_or_copy(temp.path(), &tmp_dir, oid)?;
-        if let Err(e) = self.state.cache.insert_lfs(oid, temp) {
+        let dest = link_or_copy_into_async(temp.path().to_path_buf(), tmp_dir, oid.to_string()).await?;
+        let o = oid.to_string();
+        if let Err(e) = blocking(move || cache.insert_lfs(&o, temp)).await {
             self.log.error(&format!("download {oid}: not cached: {e}"));
         }
         Ok(dest)

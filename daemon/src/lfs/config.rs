@@ -457,7 +457,7 @@ async fn lfsconfig_path(git: &Git) -> Option<std::path::PathBuf> {
 /// when nothing else is left in it). Ok(true) when it changed the file.
 async fn remove_lfsconfig_alias(git: &Git) -> Result<bool, GitError> {
     let Some(path) = lfsconfig_path(git).await else { return Ok(false) };
-    if !path.is_file() {
+    if !tokio::fs::metadata(&path).await.is_ok_and(|m| m.is_file()) {
         return Ok(false);
     }
     let file = path.to_string_lossy().into_owned();
@@ -468,7 +468,7 @@ async fn remove_lfsconfig_alias(git: &Git) -> Result<bool, GitError> {
     git.run(&["config", "--file", &file, "--unset-all", "lfs.url"]).await?;
     let left = git.run(&["config", "--file", &file, "--list"]).await.unwrap_or_default();
     if left.trim().is_empty() {
-        let _ = std::fs::remove_file(&path);
+        let _ = tokio::fs::remove_file(&path).await;
     }
     Ok(true)
 }

@@ -66,7 +66,7 @@ impl LfsConfig {
     async fn locate(git: &Git) -> LfsConfig {
         if let Ok(top) = git.run(&["rev-parse", "--show-toplevel"]).await {
             let file = std::path::Path::new(top.trim()).join(".lfsconfig");
-            if file.is_file() {
+            if tokio::fs::metadata(&file).await.is_ok_and(|m| m.is_file()) {
                 return LfsConfig::File(file.to_string_lossy().into_owned());
             }
         }

@@ -188,7 +188,7 @@ async fn forget_old_url(git: &Git, remote: &str, from: &str) -> Result<(), GitEr
     }
     if let Ok(top) = git.run(&["rev-parse", "--show-toplevel"]).await {
         let file = Path::new(top.trim()).join(".lfsconfig");
-        if file.is_file() {
+        if tokio::fs::metadata(&file).await.is_ok_and(|m| m.is_file()) {
             let f = file.to_string_lossy().into_owned();
             for key in ["lfs.url".to_string(), format!("remote.{remote}.lfsurl")] {
                 if let Ok(v) = git.run(&["config", "--file", &f, "--get", &key]).await {
@@ -245,7 +245,7 @@ async fn copy_all(git: &Git, store: &S3Store, a: &Args, from: &str, out: &Out) -
 /// Ok(true) when uploaded, Ok(false) when the bucket already had it.
 async fn copy_one(store: &S3Store, to: &RemoteUrl, objects: &Path, oid: &str) -> Result<bool, MigrateError> {
     let path: PathBuf = objects.join(&oid[0..2]).join(&oid[2..4]).join(oid);
-    if !path.is_file() {
+    if !tokio::fs::metadata(&path).await.is_ok_and(|m| m.is_file()) {
         return Err(MigrateError::NotLocal { oid: oid.to_string(), path: path.display().to_string() });
     }
     let (sha, len) = sha256_file(&path).await?;

@@ -29,6 +29,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
+use super::files::link_or_copy;
+
 pub const DEFAULT_MAX_BYTES: u64 = 4 << 30;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -573,21 +575,18 @@ impl Cache {
         self.inner.evict_to(max)
     }
 
+    /// Runs `f` (lookups, inserts, evictions, links: file-system work) on a
+    /// blocking thread, for async code.
+    pub async fn blocking<T: Send + 'static>(self: &Arc<Self>, f: impl FnOnce(&Cache) -> T + Send + 'static) -> std::io::Result<T> {
+        let me = self.clone();
+        super::files::blocking(move || Ok(f(&me))).await
+    }
+
     /// Waits for the background work (mirrors measured again after use,
     /// eviction down to the cap) and does what is left of it. Blocking.
     pub fn settle(&self) {
         self.inner.settle()
     }
-}
-
-/// Hard link (same filesystem, no copy); else copy through a temp name.
-pub fn link_or_copy(src: &Path, dest: &Path) -> std::io::Result<()> {
-    if std::fs::hard_link(src, dest).is_ok() {
-        return Ok(());
-    }
-    let tmp = dest.with_extension("tmp-copy");
-    std::fs::copy(src, &tmp)?;
-    std::fs::rename(&tmp, dest)
 }
 
 /// Marks an entry used now (LRU order across restarts).

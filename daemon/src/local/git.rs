@@ -195,8 +195,10 @@ impl Git {
     async fn index_file(&self, file: &Path, offset: u64, args: &[&str]) -> Result<String, GitError> {
         let span = tracing::debug_span!("git", args = %args.join(" "), file = %file.display());
         async {
-            let mut f = std::fs::File::open(file).map_err(GitError::Spawn)?;
-            std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(offset)).map_err(GitError::Spawn)?;
+            // Opened and positioned off the async workers.
+            let mut f = tokio::fs::File::open(file).await.map_err(GitError::Spawn)?;
+            tokio::io::AsyncSeekExt::seek(&mut f, std::io::SeekFrom::Start(offset)).await.map_err(GitError::Spawn)?;
+            let f = f.into_std().await;
             let out =
                 self.command(args).stdin(Stdio::from(f)).stdout(Stdio::piped()).stderr(Stdio::piped()).output().await.map_err(GitError::Spawn)?;
             index_pack_result(args, &out)

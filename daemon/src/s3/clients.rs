@@ -18,6 +18,7 @@ use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumVal
 use dashmap::DashMap;
 use sha2::{Digest, Sha256};
 
+use crate::s3::config_files::ConfigFiles;
 use crate::s3::credentials::chain::{may_run_process, CallerChain};
 use crate::s3::credentials::messages::expired_token_advice;
 use crate::s3::profile::{configured_endpoint, max_attempts, AddressingStyle, Profile};
@@ -213,10 +214,16 @@ impl std::fmt::Debug for CallerEnv {
 impl ClientSpec {
     /// `url_profile` is the `profile@` of the remote URL; it wins over AWS_PROFILE.
     pub fn from_env(env: &HashMap<String, String>, url_profile: Option<&str>) -> ClientSpec {
+        ClientSpec::from_env_with(&ConfigFiles::default(), env, url_profile)
+    }
+
+    /// `from_env`, with the config files read through `files` (unchanged
+    /// files are not read again). Blocking: it looks at the files.
+    pub fn from_env_with(files: &ConfigFiles, env: &HashMap<String, String>, url_profile: Option<&str>) -> ClientSpec {
         let get = |k: &str| env.get(k).filter(|v| !v.is_empty()).cloned();
         let profile = url_profile.map(str::to_string).or_else(|| get("AWS_PROFILE"));
         let region = get("AWS_REGION").or_else(|| get("AWS_DEFAULT_REGION"));
-        let file_profile = Profile::load(env, profile.as_deref());
+        let file_profile = Profile::load(files, env, profile.as_deref());
         let endpoint = configured_endpoint(env, &file_profile);
         let forced = matches!(get("GIT_REMOTE_S3_PATH_STYLE").as_deref(), Some("1" | "true" | "yes"));
         let path_style = forced || path_style(endpoint.as_deref(), file_profile.addressing_style());
@@ -226,7 +233,7 @@ impl ClientSpec {
         // What selects credentials: AWS_* and HOME; with a credential_process
         // in the caller's config, also the PATH it is found on and the
         // directory it runs in (the shim sets PWD to its own).
-        let process = may_run_process(env);
+        let process = may_run_process(files, env);
         let mut aws_env: Vec<(&String, &String)> =
             env.iter().filter(|(k, _)| k.starts_with("AWS_") || k.as_str() == "HOME" || (process && matches!(k.as_str(), "PATH" | "PWD"))).collect();
         aws_env.sort();
@@ -510,6 +517,25 @@ mod tests {
         assert!(!path_style(Some("https://s3.cn-north-1.amazonaws.com.cn"), Auto));
         assert!(path_style(Some("https://s3.eu-west-1.amazonaws.com"), Path));
         assert!(path_style(None, Path));
+    }
+
+    #[test]
+    fn a_callers_unchanged_config_file_is_read_once_for_every_session() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join(".aws")).unwrap();
+        let config = dir.path().join(".aws/config");
+        std::fs::write(&config, "[profile a]\nendpoint_url = http://one.test:9000\n").unwrap();
+        let mut e = HashMap::new();
+        e.insert("HOME".to_string(), dir.path().display().to_string());
+        let files = ConfigFiles::default();
+        for _ in 0..3 {
+            assert_eq!(ClientSpec::from_env_with(&files, &e, Some("a")).endpoint.as_deref(), Some("http://one.test:9000"));
+        }
+        assert_eq!(files.reads(), 1, "the profile and the credential_process check share one read, sessions none");
+        // A changed file is read again (another length: no clock involved).
+        std::fs::write(&config, "[profile a]\nendpoint_url = http://second.test:9000\n").unwrap();
+        assert_eq!(ClientSpec::from_env_with(&files, &e, Some("a")).endpoint.as_deref(), Some("http://second.test:9000"));
+        assert_eq!(files.reads(), 2);
     }
 
     #[test]

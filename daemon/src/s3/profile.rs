@@ -4,6 +4,7 @@
 //! resolve itself because they come from the caller (endpoint, attempts).
 //! The file is parsed by aws-runtime's parser, the SDK's own.
 
+use crate::s3::config_files::ConfigFiles;
 use std::collections::HashMap;
 
 use aws_runtime::env_config::file::{EnvConfigFileKind, EnvConfigFiles};
@@ -30,17 +31,12 @@ fn config_file_path(env: &HashMap<String, String>) -> Option<String> {
     get("AWS_CONFIG_FILE").or_else(|| get("HOME").map(|h| format!("{h}/.aws/config")))
 }
 
-/// The one read of the config file (None when it cannot be read).
-fn read_config_file(path: &str) -> Option<String> {
-    std::fs::read_to_string(path).ok()
-}
-
 impl Profile {
     /// The profile `name` (or `AWS_PROFILE`, or `default`) of the config file
     /// the caller's environment names (`AWS_CONFIG_FILE`, else
     /// `$HOME/.aws/config`); empty when there is none.
-    pub fn load(env: &HashMap<String, String>, name: Option<&str>) -> Profile {
-        let Some(text) = config_file_path(env).and_then(|file| read_config_file(&file)) else {
+    pub fn load(files: &ConfigFiles, env: &HashMap<String, String>, name: Option<&str>) -> Profile {
+        let Some(text) = config_file_path(env).and_then(|file| files.read(std::path::Path::new(&file))) else {
             return Profile::default();
         };
         let get = |k: &str| env.get(k).filter(|v| !v.is_empty()).cloned();
@@ -83,7 +79,7 @@ impl Profile {
 }
 
 /// The sections of a config file's text, by aws-runtime's parser (given the
-/// text as an in-memory file: the read is [`read_config_file`]'s). None when
+/// text as an in-memory file: the read is `ConfigFiles::read`, cached by mtime). None when
 /// the file does not parse.
 fn parse_sections(text: &str) -> Option<EnvConfigSections> {
     const PATH: &str = "/config";

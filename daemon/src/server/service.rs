@@ -72,14 +72,15 @@ impl GitS3 for Service {
         let sink = SessionSink { tx: out.sender(), verbosity: out.verbosity_handle() };
         let program = Program::try_from(start.program).unwrap_or(Program::Unspecified);
         let span = CURRENT_SINK.sync_scope(sink, || tracing::info_span!("session", program = ?program, args = ?start.args, cwd = %start.cwd));
-        state.session_started();
+        let counted = state.session_started();
         tokio::spawn(
             async move {
+                // Counted down when the task ends, also by a panic.
+                let _counted = counted;
                 let input = Input::new(in_rx);
-                let code = run_program(state.clone(), program, start, input, out.clone()).await;
+                let code = run_program(state, program, start, input, out.clone()).await;
                 tracing::debug!(code, "session ended");
                 out.exit(code);
-                state.session_ended();
             }
             .instrument(span),
         );
@@ -94,7 +95,7 @@ impl GitS3 for Service {
             pid: std::process::id(),
             uptime_seconds: s.started.elapsed().as_secs(),
             socket_path: s.socket_path.display().to_string(),
-            active_sessions: s.active_sessions.load(Ordering::SeqCst),
+            active_sessions: s.active_sessions(),
             total_sessions: s.total_sessions.load(Ordering::Relaxed),
             clients: s.clients.snapshot().into_iter().map(|(key, uses, age_seconds)| WarmClient { key, uses, age_seconds }).collect(),
             cache_dir: s.cache.root().display().to_string(),

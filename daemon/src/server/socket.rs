@@ -125,21 +125,12 @@ pub async fn serve(config: ServerConfig, _lock: InstanceLock) -> Result<(), Serv
     let idle_state = state.clone();
     let idle_timeout = config.idle_timeout;
     let shutdown = async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(1).min(idle_timeout));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {
-                    if idle_state.idle_for() >= idle_timeout {
-                        tracing::info!(idle = ?idle_timeout, "idle; exiting");
-                        break;
-                    }
-                }
-                _ = idle_state.shutdown.notified() => break,
-                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {
-                    tracing::info!("SIGTERM; exiting");
-                    break;
-                }
+        tokio::select! {
+            _ = idle_state.idle(idle_timeout) => tracing::info!(idle = ?idle_timeout, "idle; exiting"),
+            _ = idle_state.shutdown.notified() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {
+                tracing::info!("SIGTERM; exiting");
             }
         }
     };
@@ -148,9 +139,9 @@ pub async fn serve(config: ServerConfig, _lock: InstanceLock) -> Result<(), Serv
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     let _ = std::fs::remove_file(&socket);
-    let left = crate::session::background::drain(Duration::from_secs(60)).await;
+    let left = state.background.drain(Duration::from_secs(60)).await;
     if left > 0 {
-        tracing::warn!(left, "exiting with background work unfinished");
+        tracing::warn!(left, "background work cancelled unfinished");
     }
     tracing::info!("git-s3 daemon stopped");
     result.map_err(ServerError::from)

@@ -1,49 +1,120 @@
-//! Work the daemon finishes after a session has answered: tracked, so that
-//! a daemon asked to stop (idle, `git s3 daemon stop`, SIGTERM) waits for
-//! it (bounded) instead of dropping it half-way.
+//! Work the daemon finishes after a session has answered, through one
+//! tracker held in `DaemonState`: a daemon asked to stop (idle, `git s3
+//! daemon stop`, SIGTERM) waits for it (bounded), then cancels what is
+//! left instead of dropping it half-way unannounced. A task of a kind for
+//! a remote (a background gc) runs once at a time: a second one asked for
+//! while the first runs is not started.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+#[derive(Default)]
+pub struct Background {
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+    /// (kind, key) of the de-duplicated tasks running now.
+    running: Arc<Mutex<HashSet<(&'static str, String)>>>,
+    /// Tasks started, by kind; and tasks not started because one of the
+    /// same kind and key was running (shown by `git s3 status --json`).
+    counts: Mutex<Counts>,
+}
 
-/// Counts a task from spawn to end (also when it panics).
-struct Guard;
+#[derive(Default, Clone, Debug, PartialEq, Eq)]
+pub struct Counts {
+    pub started: BTreeMap<&'static str, u64>,
+    pub deduplicated: u64,
+}
 
-impl Drop for Guard {
+/// Removes a de-duplicated task's key when it ends (also when it panics or
+/// is cancelled).
+struct Running {
+    set: Arc<Mutex<HashSet<(&'static str, String)>>>,
+    key: (&'static str, String),
+}
+
+impl Drop for Running {
     fn drop(&mut self) {
-        IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// Spawns `work`, which the daemon waits for before exiting.
-pub fn spawn(name: &'static str, work: impl std::future::Future<Output = ()> + Send + 'static) {
-    IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
-    let guard = Guard;
-    tokio::spawn(
-        async move {
-            let _guard = guard;
-            work.await;
+        if let Ok(mut s) = self.set.lock() {
+            s.remove(&self.key);
         }
-        .instrument(tracing::info_span!("background", task = name)),
-    );
-}
-
-/// Tasks spawned and not finished.
-pub fn in_flight() -> usize {
-    IN_FLIGHT.load(Ordering::SeqCst)
-}
-
-/// Waits until no task is running, or `limit` has passed. Returns how many
-/// are left.
-pub async fn drain(limit: Duration) -> usize {
-    let deadline = Instant::now() + limit;
-    while in_flight() > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    in_flight()
+}
+
+impl Background {
+    /// Spawns `work`, which the daemon waits for before exiting.
+    pub fn spawn(&self, kind: &'static str, work: impl Future<Output = ()> + Send + 'static) {
+        self.count(kind);
+        self.launch(kind, work, None);
+    }
+
+    /// Spawns `work` unless a task of this `kind` for this `key` (a remote)
+    /// is running. Returns whether it was started.
+    pub fn spawn_once(&self, kind: &'static str, key: &str, work: impl Future<Output = ()> + Send + 'static) -> bool {
+        let entry = (kind, key.to_string());
+        {
+            let Ok(mut running) = self.running.lock() else { return false };
+            if !running.insert(entry.clone()) {
+                drop(running);
+                if let Ok(mut c) = self.counts.lock() {
+                    c.deduplicated += 1;
+                }
+                tracing::info!(task = kind, key, "already running; not started again");
+                return false;
+            }
+        }
+        self.count(kind);
+        self.launch(kind, work, Some(Running { set: self.running.clone(), key: entry }));
+        true
+    }
+
+    fn count(&self, kind: &'static str) {
+        if let Ok(mut c) = self.counts.lock() {
+            *c.started.entry(kind).or_default() += 1;
+        }
+    }
+
+    fn launch(&self, kind: &'static str, work: impl Future<Output = ()> + Send + 'static, running: Option<Running>) {
+        let cancel = self.cancel.clone();
+        self.tracker.spawn(
+            async move {
+                let _running = running;
+                tokio::select! {
+                    _ = work => {}
+                    _ = cancel.cancelled() => tracing::warn!(task = kind, "cancelled: the daemon is exiting"),
+                }
+            }
+            .instrument(tracing::info_span!("background", task = kind)),
+        );
+    }
+
+    /// Tasks spawned and not finished.
+    pub fn in_flight(&self) -> usize {
+        self.tracker.len()
+    }
+
+    pub fn counts(&self) -> Counts {
+        self.counts.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    /// Waits until no task is running, or `limit` has passed; then cancels
+    /// what is left (and waits a moment for it to stop). Returns how many
+    /// tasks were still running at `limit`.
+    pub async fn drain(&self, limit: Duration) -> usize {
+        self.tracker.close();
+        if tokio::time::timeout(limit, self.tracker.wait()).await.is_ok() {
+            return 0;
+        }
+        let left = self.tracker.len();
+        self.cancel.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.tracker.wait()).await;
+        left
+    }
 }
 
 #[cfg(test)]
@@ -52,13 +123,53 @@ mod tests {
 
     #[tokio::test]
     async fn drain_waits_for_spawned_work() {
+        let bg = Background::default();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        spawn("test", async move {
+        bg.spawn("test", async move {
             let _ = rx.await;
         });
-        assert!(in_flight() >= 1);
-        assert!(drain(Duration::from_millis(50)).await >= 1, "still running");
+        assert_eq!(bg.in_flight(), 1);
         let _ = tx.send(());
-        assert_eq!(drain(Duration::from_secs(5)).await, 0);
+        assert_eq!(bg.drain(Duration::from_secs(5)).await, 0);
+        assert_eq!(bg.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn drain_cancels_what_outlives_its_limit() {
+        let bg = Background::default();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        bg.spawn("forever", async move {
+            // Dropped (cancelled) rather than run to the end: tx sees it.
+            let _tx = tx;
+            std::future::pending::<()>().await;
+        });
+        assert_eq!(bg.drain(Duration::from_millis(10)).await, 1, "one task was still running");
+        assert_eq!(bg.in_flight(), 0, "cancelled");
+        assert!(rx.await.is_err(), "the task's future was dropped");
+    }
+
+    #[tokio::test]
+    async fn one_task_per_kind_and_key_at_a_time() {
+        let bg = Background::default();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        assert!(bg.spawn_once("gc", "s3://b/r", async move {
+            let _ = rx.await;
+        }));
+        assert!(!bg.spawn_once("gc", "s3://b/r", async {}), "the same remote: not started");
+        assert!(bg.spawn_once("gc", "s3://b/other", async {}), "another remote: started");
+        assert!(bg.spawn_once("upload_idx", "s3://b/r", async {}), "another kind: started");
+        let _ = tx.send(());
+        assert_eq!(bg.drain(Duration::from_secs(5)).await, 0);
+        assert!(bg.spawn_once("gc", "s3://b/r", async {}), "started again once the first ended");
+        let c = bg.counts();
+        assert_eq!((c.started.get("gc").copied(), c.deduplicated), (Some(3), 1));
+    }
+
+    #[tokio::test]
+    async fn a_panicking_task_frees_its_key() {
+        let bg = Background::default();
+        assert!(bg.spawn_once("gc", "r", async { panic!("boom") }));
+        assert_eq!(bg.drain(Duration::from_secs(5)).await, 0);
+        assert!(bg.spawn_once("gc", "r", async {}), "the panic released the key");
     }
 }

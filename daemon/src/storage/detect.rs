@@ -77,19 +77,21 @@ pub async fn scan_refs_dir(store: &S3Store, url: &RemoteUrl) -> Result<RefsDir, 
 
 /// When this daemon last found a prefix's `refs/` free of bundles, and the
 /// `PROTECTED#` markers it held then.
-static CLEAN_REFS_SCANS: std::sync::OnceLock<dashmap::DashMap<String, (std::time::Instant, BTreeSet<String>)>> = std::sync::OnceLock::new();
+/// Kept in the daemon's memory (`S3Store::memory`), by location.
+#[derive(Clone)]
+struct CleanRefsScan(std::time::Instant, BTreeSet<String>);
 
 /// How long a clean `refs/` scan lets reads skip the listing.
 const REFS_RESCAN: Duration = Duration::from_secs(60);
 
 fn note_refs_scan(store: &S3Store, url: &RemoteUrl, refs: &RefsDir) {
-    let scans = CLEAN_REFS_SCANS.get_or_init(dashmap::DashMap::new);
+    let scans = store.memory().map::<CleanRefsScan>();
     let location = store.location(&manifest::manifest_key(url));
     if refs.bundle_refs.is_empty() {
         if scans.len() >= MANIFEST_CACHE_ENTRIES {
             scans.clear();
         }
-        scans.insert(location, (std::time::Instant::now(), refs.markers.clone()));
+        scans.insert(location, CleanRefsScan(std::time::Instant::now(), refs.markers.clone()));
     } else {
         scans.remove(&location);
     }
@@ -99,14 +101,14 @@ fn note_refs_scan(store: &S3Store, url: &RemoteUrl, refs: &RefsDir) {
 /// holds its manifest and listed `refs/` (clean) less than a minute ago.
 fn recently_scanned_packs(store: &S3Store, url: &RemoteUrl) -> bool {
     let location = store.location(&manifest::manifest_key(url));
-    manifest::is_held(&location) && CLEAN_REFS_SCANS.get().and_then(|s| s.get(&location).map(|t| t.0.elapsed() < REFS_RESCAN)).unwrap_or(false)
+    manifest::is_held(store, &location) && store.memory().map::<CleanRefsScan>().get(&location).is_some_and(|t| t.0.elapsed() < REFS_RESCAN)
 }
 
 /// The `PROTECTED#` markers of this daemon's last clean `refs/` scan of the
 /// prefix (none known: empty): a push's guess until its own scan answers.
 pub fn last_markers(store: &S3Store, url: &RemoteUrl) -> BTreeSet<String> {
     let location = store.location(&manifest::manifest_key(url));
-    CLEAN_REFS_SCANS.get().and_then(|s| s.get(&location).map(|t| t.1.clone())).unwrap_or_default()
+    store.memory().map::<CleanRefsScan>().get(&location).map(|t| t.1.clone()).unwrap_or_default()
 }
 
 /// Every object under `<prefix>/refs/`.
@@ -187,7 +189,7 @@ pub async fn detect(
             Some(m) => return Ok(Detected::Packs(Some(m), None)),
             None => (None, list_refs_dir(store, url).await?),
         }
-    } else if manifest::is_held(&store.location(&manifest::manifest_key(url))) {
+    } else if manifest::is_held(store, &store.location(&manifest::manifest_key(url))) {
         let (m, l) = tokio::join!(read_manifest(store, url), list_refs_dir(store, url));
         (m?, l?)
     } else {

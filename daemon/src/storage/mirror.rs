@@ -26,6 +26,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::Instrument;
 
 use crate::local::cache::Pinned;
+use crate::local::files::blocking;
 use crate::local::git::{Git, GitError};
 use crate::s3::store::S3Store;
 use crate::s3::url::RemoteUrl;
@@ -92,18 +93,21 @@ impl Mirror {
             seed.push_str(&format!("\n{format}"));
         }
         let id = hex::encode(&Sha256::digest(seed.as_bytes())[..16]);
-        let pin = ctx.cache.mirror_path(&id).ok_or_else(|| StorageError::Format(format!("invalid mirror id {id}")))?;
+        let mirror_id = id.clone();
+        let pin =
+            ctx.cache.blocking(move |c| c.mirror_path(&mirror_id)).await?.ok_or_else(|| StorageError::Format(format!("invalid mirror id {id}")))?;
         let path = pin.to_path_buf();
         let mut env: HashMap<String, String> =
             ctx.env.iter().filter(|(k, _)| !REPOSITORY_VARS.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
         env.insert("GIT_DIR".into(), path.to_string_lossy().into_owned());
-        if !path.join("objects").is_dir() {
+        let objects = path.join("objects");
+        if !blocking(move || Ok(objects.is_dir())).await? {
             if !create_it {
                 return Ok(None);
             }
-            let tmp = ctx.cache.temp_dir()?;
+            let tmp = ctx.cache.blocking(|c| c.temp_dir()).await??;
             if let Err(e) = create(&tmp, &path, &env, format).await {
-                let _ = std::fs::remove_dir_all(&tmp);
+                remove_dir_all(tmp).await;
                 return Err(e);
             }
         }
@@ -168,6 +172,7 @@ impl Mirror {
             env: ctx.env.clone(),
             progress: ctx.progress,
             cache: ctx.cache.clone(),
+            background: ctx.background.clone(),
             cas: HashMap::new(),
             atomic: false,
         }
@@ -395,17 +400,25 @@ async fn create(tmp: &Path, path: &Path, env: &HashMap<String, String>, format: 
     ] {
         git.run(&["config", k, v]).await?;
     }
-    match std::fs::rename(tmp, path) {
+    let (from, to) = (tmp.to_path_buf(), path.to_path_buf());
+    let renamed = blocking(move || Ok(std::fs::rename(&from, &to).map_err(|e| (e, to.join("objects").is_dir())))).await?;
+    match renamed {
         Ok(()) => Ok(()),
-        Err(_) if path.join("objects").is_dir() => {
-            let _ = std::fs::remove_dir_all(tmp);
+        Err((_, true)) => {
+            remove_dir_all(tmp.to_path_buf()).await;
             Ok(())
         }
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(tmp);
+        Err((e, false)) => {
+            remove_dir_all(tmp.to_path_buf()).await;
             Err(e.into())
         }
     }
+}
+
+/// Removes a directory tree on a blocking thread (errors ignored: a leftover
+/// in the cache's `tmp` is cleaned with it).
+async fn remove_dir_all(dir: std::path::PathBuf) {
+    let _ = blocking(move || std::fs::remove_dir_all(dir)).await;
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ use crate::local::cache::Cache;
 use crate::local::git::{Git, GitError};
 use crate::local::oid::ObjectFormat;
 use crate::s3::store::StoreError;
+use crate::session::background::Background;
 use crate::session::Out;
 
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +128,8 @@ pub struct OpContext {
     pub env: HashMap<String, String>,
     pub progress: bool,
     pub cache: Arc<Cache>,
+    /// The daemon's tracker of work finished after the answer.
+    pub background: Arc<Background>,
     /// `option cas <ref>:<sha>` expectations (empty string: must not exist).
     pub cas: HashMap<String, String>,
     /// `option atomic true`: all updates of a push land, or none.

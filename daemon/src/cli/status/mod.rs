@@ -28,6 +28,7 @@ pub struct StatusArgs {
 pub async fn run(ctx: &mut Ctx, args: StatusArgs) -> CliResult {
     let st = &ctx.state;
     let usage = st.cache.usage();
+    let background = st.background.counts();
     let daemon = json!({
         "running": true,
         "pid": std::process::id(),
@@ -37,8 +38,15 @@ pub async fn run(ctx: &mut Ctx, args: StatusArgs) -> CliResult {
         "uptime_seconds": st.started.elapsed().as_secs(),
         "socket": st.socket_path.display().to_string(),
         "log_file": st.log_file.display().to_string(),
-        "active_sessions": st.active_sessions.load(Ordering::SeqCst),
+        "active_sessions": st.active_sessions(),
         "total_sessions": st.total_sessions.load(Ordering::Relaxed),
+        // Work finished after sessions answered: running now, started by
+        // kind, and not started because the same was running (a gc).
+        "background": {
+            "running": st.background.in_flight(),
+            "started": background.started,
+            "deduplicated": background.deduplicated,
+        },
         "clients": st.clients.snapshot().into_iter()
             .map(|(key, uses, age)| json!({"key": key, "uses": uses, "age_seconds": age}))
             .collect::<Vec<_>>(),

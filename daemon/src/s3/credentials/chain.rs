@@ -22,6 +22,7 @@ use aws_types::SdkConfig;
 
 use super::messages::{one_line, tried_sources, IdentityError};
 use super::process::{ProcessCredentials, ProcessError};
+use crate::s3::config_files::ConfigFiles;
 
 /// Static keys: used from the environment unless the URL names a profile.
 const KEY_VARS: [&str; 3] = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"];
@@ -200,14 +201,14 @@ fn base_of(set: &ProfileSet) -> Base {
 
 /// Whether the caller's config files may run a `credential_process` (then
 /// its PATH and working directory select the client too).
-pub fn may_run_process(env: &HashMap<String, String>) -> bool {
+pub fn may_run_process(files: &ConfigFiles, env: &HashMap<String, String>) -> bool {
     let get = |k: &str| env.get(k).filter(|v| !v.is_empty()).cloned();
     let home = get("HOME");
-    let files = [
+    let paths = [
         get("AWS_CONFIG_FILE").or_else(|| home.as_ref().map(|h| format!("{h}/.aws/config"))),
         get("AWS_SHARED_CREDENTIALS_FILE").or_else(|| home.as_ref().map(|h| format!("{h}/.aws/credentials"))),
     ];
-    files.into_iter().flatten().any(|f| std::fs::read_to_string(f).map(|t| t.contains("credential_process")).unwrap_or(false))
+    paths.into_iter().flatten().any(|f| files.read(std::path::Path::new(&f)).is_some_and(|t| t.contains("credential_process")))
 }
 
 struct Context {

@@ -16,6 +16,7 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use tracing::Instrument;
 
 use self::errors::{classify, connect_failure, is_region_name, wrong_region, NetworkHint};
+use super::memory::Memory;
 use super::retry::Backoff;
 use super::write_options::BucketPolicy;
 
@@ -203,6 +204,8 @@ pub struct S3Store {
     gate: Option<Arc<dyn WriteGate>>,
     /// What the bucket's policy demands (encryption, owner, requester pays).
     policy: Arc<BucketPolicy>,
+    /// What the daemon remembers of locations (`s3/memory.rs`).
+    memory: Arc<Memory>,
 }
 
 impl S3Store {
@@ -215,7 +218,18 @@ impl S3Store {
             origin: origin.into(),
             gate: None,
             policy: Arc::default(),
+            memory: Arc::default(),
         }
+    }
+
+    /// This store (and its clones) remembers through `memory` (the daemon's).
+    pub fn with_memory(mut self, memory: Arc<Memory>) -> S3Store {
+        self.memory = memory;
+        self
+    }
+
+    pub fn memory(&self) -> &Memory {
+        &self.memory
     }
 
     /// Every write of this store (and its clones) asks `gate` first.

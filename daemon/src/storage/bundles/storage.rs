@@ -131,16 +131,20 @@ impl BundleStorage {
     /// the cache for the next clone.
     async fn unbundle(&self, ctx: &OpContext, r: &RemoteRef) -> Result<(), StorageError> {
         let pack_dir = ctx.git.pack_dir().await?;
-        if let Some(pack) = ctx.cache.lookup_pack(&r.sha) {
-            if pack.link_into(&pack_dir).is_ok() && ctx.git.has_object(&r.sha).await {
+        let (sha, dir) = (r.sha.clone(), pack_dir.clone());
+        let linked = ctx.cache.blocking(move |c| c.lookup_pack(&sha).map(|pack| pack.link_into(&dir).is_ok())).await?;
+        if let Some(linked) = linked {
+            if linked && ctx.git.has_object(&r.sha).await {
                 tracing::debug!(sha = r.sha, "linked a cached pre-indexed pack");
                 return Ok(());
             }
             tracing::warn!(sha = r.sha, "cached pack unusable; indexing the bundle");
-            ctx.cache.evict_pack(&r.sha);
+            let sha = r.sha.clone();
+            ctx.cache.blocking(move |c| c.evict_pack(&sha)).await?;
         }
         let mut hash = None;
-        if let Some(file) = ctx.cache.lookup_bundle(&r.sha) {
+        let sha = r.sha.clone();
+        if let Some(file) = ctx.cache.blocking(move |c| c.lookup_bundle(&sha)).await? {
             match ctx.git.index_bundle(&file).await {
                 Ok(h) => {
                     tracing::debug!(sha = r.sha, "bundle served from cache");
@@ -149,7 +153,8 @@ impl BundleStorage {
                 Err(e) => {
                     // A cached bundle git rejects is corrupt: drop it and download.
                     tracing::warn!(sha = r.sha, error = %e, "cached bundle rejected; downloading");
-                    ctx.cache.evict_bundle(&r.sha);
+                    let sha = r.sha.clone();
+                    ctx.cache.blocking(move |c| c.evict_bundle(&sha)).await?;
                 }
             }
         }
@@ -160,7 +165,8 @@ impl BundleStorage {
         // A bundle is named after its tip: one without it is not that ref's
         // bundle (and is not cached under its name).
         if !ctx.git.has_object(&r.sha).await {
-            ctx.cache.evict_bundle(&r.sha);
+            let sha = r.sha.clone();
+            ctx.cache.blocking(move |c| c.evict_bundle(&sha)).await?;
             return Err(StorageError::Corrupt(format!(
                 "the bundle for {} ({}) does not contain the commit {} its name says. Run `git s3 doctor` or push the ref again",
                 r.name,
@@ -168,7 +174,8 @@ impl BundleStorage {
                 r.sha
             )));
         }
-        if let Err(e) = ctx.cache.insert_pack(&r.sha, &pack_dir, &hash) {
+        let sha = r.sha.clone();
+        if let Err(e) = ctx.cache.blocking(move |c| c.insert_pack(&sha, &pack_dir, &hash)).await.and_then(|r| r) {
             tracing::debug!(error = %e, "pack not cached");
         }
         Ok(())
@@ -302,7 +309,7 @@ impl BundleStorage {
         let store = self.store.clone();
         let out = ctx.out.clone();
         let (done, waited) = tokio::sync::oneshot::channel();
-        crate::session::background::spawn("bundle_push_cleanup", async move {
+        ctx.background.spawn("bundle_push_cleanup", async move {
             // The replaced bundles' DELETEs beside the lock's HEAD; the lock's
             // DELETE after both.
             let deletes = futures::future::join_all(replaced.iter().map(|key| {
@@ -369,7 +376,8 @@ impl BundleStorage {
         }
         self.finish_update(dst, sha, current, zip, write_head, replaced).await?;
         // Keep what we pushed: another working copy's clone needs no download.
-        let _ = ctx.cache.insert_bundle(sha, bundle);
+        let sha = sha.to_string();
+        let _ = ctx.cache.blocking(move |c| c.insert_bundle(&sha, bundle)).await;
         Ok(Ok(()))
     }
 

@@ -150,30 +150,28 @@ pub fn is_age(data: &[u8]) -> bool {
     data.starts_with(AGE_MAGIC)
 }
 
-/// Remote keys this daemon opened, by the keyring's location. Only a
-/// session whose caller's identities opened the keyring puts one here (and
-/// every session of an encrypted remote opens it again: see
-/// `keyring::open`); the manifest's reads and writes find the key here.
-static OPENED: std::sync::OnceLock<dashmap::DashMap<String, Arc<RemoteKey>>> = std::sync::OnceLock::new();
+/// A remote key this daemon opened, held in the daemon's memory of
+/// locations (`s3/memory.rs`) by the keyring's location. Only a session
+/// whose caller's identities opened the keyring puts one there (and every
+/// session of an encrypted remote opens it again: see `keyring::open`);
+/// the manifest's reads and writes find the key there.
+struct Opened(Arc<RemoteKey>);
 
 /// The key of `url`'s remote, when this daemon opened it.
 pub fn opened(store: &S3Store, url: &RemoteUrl) -> Option<Arc<RemoteKey>> {
-    OPENED.get()?.get(&store.location(&keyring_key(url))).map(|k| k.value().clone())
+    store.memory().map::<Opened>().get(&store.location(&keyring_key(url))).map(|k| k.value().0.clone())
 }
 
 /// Remembers the key of `url`'s remote.
 pub fn remember(store: &S3Store, url: &RemoteUrl, key: Arc<RemoteKey>) {
     // Never cleared wholesale (one entry per encrypted remote the user
     // reads): a manifest this daemon holds decrypted always has its key here.
-    let map = OPENED.get_or_init(dashmap::DashMap::new);
-    map.insert(store.location(&keyring_key(url)), key);
+    store.memory().map::<Opened>().insert(store.location(&keyring_key(url)), Opened(key));
 }
 
 /// Forgets the key of `url`'s remote (its keyring changed or is gone).
 pub fn forget(store: &S3Store, url: &RemoteUrl) {
-    if let Some(map) = OPENED.get() {
-        map.remove(&store.location(&keyring_key(url)));
-    }
+    store.memory().map::<Opened>().remove(&store.location(&keyring_key(url)));
 }
 
 /// Refuses `what` (a command not built for encrypted remotes yet) on an

@@ -31,7 +31,8 @@ impl PackStorage {
         // Packs not in objects/pack yet; the repository may still hold their
         // objects (its own pushes, another pack): one object lookup of their
         // tips and the wanted tips says which it lacks.
-        let candidates: Vec<&PackEntry> = m.packs.iter().filter(|p| !pack_dir.join(format!("pack-{}.idx", p.name)).exists()).collect();
+        let indexed = indexed_packs(&pack_dir, m.packs.iter().map(|p| p.name.clone()).collect()).await?;
+        let candidates: Vec<&PackEntry> = m.packs.iter().filter(|p| !indexed.contains(&p.name)).collect();
         let names: Vec<String> =
             candidates.iter().flat_map(|p| p.tips.iter().cloned()).chain(want_shas.iter().cloned()).collect::<BTreeSet<_>>().into_iter().collect();
         // The packs made for a wanted tip (what a fetch of new commits
@@ -145,17 +146,20 @@ impl PackStorage {
         needed: impl std::future::Future<Output = bool>,
     ) -> Result<bool, StorageError> {
         tokio::pin!(needed);
-        if let Some(cached) = ctx.cache.lookup_pack(&p.name) {
+        let name = p.name.clone();
+        if let Some(cached) = ctx.cache.blocking(move |c| c.lookup_pack(&name)).await? {
             if !(&mut needed).await {
                 return Ok(false);
             }
-            if cached.link_into(pack_dir).is_ok() && pack_dir.join(format!("pack-{}.idx", p.name)).exists() {
+            let (dir, idx) = (pack_dir.to_path_buf(), pack_dir.join(format!("pack-{}.idx", p.name)));
+            if crate::local::files::blocking(move || Ok(cached.link_into(&dir).is_ok() && idx.exists())).await? {
                 tracing::debug!(pack = p.name, "linked a cached pack");
                 return Ok(true);
             }
-            ctx.cache.evict_pack(&p.name);
+            let name = p.name.clone();
+            ctx.cache.blocking(move |c| c.evict_pack(&name)).await?;
         }
-        let tmp = ctx.cache.temp_file()?;
+        let tmp = ctx.cache.blocking(|c| c.temp_file()).await??;
         let key = self.object_key(&p.name, "pack");
         let progress =
             Mutex::new(Progress::new(ctx.out.clone(), ctx.progress, format!("Downloading pack {}", &p.name[..12.min(p.name.len())]), Some(p.size)));
@@ -178,7 +182,7 @@ impl PackStorage {
             if let Ok(mut pr) = progress.lock() {
                 pr.finish();
             }
-            return self.indexed(ctx, p, pack_dir, &key, indexed);
+            return self.indexed(ctx, p, pack_dir, &key, indexed).await;
         }
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let download = self.store.get_to_file_tee(&key, tmp.path(), Some(tx), on);
@@ -226,7 +230,7 @@ impl PackStorage {
         if let Ok(mut pr) = progress.lock() {
             pr.finish();
         }
-        self.indexed(ctx, p, pack_dir, &key, indexed)
+        self.indexed(ctx, p, pack_dir, &key, indexed).await
     }
 
     fn missing_pack(&self, p: &PackEntry, key: &str) -> StorageError {
@@ -239,7 +243,7 @@ impl PackStorage {
 
     /// A pack indexed (`indexed`: index-pack's answer): checked against its
     /// name, then cached.
-    fn indexed(
+    async fn indexed(
         &self,
         ctx: &OpContext,
         p: &PackEntry,
@@ -254,7 +258,10 @@ impl PackStorage {
         // which index-pack prints) goes in.
         if hash != p.name {
             tracing::warn!(pack = p.name, indexed = hash, key, "the object holds another pack than its name says; not cached");
-        } else if let Err(e) = ctx.cache.insert_pack(&p.name, pack_dir, &hash) {
+        } else if let Err(e) = {
+            let (name, dir) = (p.name.clone(), pack_dir.to_path_buf());
+            ctx.cache.blocking(move |c| c.insert_pack(&name, &dir, &hash)).await.and_then(|r| r)
+        } {
             tracing::debug!(error = %e, "pack not cached");
         }
         Ok(true)
@@ -297,4 +304,10 @@ fn pack_lacking(present: &HashSet<String>, tips: &[String]) -> bool {
 /// download stop).
 fn all_of(names: &[String]) -> HashSet<String> {
     names.iter().cloned().collect()
+}
+
+/// Which of `names` have an `.idx` in `pack_dir`, looked at on a blocking thread.
+pub(crate) async fn indexed_packs(pack_dir: &Path, names: Vec<String>) -> std::io::Result<HashSet<String>> {
+    let dir = pack_dir.to_path_buf();
+    crate::local::files::blocking(move || Ok(names.into_iter().filter(|n| dir.join(format!("pack-{n}.idx")).exists()).collect())).await
 }

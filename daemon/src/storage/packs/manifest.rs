@@ -290,9 +290,15 @@ pub(crate) const MAX_ATTEMPTS: u32 = 12;
 /// and when S3 last confirmed them: a later read is a conditional GET
 /// against the ETag (`If-None-Match`), which S3 answers with a bodiless 304
 /// when nothing changed.
-static MANIFESTS: std::sync::OnceLock<dashmap::DashMap<String, Held>> = std::sync::OnceLock::new();
+/// Kept in the daemon's memory (`S3Store::memory`), by location.
+#[derive(Clone)]
+struct Held(String, std::sync::Arc<Manifest>, std::time::Instant);
 
-type Held = (String, std::sync::Arc<Manifest>, std::time::Instant);
+type HeldManifests = std::sync::Arc<dashmap::DashMap<String, Held>>;
+
+fn manifests(store: &S3Store) -> HeldManifests {
+    store.memory().map::<Held>()
+}
 
 /// How long after S3 last confirmed a held manifest (a read, or this
 /// daemon's own write) it answers a push's `list for-push` without a read.
@@ -307,7 +313,7 @@ pub(crate) const MANIFEST_CACHE_ENTRIES: usize = 256;
 /// The manifest and its ETag, or None when the prefix has none.
 pub async fn read_manifest(store: &S3Store, url: &RemoteUrl) -> Result<Option<(Manifest, String)>, StorageError> {
     let key = manifest_key(url);
-    let cache = MANIFESTS.get_or_init(dashmap::DashMap::new);
+    let cache = manifests(store);
     let location = store.location(&key);
     let cached = cache.get(&location).map(|c| c.value().clone());
     let asked = std::time::Instant::now();
@@ -317,7 +323,7 @@ pub async fn read_manifest(store: &S3Store, url: &RemoteUrl) -> Result<Option<(M
             Ok(None)
         }
         Conditional::NotModified => match cached {
-            Some((etag, m, _)) => {
+            Some(Held(etag, m, _)) => {
                 if let Some(mut held) = cache.get_mut(&location).filter(|h| h.0 == etag) {
                     held.2 = asked;
                 }
@@ -328,7 +334,7 @@ pub async fn read_manifest(store: &S3Store, url: &RemoteUrl) -> Result<Option<(M
         Conditional::Found { data, etag } => {
             let data = plaintext_of(store, url, data)?;
             let m = Manifest::parse(&data).map_err(|e| StorageError::Corrupt(format!("s3://{}/{key}: {e}", store.bucket())))?;
-            hold_at(location, &etag, &m, asked);
+            hold_at(&cache, location, &etag, &m, asked);
             Ok(Some((m, etag)))
         }
     }
@@ -358,8 +364,7 @@ pub fn encode(store: &S3Store, url: &RemoteUrl, m: &Manifest) -> Result<Vec<u8>,
     }
 }
 
-fn hold_at(location: String, etag: &str, m: &Manifest, confirmed: std::time::Instant) {
-    let cache = MANIFESTS.get_or_init(dashmap::DashMap::new);
+fn hold_at(cache: &HeldManifests, location: String, etag: &str, m: &Manifest, confirmed: std::time::Instant) {
     if etag.is_empty() {
         cache.remove(&location);
         return;
@@ -367,31 +372,29 @@ fn hold_at(location: String, etag: &str, m: &Manifest, confirmed: std::time::Ins
     if cache.len() >= MANIFEST_CACHE_ENTRIES {
         cache.clear();
     }
-    cache.insert(location, (etag.to_string(), std::sync::Arc::new(m.clone()), confirmed));
+    cache.insert(location, Held(etag.to_string(), std::sync::Arc::new(m.clone()), confirmed));
 }
 
 /// Holds the manifest this daemon has just written (`etag`: what the write
 /// answered), as a read would have: the next read is a 304.
 pub(crate) fn hold_written(store: &S3Store, url: &RemoteUrl, etag: &str, m: &Manifest, written_since: std::time::Instant) {
-    hold_at(store.location(&manifest_key(url)), etag, m, written_since);
+    hold_at(&manifests(store), store.location(&manifest_key(url)), etag, m, written_since);
 }
 
 /// Forgets the held manifest of `url` (before writing or deleting it other
 /// than through [`hold_written`]): the next read is unconditional.
 pub(crate) fn forget_held(store: &S3Store, url: &RemoteUrl) {
-    if let Some(cache) = MANIFESTS.get() {
-        cache.remove(&store.location(&manifest_key(url)));
-    }
+    manifests(store).remove(&store.location(&manifest_key(url)));
 }
 
 /// The manifest held for `url` and its ETag, if S3 confirmed it less than
 /// `fresh` ago (see [`PUSH_LIST_FRESH`]).
 pub(crate) fn held_fresh(store: &S3Store, url: &RemoteUrl, fresh: Duration) -> Option<(Manifest, String)> {
-    held_fresh_at(&store.location(&manifest_key(url)), fresh)
+    held_fresh_at(&manifests(store), &store.location(&manifest_key(url)), fresh)
 }
 
-fn held_fresh_at(location: &str, fresh: Duration) -> Option<(Manifest, String)> {
-    let held = MANIFESTS.get()?.get(location)?.value().clone();
+fn held_fresh_at(cache: &HeldManifests, location: &str, fresh: Duration) -> Option<(Manifest, String)> {
+    let held = cache.get(location)?.value().clone();
     (held.2.elapsed() < fresh).then(|| (Manifest::clone(&held.1), held.0))
 }
 
@@ -409,8 +412,8 @@ pub(crate) fn backoff(attempt: u32) -> Duration {
 }
 
 /// Whether this daemon holds the manifest at `location` (read before).
-pub(crate) fn is_held(location: &str) -> bool {
-    MANIFESTS.get().is_some_and(|c| c.contains_key(location))
+pub(crate) fn is_held(store: &S3Store, location: &str) -> bool {
+    manifests(store).contains_key(location)
 }
 
 /// Applies `edit` to the manifest with a conditional write, re-reading and
@@ -536,19 +539,21 @@ mod tests {
     #[test]
     fn a_held_manifest_is_fresh_for_a_while_and_an_empty_etag_is_not_held() {
         let location = "test|bkt|held/.git-s3/manifest.json".to_string();
+        let cache = HeldManifests::default();
+        let is_held = |location: &str| cache.contains_key(location);
         let m = Manifest { serial: 7, ..Default::default() };
         let now = std::time::Instant::now();
-        hold_at(location.clone(), "\"e1\"", &m, now);
-        let held = held_fresh_at(&location, PUSH_LIST_FRESH).expect("held");
+        hold_at(&cache, location.clone(), "\"e1\"", &m, now);
+        let held = held_fresh_at(&cache, &location, PUSH_LIST_FRESH).expect("held");
         assert_eq!((held.0.serial, held.1.as_str()), (7, "\"e1\""));
-        assert!(held_fresh_at(&location, Duration::ZERO).is_none(), "older than no time at all");
+        assert!(held_fresh_at(&cache, &location, Duration::ZERO).is_none(), "older than no time at all");
         if let Some(long_ago) = now.checked_sub(PUSH_LIST_FRESH * 2) {
-            hold_at(location.clone(), "\"e0\"", &m, long_ago);
+            hold_at(&cache, location.clone(), "\"e0\"", &m, long_ago);
             assert!(is_held(&location), "still read conditionally");
-            assert!(held_fresh_at(&location, PUSH_LIST_FRESH).is_none(), "too old to answer a push's list");
+            assert!(held_fresh_at(&cache, &location, PUSH_LIST_FRESH).is_none(), "too old to answer a push's list");
         }
         // A write whose answer had no ETag: forgotten, the next read is unconditional.
-        hold_at(location.clone(), "", &m, now);
+        hold_at(&cache, location.clone(), "", &m, now);
         assert!(!is_held(&location));
     }
 

@@ -341,7 +341,7 @@ impl PackStorage {
         let (store, key, crypt) = (self.store.clone(), self.object_key(&b.name, "idx"), self.key.clone());
         #[cfg(feature = "test-hooks")]
         let gate = crate::test_hooks::idx_upload_gate(&ctx.env);
-        crate::session::background::spawn("upload_idx", async move {
+        ctx.background.spawn("upload_idx", async move {
             #[cfg(feature = "test-hooks")]
             if let Some(g) = gate {
                 crate::test_hooks::wait_for_gate(&g).await;
@@ -670,8 +670,18 @@ impl PackStorage {
         let (store, url, env) = (self.store.clone(), self.url.clone(), ctx.env.clone());
         let tmp = ctx.cache.root().join("tmp");
         tracing::info!(packs = packs.len(), limit, combine = rollup.combine.len(), "packs piled up; compacting in the background");
-        tokio::spawn(
+        // One background gc per remote at a time: concurrent pushes start one.
+        let remote = store.location(&manifest::manifest_key(&url));
+        #[cfg(feature = "test-hooks")]
+        let gate = crate::test_hooks::background_gc_gate(&env);
+        ctx.background.spawn_once(
+            "gc",
+            &remote,
             async move {
+                #[cfg(feature = "test-hooks")]
+                if let Some(g) = gate {
+                    crate::test_hooks::wait_for_gate(&g).await;
+                }
                 let grace = Duration::from_secs(crate::storage::packs::gc::DEFAULT_GRACE_SECONDS);
                 let mode = crate::storage::packs::gc::GcMode::Geometric;
                 match crate::storage::packs::gc::gc(&store, &url, &tmp, &env, grace, mode, false).await {

@@ -67,7 +67,7 @@ pub(super) async fn scratch_from_packs(
 
 pub(super) async fn scratch_repo(dir: &Path, env: &HashMap<String, String>, format: ObjectFormat) -> Result<Git, StorageError> {
     let repo = dir.join("repo.git");
-    std::fs::create_dir_all(&repo)?;
+    tokio::fs::create_dir_all(&repo).await?;
     let git = scratch_git(&repo, env);
     git.run(&["init", "-q", "--bare", &format.arg()]).await?;
     Ok(git)

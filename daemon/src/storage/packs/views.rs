@@ -187,7 +187,10 @@ impl PackStorage {
         let git = Git::new(ctx.git.cwd(), env);
         #[cfg(feature = "test-hooks")]
         let gate = crate::test_hooks::views_write_gate(&ctx.env);
-        crate::session::background::spawn("refresh_views", async move {
+        // One views refresh per remote at a time: a push meanwhile leaves its
+        // pack outside the views, for the next refresh or gc.
+        let remote = store.location(&crate::storage::packs::manifest::manifest_key(&url));
+        ctx.background.spawn_once("refresh_views", &remote, async move {
             let written = async {
                 let Some(made) = build_and_upload(&store, &url, &git, &tmp, &base).await? else { return Ok(false) };
                 #[cfg(feature = "test-hooks")]
@@ -221,7 +224,8 @@ impl PackStorage {
         wanted.extend(m.uncovered().cloned());
         let pack_dir = ctx.git.pack_dir().await?;
         let dir = &pack_dir;
-        let missing: Vec<PackEntry> = wanted.into_iter().filter(|p| !dir.join(format!("pack-{}.idx", p.name)).exists()).collect();
+        let indexed = crate::storage::packs::fetch::indexed_packs(dir, wanted.iter().map(|p| p.name.clone()).collect()).await?;
+        let missing: Vec<PackEntry> = wanted.into_iter().filter(|p| !indexed.contains(&p.name)).collect();
         tracing::debug!(packs = missing.len(), ?kinds, "views to download");
         let jobs: Vec<_> = missing.iter().map(|p| async move { self.fetch_pack(ctx, p, dir, std::future::ready(true)).await.map(|_| ()) }).collect();
         futures::stream::iter(jobs).buffer_unordered(4).try_collect::<Vec<()>>().await?;
