@@ -25,11 +25,11 @@ pub mod server;
 pub mod session;
 pub mod storage;
 #[cfg(feature = "test-hooks")]
-pub mod test_hooks;
+pub(crate) mod test_hooks;
 
 /// The optional features this daemon was built with (`git s3 status --json`
 /// shows them: the end-to-end tests that use test hooks check for them).
-pub fn features() -> Vec<&'static str> {
+pub(crate) fn features() -> Vec<&'static str> {
     let mut f = Vec::new();
     if cfg!(feature = "test-hooks") {
         f.push("test-hooks");

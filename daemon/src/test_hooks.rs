@@ -9,31 +9,31 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Exit the daemon after uploading a pack, before the manifest write.
-pub const CRASH_BEFORE_MANIFEST: &str = "GIT_S3_TEST_CRASH_BEFORE_MANIFEST";
+pub(crate) const CRASH_BEFORE_MANIFEST: &str = "GIT_S3_TEST_CRASH_BEFORE_MANIFEST";
 /// A file the background `.idx` upload waits for (at most a minute) before
 /// it starts: the test decides when the upload may happen, no timing.
-pub const IDX_UPLOAD_GATE: &str = "GIT_S3_TEST_IDX_UPLOAD_GATE";
+pub(crate) const IDX_UPLOAD_GATE: &str = "GIT_S3_TEST_IDX_UPLOAD_GATE";
 /// A file the background gc started by a push waits for (at most a minute)
 /// before it starts: the test pushes again while one runs.
-pub const BACKGROUND_GC_GATE: &str = "GIT_S3_TEST_BACKGROUND_GC_GATE";
+pub(crate) const BACKGROUND_GC_GATE: &str = "GIT_S3_TEST_BACKGROUND_GC_GATE";
 /// A file a bundles push waits for (at most a minute) after its checks and
 /// before it takes the ref's lock: the test pushes from elsewhere meanwhile.
-pub const PUSH_LOCK_GATE: &str = "GIT_S3_TEST_PUSH_LOCK_GATE";
+pub(crate) const PUSH_LOCK_GATE: &str = "GIT_S3_TEST_PUSH_LOCK_GATE";
 /// A file a bundles push waits for (at most a minute) under the ref's lock,
 /// after its checks and before its upload.
-pub const PUSH_UPLOAD_GATE: &str = "GIT_S3_TEST_PUSH_UPLOAD_GATE";
+pub(crate) const PUSH_UPLOAD_GATE: &str = "GIT_S3_TEST_PUSH_UPLOAD_GATE";
 /// A file the views a push has the daemon write in the background wait
 /// for (at most a minute), uploaded, before their manifest write.
-pub const VIEWS_WRITE_GATE: &str = "GIT_S3_TEST_VIEWS_WRITE_GATE";
+pub(crate) const VIEWS_WRITE_GATE: &str = "GIT_S3_TEST_VIEWS_WRITE_GATE";
 /// The migration exits the daemon half-way (`to-packs`: after the manifest
 /// write and the first bundle deletion; `to-packs-before-head`: after every
 /// bundle's deletion, before the HEAD object's; `to-bundles`: after the freeze and
 /// the first bundle write; `to-bundles-manifest-deleted`: after the manifest
 /// deletion, before the packs'), to test that a rerun finishes it.
-pub const CRASH_DURING_MIGRATE: &str = "GIT_S3_TEST_CRASH_DURING_MIGRATE";
+pub(crate) const CRASH_DURING_MIGRATE: &str = "GIT_S3_TEST_CRASH_DURING_MIGRATE";
 
 /// A push, between its pack upload and its manifest write.
-pub fn crash_before_manifest(env: &HashMap<String, String>) {
+pub(crate) fn crash_before_manifest(env: &HashMap<String, String>) {
     if env.get(CRASH_BEFORE_MANIFEST).map(String::as_str) == Some("1") {
         tracing::error!("{CRASH_BEFORE_MANIFEST}=1: exiting before the manifest write");
         std::process::exit(70);
@@ -41,33 +41,33 @@ pub fn crash_before_manifest(env: &HashMap<String, String>) {
 }
 
 /// The gate of a push's background `.idx` upload, when the test set one.
-pub fn idx_upload_gate(env: &HashMap<String, String>) -> Option<PathBuf> {
+pub(crate) fn idx_upload_gate(env: &HashMap<String, String>) -> Option<PathBuf> {
     env.get(IDX_UPLOAD_GATE).map(PathBuf::from)
 }
 
 /// The gate of a push's background gc, when the test set one.
-pub fn background_gc_gate(env: &HashMap<String, String>) -> Option<PathBuf> {
+pub(crate) fn background_gc_gate(env: &HashMap<String, String>) -> Option<PathBuf> {
     env.get(BACKGROUND_GC_GATE).map(PathBuf::from)
 }
 
 /// The gate a bundles push waits at before its lock, when the test set one.
-pub fn push_lock_gate(env: &HashMap<String, String>) -> Option<PathBuf> {
+pub(crate) fn push_lock_gate(env: &HashMap<String, String>) -> Option<PathBuf> {
     env.get(PUSH_LOCK_GATE).map(PathBuf::from)
 }
 
 /// The gate a bundles push waits at under its lock, before its upload, when the test set one.
-pub fn push_upload_gate(env: &HashMap<String, String>) -> Option<PathBuf> {
+pub(crate) fn push_upload_gate(env: &HashMap<String, String>) -> Option<PathBuf> {
     env.get(PUSH_UPLOAD_GATE).map(PathBuf::from)
 }
 
 /// The gate of a push's background views write, when the test set one.
-pub fn views_write_gate(env: &HashMap<String, String>) -> Option<PathBuf> {
+pub(crate) fn views_write_gate(env: &HashMap<String, String>) -> Option<PathBuf> {
     env.get(VIEWS_WRITE_GATE).map(PathBuf::from)
 }
 
 /// Waits until `gate` exists (at most a minute). It first creates
 /// `<gate>.waiting`, so the test knows the daemon has reached the gate.
-pub async fn wait_for_gate(gate: &Path) {
+pub(crate) async fn wait_for_gate(gate: &Path) {
     let mut waiting = gate.as_os_str().to_owned();
     waiting.push(".waiting");
     if let Err(e) = std::fs::write(&waiting, b"") {
@@ -83,7 +83,7 @@ pub async fn wait_for_gate(gate: &Path) {
 }
 
 /// A migration at `point` (`to-packs` or `to-bundles`).
-pub fn crash_during_migrate(env: &HashMap<String, String>, point: &str) {
+pub(crate) fn crash_during_migrate(env: &HashMap<String, String>, point: &str) {
     if env.get(CRASH_DURING_MIGRATE).map(String::as_str) == Some(point) {
         tracing::error!("{CRASH_DURING_MIGRATE}={point}: exiting half-way through the migration");
         std::process::exit(70);

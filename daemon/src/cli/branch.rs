@@ -15,24 +15,24 @@ use crate::storage::packs::manifest::{read_manifest, update_manifest};
 use crate::storage::zip::{zip_key, ZIP_NAME};
 
 #[derive(Args, Debug)]
-pub struct BranchArgs {
+pub(crate) struct BranchArgs {
     /// A git remote name or an s3:// / s3+zip:// URL
     #[arg(value_name = "REMOTE")]
-    pub remote: String,
+    pub(crate) remote: String,
     /// The branch (as git-remote-s3 0.4.2 takes it)
     #[arg(value_name = "BRANCH")]
-    pub branch_pos: Option<String>,
+    pub(crate) branch_pos: Option<String>,
     /// The branch
     #[arg(short = 'b', long = "branch", value_name = "BRANCH")]
-    pub branch_flag: Option<String>,
+    pub(crate) branch_flag: Option<String>,
     /// Do not ask for confirmation (delete-branch)
     #[arg(short = 'y', long)]
-    pub yes: bool,
+    pub(crate) yes: bool,
 }
 
 impl BranchArgs {
     /// The branch, from `-b` or the positional argument.
-    pub fn branch(&self) -> Result<&str, CliError> {
+    pub(crate) fn branch(&self) -> Result<&str, CliError> {
         match (&self.branch_pos, &self.branch_flag) {
             (Some(a), Some(b)) if a != b => Err(CliError::Usage(format!("two different branches given ('{a}' and '{b}'); give one"))),
             (Some(a), _) | (None, Some(a)) => Ok(a),
@@ -41,7 +41,7 @@ impl BranchArgs {
     }
 }
 
-pub async fn delete_branch(ctx: &mut Ctx, args: BranchArgs) -> CliResult {
+pub(crate) async fn delete_branch(ctx: &mut Ctx, args: BranchArgs) -> CliResult {
     let refname = branch_ref(args.branch()?)?;
     let remote = Remote::resolve(ctx, &args.remote).await?;
     if let Some(code) = branch_op(ctx, &remote, &refname, BranchOp::Delete, args.yes).await? {
@@ -96,7 +96,7 @@ pub async fn delete_branch(ctx: &mut Ctx, args: BranchArgs) -> CliResult {
 
 /// Asks before deleting a branch (unless `yes`); refuses without a terminal.
 /// False when the user said no ("Aborted" is printed).
-pub async fn confirm_delete(ctx: &mut Ctx, refname: &str, yes: bool) -> Result<bool, CliError> {
+pub(crate) async fn confirm_delete(ctx: &mut Ctx, refname: &str, yes: bool) -> Result<bool, CliError> {
     if yes {
         return Ok(true);
     }
@@ -112,7 +112,7 @@ pub async fn confirm_delete(ctx: &mut Ctx, refname: &str, yes: bool) -> Result<b
     }
 }
 
-pub async fn protect(ctx: &mut Ctx, args: BranchArgs) -> CliResult {
+pub(crate) async fn protect(ctx: &mut Ctx, args: BranchArgs) -> CliResult {
     let refname = branch_ref(args.branch()?)?;
     let remote = Remote::resolve(ctx, &args.remote).await?;
     if let Some(code) = branch_op(ctx, &remote, &refname, BranchOp::Protect, false).await? {
@@ -132,7 +132,7 @@ pub async fn protect(ctx: &mut Ctx, args: BranchArgs) -> CliResult {
     Ok(0)
 }
 
-pub async fn unprotect(ctx: &mut Ctx, args: BranchArgs) -> CliResult {
+pub(crate) async fn unprotect(ctx: &mut Ctx, args: BranchArgs) -> CliResult {
     let refname = branch_ref(args.branch()?)?;
     let remote = Remote::resolve(ctx, &args.remote).await?;
     if let Some(code) = branch_op(ctx, &remote, &refname, BranchOp::Unprotect, false).await? {
@@ -149,7 +149,7 @@ pub async fn unprotect(ctx: &mut Ctx, args: BranchArgs) -> CliResult {
     Ok(0)
 }
 
-pub enum BranchOp {
+pub(crate) enum BranchOp {
     Delete,
     Protect,
     Unprotect,
@@ -157,7 +157,7 @@ pub enum BranchOp {
 
 /// The packs side of delete-branch/protect/unprotect; None when `remote` is
 /// not a packs remote.
-pub async fn branch_op(ctx: &mut Ctx, remote: &Remote, refname: &str, op: BranchOp, yes: bool) -> Result<Option<i32>, CliError> {
+pub(crate) async fn branch_op(ctx: &mut Ctx, remote: &Remote, refname: &str, op: BranchOp, yes: bool) -> Result<Option<i32>, CliError> {
     let Some((m, _)) = read_manifest(&remote.store, &remote.url).await? else {
         return Ok(None);
     };

@@ -9,16 +9,16 @@ use serde_json::json;
 use super::{human_bytes, CliResult, Ctx};
 
 #[derive(Args, Debug)]
-pub struct CacheArgs {
+pub(crate) struct CacheArgs {
     #[command(subcommand)]
-    pub action: Option<CacheAction>,
+    pub(crate) action: Option<CacheAction>,
     /// Print one JSON document instead of text
     #[arg(long, global = true)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Subcommand, Debug)]
-pub enum CacheAction {
+pub(crate) enum CacheAction {
     /// Location, size, entries, hit/miss counts (the default)
     Show,
     /// Evict least-recently-used entries until the cache holds at most N bytes (entries in use stay)
@@ -30,7 +30,7 @@ pub enum CacheAction {
     Clear,
 }
 
-pub async fn run(ctx: &mut Ctx, args: CacheArgs) -> CliResult {
+pub(crate) async fn run(ctx: &mut Ctx, args: CacheArgs) -> CliResult {
     let cache = ctx.state.cache.clone();
     // Eviction walks no directory but deletes files: on a blocking thread.
     // `show` first finishes the background work (mirrors measured after

@@ -31,11 +31,11 @@ Exit codes: 0 ok, 1 failure, 2 usage error."
 )]
 pub struct Cli {
     #[command(subcommand)]
-    pub cmd: Cmd,
+    pub(crate) cmd: Cmd,
 }
 
 #[derive(Subcommand, Debug)]
-pub enum Cmd {
+pub(crate) enum Cmd {
     /// Show the daemon, its warm S3 clients, the local cache and, for a remote: refs, HEAD, protected branches, locks, warnings
     Status(status::StatusArgs),
     /// Find and fix problems in a remote: several bundles for a ref, a missing or dangling HEAD, stale locks
@@ -63,9 +63,9 @@ pub enum Cmd {
 }
 
 #[derive(Args, Debug)]
-pub struct Passthrough {
+pub(crate) struct Passthrough {
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "ARGS")]
-    pub args: Vec<String>,
+    pub(crate) args: Vec<String>,
 }
 /// The program name for help and errors: 0.4.2's spelling when called as
 /// `git-remote-s3 doctor …`.
@@ -78,7 +78,7 @@ fn program_name(argv0: &str) -> &'static str {
     }
 }
 
-pub async fn run(state: Arc<DaemonState>, mut start: SessionStart, input: Input, out: Out) -> i32 {
+pub(crate) async fn run(state: Arc<DaemonState>, mut start: SessionStart, input: Input, out: Out) -> i32 {
     if start.args.first().map(String::as_str) == Some("lfs") {
         start.args.remove(0);
         if start.args.first().map(String::as_str) == Some("migrate") {

@@ -10,25 +10,25 @@ use super::{human_bytes, CliResult, Ctx};
 use crate::storage::packs::gc::{gc, GcMode, DEFAULT_GRACE_SECONDS};
 
 #[derive(Args, Debug)]
-pub struct GcArgs {
+pub(crate) struct GcArgs {
     /// A git remote name or an s3:// URL of a packs-format remote
     #[arg(value_name = "REMOTE")]
-    pub remote: String,
+    pub(crate) remote: String,
     /// Keep replaced and unreferenced packs this long before deleting them (readers of an
     /// older manifest, and pushes in progress, may still need them)
     #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_GRACE_SECONDS)]
-    pub grace_seconds: u64,
+    pub(crate) grace_seconds: u64,
     /// Only show what would be combined and deleted; change nothing
     #[arg(long)]
-    pub dry_run: bool,
+    pub(crate) dry_run: bool,
     /// Combine only the small packs that break a geometric progression (factor 2), keeping
     /// the big ones untouched: costs grow with what was pushed since the last gc, not with
     /// the repository (the default combines every pack into one pack of what the refs reach)
     #[arg(long)]
-    pub geometric: bool,
+    pub(crate) geometric: bool,
 }
 
-pub async fn run(ctx: &mut Ctx, args: GcArgs) -> CliResult {
+pub(crate) async fn run(ctx: &mut Ctx, args: GcArgs) -> CliResult {
     let remote = Remote::resolve(ctx, &args.remote).await?;
     let tmp = ctx.state.cache.root().join("tmp");
     let mode = if args.geometric { GcMode::Geometric } else { GcMode::Full };

@@ -47,7 +47,7 @@ fn doc_line(sub: &str, page: &str) -> String {
 }
 
 /// `cmd` (`git s3`'s clap command) with each command's documentation pointer.
-pub fn with_doc_pointers(mut cmd: Command) -> Command {
+pub(crate) fn with_doc_pointers(mut cmd: Command) -> Command {
     let top = cmd.get_after_help().map(|h| h.to_string()).unwrap_or_default();
     cmd = cmd.after_help(format!("{top}\nDocumentation: README.md and docs/ in the git-s3 repository; man git-s3, man git-s3-<command>"));
     for (sub, page) in DOCS {

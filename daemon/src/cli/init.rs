@@ -16,19 +16,19 @@ use crate::storage::detect::scan_refs_dir;
 use crate::storage::packs::manifest::{self, read_manifest, Manifest};
 
 #[derive(Args, Debug)]
-pub struct InitArgs {
+pub(crate) struct InitArgs {
     /// The storage format of the new remote
     #[arg(long, value_enum, value_name = "FORMAT")]
-    pub format: FormatArg,
+    pub(crate) format: FormatArg,
     /// Encrypt the remote (packs only) to this age recipient (age1…, from `git s3 keygen`); repeat for each person
     #[arg(long = "encrypt-to", value_name = "RECIPIENT")]
-    pub encrypt_to: Vec<String>,
+    pub(crate) encrypt_to: Vec<String>,
     /// A git remote name or an s3:// URL (an empty prefix)
     #[arg(value_name = "REMOTE")]
-    pub remote: String,
+    pub(crate) remote: String,
 }
 
-pub async fn run(ctx: &mut Ctx, args: InitArgs) -> CliResult {
+pub(crate) async fn run(ctx: &mut Ctx, args: InitArgs) -> CliResult {
     if !args.encrypt_to.is_empty() && args.format == FormatArg::Bundles {
         return Err(CliError::Refused(
             "the bundles format (git-remote-s3 0.4.2's layout) stays plaintext: use `git s3 init --format packs --encrypt-to …` to encrypt".into(),

@@ -9,13 +9,13 @@ use super::{CliError, CliResult, Ctx};
 use crate::storage::crypt::{fingerprint, identities, CryptError};
 
 #[derive(Args, Debug)]
-pub struct KeygenArgs {
+pub(crate) struct KeygenArgs {
     /// Print one JSON document instead of text
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
-pub async fn run(ctx: &mut Ctx, args: KeygenArgs) -> CliResult {
+pub(crate) async fn run(ctx: &mut Ctx, args: KeygenArgs) -> CliResult {
     let (recipient, path) = identities::keygen(&ctx.env).await.map_err(|e| match e {
         CryptError::Io(io) => CliError::Refused(format!("cannot write the identities file: {io}")),
         other => CliError::Storage(other.into()),

@@ -8,16 +8,16 @@ use super::{human_bytes, CliResult, Ctx, FormatArg};
 use crate::storage::packs::migrate::{migrate_to_bundles, migrate_to_packs};
 
 #[derive(Args, Debug)]
-pub struct MigrateArgs {
+pub(crate) struct MigrateArgs {
     /// The format to convert the remote to
     #[arg(long, value_enum, value_name = "FORMAT")]
-    pub to: FormatArg,
+    pub(crate) to: FormatArg,
     /// A git remote name or an s3:// URL
     #[arg(value_name = "REMOTE")]
-    pub remote: String,
+    pub(crate) remote: String,
 }
 
-pub async fn run(ctx: &mut Ctx, args: MigrateArgs) -> CliResult {
+pub(crate) async fn run(ctx: &mut Ctx, args: MigrateArgs) -> CliResult {
     let remote = Remote::resolve(ctx, &args.remote).await?;
     crate::storage::crypt::refuse_if_encrypted(&remote.store, &remote.url, "`git s3 migrate`").await.map_err(crate::storage::StorageError::from)?;
     let tmp = ctx.state.cache.root().join("tmp");

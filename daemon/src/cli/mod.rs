@@ -35,7 +35,7 @@ use crate::storage::bundles::locks::LockError;
 
 /// A command's failure: one line for the user, and an exit code.
 #[derive(Debug, thiserror::Error)]
-pub enum CliError {
+pub(crate) enum CliError {
     /// Bad arguments (exit 2).
     #[error("{0}")]
     Usage(String),
@@ -63,7 +63,7 @@ pub enum CliError {
 }
 
 impl CliError {
-    pub fn exit_code(&self) -> i32 {
+    pub(crate) fn exit_code(&self) -> i32 {
         match self {
             CliError::Usage(_) => 2,
             _ => 1,
@@ -71,9 +71,9 @@ impl CliError {
     }
 }
 
-pub type CliResult = Result<i32, CliError>;
+pub(crate) type CliResult = Result<i32, CliError>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum FormatArg {
+pub(crate) enum FormatArg {
     /// Incremental packs and one manifest (`<prefix>/.git-s3/`)
     Packs,
     /// git-remote-s3 0.4.2's bundle per ref (`<prefix>/refs/…/<sha>.bundle`)
@@ -81,34 +81,34 @@ pub enum FormatArg {
 }
 
 /// What every command gets: the caller's context and the session's stdio.
-pub struct Ctx {
-    pub state: Arc<DaemonState>,
-    pub env: HashMap<String, String>,
-    pub cwd: PathBuf,
-    pub stdin_is_tty: bool,
-    pub input: Input,
-    pub out: Out,
+pub(crate) struct Ctx {
+    pub(crate) state: Arc<DaemonState>,
+    pub(crate) env: HashMap<String, String>,
+    pub(crate) cwd: PathBuf,
+    pub(crate) stdin_is_tty: bool,
+    pub(crate) input: Input,
+    pub(crate) out: Out,
 }
 
 impl Ctx {
     /// A line on stdout.
-    pub fn println(&self, s: impl AsRef<str>) {
+    pub(crate) fn println(&self, s: impl AsRef<str>) {
         self.out.stdout(format!("{}\n", s.as_ref()));
     }
 
     /// A line on stderr.
-    pub fn eprintln(&self, s: impl AsRef<str>) {
+    pub(crate) fn eprintln(&self, s: impl AsRef<str>) {
         self.out.stderr(format!("{}\n", s.as_ref()));
     }
 
     /// Asks a question on stderr and reads the answer (None at end of input).
-    pub async fn ask(&mut self, question: &str) -> Option<String> {
+    pub(crate) async fn ask(&mut self, question: &str) -> Option<String> {
         self.out.stderr(question.to_string());
         self.input.read_line().await.map(|s| s.trim().to_string())
     }
 
     /// Yes/no question; `default` on an empty answer; false at end of input.
-    pub async fn confirm(&mut self, question: &str, default: bool) -> bool {
+    pub(crate) async fn confirm(&mut self, question: &str, default: bool) -> bool {
         let hint = if default { "[Y/n]" } else { "[y/N]" };
         for _ in 0..3 {
             match self.ask(&format!("{question} {hint} ")).await {
@@ -126,7 +126,7 @@ impl Ctx {
 
     /// Picks one of `n` numbered choices (1-based on screen); `default` on an
     /// empty answer; Err(Aborted) at end of input or after repeated bad answers.
-    pub async fn choose(&mut self, question: &str, n: usize, default: usize) -> Result<usize, CliError> {
+    pub(crate) async fn choose(&mut self, question: &str, n: usize, default: usize) -> Result<usize, CliError> {
         for _ in 0..3 {
             let Some(a) = self.ask(&format!("{question} [{}]: ", default + 1)).await else {
                 return Err(CliError::Aborted);
@@ -143,7 +143,7 @@ impl Ctx {
     }
 }
 /// Formats seconds as `42s`, `3m 05s`, `2h 10m`, `4d 3h`.
-pub fn human_duration(secs: u64) -> String {
+pub(crate) fn human_duration(secs: u64) -> String {
     match secs {
         s if s < 60 => format!("{s}s"),
         s if s < 3600 => format!("{}m {:02}s", s / 60, s % 60),
@@ -153,7 +153,7 @@ pub fn human_duration(secs: u64) -> String {
 }
 
 /// Formats a byte count with binary units.
-pub fn human_bytes(n: u64) -> String {
+pub(crate) fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
     let mut u = 0;

@@ -11,17 +11,17 @@ use crate::storage::bundles::layout::{self, PrefixScan, PROTECTED_MARKER};
 use super::{CliError, Ctx};
 
 /// A resolved remote: its URL and the store for its bucket.
-pub struct Remote {
+pub(crate) struct Remote {
     /// The git remote name when one was given.
-    pub name: Option<String>,
-    pub url: RemoteUrl,
-    pub store: S3Store,
+    pub(crate) name: Option<String>,
+    pub(crate) url: RemoteUrl,
+    pub(crate) store: S3Store,
 }
 
 impl Remote {
     /// `s3://…` / `s3+zip://…` are parsed as URLs; anything else is a git
     /// remote of the caller's repository.
-    pub async fn resolve(ctx: &Ctx, arg: &str) -> Result<Remote, CliError> {
+    pub(crate) async fn resolve(ctx: &Ctx, arg: &str) -> Result<Remote, CliError> {
         let (name, url) = if arg.contains("://") {
             (None, RemoteUrl::parse(arg)?)
         } else {
@@ -41,7 +41,7 @@ impl Remote {
     }
 
     /// Reads the whole prefix: bundles, locks, markers, HEAD.
-    pub async fn inspect(&self) -> Result<View, CliError> {
+    pub(crate) async fn inspect(&self) -> Result<View, CliError> {
         let objects = self.store.list(&format!("{}/", self.url.prefix)).await?;
         let scan = layout::scan(&self.url.prefix, &objects);
         let head_raw = if scan.head_object {
@@ -53,24 +53,24 @@ impl Remote {
     }
 
     /// Objects directly under `<prefix>/<refname>/` (not those of refs below it).
-    pub async fn ref_objects(&self, refname: &str) -> Result<Vec<ObjectInfo>, CliError> {
+    pub(crate) async fn ref_objects(&self, refname: &str) -> Result<Vec<ObjectInfo>, CliError> {
         let dir = format!("{}/{refname}/", self.url.prefix);
         let objects = self.store.list(&dir).await?;
         Ok(objects.into_iter().filter(|o| o.key.strip_prefix(&dir).is_some_and(|leaf| !leaf.contains('/'))).collect())
     }
 
-    pub fn marker_key(&self, refname: &str) -> String {
+    pub(crate) fn marker_key(&self, refname: &str) -> String {
         self.url.key(&format!("{refname}/{PROTECTED_MARKER}"))
     }
 
-    pub fn bundle_key(&self, refname: &str, sha: &str) -> String {
+    pub(crate) fn bundle_key(&self, refname: &str, sha: &str) -> String {
         self.url.key(&format!("{refname}/{sha}.bundle"))
     }
 }
 
 /// The state of a prefix's HEAD object.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HeadState {
+pub(crate) enum HeadState {
     /// Names a ref that has a bundle.
     Ok(String),
     /// No HEAD object (a problem only when refs exist).
@@ -79,13 +79,13 @@ pub enum HeadState {
     Dangling(String),
 }
 
-pub struct View {
-    pub scan: PrefixScan,
-    pub head_raw: Option<String>,
+pub(crate) struct View {
+    pub(crate) scan: PrefixScan,
+    pub(crate) head_raw: Option<String>,
 }
 
 impl View {
-    pub fn head(&self) -> HeadState {
+    pub(crate) fn head(&self) -> HeadState {
         match &self.head_raw {
             None => HeadState::Missing,
             Some(h) if self.scan.bundles.contains_key(h) => HeadState::Ok(h.clone()),
@@ -94,7 +94,7 @@ impl View {
     }
 
     /// Whether HEAD needs fixing: missing while branches exist, or dangling.
-    pub fn head_problem(&self) -> bool {
+    pub(crate) fn head_problem(&self) -> bool {
         match self.head() {
             HeadState::Ok(_) => false,
             HeadState::Missing => !self.branches().is_empty(),
@@ -103,37 +103,37 @@ impl View {
     }
 
     /// Branch refs (`refs/heads/…`) that have a bundle, sorted.
-    pub fn branches(&self) -> Vec<String> {
+    pub(crate) fn branches(&self) -> Vec<String> {
         self.scan.bundles.keys().filter(|r| r.starts_with("refs/heads/")).cloned().collect()
     }
 
-    pub fn is_protected(&self, refname: &str) -> bool {
+    pub(crate) fn is_protected(&self, refname: &str) -> bool {
         self.scan.protected.iter().any(|p| p == refname)
     }
 }
 
 /// Age of an object in whole seconds.
-pub fn age_secs(info: &ObjectInfo) -> u64 {
+pub(crate) fn age_secs(info: &ObjectInfo) -> u64 {
     info.age().as_secs()
 }
 
-pub fn unix_secs(t: SystemTime) -> u64 {
+pub(crate) fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs()
 }
 
 /// Stale as `locks::acquire` sees it: older than the TTL.
-pub fn is_stale(info: &ObjectInfo, ttl: Duration) -> bool {
+pub(crate) fn is_stale(info: &ObjectInfo, ttl: Duration) -> bool {
     info.age() > ttl
 }
 
 /// The branch a missing HEAD defaults to: main, master, else the first of
 /// `branches` (full ref names).
-pub fn default_head(branches: &[String]) -> Option<&String> {
+pub(crate) fn default_head(branches: &[String]) -> Option<&String> {
     ["refs/heads/main", "refs/heads/master"].iter().find_map(|c| branches.iter().find(|b| b == c)).or_else(|| branches.first())
 }
 
 /// `main`, `refs/heads/main` → `refs/heads/main`; rejects names git would.
-pub fn branch_ref(branch: &str) -> Result<String, CliError> {
+pub(crate) fn branch_ref(branch: &str) -> Result<String, CliError> {
     let b = branch.strip_prefix("refs/heads/").unwrap_or(branch);
     let bad = b.is_empty()
         || b.starts_with('/')
@@ -155,7 +155,7 @@ impl Remote {
     /// when it remembers nothing (a probe writes and deletes one object
     /// under the prefix). `state`: enforced, ignored, not-implemented, or
     /// unknown (not probed yet, or the probe failed: `error`).
-    pub async fn conditional_writes(&self, ctx: &Ctx, probe: bool) -> serde_json::Value {
+    pub(crate) async fn conditional_writes(&self, ctx: &Ctx, probe: bool) -> serde_json::Value {
         use crate::s3::conditional::{endpoint_of, refusal};
         let writes = &ctx.state.conditional;
         let endpoint = endpoint_of(&self.store);

@@ -16,10 +16,10 @@ use crate::storage::fetch_options::{FetchOptions, OptionReply};
 use crate::storage::open::Storage;
 use crate::storage::{format_mismatch, OpContext, PushUpdate, RefListing, RemoteRef, StorageError};
 
-pub struct HelperArgs {
-    pub args: Vec<String>,
-    pub env: HashMap<String, String>,
-    pub cwd: String,
+pub(crate) struct HelperArgs {
+    pub(crate) args: Vec<String>,
+    pub(crate) env: HashMap<String, String>,
+    pub(crate) cwd: String,
 }
 
 /// `GIT_REMOTE_S3_VERBOSE=1`, or `git -c transfer.verbosity=N` (N ≥ 2),
@@ -43,7 +43,7 @@ fn config_parameter(params: &str, key: &str) -> Option<String> {
 }
 
 /// Runs the helper until git closes the conversation. Returns the exit code.
-pub async fn run(state: Arc<DaemonState>, a: HelperArgs, mut input: Input, out: Out) -> i32 {
+pub(crate) async fn run(state: Arc<DaemonState>, a: HelperArgs, mut input: Input, out: Out) -> i32 {
     let mut c = match Conversation::start(&state, a, out).await {
         Ok(c) => c,
         Err(code) => return code,
@@ -354,7 +354,7 @@ async fn same_format(git: &Git, l: &RefListing, url: &RemoteUrl) -> Result<(), S
 
 /// `list`'s answer; `:object-format <name>` first when git asked for it
 /// (`option object-format true`) and the remote has a format.
-pub fn render_list(l: &RefListing, for_push: bool, object_format: bool) -> String {
+pub(crate) fn render_list(l: &RefListing, for_push: bool, object_format: bool) -> String {
     let mut s = String::new();
     if let Some(f) = l.format().filter(|_| object_format) {
         s.push_str(&format!(":object-format {f}\n"));

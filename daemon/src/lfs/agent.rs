@@ -31,9 +31,9 @@ use crate::session::state::{DaemonState, LfsProbes};
 use crate::session::{Input, Out};
 
 /// Objects larger than this are downloaded as parallel ranges.
-pub const RANGED_THRESHOLD: u64 = 32 << 20;
+pub(crate) const RANGED_THRESHOLD: u64 = 32 << 20;
 /// Size of one ranged GET.
-pub const RANGE_SIZE: u64 = 16 << 20;
+pub(crate) const RANGE_SIZE: u64 = 16 << 20;
 /// Ranged GETs in flight for one object.
 const RANGE_CONCURRENCY: usize = 4;
 /// Objects up to this size are uploaded with one create-only PUT (no HEAD first).
@@ -47,7 +47,7 @@ const OBJECT_ERROR_CODE: i64 = 2;
 const INIT_URL_ERROR_CODE: i64 = 32;
 
 #[derive(Debug, thiserror::Error)]
-pub enum AgentError {
+pub(crate) enum AgentError {
     #[error("cannot resolve remote \"{remote}\": {reason}")]
     Remote { remote: String, reason: String },
     #[error(transparent)]
@@ -132,7 +132,7 @@ struct Agent {
     remote: Option<(RemoteUrl, S3Store)>,
 }
 
-pub async fn run(state: Arc<DaemonState>, start: SessionStart, mut input: Input, out: Out) -> i32 {
+pub(crate) async fn run(state: Arc<DaemonState>, start: SessionStart, mut input: Input, out: Out) -> i32 {
     let debug = match start.args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         [] => false,
         ["debug"] => true,
@@ -198,7 +198,7 @@ fn valid_oid(oid: &str) -> bool {
 /// git URL is not S3 (code on another host) is served when the LFS URL
 /// git-lfs uses for it (git config or `.lfsconfig`) is git-lfs-s3's alias.
 /// The flag is true when the URL came from such an LFS URL.
-pub async fn resolve_remote(git: &Git, remote: &str, op: Operation) -> Result<(RemoteUrl, bool), AgentError> {
+pub(crate) async fn resolve_remote(git: &Git, remote: &str, op: Operation) -> Result<(RemoteUrl, bool), AgentError> {
     let fail = |reason: String| AgentError::Remote { remote: remote.to_string(), reason };
     if remote.starts_with("s3://") || remote.starts_with("s3+zip://") {
         return Ok((RemoteUrl::parse(remote)?, false));
@@ -334,7 +334,7 @@ impl Progress {
 }
 
 /// SHA-256 (hex) and length of a file, read in a blocking thread.
-pub async fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
+pub(crate) async fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
     let path = path.to_path_buf();
     tokio::task::spawn_blocking(move || {
         let mut f = std::fs::File::open(&path)?;

@@ -14,13 +14,13 @@ use crate::session::state::DaemonState;
 use crate::session::{Input, Out};
 
 /// Host of the synthetic LFS URL (RFC 6761 `.test`: never contacted).
-pub const LFS_ALIAS_HOST: &str = "lfs-alias.git-remote-s3.test";
-pub const AGENT: &str = "git-lfs-s3";
+pub(crate) const LFS_ALIAS_HOST: &str = "lfs-alias.git-remote-s3.test";
+pub(crate) const AGENT: &str = "git-lfs-s3";
 const PATH_KEY: &str = "lfs.customtransfer.git-lfs-s3.path";
 const ARGS_KEY: &str = "lfs.customtransfer.git-lfs-s3.args";
 const STANDALONE_KEY: &str = "lfs.standalonetransferagent";
 
-pub const HELP: &str = "\
+pub(crate) const HELP: &str = "\
 usage: git-lfs-s3 install [--remote <name>] [--global]
        git-lfs-s3 install --remote <name> --url s3://<bucket>/<prefix> [--no-lfsconfig]
        git-lfs-s3 install --global --scoped
@@ -68,7 +68,7 @@ Documentation: docs/lfs.md and docs/lfs-other-hosts.md in the git-s3 repository;
 /// `https://lfs-alias.git-remote-s3.test/<bucket>/<percent-encoded prefix>`,
 /// exactly as git-remote-s3 0.4.2 builds it (each prefix segment quoted
 /// with Python's `urllib.parse.quote(segment, safe="")`).
-pub fn synthetic_lfs_url(bucket: &str, prefix: &str) -> String {
+pub(crate) fn synthetic_lfs_url(bucket: &str, prefix: &str) -> String {
     let quoted: Vec<String> = prefix.split('/').map(quote_segment).collect();
     format!("https://{LFS_ALIAS_HOST}/{bucket}/{}", quoted.join("/"))
 }
@@ -97,7 +97,7 @@ fn percent_decode(s: &str) -> Option<String> {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
+pub(crate) enum ConfigError {
     #[error(transparent)]
     Git(#[from] GitError),
 }
@@ -134,7 +134,7 @@ async fn config_get(git: &Git, global: bool, key: &str) -> Option<String> {
 /// the repository `git` runs in: the agent path, `remote.<name>.lfsurl` set
 /// to the synthetic URL, and `lfs.<url>.standalonetransferagent`. Leaves an
 /// `lfsurl` that someone else set alone (returns Ok(false)).
-pub async fn configure_for_clone(git: &Git, remote_name: &str, url: &RemoteUrl) -> Result<bool, ConfigError> {
+pub(crate) async fn configure_for_clone(git: &Git, remote_name: &str, url: &RemoteUrl) -> Result<bool, ConfigError> {
     let lfs_url = synthetic_lfs_url(&url.bucket, &url.prefix);
     let lfsurl_key = format!("remote.{remote_name}.lfsurl");
     if let Some(existing) = git.config_get(&lfsurl_key).await {
@@ -152,7 +152,7 @@ pub async fn configure_for_clone(git: &Git, remote_name: &str, url: &RemoteUrl) 
 /// writes the scoped LFS configuration into the new repository so that the
 /// checkout's smudge fetches LFS objects through `git-lfs-s3`. `helper_args`
 /// are the helper's arguments (`<remote> <url>`). Failures only warn.
-pub async fn on_clone_fetched(git: &Git, helper_args: &[String], url: &RemoteUrl, out: &Out) {
+pub(crate) async fn on_clone_fetched(git: &Git, helper_args: &[String], url: &RemoteUrl, out: &Out) {
     let remote = match helper_args {
         [name, _, ..] if !name.contains("://") && !name.starts_with('-') => name.as_str(),
         _ => return,
@@ -235,7 +235,7 @@ fn usage_error(e: &clap::Error, words: &[String], out: &Out) -> i32 {
 }
 
 /// `start.args` are the words after `lfs` (e.g. `["install", "--remote", "origin"]`).
-pub async fn run(_state: Arc<DaemonState>, start: SessionStart, _input: Input, out: Out) -> i32 {
+pub(crate) async fn run(_state: Arc<DaemonState>, start: SessionStart, _input: Input, out: Out) -> i32 {
     let git = Git::new(&start.cwd, start.env.clone());
     let argv = std::iter::once("git-lfs-s3".to_string()).chain(start.args.iter().cloned());
     let cli = match <LfsCli as clap::Parser>::try_parse_from(argv) {
@@ -475,7 +475,7 @@ async fn remove_lfsconfig_alias(git: &Git) -> Result<bool, GitError> {
 
 /// `install --remote <name> --url s3://bucket/prefix`: the remote's code
 /// lives on another git server; its LFS objects go to the bucket.
-pub async fn install_other_host(git: &Git, remote_name: &str, s3_url: &str, lfsconfig: bool, out: &Out) -> i32 {
+pub(crate) async fn install_other_host(git: &Git, remote_name: &str, s3_url: &str, lfsconfig: bool, out: &Out) -> i32 {
     let parsed = match RemoteUrl::parse(s3_url) {
         Ok(u) => u,
         Err(e) => {

@@ -9,21 +9,21 @@ use crate::local::git::Git;
 
 /// Which transfer the URL is for (uploads look at the push URLs first).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Operation {
+pub(crate) enum Operation {
     Upload,
     Download,
 }
 
 /// Where an LFS URL was configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FoundUrl {
-    pub url: String,
+pub(crate) struct FoundUrl {
+    pub(crate) url: String,
     /// The key and the file, for messages (e.g. "lfs.url in .lfsconfig").
-    pub source: String,
+    pub(crate) source: String,
 }
 
 /// The keys git-lfs consults for `remote`'s LFS URL, in its order.
-pub fn candidate_keys(remote: &str, op: Operation) -> Vec<String> {
+pub(crate) fn candidate_keys(remote: &str, op: Operation) -> Vec<String> {
     let mut keys = Vec::new();
     if op == Operation::Upload {
         keys.push("lfs.pushurl".to_string());
@@ -40,7 +40,7 @@ pub fn candidate_keys(remote: &str, op: Operation) -> Vec<String> {
 
 /// The LFS URL git-lfs would use for `remote` (a name, or a URL), or None
 /// when no key sets one (git-lfs then derives it from the git URL).
-pub async fn lfs_url_of(git: &Git, remote: &str, op: Operation) -> Option<FoundUrl> {
+pub(crate) async fn lfs_url_of(git: &Git, remote: &str, op: Operation) -> Option<FoundUrl> {
     let remote = if remote.contains("://") || remote.contains('/') { "" } else { remote };
     let lfsconfig = LfsConfig::locate(git).await;
     for key in candidate_keys(remote, op) {

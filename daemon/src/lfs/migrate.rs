@@ -116,7 +116,7 @@ fn default_lfs_url(git_url: &str) -> Option<String> {
 }
 
 /// `args` are the words after `migrate`.
-pub async fn run(state: Arc<DaemonState>, start: SessionStart, args: &[String], _input: Input, out: Out) -> i32 {
+pub(crate) async fn run(state: Arc<DaemonState>, start: SessionStart, args: &[String], _input: Input, out: Out) -> i32 {
     let a = match parse_args(args) {
         Ok(Some(a)) => a,
         Ok(None) => {

@@ -3,7 +3,7 @@
 //! LFS URL git-lfs uses for a remote whose code lives on another host;
 //! `migrate` moves objects from such a host's LFS server to S3.
 
-pub mod agent;
+pub(crate) mod agent;
 pub mod config;
-pub mod endpoint;
-pub mod migrate;
+pub(crate) mod endpoint;
+pub(crate) mod migrate;

@@ -31,7 +31,7 @@ use std::time::SystemTime;
 
 use super::files::link_or_copy;
 
-pub const DEFAULT_MAX_BYTES: u64 = 4 << 30;
+pub(crate) const DEFAULT_MAX_BYTES: u64 = 4 << 30;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Area {
@@ -54,10 +54,10 @@ impl Area {
     }
 }
 
-pub struct Cache {
+pub(crate) struct Cache {
     inner: Arc<Inner>,
-    pub hits: AtomicU64,
-    pub misses: AtomicU64,
+    pub(crate) hits: AtomicU64,
+    pub(crate) misses: AtomicU64,
 }
 
 struct Inner {
@@ -165,7 +165,7 @@ fn measure(path: &Path) -> Vec<(FileId, u64)> {
 
 /// An entry in use: eviction leaves it alone until this is dropped. Reads
 /// as the entry's path.
-pub struct Pinned {
+pub(crate) struct Pinned {
     inner: Arc<Inner>,
     path: PathBuf,
     /// Measure the entry again when the last pin goes (a mirror grows
@@ -221,9 +221,9 @@ fn background(f: impl FnOnce() + Send + 'static) {
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct CacheUsage {
-    pub entries: u64,
-    pub bytes: u64,
+pub(crate) struct CacheUsage {
+    pub(crate) entries: u64,
+    pub(crate) bytes: u64,
 }
 
 fn is_hex(s: &str, len: usize) -> bool {
@@ -233,15 +233,15 @@ fn is_hex(s: &str, len: usize) -> bool {
 /// A cached, pre-indexed pack: `.pack` first, then `.idx` (and `.rev`),
 /// pinned while it is held.
 #[derive(Debug)]
-pub struct CachedPack {
-    pub files: Vec<PathBuf>,
+pub(crate) struct CachedPack {
+    pub(crate) files: Vec<PathBuf>,
     _pin: Pinned,
 }
 
 impl CachedPack {
     /// Links (or copies) the pack's files into a repository's `objects/pack`,
     /// `.pack` before `.idx` so git never sees an index without its pack.
-    pub fn link_into(&self, pack_dir: &Path) -> std::io::Result<()> {
+    pub(crate) fn link_into(&self, pack_dir: &Path) -> std::io::Result<()> {
         self.files.iter().try_for_each(|f| match f.file_name() {
             Some(name) if !pack_dir.join(name).exists() => link_or_copy(f, &pack_dir.join(name)),
             _ => Ok(()),
@@ -328,7 +328,7 @@ impl Inner {
 impl Cache {
     /// Opens (creating) the cache at `root` and indexes what it holds: one
     /// walk, blocking (call it off the async workers).
-    pub fn new(root: PathBuf, max_bytes: u64) -> std::io::Result<Cache> {
+    pub(crate) fn new(root: PathBuf, max_bytes: u64) -> std::io::Result<Cache> {
         for area in Area::ALL {
             std::fs::create_dir_all(root.join(area.dir()))?;
         }
@@ -350,18 +350,14 @@ impl Cache {
         Ok(Cache { inner, hits: AtomicU64::new(0), misses: AtomicU64::new(0) })
     }
 
-    pub fn root(&self) -> &Path {
+    pub(crate) fn root(&self) -> &Path {
         &self.inner.root
-    }
-
-    pub fn max_bytes(&self) -> u64 {
-        self.inner.max_bytes
     }
 
     /// `e`, from a write on the cache's filesystem, in words that say what
     /// to do when that filesystem is full (other errors are returned as
     /// they are).
-    pub fn explain_io(&self, e: std::io::Error) -> std::io::Error {
+    pub(crate) fn explain_io(&self, e: std::io::Error) -> std::io::Error {
         if matches!(e.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded) {
             return std::io::Error::new(
                 e.kind(),
@@ -376,20 +372,20 @@ impl Cache {
 
     /// A temp file on the cache's filesystem, for a download or a build that
     /// may be moved into the cache.
-    pub fn temp_file(&self) -> std::io::Result<tempfile::NamedTempFile> {
+    pub(crate) fn temp_file(&self) -> std::io::Result<tempfile::NamedTempFile> {
         tempfile::Builder::new().prefix("tmp-").tempfile_in(self.root().join("tmp"))
     }
 
     /// A new empty directory on the cache's filesystem, for something built
     /// and then renamed into place (the caller removes it if it is not).
-    pub fn temp_dir(&self) -> std::io::Result<PathBuf> {
+    pub(crate) fn temp_dir(&self) -> std::io::Result<PathBuf> {
         Ok(tempfile::Builder::new().prefix("tmp-").tempdir_in(self.root().join("tmp"))?.keep())
     }
 
     /// The mirror `id` (32 hex digits), marked used now and pinned while
     /// the result lives; measured again when its last pin goes. The caller
     /// creates it when it does not exist yet.
-    pub fn mirror_path(&self, id: &str) -> Option<Pinned> {
+    pub(crate) fn mirror_path(&self, id: &str) -> Option<Pinned> {
         let path = self.entry_path(Area::Mirrors, id)?;
         let _ = touch(&path);
         Some(self.pin(path, true))
@@ -476,22 +472,22 @@ impl Cache {
     }
 
     /// The cached bundle for a tip, if any, pinned while the result lives.
-    pub fn lookup_bundle(&self, sha: &str) -> Option<Pinned> {
+    pub(crate) fn lookup_bundle(&self, sha: &str) -> Option<Pinned> {
         self.lookup(Area::Bundles, sha)
     }
 
     /// Moves a finished temp file into the cache (atomic rename).
-    pub fn insert_bundle(&self, sha: &str, file: tempfile::NamedTempFile) -> std::io::Result<PathBuf> {
+    pub(crate) fn insert_bundle(&self, sha: &str, file: tempfile::NamedTempFile) -> std::io::Result<PathBuf> {
         self.insert_file(Area::Bundles, sha, file)
     }
 
     /// Drops an entry that turned out to be corrupt.
-    pub fn evict_bundle(&self, sha: &str) {
+    pub(crate) fn evict_bundle(&self, sha: &str) {
         self.evict(Area::Bundles, sha)
     }
 
     /// The pre-indexed pack holding a tip's history, if cached and whole.
-    pub fn lookup_pack(&self, sha: &str) -> Option<CachedPack> {
+    pub(crate) fn lookup_pack(&self, sha: &str) -> Option<CachedPack> {
         let dir = self.lookup(Area::Packs, sha)?;
         let mut files: Vec<PathBuf> = std::fs::read_dir(&*dir).ok()?.flatten().map(|e| e.path()).collect();
         // .pack before .idx before .rev: git looks packs up by their .idx.
@@ -512,7 +508,7 @@ impl Cache {
 
     /// Stores a repository's freshly indexed pack (`pack-<hash>.*` files in
     /// `pack_dir`) as the pack of tip `sha`: hard links where possible.
-    pub fn insert_pack(&self, sha: &str, pack_dir: &Path, pack_hash: &str) -> std::io::Result<()> {
+    pub(crate) fn insert_pack(&self, sha: &str, pack_dir: &Path, pack_hash: &str) -> std::io::Result<()> {
         let Some(dest) = self.entry_path(Area::Packs, sha) else {
             return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("bad cache key {sha:?}")));
         };
@@ -541,29 +537,29 @@ impl Cache {
         Ok(())
     }
 
-    pub fn evict_pack(&self, sha: &str) {
+    pub(crate) fn evict_pack(&self, sha: &str) {
         self.evict(Area::Packs, sha)
     }
 
     /// The cached LFS object for `oid`, if any (not yet verified), pinned
     /// while the result lives.
-    pub fn lookup_lfs(&self, oid: &str) -> Option<Pinned> {
+    pub(crate) fn lookup_lfs(&self, oid: &str) -> Option<Pinned> {
         self.lookup(Area::Lfs, oid)
     }
 
     /// Moves a verified temp file (from [`Cache::temp_file`]) into the LFS area.
-    pub fn insert_lfs(&self, oid: &str, file: tempfile::NamedTempFile) -> std::io::Result<PathBuf> {
+    pub(crate) fn insert_lfs(&self, oid: &str, file: tempfile::NamedTempFile) -> std::io::Result<PathBuf> {
         self.insert_file(Area::Lfs, oid, file)
     }
 
     /// Drops an LFS entry that turned out to be corrupt.
-    pub fn evict_lfs(&self, oid: &str) {
+    pub(crate) fn evict_lfs(&self, oid: &str) {
         self.evict(Area::Lfs, oid)
     }
 
     /// Entries and bytes (each file once), from the index: no walk. (A
     /// mirror being created has no files yet and is not counted.)
-    pub fn usage(&self) -> CacheUsage {
+    pub(crate) fn usage(&self) -> CacheUsage {
         let index = self.inner.lock();
         CacheUsage { entries: index.entries.values().filter(|e| !e.files.is_empty()).count() as u64, bytes: index.total }
     }
@@ -571,20 +567,20 @@ impl Cache {
     /// Evicts least-recently-used entries until the cache holds at most
     /// `max` bytes; pinned entries (in use by a session) stay. Returns what
     /// was removed. Blocking: call it on a blocking thread.
-    pub fn evict_to(&self, max: u64) -> CacheUsage {
+    pub(crate) fn evict_to(&self, max: u64) -> CacheUsage {
         self.inner.evict_to(max)
     }
 
     /// Runs `f` (lookups, inserts, evictions, links: file-system work) on a
     /// blocking thread, for async code.
-    pub async fn blocking<T: Send + 'static>(self: &Arc<Self>, f: impl FnOnce(&Cache) -> T + Send + 'static) -> std::io::Result<T> {
+    pub(crate) async fn blocking<T: Send + 'static>(self: &Arc<Self>, f: impl FnOnce(&Cache) -> T + Send + 'static) -> std::io::Result<T> {
         let me = self.clone();
         super::files::blocking(move || Ok(f(&me))).await
     }
 
     /// Waits for the background work (mirrors measured again after use,
     /// eviction down to the cap) and does what is left of it. Blocking.
-    pub fn settle(&self) {
+    pub(crate) fn settle(&self) {
         self.inner.settle()
     }
 }

@@ -8,14 +8,14 @@ use std::time::SystemTime;
 
 /// Runs blocking file-system work on tokio's blocking pool. A panic in
 /// `f` comes back as an error.
-pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
+pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
     tokio::task::spawn_blocking(f).await.map_err(io::Error::other)?
 }
 
 /// Puts `src` at `dest`: a hard link when both are on one filesystem,
 /// else a copy through a temporary file beside `dest`, synced, then
 /// renamed into place (a reader never sees a partial `dest`). Blocking.
-pub fn link_or_copy(src: &Path, dest: &Path) -> io::Result<()> {
+pub(crate) fn link_or_copy(src: &Path, dest: &Path) -> io::Result<()> {
     if std::fs::hard_link(src, dest).is_ok() {
         return Ok(());
     }
@@ -31,7 +31,7 @@ pub fn link_or_copy(src: &Path, dest: &Path) -> io::Result<()> {
 /// `link_or_copy` to a fresh name in `dir` (created if missing), made of
 /// `stem`, the daemon's pid and the time: for a file handed to another
 /// program (git-lfs) that it may move or delete. Returns that path. Blocking.
-pub fn link_or_copy_into(src: &Path, dir: &Path, stem: &str) -> io::Result<PathBuf> {
+pub(crate) fn link_or_copy_into(src: &Path, dir: &Path, stem: &str) -> io::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos();
     let dest = dir.join(format!("{stem}.git-lfs-s3-{}-{nanos}", std::process::id()));
@@ -40,7 +40,7 @@ pub fn link_or_copy_into(src: &Path, dir: &Path, stem: &str) -> io::Result<PathB
 }
 
 /// `link_or_copy_into` on a blocking thread.
-pub async fn link_or_copy_into_async(src: PathBuf, dir: PathBuf, stem: String) -> io::Result<PathBuf> {
+pub(crate) async fn link_or_copy_into_async(src: PathBuf, dir: PathBuf, stem: String) -> io::Result<PathBuf> {
     blocking(move || link_or_copy_into(&src, &dir, &stem)).await
 }
 

@@ -9,7 +9,7 @@ use tokio::process::Command;
 use tracing::Instrument;
 
 #[derive(Debug, thiserror::Error)]
-pub enum GitError {
+pub(crate) enum GitError {
     #[error("cannot run git: {0}")]
     Spawn(std::io::Error),
     #[error("`git {args}` failed: {stderr}")]
@@ -19,33 +19,33 @@ pub enum GitError {
 /// A git invocation context: the caller's working directory and environment
 /// (which carries GIT_DIR when git started us as a remote helper).
 #[derive(Debug, Clone)]
-pub struct Git {
+pub(crate) struct Git {
     cwd: PathBuf,
     env: HashMap<String, String>,
 }
 
 impl Git {
-    pub fn new(cwd: impl Into<PathBuf>, env: HashMap<String, String>) -> Git {
+    pub(crate) fn new(cwd: impl Into<PathBuf>, env: HashMap<String, String>) -> Git {
         Git { cwd: cwd.into(), env }
     }
 
-    pub fn cwd(&self) -> &Path {
+    pub(crate) fn cwd(&self) -> &Path {
         &self.cwd
     }
 
     /// The caller's environment git runs with.
-    pub fn env(&self) -> &HashMap<String, String> {
+    pub(crate) fn env(&self) -> &HashMap<String, String> {
         &self.env
     }
 
-    pub fn command(&self, args: &[&str]) -> Command {
+    pub(crate) fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("git");
         cmd.args(args).env_clear().envs(&self.env).current_dir(&self.cwd).stdin(Stdio::null()).kill_on_drop(true);
         cmd
     }
 
     /// Runs git and returns its stdout (trimmed of the final newline).
-    pub async fn run(&self, args: &[&str]) -> Result<String, GitError> {
+    pub(crate) async fn run(&self, args: &[&str]) -> Result<String, GitError> {
         let span = tracing::debug_span!("git", args = %args.join(" "));
         async {
             let out = self.command(args).stdout(Stdio::piped()).stderr(Stdio::piped()).output().await.map_err(GitError::Spawn)?;
@@ -65,7 +65,7 @@ impl Git {
     }
 
     /// Runs git, only caring about its exit status.
-    pub async fn status(&self, args: &[&str]) -> Result<bool, GitError> {
+    pub(crate) async fn status(&self, args: &[&str]) -> Result<bool, GitError> {
         let span = tracing::debug_span!("git", args = %args.join(" "));
         async {
             let st = self.command(args).stdout(Stdio::null()).stderr(Stdio::null()).status().await.map_err(GitError::Spawn)?;
@@ -77,45 +77,45 @@ impl Git {
 
     /// The repository's object format (`git rev-parse --show-object-format`);
     /// None outside a repository or with a format this build does not know.
-    pub async fn object_format(&self) -> Option<crate::local::oid::ObjectFormat> {
+    pub(crate) async fn object_format(&self) -> Option<crate::local::oid::ObjectFormat> {
         self.run(&["rev-parse", "--show-object-format"]).await.ok()?.trim().parse().ok()
     }
 
-    pub async fn rev_parse(&self, rev: &str) -> Result<String, GitError> {
+    pub(crate) async fn rev_parse(&self, rev: &str) -> Result<String, GitError> {
         self.run(&["rev-parse", "--verify", "--end-of-options", rev]).await
     }
 
     /// The full ref name `rev` stands for, if it is a ref (`main` → `refs/heads/main`).
-    pub async fn symbolic_full_name(&self, rev: &str) -> Option<String> {
+    pub(crate) async fn symbolic_full_name(&self, rev: &str) -> Option<String> {
         match self.run(&["rev-parse", "--symbolic-full-name", "--end-of-options", rev]).await {
             Ok(s) if s.starts_with("refs/") => Some(s),
             _ => None,
         }
     }
 
-    pub async fn has_object(&self, sha: &str) -> bool {
+    pub(crate) async fn has_object(&self, sha: &str) -> bool {
         self.status(&["cat-file", "-e", &format!("{sha}^{{object}}")]).await.unwrap_or(false)
     }
 
-    pub async fn is_ancestor(&self, ancestor: &str, descendant: &str) -> bool {
+    pub(crate) async fn is_ancestor(&self, ancestor: &str, descendant: &str) -> bool {
         self.status(&["merge-base", "--is-ancestor", ancestor, descendant]).await.unwrap_or(false)
     }
 
     /// `git bundle create <file> <ref>`: the whole history of `refname`.
-    pub async fn bundle_create(&self, file: &Path, refname: &str) -> Result<(), GitError> {
+    pub(crate) async fn bundle_create(&self, file: &Path, refname: &str) -> Result<(), GitError> {
         let f = file.to_string_lossy();
         self.run(&["bundle", "create", "--quiet", &f, refname]).await.map(|_| ())
     }
 
     /// `git bundle unbundle <file>`: stores the bundle's objects in the repository.
-    pub async fn bundle_unbundle(&self, file: &Path) -> Result<(), GitError> {
+    pub(crate) async fn bundle_unbundle(&self, file: &Path) -> Result<(), GitError> {
         let f = file.to_string_lossy();
         self.run(&["bundle", "unbundle", &f]).await.map(|_| ())
     }
 
     /// The repository's pack directory (`objects/pack`, honouring GIT_DIR
     /// and GIT_OBJECT_DIRECTORY).
-    pub async fn pack_dir(&self) -> Result<PathBuf, GitError> {
+    pub(crate) async fn pack_dir(&self) -> Result<PathBuf, GitError> {
         if let Some(p) = self.pack_dir_from_env() {
             return Ok(p);
         }
@@ -147,7 +147,7 @@ impl Git {
 
     /// Whether the repository is shallow (has `shallow` in its git dir):
     /// read from `GIT_DIR` when git gave it, else asked of git.
-    pub async fn is_shallow(&self) -> bool {
+    pub(crate) async fn is_shallow(&self) -> bool {
         if let Some(dir) = self.env.get("GIT_DIR").filter(|d| !d.is_empty()) {
             let dir = if Path::new(dir).is_absolute() { PathBuf::from(dir) } else { self.cwd.join(dir) };
             if !dir.join("commondir").exists() {
@@ -160,7 +160,7 @@ impl Git {
     /// The shallow-boundary commits of a shallow repository that `tips`
     /// reach and `exclude` does not: history the repository lacks, which an
     /// upload of `tips --not exclude` would need (empty when not shallow).
-    pub async fn shallow_boundary_between(&self, tips: &[String], exclude: &[String]) -> Result<Vec<String>, GitError> {
+    pub(crate) async fn shallow_boundary_between(&self, tips: &[String], exclude: &[String]) -> Result<Vec<String>, GitError> {
         if !self.is_shallow().await {
             return Ok(Vec::new());
         }
@@ -179,7 +179,7 @@ impl Git {
     /// Indexes a bundle's pack into the repository, as `git bundle unbundle`
     /// does, and returns the new pack's hash (its files are
     /// `objects/pack/pack-<hash>.*`).
-    pub async fn index_bundle(&self, bundle: &Path) -> Result<String, GitError> {
+    pub(crate) async fn index_bundle(&self, bundle: &Path) -> Result<String, GitError> {
         let offset = bundle_pack_offset(bundle)
             .map_err(|e| GitError::Failed { args: "index-pack --stdin --fix-thin".into(), stderr: format!("not a git bundle: {e}") })?;
         self.index_file(bundle, offset, &["index-pack", "--stdin", "--fix-thin"]).await
@@ -187,7 +187,7 @@ impl Git {
 
     /// `git index-pack --stdin` of a pack file (streamed; verifies every
     /// object). Returns the name the pack got in `objects/pack`.
-    pub async fn index_pack_file(&self, pack: &Path) -> Result<String, GitError> {
+    pub(crate) async fn index_pack_file(&self, pack: &Path) -> Result<String, GitError> {
         self.index_file(pack, 0, &["index-pack", "--stdin"]).await
     }
 
@@ -211,13 +211,13 @@ impl Git {
     /// bundle's bytes in order; its header is checked and skipped, the pack
     /// after it goes to `git index-pack --stdin --fix-thin`. Returns the new
     /// pack's hash. Fails (leaving no pack) when the stream ends early.
-    pub async fn index_bundle_stream(&self, chunks: tokio::sync::mpsc::Receiver<bytes::Bytes>) -> Result<String, GitError> {
+    pub(crate) async fn index_bundle_stream(&self, chunks: tokio::sync::mpsc::Receiver<bytes::Bytes>) -> Result<String, GitError> {
         self.index_stream(chunks, true).await
     }
 
     /// Indexes a pack into the repository while it arrives (`chunks`: the
     /// pack's bytes in order). Returns the pack's hash.
-    pub async fn index_pack_stream(&self, chunks: tokio::sync::mpsc::Receiver<bytes::Bytes>) -> Result<String, GitError> {
+    pub(crate) async fn index_pack_stream(&self, chunks: tokio::sync::mpsc::Receiver<bytes::Bytes>) -> Result<String, GitError> {
         self.index_stream(chunks, false).await
     }
 
@@ -268,7 +268,7 @@ impl Git {
     }
 
     /// Runs git with `input` on stdin; returns its stdout.
-    pub async fn run_with_stdin(&self, args: &[&str], input: Vec<u8>) -> Result<String, GitError> {
+    pub(crate) async fn run_with_stdin(&self, args: &[&str], input: Vec<u8>) -> Result<String, GitError> {
         let span = tracing::debug_span!("git", args = %args.join(" "), stdin_bytes = input.len());
         async {
             use tokio::io::AsyncWriteExt;
@@ -295,7 +295,7 @@ impl Git {
 
     /// What each of `names` (object names or refs) names in the repository,
     /// in order; None for a missing or ambiguous one (one `git cat-file --batch-check`).
-    pub async fn resolve_objects(&self, names: &[&str]) -> Result<Vec<Option<String>>, GitError> {
+    pub(crate) async fn resolve_objects(&self, names: &[&str]) -> Result<Vec<Option<String>>, GitError> {
         if names.is_empty() {
             return Ok(Vec::new());
         }
@@ -312,48 +312,41 @@ impl Git {
     }
 
     /// Which of `shas` the repository has (one `git cat-file --batch-check`).
-    pub async fn present_objects(&self, shas: &[String]) -> Result<std::collections::HashSet<String>, GitError> {
+    pub(crate) async fn present_objects(&self, shas: &[String]) -> Result<std::collections::HashSet<String>, GitError> {
         let names: Vec<&str> = shas.iter().map(String::as_str).collect();
         Ok(self.resolve_objects(&names).await?.into_iter().flatten().collect())
     }
 
-    /// The tips a bundle advertises (`<sha> <ref>` lines).
-    pub async fn bundle_heads(&self, file: &Path) -> Result<Vec<(String, String)>, GitError> {
-        let f = file.to_string_lossy();
-        let out = self.run(&["bundle", "list-heads", &f]).await?;
-        Ok(out.lines().filter_map(|l| l.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string()))).collect())
-    }
-
     /// `git archive --format zip` of `rev` into `file`.
-    pub async fn archive_zip(&self, file: &Path, rev: &str) -> Result<(), GitError> {
+    pub(crate) async fn archive_zip(&self, file: &Path, rev: &str) -> Result<(), GitError> {
         let out = format!("--output={}", file.to_string_lossy());
         self.run(&["archive", "--format=zip", &out, rev]).await.map(|_| ())
     }
 
     /// `<short sha> <subject>` of a commit, as CodePipeline shows it.
-    pub async fn commit_summary(&self, rev: &str) -> Result<String, GitError> {
+    pub(crate) async fn commit_summary(&self, rev: &str) -> Result<String, GitError> {
         self.run(&["log", "-1", "--format=%h %s", rev, "--"]).await
     }
 
-    pub async fn update_ref(&self, refname: &str, sha: &str) -> Result<(), GitError> {
+    pub(crate) async fn update_ref(&self, refname: &str, sha: &str) -> Result<(), GitError> {
         self.run(&["update-ref", refname, sha]).await.map(|_| ())
     }
 
-    pub async fn delete_ref(&self, refname: &str) -> Result<(), GitError> {
+    pub(crate) async fn delete_ref(&self, refname: &str) -> Result<(), GitError> {
         self.run(&["update-ref", "-d", refname]).await.map(|_| ())
     }
 
-    pub async fn remote_url(&self, remote: &str) -> Result<String, GitError> {
+    pub(crate) async fn remote_url(&self, remote: &str) -> Result<String, GitError> {
         self.run(&["remote", "get-url", remote]).await
     }
 
-    pub async fn config_get(&self, key: &str) -> Option<String> {
+    pub(crate) async fn config_get(&self, key: &str) -> Option<String> {
         self.run(&["config", "--get", key]).await.ok().filter(|s| !s.is_empty())
     }
 }
 
 /// Removes `tmp_pack_*` files that git index-pack left in `dir` since `since`.
-pub fn remove_temp_packs_since(dir: &std::path::Path, since: std::time::SystemTime) {
+pub(crate) fn remove_temp_packs_since(dir: &std::path::Path, since: std::time::SystemTime) {
     let Ok(rd) = std::fs::read_dir(dir) else { return };
     for e in rd.flatten() {
         let fresh = e.metadata().and_then(|m| m.modified()).map(|t| t >= since).unwrap_or(false);

@@ -16,7 +16,7 @@ pub enum ObjectFormat {
 
 impl ObjectFormat {
     /// Hex digits of an id in this format.
-    pub const fn hex_len(self) -> usize {
+    pub(crate) const fn hex_len(self) -> usize {
         match self {
             ObjectFormat::Sha1 => 40,
             ObjectFormat::Sha256 => 64,
@@ -24,7 +24,7 @@ impl ObjectFormat {
     }
 
     /// git's name of the format (`--object-format=<name>`).
-    pub const fn name(self) -> &'static str {
+    pub(crate) const fn name(self) -> &'static str {
         match self {
             ObjectFormat::Sha1 => "sha1",
             ObjectFormat::Sha256 => "sha256",
@@ -32,22 +32,22 @@ impl ObjectFormat {
     }
 
     /// The format whose ids have `len` hex digits.
-    pub fn from_hex_len(len: usize) -> Option<ObjectFormat> {
+    pub(crate) fn from_hex_len(len: usize) -> Option<ObjectFormat> {
         [ObjectFormat::Sha1, ObjectFormat::Sha256].into_iter().find(|f| f.hex_len() == len)
     }
 
     /// The format of an id's text, when it is a valid id of either format.
-    pub fn of(s: &str) -> Option<ObjectFormat> {
+    pub(crate) fn of(s: &str) -> Option<ObjectFormat> {
         ObjectFormat::from_hex_len(s.len()).filter(|f| f.accepts(s))
     }
 
     /// Whether `s` is an id of this format: its length in lowercase hex digits.
-    pub fn accepts(self, s: &str) -> bool {
+    pub(crate) fn accepts(self, s: &str) -> bool {
         s.len() == self.hex_len() && is_lower_hex(s)
     }
 
     /// `--object-format=<name>`, for git commands outside a repository.
-    pub fn arg(self) -> String {
+    pub(crate) fn arg(self) -> String {
         format!("--object-format={}", self.name())
     }
 }
@@ -82,52 +82,6 @@ pub fn is_object_id(s: &str) -> bool {
     ObjectFormat::of(s).is_some()
 }
 
-/// A valid object id: lowercase hex of one format's length.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ObjectId(String);
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid object id {0:?}")]
-pub struct InvalidObjectId(pub String);
-
-impl ObjectId {
-    /// An id of exactly `format`.
-    pub fn parse_for(s: &str, format: ObjectFormat) -> Result<ObjectId, InvalidObjectId> {
-        if format.accepts(s) {
-            Ok(ObjectId(s.to_string()))
-        } else {
-            Err(InvalidObjectId(s.to_string()))
-        }
-    }
-
-    pub fn format(&self) -> ObjectFormat {
-        // Valid by construction: the length is one format's.
-        ObjectFormat::from_hex_len(self.0.len()).unwrap_or_default()
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-/// An id of either format.
-impl FromStr for ObjectId {
-    type Err = InvalidObjectId;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if is_object_id(s) {
-            Ok(ObjectId(s.to_string()))
-        } else {
-            Err(InvalidObjectId(s.to_string()))
-        }
-    }
-}
-
-impl fmt::Display for ObjectId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,23 +97,21 @@ mod tests {
         assert_eq!(ObjectFormat::of(&"a".repeat(64)), Some(ObjectFormat::Sha256));
         for bad in ["", "A".repeat(40).as_str(), &"a".repeat(41), &"a".repeat(63), &"g".repeat(40), &format!("{}/", "a".repeat(39))] {
             assert!(ObjectFormat::of(bad).is_none(), "{bad:?}");
-            assert!(bad.parse::<ObjectId>().is_err());
+            assert!(!is_object_id(bad));
         }
-        assert!(ObjectId::parse_for(&"a".repeat(40), ObjectFormat::Sha256).is_err());
-        assert_eq!(ObjectId::parse_for(&"a".repeat(64), ObjectFormat::Sha256).unwrap().format(), ObjectFormat::Sha256);
+        assert!(!ObjectFormat::Sha256.accepts(&"a".repeat(40)));
+        assert!(ObjectFormat::Sha256.accepts(&"a".repeat(64)));
     }
 
     proptest::proptest! {
         #[test]
         fn every_accepted_id_round_trips(s in proptest::prop_oneof!["[0-9a-f]{40}", "[0-9a-f]{64}", "[0-9a-fA-F]{38,66}", ".{0,70}"]) {
-            if let Ok(id) = s.parse::<ObjectId>() {
-                proptest::prop_assert_eq!(id.to_string(), s.clone());
-                proptest::prop_assert_eq!(id.to_string().parse::<ObjectId>(), Ok(id.clone()));
-                proptest::prop_assert_eq!(id.as_str().len(), id.format().hex_len());
-                proptest::prop_assert!(ObjectId::parse_for(&s, id.format()).is_ok());
+            if let Some(format) = ObjectFormat::of(&s) {
+                proptest::prop_assert_eq!(s.len(), format.hex_len());
+                proptest::prop_assert!(format.accepts(&s));
                 proptest::prop_assert!(!s.contains('/') && !s.contains('.'));
             } else {
-                proptest::prop_assert!(ObjectFormat::of(&s).is_none());
+                proptest::prop_assert!(!is_object_id(&s));
             }
         }
     }

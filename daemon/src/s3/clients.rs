@@ -27,11 +27,11 @@ use crate::s3::profile::{configured_endpoint, max_attempts, AddressingStyle, Pro
 /// `ALL_PROXY`, `NO_PROXY`, or their lower-case forms) and the CA bundle
 /// (`AWS_CA_BUNDLE`, else the profile's `ca_bundle`). Never the daemon's own.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
-pub struct NetworkSettings {
-    pub https_proxy: Option<String>,
-    pub http_proxy: Option<String>,
-    pub no_proxy: Option<String>,
-    pub ca_bundle: Option<String>,
+pub(crate) struct NetworkSettings {
+    pub(crate) https_proxy: Option<String>,
+    pub(crate) http_proxy: Option<String>,
+    pub(crate) no_proxy: Option<String>,
+    pub(crate) ca_bundle: Option<String>,
 }
 
 impl NetworkSettings {
@@ -48,7 +48,7 @@ impl NetworkSettings {
     }
 
     /// The proxy for `endpoint` (https unless it says http://), if any.
-    pub fn proxy_for(&self, endpoint: Option<&str>) -> Option<&str> {
+    pub(crate) fn proxy_for(&self, endpoint: Option<&str>) -> Option<&str> {
         let plain = endpoint.map(|e| e.starts_with("http://")).unwrap_or(false);
         if plain {
             self.http_proxy.as_deref()
@@ -58,7 +58,7 @@ impl NetworkSettings {
     }
 
     /// Which CAs a TLS certificate is checked against, for messages.
-    pub fn trust_description(&self) -> String {
+    pub(crate) fn trust_description(&self) -> String {
         match &self.ca_bundle {
             Some(b) => format!("the CA bundle {b} (AWS_CA_BUNDLE or the profile's ca_bundle)"),
             None => "the system's trusted CAs (set AWS_CA_BUNDLE or the profile's ca_bundle for a private CA)".to_string(),
@@ -116,7 +116,7 @@ impl NetworkSettings {
 }
 
 /// A URL without its `user:password@`.
-pub fn redact_userinfo(url: &str) -> String {
+pub(crate) fn redact_userinfo(url: &str) -> String {
     match url.split_once("://") {
         Some((scheme, rest)) => {
             let (authority, path) = rest.split_once('/').map(|(a, p)| (a, format!("/{p}"))).unwrap_or((rest, String::new()));
@@ -129,23 +129,23 @@ pub fn redact_userinfo(url: &str) -> String {
 
 /// How long the daemon waits on S3, from the caller's environment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Timeouts {
+pub(crate) struct Timeouts {
     /// From sending a request to its answer's headers
     /// (`GIT_S3_READ_TIMEOUT_SECONDS`); a body that delivers nothing for
     /// this long (at most [`BODY_STALL_LIMIT`]) is a stalled download.
-    pub read: Duration,
+    pub(crate) read: Duration,
     /// One whole request, all its attempts (`GIT_S3_OPERATION_TIMEOUT_SECONDS`).
-    pub operation: Option<Duration>,
+    pub(crate) operation: Option<Duration>,
 }
 
 /// The read timeout unless the caller sets one.
-pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(120);
+pub(crate) const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(120);
 /// Attempts per request unless `AWS_MAX_ATTEMPTS` or the profile's
 /// `max_attempts` says otherwise.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 6;
 /// A response body that delivers nothing for this long breaks off (the
 /// SDK's stalled-stream protection; shorter when the read timeout is).
-pub const BODY_STALL_LIMIT: Duration = Duration::from_secs(20);
+pub(crate) const BODY_STALL_LIMIT: Duration = Duration::from_secs(20);
 
 impl Timeouts {
     fn from_env(env: &HashMap<String, String>) -> Timeouts {
@@ -159,7 +159,7 @@ impl Timeouts {
     }
 
     /// The stall limit of a response body.
-    pub fn body_stall(&self) -> Duration {
+    pub(crate) fn body_stall(&self) -> Duration {
         self.read.min(BODY_STALL_LIMIT)
     }
 }
@@ -167,20 +167,20 @@ impl Timeouts {
 /// Everything that selects a client, derived from the caller's environment.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ClientSpec {
-    pub profile: Option<String>,
-    pub region: Option<String>,
-    pub endpoint: Option<String>,
+    pub(crate) profile: Option<String>,
+    pub(crate) region: Option<String>,
+    pub(crate) endpoint: Option<String>,
     /// Path-style addressing (`host/bucket/key`), else virtual-hosted
     /// (`bucket.host/key`): see [`path_style`].
-    pub path_style: bool,
+    pub(crate) path_style: bool,
     /// The profile's `s3 = use_accelerate_endpoint` (AWS endpoints only).
-    pub accelerate: bool,
+    pub(crate) accelerate: bool,
     /// The profile's `s3 = use_dualstack_endpoint` (AWS endpoints only).
-    pub dualstack: bool,
-    pub network: NetworkSettings,
+    pub(crate) dualstack: bool,
+    pub(crate) network: NetworkSettings,
     /// Attempts per request (the SDK's standard retry).
-    pub max_attempts: u32,
-    pub timeouts: Timeouts,
+    pub(crate) max_attempts: u32,
+    pub(crate) timeouts: Timeouts,
     /// Hash of every credential-bearing input (never the secrets themselves).
     credentials_fingerprint: String,
     /// The caller's whole environment, for the credential chain. Not part
@@ -191,7 +191,7 @@ pub struct ClientSpec {
 /// The caller's environment inside a [`ClientSpec`]: equal for every
 /// caller, so it never keys a client (and no secret sits in a key).
 #[derive(Clone, Default)]
-pub struct CallerEnv(Arc<HashMap<String, String>>);
+pub(crate) struct CallerEnv(Arc<HashMap<String, String>>);
 
 impl PartialEq for CallerEnv {
     fn eq(&self, _: &CallerEnv) -> bool {
@@ -219,7 +219,7 @@ impl ClientSpec {
 
     /// `from_env`, with the config files read through `files` (unchanged
     /// files are not read again). Blocking: it looks at the files.
-    pub fn from_env_with(files: &ConfigFiles, env: &HashMap<String, String>, url_profile: Option<&str>) -> ClientSpec {
+    pub(crate) fn from_env_with(files: &ConfigFiles, env: &HashMap<String, String>, url_profile: Option<&str>) -> ClientSpec {
         let get = |k: &str| env.get(k).filter(|v| !v.is_empty()).cloned();
         let profile = url_profile.map(str::to_string).or_else(|| get("AWS_PROFILE"));
         let region = get("AWS_REGION").or_else(|| get("AWS_DEFAULT_REGION"));
@@ -265,12 +265,12 @@ impl ClientSpec {
     }
 
     /// What to renew when S3 answers `ExpiredToken` (one line).
-    pub fn expired_token_advice(&self) -> String {
+    pub(crate) fn expired_token_advice(&self) -> String {
         expired_token_advice(self.credential_chain().env_keys_used(), self.profile.as_deref())
     }
 
     /// A description safe to show (no secrets).
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         format!(
             "profile={} region={} endpoint={} path-style={}{}{} proxy={} ca-bundle={} attempts={} read-timeout={:?} creds={}",
             self.profile.as_deref().unwrap_or("default"),
@@ -296,7 +296,7 @@ impl ClientSpec {
     /// The host name a virtual-hosted request for `bucket` goes to, when
     /// this client addresses buckets that way on a custom endpoint (for the
     /// message when that name does not resolve).
-    pub fn virtual_host_for(&self, bucket: &str) -> Option<String> {
+    pub(crate) fn virtual_host_for(&self, bucket: &str) -> Option<String> {
         let endpoint = self.endpoint.as_deref()?;
         (!self.path_style).then(|| format!("{bucket}.{}", host_of(endpoint)))
     }
@@ -401,7 +401,7 @@ fn is_aws_endpoint(endpoint: &str) -> bool {
 /// style on any other endpoint (MinIO, Ceph RGW, … answer virtual-hosted
 /// requests only when set up for them). An IP address or `localhost`
 /// cannot carry a bucket name: always path style.
-pub fn path_style(endpoint: Option<&str>, style: AddressingStyle) -> bool {
+pub(crate) fn path_style(endpoint: Option<&str>, style: AddressingStyle) -> bool {
     if endpoint.map(endpoint_needs_path_style).unwrap_or(false) {
         return true;
     }
@@ -414,16 +414,16 @@ pub fn path_style(endpoint: Option<&str>, style: AddressingStyle) -> bool {
 
 /// Path-style addressing is needed when the endpoint host is an IP address or
 /// `localhost` (no virtual-hosted bucket names possible).
-pub fn endpoint_needs_path_style(endpoint: &str) -> bool {
+pub(crate) fn endpoint_needs_path_style(endpoint: &str) -> bool {
     let host = host_of(endpoint);
     host == "localhost" || host.ends_with(".localhost") || host.parse::<std::net::IpAddr>().is_ok()
 }
 
 pub struct WarmClient {
     pub client: aws_sdk_s3::Client,
-    pub spec: ClientSpec,
-    pub created: Instant,
-    pub uses: AtomicU64,
+    pub(crate) spec: ClientSpec,
+    pub(crate) created: Instant,
+    pub(crate) uses: AtomicU64,
 }
 
 /// The daemon's pool of warm clients, and where each bucket lives.
@@ -442,7 +442,7 @@ fn region_key(spec: &ClientSpec, bucket: &str) -> (String, String) {
 impl S3Clients {
     /// The spec for `bucket`: `spec` in the bucket's region when S3 told us
     /// where the bucket lives (whatever AWS_REGION says).
-    pub fn spec_for_bucket(&self, spec: ClientSpec, bucket: &str) -> ClientSpec {
+    pub(crate) fn spec_for_bucket(&self, spec: ClientSpec, bucket: &str) -> ClientSpec {
         match self.bucket_regions.get(&region_key(&spec, bucket)) {
             Some(r) if spec.region.as_deref() != Some(r.as_str()) => ClientSpec { region: Some(r.clone()), ..spec },
             _ => spec,
@@ -450,7 +450,7 @@ impl S3Clients {
     }
 
     /// Remembers that `bucket` lives in `region` and returns the client for it.
-    pub async fn client_in_region(&self, spec: &ClientSpec, bucket: &str, region: &str) -> aws_sdk_s3::Client {
+    pub(crate) async fn client_in_region(&self, spec: &ClientSpec, bucket: &str, region: &str) -> aws_sdk_s3::Client {
         self.bucket_regions.insert(region_key(spec, bucket), region.to_string());
         let moved = ClientSpec { region: Some(region.to_string()), ..spec.clone() };
         self.get(moved).await.client.clone()
@@ -474,7 +474,7 @@ impl S3Clients {
         warm
     }
 
-    pub fn snapshot(&self) -> Vec<(String, u64, u64)> {
+    pub(crate) fn snapshot(&self) -> Vec<(String, u64, u64)> {
         self.map.iter().map(|e| (e.spec.describe(), e.uses.load(Ordering::Relaxed), e.created.elapsed().as_secs())).collect()
     }
 }

@@ -20,23 +20,23 @@ use super::clients::redact_userinfo;
 use super::store::{Conditional, S3Store, StoreError, WriteCondition, WriteGate, CONFLICT_ATTEMPTS};
 
 /// A verdict is probed again after this long.
-pub const RECHECK_AFTER: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const RECHECK_AFTER: Duration = Duration::from_secs(24 * 3600);
 
 /// Where the documentation explains the refusal.
-pub const DOC_ANCHOR: &str = "docs/configuration.md#conditional-writes";
+pub(crate) const DOC_ANCHOR: &str = "docs/configuration.md#conditional-writes";
 
 /// The caller's override: writes go ahead on a store that does not enforce
 /// conditional writes (a single writer), with a warning on every session
 /// that writes.
-pub const UNSAFE_ENV: &str = "GIT_S3_UNSAFE_NO_CONDITIONAL_WRITES";
+pub(crate) const UNSAFE_ENV: &str = "GIT_S3_UNSAFE_NO_CONDITIONAL_WRITES";
 
 /// The tracing target of warnings that reach the caller's terminal whatever
 /// the verbosity (`server/logging.rs`).
-pub const USER_WARNING_TARGET: &str = "git_s3_daemon::user_warning";
+pub(crate) const USER_WARNING_TARGET: &str = "git_s3_daemon::user_warning";
 
 /// What the probe found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Both conditions are enforced: writes go ahead.
     Enforced,
     /// The store accepted a write whose `header` condition was false.
@@ -46,12 +46,12 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    pub fn enforced(&self) -> bool {
+    pub(crate) fn enforced(&self) -> bool {
         *self == Verdict::Enforced
     }
 
     /// `enforced`, `ignored`, `not-implemented` (for `--json`).
-    pub fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             Verdict::Enforced => "enforced",
             Verdict::Ignored { .. } => "ignored",
@@ -60,7 +60,7 @@ impl Verdict {
     }
 
     /// The header the store fails on.
-    pub fn header(&self) -> Option<&'static str> {
+    pub(crate) fn header(&self) -> Option<&'static str> {
         match self {
             Verdict::Enforced => None,
             Verdict::Ignored { header } | Verdict::NotImplemented { header } => Some(header),
@@ -68,7 +68,7 @@ impl Verdict {
     }
 
     /// A line for `git s3 status` / `doctor`.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             Verdict::Enforced => "enforced (If-None-Match and If-Match)".to_string(),
             Verdict::Ignored { header } => format!("NOT enforced: {header} is accepted and ignored; writes are refused"),
@@ -79,10 +79,10 @@ impl Verdict {
 
 /// A remembered probe.
 #[derive(Debug, Clone)]
-pub struct Probed {
-    pub verdict: Verdict,
+pub(crate) struct Probed {
+    pub(crate) verdict: Verdict,
     /// When it was probed (wall clock, for display).
-    pub at: SystemTime,
+    pub(crate) at: SystemTime,
     checked: Instant,
 }
 
@@ -107,10 +107,8 @@ impl Slot {
 
 /// The daemon's probes, by (endpoint, bucket). Lives in `DaemonState`.
 #[derive(Default)]
-pub struct ConditionalWrites {
+pub(crate) struct ConditionalWrites {
     slots: DashMap<(String, String), Arc<Slot>>,
-    /// Probes sent (each a few requests), for `git s3 status`.
-    probes: std::sync::atomic::AtomicU64,
 }
 
 impl ConditionalWrites {
@@ -119,19 +117,14 @@ impl ConditionalWrites {
     }
 
     /// What the last probe of (endpoint, bucket) found, if it is fresh.
-    pub fn remembered(&self, endpoint: &str, bucket: &str) -> Option<Probed> {
+    pub(crate) fn remembered(&self, endpoint: &str, bucket: &str) -> Option<Probed> {
         self.slots.get(&(endpoint.to_string(), bucket.to_string())).and_then(|s| s.fresh())
-    }
-
-    /// How many probes this daemon has sent.
-    pub fn probes_sent(&self) -> u64 {
-        self.probes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The verdict for the store's bucket at `endpoint`: remembered, or
     /// probed now under `prefix` (concurrent callers wait for one probe).
     /// A probe that fails (network, access) is not remembered.
-    pub async fn verdict(&self, store: &S3Store, endpoint: &str, prefix: &str) -> Result<Probed, StoreError> {
+    pub(crate) async fn verdict(&self, store: &S3Store, endpoint: &str, prefix: &str) -> Result<Probed, StoreError> {
         let slot = self.slot(endpoint, store.bucket());
         if let Some(p) = slot.fresh() {
             return Ok(p);
@@ -140,7 +133,6 @@ impl ConditionalWrites {
         if let Some(p) = slot.fresh() {
             return Ok(p);
         }
-        self.probes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let verdict = probe(store, prefix).await?;
         match verdict {
             Verdict::Enforced => tracing::info!(endpoint, bucket = store.bucket(), "the store enforces conditional writes"),
@@ -159,12 +151,12 @@ impl ConditionalWrites {
 }
 
 /// The endpoint a store's probe is remembered under (no credentials in it).
-pub fn endpoint_of(store: &S3Store) -> String {
+pub(crate) fn endpoint_of(store: &S3Store) -> String {
     redact_userinfo(store.origin())
 }
 
 /// The one-line refusal of a write.
-pub fn refusal(endpoint: &str, bucket: &str, verdict: Verdict) -> String {
+pub(crate) fn refusal(endpoint: &str, bucket: &str, verdict: Verdict) -> String {
     let store = if endpoint == "aws" { format!("s3://{bucket}") } else { format!("{endpoint} (bucket {bucket})") };
     match verdict {
         Verdict::Enforced => String::new(),
@@ -178,7 +170,7 @@ pub fn refusal(endpoint: &str, bucket: &str, verdict: Verdict) -> String {
 }
 
 /// The warning of a write made anyway ([`UNSAFE_ENV`]).
-pub fn unsafe_warning(endpoint: &str, bucket: &str, verdict: Verdict) -> String {
+pub(crate) fn unsafe_warning(endpoint: &str, bucket: &str, verdict: Verdict) -> String {
     let store = if endpoint == "aws" { format!("s3://{bucket}") } else { format!("{endpoint} (bucket {bucket})") };
     format!(
         "git-s3: writing although {store} does not enforce {} (conditional writes), because {UNSAFE_ENV} is set: a push made while another one runs can be lost without an error. See {DOC_ANCHOR}",
@@ -187,22 +179,22 @@ pub fn unsafe_warning(endpoint: &str, bucket: &str, verdict: Verdict) -> String 
 }
 
 /// True when the caller's environment sets [`UNSAFE_ENV`].
-pub fn unsafe_allowed(env: &std::collections::HashMap<String, String>) -> bool {
+pub(crate) fn unsafe_allowed(env: &std::collections::HashMap<String, String>) -> bool {
     matches!(env.get(UNSAFE_ENV).map(|v| v.trim().to_ascii_lowercase()).as_deref(), Some("1" | "true" | "yes"))
 }
 
 /// The write gate of a remote's store (one per session): probes before the
 /// first write.
-pub struct Gate {
-    pub writes: Arc<ConditionalWrites>,
+pub(crate) struct Gate {
+    pub(crate) writes: Arc<ConditionalWrites>,
     /// The endpoint as the caller configured it (`aws`: AWS S3).
-    pub endpoint: String,
+    pub(crate) endpoint: String,
     /// The remote's prefix: the probe's key goes under it.
-    pub prefix: String,
+    pub(crate) prefix: String,
     /// The caller set [`UNSAFE_ENV`]: write anyway, with a warning.
-    pub allow_unsafe: bool,
+    pub(crate) allow_unsafe: bool,
     /// The warning was given (once per session).
-    pub warned: std::sync::atomic::AtomicBool,
+    pub(crate) warned: std::sync::atomic::AtomicBool,
 }
 
 impl WriteGate for Gate {
@@ -228,13 +220,13 @@ fn nonce() -> u64 {
 }
 
 /// The probe's key under `prefix`.
-pub fn probe_key(prefix: &str, nonce: u64) -> String {
+pub(crate) fn probe_key(prefix: &str, nonce: u64) -> String {
     format!("{prefix}/.git-s3/conditional-write-probe-{nonce:016x}")
 }
 
 /// Probes the store (writes through `store` as it is: give it no gate).
 /// Errors other than the answers the probe looks for are returned.
-pub async fn probe(store: &S3Store, prefix: &str) -> Result<Verdict, StoreError> {
+pub(crate) async fn probe(store: &S3Store, prefix: &str) -> Result<Verdict, StoreError> {
     let n = nonce();
     let key = probe_key(prefix, n);
     let body = |step: &str| format!("git-s3 conditional-write probe {n:016x}: {step}\n").into_bytes();

@@ -14,7 +14,7 @@ use std::time::SystemTime;
 const MAX_FILES: usize = 256;
 
 #[derive(Default)]
-pub struct ConfigFiles {
+pub(crate) struct ConfigFiles {
     held: Mutex<HashMap<PathBuf, Held>>,
     /// Files read from disk (a count for tests and `status`).
     reads: AtomicU64,
@@ -28,7 +28,7 @@ struct Held {
 impl ConfigFiles {
     /// The text of `path`, or None when it cannot be read (missing, a
     /// directory, not UTF-8).
-    pub fn read(&self, path: &Path) -> Option<Arc<str>> {
+    pub(crate) fn read(&self, path: &Path) -> Option<Arc<str>> {
         let meta = std::fs::metadata(path).ok()?;
         let stamp = (meta.modified().ok()?, meta.len());
         if let Some(h) = self.held.lock().ok()?.get(path).filter(|h| h.stamp == stamp) {
@@ -46,7 +46,8 @@ impl ConfigFiles {
     }
 
     /// Files read from disk so far.
-    pub fn reads(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn reads(&self) -> u64 {
         self.reads.load(Ordering::Relaxed)
     }
 }

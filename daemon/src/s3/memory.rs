@@ -10,14 +10,14 @@ use std::sync::Arc;
 use dashmap::DashMap;
 
 #[derive(Default)]
-pub struct Memory {
+pub(crate) struct Memory {
     maps: DashMap<TypeId, Arc<dyn Any + Send + Sync>>,
 }
 
 impl Memory {
     /// The map of the values of type `V`, by location (`S3Store::location`).
     /// Give each use its own type (a newtype), so two uses never share a map.
-    pub fn map<V: Send + Sync + 'static>(&self) -> Arc<DashMap<String, V>> {
+    pub(crate) fn map<V: Send + Sync + 'static>(&self) -> Arc<DashMap<String, V>> {
         let any = self.maps.entry(TypeId::of::<V>()).or_insert_with(|| Arc::new(DashMap::<String, V>::new())).clone();
         // Stored under V's TypeId, so always a map of V.
         any.downcast::<DashMap<String, V>>().unwrap_or_default()

@@ -7,12 +7,12 @@
 //! backoff (`retry`).
 
 pub mod clients;
-pub mod conditional;
-pub mod config_files;
-pub mod credentials;
-pub mod memory;
-pub mod profile;
-pub mod retry;
+pub(crate) mod conditional;
+pub(crate) mod config_files;
+pub(crate) mod credentials;
+pub(crate) mod memory;
+pub(crate) mod profile;
+pub(crate) mod retry;
 pub mod store;
 pub mod url;
-pub mod write_options;
+pub(crate) mod write_options;

@@ -15,13 +15,13 @@ use aws_types::os_shim_internal::{Env, Fs};
 /// A profile of the caller's config file: its settings and, when it names a
 /// `services` section, that section's settings of the `s3` service.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Profile {
+pub(crate) struct Profile {
     settings: Option<aws_runtime::env_config::section::Profile>,
-    pub s3_service: HashMap<String, String>,
+    pub(crate) s3_service: HashMap<String, String>,
     /// The profile's own nested `s3 =` settings (`addressing_style`,
     /// `use_accelerate_endpoint`, `use_dualstack_endpoint`, …), as boto3
     /// reads them.
-    pub s3: HashMap<String, String>,
+    pub(crate) s3: HashMap<String, String>,
 }
 
 /// The config file the caller's environment names: `AWS_CONFIG_FILE`, else
@@ -35,7 +35,7 @@ impl Profile {
     /// The profile `name` (or `AWS_PROFILE`, or `default`) of the config file
     /// the caller's environment names (`AWS_CONFIG_FILE`, else
     /// `$HOME/.aws/config`); empty when there is none.
-    pub fn load(files: &ConfigFiles, env: &HashMap<String, String>, name: Option<&str>) -> Profile {
+    pub(crate) fn load(files: &ConfigFiles, env: &HashMap<String, String>, name: Option<&str>) -> Profile {
         let Some(text) = config_file_path(env).and_then(|file| files.read(std::path::Path::new(&file))) else {
             return Profile::default();
         };
@@ -47,7 +47,7 @@ impl Profile {
     /// `name` from the text of a config file (`[default]`, `[profile x]`,
     /// `[services y]` with indented sub-settings under `s3 =`), as
     /// aws-runtime parses it.
-    pub fn parse(text: &str, name: &str) -> Profile {
+    pub(crate) fn parse(text: &str, name: &str) -> Profile {
         let Some(sections) = parse_sections(text) else { return Profile::default() };
         let Some(profile) = sections.get_profile(name) else { return Profile::default() };
         let s3 = profile.get("s3").map(sub_properties).unwrap_or_default();
@@ -68,12 +68,12 @@ impl Profile {
         Profile { settings: Some(profile.clone()), s3_service, s3 }
     }
 
-    pub fn get(&self, key: &str) -> Option<&str> {
+    pub(crate) fn get(&self, key: &str) -> Option<&str> {
         self.settings.as_ref()?.get(key).filter(|v| !v.is_empty())
     }
 
     /// A setting of the profile's nested `s3 =` section.
-    pub fn s3_setting(&self, key: &str) -> Option<&str> {
+    pub(crate) fn s3_setting(&self, key: &str) -> Option<&str> {
         self.s3.get(key).map(|v| v.trim()).filter(|v| !v.is_empty())
     }
 }
@@ -114,7 +114,7 @@ fn sub_properties(value: &str) -> HashMap<String, String> {
 /// How bucket names go into S3 requests (the profile's `s3 =
 /// addressing_style`, as in boto3 and the AWS CLI).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum AddressingStyle {
+pub(crate) enum AddressingStyle {
     /// Virtual-hosted on AWS endpoints, path style on custom ones.
     #[default]
     Auto,
@@ -126,7 +126,7 @@ pub enum AddressingStyle {
 
 impl Profile {
     /// The profile's `addressing_style` (`auto` when absent or unknown).
-    pub fn addressing_style(&self) -> AddressingStyle {
+    pub(crate) fn addressing_style(&self) -> AddressingStyle {
         match self.s3_setting("addressing_style").map(str::to_ascii_lowercase).as_deref() {
             Some("path") => AddressingStyle::Path,
             Some("virtual") => AddressingStyle::Virtual,
@@ -135,7 +135,7 @@ impl Profile {
     }
 
     /// A true/false setting of the profile's `s3 =` section.
-    pub fn s3_flag(&self, key: &str) -> bool {
+    pub(crate) fn s3_flag(&self, key: &str) -> bool {
         is_true(self.s3_setting(key))
     }
 }
@@ -150,7 +150,7 @@ fn is_true(v: Option<&str>) -> bool {
 /// section (`s3 = endpoint_url = …`), the profile's `endpoint_url`. None when
 /// `AWS_IGNORE_CONFIGURED_ENDPOINT_URLS` or the profile's
 /// `ignore_configured_endpoint_urls` is true.
-pub fn configured_endpoint(env: &HashMap<String, String>, profile: &Profile) -> Option<String> {
+pub(crate) fn configured_endpoint(env: &HashMap<String, String>, profile: &Profile) -> Option<String> {
     let get = |k: &str| env.get(k).map(|v| v.trim()).filter(|v| !v.is_empty()).map(str::to_string);
     let ignore = match get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS") {
         Some(v) => is_true(Some(&v)),
@@ -167,7 +167,7 @@ pub fn configured_endpoint(env: &HashMap<String, String>, profile: &Profile) -> 
 
 /// Attempts per request: `AWS_MAX_ATTEMPTS`, else the profile's
 /// `max_attempts`, else `default` (at least 1, at most 20).
-pub fn max_attempts(env: &HashMap<String, String>, profile: &Profile, default: u32) -> u32 {
+pub(crate) fn max_attempts(env: &HashMap<String, String>, profile: &Profile, default: u32) -> u32 {
     env.get("AWS_MAX_ATTEMPTS")
         .and_then(|v| v.trim().parse::<u32>().ok())
         .or_else(|| profile.get("max_attempts").and_then(|v| v.trim().parse().ok()))

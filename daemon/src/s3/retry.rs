@@ -9,7 +9,7 @@ use std::time::Duration;
 /// A growing, random pause between tries: exponential from `first`, at
 /// most `max`, the upper half of it random ("equal jitter").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     first: Duration,
     max: Duration,
 }
@@ -18,14 +18,14 @@ impl Backoff {
     /// Between conditional writes that met another write (409), and
     /// requests S3 redirected in the bucket's own region (307): 100 ms, at
     /// most 2 s.
-    pub const CONFLICT: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+    pub(crate) const CONFLICT: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
 
-    pub const fn new(first: Duration, max: Duration) -> Backoff {
+    pub(crate) const fn new(first: Duration, max: Duration) -> Backoff {
         Backoff { first, max }
     }
 
     /// The pause after try `attempt` (counted from 1) failed.
-    pub fn delay(&self, attempt: u32) -> Duration {
+    pub(crate) fn delay(&self, attempt: u32) -> Duration {
         let doublings = attempt.saturating_sub(1).min(16);
         let base = self.first.saturating_mul(1 << doublings).min(self.max);
         let half = base / 2;
@@ -33,7 +33,7 @@ impl Backoff {
         half + Duration::from_nanos(fastrand::u64(0..=nanos))
     }
 
-    pub async fn sleep(&self, attempt: u32) {
+    pub(crate) async fn sleep(&self, attempt: u32) {
         tokio::time::sleep(self.delay(attempt)).await;
     }
 }
@@ -42,7 +42,7 @@ impl Backoff {
 /// error `again` does not want tried again, or has been tried `attempts`
 /// times; between tries, the `backoff` pause if any. `again` sees the error
 /// and the attempt that failed (the place to log the retry).
-pub async fn retry<T, E, Fut>(
+pub(crate) async fn retry<T, E, Fut>(
     attempts: u32,
     backoff: Option<Backoff>,
     mut op: impl FnMut(u32) -> Fut,

@@ -4,7 +4,7 @@
 use std::fmt;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Scheme {
+pub(crate) enum Scheme {
     /// `s3://`.
     S3,
     /// `s3+zip://`: also a `repo.zip` (`git archive`) per pushed ref.
@@ -13,7 +13,7 @@ pub enum Scheme {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RemoteUrl {
-    pub scheme: Scheme,
+    pub(crate) scheme: Scheme,
     pub profile: Option<String>,
     pub bucket: String,
     /// Key prefix without leading or trailing `/`; never empty.
@@ -36,7 +36,7 @@ pub enum UrlError {
 
 /// Why a git remote name does not lead to an S3 URL.
 #[derive(Debug, thiserror::Error)]
-pub enum RemoteNameError {
+pub(crate) enum RemoteNameError {
     #[error("invalid remote name '{0}'")]
     InvalidName(String),
     /// `git remote get-url` failed (`detail`: its first stderr line).
@@ -49,12 +49,12 @@ pub enum RemoteNameError {
 }
 
 /// A name git could take as a remote (never an option, never blank).
-pub fn valid_remote_name(name: &str) -> bool {
+pub(crate) fn valid_remote_name(name: &str) -> bool {
     !name.is_empty() && !name.starts_with('-') && !name.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 /// The S3 URL of git remote `name` in `git`'s repository.
-pub async fn s3_url_of_remote(git: &crate::local::git::Git, name: &str) -> Result<RemoteUrl, RemoteNameError> {
+pub(crate) async fn s3_url_of_remote(git: &crate::local::git::Git, name: &str) -> Result<RemoteUrl, RemoteNameError> {
     if !valid_remote_name(name) {
         return Err(RemoteNameError::InvalidName(name.to_string()));
     }
@@ -106,7 +106,7 @@ impl RemoteUrl {
     }
 
     /// `<prefix>/<rest>`
-    pub fn key(&self, rest: &str) -> String {
+    pub(crate) fn key(&self, rest: &str) -> String {
         format!("{}/{}", self.prefix, rest)
     }
 }

@@ -17,7 +17,7 @@ use crate::local::git::Git;
 
 /// `x-amz-server-side-encryption`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Encryption {
+pub(crate) enum Encryption {
     /// SSE-S3.
     Aes256,
     /// SSE-KMS.
@@ -27,7 +27,7 @@ pub enum Encryption {
 }
 
 impl Encryption {
-    pub fn header_value(self) -> &'static str {
+    pub(crate) fn header_value(self) -> &'static str {
         match self {
             Encryption::Aes256 => "AES256",
             Encryption::Kms => "aws:kms",
@@ -47,21 +47,21 @@ impl Encryption {
 
 /// The settings a remote's bucket policy asks for (all off by default).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct BucketPolicy {
-    pub encryption: Option<Encryption>,
-    pub kms_key_id: Option<String>,
-    pub bucket_key_enabled: Option<bool>,
-    pub expected_bucket_owner: Option<String>,
-    pub requester_pays: bool,
+pub(crate) struct BucketPolicy {
+    pub(crate) encryption: Option<Encryption>,
+    pub(crate) kms_key_id: Option<String>,
+    pub(crate) bucket_key_enabled: Option<bool>,
+    pub(crate) expected_bucket_owner: Option<String>,
+    pub(crate) requester_pays: bool,
 }
 
 /// A setting with a value that cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[error("git config {key} is '{value}'; {expected}")]
-pub struct PolicyError {
-    pub key: String,
-    pub value: String,
-    pub expected: &'static str,
+pub(crate) struct PolicyError {
+    pub(crate) key: String,
+    pub(crate) value: String,
+    pub(crate) expected: &'static str,
 }
 
 /// The settings: (global key, per-remote key), both lower case as `git
@@ -90,14 +90,14 @@ fn spelled(global: &str, remote: Option<&str>) -> String {
 }
 
 impl BucketPolicy {
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         *self == BucketPolicy::default()
     }
 
     /// The caller's settings for `remote` (a git remote name; None for a
     /// URL): `remote.<name>.s3ServerSideEncryption` wins over
     /// `s3.serverSideEncryption`, and so on. One `git config` run.
-    pub async fn from_git(git: &Git, remote: Option<&str>) -> Result<BucketPolicy, PolicyError> {
+    pub(crate) async fn from_git(git: &Git, remote: Option<&str>) -> Result<BucketPolicy, PolicyError> {
         // Exit status 1 means none is set; any other failure (no repository
         // is fine: global config is read) leaves the defaults.
         let listing = git.run(&["config", "--get-regexp", r"^(s3\.|remote\..*\.s3)"]).await.unwrap_or_default();
@@ -157,7 +157,7 @@ impl BucketPolicy {
     }
 
     /// The headers every request carries.
-    pub fn request_headers(&self) -> Vec<(&'static str, String)> {
+    pub(crate) fn request_headers(&self) -> Vec<(&'static str, String)> {
         let mut h = Vec::new();
         if let Some(owner) = &self.expected_bucket_owner {
             h.push(("x-amz-expected-bucket-owner", owner.clone()));
@@ -170,7 +170,7 @@ impl BucketPolicy {
 
     /// The headers of a request that creates an object (PutObject,
     /// CreateMultipartUpload, CopyObject; never a part).
-    pub fn write_headers(&self) -> Vec<(&'static str, String)> {
+    pub(crate) fn write_headers(&self) -> Vec<(&'static str, String)> {
         let mut h = Vec::new();
         if let Some(e) = self.encryption {
             h.push(("x-amz-server-side-encryption", e.header_value().to_string()));
@@ -186,7 +186,7 @@ impl BucketPolicy {
 
     /// For an `AccessDenied`: the settings a bucket policy may demand that
     /// are not set (S3 does not say which condition failed).
-    pub fn unset_settings_hint(&self) -> Option<String> {
+    pub(crate) fn unset_settings_hint(&self) -> Option<String> {
         let mut unset = Vec::new();
         if self.encryption.is_none() {
             unset.push("s3.serverSideEncryption aws:kms (or AES256)");
@@ -204,7 +204,7 @@ impl BucketPolicy {
 
     /// `client` with these headers on its requests (the same client when
     /// there are none). Shares the client's connections and credentials.
-    pub fn client(&self, client: aws_sdk_s3::Client) -> aws_sdk_s3::Client {
+    pub(crate) fn client(&self, client: aws_sdk_s3::Client) -> aws_sdk_s3::Client {
         if self.is_empty() {
             return client;
         }
@@ -260,17 +260,17 @@ impl Intercept for PolicyHeaders {
 /// only when required (S3-compatible endpoints); then nothing would prove
 /// the body's integrity, and Object Lock buckets (or a policy demanding an
 /// integrity header) refuse the write.
-pub fn needs_content_md5(client: &aws_sdk_s3::Client) -> bool {
+pub(crate) fn needs_content_md5(client: &aws_sdk_s3::Client) -> bool {
     matches!(client.config().request_checksum_calculation(), Some(RequestChecksumCalculation::WhenRequired))
 }
 
 /// `Content-MD5` of bytes (base64 of the MD5), off the async runtime.
-pub async fn content_md5_of_bytes(data: bytes::Bytes) -> std::io::Result<String> {
+pub(crate) async fn content_md5_of_bytes(data: bytes::Bytes) -> std::io::Result<String> {
     tokio::task::spawn_blocking(move || md5_base64(&[&data])).await.map_err(std::io::Error::other)
 }
 
 /// `Content-MD5` of `len` bytes of a file from `offset` (`None`: to its end).
-pub async fn content_md5_of_file(path: &Path, offset: u64, len: Option<u64>) -> std::io::Result<String> {
+pub(crate) async fn content_md5_of_file(path: &Path, offset: u64, len: Option<u64>) -> std::io::Result<String> {
     let path = path.to_path_buf();
     tokio::task::spawn_blocking(move || {
         use md5::Digest;

@@ -19,14 +19,14 @@ use crate::session::OutputSender;
 
 /// Attached to a session's root span.
 #[derive(Clone)]
-pub struct SessionSink {
-    pub tx: OutputSender,
-    pub verbosity: Arc<AtomicU8>,
+pub(crate) struct SessionSink {
+    pub(crate) tx: OutputSender,
+    pub(crate) verbosity: Arc<AtomicU8>,
 }
 
 tokio::task_local! {
     /// The sink of the session whose span is being created (read once, in on_new_span).
-    pub static CURRENT_SINK: SessionSink;
+    pub(crate) static CURRENT_SINK: SessionSink;
 }
 
 struct SpanInfo {
@@ -55,7 +55,7 @@ impl Visit for FieldText {
     }
 }
 
-pub struct SessionLayer;
+pub(crate) struct SessionLayer;
 
 impl SessionLayer {
     fn sink_of<S: Subscriber + for<'a> LookupSpan<'a>>(ctx: &Context<'_, S>, id: &Id) -> Option<SessionSink> {

@@ -2,5 +2,5 @@
 //! gRPC service that runs each session (`service`), and logging (`logging`).
 
 pub mod logging;
-pub mod service;
+pub(crate) mod service;
 pub mod socket;

@@ -18,8 +18,8 @@ use crate::server::logging::{SessionSink, CURRENT_SINK};
 use crate::session::state::DaemonState;
 use crate::session::{Input, Out};
 
-pub struct Service {
-    pub state: Arc<DaemonState>,
+pub(crate) struct Service {
+    pub(crate) state: Arc<DaemonState>,
 }
 
 #[tonic::async_trait]

@@ -27,7 +27,7 @@ pub enum ServerError {
 
 pub struct ServerConfig {
     pub idle_timeout: Duration,
-    pub cache_max_bytes: u64,
+    pub(crate) cache_max_bytes: u64,
 }
 
 impl ServerConfig {

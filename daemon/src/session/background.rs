@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 #[derive(Default)]
-pub struct Background {
+pub(crate) struct Background {
     tracker: TaskTracker,
     cancel: CancellationToken,
     /// (kind, key) of the de-duplicated tasks running now.
@@ -26,9 +26,9 @@ pub struct Background {
 }
 
 #[derive(Default, Clone, Debug, PartialEq, Eq)]
-pub struct Counts {
-    pub started: BTreeMap<&'static str, u64>,
-    pub deduplicated: u64,
+pub(crate) struct Counts {
+    pub(crate) started: BTreeMap<&'static str, u64>,
+    pub(crate) deduplicated: u64,
 }
 
 /// Removes a de-duplicated task's key when it ends (also when it panics or
@@ -48,14 +48,14 @@ impl Drop for Running {
 
 impl Background {
     /// Spawns `work`, which the daemon waits for before exiting.
-    pub fn spawn(&self, kind: &'static str, work: impl Future<Output = ()> + Send + 'static) {
+    pub(crate) fn spawn(&self, kind: &'static str, work: impl Future<Output = ()> + Send + 'static) {
         self.count(kind);
         self.launch(kind, work, None);
     }
 
     /// Spawns `work` unless a task of this `kind` for this `key` (a remote)
     /// is running. Returns whether it was started.
-    pub fn spawn_once(&self, kind: &'static str, key: &str, work: impl Future<Output = ()> + Send + 'static) -> bool {
+    pub(crate) fn spawn_once(&self, kind: &'static str, key: &str, work: impl Future<Output = ()> + Send + 'static) -> bool {
         let entry = (kind, key.to_string());
         {
             let Ok(mut running) = self.running.lock() else { return false };
@@ -94,18 +94,18 @@ impl Background {
     }
 
     /// Tasks spawned and not finished.
-    pub fn in_flight(&self) -> usize {
+    pub(crate) fn in_flight(&self) -> usize {
         self.tracker.len()
     }
 
-    pub fn counts(&self) -> Counts {
+    pub(crate) fn counts(&self) -> Counts {
         self.counts.lock().map(|c| c.clone()).unwrap_or_default()
     }
 
     /// Waits until no task is running, or `limit` has passed; then cancels
     /// what is left (and waits a moment for it to stop). Returns how many
     /// tasks were still running at `limit`.
-    pub async fn drain(&self, limit: Duration) -> usize {
+    pub(crate) async fn drain(&self, limit: Duration) -> usize {
         self.tracker.close();
         if tokio::time::timeout(limit, self.tracker.wait()).await.is_ok() {
             return 0;

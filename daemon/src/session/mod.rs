@@ -1,9 +1,9 @@
 //! A session's stdio as the daemon sees it: lines read from the shim's
 //! forwarded stdin, bytes written back as the shim's stdout/stderr.
 
-pub mod background;
-pub mod progress;
-pub mod state;
+pub(crate) mod background;
+pub(crate) mod progress;
+pub(crate) mod state;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -11,53 +11,42 @@ use std::sync::Arc;
 use git_s3_proto::pb::{session_output, SessionOutput};
 use tokio::sync::mpsc;
 
-pub type OutputSender = mpsc::UnboundedSender<Result<SessionOutput, tonic::Status>>;
+pub(crate) type OutputSender = mpsc::UnboundedSender<Result<SessionOutput, tonic::Status>>;
 
 /// Writes to the shim's stdout/stderr. Cheap to clone; sends never block.
 #[derive(Clone)]
-pub struct Out {
+pub(crate) struct Out {
     tx: OutputSender,
     /// 0 quiet, 1 normal, 2+ verbose (tracing events go to stderr too).
     verbosity: Arc<AtomicU8>,
 }
 
 impl Out {
-    pub fn new(tx: OutputSender, verbosity: u8) -> Out {
+    pub(crate) fn new(tx: OutputSender, verbosity: u8) -> Out {
         Out { tx, verbosity: Arc::new(AtomicU8::new(verbosity)) }
     }
 
-    pub fn stdout(&self, s: impl Into<Vec<u8>>) {
+    pub(crate) fn stdout(&self, s: impl Into<Vec<u8>>) {
         let _ = self.tx.send(Ok(SessionOutput { msg: Some(session_output::Msg::Stdout(s.into())) }));
     }
 
-    pub fn stderr(&self, s: impl Into<Vec<u8>>) {
+    pub(crate) fn stderr(&self, s: impl Into<Vec<u8>>) {
         let _ = self.tx.send(Ok(SessionOutput { msg: Some(session_output::Msg::Stderr(s.into())) }));
     }
 
-    /// A line on stderr unless quiet.
-    pub fn info(&self, s: impl AsRef<str>) {
-        if self.verbosity() >= 1 {
-            self.stderr(format!("{}\n", s.as_ref()));
-        }
-    }
-
-    pub fn exit(&self, code: i32) {
+    pub(crate) fn exit(&self, code: i32) {
         let _ = self.tx.send(Ok(SessionOutput { msg: Some(session_output::Msg::ExitCode(code)) }));
     }
 
-    pub fn verbosity(&self) -> u8 {
-        self.verbosity.load(Ordering::Relaxed)
-    }
-
-    pub fn set_verbosity(&self, v: u8) {
+    pub(crate) fn set_verbosity(&self, v: u8) {
         self.verbosity.store(v, Ordering::Relaxed)
     }
 
-    pub fn verbosity_handle(&self) -> Arc<AtomicU8> {
+    pub(crate) fn verbosity_handle(&self) -> Arc<AtomicU8> {
         self.verbosity.clone()
     }
 
-    pub fn sender(&self) -> OutputSender {
+    pub(crate) fn sender(&self) -> OutputSender {
         self.tx.clone()
     }
 }

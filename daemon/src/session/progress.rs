@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use crate::session::Out;
 
-pub struct Progress {
+pub(crate) struct Progress {
     out: Out,
     enabled: bool,
     label: String,
@@ -18,11 +18,11 @@ pub struct Progress {
 const MIB: f64 = 1024.0 * 1024.0;
 
 impl Progress {
-    pub fn new(out: Out, enabled: bool, label: String, total: Option<u64>) -> Progress {
+    pub(crate) fn new(out: Out, enabled: bool, label: String, total: Option<u64>) -> Progress {
         Progress { out, enabled, label, total, done: 0, started: Instant::now(), last: None }
     }
 
-    pub fn add(&mut self, n: u64) {
+    pub(crate) fn add(&mut self, n: u64) {
         self.done += n;
         if !self.enabled {
             return;
@@ -49,7 +49,7 @@ impl Progress {
     }
 
     /// Prints the final line if anything was shown.
-    pub fn finish(&mut self) {
+    pub(crate) fn finish(&mut self) {
         if self.enabled && self.last.is_some() {
             self.out.stderr(format!("\r{}, done.\n", self.line()));
         }

@@ -17,37 +17,37 @@ use crate::session::background::Background;
 
 /// The LFS agents' bucket probes: by a hash of the URL and the caller's
 /// configuration, when and what the last one found (`lfs/agent.rs`).
-pub type LfsProbes = HashMap<u64, (std::time::Instant, Result<(), String>)>;
+pub(crate) type LfsProbes = HashMap<u64, (std::time::Instant, Result<(), String>)>;
 
-pub struct DaemonState {
-    pub clients: Arc<S3Clients>,
+pub(crate) struct DaemonState {
+    pub(crate) clients: Arc<S3Clients>,
     /// Whether each (endpoint, bucket) enforces conditional writes (probed
     /// before the first write, again after a day).
-    pub conditional: Arc<ConditionalWrites>,
-    pub cache: Arc<Cache>,
+    pub(crate) conditional: Arc<ConditionalWrites>,
+    pub(crate) cache: Arc<Cache>,
     /// The callers' AWS config and credentials files, read again only when changed.
-    pub config_files: Arc<ConfigFiles>,
+    pub(crate) config_files: Arc<ConfigFiles>,
     /// What the storage formats remember of locations (held manifests, `refs/` scans).
-    pub memory: Arc<Memory>,
-    pub started: Instant,
-    pub socket_path: PathBuf,
-    pub log_file: PathBuf,
+    pub(crate) memory: Arc<Memory>,
+    pub(crate) started: Instant,
+    pub(crate) socket_path: PathBuf,
+    pub(crate) log_file: PathBuf,
     /// Sessions running now (a `SessionGuard` each): the idle wait watches it.
     sessions: tokio::sync::watch::Sender<u64>,
-    pub total_sessions: AtomicU64,
+    pub(crate) total_sessions: AtomicU64,
     /// Work finished after a session has answered (`session/background.rs`).
-    pub background: Arc<Background>,
+    pub(crate) background: Arc<Background>,
     /// Held by the agent that probes: probes take turns.
-    pub lfs_probes: tokio::sync::Mutex<LfsProbes>,
+    pub(crate) lfs_probes: tokio::sync::Mutex<LfsProbes>,
     /// Tokio's clock (a paused test clock moves it).
-    pub last_activity: Mutex<tokio::time::Instant>,
-    pub shutdown: tokio::sync::Notify,
+    pub(crate) last_activity: Mutex<tokio::time::Instant>,
+    pub(crate) shutdown: tokio::sync::Notify,
     /// Our executable and its mtime at start (shims restart us when it changes).
-    pub exe: (PathBuf, u64),
+    pub(crate) exe: (PathBuf, u64),
 }
 
 impl DaemonState {
-    pub fn new(cache: Cache, socket_path: PathBuf, log_file: PathBuf) -> DaemonState {
+    pub(crate) fn new(cache: Cache, socket_path: PathBuf, log_file: PathBuf) -> DaemonState {
         DaemonState {
             clients: Arc::new(S3Clients::default()),
             conditional: Arc::new(ConditionalWrites::default()),
@@ -70,7 +70,7 @@ impl DaemonState {
     /// The store for a remote, through the warm client the caller's
     /// environment selects, in the bucket's region once S3 told it. Its
     /// writes wait for the bucket's conditional-writes probe (`s3/conditional.rs`).
-    pub async fn store_for(&self, env: &HashMap<String, String>, url: &RemoteUrl) -> S3Store {
+    pub(crate) async fn store_for(&self, env: &HashMap<String, String>, url: &RemoteUrl) -> S3Store {
         // The caller's config files, looked at on a blocking thread (read
         // again only when they changed).
         let (files, e, profile) = (self.config_files.clone(), env.clone(), url.profile.clone());
@@ -102,7 +102,7 @@ impl DaemonState {
         store.with_write_gate(Arc::new(gate))
     }
 
-    pub fn touch(&self) {
+    pub(crate) fn touch(&self) {
         if let Ok(mut t) = self.last_activity.lock() {
             *t = tokio::time::Instant::now();
         }
@@ -110,18 +110,18 @@ impl DaemonState {
 
     /// Counts a session until the guard is dropped (also when the session
     /// panics: its task unwinds and drops it).
-    pub fn session_started(self: &Arc<Self>) -> SessionGuard {
+    pub(crate) fn session_started(self: &Arc<Self>) -> SessionGuard {
         self.sessions.send_modify(|n| *n += 1);
         self.total_sessions.fetch_add(1, Ordering::Relaxed);
         self.touch();
         SessionGuard { state: self.clone() }
     }
 
-    pub fn active_sessions(&self) -> u64 {
+    pub(crate) fn active_sessions(&self) -> u64 {
         *self.sessions.borrow()
     }
 
-    pub fn idle_for(&self) -> Duration {
+    pub(crate) fn idle_for(&self) -> Duration {
         if self.active_sessions() > 0 {
             return Duration::ZERO;
         }
@@ -130,7 +130,7 @@ impl DaemonState {
 
     /// Returns once no session has run for `timeout`: waits on the session
     /// count and a timer, no polling.
-    pub async fn idle(&self, timeout: Duration) {
+    pub(crate) async fn idle(&self, timeout: Duration) {
         let mut sessions = self.sessions.subscribe();
         loop {
             if *sessions.borrow_and_update() > 0 {
@@ -152,7 +152,7 @@ impl DaemonState {
 }
 
 /// One running session, counted from `session_started` until dropped.
-pub struct SessionGuard {
+pub(crate) struct SessionGuard {
     state: Arc<DaemonState>,
 }
 

@@ -16,30 +16,23 @@ use crate::storage::StorageError;
 
 /// A storage format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
+pub(crate) enum Format {
     Bundles,
     Packs,
 }
 
 impl Format {
-    pub fn parse(s: &str) -> Option<Format> {
+    pub(crate) fn parse(s: &str) -> Option<Format> {
         match s.trim().to_ascii_lowercase().as_str() {
             "bundles" | "bundle" => Some(Format::Bundles),
             "packs" | "pack" => Some(Format::Packs),
             _ => None,
         }
     }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Format::Bundles => "bundles",
-            Format::Packs => "packs",
-        }
-    }
 }
 
 /// `git config s3.format` in the caller's repository (default: bundles).
-pub async fn configured_format(git: &Git) -> Result<Format, StorageError> {
+pub(crate) async fn configured_format(git: &Git) -> Result<Format, StorageError> {
     match git.config_get("s3.format").await {
         None => Ok(Format::Bundles),
         Some(v) => Format::parse(&v).ok_or_else(|| StorageError::Format(format!("git config s3.format is '{v}'; it must be 'packs' or 'bundles'"))),
@@ -49,11 +42,11 @@ pub async fn configured_format(git: &Git) -> Result<Format, StorageError> {
 /// What `<prefix>/refs/` holds: whether 0.4.2 bundles are there, and the
 /// refs with a `PROTECTED#` marker.
 #[derive(Debug, Default, Clone)]
-pub struct RefsDir {
-    pub bundle_refs: Vec<String>,
-    pub markers: BTreeSet<String>,
+pub(crate) struct RefsDir {
+    pub(crate) bundle_refs: Vec<String>,
+    pub(crate) markers: BTreeSet<String>,
     /// Every bundle as `(ref, sha)`.
-    pub bundles: Vec<(String, String)>,
+    pub(crate) bundles: Vec<(String, String)>,
 }
 
 impl RefsDir {
@@ -64,12 +57,12 @@ impl RefsDir {
     /// `m` (a migration to packs stopped while deleting the bundles: both
     /// formats say the same). Bundles that disagree with the manifest (0.4.2
     /// pushed into a packs prefix) are refused as before.
-    pub fn left_by_migration(&self, m: &Manifest) -> bool {
+    pub(crate) fn left_by_migration(&self, m: &Manifest) -> bool {
         m.frozen.is_some() || self.bundles.iter().all(|(r, sha)| m.refs.get(r) == Some(sha))
     }
 }
 
-pub async fn scan_refs_dir(store: &S3Store, url: &RemoteUrl) -> Result<RefsDir, StorageError> {
+pub(crate) async fn scan_refs_dir(store: &S3Store, url: &RemoteUrl) -> Result<RefsDir, StorageError> {
     let refs = RefsDir::from_objects(url, &list_refs_dir(store, url).await?);
     note_refs_scan(store, url, &refs);
     Ok(refs)
@@ -106,25 +99,25 @@ fn recently_scanned_packs(store: &S3Store, url: &RemoteUrl) -> bool {
 
 /// The `PROTECTED#` markers of this daemon's last clean `refs/` scan of the
 /// prefix (none known: empty): a push's guess until its own scan answers.
-pub fn last_markers(store: &S3Store, url: &RemoteUrl) -> BTreeSet<String> {
+pub(crate) fn last_markers(store: &S3Store, url: &RemoteUrl) -> BTreeSet<String> {
     let location = store.location(&manifest::manifest_key(url));
     store.memory().map::<CleanRefsScan>().get(&location).map(|t| t.1.clone()).unwrap_or_default()
 }
 
 /// Every object under `<prefix>/refs/`.
-pub async fn list_refs_dir(store: &S3Store, url: &RemoteUrl) -> Result<Vec<ObjectInfo>, StorageError> {
+pub(crate) async fn list_refs_dir(store: &S3Store, url: &RemoteUrl) -> Result<Vec<ObjectInfo>, StorageError> {
     Ok(store.list(&url.key("refs/")).await?)
 }
 
 impl RefsDir {
-    pub fn from_objects(url: &RemoteUrl, objects: &[ObjectInfo]) -> RefsDir {
+    pub(crate) fn from_objects(url: &RemoteUrl, objects: &[ObjectInfo]) -> RefsDir {
         let scan = layout::scan(&url.prefix, objects);
         let bundles = scan.bundles.iter().flat_map(|(r, b)| b.iter().map(move |(sha, _)| (r.clone(), sha.clone()))).collect();
         RefsDir { bundle_refs: scan.bundles.keys().cloned().collect(), markers: scan.protected.into_iter().collect(), bundles }
     }
 }
 
-pub fn mixed_formats_error(url: &RemoteUrl, refs: &RefsDir) -> StorageError {
+pub(crate) fn mixed_formats_error(url: &RemoteUrl, refs: &RefsDir) -> StorageError {
     let some: Vec<&str> = refs.bundle_refs.iter().take(3).map(String::as_str).collect();
     StorageError::Format(format!(
         "{url} holds both formats: a packs manifest ({}) and git-remote-s3 bundles (for {}); refusing to guess which is current. \
@@ -136,7 +129,7 @@ If a `git s3 migrate` was interrupted, run it again to finish it; `git s3 doctor
 
 /// What a prefix is, decided by what is in it.
 #[allow(clippy::large_enum_variant)] // made once per session
-pub enum Detected {
+pub(crate) enum Detected {
     /// A manifest (with its ETag), and the `refs/` scan when one was made.
     Packs(Option<(Manifest, String)>, Option<RefsDir>),
     /// The `<prefix>/refs/` listing and, when it was read beside it, the
@@ -146,7 +139,7 @@ pub enum Detected {
 
 /// What a detection is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Purpose {
+pub(crate) enum Purpose {
     /// Showing the refs to a reader (`list`, a fetch, `option atomic`).
     Read,
     /// Git's `list for-push`: a push follows, whose manifest write is
@@ -171,7 +164,7 @@ pub enum Purpose {
 /// bundle layout's `HEAD` is read in the same round trip too, so that a
 /// bundles remote's `list` is one round trip: a packs remote this daemon
 /// meets for the first time pays one small request that it did not need.
-pub async fn detect(
+pub(crate) async fn detect(
     store: &S3Store,
     url: &RemoteUrl,
     default: impl std::future::Future<Output = Result<Format, StorageError>>,
@@ -226,7 +219,6 @@ mod tests {
         assert_eq!(Format::parse("packs"), Some(Format::Packs));
         assert_eq!(Format::parse(" Bundles\n"), Some(Format::Bundles));
         assert_eq!(Format::parse("zip"), None);
-        assert_eq!(Format::Packs.name(), "packs");
     }
 
     #[test]

@@ -8,17 +8,17 @@
 /// The narrowing options of one helper conversation.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FetchOptions {
-    pub depth: Option<u32>,
+    pub(crate) depth: Option<u32>,
     pub deepen_since: Option<String>,
     pub deepen_not: Vec<String>,
-    pub deepen_relative: bool,
+    pub(crate) deepen_relative: bool,
     pub filter: Option<String>,
-    pub from_promisor: bool,
-    pub update_shallow: bool,
-    pub refetch: bool,
-    pub cloning: bool,
-    pub check_connectivity: bool,
-    pub follow_tags: bool,
+    pub(crate) from_promisor: bool,
+    pub(crate) update_shallow: bool,
+    pub(crate) refetch: bool,
+    pub(crate) cloning: bool,
+    pub(crate) check_connectivity: bool,
+    pub(crate) follow_tags: bool,
 }
 
 /// The answer to an `option` line this file knows, or None for other options.
@@ -77,7 +77,7 @@ impl FetchOptions {
 
     /// Whether the fetch must be narrowed (shallow or filtered) or refetched:
     /// then the plain transfer of whole packs or bundles is not what git asked.
-    pub fn narrows(&self) -> bool {
+    pub(crate) fn narrows(&self) -> bool {
         self.depth.is_some() || self.deepen_since.is_some() || !self.deepen_not.is_empty() || self.filter.is_some() || self.refetch
     }
 

@@ -53,7 +53,7 @@ const REPOSITORY_VARS: &[&str] = &[
     "GIT_NO_REPLACE_OBJECTS",
 ];
 
-pub struct Mirror {
+pub(crate) struct Mirror {
     path: PathBuf,
     git: Git,
     /// The mirror is in use: the cache does not evict it under this session.
@@ -65,12 +65,12 @@ impl Mirror {
     /// use: `Kind::Whole` holds what was downloaded of the whole remote,
     /// `Kind::Views` only the packs format's views and the packs they do
     /// not cover.
-    pub async fn open(ctx: &OpContext, store: &S3Store, url: &RemoteUrl, kind: Kind, format: ObjectFormat) -> Result<Mirror, StorageError> {
+    pub(crate) async fn open(ctx: &OpContext, store: &S3Store, url: &RemoteUrl, kind: Kind, format: ObjectFormat) -> Result<Mirror, StorageError> {
         Self::open_or_create(ctx, store, url, kind, format, true).await?.ok_or_else(|| StorageError::Format("the mirror was not created".into()))
     }
 
     /// The mirror `kind` of `url` if it exists (None: never made).
-    pub async fn existing(
+    pub(crate) async fn existing(
         ctx: &OpContext,
         store: &S3Store,
         url: &RemoteUrl,
@@ -119,7 +119,7 @@ impl Mirror {
     /// (a lazy fetch) brings in every ref, as does `all_refs`. Then the
     /// mirror's refs are set to the listing's, for git's ref-based options
     /// (`--shallow-exclude=<ref>`).
-    pub async fn fill(
+    pub(crate) async fn fill(
         &self,
         storage: &Storage,
         ctx: &OpContext,
@@ -209,7 +209,7 @@ impl Mirror {
     /// Returns the lines git's transport expects back (`lock <file>`,
     /// `connectivity-ok`).
     /// `relay` shows git's progress and messages as they come.
-    pub async fn serve(&self, ctx: &OpContext, opts: &FetchOptions, wants: &[RemoteRef], relay: bool) -> Result<Vec<String>, StorageError> {
+    pub(crate) async fn serve(&self, ctx: &OpContext, opts: &FetchOptions, wants: &[RemoteRef], relay: bool) -> Result<Vec<String>, StorageError> {
         let mut args: Vec<String> = vec!["-c".into(), "protocol.file.allow=always".into(), "fetch-pack".into(), "--stdin".into()];
         args.extend(opts.fetch_pack_args(ctx.progress && relay));
         args.push(format!("file://{}", self.path.display()));
@@ -273,7 +273,7 @@ impl Mirror {
 
 /// Which of a remote's mirrors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     Whole,
     Views,
 }
@@ -283,7 +283,7 @@ pub enum Kind {
 /// mirror is tried first: it downloads about what the request needs. When
 /// it lacks an object, or git cannot serve the request from it, the whole
 /// mirror serves it. Returns the lines for git (`lock …`, `connectivity-ok`).
-pub async fn narrow_fetch(
+pub(crate) async fn narrow_fetch(
     storage: &Storage,
     ctx: &OpContext,
     store: &S3Store,
@@ -373,7 +373,7 @@ fn ranged_suits(opts: &FetchOptions, listing: &RefListing, wants: &[RemoteRef]) 
 /// Whether a fetch must go through the mirror: git narrows it, a want is no
 /// ref tip of the remote (a lazy fetch, or a fetch by object name), or the
 /// repository is shallow (its next fetch must respect its boundary).
-pub async fn needed(opts: &FetchOptions, listing: &RefListing, wants: &[RemoteRef], git: &Git) -> bool {
+pub(crate) async fn needed(opts: &FetchOptions, listing: &RefListing, wants: &[RemoteRef], git: &Git) -> bool {
     opts.narrows() || wants.iter().any(|w| !listing.is_tip(w)) || git.is_shallow().await
 }
 

@@ -6,14 +6,14 @@
 //! This file is what the formats share; it uses neither format.
 
 pub mod bundles;
-pub mod crypt;
-pub mod detect;
+pub(crate) mod crypt;
+pub(crate) mod detect;
 pub mod fetch_options;
-pub mod mirror;
-pub mod open;
+pub(crate) mod mirror;
+pub(crate) mod open;
 pub mod packs;
-pub mod ref_update;
-pub mod zip;
+pub(crate) mod ref_update;
+pub(crate) mod zip;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -26,7 +26,7 @@ use crate::session::background::Background;
 use crate::session::Out;
 
 #[derive(Debug, thiserror::Error)]
-pub enum StorageError {
+pub(crate) enum StorageError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -49,7 +49,7 @@ pub enum StorageError {
 }
 
 impl StorageError {
-    pub fn is_fatal(&self) -> bool {
+    pub(crate) fn is_fatal(&self) -> bool {
         match self {
             StorageError::Store(e) => e.is_fatal(),
             _ => false,
@@ -58,50 +58,50 @@ impl StorageError {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RemoteRef {
-    pub name: String,
-    pub sha: String,
+pub(crate) struct RemoteRef {
+    pub(crate) name: String,
+    pub(crate) sha: String,
 }
 
 /// What a remote holds, as the protocol's `list` shows it.
 #[derive(Debug, Clone, Default)]
-pub struct RefListing {
+pub(crate) struct RefListing {
     /// Sorted by ref name.
-    pub refs: Vec<RemoteRef>,
+    pub(crate) refs: Vec<RemoteRef>,
     /// The ref the remote HEAD names, when that ref exists.
-    pub head: Option<String>,
+    pub(crate) head: Option<String>,
     /// The raw content of HEAD (may name a missing ref).
-    pub head_raw: Option<String>,
-    pub protected: BTreeSet<String>,
+    pub(crate) head_raw: Option<String>,
+    pub(crate) protected: BTreeSet<String>,
     /// Problems a user should know about (e.g. several bundles for one ref).
-    pub warnings: Vec<String>,
+    pub(crate) warnings: Vec<String>,
     /// The object format the remote records (packs: the manifest's), when
     /// it records one; else `format()` judges by the refs.
-    pub object_format: Option<ObjectFormat>,
+    pub(crate) object_format: Option<ObjectFormat>,
 }
 
 impl RefListing {
     /// The remote's object format: recorded, else that of its refs' ids;
     /// None for an empty remote that records none (it takes the format of
     /// its first push).
-    pub fn format(&self) -> Option<ObjectFormat> {
+    pub(crate) fn format(&self) -> Option<ObjectFormat> {
         self.object_format.or_else(|| self.refs.iter().find_map(|r| ObjectFormat::of(&r.sha)))
     }
 
-    pub fn sha_of(&self, name: &str) -> Option<&str> {
+    pub(crate) fn sha_of(&self, name: &str) -> Option<&str> {
         self.refs.iter().find(|r| r.name == name).map(|r| r.sha.as_str())
     }
 
     /// Whether `w` is one of the listed refs at its listed tip (not an
     /// object asked for by name, as a partial clone's lazy fetch does).
-    pub fn is_tip(&self, w: &RemoteRef) -> bool {
+    pub(crate) fn is_tip(&self, w: &RemoteRef) -> bool {
         self.sha_of(&w.name) == Some(w.sha.as_str())
     }
 }
 
 /// The one line that refuses to mix object formats: `local` is the
 /// repository's, `remote` that of the remote at `url`.
-pub fn format_mismatch(local: ObjectFormat, remote: ObjectFormat, url: &str) -> String {
+pub(crate) fn format_mismatch(local: ObjectFormat, remote: ObjectFormat, url: &str) -> String {
     format!(
         "this repository uses {local} object ids but {url} holds a {remote} repository; git cannot mix object formats: use a {remote} repository with this remote, or another prefix for this one"
     )
@@ -109,34 +109,34 @@ pub fn format_mismatch(local: ObjectFormat, remote: ObjectFormat, url: &str) -> 
 
 /// One `push` line of the protocol.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PushUpdate {
+pub(crate) struct PushUpdate {
     /// None: delete `dst`.
-    pub src: Option<String>,
-    pub dst: String,
-    pub force: bool,
+    pub(crate) src: Option<String>,
+    pub(crate) dst: String,
+    pub(crate) force: bool,
 }
 
 /// A refused update, with the reason in the words git understands
 /// (`fetch first`, `non-fast-forward`, `stale info`, `already exists`) or a
 /// message of our own.
-pub type PushResult = Result<(), String>;
+pub(crate) type PushResult = Result<(), String>;
 
 /// Everything an operation needs from the session.
-pub struct OpContext {
-    pub git: Git,
-    pub out: Out,
-    pub env: HashMap<String, String>,
-    pub progress: bool,
-    pub cache: Arc<Cache>,
+pub(crate) struct OpContext {
+    pub(crate) git: Git,
+    pub(crate) out: Out,
+    pub(crate) env: HashMap<String, String>,
+    pub(crate) progress: bool,
+    pub(crate) cache: Arc<Cache>,
     /// The daemon's tracker of work finished after the answer.
-    pub background: Arc<Background>,
+    pub(crate) background: Arc<Background>,
     /// `option cas <ref>:<sha>` expectations (empty string: must not exist).
-    pub cas: HashMap<String, String>,
+    pub(crate) cas: HashMap<String, String>,
     /// `option atomic true`: all updates of a push land, or none.
-    pub atomic: bool,
+    pub(crate) atomic: bool,
 }
 
-pub trait RepoStorage {
+pub(crate) trait RepoStorage {
     fn list(&self) -> impl std::future::Future<Output = Result<RefListing, StorageError>> + Send;
     fn fetch(&self, ctx: &OpContext, listing: &RefListing, wants: &[RemoteRef])
         -> impl std::future::Future<Output = Result<(), StorageError>> + Send;

@@ -14,7 +14,7 @@ use crate::storage::{OpContext, PushResult, PushUpdate, RefListing, RemoteRef, R
 
 /// The formats a remote can be in: the 0.4.2 bundle layout, or packs
 /// (`packs`).
-pub enum Storage {
+pub(crate) enum Storage {
     Bundles(Box<BundleStorage>),
     Packs(Box<PackStorage>),
 }
@@ -28,7 +28,7 @@ impl Storage {
     /// keyring): a caller none of whose identities opens it gets one line
     /// naming the keyring's recipients, before anything is fetched. A
     /// plaintext remote costs no request more.
-    pub async fn open(store: S3Store, url: RemoteUrl, git: &Git, purpose: Purpose) -> Result<Storage, StorageError> {
+    pub(crate) async fn open(store: S3Store, url: RemoteUrl, git: &Git, purpose: Purpose) -> Result<Storage, StorageError> {
         // A remote this daemon knows is encrypted: the caller's access first
         // (detection may answer from the manifest this daemon holds).
         let mut key = None;
@@ -60,14 +60,14 @@ impl Storage {
     }
 
     /// Whether `option atomic` can be honoured.
-    pub fn supports_atomic(&self) -> bool {
+    pub(crate) fn supports_atomic(&self) -> bool {
         matches!(self, Storage::Packs(_))
     }
 
     /// The views (packs made for shallow and partial clones) a fetch with
     /// `opts` could be served from, when the format has views and some suit
     /// (`lazy`: a fetch of objects no ref tip names).
-    pub fn views_for(&self, opts: &FetchOptions, lazy: bool) -> Option<Vec<ViewKind>> {
+    pub(crate) fn views_for(&self, opts: &FetchOptions, lazy: bool) -> Option<Vec<ViewKind>> {
         match self {
             Storage::Bundles(_) => None,
             Storage::Packs(_) => views::kinds_for(opts, lazy),
@@ -76,7 +76,7 @@ impl Storage {
 
     /// Brings the views of `kinds` into `ctx`'s repository; false,
     /// downloading nothing, when the remote has no such views.
-    pub async fn fetch_views(&self, ctx: &OpContext, kinds: &[ViewKind]) -> Result<bool, StorageError> {
+    pub(crate) async fn fetch_views(&self, ctx: &OpContext, kinds: &[ViewKind]) -> Result<bool, StorageError> {
         match self {
             Storage::Bundles(_) => Ok(false),
             Storage::Packs(p) => p.fetch_views(ctx, kinds).await,
@@ -85,7 +85,7 @@ impl Storage {
 
     /// Whether the format can read single objects by ranges (packs: the
     /// `.idx` of each pack says where an object lies).
-    pub fn reads_by_ranges(&self) -> bool {
+    pub(crate) fn reads_by_ranges(&self) -> bool {
         // Not an encrypted remote yet: its packs are age files (issue 22).
         matches!(self, Storage::Packs(p) if !p.is_encrypted())
     }
@@ -93,28 +93,28 @@ impl Storage {
     /// Brings the objects `wants` into `ctx`'s repository by ranged reads,
     /// keeping the packs' `.idx` files in `idx_dir`; false (nothing
     /// written) when that way does not suit them.
-    pub async fn fetch_objects_by_ranges(&self, ctx: &OpContext, wants: &[String], idx_dir: &std::path::Path) -> Result<bool, StorageError> {
+    pub(crate) async fn fetch_objects_by_ranges(&self, ctx: &OpContext, wants: &[String], idx_dir: &std::path::Path) -> Result<bool, StorageError> {
         match self {
             Storage::Bundles(_) => Ok(false),
             Storage::Packs(p) => Ok(p.fetch_ranged(ctx, wants, idx_dir).await?.done),
         }
     }
 
-    pub async fn list(&self) -> Result<RefListing, StorageError> {
+    pub(crate) async fn list(&self) -> Result<RefListing, StorageError> {
         match self {
             Storage::Bundles(b) => b.list().await,
             Storage::Packs(p) => p.list().await,
         }
     }
 
-    pub async fn fetch(&self, ctx: &OpContext, listing: &RefListing, wants: &[RemoteRef]) -> Result<(), StorageError> {
+    pub(crate) async fn fetch(&self, ctx: &OpContext, listing: &RefListing, wants: &[RemoteRef]) -> Result<(), StorageError> {
         match self {
             Storage::Bundles(b) => b.fetch(ctx, listing, wants).await,
             Storage::Packs(p) => p.fetch(ctx, listing, wants).await,
         }
     }
 
-    pub async fn push(&self, ctx: &OpContext, updates: &[PushUpdate]) -> Result<Vec<(String, PushResult)>, StorageError> {
+    pub(crate) async fn push(&self, ctx: &OpContext, updates: &[PushUpdate]) -> Result<Vec<(String, PushResult)>, StorageError> {
         match self {
             Storage::Bundles(b) => b.push(ctx, updates).await,
             Storage::Packs(p) => p.push(ctx, updates).await,
@@ -123,7 +123,7 @@ impl Storage {
 
     /// Waits for what a push left to finish after its answer and before
     /// the session ends (a bundles push's lock release).
-    pub async fn settle(&self) {
+    pub(crate) async fn settle(&self) {
         if let Storage::Bundles(b) = self {
             b.settle().await;
         }

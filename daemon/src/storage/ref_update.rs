@@ -11,7 +11,7 @@ use crate::local::git::Git;
 /// How the pushed commit relates to the remote's old one, as the local
 /// repository sees it (`git cat-file -e old`, `git merge-base --is-ancestor old new`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum History {
+pub(crate) enum History {
     /// The repository lacks the old commit: the user must fetch it first.
     OldMissing,
     /// The new commit descends from the old one (a fast-forward).
@@ -22,7 +22,7 @@ pub enum History {
 
 /// `History` as `git` sees it; `old_present`: whether the repository has
 /// `old`, when the caller knows (else git is asked).
-pub async fn local_history(git: &Git, old: &str, new: &str, old_present: Option<bool>) -> History {
+pub(crate) async fn local_history(git: &Git, old: &str, new: &str, old_present: Option<bool>) -> History {
     let present = match old_present {
         Some(p) => p,
         None => git.has_object(old).await,
@@ -38,28 +38,28 @@ pub async fn local_history(git: &Git, old: &str, new: &str, old_present: Option<
 
 /// One `push` line with what the remote and the repository say about it.
 #[derive(Debug, Clone, Default)]
-pub struct RefUpdate<'a> {
+pub(crate) struct RefUpdate<'a> {
     /// The remote ref (`refs/heads/main`, `refs/tags/v1`).
-    pub dst: &'a str,
+    pub(crate) dst: &'a str,
     /// The local side as git names it; None: delete `dst`.
-    pub src: Option<&'a str>,
+    pub(crate) src: Option<&'a str>,
     /// The remote's id of `dst`; None when it does not exist.
-    pub old: Option<&'a str>,
+    pub(crate) old: Option<&'a str>,
     /// The local id of `src`; None when `src` does not resolve.
-    pub new: Option<&'a str>,
+    pub(crate) new: Option<&'a str>,
     /// `+src:dst` (or `git push --force`).
-    pub force: bool,
+    pub(crate) force: bool,
     /// `dst` is protected (`git s3 protect`).
-    pub protected: bool,
+    pub(crate) protected: bool,
     /// `--force-with-lease`: the id `dst` must have; "" when it must not exist.
-    pub lease: Option<&'a str>,
+    pub(crate) lease: Option<&'a str>,
     /// How `new` relates to `old`, once `decide` has asked for it.
-    pub history: Option<History>,
+    pub(crate) history: Option<History>,
 }
 
 /// What to do with one update.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// The remote already has it: nothing to write, success.
     Unchanged,
     /// Set `dst` to `new`.
@@ -74,12 +74,12 @@ pub enum Decision {
 }
 
 impl RefUpdate<'_> {
-    pub fn is_tag(&self) -> bool {
+    pub(crate) fn is_tag(&self) -> bool {
         self.dst.starts_with("refs/tags/")
     }
 
     /// The decision on this update.
-    pub fn decide(&self) -> Decision {
+    pub(crate) fn decide(&self) -> Decision {
         let dst = self.dst;
         if !dst.starts_with("refs/") {
             return Decision::Refused(format!("invalid destination ref {dst}"));

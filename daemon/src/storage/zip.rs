@@ -8,9 +8,9 @@ use crate::s3::store::{PutOptions, S3Store};
 use crate::s3::url::RemoteUrl;
 use crate::storage::{OpContext, StorageError};
 
-pub const ZIP_NAME: &str = "repo.zip";
+pub(crate) const ZIP_NAME: &str = "repo.zip";
 /// `repo.zip` metadata: the manifest serial that made the zip's commit current.
-pub const ZIP_SERIAL_META: &str = "git-s3-serial";
+pub(crate) const ZIP_SERIAL_META: &str = "git-s3-serial";
 
 /// `git archive --format zip` of `sha` (for `s3+zip://`'s `repo.zip`) and
 /// the summary CodePipeline shows (`<short sha> <subject>`).

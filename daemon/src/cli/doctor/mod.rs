@@ -11,7 +11,7 @@ mod common;
 mod packs;
 mod versions;
 
-pub use common::DoctorArgs;
+pub(crate) use common::DoctorArgs;
 
 use std::time::Duration;
 
@@ -27,7 +27,7 @@ fn short(sha: &str) -> &str {
     sha.get(..12).unwrap_or(sha)
 }
 
-pub async fn run(ctx: &mut Ctx, args: DoctorArgs) -> CliResult {
+pub(crate) async fn run(ctx: &mut Ctx, args: DoctorArgs) -> CliResult {
     let remote = Remote::resolve(ctx, &args.remote).await?;
     let ttl = args.lock_ttl.map(Duration::from_secs).unwrap_or_else(|| locks::ttl_from_env(&ctx.env));
     let interactive = ctx.stdin_is_tty && !args.yes && !args.json;

@@ -22,11 +22,11 @@ const MANY_PACKS: usize = 16;
 
 /// What the packs part found, for the JSON document.
 pub(super) struct PacksFindings {
-    pub refs: Vec<Value>,
+    pub(crate) refs: Vec<Value>,
     /// `"sha1"` / `"sha256"`, null when unknown (empty, or unreadable manifest).
-    pub object_format: Value,
-    pub head: Option<String>,
-    pub manifest: Value,
+    pub(crate) object_format: Value,
+    pub(crate) head: Option<String>,
+    pub(crate) manifest: Value,
 }
 
 /// Checks `remote` as a packs remote. None when the prefix has no manifest

@@ -112,7 +112,7 @@ mod tests {
     use super::*;
 
     fn v(key: &str, id: &str, is_latest: bool, delete_marker: bool) -> ObjectVersion {
-        ObjectVersion { key: key.into(), version_id: id.into(), is_latest, delete_marker, size: 1, last_modified: std::time::SystemTime::UNIX_EPOCH }
+        ObjectVersion { key: key.into(), version_id: id.into(), is_latest, delete_marker, size: 1 }
     }
 
     #[test]

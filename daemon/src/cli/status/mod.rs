@@ -13,19 +13,19 @@ use super::{human_bytes, human_duration, CliResult, Ctx};
 use crate::storage::bundles::locks;
 
 #[derive(Args, Debug)]
-pub struct StatusArgs {
+pub(crate) struct StatusArgs {
     /// A git remote name or an s3:// / s3+zip:// URL to inspect
     #[arg(value_name = "REMOTE")]
-    pub remote: Option<String>,
+    pub(crate) remote: Option<String>,
     /// Seconds after which a lock counts as stale (default: GIT_REMOTE_S3_LOCK_TTL_SECONDS, else 60)
     #[arg(long, value_name = "SECONDS")]
-    pub lock_ttl: Option<u64>,
+    pub(crate) lock_ttl: Option<u64>,
     /// Print one JSON document instead of text
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
-pub async fn run(ctx: &mut Ctx, args: StatusArgs) -> CliResult {
+pub(crate) async fn run(ctx: &mut Ctx, args: StatusArgs) -> CliResult {
     let st = &ctx.state;
     let usage = st.cache.usage();
     let background = st.background.counts();

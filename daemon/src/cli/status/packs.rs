@@ -9,7 +9,7 @@ use crate::storage::detect::{mixed_formats_error, scan_refs_dir};
 use crate::storage::packs::manifest::read_manifest;
 
 /// The status document of a packs remote, or None when the prefix has no manifest.
-pub async fn remote_status(remote: &Remote) -> Result<Option<Value>, CliError> {
+pub(crate) async fn remote_status(remote: &Remote) -> Result<Option<Value>, CliError> {
     let Some((m, etag)) = read_manifest(&remote.store, &remote.url).await? else {
         return Ok(None);
     };

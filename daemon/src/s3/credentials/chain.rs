@@ -29,7 +29,7 @@ const KEY_VARS: [&str; 3] = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_
 
 /// One caller's identity inputs.
 #[derive(Clone)]
-pub struct CallerChain {
+pub(crate) struct CallerChain {
     env: Arc<HashMap<String, String>>,
     /// The profile to use (the URL's `profile@`, else AWS_PROFILE).
     profile: Option<String>,
@@ -57,7 +57,7 @@ struct RoleHop {
 }
 
 impl CallerChain {
-    pub fn new(env: Arc<HashMap<String, String>>, profile: Option<String>, url_profile_wins: bool) -> CallerChain {
+    pub(crate) fn new(env: Arc<HashMap<String, String>>, profile: Option<String>, url_profile_wins: bool) -> CallerChain {
         CallerChain { env, profile, url_profile_wins }
     }
 
@@ -66,7 +66,7 @@ impl CallerChain {
     }
 
     /// Static keys from the environment are what the chain will use.
-    pub fn env_keys_used(&self) -> bool {
+    pub(crate) fn env_keys_used(&self) -> bool {
         !self.url_profile_wins && self.get("AWS_ACCESS_KEY_ID").is_some() && self.get("AWS_SECRET_ACCESS_KEY").is_some()
     }
 
@@ -76,7 +76,7 @@ impl CallerChain {
 
     /// The environment aws-config reads: the caller's (without its static
     /// keys when the URL's profile wins over them).
-    pub fn loader_env(&self) -> Env {
+    pub(crate) fn loader_env(&self) -> Env {
         let mut env: HashMap<String, String> = (*self.env).clone();
         if self.url_profile_wins {
             for k in KEY_VARS {
@@ -90,7 +90,7 @@ impl CallerChain {
     /// loaded with [`CallerChain::loader_env`] (its default chain already
     /// reads the caller's environment; a `credential_process` base is
     /// replaced here).
-    pub async fn provider(&self, sdk: &SdkConfig, files: Option<EnvConfigFiles>) -> SharedCredentialsProvider {
+    pub(crate) async fn provider(&self, sdk: &SdkConfig, files: Option<EnvConfigFiles>) -> SharedCredentialsProvider {
         let profile_files_exist = files.is_some();
         let base = if self.env_keys_used() { Base::Other } else { self.profile_base(files).await };
         let inner = match (&base, sdk.credentials_provider()) {
@@ -201,7 +201,7 @@ fn base_of(set: &ProfileSet) -> Base {
 
 /// Whether the caller's config files may run a `credential_process` (then
 /// its PATH and working directory select the client too).
-pub fn may_run_process(files: &ConfigFiles, env: &HashMap<String, String>) -> bool {
+pub(crate) fn may_run_process(files: &ConfigFiles, env: &HashMap<String, String>) -> bool {
     let get = |k: &str| env.get(k).filter(|v| !v.is_empty()).cloned();
     let home = get("HOME");
     let paths = [

@@ -23,7 +23,7 @@ pub enum IdentityError {
 }
 
 /// Which sources the default chain consulted for a caller, in its order.
-pub fn tried_sources(env: &HashMap<String, String>, profile: &str, profile_files_exist: bool) -> String {
+pub(crate) fn tried_sources(env: &HashMap<String, String>, profile: &str, profile_files_exist: bool) -> String {
     let set = |k: &str| env.get(k).map(|v| !v.is_empty()).unwrap_or(false);
     let mut tried = vec!["AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY".to_string()];
     tried.push(if profile_files_exist {
@@ -42,7 +42,7 @@ pub fn tried_sources(env: &HashMap<String, String>, profile: &str, profile_files
 /// What to renew when S3 answers `ExpiredToken`: the caller's
 /// `AWS_SESSION_TOKEN` when the keys came from the environment, else the
 /// profile's session.
-pub fn expired_token_advice(env_keys_used: bool, profile: Option<&str>) -> String {
+pub(crate) fn expired_token_advice(env_keys_used: bool, profile: Option<&str>) -> String {
     if env_keys_used {
         return "the session token in AWS_SESSION_TOKEN has expired; renew AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN together (or unset them to use a profile)".to_string();
     }
@@ -53,7 +53,7 @@ pub fn expired_token_advice(env_keys_used: bool, profile: Option<&str>) -> Strin
 }
 
 /// The first line of an error's text, at most 300 characters.
-pub fn one_line(text: &str) -> String {
+pub(crate) fn one_line(text: &str) -> String {
     let line = text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("");
     let mut s: String = line.chars().take(300).collect();
     if line.chars().count() > 300 {

@@ -3,6 +3,6 @@
 //! with the caller's environment and directory (`process`), and the one-line
 //! messages when credentials fail (`messages`).
 
-pub mod chain;
-pub mod messages;
-pub mod process;
+pub(crate) mod chain;
+pub(crate) mod messages;
+pub(crate) mod process;

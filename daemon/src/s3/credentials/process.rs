@@ -15,14 +15,14 @@ use aws_credential_types::provider::{self, error::CredentialsError, future, Prov
 use aws_credential_types::Credentials;
 
 /// How long a helper may run before it is killed.
-pub const PROCESS_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const PROCESS_TIMEOUT: Duration = Duration::from_secs(60);
 /// The most of a helper's stdout that is read (the JSON is a few hundred bytes).
 const MAX_OUTPUT: usize = 1 << 20;
 
 /// Why a helper gave no credentials. One line each; the helper's own
 /// stderr (its last line) says the rest.
 #[derive(Debug, thiserror::Error)]
-pub enum ProcessError {
+pub(crate) enum ProcessError {
     #[error("the credential_process `{program}` of profile '{profile}' could not be started ({reason})")]
     Spawn { program: String, profile: String, reason: String },
     #[error("the credential_process `{program}` of profile '{profile}' is not on your PATH (sh: not found); install it or fix the profile")]
@@ -37,7 +37,7 @@ pub enum ProcessError {
 
 /// `credential_process` with the caller's environment and directory.
 #[derive(Clone)]
-pub struct ProcessCredentials {
+pub(crate) struct ProcessCredentials {
     command: String,
     profile: String,
     env: Arc<HashMap<String, String>>,
@@ -59,7 +59,7 @@ fn program_of(command: &str) -> String {
 
 /// The working directory of a caller: `PWD` (the shim sets it to its own
 /// directory) when it is a directory, else `HOME`, else `/`.
-pub fn caller_cwd(env: &HashMap<String, String>) -> PathBuf {
+pub(crate) fn caller_cwd(env: &HashMap<String, String>) -> PathBuf {
     ["PWD", "HOME"]
         .iter()
         .filter_map(|k| env.get(*k))
@@ -69,7 +69,7 @@ pub fn caller_cwd(env: &HashMap<String, String>) -> PathBuf {
 }
 
 impl ProcessCredentials {
-    pub fn new(command: &str, profile: &str, env: Arc<HashMap<String, String>>) -> ProcessCredentials {
+    pub(crate) fn new(command: &str, profile: &str, env: Arc<HashMap<String, String>>) -> ProcessCredentials {
         let cwd = caller_cwd(&env);
         ProcessCredentials { command: command.to_string(), profile: profile.to_string(), env, cwd, timeout: PROCESS_TIMEOUT }
     }
@@ -80,7 +80,7 @@ impl ProcessCredentials {
         self
     }
 
-    pub async fn run(&self) -> Result<Credentials, ProcessError> {
+    pub(crate) async fn run(&self) -> Result<Credentials, ProcessError> {
         let program = program_of(&self.command);
         let profile = self.profile.clone();
         let mut cmd = tokio::process::Command::new("sh");
@@ -135,7 +135,7 @@ struct Output {
 }
 
 /// The JSON a helper prints (Version 1). The reason never quotes a secret.
-pub fn parse_output(stdout: &[u8]) -> Result<Credentials, String> {
+pub(crate) fn parse_output(stdout: &[u8]) -> Result<Credentials, String> {
     let o: Output = serde_json::from_slice(stdout).map_err(|e| format!("not the JSON of the credential_process format ({})", e.classify_name()))?;
     match o.version {
         Some(serde_json::Value::Number(n)) if n.as_u64() == Some(1) => {}

@@ -61,7 +61,7 @@ impl S3Store {
 
     /// A small object, read only if it changed since `etag` (a conditional
     /// GET with `If-None-Match`; S3 answers 304 without a body when not).
-    pub async fn get_small_if_changed(&self, key: &str, etag: Option<&str>) -> Result<Conditional, StoreError> {
+    pub(crate) async fn get_small_if_changed(&self, key: &str, etag: Option<&str>) -> Result<Conditional, StoreError> {
         self.again_if_interrupted(key, || self.get_small_if_changed_once(key, etag)).await
     }
 
@@ -133,7 +133,7 @@ impl S3Store {
     /// With a tee, a file that cannot be written (a full or read-only cache)
     /// does not stop the download: the tee still gets every chunk, and the
     /// third value says the file is incomplete (not to be kept).
-    pub async fn get_to_file_tee(
+    pub(crate) async fn get_to_file_tee(
         &self,
         key: &str,
         dest: &Path,
@@ -233,7 +233,7 @@ impl S3Store {
     /// (up to [`DOWNLOAD_ATTEMPTS`] times in all); then the error is
     /// returned. Returns the bytes written; `on_bytes` is called as data
     /// arrives.
-    pub async fn get_range_to_file(
+    pub(crate) async fn get_range_to_file(
         &self,
         key: &str,
         dest: &Path,

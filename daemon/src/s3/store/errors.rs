@@ -67,10 +67,10 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    pub fn is_not_found(&self) -> bool {
+    pub(crate) fn is_not_found(&self) -> bool {
         matches!(self, StoreError::NotFound { .. })
     }
-    pub fn is_interrupted(&self) -> bool {
+    pub(crate) fn is_interrupted(&self) -> bool {
         matches!(self, StoreError::Interrupted { .. })
     }
     pub fn is_precondition_failed(&self) -> bool {
@@ -82,7 +82,7 @@ impl StoreError {
         matches!(self, StoreError::Conflict { .. })
     }
     /// Errors that no retry or other ref will fix (the whole session fails).
-    pub fn is_fatal(&self) -> bool {
+    pub(crate) fn is_fatal(&self) -> bool {
         matches!(
             self,
             StoreError::NoSuchBucket(_)

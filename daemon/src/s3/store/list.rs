@@ -52,7 +52,7 @@ impl S3Store {
 
     /// The multipart uploads started under `prefix` and neither completed
     /// nor aborted (a push killed half-way leaves one; S3 bills its parts).
-    pub async fn list_uploads(&self, prefix: &str) -> Result<Vec<OpenUpload>, StoreError> {
+    pub(crate) async fn list_uploads(&self, prefix: &str) -> Result<Vec<OpenUpload>, StoreError> {
         let span = tracing::debug_span!("s3.list_uploads", bucket = %self.bucket, prefix);
         async {
             let mut out = Vec::new();
@@ -89,7 +89,7 @@ impl S3Store {
     }
 
     /// Aborts a multipart upload (its parts are deleted).
-    pub async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<(), StoreError> {
+    pub(crate) async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<(), StoreError> {
         self.call(|c| c.abort_multipart_upload().bucket(&*self.bucket).key(key).upload_id(upload_id).send())
             .instrument(tracing::debug_span!("s3.abort_upload", bucket = %self.bucket, key))
             .await

@@ -20,26 +20,26 @@ use super::memory::Memory;
 use super::retry::Backoff;
 use super::write_options::BucketPolicy;
 
-pub use self::errors::StoreError;
+pub(crate) use self::errors::StoreError;
 
 /// Objects above this size are uploaded in parts.
 pub const MULTIPART_THRESHOLD: u64 = 64 << 20;
 /// Size of one part of a multipart upload (of a stream; a file's parts
 /// grow with it: [`part_size`]).
-pub const PART_SIZE: u64 = 16 << 20;
+pub(crate) const PART_SIZE: u64 = 16 << 20;
 /// S3's limits on a multipart upload: parts, and the size of one (all
 /// but the last part at least the minimum).
-pub const MAX_PARTS: u64 = 10_000;
-pub const MIN_PART_SIZE: u64 = 5 << 20;
-pub const MAX_PART_SIZE: u64 = 5 << 30;
+pub(crate) const MAX_PARTS: u64 = 10_000;
+pub(crate) const MIN_PART_SIZE: u64 = 5 << 20;
+pub(crate) const MAX_PART_SIZE: u64 = 5 << 30;
 /// S3's largest object (5 TiB).
-pub const MAX_OBJECT_SIZE: u64 = 5 << 40;
+pub(crate) const MAX_OBJECT_SIZE: u64 = 5 << 40;
 
 /// The part size for an object of `len` bytes: [`PART_SIZE`], or more for
 /// an object that would need more than [`MAX_PARTS`] of them (rounded up to
 /// a whole MiB; every part the same size but the last, as R2 wants), never
 /// more than S3's 5 GiB. `None` above S3's largest object (5 TiB).
-pub fn part_size(len: u64) -> Option<u64> {
+pub(crate) fn part_size(len: u64) -> Option<u64> {
     const MIB: u64 = 1 << 20;
     let needed = len.div_ceil(MAX_PARTS).div_ceil(MIB) * MIB;
     let size = needed.max(PART_SIZE).max(MIN_PART_SIZE);
@@ -48,7 +48,7 @@ pub fn part_size(len: u64) -> Option<u64> {
 /// Parts uploaded at once.
 const PART_CONCURRENCY: usize = 4;
 /// The largest small object (HEAD, `manifest.json`, a lock) read into memory.
-pub const MAX_SMALL_OBJECT: u64 = 64 << 20;
+pub(crate) const MAX_SMALL_OBJECT: u64 = 64 << 20;
 
 /// How many times a request that S3 answers `307 TemporaryRedirect` in the
 /// bucket's own region is sent in all.
@@ -67,7 +67,7 @@ pub trait RegionSwitch: Send + Sync {
 /// Decides, before a store's first write, whether it may write at all (the
 /// conditional-writes probe, `s3/conditional.rs`): every write of an
 /// [`S3Store`] that has one asks it first.
-pub trait WriteGate: Send + Sync {
+pub(crate) trait WriteGate: Send + Sync {
     /// Ok when writes may go ahead; else the error that refuses them.
     /// `store` is the store asking (with no gate: the probe writes through it).
     fn check<'a>(&'a self, store: &'a S3Store) -> futures::future::BoxFuture<'a, Result<(), StoreError>>;
@@ -83,24 +83,24 @@ pub struct ObjectInfo {
 
 /// A multipart upload neither completed nor aborted.
 #[derive(Debug, Clone)]
-pub struct OpenUpload {
-    pub key: String,
-    pub upload_id: String,
-    pub initiated: SystemTime,
+pub(crate) struct OpenUpload {
+    pub(crate) key: String,
+    pub(crate) upload_id: String,
+    pub(crate) initiated: SystemTime,
 }
 
 impl ObjectInfo {
-    pub fn age(&self) -> std::time::Duration {
+    pub(crate) fn age(&self) -> std::time::Duration {
         SystemTime::now().duration_since(self.last_modified).unwrap_or_default()
     }
 }
 
 /// How many times a download that breaks off is tried in all.
-pub const DOWNLOAD_ATTEMPTS: u32 = 5;
+pub(crate) const DOWNLOAD_ATTEMPTS: u32 = 5;
 
 /// The answer to a conditional GET.
 #[derive(Debug)]
-pub enum Conditional {
+pub(crate) enum Conditional {
     Missing,
     NotModified,
     Found { data: Vec<u8>, etag: String },
@@ -109,25 +109,13 @@ pub enum Conditional {
 /// A producer's output staged in a local file by [`S3Store::stage`]:
 /// complete (`overflow` None), or past the single-PUT threshold, with the
 /// part that crossed it in memory and the rest still to be read.
-pub struct Staged<R> {
+pub(crate) struct Staged<R> {
     reader: R,
     staged: u64,
     overflow: Option<Vec<u8>>,
 }
 
-impl<R> Staged<R> {
-    /// Bytes read so far.
-    pub fn len(&self) -> u64 {
-        self.staged
-    }
-    pub fn is_empty(&self) -> bool {
-        self.staged == 0
-    }
-    /// True when the producer's output ended within the threshold.
-    pub fn is_complete(&self) -> bool {
-        self.overflow.is_none()
-    }
-}
+impl<R> Staged<R> {}
 
 /// Condition for a write.
 #[derive(Debug, Clone, Default)]
@@ -182,9 +170,9 @@ macro_rules! apply_headers {
 mod download;
 mod errors;
 mod list;
-pub mod ranged;
+pub(crate) mod ranged;
 mod upload;
-pub mod versions;
+pub(crate) mod versions;
 
 fn to_system_time(t: Option<&aws_sdk_s3::primitives::DateTime>) -> SystemTime {
     t.and_then(|d| SystemTime::try_from(*d).ok()).unwrap_or(SystemTime::UNIX_EPOCH)
@@ -223,23 +211,23 @@ impl S3Store {
     }
 
     /// This store (and its clones) remembers through `memory` (the daemon's).
-    pub fn with_memory(mut self, memory: Arc<Memory>) -> S3Store {
+    pub(crate) fn with_memory(mut self, memory: Arc<Memory>) -> S3Store {
         self.memory = memory;
         self
     }
 
-    pub fn memory(&self) -> &Memory {
+    pub(crate) fn memory(&self) -> &Memory {
         &self.memory
     }
 
     /// Every write of this store (and its clones) asks `gate` first.
-    pub fn with_write_gate(mut self, gate: Arc<dyn WriteGate>) -> S3Store {
+    pub(crate) fn with_write_gate(mut self, gate: Arc<dyn WriteGate>) -> S3Store {
         self.gate = Some(gate);
         self
     }
 
     /// This store without its write gate (the gate's own probe writes).
-    pub fn without_write_gate(&self) -> S3Store {
+    pub(crate) fn without_write_gate(&self) -> S3Store {
         S3Store { gate: None, ..self.clone() }
     }
 
@@ -253,14 +241,14 @@ impl S3Store {
 
     /// Every request with the headers `policy` asks for (the remote's git
     /// config: see `write_options`).
-    pub fn with_policy(mut self, policy: BucketPolicy) -> S3Store {
+    pub(crate) fn with_policy(mut self, policy: BucketPolicy) -> S3Store {
         self.policy = Arc::new(policy);
         self
     }
 
     /// What to name when a connection fails: the CAs a certificate was
     /// checked against, and the proxy in use.
-    pub fn with_network_hint(mut self, trust: String, proxy: Option<String>) -> S3Store {
+    pub(crate) fn with_network_hint(mut self, trust: String, proxy: Option<String>) -> S3Store {
         self.network = Arc::new(NetworkHint { trust, proxy, ..NetworkHint::clone(&self.network) });
         self
     }
@@ -268,13 +256,13 @@ impl S3Store {
     /// The host name requests for the bucket go to when the client
     /// addresses it virtual-hosted on a custom endpoint: a name that does
     /// not resolve is then told as such, with what to do.
-    pub fn with_virtual_host(mut self, host: Option<String>) -> S3Store {
+    pub(crate) fn with_virtual_host(mut self, host: Option<String>) -> S3Store {
         self.network = Arc::new(NetworkHint { virtual_host: host, ..NetworkHint::clone(&self.network) });
         self
     }
 
     /// What an `ExpiredToken` answer tells the user to renew.
-    pub fn with_expired_token_advice(mut self, advice: String) -> S3Store {
+    pub(crate) fn with_expired_token_advice(mut self, advice: String) -> S3Store {
         self.network = Arc::new(NetworkHint { expired_token: Some(advice), ..NetworkHint::clone(&self.network) });
         self
     }
@@ -372,12 +360,12 @@ impl S3Store {
         region.filter(|r| is_region_name(r))
     }
 
-    pub fn bucket(&self) -> &str {
+    pub(crate) fn bucket(&self) -> &str {
         &self.bucket
     }
 
     /// The endpoint the client talks to as configured (`aws`: AWS S3's own).
-    pub fn origin(&self) -> &str {
+    pub(crate) fn origin(&self) -> &str {
         &self.origin
     }
 
@@ -412,7 +400,7 @@ impl S3Store {
 
     /// An object's info and user metadata (`x-amz-meta-*`, keys without the
     /// prefix), or None when absent.
-    pub async fn head_with_metadata(&self, key: &str) -> Result<Option<(ObjectInfo, HashMap<String, String>)>, StoreError> {
+    pub(crate) async fn head_with_metadata(&self, key: &str) -> Result<Option<(ObjectInfo, HashMap<String, String>)>, StoreError> {
         let span = tracing::debug_span!("s3.head", bucket = %self.bucket, key);
         async {
             match self.call(|c| c.head_object().bucket(&*self.bucket).key(key).send()).await {
@@ -436,7 +424,7 @@ impl S3Store {
     }
 
     /// Where `key` lives, as a cache key: endpoint, bucket and key.
-    pub fn location(&self, key: &str) -> String {
+    pub(crate) fn location(&self, key: &str) -> String {
         format!("{}|{}|{key}", self.origin, self.bucket)
     }
 

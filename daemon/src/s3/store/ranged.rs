@@ -14,15 +14,15 @@ use tracing::Instrument;
 use super::{S3Store, StoreError};
 
 /// Ranges this close (bytes between them) are read in one request.
-pub const MERGE_GAP: u64 = 64 << 10;
+pub(crate) const MERGE_GAP: u64 = 64 << 10;
 /// Range requests of one call in flight at once.
-pub const RANGE_CONCURRENCY: usize = 16;
+pub(crate) const RANGE_CONCURRENCY: usize = 16;
 /// The most bytes one call reads into memory (after merging).
-pub const MAX_RANGED_BYTES: u64 = 256 << 20;
+pub(crate) const MAX_RANGED_BYTES: u64 = 256 << 20;
 
 /// `ranges` sorted, with those that overlap, touch or lie at most `gap`
 /// bytes apart merged; empty ranges dropped.
-pub fn merge_ranges(ranges: &[Range<u64>], gap: u64) -> Vec<Range<u64>> {
+pub(crate) fn merge_ranges(ranges: &[Range<u64>], gap: u64) -> Vec<Range<u64>> {
     let mut sorted: Vec<Range<u64>> = ranges.iter().filter(|r| r.start < r.end).cloned().collect();
     sorted.sort_by_key(|r| (r.start, r.end));
     let mut out: Vec<Range<u64>> = Vec::with_capacity(sorted.len());
@@ -37,13 +37,13 @@ pub fn merge_ranges(ranges: &[Range<u64>], gap: u64) -> Vec<Range<u64>> {
 
 /// What a [`S3Store::get_ranges`] read: the merged ranges and their bytes.
 #[derive(Debug, Default)]
-pub struct RangeRead {
+pub(crate) struct RangeRead {
     pieces: Vec<(u64, Bytes)>,
 }
 
 impl RangeRead {
     /// The bytes of `r`, if one piece read covers it.
-    pub fn slice(&self, r: Range<u64>) -> Option<Bytes> {
+    pub(crate) fn slice(&self, r: Range<u64>) -> Option<Bytes> {
         let i = self.pieces.partition_point(|(start, _)| *start <= r.start).checked_sub(1)?;
         let (start, data) = &self.pieces[i];
         let from = usize::try_from(r.start - start).ok()?;
@@ -52,12 +52,12 @@ impl RangeRead {
     }
 
     /// Bytes read in all (gaps included).
-    pub fn bytes(&self) -> u64 {
+    pub(crate) fn bytes(&self) -> u64 {
         self.pieces.iter().map(|(_, d)| d.len() as u64).sum()
     }
 
     /// Requests made (one per merged range).
-    pub fn requests(&self) -> usize {
+    pub(crate) fn requests(&self) -> usize {
         self.pieces.len()
     }
 }
@@ -65,7 +65,7 @@ impl RangeRead {
 impl S3Store {
     /// Bytes `range` of `key`, in memory (at most [`MAX_RANGED_BYTES`]). A
     /// read that breaks off is made again (up to `DOWNLOAD_ATTEMPTS` in all).
-    pub async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError> {
+    pub(crate) async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError> {
         let len = range.end.saturating_sub(range.start);
         if len > MAX_RANGED_BYTES {
             return Err(self.other(key, format!("a ranged read of {len} bytes is above the {MAX_RANGED_BYTES}-byte bound")));
@@ -81,7 +81,7 @@ impl S3Store {
     /// [`MERGE_GAP`]), the requests run in parallel.
     /// Refused, before any request, when the merged ranges exceed
     /// [`MAX_RANGED_BYTES`].
-    pub async fn get_ranges(&self, key: &str, ranges: &[Range<u64>], gap: u64) -> Result<RangeRead, StoreError> {
+    pub(crate) async fn get_ranges(&self, key: &str, ranges: &[Range<u64>], gap: u64) -> Result<RangeRead, StoreError> {
         let merged = merge_ranges(ranges, gap);
         let total: u64 = merged.iter().map(|r| r.end - r.start).sum();
         if total > MAX_RANGED_BYTES {

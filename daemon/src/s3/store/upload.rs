@@ -90,7 +90,7 @@ impl S3Store {
 
     /// [`S3Store::put_bytes`], with the version id S3 gave the object (in a
     /// versioned bucket).
-    pub async fn put_bytes_versioned(&self, key: &str, data: Vec<u8>, opts: PutOptions) -> Result<(String, Option<String>), StoreError> {
+    pub(crate) async fn put_bytes_versioned(&self, key: &str, data: Vec<u8>, opts: PutOptions) -> Result<(String, Option<String>), StoreError> {
         let span = tracing::debug_span!("s3.put", bucket = %self.bucket, key, bytes = data.len());
         async { self.put_body(key, Source::Bytes(data.into()), opts).await }.instrument(span).await
     }
@@ -100,7 +100,7 @@ impl S3Store {
     /// retry after a 409, no look at who wrote the object after a 412, no
     /// write gate (the conditional-writes probe reads the store's answer
     /// as it is).
-    pub async fn put_once(&self, key: &str, data: Vec<u8>, condition: &WriteCondition) -> Result<String, StoreError> {
+    pub(crate) async fn put_once(&self, key: &str, data: Vec<u8>, condition: &WriteCondition) -> Result<String, StoreError> {
         let body = bytes::Bytes::from(data);
         // The bucket's integrity demands hold for the probe too (Object Lock).
         let md5 = self.content_md5(key, &Source::Bytes(body.clone())).await?;
@@ -342,7 +342,7 @@ impl S3Store {
     /// Reads what a producer writes (e.g. `git bundle create -`) into `tee`
     /// (the local copy) until it ends or passes [`MULTIPART_THRESHOLD`] —
     /// no network, so it can run before a lock is taken. Memory: one part.
-    pub async fn stage<R: tokio::io::AsyncRead + Unpin>(mut reader: R, tee: &mut tokio::fs::File) -> std::io::Result<Staged<R>> {
+    pub(crate) async fn stage<R: tokio::io::AsyncRead + Unpin>(mut reader: R, tee: &mut tokio::fs::File) -> std::io::Result<Staged<R>> {
         let mut staged = 0u64;
         loop {
             let part = read_part(&mut reader, tee).await?;
@@ -367,7 +367,7 @@ impl S3Store {
     /// object becomes visible: if it fails (the producer failed), nothing is
     /// written and its error is returned.
     #[allow(clippy::too_many_arguments)]
-    pub async fn put_staged<R, F>(
+    pub(crate) async fn put_staged<R, F>(
         &self,
         key: &str,
         staged: Staged<R>,

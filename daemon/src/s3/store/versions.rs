@@ -3,29 +3,26 @@
 //! manifests) until it is deleted by its version id. Listed and pruned by
 //! `git s3 doctor --prune-versions`; a lock deletes its own versions.
 
-use std::time::SystemTime;
-
 use tracing::Instrument;
 
 use super::list::listed_key;
-use super::{to_system_time, S3Store, StoreError};
+use super::{S3Store, StoreError};
 
 /// One version of an object (or a delete marker).
 #[derive(Debug, Clone)]
-pub struct ObjectVersion {
-    pub key: String,
-    pub version_id: String,
+pub(crate) struct ObjectVersion {
+    pub(crate) key: String,
+    pub(crate) version_id: String,
     /// The current version of its key (what a GET returns, or the delete
     /// marker that hides it).
-    pub is_latest: bool,
-    pub delete_marker: bool,
-    pub size: u64,
-    pub last_modified: SystemTime,
+    pub(crate) is_latest: bool,
+    pub(crate) delete_marker: bool,
+    pub(crate) size: u64,
 }
 
 impl S3Store {
     /// Every version and delete marker under `prefix` (all pages).
-    pub async fn list_versions(&self, prefix: &str) -> Result<Vec<ObjectVersion>, StoreError> {
+    pub(crate) async fn list_versions(&self, prefix: &str) -> Result<Vec<ObjectVersion>, StoreError> {
         let span = tracing::debug_span!("s3.list_versions", bucket = %self.bucket, prefix);
         async {
             let mut out = Vec::new();
@@ -51,7 +48,6 @@ impl S3Store {
                             is_latest: v.is_latest() == Some(true),
                             delete_marker: false,
                             size: v.size().unwrap_or(0).max(0) as u64,
-                            last_modified: to_system_time(v.last_modified()),
                         });
                     }
                 }
@@ -63,7 +59,6 @@ impl S3Store {
                             is_latest: m.is_latest() == Some(true),
                             delete_marker: true,
                             size: 0,
-                            last_modified: to_system_time(m.last_modified()),
                         });
                     }
                 }
@@ -83,7 +78,7 @@ impl S3Store {
 
     /// Deletes one version of `key` for good (no delete marker). Never
     /// touches another version, whatever was written since.
-    pub async fn delete_version(&self, key: &str, version_id: &str) -> Result<(), StoreError> {
+    pub(crate) async fn delete_version(&self, key: &str, version_id: &str) -> Result<(), StoreError> {
         let span = tracing::debug_span!("s3.delete_version", bucket = %self.bucket, key, version_id);
         async {
             self.call(|c| c.delete_object().bucket(&*self.bucket).key(key).version_id(version_id).send()).await.map_err(|e| self.classify(e, key))?;

@@ -11,7 +11,7 @@ use crate::s3::store::ObjectInfo;
 use crate::storage::bundles::locks;
 use crate::storage::zip::ZIP_NAME;
 
-pub const PROTECTED_MARKER: &str = "PROTECTED#";
+pub(crate) const PROTECTED_MARKER: &str = "PROTECTED#";
 
 /// Everything found under a prefix, parsed.
 #[derive(Debug, Default, Clone)]
@@ -21,17 +21,17 @@ pub struct PrefixScan {
     pub locks: Vec<(String, ObjectInfo)>,
     pub protected: Vec<String>,
     pub zips: Vec<(String, ObjectInfo)>,
-    pub head_object: bool,
+    pub(crate) head_object: bool,
     /// Keys under `<prefix>/refs/` whose ref part git would refuse (control
     /// characters, spaces, `..`, …): never listed, never given to git.
-    pub ignored: Vec<String>,
+    pub(crate) ignored: Vec<String>,
 }
 
 impl PrefixScan {
     /// The object formats of the refs' bundles (their newest), each with
     /// the first ref in that format, SHA-1 first: empty for an empty
     /// prefix, two entries for one that mixes formats (0.4.2 checks none).
-    pub fn object_formats(&self) -> Vec<(ObjectFormat, &str)> {
+    pub(crate) fn object_formats(&self) -> Vec<(ObjectFormat, &str)> {
         let mut found: Vec<(ObjectFormat, &str)> = Vec::new();
         for (name, bundles) in &self.bundles {
             let Some(f) = bundles.first().and_then(|b| ObjectFormat::of(&b.0)) else { continue };

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use crate::s3::store::{PutOptions, S3Store, StoreError, WriteCondition};
 use crate::storage::StorageError;
 
-pub const LOCK_NAME: &str = "LOCK#.lock";
-pub const DEFAULT_TTL: Duration = Duration::from_secs(60);
+pub(crate) const LOCK_NAME: &str = "LOCK#.lock";
+pub(crate) const DEFAULT_TTL: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
@@ -40,13 +40,13 @@ impl From<LockError> for StorageError {
     }
 }
 
-pub fn lock_key(prefix: &str, refname: &str) -> String {
+pub(crate) fn lock_key(prefix: &str, refname: &str) -> String {
     format!("{prefix}/{refname}/{LOCK_NAME}")
 }
 
 /// The TTL from the caller's environment (`GIT_REMOTE_S3_LOCK_TTL_SECONDS`,
 /// or `GIT_REMOTE_S3_LOCK_TTL` as 0.4.2 documents it), default 60 s.
-pub fn ttl_from_env(env: &std::collections::HashMap<String, String>) -> Duration {
+pub(crate) fn ttl_from_env(env: &std::collections::HashMap<String, String>) -> Duration {
     ["GIT_REMOTE_S3_LOCK_TTL_SECONDS", "GIT_REMOTE_S3_LOCK_TTL"]
         .iter()
         .find_map(|k| env.get(*k).and_then(|v| v.trim().parse::<u64>().ok()))
@@ -56,16 +56,16 @@ pub fn ttl_from_env(env: &std::collections::HashMap<String, String>) -> Duration
 
 /// How long a push waits for a ref's lock (`GIT_REMOTE_S3_LOCK_WAIT_SECONDS`,
 /// default 10 s).
-pub fn lock_wait(env: &std::collections::HashMap<String, String>) -> Duration {
+pub(crate) fn lock_wait(env: &std::collections::HashMap<String, String>) -> Duration {
     env.get("GIT_REMOTE_S3_LOCK_WAIT_SECONDS").and_then(|v| v.parse().ok()).map(Duration::from_secs).unwrap_or(Duration::from_secs(10))
 }
 
 #[derive(Debug)]
 pub struct RefLock {
-    pub key: String,
+    pub(crate) key: String,
     pub etag: String,
     /// Its version id, in a versioned bucket.
-    pub version: Option<String>,
+    pub(crate) version: Option<String>,
 }
 
 fn lock_body() -> Vec<u8> {
@@ -117,7 +117,7 @@ pub async fn acquire(store: &S3Store, prefix: &str, refname: &str, ttl: Duration
 /// Refreshes the lock (a conditional rewrite on its ETag), so its age stays
 /// below the TTL while a long push holds it. Fails with `Lost` when someone
 /// took it over.
-pub async fn refresh(store: &S3Store, lock: &mut RefLock) -> Result<(), LockError> {
+pub(crate) async fn refresh(store: &S3Store, lock: &mut RefLock) -> Result<(), LockError> {
     let opts = PutOptions { condition: WriteCondition::IfMatch(lock.etag.clone()), ..Default::default() };
     match store.put_bytes_versioned(&lock.key, lock_body(), opts).await {
         Ok((etag, version)) => {
@@ -144,7 +144,7 @@ pub async fn hold_while<T>(store: &S3Store, lock: &mut RefLock, ttl: Duration, w
 }
 
 /// `hold_while` for several locks at once.
-pub async fn hold_all_while<T>(
+pub(crate) async fn hold_all_while<T>(
     store: &S3Store,
     locks: &mut [RefLock],
     ttl: Duration,
@@ -168,7 +168,13 @@ pub async fn hold_all_while<T>(
 
 /// Takes the locks of all `refnames` (each waiting up to `wait`); on any
 /// failure releases those already taken and returns the error.
-pub async fn acquire_all(store: &S3Store, prefix: &str, refnames: &[String], ttl: Duration, wait: Duration) -> Result<Vec<RefLock>, LockError> {
+pub(crate) async fn acquire_all(
+    store: &S3Store,
+    prefix: &str,
+    refnames: &[String],
+    ttl: Duration,
+    wait: Duration,
+) -> Result<Vec<RefLock>, LockError> {
     let mut taken = Vec::new();
     for r in refnames {
         match acquire(store, prefix, r, ttl, wait).await {
@@ -183,7 +189,7 @@ pub async fn acquire_all(store: &S3Store, prefix: &str, refnames: &[String], ttl
 }
 
 /// Releases every lock (best effort: a failure is logged).
-pub async fn release_all(store: &S3Store, locks: Vec<RefLock>) {
+pub(crate) async fn release_all(store: &S3Store, locks: Vec<RefLock>) {
     for l in locks {
         if let Err(e) = release(store, l).await {
             tracing::warn!(error = %e, "could not release a lock");
@@ -202,7 +208,7 @@ pub async fn release(store: &S3Store, lock: RefLock) -> Result<(), StoreError> {
 
 /// Whether the lock in the bucket is still this one (the first half of
 /// `release`, which a caller may overlap with other work under the lock).
-pub async fn still_ours(store: &S3Store, lock: &RefLock) -> Result<bool, StoreError> {
+pub(crate) async fn still_ours(store: &S3Store, lock: &RefLock) -> Result<bool, StoreError> {
     match store.head(&lock.key).await? {
         Some(info) if info.etag == lock.etag => Ok(true),
         Some(_) => {
@@ -214,7 +220,7 @@ pub async fn still_ours(store: &S3Store, lock: &RefLock) -> Result<bool, StoreEr
 }
 
 /// Deletes the lock, found `still_ours` (the second half of `release`).
-pub async fn remove(store: &S3Store, lock: RefLock) -> Result<(), StoreError> {
+pub(crate) async fn remove(store: &S3Store, lock: RefLock) -> Result<(), StoreError> {
     match &lock.version {
         // Our version, for good: no noncurrent version, no delete marker.
         Some(v) => match store.delete_version(&lock.key, v).await {

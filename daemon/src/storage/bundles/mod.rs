@@ -3,4 +3,4 @@
 
 pub mod layout;
 pub mod locks;
-pub mod storage;
+pub(crate) mod storage;

@@ -18,7 +18,7 @@ use crate::storage::ref_update::{local_history, Decision, RefUpdate};
 use crate::storage::zip::{build_zip, upload_zip};
 use crate::storage::{format_mismatch, OpContext, PushResult, PushUpdate, RefListing, RemoteRef, RepoStorage, StorageError};
 
-pub struct BundleStorage {
+pub(crate) struct BundleStorage {
     store: S3Store,
     url: RemoteUrl,
     /// The `<prefix>/refs/` listing made at detection, for the first scan.
@@ -35,12 +35,12 @@ pub struct BundleStorage {
 }
 
 /// The content of `<prefix>/HEAD` (trimmed; None when absent or empty).
-pub async fn read_head(store: &S3Store, url: &RemoteUrl) -> Result<Option<String>, StoreError> {
+pub(crate) async fn read_head(store: &S3Store, url: &RemoteUrl) -> Result<Option<String>, StoreError> {
     Ok(store.get_small(&url.key("HEAD")).await?.map(|b| String::from_utf8_lossy(&b).trim().to_string()).filter(|s| !s.is_empty()))
 }
 
 impl BundleStorage {
-    pub fn new(store: S3Store, url: RemoteUrl, refs_listing: Option<Vec<ObjectInfo>>) -> BundleStorage {
+    pub(crate) fn new(store: S3Store, url: RemoteUrl, refs_listing: Option<Vec<ObjectInfo>>) -> BundleStorage {
         BundleStorage {
             store,
             url,
@@ -52,25 +52,21 @@ impl BundleStorage {
     }
 
     /// `head`: `<prefix>/HEAD` as read beside the detection's listing, if it was.
-    pub fn with_head(self, head: Option<Option<String>>) -> BundleStorage {
+    pub(crate) fn with_head(self, head: Option<Option<String>>) -> BundleStorage {
         BundleStorage { head_seed: std::sync::Mutex::new(head), ..self }
-    }
-
-    pub fn store(&self) -> &S3Store {
-        &self.store
     }
 
     /// Waits for the clean-ups this session's pushes left running after
     /// their answer (the session ends once they are done, so the next
     /// command finds the ref's lock free and one bundle per ref).
-    pub async fn settle(&self) {
+    pub(crate) async fn settle(&self) {
         let pending: Vec<_> = self.cleanups.lock().map(|mut c| std::mem::take(&mut *c)).unwrap_or_default();
         futures::future::join_all(pending).await;
     }
 
     /// The bundles, locks, markers and zips under `<prefix>/refs/` (the
     /// HEAD object is read on its own; LFS objects are never listed).
-    pub async fn scan(&self) -> Result<PrefixScan, StorageError> {
+    pub(crate) async fn scan(&self) -> Result<PrefixScan, StorageError> {
         let seeded = self.seed.lock().ok().and_then(|mut s| s.take());
         let objects = match seeded {
             Some(o) => o,
@@ -80,7 +76,7 @@ impl BundleStorage {
     }
 
     /// `<prefix>/HEAD`: the detection's read the first time, then a fresh one.
-    pub async fn read_head(&self) -> Result<Option<String>, StorageError> {
+    pub(crate) async fn read_head(&self) -> Result<Option<String>, StorageError> {
         let seeded = self.head_seed.lock().ok().and_then(|mut s| s.take());
         match seeded {
             Some(head) => Ok(head),
@@ -494,7 +490,12 @@ impl BundleStorage {
     /// Deletes `dst`'s bundle and `repo.zip` under the ref's lock (waiting
     /// up to `wait` for it; `env`: the caller's, for the lock's TTL): a push
     /// deleting a ref, and `git s3 delete-branch`.
-    pub async fn delete_ref(&self, env: &HashMap<String, String>, dst: &str, wait: Duration) -> Result<Result<(), DeleteRefused>, StorageError> {
+    pub(crate) async fn delete_ref(
+        &self,
+        env: &HashMap<String, String>,
+        dst: &str,
+        wait: Duration,
+    ) -> Result<Result<(), DeleteRefused>, StorageError> {
         let ttl = locks::ttl_from_env(env);
         let lock = match locks::acquire(&self.store, &self.url.prefix, dst, ttl, wait).await {
             Ok(l) => l,
@@ -527,7 +528,7 @@ impl BundleStorage {
 
 /// Why a ref was not deleted.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DeleteRefused {
+pub(crate) enum DeleteRefused {
     /// Another client holds the ref's lock.
     Locked { key: String },
     /// The ref has no bundle.

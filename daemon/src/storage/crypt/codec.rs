@@ -9,14 +9,14 @@ use std::sync::Arc;
 use super::{CryptError, RemoteKey};
 
 /// `data` as an age file to `key`.
-pub fn encrypt_bytes(key: &RemoteKey, data: &[u8]) -> Result<Vec<u8>, CryptError> {
+pub(crate) fn encrypt_bytes(key: &RemoteKey, data: &[u8]) -> Result<Vec<u8>, CryptError> {
     let mut out = Vec::with_capacity(data.len() + 256);
     encrypt_stream(key, data, &mut out)?;
     Ok(out)
 }
 
 /// The plaintext of the age file `data` (`what` names it in errors).
-pub fn decrypt_bytes(key: &RemoteKey, data: &[u8], what: &str) -> Result<Vec<u8>, CryptError> {
+pub(crate) fn decrypt_bytes(key: &RemoteKey, data: &[u8], what: &str) -> Result<Vec<u8>, CryptError> {
     let mut out = Vec::new();
     decrypt_stream(key, data, &mut out, what)?;
     Ok(out)
@@ -42,7 +42,7 @@ fn decrypt_stream(key: &RemoteKey, input: impl Read, mut output: impl Write, wha
 }
 
 /// Encrypts the file `src` into a new file `dst` (on a blocking thread).
-pub async fn encrypt_file(key: Arc<RemoteKey>, src: PathBuf, dst: PathBuf) -> Result<(), CryptError> {
+pub(crate) async fn encrypt_file(key: Arc<RemoteKey>, src: PathBuf, dst: PathBuf) -> Result<(), CryptError> {
     tokio::task::spawn_blocking(move || {
         let input = std::io::BufReader::with_capacity(1 << 16, std::fs::File::open(&src)?);
         let mut output = std::io::BufWriter::with_capacity(1 << 16, std::fs::File::create(&dst)?);
@@ -55,7 +55,7 @@ pub async fn encrypt_file(key: Arc<RemoteKey>, src: PathBuf, dst: PathBuf) -> Re
 }
 
 /// Decrypts the age file `src` into a new file `dst` (on a blocking thread).
-pub async fn decrypt_file(key: Arc<RemoteKey>, src: PathBuf, dst: PathBuf, what: String) -> Result<(), CryptError> {
+pub(crate) async fn decrypt_file(key: Arc<RemoteKey>, src: PathBuf, dst: PathBuf, what: String) -> Result<(), CryptError> {
     tokio::task::spawn_blocking(move || {
         let input = std::io::BufReader::with_capacity(1 << 16, std::fs::File::open(&src)?);
         let mut output = std::io::BufWriter::with_capacity(1 << 16, std::fs::File::create(&dst)?);
@@ -68,7 +68,7 @@ pub async fn decrypt_file(key: Arc<RemoteKey>, src: PathBuf, dst: PathBuf, what:
 }
 
 /// A temp file beside `path` (same directory, removed when dropped).
-pub fn temp_beside(path: &Path) -> Result<tempfile::NamedTempFile, CryptError> {
+pub(crate) fn temp_beside(path: &Path) -> Result<tempfile::NamedTempFile, CryptError> {
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
     Ok(tempfile::Builder::new().prefix(".git-s3-age-").tempfile_in(dir)?)
 }

@@ -15,7 +15,7 @@ use age::secrecy::ExposeSecret;
 use super::CryptError;
 
 /// Where the caller's identities are.
-pub fn identities_path(env: &HashMap<String, String>) -> Result<PathBuf, CryptError> {
+pub(crate) fn identities_path(env: &HashMap<String, String>) -> Result<PathBuf, CryptError> {
     let set = |k: &str| env.get(k).filter(|v| !v.is_empty()).map(PathBuf::from);
     if let Some(p) = set("GIT_S3_IDENTITIES") {
         return Ok(p);
@@ -30,7 +30,7 @@ pub fn identities_path(env: &HashMap<String, String>) -> Result<PathBuf, CryptEr
 }
 
 /// The caller's identities (read on a blocking thread), and the file's path.
-pub async fn load(env: &HashMap<String, String>) -> Result<(Vec<Box<dyn age::Identity + Send + Sync>>, PathBuf), CryptError> {
+pub(crate) async fn load(env: &HashMap<String, String>) -> Result<(Vec<Box<dyn age::Identity + Send + Sync>>, PathBuf), CryptError> {
     let path = identities_path(env)?;
     let p = path.clone();
     let read = tokio::task::spawn_blocking(move || std::fs::read(&p)).await.map_err(|e| CryptError::Io(std::io::Error::other(e.to_string())))?;
@@ -55,7 +55,7 @@ pub async fn load(env: &HashMap<String, String>) -> Result<(Vec<Box<dyn age::Ide
 
 /// A new identity appended to the caller's file (created 0600, its
 /// directory 0700); returns its recipient and the file.
-pub async fn keygen(env: &HashMap<String, String>) -> Result<(String, PathBuf), CryptError> {
+pub(crate) async fn keygen(env: &HashMap<String, String>) -> Result<(String, PathBuf), CryptError> {
     let path = identities_path(env)?;
     let p = path.clone();
     tokio::task::spawn_blocking(move || {

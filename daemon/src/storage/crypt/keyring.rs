@@ -20,12 +20,12 @@ use super::{fingerprint, identities, keyring_key, remember, CryptError, RemoteKe
 use crate::s3::store::{PutOptions, S3Store, WriteCondition};
 use crate::s3::url::RemoteUrl;
 
-pub const HEADER: &str = "# git-s3 keyring v1";
+pub(crate) const HEADER: &str = "# git-s3 keyring v1";
 const META_VERSION: &str = "git-s3-keyring";
 const META_RECIPIENTS: &str = "git-s3-recipients";
 
 /// The keyring's plaintext.
-pub fn plaintext(key: &RemoteKey, recipients: &[age::x25519::Recipient]) -> String {
+pub(crate) fn plaintext(key: &RemoteKey, recipients: &[age::x25519::Recipient]) -> String {
     let mut s = format!("{HEADER}\n");
     for r in recipients {
         s.push_str(&format!("# recipient: {r}\n"));
@@ -36,7 +36,7 @@ pub fn plaintext(key: &RemoteKey, recipients: &[age::x25519::Recipient]) -> Stri
 }
 
 /// The remote key and recipients from a keyring's plaintext.
-pub fn parse(text: &str, what: &str) -> Result<(RemoteKey, Vec<String>), CryptError> {
+pub(crate) fn parse(text: &str, what: &str) -> Result<(RemoteKey, Vec<String>), CryptError> {
     let bad = |why: &str| CryptError::Keyring(what.to_string(), why.to_string());
     let mut lines = text.lines();
     if lines.next().map(str::trim) != Some(HEADER) {
@@ -59,7 +59,7 @@ pub fn parse(text: &str, what: &str) -> Result<(RemoteKey, Vec<String>), CryptEr
 }
 
 /// Writes the keyring of a new remote (only if none exists).
-pub async fn create(store: &S3Store, url: &RemoteUrl, key: &RemoteKey, recipients: &[age::x25519::Recipient]) -> Result<(), CryptError> {
+pub(crate) async fn create(store: &S3Store, url: &RemoteUrl, key: &RemoteKey, recipients: &[age::x25519::Recipient]) -> Result<(), CryptError> {
     let text = plaintext(key, recipients);
     let rs: Vec<&dyn age::Recipient> = recipients.iter().map(|r| r as &dyn age::Recipient).collect();
     let encryptor = age::Encryptor::with_recipients(rs.into_iter()).map_err(|e| CryptError::Keyring(keyring_key(url), e.to_string()))?;
@@ -81,7 +81,7 @@ pub async fn create(store: &S3Store, url: &RemoteUrl, key: &RemoteKey, recipient
 /// remote has no keyring (not encrypted). The key is remembered for the
 /// manifest's reads and writes. No identity of the caller's: one line that
 /// names the keyring's recipients and what to ask for.
-pub async fn open(store: &S3Store, url: &RemoteUrl, env: &HashMap<String, String>) -> Result<Option<Arc<RemoteKey>>, CryptError> {
+pub(crate) async fn open(store: &S3Store, url: &RemoteUrl, env: &HashMap<String, String>) -> Result<Option<Arc<RemoteKey>>, CryptError> {
     let object = keyring_key(url);
     let k = object.as_str();
     let what = format!("s3://{}/{k}", store.bucket());

@@ -14,9 +14,9 @@
 //! daemon has opened (by location), which the packs format's manifest reads
 //! use.
 
-pub mod codec;
-pub mod identities;
-pub mod keyring;
+pub(crate) mod codec;
+pub(crate) mod identities;
+pub(crate) mod keyring;
 
 use std::sync::Arc;
 
@@ -27,13 +27,13 @@ use crate::s3::store::{S3Store, StoreError};
 use crate::s3::url::RemoteUrl;
 
 /// The keyring object, under the packs format's directory.
-pub const KEYRING_NAME: &str = ".git-s3/keyring";
+pub(crate) const KEYRING_NAME: &str = ".git-s3/keyring";
 
 /// The first bytes of every age file (binary format).
-pub const AGE_MAGIC: &[u8] = b"age-encryption.org/v1\n";
+pub(crate) const AGE_MAGIC: &[u8] = b"age-encryption.org/v1\n";
 
 #[derive(Debug, thiserror::Error)]
-pub enum CryptError {
+pub(crate) enum CryptError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("local file error: {0}")]
@@ -62,7 +62,7 @@ pub enum CryptError {
 
 /// A remote's key: the age identity every object is encrypted to, and the
 /// key of the HMAC that names its packs.
-pub struct RemoteKey {
+pub(crate) struct RemoteKey {
     identity: age::x25519::Identity,
     recipient: age::x25519::Recipient,
     names: [u8; 32],
@@ -76,12 +76,12 @@ impl std::fmt::Debug for RemoteKey {
 
 impl RemoteKey {
     /// A fresh remote key.
-    pub fn generate() -> RemoteKey {
+    pub(crate) fn generate() -> RemoteKey {
         RemoteKey::of(age::x25519::Identity::generate())
     }
 
     /// The key from its secret (`AGE-SECRET-KEY-1…`).
-    pub fn from_secret(secret: &str) -> Option<RemoteKey> {
+    pub(crate) fn from_secret(secret: &str) -> Option<RemoteKey> {
         secret.trim().parse::<age::x25519::Identity>().ok().map(RemoteKey::of)
     }
 
@@ -94,27 +94,27 @@ impl RemoteKey {
     }
 
     /// `AGE-SECRET-KEY-1…`: what the keyring holds.
-    pub fn secret(&self) -> String {
+    pub(crate) fn secret(&self) -> String {
         self.identity.to_string().expose_secret().to_string()
     }
 
-    pub fn identity(&self) -> &age::x25519::Identity {
+    pub(crate) fn identity(&self) -> &age::x25519::Identity {
         &self.identity
     }
 
-    pub fn recipient(&self) -> &age::x25519::Recipient {
+    pub(crate) fn recipient(&self) -> &age::x25519::Recipient {
         &self.recipient
     }
 
     /// The name an object of plaintext name `plain` (e.g. `pack-<hash>.pack`)
     /// has in the bucket: 64 hex digits that reveal no hash.
-    pub fn object_name(&self, plain: &str) -> String {
+    pub(crate) fn object_name(&self, plain: &str) -> String {
         hex::encode(hmac_sha256(&self.names, plain.as_bytes()))
     }
 }
 
 /// HMAC-SHA256 (RFC 2104).
-pub fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
+pub(crate) fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
     let mut block = [0u8; 64];
     if key.len() > 64 {
         block[..32].copy_from_slice(&Sha256::digest(key));
@@ -132,21 +132,21 @@ pub fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
 
 /// A recipient's fingerprint: the first 16 hex digits of the SHA-256 of
 /// its `age1…` string (what a failed clone names; see the keyring).
-pub fn fingerprint(recipient: &str) -> String {
+pub(crate) fn fingerprint(recipient: &str) -> String {
     hex::encode(&Sha256::digest(recipient.trim().as_bytes())[..8])
 }
 
 /// Parses an `age1…` recipient.
-pub fn parse_recipient(s: &str) -> Result<age::x25519::Recipient, CryptError> {
+pub(crate) fn parse_recipient(s: &str) -> Result<age::x25519::Recipient, CryptError> {
     s.trim().parse::<age::x25519::Recipient>().map_err(|_| CryptError::Recipient(s.to_string()))
 }
 
-pub fn keyring_key(url: &RemoteUrl) -> String {
+pub(crate) fn keyring_key(url: &RemoteUrl) -> String {
     url.key(KEYRING_NAME)
 }
 
 /// Whether `data` is an age file.
-pub fn is_age(data: &[u8]) -> bool {
+pub(crate) fn is_age(data: &[u8]) -> bool {
     data.starts_with(AGE_MAGIC)
 }
 
@@ -158,25 +158,25 @@ pub fn is_age(data: &[u8]) -> bool {
 struct Opened(Arc<RemoteKey>);
 
 /// The key of `url`'s remote, when this daemon opened it.
-pub fn opened(store: &S3Store, url: &RemoteUrl) -> Option<Arc<RemoteKey>> {
+pub(crate) fn opened(store: &S3Store, url: &RemoteUrl) -> Option<Arc<RemoteKey>> {
     store.memory().map::<Opened>().get(&store.location(&keyring_key(url))).map(|k| k.value().0.clone())
 }
 
 /// Remembers the key of `url`'s remote.
-pub fn remember(store: &S3Store, url: &RemoteUrl, key: Arc<RemoteKey>) {
+pub(crate) fn remember(store: &S3Store, url: &RemoteUrl, key: Arc<RemoteKey>) {
     // Never cleared wholesale (one entry per encrypted remote the user
     // reads): a manifest this daemon holds decrypted always has its key here.
     store.memory().map::<Opened>().insert(store.location(&keyring_key(url)), Opened(key));
 }
 
 /// Forgets the key of `url`'s remote (its keyring changed or is gone).
-pub fn forget(store: &S3Store, url: &RemoteUrl) {
+pub(crate) fn forget(store: &S3Store, url: &RemoteUrl) {
     store.memory().map::<Opened>().remove(&store.location(&keyring_key(url)));
 }
 
 /// Refuses `what` (a command not built for encrypted remotes yet) on an
 /// encrypted remote: one whose key this daemon opened, or that has a keyring.
-pub async fn refuse_if_encrypted(store: &S3Store, url: &RemoteUrl, what: &str) -> Result<(), CryptError> {
+pub(crate) async fn refuse_if_encrypted(store: &S3Store, url: &RemoteUrl, what: &str) -> Result<(), CryptError> {
     refuse_if_opened(store, url, what)?;
     if store.head(&keyring_key(url)).await?.is_some() {
         return Err(not_yet(url, what));
@@ -186,7 +186,7 @@ pub async fn refuse_if_encrypted(store: &S3Store, url: &RemoteUrl, what: &str) -
 
 /// [`refuse_if_encrypted`] after the manifest was read: an encrypted
 /// manifest reads only with its key opened, so no request is needed.
-pub fn refuse_if_opened(store: &S3Store, url: &RemoteUrl, what: &str) -> Result<(), CryptError> {
+pub(crate) fn refuse_if_opened(store: &S3Store, url: &RemoteUrl, what: &str) -> Result<(), CryptError> {
     match opened(store, url) {
         Some(_) => Err(not_yet(url, what)),
         None => Ok(()),

@@ -30,7 +30,7 @@ use crate::storage::StorageError;
 
 /// How `gc` compacts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum GcMode {
+pub(crate) enum GcMode {
     /// Every pack into one pack of what the refs reach (unreachable objects
     /// are dropped). Downloads and uploads the whole repository.
     #[default]
@@ -41,7 +41,7 @@ pub enum GcMode {
 }
 
 impl GcMode {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             GcMode::Full => "full",
             GcMode::Geometric => "geometric",
@@ -50,16 +50,16 @@ impl GcMode {
 }
 
 /// The factor of the geometric progression packs are kept in.
-pub const GEOMETRIC_FACTOR: u64 = 2;
+pub(crate) const GEOMETRIC_FACTOR: u64 = 2;
 
 /// A pack list split by `geometric_rollup`.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Rollup<'a> {
+pub(crate) struct Rollup<'a> {
     /// The packs to combine into one (smallest first); empty when fewer
     /// than two would be rolled up.
-    pub combine: Vec<&'a PackEntry>,
+    pub(crate) combine: Vec<&'a PackEntry>,
     /// The packs that stay (smallest first).
-    pub keep: Vec<&'a PackEntry>,
+    pub(crate) keep: Vec<&'a PackEntry>,
 }
 
 /// Picks the packs to combine so that the packs form a geometric
@@ -72,7 +72,7 @@ pub struct Rollup<'a> {
 /// packs below it into the rollup too, and after combining the list is a
 /// progression again). Those packs stay; the rest is combined, but only
 /// when that is at least two packs.
-pub fn geometric_rollup(packs: &[PackEntry]) -> Rollup<'_> {
+pub(crate) fn geometric_rollup(packs: &[PackEntry]) -> Rollup<'_> {
     let mut sorted: Vec<&PackEntry> = packs.iter().collect();
     sorted.sort_by(|a, b| a.size.cmp(&b.size).then_with(|| a.name.cmp(&b.name)));
     // `split`: how many of the smallest packs are rolled up; `below`: the
@@ -93,29 +93,28 @@ pub fn geometric_rollup(packs: &[PackEntry]) -> Rollup<'_> {
 
 /// What a gc did.
 #[derive(Debug, Default)]
-pub struct GcReport {
-    pub mode: GcMode,
-    pub packs_before: usize,
-    pub bytes_before: u64,
+pub(crate) struct GcReport {
+    pub(crate) packs_before: usize,
+    pub(crate) bytes_before: u64,
     /// Packs combined (or, in a dry run, that would be) and their bytes.
-    pub combined_packs: usize,
-    pub combined_bytes: u64,
+    pub(crate) combined_packs: usize,
+    pub(crate) combined_bytes: u64,
     /// Packs left as they were (all of them when nothing is combined).
-    pub kept: usize,
+    pub(crate) kept: usize,
     /// The combined pack (None: nothing combined).
-    pub combined: Option<PackEntry>,
+    pub(crate) combined: Option<PackEntry>,
     /// Keys deleted (retired packs past their grace, unreferenced old packs).
-    pub deleted: Vec<String>,
+    pub(crate) deleted: Vec<String>,
     /// Packs kept for now (retired or unreferenced, within their grace period).
-    pub waiting: Vec<String>,
+    pub(crate) waiting: Vec<String>,
     /// The remote changed while combining: nothing was replaced.
-    pub raced: bool,
+    pub(crate) raced: bool,
     /// The views after this gc (Full writes new ones).
-    pub views: Option<manifest::Views>,
+    pub(crate) views: Option<manifest::Views>,
 }
 
 /// Whether a remote's views are missing or were not made from its packs.
-pub fn views_stale(m: &Manifest) -> bool {
+pub(crate) fn views_stale(m: &Manifest) -> bool {
     !m.packs.is_empty() && m.views.as_ref().is_none_or(|v| m.packs.iter().any(|p| !v.covers.contains(&p.name)))
 }
 /// `git pack-objects --stdin-packs` of the scratch repository's packs
@@ -139,13 +138,13 @@ fn combined_tips(packs: &[&PackEntry]) -> Vec<String> {
     packs.iter().flat_map(|p| p.tips.iter().cloned()).collect::<BTreeSet<_>>().into_iter().collect()
 }
 /// How long replaced and unreferenced packs are kept before gc deletes them.
-pub const DEFAULT_GRACE_SECONDS: u64 = 3600;
+pub(crate) const DEFAULT_GRACE_SECONDS: u64 = 3600;
 
 /// Compacts `url`'s packs (`mode`); deletes retired/unreferenced packs
 /// older than `grace`. A dry run combines and deletes nothing, but reports
 /// what would be combined and deleted.
 #[tracing::instrument(name = "gc", skip_all, fields(remote = %url, mode = mode.name(), dry_run))]
-pub async fn gc(
+pub(crate) async fn gc(
     store: &S3Store,
     url: &RemoteUrl,
     tmp_root: &Path,
@@ -162,7 +161,7 @@ pub async fn gc(
     if let Some(msg) = m0.frozen_error(url) {
         return Err(StorageError::Format(msg));
     }
-    let mut report = GcReport { mode, packs_before: m0.packs.len(), bytes_before: m0.pack_bytes(), ..Default::default() };
+    let mut report = GcReport { packs_before: m0.packs.len(), bytes_before: m0.pack_bytes(), ..Default::default() };
     let combine = packs_to_combine(&m0, mode);
     report.combined_packs = combine.len();
     report.combined_bytes = combine.iter().fold(0u64, |t, p| t.saturating_add(p.size).saturating_add(p.idx_size));

@@ -20,9 +20,9 @@ use crate::storage::StorageError;
 
 /// Everything of the packs format lives below `<prefix>/.git-s3/`, which the
 /// 0.4.2 bundle layout (`<prefix>/HEAD`, `<prefix>/refs/…`) never uses.
-pub const META_DIR: &str = ".git-s3";
-pub const MANIFEST_NAME: &str = "manifest.json";
-pub const VERSION: u32 = 1;
+pub(crate) const META_DIR: &str = ".git-s3";
+pub(crate) const MANIFEST_NAME: &str = "manifest.json";
+pub(crate) const VERSION: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
@@ -119,7 +119,7 @@ pub struct Views {
 
 impl Views {
     /// The views' own packs.
-    pub fn packs(&self) -> impl Iterator<Item = &PackEntry> {
+    pub(crate) fn packs(&self) -> impl Iterator<Item = &PackEntry> {
         self.skeleton.iter().chain(self.tips.iter())
     }
 }
@@ -148,13 +148,8 @@ impl Default for Manifest {
     }
 }
 
-/// An object id of either format (`Manifest::parse` then checks they agree with `object_format`).
-pub fn is_sha(s: &str) -> bool {
-    crate::local::oid::is_object_id(s)
-}
-
 /// Pack names are what `git pack-objects` prints: a hash of the repository's format.
-pub fn is_pack_name(s: &str) -> bool {
+pub(crate) fn is_pack_name(s: &str) -> bool {
     crate::local::oid::is_object_id(s)
 }
 
@@ -210,14 +205,14 @@ impl Manifest {
     /// The remote's object format: as recorded; else SHA-1, unless the
     /// manifest's ids are SHA-256 ones (written by a git-s3 from before
     /// `object_format`), which `parse` then checks are all of one format.
-    pub fn format(&self) -> ObjectFormat {
+    pub(crate) fn format(&self) -> ObjectFormat {
         let first_id = self.refs.values().chain(self.packs.iter().map(|p| &p.name)).next();
         self.object_format.or_else(|| first_id.and_then(|id| ObjectFormat::of(id))).unwrap_or_default()
     }
 
     /// `format()`, or None for an empty remote that records no format (its
     /// first push sets it).
-    pub fn known_format(&self) -> Option<ObjectFormat> {
+    pub(crate) fn known_format(&self) -> Option<ObjectFormat> {
         self.object_format.or_else(|| (!self.refs.is_empty() || !self.packs.is_empty()).then(|| self.format()))
     }
 
@@ -227,12 +222,12 @@ impl Manifest {
     }
 
     /// The HEAD ref, when it names an existing ref.
-    pub fn live_head(&self) -> Option<&String> {
+    pub(crate) fn live_head(&self) -> Option<&String> {
         self.head.as_ref().filter(|h| self.refs.contains_key(*h))
     }
 
     /// The refusal for an update while a migration holds the manifest frozen.
-    pub fn frozen_error(&self, url: &RemoteUrl) -> Option<String> {
+    pub(crate) fn frozen_error(&self, url: &RemoteUrl) -> Option<String> {
         self.frozen.as_ref().map(|why| {
             format!(
                 "{url} is being migrated to the bundles format ({why}); try again once it has finished. \
@@ -247,35 +242,35 @@ If no migration is running (one was interrupted), finish it with `git s3 migrate
     }
 
     /// The packs a reader may use now: `packs` and the views' packs.
-    pub fn live_packs(&self) -> impl Iterator<Item = &PackEntry> {
+    pub(crate) fn live_packs(&self) -> impl Iterator<Item = &PackEntry> {
         self.packs.iter().chain(self.views.iter().flat_map(|v| v.packs()))
     }
 
     /// The names of every pack the manifest references (live or retired):
     /// what gc must not delete as unreferenced.
-    pub fn referenced_pack_names(&self) -> BTreeSet<&str> {
+    pub(crate) fn referenced_pack_names(&self) -> BTreeSet<&str> {
         self.live_packs().map(|p| p.name.as_str()).chain(self.retired.iter().map(|r| r.name.as_str())).collect()
     }
 
     /// The packs the views do not cover (all of them without views).
-    pub fn uncovered(&self) -> impl Iterator<Item = &PackEntry> {
+    pub(crate) fn uncovered(&self) -> impl Iterator<Item = &PackEntry> {
         self.packs.iter().filter(move |p| !self.views.as_ref().is_some_and(|v| v.covers.contains(&p.name)))
     }
 }
 
-pub fn manifest_key(url: &RemoteUrl) -> String {
+pub(crate) fn manifest_key(url: &RemoteUrl) -> String {
     url.key(&format!("{META_DIR}/{MANIFEST_NAME}"))
 }
 
-pub fn packs_dir(url: &RemoteUrl) -> String {
+pub(crate) fn packs_dir(url: &RemoteUrl) -> String {
     url.key(&format!("{META_DIR}/packs/"))
 }
 
-pub fn pack_key(url: &RemoteUrl, name: &str) -> String {
+pub(crate) fn pack_key(url: &RemoteUrl, name: &str) -> String {
     url.key(&format!("{META_DIR}/packs/pack-{name}.pack"))
 }
 
-pub fn idx_key(url: &RemoteUrl, name: &str) -> String {
+pub(crate) fn idx_key(url: &RemoteUrl, name: &str) -> String {
     url.key(&format!("{META_DIR}/packs/pack-{name}.idx"))
 }
 
@@ -311,7 +306,7 @@ pub(crate) const PUSH_LIST_FRESH: Duration = Duration::from_secs(60);
 pub(crate) const MANIFEST_CACHE_ENTRIES: usize = 256;
 
 /// The manifest and its ETag, or None when the prefix has none.
-pub async fn read_manifest(store: &S3Store, url: &RemoteUrl) -> Result<Option<(Manifest, String)>, StorageError> {
+pub(crate) async fn read_manifest(store: &S3Store, url: &RemoteUrl) -> Result<Option<(Manifest, String)>, StorageError> {
     let key = manifest_key(url);
     let cache = manifests(store);
     let location = store.location(&key);
@@ -357,7 +352,7 @@ fn plaintext_of(store: &S3Store, url: &RemoteUrl, data: Vec<u8>) -> Result<Vec<u
 
 /// The bytes a manifest is written as: its JSON, encrypted to the remote
 /// key when the remote is encrypted (issue 22).
-pub fn encode(store: &S3Store, url: &RemoteUrl, m: &Manifest) -> Result<Vec<u8>, StorageError> {
+pub(crate) fn encode(store: &S3Store, url: &RemoteUrl, m: &Manifest) -> Result<Vec<u8>, StorageError> {
     match crypt::opened(store, url) {
         Some(k) => Ok(crypt::codec::encrypt_bytes(&k, &m.to_bytes())?),
         None => Ok(m.to_bytes()),
@@ -419,7 +414,7 @@ pub(crate) fn is_held(store: &S3Store, location: &str) -> bool {
 /// Applies `edit` to the manifest with a conditional write, re-reading and
 /// re-applying on a lost race. `edit` returns whether it changed anything.
 /// Returns the manifest as written (or as found, when unchanged).
-pub async fn update_manifest<F>(store: &S3Store, url: &RemoteUrl, edit: F) -> Result<Manifest, StorageError>
+pub(crate) async fn update_manifest<F>(store: &S3Store, url: &RemoteUrl, edit: F) -> Result<Manifest, StorageError>
 where
     F: FnMut(&mut Manifest) -> Result<bool, StorageError>,
 {

@@ -15,11 +15,11 @@ use crate::storage::StorageError;
 
 /// What a migration did.
 #[derive(Debug, Default)]
-pub struct MigrateReport {
-    pub refs: usize,
-    pub bytes: u64,
+pub(crate) struct MigrateReport {
+    pub(crate) refs: usize,
+    pub(crate) bytes: u64,
     /// Keys of the old format deleted.
-    pub deleted: usize,
+    pub(crate) deleted: usize,
 }
 /// The test hook of `point` (only with the `test-hooks` feature).
 #[cfg_attr(not(feature = "test-hooks"), allow(unused_variables))]
@@ -43,7 +43,7 @@ fn lock_error(url: &RemoteUrl, e: crate::storage::bundles::locks::LockError) -> 
 /// reported (the prefix then holds both formats until the migration is run
 /// again). Rerunning after a crash finishes the job: the refs of an
 /// existing manifest are kept and the bundles' refs laid over them.
-pub async fn migrate_to_packs(
+pub(crate) async fn migrate_to_packs(
     store: &S3Store,
     url: &RemoteUrl,
     tmp_root: &Path,
@@ -177,7 +177,7 @@ Run `git s3 migrate --to packs` again to bring them over",
 /// under the refs' 0.4.2 locks, and finally the manifest and packs are
 /// deleted. Rerunning after a crash finishes the job (also one killed after
 /// its manifest deletion: `finish_to_bundles`).
-pub async fn migrate_to_bundles(
+pub(crate) async fn migrate_to_bundles(
     store: &S3Store,
     url: &RemoteUrl,
     tmp_root: &Path,

@@ -24,17 +24,17 @@
 //! (objects read from packs by range, for lazy fetches) and `pack_index`
 //! (the bytes of `.idx` files and pack entries it reads).
 
-pub mod fetch;
-pub mod gc;
-pub mod git_ops;
+pub(crate) mod fetch;
+pub(crate) mod gc;
+pub(crate) mod git_ops;
 pub mod manifest;
-pub mod migrate;
-pub mod pack_index;
-pub mod push;
-pub mod ranged;
-pub mod scratch;
-pub mod storage;
-pub mod views;
+pub(crate) mod migrate;
+pub(crate) mod pack_index;
+pub(crate) mod push;
+pub(crate) mod ranged;
+pub(crate) mod scratch;
+pub(crate) mod storage;
+pub(crate) mod views;
 
 use crate::storage::packs::manifest::Manifest;
 use crate::storage::packs::storage::PackStorage;

@@ -12,18 +12,18 @@ use std::collections::HashMap;
 use sha1::{Digest, Sha1};
 
 /// Bytes of a SHA-1 object id (and of a pack's trailing checksum).
-pub const SHA1_LEN: usize = 20;
+pub(crate) const SHA1_LEN: usize = 20;
 
 /// Object types in a pack entry's header.
-pub const OBJ_COMMIT: u8 = 1;
-pub const OBJ_TREE: u8 = 2;
-pub const OBJ_BLOB: u8 = 3;
-pub const OBJ_TAG: u8 = 4;
-pub const OBJ_OFS_DELTA: u8 = 6;
-pub const OBJ_REF_DELTA: u8 = 7;
+pub(crate) const OBJ_COMMIT: u8 = 1;
+pub(crate) const OBJ_TREE: u8 = 2;
+pub(crate) const OBJ_BLOB: u8 = 3;
+pub(crate) const OBJ_TAG: u8 = 4;
+pub(crate) const OBJ_OFS_DELTA: u8 = 6;
+pub(crate) const OBJ_REF_DELTA: u8 = 7;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum PackFormatError {
+pub(crate) enum PackFormatError {
     #[error("not a version 2 pack index")]
     NotIdxV2,
     #[error("the pack index is truncated or has trailing bytes")]
@@ -40,7 +40,7 @@ pub enum PackFormatError {
 
 /// A parsed `.idx` (version 2, SHA-1 names).
 #[derive(Debug)]
-pub struct PackIndex {
+pub(crate) struct PackIndex {
     fanout: [u32; 256],
     /// The object names, sorted, `SHA1_LEN` bytes each.
     names: Vec<u8>,
@@ -50,15 +50,13 @@ pub struct PackIndex {
     crcs: Vec<u32>,
     /// (offset, position in `names`), sorted by offset.
     by_offset: Vec<(u64, u32)>,
-    /// The pack's own checksum (its last 20 bytes, its name).
-    pub pack_checksum: [u8; SHA1_LEN],
 }
 
 impl PackIndex {
     /// Parses and checks an index: its own checksum, sorted names, and
     /// (when given) that it is the index of the pack whose checksum is
     /// `pack` (a pack's name is its checksum).
-    pub fn parse(data: &[u8], pack: Option<&[u8]>) -> Result<PackIndex, PackFormatError> {
+    pub(crate) fn parse(data: &[u8], pack: Option<&[u8]>) -> Result<PackIndex, PackFormatError> {
         const HEADER: usize = 8 + 256 * 4;
         if data.len() < HEADER + 2 * SHA1_LEN || data[..8] != [0xff, b't', b'O', b'c', 0, 0, 0, 2] {
             return Err(PackFormatError::NotIdxV2);
@@ -112,20 +110,17 @@ impl PackIndex {
         if pack.is_some_and(|p| p != pack_checksum) {
             return Err(PackFormatError::OtherPack);
         }
-        Ok(PackIndex { fanout, names, offsets, crcs, by_offset, pack_checksum })
+        Ok(PackIndex { fanout, names, offsets, crcs, by_offset })
     }
 
     /// Objects in the pack.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.offsets.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.offsets.is_empty()
-    }
-
     /// Where the entry of object `oid` starts, if the pack holds it.
-    pub fn offset_of(&self, oid: &[u8]) -> Option<u64> {
+    pub(crate) fn offset_of(&self, oid: &[u8]) -> Option<u64> {
         let first = *oid.first()? as usize;
         let lo = if first == 0 { 0 } else { self.fanout[first - 1] as usize };
         let hi = self.fanout[first] as usize;
@@ -142,14 +137,14 @@ impl PackIndex {
     }
 
     /// The object whose entry starts at `offset`.
-    pub fn oid_at(&self, offset: u64) -> Option<&[u8]> {
+    pub(crate) fn oid_at(&self, offset: u64) -> Option<&[u8]> {
         let i = self.by_offset.binary_search_by_key(&offset, |(o, _)| *o).ok()?;
         Some(self.name(self.by_offset[i].1 as usize))
     }
 
     /// Where the entry at `offset` ends: the next entry's start, or the
     /// pack's trailing checksum (`pack_len` − 20) for the last one.
-    pub fn end_of(&self, offset: u64, pack_len: u64) -> Option<u64> {
+    pub(crate) fn end_of(&self, offset: u64, pack_len: u64) -> Option<u64> {
         let i = self.by_offset.binary_search_by_key(&offset, |(o, _)| *o).ok()?;
         let end = match self.by_offset.get(i + 1) {
             Some((next, _)) => *next,
@@ -160,7 +155,7 @@ impl PackIndex {
 
     /// Whether `raw`, read as the entry at `offset`, has the CRC-32 the
     /// index records for that entry (git computed it from the pack).
-    pub fn crc_matches(&self, offset: u64, raw: &[u8]) -> bool {
+    pub(crate) fn crc_matches(&self, offset: u64, raw: &[u8]) -> bool {
         let Ok(i) = self.by_offset.binary_search_by_key(&offset, |(o, _)| *o) else { return false };
         self.crcs[self.by_offset[i].1 as usize] == crc32fast::hash(raw)
     }
@@ -172,18 +167,18 @@ impl PackIndex {
 
 /// What an entry's header says.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EntryHeader {
+pub(crate) struct EntryHeader {
     /// `OBJ_COMMIT` … `OBJ_REF_DELTA`.
-    pub kind: u8,
+    pub(crate) kind: u8,
     /// Bytes of the type-and-size header (what is copied as is).
-    pub size_len: usize,
+    pub(crate) size_len: usize,
     /// Bytes of the whole header (with the delta base).
-    pub len: usize,
-    pub base: Option<Base>,
+    pub(crate) len: usize,
+    pub(crate) base: Option<Base>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Base {
+pub(crate) enum Base {
     /// OFS_DELTA: the base entry's offset in the same pack.
     Offset(u64),
     /// REF_DELTA: the base object's id.
@@ -191,7 +186,7 @@ pub enum Base {
 }
 
 /// Parses the header of the entry at `offset` whose first bytes are `entry`.
-pub fn entry_header(entry: &[u8], offset: u64) -> Result<EntryHeader, PackFormatError> {
+pub(crate) fn entry_header(entry: &[u8], offset: u64) -> Result<EntryHeader, PackFormatError> {
     let bad = || PackFormatError::Header(offset);
     let mut i = 0;
     let mut c = *entry.first().ok_or_else(bad)?;
@@ -232,7 +227,7 @@ pub fn entry_header(entry: &[u8], offset: u64) -> Result<EntryHeader, PackFormat
 /// The entry `raw` (its header `h`) as it goes into a new pack: an OFS_DELTA
 /// becomes a REF_DELTA on `base_oid` (same size header with type 7, the
 /// base's id, the same compressed data); other entries are copied as they are.
-pub fn rewrite_entry(raw: &[u8], h: &EntryHeader, base_oid: Option<&[u8]>) -> Option<Vec<u8>> {
+pub(crate) fn rewrite_entry(raw: &[u8], h: &EntryHeader, base_oid: Option<&[u8]>) -> Option<Vec<u8>> {
     if h.kind != OBJ_OFS_DELTA {
         return Some(raw.to_vec());
     }
@@ -247,7 +242,7 @@ pub fn rewrite_entry(raw: &[u8], h: &EntryHeader, base_oid: Option<&[u8]>) -> Op
 
 /// A pack of `entries` (each already as `rewrite_entry` made it): header,
 /// the entries, the SHA-1 of it all.
-pub fn build_pack(entries: &[Vec<u8>]) -> Vec<u8> {
+pub(crate) fn build_pack(entries: &[Vec<u8>]) -> Vec<u8> {
     let body: usize = entries.iter().map(Vec::len).sum();
     let mut pack = Vec::with_capacity(12 + body + SHA1_LEN);
     pack.extend_from_slice(b"PACK");
@@ -264,7 +259,7 @@ pub fn build_pack(entries: &[Vec<u8>]) -> Vec<u8> {
 /// The type of each object of `chains` once its deltas are resolved:
 /// `chains` maps an entry's offset to its header's type and base offset;
 /// None when a chain leaves the map or loops.
-pub fn resolved_kind(chains: &HashMap<u64, (u8, Option<u64>)>, mut offset: u64) -> Option<u8> {
+pub(crate) fn resolved_kind(chains: &HashMap<u64, (u8, Option<u64>)>, mut offset: u64) -> Option<u8> {
     for _ in 0..=chains.len() {
         match chains.get(&offset)? {
             (k, None) => return Some(*k),

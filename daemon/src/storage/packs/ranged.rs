@@ -128,13 +128,13 @@ struct PackPlan {
 
 /// What a ranged fetch did (for the log and the caller).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct RangedOutcome {
+pub(crate) struct RangedOutcome {
     /// Every wanted object is now in the repository.
-    pub done: bool,
-    pub bytes: u64,
-    pub requests: usize,
-    pub rounds: usize,
-    pub whole_packs: usize,
+    pub(crate) done: bool,
+    pub(crate) bytes: u64,
+    pub(crate) requests: usize,
+    pub(crate) rounds: usize,
+    pub(crate) whole_packs: usize,
 }
 
 impl PackStorage {

@@ -77,7 +77,7 @@ pub(super) async fn scratch_repo(dir: &Path, env: &HashMap<String, String>, form
 /// stopped between a push's manifest write and the `.idx` upload): the
 /// `.pack` is downloaded and indexed by `git index-pack`, which checks
 /// every object and that the pack is the one named. Returns the `.idx` size.
-pub async fn restore_idx(
+pub(crate) async fn restore_idx(
     store: &S3Store,
     url: &RemoteUrl,
     pack: &PackEntry,

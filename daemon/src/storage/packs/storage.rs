@@ -14,7 +14,7 @@ use crate::storage::detect::{scan_refs_dir, RefsDir};
 use crate::storage::packs::manifest::{read_manifest, Manifest};
 use crate::storage::StorageError;
 
-pub struct PackStorage {
+pub(crate) struct PackStorage {
     pub(super) store: S3Store,
     pub(super) url: RemoteUrl,
     /// The manifest (and ETag) read at detection, served to the first `list`.
@@ -34,7 +34,7 @@ pub struct PackStorage {
 }
 
 impl PackStorage {
-    pub fn new(store: S3Store, url: RemoteUrl, seed: Option<(Manifest, String)>, refs: Option<RefsDir>) -> PackStorage {
+    pub(crate) fn new(store: S3Store, url: RemoteUrl, seed: Option<(Manifest, String)>, refs: Option<RefsDir>) -> PackStorage {
         PackStorage {
             store,
             url,
@@ -47,12 +47,12 @@ impl PackStorage {
     }
 
     /// An encrypted remote, opened with `key`.
-    pub fn with_key(mut self, key: Option<Arc<RemoteKey>>) -> PackStorage {
+    pub(crate) fn with_key(mut self, key: Option<Arc<RemoteKey>>) -> PackStorage {
         self.key = key;
         self
     }
 
-    pub fn is_encrypted(&self) -> bool {
+    pub(crate) fn is_encrypted(&self) -> bool {
         self.key.is_some()
     }
 

@@ -22,12 +22,12 @@ use crate::storage::{OpContext, StorageError};
 /// (`GIT_S3_VIEWS_AUTO_BYTES`, in the caller's environment; 0 turns it off),
 /// and at least an eighth of the views' own size, has the daemon write new
 /// views in the background (see [`PackStorage::maybe_refresh_views_in_background`]).
-pub const DEFAULT_VIEWS_AUTO_BYTES: u64 = 1 << 20;
+pub(crate) const DEFAULT_VIEWS_AUTO_BYTES: u64 = 1 << 20;
 
 /// Whether the views of `m` (a manifest a push has just written) are worth
 /// making again: none yet, or enough bytes pushed since that a shallow or
 /// partial clone would read them on top of the views.
-pub fn refresh_due(m: &Manifest, env: &HashMap<String, String>) -> bool {
+pub(crate) fn refresh_due(m: &Manifest, env: &HashMap<String, String>) -> bool {
     let limit = env.get("GIT_S3_VIEWS_AUTO_BYTES").and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(DEFAULT_VIEWS_AUTO_BYTES);
     if limit == 0 || m.refs.is_empty() || m.frozen.is_some() {
         return false;
@@ -41,7 +41,13 @@ pub fn refresh_due(m: &Manifest, env: &HashMap<String, String>) -> bool {
 /// `git`, the pusher's repository, when it holds every object the refs
 /// reach (not shallow, not partial, every tip present; otherwise nothing
 /// is done, None), and uploads them (`record` names them in the manifest).
-pub async fn build_and_upload(store: &S3Store, url: &RemoteUrl, git: &Git, tmp_root: &Path, base: &Manifest) -> Result<Option<Views>, StorageError> {
+pub(crate) async fn build_and_upload(
+    store: &S3Store,
+    url: &RemoteUrl,
+    git: &Git,
+    tmp_root: &Path,
+    base: &Manifest,
+) -> Result<Option<Views>, StorageError> {
     if git.is_shallow().await || git.config_get("extensions.partialclone").await.is_some() {
         tracing::debug!("the repository is shallow or partial: no views from it");
         return Ok(None);
@@ -91,7 +97,7 @@ pub async fn build_and_upload(store: &S3Store, url: &RemoteUrl, git: &Git, tmp_r
 /// `made` stay unreferenced until gc deletes them after the grace period,
 /// as it does a lost gc's. The views replaced retire like packs. Returns
 /// whether `made` was recorded.
-pub async fn record(store: &S3Store, url: &RemoteUrl, replaced: Option<Views>, made: Views) -> Result<bool, StorageError> {
+pub(crate) async fn record(store: &S3Store, url: &RemoteUrl, replaced: Option<Views>, made: Views) -> Result<bool, StorageError> {
     let mut recorded = false;
     update_manifest(store, url, |m| {
         recorded = false;
@@ -119,20 +125,20 @@ pub async fn record(store: &S3Store, url: &RemoteUrl, replaced: Option<Views>, m
 
 /// Which views a fetch can be served from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ViewKind {
+pub(crate) enum ViewKind {
     Skeleton,
     Tips,
 }
 
 /// The commits a tips pack is made for: the branch tips, and what HEAD names.
-pub fn tip_commits(refs: &BTreeMap<String, String>, head: Option<&String>) -> BTreeSet<String> {
+pub(crate) fn tip_commits(refs: &BTreeMap<String, String>, head: Option<&String>) -> BTreeSet<String> {
     refs.iter().filter(|(name, _)| name.starts_with("refs/heads/") || Some(*name) == head).map(|(_, sha)| sha.clone()).collect()
 }
 
 /// Writes the views of `refs` from the complete repository `git` into
 /// `<dir>/out-<name>.{pack,idx}` (see `scratch::written_pack`). `written` turns
 /// what pack-objects printed into the pack's entry.
-pub async fn build<F, Fut>(
+pub(crate) async fn build<F, Fut>(
     git: &Git,
     dir: &Path,
     refs: &BTreeMap<String, String>,
@@ -211,7 +217,7 @@ impl PackStorage {
     /// they do not cover (those a push added since), skipping what is
     /// there. Returns false, downloading nothing, when the remote has no
     /// such views.
-    pub async fn fetch_views(&self, ctx: &OpContext, kinds: &[ViewKind]) -> Result<bool, StorageError> {
+    pub(crate) async fn fetch_views(&self, ctx: &OpContext, kinds: &[ViewKind]) -> Result<bool, StorageError> {
         let m = self.listed_manifest().await?;
         let Some(v) = &m.views else { return Ok(false) };
         let mut wanted: Vec<PackEntry> = Vec::new();
@@ -238,7 +244,7 @@ impl PackStorage {
 /// the skeleton (the history without blobs); a lazy fetch of objects (what
 /// a checkout after a blob:none clone asks) the tips. Anything else (more
 /// depth, other filters, history by date or ref) needs the whole remote.
-pub fn kinds_for(opts: &crate::storage::fetch_options::FetchOptions, lazy: bool) -> Option<Vec<ViewKind>> {
+pub(crate) fn kinds_for(opts: &crate::storage::fetch_options::FetchOptions, lazy: bool) -> Option<Vec<ViewKind>> {
     if opts.deepen_since.is_some() || !opts.deepen_not.is_empty() || opts.deepen_relative || opts.refetch {
         return None;
     }
