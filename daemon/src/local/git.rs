@@ -346,15 +346,21 @@ impl Git {
 }
 
 /// Removes `tmp_pack_*` files that git index-pack left in `dir` since `since`.
-pub(crate) fn remove_temp_packs_since(dir: &std::path::Path, since: std::time::SystemTime) {
-    let Ok(rd) = std::fs::read_dir(dir) else { return };
-    for e in rd.flatten() {
-        let fresh = e.metadata().and_then(|m| m.modified()).map(|t| t >= since).unwrap_or(false);
-        if fresh && e.file_name().to_string_lossy().starts_with("tmp_pack_") {
-            tracing::debug!(file = %e.path().display(), "removing an interrupted index-pack's temp file");
-            let _ = std::fs::remove_file(e.path());
+pub(crate) async fn remove_temp_packs_since(dir: &std::path::Path, since: std::time::SystemTime) {
+    let dir = dir.to_path_buf();
+    // A directory walk: off the async workers.
+    let _ = crate::local::files::blocking(move || {
+        let Ok(rd) = std::fs::read_dir(&dir) else { return Ok(()) };
+        for e in rd.flatten() {
+            let fresh = e.metadata().and_then(|m| m.modified()).map(|t| t >= since).unwrap_or(false);
+            if fresh && e.file_name().to_string_lossy().starts_with("tmp_pack_") {
+                tracing::debug!(file = %e.path().display(), "removing an interrupted index-pack's temp file");
+                let _ = std::fs::remove_file(e.path());
+            }
         }
-    }
+        Ok(())
+    })
+    .await;
 }
 
 /// The new pack's hash from `git index-pack --stdin`'s output

@@ -209,6 +209,24 @@ impl Mirror {
     /// Returns the lines git's transport expects back (`lock <file>`,
     /// `connectivity-ok`).
     /// `relay` shows git's progress and messages as they come.
+    /// Serves the fetch from this mirror (`what` it holds, for the log);
+    /// None when it cannot, after removing the temporary packs git left in
+    /// the caller's repository: the caller then serves it from the whole
+    /// remote.
+    async fn try_serve(&self, ctx: &OpContext, opts: &FetchOptions, wants: &[RemoteRef], what: &str) -> Option<Vec<String>> {
+        let started = std::time::SystemTime::now();
+        match self.serve(ctx, opts, wants, false).await {
+            Ok(lines) => Some(lines),
+            Err(e) => {
+                tracing::info!(error = %e, "{what} cannot serve this fetch; serving it from the whole remote");
+                if let Ok(dir) = ctx.git.pack_dir().await {
+                    crate::local::git::remove_temp_packs_since(&dir, started).await;
+                }
+                None
+            }
+        }
+    }
+
     pub(crate) async fn serve(&self, ctx: &OpContext, opts: &FetchOptions, wants: &[RemoteRef], relay: bool) -> Result<Vec<String>, StorageError> {
         let mut args: Vec<String> = vec!["-c".into(), "protocol.file.allow=always".into(), "fetch-pack".into(), "--stdin".into()];
         args.extend(opts.fetch_pack_args(ctx.progress && relay));
@@ -305,15 +323,8 @@ pub(crate) async fn narrow_fetch(
             let shas: Vec<String> = wants.iter().map(|w| w.sha.clone()).collect();
             let have = v.git.present_objects(&shas).await?;
             if shas.iter().all(|s| have.contains(s)) {
-                let started = std::time::SystemTime::now();
-                match v.serve(ctx, opts, wants, false).await {
-                    Ok(lines) => return Ok(lines),
-                    Err(e) => {
-                        tracing::info!(error = %e, "the views cannot serve this fetch; serving it from the whole remote");
-                        if let Ok(dir) = ctx.git.pack_dir().await {
-                            crate::local::git::remove_temp_packs_since(&dir, started);
-                        }
-                    }
+                if let Some(lines) = v.try_serve(ctx, opts, wants, "the views").await {
+                    return Ok(lines);
                 }
             } else {
                 tracing::debug!("the views lack a wanted object; serving the fetch from the whole remote");
@@ -327,15 +338,8 @@ pub(crate) async fn narrow_fetch(
         if ranged_suits(opts, listing, wants) && !whole_mirror_has(ctx, store, url, listing, wants).await? {
             let v = Mirror::open(ctx, store, url, Kind::Views, listing.format().unwrap_or_default()).await?;
             if v.fill_ranged(storage, ctx, wants).await? {
-                let started = std::time::SystemTime::now();
-                match v.serve(ctx, opts, wants, false).await {
-                    Ok(lines) => return Ok(lines),
-                    Err(e) => {
-                        tracing::info!(error = %e, "the objects read by ranges cannot serve this fetch; serving it from the whole remote");
-                        if let Ok(dir) = ctx.git.pack_dir().await {
-                            crate::local::git::remove_temp_packs_since(&dir, started);
-                        }
-                    }
+                if let Some(lines) = v.try_serve(ctx, opts, wants, "the objects read by ranges").await {
+                    return Ok(lines);
                 }
             }
         }

@@ -651,7 +651,7 @@ impl RepoStorage for BundleStorage {
         if result.is_err() {
             // index-pack leaves its temp file behind when its input breaks off.
             if let Ok(dir) = ctx.git.pack_dir().await {
-                crate::local::git::remove_temp_packs_since(&dir, started);
+                crate::local::git::remove_temp_packs_since(&dir, started).await;
             }
         }
         result.map(|_| ())

@@ -70,17 +70,17 @@ impl PackStorage {
         let present = match (present, &early_done) {
             (Ok(p), Ok(_)) => p,
             (Err(e), _) => {
-                crate::local::git::remove_temp_packs_since(&pack_dir, started);
+                crate::local::git::remove_temp_packs_since(&pack_dir, started).await;
                 return Err(e.into());
             }
             (Ok(_), Err(_)) => {
                 // index-pack leaves its temp file behind when its input breaks off.
-                crate::local::git::remove_temp_packs_since(&pack_dir, started);
+                crate::local::git::remove_temp_packs_since(&pack_dir, started).await;
                 return early_done.map(|_| ());
             }
         };
         if want_shas.iter().all(|s| present.contains(s)) {
-            self.remove_broken_index_files(&pack_dir, started);
+            self.remove_broken_index_files(&pack_dir, started).await;
             return Ok(());
         }
         let early_names: HashSet<&str> = early.iter().map(|p| p.name.as_str()).collect();
@@ -91,10 +91,10 @@ impl PackStorage {
             rest.iter().cloned().map(|p| async move { self.fetch_pack(ctx, &p, dir, std::future::ready(true)).await.map(|_| ()) }).collect();
         let fetched = futures::stream::iter(fetches).buffer_unordered(DOWNLOAD_CONCURRENCY).try_collect::<Vec<()>>().await;
         if fetched.is_err() {
-            crate::local::git::remove_temp_packs_since(&pack_dir, started);
+            crate::local::git::remove_temp_packs_since(&pack_dir, started).await;
         }
         fetched?;
-        self.remove_broken_index_files(&pack_dir, started);
+        self.remove_broken_index_files(&pack_dir, started).await;
         // Every wanted tip the repository lacked is looked up once the packs
         // are in, those of the packs made for them too: a pack whose objects
         // do not hold the tips the manifest names for it (a damaged or
@@ -124,9 +124,9 @@ impl PackStorage {
 
     /// Once every download of a fetch is indexed: the temp files that the
     /// index-packs of downloads that broke off left behind.
-    fn remove_broken_index_files(&self, pack_dir: &Path, started: std::time::SystemTime) {
+    async fn remove_broken_index_files(&self, pack_dir: &Path, started: std::time::SystemTime) {
         if self.broken_streams.swap(0, std::sync::atomic::Ordering::Relaxed) > 0 {
-            crate::local::git::remove_temp_packs_since(pack_dir, started);
+            crate::local::git::remove_temp_packs_since(pack_dir, started).await;
         }
     }
 

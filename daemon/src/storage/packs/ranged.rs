@@ -288,7 +288,7 @@ impl PackStorage {
         let started = std::time::SystemTime::now();
         for p in plans.iter().filter(|p| !p.whole) {
             if let Err(e) = self.index_entries(ctx, p).await {
-                crate::local::git::remove_temp_packs_since(&pack_dir, started);
+                crate::local::git::remove_temp_packs_since(&pack_dir, started).await;
                 return Err(e);
             }
         }
@@ -298,7 +298,7 @@ impl PackStorage {
         let fetches: Vec<_> = whole.iter().map(|p| async move { self.fetch_pack(ctx, p, dir, std::future::ready(true)).await.map(|_| ()) }).collect();
         let fetched = futures::stream::iter(fetches).buffer_unordered(CONCURRENCY).try_collect::<Vec<()>>().await;
         if fetched.is_err() {
-            crate::local::git::remove_temp_packs_since(&pack_dir, started);
+            crate::local::git::remove_temp_packs_since(&pack_dir, started).await;
         }
         fetched?;
         let have = ctx.git.present_objects(wants).await?;
