@@ -92,18 +92,6 @@ fn pack_bytes(repo: &Path) -> u64 {
         .sum()
 }
 
-fn fsck(env: &TestEnv, repo: &Path) {
-    let mut c = env.command("git", repo);
-    c.args(["fsck", "--no-progress"]);
-    let out = env.run(c);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!err.contains("error") && !err.contains("missing"), "git fsck: {err}");
-}
-
-fn missing_objects(env: &TestEnv, repo: &Path) -> usize {
-    env.git(repo, &["rev-list", "--objects", "--all", "--missing=print"]).lines().filter(|l| l.starts_with('?')).count()
-}
-
 /// Requests for keys ending with `suffix` since the field server started.
 fn requests_for(proxy: &FieldServer, kind: RequestKind, suffix: &str) -> usize {
     proxy.requests().iter().filter(|r| r.kind == kind && r.key.as_deref().is_some_and(|k| k.ends_with(suffix))).count()
@@ -156,16 +144,16 @@ fn a_lazy_checkout_of_an_old_commit_reads_its_objects_by_ranges() {
     for f in FILES {
         assert_eq!(std::fs::read(p.join(f)).unwrap(), env.git(&src, &["show", &format!("{old}:{f}")]).into_bytes(), "{f}");
     }
-    fsck(&env, &p);
+    env.fsck_partial(&p);
     assert!(read <= 3 * local, "a lazy checkout read {read} bytes from S3; local git transfers {local} (the remote's packs: {remote_bytes})");
     assert!(ranged > 0, "the objects were read by ranges");
 
     // Another old commit: the .idx files are not read again.
     let idx_reads = requests_for(&proxy, RequestKind::Get, ".idx");
     env.git(&p, &["checkout", "-q", "HEAD~5"]);
-    fsck(&env, &p);
+    env.fsck_partial(&p);
     assert_eq!(requests_for(&proxy, RequestKind::Get, ".idx"), idx_reads, "the pack indexes are kept with the mirror");
-    assert!(missing_objects(&env, &p) > 0, "still a partial clone");
+    assert!(env.missing_objects(&p) > 0, "still a partial clone");
 }
 
 #[test]
@@ -174,7 +162,7 @@ fn a_range_that_does_not_verify_is_refused_and_nothing_is_written() {
     let src = history(&env, "src");
     let old = env.git(&src, &["rev-parse", "HEAD~30"]).trim().to_string();
     let (_url, p) = blobless_clone(&env, &src, "flipped");
-    let missing_before = missing_objects(&env, &p);
+    let missing_before = env.missing_objects(&p);
     let packs_before = pack_bytes(&p);
 
     // Every ranged read of a pack arrives altered.
@@ -185,7 +173,7 @@ fn a_range_that_does_not_verify_is_refused_and_nothing_is_written() {
     assert_eq!(ours.len(), 1, "one line says what went wrong: {stderr}");
     assert!(ours[0].contains("nothing was written"), "{stderr}");
     assert!(!stderr.contains("DispatchFailure") && !stderr.contains("SdkError"), "no SDK dump: {stderr}");
-    assert_eq!(missing_objects(&env, &p), missing_before, "nothing was written to the repository");
+    assert_eq!(env.missing_objects(&p), missing_before, "nothing was written to the repository");
     assert_eq!(pack_bytes(&p), packs_before);
     assert_eq!(env.git(&p, &["rev-parse", "HEAD"]), env.git(&src, &["rev-parse", "HEAD"]), "the checkout did not happen");
 
@@ -198,5 +186,5 @@ fn a_range_that_does_not_verify_is_refused_and_nothing_is_written() {
     for f in FILES {
         assert_eq!(std::fs::read(p.join(f)).unwrap(), env.git(&src, &["show", &format!("{old}:{f}")]).into_bytes(), "{f}");
     }
-    fsck(&env, &p);
+    env.fsck_partial(&p);
 }

@@ -79,18 +79,6 @@ fn count(env: &TestEnv, repo: &Path, rev: &str) -> u32 {
     env.git(repo, &["rev-list", "--count", rev]).trim().parse().unwrap()
 }
 
-fn fsck(env: &TestEnv, repo: &Path) {
-    let mut c = env.command("git", repo);
-    c.args(["fsck", "--no-progress"]);
-    let out = env.run(c);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!err.contains("error") && !err.contains("missing"), "git fsck: {err}");
-}
-
-fn missing_objects(env: &TestEnv, repo: &Path) -> usize {
-    env.git(repo, &["rev-list", "--objects", "--all", "--missing=print"]).lines().filter(|l| l.starts_with('?')).count()
-}
-
 /// Helper sessions the daemon has served (the status call itself is one).
 fn sessions(env: &TestEnv) -> u64 {
     let out = env.git_s3(&env.work(), &["status", "--json"]);
@@ -118,7 +106,7 @@ fn depth_deepen_shallow_since_exclude_and_unshallow() {
         assert_eq!(count(&env, &d, "HEAD"), 1, "{format}");
         let shallow = std::fs::read_to_string(d.join(".git/shallow")).expect("a shallow clone has .git/shallow");
         assert_eq!(shallow.trim(), env.git(&src, &["rev-parse", "main"]).trim(), "{format}");
-        fsck(&env, &d);
+        env.fsck_partial(&d);
 
         env.git(&d, &["fetch", "-q", "--deepen=3"]);
         assert_eq!(count(&env, &d, "HEAD"), 4, "{format}: --deepen");
@@ -129,12 +117,12 @@ fn depth_deepen_shallow_since_exclude_and_unshallow() {
         assert_eq!(count(&env, &d, "HEAD"), 10, "{format}: --shallow-since");
         env.git(&d, &["fetch", "-q", "--shallow-exclude=v20", "origin", "main"]);
         assert_eq!(count(&env, &d, "HEAD"), 20, "{format}: --shallow-exclude");
-        fsck(&env, &d);
+        env.fsck_partial(&d);
         env.git(&d, &["checkout", "-q", "HEAD~15"]);
         env.git(&d, &["fetch", "-q", "--unshallow"]);
         assert_eq!(count(&env, &d, "main"), COMMITS, "{format}: --unshallow");
         assert!(!d.join(".git/shallow").exists(), "{format}");
-        fsck(&env, &d);
+        env.fsck_partial(&d);
         env.git(&d, &["log", "-p", "--oneline", "-3"]);
     }
 }
@@ -157,8 +145,8 @@ fn partial_clone_is_a_promisor_repository_and_lazy_fetches_are_batched() {
         assert_eq!(env.git(&p, &["config", "remote.origin.partialclonefilter"]).trim(), "blob:none", "{format}");
         assert!(std::fs::read_dir(p.join(".git/objects/pack")).unwrap().flatten().any(|e| e.path().extension().is_some_and(|x| x == "promisor")));
         // the tip's 3 files were checked out; the older versions are not here
-        assert_eq!(missing_objects(&env, &p), 3 * (COMMITS as usize - 1), "{format}");
-        fsck(&env, &p);
+        assert_eq!(env.missing_objects(&p), 3 * (COMMITS as usize - 1), "{format}");
+        env.fsck_partial(&p);
         let clone_bytes = proxy.counts().bytes_down - before;
 
         // A lazy checkout of an old commit: one helper session, nothing
@@ -174,7 +162,7 @@ fn partial_clone_is_a_promisor_repository_and_lazy_fetches_are_batched() {
         // git log -p and blame fetch what they need, and the repository stays whole
         env.git(&p, &["log", "-p", "--oneline", "-5", "main"]);
         env.git(&p, &["blame", "-s", "b.txt"]);
-        fsck(&env, &p);
+        env.fsck_partial(&p);
         // Everything read from S3 for clone, checkout, log and blame: about
         // the repository's size once, never per object.
         let total = proxy.counts().bytes_down - before;
@@ -195,22 +183,22 @@ fn other_filters_and_sparse_checkout() {
         env.git(&env.work(), &["clone", "-q", "--filter=blob:limit=1k", &url, "lim"]);
         let lim = env.path("lim");
         assert_eq!(env.git(&lim, &["config", "remote.origin.partialclonefilter"]).trim(), "blob:limit=1024", "{format}");
-        fsck(&env, &lim);
+        env.fsck_partial(&lim);
 
         env.git(&env.work(), &["clone", "-q", "--filter=tree:0", &url, "t0"]);
         let t0 = env.path("t0");
         env.git(&t0, &["checkout", "-q", "HEAD~5"]);
         assert!(t0.join("a.txt").exists() && t0.join("dir/c.txt").exists(), "{format}");
-        fsck(&env, &t0);
+        env.fsck_partial(&t0);
 
         env.git(&env.work(), &["clone", "-q", "--sparse", "--filter=blob:none", &url, "sp"]);
         let sp = env.path("sp");
         assert!(sp.join("a.txt").exists() && !sp.join("dir").exists(), "{format}: only the top level is checked out");
-        let missing_before = missing_objects(&env, &sp);
+        let missing_before = env.missing_objects(&sp);
         env.git(&sp, &["sparse-checkout", "add", "dir"]);
         assert!(sp.join("dir/c.txt").exists(), "{format}");
-        assert_eq!(missing_objects(&env, &sp), missing_before - 1, "{format}: dir/c.txt's blob arrived, nothing else");
-        fsck(&env, &sp);
+        assert_eq!(env.missing_objects(&sp), missing_before - 1, "{format}: dir/c.txt's blob arrived, nothing else");
+        env.fsck_partial(&sp);
     }
 }
 
@@ -240,7 +228,7 @@ fn pushes_and_pulls_with_shallow_clones() {
         env.git(&env.work(), &["clone", "-q", &url, "full"]);
         let full = env.path("full");
         assert_eq!(count(&env, &full, "HEAD"), COMMITS + 1, "{format}");
-        fsck(&env, &full);
+        env.fsck_partial(&full);
 
         // a depth-1 clone pulls new commits and stays shallow
         env.git(&env.work(), &["clone", "-q", "--depth", "1", &url, "d"]);
@@ -251,7 +239,7 @@ fn pushes_and_pulls_with_shallow_clones() {
         assert_eq!(env.git(&d, &["rev-parse", "HEAD"]).trim(), next, "{format}");
         assert!(d.join(".git/shallow").exists(), "{format}");
         assert_eq!(count(&env, &d, "HEAD"), 2, "{format}");
-        fsck(&env, &d);
+        env.fsck_partial(&d);
     }
 }
 
@@ -329,7 +317,7 @@ fn after_gc_shallow_and_partial_clones_of_a_packs_remote_download_what_they_ask(
         all.extend_from_slice(args);
         all.extend_from_slice(&[url.as_str(), dir]);
         env.git(&env.work(), &all);
-        fsck(&env, &env.path(dir));
+        env.fsck_partial(&env.path(dir));
         proxy.counts().bytes_down - before
     };
     let depth1 = measure("d1", &["--depth", "1"]);
@@ -353,7 +341,7 @@ fn after_gc_shallow_and_partial_clones_of_a_packs_remote_download_what_they_ask(
     // The lazy checkout of an old commit after a blob:none clone works too.
     let p = env.path("p");
     env.git(&p, &["checkout", "-q", "HEAD~30"]);
-    fsck(&env, &p);
+    env.fsck_partial(&p);
     // A view gone from the bucket: the whole remote serves the clone, and doctor says so.
     let tips = m["views"]["tips"]["name"].as_str().unwrap();
     env.delete_object(&format!("views/.git-s3/packs/pack-{tips}.pack"));
@@ -416,7 +404,7 @@ fn after_a_push_shallow_and_partial_clones_of_a_packs_remote_read_what_they_ask(
         all.extend_from_slice(args);
         all.extend_from_slice(&[url.as_str(), dir]);
         env.git(&env.work(), &all);
-        fsck(&env, &env.path(dir));
+        env.fsck_partial(&env.path(dir));
         proxy.counts().bytes_down - before
     };
     let check = |round: &str| {
@@ -509,5 +497,5 @@ fn a_background_views_write_keeps_a_push_made_meanwhile() {
     // Readers of the views get the later branch from its pack.
     env.git(&env.work(), &["clone", "-q", "--depth", "1", "--branch", "other", &url, "d1"]);
     assert_eq!(env.git(&env.path("d1"), &["rev-parse", "HEAD"]).trim(), other);
-    fsck(&env, &env.path("d1"));
+    env.fsck_partial(&env.path("d1"));
 }

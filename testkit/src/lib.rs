@@ -447,6 +447,22 @@ impl TestEnv {
         String::from_utf8_lossy(&self.run(c).stdout).into_owned()
     }
 
+    /// `git fsck` of a repository that may be partial: no error and no
+    /// missing object reported (a promisor's absent objects are not).
+    pub fn fsck_partial(&self, repo: &Path) {
+        let mut c = self.command("git", repo);
+        c.args(["fsck", "--no-progress"]);
+        let out = self.run(c);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("error") && !err.contains("missing"), "git fsck: {err}");
+    }
+
+    /// How many objects `repo` reaches but lacks (a partial clone's
+    /// promised objects: `rev-list --missing=print`).
+    pub fn missing_objects(&self, repo: &Path) -> usize {
+        self.git(repo, &["rev-list", "--objects", "--all", "--missing=print"]).lines().filter(|l| l.starts_with('?')).count()
+    }
+
     /// `git <args>` that must fail; returns stderr.
     pub fn git_fail(&self, cwd: &Path, args: &[&str]) -> String {
         let mut c = self.command("git", cwd);
