@@ -89,3 +89,15 @@ pub(crate) fn crash_during_migrate(env: &HashMap<String, String>, point: &str) {
         std::process::exit(70);
     }
 }
+
+/// `git s3 access revoke --reencrypt` exits the daemon after the manifest
+/// swap, before any old object's deletion (`1`), to test that a rerun finishes.
+pub(crate) const CRASH_DURING_REENCRYPT: &str = "GIT_S3_TEST_CRASH_DURING_REENCRYPT";
+
+/// A re-encryption, between its manifest swap and its deletions.
+pub(crate) fn crash_during_reencrypt(env: &HashMap<String, String>) {
+    if env.get(CRASH_DURING_REENCRYPT).map(String::as_str) == Some("1") {
+        tracing::error!("{CRASH_DURING_REENCRYPT}=1: exiting after the manifest swap");
+        std::process::exit(70);
+    }
+}

@@ -325,7 +325,7 @@ fn the_age_cli_reads_what_git_s3_writes() {
     };
     let remote_key = dir.join("remote.key");
     age_d(&keys, "age/.git-s3/keyring", &remote_key);
-    assert!(std::fs::read_to_string(&remote_key).unwrap().starts_with("# git-s3 keyring v1\n"));
+    assert!(std::fs::read_to_string(&remote_key).unwrap().starts_with("# git-s3 keyring v2\n"));
     let manifest = dir.join("manifest.json");
     age_d(&remote_key, "age/.git-s3/manifest.json", &manifest);
     let m: Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 use git_s3_proto::pb::SessionStart;
 
-use super::{branch, cache, doctor, gc, init, keygen, migrate, status};
+use super::{access, branch, cache, doctor, gc, init, keygen, migrate, status};
 use super::{CliError, Ctx};
 use crate::session::state::DaemonState;
 use crate::session::{Input, Out};
@@ -50,6 +50,8 @@ pub(crate) enum Cmd {
     Init(init::InitArgs),
     /// Make an age identity for encrypted remotes (in ~/.config/git-s3/identities) and print its recipient
     Keygen(keygen::KeygenArgs),
+    /// Who can read an encrypted remote: list | grant <remote> <age1…|kms:KEY> | revoke [--reencrypt] <remote> <recipient>
+    Access(access::AccessArgs),
     /// Compact a packs-format remote: combine its packs into one (or, with --geometric, only the small ones), delete replaced packs after a grace period
     Gc(gc::GcArgs),
     /// Convert a remote between the bundles and packs formats: --to packs|bundles
@@ -113,6 +115,7 @@ pub(crate) async fn run(state: Arc<DaemonState>, mut start: SessionStart, input:
         Cmd::Cache(a) => cache::run(&mut ctx, a).await,
         Cmd::Init(a) => init::run(&mut ctx, a).await,
         Cmd::Keygen(a) => keygen::run(&mut ctx, a).await,
+        Cmd::Access(a) => access::run(&mut ctx, a).await,
         Cmd::Gc(a) => gc::run(&mut ctx, a).await,
         Cmd::Migrate(a) => migrate::run(&mut ctx, a).await,
         Cmd::Daemon(_) => Err(CliError::Usage("`daemon` is handled by the git-s3 command: run `git s3 daemon …`".into())),

@@ -24,6 +24,7 @@ pub(crate) const DOCS: &[(&str, &str)] = &[
     ("unprotect", "docs/operations.md#git-s3-protect-and-unprotect"),
     ("init", "docs/storage-formats.md#choosing-the-format"),
     ("keygen", "docs/encryption.md#keys"),
+    ("access", "docs/encryption.md#access"),
     ("gc", "docs/operations.md#git-s3-gc"),
     ("migrate", "docs/operations.md#git-s3-migrate"),
     ("cache", "docs/operations.md#git-s3-cache"),

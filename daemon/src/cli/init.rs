@@ -11,7 +11,8 @@ use clap::Args;
 use super::remote::Remote;
 use super::{CliError, CliResult, Ctx, FormatArg};
 use crate::s3::store::{PutOptions, WriteCondition};
-use crate::storage::crypt::{self, keyring, CryptError, RemoteKey};
+use crate::storage::crypt::kms::KmsGrant;
+use crate::storage::crypt::{self, keyring, kms, CryptError, RemoteKey};
 use crate::storage::detect::scan_refs_dir;
 use crate::storage::packs::manifest::{self, read_manifest, Manifest};
 
@@ -20,7 +21,7 @@ pub(crate) struct InitArgs {
     /// The storage format of the new remote
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub(crate) format: FormatArg,
-    /// Encrypt the remote (packs only) to this age recipient (age1…, from `git s3 keygen`); repeat for each person
+    /// Encrypt the remote (packs only) to this age recipient (age1…, from `git s3 keygen`) or KMS key (kms:<key id or ARN>); repeat for each
     #[arg(long = "encrypt-to", value_name = "RECIPIENT")]
     pub(crate) encrypt_to: Vec<String>,
     /// A git remote name or an s3:// URL (an empty prefix)
@@ -34,8 +35,11 @@ pub(crate) async fn run(ctx: &mut Ctx, args: InitArgs) -> CliResult {
             "the bundles format (git-remote-s3 0.4.2's layout) stays plaintext: use `git s3 init --format packs --encrypt-to …` to encrypt".into(),
         ));
     }
-    let recipients =
-        args.encrypt_to.iter().map(|r| crypt::parse_recipient(r)).collect::<Result<Vec<_>, _>>().map_err(|e| CliError::Usage(e.to_string()))?;
+    // age recipients, and KMS keys (`kms:<key id or ARN>`).
+    let (kms_ids, ages): (Vec<&String>, Vec<&String>) = args.encrypt_to.iter().partition(|r| kms::key_id(r).is_some());
+    let kms_ids: Vec<&str> = kms_ids.iter().filter_map(|r| kms::key_id(r)).collect();
+    let recipients = ages.iter().map(|r| crypt::parse_recipient(r)).collect::<Result<Vec<_>, _>>().map_err(|e| CliError::Usage(e.to_string()))?;
+    let encrypt = !args.encrypt_to.is_empty();
     let remote = Remote::resolve(ctx, &args.remote).await?;
     let (existing, refs) = tokio::try_join!(read_manifest(&remote.store, &remote.url), scan_refs_dir(&remote.store, &remote.url))?;
     let url = &remote.url;
@@ -51,7 +55,7 @@ pub(crate) async fn run(ctx: &mut Ctx, args: InitArgs) -> CliResult {
         return Err(CliError::Refused(format!(
             "{url} already holds bundles ({} refs){}",
             refs.bundle_refs.len(),
-            if !recipients.is_empty() {
+            if encrypt {
                 "; the bundles format stays plaintext: encryption needs a packs remote (`git s3 migrate --to packs`, then a new encrypted remote)"
                     .to_string()
             } else if args.format == FormatArg::Packs {
@@ -66,10 +70,11 @@ pub(crate) async fn run(ctx: &mut Ctx, args: InitArgs) -> CliResult {
             let m = Manifest::default();
             let opts = PutOptions { condition: WriteCondition::IfAbsent, ..Default::default() };
             manifest::forget_held(&remote.store, url);
-            if !recipients.is_empty() {
+            if encrypt {
                 // The keyring first: a manifest without it would be a plaintext remote.
                 let key = Arc::new(RemoteKey::generate());
-                match keyring::create(&remote.store, url, &key, &recipients).await {
+                let grants = wrap_with_kms(ctx, &remote, &kms_ids).await?;
+                match keyring::create(&remote.store, url, &key, &recipients, grants).await {
                     Ok(()) => {}
                     Err(CryptError::Store(e)) if e.is_precondition_failed() => {
                         return Err(CliError::Refused(format!("{url} already has a keyring ({}): it is encrypted already", crypt::keyring_key(url))))
@@ -85,13 +90,18 @@ pub(crate) async fn run(ctx: &mut Ctx, args: InitArgs) -> CliResult {
                 Err(e) if e.is_precondition_failed() => return Err(CliError::Refused(format!("{url} was initialized by someone else meanwhile"))),
                 Err(e) => return Err(e.into()),
             }
-            if recipients.is_empty() {
+            if !encrypt {
                 ctx.println(format!("Initialized {url} in the packs format ({})", manifest::manifest_key(url)));
             } else {
                 ctx.println(format!(
-                    "Initialized {url} in the packs format, encrypted to {} recipient{} (keyring {})",
+                    "Initialized {url} in the packs format, encrypted to {} recipient{}{} (keyring {})",
                     recipients.len(),
                     if recipients.len() == 1 { "" } else { "s" },
+                    if kms_ids.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" and {} KMS key{}", kms_ids.len(), if kms_ids.len() == 1 { "" } else { "s" })
+                    },
                     crypt::keyring_key(url)
                 ));
             }
@@ -103,4 +113,21 @@ pub(crate) async fn run(ctx: &mut Ctx, args: InitArgs) -> CliResult {
         }
     }
     Ok(0)
+}
+
+/// A wrapping identity per KMS key, its secret encrypted with the key and
+/// recorded in `keyring.kms` (before the keyring that lists it).
+async fn wrap_with_kms(ctx: &Ctx, remote: &Remote, kms_ids: &[&str]) -> Result<Vec<KmsGrant>, CliError> {
+    let mut grants = Vec::new();
+    for id in kms_ids {
+        let (grant, entry) = kms::wrap(&remote.url, &ctx.env, id).await.map_err(|e| CliError::Storage(e.into()))?;
+        kms::edit_file(&remote.store, &remote.url, |f| {
+            f.keys.retain(|k| k.key_id != entry.key_id);
+            f.keys.push(entry.clone());
+        })
+        .await
+        .map_err(|e| CliError::Storage(e.into()))?;
+        grants.push(grant);
+    }
+    Ok(grants)
 }

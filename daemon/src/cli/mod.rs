@@ -8,6 +8,7 @@
 //! This file is what the commands share (their context, errors and
 //! formatting); it uses none of them.
 
+mod access;
 mod branch;
 mod cache;
 pub mod dispatch;

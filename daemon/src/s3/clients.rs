@@ -302,6 +302,48 @@ impl ClientSpec {
     }
 
     async fn build(&self) -> aws_sdk_s3::Client {
+        let (sdk, credentials) = self.load(self.endpoint.as_deref()).await;
+        let mut conf = aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(self.path_style)
+            .accelerate(self.accelerate)
+            .use_dual_stack(self.dualstack)
+            .credentials_provider(credentials);
+        if sdk.region().is_none() {
+            conf = conf.region(Region::new("us-east-1"));
+        }
+        if self.endpoint.is_none() {
+            // Our resolution (s3/profile.rs, with the caller's environment)
+            // is the one that counts: the SDK must not add a profile's
+            // endpoint that the caller's AWS_IGNORE_CONFIGURED_ENDPOINT_URLS
+            // turned off.
+            conf.set_endpoint_url(None);
+        }
+        if self.is_third_party_endpoint() {
+            conf = conf
+                .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+                .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+        }
+        aws_sdk_s3::Client::from_conf(conf.build())
+    }
+
+    /// A KMS client with the caller's configuration (credentials chain,
+    /// profile, region, network), at `AWS_ENDPOINT_URL_KMS` or
+    /// `AWS_ENDPOINT_URL` when the caller sets one (encrypted remotes'
+    /// KMS-wrapped keyrings, `storage/crypt/kms.rs`). Not kept warm: only
+    /// a keyring opened or granted through KMS uses one.
+    pub(crate) async fn kms_client(&self) -> aws_sdk_kms::Client {
+        let endpoint = self.get("AWS_ENDPOINT_URL_KMS").or_else(|| self.get("AWS_ENDPOINT_URL")).map(str::to_string);
+        let (sdk, credentials) = self.load(endpoint.as_deref()).await;
+        let mut conf = aws_sdk_kms::config::Builder::from(&sdk).credentials_provider(credentials);
+        if sdk.region().is_none() {
+            conf = conf.region(aws_sdk_kms::config::Region::new("us-east-1"));
+        }
+        conf.set_endpoint_url(endpoint);
+        aws_sdk_kms::Client::from_conf(conf.build())
+    }
+
+    /// The SDK configuration and credentials of the caller (`endpoint`: the service's).
+    async fn load(&self, endpoint: Option<&str>) -> (aws_types::SdkConfig, aws_credential_types::provider::SharedCredentialsProvider) {
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .http_client(self.network.http_client(self.endpoint.as_deref()))
             .retry_config(
@@ -341,12 +383,12 @@ impl ClientSpec {
         }
         let region = self.region.clone().or_else(|| {
             // S3-compatible stores do not care; skip the IMDS lookup.
-            (self.endpoint.is_some() || self.get("AWS_EC2_METADATA_DISABLED") == Some("true")).then(|| "us-east-1".to_string())
+            (endpoint.is_some() || self.get("AWS_EC2_METADATA_DISABLED") == Some("true")).then(|| "us-east-1".to_string())
         });
         if let Some(r) = region {
             loader = loader.region(Region::new(r));
         }
-        if let Some(e) = &self.endpoint {
+        if let Some(e) = endpoint {
             loader = loader.endpoint_url(e);
         }
         // The whole default chain (and region and profile resolution) reads
@@ -355,27 +397,7 @@ impl ClientSpec {
         loader = loader.env(chain.loader_env());
         let sdk = loader.load().await;
         let credentials = chain.provider(&sdk, profile_files).await;
-        let mut conf = aws_sdk_s3::config::Builder::from(&sdk)
-            .force_path_style(self.path_style)
-            .accelerate(self.accelerate)
-            .use_dual_stack(self.dualstack)
-            .credentials_provider(credentials);
-        if sdk.region().is_none() {
-            conf = conf.region(Region::new("us-east-1"));
-        }
-        if self.endpoint.is_none() {
-            // Our resolution (s3/profile.rs, with the caller's environment)
-            // is the one that counts: the SDK must not add a profile's
-            // endpoint that the caller's AWS_IGNORE_CONFIGURED_ENDPOINT_URLS
-            // turned off.
-            conf.set_endpoint_url(None);
-        }
-        if self.is_third_party_endpoint() {
-            conf = conf
-                .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-                .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
-        }
-        aws_sdk_s3::Client::from_conf(conf.build())
+        (sdk, credentials)
     }
 }
 

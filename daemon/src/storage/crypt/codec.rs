@@ -34,8 +34,8 @@ fn encrypt_stream(key: &RemoteKey, mut input: impl Read, output: impl Write) -> 
 fn decrypt_stream(key: &RemoteKey, input: impl Read, mut output: impl Write, what: &str) -> Result<(), CryptError> {
     let bad = |e: &dyn std::fmt::Display| CryptError::Decrypt { what: what.to_string(), detail: e.to_string() };
     let decryptor = age::Decryptor::new(input).map_err(|e| bad(&e))?;
-    let identity: &dyn age::Identity = key.identity();
-    let mut reader = decryptor.decrypt(std::iter::once(identity)).map_err(|e| bad(&e))?;
+    // Every generation of the remote key: an object written before a rotation reads too.
+    let mut reader = decryptor.decrypt(key.identities().map(|i| i as &dyn age::Identity)).map_err(|e| bad(&e))?;
     // A chunk that fails authentication is an io::Error of kind InvalidData.
     std::io::copy(&mut reader, &mut output).map_err(|e| if e.kind() == std::io::ErrorKind::InvalidData { bad(&e) } else { CryptError::Io(e) })?;
     Ok(())

@@ -14,9 +14,12 @@
 //! daemon has opened (by location), which the packs format's manifest reads
 //! use.
 
+pub(crate) mod access;
 pub(crate) mod codec;
 pub(crate) mod identities;
 pub(crate) mod keyring;
+pub(crate) mod kms;
+pub(crate) mod reencrypt;
 
 use std::sync::Arc;
 
@@ -56,16 +59,29 @@ pub(crate) enum CryptError {
     /// What this slice of encryption does not do yet (the message is whole).
     #[error("{0}")]
     NotYet(String),
-    #[error("invalid age recipient '{0}': expected an X25519 recipient (age1…), as `git s3 keygen` or `age-keygen` prints")]
+    /// A KMS call refused or failed (the message is whole).
+    #[error("{0}")]
+    Kms(String),
+    /// `git s3 access` refused (the message is whole).
+    #[error("{0}")]
+    Access(String),
+    #[error(
+        "invalid age recipient '{0}': expected an X25519 recipient (age1…), as `git s3 keygen` or `age-keygen` prints, or kms:<KMS key id or ARN>"
+    )]
     Recipient(String),
 }
 
 /// A remote's key: the age identity every object is encrypted to, and the
-/// key of the HMAC that names its packs.
+/// key of the HMAC that names its packs. Each `git s3 access revoke`
+/// rotates it: the new key has the next generation (the first is 1) and
+/// the keyring keeps the older ones (`older`), with which the packs a
+/// manifest entry marks as theirs are named and decrypted.
 pub(crate) struct RemoteKey {
     identity: age::x25519::Identity,
     recipient: age::x25519::Recipient,
     names: [u8; 32],
+    generation: u32,
+    older: Vec<RemoteKey>,
 }
 
 impl std::fmt::Debug for RemoteKey {
@@ -90,16 +106,56 @@ impl RemoteKey {
         // The HMAC key of object names: derived from the secret, never the secret itself.
         let names = hmac_sha256(secret.expose_secret().as_bytes(), b"git-s3 object names v1");
         let recipient = identity.to_public();
-        RemoteKey { identity, recipient, names }
+        RemoteKey { identity, recipient, names, generation: 1, older: Vec::new() }
+    }
+
+    /// This key as generation `generation`, with the keyring's `older` keys.
+    pub(crate) fn with_generations(mut self, generation: u32, older: Vec<RemoteKey>) -> RemoteKey {
+        self.generation = generation;
+        self.older = older;
+        self
+    }
+
+    /// A fresh key of the next generation; this one and its older keys
+    /// become the older keys (a revoke's rotation).
+    pub(crate) fn rotated(&self) -> RemoteKey {
+        let mut older = vec![self.alone()];
+        older.extend(self.older.iter().map(RemoteKey::alone));
+        let next = self.generations().map(|k| k.generation).max().unwrap_or(0) + 1;
+        RemoteKey::generate().with_generations(next, older)
+    }
+
+    /// This key without its older keys (what `--reencrypt` keeps).
+    pub(crate) fn alone(&self) -> RemoteKey {
+        let mut k = RemoteKey::of(self.identity.clone());
+        k.generation = self.generation;
+        k
+    }
+
+    /// The generation of the current key (1: never rotated).
+    pub(crate) fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    /// The current key, then the older ones (newest first as the keyring lists them).
+    pub(crate) fn generations(&self) -> impl Iterator<Item = &RemoteKey> {
+        std::iter::once(self).chain(self.older.iter())
+    }
+
+    /// The key of generation `generation` (None: the first), if the keyring holds it.
+    pub(crate) fn of_generation(&self, generation: Option<u32>) -> Option<&RemoteKey> {
+        let g = generation.unwrap_or(1);
+        self.generations().find(|k| k.generation == g)
+    }
+
+    /// Every generation's identity: what decrypts any object of the remote.
+    pub(crate) fn identities(&self) -> impl Iterator<Item = &age::x25519::Identity> {
+        self.generations().map(|k| &k.identity)
     }
 
     /// `AGE-SECRET-KEY-1…`: what the keyring holds.
     pub(crate) fn secret(&self) -> String {
         self.identity.to_string().expose_secret().to_string()
-    }
-
-    pub(crate) fn identity(&self) -> &age::x25519::Identity {
-        &self.identity
     }
 
     pub(crate) fn recipient(&self) -> &age::x25519::Recipient {
@@ -143,6 +199,23 @@ pub(crate) fn parse_recipient(s: &str) -> Result<age::x25519::Recipient, CryptEr
 
 pub(crate) fn keyring_key(url: &RemoteUrl) -> String {
     url.key(KEYRING_NAME)
+}
+
+/// The plaintext of the keyring `data` with `identities`; None when none matches.
+pub(crate) fn decrypt_keyring<'a>(
+    data: &[u8],
+    identities: impl Iterator<Item = &'a dyn age::Identity>,
+    what: &str,
+) -> Result<Option<String>, CryptError> {
+    let decryptor = age::Decryptor::new(data).map_err(|e| CryptError::Keyring(what.to_string(), e.to_string()))?;
+    let mut reader = match decryptor.decrypt(identities) {
+        Ok(r) => r,
+        Err(age::DecryptError::NoMatchingKeys) => return Ok(None),
+        Err(e) => return Err(CryptError::Keyring(what.to_string(), e.to_string())),
+    };
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut reader, &mut text).map_err(|e| CryptError::Keyring(what.to_string(), e.to_string()))?;
+    Ok(Some(text))
 }
 
 /// Whether `data` is an age file.
@@ -217,5 +290,19 @@ mod tests {
         assert_eq!(k.object_name(&name).len(), 64);
         assert!(!k.object_name(&name).contains(&"a".repeat(40)));
         assert!(RemoteKey::from_secret("AGE-SECRET-KEY-1NOPE").is_none());
+    }
+
+    #[test]
+    fn rotation_keeps_the_older_keys_by_generation() {
+        let k = RemoteKey::generate();
+        assert_eq!(k.generation(), 1);
+        let r = k.rotated().rotated();
+        assert_eq!(r.generation(), 3);
+        assert_eq!(r.generations().map(RemoteKey::generation).collect::<Vec<_>>(), vec![3, 2, 1]);
+        assert_eq!(r.of_generation(None).unwrap().secret(), k.secret());
+        assert_eq!(r.of_generation(Some(1)).unwrap().object_name("x"), k.object_name("x"));
+        assert_ne!(r.object_name("x"), k.object_name("x"));
+        assert!(r.of_generation(Some(4)).is_none());
+        assert_eq!(r.alone().generations().count(), 1);
     }
 }

@@ -112,7 +112,7 @@ impl PackStorage {
                     "pack {} from s3://{}/{} does not hold {}, the tip of {} the manifest names for it: the remote is damaged",
                     p.name,
                     self.store.bucket(),
-                    self.object_key(&p.name, "pack"),
+                    self.entry_object_key(p, "pack")?,
                     w.sha,
                     w.name
                 )));
@@ -160,7 +160,7 @@ impl PackStorage {
             ctx.cache.blocking(move |c| c.evict_pack(&name)).await?;
         }
         let tmp = ctx.cache.blocking(|c| c.temp_file()).await??;
-        let key = self.object_key(&p.name, "pack");
+        let key = self.entry_object_key(p, "pack")?;
         let progress =
             Mutex::new(Progress::new(ctx.out.clone(), ctx.progress, format!("Downloading pack {}", &p.name[..12.min(p.name.len())]), Some(p.size)));
         let on = |n: u64| {

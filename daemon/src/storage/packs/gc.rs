@@ -393,7 +393,7 @@ mod tests {
     use super::*;
 
     fn pack(n: u8, size: u64) -> PackEntry {
-        PackEntry { name: format!("{:02x}", n).repeat(20), size, idx_size: 0, objects: 1, tips: vec![], created: 0 }
+        PackEntry { name: format!("{:02x}", n).repeat(20), size, idx_size: 0, objects: 1, tips: vec![], created: 0, key: None }
     }
 
     #[test]

@@ -55,6 +55,11 @@ pub struct PackEntry {
     /// Unix seconds when the pack was added.
     #[serde(default)]
     pub created: u64,
+    /// In an encrypted remote: the generation of the remote key that named
+    /// and encrypted the pack and its `.idx` (`storage/crypt/keyring.rs`);
+    /// absent: the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -463,7 +468,7 @@ mod tests {
         let mut m = Manifest::default();
         m.refs.insert("refs/heads/main".into(), "a".repeat(40));
         m.head = Some("refs/heads/main".into());
-        m.packs.push(PackEntry { name: "b".repeat(40), size: 10, idx_size: 5, objects: 3, tips: vec!["a".repeat(40)], created: 1 });
+        m.packs.push(PackEntry { name: "b".repeat(40), size: 10, idx_size: 5, objects: 3, tips: vec!["a".repeat(40)], created: 1, key: None });
         let back = Manifest::parse(&m.to_bytes()).unwrap();
         assert_eq!(back, m);
         assert_eq!(back.live_head().map(String::as_str), Some("refs/heads/main"));
@@ -492,7 +497,7 @@ mod tests {
         assert!(!String::from_utf8(m.to_bytes()).unwrap().contains("object_format"));
         let mut m = Manifest { object_format: Some(ObjectFormat::Sha256), ..Manifest::default() };
         m.refs.insert("refs/heads/main".into(), "a".repeat(64));
-        m.packs.push(PackEntry { name: "b".repeat(64), size: 10, idx_size: 5, objects: 3, tips: vec!["a".repeat(64)], created: 1 });
+        m.packs.push(PackEntry { name: "b".repeat(64), size: 10, idx_size: 5, objects: 3, tips: vec!["a".repeat(64)], created: 1, key: None });
         let bytes = m.to_bytes();
         let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(json["object_format"], "sha256");
@@ -512,7 +517,7 @@ mod tests {
 
     #[test]
     fn views_cover_the_packs_they_were_made_from() {
-        let pack = |c: char| PackEntry { name: c.to_string().repeat(40), size: 1, idx_size: 1, objects: 1, tips: vec![], created: 0 };
+        let pack = |c: char| PackEntry { name: c.to_string().repeat(40), size: 1, idx_size: 1, objects: 1, tips: vec![], created: 0, key: None };
         let mut m = Manifest { packs: vec![pack('a'), pack('b')], ..Default::default() };
         assert_eq!(m.uncovered().count(), 2);
         m.views = Some(Views { covers: ["a".repeat(40)].into(), skeleton: Some(pack('c')), tips: None, created: 1 });

@@ -136,8 +136,8 @@ impl Attempt {
 }
 
 impl BuiltPack {
-    /// Its entry in the manifest.
-    fn entry(&self) -> PackEntry {
+    /// Its entry in the manifest (`key`: the generation of the remote key it was encrypted with).
+    fn entry(&self, key: Option<u32>) -> PackEntry {
         PackEntry {
             name: self.name.clone(),
             size: self.size,
@@ -145,6 +145,7 @@ impl BuiltPack {
             objects: self.objects,
             tips: self.tips.clone(),
             created: unix_now(),
+            key,
         }
     }
 }
@@ -397,7 +398,10 @@ impl PackStorage {
             #[cfg(feature = "test-hooks")]
             crate::test_hooks::crash_before_manifest(&ctx.env);
 
-            let entry = built.as_ref().filter(|b| !new_tips.is_empty() && !a.packs_now.contains(&b.name)).map(BuiltPack::entry);
+            let entry = built
+                .as_ref()
+                .filter(|b| !new_tips.is_empty() && !a.packs_now.contains(&b.name))
+                .map(|b| b.entry(self.key.as_ref().map(|k| k.generation())));
             let next = next_manifest(&a.m, &changes, entry)
                 .map_err(|(ours, theirs)| StorageError::Format(format_mismatch(ours, theirs, &self.url.to_string())))?;
             if self.write_manifest(&next, a.etag.clone()).await? {
@@ -726,7 +730,7 @@ mod tests {
     }
 
     fn entry(name: &str) -> PackEntry {
-        PackEntry { name: name.into(), size: 10, idx_size: 5, objects: 2, tips: vec![B.into()], created: 1 }
+        PackEntry { name: name.into(), size: 10, idx_size: 5, objects: 2, tips: vec![B.into()], created: 1, key: None }
     }
 
     #[test]

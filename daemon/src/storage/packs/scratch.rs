@@ -121,6 +121,7 @@ pub(super) async fn written_pack(dir: &Path, out: &str, tips: Vec<String>) -> Re
         objects: pack_object_count(&pack).await?,
         tips,
         created: unix_now(),
+        key: None,
     })
 }
 pub(super) async fn upload_pack_of(store: &S3Store, url: &RemoteUrl, dir: &Path, p: &PackEntry) -> Result<(), StorageError> {

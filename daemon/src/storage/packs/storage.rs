@@ -11,7 +11,7 @@ use crate::s3::store::{PutOptions, S3Store};
 use crate::s3::url::RemoteUrl;
 use crate::storage::crypt::{codec, RemoteKey};
 use crate::storage::detect::{scan_refs_dir, RefsDir};
-use crate::storage::packs::manifest::{read_manifest, Manifest};
+use crate::storage::packs::manifest::{read_manifest, Manifest, PackEntry};
 use crate::storage::StorageError;
 
 pub(crate) struct PackStorage {
@@ -56,9 +56,16 @@ impl PackStorage {
         self.key.is_some()
     }
 
-    /// The object of pack `name`'s `.pack` (`ext` "pack") or `.idx` ("idx").
+    /// The object of pack `name`'s `.pack` (`ext` "pack") or `.idx` ("idx"),
+    /// as this session writes it (an encrypted remote: the current key).
     pub(super) fn object_key(&self, name: &str, ext: &str) -> String {
         object_key(&self.url, self.key.as_deref(), name, ext)
+    }
+
+    /// The object of the manifest entry `p`'s `.pack` or `.idx`: in an
+    /// encrypted remote, named with the key generation the entry records.
+    pub(super) fn entry_object_key(&self, p: &PackEntry, ext: &str) -> Result<String, StorageError> {
+        entry_object_key(&self.url, self.key.as_deref(), p, ext)
     }
 
     /// The `PROTECTED#` markers, when `refs/` has been scanned.
@@ -104,16 +111,31 @@ impl PackStorage {
 /// The key of pack `name`'s `.pack` / `.idx` (`ext`): `pack-<name>.<ext>`,
 /// or in an encrypted remote an HMAC of that name keyed from the remote
 /// key, so keys reveal no hash.
-pub(super) fn object_key(url: &RemoteUrl, key: Option<&RemoteKey>, name: &str, ext: &str) -> String {
+pub(crate) fn object_key(url: &RemoteUrl, key: Option<&RemoteKey>, name: &str, ext: &str) -> String {
     match key {
         Some(k) => url.key(&format!("{}/packs/{}", crate::storage::packs::manifest::META_DIR, k.object_name(&format!("pack-{name}.{ext}")))),
         None => url.key(&format!("{}/packs/pack-{name}.{ext}", crate::storage::packs::manifest::META_DIR)),
     }
 }
 
+/// [`object_key`] of the manifest entry `p`: with the key of the generation it records.
+pub(crate) fn entry_object_key(url: &RemoteUrl, key: Option<&RemoteKey>, p: &PackEntry, ext: &str) -> Result<String, StorageError> {
+    match key {
+        None => Ok(object_key(url, None, &p.name, ext)),
+        Some(k) => match k.of_generation(p.key) {
+            Some(g) => Ok(object_key(url, Some(g), &p.name, ext)),
+            None => Err(StorageError::Corrupt(format!(
+                "the manifest says pack {} is encrypted with key generation {}, which the keyring of {url} does not hold (fetch again; else restore the keyring)",
+                p.name,
+                p.key.unwrap_or(1)
+            ))),
+        },
+    }
+}
+
 /// Uploads the file at `path` to `object`: as it is, or encrypted to the
 /// remote key into a temp file beside it first (streamed, bounded memory).
-pub(super) async fn put_object(
+pub(crate) async fn put_object(
     store: &S3Store,
     key: Option<&Arc<RemoteKey>>,
     object: &str,
@@ -135,7 +157,7 @@ pub(super) async fn put_object(
 
 /// Downloads `object` of an encrypted remote and decrypts it into `dest`
 /// (the ciphertext goes to a temp file beside it first).
-pub(super) async fn get_object(
+pub(crate) async fn get_object(
     store: &S3Store,
     key: &Arc<RemoteKey>,
     object: &str,

@@ -1,0 +1,198 @@
+//! The keyring wrapped with AWS KMS keys (`--encrypt-to kms:<key id or
+//! ARN>`), so IAM decides who reads an encrypted remote. For each KMS key
+//! the keyring object is also age-encrypted to a **wrapping identity** of
+//! its own (a fresh age X25519 identity; its recipient is the keyring's
+//! `# kms:` line), and that identity's secret is encrypted with KMS
+//! `Encrypt` (no encryption context) into `<prefix>/.git-s3/keyring.kms`,
+//! a plaintext JSON document:
+//!
+//! ```text
+//! {"version":1,"keys":[{"key_id":"<as given>","recipient":"age1…","ciphertext":"<base64 CiphertextBlob>"}]}
+//! ```
+//!
+//! Opening: `Decrypt` of an entry's ciphertext gives `AGE-SECRET-KEY-1…`,
+//! which opens the keyring like any identity (the `aws` and `age` CLIs do
+//! the same: see docs/encryption.md). Only tried when the caller's age
+//! identities do not open the keyring. The KMS client is built from the
+//! caller's AWS environment (`s3/clients.rs`).
+
+use std::collections::HashMap;
+
+use age::secrecy::ExposeSecret;
+use aws_sdk_kms::error::ProvideErrorMetadata;
+use aws_sdk_kms::primitives::Blob;
+use serde::{Deserialize, Serialize};
+
+use super::{decrypt_keyring, CryptError};
+use crate::s3::clients::ClientSpec;
+use crate::s3::store::{Conditional, PutOptions, S3Store, WriteCondition};
+use crate::s3::url::RemoteUrl;
+
+/// The KMS-wrapped identities, under the packs format's directory.
+pub(crate) const KMS_NAME: &str = ".git-s3/keyring.kms";
+/// How `--encrypt-to` names a KMS key.
+pub(crate) const PREFIX: &str = "kms:";
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct KmsFile {
+    pub(crate) version: u32,
+    pub(crate) keys: Vec<KmsEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct KmsEntry {
+    pub(crate) key_id: String,
+    pub(crate) recipient: String,
+    pub(crate) ciphertext: String,
+}
+
+/// A KMS key the keyring is also wrapped with: the age recipient whose
+/// identity the KMS key wraps (in `.git-s3/keyring.kms`), and the key id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct KmsGrant {
+    pub(crate) recipient: String,
+    pub(crate) key_id: String,
+}
+
+pub(crate) fn kms_key(url: &RemoteUrl) -> String {
+    url.key(KMS_NAME)
+}
+
+/// The KMS key id of an `--encrypt-to kms:<id>` argument, if it is one.
+pub(crate) fn key_id(arg: &str) -> Option<&str> {
+    arg.trim().strip_prefix(PREFIX).map(str::trim).filter(|k| !k.is_empty())
+}
+
+async fn client(url: &RemoteUrl, env: &HashMap<String, String>) -> Result<aws_sdk_kms::Client, CryptError> {
+    let (e, profile) = (env.clone(), url.profile.clone());
+    let spec = tokio::task::spawn_blocking(move || ClientSpec::from_env(&e, profile.as_deref()))
+        .await
+        .map_err(|e| CryptError::Io(std::io::Error::other(e.to_string())))?;
+    Ok(spec.kms_client().await)
+}
+
+/// One line for a KMS error: the key, the service's code and message, and what to ask for.
+fn kms_error<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
+    key_id: &str,
+    action: &str,
+    e: &aws_sdk_kms::error::SdkError<E>,
+) -> String {
+    let detail = match (e.code(), e.message()) {
+        (Some(c), Some(m)) => format!("{c}: {m}"),
+        (Some(c), None) => c.to_string(),
+        _ => aws_sdk_kms::error::DisplayErrorContext(e).to_string(),
+    };
+    format!("KMS key {key_id} refused {action} ({detail}): ask its owner for kms:{action} on {key_id} (and check the key id and region)")
+}
+
+/// A new wrapping identity for `key_id`, its secret encrypted with KMS: the
+/// keyring's grant and `keyring.kms`'s entry.
+pub(crate) async fn wrap(url: &RemoteUrl, env: &HashMap<String, String>, key_id: &str) -> Result<(KmsGrant, KmsEntry), CryptError> {
+    let identity = age::x25519::Identity::generate();
+    let recipient = identity.to_public().to_string();
+    let secret = identity.to_string().expose_secret().to_string();
+    let kms = client(url, env).await?;
+    let out = kms
+        .encrypt()
+        .key_id(key_id)
+        .plaintext(Blob::new(secret.into_bytes()))
+        .send()
+        .await
+        .map_err(|e| CryptError::Kms(kms_error(key_id, "Encrypt", &e)))?;
+    let blob = out.ciphertext_blob().ok_or_else(|| CryptError::Kms(format!("KMS key {key_id}: Encrypt answered without a ciphertext")))?;
+    let entry = KmsEntry { key_id: key_id.to_string(), recipient: recipient.clone(), ciphertext: aws_smithy_types::base64::encode(blob.as_ref()) };
+    Ok((KmsGrant { recipient, key_id: key_id.to_string() }, entry))
+}
+
+/// `keyring.kms` and its ETag (None: no such object).
+pub(crate) async fn read_file(store: &S3Store, url: &RemoteUrl) -> Result<Option<(KmsFile, String)>, CryptError> {
+    match store.get_small_if_changed(&kms_key(url), None).await? {
+        Conditional::Found { data, etag } => {
+            let file: KmsFile = serde_json::from_slice(&data).map_err(|e| CryptError::Keyring(kms_key(url), e.to_string()))?;
+            Ok(Some((file, etag)))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Rewrites `keyring.kms` with `edit` applied, conditional on what was read (retried when it changed).
+pub(crate) async fn edit_file(store: &S3Store, url: &RemoteUrl, edit: impl Fn(&mut KmsFile)) -> Result<(), CryptError> {
+    for _ in 0..5 {
+        let (mut file, condition) = match read_file(store, url).await? {
+            Some((f, etag)) => (f, WriteCondition::IfMatch(etag)),
+            None => (KmsFile { version: 1, keys: vec![] }, WriteCondition::IfAbsent),
+        };
+        edit(&mut file);
+        let data = serde_json::to_vec(&file).map_err(|e| CryptError::Keyring(kms_key(url), e.to_string()))?;
+        match store.put_bytes(&kms_key(url), data, PutOptions { condition, ..Default::default() }).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.is_precondition_failed() => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(CryptError::Kms(format!("{} kept changing while this command edited it: run the command again", kms_key(url))))
+}
+
+/// What opening the keyring through KMS gave.
+pub(crate) enum KmsOpen {
+    /// The remote has no KMS-wrapped keyring.
+    NotWrapped,
+    /// The keyring's plaintext.
+    Opened(String),
+    /// Every KMS key refused: the one line why.
+    Refused(String),
+}
+
+/// The keyring `data`'s plaintext through the KMS keys of `keyring.kms`,
+/// with the caller's AWS environment.
+pub(crate) async fn open_keyring(
+    store: &S3Store,
+    url: &RemoteUrl,
+    env: &HashMap<String, String>,
+    data: &[u8],
+    what: &str,
+) -> Result<KmsOpen, CryptError> {
+    let Some((file, _)) = read_file(store, url).await? else {
+        return Ok(KmsOpen::NotWrapped);
+    };
+    if file.keys.is_empty() {
+        return Ok(KmsOpen::NotWrapped);
+    }
+    let kms = client(url, env).await?;
+    let mut refusals = Vec::new();
+    for entry in &file.keys {
+        let blob = aws_smithy_types::base64::decode(&entry.ciphertext).map_err(|e| CryptError::Keyring(kms_key(url), e.to_string()))?;
+        let secret = match kms.decrypt().key_id(&entry.key_id).ciphertext_blob(Blob::new(blob)).send().await {
+            Ok(out) => out.plaintext().map(|p| String::from_utf8_lossy(p.as_ref()).to_string()).unwrap_or_default(),
+            Err(e) => {
+                refusals.push(kms_error(&entry.key_id, "Decrypt", &e));
+                continue;
+            }
+        };
+        let Ok(identity) = secret.trim().parse::<age::x25519::Identity>() else {
+            refusals.push(format!("KMS key {} decrypted something that is not an age identity", entry.key_id));
+            continue;
+        };
+        if let Some(text) = decrypt_keyring(data, std::iter::once(&identity as &dyn age::Identity), what)? {
+            return Ok(KmsOpen::Opened(text));
+        }
+        refusals.push(format!("KMS key {} is no longer granted (its wrapping recipient does not open the keyring)", entry.key_id));
+    }
+    Ok(KmsOpen::Refused(refusals.join("; ")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kms_arguments_and_the_file_format() {
+        assert_eq!(key_id("kms:alias/team"), Some("alias/team"));
+        assert_eq!(key_id("kms:arn:aws:kms:eu-west-1:1:key/abc"), Some("arn:aws:kms:eu-west-1:1:key/abc"));
+        assert_eq!(key_id("kms:"), None);
+        assert_eq!(key_id("age1xyz"), None);
+        let f = KmsFile { version: 1, keys: vec![KmsEntry { key_id: "k".into(), recipient: "age1r".into(), ciphertext: "AAA=".into() }] };
+        let text = serde_json::to_string(&f).unwrap();
+        assert_eq!(text, r#"{"version":1,"keys":[{"key_id":"k","recipient":"age1r","ciphertext":"AAA="}]}"#);
+    }
+}

@@ -1,0 +1,327 @@
+//! End to end, access to an encrypted remote (issue 22 point 4, and KMS
+//! wrapping, point 1): `git s3 access list|grant|revoke [--reencrypt]`
+//! through the real git, the test S3 server and Debian's `age` CLI (the
+//! judge of what a revoked identity can read: it decrypts with the keys
+//! that identity once opened); KMS keys made on moto's KMS.
+#![allow(clippy::unwrap_used)] // a test's unwrap is an assertion (Cargo.toml, [workspace.lints])
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use testkit::TestEnv;
+
+fn error_lines(stderr: &str) -> Vec<&str> {
+    stderr.lines().filter(|l| l.starts_with("fatal:") || l.starts_with("error:")).collect()
+}
+
+/// `git s3 keygen` into `identities` (None: the default file): the recipient.
+fn keygen(env: &TestEnv, identities: Option<&Path>) -> String {
+    let mut c = env.command("git-s3", &env.work());
+    c.arg("keygen");
+    if let Some(p) = identities {
+        c.env("GIT_S3_IDENTITIES", p);
+    }
+    let out = env.run(c);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The keys under `prefix/`.
+fn keys(env: &TestEnv, prefix: &str) -> Vec<String> {
+    env.keys(&format!("{prefix}/")).into_iter().filter(|k| !k.is_empty()).collect()
+}
+
+/// Waits until `prefix` holds `n` objects (a push uploads its `.idx` after answering git).
+fn wait_for_objects(env: &TestEnv, prefix: &str, n: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let have = keys(env, prefix);
+        if have.len() >= n {
+            assert_eq!(have.len(), n, "objects under {prefix}: {have:?}");
+            return have;
+        }
+        assert!(Instant::now() < deadline, "{prefix} holds {have:?}, expected {n} objects");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn age_cli() -> bool {
+    let ok = Command::new("age").arg("--version").output().is_ok();
+    if !ok {
+        eprintln!("SKIPPED: the `age` command is not installed (scripts/setup-test-env.sh installs Debian's age package)");
+    }
+    ok
+}
+
+/// Debian's `age -d -i identity` of the object `key`: its plaintext, or None when the identity does not open it.
+fn age_d(env: &TestEnv, identity: &Path, key: &str) -> Option<Vec<u8>> {
+    let dir = env.dir.path().join("age-d");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (input, output) = (dir.join("in"), dir.join("out"));
+    std::fs::write(&input, env.get_object(key)).unwrap();
+    let _ = std::fs::remove_file(&output);
+    let o = Command::new("age").arg("-d").arg("-i").arg(identity).arg("-o").arg(&output).arg(&input).output().unwrap();
+    o.status.success().then(|| std::fs::read(&output).unwrap())
+}
+
+/// The remote key(s) `identity` opens from the keyring, as an identity file (what a person could keep).
+fn keep_remote_keys(env: &TestEnv, identity: &Path, keyring: &str, name: &str) -> PathBuf {
+    let text = age_d(env, identity, keyring).expect("the identity opens the keyring");
+    let path = env.dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn access_json(env: &TestEnv, url: &str) -> Value {
+    serde_json::from_str(&env.git_s3(&env.work(), &["access", "list", "--json", url])).unwrap()
+}
+
+fn refused(env: &TestEnv, mut c: Command) -> String {
+    let stderr = String::from_utf8_lossy(&env.run_fail(c.stdin(std::process::Stdio::null())).stderr).into_owned();
+    let errors = error_lines(&stderr);
+    assert_eq!(errors.len(), 1, "{stderr}");
+    errors[0].to_string()
+}
+
+/// Grant, then the new person clones; revoke rotates the remote key: the
+/// revoked person's line refuses them, every object written after the
+/// revoke is unreadable with the keys they once opened (which still read
+/// the older pack: the control), the remaining person clones everything,
+/// and `age` reads keyring → keys → every object after the rotation.
+#[test]
+fn grant_lets_a_person_clone_and_revoke_rotates_the_key() {
+    if !age_cli() {
+        return;
+    }
+    let env = TestEnv::new();
+    let alice_ids = env.home().join(".config/git-s3/identities");
+    let alice = keygen(&env, None);
+    let bob_ids = env.dir.path().join("bob-identities");
+    let bob = keygen(&env, Some(&bob_ids));
+    let url = env.url("team");
+    env.git_s3(&env.work(), &["init", "--format", "packs", "--encrypt-to", &alice, &url]);
+    let repo = env.new_repo("r");
+    env.commit(&repo, "old.txt", "old secret OLD-SECRET-1\n", "old");
+    env.git(&repo, &["push", "-q", &url, "main"]);
+    let before = wait_for_objects(&env, "team", 4);
+
+    let bob_git = |args: &[&str]| {
+        let mut c = env.command("git", &env.work());
+        c.args(args).env("GIT_S3_IDENTITIES", &bob_ids);
+        c
+    };
+    let line = refused(&env, bob_git(&["clone", &url, "bob0"]));
+    assert!(line.contains("is encrypted to 1 recipient"), "{line}");
+
+    let out = env.git_s3(&env.work(), &["access", "grant", &url, &bob]);
+    assert!(out.contains("Granted") && out.contains(&bob), "{out}");
+    // Granting again changes nothing.
+    assert!(env.git_s3(&env.work(), &["access", "grant", &url, &bob]).contains("can already read"));
+    env.run(bob_git(&["clone", "-q", &url, "bob1"]));
+    assert_eq!(std::fs::read_to_string(env.path("bob1").join("old.txt")).unwrap(), "old secret OLD-SECRET-1\n");
+    let doc = access_json(&env, &url);
+    assert_eq!(doc["recipients"].as_array().unwrap().len(), 2, "{doc}");
+    assert_eq!(doc["generation"], 1);
+    // What bob could keep: the remote key he opened.
+    let bob_kept = keep_remote_keys(&env, &bob_ids, "team/.git-s3/keyring", "bob-kept.key");
+
+    let out = env.git_s3(&env.work(), &["access", "revoke", &url, &bob]);
+    assert!(out.contains("generation 2") && out.contains("may have kept copies"), "{out}");
+    let doc = access_json(&env, &url);
+    assert_eq!(doc["recipients"].as_array().unwrap().iter().map(|r| r["recipient"].as_str().unwrap()).collect::<Vec<_>>(), vec![alice.as_str()]);
+    assert_eq!(doc["generation"], 2);
+    let gens: Vec<(u64, u64)> =
+        doc["generations"].as_array().unwrap().iter().map(|g| (g["generation"].as_u64().unwrap(), g["packs"].as_u64().unwrap())).collect();
+    assert_eq!(gens, vec![(2, 0), (1, 1)], "{doc}");
+    let line = refused(&env, bob_git(&["ls-remote", &url]));
+    assert!(line.contains("none of your identities"), "{line}");
+
+    // A push after the revoke: its pack, .idx and the manifest are unreadable with what bob kept.
+    env.commit(&repo, "new.txt", "new secret NEW-SECRET-2\n", "new");
+    env.git(&repo, &["push", "-q", &url, "main"]);
+    let after = wait_for_objects(&env, "team", 6);
+    let new: Vec<&String> = after.iter().filter(|k| !before.contains(k)).collect();
+    assert_eq!(new.len(), 2, "{after:?}");
+    for key in new.iter().copied().chain(std::iter::once(&"team/.git-s3/manifest.json".to_string())) {
+        assert!(age_d(&env, &bob_kept, key).is_none(), "the revoked identity's old key decrypts {key}");
+    }
+    // The control: the old pack still opens with it (it could read that before).
+    let old_packs: Vec<&String> = before.iter().filter(|k| k.contains("/packs/")).collect();
+    assert!(old_packs.iter().all(|k| age_d(&env, &bob_kept, k).is_some()));
+
+    // Alice clones everything (from the bucket, not the cache).
+    env.git_s3(&env.work(), &["cache", "clear"]);
+    env.git(&env.work(), &["clone", "-q", &url, "alice"]);
+    let a = env.path("alice");
+    assert_eq!(std::fs::read_to_string(a.join("old.txt")).unwrap(), "old secret OLD-SECRET-1\n");
+    assert_eq!(std::fs::read_to_string(a.join("new.txt")).unwrap(), "new secret NEW-SECRET-2\n");
+    env.git(&a, &["fsck", "--full", "--no-progress"]);
+
+    // The age CLI after the rotation: keyring → both keys → every object; the manifest marks the new pack's generation.
+    let remote_keys = keep_remote_keys(&env, &alice_ids, "team/.git-s3/keyring", "alice-remote.key");
+    let text = std::fs::read_to_string(&remote_keys).unwrap();
+    assert!(text.starts_with("# git-s3 keyring v2\n") && text.contains("# key 2 (current)\n") && text.contains("# key 1\n"), "{text}");
+    for key in keys(&env, "team").iter().filter(|k| !k.ends_with("/keyring")) {
+        assert!(age_d(&env, &remote_keys, key).is_some(), "age cannot decrypt {key} with the keyring's keys");
+    }
+    let m: Value = serde_json::from_slice(&age_d(&env, &remote_keys, "team/.git-s3/manifest.json").unwrap()).unwrap();
+    let marks: Vec<Option<u64>> = m["packs"].as_array().unwrap().iter().map(|p| p["key"].as_u64()).collect();
+    assert_eq!(marks, vec![None, Some(2)], "{m}");
+}
+
+fn require_test_hooks(env: &TestEnv) {
+    let doc: Value = serde_json::from_str(&env.git_s3(&env.work(), &["status", "--json"])).unwrap();
+    let features = doc["daemon"]["features"].as_array().cloned().unwrap_or_default();
+    assert!(features.iter().any(|f| f == "test-hooks"), "this test needs a daemon built with --features git-s3-daemon/test-hooks: {features:?}");
+}
+
+/// `revoke --reencrypt`, killed after its manifest swap: readers clone
+/// (the manifest names only objects that exist); the rerun finishes; then
+/// the old key reads nothing in the bucket, the keyring holds one key, and
+/// the remaining person clones everything.
+#[test]
+fn revoke_reencrypt_leaves_nothing_the_old_key_reads_and_a_rerun_finishes() {
+    if !age_cli() {
+        return;
+    }
+    let env = TestEnv::new();
+    require_test_hooks(&env);
+    let alice = keygen(&env, None);
+    let bob_ids = env.dir.path().join("bob-identities");
+    let bob = keygen(&env, Some(&bob_ids));
+    let url = env.url("re");
+    env.git_s3(&env.work(), &["init", "--format", "packs", "--encrypt-to", &alice, "--encrypt-to", &bob, &url]);
+    let repo = env.new_repo("r");
+    env.git(&repo, &["push", "-q", &url, "main"]);
+    env.commit(&repo, "two.txt", "two\n", "two");
+    env.git(&repo, &["push", "-q", &url, "main"]);
+    wait_for_objects(&env, "re", 6);
+    let bob_kept = keep_remote_keys(&env, &bob_ids, "re/.git-s3/keyring", "bob-kept.key");
+
+    let mut c = env.command("git-s3", &env.work());
+    c.env("GIT_S3_TEST_CRASH_DURING_REENCRYPT", "1").args(["access", "revoke", "--reencrypt", &url, &bob]);
+    env.run_fail(c);
+    // Killed after the swap: old and new objects both there; a clone reads the new ones.
+    assert_eq!(keys(&env, "re").len(), 10, "{:?}", keys(&env, "re"));
+    env.git_s3(&env.work(), &["cache", "clear"]);
+    env.git(&env.work(), &["clone", "-q", &url, "during"]);
+    env.git(&env.path("during"), &["fsck", "--full", "--no-progress"]);
+
+    let out = env.git_s3(&env.work(), &["access", "revoke", "--reencrypt", &url, &bob]);
+    assert!(out.contains("finishing the re-encryption") && out.contains("deleted 4 old objects") && out.contains("dropped 1 older key"), "{out}");
+    let left = keys(&env, "re");
+    assert_eq!(left.len(), 6, "{left:?}");
+    for key in left.iter().filter(|k| !k.ends_with("/keyring")) {
+        assert!(age_d(&env, &bob_kept, key).is_none(), "the old key still decrypts {key}");
+    }
+    let doc = access_json(&env, &url);
+    assert_eq!(doc["generations"].as_array().unwrap().len(), 1, "{doc}");
+    assert_eq!(doc["generation"], 2);
+    env.git_s3(&env.work(), &["cache", "clear"]);
+    env.git(&env.work(), &["clone", "-q", &url, "after"]);
+    assert_eq!(std::fs::read_to_string(env.path("after").join("two.txt")).unwrap(), "two\n");
+    env.git(&env.path("after"), &["fsck", "--full", "--no-progress"]);
+}
+
+/// A KMS key on moto's KMS (boto3 from the test venv): its id.
+fn kms_key(env: &TestEnv) -> String {
+    let _ = env;
+    let script = "import sys, boto3\nc = boto3.client('kms', endpoint_url=sys.argv[1], region_name='us-east-1', aws_access_key_id='test', aws_secret_access_key='test')\nprint(c.create_key()['KeyMetadata']['KeyId'])\n";
+    let out = Command::new(testkit::venv().join("bin/python")).args(["-c", script, testkit::endpoint()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// `--encrypt-to kms:<key>`: a remote initialized with a KMS key only is
+/// pushed and cloned by callers with no age identity but AWS access to the
+/// key; `access grant kms:…` on an age remote does the same; a bad key id,
+/// or a key KMS refuses, is one line naming the key and what to ask for.
+#[test]
+fn kms_wrapped_keyrings_open_with_aws_access_alone() {
+    let env = TestEnv::new();
+    // KMS at moto itself (a field server in front of S3 serves no KMS).
+    env.set_env("AWS_ENDPOINT_URL_KMS", testkit::endpoint());
+    env.set_env("GIT_S3_IDENTITIES", &env.dir.path().join("no-identities").display().to_string());
+    let key = kms_key(&env);
+    let url = env.url("kms");
+    let out = env.git_s3(&env.work(), &["init", "--format", "packs", "--encrypt-to", &format!("kms:{key}"), &url]);
+    assert!(out.contains("and 1 KMS key"), "{out}");
+    let file: Value = serde_json::from_slice(&env.get_object("kms/.git-s3/keyring.kms")).unwrap();
+    assert_eq!(file["keys"][0]["key_id"].as_str().unwrap(), key);
+    let repo = env.new_repo("r");
+    env.git(&repo, &["push", "-q", &url, "main"]);
+    env.git(&env.work(), &["clone", "-q", &url, "c"]);
+    assert_eq!(env.git(&env.path("c"), &["rev-parse", "HEAD"]), env.git(&repo, &["rev-parse", "HEAD"]));
+    let doc = access_json(&env, &url);
+    assert_eq!(doc["kms"][0]["key_id"].as_str().unwrap(), key, "{doc}");
+
+    // A key id KMS does not know: one line naming it; nothing written.
+    let mut c = env.command("git-s3", &env.work());
+    c.args(["init", "--format", "packs", "--encrypt-to", "kms:no-such-key", &env.url("bad")]);
+    let line = refused(&env, c);
+    assert!(line.contains("KMS key no-such-key") && line.contains("kms:Encrypt"), "{line}");
+    assert!(keys(&env, "bad").is_empty(), "{:?}", keys(&env, "bad"));
+
+    // An age remote granted to the KMS key: a caller without identities clones.
+    let alice_ids = env.dir.path().join("alice");
+    let alice = keygen(&env, Some(&alice_ids));
+    let url2 = env.url("agekms");
+    let mut c = env.command("git-s3", &env.work());
+    c.args(["init", "--format", "packs", "--encrypt-to", &alice, &url2]).env("GIT_S3_IDENTITIES", &alice_ids);
+    env.run(c);
+    let mut c = env.command("git", &repo);
+    c.args(["push", "-q", &url2, "main"]).env("GIT_S3_IDENTITIES", &alice_ids);
+    env.run(c);
+    let mut c = env.command("git-s3", &env.work());
+    c.args(["access", "grant", &url2, &format!("kms:{key}")]).env("GIT_S3_IDENTITIES", &alice_ids);
+    env.run(c);
+    env.git(&env.work(), &["clone", "-q", &url2, "c2"]);
+
+    // KMS refuses (moto answers AccessDenied when the entry names a key
+    // other than the ciphertext's, as AWS does without kms:Decrypt): one
+    // line that names the key and what to ask for.
+    let other = kms_key(&env);
+    let text = String::from_utf8(env.get_object("kms/.git-s3/keyring.kms")).unwrap();
+    env.put_object("kms/.git-s3/keyring.kms", text.replace(&key, &other).as_bytes());
+    let mut c = env.command("git", &env.work());
+    c.args(["clone", &url, "c3"]);
+    let line = refused(&env, c);
+    assert!(line.contains(&format!("KMS key {other} refused Decrypt")) && line.contains("kms:Decrypt"), "{line}");
+    eprintln!("refused by KMS: {line}");
+    assert!(!env.path("c3").exists());
+}
+
+/// One-line refusals: a plaintext remote, a recipient that is not one, a
+/// revoke of someone not granted, the last recipient, and a caller who
+/// cannot open the keyring (nothing changes).
+#[test]
+fn access_refusals_are_one_line() {
+    let env = TestEnv::new();
+    let alice = keygen(&env, None);
+    let plain = env.url("plain");
+    env.git_s3(&env.work(), &["init", "--format", "packs", &plain]);
+    let git_s3 = |args: &[&str]| {
+        let mut c = env.command("git-s3", &env.work());
+        c.args(args);
+        c
+    };
+    let line = refused(&env, git_s3(&["access", "grant", &plain, &alice]));
+    assert!(line.contains("is not encrypted"), "{line}");
+    let url = env.url("enc");
+    env.git_s3(&env.work(), &["init", "--format", "packs", "--encrypt-to", &alice, &url]);
+    let line = refused(&env, git_s3(&["access", "grant", &url, "age1nope"]));
+    assert!(line.contains("invalid age recipient 'age1nope'"), "{line}");
+    let other_ids = env.dir.path().join("other");
+    let other = keygen(&env, Some(&other_ids));
+    let line = refused(&env, git_s3(&["access", "revoke", &url, &other]));
+    assert!(line.contains("is not a recipient"), "{line}");
+    let line = refused(&env, git_s3(&["access", "revoke", &url, &alice]));
+    assert!(line.contains("is the last recipient") && line.contains("grant someone else first"), "{line}");
+    let before = env.get_object("enc/.git-s3/keyring");
+    let mut c = git_s3(&["access", "grant", &url, &other]);
+    c.env("GIT_S3_IDENTITIES", &other_ids);
+    let line = refused(&env, c);
+    assert!(line.contains("is encrypted to 1 recipient") && line.contains("none of your identities"), "{line}");
+    assert_eq!(env.get_object("enc/.git-s3/keyring"), before, "a refused grant writes nothing");
+}
