@@ -180,7 +180,6 @@ fn changing(url: &RemoteUrl, what: &str) -> CryptError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::crypt::kms::KmsGrant;
 
     #[test]
     fn who_is_an_age_recipient_or_a_kms_key() {

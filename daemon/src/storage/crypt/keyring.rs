@@ -1,8 +1,8 @@
 //! The keyring object, `<prefix>/.git-s3/keyring`: the remote key (every
 //! generation of it), age-encrypted to every granted recipient. Its
-//! plaintext is an age identity file, so `age -d -i my-identities keyring
-//! > remote.key` then `age -d -i remote.key <object>` reads any object of
-//! the remote, whichever generation wrote it:
+//! plaintext is an age identity file, so `age -d -i my-identities -o
+//! remote.key keyring` then `age -d -i remote.key <object>` reads any
+//! object of the remote, whichever generation wrote it:
 //!
 //! ```text
 //! # git-s3 keyring v2
