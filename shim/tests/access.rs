@@ -325,3 +325,40 @@ fn access_refusals_are_one_line() {
     assert!(line.contains("is encrypted to 1 recipient") && line.contains("none of your identities"), "{line}");
     assert_eq!(env.get_object("enc/.git-s3/keyring"), before, "a refused grant writes nothing");
 }
+
+/// A keyring written before rotation existed (version 1: one key, no
+/// `# key N` lines) still opens: the remote clones, and the first grant
+/// rewrites it as version 2 with that key as generation 1.
+#[test]
+fn a_version_1_keyring_opens_and_a_grant_rewrites_it_as_version_2() {
+    if !age_cli() {
+        return;
+    }
+    let env = TestEnv::new();
+    let alice_ids = env.home().join(".config/git-s3/identities");
+    let alice = keygen(&env, None);
+    let url = env.url("v1");
+    env.git_s3(&env.work(), &["init", "--format", "packs", "--encrypt-to", &alice, &url]);
+    let repo = env.new_repo("r");
+    env.git(&repo, &["push", "-q", &url, "main"]);
+    // The keyring as the first slice wrote it, encrypted by Debian's age.
+    let text = String::from_utf8(age_d(&env, &alice_ids, "v1/.git-s3/keyring").unwrap()).unwrap();
+    let secret = text.lines().find(|l| l.starts_with("AGE-SECRET-KEY-1")).unwrap();
+    let v1 = env.dir.path().join("v1.txt");
+    std::fs::write(&v1, format!("# git-s3 keyring v1\n# recipient: {alice}\n{secret}\n")).unwrap();
+    let enc = env.dir.path().join("v1.age");
+    let o = Command::new("age").args(["-e", "-r", &alice, "-o"]).arg(&enc).arg(&v1).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    env.put_object("v1/.git-s3/keyring", &std::fs::read(&enc).unwrap());
+    env.git_s3(&env.work(), &["daemon", "restart"]);
+    env.git_s3(&env.work(), &["cache", "clear"]);
+    env.git(&env.work(), &["clone", "-q", &url, "c"]);
+    assert_eq!(access_json(&env, &url)["keyring_version"], 1);
+    let bob = keygen(&env, Some(&env.dir.path().join("bob")));
+    env.git_s3(&env.work(), &["access", "grant", &url, &bob]);
+    let doc = access_json(&env, &url);
+    assert_eq!((doc["keyring_version"].as_u64(), doc["generation"].as_u64()), (Some(2), Some(1)), "{doc}");
+    let text = String::from_utf8(age_d(&env, &alice_ids, "v1/.git-s3/keyring").unwrap()).unwrap();
+    assert!(text.starts_with("# git-s3 keyring v2\n") && text.contains(&format!("# key 1 (current)\n{secret}\n")), "{text}");
+    env.git(&env.work(), &["clone", "-q", &url, "c2"]);
+}
