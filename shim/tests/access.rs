@@ -362,3 +362,37 @@ fn a_version_1_keyring_opens_and_a_grant_rewrites_it_as_version_2() {
     assert!(text.starts_with("# git-s3 keyring v2\n") && text.contains(&format!("# key 1 (current)\n{secret}\n")), "{text}");
     env.git(&env.work(), &["clone", "-q", &url, "c2"]);
 }
+
+/// Two grants at once: the one held between its keyring read and its
+/// write (a test gate) loses the conditional write to the other, reads
+/// the keyring again and re-applies its edit: both recipients are granted.
+#[test]
+fn concurrent_grants_both_land() {
+    let env = TestEnv::new();
+    require_test_hooks(&env);
+    let alice = keygen(&env, None);
+    let bob = keygen(&env, Some(&env.dir.path().join("bob")));
+    let carol = keygen(&env, Some(&env.dir.path().join("carol")));
+    let url = env.url("race");
+    env.git_s3(&env.work(), &["init", "--format", "packs", "--encrypt-to", &alice, &url]);
+    let gate = env.dir.path().join("keyring-gate");
+    let mut c = env.command("git-s3", &env.work());
+    c.env("GIT_S3_TEST_KEYRING_WRITE_GATE", &gate).args(["access", "grant", &url, &bob]);
+    let held = std::thread::spawn(move || c.output().unwrap());
+    let reached = env.dir.path().join("keyring-gate.waiting");
+    let start = Instant::now();
+    while !reached.exists() {
+        assert!(start.elapsed() < Duration::from_secs(60), "the grant never reached the keyring gate");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    env.git_s3(&env.work(), &["access", "grant", &url, &carol]);
+    std::fs::write(&gate, b"open").unwrap();
+    let out = held.join().unwrap();
+    assert!(out.status.success(), "the held grant: {}", String::from_utf8_lossy(&out.stderr));
+    let doc = access_json(&env, &url);
+    let mut got: Vec<&str> = doc["recipients"].as_array().unwrap().iter().map(|r| r["recipient"].as_str().unwrap()).collect();
+    got.sort();
+    let mut want = vec![alice.as_str(), bob.as_str(), carol.as_str()];
+    want.sort();
+    assert_eq!(got, want, "{doc}");
+}

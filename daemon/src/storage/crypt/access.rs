@@ -100,6 +100,10 @@ pub(crate) async fn grant(store: &S3Store, url: &RemoteUrl, env: &HashMap<String
                 ring.kms.extend(wrapped.clone());
             }
         }
+        #[cfg(feature = "test-hooks")]
+        if let Some(gate) = crate::test_hooks::keyring_write_gate(env) {
+            crate::test_hooks::wait_for_gate(&gate).await;
+        }
         if written(keyring::write(store, url, &ring, WriteCondition::IfMatch(etag)).await)? {
             return Ok(Outcome::Done(ring.key.generation()));
         }
