@@ -115,7 +115,7 @@ pub(crate) struct GcReport {
 
 /// Whether a remote's views are missing or were not made from its packs.
 pub(crate) fn views_stale(m: &Manifest) -> bool {
-    !m.packs.is_empty() && m.views.as_ref().is_none_or(|v| m.packs.iter().any(|p| !v.covers.contains(&p.name)))
+    !m.packs.is_empty() && m.views.as_ref().is_none_or(|v| m.packs.iter().any(|p| !v.covers_pack(&p.name)))
 }
 /// `git pack-objects --stdin-packs` of the scratch repository's packs
 /// `local_names`: one self-contained pack of exactly their objects, into
@@ -274,14 +274,25 @@ impl Scratch<'_> {
                 }
                 Ok(Some(v))
             }
-            GcMode::Geometric => Ok(m0.views.clone().map(|mut v| {
-                if combine.iter().all(|p| v.covers.contains(&p.name)) {
-                    v.covers.insert(name.to_string());
-                }
-                v
-            })),
+            GcMode::Geometric => Ok(m0.views.clone().map(|v| covering_combined(v, combine, name))),
         }
     }
+}
+
+/// The views `v` after a geometric gc combined `combine` into pack `name`:
+/// it is covered when all it combined was. By the views' own `covers` when
+/// those covered all of them (what a reader that does not know increments
+/// reads), else by the last increment's: a reader of the increments reads
+/// them all.
+fn covering_combined(mut v: manifest::Views, combine: &[&PackEntry], name: &str) -> manifest::Views {
+    if combine.iter().all(|p| v.covers.contains(&p.name)) {
+        v.covers.insert(name.to_string());
+    } else if combine.iter().all(|p| v.covers_pack(&p.name)) {
+        if let Some(last) = v.increments.last_mut() {
+            last.covers.insert(name.to_string());
+        }
+    }
+    v
 }
 
 /// The one pack a compaction writes in the scratch repository: full, one
@@ -401,9 +412,11 @@ mod tests {
         let (a, b, c, new) = (pack(1, 10), pack(2, 20), pack(3, 400), pack(9, 30));
         let (old_skeleton, new_skeleton) = (pack(4, 5), pack(5, 6));
         let mut m0 = Manifest { serial: 7, packs: vec![a.clone(), b.clone(), c.clone()], ..Default::default() };
-        m0.views = Some(manifest::Views { covers: BTreeSet::new(), skeleton: Some(old_skeleton.clone()), tips: None, created: 0 });
+        m0.views =
+            Some(manifest::Views { covers: BTreeSet::new(), skeleton: Some(old_skeleton.clone()), tips: None, created: 0, increments: vec![] });
         m0.retired.push(RetiredPack { name: a.name.clone(), since: 1 });
-        let views = Some(manifest::Views { covers: BTreeSet::new(), skeleton: Some(new_skeleton.clone()), tips: None, created: 0 });
+        let views =
+            Some(manifest::Views { covers: BTreeSet::new(), skeleton: Some(new_skeleton.clone()), tips: None, created: 0, increments: vec![] });
         let next = replaced_packs(&m0, &[&a, &b], &new, views.clone(), 100);
         assert_eq!(next.serial, 8);
         assert_eq!(next.packs, vec![c, new]);
