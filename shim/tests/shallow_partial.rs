@@ -597,3 +597,45 @@ fn a_background_views_write_keeps_a_push_made_meanwhile() {
     assert_eq!(env.git(&env.path("d1"), &["rev-parse", "HEAD"]).trim(), other);
     env.fsck_partial(&env.path("d1"));
 }
+
+/// The views' pieces are bounded: after `MAX_INCREMENTS` (8) increments,
+/// the next refresh, once the packs outside the views come to an eighth of
+/// their size, writes them whole again (compaction): no increments, a new
+/// skeleton and tips pack, every earlier piece retired for gc.
+#[test]
+fn past_eight_increments_the_views_are_written_whole_again() {
+    let (env, _proxy) = counted_env("packs");
+    env.set_env("GIT_S3_VIEWS_AUTO_BYTES", "1");
+    let src = history(&env, "src");
+    let url = env.url("compact");
+    env.git(&src, &["push", "-q", &url, "main"]);
+    let m0 = wait_for_covering_views(&env, "compact");
+    let piece_names = |m: &serde_json::Value| -> Vec<String> {
+        let mut names = vec![m["views"]["skeleton"]["name"].as_str().unwrap().to_string(), m["views"]["tips"]["name"].as_str().unwrap().to_string()];
+        for i in m["views"]["increments"].as_array().into_iter().flatten() {
+            names.extend(["skeleton", "tips"].iter().filter_map(|k| i[*k]["name"].as_str().map(str::to_string)));
+        }
+        names
+    };
+    let mut m = m0.clone();
+    for round in 1..=8u64 {
+        env.commit(&src, "a.txt", &noise(7000 + round, 2000), &format!("small {round}"));
+        env.git(&src, &["push", "-q", &url, "main"]);
+        m = wait_for_covering_views(&env, "compact");
+        assert_eq!(m["views"]["increments"].as_array().map(Vec::len), Some(round as usize), "{m}");
+    }
+    let before = piece_names(&m);
+    // Past an eighth of the views' size: written whole.
+    env.commit(&src, "big.txt", &noise(8000, 100_000), "big");
+    env.git(&src, &["push", "-q", &url, "main"]);
+    let m9 = wait_for_covering_views(&env, "compact");
+    assert!(m9["views"]["increments"].is_null(), "compacted: {m9}");
+    assert_ne!(m9["views"]["skeleton"]["name"], m0["views"]["skeleton"]["name"], "{m9}");
+    let retired: Vec<&str> = m9["retired"].as_array().unwrap().iter().filter_map(|r| r["name"].as_str()).collect();
+    for old in &before {
+        assert!(retired.contains(&old.as_str()), "the replaced piece {old} retires: {m9}");
+    }
+    env.git(&env.work(), &["clone", "-q", "--depth", "1", &url, "d1"]);
+    assert_eq!(env.git(&env.path("d1"), &["rev-parse", "HEAD"]), env.git(&src, &["rev-parse", "HEAD"]));
+    env.fsck_partial(&env.path("d1"));
+}
