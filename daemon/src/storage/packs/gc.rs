@@ -408,6 +408,26 @@ mod tests {
     }
 
     #[test]
+    fn a_geometric_gc_covers_its_pack_where_the_combined_ones_were_covered() {
+        let (a, b, c, d) = (pack(1, 10), pack(2, 10), pack(3, 10), pack(4, 10));
+        let inc = manifest::ViewsIncrement { covers: [c.name.clone()].into(), skeleton: Some(pack(6, 1)), tips: None, created: 0 };
+        let v = manifest::Views {
+            covers: [a.name.clone(), b.name.clone()].into(),
+            skeleton: Some(pack(5, 1)),
+            tips: None,
+            created: 0,
+            increments: vec![inc],
+        };
+        let new = pack(9, 20).name;
+        let both_base = covering_combined(v.clone(), &[&a, &b], &new);
+        assert!(both_base.covers.contains(&new) && !both_base.increments[0].covers.contains(&new), "older readers see it covered too");
+        let with_increment = covering_combined(v.clone(), &[&a, &c], &new);
+        assert!(!with_increment.covers.contains(&new) && with_increment.increments[0].covers.contains(&new));
+        let with_uncovered = covering_combined(v.clone(), &[&a, &d], &new);
+        assert!(!with_uncovered.covers_pack(&new), "a pack the views lack stays uncovered");
+    }
+
+    #[test]
     fn replaced_packs_swaps_the_combined_for_the_new_and_retires_them_and_old_views() {
         let (a, b, c, new) = (pack(1, 10), pack(2, 20), pack(3, 400), pack(9, 30));
         let (old_skeleton, new_skeleton) = (pack(4, 5), pack(5, 6));
