@@ -1,7 +1,9 @@
 //! The packs format's views (`manifest::Views`): a skeleton pack (every
 //! commit, tree and annotated tag, no blobs) and a tips pack (each branch
 //! tip's full tree), written by `git s3 gc` from the repository it has
-//! gathered, and read by shallow and partial clones instead of every pack.
+//! gathered, or after a push from the pusher's repository (whole, or
+//! extended by an increment of about the push's size), and read by shallow
+//! and partial clones instead of every pack.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
