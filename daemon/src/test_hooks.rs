@@ -25,6 +25,10 @@ pub(crate) const PUSH_UPLOAD_GATE: &str = "GIT_S3_TEST_PUSH_UPLOAD_GATE";
 /// A file the views a push has the daemon write in the background wait
 /// for (at most a minute), uploaded, before their manifest write.
 pub(crate) const VIEWS_WRITE_GATE: &str = "GIT_S3_TEST_VIEWS_WRITE_GATE";
+/// A file a lazy fetch's ranged reads wait for (at most a minute), their
+/// packs' `.idx` read, before the first range is read: the test runs gc
+/// meanwhile.
+pub(crate) const RANGED_READ_GATE: &str = "GIT_S3_TEST_RANGED_READ_GATE";
 /// The migration exits the daemon half-way (`to-packs`: after the manifest
 /// write and the first bundle deletion; `to-packs-before-head`: after every
 /// bundle's deletion, before the HEAD object's; `to-bundles`: after the freeze and
@@ -63,6 +67,11 @@ pub(crate) fn push_upload_gate(env: &HashMap<String, String>) -> Option<PathBuf>
 /// The gate of a push's background views write, when the test set one.
 pub(crate) fn views_write_gate(env: &HashMap<String, String>) -> Option<PathBuf> {
     env.get(VIEWS_WRITE_GATE).map(PathBuf::from)
+}
+
+/// The gate of a lazy fetch's ranged reads, when the test set one.
+pub(crate) fn ranged_read_gate(env: &HashMap<String, String>) -> Option<PathBuf> {
+    env.get(RANGED_READ_GATE).map(PathBuf::from)
 }
 
 /// Waits until `gate` exists (at most a minute). It first creates

@@ -39,7 +39,7 @@ use git_s3_daemon::s3::url::RemoteUrl;
 use git_s3_daemon::session::{Input, MAX_LINE, TOO_LONG_LINE};
 use git_s3_daemon::storage::bundles::layout;
 use git_s3_daemon::storage::fetch_options::{FetchOptions, OptionReply};
-use git_s3_daemon::storage::packs::manifest::{Manifest, PackEntry, RetiredPack, Views};
+use git_s3_daemon::storage::packs::manifest::{Manifest, PackEntry, RetiredPack, Views, ViewsIncrement};
 use proptest::prelude::*;
 
 fn config() -> ProptestConfig {
@@ -292,6 +292,11 @@ proptest! {
             skeleton: packs.first().cloned(),
             tips: packs.last().cloned(),
             created: serial,
+            increments: packs
+                .get(1)
+                .map(|p| ViewsIncrement { covers: [p.name.clone()].into(), skeleton: Some(p.clone()), tips: None, created: serial })
+                .into_iter()
+                .collect(),
         });
         let m = Manifest {
             version: 1,

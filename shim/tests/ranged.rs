@@ -188,3 +188,82 @@ fn a_range_that_does_not_verify_is_refused_and_nothing_is_written() {
     }
     env.fsck_partial(&p);
 }
+
+/// Fails unless the daemon was built with the test hooks.
+fn needs_test_hooks(env: &TestEnv) {
+    let doc: serde_json::Value = serde_json::from_str(&env.git_s3(&env.work(), &["status", "--json"])).unwrap();
+    assert!(
+        doc["daemon"]["features"].as_array().is_some_and(|f| f.iter().any(|f| f == "test-hooks")),
+        "this test needs a daemon built with --features git-s3-daemon/test-hooks: {doc}"
+    );
+}
+
+/// A pack retired by gc while a lazy fetch reads it by ranges: the ranged
+/// read is held (test gate) once it has read its packs' `.idx`; meanwhile a
+/// push and `git s3 gc --grace-seconds 0` combine the packs into one and
+/// delete the old ones. Released, the read finds its pack gone, reads the
+/// manifest again and reads the objects, by ranges, from the pack that
+/// replaced it: the checkout is right and the repository sound.
+#[test]
+fn a_pack_retired_by_gc_during_a_ranged_read_is_read_from_the_pack_that_replaced_it() {
+    let (env, proxy) = counted_env();
+    needs_test_hooks(&env);
+    let src = history(&env, "src");
+    let old = env.git(&src, &["rev-parse", "HEAD~30"]).trim().to_string();
+    let (url, p) = blobless_clone(&env, &src, "retired");
+    let m0: serde_json::Value = serde_json::from_slice(&env.get_object("retired/.git-s3/manifest.json")).unwrap();
+    let first = m0["packs"][0]["name"].as_str().unwrap().to_string();
+
+    let gate = env.path("ranged-gate");
+    let mut c = env.command("git", &p);
+    c.env("GIT_S3_TEST_RANGED_READ_GATE", &gate).args(["checkout", "-q", &old]).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let checkout = c.spawn().unwrap();
+    let waiting = env.path("ranged-gate.waiting");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !waiting.exists() {
+        assert!(std::time::Instant::now() < deadline, "the ranged read never reached its gate");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    env.commit(&src, "new.txt", "new\n", "after the clone");
+    env.git(&src, &["push", "-q", &url, "main"]);
+    env.git_s3(&env.work(), &["gc", &url, "--grace-seconds", "0"]);
+    assert!(!env.keys("retired/.git-s3/packs/").iter().any(|k| k.contains(&first)), "gc deleted the pack being read");
+    let ranged_before = proxy.counts().of(RequestKind::RangedGet);
+    std::fs::write(&gate, b"").unwrap();
+
+    let out = checkout.wait_with_output().unwrap();
+    assert!(out.status.success(), "the checkout failed: {}", String::from_utf8_lossy(&out.stderr));
+    for f in FILES {
+        assert_eq!(std::fs::read(p.join(f)).unwrap(), env.git(&src, &["show", &format!("{old}:{f}")]).into_bytes(), "{f}");
+    }
+    env.fsck_partial(&p);
+    assert!(proxy.counts().of(RequestKind::RangedGet) > ranged_before + 1, "read by ranges again, from the new pack");
+    assert!(env.missing_objects(&p) > 0, "still a partial clone: not the whole remote");
+}
+
+/// A lazy fetch that reads by ranges shows its progress on stderr as the
+/// other downloads do (after git's `GIT_PROGRESS_DELAY`, 0 here), when git
+/// asks for progress (`--progress`), and not with `-q`.
+#[test]
+fn ranged_reads_show_progress_unless_quiet() {
+    let (env, proxy) = counted_env();
+    env.set_env("GIT_PROGRESS_DELAY", "0");
+    let src = history(&env, "src");
+    let (_url, p) = blobless_clone(&env, &src, "progress");
+    let blob = |rev: &str, f: &str| env.git(&src, &["rev-parse", &format!("{rev}:{f}")]).trim().to_string();
+    let fetch = |args: &[&str]| -> String {
+        let mut c = env.command("git", &p);
+        c.args(args);
+        String::from_utf8_lossy(&env.run(c).stderr).into_owned()
+    };
+    // Two files of unrelated contents: the second is not among the delta
+    // bases the first brought in.
+    let quiet = fetch(&["fetch", "-q", "origin", &blob("HEAD~30", "a.txt")]);
+    let ranged = proxy.counts().of(RequestKind::RangedGet);
+    assert!(ranged > 0, "read by ranges");
+    assert!(!quiet.contains("by ranges"), "quiet: {quiet}");
+    let shown = fetch(&["fetch", "--progress", "origin", &blob("HEAD~30", "b.txt")]);
+    assert!(proxy.counts().of(RequestKind::RangedGet) > ranged, "read by ranges");
+    assert!(shown.contains("Reading objects by ranges: ") && shown.contains(", done."), "{shown}");
+    env.fsck_partial(&p);
+}

@@ -351,6 +351,18 @@ fn after_gc_shallow_and_partial_clones_of_a_packs_remote_download_what_they_ask(
     assert_eq!(doc["advice"][0]["missing"][0], tips, "{doc}");
 }
 
+/// The names in `covers` of the views of manifest `m` and of their increments.
+fn views_covers(m: &serde_json::Value) -> Vec<String> {
+    let names = |c: &serde_json::Value| -> Vec<String> {
+        c.as_array().map(|c| c.iter().filter_map(|n| n.as_str().map(str::to_string)).collect()).unwrap_or_default()
+    };
+    let mut all = names(&m["views"]["covers"]);
+    for i in m["views"]["increments"].as_array().into_iter().flatten() {
+        all.extend(names(&i["covers"]));
+    }
+    all
+}
+
 /// The manifest of `prefix` once it has views that cover every pack
 /// (written in the background after a push), waiting up to a minute.
 fn wait_for_covering_views(env: &TestEnv, prefix: &str) -> serde_json::Value {
@@ -358,9 +370,10 @@ fn wait_for_covering_views(env: &TestEnv, prefix: &str) -> serde_json::Value {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while std::time::Instant::now() < deadline {
         let m: serde_json::Value = serde_json::from_slice(&env.get_object(&key)).unwrap();
-        let covers: Vec<&str> = m["views"]["covers"].as_array().map(|c| c.iter().filter_map(|n| n.as_str()).collect()).unwrap_or_default();
+        let covers = views_covers(&m);
         let packs: Vec<&str> = m["packs"].as_array().unwrap().iter().filter_map(|p| p["name"].as_str()).collect();
-        if m["views"]["skeleton"]["name"].is_string() && m["views"]["tips"]["name"].is_string() && packs.iter().all(|p| covers.contains(p)) {
+        if m["views"]["skeleton"]["name"].is_string() && m["views"]["tips"]["name"].is_string() && packs.iter().all(|p| covers.iter().any(|c| c == p))
+        {
             return m;
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
@@ -368,13 +381,46 @@ fn wait_for_covering_views(env: &TestEnv, prefix: &str) -> serde_json::Value {
     panic!("no views covering every pack: {}", String::from_utf8_lossy(&env.get_object(&key)));
 }
 
+/// Clones `--depth 1` and `--filter=blob:none` of `url` (cold cache) read
+/// at most twice what local git transfers for the same clones of `src`
+/// (`git clone --no-local` of a bare copy), and are right. `round` names
+/// the checkout directories.
+fn clones_read_at_most_twice_local_git(env: &TestEnv, proxy: &FieldServer, src: &Path, url: &str, round: &str) {
+    let bare = env.path(&format!("bare{round}.git"));
+    env.git(&env.work(), &["clone", "-q", "--bare", src.to_str().unwrap(), bare.to_str().unwrap()]);
+    env.git(&bare, &["config", "uploadpack.allowFilter", "true"]);
+    let bare_url = format!("file://{}", bare.display());
+    env.git(&env.work(), &["clone", "-q", "--depth", "1", "--no-local", &bare_url, &format!("local-d1{round}")]);
+    env.git(&env.work(), &["clone", "-q", "--filter=blob:none", "--no-local", &bare_url, &format!("local-p{round}")]);
+    let (local_depth1, local_blobless) = (pack_bytes(&env.path(&format!("local-d1{round}"))), pack_bytes(&env.path(&format!("local-p{round}"))));
+    let measure = |dir: &str, args: &[&str]| -> u64 {
+        env.git_s3(&env.work(), &["cache", "clear"]);
+        let before = proxy.counts().bytes_down;
+        let mut all = vec!["clone", "-q"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&[url, dir]);
+        env.git(&env.work(), &all);
+        env.fsck_partial(&env.path(dir));
+        proxy.counts().bytes_down - before
+    };
+    let tip = env.git(src, &["rev-parse", "HEAD"]).trim().to_string();
+    let depth1 = measure(&format!("d1{round}"), &["--depth", "1"]);
+    assert_eq!(env.git(&env.path(&format!("d1{round}")), &["rev-parse", "HEAD"]).trim(), tip);
+    assert_eq!(count(env, &env.path(&format!("d1{round}")), "HEAD"), 1);
+    let blobless = measure(&format!("p{round}"), &["--filter=blob:none"]);
+    assert_eq!(count(env, &env.path(&format!("p{round}")), "HEAD"), count(env, src, "HEAD"));
+    eprintln!("{round}: depth 1: {depth1} B from S3, local git {local_depth1} B; blob:none: {blobless} B from S3, local git {local_blobless} B");
+    assert!(depth1 <= 2 * local_depth1, "{round}: a depth-1 clone read {depth1} bytes from S3; local git transfers {local_depth1}");
+    assert!(blobless <= 2 * local_blobless, "{round}: a blob:none clone read {blobless} bytes from S3; local git transfers {local_blobless}");
+}
+
 /// Views without a manual step: a packs remote that was never gc'd gets
 /// its views in the background after a push (past `GIT_S3_VIEWS_AUTO_BYTES`
 /// of packs they do not cover: 1 MiB by default, 200 kB here), so
 /// `--depth 1` and blob:none clones right after it read what local git
 /// transfers, not the whole remote; a push below the threshold leaves them
-/// (its pack is read beside them); one above it has them written again,
-/// the replaced ones retired for gc.
+/// (its pack is read beside them); one above it has them extended by an
+/// increment (the views themselves kept).
 #[test]
 fn after_a_push_shallow_and_partial_clones_of_a_packs_remote_read_what_they_ask() {
     let (env, proxy) = counted_env("packs");
@@ -386,60 +432,112 @@ fn after_a_push_shallow_and_partial_clones_of_a_packs_remote_read_what_they_ask(
     let doc: serde_json::Value = serde_json::from_str(&env.git_s3(&env.work(), &["doctor", &url, "--json"])).unwrap();
     assert_eq!(doc["advice"].as_array().map(Vec::len), Some(0), "fresh views, no gc advised: {doc}");
     assert_eq!(doc["issues"].as_array().map(Vec::len), Some(0), "the views' packs are referenced: {doc}");
-
-    // local git, the yardstick: the same clones from a bare copy of the source
-    let yardstick = |round: &str| -> (u64, u64) {
-        let bare = env.path(&format!("bare{round}.git"));
-        env.git(&env.work(), &["clone", "-q", "--bare", src.to_str().unwrap(), bare.to_str().unwrap()]);
-        env.git(&bare, &["config", "uploadpack.allowFilter", "true"]);
-        let bare_url = format!("file://{}", bare.display());
-        env.git(&env.work(), &["clone", "-q", "--depth", "1", "--no-local", &bare_url, &format!("local-d1{round}")]);
-        env.git(&env.work(), &["clone", "-q", "--filter=blob:none", "--no-local", &bare_url, &format!("local-p{round}")]);
-        (pack_bytes(&env.path(&format!("local-d1{round}"))), pack_bytes(&env.path(&format!("local-p{round}"))))
-    };
-    let measure = |dir: &str, args: &[&str]| -> u64 {
-        env.git_s3(&env.work(), &["cache", "clear"]);
-        let before = proxy.counts().bytes_down;
-        let mut all = vec!["clone", "-q"];
-        all.extend_from_slice(args);
-        all.extend_from_slice(&[url.as_str(), dir]);
-        env.git(&env.work(), &all);
-        env.fsck_partial(&env.path(dir));
-        proxy.counts().bytes_down - before
-    };
-    let check = |round: &str| {
-        let (local_depth1, local_blobless) = yardstick(round);
-        let tip = env.git(&src, &["rev-parse", "HEAD"]).trim().to_string();
-        let depth1 = measure(&format!("d1{round}"), &["--depth", "1"]);
-        assert_eq!(env.git(&env.path(&format!("d1{round}")), &["rev-parse", "HEAD"]).trim(), tip);
-        assert_eq!(count(&env, &env.path(&format!("d1{round}")), "HEAD"), 1);
-        let blobless = measure(&format!("p{round}"), &["--filter=blob:none"]);
-        assert_eq!(count(&env, &env.path(&format!("p{round}")), "HEAD"), count(&env, &src, "HEAD"));
-        eprintln!("{round}: depth 1: {depth1} B from S3, local git {local_depth1} B; blob:none: {blobless} B from S3, local git {local_blobless} B");
-        assert!(depth1 <= 2 * local_depth1, "{round}: a depth-1 clone read {depth1} bytes from S3; local git transfers {local_depth1}");
-        assert!(blobless <= 2 * local_blobless, "{round}: a blob:none clone read {blobless} bytes from S3; local git transfers {local_blobless}");
-    };
-    check("first push");
+    clones_read_at_most_twice_local_git(&env, &proxy, &src, &url, "first push");
 
     // A small push: below the threshold, the views stay; its pack is read beside them.
     env.commit(&src, "a.txt", &noise(999, 20_000), "small");
     env.git(&src, &["push", "-q", &url, "main"]);
     let m: serde_json::Value = serde_json::from_slice(&env.get_object("auto/.git-s3/manifest.json")).unwrap();
     assert_eq!(m["views"], m1["views"], "a small push leaves the views");
-    check("small push");
+    clones_read_at_most_twice_local_git(&env, &proxy, &src, &url, "small push");
 
-    // A big push (over 200 kB of packs the views lack): new views, the old ones retired.
+    // A big push (over 200 kB of packs the views lack): the views get an
+    // increment covering both pushes; nothing is retired.
     for i in 0..3 {
         env.commit(&src, &format!("big{i}.txt"), &noise(2000 + i, 400_000), &format!("big {i}"));
     }
     env.git(&src, &["push", "-q", &url, "main"]);
     let m2 = wait_for_covering_views(&env, "auto");
-    assert_ne!(m2["views"]["tips"]["name"], m1["views"]["tips"]["name"]);
-    let retired: Vec<&str> = m2["retired"].as_array().unwrap().iter().filter_map(|r| r["name"].as_str()).collect();
-    for old in [&m1["views"]["skeleton"]["name"], &m1["views"]["tips"]["name"]] {
-        assert!(retired.contains(&old.as_str().unwrap()), "the replaced view {old} retires: {m2}");
+    assert_eq!(m2["views"]["tips"], m1["views"]["tips"], "{m2}");
+    assert_eq!(m2["views"]["skeleton"], m1["views"]["skeleton"], "{m2}");
+    let increments = m2["views"]["increments"].as_array().unwrap();
+    assert_eq!(increments.len(), 1, "{m2}");
+    assert_eq!(increments[0]["covers"].as_array().map(Vec::len), Some(2), "both pushes' packs: {m2}");
+    assert!(m2["retired"].as_array().is_none_or(|r| r.is_empty()), "{m2}");
+    let doc: serde_json::Value = serde_json::from_str(&env.git_s3(&env.work(), &["doctor", &url, "--json"])).unwrap();
+    assert_eq!(doc["issues"].as_array().map(Vec::len), Some(0), "the increment's packs are referenced: {doc}");
+    clones_read_at_most_twice_local_git(&env, &proxy, &src, &url, "big push");
+}
+
+const DIRS: usize = 40;
+const PER_DIR: usize = 10;
+
+/// A wide, long history: `commits` commits over `DIRS` directories of
+/// `PER_DIR` ~1 KB files, each commit rewriting three of them: many trees
+/// (a big skeleton) and small pushes.
+fn wide_history(env: &TestEnv, name: &str, commits: usize) -> PathBuf {
+    let repo = env.path(name);
+    std::fs::create_dir_all(&repo).unwrap();
+    env.git(&repo, &["init", "-q", "-b", "main"]);
+    let mut script = String::new();
+    for i in 1..=commits {
+        let when = 1_700_000_000 + i as u64 * 3600;
+        script.push_str(&format!("commit refs/heads/main\nmark :{i}\ncommitter T <t@example.com> {when} +0000\ndata <<EOM\ncommit {i}\nEOM\n"));
+        if i > 1 {
+            script.push_str(&format!("from :{}\n", i - 1));
+        }
+        let files: Vec<(usize, usize)> = if i == 1 {
+            (0..DIRS).flat_map(|d| (0..PER_DIR).map(move |f| (d, f))).collect()
+        } else {
+            (0..3).map(|k| ((i * 7 + k * 13) % DIRS, (i + k) % PER_DIR)).collect()
+        };
+        for (d, f) in files {
+            let content = noise((i * 1000 + d * PER_DIR + f) as u64, 1000);
+            script.push_str(&format!("M 644 inline d{d}/f{f}.txt\ndata {}\n{content}\n", content.len()));
+        }
     }
-    check("big push");
+    let mut cmd = env.command("git", &repo);
+    cmd.args(["fast-import", "--quiet"]).stdin(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success());
+    env.git(&repo, &["checkout", "-q", "main"]);
+    repo
+}
+
+/// Incremental views: after each of several small pushes (no gc), the
+/// background refresh adds an increment of about the push's size: what
+/// the push and its refresh upload beyond the pushed pack (the manifest
+/// writes and the increment's packs) stays under a quarter of the
+/// skeleton, where writing the views whole uploads all of it and the tips;
+/// and `--depth 1` and blob:none clones still read at most twice what
+/// local git transfers.
+#[test]
+fn small_pushes_extend_the_views_by_increments_of_about_their_size() {
+    let (env, proxy) = counted_env("packs");
+    env.set_env("GIT_S3_VIEWS_AUTO_BYTES", "1");
+    let src = wide_history(&env, "src", 600);
+    let url = env.url("inc");
+    env.git(&src, &["push", "-q", &url, "main"]);
+    let m0 = wait_for_covering_views(&env, "inc");
+    assert!(m0["views"]["increments"].is_null(), "the first views are written whole: {m0}");
+    let skeleton = m0["views"]["skeleton"]["size"].as_u64().unwrap();
+    let tips = m0["views"]["tips"]["size"].as_u64().unwrap();
+    for round in 1..=3usize {
+        for k in 0..3 {
+            std::fs::write(src.join(format!("d{}/f{k}.txt", (round * 11 + k * 5) % DIRS)), noise((90_000 + round * 10 + k) as u64, 1000)).unwrap();
+        }
+        env.git(&src, &["commit", "-qam", &format!("round {round}")]);
+        let head = env.git(&src, &["rev-parse", "HEAD"]).trim().to_string();
+        let before = proxy.counts().bytes_up;
+        env.git(&src, &["push", "-q", &url, "main"]);
+        let m = wait_for_covering_views(&env, "inc");
+        let pushed =
+            m["packs"].as_array().unwrap().iter().find(|p| p["tips"].as_array().is_some_and(|t| t.iter().any(|t| t == head.as_str()))).unwrap();
+        let name = pushed["name"].as_str().unwrap();
+        // The push's `.idx` goes up in the background too: counted once there.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !env.keys("inc/.git-s3/packs/").iter().any(|k| k.ends_with(&format!("pack-{name}.idx"))) {
+            assert!(std::time::Instant::now() < deadline, "the pushed pack's .idx never arrived");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let up = proxy.counts().bytes_up - before - pushed["size"].as_u64().unwrap() - pushed["idx_size"].as_u64().unwrap();
+        eprintln!("round {round}: the push and its refresh uploaded {up} B beyond the pushed pack; the skeleton is {skeleton} B, the tips {tips} B");
+        assert!(up * 4 < skeleton, "round {round}: the refresh uploaded {up} B, not about the push's size (the skeleton is {skeleton} B)");
+        assert_eq!(m["views"]["increments"].as_array().map(Vec::len), Some(round), "{m}");
+        assert_eq!(m["views"]["skeleton"], m0["views"]["skeleton"], "the views themselves are kept");
+    }
+    clones_read_at_most_twice_local_git(&env, &proxy, &src, &url, "three pushes");
 }
 
 /// A background views write never clobbers a push made meanwhile: held
@@ -497,5 +595,47 @@ fn a_background_views_write_keeps_a_push_made_meanwhile() {
     // Readers of the views get the later branch from its pack.
     env.git(&env.work(), &["clone", "-q", "--depth", "1", "--branch", "other", &url, "d1"]);
     assert_eq!(env.git(&env.path("d1"), &["rev-parse", "HEAD"]).trim(), other);
+    env.fsck_partial(&env.path("d1"));
+}
+
+/// The views' pieces are bounded: after `MAX_INCREMENTS` (8) increments,
+/// the next refresh, once the packs outside the views come to an eighth of
+/// their size, writes them whole again (compaction): no increments, a new
+/// skeleton and tips pack, every earlier piece retired for gc.
+#[test]
+fn past_eight_increments_the_views_are_written_whole_again() {
+    let (env, _proxy) = counted_env("packs");
+    env.set_env("GIT_S3_VIEWS_AUTO_BYTES", "1");
+    let src = history(&env, "src");
+    let url = env.url("compact");
+    env.git(&src, &["push", "-q", &url, "main"]);
+    let m0 = wait_for_covering_views(&env, "compact");
+    let piece_names = |m: &serde_json::Value| -> Vec<String> {
+        let mut names = vec![m["views"]["skeleton"]["name"].as_str().unwrap().to_string(), m["views"]["tips"]["name"].as_str().unwrap().to_string()];
+        for i in m["views"]["increments"].as_array().into_iter().flatten() {
+            names.extend(["skeleton", "tips"].iter().filter_map(|k| i[*k]["name"].as_str().map(str::to_string)));
+        }
+        names
+    };
+    let mut m = m0.clone();
+    for round in 1..=8u64 {
+        env.commit(&src, "a.txt", &noise(7000 + round, 2000), &format!("small {round}"));
+        env.git(&src, &["push", "-q", &url, "main"]);
+        m = wait_for_covering_views(&env, "compact");
+        assert_eq!(m["views"]["increments"].as_array().map(Vec::len), Some(round as usize), "{m}");
+    }
+    let before = piece_names(&m);
+    // Past an eighth of the views' size: written whole.
+    env.commit(&src, "big.txt", &noise(8000, 100_000), "big");
+    env.git(&src, &["push", "-q", &url, "main"]);
+    let m9 = wait_for_covering_views(&env, "compact");
+    assert!(m9["views"]["increments"].is_null(), "compacted: {m9}");
+    assert_ne!(m9["views"]["skeleton"]["name"], m0["views"]["skeleton"]["name"], "{m9}");
+    let retired: Vec<&str> = m9["retired"].as_array().unwrap().iter().filter_map(|r| r["name"].as_str()).collect();
+    for old in &before {
+        assert!(retired.contains(&old.as_str()), "the replaced piece {old} retires: {m9}");
+    }
+    env.git(&env.work(), &["clone", "-q", "--depth", "1", &url, "d1"]);
+    assert_eq!(env.git(&env.path("d1"), &["rev-parse", "HEAD"]), env.git(&src, &["rev-parse", "HEAD"]));
     env.fsck_partial(&env.path("d1"));
 }

@@ -1,6 +1,7 @@
 //! Progress lines for long transfers, written to the caller's stderr the way
 //! git writes its own (`\r`-updated, at most a few times a second).
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::session::Out;
@@ -13,13 +14,28 @@ pub(crate) struct Progress {
     done: u64,
     started: Instant,
     last: Option<Instant>,
+    /// Quiet for transfers shorter than this.
+    delay: Duration,
 }
+
+/// How long a transfer runs before its progress shows when the caller's
+/// environment does not say.
+const DEFAULT_DELAY: Duration = Duration::from_millis(500);
 
 const MIB: f64 = 1024.0 * 1024.0;
 
 impl Progress {
     pub(crate) fn new(out: Out, enabled: bool, label: String, total: Option<u64>) -> Progress {
-        Progress { out, enabled, label, total, done: 0, started: Instant::now(), last: None }
+        Progress { out, enabled, label, total, done: 0, started: Instant::now(), last: None, delay: DEFAULT_DELAY }
+    }
+
+    /// Shows progress only after git's `GIT_PROGRESS_DELAY` (whole seconds,
+    /// in the caller's `env`) as git's own progress does, when it is set.
+    pub(crate) fn delayed_as(mut self, env: &HashMap<String, String>) -> Progress {
+        if let Some(secs) = env.get("GIT_PROGRESS_DELAY").and_then(|v| v.trim().parse::<u64>().ok()) {
+            self.delay = Duration::from_secs(secs);
+        }
+        self
     }
 
     pub(crate) fn add(&mut self, n: u64) {
@@ -28,7 +44,7 @@ impl Progress {
             return;
         }
         // Quiet for quick transfers; then at most every 250 ms.
-        if self.started.elapsed() < Duration::from_millis(500) {
+        if self.started.elapsed() < self.delay {
             return;
         }
         if self.last.map(|l| l.elapsed() < Duration::from_millis(250)).unwrap_or(false) {

@@ -94,7 +94,7 @@ impl BundleStorage {
     async fn download_and_index(&self, ctx: &OpContext, r: &RemoteRef) -> Result<String, StorageError> {
         let key = self.bundle_key(&r.name, &r.sha);
         let tmp = ctx.cache.temp_file()?;
-        let mut progress = Progress::new(ctx.out.clone(), ctx.progress, format!("Downloading {}", r.name), None);
+        let mut progress = Progress::new(ctx.out.clone(), ctx.progress, format!("Downloading {}", r.name), None).delayed_as(&ctx.env);
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let download = self.store.get_to_file_tee(&key, tmp.path(), Some(tx), |n| progress.add(n));
         let (downloaded, indexed) = tokio::join!(download, ctx.git.index_bundle_stream(rx));
@@ -423,7 +423,7 @@ impl BundleStorage {
     /// copy of the bundle.
     async fn upload_bundle(&self, ctx: &OpContext, dst: &str, sha: &str, stream: BundleStream) -> Result<tempfile::NamedTempFile, StorageError> {
         let BundleStream { bundle, mut tee, staged, finish } = stream;
-        let progress = std::sync::Mutex::new(Progress::new(ctx.out.clone(), ctx.progress, format!("Uploading {dst}"), None));
+        let progress = std::sync::Mutex::new(Progress::new(ctx.out.clone(), ctx.progress, format!("Uploading {dst}"), None).delayed_as(&ctx.env));
         self.store
             .put_staged(&self.bundle_key(dst, sha), staged, bundle.path(), &mut tee, PutOptions::default(), finish, |n| {
                 if let Ok(mut p) = progress.lock() {

@@ -161,8 +161,10 @@ impl PackStorage {
         }
         let tmp = ctx.cache.blocking(|c| c.temp_file()).await??;
         let key = self.entry_object_key(p, "pack")?;
-        let progress =
-            Mutex::new(Progress::new(ctx.out.clone(), ctx.progress, format!("Downloading pack {}", &p.name[..12.min(p.name.len())]), Some(p.size)));
+        let progress = Mutex::new(
+            Progress::new(ctx.out.clone(), ctx.progress, format!("Downloading pack {}", &p.name[..12.min(p.name.len())]), Some(p.size))
+                .delayed_as(&ctx.env),
+        );
         let on = |n: u64| {
             if let Ok(mut pr) = progress.lock() {
                 pr.add(n)

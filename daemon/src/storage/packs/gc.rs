@@ -115,7 +115,7 @@ pub(crate) struct GcReport {
 
 /// Whether a remote's views are missing or were not made from its packs.
 pub(crate) fn views_stale(m: &Manifest) -> bool {
-    !m.packs.is_empty() && m.views.as_ref().is_none_or(|v| m.packs.iter().any(|p| !v.covers.contains(&p.name)))
+    !m.packs.is_empty() && m.views.as_ref().is_none_or(|v| m.packs.iter().any(|p| !v.covers_pack(&p.name)))
 }
 /// `git pack-objects --stdin-packs` of the scratch repository's packs
 /// `local_names`: one self-contained pack of exactly their objects, into
@@ -274,14 +274,25 @@ impl Scratch<'_> {
                 }
                 Ok(Some(v))
             }
-            GcMode::Geometric => Ok(m0.views.clone().map(|mut v| {
-                if combine.iter().all(|p| v.covers.contains(&p.name)) {
-                    v.covers.insert(name.to_string());
-                }
-                v
-            })),
+            GcMode::Geometric => Ok(m0.views.clone().map(|v| covering_combined(v, combine, name))),
         }
     }
+}
+
+/// The views `v` after a geometric gc combined `combine` into pack `name`:
+/// it is covered when all it combined was. By the views' own `covers` when
+/// those covered all of them (what a reader that does not know increments
+/// reads), else by the last increment's: a reader of the increments reads
+/// them all.
+fn covering_combined(mut v: manifest::Views, combine: &[&PackEntry], name: &str) -> manifest::Views {
+    if combine.iter().all(|p| v.covers.contains(&p.name)) {
+        v.covers.insert(name.to_string());
+    } else if combine.iter().all(|p| v.covers_pack(&p.name)) {
+        if let Some(last) = v.increments.last_mut() {
+            last.covers.insert(name.to_string());
+        }
+    }
+    v
 }
 
 /// The one pack a compaction writes in the scratch repository: full, one
@@ -397,13 +408,35 @@ mod tests {
     }
 
     #[test]
+    fn a_geometric_gc_covers_its_pack_where_the_combined_ones_were_covered() {
+        let (a, b, c, d) = (pack(1, 10), pack(2, 10), pack(3, 10), pack(4, 10));
+        let inc = manifest::ViewsIncrement { covers: [c.name.clone()].into(), skeleton: Some(pack(6, 1)), tips: None, created: 0 };
+        let v = manifest::Views {
+            covers: [a.name.clone(), b.name.clone()].into(),
+            skeleton: Some(pack(5, 1)),
+            tips: None,
+            created: 0,
+            increments: vec![inc],
+        };
+        let new = pack(9, 20).name;
+        let both_base = covering_combined(v.clone(), &[&a, &b], &new);
+        assert!(both_base.covers.contains(&new) && !both_base.increments[0].covers.contains(&new), "older readers see it covered too");
+        let with_increment = covering_combined(v.clone(), &[&a, &c], &new);
+        assert!(!with_increment.covers.contains(&new) && with_increment.increments[0].covers.contains(&new));
+        let with_uncovered = covering_combined(v.clone(), &[&a, &d], &new);
+        assert!(!with_uncovered.covers_pack(&new), "a pack the views lack stays uncovered");
+    }
+
+    #[test]
     fn replaced_packs_swaps_the_combined_for_the_new_and_retires_them_and_old_views() {
         let (a, b, c, new) = (pack(1, 10), pack(2, 20), pack(3, 400), pack(9, 30));
         let (old_skeleton, new_skeleton) = (pack(4, 5), pack(5, 6));
         let mut m0 = Manifest { serial: 7, packs: vec![a.clone(), b.clone(), c.clone()], ..Default::default() };
-        m0.views = Some(manifest::Views { covers: BTreeSet::new(), skeleton: Some(old_skeleton.clone()), tips: None, created: 0 });
+        m0.views =
+            Some(manifest::Views { covers: BTreeSet::new(), skeleton: Some(old_skeleton.clone()), tips: None, created: 0, increments: vec![] });
         m0.retired.push(RetiredPack { name: a.name.clone(), since: 1 });
-        let views = Some(manifest::Views { covers: BTreeSet::new(), skeleton: Some(new_skeleton.clone()), tips: None, created: 0 });
+        let views =
+            Some(manifest::Views { covers: BTreeSet::new(), skeleton: Some(new_skeleton.clone()), tips: None, created: 0, increments: vec![] });
         let next = replaced_packs(&m0, &[&a, &b], &new, views.clone(), 100);
         assert_eq!(next.serial, 8);
         assert_eq!(next.packs, vec![c, new]);

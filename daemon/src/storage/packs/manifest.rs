@@ -120,12 +120,40 @@ pub struct Views {
     /// Unix seconds when the views were made.
     #[serde(default)]
     pub created: u64,
+    /// What the views were extended by since, oldest first (see
+    /// `ViewsIncrement`). Optional: a reader that does not know this field
+    /// reads `skeleton`, `tips` and every pack `covers` does not name, which
+    /// is still the whole of what it needs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub increments: Vec<ViewsIncrement>,
+}
+
+/// Views extended after a push without rewriting them: the commits and
+/// trees the refs reach that the skeleton (and earlier increments) lack,
+/// and the objects of the moved branch tips' trees that the tips pack (and
+/// earlier increments) lack. `covers` names the packs it was made from;
+/// each view pack's `tips` are the commits it was made for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewsIncrement {
+    pub covers: BTreeSet<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skeleton: Option<PackEntry>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tips: Option<PackEntry>,
+    /// Unix seconds when the increment was made.
+    #[serde(default)]
+    pub created: u64,
 }
 
 impl Views {
-    /// The views' own packs.
+    /// The views' own packs, increments included.
     pub(crate) fn packs(&self) -> impl Iterator<Item = &PackEntry> {
-        self.skeleton.iter().chain(self.tips.iter())
+        self.skeleton.iter().chain(self.tips.iter()).chain(self.increments.iter().flat_map(|i| i.skeleton.iter().chain(i.tips.iter())))
+    }
+
+    /// Whether the views (or an increment) were made from pack `name`.
+    pub(crate) fn covers_pack(&self, name: &str) -> bool {
+        self.covers.contains(name) || self.increments.iter().any(|i| i.covers.contains(name))
     }
 }
 
@@ -200,7 +228,7 @@ impl Manifest {
             if let Some(p) = v.packs().find(|p| !is_pack_name(&p.name)) {
                 return Err(ManifestError::Invalid(format!("bad views pack name {:?}", p.name)));
             }
-            if let Some(c) = v.covers.iter().find(|c| !is_pack_name(c)) {
+            if let Some(c) = v.covers.iter().chain(v.increments.iter().flat_map(|i| i.covers.iter())).find(|c| !is_pack_name(c)) {
                 return Err(ManifestError::Invalid(format!("bad covered pack name {c:?}")));
             }
         }
@@ -259,7 +287,7 @@ If no migration is running (one was interrupted), finish it with `git s3 migrate
 
     /// The packs the views do not cover (all of them without views).
     pub(crate) fn uncovered(&self) -> impl Iterator<Item = &PackEntry> {
-        self.packs.iter().filter(move |p| !self.views.as_ref().is_some_and(|v| v.covers.contains(&p.name)))
+        self.packs.iter().filter(move |p| !self.views.as_ref().is_some_and(|v| v.covers_pack(&p.name)))
     }
 }
 
@@ -520,11 +548,29 @@ mod tests {
         let pack = |c: char| PackEntry { name: c.to_string().repeat(40), size: 1, idx_size: 1, objects: 1, tips: vec![], created: 0, key: None };
         let mut m = Manifest { packs: vec![pack('a'), pack('b')], ..Default::default() };
         assert_eq!(m.uncovered().count(), 2);
-        m.views = Some(Views { covers: ["a".repeat(40)].into(), skeleton: Some(pack('c')), tips: None, created: 1 });
+        m.views = Some(Views { covers: ["a".repeat(40)].into(), skeleton: Some(pack('c')), tips: None, created: 1, increments: vec![] });
         let back = Manifest::parse(&m.to_bytes()).unwrap();
         assert_eq!(back.uncovered().map(|p| p.name.clone()).collect::<Vec<_>>(), vec!["b".repeat(40)]);
         // a manifest without views reads as before, and one with views is still a version-1 manifest
         assert!(Manifest::parse(br#"{"version":1}"#).unwrap().views.is_none());
+        assert!(!String::from_utf8(m.to_bytes()).unwrap().contains("increments"), "written only when there are some");
+
+        // An increment covers `b`: not uncovered any more, its packs are the views' packs.
+        let mut v = m.views.clone().unwrap();
+        v.increments.push(ViewsIncrement { covers: ["b".repeat(40)].into(), skeleton: Some(pack('d')), tips: Some(pack('e')), created: 2 });
+        m.views = Some(v);
+        let bytes = m.to_bytes();
+        let back = Manifest::parse(&bytes).unwrap();
+        assert_eq!(back.uncovered().count(), 0);
+        let names: Vec<String> = back.live_packs().map(|p| p.name.clone()).collect();
+        assert!(names.contains(&"d".repeat(40)) && names.contains(&"e".repeat(40)), "{names:?}");
+        // A reader that does not know increments sees the views as they were:
+        // `b` outside them (read beside them), which is still right.
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(json["views"]["covers"], serde_json::json!(["a".repeat(40)]));
+        assert_eq!(json["views"]["skeleton"]["name"], "c".repeat(40));
+        let bad = br#"{"version":1,"views":{"covers":[],"increments":[{"covers":["../x"]}]}}"#;
+        assert!(matches!(Manifest::parse(bad), Err(ManifestError::Invalid(_))));
     }
 
     #[test]

@@ -319,7 +319,9 @@ impl PackStorage {
     /// Uploads the `.pack` (the `.idx` follows the manifest write: see
     /// `upload_idx_in_background`).
     async fn upload_pack(&self, ctx: &OpContext, p: &BuiltPack) -> Result<(), StorageError> {
-        let progress = Mutex::new(Progress::new(ctx.out.clone(), ctx.progress, format!("Uploading pack ({} objects)", p.objects), Some(p.size)));
+        let progress = Mutex::new(
+            Progress::new(ctx.out.clone(), ctx.progress, format!("Uploading pack ({} objects)", p.objects), Some(p.size)).delayed_as(&ctx.env),
+        );
         let on = |n: u64| {
             if let Ok(mut pr) = progress.lock() {
                 pr.add(n)

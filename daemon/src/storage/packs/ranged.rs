@@ -26,6 +26,7 @@ use futures::stream::{StreamExt, TryStreamExt};
 use crate::local::oid::ObjectFormat;
 use crate::s3::store::ranged::RangeRead;
 use crate::s3::store::ranged::{merge_ranges, MAX_RANGED_BYTES, MERGE_GAP};
+use crate::session::progress::Progress;
 use crate::storage::packs::manifest::{self, PackEntry};
 use crate::storage::packs::pack_index::{
     build_pack, entry_header, resolved_kind, rewrite_entry, Base, PackIndex, OBJ_BLOB, OBJ_COMMIT, OBJ_TAG, OBJ_TREE,
@@ -135,6 +136,8 @@ pub(crate) struct RangedOutcome {
     pub(crate) requests: usize,
     pub(crate) rounds: usize,
     pub(crate) whole_packs: usize,
+    /// A pack (or its `.idx`) the manifest named was gone from the bucket.
+    pub(crate) gone: bool,
 }
 
 impl PackStorage {
@@ -144,9 +147,32 @@ impl PackStorage {
     /// suit (SHA-256, an object no `.idx` names, a wanted object that is no
     /// blob, a pack gone from the bucket): the caller fetches the whole remote.
     /// An entry that does not verify is an error naming the pack.
+    /// A pack gone from the bucket (a gc retired it and deleted it
+    /// meanwhile): the manifest is read again and, when it changed, the
+    /// objects are read from the packs it names now.
     pub(crate) async fn fetch_ranged(&self, ctx: &OpContext, wants: &[String], idx_dir: &Path) -> Result<RangedOutcome, StorageError> {
-        let mut outcome = RangedOutcome::default();
         let m = self.listed_manifest().await?;
+        let first = self.fetch_ranged_from(ctx, wants, idx_dir, &m).await?;
+        if first.done || !first.gone {
+            return Ok(first);
+        }
+        let Some((now, _)) = manifest::read_manifest(&self.store, &self.url).await? else { return Ok(first) };
+        if now.packs == m.packs {
+            return Ok(first);
+        }
+        tracing::info!(serial = now.serial, "a pack was retired while it was read by ranges; reading from the packs the manifest names now");
+        self.fetch_ranged_from(ctx, wants, idx_dir, &now).await
+    }
+
+    /// `fetch_ranged` from the packs of manifest `m`.
+    async fn fetch_ranged_from(
+        &self,
+        ctx: &OpContext,
+        wants: &[String],
+        idx_dir: &Path,
+        m: &manifest::Manifest,
+    ) -> Result<RangedOutcome, StorageError> {
+        let mut outcome = RangedOutcome::default();
         if m.format() != ObjectFormat::Sha1 || wants.is_empty() {
             return Ok(outcome);
         }
@@ -172,6 +198,7 @@ impl PackStorage {
         tokio::fs::create_dir_all(idx_dir).await?;
         let loads: Vec<_> = candidates.iter().map(|p| async move { self.load_index(ctx, p, idx_dir).await.map(|i| (p.clone(), i)) }).collect();
         let indexes: Vec<(PackEntry, Option<Arc<PackIndex>>)> = futures::stream::iter(loads).buffered(CONCURRENCY).try_collect().await?;
+        outcome.gone = indexes.iter().any(|(_, i)| i.is_none());
         // Each wanted object in the first pack that holds it.
         let mut plans: Vec<PackPlan> = Vec::new();
         for oid in &oids {
@@ -203,6 +230,11 @@ impl PackStorage {
         }
         drop(indexes);
 
+        #[cfg(feature = "test-hooks")]
+        if let Some(g) = crate::test_hooks::ranged_read_gate(&ctx.env) {
+            crate::test_hooks::wait_for_gate(&g).await;
+        }
+        let mut progress = Progress::new(ctx.out.clone(), ctx.progress, "Reading objects by ranges".to_string(), None).delayed_as(&ctx.env);
         // Rounds: each reads every pack's frontier (one parallel batch of
         // merged ranges per pack), then queues the delta bases not read yet.
         while plans.iter().any(|p| !p.whole && !p.frontier.is_empty()) {
@@ -244,11 +276,13 @@ impl PackStorage {
                     Ok(r) => r,
                     Err(e) if e.is_not_found() => {
                         tracing::info!(pack = plans[i].entry.name, "a pack is gone from the bucket; no ranged reads");
-                        return Ok(RangedOutcome { done: false, ..outcome });
+                        progress.finish();
+                        return Ok(RangedOutcome { done: false, gone: true, ..outcome });
                     }
                     Err(e) => return Err(e.into()),
                 };
                 outcome.bytes += read.bytes();
+                progress.add(read.bytes());
                 outcome.requests += read.requests();
                 let p = &mut plans[i];
                 p.read += read.bytes();
@@ -275,6 +309,8 @@ impl PackStorage {
                 }
             }
         }
+
+        progress.finish();
 
         // Only blobs: a commit or tree without what it links to would leave
         // the mirror holding objects whose history it lacks.

@@ -1,9 +1,11 @@
 //! The packs format's views (`manifest::Views`): a skeleton pack (every
 //! commit, tree and annotated tag, no blobs) and a tips pack (each branch
 //! tip's full tree), written by `git s3 gc` from the repository it has
-//! gathered, and read by shallow and partial clones instead of every pack.
+//! gathered, or after a push from the pusher's repository (whole, or
+//! extended by an increment of about the push's size), and read by shallow
+//! and partial clones instead of every pack.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 
 use futures::stream::{StreamExt, TryStreamExt};
@@ -13,41 +15,49 @@ use crate::s3::store::S3Store;
 use crate::s3::url::RemoteUrl;
 use crate::storage::packs::git_ops::SCRATCH_PACK_CONFIG;
 use crate::storage::packs::manifest::{unix_now, update_manifest, Manifest, RetiredPack};
-use crate::storage::packs::manifest::{PackEntry, Views};
+use crate::storage::packs::manifest::{PackEntry, Views, ViewsIncrement};
 use crate::storage::packs::scratch::{upload_pack_of, written_pack};
 use crate::storage::packs::storage::PackStorage;
 use crate::storage::{OpContext, StorageError};
 
 /// A push that leaves at least this many bytes of packs outside the views
-/// (`GIT_S3_VIEWS_AUTO_BYTES`, in the caller's environment; 0 turns it off),
-/// and at least an eighth of the views' own size, has the daemon write new
-/// views in the background (see [`PackStorage::maybe_refresh_views_in_background`]).
+/// (`GIT_S3_VIEWS_AUTO_BYTES`, in the caller's environment; 0 turns it off)
+/// has the daemon bring the views up to date in the background (see
+/// [`PackStorage::maybe_refresh_views_in_background`]).
 pub(crate) const DEFAULT_VIEWS_AUTO_BYTES: u64 = 1 << 20;
 
+/// Increments the views take (each the size of what was pushed) before the
+/// next refresh writes them whole again, as one skeleton and one tips pack.
+pub(crate) const MAX_INCREMENTS: usize = 8;
+
 /// Whether the views of `m` (a manifest a push has just written) are worth
-/// making again: none yet, or enough bytes pushed since that a shallow or
-/// partial clone would read them on top of the views.
+/// bringing up to date: enough bytes pushed since (`GIT_S3_VIEWS_AUTO_BYTES`)
+/// that a shallow or partial clone would read them on top of the views.
+/// An increment costs about what was pushed; so does a first write of the
+/// views (the whole repository was pushed). Once the views have
+/// `MAX_INCREMENTS` increments, the next refresh rewrites them whole, which
+/// costs their size: it waits until the packs outside them come to an
+/// eighth of that (readers read those beside the views meanwhile).
 pub(crate) fn refresh_due(m: &Manifest, env: &HashMap<String, String>) -> bool {
     let limit = env.get("GIT_S3_VIEWS_AUTO_BYTES").and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(DEFAULT_VIEWS_AUTO_BYTES);
     if limit == 0 || m.refs.is_empty() || m.frozen.is_some() {
         return false;
     }
     let uncovered = m.uncovered().fold(0u64, |t, p| t.saturating_add(p.size));
-    let views = m.views.iter().flat_map(|v| v.packs()).fold(0u64, |t, p| t.saturating_add(p.size));
-    uncovered > 0 && uncovered >= limit.max(views / 8)
+    if uncovered == 0 || uncovered < limit {
+        return false;
+    }
+    match &m.views {
+        Some(v) if v.increments.len() >= MAX_INCREMENTS => uncovered >= v.packs().fold(0u64, |t, p| t.saturating_add(p.size)) / 8,
+        _ => true,
+    }
 }
 
-/// Writes new views of `base` (the manifest a push has just written) from
-/// `git`, the pusher's repository, when it holds every object the refs
-/// reach (not shallow, not partial, every tip present; otherwise nothing
-/// is done, None), and uploads them (`record` names them in the manifest).
-pub(crate) async fn build_and_upload(
-    store: &S3Store,
-    url: &RemoteUrl,
-    git: &Git,
-    tmp_root: &Path,
-    base: &Manifest,
-) -> Result<Option<Views>, StorageError> {
+/// The packs of `base` that views made from `git` (the pusher's repository)
+/// would cover: those whose tips the refs all reach (a pack of a ref
+/// deleted or moved back since holds objects they lack). None when `git`
+/// cannot make views: shallow, partial, or lacking a ref's tip.
+async fn coverable_packs(git: &Git, base: &Manifest) -> Result<Option<BTreeSet<String>>, StorageError> {
     if git.is_shallow().await || git.config_get("extensions.partialclone").await.is_some() {
         tracing::debug!("the repository is shallow or partial: no views from it");
         return Ok(None);
@@ -60,8 +70,6 @@ pub(crate) async fn build_and_upload(
         tracing::debug!(missing, "the repository lacks a ref's tip: no views from it");
         return Ok(None);
     }
-    // The packs the views hold all of: those whose tips the refs all reach
-    // (a pack of a ref deleted or moved back since holds objects they lack).
     let present_pack_tips: Vec<&String> = pack_tips.iter().filter(|t| present.contains(*t)).collect();
     let unreachable: BTreeSet<String> = if present_pack_tips.is_empty() {
         BTreeSet::new()
@@ -72,19 +80,50 @@ pub(crate) async fn build_and_upload(
         args.extend(tips.iter().map(String::as_str));
         git.run(&args).await?.lines().filter_map(|l| l.split_whitespace().next()).filter(|o| pack_tips.contains(*o)).map(str::to_string).collect()
     };
-    let covers: BTreeSet<String> = base
-        .packs
-        .iter()
-        .filter(|p| !p.tips.is_empty() && p.tips.iter().all(|t| present.contains(t) && !unreachable.contains(t)))
-        .map(|p| p.name.clone())
-        .collect();
+    Ok(Some(
+        base.packs
+            .iter()
+            .filter(|p| !p.tips.is_empty() && p.tips.iter().all(|t| present.contains(t) && !unreachable.contains(t)))
+            .map(|p| p.name.clone())
+            .collect(),
+    ))
+}
+
+/// Brings the views of `base` (the manifest a push has just written) up to
+/// date from `git`, the pusher's repository, when it holds every object the
+/// refs reach (otherwise nothing is done, None), and uploads what it wrote
+/// (`record` names it in the manifest). Views with room for an increment
+/// (`MAX_INCREMENTS`) get one, of about the size of what was pushed since;
+/// otherwise (none yet, or as many increments as they take) they are
+/// written whole. None also when no pack is left to cover.
+pub(crate) async fn build_and_upload(
+    store: &S3Store,
+    url: &RemoteUrl,
+    git: &Git,
+    tmp_root: &Path,
+    base: &Manifest,
+) -> Result<Option<Views>, StorageError> {
+    let Some(covers) = coverable_packs(git, base).await? else { return Ok(None) };
     let dir = tempfile::Builder::new().prefix("views-").tempdir_in(tmp_root)?;
-    let made = build(git, dir.path(), &base.refs, base.live_head(), covers, |out, tips| {
+    let written = |out: String, tips: Vec<String>| {
         let d = dir.path().to_path_buf();
         async move { written_pack(&d, &out, tips).await }
-    })
-    .await?;
-    for p in made.packs() {
+    };
+    let made = match base.views.as_ref().filter(|v| v.increments.len() < MAX_INCREMENTS) {
+        Some(v) => {
+            let covers: BTreeSet<String> = covers.into_iter().filter(|c| !v.covers_pack(c)).collect();
+            if covers.is_empty() {
+                return Ok(None);
+            }
+            let inc = build_increment(git, dir.path(), v, &base.refs, base.live_head(), covers, written).await?;
+            let mut next = v.clone();
+            next.increments.push(inc);
+            next
+        }
+        None => build(git, dir.path(), &base.refs, base.live_head(), covers, written).await?,
+    };
+    let old: BTreeSet<&str> = base.views.iter().flat_map(|v| v.packs()).map(|p| p.name.as_str()).collect();
+    for p in made.packs().filter(|p| !old.contains(p.name.as_str())) {
         upload_pack_of(store, url, dir.path(), p).await?;
     }
     Ok(Some(made))
@@ -173,7 +212,78 @@ where
         let out = git.run_with_stdin(&args, format!("{objects}\n").into_bytes()).await?;
         Some(written(out, tips.iter().cloned().collect()).await?)
     };
-    Ok(Views { covers, skeleton, tips: tips_pack, created: unix_now() })
+    Ok(Views { covers, skeleton, tips: tips_pack, created: unix_now(), increments: vec![] })
+}
+
+/// The commits the view packs `packs` were made for.
+fn made_for<'a>(packs: impl Iterator<Item = &'a PackEntry>) -> BTreeSet<String> {
+    packs.flat_map(|p| p.tips.iter().cloned()).collect()
+}
+
+/// An increment of the views `v` for `refs`, from the complete repository
+/// `git` (see `ViewsIncrement`): a skeleton pack of the commits and trees
+/// (and annotated tags) the refs reach that the commits the skeleton and
+/// earlier increments were made for do not, and a tips pack of the objects
+/// of the branch tips' trees that no tips pack holds. Commits of the views
+/// the repository lacks are left out of the subtraction: the increment is
+/// then larger, never short.
+async fn build_increment<F, Fut>(
+    git: &Git,
+    dir: &Path,
+    v: &Views,
+    refs: &BTreeMap<String, String>,
+    head: Option<&String>,
+    covers: BTreeSet<String>,
+    written: F,
+) -> Result<ViewsIncrement, StorageError>
+where
+    F: Fn(String, Vec<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<PackEntry, StorageError>>,
+{
+    let old_skeleton = made_for(v.skeleton.iter().chain(v.increments.iter().filter_map(|i| i.skeleton.as_ref())));
+    let old_tips = made_for(v.tips.iter().chain(v.increments.iter().filter_map(|i| i.tips.as_ref())));
+    let asked: Vec<String> = old_skeleton.union(&old_tips).cloned().collect();
+    let present = git.present_objects(&asked).await?;
+    let all: BTreeSet<String> = refs.values().cloned().collect();
+    let mut args: Vec<&str> = vec!["rev-list", "--objects", "--filter=blob:none"];
+    args.extend(all.iter().map(String::as_str));
+    args.push("--not");
+    args.extend(old_skeleton.iter().filter(|c| present.contains(*c)).map(String::as_str));
+    let listed = git.run(&args).await?;
+    let skeleton = pack_listed(git, dir, &listed, all.into_iter().collect(), &written).await?;
+    let new_tips: Vec<String> = tip_commits(refs, head).into_iter().filter(|t| !old_tips.contains(t)).collect();
+    let tips = if new_tips.is_empty() {
+        None
+    } else {
+        let mut args: Vec<&str> = vec!["rev-list", "--objects", "--no-walk"];
+        args.extend(new_tips.iter().map(String::as_str));
+        let wanted = git.run(&args).await?;
+        let had_tips: Vec<&str> = old_tips.iter().filter(|c| present.contains(*c)).map(String::as_str).collect();
+        let had =
+            if had_tips.is_empty() { String::new() } else { git.run(&[&["rev-list", "--objects", "--no-walk"][..], &had_tips[..]].concat()).await? };
+        let had: HashSet<&str> = had.lines().filter_map(|l| l.split_whitespace().next()).collect();
+        let listed: String =
+            wanted.lines().filter(|l| l.split_whitespace().next().is_some_and(|o| !had.contains(o))).map(|l| format!("{l}\n")).collect();
+        pack_listed(git, dir, &listed, new_tips, &written).await?
+    };
+    Ok(ViewsIncrement { covers, skeleton, tips, created: unix_now() })
+}
+
+/// A pack of the objects `listed` (`git rev-list --objects` lines), made
+/// for `tips`; None when the list is empty.
+async fn pack_listed<F, Fut>(git: &Git, dir: &Path, listed: &str, tips: Vec<String>, written: &F) -> Result<Option<PackEntry>, StorageError>
+where
+    F: Fn(String, Vec<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<PackEntry, StorageError>>,
+{
+    if listed.trim().is_empty() {
+        return Ok(None);
+    }
+    let base = dir.join("out");
+    let base = base.to_string_lossy().into_owned();
+    let args = [&SCRATCH_PACK_CONFIG[..], &["pack-objects", "--quiet", "--delta-base-offset", &base]].concat();
+    let out = git.run_with_stdin(&args, format!("{}\n", listed.trim_end()).into_bytes()).await?;
+    Ok(Some(written(out, tips).await?))
 }
 
 impl PackStorage {
@@ -222,10 +332,13 @@ impl PackStorage {
         let Some(v) = &m.views else { return Ok(false) };
         let mut wanted: Vec<PackEntry> = Vec::new();
         for k in kinds {
-            match (k, &v.skeleton, &v.tips) {
-                (ViewKind::Skeleton, Some(p), _) | (ViewKind::Tips, _, Some(p)) => wanted.push(p.clone()),
-                _ => return Ok(false),
-            }
+            let of_kind = |skeleton: &Option<PackEntry>, tips: &Option<PackEntry>| match k {
+                ViewKind::Skeleton => skeleton.clone(),
+                ViewKind::Tips => tips.clone(),
+            };
+            let Some(p) = of_kind(&v.skeleton, &v.tips) else { return Ok(false) };
+            wanted.push(p);
+            wanted.extend(v.increments.iter().filter_map(|i| of_kind(&i.skeleton, &i.tips)));
         }
         wanted.extend(m.uncovered().cloned());
         let pack_dir = ctx.git.pack_dir().await?;
@@ -298,10 +411,21 @@ mod tests {
         assert!(!refresh_due(&m, &env), "0 turns it off");
         env.clear();
         // Views covering `a`, 16 MiB of them: `b` alone is below an eighth of them.
-        m.views = Some(Views { covers: [m.packs[0].name.clone()].into(), skeleton: Some(pack('c', 16 << 20)), tips: None, created: 1 });
+        m.views =
+            Some(Views { covers: [m.packs[0].name.clone()].into(), skeleton: Some(pack('c', 16 << 20)), tips: None, created: 1, increments: vec![] });
         assert!(!refresh_due(&m, &env));
         m.packs.push(pack('d', 2 << 20));
         assert!(refresh_due(&m, &env), "2.6 MiB uncovered: over an eighth of 16 MiB");
+        // As many increments as the views take: the next refresh writes them
+        // whole, once the packs outside them come to an eighth of them.
+        let inc = ViewsIncrement { covers: BTreeSet::new(), skeleton: None, tips: None, created: 1 };
+        if let Some(v) = m.views.as_mut() {
+            v.increments = vec![inc; MAX_INCREMENTS];
+        }
+        assert!(refresh_due(&m, &env), "2.6 MiB uncovered: over an eighth of 16 MiB");
+        m.packs.pop();
+        m.packs.push(pack('d', 1 << 20));
+        assert!(!refresh_due(&m, &env), "1.6 MiB: an increment would do, but there is no room for one");
         m.frozen = Some("migration".into());
         assert!(!refresh_due(&m, &env), "never while a migration holds the manifest");
     }
