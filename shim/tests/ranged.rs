@@ -306,3 +306,95 @@ fn a_sha256_lazy_checkout_reads_its_objects_by_ranges() {
     assert!(read <= 3 * local, "a lazy checkout read {read} bytes from S3; local git transfers {local} (the remote's packs: {remote_bytes})");
     assert!(env.missing_objects(&p) > 0, "still a partial clone");
 }
+
+/// The `.map` of every pack the manifest names: each pack has one (its
+/// `map_size` bytes in the bucket).
+fn assert_every_pack_has_its_map(env: &TestEnv, prefix: &str, when: &str) {
+    let m = manifest(env, prefix);
+    let packs = m["packs"].as_array().unwrap();
+    assert!(!packs.is_empty());
+    for p in packs {
+        let size = p["map_size"].as_u64().unwrap_or(0);
+        assert!(size > 0, "{when}: pack {} has no map: {m}", p["name"]);
+        let map = env.get_object(&format!("{prefix}/.git-s3/packs/pack-{}.map", p["name"].as_str().unwrap()));
+        assert_eq!(map.len() as u64, size, "{when}");
+    }
+}
+
+/// A push (its map uploaded with the `.idx` after the answer) and a
+/// geometric gc (the pack it combines) write object maps, as a full gc does.
+#[test]
+fn pushes_and_the_geometric_gc_write_object_maps() {
+    let (env, _proxy) = counted_env();
+    let src = history(&env, "src");
+    let url = env.url("geo");
+    for back in [30, 25, 20, 15, 10, 5, 0] {
+        env.git(&src, &["push", "-q", &url, &format!("HEAD~{back}:refs/heads/main")]);
+    }
+    // The daemon finishes its background uploads before it exits.
+    env.git_s3(&env.work(), &["daemon", "stop"]);
+    assert!(manifest(&env, "geo")["packs"].as_array().unwrap().len() > 1);
+    assert_every_pack_has_its_map(&env, "geo", "after pushes");
+    env.git_s3(&env.work(), &["gc", "--geometric", &url]);
+    let packs: Vec<String> = manifest(&env, "geo")["packs"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap().to_string()).collect();
+    assert!(packs.len() < 7, "the geometric gc combined packs: {packs:?}");
+    assert_every_pack_has_its_map(&env, "geo", "after gc --geometric");
+}
+
+/// A map that misleads (every CRC-32 wrong, yet a sound file: its
+/// checksum made again) never leads to a wrong object: the ranged fetch it
+/// led fails to verify, and is made again with the `.idx` files.
+#[test]
+fn a_misleading_object_map_falls_back_to_the_pack_index() {
+    let (env, proxy) = counted_env();
+    let src = history(&env, "src");
+    let old = env.git(&src, &["rev-parse", "HEAD~30"]).trim().to_string();
+    let (_url, p) = blobless_clone(&env, &src, "misled");
+    let m = manifest(&env, "misled");
+    for pack in m["packs"].as_array().unwrap() {
+        let key = format!("misled/.git-s3/packs/pack-{}.map", pack["name"].as_str().unwrap());
+        let mut map = env.get_object(&key);
+        let (hash_len, prefix_len) = (map[5] as usize, map[6] as usize);
+        let count = u32::from_be_bytes(map[8 + hash_len..12 + hash_len].try_into().unwrap());
+        let mut at = 12 + hash_len;
+        let varint = |map: &[u8], at: &mut usize| {
+            while map[*at] & 0x80 != 0 {
+                *at += 1;
+            }
+            *at += 1;
+        };
+        for _ in 0..count {
+            varint(&map, &mut at);
+            varint(&map, &mut at);
+            map[at] ^= 0x5a;
+            at += 4 + prefix_len;
+        }
+        let body = map.len() - hash_len;
+        let sum = sha1_of(&env, &map[..body]);
+        map[body..].copy_from_slice(&sum);
+        env.put_object(&key, &map);
+    }
+
+    let idx_gets = gets_during(&proxy, ".idx", || {
+        let map_gets = gets_during(&proxy, ".map", || {
+            env.git(&p, &["checkout", "-q", &old]);
+        });
+        assert!(map_gets > 0, "the maps were read");
+    });
+    assert!(idx_gets > 0, "then the .idx files");
+    for f in FILES {
+        assert_eq!(std::fs::read(p.join(f)).unwrap(), env.git(&src, &["show", &format!("{old}:{f}")]).into_bytes(), "{f}");
+    }
+    env.fsck_partial(&p);
+}
+
+/// The SHA-1 of `data` (`sha1sum`).
+fn sha1_of(env: &TestEnv, data: &[u8]) -> Vec<u8> {
+    let mut cmd = env.command("sha1sum", &env.work());
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_string();
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap()).collect()
+}
