@@ -321,10 +321,11 @@ fn assert_every_pack_has_its_map(env: &TestEnv, prefix: &str, when: &str) {
     }
 }
 
-/// A push (its map uploaded with the `.idx` after the answer) and a
-/// geometric gc (the pack it combines) write object maps, as a full gc does.
+/// A push of a big pack (its map uploaded with the `.idx` after the
+/// answer) and a geometric gc (the pack it combines) write object maps, as
+/// a full gc does; small pushes write none (no request more).
 #[test]
-fn pushes_and_the_geometric_gc_write_object_maps() {
+fn big_pushes_and_the_geometric_gc_write_object_maps() {
     let (env, _proxy) = counted_env();
     let src = history(&env, "src");
     let url = env.url("geo");
@@ -333,12 +334,33 @@ fn pushes_and_the_geometric_gc_write_object_maps() {
     }
     // The daemon finishes its background uploads before it exits.
     env.git_s3(&env.work(), &["daemon", "stop"]);
-    assert!(manifest(&env, "geo")["packs"].as_array().unwrap().len() > 1);
-    assert_every_pack_has_its_map(&env, "geo", "after pushes");
+    let m = manifest(&env, "geo");
+    assert!(m["packs"].as_array().unwrap().len() > 1);
+    assert_eq!(packs_sum(&m, "map_size"), 0, "small pushes write no map: {m}");
+    assert!(!env.keys("geo/.git-s3/packs/").iter().any(|k| k.ends_with(".map")));
     env.git_s3(&env.work(), &["gc", "--geometric", &url]);
-    let packs: Vec<String> = manifest(&env, "geo")["packs"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap().to_string()).collect();
-    assert!(packs.len() < 7, "the geometric gc combined packs: {packs:?}");
+    let packs = manifest(&env, "geo")["packs"].as_array().unwrap().len();
+    assert!(packs < 7, "the geometric gc combined packs ({packs} left)");
     assert_every_pack_has_its_map(&env, "geo", "after gc --geometric");
+
+    // One commit of 700 files: an .idx above the threshold.
+    let bulk = env.path("bulk");
+    std::fs::create_dir_all(&bulk).unwrap();
+    env.git(&bulk, &["init", "-q", "-b", "main"]);
+    let mut script = String::from("commit refs/heads/main\ncommitter T <t@example.com> 1700000000 +0000\ndata 5\nbulk\n");
+    for i in 0..700 {
+        let content = format!("file {i}\n");
+        script.push_str(&format!("M 644 inline f/{i}.txt\ndata {}\n{content}\n", content.len()));
+    }
+    let mut cmd = env.command("git", &bulk);
+    cmd.args(["fast-import", "--quiet"]).stdin(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success());
+    let url = env.url("bulk");
+    env.git(&bulk, &["push", "-q", &url, "main"]);
+    env.git_s3(&env.work(), &["daemon", "stop"]);
+    assert_every_pack_has_its_map(&env, "bulk", "after a push of 700 files");
 }
 
 /// A map that misleads (every CRC-32 wrong, yet a sound file: its

@@ -6,6 +6,8 @@
 //! lengths and gaps as varints (tokio's history: 0.27 MB of maps for 1.32
 //! MB of `.idx`).
 //!
+//! Written by gc (full and geometric), the views and migrate for every pack,
+//! by a push for a pack whose `.idx` is at least [`PUSH_MAP_MIN_IDX_BYTES`].
 //! Optional (`PackEntry::map_size`: 0, or absent, means none; older readers
 //! ignore the field and never read the file) and advisory: whatever it says
 //! is checked as what an `.idx` says is (each entry's CRC-32, `git
@@ -26,6 +28,11 @@ use crate::local::oid::ObjectFormat;
 use crate::storage::packs::pack_index::{checksum, entry_header, resolved_kind, Base, PackIndex, OBJ_BLOB};
 
 const MAGIC: &[u8; 4] = b"GS3M";
+/// A push writes a map for its pack when the pack's `.idx` has at least
+/// this many bytes (about 550 objects): below, the `.idx` costs a lazy
+/// fetch little, and a one-commit push makes no request more. gc, the
+/// views and migrate write one for every pack.
+pub(crate) const PUSH_MAP_MIN_IDX_BYTES: u64 = 16 << 10;
 const VERSION: u8 = 1;
 /// The shortest prefix written: a wanted object of another pack matches
 /// one of a pack's `n` blob prefixes with a chance of n / 2^40.

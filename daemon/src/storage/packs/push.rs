@@ -316,8 +316,13 @@ impl PackStorage {
         }
         let size = tokio::fs::metadata(&pack).await?.len();
         let idx_size = tokio::fs::metadata(&idx).await?.len();
-        // An encrypted remote's lazy fetches read no ranges (its packs are age files).
-        let map_size = if self.key.is_some() { 0 } else { object_map::write_beside(&dir.path().join(format!("pack-{name}")), &name).await };
+        // An encrypted remote's lazy fetches read no ranges (its packs are age
+        // files); a small pack's .idx costs a lazy fetch little.
+        let map_size = if self.key.is_some() || idx_size < object_map::PUSH_MAP_MIN_IDX_BYTES {
+            0
+        } else {
+            object_map::write_beside(&dir.path().join(format!("pack-{name}")), &name).await
+        };
         Ok(Some(BuiltPack { _dir: dir, name, pack, idx, size, idx_size, map_size, objects, tips: tips.to_vec(), based_on, uploaded: false }))
     }
 
