@@ -3,8 +3,8 @@
 //! bases ends in a blob) lies, found by a short prefix of its id. A lazy
 //! fetch wants blobs only, so it reads the maps instead of the `.idx` files:
 //! a prefix of 5 bytes instead of the id, no entry for commits and trees,
-//! lengths and gaps as varints (tokio's history: 0.27 MB of maps for 1.32
-//! MB of `.idx`).
+//! lengths and gaps as varints (tokio's history, gc'd: a 0.23 MB map for a
+//! 1.31 MB `.idx`, 2026-12-04).
 //!
 //! Written by gc (full and geometric), the views and migrate for every pack,
 //! by a push for a pack whose `.idx` is at least [`PUSH_MAP_MIN_IDX_BYTES`].
