@@ -283,7 +283,7 @@ proptest! {
     ) {
         let packs: Vec<PackEntry> = packs
             .into_iter()
-            .map(|(name, (size, idx_size, objects, tips, created))| PackEntry { name, size, idx_size, objects, tips, created, key: None })
+            .map(|(name, (size, idx_size, objects, tips, created))| PackEntry { name, size, idx_size, objects, tips, created, key: None, map_size: created % 3 })
             .collect();
         let protected: BTreeSet<String> = refs.keys().take(protected_n).cloned().collect();
         let head = refs.keys().next().cloned();

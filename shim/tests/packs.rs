@@ -536,7 +536,7 @@ fn gc_combines_packs_and_deletes_old_ones_after_the_grace_period() {
     names.sort();
     assert_eq!(pack_files(&env, "gc").into_iter().map(|p| p.0).collect::<Vec<_>>(), names);
     assert_eq!(m["retired"].as_array().map(Vec::len), Some(0), "{m}");
-    assert_eq!(objects(&env, "gc/.git-s3/packs/").len(), 2 * 3, "one .pack and its .idx, and the two views'");
+    assert_eq!(objects(&env, "gc/.git-s3/packs/").len(), 3 * 3, "one .pack, its .idx and its object map, and the two views'");
     env.git(&env.work(), &["clone", "-q", &url, "last"]);
     assert_eq!(rev(&env, &env.path("last"), "HEAD"), tip);
     env.git(&env.path("last"), &["fsck", "--no-progress"]);
@@ -850,7 +850,7 @@ fn geometric_gc_combines_the_small_packs_and_keeps_the_big_one() {
     let m = manifest(&env, "geo");
     assert_eq!(m["packs"].as_array().map(Vec::len), Some(1), "{m}");
     assert_eq!(m["retired"].as_array().map(Vec::len), Some(0), "{m}");
-    assert_eq!(objects(&env, "geo/.git-s3/packs/").len(), 2 * 3, "one .pack and its .idx, and the two views'");
+    assert_eq!(objects(&env, "geo/.git-s3/packs/").len(), 3 * 3, "one .pack, its .idx and its object map, and the two views'");
     env.git(&env.work(), &["clone", "-q", &url, "last"]);
     assert_eq!(rev(&env, &env.path("last"), "HEAD"), tip);
     env.git(&env.path("last"), &["fsck", "--no-progress"]);

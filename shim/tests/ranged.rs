@@ -44,9 +44,14 @@ fn noise_line(seed: u64) -> String {
 /// old commit's files need their delta bases too. Commits 11 on also add a
 /// file each.
 fn history(env: &TestEnv, name: &str) -> PathBuf {
+    history_in(env, name, "sha1")
+}
+
+/// `history` in a repository of `object_format` (sha1, sha256).
+fn history_in(env: &TestEnv, name: &str, object_format: &str) -> PathBuf {
     let repo = env.path(name);
     std::fs::create_dir_all(&repo).unwrap();
-    env.git(&repo, &["init", "-q", "-b", "main"]);
+    env.git(&repo, &["init", "-q", "-b", "main", &format!("--object-format={object_format}")]);
     let mut files: Vec<Vec<String>> = (0..FILES.len()).map(|k| (0..640).map(|l| noise_line((k * 100_000 + l) as u64)).collect()).collect();
     let mut script = String::new();
     for i in 1..=COMMITS {
@@ -266,4 +271,231 @@ fn ranged_reads_show_progress_unless_quiet() {
     assert!(proxy.counts().of(RequestKind::RangedGet) > ranged, "read by ranges");
     assert!(shown.contains("Reading objects by ranges: ") && shown.contains(", done."), "{shown}");
     env.fsck_partial(&p);
+}
+
+/// The manifest of the remote at `prefix`.
+fn manifest(env: &TestEnv, prefix: &str) -> serde_json::Value {
+    serde_json::from_slice(&env.get_object(&format!("{prefix}/.git-s3/manifest.json"))).unwrap()
+}
+
+/// Sum of `field` over the manifest's packs.
+fn packs_sum(m: &serde_json::Value, field: &str) -> u64 {
+    m["packs"].as_array().unwrap().iter().map(|p| p[field].as_u64().unwrap_or(0)).sum()
+}
+
+/// GETs (whole objects) of keys ending with `suffix` made by `run`.
+fn gets_during(proxy: &FieldServer, suffix: &str, run: impl FnOnce()) -> usize {
+    let before = requests_for(proxy, RequestKind::Get, suffix);
+    run();
+    requests_for(proxy, RequestKind::Get, suffix) - before
+}
+
+/// Issue 20 point 3: the first lazy fetch reads each pack's object map
+/// (its blobs' places by prefix), not its `.idx`: fewer bytes, the same
+/// ranges. The same remote made "older" (no maps in the manifest or the
+/// bucket, as a remote written before them) is still read by ranges, with
+/// the `.idx` files: exactly the bytes the maps saved more.
+#[test]
+fn a_first_lazy_fetch_reads_object_maps_instead_of_pack_indexes() {
+    let (env, proxy) = counted_env();
+    let src = history(&env, "src");
+    let old = env.git(&src, &["rev-parse", "HEAD~30"]).trim().to_string();
+    let (url, p) = blobless_clone(&env, &src, "mapped");
+    let m = manifest(&env, "mapped");
+    let (idx_bytes, map_bytes) = (packs_sum(&m, "idx_size"), packs_sum(&m, "map_size"));
+    assert!(map_bytes > 0, "gc wrote object maps: {m}");
+    assert!(map_bytes < idx_bytes / 2, "a map is smaller than its .idx: {map_bytes} vs {idx_bytes}");
+
+    let before = proxy.counts().bytes_down;
+    let ranged_before = proxy.counts().of(RequestKind::RangedGet);
+    let idx_gets = gets_during(&proxy, ".idx", || {
+        let map_gets = gets_during(&proxy, ".map", || {
+            env.git(&p, &["checkout", "-q", &old]);
+        });
+        assert!(map_gets > 0, "the maps were read");
+    });
+    let with_maps = proxy.counts().bytes_down - before;
+    assert_eq!(idx_gets, 0, "no .idx was read");
+    assert!(proxy.counts().of(RequestKind::RangedGet) > ranged_before, "the objects were read by ranges");
+    for f in FILES {
+        assert_eq!(std::fs::read(p.join(f)).unwrap(), env.git(&src, &["show", &format!("{old}:{f}")]).into_bytes(), "{f}");
+    }
+    env.fsck_partial(&p);
+
+    // The remote as one written before maps: none named, none in the bucket.
+    let mut older = m.clone();
+    for pack in older["packs"].as_array_mut().unwrap() {
+        env.delete_object(&format!("mapped/.git-s3/packs/pack-{}.map", pack["name"].as_str().unwrap()));
+        pack.as_object_mut().unwrap().remove("map_size");
+    }
+    if let Some(views) = older.get_mut("views") {
+        for kind in ["skeleton", "tips"] {
+            if let Some(v) = views.get_mut(kind).and_then(|v| v.as_object_mut()) {
+                v.remove("map_size");
+            }
+        }
+    }
+    env.put_object("mapped/.git-s3/manifest.json", &serde_json::to_vec(&older).unwrap());
+    env.git_s3(&env.work(), &["cache", "clear"]);
+    env.git(&env.work(), &["clone", "-q", "--filter=blob:none", &url, "q"]);
+    let q = env.path("q");
+    let before = proxy.counts().bytes_down;
+    let map_gets = gets_during(&proxy, ".map", || {
+        let idx_gets = gets_during(&proxy, ".idx", || {
+            env.git(&q, &["checkout", "-q", &old]);
+        });
+        assert!(idx_gets > 0, "an older remote's .idx files are read");
+    });
+    let with_indexes = proxy.counts().bytes_down - before;
+    assert_eq!(map_gets, 0);
+    env.fsck_partial(&q);
+    eprintln!("first lazy checkout of HEAD~30: {with_maps} B with maps ({map_bytes} B of maps), {with_indexes} B with the .idx ({idx_bytes} B)");
+    assert!(
+        with_maps + (idx_bytes - map_bytes) * 9 / 10 <= with_indexes,
+        "the maps saved about the difference: {with_maps} B with maps, {with_indexes} B with the .idx ({idx_bytes} B of .idx, {map_bytes} B of maps)"
+    );
+}
+
+/// A SHA-256 remote's lazy fetch is read by ranges too (32-byte ids in the
+/// `.idx`, the maps and REF_DELTA bases), and fsck passes.
+#[test]
+fn a_sha256_lazy_checkout_reads_its_objects_by_ranges() {
+    let (env, proxy) = counted_env();
+    let src = history_in(&env, "src", "sha256");
+    let old = env.git(&src, &["rev-parse", "HEAD~30"]).trim().to_string();
+    assert_eq!(old.len(), 64);
+    let local = local_lazy_checkout_bytes(&env, &src, &old);
+    let (_url, p) = blobless_clone(&env, &src, "sha256");
+    assert_eq!(env.git(&p, &["rev-parse", "--show-object-format"]).trim(), "sha256");
+    let m = manifest(&env, "sha256");
+    assert_eq!(m["object_format"], "sha256", "{m}");
+    let remote_bytes = packs_sum(&m, "size");
+
+    let before = proxy.counts();
+    env.git(&p, &["checkout", "-q", &old]);
+    let after = proxy.counts();
+    let read = after.bytes_down - before.bytes_down;
+    let ranged = after.of(RequestKind::RangedGet) - before.of(RequestKind::RangedGet);
+    eprintln!("sha256 lazy checkout of HEAD~30: {read} B from S3 in {ranged} ranged GETs; local git {local} B; the remote's packs {remote_bytes} B");
+    assert!(ranged > 0, "the objects were read by ranges");
+    for f in FILES {
+        assert_eq!(std::fs::read(p.join(f)).unwrap(), env.git(&src, &["show", &format!("{old}:{f}")]).into_bytes(), "{f}");
+    }
+    env.fsck_partial(&p);
+    assert!(read <= 3 * local, "a lazy checkout read {read} bytes from S3; local git transfers {local} (the remote's packs: {remote_bytes})");
+    assert!(env.missing_objects(&p) > 0, "still a partial clone");
+}
+
+/// The `.map` of every pack the manifest names: each pack has one (its
+/// `map_size` bytes in the bucket).
+fn assert_every_pack_has_its_map(env: &TestEnv, prefix: &str, when: &str) {
+    let m = manifest(env, prefix);
+    let packs = m["packs"].as_array().unwrap();
+    assert!(!packs.is_empty());
+    for p in packs {
+        let size = p["map_size"].as_u64().unwrap_or(0);
+        assert!(size > 0, "{when}: pack {} has no map: {m}", p["name"]);
+        let map = env.get_object(&format!("{prefix}/.git-s3/packs/pack-{}.map", p["name"].as_str().unwrap()));
+        assert_eq!(map.len() as u64, size, "{when}");
+    }
+}
+
+/// A push of a big pack (its map uploaded with the `.idx` after the
+/// answer) and a geometric gc (the pack it combines) write object maps, as
+/// a full gc does; small pushes write none (no request more).
+#[test]
+fn big_pushes_and_the_geometric_gc_write_object_maps() {
+    let (env, _proxy) = counted_env();
+    let src = history(&env, "src");
+    let url = env.url("geo");
+    for back in [30, 25, 20, 15, 10, 5, 0] {
+        env.git(&src, &["push", "-q", &url, &format!("HEAD~{back}:refs/heads/main")]);
+    }
+    // The daemon finishes its background uploads before it exits.
+    env.git_s3(&env.work(), &["daemon", "stop"]);
+    let m = manifest(&env, "geo");
+    assert!(m["packs"].as_array().unwrap().len() > 1);
+    assert_eq!(packs_sum(&m, "map_size"), 0, "small pushes write no map: {m}");
+    assert!(!env.keys("geo/.git-s3/packs/").iter().any(|k| k.ends_with(".map")));
+    env.git_s3(&env.work(), &["gc", "--geometric", &url]);
+    let packs = manifest(&env, "geo")["packs"].as_array().unwrap().len();
+    assert!(packs < 7, "the geometric gc combined packs ({packs} left)");
+    assert_every_pack_has_its_map(&env, "geo", "after gc --geometric");
+
+    // One commit of 700 files: an .idx above the threshold.
+    let bulk = env.path("bulk");
+    std::fs::create_dir_all(&bulk).unwrap();
+    env.git(&bulk, &["init", "-q", "-b", "main"]);
+    let mut script = String::from("commit refs/heads/main\ncommitter T <t@example.com> 1700000000 +0000\ndata 5\nbulk\n");
+    for i in 0..700 {
+        let content = format!("file {i}\n");
+        script.push_str(&format!("M 644 inline f/{i}.txt\ndata {}\n{content}\n", content.len()));
+    }
+    let mut cmd = env.command("git", &bulk);
+    cmd.args(["fast-import", "--quiet"]).stdin(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success());
+    let url = env.url("bulk");
+    env.git(&bulk, &["push", "-q", &url, "main"]);
+    env.git_s3(&env.work(), &["daemon", "stop"]);
+    assert_every_pack_has_its_map(&env, "bulk", "after a push of 700 files");
+}
+
+/// A map that misleads (every CRC-32 wrong, yet a sound file: its
+/// checksum made again) never leads to a wrong object: the ranged fetch it
+/// led fails to verify, and is made again with the `.idx` files.
+#[test]
+fn a_misleading_object_map_falls_back_to_the_pack_index() {
+    let (env, proxy) = counted_env();
+    let src = history(&env, "src");
+    let old = env.git(&src, &["rev-parse", "HEAD~30"]).trim().to_string();
+    let (_url, p) = blobless_clone(&env, &src, "misled");
+    let m = manifest(&env, "misled");
+    for pack in m["packs"].as_array().unwrap() {
+        let key = format!("misled/.git-s3/packs/pack-{}.map", pack["name"].as_str().unwrap());
+        let mut map = env.get_object(&key);
+        let (hash_len, prefix_len) = (map[5] as usize, map[6] as usize);
+        let count = u32::from_be_bytes(map[8 + hash_len..12 + hash_len].try_into().unwrap());
+        let mut at = 12 + hash_len;
+        let varint = |map: &[u8], at: &mut usize| {
+            while map[*at] & 0x80 != 0 {
+                *at += 1;
+            }
+            *at += 1;
+        };
+        for _ in 0..count {
+            varint(&map, &mut at);
+            varint(&map, &mut at);
+            map[at] ^= 0x5a;
+            at += 4 + prefix_len;
+        }
+        let body = map.len() - hash_len;
+        let sum = sha1_of(&env, &map[..body]);
+        map[body..].copy_from_slice(&sum);
+        env.put_object(&key, &map);
+    }
+
+    let idx_gets = gets_during(&proxy, ".idx", || {
+        let map_gets = gets_during(&proxy, ".map", || {
+            env.git(&p, &["checkout", "-q", &old]);
+        });
+        assert!(map_gets > 0, "the maps were read");
+    });
+    assert!(idx_gets > 0, "then the .idx files");
+    for f in FILES {
+        assert_eq!(std::fs::read(p.join(f)).unwrap(), env.git(&src, &["show", &format!("{old}:{f}")]).into_bytes(), "{f}");
+    }
+    env.fsck_partial(&p);
+}
+
+/// The SHA-1 of `data` (`sha1sum`).
+fn sha1_of(env: &TestEnv, data: &[u8]) -> Vec<u8> {
+    let mut cmd = env.command("sha1sum", &env.work());
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_string();
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap()).collect()
 }

@@ -23,6 +23,11 @@ impl ObjectFormat {
         }
     }
 
+    /// Bytes of an id in this format (and of a pack's or index's checksum).
+    pub(crate) const fn raw_len(self) -> usize {
+        self.hex_len() / 2
+    }
+
     /// git's name of the format (`--object-format=<name>`).
     pub(crate) const fn name(self) -> &'static str {
         match self {

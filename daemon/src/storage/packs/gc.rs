@@ -375,7 +375,9 @@ async fn delete_old_packs(
     let dir = manifest::packs_dir(url);
     for o in store.list(&dir).await? {
         let Some(leaf) = o.key.strip_prefix(&dir) else { continue };
-        let Some(name) = leaf.strip_prefix("pack-").and_then(|n| n.strip_suffix(".pack").or_else(|| n.strip_suffix(".idx"))) else {
+        let Some(name) =
+            leaf.strip_prefix("pack-").and_then(|n| n.strip_suffix(".pack").or_else(|| n.strip_suffix(".idx")).or_else(|| n.strip_suffix(".map")))
+        else {
             continue;
         };
         if listed.contains(name) {
@@ -404,7 +406,7 @@ mod tests {
     use super::*;
 
     fn pack(n: u8, size: u64) -> PackEntry {
-        PackEntry { name: format!("{:02x}", n).repeat(20), size, idx_size: 0, objects: 1, tips: vec![], created: 0, key: None }
+        PackEntry { name: format!("{:02x}", n).repeat(20), size, idx_size: 0, objects: 1, tips: vec![], created: 0, key: None, map_size: 0 }
     }
 
     #[test]

@@ -60,6 +60,14 @@ pub struct PackEntry {
     /// absent: the first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<u32>,
+    /// Bytes of the pack's object map (`pack-<name>.map`: where its blobs
+    /// lie, for lazy fetches, `object_map.rs`); 0 (absent) when it has none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub map_size: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -307,6 +315,11 @@ pub(crate) fn idx_key(url: &RemoteUrl, name: &str) -> String {
     url.key(&format!("{META_DIR}/packs/pack-{name}.idx"))
 }
 
+/// The key of pack `name`'s object map.
+pub(crate) fn map_key(url: &RemoteUrl, name: &str) -> String {
+    url.key(&format!("{META_DIR}/packs/pack-{name}.map"))
+}
+
 /// Conditional writes tried by a manifest edit (`edit_manifest`: branch
 /// deletion, protection, gc, doctor's repairs, migration) before it gives up with "the
 /// manifest kept changing; try again", and by a push's `repo.zip` write. A
@@ -496,7 +509,7 @@ mod tests {
         let mut m = Manifest::default();
         m.refs.insert("refs/heads/main".into(), "a".repeat(40));
         m.head = Some("refs/heads/main".into());
-        m.packs.push(PackEntry { name: "b".repeat(40), size: 10, idx_size: 5, objects: 3, tips: vec!["a".repeat(40)], created: 1, key: None });
+        m.packs.push(PackEntry { name: "b".repeat(40), size: 10, idx_size: 5, objects: 3, tips: vec!["a".repeat(40)], created: 1, key: None, map_size: 0 });
         let back = Manifest::parse(&m.to_bytes()).unwrap();
         assert_eq!(back, m);
         assert_eq!(back.live_head().map(String::as_str), Some("refs/heads/main"));
@@ -525,7 +538,7 @@ mod tests {
         assert!(!String::from_utf8(m.to_bytes()).unwrap().contains("object_format"));
         let mut m = Manifest { object_format: Some(ObjectFormat::Sha256), ..Manifest::default() };
         m.refs.insert("refs/heads/main".into(), "a".repeat(64));
-        m.packs.push(PackEntry { name: "b".repeat(64), size: 10, idx_size: 5, objects: 3, tips: vec!["a".repeat(64)], created: 1, key: None });
+        m.packs.push(PackEntry { name: "b".repeat(64), size: 10, idx_size: 5, objects: 3, tips: vec!["a".repeat(64)], created: 1, key: None, map_size: 0 });
         let bytes = m.to_bytes();
         let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(json["object_format"], "sha256");
@@ -545,7 +558,7 @@ mod tests {
 
     #[test]
     fn views_cover_the_packs_they_were_made_from() {
-        let pack = |c: char| PackEntry { name: c.to_string().repeat(40), size: 1, idx_size: 1, objects: 1, tips: vec![], created: 0, key: None };
+        let pack = |c: char| PackEntry { name: c.to_string().repeat(40), size: 1, idx_size: 1, objects: 1, tips: vec![], created: 0, key: None, map_size: 0 };
         let mut m = Manifest { packs: vec![pack('a'), pack('b')], ..Default::default() };
         assert_eq!(m.uncovered().count(), 2);
         m.views = Some(Views { covers: ["a".repeat(40)].into(), skeleton: Some(pack('c')), tips: None, created: 1, increments: vec![] });

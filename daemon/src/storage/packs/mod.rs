@@ -29,6 +29,7 @@ pub(crate) mod gc;
 pub(crate) mod git_ops;
 pub mod manifest;
 pub(crate) mod migrate;
+pub(crate) mod object_map;
 pub(crate) mod pack_index;
 pub(crate) mod push;
 pub(crate) mod ranged;

@@ -22,6 +22,7 @@ use crate::session::progress::Progress;
 use crate::storage::detect::{last_markers, mixed_formats_error, RefsDir};
 use crate::storage::packs::git_ops::{pack_object_count, SCRATCH_PACK_CONFIG};
 use crate::storage::packs::manifest::{self, backoff, read_manifest, unix_now, Manifest, PackEntry, MAX_ATTEMPTS};
+use crate::storage::packs::object_map;
 use crate::storage::packs::storage::{put_object, PackStorage};
 use crate::storage::ref_update::{local_history, Decision, RefUpdate};
 use crate::storage::zip::{self, ZIP_SERIAL_META};
@@ -43,6 +44,8 @@ struct BuiltPack {
     idx: PathBuf,
     size: u64,
     idx_size: u64,
+    /// Bytes of its object map (`pack-<name>.map` beside it); 0: none.
+    map_size: u64,
     objects: u64,
     /// The tips it was built for.
     tips: Vec<String>,
@@ -146,6 +149,7 @@ impl BuiltPack {
             tips: self.tips.clone(),
             created: unix_now(),
             key,
+            map_size: self.map_size,
         }
     }
 }
@@ -313,7 +317,14 @@ impl PackStorage {
         }
         let size = tokio::fs::metadata(&pack).await?.len();
         let idx_size = tokio::fs::metadata(&idx).await?.len();
-        Ok(Some(BuiltPack { _dir: dir, name, pack, idx, size, idx_size, objects, tips: tips.to_vec(), based_on, uploaded: false }))
+        // An encrypted remote's lazy fetches read no ranges (its packs are age
+        // files); a small pack's .idx costs a lazy fetch little.
+        let map_size = if self.key.is_some() || idx_size < object_map::PUSH_MAP_MIN_IDX_BYTES {
+            0
+        } else {
+            object_map::write_beside(&dir.path().join(format!("pack-{name}")), &name).await
+        };
+        Ok(Some(BuiltPack { _dir: dir, name, pack, idx, size, idx_size, map_size, objects, tips: tips.to_vec(), based_on, uploaded: false }))
     }
 
     /// Uploads the `.pack` (the `.idx` follows the manifest write: see
@@ -342,6 +353,7 @@ impl PackStorage {
     #[cfg_attr(not(feature = "test-hooks"), allow(unused_variables))]
     fn upload_idx_in_background(&self, ctx: &OpContext, b: BuiltPack) {
         let (store, key, crypt) = (self.store.clone(), self.object_key(&b.name, "idx"), self.key.clone());
+        let map_key = (b.map_size > 0).then(|| manifest::map_key(&self.url, &b.name));
         #[cfg(feature = "test-hooks")]
         let gate = crate::test_hooks::idx_upload_gate(&ctx.env);
         ctx.background.spawn("upload_idx", async move {
@@ -352,6 +364,12 @@ impl PackStorage {
             match put_object(&store, crypt.as_ref(), &key, &b.idx, |_| {}).await {
                 Ok(_) => tracing::debug!(key, "idx uploaded"),
                 Err(e) => tracing::warn!(key, error = %e, "idx not uploaded (`git s3 doctor` restores it)"),
+            }
+            // Optional: a lazy fetch that finds no map reads the .idx.
+            if let Some(map_key) = map_key {
+                if let Err(e) = put_object(&store, None, &map_key, &b.pack.with_extension("map"), |_| {}).await {
+                    tracing::warn!(key = map_key, error = %e, "object map not uploaded (lazy fetches read the .idx)");
+                }
             }
             drop(b);
         });
@@ -732,7 +750,7 @@ mod tests {
     }
 
     fn entry(name: &str) -> PackEntry {
-        PackEntry { name: name.into(), size: 10, idx_size: 5, objects: 2, tips: vec![B.into()], created: 1, key: None }
+        PackEntry { name: name.into(), size: 10, idx_size: 5, objects: 2, tips: vec![B.into()], created: 1, key: None, map_size: 0 }
     }
 
     #[test]

@@ -2,9 +2,9 @@
 //! clone's lazy fetch (`git checkout <old commit>` after a blob:none clone)
 //! needs, without downloading every pack.
 //!
-//! 1. Each pack's `.idx` (small; downloaded once per mirror and kept beside
-//!    it) says where a wanted object's entry starts; the next entry's start
-//!    is where it ends.
+//! 1. Each pack's object map (`object_map.rs`: its blobs only, by prefix),
+//!    else its `.idx` (downloaded once per mirror and kept beside it), says
+//!    where a wanted object's entry starts and ends.
 //! 2. The entries are read with range requests (nearby ones merged, in
 //!    parallel: `S3Store::get_ranges`), then their delta bases, round after
 //!    round, until every chain reaches a whole object.
@@ -13,7 +13,10 @@
 //!    that does not verify is never written.
 //!
 //! A pack whose ranges would come to more than half of it is downloaded
-//! whole instead (through the cache, as a plain fetch does).
+//! whole instead (through the cache, as a plain fetch does). A fetch guided
+//! by maps that fails or leaves a wanted object missing is made again with
+//! the `.idx` files (a map is advisory); what it wrote is valid objects
+//! (`index-pack` checked them), at worst unneeded.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Range;
@@ -28,8 +31,9 @@ use crate::s3::store::ranged::RangeRead;
 use crate::s3::store::ranged::{merge_ranges, MAX_RANGED_BYTES, MERGE_GAP};
 use crate::session::progress::Progress;
 use crate::storage::packs::manifest::{self, PackEntry};
+use crate::storage::packs::object_map::{Locator, ObjectMap};
 use crate::storage::packs::pack_index::{
-    build_pack, entry_header, resolved_kind, rewrite_entry, Base, PackIndex, OBJ_BLOB, OBJ_COMMIT, OBJ_TAG, OBJ_TREE,
+    build_pack, entry_header, resolved_kind, rewrite_entry, Base, NewBase, PackIndex, OBJ_BLOB, OBJ_COMMIT, OBJ_TAG, OBJ_TREE,
 };
 use crate::storage::packs::storage::PackStorage;
 use crate::storage::{OpContext, StorageError};
@@ -63,18 +67,20 @@ fn read_ahead(size: u64, entries: usize) -> u64 {
 /// A pack's header (`PACK`, version, count): no entry starts before.
 const PACK_HEADER: u64 = 12;
 
-/// The types of those of `oids` the repository has (one `git cat-file
-/// --batch-check`), as pack entry type codes.
-async fn object_types(git: &crate::local::git::Git, oids: &[String]) -> Result<HashMap<String, u8>, StorageError> {
-    if oids.is_empty() {
-        return Ok(HashMap::new());
+/// For each of `names` (ids or prefixes of ids, in hex), the object of the
+/// repository it names: its full id and its type as a pack entry type code
+/// (one `git cat-file --batch-check`); None when missing or ambiguous.
+async fn objects_named(git: &crate::local::git::Git, names: &[String]) -> Result<Vec<Option<(Vec<u8>, u8)>>, StorageError> {
+    if names.is_empty() {
+        return Ok(Vec::new());
     }
-    let input: String = oids.iter().map(|o| format!("{o}\n")).collect();
+    let input: String = names.iter().map(|o| format!("{o}\n")).collect();
     let out = git.run_with_stdin(&["cat-file", "--batch-check=%(objectname) %(objecttype)"], input.into_bytes()).await?;
-    Ok(out
+    // One line per name, in order: "<id> <type>", or "<name> missing|ambiguous".
+    let mut found: Vec<Option<(Vec<u8>, u8)>> = out
         .lines()
-        .filter_map(|l| l.split_once(' '))
-        .filter_map(|(oid, t)| {
+        .map(|l| {
+            let (oid, t) = l.split_once(' ')?;
             let kind = match t {
                 "commit" => OBJ_COMMIT,
                 "tree" => OBJ_TREE,
@@ -82,9 +88,11 @@ async fn object_types(git: &crate::local::git::Git, oids: &[String]) -> Result<H
                 "tag" => OBJ_TAG,
                 _ => return None,
             };
-            Some((oid.to_string(), kind))
+            Some((hex::decode(oid).ok()?, kind))
         })
-        .collect())
+        .collect();
+    found.resize(names.len(), None);
+    Ok(found)
 }
 
 /// `git index-pack --stdin --fix-thin` of the pack in file `pack`: every
@@ -108,7 +116,8 @@ async fn index_thin_pack(git: &crate::local::git::Git, pack: &Path) -> Result<()
 /// What one pack contributes to a ranged fetch.
 struct PackPlan {
     entry: PackEntry,
-    idx: Arc<PackIndex>,
+    format: ObjectFormat,
+    idx: Arc<Locator>,
     /// Offsets of the wanted objects' entries.
     wanted: Vec<u64>,
     /// Entries read: offset → raw bytes.
@@ -117,8 +126,8 @@ struct PackPlan {
     chains: HashMap<u64, (u8, Option<u64>)>,
     /// Entries to read in the next round.
     frontier: BTreeSet<u64>,
-    /// Delta bases the repository has already (not read).
-    in_repository: BTreeSet<u64>,
+    /// Delta bases the repository has already (not read): their ids.
+    in_repository: HashMap<u64, Vec<u8>>,
     /// What the rounds read.
     pieces: Vec<RangeRead>,
     /// Bytes read so far.
@@ -138,16 +147,18 @@ pub(crate) struct RangedOutcome {
     pub(crate) whole_packs: usize,
     /// A pack (or its `.idx`) the manifest named was gone from the bucket.
     pub(crate) gone: bool,
+    /// Packs located by their object maps rather than their `.idx`.
+    pub(crate) maps: usize,
 }
 
 impl PackStorage {
     /// Brings the objects `wants` (blobs a lazy fetch asks for) into `ctx`'s
-    /// repository by ranged reads; `idx_dir` keeps the downloaded `.idx`
-    /// files. `done` is false, with nothing written, when this way does not
-    /// suit (SHA-256, an object no `.idx` names, a wanted object that is no
-    /// blob, a pack gone from the bucket): the caller fetches the whole remote.
-    /// An entry that does not verify is an error naming the pack.
-    /// A pack gone from the bucket (a gc retired it and deleted it
+    /// repository by ranged reads; `idx_dir` keeps the downloaded object
+    /// maps and `.idx` files. `done` is false, with nothing written, when
+    /// this way does not suit (an object no `.idx` names, a wanted object
+    /// that is no blob, a pack gone from the bucket): the caller fetches the
+    /// whole remote. An entry that does not verify is an error naming the
+    /// pack. A pack gone from the bucket (a gc retired it and deleted it
     /// meanwhile): the manifest is read again and, when it changed, the
     /// objects are read from the packs it names now.
     pub(crate) async fn fetch_ranged(&self, ctx: &OpContext, wants: &[String], idx_dir: &Path) -> Result<RangedOutcome, StorageError> {
@@ -164,22 +175,48 @@ impl PackStorage {
         self.fetch_ranged_from(ctx, wants, idx_dir, &now).await
     }
 
-    /// `fetch_ranged` from the packs of manifest `m`.
-    async fn fetch_ranged_from(
+    /// `fetch_ranged` from the packs of manifest `m`: led by the packs'
+    /// object maps where they have them; when that fails in any way, made
+    /// again with the `.idx` files.
+    async fn fetch_ranged_from(&self, ctx: &OpContext, wants: &[String], idx_dir: &Path, m: &manifest::Manifest) -> Result<RangedOutcome, StorageError> {
+        if !m.packs.iter().chain(m.views.iter().flat_map(|v| v.packs())).any(|p| p.map_size > 0) {
+            return self.fetch_ranged_with(ctx, wants, idx_dir, m, false).await;
+        }
+        let first = self.fetch_ranged_with(ctx, wants, idx_dir, m, true).await;
+        let read = match &first {
+            Ok(o) if o.done || o.maps == 0 => return first,
+            Ok(o) => o.bytes,
+            Err(e) => {
+                tracing::info!(error = %e, "ranged reads led by object maps failed; again with the .idx files");
+                0
+            }
+        };
+        let have = ctx.git.present_objects(wants).await?;
+        let rest: Vec<String> = wants.iter().filter(|w| !have.contains(*w)).cloned().collect();
+        let mut again = self.fetch_ranged_with(ctx, &rest, idx_dir, m, false).await?;
+        again.bytes += read;
+        Ok(again)
+    }
+
+    /// `fetch_ranged_from`, led by the packs' object maps (`use_maps`) or
+    /// by their `.idx` files only.
+    async fn fetch_ranged_with(
         &self,
         ctx: &OpContext,
         wants: &[String],
         idx_dir: &Path,
         m: &manifest::Manifest,
+        use_maps: bool,
     ) -> Result<RangedOutcome, StorageError> {
         let mut outcome = RangedOutcome::default();
-        if m.format() != ObjectFormat::Sha1 || wants.is_empty() {
+        let format = m.format();
+        if wants.is_empty() {
             return Ok(outcome);
         }
         let mut oids = Vec::with_capacity(wants.len());
         for w in wants {
             match hex::decode(w) {
-                Ok(o) if o.len() == 20 => oids.push(o),
+                Ok(o) if o.len() == format.raw_len() => oids.push(o),
                 _ => return Ok(outcome),
             }
         }
@@ -196,9 +233,11 @@ impl PackStorage {
             .cloned()
             .collect();
         tokio::fs::create_dir_all(idx_dir).await?;
-        let loads: Vec<_> = candidates.iter().map(|p| async move { self.load_index(ctx, p, idx_dir).await.map(|i| (p.clone(), i)) }).collect();
-        let indexes: Vec<(PackEntry, Option<Arc<PackIndex>>)> = futures::stream::iter(loads).buffered(CONCURRENCY).try_collect().await?;
+        let loads: Vec<_> =
+            candidates.iter().map(|p| async move { self.load_locator(ctx, p, idx_dir, format, use_maps).await.map(|i| (p.clone(), i)) }).collect();
+        let indexes: Vec<(PackEntry, Option<Arc<Locator>>)> = futures::stream::iter(loads).buffered(CONCURRENCY).try_collect().await?;
         outcome.gone = indexes.iter().any(|(_, i)| i.is_none());
+        outcome.maps = indexes.iter().filter(|(_, l)| l.as_ref().is_some_and(|l| l.is_map())).count();
         // Each wanted object in the first pack that holds it.
         let mut plans: Vec<PackPlan> = Vec::new();
         for oid in &oids {
@@ -212,12 +251,13 @@ impl PackStorage {
                 None => {
                     plans.push(PackPlan {
                         entry: p.clone(),
+                        format,
                         idx: idx.clone(),
                         wanted: Vec::new(),
                         raw: BTreeMap::new(),
                         chains: HashMap::new(),
                         frontier: BTreeSet::new(),
-                        in_repository: BTreeSet::new(),
+                        in_repository: HashMap::new(),
                         pieces: Vec::new(),
                         read: 0,
                         whole: false,
@@ -293,13 +333,15 @@ impl PackStorage {
                 // Bases the repository has are not read: the pack built is
                 // completed from it (`index-pack --fix-thin`).
                 if !unread.is_empty() {
-                    let oids: Vec<String> = unread.iter().filter_map(|b| p.idx.oid_at(*b)).map(hex::encode).collect();
-                    let types = object_types(&ctx.git, &oids).await?;
-                    for b in unread {
-                        match p.idx.oid_at(b).and_then(|o| types.get(&hex::encode(o))) {
-                            Some(kind) => {
-                                p.chains.insert(b, (*kind, None));
-                                p.in_repository.insert(b);
+                    let Some(names) = unread.iter().map(|b| p.idx.name_at(*b).map(hex::encode)).collect::<Option<Vec<String>>>() else {
+                        return Err(self.damaged(&p.entry, "a delta's base offset is no entry"));
+                    };
+                    let found = objects_named(&ctx.git, &names).await?;
+                    for (b, found) in unread.into_iter().zip(found) {
+                        match found {
+                            Some((oid, kind)) => {
+                                p.chains.insert(b, (kind, None));
+                                p.in_repository.insert(b, oid);
                             }
                             None => {
                                 p.frontier.insert(b);
@@ -345,6 +387,7 @@ impl PackStorage {
             requests = outcome.requests,
             rounds = outcome.rounds,
             whole_packs = outcome.whole_packs,
+            maps = outcome.maps,
             done = outcome.done,
             "ranged reads"
         );
@@ -359,7 +402,7 @@ impl PackStorage {
         let mut queue = offsets;
         let mut unread = BTreeSet::new();
         while let Some(at) = queue.pop() {
-            if p.raw.contains_key(&at) || p.in_repository.contains(&at) {
+            if p.raw.contains_key(&at) || p.in_repository.contains_key(&at) {
                 continue;
             }
             let end = p.idx.end_of(at, p.entry.size).ok_or_else(|| self.damaged(&p.entry, "its .idx names an entry past the pack's end"))?;
@@ -371,7 +414,7 @@ impl PackStorage {
             if !p.idx.crc_matches(at, &raw) {
                 return Err(self.altered(&p.entry, &format!("the entry at offset {at} does not match the CRC-32 of the pack's .idx")));
             }
-            let h = entry_header(&raw, at).map_err(|e| self.damaged(&p.entry, &e.to_string()))?;
+            let h = entry_header(&raw, at, p.format.raw_len()).map_err(|e| self.damaged(&p.entry, &e.to_string()))?;
             let base = match &h.base {
                 None => None,
                 Some(Base::Offset(o)) => Some(*o),
@@ -387,20 +430,32 @@ impl PackStorage {
         Ok(unread)
     }
 
-    /// The entries read from one pack, as a pack of their own, indexed by
-    /// `git index-pack` (which verifies every object before the pack is
-    /// moved into place).
+    /// The entries read from one pack, as a pack of their own (in the same
+    /// order: an OFS_DELTA's base read too is before it at a new distance, a
+    /// base in the repository is named by its id), indexed by `git
+    /// index-pack` (which verifies every object before the pack is moved
+    /// into place).
     async fn index_entries(&self, ctx: &OpContext, p: &PackPlan) -> Result<(), StorageError> {
-        let mut entries = Vec::with_capacity(p.raw.len());
+        let mut entries: Vec<Vec<u8>> = Vec::with_capacity(p.raw.len());
+        let mut moved: HashMap<u64, u64> = HashMap::with_capacity(p.raw.len());
+        let mut at_new = PACK_HEADER;
         for (offset, raw) in &p.raw {
-            let h = entry_header(raw, *offset).map_err(|e| self.damaged(&p.entry, &e.to_string()))?;
-            let base_oid = match h.base {
-                Some(Base::Offset(b)) => Some(p.idx.oid_at(b).ok_or_else(|| self.damaged(&p.entry, "a delta's base offset is no entry"))?),
+            let h = entry_header(raw, *offset, p.format.raw_len()).map_err(|e| self.damaged(&p.entry, &e.to_string()))?;
+            let base = match h.base {
+                Some(Base::Offset(b)) => Some(match (moved.get(&b), p.in_repository.get(&b)) {
+                    (Some(new), _) => NewBase::Distance(at_new - new),
+                    (None, Some(oid)) => NewBase::Oid(oid),
+                    (None, None) => return Err(self.damaged(&p.entry, "a delta's base offset is no entry")),
+                }),
                 _ => None,
             };
-            entries.push(rewrite_entry(raw, &h, base_oid).ok_or_else(|| self.damaged(&p.entry, "an entry cannot be rewritten"))?);
+            let e = rewrite_entry(raw, &h, base).ok_or_else(|| self.damaged(&p.entry, "an entry cannot be rewritten"))?;
+            moved.insert(*offset, at_new);
+            at_new += e.len() as u64;
+            entries.push(e);
         }
-        let pack = tokio::task::spawn_blocking(move || build_pack(&entries)).await.map_err(|e| StorageError::Io(std::io::Error::other(e)))?;
+        let format = p.format;
+        let pack = tokio::task::spawn_blocking(move || build_pack(&entries, format)).await.map_err(|e| StorageError::Io(std::io::Error::other(e)))?;
         let tmp = ctx.cache.temp_file()?;
         tokio::fs::write(tmp.path(), &pack).await?;
         index_thin_pack(&ctx.git, tmp.path()).await.map_err(|e| {
@@ -425,35 +480,74 @@ impl PackStorage {
         ))
     }
 
-    /// The `.idx` of pack `p`: from `dir` when an earlier fetch kept it,
-    /// else downloaded (and kept). None when the bucket has none.
-    async fn load_index(&self, ctx: &OpContext, p: &PackEntry, dir: &Path) -> Result<Option<Arc<PackIndex>>, StorageError> {
+    /// How entries of pack `p` are found: its object map (`use_maps`, when
+    /// the manifest names one and it is sound), else its `.idx`. None when
+    /// the bucket has neither.
+    async fn load_locator(
+        &self,
+        ctx: &OpContext,
+        p: &PackEntry,
+        dir: &Path,
+        format: ObjectFormat,
+        use_maps: bool,
+    ) -> Result<Option<Arc<Locator>>, StorageError> {
         let Ok(name) = hex::decode(&p.name) else { return Ok(None) };
-        let kept = dir.join(format!("pack-{}.idx", p.name));
-        if let Ok(data) = tokio::fs::read(&kept).await {
+        if use_maps && p.map_size > 0 {
             let n = name.clone();
-            if let Ok(Ok(idx)) = tokio::task::spawn_blocking(move || PackIndex::parse(&data, Some(&n))).await {
-                return Ok(Some(Arc::new(idx)));
+            let parse = move |data: Vec<u8>| ObjectMap::parse(&data, &n, format).map(Locator::Map).map_err(|e| e.to_string());
+            match self.load_kept(ctx, dir, &format!("pack-{}.map", p.name), &manifest::map_key(&self.url, &p.name), parse).await? {
+                Some(Ok(map)) => return Ok(Some(Arc::new(map))),
+                Some(Err(e)) => tracing::info!(pack = p.name, error = %e, "an object map is unusable; its .idx is read instead"),
+                None => {}
+            }
+        }
+        let parse = move |data: Vec<u8>| PackIndex::parse(&data, Some(&name), format).map(|i| Locator::Index(Box::new(i))).map_err(|e| e.to_string());
+        let key = manifest::idx_key(&self.url, &p.name);
+        match self.load_kept(ctx, dir, &format!("pack-{}.idx", p.name), &key, parse).await? {
+            Some(Ok(idx)) => Ok(Some(Arc::new(idx))),
+            Some(Err(e)) => Err(self.damaged(p, &format!("its .idx s3://{}/{key} is unusable: {e}", self.store.bucket()))),
+            None => Ok(None),
+        }
+    }
+
+    /// The file `file` parsed by `parse`: from `dir` when an earlier fetch
+    /// kept it, else downloaded from `key` (and kept when sound). None when
+    /// the bucket has none; the parser's error when what was downloaded is
+    /// unusable.
+    async fn load_kept<F>(
+        &self,
+        ctx: &OpContext,
+        dir: &Path,
+        file: &str,
+        key: &str,
+        parse: F,
+    ) -> Result<Option<Result<Locator, String>>, StorageError>
+    where
+        F: Fn(Vec<u8>) -> Result<Locator, String> + Clone + Send + 'static,
+    {
+        let kept = dir.join(file);
+        if let Ok(data) = tokio::fs::read(&kept).await {
+            let again = parse.clone();
+            if let Ok(Ok(found)) = tokio::task::spawn_blocking(move || again(data)).await {
+                return Ok(Some(Ok(found)));
             }
             let _ = tokio::fs::remove_file(&kept).await;
         }
-        let key = manifest::idx_key(&self.url, &p.name);
         let tmp = ctx.cache.temp_file()?;
-        match self.store.get_to_file(&key, tmp.path(), |_| {}).await {
+        match self.store.get_to_file(key, tmp.path(), |_| {}).await {
             Ok(_) => {}
             Err(e) if e.is_not_found() => return Ok(None),
             Err(e) => return Err(e.into()),
         }
         let data = tokio::fs::read(tmp.path()).await?;
-        let parsed = tokio::task::spawn_blocking(move || PackIndex::parse(&data, Some(&name)))
-            .await
-            .map_err(|e| StorageError::Io(std::io::Error::other(e)))?
-            .map_err(|e| self.damaged(p, &format!("its .idx s3://{}/{key} is unusable: {e}", self.store.bucket())))?;
-        let path: PathBuf = tmp.path().to_path_buf();
-        if let Err(e) = tmp.persist(&kept) {
-            tracing::debug!(error = %e, file = %path.display(), "pack index not kept");
+        let parsed = tokio::task::spawn_blocking(move || parse(data)).await.map_err(|e| StorageError::Io(std::io::Error::other(e)))?;
+        if parsed.is_ok() {
+            let path: PathBuf = tmp.path().to_path_buf();
+            if let Err(e) = tmp.persist(&kept) {
+                tracing::debug!(error = %e, file = %path.display(), "pack index not kept");
+            }
         }
-        Ok(Some(Arc::new(parsed)))
+        Ok(Some(parsed))
     }
 
     fn damaged(&self, p: &PackEntry, why: &str) -> StorageError {

@@ -14,6 +14,7 @@ use crate::s3::store::{PutOptions, S3Store};
 use crate::s3::url::RemoteUrl;
 use crate::storage::packs::git_ops::{pack_object_count, SCRATCH_PACK_CONFIG};
 use crate::storage::packs::manifest::{self, unix_now, PackEntry};
+use crate::storage::packs::object_map;
 use crate::storage::StorageError;
 
 /// A git environment for a scratch bare repository at `dir`.
@@ -122,12 +123,24 @@ pub(super) async fn written_pack(dir: &Path, out: &str, tips: Vec<String>) -> Re
         tips,
         created: unix_now(),
         key: None,
+        map_size: object_map::write_beside(&dir.join(format!("out-{name}")), &name).await,
     })
 }
 pub(super) async fn upload_pack_of(store: &S3Store, url: &RemoteUrl, dir: &Path, p: &PackEntry) -> Result<(), StorageError> {
     let (pack_key, idx_key) = (manifest::pack_key(url, &p.name), manifest::idx_key(url, &p.name));
     let pack = dir.join(format!("out-{}.pack", p.name));
     let idx = dir.join(format!("out-{}.idx", p.name));
-    tokio::try_join!(store.put_file(&pack_key, &pack, PutOptions::default(), |_| {}), store.put_file(&idx_key, &idx, PutOptions::default(), |_| {}),)?;
+    let map = async {
+        if p.map_size == 0 {
+            return Ok(());
+        }
+        let file = dir.join(format!("out-{}.map", p.name));
+        store.put_file(&manifest::map_key(url, &p.name), &file, PutOptions::default(), |_| {}).await.map(|_| ())
+    };
+    tokio::try_join!(
+        store.put_file(&pack_key, &pack, PutOptions::default(), |_| {}),
+        store.put_file(&idx_key, &idx, PutOptions::default(), |_| {}),
+        map
+    )?;
     Ok(())
 }

@@ -399,7 +399,7 @@ mod tests {
     #[test]
     fn views_are_refreshed_past_the_threshold() {
         let pack =
-            |c: char, size: u64| PackEntry { name: c.to_string().repeat(40), size, idx_size: 1, objects: 1, tips: vec![], created: 1, key: None };
+            |c: char, size: u64| PackEntry { name: c.to_string().repeat(40), size, idx_size: 1, objects: 1, tips: vec![], created: 1, key: None, map_size: 0 };
         let mut m = Manifest::default();
         m.refs.insert("refs/heads/main".into(), "f".repeat(40));
         m.packs.push(pack('a', 600 << 10));
