@@ -2,7 +2,11 @@
 //! MS --tls`): S3 over a realistic network in front of a local S3 server.
 //!
 //! Prints one line, `<endpoint url>\t<CA bundle path or ->`, then serves
-//! until its standard input closes. A test fixture: not installed.
+//! until its standard input closes. Lines on its standard input: `counts`
+//! answers one line, `<requests> <bytes down> <bytes up> <critical path>`
+//! (S3 requests and body bytes since the start or the last `reset`);
+//! `reset` sets the counters to zero and answers `ok`; others are ignored.
+//! A test fixture: not installed.
 
 use std::io::{BufRead, Write};
 use std::time::Duration;
@@ -76,7 +80,20 @@ fn main() {
     drop(out);
     // Serve until the benchmark closes our stdin (or exits).
     for line in std::io::stdin().lock().lines() {
-        if line.is_err() {
+        let Ok(line) = line else { break };
+        let answer = match line.trim() {
+            "counts" => {
+                let c = server.counts();
+                format!("{} {} {} {}", c.total(), c.bytes_down, c.bytes_up, c.critical_path)
+            }
+            "reset" => {
+                server.reset_counts();
+                "ok".to_string()
+            }
+            _ => continue,
+        };
+        let mut out = std::io::stdout().lock();
+        if writeln!(out, "{answer}").and_then(|_| out.flush()).is_err() {
             break;
         }
     }
