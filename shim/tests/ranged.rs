@@ -499,3 +499,68 @@ fn sha1_of(env: &TestEnv, data: &[u8]) -> Vec<u8> {
     let text = String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_string();
     (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap()).collect()
 }
+
+/// A repository of `dirs` directories of ten ~4 KB files each, and two
+/// files at the top, in one commit.
+fn wide_tree(env: &TestEnv, name: &str, dirs: usize) -> PathBuf {
+    let repo = env.path(name);
+    std::fs::create_dir_all(&repo).unwrap();
+    env.git(&repo, &["init", "-q", "-b", "main"]);
+    for d in 0..dirs {
+        let dir = repo.join(format!("d{d:02}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in 0..10 {
+            let text: String = (0..64).map(|l| noise_line((d * 10_000 + f * 100 + l) as u64)).collect();
+            std::fs::write(dir.join(format!("f{f}.txt")), text).unwrap();
+        }
+    }
+    std::fs::write(repo.join("README"), "top\n").unwrap();
+    std::fs::write(repo.join("Makefile"), "all:\n").unwrap();
+    env.git(&repo, &["add", "-A"]);
+    env.git(&repo, &["commit", "-q", "-m", "wide"]);
+    repo
+}
+
+/// Issue 20 point 5 (found by the monorepo benchmark): `git clone
+/// --filter=blob:none --sparse` then `git sparse-checkout set <one
+/// directory>` fetches a few files lazily. They are read by ranges, not by
+/// downloading the tips view (every file of the tip) whole; about what
+/// local git transfers for the same two commands.
+#[test]
+fn a_sparse_checkout_of_one_directory_reads_its_files_not_the_tips_view() {
+    let (env, proxy) = counted_env();
+    let src = wide_tree(&env, "src", 40);
+    let url = env.url("sparse");
+    env.git(&src, &["push", "-q", &url, "main"]);
+    env.git_s3(&env.work(), &["gc", &url]);
+    env.git_s3(&env.work(), &["cache", "clear"]);
+    let m = manifest(&env, "sparse");
+    let tips = m["views"]["tips"]["name"].as_str().expect("gc wrote a tips view").to_string();
+    let tips_size = m["views"]["tips"]["size"].as_u64().unwrap();
+
+    // local git, the yardstick
+    let bare = env.path("bare.git");
+    env.git(&env.work(), &["clone", "-q", "--bare", src.to_str().unwrap(), bare.to_str().unwrap()]);
+    env.git(&bare, &["config", "uploadpack.allowFilter", "true"]);
+    env.git(&bare, &["config", "uploadpack.allowAnySHA1InWant", "true"]);
+    let bare_url = format!("file://{}", bare.display());
+    env.git(&env.work(), &["clone", "-q", "--filter=blob:none", "--sparse", "--no-local", &bare_url, "local-sp"]);
+    let local = env.path("local-sp");
+    env.git(&local, &["sparse-checkout", "set", "d07"]);
+    let local_bytes = pack_bytes(&local);
+
+    let before = proxy.counts();
+    let tips_gets = gets_during(&proxy, &format!("{tips}.pack"), || {
+        env.git(&env.work(), &["clone", "-q", "--filter=blob:none", "--sparse", &url, "sp"]);
+        env.git(&env.path("sp"), &["sparse-checkout", "set", "d07"]);
+    });
+    let read = proxy.counts().bytes_down - before.bytes_down;
+    let sp = env.path("sp");
+    assert_eq!(std::fs::read(sp.join("d07/f3.txt")).unwrap(), std::fs::read(src.join("d07/f3.txt")).unwrap());
+    assert!(sp.join("README").exists() && !sp.join("d08").exists());
+    assert_eq!(tips_gets, 0, "the tips view ({tips_size} B) was downloaded for a sparse checkout of ten files");
+    assert!(proxy.counts().of(RequestKind::RangedGet) > before.of(RequestKind::RangedGet), "read by ranges");
+    println!("sparse checkout: S3 {read} B, local git {local_bytes} B, tips view {tips_size} B");
+    assert!(read < 3 * local_bytes, "read {read} B where local git transfers {local_bytes} B");
+    env.fsck_partial(&sp);
+}

@@ -31,7 +31,7 @@ use crate::local::git::{Git, GitError};
 use crate::s3::store::S3Store;
 use crate::s3::url::RemoteUrl;
 use crate::storage::fetch_options::FetchOptions;
-use crate::storage::open::Storage;
+use crate::storage::open::{Storage, ViewKind};
 use crate::storage::{OpContext, RefListing, RemoteRef, StorageError};
 
 /// Variables that point git at the caller's repository: a mirror's git runs
@@ -310,43 +310,82 @@ pub(crate) async fn narrow_fetch(
     wants: &[RemoteRef],
     opts: &FetchOptions,
 ) -> Result<Vec<String>, StorageError> {
+    let r = Request { storage, ctx, store, url, listing, wants, opts };
     let lazy = wants.iter().any(|w| !listing.is_tip(w));
+    // A lazy fetch of a few files (a sparse checkout, one old file) reads
+    // them by ranges before the tips view, which holds every file of every
+    // branch tip: downloading it whole is for checkouts of whole trees.
+    let ranges_first = lazy && storage.reads_by_ranges() && storage.few_for_the_tips_view(wants.len()).await;
+    if ranges_first {
+        if let Some(lines) = try_ranged(&r).await? {
+            return Ok(lines);
+        }
+    }
     if let Some(kinds) = storage.views_for(opts, lazy) {
-        let v = Mirror::open(ctx, store, url, Kind::Views, listing.format().unwrap_or_default()).await?;
-        // Views that cannot be read (a view pack gone from the bucket) are
-        // not an error: the whole remote serves the fetch.
-        let fetched = storage.fetch_views(&v.context(ctx), &kinds).await.unwrap_or_else(|e| {
-            tracing::info!(error = %e, "the views cannot be read; serving the fetch from the whole remote");
-            false
-        });
-        if fetched {
-            let shas: Vec<String> = wants.iter().map(|w| w.sha.clone()).collect();
-            let have = v.git.present_objects(&shas).await?;
-            if shas.iter().all(|s| have.contains(s)) {
-                if let Some(lines) = v.try_serve(ctx, opts, wants, "the views").await {
-                    return Ok(lines);
-                }
-            } else {
-                tracing::debug!("the views lack a wanted object; serving the fetch from the whole remote");
-            }
+        if let Some(lines) = try_views(&r, &kinds).await? {
+            return Ok(lines);
         }
     }
     // A lazy fetch of objects the views lack (the files of an old commit):
     // read by ranges from the packs that hold them, into the views mirror.
-    if storage.reads_by_ranges() {
-        // Not when the whole mirror has them already (an earlier fetch of the whole remote).
-        if ranged_suits(opts, listing, wants) && !whole_mirror_has(ctx, store, url, listing, wants).await? {
-            let v = Mirror::open(ctx, store, url, Kind::Views, listing.format().unwrap_or_default()).await?;
-            if v.fill_ranged(storage, ctx, wants).await? {
-                if let Some(lines) = v.try_serve(ctx, opts, wants, "the objects read by ranges").await {
-                    return Ok(lines);
-                }
-            }
+    if !ranges_first {
+        if let Some(lines) = try_ranged(&r).await? {
+            return Ok(lines);
         }
     }
     let m = Mirror::open(ctx, store, url, Kind::Whole, listing.format().unwrap_or_default()).await?;
     m.fill(storage, ctx, listing, wants, !opts.deepen_not.is_empty()).await?;
     m.serve(ctx, opts, wants, true).await
+}
+
+/// One fetch `narrow_fetch` serves.
+#[derive(Clone, Copy)]
+struct Request<'a> {
+    storage: &'a Storage,
+    ctx: &'a OpContext,
+    store: &'a S3Store,
+    url: &'a RemoteUrl,
+    listing: &'a RefListing,
+    wants: &'a [RemoteRef],
+    opts: &'a FetchOptions,
+}
+
+/// Serves the fetch from the views mirror, with the views of `kinds`:
+/// None when they lack a wanted object or cannot serve it.
+async fn try_views(r: &Request<'_>, kinds: &[ViewKind]) -> Result<Option<Vec<String>>, StorageError> {
+    let Request { storage, ctx, store, url, listing, wants, opts } = *r;
+    let v = Mirror::open(ctx, store, url, Kind::Views, listing.format().unwrap_or_default()).await?;
+    // Views that cannot be read (a view pack gone from the bucket) are
+    // not an error: the whole remote serves the fetch.
+    let fetched = storage.fetch_views(&v.context(ctx), kinds).await.unwrap_or_else(|e| {
+        tracing::info!(error = %e, "the views cannot be read; serving the fetch from the whole remote");
+        false
+    });
+    if !fetched {
+        return Ok(None);
+    }
+    let shas: Vec<String> = wants.iter().map(|w| w.sha.clone()).collect();
+    let have = v.git.present_objects(&shas).await?;
+    if !shas.iter().all(|s| have.contains(s)) {
+        tracing::debug!("the views lack a wanted object; serving the fetch from the whole remote");
+        return Ok(None);
+    }
+    Ok(v.try_serve(ctx, opts, wants, "the views").await)
+}
+
+/// Serves a fetch of objects (no ref tips) by ranged reads of the packs
+/// that hold them, into the views mirror: None when that way does not suit.
+async fn try_ranged(r: &Request<'_>) -> Result<Option<Vec<String>>, StorageError> {
+    let Request { storage, ctx, store, url, listing, wants, opts } = *r;
+    // Not when the whole mirror has them already (an earlier fetch of the whole remote).
+    if !storage.reads_by_ranges() || !ranged_suits(opts, listing, wants) || whole_mirror_has(ctx, store, url, listing, wants).await? {
+        return Ok(None);
+    }
+    let v = Mirror::open(ctx, store, url, Kind::Views, listing.format().unwrap_or_default()).await?;
+    if !v.fill_ranged(storage, ctx, wants).await? {
+        return Ok(None);
+    }
+    Ok(v.try_serve(ctx, opts, wants, "the objects read by ranges").await)
 }
 
 /// Whether the whole mirror exists and holds every object of `wants`.

@@ -9,7 +9,8 @@ use crate::storage::crypt::{self, keyring, CryptError};
 use crate::storage::detect::{configured_format, detect, Detected, Purpose};
 use crate::storage::fetch_options::FetchOptions;
 use crate::storage::packs::storage::PackStorage;
-use crate::storage::packs::views::{self, ViewKind};
+use crate::storage::packs::views;
+pub(crate) use crate::storage::packs::views::ViewKind;
 use crate::storage::{OpContext, PushResult, PushUpdate, RefListing, RemoteRef, RepoStorage, StorageError};
 
 /// The formats a remote can be in: the 0.4.2 bundle layout, or packs
@@ -88,6 +89,15 @@ impl Storage {
     pub(crate) fn reads_by_ranges(&self) -> bool {
         // Not an encrypted remote yet: its packs are age files (issue 22).
         matches!(self, Storage::Packs(p) if !p.is_encrypted())
+    }
+
+    /// Whether a lazy fetch of `wants` objects is few for the tips view, so
+    /// that reading them by ranges comes before downloading that view.
+    pub(crate) async fn few_for_the_tips_view(&self, wants: usize) -> bool {
+        match self {
+            Storage::Bundles(_) => false,
+            Storage::Packs(p) => p.few_for_the_tips_view(wants).await,
+        }
     }
 
     /// Brings the objects `wants` into `ctx`'s repository by ranged reads,

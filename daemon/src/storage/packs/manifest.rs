@@ -509,7 +509,16 @@ mod tests {
         let mut m = Manifest::default();
         m.refs.insert("refs/heads/main".into(), "a".repeat(40));
         m.head = Some("refs/heads/main".into());
-        m.packs.push(PackEntry { name: "b".repeat(40), size: 10, idx_size: 5, objects: 3, tips: vec!["a".repeat(40)], created: 1, key: None, map_size: 0 });
+        m.packs.push(PackEntry {
+            name: "b".repeat(40),
+            size: 10,
+            idx_size: 5,
+            objects: 3,
+            tips: vec!["a".repeat(40)],
+            created: 1,
+            key: None,
+            map_size: 0,
+        });
         let back = Manifest::parse(&m.to_bytes()).unwrap();
         assert_eq!(back, m);
         assert_eq!(back.live_head().map(String::as_str), Some("refs/heads/main"));
@@ -538,7 +547,16 @@ mod tests {
         assert!(!String::from_utf8(m.to_bytes()).unwrap().contains("object_format"));
         let mut m = Manifest { object_format: Some(ObjectFormat::Sha256), ..Manifest::default() };
         m.refs.insert("refs/heads/main".into(), "a".repeat(64));
-        m.packs.push(PackEntry { name: "b".repeat(64), size: 10, idx_size: 5, objects: 3, tips: vec!["a".repeat(64)], created: 1, key: None, map_size: 0 });
+        m.packs.push(PackEntry {
+            name: "b".repeat(64),
+            size: 10,
+            idx_size: 5,
+            objects: 3,
+            tips: vec!["a".repeat(64)],
+            created: 1,
+            key: None,
+            map_size: 0,
+        });
         let bytes = m.to_bytes();
         let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(json["object_format"], "sha256");
@@ -558,7 +576,16 @@ mod tests {
 
     #[test]
     fn views_cover_the_packs_they_were_made_from() {
-        let pack = |c: char| PackEntry { name: c.to_string().repeat(40), size: 1, idx_size: 1, objects: 1, tips: vec![], created: 0, key: None, map_size: 0 };
+        let pack = |c: char| PackEntry {
+            name: c.to_string().repeat(40),
+            size: 1,
+            idx_size: 1,
+            objects: 1,
+            tips: vec![],
+            created: 0,
+            key: None,
+            map_size: 0,
+        };
         let mut m = Manifest { packs: vec![pack('a'), pack('b')], ..Default::default() };
         assert_eq!(m.uncovered().count(), 2);
         m.views = Some(Views { covers: ["a".repeat(40)].into(), skeleton: Some(pack('c')), tips: None, created: 1, increments: vec![] });

@@ -178,7 +178,13 @@ impl PackStorage {
     /// `fetch_ranged` from the packs of manifest `m`: led by the packs'
     /// object maps where they have them; when that fails in any way, made
     /// again with the `.idx` files.
-    async fn fetch_ranged_from(&self, ctx: &OpContext, wants: &[String], idx_dir: &Path, m: &manifest::Manifest) -> Result<RangedOutcome, StorageError> {
+    async fn fetch_ranged_from(
+        &self,
+        ctx: &OpContext,
+        wants: &[String],
+        idx_dir: &Path,
+        m: &manifest::Manifest,
+    ) -> Result<RangedOutcome, StorageError> {
         if !m.packs.iter().chain(m.views.iter().flat_map(|v| v.packs())).any(|p| p.map_size > 0) {
             return self.fetch_ranged_with(ctx, wants, idx_dir, m, false).await;
         }

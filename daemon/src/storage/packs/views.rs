@@ -352,6 +352,27 @@ impl PackStorage {
     }
 }
 
+/// A lazy fetch of this many objects or fewer for each `FEW_FOR_TIPS` objects
+/// of the tips view reads them by ranges first (`few_for_the_tips_view`).
+const FEW_FOR_TIPS: u64 = 8;
+
+impl PackStorage {
+    /// Whether `wants` objects are few beside the tips view (which holds
+    /// every file of every branch tip): a sparse checkout's or one old
+    /// file's lazy fetch reads them by ranges rather than download the view
+    /// whole. A checkout of a whole tree asks for about as many objects as
+    /// the view holds, and takes the view.
+    pub(crate) async fn few_for_the_tips_view(&self, wants: usize) -> bool {
+        let Ok(m) = self.listed_manifest().await else { return false };
+        let Some(tips) = m.views.as_ref().and_then(|v| v.tips.as_ref()) else { return false };
+        few_for(wants as u64, tips.objects)
+    }
+}
+
+fn few_for(wants: u64, view_objects: u64) -> bool {
+    wants.saturating_mul(FEW_FOR_TIPS) < view_objects
+}
+
 /// The views a fetch with these options can be served from, if any: a
 /// depth-1 fetch needs the tips (their trees); a blob:none or tree filter
 /// the skeleton (the history without blobs); a lazy fetch of objects (what
@@ -378,6 +399,14 @@ mod tests {
     use crate::storage::fetch_options::FetchOptions;
 
     #[test]
+    fn a_few_objects_beside_the_tips_view_are_read_by_ranges_first() {
+        assert!(few_for(2, 12_679), "a sparse checkout's two files");
+        assert!(!few_for(12_000, 12_679), "a whole tree's checkout");
+        assert!(!few_for(1, 8), "a tiny view is cheaper whole");
+        assert!(!few_for(u64::MAX, 1));
+    }
+
+    #[test]
     fn which_views_serve_which_fetch() {
         let mut o = FetchOptions::default();
         assert_eq!(kinds_for(&o, false), None, "a plain fetch takes the packs");
@@ -398,8 +427,16 @@ mod tests {
 
     #[test]
     fn views_are_refreshed_past_the_threshold() {
-        let pack =
-            |c: char, size: u64| PackEntry { name: c.to_string().repeat(40), size, idx_size: 1, objects: 1, tips: vec![], created: 1, key: None, map_size: 0 };
+        let pack = |c: char, size: u64| PackEntry {
+            name: c.to_string().repeat(40),
+            size,
+            idx_size: 1,
+            objects: 1,
+            tips: vec![],
+            created: 1,
+            key: None,
+            map_size: 0,
+        };
         let mut m = Manifest::default();
         m.refs.insert("refs/heads/main".into(), "f".repeat(40));
         m.packs.push(pack('a', 600 << 10));
