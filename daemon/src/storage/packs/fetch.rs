@@ -174,7 +174,7 @@ impl PackStorage {
             if !(&mut needed).await {
                 return Ok(false);
             }
-            let indexed = match get_object(&self.store, k, &key, tmp.path(), on).await {
+            let indexed = match get_object(&self.store, k, (&key, &p.name, "pack"), tmp.path(), on).await {
                 Ok(()) => index_file(ctx, tmp.path()).await,
                 Err(StorageError::Store(e)) if e.is_not_found() => return Err(self.missing_pack(p, &key)),
                 Err(e) => return Err(e),
