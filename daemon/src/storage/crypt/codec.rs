@@ -1,6 +1,7 @@
 //! age encryption of a remote's objects to its remote key: small objects
 //! (the manifest) in memory, packs and `.idx` file to file on a blocking
-//! thread (age's STREAM: 64 KiB chunks, bounded memory whatever the size).
+//! thread (age's STREAM: 64 KiB chunks, bounded memory whatever the size);
+//! the padding of small objects' plaintext to a bucket of sizes.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -8,11 +9,81 @@ use std::sync::Arc;
 
 use super::{CryptError, RemoteKey};
 
-/// `data` as an age file to `key`.
+/// `data` as an age file to `key` (unpadded: small objects use [`encrypt_padded`]).
+#[cfg(test)]
 pub(crate) fn encrypt_bytes(key: &RemoteKey, data: &[u8]) -> Result<Vec<u8>, CryptError> {
     let mut out = Vec::with_capacity(data.len() + 256);
     encrypt_stream(key, data, &mut out)?;
     Ok(out)
+}
+
+/// The smallest padded size (a bucket of sizes starts here).
+const PAD_MIN: usize = 1024;
+/// Up to here, sizes are padded to the next power of two; above, with
+/// Padmé (at most about 12 % more, fewer distinct sizes as they grow).
+const PAD_POW2_MAX: usize = 64 * 1024;
+/// age's STREAM chunk: each carries a 16-byte tag.
+const CHUNK: usize = 64 * 1024;
+const TAG: usize = 16;
+
+/// The bucket of sizes an object of `len` bytes is padded to.
+pub(crate) fn padded_len(len: usize) -> usize {
+    if len <= PAD_MIN {
+        return PAD_MIN;
+    }
+    if len <= PAD_POW2_MAX {
+        return len.next_power_of_two();
+    }
+    // Padmé (Nikitin et al., 2019): keep the top log2(log2 len) + 1 bits.
+    let e = usize::BITS - 1 - len.leading_zeros();
+    let s = u32::BITS - e.leading_zeros();
+    let mask = (1usize << (e - s)) - 1;
+    (len + mask) & !mask
+}
+
+/// The bytes of an age payload of `n` plaintext bytes (one tag per chunk, at least one chunk).
+fn payload_len(n: usize) -> usize {
+    n + TAG * n.div_ceil(CHUNK).max(1)
+}
+
+/// The plaintext bytes whose payload fills `payload` bytes (at a chunk
+/// boundary, up to 16 bytes fewer: no plaintext length fits exactly).
+fn plaintext_for(payload: usize) -> usize {
+    let chunks = payload.div_ceil(CHUNK + TAG).max(1);
+    payload.saturating_sub(TAG * chunks)
+}
+
+/// A writer into a buffer that can be measured while age writes into it.
+#[derive(Clone, Default)]
+struct Shared(std::rc::Rc<std::cell::RefCell<Vec<u8>>>);
+
+impl Write for Shared {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.borrow_mut().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `data` as an age file to `recipients`, padded with `filler` (bytes its
+/// format ignores at the end: JSON whitespace, an identity file's empty
+/// lines) so that the whole file's size is [`padded_len`] of what it would
+/// be: the header's size (its recipient stanzas and age's random "grease"
+/// stanza) is known once written, before the plaintext, and the padding
+/// makes up for it. For small objects: the manifest, the keyring.
+pub(crate) fn encrypt_padded(recipients: &[&dyn age::Recipient], data: &[u8], filler: u8) -> Result<Vec<u8>, CryptError> {
+    let encryptor = age::Encryptor::with_recipients(recipients.iter().copied()).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let out = Shared::default();
+    let mut writer = encryptor.wrap_output(out.clone())?;
+    let header = out.0.borrow().len();
+    let total = padded_len(header + payload_len(data.len()));
+    let pad = plaintext_for(total - header).saturating_sub(data.len());
+    writer.write_all(data)?;
+    writer.write_all(&vec![filler; pad])?;
+    writer.finish()?;
+    Ok(out.0.take())
 }
 
 /// The plaintext of the age file `data` (`what` names it in errors).
@@ -93,6 +164,44 @@ mod tests {
         bad[n] ^= 1;
         assert!(matches!(decrypt_bytes(&k, &bad, "m"), Err(CryptError::Decrypt { .. })));
         assert!(matches!(decrypt_bytes(&k, &enc[..enc.len() - 100], "m"), Err(CryptError::Decrypt { .. })));
+    }
+
+    #[test]
+    fn padding_puts_sizes_in_buckets() {
+        assert_eq!(padded_len(0), 1024);
+        assert_eq!(padded_len(1024), 1024);
+        assert_eq!(padded_len(1025), 2048);
+        assert_eq!(padded_len(40_000), 65_536);
+        assert_eq!(padded_len(65_536), 65_536);
+        for len in [65_537, 100_000, 1_000_000, 123_456_789] {
+            let p = padded_len(len);
+            assert!(p >= len && (p - len) * 100 <= len * 12, "{len} -> {p}");
+        }
+        // Padmé: few sizes (100_000 and 100_100 share one)
+        assert_eq!(padded_len(100_000), padded_len(100_100));
+        for n in [0, 1, 65_536, 65_537, 200_000] {
+            assert!(payload_len(plaintext_for(payload_len(n))) == payload_len(n), "{n}");
+        }
+    }
+
+    #[test]
+    fn padded_files_have_the_size_of_their_bucket_whatever_the_header() {
+        let k = RemoteKey::generate();
+        let r: &dyn age::Recipient = k.recipient();
+        let small = br#"{"refs":{}}"#.to_vec();
+        let bigger = br#"{"refs":{"refs/heads/main":"abc"},"packs":[]}"#.to_vec();
+        // age adds a "grease" stanza of random size to every header: the padding makes up for it.
+        for data in [&small, &bigger, &small, &bigger, &small, &bigger, &small, &bigger] {
+            let enc = encrypt_padded(&[r], data, b'\n').unwrap();
+            assert_eq!(enc.len(), 1024);
+            let plain = decrypt_bytes(&k, &enc, "m").unwrap();
+            assert!(plain.starts_with(data) && plain[data.len()..].iter().all(|&b| b == b'\n'));
+            assert!(serde_json::from_slice::<serde_json::Value>(&plain).is_ok(), "trailing whitespace is valid JSON");
+        }
+        let large: Vec<u8> = vec![b'x'; 70_000];
+        let sizes: Vec<usize> = (0..4).map(|_| encrypt_padded(&[r], &large, b' ').unwrap().len()).collect();
+        // Padmé of 70 000 + two tags + a header of some hundred bytes: 71 680.
+        assert!(sizes.iter().all(|&s| s == 71_680), "{sizes:?}");
     }
 
     #[tokio::test]

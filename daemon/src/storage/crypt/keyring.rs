@@ -60,13 +60,11 @@ pub(crate) fn parse(text: &str, what: &str) -> Result<(RemoteKey, Vec<String>), 
 
 /// Writes the keyring of a new remote (only if none exists).
 pub(crate) async fn create(store: &S3Store, url: &RemoteUrl, key: &RemoteKey, recipients: &[age::x25519::Recipient]) -> Result<(), CryptError> {
-    let text = plaintext(key, recipients);
-    let rs: Vec<&dyn age::Recipient> = recipients.iter().map(|r| r as &dyn age::Recipient).collect();
-    let encryptor = age::Encryptor::with_recipients(rs.into_iter()).map_err(|e| CryptError::Keyring(keyring_key(url), e.to_string()))?;
-    let mut data = Vec::new();
-    let mut w = encryptor.wrap_output(&mut data)?;
-    std::io::Write::write_all(&mut w, text.as_bytes())?;
-    w.finish()?;
+    // Padded with empty lines (an identity file skips them).
+    let data = {
+        let rs: Vec<&dyn age::Recipient> = recipients.iter().map(|r| r as &dyn age::Recipient).collect();
+        super::codec::encrypt_padded(&rs, plaintext(key, recipients).as_bytes(), b'\n')?
+    };
     let fps: Vec<String> = recipients.iter().map(|r| fingerprint(&r.to_string())).collect();
     let opts = PutOptions {
         condition: WriteCondition::IfAbsent,

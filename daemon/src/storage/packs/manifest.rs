@@ -355,11 +355,12 @@ fn plaintext_of(store: &S3Store, url: &RemoteUrl, data: Vec<u8>) -> Result<Vec<u
     }
 }
 
-/// The bytes a manifest is written as: its JSON, encrypted to the remote
-/// key when the remote is encrypted (issue 22).
+/// The bytes a manifest is written as: its JSON, padded and encrypted to
+/// the remote key when the remote is encrypted (issue 22).
 pub(crate) fn encode(store: &S3Store, url: &RemoteUrl, m: &Manifest) -> Result<Vec<u8>, StorageError> {
     match crypt::opened(store, url) {
-        Some(k) => Ok(crypt::codec::encrypt_bytes(&k, &m.to_bytes())?),
+        // Padded with JSON whitespace: its size tells only a bucket of sizes.
+        Some(k) => Ok(crypt::codec::encrypt_padded(&[k.recipient()], &m.to_bytes(), b'\n')?),
         None => Ok(m.to_bytes()),
     }
 }
