@@ -138,6 +138,77 @@ pub(crate) async fn decrypt_file(key: Arc<RemoteKey>, src: PathBuf, dst: PathBuf
     .map_err(|e| CryptError::Io(std::io::Error::other(e.to_string())))?
 }
 
+/// What [`decrypt_chunks`] found at the end of a stream.
+pub(crate) type Verdict = Option<String>;
+
+/// Decrypts the age file arriving in `chunks` (a download) on a blocking
+/// thread, as it arrives, and sends its plaintext on `out` (to `git
+/// index-pack`), all but its last `hold` bytes: those go only once the
+/// whole stream has authenticated (age checks each 64 KiB chunk, and that
+/// the last one is marked last) and `check` of its first 4 bytes and last
+/// `hold` bytes answers None. Otherwise the reader of `out` sees a
+/// truncated stream (index-pack then writes nothing) and the answer is
+/// `check`'s words, or the decryption error. `what` names the object.
+pub(crate) async fn decrypt_chunks(
+    key: Arc<RemoteKey>,
+    chunks: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    out: tokio::sync::mpsc::Sender<bytes::Bytes>,
+    what: String,
+    hold: usize,
+    check: impl FnOnce(&[u8], &[u8]) -> Verdict + Send + 'static,
+) -> Result<Verdict, CryptError> {
+    tokio::task::spawn_blocking(move || {
+        let bad = |e: &dyn std::fmt::Display| CryptError::Decrypt { what: what.clone(), detail: e.to_string() };
+        let decryptor = age::Decryptor::new(ChannelReader { rx: chunks, cur: bytes::Bytes::new() }).map_err(|e| bad(&e))?;
+        let identity: &dyn age::Identity = key.identity();
+        let mut reader = decryptor.decrypt(std::iter::once(identity)).map_err(|e| bad(&e))?;
+        let (mut head, mut held) = (Vec::with_capacity(4), Vec::with_capacity(CHUNK + hold));
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = reader.read(&mut buf).map_err(|e| bad(&e))?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&buf[..n.min(4 - head.len())]);
+            held.extend_from_slice(&buf[..n]);
+            if held.len() > hold {
+                let rest = held.split_off(held.len() - hold);
+                if out.blocking_send(bytes::Bytes::from(std::mem::replace(&mut held, rest))).is_err() {
+                    // The reader is gone (index-pack failed): its error tells.
+                    return Ok(None);
+                }
+            }
+        }
+        if let Some(why) = check(&head, &held) {
+            return Ok(Some(why));
+        }
+        let _ = out.blocking_send(bytes::Bytes::from(held));
+        Ok(None)
+    })
+    .await
+    .map_err(|e| CryptError::Io(std::io::Error::other(e.to_string())))?
+}
+
+/// The bytes arriving on a channel, read on a blocking thread.
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    cur: bytes::Bytes,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.cur.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(b) => self.cur = b,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len());
+        buf[..n].copy_from_slice(&self.cur.split_to(n));
+        Ok(n)
+    }
+}
+
 /// A temp file beside `path` (same directory, removed when dropped).
 pub(crate) fn temp_beside(path: &Path) -> Result<tempfile::NamedTempFile, CryptError> {
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
@@ -202,6 +273,47 @@ mod tests {
         let sizes: Vec<usize> = (0..4).map(|_| encrypt_padded(&[r], &large, b' ').unwrap().len()).collect();
         // Padmé of 70 000 + two tags + a header of some hundred bytes: 71 680.
         assert!(sizes.iter().all(|&s| s == 71_680), "{sizes:?}");
+    }
+
+    #[tokio::test]
+    async fn chunks_are_decrypted_as_they_arrive_and_the_tail_waits_for_the_check() {
+        let k = Arc::new(RemoteKey::generate());
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let enc = encrypt_bytes(&k, &data).unwrap();
+        let run = |enc: Vec<u8>, verdict: Verdict| {
+            let k = k.clone();
+            async move {
+                let (tx, rx) = tokio::sync::mpsc::channel(4);
+                let (ptx, mut prx) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
+                let feed = async move {
+                    for c in enc.chunks(10_000) {
+                        tx.send(bytes::Bytes::copy_from_slice(c)).await.unwrap();
+                    }
+                };
+                let collect = async move {
+                    let mut got: Vec<u8> = Vec::new();
+                    while let Some(b) = prx.recv().await {
+                        got.extend_from_slice(&b);
+                    }
+                    got
+                };
+                let check = move |head: &[u8], tail: &[u8]| {
+                    assert_eq!((head.len(), tail.len()), (4, 40));
+                    verdict
+                };
+                let (_, r, got) = tokio::join!(feed, decrypt_chunks(k, rx, ptx, "o".into(), 40, check), collect);
+                (r, got)
+            }
+        };
+        let (r, got) = run(enc.clone(), None).await;
+        assert_eq!((r.unwrap(), got == data), (None, true));
+        // refused by the check: all but the held tail went out
+        let (r, got) = run(enc.clone(), Some("swapped".into())).await;
+        assert_eq!((r.unwrap(), got.len()), (Some("swapped".to_string()), data.len() - 40));
+        // truncated: a decryption error, and never the tail
+        let (r, got) = run(enc[..enc.len() - 1000].to_vec(), None).await;
+        assert!(matches!(r, Err(CryptError::Decrypt { .. })), "{r:?}");
+        assert!(got.len() < data.len() - 40);
     }
 
     #[tokio::test]

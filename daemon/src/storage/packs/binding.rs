@@ -8,7 +8,7 @@
 //! index-pack` then checks the trailer against the content.)
 
 use std::io::{Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 const PACK_MAGIC: &[u8] = b"PACK";
 const IDX_MAGIC: &[u8] = b"\xfftOc";
@@ -23,43 +23,60 @@ enum Found {
     Other,
 }
 
-/// Checks that the decrypted object at `path` is pack `name`'s `.pack`
-/// (`ext` "pack") or `.idx` ("idx"): None when it is, else what it holds
-/// instead, in words. Reads its first and last bytes on a blocking thread.
+/// How many bytes at the end of a pack or `.idx` named `name` the check
+/// reads: two checksums.
+pub(crate) fn tail_len(name: &str) -> usize {
+    name.len()
+}
+
+/// Checks that a decrypted object that starts with `head` (4 bytes or
+/// more) and ends with `tail` ([`tail_len`] bytes) is pack `name`'s
+/// `.pack` (`ext` "pack") or `.idx` ("idx"): None when it is, else what it
+/// holds instead, in words.
+pub(crate) fn mismatch_of(head: &[u8], tail: &[u8], name: &str, ext: &str) -> Option<String> {
+    let found = what_it_is(head, tail, name.len() / 2);
+    let ok = match (&found, ext) {
+        (Found::Pack(sum), "pack") | (Found::Idx(sum), "idx") => sum.eq_ignore_ascii_case(name),
+        _ => false,
+    };
+    (!ok).then(|| match found {
+        Found::Pack(sum) => format!("it holds pack {sum}'s .pack"),
+        Found::Idx(sum) => format!("it holds pack {sum}'s .idx"),
+        Found::Other => "it is neither a pack nor an .idx".to_string(),
+    })
+}
+
+/// [`mismatch_of`] the decrypted file at `path` (its first and last bytes,
+/// read on a blocking thread).
 pub(crate) async fn mismatch(path: PathBuf, name: String, ext: &'static str) -> std::io::Result<Option<String>> {
     crate::local::files::blocking(move || {
-        let found = what_it_is(&path, name.len() / 2)?;
-        let ok = match (&found, ext) {
-            (Found::Pack(sum), "pack") | (Found::Idx(sum), "idx") => sum.eq_ignore_ascii_case(&name),
-            _ => false,
-        };
-        Ok((!ok).then(|| match found {
-            Found::Pack(sum) => format!("it holds pack {sum}'s .pack"),
-            Found::Idx(sum) => format!("it holds pack {sum}'s .idx"),
-            Found::Other => "it is neither a pack nor an .idx".to_string(),
-        }))
+        let mut f = std::fs::File::open(&path)?;
+        let len = f.metadata()?.len();
+        let tail_len = tail_len(&name) as u64;
+        if len < 12 + tail_len {
+            return Ok(mismatch_of(b"", b"", &name, ext));
+        }
+        let mut head = [0u8; 4];
+        f.read_exact(&mut head)?;
+        let mut tail = vec![0u8; tail_len as usize];
+        f.seek(SeekFrom::Start(len - tail_len))?;
+        f.read_exact(&mut tail)?;
+        Ok(mismatch_of(&head, &tail, &name, ext))
     })
     .await
 }
 
-/// Reads what the file at `path` is, for checksums of `hash_len` bytes.
-fn what_it_is(path: &Path, hash_len: usize) -> std::io::Result<Found> {
-    let mut f = std::fs::File::open(path)?;
-    let len = f.metadata()?.len();
-    let mut magic = [0u8; 4];
-    let tail_len = 2 * hash_len as u64;
-    if hash_len == 0 || len < 12 + tail_len {
-        return Ok(Found::Other);
+/// What an object that starts with `head` and ends with `tail` (two
+/// checksums of `hash_len` bytes) is.
+fn what_it_is(head: &[u8], tail: &[u8], hash_len: usize) -> Found {
+    if hash_len == 0 || tail.len() != 2 * hash_len || head.len() < 4 {
+        return Found::Other;
     }
-    f.read_exact(&mut magic)?;
-    let mut tail = vec![0u8; 2 * hash_len];
-    f.seek(SeekFrom::Start(len - tail_len))?;
-    f.read_exact(&mut tail)?;
-    Ok(match &magic[..] {
+    match &head[..4] {
         PACK_MAGIC => Found::Pack(hex::encode(&tail[hash_len..])),
         IDX_MAGIC => Found::Idx(hex::encode(&tail[..hash_len])),
         _ => Found::Other,
-    })
+    }
 }
 
 #[cfg(test)]

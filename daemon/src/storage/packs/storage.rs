@@ -150,9 +150,15 @@ pub(super) async fn get_object(
     let what = format!("s3://{}/{object}", store.bucket());
     codec::decrypt_file(key.clone(), tmp.path().to_path_buf(), dest.to_path_buf(), what.clone()).await?;
     if let Some(instead) = binding::mismatch(dest.to_path_buf(), name.to_string(), ext).await? {
-        return Err(StorageError::Corrupt(format!(
-            "{what} should be pack {name}'s .{ext} but {instead}: objects were swapped or replaced in the bucket; refusing it (nothing was indexed)"
-        )));
+        return Err(swapped(&what, name, ext, &instead));
     }
     Ok(())
+}
+
+/// The refusal of object `what`, fetched as pack `name`'s `.ext`, which
+/// holds something else (`instead`, see `binding`).
+pub(super) fn swapped(what: &str, name: &str, ext: &str, instead: &str) -> StorageError {
+    StorageError::Corrupt(format!(
+        "{what} should be pack {name}'s .{ext} but {instead}: objects were swapped or replaced in the bucket; refusing it (nothing was indexed)"
+    ))
 }
