@@ -86,6 +86,12 @@ pub(crate) async fn run(ctx: &mut Ctx, args: InitArgs) -> CliResult {
                 crypt::forget(&remote.store, url);
             }
             match remote.store.put_bytes(&manifest::manifest_key(url), manifest::encode(&remote.store, url, &m)?, opts).await {
+                // A remote created afresh: its serials start again (a machine
+                // that saw a deleted one's refuses it until told: see crypt::rollback).
+                Ok(_) if !recipients.is_empty() => {
+                    let location = remote.store.location(&manifest::manifest_key(url));
+                    crypt::rollback::reset(&remote.store, &location).await.map_err(|e| CliError::Storage(e.into()))?
+                }
                 Ok(_) => {}
                 Err(e) if e.is_precondition_failed() => return Err(CliError::Refused(format!("{url} was initialized by someone else meanwhile"))),
                 Err(e) => return Err(e.into()),

@@ -1,6 +1,7 @@
 //! age encryption of a remote's objects to its remote key: small objects
 //! (the manifest) in memory, packs and `.idx` file to file on a blocking
-//! thread (age's STREAM: 64 KiB chunks, bounded memory whatever the size).
+//! thread (age's STREAM: 64 KiB chunks, bounded memory whatever the size);
+//! the padding of small objects' plaintext to a bucket of sizes.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -8,11 +9,81 @@ use std::sync::Arc;
 
 use super::{CryptError, RemoteKey};
 
-/// `data` as an age file to `key`.
+/// `data` as an age file to `key` (unpadded: small objects use [`encrypt_padded`]).
+#[cfg(test)]
 pub(crate) fn encrypt_bytes(key: &RemoteKey, data: &[u8]) -> Result<Vec<u8>, CryptError> {
     let mut out = Vec::with_capacity(data.len() + 256);
     encrypt_stream(key, data, &mut out)?;
     Ok(out)
+}
+
+/// The smallest padded size (a bucket of sizes starts here).
+const PAD_MIN: usize = 1024;
+/// Up to here, sizes are padded to the next power of two; above, with
+/// Padmé (at most about 12 % more, fewer distinct sizes as they grow).
+const PAD_POW2_MAX: usize = 64 * 1024;
+/// age's STREAM chunk: each carries a 16-byte tag.
+const CHUNK: usize = 64 * 1024;
+const TAG: usize = 16;
+
+/// The bucket of sizes an object of `len` bytes is padded to.
+pub(crate) fn padded_len(len: usize) -> usize {
+    if len <= PAD_MIN {
+        return PAD_MIN;
+    }
+    if len <= PAD_POW2_MAX {
+        return len.next_power_of_two();
+    }
+    // Padmé (Nikitin et al., 2019): keep the top log2(log2 len) + 1 bits.
+    let e = usize::BITS - 1 - len.leading_zeros();
+    let s = u32::BITS - e.leading_zeros();
+    let mask = (1usize << (e - s)) - 1;
+    (len + mask) & !mask
+}
+
+/// The bytes of an age payload of `n` plaintext bytes (one tag per chunk, at least one chunk).
+fn payload_len(n: usize) -> usize {
+    n + TAG * n.div_ceil(CHUNK).max(1)
+}
+
+/// The plaintext bytes whose payload fills `payload` bytes (at a chunk
+/// boundary, up to 16 bytes fewer: no plaintext length fits exactly).
+fn plaintext_for(payload: usize) -> usize {
+    let chunks = payload.div_ceil(CHUNK + TAG).max(1);
+    payload.saturating_sub(TAG * chunks)
+}
+
+/// A writer into a buffer that can be measured while age writes into it.
+#[derive(Clone, Default)]
+struct Shared(std::rc::Rc<std::cell::RefCell<Vec<u8>>>);
+
+impl Write for Shared {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.borrow_mut().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `data` as an age file to `recipients`, padded with `filler` (bytes its
+/// format ignores at the end: JSON whitespace, an identity file's empty
+/// lines) so that the whole file's size is [`padded_len`] of what it would
+/// be: the header's size (its recipient stanzas and age's random "grease"
+/// stanza) is known once written, before the plaintext, and the padding
+/// makes up for it. For small objects: the manifest, the keyring.
+pub(crate) fn encrypt_padded(recipients: &[&dyn age::Recipient], data: &[u8], filler: u8) -> Result<Vec<u8>, CryptError> {
+    let encryptor = age::Encryptor::with_recipients(recipients.iter().copied()).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let out = Shared::default();
+    let mut writer = encryptor.wrap_output(out.clone())?;
+    let header = out.0.borrow().len();
+    let total = padded_len(header + payload_len(data.len()));
+    let pad = plaintext_for(total - header).saturating_sub(data.len());
+    writer.write_all(data)?;
+    writer.write_all(&vec![filler; pad])?;
+    writer.finish()?;
+    Ok(out.0.take())
 }
 
 /// The plaintext of the age file `data` (`what` names it in errors).
@@ -67,6 +138,77 @@ pub(crate) async fn decrypt_file(key: Arc<RemoteKey>, src: PathBuf, dst: PathBuf
     .map_err(|e| CryptError::Io(std::io::Error::other(e.to_string())))?
 }
 
+/// What [`decrypt_chunks`] found at the end of a stream.
+pub(crate) type Verdict = Option<String>;
+
+/// Decrypts the age file arriving in `chunks` (a download) on a blocking
+/// thread, as it arrives, and sends its plaintext on `out` (to `git
+/// index-pack`), all but its last `hold` bytes: those go only once the
+/// whole stream has authenticated (age checks each 64 KiB chunk, and that
+/// the last one is marked last) and `check` of its first 4 bytes and last
+/// `hold` bytes answers None. Otherwise the reader of `out` sees a
+/// truncated stream (index-pack then writes nothing) and the answer is
+/// `check`'s words, or the decryption error. `what` names the object.
+pub(crate) async fn decrypt_chunks(
+    key: Arc<RemoteKey>,
+    chunks: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    out: tokio::sync::mpsc::Sender<bytes::Bytes>,
+    what: String,
+    hold: usize,
+    check: impl FnOnce(&[u8], &[u8]) -> Verdict + Send + 'static,
+) -> Result<Verdict, CryptError> {
+    tokio::task::spawn_blocking(move || {
+        let bad = |e: &dyn std::fmt::Display| CryptError::Decrypt { what: what.clone(), detail: e.to_string() };
+        let decryptor = age::Decryptor::new(ChannelReader { rx: chunks, cur: bytes::Bytes::new() }).map_err(|e| bad(&e))?;
+        // Every generation of the remote key (a pack may predate a rotation).
+        let mut reader = decryptor.decrypt(key.identities().map(|i| i as &dyn age::Identity)).map_err(|e| bad(&e))?;
+        let (mut head, mut held) = (Vec::with_capacity(4), Vec::with_capacity(CHUNK + hold));
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = reader.read(&mut buf).map_err(|e| bad(&e))?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&buf[..n.min(4 - head.len())]);
+            held.extend_from_slice(&buf[..n]);
+            if held.len() > hold {
+                let rest = held.split_off(held.len() - hold);
+                if out.blocking_send(bytes::Bytes::from(std::mem::replace(&mut held, rest))).is_err() {
+                    // The reader is gone (index-pack failed): its error tells.
+                    return Ok(None);
+                }
+            }
+        }
+        if let Some(why) = check(&head, &held) {
+            return Ok(Some(why));
+        }
+        let _ = out.blocking_send(bytes::Bytes::from(held));
+        Ok(None)
+    })
+    .await
+    .map_err(|e| CryptError::Io(std::io::Error::other(e.to_string())))?
+}
+
+/// The bytes arriving on a channel, read on a blocking thread.
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    cur: bytes::Bytes,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.cur.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(b) => self.cur = b,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len());
+        buf[..n].copy_from_slice(&self.cur.split_to(n));
+        Ok(n)
+    }
+}
+
 /// A temp file beside `path` (same directory, removed when dropped).
 pub(crate) fn temp_beside(path: &Path) -> Result<tempfile::NamedTempFile, CryptError> {
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
@@ -93,6 +235,85 @@ mod tests {
         bad[n] ^= 1;
         assert!(matches!(decrypt_bytes(&k, &bad, "m"), Err(CryptError::Decrypt { .. })));
         assert!(matches!(decrypt_bytes(&k, &enc[..enc.len() - 100], "m"), Err(CryptError::Decrypt { .. })));
+    }
+
+    #[test]
+    fn padding_puts_sizes_in_buckets() {
+        assert_eq!(padded_len(0), 1024);
+        assert_eq!(padded_len(1024), 1024);
+        assert_eq!(padded_len(1025), 2048);
+        assert_eq!(padded_len(40_000), 65_536);
+        assert_eq!(padded_len(65_536), 65_536);
+        for len in [65_537, 100_000, 1_000_000, 123_456_789] {
+            let p = padded_len(len);
+            assert!(p >= len && (p - len) * 100 <= len * 12, "{len} -> {p}");
+        }
+        // Padmé: few sizes (100_000 and 100_100 share one)
+        assert_eq!(padded_len(100_000), padded_len(100_100));
+        for n in [0, 1, 65_536, 65_537, 200_000] {
+            assert!(payload_len(plaintext_for(payload_len(n))) == payload_len(n), "{n}");
+        }
+    }
+
+    #[test]
+    fn padded_files_have_the_size_of_their_bucket_whatever_the_header() {
+        let k = RemoteKey::generate();
+        let r: &dyn age::Recipient = k.recipient();
+        let small = br#"{"refs":{}}"#.to_vec();
+        let bigger = br#"{"refs":{"refs/heads/main":"abc"},"packs":[]}"#.to_vec();
+        // age adds a "grease" stanza of random size to every header: the padding makes up for it.
+        for data in [&small, &bigger, &small, &bigger, &small, &bigger, &small, &bigger] {
+            let enc = encrypt_padded(&[r], data, b'\n').unwrap();
+            assert_eq!(enc.len(), 1024);
+            let plain = decrypt_bytes(&k, &enc, "m").unwrap();
+            assert!(plain.starts_with(data) && plain[data.len()..].iter().all(|&b| b == b'\n'));
+            assert!(serde_json::from_slice::<serde_json::Value>(&plain).is_ok(), "trailing whitespace is valid JSON");
+        }
+        let large: Vec<u8> = vec![b'x'; 70_000];
+        let sizes: Vec<usize> = (0..4).map(|_| encrypt_padded(&[r], &large, b' ').unwrap().len()).collect();
+        // Padmé of 70 000 + two tags + a header of some hundred bytes: 71 680.
+        assert!(sizes.iter().all(|&s| s == 71_680), "{sizes:?}");
+    }
+
+    #[tokio::test]
+    async fn chunks_are_decrypted_as_they_arrive_and_the_tail_waits_for_the_check() {
+        let k = Arc::new(RemoteKey::generate());
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let enc = encrypt_bytes(&k, &data).unwrap();
+        let run = |enc: Vec<u8>, verdict: Verdict| {
+            let k = k.clone();
+            async move {
+                let (tx, rx) = tokio::sync::mpsc::channel(4);
+                let (ptx, mut prx) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
+                let feed = async move {
+                    for c in enc.chunks(10_000) {
+                        tx.send(bytes::Bytes::copy_from_slice(c)).await.unwrap();
+                    }
+                };
+                let collect = async move {
+                    let mut got: Vec<u8> = Vec::new();
+                    while let Some(b) = prx.recv().await {
+                        got.extend_from_slice(&b);
+                    }
+                    got
+                };
+                let check = move |head: &[u8], tail: &[u8]| {
+                    assert_eq!((head.len(), tail.len()), (4, 40));
+                    verdict
+                };
+                let (_, r, got) = tokio::join!(feed, decrypt_chunks(k, rx, ptx, "o".into(), 40, check), collect);
+                (r, got)
+            }
+        };
+        let (r, got) = run(enc.clone(), None).await;
+        assert_eq!((r.unwrap(), got == data), (None, true));
+        // refused by the check: all but the held tail went out
+        let (r, got) = run(enc.clone(), Some("swapped".into())).await;
+        assert_eq!((r.unwrap(), got.len()), (Some("swapped".to_string()), data.len() - 40));
+        // truncated: a decryption error, and never the tail
+        let (r, got) = run(enc[..enc.len() - 1000].to_vec(), None).await;
+        assert!(matches!(r, Err(CryptError::Decrypt { .. })), "{r:?}");
+        assert!(got.len() < data.len() - 40);
     }
 
     #[tokio::test]

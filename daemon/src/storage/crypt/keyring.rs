@@ -118,12 +118,11 @@ pub(crate) fn parse(text: &str, what: &str) -> Result<Keyring, CryptError> {
 /// KMS wrapping recipients) under `condition`; its ETag.
 pub(crate) async fn write(store: &S3Store, url: &RemoteUrl, ring: &Keyring, condition: WriteCondition) -> Result<String, CryptError> {
     let recipients = ring.all_recipients()?;
-    let rs: Vec<&dyn age::Recipient> = recipients.iter().map(|r| r as &dyn age::Recipient).collect();
-    let encryptor = age::Encryptor::with_recipients(rs.into_iter()).map_err(|e| CryptError::Keyring(keyring_key(url), e.to_string()))?;
-    let mut data = Vec::new();
-    let mut w = encryptor.wrap_output(&mut data)?;
-    std::io::Write::write_all(&mut w, ring.plaintext().as_bytes())?;
-    w.finish()?;
+    // Padded with empty lines (an identity file skips them).
+    let data = {
+        let rs: Vec<&dyn age::Recipient> = recipients.iter().map(|r| r as &dyn age::Recipient).collect();
+        super::codec::encrypt_padded(&rs, ring.plaintext().as_bytes(), b'\n')?
+    };
     let fps: Vec<String> = ring.recipients.iter().map(|r| fingerprint(r)).collect();
     let mut metadata = vec![(META_VERSION.into(), "2".into()), (META_RECIPIENTS.into(), fps.join(" "))];
     if !ring.kms.is_empty() {

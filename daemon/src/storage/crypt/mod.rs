@@ -10,7 +10,8 @@
 //! Files: `identities` (the caller's age identities: `git s3 keygen`'s
 //! file), `keyring` (the keyring object: its format, writing it, opening it
 //! with the caller's identities), `codec` (age encryption of bytes and
-//! files, streaming). This file: the errors, the remote key, and the keys a
+//! files, streaming), `rollback` (the highest manifest serial this
+//! machine has seen: an older manifest refused). This file: the errors, the remote key, and the keys a
 //! daemon has opened (by location), which the packs format's manifest reads
 //! use.
 
@@ -20,6 +21,7 @@ pub(crate) mod identities;
 pub(crate) mod keyring;
 pub(crate) mod kms;
 pub(crate) mod reencrypt;
+pub(crate) mod rollback;
 
 use std::sync::Arc;
 
@@ -65,6 +67,13 @@ pub(crate) enum CryptError {
     /// `git s3 access` refused (the message is whole).
     #[error("{0}")]
     Access(String),
+    /// A manifest older than one this machine has seen (`rollback`).
+    #[error(
+        "the manifest of {remote} is older than one this machine has seen (serial {serial} < {highest}): someone put an old manifest back, \
+or restored the bucket from a backup; nothing was fetched or changed here. Ask whoever can write the bucket to put the newest manifest back \
+(a versioned bucket keeps it); if the remote was deleted and created again on purpose, delete {record} to accept it"
+    )]
+    Rollback { remote: String, serial: u64, highest: u64, record: String },
     #[error(
         "invalid age recipient '{0}': expected an X25519 recipient (age1…), as `git s3 keygen` or `age-keygen` prints, or kms:<KMS key id or ARN>"
     )]

@@ -92,7 +92,7 @@ async fn reencrypt_pack(store: &S3Store, url: &RemoteUrl, key: &Arc<RemoteKey>, 
         }
         let from = entry_object_key(url, Some(&**key), p, ext)?;
         let plain = super::codec::temp_beside(&tmp.join("x"))?;
-        match get_object(store, key, &from, plain.path(), |_| {}).await {
+        match get_object(store, key, (&from, &p.name, ext), plain.path(), |_| {}).await {
             Ok(()) => {}
             // A `.idx` is uploaded after the push answered, and restored when missing: none to move.
             Err(StorageError::Store(e)) if e.is_not_found() && ext == "idx" => continue,

@@ -10,8 +10,10 @@ use std::sync::{Arc, Mutex};
 use futures::stream::{StreamExt, TryStreamExt};
 
 use crate::session::progress::Progress;
+use crate::storage::crypt::codec;
+use crate::storage::packs::binding;
 use crate::storage::packs::manifest::{read_manifest, PackEntry};
-use crate::storage::packs::storage::{get_object, PackStorage};
+use crate::storage::packs::storage::{get_object, swapped, PackStorage};
 use crate::storage::{OpContext, RemoteRef, StorageError};
 
 /// Packs downloaded at once.
@@ -176,8 +178,8 @@ impl PackStorage {
             if !(&mut needed).await {
                 return Ok(false);
             }
-            let indexed = match get_object(&self.store, k, &key, tmp.path(), on).await {
-                Ok(()) => index_file(ctx, tmp.path()).await,
+            let indexed = match self.fetch_encrypted(ctx, k, p, &key, tmp.path(), on).await {
+                Ok(indexed) => indexed,
                 Err(StorageError::Store(e)) if e.is_not_found() => return Err(self.missing_pack(p, &key)),
                 Err(e) => return Err(e),
             };
@@ -233,6 +235,48 @@ impl PackStorage {
             pr.finish();
         }
         self.indexed(ctx, p, pack_dir, &key, indexed).await
+    }
+
+    /// An encrypted remote's pack (issue 22): downloaded (into `tmp`, as
+    /// ciphertext), decrypted as it arrives and indexed as it is decrypted;
+    /// its last bytes reach index-pack only once the whole object has
+    /// authenticated and is the pack it was fetched as (`binding`), so a
+    /// tampered, truncated or swapped object indexes nothing. A download
+    /// that broke off: the whole object again, then decrypted and indexed.
+    async fn fetch_encrypted(
+        &self,
+        ctx: &OpContext,
+        k: &Arc<crate::storage::crypt::RemoteKey>,
+        p: &PackEntry,
+        key: &str,
+        tmp: &Path,
+        mut on: impl FnMut(u64) + Send,
+    ) -> Result<Result<String, crate::local::git::GitError>, StorageError> {
+        let what = format!("s3://{}/{key}", self.store.bucket());
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let (ptx, prx) = tokio::sync::mpsc::channel(16);
+        let name = p.name.clone();
+        let check = move |head: &[u8], tail: &[u8]| binding::mismatch_of(head, tail, &name, "pack");
+        let (downloaded, verdict, indexed) = tokio::join!(
+            self.store.get_to_file_tee(key, tmp, Some(tx), &mut on),
+            codec::decrypt_chunks(k.clone(), rx, ptx, what.clone(), binding::tail_len(&p.name), check),
+            ctx.git.index_pack_stream(prx)
+        );
+        match downloaded {
+            Err(e) if e.is_interrupted() => {
+                tracing::warn!(pack = p.name, error = %e, "pack download broke off; downloading it again");
+                self.broken_streams.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let plain = codec::temp_beside(tmp)?;
+                get_object(&self.store, k, (key, &p.name, "pack"), plain.path(), on).await?;
+                return Ok(index_file(ctx, plain.path()).await);
+            }
+            Err(e) => return Err(e.into()),
+            Ok(_) => {}
+        }
+        if let Some(instead) = verdict? {
+            return Err(swapped(&what, &p.name, "pack", &instead));
+        }
+        Ok(indexed)
     }
 
     fn missing_pack(&self, p: &PackEntry, key: &str) -> StorageError {

@@ -226,6 +226,7 @@ impl Scratch<'_> {
         manifest::forget_held(store, url);
         match store.put_bytes(&manifest::manifest_key(url), next.to_bytes(), opts).await {
             Ok(_) => {
+                manifest::note_written(store, url, &store.location(&manifest::manifest_key(url)), next.serial).await;
                 tracing::info!(
                     pack = %name,
                     objects = entry.objects,

@@ -375,6 +375,11 @@ pub(crate) async fn read_manifest(store: &S3Store, url: &RemoteUrl) -> Result<Op
         Conditional::Found { data, etag } => {
             let data = plaintext_of(store, url, data)?;
             let m = Manifest::parse(&data).map_err(|e| StorageError::Corrupt(format!("s3://{}/{key}: {e}", store.bucket())))?;
+            if crypt::opened(store, url).is_some() {
+                // An encrypted manifest's serial is authenticated: one older
+                // than this machine has seen is a rollback (issue 22).
+                crypt::rollback::witness(store, &location, &url.to_string(), m.serial).await?;
+            }
             hold_at(&cache, location, &etag, &m, asked);
             Ok(Some((m, etag)))
         }
@@ -396,11 +401,12 @@ fn plaintext_of(store: &S3Store, url: &RemoteUrl, data: Vec<u8>) -> Result<Vec<u
     }
 }
 
-/// The bytes a manifest is written as: its JSON, encrypted to the remote
-/// key when the remote is encrypted (issue 22).
+/// The bytes a manifest is written as: its JSON, padded and encrypted to
+/// the remote key when the remote is encrypted (issue 22).
 pub(crate) fn encode(store: &S3Store, url: &RemoteUrl, m: &Manifest) -> Result<Vec<u8>, StorageError> {
     match crypt::opened(store, url) {
-        Some(k) => Ok(crypt::codec::encrypt_bytes(&k, &m.to_bytes())?),
+        // Padded with JSON whitespace: its size tells only a bucket of sizes.
+        Some(k) => Ok(crypt::codec::encrypt_padded(&[k.recipient()], &m.to_bytes(), b'\n')?),
         None => Ok(m.to_bytes()),
     }
 }
@@ -417,9 +423,23 @@ fn hold_at(cache: &HeldManifests, location: String, etag: &str, m: &Manifest, co
 }
 
 /// Holds the manifest this daemon has just written (`etag`: what the write
-/// answered), as a read would have: the next read is a 304.
-pub(crate) fn hold_written(store: &S3Store, url: &RemoteUrl, etag: &str, m: &Manifest, written_since: std::time::Instant) {
-    hold_at(&manifests(store), store.location(&manifest_key(url)), etag, m, written_since);
+/// answered), as a read would have: the next read is a 304. An encrypted
+/// remote's serial is recorded as seen (`crypt::rollback`).
+pub(crate) async fn hold_written(store: &S3Store, url: &RemoteUrl, etag: &str, m: &Manifest, written_since: std::time::Instant) {
+    let location = store.location(&manifest_key(url));
+    hold_at(&manifests(store), location.clone(), etag, m, written_since);
+    note_written(store, url, &location, m.serial).await;
+}
+
+/// Records the serial of a manifest this daemon wrote as seen, for an
+/// encrypted remote. It was written over the one it read (checked then),
+/// so it is the highest: a failure is only logged.
+pub(crate) async fn note_written(store: &S3Store, url: &RemoteUrl, location: &str, serial: u64) {
+    if crypt::opened(store, url).is_some() {
+        if let Err(e) = crypt::rollback::witness(store, location, &url.to_string(), serial).await {
+            tracing::warn!(error = %e, "the manifest serial written was not recorded");
+        }
+    }
 }
 
 /// Forgets the held manifest of `url` (before writing or deleting it other
@@ -490,7 +510,7 @@ where
         let sent = std::time::Instant::now();
         match store.put_bytes(&manifest_key(url), encode(store, url, &m)?, opts).await {
             Ok(new_etag) => {
-                hold_written(store, url, &new_etag, &m, sent);
+                hold_written(store, url, &new_etag, &m, sent).await;
                 return Ok(m);
             }
             Err(e) if e.is_precondition_failed() || e.is_not_found() => continue,

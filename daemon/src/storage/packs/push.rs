@@ -573,7 +573,7 @@ impl PackStorage {
             Ok(new_etag) => {
                 // The next command reads it conditionally (a 304), and a push
                 // right after this one starts from it.
-                manifest::hold_written(&self.store, &self.url, &new_etag, next, sent);
+                manifest::hold_written(&self.store, &self.url, &new_etag, next, sent).await;
                 Ok(true)
             }
             Err(e) if e.is_precondition_failed() || e.is_not_found() => Ok(false),

@@ -11,6 +11,7 @@ use crate::s3::store::{PutOptions, S3Store};
 use crate::s3::url::RemoteUrl;
 use crate::storage::crypt::{codec, RemoteKey};
 use crate::storage::detect::{scan_refs_dir, RefsDir};
+use crate::storage::packs::binding;
 use crate::storage::packs::manifest::{read_manifest, Manifest, PackEntry};
 use crate::storage::StorageError;
 
@@ -155,18 +156,31 @@ pub(crate) async fn put_object(
     Ok(())
 }
 
-/// Downloads `object` of an encrypted remote and decrypts it into `dest`
-/// (the ciphertext goes to a temp file beside it first).
+/// Downloads `object` of an encrypted remote, pack `name`'s `.pack` (`ext`
+/// "pack") or `.idx` ("idx"), and decrypts it into `dest` (the ciphertext
+/// goes to a temp file beside it first). An object that decrypts but is
+/// not that pack's (objects swapped in the bucket) is refused in one line.
 pub(crate) async fn get_object(
     store: &S3Store,
     key: &Arc<RemoteKey>,
-    object: &str,
+    (object, name, ext): (&str, &str, &'static str),
     dest: &Path,
     on_bytes: impl FnMut(u64) + Send,
 ) -> Result<(), StorageError> {
     let tmp = codec::temp_beside(dest)?;
     store.get_to_file(object, tmp.path(), on_bytes).await?;
     let what = format!("s3://{}/{object}", store.bucket());
-    codec::decrypt_file(key.clone(), tmp.path().to_path_buf(), dest.to_path_buf(), what).await?;
+    codec::decrypt_file(key.clone(), tmp.path().to_path_buf(), dest.to_path_buf(), what.clone()).await?;
+    if let Some(instead) = binding::mismatch(dest.to_path_buf(), name.to_string(), ext).await? {
+        return Err(swapped(&what, name, ext, &instead));
+    }
     Ok(())
+}
+
+/// The refusal of object `what`, fetched as pack `name`'s `.ext`, which
+/// holds something else (`instead`, see `binding`).
+pub(super) fn swapped(what: &str, name: &str, ext: &str, instead: &str) -> StorageError {
+    StorageError::Corrupt(format!(
+        "{what} should be pack {name}'s .{ext} but {instead}: objects were swapped or replaced in the bucket; refusing it (nothing was indexed)"
+    ))
 }
