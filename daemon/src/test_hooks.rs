@@ -29,7 +29,10 @@ pub(crate) const VIEWS_WRITE_GATE: &str = "GIT_S3_TEST_VIEWS_WRITE_GATE";
 /// write and the first bundle deletion; `to-packs-before-head`: after every
 /// bundle's deletion, before the HEAD object's; `to-bundles`: after the freeze and
 /// the first bundle write; `to-bundles-manifest-deleted`: after the manifest
-/// deletion, before the packs'), to test that a rerun finishes it.
+/// deletion, before the packs'; `encrypt-copied` / `decrypt-copied`: after
+/// the first pack or `.idx` copied into the new form, before the switch;
+/// `encrypt-switched` / `decrypt-switched`: after the manifest's switch,
+/// before the old form's deletion), to test that a rerun finishes it.
 pub(crate) const CRASH_DURING_MIGRATE: &str = "GIT_S3_TEST_CRASH_DURING_MIGRATE";
 
 /// A push, between its pack upload and its manifest write.
@@ -82,7 +85,7 @@ pub(crate) async fn wait_for_gate(gate: &Path) {
     tracing::warn!(gate = %gate.display(), "test gate never opened");
 }
 
-/// A migration at `point` (`to-packs` or `to-bundles`).
+/// A migration at `point` (see [`CRASH_DURING_MIGRATE`]).
 pub(crate) fn crash_during_migrate(env: &HashMap<String, String>, point: &str) {
     if env.get(CRASH_DURING_MIGRATE).map(String::as_str) == Some(point) {
         tracing::error!("{CRASH_DURING_MIGRATE}={point}: exiting half-way through the migration");

@@ -5,7 +5,8 @@
 //! migration, unreferenced or retired packs and piled-up packs (all for
 //! `git s3 gc` or `git s3 migrate`, which it names).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -13,6 +14,8 @@ use serde_json::{json, Value};
 use super::common::{choose_head, DoctorArgs, Report};
 use crate::cli::remote::{branch_ref, Remote, View};
 use crate::cli::{human_bytes, CliError, Ctx};
+use crate::s3::store::ObjectInfo;
+use crate::storage::crypt::RemoteKey;
 use crate::storage::packs::gc::DEFAULT_GRACE_SECONDS;
 use crate::storage::packs::manifest::{self, read_manifest, unix_now, update_manifest, Manifest};
 use crate::storage::StorageError;
@@ -40,11 +43,10 @@ pub(super) async fn check(
     interactive: bool,
 ) -> Result<Option<PacksFindings>, CliError> {
     let key = manifest::manifest_key(&remote.url);
+    // An encrypted remote (issue 22): its key names and decrypts its objects.
+    let crypt = remote.open_key(ctx).await?;
     let (m, etag) = match read_manifest(&remote.store, &remote.url).await {
-        Ok(Some(found)) => {
-            crate::storage::crypt::refuse_if_opened(&remote.store, &remote.url, "`git s3 doctor`").map_err(crate::storage::StorageError::from)?;
-            found
-        }
+        Ok(Some(found)) => found,
         Ok(None) => return Ok(None),
         Err(StorageError::Corrupt(msg)) => {
             rep.line(ctx, format!("{}: packs format", remote.url));
@@ -100,7 +102,7 @@ versioning), or push a complete clone to a new prefix (`git push --mirror`).",
     if !view.scan.bundles.is_empty() {
         explain_both_formats(ctx, remote, view, &m, rep);
     }
-    check_packs(ctx, remote, &m, args, rep).await?;
+    check_packs(ctx, remote, crypt.as_ref(), &m, args, rep).await?;
     if let Err(e) = fix_head(ctx, remote, &m, args, rep, interactive).await {
         if matches!(e, CliError::Aborted | CliError::Usage(_)) {
             return Err(e);
@@ -157,31 +159,32 @@ fn explain_both_formats(ctx: &Ctx, remote: &Remote, view: &View, m: &Manifest, r
 
 /// Every pack of the manifest is in the bucket; reports unreferenced,
 /// retired and piled-up packs.
-async fn check_packs(ctx: &Ctx, remote: &Remote, m: &Manifest, args: &DoctorArgs, rep: &mut Report) -> Result<(), CliError> {
+async fn check_packs(
+    ctx: &Ctx,
+    remote: &Remote,
+    crypt: Option<&Arc<RemoteKey>>,
+    m: &Manifest,
+    args: &DoctorArgs,
+    rep: &mut Report,
+) -> Result<(), CliError> {
+    let key = crypt.map(|k| &**k);
     let dir = manifest::packs_dir(&remote.url);
     let objects = remote.store.list(&dir).await?;
-    // name → (.pack info, .idx info)
-    let mut found: BTreeMap<String, (Option<u64>, Option<u64>, Duration)> = BTreeMap::new();
-    for o in &objects {
-        let Some(leaf) = o.key.strip_prefix(&dir) else { continue };
-        let Some(rest) = leaf.strip_prefix("pack-") else { continue };
-        if let Some(name) = rest.strip_suffix(".pack") {
-            let e = found.entry(name.to_string()).or_insert((None, None, o.age()));
-            e.0 = Some(o.size);
-        } else if let Some(name) = rest.strip_suffix(".idx") {
-            found.entry(name.to_string()).or_insert((None, None, o.age())).1 = Some(o.size);
-        }
-    }
+    let found = found_packs(&dir, &objects, key, m);
     let mut broken = 0;
     for p in &m.packs {
         let (pack, idx, _) = found.get(&p.name).cloned().unwrap_or((None, None, Duration::ZERO));
-        if pack == Some(p.size) && idx.is_none() {
-            restore_idx(ctx, remote, p, args, rep).await;
+        if pack.is_some_and(|s| size_fits(key, p.size, s)) && idx.is_none() {
+            restore_idx(ctx, remote, crypt, p, args, rep).await;
             continue;
         }
+        let object = |ext: &str| match key {
+            Some(k) => format!("pack-{}.{ext} (object {})", p.name, k.object_name(&format!("pack-{}.{ext}", p.name))),
+            None => format!("pack-{}.{ext}", p.name),
+        };
         let problem = match pack {
-            None => Some(format!("pack-{}.pack is missing", p.name)),
-            Some(s) if s != p.size => Some(format!("pack-{}.pack has {s} bytes, the manifest says {}", p.name, p.size)),
+            None => Some(format!("{} is missing", object("pack"))),
+            Some(s) if !size_fits(key, p.size, s) => Some(format!("{} has {s} bytes, the manifest says {}", object("pack"), p.size)),
             _ => None,
         };
         if let Some(problem) = problem {
@@ -200,8 +203,13 @@ async fn check_packs(ctx: &Ctx, remote: &Remote, m: &Manifest, args: &DoctorArgs
     }
     let listed = m.referenced_pack_names();
     // Views: missing, older than the packs, or naming packs gone from the bucket.
-    let gone: Vec<&str> =
-        m.views.iter().flat_map(|v| v.packs()).filter(|p| found.get(&p.name).and_then(|f| f.0) != Some(p.size)).map(|p| p.name.as_str()).collect();
+    let gone: Vec<&str> = m
+        .views
+        .iter()
+        .flat_map(|v| v.packs())
+        .filter(|p| !found.get(&p.name).and_then(|f| f.0).is_some_and(|s| size_fits(key, p.size, s)))
+        .map(|p| p.name.as_str())
+        .collect();
     if !m.packs.is_empty() && (crate::storage::packs::gc::views_stale(m) || !gone.is_empty()) {
         let uncovered: u64 = m.uncovered().map(|p| p.size).sum();
         let why = if m.views.is_none() {
@@ -256,10 +264,64 @@ async fn check_packs(ctx: &Ctx, remote: &Remote, m: &Manifest, args: &DoctorArgs
     Ok(())
 }
 
+/// The `.pack` and `.idx` in the bucket, by pack name: name → (.pack
+/// size, .idx size, age). Plaintext objects are `pack-<name>.<ext>`; an
+/// encrypted remote's (issue 22) are the HMAC'd names of the manifest's
+/// packs, and any other object is listed under its own name (unreferenced).
+type Found = BTreeMap<String, (Option<u64>, Option<u64>, Duration)>;
+
+fn found_packs(dir: &str, objects: &[ObjectInfo], key: Option<&RemoteKey>, m: &Manifest) -> Found {
+    let named: HashMap<String, (String, bool)> = match key {
+        Some(k) => m
+            .referenced_pack_names()
+            .into_iter()
+            .flat_map(|n| {
+                [(k.object_name(&format!("pack-{n}.pack")), (n.to_string(), true)), (k.object_name(&format!("pack-{n}.idx")), (n.to_string(), false))]
+            })
+            .collect(),
+        None => HashMap::new(),
+    };
+    let mut found = Found::new();
+    for o in objects {
+        let Some(leaf) = o.key.strip_prefix(dir) else { continue };
+        let (name, is_pack) = match (key, named.get(leaf)) {
+            (Some(_), Some((n, p))) => (n.clone(), *p),
+            (Some(_), None) => (leaf.to_string(), true),
+            (None, _) => match leaf
+                .strip_prefix("pack-")
+                .and_then(|r| r.strip_suffix(".pack").map(|n| (n, true)).or_else(|| r.strip_suffix(".idx").map(|n| (n, false))))
+            {
+                Some((n, p)) => (n.to_string(), p),
+                None => continue,
+            },
+        };
+        let e = found.entry(name).or_insert((None, None, o.age()));
+        if is_pack {
+            e.0 = Some(o.size);
+        } else {
+            e.1 = Some(o.size);
+        }
+    }
+    found
+}
+
+/// Whether an object of `size` bytes holds a pack of `plain` bytes: the
+/// same size, or for an age file (encrypted remote) the plaintext plus 16
+/// bytes per 64 KiB chunk and a header (a few hundred bytes).
+fn size_fits(key: Option<&RemoteKey>, plain: u64, size: u64) -> bool {
+    match key {
+        None => size == plain,
+        Some(_) => {
+            let payload = plain.saturating_add(16 * plain.div_ceil(64 * 1024).max(1));
+            size > payload && size - payload <= 4096
+        }
+    }
+}
+
 /// A pack whose `.idx` is missing (a daemon stopped right after the push's
 /// manifest write): readers do not need it, so this is not an error; doctor
 /// re-creates it from the pack unless `--dry-run`.
-async fn restore_idx(ctx: &Ctx, remote: &Remote, pack: &manifest::PackEntry, args: &DoctorArgs, rep: &mut Report) {
+async fn restore_idx(ctx: &Ctx, remote: &Remote, key: Option<&Arc<RemoteKey>>, pack: &manifest::PackEntry, args: &DoctorArgs, rep: &mut Report) {
     let name = &pack.name;
     rep.issues.push(json!({"kind": "missing_idx", "pack": name}));
     rep.line(ctx, "");
@@ -270,7 +332,7 @@ async fn restore_idx(ctx: &Ctx, remote: &Remote, pack: &manifest::PackEntry, arg
         return;
     }
     let tmp = ctx.state.cache.root().join("tmp");
-    match crate::storage::packs::scratch::restore_idx(&remote.store, &remote.url, pack, &tmp, &ctx.env).await {
+    match crate::storage::packs::scratch::restore_idx(&remote.store, &remote.url, key, pack, &tmp, &ctx.env).await {
         Ok(bytes) => {
             rep.line(ctx, format!("Re-created pack-{name}.idx ({})", human_bytes(bytes)));
             rep.actions.push(json!({"action": "restored_idx", "pack": name}));

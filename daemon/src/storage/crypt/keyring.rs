@@ -77,6 +77,15 @@ pub(crate) async fn create(store: &S3Store, url: &RemoteUrl, key: &RemoteKey, re
     Ok(())
 }
 
+/// The fingerprints of the recipients `url`'s keyring was encrypted to
+/// (its plaintext metadata; what `git s3 status` shows), None without a keyring.
+pub(crate) async fn fingerprints(store: &S3Store, url: &RemoteUrl) -> Result<Option<Vec<String>>, CryptError> {
+    Ok(store
+        .head_with_metadata(&keyring_key(url))
+        .await?
+        .map(|(_, meta)| meta.get(META_RECIPIENTS).map(|f| f.split_whitespace().map(str::to_string).collect()).unwrap_or_default()))
+}
+
 /// Opens `url`'s keyring with the caller's identities: None when the
 /// remote has no keyring (not encrypted). The key is remembered for the
 /// manifest's reads and writes. No identity of the caller's: one line that

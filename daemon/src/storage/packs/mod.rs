@@ -24,6 +24,7 @@
 //! (objects read from packs by range, for lazy fetches) and `pack_index`
 //! (the bytes of `.idx` files and pack entries it reads).
 
+pub(crate) mod crypt_migrate;
 pub(crate) mod fetch;
 pub(crate) mod gc;
 pub(crate) mod git_ops;

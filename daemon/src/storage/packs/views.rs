@@ -85,7 +85,7 @@ pub(crate) async fn build_and_upload(
     })
     .await?;
     for p in made.packs() {
-        upload_pack_of(store, url, dir.path(), p).await?;
+        upload_pack_of(store, url, None, dir.path(), p).await?;
     }
     Ok(Some(made))
 }
