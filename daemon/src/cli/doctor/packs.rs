@@ -382,3 +382,53 @@ async fn fix_head(ctx: &mut Ctx, remote: &Remote, m: &Manifest, args: &DoctorArg
     rep.actions.push(json!({"action": "set_head", "ref": target}));
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_age_file_fits_the_plaintext_size_the_manifest_lists() {
+        let k = RemoteKey::generate();
+        for n in [0usize, 1, 1000, 65_535, 65_536, 65_537, 3 * 65_536, 300_000] {
+            let data = vec![7u8; n];
+            let enc = crate::storage::crypt::codec::encrypt_bytes(&k, &data).unwrap();
+            let len = enc.len() as u64;
+            assert!(size_fits(Some(&k), n as u64, len), "{n} bytes: an age file of {len}");
+            // a pack of another size (one chunk more or less) does not fit
+            assert!(!size_fits(Some(&k), n as u64 + 65_536, len), "{n}");
+            assert!(!size_fits(Some(&k), (n as u64).saturating_sub(65_536), len) || n < 65_536, "{n}");
+            assert!(!size_fits(None, n as u64, len));
+        }
+        assert!(size_fits(None, 10, 10));
+    }
+
+    #[test]
+    fn encrypted_objects_are_found_by_name_mapping() {
+        let k = RemoteKey::generate();
+        let (a, b) = ("a".repeat(40), "b".repeat(40));
+        let m = Manifest {
+            packs: vec![manifest::PackEntry { name: a.clone(), size: 5, idx_size: 3, objects: 1, tips: vec![], created: 0 }],
+            ..Default::default()
+        };
+        let obj = |leaf: String, size: u64| ObjectInfo {
+            key: format!("p/.git-s3/packs/{leaf}"),
+            size,
+            etag: String::new(),
+            last_modified: std::time::SystemTime::now(),
+        };
+        let objects = vec![
+            obj(k.object_name(&format!("pack-{a}.pack")), 200),
+            obj(k.object_name(&format!("pack-{a}.idx")), 190),
+            obj(k.object_name(&format!("pack-{b}.pack")), 180),
+        ];
+        let found = found_packs("p/.git-s3/packs/", &objects, Some(&k), &m);
+        assert_eq!(found.get(&a).map(|f| (f.0, f.1)), Some((Some(200), Some(190))));
+        // b is not in the manifest: listed under its object name, unreferenced
+        let leaf = k.object_name(&format!("pack-{b}.pack"));
+        assert_eq!(found.get(&leaf).map(|f| f.0), Some(Some(180)));
+        assert_eq!(found.len(), 2);
+        // without the key, the HMAC'd names are nobody's packs
+        assert!(found_packs("p/.git-s3/packs/", &objects, None, &m).is_empty());
+    }
+}

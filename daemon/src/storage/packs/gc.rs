@@ -425,6 +425,21 @@ fn object_names(key: Option<&RemoteKey>, listed: &BTreeSet<&str>, expired: &BTre
 mod tests {
     use super::*;
 
+    #[test]
+    fn object_names_are_the_plain_or_hmac_names_of_listed_and_expired_packs() {
+        let (a, b) = ("a".repeat(40), "b".repeat(40));
+        let listed: BTreeSet<&str> = [a.as_str()].into();
+        let expired: BTreeSet<String> = [b.clone()].into();
+        let plain = object_names(None, &listed, &expired);
+        assert_eq!(plain.len(), 4);
+        assert_eq!(plain.get(&format!("pack-{a}.idx")), Some(&a));
+        let k = RemoteKey::generate();
+        let hidden = object_names(Some(&k), &listed, &expired);
+        assert_eq!(hidden.len(), 4);
+        assert_eq!(hidden.get(&k.object_name(&format!("pack-{b}.pack"))), Some(&b));
+        assert!(hidden.keys().all(|leaf| leaf.len() == 64 && !leaf.contains(&a) && !leaf.contains(&b)));
+    }
+
     fn pack(n: u8, size: u64) -> PackEntry {
         PackEntry { name: format!("{:02x}", n).repeat(20), size, idx_size: 0, objects: 1, tips: vec![], created: 0 }
     }
