@@ -35,6 +35,11 @@ pub(crate) const VIEWS_WRITE_GATE: &str = "GIT_S3_TEST_VIEWS_WRITE_GATE";
 /// before the old form's deletion), to test that a rerun finishes it.
 pub(crate) const CRASH_DURING_MIGRATE: &str = "GIT_S3_TEST_CRASH_DURING_MIGRATE";
 
+/// A file `git s3 migrate --encrypt-to` / `--decrypt` waits for (at most a
+/// minute) after its first copy, before its first switch attempt: the test
+/// pushes meanwhile, so the switch finds the manifest changed.
+pub(crate) const MIGRATE_SWITCH_GATE: &str = "GIT_S3_TEST_MIGRATE_SWITCH_GATE";
+
 /// A push, between its pack upload and its manifest write.
 pub(crate) fn crash_before_manifest(env: &HashMap<String, String>) {
     if env.get(CRASH_BEFORE_MANIFEST).map(String::as_str) == Some("1") {
@@ -61,6 +66,11 @@ pub(crate) fn push_lock_gate(env: &HashMap<String, String>) -> Option<PathBuf> {
 /// The gate a bundles push waits at under its lock, before its upload, when the test set one.
 pub(crate) fn push_upload_gate(env: &HashMap<String, String>) -> Option<PathBuf> {
     env.get(PUSH_UPLOAD_GATE).map(PathBuf::from)
+}
+
+/// The gate before an encryption migration's first switch, when the test set one.
+pub(crate) fn migrate_switch_gate(env: &HashMap<String, String>) -> Option<PathBuf> {
+    env.get(MIGRATE_SWITCH_GATE).map(PathBuf::from)
 }
 
 /// The gate of a push's background views write, when the test set one.

@@ -381,3 +381,43 @@ fn gc_and_doctor_work_on_an_encrypted_remote() {
     assert!(issues.iter().any(|i| i["kind"] == "broken_pack" && i["problem"].as_str().unwrap_or("").contains("is missing")), "{doc}");
     assert!(victims.iter().any(|v| doc.to_string().contains(v.rsplit('/').next().unwrap())), "doctor names the object: {doc}");
 }
+
+/// A push that lands while `migrate --encrypt-to` copies (held at a gate
+/// before its switch) makes the switch's conditional write fail: the
+/// migration copies the push's pack too and switches again, so the push
+/// is kept, encrypted, and nothing of it is left in plaintext.
+#[test]
+fn a_push_during_migrate_encrypt_to_is_kept() {
+    let env = TestEnv::new();
+    require_test_hooks(&env);
+    let recipient = keygen(&env);
+    let (url, repo, needles) = plaintext_remote(&env, "c");
+    let gate = env.path("switch-gate");
+    let mut c = env.command("git-s3", &env.work());
+    c.env("GIT_S3_TEST_MIGRATE_SWITCH_GATE", &gate).args(["migrate", "--encrypt-to", &recipient, &url]);
+    c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let migrate = c.spawn().unwrap();
+    let mut waiting = gate.as_os_str().to_owned();
+    waiting.push(".waiting");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !Path::new(&waiting).exists() {
+        assert!(Instant::now() < deadline, "the migration never reached its switch");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Every pack is copied: push now, into the plaintext manifest.
+    let sha = env.commit(&repo, "during.txt", "pushed during the migration DURING-MIGRATE-88\n", "during message MSG-DURING-47");
+    let before = objects(&env, "c").len();
+    env.git(&repo, &["push", "-q", "origin", "main"]);
+    wait_for_objects(&env, "c", before + 2);
+    std::fs::write(&gate, b"").unwrap();
+    let out = migrate.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    eprintln!("{stdout}");
+    assert!(stdout.contains("the manifest changed 1 time(s) meanwhile"), "{stdout}");
+    assert!(remote_refs(&env, &url).iter().any(|l| l.starts_with(&sha) && l.ends_with("refs/heads/main")), "the push is kept");
+    clone_and_check(&env, &url, "after", &repo);
+    let mut more = needles.clone();
+    more.extend(["DURING-MIGRATE-88".to_string(), "MSG-DURING-47".to_string(), sha]);
+    assert_encrypted_only(&env, "c", &more);
+}

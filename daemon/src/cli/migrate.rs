@@ -39,23 +39,25 @@ pub(crate) async fn run(ctx: &mut Ctx, args: MigrateArgs) -> CliResult {
         let n = recipients.len();
         let to = if r.finished_earlier_run { "finished its encryption".to_string() } else { format!("encrypted it to {n} recipient{}", plural(n)) };
         ctx.println(format!(
-            "Migrated {url}: {to} ({} refs, {} objects re-encrypted, {}; {} plaintext objects deleted)",
+            "Migrated {url}: {to} ({} refs, {} objects re-encrypted, {}; {} plaintext objects deleted{})",
             r.refs,
             r.copied,
             human_bytes(r.bytes),
-            r.deleted
+            r.deleted,
+            pushes_kept(&r)
         ));
         return Ok(0);
     }
     if args.decrypt {
-        let r: CryptReport = decrypt(&remote.store, url, &tmp, &ctx.env).await?;
+        let r = decrypt(&remote.store, url, &tmp, &ctx.env).await?;
         let what = if r.finished_earlier_run { "finished its decryption" } else { "decrypted it" };
         ctx.println(format!(
-            "Migrated {url}: {what} ({} refs, {} objects written in plaintext, {}; {} encrypted objects and keyring deleted)",
+            "Migrated {url}: {what} ({} refs, {} objects written in plaintext, {}; {} encrypted objects and keyring deleted{})",
             r.refs,
             r.copied,
             human_bytes(r.bytes),
-            r.deleted
+            r.deleted,
+            pushes_kept(&r)
         ));
         return Ok(0);
     }
@@ -75,6 +77,14 @@ pub(crate) async fn run(ctx: &mut Ctx, args: MigrateArgs) -> CliResult {
     };
     ctx.println(format!("Migrated {url} to the {to} format: {} refs, {} written, {} old objects deleted", r.refs, human_bytes(r.bytes), r.deleted));
     Ok(0)
+}
+
+/// What the report says of pushes that landed during the copy.
+fn pushes_kept(r: &CryptReport) -> String {
+    match r.retried {
+        0 => String::new(),
+        n => format!("; the manifest changed {n} time(s) meanwhile (pushes): their packs were copied too"),
+    }
 }
 
 fn plural(n: usize) -> &'static str {

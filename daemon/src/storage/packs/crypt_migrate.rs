@@ -46,6 +46,8 @@ pub(crate) struct CryptReport {
     pub(crate) deleted: usize,
     /// The switch had been made by an earlier, interrupted run.
     pub(crate) finished_earlier_run: bool,
+    /// Switches tried again because a push changed the manifest meanwhile.
+    pub(crate) retried: u32,
 }
 
 /// Which way a migration goes.
@@ -216,10 +218,14 @@ async fn switch(
     report: &mut CryptReport,
 ) -> Result<Manifest, StorageError> {
     let (mut m, mut etag) = found;
-    for _ in 0..MAX_ATTEMPTS {
+    for attempt in 0..MAX_ATTEMPTS {
         let (copied, bytes) = copy_packs(store, url, tmp_root, env, key, way, &m).await?;
         report.copied += copied;
         report.bytes = report.bytes.saturating_add(bytes);
+        #[cfg(feature = "test-hooks")]
+        if let Some(gate) = crate::test_hooks::migrate_switch_gate(env).filter(|_| attempt == 0) {
+            crate::test_hooks::wait_for_gate(&gate).await;
+        }
         let mut next = m.clone();
         next.serial += 1;
         // Retired packs are of the old form: deleted below, not carried over.
@@ -241,7 +247,8 @@ async fn switch(
                 return Ok(next);
             }
             Err(e) if e.is_precondition_failed() || e.is_not_found() => {
-                tracing::info!(remote = %url, "the manifest changed during the migration (a push): copying its packs too");
+                tracing::info!(remote = %url, attempt, "the manifest changed during the migration (a push): copying its packs too");
+                report.retried += 1;
                 let Some(again) = read_manifest(store, url).await? else {
                     return Err(StorageError::Format(format!("{url}'s manifest was deleted during the migration")));
                 };
