@@ -287,6 +287,12 @@ fn a_crash_during_migrate_encrypt_to_or_decrypt_is_finished_by_a_rerun() {
         env.run_fail(c);
         // Readable, and a push lands (in the form the manifest has).
         clone_and_check(&env, &url, &format!("after-{point}"), &repo);
+        // Before the switch (and after a decrypt's), doctor names the unfinished migration.
+        if point != "encrypt-switched" && point != "decrypt-copied" {
+            let doc: Value = serde_json::from_str(&env.git_s3(&env.work(), &["doctor", "--json", &url])).unwrap();
+            let kinds: Vec<&str> = doc["issues"].as_array().unwrap().iter().filter_map(|i| i["kind"].as_str()).collect();
+            assert!(kinds.contains(&"unfinished_crypt_migration"), "{point}: {doc}");
+        }
         env.commit(&repo, &format!("{point}.txt"), &format!("{point}\n"), point);
         let before = objects(&env, "k").len();
         env.git(&repo, &["push", "-q", "origin", "main"]);

@@ -102,6 +102,9 @@ versioning), or push a complete clone to a new prefix (`git push --mirror`).",
     if !view.scan.bundles.is_empty() {
         explain_both_formats(ctx, remote, view, &m, rep);
     }
+    if crypt.is_none() && remote.store.head(&crate::storage::crypt::keyring_key(&remote.url)).await?.is_some() {
+        explain_unfinished_crypt_migration(ctx, remote, rep);
+    }
     check_packs(ctx, remote, crypt.as_ref(), &m, args, rep).await?;
     if let Err(e) = fix_head(ctx, remote, &m, args, rep, interactive).await {
         if matches!(e, CliError::Aborted | CliError::Usage(_)) {
@@ -119,6 +122,22 @@ versioning), or push a complete clone to a new prefix (`git push --mirror`).",
             "packs": m.packs.len(), "pack_bytes": m.pack_bytes(), "retired": m.retired.len(),
         }),
     }))
+}
+
+/// A keyring beside a plaintext manifest: a `git s3 migrate --encrypt-to`
+/// that has not switched yet, or a `--decrypt` that switched and has not
+/// deleted the keyring (issue 22). Readers see the plaintext remote.
+fn explain_unfinished_crypt_migration(ctx: &Ctx, remote: &Remote, rep: &mut Report) {
+    let url = &remote.url;
+    rep.issues.push(json!({"kind": "unfinished_crypt_migration", "keyring": crate::storage::crypt::keyring_key(url)}));
+    rep.line(ctx, "");
+    rep.line(
+        ctx,
+        format!(
+            "A keyring is beside the plaintext manifest: a `git s3 migrate --encrypt-to` or `--decrypt` has not finished (readers see the plaintext remote). \
+Finish it by running it again: `git s3 migrate --encrypt-to age1… {url}` or `git s3 migrate --decrypt {url}`."
+        ),
+    );
 }
 
 /// A prefix with a manifest and 0.4.2 bundles: git-s3 refuses it. Shows
