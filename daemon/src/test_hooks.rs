@@ -33,8 +33,16 @@ pub(crate) const RANGED_READ_GATE: &str = "GIT_S3_TEST_RANGED_READ_GATE";
 /// write and the first bundle deletion; `to-packs-before-head`: after every
 /// bundle's deletion, before the HEAD object's; `to-bundles`: after the freeze and
 /// the first bundle write; `to-bundles-manifest-deleted`: after the manifest
-/// deletion, before the packs'), to test that a rerun finishes it.
+/// deletion, before the packs'; `encrypt-copied` / `decrypt-copied`: after
+/// the first pack or `.idx` copied into the new form, before the switch;
+/// `encrypt-switched` / `decrypt-switched`: after the manifest's switch,
+/// before the old form's deletion), to test that a rerun finishes it.
 pub(crate) const CRASH_DURING_MIGRATE: &str = "GIT_S3_TEST_CRASH_DURING_MIGRATE";
+
+/// A file `git s3 migrate --encrypt-to` / `--decrypt` waits for (at most a
+/// minute) after its first copy, before its first switch attempt: the test
+/// pushes meanwhile, so the switch finds the manifest changed.
+pub(crate) const MIGRATE_SWITCH_GATE: &str = "GIT_S3_TEST_MIGRATE_SWITCH_GATE";
 
 /// A push, between its pack upload and its manifest write.
 pub(crate) fn crash_before_manifest(env: &HashMap<String, String>) {
@@ -64,6 +72,11 @@ pub(crate) fn push_upload_gate(env: &HashMap<String, String>) -> Option<PathBuf>
     env.get(PUSH_UPLOAD_GATE).map(PathBuf::from)
 }
 
+/// The gate before an encryption migration's first switch, when the test set one.
+pub(crate) fn migrate_switch_gate(env: &HashMap<String, String>) -> Option<PathBuf> {
+    env.get(MIGRATE_SWITCH_GATE).map(PathBuf::from)
+}
+
 /// The gate of a push's background views write, when the test set one.
 pub(crate) fn views_write_gate(env: &HashMap<String, String>) -> Option<PathBuf> {
     env.get(VIEWS_WRITE_GATE).map(PathBuf::from)
@@ -91,7 +104,7 @@ pub(crate) async fn wait_for_gate(gate: &Path) {
     tracing::warn!(gate = %gate.display(), "test gate never opened");
 }
 
-/// A migration at `point` (`to-packs` or `to-bundles`).
+/// A migration at `point` (see [`CRASH_DURING_MIGRATE`]).
 pub(crate) fn crash_during_migrate(env: &HashMap<String, String>, point: &str) {
     if env.get(CRASH_DURING_MIGRATE).map(String::as_str) == Some(point) {
         tracing::error!("{CRASH_DURING_MIGRATE}={point}: exiting half-way through the migration");

@@ -2,8 +2,7 @@
 //! first slice): `git s3 keygen`, `git s3 init --format packs --encrypt-to`,
 //! push, clone and fetch through the real git and the test S3 server; every
 //! object in the bucket scanned for what the repository holds; a clone
-//! with another identity refused in one line; the refusals for bundles and
-//! for commands not built for encrypted remotes yet.
+//! with another identity refused in one line; the refusals for bundles.
 #![allow(clippy::unwrap_used)] // a test's unwrap is an assertion (Cargo.toml, [workspace.lints])
 
 use std::path::{Path, PathBuf};
@@ -256,11 +255,11 @@ fn an_encrypted_remote_reveals_nothing_and_clones_with_the_right_identity() {
     let found = [needles.found_in(&objs), more.found_in(&objs)].concat();
     assert!(found.is_empty(), "the encrypted bucket reveals: {found:?}");
 
-    // gc is not built for encrypted remotes: refused, nothing deleted.
+    // The bundles format stays plaintext: `migrate --to bundles` is refused, nothing deleted.
     let mut c = env.command("git-s3", &env.work());
-    c.args(["gc", &url]);
+    c.args(["migrate", "--to", "bundles", &url]);
     let stderr = String::from_utf8_lossy(&env.run_fail(c).stderr).into_owned();
-    assert!(stderr.contains("is encrypted: `git s3 gc` does not handle encrypted remotes yet"), "{stderr}");
+    assert!(stderr.contains("run `git s3 migrate --decrypt"), "{stderr}");
     assert_eq!(objects(&env, "crypt").len(), 6);
 }
 

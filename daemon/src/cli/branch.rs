@@ -158,6 +158,8 @@ pub(crate) enum BranchOp {
 /// The packs side of delete-branch/protect/unprotect; None when `remote` is
 /// not a packs remote.
 pub(crate) async fn branch_op(ctx: &mut Ctx, remote: &Remote, refname: &str, op: BranchOp, yes: bool) -> Result<Option<i32>, CliError> {
+    // An encrypted remote: opened with the caller's identities (issue 22).
+    remote.open_key(ctx).await?;
     let Some((m, _)) = read_manifest(&remote.store, &remote.url).await? else {
         return Ok(None);
     };

@@ -30,6 +30,8 @@ pub(crate) struct GcArgs {
 
 pub(crate) async fn run(ctx: &mut Ctx, args: GcArgs) -> CliResult {
     let remote = Remote::resolve(ctx, &args.remote).await?;
+    // An encrypted remote: its key, so that gc reads and writes its packs.
+    remote.open_key(ctx).await?;
     let tmp = ctx.state.cache.root().join("tmp");
     let mode = if args.geometric { GcMode::Geometric } else { GcMode::Full };
     let grace = Duration::from_secs(args.grace_seconds);

@@ -1,5 +1,6 @@
 //! A `<remote-or-url>` argument, and what a prefix holds, read for the CLI.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::local::git::Git;
@@ -7,6 +8,9 @@ use crate::s3::store::{ObjectInfo, S3Store};
 use crate::s3::url::{s3_url_of_remote, RemoteNameError, RemoteUrl};
 use crate::s3::write_options::BucketPolicy;
 use crate::storage::bundles::layout::{self, PrefixScan, PROTECTED_MARKER};
+use crate::storage::crypt::{self, keyring, CryptError, RemoteKey};
+use crate::storage::packs::manifest::{self, read_manifest};
+use crate::storage::StorageError;
 
 use super::{CliError, Ctx};
 
@@ -38,6 +42,28 @@ impl Remote {
         let policy = BucketPolicy::from_git(&git, name.as_deref()).await.map_err(|e| CliError::Usage(e.to_string()))?;
         let store = ctx.state.store_for(&ctx.env, &url).await.with_policy(policy);
         Ok(Remote { name, url, store })
+    }
+
+    /// On an encrypted packs remote (issue 22), opens its keyring with the
+    /// caller's identities, as every git command does, so that its
+    /// manifest reads (a caller none of whose identities opens it gets the
+    /// one-line refusal); someone else's access, earlier in this daemon,
+    /// never counts. None (and nothing opened) on any other prefix: one
+    /// manifest read, which the command's own read then finds held.
+    pub(crate) async fn open_key(&self, ctx: &Ctx) -> Result<Option<Arc<RemoteKey>>, CliError> {
+        let (store, url) = (&self.store, &self.url);
+        if crypt::opened(store, url).is_none() {
+            match read_manifest(store, url).await {
+                Err(StorageError::Crypt(CryptError::NotOpened(_))) => {}
+                _ => return Ok(None),
+            }
+        }
+        let key = keyring::open(store, url, &ctx.env).await.map_err(StorageError::from)?;
+        if key.is_none() {
+            // The keyring is gone: what this daemon holds of the remote is stale.
+            manifest::forget_held(store, url);
+        }
+        Ok(key)
     }
 
     /// Reads the whole prefix: bundles, locks, markers, HEAD.

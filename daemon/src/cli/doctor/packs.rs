@@ -5,7 +5,8 @@
 //! migration, unreferenced or retired packs and piled-up packs (all for
 //! `git s3 gc` or `git s3 migrate`, which it names).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -13,6 +14,8 @@ use serde_json::{json, Value};
 use super::common::{choose_head, DoctorArgs, Report};
 use crate::cli::remote::{branch_ref, Remote, View};
 use crate::cli::{human_bytes, CliError, Ctx};
+use crate::s3::store::ObjectInfo;
+use crate::storage::crypt::RemoteKey;
 use crate::storage::packs::gc::DEFAULT_GRACE_SECONDS;
 use crate::storage::packs::manifest::{self, read_manifest, unix_now, update_manifest, Manifest};
 use crate::storage::StorageError;
@@ -40,11 +43,10 @@ pub(super) async fn check(
     interactive: bool,
 ) -> Result<Option<PacksFindings>, CliError> {
     let key = manifest::manifest_key(&remote.url);
+    // An encrypted remote (issue 22): its key names and decrypts its objects.
+    let crypt = remote.open_key(ctx).await?;
     let (m, etag) = match read_manifest(&remote.store, &remote.url).await {
-        Ok(Some(found)) => {
-            crate::storage::crypt::refuse_if_opened(&remote.store, &remote.url, "`git s3 doctor`").map_err(crate::storage::StorageError::from)?;
-            found
-        }
+        Ok(Some(found)) => found,
         Ok(None) => return Ok(None),
         Err(StorageError::Corrupt(msg)) => {
             rep.line(ctx, format!("{}: packs format", remote.url));
@@ -100,7 +102,10 @@ versioning), or push a complete clone to a new prefix (`git push --mirror`).",
     if !view.scan.bundles.is_empty() {
         explain_both_formats(ctx, remote, view, &m, rep);
     }
-    check_packs(ctx, remote, &m, args, rep).await?;
+    if crypt.is_none() && remote.store.head(&crate::storage::crypt::keyring_key(&remote.url)).await?.is_some() {
+        explain_unfinished_crypt_migration(ctx, remote, rep);
+    }
+    check_packs(ctx, remote, crypt.as_ref(), &m, args, rep).await?;
     if let Err(e) = fix_head(ctx, remote, &m, args, rep, interactive).await {
         if matches!(e, CliError::Aborted | CliError::Usage(_)) {
             return Err(e);
@@ -117,6 +122,22 @@ versioning), or push a complete clone to a new prefix (`git push --mirror`).",
             "packs": m.packs.len(), "pack_bytes": m.pack_bytes(), "retired": m.retired.len(),
         }),
     }))
+}
+
+/// A keyring beside a plaintext manifest: a `git s3 migrate --encrypt-to`
+/// that has not switched yet, or a `--decrypt` that switched and has not
+/// deleted the keyring (issue 22). Readers see the plaintext remote.
+fn explain_unfinished_crypt_migration(ctx: &Ctx, remote: &Remote, rep: &mut Report) {
+    let url = &remote.url;
+    rep.issues.push(json!({"kind": "unfinished_crypt_migration", "keyring": crate::storage::crypt::keyring_key(url)}));
+    rep.line(ctx, "");
+    rep.line(
+        ctx,
+        format!(
+            "A keyring is beside the plaintext manifest: a `git s3 migrate --encrypt-to` or `--decrypt` has not finished (readers see the plaintext remote). \
+Finish it by running it again: `git s3 migrate --encrypt-to age1… {url}` or `git s3 migrate --decrypt {url}`."
+        ),
+    );
 }
 
 /// A prefix with a manifest and 0.4.2 bundles: git-s3 refuses it. Shows
@@ -157,31 +178,35 @@ fn explain_both_formats(ctx: &Ctx, remote: &Remote, view: &View, m: &Manifest, r
 
 /// Every pack of the manifest is in the bucket; reports unreferenced,
 /// retired and piled-up packs.
-async fn check_packs(ctx: &Ctx, remote: &Remote, m: &Manifest, args: &DoctorArgs, rep: &mut Report) -> Result<(), CliError> {
+async fn check_packs(
+    ctx: &Ctx,
+    remote: &Remote,
+    crypt: Option<&Arc<RemoteKey>>,
+    m: &Manifest,
+    args: &DoctorArgs,
+    rep: &mut Report,
+) -> Result<(), CliError> {
+    let key = crypt.map(|k| &**k);
     let dir = manifest::packs_dir(&remote.url);
     let objects = remote.store.list(&dir).await?;
-    // name → (.pack info, .idx info)
-    let mut found: BTreeMap<String, (Option<u64>, Option<u64>, Duration)> = BTreeMap::new();
-    for o in &objects {
-        let Some(leaf) = o.key.strip_prefix(&dir) else { continue };
-        let Some(rest) = leaf.strip_prefix("pack-") else { continue };
-        if let Some(name) = rest.strip_suffix(".pack") {
-            let e = found.entry(name.to_string()).or_insert((None, None, o.age()));
-            e.0 = Some(o.size);
-        } else if let Some(name) = rest.strip_suffix(".idx") {
-            found.entry(name.to_string()).or_insert((None, None, o.age())).1 = Some(o.size);
-        }
-    }
+    let found = found_packs(&dir, &objects, key, m);
     let mut broken = 0;
     for p in &m.packs {
         let (pack, idx, _) = found.get(&p.name).cloned().unwrap_or((None, None, Duration::ZERO));
-        if pack == Some(p.size) && idx.is_none() {
-            restore_idx(ctx, remote, p, args, rep).await;
+        if pack.is_some_and(|s| size_fits(key, p.size, s)) && idx.is_none() {
+            restore_idx(ctx, remote, crypt, p, args, rep).await;
             continue;
         }
+        let object = |ext: &str| match key {
+            Some(k) => {
+                let g = k.of_generation(p.key).unwrap_or(k);
+                format!("pack-{}.{ext} (object {})", p.name, g.object_name(&format!("pack-{}.{ext}", p.name)))
+            }
+            None => format!("pack-{}.{ext}", p.name),
+        };
         let problem = match pack {
-            None => Some(format!("pack-{}.pack is missing", p.name)),
-            Some(s) if s != p.size => Some(format!("pack-{}.pack has {s} bytes, the manifest says {}", p.name, p.size)),
+            None => Some(format!("{} is missing", object("pack"))),
+            Some(s) if !size_fits(key, p.size, s) => Some(format!("{} has {s} bytes, the manifest says {}", object("pack"), p.size)),
             _ => None,
         };
         if let Some(problem) = problem {
@@ -200,8 +225,13 @@ async fn check_packs(ctx: &Ctx, remote: &Remote, m: &Manifest, args: &DoctorArgs
     }
     let listed = m.referenced_pack_names();
     // Views: missing, older than the packs, or naming packs gone from the bucket.
-    let gone: Vec<&str> =
-        m.views.iter().flat_map(|v| v.packs()).filter(|p| found.get(&p.name).and_then(|f| f.0) != Some(p.size)).map(|p| p.name.as_str()).collect();
+    let gone: Vec<&str> = m
+        .views
+        .iter()
+        .flat_map(|v| v.packs())
+        .filter(|p| !found.get(&p.name).and_then(|f| f.0).is_some_and(|s| size_fits(key, p.size, s)))
+        .map(|p| p.name.as_str())
+        .collect();
     if !m.packs.is_empty() && (crate::storage::packs::gc::views_stale(m) || !gone.is_empty()) {
         let uncovered: u64 = m.uncovered().map(|p| p.size).sum();
         let why = if m.views.is_none() {
@@ -256,10 +286,70 @@ async fn check_packs(ctx: &Ctx, remote: &Remote, m: &Manifest, args: &DoctorArgs
     Ok(())
 }
 
+/// The `.pack` and `.idx` in the bucket, by pack name: name → (.pack
+/// size, .idx size, age). Plaintext objects are `pack-<name>.<ext>`; an
+/// encrypted remote's (issue 22) are the HMAC'd names of the manifest's
+/// packs, and any other object is listed under its own name (unreferenced).
+type Found = BTreeMap<String, (Option<u64>, Option<u64>, Duration)>;
+
+fn found_packs(dir: &str, objects: &[ObjectInfo], key: Option<&RemoteKey>, m: &Manifest) -> Found {
+    let named: HashMap<String, (String, bool)> = match key {
+        Some(k) => m
+            .referenced_pack_names()
+            .into_iter()
+            .flat_map(|n| {
+                // Under every generation of the key: a pack may predate a rotation.
+                k.generations().flat_map(move |g| {
+                    [
+                        (g.object_name(&format!("pack-{n}.pack")), (n.to_string(), true)),
+                        (g.object_name(&format!("pack-{n}.idx")), (n.to_string(), false)),
+                    ]
+                })
+            })
+            .collect(),
+        None => HashMap::new(),
+    };
+    let mut found = Found::new();
+    for o in objects {
+        let Some(leaf) = o.key.strip_prefix(dir) else { continue };
+        let (name, is_pack) = match (key, named.get(leaf)) {
+            (Some(_), Some((n, p))) => (n.clone(), *p),
+            (Some(_), None) => (leaf.to_string(), true),
+            (None, _) => match leaf
+                .strip_prefix("pack-")
+                .and_then(|r| r.strip_suffix(".pack").map(|n| (n, true)).or_else(|| r.strip_suffix(".idx").map(|n| (n, false))))
+            {
+                Some((n, p)) => (n.to_string(), p),
+                None => continue,
+            },
+        };
+        let e = found.entry(name).or_insert((None, None, o.age()));
+        if is_pack {
+            e.0 = Some(o.size);
+        } else {
+            e.1 = Some(o.size);
+        }
+    }
+    found
+}
+
+/// Whether an object of `size` bytes holds a pack of `plain` bytes: the
+/// same size, or for an age file (encrypted remote) the plaintext plus 16
+/// bytes per 64 KiB chunk and a header (a few hundred bytes).
+fn size_fits(key: Option<&RemoteKey>, plain: u64, size: u64) -> bool {
+    match key {
+        None => size == plain,
+        Some(_) => {
+            let payload = plain.saturating_add(16 * plain.div_ceil(64 * 1024).max(1));
+            size > payload && size - payload <= 4096
+        }
+    }
+}
+
 /// A pack whose `.idx` is missing (a daemon stopped right after the push's
 /// manifest write): readers do not need it, so this is not an error; doctor
 /// re-creates it from the pack unless `--dry-run`.
-async fn restore_idx(ctx: &Ctx, remote: &Remote, pack: &manifest::PackEntry, args: &DoctorArgs, rep: &mut Report) {
+async fn restore_idx(ctx: &Ctx, remote: &Remote, key: Option<&Arc<RemoteKey>>, pack: &manifest::PackEntry, args: &DoctorArgs, rep: &mut Report) {
     let name = &pack.name;
     rep.issues.push(json!({"kind": "missing_idx", "pack": name}));
     rep.line(ctx, "");
@@ -270,7 +360,7 @@ async fn restore_idx(ctx: &Ctx, remote: &Remote, pack: &manifest::PackEntry, arg
         return;
     }
     let tmp = ctx.state.cache.root().join("tmp");
-    match crate::storage::packs::scratch::restore_idx(&remote.store, &remote.url, pack, &tmp, &ctx.env).await {
+    match crate::storage::packs::scratch::restore_idx(&remote.store, &remote.url, key, pack, &tmp, &ctx.env).await {
         Ok(bytes) => {
             rep.line(ctx, format!("Re-created pack-{name}.idx ({})", human_bytes(bytes)));
             rep.actions.push(json!({"action": "restored_idx", "pack": name}));
@@ -319,4 +409,54 @@ async fn fix_head(ctx: &mut Ctx, remote: &Remote, m: &Manifest, args: &DoctorArg
     rep.line(ctx, format!("Set HEAD to {target}"));
     rep.actions.push(json!({"action": "set_head", "ref": target}));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_age_file_fits_the_plaintext_size_the_manifest_lists() {
+        let k = RemoteKey::generate();
+        for n in [0usize, 1, 1000, 65_535, 65_536, 65_537, 3 * 65_536, 300_000] {
+            let data = vec![7u8; n];
+            let enc = crate::storage::crypt::codec::encrypt_bytes(&k, &data).unwrap();
+            let len = enc.len() as u64;
+            assert!(size_fits(Some(&k), n as u64, len), "{n} bytes: an age file of {len}");
+            // a pack of another size (one chunk more or less) does not fit
+            assert!(!size_fits(Some(&k), n as u64 + 65_536, len), "{n}");
+            assert!(!size_fits(Some(&k), (n as u64).saturating_sub(65_536), len) || n < 65_536, "{n}");
+            assert!(!size_fits(None, n as u64, len));
+        }
+        assert!(size_fits(None, 10, 10));
+    }
+
+    #[test]
+    fn encrypted_objects_are_found_by_name_mapping() {
+        let k = RemoteKey::generate();
+        let (a, b) = ("a".repeat(40), "b".repeat(40));
+        let m = Manifest {
+            packs: vec![manifest::PackEntry { name: a.clone(), size: 5, idx_size: 3, objects: 1, tips: vec![], created: 0, key: None, map_size: 0 }],
+            ..Default::default()
+        };
+        let obj = |leaf: String, size: u64| ObjectInfo {
+            key: format!("p/.git-s3/packs/{leaf}"),
+            size,
+            etag: String::new(),
+            last_modified: std::time::SystemTime::now(),
+        };
+        let objects = vec![
+            obj(k.object_name(&format!("pack-{a}.pack")), 200),
+            obj(k.object_name(&format!("pack-{a}.idx")), 190),
+            obj(k.object_name(&format!("pack-{b}.pack")), 180),
+        ];
+        let found = found_packs("p/.git-s3/packs/", &objects, Some(&k), &m);
+        assert_eq!(found.get(&a).map(|f| (f.0, f.1)), Some((Some(200), Some(190))));
+        // b is not in the manifest: listed under its object name, unreferenced
+        let leaf = k.object_name(&format!("pack-{b}.pack"));
+        assert_eq!(found.get(&leaf).map(|f| f.0), Some(Some(180)));
+        assert_eq!(found.len(), 2);
+        // without the key, the HMAC'd names are nobody's packs
+        assert!(found_packs("p/.git-s3/packs/", &objects, None, &m).is_empty());
+    }
 }

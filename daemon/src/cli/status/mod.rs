@@ -76,7 +76,7 @@ pub(crate) async fn run(ctx: &mut Ctx, args: StatusArgs) -> CliResult {
 
 async fn remote_status(ctx: &Ctx, arg: &str, ttl: Duration) -> Result<Value, super::CliError> {
     let remote = Remote::resolve(ctx, arg).await?;
-    let mut status = match packs::remote_status(&remote).await? {
+    let mut status = match packs::remote_status(ctx, &remote).await? {
         Some(packs) => packs,
         None => bundles_status(&remote, ttl).await?,
     };
@@ -223,6 +223,10 @@ fn print_text(ctx: &Ctx, doc: &Value) {
             u(&r["manifest"]["serial"])
         )),
         f => ctx.println(format!("  format: {}", f.unwrap_or("bundles"))),
+    }
+    if let Some(n) = r["encryption"]["recipients"].as_u64() {
+        let fps: Vec<String> = r["encryption"]["fingerprints"].as_array().map(|a| a.iter().map(s).collect()).unwrap_or_default();
+        ctx.println(format!("  encrypted to {n} recipient{} (fingerprints {})", if n == 1 { "" } else { "s" }, fps.join(", ")));
     }
     match r["object_format"].as_str() {
         Some(f) => ctx.println(format!("  object format: {f}")),

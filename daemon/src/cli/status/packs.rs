@@ -4,14 +4,24 @@
 use serde_json::{json, Value};
 
 use crate::cli::remote::Remote;
-use crate::cli::CliError;
+use crate::cli::{CliError, Ctx};
+use crate::storage::crypt::keyring;
 use crate::storage::detect::{mixed_formats_error, scan_refs_dir};
 use crate::storage::packs::manifest::read_manifest;
+use crate::storage::StorageError;
 
 /// The status document of a packs remote, or None when the prefix has no manifest.
-pub(crate) async fn remote_status(remote: &Remote) -> Result<Option<Value>, CliError> {
+pub(crate) async fn remote_status(ctx: &Ctx, remote: &Remote) -> Result<Option<Value>, CliError> {
+    // An encrypted remote (issue 22): opened with the caller's identities.
+    let encrypted = remote.open_key(ctx).await?.is_some();
     let Some((m, etag)) = read_manifest(&remote.store, &remote.url).await? else {
         return Ok(None);
+    };
+    let encryption = if encrypted {
+        let fps = keyring::fingerprints(&remote.store, &remote.url).await.map_err(StorageError::from)?.unwrap_or_default();
+        json!({"recipients": fps.len(), "fingerprints": fps})
+    } else {
+        Value::Null
     };
     let refs_dir = scan_refs_dir(&remote.store, &remote.url).await?;
     let mut warnings = Vec::new();
@@ -35,6 +45,7 @@ pub(crate) async fn remote_status(remote: &Remote) -> Result<Option<Value>, CliE
         "bucket": remote.url.bucket,
         "prefix": remote.url.prefix,
         "format": "packs",
+        "encryption": encryption,
         "object_format": m.known_format().map(|f| f.name()),
         "head": head,
         "refs": refs,

@@ -145,6 +145,15 @@ pub(crate) async fn create(
     Ok(())
 }
 
+/// The fingerprints of the recipients `url`'s keyring was encrypted to
+/// (its plaintext metadata; what `git s3 status` shows), None without a keyring.
+pub(crate) async fn fingerprints(store: &S3Store, url: &RemoteUrl) -> Result<Option<Vec<String>>, CryptError> {
+    Ok(store
+        .head_with_metadata(&keyring_key(url))
+        .await?
+        .map(|(_, meta)| meta.get(META_RECIPIENTS).map(|f| f.split_whitespace().map(str::to_string).collect()).unwrap_or_default()))
+}
+
 /// A keyring opened: its plaintext parsed and the ETag it was read at.
 #[derive(Debug)]
 pub(crate) struct Opened {

@@ -17,14 +17,16 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::local::git::Git;
 use crate::s3::store::{PutOptions, S3Store, WriteCondition};
 use crate::s3::url::RemoteUrl;
+use crate::storage::crypt::RemoteKey;
 use crate::storage::packs::git_ops::SCRATCH_PACK_CONFIG;
 use crate::storage::packs::manifest::{self, read_manifest, unix_now, update_manifest, Manifest, PackEntry, RetiredPack};
-use crate::storage::packs::scratch::{pack_of, scratch_from_packs, upload_pack_of, written_pack};
+use crate::storage::packs::scratch::{keyed, pack_of, scratch_from_packs, upload_pack_of, written_pack};
 use crate::storage::packs::views;
 use crate::storage::StorageError;
 
@@ -156,8 +158,9 @@ pub(crate) async fn gc(
     let Some((m0, etag0)) = read_manifest(store, url).await? else {
         return Err(StorageError::Format(format!("{url} has no packs manifest (not a packs remote)")));
     };
-    // Encrypted packs have HMAC'd names that gc would take for unreferenced ones.
-    crate::storage::crypt::refuse_if_opened(store, url, "`git s3 gc`")?;
+    // An encrypted remote's manifest reads only with its key opened (issue
+    // 22): its packs are age files under HMAC'd names, read and written so.
+    let key = crate::storage::crypt::opened(store, url);
     if let Some(msg) = m0.frozen_error(url) {
         return Err(StorageError::Format(msg));
     }
@@ -169,13 +172,13 @@ pub(crate) async fn gc(
     tracing::info!(packs = m0.packs.len(), combine = combine.len(), bytes = report.combined_bytes, "gc plan");
     let mut current = m0.clone();
     if !combine.is_empty() && !dry_run {
-        let scratch = Scratch { store, url, tmp_root, env };
+        let scratch = Scratch { store, url, key: key.as_ref(), tmp_root, env };
         match scratch.compact(mode, &m0, etag0, &combine, &mut report).await? {
             Some(next) => current = next,
             None => return Ok(report),
         }
     }
-    delete_old_packs(store, url, current, grace, dry_run, &mut report).await?;
+    delete_old_packs(store, url, key.as_deref(), current, grace, dry_run, &mut report).await?;
     Ok(report)
 }
 
@@ -195,6 +198,8 @@ fn packs_to_combine(m0: &Manifest, mode: GcMode) -> Vec<&PackEntry> {
 struct Scratch<'a> {
     store: &'a S3Store,
     url: &'a RemoteUrl,
+    /// An encrypted remote's key.
+    key: Option<&'a Arc<RemoteKey>>,
     tmp_root: &'a Path,
     env: &'a HashMap<String, String>,
 }
@@ -215,16 +220,16 @@ impl Scratch<'_> {
     ) -> Result<Option<Manifest>, StorageError> {
         let (store, url) = (self.store, self.url);
         let dir = tempfile::Builder::new().prefix("gc-").tempdir_in(self.tmp_root)?;
-        let (git, local_names) = scratch_from_packs(store, url, combine, dir.path(), self.env).await?;
-        let entry = combined_pack(&git, dir.path(), mode, m0, combine, &local_names).await?;
+        let (git, local_names) = scratch_from_packs(store, url, self.key, combine, dir.path(), self.env).await?;
+        let entry = keyed(combined_pack(&git, dir.path(), mode, m0, combine, &local_names).await?, self.key);
         let name = entry.name.clone();
-        upload_pack_of(store, url, dir.path(), &entry).await?;
+        upload_pack_of(store, url, self.key, dir.path(), &entry).await?;
         let views = self.views_after(&git, dir.path(), mode, m0, combine, &name).await?;
         report.views = views.clone();
         let next = replaced_packs(m0, combine, &entry, views, unix_now());
         let opts = PutOptions { condition: WriteCondition::IfMatch(etag0), ..Default::default() };
         manifest::forget_held(store, url);
-        match store.put_bytes(&manifest::manifest_key(url), next.to_bytes(), opts).await {
+        match store.put_bytes(&manifest::manifest_key(url), manifest::encode(store, url, &next)?, opts).await {
             Ok(_) => {
                 manifest::note_written(store, url, &store.location(&manifest::manifest_key(url)), next.serial).await;
                 tracing::info!(
@@ -266,12 +271,12 @@ impl Scratch<'_> {
         match mode {
             GcMode::Full => {
                 let v = views::build(git, dir, &m0.refs, m0.head.as_ref(), [name.to_string()].into(), |out, tips| {
-                    let d = dir.to_path_buf();
-                    async move { written_pack(&d, &out, tips).await }
+                    let (d, key) = (dir.to_path_buf(), self.key.cloned());
+                    async move { written_pack(&d, &out, tips).await.map(|p| keyed(p, key.as_ref())) }
                 })
                 .await?;
                 for p in v.packs() {
-                    upload_pack_of(self.store, self.url, dir, p).await?;
+                    upload_pack_of(self.store, self.url, self.key, dir, p).await?;
                 }
                 Ok(Some(v))
             }
@@ -356,6 +361,7 @@ fn replaced_packs(m0: &Manifest, combine: &[&PackEntry], entry: &PackEntry, view
 async fn delete_old_packs(
     store: &S3Store,
     url: &RemoteUrl,
+    key: Option<&RemoteKey>,
     mut current: Manifest,
     grace: Duration,
     dry_run: bool,
@@ -373,13 +379,23 @@ async fn delete_old_packs(
         .await?;
     }
     let listed = current.referenced_pack_names();
+    let names = object_names(key, &listed, &expired);
     let dir = manifest::packs_dir(url);
     for o in store.list(&dir).await? {
         let Some(leaf) = o.key.strip_prefix(&dir) else { continue };
-        let Some(name) =
-            leaf.strip_prefix("pack-").and_then(|n| n.strip_suffix(".pack").or_else(|| n.strip_suffix(".idx")).or_else(|| n.strip_suffix(".map")))
-        else {
-            continue;
+        let name = match names.get(leaf) {
+            Some(n) => n.as_str(),
+            // An encrypted remote's object no manifest names (a name only
+            // the key tells, or a plaintext one a push that raced
+            // `git s3 migrate --encrypt-to` left): unreferenced.
+            None if key.is_some() => "",
+            None => match leaf
+                .strip_prefix("pack-")
+                .and_then(|n| n.strip_suffix(".pack").or_else(|| n.strip_suffix(".idx")).or_else(|| n.strip_suffix(".map")))
+            {
+                Some(n) => n,
+                None => continue,
+            },
         };
         if listed.contains(name) {
             if !current.live_packs().any(|p| p.name == name) {
@@ -402,9 +418,48 @@ async fn delete_old_packs(
     }
     Ok(())
 }
+/// The object names (leaves under `packs/`) of the packs in `listed` and
+/// `expired`, with their pack names: `pack-<name>.pack` / `.idx`, or on an
+/// encrypted remote their HMAC'd names, which only the key can tell.
+fn object_names(key: Option<&RemoteKey>, listed: &BTreeSet<&str>, expired: &BTreeSet<String>) -> HashMap<String, String> {
+    let mut names = HashMap::new();
+    for name in listed.iter().copied().chain(expired.iter().map(String::as_str)) {
+        for ext in ["pack", "idx"] {
+            let plain = format!("pack-{name}.{ext}");
+            match key {
+                // Under every generation of the key: a pack may predate a rotation.
+                Some(k) => {
+                    for g in k.generations() {
+                        names.insert(g.object_name(&plain), name.to_string());
+                    }
+                }
+                None => {
+                    names.insert(plain, name.to_string());
+                }
+            }
+        }
+    }
+    names
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn object_names_are_the_plain_or_hmac_names_of_listed_and_expired_packs() {
+        let (a, b) = ("a".repeat(40), "b".repeat(40));
+        let listed: BTreeSet<&str> = [a.as_str()].into();
+        let expired: BTreeSet<String> = [b.clone()].into();
+        let plain = object_names(None, &listed, &expired);
+        assert_eq!(plain.len(), 4);
+        assert_eq!(plain.get(&format!("pack-{a}.idx")), Some(&a));
+        let k = RemoteKey::generate();
+        let hidden = object_names(Some(&k), &listed, &expired);
+        assert_eq!(hidden.len(), 4);
+        assert_eq!(hidden.get(&k.object_name(&format!("pack-{b}.pack"))), Some(&b));
+        assert!(hidden.keys().all(|leaf| leaf.len() == 64 && !leaf.contains(&a) && !leaf.contains(&b)));
+    }
 
     fn pack(n: u8, size: u64) -> PackEntry {
         PackEntry { name: format!("{:02x}", n).repeat(20), size, idx_size: 0, objects: 1, tips: vec![], created: 0, key: None, map_size: 0 }

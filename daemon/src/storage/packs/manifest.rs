@@ -394,7 +394,7 @@ fn plaintext_of(store: &S3Store, url: &RemoteUrl, data: Vec<u8>) -> Result<Vec<u
         (true, Some(k)) => Ok(crypt::codec::decrypt_bytes(&k, &data, &format!("s3://{}/{}", store.bucket(), manifest_key(url)))?),
         (true, None) => Err(crypt::CryptError::NotOpened(url.to_string()).into()),
         (false, Some(_)) => Err(StorageError::Corrupt(format!(
-            "s3://{}/{}: the remote has a keyring but its manifest is plaintext; refusing it (was it replaced?)",
+            "s3://{}/{}: the remote has a keyring but its manifest is plaintext; refusing it (replaced? or a `git s3 migrate --decrypt` is finishing: try again, and if it was interrupted run it again)",
             store.bucket(),
             manifest_key(url)
         ))),

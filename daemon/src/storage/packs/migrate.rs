@@ -118,7 +118,7 @@ async fn migrate_to_packs_locked(
     }
     let tips: BTreeSet<String> = from_bundles.values().cloned().collect();
     let entry = pack_of(&git, dir.path(), &tips).await?;
-    upload_pack_of(store, url, dir.path(), &entry).await?;
+    upload_pack_of(store, url, None, dir.path(), &entry).await?;
     let head = store.get_small(&url.key("HEAD")).await?.map(|h| String::from_utf8_lossy(&h).trim().to_string());
     // A rerun keeps what an interrupted run (or a frozen manifest) holds.
     let (mut m, condition) = match &existing {
@@ -241,7 +241,7 @@ async fn migrate_to_bundles_locked(
 ) -> Result<MigrateReport, StorageError> {
     let dir = tempfile::Builder::new().prefix("migrate-").tempdir_in(tmp_root)?;
     let all: Vec<&PackEntry> = m.packs.iter().collect();
-    let (git, _) = scratch_from_packs(store, url, &all, dir.path(), env).await?;
+    let (git, _) = scratch_from_packs(store, url, None, &all, dir.path(), env).await?;
     let mut report = MigrateReport { refs: m.refs.len(), ..Default::default() };
     let mut written = BTreeSet::new();
     for (i, (r, sha)) in m.refs.iter().enumerate() {

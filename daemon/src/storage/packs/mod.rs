@@ -25,6 +25,7 @@
 //! (the bytes of `.idx` files and pack entries it reads).
 
 pub(crate) mod binding;
+pub(crate) mod crypt_migrate;
 pub(crate) mod fetch;
 pub(crate) mod gc;
 pub(crate) mod git_ops;

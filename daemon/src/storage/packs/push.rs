@@ -451,9 +451,17 @@ impl PackStorage {
         } else {
             tokio::time::sleep(backoff(attempt)).await;
         }
-        Ok(match read_manifest(&self.store, &self.url).await? {
-            Some((m, e)) => (m, Some(e)),
-            None => (Manifest::default(), None),
+        Ok(match read_manifest(&self.store, &self.url).await {
+            Ok(Some((m, e))) => (m, Some(e)),
+            Ok(None) => (Manifest::default(), None),
+            // `git s3 migrate --encrypt-to` switched the manifest since this push listed it.
+            Err(StorageError::Crypt(crate::storage::crypt::CryptError::NotOpened(_))) => {
+                return Err(StorageError::Format(format!(
+                    "{} was encrypted while this push ran (`git s3 migrate --encrypt-to`): nothing was pushed; push again",
+                    self.url
+                )))
+            }
+            Err(e) => return Err(e),
         })
     }
 
@@ -682,8 +690,7 @@ impl PackStorage {
     /// what was pushed since, not with the repository.
     fn maybe_gc_in_background(&self, ctx: &OpContext, packs: &[PackEntry]) {
         let limit = ctx.env.get("GIT_S3_GC_AUTO_PACKS").and_then(|v| v.parse::<usize>().ok()).unwrap_or(16);
-        // gc does not handle encrypted remotes yet (issue 22).
-        if limit == 0 || packs.len() < limit || self.is_encrypted() {
+        if limit == 0 || packs.len() < limit {
             return;
         }
         let rollup = crate::storage::packs::gc::geometric_rollup(packs);

@@ -6,15 +6,19 @@
 use crate::local::oid::ObjectFormat;
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
+use std::sync::Arc;
 
 use futures::stream::{StreamExt, TryStreamExt};
 
 use crate::local::git::{Git, GitError};
-use crate::s3::store::{PutOptions, S3Store};
+use crate::s3::store::PutOptions;
+use crate::s3::store::S3Store;
 use crate::s3::url::RemoteUrl;
+use crate::storage::crypt::{codec, RemoteKey};
 use crate::storage::packs::git_ops::{pack_object_count, SCRATCH_PACK_CONFIG};
 use crate::storage::packs::manifest::{self, unix_now, PackEntry};
 use crate::storage::packs::object_map;
+use crate::storage::packs::storage::{entry_object_key, object_key, put_object};
 use crate::storage::StorageError;
 
 /// A git environment for a scratch bare repository at `dir`.
@@ -30,6 +34,7 @@ fn scratch_git(dir: &Path, env: &HashMap<String, String>) -> Git {
 pub(super) async fn scratch_from_packs(
     store: &S3Store,
     url: &RemoteUrl,
+    key: Option<&Arc<RemoteKey>>,
     packs: &[&PackEntry],
     dir: &Path,
     env: &HashMap<String, String>,
@@ -43,15 +48,30 @@ pub(super) async fn scratch_from_packs(
             let git = git.clone();
             async move {
                 let file = tempfile::Builder::new().prefix("dl-").tempfile_in(dir)?;
-                let key = manifest::pack_key(url, &p.name);
-                match store.get_to_file(&key, file.path(), |_| {}).await {
+                let object = entry_object_key(url, key.map(|k| &**k), p, "pack")?;
+                match store.get_to_file(&object, file.path(), |_| {}).await {
                     Ok(_) => {}
                     Err(e) if e.is_not_found() => {
-                        return Err(StorageError::Corrupt(format!("the manifest names pack {} but s3://{}/{key} is missing", p.name, store.bucket())))
+                        return Err(StorageError::Corrupt(format!(
+                            "the manifest names pack {} but s3://{}/{object} is missing",
+                            p.name,
+                            store.bucket()
+                        )))
                     }
                     Err(e) => return Err(e.into()),
                 }
-                let local = git.index_pack_file(file.path()).await.map_err(|e| match e {
+                // An encrypted remote's pack: decrypted into a second file first.
+                let plain = match key {
+                    Some(k) => {
+                        let plain = tempfile::Builder::new().prefix("dl-").tempfile_in(dir)?;
+                        let what = format!("s3://{}/{object}", store.bucket());
+                        codec::decrypt_file(k.clone(), file.path().to_path_buf(), plain.path().to_path_buf(), what).await?;
+                        Some(plain)
+                    }
+                    None => None,
+                };
+                let key = object;
+                let local = git.index_pack_file(plain.as_ref().map_or(file.path(), |f| f.path())).await.map_err(|e| match e {
                     GitError::Failed { .. } => {
                         StorageError::Corrupt(format!("pack {} from s3://{}/{key} does not index: {e}", p.name, store.bucket()))
                     }
@@ -81,19 +101,20 @@ pub(super) async fn scratch_repo(dir: &Path, env: &HashMap<String, String>, form
 pub(crate) async fn restore_idx(
     store: &S3Store,
     url: &RemoteUrl,
+    key: Option<&Arc<RemoteKey>>,
     pack: &PackEntry,
     tmp_root: &Path,
     env: &HashMap<String, String>,
 ) -> Result<u64, StorageError> {
     let dir = tempfile::Builder::new().prefix("idx-").tempdir_in(tmp_root)?;
-    let (_, indexed) = scratch_from_packs(store, url, &[pack], dir.path(), env).await?;
+    let (_, indexed) = scratch_from_packs(store, url, key, &[pack], dir.path(), env).await?;
     let name = &pack.name;
     if indexed.first() != Some(name) {
-        let key = manifest::pack_key(url, name);
-        return Err(StorageError::Corrupt(format!("s3://{}/{key} holds pack {indexed:?}, not {name}", store.bucket())));
+        let object = object_key(url, key.map(|k| &**k), name, "pack");
+        return Err(StorageError::Corrupt(format!("s3://{}/{object} holds pack {indexed:?}, not {name}", store.bucket())));
     }
     let idx = dir.path().join("repo.git/objects/pack").join(format!("pack-{name}.idx"));
-    store.put_file(&manifest::idx_key(url, name), &idx, PutOptions::default(), |_| {}).await?;
+    put_object(store, key, &object_key(url, key.map(|k| &**k), name, "idx"), &idx, |_| {}).await?;
     Ok(tokio::fs::metadata(&idx).await?.len())
 }
 
@@ -126,21 +147,38 @@ pub(super) async fn written_pack(dir: &Path, out: &str, tips: Vec<String>) -> Re
         map_size: object_map::write_beside(&dir.join(format!("out-{name}")), &name).await,
     })
 }
-pub(super) async fn upload_pack_of(store: &S3Store, url: &RemoteUrl, dir: &Path, p: &PackEntry) -> Result<(), StorageError> {
-    let (pack_key, idx_key) = (manifest::pack_key(url, &p.name), manifest::idx_key(url, &p.name));
+/// `p` as the remote of `key` records it: on an encrypted remote, named and
+/// encrypted with the current generation of the key, and with no object
+/// map (a map is plaintext: blob id prefixes).
+pub(super) fn keyed(mut p: PackEntry, key: Option<&Arc<RemoteKey>>) -> PackEntry {
+    if let Some(k) = key {
+        p.key = Some(k.generation());
+        p.map_size = 0;
+    }
+    p
+}
+
+/// Uploads the pack `p` written in `dir` and its `.idx` (encrypted to
+/// `key` under their HMAC'd names on an encrypted remote).
+pub(super) async fn upload_pack_of(
+    store: &S3Store,
+    url: &RemoteUrl,
+    key: Option<&Arc<RemoteKey>>,
+    dir: &Path,
+    p: &PackEntry,
+) -> Result<(), StorageError> {
+    let k = key.map(|k| &**k);
+    let (pack_key, idx_key) = (object_key(url, k, &p.name, "pack"), object_key(url, k, &p.name, "idx"));
     let pack = dir.join(format!("out-{}.pack", p.name));
     let idx = dir.join(format!("out-{}.idx", p.name));
     let map = async {
-        if p.map_size == 0 {
+        // An object map is plaintext: never on an encrypted remote (see `keyed`).
+        if p.map_size == 0 || key.is_some() {
             return Ok(());
         }
         let file = dir.join(format!("out-{}.map", p.name));
-        store.put_file(&manifest::map_key(url, &p.name), &file, PutOptions::default(), |_| {}).await.map(|_| ())
+        store.put_file(&manifest::map_key(url, &p.name), &file, PutOptions::default(), |_| {}).await.map(|_| ()).map_err(StorageError::from)
     };
-    tokio::try_join!(
-        store.put_file(&pack_key, &pack, PutOptions::default(), |_| {}),
-        store.put_file(&idx_key, &idx, PutOptions::default(), |_| {}),
-        map
-    )?;
+    tokio::try_join!(put_object(store, key, &pack_key, &pack, |_| {}), put_object(store, key, &idx_key, &idx, |_| {}), map)?;
     Ok(())
 }

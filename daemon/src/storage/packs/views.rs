@@ -124,7 +124,7 @@ pub(crate) async fn build_and_upload(
     };
     let old: BTreeSet<&str> = base.views.iter().flat_map(|v| v.packs()).map(|p| p.name.as_str()).collect();
     for p in made.packs().filter(|p| !old.contains(p.name.as_str())) {
-        upload_pack_of(store, url, dir.path(), p).await?;
+        upload_pack_of(store, url, None, dir.path(), p).await?;
     }
     Ok(Some(made))
 }
