@@ -46,12 +46,12 @@ fn wait_for_objects(env: &TestEnv, prefix: &str, n: usize) -> Vec<String> {
     }
 }
 
-fn age_cli() -> bool {
-    let ok = Command::new("age").arg("--version").output().is_ok();
-    if !ok {
-        eprintln!("SKIPPED: the `age` command is not installed (scripts/setup-test-env.sh installs Debian's age package)");
-    }
-    ok
+/// Fails unless Debian's `age` is installed (scripts/setup-test-env.sh installs it).
+fn age_cli() {
+    assert!(
+        Command::new("age").arg("--version").output().is_ok(),
+        "the `age` command is missing: run scripts/setup-test-env.sh (it installs Debian's age package)"
+    );
 }
 
 /// Debian's `age -d -i identity` of the object `key`: its plaintext, or None when the identity does not open it.
@@ -91,9 +91,7 @@ fn refused(env: &TestEnv, c: Command) -> String {
 /// and `age` reads keyring → keys → every object after the rotation.
 #[test]
 fn grant_lets_a_person_clone_and_revoke_rotates_the_key() {
-    if !age_cli() {
-        return;
-    }
+    age_cli();
     let env = TestEnv::new();
     let alice_ids = env.home().join(".config/git-s3/identities");
     let alice = keygen(&env, None);
@@ -182,9 +180,7 @@ fn require_test_hooks(env: &TestEnv) {
 /// the remaining person clones everything.
 #[test]
 fn revoke_reencrypt_leaves_nothing_the_old_key_reads_and_a_rerun_finishes() {
-    if !age_cli() {
-        return;
-    }
+    age_cli();
     let env = TestEnv::new();
     require_test_hooks(&env);
     let alice = keygen(&env, None);
@@ -331,9 +327,7 @@ fn access_refusals_are_one_line() {
 /// rewrites it as version 2 with that key as generation 1.
 #[test]
 fn a_version_1_keyring_opens_and_a_grant_rewrites_it_as_version_2() {
-    if !age_cli() {
-        return;
-    }
+    age_cli();
     let env = TestEnv::new();
     let alice_ids = env.home().join(".config/git-s3/identities");
     let alice = keygen(&env, None);
@@ -395,4 +389,55 @@ fn concurrent_grants_both_land() {
     let mut want = vec![alice.as_str(), bob.as_str(), carol.as_str()];
     want.sort();
     assert_eq!(got, want, "{doc}");
+}
+
+/// Packs of two key generations (a revoke between two pushes): `git s3 gc`
+/// reads each by its own generation and writes the combined pack with the
+/// current one (marked so in the manifest, no plaintext object map), doctor
+/// finds every object, and `git s3 migrate --decrypt` turns both
+/// generations back into plaintext packs that clone.
+#[test]
+fn gc_doctor_and_decrypt_read_packs_of_every_key_generation() {
+    let env = TestEnv::new();
+    let alice = keygen(&env, None);
+    let bob = keygen(&env, Some(&env.dir.path().join("bob-identities")));
+    let url = env.url("gens");
+    env.git_s3(&env.work(), &["init", "--format", "packs", "--encrypt-to", &alice, "--encrypt-to", &bob, &url]);
+    let repo = env.new_repo("r");
+    env.commit(&repo, "one.txt", "generation one\n", "one");
+    env.git(&repo, &["push", "-q", &url, "main"]);
+    wait_for_objects(&env, "gens", 4);
+    env.git_s3(&env.work(), &["access", "revoke", &url, &bob]);
+    env.commit(&repo, "two.txt", "generation two\n", "two");
+    env.git(&repo, &["push", "-q", &url, "main"]);
+    wait_for_objects(&env, "gens", 6);
+    let gens = |doc: &Value| -> Vec<(u64, u64)> {
+        doc["generations"].as_array().unwrap().iter().map(|g| (g["generation"].as_u64().unwrap(), g["packs"].as_u64().unwrap())).collect()
+    };
+    assert_eq!(gens(&access_json(&env, &url)), vec![(2, 1), (1, 1)]);
+
+    let doctor: Value = serde_json::from_str(&env.git_s3(&env.work(), &["doctor", "--json", &url])).unwrap();
+    assert_eq!(doctor["issues"].as_array().map(Vec::len), Some(0), "doctor on two generations: {doctor}");
+    env.git_s3(&env.work(), &["gc", &url, "--grace-seconds", "0"]);
+    assert_eq!(gens(&access_json(&env, &url)), vec![(2, 1), (1, 0)], "gc wrote its pack with the current key");
+    let remaining = keys(&env, "gens/.git-s3/packs");
+    assert!(remaining.iter().all(|k| !k.ends_with(".map") && !k.contains("/pack-")), "plaintext objects on an encrypted remote: {remaining:?}");
+    let doctor: Value = serde_json::from_str(&env.git_s3(&env.work(), &["doctor", "--json", &url])).unwrap();
+    assert_eq!(doctor["issues"].as_array().map(Vec::len), Some(0), "doctor after gc: {doctor}");
+    env.git_s3(&env.work(), &["cache", "clear"]);
+    env.git(&env.work(), &["clone", "-q", &url, "after-gc"]);
+    assert_eq!(std::fs::read_to_string(env.path("after-gc/two.txt")).unwrap(), "generation two\n");
+
+    // One more push (generation 2), then back to plaintext: every pack is
+    // decrypted with the generation that wrote it.
+    env.commit(&repo, "three.txt", "three\n", "three");
+    env.git(&repo, &["push", "-q", &url, "main"]);
+    env.git_s3(&env.work(), &["migrate", "--decrypt", &url]);
+    assert!(keys(&env, "gens/.git-s3/packs").iter().all(|k| k.contains("/pack-")), "plaintext names after --decrypt");
+    env.git_s3(&env.work(), &["cache", "clear"]);
+    env.git(&env.work(), &["clone", "-q", &url, "plain"]);
+    let p = env.path("plain");
+    assert_eq!(std::fs::read_to_string(p.join("one.txt")).unwrap(), "generation one\n");
+    assert_eq!(std::fs::read_to_string(p.join("three.txt")).unwrap(), "three\n");
+    env.git(&p, &["fsck", "--full", "--no-progress"]);
 }
