@@ -91,7 +91,8 @@ async fn object_types(git: &crate::local::git::Git, oids: &[String]) -> Result<H
 /// (and appended), the pack moved into `objects/pack` only once whole.
 async fn index_thin_pack(git: &crate::local::git::Git, pack: &Path) -> Result<(), crate::local::git::GitError> {
     use crate::local::git::GitError;
-    let file = std::fs::File::open(pack).map_err(GitError::Spawn)?;
+    let path = pack.to_path_buf();
+    let file = crate::local::files::blocking(move || std::fs::File::open(path)).await.map_err(GitError::Spawn)?;
     let mut cmd = git.command(&["index-pack", "--stdin", "--fix-thin"]);
     cmd.stdin(std::process::Stdio::from(file)).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
     let out = cmd.output().await.map_err(GitError::Spawn)?;
@@ -126,6 +127,9 @@ struct PackPlan {
     whole: bool,
 }
 
+/// One read of a round: (plan, the pack's key, the ranges, the merge gap).
+type RoundJob = (usize, String, Vec<Range<u64>>, u64);
+
 /// What a ranged fetch did (for the log and the caller).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(crate) struct RangedOutcome {
@@ -158,7 +162,48 @@ impl PackStorage {
             }
         }
         let pack_dir = ctx.git.pack_dir().await?;
-        // Packs that may hold blobs (not the skeleton view), not in the repository yet.
+        let Some(mut plans) = self.plan_packs(ctx, &m, &oids, &pack_dir, idx_dir).await? else {
+            return Ok(outcome);
+        };
+        if !self.read_rounds(ctx, &mut plans, &mut outcome).await? {
+            return Ok(RangedOutcome { done: false, ..outcome });
+        }
+
+        // Only blobs: a commit or tree without what it links to would leave
+        // the mirror holding objects whose history it lacks.
+        for p in plans.iter().filter(|p| !p.whole) {
+            if p.wanted.iter().any(|o| resolved_kind(&p.chains, *o) != Some(OBJ_BLOB)) {
+                tracing::debug!(pack = p.entry.name, "a wanted object is not a blob; no ranged reads");
+                return Ok(RangedOutcome { done: false, ..outcome });
+            }
+        }
+        outcome.whole_packs = self.index_and_fetch_whole(ctx, &plans, &pack_dir).await?;
+        let have = ctx.git.present_objects(wants).await?;
+        outcome.done = wants.iter().all(|w| have.contains(w));
+        tracing::info!(
+            wants = wants.len(),
+            bytes = outcome.bytes,
+            requests = outcome.requests,
+            rounds = outcome.rounds,
+            whole_packs = outcome.whole_packs,
+            done = outcome.done,
+            "ranged reads"
+        );
+        Ok(outcome)
+    }
+
+    /// One plan per pack holding a wanted object (`oids`, each in the first
+    /// pack whose `.idx` names it), among the packs that may hold blobs (not
+    /// the skeleton view) and are not in the repository yet; None when an
+    /// object is in no `.idx`.
+    async fn plan_packs(
+        &self,
+        ctx: &OpContext,
+        m: &manifest::Manifest,
+        oids: &[Vec<u8>],
+        pack_dir: &Path,
+        idx_dir: &Path,
+    ) -> Result<Option<Vec<PackPlan>>, StorageError> {
         let skeleton = m.views.as_ref().and_then(|v| v.skeleton.as_ref()).map(|p| p.name.clone());
         let mut seen = BTreeSet::new();
         let candidates: Vec<PackEntry> = m
@@ -166,19 +211,19 @@ impl PackStorage {
             .iter()
             .chain(m.views.iter().flat_map(|v| v.tips.iter()))
             .filter(|p| Some(&p.name) != skeleton.as_ref() && seen.insert(p.name.clone()))
-            .filter(|p| !pack_dir.join(format!("pack-{}.idx", p.name)).exists())
             .cloned()
             .collect();
+        let indexed = super::fetch::indexed_packs(pack_dir, candidates.iter().map(|p| p.name.clone()).collect()).await?;
+        let candidates: Vec<PackEntry> = candidates.into_iter().filter(|p| !indexed.contains(&p.name)).collect();
         tokio::fs::create_dir_all(idx_dir).await?;
         let loads: Vec<_> = candidates.iter().map(|p| async move { self.load_index(ctx, p, idx_dir).await.map(|i| (p.clone(), i)) }).collect();
         let indexes: Vec<(PackEntry, Option<Arc<PackIndex>>)> = futures::stream::iter(loads).buffered(CONCURRENCY).try_collect().await?;
-        // Each wanted object in the first pack that holds it.
         let mut plans: Vec<PackPlan> = Vec::new();
-        for oid in &oids {
+        for oid in oids {
             let found = indexes.iter().find_map(|(p, idx)| idx.as_ref().and_then(|i| i.offset_of(oid).map(|o| (p, i, o))));
             let Some((p, idx, offset)) = found else {
                 tracing::debug!(oid = hex::encode(oid), "no pack index names a wanted object; no ranged reads");
-                return Ok(outcome);
+                return Ok(None);
             };
             let plan = match plans.iter_mut().position(|pl| pl.entry.name == p.name) {
                 Some(i) => &mut plans[i],
@@ -201,41 +246,20 @@ impl PackStorage {
             plan.wanted.push(offset);
             plan.frontier.insert(offset);
         }
-        drop(indexes);
+        Ok(Some(plans))
+    }
 
-        // Rounds: each reads every pack's frontier (one parallel batch of
-        // merged ranges per pack), then queues the delta bases not read yet.
+    /// Rounds: each reads every pack's frontier (one parallel batch of
+    /// merged ranges per pack), then queues the delta bases not read yet.
+    /// Returns false when a pack is gone from the bucket (no ranged reads).
+    async fn read_rounds(&self, ctx: &OpContext, plans: &mut [PackPlan], outcome: &mut RangedOutcome) -> Result<bool, StorageError> {
         while plans.iter().any(|p| !p.whole && !p.frontier.is_empty()) {
             if outcome.rounds == MAX_ROUNDS {
                 plans.iter_mut().filter(|p| !p.frontier.is_empty()).for_each(|p| p.whole = true);
                 break;
             }
             outcome.rounds += 1;
-            let mut jobs: Vec<(usize, String, Vec<Range<u64>>, u64)> = Vec::new();
-            for (i, p) in plans.iter_mut().enumerate().filter(|(_, p)| !p.whole && !p.frontier.is_empty()) {
-                // Each entry with the bytes before it: a delta's base is
-                // earlier in the pack, often close.
-                let ahead = read_ahead(p.entry.size, p.frontier.len());
-                let ranges: Option<Vec<Range<u64>>> =
-                    p.frontier.iter().map(|o| p.idx.end_of(*o, p.entry.size).map(|e| o.saturating_sub(ahead).max(PACK_HEADER)..e)).collect();
-                let Some(ranges) = ranges else {
-                    return Err(self.damaged(&p.entry, "its .idx names an entry past the pack's end"));
-                };
-                let gap = merge_gap(p.entry.size);
-                let cost: u64 = merge_ranges(&ranges, gap).iter().map(|r| r.end - r.start).sum();
-                if p.read + cost > p.entry.size / 2 || p.read + cost > MAX_RANGED_BYTES {
-                    tracing::debug!(
-                        pack = p.entry.name,
-                        read = p.read,
-                        cost,
-                        size = p.entry.size,
-                        "ranges would cover half the pack; reading it whole"
-                    );
-                    p.whole = true;
-                    continue;
-                }
-                jobs.push((i, manifest::pack_key(&self.url, &p.entry.name), ranges, gap));
-            }
+            let jobs = self.round_jobs(plans)?;
             let reads: Vec<_> =
                 jobs.into_iter().map(|(i, key, ranges, gap)| async move { (i, self.store.get_ranges(&key, &ranges, gap).await) }).collect();
             let results: Vec<_> = futures::stream::iter(reads).buffer_unordered(CONCURRENCY).collect().await;
@@ -244,7 +268,7 @@ impl PackStorage {
                     Ok(r) => r,
                     Err(e) if e.is_not_found() => {
                         tracing::info!(pack = plans[i].entry.name, "a pack is gone from the bucket; no ranged reads");
-                        return Ok(RangedOutcome { done: false, ..outcome });
+                        return Ok(false);
                     }
                     Err(e) => return Err(e.into()),
                 };
@@ -275,44 +299,55 @@ impl PackStorage {
                 }
             }
         }
+        Ok(true)
+    }
 
-        // Only blobs: a commit or tree without what it links to would leave
-        // the mirror holding objects whose history it lacks.
-        for p in plans.iter().filter(|p| !p.whole) {
-            if p.wanted.iter().any(|o| resolved_kind(&p.chains, *o) != Some(OBJ_BLOB)) {
-                tracing::debug!(pack = p.entry.name, "a wanted object is not a blob; no ranged reads");
-                return Ok(RangedOutcome { done: false, ..outcome });
+    /// A round's reads: (plan, the pack's key, its frontier's ranges, the
+    /// merge gap) for each pack still read by ranges; a pack whose ranges
+    /// would cover half of it is read whole instead.
+    fn round_jobs(&self, plans: &mut [PackPlan]) -> Result<Vec<RoundJob>, StorageError> {
+        let mut jobs: Vec<RoundJob> = Vec::new();
+        for (i, p) in plans.iter_mut().enumerate().filter(|(_, p)| !p.whole && !p.frontier.is_empty()) {
+            // Each entry with the bytes before it: a delta's base is
+            // earlier in the pack, often close.
+            let ahead = read_ahead(p.entry.size, p.frontier.len());
+            let ranges: Option<Vec<Range<u64>>> =
+                p.frontier.iter().map(|o| p.idx.end_of(*o, p.entry.size).map(|e| o.saturating_sub(ahead).max(PACK_HEADER)..e)).collect();
+            let Some(ranges) = ranges else {
+                return Err(self.damaged(&p.entry, "its .idx names an entry past the pack's end"));
+            };
+            let gap = merge_gap(p.entry.size);
+            let cost: u64 = merge_ranges(&ranges, gap).iter().map(|r| r.end - r.start).sum();
+            if p.read + cost > p.entry.size / 2 || p.read + cost > MAX_RANGED_BYTES {
+                tracing::debug!(pack = p.entry.name, read = p.read, cost, size = p.entry.size, "ranges would cover half the pack; reading it whole");
+                p.whole = true;
+                continue;
             }
+            jobs.push((i, manifest::pack_key(&self.url, &p.entry.name), ranges, gap));
         }
+        Ok(jobs)
+    }
 
+    /// The entries read, built into a pack per plan and indexed; the packs
+    /// read whole fetched. Returns how many were read whole. Temp files of
+    /// an index-pack that failed are removed.
+    async fn index_and_fetch_whole(&self, ctx: &OpContext, plans: &[PackPlan], pack_dir: &Path) -> Result<usize, StorageError> {
         let started = std::time::SystemTime::now();
         for p in plans.iter().filter(|p| !p.whole) {
             if let Err(e) = self.index_entries(ctx, p).await {
-                crate::local::git::remove_temp_packs_since(&pack_dir, started).await;
+                crate::local::git::remove_temp_packs_since(pack_dir, started).await;
                 return Err(e);
             }
         }
         let whole: Vec<PackEntry> = plans.iter().filter(|p| p.whole).map(|p| p.entry.clone()).collect();
-        outcome.whole_packs = whole.len();
-        let dir = &pack_dir;
-        let fetches: Vec<_> = whole.iter().map(|p| async move { self.fetch_pack(ctx, p, dir, std::future::ready(true)).await.map(|_| ()) }).collect();
+        let fetches: Vec<_> =
+            whole.iter().map(|p| async move { self.fetch_pack(ctx, p, pack_dir, std::future::ready(true)).await.map(|_| ()) }).collect();
         let fetched = futures::stream::iter(fetches).buffer_unordered(CONCURRENCY).try_collect::<Vec<()>>().await;
         if fetched.is_err() {
-            crate::local::git::remove_temp_packs_since(&pack_dir, started).await;
+            crate::local::git::remove_temp_packs_since(pack_dir, started).await;
         }
         fetched?;
-        let have = ctx.git.present_objects(wants).await?;
-        outcome.done = wants.iter().all(|w| have.contains(w));
-        tracing::info!(
-            wants = wants.len(),
-            bytes = outcome.bytes,
-            requests = outcome.requests,
-            rounds = outcome.rounds,
-            whole_packs = outcome.whole_packs,
-            done = outcome.done,
-            "ranged reads"
-        );
-        Ok(outcome)
+        Ok(whole.len())
     }
 
     /// Takes from what `p` has read the entries at `offsets` and, following
@@ -365,7 +400,7 @@ impl PackStorage {
             entries.push(rewrite_entry(raw, &h, base_oid).ok_or_else(|| self.damaged(&p.entry, "an entry cannot be rewritten"))?);
         }
         let pack = tokio::task::spawn_blocking(move || build_pack(&entries)).await.map_err(|e| StorageError::Io(std::io::Error::other(e)))?;
-        let tmp = ctx.cache.temp_file()?;
+        let tmp = ctx.cache.blocking(|c| c.temp_file()).await??;
         tokio::fs::write(tmp.path(), &pack).await?;
         index_thin_pack(&ctx.git, tmp.path()).await.map_err(|e| {
             let why = match &e {
@@ -402,7 +437,7 @@ impl PackStorage {
             let _ = tokio::fs::remove_file(&kept).await;
         }
         let key = manifest::idx_key(&self.url, &p.name);
-        let tmp = ctx.cache.temp_file()?;
+        let tmp = ctx.cache.blocking(|c| c.temp_file()).await??;
         match self.store.get_to_file(&key, tmp.path(), |_| {}).await {
             Ok(_) => {}
             Err(e) if e.is_not_found() => return Ok(None),
