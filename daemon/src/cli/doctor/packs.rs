@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use super::common::{choose_head, DoctorArgs, Report};
 use crate::cli::remote::{branch_ref, Remote, View};
 use crate::cli::{human_bytes, CliError, Ctx};
+use crate::s3::store::ObjectInfo;
 use crate::storage::packs::gc::DEFAULT_GRACE_SECONDS;
 use crate::storage::packs::manifest::{self, read_manifest, unix_now, update_manifest, Manifest};
 use crate::storage::StorageError;
@@ -160,18 +161,7 @@ fn explain_both_formats(ctx: &Ctx, remote: &Remote, view: &View, m: &Manifest, r
 async fn check_packs(ctx: &Ctx, remote: &Remote, m: &Manifest, args: &DoctorArgs, rep: &mut Report) -> Result<(), CliError> {
     let dir = manifest::packs_dir(&remote.url);
     let objects = remote.store.list(&dir).await?;
-    // name → (.pack info, .idx info)
-    let mut found: BTreeMap<String, (Option<u64>, Option<u64>, Duration)> = BTreeMap::new();
-    for o in &objects {
-        let Some(leaf) = o.key.strip_prefix(&dir) else { continue };
-        let Some(rest) = leaf.strip_prefix("pack-") else { continue };
-        if let Some(name) = rest.strip_suffix(".pack") {
-            let e = found.entry(name.to_string()).or_insert((None, None, o.age()));
-            e.0 = Some(o.size);
-        } else if let Some(name) = rest.strip_suffix(".idx") {
-            found.entry(name.to_string()).or_insert((None, None, o.age())).1 = Some(o.size);
-        }
-    }
+    let found = packs_in_bucket(&objects, &dir);
     let mut broken = 0;
     for p in &m.packs {
         let (pack, idx, _) = found.get(&p.name).cloned().unwrap_or((None, None, Duration::ZERO));
@@ -199,29 +189,7 @@ async fn check_packs(ctx: &Ctx, remote: &Remote, m: &Manifest, args: &DoctorArgs
         );
     }
     let listed = m.referenced_pack_names();
-    // Views: missing, older than the packs, or naming packs gone from the bucket.
-    let gone: Vec<&str> =
-        m.views.iter().flat_map(|v| v.packs()).filter(|p| found.get(&p.name).and_then(|f| f.0) != Some(p.size)).map(|p| p.name.as_str()).collect();
-    if !m.packs.is_empty() && (crate::storage::packs::gc::views_stale(m) || !gone.is_empty()) {
-        let uncovered: u64 = m.uncovered().map(|p| p.size).sum();
-        let why = if m.views.is_none() {
-            "no views".to_string()
-        } else if !gone.is_empty() {
-            format!("views naming {} pack(s) missing from the bucket", gone.len())
-        } else {
-            format!("views older than {} pack(s) ({})", m.uncovered().count(), human_bytes(uncovered))
-        };
-        rep.advice.push(json!({"kind": "views_stale", "views": m.views.is_some(), "uncovered_packs": m.uncovered().count(), "uncovered_bytes": uncovered, "missing": gone}));
-        rep.line(ctx, "");
-        rep.line(
-            ctx,
-            format!(
-                "{why}: shallow (--depth 1) and partial (--filter=blob:none) clones download those packs whole. \
-`git s3 gc {}` writes new views.",
-                remote.url
-            ),
-        );
-    }
+    check_views(ctx, remote, m, &found, rep);
     let unreferenced: Vec<(&String, u64)> =
         found.iter().filter(|(n, _)| !listed.contains(n.as_str())).map(|(n, (p, i, _))| (n, p.unwrap_or(0) + i.unwrap_or(0))).collect();
     let grace = DEFAULT_GRACE_SECONDS;
@@ -254,6 +222,49 @@ async fn check_packs(ctx: &Ctx, remote: &Remote, m: &Manifest, args: &DoctorArgs
         rep.line(ctx, format!("{} packs: fetches and clones make one request per pack. `git s3 gc {}` combines them.", m.packs.len(), remote.url));
     }
     Ok(())
+}
+
+/// The packs in the bucket under `dir`: name → (.pack size, .idx size, age).
+fn packs_in_bucket(objects: &[ObjectInfo], dir: &str) -> BTreeMap<String, (Option<u64>, Option<u64>, Duration)> {
+    let mut found: BTreeMap<String, (Option<u64>, Option<u64>, Duration)> = BTreeMap::new();
+    for o in objects {
+        let Some(leaf) = o.key.strip_prefix(dir) else { continue };
+        let Some(rest) = leaf.strip_prefix("pack-") else { continue };
+        if let Some(name) = rest.strip_suffix(".pack") {
+            let e = found.entry(name.to_string()).or_insert((None, None, o.age()));
+            e.0 = Some(o.size);
+        } else if let Some(name) = rest.strip_suffix(".idx") {
+            found.entry(name.to_string()).or_insert((None, None, o.age())).1 = Some(o.size);
+        }
+    }
+    found
+}
+
+/// Views: missing, older than the packs, or naming packs gone from the
+/// bucket (`found`, from [`packs_in_bucket`]): advice to run gc.
+fn check_views(ctx: &Ctx, remote: &Remote, m: &Manifest, found: &BTreeMap<String, (Option<u64>, Option<u64>, Duration)>, rep: &mut Report) {
+    let gone: Vec<&str> =
+        m.views.iter().flat_map(|v| v.packs()).filter(|p| found.get(&p.name).and_then(|f| f.0) != Some(p.size)).map(|p| p.name.as_str()).collect();
+    if !m.packs.is_empty() && (crate::storage::packs::gc::views_stale(m) || !gone.is_empty()) {
+        let uncovered: u64 = m.uncovered().map(|p| p.size).sum();
+        let why = if m.views.is_none() {
+            "no views".to_string()
+        } else if !gone.is_empty() {
+            format!("views naming {} pack(s) missing from the bucket", gone.len())
+        } else {
+            format!("views older than {} pack(s) ({})", m.uncovered().count(), human_bytes(uncovered))
+        };
+        rep.advice.push(json!({"kind": "views_stale", "views": m.views.is_some(), "uncovered_packs": m.uncovered().count(), "uncovered_bytes": uncovered, "missing": gone}));
+        rep.line(ctx, "");
+        rep.line(
+            ctx,
+            format!(
+                "{why}: shallow (--depth 1) and partial (--filter=blob:none) clones download those packs whole. \
+`git s3 gc {}` writes new views.",
+                remote.url
+            ),
+        );
+    }
 }
 
 /// A pack whose `.idx` is missing (a daemon stopped right after the push's
