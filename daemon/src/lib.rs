@@ -14,6 +14,8 @@
 //! The daemon never prints: what a caller sees goes through its session's
 //! `Out`, everything else to the log (`server::logging`).
 #![warn(clippy::print_stdout, clippy::print_stderr)]
+// Functions a reader can hold: at most 80 lines (clippy.toml).
+#![warn(clippy::too_many_lines)]
 #![cfg_attr(test, allow(clippy::print_stdout, clippy::print_stderr))]
 
 pub mod cli;

@@ -1,5 +1,6 @@
 //! `git-s3-daemon`: the per-user daemon. Normally started by a shim; `run`
 //! stays in the foreground for service managers (`git s3 daemon run`).
+#![warn(clippy::too_many_lines)]
 
 use clap::Parser;
 

@@ -425,6 +425,31 @@ fn test_hooks_only_with_the_feature() {
     );
 }
 
+/// Every task the daemon starts is one it awaits or cancels at exit: the
+/// shipping code spawns only through `session/background.rs` (the
+/// trackers), never with a bare `tokio::spawn` that would outlive the
+/// daemon's drain unseen. (Unit tests, after `#[cfg(test)] mod tests`, may.)
+#[test]
+fn every_task_goes_through_the_tracker() {
+    let files = read_src();
+    let mut bare = Vec::new();
+    for (file, src) in &files {
+        if file == "session/background.rs" {
+            continue;
+        }
+        let shipping = src.split("\n#[cfg(test)]\nmod tests").next().unwrap_or(src);
+        let code = strip(shipping);
+        for (n, line) in code.lines().enumerate() {
+            let squeezed: String = line.split_whitespace().collect();
+            if ["tokio::spawn(", "task::spawn(", "tokio::task::spawn("].iter().any(|p| squeezed.contains(p)) {
+                bare.push(format!("{file}:{}: {}", n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(bare.is_empty(), "tasks spawned outside session/background.rs (use state.background.spawn / spawn_session):\n{}", bare.join("\n"));
+    assert!(files["session/background.rs"].contains("TaskTracker"));
+}
+
 /// The crates whose every source file the module map lists, by path from
 /// the repository's root. The daemon's rows are written from `daemon/src`;
 /// the others' rows start with the crate's folder.

@@ -91,15 +91,7 @@ fn size_cap_evicts_least_recently_used() {
     // random-ish content that does not compress: each bundle ~400 KB
     for i in 0..3 {
         let repo = env.new_repo(&format!("r{i}"));
-        let mut x: u64 = 0x1234_5678 + i;
-        let data: String = (0..400_000)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (b'a' + (x % 26) as u8) as char
-            })
-            .collect();
+        let data: String = testkit::xorshift(0x1234_5678 + i).take(400_000).map(|x| (b'a' + (x % 26) as u8) as char).collect();
         env.commit(&repo, "blob.txt", &data, "blob");
         let mut c = env.command("git", &repo);
         c.env("GIT_S3_CACHE_MAX_BYTES", cap.to_string()).args(["push", "-q", &env.url(&format!("cap{i}")), "main"]);

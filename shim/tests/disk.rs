@@ -14,15 +14,9 @@ use testkit::TestEnv;
 /// A repository whose history is ~3 MiB of incompressible data (in 3 commits).
 fn big_repo(env: &TestEnv) -> PathBuf {
     let repo = env.new_repo("big");
-    let mut seed: u64 = 0x9e3779b97f4a7c15;
+    let mut stream = testkit::xorshift(0x9e3779b97f4a7c15);
     for i in 0..3 {
-        let mut data = Vec::with_capacity(1 << 20);
-        for _ in 0..(1 << 17) {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            data.extend_from_slice(&seed.to_le_bytes());
-        }
+        let data: Vec<u8> = (&mut stream).take(1 << 17).flat_map(u64::to_le_bytes).collect();
         std::fs::File::create(repo.join(format!("blob{i}.bin"))).unwrap().write_all(&data).unwrap();
         env.git(&repo, &["add", "."]);
         env.git(&repo, &["commit", "-q", "-m", &format!("blob {i}")]);

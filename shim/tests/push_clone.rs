@@ -172,15 +172,7 @@ fn large_bundle_streams_in_parts_and_raw_sha_pushes_work() {
     let repo = env.new_repo("big");
     // 72 MiB that does not compress: past the 64 MiB single-PUT threshold,
     // so the bundle goes up as 16 MiB parts while git writes it
-    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-    let data: Vec<u8> = (0..72 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let data: Vec<u8> = testkit::xorshift(0x2545_F491_4F6C_DD1D).take(72 << 20).map(|x| x as u8).collect();
     std::fs::write(repo.join("blob.bin"), &data).unwrap();
     env.git(&repo, &["add", "blob.bin"]);
     env.git(&repo, &["commit", "-q", "-m", "big"]);

@@ -26,15 +26,7 @@ fn counted_env() -> (TestEnv, FieldServer) {
 
 /// Pseudo-random, incompressible lines of 64 bytes (deterministic).
 fn noise_line(seed: u64) -> String {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut s: String = (0..63)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (b'a' + (x % 26) as u8) as char
-        })
-        .collect();
+    let mut s: String = testkit::xorshift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1).take(63).map(|x| (b'a' + (x % 26) as u8) as char).collect();
     s.push('\n');
     s
 }

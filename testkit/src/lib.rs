@@ -33,18 +33,21 @@ pub fn venv() -> PathBuf {
     p
 }
 
+/// The states of a xorshift generator from `state` (not 0): the one
+/// pseudo-random stream of the tests, the same for a start.
+pub fn xorshift(mut state: u64) -> impl Iterator<Item = u64> {
+    std::iter::repeat_with(move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    })
+}
+
 /// Pseudo-random, incompressible bytes (xorshift), the same for a seed:
 /// files and LFS objects that differ and do not compress.
 pub fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
+    xorshift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1).take(len).map(|x| (x >> 24) as u8).collect()
 }
 
 pub fn workspace_root() -> PathBuf {

@@ -11,6 +11,7 @@ use clap::Args;
 use super::remote::Remote;
 use super::{CliError, CliResult, Ctx, FormatArg};
 use crate::s3::store::{PutOptions, WriteCondition};
+use crate::s3::url::RemoteUrl;
 use crate::storage::crypt::kms::KmsGrant;
 use crate::storage::crypt::{self, keyring, kms, CryptError, RemoteKey};
 use crate::storage::detect::scan_refs_dir;
@@ -43,28 +44,7 @@ pub(crate) async fn run(ctx: &mut Ctx, args: InitArgs) -> CliResult {
     let remote = Remote::resolve(ctx, &args.remote).await?;
     let (existing, refs) = tokio::try_join!(read_manifest(&remote.store, &remote.url), scan_refs_dir(&remote.store, &remote.url))?;
     let url = &remote.url;
-    if let Some((m, _)) = &existing {
-        return Err(CliError::Refused(format!(
-            "{url} is already a packs remote ({} refs, {} packs){}",
-            m.refs.len(),
-            m.packs.len(),
-            if args.format == FormatArg::Bundles { format!("; convert it with `git s3 migrate --to bundles {url}`") } else { String::new() }
-        )));
-    }
-    if !refs.bundle_refs.is_empty() {
-        return Err(CliError::Refused(format!(
-            "{url} already holds bundles ({} refs){}",
-            refs.bundle_refs.len(),
-            if encrypt {
-                "; the bundles format stays plaintext: encryption needs a packs remote (`git s3 migrate --to packs`, then a new encrypted remote)"
-                    .to_string()
-            } else if args.format == FormatArg::Packs {
-                format!("; convert it with `git s3 migrate --to packs {url}`")
-            } else {
-                String::new()
-            }
-        )));
-    }
+    refuse_existing(url, existing.as_ref().map(|(m, _)| m), refs.bundle_refs.len(), &args, encrypt)?;
     match args.format {
         FormatArg::Packs => {
             let m = Manifest::default();
@@ -88,7 +68,7 @@ pub(crate) async fn run(ctx: &mut Ctx, args: InitArgs) -> CliResult {
             match remote.store.put_bytes(&manifest::manifest_key(url), manifest::encode(&remote.store, url, &m)?, opts).await {
                 // A remote created afresh: its serials start again (a machine
                 // that saw a deleted one's refuses it until told: see crypt::rollback).
-                Ok(_) if !recipients.is_empty() => {
+                Ok(_) if encrypt => {
                     let location = remote.store.location(&manifest::manifest_key(url));
                     crypt::rollback::reset(&remote.store, &location).await.map_err(|e| CliError::Storage(e.into()))?
                 }
@@ -119,6 +99,34 @@ pub(crate) async fn run(ctx: &mut Ctx, args: InitArgs) -> CliResult {
         }
     }
     Ok(0)
+}
+
+/// Refuses a prefix that is already a remote: a packs manifest, or
+/// bundles (`bundle_refs` of them), in one line that says what to do.
+fn refuse_existing(url: &RemoteUrl, existing: Option<&Manifest>, bundle_refs: usize, args: &InitArgs, encrypt: bool) -> Result<(), CliError> {
+    if let Some(m) = existing {
+        return Err(CliError::Refused(format!(
+            "{url} is already a packs remote ({} refs, {} packs){}",
+            m.refs.len(),
+            m.packs.len(),
+            if args.format == FormatArg::Bundles { format!("; convert it with `git s3 migrate --to bundles {url}`") } else { String::new() }
+        )));
+    }
+    if bundle_refs > 0 {
+        return Err(CliError::Refused(format!(
+            "{url} already holds bundles ({} refs){}",
+            bundle_refs,
+            if encrypt {
+                "; the bundles format stays plaintext: encryption needs a packs remote (`git s3 migrate --to packs`, then a new encrypted remote)"
+                    .to_string()
+            } else if args.format == FormatArg::Packs {
+                format!("; convert it with `git s3 migrate --to packs {url}`")
+            } else {
+                String::new()
+            }
+        )));
+    }
+    Ok(())
 }
 
 /// A wrapping identity per KMS key, its secret encrypted with the key and

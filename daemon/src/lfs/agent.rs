@@ -92,22 +92,44 @@ struct Request {
 }
 
 /// `<gitdir>/lfs/tmp/git-lfs-s3.log`: errors always, everything with `debug`.
+/// Lines are kept until `flush` appends them, off the async workers (after
+/// each request, and when the agent ends).
 struct AgentLog {
     file: Option<PathBuf>,
     debug: bool,
+    pending: std::sync::Mutex<String>,
 }
 
 impl AgentLog {
+    fn new(file: Option<PathBuf>, debug: bool) -> AgentLog {
+        AgentLog { file, debug, pending: Default::default() }
+    }
+
     fn write(&self, level: &str, msg: &str) {
-        let Some(path) = &self.file else { return };
+        if self.file.is_none() {
+            return;
+        }
         let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
         let line = format!("{}.{:03} - {level} - {} - {msg}\n", now.as_secs(), now.subsec_millis(), std::process::id());
-        let r = std::fs::OpenOptions::new().create(true).append(true).open(path).and_then(|mut f| {
+        if let Ok(mut p) = self.pending.lock() {
+            p.push_str(&line);
+        }
+    }
+
+    /// Appends the lines written since the last flush to the file.
+    async fn flush(&self) {
+        let Some(path) = self.file.clone() else { return };
+        let lines = match self.pending.lock() {
+            Ok(mut p) if !p.is_empty() => std::mem::take(&mut *p),
+            _ => return,
+        };
+        let r = blocking(move || {
             use std::io::Write;
-            f.write_all(line.as_bytes())
-        });
+            std::fs::OpenOptions::new().create(true).append(true).open(&path)?.write_all(lines.as_bytes())
+        })
+        .await;
         if let Err(e) = r {
-            tracing::debug!(path = %path.display(), error = %e, "cannot write the agent log");
+            tracing::debug!(log = ?self.file, error = %e, "cannot write the agent log");
         }
     }
     fn debug(&self, msg: &str) {
@@ -147,9 +169,20 @@ pub(crate) async fn run(state: Arc<DaemonState>, start: SessionStart, mut input:
         Some(dir) => blocking(move || std::fs::create_dir_all(&dir).map(|_| dir.join("git-lfs-s3.log"))).await.ok(),
         None => None,
     };
-    let mut agent = Agent { state, git, env: start.env, out, log: AgentLog { file: log_file, debug }, gitdir, remote: None };
+    let mut agent = Agent { state, git, env: start.env, out, log: AgentLog::new(log_file, debug), gitdir, remote: None };
     agent.log.debug("git-lfs-s3 starting");
-    while let Some(line) = input.read_line().await {
+    let code = serve_requests(&mut agent, &mut input).await;
+    agent.log.flush().await;
+    code
+}
+
+/// Answers git-lfs's requests until `terminate` or the end of its input;
+/// the exit code.
+async fn serve_requests(agent: &mut Agent, input: &mut Input) -> i32 {
+    loop {
+        // What the last request logged, written before waiting for the next.
+        agent.log.flush().await;
+        let Some(line) = input.read_line().await else { break };
         agent.state.touch();
         if line.trim().is_empty() {
             continue;
@@ -486,29 +519,10 @@ impl Agent {
         let progress = Progress::new(&self.out, oid);
 
         // The local cache first, verified.
-        let cache = self.state.cache.clone();
-        let (c, o) = (cache.clone(), oid.to_string());
-        if let Some(cached) = blocking(move || Ok(c.lookup_lfs(&o))).await? {
-            match sha256_file(&cached).await {
-                Ok((sha, len)) if sha == oid && req.size.is_none_or(|s| s == len) => {
-                    let dest = link_or_copy_into_async(cached.to_path_buf(), tmp_dir.clone(), oid.to_string()).await?;
-                    progress.add(len);
-                    progress.finish();
-                    self.log.debug(&format!("download {oid}: from the local cache"));
-                    return Ok(dest);
-                }
-                _ => {
-                    self.log.error(&format!("download {oid}: cached copy is corrupt; evicted"));
-                    let (c, o) = (cache.clone(), oid.to_string());
-                    blocking(move || {
-                        c.evict_lfs(&o);
-                        Ok(())
-                    })
-                    .await?;
-                }
-            }
+        if let Some(dest) = self.cached_copy(req, oid, &tmp_dir, &progress).await? {
+            return Ok(dest);
         }
-
+        let cache = self.state.cache.clone();
         let mismatch_size = |actual: u64, expected: u64| AgentError::SizeMismatch {
             oid: oid.to_string(),
             bucket: url.bucket.clone(),
@@ -568,6 +582,34 @@ impl Agent {
             self.log.error(&format!("download {oid}: not cached: {e}"));
         }
         Ok(dest)
+    }
+
+    /// The object from the local cache, verified, linked or copied into
+    /// `tmp_dir` for git-lfs; None when not cached, or when the cached copy
+    /// does not verify (then evicted).
+    async fn cached_copy(&self, req: &Request, oid: &str, tmp_dir: &Path, progress: &Arc<Progress>) -> Result<Option<PathBuf>, AgentError> {
+        let cache = self.state.cache.clone();
+        let (c, o) = (cache.clone(), oid.to_string());
+        let Some(cached) = blocking(move || Ok(c.lookup_lfs(&o))).await? else { return Ok(None) };
+        match sha256_file(&cached).await {
+            Ok((sha, len)) if sha == oid && req.size.is_none_or(|s| s == len) => {
+                let dest = link_or_copy_into_async(cached.to_path_buf(), tmp_dir.to_path_buf(), oid.to_string()).await?;
+                progress.add(len);
+                progress.finish();
+                self.log.debug(&format!("download {oid}: from the local cache"));
+                Ok(Some(dest))
+            }
+            _ => {
+                self.log.error(&format!("download {oid}: cached copy is corrupt; evicted"));
+                let o = oid.to_string();
+                blocking(move || {
+                    cache.evict_lfs(&o);
+                    Ok(())
+                })
+                .await?;
+                Ok(None)
+            }
+        }
     }
 
     /// Fills `dest` (already `len` bytes long) with parallel ranged GETs

@@ -473,14 +473,15 @@ async fn remove_lfsconfig_alias(git: &Git) -> Result<bool, GitError> {
     Ok(true)
 }
 
-/// `install --remote <name> --url s3://bucket/prefix`: the remote's code
-/// lives on another git server; its LFS objects go to the bucket.
-pub(crate) async fn install_other_host(git: &Git, remote_name: &str, s3_url: &str, lfsconfig: bool, out: &Out) -> i32 {
+/// `install --remote <name> --url <s3_url>`'s URL, parsed, when it has no
+/// profile and the remote exists and is not itself an S3 remote; else the
+/// exit code (the error said).
+async fn other_host_url(git: &Git, remote_name: &str, s3_url: &str, out: &Out) -> Result<RemoteUrl, i32> {
     let parsed = match RemoteUrl::parse(s3_url) {
         Ok(u) => u,
         Err(e) => {
             out.stderr(format!("error: --url: {e}\n"));
-            return 1;
+            return Err(1);
         }
     };
     if parsed.profile.is_some() {
@@ -488,7 +489,7 @@ pub(crate) async fn install_other_host(git: &Git, remote_name: &str, s3_url: &st
             "error: --url cannot carry a profile (the LFS URL git-lfs uses has none); use s3://<bucket>/<prefix> \
              and set AWS_PROFILE in the environment instead\n",
         );
-        return 1;
+        return Err(1);
     }
     match s3_url_of_remote(git, remote_name).await {
         Ok(_) => {
@@ -496,14 +497,24 @@ pub(crate) async fn install_other_host(git: &Git, remote_name: &str, s3_url: &st
                 "error: remote '{remote_name}' is an S3 remote: its LFS objects already live in its bucket. Use: \
                  git-lfs-s3 install --remote {remote_name}\n"
             ));
-            return 1;
+            return Err(1);
         }
         Err(RemoteNameError::InvalidName(_) | RemoteNameError::NotConfigured { .. }) => {
             out.stderr(format!("error: remote '{remote_name}' is not configured. Add it first with: git remote add {remote_name} <url>\n"));
-            return 1;
+            return Err(1);
         }
         Err(RemoteNameError::NotS3 { .. } | RemoteNameError::BadUrl { .. }) => {}
     }
+    Ok(parsed)
+}
+
+/// `install --remote <name> --url s3://bucket/prefix`: the remote's code
+/// lives on another git server; its LFS objects go to the bucket.
+pub(crate) async fn install_other_host(git: &Git, remote_name: &str, s3_url: &str, lfsconfig: bool, out: &Out) -> i32 {
+    let parsed = match other_host_url(git, remote_name, s3_url, out).await {
+        Ok(u) => u,
+        Err(code) => return code,
+    };
     let lfs_url = synthetic_lfs_url(&parsed.bucket, &parsed.prefix);
     // An LFS URL that wins over remote.<name>.lfsurl (lfs.url) or that
     // someone else set is left alone.

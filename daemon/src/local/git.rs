@@ -8,6 +8,8 @@ use std::process::Stdio;
 use tokio::process::Command;
 use tracing::Instrument;
 
+use crate::local::files::blocking;
+
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum GitError {
     #[error("cannot run git: {0}")]
@@ -116,7 +118,7 @@ impl Git {
     /// The repository's pack directory (`objects/pack`, honouring GIT_DIR
     /// and GIT_OBJECT_DIRECTORY).
     pub(crate) async fn pack_dir(&self) -> Result<PathBuf, GitError> {
-        if let Some(p) = self.pack_dir_from_env() {
+        if let Some(p) = self.pack_dir_from_env().await {
             return Ok(p);
         }
         let p = PathBuf::from(self.run(&["rev-parse", "--git-path", "objects/pack"]).await?);
@@ -126,7 +128,7 @@ impl Git {
     /// The pack directory without running git, when the environment git
     /// gives a remote helper says it plainly: `GIT_OBJECT_DIRECTORY`, or a
     /// `GIT_DIR` that has its own `objects/` (not a linked worktree's).
-    fn pack_dir_from_env(&self) -> Option<PathBuf> {
+    async fn pack_dir_from_env(&self) -> Option<PathBuf> {
         let abs = |p: &str| {
             let p = PathBuf::from(p);
             if p.is_absolute() {
@@ -139,10 +141,11 @@ impl Git {
             return Some(abs(o).join("pack"));
         }
         let dir = abs(self.env.get("GIT_DIR").filter(|d| !d.is_empty())?);
-        if dir.join("commondir").exists() || !dir.join("objects").is_dir() {
-            return None;
-        }
-        Some(dir.join("objects").join("pack"))
+        // Two stats: off the async workers.
+        blocking(move || Ok((!dir.join("commondir").exists() && dir.join("objects").is_dir()).then(|| dir.join("objects").join("pack"))))
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Whether the repository is shallow (has `shallow` in its git dir):
@@ -150,8 +153,10 @@ impl Git {
     pub(crate) async fn is_shallow(&self) -> bool {
         if let Some(dir) = self.env.get("GIT_DIR").filter(|d| !d.is_empty()) {
             let dir = if Path::new(dir).is_absolute() { PathBuf::from(dir) } else { self.cwd.join(dir) };
-            if !dir.join("commondir").exists() {
-                return dir.join("shallow").exists();
+            // Stats: off the async workers.
+            let own = blocking(move || Ok((!dir.join("commondir").exists()).then(|| dir.join("shallow").exists()))).await;
+            if let Ok(Some(shallow)) = own {
+                return shallow;
             }
         }
         self.run(&["rev-parse", "--is-shallow-repository"]).await.map(|s| s == "true").unwrap_or(false)
@@ -166,8 +171,8 @@ impl Git {
         }
         let path = self.run(&["rev-parse", "--git-path", "shallow"]).await?;
         let path = if Path::new(&path).is_absolute() { PathBuf::from(path) } else { self.cwd.join(path) };
-        let boundary: std::collections::HashSet<String> =
-            std::fs::read_to_string(&path).unwrap_or_default().lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
+        let text = blocking(move || Ok(std::fs::read_to_string(&path).unwrap_or_default())).await.unwrap_or_default();
+        let boundary: std::collections::HashSet<String> = text.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
         let mut args: Vec<&str> = vec!["rev-list"];
         args.extend(tips.iter().map(String::as_str));
         args.push("--not");
@@ -180,7 +185,10 @@ impl Git {
     /// does, and returns the new pack's hash (its files are
     /// `objects/pack/pack-<hash>.*`).
     pub(crate) async fn index_bundle(&self, bundle: &Path) -> Result<String, GitError> {
-        let offset = bundle_pack_offset(bundle)
+        let path = bundle.to_path_buf();
+        // Its header read off the async workers.
+        let offset = blocking(move || bundle_pack_offset(&path))
+            .await
             .map_err(|e| GitError::Failed { args: "index-pack --stdin --fix-thin".into(), stderr: format!("not a git bundle: {e}") })?;
         self.index_file(bundle, offset, &["index-pack", "--stdin", "--fix-thin"]).await
     }
@@ -276,14 +284,16 @@ impl Git {
             cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
             let mut child = cmd.spawn().map_err(GitError::Spawn)?;
             let stdin = child.stdin.take();
-            let writer = tokio::spawn(async move {
+            // Fed while its output is read, in this task (no task left
+            // behind should this future be dropped).
+            let writer = async move {
                 if let Some(mut s) = stdin {
                     let _ = s.write_all(&input).await;
                     let _ = s.shutdown().await;
                 }
-            });
-            let out = child.wait_with_output().await.map_err(GitError::Spawn)?;
-            let _ = writer.await;
+            };
+            let ((), out) = tokio::join!(writer, child.wait_with_output());
+            let out = out.map_err(GitError::Spawn)?;
             if !out.status.success() {
                 return Err(GitError::Failed { args: args.join(" "), stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() });
             }
@@ -450,21 +460,21 @@ pub fn bundle_pack_offset(path: &Path) -> std::io::Result<u64> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn pack_dir_from_the_environment_git_gives_helpers() {
+    #[tokio::test]
+    async fn pack_dir_from_the_environment_git_gives_helpers() {
         let tmp = tempfile::tempdir().unwrap();
         let gd = tmp.path().join("repo.git");
         std::fs::create_dir_all(gd.join("objects/pack")).unwrap();
         let env = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let git = Git::new(tmp.path(), env(&[("GIT_DIR", "repo.git")]));
-        assert_eq!(git.pack_dir_from_env(), Some(gd.join("objects/pack")));
+        assert_eq!(git.pack_dir_from_env().await, Some(gd.join("objects/pack")));
         let git = Git::new(tmp.path(), env(&[("GIT_DIR", "repo.git"), ("GIT_OBJECT_DIRECTORY", "/elsewhere/objects")]));
-        assert_eq!(git.pack_dir_from_env(), Some(PathBuf::from("/elsewhere/objects/pack")));
+        assert_eq!(git.pack_dir_from_env().await, Some(PathBuf::from("/elsewhere/objects/pack")));
         // a linked worktree's GIT_DIR: git must answer
         std::fs::write(gd.join("commondir"), "../..\n").unwrap();
         let git = Git::new(tmp.path(), env(&[("GIT_DIR", "repo.git")]));
-        assert_eq!(git.pack_dir_from_env(), None);
-        assert_eq!(Git::new(tmp.path(), env(&[])).pack_dir_from_env(), None);
+        assert_eq!(git.pack_dir_from_env().await, None);
+        assert_eq!(Git::new(tmp.path(), env(&[])).pack_dir_from_env().await, None);
     }
 
     #[test]

@@ -18,6 +18,7 @@ use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumVal
 use dashmap::DashMap;
 use sha2::{Digest, Sha256};
 
+use crate::local::files::blocking;
 use crate::s3::config_files::ConfigFiles;
 use crate::s3::credentials::chain::{may_run_process, CallerChain};
 use crate::s3::credentials::messages::expired_token_advice;
@@ -67,7 +68,8 @@ impl NetworkSettings {
 
     /// An HTTP client with exactly these settings (so the daemon's own
     /// proxy variables never apply).
-    fn http_client(&self, endpoint: Option<&str>) -> aws_sdk_s3::config::SharedHttpClient {
+    /// `ca_pem`: the CA bundle's bytes, read by the caller (`read_ca_bundle`).
+    fn http_client(&self, endpoint: Option<&str>, ca_pem: Option<Vec<u8>>) -> aws_sdk_s3::config::SharedHttpClient {
         use aws_smithy_http_client::proxy::ProxyConfig;
         use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode, TlsContext, TrustStore};
         let proxy = match self.proxy_for(endpoint) {
@@ -87,14 +89,8 @@ impl NetworkSettings {
             }
             None => ProxyConfig::disabled(),
         };
-        let trust = match &self.ca_bundle {
-            Some(path) => {
-                let pem = std::fs::read(path).unwrap_or_else(|e| {
-                    tracing::warn!(path, error = %e, "cannot read the CA bundle; no certificate will verify");
-                    Vec::new()
-                });
-                TrustStore::empty().with_native_roots(false).with_pem_certificate(pem)
-            }
+        let trust = match ca_pem {
+            Some(pem) => TrustStore::empty().with_native_roots(false).with_pem_certificate(pem),
             None => TrustStore::default(),
         };
         let context = TlsContext::builder().with_trust_store(trust).build().unwrap_or_else(|e| {
@@ -113,6 +109,16 @@ impl NetworkSettings {
             b.build()
         })
     }
+}
+
+/// The CA bundle's bytes when one is set (empty when unreadable: then no
+/// certificate verifies). Blocking.
+fn read_ca_bundle(ca_bundle: Option<&str>) -> Option<Vec<u8>> {
+    let path = ca_bundle?;
+    Some(std::fs::read(path).unwrap_or_else(|e| {
+        tracing::warn!(path, error = %e, "cannot read the CA bundle; no certificate will verify");
+        Vec::new()
+    }))
 }
 
 /// A URL without its `user:password@`.
@@ -296,6 +302,36 @@ impl ClientSpec {
     /// The host name a virtual-hosted request for `bucket` goes to, when
     /// this client addresses buckets that way on a custom endpoint (for the
     /// message when that name does not resolve).
+    /// What a client is built from on disk, looked at on a blocking thread:
+    /// the CA bundle's bytes, and the caller's profile files as they see
+    /// them (their HOME, their overrides), only those that exist (a named
+    /// but missing file fails the whole chain).
+    async fn local_files(&self) -> (Option<Vec<u8>>, Option<ProfileFiles>) {
+        let home = self.get("HOME").map(std::path::PathBuf::from);
+        let config_file = self.get("AWS_CONFIG_FILE").map(std::path::PathBuf::from).or_else(|| home.as_ref().map(|h| h.join(".aws/config")));
+        let creds_file =
+            self.get("AWS_SHARED_CREDENTIALS_FILE").map(std::path::PathBuf::from).or_else(|| home.as_ref().map(|h| h.join(".aws/credentials")));
+        let ca = self.network.ca_bundle.clone();
+        let looked = blocking(move || {
+            let existing: Vec<_> = [(ProfileFileKind::Config, config_file), (ProfileFileKind::Credentials, creds_file)]
+                .into_iter()
+                .filter_map(|(kind, f)| f.filter(|p| p.is_file()).map(|p| (kind, p)))
+                .collect();
+            Ok((read_ca_bundle(ca.as_deref()), existing))
+        })
+        .await;
+        // A blocking thread that failed: no profile files, and a set CA bundle trusts nothing.
+        let (ca_pem, existing) = looked.unwrap_or_else(|_| (self.network.ca_bundle.as_ref().map(|_| Vec::new()), Vec::new()));
+        let profile_files = (!existing.is_empty()).then(|| {
+            let mut files = ProfileFiles::builder();
+            for (kind, f) in existing {
+                files = files.with_file(kind, f);
+            }
+            files.build()
+        });
+        (ca_pem, profile_files)
+    }
+
     pub(crate) fn virtual_host_for(&self, bucket: &str) -> Option<String> {
         let endpoint = self.endpoint.as_deref()?;
         (!self.path_style).then(|| format!("{bucket}.{}", host_of(endpoint)))
@@ -344,8 +380,9 @@ impl ClientSpec {
 
     /// The SDK configuration and credentials of the caller (`endpoint`: the service's).
     async fn load(&self, endpoint: Option<&str>) -> (aws_types::SdkConfig, aws_credential_types::provider::SharedCredentialsProvider) {
+        let (ca_pem, profile_files) = self.local_files().await;
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .http_client(self.network.http_client(self.endpoint.as_deref()))
+            .http_client(self.network.http_client(self.endpoint.as_deref(), ca_pem))
             .retry_config(
                 RetryConfig::standard()
                     .with_max_attempts(self.max_attempts)
@@ -358,23 +395,6 @@ impl ClientSpec {
                 t.build()
             })
             .stalled_stream_protection(StalledStreamProtectionConfig::enabled().grace_period(self.timeouts.body_stall()).build());
-        // Profile files as the caller sees them (their HOME, their overrides).
-        let home = self.get("HOME").map(std::path::PathBuf::from);
-        let config_file = self.get("AWS_CONFIG_FILE").map(std::path::PathBuf::from).or_else(|| home.as_ref().map(|h| h.join(".aws/config")));
-        let creds_file =
-            self.get("AWS_SHARED_CREDENTIALS_FILE").map(std::path::PathBuf::from).or_else(|| home.as_ref().map(|h| h.join(".aws/credentials")));
-        // Only files that exist: a named but missing file fails the whole chain.
-        let existing: Vec<_> = [(ProfileFileKind::Config, config_file), (ProfileFileKind::Credentials, creds_file)]
-            .into_iter()
-            .filter_map(|(kind, f)| f.filter(|p| p.is_file()).map(|p| (kind, p)))
-            .collect();
-        let profile_files = (!existing.is_empty()).then(|| {
-            let mut files = ProfileFiles::builder();
-            for (kind, f) in existing {
-                files = files.with_file(kind, f);
-            }
-            files.build()
-        });
         if let Some(files) = profile_files.clone() {
             loader = loader.profile_files(files);
         }

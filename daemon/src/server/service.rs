@@ -11,12 +11,13 @@ use git_s3_proto::pb::{
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use crate::server::logging::{SessionSink, CURRENT_SINK};
 use crate::session::state::DaemonState;
-use crate::session::{Input, Out};
+use crate::session::{Input, Out, OutputSender};
 
 pub(crate) struct Service {
     pub(crate) state: Arc<DaemonState>,
@@ -54,36 +55,7 @@ impl GitS3 for Service {
             )));
         }
         let (out_tx, out_rx) = mpsc::unbounded_channel();
-        let (in_tx, in_rx) = mpsc::channel::<Vec<u8>>(64);
-        tokio::spawn(async move {
-            while let Ok(Some(m)) = inbound.message().await {
-                let stop = match m.msg {
-                    Some(session_input::Msg::Stdin(b)) => in_tx.send(b).await.is_err(),
-                    Some(session_input::Msg::StdinEof(_)) => true,
-                    _ => false,
-                };
-                if stop {
-                    break;
-                }
-            }
-        });
-        let state = self.state.clone();
-        let out = Out::new(out_tx, 1);
-        let sink = SessionSink { tx: out.sender(), verbosity: out.verbosity_handle() };
-        let program = Program::try_from(start.program).unwrap_or(Program::Unspecified);
-        let span = CURRENT_SINK.sync_scope(sink, || tracing::info_span!("session", program = ?program, args = ?start.args, cwd = %start.cwd));
-        let counted = state.session_started();
-        tokio::spawn(
-            async move {
-                // Counted down when the task ends, also by a panic.
-                let _counted = counted;
-                let input = Input::new(in_rx);
-                let code = run_program(state, program, start, input, out.clone()).await;
-                tracing::debug!(code, "session ended");
-                out.exit(code);
-            }
-            .instrument(span),
-        );
+        start_session(self.state.clone(), inbound, start, out_tx);
         Ok(Response::new(UnboundedReceiverStream::new(out_rx)))
     }
 
@@ -114,6 +86,47 @@ impl GitS3 for Service {
     }
 }
 
+/// Starts a session on the daemon's tracker (`session/background.rs`): the
+/// pump of the shim's stdin into the session's `Input`, and the program,
+/// whose output goes to `out_tx`. The daemon awaits both at exit (bounded),
+/// then cancels them.
+fn start_session<S>(state: Arc<DaemonState>, inbound: S, start: SessionStart, out_tx: OutputSender)
+where
+    S: Stream<Item = Result<SessionInput, Status>> + Send + 'static,
+{
+    let (in_tx, in_rx) = mpsc::channel::<Vec<u8>>(64);
+    state.background.spawn_session(async move {
+        let mut inbound = std::pin::pin!(inbound);
+        while let Some(Ok(m)) = inbound.next().await {
+            let stop = match m.msg {
+                Some(session_input::Msg::Stdin(b)) => in_tx.send(b).await.is_err(),
+                Some(session_input::Msg::StdinEof(_)) => true,
+                _ => false,
+            };
+            if stop {
+                break;
+            }
+        }
+    });
+    let out = Out::new(out_tx, 1);
+    let sink = SessionSink { tx: out.sender(), verbosity: out.verbosity_handle() };
+    let program = Program::try_from(start.program).unwrap_or(Program::Unspecified);
+    let span = CURRENT_SINK.sync_scope(sink, || tracing::info_span!("session", program = ?program, args = ?start.args, cwd = %start.cwd));
+    let counted = state.session_started();
+    let tracker = state.background.clone();
+    tracker.spawn_session(
+        async move {
+            // Counted down when the task ends, also by a panic or a cancel.
+            let _counted = counted;
+            let input = Input::new(in_rx);
+            let code = run_program(state, program, start, input, out.clone()).await;
+            tracing::debug!(code, "session ended");
+            out.exit(code);
+        }
+        .instrument(span),
+    );
+}
+
 async fn run_program(state: Arc<DaemonState>, program: Program, start: SessionStart, input: Input, out: Out) -> i32 {
     match program {
         Program::RemoteHelper => {
@@ -126,5 +139,35 @@ async fn run_program(state: Arc<DaemonState>, program: Program, start: SessionSt
             out.stderr("git-s3 daemon: unknown program in session\n");
             2
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use git_s3_proto::pb::session_output;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_session_and_its_stdin_pump_are_awaited_at_exit() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = crate::local::cache::Cache::new(dir.path().join("cache"), 1 << 20).unwrap();
+        let state = Arc::new(DaemonState::new(cache, dir.path().join("sock"), dir.path().join("log")));
+        // A shim that stays connected and sends nothing more.
+        let (_shim, inbound) = mpsc::channel::<Result<SessionInput, Status>>(1);
+        let (out_tx, mut out_rx) = mpsc::unbounded_channel();
+        let start = SessionStart { program: Program::Unspecified as i32, ..Default::default() };
+        start_session(state.clone(), tokio_stream::wrappers::ReceiverStream::new(inbound), start, out_tx);
+        let mut code = None;
+        while let Some(Ok(m)) = out_rx.recv().await {
+            if let Some(session_output::Msg::ExitCode(c)) = m.msg {
+                code = Some(c);
+            }
+        }
+        assert_eq!(code, Some(2), "the program ran and answered");
+        assert_eq!(state.active_sessions(), 0);
+        // The pump still waits on the shim's stream: the daemon's exit
+        // waits for it, then cancels it (it was not left running unseen).
+        assert_eq!(state.background.drain(Duration::from_millis(20)).await, 1, "the stdin pump was tracked");
     }
 }

@@ -79,6 +79,10 @@ pub fn take_instance_lock() -> Result<InstanceLock, ServerError> {
     }
 }
 
+/// The daemon's life. `main` runs it with `block_on`: this future (the
+/// socket's set-up and removal, the accept loop) is polled on the main
+/// thread, not on an async worker, so its few file-system calls at start
+/// and exit block no session.
 pub async fn serve(config: ServerConfig, _lock: InstanceLock) -> Result<(), ServerError> {
     let socket = git_s3_proto::paths::socket_path();
     // We hold the instance lock: any socket file left is stale.

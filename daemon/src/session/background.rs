@@ -1,9 +1,10 @@
-//! Work the daemon finishes after a session has answered, through one
-//! tracker held in `DaemonState`: a daemon asked to stop (idle, `git s3
-//! daemon stop`, SIGTERM) waits for it (bounded), then cancels what is
-//! left instead of dropping it half-way unannounced. A task of a kind for
-//! a remote (a background gc) runs once at a time: a second one asked for
-//! while the first runs is not started.
+//! Every task the daemon starts, through the trackers held in
+//! `DaemonState`: the sessions (a shim's stdin pump and the program it
+//! runs) and the work finished after a session has answered. A daemon
+//! asked to stop (idle, `git s3 daemon stop`, SIGTERM) waits for both
+//! (bounded), then cancels what is left instead of dropping it half-way
+//! unannounced. A task of a kind for a remote (a background gc) runs once
+//! at a time: a second one asked for while the first runs is not started.
 
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
@@ -16,7 +17,10 @@ use tracing::Instrument;
 
 #[derive(Default)]
 pub(crate) struct Background {
+    /// Work after the answer (`spawn`, `spawn_once`).
     tracker: TaskTracker,
+    /// Sessions and their stdin pumps (`spawn_session`).
+    sessions: TaskTracker,
     cancel: CancellationToken,
     /// (kind, key) of the de-duplicated tasks running now.
     running: Arc<Mutex<HashSet<(&'static str, String)>>>,
@@ -73,6 +77,13 @@ impl Background {
         true
     }
 
+    /// Spawns a session's task (the program it runs, or the pump of the
+    /// shim's stdin), which the daemon waits for (bounded) before exiting,
+    /// then cancels. Not counted as background work.
+    pub(crate) fn spawn_session(&self, work: impl Future<Output = ()> + Send + 'static) {
+        self.sessions.spawn(cancellable("session", self.cancel.clone(), work, None));
+    }
+
     fn count(&self, kind: &'static str) {
         if let Ok(mut c) = self.counts.lock() {
             *c.started.entry(kind).or_default() += 1;
@@ -80,17 +91,8 @@ impl Background {
     }
 
     fn launch(&self, kind: &'static str, work: impl Future<Output = ()> + Send + 'static, running: Option<Running>) {
-        let cancel = self.cancel.clone();
-        self.tracker.spawn(
-            async move {
-                let _running = running;
-                tokio::select! {
-                    _ = work => {}
-                    _ = cancel.cancelled() => tracing::warn!(task = kind, "cancelled: the daemon is exiting"),
-                }
-            }
-            .instrument(tracing::info_span!("background", task = kind)),
-        );
+        let task = cancellable(kind, self.cancel.clone(), work, running);
+        self.tracker.spawn(task.instrument(tracing::info_span!("background", task = kind)));
     }
 
     /// Tasks spawned and not finished.
@@ -102,18 +104,38 @@ impl Background {
         self.counts.lock().map(|c| c.clone()).unwrap_or_default()
     }
 
-    /// Waits until no task is running, or `limit` has passed; then cancels
-    /// what is left (and waits a moment for it to stop). Returns how many
-    /// tasks were still running at `limit`.
+    /// Waits until no session and no background task is running (sessions
+    /// first: they may start background work), or `limit` has passed; then
+    /// cancels what is left (and waits a moment for it to stop). Returns
+    /// how many tasks were still running at `limit`.
     pub(crate) async fn drain(&self, limit: Duration) -> usize {
+        self.sessions.close();
         self.tracker.close();
-        if tokio::time::timeout(limit, self.tracker.wait()).await.is_ok() {
+        let all = async {
+            self.sessions.wait().await;
+            self.tracker.wait().await;
+        };
+        if tokio::time::timeout(limit, all).await.is_ok() {
             return 0;
         }
-        let left = self.tracker.len();
+        let left = self.sessions.len() + self.tracker.len();
         self.cancel.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.tracker.wait()).await;
+        let all = async {
+            self.sessions.wait().await;
+            self.tracker.wait().await;
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), all).await;
         left
+    }
+}
+
+/// `work`, ended early (dropped) when `cancel` fires; `running` (a
+/// de-duplicated task's key) is released when it ends either way.
+async fn cancellable(kind: &'static str, cancel: CancellationToken, work: impl Future<Output = ()>, running: Option<Running>) {
+    let _running = running;
+    tokio::select! {
+        _ = work => {}
+        _ = cancel.cancelled() => tracing::warn!(task = kind, "cancelled: the daemon is exiting"),
     }
 }
 
@@ -146,6 +168,37 @@ mod tests {
         assert_eq!(bg.drain(Duration::from_millis(10)).await, 1, "one task was still running");
         assert_eq!(bg.in_flight(), 0, "cancelled");
         assert!(rx.await.is_err(), "the task's future was dropped");
+    }
+
+    #[tokio::test]
+    async fn drain_waits_for_sessions_and_the_work_they_start() {
+        let bg = Arc::new(Background::default());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        let inner = bg.clone();
+        bg.spawn_session(async move {
+            let _ = rx.await;
+            // Started by the session while the daemon drains: waited for too.
+            inner.spawn("after", async move {
+                let _ = done_tx.send(());
+            });
+        });
+        assert_eq!(bg.in_flight(), 0, "a session is not background work");
+        let _ = tx.send(());
+        assert_eq!(bg.drain(Duration::from_secs(5)).await, 0);
+        assert!(done_rx.await.is_ok(), "the session's background work ran to the end");
+    }
+
+    #[tokio::test]
+    async fn drain_cancels_a_session_that_outlives_its_limit() {
+        let bg = Background::default();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        bg.spawn_session(async move {
+            let _tx = tx;
+            std::future::pending::<()>().await;
+        });
+        assert_eq!(bg.drain(Duration::from_millis(10)).await, 1, "the session was still running");
+        assert!(rx.await.is_err(), "the session's future was dropped");
     }
 
     #[tokio::test]

@@ -15,7 +15,7 @@ pub(crate) const ZIP_SERIAL_META: &str = "git-s3-serial";
 /// `git archive --format zip` of `sha` (for `s3+zip://`'s `repo.zip`) and
 /// the summary CodePipeline shows (`<short sha> <subject>`).
 pub(crate) async fn build_zip(ctx: &OpContext, sha: &str) -> Result<(tempfile::NamedTempFile, String), StorageError> {
-    let zip = ctx.cache.temp_file()?;
+    let zip = ctx.cache.blocking(|c| c.temp_file()).await??;
     ctx.git.archive_zip(zip.path(), sha).await?;
     let summary = ctx.git.commit_summary(sha).await.unwrap_or_default();
     Ok((zip, summary))

@@ -224,34 +224,7 @@ async fn check_packs(
         );
     }
     let listed = m.referenced_pack_names();
-    // Views: missing, older than the packs, or naming packs gone from the bucket.
-    let gone: Vec<&str> = m
-        .views
-        .iter()
-        .flat_map(|v| v.packs())
-        .filter(|p| !found.get(&p.name).and_then(|f| f.0).is_some_and(|s| size_fits(key, p.size, s)))
-        .map(|p| p.name.as_str())
-        .collect();
-    if !m.packs.is_empty() && (crate::storage::packs::gc::views_stale(m) || !gone.is_empty()) {
-        let uncovered: u64 = m.uncovered().map(|p| p.size).sum();
-        let why = if m.views.is_none() {
-            "no views".to_string()
-        } else if !gone.is_empty() {
-            format!("views naming {} pack(s) missing from the bucket", gone.len())
-        } else {
-            format!("views older than {} pack(s) ({})", m.uncovered().count(), human_bytes(uncovered))
-        };
-        rep.advice.push(json!({"kind": "views_stale", "views": m.views.is_some(), "uncovered_packs": m.uncovered().count(), "uncovered_bytes": uncovered, "missing": gone}));
-        rep.line(ctx, "");
-        rep.line(
-            ctx,
-            format!(
-                "{why}: shallow (--depth 1) and partial (--filter=blob:none) clones download those packs whole. \
-`git s3 gc {}` writes new views.",
-                remote.url
-            ),
-        );
-    }
+    check_views(ctx, remote, m, &found, key, rep);
     let unreferenced: Vec<(&String, u64)> =
         found.iter().filter(|(n, _)| !listed.contains(n.as_str())).map(|(n, (p, i, _))| (n, p.unwrap_or(0) + i.unwrap_or(0))).collect();
     let grace = DEFAULT_GRACE_SECONDS;
@@ -343,6 +316,38 @@ fn size_fits(key: Option<&RemoteKey>, plain: u64, size: u64) -> bool {
             let payload = plain.saturating_add(16 * plain.div_ceil(64 * 1024).max(1));
             size > payload && size - payload <= 4096
         }
+    }
+}
+
+/// Views: missing, older than the packs, or naming packs gone from the
+/// bucket (`found`, from [`found_packs`]): advice to run gc.
+fn check_views(ctx: &Ctx, remote: &Remote, m: &Manifest, found: &Found, key: Option<&RemoteKey>, rep: &mut Report) {
+    let gone: Vec<&str> = m
+        .views
+        .iter()
+        .flat_map(|v| v.packs())
+        .filter(|p| !found.get(&p.name).and_then(|f| f.0).is_some_and(|s| size_fits(key, p.size, s)))
+        .map(|p| p.name.as_str())
+        .collect();
+    if !m.packs.is_empty() && (crate::storage::packs::gc::views_stale(m) || !gone.is_empty()) {
+        let uncovered: u64 = m.uncovered().map(|p| p.size).sum();
+        let why = if m.views.is_none() {
+            "no views".to_string()
+        } else if !gone.is_empty() {
+            format!("views naming {} pack(s) missing from the bucket", gone.len())
+        } else {
+            format!("views older than {} pack(s) ({})", m.uncovered().count(), human_bytes(uncovered))
+        };
+        rep.advice.push(json!({"kind": "views_stale", "views": m.views.is_some(), "uncovered_packs": m.uncovered().count(), "uncovered_bytes": uncovered, "missing": gone}));
+        rep.line(ctx, "");
+        rep.line(
+            ctx,
+            format!(
+                "{why}: shallow (--depth 1) and partial (--filter=blob:none) clones download those packs whole. \
+`git s3 gc {}` writes new views.",
+                remote.url
+            ),
+        );
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Args;
 use serde_json::{json, Value};
 
-use super::remote::{age_secs, is_stale, unix_secs, HeadState, Remote};
+use super::remote::{age_secs, is_stale, unix_secs, HeadState, Remote, View};
 use super::{human_bytes, human_duration, CliResult, Ctx};
 use crate::storage::bundles::locks;
 
@@ -88,8 +88,44 @@ async fn remote_status(ctx: &Ctx, arg: &str, ttl: Duration) -> Result<Value, sup
 async fn bundles_status(remote: &Remote, ttl: Duration) -> Result<Value, super::CliError> {
     let view = remote.inspect().await?;
     let mut warnings = Vec::new();
-    let refs: Vec<Value> = view
-        .scan
+    let refs = bundle_refs(&view, &mut warnings);
+    let head = head_status(&view, &mut warnings);
+    let formats = view.scan.object_formats();
+    let object_format = match formats.as_slice() {
+        [] => Value::Null,
+        [(f, _)] => json!(f.name()),
+        [(f, r), (g, s), ..] => {
+            warnings.push(format!(
+                "the prefix holds refs of two object formats ({r} is {f}, {s} is {g}); git cannot mix them: delete the refs of the wrong format (`git s3 delete-branch`)"
+            ));
+            json!("mixed")
+        }
+    };
+    let locks = lock_status(&view, ttl, &mut warnings);
+    for p in &view.scan.protected {
+        if !view.scan.bundles.contains_key(p) {
+            warnings.push(format!("{p} is protected but has no bundle"));
+        }
+    }
+    Ok(json!({
+        "name": remote.name,
+        "url": remote.url.to_string(),
+        "bucket": remote.url.bucket,
+        "prefix": remote.url.prefix,
+        "format": "bundles",
+        "object_format": object_format,
+        "head": head,
+        "refs": refs,
+        "protected": view.scan.protected,
+        "lock_ttl_seconds": ttl.as_secs(),
+        "locks": locks,
+        "warnings": warnings,
+    }))
+}
+
+/// A bundles remote's refs, each with its bundles; a ref with several is a warning.
+fn bundle_refs(view: &View, warnings: &mut Vec<String>) -> Vec<Value> {
+    view.scan
         .bundles
         .iter()
         .map(|(name, bundles)| {
@@ -110,8 +146,12 @@ async fn bundles_status(remote: &Remote, ttl: Duration) -> Result<Value, super::
                 "zip": view.scan.zips.iter().any(|z| &z.0 == name),
             })
         })
-        .collect();
-    let head = match view.head() {
+        .collect()
+}
+
+/// A bundles remote's HEAD; a missing (with branches) or dangling one is a warning.
+fn head_status(view: &View, warnings: &mut Vec<String>) -> Value {
+    match view.head() {
         HeadState::Ok(r) => {
             let sha = view.scan.bundles.get(&r).and_then(|b| b.first()).map(|b| b.0.clone());
             json!({"ref": r, "sha": sha, "state": "ok"})
@@ -126,20 +166,12 @@ async fn bundles_status(remote: &Remote, ttl: Duration) -> Result<Value, super::
             warnings.push(format!("HEAD names {r}, which has no bundle (dangling); `git s3 doctor` fixes it"));
             json!({"ref": r, "sha": null, "state": "dangling"})
         }
-    };
-    let formats = view.scan.object_formats();
-    let object_format = match formats.as_slice() {
-        [] => Value::Null,
-        [(f, _)] => json!(f.name()),
-        [(f, r), (g, s), ..] => {
-            warnings.push(format!(
-                "the prefix holds refs of two object formats ({r} is {f}, {s} is {g}); git cannot mix them: delete the refs of the wrong format (`git s3 delete-branch`)"
-            ));
-            json!("mixed")
-        }
-    };
-    let locks: Vec<Value> = view
-        .scan
+    }
+}
+
+/// A bundles remote's ref locks; a stale one is a warning.
+fn lock_status(view: &View, ttl: Duration, warnings: &mut Vec<String>) -> Vec<Value> {
+    view.scan
         .locks
         .iter()
         .map(|(r, info)| {
@@ -153,26 +185,7 @@ async fn bundles_status(remote: &Remote, ttl: Duration) -> Result<Value, super::
             }
             json!({"ref": r, "key": info.key, "age_seconds": age_secs(info), "stale": stale})
         })
-        .collect();
-    for p in &view.scan.protected {
-        if !view.scan.bundles.contains_key(p) {
-            warnings.push(format!("{p} is protected but has no bundle"));
-        }
-    }
-    Ok(json!({
-        "name": remote.name,
-        "url": remote.url.to_string(),
-        "bucket": remote.url.bucket,
-        "prefix": remote.url.prefix,
-        "format": "bundles",
-        "object_format": object_format,
-        "head": head,
-        "refs": refs,
-        "protected": view.scan.protected,
-        "lock_ttl_seconds": ttl.as_secs(),
-        "locks": locks,
-        "warnings": warnings,
-    }))
+        .collect()
 }
 
 fn s(v: &Value) -> String {
@@ -208,9 +221,13 @@ fn print_text(ctx: &Ctx, doc: &Value) {
         u(&c["misses"])
     ));
     let r = &doc["remote"];
-    if r.is_null() {
-        return;
+    if !r.is_null() {
+        print_remote(ctx, r);
     }
+}
+
+/// The remote part of `git s3 status`'s text.
+fn print_remote(ctx: &Ctx, r: &Value) {
     match r["name"].as_str() {
         Some(n) => ctx.println(format!("remote: {n} ({})", s(&r["url"]))),
         None => ctx.println(format!("remote: {}", s(&r["url"]))),
@@ -238,6 +255,32 @@ fn print_text(ctx: &Ctx, doc: &Value) {
         Some("dangling") => ctx.println(format!("  HEAD -> {} (dangling: no such ref)", s(&h["ref"]))),
         _ => ctx.println("  HEAD: missing"),
     }
+    print_refs(ctx, r);
+    let locks = r["locks"].as_array().cloned().unwrap_or_default();
+    if locks.is_empty() {
+        ctx.println("  locks: none");
+    } else {
+        ctx.println(format!("  locks (TTL {}s):", u(&r["lock_ttl_seconds"])));
+        for l in &locks {
+            let state = if l["stale"].as_bool() == Some(true) { "STALE" } else { "held" };
+            ctx.println(format!("    {} age {} ({state})  {}", s(&l["ref"]), human_duration(u(&l["age_seconds"])), s(&l["key"])));
+        }
+    }
+    let cw = &r["conditional_writes"];
+    if !cw.is_null() {
+        ctx.println(format!("  conditional writes: {} ({})", s(&cw["summary"]), s(&cw["endpoint"])));
+    }
+    let warnings = r["warnings"].as_array().cloned().unwrap_or_default();
+    if !warnings.is_empty() {
+        ctx.println("  warnings:");
+        for w in &warnings {
+            ctx.println(format!("    - {}", s(w)));
+        }
+    }
+}
+
+/// The refs of a remote (with their flags) and the protected ones.
+fn print_refs(ctx: &Ctx, r: &Value) {
     let refs = r["refs"].as_array().cloned().unwrap_or_default();
     if refs.is_empty() {
         ctx.println("  refs: none (empty repository)");
@@ -262,26 +305,5 @@ fn print_text(ctx: &Ctx, doc: &Value) {
     let protected = r["protected"].as_array().cloned().unwrap_or_default();
     if !protected.is_empty() {
         ctx.println(format!("  protected: {}", protected.iter().map(s).collect::<Vec<_>>().join(", ")));
-    }
-    let locks = r["locks"].as_array().cloned().unwrap_or_default();
-    if locks.is_empty() {
-        ctx.println("  locks: none");
-    } else {
-        ctx.println(format!("  locks (TTL {}s):", u(&r["lock_ttl_seconds"])));
-        for l in &locks {
-            let state = if l["stale"].as_bool() == Some(true) { "STALE" } else { "held" };
-            ctx.println(format!("    {} age {} ({state})  {}", s(&l["ref"]), human_duration(u(&l["age_seconds"])), s(&l["key"])));
-        }
-    }
-    let cw = &r["conditional_writes"];
-    if !cw.is_null() {
-        ctx.println(format!("  conditional writes: {} ({})", s(&cw["summary"]), s(&cw["endpoint"])));
-    }
-    let warnings = r["warnings"].as_array().cloned().unwrap_or_default();
-    if !warnings.is_empty() {
-        ctx.println("  warnings:");
-        for w in &warnings {
-            ctx.println(format!("    - {}", s(w)));
-        }
     }
 }

@@ -41,7 +41,6 @@ pub(crate) struct ProcessCredentials {
     command: String,
     profile: String,
     env: Arc<HashMap<String, String>>,
-    cwd: PathBuf,
     timeout: Duration,
 }
 
@@ -70,8 +69,7 @@ pub(crate) fn caller_cwd(env: &HashMap<String, String>) -> PathBuf {
 
 impl ProcessCredentials {
     pub(crate) fn new(command: &str, profile: &str, env: Arc<HashMap<String, String>>) -> ProcessCredentials {
-        let cwd = caller_cwd(&env);
-        ProcessCredentials { command: command.to_string(), profile: profile.to_string(), env, cwd, timeout: PROCESS_TIMEOUT }
+        ProcessCredentials { command: command.to_string(), profile: profile.to_string(), env, timeout: PROCESS_TIMEOUT }
     }
 
     #[cfg(test)]
@@ -83,12 +81,15 @@ impl ProcessCredentials {
     pub(crate) async fn run(&self) -> Result<Credentials, ProcessError> {
         let program = program_of(&self.command);
         let profile = self.profile.clone();
+        // Stats: off the async workers.
+        let env = self.env.clone();
+        let cwd = crate::local::files::blocking(move || Ok(caller_cwd(&env))).await.unwrap_or_else(|_| PathBuf::from("/"));
         let mut cmd = tokio::process::Command::new("sh");
         cmd.arg("-c")
             .arg(&self.command)
             .env_clear()
             .envs(self.env.iter())
-            .current_dir(&self.cwd)
+            .current_dir(&cwd)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -12,6 +12,18 @@ use tracing::Instrument;
 use super::{Conditional, S3Store, StoreError, DOWNLOAD_ATTEMPTS};
 use crate::s3::retry::retry;
 
+/// The retry rule of every download: tried again when it broke off (said
+/// in the log), not on any other error.
+fn broke_off<'a>(what: &'a str, key: &'a str) -> impl FnMut(&StoreError, u32) -> bool + 'a {
+    move |e, attempt| {
+        let again = e.is_interrupted();
+        if again {
+            tracing::warn!(key, attempt, error = %e, "{what} broke off; trying again");
+        }
+        again
+    }
+}
+
 impl S3Store {
     /// A small object's content (HEAD, markers), or None when absent; a
     /// response that breaks off is read again (up to [`DOWNLOAD_ATTEMPTS`]).
@@ -25,19 +37,7 @@ impl S3Store {
         key: &str,
         read: impl Fn() -> Fut,
     ) -> Result<T, StoreError> {
-        retry(
-            DOWNLOAD_ATTEMPTS,
-            None,
-            |_| read(),
-            |e: &StoreError, attempt| {
-                let again = e.is_interrupted();
-                if again {
-                    tracing::warn!(key, attempt, error = %e, "read broke off; trying again");
-                }
-                again
-            },
-        )
-        .await
+        retry(DOWNLOAD_ATTEMPTS, None, |_| read(), broke_off("read", key)).await
     }
 
     async fn get_small_once(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -103,14 +103,7 @@ impl S3Store {
             let on_bytes = &on_bytes;
             async move { self.get_to_file_tee(key, dest, None, &mut |n| bytes_arrived(on_bytes, n)).await }
         };
-        let got = retry(DOWNLOAD_ATTEMPTS, None, get, |e: &StoreError, attempt| {
-            let again = e.is_interrupted();
-            if again {
-                tracing::warn!(key, attempt, error = %e, "download broke off; trying again");
-            }
-            again
-        })
-        .await;
+        let got = retry(DOWNLOAD_ATTEMPTS, None, get, broke_off("download", key)).await;
         got.map(|(etag, n, _)| (etag, n))
     }
 
@@ -247,14 +240,8 @@ impl S3Store {
             let on_bytes = &on_bytes;
             async move { self.get_range_once(key, dest, offset, len, if_match, &mut |n| bytes_arrived(on_bytes, n)).await }
         };
-        retry(DOWNLOAD_ATTEMPTS, None, get, |e: &StoreError, attempt| {
-            let again = e.is_interrupted();
-            if again {
-                tracing::warn!(key, offset, attempt, error = %e, "ranged download broke off; trying again");
-            }
-            again
-        })
-        .await
+        let what = format!("ranged download at {offset}");
+        retry(DOWNLOAD_ATTEMPTS, None, get, broke_off(&what, key)).await
     }
 
     async fn get_range_once(

@@ -10,9 +10,7 @@ impl S3Store {
     pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
         let span = tracing::debug_span!("s3.list", bucket = %self.bucket, prefix);
         async {
-            let mut out = Vec::new();
-            let mut token: Option<String> = None;
-            loop {
+            let out = all_pages(|(token, _)| async move {
                 let resp = self
                     .call(|c| {
                         c.list_objects_v2()
@@ -28,21 +26,21 @@ impl S3Store {
                     .await
                     .map_err(|e| self.classify(e, prefix))?;
                 let encoding = resp.encoding_type();
-                for o in resp.contents() {
-                    if let Some(key) = o.key() {
-                        out.push(ObjectInfo {
-                            key: listed_key(key, encoding),
+                let page = resp
+                    .contents()
+                    .iter()
+                    .filter_map(|o| {
+                        Some(ObjectInfo {
+                            key: listed_key(o.key()?, encoding),
                             size: o.size().unwrap_or(0).max(0) as u64,
                             etag: o.e_tag().unwrap_or_default().to_string(),
                             last_modified: to_system_time(o.last_modified()),
-                        });
-                    }
-                }
-                match resp.next_continuation_token() {
-                    Some(t) if resp.is_truncated() == Some(true) => token = Some(t.to_string()),
-                    _ => break,
-                }
-            }
+                        })
+                    })
+                    .collect();
+                Ok((page, next_page(resp.is_truncated(), resp.next_continuation_token(), None)))
+            })
+            .await?;
             tracing::debug!(objects = out.len(), "listed");
             Ok(out)
         }
@@ -54,36 +52,27 @@ impl S3Store {
     /// nor aborted (a push killed half-way leaves one; S3 bills its parts).
     pub(crate) async fn list_uploads(&self, prefix: &str) -> Result<Vec<OpenUpload>, StoreError> {
         let span = tracing::debug_span!("s3.list_uploads", bucket = %self.bucket, prefix);
-        async {
-            let mut out = Vec::new();
-            let (mut key_marker, mut id_marker): (Option<String>, Option<String>) = (None, None);
-            loop {
-                let resp = self
-                    .call(|c| {
-                        c.list_multipart_uploads()
-                            .bucket(&*self.bucket)
-                            .prefix(prefix)
-                            .set_key_marker(key_marker.clone())
-                            .set_upload_id_marker(id_marker.clone())
-                            .send()
-                    })
-                    .await
-                    .map_err(|e| self.classify(e, prefix))?;
-                for u in resp.uploads() {
-                    if let (Some(key), Some(id)) = (u.key(), u.upload_id()) {
-                        out.push(OpenUpload { key: key.to_string(), upload_id: id.to_string(), initiated: to_system_time(u.initiated()) });
-                    }
-                }
-                match (resp.is_truncated(), resp.next_key_marker(), resp.next_upload_id_marker()) {
-                    (Some(true), Some(k), id) if !k.is_empty() => {
-                        key_marker = Some(k.to_string());
-                        id_marker = id.map(str::to_string);
-                    }
-                    _ => break,
-                }
-            }
-            Ok(out)
-        }
+        all_pages(|(key_marker, id_marker)| async move {
+            let resp = self
+                .call(|c| {
+                    c.list_multipart_uploads()
+                        .bucket(&*self.bucket)
+                        .prefix(prefix)
+                        .set_key_marker(key_marker.clone())
+                        .set_upload_id_marker(id_marker.clone())
+                        .send()
+                })
+                .await
+                .map_err(|e| self.classify(e, prefix))?;
+            let page = resp
+                .uploads()
+                .iter()
+                .filter_map(|u| {
+                    Some(OpenUpload { key: u.key()?.to_string(), upload_id: u.upload_id()?.to_string(), initiated: to_system_time(u.initiated()) })
+                })
+                .collect();
+            Ok((page, next_page(resp.is_truncated(), resp.next_key_marker(), resp.next_upload_id_marker())))
+        })
         .instrument(span)
         .await
     }
@@ -95,6 +84,40 @@ impl S3Store {
             .await
             .map_err(|e| self.classify(e, key))?;
         Ok(())
+    }
+}
+
+/// Where the next page of a listing starts: a continuation token, or a
+/// key marker and an upload or version id marker.
+pub(super) type Cursor = (Option<String>, Option<String>);
+
+/// Every page of a listing, in order: `page` asks for the one at a cursor
+/// (the first at none) and returns its items and the next page's cursor,
+/// None after the last page.
+pub(super) async fn all_pages<T, F, Fut>(mut page: F) -> Result<Vec<T>, StoreError>
+where
+    F: FnMut(Cursor) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<T>, Option<Cursor>), StoreError>>,
+{
+    let mut out = Vec::new();
+    let mut at = Cursor::default();
+    loop {
+        let (items, next) = page(at).await?;
+        out.extend(items);
+        match next {
+            Some(next) => at = next,
+            None => return Ok(out),
+        }
+    }
+}
+
+/// The next page's cursor from an answer: none unless it says it was
+/// truncated and names where to go on (a server that says truncated and
+/// names nothing would otherwise be asked for the same page forever).
+pub(super) fn next_page(truncated: Option<bool>, marker: Option<&str>, id_marker: Option<&str>) -> Option<Cursor> {
+    match (truncated, marker) {
+        (Some(true), Some(m)) if !m.is_empty() => Some((Some(m.to_string()), id_marker.map(str::to_string))),
+        _ => None,
     }
 }
 
@@ -125,5 +148,28 @@ mod tests {
         assert_eq!(super::url_decode_key("p/refs/heads/a%01b%20c+d%2Be"), "p/refs/heads/a\u{1}b c d+e");
         assert_eq!(super::url_decode_key("p/%C3%BC/%zz%"), "p/ü/%zz%");
         assert_eq!(super::url_decode_key("p/%FF"), "p/%FF");
+    }
+
+    #[tokio::test]
+    async fn every_page_in_order_until_the_last() {
+        use super::{all_pages, next_page, Cursor};
+        let pages: Vec<(Vec<u32>, Option<Cursor>)> = vec![
+            (vec![1, 2], next_page(Some(true), Some("k2"), Some("v2"))),
+            (vec![3], next_page(Some(true), Some("k3"), None)),
+            (vec![4], next_page(Some(false), Some("k4"), None)),
+        ];
+        let mut asked = Vec::new();
+        let got = all_pages(|at| {
+            asked.push(at);
+            let page = pages[asked.len() - 1].clone();
+            async move { Ok(page) }
+        })
+        .await
+        .unwrap();
+        assert_eq!(got, vec![1, 2, 3, 4]);
+        let k = |s: &str| Some(s.to_string());
+        assert_eq!(asked, vec![(None, None), (k("k2"), k("v2")), (k("k3"), None)]);
+        assert_eq!(next_page(Some(true), Some(""), None), None, "truncated but nowhere to go on: the last page");
+        assert_eq!(next_page(None, Some("k"), None), None);
     }
 }

@@ -5,7 +5,7 @@
 
 use tracing::Instrument;
 
-use super::list::listed_key;
+use super::list::{all_pages, listed_key, next_page};
 use super::{S3Store, StoreError};
 
 /// One version of an object (or a delete marker).
@@ -24,54 +24,41 @@ impl S3Store {
     /// Every version and delete marker under `prefix` (all pages).
     pub(crate) async fn list_versions(&self, prefix: &str) -> Result<Vec<ObjectVersion>, StoreError> {
         let span = tracing::debug_span!("s3.list_versions", bucket = %self.bucket, prefix);
-        async {
-            let mut out = Vec::new();
-            let (mut key_marker, mut id_marker): (Option<String>, Option<String>) = (None, None);
-            loop {
-                let resp = self
-                    .call(|c| {
-                        c.list_object_versions()
-                            .bucket(&*self.bucket)
-                            .prefix(prefix)
-                            .encoding_type(aws_sdk_s3::types::EncodingType::Url)
-                            .set_key_marker(key_marker.clone())
-                            .set_version_id_marker(id_marker.clone())
-                            .send()
-                    })
-                    .await
-                    .map_err(|e| self.classify(e, prefix))?;
-                for v in resp.versions() {
-                    if let (Some(key), Some(id)) = (v.key(), v.version_id()) {
-                        out.push(ObjectVersion {
-                            key: listed_key(key, resp.encoding_type()),
-                            version_id: id.to_string(),
-                            is_latest: v.is_latest() == Some(true),
-                            delete_marker: false,
-                            size: v.size().unwrap_or(0).max(0) as u64,
-                        });
-                    }
-                }
-                for m in resp.delete_markers() {
-                    if let (Some(key), Some(id)) = (m.key(), m.version_id()) {
-                        out.push(ObjectVersion {
-                            key: listed_key(key, resp.encoding_type()),
-                            version_id: id.to_string(),
-                            is_latest: m.is_latest() == Some(true),
-                            delete_marker: true,
-                            size: 0,
-                        });
-                    }
-                }
-                match (resp.is_truncated(), resp.next_key_marker(), resp.next_version_id_marker()) {
-                    (Some(true), Some(k), id) if !k.is_empty() => {
-                        key_marker = Some(k.to_string());
-                        id_marker = id.map(str::to_string);
-                    }
-                    _ => break,
-                }
-            }
-            Ok(out)
-        }
+        all_pages(|(key_marker, id_marker)| async move {
+            let resp = self
+                .call(|c| {
+                    c.list_object_versions()
+                        .bucket(&*self.bucket)
+                        .prefix(prefix)
+                        .encoding_type(aws_sdk_s3::types::EncodingType::Url)
+                        .set_key_marker(key_marker.clone())
+                        .set_version_id_marker(id_marker.clone())
+                        .send()
+                })
+                .await
+                .map_err(|e| self.classify(e, prefix))?;
+            let encoding = resp.encoding_type();
+            let versions = resp.versions().iter().filter_map(|v| {
+                Some(ObjectVersion {
+                    key: listed_key(v.key()?, encoding),
+                    version_id: v.version_id()?.to_string(),
+                    is_latest: v.is_latest() == Some(true),
+                    delete_marker: false,
+                    size: v.size().unwrap_or(0).max(0) as u64,
+                })
+            });
+            let markers = resp.delete_markers().iter().filter_map(|m| {
+                Some(ObjectVersion {
+                    key: listed_key(m.key()?, encoding),
+                    version_id: m.version_id()?.to_string(),
+                    is_latest: m.is_latest() == Some(true),
+                    delete_marker: true,
+                    size: 0,
+                })
+            });
+            let page = versions.chain(markers).collect();
+            Ok((page, next_page(resp.is_truncated(), resp.next_key_marker(), resp.next_version_id_marker())))
+        })
         .instrument(span)
         .await
     }

@@ -93,7 +93,7 @@ impl BundleStorage {
     /// not cached.
     async fn download_and_index(&self, ctx: &OpContext, r: &RemoteRef) -> Result<String, StorageError> {
         let key = self.bundle_key(&r.name, &r.sha);
-        let tmp = ctx.cache.temp_file()?;
+        let tmp = ctx.cache.blocking(|c| c.temp_file()).await??;
         let mut progress = Progress::new(ctx.out.clone(), ctx.progress, format!("Downloading {}", r.name), None).delayed_as(&ctx.env);
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let download = self.store.get_to_file_tee(&key, tmp.path(), Some(tx), |n| progress.add(n));
@@ -108,7 +108,8 @@ impl BundleStorage {
             Ok(hash) => {
                 // A bundle the cache could not hold (full, unwritable) was only streamed.
                 if kept {
-                    if let Err(e) = ctx.cache.insert_bundle(&r.sha, tmp) {
+                    let sha = r.sha.clone();
+                    if let Err(e) = ctx.cache.blocking(move |c| c.insert_bundle(&sha, tmp)).await.and_then(|r| r) {
                         tracing::warn!(error = %e, "bundle not cached");
                     }
                 }
@@ -557,8 +558,10 @@ struct BundleStream {
 
 impl BundleStream {
     async fn start(ctx: &OpContext, bundle_ref: &str) -> Result<BundleStream, StorageError> {
-        let bundle = ctx.cache.temp_file().map_err(|e| ctx.cache.explain_io(e))?;
-        let mut tee = tokio::fs::File::from_std(bundle.reopen()?);
+        // The cache's temp file and a second handle on it: off the async workers.
+        let opened = ctx.cache.blocking(|c| c.temp_file().and_then(|t| t.reopen().map(|f| (t, f)))).await.and_then(|r| r);
+        let (bundle, tee) = opened.map_err(|e| ctx.cache.explain_io(e))?;
+        let mut tee = tokio::fs::File::from_std(tee);
         let span = tracing::debug_span!("git", args = %format!("bundle create - {bundle_ref}"));
         let _entered = span.enter();
         let mut git = ctx

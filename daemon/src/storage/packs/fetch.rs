@@ -7,6 +7,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use futures::future::FutureExt;
 use futures::stream::{StreamExt, TryStreamExt};
 
 use crate::session::progress::Progress;
@@ -39,10 +40,42 @@ impl PackStorage {
             candidates.iter().flat_map(|p| p.tips.iter().cloned()).chain(want_shas.iter().cloned()).collect::<BTreeSet<_>>().into_iter().collect();
         // The packs made for a wanted tip (what a fetch of new commits
         // needs) start downloading while the lookup runs.
-        let (decided_tx, decided_rx) = tokio::sync::watch::channel::<Option<Arc<HashSet<String>>>>(None);
         let early: Vec<PackEntry> = candidates.iter().filter(|p| p.tips.iter().any(|t| want_shas.contains(t))).map(|p| (*p).clone()).collect();
         let started = std::time::SystemTime::now();
+        let present = self.fetch_early_while_looking_up(ctx, &early, &names, &pack_dir, started).await?;
+        if want_shas.iter().all(|s| present.contains(s)) {
+            self.remove_broken_index_files(&pack_dir, started).await;
+            return Ok(());
+        }
+        let early_names: HashSet<&str> = early.iter().map(|p| p.name.as_str()).collect();
+        let rest: Vec<PackEntry> =
+            candidates.iter().filter(|p| !early_names.contains(p.name.as_str()) && pack_lacking(&present, &p.tips)).map(|p| (*p).clone()).collect();
+        tracing::debug!(early = early.len(), rest = rest.len(), total = m.packs.len(), "packs to download");
         let dir = &pack_dir;
+        let fetches: Vec<_> =
+            rest.iter().cloned().map(|p| async move { self.fetch_pack(ctx, &p, dir, std::future::ready(true)).await.map(|_| ()) }).collect();
+        let fetched = futures::stream::iter(fetches).buffer_unordered(DOWNLOAD_CONCURRENCY).try_collect::<Vec<()>>().await;
+        if fetched.is_err() {
+            crate::local::git::remove_temp_packs_since(&pack_dir, started).await;
+        }
+        fetched?;
+        self.remove_broken_index_files(&pack_dir, started).await;
+        self.check_wanted_tips(ctx, wants, &present, &[&early, &rest]).await
+    }
+
+    /// Downloads the packs `early` (made for wanted tips) while one object
+    /// lookup of `names` says what the repository has; each download goes
+    /// on once the lookup says its pack is lacking, and is dropped if not.
+    /// Returns what the lookup found present.
+    async fn fetch_early_while_looking_up(
+        &self,
+        ctx: &OpContext,
+        early: &[PackEntry],
+        names: &[String],
+        pack_dir: &Path,
+        started: std::time::SystemTime,
+    ) -> Result<Arc<HashSet<String>>, StorageError> {
+        let (decided_tx, decided_rx) = tokio::sync::watch::channel::<Option<Arc<HashSet<String>>>>(None);
         let early_fetches: Vec<_> = early
             .iter()
             .cloned()
@@ -56,59 +89,52 @@ impl PackStorage {
                             Err(_) => false,
                         }
                     };
-                    self.fetch_pack(ctx, &p, dir, needed).await.map(|_| ())
+                    self.fetch_pack(ctx, &p, pack_dir, needed).await.map(|_| ())
                 }
             })
             .collect();
         let lookup = async {
-            let found = ctx.git.present_objects(&names).await;
+            let found = ctx.git.present_objects(names).await;
             // On a failed lookup the early downloads stop (decided: none needed).
             let present = Arc::new(found.as_ref().cloned().unwrap_or_default());
-            let _ = decided_tx.send(Some(if found.is_ok() { present.clone() } else { Arc::new(all_of(&names)) }));
+            let _ = decided_tx.send(Some(if found.is_ok() { present.clone() } else { Arc::new(all_of(names)) }));
             found.map(|_| present)
         };
         let (present, early_done) =
             tokio::join!(lookup, futures::stream::iter(early_fetches).buffer_unordered(DOWNLOAD_CONCURRENCY).try_collect::<Vec<()>>());
-        let present = match (present, &early_done) {
-            (Ok(p), Ok(_)) => p,
+        match (present, early_done) {
+            (Ok(p), Ok(_)) => Ok(p),
             (Err(e), _) => {
-                crate::local::git::remove_temp_packs_since(&pack_dir, started).await;
-                return Err(e.into());
+                crate::local::git::remove_temp_packs_since(pack_dir, started).await;
+                Err(e.into())
             }
-            (Ok(_), Err(_)) => {
+            (Ok(_), Err(e)) => {
                 // index-pack leaves its temp file behind when its input breaks off.
-                crate::local::git::remove_temp_packs_since(&pack_dir, started).await;
-                return early_done.map(|_| ());
+                crate::local::git::remove_temp_packs_since(pack_dir, started).await;
+                Err(e)
             }
-        };
-        if want_shas.iter().all(|s| present.contains(s)) {
-            self.remove_broken_index_files(&pack_dir, started).await;
-            return Ok(());
         }
-        let early_names: HashSet<&str> = early.iter().map(|p| p.name.as_str()).collect();
-        let rest: Vec<PackEntry> =
-            candidates.iter().filter(|p| !early_names.contains(p.name.as_str()) && pack_lacking(&present, &p.tips)).map(|p| (*p).clone()).collect();
-        tracing::debug!(early = early.len(), rest = rest.len(), total = m.packs.len(), "packs to download");
-        let fetches: Vec<_> =
-            rest.iter().cloned().map(|p| async move { self.fetch_pack(ctx, &p, dir, std::future::ready(true)).await.map(|_| ()) }).collect();
-        let fetched = futures::stream::iter(fetches).buffer_unordered(DOWNLOAD_CONCURRENCY).try_collect::<Vec<()>>().await;
-        if fetched.is_err() {
-            crate::local::git::remove_temp_packs_since(&pack_dir, started).await;
-        }
-        fetched?;
-        self.remove_broken_index_files(&pack_dir, started).await;
-        // Every wanted tip the repository lacked is looked up once the packs
-        // are in, those of the packs made for them too: a pack whose objects
-        // do not hold the tips the manifest names for it (a damaged or
-        // hostile bucket) is an error naming its key, never a fetch that git
-        // then finds incomplete.
-        let unsure: Vec<String> = want_shas.iter().filter(|s| !present.contains(*s)).cloned().collect();
+    }
+
+    /// Every wanted tip the repository lacked (not in `present`) is looked
+    /// up once the packs are in, those of the packs made for them too
+    /// (`fetched`): a pack whose objects do not hold the tips the manifest
+    /// names for it (a damaged or hostile bucket) is an error naming its
+    /// key, never a fetch that git then finds incomplete.
+    async fn check_wanted_tips(
+        &self,
+        ctx: &OpContext,
+        wants: &[RemoteRef],
+        present: &HashSet<String>,
+        fetched: &[&[PackEntry]],
+    ) -> Result<(), StorageError> {
+        let unsure: Vec<String> = wants.iter().map(|w| &w.sha).filter(|s| !present.contains(*s)).cloned().collect();
         if unsure.is_empty() {
             return Ok(());
         }
         let have = ctx.git.present_objects(&unsure).await?;
         if let Some(w) = wants.iter().find(|w| unsure.contains(&w.sha) && !have.contains(&w.sha)) {
-            let made_for = early.iter().chain(rest.iter()).find(|p| p.tips.contains(&w.sha));
+            let made_for = fetched.iter().flat_map(|ps| ps.iter()).find(|p| p.tips.contains(&w.sha));
             if let Some(p) = made_for {
                 return Err(StorageError::Corrupt(format!(
                     "pack {} from s3://{}/{} does not hold {}, the tip of {} the manifest names for it: the remote is damaged",
@@ -147,19 +173,12 @@ impl PackStorage {
         pack_dir: &Path,
         needed: impl std::future::Future<Output = bool>,
     ) -> Result<bool, StorageError> {
-        tokio::pin!(needed);
-        let name = p.name.clone();
-        if let Some(cached) = ctx.cache.blocking(move |c| c.lookup_pack(&name)).await? {
-            if !(&mut needed).await {
-                return Ok(false);
-            }
-            let (dir, idx) = (pack_dir.to_path_buf(), pack_dir.join(format!("pack-{}.idx", p.name)));
-            if crate::local::files::blocking(move || Ok(cached.link_into(&dir).is_ok() && idx.exists())).await? {
-                tracing::debug!(pack = p.name, "linked a cached pack");
-                return Ok(true);
-            }
-            let name = p.name.clone();
-            ctx.cache.blocking(move |c| c.evict_pack(&name)).await?;
+        // Asked first for a cached pack, then again for a download should
+        // it not link: shared, so a second ask gets the first answer (an
+        // answered future is never polled again).
+        let needed = needed.shared();
+        if let Some(done) = self.link_cached(ctx, p, pack_dir, needed.clone()).await? {
+            return Ok(done);
         }
         let tmp = ctx.cache.blocking(|c| c.temp_file()).await??;
         let key = self.entry_object_key(p, "pack")?;
@@ -175,7 +194,7 @@ impl PackStorage {
         if let Some(k) = &self.key {
             // Encrypted (issue 22): the whole age file, decrypted into the
             // temp file, then indexed from there.
-            if !(&mut needed).await {
+            if !needed.clone().await {
                 return Ok(false);
             }
             let indexed = match self.fetch_encrypted(ctx, k, p, &key, tmp.path(), on).await {
@@ -196,10 +215,10 @@ impl PackStorage {
         let mut finished_early = None;
         let wanted = tokio::select! {
             biased;
-            n = &mut needed => n,
+            n = needed.clone() => n,
             r = &mut download => {
                 finished_early = Some(r);
-                (&mut needed).await
+                needed.await
             }
         };
         if !wanted {
@@ -277,6 +296,32 @@ impl PackStorage {
             return Err(swapped(&what, &p.name, "pack", &instead));
         }
         Ok(indexed)
+    }
+
+    /// Pack `p` linked in from the cache, where another working copy left
+    /// it, if the repository needs it (`needed`): Some(whether it was
+    /// brought in), or None when it is not cached, or did not link (then
+    /// evicted).
+    async fn link_cached(
+        &self,
+        ctx: &OpContext,
+        p: &PackEntry,
+        pack_dir: &Path,
+        needed: impl std::future::Future<Output = bool>,
+    ) -> Result<Option<bool>, StorageError> {
+        let name = p.name.clone();
+        let Some(cached) = ctx.cache.blocking(move |c| c.lookup_pack(&name)).await? else { return Ok(None) };
+        if !needed.await {
+            return Ok(Some(false));
+        }
+        let (dir, idx) = (pack_dir.to_path_buf(), pack_dir.join(format!("pack-{}.idx", p.name)));
+        if crate::local::files::blocking(move || Ok(cached.link_into(&dir).is_ok() && idx.exists())).await? {
+            tracing::debug!(pack = p.name, "linked a cached pack");
+            return Ok(Some(true));
+        }
+        let name = p.name.clone();
+        ctx.cache.blocking(move |c| c.evict_pack(&name)).await?;
+        Ok(None)
     }
 
     fn missing_pack(&self, p: &PackEntry, key: &str) -> StorageError {

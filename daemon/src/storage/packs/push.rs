@@ -72,11 +72,15 @@ async fn pack_build_dir(ctx: &OpContext) -> Result<tempfile::TempDir, StorageErr
     let cache_tmp = ctx.cache.root().join("tmp");
     let pack_dir = ctx.git.pack_dir().await?;
     let objects = pack_dir.parent().map(Path::to_path_buf).unwrap_or_else(|| pack_dir.clone());
-    let dev = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).ok();
-    let dir = match (dev(&cache_tmp), dev(&objects)) {
-        (Some(c), Some(o)) if c != o => tempfile::Builder::new().prefix("tmp_git-s3-push-").tempdir_in(&objects),
-        _ => tempfile::Builder::new().prefix("packs-").tempdir_in(&cache_tmp),
-    };
+    // Two stats and a directory created: off the async workers.
+    let dir = crate::local::files::blocking(move || {
+        let dev = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).ok();
+        match (dev(&cache_tmp), dev(&objects)) {
+            (Some(c), Some(o)) if c != o => tempfile::Builder::new().prefix("tmp_git-s3-push-").tempdir_in(&objects),
+            _ => tempfile::Builder::new().prefix("packs-").tempdir_in(&cache_tmp),
+        }
+    })
+    .await;
     dir.map_err(|e| ctx.cache.explain_io(e).into())
 }
 

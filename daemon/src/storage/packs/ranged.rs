@@ -100,7 +100,8 @@ async fn objects_named(git: &crate::local::git::Git, names: &[String]) -> Result
 /// (and appended), the pack moved into `objects/pack` only once whole.
 async fn index_thin_pack(git: &crate::local::git::Git, pack: &Path) -> Result<(), crate::local::git::GitError> {
     use crate::local::git::GitError;
-    let file = std::fs::File::open(pack).map_err(GitError::Spawn)?;
+    let path = pack.to_path_buf();
+    let file = crate::local::files::blocking(move || std::fs::File::open(path)).await.map_err(GitError::Spawn)?;
     let mut cmd = git.command(&["index-pack", "--stdin", "--fix-thin"]);
     cmd.stdin(std::process::Stdio::from(file)).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
     let out = cmd.output().await.map_err(GitError::Spawn)?;
@@ -134,6 +135,24 @@ struct PackPlan {
     read: u64,
     /// Read whole instead.
     whole: bool,
+}
+
+impl PackPlan {
+    fn new(entry: PackEntry, format: ObjectFormat, idx: Arc<Locator>) -> PackPlan {
+        PackPlan {
+            entry,
+            format,
+            idx,
+            wanted: Vec::new(),
+            raw: BTreeMap::new(),
+            chains: HashMap::new(),
+            frontier: BTreeSet::new(),
+            in_repository: HashMap::new(),
+            pieces: Vec::new(),
+            read: 0,
+            whole: false,
+        }
+    }
 }
 
 /// What a ranged fetch did (for the log and the caller).
@@ -227,139 +246,15 @@ impl PackStorage {
             }
         }
         let pack_dir = ctx.git.pack_dir().await?;
-        // Packs that may hold blobs (not the skeleton view), not in the repository yet.
-        let skeleton = m.views.as_ref().and_then(|v| v.skeleton.as_ref()).map(|p| p.name.clone());
-        let mut seen = BTreeSet::new();
-        let candidates: Vec<PackEntry> = m
-            .packs
-            .iter()
-            .chain(m.views.iter().flat_map(|v| v.tips.iter()))
-            .filter(|p| Some(&p.name) != skeleton.as_ref() && seen.insert(p.name.clone()))
-            .filter(|p| !pack_dir.join(format!("pack-{}.idx", p.name)).exists())
-            .cloned()
-            .collect();
-        tokio::fs::create_dir_all(idx_dir).await?;
-        let loads: Vec<_> =
-            candidates.iter().map(|p| async move { self.load_locator(ctx, p, idx_dir, format, use_maps).await.map(|i| (p.clone(), i)) }).collect();
-        let indexes: Vec<(PackEntry, Option<Arc<Locator>>)> = futures::stream::iter(loads).buffered(CONCURRENCY).try_collect().await?;
-        outcome.gone = indexes.iter().any(|(_, i)| i.is_none());
-        outcome.maps = indexes.iter().filter(|(_, l)| l.as_ref().is_some_and(|l| l.is_map())).count();
-        // Each wanted object in the first pack that holds it.
-        let mut plans: Vec<PackPlan> = Vec::new();
-        for oid in &oids {
-            let found = indexes.iter().find_map(|(p, idx)| idx.as_ref().and_then(|i| i.offset_of(oid).map(|o| (p, i, o))));
-            let Some((p, idx, offset)) = found else {
-                tracing::debug!(oid = hex::encode(oid), "no pack index names a wanted object; no ranged reads");
-                return Ok(outcome);
-            };
-            let plan = match plans.iter_mut().position(|pl| pl.entry.name == p.name) {
-                Some(i) => &mut plans[i],
-                None => {
-                    plans.push(PackPlan {
-                        entry: p.clone(),
-                        format,
-                        idx: idx.clone(),
-                        wanted: Vec::new(),
-                        raw: BTreeMap::new(),
-                        chains: HashMap::new(),
-                        frontier: BTreeSet::new(),
-                        in_repository: HashMap::new(),
-                        pieces: Vec::new(),
-                        read: 0,
-                        whole: false,
-                    });
-                    plans.last_mut().expect("just pushed")
-                }
-            };
-            plan.wanted.push(offset);
-            plan.frontier.insert(offset);
-        }
-        drop(indexes);
+        let Some(mut plans) = self.plan_packs(ctx, m, &oids, (idx_dir, &pack_dir), use_maps, &mut outcome).await? else { return Ok(outcome) };
 
         #[cfg(feature = "test-hooks")]
         if let Some(g) = crate::test_hooks::ranged_read_gate(&ctx.env) {
             crate::test_hooks::wait_for_gate(&g).await;
         }
-        let mut progress = Progress::new(ctx.out.clone(), ctx.progress, "Reading objects by ranges".to_string(), None).delayed_as(&ctx.env);
-        // Rounds: each reads every pack's frontier (one parallel batch of
-        // merged ranges per pack), then queues the delta bases not read yet.
-        while plans.iter().any(|p| !p.whole && !p.frontier.is_empty()) {
-            if outcome.rounds == MAX_ROUNDS {
-                plans.iter_mut().filter(|p| !p.frontier.is_empty()).for_each(|p| p.whole = true);
-                break;
-            }
-            outcome.rounds += 1;
-            let mut jobs: Vec<(usize, String, Vec<Range<u64>>, u64)> = Vec::new();
-            for (i, p) in plans.iter_mut().enumerate().filter(|(_, p)| !p.whole && !p.frontier.is_empty()) {
-                // Each entry with the bytes before it: a delta's base is
-                // earlier in the pack, often close.
-                let ahead = read_ahead(p.entry.size, p.frontier.len());
-                let ranges: Option<Vec<Range<u64>>> =
-                    p.frontier.iter().map(|o| p.idx.end_of(*o, p.entry.size).map(|e| o.saturating_sub(ahead).max(PACK_HEADER)..e)).collect();
-                let Some(ranges) = ranges else {
-                    return Err(self.damaged(&p.entry, "its .idx names an entry past the pack's end"));
-                };
-                let gap = merge_gap(p.entry.size);
-                let cost: u64 = merge_ranges(&ranges, gap).iter().map(|r| r.end - r.start).sum();
-                if p.read + cost > p.entry.size / 2 || p.read + cost > MAX_RANGED_BYTES {
-                    tracing::debug!(
-                        pack = p.entry.name,
-                        read = p.read,
-                        cost,
-                        size = p.entry.size,
-                        "ranges would cover half the pack; reading it whole"
-                    );
-                    p.whole = true;
-                    continue;
-                }
-                jobs.push((i, manifest::pack_key(&self.url, &p.entry.name), ranges, gap));
-            }
-            let reads: Vec<_> =
-                jobs.into_iter().map(|(i, key, ranges, gap)| async move { (i, self.store.get_ranges(&key, &ranges, gap).await) }).collect();
-            let results: Vec<_> = futures::stream::iter(reads).buffer_unordered(CONCURRENCY).collect().await;
-            for (i, read) in results {
-                let read = match read {
-                    Ok(r) => r,
-                    Err(e) if e.is_not_found() => {
-                        tracing::info!(pack = plans[i].entry.name, "a pack is gone from the bucket; no ranged reads");
-                        progress.finish();
-                        return Ok(RangedOutcome { done: false, gone: true, ..outcome });
-                    }
-                    Err(e) => return Err(e.into()),
-                };
-                outcome.bytes += read.bytes();
-                progress.add(read.bytes());
-                outcome.requests += read.requests();
-                let p = &mut plans[i];
-                p.read += read.bytes();
-                p.pieces.push(read);
-                let asked: Vec<u64> = p.frontier.iter().copied().collect();
-                p.frontier.clear();
-                let unread = self.take_entries(p, asked)?;
-                // Bases the repository has are not read: the pack built is
-                // completed from it (`index-pack --fix-thin`).
-                if !unread.is_empty() {
-                    let Some(names) = unread.iter().map(|b| p.idx.name_at(*b).map(hex::encode)).collect::<Option<Vec<String>>>() else {
-                        return Err(self.damaged(&p.entry, "a delta's base offset is no entry"));
-                    };
-                    let found = objects_named(&ctx.git, &names).await?;
-                    for (b, found) in unread.into_iter().zip(found) {
-                        match found {
-                            Some((oid, kind)) => {
-                                p.chains.insert(b, (kind, None));
-                                p.in_repository.insert(b, oid);
-                            }
-                            None => {
-                                p.frontier.insert(b);
-                            }
-                        }
-                    }
-                }
-            }
+        if self.read_rounds(ctx, &mut plans, &mut outcome).await? {
+            return Ok(RangedOutcome { done: false, gone: true, ..outcome });
         }
-
-        progress.finish();
-
         // Only blobs: a commit or tree without what it links to would leave
         // the mirror holding objects whose history it lacks.
         for p in plans.iter().filter(|p| !p.whole) {
@@ -368,23 +263,7 @@ impl PackStorage {
                 return Ok(RangedOutcome { done: false, ..outcome });
             }
         }
-
-        let started = std::time::SystemTime::now();
-        for p in plans.iter().filter(|p| !p.whole) {
-            if let Err(e) = self.index_entries(ctx, p).await {
-                crate::local::git::remove_temp_packs_since(&pack_dir, started).await;
-                return Err(e);
-            }
-        }
-        let whole: Vec<PackEntry> = plans.iter().filter(|p| p.whole).map(|p| p.entry.clone()).collect();
-        outcome.whole_packs = whole.len();
-        let dir = &pack_dir;
-        let fetches: Vec<_> = whole.iter().map(|p| async move { self.fetch_pack(ctx, p, dir, std::future::ready(true)).await.map(|_| ()) }).collect();
-        let fetched = futures::stream::iter(fetches).buffer_unordered(CONCURRENCY).try_collect::<Vec<()>>().await;
-        if fetched.is_err() {
-            crate::local::git::remove_temp_packs_since(&pack_dir, started).await;
-        }
-        fetched?;
+        self.index_and_fetch_whole(ctx, &plans, &pack_dir, &mut outcome).await?;
         let have = ctx.git.present_objects(wants).await?;
         outcome.done = wants.iter().all(|w| have.contains(w));
         tracing::info!(
@@ -398,6 +277,176 @@ impl PackStorage {
             "ranged reads"
         );
         Ok(outcome)
+    }
+
+    /// Each wanted object (`oids`) in the first pack of `m` that holds it,
+    /// by the packs' object maps or `.idx` (kept in `idx_dir`), leaving
+    /// out the skeleton view and packs the repository (`pack_dir`) has.
+    /// None when no pack names one of them.
+    async fn plan_packs(
+        &self,
+        ctx: &OpContext,
+        m: &manifest::Manifest,
+        oids: &[Vec<u8>],
+        (idx_dir, pack_dir): (&Path, &Path),
+        use_maps: bool,
+        outcome: &mut RangedOutcome,
+    ) -> Result<Option<Vec<PackPlan>>, StorageError> {
+        let format = m.format();
+        // Packs that may hold blobs (not the skeleton view), not in the repository yet.
+        let skeleton = m.views.as_ref().and_then(|v| v.skeleton.as_ref()).map(|p| p.name.clone());
+        let mut seen = BTreeSet::new();
+        let listed: Vec<&PackEntry> = m
+            .packs
+            .iter()
+            .chain(m.views.iter().flat_map(|v| v.tips.iter()))
+            .filter(|p| Some(&p.name) != skeleton.as_ref() && seen.insert(p.name.clone()))
+            .collect();
+        let indexed = super::fetch::indexed_packs(pack_dir, listed.iter().map(|p| p.name.clone()).collect()).await?;
+        let candidates: Vec<PackEntry> = listed.into_iter().filter(|p| !indexed.contains(&p.name)).cloned().collect();
+        tokio::fs::create_dir_all(idx_dir).await?;
+        let loads: Vec<_> =
+            candidates.iter().map(|p| async move { self.load_locator(ctx, p, idx_dir, format, use_maps).await.map(|i| (p.clone(), i)) }).collect();
+        let indexes: Vec<(PackEntry, Option<Arc<Locator>>)> = futures::stream::iter(loads).buffered(CONCURRENCY).try_collect().await?;
+        outcome.gone = indexes.iter().any(|(_, i)| i.is_none());
+        outcome.maps = indexes.iter().filter(|(_, l)| l.as_ref().is_some_and(|l| l.is_map())).count();
+        let mut plans: Vec<PackPlan> = Vec::new();
+        for oid in oids {
+            let found = indexes.iter().find_map(|(p, idx)| idx.as_ref().and_then(|i| i.offset_of(oid).map(|o| (p, i, o))));
+            let Some((p, idx, offset)) = found else {
+                tracing::debug!(oid = hex::encode(oid), "no pack index names a wanted object; no ranged reads");
+                return Ok(None);
+            };
+            let i = match plans.iter().position(|pl| pl.entry.name == p.name) {
+                Some(i) => i,
+                None => {
+                    plans.push(PackPlan::new(p.clone(), format, idx.clone()));
+                    plans.len() - 1
+                }
+            };
+            plans[i].wanted.push(offset);
+            plans[i].frontier.insert(offset);
+        }
+        Ok(Some(plans))
+    }
+
+    /// Rounds: each reads every pack's frontier (one parallel batch of
+    /// merged ranges per pack), then queues the delta bases not read yet.
+    /// True when a pack is gone from the bucket (nothing more is read).
+    async fn read_rounds(&self, ctx: &OpContext, plans: &mut [PackPlan], outcome: &mut RangedOutcome) -> Result<bool, StorageError> {
+        let mut progress = Progress::new(ctx.out.clone(), ctx.progress, "Reading objects by ranges".to_string(), None).delayed_as(&ctx.env);
+        while plans.iter().any(|p| !p.whole && !p.frontier.is_empty()) {
+            if outcome.rounds == MAX_ROUNDS {
+                plans.iter_mut().filter(|p| !p.frontier.is_empty()).for_each(|p| p.whole = true);
+                break;
+            }
+            outcome.rounds += 1;
+            let jobs = self.round_jobs(plans)?;
+            let reads: Vec<_> =
+                jobs.into_iter().map(|(i, key, ranges, gap)| async move { (i, self.store.get_ranges(&key, &ranges, gap).await) }).collect();
+            let results: Vec<_> = futures::stream::iter(reads).buffer_unordered(CONCURRENCY).collect().await;
+            for (i, read) in results {
+                let read = match read {
+                    Ok(r) => r,
+                    Err(e) if e.is_not_found() => {
+                        tracing::info!(pack = plans[i].entry.name, "a pack is gone from the bucket; no ranged reads");
+                        progress.finish();
+                        return Ok(true);
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                outcome.bytes += read.bytes();
+                progress.add(read.bytes());
+                outcome.requests += read.requests();
+                self.absorb(ctx, &mut plans[i], read).await?;
+            }
+        }
+        progress.finish();
+        Ok(false)
+    }
+
+    /// One round's range reads: (plan, object key, ranges, merge gap) for
+    /// each pack with a frontier; a pack whose ranges would cover half of
+    /// it is marked to be read whole instead.
+    #[allow(clippy::type_complexity)]
+    fn round_jobs(&self, plans: &mut [PackPlan]) -> Result<Vec<(usize, String, Vec<Range<u64>>, u64)>, StorageError> {
+        let mut jobs = Vec::new();
+        for (i, p) in plans.iter_mut().enumerate().filter(|(_, p)| !p.whole && !p.frontier.is_empty()) {
+            // Each entry with the bytes before it: a delta's base is
+            // earlier in the pack, often close.
+            let ahead = read_ahead(p.entry.size, p.frontier.len());
+            let ranges: Option<Vec<Range<u64>>> =
+                p.frontier.iter().map(|o| p.idx.end_of(*o, p.entry.size).map(|e| o.saturating_sub(ahead).max(PACK_HEADER)..e)).collect();
+            let Some(ranges) = ranges else {
+                return Err(self.damaged(&p.entry, "its .idx names an entry past the pack's end"));
+            };
+            let gap = merge_gap(p.entry.size);
+            let cost: u64 = merge_ranges(&ranges, gap).iter().map(|r| r.end - r.start).sum();
+            if p.read + cost > p.entry.size / 2 || p.read + cost > MAX_RANGED_BYTES {
+                tracing::debug!(pack = p.entry.name, read = p.read, cost, size = p.entry.size, "ranges would cover half the pack; reading it whole");
+                p.whole = true;
+                continue;
+            }
+            jobs.push((i, manifest::pack_key(&self.url, &p.entry.name), ranges, gap));
+        }
+        Ok(jobs)
+    }
+
+    /// Takes what a round read of pack `p`: its entries, and as the next
+    /// frontier the delta bases neither read nor in the repository (those
+    /// the repository has complete the pack built: `index-pack --fix-thin`).
+    async fn absorb(&self, ctx: &OpContext, p: &mut PackPlan, read: RangeRead) -> Result<(), StorageError> {
+        p.read += read.bytes();
+        p.pieces.push(read);
+        let asked: Vec<u64> = p.frontier.iter().copied().collect();
+        p.frontier.clear();
+        let unread = self.take_entries(p, asked)?;
+        if unread.is_empty() {
+            return Ok(());
+        }
+        let Some(names) = unread.iter().map(|b| p.idx.name_at(*b).map(hex::encode)).collect::<Option<Vec<String>>>() else {
+            return Err(self.damaged(&p.entry, "a delta's base offset is no entry"));
+        };
+        let found = objects_named(&ctx.git, &names).await?;
+        for (b, found) in unread.into_iter().zip(found) {
+            match found {
+                Some((oid, kind)) => {
+                    p.chains.insert(b, (kind, None));
+                    p.in_repository.insert(b, oid);
+                }
+                None => {
+                    p.frontier.insert(b);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Indexes the packs built from what was read, and downloads whole the
+    /// packs marked so; the temp packs of a failure are removed.
+    async fn index_and_fetch_whole(
+        &self,
+        ctx: &OpContext,
+        plans: &[PackPlan],
+        pack_dir: &Path,
+        outcome: &mut RangedOutcome,
+    ) -> Result<(), StorageError> {
+        let started = std::time::SystemTime::now();
+        for p in plans.iter().filter(|p| !p.whole) {
+            if let Err(e) = self.index_entries(ctx, p).await {
+                crate::local::git::remove_temp_packs_since(pack_dir, started).await;
+                return Err(e);
+            }
+        }
+        let whole: Vec<PackEntry> = plans.iter().filter(|p| p.whole).map(|p| p.entry.clone()).collect();
+        outcome.whole_packs = whole.len();
+        let fetches: Vec<_> =
+            whole.iter().map(|p| async move { self.fetch_pack(ctx, p, pack_dir, std::future::ready(true)).await.map(|_| ()) }).collect();
+        let fetched = futures::stream::iter(fetches).buffer_unordered(CONCURRENCY).try_collect::<Vec<()>>().await;
+        if fetched.is_err() {
+            crate::local::git::remove_temp_packs_since(pack_dir, started).await;
+        }
+        fetched.map(|_| ())
     }
 
     /// Takes from what `p` has read the entries at `offsets` and, following
@@ -462,7 +511,7 @@ impl PackStorage {
         }
         let format = p.format;
         let pack = tokio::task::spawn_blocking(move || build_pack(&entries, format)).await.map_err(|e| StorageError::Io(std::io::Error::other(e)))?;
-        let tmp = ctx.cache.temp_file()?;
+        let tmp = ctx.cache.blocking(|c| c.temp_file()).await??;
         tokio::fs::write(tmp.path(), &pack).await?;
         index_thin_pack(&ctx.git, tmp.path()).await.map_err(|e| {
             let why = match &e {
@@ -539,7 +588,7 @@ impl PackStorage {
             }
             let _ = tokio::fs::remove_file(&kept).await;
         }
-        let tmp = ctx.cache.temp_file()?;
+        let tmp = ctx.cache.blocking(|c| c.temp_file()).await??;
         match self.store.get_to_file(key, tmp.path(), |_| {}).await {
             Ok(_) => {}
             Err(e) if e.is_not_found() => return Ok(None),
