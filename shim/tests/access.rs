@@ -11,39 +11,18 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use testkit::TestEnv;
-
-fn error_lines(stderr: &str) -> Vec<&str> {
-    stderr.lines().filter(|l| l.starts_with("fatal:") || l.starts_with("error:")).collect()
-}
-
-/// `git s3 keygen` into `identities` (None: the default file): the recipient.
-fn keygen(env: &TestEnv, identities: Option<&Path>) -> String {
-    let mut c = env.command("git-s3", &env.work());
-    c.arg("keygen");
-    if let Some(p) = identities {
-        c.env("GIT_S3_IDENTITIES", p);
-    }
-    let out = env.run(c);
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
+use testkit::{error_lines, keygen, require_test_hooks};
 
 /// The keys under `prefix/`.
 fn keys(env: &TestEnv, prefix: &str) -> Vec<String> {
     env.keys(&format!("{prefix}/")).into_iter().filter(|k| !k.is_empty()).collect()
 }
 
-/// Waits until `prefix` holds `n` objects (a push uploads its `.idx` after answering git).
+/// The keys under `prefix/` once it holds `n` objects, exactly `n` (a push uploads its `.idx` after answering git).
 fn wait_for_objects(env: &TestEnv, prefix: &str, n: usize) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let have = keys(env, prefix);
-        if have.len() >= n {
-            assert_eq!(have.len(), n, "objects under {prefix}: {have:?}");
-            return have;
-        }
-        assert!(Instant::now() < deadline, "{prefix} holds {have:?}, expected {n} objects");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let have = testkit::wait_for_objects(env, prefix, n);
+    assert_eq!(have.len(), n, "objects under {prefix}: {have:?}");
+    have
 }
 
 /// Fails unless Debian's `age` is installed (scripts/setup-test-env.sh installs it).
@@ -166,12 +145,6 @@ fn grant_lets_a_person_clone_and_revoke_rotates_the_key() {
     let m: Value = serde_json::from_slice(&age_d(&env, &remote_keys, "team/.git-s3/manifest.json").unwrap()).unwrap();
     let marks: Vec<Option<u64>> = m["packs"].as_array().unwrap().iter().map(|p| p["key"].as_u64()).collect();
     assert_eq!(marks, vec![Some(1), Some(2)], "{m}");
-}
-
-fn require_test_hooks(env: &TestEnv) {
-    let doc: Value = serde_json::from_str(&env.git_s3(&env.work(), &["status", "--json"])).unwrap();
-    let features = doc["daemon"]["features"].as_array().cloned().unwrap_or_default();
-    assert!(features.iter().any(|f| f == "test-hooks"), "this test needs a daemon built with --features git-s3-daemon/test-hooks: {features:?}");
 }
 
 /// `revoke --reencrypt`, killed after its manifest swap: readers clone

@@ -33,6 +33,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use testkit::require_test_hooks;
 use testkit::TestEnv;
 
 /// The lock TTL of every command in the trials (seconds).
@@ -877,17 +878,6 @@ fn summary(results: &[Outcome]) {
             o.seed, o.op, o.target, o.killed, o.delay_ms, o.reported_done, o.state, o.locks_left, o.doctor_issues, o.refused_until_rerun
         );
     }
-}
-
-fn require_test_hooks(env: &TestEnv) {
-    let out = env.git_s3(&env.work(), &["status", "--json"]);
-    let doc: serde_json::Value = serde_json::from_str(&out).expect("git s3 status --json is JSON");
-    let features = doc["daemon"]["features"].as_array().cloned().unwrap_or_default();
-    assert!(
-        features.iter().any(|f| f == "test-hooks"),
-        "this test needs a daemon built with the test hooks: cargo build --workspace --features git-s3-daemon/test-hooks \
-(scripts/test.sh does); the running daemon reports features {features:?}"
-    );
 }
 
 /// A remote with main, b1 and b2 (and HEAD), in `format`.

@@ -11,37 +11,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use testkit::TestEnv;
+use testkit::{error_lines, keygen, objects, require_test_hooks, wait_for_objects};
 
 const AGE_MAGIC: &[u8] = b"age-encryption.org/v1\n";
-
-fn error_lines(stderr: &str) -> Vec<&str> {
-    stderr.lines().filter(|l| l.starts_with("fatal:") || l.starts_with("error:")).collect()
-}
-
-/// `git s3 keygen` into the default identities file: the recipient.
-fn keygen(env: &TestEnv) -> String {
-    let r = env.git_s3(&env.work(), &["keygen"]).trim().to_string();
-    assert!(r.starts_with("age1"), "{r}");
-    r
-}
-
-/// Every object under `prefix`: key and bytes.
-fn objects(env: &TestEnv, prefix: &str) -> Vec<(String, Vec<u8>)> {
-    env.keys(&format!("{prefix}/")).into_iter().filter(|k| !k.is_empty()).map(|k| (k.clone(), env.get_object(&k))).collect()
-}
-
-/// Waits until `prefix` holds `n` objects (a push uploads its `.idx` after answering git).
-fn wait_for_objects(env: &TestEnv, prefix: &str, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let have = env.keys(&format!("{prefix}/")).into_iter().filter(|k| !k.is_empty()).count();
-        if have >= n {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{prefix} holds {have} objects, expected {n}: {:?}", env.keys(&format!("{prefix}/")));
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// A repository with known secrets: two branches with history, an
 /// annotated and a lightweight tag, an author address. Returns it and the
@@ -135,12 +107,6 @@ fn status(env: &TestEnv, url: &str) -> Value {
     doc["remote"].clone()
 }
 
-fn require_test_hooks(env: &TestEnv) {
-    let doc: Value = serde_json::from_str(&env.git_s3(&env.work(), &["status", "--json"])).unwrap();
-    let features = doc["daemon"]["features"].as_array().cloned().unwrap_or_default();
-    assert!(features.iter().any(|f| f == "test-hooks"), "this test needs a daemon built with --features git-s3-daemon/test-hooks: {features:?}");
-}
-
 /// A plaintext packs remote at `prefix` holding the secret repository in
 /// three pushes, compacted once in between (so it has views and retired
 /// packs, all plaintext). Returns the repository and the needles.
@@ -168,7 +134,7 @@ fn plaintext_remote(env: &TestEnv, prefix: &str) -> (String, PathBuf, Vec<String
 #[test]
 fn migrate_encrypts_a_plaintext_remote_and_decrypts_it_back() {
     let env = TestEnv::new();
-    let recipient = keygen(&env);
+    let recipient = keygen(&env, None);
     let (url, repo, needles) = plaintext_remote(&env, "m");
     let control = found_in(&needles, &objects(&env, "m"));
     assert!(control.iter().any(|f| f.0 == "hidden-branch-name"), "the scan finds the plaintext: {control:?}");
@@ -239,7 +205,7 @@ fn migrate_encrypts_a_plaintext_remote_and_decrypts_it_back() {
 #[test]
 fn migrate_encrypt_to_refuses_bundles_and_recipients_without_the_caller() {
     let env = TestEnv::new();
-    let recipient = keygen(&env);
+    let recipient = keygen(&env, None);
     let url = env.url("b");
     let repo = env.new_repo("r");
     env.git(&repo, &["push", "-q", &url, "main"]);
@@ -273,7 +239,7 @@ fn migrate_encrypt_to_refuses_bundles_and_recipients_without_the_caller() {
 fn a_crash_during_migrate_encrypt_to_or_decrypt_is_finished_by_a_rerun() {
     let env = TestEnv::new();
     require_test_hooks(&env);
-    let recipient = keygen(&env);
+    let recipient = keygen(&env, None);
     let (url, repo, needles) = plaintext_remote(&env, "k");
     // Each rerun leaves the remote in the other form: the next point starts from it.
     for (point, args) in [
@@ -324,7 +290,7 @@ fn a_crash_during_migrate_encrypt_to_or_decrypt_is_finished_by_a_rerun() {
 #[test]
 fn gc_and_doctor_work_on_an_encrypted_remote() {
     let env = TestEnv::new();
-    let recipient = keygen(&env);
+    let recipient = keygen(&env, None);
     let url = env.url("g");
     env.git_s3(&env.work(), &["init", "--format", "packs", "--encrypt-to", &recipient, &url]);
     let repo = env.new_repo("r");
@@ -396,7 +362,7 @@ fn gc_and_doctor_work_on_an_encrypted_remote() {
 fn a_push_during_migrate_encrypt_to_is_kept() {
     let env = TestEnv::new();
     require_test_hooks(&env);
-    let recipient = keygen(&env);
+    let recipient = keygen(&env, None);
     let (url, repo, needles) = plaintext_remote(&env, "c");
     let gate = env.path("switch-gate");
     let mut c = env.command("git-s3", &env.work());

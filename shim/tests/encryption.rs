@@ -7,48 +7,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use testkit::TestEnv;
+use testkit::{error_lines, keygen, objects, wait_for_objects};
 
 const AGE_MAGIC: &[u8] = b"age-encryption.org/v1\n";
-
-fn error_lines(stderr: &str) -> Vec<&str> {
-    stderr.lines().filter(|l| l.starts_with("fatal:") || l.starts_with("error:")).collect()
-}
-
-/// `git s3 keygen` (into `identities` when given, else the default file): the recipient.
-fn keygen(env: &TestEnv, identities: Option<&Path>) -> String {
-    let mut c = env.command("git-s3", &env.work());
-    c.arg("keygen");
-    if let Some(p) = identities {
-        c.env("GIT_S3_IDENTITIES", p);
-    }
-    let out = env.run(c);
-    let r = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert!(r.starts_with("age1") && !r.contains('\n'), "{r}");
-    r
-}
-
-/// Every object under `prefix`: key and bytes.
-fn objects(env: &TestEnv, prefix: &str) -> Vec<(String, Vec<u8>)> {
-    env.keys(&format!("{prefix}/")).into_iter().filter(|k| !k.is_empty()).map(|k| (k.clone(), env.get_object(&k))).collect()
-}
-
-/// Waits until `prefix` holds `n` objects (a push uploads its `.idx` after answering git).
-fn wait_for_objects(env: &TestEnv, prefix: &str, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let have = env.keys(&format!("{prefix}/")).into_iter().filter(|k| !k.is_empty()).count();
-        if have >= n {
-            assert_eq!(have, n, "objects under {prefix}: {:?}", env.keys(&format!("{prefix}/")));
-            return;
-        }
-        assert!(Instant::now() < deadline, "{prefix} holds {have} objects, expected {n}: {:?}", env.keys(&format!("{prefix}/")));
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// `data` zlib-deflated at each level (what git stores in packs and loose objects).
 fn deflated(data: &[u8]) -> Vec<Vec<u8>> {

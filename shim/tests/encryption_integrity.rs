@@ -10,11 +10,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use testkit::error_lines;
 use testkit::TestEnv;
-
-fn error_lines(stderr: &str) -> Vec<&str> {
-    stderr.lines().filter(|l| l.starts_with("fatal:") || l.starts_with("error:")).collect()
-}
 
 /// `git s3 keygen`, then `git s3 init --format packs --encrypt-to` at `prefix`: the remote's URL.
 fn encrypted_remote(env: &TestEnv, prefix: &str) -> String {

@@ -4,6 +4,7 @@
 //! broken responses — with the real git, both formats.
 #![allow(clippy::unwrap_used)] // a test's unwrap is an assertion (Cargo.toml, [workspace.lints])
 
+use testkit::error_lines;
 use testkit::field::{Fault, FaultAction, RegionAnswer, RequestKind};
 use testkit::{FieldServer, TestEnv, Tool};
 
@@ -222,11 +223,6 @@ fn tls_with_the_callers_ca_bundle_directly_and_through_their_proxy() {
 #[test]
 fn packs_remote_in_a_new_bucket_of_another_region_temporary_redirect() {
     push_clone_ls_remote_in_eu_west_1(true, RegionAnswer::TemporaryRedirect);
-}
-
-/// The lines of stderr that git or git-s3 print as errors.
-fn error_lines(stderr: &str) -> Vec<&str> {
-    stderr.lines().filter(|l| l.starts_with("fatal:") || l.starts_with("error:")).collect()
 }
 
 /// `503 SlowDown` on every request: the command ends after the caller's

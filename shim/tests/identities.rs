@@ -10,6 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use testkit::error_lines;
 use testkit::field::{Fault, FaultAction, ALL_KINDS};
 use testkit::identity::{write_sso_token, IdentityServer};
 use testkit::{FieldServer, TestEnv};
@@ -36,11 +37,6 @@ fn push_and_clone(env: &TestEnv, name: &str, prefix: &str) {
     let clone = format!("{name}-clone");
     env.git(&env.work(), &["clone", "-q", &url, &clone]);
     assert_eq!(std::fs::read_to_string(env.path(&clone).join("README.md")).unwrap(), "hello\n");
-}
-
-/// The lines git and the shim print as errors.
-fn error_lines(stderr: &str) -> Vec<&str> {
-    stderr.lines().filter(|l| l.starts_with("fatal:") || l.starts_with("error:")).collect()
 }
 
 fn write(path: &Path, text: &str) {

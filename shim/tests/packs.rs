@@ -9,6 +9,7 @@ use std::path::Path;
 use std::process::Output;
 
 use serde_json::Value;
+use testkit::require_test_hooks;
 use testkit::{noise, TestEnv, Tool};
 
 /// An environment whose new remotes use the packs format (`s3.format`).
@@ -16,20 +17,6 @@ fn packs_env() -> TestEnv {
     let env = TestEnv::new();
     env.git(&env.work(), &["config", "--global", "s3.format", "packs"]);
     env
-}
-
-/// A test that sets a `GIT_S3_TEST_…` hook needs a daemon built with the
-/// test hooks (`cargo build --workspace --features git-s3-daemon/test-hooks`,
-/// as scripts/test.sh builds): without them it fails here, never skips.
-fn require_test_hooks(env: &TestEnv) {
-    let out = env.git_s3(&env.work(), &["status", "--json"]);
-    let doc: Value = serde_json::from_str(&out).expect("git s3 status --json is JSON");
-    let features = doc["daemon"]["features"].as_array().cloned().unwrap_or_default();
-    assert!(
-        features.iter().any(|f| f == "test-hooks"),
-        "this test needs a daemon built with the test hooks: cargo build --workspace --features git-s3-daemon/test-hooks \
-(scripts/test.sh does); the running daemon reports features {features:?}"
-    );
 }
 
 fn manifest(env: &TestEnv, prefix: &str) -> Value {

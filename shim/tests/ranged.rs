@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use testkit::field::{Fault, FaultAction, RequestKind};
+use testkit::require_test_hooks;
 use testkit::{FieldServer, TestEnv};
 
 const COMMITS: u32 = 40;
@@ -186,15 +187,6 @@ fn a_range_that_does_not_verify_is_refused_and_nothing_is_written() {
     env.fsck_partial(&p);
 }
 
-/// Fails unless the daemon was built with the test hooks.
-fn needs_test_hooks(env: &TestEnv) {
-    let doc: serde_json::Value = serde_json::from_str(&env.git_s3(&env.work(), &["status", "--json"])).unwrap();
-    assert!(
-        doc["daemon"]["features"].as_array().is_some_and(|f| f.iter().any(|f| f == "test-hooks")),
-        "this test needs a daemon built with --features git-s3-daemon/test-hooks: {doc}"
-    );
-}
-
 /// A pack retired by gc while a lazy fetch reads it by ranges: the ranged
 /// read is held (test gate) once it has read its packs' `.idx`; meanwhile a
 /// push and `git s3 gc --grace-seconds 0` combine the packs into one and
@@ -204,7 +196,7 @@ fn needs_test_hooks(env: &TestEnv) {
 #[test]
 fn a_pack_retired_by_gc_during_a_ranged_read_is_read_from_the_pack_that_replaced_it() {
     let (env, proxy) = counted_env();
-    needs_test_hooks(&env);
+    require_test_hooks(&env);
     let src = history(&env, "src");
     let old = env.git(&src, &["rev-parse", "HEAD~30"]).trim().to_string();
     let (url, p) = blobless_clone(&env, &src, "retired");

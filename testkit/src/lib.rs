@@ -7,10 +7,12 @@
 #![allow(clippy::unwrap_used)] // test fixtures: an unwrap is an assertion (Cargo.toml, [workspace.lints])
 
 pub mod field;
+mod helpers;
 pub mod identity;
 mod lfs_server;
 mod proxy;
 pub use field::FieldServer;
+pub use helpers::{error_lines, keygen, objects, require_test_hooks, wait_for_objects};
 pub use lfs_server::LfsServer;
 pub use proxy::CuttingProxy;
 use std::io::Write;

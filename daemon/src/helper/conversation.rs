@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::helper::protocol::{self as helper_protocol, Command};
 use crate::local::git::Git;
+use crate::local::oid::ObjectFormat;
 use crate::s3::store::S3Store;
 use crate::s3::url::RemoteUrl;
 use crate::s3::write_options::BucketPolicy;
@@ -99,6 +100,11 @@ struct Conversation {
     cloning: bool,
     fetch_opts: FetchOptions,
     object_format_asked: bool,
+    /// The repository's object format, read with the bucket policy at the
+    /// start (`read_config`); None when it may change before a fetch (a
+    /// clone: git makes the repository again in the remote's format after
+    /// `list`), then asked of git when needed.
+    local_format: Option<ObjectFormat>,
 }
 
 /// The opened remote, or the end of the conversation.
@@ -138,7 +144,8 @@ impl Conversation {
         let git = Git::new(&a.cwd, a.env.clone());
         // The remote's name, unless git was given a URL (`git push s3://…`).
         let remote_name = a.args.first().filter(|_| a.args.len() > 1).filter(|n| !n.contains("://"));
-        let policy = match BucketPolicy::from_git(&git, remote_name.map(String::as_str)).await {
+        let (listing, local_format) = read_config(&git).await;
+        let policy = match BucketPolicy::from_listing(&listing, remote_name.map(String::as_str)) {
             Ok(p) => p,
             Err(e) => {
                 out.stderr(format!("fatal: {e}\n"));
@@ -167,12 +174,16 @@ impl Conversation {
             cloning: false,
             fetch_opts: FetchOptions::default(),
             object_format_asked: false,
+            local_format,
         })
     }
 
     /// `option <name> <value>`: answered `ok`, `error …` or `unsupported`.
     async fn option(&mut self, name: &str, value: &str) -> Result<(), i32> {
         self.cloning |= name == "cloning" && value == "true";
+        if self.cloning {
+            self.local_format = None;
+        }
         // All-or-nothing pushes: one manifest write in the packs format.
         let atomic_supported = name == "atomic" && storage!(self, Purpose::Read).supports_atomic();
         let reply = match name {
@@ -219,7 +230,7 @@ impl Conversation {
             other => Err(other),
         })
         .await?;
-        let l = match listing_of_same_format(storage!(self, Purpose::Read), &self.listing, &self.ctx.git, &self.url).await {
+        let l = match listing_of_same_format(storage!(self, Purpose::Read), &self.listing, &self.ctx.git, self.local_format, &self.url).await {
             Ok(l) => l,
             Err(e) => return Err(fatal(&self.out, &self.url, e)),
         };
@@ -250,7 +261,7 @@ impl Conversation {
         })
         .await?;
         // Nothing is written when the formats differ.
-        if let Err(e) = listing_of_same_format(storage!(self, Purpose::Read), &self.listing, &self.ctx.git, &self.url).await {
+        if let Err(e) = listing_of_same_format(storage!(self, Purpose::Read), &self.listing, &self.ctx.git, self.local_format, &self.url).await {
             return Err(fatal(&self.out, &self.url, e));
         }
         match storage!(self, Purpose::Read).push(&self.ctx, &updates).await {
@@ -335,18 +346,29 @@ fn handle_option(ctx: &mut OpContext, name: &str, value: &str) -> &'static str {
 /// The listing `list` answered with (else a fresh one), checked to be of
 /// this repository's object format: nothing is fetched or written across
 /// formats.
-async fn listing_of_same_format(storage: &Storage, listed: &Option<RefListing>, git: &Git, url: &RemoteUrl) -> Result<RefListing, StorageError> {
+async fn listing_of_same_format(
+    storage: &Storage,
+    listed: &Option<RefListing>,
+    git: &Git,
+    local: Option<ObjectFormat>,
+    url: &RemoteUrl,
+) -> Result<RefListing, StorageError> {
     let l = match listed {
         Some(l) => l.clone(),
         None => storage.list().await?,
     };
-    same_format(git, &l, url).await?;
+    same_format(git, local, &l, url).await?;
     Ok(l)
 }
 
-async fn same_format(git: &Git, l: &RefListing, url: &RemoteUrl) -> Result<(), StorageError> {
+/// `local`: the repository's format when known, else asked of git.
+async fn same_format(git: &Git, local: Option<ObjectFormat>, l: &RefListing, url: &RemoteUrl) -> Result<(), StorageError> {
     let Some(remote) = l.format() else { return Ok(()) };
-    match git.object_format().await {
+    let local = match local {
+        Some(f) => Some(f),
+        None => git.object_format().await,
+    };
+    match local {
         Some(local) if local != remote => Err(StorageError::Format(format_mismatch(local, remote, &url.to_string()))),
         _ => Ok(()),
     }
@@ -377,9 +399,49 @@ fn fatal(out: &Out, url: &RemoteUrl, e: StorageError) -> i32 {
     1
 }
 
+/// What a conversation reads of git's config, in one `git config` run: the
+/// bucket policy's settings (`s3/write_options.rs`), returned as `git
+/// config --get-regexp` prints them, and the repository's object format
+/// (`extensions.objectformat` of the repository's own config; absent:
+/// SHA-1; None for a name this build does not know).
+async fn read_config(git: &Git) -> (String, Option<ObjectFormat>) {
+    // Exit status 1 means nothing is set: no policy, a SHA-1 repository.
+    let listing = git.run(&["config", "--show-scope", "--get-regexp", r"^(s3\.|remote\..*\.s3|extensions\.objectformat$)"]).await.unwrap_or_default();
+    split_config(&listing)
+}
+
+fn split_config(listing: &str) -> (String, Option<ObjectFormat>) {
+    let mut policy = String::new();
+    let mut format = Some(ObjectFormat::Sha1);
+    for line in listing.lines() {
+        let (scope, setting) = line.split_once('\t').unwrap_or(("", line));
+        match setting.strip_prefix("extensions.objectformat ") {
+            Some(name) if scope == "local" || scope == "worktree" => format = name.trim().parse().ok(),
+            Some(_) => {}
+            None => {
+                policy.push_str(setting);
+                policy.push('\n');
+            }
+        }
+    }
+    (policy, format)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_config_read_gives_the_policy_lines_and_the_local_object_format() {
+        let listing =
+            "global\ts3.serversideencryption AES256\nlocal\tremote.origin.s3requestpayer requester\nlocal\textensions.objectformat sha256\n";
+        let (policy, format) = split_config(listing);
+        assert_eq!(policy, "s3.serversideencryption AES256\nremote.origin.s3requestpayer requester\n");
+        assert_eq!(format, Some(ObjectFormat::Sha256));
+        assert_eq!(split_config("").1, Some(ObjectFormat::Sha1), "absent: SHA-1");
+        assert_eq!(split_config("global\textensions.objectformat sha256\n").1, Some(ObjectFormat::Sha1), "only the repository's own config counts");
+        assert_eq!(split_config("local\textensions.objectformat sha3\n").1, None);
+    }
 
     #[test]
     fn transfer_verbosity_from_config_parameters() {

@@ -106,7 +106,7 @@ impl BucketPolicy {
 
     /// From `git config --get-regexp`'s lines (`key value`; the last one
     /// of a key wins, as in `git config --get`).
-    fn from_listing(listing: &str, remote: Option<&str>) -> Result<BucketPolicy, PolicyError> {
+    pub(crate) fn from_listing(listing: &str, remote: Option<&str>) -> Result<BucketPolicy, PolicyError> {
         let mut values: [Option<(String, String)>; 5] = Default::default();
         let remote_prefix = remote.map(|r| format!("remote.{r}."));
         for line in listing.lines() {
