@@ -21,6 +21,14 @@ fn mode(p: &Path) -> u32 {
 }
 
 fn other_uid() -> u32 {
+    // Once per test process: the tests run in parallel threads, and two
+    // `useradd`s racing on a fresh machine gave the user a second uid
+    // after one test had read the first (CI, 2026-12-05).
+    static UID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *UID.get_or_init(create_other_user)
+}
+
+fn create_other_user() -> u32 {
     assert_eq!(unsafe { libc::geteuid() }, 0, "this test creates a second user ({OTHER_USER}) and connects as it: run it as root (as CI does)");
     let id = Command::new("id").args(["-u", OTHER_USER]).output().expect("run id");
     if !id.status.success() {
