@@ -68,11 +68,7 @@ fn history_in(env: &TestEnv, name: &str, object_format: &str) -> PathBuf {
             script.push_str(&format!("M 644 inline later/{i}.txt\ndata {}\n{content}\n", content.len()));
         }
     }
-    let mut cmd = env.command("git", &repo);
-    cmd.args(["fast-import", "--quiet"]).stdin(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
-    assert!(child.wait().unwrap().success());
+    testkit::fast_import(env, &repo, &script);
     env.git(&repo, &["checkout", "-q", "main"]);
     // Deltas computed afresh (fast-import's are few): the pushed pack has
     // chains of them, as a real repository's packs do.
@@ -415,11 +411,7 @@ fn big_pushes_and_the_geometric_gc_write_object_maps() {
         let content = format!("file {i}\n");
         script.push_str(&format!("M 644 inline f/{i}.txt\ndata {}\n{content}\n", content.len()));
     }
-    let mut cmd = env.command("git", &bulk);
-    cmd.args(["fast-import", "--quiet"]).stdin(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
-    assert!(child.wait().unwrap().success());
+    testkit::fast_import(&env, &bulk, &script);
     let url = env.url("bulk");
     env.git(&bulk, &["push", "-q", &url, "main"]);
     env.git_s3(&env.work(), &["daemon", "stop"]);

@@ -5,9 +5,7 @@
 //! read from S3 are counted by a proxy in front of the test server.
 #![allow(clippy::unwrap_used)] // a test's unwrap is an assertion (Cargo.toml, [workspace.lints])
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
 use testkit::{FieldServer, TestEnv};
 
@@ -66,11 +64,7 @@ fn history_of(env: &TestEnv, name: &str, file_bytes: usize) -> PathBuf {
         }
     }
     script.push_str("reset refs/tags/v20\nfrom :20\n");
-    let mut cmd = env.command("git", &repo);
-    cmd.args(["fast-import", "--quiet"]).stdin(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
-    assert!(child.wait().unwrap().success());
+    testkit::fast_import(env, &repo, &script);
     env.git(&repo, &["checkout", "-q", "main"]);
     repo
 }
@@ -486,11 +480,7 @@ fn wide_history(env: &TestEnv, name: &str, commits: usize) -> PathBuf {
             script.push_str(&format!("M 644 inline d{d}/f{f}.txt\ndata {}\n{content}\n", content.len()));
         }
     }
-    let mut cmd = env.command("git", &repo);
-    cmd.args(["fast-import", "--quiet"]).stdin(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
-    assert!(child.wait().unwrap().success());
+    testkit::fast_import(env, &repo, &script);
     env.git(&repo, &["checkout", "-q", "main"]);
     repo
 }

@@ -2,7 +2,9 @@
 //! daemon's test hooks, and the age identities and bucket objects of the
 //! encrypted-remote tests (issue 22).
 
+use std::io::Write;
 use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::TestEnv;
@@ -54,4 +56,14 @@ pub fn wait_for_objects(env: &TestEnv, prefix: &str, n: usize) -> Vec<String> {
         assert!(Instant::now() < deadline, "{prefix} holds {} objects, expected {n}: {have:?}", have.len());
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Feeds `script` (a `git fast-import` stream) to git in `repo`; fails
+/// unless git takes it whole.
+pub fn fast_import(env: &TestEnv, repo: &Path, script: &str) {
+    let mut cmd = env.command("git", repo);
+    cmd.args(["fast-import", "--quiet"]).stdin(Stdio::piped());
+    let mut child = cmd.spawn().expect("git fast-import starts");
+    child.stdin.take().expect("piped stdin").write_all(script.as_bytes()).expect("git fast-import reads its stream");
+    assert!(child.wait().expect("git fast-import ends").success(), "git fast-import failed in {}", repo.display());
 }
