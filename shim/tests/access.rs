@@ -330,6 +330,55 @@ fn a_version_1_keyring_opens_and_a_grant_rewrites_it_as_version_2() {
     env.git(&env.work(), &["clone", "-q", &url, "c2"]);
 }
 
+/// Runs `git s3 <held>` held at its keyring write (a test gate) while `git
+/// s3 <meanwhile>` edits the keyring, then lets it go on: the held edit's
+/// conditional write loses the race. The held command's output.
+fn held_at_the_keyring_write(env: &TestEnv, held: &[&str], meanwhile: &[&str]) -> std::process::Output {
+    let gate = env.dir.path().join("keyring-gate");
+    let mut c = env.command("git-s3", &env.work());
+    c.env("GIT_S3_TEST_KEYRING_WRITE_GATE", &gate).args(held);
+    let running = std::thread::spawn(move || c.output().unwrap());
+    let reached = env.dir.path().join("keyring-gate.waiting");
+    let start = Instant::now();
+    while !reached.exists() {
+        assert!(start.elapsed() < Duration::from_secs(60), "`git s3 {held:?}` never reached the keyring gate");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    env.git_s3(&env.work(), meanwhile);
+    std::fs::write(&gate, b"open").unwrap();
+    running.join().unwrap()
+}
+
+/// A revoke and a grant at once: the revoke, held between its keyring read
+/// and its write, loses the conditional write to the grant, reads the
+/// keyring again and re-applies its edit on it: the granted person stays,
+/// the revoked one is gone (Debian's `age` no longer opens the keyring with
+/// their identity; the granted person's does), and the key was rotated once.
+#[test]
+fn a_revoke_that_loses_its_race_reapplies_on_the_new_keyring() {
+    age_cli();
+    let env = TestEnv::new();
+    require_test_hooks(&env);
+    let alice = keygen(&env, None);
+    let bob_ids = env.dir.path().join("bob");
+    let bob = keygen(&env, Some(&bob_ids));
+    let carol_ids = env.dir.path().join("carol");
+    let carol = keygen(&env, Some(&carol_ids));
+    let url = env.url("revoke-race");
+    env.git_s3(&env.work(), &["init", "--format", "packs", "--encrypt-to", &alice, "--encrypt-to", &bob, &url]);
+    let out = held_at_the_keyring_write(&env, &["access", "revoke", &url, &bob], &["access", "grant", &url, &carol]);
+    assert!(out.status.success(), "the held revoke: {}", String::from_utf8_lossy(&out.stderr));
+    let doc = access_json(&env, &url);
+    let mut got: Vec<&str> = doc["recipients"].as_array().unwrap().iter().map(|r| r["recipient"].as_str().unwrap()).collect();
+    got.sort();
+    let mut want = vec![alice.as_str(), carol.as_str()];
+    want.sort();
+    assert_eq!(got, want, "{doc}");
+    assert_eq!(doc["generation"].as_u64(), Some(2), "one rotation: {doc}");
+    assert!(age_d(&env, &bob_ids, "revoke-race/.git-s3/keyring").is_none(), "the revoked identity still opens the keyring");
+    assert!(age_d(&env, &carol_ids, "revoke-race/.git-s3/keyring").is_some(), "the grant made meanwhile was lost");
+}
+
 /// Two grants at once: the one held between its keyring read and its
 /// write (a test gate) loses the conditional write to the other, reads
 /// the keyring again and re-applies its edit: both recipients are granted.
@@ -342,19 +391,7 @@ fn concurrent_grants_both_land() {
     let carol = keygen(&env, Some(&env.dir.path().join("carol")));
     let url = env.url("race");
     env.git_s3(&env.work(), &["init", "--format", "packs", "--encrypt-to", &alice, &url]);
-    let gate = env.dir.path().join("keyring-gate");
-    let mut c = env.command("git-s3", &env.work());
-    c.env("GIT_S3_TEST_KEYRING_WRITE_GATE", &gate).args(["access", "grant", &url, &bob]);
-    let held = std::thread::spawn(move || c.output().unwrap());
-    let reached = env.dir.path().join("keyring-gate.waiting");
-    let start = Instant::now();
-    while !reached.exists() {
-        assert!(start.elapsed() < Duration::from_secs(60), "the grant never reached the keyring gate");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    env.git_s3(&env.work(), &["access", "grant", &url, &carol]);
-    std::fs::write(&gate, b"open").unwrap();
-    let out = held.join().unwrap();
+    let out = held_at_the_keyring_write(&env, &["access", "grant", &url, &bob], &["access", "grant", &url, &carol]);
     assert!(out.status.success(), "the held grant: {}", String::from_utf8_lossy(&out.stderr));
     let doc = access_json(&env, &url);
     let mut got: Vec<&str> = doc["recipients"].as_array().unwrap().iter().map(|r| r["recipient"].as_str().unwrap()).collect();
