@@ -46,6 +46,7 @@ pub(crate) async fn run(ctx: &mut Ctx, args: MigrateArgs) -> CliResult {
             r.deleted,
             pushes_kept(&r)
         ));
+        remember(ctx, &remote, crypt::opened(&remote.store, url).as_deref()).await;
         return Ok(0);
     }
     if args.decrypt {
@@ -59,6 +60,7 @@ pub(crate) async fn run(ctx: &mut Ctx, args: MigrateArgs) -> CliResult {
             r.deleted,
             pushes_kept(&r)
         ));
+        remember(ctx, &remote, None).await;
         return Ok(0);
     }
     let Some(to) = args.to else { return Err(CliError::Usage("give --to packs|bundles, --encrypt-to age1… or --decrypt".into())) };
@@ -77,6 +79,17 @@ pub(crate) async fn run(ctx: &mut Ctx, args: MigrateArgs) -> CliResult {
     };
     ctx.println(format!("Migrated {url} to the {to} format: {} refs, {} written, {} old objects deleted", r.refs, human_bytes(r.bytes), r.deleted));
     Ok(0)
+}
+
+/// Run from a repository whose remote `remote` names (`git s3 migrate
+/// --encrypt-to|--decrypt origin`): what the repository remembers of it
+/// (`crypt::trust`) follows the migration, its new key's or none.
+async fn remember(ctx: &Ctx, remote: &Remote, key: Option<&crypt::RemoteKey>) {
+    let Some(name) = &remote.name else { return };
+    let git = crate::local::git::Git::new(&ctx.cwd, ctx.env.clone());
+    if let Err(e) = crypt::trust::pin(&git, name, key).await {
+        ctx.eprintln(format!("warning: could not update git config remote.{name}.{} in this repository: {e}", crypt::trust::VARIABLE));
+    }
 }
 
 /// What the report says of pushes that landed during the copy.
