@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use testkit::TestEnv;
-use testkit::{error_lines, keygen, require_test_hooks};
+use testkit::{error_lines, keygen, kms_key, require_test_hooks};
 
 /// The keys under `prefix/`.
 fn keys(env: &TestEnv, prefix: &str) -> Vec<String> {
@@ -193,15 +193,6 @@ fn revoke_reencrypt_leaves_nothing_the_old_key_reads_and_a_rerun_finishes() {
     env.git(&env.path("after"), &["fsck", "--full", "--no-progress"]);
 }
 
-/// A KMS key on moto's KMS (boto3 from the test venv): its id.
-fn kms_key(env: &TestEnv) -> String {
-    let _ = env;
-    let script = "import sys, boto3\nc = boto3.client('kms', endpoint_url=sys.argv[1], region_name='us-east-1', aws_access_key_id='test', aws_secret_access_key='test')\nprint(c.create_key()['KeyMetadata']['KeyId'])\n";
-    let out = Command::new(testkit::venv().join("bin/python")).args(["-c", script, testkit::endpoint()]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 /// `--encrypt-to kms:<key>`: a remote initialized with a KMS key only is
 /// pushed and cloned by callers with no age identity but AWS access to the
 /// key; `access grant kms:…` on an age remote does the same; a bad key id,
@@ -212,7 +203,7 @@ fn kms_wrapped_keyrings_open_with_aws_access_alone() {
     // KMS at moto itself (a field server in front of S3 serves no KMS).
     env.set_env("AWS_ENDPOINT_URL_KMS", testkit::endpoint());
     env.set_env("GIT_S3_IDENTITIES", &env.dir.path().join("no-identities").display().to_string());
-    let key = kms_key(&env);
+    let key = kms_key();
     let url = env.url("kms");
     let out = env.git_s3(&env.work(), &["init", "--format", "packs", "--encrypt-to", &format!("kms:{key}"), &url]);
     assert!(out.contains("and 1 KMS key"), "{out}");
@@ -250,7 +241,7 @@ fn kms_wrapped_keyrings_open_with_aws_access_alone() {
     // KMS refuses (moto answers AccessDenied when the entry names a key
     // other than the ciphertext's, as AWS does without kms:Decrypt): one
     // line that names the key and what to ask for.
-    let other = kms_key(&env);
+    let other = kms_key();
     let text = String::from_utf8(env.get_object("kms/.git-s3/keyring.kms")).unwrap();
     env.put_object("kms/.git-s3/keyring.kms", text.replace(&key, &other).as_bytes());
     let mut c = env.command("git", &env.work());
