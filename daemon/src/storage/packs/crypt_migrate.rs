@@ -381,6 +381,13 @@ async fn delete_old_form(store: &S3Store, url: &RemoteUrl, way: Way) -> Result<u
             deleted += 1;
         }
     }
+    if way == Way::Decrypt {
+        // Encrypted zips (a push writes `repo.zip` in plaintext again).
+        for o in store.list(&url.key(crate::storage::zip::ENCRYPTED_ZIPS_DIR)).await? {
+            store.delete(&o.key).await?;
+            deleted += 1;
+        }
+    }
     if way == Way::Encrypt {
         let scan = layout::scan(&url.prefix, &store.list(&url.key("refs/")).await?);
         for (_, zip) in &scan.zips {
