@@ -71,3 +71,22 @@ pub(crate) async fn encrypt_zip(ctx: &OpContext, key: &Arc<RemoteKey>, zip: &Pat
     codec::encrypt_file(key.clone(), zip.to_path_buf(), out.path().to_path_buf()).await?;
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_encrypted_zip_key_names_no_ref_and_changes_with_the_key() {
+        let url = RemoteUrl::parse("s3+zip://bucket/repo").unwrap();
+        let key = RemoteKey::generate();
+        let k = encrypted_zip_key(&url, &key, "refs/heads/feature/secret");
+        assert!(k.starts_with("repo/.git-s3/zips/") && !k.contains("secret") && !k.contains(ZIP_NAME), "{k}");
+        assert_eq!(k, encrypted_zip_key(&url, &key, "refs/heads/feature/secret"), "stable");
+        assert_ne!(k, encrypted_zip_key(&url, &key, "refs/heads/main"));
+        assert!(older_encrypted_zip_keys(&url, &key, "refs/heads/main").is_empty());
+        let rotated = key.rotated();
+        assert_eq!(older_encrypted_zip_keys(&url, &rotated, "refs/heads/feature/secret"), vec![k.clone()]);
+        assert_ne!(encrypted_zip_key(&url, &rotated, "refs/heads/feature/secret"), k);
+    }
+}
