@@ -4,7 +4,8 @@
 //! remote's first key. Someone who can write the bucket and puts a
 //! plaintext remote, or one of their own keyring, in its place is refused
 //! in one line with nothing fetched; rotations (`revoke --reencrypt`) are
-//! not; `git s3 migrate` run from the repository updates what it remembers.
+//! not; `git s3 migrate` run from the repository updates what it remembers;
+//! a clone told the key to expect (`git clone -c`) checks it too.
 #![allow(clippy::unwrap_used)] // a test's unwrap is an assertion (Cargo.toml, [workspace.lints])
 
 use std::path::{Path, PathBuf};
@@ -126,6 +127,10 @@ fn another_keyring_is_refused_and_a_rotation_is_not() {
     );
     assert!(line.contains("accept it with `git config --unset remote.origin.s3-keyring`"), "{line}");
     assert_eq!(rev(&env, &c, "origin/main"), pushed, "nothing was fetched");
+    // A clone given the key to expect (`-c`, from a repository that has it) refuses too, and leaves nothing.
+    let line = refused(&env, &env.work(), &["clone", "-q", "-c", &format!("remote.origin.s3-keyring={pin}"), &url, "c3"]);
+    assert!(line.contains("is not the one this repository remembers"), "{line}");
+    assert!(!env.path("c3").exists());
 
     env.git(&c, &["config", "--unset", "remote.origin.s3-keyring"]);
     env.git(&c, &["fetch", "-q", "origin"]);
