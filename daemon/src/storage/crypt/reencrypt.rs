@@ -17,7 +17,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
-use super::{access, CryptError, RemoteKey};
+use super::{access, codec, CryptError, RemoteKey};
 use crate::s3::store::{PutOptions, S3Store, WriteCondition};
 use crate::s3::url::RemoteUrl;
 use crate::storage::packs::manifest::{self, read_manifest, update_manifest, PackEntry};
@@ -147,29 +147,38 @@ async fn reencrypt_zips(store: &S3Store, url: &RemoteUrl, key: &Arc<RemoteKey>, 
         if store.head(&to).await?.is_some() {
             continue;
         }
+        // The newest older generation's zip, if any.
         for from in older_encrypted_zip_keys(url, key, dst) {
-            let Some((_, meta)) = store.head_with_metadata(&from).await? else { continue };
-            let (cipher, plain, again) =
-                (super::codec::temp_beside(&tmp.join("z"))?, super::codec::temp_beside(&tmp.join("z"))?, super::codec::temp_beside(&tmp.join("z"))?);
-            store.get_to_file(&from, cipher.path(), |_| {}).await?;
-            super::codec::decrypt_file(
-                key.clone(),
-                cipher.path().to_path_buf(),
-                plain.path().to_path_buf(),
-                format!("s3://{}/{from}", store.bucket()),
-            )
-            .await?;
-            super::codec::encrypt_file(key.clone(), plain.path().to_path_buf(), again.path().to_path_buf()).await?;
-            let metadata = meta.get(ZIP_SERIAL_META).map(|s| vec![(ZIP_SERIAL_META.to_string(), s.clone())]).unwrap_or_default();
-            match store.put_file(&to, again.path(), PutOptions { condition: WriteCondition::IfAbsent, metadata, ..Default::default() }, |_| {}).await
-            {
-                Ok(_) => written += 1,
-                // A push wrote the ref's zip with the current key meanwhile: it is newer.
-                Err(e) if e.is_precondition_failed() => {}
-                Err(e) => return Err(e.into()),
+            if let Some((_, meta)) = store.head_with_metadata(&from).await? {
+                written += usize::from(reencrypt_zip(store, key, &from, &to, meta.get(ZIP_SERIAL_META), tmp).await?);
+                break;
             }
-            break;
         }
     }
     Ok(written)
+}
+
+/// The zip `from` decrypted (with any generation of `key`) and written
+/// encrypted to the current key at `to`, keeping its serial; false when a
+/// push wrote `to` meanwhile (its zip is newer).
+async fn reencrypt_zip(
+    store: &S3Store,
+    key: &Arc<RemoteKey>,
+    from: &str,
+    to: &str,
+    serial: Option<&String>,
+    tmp: &Path,
+) -> Result<bool, StorageError> {
+    let temp = || codec::temp_beside(&tmp.join("zip"));
+    let (cipher, plain, again) = (temp()?, temp()?, temp()?);
+    store.get_to_file(from, cipher.path(), |_| {}).await?;
+    let what = format!("s3://{}/{from}", store.bucket());
+    codec::decrypt_file(key.clone(), cipher.path().to_path_buf(), plain.path().to_path_buf(), what).await?;
+    codec::encrypt_file(key.clone(), plain.path().to_path_buf(), again.path().to_path_buf()).await?;
+    let metadata = serial.map(|s| vec![(ZIP_SERIAL_META.to_string(), s.clone())]).unwrap_or_default();
+    match store.put_file(to, again.path(), PutOptions { condition: WriteCondition::IfAbsent, metadata, ..Default::default() }, |_| {}).await {
+        Ok(_) => Ok(true),
+        Err(e) if e.is_precondition_failed() => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
