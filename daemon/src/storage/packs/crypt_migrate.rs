@@ -29,6 +29,7 @@ use futures::stream::{StreamExt, TryStreamExt};
 use crate::s3::store::{PutOptions, S3Store, WriteCondition};
 use crate::s3::url::RemoteUrl;
 use crate::storage::bundles::layout;
+use crate::storage::crypt::kms::{self, EncryptTo};
 use crate::storage::crypt::{self, codec, keyring, CryptError, RemoteKey};
 use crate::storage::detect::scan_refs_dir;
 use crate::storage::packs::manifest::{self, read_manifest, Manifest, PackEntry, MAX_ATTEMPTS};
@@ -64,15 +65,15 @@ fn crash_hook(env: &HashMap<String, String>, point: &str) {
     crate::test_hooks::crash_during_migrate(env, point);
 }
 
-/// Encrypts the plaintext packs remote `url` to `recipients` (see the
-/// module's comment). A rerun after a crash finishes it, with the keyring
-/// the first run wrote.
+/// Encrypts the plaintext packs remote `url` to `to`'s age recipients and
+/// KMS keys (see the module's comment). A rerun after a crash finishes it,
+/// with the keyring the first run wrote.
 pub(crate) async fn encrypt(
     store: &S3Store,
     url: &RemoteUrl,
     tmp_root: &Path,
     env: &HashMap<String, String>,
-    recipients: &[age::x25519::Recipient],
+    to: &EncryptTo,
 ) -> Result<CryptReport, StorageError> {
     // The manifest as the bucket has it, whatever this daemon opened before.
     crypt::forget(store, url);
@@ -96,7 +97,7 @@ pub(crate) async fn encrypt(
     if let Some(msg) = m.frozen_error(url) {
         return Err(StorageError::Format(msg));
     }
-    let key = keyring_for(store, url, env, recipients).await?;
+    let key = keyring_for(store, url, env, to).await?;
     // Until the switch the manifest is plaintext: read it as such.
     crypt::forget(store, url);
     let mut report = CryptReport::default();
@@ -171,25 +172,31 @@ async fn open_keyring(store: &S3Store, url: &RemoteUrl, env: &HashMap<String, St
     })
 }
 
-/// The key to encrypt `url` to: a new one, its keyring written to
-/// `recipients` (refused, and removed again, when none of the caller's
-/// identities opens it: a rerun and every read need that), or the key of
-/// the keyring an interrupted run wrote.
-async fn keyring_for(
-    store: &S3Store,
-    url: &RemoteUrl,
-    env: &HashMap<String, String>,
-    recipients: &[age::x25519::Recipient],
-) -> Result<Arc<RemoteKey>, StorageError> {
+/// The key to encrypt `url` to: a new one, its keyring written to `to`'s
+/// recipients and wrapped with its KMS keys (refused, and removed again,
+/// when neither the caller's identities nor KMS open it: a rerun and every
+/// read need that), or the key of the keyring an interrupted run wrote.
+async fn keyring_for(store: &S3Store, url: &RemoteUrl, env: &HashMap<String, String>, to: &EncryptTo) -> Result<Arc<RemoteKey>, StorageError> {
+    if store.head(&crypt::keyring_key(url)).await?.is_some() {
+        // An interrupted run's: its KMS entries stay as they are.
+        tracing::info!(remote = %url, "a keyring exists (an interrupted migration's): continuing with its key");
+        return open_keyring(store, url, env).await;
+    }
     let key = Arc::new(RemoteKey::generate());
-    match keyring::create(store, url, &key, recipients, Vec::new()).await {
+    // keyring.kms first: an entry the keyring does not list opens nothing.
+    let grants = kms::wrap_keys(store, url, env, &to.kms_ids()).await?;
+    match keyring::create(store, url, &key, &to.ages, grants).await {
         Ok(()) => match keyring::open(store, url, env).await {
             Ok(Some(_)) => Ok(key),
             Ok(None) => Err(StorageError::Format(format!("{url}'s keyring was deleted meanwhile; run the migration again"))),
             Err(CryptError::NoAccess(_)) => {
                 store.delete(&crypt::keyring_key(url)).await?;
+                if !to.kms.is_empty() {
+                    kms::edit_file(store, url, |f| f.keys.retain(|k| !to.kms.contains(&k.key_id))).await?;
+                }
                 Err(StorageError::Format(
-                    "none of your age identities is among the --encrypt-to recipients: include your own (the age1… that `git s3 keygen` prints); nothing was changed"
+                    "none of your age identities is among the --encrypt-to recipients, and no KMS key of them decrypts for you: include your own \
+(the age1… that `git s3 keygen` prints); nothing was changed"
                         .into(),
                 ))
             }
@@ -370,6 +377,13 @@ async fn delete_old_form(store: &S3Store, url: &RemoteUrl, way: Way) -> Result<u
         let Some(leaf) = o.key.strip_prefix(&dir) else { continue };
         // Plaintext objects are `pack-<hash>.<ext>`; an encrypted remote's are 64 hex digits.
         if leaf.starts_with("pack-") == (way == Way::Encrypt) {
+            store.delete(&o.key).await?;
+            deleted += 1;
+        }
+    }
+    if way == Way::Decrypt {
+        // Encrypted zips (a push writes `repo.zip` in plaintext again).
+        for o in store.list(&url.key(crate::storage::zip::ENCRYPTED_ZIPS_DIR)).await? {
             store.delete(&o.key).await?;
             deleted += 1;
         }
