@@ -608,10 +608,10 @@ impl PackStorage {
         }
         self.maybe_gc_in_background(ctx, &next.packs);
         let mut results = results(updates, &a.verdicts);
-        // An encrypted remote has no views (they would be plaintext) and no
-        // repo.zip yet (its key names the ref): issue 22.
+        // Views: encrypted like the packs on an encrypted remote. No
+        // repo.zip there yet (its key names the ref): issue 22.
+        self.maybe_refresh_views_in_background(ctx, next);
         if !self.is_encrypted() {
-            self.maybe_refresh_views_in_background(ctx, next);
             self.write_zips(ctx, next.serial, &changes_of(updates, &a.verdicts), &mut results).await;
         }
         results
