@@ -65,6 +65,8 @@ pub(crate) async fn reencrypt(store: &S3Store, url: &RemoteUrl, env: &HashMap<St
             let mut changed = false;
             for p in m.packs.iter_mut().filter(|p| p.key.unwrap_or(1) != generation && moved.contains(&p.name)) {
                 p.key = Some(generation);
+                // Its object map (of the older key) is not moved: a lazy fetch reads the .idx.
+                p.map_size = 0;
                 changed = true;
             }
             Ok(changed)
@@ -114,7 +116,7 @@ async fn delete_old_objects(store: &S3Store, url: &RemoteUrl, key: &Arc<RemoteKe
     let mut deleted = 0;
     for p in &m.packs {
         for older in key.generations().skip(1) {
-            for ext in ["pack", "idx"] {
+            for ext in ["pack", "idx", "map"] {
                 let name = object_key(url, Some(older), &p.name, ext);
                 if existing.contains(&name) {
                     store.delete(&name).await?;
