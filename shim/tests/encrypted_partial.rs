@@ -255,11 +255,13 @@ fn a_lazy_checkout_from_an_encrypted_remote_reads_chunks_not_the_pack() {
     env.wait_daemon_idle(Duration::from_secs(30));
     assert_reveals_no_ids(&env, &src, "enc", &m);
 
-    // gc tells the maps' keyed names from unreferenced objects: none deleted.
+    // gc and doctor tell the maps' keyed names from unreferenced objects: none deleted, none reported.
     env.git_s3(&env.work(), &["gc", &enc_url, "--grace-seconds", "0"]);
     let m = manifest(&env, "enc", Some(&ids));
     let entries = m["packs"].as_array().unwrap().len() + 2;
     assert_eq!(env.keys("enc/.git-s3/packs/").len(), 3 * entries, "a .pack, an .idx and a map for each of {m}");
+    let doc: Value = serde_json::from_str(&env.git_s3(&env.work(), &["doctor", &enc_url, "--json"])).unwrap();
+    assert_eq!(doc["issues"].as_array().map(Vec::len), Some(0), "the maps are no unreferenced objects: {doc}");
 }
 
 /// Every chunk read by ranges is authenticated: altered in transit (every
