@@ -287,3 +287,28 @@ fn a_tampered_chunk_is_refused_and_nothing_is_written() {
     let (_, ranged) = lazy_checkout(&env, &proxy, &src, &e, &old);
     assert!(ranged > 0, "read by ranges again");
 }
+
+/// `git s3 access revoke --reencrypt` moves the views' packs to the new
+/// key with the others (before, it left them under the older key, which it
+/// then drops from the keyring): the views stay and serve a depth-1 clone.
+#[test]
+fn views_survive_a_revoke_with_reencrypt() {
+    let (env, proxy, ids, recipient) = counted_env();
+    env.set_env("GIT_S3_VIEWS_AUTO_BYTES", "200000");
+    let bob = keygen(&env, Some(&env.dir.path().join("bob")));
+    let src = history(&env, "src");
+    let url = env.url("enc");
+    env.git_s3(&env.work(), &["init", "--format", "packs", "--encrypt-to", &recipient, "--encrypt-to", &bob, &url]);
+    env.git(&src, &["push", "-q", &url, "main"]);
+    wait_for_covering_views(&env, "enc", Some(&ids));
+    env.wait_daemon_idle(Duration::from_secs(30));
+    env.git_s3(&env.work(), &["access", "revoke", "--reencrypt", &url, &bob]);
+    let m = manifest(&env, "enc", Some(&ids));
+    for kind in ["skeleton", "tips"] {
+        assert_eq!(m["views"][kind]["key"], 2, "the {kind} view moved to the new key: {m}");
+    }
+    let tips = m["views"]["tips"]["size"].as_u64().unwrap();
+    let read = clone_bytes(&env, &proxy, &url, "d1", &["--depth", "1"]);
+    assert_eq!(env.git(&env.path("d1"), &["rev-parse", "HEAD"]), env.git(&src, &["rev-parse", "HEAD"]));
+    assert!(read < tips + tips / 10 + (32 << 10), "a depth-1 clone read {read} B; the tips view is {tips} B");
+}
