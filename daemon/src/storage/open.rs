@@ -95,10 +95,10 @@ impl Storage {
     }
 
     /// Whether the format can read single objects by ranges (packs: the
-    /// `.idx` of each pack says where an object lies).
+    /// `.idx` of each pack says where an object lies; an encrypted pack is
+    /// read in whole age chunks).
     pub(crate) fn reads_by_ranges(&self) -> bool {
-        // Not an encrypted remote yet: its packs are age files (issue 22).
-        matches!(self, Storage::Packs(p) if !p.is_encrypted())
+        matches!(self, Storage::Packs(_))
     }
 
     /// Whether a lazy fetch of `wants` objects is few for the tips view, so

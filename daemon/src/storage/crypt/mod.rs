@@ -10,7 +10,8 @@
 //! Files: `identities` (the caller's age identities: `git s3 keygen`'s
 //! file), `keyring` (the keyring object: its format, writing it, opening it
 //! with the caller's identities), `codec` (age encryption of bytes and
-//! files, streaming), `rollback` (the highest manifest serial this
+//! files, streaming), `seekable` (plaintext ranges of an age file read
+//! chunk by chunk: ranged reads of encrypted packs), `rollback` (the highest manifest serial this
 //! machine has seen: an older manifest refused). This file: the errors, the remote key, and the keys a
 //! daemon has opened (by location), which the packs format's manifest reads
 //! use.
@@ -22,6 +23,7 @@ pub(crate) mod keyring;
 pub(crate) mod kms;
 pub(crate) mod reencrypt;
 pub(crate) mod rollback;
+pub(crate) mod seekable;
 pub(crate) mod trust;
 
 use std::sync::Arc;

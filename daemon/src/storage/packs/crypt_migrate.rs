@@ -236,13 +236,12 @@ async fn switch(
         let mut next = m.clone();
         next.serial += 1;
         // Each entry as its new form names it: the current key's generation
-        // (encrypted) or none; no object maps on an encrypted remote.
+        // (encrypted) or none; object maps are not copied either way (a
+        // lazy fetch reads the .idx; gc writes maps again).
         let generation = (way == Way::Encrypt).then(|| key.generation());
         for_each_entry(&mut next, |p| {
             p.key = generation;
-            if generation.is_some() {
-                p.map_size = 0;
-            }
+            p.map_size = 0;
         });
         // Retired packs are of the old form: deleted below, not carried over.
         next.retired.clear();

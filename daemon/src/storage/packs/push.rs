@@ -321,9 +321,9 @@ impl PackStorage {
         }
         let size = tokio::fs::metadata(&pack).await?.len();
         let idx_size = tokio::fs::metadata(&idx).await?.len();
-        // An encrypted remote's lazy fetches read no ranges (its packs are age
-        // files); a small pack's .idx costs a lazy fetch little.
-        let map_size = if self.key.is_some() || idx_size < object_map::PUSH_MAP_MIN_IDX_BYTES {
+        // A small pack's .idx costs a lazy fetch little. (On an encrypted
+        // remote the map is encrypted and keyed like the .idx.)
+        let map_size = if idx_size < object_map::PUSH_MAP_MIN_IDX_BYTES {
             0
         } else {
             object_map::write_beside(&dir.path().join(format!("pack-{name}")), &name).await
@@ -357,7 +357,7 @@ impl PackStorage {
     #[cfg_attr(not(feature = "test-hooks"), allow(unused_variables))]
     fn upload_idx_in_background(&self, ctx: &OpContext, b: BuiltPack) {
         let (store, key, crypt) = (self.store.clone(), self.object_key(&b.name, "idx"), self.key.clone());
-        let map_key = (b.map_size > 0).then(|| manifest::map_key(&self.url, &b.name));
+        let map_key = (b.map_size > 0).then(|| self.object_key(&b.name, "map"));
         #[cfg(feature = "test-hooks")]
         let gate = crate::test_hooks::idx_upload_gate(&ctx.env);
         ctx.background.spawn("upload_idx", async move {
@@ -371,7 +371,7 @@ impl PackStorage {
             }
             // Optional: a lazy fetch that finds no map reads the .idx.
             if let Some(map_key) = map_key {
-                if let Err(e) = put_object(&store, None, &map_key, &b.pack.with_extension("map"), |_| {}).await {
+                if let Err(e) = put_object(&store, crypt.as_ref(), &map_key, &b.pack.with_extension("map"), |_| {}).await {
                     tracing::warn!(key = map_key, error = %e, "object map not uploaded (lazy fetches read the .idx)");
                 }
             }
@@ -608,10 +608,8 @@ impl PackStorage {
         }
         self.maybe_gc_in_background(ctx, &next.packs);
         let mut results = results(updates, &a.verdicts);
-        // An encrypted remote has no views (they would be plaintext): issue 22.
-        if !self.is_encrypted() {
-            self.maybe_refresh_views_in_background(ctx, next);
-        }
+        // Views and zips: encrypted like the packs on an encrypted remote.
+        self.maybe_refresh_views_in_background(ctx, next);
         self.write_zips(ctx, next.serial, &changes_of(updates, &a.verdicts), &mut results).await;
         results
     }
