@@ -20,6 +20,7 @@ pub(crate) mod codec;
 pub(crate) mod identities;
 pub(crate) mod keyring;
 pub(crate) mod kms;
+pub(crate) mod lfs;
 pub(crate) mod reencrypt;
 pub(crate) mod rollback;
 
