@@ -286,3 +286,86 @@ fn lfs_only_in_an_encrypted_prefix_with_the_code_elsewhere() {
     env.git(&repo, &["lfs", "push", "--all", "origin"]);
     assert_eq!(env.get_object(&format!("team/plain-lfs/lfs/{oid}")), b"LFS-ELSEWHERE-SECRET\n");
 }
+
+/// `git s3 migrate --encrypt-to` carries a plaintext packs remote's LFS
+/// objects across (age files at keyed names, the plaintext ones deleted),
+/// and `--decrypt` carries them back to `lfs/<oid>`; a clone after each
+/// gets the files.
+#[test]
+fn migrate_encrypt_and_decrypt_carry_lfs_objects() {
+    let (env, recipient) = lfs_env();
+    let url = env.url("m");
+    env.git_s3(&env.work(), &["init", "--format", "packs", &url]);
+    let (a, b) = (b"LFS-MIGRATED-SECRET a\n".to_vec(), marked("LFS-MIGRATED-SECRET b", (1 << 20) + 17));
+    let repo = lfs_repo(&env, "w", &url, &[("a.bin", a.clone()), ("b.bin", b.clone())]);
+    env.git(&repo, &["push", "-q", "origin", "main"]);
+    let (oa, ob) = (oid_of(&env, &repo, "a.bin"), oid_of(&env, &repo, "b.bin"));
+    assert_eq!(env.get_object(&format!("m/lfs/{oa}")), a);
+
+    let out = env.git_s3(&env.work(), &["migrate", "--encrypt-to", &recipient, &url]);
+    eprintln!("{out}");
+    let lfs = lfs_objects(&env, "m");
+    assert_eq!(lfs.len(), 2);
+    assert!(lfs.iter().all(|(_, d)| d.starts_with(AGE_MAGIC)));
+    for (key, data) in objects(&env, "m") {
+        for n in [&oa, &ob, &"LFS-MIGRATED-SECRET".to_string()] {
+            assert!(!key.contains(n.as_str()) && !data.windows(n.len()).any(|w| w == n.as_bytes()), "{key} reveals {n}");
+        }
+    }
+    env.git(&env.work(), &["clone", "-q", &url, "c1"]);
+    assert_eq!(std::fs::read(env.path("c1/a.bin")).unwrap(), a);
+    assert!(std::fs::read(env.path("c1/b.bin")).unwrap() == b);
+
+    env.git_s3(&env.work(), &["migrate", "--decrypt", &url]);
+    assert!(lfs_objects(&env, "m").is_empty());
+    assert_eq!(env.get_object(&format!("m/lfs/{oa}")), a);
+    assert!(env.get_object(&format!("m/lfs/{ob}")) == b);
+    // From the bucket, not from the daemon's cache.
+    env.git_s3(&env.work(), &["cache", "clear"]);
+    env.git(&env.work(), &["clone", "-q", &url, "c2"]);
+    assert_eq!(std::fs::read(env.path("c2/a.bin")).unwrap(), a);
+}
+
+/// A plaintext LFS object left on an encrypted remote (uploaded by a
+/// git-s3 before LFS encryption) is still read, checked against its oid;
+/// `git s3 migrate --encrypt-to` run on the encrypted remote encrypts it.
+/// `git s3 access revoke --reencrypt` re-encrypts LFS objects to the new
+/// key too: the old remote key decrypts none of them, and a clone still
+/// gets the files.
+#[test]
+fn leftover_plaintext_and_revoke_reencrypt() {
+    age_cli();
+    let (env, recipient) = lfs_env();
+    let url = encrypted_remote(&env, &recipient, "crypt");
+    let bob = keygen(&env, Some(&env.dir.path().join("bob")));
+    env.git_s3(&env.work(), &["access", "grant", &url, &bob]);
+    let (a, b) = (b"LFS-REVOKE a\n".to_vec(), b"LFS-LEFTOVER b\n".to_vec());
+    let repo = lfs_repo(&env, "w", &url, &[("a.bin", a.clone()), ("b.bin", b.clone())]);
+    env.git(&repo, &["push", "-q", "origin", "main"]);
+    let ob = oid_of(&env, &repo, "b.bin");
+    // b as an older git-s3 left it: plaintext at lfs/<oid>.
+    let old_key = remote_key(&env, "crypt");
+    let kb = key_holding(&env, "crypt", &old_key, &b);
+    env.delete_object(&kb);
+    env.put_object(&format!("crypt/lfs/{ob}"), &b);
+    env.git(&env.work(), &["clone", "-q", &url, "c1"]);
+    assert_eq!(std::fs::read(env.path("c1/b.bin")).unwrap(), b);
+    env.git_s3(&env.work(), &["migrate", "--encrypt-to", &recipient, &url]);
+    assert!(env.keys("crypt/lfs/").iter().all(|k| k.is_empty()), "{:?}", env.keys("crypt/lfs/"));
+    assert_eq!(lfs_objects(&env, "crypt").len(), 2);
+
+    let out = env.git_s3(&env.work(), &["access", "revoke", "--reencrypt", &url, &bob]);
+    eprintln!("{out}");
+    let lfs = lfs_objects(&env, "crypt");
+    assert_eq!(lfs.len(), 2);
+    for (key, data) in &lfs {
+        assert!(age_d(&env, &old_key, data).is_none(), "the revoked key still decrypts {key}");
+    }
+    let new_key = remote_key(&env, "crypt");
+    key_holding(&env, "crypt", &new_key, &a);
+    // From the bucket, not from the daemon's cache.
+    env.git_s3(&env.work(), &["cache", "clear"]);
+    env.git(&env.work(), &["clone", "-q", &url, "c2"]);
+    assert_eq!(std::fs::read(env.path("c2/a.bin")).unwrap(), a);
+    assert_eq!(std::fs::read(env.path("c2/b.bin")).unwrap(), b);
+}

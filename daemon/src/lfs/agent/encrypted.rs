@@ -87,10 +87,14 @@ impl Agent {
         let progress = Progress::capped(&self.out, oid, req.size.unwrap_or(u64::MAX));
         let cache = self.state.cache.clone();
         let c = cache.clone();
-        let cipher = blocking(move || c.temp_file()).await?;
+        let fetched = blocking(move || c.temp_file()).await?;
+        // Every key generation's name, then the plaintext one: an object
+        // uploaded before the remote was encrypted (or during `git s3
+        // migrate`, which moves them), checked against its oid all the same.
+        let plaintext = url.key(&format!("lfs/{oid}"));
         let mut found = None;
-        for name in candidate_keys(url, key, oid) {
-            if self.fetch_cipher(store, &name, cipher.path(), req.size, &progress).await? {
+        for name in candidate_keys(url, key, oid).into_iter().chain([plaintext.clone()]) {
+            if self.fetch_cipher(store, &name, fetched.path(), req.size, &progress).await? {
                 found = Some(name);
                 break;
             }
@@ -99,11 +103,16 @@ impl Agent {
             return Err(AgentError::Missing { oid: oid.to_string(), bucket: url.bucket.clone(), key: object_key(url, key, oid) });
         };
         progress.finish();
-        let c = cache.clone();
-        let plain = blocking(move || c.temp_file()).await?;
-        let what = format!("s3://{}/{name}", url.bucket);
-        let (sha, len) = decrypt_hashing(key.clone(), cipher.path().to_path_buf(), plain.path().to_path_buf(), what).await?;
-        drop(cipher);
+        let (plain, sha, len) = if name == plaintext {
+            let (sha, len) = super::sha256_file(fetched.path()).await?;
+            (fetched, sha, len)
+        } else {
+            let c = cache.clone();
+            let plain = blocking(move || c.temp_file()).await?;
+            let what = format!("s3://{}/{name}", url.bucket);
+            let (sha, len) = decrypt_hashing(key.clone(), fetched.path().to_path_buf(), plain.path().to_path_buf(), what).await?;
+            (plain, sha, len)
+        };
         if let Some(expected) = req.size.filter(|&s| s != len) {
             return Err(AgentError::SizeMismatch { oid: oid.to_string(), bucket: url.bucket.clone(), key: name, actual: len, expected });
         }
@@ -119,7 +128,7 @@ impl Agent {
         Ok(dest)
     }
 
-    /// Downloads the age file `name` into `dest`; false when it does not exist.
+    /// Downloads the object `name` into `dest`; false when it does not exist.
     async fn fetch_cipher(&self, store: &S3Store, name: &str, dest: &Path, size: Option<u64>, progress: &Arc<Progress>) -> Result<bool, AgentError> {
         let p = progress.clone();
         if size.is_some_and(|s| s <= RANGED_THRESHOLD) {

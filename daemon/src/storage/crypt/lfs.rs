@@ -10,13 +10,15 @@
 //! whatever the object's size.
 
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
 use super::{CryptError, RemoteKey, AGE_MAGIC};
+use crate::s3::store::{PutOptions, S3Store, WriteCondition};
 use crate::s3::url::RemoteUrl;
+use crate::storage::StorageError;
 
 /// Where an encrypted remote keeps its LFS objects, under its prefix.
 pub(crate) const LFS_DIR: &str = ".git-s3/lfs/";
@@ -75,6 +77,130 @@ pub(crate) async fn decrypt_hashing(key: Arc<RemoteKey>, src: PathBuf, dst: Path
     })
     .await
     .map_err(|e| CryptError::Io(std::io::Error::other(e.to_string())))?
+}
+
+/// The SHA-256 (hex) of a file, read on a blocking thread.
+async fn sha256_of(path: PathBuf) -> Result<String, CryptError> {
+    tokio::task::spawn_blocking(move || {
+        let mut f = std::fs::File::open(&path)?;
+        let mut hash = Sha256::new();
+        std::io::copy(&mut f, &mut hash)?;
+        Ok(hex::encode(hash.finalize()))
+    })
+    .await
+    .map_err(|e| CryptError::Io(std::io::Error::other(e.to_string())))?
+}
+
+/// The form [`rewrite_all`] brings a remote's LFS objects to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// Encrypted to the current key, at its keyed name (`migrate --encrypt-to`, `revoke --reencrypt`).
+    Current,
+    /// Plaintext at `lfs/<oid>` (`migrate --decrypt`).
+    Plaintext,
+}
+
+/// What [`rewrite_all`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Rewritten {
+    /// Objects written in the target form.
+    pub(crate) written: usize,
+    /// Objects of another form deleted (each after its copy was there).
+    pub(crate) deleted: usize,
+}
+
+/// Brings every LFS object of `url` to `target`: each plaintext `lfs/<oid>`
+/// (when encrypting) and each age file under `.git-s3/lfs/` not in the
+/// target form is downloaded into `tmp`, checked (a plaintext one against
+/// its oid; an age file decrypts with one of `key`'s generations, and its
+/// SHA-256 is its oid), written in the target form unless it is there
+/// already, then deleted. One object at a time, file to file. A reader meanwhile finds
+/// each object in one form or the other (the agent reads both on an
+/// encrypted remote); a rerun after a crash goes on where it stopped.
+pub(crate) async fn rewrite_all(
+    store: &S3Store,
+    url: &RemoteUrl,
+    key: &Arc<RemoteKey>,
+    target: Target,
+    tmp: &Path,
+) -> Result<Rewritten, StorageError> {
+    tokio::fs::create_dir_all(tmp).await?;
+    let dir = tempfile::Builder::new().prefix("lfs-").tempdir_in(tmp)?;
+    let mut sources = Vec::new();
+    if target == Target::Current {
+        let plain = url.key("lfs/");
+        for o in store.list(&plain).await? {
+            if let Some(oid) = o.key.strip_prefix(&plain).filter(|o| crate::local::oid::ObjectFormat::Sha256.accepts(o)) {
+                sources.push((o.key.clone(), Some(oid.to_string())));
+            }
+        }
+    }
+    sources.extend(store.list(&url.key(LFS_DIR)).await?.into_iter().map(|o| (o.key, None)));
+    let mut done = Rewritten::default();
+    for (from, oid) in sources {
+        let (written, deleted) = rewrite_one(store, url, key, &from, oid, target, dir.path()).await?;
+        done.written += usize::from(written);
+        done.deleted += usize::from(deleted);
+    }
+    Ok(done)
+}
+
+/// [`rewrite_all`] of the object `from` (`oid`: a plaintext one's name):
+/// (written, deleted).
+async fn rewrite_one(
+    store: &S3Store,
+    url: &RemoteUrl,
+    key: &Arc<RemoteKey>,
+    from: &str,
+    oid: Option<String>,
+    target: Target,
+    dir: &Path,
+) -> Result<(bool, bool), StorageError> {
+    let what = format!("s3://{}/{from}", store.bucket());
+    let fetched = tempfile::Builder::new().prefix("src-").tempfile_in(dir)?;
+    match store.get_to_file(from, fetched.path(), |_| {}).await {
+        Ok(_) => {}
+        // Moved meanwhile (a concurrent run).
+        Err(e) if e.is_not_found() => return Ok((false, false)),
+        Err(e) => return Err(e.into()),
+    }
+    let plain = tempfile::Builder::new().prefix("plain-").tempfile_in(dir)?;
+    let (sha, plain_path) = match &oid {
+        Some(_) => (sha256_of(fetched.path().to_path_buf()).await?, fetched.path()),
+        None => (decrypt_hashing(key.clone(), fetched.path().to_path_buf(), plain.path().to_path_buf(), what.clone()).await?.0, plain.path()),
+    };
+    if oid.as_ref().is_some_and(|o| *o != sha) {
+        return Err(StorageError::Corrupt(format!(
+            "{what} is not LFS object {} (its SHA-256 is {sha}): delete it, or push it again",
+            oid.unwrap_or_default()
+        )));
+    }
+    let to = match target {
+        Target::Current => object_key(url, key, &sha),
+        Target::Plaintext => url.key(&format!("lfs/{sha}")),
+    };
+    if to == from {
+        return Ok((false, false));
+    }
+    let written = store.head(&to).await?.is_none();
+    if written {
+        let create_only = PutOptions { condition: WriteCondition::IfAbsent, ..Default::default() };
+        let put = match target {
+            Target::Current => {
+                let enc = tempfile::Builder::new().prefix("enc-").tempfile_in(dir)?;
+                super::codec::encrypt_file(key.clone(), plain_path.to_path_buf(), enc.path().to_path_buf()).await?;
+                store.put_file(&to, enc.path(), create_only, |_| {}).await
+            }
+            Target::Plaintext => store.put_file(&to, plain_path, create_only, |_| {}).await,
+        };
+        match put {
+            Ok(_) => {}
+            Err(e) if e.is_precondition_failed() => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    store.delete(from).await?;
+    Ok((written, true))
 }
 
 #[cfg(test)]

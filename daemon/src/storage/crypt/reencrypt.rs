@@ -77,6 +77,9 @@ pub(crate) async fn reencrypt(store: &S3Store, url: &RemoteUrl, env: &HashMap<St
     #[cfg(feature = "test-hooks")]
     crate::test_hooks::crash_during_reencrypt(env);
     done.deleted = delete_old_objects(store, url, &key).await?;
+    // LFS objects (not in the manifest) of older keys, before those keys go.
+    let lfs = super::lfs::rewrite_all(store, url, &key, super::lfs::Target::Current, tmp).await?;
+    (done.objects, done.deleted) = (done.objects + lfs.written, done.deleted + lfs.deleted);
     done.dropped = access::drop_older_keys(store, url, env).await?;
     Ok(done)
 }
