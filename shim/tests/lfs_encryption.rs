@@ -369,3 +369,45 @@ fn leftover_plaintext_and_revoke_reencrypt() {
     assert_eq!(std::fs::read(env.path("c2/a.bin")).unwrap(), a);
     assert_eq!(std::fs::read(env.path("c2/b.bin")).unwrap(), b);
 }
+
+/// `git s3 lfs migrate --to` an encrypted prefix: the objects fetched from
+/// the code host's LFS server are written encrypted at keyed names, and a
+/// clone from the code host then gets them from S3.
+#[test]
+fn lfs_migrate_into_an_encrypted_prefix() {
+    let (env, recipient) = lfs_env();
+    let server = testkit::LfsServer::start(&env.dir.path().join("lfs-server"));
+    let host = env.path("host.git");
+    env.git(&env.work(), &["init", "-q", "--bare", "-b", "main", host.to_str().unwrap()]);
+    let repo = env.path("w");
+    std::fs::create_dir_all(&repo).unwrap();
+    env.git(&repo, &["init", "-q", "-b", "main"]);
+    env.git(&repo, &["config", "lfs.locksverify", "false"]);
+    env.git(&repo, &["config", "--file", ".lfsconfig", "lfs.url", &server.url("repo")]);
+    env.git(&repo, &["lfs", "track", "*.bin"]);
+    std::fs::write(repo.join("data.bin"), b"LFS-FROM-THE-HOST\n").unwrap();
+    env.git(&repo, &["add", "-A"]);
+    env.git(&repo, &["commit", "-q", "-m", "v1"]);
+    env.git(&repo, &["remote", "add", "origin", host.to_str().unwrap()]);
+    env.git(&repo, &["push", "-q", "origin", "main"]);
+    let oid = oid_of(&env, &repo, "data.bin");
+
+    let s3 = encrypted_remote(&env, &recipient, "team/lfs");
+    let out = env.git_s3(&repo, &["lfs", "migrate", "--to", &s3]);
+    assert!(out.contains("1 copied"), "{out}");
+    let lfs = lfs_objects(&env, "team/lfs");
+    assert_eq!(lfs.len(), 1);
+    assert!(lfs[0].1.starts_with(AGE_MAGIC));
+    for (key, data) in objects(&env, "team/lfs") {
+        assert!(!key.contains(&oid) && !data.windows(17).any(|w| w == b"LFS-FROM-THE-HOST"), "{key} reveals the object");
+    }
+    env.git(&repo, &["commit", "-q", "-am", "LFS objects now in S3"]);
+    env.git(&repo, &["push", "-q", "origin", "main"]);
+    let mut c = env.command("git", &env.work());
+    c.args(["clone", "-q", host.to_str().unwrap(), "mate"]).env("GIT_LFS_SKIP_SMUDGE", "1");
+    env.run(c);
+    let mate = env.path("mate");
+    env.git_s3(&mate, &["lfs", "install", "--remote", "origin", "--url", &s3]);
+    env.git(&mate, &["lfs", "pull"]);
+    assert_eq!(std::fs::read(mate.join("data.bin")).unwrap(), b"LFS-FROM-THE-HOST\n");
+}
