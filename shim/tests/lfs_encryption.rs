@@ -289,11 +289,13 @@ fn lfs_only_in_an_encrypted_prefix_with_the_code_elsewhere() {
 
 /// `git s3 migrate --encrypt-to` carries a plaintext packs remote's LFS
 /// objects across (age files at keyed names, the plaintext ones deleted),
-/// and `--decrypt` carries them back to `lfs/<oid>`; a clone after each
-/// gets the files.
+/// and `--decrypt` carries them back to `lfs/<oid>`. Each is killed right
+/// after its switch (before the LFS objects move): a clone then still gets
+/// the files (the agent reads either form), and a rerun moves them.
 #[test]
-fn migrate_encrypt_and_decrypt_carry_lfs_objects() {
+fn migrate_encrypt_and_decrypt_carry_lfs_objects_and_a_rerun_finishes() {
     let (env, recipient) = lfs_env();
+    testkit::require_test_hooks(&env);
     let url = env.url("m");
     env.git_s3(&env.work(), &["init", "--format", "packs", &url]);
     let (a, b) = (b"LFS-MIGRATED-SECRET a\n".to_vec(), marked("LFS-MIGRATED-SECRET b", (1 << 20) + 17));
@@ -301,29 +303,39 @@ fn migrate_encrypt_and_decrypt_carry_lfs_objects() {
     env.git(&repo, &["push", "-q", "origin", "main"]);
     let (oa, ob) = (oid_of(&env, &repo, "a.bin"), oid_of(&env, &repo, "b.bin"));
     assert_eq!(env.get_object(&format!("m/lfs/{oa}")), a);
+    let clone_has_the_files = |name: &str| {
+        // From the bucket, not from the daemon's cache.
+        env.git_s3(&env.work(), &["cache", "clear"]);
+        env.git(&env.work(), &["clone", "-q", &url, name]);
+        assert_eq!(std::fs::read(env.path(name).join("a.bin")).unwrap(), a, "{name}");
+        assert!(std::fs::read(env.path(name).join("b.bin")).unwrap() == b, "{name}");
+    };
 
-    let out = env.git_s3(&env.work(), &["migrate", "--encrypt-to", &recipient, &url]);
-    eprintln!("{out}");
-    let lfs = lfs_objects(&env, "m");
-    assert_eq!(lfs.len(), 2);
-    assert!(lfs.iter().all(|(_, d)| d.starts_with(AGE_MAGIC)));
-    for (key, data) in objects(&env, "m") {
-        for n in [&oa, &ob, &"LFS-MIGRATED-SECRET".to_string()] {
-            assert!(!key.contains(n.as_str()) && !data.windows(n.len()).any(|w| w == n.as_bytes()), "{key} reveals {n}");
+    for (point, args) in [("encrypt-switched", vec!["--encrypt-to", recipient.as_str()]), ("decrypt-switched", vec!["--decrypt"])] {
+        let mut c = env.command("git-s3", &env.work());
+        c.env("GIT_S3_TEST_CRASH_DURING_MIGRATE", point).arg("migrate").args(&args).arg(&url);
+        env.run_fail(c);
+        clone_has_the_files(&format!("after-{point}"));
+        let mut rerun = vec!["migrate"];
+        rerun.extend(args.iter().copied());
+        rerun.push(url.as_str());
+        eprintln!("{point}: rerun: {}", env.git_s3(&env.work(), &rerun));
+        clone_has_the_files(&format!("rerun-{point}"));
+        if point == "encrypt-switched" {
+            let lfs = lfs_objects(&env, "m");
+            assert_eq!(lfs.len(), 2);
+            assert!(lfs.iter().all(|(_, d)| d.starts_with(AGE_MAGIC)));
+            for (key, data) in objects(&env, "m") {
+                for n in [&oa, &ob, &"LFS-MIGRATED-SECRET".to_string()] {
+                    assert!(!key.contains(n.as_str()) && !data.windows(n.len()).any(|w| w == n.as_bytes()), "{key} reveals {n}");
+                }
+            }
+        } else {
+            assert!(lfs_objects(&env, "m").is_empty());
+            assert_eq!(env.get_object(&format!("m/lfs/{oa}")), a);
+            assert!(env.get_object(&format!("m/lfs/{ob}")) == b);
         }
     }
-    env.git(&env.work(), &["clone", "-q", &url, "c1"]);
-    assert_eq!(std::fs::read(env.path("c1/a.bin")).unwrap(), a);
-    assert!(std::fs::read(env.path("c1/b.bin")).unwrap() == b);
-
-    env.git_s3(&env.work(), &["migrate", "--decrypt", &url]);
-    assert!(lfs_objects(&env, "m").is_empty());
-    assert_eq!(env.get_object(&format!("m/lfs/{oa}")), a);
-    assert!(env.get_object(&format!("m/lfs/{ob}")) == b);
-    // From the bucket, not from the daemon's cache.
-    env.git_s3(&env.work(), &["cache", "clear"]);
-    env.git(&env.work(), &["clone", "-q", &url, "c2"]);
-    assert_eq!(std::fs::read(env.path("c2/a.bin")).unwrap(), a);
 }
 
 /// A plaintext LFS object left on an encrypted remote (uploaded by a
