@@ -8,6 +8,10 @@
 //! enter the cache's `lfs/` area and are linked (or copied) into
 //! `<gitdir>/lfs/tmp` for git-lfs to move into place. A bad object never
 //! leaves a file behind. Objects are never held in memory.
+//!
+//! On an encrypted packs remote (it has a keyring, opened at `init` with the
+//! caller's identities) objects are age files at keyed names instead: see
+//! `agent/encrypted.rs`.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

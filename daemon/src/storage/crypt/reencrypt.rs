@@ -3,8 +3,9 @@
 //! decrypted and encrypted again to the current key, under its new name
 //! (the current key's HMAC); the manifest is then swapped by one
 //! conditional write that marks those packs with the current generation;
-//! then the old objects are deleted and the older keys dropped from the
-//! keyring.
+//! then the old objects are deleted, the LFS objects of older keys
+//! re-encrypted (`lfs::rewrite_all`: they are not in the manifest), and the
+//! older keys dropped from the keyring.
 //!
 //! Crash-safe by its order: a reader of the manifest only ever sees names
 //! that exist (the new objects are uploaded before the swap, the old ones

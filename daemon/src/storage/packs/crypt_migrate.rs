@@ -17,6 +17,9 @@
 //!    against the switch is refused in one line (push again).
 //! 4. The old form's objects are deleted (packs, `.idx`, and for encrypt
 //!    the plaintext `repo.zip`s; for decrypt the keyring, then the age files).
+//!    Before that, the LFS objects (not in the manifest) are moved to the
+//!    new form one by one (`storage::crypt::lfs::rewrite_all`); the agent
+//!    reads either form meanwhile.
 //!
 //! Until the switch the remote reads as it was; after it, as it became.
 
