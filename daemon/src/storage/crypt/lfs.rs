@@ -94,7 +94,10 @@ async fn sha256_of(path: PathBuf) -> Result<String, CryptError> {
 /// The form [`rewrite_all`] brings a remote's LFS objects to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Target {
-    /// Encrypted to the current key, at its keyed name (`migrate --encrypt-to`, `revoke --reencrypt`).
+    /// Encrypted, the plaintext ones to the current key at their keyed names
+    /// (`migrate --encrypt-to`: age files of any generation are left as they are).
+    Encrypted,
+    /// Encrypted to the current key, at its keyed name (`revoke --reencrypt`).
     Current,
     /// Plaintext at `lfs/<oid>` (`migrate --decrypt`).
     Plaintext,
@@ -110,8 +113,8 @@ pub(crate) struct Rewritten {
 }
 
 /// Brings every LFS object of `url` to `target`: each plaintext `lfs/<oid>`
-/// (when encrypting) and each age file under `.git-s3/lfs/` not in the
-/// target form is downloaded into `tmp`, checked (a plaintext one against
+/// (unless decrypting) and each age file under `.git-s3/lfs/` (unless
+/// [`Target::Encrypted`]) not in the target form is downloaded into `tmp`, checked (a plaintext one against
 /// its oid; an age file decrypts with one of `key`'s generations, and its
 /// SHA-256 is its oid), written in the target form unless it is there
 /// already, then deleted. One object at a time, file to file. A reader meanwhile finds
@@ -127,7 +130,7 @@ pub(crate) async fn rewrite_all(
     tokio::fs::create_dir_all(tmp).await?;
     let dir = tempfile::Builder::new().prefix("lfs-").tempdir_in(tmp)?;
     let mut sources = Vec::new();
-    if target == Target::Current {
+    if target != Target::Plaintext {
         let plain = url.key("lfs/");
         for o in store.list(&plain).await? {
             if let Some(oid) = o.key.strip_prefix(&plain).filter(|o| crate::local::oid::ObjectFormat::Sha256.accepts(o)) {
@@ -135,7 +138,9 @@ pub(crate) async fn rewrite_all(
             }
         }
     }
-    sources.extend(store.list(&url.key(LFS_DIR)).await?.into_iter().map(|o| (o.key, None)));
+    if target != Target::Encrypted {
+        sources.extend(store.list(&url.key(LFS_DIR)).await?.into_iter().map(|o| (o.key, None)));
+    }
     let mut done = Rewritten::default();
     for (from, oid) in sources {
         let (written, deleted) = rewrite_one(store, url, key, &from, oid, target, dir.path()).await?;
@@ -176,7 +181,7 @@ async fn rewrite_one(
         )));
     }
     let to = match target {
-        Target::Current => object_key(url, key, &sha),
+        Target::Encrypted | Target::Current => object_key(url, key, &sha),
         Target::Plaintext => url.key(&format!("lfs/{sha}")),
     };
     if to == from {
@@ -186,7 +191,7 @@ async fn rewrite_one(
     if written {
         let create_only = PutOptions { condition: WriteCondition::IfAbsent, ..Default::default() };
         let put = match target {
-            Target::Current => {
+            Target::Encrypted | Target::Current => {
                 let enc = tempfile::Builder::new().prefix("enc-").tempfile_in(dir)?;
                 super::codec::encrypt_file(key.clone(), plain_path.to_path_buf(), enc.path().to_path_buf()).await?;
                 store.put_file(&to, enc.path(), create_only, |_| {}).await

@@ -371,7 +371,7 @@ async fn copy_one(
 /// when decrypting: a rerun after it finds no key, and nothing left to do).
 async fn carry_lfs(store: &S3Store, url: &RemoteUrl, env: &HashMap<String, String>, way: Way, tmp_root: &Path) -> Result<Rewritten, StorageError> {
     let Some(opened) = keyring::read(store, url, env).await? else { return Ok(Rewritten::default()) };
-    let target = if way == Way::Encrypt { Target::Current } else { Target::Plaintext };
+    let target = if way == Way::Encrypt { Target::Encrypted } else { Target::Plaintext };
     crypt::lfs::rewrite_all(store, url, &Arc::new(opened.ring.key), target, tmp_root).await
 }
 
