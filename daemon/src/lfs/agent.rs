@@ -8,6 +8,10 @@
 //! enter the cache's `lfs/` area and are linked (or copied) into
 //! `<gitdir>/lfs/tmp` for git-lfs to move into place. A bad object never
 //! leaves a file behind. Objects are never held in memory.
+//!
+//! On an encrypted packs remote (it has a keyring, opened at `init` with the
+//! caller's identities) objects are age files at keyed names instead: see
+//! `agent/encrypted.rs`.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -29,6 +33,7 @@ use crate::s3::url::{s3_url_of_remote, RemoteNameError, RemoteUrl, UrlError};
 use crate::s3::write_options::{BucketPolicy, PolicyError};
 use crate::session::state::{DaemonState, LfsProbes};
 use crate::session::{Input, Out};
+use crate::storage::crypt::{keyring, CryptError, RemoteKey};
 
 /// Objects larger than this are downloaded as parallel ranges.
 pub(crate) const RANGED_THRESHOLD: u64 = 32 << 20;
@@ -45,6 +50,8 @@ const PROGRESS_INTERVAL: Duration = Duration::from_millis(200);
 const OBJECT_ERROR_CODE: i64 = 2;
 /// `init` error code for an unusable remote URL (as 0.4.2 answers).
 const INIT_URL_ERROR_CODE: i64 = 32;
+
+mod encrypted;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum AgentError {
@@ -74,6 +81,13 @@ pub(crate) enum AgentError {
     HashMismatch { oid: String, bucket: String, key: String, actual: String },
     #[error("LFS object {oid} in s3://{bucket}/{key} has {actual} bytes, expected {expected}; not checked out")]
     SizeMismatch { oid: String, bucket: String, key: String, actual: u64, expected: u64 },
+    /// An encrypted remote's object that does not decrypt, or whose keyring does not open.
+    #[error(transparent)]
+    Crypt(#[from] CryptError),
+    #[error(
+        "s3://{bucket}/{key} should be LFS object {oid} but it holds {actual}: objects were swapped or replaced in the bucket; refusing it (not checked out)"
+    )]
+    Swapped { oid: String, bucket: String, key: String, actual: String },
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -152,6 +166,8 @@ struct Agent {
     log: AgentLog,
     gitdir: Option<PathBuf>,
     remote: Option<(RemoteUrl, S3Store)>,
+    /// The remote key when the remote is encrypted (its keyring opened at `init`).
+    key: Option<Arc<RemoteKey>>,
 }
 
 pub(crate) async fn run(state: Arc<DaemonState>, start: SessionStart, mut input: Input, out: Out) -> i32 {
@@ -169,7 +185,7 @@ pub(crate) async fn run(state: Arc<DaemonState>, start: SessionStart, mut input:
         Some(dir) => blocking(move || std::fs::create_dir_all(&dir).map(|_| dir.join("git-lfs-s3.log"))).await.ok(),
         None => None,
     };
-    let mut agent = Agent { state, git, env: start.env, out, log: AgentLog::new(log_file, debug), gitdir, remote: None };
+    let mut agent = Agent { state, git, env: start.env, out, log: AgentLog::new(log_file, debug), gitdir, remote: None, key: None };
     agent.log.debug("git-lfs-s3 starting");
     let code = serve_requests(&mut agent, &mut input).await;
     agent.log.flush().await;
@@ -339,11 +355,18 @@ struct Progress {
     oid: String,
     so_far: AtomicU64,
     sent: Mutex<(u64, Instant)>,
+    /// The most reported: an encrypted object's transfer counts its age
+    /// file's bytes, a little more than the object's size git-lfs knows.
+    cap: u64,
 }
 
 impl Progress {
     fn new(out: &Out, oid: &str) -> Arc<Progress> {
-        Arc::new(Progress { out: out.clone(), oid: oid.to_string(), so_far: AtomicU64::new(0), sent: Mutex::new((0, Instant::now())) })
+        Progress::capped(out, oid, u64::MAX)
+    }
+
+    fn capped(out: &Out, oid: &str, cap: u64) -> Arc<Progress> {
+        Arc::new(Progress { out: out.clone(), oid: oid.to_string(), so_far: AtomicU64::new(0), sent: Mutex::new((0, Instant::now())), cap })
     }
 
     fn add(&self, n: u64) {
@@ -356,6 +379,7 @@ impl Progress {
     }
 
     fn emit(&self, total: u64, force: bool) {
+        let total = total.min(self.cap);
         let Ok(mut sent) = self.sent.lock() else { return };
         if total <= sent.0 || !(force || sent.1.elapsed() >= PROGRESS_INTERVAL) {
             return;
@@ -417,10 +441,18 @@ impl Agent {
             }
             Err(e) => Err(e),
         };
+        // An encrypted remote (it has a keyring): opened with the caller's
+        // identities, else refused in one line before any transfer.
+        let resolved = match resolved {
+            Ok((url, store)) => keyring::open(&store, &url, &self.env).await.map(|key| (url, store, key)).map_err(AgentError::from),
+            Err(e) => Err(e),
+        };
         match resolved {
-            Ok((url, store)) => {
-                self.log.debug(&format!("remote {remote:?} is {url}"));
+            Ok((url, store, key)) => {
+                let how = if key.is_some() { " (encrypted)" } else { "" };
+                self.log.debug(&format!("remote {remote:?} is {url}{how}"));
                 self.remote = Some((url, store));
+                self.key = key;
                 self.out.stdout("{}\n");
                 Ok(())
             }
@@ -473,8 +505,11 @@ impl Agent {
     async fn upload(&self, req: &Request, oid: &str) -> Result<(), AgentError> {
         let (url, store) = self.remote()?;
         let path = req.path.as_deref().ok_or(AgentError::MissingField("upload", "path"))?;
-        let key = url.key(&format!("lfs/{oid}"));
         let local_len = tokio::fs::metadata(path).await?.len();
+        if let Some(k) = &self.key {
+            return self.upload_encrypted(url, store, k, Path::new(path), oid, local_len).await;
+        }
+        let key = url.key(&format!("lfs/{oid}"));
         let progress = Progress::new(&self.out, oid);
         if local_len <= SMALL_OBJECT {
             // One request for a new small object: a create-only PUT; a 412
@@ -521,6 +556,9 @@ impl Agent {
         // The local cache first, verified.
         if let Some(dest) = self.cached_copy(req, oid, &tmp_dir, &progress).await? {
             return Ok(dest);
+        }
+        if let Some(k) = &self.key {
+            return self.download_encrypted(req, oid, url, store, k, tmp_dir).await;
         }
         let cache = self.state.cache.clone();
         let mismatch_size = |actual: u64, expected: u64| AgentError::SizeMismatch {

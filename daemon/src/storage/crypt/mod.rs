@@ -21,6 +21,7 @@ pub(crate) mod codec;
 pub(crate) mod identities;
 pub(crate) mod keyring;
 pub(crate) mod kms;
+pub(crate) mod lfs;
 pub(crate) mod reencrypt;
 pub(crate) mod rollback;
 pub(crate) mod seekable;

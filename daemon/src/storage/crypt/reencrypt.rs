@@ -3,8 +3,9 @@
 //! decrypted and encrypted again to the current key, under its new name
 //! (the current key's HMAC); the manifest is then swapped by one
 //! conditional write that marks those packs with the current generation;
-//! then the old objects are deleted and the older keys dropped from the
-//! keyring.
+//! then the old objects are deleted, the LFS objects of older keys
+//! re-encrypted (`lfs::rewrite_all`: they are not in the manifest), and the
+//! older keys dropped from the keyring.
 //!
 //! Crash-safe by its order: a reader of the manifest only ever sees names
 //! that exist (the new objects are uploaded before the swap, the old ones
@@ -82,6 +83,9 @@ pub(crate) async fn reencrypt(store: &S3Store, url: &RemoteUrl, env: &HashMap<St
     #[cfg(feature = "test-hooks")]
     crate::test_hooks::crash_during_reencrypt(env);
     done.deleted = delete_old_objects(store, url, &key).await?;
+    // LFS objects (not in the manifest) of older keys, before those keys go.
+    let lfs = super::lfs::rewrite_all(store, url, &key, super::lfs::Target::Current, tmp).await?;
+    (done.objects, done.deleted) = (done.objects + lfs.written, done.deleted + lfs.deleted);
     done.dropped = access::drop_older_keys(store, url, env).await?;
     Ok(done)
 }

@@ -17,6 +17,9 @@
 //!    against the switch is refused in one line (push again).
 //! 4. The old form's objects are deleted (packs, `.idx`, and for encrypt
 //!    the plaintext `repo.zip`s; for decrypt the keyring, then the age files).
+//!    Before that, the LFS objects (not in the manifest) are moved to the
+//!    new form one by one (`storage::crypt::lfs::rewrite_all`); the agent
+//!    reads either form meanwhile.
 //!
 //! Until the switch the remote reads as it was; after it, as it became.
 
@@ -30,6 +33,7 @@ use crate::s3::store::{PutOptions, S3Store, WriteCondition};
 use crate::s3::url::RemoteUrl;
 use crate::storage::bundles::layout;
 use crate::storage::crypt::kms::{self, EncryptTo};
+use crate::storage::crypt::lfs::{Rewritten, Target};
 use crate::storage::crypt::{self, codec, keyring, CryptError, RemoteKey};
 use crate::storage::detect::scan_refs_dir;
 use crate::storage::packs::manifest::{self, read_manifest, Manifest, PackEntry, MAX_ATTEMPTS};
@@ -86,11 +90,12 @@ pub(crate) async fn encrypt(
             let key = open_keyring(store, url, env).await?;
             let refs = read_manifest(store, url).await?.map(|(m, _)| m.refs.len()).unwrap_or(0);
             crypt::remember(store, url, key);
-            let deleted = delete_old_form(store, url, Way::Encrypt).await?;
+            let lfs = carry_lfs(store, url, env, Way::Encrypt, tmp_root).await?;
+            let deleted = delete_old_form(store, url, Way::Encrypt).await? + lfs.deleted;
             if deleted == 0 {
                 return Err(StorageError::Format(format!("{url} is encrypted already")));
             }
-            return Ok(CryptReport { refs, deleted, finished_earlier_run: true, ..Default::default() });
+            return Ok(CryptReport { refs, copied: lfs.written, deleted, finished_earlier_run: true, ..Default::default() });
         }
         Err(e) => return Err(e),
     };
@@ -105,7 +110,9 @@ pub(crate) async fn encrypt(
     crypt::remember(store, url, key);
     report.refs = next.refs.len();
     crash_hook(env, "encrypt-switched");
-    report.deleted = delete_old_form(store, url, Way::Encrypt).await?;
+    let lfs = carry_lfs(store, url, env, Way::Encrypt, tmp_root).await?;
+    report.copied += lfs.written;
+    report.deleted = delete_old_form(store, url, Way::Encrypt).await? + lfs.deleted;
     Ok(report)
 }
 
@@ -119,11 +126,12 @@ pub(crate) async fn decrypt(store: &S3Store, url: &RemoteUrl, tmp_root: &Path, e
         Ok(None) => Err(not_packs(store, url, "decrypt it").await),
         // Plaintext: a run killed after its switch left the keyring or age files.
         Ok(Some((m, _))) => {
-            let deleted = delete_old_form(store, url, Way::Decrypt).await?;
+            let lfs = carry_lfs(store, url, env, Way::Decrypt, tmp_root).await?;
+            let deleted = delete_old_form(store, url, Way::Decrypt).await? + lfs.deleted;
             if deleted == 0 {
                 return Err(StorageError::Format(format!("{url} is not encrypted")));
             }
-            Ok(CryptReport { refs: m.refs.len(), deleted, finished_earlier_run: true, ..Default::default() })
+            Ok(CryptReport { refs: m.refs.len(), copied: lfs.written, deleted, finished_earlier_run: true, ..Default::default() })
         }
         Err(StorageError::Crypt(CryptError::NotOpened(_))) => {
             let key = open_keyring(store, url, env).await?;
@@ -139,7 +147,9 @@ pub(crate) async fn decrypt(store: &S3Store, url: &RemoteUrl, tmp_root: &Path, e
             manifest::forget_held(store, url);
             report.refs = next.refs.len();
             crash_hook(env, "decrypt-switched");
-            report.deleted = delete_old_form(store, url, Way::Decrypt).await?;
+            let lfs = carry_lfs(store, url, env, Way::Decrypt, tmp_root).await?;
+            report.copied += lfs.written;
+            report.deleted = delete_old_form(store, url, Way::Decrypt).await? + lfs.deleted;
             Ok(report)
         }
         Err(e) => Err(e),
@@ -360,6 +370,15 @@ async fn copy_one(
         }
     };
     Ok(Some(bytes))
+}
+
+/// The LFS objects brought to the new form (`storage::crypt::lfs`), after
+/// the switch and before the old form's deletion (which drops the keyring
+/// when decrypting: a rerun after it finds no key, and nothing left to do).
+async fn carry_lfs(store: &S3Store, url: &RemoteUrl, env: &HashMap<String, String>, way: Way, tmp_root: &Path) -> Result<Rewritten, StorageError> {
+    let Some(opened) = keyring::read(store, url, env).await? else { return Ok(Rewritten::default()) };
+    let target = if way == Way::Encrypt { Target::Encrypted } else { Target::Plaintext };
+    crypt::lfs::rewrite_all(store, url, &Arc::new(opened.ring.key), target, tmp_root).await
 }
 
 /// Deletes what is left of the old form: encrypt, the plaintext packs and
