@@ -442,3 +442,86 @@ fn lfs_migrate_into_an_encrypted_prefix() {
     env.git(&mate, &["lfs", "pull"]);
     assert_eq!(std::fs::read(mate.join("data.bin")).unwrap(), b"LFS-FROM-THE-HOST\n");
 }
+
+/// `git config --get <key>` in `repo` (None: unset).
+fn config_of(env: &TestEnv, repo: &Path, key: &str) -> Option<String> {
+    let mut c = env.command("git", repo);
+    c.args(["config", "--get", key]);
+    let out = c.output().unwrap();
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Commits `file` holding `content` in `repo`; its LFS oid.
+fn add_lfs_file(env: &TestEnv, repo: &Path, file: &str, content: &[u8]) -> String {
+    std::fs::write(repo.join(file), content).unwrap();
+    env.git(repo, &["add", "-A"]);
+    env.git(repo, &["commit", "-q", "-m", file]);
+    oid_of(env, repo, file)
+}
+
+/// `git <args>` in `repo` refused by the LFS agent because the repository
+/// remembers the LFS store encrypted: nothing of `content` or `oid` reaches
+/// the bucket under `prefix`.
+fn assert_upload_refused(env: &TestEnv, repo: &Path, args: &[&str], prefix: &str, (oid, content): (&str, &[u8]), variable: &str) {
+    let stderr = env.git_fail(repo, args);
+    eprintln!("push stderr:\n{stderr}");
+    let refusals: Vec<&str> = stderr.lines().filter(|l| l.contains("remembers it encrypted")).collect();
+    assert!(!refusals.is_empty() && refusals.iter().all(|l| l.contains(&format!("git config --unset remote.origin.{variable}"))), "{stderr}");
+    let all = objects(env, prefix);
+    assert!(all.iter().all(|(k, _)| !k.contains(oid)), "an object is named by the oid: {:?}", all.iter().map(|o| &o.0).collect::<Vec<_>>());
+    assert!(holding_any(env, &all, &[String::from_utf8_lossy(content).trim().to_string()]).is_empty(), "the file reached the bucket in plaintext");
+}
+
+/// A repository remembers its encrypted LFS store as its fetches and
+/// pushes remember the remote (`crypt::trust`): the code's remote
+/// (`remote.origin.s3-keyring`, pinned by the remote helper) or, with the
+/// code on another host, the LFS prefix (`remote.origin.s3-lfs-keyring`,
+/// pinned by the LFS agent). Someone who can write the bucket deletes the
+/// keyring (or the whole prefix): the next LFS upload is refused in one
+/// line and nothing is written in plaintext. `git s3 lfs uninstall`
+/// forgets the LFS prefix's key with its URL.
+#[test]
+fn a_remembered_encrypted_lfs_store_is_never_written_in_plaintext() {
+    let (env, recipient) = lfs_env();
+    // Code and LFS in one encrypted remote.
+    let url = encrypted_remote(&env, &recipient, "both");
+    let repo = lfs_repo(&env, "w", &url, &[("a.bin", b"FIRST-LFS-FILE\n".to_vec())]);
+    env.git(&repo, &["push", "-q", "origin", "main"]);
+    assert!(config_of(&env, &repo, "remote.origin.s3-keyring").is_some(), "the push remembers the remote");
+    env.delete_object("both/.git-s3/keyring");
+    let oid = add_lfs_file(&env, &repo, "b.bin", b"SECOND-LFS-FILE-BOTH\n");
+    // (A `git push` stops at the remote helper, which finds the keyring
+    // missing; `git lfs push` reaches the agent alone.)
+    let content = b"SECOND-LFS-FILE-BOTH\n";
+    assert_upload_refused(&env, &repo, &["lfs", "push", "--all", "origin"], "both", (&oid, content), "s3-keyring");
+
+    // LFS alone in an encrypted prefix, the code elsewhere.
+    let lfs_url = encrypted_remote(&env, &recipient, "team/lfs");
+    let host = env.path("host.git");
+    env.git(&env.work(), &["init", "-q", "--bare", "-b", "main", host.to_str().unwrap()]);
+    let repo = env.path("elsewhere");
+    std::fs::create_dir_all(&repo).unwrap();
+    env.git(&repo, &["init", "-q", "-b", "main"]);
+    env.git(&repo, &["lfs", "track", "*.bin"]);
+    env.git(&repo, &["remote", "add", "origin", host.to_str().unwrap()]);
+    env.git_s3(&repo, &["lfs", "install", "--remote", "origin", "--url", &lfs_url]);
+    add_lfs_file(&env, &repo, "x.bin", b"LFS-ELSEWHERE-FIRST\n");
+    env.git(&repo, &["push", "-q", "origin", "main"]);
+    assert!(config_of(&env, &repo, "remote.origin.s3-lfs-keyring").is_some(), "the agent remembers the LFS prefix");
+    assert_eq!(config_of(&env, &repo, "remote.origin.s3-keyring"), None, "the code's remote is not S3");
+    for k in env.keys("team/lfs/") {
+        env.delete_object(&k);
+    }
+    let oid = add_lfs_file(&env, &repo, "y.bin", b"LFS-ELSEWHERE-SECOND\n");
+    let content = b"LFS-ELSEWHERE-SECOND\n";
+    assert_upload_refused(&env, &repo, &["push", "-q", "origin", "main"], "team/lfs", (&oid, content), "s3-lfs-keyring");
+
+    // Reconfigured on purpose: uninstall forgets the prefix's key.
+    let mut c = env.command("git-lfs-s3", &repo);
+    c.args(["uninstall", "--remote", "origin"]);
+    env.run(c);
+    assert_eq!(config_of(&env, &repo, "remote.origin.s3-lfs-keyring"), None);
+    env.git_s3(&repo, &["lfs", "install", "--remote", "origin", "--url", &lfs_url]);
+    env.git(&repo, &["push", "-q", "origin", "main"]);
+    assert_eq!(env.get_object(&format!("team/lfs/lfs/{oid}")), b"LFS-ELSEWHERE-SECOND\n");
+}

@@ -30,9 +30,10 @@ use crate::local::files::{blocking, link_or_copy_into_async};
 use crate::local::git::{Git, GitError};
 use crate::s3::store::{PutOptions, S3Store, StoreError, WriteCondition};
 use crate::s3::url::{s3_url_of_remote, RemoteNameError, RemoteUrl, UrlError};
-use crate::s3::write_options::{BucketPolicy, PolicyError};
+use crate::s3::write_options::{BucketPolicy, PolicyError, CONFIG_PATTERN};
 use crate::session::state::{DaemonState, LfsProbes};
 use crate::session::{Input, Out};
+use crate::storage::crypt::trust::Trust;
 use crate::storage::crypt::{keyring, CryptError, RemoteKey};
 
 /// Objects larger than this are downloaded as parallel ranges.
@@ -419,12 +420,17 @@ impl Agent {
         self.log.debug(&format!("init operation={:?} remote={remote:?}", req.operation));
         let op = if req.operation.as_deref() == Some("upload") { Operation::Upload } else { Operation::Download };
         let name = Some(remote.as_str()).filter(|r| !r.is_empty() && !r.contains("://"));
-        let policy = BucketPolicy::from_git(&self.git, name).await;
+        // One config read: the bucket policy and what the repository
+        // remembers of an encrypted remote (`crypt::trust`).
+        let listing = self.git.run(&["config", "--get-regexp", CONFIG_PATTERN]).await.unwrap_or_default();
+        let policy = BucketPolicy::from_listing(&listing, name);
+        let mut trust = Trust::default();
         let resolved = match resolve_remote(&self.git, &remote, op).await.and_then(|r| Ok((r, policy?))) {
             // Code on another host: its git push goes on without S3, so
             // check the bucket now (git-lfs's pre-push runs first; a failed
             // init stops the push before any git object is sent).
             Ok(((url, true), policy)) => {
+                trust = Trust::for_lfs(&listing, name, true);
                 let store = self.state.store_for(&self.env, &url).await.with_policy(policy);
                 match probe(&self.state.lfs_probes, &store, &url, &self.env).await {
                     Ok(sent) => {
@@ -436,6 +442,7 @@ impl Agent {
                 }
             }
             Ok(((url, false), policy)) => {
+                trust = Trust::for_lfs(&listing, name, false);
                 let store = self.state.store_for(&self.env, &url).await.with_policy(policy);
                 Ok((url, store))
             }
@@ -443,8 +450,10 @@ impl Agent {
         };
         // An encrypted remote (it has a keyring): opened with the caller's
         // identities, else refused in one line before any transfer.
+        // A repository that remembers the remote encrypted refuses a
+        // plaintext one, or another keyring, as its fetches and pushes do.
         let resolved = match resolved {
-            Ok((url, store)) => keyring::open(&store, &url, &self.env).await.map(|key| (url, store, key)).map_err(AgentError::from),
+            Ok((url, store)) => self.open_trusted(&store, &url, &trust).await.map(|key| (url, store, key)),
             Err(e) => Err(e),
         };
         match resolved {
@@ -464,6 +473,20 @@ impl Agent {
                 Err(1)
             }
         }
+    }
+
+    /// The remote's key (None: a plaintext remote), judged against what
+    /// the repository remembers, and remembered on first use.
+    async fn open_trusted(&self, store: &S3Store, url: &RemoteUrl, trust: &Trust) -> Result<Option<Arc<RemoteKey>>, AgentError> {
+        let key = keyring::open(store, url, &self.env).await?;
+        match &key {
+            Some(k) => {
+                trust.check_key(url, k)?;
+                trust.remember(&self.git, k).await;
+            }
+            None => trust.check_plaintext(url)?,
+        }
+        Ok(key)
     }
 
     async fn transfer(&mut self, req: &Request) {

@@ -19,26 +19,45 @@ use crate::s3::url::RemoteUrl;
 /// The per-remote git config variable (`remote.<name>.s3-keyring`).
 pub(crate) const VARIABLE: &str = "s3-keyring";
 
+/// The variable of a remote whose LFS objects live in another S3 prefix
+/// than its code (code on another host, `git s3 lfs install`): that
+/// prefix's keyring, remembered by the LFS agent.
+pub(crate) const LFS_VARIABLE: &str = "s3-lfs-keyring";
+
 /// What a repository remembers of the remote a session talks to.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct Trust {
     /// The git remote's name (None: git was given a URL; nothing is remembered).
     remote: Option<String>,
     /// The fingerprint remembered, if any.
     pinned: Option<String>,
+    /// [`VARIABLE`], or [`LFS_VARIABLE`].
+    variable: &'static str,
 }
 
-/// `remote.<name>.s3-keyring`.
-fn config_key(remote: &str) -> String {
-    format!("remote.{remote}.{VARIABLE}")
+impl Default for Trust {
+    fn default() -> Trust {
+        Trust { remote: None, pinned: None, variable: VARIABLE }
+    }
 }
 
 impl Trust {
     /// From `git config --get-regexp`'s lines (`key value`; the last one
     /// wins) of the repository whose remote `remote` (if named) is used.
     pub(crate) fn from_config(listing: &str, remote: Option<&str>) -> Trust {
-        let Some(remote) = remote else { return Trust::default() };
-        let key = config_key(remote);
+        Trust::of_variable(listing, remote, VARIABLE)
+    }
+
+    /// [`Trust::from_config`] for the LFS agent: `lfs_elsewhere` when the
+    /// remote's LFS objects are in another prefix than its code
+    /// ([`LFS_VARIABLE`]).
+    pub(crate) fn for_lfs(listing: &str, remote: Option<&str>, lfs_elsewhere: bool) -> Trust {
+        Trust::of_variable(listing, remote, if lfs_elsewhere { LFS_VARIABLE } else { VARIABLE })
+    }
+
+    fn of_variable(listing: &str, remote: Option<&str>, variable: &'static str) -> Trust {
+        let Some(remote) = remote else { return Trust { variable, ..Trust::default() } };
+        let key = config_key(remote, variable);
         let pinned = listing
             .lines()
             .rev()
@@ -46,7 +65,12 @@ impl Trust {
             .filter(|(k, _)| k.eq_ignore_ascii_case(&key))
             .map(|(_, v)| v.trim().to_string())
             .find(|v| !v.is_empty());
-        Trust { remote: Some(remote.to_string()), pinned }
+        Trust { remote: Some(remote.to_string()), pinned, variable }
+    }
+
+    /// `remote.<name>.<variable>`.
+    fn key(&self, remote: &str) -> String {
+        config_key(remote, self.variable)
     }
 
     /// Refuses a keyring whose first key is not the one remembered.
@@ -56,9 +80,9 @@ impl Trust {
                 "the keyring of {url} is not the one this repository remembers (git config {} is {pin}, this keyring's first key is {}): \
 someone who can write the bucket may have replaced it with their own; nothing was fetched or written. If the remote was made again on purpose, \
 accept it with `git config --unset {}`",
-                config_key(remote),
+                self.key(remote),
                 key.origin(),
-                config_key(remote)
+                self.key(remote)
             ))),
             _ => Ok(()),
         }
@@ -71,8 +95,8 @@ accept it with `git config --unset {}`",
                 "{url} is not encrypted, but this repository remembers it encrypted (git config {} is {pin}): someone who can write the bucket \
 may have replaced it; nothing was fetched or written. If it was decrypted on purpose (`git s3 migrate --decrypt`), accept it with \
 `git config --unset {}`",
-                config_key(remote),
-                config_key(remote)
+                self.key(remote),
+                self.key(remote)
             ))),
             _ => Ok(()),
         }
@@ -83,7 +107,7 @@ may have replaced it; nothing was fetched or written. If it was decrypted on pur
     /// the config is logged: the fetch or push goes on.
     pub(crate) async fn remember(&self, git: &Git, key: &RemoteKey) {
         let Some(remote) = self.remote.as_deref().filter(|_| self.pinned.is_none()) else { return };
-        if let Err(e) = pin(git, remote, Some(key)).await {
+        if let Err(e) = pin_variable(git, &self.key(remote), Some(key)).await {
             tracing::warn!(remote, error = %e, "could not remember the remote's key in the repository's config");
         }
     }
@@ -92,12 +116,21 @@ may have replaced it; nothing was fetched or written. If it was decrypted on pur
 /// Sets `remote.<remote>.s3-keyring` in `git`'s repository to `key`'s
 /// origin, or unsets it (None: the remote is plaintext now).
 pub(crate) async fn pin(git: &Git, remote: &str, key: Option<&RemoteKey>) -> Result<(), GitError> {
-    let name = config_key(remote);
+    pin_variable(git, &config_key(remote, VARIABLE), key).await
+}
+
+/// Sets (or unsets) the git config variable `name` to `key`'s origin.
+async fn pin_variable(git: &Git, name: &str, key: Option<&RemoteKey>) -> Result<(), GitError> {
     match key {
-        Some(k) => git.run(&["config", &name, &k.origin()]).await.map(drop),
+        Some(k) => git.run(&["config", name, &k.origin()]).await.map(drop),
         // Exit status 5: it was not set.
-        None => git.status(&["config", "--unset-all", &name]).await.map(drop),
+        None => git.status(&["config", "--unset-all", name]).await.map(drop),
     }
+}
+
+/// `remote.<remote>.<variable>`.
+fn config_key(remote: &str, variable: &str) -> String {
+    format!("remote.{remote}.{variable}")
 }
 
 #[cfg(test)]
@@ -130,5 +163,15 @@ mod tests {
         // nothing remembered: anything goes (the first use)
         let fresh = Trust::from_config("", Some("origin"));
         assert!(fresh.check_key(&url(), &key).is_ok() && fresh.check_plaintext(&url()).is_ok());
+    }
+
+    #[test]
+    fn an_lfs_store_elsewhere_has_its_own_variable() {
+        let listing = "remote.origin.s3-keyring 00aa\nremote.origin.s3-lfs-keyring 11bb\n";
+        assert_eq!(Trust::for_lfs(listing, Some("origin"), false).pinned.as_deref(), Some("00aa"));
+        let lfs = Trust::for_lfs(listing, Some("origin"), true);
+        assert_eq!(lfs.pinned.as_deref(), Some("11bb"));
+        let e = lfs.check_plaintext(&url()).unwrap_err().to_string();
+        assert!(e.contains("git config --unset remote.origin.s3-lfs-keyring"), "{e}");
     }
 }
