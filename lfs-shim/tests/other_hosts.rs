@@ -54,15 +54,7 @@ fn lfs_work(env: &TestEnv, name: &str, host: &Path) -> PathBuf {
 }
 
 fn oid_of(env: &TestEnv, repo: &Path, file: &str) -> String {
-    env.git(repo, &["lfs", "ls-files", "-l"])
-        .lines()
-        .find_map(|l| {
-            let mut it = l.split_whitespace();
-            let oid = it.next()?;
-            let _marker = it.next()?;
-            (it.next()? == file).then(|| oid.to_string())
-        })
-        .unwrap_or_else(|| panic!("{file} is not an LFS file"))
+    testkit::lfs_oid(env, repo, file)
 }
 
 fn alias(bucket: &str) -> String {

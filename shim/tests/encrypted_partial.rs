@@ -14,8 +14,7 @@ use serde_json::Value;
 use testkit::field::{Fault, FaultAction, RequestKind};
 use testkit::{error_lines, keygen, objects, FieldServer, TestEnv};
 
-const COMMITS: u32 = 40;
-const FILES: [&str; 3] = ["a.txt", "b.txt", "dir/c.txt"];
+const FILES: [&str; 3] = testkit::DELTA_HISTORY_FILES;
 const AGE_MAGIC: &[u8] = b"age-encryption.org/v1\n";
 
 /// A packs environment counted by the field server, with an identity (in
@@ -80,57 +79,11 @@ fn wait_for_covering_views(env: &TestEnv, prefix: &str, ids: Option<&Path>) -> V
     }
 }
 
-/// Pseudo-random, incompressible lines of 64 bytes (deterministic).
-fn noise_line(seed: u64) -> String {
-    let mut s: String = testkit::xorshift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1).take(63).map(|x| (b'a' + (x % 26) as u8) as char).collect();
-    s.push('\n');
-    s
-}
-
-/// `shim/tests/ranged.rs`'s history: `COMMITS` commits each rewriting a few
+/// `shim/tests/ranged.rs`'s history (`testkit::delta_history`): 40 commits each rewriting a few
 /// lines of three ~40 KB files (deltas on deltas), a new 20 KB file in
 /// each from the 11th, repacked with fresh deltas.
 fn history(env: &TestEnv, name: &str) -> PathBuf {
-    let repo = env.path(name);
-    std::fs::create_dir_all(&repo).unwrap();
-    env.git(&repo, &["init", "-q", "-b", "main"]);
-    let mut files: Vec<Vec<String>> = (0..FILES.len()).map(|k| (0..640).map(|l| noise_line((k * 100_000 + l) as u64)).collect()).collect();
-    let mut script = String::new();
-    for i in 1..=COMMITS {
-        let when = 1_700_000_000 + u64::from(i) * 86_400;
-        script.push_str(&format!("commit refs/heads/main\nmark :{i}\ncommitter T <t@example.com> {when} +0000\ndata <<EOM\ncommit {i}\nEOM\n"));
-        if i > 1 {
-            script.push_str(&format!("from :{}\n", i - 1));
-        }
-        for (k, f) in FILES.iter().enumerate() {
-            for j in 0..4u64 {
-                let line = ((u64::from(i) * 37 + j * 151 + k as u64 * 13) % 640) as usize;
-                files[k][line] = noise_line(1_000_000 + u64::from(i) * 1000 + j * 10 + k as u64);
-            }
-            let content: String = files[k].concat();
-            script.push_str(&format!("M 644 inline {f}\ndata {}\n{content}\n", content.len()));
-        }
-        if i > 10 {
-            let content: String = (0..320u64).map(|l| noise_line(5_000_000 + u64::from(i) * 1000 + l)).collect();
-            script.push_str(&format!("M 644 inline later/{i}.txt\ndata {}\n{content}\n", content.len()));
-        }
-    }
-    testkit::fast_import(env, &repo, &script);
-    env.git(&repo, &["checkout", "-q", "main"]);
-    env.git(&repo, &["repack", "-adfq"]);
-    repo
-}
-
-/// Bytes read from S3 by a clone of `url` into `dir` with `args` (cold cache).
-fn clone_bytes(env: &TestEnv, proxy: &FieldServer, url: &str, dir: &str, args: &[&str]) -> u64 {
-    env.git_s3(&env.work(), &["cache", "clear"]);
-    let before = proxy.counts().bytes_down;
-    let mut all = vec!["clone", "-q"];
-    all.extend_from_slice(args);
-    all.extend_from_slice(&[url, dir]);
-    env.git(&env.work(), &all);
-    env.fsck_partial(&env.path(dir));
-    proxy.counts().bytes_down - before
+    testkit::delta_history(env, name, "sha1")
 }
 
 /// The plaintext sizes of the packs a manifest names (not the views).
@@ -192,8 +145,8 @@ fn after_a_push_shallow_and_partial_clones_of_an_encrypted_remote_cost_what_plai
     ];
     for (kind, args) in kinds {
         let tag = kind.replace([' ', ':', '-'], "");
-        let p = clone_bytes(&env, &proxy, &plain_url, &format!("p-{tag}"), args);
-        let e = clone_bytes(&env, &proxy, &enc_url, &format!("e-{tag}"), args);
+        let p = testkit::cold_clone_bytes(&env, &proxy, &plain_url, &format!("p-{tag}"), args);
+        let e = testkit::cold_clone_bytes(&env, &proxy, &enc_url, &format!("e-{tag}"), args);
         assert_eq!(env.git(&env.path(&format!("e-{tag}")), &["rev-parse", "HEAD"]), env.git(&src, &["rev-parse", "HEAD"]));
         figures.push(format!("{kind}: plaintext {p} B, encrypted {e} B"));
         assert!(e <= p + p / 10 + (32 << 10), "{kind}: the encrypted remote's clone read {e} B, the plaintext one's {p} B");
@@ -308,7 +261,7 @@ fn views_survive_a_revoke_with_reencrypt() {
         assert_eq!(m["views"][kind]["key"], 2, "the {kind} view moved to the new key: {m}");
     }
     let tips = m["views"]["tips"]["size"].as_u64().unwrap();
-    let read = clone_bytes(&env, &proxy, &url, "d1", &["--depth", "1"]);
+    let read = testkit::cold_clone_bytes(&env, &proxy, &url, "d1", &["--depth", "1"]);
     assert_eq!(env.git(&env.path("d1"), &["rev-parse", "HEAD"]), env.git(&src, &["rev-parse", "HEAD"]));
     assert!(read < tips + tips / 10 + (32 << 10), "a depth-1 clone read {read} B; the tips view is {tips} B");
 }

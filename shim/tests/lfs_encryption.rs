@@ -52,15 +52,7 @@ fn lfs_repo(env: &TestEnv, name: &str, url: &str, files: &[(&str, Vec<u8>)]) -> 
 }
 
 fn oid_of(env: &TestEnv, repo: &Path, file: &str) -> String {
-    env.git(repo, &["lfs", "ls-files", "-l"])
-        .lines()
-        .find_map(|l| {
-            let mut it = l.split_whitespace();
-            let oid = it.next()?;
-            let _marker = it.next()?;
-            (it.next()? == file).then(|| oid.to_string())
-        })
-        .unwrap_or_else(|| panic!("{file} is not an LFS file"))
+    testkit::lfs_oid(env, repo, file)
 }
 
 /// The objects under `<prefix>/.git-s3/lfs/`.

@@ -14,8 +14,7 @@ use testkit::field::{Fault, FaultAction, RequestKind};
 use testkit::require_test_hooks;
 use testkit::{FieldServer, TestEnv};
 
-const COMMITS: u32 = 40;
-const FILES: [&str; 3] = ["a.txt", "b.txt", "dir/c.txt"];
+const FILES: [&str; 3] = testkit::DELTA_HISTORY_FILES;
 
 fn counted_env() -> (TestEnv, FieldServer) {
     let env = TestEnv::new();
@@ -25,55 +24,12 @@ fn counted_env() -> (TestEnv, FieldServer) {
     (env, proxy)
 }
 
-/// Pseudo-random, incompressible lines of 64 bytes (deterministic).
-fn noise_line(seed: u64) -> String {
-    let mut s: String = testkit::xorshift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1).take(63).map(|x| (b'a' + (x % 26) as u8) as char).collect();
-    s.push('\n');
-    s
-}
-
-/// `COMMITS` commits, each rewriting a few lines of three ~40 KB files:
+/// `testkit::delta_history`: 40 commits, each rewriting a few lines of three ~40 KB files:
 /// git stores most versions of each file as deltas on another one, so an
 /// old commit's files need their delta bases too. Commits 11 on also add a
 /// file each.
 fn history(env: &TestEnv, name: &str) -> PathBuf {
-    history_in(env, name, "sha1")
-}
-
-/// `history` in a repository of `object_format` (sha1, sha256).
-fn history_in(env: &TestEnv, name: &str, object_format: &str) -> PathBuf {
-    let repo = env.path(name);
-    std::fs::create_dir_all(&repo).unwrap();
-    env.git(&repo, &["init", "-q", "-b", "main", &format!("--object-format={object_format}")]);
-    let mut files: Vec<Vec<String>> = (0..FILES.len()).map(|k| (0..640).map(|l| noise_line((k * 100_000 + l) as u64)).collect()).collect();
-    let mut script = String::new();
-    for i in 1..=COMMITS {
-        let when = 1_700_000_000 + u64::from(i) * 86_400;
-        script.push_str(&format!("commit refs/heads/main\nmark :{i}\ncommitter T <t@example.com> {when} +0000\ndata <<EOM\ncommit {i}\nEOM\n"));
-        if i > 1 {
-            script.push_str(&format!("from :{}\n", i - 1));
-        }
-        for (k, f) in FILES.iter().enumerate() {
-            for j in 0..4u64 {
-                let line = ((u64::from(i) * 37 + j * 151 + k as u64 * 13) % 640) as usize;
-                files[k][line] = noise_line(1_000_000 + u64::from(i) * 1000 + j * 10 + k as u64);
-            }
-            let content: String = files[k].concat();
-            script.push_str(&format!("M 644 inline {f}\ndata {}\n{content}\n", content.len()));
-        }
-        // From commit 11 on, a new 20 KB file each: what an old commit
-        // lacks weighs on the remote (a lazy checkout must not read it).
-        if i > 10 {
-            let content: String = (0..320u64).map(|l| noise_line(5_000_000 + u64::from(i) * 1000 + l)).collect();
-            script.push_str(&format!("M 644 inline later/{i}.txt\ndata {}\n{content}\n", content.len()));
-        }
-    }
-    testkit::fast_import(env, &repo, &script);
-    env.git(&repo, &["checkout", "-q", "main"]);
-    // Deltas computed afresh (fast-import's are few): the pushed pack has
-    // chains of them, as a real repository's packs do.
-    env.git(&repo, &["repack", "-adfq"]);
-    repo
+    testkit::delta_history(env, name, "sha1")
 }
 
 /// Bytes of the packs in a repository.
@@ -341,7 +297,7 @@ fn a_first_lazy_fetch_reads_object_maps_instead_of_pack_indexes() {
 #[test]
 fn a_sha256_lazy_checkout_reads_its_objects_by_ranges() {
     let (env, proxy) = counted_env();
-    let src = history_in(&env, "src", "sha256");
+    let src = testkit::delta_history(&env, "src", "sha256");
     let old = env.git(&src, &["rev-parse", "HEAD~30"]).trim().to_string();
     assert_eq!(old.len(), 64);
     let local = local_lazy_checkout_bytes(&env, &src, &old);
@@ -486,7 +442,7 @@ fn wide_tree(env: &TestEnv, name: &str, dirs: usize) -> PathBuf {
         let dir = repo.join(format!("d{d:02}"));
         std::fs::create_dir_all(&dir).unwrap();
         for f in 0..10 {
-            let text: String = (0..64).map(|l| noise_line((d * 10_000 + f * 100 + l) as u64)).collect();
+            let text: String = (0..64).map(|l| testkit::noise_line((d * 10_000 + f * 100 + l) as u64)).collect();
             std::fs::write(dir.join(format!("f{f}.txt")), text).unwrap();
         }
     }

@@ -304,16 +304,7 @@ fn after_gc_shallow_and_partial_clones_of_a_packs_remote_download_what_they_ask(
     let m: serde_json::Value = serde_json::from_slice(&env.get_object("views/.git-s3/manifest.json")).unwrap();
     assert!(m["views"]["skeleton"]["name"].is_string() && m["views"]["tips"]["name"].is_string(), "{m}");
 
-    let measure = |dir: &str, args: &[&str]| -> u64 {
-        env.git_s3(&env.work(), &["cache", "clear"]);
-        let before = proxy.counts().bytes_down;
-        let mut all = vec!["clone", "-q"];
-        all.extend_from_slice(args);
-        all.extend_from_slice(&[url.as_str(), dir]);
-        env.git(&env.work(), &all);
-        env.fsck_partial(&env.path(dir));
-        proxy.counts().bytes_down - before
-    };
+    let measure = |dir: &str, args: &[&str]| testkit::cold_clone_bytes(&env, &proxy, &url, dir, args);
     let depth1 = measure("d1", &["--depth", "1"]);
     assert_eq!(count(&env, &env.path("d1"), "HEAD"), 1);
     let blobless = measure("p", &["--filter=blob:none"]);
@@ -387,16 +378,7 @@ fn clones_read_at_most_twice_local_git(env: &TestEnv, proxy: &FieldServer, src: 
     env.git(&env.work(), &["clone", "-q", "--depth", "1", "--no-local", &bare_url, &format!("local-d1{round}")]);
     env.git(&env.work(), &["clone", "-q", "--filter=blob:none", "--no-local", &bare_url, &format!("local-p{round}")]);
     let (local_depth1, local_blobless) = (pack_bytes(&env.path(&format!("local-d1{round}"))), pack_bytes(&env.path(&format!("local-p{round}"))));
-    let measure = |dir: &str, args: &[&str]| -> u64 {
-        env.git_s3(&env.work(), &["cache", "clear"]);
-        let before = proxy.counts().bytes_down;
-        let mut all = vec!["clone", "-q"];
-        all.extend_from_slice(args);
-        all.extend_from_slice(&[url, dir]);
-        env.git(&env.work(), &all);
-        env.fsck_partial(&env.path(dir));
-        proxy.counts().bytes_down - before
-    };
+    let measure = |dir: &str, args: &[&str]| testkit::cold_clone_bytes(env, proxy, url, dir, args);
     let tip = env.git(src, &["rev-parse", "HEAD"]).trim().to_string();
     let depth1 = measure(&format!("d1{round}"), &["--depth", "1"]);
     assert_eq!(env.git(&env.path(&format!("d1{round}")), &["rev-parse", "HEAD"]).trim(), tip);

@@ -77,3 +77,30 @@ pub fn kms_key() -> String {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
+
+/// Bytes read from S3 (through `proxy`) by `git clone -q <args> <url> <dir>`
+/// in `work/` with the cache cleared first; the clone checked with
+/// `fsck_partial`.
+pub fn cold_clone_bytes(env: &TestEnv, proxy: &crate::FieldServer, url: &str, dir: &str, args: &[&str]) -> u64 {
+    env.git_s3(&env.work(), &["cache", "clear"]);
+    let before = proxy.counts().bytes_down;
+    let mut all = vec!["clone", "-q"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&[url, dir]);
+    env.git(&env.work(), &all);
+    env.fsck_partial(&env.path(dir));
+    proxy.counts().bytes_down - before
+}
+
+/// The LFS oid of `file` in `repo` (`git lfs ls-files -l`).
+pub fn lfs_oid(env: &TestEnv, repo: &Path, file: &str) -> String {
+    env.git(repo, &["lfs", "ls-files", "-l"])
+        .lines()
+        .find_map(|l| {
+            let mut it = l.split_whitespace();
+            let oid = it.next()?;
+            let _marker = it.next()?;
+            (it.next()? == file).then(|| oid.to_string())
+        })
+        .unwrap_or_else(|| panic!("{file} is not an LFS file"))
+}
