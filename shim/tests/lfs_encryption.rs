@@ -252,6 +252,21 @@ fn tampered_and_swapped_lfs_objects_are_refused_and_nothing_is_written() {
     }
 }
 
+/// A repository at `work/<name>` tracking `*.bin` with LFS, whose code
+/// remote `origin` is a bare repository (`work/host.git`, "another host")
+/// and whose LFS objects go to `lfs_url`: (the host, the repository).
+fn code_elsewhere(env: &TestEnv, name: &str, lfs_url: &str) -> (PathBuf, PathBuf) {
+    let host = env.path("host.git");
+    env.git(&env.work(), &["init", "-q", "--bare", "-b", "main", host.to_str().unwrap()]);
+    let repo = env.path(name);
+    std::fs::create_dir_all(&repo).unwrap();
+    env.git(&repo, &["init", "-q", "-b", "main"]);
+    env.git(&repo, &["lfs", "track", "*.bin"]);
+    env.git(&repo, &["remote", "add", "origin", host.to_str().unwrap()]);
+    env.git_s3(&repo, &["lfs", "install", "--remote", "origin", "--url", lfs_url]);
+    (host, repo)
+}
+
 /// LFS for code hosted elsewhere: `git s3 init --encrypt-to` makes the LFS
 /// prefix an encrypted remote, `git s3 lfs install --remote origin --url`
 /// points git-lfs at it; objects go there encrypted under keyed names, and a
@@ -261,17 +276,8 @@ fn tampered_and_swapped_lfs_objects_are_refused_and_nothing_is_written() {
 fn lfs_only_in_an_encrypted_prefix_with_the_code_elsewhere() {
     let (env, recipient) = lfs_env();
     let lfs_url = encrypted_remote(&env, &recipient, "team/lfs");
-    let host = env.path("host.git");
-    env.git(&env.work(), &["init", "-q", "--bare", "-b", "main", host.to_str().unwrap()]);
-    let repo = env.path("w");
-    std::fs::create_dir_all(&repo).unwrap();
-    env.git(&repo, &["init", "-q", "-b", "main"]);
-    env.git(&repo, &["lfs", "track", "*.bin"]);
-    std::fs::write(repo.join("x.bin"), b"LFS-ELSEWHERE-SECRET\n").unwrap();
-    env.git(&repo, &["add", "-A"]);
-    env.git(&repo, &["commit", "-q", "-m", "x"]);
-    env.git(&repo, &["remote", "add", "origin", host.to_str().unwrap()]);
-    env.git_s3(&repo, &["lfs", "install", "--remote", "origin", "--url", &lfs_url]);
+    let (host, repo) = code_elsewhere(&env, "w", &lfs_url);
+    add_lfs_file(&env, &repo, "x.bin", b"LFS-ELSEWHERE-SECRET\n");
     env.git(&repo, &["push", "-q", "origin", "main"]);
     let oid = oid_of(&env, &repo, "x.bin");
     let lfs = lfs_objects(&env, "team/lfs");
@@ -489,14 +495,7 @@ fn a_remembered_encrypted_lfs_store_is_never_written_in_plaintext() {
 
     // LFS alone in an encrypted prefix, the code elsewhere.
     let lfs_url = encrypted_remote(&env, &recipient, "team/lfs");
-    let host = env.path("host.git");
-    env.git(&env.work(), &["init", "-q", "--bare", "-b", "main", host.to_str().unwrap()]);
-    let repo = env.path("elsewhere");
-    std::fs::create_dir_all(&repo).unwrap();
-    env.git(&repo, &["init", "-q", "-b", "main"]);
-    env.git(&repo, &["lfs", "track", "*.bin"]);
-    env.git(&repo, &["remote", "add", "origin", host.to_str().unwrap()]);
-    env.git_s3(&repo, &["lfs", "install", "--remote", "origin", "--url", &lfs_url]);
+    let (_, repo) = code_elsewhere(&env, "elsewhere", &lfs_url);
     add_lfs_file(&env, &repo, "x.bin", b"LFS-ELSEWHERE-FIRST\n");
     env.git(&repo, &["push", "-q", "origin", "main"]);
     assert!(config_of(&env, &repo, "remote.origin.s3-lfs-keyring").is_some(), "the agent remembers the LFS prefix");
