@@ -460,6 +460,62 @@ impl S3Store {
         .await
     }
 
+    /// Uploads the object whose bytes arrive on `parts` (each piece one part:
+    /// at least [`super::MIN_PART_SIZE`] but the last) by a multipart upload,
+    /// each part sent as soon as it arrives, up to [`PART_CONCURRENCY`] at
+    /// once (memory: those, and what the channel holds). `finish` (the
+    /// producer's answer) is awaited after the last piece and before the
+    /// completion: if it fails, the upload is aborted, nothing is written,
+    /// and its error is returned. A completion that meets a `409` is not
+    /// tried again here (the parts are gone): the caller produces them again.
+    pub(crate) async fn put_parts<F>(
+        &self,
+        key: &str,
+        mut parts: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+        opts: PutOptions,
+        finish: F,
+        on_bytes: impl Fn(u64) + Send + Sync,
+    ) -> Result<String, StoreError>
+    where
+        F: std::future::Future<Output = Result<(), String>> + Send,
+    {
+        use futures::stream::{FuturesUnordered, StreamExt};
+        let span = tracing::debug_span!("s3.put_parts", bucket = %self.bucket, key);
+        async {
+            let upload_id = self.create_multipart(key, &opts).await?;
+            let result: Result<Vec<CompletedPart>, StoreError> = async {
+                let (mut in_flight, mut done, mut number) = (FuturesUnordered::new(), Vec::new(), 0i32);
+                while let Some(data) = parts.recv().await {
+                    while in_flight.len() >= PART_CONCURRENCY {
+                        if let Some(part) = in_flight.next().await {
+                            done.push(part?);
+                        }
+                    }
+                    number += 1;
+                    if number as u64 > MAX_PARTS {
+                        return Err(self.other(key, format!("more than S3's {MAX_PARTS} parts")));
+                    }
+                    let (upload_id, on_bytes, size) = (upload_id.clone(), &on_bytes, data.len() as u64);
+                    in_flight.push(async move {
+                        let part = self.upload_part(key, &upload_id, number, Source::Bytes(data), (0, size)).await?;
+                        on_bytes(size);
+                        Ok::<_, StoreError>(part)
+                    });
+                }
+                while let Some(part) = in_flight.next().await {
+                    done.push(part?);
+                }
+                finish.await.map_err(|m| self.other(key, m))?;
+                done.sort_by_key(|p| p.part_number());
+                Ok(done)
+            }
+            .await;
+            self.finish_multipart(key, &upload_id, result, &opts.condition).await
+        }
+        .instrument(span)
+        .await
+    }
+
     /// Aborts our own failed upload; a failure is only logged (the upload
     /// is left for `git s3 doctor --abort-uploads` or a lifecycle rule).
     async fn abort_multipart(&self, key: &str, upload_id: &str) {
