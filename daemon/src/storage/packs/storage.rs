@@ -7,6 +7,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use tracing::Instrument;
+
 use crate::s3::store::{part_size, PutOptions, S3Store, MULTIPART_THRESHOLD};
 use crate::s3::url::RemoteUrl;
 use crate::storage::crypt::{codec, RemoteKey};
@@ -174,7 +176,8 @@ pub(crate) async fn put_encrypted(
     let len = tokio::fs::metadata(path).await?.len();
     let most = codec::ciphertext_len_max(len);
     if most <= MULTIPART_THRESHOLD {
-        let data = codec::encrypt_file_to_memory(key.clone(), path.to_path_buf()).await?;
+        let span = tracing::debug_span!("crypt.encrypt", bytes = len);
+        let data = codec::encrypt_file_to_memory(key.clone(), path.to_path_buf()).instrument(span).await?;
         let n = data.len() as u64;
         store.put_bytes(object, data, PutOptions::default()).await?;
         on_bytes(n);
