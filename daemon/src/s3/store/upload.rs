@@ -22,13 +22,15 @@ use crate::s3::write_options;
 /// region switch): bytes in memory, or a file.
 enum Source<'a> {
     Bytes(bytes::Bytes),
+    /// Bytes and their `Content-MD5`, computed as they were made.
+    Hashed(bytes::Bytes, String),
     File(&'a Path),
 }
 
 impl Source<'_> {
     async fn stream(&self) -> Result<ByteStream, String> {
         match self {
-            Source::Bytes(b) => Ok(ByteStream::from(b.clone())),
+            Source::Bytes(b) | Source::Hashed(b, _) => Ok(ByteStream::from(b.clone())),
             Source::File(p) => ByteStream::from_path(p).await.map_err(|e| e.to_string()),
         }
     }
@@ -60,6 +62,7 @@ impl S3Store {
     /// checksum of its own (see [`write_options::needs_content_md5`]).
     async fn content_md5(&self, key: &str, source: &Source<'_>) -> Result<Option<String>, StoreError> {
         match source {
+            Source::Hashed(_, md5) => Ok(Some(md5.clone())),
             Source::Bytes(b) => self.content_md5_of_part(key, &Source::Bytes(b.clone()), 0, b.len() as u64).await,
             Source::File(p) => {
                 if !write_options::needs_content_md5(&self.client.read().unwrap_or_else(|p| p.into_inner())) {
@@ -77,6 +80,7 @@ impl S3Store {
             return Ok(None);
         }
         let md5 = match part {
+            Source::Hashed(_, md5) => return Ok(Some(md5.clone())),
             Source::Bytes(b) => write_options::content_md5_of_bytes(b.clone()).await,
             Source::File(p) => write_options::content_md5_of_file(p, offset, Some(size)).await,
         };
@@ -93,6 +97,23 @@ impl S3Store {
     pub(crate) async fn put_bytes_versioned(&self, key: &str, data: Vec<u8>, opts: PutOptions) -> Result<(String, Option<String>), StoreError> {
         let span = tracing::debug_span!("s3.put", bucket = %self.bucket, key, bytes = data.len());
         async { self.put_body(key, Source::Bytes(data.into()), opts).await }.instrument(span).await
+    }
+
+    /// Whether this store's uploads send our own `Content-MD5` (see
+    /// [`write_options::needs_content_md5`]): then [`S3Store::put_hashed`] wants it.
+    pub(crate) fn needs_content_md5(&self) -> bool {
+        write_options::needs_content_md5(&self.client.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// [`S3Store::put_bytes`] of a body whose `Content-MD5` the caller
+    /// computed as it made it (None: [`S3Store::needs_content_md5`] is false).
+    pub(crate) async fn put_hashed(&self, key: &str, data: Vec<u8>, md5: Option<String>, opts: PutOptions) -> Result<String, StoreError> {
+        let span = tracing::debug_span!("s3.put", bucket = %self.bucket, key, bytes = data.len());
+        let source = match md5 {
+            Some(m) => Source::Hashed(data.into(), m),
+            None => Source::Bytes(data.into()),
+        };
+        async { self.put_body(key, source, opts).await.map(|(etag, _)| etag) }.instrument(span).await
     }
 
     /// One PutObject of `data` under `condition` (with the bucket policy's
@@ -318,7 +339,7 @@ impl S3Store {
         let (offset, size) = range;
         let md5 = self.content_md5_of_part(key, &part, offset, size).await?;
         let body = match part {
-            Source::Bytes(b) => ByteStream::from(b),
+            Source::Bytes(b) | Source::Hashed(b, _) => ByteStream::from(b),
             Source::File(path) => self.file_part(key, path, offset, size).await?,
         };
         // The body is sent once: a part is never redirected, as the upload

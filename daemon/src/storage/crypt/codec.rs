@@ -183,17 +183,71 @@ pub(crate) fn encrypt_file_to_parts(
 }
 
 /// The age file of the file `src` to `key`, in memory (for a single PUT:
-/// callers keep it to [`ciphertext_len_max`] of a small enough file).
-pub(crate) async fn encrypt_file_to_memory(key: Arc<RemoteKey>, src: PathBuf) -> Result<Vec<u8>, CryptError> {
+/// callers keep it to [`ciphertext_len_max`] of a small enough file), and
+/// when `md5`, its MD5 in base64 (a `Content-MD5`), hashed on a second
+/// thread as the ciphertext is produced: the hash adds no pass after the
+/// encryption (MD5 is the slower of the two).
+pub(crate) async fn encrypt_file_to_memory(key: Arc<RemoteKey>, src: PathBuf, md5: bool) -> Result<(Vec<u8>, Option<String>), CryptError> {
     tokio::task::spawn_blocking(move || {
         let len = std::fs::metadata(&src)?.len();
         let input = std::io::BufReader::with_capacity(1 << 16, std::fs::File::open(&src)?);
-        let mut out = Vec::with_capacity(usize::try_from(ciphertext_len_max(len)).unwrap_or(0));
-        encrypt_stream(&key, input, &mut out)?;
-        Ok(out)
+        let out = Vec::with_capacity(usize::try_from(ciphertext_len_max(len)).unwrap_or(0));
+        if !md5 {
+            let mut out = out;
+            encrypt_stream(&key, input, &mut out)?;
+            return Ok((out, None));
+        }
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+            let hasher = scope.spawn(move || {
+                use md5::Digest;
+                let mut h = md5::Md5::new();
+                for piece in rx {
+                    h.update(&piece);
+                }
+                aws_smithy_types::base64::encode(h.finalize())
+            });
+            let mut w = HashingWriter { out, hashed: 0, tx };
+            encrypt_stream(&key, input, &mut w)?;
+            w.hand_over(0)?;
+            let HashingWriter { out, tx, .. } = w;
+            drop(tx);
+            let md5 = hasher.join().map_err(|_| std::io::Error::other("the MD5 thread panicked"))?;
+            Ok((out, Some(md5)))
+        })
     })
     .await
     .map_err(|e| CryptError::Io(std::io::Error::other(e.to_string())))?
+}
+
+/// Collects what it is given, and hands each MiB of it to a hashing thread.
+struct HashingWriter {
+    out: Vec<u8>,
+    hashed: usize,
+    tx: std::sync::mpsc::SyncSender<Vec<u8>>,
+}
+
+impl HashingWriter {
+    /// Hands over what is not hashed yet once it is at least `at_least` bytes.
+    fn hand_over(&mut self, at_least: usize) -> std::io::Result<()> {
+        if self.out.len() - self.hashed >= at_least.max(1) {
+            let piece = self.out[self.hashed..].to_vec();
+            self.hashed = self.out.len();
+            self.tx.send(piece).map_err(|_| std::io::Error::other("the MD5 thread stopped"))?;
+        }
+        Ok(())
+    }
+}
+
+impl Write for HashingWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.out.extend_from_slice(b);
+        self.hand_over(1 << 20)?;
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Counts the bytes written through it.
@@ -411,8 +465,15 @@ mod tests {
         let (a, b, c) = (dir.path().join("a"), dir.path().join("b"), dir.path().join("c"));
         let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
         std::fs::write(&a, &data).unwrap();
-        let whole = encrypt_file_to_memory(k.clone(), a.clone()).await.unwrap();
-        assert!(whole.len() as u64 <= ciphertext_len_max(data.len() as u64));
+        let (whole, none) = encrypt_file_to_memory(k.clone(), a.clone(), false).await.unwrap();
+        assert!(whole.len() as u64 <= ciphertext_len_max(data.len() as u64) && none.is_none());
+        // With its MD5, hashed as it is made: the MD5 of what came out.
+        let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+        std::fs::write(&b, &big).unwrap();
+        let (hashed, md5) = encrypt_file_to_memory(k.clone(), b.clone(), true).await.unwrap();
+        use md5::Digest;
+        assert_eq!(md5.unwrap(), aws_smithy_types::base64::encode(md5::Md5::digest(&hashed)));
+        assert_eq!(decrypt_bytes(&k, &hashed, "b").unwrap(), big);
         std::fs::write(&b, &whole).unwrap();
         decrypt_file(k.clone(), b.clone(), c.clone(), "c".into()).await.unwrap();
         assert_eq!(std::fs::read(&c).unwrap(), data);

@@ -161,7 +161,7 @@ pub(crate) type AfterFirstPart = Option<Box<dyn FnOnce() + Send>>;
 /// Uploads the file at `path` encrypted to `key`, never written to disk
 /// encrypted: within the single-PUT threshold, encrypted into memory then
 /// PUT (the body's Content-MD5, when one is sent, needs the whole body
-/// first); above it, a multipart upload whose parts are uploaded as the
+/// first: it is hashed as the encryption makes it); above it, a multipart upload whose parts are uploaded as the
 /// encryption produces them, on a blocking thread, so the encryption
 /// overlaps the upload (memory: the parts in flight and one more). A
 /// pack's upload is unconditional (a new name): no `409` to meet.
@@ -177,9 +177,10 @@ pub(crate) async fn put_encrypted(
     let most = codec::ciphertext_len_max(len);
     if most <= MULTIPART_THRESHOLD {
         let span = tracing::debug_span!("crypt.encrypt", bytes = len);
-        let data = codec::encrypt_file_to_memory(key.clone(), path.to_path_buf()).instrument(span).await?;
+        let hashed = codec::encrypt_file_to_memory(key.clone(), path.to_path_buf(), store.needs_content_md5());
+        let (data, md5) = hashed.instrument(span).await?;
         let n = data.len() as u64;
-        store.put_bytes(object, data, PutOptions::default()).await?;
+        store.put_hashed(object, data, md5, PutOptions::default()).await?;
         on_bytes(n);
         return Ok(());
     }
