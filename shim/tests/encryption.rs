@@ -378,7 +378,8 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 /// the single-PUT threshold (64 MiB) is one multipart upload of 16 MiB
 /// parts whose first part reaches S3 while the encryption waits, at a test
 /// gate, right after handing it over: the pack is encrypted as it is
-/// uploaded, not into a file first. Bytes up: the age files once.
+/// uploaded, not into a file first. Bytes up: the age files once. A daemon
+/// killed there leaves the remote as it was.
 #[test]
 fn an_encrypted_push_uploads_its_pack_as_it_is_encrypted() {
     use testkit::field::RequestKind::{Complete, ConditionalPut, CreateMultipart, Part, Put};
@@ -411,11 +412,31 @@ fn an_encrypted_push_uploads_its_pack_as_it_is_encrypted() {
     env.git(&repo, &["add", "big.bin"]);
     env.git(&repo, &["commit", "-q", "-m", "big"]);
     let _ = std::fs::remove_file(&idx_gate);
+    let gated_push = |gate: &Path| {
+        let mut push = env.command("git", &repo);
+        push.args(["push", "-q", &url, "main"]).env("GIT_S3_TEST_ENCRYPT_PART_GATE", gate);
+        push.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap()
+    };
+
+    // Killed half-way (the daemon dies while the encryption waits after its
+    // first part): the remote is as it was, its manifest and its objects.
+    let manifest_before = env.get_object("stream/.git-s3/manifest.json");
+    let packs_before = pack_objects();
+    let kill_gate = env.dir.path().join("kill-gate");
+    let child = gated_push(&kill_gate);
+    let reached = env.dir.path().join("kill-gate.waiting");
+    wait_until("the encryption hands its first part over and waits", || reached.exists());
+    wait_until("the first part is uploaded", || field.counts().of(Part) >= 1);
+    let status: Value = serde_json::from_str(&env.git_s3(&env.work(), &["daemon", "status", "--json"])).unwrap();
+    let pid = status["pid"].as_u64().unwrap().to_string();
+    assert!(Command::new("kill").args(["-9", &pid]).status().unwrap().success());
+    assert!(!child.wait_with_output().unwrap().status.success(), "the push whose daemon died fails");
+    assert!(env.get_object("stream/.git-s3/manifest.json") == manifest_before, "the manifest is untouched");
+    assert_eq!(pack_objects(), packs_before, "no object of the killed push (its multipart upload never completed)");
+
     let gate = env.dir.path().join("encrypt-gate");
     field.reset_counts();
-    let mut push = env.command("git", &repo);
-    push.args(["push", "-q", &url, "main"]).env("GIT_S3_TEST_ENCRYPT_PART_GATE", &gate);
-    let child = push.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let child = gated_push(&gate);
     let waiting = env.dir.path().join("encrypt-gate.waiting");
     wait_until("the encryption hands its first part over and waits", || waiting.exists());
     wait_until("the first part is uploaded while the encryption waits", || field.counts().of(Part) >= 1);
