@@ -113,6 +113,19 @@ fn decrypt_stream(key: &RemoteKey, input: impl Read, mut output: impl Write, wha
     Ok(())
 }
 
+/// Encrypts the file `src` into a new file `dst` (on a blocking thread).
+pub(crate) async fn encrypt_file(key: Arc<RemoteKey>, src: PathBuf, dst: PathBuf) -> Result<(), CryptError> {
+    tokio::task::spawn_blocking(move || {
+        let input = std::io::BufReader::with_capacity(1 << 16, std::fs::File::open(&src)?);
+        let mut output = std::io::BufWriter::with_capacity(1 << 16, std::fs::File::create(&dst)?);
+        encrypt_stream(&key, input, &mut output)?;
+        output.flush()?;
+        Ok(())
+    })
+    .await
+    .map_err(|e| CryptError::Io(std::io::Error::other(e.to_string())))?
+}
+
 /// The most bytes the age file of `n` plaintext bytes to one X25519
 /// recipient can have: its payload, and a header of at most 4 KiB (one
 /// recipient stanza and age's random "grease" stanza take a few hundred).
@@ -465,6 +478,9 @@ mod tests {
         let (a, b, c) = (dir.path().join("a"), dir.path().join("b"), dir.path().join("c"));
         let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
         std::fs::write(&a, &data).unwrap();
+        encrypt_file(k.clone(), a.clone(), b.clone()).await.unwrap();
+        decrypt_file(k.clone(), b.clone(), c.clone(), "c".into()).await.unwrap();
+        assert_eq!(std::fs::read(&c).unwrap(), data);
         let (whole, none) = encrypt_file_to_memory(k.clone(), a.clone(), false).await.unwrap();
         assert!(whole.len() as u64 <= ciphertext_len_max(data.len() as u64) && none.is_none());
         // With its MD5, hashed as it is made: the MD5 of what came out.
