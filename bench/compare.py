@@ -6,7 +6,7 @@ busy or slow machine weighs on both alike. Prints, per case, the medians,
 the ratio new/old and each run. Not a test: it reports.
 
     bench/compare.py --baseline /path/to/old/release --candidate target/release [--runs 6] [--quick]
-        [--cases cold,cached,push,fetch] [--rtt MS] [--tls]
+        [--cases cold,cached,push,fetch] [--rtt MS] [--tls] [--env NAME=VALUE ...]
 
 Build the baseline from another checkout, e.g.
     git worktree add /tmp/base <commit> && (cd /tmp/base && CARGO_TARGET_DIR=/tmp/base-target cargo build --release)
@@ -31,6 +31,9 @@ def main():
     ap.add_argument("--cases", default="cold,cached,push,fetch")
     ap.add_argument("--rtt", type=int, default=0, metavar="MS")
     ap.add_argument("--tls", action="store_true")
+    ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                    help="set in both builds' environment (e.g. GIT_S3_VIEWS_AUTO_BYTES=0); the bench does not pass its own")
+    ap.add_argument("--keep-logs", metavar="DIR", help="copy each build's daemon.log (GIT_S3_LOG=debug) there")
     a = ap.parse_args()
     args = argparse.Namespace(root=a.root, bin_dir=a.candidate, runs=a.runs, quick=a.quick, skip_lfs=True,
                               json=None, real_repo=None, only_narrow=False, rtt=a.rtt, tls=a.tls, tags=0)
@@ -45,6 +48,9 @@ def main():
             os.symlink(os.path.join(os.path.abspath(d), "git-remote-s3"), os.path.join(bd, "git-remote-s3+zip"))
             e = dict(b.env["ours"])
             e["PATH"] = f"{bd}:/usr/local/bin:/usr/bin:/bin"
+            e.update(kv.split("=", 1) for kv in a.env)
+            if a.keep_logs:
+                e["GIT_S3_LOG"] = "debug"
             run = os.path.join(b.work, f"run-{name}")
             os.makedirs(run, mode=0o700)
             e.update({"XDG_RUNTIME_DIR": run, "GIT_S3_CACHE_DIR": os.path.join(b.work, f"cache-{name}"),
@@ -118,6 +124,12 @@ def main():
     finally:
         for e in envs.values():
             B.sh(["git", "s3", "daemon", "stop"], e, check=False)
+        if a.keep_logs:
+            os.makedirs(a.keep_logs, exist_ok=True)
+            for name, e in envs.items():
+                log = os.path.join(e["GIT_S3_STATE_DIR"], "daemon.log")
+                if os.path.exists(log):
+                    shutil.copy(log, os.path.join(a.keep_logs, f"{name}-daemon.log"))
         b.close()
 
 

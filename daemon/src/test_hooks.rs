@@ -140,12 +140,13 @@ pub(crate) fn crash_during_reencrypt(env: &HashMap<String, String>) {
     }
 }
 
-/// A file `git s3 access grant` waits for (at most a minute) between its
-/// keyring read and its conditional write: the test grants from elsewhere
-/// meanwhile, so the held grant's write loses the race and must re-read.
+/// A file `git s3 access grant` or `revoke` waits for (at most a minute)
+/// between its keyring read and its conditional write: the test edits the
+/// keyring from elsewhere meanwhile, so the held edit's write loses the
+/// race and must re-read.
 pub(crate) const KEYRING_WRITE_GATE: &str = "GIT_S3_TEST_KEYRING_WRITE_GATE";
 
-/// The gate of a grant's keyring write, when the test set one.
+/// The gate of a grant's or revoke's keyring write, when the test set one.
 pub(crate) fn keyring_write_gate(env: &HashMap<String, String>) -> Option<PathBuf> {
     env.get(KEYRING_WRITE_GATE).map(PathBuf::from)
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use testkit::TestEnv;
-use testkit::{error_lines, keygen, require_test_hooks};
+use testkit::{error_lines, keygen, kms_key, require_test_hooks};
 
 /// The keys under `prefix/`.
 fn keys(env: &TestEnv, prefix: &str) -> Vec<String> {
@@ -193,15 +193,6 @@ fn revoke_reencrypt_leaves_nothing_the_old_key_reads_and_a_rerun_finishes() {
     env.git(&env.path("after"), &["fsck", "--full", "--no-progress"]);
 }
 
-/// A KMS key on moto's KMS (boto3 from the test venv): its id.
-fn kms_key(env: &TestEnv) -> String {
-    let _ = env;
-    let script = "import sys, boto3\nc = boto3.client('kms', endpoint_url=sys.argv[1], region_name='us-east-1', aws_access_key_id='test', aws_secret_access_key='test')\nprint(c.create_key()['KeyMetadata']['KeyId'])\n";
-    let out = Command::new(testkit::venv().join("bin/python")).args(["-c", script, testkit::endpoint()]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 /// `--encrypt-to kms:<key>`: a remote initialized with a KMS key only is
 /// pushed and cloned by callers with no age identity but AWS access to the
 /// key; `access grant kms:…` on an age remote does the same; a bad key id,
@@ -212,7 +203,7 @@ fn kms_wrapped_keyrings_open_with_aws_access_alone() {
     // KMS at moto itself (a field server in front of S3 serves no KMS).
     env.set_env("AWS_ENDPOINT_URL_KMS", testkit::endpoint());
     env.set_env("GIT_S3_IDENTITIES", &env.dir.path().join("no-identities").display().to_string());
-    let key = kms_key(&env);
+    let key = kms_key();
     let url = env.url("kms");
     let out = env.git_s3(&env.work(), &["init", "--format", "packs", "--encrypt-to", &format!("kms:{key}"), &url]);
     assert!(out.contains("and 1 KMS key"), "{out}");
@@ -250,7 +241,7 @@ fn kms_wrapped_keyrings_open_with_aws_access_alone() {
     // KMS refuses (moto answers AccessDenied when the entry names a key
     // other than the ciphertext's, as AWS does without kms:Decrypt): one
     // line that names the key and what to ask for.
-    let other = kms_key(&env);
+    let other = kms_key();
     let text = String::from_utf8(env.get_object("kms/.git-s3/keyring.kms")).unwrap();
     env.put_object("kms/.git-s3/keyring.kms", text.replace(&key, &other).as_bytes());
     let mut c = env.command("git", &env.work());
@@ -406,6 +397,55 @@ fn a_version_1_keyring_opens_and_a_grant_rewrites_it_as_version_2() {
     env.git(&env.work(), &["clone", "-q", &url, "c2"]);
 }
 
+/// Runs `git s3 <held>` held at its keyring write (a test gate) while `git
+/// s3 <meanwhile>` edits the keyring, then lets it go on: the held edit's
+/// conditional write loses the race. The held command's output.
+fn held_at_the_keyring_write(env: &TestEnv, held: &[&str], meanwhile: &[&str]) -> std::process::Output {
+    let gate = env.dir.path().join("keyring-gate");
+    let mut c = env.command("git-s3", &env.work());
+    c.env("GIT_S3_TEST_KEYRING_WRITE_GATE", &gate).args(held);
+    let running = std::thread::spawn(move || c.output().unwrap());
+    let reached = env.dir.path().join("keyring-gate.waiting");
+    let start = Instant::now();
+    while !reached.exists() {
+        assert!(start.elapsed() < Duration::from_secs(60), "`git s3 {held:?}` never reached the keyring gate");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    env.git_s3(&env.work(), meanwhile);
+    std::fs::write(&gate, b"open").unwrap();
+    running.join().unwrap()
+}
+
+/// A revoke and a grant at once: the revoke, held between its keyring read
+/// and its write, loses the conditional write to the grant, reads the
+/// keyring again and re-applies its edit on it: the granted person stays,
+/// the revoked one is gone (Debian's `age` no longer opens the keyring with
+/// their identity; the granted person's does), and the key was rotated once.
+#[test]
+fn a_revoke_that_loses_its_race_reapplies_on_the_new_keyring() {
+    age_cli();
+    let env = TestEnv::new();
+    require_test_hooks(&env);
+    let alice = keygen(&env, None);
+    let bob_ids = env.dir.path().join("bob");
+    let bob = keygen(&env, Some(&bob_ids));
+    let carol_ids = env.dir.path().join("carol");
+    let carol = keygen(&env, Some(&carol_ids));
+    let url = env.url("revoke-race");
+    env.git_s3(&env.work(), &["init", "--format", "packs", "--encrypt-to", &alice, "--encrypt-to", &bob, &url]);
+    let out = held_at_the_keyring_write(&env, &["access", "revoke", &url, &bob], &["access", "grant", &url, &carol]);
+    assert!(out.status.success(), "the held revoke: {}", String::from_utf8_lossy(&out.stderr));
+    let doc = access_json(&env, &url);
+    let mut got: Vec<&str> = doc["recipients"].as_array().unwrap().iter().map(|r| r["recipient"].as_str().unwrap()).collect();
+    got.sort();
+    let mut want = vec![alice.as_str(), carol.as_str()];
+    want.sort();
+    assert_eq!(got, want, "{doc}");
+    assert_eq!(doc["generation"].as_u64(), Some(2), "one rotation: {doc}");
+    assert!(age_d(&env, &bob_ids, "revoke-race/.git-s3/keyring").is_none(), "the revoked identity still opens the keyring");
+    assert!(age_d(&env, &carol_ids, "revoke-race/.git-s3/keyring").is_some(), "the grant made meanwhile was lost");
+}
+
 /// Two grants at once: the one held between its keyring read and its
 /// write (a test gate) loses the conditional write to the other, reads
 /// the keyring again and re-applies its edit: both recipients are granted.
@@ -418,19 +458,7 @@ fn concurrent_grants_both_land() {
     let carol = keygen(&env, Some(&env.dir.path().join("carol")));
     let url = env.url("race");
     env.git_s3(&env.work(), &["init", "--format", "packs", "--encrypt-to", &alice, &url]);
-    let gate = env.dir.path().join("keyring-gate");
-    let mut c = env.command("git-s3", &env.work());
-    c.env("GIT_S3_TEST_KEYRING_WRITE_GATE", &gate).args(["access", "grant", &url, &bob]);
-    let held = std::thread::spawn(move || c.output().unwrap());
-    let reached = env.dir.path().join("keyring-gate.waiting");
-    let start = Instant::now();
-    while !reached.exists() {
-        assert!(start.elapsed() < Duration::from_secs(60), "the grant never reached the keyring gate");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    env.git_s3(&env.work(), &["access", "grant", &url, &carol]);
-    std::fs::write(&gate, b"open").unwrap();
-    let out = held.join().unwrap();
+    let out = held_at_the_keyring_write(&env, &["access", "grant", &url, &bob], &["access", "grant", &url, &carol]);
     assert!(out.status.success(), "the held grant: {}", String::from_utf8_lossy(&out.stderr));
     let doc = access_json(&env, &url);
     let mut got: Vec<&str> = doc["recipients"].as_array().unwrap().iter().map(|r| r["recipient"].as_str().unwrap()).collect();

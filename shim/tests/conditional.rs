@@ -211,6 +211,14 @@ fn an_enforcing_store_is_probed_once_per_bucket() {
     assert_eq!(cw["state"], "enforced", "{cw}");
     stop_other_daemon(&env);
     assert!(!env.keys("p/").iter().chain(env.keys("b/").iter()).any(|k| k.contains("conditional-write-probe")), "the probe is cleaned up");
+    // A daemon that exited (idle, or restarted) remembers the enforcing
+    // store from its state directory: the next push probes nothing.
+    env.git_s3(&env.work(), &["daemon", "stop"]);
+    assert_eq!(status_json(&env, &packs[0])["remote"]["conditional_writes"]["state"], "enforced", "remembered by the new daemon");
+    env.git(&packs[0], &["pull", "-q", "--rebase", "origin", "main"]);
+    env.commit(&packs[0], "after-restart.txt", "x\n", "after a restart");
+    env.git(&packs[0], &["push", "-q", "origin", "HEAD:main"]);
+    assert_eq!(probes(), 8, "a restarted daemon probed again");
 }
 
 /// `GIT_S3_UNSAFE_NO_CONDITIONAL_WRITES=1` (one writer, by choice): the push

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use testkit::TestEnv;
-use testkit::{error_lines, keygen, objects, require_test_hooks, wait_for_objects};
+use testkit::{error_lines, keygen, kms_key, objects, require_test_hooks, wait_for_objects};
 
 const AGE_MAGIC: &[u8] = b"age-encryption.org/v1\n";
 
@@ -186,7 +186,11 @@ fn migrate_encrypts_a_plaintext_remote_and_decrypts_it_back() {
         assert!(env.get_object(&format!("m/.git-s3/packs/pack-{name}.pack")).starts_with(b"PACK"));
     }
     // The daemon that had the key open reads it as plaintext now, and so
-    // does a fresh one for a reader with no identities at all.
+    // does a fresh one for a reader with no identities at all. (c1
+    // remembers the remote encrypted and refuses it until told: see
+    // encryption_trust.rs.)
+    env.git_fail(&env.path("c1"), &["fetch", "-q", "origin"]);
+    env.git(&env.path("c1"), &["config", "--unset", "remote.origin.s3-keyring"]);
     env.git(&env.path("c1"), &["fetch", "-q", "origin"]);
     env.git_s3(&env.work(), &["daemon", "restart"]);
     env.set_env("GIT_S3_IDENTITIES", &env.dir.path().join("none").display().to_string());
@@ -231,6 +235,42 @@ fn migrate_encrypt_to_refuses_bundles_and_recipients_without_the_caller() {
     clone_and_check(&env, &url, "still-plain", &repo);
 }
 
+/// `migrate --encrypt-to kms:<key>` on moto's KMS: the keyring is wrapped
+/// with the KMS key alone, so a caller with no age identity but AWS access
+/// to the key migrates, clones and pushes; `keyring.kms` names the key. A
+/// key KMS does not know is refused in one line, nothing written.
+#[test]
+fn migrate_encrypt_to_a_kms_key() {
+    let env = TestEnv::new();
+    // KMS at moto itself (a field server in front of S3 serves no KMS).
+    env.set_env("AWS_ENDPOINT_URL_KMS", testkit::endpoint());
+    env.set_env("GIT_S3_IDENTITIES", &env.dir.path().join("no-identities").display().to_string());
+    let url = env.url("k");
+    env.git_s3(&env.work(), &["init", "--format", "packs", &url]);
+    let repo = env.new_repo("r");
+    env.git(&repo, &["push", "-q", &url, "main"]);
+
+    let mut c = env.command("git-s3", &env.work());
+    c.args(["migrate", "--encrypt-to", "kms:no-such-key", &url]);
+    let stderr = String::from_utf8_lossy(&env.run_fail(c).stderr).into_owned();
+    let errors = error_lines(&stderr);
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains("KMS key no-such-key") && errors[0].contains("kms:Encrypt"), "{stderr}");
+    assert!(!env.keys("k/").iter().any(|k| k.contains("keyring")), "nothing written: {:?}", env.keys("k/"));
+
+    let key = kms_key();
+    let out = env.git_s3(&env.work(), &["migrate", "--encrypt-to", &format!("kms:{key}"), &url]);
+    assert!(out.contains("encrypted it to 0 recipients and 1 KMS key"), "{out}");
+    let file: Value = serde_json::from_slice(&env.get_object("k/.git-s3/keyring.kms")).unwrap();
+    assert_eq!(file["keys"][0]["key_id"].as_str().unwrap(), key, "{file}");
+    assert!(env.get_object("k/.git-s3/manifest.json").starts_with(AGE_MAGIC));
+    assert!(!env.keys("k/").iter().any(|k| k.contains("pack-")), "plaintext packs left: {:?}", env.keys("k/"));
+    clone_and_check(&env, &url, "kms-clone", &repo);
+    env.commit(&repo, "after.txt", "after the migration\n", "after");
+    env.git(&repo, &["push", "-q", &url, "main"]);
+    clone_and_check(&env, &url, "kms-clone-2", &repo);
+}
+
 /// A crash at each step of `migrate --encrypt-to` and `--decrypt` (after a
 /// first object copied; after the manifest's switch): the remote still
 /// clones (as it was before the switch, as it became after), a push made
@@ -248,8 +288,10 @@ fn a_crash_during_migrate_encrypt_to_or_decrypt_is_finished_by_a_rerun() {
         ("encrypt-switched", vec!["--encrypt-to", recipient.as_str()]),
         ("decrypt-switched", vec!["--decrypt"]),
     ] {
-        let mut c = env.command("git-s3", &env.work());
-        c.env("GIT_S3_TEST_CRASH_DURING_MIGRATE", point).arg("migrate").args(&args).arg(&url);
+        // Run from the repository (its remote `origin`), which follows the
+        // migrations (encryption_trust.rs), even an interrupted decrypt.
+        let mut c = env.command("git-s3", &repo);
+        c.env("GIT_S3_TEST_CRASH_DURING_MIGRATE", point).arg("migrate").args(&args).arg("origin");
         env.run_fail(c);
         // Readable, and a push lands (in the form the manifest has).
         clone_and_check(&env, &url, &format!("after-{point}"), &repo);
@@ -267,8 +309,8 @@ fn a_crash_during_migrate_encrypt_to_or_decrypt_is_finished_by_a_rerun() {
         let pushed = remote_refs(&env, &url);
         let mut rerun = vec!["migrate"];
         rerun.extend(args.iter().copied());
-        rerun.push(url.as_str());
-        let out = env.git_s3(&env.work(), &rerun);
+        rerun.push("origin");
+        let out = env.git_s3(&repo, &rerun);
         eprintln!("{point}: rerun: {out}");
         assert_eq!(remote_refs(&env, &url), pushed, "{point}: the push made meanwhile is kept");
         clone_and_check(&env, &url, &format!("rerun-{point}"), &repo);

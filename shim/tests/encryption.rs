@@ -456,3 +456,70 @@ fn an_encrypted_push_uploads_its_pack_as_it_is_encrypted() {
     env.git(&env.work(), &["clone", "-q", &url, "c"]);
     assert!(std::fs::read(env.path("c").join("big.bin")).unwrap() == data, "the big file came back whole");
 }
+
+/// `s3+zip://` on an encrypted remote: each pushed ref's zip is an age
+/// file under a keyed name in `.git-s3/zips/` (no `<ref>/repo.zip`, no key
+/// naming a ref), and Debian's `age` decrypts it (keyring → remote key →
+/// zip) into exactly the `git archive` of the ref. Deleting the ref removes
+/// its zip; `access revoke --reencrypt` re-encrypts the zip to the new key
+/// under its new name and deletes the old one; `migrate --decrypt` deletes
+/// them.
+#[test]
+fn zips_on_an_encrypted_remote_are_age_files_under_keyed_names() {
+    assert!(Command::new("age").arg("--version").output().is_ok(), "the `age` command is missing: run scripts/setup-test-env.sh");
+    let env = TestEnv::new();
+    let ids = env.home().join(".config/git-s3/identities");
+    let alice = keygen(&env, None);
+    let bob = keygen(&env, Some(&env.dir.path().join("bob")));
+    let (url, zip_url) = (env.url("z"), env.zip_url("z"));
+    env.git_s3(&env.work(), &["init", "--format", "packs", "--encrypt-to", &alice, "--encrypt-to", &bob, &url]);
+    let repo = env.new_repo("r");
+    env.commit(&repo, "app.txt", "ZIP-CONTENT-8812\n", "zip me");
+    env.git(&repo, &["push", "-q", &zip_url, "main"]);
+    env.git(&repo, &["checkout", "-q", "-b", "feature/zipped"]);
+    env.commit(&repo, "more.txt", "more\n", "zip me too");
+    env.git(&repo, &["push", "-q", &zip_url, "feature/zipped"]);
+    let zips = || env.keys("z/.git-s3/zips/").into_iter().filter(|k| !k.is_empty()).collect::<Vec<_>>();
+    assert_eq!(zips().len(), 2, "{:?}", env.keys("z/"));
+    let all = env.keys("z/");
+    assert!(!all.iter().any(|k| k.contains("repo.zip") || k.contains("main") || k.contains("feature")), "{all:?}");
+
+    let dir = env.dir.path().join("zips");
+    std::fs::create_dir_all(&dir).unwrap();
+    let age_d = |identity: &Path, key: &str| -> Vec<u8> {
+        let (input, out) = (dir.join("in"), dir.join("out"));
+        std::fs::write(&input, env.get_object(key)).unwrap();
+        let o = Command::new("age").arg("-d").arg("-i").arg(identity).arg("-o").arg(&out).arg(&input).output().unwrap();
+        assert!(o.status.success(), "age -d {key}: {}", String::from_utf8_lossy(&o.stderr));
+        std::fs::read(&out).unwrap()
+    };
+    let archive = |rev: &str| {
+        let mut c = env.command("git", &repo);
+        c.args(["archive", "--format=zip", rev]);
+        env.run(c).stdout
+    };
+    let decrypted_zips = || {
+        let remote_key = dir.join("remote.key");
+        std::fs::write(&remote_key, age_d(&ids, "z/.git-s3/keyring")).unwrap();
+        let mut got: Vec<Vec<u8>> = zips().iter().map(|k| age_d(&remote_key, k)).collect();
+        got.sort();
+        got
+    };
+    let mut want = vec![archive("main"), archive("feature/zipped")];
+    want.sort();
+    assert!(want[0].starts_with(b"PK\x03\x04"));
+    assert_eq!(decrypted_zips(), want, "the zips are the refs' git archives");
+
+    env.git(&repo, &["push", "-q", &zip_url, ":feature/zipped"]);
+    assert_eq!(decrypted_zips(), vec![archive("main")], "the deleted ref's zip is gone");
+
+    let before = zips();
+    env.git_s3(&env.work(), &["access", "revoke", "--reencrypt", &url, &bob]);
+    assert_eq!(zips().len(), 1);
+    assert_ne!(zips(), before, "the zip's name changed with the key");
+    assert_eq!(decrypted_zips(), vec![archive("main")], "re-encrypted to the new key");
+
+    // Back to plaintext: the encrypted zips go with the other age files.
+    env.git_s3(&env.work(), &["migrate", "--decrypt", &url]);
+    assert!(zips().is_empty(), "{:?}", env.keys("z/"));
+}

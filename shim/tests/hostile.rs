@@ -350,9 +350,15 @@ fn packs_that_lack_their_tips() {
     let (env, repo, main, pid) = setup();
     let good = packs_remote(&env, &repo);
     let pack = good["packs"][0]["name"].as_str().unwrap().to_string();
-    // Another history, in its own pack; and a commit no remote has.
-    let repo2 = env.new_repo("other");
+    // Another history, in its own pack, sharing no object with main (a
+    // second `new_repo` made in the same second would share its first
+    // commit, main's tip, and case 3's clone would rightly succeed); and a
+    // commit no remote has.
+    let repo2 = env.path("other");
+    std::fs::create_dir_all(&repo2).unwrap();
+    env.git(&repo2, &["init", "-q", "-b", "main"]);
     env.commit(&repo2, "b.txt", "other content\n", "other");
+    assert!(!run_git(&env, &repo2, &["cat-file", "-e", &format!("{main}^{{commit}}")]).ok, "the other history holds main's tip");
     env.git_s3(&env.work(), &["init", "--format", "packs", &env.url("other")]);
     env.git(&repo2, &["push", "-q", &env.url("other"), "main"]);
     let other: Value = serde_json::from_slice(&env.get_object("other/.git-s3/manifest.json")).unwrap();

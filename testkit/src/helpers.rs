@@ -67,3 +67,13 @@ pub fn fast_import(env: &TestEnv, repo: &Path, script: &str) {
     child.stdin.take().expect("piped stdin").write_all(script.as_bytes()).expect("git fast-import reads its stream");
     assert!(child.wait().expect("git fast-import ends").success(), "git fast-import failed in {}", repo.display());
 }
+
+/// A new KMS key on moto's KMS (boto3 from the test venv): its id. (The
+/// daemon reaches it with `AWS_ENDPOINT_URL_KMS` set to [`crate::endpoint`]:
+/// a field server in front of S3 serves no KMS.)
+pub fn kms_key() -> String {
+    let script = "import sys, boto3\nc = boto3.client('kms', endpoint_url=sys.argv[1], region_name='us-east-1', aws_access_key_id='test', aws_secret_access_key='test')\nprint(c.create_key()['KeyMetadata']['KeyId'])\n";
+    let out = std::process::Command::new(crate::venv().join("bin/python")).args(["-c", script, crate::endpoint()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}

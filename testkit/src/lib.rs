@@ -12,7 +12,7 @@ pub mod identity;
 mod lfs_server;
 mod proxy;
 pub use field::FieldServer;
-pub use helpers::{error_lines, fast_import, keygen, objects, require_test_hooks, wait_for_objects};
+pub use helpers::{error_lines, fast_import, keygen, kms_key, objects, require_test_hooks, wait_for_objects};
 pub use lfs_server::LfsServer;
 pub use proxy::CuttingProxy;
 use std::io::Write;

@@ -37,9 +37,8 @@ pub(crate) async fn run(ctx: &mut Ctx, args: InitArgs) -> CliResult {
         ));
     }
     // age recipients, and KMS keys (`kms:<key id or ARN>`).
-    let (kms_ids, ages): (Vec<&String>, Vec<&String>) = args.encrypt_to.iter().partition(|r| kms::key_id(r).is_some());
-    let kms_ids: Vec<&str> = kms_ids.iter().filter_map(|r| kms::key_id(r)).collect();
-    let recipients = ages.iter().map(|r| crypt::parse_recipient(r)).collect::<Result<Vec<_>, _>>().map_err(|e| CliError::Usage(e.to_string()))?;
+    let to = kms::EncryptTo::parse(&args.encrypt_to).map_err(|e| CliError::Usage(e.to_string()))?;
+    let (recipients, kms_ids) = (&to.ages, to.kms_ids());
     let encrypt = !args.encrypt_to.is_empty();
     let remote = Remote::resolve(ctx, &args.remote).await?;
     let (existing, refs) = tokio::try_join!(read_manifest(&remote.store, &remote.url), scan_refs_dir(&remote.store, &remote.url))?;
@@ -54,7 +53,7 @@ pub(crate) async fn run(ctx: &mut Ctx, args: InitArgs) -> CliResult {
                 // The keyring first: a manifest without it would be a plaintext remote.
                 let key = Arc::new(RemoteKey::generate());
                 let grants = wrap_with_kms(ctx, &remote, &kms_ids).await?;
-                match keyring::create(&remote.store, url, &key, &recipients, grants).await {
+                match keyring::create(&remote.store, url, &key, recipients, grants).await {
                     Ok(()) => {}
                     Err(CryptError::Store(e)) if e.is_precondition_failed() => {
                         return Err(CliError::Refused(format!("{url} already has a keyring ({}): it is encrypted already", crypt::keyring_key(url))))
@@ -132,16 +131,5 @@ fn refuse_existing(url: &RemoteUrl, existing: Option<&Manifest>, bundle_refs: us
 /// A wrapping identity per KMS key, its secret encrypted with the key and
 /// recorded in `keyring.kms` (before the keyring that lists it).
 async fn wrap_with_kms(ctx: &Ctx, remote: &Remote, kms_ids: &[&str]) -> Result<Vec<KmsGrant>, CliError> {
-    let mut grants = Vec::new();
-    for id in kms_ids {
-        let (grant, entry) = kms::wrap(&remote.url, &ctx.env, id).await.map_err(|e| CliError::Storage(e.into()))?;
-        kms::edit_file(&remote.store, &remote.url, |f| {
-            f.keys.retain(|k| k.key_id != entry.key_id);
-            f.keys.push(entry.clone());
-        })
-        .await
-        .map_err(|e| CliError::Storage(e.into()))?;
-        grants.push(grant);
-    }
-    Ok(grants)
+    kms::wrap_keys(&remote.store, &remote.url, &ctx.env, kms_ids).await.map_err(|e| CliError::Storage(e.into()))
 }

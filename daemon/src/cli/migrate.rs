@@ -1,6 +1,6 @@
 //! `git s3 migrate --to packs|bundles <remote-or-url>`: converts a remote
 //! between the storage formats (`storage::packs::migrate`);
-//! `git s3 migrate --encrypt-to age1… | --decrypt <remote-or-url>`:
+//! `git s3 migrate --encrypt-to age1…|kms:… | --decrypt <remote-or-url>`:
 //! encrypts a plaintext packs remote, or writes an encrypted one back in
 //! plaintext (`storage::packs::crypt_migrate`).
 
@@ -17,7 +17,7 @@ pub(crate) struct MigrateArgs {
     /// The format to convert the remote to
     #[arg(long, value_enum, value_name = "FORMAT", required_unless_present_any = ["encrypt_to", "decrypt"], conflicts_with_all = ["encrypt_to", "decrypt"])]
     pub(crate) to: Option<FormatArg>,
-    /// Encrypt a packs remote to this age recipient (age1…, from `git s3 keygen`; include your own); repeat for each person
+    /// Encrypt a packs remote to this age recipient (age1…, from `git s3 keygen`; include your own) or KMS key (kms:<key id or ARN>); repeat for each
     #[arg(long = "encrypt-to", value_name = "RECIPIENT", conflicts_with = "decrypt")]
     pub(crate) encrypt_to: Vec<String>,
     /// Write an encrypted remote back in plaintext
@@ -29,15 +29,16 @@ pub(crate) struct MigrateArgs {
 }
 
 pub(crate) async fn run(ctx: &mut Ctx, args: MigrateArgs) -> CliResult {
-    let recipients =
-        args.encrypt_to.iter().map(|r| crypt::parse_recipient(r)).collect::<Result<Vec<_>, _>>().map_err(|e| CliError::Usage(e.to_string()))?;
+    let to = crypt::kms::EncryptTo::parse(&args.encrypt_to).map_err(|e| CliError::Usage(e.to_string()))?;
     let remote = Remote::resolve(ctx, &args.remote).await?;
     let tmp = ctx.state.cache.root().join("tmp");
     let url = &remote.url;
-    if !recipients.is_empty() {
-        let r = encrypt(&remote.store, url, &tmp, &ctx.env, &recipients).await?;
-        let n = recipients.len();
-        let to = if r.finished_earlier_run { "finished its encryption".to_string() } else { format!("encrypted it to {n} recipient{}", plural(n)) };
+    if !args.encrypt_to.is_empty() {
+        let r = encrypt(&remote.store, url, &tmp, &ctx.env, &to).await?;
+        let (n, k) = (to.ages.len(), to.kms.len());
+        let kms = if k == 0 { String::new() } else { format!(" and {k} KMS key{}", plural(k)) };
+        let to =
+            if r.finished_earlier_run { "finished its encryption".to_string() } else { format!("encrypted it to {n} recipient{}{kms}", plural(n)) };
         ctx.println(format!(
             "Migrated {url}: {to} ({} refs, {} objects re-encrypted, {}; {} plaintext objects deleted{})",
             r.refs,
@@ -46,9 +47,14 @@ pub(crate) async fn run(ctx: &mut Ctx, args: MigrateArgs) -> CliResult {
             r.deleted,
             pushes_kept(&r)
         ));
+        remember(ctx, &remote, crypt::opened(&remote.store, url).as_deref()).await;
         return Ok(0);
     }
     if args.decrypt {
+        // Forgotten first: a decrypt interrupted after its switch leaves
+        // the remote plaintext (one interrupted before it is remembered
+        // again by the next fetch).
+        remember(ctx, &remote, None).await;
         let r = decrypt(&remote.store, url, &tmp, &ctx.env).await?;
         let what = if r.finished_earlier_run { "finished its decryption" } else { "decrypted it" };
         ctx.println(format!(
@@ -77,6 +83,17 @@ pub(crate) async fn run(ctx: &mut Ctx, args: MigrateArgs) -> CliResult {
     };
     ctx.println(format!("Migrated {url} to the {to} format: {} refs, {} written, {} old objects deleted", r.refs, human_bytes(r.bytes), r.deleted));
     Ok(0)
+}
+
+/// Run from a repository whose remote `remote` names (`git s3 migrate
+/// --encrypt-to|--decrypt origin`): what the repository remembers of it
+/// (`crypt::trust`) follows the migration, its new key's or none.
+async fn remember(ctx: &Ctx, remote: &Remote, key: Option<&crypt::RemoteKey>) {
+    let Some(name) = &remote.name else { return };
+    let git = crate::local::git::Git::new(&ctx.cwd, ctx.env.clone());
+    if let Err(e) = crypt::trust::pin(&git, name, key).await {
+        ctx.eprintln(format!("warning: could not update git config remote.{name}.{} in this repository: {e}", crypt::trust::VARIABLE));
+    }
 }
 
 /// What the report says of pushes that landed during the copy.

@@ -185,7 +185,7 @@ impl Remote {
         use crate::s3::conditional::{endpoint_of, refusal};
         let writes = &ctx.state.conditional;
         let endpoint = endpoint_of(&self.store);
-        let known = match writes.remembered(&endpoint, self.store.bucket()) {
+        let known = match writes.remembered(&endpoint, self.store.bucket()).await {
             Some(p) => Ok(Some(p)),
             None if probe => writes.verdict(&self.store.without_write_gate(), &endpoint, &self.url.prefix).await.map(Some),
             None => Ok(None),

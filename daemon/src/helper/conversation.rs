@@ -12,6 +12,7 @@ use crate::s3::url::RemoteUrl;
 use crate::s3::write_options::BucketPolicy;
 use crate::session::state::DaemonState;
 use crate::session::{Input, Out};
+use crate::storage::crypt::trust::Trust;
 use crate::storage::detect::Purpose;
 use crate::storage::fetch_options::{FetchOptions, OptionReply};
 use crate::storage::open::Storage;
@@ -105,12 +106,14 @@ struct Conversation {
     /// clone: git makes the repository again in the remote's format after
     /// `list`), then asked of git when needed.
     local_format: Option<ObjectFormat>,
+    /// What the repository remembers of an encrypted remote (`crypt::trust`).
+    trust: Trust,
 }
 
 /// The opened remote, or the end of the conversation.
 macro_rules! storage {
     ($c:ident, $purpose:expr) => {
-        match open_storage(&mut $c.opened, &$c.store, &$c.url, &$c.ctx.git, $purpose).await {
+        match open_storage(&mut $c.opened, &$c.store, &$c.url, &$c.ctx.git, $purpose, &$c.trust).await {
             Ok(s) => s,
             Err(e) => return Err(fatal(&$c.out, &$c.url, e)),
         }
@@ -152,6 +155,7 @@ impl Conversation {
                 return Err(1);
             }
         };
+        let trust = Trust::from_config(&listing, remote_name.map(String::as_str));
         let store = state.store_for(&a.env, &url).await.with_policy(policy);
         let ctx = OpContext {
             git,
@@ -175,6 +179,7 @@ impl Conversation {
             fetch_opts: FetchOptions::default(),
             object_format_asked: false,
             local_format,
+            trust,
         })
     }
 
@@ -310,9 +315,10 @@ async fn open_storage<'a>(
     url: &RemoteUrl,
     git: &Git,
     purpose: Purpose,
+    trust: &Trust,
 ) -> Result<&'a Storage, StorageError> {
     if slot.is_none() {
-        *slot = Some(Storage::open(store.clone(), url.clone(), git, purpose).await?);
+        *slot = Some(Storage::open(store.clone(), url.clone(), git, purpose, trust).await?);
     }
     slot.as_ref().ok_or_else(|| StorageError::Format("remote not opened".into()))
 }
@@ -400,8 +406,9 @@ fn fatal(out: &Out, url: &RemoteUrl, e: StorageError) -> i32 {
 }
 
 /// What a conversation reads of git's config, in one `git config` run: the
-/// bucket policy's settings (`s3/write_options.rs`), returned as `git
-/// config --get-regexp` prints them, and the repository's object format
+/// bucket policy's settings (`s3/write_options.rs`) and the remote's
+/// remembered key (`remote.<name>.s3-keyring`, `crypt::trust`), returned as
+/// `git config --get-regexp` prints them, and the repository's object format
 /// (`extensions.objectformat` of the repository's own config; absent:
 /// SHA-1; None for a name this build does not know).
 async fn read_config(git: &Git) -> (String, Option<ObjectFormat>) {

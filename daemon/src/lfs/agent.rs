@@ -8,6 +8,10 @@
 //! enter the cache's `lfs/` area and are linked (or copied) into
 //! `<gitdir>/lfs/tmp` for git-lfs to move into place. A bad object never
 //! leaves a file behind. Objects are never held in memory.
+//!
+//! On an encrypted packs remote (it has a keyring, opened at `init` with the
+//! caller's identities) objects are age files at keyed names instead: see
+//! `agent/encrypted.rs`.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -26,9 +30,11 @@ use crate::local::files::{blocking, link_or_copy_into_async};
 use crate::local::git::{Git, GitError};
 use crate::s3::store::{PutOptions, S3Store, StoreError, WriteCondition};
 use crate::s3::url::{s3_url_of_remote, RemoteNameError, RemoteUrl, UrlError};
-use crate::s3::write_options::{BucketPolicy, PolicyError};
+use crate::s3::write_options::{BucketPolicy, PolicyError, CONFIG_PATTERN};
 use crate::session::state::{DaemonState, LfsProbes};
 use crate::session::{Input, Out};
+use crate::storage::crypt::trust::Trust;
+use crate::storage::crypt::{keyring, CryptError, RemoteKey};
 
 /// Objects larger than this are downloaded as parallel ranges.
 pub(crate) const RANGED_THRESHOLD: u64 = 32 << 20;
@@ -45,6 +51,8 @@ const PROGRESS_INTERVAL: Duration = Duration::from_millis(200);
 const OBJECT_ERROR_CODE: i64 = 2;
 /// `init` error code for an unusable remote URL (as 0.4.2 answers).
 const INIT_URL_ERROR_CODE: i64 = 32;
+
+mod encrypted;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum AgentError {
@@ -74,6 +82,13 @@ pub(crate) enum AgentError {
     HashMismatch { oid: String, bucket: String, key: String, actual: String },
     #[error("LFS object {oid} in s3://{bucket}/{key} has {actual} bytes, expected {expected}; not checked out")]
     SizeMismatch { oid: String, bucket: String, key: String, actual: u64, expected: u64 },
+    /// An encrypted remote's object that does not decrypt, or whose keyring does not open.
+    #[error(transparent)]
+    Crypt(#[from] CryptError),
+    #[error(
+        "s3://{bucket}/{key} should be LFS object {oid} but it holds {actual}: objects were swapped or replaced in the bucket; refusing it (not checked out)"
+    )]
+    Swapped { oid: String, bucket: String, key: String, actual: String },
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -152,6 +167,8 @@ struct Agent {
     log: AgentLog,
     gitdir: Option<PathBuf>,
     remote: Option<(RemoteUrl, S3Store)>,
+    /// The remote key when the remote is encrypted (its keyring opened at `init`).
+    key: Option<Arc<RemoteKey>>,
 }
 
 pub(crate) async fn run(state: Arc<DaemonState>, start: SessionStart, mut input: Input, out: Out) -> i32 {
@@ -169,7 +186,7 @@ pub(crate) async fn run(state: Arc<DaemonState>, start: SessionStart, mut input:
         Some(dir) => blocking(move || std::fs::create_dir_all(&dir).map(|_| dir.join("git-lfs-s3.log"))).await.ok(),
         None => None,
     };
-    let mut agent = Agent { state, git, env: start.env, out, log: AgentLog::new(log_file, debug), gitdir, remote: None };
+    let mut agent = Agent { state, git, env: start.env, out, log: AgentLog::new(log_file, debug), gitdir, remote: None, key: None };
     agent.log.debug("git-lfs-s3 starting");
     let code = serve_requests(&mut agent, &mut input).await;
     agent.log.flush().await;
@@ -339,11 +356,18 @@ struct Progress {
     oid: String,
     so_far: AtomicU64,
     sent: Mutex<(u64, Instant)>,
+    /// The most reported: an encrypted object's transfer counts its age
+    /// file's bytes, a little more than the object's size git-lfs knows.
+    cap: u64,
 }
 
 impl Progress {
     fn new(out: &Out, oid: &str) -> Arc<Progress> {
-        Arc::new(Progress { out: out.clone(), oid: oid.to_string(), so_far: AtomicU64::new(0), sent: Mutex::new((0, Instant::now())) })
+        Progress::capped(out, oid, u64::MAX)
+    }
+
+    fn capped(out: &Out, oid: &str, cap: u64) -> Arc<Progress> {
+        Arc::new(Progress { out: out.clone(), oid: oid.to_string(), so_far: AtomicU64::new(0), sent: Mutex::new((0, Instant::now())), cap })
     }
 
     fn add(&self, n: u64) {
@@ -356,6 +380,7 @@ impl Progress {
     }
 
     fn emit(&self, total: u64, force: bool) {
+        let total = total.min(self.cap);
         let Ok(mut sent) = self.sent.lock() else { return };
         if total <= sent.0 || !(force || sent.1.elapsed() >= PROGRESS_INTERVAL) {
             return;
@@ -395,12 +420,17 @@ impl Agent {
         self.log.debug(&format!("init operation={:?} remote={remote:?}", req.operation));
         let op = if req.operation.as_deref() == Some("upload") { Operation::Upload } else { Operation::Download };
         let name = Some(remote.as_str()).filter(|r| !r.is_empty() && !r.contains("://"));
-        let policy = BucketPolicy::from_git(&self.git, name).await;
+        // One config read: the bucket policy and what the repository
+        // remembers of an encrypted remote (`crypt::trust`).
+        let listing = self.git.run(&["config", "--get-regexp", CONFIG_PATTERN]).await.unwrap_or_default();
+        let policy = BucketPolicy::from_listing(&listing, name);
+        let mut trust = Trust::default();
         let resolved = match resolve_remote(&self.git, &remote, op).await.and_then(|r| Ok((r, policy?))) {
             // Code on another host: its git push goes on without S3, so
             // check the bucket now (git-lfs's pre-push runs first; a failed
             // init stops the push before any git object is sent).
             Ok(((url, true), policy)) => {
+                trust = Trust::for_lfs(&listing, name, true);
                 let store = self.state.store_for(&self.env, &url).await.with_policy(policy);
                 match probe(&self.state.lfs_probes, &store, &url, &self.env).await {
                     Ok(sent) => {
@@ -412,15 +442,26 @@ impl Agent {
                 }
             }
             Ok(((url, false), policy)) => {
+                trust = Trust::for_lfs(&listing, name, false);
                 let store = self.state.store_for(&self.env, &url).await.with_policy(policy);
                 Ok((url, store))
             }
             Err(e) => Err(e),
         };
+        // An encrypted remote (it has a keyring): opened with the caller's
+        // identities, else refused in one line before any transfer.
+        // A repository that remembers the remote encrypted refuses a
+        // plaintext one, or another keyring, as its fetches and pushes do.
+        let resolved = match resolved {
+            Ok((url, store)) => self.open_trusted(&store, &url, &trust).await.map(|key| (url, store, key)),
+            Err(e) => Err(e),
+        };
         match resolved {
-            Ok((url, store)) => {
-                self.log.debug(&format!("remote {remote:?} is {url}"));
+            Ok((url, store, key)) => {
+                let how = if key.is_some() { " (encrypted)" } else { "" };
+                self.log.debug(&format!("remote {remote:?} is {url}{how}"));
                 self.remote = Some((url, store));
+                self.key = key;
                 self.out.stdout("{}\n");
                 Ok(())
             }
@@ -432,6 +473,20 @@ impl Agent {
                 Err(1)
             }
         }
+    }
+
+    /// The remote's key (None: a plaintext remote), judged against what
+    /// the repository remembers, and remembered on first use.
+    async fn open_trusted(&self, store: &S3Store, url: &RemoteUrl, trust: &Trust) -> Result<Option<Arc<RemoteKey>>, AgentError> {
+        let key = keyring::open(store, url, &self.env).await?;
+        match &key {
+            Some(k) => {
+                trust.check_key(url, k)?;
+                trust.remember(&self.git, k).await;
+            }
+            None => trust.check_plaintext(url)?,
+        }
+        Ok(key)
     }
 
     async fn transfer(&mut self, req: &Request) {
@@ -473,8 +528,11 @@ impl Agent {
     async fn upload(&self, req: &Request, oid: &str) -> Result<(), AgentError> {
         let (url, store) = self.remote()?;
         let path = req.path.as_deref().ok_or(AgentError::MissingField("upload", "path"))?;
-        let key = url.key(&format!("lfs/{oid}"));
         let local_len = tokio::fs::metadata(path).await?.len();
+        if let Some(k) = &self.key {
+            return self.upload_encrypted(url, store, k, Path::new(path), oid, local_len).await;
+        }
+        let key = url.key(&format!("lfs/{oid}"));
         let progress = Progress::new(&self.out, oid);
         if local_len <= SMALL_OBJECT {
             // One request for a new small object: a create-only PUT; a 412
@@ -521,6 +579,9 @@ impl Agent {
         // The local cache first, verified.
         if let Some(dest) = self.cached_copy(req, oid, &tmp_dir, &progress).await? {
             return Ok(dest);
+        }
+        if let Some(k) = &self.key {
+            return self.download_encrypted(req, oid, url, store, k, tmp_dir).await;
         }
         let cache = self.state.cache.clone();
         let mismatch_size = |actual: u64, expected: u64| AgentError::SizeMismatch {

@@ -385,6 +385,9 @@ async fn uninstall(git: &Git, global: bool, remote: Option<&str>, out: &Out) -> 
             if parse_synthetic_lfs_url(&u).is_some() {
                 config_unset(git, false, &format!("lfs.{u}.standalonetransferagent")).await;
                 config_unset(git, false, &key).await;
+                // The LFS prefix's remembered keyring goes with it: another
+                // install may name another prefix.
+                config_unset(git, false, &format!("remote.{r}.{}", crate::storage::crypt::trust::LFS_VARIABLE)).await;
             }
         }
     }

@@ -8,6 +8,9 @@
 //! 2. Each object is hashed again (SHA-256 and size) and uploaded to
 //!    `<prefix>/lfs/<oid>` unless the bucket already has it at that size, so
 //!    a rerun after an interruption copies only what is left.
+//!    On an encrypted prefix (`git s3 init --encrypt-to`: it has a keyring,
+//!    which the caller's identities must open) each object is encrypted to
+//!    the remote key at its keyed name instead (`storage::crypt::lfs`).
 //! 3. Only when every object is in the bucket does the configuration
 //!    switch (the same keys as `install --remote <name> --url`, replacing
 //!    the old LFS URL). Nothing is deleted from the old server.
@@ -27,6 +30,8 @@ use crate::s3::url::RemoteUrl;
 use crate::s3::write_options::BucketPolicy;
 use crate::session::state::DaemonState;
 use crate::session::{Input, Out};
+use crate::storage::crypt::lfs as crypt_lfs;
+use crate::storage::crypt::{codec, keyring, CryptError, RemoteKey};
 
 /// Uploads in flight.
 const UPLOAD_CONCURRENCY: usize = 4;
@@ -56,6 +61,8 @@ enum MigrateError {
     Store(#[from] StoreError),
     #[error("local file error: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Crypt(#[from] CryptError),
 }
 
 struct Args {
@@ -158,7 +165,15 @@ pub(crate) async fn run(state: Arc<DaemonState>, start: SessionStart, args: &[St
         }
     };
     let store = state.store_for(&start.env, &a.to).await.with_policy(policy);
-    let (copied, present) = match copy_all(&git, &store, &a, &from, &out).await {
+    // An encrypted prefix: objects go there encrypted, at keyed names.
+    let key = match keyring::open(&store, &a.to, &start.env).await {
+        Ok(k) => k,
+        Err(e) => {
+            out.stderr(format!("error: {e}\n"));
+            return 1;
+        }
+    };
+    let (copied, present) = match copy_all(&git, &store, &a, key.as_ref(), &from, &out).await {
         Ok(n) => n,
         Err(e) => {
             out.stderr(format!("error: {e}\nnothing was switched; run the same command again to go on\n"));
@@ -204,7 +219,7 @@ async fn forget_old_url(git: &Git, remote: &str, from: &str) -> Result<(), GitEr
 
 /// Fetches everything from `from`, then uploads what the bucket lacks.
 /// Returns (copied, already present).
-async fn copy_all(git: &Git, store: &S3Store, a: &Args, from: &str, out: &Out) -> Result<(usize, usize), MigrateError> {
+async fn copy_all(git: &Git, store: &S3Store, a: &Args, key: Option<&Arc<RemoteKey>>, from: &str, out: &Out) -> Result<(usize, usize), MigrateError> {
     out.stderr(format!("fetching every LFS object the refs reach from {from}\n"));
     let lfs_url = format!("lfs.url={from}");
     if let Err(e) = git.run(&["-c", &lfs_url, "lfs", "fetch", "--all", &a.remote]).await {
@@ -229,7 +244,7 @@ async fn copy_all(git: &Git, store: &S3Store, a: &Args, from: &str, out: &Out) -
     let objects = common.join("lfs").join("objects");
     out.stderr(format!("copying {} LFS objects to {}/lfs/\n", oids.len(), a.to));
     let (to, objects) = (&a.to, &objects);
-    let uploads: Vec<_> = oids.into_iter().map(|oid| Box::pin(async move { copy_one(store, to, objects, &oid).await })).collect();
+    let uploads: Vec<_> = oids.into_iter().map(|oid| Box::pin(async move { copy_one(store, to, key, objects, &oid).await })).collect();
     let results: Vec<Result<bool, MigrateError>> = futures::stream::iter(uploads).buffer_unordered(UPLOAD_CONCURRENCY).collect().await;
     let (mut copied, mut present) = (0, 0);
     for r in results {
@@ -243,7 +258,7 @@ async fn copy_all(git: &Git, store: &S3Store, a: &Args, from: &str, out: &Out) -
 }
 
 /// Ok(true) when uploaded, Ok(false) when the bucket already had it.
-async fn copy_one(store: &S3Store, to: &RemoteUrl, objects: &Path, oid: &str) -> Result<bool, MigrateError> {
+async fn copy_one(store: &S3Store, to: &RemoteUrl, key: Option<&Arc<RemoteKey>>, objects: &Path, oid: &str) -> Result<bool, MigrateError> {
     let path: PathBuf = objects.join(&oid[0..2]).join(&oid[2..4]).join(oid);
     if !tokio::fs::metadata(&path).await.is_ok_and(|m| m.is_file()) {
         return Err(MigrateError::NotLocal { oid: oid.to_string(), path: path.display().to_string() });
@@ -251,6 +266,9 @@ async fn copy_one(store: &S3Store, to: &RemoteUrl, objects: &Path, oid: &str) ->
     let (sha, len) = sha256_file(&path).await?;
     if sha != oid {
         return Err(MigrateError::Corrupt { oid: oid.to_string(), actual: sha });
+    }
+    if let Some(k) = key {
+        return copy_encrypted(store, to, k, &path, oid, len).await;
     }
     let key = to.key(&format!("lfs/{oid}"));
     if let Some(info) = store.head(&key).await? {
@@ -260,6 +278,19 @@ async fn copy_one(store: &S3Store, to: &RemoteUrl, objects: &Path, oid: &str) ->
     }
     store.put_file(&key, &path, PutOptions::default(), |_| {}).await?;
     tracing::debug!(oid, bytes = len, "LFS object copied");
+    Ok(true)
+}
+
+/// [`copy_one`] into an encrypted prefix: an age file at the keyed name.
+async fn copy_encrypted(store: &S3Store, to: &RemoteUrl, key: &Arc<RemoteKey>, path: &Path, oid: &str, len: u64) -> Result<bool, MigrateError> {
+    let name = crypt_lfs::object_key(to, key, oid);
+    if store.head(&name).await?.is_some_and(|info| crypt_lfs::plausible_size(len, info.size)) {
+        return Ok(false);
+    }
+    let temp = codec::temp_beside(path)?;
+    codec::encrypt_file(key.clone(), path.to_path_buf(), temp.path().to_path_buf()).await?;
+    store.put_file(&name, temp.path(), PutOptions::default(), |_| {}).await?;
+    tracing::debug!(oid, bytes = len, "LFS object copied, encrypted");
     Ok(true)
 }
 

@@ -1,6 +1,8 @@
 //! File-system work the async code hands to a blocking thread: one
-//! `link_or_copy` (hard link, else a synced copy renamed into place), and
-//! `blocking` to run any other file-system closure off the async workers.
+//! `link_or_copy` (hard link, else a synced copy renamed into place), one
+//! `write_atomic` (a small record that survives a crash whole or not at
+//! all), and `blocking` to run any other file-system closure off the async
+//! workers.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -37,6 +39,19 @@ pub(crate) fn link_or_copy_into(src: &Path, dir: &Path, stem: &str) -> io::Resul
     let dest = dir.join(format!("{stem}.git-lfs-s3-{}-{nanos}", std::process::id()));
     link_or_copy(src, &dest)?;
     Ok(dest)
+}
+
+/// Writes `body` to `dir/name` (creating `dir`) so that a crash leaves the
+/// old file or the new one, never a part: a synced temp file beside it,
+/// renamed over it, then the directory synced. Blocking.
+pub(crate) fn write_atomic(dir: &Path, name: &str, body: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::Builder::new().prefix(".tmp-record-").tempfile_in(dir)?;
+    tmp.write_all(body)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(dir.join(name)).map_err(|e| e.error)?;
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// `link_or_copy_into` on a blocking thread.

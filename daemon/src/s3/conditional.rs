@@ -5,12 +5,17 @@
 //! while one of them is lost. So before the first write to a bucket the
 //! daemon probes it (once per endpoint and bucket, remembered in its state
 //! for a day) and refuses every write to a store that does not enforce them.
+//! A store found to enforce them is also remembered on disk
+//! (`<state>/conditional-writes/`, for the same day), so a daemon that
+//! exited when idle, or was restarted, does not probe again at its first
+//! push; a refusal is not, so a restart probes a fixed store again.
 //!
 //! The probe: a key under the remote's prefix (`<prefix>/.git-s3/…`),
 //! created with `If-None-Match: *`, created again (must be refused: 412, or
 //! 409 ConditionalRequestConflict), written with a stale `If-Match` (must be
 //! refused too), then deleted: four requests, once.
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -109,16 +114,72 @@ impl Slot {
 #[derive(Default)]
 pub(crate) struct ConditionalWrites {
     slots: DashMap<(String, String), Arc<Slot>>,
+    /// Where enforcing stores are remembered across restarts (None: memory only).
+    dir: Option<PathBuf>,
+}
+
+/// An enforcing store remembered on disk.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Record {
+    endpoint: String,
+    bucket: String,
+    /// Seconds since the epoch.
+    probed_at: u64,
 }
 
 impl ConditionalWrites {
+    /// Remembers enforcing stores in `dir` too (the daemon's state).
+    pub(crate) fn remembering_in(dir: PathBuf) -> ConditionalWrites {
+        ConditionalWrites { slots: DashMap::new(), dir: Some(dir) }
+    }
+
     fn slot(&self, endpoint: &str, bucket: &str) -> Arc<Slot> {
         self.slots.entry((endpoint.to_string(), bucket.to_string())).or_default().clone()
     }
 
-    /// What the last probe of (endpoint, bucket) found, if it is fresh.
-    pub(crate) fn remembered(&self, endpoint: &str, bucket: &str) -> Option<Probed> {
-        self.slots.get(&(endpoint.to_string(), bucket.to_string())).and_then(|s| s.fresh())
+    /// What the last probe of (endpoint, bucket) found, if it is fresh: in
+    /// memory, else on disk.
+    pub(crate) async fn remembered(&self, endpoint: &str, bucket: &str) -> Option<Probed> {
+        let slot = self.slot(endpoint, bucket);
+        match slot.fresh() {
+            Some(p) => Some(p),
+            None => self.load(&slot, endpoint, bucket).await,
+        }
+    }
+
+    /// The record of (endpoint, bucket) on disk, if fresh, into `slot`.
+    async fn load(&self, slot: &Slot, endpoint: &str, bucket: &str) -> Option<Probed> {
+        let path = self.dir.as_ref()?.join(record_name(endpoint, bucket));
+        let data = match crate::local::files::blocking(move || std::fs::read(path)).await {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                tracing::debug!(error = %e, "the conditional-write record is unreadable; probing");
+                return None;
+            }
+        };
+        let r: Record = serde_json::from_slice(&data).ok().filter(|r: &Record| r.endpoint == endpoint && r.bucket == bucket)?;
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(r.probed_at);
+        let age = SystemTime::now().duration_since(at).ok().filter(|a| *a < RECHECK_AFTER)?;
+        let probed = Probed { verdict: Verdict::Enforced, at, checked: Instant::now().checked_sub(age)? };
+        *slot.known.lock().unwrap_or_else(|p| p.into_inner()) = Some(probed.clone());
+        tracing::debug!(endpoint, bucket, seconds_ago = age.as_secs(), "conditional writes enforced (remembered from an earlier daemon)");
+        Some(probed)
+    }
+
+    /// Remembers an enforcing store on disk (a failure only costs a probe).
+    async fn save(&self, endpoint: &str, bucket: &str, at: SystemTime) {
+        let Some(dir) = self.dir.clone() else { return };
+        let probed_at = at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
+        let record = Record { endpoint: endpoint.to_string(), bucket: bucket.to_string(), probed_at };
+        let name = record_name(endpoint, bucket);
+        let saved = match serde_json::to_vec(&record) {
+            Ok(body) => crate::local::files::blocking(move || crate::local::files::write_atomic(&dir, &name, &body)).await,
+            Err(e) => Err(std::io::Error::other(e)),
+        };
+        if let Err(e) = saved {
+            tracing::debug!(error = %e, "the conditional-write verdict is not remembered on disk");
+        }
     }
 
     /// The verdict for the store's bucket at `endpoint`: remembered, or
@@ -131,6 +192,9 @@ impl ConditionalWrites {
         }
         let _one = slot.probing.lock().await;
         if let Some(p) = slot.fresh() {
+            return Ok(p);
+        }
+        if let Some(p) = self.load(&slot, endpoint, store.bucket()).await {
             return Ok(p);
         }
         let verdict = probe(store, prefix).await?;
@@ -146,8 +210,18 @@ impl ConditionalWrites {
         }
         let probed = Probed { verdict, at: SystemTime::now(), checked: Instant::now() };
         *slot.known.lock().unwrap_or_else(|p| p.into_inner()) = Some(probed.clone());
+        if verdict.enforced() {
+            self.save(endpoint, store.bucket(), probed.at).await;
+        }
         Ok(probed)
     }
+}
+
+/// The file of (endpoint, bucket)'s record: a hash (no endpoint or bucket
+/// name in a file name).
+fn record_name(endpoint: &str, bucket: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(&Sha256::digest(format!("{endpoint}\n{bucket}").as_bytes())[..16])
 }
 
 /// The endpoint a store's probe is remembered under (no credentials in it).
@@ -292,6 +366,24 @@ mod tests {
         if let Some(old) = Instant::now().checked_sub(RECHECK_AFTER + Duration::from_secs(1)) {
             assert!(!Probed { checked: old, ..now }.fresh());
         }
+    }
+
+    #[tokio::test]
+    async fn an_enforcing_store_is_remembered_by_the_next_daemon_for_a_day() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = ConditionalWrites::remembering_in(dir.path().to_path_buf());
+        first.save("http://e", "b", SystemTime::now()).await;
+        let next = ConditionalWrites::remembering_in(dir.path().to_path_buf());
+        let p = next.remembered("http://e", "b").await.expect("remembered");
+        assert!(p.verdict.enforced() && p.fresh());
+        assert!(next.remembered("http://e", "other").await.is_none(), "another bucket");
+        assert!(next.remembered("http://f", "b").await.is_none(), "another endpoint");
+        assert!(ConditionalWrites::default().remembered("http://e", "b").await.is_none(), "memory only");
+        let stale = SystemTime::now() - RECHECK_AFTER - Duration::from_secs(60);
+        first.save("http://e", "old", stale).await;
+        assert!(ConditionalWrites::remembering_in(dir.path().to_path_buf()).remembered("http://e", "old").await.is_none(), "older than a day");
+        std::fs::write(dir.path().join(record_name("http://e", "bad")), b"{not json").unwrap();
+        assert!(next.remembered("http://e", "bad").await.is_none(), "a damaged record is a probe");
     }
 
     #[test]

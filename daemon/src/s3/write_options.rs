@@ -15,6 +15,10 @@ use aws_smithy_runtime_api::client::orchestrator::Metadata;
 
 use crate::local::git::Git;
 
+/// The git config variables of the bucket policy (and, per remote, what a
+/// repository remembers of an encrypted remote: `remote.<name>.s3-keyring`).
+pub(crate) const CONFIG_PATTERN: &str = r"^(s3\.|remote\..*\.s3)";
+
 /// `x-amz-server-side-encryption`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Encryption {
@@ -100,7 +104,7 @@ impl BucketPolicy {
     pub(crate) async fn from_git(git: &Git, remote: Option<&str>) -> Result<BucketPolicy, PolicyError> {
         // Exit status 1 means none is set; any other failure (no repository
         // is fine: global config is read) leaves the defaults.
-        let listing = git.run(&["config", "--get-regexp", r"^(s3\.|remote\..*\.s3)"]).await.unwrap_or_default();
+        let listing = git.run(&["config", "--get-regexp", CONFIG_PATTERN]).await.unwrap_or_default();
         BucketPolicy::from_listing(&listing, remote)
     }
 

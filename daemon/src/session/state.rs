@@ -50,7 +50,7 @@ impl DaemonState {
     pub(crate) fn new(cache: Cache, socket_path: PathBuf, log_file: PathBuf) -> DaemonState {
         DaemonState {
             clients: Arc::new(S3Clients::default()),
-            conditional: Arc::new(ConditionalWrites::default()),
+            conditional: Arc::new(ConditionalWrites::remembering_in(git_s3_proto::paths::state_dir().join("conditional-writes"))),
             cache: Arc::new(cache),
             config_files: Arc::new(ConfigFiles::default()),
             memory: Arc::new(Memory::default()),

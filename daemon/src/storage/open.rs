@@ -5,7 +5,8 @@ use crate::local::git::Git;
 use crate::s3::store::S3Store;
 use crate::s3::url::RemoteUrl;
 use crate::storage::bundles::storage::BundleStorage;
-use crate::storage::crypt::{self, keyring, CryptError};
+use crate::storage::crypt::trust::Trust;
+use crate::storage::crypt::{self, keyring, CryptError, RemoteKey};
 use crate::storage::detect::{configured_format, detect, Detected, Purpose};
 use crate::storage::fetch_options::FetchOptions;
 use crate::storage::packs::storage::PackStorage;
@@ -29,12 +30,17 @@ impl Storage {
     /// keyring): a caller none of whose identities opens it gets one line
     /// naming the keyring's recipients, before anything is fetched. A
     /// plaintext remote costs no request more.
-    pub(crate) async fn open(store: S3Store, url: RemoteUrl, git: &Git, purpose: Purpose) -> Result<Storage, StorageError> {
+    ///
+    /// `trust`: what the repository remembers of the remote (`crypt::trust`):
+    /// another keyring, or a plaintext remote where an encrypted one is
+    /// remembered, is refused before the manifest is read; an encrypted
+    /// remote seen for the first time is remembered.
+    pub(crate) async fn open(store: S3Store, url: RemoteUrl, git: &Git, purpose: Purpose, trust: &Trust) -> Result<Storage, StorageError> {
         // A remote this daemon knows is encrypted: the caller's access first
         // (detection may answer from the manifest this daemon holds).
         let mut key = None;
         if crypt::opened(&store, &url).is_some() {
-            key = keyring::open(&store, &url, git.env()).await?;
+            key = trusted(&store, &url, git, trust).await?;
             if key.is_none() {
                 // The keyring is gone: what this daemon holds of the remote is stale.
                 crate::storage::packs::manifest::forget_held(&store, &url);
@@ -42,7 +48,7 @@ impl Storage {
         }
         let detected = match detect(&store, &url, configured_format(git), purpose).await {
             Err(StorageError::Crypt(CryptError::NotOpened(_))) if key.is_none() => {
-                key = keyring::open(&store, &url, git.env()).await?;
+                key = trusted(&store, &url, git, trust).await?;
                 if key.is_none() {
                     return Err(StorageError::Corrupt(format!(
                         "{url}'s manifest is encrypted but its keyring (s3://{}/{}) is missing: restore it from a backup or a versioned bucket",
@@ -54,6 +60,10 @@ impl Storage {
             }
             other => other?,
         };
+        match &key {
+            Some(k) => trust.remember(git, k).await,
+            None => trust.check_plaintext(&url)?,
+        }
         Ok(match detected {
             Detected::Bundles(refs, head) => Storage::Bundles(Box::new(BundleStorage::new(store, url, Some(refs)).with_head(head))),
             Detected::Packs(m, refs) => Storage::Packs(Box::new(PackStorage::new(store, url, m, refs).with_key(key))),
@@ -85,10 +95,10 @@ impl Storage {
     }
 
     /// Whether the format can read single objects by ranges (packs: the
-    /// `.idx` of each pack says where an object lies).
+    /// `.idx` of each pack says where an object lies; an encrypted pack is
+    /// read in whole age chunks).
     pub(crate) fn reads_by_ranges(&self) -> bool {
-        // Not an encrypted remote yet: its packs are age files (issue 22).
-        matches!(self, Storage::Packs(p) if !p.is_encrypted())
+        matches!(self, Storage::Packs(_))
     }
 
     /// Whether a lazy fetch of `wants` objects is few for the tips view, so
@@ -138,4 +148,16 @@ impl Storage {
             b.settle().await;
         }
     }
+}
+
+/// The remote's key opened with the caller's identities (None: no
+/// keyring), refused when it is not the one the repository remembers.
+async fn trusted(store: &S3Store, url: &RemoteUrl, git: &Git, trust: &Trust) -> Result<Option<std::sync::Arc<RemoteKey>>, StorageError> {
+    let key = keyring::open(store, url, git.env()).await?;
+    if let Some(k) = &key {
+        // (The daemon keeps the key it opened, with the manifest it may hold:
+        // every session opens the keyring again and judges it for itself.)
+        trust.check_key(url, k)?;
+    }
+    Ok(key)
 }

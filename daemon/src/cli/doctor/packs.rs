@@ -263,10 +263,12 @@ async fn check_packs(
 /// size, .idx size, age). Plaintext objects are `pack-<name>.<ext>`; an
 /// encrypted remote's (issue 22) are the HMAC'd names of the manifest's
 /// packs, and any other object is listed under its own name (unreferenced).
+/// Object maps (`.map`, encrypted ones by their HMAC'd names) are optional: left out.
 type Found = BTreeMap<String, (Option<u64>, Option<u64>, Duration)>;
 
 fn found_packs(dir: &str, objects: &[ObjectInfo], key: Option<&RemoteKey>, m: &Manifest) -> Found {
-    let named: HashMap<String, (String, bool)> = match key {
+    // By object name: (pack name, is the .pack), or None for an object map.
+    let named: HashMap<String, Option<(String, bool)>> = match key {
         Some(k) => m
             .referenced_pack_names()
             .into_iter()
@@ -274,8 +276,9 @@ fn found_packs(dir: &str, objects: &[ObjectInfo], key: Option<&RemoteKey>, m: &M
                 // Under every generation of the key: a pack may predate a rotation.
                 k.generations().flat_map(move |g| {
                     [
-                        (g.object_name(&format!("pack-{n}.pack")), (n.to_string(), true)),
-                        (g.object_name(&format!("pack-{n}.idx")), (n.to_string(), false)),
+                        (g.object_name(&format!("pack-{n}.pack")), Some((n.to_string(), true))),
+                        (g.object_name(&format!("pack-{n}.idx")), Some((n.to_string(), false))),
+                        (g.object_name(&format!("pack-{n}.map")), None),
                     ]
                 })
             })
@@ -286,7 +289,8 @@ fn found_packs(dir: &str, objects: &[ObjectInfo], key: Option<&RemoteKey>, m: &M
     for o in objects {
         let Some(leaf) = o.key.strip_prefix(dir) else { continue };
         let (name, is_pack) = match (key, named.get(leaf)) {
-            (Some(_), Some((n, p))) => (n.clone(), *p),
+            (Some(_), Some(None)) => continue,
+            (Some(_), Some(Some((n, p)))) => (n.clone(), *p),
             (Some(_), None) => (leaf.to_string(), true),
             (None, _) => match leaf
                 .strip_prefix("pack-")
@@ -454,6 +458,8 @@ mod tests {
             obj(k.object_name(&format!("pack-{a}.pack")), 200),
             obj(k.object_name(&format!("pack-{a}.idx")), 190),
             obj(k.object_name(&format!("pack-{b}.pack")), 180),
+            // a's object map: optional, not a pack
+            obj(k.object_name(&format!("pack-{a}.map")), 60),
         ];
         let found = found_packs("p/.git-s3/packs/", &objects, Some(&k), &m);
         assert_eq!(found.get(&a).map(|f| (f.0, f.1)), Some((Some(200), Some(190))));

@@ -42,6 +42,12 @@ pub(crate) struct RangeRead {
 }
 
 impl RangeRead {
+    /// Pieces read otherwise (e.g. decrypted): (offset, bytes), sorted by
+    /// offset, disjoint.
+    pub(crate) fn from_pieces(pieces: Vec<(u64, Bytes)>) -> RangeRead {
+        RangeRead { pieces }
+    }
+
     /// The bytes of `r`, if one piece read covers it.
     pub(crate) fn slice(&self, r: Range<u64>) -> Option<Bytes> {
         let i = self.pieces.partition_point(|(start, _)| *start <= r.start).checked_sub(1)?;

@@ -100,10 +100,7 @@ pub(crate) async fn grant(store: &S3Store, url: &RemoteUrl, env: &HashMap<String
                 ring.kms.extend(wrapped.clone());
             }
         }
-        #[cfg(feature = "test-hooks")]
-        if let Some(gate) = crate::test_hooks::keyring_write_gate(env) {
-            crate::test_hooks::wait_for_gate(&gate).await;
-        }
+        held_before_write(env).await;
         if written(keyring::write(store, url, &ring, WriteCondition::IfMatch(etag)).await)? {
             return Ok(Outcome::Done(ring.key.generation()));
         }
@@ -129,6 +126,7 @@ pub(crate) async fn revoke(store: &S3Store, url: &RemoteUrl, env: &HashMap<Strin
             )));
         }
         ring.key = ring.key.rotated();
+        held_before_write(env).await;
         if written(keyring::write(store, url, &ring, WriteCondition::IfMatch(etag)).await)? {
             let generation = ring.key.generation();
             remember(store, url, Arc::new(ring.key));
@@ -164,6 +162,16 @@ pub(crate) async fn current_key(store: &S3Store, url: &RemoteUrl, env: &HashMap<
     let key = Arc::new(open(store, url, env).await?.ring.key);
     remember(store, url, key.clone());
     Ok(key)
+}
+
+/// The test gate between an edit's keyring read and its write (only with
+/// the `test-hooks` feature): how the tests make an edit lose its race.
+#[cfg_attr(not(feature = "test-hooks"), allow(unused_variables, clippy::unused_async))]
+async fn held_before_write(env: &HashMap<String, String>) {
+    #[cfg(feature = "test-hooks")]
+    if let Some(gate) = crate::test_hooks::keyring_write_gate(env) {
+        crate::test_hooks::wait_for_gate(&gate).await;
+    }
 }
 
 /// Whether a conditional keyring write landed (false: the keyring changed meanwhile).

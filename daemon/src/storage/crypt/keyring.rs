@@ -56,6 +56,10 @@ impl Keyring {
         for k in &self.kms {
             s.push_str(&format!("# kms: {} {}\n", k.recipient, k.key_id));
         }
+        if self.key.of_generation(Some(1)).is_none() {
+            // The first key was dropped (`revoke --reencrypt`): its fingerprint stays, what repositories remember.
+            s.push_str(&format!("# first key: {}\n", self.key.origin()));
+        }
         for (i, k) in self.key.generations().enumerate() {
             s.push_str(&format!("# key {}{}\n{}\n", k.generation(), if i == 0 { " (current)" } else { "" }, k.secret()));
         }
@@ -77,7 +81,7 @@ pub(crate) fn parse(text: &str, what: &str) -> Result<Keyring, CryptError> {
         Some(HEADER) => 2,
         _ => return Err(bad("it does not start with a version line this git-s3 knows (upgrade git-s3?)")),
     };
-    let (mut recipients, mut kms, mut keys) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut recipients, mut kms, mut keys, mut first) = (Vec::new(), Vec::new(), Vec::new(), None);
     // (generation, current) of the next key line (version 2).
     let mut pending: Option<(u32, bool)> = None;
     for line in lines.map(str::trim).filter(|l| !l.is_empty()) {
@@ -86,6 +90,8 @@ pub(crate) fn parse(text: &str, what: &str) -> Result<Keyring, CryptError> {
         } else if let Some(k) = line.strip_prefix("# kms: ") {
             let (recipient, key_id) = k.trim().split_once(' ').ok_or_else(|| bad("a kms line lacks its key id"))?;
             kms.push(KmsGrant { recipient: recipient.to_string(), key_id: key_id.trim().to_string() });
+        } else if let Some(f) = line.strip_prefix("# first key: ") {
+            first = Some(f.trim().to_string());
         } else if let Some(k) = line.strip_prefix("# key ") {
             let (n, current) = match k.split_once(' ') {
                 Some((n, rest)) => (n, rest.trim() == "(current)"),
@@ -111,7 +117,7 @@ pub(crate) fn parse(text: &str, what: &str) -> Result<Keyring, CryptError> {
     let at = keys.iter().position(|k| k.1).unwrap_or(0);
     let (generation, _, current) = keys.remove(at);
     let older = keys.into_iter().map(|(g, _, k)| k.with_generations(g, vec![])).collect();
-    Ok(Keyring { key: current.with_generations(generation, older), recipients, kms, version })
+    Ok(Keyring { key: current.with_generations(generation, older).with_first(first), recipients, kms, version })
 }
 
 /// Writes `ring` as the keyring object (encrypted to its recipients and
@@ -279,5 +285,10 @@ mod tests {
         // no current key, or two
         assert!(parse(&text.replace(" (current)", ""), "k").is_err());
         assert!(parse(&text.replace("# key 1\n", "# key 1 (current)\n"), "k").is_err());
+        // older keys dropped: the first key's fingerprint is kept, and read back
+        let dropped = Keyring { key: back.key.alone(), recipients: vec!["age1a".into()], kms: vec![], version: 2 }.plaintext();
+        assert!(dropped.contains(&format!("# first key: {}\n", first.origin())), "{dropped}");
+        assert_eq!(parse(&dropped, "k").unwrap().key.origin(), first.origin());
+        assert!(!text.contains("# first key"), "{text}");
     }
 }

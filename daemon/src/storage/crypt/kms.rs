@@ -176,6 +176,55 @@ pub(crate) async fn wrap(url: &RemoteUrl, env: &HashMap<String, String>, key_id:
     Ok((KmsGrant { recipient, key_id: key_id.to_string() }, entry))
 }
 
+/// `--encrypt-to` arguments (`git s3 init`, `git s3 migrate`): age
+/// recipients (`age1…`) and KMS keys (`kms:<key id or ARN>`).
+#[derive(Debug, Default)]
+pub(crate) struct EncryptTo {
+    pub(crate) ages: Vec<age::x25519::Recipient>,
+    pub(crate) kms: Vec<String>,
+}
+
+impl EncryptTo {
+    pub(crate) fn parse(args: &[String]) -> Result<EncryptTo, CryptError> {
+        let mut to = EncryptTo::default();
+        for a in args {
+            match key_id(a) {
+                Some(id) => to.kms.push(id.to_string()),
+                None => to.ages.push(super::parse_recipient(a)?),
+            }
+        }
+        Ok(to)
+    }
+
+    /// The KMS key ids.
+    pub(crate) fn kms_ids(&self) -> Vec<&str> {
+        self.kms.iter().map(String::as_str).collect()
+    }
+}
+
+/// A wrapping identity per KMS key of `key_ids`, its secret encrypted with
+/// the key and recorded in `keyring.kms` (before the keyring that lists
+/// it: `git s3 init` and `migrate --encrypt-to` then write that keyring):
+/// the grants for the keyring.
+pub(crate) async fn wrap_keys(
+    store: &S3Store,
+    url: &RemoteUrl,
+    env: &HashMap<String, String>,
+    key_ids: &[&str],
+) -> Result<Vec<KmsGrant>, CryptError> {
+    let mut grants = Vec::new();
+    for id in key_ids {
+        let (grant, entry) = wrap(url, env, id).await?;
+        edit_file(store, url, |f| {
+            f.keys.retain(|k| k.key_id != entry.key_id);
+            f.keys.push(entry.clone());
+        })
+        .await?;
+        grants.push(grant);
+    }
+    Ok(grants)
+}
+
 /// `keyring.kms` and its ETag (None: no such object).
 pub(crate) async fn read_file(store: &S3Store, url: &RemoteUrl) -> Result<Option<(KmsFile, String)>, CryptError> {
     match store.get_small_if_changed(&kms_key(url), None).await? {

@@ -10,7 +10,8 @@
 //! Files: `identities` (the caller's age identities: `git s3 keygen`'s
 //! file), `keyring` (the keyring object: its format, writing it, opening it
 //! with the caller's identities), `codec` (age encryption of bytes and
-//! files, streaming), `rollback` (the highest manifest serial this
+//! files, streaming), `seekable` (plaintext ranges of an age file read
+//! chunk by chunk: ranged reads of encrypted packs), `rollback` (the highest manifest serial this
 //! machine has seen: an older manifest refused). This file: the errors, the remote key, and the keys a
 //! daemon has opened (by location), which the packs format's manifest reads
 //! use.
@@ -20,8 +21,11 @@ pub(crate) mod codec;
 pub(crate) mod identities;
 pub(crate) mod keyring;
 pub(crate) mod kms;
+pub(crate) mod lfs;
 pub(crate) mod reencrypt;
 pub(crate) mod rollback;
+pub(crate) mod seekable;
+pub(crate) mod trust;
 
 use std::sync::Arc;
 
@@ -67,6 +71,9 @@ pub(crate) enum CryptError {
     /// `git s3 access` refused (the message is whole).
     #[error("{0}")]
     Access(String),
+    /// A remote that is not the one the repository remembers (`trust`; the message is whole).
+    #[error("{0}")]
+    Untrusted(String),
     /// A manifest older than one this machine has seen (`rollback`).
     #[error(
         "the manifest of {remote} is older than one this machine has seen (serial {serial} < {highest}): someone put an old manifest back, \
@@ -91,6 +98,9 @@ pub(crate) struct RemoteKey {
     names: [u8; 32],
     generation: u32,
     older: Vec<RemoteKey>,
+    /// The fingerprint of the remote's first key, once the keyring no
+    /// longer holds it (dropped by `revoke --reencrypt`): see [`RemoteKey::origin`].
+    first: Option<String>,
 }
 
 impl std::fmt::Debug for RemoteKey {
@@ -115,7 +125,7 @@ impl RemoteKey {
         // The HMAC key of object names: derived from the secret, never the secret itself.
         let names = hmac_sha256(secret.expose_secret().as_bytes(), b"git-s3 object names v1");
         let recipient = identity.to_public();
-        RemoteKey { identity, recipient, names, generation: 1, older: Vec::new() }
+        RemoteKey { identity, recipient, names, generation: 1, older: Vec::new(), first: None }
     }
 
     /// This key as generation `generation`, with the keyring's `older` keys.
@@ -134,11 +144,35 @@ impl RemoteKey {
         RemoteKey::generate().with_generations(next, older)
     }
 
-    /// This key without its older keys (what `--reencrypt` keeps).
+    /// This key without its older keys (what `--reencrypt` keeps); it
+    /// still knows the remote's [origin](RemoteKey::origin).
     pub(crate) fn alone(&self) -> RemoteKey {
         let mut k = RemoteKey::of(self.identity.clone());
         k.generation = self.generation;
+        k.first = (self.generation != 1).then(|| self.origin());
         k
+    }
+
+    /// The key recording `first` as the fingerprint of the remote's first
+    /// key (the keyring's `# first key:` line).
+    pub(crate) fn with_first(mut self, first: Option<String>) -> RemoteKey {
+        self.first = first;
+        self
+    }
+
+    /// The fingerprint of the remote's first key (generation 1): what
+    /// stays the same through every rotation, and what a repository
+    /// remembers of its remote (`trust`). Only holders of the remote key
+    /// know it: no object in the bucket names the remote key's recipient.
+    pub(crate) fn origin(&self) -> String {
+        if let Some(k) = self.of_generation(Some(1)) {
+            return fingerprint(&k.recipient.to_string());
+        }
+        match self.generations().find_map(|k| k.first.clone()) {
+            Some(f) => f,
+            // A keyring whose first key was dropped before it was recorded: its oldest key.
+            None => self.generations().min_by_key(|k| k.generation).map_or_else(String::new, |k| fingerprint(&k.recipient.to_string())),
+        }
     }
 
     /// The generation of the current key (1: never rotated).
@@ -313,5 +347,10 @@ mod tests {
         assert_ne!(r.object_name("x"), k.object_name("x"));
         assert!(r.of_generation(Some(4)).is_none());
         assert_eq!(r.alone().generations().count(), 1);
+        // the origin survives rotations and dropped keys
+        assert_eq!(r.origin(), fingerprint(&k.recipient().to_string()));
+        assert_eq!(r.alone().origin(), k.origin());
+        assert_eq!(r.alone().rotated().alone().origin(), k.origin());
+        assert_ne!(RemoteKey::generate().origin(), k.origin());
     }
 }

@@ -1,10 +1,11 @@
 //! `git s3 access revoke --reencrypt`, after the revoke's rotation: every
-//! pack and `.idx` the manifest marks with an older key generation is
+//! pack and `.idx` (the views' too) the manifest marks with an older key generation is
 //! decrypted and encrypted again to the current key, under its new name
 //! (the current key's HMAC); the manifest is then swapped by one
 //! conditional write that marks those packs with the current generation;
-//! then the old objects are deleted and the older keys dropped from the
-//! keyring.
+//! then the old objects are deleted, the LFS objects of older keys
+//! re-encrypted (`lfs::rewrite_all`: they are not in the manifest), and the
+//! older keys dropped from the keyring.
 //!
 //! Crash-safe by its order: a reader of the manifest only ever sees names
 //! that exist (the new objects are uploaded before the swap, the old ones
@@ -17,11 +18,12 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
-use super::{access, CryptError, RemoteKey};
-use crate::s3::store::S3Store;
+use super::{access, codec, CryptError, RemoteKey};
+use crate::s3::store::{PutOptions, S3Store, WriteCondition};
 use crate::s3::url::RemoteUrl;
-use crate::storage::packs::manifest::{self, read_manifest, update_manifest, PackEntry};
+use crate::storage::packs::manifest::{self, read_manifest, update_manifest, Manifest, PackEntry};
 use crate::storage::packs::storage::{entry_object_key, get_object, object_key, put_object};
+use crate::storage::zip::{encrypted_zip_key, older_encrypted_zip_keys, ZIP_SERIAL_META};
 use crate::storage::StorageError;
 
 /// Rounds of (re-encrypt, swap): more than one only when pushes with an
@@ -50,7 +52,8 @@ pub(crate) async fn reencrypt(store: &S3Store, url: &RemoteUrl, env: &HashMap<St
         let Some((m, _)) = read_manifest(store, url).await? else {
             return Err(StorageError::Format(format!("{url} has no packs manifest")));
         };
-        let old: Vec<&PackEntry> = m.packs.iter().filter(|p| p.key.unwrap_or(1) != key.generation()).collect();
+        // The packs and the views' packs (written encrypted by gc and after pushes).
+        let old: Vec<&PackEntry> = entries(&m).filter(|p| p.key.unwrap_or(1) != key.generation()).collect();
         if old.is_empty() {
             swapped = true;
             break;
@@ -63,8 +66,10 @@ pub(crate) async fn reencrypt(store: &S3Store, url: &RemoteUrl, env: &HashMap<St
         let generation = key.generation();
         update_manifest(store, url, |m| {
             let mut changed = false;
-            for p in m.packs.iter_mut().filter(|p| p.key.unwrap_or(1) != generation && moved.contains(&p.name)) {
+            for p in entries_mut(m).into_iter().filter(|p| p.key.unwrap_or(1) != generation && moved.contains(&p.name)) {
                 p.key = Some(generation);
+                // Its object map (of the older key) is not moved: a lazy fetch reads the .idx.
+                p.map_size = 0;
                 changed = true;
             }
             Ok(changed)
@@ -74,9 +79,13 @@ pub(crate) async fn reencrypt(store: &S3Store, url: &RemoteUrl, env: &HashMap<St
     if !swapped {
         return Err(StorageError::Format(format!("{url}: pushes with an older key kept landing; run `git s3 access revoke --reencrypt` again")));
     }
+    done.objects += reencrypt_zips(store, url, &key, tmp).await?;
     #[cfg(feature = "test-hooks")]
     crate::test_hooks::crash_during_reencrypt(env);
     done.deleted = delete_old_objects(store, url, &key).await?;
+    // LFS objects (not in the manifest) of older keys, before those keys go.
+    let lfs = super::lfs::rewrite_all(store, url, &key, super::lfs::Target::Current, tmp).await?;
+    (done.objects, done.deleted) = (done.objects + lfs.written, done.deleted + lfs.deleted);
     done.dropped = access::drop_older_keys(store, url, env).await?;
     Ok(done)
 }
@@ -112,9 +121,17 @@ async fn delete_old_objects(store: &S3Store, url: &RemoteUrl, key: &Arc<RemoteKe
     };
     let existing: BTreeSet<String> = store.list(&manifest::packs_dir(url)).await?.into_iter().map(|o| o.key).collect();
     let mut deleted = 0;
-    for p in &m.packs {
+    for dst in m.refs.keys() {
+        for old in older_encrypted_zip_keys(url, key, dst) {
+            if store.head(&old).await?.is_some() {
+                store.delete(&old).await?;
+                deleted += 1;
+            }
+        }
+    }
+    for p in entries(&m) {
         for older in key.generations().skip(1) {
-            for ext in ["pack", "idx"] {
+            for ext in ["pack", "idx", "map"] {
                 let name = object_key(url, Some(older), &p.name, ext);
                 if existing.contains(&name) {
                     store.delete(&name).await?;
@@ -124,4 +141,68 @@ async fn delete_old_objects(store: &S3Store, url: &RemoteUrl, key: &Arc<RemoteKe
         }
     }
     Ok(deleted)
+}
+
+/// The refs' zips (`s3+zip://`) written with an older key: each copied,
+/// re-encrypted to `key`, under its name with `key` (unless a push wrote
+/// that already); the old ones are deleted with the packs. How many written.
+async fn reencrypt_zips(store: &S3Store, url: &RemoteUrl, key: &Arc<RemoteKey>, tmp: &Path) -> Result<usize, StorageError> {
+    let Some((m, _)) = read_manifest(store, url).await? else { return Ok(0) };
+    let mut written = 0;
+    for dst in m.refs.keys() {
+        let to = encrypted_zip_key(url, key, dst);
+        if store.head(&to).await?.is_some() {
+            continue;
+        }
+        // The newest older generation's zip, if any.
+        for from in older_encrypted_zip_keys(url, key, dst) {
+            if let Some((_, meta)) = store.head_with_metadata(&from).await? {
+                written += usize::from(reencrypt_zip(store, key, &from, &to, meta.get(ZIP_SERIAL_META), tmp).await?);
+                break;
+            }
+        }
+    }
+    Ok(written)
+}
+
+/// The zip `from` decrypted (with any generation of `key`) and written
+/// encrypted to the current key at `to`, keeping its serial; false when a
+/// push wrote `to` meanwhile (its zip is newer).
+async fn reencrypt_zip(
+    store: &S3Store,
+    key: &Arc<RemoteKey>,
+    from: &str,
+    to: &str,
+    serial: Option<&String>,
+    tmp: &Path,
+) -> Result<bool, StorageError> {
+    let temp = || codec::temp_beside(&tmp.join("zip"));
+    let (cipher, plain, again) = (temp()?, temp()?, temp()?);
+    store.get_to_file(from, cipher.path(), |_| {}).await?;
+    let what = format!("s3://{}/{from}", store.bucket());
+    codec::decrypt_file(key.clone(), cipher.path().to_path_buf(), plain.path().to_path_buf(), what).await?;
+    codec::encrypt_file(key.clone(), plain.path().to_path_buf(), again.path().to_path_buf()).await?;
+    let metadata = serial.map(|s| vec![(ZIP_SERIAL_META.to_string(), s.clone())]).unwrap_or_default();
+    match store.put_file(to, again.path(), PutOptions { condition: WriteCondition::IfAbsent, metadata, ..Default::default() }, |_| {}).await {
+        Ok(_) => Ok(true),
+        Err(e) if e.is_precondition_failed() => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Every entry of `m` that names objects: its packs, then its views' packs.
+fn entries(m: &Manifest) -> impl Iterator<Item = &PackEntry> {
+    m.packs.iter().chain(m.views.iter().flat_map(|v| v.packs()))
+}
+
+/// [`entries`], to edit.
+fn entries_mut(m: &mut Manifest) -> Vec<&mut PackEntry> {
+    let mut all: Vec<&mut PackEntry> = m.packs.iter_mut().collect();
+    if let Some(v) = m.views.as_mut() {
+        all.extend(v.skeleton.iter_mut().chain(v.tips.iter_mut()));
+        for i in &mut v.increments {
+            all.extend(i.skeleton.iter_mut().chain(i.tips.iter_mut()));
+        }
+    }
+    all
 }

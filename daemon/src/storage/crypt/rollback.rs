@@ -11,7 +11,6 @@
 //! rewritten with any serial by whoever can write the bucket: a check would
 //! catch only honest restores from a backup, which it would then refuse.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -120,15 +119,12 @@ fn load(dir: &Path, location: &str) -> std::io::Result<u64> {
     }
 }
 
-/// Writes the record atomically: a synced temp file renamed over it.
+/// Writes the record atomically (`local::files::write_atomic`).
 fn save(dir: &Path, location: &str, serial: u64) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
     let body = serde_json::to_vec(&Record { location: location.to_string(), serial }).map_err(std::io::Error::other)?;
-    let mut tmp = tempfile::Builder::new().prefix(".seen-").tempfile_in(dir)?;
-    tmp.write_all(&body)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(record_path(dir, location)).map_err(|e| e.error)?;
-    std::fs::File::open(dir)?.sync_all()
+    let path = record_path(dir, location);
+    let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| std::io::Error::other("record name"))?;
+    crate::local::files::write_atomic(dir, name, &body)
 }
 
 #[cfg(test)]

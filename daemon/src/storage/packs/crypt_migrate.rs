@@ -17,6 +17,9 @@
 //!    against the switch is refused in one line (push again).
 //! 4. The old form's objects are deleted (packs, `.idx`, and for encrypt
 //!    the plaintext `repo.zip`s; for decrypt the keyring, then the age files).
+//!    Before that, the LFS objects (not in the manifest) are moved to the
+//!    new form one by one (`storage::crypt::lfs::rewrite_all`); the agent
+//!    reads either form meanwhile.
 //!
 //! Until the switch the remote reads as it was; after it, as it became.
 
@@ -29,6 +32,8 @@ use futures::stream::{StreamExt, TryStreamExt};
 use crate::s3::store::{PutOptions, S3Store, WriteCondition};
 use crate::s3::url::RemoteUrl;
 use crate::storage::bundles::layout;
+use crate::storage::crypt::kms::{self, EncryptTo};
+use crate::storage::crypt::lfs::{Rewritten, Target};
 use crate::storage::crypt::{self, codec, keyring, CryptError, RemoteKey};
 use crate::storage::detect::scan_refs_dir;
 use crate::storage::packs::manifest::{self, read_manifest, Manifest, PackEntry, MAX_ATTEMPTS};
@@ -64,15 +69,15 @@ fn crash_hook(env: &HashMap<String, String>, point: &str) {
     crate::test_hooks::crash_during_migrate(env, point);
 }
 
-/// Encrypts the plaintext packs remote `url` to `recipients` (see the
-/// module's comment). A rerun after a crash finishes it, with the keyring
-/// the first run wrote.
+/// Encrypts the plaintext packs remote `url` to `to`'s age recipients and
+/// KMS keys (see the module's comment). A rerun after a crash finishes it,
+/// with the keyring the first run wrote.
 pub(crate) async fn encrypt(
     store: &S3Store,
     url: &RemoteUrl,
     tmp_root: &Path,
     env: &HashMap<String, String>,
-    recipients: &[age::x25519::Recipient],
+    to: &EncryptTo,
 ) -> Result<CryptReport, StorageError> {
     // The manifest as the bucket has it, whatever this daemon opened before.
     crypt::forget(store, url);
@@ -85,18 +90,19 @@ pub(crate) async fn encrypt(
             let key = open_keyring(store, url, env).await?;
             let refs = read_manifest(store, url).await?.map(|(m, _)| m.refs.len()).unwrap_or(0);
             crypt::remember(store, url, key);
-            let deleted = delete_old_form(store, url, Way::Encrypt).await?;
+            let lfs = carry_lfs(store, url, env, Way::Encrypt, tmp_root).await?;
+            let deleted = delete_old_form(store, url, Way::Encrypt).await? + lfs.deleted;
             if deleted == 0 {
                 return Err(StorageError::Format(format!("{url} is encrypted already")));
             }
-            return Ok(CryptReport { refs, deleted, finished_earlier_run: true, ..Default::default() });
+            return Ok(CryptReport { refs, copied: lfs.written, deleted, finished_earlier_run: true, ..Default::default() });
         }
         Err(e) => return Err(e),
     };
     if let Some(msg) = m.frozen_error(url) {
         return Err(StorageError::Format(msg));
     }
-    let key = keyring_for(store, url, env, recipients).await?;
+    let key = keyring_for(store, url, env, to).await?;
     // Until the switch the manifest is plaintext: read it as such.
     crypt::forget(store, url);
     let mut report = CryptReport::default();
@@ -104,7 +110,9 @@ pub(crate) async fn encrypt(
     crypt::remember(store, url, key);
     report.refs = next.refs.len();
     crash_hook(env, "encrypt-switched");
-    report.deleted = delete_old_form(store, url, Way::Encrypt).await?;
+    let lfs = carry_lfs(store, url, env, Way::Encrypt, tmp_root).await?;
+    report.copied += lfs.written;
+    report.deleted = delete_old_form(store, url, Way::Encrypt).await? + lfs.deleted;
     Ok(report)
 }
 
@@ -118,11 +126,12 @@ pub(crate) async fn decrypt(store: &S3Store, url: &RemoteUrl, tmp_root: &Path, e
         Ok(None) => Err(not_packs(store, url, "decrypt it").await),
         // Plaintext: a run killed after its switch left the keyring or age files.
         Ok(Some((m, _))) => {
-            let deleted = delete_old_form(store, url, Way::Decrypt).await?;
+            let lfs = carry_lfs(store, url, env, Way::Decrypt, tmp_root).await?;
+            let deleted = delete_old_form(store, url, Way::Decrypt).await? + lfs.deleted;
             if deleted == 0 {
                 return Err(StorageError::Format(format!("{url} is not encrypted")));
             }
-            Ok(CryptReport { refs: m.refs.len(), deleted, finished_earlier_run: true, ..Default::default() })
+            Ok(CryptReport { refs: m.refs.len(), copied: lfs.written, deleted, finished_earlier_run: true, ..Default::default() })
         }
         Err(StorageError::Crypt(CryptError::NotOpened(_))) => {
             let key = open_keyring(store, url, env).await?;
@@ -138,7 +147,9 @@ pub(crate) async fn decrypt(store: &S3Store, url: &RemoteUrl, tmp_root: &Path, e
             manifest::forget_held(store, url);
             report.refs = next.refs.len();
             crash_hook(env, "decrypt-switched");
-            report.deleted = delete_old_form(store, url, Way::Decrypt).await?;
+            let lfs = carry_lfs(store, url, env, Way::Decrypt, tmp_root).await?;
+            report.copied += lfs.written;
+            report.deleted = delete_old_form(store, url, Way::Decrypt).await? + lfs.deleted;
             Ok(report)
         }
         Err(e) => Err(e),
@@ -171,25 +182,31 @@ async fn open_keyring(store: &S3Store, url: &RemoteUrl, env: &HashMap<String, St
     })
 }
 
-/// The key to encrypt `url` to: a new one, its keyring written to
-/// `recipients` (refused, and removed again, when none of the caller's
-/// identities opens it: a rerun and every read need that), or the key of
-/// the keyring an interrupted run wrote.
-async fn keyring_for(
-    store: &S3Store,
-    url: &RemoteUrl,
-    env: &HashMap<String, String>,
-    recipients: &[age::x25519::Recipient],
-) -> Result<Arc<RemoteKey>, StorageError> {
+/// The key to encrypt `url` to: a new one, its keyring written to `to`'s
+/// recipients and wrapped with its KMS keys (refused, and removed again,
+/// when neither the caller's identities nor KMS open it: a rerun and every
+/// read need that), or the key of the keyring an interrupted run wrote.
+async fn keyring_for(store: &S3Store, url: &RemoteUrl, env: &HashMap<String, String>, to: &EncryptTo) -> Result<Arc<RemoteKey>, StorageError> {
+    if store.head(&crypt::keyring_key(url)).await?.is_some() {
+        // An interrupted run's: its KMS entries stay as they are.
+        tracing::info!(remote = %url, "a keyring exists (an interrupted migration's): continuing with its key");
+        return open_keyring(store, url, env).await;
+    }
     let key = Arc::new(RemoteKey::generate());
-    match keyring::create(store, url, &key, recipients, Vec::new()).await {
+    // keyring.kms first: an entry the keyring does not list opens nothing.
+    let grants = kms::wrap_keys(store, url, env, &to.kms_ids()).await?;
+    match keyring::create(store, url, &key, &to.ages, grants).await {
         Ok(()) => match keyring::open(store, url, env).await {
             Ok(Some(_)) => Ok(key),
             Ok(None) => Err(StorageError::Format(format!("{url}'s keyring was deleted meanwhile; run the migration again"))),
             Err(CryptError::NoAccess(_)) => {
                 store.delete(&crypt::keyring_key(url)).await?;
+                if !to.kms.is_empty() {
+                    kms::edit_file(store, url, |f| f.keys.retain(|k| !to.kms.contains(&k.key_id))).await?;
+                }
                 Err(StorageError::Format(
-                    "none of your age identities is among the --encrypt-to recipients: include your own (the age1… that `git s3 keygen` prints); nothing was changed"
+                    "none of your age identities is among the --encrypt-to recipients, and no KMS key of them decrypts for you: include your own \
+(the age1… that `git s3 keygen` prints); nothing was changed"
                         .into(),
                 ))
             }
@@ -229,13 +246,12 @@ async fn switch(
         let mut next = m.clone();
         next.serial += 1;
         // Each entry as its new form names it: the current key's generation
-        // (encrypted) or none; no object maps on an encrypted remote.
+        // (encrypted) or none; object maps are not copied either way (a
+        // lazy fetch reads the .idx; gc writes maps again).
         let generation = (way == Way::Encrypt).then(|| key.generation());
         for_each_entry(&mut next, |p| {
             p.key = generation;
-            if generation.is_some() {
-                p.map_size = 0;
-            }
+            p.map_size = 0;
         });
         // Retired packs are of the old form: deleted below, not carried over.
         next.retired.clear();
@@ -356,6 +372,15 @@ async fn copy_one(
     Ok(Some(bytes))
 }
 
+/// The LFS objects brought to the new form (`storage::crypt::lfs`), after
+/// the switch and before the old form's deletion (which drops the keyring
+/// when decrypting: a rerun after it finds no key, and nothing left to do).
+async fn carry_lfs(store: &S3Store, url: &RemoteUrl, env: &HashMap<String, String>, way: Way, tmp_root: &Path) -> Result<Rewritten, StorageError> {
+    let Some(opened) = keyring::read(store, url, env).await? else { return Ok(Rewritten::default()) };
+    let target = if way == Way::Encrypt { Target::Encrypted } else { Target::Plaintext };
+    crypt::lfs::rewrite_all(store, url, &Arc::new(opened.ring.key), target, tmp_root).await
+}
+
 /// Deletes what is left of the old form: encrypt, the plaintext packs and
 /// `.idx` and the `repo.zip`s (0.4.2's zips name the ref in their key);
 /// decrypt, the keyring, then the age files. How many objects.
@@ -370,6 +395,13 @@ async fn delete_old_form(store: &S3Store, url: &RemoteUrl, way: Way) -> Result<u
         let Some(leaf) = o.key.strip_prefix(&dir) else { continue };
         // Plaintext objects are `pack-<hash>.<ext>`; an encrypted remote's are 64 hex digits.
         if leaf.starts_with("pack-") == (way == Way::Encrypt) {
+            store.delete(&o.key).await?;
+            deleted += 1;
+        }
+    }
+    if way == Way::Decrypt {
+        // Encrypted zips (a push writes `repo.zip` in plaintext again).
+        for o in store.list(&url.key(crate::storage::zip::ENCRYPTED_ZIPS_DIR)).await? {
             store.delete(&o.key).await?;
             deleted += 1;
         }

@@ -419,12 +419,12 @@ async fn delete_old_packs(
     Ok(())
 }
 /// The object names (leaves under `packs/`) of the packs in `listed` and
-/// `expired`, with their pack names: `pack-<name>.pack` / `.idx`, or on an
+/// `expired`, with their pack names: `pack-<name>.pack` / `.idx` / `.map`, or on an
 /// encrypted remote their HMAC'd names, which only the key can tell.
 fn object_names(key: Option<&RemoteKey>, listed: &BTreeSet<&str>, expired: &BTreeSet<String>) -> HashMap<String, String> {
     let mut names = HashMap::new();
     for name in listed.iter().copied().chain(expired.iter().map(String::as_str)) {
-        for ext in ["pack", "idx"] {
+        for ext in ["pack", "idx", "map"] {
             let plain = format!("pack-{name}.{ext}");
             match key {
                 // Under every generation of the key: a pack may predate a rotation.
@@ -452,12 +452,13 @@ mod tests {
         let listed: BTreeSet<&str> = [a.as_str()].into();
         let expired: BTreeSet<String> = [b.clone()].into();
         let plain = object_names(None, &listed, &expired);
-        assert_eq!(plain.len(), 4);
+        assert_eq!(plain.len(), 6, "a .pack, an .idx and an object map each");
         assert_eq!(plain.get(&format!("pack-{a}.idx")), Some(&a));
         let k = RemoteKey::generate();
         let hidden = object_names(Some(&k), &listed, &expired);
-        assert_eq!(hidden.len(), 4);
+        assert_eq!(hidden.len(), 6);
         assert_eq!(hidden.get(&k.object_name(&format!("pack-{b}.pack"))), Some(&b));
+        assert_eq!(hidden.get(&k.object_name(&format!("pack-{a}.map"))), Some(&a), "an encrypted map is its pack's, not unreferenced");
         assert!(hidden.keys().all(|leaf| leaf.len() == 64 && !leaf.contains(&a) && !leaf.contains(&b)));
     }
 

@@ -311,13 +311,10 @@ pub(crate) fn pack_key(url: &RemoteUrl, name: &str) -> String {
     url.key(&format!("{META_DIR}/packs/pack-{name}.pack"))
 }
 
+/// (The `.idx` and object map of a plaintext remote: `storage::object_key`.)
+#[cfg(test)]
 pub(crate) fn idx_key(url: &RemoteUrl, name: &str) -> String {
     url.key(&format!("{META_DIR}/packs/pack-{name}.idx"))
-}
-
-/// The key of pack `name`'s object map.
-pub(crate) fn map_key(url: &RemoteUrl, name: &str) -> String {
-    url.key(&format!("{META_DIR}/packs/pack-{name}.map"))
 }
 
 /// Conditional writes tried by a manifest edit (`edit_manifest`: branch

@@ -321,9 +321,9 @@ impl PackStorage {
         }
         let size = tokio::fs::metadata(&pack).await?.len();
         let idx_size = tokio::fs::metadata(&idx).await?.len();
-        // An encrypted remote's lazy fetches read no ranges (its packs are age
-        // files); a small pack's .idx costs a lazy fetch little.
-        let map_size = if self.key.is_some() || idx_size < object_map::PUSH_MAP_MIN_IDX_BYTES {
+        // A small pack's .idx costs a lazy fetch little. (On an encrypted
+        // remote the map is encrypted and keyed like the .idx.)
+        let map_size = if idx_size < object_map::PUSH_MAP_MIN_IDX_BYTES {
             0
         } else {
             object_map::write_beside(&dir.path().join(format!("pack-{name}")), &name).await
@@ -367,7 +367,7 @@ impl PackStorage {
     #[cfg_attr(not(feature = "test-hooks"), allow(unused_variables))]
     fn upload_idx_in_background(&self, ctx: &OpContext, b: BuiltPack) {
         let (store, key, crypt) = (self.store.clone(), self.object_key(&b.name, "idx"), self.key.clone());
-        let map_key = (b.map_size > 0).then(|| manifest::map_key(&self.url, &b.name));
+        let map_key = (b.map_size > 0).then(|| self.object_key(&b.name, "map"));
         #[cfg(feature = "test-hooks")]
         let gate = crate::test_hooks::idx_upload_gate(&ctx.env);
         ctx.background.spawn("upload_idx", async move {
@@ -381,7 +381,7 @@ impl PackStorage {
             }
             // Optional: a lazy fetch that finds no map reads the .idx.
             if let Some(map_key) = map_key {
-                if let Err(e) = put_object(&store, None, &map_key, &b.pack.with_extension("map"), |_| {}).await {
+                if let Err(e) = put_object(&store, crypt.as_ref(), &map_key, &b.pack.with_extension("map"), |_| {}).await {
                     tracing::warn!(key = map_key, error = %e, "object map not uploaded (lazy fetches read the .idx)");
                 }
             }
@@ -618,12 +618,9 @@ impl PackStorage {
         }
         self.maybe_gc_in_background(ctx, &next.packs);
         let mut results = results(updates, &a.verdicts);
-        // An encrypted remote has no views (they would be plaintext) and no
-        // repo.zip yet (its key names the ref): issue 22.
-        if !self.is_encrypted() {
-            self.maybe_refresh_views_in_background(ctx, next);
-            self.write_zips(ctx, next.serial, &changes_of(updates, &a.verdicts), &mut results).await;
-        }
+        // Views and zips: encrypted like the packs on an encrypted remote.
+        self.maybe_refresh_views_in_background(ctx, next);
+        self.write_zips(ctx, next.serial, &changes_of(updates, &a.verdicts), &mut results).await;
         results
     }
 
@@ -638,6 +635,11 @@ impl PackStorage {
     /// that made its commit current (`git-s3-serial` metadata), and is
     /// written only over a zip with a lower serial, by a conditional write
     /// on that zip's ETag.
+    ///
+    /// An encrypted remote's zip is an age file encrypted to the current
+    /// remote key, under a keyed name (`zip::encrypted_zip_key`), with only
+    /// the serial as metadata; writing or deleting it also removes the
+    /// ref's zip named with an older key generation.
     async fn write_zips(&self, ctx: &OpContext, serial: u64, changes: &[(&str, &Change)], results: &mut [(String, PushResult)]) {
         let zip = self.url.scheme == crate::s3::url::Scheme::S3Zip;
         for (dst, c) in changes {
@@ -666,7 +668,12 @@ impl PackStorage {
 
     async fn write_zip(&self, ctx: &OpContext, serial: u64, dst: &str, sha: &str) -> Result<(), StorageError> {
         let (file, summary) = zip::build_zip(ctx, sha).await?;
-        let key = zip::zip_key(&self.url, dst);
+        let serial_meta = vec![(ZIP_SERIAL_META.into(), serial.to_string())];
+        let (file, key, base) = match &self.key {
+            None => (file, zip::zip_key(&self.url, dst), zip::zip_put_options(sha, summary, serial_meta)),
+            // No CodePipeline metadata: it names the commit and its subject.
+            Some(k) => (zip::encrypt_zip(ctx, k, file.path()).await?, self.zip_key(dst), PutOptions { metadata: serial_meta, ..Default::default() }),
+        };
         for _ in 0..MAX_ATTEMPTS {
             let condition = match self.zip_state(&key).await? {
                 Some((_, theirs)) if theirs > serial => {
@@ -676,10 +683,9 @@ impl PackStorage {
                 Some((etag, _)) => WriteCondition::IfMatch(etag),
                 None => WriteCondition::IfAbsent,
             };
-            let mut opts = zip::zip_put_options(sha, summary.clone(), vec![(ZIP_SERIAL_META.into(), serial.to_string())]);
-            opts.condition = condition;
+            let opts = PutOptions { condition, ..base.clone() };
             match self.store.put_file(&key, file.path(), opts, |_| {}).await {
-                Ok(_) => return Ok(()),
+                Ok(_) => return self.delete_older_zips(dst).await,
                 Err(e) if e.is_precondition_failed() || e.is_not_found() => continue,
                 Err(e) => return Err(e.into()),
             }
@@ -688,12 +694,34 @@ impl PackStorage {
     }
 
     async fn delete_zip(&self, serial: u64, dst: &str) -> Result<(), StorageError> {
-        let key = zip::zip_key(&self.url, dst);
+        let key = self.zip_key(dst);
         match self.zip_state(&key).await? {
             Some((_, theirs)) if theirs > serial => Ok(()), // the ref was pushed again since
-            Some(_) => Ok(self.store.delete(&key).await?),
-            None => Ok(()),
+            Some(_) => {
+                self.store.delete(&key).await?;
+                self.delete_older_zips(dst).await
+            }
+            None => self.delete_older_zips(dst).await,
         }
+    }
+
+    /// `dst`'s zip key: 0.4.2's, or an encrypted remote's keyed name.
+    fn zip_key(&self, dst: &str) -> String {
+        match &self.key {
+            None => zip::zip_key(&self.url, dst),
+            Some(k) => zip::encrypted_zip_key(&self.url, k, dst),
+        }
+    }
+
+    /// An encrypted remote: `dst`'s zips named with older key generations, removed.
+    async fn delete_older_zips(&self, dst: &str) -> Result<(), StorageError> {
+        let Some(k) = &self.key else { return Ok(()) };
+        for key in zip::older_encrypted_zip_keys(&self.url, k, dst) {
+            if self.store.head(&key).await?.is_some() {
+                self.store.delete(&key).await?;
+            }
+        }
+        Ok(())
     }
 
     /// When packs pile up (`GIT_S3_GC_AUTO_PACKS`, default 16; 0 disables)

@@ -12,6 +12,11 @@
 //!    and fed to `git index-pack`, which verifies every object: a range
 //!    that does not verify is never written.
 //!
+//! On an encrypted remote (issue 22) the maps and `.idx` are decrypted
+//! whole, and each pack's entries are read as whole 64 KiB age chunks,
+//! decrypted by age's seekable reader (`crypt/seekable.rs`): each chunk is
+//! authenticated before anything is made of it.
+//!
 //! A pack whose ranges would come to more than half of it is downloaded
 //! whole instead (through the cache, as a plain fetch does). A fetch guided
 //! by maps that fails or leaves a wanted object missing is made again with
@@ -30,6 +35,8 @@ use crate::local::oid::ObjectFormat;
 use crate::s3::store::ranged::RangeRead;
 use crate::s3::store::ranged::{merge_ranges, MAX_RANGED_BYTES, MERGE_GAP};
 use crate::session::progress::Progress;
+use crate::storage::crypt::codec;
+use crate::storage::crypt::seekable::{Sealed, HEAD_READ};
 use crate::storage::packs::manifest::{self, PackEntry};
 use crate::storage::packs::object_map::{Locator, ObjectMap};
 use crate::storage::packs::pack_index::{
@@ -135,6 +142,10 @@ struct PackPlan {
     read: u64,
     /// Read whole instead.
     whole: bool,
+    /// On an encrypted remote: the age file's header and the chunks read.
+    sealed: Option<Sealed>,
+    /// On an encrypted remote: the chunks this round reads.
+    round_chunks: BTreeSet<u64>,
 }
 
 impl PackPlan {
@@ -151,6 +162,8 @@ impl PackPlan {
             pieces: Vec::new(),
             read: 0,
             whole: false,
+            sealed: None,
+            round_chunks: BTreeSet::new(),
         }
     }
 }
@@ -247,6 +260,9 @@ impl PackStorage {
         }
         let pack_dir = ctx.git.pack_dir().await?;
         let Some(mut plans) = self.plan_packs(ctx, m, &oids, (idx_dir, &pack_dir), use_maps, &mut outcome).await? else { return Ok(outcome) };
+        if self.is_encrypted() && self.read_heads(&mut plans, &mut outcome).await? {
+            return Ok(RangedOutcome { done: false, gone: true, ..outcome });
+        }
 
         #[cfg(feature = "test-hooks")]
         if let Some(g) = crate::test_hooks::ranged_read_gate(&ctx.env) {
@@ -358,6 +374,8 @@ impl PackStorage {
                 outcome.bytes += read.bytes();
                 progress.add(read.bytes());
                 outcome.requests += read.requests();
+                plans[i].read += read.bytes();
+                let read = if self.is_encrypted() { self.open_chunks(&mut plans[i], read).await? } else { read };
                 self.absorb(ctx, &mut plans[i], read).await?;
             }
         }
@@ -380,14 +398,21 @@ impl PackStorage {
             let Some(ranges) = ranges else {
                 return Err(self.damaged(&p.entry, "its .idx names an entry past the pack's end"));
             };
-            let gap = merge_gap(p.entry.size);
+            // An encrypted pack: its whole chunks not read yet, neighbours in one request.
+            let (ranges, gap) = match &p.sealed {
+                Some(sealed) => {
+                    p.round_chunks = sealed.chunks_of(&ranges);
+                    (sealed.unread(&p.round_chunks), 0)
+                }
+                None => (ranges, merge_gap(p.entry.size)),
+            };
             let cost: u64 = merge_ranges(&ranges, gap).iter().map(|r| r.end - r.start).sum();
             if p.read + cost > p.entry.size / 2 || p.read + cost > MAX_RANGED_BYTES {
                 tracing::debug!(pack = p.entry.name, read = p.read, cost, size = p.entry.size, "ranges would cover half the pack; reading it whole");
                 p.whole = true;
                 continue;
             }
-            jobs.push((i, manifest::pack_key(&self.url, &p.entry.name), ranges, gap));
+            jobs.push((i, self.entry_object_key(&p.entry, "pack")?, ranges, gap));
         }
         Ok(jobs)
     }
@@ -396,7 +421,6 @@ impl PackStorage {
     /// frontier the delta bases neither read nor in the repository (those
     /// the repository has complete the pack built: `index-pack --fix-thin`).
     async fn absorb(&self, ctx: &OpContext, p: &mut PackPlan, read: RangeRead) -> Result<(), StorageError> {
-        p.read += read.bytes();
         p.pieces.push(read);
         let asked: Vec<u64> = p.frontier.iter().copied().collect();
         p.frontier.clear();
@@ -525,14 +549,67 @@ impl PackStorage {
         Ok(())
     }
 
+    /// An encrypted remote: the first bytes (the age header) of each pack
+    /// to read by ranges, in parallel. A pack whose header does not end
+    /// within them is read whole. True when a pack is gone from the bucket.
+    async fn read_heads(&self, plans: &mut [PackPlan], outcome: &mut RangedOutcome) -> Result<bool, StorageError> {
+        let reads: Vec<_> = plans
+            .iter()
+            .enumerate()
+            .map(|(i, p)| async move {
+                let key = self.entry_object_key(&p.entry, "pack")?;
+                // The ciphertext is longer than the plaintext: within the object.
+                let read = self.store.get_range(&key, 0..HEAD_READ.min(p.entry.size)).await;
+                Ok::<_, StorageError>((i, read))
+            })
+            .collect();
+        let heads: Vec<_> = futures::stream::iter(reads).buffer_unordered(CONCURRENCY).try_collect().await?;
+        for (i, head) in heads {
+            let head = match head {
+                Ok(h) => h,
+                Err(e) if e.is_not_found() => return Ok(true),
+                Err(e) => return Err(e.into()),
+            };
+            outcome.bytes += head.len() as u64;
+            outcome.requests += 1;
+            let p = &mut plans[i];
+            p.read += head.len() as u64;
+            p.sealed = Sealed::from_head(head, p.entry.size);
+            p.whole = p.sealed.is_none();
+        }
+        Ok(false)
+    }
+
+    /// An encrypted pack's chunks read this round (`read`: ciphertext),
+    /// kept with those of earlier rounds, and the plaintext of the chunks
+    /// the round asked for, decrypted on a blocking thread: a chunk that
+    /// does not authenticate fails the fetch in one line.
+    async fn open_chunks(&self, p: &mut PackPlan, read: RangeRead) -> Result<RangeRead, StorageError> {
+        let (Some(sealed), Some(key)) = (p.sealed.as_mut(), self.key.clone()) else { return Ok(read) };
+        let chunks = std::mem::take(&mut p.round_chunks);
+        if !sealed.keep(&chunks, &read) {
+            return Err(self.altered(&p.entry, "the object is shorter than its manifest entry says"));
+        }
+        let (sealed, what) = (sealed.clone(), format!("s3://{}/{}", self.store.bucket(), self.pack_object(&p.entry)));
+        let pieces = tokio::task::spawn_blocking(move || sealed.open(&key, &chunks, &what))
+            .await
+            .map_err(|e| StorageError::Io(std::io::Error::other(e)))??;
+        Ok(RangeRead::from_pieces(pieces))
+    }
+
     /// Read bytes that do not verify: refused, nothing written.
     fn altered(&self, p: &PackEntry, why: &str) -> StorageError {
         StorageError::Corrupt(format!(
             "objects read from pack {} (s3://{}/{}) do not verify ({why}): nothing was written; the pack in the bucket is damaged or the transfer was altered (fetch again; `git s3 doctor` checks the packs)",
             p.name,
             self.store.bucket(),
-            manifest::pack_key(&self.url, &p.name)
+            self.pack_object(p)
         ))
+    }
+
+    /// Where pack `p`'s `.pack` is in the bucket (HMAC'd on an encrypted remote).
+    fn pack_object(&self, p: &PackEntry) -> String {
+        self.entry_object_key(p, "pack").unwrap_or_else(|_| manifest::pack_key(&self.url, &p.name))
     }
 
     /// How entries of pack `p` are found: its object map (`use_maps`, when
@@ -550,14 +627,14 @@ impl PackStorage {
         if use_maps && p.map_size > 0 {
             let n = name.clone();
             let parse = move |data: Vec<u8>| ObjectMap::parse(&data, &n, format).map(Locator::Map).map_err(|e| e.to_string());
-            match self.load_kept(ctx, dir, &format!("pack-{}.map", p.name), &manifest::map_key(&self.url, &p.name), parse).await? {
+            match self.load_kept(ctx, dir, &format!("pack-{}.map", p.name), &self.entry_object_key(p, "map")?, parse).await? {
                 Some(Ok(map)) => return Ok(Some(Arc::new(map))),
                 Some(Err(e)) => tracing::info!(pack = p.name, error = %e, "an object map is unusable; its .idx is read instead"),
                 None => {}
             }
         }
         let parse = move |data: Vec<u8>| PackIndex::parse(&data, Some(&name), format).map(|i| Locator::Index(Box::new(i))).map_err(|e| e.to_string());
-        let key = manifest::idx_key(&self.url, &p.name);
+        let key = self.entry_object_key(p, "idx")?;
         match self.load_kept(ctx, dir, &format!("pack-{}.idx", p.name), &key, parse).await? {
             Some(Ok(idx)) => Ok(Some(Arc::new(idx))),
             Some(Err(e)) => Err(self.damaged(p, &format!("its .idx s3://{}/{key} is unusable: {e}", self.store.bucket()))),
@@ -594,7 +671,16 @@ impl PackStorage {
             Err(e) if e.is_not_found() => return Ok(None),
             Err(e) => return Err(e.into()),
         }
-        let data = tokio::fs::read(tmp.path()).await?;
+        let mut data = tokio::fs::read(tmp.path()).await?;
+        if let Some(k) = self.key.clone() {
+            // Kept decrypted, as the cache keeps packs.
+            let what = format!("s3://{}/{key}", self.store.bucket());
+            let plain = tokio::task::spawn_blocking(move || codec::decrypt_bytes(&k, &data, &what))
+                .await
+                .map_err(|e| StorageError::Io(std::io::Error::other(e)))??;
+            tokio::fs::write(tmp.path(), &plain).await?;
+            data = plain;
+        }
         let parsed = tokio::task::spawn_blocking(move || parse(data)).await.map_err(|e| StorageError::Io(std::io::Error::other(e)))?;
         if parsed.is_ok() {
             let path: PathBuf = tmp.path().to_path_buf();
@@ -610,7 +696,7 @@ impl PackStorage {
             "pack {} in s3://{}/{} cannot be read by ranges ({why}): the remote is damaged (`git s3 doctor` checks it)",
             p.name,
             self.store.bucket(),
-            manifest::pack_key(&self.url, &p.name)
+            self.pack_object(p)
         ))
     }
 }

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use futures::stream::{StreamExt, TryStreamExt};
 
 use crate::local::git::{Git, GitError};
-use crate::s3::store::PutOptions;
 use crate::s3::store::S3Store;
 use crate::s3::url::RemoteUrl;
 use crate::storage::crypt::{codec, RemoteKey};
@@ -148,18 +147,16 @@ pub(super) async fn written_pack(dir: &Path, out: &str, tips: Vec<String>) -> Re
     })
 }
 /// `p` as the remote of `key` records it: on an encrypted remote, named and
-/// encrypted with the current generation of the key, and with no object
-/// map (a map is plaintext: blob id prefixes).
+/// encrypted (its object map too) with the current generation of the key.
 pub(super) fn keyed(mut p: PackEntry, key: Option<&Arc<RemoteKey>>) -> PackEntry {
     if let Some(k) = key {
         p.key = Some(k.generation());
-        p.map_size = 0;
     }
     p
 }
 
-/// Uploads the pack `p` written in `dir` and its `.idx` (encrypted to
-/// `key` under their HMAC'd names on an encrypted remote).
+/// Uploads the pack `p` written in `dir`, its `.idx` and its object map
+/// (encrypted to `key` under their HMAC'd names on an encrypted remote).
 pub(super) async fn upload_pack_of(
     store: &S3Store,
     url: &RemoteUrl,
@@ -172,12 +169,12 @@ pub(super) async fn upload_pack_of(
     let pack = dir.join(format!("out-{}.pack", p.name));
     let idx = dir.join(format!("out-{}.idx", p.name));
     let map = async {
-        // An object map is plaintext: never on an encrypted remote (see `keyed`).
-        if p.map_size == 0 || key.is_some() {
+        if p.map_size == 0 {
             return Ok(());
         }
+        // An object map holds blob id prefixes: encrypted and keyed like the .idx.
         let file = dir.join(format!("out-{}.map", p.name));
-        store.put_file(&manifest::map_key(url, &p.name), &file, PutOptions::default(), |_| {}).await.map(|_| ()).map_err(StorageError::from)
+        put_object(store, key, &object_key(url, k, &p.name, "map"), &file, |_| {}).await
     };
     tokio::try_join!(put_object(store, key, &pack_key, &pack, |_| {}), put_object(store, key, &idx_key, &idx, |_| {}), map)?;
     Ok(())

@@ -7,16 +7,18 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
+use std::sync::Arc;
 
 use futures::stream::{StreamExt, TryStreamExt};
 
 use crate::local::git::Git;
 use crate::s3::store::S3Store;
 use crate::s3::url::RemoteUrl;
+use crate::storage::crypt::RemoteKey;
 use crate::storage::packs::git_ops::SCRATCH_PACK_CONFIG;
 use crate::storage::packs::manifest::{unix_now, update_manifest, Manifest, RetiredPack};
 use crate::storage::packs::manifest::{PackEntry, Views, ViewsIncrement};
-use crate::storage::packs::scratch::{upload_pack_of, written_pack};
+use crate::storage::packs::scratch::{keyed, upload_pack_of, written_pack};
 use crate::storage::packs::storage::PackStorage;
 use crate::storage::{OpContext, StorageError};
 
@@ -95,10 +97,13 @@ async fn coverable_packs(git: &Git, base: &Manifest) -> Result<Option<BTreeSet<S
 /// (`record` names it in the manifest). Views with room for an increment
 /// (`MAX_INCREMENTS`) get one, of about the size of what was pushed since;
 /// otherwise (none yet, or as many increments as they take) they are
-/// written whole. None also when no pack is left to cover.
+/// written whole. None also when no pack is left to cover. On an encrypted
+/// remote (`key`), the view packs are encrypted to the current remote key
+/// under their keyed names, as gc writes them.
 pub(crate) async fn build_and_upload(
     store: &S3Store,
     url: &RemoteUrl,
+    key: Option<&Arc<RemoteKey>>,
     git: &Git,
     tmp_root: &Path,
     base: &Manifest,
@@ -106,8 +111,8 @@ pub(crate) async fn build_and_upload(
     let Some(covers) = coverable_packs(git, base).await? else { return Ok(None) };
     let dir = tempfile::Builder::new().prefix("views-").tempdir_in(tmp_root)?;
     let written = |out: String, tips: Vec<String>| {
-        let d = dir.path().to_path_buf();
-        async move { written_pack(&d, &out, tips).await }
+        let (d, key) = (dir.path().to_path_buf(), key.cloned());
+        async move { written_pack(&d, &out, tips).await.map(|p| keyed(p, key.as_ref())) }
     };
     let made = match base.views.as_ref().filter(|v| v.increments.len() < MAX_INCREMENTS) {
         Some(v) => {
@@ -124,7 +129,7 @@ pub(crate) async fn build_and_upload(
     };
     let old: BTreeSet<&str> = base.views.iter().flat_map(|v| v.packs()).map(|p| p.name.as_str()).collect();
     for p in made.packs().filter(|p| !old.contains(p.name.as_str())) {
-        upload_pack_of(store, url, None, dir.path(), p).await?;
+        upload_pack_of(store, url, key, dir.path(), p).await?;
     }
     Ok(Some(made))
 }
@@ -294,7 +299,7 @@ impl PackStorage {
         if !refresh_due(next, &ctx.env) {
             return;
         }
-        let (store, url, base) = (self.store.clone(), self.url.clone(), next.clone());
+        let (store, url, base, key) = (self.store.clone(), self.url.clone(), next.clone(), self.key.clone());
         let tmp = ctx.cache.root().join("tmp");
         // Objects only from the repository itself: no lazy fetch, no replacements.
         let mut env = ctx.env.clone();
@@ -308,7 +313,7 @@ impl PackStorage {
         let remote = store.location(&crate::storage::packs::manifest::manifest_key(&url));
         ctx.background.spawn_once("refresh_views", &remote, async move {
             let written = async {
-                let Some(made) = build_and_upload(&store, &url, &git, &tmp, &base).await? else { return Ok(false) };
+                let Some(made) = build_and_upload(&store, &url, key.as_ref(), &git, &tmp, &base).await? else { return Ok(false) };
                 #[cfg(feature = "test-hooks")]
                 if let Some(g) = gate {
                     crate::test_hooks::wait_for_gate(&g).await;
