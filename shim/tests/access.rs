@@ -270,7 +270,7 @@ fn kms_is_asked_once_per_caller_and_revokes_still_count() {
     let field = testkit::FieldServer::start();
     env.set_env("AWS_ENDPOINT_URL_KMS", &field.url);
     env.set_env("GIT_S3_IDENTITIES", &env.dir.path().join("no-identities").display().to_string());
-    let key = kms_key(&env);
+    let key = kms_key();
     let alice_ids = env.dir.path().join("alice");
     let alice = keygen(&env, Some(&alice_ids));
     let bob = keygen(&env, Some(&env.dir.path().join("bob")));
