@@ -93,7 +93,10 @@ async fn caller_spec(url: &RemoteUrl, env: &HashMap<String, String>) -> Result<C
 
 /// A KMS client for a command that is not kept warm (init, grant).
 async fn client(url: &RemoteUrl, env: &HashMap<String, String>) -> Result<aws_sdk_kms::Client, CryptError> {
-    Ok(caller_spec(url, env).await?.kms_client().await)
+    let spec = caller_spec(url, env).await?;
+    // Boxed: the SDK's configuration loading is a large future (a debug
+    // build's worker stack overflowed under `git s3 migrate`).
+    Ok(Box::pin(spec.kms_client()).await)
 }
 
 /// The caller's warm KMS client (built on first use), and the key of the
@@ -105,7 +108,7 @@ async fn warm_client(store: &S3Store, spec: &ClientSpec) -> (aws_sdk_kms::Client
         return (c.0.clone(), caller);
     }
     tracing::debug!("building a KMS client");
-    let client = spec.kms_client().await;
+    let client = Box::pin(spec.kms_client()).await;
     clients.insert(caller.clone(), WarmKms(client.clone()));
     (client, caller)
 }
@@ -133,7 +136,7 @@ async fn unwrap_entry(
     }
     remembered.remove(&at);
     let blob = aws_smithy_types::base64::decode(&entry.ciphertext).map_err(|e| CryptError::Keyring(kms_key(url), e.to_string()))?;
-    match kms.decrypt().key_id(&entry.key_id).ciphertext_blob(Blob::new(blob)).send().await {
+    match Box::pin(kms.decrypt().key_id(&entry.key_id).ciphertext_blob(Blob::new(blob)).send()).await {
         Ok(out) => {
             let secret = out.plaintext().map(|p| String::from_utf8_lossy(p.as_ref()).to_string()).unwrap_or_default();
             remembered.insert(at, Unwrapped { secret: secret.clone().into(), at: Instant::now() });
@@ -279,10 +282,10 @@ pub(crate) async fn open_keyring(
     if file.keys.is_empty() {
         return Ok(KmsOpen::NotWrapped);
     }
-    let (kms, caller) = warm_client(store, &caller_spec(url, env).await?).await;
+    let (kms, caller) = Box::pin(warm_client(store, &caller_spec(url, env).await?)).await;
     let mut refusals = Vec::new();
     for entry in &file.keys {
-        let secret = match unwrap_entry(store, &kms, &caller, entry, url).await? {
+        let secret = match Box::pin(unwrap_entry(store, &kms, &caller, entry, url)).await? {
             Ok(secret) => secret,
             Err(refusal) => {
                 refusals.push(refusal);
