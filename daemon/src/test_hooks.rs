@@ -110,12 +110,19 @@ pub(crate) async fn wait_for_gate(gate: &Path) {
 }
 
 /// What the encryption of a push's pack runs after its first part, when
-/// the test set [`ENCRYPT_PART_GATE`]: [`wait_for_gate`], on its blocking thread.
+/// the test set [`ENCRYPT_PART_GATE`]: [`wait_for_gate`], on its blocking
+/// thread; `<gate>.timed-out` written when the gate never opened.
 pub(crate) fn encrypt_part_gate(env: &HashMap<String, String>) -> Option<Box<dyn FnOnce() + Send>> {
     let gate = PathBuf::from(env.get(ENCRYPT_PART_GATE)?);
     Some(Box::new(move || {
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.block_on(wait_for_gate(&gate));
+        }
+        if !gate.exists() {
+            // The test tells a gate that was never opened from one that was.
+            let mut timed_out = gate.into_os_string();
+            timed_out.push(".timed-out");
+            let _ = std::fs::write(timed_out, b"");
         }
     }))
 }

@@ -441,6 +441,7 @@ fn an_encrypted_push_uploads_its_pack_as_it_is_encrypted() {
     wait_until("the encryption hands its first part over and waits", || waiting.exists());
     wait_until("the first part is uploaded while the encryption waits", || field.counts().of(Part) >= 1);
     let c = field.counts();
+    assert!(!env.dir.path().join("encrypt-gate.timed-out").exists(), "the part went before the encryption's gate gave up waiting");
     assert_eq!((c.of(CreateMultipart), c.of(Part), c.of(Complete)), (1, 1, 0), "one part so far: {c:?}");
     std::fs::write(&gate, b"").unwrap();
     let out = child.wait_with_output().unwrap();

@@ -506,12 +506,19 @@ impl S3Store {
             let upload_id = self.create_multipart(key, &opts).await?;
             let result: Result<Vec<CompletedPart>, StoreError> = async {
                 let (mut in_flight, mut done, mut number) = (FuturesUnordered::new(), Vec::new(), 0i32);
-                while let Some(data) = parts.recv().await {
-                    while in_flight.len() >= PART_CONCURRENCY {
-                        if let Some(part) = in_flight.next().await {
+                loop {
+                    // The parts in flight are polled while the next piece is
+                    // awaited: they upload as the producer makes the next.
+                    let data = tokio::select! {
+                        Some(part) = in_flight.next(), if !in_flight.is_empty() => {
                             done.push(part?);
+                            continue;
                         }
-                    }
+                        piece = parts.recv(), if in_flight.len() < PART_CONCURRENCY => match piece {
+                            Some(data) => data,
+                            None => break,
+                        },
+                    };
                     number += 1;
                     if number as u64 > MAX_PARTS {
                         return Err(self.other(key, format!("more than S3's {MAX_PARTS} parts")));
