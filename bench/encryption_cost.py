@@ -9,7 +9,10 @@ interleaved (plain, encrypted, plain, ...), medians and the ratio.
 Each run: a fresh remote (`git s3 init --format packs [--encrypt-to]`), the
 repository's default branch minus its last commit pushed (timed), a clone
 with an empty cache (timed), the last commit pushed (timed), then fetched
-into the clone with an empty cache (timed). Not a test: it reports.
+into the clone with an empty cache (timed). Each timed command starts once
+the daemon's background work is done (`git s3 status --json`): a plaintext
+push leaves its views to build, which would slow the command after it.
+Not a test: it reports.
 """
 import argparse
 import json
@@ -31,7 +34,19 @@ def sh(cmd, env, cwd=None):
     return r.stdout.decode(errors="replace")
 
 
+def settle(env):
+    """Waits until the daemon's background work (a push's `.idx` upload, a
+    plaintext remote's views) is done: the next timed command does not
+    share the machine with the previous one's leftovers."""
+    for _ in range(600):
+        doc = json.loads(sh(["git", "s3", "status", "--json"], env) or "{}")
+        if doc.get("daemon", {}).get("background", {}).get("running", 0) == 0:
+            return
+        time.sleep(0.05)
+
+
 def timed(cmd, env, cwd=None):
+    settle(env)
     t = time.perf_counter()
     sh(cmd, env, cwd)
     return time.perf_counter() - t

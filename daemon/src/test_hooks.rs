@@ -44,6 +44,11 @@ pub(crate) const CRASH_DURING_MIGRATE: &str = "GIT_S3_TEST_CRASH_DURING_MIGRATE"
 /// pushes meanwhile, so the switch finds the manifest changed.
 pub(crate) const MIGRATE_SWITCH_GATE: &str = "GIT_S3_TEST_MIGRATE_SWITCH_GATE";
 
+/// A file the encryption of a push's pack (a multipart upload's) waits for
+/// (at most a minute) once it has handed its first part to the upload: the
+/// test sees that part uploaded while the rest is not encrypted yet.
+pub(crate) const ENCRYPT_PART_GATE: &str = "GIT_S3_TEST_ENCRYPT_PART_GATE";
+
 /// A push, between its pack upload and its manifest write.
 pub(crate) fn crash_before_manifest(env: &HashMap<String, String>) {
     if env.get(CRASH_BEFORE_MANIFEST).map(String::as_str) == Some("1") {
@@ -102,6 +107,24 @@ pub(crate) async fn wait_for_gate(gate: &Path) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tracing::warn!(gate = %gate.display(), "test gate never opened");
+}
+
+/// What the encryption of a push's pack runs after its first part, when
+/// the test set [`ENCRYPT_PART_GATE`]: [`wait_for_gate`], on its blocking
+/// thread; `<gate>.timed-out` written when the gate never opened.
+pub(crate) fn encrypt_part_gate(env: &HashMap<String, String>) -> Option<Box<dyn FnOnce() + Send>> {
+    let gate = PathBuf::from(env.get(ENCRYPT_PART_GATE)?);
+    Some(Box::new(move || {
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.block_on(wait_for_gate(&gate));
+        }
+        if !gate.exists() {
+            // The test tells a gate that was never opened from one that was.
+            let mut timed_out = gate.into_os_string();
+            timed_out.push(".timed-out");
+            let _ = std::fs::write(timed_out, b"");
+        }
+    }))
 }
 
 /// A migration at `point` (see [`CRASH_DURING_MIGRATE`]).

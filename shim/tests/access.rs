@@ -252,6 +252,82 @@ fn kms_wrapped_keyrings_open_with_aws_access_alone() {
     assert!(!env.path("c3").exists());
 }
 
+/// The KMS requests that reached `field` (signed for the `kms` service).
+fn kms_requests(field: &testkit::FieldServer) -> u64 {
+    field.counts().signers.iter().filter(|((service, _), _)| service == "kms").map(|(_, n)| *n).sum()
+}
+
+/// A KMS-wrapped keyring asks KMS once per caller: the daemon keeps the
+/// caller's KMS client and what `Decrypt` answered (for a bounded time),
+/// so two fetches make no KMS request, and another caller's AWS
+/// configuration asks KMS itself. The keyring is still read by every
+/// command: a key rotated by a revoke is read at once (no KMS request),
+/// and a revoked KMS key opens nothing, remembered answer or not. KMS
+/// requests counted through a field server in front of moto's KMS.
+#[test]
+fn kms_is_asked_once_per_caller_and_revokes_still_count() {
+    let env = TestEnv::new();
+    let field = testkit::FieldServer::start();
+    env.set_env("AWS_ENDPOINT_URL_KMS", &field.url);
+    env.set_env("GIT_S3_IDENTITIES", &env.dir.path().join("no-identities").display().to_string());
+    let key = kms_key();
+    let alice_ids = env.dir.path().join("alice");
+    let alice = keygen(&env, Some(&alice_ids));
+    let bob = keygen(&env, Some(&env.dir.path().join("bob")));
+    let url = env.url("warm");
+    let as_alice = |program: &str, cwd: &Path, args: &[&str]| {
+        let mut c = env.command(program, cwd);
+        c.args(args).env("GIT_S3_IDENTITIES", &alice_ids);
+        env.run(c);
+    };
+    as_alice(
+        "git-s3",
+        &env.work(),
+        &["init", "--format", "packs", "--encrypt-to", &alice, "--encrypt-to", &bob, "--encrypt-to", &format!("kms:{key}"), &url],
+    );
+    let repo = env.new_repo("r");
+    let commit = |n: &str| {
+        std::fs::write(repo.join(n), n).unwrap();
+        env.git(&repo, &["add", n]);
+        env.git(&repo, &["commit", "-q", "-m", n]);
+        as_alice("git", &repo, &["push", "-q", &url, "main"]);
+    };
+    as_alice("git", &repo, &["push", "-q", &url, "main"]);
+    let before = kms_requests(&field);
+    assert_eq!(before, 1, "init's Encrypt");
+
+    // The caller without identities: one Decrypt for the clone and both fetches.
+    env.git(&env.work(), &["clone", "-q", &url, "c"]);
+    assert_eq!(kms_requests(&field), before + 1, "the clone unwraps the keyring once");
+    let clone = env.path("c");
+    for n in ["one", "two"] {
+        commit(n);
+        env.git(&clone, &["fetch", "-q"]);
+    }
+    assert_eq!(kms_requests(&field), before + 1, "two fetches: no KMS request (the caller's Decrypt answer is remembered)");
+    assert_eq!(env.git(&clone, &["rev-parse", "origin/main"]), env.git(&repo, &["rev-parse", "HEAD"]));
+
+    // Another caller's AWS configuration asks KMS itself.
+    let mut c = env.command("git", &clone);
+    c.args(["fetch", "-q"]).env("AWS_ACCESS_KEY_ID", "another-caller");
+    env.run(c);
+    assert_eq!(kms_requests(&field), before + 2, "another caller's credentials: its own Decrypt");
+
+    // A revoke rotates the remote key: the new key is read at once, without KMS.
+    as_alice("git-s3", &env.work(), &["access", "revoke", &url, &bob]);
+    commit("three");
+    env.git(&clone, &["fetch", "-q"]);
+    assert_eq!(env.git(&clone, &["rev-parse", "origin/main"]), env.git(&repo, &["rev-parse", "HEAD"]), "the rotated key was read");
+    assert_eq!(kms_requests(&field), before + 2);
+
+    // The KMS key revoked: refused, whatever this daemon remembers.
+    as_alice("git-s3", &env.work(), &["access", "revoke", &url, &format!("kms:{key}")]);
+    let mut c = env.command("git", &clone);
+    c.args(["fetch", "-q"]);
+    let line = refused(&env, c);
+    assert!(line.contains("is encrypted to 1 recipient") && line.contains("ask someone with access"), "{line}");
+}
+
 /// One-line refusals: a plaintext remote, a recipient that is not one, a
 /// revoke of someone not granted, the last recipient, and a caller who
 /// cannot open the keyring (nothing changes).

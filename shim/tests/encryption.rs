@@ -350,6 +350,114 @@ fn the_age_cli_reads_what_git_s3_writes() {
     assert!(errors[0].contains("manifest is encrypted but its keyring") && errors[0].contains("is missing"), "{stderr}");
 }
 
+/// `len` bytes no compressor shrinks (xorshift64).
+fn random_bytes(len: usize, mut seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        out.extend_from_slice(&seed.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Waits (at most two minutes) until `done` says yes.
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "never happened: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// What an encrypted push uploads, counted through the field server: a
+/// small pack is one PUT of its age file (then the conditional manifest
+/// write; the `.idx` after the answer, held here by its gate); a pack past
+/// the single-PUT threshold (64 MiB) is one multipart upload of 16 MiB
+/// parts whose first part reaches S3 while the encryption waits, at a test
+/// gate, right after handing it over: the pack is encrypted as it is
+/// uploaded, not into a file first. Bytes up: the age files once. A daemon
+/// killed there leaves the remote as it was.
+#[test]
+fn an_encrypted_push_uploads_its_pack_as_it_is_encrypted() {
+    use testkit::field::RequestKind::{Complete, ConditionalPut, CreateMultipart, Part, Put};
+    let env = TestEnv::new();
+    testkit::require_test_hooks(&env);
+    let field = testkit::FieldServer::start();
+    env.set_env("AWS_ENDPOINT_URL", &field.url);
+    let recipient = keygen(&env, None);
+    let url = env.url("stream");
+    env.git_s3(&env.work(), &["init", "--format", "packs", "--encrypt-to", &recipient, &url]);
+    let idx_gate = env.dir.path().join("idx-gate");
+    env.set_env("GIT_S3_TEST_IDX_UPLOAD_GATE", &idx_gate.display().to_string());
+    let pack_objects = || env.keys("stream/.git-s3/packs/").into_iter().filter(|k| !k.is_empty()).collect::<Vec<_>>();
+
+    let repo = env.new_repo("r");
+    field.reset_counts();
+    env.git(&repo, &["push", "-q", &url, "main"]);
+    let c = field.counts();
+    let packs = pack_objects();
+    assert_eq!(packs.len(), 1, "{packs:?}");
+    let small = env.get_object(&packs[0]).len() as u64;
+    assert_eq!((c.of(Put), c.of(ConditionalPut), c.of(CreateMultipart)), (1, 1, 0), "{c:?}");
+    assert!(c.bytes_up >= small && c.bytes_up < small + 4096, "the pack's age file once, and a manifest of 1 KiB: {} for {small}", c.bytes_up);
+    std::fs::write(&idx_gate, b"").unwrap();
+    wait_for_objects(&env, "stream", 4);
+
+    // 66 MiB of random bytes: a pack past the threshold.
+    let data = random_bytes(66 << 20, 0x9e37_79b9_7f4a_7c15);
+    std::fs::write(repo.join("big.bin"), &data).unwrap();
+    env.git(&repo, &["add", "big.bin"]);
+    env.git(&repo, &["commit", "-q", "-m", "big"]);
+    let _ = std::fs::remove_file(&idx_gate);
+    let gated_push = |gate: &Path| {
+        let mut push = env.command("git", &repo);
+        push.args(["push", "-q", &url, "main"]).env("GIT_S3_TEST_ENCRYPT_PART_GATE", gate);
+        push.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap()
+    };
+
+    // Killed half-way (the daemon dies while the encryption waits after its
+    // first part): the remote is as it was, its manifest and its objects.
+    let manifest_before = env.get_object("stream/.git-s3/manifest.json");
+    let packs_before = pack_objects();
+    let kill_gate = env.dir.path().join("kill-gate");
+    let child = gated_push(&kill_gate);
+    let reached = env.dir.path().join("kill-gate.waiting");
+    wait_until("the encryption hands its first part over and waits", || reached.exists());
+    wait_until("the first part is uploaded", || field.counts().of(Part) >= 1);
+    let status: Value = serde_json::from_str(&env.git_s3(&env.work(), &["daemon", "status", "--json"])).unwrap();
+    let pid = status["pid"].as_u64().unwrap().to_string();
+    assert!(Command::new("kill").args(["-9", &pid]).status().unwrap().success());
+    assert!(!child.wait_with_output().unwrap().status.success(), "the push whose daemon died fails");
+    assert!(env.get_object("stream/.git-s3/manifest.json") == manifest_before, "the manifest is untouched");
+    assert_eq!(pack_objects(), packs_before, "no object of the killed push (its multipart upload never completed)");
+
+    let gate = env.dir.path().join("encrypt-gate");
+    field.reset_counts();
+    let child = gated_push(&gate);
+    let waiting = env.dir.path().join("encrypt-gate.waiting");
+    wait_until("the encryption hands its first part over and waits", || waiting.exists());
+    wait_until("the first part is uploaded while the encryption waits", || field.counts().of(Part) >= 1);
+    let c = field.counts();
+    assert!(!env.dir.path().join("encrypt-gate.timed-out").exists(), "the part went before the encryption's gate gave up waiting");
+    assert_eq!((c.of(CreateMultipart), c.of(Part), c.of(Complete)), (1, 1, 0), "one part so far: {c:?}");
+    std::fs::write(&gate, b"").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let c = field.counts();
+    let big = pack_objects().into_iter().map(|k| env.get_object(&k).len() as u64).max().unwrap();
+    assert!(big > 66 << 20, "{big}");
+    assert_eq!((c.of(CreateMultipart), c.of(Part), c.of(Complete), c.of(Put)), (1, big.div_ceil(16 << 20), 1, 0), "{c:?}");
+    assert!(c.bytes_up >= big && c.bytes_up < big + 4096, "the age file once: {} for {big}", c.bytes_up);
+    std::fs::write(&idx_gate, b"").unwrap();
+
+    env.git_s3(&env.work(), &["cache", "clear"]);
+    env.git(&env.work(), &["clone", "-q", &url, "c"]);
+    assert!(std::fs::read(env.path("c").join("big.bin")).unwrap() == data, "the big file came back whole");
+}
+
 /// `s3+zip://` on an encrypted remote: each pushed ref's zip is an age
 /// file under a keyed name in `.git-s3/zips/` (no `<ref>/repo.zip`, no key
 /// naming a ref), and Debian's `age` decrypts it (keyring → remote key →

@@ -365,10 +365,10 @@ impl ClientSpec {
     /// A KMS client with the caller's configuration (credentials chain,
     /// profile, region, network), at `AWS_ENDPOINT_URL_KMS` or
     /// `AWS_ENDPOINT_URL` when the caller sets one (encrypted remotes'
-    /// KMS-wrapped keyrings, `storage/crypt/kms.rs`). Not kept warm: only
-    /// a keyring opened or granted through KMS uses one.
+    /// KMS-wrapped keyrings, `storage/crypt/kms.rs`, which keeps it warm
+    /// by [`ClientSpec::kms_cache_key`]).
     pub(crate) async fn kms_client(&self) -> aws_sdk_kms::Client {
-        let endpoint = self.get("AWS_ENDPOINT_URL_KMS").or_else(|| self.get("AWS_ENDPOINT_URL")).map(str::to_string);
+        let endpoint = self.kms_endpoint();
         let (sdk, credentials) = self.load(endpoint.as_deref()).await;
         let mut conf = aws_sdk_kms::config::Builder::from(&sdk).credentials_provider(credentials);
         if sdk.region().is_none() {
@@ -376,6 +376,22 @@ impl ClientSpec {
         }
         conf.set_endpoint_url(endpoint);
         aws_sdk_kms::Client::from_conf(conf.build())
+    }
+
+    /// The caller's KMS endpoint, if they set one.
+    fn kms_endpoint(&self) -> Option<String> {
+        self.get("AWS_ENDPOINT_URL_KMS").or_else(|| self.get("AWS_ENDPOINT_URL")).map(str::to_string)
+    }
+
+    /// What selects a KMS client, as a key of the daemon's memory: every
+    /// field that makes two specs equal (as the S3 clients' map compares
+    /// them: the credentials' fingerprint, never a secret), and the KMS
+    /// endpoint. Two callers share a KMS client only where they would
+    /// share an S3 client.
+    pub(crate) fn kms_cache_key(&self) -> String {
+        // Not the caller's whole environment (it keys nothing, as in `Eq`).
+        let keyed = ClientSpec { caller: CallerEnv::default(), ..self.clone() };
+        format!("{keyed:?} kms={:?}", self.kms_endpoint())
     }
 
     /// The SDK configuration and credentials of the caller (`endpoint`: the service's).

@@ -22,13 +22,15 @@ use crate::s3::write_options;
 /// region switch): bytes in memory, or a file.
 enum Source<'a> {
     Bytes(bytes::Bytes),
+    /// Bytes and their `Content-MD5`, computed as they were made.
+    Hashed(bytes::Bytes, String),
     File(&'a Path),
 }
 
 impl Source<'_> {
     async fn stream(&self) -> Result<ByteStream, String> {
         match self {
-            Source::Bytes(b) => Ok(ByteStream::from(b.clone())),
+            Source::Bytes(b) | Source::Hashed(b, _) => Ok(ByteStream::from(b.clone())),
             Source::File(p) => ByteStream::from_path(p).await.map_err(|e| e.to_string()),
         }
     }
@@ -60,6 +62,7 @@ impl S3Store {
     /// checksum of its own (see [`write_options::needs_content_md5`]).
     async fn content_md5(&self, key: &str, source: &Source<'_>) -> Result<Option<String>, StoreError> {
         match source {
+            Source::Hashed(_, md5) => Ok(Some(md5.clone())),
             Source::Bytes(b) => self.content_md5_of_part(key, &Source::Bytes(b.clone()), 0, b.len() as u64).await,
             Source::File(p) => {
                 if !write_options::needs_content_md5(&self.client.read().unwrap_or_else(|p| p.into_inner())) {
@@ -77,6 +80,7 @@ impl S3Store {
             return Ok(None);
         }
         let md5 = match part {
+            Source::Hashed(_, md5) => return Ok(Some(md5.clone())),
             Source::Bytes(b) => write_options::content_md5_of_bytes(b.clone()).await,
             Source::File(p) => write_options::content_md5_of_file(p, offset, Some(size)).await,
         };
@@ -93,6 +97,23 @@ impl S3Store {
     pub(crate) async fn put_bytes_versioned(&self, key: &str, data: Vec<u8>, opts: PutOptions) -> Result<(String, Option<String>), StoreError> {
         let span = tracing::debug_span!("s3.put", bucket = %self.bucket, key, bytes = data.len());
         async { self.put_body(key, Source::Bytes(data.into()), opts).await }.instrument(span).await
+    }
+
+    /// Whether this store's uploads send our own `Content-MD5` (see
+    /// [`write_options::needs_content_md5`]): then [`S3Store::put_hashed`] wants it.
+    pub(crate) fn needs_content_md5(&self) -> bool {
+        write_options::needs_content_md5(&self.client.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// [`S3Store::put_bytes`] of a body whose `Content-MD5` the caller
+    /// computed as it made it (None: [`S3Store::needs_content_md5`] is false).
+    pub(crate) async fn put_hashed(&self, key: &str, data: Vec<u8>, md5: Option<String>, opts: PutOptions) -> Result<String, StoreError> {
+        let span = tracing::debug_span!("s3.put", bucket = %self.bucket, key, bytes = data.len());
+        let source = match md5 {
+            Some(m) => Source::Hashed(data.into(), m),
+            None => Source::Bytes(data.into()),
+        };
+        async { self.put_body(key, source, opts).await.map(|(etag, _)| etag) }.instrument(span).await
     }
 
     /// One PutObject of `data` under `condition` (with the bucket policy's
@@ -318,7 +339,7 @@ impl S3Store {
         let (offset, size) = range;
         let md5 = self.content_md5_of_part(key, &part, offset, size).await?;
         let body = match part {
-            Source::Bytes(b) => ByteStream::from(b),
+            Source::Bytes(b) | Source::Hashed(b, _) => ByteStream::from(b),
             Source::File(path) => self.file_part(key, path, offset, size).await?,
         };
         // The body is sent once: a part is never redirected, as the upload
@@ -455,6 +476,69 @@ impl S3Store {
                 }
                 other => other,
             }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Uploads the object whose bytes arrive on `parts` (each piece one part:
+    /// at least [`super::MIN_PART_SIZE`] but the last) by a multipart upload,
+    /// each part sent as soon as it arrives, up to [`PART_CONCURRENCY`] at
+    /// once (memory: those, and what the channel holds). `finish` (the
+    /// producer's answer) is awaited after the last piece and before the
+    /// completion: if it fails, the upload is aborted, nothing is written,
+    /// and its error is returned. A completion that meets a `409` is not
+    /// tried again here (the parts are gone): the caller produces them again.
+    pub(crate) async fn put_parts<F>(
+        &self,
+        key: &str,
+        mut parts: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+        opts: PutOptions,
+        finish: F,
+        on_bytes: impl Fn(u64) + Send + Sync,
+    ) -> Result<String, StoreError>
+    where
+        F: std::future::Future<Output = Result<(), String>> + Send,
+    {
+        use futures::stream::{FuturesUnordered, StreamExt};
+        let span = tracing::debug_span!("s3.put_parts", bucket = %self.bucket, key);
+        async {
+            let upload_id = self.create_multipart(key, &opts).await?;
+            let result: Result<Vec<CompletedPart>, StoreError> = async {
+                let (mut in_flight, mut done, mut number) = (FuturesUnordered::new(), Vec::new(), 0i32);
+                loop {
+                    // The parts in flight are polled while the next piece is
+                    // awaited: they upload as the producer makes the next.
+                    let data = tokio::select! {
+                        Some(part) = in_flight.next(), if !in_flight.is_empty() => {
+                            done.push(part?);
+                            continue;
+                        }
+                        piece = parts.recv(), if in_flight.len() < PART_CONCURRENCY => match piece {
+                            Some(data) => data,
+                            None => break,
+                        },
+                    };
+                    number += 1;
+                    if number as u64 > MAX_PARTS {
+                        return Err(self.other(key, format!("more than S3's {MAX_PARTS} parts")));
+                    }
+                    let (upload_id, on_bytes, size) = (upload_id.clone(), &on_bytes, data.len() as u64);
+                    in_flight.push(async move {
+                        let part = self.upload_part(key, &upload_id, number, Source::Bytes(data), (0, size)).await?;
+                        on_bytes(size);
+                        Ok::<_, StoreError>(part)
+                    });
+                }
+                while let Some(part) = in_flight.next().await {
+                    done.push(part?);
+                }
+                finish.await.map_err(|m| self.other(key, m))?;
+                done.sort_by_key(|p| p.part_number());
+                Ok(done)
+            }
+            .await;
+            self.finish_multipart(key, &upload_id, result, &opts.condition).await
         }
         .instrument(span)
         .await

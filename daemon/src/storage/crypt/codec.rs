@@ -1,6 +1,7 @@
 //! age encryption of a remote's objects to its remote key: small objects
-//! (the manifest) in memory, packs and `.idx` file to file on a blocking
-//! thread (age's STREAM: 64 KiB chunks, bounded memory whatever the size);
+//! (the manifest) in memory, packs and `.idx` from their file on a
+//! blocking thread, into memory for a single PUT or in pieces for the parts
+//! of a multipart upload (age's STREAM: 64 KiB chunks; bounded memory);
 //! the padding of small objects' plaintext to a bucket of sizes.
 
 use std::io::{Read, Write};
@@ -123,6 +124,160 @@ pub(crate) async fn encrypt_file(key: Arc<RemoteKey>, src: PathBuf, dst: PathBuf
     })
     .await
     .map_err(|e| CryptError::Io(std::io::Error::other(e.to_string())))?
+}
+
+/// The most bytes the age file of `n` plaintext bytes to one X25519
+/// recipient can have: its payload, and a header of at most 4 KiB (one
+/// recipient stanza and age's random "grease" stanza take a few hundred).
+pub(crate) fn ciphertext_len_max(n: u64) -> u64 {
+    payload_len(n as usize) as u64 + 4096
+}
+
+/// A writer that hands what it is given on in pieces of `part` bytes (the
+/// last one shorter) through a bounded channel, on a blocking thread.
+struct PartWriter {
+    buf: Vec<u8>,
+    part: usize,
+    tx: tokio::sync::mpsc::Sender<bytes::Bytes>,
+    /// Run once, after the first piece went (a test hook's gate).
+    after_first: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl PartWriter {
+    fn send(&mut self) -> std::io::Result<()> {
+        let piece = std::mem::replace(&mut self.buf, Vec::with_capacity(self.part));
+        // The receiver is gone when the upload failed: its error tells.
+        self.tx.blocking_send(bytes::Bytes::from(piece)).map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))?;
+        if let Some(f) = self.after_first.take() {
+            f();
+        }
+        Ok(())
+    }
+}
+
+impl Write for PartWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let n = b.len().min(self.part - self.buf.len());
+        self.buf.extend_from_slice(&b[..n]);
+        if self.buf.len() == self.part {
+            self.send()?;
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Starts encrypting the file `src` to `key` on a blocking thread, its
+/// ciphertext sent on `parts` in pieces of `part` bytes (the last one
+/// shorter, none empty) as it is produced: memory is bounded by the
+/// channel's capacity and the receiver's. The handle answers the
+/// ciphertext's length, or why it stopped: a receiver must not take the
+/// pieces for a whole object before it has answered Ok.
+pub(crate) fn encrypt_file_to_parts(
+    key: Arc<RemoteKey>,
+    src: PathBuf,
+    part: usize,
+    parts: tokio::sync::mpsc::Sender<bytes::Bytes>,
+    after_first: Option<Box<dyn FnOnce() + Send>>,
+) -> tokio::task::JoinHandle<Result<u64, CryptError>> {
+    tokio::task::spawn_blocking(move || {
+        let input = std::io::BufReader::with_capacity(1 << 16, std::fs::File::open(&src)?);
+        let mut out = PartWriter { buf: Vec::with_capacity(part), part: part.max(1), tx: parts, after_first };
+        let mut total = 0u64;
+        let mut counted = CountingWriter { inner: &mut out, n: &mut total };
+        encrypt_stream(&key, input, &mut counted)?;
+        if !out.buf.is_empty() {
+            out.send()?;
+        }
+        Ok(total)
+    })
+}
+
+/// The age file of the file `src` to `key`, in memory (for a single PUT:
+/// callers keep it to [`ciphertext_len_max`] of a small enough file), and
+/// when `md5`, its MD5 in base64 (a `Content-MD5`), hashed on a second
+/// thread as the ciphertext is produced: the hash adds no pass after the
+/// encryption (MD5 is the slower of the two).
+pub(crate) async fn encrypt_file_to_memory(key: Arc<RemoteKey>, src: PathBuf, md5: bool) -> Result<(Vec<u8>, Option<String>), CryptError> {
+    tokio::task::spawn_blocking(move || {
+        let len = std::fs::metadata(&src)?.len();
+        let input = std::io::BufReader::with_capacity(1 << 16, std::fs::File::open(&src)?);
+        let out = Vec::with_capacity(usize::try_from(ciphertext_len_max(len)).unwrap_or(0));
+        if !md5 {
+            let mut out = out;
+            encrypt_stream(&key, input, &mut out)?;
+            return Ok((out, None));
+        }
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+            let hasher = scope.spawn(move || {
+                use md5::Digest;
+                let mut h = md5::Md5::new();
+                for piece in rx {
+                    h.update(&piece);
+                }
+                aws_smithy_types::base64::encode(h.finalize())
+            });
+            let mut w = HashingWriter { out, hashed: 0, tx };
+            encrypt_stream(&key, input, &mut w)?;
+            w.hand_over(0)?;
+            let HashingWriter { out, tx, .. } = w;
+            drop(tx);
+            let md5 = hasher.join().map_err(|_| std::io::Error::other("the MD5 thread panicked"))?;
+            Ok((out, Some(md5)))
+        })
+    })
+    .await
+    .map_err(|e| CryptError::Io(std::io::Error::other(e.to_string())))?
+}
+
+/// Collects what it is given, and hands each MiB of it to a hashing thread.
+struct HashingWriter {
+    out: Vec<u8>,
+    hashed: usize,
+    tx: std::sync::mpsc::SyncSender<Vec<u8>>,
+}
+
+impl HashingWriter {
+    /// Hands over what is not hashed yet once it is at least `at_least` bytes.
+    fn hand_over(&mut self, at_least: usize) -> std::io::Result<()> {
+        if self.out.len() - self.hashed >= at_least.max(1) {
+            let piece = self.out[self.hashed..].to_vec();
+            self.hashed = self.out.len();
+            self.tx.send(piece).map_err(|_| std::io::Error::other("the MD5 thread stopped"))?;
+        }
+        Ok(())
+    }
+}
+
+impl Write for HashingWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.out.extend_from_slice(b);
+        self.hand_over(1 << 20)?;
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Counts the bytes written through it.
+struct CountingWriter<'a, W: Write> {
+    inner: &'a mut W,
+    n: &'a mut u64,
+}
+
+impl<W: Write> Write for CountingWriter<'_, W> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(b)?;
+        *self.n += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// Decrypts the age file `src` into a new file `dst` (on a blocking thread).
@@ -317,14 +472,48 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn files_round_trip() {
+    async fn files_round_trip_through_memory_and_through_parts() {
         let k = Arc::new(RemoteKey::generate());
         let dir = tempfile::tempdir().unwrap();
         let (a, b, c) = (dir.path().join("a"), dir.path().join("b"), dir.path().join("c"));
         let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
         std::fs::write(&a, &data).unwrap();
         encrypt_file(k.clone(), a.clone(), b.clone()).await.unwrap();
-        decrypt_file(k, b, c.clone(), "c".into()).await.unwrap();
-        assert_eq!(std::fs::read(c).unwrap(), data);
+        decrypt_file(k.clone(), b.clone(), c.clone(), "c".into()).await.unwrap();
+        assert_eq!(std::fs::read(&c).unwrap(), data);
+        let (whole, none) = encrypt_file_to_memory(k.clone(), a.clone(), false).await.unwrap();
+        assert!(whole.len() as u64 <= ciphertext_len_max(data.len() as u64) && none.is_none());
+        // With its MD5, hashed as it is made: the MD5 of what came out.
+        let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+        std::fs::write(&b, &big).unwrap();
+        let (hashed, md5) = encrypt_file_to_memory(k.clone(), b.clone(), true).await.unwrap();
+        use md5::Digest;
+        assert_eq!(md5.unwrap(), aws_smithy_types::base64::encode(md5::Md5::digest(&hashed)));
+        assert_eq!(decrypt_bytes(&k, &hashed, "b").unwrap(), big);
+        std::fs::write(&b, &whole).unwrap();
+        decrypt_file(k.clone(), b.clone(), c.clone(), "c".into()).await.unwrap();
+        assert_eq!(std::fs::read(&c).unwrap(), data);
+        // In pieces of 100 000 bytes, the first one handed over before the rest is encrypted.
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        let (first_tx, first_rx) = std::sync::mpsc::channel::<()>();
+        let after_first: Box<dyn FnOnce() + Send> = Box::new(move || first_rx.recv().unwrap());
+        let producer = encrypt_file_to_parts(k.clone(), a, 100_000, tx, Some(after_first));
+        let first = rx.recv().await.unwrap();
+        assert_eq!(first.len(), 100_000);
+        first_tx.send(()).unwrap();
+        let mut pieces = vec![first];
+        while let Some(p) = rx.recv().await {
+            pieces.push(p);
+        }
+        let total = producer.await.unwrap().unwrap();
+        assert!(pieces.iter().all(|p| !p.is_empty()) && pieces[..pieces.len() - 1].iter().all(|p| p.len() == 100_000));
+        let joined: Vec<u8> = pieces.concat();
+        assert_eq!(joined.len() as u64, total);
+        assert_eq!(decrypt_bytes(&k, &joined, "c").unwrap(), data);
+        // A file that cannot be read: the handle says so, and no piece went.
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        let gone = encrypt_file_to_parts(k, dir.path().join("missing"), 100_000, tx, None);
+        assert!(rx.recv().await.is_none());
+        assert!(gone.await.unwrap().is_err());
     }
 }

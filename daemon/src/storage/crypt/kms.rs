@@ -14,9 +14,14 @@
 //! which opens the keyring like any identity (the `aws` and `age` CLIs do
 //! the same: see docs/encryption.md). Only tried when the caller's age
 //! identities do not open the keyring. The KMS client is built from the
-//! caller's AWS environment (`s3/clients.rs`).
+//! caller's AWS environment (`s3/clients.rs`) and kept warm in the daemon's
+//! memory, one per caller configuration; what `Decrypt` answered is kept
+//! for [`UNWRAPPED_FOR`], per caller configuration, KMS key and ciphertext
+//! (the keyring itself is read and opened again by every command, so a
+//! rotated or revoked keyring is seen at once).
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use age::secrecy::ExposeSecret;
 use aws_sdk_kms::error::ProvideErrorMetadata;
@@ -63,12 +68,82 @@ pub(crate) fn key_id(arg: &str) -> Option<&str> {
     arg.trim().strip_prefix(PREFIX).map(str::trim).filter(|k| !k.is_empty())
 }
 
-async fn client(url: &RemoteUrl, env: &HashMap<String, String>) -> Result<aws_sdk_kms::Client, CryptError> {
+/// How long a `Decrypt` answer is used again by the same caller: within
+/// it, a caller's lost `kms:Decrypt` permission is not noticed (a rotated
+/// or revoked keyring is: see [`open_keyring`]).
+pub(crate) const UNWRAPPED_FOR: Duration = Duration::from_secs(300);
+
+/// A warm KMS client in the daemon's memory, by [`ClientSpec::kms_cache_key`].
+struct WarmKms(aws_sdk_kms::Client);
+
+/// A wrapping identity's secret as KMS `Decrypt` gave it, and when, in the
+/// daemon's memory by caller, KMS key and ciphertext ([`unwrapped_key`]).
+struct Unwrapped {
+    secret: age::secrecy::SecretString,
+    at: Instant,
+}
+
+/// The caller's configuration, as [`ClientSpec`] (blocking: it reads the config files).
+async fn caller_spec(url: &RemoteUrl, env: &HashMap<String, String>) -> Result<ClientSpec, CryptError> {
     let (e, profile) = (env.clone(), url.profile.clone());
-    let spec = tokio::task::spawn_blocking(move || ClientSpec::from_env(&e, profile.as_deref()))
+    tokio::task::spawn_blocking(move || ClientSpec::from_env(&e, profile.as_deref()))
         .await
-        .map_err(|e| CryptError::Io(std::io::Error::other(e.to_string())))?;
-    Ok(spec.kms_client().await)
+        .map_err(|e| CryptError::Io(std::io::Error::other(e.to_string())))
+}
+
+/// A KMS client for a command that is not kept warm (init, grant).
+async fn client(url: &RemoteUrl, env: &HashMap<String, String>) -> Result<aws_sdk_kms::Client, CryptError> {
+    let spec = caller_spec(url, env).await?;
+    // Boxed: the SDK's configuration loading is a large future (a debug
+    // build's worker stack overflowed under `git s3 migrate`).
+    Ok(Box::pin(spec.kms_client()).await)
+}
+
+/// The caller's warm KMS client (built on first use), and the key of the
+/// caller's configuration.
+async fn warm_client(store: &S3Store, spec: &ClientSpec) -> (aws_sdk_kms::Client, String) {
+    let caller = spec.kms_cache_key();
+    let clients = store.memory().map::<WarmKms>();
+    if let Some(c) = clients.get(&caller) {
+        return (c.0.clone(), caller);
+    }
+    tracing::debug!("building a KMS client");
+    let client = Box::pin(spec.kms_client()).await;
+    clients.insert(caller.clone(), WarmKms(client.clone()));
+    (client, caller)
+}
+
+/// Where a `Decrypt` answer is remembered: the caller's configuration,
+/// the KMS key and the ciphertext (another caller, key or ciphertext asks KMS).
+fn unwrapped_key(caller: &str, entry: &KmsEntry) -> String {
+    format!("{caller}\0{}\0{}", entry.key_id, entry.ciphertext)
+}
+
+/// `entry`'s wrapping identity's secret: remembered from a `Decrypt` of
+/// less than [`UNWRAPPED_FOR`] ago, else from KMS. Err: KMS's refusal, in one line.
+async fn unwrap_entry(
+    store: &S3Store,
+    kms: &aws_sdk_kms::Client,
+    caller: &str,
+    entry: &KmsEntry,
+    url: &RemoteUrl,
+) -> Result<Result<String, String>, CryptError> {
+    let remembered = store.memory().map::<Unwrapped>();
+    let at = unwrapped_key(caller, entry);
+    if let Some(u) = remembered.get(&at).filter(|u| u.at.elapsed() < UNWRAPPED_FOR) {
+        tracing::debug!(key_id = entry.key_id, "KMS Decrypt answered less than {UNWRAPPED_FOR:?} ago: used again");
+        return Ok(Ok(u.secret.expose_secret().to_string()));
+    }
+    remembered.remove(&at);
+    let blob = aws_smithy_types::base64::decode(&entry.ciphertext).map_err(|e| CryptError::Keyring(kms_key(url), e.to_string()))?;
+    match Box::pin(kms.decrypt().key_id(&entry.key_id).ciphertext_blob(Blob::new(blob)).send()).await {
+        Ok(out) => {
+            let secret = out.plaintext().map(|p| String::from_utf8_lossy(p.as_ref()).to_string()).unwrap_or_default();
+            remembered.insert(at, Unwrapped { secret: secret.clone().into(), at: Instant::now() });
+            Ok(Ok(secret))
+        }
+        Err(e) => Ok(Err(kms_error(&entry.key_id, "Decrypt", &e))),
+    }
 }
 
 /// One line for a KMS error: the key, the service's code and message, and what to ask for.
@@ -207,14 +282,13 @@ pub(crate) async fn open_keyring(
     if file.keys.is_empty() {
         return Ok(KmsOpen::NotWrapped);
     }
-    let kms = client(url, env).await?;
+    let (kms, caller) = Box::pin(warm_client(store, &caller_spec(url, env).await?)).await;
     let mut refusals = Vec::new();
     for entry in &file.keys {
-        let blob = aws_smithy_types::base64::decode(&entry.ciphertext).map_err(|e| CryptError::Keyring(kms_key(url), e.to_string()))?;
-        let secret = match kms.decrypt().key_id(&entry.key_id).ciphertext_blob(Blob::new(blob)).send().await {
-            Ok(out) => out.plaintext().map(|p| String::from_utf8_lossy(p.as_ref()).to_string()).unwrap_or_default(),
-            Err(e) => {
-                refusals.push(kms_error(&entry.key_id, "Decrypt", &e));
+        let secret = match Box::pin(unwrap_entry(store, &kms, &caller, entry, url)).await? {
+            Ok(secret) => secret,
+            Err(refusal) => {
+                refusals.push(refusal);
                 continue;
             }
         };

@@ -23,7 +23,7 @@ use crate::storage::detect::{last_markers, mixed_formats_error, RefsDir};
 use crate::storage::packs::git_ops::{pack_object_count, SCRATCH_PACK_CONFIG};
 use crate::storage::packs::manifest::{self, backoff, read_manifest, unix_now, Manifest, PackEntry, MAX_ATTEMPTS};
 use crate::storage::packs::object_map;
-use crate::storage::packs::storage::{put_object, PackStorage};
+use crate::storage::packs::storage::{put_encrypted, put_object, PackStorage};
 use crate::storage::ref_update::{local_history, Decision, RefUpdate};
 use crate::storage::zip::{self, ZIP_SERIAL_META};
 use crate::storage::{format_mismatch, OpContext, PushResult, PushUpdate, StorageError};
@@ -342,7 +342,17 @@ impl PackStorage {
                 pr.add(n)
             }
         };
-        put_object(&self.store, self.key.as_ref(), &self.object_key(&p.name, "pack"), &p.pack, on).await?;
+        let object = self.object_key(&p.name, "pack");
+        match self.key.as_ref() {
+            None => put_object(&self.store, None, &object, &p.pack, on).await?,
+            Some(k) => {
+                #[cfg(feature = "test-hooks")]
+                let after_first = crate::test_hooks::encrypt_part_gate(&ctx.env);
+                #[cfg(not(feature = "test-hooks"))]
+                let after_first = None;
+                put_encrypted(&self.store, k, &object, &p.pack, on, after_first).await?
+            }
+        }
         if let Ok(mut pr) = progress.lock() {
             pr.finish();
         }

@@ -7,7 +7,9 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use crate::s3::store::{PutOptions, S3Store};
+use tracing::Instrument;
+
+use crate::s3::store::{part_size, PutOptions, S3Store, MULTIPART_THRESHOLD};
 use crate::s3::url::RemoteUrl;
 use crate::storage::crypt::{codec, RemoteKey};
 use crate::storage::detect::{scan_refs_dir, RefsDir};
@@ -135,7 +137,7 @@ pub(crate) fn entry_object_key(url: &RemoteUrl, key: Option<&RemoteKey>, p: &Pac
 }
 
 /// Uploads the file at `path` to `object`: as it is, or encrypted to the
-/// remote key into a temp file beside it first (streamed, bounded memory).
+/// remote key as it is uploaded ([`put_encrypted`]).
 pub(crate) async fn put_object(
     store: &S3Store,
     key: Option<&Arc<RemoteKey>>,
@@ -147,12 +149,54 @@ pub(crate) async fn put_object(
         None => {
             store.put_file(object, path, PutOptions::default(), on_bytes).await?;
         }
-        Some(k) => {
-            let tmp = codec::temp_beside(path)?;
-            codec::encrypt_file(k.clone(), path.to_path_buf(), tmp.path().to_path_buf()).await?;
-            store.put_file(object, tmp.path(), PutOptions::default(), on_bytes).await?;
-        }
+        Some(k) => put_encrypted(store, k, object, path, on_bytes, None).await?,
     }
+    Ok(())
+}
+
+/// What runs in the encryption of a multipart upload once its first part
+/// is handed to the upload (a test hook's gate).
+pub(crate) type AfterFirstPart = Option<Box<dyn FnOnce() + Send>>;
+
+/// Uploads the file at `path` encrypted to `key`, never written to disk
+/// encrypted: within the single-PUT threshold, encrypted into memory then
+/// PUT (the body's Content-MD5, when one is sent, needs the whole body
+/// first: it is hashed as the encryption makes it); above it, a multipart upload whose parts are uploaded as the
+/// encryption produces them, on a blocking thread, so the encryption
+/// overlaps the upload (memory: the parts in flight and one more). A
+/// pack's upload is unconditional (a new name): no `409` to meet.
+pub(crate) async fn put_encrypted(
+    store: &S3Store,
+    key: &Arc<RemoteKey>,
+    object: &str,
+    path: &Path,
+    on_bytes: impl Fn(u64) + Send + Sync,
+    after_first: AfterFirstPart,
+) -> Result<(), StorageError> {
+    let len = tokio::fs::metadata(path).await?.len();
+    let most = codec::ciphertext_len_max(len);
+    if most <= MULTIPART_THRESHOLD {
+        let span = tracing::debug_span!("crypt.encrypt", bytes = len);
+        let hashed = codec::encrypt_file_to_memory(key.clone(), path.to_path_buf(), store.needs_content_md5());
+        let (data, md5) = hashed.instrument(span).await?;
+        let n = data.len() as u64;
+        store.put_hashed(object, data, md5, PutOptions::default()).await?;
+        on_bytes(n);
+        return Ok(());
+    }
+    let part = part_size(most).ok_or_else(|| StorageError::Format(format!("{} is too large for one S3 object (5 TiB)", path.display())))?;
+    // One piece waiting beside the parts in flight.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let producer = codec::encrypt_file_to_parts(key.clone(), path.to_path_buf(), part as usize, tx, after_first);
+    let finish = async {
+        match producer.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("encrypting {}: {e}", path.display())),
+            Err(e) => Err(format!("encrypting {}: {e}", path.display())),
+        }
+    };
+    // Unconditional: its completion meets no `409 ConditionalRequestConflict`.
+    store.put_parts(object, rx, PutOptions::default(), finish, on_bytes).await?;
     Ok(())
 }
 
