@@ -156,6 +156,55 @@ fn a_one_commit_packs_push_and_fetch_are_two_round_trips_each() {
     }
 }
 
+/// An encrypted packs remote (issue 22): its keyring, read at every command
+/// to judge the caller's access, is read beside the manifest, so
+/// `ls-remote`, a no-op fetch and a one-commit fetch take the round trips
+/// of a plaintext remote (1, 1, 2), with one request more each (the
+/// keyring).
+#[test]
+fn an_encrypted_remote_reads_its_keyring_beside_the_manifest() {
+    let (env, field) = far_env();
+    let recipient = testkit::keygen(&env, None);
+    let url = env.url("enc");
+    env.git_s3(&env.work(), &["init", "--format", "packs", "--encrypt-to", &recipient, &url]);
+    let (repo, clone) = pushed_and_cloned(&env, &url, true);
+    env.git(&clone, &["fetch", "-q", "origin"]);
+    let keyring = |r: &RequestRecord| r.key.as_deref().is_some_and(|k| k.ends_with(".git-s3/keyring"));
+
+    let (c, r) = measure(&field, || {
+        assert!(env.ls_remote(Tool::Ours, &url).iter().any(|l| l.ends_with("\trefs/heads/main")));
+    });
+    eprintln!("encrypted ls-remote: {}", shown(&c, &r));
+    assert_eq!((c.critical_path, c.of(RequestKind::Get), c.total()), (1, 2, 2), "ls-remote: {}", shown(&c, &r));
+    assert_eq!(r.iter().filter(|r| keyring(r)).count(), 1, "{}", shown(&c, &r));
+
+    let (c, r) = measure(&field, || {
+        env.git(&clone, &["fetch", "-q", "origin"]);
+    });
+    eprintln!("encrypted no-op fetch: {}", shown(&c, &r));
+    assert_eq!((c.critical_path, c.total()), (1, 2), "no-op fetch: {}", shown(&c, &r));
+
+    let sha = env.commit(&repo, "f.txt", "x\n", "one commit");
+    field.reset_counts();
+    env.git(&repo, &["push", "-q", "origin", "main"]);
+    // Its pack and `.idx` (keyed names: no `.idx` to see), the latter after the answer.
+    for _ in 0..200 {
+        let puts: Vec<RequestRecord> = field.requests().into_iter().filter(|r| r.kind == RequestKind::Put).collect();
+        if puts.len() >= 2 && puts.iter().all(|r| r.end.is_some()) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (c, r) = measure(&field, || {
+        env.git(&clone, &["fetch", "-q", "origin"]);
+    });
+    eprintln!("encrypted one-commit fetch: {}", shown(&c, &r));
+    assert_eq!(env.git(&clone, &["rev-parse", "origin/main"]).trim(), sha);
+    // The keyring and the manifest, then the pack.
+    assert_eq!((c.critical_path, c.of(RequestKind::Get), c.total()), (2, 3, 3), "fetch: {}", shown(&c, &r));
+    assert_warm_connections(&c, "an encrypted fetch", &r);
+}
+
 /// A new daemon pays the TLS handshakes of its first command; the commands
 /// after it, of any kind, reuse its connections.
 #[test]

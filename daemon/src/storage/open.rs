@@ -36,17 +36,30 @@ impl Storage {
     /// remembered, is refused before the manifest is read; an encrypted
     /// remote seen for the first time is remembered.
     pub(crate) async fn open(store: S3Store, url: RemoteUrl, git: &Git, purpose: Purpose, trust: &Trust) -> Result<Storage, StorageError> {
-        // A remote this daemon knows is encrypted: the caller's access first
-        // (detection may answer from the manifest this daemon holds).
+        // A remote this daemon knows is encrypted: the caller's access is
+        // judged (its keyring read) while the manifest is read, in parallel
+        // (no round trip more than a plaintext remote); what detection read
+        // is used only once the caller's access is settled (it may answer
+        // from the manifest this daemon holds).
         let mut key = None;
+        let mut early = None;
         if crypt::opened(&store, &url).is_some() {
-            key = trusted(&store, &url, git, trust).await?;
-            if key.is_none() {
+            let (k, d) = tokio::join!(trusted(&store, &url, git, trust), detect(&store, &url, configured_format(git), purpose));
+            key = k?;
+            match (&key, d) {
                 // The keyring is gone: what this daemon holds of the remote is stale.
-                crate::storage::packs::manifest::forget_held(&store, &url);
+                (None, _) => crate::storage::packs::manifest::forget_held(&store, &url),
+                // Read with the key this daemon held: the keyring may have
+                // changed meanwhile (a rotation); read again below if so.
+                (Some(_), Ok(d)) => early = Some(d),
+                (Some(_), Err(e)) => tracing::debug!(error = %e, "the manifest read beside the keyring failed; reading it again"),
             }
         }
-        let detected = match detect(&store, &url, configured_format(git), purpose).await {
+        let detected = match early {
+            Some(d) => Ok(d),
+            None => detect(&store, &url, configured_format(git), purpose).await,
+        };
+        let detected = match detected {
             Err(StorageError::Crypt(CryptError::NotOpened(_))) if key.is_none() => {
                 key = trusted(&store, &url, git, trust).await?;
                 if key.is_none() {
