@@ -21,7 +21,7 @@ use std::sync::Arc;
 use super::{access, codec, CryptError, RemoteKey};
 use crate::s3::store::{PutOptions, S3Store, WriteCondition};
 use crate::s3::url::RemoteUrl;
-use crate::storage::packs::manifest::{self, read_manifest, update_manifest, Manifest, PackEntry};
+use crate::storage::packs::manifest::{self, read_manifest, update_manifest, PackEntry};
 use crate::storage::packs::storage::{entry_object_key, get_object, object_key, put_object};
 use crate::storage::zip::{encrypted_zip_key, older_encrypted_zip_keys, ZIP_SERIAL_META};
 use crate::storage::StorageError;
@@ -53,7 +53,7 @@ pub(crate) async fn reencrypt(store: &S3Store, url: &RemoteUrl, env: &HashMap<St
             return Err(StorageError::Format(format!("{url} has no packs manifest")));
         };
         // The packs and the views' packs (written encrypted by gc and after pushes).
-        let old: Vec<&PackEntry> = entries(&m).filter(|p| p.key.unwrap_or(1) != key.generation()).collect();
+        let old: Vec<&PackEntry> = m.live_packs().filter(|p| p.key.unwrap_or(1) != key.generation()).collect();
         if old.is_empty() {
             swapped = true;
             break;
@@ -66,7 +66,7 @@ pub(crate) async fn reencrypt(store: &S3Store, url: &RemoteUrl, env: &HashMap<St
         let generation = key.generation();
         update_manifest(store, url, |m| {
             let mut changed = false;
-            for p in entries_mut(m).into_iter().filter(|p| p.key.unwrap_or(1) != generation && moved.contains(&p.name)) {
+            for p in m.live_packs_mut().filter(|p| p.key.unwrap_or(1) != generation && moved.contains(&p.name)) {
                 p.key = Some(generation);
                 // Its object map (of the older key) is not moved: a lazy fetch reads the .idx.
                 p.map_size = 0;
@@ -129,7 +129,7 @@ async fn delete_old_objects(store: &S3Store, url: &RemoteUrl, key: &Arc<RemoteKe
             }
         }
     }
-    for p in entries(&m) {
+    for p in m.live_packs() {
         for older in key.generations().skip(1) {
             for ext in ["pack", "idx", "map"] {
                 let name = object_key(url, Some(older), &p.name, ext);
@@ -188,21 +188,4 @@ async fn reencrypt_zip(
         Err(e) if e.is_precondition_failed() => Ok(false),
         Err(e) => Err(e.into()),
     }
-}
-
-/// Every entry of `m` that names objects: its packs, then its views' packs.
-fn entries(m: &Manifest) -> impl Iterator<Item = &PackEntry> {
-    m.packs.iter().chain(m.views.iter().flat_map(|v| v.packs()))
-}
-
-/// [`entries`], to edit.
-fn entries_mut(m: &mut Manifest) -> Vec<&mut PackEntry> {
-    let mut all: Vec<&mut PackEntry> = m.packs.iter_mut().collect();
-    if let Some(v) = m.views.as_mut() {
-        all.extend(v.skeleton.iter_mut().chain(v.tips.iter_mut()));
-        for i in &mut v.increments {
-            all.extend(i.skeleton.iter_mut().chain(i.tips.iter_mut()));
-        }
-    }
-    all
 }

@@ -249,10 +249,10 @@ async fn switch(
         // (encrypted) or none; object maps are not copied either way (a
         // lazy fetch reads the .idx; gc writes maps again).
         let generation = (way == Way::Encrypt).then(|| key.generation());
-        for_each_entry(&mut next, |p| {
+        for p in next.live_packs_mut() {
             p.key = generation;
             p.map_size = 0;
-        });
+        }
         // Retired packs are of the old form: deleted below, not carried over.
         next.retired.clear();
         let body = match way {
@@ -414,15 +414,4 @@ async fn delete_old_form(store: &S3Store, url: &RemoteUrl, way: Way) -> Result<u
         }
     }
     Ok(deleted)
-}
-
-/// Applies `f` to every pack entry of `m`: its packs and its views' pieces.
-fn for_each_entry(m: &mut Manifest, mut f: impl FnMut(&mut PackEntry)) {
-    m.packs.iter_mut().for_each(&mut f);
-    if let Some(v) = m.views.as_mut() {
-        v.skeleton.iter_mut().chain(v.tips.iter_mut()).for_each(&mut f);
-        for i in &mut v.increments {
-            i.skeleton.iter_mut().chain(i.tips.iter_mut()).for_each(&mut f);
-        }
-    }
 }

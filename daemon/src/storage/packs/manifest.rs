@@ -287,6 +287,13 @@ If no migration is running (one was interrupted), finish it with `git s3 migrate
         self.packs.iter().chain(self.views.iter().flat_map(|v| v.packs()))
     }
 
+    /// [`Manifest::live_packs`], to edit.
+    pub(crate) fn live_packs_mut(&mut self) -> impl Iterator<Item = &mut PackEntry> {
+        self.packs.iter_mut().chain(self.views.iter_mut().flat_map(|v| {
+            v.skeleton.iter_mut().chain(v.tips.iter_mut()).chain(v.increments.iter_mut().flat_map(|i| i.skeleton.iter_mut().chain(i.tips.iter_mut())))
+        }))
+    }
+
     /// The names of every pack the manifest references (live or retired):
     /// what gc must not delete as unreferenced.
     pub(crate) fn referenced_pack_names(&self) -> BTreeSet<&str> {
@@ -621,6 +628,11 @@ mod tests {
         assert_eq!(back.uncovered().count(), 0);
         let names: Vec<String> = back.live_packs().map(|p| p.name.clone()).collect();
         assert!(names.contains(&"d".repeat(40)) && names.contains(&"e".repeat(40)), "{names:?}");
+        // The same entries, to edit.
+        let mut edited = back.clone();
+        edited.live_packs_mut().for_each(|p| p.key = Some(2));
+        assert_eq!(edited.live_packs().map(|p| p.name.clone()).collect::<Vec<_>>(), names);
+        assert!(edited.live_packs().all(|p| p.key == Some(2)));
         // A reader that does not know increments sees the views as they were:
         // `b` outside them (read beside them), which is still right.
         let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
