@@ -34,7 +34,7 @@ use crate::s3::write_options::{BucketPolicy, PolicyError, CONFIG_PATTERN};
 use crate::session::state::{DaemonState, LfsProbes};
 use crate::session::{Input, Out};
 use crate::storage::crypt::trust::Trust;
-use crate::storage::crypt::{keyring, CryptError, RemoteKey};
+use crate::storage::crypt::{CryptError, RemoteKey};
 
 /// Objects larger than this are downloaded as parallel ranges.
 pub(crate) const RANGED_THRESHOLD: u64 = 32 << 20;
@@ -478,14 +478,8 @@ impl Agent {
     /// The remote's key (None: a plaintext remote), judged against what
     /// the repository remembers, and remembered on first use.
     async fn open_trusted(&self, store: &S3Store, url: &RemoteUrl, trust: &Trust) -> Result<Option<Arc<RemoteKey>>, AgentError> {
-        let key = keyring::open(store, url, &self.env).await?;
-        match &key {
-            Some(k) => {
-                trust.check_key(url, k)?;
-                trust.remember(&self.git, k).await;
-            }
-            None => trust.check_plaintext(url)?,
-        }
+        let key = trust.open_key(store, url, &self.env).await?;
+        trust.settle(&self.git, url, key.as_deref()).await?;
         Ok(key)
     }
 

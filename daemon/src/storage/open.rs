@@ -6,7 +6,7 @@ use crate::s3::store::S3Store;
 use crate::s3::url::RemoteUrl;
 use crate::storage::bundles::storage::BundleStorage;
 use crate::storage::crypt::trust::Trust;
-use crate::storage::crypt::{self, keyring, CryptError, RemoteKey};
+use crate::storage::crypt::{self, CryptError};
 use crate::storage::detect::{configured_format, detect, Detected, Purpose};
 use crate::storage::fetch_options::FetchOptions;
 use crate::storage::packs::storage::PackStorage;
@@ -44,7 +44,7 @@ impl Storage {
         let mut key = None;
         let mut early = None;
         if crypt::opened(&store, &url).is_some() {
-            let (k, d) = tokio::join!(trusted(&store, &url, git, trust), detect(&store, &url, configured_format(git), purpose));
+            let (k, d) = tokio::join!(trust.open_key(&store, &url, git.env()), detect(&store, &url, configured_format(git), purpose));
             key = k?;
             match (&key, d) {
                 // The keyring is gone: what this daemon holds of the remote is stale.
@@ -61,7 +61,7 @@ impl Storage {
         };
         let detected = match detected {
             Err(StorageError::Crypt(CryptError::NotOpened(_))) if key.is_none() => {
-                key = trusted(&store, &url, git, trust).await?;
+                key = trust.open_key(&store, &url, git.env()).await?;
                 if key.is_none() {
                     return Err(StorageError::Corrupt(format!(
                         "{url}'s manifest is encrypted but its keyring (s3://{}/{}) is missing: restore it from a backup or a versioned bucket",
@@ -73,10 +73,7 @@ impl Storage {
             }
             other => other?,
         };
-        match &key {
-            Some(k) => trust.remember(git, k).await,
-            None => trust.check_plaintext(&url)?,
-        }
+        trust.settle(git, &url, key.as_deref()).await?;
         Ok(match detected {
             Detected::Bundles(refs, head) => Storage::Bundles(Box::new(BundleStorage::new(store, url, Some(refs)).with_head(head))),
             Detected::Packs(m, refs) => Storage::Packs(Box::new(PackStorage::new(store, url, m, refs).with_key(key))),
@@ -161,16 +158,4 @@ impl Storage {
             b.settle().await;
         }
     }
-}
-
-/// The remote's key opened with the caller's identities (None: no
-/// keyring), refused when it is not the one the repository remembers.
-async fn trusted(store: &S3Store, url: &RemoteUrl, git: &Git, trust: &Trust) -> Result<Option<std::sync::Arc<RemoteKey>>, StorageError> {
-    let key = keyring::open(store, url, git.env()).await?;
-    if let Some(k) = &key {
-        // (The daemon keeps the key it opened, with the manifest it may hold:
-        // every session opens the keyring again and judges it for itself.)
-        trust.check_key(url, k)?;
-    }
-    Ok(key)
 }

@@ -12,8 +12,12 @@
 //! is fetched or written; `git config --unset` accepts it deliberately.
 //! `git s3 migrate --decrypt|--encrypt-to` run from the repository updates it.
 
-use super::{CryptError, RemoteKey};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::{keyring, CryptError, RemoteKey};
 use crate::local::git::{Git, GitError};
+use crate::s3::store::S3Store;
 use crate::s3::url::RemoteUrl;
 
 /// The per-remote git config variable (`remote.<name>.s3-keyring`).
@@ -99,6 +103,37 @@ may have replaced it; nothing was fetched or written. If it was decrypted on pur
                 self.key(remote)
             ))),
             _ => Ok(()),
+        }
+    }
+
+    /// The remote's key opened with the caller's identities (`env`; None:
+    /// no keyring), refused when it is not the one remembered. (The daemon
+    /// keeps the key it opened, with the manifest it may hold: every session
+    /// opens the keyring again and judges it for itself.)
+    pub(crate) async fn open_key(
+        &self,
+        store: &S3Store,
+        url: &RemoteUrl,
+        env: &HashMap<String, String>,
+    ) -> Result<Option<Arc<RemoteKey>>, CryptError> {
+        let key = keyring::open(store, url, env).await?;
+        if let Some(k) = &key {
+            self.check_key(url, k)?;
+        }
+        Ok(key)
+    }
+
+    /// What the remote turned out to be (`key`: its key, None: plaintext),
+    /// settled with what the repository remembers: an encrypted remote is
+    /// remembered on first use, a plaintext one refused where an encrypted
+    /// one is remembered.
+    pub(crate) async fn settle(&self, git: &Git, url: &RemoteUrl, key: Option<&RemoteKey>) -> Result<(), CryptError> {
+        match key {
+            Some(k) => {
+                self.remember(git, k).await;
+                Ok(())
+            }
+            None => self.check_plaintext(url),
         }
     }
 
