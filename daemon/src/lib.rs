@@ -29,6 +29,12 @@ pub mod storage;
 #[cfg(feature = "test-hooks")]
 pub(crate) mod test_hooks;
 
+/// `git-s3-daemon age-plugin-bridge …`: age plugins run in the caller's
+/// environment, for the daemon (`storage::crypt::plugins`); the exit code.
+pub fn age_plugin_bridge(args: &[String]) -> i32 {
+    storage::crypt::plugin_bridge::run(args)
+}
+
 /// The optional features this daemon was built with (`git s3 status --json`
 /// shows them: the end-to-end tests that use test hooks check for them).
 pub(crate) fn features() -> Vec<&'static str> {

@@ -21,6 +21,12 @@ enum Cmd {
         #[arg(long)]
         idle_timeout: Option<u64>,
     },
+    /// Run age plugins for the daemon, in the caller's environment (storage/crypt/plugins.rs).
+    #[command(hide = true)]
+    AgePluginBridge {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Write the man pages and shell completions of `git s3` (for packaging/install.sh).
     #[command(hide = true)]
     GenerateDocs {
@@ -38,6 +44,7 @@ fn main() {
     let (foreground, idle) = match args.cmd {
         Some(Cmd::Run { foreground, idle_timeout }) => (foreground, idle_timeout),
         Some(Cmd::GenerateDocs { man, completions }) => std::process::exit(generate_docs(man, completions)),
+        Some(Cmd::AgePluginBridge { args }) => std::process::exit(git_s3_daemon::age_plugin_bridge(&args)),
         None => (true, None),
     };
     // The daemon serves many callers: never let its own AWS environment leak

@@ -192,7 +192,23 @@ pub fn forwarded_env() -> HashMap<String, String> {
     if let Some(cwd) = std::env::current_dir().ok().and_then(|p| p.into_os_string().into_string().ok()) {
         env.insert("PWD".to_string(), cwd);
     }
+    if let Some(tty) = stderr_tty().filter(|_| !env.contains_key(TTY_VAR)) {
+        env.insert(TTY_VAR.to_string(), tty);
+    }
     env
+}
+
+/// The terminal this process's stderr is, which the daemon's age plugins
+/// show their messages and ask for a PIN on (as gpg-agent's pinentry uses
+/// `GPG_TTY`); the caller may set it.
+pub const TTY_VAR: &str = "GIT_S3_TTY";
+
+fn stderr_tty() -> Option<String> {
+    let stderr = std::io::stderr();
+    if !rustix::termios::isatty(&stderr) {
+        return None;
+    }
+    rustix::termios::ttyname(&stderr, Vec::new()).ok()?.into_string().ok()
 }
 
 /// Runs one session: connects (starting the daemon if needed), forwards stdin,

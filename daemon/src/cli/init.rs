@@ -53,7 +53,7 @@ pub(crate) async fn run(ctx: &mut Ctx, args: InitArgs) -> CliResult {
                 // The keyring first: a manifest without it would be a plaintext remote.
                 let key = Arc::new(RemoteKey::generate());
                 let grants = wrap_with_kms(ctx, &remote, &kms_ids).await?;
-                match keyring::create(&remote.store, url, &key, recipients, grants).await {
+                match keyring::create(&remote.store, url, &key, recipients, grants, &ctx.env).await {
                     Ok(()) => {}
                     Err(CryptError::Store(e)) if e.is_precondition_failed() => {
                         return Err(CliError::Refused(format!("{url} already has a keyring ({}): it is encrypted already", crypt::keyring_key(url))))

@@ -16,7 +16,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::keyring::{self, Keyring, Opened};
-use super::{fingerprint, keyring_key, kms, parse_recipient, remember, CryptError, RemoteKey};
+use super::recipient::Recipient;
+use super::{fingerprint, keyring_key, kms, remember, CryptError, RemoteKey};
 use crate::s3::store::{S3Store, WriteCondition};
 use crate::s3::url::RemoteUrl;
 
@@ -26,7 +27,7 @@ const ATTEMPTS: u32 = 5;
 /// Who is granted or revoked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Who {
-    /// An age X25519 recipient (`age1…`).
+    /// An age recipient (`age1…`: X25519 or an age plugin's).
     Age(String),
     /// A KMS key (`kms:<key id or ARN>`).
     Kms(String),
@@ -38,7 +39,7 @@ impl Who {
         if let Some(id) = kms::key_id(arg) {
             return Ok(Who::Kms(id.to_string()));
         }
-        Ok(Who::Age(parse_recipient(arg)?.to_string()))
+        Ok(Who::Age(Recipient::parse(arg)?.to_string()))
     }
 
     fn is_in(&self, ring: &Keyring) -> bool {
@@ -101,7 +102,7 @@ pub(crate) async fn grant(store: &S3Store, url: &RemoteUrl, env: &HashMap<String
             }
         }
         held_before_write(env).await;
-        if written(keyring::write(store, url, &ring, WriteCondition::IfMatch(etag)).await)? {
+        if written(keyring::write(store, url, &ring, WriteCondition::IfMatch(etag), env).await)? {
             return Ok(Outcome::Done(ring.key.generation()));
         }
     }
@@ -127,7 +128,7 @@ pub(crate) async fn revoke(store: &S3Store, url: &RemoteUrl, env: &HashMap<Strin
         }
         ring.key = ring.key.rotated();
         held_before_write(env).await;
-        if written(keyring::write(store, url, &ring, WriteCondition::IfMatch(etag)).await)? {
+        if written(keyring::write(store, url, &ring, WriteCondition::IfMatch(etag), env).await)? {
             let generation = ring.key.generation();
             remember(store, url, Arc::new(ring.key));
             if let Who::Kms(id) = who {
@@ -149,7 +150,7 @@ pub(crate) async fn drop_older_keys(store: &S3Store, url: &RemoteUrl, env: &Hash
             return Ok(0);
         }
         ring.key = ring.key.alone();
-        if written(keyring::write(store, url, &ring, WriteCondition::IfMatch(etag)).await)? {
+        if written(keyring::write(store, url, &ring, WriteCondition::IfMatch(etag), env).await)? {
             remember(store, url, Arc::new(ring.key));
             return Ok(older);
         }

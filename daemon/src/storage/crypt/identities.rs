@@ -29,12 +29,23 @@ pub(crate) fn identities_path(env: &HashMap<String, String>) -> Result<PathBuf, 
     }
 }
 
-/// The caller's identities (read on a blocking thread), and the file's path.
-pub(crate) async fn load(env: &HashMap<String, String>) -> Result<(Vec<Box<dyn age::Identity + Send + Sync>>, PathBuf), CryptError> {
+/// The caller's identities file, read: its X25519 identities (used in
+/// this process) and how many plugin identities (`AGE-PLUGIN-…`) it lists,
+/// which only a plugin run in the caller's environment can use (`plugins`).
+pub(crate) struct Identities {
+    pub(crate) native: Vec<age::x25519::Identity>,
+    /// The plugins' names (`yubikey`), each once, in the file's order.
+    pub(crate) plugins: Vec<String>,
+    pub(crate) path: PathBuf,
+}
+
+/// The caller's identities (read on a blocking thread).
+pub(crate) async fn load(env: &HashMap<String, String>) -> Result<Identities, CryptError> {
     let path = identities_path(env)?;
     let p = path.clone();
-    let read = tokio::task::spawn_blocking(move || std::fs::read(&p)).await.map_err(|e| CryptError::Io(std::io::Error::other(e.to_string())))?;
-    let data = match read {
+    let read =
+        tokio::task::spawn_blocking(move || std::fs::read_to_string(&p)).await.map_err(|e| CryptError::Io(std::io::Error::other(e.to_string())))?;
+    let text = match read {
         Ok(d) => d,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(CryptError::Identities(format!(
@@ -44,13 +55,30 @@ pub(crate) async fn load(env: &HashMap<String, String>) -> Result<(Vec<Box<dyn a
         }
         Err(e) => return Err(CryptError::Identities(format!("cannot read {}: {e}", path.display()))),
     };
-    let bad = |e: &dyn std::fmt::Display| CryptError::Identities(format!("{} is not an age identity file: {e}", path.display()));
-    let file = age::IdentityFile::from_buffer(std::io::BufReader::new(&data[..])).map_err(|e| bad(&e))?;
-    let ids = file.into_identities().map_err(|e| bad(&e))?;
-    if ids.is_empty() {
-        return Err(bad(&"it lists no identity"));
+    let (native, plugins) = parse(&text).map_err(|why| CryptError::Identities(format!("{} is not an age identity file: {why}", path.display())))?;
+    Ok(Identities { native, plugins, path })
+}
+
+/// An identity file's text (as `age -i` reads it: `#` comments and empty
+/// lines skipped): its X25519 identities and its plugins' names.
+fn parse(text: &str) -> Result<(Vec<age::x25519::Identity>, Vec<String>), String> {
+    let (mut native, mut plugins) = (Vec::new(), Vec::<String>::new());
+    for (n, line) in text.lines().enumerate().map(|(n, l)| (n + 1, l.trim())).filter(|(_, l)| !l.is_empty() && !l.starts_with('#')) {
+        if let Ok(id) = line.parse::<age::x25519::Identity>() {
+            native.push(id);
+        } else if let Ok(id) = line.parse::<age::plugin::Identity>() {
+            if !plugins.iter().any(|p| p == id.plugin()) {
+                plugins.push(id.plugin().to_string());
+            }
+        } else {
+            // Never quote the line: it may be a secret.
+            return Err(format!("line {n} is neither an age identity (AGE-SECRET-KEY-1…) nor a plugin's (AGE-PLUGIN-…)"));
+        }
     }
-    Ok((ids, path))
+    if native.is_empty() && plugins.is_empty() {
+        return Err("it lists no identity".into());
+    }
+    Ok((native, plugins))
 }
 
 /// A new identity appended to the caller's file (created 0600, its
@@ -108,6 +136,22 @@ mod tests {
         assert!(identities_path(&env(&[])).is_err());
     }
 
+    #[test]
+    fn plugin_identities_are_counted_not_run() {
+        let x = age::x25519::Identity::generate();
+        let secret = x.to_string();
+        // what testkit's age-plugin-gits3test printed
+        let plugin = "AGE-PLUGIN-GITS3TEST-1G9R52T2NG4P4Y32594952KFDX9DRY36WTF25ZKPCXEVY2NZXG924XK2PT9T9YVPSXA99X469GYENSD6W2PGRX5JD24P5G4PC2VCY636XXFG4ZJJRG3V4YSGE3WZ2A";
+        let text = format!("# created: 2026\n{}\n\n{plugin}\n{plugin}\n", secret.expose_secret());
+        let (native, plugins) = parse(&text).unwrap();
+        assert_eq!((native.len(), plugins), (1, vec!["gits3test".to_string()]));
+        let (native, plugins) = parse(&format!("{plugin}\n")).unwrap();
+        assert!(native.is_empty() && plugins.len() == 1);
+        let bad = parse(&format!("{}\nAGE-SECRET-KEY-1NOPE\n", secret.expose_secret())).err().unwrap();
+        assert!(bad.contains("line 2") && !bad.contains("NOPE"), "{bad}");
+        assert_eq!(parse("# nothing\n").err().unwrap(), "it lists no identity");
+    }
+
     #[tokio::test]
     async fn keygen_appends_private_identities_that_load() {
         let dir = tempfile::tempdir().unwrap();
@@ -119,6 +163,6 @@ mod tests {
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains(&format!("# public key: {r1}")) && text.contains("# created: 20"));
-        assert_eq!(load(&env).await.unwrap().0.len(), 2);
+        assert_eq!(load(&env).await.unwrap().native.len(), 2);
     }
 }

@@ -24,7 +24,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::kms::{KmsGrant, KmsOpen};
-use super::{fingerprint, identities, keyring_key, parse_recipient, remember, CryptError, RemoteKey};
+use super::recipient::Recipient;
+use super::{fingerprint, identities, keyring_key, remember, CryptError, RemoteKey};
 use crate::s3::store::{Conditional, PutOptions, S3Store, WriteCondition};
 use crate::s3::url::RemoteUrl;
 
@@ -67,8 +68,8 @@ impl Keyring {
     }
 
     /// Every recipient the keyring object is encrypted to: the people, then the KMS keys' wrapping recipients.
-    fn all_recipients(&self) -> Result<Vec<age::x25519::Recipient>, CryptError> {
-        self.recipients.iter().chain(self.kms.iter().map(|k| &k.recipient)).map(|r| parse_recipient(r)).collect()
+    fn all_recipients(&self) -> Result<Vec<Recipient>, CryptError> {
+        self.recipients.iter().chain(self.kms.iter().map(|k| &k.recipient)).map(|r| Recipient::parse(r)).collect()
     }
 }
 
@@ -121,14 +122,18 @@ pub(crate) fn parse(text: &str, what: &str) -> Result<Keyring, CryptError> {
 }
 
 /// Writes `ring` as the keyring object (encrypted to its recipients and
-/// KMS wrapping recipients) under `condition`; its ETag.
-pub(crate) async fn write(store: &S3Store, url: &RemoteUrl, ring: &Keyring, condition: WriteCondition) -> Result<String, CryptError> {
+/// KMS wrapping recipients) under `condition`; its ETag. Plugin recipients
+/// run their plugins in the caller's environment `env` (`plugins`).
+pub(crate) async fn write(
+    store: &S3Store,
+    url: &RemoteUrl,
+    ring: &Keyring,
+    condition: WriteCondition,
+    env: &HashMap<String, String>,
+) -> Result<String, CryptError> {
     let recipients = ring.all_recipients()?;
     // Padded with empty lines (an identity file skips them).
-    let data = {
-        let rs: Vec<&dyn age::Recipient> = recipients.iter().map(|r| r as &dyn age::Recipient).collect();
-        super::codec::encrypt_padded(&rs, ring.plaintext().as_bytes(), b'\n')?
-    };
+    let data = super::plugins::encrypt_padded(&recipients, ring.plaintext().as_bytes(), b'\n', env).await?;
     let fps: Vec<String> = ring.recipients.iter().map(|r| fingerprint(r)).collect();
     let mut metadata = vec![(META_VERSION.into(), "2".into()), (META_RECIPIENTS.into(), fps.join(" "))];
     if !ring.kms.is_empty() {
@@ -143,11 +148,12 @@ pub(crate) async fn create(
     store: &S3Store,
     url: &RemoteUrl,
     key: &RemoteKey,
-    recipients: &[age::x25519::Recipient],
+    recipients: &[Recipient],
     kms: Vec<KmsGrant>,
+    env: &HashMap<String, String>,
 ) -> Result<(), CryptError> {
     let ring = Keyring { key: key.alone(), recipients: recipients.iter().map(ToString::to_string).collect(), kms, version: 2 };
-    write(store, url, &ring, WriteCondition::IfAbsent).await?;
+    write(store, url, &ring, WriteCondition::IfAbsent, env).await?;
     Ok(())
 }
 
@@ -204,17 +210,37 @@ pub(crate) async fn read(store: &S3Store, url: &RemoteUrl, env: &HashMap<String,
 }
 
 /// The keyring's plaintext with the caller's identities, or why not (the
-/// refusal's reason: no identities file, or none of its identities opens it).
+/// refusal's reason: no identities file, or none of its identities opens
+/// it). X25519 identities first, in this process; then the file's plugin
+/// identities, through their plugins run in the caller's environment.
 async fn decrypt_with_identities(data: &[u8], env: &HashMap<String, String>, what: &str) -> Result<Result<String, String>, CryptError> {
-    let (ids, path) = match identities::load(env).await {
+    let ids = match identities::load(env).await {
         Ok(x) => x,
         Err(CryptError::Identities(m)) => return Ok(Err(m.replace(": run `git s3 keygen`", " (`git s3 keygen` makes one)"))),
         Err(e) => return Err(e),
     };
-    match super::decrypt_keyring(data, ids.iter().map(|i| i.as_ref() as &dyn age::Identity), what)? {
-        Some(text) => Ok(Ok(text)),
-        None => Ok(Err(format!("none of your identities in {} opens it", path.display()))),
+    if let Some(text) = super::decrypt_keyring(data, ids.native.iter().map(|i| i as &dyn age::Identity), what)? {
+        return Ok(Ok(text));
     }
+    if !ids.plugins.is_empty() && has_plugin_stanzas(data) {
+        let names: Vec<String> = ids.plugins.iter().map(|p| format!("age-plugin-{p}")).collect();
+        if let Some(text) = super::plugins::decrypt(&ids.path, data, env, &names.join(", ")).await? {
+            return Ok(Ok(text));
+        }
+    }
+    Ok(Err(format!("none of your identities in {} opens it", ids.path.display())))
+}
+
+/// Whether the age file `data` has a stanza no X25519 identity reads (a
+/// plugin's; age's random "grease" stanza aside): else no plugin identity
+/// can open it, and no plugin is run.
+fn has_plugin_stanzas(data: &[u8]) -> bool {
+    let header_end = data.windows(4).position(|w| w == b"\n---").unwrap_or(data.len());
+    data[..header_end]
+        .split(|b| *b == b'\n')
+        .filter_map(|l| l.strip_prefix(b"-> "))
+        .filter_map(|stanza| stanza.split(|b| *b == b' ').next())
+        .any(|tag| tag != b"X25519" && !tag.ends_with(b"-grease"))
 }
 
 /// The one line of a caller who cannot open the keyring: its recipients' fingerprints and what to ask for.
@@ -254,6 +280,16 @@ mod tests {
         assert_eq!(ids.len(), 1);
         assert!(parse("AGE-SECRET-KEY-1", "k").is_err());
         assert!(parse(&format!("{HEADER}\n# nothing\n"), "k").is_err());
+    }
+
+    #[test]
+    fn only_a_keyring_with_a_plugins_stanza_runs_plugins() {
+        let r = age::x25519::Identity::generate().to_public();
+        let x25519_only = age::encrypt(&r, b"k").unwrap();
+        assert!(!has_plugin_stanzas(&x25519_only), "grease is no plugin's");
+        let header = b"age-encryption.org/v1\n-> X25519 abc\nbody\n-> piv-p256 xyz abc\nbody\n--- mac\n";
+        assert!(has_plugin_stanzas(header));
+        assert!(!has_plugin_stanzas(b"age-encryption.org/v1\n-> X25519 abc\nbody\n--- mac\n-> piv-p256 in the payload"));
     }
 
     #[test]

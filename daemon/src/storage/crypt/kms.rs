@@ -183,7 +183,7 @@ pub(crate) async fn wrap(url: &RemoteUrl, env: &HashMap<String, String>, key_id:
 /// recipients (`age1…`) and KMS keys (`kms:<key id or ARN>`).
 #[derive(Debug, Default)]
 pub(crate) struct EncryptTo {
-    pub(crate) ages: Vec<age::x25519::Recipient>,
+    pub(crate) ages: Vec<super::recipient::Recipient>,
     pub(crate) kms: Vec<String>,
 }
 
@@ -193,7 +193,7 @@ impl EncryptTo {
         for a in args {
             match key_id(a) {
                 Some(id) => to.kms.push(id.to_string()),
-                None => to.ages.push(super::parse_recipient(a)?),
+                None => to.ages.push(super::recipient::Recipient::parse(a)?),
             }
         }
         Ok(to)

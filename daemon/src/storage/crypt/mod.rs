@@ -22,6 +22,9 @@ pub(crate) mod identities;
 pub(crate) mod keyring;
 pub(crate) mod kms;
 pub(crate) mod lfs;
+pub(crate) mod plugin_bridge;
+pub(crate) mod plugins;
+pub(crate) mod recipient;
 pub(crate) mod reencrypt;
 pub(crate) mod rollback;
 pub(crate) mod seekable;
@@ -82,9 +85,12 @@ or restored the bucket from a backup; nothing was fetched or changed here. Ask w
     )]
     Rollback { remote: String, serial: u64, highest: u64, record: String },
     #[error(
-        "invalid age recipient '{0}': expected an X25519 recipient (age1…), as `git s3 keygen` or `age-keygen` prints, or kms:<KMS key id or ARN>"
+        "invalid age recipient '{0}': expected an age recipient (age1…, as `git s3 keygen` or `age-keygen` prints), an age plugin's (age1yubikey1…), or kms:<KMS key id or ARN>"
     )]
     Recipient(String),
+    /// An age plugin that is missing or failed (`plugins`; the message is whole).
+    #[error("{0}")]
+    Plugin(String),
 }
 
 /// A remote's key: the age identity every object is encrypted to, and the
@@ -233,11 +239,6 @@ pub(crate) fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
 /// its `age1…` string (what a failed clone names; see the keyring).
 pub(crate) fn fingerprint(recipient: &str) -> String {
     hex::encode(&Sha256::digest(recipient.trim().as_bytes())[..8])
-}
-
-/// Parses an `age1…` recipient.
-pub(crate) fn parse_recipient(s: &str) -> Result<age::x25519::Recipient, CryptError> {
-    s.trim().parse::<age::x25519::Recipient>().map_err(|_| CryptError::Recipient(s.to_string()))
 }
 
 pub(crate) fn keyring_key(url: &RemoteUrl) -> String {

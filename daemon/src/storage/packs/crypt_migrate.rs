@@ -195,7 +195,7 @@ async fn keyring_for(store: &S3Store, url: &RemoteUrl, env: &HashMap<String, Str
     let key = Arc::new(RemoteKey::generate());
     // keyring.kms first: an entry the keyring does not list opens nothing.
     let grants = kms::wrap_keys(store, url, env, &to.kms_ids()).await?;
-    match keyring::create(store, url, &key, &to.ages, grants).await {
+    match keyring::create(store, url, &key, &to.ages, grants, env).await {
         Ok(()) => match keyring::open(store, url, env).await {
             Ok(Some(_)) => Ok(key),
             Ok(None) => Err(StorageError::Format(format!("{url}'s keyring was deleted meanwhile; run the migration again"))),
