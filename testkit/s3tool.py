@@ -24,6 +24,12 @@ elif op == "list":
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for o in page.get("Contents", []):
             print(f"{o['Key']}\t{o['Size']}")
+elif op == "list-etags":
+    # list-etags BUCKET PREFIX: key, size and ETag of every object (what a command that changes nothing leaves as it was)
+    bucket, prefix = args[0], args[1] if len(args) > 1 else ""
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for o in page.get("Contents", []):
+            print(f"{o['Key']}\t{o['Size']}\t{o['ETag']}")
 elif op == "put":
     bucket, key = args[0], args[1]
     s3.put_object(Bucket=bucket, Key=key, Body=sys.stdin.buffer.read())

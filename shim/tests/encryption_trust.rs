@@ -5,13 +5,14 @@
 //! plaintext remote, or one of their own keyring, in its place is refused
 //! in one line with nothing fetched; rotations (`revoke --reencrypt`) are
 //! not; `git s3 migrate` run from the repository updates what it remembers;
-//! a clone told the key to expect (`git clone -c`) checks it too.
+//! a clone told the key to expect (`git clone -c`) checks it too; so do the
+//! `git s3` commands given the remote's name (a URL carries no memory).
 #![allow(clippy::unwrap_used)] // a test's unwrap is an assertion (Cargo.toml, [workspace.lints])
 
 use std::path::{Path, PathBuf};
 
-use testkit::TestEnv;
 use testkit::{error_lines, keygen};
+use testkit::{s3tool, TestEnv};
 
 /// What `repo` remembers of its remote `origin` (None: nothing).
 fn remembered(env: &TestEnv, repo: &Path) -> Option<String> {
@@ -164,4 +165,56 @@ fn migrate_from_the_repository_updates_what_it_remembers() {
     let now = remembered(&env, &repo).expect("--encrypt-to remembers the new key");
     assert_ne!(now, pin);
     env.git(&repo, &["fetch", "-q", "origin"]);
+}
+
+/// Key, size and ETag of every object under `prefix/`.
+fn etags(env: &TestEnv, prefix: &str) -> String {
+    String::from_utf8_lossy(&s3tool(&["list-etags", &env.bucket, &format!("{prefix}/")], None).stdout).into_owned()
+}
+
+/// `git s3 <args>` in `repo` refused in exactly one line that contains
+/// `expected`, the bucket under `prefix` left exactly as it was.
+fn git_s3_refused(env: &TestEnv, repo: &Path, prefix: &str, args: &[&str], expected: &str) {
+    let before = etags(env, prefix);
+    let mut c = env.command("git-s3", repo);
+    c.args(args);
+    let stderr = String::from_utf8_lossy(&env.run_fail(c).stderr).into_owned();
+    let errors = error_lines(&stderr);
+    assert_eq!(errors.len(), 1, "git s3 {args:?}: {stderr}");
+    assert!(errors[0].contains(expected), "git s3 {args:?}: {stderr}");
+    assert_eq!(etags(env, prefix), before, "git s3 {args:?} changed the bucket");
+}
+
+/// `git s3 access list|grant`, `gc`, `doctor` and `status` given the name of
+/// a remote the repository remembers encrypted work as before; with another
+/// remote's keyring in place of its own (one Alice opens), or a plaintext
+/// remote in its place, each is refused in one line, as a fetch is, the
+/// bucket untouched. Given the URL, they go on (a URL carries no memory).
+#[test]
+fn the_git_s3_commands_check_what_the_repository_remembers() {
+    let env = TestEnv::new();
+    let bob = keygen(&env, Some(&env.dir.path().join("bob")));
+    let (repo, url, alice) = alice_remote(&env, "cmd", &[]);
+    let pin = remembered(&env, &repo).unwrap();
+    let commands: [&[&str]; 5] =
+        [&["access", "list", "origin"], &["access", "grant", "origin", &bob], &["gc", "origin"], &["doctor", "origin"], &["status", "origin"]];
+    for args in commands {
+        env.git_s3(&repo, args);
+    }
+
+    // Another remote of Alice's: its keyring copied over this one's.
+    env.git_s3(&env.work(), &["init", "--format", "packs", "--encrypt-to", &alice, &env.url("other")]);
+    env.copy_object("other/.git-s3/keyring", "cmd/.git-s3/keyring");
+    let another = format!("the keyring of {url} is not the one this repository remembers (git config remote.origin.s3-keyring is {pin}");
+    for args in commands {
+        git_s3_refused(&env, &repo, "cmd", args, &another);
+    }
+
+    replace_remote(&env, "cmd", &[]);
+    let plaintext = format!("{url} is not encrypted, but this repository remembers it encrypted (git config remote.origin.s3-keyring is {pin})");
+    for args in commands {
+        git_s3_refused(&env, &repo, "cmd", args, &plaintext);
+    }
+    let status = env.git_s3(&repo, &["status", &url]);
+    assert!(status.contains("packs"), "{status}");
 }

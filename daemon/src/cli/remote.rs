@@ -6,8 +6,9 @@ use std::time::{Duration, SystemTime};
 use crate::local::git::Git;
 use crate::s3::store::{ObjectInfo, S3Store};
 use crate::s3::url::{s3_url_of_remote, RemoteNameError, RemoteUrl};
-use crate::s3::write_options::BucketPolicy;
+use crate::s3::write_options::{BucketPolicy, CONFIG_PATTERN};
 use crate::storage::bundles::layout::{self, PrefixScan, PROTECTED_MARKER};
+use crate::storage::crypt::trust::Trust;
 use crate::storage::crypt::{self, keyring, CryptError, RemoteKey};
 use crate::storage::packs::manifest::{self, read_manifest};
 use crate::storage::StorageError;
@@ -20,6 +21,9 @@ pub(crate) struct Remote {
     pub(crate) name: Option<String>,
     pub(crate) url: RemoteUrl,
     pub(crate) store: S3Store,
+    /// The key opened by the check of what the repository remembers
+    /// (`resolve`), if it opened one.
+    checked: Option<Arc<RemoteKey>>,
 }
 
 impl Remote {
@@ -39,9 +43,16 @@ impl Remote {
             (Some(arg.to_string()), url)
         };
         let git = Git::new(&ctx.cwd, ctx.env.clone());
-        let policy = BucketPolicy::from_git(&git, name.as_deref()).await.map_err(|e| CliError::Usage(e.to_string()))?;
+        // One config read: the bucket policy and what the repository
+        // remembers of the remote (`crypt::trust`; nothing for a URL).
+        let listing = git.run(&["config", "--get-regexp", CONFIG_PATTERN]).await.unwrap_or_default();
+        let policy = BucketPolicy::from_listing(&listing, name.as_deref()).map_err(|e| CliError::Usage(e.to_string()))?;
         let store = ctx.state.store_for(&ctx.env, &url).await.with_policy(policy);
-        Ok(Remote { name, url, store })
+        // Before the command reads or writes anything else: another keyring,
+        // or a plaintext remote where an encrypted one is remembered, is
+        // refused as a fetch would refuse it.
+        let checked = Trust::from_config(&listing, name.as_deref()).check(&store, &url, &ctx.env).await.map_err(StorageError::from)?;
+        Ok(Remote { name, url, store, checked })
     }
 
     /// On an encrypted packs remote (issue 22), opens its keyring with the
@@ -51,6 +62,9 @@ impl Remote {
     /// never counts. None (and nothing opened) on any other prefix: one
     /// manifest read, which the command's own read then finds held.
     pub(crate) async fn open_key(&self, ctx: &Ctx) -> Result<Option<Arc<RemoteKey>>, CliError> {
+        if let Some(key) = &self.checked {
+            return Ok(Some(key.clone()));
+        }
         let (store, url) = (&self.store, &self.url);
         if crypt::opened(store, url).is_none() {
             match read_manifest(store, url).await {

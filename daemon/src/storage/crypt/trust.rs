@@ -10,6 +10,8 @@
 //! first key is another (someone who can write the bucket made their own,
 //! to the recipients' public keys), is refused in one line before anything
 //! is fetched or written; `git config --unset` accepts it deliberately.
+//! The `git s3` commands given the remote's name check it the same way
+//! ([`Trust::check`]); given a URL, nothing is remembered or checked.
 //! `git s3 migrate --decrypt|--encrypt-to` run from the repository updates it.
 
 use std::collections::HashMap;
@@ -119,6 +121,24 @@ may have replaced it; nothing was fetched or written. If it was decrypted on pur
         let key = keyring::open(store, url, env).await?;
         if let Some(k) = &key {
             self.check_key(url, k)?;
+        }
+        Ok(key)
+    }
+
+    /// What a `git s3` command given the remote's name (`access`, `gc`,
+    /// `doctor`, `status`, …) checks before it reads or writes anything
+    /// else: with nothing remembered (or a URL), nothing (no request);
+    /// else the keyring opened with the caller's identities and refused
+    /// when its first key is not the one remembered, or a remote without a
+    /// keyring refused as plaintext. The key opened, if any. A command
+    /// remembers nothing on first use: the first clone, fetch or push does.
+    pub(crate) async fn check(&self, store: &S3Store, url: &RemoteUrl, env: &HashMap<String, String>) -> Result<Option<Arc<RemoteKey>>, CryptError> {
+        if self.remote.is_none() || self.pinned.is_none() {
+            return Ok(None);
+        }
+        let key = self.open_key(store, url, env).await?;
+        if key.is_none() {
+            self.check_plaintext(url)?;
         }
         Ok(key)
     }
