@@ -90,7 +90,7 @@ pub(crate) async fn grant(store: &S3Store, url: &RemoteUrl, env: &HashMap<String
             Who::Kms(id) => {
                 if wrapped.is_none() {
                     // keyring.kms first: an entry the keyring does not list opens nothing.
-                    let (grant, entry) = kms::wrap(url, env, id).await?;
+                    let (grant, entry) = kms::wrap(store, url, env, id).await?;
                     kms::edit_file(store, url, |f| {
                         f.keys.retain(|k| k.key_id != entry.key_id);
                         f.keys.push(entry.clone());

@@ -15,7 +15,8 @@
 //! the same: see docs/encryption.md). Only tried when the caller's age
 //! identities do not open the keyring. The KMS client is built from the
 //! caller's AWS environment (`s3/clients.rs`) and kept warm in the daemon's
-//! memory, one per caller configuration; what `Decrypt` answered is kept
+//! memory, one per caller configuration (`Encrypt`, when a KMS key is
+//! granted, goes through the same one); what `Decrypt` answered is kept
 //! for [`UNWRAPPED_FOR`], per caller configuration, KMS key and ciphertext
 //! (the keyring itself is read and opened again by every command, so a
 //! rotated or revoked keyring is seen at once).
@@ -91,16 +92,9 @@ async fn caller_spec(url: &RemoteUrl, env: &HashMap<String, String>) -> Result<C
         .map_err(|e| CryptError::Io(std::io::Error::other(e.to_string())))
 }
 
-/// A KMS client for a command that is not kept warm (init, grant).
-async fn client(url: &RemoteUrl, env: &HashMap<String, String>) -> Result<aws_sdk_kms::Client, CryptError> {
-    let spec = caller_spec(url, env).await?;
-    // Boxed: the SDK's configuration loading is a large future (a debug
-    // build's worker stack overflowed under `git s3 migrate`).
-    Ok(Box::pin(spec.kms_client()).await)
-}
-
 /// The caller's warm KMS client (built on first use), and the key of the
-/// caller's configuration.
+/// caller's configuration: `Decrypt` (opening) and `Encrypt` (`wrap`, at
+/// init, migrate and grant) share it.
 async fn warm_client(store: &S3Store, spec: &ClientSpec) -> (aws_sdk_kms::Client, String) {
     let caller = spec.kms_cache_key();
     let clients = store.memory().map::<WarmKms>();
@@ -108,6 +102,8 @@ async fn warm_client(store: &S3Store, spec: &ClientSpec) -> (aws_sdk_kms::Client
         return (c.0.clone(), caller);
     }
     tracing::debug!("building a KMS client");
+    // Boxed: the SDK's configuration loading is a large future (a debug
+    // build's worker stack overflowed under `git s3 migrate`).
     let client = Box::pin(spec.kms_client()).await;
     clients.insert(caller.clone(), WarmKms(client.clone()));
     (client, caller)
@@ -162,16 +158,13 @@ fn kms_error<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static
 
 /// A new wrapping identity for `key_id`, its secret encrypted with KMS: the
 /// keyring's grant and `keyring.kms`'s entry.
-pub(crate) async fn wrap(url: &RemoteUrl, env: &HashMap<String, String>, key_id: &str) -> Result<(KmsGrant, KmsEntry), CryptError> {
+/// The caller's warm KMS client (`store`'s memory) sends the `Encrypt`.
+pub(crate) async fn wrap(store: &S3Store, url: &RemoteUrl, env: &HashMap<String, String>, key_id: &str) -> Result<(KmsGrant, KmsEntry), CryptError> {
     let identity = age::x25519::Identity::generate();
     let recipient = identity.to_public().to_string();
     let secret = identity.to_string().expose_secret().to_string();
-    let kms = client(url, env).await?;
-    let out = kms
-        .encrypt()
-        .key_id(key_id)
-        .plaintext(Blob::new(secret.into_bytes()))
-        .send()
+    let (kms, _) = Box::pin(warm_client(store, &caller_spec(url, env).await?)).await;
+    let out = Box::pin(kms.encrypt().key_id(key_id).plaintext(Blob::new(secret.into_bytes())).send())
         .await
         .map_err(|e| CryptError::Kms(kms_error(key_id, "Encrypt", &e)))?;
     let blob = out.ciphertext_blob().ok_or_else(|| CryptError::Kms(format!("KMS key {key_id}: Encrypt answered without a ciphertext")))?;
@@ -217,7 +210,7 @@ pub(crate) async fn wrap_keys(
 ) -> Result<Vec<KmsGrant>, CryptError> {
     let mut grants = Vec::new();
     for id in key_ids {
-        let (grant, entry) = wrap(url, env, id).await?;
+        let (grant, entry) = wrap(store, url, env, id).await?;
         edit_file(store, url, |f| {
             f.keys.retain(|k| k.key_id != entry.key_id);
             f.keys.push(entry.clone());
@@ -317,5 +310,59 @@ mod tests {
         let f = KmsFile { version: 1, keys: vec![KmsEntry { key_id: "k".into(), recipient: "age1r".into(), ciphertext: "AAA=".into() }] };
         let text = serde_json::to_string(&f).unwrap();
         assert_eq!(text, r#"{"version":1,"keys":[{"key_id":"k","recipient":"age1r","ciphertext":"AAA="}]}"#);
+    }
+
+    /// Counts the requests a KMS client would send (stopped before they leave).
+    #[derive(Debug, Clone, Default)]
+    struct Sent(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+    impl aws_sdk_kms::config::Intercept for Sent {
+        fn name(&self) -> &'static str {
+            "sent"
+        }
+        fn read_before_transmit(
+            &self,
+            _: &aws_sdk_kms::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
+            _: &aws_sdk_kms::config::RuntimeComponents,
+            _: &mut aws_sdk_kms::config::ConfigBag,
+        ) -> Result<(), aws_sdk_kms::error::BoxError> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Err("stopped".into())
+        }
+    }
+
+    /// `wrap`'s `Encrypt` goes through the caller's warm client (the one
+    /// `Decrypt` uses), built once per caller configuration: none is built
+    /// while the daemon holds one.
+    #[tokio::test]
+    async fn wrap_uses_the_warm_client() {
+        let home = tempfile::tempdir().unwrap();
+        let env: HashMap<String, String> = [
+            ("HOME", home.path().display().to_string()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ACCESS_KEY_ID", "k".into()),
+            ("AWS_SECRET_ACCESS_KEY", "s".into()),
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:1".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let url = RemoteUrl::parse("s3://bkt/p").unwrap();
+        let s3 = aws_sdk_s3::Config::builder()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .region(aws_sdk_s3::config::Region::new("us-east-1"))
+            .build();
+        let store = S3Store::new(aws_sdk_s3::Client::from_conf(s3), "bkt", "test");
+        let spec = caller_spec(&url, &env).await.unwrap();
+        let sent = Sent::default();
+        let warm = spec.kms_client().await;
+        let warm = aws_sdk_kms::Client::from_conf(warm.config().to_builder().interceptor(sent.clone()).build());
+        store.memory().map::<WarmKms>().insert(spec.kms_cache_key(), WarmKms(warm));
+        for _ in 0..2 {
+            let e = wrap(&store, &url, &env, "alias/team").await.unwrap_err();
+            assert!(matches!(e, CryptError::Kms(_)), "{e}");
+        }
+        assert_eq!(sent.0.load(std::sync::atomic::Ordering::SeqCst), 2, "both Encrypts went through the warm client");
+        assert_eq!(store.memory().map::<WarmKms>().len(), 1);
     }
 }
