@@ -10,8 +10,9 @@
 #![allow(clippy::unwrap_used)] // a test's unwrap is an assertion (Cargo.toml, [workspace.lints])
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-use testkit::{error_lines, keygen};
+use testkit::{error_lines, keygen, require_test_hooks};
 use testkit::{s3tool, TestEnv};
 
 /// What `repo` remembers of its remote `origin` (None: nothing).
@@ -186,7 +187,9 @@ fn git_s3_refused(env: &TestEnv, repo: &Path, prefix: &str, args: &[&str], expec
 }
 
 /// `git s3 access list|grant`, `gc`, `doctor` and `status` given the name of
-/// a remote the repository remembers encrypted work as before; with another
+/// a remote the repository remembers encrypted work as before (so does
+/// `access revoke --reencrypt`, its rotation keeping what is remembered);
+/// with another
 /// remote's keyring in place of its own (one Alice opens), or a plaintext
 /// remote in its place, each is refused in one line, as a fetch is, the
 /// bucket untouched. Given the URL, they go on (a URL carries no memory).
@@ -201,6 +204,10 @@ fn the_git_s3_commands_check_what_the_repository_remembers() {
     for args in commands {
         env.git_s3(&repo, args);
     }
+    // A rotation from the repository keeps what it remembers, and passes.
+    env.git_s3(&repo, &["access", "revoke", "--reencrypt", "origin", &bob]);
+    assert_eq!(remembered(&env, &repo), Some(pin.clone()));
+    env.git_s3(&repo, &["status", "origin"]);
 
     // Another remote of Alice's: its keyring copied over this one's.
     env.git_s3(&env.work(), &["init", "--format", "packs", "--encrypt-to", &alice, &env.url("other")]);
@@ -217,4 +224,42 @@ fn the_git_s3_commands_check_what_the_repository_remembers() {
     }
     let status = env.git_s3(&repo, &["status", &url]);
     assert!(status.contains("packs"), "{status}");
+}
+
+/// Another keyring copied in while `git s3 access grant origin` is held
+/// between its keyring read and its write (a test gate): the grant's
+/// conditional write loses, the keyring it reads again is checked as the
+/// first was, and the grant is refused in one line, the swapped keyring
+/// left as it is (not re-wrapped to one more recipient).
+#[test]
+fn a_keyring_swapped_during_a_grant_is_refused() {
+    let env = TestEnv::new();
+    require_test_hooks(&env);
+    let carol = keygen(&env, Some(&env.dir.path().join("carol")));
+    let (repo, url, alice) = alice_remote(&env, "race", &[]);
+    let pin = remembered(&env, &repo).unwrap();
+    env.git_s3(&env.work(), &["init", "--format", "packs", "--encrypt-to", &alice, &env.url("other")]);
+    let gate = env.dir.path().join("keyring-gate");
+    let mut c = env.command("git-s3", &repo);
+    c.env("GIT_S3_TEST_KEYRING_WRITE_GATE", &gate).args(["access", "grant", "origin", &carol]);
+    let running = std::thread::spawn(move || c.output().unwrap());
+    let reached = env.dir.path().join("keyring-gate.waiting");
+    let start = Instant::now();
+    while !reached.exists() {
+        assert!(start.elapsed() < Duration::from_secs(60), "the grant never reached the keyring gate");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    env.copy_object("other/.git-s3/keyring", "race/.git-s3/keyring");
+    let swapped = etags(&env, "race");
+    std::fs::write(&gate, b"open").unwrap();
+    let out = running.join().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let errors = error_lines(&stderr);
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].contains(&format!("the keyring of {url} is not the one this repository remembers (git config remote.origin.s3-keyring is {pin}")),
+        "{stderr}"
+    );
+    assert_eq!(etags(&env, "race"), swapped, "the swapped keyring was rewritten");
 }

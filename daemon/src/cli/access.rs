@@ -68,7 +68,7 @@ pub(crate) async fn run(ctx: &mut Ctx, args: AccessArgs) -> CliResult {
         AccessAction::Grant { remote, recipient } => {
             let who = who(&recipient)?;
             let remote = Remote::resolve(ctx, &remote).await?;
-            match access::grant(&remote.store, &remote.url, &ctx.env, &who).await.map_err(crypt)? {
+            match access::grant(&remote.store, &remote.url, &ctx.env, &who, &remote.trust).await.map_err(crypt)? {
                 Outcome::Done(_) => ctx.println(format!("Granted {} access to {}", who.describe(), remote.url)),
                 Outcome::Unchanged(_) => ctx.println(format!("{} can already read {}", who.describe(), remote.url)),
             }
@@ -82,7 +82,7 @@ async fn revoke(ctx: &mut Ctx, remote: &str, recipient: &str, again: bool) -> Cl
     let who = who(recipient)?;
     let remote = Remote::resolve(ctx, remote).await?;
     let url = &remote.url;
-    match access::revoke(&remote.store, url, &ctx.env, &who).await.map_err(crypt)? {
+    match access::revoke(&remote.store, url, &ctx.env, &who, &remote.trust).await.map_err(crypt)? {
         Outcome::Done(g) => ctx.println(format!(
             "Revoked {}'s access to {url}; new objects are encrypted to a new remote key (generation {g}). It may have kept copies of everything it could read before{}",
             who.describe(),
@@ -110,6 +110,7 @@ async fn revoke(ctx: &mut Ctx, remote: &str, recipient: &str, again: bool) -> Cl
 async fn list(ctx: &mut Ctx, remote: &str, as_json: bool) -> CliResult {
     let remote = Remote::resolve(ctx, remote).await?;
     let ring = access::open(&remote.store, &remote.url, &ctx.env).await.map_err(crypt)?.ring;
+    remote.trust.check_key(&remote.url, &ring.key).map_err(crypt)?;
     let (recipients, kms, version) = (ring.recipients, ring.kms, ring.version);
     let key = Arc::new(ring.key);
     // The key remembered: the manifest reads (how many packs each generation holds).

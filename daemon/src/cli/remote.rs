@@ -21,6 +21,9 @@ pub(crate) struct Remote {
     pub(crate) name: Option<String>,
     pub(crate) url: RemoteUrl,
     pub(crate) store: S3Store,
+    /// What the repository remembers of the remote (nothing for a URL):
+    /// what a keyring edit checks again on every keyring it reads.
+    pub(crate) trust: Trust,
     /// The key opened by the check of what the repository remembers
     /// (`resolve`), if it opened one.
     checked: Option<Arc<RemoteKey>>,
@@ -51,8 +54,9 @@ impl Remote {
         // Before the command reads or writes anything else: another keyring,
         // or a plaintext remote where an encrypted one is remembered, is
         // refused as a fetch would refuse it.
-        let checked = Trust::from_config(&listing, name.as_deref()).check(&store, &url, &ctx.env).await.map_err(StorageError::from)?;
-        Ok(Remote { name, url, store, checked })
+        let trust = Trust::from_config(&listing, name.as_deref());
+        let checked = trust.check(&store, &url, &ctx.env).await.map_err(StorageError::from)?;
+        Ok(Remote { name, url, store, trust, checked })
     }
 
     /// On an encrypted packs remote (issue 22), opens its keyring with the

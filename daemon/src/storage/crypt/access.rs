@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use super::keyring::{self, Keyring, Opened};
 use super::recipient::Recipient;
+use super::trust::Trust;
 use super::{fingerprint, keyring_key, kms, remember, CryptError, RemoteKey};
 use crate::s3::store::{S3Store, WriteCondition};
 use crate::s3::url::RemoteUrl;
@@ -78,10 +79,13 @@ pub(crate) enum Outcome {
 }
 
 /// Grants `who` access to `url`'s remote: the keyring re-wrapped to one more recipient.
-pub(crate) async fn grant(store: &S3Store, url: &RemoteUrl, env: &HashMap<String, String>, who: &Who) -> Result<Outcome, CryptError> {
+/// Every keyring read is checked against what the repository remembers
+/// (`trust`: one swapped in meanwhile is refused, nothing written).
+pub(crate) async fn grant(store: &S3Store, url: &RemoteUrl, env: &HashMap<String, String>, who: &Who, trust: &Trust) -> Result<Outcome, CryptError> {
     let mut wrapped = None;
     for _ in 0..ATTEMPTS {
         let Opened { mut ring, etag } = open(store, url, env).await?;
+        trust.check_key(url, &ring.key)?;
         if who.is_in(&ring) {
             return Ok(Outcome::Unchanged(ring.key.generation()));
         }
@@ -111,10 +115,11 @@ pub(crate) async fn grant(store: &S3Store, url: &RemoteUrl, env: &HashMap<String
 
 /// Revokes `who`'s access: removed from the keyring, and the remote key
 /// rotated (see the file's comment). The new key is remembered for what
-/// this daemon writes next.
-pub(crate) async fn revoke(store: &S3Store, url: &RemoteUrl, env: &HashMap<String, String>, who: &Who) -> Result<Outcome, CryptError> {
+/// this daemon writes next. Each keyring read is checked as [`grant`]'s.
+pub(crate) async fn revoke(store: &S3Store, url: &RemoteUrl, env: &HashMap<String, String>, who: &Who, trust: &Trust) -> Result<Outcome, CryptError> {
     for _ in 0..ATTEMPTS {
         let Opened { mut ring, etag } = open(store, url, env).await?;
+        trust.check_key(url, &ring.key)?;
         if !who.is_in(&ring) {
             return Ok(Outcome::Unchanged(ring.key.generation()));
         }
