@@ -11,7 +11,9 @@
 //! to the recipients' public keys), is refused in one line before anything
 //! is fetched or written; `git config --unset` accepts it deliberately.
 //! The `git s3` commands given the remote's name check it the same way
-//! ([`Trust::check`]); given a URL, nothing is remembered or checked.
+//! ([`Trust::check`]; `access grant|revoke` also each keyring they edit);
+//! given a URL, nothing is remembered or checked. Grants and revokes leave
+//! what is remembered as it is (the first key's fingerprint survives them);
 //! `git s3 migrate --decrypt|--encrypt-to` run from the repository updates it.
 
 use std::collections::HashMap;
@@ -218,6 +220,22 @@ mod tests {
         // nothing remembered: anything goes (the first use)
         let fresh = Trust::from_config("", Some("origin"));
         assert!(fresh.check_key(&url(), &key).is_ok() && fresh.check_plaintext(&url()).is_ok());
+    }
+
+    /// Nothing remembered, or a URL: a command's check sends no request
+    /// (this store's endpoint answers nothing).
+    #[tokio::test]
+    async fn nothing_remembered_is_checked_without_a_request() {
+        let conf = aws_sdk_s3::Config::builder()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .region(aws_sdk_s3::config::Region::new("us-east-1"))
+            .endpoint_url("http://127.0.0.1:1")
+            .build();
+        let store = S3Store::new(aws_sdk_s3::Client::from_conf(conf), "bucket", "test");
+        let env = HashMap::new();
+        for trust in [Trust::from_config("", Some("origin")), Trust::from_config("remote.origin.s3-keyring 00aa\n", None)] {
+            assert!(trust.check(&store, &url(), &env).await.unwrap().is_none());
+        }
     }
 
     #[test]
