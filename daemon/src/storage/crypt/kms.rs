@@ -86,9 +86,7 @@ struct Unwrapped {
 /// The caller's configuration, as [`ClientSpec`] (blocking: it reads the config files).
 async fn caller_spec(url: &RemoteUrl, env: &HashMap<String, String>) -> Result<ClientSpec, CryptError> {
     let (e, profile) = (env.clone(), url.profile.clone());
-    tokio::task::spawn_blocking(move || ClientSpec::from_env(&e, profile.as_deref()))
-        .await
-        .map_err(|e| CryptError::Io(std::io::Error::other(e.to_string())))
+    super::codec::blocking(move || Ok(ClientSpec::from_env(&e, profile.as_deref()))).await
 }
 
 /// A KMS client for a command that is not kept warm (init, grant).

@@ -51,7 +51,7 @@ pub(crate) fn plausible_size(plain: u64, cipher: u64) -> bool {
 /// [`CryptError::Decrypt`] naming `what`; `dst` then holds a part that the
 /// caller must not use.
 pub(crate) async fn decrypt_hashing(key: Arc<RemoteKey>, src: PathBuf, dst: PathBuf, what: String) -> Result<(String, u64), CryptError> {
-    tokio::task::spawn_blocking(move || {
+    super::codec::blocking(move || {
         let bad = |e: &dyn std::fmt::Display| CryptError::Decrypt { what: what.clone(), detail: e.to_string() };
         let input = std::io::BufReader::with_capacity(1 << 16, std::fs::File::open(&src)?);
         let decryptor = age::Decryptor::new(input).map_err(|e| bad(&e))?;
@@ -76,19 +76,17 @@ pub(crate) async fn decrypt_hashing(key: Arc<RemoteKey>, src: PathBuf, dst: Path
         Ok((hex::encode(hash.finalize()), len))
     })
     .await
-    .map_err(|e| CryptError::Io(std::io::Error::other(e.to_string())))?
 }
 
 /// The SHA-256 (hex) of a file, read on a blocking thread.
 async fn sha256_of(path: PathBuf) -> Result<String, CryptError> {
-    tokio::task::spawn_blocking(move || {
+    super::codec::blocking(move || {
         let mut f = std::fs::File::open(&path)?;
         let mut hash = Sha256::new();
         std::io::copy(&mut f, &mut hash)?;
         Ok(hex::encode(hash.finalize()))
     })
     .await
-    .map_err(|e| CryptError::Io(std::io::Error::other(e.to_string())))?
 }
 
 /// The form [`rewrite_all`] brings a remote's LFS objects to.
