@@ -106,7 +106,8 @@ pub(crate) async fn encrypt(
     // Until the switch the manifest is plaintext: read it as such.
     crypt::forget(store, url);
     let mut report = CryptReport::default();
-    let next = switch(store, url, tmp_root, env, &key, Way::Encrypt, (m, etag), &mut report).await?;
+    let migration = Migration { store, url, tmp_root, env, key: &key, way: Way::Encrypt };
+    let next = migration.switch((m, etag), &mut report).await?;
     crypt::remember(store, url, key);
     report.refs = next.refs.len();
     crash_hook(env, "encrypt-switched");
@@ -142,7 +143,8 @@ pub(crate) async fn decrypt(store: &S3Store, url: &RemoteUrl, tmp_root: &Path, e
                 return Err(StorageError::Format(msg));
             }
             let mut report = CryptReport::default();
-            let next = switch(store, url, tmp_root, env, &key, Way::Decrypt, (m, etag), &mut report).await?;
+            let migration = Migration { store, url, tmp_root, env, key: &key, way: Way::Decrypt };
+            let next = migration.switch((m, etag), &mut report).await?;
             crypt::forget(store, url);
             manifest::forget_held(store, url);
             report.refs = next.refs.len();
@@ -220,156 +222,148 @@ async fn keyring_for(store: &S3Store, url: &RemoteUrl, env: &HashMap<String, Str
     }
 }
 
-/// Copies the packs of the manifest `found` into the new form and switches
-/// the manifest by a conditional write on its ETag; a push that landed
-/// meanwhile is copied too and the switch tried again. The manifest written.
-#[allow(clippy::too_many_arguments)]
-async fn switch(
-    store: &S3Store,
-    url: &RemoteUrl,
-    tmp_root: &Path,
-    env: &HashMap<String, String>,
-    key: &Arc<RemoteKey>,
+/// What the steps of one migration share: the remote, the caller's
+/// environment, the remote key (new when encrypting, opened when
+/// decrypting) and the way it goes.
+struct Migration<'a> {
+    store: &'a S3Store,
+    url: &'a RemoteUrl,
+    /// Where the objects' temp files go.
+    tmp_root: &'a Path,
+    env: &'a HashMap<String, String>,
+    key: &'a Arc<RemoteKey>,
     way: Way,
-    found: (Manifest, String),
-    report: &mut CryptReport,
-) -> Result<Manifest, StorageError> {
-    let (mut m, mut etag) = found;
-    for attempt in 0..MAX_ATTEMPTS {
-        let (copied, bytes) = copy_packs(store, url, tmp_root, env, key, way, &m).await?;
-        report.copied += copied;
-        report.bytes = report.bytes.saturating_add(bytes);
-        #[cfg(feature = "test-hooks")]
-        if let Some(gate) = crate::test_hooks::migrate_switch_gate(env).filter(|_| attempt == 0) {
-            crate::test_hooks::wait_for_gate(&gate).await;
-        }
-        let mut next = m.clone();
-        next.serial += 1;
-        // Each entry as its new form names it: the current key's generation
-        // (encrypted) or none; object maps are not copied either way (a
-        // lazy fetch reads the .idx; gc writes maps again).
-        let generation = (way == Way::Encrypt).then(|| key.generation());
-        for p in next.live_packs_mut() {
-            p.key = generation;
-            p.map_size = 0;
-        }
-        // Retired packs are of the old form: deleted below, not carried over.
-        next.retired.clear();
-        let body = match way {
-            Way::Encrypt => codec::encrypt_padded(&[key.recipient()], &next.to_bytes(), b'\n')?,
-            Way::Decrypt => next.to_bytes(),
-        };
-        if way == Way::Encrypt && store.head(&crypt::keyring_key(url)).await?.is_none() {
-            return Err(StorageError::Format(format!(
-                "{url}'s keyring was deleted during the migration (by `git s3 migrate --decrypt`?); nothing was switched"
-            )));
-        }
-        manifest::forget_held(store, url);
-        let opts = PutOptions { condition: WriteCondition::IfMatch(etag), ..Default::default() };
-        match store.put_bytes(&manifest::manifest_key(url), body, opts).await {
-            Ok(_) => {
-                tracing::info!(remote = %url, ?way, serial = next.serial, "manifest switched");
-                return Ok(next);
+}
+
+impl Migration<'_> {
+    /// Copies the packs of the manifest `found` into the new form and switches
+    /// the manifest by a conditional write on its ETag; a push that landed
+    /// meanwhile is copied too and the switch tried again. The manifest written.
+    async fn switch(&self, found: (Manifest, String), report: &mut CryptReport) -> Result<Manifest, StorageError> {
+        let Migration { store, url, key, way, .. } = *self;
+        let (mut m, mut etag) = found;
+        for attempt in 0..MAX_ATTEMPTS {
+            let (copied, bytes) = self.copy_packs(&m).await?;
+            report.copied += copied;
+            report.bytes = report.bytes.saturating_add(bytes);
+            #[cfg(feature = "test-hooks")]
+            if let Some(gate) = crate::test_hooks::migrate_switch_gate(self.env).filter(|_| attempt == 0) {
+                crate::test_hooks::wait_for_gate(&gate).await;
             }
-            Err(e) if e.is_precondition_failed() || e.is_not_found() => {
-                tracing::info!(remote = %url, attempt, "the manifest changed during the migration (a push): copying its packs too");
-                report.retried += 1;
-                let Some(again) = read_manifest(store, url).await? else {
-                    return Err(StorageError::Format(format!("{url}'s manifest was deleted during the migration")));
-                };
-                if let Some(msg) = again.0.frozen_error(url) {
-                    return Err(StorageError::Format(msg));
+            let mut next = m.clone();
+            next.serial += 1;
+            // Each entry as its new form names it: the current key's generation
+            // (encrypted) or none; object maps are not copied either way (a
+            // lazy fetch reads the .idx; gc writes maps again).
+            let generation = (way == Way::Encrypt).then(|| key.generation());
+            for p in next.live_packs_mut() {
+                p.key = generation;
+                p.map_size = 0;
+            }
+            // Retired packs are of the old form: deleted below, not carried over.
+            next.retired.clear();
+            let body = match way {
+                Way::Encrypt => codec::encrypt_padded(&[key.recipient()], &next.to_bytes(), b'\n')?,
+                Way::Decrypt => next.to_bytes(),
+            };
+            if way == Way::Encrypt && store.head(&crypt::keyring_key(url)).await?.is_none() {
+                return Err(StorageError::Format(format!(
+                    "{url}'s keyring was deleted during the migration (by `git s3 migrate --decrypt`?); nothing was switched"
+                )));
+            }
+            manifest::forget_held(store, url);
+            let opts = PutOptions { condition: WriteCondition::IfMatch(etag), ..Default::default() };
+            match store.put_bytes(&manifest::manifest_key(url), body, opts).await {
+                Ok(_) => {
+                    tracing::info!(remote = %url, ?way, serial = next.serial, "manifest switched");
+                    return Ok(next);
                 }
-                (m, etag) = again;
+                Err(e) if e.is_precondition_failed() || e.is_not_found() => {
+                    tracing::info!(remote = %url, attempt, "the manifest changed during the migration (a push): copying its packs too");
+                    report.retried += 1;
+                    let Some(again) = read_manifest(store, url).await? else {
+                        return Err(StorageError::Format(format!("{url}'s manifest was deleted during the migration")));
+                    };
+                    if let Some(msg) = again.0.frozen_error(url) {
+                        return Err(StorageError::Format(msg));
+                    }
+                    (m, etag) = again;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StorageError::Format(format!("{url}: the manifest kept changing during the migration; run it again")))
+    }
+
+    /// Copies every pack and `.idx` `m` names (views too) into the new form,
+    /// four at a time, skipping those already there. (copied, plaintext bytes).
+    async fn copy_packs(&self, m: &Manifest) -> Result<(usize, u64), StorageError> {
+        let (env, way) = (self.env, self.way);
+        let dir = tempfile::Builder::new().prefix("crypt-").tempdir_in(self.tmp_root)?;
+        let jobs: Vec<_> = m
+            .live_packs()
+            .flat_map(|p| ["pack", "idx"].map(|ext| (p.clone(), ext)))
+            .map(|(p, ext)| {
+                let dir = dir.path();
+                async move {
+                    let copied = self.copy_one(dir, &p, ext).await?;
+                    if copied.is_some() {
+                        crash_hook(env, if way == Way::Encrypt { "encrypt-copied" } else { "decrypt-copied" });
+                    }
+                    Ok::<_, StorageError>(copied)
+                }
+            })
+            .collect();
+        let done: Vec<Option<u64>> = futures::stream::iter(jobs).buffer_unordered(4).try_collect().await?;
+        let copied: Vec<u64> = done.into_iter().flatten().collect();
+        Ok((copied.len(), copied.iter().fold(0u64, |t, b| t.saturating_add(*b))))
+    }
+
+    /// Copies pack `name`'s `.<ext>` into the new form: Some(plaintext bytes),
+    /// or None when the copy was there already (or an `.idx` is missing in
+    /// the old form too: `git s3 doctor` re-creates it).
+    async fn copy_one(&self, dir: &Path, p: &PackEntry, ext: &str) -> Result<Option<u64>, StorageError> {
+        let Migration { store, url, key, way, .. } = *self;
+        let name = p.name.as_str();
+        // Encrypting: named with the current key. Decrypting: with the
+        // generation that encrypted it (a pack may predate a rotation).
+        let hidden = match way {
+            Way::Encrypt => object_key(url, Some(&**key), name, ext),
+            Way::Decrypt => entry_object_key(url, Some(&**key), p, ext)?,
+        };
+        let plain = object_key(url, None, name, ext);
+        let (src, dst) = match way {
+            Way::Encrypt => (plain, hidden),
+            Way::Decrypt => (hidden, plain),
+        };
+        if store.head(&dst).await?.is_some() {
+            return Ok(None);
+        }
+        let fetched = tempfile::Builder::new().prefix("src-").tempfile_in(dir)?;
+        match store.get_to_file(&src, fetched.path(), |_| {}).await {
+            Ok(_) => {}
+            Err(e) if e.is_not_found() && ext == "idx" => return Ok(None),
+            Err(e) if e.is_not_found() => {
+                return Err(StorageError::Corrupt(format!("the manifest names pack {name} but s3://{}/{src} is missing", store.bucket())))
             }
             Err(e) => return Err(e.into()),
         }
-    }
-    Err(StorageError::Format(format!("{url}: the manifest kept changing during the migration; run it again")))
-}
-
-/// Copies every pack and `.idx` `m` names (views too) into the new form,
-/// four at a time, skipping those already there. (copied, plaintext bytes).
-async fn copy_packs(
-    store: &S3Store,
-    url: &RemoteUrl,
-    tmp_root: &Path,
-    env: &HashMap<String, String>,
-    key: &Arc<RemoteKey>,
-    way: Way,
-    m: &Manifest,
-) -> Result<(usize, u64), StorageError> {
-    let dir = tempfile::Builder::new().prefix("crypt-").tempdir_in(tmp_root)?;
-    let jobs: Vec<_> = m
-        .live_packs()
-        .flat_map(|p| ["pack", "idx"].map(|ext| (p.clone(), ext)))
-        .map(|(p, ext)| {
-            let dir = dir.path();
-            async move {
-                let copied = copy_one(store, url, dir, key, way, &p, ext).await?;
-                if copied.is_some() {
-                    crash_hook(env, if way == Way::Encrypt { "encrypt-copied" } else { "decrypt-copied" });
-                }
-                Ok::<_, StorageError>(copied)
+        let bytes = match way {
+            Way::Encrypt => {
+                let bytes = tokio::fs::metadata(fetched.path()).await?.len();
+                put_object(store, Some(key), &dst, fetched.path(), |_| {}).await?;
+                bytes
             }
-        })
-        .collect();
-    let done: Vec<Option<u64>> = futures::stream::iter(jobs).buffer_unordered(4).try_collect().await?;
-    let copied: Vec<u64> = done.into_iter().flatten().collect();
-    Ok((copied.len(), copied.iter().fold(0u64, |t, b| t.saturating_add(*b))))
-}
-
-/// Copies pack `name`'s `.<ext>` into the new form: Some(plaintext bytes),
-/// or None when the copy was there already (or an `.idx` is missing in
-/// the old form too: `git s3 doctor` re-creates it).
-async fn copy_one(
-    store: &S3Store,
-    url: &RemoteUrl,
-    dir: &Path,
-    key: &Arc<RemoteKey>,
-    way: Way,
-    p: &PackEntry,
-    ext: &str,
-) -> Result<Option<u64>, StorageError> {
-    let name = p.name.as_str();
-    // Encrypting: named with the current key. Decrypting: with the
-    // generation that encrypted it (a pack may predate a rotation).
-    let hidden = match way {
-        Way::Encrypt => object_key(url, Some(&**key), name, ext),
-        Way::Decrypt => entry_object_key(url, Some(&**key), p, ext)?,
-    };
-    let plain = object_key(url, None, name, ext);
-    let (src, dst) = match way {
-        Way::Encrypt => (plain, hidden),
-        Way::Decrypt => (hidden, plain),
-    };
-    if store.head(&dst).await?.is_some() {
-        return Ok(None);
+            Way::Decrypt => {
+                let plain = tempfile::Builder::new().prefix("plain-").tempfile_in(dir)?;
+                let what = format!("s3://{}/{src}", store.bucket());
+                codec::decrypt_file(key.clone(), fetched.path().to_path_buf(), plain.path().to_path_buf(), what).await?;
+                store.put_file(&dst, plain.path(), PutOptions::default(), |_| {}).await?;
+                tokio::fs::metadata(plain.path()).await?.len()
+            }
+        };
+        Ok(Some(bytes))
     }
-    let fetched = tempfile::Builder::new().prefix("src-").tempfile_in(dir)?;
-    match store.get_to_file(&src, fetched.path(), |_| {}).await {
-        Ok(_) => {}
-        Err(e) if e.is_not_found() && ext == "idx" => return Ok(None),
-        Err(e) if e.is_not_found() => {
-            return Err(StorageError::Corrupt(format!("the manifest names pack {name} but s3://{}/{src} is missing", store.bucket())))
-        }
-        Err(e) => return Err(e.into()),
-    }
-    let bytes = match way {
-        Way::Encrypt => {
-            let bytes = tokio::fs::metadata(fetched.path()).await?.len();
-            put_object(store, Some(key), &dst, fetched.path(), |_| {}).await?;
-            bytes
-        }
-        Way::Decrypt => {
-            let plain = tempfile::Builder::new().prefix("plain-").tempfile_in(dir)?;
-            let what = format!("s3://{}/{src}", store.bucket());
-            codec::decrypt_file(key.clone(), fetched.path().to_path_buf(), plain.path().to_path_buf(), what).await?;
-            store.put_file(&dst, plain.path(), PutOptions::default(), |_| {}).await?;
-            tokio::fs::metadata(plain.path()).await?.len()
-        }
-    };
-    Ok(Some(bytes))
 }
 
 /// The LFS objects brought to the new form (`storage::crypt::lfs`), after
