@@ -15,7 +15,7 @@ use super::{Agent, AgentError, Progress, Request, RANGED_THRESHOLD, SMALL_OBJECT
 use crate::local::files::{blocking, link_or_copy_into_async};
 use crate::s3::store::{PutOptions, S3Store, WriteCondition};
 use crate::s3::url::RemoteUrl;
-use crate::storage::crypt::lfs::{candidate_keys, decrypt_hashing, object_key, plausible_size};
+use crate::storage::crypt::lfs::{candidate_keys, object_key, plausible_size};
 use crate::storage::crypt::{codec, RemoteKey};
 
 impl Agent {
@@ -110,7 +110,7 @@ impl Agent {
             let c = cache.clone();
             let plain = blocking(move || c.temp_file()).await?;
             let what = format!("s3://{}/{name}", url.bucket);
-            let (sha, len) = decrypt_hashing(key.clone(), fetched.path().to_path_buf(), plain.path().to_path_buf(), what).await?;
+            let (sha, len) = codec::decrypt_hashing(key.clone(), fetched.path().to_path_buf(), plain.path().to_path_buf(), what).await?;
             (plain, sha, len)
         };
         if let Some(expected) = req.size.filter(|&s| s != len) {

@@ -8,6 +8,8 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use sha2::{Digest, Sha256};
+
 use super::{CryptError, RemoteKey};
 
 /// `data` as an age file to `key` (unpadded: small objects use [`encrypt_padded`]).
@@ -294,6 +296,42 @@ pub(crate) async fn decrypt_file(key: Arc<RemoteKey>, src: PathBuf, dst: PathBuf
         Ok(())
     })
     .await
+}
+
+/// Decrypts the age file `src` into a new file `dst` (on a blocking
+/// thread), hashing the plaintext as it is written: its SHA-256 (hex) and
+/// length. A tampered, truncated or foreign object is a
+/// [`CryptError::Decrypt`] naming `what`; `dst` then holds a part that the
+/// caller must not use.
+pub(crate) async fn decrypt_hashing(key: Arc<RemoteKey>, src: PathBuf, dst: PathBuf, what: String) -> Result<(String, u64), CryptError> {
+    blocking(move || {
+        let input = std::io::BufReader::with_capacity(1 << 16, std::fs::File::open(&src)?);
+        let output = std::io::BufWriter::with_capacity(1 << 16, std::fs::File::create(&dst)?);
+        let mut hashing = Sha256Writer { inner: output, hash: Sha256::new(), len: 0 };
+        decrypt_stream(&key, input, &mut hashing, &what)?;
+        hashing.inner.flush()?;
+        Ok((hex::encode(hashing.hash.finalize()), hashing.len))
+    })
+    .await
+}
+
+/// Hashes (SHA-256) and counts what it writes through.
+struct Sha256Writer<W: Write> {
+    inner: W,
+    hash: Sha256,
+    len: u64,
+}
+
+impl<W: Write> Write for Sha256Writer<W> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(b)?;
+        self.hash.update(&b[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// What [`decrypt_chunks`] found at the end of a stream.

@@ -23,6 +23,7 @@ pub(crate) mod keyring;
 pub(crate) mod kms;
 pub(crate) mod lfs;
 pub(crate) mod reencrypt;
+pub(crate) mod rewrap;
 pub(crate) mod rollback;
 pub(crate) mod seekable;
 pub(crate) mod trust;

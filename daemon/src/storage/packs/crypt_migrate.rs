@@ -34,10 +34,11 @@ use crate::s3::url::RemoteUrl;
 use crate::storage::bundles::layout;
 use crate::storage::crypt::kms::{self, EncryptTo};
 use crate::storage::crypt::lfs::{Rewritten, Target};
+use crate::storage::crypt::rewrap::{self, Form, Upload};
 use crate::storage::crypt::{self, codec, keyring, CryptError, RemoteKey};
 use crate::storage::detect::scan_refs_dir;
 use crate::storage::packs::manifest::{self, read_manifest, Manifest, PackEntry, MAX_ATTEMPTS};
-use crate::storage::packs::storage::{entry_object_key, object_key, put_object};
+use crate::storage::packs::storage::{entry_object_key, object_key};
 use crate::storage::StorageError;
 
 /// What an encryption or decryption did.
@@ -332,36 +333,23 @@ impl Migration<'_> {
             Way::Decrypt => entry_object_key(url, Some(&**key), p, ext)?,
         };
         let plain = object_key(url, None, name, ext);
-        let (src, dst) = match way {
-            Way::Encrypt => (plain, hidden),
-            Way::Decrypt => (hidden, plain),
+        let (src, dst, read, write) = match way {
+            Way::Encrypt => (plain, hidden, Form::Plaintext, Form::Encrypted(key)),
+            Way::Decrypt => (hidden, plain, Form::Encrypted(key), Form::Plaintext),
         };
         if store.head(&dst).await?.is_some() {
             return Ok(None);
         }
-        let fetched = tempfile::Builder::new().prefix("src-").tempfile_in(dir)?;
-        match store.get_to_file(&src, fetched.path(), |_| {}).await {
-            Ok(_) => {}
-            Err(e) if e.is_not_found() && ext == "idx" => return Ok(None),
-            Err(e) if e.is_not_found() => {
+        let fetched = match rewrap::fetch(store, &src, read, dir, false).await {
+            Ok(fetched) => fetched,
+            Err(e) if rewrap::is_missing(&e) && ext == "idx" => return Ok(None),
+            Err(e) if rewrap::is_missing(&e) => {
                 return Err(StorageError::Corrupt(format!("the manifest names pack {name} but s3://{}/{src} is missing", store.bucket())))
             }
-            Err(e) => return Err(e.into()),
-        }
-        let bytes = match way {
-            Way::Encrypt => {
-                let bytes = tokio::fs::metadata(fetched.path()).await?.len();
-                put_object(store, Some(key), &dst, fetched.path(), |_| {}).await?;
-                bytes
-            }
-            Way::Decrypt => {
-                let plain = tempfile::Builder::new().prefix("plain-").tempfile_in(dir)?;
-                let what = format!("s3://{}/{src}", store.bucket());
-                codec::decrypt_file(key.clone(), fetched.path().to_path_buf(), plain.path().to_path_buf(), what).await?;
-                store.put_file(&dst, plain.path(), PutOptions::default(), |_| {}).await?;
-                tokio::fs::metadata(plain.path()).await?.len()
-            }
+            Err(e) => return Err(e),
         };
+        let bytes = fetched.plaintext_len().await?;
+        rewrap::put(store, fetched.plaintext(), &dst, write, Upload::New, dir).await?;
         Ok(Some(bytes))
     }
 }
