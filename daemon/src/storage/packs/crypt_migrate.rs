@@ -91,12 +91,11 @@ pub(crate) async fn encrypt(
             let key = open_keyring(store, url, env).await?;
             let refs = read_manifest(store, url).await?.map(|(m, _)| m.refs.len()).unwrap_or(0);
             crypt::remember(store, url, key);
-            let lfs = carry_lfs(store, url, env, Way::Encrypt, tmp_root).await?;
-            let deleted = delete_old_form(store, url, Way::Encrypt).await? + lfs.deleted;
+            let (copied, deleted) = finish(store, url, env, Way::Encrypt, tmp_root).await?;
             if deleted == 0 {
                 return Err(StorageError::Format(format!("{url} is encrypted already")));
             }
-            return Ok(CryptReport { refs, copied: lfs.written, deleted, finished_earlier_run: true, ..Default::default() });
+            return Ok(CryptReport { refs, copied, deleted, finished_earlier_run: true, ..Default::default() });
         }
         Err(e) => return Err(e),
     };
@@ -112,9 +111,8 @@ pub(crate) async fn encrypt(
     crypt::remember(store, url, key);
     report.refs = next.refs.len();
     crash_hook(env, "encrypt-switched");
-    let lfs = carry_lfs(store, url, env, Way::Encrypt, tmp_root).await?;
-    report.copied += lfs.written;
-    report.deleted = delete_old_form(store, url, Way::Encrypt).await? + lfs.deleted;
+    let (copied, deleted) = finish(store, url, env, Way::Encrypt, tmp_root).await?;
+    (report.copied, report.deleted) = (report.copied + copied, deleted);
     Ok(report)
 }
 
@@ -128,12 +126,11 @@ pub(crate) async fn decrypt(store: &S3Store, url: &RemoteUrl, tmp_root: &Path, e
         Ok(None) => Err(not_packs(store, url, "decrypt it").await),
         // Plaintext: a run killed after its switch left the keyring or age files.
         Ok(Some((m, _))) => {
-            let lfs = carry_lfs(store, url, env, Way::Decrypt, tmp_root).await?;
-            let deleted = delete_old_form(store, url, Way::Decrypt).await? + lfs.deleted;
+            let (copied, deleted) = finish(store, url, env, Way::Decrypt, tmp_root).await?;
             if deleted == 0 {
                 return Err(StorageError::Format(format!("{url} is not encrypted")));
             }
-            Ok(CryptReport { refs: m.refs.len(), copied: lfs.written, deleted, finished_earlier_run: true, ..Default::default() })
+            Ok(CryptReport { refs: m.refs.len(), copied, deleted, finished_earlier_run: true, ..Default::default() })
         }
         Err(StorageError::Crypt(CryptError::NotOpened(_))) => {
             let key = open_keyring(store, url, env).await?;
@@ -150,9 +147,8 @@ pub(crate) async fn decrypt(store: &S3Store, url: &RemoteUrl, tmp_root: &Path, e
             manifest::forget_held(store, url);
             report.refs = next.refs.len();
             crash_hook(env, "decrypt-switched");
-            let lfs = carry_lfs(store, url, env, Way::Decrypt, tmp_root).await?;
-            report.copied += lfs.written;
-            report.deleted = delete_old_form(store, url, Way::Decrypt).await? + lfs.deleted;
+            let (copied, deleted) = finish(store, url, env, Way::Decrypt, tmp_root).await?;
+            (report.copied, report.deleted) = (report.copied + copied, deleted);
             Ok(report)
         }
         Err(e) => Err(e),
@@ -352,6 +348,15 @@ impl Migration<'_> {
         rewrap::put(store, fetched.plaintext(), &dst, write, Upload::New, dir).await?;
         Ok(Some(bytes))
     }
+}
+
+/// Step 4 (see the module's comment), after the switch or to finish an
+/// earlier run's: the LFS objects brought to the new form, then the old
+/// form's objects deleted. (LFS objects written, objects deleted.)
+async fn finish(store: &S3Store, url: &RemoteUrl, env: &HashMap<String, String>, way: Way, tmp_root: &Path) -> Result<(usize, usize), StorageError> {
+    let lfs = carry_lfs(store, url, env, way, tmp_root).await?;
+    let deleted = delete_old_form(store, url, way).await? + lfs.deleted;
+    Ok((lfs.written, deleted))
 }
 
 /// The LFS objects brought to the new form (`storage::crypt::lfs`), after
