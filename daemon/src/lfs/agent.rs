@@ -630,10 +630,16 @@ impl Agent {
             return Err(AgentError::HashMismatch { oid: oid.to_string(), bucket: url.bucket.clone(), key, actual: sha });
         }
         self.log.debug(&format!("download {oid}: {len} bytes, SHA-256 verified"));
-        // Hand git-lfs its own link first, so a failing cache cannot fail the transfer.
-        let dest = link_or_copy_into_async(temp.path().to_path_buf(), tmp_dir, oid.to_string()).await?;
-        let o = oid.to_string();
-        if let Err(e) = blocking(move || cache.insert_lfs(&o, temp)).await {
+        self.deliver(temp, tmp_dir, oid).await
+    }
+
+    /// Hands git-lfs the verified object `file` (linked or copied into
+    /// `tmp_dir`; first, so a failing cache cannot fail the transfer), then
+    /// keeps it in the local cache. The path git-lfs gets.
+    async fn deliver(&self, file: tempfile::NamedTempFile, tmp_dir: PathBuf, oid: &str) -> Result<PathBuf, AgentError> {
+        let dest = link_or_copy_into_async(file.path().to_path_buf(), tmp_dir, oid.to_string()).await?;
+        let (cache, o) = (self.state.cache.clone(), oid.to_string());
+        if let Err(e) = blocking(move || cache.insert_lfs(&o, file)).await {
             self.log.error(&format!("download {oid}: not cached: {e}"));
         }
         Ok(dest)

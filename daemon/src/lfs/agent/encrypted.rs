@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::{Agent, AgentError, Progress, Request, RANGED_THRESHOLD, SMALL_OBJECT};
-use crate::local::files::{blocking, link_or_copy_into_async};
+use crate::local::files::blocking;
 use crate::s3::store::{PutOptions, S3Store, WriteCondition};
 use crate::s3::url::RemoteUrl;
-use crate::storage::crypt::lfs::{candidate_keys, decrypt_hashing, object_key, plausible_size};
+use crate::storage::crypt::lfs::{candidate_keys, object_key, plausible_size};
 use crate::storage::crypt::{codec, RemoteKey};
 
 impl Agent {
@@ -110,7 +110,7 @@ impl Agent {
             let c = cache.clone();
             let plain = blocking(move || c.temp_file()).await?;
             let what = format!("s3://{}/{name}", url.bucket);
-            let (sha, len) = decrypt_hashing(key.clone(), fetched.path().to_path_buf(), plain.path().to_path_buf(), what).await?;
+            let (sha, len) = codec::decrypt_hashing(key.clone(), fetched.path().to_path_buf(), plain.path().to_path_buf(), what).await?;
             (plain, sha, len)
         };
         if let Some(expected) = req.size.filter(|&s| s != len) {
@@ -120,12 +120,7 @@ impl Agent {
             return Err(AgentError::Swapped { oid: oid.to_string(), bucket: url.bucket.clone(), key: name, actual: sha });
         }
         self.log.debug(&format!("download {oid}: {len} bytes, decrypted, SHA-256 verified"));
-        let dest = link_or_copy_into_async(plain.path().to_path_buf(), tmp_dir, oid.to_string()).await?;
-        let o = oid.to_string();
-        if let Err(e) = blocking(move || cache.insert_lfs(&o, plain)).await {
-            self.log.error(&format!("download {oid}: not cached: {e}"));
-        }
-        Ok(dest)
+        self.deliver(plain, tmp_dir, oid).await
     }
 
     /// Downloads the object `name` into `dest`; false when it does not exist.

@@ -8,6 +8,8 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use sha2::{Digest, Sha256};
+
 use super::{CryptError, RemoteKey};
 
 /// `data` as an age file to `key` (unpadded: small objects use [`encrypt_padded`]).
@@ -113,9 +115,15 @@ fn decrypt_stream(key: &RemoteKey, input: impl Read, mut output: impl Write, wha
     Ok(())
 }
 
+/// `f`'s answer, run on a blocking thread; a panic there (the task's join
+/// error) is a [`CryptError::Io`].
+pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, CryptError> + Send + 'static) -> Result<T, CryptError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| CryptError::Io(std::io::Error::other(e.to_string())))?
+}
+
 /// Encrypts the file `src` into a new file `dst` (on a blocking thread).
 pub(crate) async fn encrypt_file(key: Arc<RemoteKey>, src: PathBuf, dst: PathBuf) -> Result<(), CryptError> {
-    tokio::task::spawn_blocking(move || {
+    blocking(move || {
         let input = std::io::BufReader::with_capacity(1 << 16, std::fs::File::open(&src)?);
         let mut output = std::io::BufWriter::with_capacity(1 << 16, std::fs::File::create(&dst)?);
         encrypt_stream(&key, input, &mut output)?;
@@ -123,7 +131,6 @@ pub(crate) async fn encrypt_file(key: Arc<RemoteKey>, src: PathBuf, dst: PathBuf
         Ok(())
     })
     .await
-    .map_err(|e| CryptError::Io(std::io::Error::other(e.to_string())))?
 }
 
 /// The most bytes the age file of `n` plaintext bytes to one X25519
@@ -201,7 +208,7 @@ pub(crate) fn encrypt_file_to_parts(
 /// thread as the ciphertext is produced: the hash adds no pass after the
 /// encryption (MD5 is the slower of the two).
 pub(crate) async fn encrypt_file_to_memory(key: Arc<RemoteKey>, src: PathBuf, md5: bool) -> Result<(Vec<u8>, Option<String>), CryptError> {
-    tokio::task::spawn_blocking(move || {
+    blocking(move || {
         let len = std::fs::metadata(&src)?.len();
         let input = std::io::BufReader::with_capacity(1 << 16, std::fs::File::open(&src)?);
         let out = Vec::with_capacity(usize::try_from(ciphertext_len_max(len)).unwrap_or(0));
@@ -230,7 +237,6 @@ pub(crate) async fn encrypt_file_to_memory(key: Arc<RemoteKey>, src: PathBuf, md
         })
     })
     .await
-    .map_err(|e| CryptError::Io(std::io::Error::other(e.to_string())))?
 }
 
 /// Collects what it is given, and hands each MiB of it to a hashing thread.
@@ -282,7 +288,7 @@ impl<W: Write> Write for CountingWriter<'_, W> {
 
 /// Decrypts the age file `src` into a new file `dst` (on a blocking thread).
 pub(crate) async fn decrypt_file(key: Arc<RemoteKey>, src: PathBuf, dst: PathBuf, what: String) -> Result<(), CryptError> {
-    tokio::task::spawn_blocking(move || {
+    blocking(move || {
         let input = std::io::BufReader::with_capacity(1 << 16, std::fs::File::open(&src)?);
         let mut output = std::io::BufWriter::with_capacity(1 << 16, std::fs::File::create(&dst)?);
         decrypt_stream(&key, input, &mut output, &what)?;
@@ -290,7 +296,42 @@ pub(crate) async fn decrypt_file(key: Arc<RemoteKey>, src: PathBuf, dst: PathBuf
         Ok(())
     })
     .await
-    .map_err(|e| CryptError::Io(std::io::Error::other(e.to_string())))?
+}
+
+/// Decrypts the age file `src` into a new file `dst` (on a blocking
+/// thread), hashing the plaintext as it is written: its SHA-256 (hex) and
+/// length. A tampered, truncated or foreign object is a
+/// [`CryptError::Decrypt`] naming `what`; `dst` then holds a part that the
+/// caller must not use.
+pub(crate) async fn decrypt_hashing(key: Arc<RemoteKey>, src: PathBuf, dst: PathBuf, what: String) -> Result<(String, u64), CryptError> {
+    blocking(move || {
+        let input = std::io::BufReader::with_capacity(1 << 16, std::fs::File::open(&src)?);
+        let output = std::io::BufWriter::with_capacity(1 << 16, std::fs::File::create(&dst)?);
+        let mut hashing = Sha256Writer { inner: output, hash: Sha256::new(), len: 0 };
+        decrypt_stream(&key, input, &mut hashing, &what)?;
+        hashing.inner.flush()?;
+        Ok((hex::encode(hashing.hash.finalize()), hashing.len))
+    })
+    .await
+}
+
+/// Hashes (SHA-256) and counts what it writes through.
+struct Sha256Writer<W: Write> {
+    inner: W,
+    hash: Sha256,
+    len: u64,
+}
+
+impl<W: Write> Write for Sha256Writer<W> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(b)?;
+        self.hash.update(&b[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// What [`decrypt_chunks`] found at the end of a stream.
@@ -312,7 +353,7 @@ pub(crate) async fn decrypt_chunks(
     hold: usize,
     check: impl FnOnce(&[u8], &[u8]) -> Verdict + Send + 'static,
 ) -> Result<Verdict, CryptError> {
-    tokio::task::spawn_blocking(move || {
+    blocking(move || {
         let bad = |e: &dyn std::fmt::Display| CryptError::Decrypt { what: what.clone(), detail: e.to_string() };
         let decryptor = age::Decryptor::new(ChannelReader { rx: chunks, cur: bytes::Bytes::new() }).map_err(|e| bad(&e))?;
         // Every generation of the remote key (a pack may predate a rotation).
@@ -341,7 +382,6 @@ pub(crate) async fn decrypt_chunks(
         Ok(None)
     })
     .await
-    .map_err(|e| CryptError::Io(std::io::Error::other(e.to_string())))?
 }
 
 /// The bytes arriving on a channel, read on a blocking thread.

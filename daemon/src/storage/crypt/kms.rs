@@ -87,9 +87,7 @@ struct Unwrapped {
 /// The caller's configuration, as [`ClientSpec`] (blocking: it reads the config files).
 async fn caller_spec(url: &RemoteUrl, env: &HashMap<String, String>) -> Result<ClientSpec, CryptError> {
     let (e, profile) = (env.clone(), url.profile.clone());
-    tokio::task::spawn_blocking(move || ClientSpec::from_env(&e, profile.as_deref()))
-        .await
-        .map_err(|e| CryptError::Io(std::io::Error::other(e.to_string())))
+    super::codec::blocking(move || Ok(ClientSpec::from_env(&e, profile.as_deref()))).await
 }
 
 /// The caller's warm KMS client (built on first use), and the key of the

@@ -9,14 +9,12 @@
 //! on a blocking thread (age's 64 KiB STREAM chunks): memory stays bounded
 //! whatever the object's size.
 
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
-
-use super::{CryptError, RemoteKey, AGE_MAGIC};
-use crate::s3::store::{PutOptions, S3Store, WriteCondition};
+use super::rewrap::{self, Form, Upload};
+use super::{RemoteKey, AGE_MAGIC};
+use crate::s3::store::S3Store;
 use crate::s3::url::RemoteUrl;
 use crate::storage::StorageError;
 
@@ -43,52 +41,6 @@ pub(crate) fn candidate_keys(url: &RemoteUrl, key: &RemoteKey, oid: &str) -> Vec
 pub(crate) fn plausible_size(plain: u64, cipher: u64) -> bool {
     let payload = plain + 16 * plain.div_ceil(64 * 1024).max(1);
     cipher > payload + AGE_MAGIC.len() as u64 && cipher <= payload + MAX_HEADER
-}
-
-/// Decrypts the age file `src` into the new file `dst` (on a blocking
-/// thread), hashing the plaintext as it is written: its SHA-256 (hex) and
-/// length. A tampered, truncated or foreign object is a
-/// [`CryptError::Decrypt`] naming `what`; `dst` then holds a part that the
-/// caller must not use.
-pub(crate) async fn decrypt_hashing(key: Arc<RemoteKey>, src: PathBuf, dst: PathBuf, what: String) -> Result<(String, u64), CryptError> {
-    tokio::task::spawn_blocking(move || {
-        let bad = |e: &dyn std::fmt::Display| CryptError::Decrypt { what: what.clone(), detail: e.to_string() };
-        let input = std::io::BufReader::with_capacity(1 << 16, std::fs::File::open(&src)?);
-        let decryptor = age::Decryptor::new(input).map_err(|e| bad(&e))?;
-        let mut reader = decryptor.decrypt(key.identities().map(|i| i as &dyn age::Identity)).map_err(|e| bad(&e))?;
-        let mut output = std::io::BufWriter::with_capacity(1 << 16, std::fs::File::create(&dst)?);
-        let (mut hash, mut len, mut buf) = (Sha256::new(), 0u64, vec![0u8; 1 << 16]);
-        loop {
-            // A chunk that fails authentication is an io::Error of kind InvalidData.
-            let n = match reader.read(&mut buf) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => return Err(bad(&e)),
-                Err(e) => return Err(CryptError::Io(e)),
-            };
-            if n == 0 {
-                break;
-            }
-            hash.update(&buf[..n]);
-            output.write_all(&buf[..n])?;
-            len += n as u64;
-        }
-        output.flush()?;
-        Ok((hex::encode(hash.finalize()), len))
-    })
-    .await
-    .map_err(|e| CryptError::Io(std::io::Error::other(e.to_string())))?
-}
-
-/// The SHA-256 (hex) of a file, read on a blocking thread.
-async fn sha256_of(path: PathBuf) -> Result<String, CryptError> {
-    tokio::task::spawn_blocking(move || {
-        let mut f = std::fs::File::open(&path)?;
-        let mut hash = Sha256::new();
-        std::io::copy(&mut f, &mut hash)?;
-        Ok(hex::encode(hash.finalize()))
-    })
-    .await
-    .map_err(|e| CryptError::Io(std::io::Error::other(e.to_string())))?
 }
 
 /// The form [`rewrite_all`] brings a remote's LFS objects to.
@@ -161,48 +113,33 @@ async fn rewrite_one(
     target: Target,
     dir: &Path,
 ) -> Result<(bool, bool), StorageError> {
-    let what = format!("s3://{}/{from}", store.bucket());
-    let fetched = tempfile::Builder::new().prefix("src-").tempfile_in(dir)?;
-    match store.get_to_file(from, fetched.path(), |_| {}).await {
-        Ok(_) => {}
+    let read = if oid.is_some() { Form::Plaintext } else { Form::Encrypted(key) };
+    let fetched = match rewrap::fetch(store, from, read, dir, true).await {
+        Ok(fetched) => fetched,
         // Moved meanwhile (a concurrent run).
-        Err(e) if e.is_not_found() => return Ok((false, false)),
-        Err(e) => return Err(e.into()),
-    }
-    let plain = tempfile::Builder::new().prefix("plain-").tempfile_in(dir)?;
-    let (sha, plain_path) = match &oid {
-        Some(_) => (sha256_of(fetched.path().to_path_buf()).await?, fetched.path()),
-        None => (decrypt_hashing(key.clone(), fetched.path().to_path_buf(), plain.path().to_path_buf(), what.clone()).await?.0, plain.path()),
+        Err(e) if rewrap::is_missing(&e) => return Ok((false, false)),
+        Err(e) => return Err(e),
     };
+    // Asked for: `fetch` hashed it.
+    let sha = fetched.sha256.clone().unwrap_or_default();
     if oid.as_ref().is_some_and(|o| *o != sha) {
         return Err(StorageError::Corrupt(format!(
-            "{what} is not LFS object {} (its SHA-256 is {sha}): delete it, or push it again",
+            "{} is not LFS object {} (its SHA-256 is {sha}): delete it, or push it again",
+            fetched.what,
             oid.unwrap_or_default()
         )));
     }
-    let to = match target {
-        Target::Encrypted | Target::Current => object_key(url, key, &sha),
-        Target::Plaintext => url.key(&format!("lfs/{sha}")),
+    let (to, form) = match target {
+        Target::Encrypted | Target::Current => (object_key(url, key, &sha), Form::Encrypted(key)),
+        Target::Plaintext => (url.key(&format!("lfs/{sha}")), Form::Plaintext),
     };
     if to == from {
         return Ok((false, false));
     }
     let written = store.head(&to).await?.is_none();
     if written {
-        let create_only = PutOptions { condition: WriteCondition::IfAbsent, ..Default::default() };
-        let put = match target {
-            Target::Encrypted | Target::Current => {
-                let enc = tempfile::Builder::new().prefix("enc-").tempfile_in(dir)?;
-                super::codec::encrypt_file(key.clone(), plain_path.to_path_buf(), enc.path().to_path_buf()).await?;
-                store.put_file(&to, enc.path(), create_only, |_| {}).await
-            }
-            Target::Plaintext => store.put_file(&to, plain_path, create_only, |_| {}).await,
-        };
-        match put {
-            Ok(_) => {}
-            Err(e) if e.is_precondition_failed() => {}
-            Err(e) => return Err(e.into()),
-        }
+        // Create-only: an object there meanwhile is the same content.
+        rewrap::put(store, fetched.plaintext(), &to, form, Upload::CreateOnly(Vec::new()), dir).await?;
     }
     store.delete(from).await?;
     Ok((written, true))
@@ -210,7 +147,10 @@ async fn rewrite_one(
 
 #[cfg(test)]
 mod tests {
+    use super::super::codec::decrypt_hashing;
+    use super::super::CryptError;
     use super::*;
+    use sha2::{Digest, Sha256};
 
     #[test]
     fn names_are_keyed_per_generation_and_reveal_no_oid() {

@@ -26,6 +26,7 @@ pub(crate) mod plugin_bridge;
 pub(crate) mod plugins;
 pub(crate) mod recipient;
 pub(crate) mod reencrypt;
+pub(crate) mod rewrap;
 pub(crate) mod rollback;
 pub(crate) mod seekable;
 pub(crate) mod trust;

@@ -18,11 +18,12 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
-use super::{access, codec, CryptError, RemoteKey};
-use crate::s3::store::{PutOptions, S3Store, WriteCondition};
+use super::rewrap::{self, Form, Upload};
+use super::{access, CryptError, RemoteKey};
+use crate::s3::store::S3Store;
 use crate::s3::url::RemoteUrl;
 use crate::storage::packs::manifest::{self, read_manifest, update_manifest, PackEntry};
-use crate::storage::packs::storage::{entry_object_key, get_object, object_key, put_object};
+use crate::storage::packs::storage::{check_binding, entry_object_key, object_key};
 use crate::storage::zip::{encrypted_zip_key, older_encrypted_zip_keys, ZIP_SERIAL_META};
 use crate::storage::StorageError;
 
@@ -100,14 +101,14 @@ async fn reencrypt_pack(store: &S3Store, url: &RemoteUrl, key: &Arc<RemoteKey>, 
             continue;
         }
         let from = entry_object_key(url, Some(&**key), p, ext)?;
-        let plain = super::codec::temp_beside(&tmp.join("x"))?;
-        match get_object(store, key, (&from, &p.name, ext), plain.path(), |_| {}).await {
-            Ok(()) => {}
+        let fetched = match rewrap::fetch(store, &from, Form::Encrypted(key), tmp, false).await {
+            Ok(fetched) => fetched,
             // A `.idx` is uploaded after the push answered, and restored when missing: none to move.
-            Err(StorageError::Store(e)) if e.is_not_found() && ext == "idx" => continue,
+            Err(e) if rewrap::is_missing(&e) && ext == "idx" => continue,
             Err(e) => return Err(e),
-        }
-        put_object(store, Some(key), &to, plain.path(), |_| {}).await?;
+        };
+        check_binding(&fetched.what, fetched.plaintext(), &p.name, ext).await?;
+        rewrap::put(store, fetched.plaintext(), &to, Form::Encrypted(key), Upload::New, tmp).await?;
         written += 1;
     }
     Ok(written)
@@ -145,7 +146,8 @@ async fn delete_old_objects(store: &S3Store, url: &RemoteUrl, key: &Arc<RemoteKe
 
 /// The refs' zips (`s3+zip://`) written with an older key: each copied,
 /// re-encrypted to `key`, under its name with `key` (unless a push wrote
-/// that already); the old ones are deleted with the packs. How many written.
+/// that already), keeping its serial; the old ones are deleted with the
+/// packs. How many written.
 async fn reencrypt_zips(store: &S3Store, url: &RemoteUrl, key: &Arc<RemoteKey>, tmp: &Path) -> Result<usize, StorageError> {
     let Some((m, _)) = read_manifest(store, url).await? else { return Ok(0) };
     let mut written = 0;
@@ -157,35 +159,14 @@ async fn reencrypt_zips(store: &S3Store, url: &RemoteUrl, key: &Arc<RemoteKey>, 
         // The newest older generation's zip, if any.
         for from in older_encrypted_zip_keys(url, key, dst) {
             if let Some((_, meta)) = store.head_with_metadata(&from).await? {
-                written += usize::from(reencrypt_zip(store, key, &from, &to, meta.get(ZIP_SERIAL_META), tmp).await?);
+                let fetched = rewrap::fetch(store, &from, Form::Encrypted(key), tmp, false).await?;
+                let serial = meta.get(ZIP_SERIAL_META).map(|s| vec![(ZIP_SERIAL_META.to_string(), s.clone())]).unwrap_or_default();
+                // Create-only: not written when a push wrote `to` meanwhile (its zip is newer).
+                let put = rewrap::put(store, fetched.plaintext(), &to, Form::Encrypted(key), Upload::CreateOnly(serial), tmp);
+                written += usize::from(put.await?);
                 break;
             }
         }
     }
     Ok(written)
-}
-
-/// The zip `from` decrypted (with any generation of `key`) and written
-/// encrypted to the current key at `to`, keeping its serial; false when a
-/// push wrote `to` meanwhile (its zip is newer).
-async fn reencrypt_zip(
-    store: &S3Store,
-    key: &Arc<RemoteKey>,
-    from: &str,
-    to: &str,
-    serial: Option<&String>,
-    tmp: &Path,
-) -> Result<bool, StorageError> {
-    let temp = || codec::temp_beside(&tmp.join("zip"));
-    let (cipher, plain, again) = (temp()?, temp()?, temp()?);
-    store.get_to_file(from, cipher.path(), |_| {}).await?;
-    let what = format!("s3://{}/{from}", store.bucket());
-    codec::decrypt_file(key.clone(), cipher.path().to_path_buf(), plain.path().to_path_buf(), what).await?;
-    codec::encrypt_file(key.clone(), plain.path().to_path_buf(), again.path().to_path_buf()).await?;
-    let metadata = serial.map(|s| vec![(ZIP_SERIAL_META.to_string(), s.clone())]).unwrap_or_default();
-    match store.put_file(to, again.path(), PutOptions { condition: WriteCondition::IfAbsent, metadata, ..Default::default() }, |_| {}).await {
-        Ok(_) => Ok(true),
-        Err(e) if e.is_precondition_failed() => Ok(false),
-        Err(e) => Err(e.into()),
-    }
 }

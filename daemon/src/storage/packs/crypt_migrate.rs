@@ -34,10 +34,11 @@ use crate::s3::url::RemoteUrl;
 use crate::storage::bundles::layout;
 use crate::storage::crypt::kms::{self, EncryptTo};
 use crate::storage::crypt::lfs::{Rewritten, Target};
+use crate::storage::crypt::rewrap::{self, Form, Upload};
 use crate::storage::crypt::{self, codec, keyring, CryptError, RemoteKey};
 use crate::storage::detect::scan_refs_dir;
 use crate::storage::packs::manifest::{self, read_manifest, Manifest, PackEntry, MAX_ATTEMPTS};
-use crate::storage::packs::storage::{entry_object_key, object_key, put_object};
+use crate::storage::packs::storage::{entry_object_key, object_key};
 use crate::storage::StorageError;
 
 /// What an encryption or decryption did.
@@ -90,12 +91,11 @@ pub(crate) async fn encrypt(
             let key = open_keyring(store, url, env).await?;
             let refs = read_manifest(store, url).await?.map(|(m, _)| m.refs.len()).unwrap_or(0);
             crypt::remember(store, url, key);
-            let lfs = carry_lfs(store, url, env, Way::Encrypt, tmp_root).await?;
-            let deleted = delete_old_form(store, url, Way::Encrypt).await? + lfs.deleted;
+            let (copied, deleted) = finish(store, url, env, Way::Encrypt, tmp_root).await?;
             if deleted == 0 {
                 return Err(StorageError::Format(format!("{url} is encrypted already")));
             }
-            return Ok(CryptReport { refs, copied: lfs.written, deleted, finished_earlier_run: true, ..Default::default() });
+            return Ok(CryptReport { refs, copied, deleted, finished_earlier_run: true, ..Default::default() });
         }
         Err(e) => return Err(e),
     };
@@ -106,13 +106,13 @@ pub(crate) async fn encrypt(
     // Until the switch the manifest is plaintext: read it as such.
     crypt::forget(store, url);
     let mut report = CryptReport::default();
-    let next = switch(store, url, tmp_root, env, &key, Way::Encrypt, (m, etag), &mut report).await?;
+    let migration = Migration { store, url, tmp_root, env, key: &key, way: Way::Encrypt };
+    let next = migration.switch((m, etag), &mut report).await?;
     crypt::remember(store, url, key);
     report.refs = next.refs.len();
     crash_hook(env, "encrypt-switched");
-    let lfs = carry_lfs(store, url, env, Way::Encrypt, tmp_root).await?;
-    report.copied += lfs.written;
-    report.deleted = delete_old_form(store, url, Way::Encrypt).await? + lfs.deleted;
+    let (copied, deleted) = finish(store, url, env, Way::Encrypt, tmp_root).await?;
+    (report.copied, report.deleted) = (report.copied + copied, deleted);
     Ok(report)
 }
 
@@ -126,12 +126,11 @@ pub(crate) async fn decrypt(store: &S3Store, url: &RemoteUrl, tmp_root: &Path, e
         Ok(None) => Err(not_packs(store, url, "decrypt it").await),
         // Plaintext: a run killed after its switch left the keyring or age files.
         Ok(Some((m, _))) => {
-            let lfs = carry_lfs(store, url, env, Way::Decrypt, tmp_root).await?;
-            let deleted = delete_old_form(store, url, Way::Decrypt).await? + lfs.deleted;
+            let (copied, deleted) = finish(store, url, env, Way::Decrypt, tmp_root).await?;
             if deleted == 0 {
                 return Err(StorageError::Format(format!("{url} is not encrypted")));
             }
-            Ok(CryptReport { refs: m.refs.len(), copied: lfs.written, deleted, finished_earlier_run: true, ..Default::default() })
+            Ok(CryptReport { refs: m.refs.len(), copied, deleted, finished_earlier_run: true, ..Default::default() })
         }
         Err(StorageError::Crypt(CryptError::NotOpened(_))) => {
             let key = open_keyring(store, url, env).await?;
@@ -142,14 +141,14 @@ pub(crate) async fn decrypt(store: &S3Store, url: &RemoteUrl, tmp_root: &Path, e
                 return Err(StorageError::Format(msg));
             }
             let mut report = CryptReport::default();
-            let next = switch(store, url, tmp_root, env, &key, Way::Decrypt, (m, etag), &mut report).await?;
+            let migration = Migration { store, url, tmp_root, env, key: &key, way: Way::Decrypt };
+            let next = migration.switch((m, etag), &mut report).await?;
             crypt::forget(store, url);
             manifest::forget_held(store, url);
             report.refs = next.refs.len();
             crash_hook(env, "decrypt-switched");
-            let lfs = carry_lfs(store, url, env, Way::Decrypt, tmp_root).await?;
-            report.copied += lfs.written;
-            report.deleted = delete_old_form(store, url, Way::Decrypt).await? + lfs.deleted;
+            let (copied, deleted) = finish(store, url, env, Way::Decrypt, tmp_root).await?;
+            (report.copied, report.deleted) = (report.copied + copied, deleted);
             Ok(report)
         }
         Err(e) => Err(e),
@@ -220,156 +219,144 @@ async fn keyring_for(store: &S3Store, url: &RemoteUrl, env: &HashMap<String, Str
     }
 }
 
-/// Copies the packs of the manifest `found` into the new form and switches
-/// the manifest by a conditional write on its ETag; a push that landed
-/// meanwhile is copied too and the switch tried again. The manifest written.
-#[allow(clippy::too_many_arguments)]
-async fn switch(
-    store: &S3Store,
-    url: &RemoteUrl,
-    tmp_root: &Path,
-    env: &HashMap<String, String>,
-    key: &Arc<RemoteKey>,
+/// What the steps of one migration share: the remote, the caller's
+/// environment, the remote key (new when encrypting, opened when
+/// decrypting) and the way it goes.
+struct Migration<'a> {
+    store: &'a S3Store,
+    url: &'a RemoteUrl,
+    /// Where the objects' temp files go.
+    tmp_root: &'a Path,
+    env: &'a HashMap<String, String>,
+    key: &'a Arc<RemoteKey>,
     way: Way,
-    found: (Manifest, String),
-    report: &mut CryptReport,
-) -> Result<Manifest, StorageError> {
-    let (mut m, mut etag) = found;
-    for attempt in 0..MAX_ATTEMPTS {
-        let (copied, bytes) = copy_packs(store, url, tmp_root, env, key, way, &m).await?;
-        report.copied += copied;
-        report.bytes = report.bytes.saturating_add(bytes);
-        #[cfg(feature = "test-hooks")]
-        if let Some(gate) = crate::test_hooks::migrate_switch_gate(env).filter(|_| attempt == 0) {
-            crate::test_hooks::wait_for_gate(&gate).await;
+}
+
+impl Migration<'_> {
+    /// Copies the packs of the manifest `found` into the new form and switches
+    /// the manifest by a conditional write on its ETag; a push that landed
+    /// meanwhile is copied too and the switch tried again. The manifest written.
+    async fn switch(&self, found: (Manifest, String), report: &mut CryptReport) -> Result<Manifest, StorageError> {
+        let Migration { store, url, key, way, .. } = *self;
+        let (mut m, mut etag) = found;
+        for attempt in 0..MAX_ATTEMPTS {
+            let (copied, bytes) = self.copy_packs(&m).await?;
+            report.copied += copied;
+            report.bytes = report.bytes.saturating_add(bytes);
+            #[cfg(feature = "test-hooks")]
+            if let Some(gate) = crate::test_hooks::migrate_switch_gate(self.env).filter(|_| attempt == 0) {
+                crate::test_hooks::wait_for_gate(&gate).await;
+            }
+            let mut next = m.clone();
+            next.serial += 1;
+            // Each entry as its new form names it: the current key's generation
+            // (encrypted) or none; object maps are not copied either way (a
+            // lazy fetch reads the .idx; gc writes maps again).
+            let generation = (way == Way::Encrypt).then(|| key.generation());
+            for p in next.live_packs_mut() {
+                p.key = generation;
+                p.map_size = 0;
+            }
+            // Retired packs are of the old form: deleted below, not carried over.
+            next.retired.clear();
+            let body = match way {
+                Way::Encrypt => codec::encrypt_padded(&[key.recipient()], &next.to_bytes(), b'\n')?,
+                Way::Decrypt => next.to_bytes(),
+            };
+            if way == Way::Encrypt && store.head(&crypt::keyring_key(url)).await?.is_none() {
+                return Err(StorageError::Format(format!(
+                    "{url}'s keyring was deleted during the migration (by `git s3 migrate --decrypt`?); nothing was switched"
+                )));
+            }
+            manifest::forget_held(store, url);
+            let opts = PutOptions { condition: WriteCondition::IfMatch(etag), ..Default::default() };
+            match store.put_bytes(&manifest::manifest_key(url), body, opts).await {
+                Ok(_) => {
+                    tracing::info!(remote = %url, ?way, serial = next.serial, "manifest switched");
+                    return Ok(next);
+                }
+                Err(e) if e.is_precondition_failed() || e.is_not_found() => {
+                    tracing::info!(remote = %url, attempt, "the manifest changed during the migration (a push): copying its packs too");
+                    report.retried += 1;
+                    let Some(again) = read_manifest(store, url).await? else {
+                        return Err(StorageError::Format(format!("{url}'s manifest was deleted during the migration")));
+                    };
+                    if let Some(msg) = again.0.frozen_error(url) {
+                        return Err(StorageError::Format(msg));
+                    }
+                    (m, etag) = again;
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
-        let mut next = m.clone();
-        next.serial += 1;
-        // Each entry as its new form names it: the current key's generation
-        // (encrypted) or none; object maps are not copied either way (a
-        // lazy fetch reads the .idx; gc writes maps again).
-        let generation = (way == Way::Encrypt).then(|| key.generation());
-        for p in next.live_packs_mut() {
-            p.key = generation;
-            p.map_size = 0;
-        }
-        // Retired packs are of the old form: deleted below, not carried over.
-        next.retired.clear();
-        let body = match way {
-            Way::Encrypt => codec::encrypt_padded(&[key.recipient()], &next.to_bytes(), b'\n')?,
-            Way::Decrypt => next.to_bytes(),
+        Err(StorageError::Format(format!("{url}: the manifest kept changing during the migration; run it again")))
+    }
+
+    /// Copies every pack and `.idx` `m` names (views too) into the new form,
+    /// four at a time, skipping those already there. (copied, plaintext bytes).
+    async fn copy_packs(&self, m: &Manifest) -> Result<(usize, u64), StorageError> {
+        let (env, way) = (self.env, self.way);
+        let dir = tempfile::Builder::new().prefix("crypt-").tempdir_in(self.tmp_root)?;
+        let jobs: Vec<_> = m
+            .live_packs()
+            .flat_map(|p| ["pack", "idx"].map(|ext| (p.clone(), ext)))
+            .map(|(p, ext)| {
+                let dir = dir.path();
+                async move {
+                    let copied = self.copy_one(dir, &p, ext).await?;
+                    if copied.is_some() {
+                        crash_hook(env, if way == Way::Encrypt { "encrypt-copied" } else { "decrypt-copied" });
+                    }
+                    Ok::<_, StorageError>(copied)
+                }
+            })
+            .collect();
+        let done: Vec<Option<u64>> = futures::stream::iter(jobs).buffer_unordered(4).try_collect().await?;
+        let copied: Vec<u64> = done.into_iter().flatten().collect();
+        Ok((copied.len(), copied.iter().fold(0u64, |t, b| t.saturating_add(*b))))
+    }
+
+    /// Copies pack `name`'s `.<ext>` into the new form: Some(plaintext bytes),
+    /// or None when the copy was there already (or an `.idx` is missing in
+    /// the old form too: `git s3 doctor` re-creates it).
+    async fn copy_one(&self, dir: &Path, p: &PackEntry, ext: &str) -> Result<Option<u64>, StorageError> {
+        let Migration { store, url, key, way, .. } = *self;
+        let name = p.name.as_str();
+        // Encrypting: named with the current key. Decrypting: with the
+        // generation that encrypted it (a pack may predate a rotation).
+        let hidden = match way {
+            Way::Encrypt => object_key(url, Some(&**key), name, ext),
+            Way::Decrypt => entry_object_key(url, Some(&**key), p, ext)?,
         };
-        if way == Way::Encrypt && store.head(&crypt::keyring_key(url)).await?.is_none() {
-            return Err(StorageError::Format(format!(
-                "{url}'s keyring was deleted during the migration (by `git s3 migrate --decrypt`?); nothing was switched"
-            )));
+        let plain = object_key(url, None, name, ext);
+        let (src, dst, read, write) = match way {
+            Way::Encrypt => (plain, hidden, Form::Plaintext, Form::Encrypted(key)),
+            Way::Decrypt => (hidden, plain, Form::Encrypted(key), Form::Plaintext),
+        };
+        if store.head(&dst).await?.is_some() {
+            return Ok(None);
         }
-        manifest::forget_held(store, url);
-        let opts = PutOptions { condition: WriteCondition::IfMatch(etag), ..Default::default() };
-        match store.put_bytes(&manifest::manifest_key(url), body, opts).await {
-            Ok(_) => {
-                tracing::info!(remote = %url, ?way, serial = next.serial, "manifest switched");
-                return Ok(next);
+        let fetched = match rewrap::fetch(store, &src, read, dir, false).await {
+            Ok(fetched) => fetched,
+            Err(e) if rewrap::is_missing(&e) && ext == "idx" => return Ok(None),
+            Err(e) if rewrap::is_missing(&e) => {
+                return Err(StorageError::Corrupt(format!("the manifest names pack {name} but s3://{}/{src} is missing", store.bucket())))
             }
-            Err(e) if e.is_precondition_failed() || e.is_not_found() => {
-                tracing::info!(remote = %url, attempt, "the manifest changed during the migration (a push): copying its packs too");
-                report.retried += 1;
-                let Some(again) = read_manifest(store, url).await? else {
-                    return Err(StorageError::Format(format!("{url}'s manifest was deleted during the migration")));
-                };
-                if let Some(msg) = again.0.frozen_error(url) {
-                    return Err(StorageError::Format(msg));
-                }
-                (m, etag) = again;
-            }
-            Err(e) => return Err(e.into()),
-        }
+            Err(e) => return Err(e),
+        };
+        let bytes = fetched.plaintext_len().await?;
+        rewrap::put(store, fetched.plaintext(), &dst, write, Upload::New, dir).await?;
+        Ok(Some(bytes))
     }
-    Err(StorageError::Format(format!("{url}: the manifest kept changing during the migration; run it again")))
 }
 
-/// Copies every pack and `.idx` `m` names (views too) into the new form,
-/// four at a time, skipping those already there. (copied, plaintext bytes).
-async fn copy_packs(
-    store: &S3Store,
-    url: &RemoteUrl,
-    tmp_root: &Path,
-    env: &HashMap<String, String>,
-    key: &Arc<RemoteKey>,
-    way: Way,
-    m: &Manifest,
-) -> Result<(usize, u64), StorageError> {
-    let dir = tempfile::Builder::new().prefix("crypt-").tempdir_in(tmp_root)?;
-    let jobs: Vec<_> = m
-        .live_packs()
-        .flat_map(|p| ["pack", "idx"].map(|ext| (p.clone(), ext)))
-        .map(|(p, ext)| {
-            let dir = dir.path();
-            async move {
-                let copied = copy_one(store, url, dir, key, way, &p, ext).await?;
-                if copied.is_some() {
-                    crash_hook(env, if way == Way::Encrypt { "encrypt-copied" } else { "decrypt-copied" });
-                }
-                Ok::<_, StorageError>(copied)
-            }
-        })
-        .collect();
-    let done: Vec<Option<u64>> = futures::stream::iter(jobs).buffer_unordered(4).try_collect().await?;
-    let copied: Vec<u64> = done.into_iter().flatten().collect();
-    Ok((copied.len(), copied.iter().fold(0u64, |t, b| t.saturating_add(*b))))
-}
-
-/// Copies pack `name`'s `.<ext>` into the new form: Some(plaintext bytes),
-/// or None when the copy was there already (or an `.idx` is missing in
-/// the old form too: `git s3 doctor` re-creates it).
-async fn copy_one(
-    store: &S3Store,
-    url: &RemoteUrl,
-    dir: &Path,
-    key: &Arc<RemoteKey>,
-    way: Way,
-    p: &PackEntry,
-    ext: &str,
-) -> Result<Option<u64>, StorageError> {
-    let name = p.name.as_str();
-    // Encrypting: named with the current key. Decrypting: with the
-    // generation that encrypted it (a pack may predate a rotation).
-    let hidden = match way {
-        Way::Encrypt => object_key(url, Some(&**key), name, ext),
-        Way::Decrypt => entry_object_key(url, Some(&**key), p, ext)?,
-    };
-    let plain = object_key(url, None, name, ext);
-    let (src, dst) = match way {
-        Way::Encrypt => (plain, hidden),
-        Way::Decrypt => (hidden, plain),
-    };
-    if store.head(&dst).await?.is_some() {
-        return Ok(None);
-    }
-    let fetched = tempfile::Builder::new().prefix("src-").tempfile_in(dir)?;
-    match store.get_to_file(&src, fetched.path(), |_| {}).await {
-        Ok(_) => {}
-        Err(e) if e.is_not_found() && ext == "idx" => return Ok(None),
-        Err(e) if e.is_not_found() => {
-            return Err(StorageError::Corrupt(format!("the manifest names pack {name} but s3://{}/{src} is missing", store.bucket())))
-        }
-        Err(e) => return Err(e.into()),
-    }
-    let bytes = match way {
-        Way::Encrypt => {
-            let bytes = tokio::fs::metadata(fetched.path()).await?.len();
-            put_object(store, Some(key), &dst, fetched.path(), |_| {}).await?;
-            bytes
-        }
-        Way::Decrypt => {
-            let plain = tempfile::Builder::new().prefix("plain-").tempfile_in(dir)?;
-            let what = format!("s3://{}/{src}", store.bucket());
-            codec::decrypt_file(key.clone(), fetched.path().to_path_buf(), plain.path().to_path_buf(), what).await?;
-            store.put_file(&dst, plain.path(), PutOptions::default(), |_| {}).await?;
-            tokio::fs::metadata(plain.path()).await?.len()
-        }
-    };
-    Ok(Some(bytes))
+/// Step 4 (see the module's comment), after the switch or to finish an
+/// earlier run's: the LFS objects brought to the new form, then the old
+/// form's objects deleted. (LFS objects written, objects deleted.)
+async fn finish(store: &S3Store, url: &RemoteUrl, env: &HashMap<String, String>, way: Way, tmp_root: &Path) -> Result<(usize, usize), StorageError> {
+    let lfs = carry_lfs(store, url, env, way, tmp_root).await?;
+    let deleted = delete_old_form(store, url, way).await? + lfs.deleted;
+    Ok((lfs.written, deleted))
 }
 
 /// The LFS objects brought to the new form (`storage::crypt::lfs`), after

@@ -215,10 +215,16 @@ pub(crate) async fn get_object(
     store.get_to_file(object, tmp.path(), on_bytes).await?;
     let what = format!("s3://{}/{object}", store.bucket());
     codec::decrypt_file(key.clone(), tmp.path().to_path_buf(), dest.to_path_buf(), what.clone()).await?;
-    if let Some(instead) = binding::mismatch(dest.to_path_buf(), name.to_string(), ext).await? {
-        return Err(swapped(&what, name, ext, &instead));
+    check_binding(&what, dest, name, ext).await
+}
+
+/// Refuses the plaintext `path` of the object `what`, fetched as pack
+/// `name`'s `.ext`, when it holds something else (see `binding`).
+pub(crate) async fn check_binding(what: &str, path: &Path, name: &str, ext: &'static str) -> Result<(), StorageError> {
+    match binding::mismatch(path.to_path_buf(), name.to_string(), ext).await? {
+        Some(instead) => Err(swapped(what, name, ext, &instead)),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// The refusal of object `what`, fetched as pack `name`'s `.ext`, which
