@@ -41,13 +41,15 @@ def timed(cmd, env, cwd=None):
 
 class CountingProxy:
     """A TCP proxy in front of the S3 server that counts the bytes it relays
-    back (responses): what a tool read from S3."""
+    back (responses: what a tool read from S3) and forward (requests: what
+    it sent)."""
 
     def __init__(self, upstream):
         scheme, rest = upstream.split("://", 1)
         host, port = rest.rstrip("/").split(":")
         self.upstream = (host, int(port))
         self.down = 0
+        self.up = 0
         self.lock = threading.Lock()
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
@@ -72,9 +74,11 @@ class CountingProxy:
                 data = src.recv(65536)
                 if not data:
                     break
-                if count:
-                    with self.lock:
+                with self.lock:
+                    if count:
                         self.down += len(data)
+                    else:
+                        self.up += len(data)
                 dst.sendall(data)
         except OSError:
             pass
@@ -87,6 +91,23 @@ class CountingProxy:
     def bytes_down(self):
         with self.lock:
             return self.down
+
+    def counts(self):
+        """(bytes sent to S3, bytes read from it)."""
+        with self.lock:
+            return self.up, self.down
+
+
+def settle(env):
+    """Waits until the daemon's background work (a push's `.idx` upload, a
+    remote's views) is done (`git s3 status --json`): the next timed command
+    does not share the machine with the previous one's leftovers."""
+    for _ in range(6000):
+        r = subprocess.run(["git", "s3", "status", "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        doc = json.loads(r.stdout.decode(errors="replace") or "{}") if r.returncode == 0 else {}
+        if doc.get("daemon", {}).get("background", {}).get("running", 0) == 0:
+            return
+        time.sleep(0.05)
 
 
 class Bench:

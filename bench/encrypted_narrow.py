@@ -19,14 +19,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench as B  # noqa: E402
 
 
-def settle(env):
-    """Waits until the daemon's background work is done (`git s3 status --json`)."""
-    for _ in range(6000):
-        doc = json.loads(B.sh(["git", "s3", "status", "--json"], env) or "{}")
-        if doc.get("daemon", {}).get("background", {}).get("running", 0) == 0:
-            return
-        time.sleep(0.05)
-
 
 def main():
     ap = argparse.ArgumentParser()
@@ -52,7 +44,7 @@ def main():
         B.sh(["git", "s3", "init", "--format", "packs", "--encrypt-to", recipient, urls["encrypted"]], env, cwd=b.work)
         for url in urls.values():
             B.sh(["git", "push", "-q", url, f"{branch}:refs/heads/{branch}"], env, cwd=src)
-            settle(env)  # the push's views, built in the background, then gc's
+            B.settle(env)  # the push's views, built in the background, then gc's
             B.sh(["git", "s3", "gc", url], env, cwd=b.work)
 
         def cold():

@@ -20,8 +20,12 @@ import os
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench as B  # noqa: E402
 
 MODES = ("plain", "encrypted")
 CASES = ("push", "clone", "one-commit push", "one-commit fetch")
@@ -34,19 +38,9 @@ def sh(cmd, env, cwd=None):
     return r.stdout.decode(errors="replace")
 
 
-def settle(env):
-    """Waits until the daemon's background work (a push's `.idx` upload, a
-    plaintext remote's views) is done: the next timed command does not
-    share the machine with the previous one's leftovers."""
-    for _ in range(600):
-        doc = json.loads(sh(["git", "s3", "status", "--json"], env) or "{}")
-        if doc.get("daemon", {}).get("background", {}).get("running", 0) == 0:
-            return
-        time.sleep(0.05)
-
 
 def timed(cmd, env, cwd=None):
-    settle(env)
+    B.settle(env)
     t = time.perf_counter()
     sh(cmd, env, cwd)
     return time.perf_counter() - t

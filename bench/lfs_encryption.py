@@ -33,50 +33,12 @@ MODES = ("plaintext", "encrypted")
 CASES = ("git lfs push", "clone with LFS")
 
 
-class TwoWayProxy(B.CountingProxy):
-    """The counting proxy, counting requests (bytes sent to S3) too."""
 
-    def __init__(self, upstream):
-        self.up = 0
-        super().__init__(upstream)
-
-    def pipe(self, src, dst, count):
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                with self.lock:
-                    if count:
-                        self.down += len(data)
-                    else:
-                        self.up += len(data)
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            try:
-                dst.shutdown(B.socket.SHUT_WR)
-            except OSError:
-                pass
-
-    def counts(self):
-        with self.lock:
-            return self.up, self.down
-
-
-def settle(env):
-    """Waits until the daemon's background work is done (`git s3 status --json`)."""
-    for _ in range(6000):
-        doc = json.loads(B.sh(["git", "s3", "status", "--json"], env) or "{}")
-        if doc.get("daemon", {}).get("background", {}).get("running", 0) == 0:
-            return
-        time.sleep(0.05)
 
 
 def measured(cmd, env, cwd, proxy):
     """(seconds, bytes up, bytes down) of `cmd`, started once the daemon is idle."""
-    settle(env)
+    B.settle(env)
     up0, down0 = proxy.counts()
     t = time.perf_counter()
     B.sh(cmd, env, cwd=cwd)
@@ -98,7 +60,7 @@ def main():
     b = B.Bench(args)
     try:
         env = dict(b.env["packs"])
-        proxy = TwoWayProxy(b.tool_endpoint)
+        proxy = B.CountingProxy(b.tool_endpoint)
         env["AWS_ENDPOINT_URL"] = proxy.url
         b.s3tool("create-bucket", "lfs-enc-bench")
         recipient = json.loads(B.sh(["git", "s3", "keygen", "--json"], env, cwd=b.work))["recipient"]
@@ -128,7 +90,7 @@ def main():
                 if stored != ({"lfs/": a.files, ".git-s3/lfs/": 0} if mode == "plaintext" else {"lfs/": 0, ".git-s3/lfs/": a.files}):
                     raise RuntimeError(f"{url}: the LFS objects are not where a {mode} remote keeps them: {stored}")
                 B.sh(["git", "push", "-q", "origin", "main"], env, cwd=repo)
-                settle(env)
+                B.settle(env)
                 B.sh(["git", "s3", "daemon", "stop"], env, check=False)
                 shutil.rmtree(env["GIT_S3_CACHE_DIR"], ignore_errors=True)
                 B.sh(["git", "s3", "daemon", "start"], env)
