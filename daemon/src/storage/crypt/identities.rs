@@ -43,8 +43,7 @@ pub(crate) struct Identities {
 pub(crate) async fn load(env: &HashMap<String, String>) -> Result<Identities, CryptError> {
     let path = identities_path(env)?;
     let p = path.clone();
-    let read =
-        tokio::task::spawn_blocking(move || std::fs::read_to_string(&p)).await.map_err(|e| CryptError::Io(std::io::Error::other(e.to_string())))?;
+    let read = super::codec::blocking(move || Ok(std::fs::read_to_string(&p))).await?;
     let text = match read {
         Ok(d) => d,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -86,7 +85,7 @@ fn parse(text: &str) -> Result<(Vec<age::x25519::Identity>, Vec<String>), String
 pub(crate) async fn keygen(env: &HashMap<String, String>) -> Result<(String, PathBuf), CryptError> {
     let path = identities_path(env)?;
     let p = path.clone();
-    tokio::task::spawn_blocking(move || {
+    super::codec::blocking(move || {
         let identity = age::x25519::Identity::generate();
         let recipient = identity.to_public().to_string();
         if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
@@ -99,10 +98,9 @@ pub(crate) async fn keygen(env: &HashMap<String, String>) -> Result<(String, Pat
         let text = format!("{lead}# created: {}\n# public key: {recipient}\n{}\n", rfc3339_now(), identity.to_string().expose_secret());
         f.write_all(text.as_bytes())?;
         f.sync_all()?;
-        Ok::<_, CryptError>((recipient, p))
+        Ok((recipient, p))
     })
     .await
-    .map_err(|e| CryptError::Io(std::io::Error::other(e.to_string())))?
 }
 
 /// Now as `2026-01-02T03:04:05Z` (what age-keygen writes).
