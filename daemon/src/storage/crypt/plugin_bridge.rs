@@ -120,8 +120,11 @@ struct Terminal {
 }
 
 impl Terminal {
+    /// The terminal, opened; None without one, or when `GIT_S3_TTY` names
+    /// something that is not a terminal (never written to).
     fn open(&self) -> Option<std::fs::File> {
-        std::fs::OpenOptions::new().read(true).write(true).open(self.tty.as_ref()?).ok()
+        let tty = std::fs::OpenOptions::new().read(true).write(true).open(self.tty.as_ref()?).ok()?;
+        rustix::termios::isatty(&tty).then_some(tty)
     }
 
     /// One line typed at `prompt` (not echoed when `secret`), None without a terminal.
@@ -180,5 +183,22 @@ impl age::Callbacks for Terminal {
 
     fn request_passphrase(&self, description: &str) -> Option<SecretString> {
         self.ask(description, true).map(SecretString::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tty_variable_that_names_a_file_is_never_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-tty");
+        std::fs::write(&file, "keep me\n").unwrap();
+        let terminal = Terminal { tty: Some(file.clone()), unasked: Default::default() };
+        age::Callbacks::display_message(&terminal, "touch your key");
+        assert_eq!(terminal.ask("PIN", true), None);
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me\n");
+        assert_eq!(terminal.unasked.lock().unwrap().as_deref(), Some("PIN"), "the question no terminal took is kept for the error");
     }
 }
