@@ -150,7 +150,8 @@ fn one_daemon_under_64_concurrent_sessions() {
     let _one = serial();
     let seconds = env_u64("GIT_S3_LOAD_SECONDS", 60);
     let workers = env_u64("GIT_S3_LOAD_SESSIONS", 64) as usize;
-    let env = TestEnv::new();
+    // Concurrent pushes to one manifest: S3's conditional writes are atomic, moto's are not.
+    let env = TestEnv::new().with_atomic_conditional_writes();
     env.git(&env.home(), &["lfs", "install", "--skip-repo"]);
     let remotes = [("packs", env.url("load-packs")), ("bundles", env.url("load-bundles")), ("lfs", env.url("load-lfs"))];
     env.git_s3(&env.work(), &["init", "--format", "packs", &remotes[0].1]);

@@ -265,7 +265,8 @@ fn spawn_push(env: &TestEnv, repo: &Path, args: &[&str]) -> std::process::Child 
 
 #[test]
 fn concurrent_pushers_different_branches_all_succeed() {
-    let env = packs_env();
+    // Concurrent conditional writes of one manifest: atomic in S3, not in moto.
+    let env = packs_env().with_atomic_conditional_writes();
     let repo = env.new_repo("seed");
     let url = env.url("conc-branches");
     env.git(&repo, &["push", "-q", &url, "main"]);
@@ -295,7 +296,8 @@ fn concurrent_pushers_different_branches_all_succeed() {
 
 #[test]
 fn concurrent_pushers_one_branch_one_winner_per_round_nothing_lost() {
-    let env = packs_env();
+    // Concurrent conditional writes of one manifest: atomic in S3, not in moto.
+    let env = packs_env().with_atomic_conditional_writes();
     let repo = env.new_repo("seed");
     let url = env.url("conc-main");
     env.git(&repo, &["push", "-q", &url, "main"]);

@@ -169,7 +169,8 @@ fn holder_has_lock(lock: &std::path::Path) -> bool {
 
 #[test]
 fn concurrent_pushes_to_one_branch_exactly_one_wins_nothing_lost() {
-    let env = TestEnv::new();
+    // Concurrent conditional writes of one key: atomic in S3, not in moto.
+    let env = TestEnv::new().with_atomic_conditional_writes();
     let base = env.new_repo("base");
     let url = env.url("race");
     env.git(&base, &["push", "-q", &url, "main"]);

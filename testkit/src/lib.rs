@@ -267,6 +267,9 @@ pub struct TestEnv {
     removed_env: std::sync::Mutex<Vec<String>>,
     /// With `GIT_S3_TEST_FIELD`: the field server every command goes through.
     field: Option<FieldServer>,
+    /// A field server that only makes conditional writes atomic
+    /// ([`TestEnv::with_atomic_conditional_writes`]).
+    front: Option<FieldServer>,
 }
 
 impl TestEnv {
@@ -295,7 +298,7 @@ impl TestEnv {
             std::fs::create_dir_all(dir.path().join(d)).unwrap();
         }
         std::fs::set_permissions(dir.path().join("run"), std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-        let mut env = TestEnv { dir, bucket, bin_dir, extra_env: Default::default(), removed_env: Default::default(), field: None };
+        let mut env = TestEnv { dir, bucket, bin_dir, extra_env: Default::default(), removed_env: Default::default(), field: None, front: None };
         std::fs::write(
             env.home().join(".gitconfig"),
             "[user]\n\tname = Test\n\temail = test@example.com\n[init]\n\tdefaultBranch = main\n[protocol \"s3\"]\n\tallow = always\n[advice]\n\tdetachedHead = false\n",
@@ -311,6 +314,22 @@ impl TestEnv {
             env.field = Some(server);
         }
         env
+    }
+
+    /// This environment with every command's S3 requests through a field
+    /// server that adds nothing but S3's atomic conditional writes: moto
+    /// checks `If-Match`/`If-None-Match`, then writes, on concurrent threads,
+    /// so two concurrent conditional writes of one key can both succeed (a
+    /// lost update S3 never allows). For the tests whose concurrent pushes
+    /// assert that nothing is lost; a run that already goes through a field
+    /// server (`GIT_S3_TEST_FIELD`, s3s-fs) has it.
+    pub fn with_atomic_conditional_writes(mut self) -> TestEnv {
+        if self.field.is_none() {
+            let front = FieldServer::start();
+            self.set_env("AWS_ENDPOINT_URL", &front.url);
+            self.front = Some(front);
+        }
+        self
     }
 
     /// The field server of a run with `GIT_S3_TEST_FIELD` (see
