@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use crate::local::git::Git;
 use crate::s3::store::{ObjectInfo, S3Store};
 use crate::s3::url::{s3_url_of_remote, RemoteNameError, RemoteUrl};
-use crate::s3::write_options::{BucketPolicy, CONFIG_PATTERN};
+use crate::s3::write_options::{s3_config, BucketPolicy};
 use crate::storage::bundles::layout::{self, PrefixScan, PROTECTED_MARKER};
 use crate::storage::crypt::trust::Trust;
 use crate::storage::crypt::{self, keyring, CryptError, RemoteKey};
@@ -48,7 +48,7 @@ impl Remote {
         let git = Git::new(&ctx.cwd, ctx.env.clone());
         // One config read: the bucket policy and what the repository
         // remembers of the remote (`crypt::trust`; nothing for a URL).
-        let listing = git.run(&["config", "--get-regexp", CONFIG_PATTERN]).await.unwrap_or_default();
+        let listing = s3_config(&git).await;
         let policy = BucketPolicy::from_listing(&listing, name.as_deref()).map_err(|e| CliError::Usage(e.to_string()))?;
         let store = ctx.state.store_for(&ctx.env, &url).await.with_policy(policy);
         // Before the command reads or writes anything else: another keyring,

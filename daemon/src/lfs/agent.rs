@@ -30,7 +30,7 @@ use crate::local::files::{blocking, link_or_copy_into_async};
 use crate::local::git::{Git, GitError};
 use crate::s3::store::{PutOptions, S3Store, StoreError, WriteCondition};
 use crate::s3::url::{s3_url_of_remote, RemoteNameError, RemoteUrl, UrlError};
-use crate::s3::write_options::{BucketPolicy, PolicyError, CONFIG_PATTERN};
+use crate::s3::write_options::{s3_config, BucketPolicy, PolicyError};
 use crate::session::state::{DaemonState, LfsProbes};
 use crate::session::{Input, Out};
 use crate::storage::crypt::trust::Trust;
@@ -422,7 +422,7 @@ impl Agent {
         let name = Some(remote.as_str()).filter(|r| !r.is_empty() && !r.contains("://"));
         // One config read: the bucket policy and what the repository
         // remembers of an encrypted remote (`crypt::trust`).
-        let listing = self.git.run(&["config", "--get-regexp", CONFIG_PATTERN]).await.unwrap_or_default();
+        let listing = s3_config(&self.git).await;
         let policy = BucketPolicy::from_listing(&listing, name);
         let mut trust = Trust::default();
         let resolved = match resolve_remote(&self.git, &remote, op).await.and_then(|r| Ok((r, policy?))) {

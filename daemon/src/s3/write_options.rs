@@ -17,7 +17,16 @@ use crate::local::git::Git;
 
 /// The git config variables of the bucket policy (and, per remote, what a
 /// repository remembers of an encrypted remote: `remote.<name>.s3-keyring`).
-pub(crate) const CONFIG_PATTERN: &str = r"^(s3\.|remote\..*\.s3)";
+const CONFIG_PATTERN: &str = r"^(s3\.|remote\..*\.s3)";
+
+/// The caller's git-s3 settings (`CONFIG_PATTERN`), as `git config
+/// --get-regexp` lists them: what [`BucketPolicy::from_listing`] and what a
+/// repository remembers of an encrypted remote (`crypt::trust`) read, from
+/// one `git config` run. Exit status 1 means none is set; any other failure
+/// (no repository is fine: global config is read) leaves none.
+pub(crate) async fn s3_config(git: &Git) -> String {
+    git.run(&["config", "--get-regexp", CONFIG_PATTERN]).await.unwrap_or_default()
+}
 
 /// `x-amz-server-side-encryption`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,10 +111,7 @@ impl BucketPolicy {
     /// URL): `remote.<name>.s3ServerSideEncryption` wins over
     /// `s3.serverSideEncryption`, and so on. One `git config` run.
     pub(crate) async fn from_git(git: &Git, remote: Option<&str>) -> Result<BucketPolicy, PolicyError> {
-        // Exit status 1 means none is set; any other failure (no repository
-        // is fine: global config is read) leaves the defaults.
-        let listing = git.run(&["config", "--get-regexp", CONFIG_PATTERN]).await.unwrap_or_default();
-        BucketPolicy::from_listing(&listing, remote)
+        BucketPolicy::from_listing(&s3_config(git).await, remote)
     }
 
     /// From `git config --get-regexp`'s lines (`key value`; the last one
