@@ -5,7 +5,7 @@
 //! file is an age identity file (as `age-keygen` writes: `#` comments, one
 //! `AGE-SECRET-KEY-1…` per line, several allowed).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
@@ -30,14 +30,16 @@ pub(crate) fn identities_path(env: &HashMap<String, String>) -> Result<PathBuf, 
 }
 
 /// The caller's identities file, read: its X25519 identities (used in
-/// this process) and how many plugin identities (`AGE-PLUGIN-…`) it lists,
-/// which only a plugin run in the caller's environment can use (`plugins`).
+/// this process) and its plugin identities (`AGE-PLUGIN-…`), which only a
+/// plugin run in the caller's environment can use (`plugins`).
 pub(crate) struct Identities {
     pub(crate) native: Vec<age::x25519::Identity>,
-    /// The plugins' names (`yubikey`), each once, in the file's order.
-    pub(crate) plugins: Vec<String>,
+    pub(crate) plugins: PluginIdentities,
     pub(crate) path: PathBuf,
 }
+
+/// Plugin identities by plugin name (`yubikey`).
+pub(crate) type PluginIdentities = BTreeMap<String, Vec<age::plugin::Identity>>;
 
 /// The caller's identities (read on a blocking thread).
 pub(crate) async fn load(env: &HashMap<String, String>) -> Result<Identities, CryptError> {
@@ -59,16 +61,15 @@ pub(crate) async fn load(env: &HashMap<String, String>) -> Result<Identities, Cr
 }
 
 /// An identity file's text (as `age -i` reads it: `#` comments and empty
-/// lines skipped): its X25519 identities and its plugins' names.
-fn parse(text: &str) -> Result<(Vec<age::x25519::Identity>, Vec<String>), String> {
-    let (mut native, mut plugins) = (Vec::new(), Vec::<String>::new());
+/// lines skipped): its X25519 identities and its plugin identities (what
+/// the daemon reads, and `plugin_bridge` for the plugins).
+pub(crate) fn parse(text: &str) -> Result<(Vec<age::x25519::Identity>, PluginIdentities), String> {
+    let (mut native, mut plugins) = (Vec::new(), PluginIdentities::new());
     for (n, line) in text.lines().enumerate().map(|(n, l)| (n + 1, l.trim())).filter(|(_, l)| !l.is_empty() && !l.starts_with('#')) {
         if let Ok(id) = line.parse::<age::x25519::Identity>() {
             native.push(id);
         } else if let Ok(id) = line.parse::<age::plugin::Identity>() {
-            if !plugins.iter().any(|p| p == id.plugin()) {
-                plugins.push(id.plugin().to_string());
-            }
+            plugins.entry(id.plugin().to_string()).or_default().push(id);
         } else {
             // Never quote the line: it may be a secret.
             return Err(format!("line {n} is neither an age identity (AGE-SECRET-KEY-1…) nor a plugin's (AGE-PLUGIN-…)"));
@@ -142,7 +143,7 @@ mod tests {
         let plugin = "AGE-PLUGIN-GITS3TEST-1G9R52T2NG4P4Y32594952KFDX9DRY36WTF25ZKPCXEVY2NZXG924XK2PT9T9YVPSXA99X469GYENSD6W2PGRX5JD24P5G4PC2VCY636XXFG4ZJJRG3V4YSGE3WZ2A";
         let text = format!("# created: 2026\n{}\n\n{plugin}\n{plugin}\n", secret.expose_secret());
         let (native, plugins) = parse(&text).unwrap();
-        assert_eq!((native.len(), plugins), (1, vec!["gits3test".to_string()]));
+        assert_eq!((native.len(), plugins.keys().map(String::as_str).collect::<Vec<_>>(), plugins["gits3test"].len()), (1, vec!["gits3test"], 2));
         let (native, plugins) = parse(&format!("{plugin}\n")).unwrap();
         assert!(native.is_empty() && plugins.len() == 1);
         let bad = parse(&format!("{}\nAGE-SECRET-KEY-1NOPE\n", secret.expose_secret())).err().unwrap();

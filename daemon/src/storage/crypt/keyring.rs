@@ -223,7 +223,7 @@ async fn decrypt_with_identities(data: &[u8], env: &HashMap<String, String>, wha
         return Ok(Ok(text));
     }
     if !ids.plugins.is_empty() && has_plugin_stanzas(data) {
-        let names: Vec<String> = ids.plugins.iter().map(|p| format!("age-plugin-{p}")).collect();
+        let names: Vec<String> = ids.plugins.keys().map(|p| format!("age-plugin-{p}")).collect();
         if let Some(text) = super::plugins::decrypt(&ids.path, data, env, &names.join(", ")).await? {
             return Ok(Ok(text));
         }

@@ -92,12 +92,7 @@ fn encrypt(args: &[String], input: &[u8], terminal: Terminal) -> Result<Vec<u8>,
 fn decrypt(args: &[String], input: &[u8], terminal: Terminal) -> Result<Vec<u8>, Failure> {
     let path = args.first().ok_or_else(|| Failure::Other("no identities file".into()))?;
     let text = std::fs::read_to_string(path).map_err(|e| Failure::Other(format!("cannot read {path}: {e}")))?;
-    let mut by_plugin: BTreeMap<String, Vec<age::plugin::Identity>> = BTreeMap::new();
-    for line in text.lines().map(str::trim).filter(|l| l.starts_with("AGE-PLUGIN-")) {
-        if let Ok(id) = line.parse::<age::plugin::Identity>() {
-            by_plugin.entry(id.plugin().to_string()).or_default().push(id);
-        }
-    }
+    let (_, by_plugin) = super::identities::parse(&text).map_err(|why| Failure::Other(format!("{path} is not an age identity file: {why}")))?;
     let mut plugins = Vec::new();
     for (name, ids) in &by_plugin {
         plugins.push(age::plugin::IdentityPluginV1::new(name, ids, terminal.clone()).map_err(|_| missing(name))?);

@@ -46,20 +46,24 @@ pub(crate) async fn encrypt_padded(
     filler: u8,
     env: &HashMap<String, String>,
 ) -> Result<Vec<u8>, CryptError> {
-    if recipients.iter().all(|r| r.plugin().is_none()) {
-        let natives: Vec<&dyn age::Recipient> = recipients
-            .iter()
-            .filter_map(|r| match r {
-                Recipient::Native(x) => Some(x as &dyn age::Recipient),
-                Recipient::Plugin(_) => None,
-            })
-            .collect();
+    if let Some(natives) = natives(recipients) {
         return super::codec::encrypt_padded(&natives, plaintext, filler);
     }
     let mut args = vec!["encrypt".to_string(), format!("--filler={filler}")];
     args.extend(recipients.iter().map(ToString::to_string));
     let plugins: Vec<&str> = recipients.iter().filter_map(Recipient::plugin).collect();
     run(&args, plaintext, env, &plugins.join(", ")).await?.ok_or_else(|| CryptError::Plugin("the age plugin bridge wrapped nothing".into()))
+}
+
+/// Every recipient as an X25519 one; None when one is a plugin's.
+fn natives(recipients: &[Recipient]) -> Option<Vec<&dyn age::Recipient>> {
+    recipients
+        .iter()
+        .map(|r| match r {
+            Recipient::Native(x) => Some(x as &dyn age::Recipient),
+            Recipient::Plugin(_) => None,
+        })
+        .collect()
 }
 
 /// The plaintext of the keyring `data` opened with the plugin identities
