@@ -37,6 +37,11 @@ fn log(what: &str) {
     }
 }
 
+/// The X25519 key a gits3test recipient or identity carries (its text), if it is one.
+fn inner<T: std::str::FromStr>(plugin_name: &str, bytes: &[u8]) -> Option<T> {
+    (plugin_name == NAME).then(|| std::str::from_utf8(bytes).ok()?.parse().ok()).flatten()
+}
+
 struct Handler;
 
 impl PluginHandler for Handler {
@@ -57,8 +62,7 @@ struct Wrap(Vec<age::x25519::Recipient>);
 
 impl RecipientPluginV1 for Wrap {
     fn add_recipient(&mut self, index: usize, plugin_name: &str, bytes: &[u8]) -> Result<(), recipient::Error> {
-        let parsed = (plugin_name == NAME).then(|| std::str::from_utf8(bytes).ok()?.parse::<age::x25519::Recipient>().ok()).flatten();
-        match parsed {
+        match inner(plugin_name, bytes) {
             Some(r) => {
                 self.0.push(r);
                 Ok(())
@@ -99,8 +103,7 @@ struct Unwrap(Vec<age::x25519::Identity>);
 
 impl IdentityPluginV1 for Unwrap {
     fn add_identity(&mut self, index: usize, plugin_name: &str, bytes: &[u8]) -> Result<(), identity::Error> {
-        let parsed = (plugin_name == NAME).then(|| std::str::from_utf8(bytes).ok()?.parse::<age::x25519::Identity>().ok()).flatten();
-        match parsed {
+        match inner(plugin_name, bytes) {
             Some(i) => {
                 self.0.push(i);
                 Ok(())
