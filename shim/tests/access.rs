@@ -7,11 +7,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use testkit::TestEnv;
-use testkit::{error_lines, keygen, kms_key, require_test_hooks};
+use testkit::{error_lines, keygen, kms_key, require_test_hooks, Held};
 
 /// The keys under `prefix/`.
 fn keys(env: &TestEnv, prefix: &str) -> Vec<String> {
@@ -401,19 +400,11 @@ fn a_version_1_keyring_opens_and_a_grant_rewrites_it_as_version_2() {
 /// s3 <meanwhile>` edits the keyring, then lets it go on: the held edit's
 /// conditional write loses the race. The held command's output.
 fn held_at_the_keyring_write(env: &TestEnv, held: &[&str], meanwhile: &[&str]) -> std::process::Output {
-    let gate = env.dir.path().join("keyring-gate");
     let mut c = env.command("git-s3", &env.work());
-    c.env("GIT_S3_TEST_KEYRING_WRITE_GATE", &gate).args(held);
-    let running = std::thread::spawn(move || c.output().unwrap());
-    let reached = env.dir.path().join("keyring-gate.waiting");
-    let start = Instant::now();
-    while !reached.exists() {
-        assert!(start.elapsed() < Duration::from_secs(60), "`git s3 {held:?}` never reached the keyring gate");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    c.args(held);
+    let running = Held::start(c, "GIT_S3_TEST_KEYRING_WRITE_GATE", env.dir.path().join("keyring-gate"), &format!("`git s3 {held:?}`"));
     env.git_s3(&env.work(), meanwhile);
-    std::fs::write(&gate, b"open").unwrap();
-    running.join().unwrap()
+    running.release()
 }
 
 /// A revoke and a grant at once: the revoke, held between its keyring read

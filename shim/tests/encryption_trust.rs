@@ -10,9 +10,8 @@
 #![allow(clippy::unwrap_used)] // a test's unwrap is an assertion (Cargo.toml, [workspace.lints])
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
-use testkit::{error_lines, keygen, require_test_hooks};
+use testkit::{error_lines, keygen, require_test_hooks, Held};
 use testkit::{s3tool, TestEnv};
 
 /// What `repo` remembers of its remote `origin` (None: nothing).
@@ -239,20 +238,12 @@ fn a_keyring_swapped_during_a_grant_is_refused() {
     let (repo, url, alice) = alice_remote(&env, "race", &[]);
     let pin = remembered(&env, &repo).unwrap();
     env.git_s3(&env.work(), &["init", "--format", "packs", "--encrypt-to", &alice, &env.url("other")]);
-    let gate = env.dir.path().join("keyring-gate");
     let mut c = env.command("git-s3", &repo);
-    c.env("GIT_S3_TEST_KEYRING_WRITE_GATE", &gate).args(["access", "grant", "origin", &carol]);
-    let running = std::thread::spawn(move || c.output().unwrap());
-    let reached = env.dir.path().join("keyring-gate.waiting");
-    let start = Instant::now();
-    while !reached.exists() {
-        assert!(start.elapsed() < Duration::from_secs(60), "the grant never reached the keyring gate");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    c.args(["access", "grant", "origin", &carol]);
+    let running = Held::start(c, "GIT_S3_TEST_KEYRING_WRITE_GATE", env.dir.path().join("keyring-gate"), "the grant");
     env.copy_object("other/.git-s3/keyring", "race/.git-s3/keyring");
     let swapped = etags(&env, "race");
-    std::fs::write(&gate, b"open").unwrap();
-    let out = running.join().unwrap();
+    let out = running.release();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     let errors = error_lines(&stderr);

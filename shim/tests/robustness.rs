@@ -6,7 +6,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use testkit::{TestEnv, Tool};
+use testkit::{Held, TestEnv, Tool};
 
 fn stderr_of(env: &TestEnv, cwd: &std::path::Path, args: &[&str]) -> String {
     env.git_fail(cwd, args)
@@ -276,24 +276,16 @@ fn push_finding_its_commit_already_there_under_the_lock_succeeds() {
     let url = env.url("same");
     env.git(&repo, &["push", "-q", &url, "main"]);
     let new = env.commit(&repo, "f", "x\n", "second");
-    let gate = env.dir.path().join("lock-gate");
     let mut c = env.command("git", &repo);
-    c.env("GIT_S3_TEST_PUSH_LOCK_GATE", &gate).args(["push", "-q", &url, "main"]);
-    let held = std::thread::spawn(move || c.output().unwrap());
+    c.args(["push", "-q", &url, "main"]);
     // The held push has listed the old ref and waits before its lock; an
     // identical repository pushes the same commit meanwhile.
-    let reached = env.dir.path().join("lock-gate.waiting");
-    let start = Instant::now();
-    while !reached.exists() {
-        assert!(start.elapsed() < Duration::from_secs(60), "the push never reached the lock gate (a daemon without test hooks?)");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let held = Held::start(c, "GIT_S3_TEST_PUSH_LOCK_GATE", env.dir.path().join("lock-gate"), "the push");
     env.git(&env.work(), &["clone", "-q", &repo.to_string_lossy(), "twin"]);
     let twin = env.path("twin");
     env.git(&twin, &["push", "-q", &url, "main"]);
     assert!(env.ls_remote(Tool::Ours, &url).contains(&format!("{new}\trefs/heads/main")));
-    std::fs::write(&gate, b"open").unwrap();
-    let out = held.join().unwrap();
+    let out = held.release();
     assert!(out.status.success(), "the held push reports success: {}", String::from_utf8_lossy(&out.stderr));
     let keys = env.keys("same/");
     assert_eq!(keys.iter().filter(|k| k.ends_with(".bundle")).count(), 1, "{keys:?}");

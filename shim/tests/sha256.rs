@@ -5,9 +5,8 @@
 #![allow(clippy::unwrap_used)] // a test's unwrap is an assertion (Cargo.toml, [workspace.lints])
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
-use testkit::TestEnv;
+use testkit::{Held, TestEnv};
 
 const MIX: &str = "git cannot mix object formats";
 
@@ -326,20 +325,12 @@ fn first_pushes_of_two_formats(gate_var: &str) {
     let env = env_for("bundles");
     let url = env.url("race");
     let src = repo(&env, "src", "sha256");
-    let gate = env.dir.path().join("gate");
     let mut c = env.command("git", &src);
-    c.env(gate_var, &gate).args(["push", &url, "main"]);
-    let held = std::thread::spawn(move || c.output().unwrap());
-    let reached = env.dir.path().join("gate.waiting");
-    let start = Instant::now();
-    while !reached.exists() {
-        assert!(start.elapsed() < Duration::from_secs(60), "the push never reached the lock gate (a daemon without test hooks?)");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    c.args(["push", &url, "main"]);
+    let held = Held::start(c, gate_var, env.dir.path().join("gate"), "the push");
     let sha1 = repo(&env, "sha1", "sha1");
     env.git(&sha1, &["push", "-q", &url, "main:refs/heads/other"]);
-    std::fs::write(&gate, b"open").unwrap();
-    let out = held.join().unwrap();
+    let out = held.release();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains(MIX) && stderr.contains("sha256") && stderr.contains("sha1"), "{stderr}");

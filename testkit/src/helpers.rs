@@ -3,8 +3,8 @@
 //! encrypted-remote tests (issue 22).
 
 use std::io::Write;
-use std::path::Path;
-use std::process::Stdio;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::TestEnv;
@@ -103,4 +103,35 @@ pub fn lfs_oid(env: &TestEnv, repo: &Path, file: &str) -> String {
             (it.next()? == file).then(|| oid.to_string())
         })
         .unwrap_or_else(|| panic!("{file} is not an LFS file"))
+}
+
+/// A command held at one of the daemon's test gates (`daemon/src/test_hooks.rs`:
+/// the daemon writes `<gate>.waiting` when it gets there, then waits until
+/// `<gate>` exists), so that a test can act while it waits.
+pub struct Held {
+    gate: PathBuf,
+    running: std::thread::JoinHandle<Output>,
+}
+
+impl Held {
+    /// Runs `cmd` with the variable `var` naming the gate file `gate` and
+    /// returns once it waits there; fails after 60 s, naming `what`.
+    pub fn start(mut cmd: Command, var: &str, gate: PathBuf, what: &str) -> Held {
+        cmd.env(var, &gate);
+        let running = std::thread::spawn(move || cmd.output().expect("run the held command"));
+        let mut reached = gate.clone().into_os_string();
+        reached.push(".waiting");
+        let start = Instant::now();
+        while !Path::new(&reached).exists() {
+            assert!(start.elapsed() < Duration::from_secs(60), "{what} never reached the gate {} (a daemon without test hooks?)", gate.display());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Held { gate, running }
+    }
+
+    /// Lets the command go on; its output once it ends.
+    pub fn release(self) -> Output {
+        std::fs::write(&self.gate, b"open").expect("open the gate");
+        self.running.join().expect("the held command's thread")
+    }
 }

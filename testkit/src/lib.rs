@@ -13,7 +13,7 @@ pub mod identity;
 mod lfs_server;
 mod proxy;
 pub use field::FieldServer;
-pub use helpers::{cold_clone_bytes, error_lines, fast_import, keygen, kms_key, lfs_oid, objects, require_test_hooks, wait_for_objects};
+pub use helpers::{cold_clone_bytes, error_lines, fast_import, keygen, kms_key, lfs_oid, objects, require_test_hooks, wait_for_objects, Held};
 pub use histories::{delta_history, noise_line, DELTA_HISTORY_COMMITS, DELTA_HISTORY_FILES};
 pub use lfs_server::LfsServer;
 pub use proxy::CuttingProxy;
