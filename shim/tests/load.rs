@@ -150,8 +150,13 @@ fn one_daemon_under_64_concurrent_sessions() {
     let _one = serial();
     let seconds = env_u64("GIT_S3_LOAD_SECONDS", 60);
     let workers = env_u64("GIT_S3_LOAD_SESSIONS", 64) as usize;
-    // Concurrent pushes to one manifest: S3's conditional writes are atomic, moto's are not.
-    let env = TestEnv::new().with_atomic_conditional_writes();
+    // Straight to the test server (not through the field server that makes
+    // conditional writes atomic, as the concurrent pushers of packs.rs and
+    // robustness.rs do): the socket bound below is the daemon's pool against
+    // moto, which closes idle connections; through the field server, which
+    // keeps them, 148 were counted against a bound of 135 (2026-12-05). So
+    // moto's rare If-Match race (docs/s3-implementations.md) stays possible here.
+    let env = TestEnv::new();
     env.git(&env.home(), &["lfs", "install", "--skip-repo"]);
     let remotes = [("packs", env.url("load-packs")), ("bundles", env.url("load-bundles")), ("lfs", env.url("load-lfs"))];
     env.git_s3(&env.work(), &["init", "--format", "packs", &remotes[0].1]);
