@@ -152,10 +152,11 @@ fn one_daemon_under_64_concurrent_sessions() {
     let workers = env_u64("GIT_S3_LOAD_SESSIONS", 64) as usize;
     // Straight to the test server (not through the field server that makes
     // conditional writes atomic, as the concurrent pushers of packs.rs and
-    // robustness.rs do): the socket bound below is the daemon's pool against
-    // moto, which closes idle connections; through the field server, which
-    // keeps them, 148 were counted against a bound of 135 (2026-12-05). So
-    // moto's rare If-Match race (docs/s3-implementations.md) stays possible here.
+    // robustness.rs do): the socket bound below was set against moto;
+    // through the field server 148 were counted against a bound of 135
+    // (2026-12-05; why not established: perhaps idle connections the field
+    // server keeps open where moto closes them). So moto's rare If-Match
+    // race (docs/s3-implementations.md) stays possible here.
     let env = TestEnv::new();
     env.git(&env.home(), &["lfs", "install", "--skip-repo"]);
     let remotes = [("packs", env.url("load-packs")), ("bundles", env.url("load-bundles")), ("lfs", env.url("load-lfs"))];
